@@ -1,0 +1,25 @@
+//! tunekv-core: the product's own logic, free of I/O and async.
+//!
+//! Everything a consistency level means lives here: the [`Position`] of a copy, the
+//! [`Requirement`] a read carries, and [`judge`], the one function that decides whether a copy
+//! may serve a read. Front ends (HTTP, RESP) and copies (leader, follower, later caches) all go
+//! through it. This crate knows nothing about HTTP, Raft, disks or sockets.
+
+pub mod code;
+pub mod hlc;
+pub mod ids;
+pub mod keyspace;
+pub mod level;
+pub mod limits;
+pub mod position;
+pub mod receipt;
+pub mod requirement;
+
+pub use code::{Code, TunekvError};
+pub use hlc::Hlc;
+pub use ids::{GroupId, LogIndex, NodeId, ShardId};
+pub use keyspace::{KeyspaceSpec, Mode};
+pub use level::Level;
+pub use position::{CopyState, Position};
+pub use receipt::{Receipt, Staleness};
+pub use requirement::{judge, Requirement, Verdict};

@@ -1,0 +1,64 @@
+//! Staleness receipts (DESIGN §4): every read says where it was served and how stale it was.
+
+use crate::ids::NodeId;
+use crate::level::Level;
+use crate::position::{CopyState, Position};
+use serde::Serialize;
+
+/// How far the serving copy was behind the newest commit it knew of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Staleness {
+    pub entries: u64,
+    pub ms: u64,
+}
+
+impl Staleness {
+    pub const ZERO: Staleness = Staleness { entries: 0, ms: 0 };
+
+    /// Staleness of a copy that served without a freshness proof: the committed entries it knew
+    /// of but had not applied, and how long ago it last had contact with its leader (a leader:
+    /// with a quorum). A copy cut off from the others reports a growing `ms`, never 0.
+    pub fn of_copy(copy: &CopyState) -> Staleness {
+        let ms = match copy.contact_age {
+            Some(age) => u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            // Never heard from a leader since start: say so with the largest value.
+            None => u64::MAX,
+        };
+        Staleness { entries: copy.lag_entries(), ms }
+    }
+
+    /// Header form: `entries=2;ms=37`.
+    pub fn header(&self) -> String {
+        format!("entries={};ms={}", self.entries, self.ms)
+    }
+}
+
+/// Everything a read response reports besides the value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub level: Level,
+    pub served_by: NodeId,
+    pub position: Position,
+    pub staleness: Staleness,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{LogIndex, ShardId};
+    use std::time::Duration;
+
+    #[test]
+    fn a_cut_off_copy_reports_its_silence() {
+        let copy = CopyState {
+            applied: Position { shard: ShardId(1), index: LogIndex(5), commit_ms: 9 },
+            known_commit: LogIndex(7),
+            is_leader: false,
+            contact_age: Some(Duration::from_millis(1500)),
+        };
+        assert_eq!(Staleness::of_copy(&copy), Staleness { entries: 2, ms: 1500 });
+        assert_eq!(Staleness::of_copy(&copy).header(), "entries=2;ms=1500");
+        let never = CopyState { contact_age: None, ..copy };
+        assert_eq!(Staleness::of_copy(&never).ms, u64::MAX);
+    }
+}
