@@ -1,0 +1,90 @@
+//! Group commit: callers ask for durability; one thread runs one `sync` for everything that
+//! queued up while the previous sync ran, then answers all of them.
+
+use crate::{Storage, StorageError};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Pending durability requests waiting for the sync thread. Bounded so a stalled disk pushes
+/// back on writers instead of growing memory.
+pub const SYNC_QUEUE_MAX: usize = 65_536;
+
+type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+#[derive(Clone)]
+pub struct GroupCommit {
+    // Requests to the sync thread; each is answered after a sync that began after it was sent.
+    tx: mpsc::Sender<Done>,
+}
+
+impl GroupCommit {
+    /// Starts the sync thread for `storage`. The thread ends when every handle is dropped.
+    pub fn start(storage: Arc<dyn Storage>) -> GroupCommit {
+        let (tx, mut rx) = mpsc::channel::<Done>(SYNC_QUEUE_MAX);
+        std::thread::Builder::new()
+            .name("tunekv-sync".into())
+            .spawn(move || {
+                let mut batch: Vec<Done> = Vec::new();
+                while let Some(first) = rx.blocking_recv() {
+                    batch.push(first);
+                    while let Ok(more) = rx.try_recv() {
+                        batch.push(more);
+                    }
+                    let res = storage.sync().map_err(|e| e.to_string());
+                    if let Err(e) = &res {
+                        tracing::error!(error = %e, "sync failed");
+                    }
+                    for done in batch.drain(..) {
+                        done(res.clone());
+                    }
+                }
+            })
+            .map(|_| ())
+            // Failing to start one thread at boot is unrecoverable for a durable node.
+            .unwrap_or_else(|e| panic!("cannot start the sync thread: {e}"));
+        GroupCommit { tx }
+    }
+
+    /// Calls `done` once everything written before this call is durable.
+    pub fn sync_then(&self, done: impl FnOnce(Result<(), String>) + Send + 'static) {
+        if let Err(e) = self.tx.try_send(Box::new(done)) {
+            let done = match e {
+                mpsc::error::TrySendError::Full(d) | mpsc::error::TrySendError::Closed(d) => d,
+            };
+            // Queue full or thread gone: do not block an async task; report the failure.
+            done(Err("sync queue unavailable".into()));
+        }
+    }
+
+    /// Waits until everything written before this call is durable.
+    pub async fn sync(&self) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.sync_then(move |r| {
+            let _ = tx.send(r);
+        });
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StorageError::Engine(e)),
+            Err(_) => Err(StorageError::Closed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemStorage;
+
+    #[tokio::test]
+    async fn many_requests_are_all_answered() {
+        let gc = GroupCommit::start(Arc::new(MemStorage::new()));
+        let mut waits = Vec::new();
+        for _ in 0..100 {
+            let gc = gc.clone();
+            waits.push(tokio::spawn(async move { gc.sync().await }));
+        }
+        for w in waits {
+            assert!(w.await.unwrap().is_ok());
+        }
+    }
+}

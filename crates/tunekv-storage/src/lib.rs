@@ -1,0 +1,124 @@
+//! tunekv-storage: where Raft logs, votes and snapshots live.
+//!
+//! [`Storage`] is the small backend trait (redb's pattern): [`FjallStorage`] for real nodes,
+//! [`MemStorage`] for unit tests and the simulator. [`GroupCommit`] turns many "make this
+//! durable" requests into one `fsync`: every shard's appends share one fjall journal, so one
+//! sync covers all of them.
+//!
+//! Blocking disk work happens only inside this crate (the fjall calls and the group-commit
+//! thread). Node code calls [`GroupCommit::sync`] and awaits.
+
+mod fjall_store;
+mod group_commit;
+mod mem_store;
+
+pub use fjall_store::FjallStorage;
+pub use group_commit::GroupCommit;
+pub use mem_store::MemStorage;
+
+/// A Raft group id as stored (tunekv-core's `GroupId.0`).
+pub type Group = u64;
+/// One log entry: its index and its encoded bytes.
+pub type LogRecord = (u64, Vec<u8>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage engine: {0}")]
+    Engine(String),
+    #[error("storage I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("storage closed")]
+    Closed,
+}
+
+impl From<StorageError> for std::io::Error {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Io(io) => io,
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// The durable engine. Writes other than [`Storage::put_snapshot`] are buffered: they become
+/// durable at the next [`Storage::sync`], which covers every write made before it, in any group.
+pub trait Storage: Send + Sync + 'static {
+    /// Stores log records of `group` (overwriting any with the same index).
+    fn append(&self, group: Group, records: &[LogRecord]) -> Result<()>;
+    /// Records with `from <= index < to`, in index order.
+    fn entries(&self, group: Group, from: u64, to: u64) -> Result<Vec<LogRecord>>;
+    /// The record with the highest index.
+    fn last_entry(&self, group: Group) -> Result<Option<LogRecord>>;
+    /// Removes records with `index >= from`.
+    fn truncate_from(&self, group: Group, from: u64) -> Result<()>;
+    /// Removes records with `index <= through`.
+    fn purge_through(&self, group: Group, through: u64) -> Result<()>;
+    /// Small named values per group (vote, committed, purged).
+    fn put_meta(&self, group: Group, name: &str, value: &[u8]) -> Result<()>;
+    fn get_meta(&self, group: Group, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Replaces the group's snapshot; durable when this returns.
+    fn put_snapshot(&self, group: Group, data: &[u8]) -> Result<()>;
+    fn get_snapshot(&self, group: Group) -> Result<Option<Vec<u8>>>;
+    /// Makes every earlier write durable. Blocking: call it through [`GroupCommit`].
+    fn sync(&self) -> Result<()>;
+}
+
+/// Key of a log record: group then index, both big-endian so byte order is index order.
+fn log_key(group: Group, index: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&group.to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn meta_key(group: Group, name: &str) -> Vec<u8> {
+    let mut k = group.to_be_bytes().to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+#[cfg(test)]
+mod contract_tests {
+    //! The same contract, checked on every backend.
+    use super::*;
+
+    pub fn check_contract(s: &dyn Storage) {
+        s.append(1, &[(1, b"a".to_vec()), (2, b"b".to_vec()), (3, b"c".to_vec())]).unwrap();
+        s.append(2, &[(1, b"other".to_vec())]).unwrap();
+        assert_eq!(s.entries(1, 2, 10).unwrap(), vec![(2, b"b".to_vec()), (3, b"c".to_vec())]);
+        assert_eq!(s.last_entry(1).unwrap(), Some((3, b"c".to_vec())));
+        s.truncate_from(1, 3).unwrap();
+        assert_eq!(s.last_entry(1).unwrap(), Some((2, b"b".to_vec())));
+        s.purge_through(1, 1).unwrap();
+        assert_eq!(s.entries(1, 0, 10).unwrap(), vec![(2, b"b".to_vec())]);
+        assert_eq!(s.entries(2, 0, 10).unwrap().len(), 1, "groups are separate");
+        assert_eq!(s.get_meta(1, "vote").unwrap(), None);
+        s.put_meta(1, "vote", b"v1").unwrap();
+        assert_eq!(s.get_meta(1, "vote").unwrap(), Some(b"v1".to_vec()));
+        assert_eq!(s.get_meta(2, "vote").unwrap(), None);
+        assert_eq!(s.get_snapshot(1).unwrap(), None);
+        s.put_snapshot(1, b"snap").unwrap();
+        assert_eq!(s.get_snapshot(1).unwrap(), Some(b"snap".to_vec()));
+        s.sync().unwrap();
+    }
+
+    #[test]
+    fn mem_store_keeps_the_contract() {
+        check_contract(&MemStorage::new());
+    }
+
+    #[test]
+    fn fjall_store_keeps_the_contract_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = FjallStorage::open(dir.path()).unwrap();
+            check_contract(&s);
+        }
+        let s = FjallStorage::open(dir.path()).unwrap();
+        assert_eq!(s.entries(1, 0, 10).unwrap(), vec![(2, b"b".to_vec())]);
+        assert_eq!(s.get_meta(1, "vote").unwrap(), Some(b"v1".to_vec()));
+        assert_eq!(s.get_snapshot(1).unwrap(), Some(b"snap".to_vec()));
+    }
+}
