@@ -1,0 +1,71 @@
+//! tunekv-raft: one Raft group = one shard (or the metadata catalog), on openraft.
+//!
+//! | openraft's contract        | our implementation |
+//! |----------------------------|--------------------|
+//! | `RaftTypeConfig`           | [`TypeConfig`]: app data is [`Command`], response [`CommandResult`] |
+//! | `RaftLogStorage`           | [`LogStore`]: tunekv-storage records, `IOFlushed` after group commit |
+//! | `RaftStateMachine`         | [`StateMachine`]: an in-memory ordered map per group, snapshots on disk |
+//! | `RaftNetworkFactory`       | in tunekv-node (the transport lives there) |
+//!
+//! Every group of a node shares one [`tunekv_storage::Storage`] and one
+//! [`tunekv_storage::GroupCommit`], so a burst of writes to many shards costs one fsync.
+
+mod log_store;
+mod state_machine;
+mod types;
+
+pub use log_store::LogStore;
+pub use state_machine::{Applied, ShardData, ShardView, StateMachine};
+pub use types::{Command, CommandResult, Op, StoredValue, TypeConfig};
+
+use std::sync::Arc;
+
+/// A group's Raft handle.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// Raft timing and compaction settings shared by every group of a node.
+#[derive(Clone, Debug)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    /// Build a snapshot (and purge the log) after this many entries.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind the snapshot, so lagging followers catch up by log.
+    pub snapshot_logs_kept: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_ms: 100,
+            election_timeout_ms_min: 600,
+            election_timeout_ms_max: 1200,
+            snapshot_logs_since_last: 5000,
+            snapshot_logs_kept: 1000,
+        }
+    }
+}
+
+const _: () = assert!(RAFT_HEARTBEAT_MS_DEFAULT * 3 <= RAFT_ELECTION_MS_MIN_DEFAULT);
+const RAFT_HEARTBEAT_MS_DEFAULT: u64 = 100;
+const RAFT_ELECTION_MS_MIN_DEFAULT: u64 = 600;
+
+impl RaftTuning {
+    pub fn openraft_config(&self) -> Result<Arc<openraft::Config>, String> {
+        let config = openraft::Config {
+            cluster_name: "tunekv".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_ms_min,
+            election_timeout_max: self.election_timeout_ms_max,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: self.snapshot_logs_kept,
+            ..Default::default()
+        };
+        config.validate().map(Arc::new).map_err(|e| e.to_string())
+    }
+}
+
+fn invalid_data(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+}
