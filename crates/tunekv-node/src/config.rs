@@ -1,0 +1,139 @@
+//! A node's configuration file (TOML). `tunekv dev` writes one per node.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id; must appear in `peers`.
+    pub id: u64,
+    /// Client API (HTTP) listen address.
+    pub http: String,
+    /// Node-to-node listen address.
+    pub raft: String,
+    /// Where the log, snapshots and metadata live.
+    pub data_dir: PathBuf,
+    /// Every node of the cluster, this one included.
+    pub peers: Vec<PeerConfig>,
+    /// Allows the fault hook (`POST /v1/admin/faults`). Never on in production.
+    #[serde(default)]
+    pub enable_faults: bool,
+    /// Wait budget of a read that names none.
+    #[serde(default = "read_wait_ms_default")]
+    pub read_wait_ms_default: u64,
+    /// Wait budget of a write that names none: a write may have to wait out a leader election.
+    #[serde(default = "write_wait_ms_default")]
+    pub write_wait_ms_default: u64,
+    /// The largest `wait_ms_max` a request may ask for.
+    #[serde(default = "wait_ms_cap")]
+    pub wait_ms_cap: u64,
+    #[serde(default)]
+    pub raft_timing: RaftTimingConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: u64,
+    pub raft: String,
+    pub http: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTimingConfig {
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    pub snapshot_logs_since_last: u64,
+    pub snapshot_logs_kept: u64,
+}
+
+impl Default for RaftTimingConfig {
+    fn default() -> Self {
+        let t = tunekv_raft::RaftTuning::default();
+        RaftTimingConfig {
+            heartbeat_ms: t.heartbeat_ms,
+            election_timeout_ms_min: t.election_timeout_ms_min,
+            election_timeout_ms_max: t.election_timeout_ms_max,
+            snapshot_logs_since_last: t.snapshot_logs_since_last,
+            snapshot_logs_kept: t.snapshot_logs_kept,
+        }
+    }
+}
+
+impl RaftTimingConfig {
+    pub fn tuning(&self) -> tunekv_raft::RaftTuning {
+        tunekv_raft::RaftTuning {
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_ms_min: self.election_timeout_ms_min,
+            election_timeout_ms_max: self.election_timeout_ms_max,
+            snapshot_logs_since_last: self.snapshot_logs_since_last,
+            snapshot_logs_kept: self.snapshot_logs_kept,
+        }
+    }
+}
+
+fn read_wait_ms_default() -> u64 {
+    1000
+}
+fn write_wait_ms_default() -> u64 {
+    5000
+}
+fn wait_ms_cap() -> u64 {
+    60_000
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<NodeConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let config: NodeConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        config.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.peers.iter().any(|p| p.id == self.id) {
+            return Err(format!("node id {} is not listed in peers", self.id));
+        }
+        let mut ids: Vec<_> = self.peers.iter().map(|p| p.id).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() != self.peers.len() || ids.contains(&0) {
+            return Err("peer ids must be unique and non-zero".into());
+        }
+        if self.read_wait_ms_default > self.wait_ms_cap || self.write_wait_ms_default > self.wait_ms_cap {
+            return Err("wait defaults must not exceed wait_ms_cap".into());
+        }
+        self.raft_timing.tuning().openraft_config().map(|_| ())
+    }
+
+    /// The configs of a local cluster of `n` nodes under `dir`, on the given ports.
+    pub fn local_cluster(dir: &Path, ports: &[(u16, u16)], enable_faults: bool) -> Vec<NodeConfig> {
+        let peers: Vec<PeerConfig> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (http, raft))| PeerConfig {
+                id: i as u64 + 1,
+                http: format!("127.0.0.1:{http}"),
+                raft: format!("127.0.0.1:{raft}"),
+            })
+            .collect();
+        peers
+            .iter()
+            .map(|p| NodeConfig {
+                id: p.id,
+                http: p.http.clone(),
+                raft: p.raft.clone(),
+                data_dir: dir.join(format!("node-{}", p.id)),
+                peers: peers.clone(),
+                enable_faults,
+                read_wait_ms_default: read_wait_ms_default(),
+                write_wait_ms_default: write_wait_ms_default(),
+                wait_ms_cap: wait_ms_cap(),
+                raft_timing: RaftTimingConfig::default(),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,17 @@
+//! tunekv-node: one node of a tunekv cluster.
+//!
+//! A node hosts the metadata group (the keyspace catalog, on every node) and one Raft group per
+//! shard it replicates. It routes each client request to the right group, forwards writes to
+//! the group's leader, and serves reads by asking tunekv-core's `judge` whether its copy may
+//! serve them. It knows nothing about HTTP: front ends call [`Node`]'s methods.
+
+pub mod clock;
+pub mod config;
+mod network;
+mod node;
+pub mod rpc;
+pub mod status;
+pub mod transport;
+
+pub use config::{NodeConfig, PeerConfig};
+pub use node::{KeyspaceInfo, Node, ReadOutcome, WriteOutcome};

@@ -1,0 +1,679 @@
+//! The node: groups, catalog, and the request flow of reads and writes.
+
+use crate::clock::Clock;
+use crate::config::NodeConfig;
+use crate::network::GroupNetwork;
+use crate::rpc::{self, CallError, Handler, PeerPool, RemoteError, Request, Response, WriteResult};
+use crate::status::{ClusterStatus, GroupStatus, NodeEntry, ReplicaStatus};
+use crate::transport::{BoxFuture, Faults, Transport};
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::raft::AppendEntriesResponse;
+use openraft::{BasicNode, ReadPolicy, ServerState};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::time::Instant;
+use tunekv_core::keyspace::{replicas_for, shard_for_key};
+use tunekv_core::limits::{check_key, check_keyspace_name, check_value};
+use tunekv_core::{
+    judge, Code, CopyState, GroupId, Hlc, KeyspaceSpec, Level, LogIndex, NodeId, Position, Receipt, Requirement,
+    ShardId, Staleness, TunekvError, Verdict,
+};
+use tunekv_raft::{Command, LogStore, Op, Raft, ShardData, StateMachine};
+use tunekv_storage::{GroupCommit, Storage};
+
+/// Catalog keys in the metadata group: `ks/<name>` → the keyspace spec as JSON.
+const CATALOG_PREFIX: &[u8] = b"ks/";
+/// Pause between retries while a shard has no reachable leader (elections take ~1 s).
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Longest a leader works on a forwarded request; the caller has usually given up sooner.
+const FORWARDED_WORK_MAX: Duration = Duration::from_secs(30);
+/// How long `PUT /v1/keyspaces` waits for the new shards to elect leaders.
+const KEYSPACE_READY_WAIT: Duration = Duration::from_secs(10);
+/// How long `GET /v1/cluster` waits for each peer's status.
+const STATUS_WAIT: Duration = Duration::from_millis(500);
+
+/// One Raft group hosted on this node.
+pub struct Group {
+    id: GroupId,
+    raft: Raft,
+    data: Arc<ShardData>,
+    // When this replica last accepted a message from its leader; staleness receipts grow with
+    // the silence since.
+    last_contact: Mutex<Option<Instant>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyspaceInfo {
+    pub name: String,
+    /// The catalog index at which the keyspace was created; part of its shards' group ids.
+    pub id: u64,
+    #[serde(flatten)]
+    pub spec: KeyspaceSpec,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReadOutcome {
+    pub value: Option<Vec<u8>>,
+    pub receipt: Receipt,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WriteOutcome {
+    pub position: Position,
+    /// Whether the key existed before the write.
+    pub existed: bool,
+}
+
+pub struct Node {
+    id: NodeId,
+    config: NodeConfig,
+    all_nodes: Vec<NodeId>,
+    storage: Arc<dyn Storage>,
+    commit: GroupCommit,
+    clock: Arc<dyn Clock>,
+    hlc: Arc<Hlc>,
+    pool: Arc<PeerPool>,
+    faults: Arc<Faults>,
+    raft_config: Arc<openraft::Config>,
+    // Hosted groups. A std lock: never held across an await.
+    groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
+    // Serializes group creation so two tasks never open the same group twice.
+    opening: tokio::sync::Mutex<()>,
+}
+
+fn err(code: Code, message: impl Into<String>) -> TunekvError {
+    TunekvError::new(code, message)
+}
+
+fn internal(e: impl std::fmt::Display) -> TunekvError {
+    err(Code::Internal, e.to_string())
+}
+
+impl Node {
+    /// Starts a node on the caller's runtime: binds the node-to-node listener, opens the
+    /// metadata group (initializing it on the lowest-numbered node of a new cluster), and starts
+    /// reconciling hosted shard groups with the catalog.
+    pub async fn start(
+        config: NodeConfig,
+        transport: Arc<dyn Transport>,
+        storage: Arc<dyn Storage>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Node>, TunekvError> {
+        config.validate().map_err(|e| err(Code::BadRequest, e))?;
+        let raft_config = config.raft_timing.tuning().openraft_config().map_err(internal)?;
+        let faults = Arc::new(Faults::new(config.enable_faults));
+        let peers: Vec<(NodeId, String)> = config.peers.iter().map(|p| (NodeId(p.id), p.raft.clone())).collect();
+        let pool = Arc::new(PeerPool::new(&peers, transport.clone(), faults.clone()));
+        let mut all_nodes: Vec<NodeId> = peers.iter().map(|(id, _)| *id).collect();
+        all_nodes.sort();
+        let listener = transport
+            .bind(&config.raft)
+            .await
+            .map_err(|e| internal(format!("cannot listen on {}: {e}", config.raft)))?;
+        let node = Arc::new(Node {
+            id: NodeId(config.id),
+            commit: GroupCommit::start(storage.clone()),
+            config,
+            all_nodes,
+            storage,
+            clock,
+            hlc: Arc::new(Hlc::new()),
+            pool,
+            faults: faults.clone(),
+            raft_config,
+            groups: RwLock::new(BTreeMap::new()),
+            opening: tokio::sync::Mutex::new(()),
+        });
+        tokio::spawn(rpc::serve(listener, node.clone() as Arc<dyn Handler>, faults));
+        let members = node.all_nodes.clone();
+        let first = members[0];
+        node.open_group(GroupId::METADATA, &members, first == node.id).await?;
+        tokio::spawn(node.clone().reconcile_loop());
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn faults_enabled(&self) -> bool {
+        self.faults.enabled()
+    }
+
+    fn group(&self, id: GroupId) -> Option<Arc<Group>> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    fn all_groups(&self) -> Vec<Arc<Group>> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    fn members_map(&self, members: &[NodeId]) -> BTreeMap<u64, BasicNode> {
+        members
+            .iter()
+            .filter_map(|m| self.config.peers.iter().find(|p| p.id == m.0))
+            .map(|p| (p.id, BasicNode::new(&p.raft)))
+            .collect()
+    }
+
+    /// Opens (creates or recovers) a group; `initialize` makes this node propose the group's
+    /// first membership if the group has never been initialized anywhere on this node.
+    async fn open_group(&self, id: GroupId, members: &[NodeId], initialize: bool) -> Result<Arc<Group>, TunekvError> {
+        let _guard = self.opening.lock().await;
+        if let Some(g) = self.group(id) {
+            return Ok(g);
+        }
+        let sm = StateMachine::open(id.0, self.storage.clone(), self.hlc.clone()).map_err(internal)?;
+        let data = sm.data();
+        let log = LogStore::new(id.0, self.storage.clone(), self.commit.clone());
+        let net = GroupNetwork { group: id, pool: self.pool.clone() };
+        let raft = Raft::new(self.id.0, self.raft_config.clone(), net, log, sm).await.map_err(internal)?;
+        if initialize && !raft.is_initialized().await.map_err(internal)? {
+            tracing::info!(group = %id, ?members, "initializing group");
+            if let Err(e) = raft.initialize(self.members_map(members)).await {
+                tracing::warn!(group = %id, error = %e, "initialize failed");
+            }
+        }
+        let group = Arc::new(Group { id, raft, data, last_contact: Mutex::new(None) });
+        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(id, group.clone());
+        Ok(group)
+    }
+
+    fn metadata(&self) -> Arc<Group> {
+        // Opened in `start` before the node is handed out; never removed.
+        self.group(GroupId::METADATA).unwrap_or_else(|| unreachable!("the metadata group is opened at start"))
+    }
+
+    /// Keeps hosted shard groups in line with the catalog: runs after every catalog change.
+    async fn reconcile_loop(self: Arc<Self>) {
+        let mut applied = self.metadata().data.subscribe();
+        loop {
+            for ks in self.list_keyspaces() {
+                for shard in 0..ks.spec.shards {
+                    let replicas = replicas_for(ks.id, ShardId(shard), &self.all_nodes, ks.spec.replicas);
+                    let gid = GroupId::for_shard(ks.id, ShardId(shard));
+                    if replicas.contains(&self.id) && self.group(gid).is_none() {
+                        if let Err(e) = self.open_group(gid, &replicas, replicas[0] == self.id).await {
+                            tracing::error!(group = %gid, error = %e, "cannot open group");
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                changed = applied.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    // ---- catalog ----
+
+    fn catalog_key(name: &str) -> Vec<u8> {
+        let mut k = CATALOG_PREFIX.to_vec();
+        k.extend_from_slice(name.as_bytes());
+        k
+    }
+
+    /// Keyspaces as this node's copy of the catalog knows them.
+    pub fn list_keyspaces(&self) -> Vec<KeyspaceInfo> {
+        let meta = self.metadata();
+        let view = meta.data.read();
+        view.scan_prefix(CATALOG_PREFIX)
+            .filter_map(|(k, v)| {
+                let name = std::str::from_utf8(k.get(CATALOG_PREFIX.len()..)?).ok()?.to_string();
+                let spec: KeyspaceSpec = serde_json::from_slice(&v.value).ok()?;
+                Some(KeyspaceInfo { name, id: v.create_index, spec })
+            })
+            .collect()
+    }
+
+    fn local_keyspace(&self, name: &str) -> Option<KeyspaceInfo> {
+        let meta = self.metadata();
+        let view = meta.data.read();
+        let v = view.get(&Self::catalog_key(name))?;
+        let spec: KeyspaceSpec = serde_json::from_slice(&v.value).ok()?;
+        Some(KeyspaceInfo { name: name.to_string(), id: v.create_index, spec })
+    }
+
+    /// The keyspace, confirmed with the catalog's leader if this node has not heard of it yet
+    /// (it may have been created a moment ago through another node).
+    pub async fn keyspace(&self, name: &str, deadline: Instant) -> Result<KeyspaceInfo, TunekvError> {
+        check_keyspace_name(name)?;
+        if let Some(ks) = self.local_keyspace(name) {
+            return Ok(ks);
+        }
+        let index = self.read_index(GroupId::METADATA, deadline).await?;
+        self.wait_applied(&self.metadata(), index, deadline).await?;
+        self.local_keyspace(name)
+            .ok_or_else(|| err(Code::KeyspaceNotFound, format!("keyspace {name:?} does not exist")))
+    }
+
+    /// Creates a keyspace (idempotent for an identical spec). Returns whether it was created.
+    pub async fn create_keyspace(&self, name: &str, spec: KeyspaceSpec) -> Result<(KeyspaceInfo, bool), TunekvError> {
+        check_keyspace_name(name)?;
+        spec.validate(self.all_nodes.len())?;
+        let deadline = Instant::now() + Duration::from_millis(self.config.write_wait_ms_default);
+        let value = serde_json::to_vec(&spec).map_err(internal)?;
+        let op = Op::PutIfAbsent { key: Self::catalog_key(name), value };
+        let written = self.propose(GroupId::METADATA, op, deadline).await?;
+        let created = written.result.changed;
+        if !created {
+            let existing = written.result.current.as_ref().and_then(|c| serde_json::from_slice::<KeyspaceSpec>(&c.value).ok());
+            if existing.as_ref() != Some(&spec) {
+                return Err(err(
+                    Code::KeyspaceExists,
+                    format!("keyspace {name:?} exists with a different spec: {}", existing.map(|s| serde_json::to_string(&s).unwrap_or_default()).unwrap_or_default()),
+                ));
+            }
+        }
+        let meta = self.metadata();
+        self.wait_applied(&meta, written.index, deadline).await?;
+        let info = self
+            .local_keyspace(name)
+            .ok_or_else(|| internal("keyspace missing from the catalog after it was applied"))?;
+        self.wait_keyspace_ready(&info).await;
+        Ok((info, created))
+    }
+
+    /// Waits (bounded) until every hosted shard group of the keyspace knows its leader.
+    async fn wait_keyspace_ready(&self, ks: &KeyspaceInfo) {
+        let deadline = Instant::now() + KEYSPACE_READY_WAIT;
+        for shard in 0..ks.spec.shards {
+            let gid = GroupId::for_shard(ks.id, ShardId(shard));
+            let replicas = replicas_for(ks.id, ShardId(shard), &self.all_nodes, ks.spec.replicas);
+            if !replicas.contains(&self.id) {
+                continue;
+            }
+            while Instant::now() < deadline {
+                if let Some(g) = self.group(gid) {
+                    if g.raft.metrics().borrow_watched().current_leader.is_some() {
+                        break;
+                    }
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+
+    // ---- writes ----
+
+    fn wait_budget(&self, wait: Option<Duration>, default_ms: u64) -> Duration {
+        let cap = Duration::from_millis(self.config.wait_ms_cap);
+        wait.unwrap_or(Duration::from_millis(default_ms)).min(cap)
+    }
+
+    fn shard_group(&self, ks: &KeyspaceInfo, key: &[u8]) -> Result<Arc<Group>, TunekvError> {
+        let shard = shard_for_key(key, ks.spec.shards);
+        let gid = GroupId::for_shard(ks.id, shard);
+        self.group(gid).ok_or_else(|| {
+            let replicas = replicas_for(ks.id, shard, &self.all_nodes, ks.spec.replicas);
+            err(
+                Code::Unavailable,
+                format!(
+                    "shard {shard} of {:?} is not open on node {} yet (replicas: {replicas:?}); retry shortly",
+                    ks.name, self.id
+                ),
+            )
+        })
+    }
+
+    pub async fn put(&self, ks: &str, key: &[u8], value: Vec<u8>, wait: Option<Duration>) -> Result<WriteOutcome, TunekvError> {
+        let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
+        let ks = self.keyspace(ks, deadline).await?;
+        check_key(key)?;
+        check_value(&value, ks.spec.value_bytes_max)?;
+        let g = self.shard_group(&ks, key)?;
+        let w = self.propose(g.id, Op::Put { key: key.to_vec(), value }, deadline).await?;
+        Ok(Self::write_outcome(g.id, &w))
+    }
+
+    pub async fn delete(&self, ks: &str, key: &[u8], wait: Option<Duration>) -> Result<WriteOutcome, TunekvError> {
+        let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
+        let ks = self.keyspace(ks, deadline).await?;
+        check_key(key)?;
+        let g = self.shard_group(&ks, key)?;
+        let w = self.propose(g.id, Op::Delete { key: key.to_vec() }, deadline).await?;
+        Ok(Self::write_outcome(g.id, &w))
+    }
+
+    fn write_outcome(group: GroupId, w: &WriteResult) -> WriteOutcome {
+        WriteOutcome {
+            position: Position { shard: group.shard(), index: LogIndex(w.index), commit_ms: Hlc::millis(w.commit_ts) },
+            existed: w.result.existed,
+        }
+    }
+
+    /// Proposes `op` on `group`'s leader (here or forwarded), retrying through elections until
+    /// `deadline`. `no_quorum`: certainly not applied; `timeout`: outcome unknown.
+    async fn propose(&self, group: GroupId, op: Op, deadline: Instant) -> Result<WriteResult, TunekvError> {
+        let g = self.group(group).ok_or_else(|| err(Code::Unavailable, format!("group {group} is not open here")))?;
+        let mut maybe_sent = false;
+        let mut last_problem = String::from("no leader known");
+        while Instant::now() < deadline {
+            let leader = g.raft.metrics().borrow_watched().current_leader;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt = match leader {
+                None => {
+                    tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
+                    continue;
+                }
+                Some(l) if l == self.id.0 => {
+                    match tokio::time::timeout(remaining, self.leader_propose(&g, op.clone())).await {
+                        Ok(r) => r.map_err(CallError::Remote),
+                        Err(_) => Err(CallError::Timeout),
+                    }
+                }
+                Some(l) => match self.pool.call(NodeId(l), group.0, Request::Write(op.clone()), remaining).await {
+                    Ok(Response::Write(w)) => Ok(w),
+                    Ok(_) => Err(CallError::Remote(RemoteError::new(Code::Internal, "unexpected response kind"))),
+                    Err(e) => Err(e),
+                },
+            };
+            match attempt {
+                Ok(w) => return Ok(w),
+                Err(CallError::Remote(e)) if e.not_leader => last_problem = format!("leader changed: {}", e.message),
+                Err(CallError::Remote(e)) => return Err(err(e.code, e.message)),
+                Err(CallError::Unreachable(m)) => last_problem = m,
+                Err(CallError::Timeout) => {
+                    maybe_sent = true;
+                    last_problem = "the leader did not answer in time".into();
+                }
+            }
+            tokio::time::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+        if maybe_sent {
+            Err(err(Code::Timeout, format!("write to {group} not acknowledged within the wait budget; it may still commit ({last_problem})")))
+        } else {
+            Err(err(Code::NoQuorum, format!("no leader with a quorum for {group} was reachable from node {} within the wait budget; the write did not happen ({last_problem})", self.id)))
+        }
+    }
+
+    /// Runs on the leader: stamps the commit time and proposes.
+    async fn leader_propose(&self, g: &Group, op: Op) -> Result<WriteResult, RemoteError> {
+        let commit_ts = self.hlc.now(self.clock.wall_ms());
+        match g.raft.client_write(Command { commit_ts, op }).await {
+            Ok(resp) => Ok(WriteResult { index: resp.log_id.index(), commit_ts, result: resp.data }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(RemoteError {
+                code: Code::Unavailable,
+                message: format!("node {} is not the leader of {}", self.id, g.id),
+                leader_hint: f.leader_id,
+                not_leader: true,
+            }),
+            Err(e) => Err(RemoteError::new(Code::Internal, e.to_string())),
+        }
+    }
+
+    // ---- reads ----
+
+    /// The read index of `group`: the leader's commit index, confirmed with a quorum after the
+    /// read began (Raft read-index).
+    async fn read_index(&self, group: GroupId, deadline: Instant) -> Result<u64, TunekvError> {
+        let g = self.group(group).ok_or_else(|| err(Code::Unavailable, format!("group {group} is not open here")))?;
+        let mut last_problem = String::from("no leader known");
+        while Instant::now() < deadline {
+            let leader = g.raft.metrics().borrow_watched().current_leader;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt = match leader {
+                None => {
+                    tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
+                    continue;
+                }
+                Some(l) if l == self.id.0 => match tokio::time::timeout(remaining, self.leader_read_index(&g)).await {
+                    Ok(r) => r.map_err(CallError::Remote),
+                    Err(_) => Err(CallError::Timeout),
+                },
+                Some(l) => match self.pool.call(NodeId(l), group.0, Request::ReadIndex, remaining).await {
+                    Ok(Response::ReadIndex(i)) => Ok(i),
+                    Ok(_) => Err(CallError::Remote(RemoteError::new(Code::Internal, "unexpected response kind"))),
+                    Err(e) => Err(e),
+                },
+            };
+            match attempt {
+                Ok(i) => return Ok(i),
+                Err(CallError::Remote(e)) if e.not_leader => last_problem = e.message,
+                Err(CallError::Remote(e)) => return Err(err(e.code, e.message)),
+                Err(CallError::Unreachable(m)) => last_problem = m,
+                Err(CallError::Timeout) => last_problem = "the leader could not confirm its leadership with a quorum in time".into(),
+            }
+            tokio::time::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+        Err(err(
+            Code::NoQuorum,
+            format!("node {} could not get a read index confirmed by a quorum for {group} within the wait budget ({last_problem})", self.id),
+        ))
+    }
+
+    async fn leader_read_index(&self, g: &Group) -> Result<u64, RemoteError> {
+        match g.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(read_log_id) => Ok(read_log_id.index()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(RemoteError {
+                code: Code::Unavailable,
+                message: format!("node {} is not the leader of {}", self.id, g.id),
+                leader_hint: f.leader_id,
+                not_leader: true,
+            }),
+            Err(RaftError::APIError(e)) => Err(RemoteError::new(Code::NoQuorum, e.to_string())),
+            Err(e) => Err(RemoteError::new(Code::Internal, e.to_string())),
+        }
+    }
+
+    async fn wait_applied(&self, g: &Group, index: u64, deadline: Instant) -> Result<(), TunekvError> {
+        let mut rx = g.data.subscribe();
+        loop {
+            let applied = rx.borrow_and_update().index;
+            if applied >= index {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(err(Code::Unavailable, "the group is shutting down")),
+                Err(_) => {
+                    return Err(err(
+                        Code::Timeout,
+                        format!("copy of {} on node {} has applied index {applied}, needs {index}; it did not catch up within the wait budget", g.id, self.id),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// What this copy of `g` knows about itself now.
+    fn copy_state(&self, g: &Group) -> CopyState {
+        let applied = g.data.applied();
+        let m = g.raft.metrics();
+        let m = m.borrow_watched();
+        let is_leader = m.current_leader == Some(self.id.0) && m.state == ServerState::Leader;
+        let contact_age = if is_leader {
+            m.last_quorum_acked.as_ref().map(|t| openraft::Instant::elapsed(&**t))
+        } else {
+            g.last_contact.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed())
+        };
+        CopyState {
+            applied: Position { shard: g.id.shard(), index: LogIndex(applied.index), commit_ms: Hlc::millis(applied.commit_ts) },
+            known_commit: LogIndex(m.cluster_committed.as_ref().map(|c| c.index()).unwrap_or(0).max(applied.index)),
+            is_leader,
+            contact_age,
+        }
+    }
+
+    /// Reads `key` at `level` (the keyspace's default when `None`), waiting at most `wait`.
+    pub async fn get(&self, ks: &str, key: &[u8], level: Option<Level>, wait: Option<Duration>) -> Result<ReadOutcome, TunekvError> {
+        let deadline = Instant::now() + self.wait_budget(wait, self.config.read_wait_ms_default);
+        let ks = self.keyspace(ks, deadline).await?;
+        check_key(key)?;
+        let level = level.unwrap_or_else(|| ks.spec.default_level());
+        let mut req = Requirement::for_level(level)?;
+        let g = self.shard_group(&ks, key)?;
+        loop {
+            let copy = self.copy_state(&g);
+            match judge(&copy, &req) {
+                Verdict::Serve => {
+                    let view = g.data.read();
+                    let value = view.get(key).map(|v| v.value.clone());
+                    let applied = view.applied();
+                    drop(view);
+                    let staleness = match req {
+                        // Served at or past a quorum-confirmed read index: nothing committed
+                        // before the read began is missing.
+                        Requirement::AppliedAtLeast(_) => Staleness::ZERO,
+                        _ => Staleness::of_copy(&copy),
+                    };
+                    let receipt = Receipt {
+                        level,
+                        served_by: self.id,
+                        position: Position { shard: g.id.shard(), index: LogIndex(applied.index), commit_ms: Hlc::millis(applied.commit_ts) },
+                        staleness,
+                    };
+                    return Ok(ReadOutcome { value, receipt });
+                }
+                Verdict::Probe => {
+                    let index = self.read_index(g.id, deadline).await?;
+                    req = Requirement::AppliedAtLeast(LogIndex(index));
+                }
+                Verdict::Wait(index) => self.wait_applied(&g, index.0, deadline).await?,
+                Verdict::Refuse(e) => return Err(e),
+            }
+        }
+    }
+
+    // ---- status and faults ----
+
+    /// This node's replicas, one line per hosted group.
+    pub fn local_status(&self) -> Vec<ReplicaStatus> {
+        self.all_groups()
+            .iter()
+            .map(|g| {
+                let applied = g.data.applied();
+                let m = g.raft.metrics();
+                let m = m.borrow_watched();
+                ReplicaStatus {
+                    group: g.id.0,
+                    node: self.id.0,
+                    state: format!("{:?}", m.state),
+                    leader: m.current_leader,
+                    term: m.current_term,
+                    applied_index: applied.index,
+                    committed_index: m.cluster_committed.as_ref().map(|c| c.index()).unwrap_or(0),
+                    last_log_index: m.last_log_index.unwrap_or(0),
+                    commit_ms: Hlc::millis(applied.commit_ts),
+                }
+            })
+            .collect()
+    }
+
+    /// Every node's view of every group, gathered now (unreachable nodes are marked so).
+    pub async fn cluster_status(&self) -> ClusterStatus {
+        let mut replicas = self.local_status();
+        let mut nodes = Vec::new();
+        let calls = self.config.peers.iter().filter(|p| p.id != self.id.0).map(|p| async move {
+            (p, self.pool.call(NodeId(p.id), 0, Request::Status, STATUS_WAIT).await)
+        });
+        for (p, res) in futures::future::join_all(calls).await {
+            let reachable = match res {
+                Ok(Response::Status(mut r)) => {
+                    replicas.append(&mut r);
+                    true
+                }
+                _ => false,
+            };
+            nodes.push(NodeEntry { id: p.id, http: p.http.clone(), raft: p.raft.clone(), reachable });
+        }
+        nodes.push(NodeEntry { id: self.id.0, http: self.config.http.clone(), raft: self.config.raft.clone(), reachable: true });
+        nodes.sort_by_key(|n| n.id);
+        let names: BTreeMap<u64, String> = self.list_keyspaces().into_iter().map(|k| (k.id, k.name)).collect();
+        let mut groups: BTreeMap<u64, GroupStatus> = BTreeMap::new();
+        for r in replicas {
+            let gid = GroupId(r.group);
+            let entry = groups.entry(r.group).or_insert_with(|| {
+                let keyspace = if gid.is_metadata() { None } else { names.get(&gid.keyspace_id()).cloned() };
+                GroupStatus {
+                    name: match &keyspace {
+                        Some(k) => format!("{k}/shard{}", gid.shard()),
+                        None if gid.is_metadata() => "meta".into(),
+                        None => gid.to_string(),
+                    },
+                    group: r.group,
+                    shard: (!gid.is_metadata()).then_some(gid.shard().0),
+                    keyspace,
+                    leader: None,
+                    replicas: Vec::new(),
+                }
+            });
+            if r.state == "Leader" {
+                entry.leader = Some(r.node);
+            }
+            entry.replicas.push(r);
+        }
+        for g in groups.values_mut() {
+            g.replicas.sort_by_key(|r| r.node);
+            if g.leader.is_none() {
+                g.leader = g.replicas.iter().find_map(|r| r.leader);
+            }
+        }
+        ClusterStatus { served_by: self.id.0, nodes, groups: groups.into_values().collect() }
+    }
+
+    /// The fault hook: isolate this node from every other node, or heal.
+    pub fn set_isolated(&self, on: bool) -> Result<(), TunekvError> {
+        if self.faults.set_isolated(on) {
+            tracing::warn!(isolated = on, "fault injection");
+            Ok(())
+        } else {
+            Err(err(Code::FaultsDisabled, "this node was not started with --enable-faults"))
+        }
+    }
+
+    /// Stops every group and makes the storage durable.
+    pub async fn shutdown(&self) {
+        for g in self.all_groups() {
+            let _ = g.raft.shutdown().await;
+        }
+        let _ = self.commit.sync().await;
+    }
+
+    async fn handle_request(&self, group: u64, req: Request) -> Result<Response, RemoteError> {
+        let gid = GroupId(group);
+        if let Request::Status = req {
+            return Ok(Response::Status(self.local_status()));
+        }
+        let g = self.group(gid).ok_or_else(|| RemoteError::new(Code::Unavailable, format!("group {gid} is not open on node {}", self.id)))?;
+        let fatal = |e: openraft::error::Fatal<tunekv_raft::TypeConfig>| RemoteError::new(Code::Internal, e.to_string());
+        match req {
+            Request::Append(rpc) => {
+                let resp = g.raft.append_entries(rpc).await.map_err(|e| RemoteError::new(Code::Internal, e.to_string()))?;
+                if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+                    *g.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                }
+                Ok(Response::Append(resp))
+            }
+            Request::Vote(rpc) => g.raft.vote(rpc).await.map(Response::Vote).map_err(|e| RemoteError::new(Code::Internal, e.to_string())),
+            Request::Snapshot { vote, meta, data } => {
+                let snapshot = openraft::alias::SnapshotOf::<tunekv_raft::TypeConfig, Vec<u8>> { meta, snapshot: data };
+                g.raft.install_full_snapshot(vote, snapshot).await.map(Response::Snapshot).map_err(fatal)
+            }
+            Request::Write(op) => match tokio::time::timeout(FORWARDED_WORK_MAX, self.leader_propose(&g, op)).await {
+                Ok(r) => r.map(Response::Write),
+                Err(_) => Err(RemoteError::new(Code::Timeout, "the leader could not commit in time")),
+            },
+            Request::ReadIndex => match tokio::time::timeout(FORWARDED_WORK_MAX, self.leader_read_index(&g)).await {
+                Ok(r) => r.map(Response::ReadIndex),
+                Err(_) => Err(RemoteError::new(Code::NoQuorum, "the leader could not confirm with a quorum in time")),
+            },
+            Request::Status => Ok(Response::Status(self.local_status())),
+        }
+    }
+}
+
+impl Handler for Node {
+    fn handle(&self, group: u64, req: Request) -> BoxFuture<'_, Result<Response, RemoteError>> {
+        Box::pin(self.handle_request(group, req))
+    }
+}

@@ -1,0 +1,288 @@
+//! Node-to-node RPC: length-delimited frames over one connection per peer, shared by every Raft
+//! group (the group id rides in each frame), multiplexed by request id. Every call has a
+//! deadline. Wire format: docs/formats.md.
+
+use crate::transport::{BoxFuture, Faults, Transport};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use openraft::alias::{SnapshotMetaOf, VoteOf};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tunekv_core::{Code, NodeId};
+use tunekv_raft::{CommandResult, Op, TypeConfig};
+
+/// First byte of every frame; bumped on any incompatible change.
+pub const WIRE_VERSION: u8 = 1;
+/// Largest frame: a whole snapshot travels in one frame for now.
+pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Frames queued for one connection's writer.
+pub const SEND_QUEUE_MAX: usize = 1024;
+/// Requests one inbound connection may have in flight.
+pub const INFLIGHT_PER_CONNECTION_MAX: usize = 1024;
+/// How long a connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    Snapshot { vote: VoteOf<TypeConfig>, meta: SnapshotMetaOf<TypeConfig>, data: Vec<u8> },
+    /// Propose a command; answered only by the group's leader.
+    Write(Op),
+    /// The leader's confirmed read index (Raft read-index, checked with a quorum).
+    ReadIndex,
+    /// This node's view of its groups (for `GET /v1/cluster`).
+    Status,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    Append(AppendEntriesResponse<TypeConfig>),
+    Vote(VoteResponse<TypeConfig>),
+    Snapshot(SnapshotResponse<TypeConfig>),
+    Write(WriteResult),
+    ReadIndex(u64),
+    Status(Vec<crate::status::ReplicaStatus>),
+}
+
+/// A committed write as its leader saw it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WriteResult {
+    pub index: u64,
+    pub commit_ts: u64,
+    pub result: CommandResult,
+}
+
+/// An error answered by the remote node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemoteError {
+    pub code: Code,
+    pub message: String,
+    /// Set when the remote is not the group's leader but knows who is.
+    pub leader_hint: Option<u64>,
+    /// True when the remote is not the leader (the request did nothing).
+    pub not_leader: bool,
+}
+
+impl RemoteError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        RemoteError { code, message: message.into(), leader_hint: None, not_leader: false }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Body {
+    Req(Request),
+    Resp(Result<Response, RemoteError>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Frame {
+    id: u64,
+    group: u64,
+    body: Body,
+}
+
+fn encode(frame: &Frame) -> Result<Bytes, postcard::Error> {
+    let mut buf = vec![WIRE_VERSION];
+    buf.extend_from_slice(&postcard::to_stdvec(frame)?);
+    Ok(Bytes::from(buf))
+}
+
+fn decode(bytes: &[u8]) -> Result<Frame, String> {
+    match bytes.split_first() {
+        Some((&WIRE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("wire version {v}, expected {WIRE_VERSION}")),
+        None => Err("empty frame".into()),
+    }
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(FRAME_BYTES_MAX).new_codec()
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The request was certainly not delivered (no connection, or isolated by a fault).
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The request may have been delivered; no answer came before the deadline or the
+    /// connection broke.
+    #[error("no answer within the deadline")]
+    Timeout,
+    #[error("remote: {}: {}", .0.code, .0.message)]
+    Remote(RemoteError),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Response, RemoteError>>>>>;
+
+struct Conn {
+    // Frames to the writer task; bounded so a stuck peer pushes back.
+    tx: mpsc::Sender<Bytes>,
+    // Callers waiting for a response, by request id. Drained with errors when the reader ends.
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+}
+
+struct Peer {
+    addr: String,
+    // The one connection to this peer; a tokio mutex because connecting awaits.
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+}
+
+/// Outbound calls to every peer.
+pub struct PeerPool {
+    peers: HashMap<NodeId, Peer>,
+    transport: Arc<dyn Transport>,
+    faults: Arc<Faults>,
+    next_id: AtomicU64,
+}
+
+impl PeerPool {
+    pub fn new(peers: &[(NodeId, String)], transport: Arc<dyn Transport>, faults: Arc<Faults>) -> PeerPool {
+        let peers = peers
+            .iter()
+            .map(|(id, addr)| (*id, Peer { addr: addr.clone(), conn: tokio::sync::Mutex::new(None) }))
+            .collect();
+        PeerPool { peers, transport, faults, next_id: AtomicU64::new(1) }
+    }
+
+    async fn connection(&self, to: NodeId) -> Result<Arc<Conn>, CallError> {
+        let peer = self.peers.get(&to).ok_or_else(|| CallError::Unreachable(format!("unknown node {to}")))?;
+        let mut slot = peer.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if c.alive.load(Ordering::Relaxed) {
+                return Ok(c.clone());
+            }
+        }
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, self.transport.connect(&peer.addr))
+            .await
+            .map_err(|_| CallError::Unreachable(format!("connect to node {to} at {} timed out", peer.addr)))?
+            .map_err(|e| CallError::Unreachable(format!("connect to node {to} at {}: {e}", peer.addr)))?;
+        let (mut sink, mut stream) = Framed::new(stream, codec()).split();
+        let (tx, mut rx) = mpsc::channel::<Bytes>(SEND_QUEUE_MAX);
+        let pending: Pending = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let conn = Arc::new(Conn { tx, pending: pending.clone(), alive: alive.clone() });
+        let writer_alive = alive.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if sink.send(frame).await.is_err() {
+                    break;
+                }
+            }
+            writer_alive.store(false, Ordering::Relaxed);
+        });
+        tokio::spawn(async move {
+            while let Some(Ok(bytes)) = stream.next().await {
+                let Ok(frame) = decode(&bytes) else { break };
+                if let Body::Resp(resp) = frame.body {
+                    let waiter = pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&frame.id);
+                    if let Some(w) = waiter {
+                        let _ = w.send(resp);
+                    }
+                }
+            }
+            alive.store(false, Ordering::Relaxed);
+            // Dropping the senders wakes every waiter with an error.
+            pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        });
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends `req` for `group` to node `to` and waits at most `timeout` for the answer.
+    pub async fn call(&self, to: NodeId, group: u64, req: Request, timeout: Duration) -> Result<Response, CallError> {
+        if self.faults.isolated() {
+            return Err(CallError::Unreachable("this node is isolated by an injected fault".into()));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let conn = tokio::time::timeout_at(deadline, self.connection(to))
+            .await
+            .map_err(|_| CallError::Unreachable(format!("connect to node {to} timed out")))??;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = encode(&Frame { id, group, body: Body::Req(req) })
+            .map_err(|e| CallError::Unreachable(format!("encode: {e}")))?;
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        let sent = tokio::time::timeout_at(deadline, conn.tx.send(bytes)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            conn.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            return Err(CallError::Unreachable(format!("connection to node {to} is closed or full")));
+        }
+        let answer = tokio::time::timeout_at(deadline, rx).await;
+        conn.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        match answer {
+            Ok(Ok(Ok(resp))) => Ok(resp),
+            Ok(Ok(Err(remote))) => Err(CallError::Remote(remote)),
+            Ok(Err(_)) | Err(_) => Err(CallError::Timeout),
+        }
+    }
+}
+
+/// What serves inbound requests (the node).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, group: u64, req: Request) -> BoxFuture<'_, Result<Response, RemoteError>>;
+}
+
+/// Accepts node-to-node connections until the listener fails.
+pub async fn serve(mut listener: Box<dyn crate::transport::Listener>, handler: Arc<dyn Handler>, faults: Arc<Faults>) {
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        let faults = faults.clone();
+        tokio::spawn(async move {
+            let (mut sink, mut stream) = Framed::new(stream, codec()).split();
+            let (tx, mut rx) = mpsc::channel::<Bytes>(SEND_QUEUE_MAX);
+            tokio::spawn(async move {
+                while let Some(frame) = rx.recv().await {
+                    if sink.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            // Bounds the handler tasks one connection can start.
+            let inflight = Arc::new(Semaphore::new(INFLIGHT_PER_CONNECTION_MAX));
+            while let Some(Ok(bytes)) = stream.next().await {
+                let frame = match decode(&bytes) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(%from, error = %e, "bad frame; closing the connection");
+                        break;
+                    }
+                };
+                let Body::Req(req) = frame.body else { continue };
+                if faults.isolated() {
+                    continue;
+                }
+                let Ok(permit) = inflight.clone().acquire_owned().await else { break };
+                let handler = handler.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let resp = handler.handle(frame.group, req).await;
+                    let _permit = permit;
+                    match encode(&Frame { id: frame.id, group: frame.group, body: Body::Resp(resp) }) {
+                        Ok(b) => {
+                            let _ = tx.send(b).await;
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot encode a response"),
+                    }
+                });
+            }
+        });
+    }
+}

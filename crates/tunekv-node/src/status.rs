@@ -1,0 +1,43 @@
+//! What `GET /v1/cluster` shows.
+
+use serde::{Deserialize, Serialize};
+
+/// One replica of one group, as its node sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub group: u64,
+    pub node: u64,
+    pub state: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub applied_index: u64,
+    pub committed_index: u64,
+    pub last_log_index: u64,
+    pub commit_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub id: u64,
+    pub http: String,
+    pub raft: String,
+    pub reachable: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// `meta` or `KEYSPACE/shardN`.
+    pub name: String,
+    pub group: u64,
+    pub keyspace: Option<String>,
+    pub shard: Option<u32>,
+    pub leader: Option<u64>,
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub served_by: u64,
+    pub nodes: Vec<NodeEntry>,
+    pub groups: Vec<GroupStatus>,
+}
