@@ -1,1 +1,29 @@
-fn main(){}
+//! `tunekv`: one binary for the server, a local dev cluster, and client commands.
+//! Exit codes (owned here, in one place): 0 success, 1 not found, 2 any error.
+
+mod cli;
+mod dev;
+mod server;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli::run(args).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                2
+            }
+        }
+    });
+    std::process::exit(code);
+}

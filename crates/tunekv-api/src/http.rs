@@ -1,0 +1,301 @@
+//! `PUT/GET/DELETE /v1/kv/{ks}/{key}`, `PUT/GET /v1/keyspaces/{ks}`, `GET /v1/cluster`,
+//! `POST /v1/admin/faults`, `GET /`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tunekv_core::limits::VALUE_BYTES_MAX_CEILING;
+use tunekv_core::{Code, KeyspaceSpec, Level, Receipt, TunekvError};
+use tunekv_node::{Node, ReadOutcome, WriteOutcome};
+
+/// Request bodies beyond this are refused before they are read whole; per-keyspace value limits
+/// are checked after. Leaves room for the largest configurable value.
+const BODY_BYTES_MAX: usize = VALUE_BYTES_MAX_CEILING as usize + 64 * 1024;
+
+pub const H_LEVEL: &str = "tunekv-level";
+pub const H_SERVED_BY: &str = "tunekv-served-by";
+pub const H_POSITION: &str = "tunekv-position";
+pub const H_STALENESS: &str = "tunekv-staleness";
+
+type AppState = Arc<Node>;
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/keyspaces", get(list_keyspaces))
+        .route("/v1/keyspaces/{ks}", put(create_keyspace).get(get_keyspace))
+        .route("/v1/kv/{ks}/{*key}", put(put_key).get(get_key).delete(delete_key))
+        .route("/v1/admin/faults", post(faults))
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(node)
+}
+
+/// HTTP status of each stable code.
+pub fn status_of(code: Code) -> StatusCode {
+    match code {
+        Code::BadRequest | Code::KeyspaceInvalid | Code::KeyInvalid | Code::KeyTooLarge => StatusCode::BAD_REQUEST,
+        Code::LevelInvalid | Code::SessionInvalid => StatusCode::BAD_REQUEST,
+        Code::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::KeyspaceNotFound | Code::NotFound => StatusCode::NOT_FOUND,
+        Code::KeyspaceExists => StatusCode::CONFLICT,
+        Code::FaultsDisabled => StatusCode::FORBIDDEN,
+        Code::NoQuorum | Code::Unavailable | Code::StalenessBoundUnmet | Code::SessionUnmet => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Code::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+struct ApiError(TunekvError);
+
+impl From<TunekvError> for ApiError {
+    fn from(e: TunekvError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.0.code.as_str(), "message": self.0.message}});
+        (status_of(self.0.code), Json(body)).into_response()
+    }
+}
+
+fn bad(code: Code, message: impl Into<String>) -> ApiError {
+    ApiError(TunekvError::new(code, message))
+}
+
+fn body_error(e: BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        bad(Code::ValueTooLarge, format!("the request body exceeds {BODY_BYTES_MAX} bytes"))
+    } else {
+        bad(Code::BadRequest, format!("cannot read the request body: {e}"))
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KvQuery {
+    level: Option<String>,
+    wait_ms_max: Option<String>,
+    format: Option<String>,
+}
+
+impl KvQuery {
+    fn level(&self, headers: &HeaderMap) -> Result<Option<Level>, ApiError> {
+        let text = match (&self.level, headers.get(H_LEVEL)) {
+            (Some(q), _) => Some(q.clone()),
+            (None, Some(h)) => Some(
+                h.to_str()
+                    .map_err(|_| bad(Code::LevelInvalid, "the tunekv-level header is not text"))?
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        text.map(|t| Level::parse(&t)).transpose().map_err(ApiError)
+    }
+
+    fn wait(&self) -> Result<Option<Duration>, ApiError> {
+        self.wait_ms_max
+            .as_ref()
+            .map(|w| {
+                w.parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| bad(Code::BadRequest, format!("wait_ms_max must be a whole number of milliseconds, got {w:?}")))
+            })
+            .transpose()
+    }
+
+    fn json(&self) -> Result<bool, ApiError> {
+        match self.format.as_deref() {
+            None | Some("raw") => Ok(false),
+            Some("json") => Ok(true),
+            Some(other) => Err(bad(Code::BadRequest, format!("format must be json or raw, got {other:?}"))),
+        }
+    }
+}
+
+fn query(q: Result<Query<KvQuery>, axum::extract::rejection::QueryRejection>) -> Result<KvQuery, ApiError> {
+    q.map(|Query(q)| q).map_err(|e| bad(Code::BadRequest, format!("bad query string: {e}")))
+}
+
+fn header(value: &str) -> HeaderValue {
+    // Receipt values are ASCII built by us; a failure here is a bug in their formatting.
+    HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn receipt_headers(r: &Receipt) -> [(HeaderName, HeaderValue); 4] {
+    [
+        (HeaderName::from_static(H_LEVEL), header(&r.level.to_string())),
+        (HeaderName::from_static(H_SERVED_BY), header(&r.served_by.to_string())),
+        (HeaderName::from_static(H_POSITION), header(&r.position.to_string())),
+        (HeaderName::from_static(H_STALENESS), header(&r.staleness.header())),
+    ]
+}
+
+fn receipt_json(r: &Receipt) -> serde_json::Value {
+    json!({
+        "level": r.level.to_string(),
+        "served_by": r.served_by.0,
+        "position": r.position.to_string(),
+        "shard": r.position.shard.0,
+        "index": r.position.index.0,
+        "commit_ms": r.position.commit_ms,
+        "staleness_entries": r.staleness.entries,
+        "staleness_ms": r.staleness.ms,
+    })
+}
+
+fn write_json(w: &WriteOutcome) -> serde_json::Value {
+    json!({
+        "position": w.position.to_string(),
+        "shard": w.position.shard.0,
+        "index": w.position.index.0,
+        "commit_ms": w.position.commit_ms,
+        "existed": w.existed,
+    })
+}
+
+async fn index(State(node): State<AppState>) -> impl IntoResponse {
+    let status = node.cluster_status().await;
+    let mut text = format!("tunekv node {}\n\nnodes:\n", node.id());
+    for n in &status.nodes {
+        text += &format!("  {} http={} reachable={}\n", n.id, n.http, n.reachable);
+    }
+    text += "\ngroups (replica: state applied/committed):\n";
+    for g in &status.groups {
+        text += &format!("  {:<24} leader={:?}", g.name, g.leader);
+        for r in &g.replicas {
+            text += &format!("  n{}: {} {}/{}", r.node, r.state, r.applied_index, r.committed_index);
+        }
+        text += "\n";
+    }
+    text
+}
+
+async fn cluster(State(node): State<AppState>) -> impl IntoResponse {
+    Json(node.cluster_status().await)
+}
+
+async fn list_keyspaces(State(node): State<AppState>) -> impl IntoResponse {
+    Json(json!({"keyspaces": node.list_keyspaces()}))
+}
+
+async fn get_keyspace(State(node): State<AppState>, Path(ks): Path<String>) -> Result<Response, ApiError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(node.config().read_wait_ms_default);
+    let info = node.keyspace(&ks, deadline).await?;
+    Ok(Json(info).into_response())
+}
+
+async fn create_keyspace(
+    State(node): State<AppState>,
+    Path(ks): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_error)?;
+    let spec: KeyspaceSpec = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        KeyspaceSpec::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(Code::KeyspaceInvalid, format!("bad keyspace spec: {e}")))?
+    };
+    let (info, created) = node.create_keyspace(&ks, spec).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(info)).into_response())
+}
+
+async fn put_key(
+    State(node): State<AppState>,
+    Path((ks, key)): Path<(String, String)>,
+    q: Result<Query<KvQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    // Writes are always strong (committed on a majority); a level on a write is checked for
+    // syntax so a typo is not silently ignored.
+    q.level(&headers)?;
+    let body = body.map_err(body_error)?;
+    let w = node.put(&ks, key.as_bytes(), body.to_vec(), q.wait()?).await?;
+    Ok(([(HeaderName::from_static(H_POSITION), header(&w.position.to_string()))], Json(write_json(&w))).into_response())
+}
+
+async fn delete_key(
+    State(node): State<AppState>,
+    Path((ks, key)): Path<(String, String)>,
+    q: Result<Query<KvQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    q.level(&headers)?;
+    let w = node.delete(&ks, key.as_bytes(), q.wait()?).await?;
+    Ok(([(HeaderName::from_static(H_POSITION), header(&w.position.to_string()))], Json(write_json(&w))).into_response())
+}
+
+async fn get_key(
+    State(node): State<AppState>,
+    Path((ks, key)): Path<(String, String)>,
+    q: Result<Query<KvQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let as_json = q.json()?;
+    let level = q.level(&headers)?;
+    let ReadOutcome { value, receipt } = node.get(&ks, key.as_bytes(), level, q.wait()?).await?;
+    let headers = receipt_headers(&receipt);
+    if as_json {
+        let (text, hex) = match &value {
+            Some(v) => match std::str::from_utf8(v) {
+                Ok(s) => (Some(s.to_string()), None),
+                Err(_) => (None, Some(v.iter().map(|b| format!("{b:02x}")).collect::<String>())),
+            },
+            None => (None, None),
+        };
+        let mut body = json!({"key": key, "found": value.is_some(), "value": text, "receipt": receipt_json(&receipt)});
+        if let Some(h) = hex {
+            body["value_hex"] = json!(h);
+        }
+        let status = if value.is_some() { StatusCode::OK } else { StatusCode::NOT_FOUND };
+        return Ok((status, headers, Json(body)).into_response());
+    }
+    match value {
+        Some(v) => Ok((StatusCode::OK, headers, v).into_response()),
+        None => {
+            let body = json!({"error": {"code": Code::NotFound.as_str(), "message": format!("key {key:?} not found in {ks:?}")}});
+            Ok((StatusCode::NOT_FOUND, headers, Json(body)).into_response())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultRequest {
+    #[serde(default)]
+    isolate: bool,
+    #[serde(default)]
+    clear: bool,
+}
+
+async fn faults(State(node): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    if !node.faults_enabled() {
+        return Err(bad(Code::FaultsDisabled, "this node was not started with --enable-faults"));
+    }
+    let body = body.map_err(body_error)?;
+    let req: FaultRequest =
+        serde_json::from_slice(&body).map_err(|e| bad(Code::BadRequest, format!("bad fault request: {e}")))?;
+    match (req.isolate, req.clear) {
+        (true, false) => node.set_isolated(true)?,
+        (false, true) => node.set_isolated(false)?,
+        _ => return Err(bad(Code::BadRequest, "send {\"isolate\": true} or {\"clear\": true}")),
+    }
+    Ok(Json(json!({"isolated": req.isolate})).into_response())
+}

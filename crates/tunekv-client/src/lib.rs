@@ -1,0 +1,270 @@
+//! tunekv-client: a small async client for tunekv's HTTP API (DESIGN §9).
+
+use serde::Deserialize;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with a typed error.
+    #[error("{status} {code}: {message}")]
+    Api { status: u16, code: String, message: String },
+    /// No answer (connection refused, reset, timed out).
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+impl ClientError {
+    /// The stable error code, if the server sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            ClientError::Transport(_) => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// Per-request options.
+#[derive(Clone, Debug, Default)]
+pub struct Opts {
+    pub level: Option<String>,
+    pub wait_ms_max: Option<u64>,
+}
+
+impl Opts {
+    pub fn level(level: &str) -> Opts {
+        Opts { level: Some(level.to_string()), wait_ms_max: None }
+    }
+
+    pub fn wait_ms(mut self, ms: u64) -> Opts {
+        self.wait_ms_max = Some(ms);
+        self
+    }
+}
+
+/// The receipt of a read (DESIGN §4), from its headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub level: String,
+    pub served_by: String,
+    pub position: String,
+    pub staleness: String,
+}
+
+impl Receipt {
+    /// `entries` and `ms` of the staleness header.
+    pub fn staleness_parts(&self) -> Option<(u64, u64)> {
+        let (e, m) = self.staleness.split_once(';')?;
+        Some((e.strip_prefix("entries=")?.parse().ok()?, m.strip_prefix("ms=")?.parse().ok()?))
+    }
+
+    /// The log index of the position header.
+    pub fn index(&self) -> Option<u64> {
+        self.position.split(';').find_map(|p| p.strip_prefix("index=")).and_then(|i| i.parse().ok())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ReadReply {
+    /// `None`: not found.
+    pub value: Option<Vec<u8>>,
+    pub receipt: Receipt,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct WriteReply {
+    pub position: String,
+    pub shard: u32,
+    pub index: u64,
+    pub commit_ms: u64,
+    pub existed: bool,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// Percent-encodes a key for a path segment (everything but unreserved characters).
+pub fn encode_key(key: &[u8]) -> String {
+    let mut out = String::with_capacity(key.len());
+    for &b in key {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn transport(e: reqwest::Error) -> ClientError {
+    ClientError::Transport(e.to_string())
+}
+
+async fn api_error(resp: reqwest::Response) -> ClientError {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+    let field = |name: &str| parsed.as_ref().and_then(|v| v["error"][name].as_str()).map(str::to_string);
+    ClientError::Api {
+        status,
+        code: field("code").unwrap_or_else(|| "unknown".into()),
+        message: field("message").unwrap_or(text),
+    }
+}
+
+impl Client {
+    /// `base` is a node's HTTP address, with or without `http://`.
+    pub fn new(base: &str) -> Client {
+        let base = if base.starts_with("http://") || base.starts_with("https://") {
+            base.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", base.trim_end_matches('/'))
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(70))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Client { http, base }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn query(opts: &Opts) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        if let Some(l) = &opts.level {
+            q.push(("level", l.clone()));
+        }
+        if let Some(w) = opts.wait_ms_max {
+            q.push(("wait_ms_max", w.to_string()));
+        }
+        q
+    }
+
+    fn kv_url(&self, ks: &str, key: &[u8]) -> String {
+        format!("{}/v1/kv/{}/{}", self.base, ks, encode_key(key))
+    }
+
+    pub async fn create_keyspace(&self, ks: &str, spec: &serde_json::Value) -> Result<serde_json::Value> {
+        let resp = self
+            .http
+            .put(format!("{}/v1/keyspaces/{ks}", self.base))
+            .json(spec)
+            .send()
+            .await
+            .map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        resp.json().await.map_err(transport)
+    }
+
+    pub async fn put(&self, ks: &str, key: &[u8], value: &[u8], opts: &Opts) -> Result<WriteReply> {
+        let resp = self
+            .http
+            .put(self.kv_url(ks, key))
+            .query(&Self::query(opts))
+            .body(value.to_vec())
+            .send()
+            .await
+            .map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        resp.json().await.map_err(transport)
+    }
+
+    pub async fn delete(&self, ks: &str, key: &[u8], opts: &Opts) -> Result<WriteReply> {
+        let resp = self
+            .http
+            .delete(self.kv_url(ks, key))
+            .query(&Self::query(opts))
+            .send()
+            .await
+            .map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        resp.json().await.map_err(transport)
+    }
+
+    /// Reads a key. A missing key is `Ok` with `value: None` (its receipt still says where the
+    /// absence was observed).
+    pub async fn get(&self, ks: &str, key: &[u8], opts: &Opts) -> Result<ReadReply> {
+        let resp = self
+            .http
+            .get(self.kv_url(ks, key))
+            .query(&Self::query(opts))
+            .send()
+            .await
+            .map_err(transport)?;
+        let h = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let receipt = match (h("tunekv-level"), h("tunekv-served-by"), h("tunekv-position"), h("tunekv-staleness")) {
+            (Some(level), Some(served_by), Some(position), Some(staleness)) => {
+                Some(Receipt { level, served_by, position, staleness })
+            }
+            _ => None,
+        };
+        let status = resp.status();
+        match (status.as_u16(), receipt) {
+            (200, Some(receipt)) => {
+                let value = resp.bytes().await.map_err(transport)?.to_vec();
+                Ok(ReadReply { value: Some(value), receipt })
+            }
+            (404, Some(receipt)) => Ok(ReadReply { value: None, receipt }),
+            _ => Err(api_error(resp).await),
+        }
+    }
+
+    pub async fn cluster(&self) -> Result<serde_json::Value> {
+        let resp = self.http.get(format!("{}/v1/cluster", self.base)).send().await.map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        resp.json().await.map_err(transport)
+    }
+
+    /// The fault hook (nodes started with `--enable-faults`): isolate or heal this node.
+    pub async fn set_isolated(&self, isolate: bool) -> Result<()> {
+        let body = if isolate { serde_json::json!({"isolate": true}) } else { serde_json::json!({"clear": true}) };
+        let resp = self
+            .http
+            .post(format!("{}/v1/admin/faults", self.base))
+            .json(&body)
+            .send()
+            .await
+            .map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_percent_encoded() {
+        assert_eq!(encode_key(b"a/b c"), "a%2Fb%20c");
+        assert_eq!(encode_key(b"Az09-._~"), "Az09-._~");
+    }
+
+    #[test]
+    fn staleness_header_parses() {
+        let r = Receipt {
+            level: "eventual".into(),
+            served_by: "2".into(),
+            position: "shard=1;index=42;commit_ms=7".into(),
+            staleness: "entries=3;ms=120".into(),
+        };
+        assert_eq!(r.staleness_parts(), Some((3, 120)));
+        assert_eq!(r.index(), Some(42));
+    }
+}

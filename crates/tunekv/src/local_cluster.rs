@@ -1,0 +1,217 @@
+//! A local cluster of `tunekv server` processes on 127.0.0.1: configs, spawn, readiness, kill -9,
+//! restart, graceful stop. Every process is tracked and stopped by its PID.
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tunekv_client::Client;
+use tunekv_node::NodeConfig;
+
+/// How long a node may take to stop after SIGTERM before it gets SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+pub struct LocalCluster {
+    pub dir: PathBuf,
+    pub configs: Vec<NodeConfig>,
+    exe: PathBuf,
+    enable_faults: bool,
+    // One slot per node; `None` while the node is stopped.
+    children: Vec<Option<Child>>,
+}
+
+fn free_ports(count: usize, preferred: &[u16]) -> Result<Vec<u16>> {
+    // Preferred ports if every one of them is free, else whatever the OS hands out.
+    if preferred.len() == count {
+        let held: Vec<_> = preferred.iter().filter_map(|p| TcpListener::bind(("127.0.0.1", *p)).ok()).collect();
+        if held.len() == count {
+            return Ok(preferred.to_vec());
+        }
+    }
+    let held: Vec<TcpListener> =
+        (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+impl LocalCluster {
+    /// Writes node configs under `dir` (or reuses the ones there, so a restarted dev cluster
+    /// keeps its data and ports).
+    pub fn prepare(exe: &Path, dir: &Path, nodes: u32, enable_faults: bool, fresh: bool, preferred_ports: bool) -> Result<Self> {
+        if nodes == 0 || nodes > 9 {
+            bail!("--nodes must be 1 to 9");
+        }
+        if fresh && dir.exists() {
+            fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let dir = dir.canonicalize()?;
+        let existing: Vec<PathBuf> = (1..=nodes).map(|i| dir.join(format!("node-{i}.toml"))).collect();
+        let configs = if existing.iter().all(|p| p.exists()) {
+            let configs: Vec<NodeConfig> =
+                existing.iter().map(|p| NodeConfig::load(p).map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
+            if configs[0].peers.len() != nodes as usize {
+                bail!("{} holds a {}-node cluster; use --nodes {} or --fresh", dir.display(), configs[0].peers.len(), configs[0].peers.len());
+            }
+            configs
+        } else {
+            let n = nodes as usize;
+            let preferred: Vec<u16> = if preferred_ports {
+                (0..n as u16).map(|i| 7101 + i).chain((0..n as u16).map(|i| 7201 + i)).collect()
+            } else {
+                Vec::new()
+            };
+            let ports = free_ports(2 * n, &preferred)?;
+            let pairs: Vec<(u16, u16)> = (0..n).map(|i| (ports[i], ports[n + i])).collect();
+            let configs = NodeConfig::local_cluster(&dir, &pairs, enable_faults);
+            for (c, path) in configs.iter().zip(&existing) {
+                fs::write(path, toml::to_string(c)?).with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            configs
+        };
+        Ok(LocalCluster { dir, configs, exe: exe.to_path_buf(), enable_faults, children: (0..nodes).map(|_| None).collect() })
+    }
+
+    pub fn len(&self) -> usize {
+        self.configs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.configs.is_empty()
+    }
+
+    pub fn config_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("node-{}.toml", i + 1))
+    }
+
+    pub fn http(&self, i: usize) -> String {
+        format!("http://{}", self.configs[i].http)
+    }
+
+    pub fn client(&self, i: usize) -> Client {
+        Client::new(&self.http(i))
+    }
+
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children[i].as_ref().map(|c| c.id())
+    }
+
+    /// Starts node `i` (0-based) as its own process, logging to `DIR/node-N.log`.
+    pub fn start_node(&mut self, i: usize) -> Result<()> {
+        if self.children[i].is_some() {
+            bail!("node {} is already running", i + 1);
+        }
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("node-{}.log", i + 1)))?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("server").arg("--config").arg(self.config_path(i));
+        if self.enable_faults {
+            cmd.arg("--enable-faults");
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.exe.display()))?;
+        self.children[i] = Some(child);
+        Ok(())
+    }
+
+    pub fn start_all(&mut self) -> Result<()> {
+        for i in 0..self.len() {
+            self.start_node(i)?;
+        }
+        Ok(())
+    }
+
+    /// kill -9 of node `i`, by its PID.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after a grace period.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn stop_all(&mut self) {
+        for i in 0..self.len() {
+            self.stop(i);
+        }
+    }
+
+    /// Whether a running node process has exited on its own.
+    pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        self.children[i].as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits until every running node answers and sees a metadata leader.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        for i in 0..self.len() {
+            if self.children[i].is_none() {
+                continue;
+            }
+            let client = self.client(i);
+            loop {
+                if let Some(status) = self.exited(i) {
+                    bail!("node {} exited ({status}); see {}", i + 1, self.dir.join(format!("node-{}.log", i + 1)).display());
+                }
+                if let Ok(s) = client.cluster().await {
+                    let has_leader = s["groups"]
+                        .as_array()
+                        .is_some_and(|gs| gs.iter().any(|g| g["name"] == "meta" && !g["leader"].is_null()));
+                    if has_leader {
+                        break;
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!("node {} not ready within {timeout:?}; see {}", i + 1, self.dir.join(format!("node-{}.log", i + 1)).display());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `DIR/cluster.json`: every node's id, HTTP address, RESP address, PID and config.
+    pub fn write_cluster_json(&self) -> Result<PathBuf> {
+        let nodes: Vec<_> = self
+            .configs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                json!({"id": c.id, "http": c.http, "resp": null, "pid": self.pid(i), "config": self.config_path(i)})
+            })
+            .collect();
+        let path = self.dir.join("cluster.json");
+        fs::write(&path, serde_json::to_string_pretty(&json!({"nodes": nodes}))?)?;
+        Ok(path)
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        // Never leave node processes behind (tests that fail mid-way included).
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
