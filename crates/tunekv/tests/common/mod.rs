@@ -1,0 +1,64 @@
+//! Shared helpers for tests that run real `tunekv` processes on 127.0.0.1.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+use tunekv::local_cluster::LocalCluster;
+use tunekv_client::Client;
+
+pub struct TestCluster {
+    pub cluster: LocalCluster,
+    // Held so the directory lives as long as the cluster.
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestCluster {
+    type Target = LocalCluster;
+    fn deref(&self) -> &LocalCluster {
+        &self.cluster
+    }
+}
+
+impl std::ops::DerefMut for TestCluster {
+    fn deref_mut(&mut self) -> &mut LocalCluster {
+        &mut self.cluster
+    }
+}
+
+/// Starts `n` node processes in a fresh temp dir and waits until they are ready.
+pub async fn start(n: u32, enable_faults: bool) -> TestCluster {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tunekv"));
+    let mut cluster = LocalCluster::prepare(exe, dir.path(), n, enable_faults, false, false).expect("prepare");
+    cluster.start_all().expect("start");
+    cluster.wait_ready(Duration::from_secs(30)).await.expect("cluster ready");
+    TestCluster { cluster, _dir: dir }
+}
+
+pub async fn create_keyspace(c: &Client, name: &str, shards: u32) {
+    let spec = serde_json::json!({"mode": "ordered", "shards": shards, "replicas": 3, "default_level": "strong"});
+    c.create_keyspace(name, &spec).await.expect("create keyspace");
+}
+
+/// Polls `f` until it returns `Some`, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The node id (1-based) leading group `name` (e.g. `"ks/shard0"`), as node `via` reports it.
+pub async fn leader_of(c: &Client, name: &str) -> Option<u64> {
+    let s = c.cluster().await.ok()?;
+    s["groups"].as_array()?.iter().find(|g| g["name"] == name)?["leader"].as_u64()
+}
