@@ -33,7 +33,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/cluster", get(cluster))
         .route("/v1/keyspaces", get(list_keyspaces))
         .route("/v1/keyspaces/{ks}", put(create_keyspace).get(get_keyspace))
-        .route("/v1/kv/{ks}/{*key}", put(put_key).get(get_key).delete(delete_key))
+        .route(
+            "/v1/kv/{ks}/{*key}",
+            put(put_key).get(get_key).delete(delete_key),
+        )
         .route("/v1/admin/faults", post(faults))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(node)
@@ -42,7 +45,9 @@ pub fn router(node: Arc<Node>) -> Router {
 /// HTTP status of each stable code.
 pub fn status_of(code: Code) -> StatusCode {
     match code {
-        Code::BadRequest | Code::KeyspaceInvalid | Code::KeyInvalid | Code::KeyTooLarge => StatusCode::BAD_REQUEST,
+        Code::BadRequest | Code::KeyspaceInvalid | Code::KeyInvalid | Code::KeyTooLarge => {
+            StatusCode::BAD_REQUEST
+        }
         Code::LevelInvalid | Code::SessionInvalid => StatusCode::BAD_REQUEST,
         Code::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Code::KeyspaceNotFound | Code::NotFound => StatusCode::NOT_FOUND,
@@ -77,9 +82,15 @@ fn bad(code: Code, message: impl Into<String>) -> ApiError {
 
 fn body_error(e: BytesRejection) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        bad(Code::ValueTooLarge, format!("the request body exceeds {BODY_BYTES_MAX} bytes"))
+        bad(
+            Code::ValueTooLarge,
+            format!("the request body exceeds {BODY_BYTES_MAX} bytes"),
+        )
     } else {
-        bad(Code::BadRequest, format!("cannot read the request body: {e}"))
+        bad(
+            Code::BadRequest,
+            format!("cannot read the request body: {e}"),
+        )
     }
 }
 
@@ -109,9 +120,12 @@ impl KvQuery {
         self.wait_ms_max
             .as_ref()
             .map(|w| {
-                w.parse::<u64>()
-                    .map(Duration::from_millis)
-                    .map_err(|_| bad(Code::BadRequest, format!("wait_ms_max must be a whole number of milliseconds, got {w:?}")))
+                w.parse::<u64>().map(Duration::from_millis).map_err(|_| {
+                    bad(
+                        Code::BadRequest,
+                        format!("wait_ms_max must be a whole number of milliseconds, got {w:?}"),
+                    )
+                })
             })
             .transpose()
     }
@@ -120,13 +134,19 @@ impl KvQuery {
         match self.format.as_deref() {
             None | Some("raw") => Ok(false),
             Some("json") => Ok(true),
-            Some(other) => Err(bad(Code::BadRequest, format!("format must be json or raw, got {other:?}"))),
+            Some(other) => Err(bad(
+                Code::BadRequest,
+                format!("format must be json or raw, got {other:?}"),
+            )),
         }
     }
 }
 
-fn query(q: Result<Query<KvQuery>, axum::extract::rejection::QueryRejection>) -> Result<KvQuery, ApiError> {
-    q.map(|Query(q)| q).map_err(|e| bad(Code::BadRequest, format!("bad query string: {e}")))
+fn query(
+    q: Result<Query<KvQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<KvQuery, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| bad(Code::BadRequest, format!("bad query string: {e}")))
 }
 
 fn header(value: &str) -> HeaderValue {
@@ -136,10 +156,22 @@ fn header(value: &str) -> HeaderValue {
 
 fn receipt_headers(r: &Receipt) -> [(HeaderName, HeaderValue); 4] {
     [
-        (HeaderName::from_static(H_LEVEL), header(&r.level.to_string())),
-        (HeaderName::from_static(H_SERVED_BY), header(&r.served_by.to_string())),
-        (HeaderName::from_static(H_POSITION), header(&r.position.to_string())),
-        (HeaderName::from_static(H_STALENESS), header(&r.staleness.header())),
+        (
+            HeaderName::from_static(H_LEVEL),
+            header(&r.level.to_string()),
+        ),
+        (
+            HeaderName::from_static(H_SERVED_BY),
+            header(&r.served_by.to_string()),
+        ),
+        (
+            HeaderName::from_static(H_POSITION),
+            header(&r.position.to_string()),
+        ),
+        (
+            HeaderName::from_static(H_STALENESS),
+            header(&r.staleness.header()),
+        ),
     ]
 }
 
@@ -176,7 +208,10 @@ async fn index(State(node): State<AppState>) -> impl IntoResponse {
     for g in &status.groups {
         text += &format!("  {:<24} leader={:?}", g.name, g.leader);
         for r in &g.replicas {
-            text += &format!("  n{}: {} {}/{}", r.node, r.state, r.applied_index, r.committed_index);
+            text += &format!(
+                "  n{}: {} {}/{}",
+                r.node, r.state, r.applied_index, r.committed_index
+            );
         }
         text += "\n";
     }
@@ -191,8 +226,12 @@ async fn list_keyspaces(State(node): State<AppState>) -> impl IntoResponse {
     Json(json!({"keyspaces": node.list_keyspaces()}))
 }
 
-async fn get_keyspace(State(node): State<AppState>, Path(ks): Path<String>) -> Result<Response, ApiError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(node.config().read_wait_ms_default);
+async fn get_keyspace(
+    State(node): State<AppState>,
+    Path(ks): Path<String>,
+) -> Result<Response, ApiError> {
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(node.config().read_wait_ms_default);
     let info = node.keyspace(&ks, deadline).await?;
     Ok(Json(info).into_response())
 }
@@ -206,10 +245,15 @@ async fn create_keyspace(
     let spec: KeyspaceSpec = if body.iter().all(|b| b.is_ascii_whitespace()) {
         KeyspaceSpec::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| bad(Code::KeyspaceInvalid, format!("bad keyspace spec: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| bad(Code::KeyspaceInvalid, format!("bad keyspace spec: {e}")))?
     };
     let (info, created) = node.create_keyspace(&ks, spec).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(info)).into_response())
 }
 
@@ -225,8 +269,17 @@ async fn put_key(
     // syntax so a typo is not silently ignored.
     q.level(&headers)?;
     let body = body.map_err(body_error)?;
-    let w = node.put(&ks, key.as_bytes(), body.to_vec(), q.wait()?).await?;
-    Ok(([(HeaderName::from_static(H_POSITION), header(&w.position.to_string()))], Json(write_json(&w))).into_response())
+    let w = node
+        .put(&ks, key.as_bytes(), body.to_vec(), q.wait()?)
+        .await?;
+    Ok((
+        [(
+            HeaderName::from_static(H_POSITION),
+            header(&w.position.to_string()),
+        )],
+        Json(write_json(&w)),
+    )
+        .into_response())
 }
 
 async fn delete_key(
@@ -238,7 +291,14 @@ async fn delete_key(
     let q = query(q)?;
     q.level(&headers)?;
     let w = node.delete(&ks, key.as_bytes(), q.wait()?).await?;
-    Ok(([(HeaderName::from_static(H_POSITION), header(&w.position.to_string()))], Json(write_json(&w))).into_response())
+    Ok((
+        [(
+            HeaderName::from_static(H_POSITION),
+            header(&w.position.to_string()),
+        )],
+        Json(write_json(&w)),
+    )
+        .into_response())
 }
 
 async fn get_key(
@@ -256,7 +316,10 @@ async fn get_key(
         let (text, hex) = match &value {
             Some(v) => match std::str::from_utf8(v) {
                 Ok(s) => (Some(s.to_string()), None),
-                Err(_) => (None, Some(v.iter().map(|b| format!("{b:02x}")).collect::<String>())),
+                Err(_) => (
+                    None,
+                    Some(v.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+                ),
             },
             None => (None, None),
         };
@@ -264,7 +327,11 @@ async fn get_key(
         if let Some(h) = hex {
             body["value_hex"] = json!(h);
         }
-        let status = if value.is_some() { StatusCode::OK } else { StatusCode::NOT_FOUND };
+        let status = if value.is_some() {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        };
         return Ok((status, headers, Json(body)).into_response());
     }
     match value {
@@ -285,17 +352,28 @@ struct FaultRequest {
     clear: bool,
 }
 
-async fn faults(State(node): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn faults(
+    State(node): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     if !node.faults_enabled() {
-        return Err(bad(Code::FaultsDisabled, "this node was not started with --enable-faults"));
+        return Err(bad(
+            Code::FaultsDisabled,
+            "this node was not started with --enable-faults",
+        ));
     }
     let body = body.map_err(body_error)?;
-    let req: FaultRequest =
-        serde_json::from_slice(&body).map_err(|e| bad(Code::BadRequest, format!("bad fault request: {e}")))?;
+    let req: FaultRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad(Code::BadRequest, format!("bad fault request: {e}")))?;
     match (req.isolate, req.clear) {
         (true, false) => node.set_isolated(true)?,
         (false, true) => node.set_isolated(false)?,
-        _ => return Err(bad(Code::BadRequest, "send {\"isolate\": true} or {\"clear\": true}")),
+        _ => {
+            return Err(bad(
+                Code::BadRequest,
+                "send {\"isolate\": true} or {\"clear\": true}",
+            ))
+        }
     }
     Ok(Json(json!({"isolated": req.isolate})).into_response())
 }

@@ -7,7 +7,11 @@ use std::time::Duration;
 pub enum ClientError {
     /// The server answered with a typed error.
     #[error("{status} {code}: {message}")]
-    Api { status: u16, code: String, message: String },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// No answer (connection refused, reset, timed out).
     #[error("transport: {0}")]
     Transport(String),
@@ -34,7 +38,10 @@ pub struct Opts {
 
 impl Opts {
     pub fn level(level: &str) -> Opts {
-        Opts { level: Some(level.to_string()), wait_ms_max: None }
+        Opts {
+            level: Some(level.to_string()),
+            wait_ms_max: None,
+        }
     }
 
     pub fn wait_ms(mut self, ms: u64) -> Opts {
@@ -56,12 +63,18 @@ impl Receipt {
     /// `entries` and `ms` of the staleness header.
     pub fn staleness_parts(&self) -> Option<(u64, u64)> {
         let (e, m) = self.staleness.split_once(';')?;
-        Some((e.strip_prefix("entries=")?.parse().ok()?, m.strip_prefix("ms=")?.parse().ok()?))
+        Some((
+            e.strip_prefix("entries=")?.parse().ok()?,
+            m.strip_prefix("ms=")?.parse().ok()?,
+        ))
     }
 
     /// The log index of the position header.
     pub fn index(&self) -> Option<u64> {
-        self.position.split(';').find_map(|p| p.strip_prefix("index=")).and_then(|i| i.parse().ok())
+        self.position
+            .split(';')
+            .find_map(|p| p.strip_prefix("index="))
+            .and_then(|i| i.parse().ok())
     }
 }
 
@@ -108,7 +121,12 @@ async fn api_error(resp: reqwest::Response) -> ClientError {
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
     let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
-    let field = |name: &str| parsed.as_ref().and_then(|v| v["error"][name].as_str()).map(str::to_string);
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v["error"][name].as_str())
+            .map(str::to_string)
+    };
     ClientError::Api {
         status,
         code: field("code").unwrap_or_else(|| "unknown".into()),
@@ -150,7 +168,11 @@ impl Client {
         format!("{}/v1/kv/{}/{}", self.base, ks, encode_key(key))
     }
 
-    pub async fn create_keyspace(&self, ks: &str, spec: &serde_json::Value) -> Result<serde_json::Value> {
+    pub async fn create_keyspace(
+        &self,
+        ks: &str,
+        spec: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
         let resp = self
             .http
             .put(format!("{}/v1/keyspaces/{ks}", self.base))
@@ -203,26 +225,50 @@ impl Client {
             .send()
             .await
             .map_err(transport)?;
-        let h = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let receipt = match (h("tunekv-level"), h("tunekv-served-by"), h("tunekv-position"), h("tunekv-staleness")) {
-            (Some(level), Some(served_by), Some(position), Some(staleness)) => {
-                Some(Receipt { level, served_by, position, staleness })
-            }
+        let h = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let receipt = match (
+            h("tunekv-level"),
+            h("tunekv-served-by"),
+            h("tunekv-position"),
+            h("tunekv-staleness"),
+        ) {
+            (Some(level), Some(served_by), Some(position), Some(staleness)) => Some(Receipt {
+                level,
+                served_by,
+                position,
+                staleness,
+            }),
             _ => None,
         };
         let status = resp.status();
         match (status.as_u16(), receipt) {
             (200, Some(receipt)) => {
                 let value = resp.bytes().await.map_err(transport)?.to_vec();
-                Ok(ReadReply { value: Some(value), receipt })
+                Ok(ReadReply {
+                    value: Some(value),
+                    receipt,
+                })
             }
-            (404, Some(receipt)) => Ok(ReadReply { value: None, receipt }),
+            (404, Some(receipt)) => Ok(ReadReply {
+                value: None,
+                receipt,
+            }),
             _ => Err(api_error(resp).await),
         }
     }
 
     pub async fn cluster(&self) -> Result<serde_json::Value> {
-        let resp = self.http.get(format!("{}/v1/cluster", self.base)).send().await.map_err(transport)?;
+        let resp = self
+            .http
+            .get(format!("{}/v1/cluster", self.base))
+            .send()
+            .await
+            .map_err(transport)?;
         if !resp.status().is_success() {
             return Err(api_error(resp).await);
         }
@@ -231,7 +277,11 @@ impl Client {
 
     /// The fault hook (nodes started with `--enable-faults`): isolate or heal this node.
     pub async fn set_isolated(&self, isolate: bool) -> Result<()> {
-        let body = if isolate { serde_json::json!({"isolate": true}) } else { serde_json::json!({"clear": true}) };
+        let body = if isolate {
+            serde_json::json!({"isolate": true})
+        } else {
+            serde_json::json!({"clear": true})
+        };
         let resp = self
             .http
             .post(format!("{}/v1/admin/faults", self.base))

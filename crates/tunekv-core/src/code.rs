@@ -100,7 +100,10 @@ pub struct TunekvError {
 
 impl TunekvError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        TunekvError { code, message: message.into() }
+        TunekvError {
+            code,
+            message: message.into(),
+        }
     }
 }
 

@@ -15,7 +15,9 @@ pub const LOGICAL_BITS: u32 = 16;
 
 impl Hlc {
     pub fn new() -> Self {
-        Hlc { last: AtomicU64::new(0) }
+        Hlc {
+            last: AtomicU64::new(0),
+        }
     }
 
     /// A timestamp greater than every one returned or observed before.
@@ -24,7 +26,10 @@ impl Hlc {
         let mut prev = self.last.load(Ordering::Relaxed);
         loop {
             let next = if wall > prev { wall } else { prev + 1 };
-            match self.last.compare_exchange_weak(prev, next, Ordering::AcqRel, Ordering::Relaxed) {
+            match self
+                .last
+                .compare_exchange_weak(prev, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
                 Ok(_) => return next,
                 Err(p) => prev = p,
             }

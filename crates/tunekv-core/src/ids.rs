@@ -8,11 +8,15 @@ use std::fmt;
 pub struct NodeId(pub u64);
 
 /// A shard of a keyspace, `0..shards`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct ShardId(pub u32);
 
 /// An index in a Raft log (1-based; 0 means "nothing yet").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct LogIndex(pub u64);
 
 /// One Raft group. Group 0 is the metadata group (the keyspace catalog); a shard's group is

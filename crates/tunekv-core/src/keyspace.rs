@@ -71,7 +71,10 @@ impl KeyspaceSpec {
             ));
         }
         if self.shards == 0 || self.shards > SHARDS_MAX {
-            return invalid(format!("shards must be 1 to {SHARDS_MAX}, got {}", self.shards));
+            return invalid(format!(
+                "shards must be 1 to {SHARDS_MAX}, got {}",
+                self.shards
+            ));
         }
         if self.replicas == 0 || self.replicas as usize > nodes {
             return invalid(format!(
@@ -85,7 +88,8 @@ impl KeyspaceSpec {
                 self.value_bytes_max
             ));
         }
-        let level = Level::parse(&self.default_level).map_err(|e| TunekvError::new(Code::KeyspaceInvalid, e.message))?;
+        let level = Level::parse(&self.default_level)
+            .map_err(|e| TunekvError::new(Code::KeyspaceInvalid, e.message))?;
         if !level.is_enforced() {
             return invalid(format!(
                 "default_level {level} is not enforced by this build; use one of: {}",
@@ -110,7 +114,12 @@ pub fn shard_for_key(key: &[u8], shards: u32) -> ShardId {
 
 /// The nodes holding `shard`, preferred leader first. Leaders are spread over the nodes by
 /// rotating the start with the shard number and the keyspace id.
-pub fn replicas_for(keyspace_id: u64, shard: ShardId, nodes: &[NodeId], replicas: u32) -> Vec<NodeId> {
+pub fn replicas_for(
+    keyspace_id: u64,
+    shard: ShardId,
+    nodes: &[NodeId],
+    replicas: u32,
+) -> Vec<NodeId> {
     assert!(!nodes.is_empty() && replicas as usize <= nodes.len());
     let mut sorted = nodes.to_vec();
     sorted.sort();
@@ -128,13 +137,28 @@ mod tests {
     fn defaults_and_validation() {
         let spec: KeyspaceSpec = serde_json_like_default();
         assert!(spec.validate(3).is_ok());
-        let bad = KeyspaceSpec { shards: 0, ..spec.clone() };
-        assert_eq!(bad.validate(3).map_err(|e| e.code), Err(Code::KeyspaceInvalid));
-        let bad = KeyspaceSpec { replicas: 4, ..spec.clone() };
+        let bad = KeyspaceSpec {
+            shards: 0,
+            ..spec.clone()
+        };
+        assert_eq!(
+            bad.validate(3).map_err(|e| e.code),
+            Err(Code::KeyspaceInvalid)
+        );
+        let bad = KeyspaceSpec {
+            replicas: 4,
+            ..spec.clone()
+        };
         assert!(bad.validate(3).is_err());
-        let bad = KeyspaceSpec { default_level: "nope".into(), ..spec.clone() };
+        let bad = KeyspaceSpec {
+            default_level: "nope".into(),
+            ..spec.clone()
+        };
         assert!(bad.validate(3).is_err());
-        let bad = KeyspaceSpec { mode: Mode::Leaderless, ..spec };
+        let bad = KeyspaceSpec {
+            mode: Mode::Leaderless,
+            ..spec
+        };
         assert!(bad.validate(3).is_err());
     }
 
@@ -156,7 +180,9 @@ mod tests {
     #[test]
     fn leaders_rotate_over_nodes() {
         let nodes = [NodeId(1), NodeId(2), NodeId(3)];
-        let firsts: Vec<_> = (0..3).map(|s| replicas_for(1, ShardId(s), &nodes, 3)[0]).collect();
+        let firsts: Vec<_> = (0..3)
+            .map(|s| replicas_for(1, ShardId(s), &nodes, 3)[0])
+            .collect();
         assert_eq!(firsts.len(), 3);
         let mut uniq = firsts.clone();
         uniq.sort();

@@ -17,7 +17,10 @@ pub const BOUNDED_MS_MAX: u64 = 24 * 3600 * 1000;
 pub enum Level {
     Strong,
     /// At least one of the two bounds is set; when both are, both must hold.
-    Bounded { entries_max: Option<u64>, lag_max: Option<Duration> },
+    Bounded {
+        entries_max: Option<u64>,
+        lag_max: Option<Duration>,
+    },
     ConsistentPrefix,
     ReadYourWrites,
     MonotonicReads,
@@ -37,7 +40,10 @@ impl Level {
         let invalid = |why: &str| {
             TunekvError::new(
                 Code::LevelInvalid,
-                format!("invalid level {:?}: {why}; valid levels: {LEVEL_SYNTAX}", truncate(s)),
+                format!(
+                    "invalid level {:?}: {why}; valid levels: {LEVEL_SYNTAX}",
+                    truncate(s)
+                ),
             )
         };
         if s.len() > LEVEL_BYTES_MAX {
@@ -53,7 +59,8 @@ impl Level {
             "eventual" => Level::Eventual,
             "weak" => Level::Weak,
             _ => {
-                let Some(args) = s.strip_prefix("bounded(").and_then(|r| r.strip_suffix(')')) else {
+                let Some(args) = s.strip_prefix("bounded(").and_then(|r| r.strip_suffix(')'))
+                else {
                     return Err(invalid("unknown level"));
                 };
                 let mut entries_max = None;
@@ -74,8 +81,9 @@ impl Level {
                             entries_max = Some(k);
                         }
                         "t" if lag_max.is_none() => {
-                            let t = parse_duration(value.trim())
-                                .ok_or_else(|| invalid("t must be a duration such as 500ms or 2s"))?;
+                            let t = parse_duration(value.trim()).ok_or_else(|| {
+                                invalid("t must be a duration such as 500ms or 2s")
+                            })?;
                             if t > Duration::from_millis(BOUNDED_MS_MAX) {
                                 return Err(invalid("t is too large"));
                             }
@@ -85,7 +93,10 @@ impl Level {
                         _ => return Err(invalid("bounded takes k=ENTRIES and/or t=DURATION")),
                     }
                 }
-                Level::Bounded { entries_max, lag_max }
+                Level::Bounded {
+                    entries_max,
+                    lag_max,
+                }
             }
         };
         Ok(level)
@@ -128,7 +139,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 
 fn fmt_duration(d: Duration, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     let ms = d.as_millis();
-    if ms % 1000 == 0 && ms > 0 {
+    if ms.is_multiple_of(1000) && ms > 0 {
         write!(f, "{}s", ms / 1000)
     } else {
         write!(f, "{ms}ms")
@@ -139,7 +150,10 @@ impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Level::Strong => f.write_str("strong"),
-            Level::Bounded { entries_max, lag_max } => {
+            Level::Bounded {
+                entries_max,
+                lag_max,
+            } => {
                 f.write_str("bounded(")?;
                 if let Some(k) = entries_max {
                     write!(f, "k={k}")?;
@@ -217,7 +231,10 @@ mod tests {
             assert!(err.message.contains("valid levels"), "{s}");
         }
         let long = "x".repeat(1000);
-        assert_eq!(Level::parse(&long).map_err(|e| e.code), Err(Code::LevelInvalid));
+        assert_eq!(
+            Level::parse(&long).map_err(|e| e.code),
+            Err(Code::LevelInvalid)
+        );
     }
 
     #[test]

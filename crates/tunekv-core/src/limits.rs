@@ -18,7 +18,10 @@ pub fn check_key(key: &[u8]) -> Result<(), TunekvError> {
     if key.len() > KEY_BYTES_MAX {
         return Err(TunekvError::new(
             Code::KeyTooLarge,
-            format!("the key has {} bytes; at most {KEY_BYTES_MAX} are allowed", key.len()),
+            format!(
+                "the key has {} bytes; at most {KEY_BYTES_MAX} are allowed",
+                key.len()
+            ),
         ));
     }
     Ok(())
@@ -40,7 +43,9 @@ pub fn check_value(value: &[u8], value_bytes_max: u64) -> Result<(), TunekvError
 pub fn check_keyspace_name(name: &str) -> Result<(), TunekvError> {
     let ok = !name.is_empty()
         && name.len() <= KEYSPACE_NAME_BYTES_MAX
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -62,13 +67,19 @@ mod tests {
     fn key_boundaries() {
         assert_eq!(check_key(b"").map_err(|e| e.code), Err(Code::KeyInvalid));
         assert!(check_key(&[b'a'; KEY_BYTES_MAX]).is_ok());
-        assert_eq!(check_key(&[b'a'; KEY_BYTES_MAX + 1]).map_err(|e| e.code), Err(Code::KeyTooLarge));
+        assert_eq!(
+            check_key(&[b'a'; KEY_BYTES_MAX + 1]).map_err(|e| e.code),
+            Err(Code::KeyTooLarge)
+        );
     }
 
     #[test]
     fn value_boundaries() {
         assert!(check_value(&[0; 10], 10).is_ok());
-        assert_eq!(check_value(&[0; 11], 10).map_err(|e| e.code), Err(Code::ValueTooLarge));
+        assert_eq!(
+            check_value(&[0; 11], 10).map_err(|e| e.code),
+            Err(Code::ValueTooLarge)
+        );
     }
 
     #[test]

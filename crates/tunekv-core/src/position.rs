@@ -7,7 +7,9 @@ use std::time::Duration;
 
 /// A point in one shard's commit order: the log index of the last applied entry and the commit
 /// time (hybrid logical clock, milliseconds) the leader stamped into it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Position {
     pub shard: ShardId,
     pub index: LogIndex,
@@ -17,7 +19,11 @@ pub struct Position {
 impl fmt::Display for Position {
     /// The receipt form: `shard=3;index=1042;commit_ms=1763900000123`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "shard={};index={};commit_ms={}", self.shard, self.index, self.commit_ms)
+        write!(
+            f,
+            "shard={};index={};commit_ms={}",
+            self.shard, self.index, self.commit_ms
+        )
     }
 }
 
@@ -36,7 +42,11 @@ impl Position {
                 _ => return None,
             }
         }
-        Some(Position { shard: shard?, index: index?, commit_ms: commit_ms? })
+        Some(Position {
+            shard: shard?,
+            index: index?,
+            commit_ms: commit_ms?,
+        })
     }
 }
 
@@ -67,7 +77,11 @@ mod tests {
 
     #[test]
     fn position_text_round_trips() {
-        let p = Position { shard: ShardId(3), index: LogIndex(1042), commit_ms: 1_763_900_000_123 };
+        let p = Position {
+            shard: ShardId(3),
+            index: LogIndex(1042),
+            commit_ms: 1_763_900_000_123,
+        };
         assert_eq!(p.to_string(), "shard=3;index=1042;commit_ms=1763900000123");
         assert_eq!(Position::parse(&p.to_string()), Some(p));
         assert_eq!(Position::parse("shard=1;index=x;commit_ms=1"), None);

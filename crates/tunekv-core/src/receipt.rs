@@ -24,7 +24,10 @@ impl Staleness {
             // Never heard from a leader since start: say so with the largest value.
             None => u64::MAX,
         };
-        Staleness { entries: copy.lag_entries(), ms }
+        Staleness {
+            entries: copy.lag_entries(),
+            ms,
+        }
     }
 
     /// Header form: `entries=2;ms=37`.
@@ -51,14 +54,27 @@ mod tests {
     #[test]
     fn a_cut_off_copy_reports_its_silence() {
         let copy = CopyState {
-            applied: Position { shard: ShardId(1), index: LogIndex(5), commit_ms: 9 },
+            applied: Position {
+                shard: ShardId(1),
+                index: LogIndex(5),
+                commit_ms: 9,
+            },
             known_commit: LogIndex(7),
             is_leader: false,
             contact_age: Some(Duration::from_millis(1500)),
         };
-        assert_eq!(Staleness::of_copy(&copy), Staleness { entries: 2, ms: 1500 });
+        assert_eq!(
+            Staleness::of_copy(&copy),
+            Staleness {
+                entries: 2,
+                ms: 1500
+            }
+        );
         assert_eq!(Staleness::of_copy(&copy).header(), "entries=2;ms=1500");
-        let never = CopyState { contact_age: None, ..copy };
+        let never = CopyState {
+            contact_age: None,
+            ..copy
+        };
         assert_eq!(Staleness::of_copy(&never).ms, u64::MAX);
     }
 }

@@ -74,7 +74,11 @@ mod tests {
 
     fn copy(applied: u64, known: u64) -> CopyState {
         CopyState {
-            applied: Position { shard: ShardId(0), index: LogIndex(applied), commit_ms: 1 },
+            applied: Position {
+                shard: ShardId(0),
+                index: LogIndex(applied),
+                commit_ms: 1,
+            },
             known_commit: LogIndex(known),
             is_leader: false,
             contact_age: Some(Duration::from_millis(5)),
@@ -88,7 +92,10 @@ mod tests {
 
     #[test]
     fn strong_probes_first_then_waits_for_the_read_index() {
-        assert_eq!(judge(&copy(10, 10), &Requirement::ConfirmedByLeader), Verdict::Probe);
+        assert_eq!(
+            judge(&copy(10, 10), &Requirement::ConfirmedByLeader),
+            Verdict::Probe
+        );
         let req = Requirement::AppliedAtLeast(LogIndex(12));
         assert_eq!(judge(&copy(11, 12), &req), Verdict::Wait(LogIndex(12)));
         // Boundary: applied exactly at the read index serves.
@@ -101,9 +108,19 @@ mod tests {
         for s in ["session", "bounded(k=1)", "consistent_prefix", "weak"] {
             let level = Level::parse(s).unwrap_or(Level::Strong);
             assert_ne!(level, Level::Strong);
-            assert_eq!(Requirement::for_level(level).map_err(|e| e.code), Err(Code::LevelInvalid), "{s}");
+            assert_eq!(
+                Requirement::for_level(level).map_err(|e| e.code),
+                Err(Code::LevelInvalid),
+                "{s}"
+            );
         }
-        assert_eq!(Requirement::for_level(Level::Strong), Ok(Requirement::ConfirmedByLeader));
-        assert_eq!(Requirement::for_level(Level::Eventual), Ok(Requirement::Anything));
+        assert_eq!(
+            Requirement::for_level(Level::Strong),
+            Ok(Requirement::ConfirmedByLeader)
+        );
+        assert_eq!(
+            Requirement::for_level(Level::Eventual),
+            Ok(Requirement::Anything)
+        );
     }
 }

@@ -30,6 +30,7 @@ impl Clock for SystemClock {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        now.saturating_add(self.offset_ms.load(Ordering::Relaxed)).max(0) as u64
+        now.saturating_add(self.offset_ms.load(Ordering::Relaxed))
+            .max(0) as u64
     }
 }

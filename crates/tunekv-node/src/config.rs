@@ -87,9 +87,13 @@ fn wait_ms_cap() -> u64 {
 
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<NodeConfig, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let config: NodeConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        config.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let config: NodeConfig =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        config
+            .validate()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
     }
 
@@ -103,7 +107,9 @@ impl NodeConfig {
         if ids.len() != self.peers.len() || ids.contains(&0) {
             return Err("peer ids must be unique and non-zero".into());
         }
-        if self.read_wait_ms_default > self.wait_ms_cap || self.write_wait_ms_default > self.wait_ms_cap {
+        if self.read_wait_ms_default > self.wait_ms_cap
+            || self.write_wait_ms_default > self.wait_ms_cap
+        {
             return Err("wait defaults must not exceed wait_ms_cap".into());
         }
         self.raft_timing.tuning().openraft_config().map(|_| ())

@@ -5,7 +5,9 @@ use crate::rpc::{CallError, PeerPool, Request, Response};
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use openraft::{BasicNode, OptionalSend};
 use std::future::Future;
 use std::sync::Arc;
@@ -27,7 +29,11 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
     type Network = PeerLink;
 
     async fn new_client(&mut self, target: u64, _node: &BasicNode) -> PeerLink {
-        PeerLink { group: self.group, target: NodeId(target), pool: self.pool.clone() }
+        PeerLink {
+            group: self.group,
+            target: NodeId(target),
+            pool: self.pool.clone(),
+        }
     }
 }
 
@@ -54,7 +60,16 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.pool.call(self.target, self.group.0, Request::Append(rpc), option.soft_ttl()).await {
+        match self
+            .pool
+            .call(
+                self.target,
+                self.group.0,
+                Request::Append(rpc),
+                option.soft_ttl(),
+            )
+            .await
+        {
             Ok(Response::Append(r)) => Ok(r),
             Ok(_) => Err(unexpected()),
             Err(e) => Err(rpc_error(e)),
@@ -66,7 +81,16 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.pool.call(self.target, self.group.0, Request::Vote(rpc), option.soft_ttl()).await {
+        match self
+            .pool
+            .call(
+                self.target,
+                self.group.0,
+                Request::Vote(rpc),
+                option.soft_ttl(),
+            )
+            .await
+        {
             Ok(Response::Vote(r)) => Ok(r),
             Ok(_) => Err(unexpected()),
             Err(e) => Err(rpc_error(e)),
@@ -80,11 +104,23 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let req = Request::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
-        match self.pool.call(self.target, self.group.0, req, option.hard_ttl()).await {
+        let req = Request::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot,
+        };
+        match self
+            .pool
+            .call(self.target, self.group.0, req, option.hard_ttl())
+            .await
+        {
             Ok(Response::Snapshot(r)) => Ok(r),
-            Ok(_) => Err(StreamingError::Unreachable(Unreachable::new(&Msg("unexpected response kind".into())))),
-            Err(e) => Err(StreamingError::Unreachable(Unreachable::new(&Msg(e.to_string())))),
+            Ok(_) => Err(StreamingError::Unreachable(Unreachable::new(&Msg(
+                "unexpected response kind".into(),
+            )))),
+            Err(e) => Err(StreamingError::Unreachable(Unreachable::new(&Msg(
+                e.to_string()
+            )))),
         }
     }
 }

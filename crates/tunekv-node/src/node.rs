@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tunekv_core::keyspace::{replicas_for, shard_for_key};
 use tunekv_core::limits::{check_key, check_keyspace_name, check_value};
 use tunekv_core::{
-    judge, Code, CopyState, GroupId, Hlc, KeyspaceSpec, Level, LogIndex, NodeId, Position, Receipt, Requirement,
-    ShardId, Staleness, TunekvError, Verdict,
+    judge, Code, CopyState, GroupId, Hlc, KeyspaceSpec, Level, LogIndex, NodeId, Position, Receipt,
+    Requirement, ShardId, Staleness, TunekvError, Verdict,
 };
 use tunekv_raft::{Command, LogStore, Op, Raft, ShardData, StateMachine};
 use tunekv_storage::{GroupCommit, Storage};
@@ -103,9 +103,17 @@ impl Node {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Node>, TunekvError> {
         config.validate().map_err(|e| err(Code::BadRequest, e))?;
-        let raft_config = config.raft_timing.tuning().openraft_config().map_err(internal)?;
+        let raft_config = config
+            .raft_timing
+            .tuning()
+            .openraft_config()
+            .map_err(internal)?;
         let faults = Arc::new(Faults::new(config.enable_faults));
-        let peers: Vec<(NodeId, String)> = config.peers.iter().map(|p| (NodeId(p.id), p.raft.clone())).collect();
+        let peers: Vec<(NodeId, String)> = config
+            .peers
+            .iter()
+            .map(|p| (NodeId(p.id), p.raft.clone()))
+            .collect();
         let pool = Arc::new(PeerPool::new(&peers, transport.clone(), faults.clone()));
         let mut all_nodes: Vec<NodeId> = peers.iter().map(|(id, _)| *id).collect();
         all_nodes.sort();
@@ -127,10 +135,15 @@ impl Node {
             groups: RwLock::new(BTreeMap::new()),
             opening: tokio::sync::Mutex::new(()),
         });
-        tokio::spawn(rpc::serve(listener, node.clone() as Arc<dyn Handler>, faults));
+        tokio::spawn(rpc::serve(
+            listener,
+            node.clone() as Arc<dyn Handler>,
+            faults,
+        ));
         let members = node.all_nodes.clone();
         let first = members[0];
-        node.open_group(GroupId::METADATA, &members, first == node.id).await?;
+        node.open_group(GroupId::METADATA, &members, first == node.id)
+            .await?;
         tokio::spawn(node.clone().reconcile_loop());
         Ok(node)
     }
@@ -148,11 +161,20 @@ impl Node {
     }
 
     fn group(&self, id: GroupId) -> Option<Arc<Group>> {
-        self.groups.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     fn all_groups(&self) -> Vec<Arc<Group>> {
-        self.groups.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     fn members_map(&self, members: &[NodeId]) -> BTreeMap<u64, BasicNode> {
@@ -165,30 +187,50 @@ impl Node {
 
     /// Opens (creates or recovers) a group; `initialize` makes this node propose the group's
     /// first membership if the group has never been initialized anywhere on this node.
-    async fn open_group(&self, id: GroupId, members: &[NodeId], initialize: bool) -> Result<Arc<Group>, TunekvError> {
+    async fn open_group(
+        &self,
+        id: GroupId,
+        members: &[NodeId],
+        initialize: bool,
+    ) -> Result<Arc<Group>, TunekvError> {
         let _guard = self.opening.lock().await;
         if let Some(g) = self.group(id) {
             return Ok(g);
         }
-        let sm = StateMachine::open(id.0, self.storage.clone(), self.hlc.clone()).map_err(internal)?;
+        let sm =
+            StateMachine::open(id.0, self.storage.clone(), self.hlc.clone()).map_err(internal)?;
         let data = sm.data();
         let log = LogStore::new(id.0, self.storage.clone(), self.commit.clone());
-        let net = GroupNetwork { group: id, pool: self.pool.clone() };
-        let raft = Raft::new(self.id.0, self.raft_config.clone(), net, log, sm).await.map_err(internal)?;
+        let net = GroupNetwork {
+            group: id,
+            pool: self.pool.clone(),
+        };
+        let raft = Raft::new(self.id.0, self.raft_config.clone(), net, log, sm)
+            .await
+            .map_err(internal)?;
         if initialize && !raft.is_initialized().await.map_err(internal)? {
             tracing::info!(group = %id, ?members, "initializing group");
             if let Err(e) = raft.initialize(self.members_map(members)).await {
                 tracing::warn!(group = %id, error = %e, "initialize failed");
             }
         }
-        let group = Arc::new(Group { id, raft, data, last_contact: Mutex::new(None) });
-        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(id, group.clone());
+        let group = Arc::new(Group {
+            id,
+            raft,
+            data,
+            last_contact: Mutex::new(None),
+        });
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, group.clone());
         Ok(group)
     }
 
     fn metadata(&self) -> Arc<Group> {
         // Opened in `start` before the node is handed out; never removed.
-        self.group(GroupId::METADATA).unwrap_or_else(|| unreachable!("the metadata group is opened at start"))
+        self.group(GroupId::METADATA)
+            .unwrap_or_else(|| unreachable!("the metadata group is opened at start"))
     }
 
     /// Keeps hosted shard groups in line with the catalog: runs after every catalog change.
@@ -197,10 +239,14 @@ impl Node {
         loop {
             for ks in self.list_keyspaces() {
                 for shard in 0..ks.spec.shards {
-                    let replicas = replicas_for(ks.id, ShardId(shard), &self.all_nodes, ks.spec.replicas);
+                    let replicas =
+                        replicas_for(ks.id, ShardId(shard), &self.all_nodes, ks.spec.replicas);
                     let gid = GroupId::for_shard(ks.id, ShardId(shard));
                     if replicas.contains(&self.id) && self.group(gid).is_none() {
-                        if let Err(e) = self.open_group(gid, &replicas, replicas[0] == self.id).await {
+                        if let Err(e) = self
+                            .open_group(gid, &replicas, replicas[0] == self.id)
+                            .await
+                        {
                             tracing::error!(group = %gid, error = %e, "cannot open group");
                         }
                     }
@@ -228,9 +274,15 @@ impl Node {
         let view = meta.data.read();
         view.scan_prefix(CATALOG_PREFIX)
             .filter_map(|(k, v)| {
-                let name = std::str::from_utf8(k.get(CATALOG_PREFIX.len()..)?).ok()?.to_string();
+                let name = std::str::from_utf8(k.get(CATALOG_PREFIX.len()..)?)
+                    .ok()?
+                    .to_string();
                 let spec: KeyspaceSpec = serde_json::from_slice(&v.value).ok()?;
-                Some(KeyspaceInfo { name, id: v.create_index, spec })
+                Some(KeyspaceInfo {
+                    name,
+                    id: v.create_index,
+                    spec,
+                })
             })
             .collect()
     }
@@ -240,37 +292,65 @@ impl Node {
         let view = meta.data.read();
         let v = view.get(&Self::catalog_key(name))?;
         let spec: KeyspaceSpec = serde_json::from_slice(&v.value).ok()?;
-        Some(KeyspaceInfo { name: name.to_string(), id: v.create_index, spec })
+        Some(KeyspaceInfo {
+            name: name.to_string(),
+            id: v.create_index,
+            spec,
+        })
     }
 
     /// The keyspace, confirmed with the catalog's leader if this node has not heard of it yet
     /// (it may have been created a moment ago through another node).
-    pub async fn keyspace(&self, name: &str, deadline: Instant) -> Result<KeyspaceInfo, TunekvError> {
+    pub async fn keyspace(
+        &self,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<KeyspaceInfo, TunekvError> {
         check_keyspace_name(name)?;
         if let Some(ks) = self.local_keyspace(name) {
             return Ok(ks);
         }
         let index = self.read_index(GroupId::METADATA, deadline).await?;
         self.wait_applied(&self.metadata(), index, deadline).await?;
-        self.local_keyspace(name)
-            .ok_or_else(|| err(Code::KeyspaceNotFound, format!("keyspace {name:?} does not exist")))
+        self.local_keyspace(name).ok_or_else(|| {
+            err(
+                Code::KeyspaceNotFound,
+                format!("keyspace {name:?} does not exist"),
+            )
+        })
     }
 
     /// Creates a keyspace (idempotent for an identical spec). Returns whether it was created.
-    pub async fn create_keyspace(&self, name: &str, spec: KeyspaceSpec) -> Result<(KeyspaceInfo, bool), TunekvError> {
+    pub async fn create_keyspace(
+        &self,
+        name: &str,
+        spec: KeyspaceSpec,
+    ) -> Result<(KeyspaceInfo, bool), TunekvError> {
         check_keyspace_name(name)?;
         spec.validate(self.all_nodes.len())?;
         let deadline = Instant::now() + Duration::from_millis(self.config.write_wait_ms_default);
         let value = serde_json::to_vec(&spec).map_err(internal)?;
-        let op = Op::PutIfAbsent { key: Self::catalog_key(name), value };
+        let op = Op::PutIfAbsent {
+            key: Self::catalog_key(name),
+            value,
+        };
         let written = self.propose(GroupId::METADATA, op, deadline).await?;
         let created = written.result.changed;
         if !created {
-            let existing = written.result.current.as_ref().and_then(|c| serde_json::from_slice::<KeyspaceSpec>(&c.value).ok());
+            let existing = written
+                .result
+                .current
+                .as_ref()
+                .and_then(|c| serde_json::from_slice::<KeyspaceSpec>(&c.value).ok());
             if existing.as_ref() != Some(&spec) {
                 return Err(err(
                     Code::KeyspaceExists,
-                    format!("keyspace {name:?} exists with a different spec: {}", existing.map(|s| serde_json::to_string(&s).unwrap_or_default()).unwrap_or_default()),
+                    format!(
+                        "keyspace {name:?} exists with a different spec: {}",
+                        existing
+                            .map(|s| serde_json::to_string(&s).unwrap_or_default())
+                            .unwrap_or_default()
+                    ),
                 ));
             }
         }
@@ -325,36 +405,69 @@ impl Node {
         })
     }
 
-    pub async fn put(&self, ks: &str, key: &[u8], value: Vec<u8>, wait: Option<Duration>) -> Result<WriteOutcome, TunekvError> {
+    pub async fn put(
+        &self,
+        ks: &str,
+        key: &[u8],
+        value: Vec<u8>,
+        wait: Option<Duration>,
+    ) -> Result<WriteOutcome, TunekvError> {
         let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
         let ks = self.keyspace(ks, deadline).await?;
         check_key(key)?;
         check_value(&value, ks.spec.value_bytes_max)?;
         let g = self.shard_group(&ks, key)?;
-        let w = self.propose(g.id, Op::Put { key: key.to_vec(), value }, deadline).await?;
+        let w = self
+            .propose(
+                g.id,
+                Op::Put {
+                    key: key.to_vec(),
+                    value,
+                },
+                deadline,
+            )
+            .await?;
         Ok(Self::write_outcome(g.id, &w))
     }
 
-    pub async fn delete(&self, ks: &str, key: &[u8], wait: Option<Duration>) -> Result<WriteOutcome, TunekvError> {
+    pub async fn delete(
+        &self,
+        ks: &str,
+        key: &[u8],
+        wait: Option<Duration>,
+    ) -> Result<WriteOutcome, TunekvError> {
         let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
         let ks = self.keyspace(ks, deadline).await?;
         check_key(key)?;
         let g = self.shard_group(&ks, key)?;
-        let w = self.propose(g.id, Op::Delete { key: key.to_vec() }, deadline).await?;
+        let w = self
+            .propose(g.id, Op::Delete { key: key.to_vec() }, deadline)
+            .await?;
         Ok(Self::write_outcome(g.id, &w))
     }
 
     fn write_outcome(group: GroupId, w: &WriteResult) -> WriteOutcome {
         WriteOutcome {
-            position: Position { shard: group.shard(), index: LogIndex(w.index), commit_ms: Hlc::millis(w.commit_ts) },
+            position: Position {
+                shard: group.shard(),
+                index: LogIndex(w.index),
+                commit_ms: Hlc::millis(w.commit_ts),
+            },
             existed: w.result.existed,
         }
     }
 
     /// Proposes `op` on `group`'s leader (here or forwarded), retrying through elections until
     /// `deadline`. `no_quorum`: certainly not applied; `timeout`: outcome unknown.
-    async fn propose(&self, group: GroupId, op: Op, deadline: Instant) -> Result<WriteResult, TunekvError> {
-        let g = self.group(group).ok_or_else(|| err(Code::Unavailable, format!("group {group} is not open here")))?;
+    async fn propose(
+        &self,
+        group: GroupId,
+        op: Op,
+        deadline: Instant,
+    ) -> Result<WriteResult, TunekvError> {
+        let g = self
+            .group(group)
+            .ok_or_else(|| err(Code::Unavailable, format!("group {group} is not open here")))?;
         let mut maybe_sent = false;
         let mut last_problem = String::from("no leader known");
         while Instant::now() < deadline {
@@ -366,20 +479,30 @@ impl Node {
                     continue;
                 }
                 Some(l) if l == self.id.0 => {
-                    match tokio::time::timeout(remaining, self.leader_propose(&g, op.clone())).await {
+                    match tokio::time::timeout(remaining, self.leader_propose(&g, op.clone())).await
+                    {
                         Ok(r) => r.map_err(CallError::Remote),
                         Err(_) => Err(CallError::Timeout),
                     }
                 }
-                Some(l) => match self.pool.call(NodeId(l), group.0, Request::Write(op.clone()), remaining).await {
+                Some(l) => match self
+                    .pool
+                    .call(NodeId(l), group.0, Request::Write(op.clone()), remaining)
+                    .await
+                {
                     Ok(Response::Write(w)) => Ok(w),
-                    Ok(_) => Err(CallError::Remote(RemoteError::new(Code::Internal, "unexpected response kind"))),
+                    Ok(_) => Err(CallError::Remote(RemoteError::new(
+                        Code::Internal,
+                        "unexpected response kind",
+                    ))),
                     Err(e) => Err(e),
                 },
             };
             match attempt {
                 Ok(w) => return Ok(w),
-                Err(CallError::Remote(e)) if e.not_leader => last_problem = format!("leader changed: {}", e.message),
+                Err(CallError::Remote(e)) if e.not_leader => {
+                    last_problem = format!("leader changed: {}", e.message)
+                }
                 Err(CallError::Remote(e)) => return Err(err(e.code, e.message)),
                 Err(CallError::Unreachable(m)) => last_problem = m,
                 Err(CallError::Timeout) => {
@@ -387,7 +510,8 @@ impl Node {
                     last_problem = "the leader did not answer in time".into();
                 }
             }
-            tokio::time::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
         }
         if maybe_sent {
             Err(err(Code::Timeout, format!("write to {group} not acknowledged within the wait budget; it may still commit ({last_problem})")))
@@ -400,7 +524,11 @@ impl Node {
     async fn leader_propose(&self, g: &Group, op: Op) -> Result<WriteResult, RemoteError> {
         let commit_ts = self.hlc.now(self.clock.wall_ms());
         match g.raft.client_write(Command { commit_ts, op }).await {
-            Ok(resp) => Ok(WriteResult { index: resp.log_id.index(), commit_ts, result: resp.data }),
+            Ok(resp) => Ok(WriteResult {
+                index: resp.log_id.index(),
+                commit_ts,
+                result: resp.data,
+            }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(RemoteError {
                 code: Code::Unavailable,
                 message: format!("node {} is not the leader of {}", self.id, g.id),
@@ -416,7 +544,9 @@ impl Node {
     /// The read index of `group`: the leader's commit index, confirmed with a quorum after the
     /// read began (Raft read-index).
     async fn read_index(&self, group: GroupId, deadline: Instant) -> Result<u64, TunekvError> {
-        let g = self.group(group).ok_or_else(|| err(Code::Unavailable, format!("group {group} is not open here")))?;
+        let g = self
+            .group(group)
+            .ok_or_else(|| err(Code::Unavailable, format!("group {group} is not open here")))?;
         let mut last_problem = String::from("no leader known");
         while Instant::now() < deadline {
             let leader = g.raft.metrics().borrow_watched().current_leader;
@@ -426,13 +556,22 @@ impl Node {
                     tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
                     continue;
                 }
-                Some(l) if l == self.id.0 => match tokio::time::timeout(remaining, self.leader_read_index(&g)).await {
-                    Ok(r) => r.map_err(CallError::Remote),
-                    Err(_) => Err(CallError::Timeout),
-                },
-                Some(l) => match self.pool.call(NodeId(l), group.0, Request::ReadIndex, remaining).await {
+                Some(l) if l == self.id.0 => {
+                    match tokio::time::timeout(remaining, self.leader_read_index(&g)).await {
+                        Ok(r) => r.map_err(CallError::Remote),
+                        Err(_) => Err(CallError::Timeout),
+                    }
+                }
+                Some(l) => match self
+                    .pool
+                    .call(NodeId(l), group.0, Request::ReadIndex, remaining)
+                    .await
+                {
                     Ok(Response::ReadIndex(i)) => Ok(i),
-                    Ok(_) => Err(CallError::Remote(RemoteError::new(Code::Internal, "unexpected response kind"))),
+                    Ok(_) => Err(CallError::Remote(RemoteError::new(
+                        Code::Internal,
+                        "unexpected response kind",
+                    ))),
                     Err(e) => Err(e),
                 },
             };
@@ -441,9 +580,13 @@ impl Node {
                 Err(CallError::Remote(e)) if e.not_leader => last_problem = e.message,
                 Err(CallError::Remote(e)) => return Err(err(e.code, e.message)),
                 Err(CallError::Unreachable(m)) => last_problem = m,
-                Err(CallError::Timeout) => last_problem = "the leader could not confirm its leadership with a quorum in time".into(),
+                Err(CallError::Timeout) => {
+                    last_problem =
+                        "the leader could not confirm its leadership with a quorum in time".into()
+                }
             }
-            tokio::time::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
         }
         Err(err(
             Code::NoQuorum,
@@ -454,18 +597,25 @@ impl Node {
     async fn leader_read_index(&self, g: &Group) -> Result<u64, RemoteError> {
         match g.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(read_log_id) => Ok(read_log_id.index()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(RemoteError {
-                code: Code::Unavailable,
-                message: format!("node {} is not the leader of {}", self.id, g.id),
-                leader_hint: f.leader_id,
-                not_leader: true,
-            }),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(RemoteError {
+                    code: Code::Unavailable,
+                    message: format!("node {} is not the leader of {}", self.id, g.id),
+                    leader_hint: f.leader_id,
+                    not_leader: true,
+                })
+            }
             Err(RaftError::APIError(e)) => Err(RemoteError::new(Code::NoQuorum, e.to_string())),
             Err(e) => Err(RemoteError::new(Code::Internal, e.to_string())),
         }
     }
 
-    async fn wait_applied(&self, g: &Group, index: u64, deadline: Instant) -> Result<(), TunekvError> {
+    async fn wait_applied(
+        &self,
+        g: &Group,
+        index: u64,
+        deadline: Instant,
+    ) -> Result<(), TunekvError> {
         let mut rx = g.data.subscribe();
         loop {
             let applied = rx.borrow_and_update().index;
@@ -492,20 +642,41 @@ impl Node {
         let m = m.borrow_watched();
         let is_leader = m.current_leader == Some(self.id.0) && m.state == ServerState::Leader;
         let contact_age = if is_leader {
-            m.last_quorum_acked.as_ref().map(|t| openraft::Instant::elapsed(&**t))
+            m.last_quorum_acked
+                .as_ref()
+                .map(|t| openraft::Instant::elapsed(&**t))
         } else {
-            g.last_contact.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed())
+            g.last_contact
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map(|t| t.elapsed())
         };
         CopyState {
-            applied: Position { shard: g.id.shard(), index: LogIndex(applied.index), commit_ms: Hlc::millis(applied.commit_ts) },
-            known_commit: LogIndex(m.cluster_committed.as_ref().map(|c| c.index()).unwrap_or(0).max(applied.index)),
+            applied: Position {
+                shard: g.id.shard(),
+                index: LogIndex(applied.index),
+                commit_ms: Hlc::millis(applied.commit_ts),
+            },
+            known_commit: LogIndex(
+                m.cluster_committed
+                    .as_ref()
+                    .map(|c| c.index())
+                    .unwrap_or(0)
+                    .max(applied.index),
+            ),
             is_leader,
             contact_age,
         }
     }
 
     /// Reads `key` at `level` (the keyspace's default when `None`), waiting at most `wait`.
-    pub async fn get(&self, ks: &str, key: &[u8], level: Option<Level>, wait: Option<Duration>) -> Result<ReadOutcome, TunekvError> {
+    pub async fn get(
+        &self,
+        ks: &str,
+        key: &[u8],
+        level: Option<Level>,
+        wait: Option<Duration>,
+    ) -> Result<ReadOutcome, TunekvError> {
         let deadline = Instant::now() + self.wait_budget(wait, self.config.read_wait_ms_default);
         let ks = self.keyspace(ks, deadline).await?;
         check_key(key)?;
@@ -529,7 +700,11 @@ impl Node {
                     let receipt = Receipt {
                         level,
                         served_by: self.id,
-                        position: Position { shard: g.id.shard(), index: LogIndex(applied.index), commit_ms: Hlc::millis(applied.commit_ts) },
+                        position: Position {
+                            shard: g.id.shard(),
+                            index: LogIndex(applied.index),
+                            commit_ms: Hlc::millis(applied.commit_ts),
+                        },
                         staleness,
                     };
                     return Ok(ReadOutcome { value, receipt });
@@ -573,9 +748,19 @@ impl Node {
     pub async fn cluster_status(&self) -> ClusterStatus {
         let mut replicas = self.local_status();
         let mut nodes = Vec::new();
-        let calls = self.config.peers.iter().filter(|p| p.id != self.id.0).map(|p| async move {
-            (p, self.pool.call(NodeId(p.id), 0, Request::Status, STATUS_WAIT).await)
-        });
+        let calls = self
+            .config
+            .peers
+            .iter()
+            .filter(|p| p.id != self.id.0)
+            .map(|p| async move {
+                (
+                    p,
+                    self.pool
+                        .call(NodeId(p.id), 0, Request::Status, STATUS_WAIT)
+                        .await,
+                )
+            });
         for (p, res) in futures::future::join_all(calls).await {
             let reachable = match res {
                 Ok(Response::Status(mut r)) => {
@@ -584,16 +769,34 @@ impl Node {
                 }
                 _ => false,
             };
-            nodes.push(NodeEntry { id: p.id, http: p.http.clone(), raft: p.raft.clone(), reachable });
+            nodes.push(NodeEntry {
+                id: p.id,
+                http: p.http.clone(),
+                raft: p.raft.clone(),
+                reachable,
+            });
         }
-        nodes.push(NodeEntry { id: self.id.0, http: self.config.http.clone(), raft: self.config.raft.clone(), reachable: true });
+        nodes.push(NodeEntry {
+            id: self.id.0,
+            http: self.config.http.clone(),
+            raft: self.config.raft.clone(),
+            reachable: true,
+        });
         nodes.sort_by_key(|n| n.id);
-        let names: BTreeMap<u64, String> = self.list_keyspaces().into_iter().map(|k| (k.id, k.name)).collect();
+        let names: BTreeMap<u64, String> = self
+            .list_keyspaces()
+            .into_iter()
+            .map(|k| (k.id, k.name))
+            .collect();
         let mut groups: BTreeMap<u64, GroupStatus> = BTreeMap::new();
         for r in replicas {
             let gid = GroupId(r.group);
             let entry = groups.entry(r.group).or_insert_with(|| {
-                let keyspace = if gid.is_metadata() { None } else { names.get(&gid.keyspace_id()).cloned() };
+                let keyspace = if gid.is_metadata() {
+                    None
+                } else {
+                    names.get(&gid.keyspace_id()).cloned()
+                };
                 GroupStatus {
                     name: match &keyspace {
                         Some(k) => format!("{k}/shard{}", gid.shard()),
@@ -618,7 +821,11 @@ impl Node {
                 g.leader = g.replicas.iter().find_map(|r| r.leader);
             }
         }
-        ClusterStatus { served_by: self.id.0, nodes, groups: groups.into_values().collect() }
+        ClusterStatus {
+            served_by: self.id.0,
+            nodes,
+            groups: groups.into_values().collect(),
+        }
     }
 
     /// The fault hook: isolate this node from every other node, or heal.
@@ -627,7 +834,10 @@ impl Node {
             tracing::warn!(isolated = on, "fault injection");
             Ok(())
         } else {
-            Err(err(Code::FaultsDisabled, "this node was not started with --enable-faults"))
+            Err(err(
+                Code::FaultsDisabled,
+                "this node was not started with --enable-faults",
+            ))
         }
     }
 
@@ -644,29 +854,63 @@ impl Node {
         if let Request::Status = req {
             return Ok(Response::Status(self.local_status()));
         }
-        let g = self.group(gid).ok_or_else(|| RemoteError::new(Code::Unavailable, format!("group {gid} is not open on node {}", self.id)))?;
-        let fatal = |e: openraft::error::Fatal<tunekv_raft::TypeConfig>| RemoteError::new(Code::Internal, e.to_string());
+        let g = self.group(gid).ok_or_else(|| {
+            RemoteError::new(
+                Code::Unavailable,
+                format!("group {gid} is not open on node {}", self.id),
+            )
+        })?;
+        let fatal = |e: openraft::error::Fatal<tunekv_raft::TypeConfig>| {
+            RemoteError::new(Code::Internal, e.to_string())
+        };
         match req {
             Request::Append(rpc) => {
-                let resp = g.raft.append_entries(rpc).await.map_err(|e| RemoteError::new(Code::Internal, e.to_string()))?;
+                let resp = g
+                    .raft
+                    .append_entries(rpc)
+                    .await
+                    .map_err(|e| RemoteError::new(Code::Internal, e.to_string()))?;
                 if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
-                    *g.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                    *g.last_contact.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(Instant::now());
                 }
                 Ok(Response::Append(resp))
             }
-            Request::Vote(rpc) => g.raft.vote(rpc).await.map(Response::Vote).map_err(|e| RemoteError::new(Code::Internal, e.to_string())),
+            Request::Vote(rpc) => g
+                .raft
+                .vote(rpc)
+                .await
+                .map(Response::Vote)
+                .map_err(|e| RemoteError::new(Code::Internal, e.to_string())),
             Request::Snapshot { vote, meta, data } => {
-                let snapshot = openraft::alias::SnapshotOf::<tunekv_raft::TypeConfig, Vec<u8>> { meta, snapshot: data };
-                g.raft.install_full_snapshot(vote, snapshot).await.map(Response::Snapshot).map_err(fatal)
+                let snapshot = openraft::alias::SnapshotOf::<tunekv_raft::TypeConfig, Vec<u8>> {
+                    meta,
+                    snapshot: data,
+                };
+                g.raft
+                    .install_full_snapshot(vote, snapshot)
+                    .await
+                    .map(Response::Snapshot)
+                    .map_err(fatal)
             }
-            Request::Write(op) => match tokio::time::timeout(FORWARDED_WORK_MAX, self.leader_propose(&g, op)).await {
-                Ok(r) => r.map(Response::Write),
-                Err(_) => Err(RemoteError::new(Code::Timeout, "the leader could not commit in time")),
-            },
-            Request::ReadIndex => match tokio::time::timeout(FORWARDED_WORK_MAX, self.leader_read_index(&g)).await {
-                Ok(r) => r.map(Response::ReadIndex),
-                Err(_) => Err(RemoteError::new(Code::NoQuorum, "the leader could not confirm with a quorum in time")),
-            },
+            Request::Write(op) => {
+                match tokio::time::timeout(FORWARDED_WORK_MAX, self.leader_propose(&g, op)).await {
+                    Ok(r) => r.map(Response::Write),
+                    Err(_) => Err(RemoteError::new(
+                        Code::Timeout,
+                        "the leader could not commit in time",
+                    )),
+                }
+            }
+            Request::ReadIndex => {
+                match tokio::time::timeout(FORWARDED_WORK_MAX, self.leader_read_index(&g)).await {
+                    Ok(r) => r.map(Response::ReadIndex),
+                    Err(_) => Err(RemoteError::new(
+                        Code::NoQuorum,
+                        "the leader could not confirm with a quorum in time",
+                    )),
+                }
+            }
             Request::Status => Ok(Response::Status(self.local_status())),
         }
     }

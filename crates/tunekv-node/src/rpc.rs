@@ -6,7 +6,9 @@ use crate::transport::{BoxFuture, Faults, Transport};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use openraft::alias::{SnapshotMetaOf, VoteOf};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,7 +34,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub enum Request {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<TypeConfig>),
-    Snapshot { vote: VoteOf<TypeConfig>, meta: SnapshotMetaOf<TypeConfig>, data: Vec<u8> },
+    Snapshot {
+        vote: VoteOf<TypeConfig>,
+        meta: SnapshotMetaOf<TypeConfig>,
+        data: Vec<u8>,
+    },
     /// Propose a command; answered only by the group's leader.
     Write(Op),
     /// The leader's confirmed read index (Raft read-index, checked with a quorum).
@@ -72,7 +78,12 @@ pub struct RemoteError {
 
 impl RemoteError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        RemoteError { code, message: message.into(), leader_hint: None, not_leader: false }
+        RemoteError {
+            code,
+            message: message.into(),
+            leader_hint: None,
+            not_leader: false,
+        }
     }
 }
 
@@ -104,7 +115,9 @@ fn decode(bytes: &[u8]) -> Result<Frame, String> {
 }
 
 fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder().max_frame_length(FRAME_BYTES_MAX).new_codec()
+    LengthDelimitedCodec::builder()
+        .max_frame_length(FRAME_BYTES_MAX)
+        .new_codec()
 }
 
 /// Why a call failed.
@@ -146,16 +159,36 @@ pub struct PeerPool {
 }
 
 impl PeerPool {
-    pub fn new(peers: &[(NodeId, String)], transport: Arc<dyn Transport>, faults: Arc<Faults>) -> PeerPool {
+    pub fn new(
+        peers: &[(NodeId, String)],
+        transport: Arc<dyn Transport>,
+        faults: Arc<Faults>,
+    ) -> PeerPool {
         let peers = peers
             .iter()
-            .map(|(id, addr)| (*id, Peer { addr: addr.clone(), conn: tokio::sync::Mutex::new(None) }))
+            .map(|(id, addr)| {
+                (
+                    *id,
+                    Peer {
+                        addr: addr.clone(),
+                        conn: tokio::sync::Mutex::new(None),
+                    },
+                )
+            })
             .collect();
-        PeerPool { peers, transport, faults, next_id: AtomicU64::new(1) }
+        PeerPool {
+            peers,
+            transport,
+            faults,
+            next_id: AtomicU64::new(1),
+        }
     }
 
     async fn connection(&self, to: NodeId) -> Result<Arc<Conn>, CallError> {
-        let peer = self.peers.get(&to).ok_or_else(|| CallError::Unreachable(format!("unknown node {to}")))?;
+        let peer = self
+            .peers
+            .get(&to)
+            .ok_or_else(|| CallError::Unreachable(format!("unknown node {to}")))?;
         let mut slot = peer.conn.lock().await;
         if let Some(c) = slot.as_ref() {
             if c.alive.load(Ordering::Relaxed) {
@@ -164,13 +197,21 @@ impl PeerPool {
         }
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, self.transport.connect(&peer.addr))
             .await
-            .map_err(|_| CallError::Unreachable(format!("connect to node {to} at {} timed out", peer.addr)))?
-            .map_err(|e| CallError::Unreachable(format!("connect to node {to} at {}: {e}", peer.addr)))?;
+            .map_err(|_| {
+                CallError::Unreachable(format!("connect to node {to} at {} timed out", peer.addr))
+            })?
+            .map_err(|e| {
+                CallError::Unreachable(format!("connect to node {to} at {}: {e}", peer.addr))
+            })?;
         let (mut sink, mut stream) = Framed::new(stream, codec()).split();
         let (tx, mut rx) = mpsc::channel::<Bytes>(SEND_QUEUE_MAX);
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
-        let conn = Arc::new(Conn { tx, pending: pending.clone(), alive: alive.clone() });
+        let conn = Arc::new(Conn {
+            tx,
+            pending: pending.clone(),
+            alive: alive.clone(),
+        });
         let writer_alive = alive.clone();
         tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
@@ -184,7 +225,10 @@ impl PeerPool {
             while let Some(Ok(bytes)) = stream.next().await {
                 let Ok(frame) = decode(&bytes) else { break };
                 if let Body::Resp(resp) = frame.body {
-                    let waiter = pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&frame.id);
+                    let waiter = pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&frame.id);
                     if let Some(w) = waiter {
                         let _ = w.send(resp);
                     }
@@ -199,26 +243,49 @@ impl PeerPool {
     }
 
     /// Sends `req` for `group` to node `to` and waits at most `timeout` for the answer.
-    pub async fn call(&self, to: NodeId, group: u64, req: Request, timeout: Duration) -> Result<Response, CallError> {
+    pub async fn call(
+        &self,
+        to: NodeId,
+        group: u64,
+        req: Request,
+        timeout: Duration,
+    ) -> Result<Response, CallError> {
         if self.faults.isolated() {
-            return Err(CallError::Unreachable("this node is isolated by an injected fault".into()));
+            return Err(CallError::Unreachable(
+                "this node is isolated by an injected fault".into(),
+            ));
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let conn = tokio::time::timeout_at(deadline, self.connection(to))
             .await
             .map_err(|_| CallError::Unreachable(format!("connect to node {to} timed out")))??;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let bytes = encode(&Frame { id, group, body: Body::Req(req) })
-            .map_err(|e| CallError::Unreachable(format!("encode: {e}")))?;
+        let bytes = encode(&Frame {
+            id,
+            group,
+            body: Body::Req(req),
+        })
+        .map_err(|e| CallError::Unreachable(format!("encode: {e}")))?;
         let (tx, rx) = oneshot::channel();
-        conn.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        conn.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
         let sent = tokio::time::timeout_at(deadline, conn.tx.send(bytes)).await;
         if !matches!(sent, Ok(Ok(()))) {
-            conn.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            return Err(CallError::Unreachable(format!("connection to node {to} is closed or full")));
+            conn.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            return Err(CallError::Unreachable(format!(
+                "connection to node {to} is closed or full"
+            )));
         }
         let answer = tokio::time::timeout_at(deadline, rx).await;
-        conn.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        conn.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         match answer {
             Ok(Ok(Ok(resp))) => Ok(resp),
             Ok(Ok(Err(remote))) => Err(CallError::Remote(remote)),
@@ -233,7 +300,11 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Accepts node-to-node connections until the listener fails.
-pub async fn serve(mut listener: Box<dyn crate::transport::Listener>, handler: Arc<dyn Handler>, faults: Arc<Faults>) {
+pub async fn serve(
+    mut listener: Box<dyn crate::transport::Listener>,
+    handler: Arc<dyn Handler>,
+    faults: Arc<Faults>,
+) {
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(x) => x,
@@ -269,13 +340,19 @@ pub async fn serve(mut listener: Box<dyn crate::transport::Listener>, handler: A
                 if faults.isolated() {
                     continue;
                 }
-                let Ok(permit) = inflight.clone().acquire_owned().await else { break };
+                let Ok(permit) = inflight.clone().acquire_owned().await else {
+                    break;
+                };
                 let handler = handler.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let resp = handler.handle(frame.group, req).await;
                     let _permit = permit;
-                    match encode(&Frame { id: frame.id, group: frame.group, body: Body::Resp(resp) }) {
+                    match encode(&Frame {
+                        id: frame.id,
+                        group: frame.group,
+                        body: Body::Resp(resp),
+                    }) {
                         Ok(b) => {
                             let _ = tx.send(b).await;
                         }

@@ -72,7 +72,10 @@ pub struct Faults {
 
 impl Faults {
     pub fn new(enabled: bool) -> Faults {
-        Faults { enabled, isolated: AtomicBool::new(false) }
+        Faults {
+            enabled,
+            isolated: AtomicBool::new(false),
+        }
     }
 
     pub fn enabled(&self) -> bool {

@@ -27,7 +27,11 @@ pub struct LogStore {
 
 impl LogStore {
     pub fn new(group: u64, storage: Arc<dyn Storage>, commit: GroupCommit) -> Self {
-        LogStore { group, storage, commit }
+        LogStore {
+            group,
+            storage,
+            commit,
+        }
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, name: &str) -> io::Result<Option<T>> {
@@ -79,9 +83,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let purged: Option<LogIdOf<TypeConfig>> = self.get(META_PURGED)?;
         let last = match self.storage.last_entry(self.group)? {
             Some((_, bytes)) => Some(decode(&bytes)?.log_id()),
-            None => purged.clone(),
+            None => purged,
         };
-        Ok(LogState { last_purged_log_id: purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -94,16 +101,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.commit.sync().await.map_err(io::Error::from)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogIdOf<TypeConfig>>,
+    ) -> Result<(), io::Error> {
         // A hint for faster restart; a lower value after a crash is safe, so no sync.
         self.put(META_COMMITTED, &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
-        Ok(self.get::<Option<LogIdOf<TypeConfig>>>(META_COMMITTED)?.flatten())
+        Ok(self
+            .get::<Option<LogIdOf<TypeConfig>>>(META_COMMITTED)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = EntryOf<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -115,11 +131,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.storage.append(self.group, &records)?;
         // Acknowledge only once durable: this is where group commit happens.
-        self.commit.sync_then(move |res| callback.io_completed(res.map_err(io::Error::other)));
+        self.commit
+            .sync_then(move |res| callback.io_completed(res.map_err(io::Error::other)));
         Ok(())
     }
 
-    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
+    async fn truncate_after(
+        &mut self,
+        last_log_id: Option<LogIdOf<TypeConfig>>,
+    ) -> Result<(), io::Error> {
         let from = last_log_id.map(|id| id.index() + 1).unwrap_or(0);
         Ok(self.storage.truncate_from(self.group, from)?)
     }

@@ -33,7 +33,10 @@ struct Inner {
 
 impl Inner {
     fn applied(&self) -> Applied {
-        Applied { index: self.last_applied.as_ref().map(|l| l.index()).unwrap_or(0), commit_ts: self.commit_ts }
+        Applied {
+            index: self.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
+            commit_ts: self.commit_ts,
+        }
     }
 }
 
@@ -61,8 +64,14 @@ impl ShardView<'_> {
     }
 
     /// Keys with `prefix`, in order (the catalog lists keyspaces with it).
-    pub fn scan_prefix<'b>(&'b self, prefix: &'b [u8]) -> impl Iterator<Item = (&'b Vec<u8>, &'b StoredValue)> + 'b {
-        self.inner.data.range(prefix.to_vec()..).take_while(move |(k, _)| k.starts_with(prefix))
+    pub fn scan_prefix<'b>(
+        &'b self,
+        prefix: &'b [u8],
+    ) -> impl Iterator<Item = (&'b Vec<u8>, &'b StoredValue)> + 'b {
+        self.inner
+            .data
+            .range(prefix.to_vec()..)
+            .take_while(move |(k, _)| k.starts_with(prefix))
     }
 
     pub fn len(&self) -> usize {
@@ -76,7 +85,9 @@ impl ShardView<'_> {
 
 impl ShardData {
     pub fn read(&self) -> ShardView<'_> {
-        ShardView { inner: self.inner.read().unwrap_or_else(|p| p.into_inner()) }
+        ShardView {
+            inner: self.inner.read().unwrap_or_else(|p| p.into_inner()),
+        }
     }
 
     pub fn applied(&self) -> Applied {
@@ -125,13 +136,21 @@ impl StateMachine {
             let body: SnapshotBody = postcard::from_bytes(&file.body).map_err(invalid_data)?;
             inner.data = body.data.into_iter().collect();
             inner.commit_ts = body.commit_ts;
-            inner.last_applied = file.meta.last_log_id.clone();
+            inner.last_applied = file.meta.last_log_id;
             inner.membership = file.meta.last_membership.clone();
             hlc.observe(body.commit_ts);
         }
         let (applied_tx, _) = watch::channel(inner.applied());
-        let shared = Arc::new(ShardData { inner: RwLock::new(inner), applied_tx });
-        Ok(StateMachine { group, shared, storage, hlc })
+        let shared = Arc::new(ShardData {
+            inner: RwLock::new(inner),
+            applied_tx,
+        });
+        Ok(StateMachine {
+            group,
+            shared,
+            storage,
+            hlc,
+        })
     }
 
     pub fn data(&self) -> Arc<ShardData> {
@@ -151,23 +170,49 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command
             let create_index = prev.map(|p| p.create_index).unwrap_or(index);
             data.insert(
                 key.clone(),
-                StoredValue { value: value.clone(), create_index, mod_index: index, commit_ts: cmd.commit_ts },
+                StoredValue {
+                    value: value.clone(),
+                    create_index,
+                    mod_index: index,
+                    commit_ts: cmd.commit_ts,
+                },
             );
-            CommandResult { existed, changed: true, current: None }
+            CommandResult {
+                existed,
+                changed: true,
+                current: None,
+            }
         }
         Op::PutIfAbsent { key, value } => {
             if let Some(current) = data.get(key) {
-                return CommandResult { existed: true, changed: false, current: Some(current.clone()) };
+                return CommandResult {
+                    existed: true,
+                    changed: false,
+                    current: Some(current.clone()),
+                };
             }
             data.insert(
                 key.clone(),
-                StoredValue { value: value.clone(), create_index: index, mod_index: index, commit_ts: cmd.commit_ts },
+                StoredValue {
+                    value: value.clone(),
+                    create_index: index,
+                    mod_index: index,
+                    commit_ts: cmd.commit_ts,
+                },
             );
-            CommandResult { existed: false, changed: true, current: None }
+            CommandResult {
+                existed: false,
+                changed: true,
+                current: None,
+            }
         }
         Op::Delete { key } => {
             let existed = data.remove(key).is_some();
-            CommandResult { existed, changed: existed, current: None }
+            CommandResult {
+                existed,
+                changed: existed,
+                current: None,
+            }
         }
     }
 }
@@ -180,17 +225,30 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let inner = self.shared.inner.read().unwrap_or_else(|p| p.into_inner());
             let body = SnapshotBody {
                 commit_ts: inner.commit_ts,
-                data: inner.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                data: inner
+                    .data
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             };
             let meta = SnapshotMetaOf::<TypeConfig> {
-                last_log_id: inner.last_applied.clone(),
+                last_log_id: inner.last_applied,
                 last_membership: inner.membership.clone(),
             };
             (meta, postcard::to_stdvec(&body).map_err(invalid_data)?)
         };
-        let file = SnapshotFile { meta: meta.clone(), body: body.clone() };
-        self.storage.put_snapshot(self.group, &postcard::to_stdvec(&file).map_err(invalid_data)?)?;
-        Ok(SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: body })
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            body: body.clone(),
+        };
+        self.storage.put_snapshot(
+            self.group,
+            &postcard::to_stdvec(&file).map_err(invalid_data)?,
+        )?;
+        Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta,
+            snapshot: body,
+        })
     }
 }
 
@@ -202,7 +260,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
         let inner = self.shared.inner.read().unwrap_or_else(|p| p.into_inner());
-        Ok((inner.last_applied.clone(), inner.membership.clone()))
+        Ok((inner.last_applied, inner.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -224,18 +282,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     "entries apply in log order"
                 );
                 let result = match &entry.payload {
-                    EntryPayload::Blank => CommandResult { existed: false, changed: false, current: None },
+                    EntryPayload::Blank => CommandResult {
+                        existed: false,
+                        changed: false,
+                        current: None,
+                    },
                     EntryPayload::Normal(cmd) => {
                         inner.commit_ts = inner.commit_ts.max(cmd.commit_ts);
                         self.hlc.observe(cmd.commit_ts);
                         apply_op(&mut inner.data, index, cmd)
                     }
                     EntryPayload::Membership(m) => {
-                        inner.membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id.clone()), m.clone());
-                        CommandResult { existed: false, changed: false, current: None }
+                        inner.membership = StoredMembershipOf::<TypeConfig>::new(
+                            Some(entry.log_id),
+                            m.clone(),
+                        );
+                        CommandResult {
+                            existed: false,
+                            changed: false,
+                            current: None,
+                        }
                     }
                 };
-                inner.last_applied = Some(entry.log_id.clone());
+                inner.last_applied = Some(entry.log_id);
                 if let Some(r) = responder {
                     replies.push((r, result));
                 }
@@ -260,14 +329,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         let body: SnapshotBody = postcard::from_bytes(&snapshot).map_err(invalid_data)?;
         // Durable before it becomes the state: a restart must find it.
-        let file = SnapshotFile { meta: meta.clone(), body: snapshot };
-        self.storage.put_snapshot(self.group, &postcard::to_stdvec(&file).map_err(invalid_data)?)?;
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            body: snapshot,
+        };
+        self.storage.put_snapshot(
+            self.group,
+            &postcard::to_stdvec(&file).map_err(invalid_data)?,
+        )?;
         self.hlc.observe(body.commit_ts);
         let applied = {
             let mut inner = self.write();
             inner.data = body.data.into_iter().collect();
             inner.commit_ts = body.commit_ts;
-            inner.last_applied = meta.last_log_id.clone();
+            inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             inner.applied()
         };
@@ -275,12 +350,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
         match self.storage.get_snapshot(self.group)? {
             None => Ok(None),
             Some(bytes) => {
                 let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(invalid_data)?;
-                Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> { meta: file.meta, snapshot: file.body }))
+                Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> {
+                    meta: file.meta,
+                    snapshot: file.body,
+                }))
             }
         }
     }

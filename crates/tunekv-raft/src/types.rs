@@ -21,10 +21,18 @@ pub struct Command {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Put { key: Vec<u8>, value: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
     /// Writes only if the key is absent (the catalog uses it to create keyspaces once).
-    PutIfAbsent { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    PutIfAbsent {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
 }
 
 impl fmt::Display for Command {

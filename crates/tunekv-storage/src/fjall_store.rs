@@ -24,12 +24,23 @@ impl FjallStorage {
     /// Opens (or creates) the store under `dir`.
     pub fn open(dir: &Path) -> Result<FjallStorage> {
         fs::create_dir_all(dir)?;
-        let db = Database::builder(dir.join("fjall")).open().map_err(engine)?;
-        let log = db.keyspace("log", KeyspaceCreateOptions::default).map_err(engine)?;
-        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(engine)?;
+        let db = Database::builder(dir.join("fjall"))
+            .open()
+            .map_err(engine)?;
+        let log = db
+            .keyspace("log", KeyspaceCreateOptions::default)
+            .map_err(engine)?;
+        let meta = db
+            .keyspace("meta", KeyspaceCreateOptions::default)
+            .map_err(engine)?;
         let snapshot_dir = dir.join("snapshots");
         fs::create_dir_all(&snapshot_dir)?;
-        Ok(FjallStorage { db, log, meta, snapshot_dir })
+        Ok(FjallStorage {
+            db,
+            log,
+            meta,
+            snapshot_dir,
+        })
     }
 
     fn snapshot_path(&self, group: Group) -> PathBuf {
@@ -59,7 +70,11 @@ impl Storage for FjallStorage {
     }
 
     fn last_entry(&self, group: Group) -> Result<Option<LogRecord>> {
-        match self.log.range(log_key(group, 0)..=log_key(group, u64::MAX)).next_back() {
+        match self
+            .log
+            .range(log_key(group, 0)..=log_key(group, u64::MAX))
+            .next_back()
+        {
             None => Ok(None),
             Some(guard) => {
                 let (k, v) = guard.into_inner().map_err(engine)?;
@@ -70,7 +85,10 @@ impl Storage for FjallStorage {
 
     fn truncate_from(&self, group: Group, from: u64) -> Result<()> {
         let mut batch = self.db.batch();
-        for guard in self.log.range(log_key(group, from)..=log_key(group, u64::MAX)) {
+        for guard in self
+            .log
+            .range(log_key(group, from)..=log_key(group, u64::MAX))
+        {
             let k = guard.key().map_err(engine)?;
             batch.remove(&self.log, k);
         }
@@ -87,11 +105,17 @@ impl Storage for FjallStorage {
     }
 
     fn put_meta(&self, group: Group, name: &str, value: &[u8]) -> Result<()> {
-        self.meta.insert(meta_key(group, name), value.to_vec()).map_err(engine)
+        self.meta
+            .insert(meta_key(group, name), value.to_vec())
+            .map_err(engine)
     }
 
     fn get_meta(&self, group: Group, name: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.meta.get(meta_key(group, name)).map_err(engine)?.map(|v| v.to_vec()))
+        Ok(self
+            .meta
+            .get(meta_key(group, name))
+            .map_err(engine)?
+            .map(|v| v.to_vec()))
     }
 
     fn put_snapshot(&self, group: Group, data: &[u8]) -> Result<()> {

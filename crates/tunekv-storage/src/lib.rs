@@ -85,9 +85,16 @@ mod contract_tests {
     use super::*;
 
     pub fn check_contract(s: &dyn Storage) {
-        s.append(1, &[(1, b"a".to_vec()), (2, b"b".to_vec()), (3, b"c".to_vec())]).unwrap();
+        s.append(
+            1,
+            &[(1, b"a".to_vec()), (2, b"b".to_vec()), (3, b"c".to_vec())],
+        )
+        .unwrap();
         s.append(2, &[(1, b"other".to_vec())]).unwrap();
-        assert_eq!(s.entries(1, 2, 10).unwrap(), vec![(2, b"b".to_vec()), (3, b"c".to_vec())]);
+        assert_eq!(
+            s.entries(1, 2, 10).unwrap(),
+            vec![(2, b"b".to_vec()), (3, b"c".to_vec())]
+        );
         assert_eq!(s.last_entry(1).unwrap(), Some((3, b"c".to_vec())));
         s.truncate_from(1, 3).unwrap();
         assert_eq!(s.last_entry(1).unwrap(), Some((2, b"b".to_vec())));

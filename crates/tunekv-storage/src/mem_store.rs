@@ -60,7 +60,11 @@ impl Storage for MemStorage {
 
     fn truncate_from(&self, group: Group, from: u64) -> Result<()> {
         let mut g = self.lock();
-        let keys: Vec<_> = g.log.range(log_key(group, from)..=log_key(group, u64::MAX)).map(|(k, _)| *k).collect();
+        let keys: Vec<_> = g
+            .log
+            .range(log_key(group, from)..=log_key(group, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
         for k in keys {
             g.log.remove(&k);
         }
@@ -69,7 +73,11 @@ impl Storage for MemStorage {
 
     fn purge_through(&self, group: Group, through: u64) -> Result<()> {
         let mut g = self.lock();
-        let keys: Vec<_> = g.log.range(log_key(group, 0)..=log_key(group, through)).map(|(k, _)| *k).collect();
+        let keys: Vec<_> = g
+            .log
+            .range(log_key(group, 0)..=log_key(group, through))
+            .map(|(k, _)| *k)
+            .collect();
         for k in keys {
             g.log.remove(&k);
         }
@@ -77,7 +85,9 @@ impl Storage for MemStorage {
     }
 
     fn put_meta(&self, group: Group, name: &str, value: &[u8]) -> Result<()> {
-        self.lock().meta.insert(meta_key(group, name), value.to_vec());
+        self.lock()
+            .meta
+            .insert(meta_key(group, name), value.to_vec());
         Ok(())
     }
 

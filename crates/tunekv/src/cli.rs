@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use tunekv_client::{Client, ClientError, Opts};
 
 #[derive(Parser)]
-#[command(name = "tunekv", version, about = "A replicated key-value store where every read picks its consistency level")]
+#[command(
+    name = "tunekv",
+    version,
+    about = "A replicated key-value store where every read picks its consistency level"
+)]
 pub struct Args {
     #[command(subcommand)]
     pub command: Cmd,
@@ -95,14 +99,21 @@ pub struct Common {
 
 impl Common {
     fn opts(&self) -> Opts {
-        Opts { level: self.level.clone(), wait_ms_max: self.wait_ms_max }
+        Opts {
+            level: self.level.clone(),
+            wait_ms_max: self.wait_ms_max,
+        }
     }
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TUNEKV_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,fjall=warn,lsm_tree=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TUNEKV_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,fjall=warn,lsm_tree=warn")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn report(e: ClientError) -> i32 {
@@ -112,18 +123,43 @@ fn report(e: ClientError) -> i32 {
 
 pub async fn run(args: Args) -> Result<i32> {
     match args.command {
-        Cmd::Server { config, enable_faults } => {
+        Cmd::Server {
+            config,
+            enable_faults,
+        } => {
             init_tracing();
             crate::server::run(&config, enable_faults).await?;
             Ok(0)
         }
-        Cmd::Dev { nodes, dir, enable_faults, fresh, no_demo, exit_after_demo } => {
-            crate::dev::run(crate::dev::DevOptions { nodes, dir, enable_faults, fresh, demo: !no_demo, exit_after_demo })
-                .await
+        Cmd::Dev {
+            nodes,
+            dir,
+            enable_faults,
+            fresh,
+            no_demo,
+            exit_after_demo,
+        } => {
+            crate::dev::run(crate::dev::DevOptions {
+                nodes,
+                dir,
+                enable_faults,
+                fresh,
+                demo: !no_demo,
+                exit_after_demo,
+            })
+            .await
         }
-        Cmd::Put { keyspace, key, value, common } => {
+        Cmd::Put {
+            keyspace,
+            key,
+            value,
+            common,
+        } => {
             let c = Client::new(&common.node);
-            match c.put(&keyspace, key.as_bytes(), value.as_bytes(), &common.opts()).await {
+            match c
+                .put(&keyspace, key.as_bytes(), value.as_bytes(), &common.opts())
+                .await
+            {
                 Ok(w) => {
                     println!("OK {}", w.position);
                     Ok(0)
@@ -131,13 +167,20 @@ pub async fn run(args: Args) -> Result<i32> {
                 Err(e) => Ok(report(e)),
             }
         }
-        Cmd::Get { keyspace, key, common } => {
+        Cmd::Get {
+            keyspace,
+            key,
+            common,
+        } => {
             let c = Client::new(&common.node);
             match c.get(&keyspace, key.as_bytes(), &common.opts()).await {
                 Ok(r) => {
                     eprintln!(
                         "level={} served_by={} position={} staleness={}",
-                        r.receipt.level, r.receipt.served_by, r.receipt.position, r.receipt.staleness
+                        r.receipt.level,
+                        r.receipt.served_by,
+                        r.receipt.position,
+                        r.receipt.staleness
                     );
                     match r.value {
                         Some(v) => {
@@ -153,7 +196,11 @@ pub async fn run(args: Args) -> Result<i32> {
                 Err(e) => Ok(report(e)),
             }
         }
-        Cmd::Del { keyspace, key, common } => {
+        Cmd::Del {
+            keyspace,
+            key,
+            common,
+        } => {
             let c = Client::new(&common.node);
             match c.delete(&keyspace, key.as_bytes(), &common.opts()).await {
                 Ok(w) => {
@@ -163,7 +210,13 @@ pub async fn run(args: Args) -> Result<i32> {
                 Err(e) => Ok(report(e)),
             }
         }
-        Cmd::CreateKeyspace { keyspace, shards, replicas, default_level, node } => {
+        Cmd::CreateKeyspace {
+            keyspace,
+            shards,
+            replicas,
+            default_level,
+            node,
+        } => {
             let spec = serde_json::json!({"mode": "ordered", "shards": shards, "replicas": replicas, "default_level": default_level});
             match Client::new(&node).create_keyspace(&keyspace, &spec).await {
                 Ok(info) => {

@@ -18,7 +18,11 @@ pub struct DevOptions {
 pub async fn run(o: DevOptions) -> Result<i32> {
     let exe = std::env::current_exe().context("cannot find the tunekv executable")?;
     let mut cluster = LocalCluster::prepare(&exe, &o.dir, o.nodes, o.enable_faults, o.fresh, true)?;
-    println!("starting {} nodes in {} ...", cluster.len(), cluster.dir.display());
+    println!(
+        "starting {} nodes in {} ...",
+        cluster.len(),
+        cluster.dir.display()
+    );
     cluster.start_all()?;
     cluster.wait_ready(Duration::from_secs(60)).await?;
     let json = cluster.write_cluster_json()?;
@@ -32,7 +36,11 @@ pub async fn run(o: DevOptions) -> Result<i32> {
             cluster.config_path(i).display()
         );
     }
-    println!("  status page: {}/   cluster JSON: {}/v1/cluster", cluster.http(0), cluster.http(0));
+    println!(
+        "  status page: {}/   cluster JSON: {}/v1/cluster",
+        cluster.http(0),
+        cluster.http(0)
+    );
     if o.demo {
         if let Err(e) = demo(&cluster).await {
             eprintln!("demo failed: {e:#}");
@@ -62,14 +70,32 @@ pub async fn run(o: DevOptions) -> Result<i32> {
 
 async fn demo(cluster: &LocalCluster) -> Result<()> {
     let n = cluster.len();
-    let (a, b, c) = (cluster.client(0), cluster.client(1 % n), cluster.client(2 % n));
+    let (a, b, c) = (
+        cluster.client(0),
+        cluster.client(1 % n),
+        cluster.client(2 % n),
+    );
     println!("\n== demo: one write, read back at different levels on different nodes ==");
     let spec = serde_json::json!({"mode": "ordered", "shards": 4, "replicas": n.min(3), "default_level": "strong"});
-    a.create_keyspace("demo", &spec).await.context("create keyspace demo")?;
-    println!("created keyspace demo: 4 shards x {} replicas, default level strong", n.min(3));
-    let w = a.put("demo", b"greeting", b"hello, tunekv", &Opts::default()).await?;
-    println!("PUT demo/greeting on node 1            -> committed at {}", w.position);
-    for (name, client, level) in [("node 2", &b, "strong"), ("node 3", &c, "strong"), ("node 3", &c, "eventual")] {
+    a.create_keyspace("demo", &spec)
+        .await
+        .context("create keyspace demo")?;
+    println!(
+        "created keyspace demo: 4 shards x {} replicas, default level strong",
+        n.min(3)
+    );
+    let w = a
+        .put("demo", b"greeting", b"hello, tunekv", &Opts::default())
+        .await?;
+    println!(
+        "PUT demo/greeting on node 1            -> committed at {}",
+        w.position
+    );
+    for (name, client, level) in [
+        ("node 2", &b, "strong"),
+        ("node 3", &c, "strong"),
+        ("node 3", &c, "eventual"),
+    ] {
         let r = client.get("demo", b"greeting", &Opts::level(level)).await?;
         println!(
             "GET on {name} at {level:<8} -> {:?}  served_by={} position={} staleness={}",
@@ -79,7 +105,10 @@ async fn demo(cluster: &LocalCluster) -> Result<()> {
             r.receipt.staleness
         );
     }
-    match c.get("demo", b"greeting", &Opts::level("bounded(k=3)")).await {
+    match c
+        .get("demo", b"greeting", &Opts::level("bounded(k=3)"))
+        .await
+    {
         Ok(_) => println!("bounded(k=3) served"),
         Err(e) => println!("GET at bounded(k=3)           -> refused, never served weaker: {e}"),
     }

@@ -26,20 +26,31 @@ pub struct LocalCluster {
 fn free_ports(count: usize, preferred: &[u16]) -> Result<Vec<u16>> {
     // Preferred ports if every one of them is free, else whatever the OS hands out.
     if preferred.len() == count {
-        let held: Vec<_> = preferred.iter().filter_map(|p| TcpListener::bind(("127.0.0.1", *p)).ok()).collect();
+        let held: Vec<_> = preferred
+            .iter()
+            .filter_map(|p| TcpListener::bind(("127.0.0.1", *p)).ok())
+            .collect();
         if held.len() == count {
             return Ok(preferred.to_vec());
         }
     }
-    let held: Vec<TcpListener> =
-        (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
+    let held: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
     held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 impl LocalCluster {
     /// Writes node configs under `dir` (or reuses the ones there, so a restarted dev cluster
     /// keeps its data and ports).
-    pub fn prepare(exe: &Path, dir: &Path, nodes: u32, enable_faults: bool, fresh: bool, preferred_ports: bool) -> Result<Self> {
+    pub fn prepare(
+        exe: &Path,
+        dir: &Path,
+        nodes: u32,
+        enable_faults: bool,
+        fresh: bool,
+        preferred_ports: bool,
+    ) -> Result<Self> {
         if nodes == 0 || nodes > 9 {
             bail!("--nodes must be 1 to 9");
         }
@@ -48,18 +59,30 @@ impl LocalCluster {
         }
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let dir = dir.canonicalize()?;
-        let existing: Vec<PathBuf> = (1..=nodes).map(|i| dir.join(format!("node-{i}.toml"))).collect();
+        let existing: Vec<PathBuf> = (1..=nodes)
+            .map(|i| dir.join(format!("node-{i}.toml")))
+            .collect();
         let configs = if existing.iter().all(|p| p.exists()) {
-            let configs: Vec<NodeConfig> =
-                existing.iter().map(|p| NodeConfig::load(p).map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
+            let configs: Vec<NodeConfig> = existing
+                .iter()
+                .map(|p| NodeConfig::load(p).map_err(anyhow::Error::msg))
+                .collect::<Result<_>>()?;
             if configs[0].peers.len() != nodes as usize {
-                bail!("{} holds a {}-node cluster; use --nodes {} or --fresh", dir.display(), configs[0].peers.len(), configs[0].peers.len());
+                bail!(
+                    "{} holds a {}-node cluster; use --nodes {} or --fresh",
+                    dir.display(),
+                    configs[0].peers.len(),
+                    configs[0].peers.len()
+                );
             }
             configs
         } else {
             let n = nodes as usize;
             let preferred: Vec<u16> = if preferred_ports {
-                (0..n as u16).map(|i| 7101 + i).chain((0..n as u16).map(|i| 7201 + i)).collect()
+                (0..n as u16)
+                    .map(|i| 7101 + i)
+                    .chain((0..n as u16).map(|i| 7201 + i))
+                    .collect()
             } else {
                 Vec::new()
             };
@@ -67,11 +90,18 @@ impl LocalCluster {
             let pairs: Vec<(u16, u16)> = (0..n).map(|i| (ports[i], ports[n + i])).collect();
             let configs = NodeConfig::local_cluster(&dir, &pairs, enable_faults);
             for (c, path) in configs.iter().zip(&existing) {
-                fs::write(path, toml::to_string(c)?).with_context(|| format!("cannot write {}", path.display()))?;
+                fs::write(path, toml::to_string(c)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
             }
             configs
         };
-        Ok(LocalCluster { dir, configs, exe: exe.to_path_buf(), enable_faults, children: (0..nodes).map(|_| None).collect() })
+        Ok(LocalCluster {
+            dir,
+            configs,
+            exe: exe.to_path_buf(),
+            enable_faults,
+            children: (0..nodes).map(|_| None).collect(),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -103,7 +133,10 @@ impl LocalCluster {
         if self.children[i].is_some() {
             bail!("node {} is already running", i + 1);
         }
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("node-{}.log", i + 1)))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("node-{}.log", i + 1)))?;
         let mut cmd = Command::new(&self.exe);
         cmd.arg("server").arg("--config").arg(self.config_path(i));
         if self.enable_faults {
@@ -137,7 +170,10 @@ impl LocalCluster {
     /// SIGTERM, then SIGKILL after a grace period.
     pub fn stop(&mut self, i: usize) {
         if let Some(mut c) = self.children[i].take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = Instant::now() + STOP_GRACE;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -158,7 +194,9 @@ impl LocalCluster {
 
     /// Whether a running node process has exited on its own.
     pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
-        self.children[i].as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.children[i]
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits until every running node answers and sees a metadata leader.
@@ -171,18 +209,27 @@ impl LocalCluster {
             let client = self.client(i);
             loop {
                 if let Some(status) = self.exited(i) {
-                    bail!("node {} exited ({status}); see {}", i + 1, self.dir.join(format!("node-{}.log", i + 1)).display());
+                    bail!(
+                        "node {} exited ({status}); see {}",
+                        i + 1,
+                        self.dir.join(format!("node-{}.log", i + 1)).display()
+                    );
                 }
                 if let Ok(s) = client.cluster().await {
-                    let has_leader = s["groups"]
-                        .as_array()
-                        .is_some_and(|gs| gs.iter().any(|g| g["name"] == "meta" && !g["leader"].is_null()));
+                    let has_leader = s["groups"].as_array().is_some_and(|gs| {
+                        gs.iter()
+                            .any(|g| g["name"] == "meta" && !g["leader"].is_null())
+                    });
                     if has_leader {
                         break;
                     }
                 }
                 if Instant::now() > deadline {
-                    bail!("node {} not ready within {timeout:?}; see {}", i + 1, self.dir.join(format!("node-{}.log", i + 1)).display());
+                    bail!(
+                        "node {} not ready within {timeout:?}; see {}",
+                        i + 1,
+                        self.dir.join(format!("node-{}.log", i + 1)).display()
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -201,7 +248,10 @@ impl LocalCluster {
             })
             .collect();
         let path = self.dir.join("cluster.json");
-        fs::write(&path, serde_json::to_string_pretty(&json!({"nodes": nodes}))?)?;
+        fs::write(
+            &path,
+            serde_json::to_string_pretty(&json!({"nodes": nodes}))?,
+        )?;
         Ok(path)
     }
 }

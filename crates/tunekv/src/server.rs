@@ -11,15 +11,24 @@ use tunekv_storage::FjallStorage;
 pub async fn run(config_path: &Path, enable_faults: bool) -> Result<()> {
     let mut config = NodeConfig::load(config_path).map_err(anyhow::Error::msg)?;
     config.enable_faults |= enable_faults;
-    let storage = FjallStorage::open(&config.data_dir)
-        .with_context(|| format!("cannot open the data directory {}", config.data_dir.display()))?;
+    let storage = FjallStorage::open(&config.data_dir).with_context(|| {
+        format!(
+            "cannot open the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
     let http = config.http.clone();
     let listener = tokio::net::TcpListener::bind(&http)
         .await
         .with_context(|| format!("cannot listen for HTTP on {http}"))?;
-    let node = Node::start(config, Arc::new(TcpTransport), Arc::new(storage), Arc::new(SystemClock::new()))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot start the node: {e}"))?;
+    let node = Node::start(
+        config,
+        Arc::new(TcpTransport),
+        Arc::new(storage),
+        Arc::new(SystemClock::new()),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot start the node: {e}"))?;
     tracing::info!(node = %node.id(), %http, raft = %node.config().raft, faults = node.faults_enabled(), "tunekv node serving");
     axum::serve(listener, tunekv_api::router(node.clone()))
         .with_graceful_shutdown(shutdown_signal())
@@ -34,13 +43,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

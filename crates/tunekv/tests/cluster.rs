@@ -14,28 +14,63 @@ async fn a_write_on_node_1_is_read_at_strong_on_nodes_2_and_3() {
     for i in 0..20 {
         let key = format!("key-{i}");
         let value = format!("value-{i}");
-        let w = c.client(0).put("ks", key.as_bytes(), value.as_bytes(), &Opts::default()).await.expect("put");
-        assert!(w.index > 0 && w.commit_ms > 0, "a write returns its committed position: {w:?}");
+        let w = c
+            .client(0)
+            .put("ks", key.as_bytes(), value.as_bytes(), &Opts::default())
+            .await
+            .expect("put");
+        assert!(
+            w.index > 0 && w.commit_ms > 0,
+            "a write returns its committed position: {w:?}"
+        );
         for node in [1, 2] {
-            let r = c.client(node).get("ks", key.as_bytes(), &Opts::level("strong")).await.expect("strong get");
-            assert_eq!(r.value.as_deref(), Some(value.as_bytes()), "node {} at strong", node + 1);
+            let r = c
+                .client(node)
+                .get("ks", key.as_bytes(), &Opts::level("strong"))
+                .await
+                .expect("strong get");
+            assert_eq!(
+                r.value.as_deref(),
+                Some(value.as_bytes()),
+                "node {} at strong",
+                node + 1
+            );
             assert_eq!(r.receipt.level, "strong");
             assert_eq!(r.receipt.served_by, (node + 1).to_string());
             assert_eq!(r.receipt.staleness, "entries=0;ms=0");
-            assert!(r.receipt.index().unwrap_or(0) >= w.index, "served at or past the write's index");
+            assert!(
+                r.receipt.index().unwrap_or(0) >= w.index,
+                "served at or past the write's index"
+            );
         }
     }
     // Eventual reads are served locally and say how stale they were.
-    let r = c.client(2).get("ks", b"key-0", &Opts::level("eventual")).await.expect("eventual get");
+    let r = c
+        .client(2)
+        .get("ks", b"key-0", &Opts::level("eventual"))
+        .await
+        .expect("eventual get");
     assert_eq!(r.receipt.level, "eventual");
     assert!(r.receipt.staleness_parts().is_some(), "{:?}", r.receipt);
     // The keyspace default level applies when none is named.
-    let r = c.client(1).get("ks", b"key-1", &Opts::default()).await.expect("default-level get");
+    let r = c
+        .client(1)
+        .get("ks", b"key-1", &Opts::default())
+        .await
+        .expect("default-level get");
     assert_eq!(r.receipt.level, "strong");
     // Deletes replicate too.
-    let d = c.client(1).delete("ks", b"key-2", &Opts::default()).await.expect("delete");
+    let d = c
+        .client(1)
+        .delete("ks", b"key-2", &Opts::default())
+        .await
+        .expect("delete");
     assert!(d.existed);
-    let r = c.client(2).get("ks", b"key-2", &Opts::level("strong")).await.expect("get deleted");
+    let r = c
+        .client(2)
+        .get("ks", b"key-2", &Opts::level("strong"))
+        .await
+        .expect("get deleted");
     assert_eq!(r.value, None);
 }
 
@@ -43,7 +78,10 @@ async fn a_write_on_node_1_is_read_at_strong_on_nodes_2_and_3() {
 async fn killing_the_leader_mid_stream_loses_no_acknowledged_write() {
     let mut c = start(3, false).await;
     create_keyspace(&c.client(0), "ks", 1).await;
-    let leader = eventually(Duration::from_secs(10), "a leader for ks/shard0", || leader_of_via(&c, 0)).await;
+    let leader = eventually(Duration::from_secs(10), "a leader for ks/shard0", || {
+        leader_of_via(&c, 0)
+    })
+    .await;
     let leader_idx = (leader - 1) as usize;
     let via = (leader_idx + 1) % 3;
     let writer = c.client(via);
@@ -53,7 +91,16 @@ async fn killing_the_leader_mid_stream_loses_no_acknowledged_write() {
     // Bounded stream: at most 400 writes or 20 s, with the leader killed after 40 acks.
     while i < 400 && started.elapsed() < Duration::from_secs(20) {
         let key = format!("k{i}");
-        if writer.put("ks", key.as_bytes(), key.as_bytes(), &Opts::default().wait_ms(3000)).await.is_ok() {
+        if writer
+            .put(
+                "ks",
+                key.as_bytes(),
+                key.as_bytes(),
+                &Opts::default().wait_ms(3000),
+            )
+            .await
+            .is_ok()
+        {
             acked.push(key);
         }
         if acked.len() == 40 && c.pid(leader_idx).is_some() {
@@ -65,21 +112,46 @@ async fn killing_the_leader_mid_stream_loses_no_acknowledged_write() {
         i += 1;
     }
     assert!(c.pid(leader_idx).is_none(), "the leader was killed");
-    assert!(acked.len() >= 80, "writes continued after the new leader was elected: {} acked", acked.len());
-    let new_leader = eventually(Duration::from_secs(10), "a new leader", || leader_of_via(&c, via)).await;
+    assert!(
+        acked.len() >= 80,
+        "writes continued after the new leader was elected: {} acked",
+        acked.len()
+    );
+    let new_leader = eventually(Duration::from_secs(10), "a new leader", || {
+        leader_of_via(&c, via)
+    })
+    .await;
     assert_ne!(new_leader, leader);
     for key in &acked {
         for node in (0..3).filter(|n| *n != leader_idx) {
-            let r = c.client(node).get("ks", key.as_bytes(), &Opts::level("strong")).await.expect("strong get");
-            assert_eq!(r.value.as_deref(), Some(key.as_bytes()), "acknowledged {key} on node {}", node + 1);
+            let r = c
+                .client(node)
+                .get("ks", key.as_bytes(), &Opts::level("strong"))
+                .await
+                .expect("strong get");
+            assert_eq!(
+                r.value.as_deref(),
+                Some(key.as_bytes()),
+                "acknowledged {key} on node {}",
+                node + 1
+            );
         }
     }
     c.start_node(leader_idx).expect("restart");
-    c.wait_ready(Duration::from_secs(30)).await.expect("restarted node ready");
+    c.wait_ready(Duration::from_secs(30))
+        .await
+        .expect("restarted node ready");
     let restarted = c.client(leader_idx);
     for key in &acked {
-        let r = restarted.get("ks", key.as_bytes(), &Opts::level("strong").wait_ms(5000)).await.expect("strong get on the restarted node");
-        assert_eq!(r.value.as_deref(), Some(key.as_bytes()), "{key} on the restarted node");
+        let r = restarted
+            .get("ks", key.as_bytes(), &Opts::level("strong").wait_ms(5000))
+            .await
+            .expect("strong get on the restarted node");
+        assert_eq!(
+            r.value.as_deref(),
+            Some(key.as_bytes()),
+            "{key} on the restarted node"
+        );
         assert_eq!(r.receipt.served_by, leader.to_string());
     }
 }
@@ -96,7 +168,15 @@ async fn killing_all_nodes_and_restarting_keeps_data_and_keyspaces() {
     for i in 0..30 {
         let ks = if i % 2 == 0 { "alpha" } else { "beta" };
         let k = format!("k{i}");
-        c.client(i % 3).put(ks, k.as_bytes(), format!("v{i}").as_bytes(), &Opts::default()).await.expect("put");
+        c.client(i % 3)
+            .put(
+                ks,
+                k.as_bytes(),
+                format!("v{i}").as_bytes(),
+                &Opts::default(),
+            )
+            .await
+            .expect("put");
     }
     for n in 0..3 {
         c.kill(n);
@@ -104,30 +184,53 @@ async fn killing_all_nodes_and_restarting_keeps_data_and_keyspaces() {
     for n in 0..3 {
         c.start_node(n).expect("restart");
     }
-    c.wait_ready(Duration::from_secs(30)).await.expect("ready after restart");
+    c.wait_ready(Duration::from_secs(30))
+        .await
+        .expect("ready after restart");
     for i in 0..30 {
         let ks = if i % 2 == 0 { "alpha" } else { "beta" };
         let k = format!("k{i}");
-        let r = c.client((i + 1) % 3).get(ks, k.as_bytes(), &Opts::level("strong").wait_ms(5000)).await.expect("strong get after restart");
+        let r = c
+            .client((i + 1) % 3)
+            .get(ks, k.as_bytes(), &Opts::level("strong").wait_ms(5000))
+            .await
+            .expect("strong get after restart");
         assert_eq!(r.value, Some(format!("v{i}").into_bytes()), "{ks}/{k}");
     }
     let list = reqwest_json(&format!("{}/v1/keyspaces", c.http(2))).await;
-    let names: Vec<&str> = list["keyspaces"].as_array().expect("list").iter().filter_map(|k| k["name"].as_str()).collect();
+    let names: Vec<&str> = list["keyspaces"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|k| k["name"].as_str())
+        .collect();
     assert_eq!(names, ["alpha", "beta"]);
 }
 
 async fn reqwest_json(url: &str) -> serde_json::Value {
-    reqwest::get(url).await.expect("GET").json().await.expect("JSON")
+    reqwest::get(url)
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_the_majority_refuses_writes_and_strong_reads_but_serves_eventual() {
     let mut c = start(3, false).await;
     create_keyspace(&c.client(0), "ks", 2).await;
-    c.client(0).put("ks", b"x", b"before", &Opts::default()).await.expect("put");
+    c.client(0)
+        .put("ks", b"x", b"before", &Opts::default())
+        .await
+        .expect("put");
     // Make sure node 3 has applied it, then cut it off by killing the others.
     eventually(Duration::from_secs(5), "node 3 applied x", || async {
-        let r = c.client(2).get("ks", b"x", &Opts::level("eventual")).await.ok()?;
+        let r = c
+            .client(2)
+            .get("ks", b"x", &Opts::level("eventual"))
+            .await
+            .ok()?;
         (r.value.as_deref() == Some(b"before".as_slice())).then_some(())
     })
     .await;
@@ -136,14 +239,37 @@ async fn a_node_cut_off_from_the_majority_refuses_writes_and_strong_reads_but_se
     let lone = c.client(2);
     let budget_ms = 1500;
     let t = Instant::now();
-    let err = lone.put("ks", b"x", b"after", &Opts::default().wait_ms(budget_ms)).await.expect_err("write without quorum");
-    assert!(matches!(err.code(), Some("no_quorum") | Some("timeout")), "{err}");
-    assert!(t.elapsed() < Duration::from_millis(budget_ms + 3000), "answered within the budget, took {:?}", t.elapsed());
+    let err = lone
+        .put("ks", b"x", b"after", &Opts::default().wait_ms(budget_ms))
+        .await
+        .expect_err("write without quorum");
+    assert!(
+        matches!(err.code(), Some("no_quorum") | Some("timeout")),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(budget_ms + 3000),
+        "answered within the budget, took {:?}",
+        t.elapsed()
+    );
     let t = Instant::now();
-    let err = lone.get("ks", b"x", &Opts::level("strong").wait_ms(budget_ms)).await.expect_err("strong read without quorum");
-    assert!(matches!(err.code(), Some("no_quorum") | Some("timeout")), "{err}");
-    assert!(t.elapsed() < Duration::from_millis(budget_ms + 3000), "answered within the budget, took {:?}", t.elapsed());
-    let r = lone.get("ks", b"x", &Opts::level("eventual")).await.expect("eventual read still served");
+    let err = lone
+        .get("ks", b"x", &Opts::level("strong").wait_ms(budget_ms))
+        .await
+        .expect_err("strong read without quorum");
+    assert!(
+        matches!(err.code(), Some("no_quorum") | Some("timeout")),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(budget_ms + 3000),
+        "answered within the budget, took {:?}",
+        t.elapsed()
+    );
+    let r = lone
+        .get("ks", b"x", &Opts::level("eventual"))
+        .await
+        .expect("eventual read still served");
     assert_eq!(r.value.as_deref(), Some(b"before".as_slice()));
     assert_eq!(r.receipt.level, "eventual");
     assert_eq!(r.receipt.served_by, "3");
@@ -168,20 +294,37 @@ async fn bad_input_is_rejected_with_its_code_and_changes_nothing() {
     let a = c.client(0);
     let spec = serde_json::json!({"shards": 2, "replicas": 3, "default_level": "strong", "value_bytes_max": 1024});
     a.create_keyspace("ks", &spec).await.expect("create");
-    a.put("ks", b"k", b"original", &Opts::default()).await.expect("put");
+    a.put("ks", b"k", b"original", &Opts::default())
+        .await
+        .expect("put");
 
     // Key too large (over 1 KiB).
     let big_key = vec![b'k'; 1025];
-    assert_eq!(code(a.put("ks", &big_key, b"v", &Opts::default()).await).as_deref(), Some("key_too_large"));
+    assert_eq!(
+        code(a.put("ks", &big_key, b"v", &Opts::default()).await).as_deref(),
+        Some("key_too_large")
+    );
     // Value over the keyspace's limit.
     let r = a.put("ks", b"k", &vec![0u8; 1025], &Opts::default()).await;
-    assert_eq!(status(a.put("ks", b"k", &vec![0u8; 1025], &Opts::default()).await), 413);
+    assert_eq!(
+        status(a.put("ks", b"k", &vec![0u8; 1025], &Opts::default()).await),
+        413
+    );
     assert_eq!(code(r).as_deref(), Some("value_too_large"));
     // Unknown level, on reads and writes.
-    assert_eq!(code(a.get("ks", b"k", &Opts::level("linearizable")).await).as_deref(), Some("level_invalid"));
-    assert_eq!(code(a.put("ks", b"k", b"v2", &Opts::level("bogus")).await).as_deref(), Some("level_invalid"));
+    assert_eq!(
+        code(a.get("ks", b"k", &Opts::level("linearizable")).await).as_deref(),
+        Some("level_invalid")
+    );
+    assert_eq!(
+        code(a.put("ks", b"k", b"v2", &Opts::level("bogus")).await).as_deref(),
+        Some("level_invalid")
+    );
     // Unknown keyspace.
-    assert_eq!(code(a.put("nope", b"k", b"v", &Opts::default()).await).as_deref(), Some("keyspace_not_found"));
+    assert_eq!(
+        code(a.put("nope", b"k", b"v", &Opts::default()).await).as_deref(),
+        Some("keyspace_not_found")
+    );
     assert_eq!(status(a.get("nope", b"k", &Opts::default()).await), 404);
     // Bad keyspace specs and a conflicting re-create.
     for bad in [
@@ -191,25 +334,59 @@ async fn bad_input_is_rejected_with_its_code_and_changes_nothing() {
         serde_json::json!({"default_level": "sometimes"}),
         serde_json::json!({"shardz": 2}),
     ] {
-        assert_eq!(code(a.create_keyspace("other", &bad).await).as_deref(), Some("keyspace_invalid"), "{bad}");
+        assert_eq!(
+            code(a.create_keyspace("other", &bad).await).as_deref(),
+            Some("keyspace_invalid"),
+            "{bad}"
+        );
     }
-    assert_eq!(code(a.create_keyspace("bad name", &spec).await).as_deref(), Some("keyspace_invalid"));
-    assert_eq!(code(a.create_keyspace("ks", &serde_json::json!({"shards": 3})).await).as_deref(), Some("keyspace_exists"));
+    assert_eq!(
+        code(a.create_keyspace("bad name", &spec).await).as_deref(),
+        Some("keyspace_invalid")
+    );
+    assert_eq!(
+        code(
+            a.create_keyspace("ks", &serde_json::json!({"shards": 3}))
+                .await
+        )
+        .as_deref(),
+        Some("keyspace_exists")
+    );
     // Creating it again with the same spec is fine (idempotent).
-    a.create_keyspace("ks", &spec).await.expect("idempotent create");
+    a.create_keyspace("ks", &spec)
+        .await
+        .expect("idempotent create");
     // Malformed body and query.
     let http = reqwest::Client::new();
-    let resp = http.put(format!("{}/v1/keyspaces/other", c.http(0))).body("{not json").send().await.expect("send");
+    let resp = http
+        .put(format!("{}/v1/keyspaces/other", c.http(0)))
+        .body("{not json")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status().as_u16(), 400);
     let body: serde_json::Value = resp.json().await.expect("json error body");
     assert_eq!(body["error"]["code"], "keyspace_invalid");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
-    let resp = http.get(format!("{}/v1/kv/ks/k?wait_ms_max=soon", c.http(1))).send().await.expect("send");
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    let resp = http
+        .get(format!("{}/v1/kv/ks/k?wait_ms_max=soon", c.http(1)))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status().as_u16(), 400);
     // Nothing changed: the value is intact and no keyspace "other" exists.
-    let r = c.client(2).get("ks", b"k", &Opts::level("strong")).await.expect("read back");
+    let r = c
+        .client(2)
+        .get("ks", b"k", &Opts::level("strong"))
+        .await
+        .expect("read back");
     assert_eq!(r.value.as_deref(), Some(b"original".as_slice()));
-    assert_eq!(code(c.client(1).get("other", b"k", &Opts::default()).await).as_deref(), Some("keyspace_not_found"));
+    assert_eq!(
+        code(c.client(1).get("other", b"k", &Opts::default()).await).as_deref(),
+        Some("keyspace_not_found")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,17 +397,31 @@ async fn tunekv_dev_starts_a_cluster_runs_the_demo_and_stops() {
         .arg(dir.path())
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(90), out).await.expect("dev finished in time").expect("ran");
+    let out = tokio::time::timeout(Duration::from_secs(90), out)
+        .await
+        .expect("dev finished in time")
+        .expect("ran");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("hello, tunekv"), "{stdout}");
     assert!(stdout.contains("at strong"), "{stdout}");
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("cluster.json")).expect("cluster.json")).expect("valid JSON");
+    let json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("cluster.json")).expect("cluster.json"),
+    )
+    .expect("valid JSON");
     let nodes = json["nodes"].as_array().expect("nodes");
     assert_eq!(nodes.len(), 3);
     for n in nodes {
-        assert!(n["pid"].as_u64().is_some() && n["http"].as_str().is_some() && n["config"].as_str().is_some(), "{n}");
+        assert!(
+            n["pid"].as_u64().is_some()
+                && n["http"].as_str().is_some()
+                && n["config"].as_str().is_some(),
+            "{n}"
+        );
         assert!(n["resp"].is_null());
     }
 }

@@ -30,15 +30,21 @@ impl std::ops::DerefMut for TestCluster {
 pub async fn start(n: u32, enable_faults: bool) -> TestCluster {
     let dir = tempfile::tempdir().expect("temp dir");
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tunekv"));
-    let mut cluster = LocalCluster::prepare(exe, dir.path(), n, enable_faults, false, false).expect("prepare");
+    let mut cluster =
+        LocalCluster::prepare(exe, dir.path(), n, enable_faults, false, false).expect("prepare");
     cluster.start_all().expect("start");
-    cluster.wait_ready(Duration::from_secs(30)).await.expect("cluster ready");
+    cluster
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .expect("cluster ready");
     TestCluster { cluster, _dir: dir }
 }
 
 pub async fn create_keyspace(c: &Client, name: &str, shards: u32) {
     let spec = serde_json::json!({"mode": "ordered", "shards": shards, "replicas": 3, "default_level": "strong"});
-    c.create_keyspace(name, &spec).await.expect("create keyspace");
+    c.create_keyspace(name, &spec)
+        .await
+        .expect("create keyspace");
 }
 
 /// Polls `f` until it returns `Some`, failing the test after `timeout`.
