@@ -293,10 +293,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         apply_op(&mut inner.data, index, cmd)
                     }
                     EntryPayload::Membership(m) => {
-                        inner.membership = StoredMembershipOf::<TypeConfig>::new(
-                            Some(entry.log_id),
-                            m.clone(),
-                        );
+                        inner.membership =
+                            StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m.clone());
                         CommandResult {
                             existed: false,
                             changed: false,
