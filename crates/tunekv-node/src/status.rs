@@ -13,6 +13,10 @@ pub struct ReplicaStatus {
     pub applied_index: u64,
     pub committed_index: u64,
     pub last_log_index: u64,
+    /// Last log index covered by this replica's snapshot (0: none).
+    pub snapshot_index: u64,
+    /// Log entries up to here were purged after a snapshot (0: none).
+    pub purged_index: u64,
     pub commit_ms: u64,
 }
 

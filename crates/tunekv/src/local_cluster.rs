@@ -51,6 +51,28 @@ impl LocalCluster {
         fresh: bool,
         preferred_ports: bool,
     ) -> Result<Self> {
+        Self::prepare_with(
+            exe,
+            dir,
+            nodes,
+            enable_faults,
+            fresh,
+            preferred_ports,
+            |_| {},
+        )
+    }
+
+    /// Like [`LocalCluster::prepare`], letting the caller adjust newly written configs (tests
+    /// use it for small snapshot thresholds).
+    pub fn prepare_with(
+        exe: &Path,
+        dir: &Path,
+        nodes: u32,
+        enable_faults: bool,
+        fresh: bool,
+        preferred_ports: bool,
+        tweak: impl Fn(&mut NodeConfig),
+    ) -> Result<Self> {
         if nodes == 0 || nodes > 9 {
             bail!("--nodes must be 1 to 9");
         }
@@ -88,7 +110,8 @@ impl LocalCluster {
             };
             let ports = free_ports(2 * n, &preferred)?;
             let pairs: Vec<(u16, u16)> = (0..n).map(|i| (ports[i], ports[n + i])).collect();
-            let configs = NodeConfig::local_cluster(&dir, &pairs, enable_faults);
+            let mut configs = NodeConfig::local_cluster(&dir, &pairs, enable_faults);
+            configs.iter_mut().for_each(&tweak);
             for (c, path) in configs.iter().zip(&existing) {
                 fs::write(path, toml::to_string(c)?)
                     .with_context(|| format!("cannot write {}", path.display()))?;

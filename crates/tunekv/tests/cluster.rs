@@ -425,3 +425,116 @@ async fn tunekv_dev_starts_a_cluster_runs_the_demo_and_stops() {
         assert!(n["resp"].is_null());
     }
 }
+
+/// Replica rows of group `name` from node `via`'s cluster status.
+async fn replicas(c: &common::TestCluster, via: usize, name: &str) -> Vec<serde_json::Value> {
+    let s = c.client(via).cluster().await.expect("cluster status");
+    s["groups"]
+        .as_array()
+        .and_then(|gs| gs.iter().find(|g| g["name"] == name))
+        .and_then(|g| g["replicas"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_compacted_and_a_lagging_node_catches_up_from_a_snapshot() {
+    let mut c = common::start_with(3, false, |cfg| {
+        cfg.raft_timing.snapshot_logs_since_last = 40;
+        cfg.raft_timing.snapshot_logs_kept = 5;
+    })
+    .await;
+    create_keyspace(&c.client(0), "ks", 1).await;
+    let leader = eventually(Duration::from_secs(10), "a leader", || leader_of_via(&c, 0)).await;
+    let lagging = (leader as usize) % 3; // a follower
+    c.kill(lagging);
+    let writer = c.client((lagging + 1) % 3);
+    for i in 0..150 {
+        let k = format!("k{i}");
+        writer
+            .put(
+                "ks",
+                k.as_bytes(),
+                format!("v{i}").as_bytes(),
+                &Opts::default(),
+            )
+            .await
+            .expect("put");
+    }
+    // The live replicas snapshot and purge their logs.
+    eventually(
+        Duration::from_secs(10),
+        "logs purged on the live replicas",
+        || async {
+            let rows = replicas(&c, (lagging + 1) % 3, "ks/shard0").await;
+            let live: Vec<_> = rows
+                .iter()
+                .filter(|r| r["node"].as_u64() != Some(lagging as u64 + 1))
+                .collect();
+            (live.len() == 2
+                && live
+                    .iter()
+                    .all(|r| r["purged_index"].as_u64().unwrap_or(0) > 50))
+            .then_some(())
+        },
+    )
+    .await;
+    // The node that missed everything comes back and must catch up past the purge point, which
+    // only a snapshot can give it.
+    c.start_node(lagging).expect("restart");
+    c.wait_ready(Duration::from_secs(30)).await.expect("ready");
+    let back = c.client(lagging);
+    eventually(
+        Duration::from_secs(15),
+        "the restarted node caught up",
+        || async {
+            let r = back
+                .get("ks", b"k149", &Opts::level("eventual"))
+                .await
+                .ok()?;
+            (r.value.as_deref() == Some(b"v149".as_slice())).then_some(())
+        },
+    )
+    .await;
+    for i in 0..150 {
+        let k = format!("k{i}");
+        let r = back
+            .get("ks", k.as_bytes(), &Opts::level("eventual"))
+            .await
+            .expect("local read");
+        assert_eq!(
+            r.value,
+            Some(format!("v{i}").into_bytes()),
+            "{k} on the node that caught up"
+        );
+    }
+    let me = replicas(&c, lagging, "ks/shard0").await;
+    let mine = me
+        .iter()
+        .find(|r| r["node"].as_u64() == Some(lagging as u64 + 1))
+        .expect("own row");
+    assert!(
+        mine["snapshot_index"].as_u64().unwrap_or(0) > 0,
+        "installed a snapshot: {mine}"
+    );
+    // Everything survives a full crash and restart from snapshots plus log tails.
+    for n in 0..3 {
+        c.kill(n);
+    }
+    for n in 0..3 {
+        c.start_node(n).expect("restart");
+    }
+    c.wait_ready(Duration::from_secs(30)).await.expect("ready");
+    for i in (0..150).step_by(7) {
+        let k = format!("k{i}");
+        let r = c
+            .client(i % 3)
+            .get("ks", k.as_bytes(), &Opts::level("strong").wait_ms(5000))
+            .await
+            .expect("strong get");
+        assert_eq!(
+            r.value,
+            Some(format!("v{i}").into_bytes()),
+            "{k} after full restart"
+        );
+    }
+}

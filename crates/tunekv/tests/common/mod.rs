@@ -28,10 +28,20 @@ impl std::ops::DerefMut for TestCluster {
 
 /// Starts `n` node processes in a fresh temp dir and waits until they are ready.
 pub async fn start(n: u32, enable_faults: bool) -> TestCluster {
+    start_with(n, enable_faults, |_| {}).await
+}
+
+/// Like [`start`], adjusting each node's config first.
+pub async fn start_with(
+    n: u32,
+    enable_faults: bool,
+    tweak: impl Fn(&mut tunekv_node::NodeConfig),
+) -> TestCluster {
     let dir = tempfile::tempdir().expect("temp dir");
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tunekv"));
     let mut cluster =
-        LocalCluster::prepare(exe, dir.path(), n, enable_faults, false, false).expect("prepare");
+        LocalCluster::prepare_with(exe, dir.path(), n, enable_faults, false, false, tweak)
+            .expect("prepare");
     cluster.start_all().expect("start");
     cluster
         .wait_ready(Duration::from_secs(30))
