@@ -188,6 +188,15 @@ fn receipt_json(r: &Receipt) -> serde_json::Value {
     })
 }
 
+/// A committed write: its position as a header and in the JSON body.
+fn write_response(w: &WriteOutcome) -> Response {
+    let position = [(
+        HeaderName::from_static(H_POSITION),
+        header(&w.position.to_string()),
+    )];
+    (position, Json(write_json(w))).into_response()
+}
+
 fn write_json(w: &WriteOutcome) -> serde_json::Value {
     json!({
         "position": w.position.to_string(),
@@ -272,14 +281,7 @@ async fn put_key(
     let w = node
         .put(&ks, key.as_bytes(), body.to_vec(), q.wait()?)
         .await?;
-    Ok((
-        [(
-            HeaderName::from_static(H_POSITION),
-            header(&w.position.to_string()),
-        )],
-        Json(write_json(&w)),
-    )
-        .into_response())
+    Ok(write_response(&w))
 }
 
 async fn delete_key(
@@ -291,14 +293,7 @@ async fn delete_key(
     let q = query(q)?;
     q.level(&headers)?;
     let w = node.delete(&ks, key.as_bytes(), q.wait()?).await?;
-    Ok((
-        [(
-            HeaderName::from_static(H_POSITION),
-            header(&w.position.to_string()),
-        )],
-        Json(write_json(&w)),
-    )
-        .into_response())
+    Ok(write_response(&w))
 }
 
 async fn get_key(

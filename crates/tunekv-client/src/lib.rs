@@ -134,6 +134,15 @@ async fn api_error(resp: reqwest::Response) -> ClientError {
     }
 }
 
+/// Sends a request and decodes a JSON success body, or the typed error.
+async fn send_json<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T> {
+    let resp = req.send().await.map_err(transport)?;
+    if !resp.status().is_success() {
+        return Err(api_error(resp).await);
+    }
+    resp.json().await.map_err(transport)
+}
+
 impl Client {
     /// `base` is a node's HTTP address, with or without `http://`.
     pub fn new(base: &str) -> Client {
@@ -173,46 +182,31 @@ impl Client {
         ks: &str,
         spec: &serde_json::Value,
     ) -> Result<serde_json::Value> {
-        let resp = self
-            .http
-            .put(format!("{}/v1/keyspaces/{ks}", self.base))
-            .json(spec)
-            .send()
-            .await
-            .map_err(transport)?;
-        if !resp.status().is_success() {
-            return Err(api_error(resp).await);
-        }
-        resp.json().await.map_err(transport)
+        send_json(
+            self.http
+                .put(format!("{}/v1/keyspaces/{ks}", self.base))
+                .json(spec),
+        )
+        .await
     }
 
     pub async fn put(&self, ks: &str, key: &[u8], value: &[u8], opts: &Opts) -> Result<WriteReply> {
-        let resp = self
-            .http
-            .put(self.kv_url(ks, key))
-            .query(&Self::query(opts))
-            .body(value.to_vec())
-            .send()
-            .await
-            .map_err(transport)?;
-        if !resp.status().is_success() {
-            return Err(api_error(resp).await);
-        }
-        resp.json().await.map_err(transport)
+        send_json(
+            self.http
+                .put(self.kv_url(ks, key))
+                .query(&Self::query(opts))
+                .body(value.to_vec()),
+        )
+        .await
     }
 
     pub async fn delete(&self, ks: &str, key: &[u8], opts: &Opts) -> Result<WriteReply> {
-        let resp = self
-            .http
-            .delete(self.kv_url(ks, key))
-            .query(&Self::query(opts))
-            .send()
-            .await
-            .map_err(transport)?;
-        if !resp.status().is_success() {
-            return Err(api_error(resp).await);
-        }
-        resp.json().await.map_err(transport)
+        send_json(
+            self.http
+                .delete(self.kv_url(ks, key))
+                .query(&Self::query(opts)),
+        )
+        .await
     }
 
     /// Reads a key. A missing key is `Ok` with `value: None` (its receipt still says where the
@@ -263,16 +257,7 @@ impl Client {
     }
 
     pub async fn cluster(&self) -> Result<serde_json::Value> {
-        let resp = self
-            .http
-            .get(format!("{}/v1/cluster", self.base))
-            .send()
-            .await
-            .map_err(transport)?;
-        if !resp.status().is_success() {
-            return Err(api_error(resp).await);
-        }
-        resp.json().await.map_err(transport)
+        send_json(self.http.get(format!("{}/v1/cluster", self.base))).await
     }
 
     /// The fault hook (nodes started with `--enable-faults`): isolate or heal this node.
@@ -282,16 +267,12 @@ impl Client {
         } else {
             serde_json::json!({"clear": true})
         };
-        let resp = self
-            .http
-            .post(format!("{}/v1/admin/faults", self.base))
-            .json(&body)
-            .send()
-            .await
-            .map_err(transport)?;
-        if !resp.status().is_success() {
-            return Err(api_error(resp).await);
-        }
+        let _: serde_json::Value = send_json(
+            self.http
+                .post(format!("{}/v1/admin/faults", self.base))
+                .json(&body),
+        )
+        .await?;
         Ok(())
     }
 }

@@ -67,6 +67,17 @@ pub struct WriteOutcome {
     pub existed: bool,
 }
 
+/// Why [`Node::on_leader`] gave up.
+enum LeaderGone {
+    /// The leader answered with a definite error.
+    Answered(RemoteError),
+    /// The deadline passed; `maybe_sent`: a request may have reached a leader.
+    Exhausted {
+        maybe_sent: bool,
+        last_problem: String,
+    },
+}
+
 pub struct Node {
     id: NodeId,
     config: NodeConfig,
@@ -465,9 +476,56 @@ impl Node {
         op: Op,
         deadline: Instant,
     ) -> Result<WriteResult, TunekvError> {
-        let g = self
-            .group(group)
-            .ok_or_else(|| err(Code::Unavailable, format!("group {group} is not open here")))?;
+        let g = self.hosted(group)?;
+        let res = self
+            .on_leader(
+                &g,
+                deadline,
+                || Request::Write(op.clone()),
+                |r| match r {
+                    Response::Write(w) => Some(w),
+                    _ => None,
+                },
+                || self.leader_propose(&g, op.clone()),
+            )
+            .await;
+        match res {
+            Ok(w) => Ok(w),
+            Err(LeaderGone::Answered(e)) => Err(err(e.code, e.message)),
+            Err(LeaderGone::Exhausted { maybe_sent: true, last_problem }) => Err(err(
+                Code::Timeout,
+                format!("write to {group} not acknowledged within the wait budget; it may still commit ({last_problem})"),
+            )),
+            Err(LeaderGone::Exhausted { maybe_sent: false, last_problem }) => Err(err(
+                Code::NoQuorum,
+                format!(
+                    "no leader with a quorum for {group} was reachable from node {} within the wait budget; \
+                     the write did not happen ({last_problem})",
+                    self.id
+                ),
+            )),
+        }
+    }
+
+    fn hosted(&self, group: GroupId) -> Result<Arc<Group>, TunekvError> {
+        self.group(group)
+            .ok_or_else(|| err(Code::Unavailable, format!("group {group} is not open here")))
+    }
+
+    /// Runs a request on `g`'s leader: locally with `local` when this node leads, else sent to
+    /// the leader as `req()`. Retries through elections, leader changes and unreachable peers
+    /// every `RETRY_PAUSE` until `deadline`.
+    async fn on_leader<T, Fut>(
+        &self,
+        g: &Group,
+        deadline: Instant,
+        req: impl Fn() -> Request,
+        extract: fn(Response) -> Option<T>,
+        local: impl Fn() -> Fut,
+    ) -> Result<T, LeaderGone>
+    where
+        Fut: std::future::Future<Output = Result<T, RemoteError>>,
+    {
         let mut maybe_sent = false;
         let mut last_problem = String::from("no leader known");
         while Instant::now() < deadline {
@@ -478,32 +536,24 @@ impl Node {
                     tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
                     continue;
                 }
-                Some(l) if l == self.id.0 => {
-                    match tokio::time::timeout(remaining, self.leader_propose(&g, op.clone())).await
-                    {
-                        Ok(r) => r.map_err(CallError::Remote),
-                        Err(_) => Err(CallError::Timeout),
-                    }
-                }
-                Some(l) => match self
-                    .pool
-                    .call(NodeId(l), group.0, Request::Write(op.clone()), remaining)
-                    .await
-                {
-                    Ok(Response::Write(w)) => Ok(w),
-                    Ok(_) => Err(CallError::Remote(RemoteError::new(
-                        Code::Internal,
-                        "unexpected response kind",
-                    ))),
+                Some(l) if l == self.id.0 => match tokio::time::timeout(remaining, local()).await {
+                    Ok(r) => r.map_err(CallError::Remote),
+                    Err(_) => Err(CallError::Timeout),
+                },
+                Some(l) => match self.pool.call(NodeId(l), g.id.0, req(), remaining).await {
+                    Ok(resp) => extract(resp).ok_or_else(|| {
+                        CallError::Remote(RemoteError::new(
+                            Code::Internal,
+                            "unexpected response kind",
+                        ))
+                    }),
                     Err(e) => Err(e),
                 },
             };
             match attempt {
-                Ok(w) => return Ok(w),
-                Err(CallError::Remote(e)) if e.not_leader => {
-                    last_problem = format!("leader changed: {}", e.message)
-                }
-                Err(CallError::Remote(e)) => return Err(err(e.code, e.message)),
+                Ok(v) => return Ok(v),
+                Err(CallError::Remote(e)) if e.not_leader => last_problem = e.message,
+                Err(CallError::Remote(e)) => return Err(LeaderGone::Answered(e)),
                 Err(CallError::Unreachable(m)) => last_problem = m,
                 Err(CallError::Timeout) => {
                     maybe_sent = true;
@@ -513,11 +563,10 @@ impl Node {
             tokio::time::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now())))
                 .await;
         }
-        if maybe_sent {
-            Err(err(Code::Timeout, format!("write to {group} not acknowledged within the wait budget; it may still commit ({last_problem})")))
-        } else {
-            Err(err(Code::NoQuorum, format!("no leader with a quorum for {group} was reachable from node {} within the wait budget; the write did not happen ({last_problem})", self.id)))
-        }
+        Err(LeaderGone::Exhausted {
+            maybe_sent,
+            last_problem,
+        })
     }
 
     /// Runs on the leader: stamps the commit time and proposes.
@@ -544,54 +593,31 @@ impl Node {
     /// The read index of `group`: the leader's commit index, confirmed with a quorum after the
     /// read began (Raft read-index).
     async fn read_index(&self, group: GroupId, deadline: Instant) -> Result<u64, TunekvError> {
-        let g = self
-            .group(group)
-            .ok_or_else(|| err(Code::Unavailable, format!("group {group} is not open here")))?;
-        let mut last_problem = String::from("no leader known");
-        while Instant::now() < deadline {
-            let leader = g.raft.metrics().borrow_watched().current_leader;
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let attempt = match leader {
-                None => {
-                    tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
-                    continue;
-                }
-                Some(l) if l == self.id.0 => {
-                    match tokio::time::timeout(remaining, self.leader_read_index(&g)).await {
-                        Ok(r) => r.map_err(CallError::Remote),
-                        Err(_) => Err(CallError::Timeout),
-                    }
-                }
-                Some(l) => match self
-                    .pool
-                    .call(NodeId(l), group.0, Request::ReadIndex, remaining)
-                    .await
-                {
-                    Ok(Response::ReadIndex(i)) => Ok(i),
-                    Ok(_) => Err(CallError::Remote(RemoteError::new(
-                        Code::Internal,
-                        "unexpected response kind",
-                    ))),
-                    Err(e) => Err(e),
+        let g = self.hosted(group)?;
+        let res = self
+            .on_leader(
+                &g,
+                deadline,
+                || Request::ReadIndex,
+                |r| match r {
+                    Response::ReadIndex(i) => Some(i),
+                    _ => None,
                 },
-            };
-            match attempt {
-                Ok(i) => return Ok(i),
-                Err(CallError::Remote(e)) if e.not_leader => last_problem = e.message,
-                Err(CallError::Remote(e)) => return Err(err(e.code, e.message)),
-                Err(CallError::Unreachable(m)) => last_problem = m,
-                Err(CallError::Timeout) => {
-                    last_problem =
-                        "the leader could not confirm its leadership with a quorum in time".into()
-                }
-            }
-            tokio::time::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now())))
-                .await;
+                || self.leader_read_index(&g),
+            )
+            .await;
+        match res {
+            Ok(i) => Ok(i),
+            Err(LeaderGone::Answered(e)) => Err(err(e.code, e.message)),
+            Err(LeaderGone::Exhausted { last_problem, .. }) => Err(err(
+                Code::NoQuorum,
+                format!(
+                    "node {} could not get a read index confirmed by a quorum for {group} within the wait budget \
+                     ({last_problem})",
+                    self.id
+                ),
+            )),
         }
-        Err(err(
-            Code::NoQuorum,
-            format!("node {} could not get a read index confirmed by a quorum for {group} within the wait budget ({last_problem})", self.id),
-        ))
     }
 
     async fn leader_read_index(&self, g: &Group) -> Result<u64, RemoteError> {
