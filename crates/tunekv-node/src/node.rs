@@ -401,19 +401,27 @@ impl Node {
         wait.unwrap_or(Duration::from_millis(default_ms)).min(cap)
     }
 
-    fn shard_group(&self, ks: &KeyspaceInfo, key: &[u8]) -> Result<Arc<Group>, TunekvError> {
+    /// The group holding `key`. A group this node replicates is opened on demand, so a request
+    /// that arrives right after a restart does not race the catalog reconciler.
+    async fn shard_group(&self, ks: &KeyspaceInfo, key: &[u8]) -> Result<Arc<Group>, TunekvError> {
         let shard = shard_for_key(key, ks.spec.shards);
         let gid = GroupId::for_shard(ks.id, shard);
-        self.group(gid).ok_or_else(|| {
-            let replicas = replicas_for(ks.id, shard, &self.all_nodes, ks.spec.replicas);
-            err(
-                Code::Unavailable,
-                format!(
-                    "shard {shard} of {:?} is not open on node {} yet (replicas: {replicas:?}); retry shortly",
-                    ks.name, self.id
-                ),
-            )
-        })
+        if let Some(g) = self.group(gid) {
+            return Ok(g);
+        }
+        let replicas = replicas_for(ks.id, shard, &self.all_nodes, ks.spec.replicas);
+        if replicas.contains(&self.id) {
+            return self
+                .open_group(gid, &replicas, replicas[0] == self.id)
+                .await;
+        }
+        Err(err(
+            Code::Unavailable,
+            format!(
+                "node {} does not replicate shard {shard} of {:?}; its replicas are nodes {replicas:?}",
+                self.id, ks.name
+            ),
+        ))
     }
 
     pub async fn put(
@@ -427,7 +435,7 @@ impl Node {
         let ks = self.keyspace(ks, deadline).await?;
         check_key(key)?;
         check_value(&value, ks.spec.value_bytes_max)?;
-        let g = self.shard_group(&ks, key)?;
+        let g = self.shard_group(&ks, key).await?;
         let w = self
             .propose(
                 g.id,
@@ -450,7 +458,7 @@ impl Node {
         let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
         let ks = self.keyspace(ks, deadline).await?;
         check_key(key)?;
-        let g = self.shard_group(&ks, key)?;
+        let g = self.shard_group(&ks, key).await?;
         let w = self
             .propose(g.id, Op::Delete { key: key.to_vec() }, deadline)
             .await?;
@@ -708,7 +716,7 @@ impl Node {
         check_key(key)?;
         let level = level.unwrap_or_else(|| ks.spec.default_level());
         let mut req = Requirement::for_level(level)?;
-        let g = self.shard_group(&ks, key)?;
+        let g = self.shard_group(&ks, key).await?;
         loop {
             let copy = self.copy_state(&g);
             match judge(&copy, &req) {

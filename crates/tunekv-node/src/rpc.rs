@@ -266,6 +266,13 @@ impl PeerPool {
             body: Body::Req(req),
         })
         .map_err(|e| CallError::Unreachable(format!("encode: {e}")))?;
+        if bytes.len() > FRAME_BYTES_MAX {
+            // The codec would refuse it after we queued it; refuse it here, certainly unsent.
+            return Err(CallError::Unreachable(format!(
+                "request of {} bytes exceeds the {FRAME_BYTES_MAX}-byte frame limit",
+                bytes.len()
+            )));
+        }
         let (tx, rx) = oneshot::channel();
         conn.pending
             .lock()

@@ -20,7 +20,8 @@ use tunekv_storage::Storage;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
     pub index: u64,
-    /// Commit time (HLC) of the last applied entry that carried one.
+    /// The highest commit time (HLC) among applied entries; commit times grow along the log,
+    /// so this is the last stamped entry's.
     pub commit_ts: u64,
 }
 

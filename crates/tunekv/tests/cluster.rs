@@ -138,10 +138,32 @@ async fn killing_the_leader_mid_stream_loses_no_acknowledged_write() {
         }
     }
     c.start_node(leader_idx).expect("restart");
+    // Regression: a read that reached a just-restarted node before its catalog reconciler had
+    // reopened the shard group got `unavailable`. The first answer it gives must be the value.
+    let restarted = c.client(leader_idx);
+    let first = eventually(
+        Duration::from_secs(30),
+        "the restarted node answers",
+        || async {
+            match restarted
+                .get(
+                    "ks",
+                    acked[0].as_bytes(),
+                    &Opts::level("strong").wait_ms(5000),
+                )
+                .await
+            {
+                Err(tunekv_client::ClientError::Transport(_)) => None,
+                other => Some(other),
+            }
+        },
+    )
+    .await;
+    let first = first.expect("first answer after restart");
+    assert_eq!(first.value.as_deref(), Some(acked[0].as_bytes()));
     c.wait_ready(Duration::from_secs(30))
         .await
         .expect("restarted node ready");
-    let restarted = c.client(leader_idx);
     for key in &acked {
         let r = restarted
             .get("ks", key.as_bytes(), &Opts::level("strong").wait_ms(5000))
