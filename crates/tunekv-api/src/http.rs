@@ -37,6 +37,8 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/kv/{ks}/{*key}",
             put(put_key).get(get_key).delete(delete_key),
         )
+        // `POST /v1/kv/{ks}:batch-get`: the action rides in the segment, Google-API style.
+        .route("/v1/kv/{ks_action}", post(kv_action))
         .route("/v1/admin/faults", post(faults))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(node)
@@ -308,16 +310,7 @@ async fn get_key(
     let ReadOutcome { value, receipt } = node.get(&ks, key.as_bytes(), level, q.wait()?).await?;
     let headers = receipt_headers(&receipt);
     if as_json {
-        let (text, hex) = match &value {
-            Some(v) => match std::str::from_utf8(v) {
-                Ok(s) => (Some(s.to_string()), None),
-                Err(_) => (
-                    None,
-                    Some(v.iter().map(|b| format!("{b:02x}")).collect::<String>()),
-                ),
-            },
-            None => (None, None),
-        };
+        let (text, hex) = value_json(&value);
         let mut body = json!({"key": key, "found": value.is_some(), "value": text, "receipt": receipt_json(&receipt)});
         if let Some(h) = hex {
             body["value_hex"] = json!(h);
@@ -336,6 +329,68 @@ async fn get_key(
             Ok((StatusCode::NOT_FOUND, headers, Json(body)).into_response())
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchGet {
+    keys: Vec<String>,
+    level: Option<String>,
+    wait_ms_max: Option<u64>,
+}
+
+fn value_json(value: &Option<Vec<u8>>) -> (serde_json::Value, Option<String>) {
+    match value {
+        Some(v) => match std::str::from_utf8(v) {
+            Ok(s) => (json!(s), None),
+            Err(_) => (
+                serde_json::Value::Null,
+                Some(v.iter().map(|b| format!("{b:02x}")).collect()),
+            ),
+        },
+        None => (serde_json::Value::Null, None),
+    }
+}
+
+/// `POST /v1/kv/{ks}:batch-get` with `{"keys": [...], "level": "...", "wait_ms_max": N}`: every
+/// shard's keys come from one consistent view of that shard, with one receipt per shard.
+async fn kv_action(
+    State(node): State<AppState>,
+    Path(ks_action): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Some(ks) = ks_action.strip_suffix(":batch-get") else {
+        return Err(bad(
+            Code::BadRequest,
+            format!("unknown action in {ks_action:?}; the one action is {{ks}}:batch-get"),
+        ));
+    };
+    let body = body.map_err(body_error)?;
+    let req: BatchGet = serde_json::from_slice(&body)
+        .map_err(|e| bad(Code::BadRequest, format!("bad batch-get body: {e}")))?;
+    let q = KvQuery {
+        level: req.level,
+        wait_ms_max: req.wait_ms_max.map(|w| w.to_string()),
+        format: None,
+    };
+    let level = q.level(&headers)?;
+    let keys: Vec<Vec<u8>> = req.keys.into_iter().map(String::into_bytes).collect();
+    let shards = node.batch_get(ks, &keys, level, q.wait()?).await?;
+    let mut results = Vec::new();
+    let mut receipts = Vec::new();
+    for shard in &shards {
+        for (k, v) in &shard.values {
+            let (value, hex) = value_json(v);
+            let mut item = json!({"key": String::from_utf8_lossy(k), "found": v.is_some(), "value": value, "shard": shard.receipt.position.shard.0});
+            if let Some(h) = hex {
+                item["value_hex"] = json!(h);
+            }
+            results.push(item);
+        }
+        receipts.push(receipt_json(&shard.receipt));
+    }
+    Ok(Json(json!({"results": results, "receipts": receipts})).into_response())
 }
 
 #[derive(Deserialize)]

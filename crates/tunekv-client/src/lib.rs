@@ -256,6 +256,24 @@ impl Client {
         }
     }
 
+    /// `POST /v1/kv/{ks}:batch-get`: `{"results": [...], "receipts": [...]}` (one receipt per
+    /// shard; each shard's values come from one consistent view).
+    pub async fn batch_get(
+        &self,
+        ks: &str,
+        keys: &[&str],
+        opts: &Opts,
+    ) -> Result<serde_json::Value> {
+        let body =
+            serde_json::json!({"keys": keys, "level": opts.level, "wait_ms_max": opts.wait_ms_max});
+        send_json(
+            self.http
+                .post(format!("{}/v1/kv/{ks}:batch-get", self.base))
+                .json(&body),
+        )
+        .await
+    }
+
     pub async fn cluster(&self) -> Result<serde_json::Value> {
         send_json(self.http.get(format!("{}/v1/cluster", self.base))).await
     }

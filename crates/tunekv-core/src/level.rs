@@ -105,11 +105,15 @@ impl Level {
     /// Whether this build truly enforces the level on ordered keyspaces. A level that is parsed
     /// but not enforced is refused with `level_invalid` rather than served weaker.
     pub fn is_enforced(self) -> bool {
-        matches!(self, Level::Strong | Level::Eventual)
+        matches!(
+            self,
+            Level::Strong | Level::Bounded { .. } | Level::ConsistentPrefix | Level::Eventual
+        )
     }
 
     /// The enforced levels, for error messages.
-    pub const ENFORCED: &'static str = "strong, eventual";
+    pub const ENFORCED: &'static str =
+        "strong, bounded(k=K), bounded(t=T), bounded(k=K,t=T), consistent_prefix, eventual";
 }
 
 fn truncate(s: &str) -> &str {

@@ -20,6 +20,6 @@ pub use hlc::Hlc;
 pub use ids::{GroupId, LogIndex, NodeId, ShardId};
 pub use keyspace::{KeyspaceSpec, Mode};
 pub use level::Level;
-pub use position::{CopyState, Position};
+pub use position::{CopyState, Position, Watermark};
 pub use receipt::{Receipt, Staleness};
 pub use requirement::{judge, Requirement, Verdict};

@@ -62,6 +62,17 @@ pub struct CopyState {
     /// How long ago it last had proof of being current: a follower's last message from its
     /// leader, a leader's last quorum acknowledgement. `None`: never (e.g. just restarted).
     pub contact_age: Option<Duration>,
+    /// The newest freshness proof this copy holds, if any.
+    pub watermark: Option<Watermark>,
+}
+
+/// A freshness proof: a probe sent `age` ago was answered with read index `index`, confirmed by
+/// a leader holding a quorum, so the state at `index` holds every write committed before the
+/// probe was sent. Measured on this node's monotonic clock only: no clock-drift assumption.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watermark {
+    pub index: LogIndex,
+    pub age: Duration,
 }
 
 impl CopyState {

@@ -30,6 +30,19 @@ impl Staleness {
         }
     }
 
+    /// Staleness of a copy at `applied` when the newest commit at the read's start is known to
+    /// be at most `read_index`: the entries in between, and (when behind at all) an upper bound
+    /// on the time: now minus the applied state's commit time.
+    pub fn behind(read_index: crate::ids::LogIndex, applied: Position, now_ms: u64) -> Staleness {
+        let entries = read_index.0.saturating_sub(applied.index.0);
+        let ms = if entries == 0 {
+            0
+        } else {
+            now_ms.saturating_sub(applied.commit_ms)
+        };
+        Staleness { entries, ms }
+    }
+
     /// Header form: `entries=2;ms=37`.
     pub fn header(&self) -> String {
         format!("entries={};ms={}", self.entries, self.ms)
@@ -62,6 +75,7 @@ mod tests {
             known_commit: LogIndex(7),
             is_leader: false,
             contact_age: Some(Duration::from_millis(1500)),
+            watermark: None,
         };
         assert_eq!(
             Staleness::of_copy(&copy),

@@ -6,15 +6,22 @@ use crate::code::{Code, TunekvError};
 use crate::ids::LogIndex;
 use crate::level::Level;
 use crate::position::CopyState;
+use std::time::Duration;
 
 /// What a read needs of the copy that serves it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Requirement {
-    /// Any committed state this copy has (eventual).
+    /// Any committed state this copy has, applied in log order (eventual, consistent prefix).
     Anything,
     /// The read index must first be confirmed by a leader holding a quorum (strong).
     ConfirmedByLeader,
-    /// The copy must have applied at least this index (strong, once the read index is known).
+    /// Bounded staleness: at most `entries_max` committed entries behind the newest commit at
+    /// the read's start, and/or including every write committed more than `lag_max` before it.
+    Bounded {
+        entries_max: Option<u64>,
+        lag_max: Option<Duration>,
+    },
+    /// The copy must have applied at least this index (after a probe).
     AppliedAtLeast(LogIndex),
 }
 
@@ -25,8 +32,8 @@ pub enum Verdict {
     Serve,
     /// Wait until the copy has applied at least this index, then judge again.
     Wait(LogIndex),
-    /// Ask the shard's leader for its confirmed commit index (the read index), then judge
-    /// `AppliedAtLeast(read_index)`.
+    /// Ask the shard's leader for its quorum-confirmed commit index (the read index), then judge
+    /// [`Requirement::after_probe`].
     Probe,
     /// Cannot be served here; the error says why.
     Refuse(TunekvError),
@@ -38,7 +45,14 @@ impl Requirement {
     pub fn for_level(level: Level) -> Result<Requirement, TunekvError> {
         match level {
             Level::Strong => Ok(Requirement::ConfirmedByLeader),
-            Level::Eventual => Ok(Requirement::Anything),
+            Level::Eventual | Level::ConsistentPrefix => Ok(Requirement::Anything),
+            Level::Bounded {
+                entries_max,
+                lag_max,
+            } => Ok(Requirement::Bounded {
+                entries_max,
+                lag_max,
+            }),
             other => Err(TunekvError::new(
                 Code::LevelInvalid,
                 format!(
@@ -48,13 +62,66 @@ impl Requirement {
             )),
         }
     }
+
+    /// The requirement once a probe returned `read_index`, confirmed by a quorum after the read
+    /// began: every write committed before the read began is at or below it.
+    pub fn after_probe(self, read_index: LogIndex) -> Requirement {
+        match self {
+            // A time bound is met by the fresh watermark only once it is applied in full.
+            Requirement::Bounded {
+                entries_max: Some(k),
+                lag_max: None,
+            } => Requirement::AppliedAtLeast(LogIndex(read_index.0.saturating_sub(k))),
+            _ => Requirement::AppliedAtLeast(read_index),
+        }
+    }
+
+    /// The code of a read whose requirement could not be met in its wait budget.
+    pub fn unmet_code(self, level: Level) -> Code {
+        match level {
+            Level::Bounded { .. } => Code::StalenessBoundUnmet,
+            _ => Code::Timeout,
+        }
+    }
+
+    /// The code of a read whose probe could not reach a leader with a quorum.
+    pub fn no_probe_code(self, level: Level) -> Code {
+        match level {
+            Level::Bounded { .. } => Code::StalenessBoundUnmet,
+            _ => Code::NoQuorum,
+        }
+    }
 }
 
-/// Decides whether `copy` may serve a read that needs `req`. Pure: no clock, no I/O.
-pub fn judge(copy: &CopyState, req: &Requirement) -> Verdict {
+/// Decides whether `copy` may serve a read that needs `req` and began `read_age` ago.
+/// Pure: no clock, no I/O.
+pub fn judge(copy: &CopyState, req: &Requirement, read_age: Duration) -> Verdict {
     match *req {
         Requirement::Anything => Verdict::Serve,
         Requirement::ConfirmedByLeader => Verdict::Probe,
+        // An entry bound always needs the newest commit at the read's start: probe.
+        Requirement::Bounded {
+            entries_max: Some(_),
+            ..
+        } => Verdict::Probe,
+        Requirement::Bounded {
+            entries_max: None,
+            lag_max,
+        } => {
+            // A watermark (c, taken at h) proves the state at c holds every write committed
+            // before h. Served if h ≥ read start − T, i.e. watermark age ≤ read age + T.
+            let fresh = match (copy.watermark, lag_max) {
+                (Some(w), Some(t)) => {
+                    w.age <= read_age.saturating_add(t) && copy.applied.index >= w.index
+                }
+                _ => false,
+            };
+            if fresh {
+                Verdict::Serve
+            } else {
+                Verdict::Probe
+            }
+        }
         Requirement::AppliedAtLeast(index) => {
             if copy.applied.index >= index {
                 Verdict::Serve
@@ -69,8 +136,7 @@ pub fn judge(copy: &CopyState, req: &Requirement) -> Verdict {
 mod tests {
     use super::*;
     use crate::ids::ShardId;
-    use crate::position::Position;
-    use std::time::Duration;
+    use crate::position::{Position, Watermark};
 
     fn copy(applied: u64, known: u64) -> CopyState {
         CopyState {
@@ -82,30 +148,135 @@ mod tests {
             known_commit: LogIndex(known),
             is_leader: false,
             contact_age: Some(Duration::from_millis(5)),
+            watermark: None,
         }
     }
 
+    const NOW: Duration = Duration::ZERO;
+
     #[test]
-    fn eventual_serves_anything() {
-        assert_eq!(judge(&copy(0, 100), &Requirement::Anything), Verdict::Serve);
+    fn eventual_and_consistent_prefix_serve_the_local_copy() {
+        assert_eq!(
+            judge(&copy(0, 100), &Requirement::Anything, NOW),
+            Verdict::Serve
+        );
+        for l in [Level::Eventual, Level::ConsistentPrefix] {
+            assert_eq!(Requirement::for_level(l), Ok(Requirement::Anything));
+        }
     }
 
     #[test]
     fn strong_probes_first_then_waits_for_the_read_index() {
         assert_eq!(
-            judge(&copy(10, 10), &Requirement::ConfirmedByLeader),
+            judge(&copy(10, 10), &Requirement::ConfirmedByLeader, NOW),
             Verdict::Probe
         );
-        let req = Requirement::AppliedAtLeast(LogIndex(12));
-        assert_eq!(judge(&copy(11, 12), &req), Verdict::Wait(LogIndex(12)));
+        let req = Requirement::ConfirmedByLeader.after_probe(LogIndex(12));
+        assert_eq!(req, Requirement::AppliedAtLeast(LogIndex(12)));
+        assert_eq!(judge(&copy(11, 12), &req, NOW), Verdict::Wait(LogIndex(12)));
         // Boundary: applied exactly at the read index serves.
-        assert_eq!(judge(&copy(12, 12), &req), Verdict::Serve);
-        assert_eq!(judge(&copy(13, 13), &req), Verdict::Serve);
+        assert_eq!(judge(&copy(12, 12), &req, NOW), Verdict::Serve);
+        assert_eq!(judge(&copy(13, 13), &req, NOW), Verdict::Serve);
+    }
+
+    #[test]
+    fn bounded_entries_probes_then_allows_lag_of_exactly_k() {
+        let req = Requirement::for_level(Level::Bounded {
+            entries_max: Some(3),
+            lag_max: None,
+        })
+        .unwrap();
+        assert_eq!(
+            judge(&copy(100, 100), &req, NOW),
+            Verdict::Probe,
+            "k needs the newest commit"
+        );
+        let after = req.after_probe(LogIndex(20));
+        assert_eq!(
+            judge(&copy(17, 20), &after, NOW),
+            Verdict::Serve,
+            "lag exactly K serves"
+        );
+        assert_eq!(
+            judge(&copy(16, 20), &after, NOW),
+            Verdict::Wait(LogIndex(17)),
+            "lag K+1 waits"
+        );
+        // k larger than the log: anything serves once probed.
+        let big = Requirement::Bounded {
+            entries_max: Some(50),
+            lag_max: None,
+        }
+        .after_probe(LogIndex(20));
+        assert_eq!(judge(&copy(0, 20), &big, NOW), Verdict::Serve);
+    }
+
+    #[test]
+    fn bounded_time_serves_from_a_watermark_no_older_than_t_before_the_read() {
+        let t = Duration::from_millis(300);
+        let req = Requirement::for_level(Level::Bounded {
+            entries_max: None,
+            lag_max: Some(t),
+        })
+        .unwrap();
+        let with = |age_ms: u64, wm_index: u64, applied: u64| CopyState {
+            watermark: Some(Watermark {
+                index: LogIndex(wm_index),
+                age: Duration::from_millis(age_ms),
+            }),
+            ..copy(applied, applied)
+        };
+        // Boundary: a watermark exactly T old at the read's start serves.
+        assert_eq!(judge(&with(300, 10, 10), &req, NOW), Verdict::Serve);
+        assert_eq!(judge(&with(301, 10, 10), &req, NOW), Verdict::Probe);
+        // The read began 50 ms ago: the watermark may be 50 ms older.
+        assert_eq!(
+            judge(&with(350, 10, 10), &req, Duration::from_millis(50)),
+            Verdict::Serve
+        );
+        // A fresh watermark the copy has not applied yet does not serve.
+        assert_eq!(judge(&with(10, 11, 10), &req, NOW), Verdict::Probe);
+        assert_eq!(
+            judge(&copy(10, 10), &req, NOW),
+            Verdict::Probe,
+            "no watermark: probe"
+        );
+        assert_eq!(
+            req.after_probe(LogIndex(9)),
+            Requirement::AppliedAtLeast(LogIndex(9))
+        );
+        let both = Requirement::Bounded {
+            entries_max: Some(2),
+            lag_max: Some(t),
+        };
+        assert_eq!(
+            judge(&with(0, 10, 10), &both, NOW),
+            Verdict::Probe,
+            "k still probes"
+        );
+        assert_eq!(
+            both.after_probe(LogIndex(9)),
+            Requirement::AppliedAtLeast(LogIndex(9))
+        );
+    }
+
+    #[test]
+    fn refusal_codes_name_the_level() {
+        let b = Level::Bounded {
+            entries_max: Some(1),
+            lag_max: None,
+        };
+        let r = Requirement::for_level(b).unwrap();
+        assert_eq!(r.unmet_code(b), Code::StalenessBoundUnmet);
+        assert_eq!(r.no_probe_code(b), Code::StalenessBoundUnmet);
+        let s = Requirement::ConfirmedByLeader;
+        assert_eq!(s.unmet_code(Level::Strong), Code::Timeout);
+        assert_eq!(s.no_probe_code(Level::Strong), Code::NoQuorum);
     }
 
     #[test]
     fn unenforced_levels_are_refused_not_weakened() {
-        for s in ["session", "bounded(k=1)", "consistent_prefix", "weak"] {
+        for s in ["session", "read_your_writes", "monotonic_reads", "weak"] {
             let level = Level::parse(s).unwrap_or(Level::Strong);
             assert_ne!(level, Level::Strong);
             assert_eq!(
@@ -114,13 +285,5 @@ mod tests {
                 "{s}"
             );
         }
-        assert_eq!(
-            Requirement::for_level(Level::Strong),
-            Ok(Requirement::ConfirmedByLeader)
-        );
-        assert_eq!(
-            Requirement::for_level(Level::Eventual),
-            Ok(Requirement::Anything)
-        );
     }
 }

@@ -14,4 +14,4 @@ pub mod status;
 pub mod transport;
 
 pub use config::{NodeConfig, PeerConfig};
-pub use node::{KeyspaceInfo, Node, ReadOutcome, WriteOutcome};
+pub use node::{KeyspaceInfo, Node, ReadOutcome, ShardRead, WriteOutcome, BATCH_KEYS_MAX};

@@ -19,9 +19,9 @@ use tunekv_core::keyspace::{replicas_for, shard_for_key};
 use tunekv_core::limits::{check_key, check_keyspace_name, check_value};
 use tunekv_core::{
     judge, Code, CopyState, GroupId, Hlc, KeyspaceSpec, Level, LogIndex, NodeId, Position, Receipt,
-    Requirement, ShardId, Staleness, TunekvError, Verdict,
+    Requirement, ShardId, Staleness, TunekvError, Verdict, Watermark,
 };
-use tunekv_raft::{Command, LogStore, Op, Raft, ShardData, StateMachine};
+use tunekv_raft::{Applied, Command, LogStore, Op, Raft, ShardData, StateMachine};
 use tunekv_storage::{GroupCommit, Storage};
 
 /// Catalog keys in the metadata group: `ks/<name>` → the keyspace spec as JSON.
@@ -34,6 +34,8 @@ const FORWARDED_WORK_MAX: Duration = Duration::from_secs(30);
 const KEYSPACE_READY_WAIT: Duration = Duration::from_secs(10);
 /// How long `GET /v1/cluster` waits for each peer's status.
 const STATUS_WAIT: Duration = Duration::from_millis(500);
+/// Most keys in one batch-get.
+pub const BATCH_KEYS_MAX: usize = 1000;
 
 /// One Raft group hosted on this node.
 pub struct Group {
@@ -43,6 +45,9 @@ pub struct Group {
     // When this replica last accepted a message from its leader; staleness receipts grow with
     // the silence since.
     last_contact: Mutex<Option<Instant>>,
+    // The newest read index a quorum-holding leader confirmed to this node, and when the probe
+    // for it was sent: bounded(t) reads are served locally while it is fresh enough.
+    watermark: Mutex<Option<(u64, Instant)>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -58,6 +63,20 @@ pub struct KeyspaceInfo {
 pub struct ReadOutcome {
     pub value: Option<Vec<u8>>,
     pub receipt: Receipt,
+}
+
+/// The values of one shard read from one view, and its receipt.
+#[derive(Clone, Debug)]
+pub struct ShardRead {
+    pub values: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub receipt: Receipt,
+}
+
+/// How a copy came to be allowed to serve a read.
+struct Served {
+    copy: CopyState,
+    /// The read index a probe returned, if one was needed.
+    probed: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -230,6 +249,7 @@ impl Node {
             raft,
             data,
             last_contact: Mutex::new(None),
+            watermark: Mutex::new(None),
         });
         self.groups
             .write()
@@ -700,6 +720,14 @@ impl Node {
             ),
             is_leader,
             contact_age,
+            watermark: g
+                .watermark
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map(|(index, at)| Watermark {
+                    index: LogIndex(index),
+                    age: at.elapsed(),
+                }),
         }
     }
 
@@ -711,45 +739,136 @@ impl Node {
         level: Option<Level>,
         wait: Option<Duration>,
     ) -> Result<ReadOutcome, TunekvError> {
-        let deadline = Instant::now() + self.wait_budget(wait, self.config.read_wait_ms_default);
+        let started = Instant::now();
+        let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
         let ks = self.keyspace(ks, deadline).await?;
         check_key(key)?;
         let level = level.unwrap_or_else(|| ks.spec.default_level());
-        let mut req = Requirement::for_level(level)?;
         let g = self.shard_group(&ks, key).await?;
+        let served = self.until_servable(&g, level, started, deadline).await?;
+        let view = g.data.read();
+        let value = view.get(key).map(|v| v.value.clone());
+        let receipt = self.receipt(&g, level, view.applied(), &served);
+        Ok(ReadOutcome { value, receipt })
+    }
+
+    /// Reads several keys at `level`: one consistent view per shard, one receipt per shard.
+    pub async fn batch_get(
+        &self,
+        ks: &str,
+        keys: &[Vec<u8>],
+        level: Option<Level>,
+        wait: Option<Duration>,
+    ) -> Result<Vec<ShardRead>, TunekvError> {
+        let started = Instant::now();
+        let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
+        let ks = self.keyspace(ks, deadline).await?;
+        if keys.is_empty() || keys.len() > BATCH_KEYS_MAX {
+            return Err(err(
+                Code::BadRequest,
+                format!(
+                    "a batch holds 1 to {BATCH_KEYS_MAX} keys, got {}",
+                    keys.len()
+                ),
+            ));
+        }
+        for k in keys {
+            check_key(k)?;
+        }
+        let level = level.unwrap_or_else(|| ks.spec.default_level());
+        let mut by_shard: BTreeMap<ShardId, Vec<Vec<u8>>> = BTreeMap::new();
+        for k in keys {
+            by_shard
+                .entry(shard_for_key(k, ks.spec.shards))
+                .or_default()
+                .push(k.clone());
+        }
+        let mut out = Vec::with_capacity(by_shard.len());
+        for (_, keys) in by_shard {
+            let g = self.shard_group(&ks, &keys[0]).await?;
+            let served = self.until_servable(&g, level, started, deadline).await?;
+            let view = g.data.read();
+            let values = keys
+                .iter()
+                .map(|k| (k.clone(), view.get(k).map(|v| v.value.clone())))
+                .collect();
+            let receipt = self.receipt(&g, level, view.applied(), &served);
+            out.push(ShardRead { values, receipt });
+        }
+        Ok(out)
+    }
+
+    /// Runs the requirement of `level` through `judge` until this copy of `g` may serve:
+    /// probing the leader, waiting for the copy to apply, or refusing with the level's code.
+    async fn until_servable(
+        &self,
+        g: &Group,
+        level: Level,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<Served, TunekvError> {
+        let mut req = Requirement::for_level(level)?;
+        let mut probed = None;
         loop {
-            let copy = self.copy_state(&g);
-            match judge(&copy, &req) {
-                Verdict::Serve => {
-                    let view = g.data.read();
-                    let value = view.get(key).map(|v| v.value.clone());
-                    let applied = view.applied();
-                    drop(view);
-                    let staleness = match req {
-                        // Served at or past a quorum-confirmed read index: nothing committed
-                        // before the read began is missing.
-                        Requirement::AppliedAtLeast(_) => Staleness::ZERO,
-                        _ => Staleness::of_copy(&copy),
-                    };
-                    let receipt = Receipt {
-                        level,
-                        served_by: self.id,
-                        position: Position {
-                            shard: g.id.shard(),
-                            index: LogIndex(applied.index),
-                            commit_ms: Hlc::millis(applied.commit_ts),
-                        },
-                        staleness,
-                    };
-                    return Ok(ReadOutcome { value, receipt });
-                }
+            let copy = self.copy_state(g);
+            match judge(&copy, &req, started.elapsed()) {
+                Verdict::Serve => return Ok(Served { copy, probed }),
                 Verdict::Probe => {
-                    let index = self.read_index(g.id, deadline).await?;
-                    req = Requirement::AppliedAtLeast(LogIndex(index));
+                    let sent = Instant::now();
+                    let index = self.read_index(g.id, deadline).await.map_err(|e| {
+                        err(
+                            req.no_probe_code(level),
+                            format!("{level} read on node {}: {}", self.id, e.message),
+                        )
+                    })?;
+                    let mut wm = g.watermark.lock().unwrap_or_else(|p| p.into_inner());
+                    if wm.is_none_or(|(i, at)| at <= sent && i <= index) {
+                        *wm = Some((index, sent));
+                    }
+                    drop(wm);
+                    probed = Some(index);
+                    req = req.after_probe(LogIndex(index));
                 }
-                Verdict::Wait(index) => self.wait_applied(&g, index.0, deadline).await?,
+                Verdict::Wait(index) => {
+                    self.wait_applied(g, index.0, deadline).await.map_err(|e| {
+                        if e.code == Code::Timeout {
+                            err(
+                                req.unmet_code(level),
+                                format!("{level} read: {}", e.message),
+                            )
+                        } else {
+                            e
+                        }
+                    })?
+                }
                 Verdict::Refuse(e) => return Err(e),
             }
+        }
+    }
+
+    fn receipt(&self, g: &Group, level: Level, applied: Applied, served: &Served) -> Receipt {
+        let position = Position {
+            shard: g.id.shard(),
+            index: LogIndex(applied.index),
+            commit_ms: Hlc::millis(applied.commit_ts),
+        };
+        let staleness = match (served.probed, served.copy.watermark) {
+            // The newest commit at the read's start is at or below the probed index.
+            (Some(read_index), _) => {
+                Staleness::behind(LogIndex(read_index), position, self.clock.wall_ms())
+            }
+            // Served on a watermark: fresh as of when its probe was sent.
+            (None, Some(w)) if matches!(level, Level::Bounded { .. }) => Staleness {
+                entries: served.copy.lag_entries(),
+                ms: u64::try_from(w.age.as_millis()).unwrap_or(u64::MAX),
+            },
+            _ => Staleness::of_copy(&served.copy),
+        };
+        Receipt {
+            level,
+            served_by: self.id,
+            position,
+            staleness,
         }
     }
 
