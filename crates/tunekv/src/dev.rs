@@ -91,26 +91,26 @@ async fn demo(cluster: &LocalCluster) -> Result<()> {
         "PUT demo/greeting on node 1            -> committed at {}",
         w.position
     );
-    for (name, client, level) in [
+    let reads = [
         ("node 2", &b, "strong"),
         ("node 3", &c, "strong"),
+        ("node 3", &c, "bounded(k=3)"),
+        ("node 3", &c, "bounded(t=500ms)"),
+        ("node 3", &c, "consistent_prefix"),
         ("node 3", &c, "eventual"),
-    ] {
-        let r = client.get("demo", b"greeting", &Opts::level(level)).await?;
-        println!(
-            "GET on {name} at {level:<8} -> {:?}  served_by={} position={} staleness={}",
-            String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()),
-            r.receipt.served_by,
-            r.receipt.position,
-            r.receipt.staleness
-        );
-    }
-    match c
-        .get("demo", b"greeting", &Opts::level("bounded(k=3)"))
-        .await
-    {
-        Ok(_) => println!("bounded(k=3) served"),
-        Err(e) => println!("GET at bounded(k=3)           -> refused, never served weaker: {e}"),
+        ("node 3", &c, "session"),
+    ];
+    for (name, client, level) in reads {
+        match client.get("demo", b"greeting", &Opts::level(level)).await {
+            Ok(r) => println!(
+                "GET on {name} at {level:<17} -> {:?}  served_by={} position={} staleness={}",
+                String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()),
+                r.receipt.served_by,
+                r.receipt.position,
+                r.receipt.staleness
+            ),
+            Err(e) => println!("GET on {name} at {level:<17} -> refused, never served weaker: {e}"),
+        }
     }
     Ok(())
 }
