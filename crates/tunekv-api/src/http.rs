@@ -13,7 +13,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tunekv_core::limits::VALUE_BYTES_MAX_CEILING;
-use tunekv_core::{Code, KeyspaceSpec, Level, Receipt, TunekvError};
+use tunekv_core::{Code, KeyspaceSpec, Level, Receipt, Session, TunekvError};
 use tunekv_node::{Node, ReadOutcome, WriteOutcome};
 
 /// Request bodies beyond this are refused before they are read whole; per-keyspace value limits
@@ -24,6 +24,7 @@ pub const H_LEVEL: &str = "tunekv-level";
 pub const H_SERVED_BY: &str = "tunekv-served-by";
 pub const H_POSITION: &str = "tunekv-position";
 pub const H_STALENESS: &str = "tunekv-staleness";
+pub const H_SESSION: &str = "tunekv-session";
 
 type AppState = Arc<Node>;
 
@@ -151,6 +152,28 @@ fn query(
         .map_err(|e| bad(Code::BadRequest, format!("bad query string: {e}")))
 }
 
+/// The session the request carries: every `tunekv-session` value, each possibly several
+/// comma-separated tokens, merged. None is a new session; anything unsigned is `session_invalid`.
+fn session_of(node: &Node, headers: &HeaderMap) -> Result<Session, ApiError> {
+    let values = headers
+        .get_all(H_SESSION)
+        .iter()
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                bad(
+                    Code::SessionInvalid,
+                    "the tunekv-session header is not text",
+                )
+            })
+        })
+        .collect::<Result<Vec<&str>, ApiError>>()?;
+    Ok(node.session_key().decode_all(values)?)
+}
+
+fn session_header(token: &str) -> [(HeaderName, HeaderValue); 1] {
+    [(HeaderName::from_static(H_SESSION), header(token))]
+}
+
 fn header(value: &str) -> HeaderValue {
     // Receipt values are ASCII built by us; a failure here is a bug in their formatting.
     HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
@@ -190,23 +213,21 @@ fn receipt_json(r: &Receipt) -> serde_json::Value {
     })
 }
 
-/// A committed write: its position as a header and in the JSON body.
-fn write_response(w: &WriteOutcome) -> Response {
+/// A committed write: its position and the session token as headers and in the JSON body.
+fn write_response(w: &WriteOutcome, token: &str) -> Response {
     let position = [(
         HeaderName::from_static(H_POSITION),
         header(&w.position.to_string()),
     )];
-    (position, Json(write_json(w))).into_response()
-}
-
-fn write_json(w: &WriteOutcome) -> serde_json::Value {
-    json!({
+    let body = json!({
         "position": w.position.to_string(),
         "shard": w.position.shard.0,
         "index": w.position.index.0,
         "commit_ms": w.position.commit_ms,
         "existed": w.existed,
-    })
+        "session": token,
+    });
+    (position, session_header(token), Json(body)).into_response()
 }
 
 async fn index(State(node): State<AppState>) -> impl IntoResponse {
@@ -279,11 +300,12 @@ async fn put_key(
     // Writes are always strong (committed on a majority); a level on a write is checked for
     // syntax so a typo is not silently ignored.
     q.level(&headers)?;
+    let mut session = session_of(&node, &headers)?;
     let body = body.map_err(body_error)?;
     let w = node
-        .put(&ks, key.as_bytes(), body.to_vec(), q.wait()?)
+        .put(&ks, key.as_bytes(), body.to_vec(), q.wait()?, &mut session)
         .await?;
-    Ok(write_response(&w))
+    Ok(write_response(&w, &node.session_key().encode(&session)))
 }
 
 async fn delete_key(
@@ -294,8 +316,11 @@ async fn delete_key(
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     q.level(&headers)?;
-    let w = node.delete(&ks, key.as_bytes(), q.wait()?).await?;
-    Ok(write_response(&w))
+    let mut session = session_of(&node, &headers)?;
+    let w = node
+        .delete(&ks, key.as_bytes(), q.wait()?, &mut session)
+        .await?;
+    Ok(write_response(&w, &node.session_key().encode(&session)))
 }
 
 async fn get_key(
@@ -307,11 +332,15 @@ async fn get_key(
     let q = query(q)?;
     let as_json = q.json()?;
     let level = q.level(&headers)?;
-    let ReadOutcome { value, receipt } = node.get(&ks, key.as_bytes(), level, q.wait()?).await?;
-    let headers = receipt_headers(&receipt);
+    let mut session = session_of(&node, &headers)?;
+    let ReadOutcome { value, receipt } = node
+        .get(&ks, key.as_bytes(), level, q.wait()?, &mut session)
+        .await?;
+    let token = node.session_key().encode(&session);
+    let headers = (receipt_headers(&receipt), session_header(&token));
     if as_json {
         let (text, hex) = value_json(&value);
-        let mut body = json!({"key": key, "found": value.is_some(), "value": text, "receipt": receipt_json(&receipt)});
+        let mut body = json!({"key": key, "found": value.is_some(), "value": text, "receipt": receipt_json(&receipt), "session": token});
         if let Some(h) = hex {
             body["value_hex"] = json!(h);
         }
@@ -375,8 +404,12 @@ async fn kv_action(
         format: None,
     };
     let level = q.level(&headers)?;
+    let mut session = session_of(&node, &headers)?;
     let keys: Vec<Vec<u8>> = req.keys.into_iter().map(String::into_bytes).collect();
-    let shards = node.batch_get(ks, &keys, level, q.wait()?).await?;
+    let shards = node
+        .batch_get(ks, &keys, level, q.wait()?, &mut session)
+        .await?;
+    let token = node.session_key().encode(&session);
     let mut results = Vec::new();
     let mut receipts = Vec::new();
     for shard in &shards {
@@ -390,7 +423,11 @@ async fn kv_action(
         }
         receipts.push(receipt_json(&shard.receipt));
     }
-    Ok(Json(json!({"results": results, "receipts": receipts})).into_response())
+    Ok((
+        session_header(&token),
+        Json(json!({"results": results, "receipts": receipts, "session": token})),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]

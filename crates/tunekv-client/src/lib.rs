@@ -29,23 +29,34 @@ impl ClientError {
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
+/// The session token header, sent with requests and returned with every success.
+pub const SESSION_HEADER: &str = "tunekv-session";
+
 /// Per-request options.
 #[derive(Clone, Debug, Default)]
 pub struct Opts {
     pub level: Option<String>,
     pub wait_ms_max: Option<u64>,
+    /// Session token(s) to send; several comma-separated tokens are merged by the server (two
+    /// threads of one session each hold the token of their last reply).
+    pub session: Option<String>,
 }
 
 impl Opts {
     pub fn level(level: &str) -> Opts {
         Opts {
             level: Some(level.to_string()),
-            wait_ms_max: None,
+            ..Opts::default()
         }
     }
 
     pub fn wait_ms(mut self, ms: u64) -> Opts {
         self.wait_ms_max = Some(ms);
+        self
+    }
+
+    pub fn session(mut self, token: &str) -> Opts {
+        self.session = Some(token.to_string());
         self
     }
 }
@@ -83,6 +94,8 @@ pub struct ReadReply {
     /// `None`: not found.
     pub value: Option<Vec<u8>>,
     pub receipt: Receipt,
+    /// The session token after this read.
+    pub session: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -92,6 +105,8 @@ pub struct WriteReply {
     pub index: u64,
     pub commit_ms: u64,
     pub existed: bool,
+    /// The session token after this write.
+    pub session: String,
 }
 
 #[derive(Clone)]
@@ -173,6 +188,13 @@ impl Client {
         q
     }
 
+    fn with_session(req: reqwest::RequestBuilder, opts: &Opts) -> reqwest::RequestBuilder {
+        match &opts.session {
+            Some(t) if !t.is_empty() => req.header(SESSION_HEADER, t),
+            _ => req,
+        }
+    }
+
     fn kv_url(&self, ks: &str, key: &[u8]) -> String {
         format!("{}/v1/kv/{}/{}", self.base, ks, encode_key(key))
     }
@@ -191,34 +213,38 @@ impl Client {
     }
 
     pub async fn put(&self, ks: &str, key: &[u8], value: &[u8], opts: &Opts) -> Result<WriteReply> {
-        send_json(
+        send_json(Self::with_session(
             self.http
                 .put(self.kv_url(ks, key))
                 .query(&Self::query(opts))
                 .body(value.to_vec()),
-        )
+            opts,
+        ))
         .await
     }
 
     pub async fn delete(&self, ks: &str, key: &[u8], opts: &Opts) -> Result<WriteReply> {
-        send_json(
+        send_json(Self::with_session(
             self.http
                 .delete(self.kv_url(ks, key))
                 .query(&Self::query(opts)),
-        )
+            opts,
+        ))
         .await
     }
 
     /// Reads a key. A missing key is `Ok` with `value: None` (its receipt still says where the
     /// absence was observed).
     pub async fn get(&self, ks: &str, key: &[u8], opts: &Opts) -> Result<ReadReply> {
-        let resp = self
-            .http
-            .get(self.kv_url(ks, key))
-            .query(&Self::query(opts))
-            .send()
-            .await
-            .map_err(transport)?;
+        let resp = Self::with_session(
+            self.http
+                .get(self.kv_url(ks, key))
+                .query(&Self::query(opts)),
+            opts,
+        )
+        .send()
+        .await
+        .map_err(transport)?;
         let h = |name: &str| {
             resp.headers()
                 .get(name)
@@ -239,6 +265,7 @@ impl Client {
             }),
             _ => None,
         };
+        let session = h(SESSION_HEADER).unwrap_or_default();
         let status = resp.status();
         match (status.as_u16(), receipt) {
             (200, Some(receipt)) => {
@@ -246,18 +273,20 @@ impl Client {
                 Ok(ReadReply {
                     value: Some(value),
                     receipt,
+                    session,
                 })
             }
             (404, Some(receipt)) => Ok(ReadReply {
                 value: None,
                 receipt,
+                session,
             }),
             _ => Err(api_error(resp).await),
         }
     }
 
-    /// `POST /v1/kv/{ks}:batch-get`: `{"results": [...], "receipts": [...]}` (one receipt per
-    /// shard; each shard's values come from one consistent view).
+    /// `POST /v1/kv/{ks}:batch-get`: `{"results": [...], "receipts": [...], "session": "..."}`
+    /// (one receipt per shard; each shard's values come from one consistent view).
     pub async fn batch_get(
         &self,
         ks: &str,
@@ -266,11 +295,12 @@ impl Client {
     ) -> Result<serde_json::Value> {
         let body =
             serde_json::json!({"keys": keys, "level": opts.level, "wait_ms_max": opts.wait_ms_max});
-        send_json(
+        send_json(Self::with_session(
             self.http
                 .post(format!("{}/v1/kv/{ks}:batch-get", self.base))
                 .json(&body),
-        )
+            opts,
+        ))
         .await
     }
 

@@ -107,13 +107,20 @@ impl Level {
     pub fn is_enforced(self) -> bool {
         matches!(
             self,
-            Level::Strong | Level::Bounded { .. } | Level::ConsistentPrefix | Level::Eventual
+            Level::Strong
+                | Level::Bounded { .. }
+                | Level::ConsistentPrefix
+                | Level::ReadYourWrites
+                | Level::MonotonicReads
+                | Level::Session
+                | Level::Eventual
         )
     }
 
     /// The enforced levels, for error messages.
     pub const ENFORCED: &'static str =
-        "strong, bounded(k=K), bounded(t=T), bounded(k=K,t=T), consistent_prefix, eventual";
+        "strong, bounded(k=K), bounded(t=T), bounded(k=K,t=T), consistent_prefix, \
+read_your_writes, monotonic_reads, session, eventual";
 }
 
 fn truncate(s: &str) -> &str {

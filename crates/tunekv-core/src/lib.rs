@@ -14,6 +14,7 @@ pub mod limits;
 pub mod position;
 pub mod receipt;
 pub mod requirement;
+pub mod session;
 
 pub use code::{Code, TunekvError};
 pub use hlc::Hlc;
@@ -23,3 +24,4 @@ pub use level::Level;
 pub use position::{CopyState, Position, Watermark};
 pub use receipt::{Receipt, Staleness};
 pub use requirement::{judge, Requirement, Verdict};
+pub use session::{Mark, Session, SessionKey};

@@ -6,6 +6,7 @@ use crate::code::{Code, TunekvError};
 use crate::ids::LogIndex;
 use crate::level::Level;
 use crate::position::CopyState;
+use crate::session::Mark;
 use std::time::Duration;
 
 /// What a read needs of the copy that serves it.
@@ -40,11 +41,17 @@ pub enum Verdict {
 }
 
 impl Requirement {
-    /// The starting requirement of a read at `level`. Levels this build does not enforce are
-    /// refused, never served weaker.
-    pub fn for_level(level: Level) -> Result<Requirement, TunekvError> {
+    /// The starting requirement of a read at `level` by a session whose mark on the shard is
+    /// `mark` (zero for a new session). Levels this build does not enforce are refused, never
+    /// served weaker.
+    pub fn for_level(level: Level, mark: Mark) -> Result<Requirement, TunekvError> {
         match level {
             Level::Strong => Ok(Requirement::ConfirmedByLeader),
+            // A state that includes every write the session made / is no older than any state
+            // it read. Both are positions in this shard's log, which every copy applies in order.
+            Level::ReadYourWrites => Ok(Requirement::AppliedAtLeast(mark.written)),
+            Level::MonotonicReads => Ok(Requirement::AppliedAtLeast(mark.read)),
+            Level::Session => Ok(Requirement::AppliedAtLeast(mark.written.max(mark.read))),
             Level::Eventual | Level::ConsistentPrefix => Ok(Requirement::Anything),
             Level::Bounded {
                 entries_max,
@@ -80,6 +87,7 @@ impl Requirement {
     pub fn unmet_code(self, level: Level) -> Code {
         match level {
             Level::Bounded { .. } => Code::StalenessBoundUnmet,
+            Level::ReadYourWrites | Level::MonotonicReads | Level::Session => Code::SessionUnmet,
             _ => Code::Timeout,
         }
     }
@@ -161,7 +169,10 @@ mod tests {
             Verdict::Serve
         );
         for l in [Level::Eventual, Level::ConsistentPrefix] {
-            assert_eq!(Requirement::for_level(l), Ok(Requirement::Anything));
+            assert_eq!(
+                Requirement::for_level(l, Mark::default()),
+                Ok(Requirement::Anything)
+            );
         }
     }
 
@@ -181,10 +192,13 @@ mod tests {
 
     #[test]
     fn bounded_entries_probes_then_allows_lag_of_exactly_k() {
-        let req = Requirement::for_level(Level::Bounded {
-            entries_max: Some(3),
-            lag_max: None,
-        })
+        let req = Requirement::for_level(
+            Level::Bounded {
+                entries_max: Some(3),
+                lag_max: None,
+            },
+            Mark::default(),
+        )
         .unwrap();
         assert_eq!(
             judge(&copy(100, 100), &req, NOW),
@@ -214,10 +228,13 @@ mod tests {
     #[test]
     fn bounded_time_serves_from_a_watermark_no_older_than_t_before_the_read() {
         let t = Duration::from_millis(300);
-        let req = Requirement::for_level(Level::Bounded {
-            entries_max: None,
-            lag_max: Some(t),
-        })
+        let req = Requirement::for_level(
+            Level::Bounded {
+                entries_max: None,
+                lag_max: Some(t),
+            },
+            Mark::default(),
+        )
         .unwrap();
         let with = |age_ms: u64, wm_index: u64, applied: u64| CopyState {
             watermark: Some(Watermark {
@@ -266,7 +283,7 @@ mod tests {
             entries_max: Some(1),
             lag_max: None,
         };
-        let r = Requirement::for_level(b).unwrap();
+        let r = Requirement::for_level(b, Mark::default()).unwrap();
         assert_eq!(r.unmet_code(b), Code::StalenessBoundUnmet);
         assert_eq!(r.no_probe_code(b), Code::StalenessBoundUnmet);
         let s = Requirement::ConfirmedByLeader;
@@ -275,15 +292,38 @@ mod tests {
     }
 
     #[test]
-    fn unenforced_levels_are_refused_not_weakened() {
-        for s in ["session", "read_your_writes", "monotonic_reads", "weak"] {
-            let level = Level::parse(s).unwrap_or(Level::Strong);
-            assert_ne!(level, Level::Strong);
-            assert_eq!(
-                Requirement::for_level(level).map_err(|e| e.code),
-                Err(Code::LevelInvalid),
-                "{s}"
-            );
+    fn session_levels_need_the_tokens_marks_applied() {
+        let mark = Mark {
+            written: LogIndex(30),
+            read: LogIndex(20),
+        };
+        let ryw = Requirement::for_level(Level::ReadYourWrites, mark).unwrap();
+        let mr = Requirement::for_level(Level::MonotonicReads, mark).unwrap();
+        let session = Requirement::for_level(Level::Session, mark).unwrap();
+        // Boundary: applied exactly at the mark serves; one below waits for it.
+        assert_eq!(judge(&copy(30, 30), &ryw, NOW), Verdict::Serve);
+        assert_eq!(judge(&copy(29, 30), &ryw, NOW), Verdict::Wait(LogIndex(30)));
+        assert_eq!(judge(&copy(20, 20), &mr, NOW), Verdict::Serve);
+        assert_eq!(judge(&copy(19, 30), &mr, NOW), Verdict::Wait(LogIndex(20)));
+        assert_eq!(
+            judge(&copy(25, 30), &session, NOW),
+            Verdict::Wait(LogIndex(30))
+        );
+        assert_eq!(judge(&copy(30, 30), &session, NOW), Verdict::Serve);
+        // A new session (no mark on this shard) serves any copy.
+        let fresh = Requirement::for_level(Level::Session, Mark::default()).unwrap();
+        assert_eq!(judge(&copy(0, 9), &fresh, NOW), Verdict::Serve);
+        for l in [Level::ReadYourWrites, Level::MonotonicReads, Level::Session] {
+            assert_eq!(ryw.unmet_code(l), Code::SessionUnmet);
         }
+    }
+
+    #[test]
+    fn unenforced_levels_are_refused_not_weakened() {
+        let level = Level::parse("weak").unwrap();
+        assert_eq!(
+            Requirement::for_level(level, Mark::default()).map_err(|e| e.code),
+            Err(Code::LevelInvalid)
+        );
     }
 }

@@ -16,6 +16,11 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Every node of the cluster, this one included.
     pub peers: Vec<PeerConfig>,
+    /// Signs session tokens; every node of the cluster must have the same one (at least 16
+    /// bytes; `tunekv dev` generates 32 random bytes as hex). Changing it invalidates every
+    /// token issued before.
+    #[serde(default)]
+    pub cluster_secret: String,
     /// Allows the fault hook (`POST /v1/admin/faults`). Never on in production.
     #[serde(default)]
     pub enable_faults: bool,
@@ -86,15 +91,20 @@ fn wait_ms_cap() -> u64 {
 }
 
 impl NodeConfig {
+    /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<NodeConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let config: NodeConfig =
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let config = Self::read(path)?;
         config
             .validate()
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
+    }
+
+    /// Reads a config file without checking it (for tools that upgrade old files).
+    pub fn read(path: &Path) -> Result<NodeConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -107,6 +117,14 @@ impl NodeConfig {
         if ids.len() != self.peers.len() || ids.contains(&0) {
             return Err("peer ids must be unique and non-zero".into());
         }
+        if self.cluster_secret.is_empty() {
+            return Err(
+                "cluster_secret is missing: set the same random string of at least 16 \
+                        characters on every node (tunekv dev generates one)"
+                    .into(),
+            );
+        }
+        tunekv_core::SessionKey::new(self.cluster_secret.as_bytes())?;
         if self.read_wait_ms_default > self.wait_ms_cap
             || self.write_wait_ms_default > self.wait_ms_cap
         {
@@ -115,8 +133,14 @@ impl NodeConfig {
         self.raft_timing.tuning().openraft_config().map(|_| ())
     }
 
-    /// The configs of a local cluster of `n` nodes under `dir`, on the given ports.
-    pub fn local_cluster(dir: &Path, ports: &[(u16, u16)], enable_faults: bool) -> Vec<NodeConfig> {
+    /// The configs of a local cluster of `n` nodes under `dir`, on the given ports, sharing
+    /// `cluster_secret`.
+    pub fn local_cluster(
+        dir: &Path,
+        ports: &[(u16, u16)],
+        enable_faults: bool,
+        cluster_secret: &str,
+    ) -> Vec<NodeConfig> {
         let peers: Vec<PeerConfig> = ports
             .iter()
             .enumerate()
@@ -134,6 +158,7 @@ impl NodeConfig {
                 raft: p.raft.clone(),
                 data_dir: dir.join(format!("node-{}", p.id)),
                 peers: peers.clone(),
+                cluster_secret: cluster_secret.to_string(),
                 enable_faults,
                 read_wait_ms_default: read_wait_ms_default(),
                 write_wait_ms_default: write_wait_ms_default(),

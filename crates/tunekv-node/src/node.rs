@@ -19,7 +19,7 @@ use tunekv_core::keyspace::{replicas_for, shard_for_key};
 use tunekv_core::limits::{check_key, check_keyspace_name, check_value};
 use tunekv_core::{
     judge, Code, CopyState, GroupId, Hlc, KeyspaceSpec, Level, LogIndex, NodeId, Position, Receipt,
-    Requirement, ShardId, Staleness, TunekvError, Verdict, Watermark,
+    Requirement, Session, SessionKey, ShardId, Staleness, TunekvError, Verdict, Watermark,
 };
 use tunekv_raft::{Applied, Command, LogStore, Op, Raft, ShardData, StateMachine};
 use tunekv_storage::{GroupCommit, Storage};
@@ -108,6 +108,7 @@ pub struct Node {
     pool: Arc<PeerPool>,
     faults: Arc<Faults>,
     raft_config: Arc<openraft::Config>,
+    session_key: SessionKey,
     // Hosted groups. A std lock: never held across an await.
     groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
     // Serializes group creation so two tasks never open the same group twice.
@@ -138,6 +139,8 @@ impl Node {
             .tuning()
             .openraft_config()
             .map_err(internal)?;
+        let session_key = SessionKey::new(config.cluster_secret.as_bytes())
+            .map_err(|e| err(Code::BadRequest, e))?;
         let faults = Arc::new(Faults::new(config.enable_faults));
         let peers: Vec<(NodeId, String)> = config
             .peers
@@ -162,6 +165,7 @@ impl Node {
             pool,
             faults: faults.clone(),
             raft_config,
+            session_key,
             groups: RwLock::new(BTreeMap::new()),
             opening: tokio::sync::Mutex::new(()),
         });
@@ -184,6 +188,11 @@ impl Node {
 
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    /// Signs and checks session tokens with the cluster secret.
+    pub fn session_key(&self) -> &SessionKey {
+        &self.session_key
     }
 
     pub fn faults_enabled(&self) -> bool {
@@ -450,6 +459,7 @@ impl Node {
         key: &[u8],
         value: Vec<u8>,
         wait: Option<Duration>,
+        session: &mut Session,
     ) -> Result<WriteOutcome, TunekvError> {
         let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
         let ks = self.keyspace(ks, deadline).await?;
@@ -466,7 +476,7 @@ impl Node {
                 deadline,
             )
             .await?;
-        Ok(Self::write_outcome(g.id, &w))
+        Ok(self.write_outcome(&g, &w, session))
     }
 
     pub async fn delete(
@@ -474,6 +484,7 @@ impl Node {
         ks: &str,
         key: &[u8],
         wait: Option<Duration>,
+        session: &mut Session,
     ) -> Result<WriteOutcome, TunekvError> {
         let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
         let ks = self.keyspace(ks, deadline).await?;
@@ -482,10 +493,25 @@ impl Node {
         let w = self
             .propose(g.id, Op::Delete { key: key.to_vec() }, deadline)
             .await?;
-        Ok(Self::write_outcome(g.id, &w))
+        Ok(self.write_outcome(&g, &w, session))
     }
 
-    fn write_outcome(group: GroupId, w: &WriteResult) -> WriteOutcome {
+    /// The outcome of a committed write, recorded in the session. Monotonic writes and
+    /// writes-follow-reads hold by the log: a new entry's index is above every committed index,
+    /// so above everything this session wrote or read on the shard. Checked, never assumed.
+    fn write_outcome(&self, g: &Group, w: &WriteResult, session: &mut Session) -> WriteOutcome {
+        let group = g.id;
+        let before = session.mark(group);
+        if w.index <= before.written.0.max(before.read.0) {
+            tracing::error!(
+                "write on {group} committed at {} but the session already wrote {} and read {}: \
+                 the token names positions this cluster's log does not hold",
+                w.index,
+                before.written,
+                before.read
+            );
+        }
+        session.wrote(group, LogIndex(w.index));
         WriteOutcome {
             position: Position {
                 shard: group.shard(),
@@ -738,6 +764,7 @@ impl Node {
         key: &[u8],
         level: Option<Level>,
         wait: Option<Duration>,
+        session: &mut Session,
     ) -> Result<ReadOutcome, TunekvError> {
         let started = Instant::now();
         let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
@@ -745,10 +772,14 @@ impl Node {
         check_key(key)?;
         let level = level.unwrap_or_else(|| ks.spec.default_level());
         let g = self.shard_group(&ks, key).await?;
-        let served = self.until_servable(&g, level, started, deadline).await?;
+        let req = Requirement::for_level(level, session.mark(g.id))?;
+        let served = self
+            .until_servable(&g, level, req, started, deadline)
+            .await?;
         let view = g.data.read();
         let value = view.get(key).map(|v| v.value.clone());
         let receipt = self.receipt(&g, level, view.applied(), &served);
+        session.read(g.id, receipt.position.index);
         Ok(ReadOutcome { value, receipt })
     }
 
@@ -759,6 +790,7 @@ impl Node {
         keys: &[Vec<u8>],
         level: Option<Level>,
         wait: Option<Duration>,
+        session: &mut Session,
     ) -> Result<Vec<ShardRead>, TunekvError> {
         let started = Instant::now();
         let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
@@ -786,28 +818,33 @@ impl Node {
         let mut out = Vec::with_capacity(by_shard.len());
         for (_, keys) in by_shard {
             let g = self.shard_group(&ks, &keys[0]).await?;
-            let served = self.until_servable(&g, level, started, deadline).await?;
+            let req = Requirement::for_level(level, session.mark(g.id))?;
+            let served = self
+                .until_servable(&g, level, req, started, deadline)
+                .await?;
             let view = g.data.read();
             let values = keys
                 .iter()
                 .map(|k| (k.clone(), view.get(k).map(|v| v.value.clone())))
                 .collect();
             let receipt = self.receipt(&g, level, view.applied(), &served);
+            session.read(g.id, receipt.position.index);
             out.push(ShardRead { values, receipt });
         }
         Ok(out)
     }
 
-    /// Runs the requirement of `level` through `judge` until this copy of `g` may serve:
-    /// probing the leader, waiting for the copy to apply, or refusing with the level's code.
+    /// Runs `req` (the requirement of `level`) through `judge` until this copy of `g` may
+    /// serve: probing the leader, waiting for the copy to apply, or refusing with the level's
+    /// code.
     async fn until_servable(
         &self,
         g: &Group,
         level: Level,
+        mut req: Requirement,
         started: Instant,
         deadline: Instant,
     ) -> Result<Served, TunekvError> {
-        let mut req = Requirement::for_level(level)?;
         let mut probed = None;
         loop {
             let copy = self.copy_state(g);

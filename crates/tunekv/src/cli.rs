@@ -95,13 +95,72 @@ pub struct Common {
     /// Node to talk to.
     #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]
     node: String,
+    /// Session token file: its tokens are sent, the returned token is stored, so reads at
+    /// read_your_writes / monotonic_reads / session hold across commands and nodes.
+    /// Default: $XDG_STATE_HOME/tunekv/session (~/.local/state/tunekv/session).
+    #[arg(long, env = "TUNEKV_SESSION", value_name = "FILE")]
+    session: Option<PathBuf>,
+    /// Start a new session: send no token, then overwrite the session file.
+    #[arg(long)]
+    new_session: bool,
+    /// Neither read nor write a session file.
+    #[arg(long, conflicts_with_all = ["session", "new_session"])]
+    no_session: bool,
+}
+
+/// The session file of a command, and the tokens it sent.
+struct SessionUse {
+    path: Option<PathBuf>,
+    sent: Vec<String>,
+}
+
+impl SessionUse {
+    fn finish(&self, got: &str) {
+        if let Some(path) = &self.path {
+            if let Err(e) = crate::session_file::store(path, &self.sent, got) {
+                eprintln!("warning: session token not saved: {e:#}");
+            }
+        }
+    }
+
+    /// A `session_invalid` answer to a token from the file gets a hint.
+    fn report(&self, e: ClientError) -> i32 {
+        let invalid = e.code() == Some("session_invalid");
+        let code = report(e);
+        if invalid {
+            if let Some(path) = &self.path {
+                eprintln!(
+                    "hint: the token in {} was not issued by this cluster (a new dev cluster has a new \
+                     secret); run with --new-session to start a new session",
+                    path.display()
+                );
+            }
+        }
+        code
+    }
 }
 
 impl Common {
-    fn opts(&self) -> Opts {
+    fn session(&self) -> Result<SessionUse> {
+        let path = if self.no_session {
+            None
+        } else {
+            self.session
+                .clone()
+                .or_else(crate::session_file::default_path)
+        };
+        let sent = match &path {
+            Some(p) if !self.new_session => crate::session_file::load(p)?,
+            _ => Vec::new(),
+        };
+        Ok(SessionUse { path, sent })
+    }
+
+    fn opts(&self, session: &SessionUse) -> Opts {
         Opts {
             level: self.level.clone(),
             wait_ms_max: self.wait_ms_max,
+            session: (!session.sent.is_empty()).then(|| session.sent.join(",")),
         }
     }
 }
@@ -156,15 +215,22 @@ pub async fn run(args: Args) -> Result<i32> {
             common,
         } => {
             let c = Client::new(&common.node);
+            let session = common.session()?;
             match c
-                .put(&keyspace, key.as_bytes(), value.as_bytes(), &common.opts())
+                .put(
+                    &keyspace,
+                    key.as_bytes(),
+                    value.as_bytes(),
+                    &common.opts(&session),
+                )
                 .await
             {
                 Ok(w) => {
+                    session.finish(&w.session);
                     println!("OK {}", w.position);
                     Ok(0)
                 }
-                Err(e) => Ok(report(e)),
+                Err(e) => Ok(session.report(e)),
             }
         }
         Cmd::Get {
@@ -173,8 +239,13 @@ pub async fn run(args: Args) -> Result<i32> {
             common,
         } => {
             let c = Client::new(&common.node);
-            match c.get(&keyspace, key.as_bytes(), &common.opts()).await {
+            let session = common.session()?;
+            match c
+                .get(&keyspace, key.as_bytes(), &common.opts(&session))
+                .await
+            {
                 Ok(r) => {
+                    session.finish(&r.session);
                     eprintln!(
                         "level={} served_by={} position={} staleness={}",
                         r.receipt.level,
@@ -193,7 +264,7 @@ pub async fn run(args: Args) -> Result<i32> {
                         }
                     }
                 }
-                Err(e) => Ok(report(e)),
+                Err(e) => Ok(session.report(e)),
             }
         }
         Cmd::Del {
@@ -202,12 +273,17 @@ pub async fn run(args: Args) -> Result<i32> {
             common,
         } => {
             let c = Client::new(&common.node);
-            match c.delete(&keyspace, key.as_bytes(), &common.opts()).await {
+            let session = common.session()?;
+            match c
+                .delete(&keyspace, key.as_bytes(), &common.opts(&session))
+                .await
+            {
                 Ok(w) => {
+                    session.finish(&w.session);
                     println!("OK {} existed={}", w.position, w.existed);
                     Ok(0)
                 }
-                Err(e) => Ok(report(e)),
+                Err(e) => Ok(session.report(e)),
             }
         }
         Cmd::CreateKeyspace {

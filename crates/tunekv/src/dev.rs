@@ -98,17 +98,28 @@ async fn demo(cluster: &LocalCluster) -> Result<()> {
         ("node 3", &c, "bounded(t=500ms)"),
         ("node 3", &c, "consistent_prefix"),
         ("node 3", &c, "eventual"),
+        ("node 3", &c, "read_your_writes"),
+        ("node 2", &b, "monotonic_reads"),
         ("node 3", &c, "session"),
+        ("node 3", &c, "weak"),
     ];
+    println!("(session levels carry the session token of the write on node 1, which grows with every read)");
+    let mut token = w.session.clone();
     for (name, client, level) in reads {
-        match client.get("demo", b"greeting", &Opts::level(level)).await {
-            Ok(r) => println!(
-                "GET on {name} at {level:<17} -> {:?}  served_by={} position={} staleness={}",
-                String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()),
-                r.receipt.served_by,
-                r.receipt.position,
-                r.receipt.staleness
-            ),
+        match client
+            .get("demo", b"greeting", &Opts::level(level).session(&token))
+            .await
+        {
+            Ok(r) => {
+                println!(
+                    "GET on {name} at {level:<17} -> {:?}  served_by={} position={} staleness={}",
+                    String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()),
+                    r.receipt.served_by,
+                    r.receipt.position,
+                    r.receipt.staleness
+                );
+                token = r.session;
+            }
             Err(e) => println!("GET on {name} at {level:<17} -> refused, never served weaker: {e}"),
         }
     }

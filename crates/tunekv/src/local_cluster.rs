@@ -40,6 +40,13 @@ fn free_ports(count: usize, preferred: &[u16]) -> Result<Vec<u16>> {
     held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
+/// 32 random bytes as hex: a fresh cluster secret, so tokens of one dev cluster are foreign to
+/// the next.
+fn new_cluster_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl LocalCluster {
     /// Writes node configs under `dir` (or reuses the ones there, so a restarted dev cluster
     /// keeps its data and ports).
@@ -87,7 +94,7 @@ impl LocalCluster {
         let configs = if existing.iter().all(|p| p.exists()) {
             let configs: Vec<NodeConfig> = existing
                 .iter()
-                .map(|p| NodeConfig::load(p).map_err(anyhow::Error::msg))
+                .map(|p| NodeConfig::read(p).map_err(anyhow::Error::msg))
                 .collect::<Result<_>>()?;
             if configs[0].peers.len() != nodes as usize {
                 bail!(
@@ -96,6 +103,20 @@ impl LocalCluster {
                     configs[0].peers.len(),
                     configs[0].peers.len()
                 );
+            }
+            let mut configs = configs;
+            // Configs written before session tokens existed get a secret now.
+            if configs.iter().any(|c| c.cluster_secret.is_empty()) {
+                let secret = new_cluster_secret();
+                for (c, path) in configs.iter_mut().zip(&existing) {
+                    c.cluster_secret = secret.clone();
+                    fs::write(path, toml::to_string(c)?)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                }
+            }
+            for (c, path) in configs.iter().zip(&existing) {
+                c.validate()
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             }
             configs
         } else {
@@ -110,7 +131,8 @@ impl LocalCluster {
             };
             let ports = free_ports(2 * n, &preferred)?;
             let pairs: Vec<(u16, u16)> = (0..n).map(|i| (ports[i], ports[n + i])).collect();
-            let mut configs = NodeConfig::local_cluster(&dir, &pairs, enable_faults);
+            let mut configs =
+                NodeConfig::local_cluster(&dir, &pairs, enable_faults, &new_cluster_secret());
             configs.iter_mut().for_each(&tweak);
             for (c, path) in configs.iter().zip(&existing) {
                 fs::write(path, toml::to_string(c)?)

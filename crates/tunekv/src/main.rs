@@ -4,6 +4,7 @@
 mod cli;
 mod dev;
 mod server;
+mod session_file;
 
 use clap::Parser;
 

@@ -429,8 +429,25 @@ async fn tunekv_dev_starts_a_cluster_runs_the_demo_and_stops() {
         "stdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("hello, tunekv"), "{stdout}");
-    assert!(stdout.contains("at strong"), "{stdout}");
+    let line_of = |level: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with("GET on") && l.contains(&format!(" at {level} ")))
+            .unwrap_or_else(|| panic!("no demo line for {level}:\n{stdout}"))
+    };
+    for level in [
+        "strong",
+        "bounded(k=3)",
+        "bounded(t=500ms)",
+        "consistent_prefix",
+        "eventual",
+        "read_your_writes",
+        "monotonic_reads",
+        "session",
+    ] {
+        assert!(line_of(level).contains("\"hello, tunekv\""), "{stdout}");
+    }
+    assert!(line_of("weak").contains("refused"), "{stdout}");
     let json: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.path().join("cluster.json")).expect("cluster.json"),
     )

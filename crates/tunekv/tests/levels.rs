@@ -40,11 +40,13 @@ async fn an_isolated_follower_serves_weak_levels_with_growing_staleness_and_refu
     .await;
 
     f.set_isolated(true).await.expect("isolate");
+    let mut token = String::new();
     for i in 1..=5 {
-        leader
+        token = leader
             .put("ks", b"x", format!("v{i}").as_bytes(), &Opts::default())
             .await
-            .expect("put on the majority");
+            .expect("put on the majority")
+            .session;
     }
     // eventual and consistent_prefix: the older value, with staleness_ms growing with the silence.
     let first = f
@@ -94,22 +96,41 @@ async fn an_isolated_follower_serves_weak_levels_with_growing_staleness_and_refu
             .await;
         assert_eq!(code(r).as_deref(), Some("staleness_bound_unmet"), "{level}");
     }
+    // read_your_writes with the token of the newest write: refused, not served v0.
+    let ryw = f
+        .get(
+            "ks",
+            b"x",
+            &Opts::level("read_your_writes").wait_ms(800).session(&token),
+        )
+        .await;
+    assert_eq!(code(ryw).as_deref(), Some("session_unmet"));
 
     f.set_isolated(false).await.expect("clear");
-    for level in ["strong", "bounded(t=300ms)", "bounded(k=2)"] {
+    for level in [
+        "strong",
+        "bounded(t=300ms)",
+        "bounded(k=2)",
+        "read_your_writes",
+    ] {
         let r = eventually(
             Duration::from_secs(15),
             "reads succeed after healing",
             || async {
-                f.get("ks", b"x", &Opts::level(level).wait_ms(2000))
-                    .await
-                    .ok()
+                f.get(
+                    "ks",
+                    b"x",
+                    &Opts::level(level).wait_ms(2000).session(&token),
+                )
+                .await
+                .ok()
             },
         )
         .await;
         let (entries, ms) = r.receipt.staleness_parts().expect("staleness");
         match level {
             "bounded(k=2)" => assert!(entries <= 2, "{level}: {:?}", r.receipt),
+            "read_your_writes" => assert_eq!(r.value.as_deref(), Some(b"v5".as_slice())),
             _ => {
                 assert_eq!(r.value.as_deref(), Some(b"v5".as_slice()), "{level}");
                 assert_eq!((entries, ms), (0, 0), "{level}: {:?}", r.receipt);

@@ -78,3 +78,12 @@ pub async fn leader_of(c: &Client, name: &str) -> Option<u64> {
     let s = c.cluster().await.ok()?;
     s["groups"].as_array()?.iter().find(|g| g["name"] == name)?["leader"].as_u64()
 }
+
+/// Zero-based indexes of the leader of group `name` and of one follower, once it has a leader.
+pub async fn leader_and_follower(c: &TestCluster, name: &str) -> (usize, usize) {
+    let c0 = c.client(0);
+    let leader = eventually(Duration::from_secs(10), "a leader", || leader_of(&c0, name)).await;
+    let leader = leader as usize - 1;
+    let follower = (0..c.len()).find(|i| *i != leader).expect("a follower");
+    (leader, follower)
+}

@@ -1,0 +1,398 @@
+//! Session tokens (DESIGN §3): what a session has written and read, per shard group, signed with
+//! the cluster secret so any node can trust a token another node issued.
+//!
+//! A token is the hex encoding of `postcard(Body) ‖ HMAC-SHA256(secret, DOMAIN ‖ postcard(Body))`.
+//! The body lists, per shard group, the highest log index the session wrote and the highest it
+//! read. Group ids embed the keyspace's creation index, so a mark never refers to a shard of an
+//! older incarnation of a keyspace. docs/formats.md documents the layout.
+
+use crate::code::{Code, TunekvError};
+use crate::ids::{GroupId, LogIndex};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::collections::BTreeMap;
+
+/// The token layout this build writes and reads.
+pub const TOKEN_FORMAT: u8 = 1;
+/// The cluster topology tokens are issued for. Membership and sharding are static today; a
+/// change that renumbers positions bumps it, and older tokens are refused as foreign.
+pub const TOPOLOGY: u32 = 1;
+/// Longest token text accepted (one `tunekv-session` value), and most groups in one token.
+pub const TOKEN_CHARS_MAX: usize = 32 * 1024;
+pub const TOKEN_GROUPS_MAX: usize = 1024;
+/// Most tokens one request may carry to be merged.
+pub const TOKENS_PER_REQUEST_MAX: usize = 16;
+/// Shortest accepted cluster secret.
+pub const SECRET_BYTES_MIN: usize = 16;
+
+const MAC_BYTES: usize = 32;
+const DOMAIN: &[u8] = b"tunekv session token\x00";
+
+/// What a session has done on one shard group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mark {
+    /// The highest index this session wrote (acknowledged writes only).
+    pub written: LogIndex,
+    /// The highest index of a state this session read.
+    pub read: LogIndex,
+}
+
+/// A session's marks, per shard group. Empty for a new session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Session {
+    marks: BTreeMap<GroupId, Mark>,
+}
+
+impl Session {
+    pub fn new() -> Session {
+        Session::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.marks.is_empty()
+    }
+
+    /// The session's mark on `group`; zero where it has done nothing.
+    pub fn mark(&self, group: GroupId) -> Mark {
+        self.marks.get(&group).copied().unwrap_or_default()
+    }
+
+    /// Records an acknowledged write at `index` on `group`.
+    pub fn wrote(&mut self, group: GroupId, index: LogIndex) {
+        let m = self.marks.entry(group).or_default();
+        m.written = m.written.max(index);
+    }
+
+    /// Records a read of the state at `index` on `group`.
+    pub fn read(&mut self, group: GroupId, index: LogIndex) {
+        let m = self.marks.entry(group).or_default();
+        m.read = m.read.max(index);
+    }
+
+    /// Merges `other` into this session: per group, the larger written and the larger read
+    /// index. Commutative, associative and idempotent, so two threads' tokens can be merged in
+    /// any order; the merged session demands everything either one demanded.
+    pub fn merge(&mut self, other: &Session) {
+        for (g, m) in &other.marks {
+            let e = self.marks.entry(*g).or_default();
+            e.written = e.written.max(m.written);
+            e.read = e.read.max(m.read);
+        }
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = (GroupId, Mark)> + '_ {
+        self.marks.iter().map(|(g, m)| (*g, *m))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Body {
+    format: u8,
+    topology: u32,
+    /// (group, written, read), strictly increasing by group.
+    marks: Vec<(u64, u64, u64)>,
+}
+
+/// Signs and checks tokens with the cluster secret.
+#[derive(Clone)]
+pub struct SessionKey {
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(..)")
+    }
+}
+
+fn invalid(why: impl std::fmt::Display) -> TunekvError {
+    TunekvError::new(
+        Code::SessionInvalid,
+        format!("invalid session token: {why}"),
+    )
+}
+
+impl SessionKey {
+    /// A key from the cluster secret, which every node of the cluster shares.
+    pub fn new(secret: &[u8]) -> Result<SessionKey, String> {
+        if secret.len() < SECRET_BYTES_MIN {
+            return Err(format!(
+                "cluster_secret must be at least {SECRET_BYTES_MIN} bytes"
+            ));
+        }
+        let mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|e| e.to_string())?;
+        Ok(SessionKey { mac })
+    }
+
+    fn tag(&self, body: &[u8]) -> Hmac<Sha256> {
+        let mut mac = self.mac.clone();
+        mac.update(DOMAIN);
+        mac.update(body);
+        mac
+    }
+
+    /// The token text of `session`.
+    pub fn encode(&self, session: &Session) -> String {
+        let body = Body {
+            format: TOKEN_FORMAT,
+            topology: TOPOLOGY,
+            marks: session
+                .marks
+                .iter()
+                .map(|(g, m)| (g.0, m.written.0, m.read.0))
+                .collect(),
+        };
+        // Serializing plain integers into a Vec cannot fail.
+        let mut bytes = postcard::to_stdvec(&body).unwrap_or_default();
+        let tag = self.tag(&bytes).finalize().into_bytes();
+        bytes.extend_from_slice(&tag);
+        hex_encode(&bytes)
+    }
+
+    /// Checks and reads one token. Anything not signed by this cluster's secret, cut short,
+    /// altered, of another format or topology is `session_invalid`.
+    pub fn decode(&self, text: &str) -> Result<Session, TunekvError> {
+        let text = text.trim();
+        if text.len() > TOKEN_CHARS_MAX {
+            return Err(invalid(format!("longer than {TOKEN_CHARS_MAX} characters")));
+        }
+        let bytes = hex_decode(text).ok_or_else(|| invalid("not a hex string"))?;
+        if bytes.len() <= MAC_BYTES {
+            return Err(invalid("too short"));
+        }
+        let (body, tag) = bytes.split_at(bytes.len() - MAC_BYTES);
+        self.tag(body)
+            .verify_slice(tag)
+            .map_err(|_| invalid("its signature does not match this cluster's secret (forged, corrupt, or from another cluster)"))?;
+        let body: Body = match postcard::take_from_bytes::<Body>(body) {
+            Ok((b, [])) => b,
+            _ => return Err(invalid("undecodable body")),
+        };
+        if body.format != TOKEN_FORMAT {
+            return Err(invalid(format!(
+                "format {} is not {TOKEN_FORMAT}",
+                body.format
+            )));
+        }
+        if body.topology != TOPOLOGY {
+            return Err(invalid(format!(
+                "issued for topology {}, the cluster is at {TOPOLOGY}",
+                body.topology
+            )));
+        }
+        if body.marks.len() > TOKEN_GROUPS_MAX {
+            return Err(invalid(format!("more than {TOKEN_GROUPS_MAX} groups")));
+        }
+        let mut marks = BTreeMap::new();
+        let mut last = None;
+        for (g, written, read) in body.marks {
+            if last.is_some_and(|l| l >= g) {
+                return Err(invalid("groups out of order"));
+            }
+            last = Some(g);
+            marks.insert(
+                GroupId(g),
+                Mark {
+                    written: LogIndex(written),
+                    read: LogIndex(read),
+                },
+            );
+        }
+        Ok(Session { marks })
+    }
+
+    /// Reads every token in `values` (each may hold several, comma-separated) and merges them.
+    /// No token at all is a new session.
+    pub fn decode_all<'a>(
+        &self,
+        values: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Session, TunekvError> {
+        let mut session = Session::new();
+        let mut count = 0;
+        for value in values {
+            for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                count += 1;
+                if count > TOKENS_PER_REQUEST_MAX {
+                    return Err(invalid(format!(
+                        "a request carries at most {TOKENS_PER_REQUEST_MAX} tokens"
+                    )));
+                }
+                session.merge(&self.decode(token)?);
+            }
+        }
+        Ok(session)
+    }
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    s.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let hi = char::from(pair[0]).to_digit(16)?;
+            let lo = char::from(pair[1]).to_digit(16)?;
+            u8::try_from(hi * 16 + lo).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SessionKey {
+        SessionKey::new(b"a test secret of enough length").unwrap()
+    }
+
+    fn session(marks: &[(u64, u64, u64)]) -> Session {
+        let mut s = Session::new();
+        for &(g, w, r) in marks {
+            s.wrote(GroupId(g), LogIndex(w));
+            s.read(GroupId(g), LogIndex(r));
+        }
+        s
+    }
+
+    #[test]
+    fn round_trip() {
+        let s = session(&[(1, 5, 7), (65537, 0, 3), (131074, 9, 0)]);
+        let k = key();
+        assert_eq!(k.decode(&k.encode(&s)).unwrap(), s);
+        assert_eq!(
+            k.decode(&k.encode(&Session::new())).unwrap(),
+            Session::new()
+        );
+    }
+
+    #[test]
+    fn marks_only_grow() {
+        let mut s = Session::new();
+        s.wrote(GroupId(1), LogIndex(10));
+        s.wrote(GroupId(1), LogIndex(4));
+        s.read(GroupId(1), LogIndex(8));
+        s.read(GroupId(1), LogIndex(2));
+        assert_eq!(
+            s.mark(GroupId(1)),
+            Mark {
+                written: LogIndex(10),
+                read: LogIndex(8)
+            }
+        );
+        assert_eq!(s.mark(GroupId(2)), Mark::default());
+    }
+
+    #[test]
+    fn merge_is_per_group_max_and_order_free() {
+        let a = session(&[(1, 5, 2), (2, 0, 9)]);
+        let b = session(&[(1, 3, 6), (3, 4, 4)]);
+        let mut ab = a.clone();
+        ab.merge(&b);
+        let mut ba = b.clone();
+        ba.merge(&a);
+        assert_eq!(ab, ba);
+        assert_eq!(ab, session(&[(1, 5, 6), (2, 0, 9), (3, 4, 4)]));
+        let mut again = ab.clone();
+        again.merge(&a);
+        assert_eq!(again, ab, "merging is idempotent");
+    }
+
+    #[test]
+    fn decode_all_merges_comma_separated_and_repeated() {
+        let k = key();
+        let a = k.encode(&session(&[(1, 5, 2)]));
+        let b = k.encode(&session(&[(1, 3, 6)]));
+        let c = k.encode(&session(&[(2, 1, 1)]));
+        let joined = format!("{a}, {b}");
+        let merged = k.decode_all([joined.as_str(), c.as_str()]).unwrap();
+        assert_eq!(merged, session(&[(1, 5, 6), (2, 1, 1)]));
+        assert!(k.decode_all(std::iter::empty()).unwrap().is_empty());
+        assert!(k.decode_all([""]).unwrap().is_empty());
+        let many = vec![a.as_str(); TOKENS_PER_REQUEST_MAX + 1].join(",");
+        assert_eq!(
+            k.decode_all([many.as_str()]).unwrap_err().code,
+            Code::SessionInvalid
+        );
+    }
+
+    #[test]
+    fn forged_corrupt_and_foreign_tokens_are_invalid() {
+        let k = key();
+        let good = k.encode(&session(&[(1, 5, 7)]));
+        // Every single-character change is caught.
+        for i in 0..good.len() {
+            let mut bytes = good.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'0' { b'1' } else { b'0' };
+            let forged = String::from_utf8(bytes).unwrap();
+            assert_eq!(
+                k.decode(&forged).unwrap_err().code,
+                Code::SessionInvalid,
+                "change at {i}"
+            );
+        }
+        let other = SessionKey::new(b"another cluster's secret value").unwrap();
+        assert_eq!(other.decode(&good).unwrap_err().code, Code::SessionInvalid);
+        for bad in [
+            "zz",
+            "abc",
+            "00",
+            &good[..good.len() - 2],
+            &"0".repeat(TOKEN_CHARS_MAX + 2),
+        ] {
+            assert_eq!(
+                k.decode(bad).unwrap_err().code,
+                Code::SessionInvalid,
+                "{bad:.20}"
+            );
+        }
+    }
+
+    #[test]
+    fn signed_but_malformed_bodies_are_invalid() {
+        let k = key();
+        let sign = |body: &Body| {
+            let mut bytes = postcard::to_stdvec(body).unwrap();
+            let tag = k.tag(&bytes).finalize().into_bytes();
+            bytes.extend_from_slice(&tag);
+            hex_encode(&bytes)
+        };
+        let wrong_format = Body {
+            format: 2,
+            topology: TOPOLOGY,
+            marks: vec![],
+        };
+        let wrong_topology = Body {
+            format: TOKEN_FORMAT,
+            topology: 7,
+            marks: vec![],
+        };
+        let unordered = Body {
+            format: TOKEN_FORMAT,
+            topology: TOPOLOGY,
+            marks: vec![(2, 0, 0), (1, 0, 0)],
+        };
+        for body in [wrong_format, wrong_topology, unordered] {
+            assert_eq!(
+                k.decode(&sign(&body)).unwrap_err().code,
+                Code::SessionInvalid
+            );
+        }
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(SessionKey::new(b"short").is_err());
+    }
+}
