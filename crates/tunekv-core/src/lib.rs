@@ -5,6 +5,7 @@
 //! may serve a read. Front ends (HTTP, RESP) and copies (leader, follower, later caches) all go
 //! through it. This crate knows nothing about HTTP, Raft, disks or sockets.
 
+pub mod clock_bound;
 pub mod code;
 pub mod hlc;
 pub mod ids;
@@ -16,6 +17,7 @@ pub mod receipt;
 pub mod requirement;
 pub mod session;
 
+pub use clock_bound::PeerClock;
 pub use code::{Code, TunekvError};
 pub use hlc::Hlc;
 pub use ids::{GroupId, LogIndex, NodeId, ShardId};

@@ -3,7 +3,9 @@
 use crate::clock::Clock;
 use crate::config::NodeConfig;
 use crate::network::GroupNetwork;
-use crate::rpc::{self, CallError, Handler, PeerPool, RemoteError, Request, Response, WriteResult};
+use crate::rpc::{
+    self, CallError, Handler, PeerPool, RemoteError, Request, Response, WatermarkPush, WriteResult,
+};
 use crate::status::{ClusterStatus, GroupStatus, NodeEntry, ReplicaStatus};
 use crate::transport::{BoxFuture, Faults, Transport};
 use openraft::async_runtime::WatchReceiver;
@@ -12,14 +14,16 @@ use openraft::raft::AppendEntriesResponse;
 use openraft::{BasicNode, ReadPolicy, ServerState};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 use tunekv_core::keyspace::{replicas_for, shard_for_key};
 use tunekv_core::limits::{check_key, check_keyspace_name, check_value};
 use tunekv_core::{
-    judge, Code, CopyState, GroupId, Hlc, KeyspaceSpec, Level, LogIndex, NodeId, Position, Receipt,
-    Requirement, Session, SessionKey, ShardId, Staleness, TunekvError, Verdict, Watermark,
+    judge, Code, CopyState, GroupId, Hlc, KeyspaceSpec, Level, LogIndex, NodeId, PeerClock,
+    Position, Receipt, Requirement, Session, SessionKey, ShardId, Staleness, TunekvError, Verdict,
+    Watermark,
 };
 use tunekv_raft::{Applied, Command, LogStore, Op, Raft, ShardData, StateMachine};
 use tunekv_storage::{GroupCommit, Storage};
@@ -36,6 +40,10 @@ const KEYSPACE_READY_WAIT: Duration = Duration::from_secs(10);
 const STATUS_WAIT: Duration = Duration::from_millis(500);
 /// Most keys in one batch-get.
 pub const BATCH_KEYS_MAX: usize = 1000;
+/// How often each node measures its peers' clocks (see `tunekv_core::clock_bound`).
+const CALIBRATE_EVERY: Duration = Duration::from_millis(500);
+/// Longest a clock round trip may take to be used.
+const CALIBRATE_WAIT: Duration = Duration::from_millis(250);
 
 /// One Raft group hosted on this node.
 pub struct Group {
@@ -48,6 +56,19 @@ pub struct Group {
     // The newest read index a quorum-holding leader confirmed to this node, and when the probe
     // for it was sent: bounded(t) reads are served locally while it is fresh enough.
     watermark: Mutex<Option<(u64, Instant)>>,
+    // Read-index probes this replica sent (shown in status; pushed watermarks keep it low).
+    probes: AtomicU64,
+}
+
+impl Group {
+    /// Keeps the newer of the current watermark and `(index, at)`: every write committed before
+    /// `at` is at or below `index`.
+    fn offer_watermark(&self, index: u64, at: Instant) {
+        let mut wm = self.watermark.lock().unwrap_or_else(|p| p.into_inner());
+        if wm.is_none_or(|(i, t)| t <= at && i <= index) {
+            *wm = Some((index, at));
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -109,6 +130,10 @@ pub struct Node {
     faults: Arc<Faults>,
     raft_config: Arc<openraft::Config>,
     session_key: SessionKey,
+    // This process's clock origin and identity, for peers' `PeerClock`s.
+    epoch: Instant,
+    incarnation: u64,
+    peer_clocks: Mutex<BTreeMap<NodeId, PeerClock>>,
     // Hosted groups. A std lock: never held across an await.
     groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
     // Serializes group creation so two tasks never open the same group twice.
@@ -166,6 +191,9 @@ impl Node {
             faults: faults.clone(),
             raft_config,
             session_key,
+            epoch: Instant::now(),
+            incarnation: incarnation_id(),
+            peer_clocks: Mutex::new(BTreeMap::new()),
             groups: RwLock::new(BTreeMap::new()),
             opening: tokio::sync::Mutex::new(()),
         });
@@ -179,7 +207,134 @@ impl Node {
         node.open_group(GroupId::METADATA, &members, first == node.id)
             .await?;
         tokio::spawn(node.clone().reconcile_loop());
+        tokio::spawn(node.clone().calibrate_loop());
+        tokio::spawn(node.clone().watermark_loop());
         Ok(node)
+    }
+
+    /// Microseconds on this process's monotonic clock.
+    fn mono_us(&self, at: Instant) -> i64 {
+        i64::try_from(at.saturating_duration_since(self.epoch).as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// Measures every peer's monotonic clock against ours, every `CALIBRATE_EVERY`.
+    async fn calibrate_loop(self: Arc<Self>) {
+        let peers: Vec<NodeId> = self
+            .all_nodes
+            .iter()
+            .copied()
+            .filter(|p| *p != self.id)
+            .collect();
+        let me: &Node = &self;
+        loop {
+            let rounds = peers.iter().map(|&peer| async move {
+                let sent = Instant::now();
+                let resp = me.pool.call(peer, 0, Request::Clock, CALIBRATE_WAIT).await;
+                let received = Instant::now();
+                if let Ok(Response::Clock {
+                    incarnation,
+                    now_us,
+                }) = resp
+                {
+                    let mut clocks = me.peer_clocks.lock().unwrap_or_else(|p| p.into_inner());
+                    let prev = clocks.get(&peer).copied();
+                    clocks.insert(
+                        peer,
+                        PeerClock::calibrate(
+                            prev,
+                            incarnation,
+                            me.mono_us(sent),
+                            now_us,
+                            me.mono_us(received),
+                        ),
+                    );
+                }
+            });
+            futures::future::join_all(rounds).await;
+            tokio::time::sleep(CALIBRATE_EVERY).await;
+        }
+    }
+
+    /// Every heartbeat, each group this node leads with a quorum gets a watermark, kept here and
+    /// pushed to the group's other replicas: so idle followers (and the leader) serve
+    /// `bounded(t)` without a round trip.
+    async fn watermark_loop(self: Arc<Self>) {
+        let every = Duration::from_millis(self.config.raft_timing.heartbeat_ms.max(10));
+        loop {
+            tokio::time::sleep(every).await;
+            let mut to: BTreeMap<NodeId, Vec<(u64, u64, i64)>> = BTreeMap::new();
+            for g in self.all_groups() {
+                let Some((index, acked_at, voters)) = self.leader_watermark(&g).await else {
+                    continue;
+                };
+                g.offer_watermark(index, acked_at);
+                for v in voters.into_iter().filter(|v| *v != self.id) {
+                    to.entry(v)
+                        .or_default()
+                        .push((g.id.0, index, self.mono_us(acked_at)));
+                }
+            }
+            let sends = to.into_iter().map(|(peer, marks)| {
+                let push = WatermarkPush {
+                    from: self.id.0,
+                    incarnation: self.incarnation,
+                    marks,
+                };
+                self.pool.call(peer, 0, Request::Watermarks(push), every)
+            });
+            futures::future::join_all(sends).await;
+        }
+    }
+
+    /// On a leader: `(index, at, voters)` such that every write committed before `at` is at or
+    /// below `index`. `at` is the send time of the last heartbeat a quorum acknowledged: no
+    /// newer leader can have committed anything before it (its quorum would overlap ours, and
+    /// that node would have refused our heartbeat). `index` is the read index taken after it.
+    async fn leader_watermark(&self, g: &Group) -> Option<(u64, Instant, Vec<NodeId>)> {
+        let (acked_at, voters) = {
+            let m = g.raft.metrics();
+            let m = m.borrow_watched();
+            if m.state != ServerState::Leader {
+                return None;
+            }
+            let acked_age = openraft::Instant::elapsed(&**m.last_quorum_acked.as_ref()?);
+            let voters: Vec<NodeId> = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .map(NodeId)
+                .collect();
+            (Instant::now().checked_sub(acked_age)?, voters)
+        };
+        let (read_log_id, _) = g.raft.get_read_log_id(ReadPolicy::LeaseRead).await.ok()?;
+        Some((read_log_id.index(), acked_at, voters))
+    }
+
+    /// A leader's pushed watermarks, mapped onto our clock no later than they can have been
+    /// taken. Ignored until the leader's clock has been measured.
+    fn accept_watermarks(&self, push: WatermarkPush) {
+        let Some(clock) = self
+            .peer_clocks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&NodeId(push.from))
+            .copied()
+            .filter(|c| c.incarnation == push.incarnation)
+        else {
+            return;
+        };
+        let now = Instant::now();
+        let now_us = self.mono_us(now);
+        for (group, index, acked_us) in push.marks {
+            let Some(g) = self.group(GroupId(group)) else {
+                continue;
+            };
+            let local_us = clock.earliest_local(acked_us, now_us);
+            let back = Duration::from_micros(u64::try_from(now_us - local_us).unwrap_or(0));
+            if let Some(at) = now.checked_sub(back) {
+                g.offer_watermark(index, at);
+            }
+        }
     }
 
     pub fn id(&self) -> NodeId {
@@ -259,6 +414,7 @@ impl Node {
             data,
             last_contact: Mutex::new(None),
             watermark: Mutex::new(None),
+            probes: AtomicU64::new(0),
         });
         self.groups
             .write()
@@ -851,6 +1007,7 @@ impl Node {
             match judge(&copy, &req, started.elapsed()) {
                 Verdict::Serve => return Ok(Served { copy, probed }),
                 Verdict::Probe => {
+                    g.probes.fetch_add(1, Ordering::Relaxed);
                     let sent = Instant::now();
                     let index = self.read_index(g.id, deadline).await.map_err(|e| {
                         err(
@@ -858,11 +1015,7 @@ impl Node {
                             format!("{level} read on node {}: {}", self.id, e.message),
                         )
                     })?;
-                    let mut wm = g.watermark.lock().unwrap_or_else(|p| p.into_inner());
-                    if wm.is_none_or(|(i, at)| at <= sent && i <= index) {
-                        *wm = Some((index, sent));
-                    }
-                    drop(wm);
+                    g.offer_watermark(index, sent);
                     probed = Some(index);
                     req = req.after_probe(LogIndex(index));
                 }
@@ -931,6 +1084,12 @@ impl Node {
                     snapshot_index: m.snapshot.as_ref().map(|s| s.index()).unwrap_or(0),
                     purged_index: m.purged.as_ref().map(|p| p.index()).unwrap_or(0),
                     commit_ms: Hlc::millis(applied.commit_ts),
+                    watermark_age_ms: g
+                        .watermark
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .map(|(_, at)| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
+                    probes: g.probes.load(Ordering::Relaxed),
                 }
             })
             .collect()
@@ -1043,8 +1202,19 @@ impl Node {
 
     async fn handle_request(&self, group: u64, req: Request) -> Result<Response, RemoteError> {
         let gid = GroupId(group);
-        if let Request::Status = req {
-            return Ok(Response::Status(self.local_status()));
+        match req {
+            Request::Status => return Ok(Response::Status(self.local_status())),
+            Request::Clock => {
+                return Ok(Response::Clock {
+                    incarnation: self.incarnation,
+                    now_us: self.mono_us(Instant::now()),
+                })
+            }
+            Request::Watermarks(push) => {
+                self.accept_watermarks(push);
+                return Ok(Response::Done);
+            }
+            _ => {}
         }
         let g = self.group(gid).ok_or_else(|| {
             RemoteError::new(
@@ -1103,9 +1273,25 @@ impl Node {
                     )),
                 }
             }
-            Request::Status => Ok(Response::Status(self.local_status())),
+            Request::Status | Request::Clock | Request::Watermarks(_) => {
+                Err(RemoteError::new(Code::Internal, "handled above"))
+            }
         }
     }
+}
+
+/// A random id for this process, so peers notice a restart (its clock starts over).
+fn incarnation_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 impl Handler for Node {

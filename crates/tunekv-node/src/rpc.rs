@@ -20,7 +20,7 @@ use tunekv_core::{Code, NodeId};
 use tunekv_raft::{CommandResult, Op, TypeConfig};
 
 /// First byte of every frame; bumped on any incompatible change.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// Largest frame: a whole snapshot travels in one frame for now.
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Frames queued for one connection's writer.
@@ -45,6 +45,22 @@ pub enum Request {
     ReadIndex,
     /// This node's view of its groups (for `GET /v1/cluster`).
     Status,
+    /// The node's process incarnation and monotonic clock reading (for `PeerClock`).
+    Clock,
+    /// Freshness watermarks from a leader, one per group it leads (sent with group 0).
+    Watermarks(WatermarkPush),
+}
+
+/// A leader's watermarks: for each group, every write committed before the leader's monotonic
+/// time `acked_us` is at or below `index`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WatermarkPush {
+    /// The sending leader's node id and process incarnation.
+    pub from: u64,
+    pub incarnation: u64,
+    /// (group, index, acked_us): `acked_us` is the send time, on the leader's clock, of the
+    /// heartbeat a quorum last acknowledged.
+    pub marks: Vec<(u64, u64, i64)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -55,6 +71,8 @@ pub enum Response {
     Write(WriteResult),
     ReadIndex(u64),
     Status(Vec<crate::status::ReplicaStatus>),
+    Clock { incarnation: u64, now_us: i64 },
+    Done,
 }
 
 /// A committed write as its leader saw it.

@@ -18,6 +18,11 @@ pub struct ReplicaStatus {
     /// Log entries up to here were purged after a snapshot (0: none).
     pub purged_index: u64,
     pub commit_ms: u64,
+    /// Age of this replica's freshness watermark (pushed by the leader or left by a probe);
+    /// `None`: it has none.
+    pub watermark_age_ms: Option<u64>,
+    /// Read-index probes this replica has sent to its leader since the node started.
+    pub probes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{create_keyspace, eventually, leader_of, start};
+use common::{create_keyspace, eventually, leader_and_follower, leader_of, own_replica, start};
 use std::time::Duration;
 use tunekv_client::{ClientError, Opts};
 
@@ -229,4 +229,43 @@ async fn consistent_prefix_batch_reads_never_show_b_newer_than_a() {
         .as_deref(),
         Some("level_invalid")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_copies_serve_bounded_t_from_pushed_watermarks_without_probing() {
+    let c = start(3, false).await;
+    create_keyspace(&c.client(0), "ks", 1).await;
+    let (leader, follower) = leader_and_follower(&c, "ks/shard0").await;
+    c.client(leader)
+        .put("ks", b"x", b"v", &Opts::default())
+        .await
+        .expect("put");
+    for idx in [follower, leader] {
+        // No reads yet: the watermark can only have come from the leader's pushes.
+        let fresh = eventually(Duration::from_secs(10), "a pushed watermark", || async {
+            let r = own_replica(&c, idx, "ks/shard0").await?;
+            let age = r["watermark_age_ms"].as_u64()?;
+            (age <= 300).then_some(r)
+        })
+        .await;
+        assert_eq!(fresh["probes"], 0, "node {}: {fresh}", idx + 1);
+        let client = c.client(idx);
+        for _ in 0..10 {
+            let r = client
+                .get("ks", b"x", &Opts::level("bounded(t=500ms)"))
+                .await
+                .expect("bounded(t) read");
+            assert_eq!(r.value.as_deref(), Some(b"v".as_slice()));
+            let (_, ms) = r.receipt.staleness_parts().expect("staleness");
+            assert!(ms <= 500, "node {}: {:?}", idx + 1, r.receipt);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let after = own_replica(&c, idx, "ks/shard0").await.expect("status");
+        assert_eq!(
+            after["probes"],
+            0,
+            "node {} served bounded(t) without asking the leader: {after}",
+            idx + 1
+        );
+    }
 }

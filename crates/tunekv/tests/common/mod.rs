@@ -87,3 +87,14 @@ pub async fn leader_and_follower(c: &TestCluster, name: &str) -> (usize, usize) 
     let follower = (0..c.len()).find(|i| *i != leader).expect("a follower");
     (leader, follower)
 }
+
+/// Node `idx`'s own replica row of group `name`, as that node reports it.
+pub async fn own_replica(c: &TestCluster, idx: usize, name: &str) -> Option<serde_json::Value> {
+    let s = c.client(idx).cluster().await.ok()?;
+    let g = s["groups"].as_array()?.iter().find(|g| g["name"] == name)?;
+    g["replicas"]
+        .as_array()?
+        .iter()
+        .find(|r| r["node"].as_u64() == Some(idx as u64 + 1))
+        .cloned()
+}
