@@ -339,7 +339,7 @@ async fn get_key(
     let token = node.session_key().encode(&session);
     let headers = (receipt_headers(&receipt), session_header(&token));
     if as_json {
-        let (text, hex) = value_json(&value);
+        let (text, hex) = value_json(value.as_deref());
         let mut body = json!({"key": key, "found": value.is_some(), "value": text, "receipt": receipt_json(&receipt), "session": token});
         if let Some(h) = hex {
             body["value_hex"] = json!(h);
@@ -368,7 +368,7 @@ struct BatchGet {
     wait_ms_max: Option<u64>,
 }
 
-fn value_json(value: &Option<Vec<u8>>) -> (serde_json::Value, Option<String>) {
+fn value_json(value: Option<&[u8]>) -> (serde_json::Value, Option<String>) {
     match value {
         Some(v) => match std::str::from_utf8(v) {
             Ok(s) => (json!(s), None),
@@ -414,7 +414,7 @@ async fn kv_action(
     let mut receipts = Vec::new();
     for shard in &shards {
         for (k, v) in &shard.values {
-            let (value, hex) = value_json(v);
+            let (value, hex) = value_json(v.as_ref().map(|sv| sv.value.as_slice()));
             let mut item = json!({"key": String::from_utf8_lossy(k), "found": v.is_some(), "value": value, "shard": shard.receipt.position.shard.0});
             if let Some(h) = hex {
                 item["value_hex"] = json!(h);

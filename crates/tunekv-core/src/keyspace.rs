@@ -112,6 +112,15 @@ pub fn shard_for_key(key: &[u8], shards: u32) -> ShardId {
     ShardId((xxhash_rust::xxh3::xxh3_64(key) % u64::from(shards)) as u32)
 }
 
+/// Bits of a SCAN cursor that hold the position within a shard; the shard is above them.
+pub const SCAN_HASH_BITS: u32 = 56;
+
+/// A key's place in SCAN order within its shard: a 56-bit hash, independent of the shard
+/// placement (which uses the hash modulo the shard count).
+pub fn scan_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(key, 0x7475_6e65_6b76) >> (64 - SCAN_HASH_BITS)
+}
+
 /// The nodes holding `shard`, preferred leader first. Leaders are spread over the nodes by
 /// rotating the start with the shard number and the keyspace id.
 pub fn replicas_for(

@@ -14,4 +14,7 @@ pub mod status;
 pub mod transport;
 
 pub use config::{NodeConfig, PeerConfig};
-pub use node::{KeyspaceInfo, Node, ReadOutcome, ShardRead, WriteOutcome, BATCH_KEYS_MAX};
+pub use node::{
+    KeyspaceInfo, Node, ReadOutcome, ScanPage, ShardRead, WriteOutcome, BATCH_KEYS_MAX,
+};
+pub use tunekv_raft::{CommandResult, Cond, Op, StoredValue, Ttl};

@@ -18,14 +18,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
-use tunekv_core::keyspace::{replicas_for, shard_for_key};
+use tunekv_core::keyspace::{replicas_for, scan_hash, shard_for_key, SCAN_HASH_BITS};
 use tunekv_core::limits::{check_key, check_keyspace_name, check_value};
 use tunekv_core::{
     judge, Code, CopyState, GroupId, Hlc, KeyspaceSpec, Level, LogIndex, NodeId, PeerClock,
     Position, Receipt, Requirement, Session, SessionKey, ShardId, Staleness, TunekvError, Verdict,
     Watermark,
 };
-use tunekv_raft::{Applied, Command, LogStore, Op, Raft, ShardData, StateMachine};
+use tunekv_raft::{
+    Applied, Command, CommandResult, LogStore, Op, Raft, ShardData, StateMachine, StoredValue,
+};
 use tunekv_storage::{GroupCommit, Storage};
 
 /// Catalog keys in the metadata group: `ks/<name>` → the keyspace spec as JSON.
@@ -89,8 +91,18 @@ pub struct ReadOutcome {
 /// The values of one shard read from one view, and its receipt.
 #[derive(Clone, Debug)]
 pub struct ShardRead {
-    pub values: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub values: Vec<(Vec<u8>, Option<StoredValue>)>,
     pub receipt: Receipt,
+}
+
+/// One page of a SCAN.
+#[derive(Clone, Debug)]
+pub struct ScanPage {
+    /// Where the next page starts; 0 when the scan is complete.
+    pub cursor: u64,
+    pub keys: Vec<Vec<u8>>,
+    /// One per shard read for this page.
+    pub receipts: Vec<Receipt>,
 }
 
 /// How a copy came to be allowed to serve a read.
@@ -105,6 +117,8 @@ pub struct WriteOutcome {
     pub position: Position,
     /// Whether the key existed before the write.
     pub existed: bool,
+    /// Everything the state machine said about the command.
+    pub result: CommandResult,
 }
 
 /// Why [`Node::on_leader`] gave up.
@@ -586,10 +600,19 @@ impl Node {
         wait.unwrap_or(Duration::from_millis(default_ms)).min(cap)
     }
 
-    /// The group holding `key`. A group this node replicates is opened on demand, so a request
-    /// that arrives right after a restart does not race the catalog reconciler.
+    /// The group holding `key`.
     async fn shard_group(&self, ks: &KeyspaceInfo, key: &[u8]) -> Result<Arc<Group>, TunekvError> {
-        let shard = shard_for_key(key, ks.spec.shards);
+        self.hosted_shard(ks, shard_for_key(key, ks.spec.shards))
+            .await
+    }
+
+    /// The group of `shard`. A group this node replicates is opened on demand, so a request
+    /// that arrives right after a restart does not race the catalog reconciler.
+    async fn hosted_shard(
+        &self,
+        ks: &KeyspaceInfo,
+        shard: ShardId,
+    ) -> Result<Arc<Group>, TunekvError> {
         let gid = GroupId::for_shard(ks.id, shard);
         if let Some(g) = self.group(gid) {
             return Ok(g);
@@ -617,22 +640,19 @@ impl Node {
         wait: Option<Duration>,
         session: &mut Session,
     ) -> Result<WriteOutcome, TunekvError> {
-        let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
-        let ks = self.keyspace(ks, deadline).await?;
-        check_key(key)?;
-        check_value(&value, ks.spec.value_bytes_max)?;
-        let g = self.shard_group(&ks, key).await?;
-        let w = self
-            .propose(
-                g.id,
-                Op::Put {
+        self.write(
+            ks,
+            key,
+            |_| {
+                Ok(Op::Put {
                     key: key.to_vec(),
                     value,
-                },
-                deadline,
-            )
-            .await?;
-        Ok(self.write_outcome(&g, &w, session))
+                })
+            },
+            wait,
+            session,
+        )
+        .await
     }
 
     pub async fn delete(
@@ -642,20 +662,89 @@ impl Node {
         wait: Option<Duration>,
         session: &mut Session,
     ) -> Result<WriteOutcome, TunekvError> {
+        self.write(
+            ks,
+            key,
+            |_| Ok(Op::Delete { key: key.to_vec() }),
+            wait,
+            session,
+        )
+        .await
+    }
+
+    /// Commits one command on the shard of `key`: `op` builds it from the keyspace (value
+    /// limits differ per keyspace) and may refuse. Values in it are checked against the limits
+    /// before anything is proposed.
+    pub async fn write(
+        &self,
+        ks: &str,
+        key: &[u8],
+        op: impl FnOnce(&KeyspaceInfo) -> Result<Op, TunekvError>,
+        wait: Option<Duration>,
+        session: &mut Session,
+    ) -> Result<WriteOutcome, TunekvError> {
         let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
         let ks = self.keyspace(ks, deadline).await?;
         check_key(key)?;
+        let op = op(&ks)?;
+        match &op {
+            Op::Put { value, .. } | Op::PutIfAbsent { value, .. } | Op::Set { value, .. } => {
+                check_value(value, ks.spec.value_bytes_max)?
+            }
+            Op::Append { suffix, .. } => check_value(suffix, ks.spec.value_bytes_max)?,
+            Op::MSet { .. } => {
+                return Err(err(Code::Internal, "MSET goes through Node::mset"));
+            }
+            _ => {}
+        }
         let g = self.shard_group(&ks, key).await?;
-        let w = self
-            .propose(g.id, Op::Delete { key: key.to_vec() }, deadline)
-            .await?;
-        Ok(self.write_outcome(&g, &w, session))
+        let w = self.propose(g.id, op, deadline).await?;
+        Ok(self.write_outcome(&g, w, session))
+    }
+
+    /// Writes every pair: atomically per shard, shard after shard (there is no transaction
+    /// across shards). Returns one outcome per shard written.
+    pub async fn mset(
+        &self,
+        ks: &str,
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        wait: Option<Duration>,
+        session: &mut Session,
+    ) -> Result<Vec<WriteOutcome>, TunekvError> {
+        let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
+        let ks = self.keyspace(ks, deadline).await?;
+        if pairs.is_empty() || pairs.len() > BATCH_KEYS_MAX {
+            return Err(err(
+                Code::BadRequest,
+                format!(
+                    "a batch holds 1 to {BATCH_KEYS_MAX} keys, got {}",
+                    pairs.len()
+                ),
+            ));
+        }
+        type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+        let mut by_shard: BTreeMap<ShardId, Pairs> = BTreeMap::new();
+        for (k, v) in pairs {
+            check_key(&k)?;
+            check_value(&v, ks.spec.value_bytes_max)?;
+            by_shard
+                .entry(shard_for_key(&k, ks.spec.shards))
+                .or_default()
+                .push((k, v));
+        }
+        let mut out = Vec::with_capacity(by_shard.len());
+        for (_, pairs) in by_shard {
+            let g = self.shard_group(&ks, &pairs[0].0).await?;
+            let w = self.propose(g.id, Op::MSet { pairs }, deadline).await?;
+            out.push(self.write_outcome(&g, w, session));
+        }
+        Ok(out)
     }
 
     /// The outcome of a committed write, recorded in the session. Monotonic writes and
     /// writes-follow-reads hold by the log: a new entry's index is above every committed index,
     /// so above everything this session wrote or read on the shard. Checked, never assumed.
-    fn write_outcome(&self, g: &Group, w: &WriteResult, session: &mut Session) -> WriteOutcome {
+    fn write_outcome(&self, g: &Group, w: WriteResult, session: &mut Session) -> WriteOutcome {
         let group = g.id;
         let before = session.mark(group);
         if w.index <= before.written.0.max(before.read.0) {
@@ -675,6 +764,7 @@ impl Node {
                 commit_ms: Hlc::millis(w.commit_ts),
             },
             existed: w.result.existed,
+            result: w.result,
         }
     }
 
@@ -922,24 +1012,26 @@ impl Node {
         wait: Option<Duration>,
         session: &mut Session,
     ) -> Result<ReadOutcome, TunekvError> {
-        let started = Instant::now();
-        let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
-        let ks = self.keyspace(ks, deadline).await?;
-        check_key(key)?;
-        let level = level.unwrap_or_else(|| ks.spec.default_level());
-        let g = self.shard_group(&ks, key).await?;
-        let req = Requirement::for_level(level, session.mark(g.id))?;
-        let served = self
-            .until_servable(&g, level, req, started, deadline)
+        let mut shards = self
+            .batch_get(ks, &[key.to_vec()], level, wait, session)
             .await?;
-        let view = g.data.read();
-        let value = view.get(key).map(|v| v.value.clone());
-        let receipt = self.receipt(&g, level, view.applied(), &served);
-        session.read(g.id, receipt.position.index);
-        Ok(ReadOutcome { value, receipt })
+        let shard = shards
+            .pop()
+            .ok_or_else(|| internal("a one-key batch read no shard"))?;
+        let value = shard
+            .values
+            .into_iter()
+            .next()
+            .and_then(|(_, v)| v)
+            .map(|v| v.value);
+        Ok(ReadOutcome {
+            value,
+            receipt: shard.receipt,
+        })
     }
 
     /// Reads several keys at `level`: one consistent view per shard, one receipt per shard.
+    /// Expired keys read as absent.
     pub async fn batch_get(
         &self,
         ks: &str,
@@ -974,20 +1066,145 @@ impl Node {
         let mut out = Vec::with_capacity(by_shard.len());
         for (_, keys) in by_shard {
             let g = self.shard_group(&ks, &keys[0]).await?;
-            let req = Requirement::for_level(level, session.mark(g.id))?;
-            let served = self
-                .until_servable(&g, level, req, started, deadline)
+            let (values, receipt) = self
+                .read_shard(&g, level, session, started, deadline, |view, now_ms| {
+                    keys.iter()
+                        .map(|k| (k.clone(), view.get_live(k, now_ms).cloned()))
+                        .collect()
+                })
                 .await?;
-            let view = g.data.read();
-            let values = keys
-                .iter()
-                .map(|k| (k.clone(), view.get(k).map(|v| v.value.clone())))
-                .collect();
-            let receipt = self.receipt(&g, level, view.applied(), &served);
-            session.read(g.id, receipt.position.index);
             out.push(ShardRead { values, receipt });
         }
         Ok(out)
+    }
+
+    /// One page of a SCAN over `ks` at `level`. The cursor holds a shard (top 8 bits) and a
+    /// position in that shard's `scan_hash` order, so every key present for the whole scan is
+    /// returned at least once, whatever is written meanwhile. About `count` keys are examined
+    /// (all keys sharing the last hash are taken together); those `matches` accepts are
+    /// returned. The next cursor is 0 when the scan is complete.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn scan(
+        &self,
+        ks: &str,
+        cursor: u64,
+        count: usize,
+        matches: &(dyn Fn(&[u8]) -> bool + Sync),
+        level: Option<Level>,
+        wait: Option<Duration>,
+        session: &mut Session,
+    ) -> Result<ScanPage, TunekvError> {
+        let started = Instant::now();
+        let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
+        let ks = self.keyspace(ks, deadline).await?;
+        let level = level.unwrap_or_else(|| ks.spec.default_level());
+        let mask = (1u64 << SCAN_HASH_BITS) - 1;
+        let mut shard = u32::try_from(cursor >> SCAN_HASH_BITS).unwrap_or(u32::MAX);
+        let mut from = cursor & mask;
+        if shard >= ks.spec.shards {
+            return Err(err(Code::BadRequest, format!("invalid cursor {cursor}")));
+        }
+        let count = count.clamp(1, BATCH_KEYS_MAX * 10);
+        let mut page = ScanPage {
+            cursor: 0,
+            keys: Vec::new(),
+            receipts: Vec::new(),
+        };
+        let mut examined = 0;
+        while examined < count {
+            let g = self.hosted_shard(&ks, ShardId(shard)).await?;
+            let want = count - examined;
+            let ((taken, next), receipt) = self
+                .read_shard(&g, level, session, started, deadline, |view, now_ms| {
+                    let mut keys: Vec<(u64, &Vec<u8>)> = view
+                        .live(now_ms)
+                        .map(|(k, _)| (scan_hash(k), k))
+                        .filter(|(h, _)| *h >= from)
+                        .collect();
+                    keys.sort_unstable();
+                    let mut end = want.min(keys.len());
+                    while end > 0 && end < keys.len() && keys[end].0 == keys[end - 1].0 {
+                        end += 1;
+                    }
+                    let next = (end < keys.len()).then(|| keys[end].0);
+                    let taken: Vec<Vec<u8>> =
+                        keys[..end].iter().map(|(_, k)| (*k).clone()).collect();
+                    (taken, next)
+                })
+                .await?;
+            page.receipts.push(receipt);
+            examined += taken.len().max(1);
+            page.keys.extend(taken.into_iter().filter(|k| matches(k)));
+            match next {
+                Some(h) => {
+                    page.cursor = (u64::from(shard) << SCAN_HASH_BITS) | h;
+                    return Ok(page);
+                }
+                None if shard + 1 < ks.spec.shards => {
+                    shard += 1;
+                    from = 0;
+                    page.cursor = u64::from(shard) << SCAN_HASH_BITS;
+                }
+                None => {
+                    page.cursor = 0;
+                    return Ok(page);
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    /// The number of live keys in `ks` at `level`, with one receipt per shard.
+    pub async fn count_keys(
+        &self,
+        ks: &str,
+        level: Option<Level>,
+        wait: Option<Duration>,
+        session: &mut Session,
+    ) -> Result<(u64, Vec<Receipt>), TunekvError> {
+        let started = Instant::now();
+        let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
+        let ks = self.keyspace(ks, deadline).await?;
+        let level = level.unwrap_or_else(|| ks.spec.default_level());
+        let mut total = 0;
+        let mut receipts = Vec::new();
+        for shard in 0..ks.spec.shards {
+            let g = self.hosted_shard(&ks, ShardId(shard)).await?;
+            let (n, receipt) = self
+                .read_shard(&g, level, session, started, deadline, |view, now_ms| {
+                    view.live(now_ms).count() as u64
+                })
+                .await?;
+            total += n;
+            receipts.push(receipt);
+        }
+        Ok((total, receipts))
+    }
+
+    /// Reads one view of `g` at `level` once the copy may serve it: `f` gets the view and the
+    /// time expiry is judged at (this node's wall clock, never before the applied commit time).
+    /// Records the read in the session.
+    async fn read_shard<T>(
+        &self,
+        g: &Group,
+        level: Level,
+        session: &mut Session,
+        started: Instant,
+        deadline: Instant,
+        f: impl FnOnce(&tunekv_raft::ShardView<'_>, u64) -> T,
+    ) -> Result<(T, Receipt), TunekvError> {
+        let req = Requirement::for_level(level, session.mark(g.id))?;
+        let served = self
+            .until_servable(g, level, req, started, deadline)
+            .await?;
+        let view = g.data.read();
+        let applied = view.applied();
+        let now_ms = self.clock.wall_ms().max(Hlc::millis(applied.commit_ts));
+        let out = f(&view, now_ms);
+        drop(view);
+        let receipt = self.receipt(g, level, applied, &served);
+        session.read(g.id, receipt.position.index);
+        Ok((out, receipt))
     }
 
     /// Runs `req` (the requirement of `level`) through `judge` until this copy of `g` may

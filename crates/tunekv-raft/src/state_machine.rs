@@ -2,7 +2,7 @@
 //! snapshot plus the log. Readers take one consistent view of it at a time ([`ShardData::read`]),
 //! which is what consistent-prefix multi-key reads need.
 
-use crate::types::{Command, CommandResult, Op, StoredValue};
+use crate::types::{Command, CommandResult, Cond, Op, StoredValue, Ttl};
 use crate::{invalid_data, TypeConfig};
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
@@ -56,8 +56,22 @@ pub struct ShardView<'a> {
 }
 
 impl ShardView<'_> {
+    /// The value of `key`, ignoring expiry (the catalog's keys never expire).
     pub fn get(&self, key: &[u8]) -> Option<&StoredValue> {
         self.inner.data.get(key)
+    }
+
+    /// The value of `key` if it has not expired at `now_ms`.
+    pub fn get_live(&self, key: &[u8], now_ms: u64) -> Option<&StoredValue> {
+        self.inner.data.get(key).filter(|v| v.live_at(now_ms))
+    }
+
+    /// Every live key at `now_ms`, in order.
+    pub fn live(&self, now_ms: u64) -> impl Iterator<Item = (&Vec<u8>, &StoredValue)> + '_ {
+        self.inner
+            .data
+            .iter()
+            .filter(move |(_, v)| v.live_at(now_ms))
     }
 
     pub fn applied(&self) -> Applied {
@@ -163,57 +177,211 @@ impl StateMachine {
     }
 }
 
+/// A Redis-style canonical base-10 `i64` ("12", "-3"; not "+1", "01" or " 1").
+fn parse_i64(bytes: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(bytes).ok()?;
+    let n: i64 = s.parse().ok()?;
+    (n.to_string() == s).then_some(n)
+}
+
+fn failed(existed: bool, why: &str) -> CommandResult {
+    CommandResult {
+        error: Some(why.to_string()),
+        ..CommandResult::unchanged(existed)
+    }
+}
+
+/// Writes `value` at `key` in entry `index`, keeping the key's create index.
+fn store(
+    data: &mut BTreeMap<Vec<u8>, StoredValue>,
+    key: &[u8],
+    value: Vec<u8>,
+    index: u64,
+    commit_ts: u64,
+    expires_ms: Option<u64>,
+) {
+    let create_index = data.get(key).map(|p| p.create_index).unwrap_or(index);
+    data.insert(
+        key.to_vec(),
+        StoredValue {
+            value,
+            create_index,
+            mod_index: index,
+            commit_ts,
+            expires_ms,
+        },
+    );
+}
+
+/// The absolute expiry a write asks for, given the key's current one. `now_ms` is the entry's
+/// commit time, the same on every replica.
+fn expiry(ttl: Ttl, current: Option<u64>, now_ms: u64) -> Option<u64> {
+    match ttl {
+        Ttl::Clear => None,
+        Ttl::Keep => current,
+        Ttl::AfterMs(ms) => Some(now_ms.saturating_add(ms)),
+        Ttl::AtMs(at) => Some(at),
+    }
+}
+
 fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command) -> CommandResult {
+    let now_ms = Hlc::millis(cmd.commit_ts);
+    let ts = cmd.commit_ts;
+    // A key whose expiry has passed at this entry's commit time is absent to the command.
+    let touched: Vec<&Vec<u8>> = match &cmd.op {
+        Op::Put { key, .. }
+        | Op::PutIfAbsent { key, .. }
+        | Op::Delete { key }
+        | Op::Set { key, .. }
+        | Op::IncrBy { key, .. }
+        | Op::Append { key, .. }
+        | Op::GetDel { key }
+        | Op::Expire { key, .. } => vec![key],
+        Op::MSet { pairs } => pairs.iter().map(|(k, _)| k).collect(),
+    };
+    for key in touched {
+        if data.get(key).is_some_and(|v| !v.live_at(now_ms)) {
+            data.remove(key);
+        }
+    }
     match &cmd.op {
         Op::Put { key, value } => {
-            let prev = data.get(key);
-            let existed = prev.is_some();
-            let create_index = prev.map(|p| p.create_index).unwrap_or(index);
-            data.insert(
-                key.clone(),
-                StoredValue {
-                    value: value.clone(),
-                    create_index,
-                    mod_index: index,
-                    commit_ts: cmd.commit_ts,
-                },
-            );
-            CommandResult {
-                existed,
-                changed: true,
-                current: None,
-            }
+            let existed = data.contains_key(key);
+            store(data, key, value.clone(), index, ts, None);
+            CommandResult::changed(existed)
         }
         Op::PutIfAbsent { key, value } => {
             if let Some(current) = data.get(key) {
                 return CommandResult {
-                    existed: true,
-                    changed: false,
                     current: Some(current.clone()),
+                    ..CommandResult::unchanged(true)
                 };
             }
-            data.insert(
-                key.clone(),
-                StoredValue {
-                    value: value.clone(),
-                    create_index: index,
-                    mod_index: index,
-                    commit_ts: cmd.commit_ts,
-                },
-            );
-            CommandResult {
-                existed: false,
-                changed: true,
-                current: None,
-            }
+            store(data, key, value.clone(), index, ts, None);
+            CommandResult::changed(false)
         }
         Op::Delete { key } => {
             let existed = data.remove(key).is_some();
             CommandResult {
-                existed,
                 changed: existed,
-                current: None,
+                ..CommandResult::unchanged(existed)
             }
+        }
+        Op::Set {
+            key,
+            value,
+            cond,
+            ttl,
+            get,
+        } => {
+            let prev = data.get(key);
+            let existed = prev.is_some();
+            let old = if *get {
+                prev.map(|p| p.value.clone())
+            } else {
+                None
+            };
+            let allowed = match cond {
+                Cond::Always => true,
+                Cond::IfAbsent => !existed,
+                Cond::IfPresent => existed,
+            };
+            if !allowed {
+                return CommandResult {
+                    old,
+                    ..CommandResult::unchanged(existed)
+                };
+            }
+            let expires_ms = expiry(*ttl, prev.and_then(|p| p.expires_ms), now_ms);
+            if expires_ms.is_some_and(|e| e <= now_ms) {
+                // An expiry already past: the key is written and gone at once.
+                data.remove(key);
+            } else {
+                store(data, key, value.clone(), index, ts, expires_ms);
+            }
+            CommandResult {
+                old,
+                ..CommandResult::changed(existed)
+            }
+        }
+        Op::IncrBy { key, delta } => {
+            let prev = data.get(key);
+            let existed = prev.is_some();
+            let current = match prev {
+                None => 0,
+                Some(p) => match parse_i64(&p.value) {
+                    Some(n) => n,
+                    None => return failed(existed, "value is not an integer or out of range"),
+                },
+            };
+            let Some(new) = current.checked_add(*delta) else {
+                return failed(existed, "increment or decrement would overflow");
+            };
+            let expires_ms = prev.and_then(|p| p.expires_ms);
+            store(
+                data,
+                key,
+                new.to_string().into_bytes(),
+                index,
+                ts,
+                expires_ms,
+            );
+            CommandResult {
+                int: new,
+                ..CommandResult::changed(existed)
+            }
+        }
+        Op::Append {
+            key,
+            suffix,
+            len_max,
+        } => {
+            let prev = data.get(key);
+            let existed = prev.is_some();
+            let mut value = prev.map(|p| p.value.clone()).unwrap_or_default();
+            if (value.len() + suffix.len()) as u64 > *len_max {
+                return failed(existed, "string exceeds the keyspace's value_bytes_max");
+            }
+            value.extend_from_slice(suffix);
+            let len = value.len() as i64;
+            let expires_ms = prev.and_then(|p| p.expires_ms);
+            store(data, key, value, index, ts, expires_ms);
+            CommandResult {
+                int: len,
+                ..CommandResult::changed(existed)
+            }
+        }
+        Op::GetDel { key } => {
+            let old = data.remove(key).map(|p| p.value);
+            let existed = old.is_some();
+            CommandResult {
+                old,
+                changed: existed,
+                ..CommandResult::unchanged(existed)
+            }
+        }
+        Op::Expire { key, ttl } => {
+            let Some(prev) = data.get_mut(key) else {
+                return CommandResult::unchanged(false);
+            };
+            let expires_ms = expiry(*ttl, prev.expires_ms, now_ms);
+            if expires_ms == prev.expires_ms {
+                return CommandResult::unchanged(true);
+            }
+            if expires_ms.is_some_and(|e| e <= now_ms) {
+                data.remove(key);
+            } else {
+                prev.expires_ms = expires_ms;
+                prev.mod_index = index;
+                prev.commit_ts = ts;
+            }
+            CommandResult::changed(true)
+        }
+        Op::MSet { pairs } => {
+            for (key, value) in pairs {
+                store(data, key, value.clone(), index, ts, None);
+            }
+            CommandResult::changed(true)
         }
     }
 }
@@ -226,9 +394,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let inner = self.shared.inner.read().unwrap_or_else(|p| p.into_inner());
             let body = SnapshotBody {
                 commit_ts: inner.commit_ts,
+                // Keys expired at the last applied commit time are invisible everywhere.
                 data: inner
                     .data
                     .iter()
+                    .filter(|(_, v)| v.live_at(Hlc::millis(inner.commit_ts)))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             };
@@ -283,11 +453,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     "entries apply in log order"
                 );
                 let result = match &entry.payload {
-                    EntryPayload::Blank => CommandResult {
-                        existed: false,
-                        changed: false,
-                        current: None,
-                    },
+                    EntryPayload::Blank => CommandResult::unchanged(false),
                     EntryPayload::Normal(cmd) => {
                         inner.commit_ts = inner.commit_ts.max(cmd.commit_ts);
                         self.hlc.observe(cmd.commit_ts);
@@ -296,11 +462,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Membership(m) => {
                         inner.membership =
                             StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m.clone());
-                        CommandResult {
-                            existed: false,
-                            changed: false,
-                            current: None,
-                        }
+                        CommandResult::unchanged(false)
                     }
                 };
                 inner.last_applied = Some(entry.log_id);
@@ -362,5 +524,269 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Applies `op` as entry `index` committed at `now_ms`.
+    fn run(
+        data: &mut BTreeMap<Vec<u8>, StoredValue>,
+        index: u64,
+        now_ms: u64,
+        op: Op,
+    ) -> CommandResult {
+        let cmd = Command {
+            commit_ts: now_ms << 16,
+            op,
+        };
+        apply_op(data, index, &cmd)
+    }
+
+    fn set(key: &str, value: &str, cond: Cond, ttl: Ttl, get: bool) -> Op {
+        Op::Set {
+            key: key.into(),
+            value: value.into(),
+            cond,
+            ttl,
+            get,
+        }
+    }
+
+    #[test]
+    fn set_conditions_and_get() {
+        let mut d = BTreeMap::new();
+        let r = run(
+            &mut d,
+            1,
+            1000,
+            set("k", "a", Cond::IfPresent, Ttl::Clear, true),
+        );
+        assert!(
+            !r.changed && r.old.is_none() && d.is_empty(),
+            "XX on a missing key"
+        );
+        let r = run(
+            &mut d,
+            2,
+            1000,
+            set("k", "a", Cond::IfAbsent, Ttl::Clear, false),
+        );
+        assert!(r.changed && !r.existed);
+        let r = run(
+            &mut d,
+            3,
+            1000,
+            set("k", "b", Cond::IfAbsent, Ttl::Clear, true),
+        );
+        assert!(!r.changed && r.existed);
+        assert_eq!(
+            r.old.as_deref(),
+            Some(b"a".as_slice()),
+            "NX GET returns the old value"
+        );
+        let r = run(
+            &mut d,
+            4,
+            1000,
+            set("k", "c", Cond::IfPresent, Ttl::Clear, true),
+        );
+        assert!(r.changed);
+        assert_eq!(r.old.as_deref(), Some(b"a".as_slice()));
+        let v = &d[b"k".as_slice()];
+        assert_eq!(
+            (v.value.as_slice(), v.create_index, v.mod_index),
+            (b"c".as_slice(), 2, 4)
+        );
+    }
+
+    #[test]
+    fn expiry_is_decided_by_the_entry_commit_time() {
+        let mut d = BTreeMap::new();
+        run(
+            &mut d,
+            1,
+            1000,
+            set("k", "v", Cond::Always, Ttl::AfterMs(500), false),
+        );
+        assert_eq!(d[b"k".as_slice()].expires_ms, Some(1500));
+        assert!(d[b"k".as_slice()].live_at(1499) && !d[b"k".as_slice()].live_at(1500));
+        // KEEPTTL keeps it; INCR and APPEND keep it; a plain SET clears it.
+        run(
+            &mut d,
+            2,
+            1100,
+            set("k", "7", Cond::Always, Ttl::Keep, false),
+        );
+        assert_eq!(d[b"k".as_slice()].expires_ms, Some(1500));
+        run(
+            &mut d,
+            3,
+            1200,
+            Op::IncrBy {
+                key: "k".into(),
+                delta: 1,
+            },
+        );
+        assert_eq!(d[b"k".as_slice()].expires_ms, Some(1500));
+        // At 1500 the key is gone for every command: INCR starts from 0 without the expiry.
+        let r = run(
+            &mut d,
+            4,
+            1500,
+            Op::IncrBy {
+                key: "k".into(),
+                delta: 5,
+            },
+        );
+        assert_eq!((r.existed, r.int), (false, 5));
+        assert_eq!(d[b"k".as_slice()].expires_ms, None);
+        // EXPIRE on a live key, PERSIST, and an expiry in the past deletes.
+        let r = run(
+            &mut d,
+            5,
+            1600,
+            Op::Expire {
+                key: "k".into(),
+                ttl: Ttl::AfterMs(100),
+            },
+        );
+        assert!(r.changed);
+        assert_eq!(d[b"k".as_slice()].expires_ms, Some(1700));
+        let r = run(
+            &mut d,
+            6,
+            1600,
+            Op::Expire {
+                key: "k".into(),
+                ttl: Ttl::Clear,
+            },
+        );
+        assert!(r.changed);
+        let r = run(
+            &mut d,
+            7,
+            1600,
+            Op::Expire {
+                key: "k".into(),
+                ttl: Ttl::Clear,
+            },
+        );
+        assert!(
+            !r.changed && r.existed,
+            "PERSIST without an expiry changes nothing"
+        );
+        let r = run(
+            &mut d,
+            8,
+            1600,
+            Op::Expire {
+                key: "k".into(),
+                ttl: Ttl::AtMs(10),
+            },
+        );
+        assert!(r.changed && d.is_empty());
+        let r = run(
+            &mut d,
+            9,
+            1600,
+            Op::Expire {
+                key: "k".into(),
+                ttl: Ttl::AfterMs(10),
+            },
+        );
+        assert!(!r.existed && !r.changed);
+        // SET with an EXAT in the past leaves no key.
+        run(
+            &mut d,
+            10,
+            1600,
+            set("k", "v", Cond::Always, Ttl::AtMs(1600), false),
+        );
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn incr_append_and_getdel() {
+        let mut d = BTreeMap::new();
+        run(
+            &mut d,
+            1,
+            1,
+            set("n", "01", Cond::Always, Ttl::Clear, false),
+        );
+        let r = run(
+            &mut d,
+            2,
+            1,
+            Op::IncrBy {
+                key: "n".into(),
+                delta: 1,
+            },
+        );
+        assert!(r.error.is_some() && !r.changed, "01 is not canonical");
+        run(
+            &mut d,
+            3,
+            1,
+            set("n", &i64::MAX.to_string(), Cond::Always, Ttl::Clear, false),
+        );
+        let r = run(
+            &mut d,
+            4,
+            1,
+            Op::IncrBy {
+                key: "n".into(),
+                delta: 1,
+            },
+        );
+        assert!(r.error.as_deref().is_some_and(|e| e.contains("overflow")));
+        let r = run(
+            &mut d,
+            5,
+            1,
+            Op::IncrBy {
+                key: "m".into(),
+                delta: -3,
+            },
+        );
+        assert_eq!(r.int, -3);
+        let r = run(
+            &mut d,
+            6,
+            1,
+            Op::Append {
+                key: "s".into(),
+                suffix: "ab".into(),
+                len_max: 3,
+            },
+        );
+        assert_eq!(r.int, 2);
+        let r = run(
+            &mut d,
+            7,
+            1,
+            Op::Append {
+                key: "s".into(),
+                suffix: "cd".into(),
+                len_max: 3,
+            },
+        );
+        assert!(r.error.is_some());
+        assert_eq!(d[b"s".as_slice()].value, b"ab");
+        let r = run(&mut d, 8, 1, Op::GetDel { key: "s".into() });
+        assert_eq!(r.old.as_deref(), Some(b"ab".as_slice()));
+        assert!(!d.contains_key(b"s".as_slice()));
+        let r = run(
+            &mut d,
+            9,
+            1,
+            Op::MSet {
+                pairs: vec![("a".into(), "1".into()), ("b".into(), "2".into())],
+            },
+        );
+        assert!(r.changed && d.contains_key(b"a".as_slice()) && d.contains_key(b"b".as_slice()));
     }
 }

@@ -33,16 +33,81 @@ pub enum Op {
     Delete {
         key: Vec<u8>,
     },
+    /// SET with its options, atomically: write `value` if `cond` holds, set the expiry per
+    /// `ttl`, and return the old value when `get` is set.
+    Set {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        cond: Cond,
+        ttl: Ttl,
+        get: bool,
+    },
+    /// INCRBY: the value must be a base-10 `i64` (absent counts as 0); overflow is an error.
+    /// The expiry is kept.
+    IncrBy {
+        key: Vec<u8>,
+        delta: i64,
+    },
+    /// APPEND: the new length may not exceed `len_max`. The expiry is kept.
+    Append {
+        key: Vec<u8>,
+        suffix: Vec<u8>,
+        len_max: u64,
+    },
+    /// GETDEL: delete and return the value.
+    GetDel {
+        key: Vec<u8>,
+    },
+    /// EXPIRE / PEXPIRE / EXPIREAT / PERSIST on an existing key. An expiry at or before the
+    /// entry's commit time deletes the key.
+    Expire {
+        key: Vec<u8>,
+        ttl: Ttl,
+    },
+    /// MSET: every pair, atomically (all keys of one shard).
+    MSet {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+}
+
+/// When a SET writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cond {
+    Always,
+    /// NX: only if the key is absent.
+    IfAbsent,
+    /// XX: only if the key exists.
+    IfPresent,
+}
+
+/// What a write does to the key's expiry. Relative times are counted from the entry's commit
+/// time, which the leader stamps: every replica computes the same absolute expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ttl {
+    /// No expiry (a plain SET removes one; PERSIST).
+    Clear,
+    /// KEEPTTL.
+    Keep,
+    /// EX / PX: this many milliseconds after the commit time.
+    AfterMs(u64),
+    /// EXAT / PXAT: at this Unix time in milliseconds.
+    AtMs(u64),
 }
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (name, key) = match &self.op {
-            Op::Put { key, .. } => ("put", key),
-            Op::PutIfAbsent { key, .. } => ("put_if_absent", key),
-            Op::Delete { key } => ("delete", key),
+        let (name, key_bytes) = match &self.op {
+            Op::Put { key, .. } => ("put", key.len()),
+            Op::PutIfAbsent { key, .. } => ("put_if_absent", key.len()),
+            Op::Delete { key } => ("delete", key.len()),
+            Op::Set { key, .. } => ("set", key.len()),
+            Op::IncrBy { key, .. } => ("incr_by", key.len()),
+            Op::Append { key, .. } => ("append", key.len()),
+            Op::GetDel { key } => ("get_del", key.len()),
+            Op::Expire { key, .. } => ("expire", key.len()),
+            Op::MSet { pairs } => ("mset", pairs.iter().map(|(k, _)| k.len()).sum()),
         };
-        write!(f, "{name}({} key bytes, ts {})", key.len(), self.commit_ts)
+        write!(f, "{name}({key_bytes} key bytes, ts {})", self.commit_ts)
     }
 }
 
@@ -56,6 +121,33 @@ pub struct CommandResult {
     pub changed: bool,
     /// For a refused put-if-absent: the value that is there.
     pub current: Option<StoredValue>,
+    /// SET … GET, GETDEL: the value before the command (live values only).
+    pub old: Option<Vec<u8>>,
+    /// INCRBY: the new value; APPEND: the new length.
+    pub int: i64,
+    /// Why the command changed nothing (not an integer, overflow, too long); deterministic on
+    /// every replica.
+    pub error: Option<String>,
+}
+
+impl CommandResult {
+    pub fn unchanged(existed: bool) -> CommandResult {
+        CommandResult {
+            existed,
+            changed: false,
+            current: None,
+            old: None,
+            int: 0,
+            error: None,
+        }
+    }
+
+    pub fn changed(existed: bool) -> CommandResult {
+        CommandResult {
+            changed: true,
+            ..CommandResult::unchanged(existed)
+        }
+    }
 }
 
 /// A value in a state machine, with where it was written.
@@ -67,4 +159,14 @@ pub struct StoredValue {
     /// Log index of the last write to the key.
     pub mod_index: u64,
     pub commit_ts: u64,
+    /// Unix time in ms at which the key expires; expired keys are invisible to every read and
+    /// treated as absent by every command.
+    pub expires_ms: Option<u64>,
+}
+
+impl StoredValue {
+    /// Whether the key is still there at `now_ms`.
+    pub fn live_at(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_none_or(|e| e > now_ms)
+    }
 }

@@ -131,6 +131,12 @@ async fn an_isolated_follower_serves_weak_levels_with_growing_staleness_and_refu
         match level {
             "bounded(k=2)" => assert!(entries <= 2, "{level}: {:?}", r.receipt),
             "read_your_writes" => assert_eq!(r.value.as_deref(), Some(b"v5".as_slice())),
+            // Served on a watermark (pushed every heartbeat): fresh within the bound, and the
+            // receipt says by how much at most.
+            "bounded(t=300ms)" => {
+                assert_eq!(r.value.as_deref(), Some(b"v5".as_slice()), "{level}");
+                assert!(entries == 0 && ms <= 300, "{level}: {:?}", r.receipt);
+            }
             _ => {
                 assert_eq!(r.value.as_deref(), Some(b"v5".as_slice()), "{level}");
                 assert_eq!((entries, ms), (0, 0), "{level}: {:?}", r.receipt);
