@@ -12,6 +12,12 @@ pub struct NodeConfig {
     pub http: String,
     /// Node-to-node listen address.
     pub raft: String,
+    /// Redis protocol (RESP2/RESP3) listen address; none: no RESP listener.
+    #[serde(default)]
+    pub resp: Option<String>,
+    /// Most simultaneous RESP connections.
+    #[serde(default = "resp_connections_max")]
+    pub resp_connections_max: usize,
     /// Where the log, snapshots and metadata live.
     pub data_dir: PathBuf,
     /// Every node of the cluster, this one included.
@@ -80,6 +86,9 @@ impl RaftTimingConfig {
     }
 }
 
+fn resp_connections_max() -> usize {
+    10_000
+}
 fn read_wait_ms_default() -> u64 {
     1000
 }
@@ -133,18 +142,18 @@ impl NodeConfig {
         self.raft_timing.tuning().openraft_config().map(|_| ())
     }
 
-    /// The configs of a local cluster of `n` nodes under `dir`, on the given ports, sharing
-    /// `cluster_secret`.
+    /// The configs of a local cluster of `n` nodes under `dir`, on the given (HTTP, Raft, RESP)
+    /// ports, sharing `cluster_secret`.
     pub fn local_cluster(
         dir: &Path,
-        ports: &[(u16, u16)],
+        ports: &[(u16, u16, u16)],
         enable_faults: bool,
         cluster_secret: &str,
     ) -> Vec<NodeConfig> {
         let peers: Vec<PeerConfig> = ports
             .iter()
             .enumerate()
-            .map(|(i, (http, raft))| PeerConfig {
+            .map(|(i, (http, raft, _))| PeerConfig {
                 id: i as u64 + 1,
                 http: format!("127.0.0.1:{http}"),
                 raft: format!("127.0.0.1:{raft}"),
@@ -152,10 +161,13 @@ impl NodeConfig {
             .collect();
         peers
             .iter()
-            .map(|p| NodeConfig {
+            .zip(ports)
+            .map(|(p, (_, _, resp))| NodeConfig {
                 id: p.id,
                 http: p.http.clone(),
                 raft: p.raft.clone(),
+                resp: Some(format!("127.0.0.1:{resp}")),
+                resp_connections_max: resp_connections_max(),
                 data_dir: dir.join(format!("node-{}", p.id)),
                 peers: peers.clone(),
                 cluster_secret: cluster_secret.to_string(),

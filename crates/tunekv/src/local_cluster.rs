@@ -125,14 +125,17 @@ impl LocalCluster {
                 (0..n as u16)
                     .map(|i| 7101 + i)
                     .chain((0..n as u16).map(|i| 7201 + i))
+                    .chain((0..n as u16).map(|i| 7301 + i))
                     .collect()
             } else {
                 Vec::new()
             };
-            let ports = free_ports(2 * n, &preferred)?;
-            let pairs: Vec<(u16, u16)> = (0..n).map(|i| (ports[i], ports[n + i])).collect();
+            let ports = free_ports(3 * n, &preferred)?;
+            let triples: Vec<(u16, u16, u16)> = (0..n)
+                .map(|i| (ports[i], ports[n + i], ports[2 * n + i]))
+                .collect();
             let mut configs =
-                NodeConfig::local_cluster(&dir, &pairs, enable_faults, &new_cluster_secret());
+                NodeConfig::local_cluster(&dir, &triples, enable_faults, &new_cluster_secret());
             configs.iter_mut().for_each(&tweak);
             for (c, path) in configs.iter().zip(&existing) {
                 fs::write(path, toml::to_string(c)?)
@@ -289,7 +292,7 @@ impl LocalCluster {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                json!({"id": c.id, "http": c.http, "resp": null, "pid": self.pid(i), "config": self.config_path(i)})
+                json!({"id": c.id, "http": c.http, "resp": c.resp, "pid": self.pid(i), "config": self.config_path(i)})
             })
             .collect();
         let path = self.dir.join("cluster.json");

@@ -21,6 +21,14 @@ pub async fn run(config_path: &Path, enable_faults: bool) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&http)
         .await
         .with_context(|| format!("cannot listen for HTTP on {http}"))?;
+    let resp = match &config.resp {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for RESP on {addr}"))?,
+        ),
+        None => None,
+    };
     let node = Node::start(
         config,
         Arc::new(TcpTransport),
@@ -29,7 +37,14 @@ pub async fn run(config_path: &Path, enable_faults: bool) -> Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot start the node: {e}"))?;
-    tracing::info!(node = %node.id(), %http, raft = %node.config().raft, faults = node.faults_enabled(), "tunekv node serving");
+    if let Some(listener) = resp {
+        let options = tunekv_resp::RespOptions {
+            connections_max: node.config().resp_connections_max,
+            ..Default::default()
+        };
+        tokio::spawn(tunekv_resp::serve(listener, node.clone(), options));
+    }
+    tracing::info!(node = %node.id(), %http, resp = ?node.config().resp, raft = %node.config().raft, faults = node.faults_enabled(), "tunekv node serving");
     axum::serve(listener, tunekv_api::router(node.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await

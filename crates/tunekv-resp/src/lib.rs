@@ -1,0 +1,14 @@
+//! tunekv-resp: the Redis protocol front end (DESIGN §9).
+//!
+//! [`parse`] turns bytes into requests (bounded and iterative: a request is a flat array of bulk
+//! strings or an inline line, never a nested structure), [`reply`] encodes answers in RESP2 or
+//! RESP3, [`commands`] maps Redis commands onto [`tunekv_node::Node`], and [`server`] runs the
+//! listener. Levels, sessions and receipts are the node's; this crate only translates.
+
+pub mod commands;
+pub mod glob;
+pub mod parse;
+pub mod reply;
+pub mod server;
+
+pub use server::{serve, RespOptions};
