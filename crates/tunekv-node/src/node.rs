@@ -884,6 +884,17 @@ impl Node {
                 leader_hint: f.leader_id,
                 not_leader: true,
             }),
+            // Appended, then truncated by a new leader: it may still commit through it, so the
+            // outcome is unknown and the write must not be retried blindly.
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => Err(RemoteError {
+                code: Code::Timeout,
+                message: format!(
+                    "leadership of {} moved to {:?} while the write was in flight; it may or may not commit",
+                    g.id, f.leader_id
+                ),
+                leader_hint: f.leader_id,
+                not_leader: false,
+            }),
             Err(e) => Err(RemoteError::new(Code::Internal, e.to_string())),
         }
     }

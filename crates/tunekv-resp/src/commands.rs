@@ -326,8 +326,16 @@ fn hello(shared: &Shared, conn: &mut Conn, a: &[Vec<u8>]) -> Out {
 }
 
 fn client_line(conn: &Conn) -> String {
+    // Clients parse `db` as a number: a named keyspace shows as -1, and by name in `keyspace`.
+    let db = conn
+        .keyspace
+        .strip_prefix("db")
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|n| *n < NUMBERED_DBS)
+        .map(i64::from)
+        .unwrap_or(-1);
     format!(
-        "id={} addr={} name={} db={} resp={} consistency={}\n",
+        "id={} addr={} name={} db={db} keyspace={} resp={} consistency={}\n",
         conn.id,
         conn.peer,
         conn.name.as_deref().unwrap_or(""),
@@ -695,19 +703,13 @@ fn old_value(r: &tunekv_node::CommandResult) -> Reply {
     r.old.clone().map(Reply::Bulk).unwrap_or(Reply::Nil)
 }
 
-/// GETRANGE's inclusive range with Redis's negative indexes, clamped.
+/// GETRANGE's inclusive range, clamped exactly as Redis does (negative indexes count from the
+/// end; both ends clamp to the string).
 fn range(len: usize, start: i64, end: i64) -> Option<(usize, usize)> {
     let len = len as i64;
-    if len == 0 {
-        return None;
-    }
-    let s = if start < 0 {
-        (len + start).max(0)
-    } else {
-        start
-    };
-    let e = if end < 0 { len + end } else { end.min(len - 1) };
-    (s <= e && s < len).then_some((s as usize, e as usize))
+    let s = if start < 0 { len + start } else { start }.max(0);
+    let e = if end < 0 { len + end } else { end }.max(0).min(len - 1);
+    (len > 0 && s <= e).then_some((s as usize, e as usize))
 }
 
 async fn data(node: &Node, conn: &mut Conn, name: &str, a: &[Vec<u8>]) -> Out {
@@ -1036,6 +1038,7 @@ mod tests {
         assert_eq!(range(0, 0, -1), None);
         assert_eq!(range(5, -100, 0), Some((0, 0)));
         assert_eq!(range(5, 10, 20), None);
+        assert_eq!(range(5, 0, -100), Some((0, 0)), "Redis clamps the end to 0");
     }
 
     #[test]

@@ -1,0 +1,415 @@
+//! The Redis protocol listener against a real 3-node cluster: redis-cli, redis-benchmark and
+//! redis-py (installed by `.ci/run`), raw bytes for pipelining and malformed frames.
+
+mod common;
+
+use common::{leader_and_follower, start, start_with};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// A decoded reply, enough for tests.
+#[derive(Debug, PartialEq)]
+enum R {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<R>),
+}
+
+struct Raw {
+    reader: BufReader<TcpStream>,
+}
+
+impl Raw {
+    fn connect(addr: &str) -> Raw {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        Raw {
+            reader: BufReader::new(s),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).expect("write");
+    }
+
+    fn cmd(&mut self, args: &[&str]) -> R {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+        self.send(&out);
+        self.read()
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.reader.read_line(&mut l).expect("read");
+        assert!(l.ends_with("\r\n"), "incomplete line {l:?}");
+        l.truncate(l.len() - 2);
+        l
+    }
+
+    fn read(&mut self) -> R {
+        let l = self.line();
+        let (kind, rest) = l.split_at(1);
+        match kind {
+            "+" => R::Simple(rest.into()),
+            "-" => R::Error(rest.into()),
+            ":" => R::Int(rest.parse().expect("int")),
+            "_" => R::Bulk(None),
+            "$" if rest == "-1" => R::Bulk(None),
+            "$" => {
+                let n: usize = rest.parse().expect("len");
+                let mut b = vec![0; n + 2];
+                self.reader.read_exact(&mut b).expect("bulk");
+                b.truncate(n);
+                R::Bulk(Some(b))
+            }
+            "*" | "%" => {
+                let n: usize = rest.parse().expect("count");
+                let n = if kind == "%" { 2 * n } else { n };
+                R::Array((0..n).map(|_| self.read()).collect())
+            }
+            other => panic!("unexpected reply type {other:?} in {l:?}"),
+        }
+    }
+
+    /// Whether the server closed the connection.
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+fn bulk(s: &str) -> R {
+    R::Bulk(Some(s.as_bytes().to_vec()))
+}
+
+fn resp_addr(c: &common::TestCluster, i: usize) -> String {
+    c.configs[i].resp.clone().expect("a RESP address")
+}
+
+fn tool(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let p = PathBuf::from(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} not found: install Debian's redis-tools (.ci/run does)");
+}
+
+fn redis_cli(addr: &str, args: &[&str]) -> String {
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let out = Command::new(tool("redis-cli"))
+        .args(["-h", host, "-p", port])
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_protocol_pipelining_typed_errors_and_strong_reads_on_followers() {
+    let c = start(3, false).await;
+    let (n1, n3) = (resp_addr(&c, 0), resp_addr(&c, 2));
+    tokio::task::spawn_blocking(move || {
+        let mut a = Raw::connect(&n1);
+        assert_eq!(a.cmd(&["PING"]), R::Simple("PONG".into()));
+        assert_eq!(a.cmd(&["SET", "k", "v"]), R::Simple("OK".into()));
+        // 200 pipelined requests in one write, answered in order.
+        let mut batch = Vec::new();
+        for i in 0..100 {
+            batch.extend_from_slice(
+                format!("*3\r\n$3\r\nSET\r\n$2\r\np{}\r\n$3\r\n{:03}\r\n", i % 10, i).as_bytes(),
+            );
+            batch.extend_from_slice(format!("*2\r\n$3\r\nGET\r\n$2\r\np{}\r\n", i % 10).as_bytes());
+        }
+        a.send(&batch);
+        for i in 0..100 {
+            assert_eq!(a.read(), R::Simple("OK".into()), "reply {i}");
+            assert_eq!(a.read(), bulk(&format!("{i:03}")), "reply {i}");
+        }
+        // Inline commands work too (telnet users).
+        a.send(b"ECHO hi\r\n");
+        assert_eq!(a.read(), bulk("hi"));
+        // Typed errors keep the code first; Redis errors keep Redis's wording.
+        assert!(matches!(a.cmd(&["CONSISTENCY", "bogus"]), R::Error(e) if e.starts_with("LEVEL_INVALID ")));
+        assert!(matches!(a.cmd(&["CONSISTENCY", "weak"]), R::Error(e) if e.starts_with("LEVEL_INVALID ")));
+        assert!(matches!(a.cmd(&["SESSION", "00ff"]), R::Error(e) if e.starts_with("SESSION_INVALID ")));
+        assert!(matches!(a.cmd(&["NOPE", "x"]), R::Error(e) if e.starts_with("ERR unknown command 'NOPE'")));
+        assert!(matches!(a.cmd(&["GET"]), R::Error(e) if e == "ERR wrong number of arguments for 'get' command"));
+        assert!(matches!(a.cmd(&["INCR", "k"]), R::Error(e) if e == "ERR value is not an integer or out of range"));
+        assert!(matches!(a.cmd(&["SELECT", "missing"]), R::Error(e) if e.starts_with("KEYSPACE_NOT_FOUND ")));
+        let big_key = "k".repeat(2000);
+        assert!(matches!(a.cmd(&["SET", &big_key, "v"]), R::Error(e) if e.starts_with("KEY_TOO_LARGE ")));
+        assert_eq!(a.cmd(&["GET", "k"]), bulk("v"), "errors changed nothing");
+
+        // A write acknowledged on node 1 is seen by a strong read on node 3 at once.
+        let mut b = Raw::connect(&n3);
+        assert_eq!(b.cmd(&["CONSISTENCY", "strong"]), R::Simple("OK".into()));
+        assert_eq!(b.cmd(&["CONSISTENCY"]), bulk("strong"));
+        for i in 0..20 {
+            let (k, v) = (format!("s{i}"), format!("v{i}"));
+            assert_eq!(a.cmd(&["SET", &k, &v]), R::Simple("OK".into()));
+            assert_eq!(b.cmd(&["GET", &k]), bulk(&v), "strong read of {k} on node 3");
+        }
+        let R::Array(receipt) = b.cmd(&["RECEIPT"]) else {
+            panic!("RECEIPT is a map")
+        };
+        assert_eq!(receipt[0], bulk("level"));
+        assert_eq!(receipt[1], bulk("strong"));
+        assert_eq!(receipt[3], R::Int(3), "served by node 3");
+        // RESP3 after HELLO 3: maps and nulls change shape.
+        let R::Array(hello) = b.cmd(&["HELLO", "3"]) else {
+            panic!("HELLO is a map")
+        };
+        assert!(hello.contains(&bulk("proto")) && hello.contains(&R::Int(3)));
+        b.send(b"*2\r\n$3\r\nGET\r\n$7\r\nmissing\r\n");
+        assert_eq!(b.line(), "_", "RESP3 null");
+        assert_eq!(b.cmd(&["QUIT"]), R::Simple("OK".into()));
+        assert!(b.closed());
+    })
+    .await
+    .expect("raw checks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_close_only_their_connection_and_connections_are_capped() {
+    let c = start_with(3, false, |cfg| cfg.resp_connections_max = 6).await;
+    let addr = resp_addr(&c, 0);
+    tokio::task::spawn_blocking(move || {
+        let mut healthy = Raw::connect(&addr);
+        assert_eq!(healthy.cmd(&["SET", "k", "v"]), R::Simple("OK".into()));
+        let mut deep = Vec::new();
+        for _ in 0..10_000 {
+            deep.extend_from_slice(b"*1\r\n");
+        }
+        let bad: Vec<(&str, Vec<u8>)> = vec![
+            ("nested array", deep),
+            (
+                "oversized bulk",
+                b"*2\r\n$3\r\nSET\r\n$99999999999\r\n".to_vec(),
+            ),
+            ("bad multibulk length", b"*abc\r\n".to_vec()),
+            ("negative bulk length", b"*1\r\n$-7\r\n".to_vec()),
+            (
+                "integer inside a request",
+                b"*2\r\n$3\r\nGET\r\n:1\r\n".to_vec(),
+            ),
+            ("unterminated bulk", b"*1\r\n$4\r\nPINGXX".to_vec()),
+            ("unbalanced quotes", b"SET \"k v\r\n".to_vec()),
+            ("huge inline line", vec![b'a'; 70 * 1024]),
+        ];
+        for (what, bytes) in bad {
+            let mut conn = Raw::connect(&addr);
+            conn.send(&bytes);
+            match conn.read() {
+                R::Error(e) => assert!(e.starts_with("ERR Protocol error"), "{what}: {e}"),
+                other => panic!("{what}: {other:?}"),
+            }
+            assert!(conn.closed(), "{what}: the connection is closed");
+            assert_eq!(healthy.cmd(&["GET", "k"]), bulk("v"), "after {what}");
+        }
+        // The cap: with 6 allowed and one open, 5 more fit and the next is refused.
+        let held: Vec<Raw> = (0..5).map(|_| Raw::connect(&addr)).collect();
+        let mut extra = Raw::connect(&addr);
+        assert_eq!(
+            extra.read(),
+            R::Error("ERR max number of clients reached".into())
+        );
+        drop(held);
+        std::thread::sleep(Duration::from_millis(200));
+        let mut again = Raw::connect(&addr);
+        assert_eq!(again.cmd(&["PING"]), R::Simple("PONG".into()));
+    })
+    .await
+    .expect("malformed checks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_and_a_session_token_carried_across_nodes() {
+    let c = start(3, true).await;
+    let (n1, n3) = (resp_addr(&c, 0), resp_addr(&c, 2));
+    assert_eq!(redis_cli(&n1, &["PING"]), "PONG");
+    assert_eq!(redis_cli(&n1, &["SET", "cli", "1", "EX", "100"]), "OK");
+    assert_eq!(redis_cli(&n1, &["INCRBY", "cli", "41"]), "42");
+    assert_eq!(redis_cli(&n3, &["GET", "cli"]), "42");
+    let ttl: i64 = redis_cli(&n3, &["TTL", "cli"]).parse().expect("ttl");
+    assert!((90..=100).contains(&ttl), "ttl {ttl}");
+    assert_eq!(
+        redis_cli(&n1, &["-3", "HELLO", "3"]).lines().next(),
+        Some("server tunekv")
+    );
+    assert_eq!(redis_cli(&n1, &["DBSIZE"]), "1");
+    assert_eq!(
+        redis_cli(&n1, &["FOO"])
+            .lines()
+            .next()
+            .map(|l| l.starts_with("ERR unknown command")),
+        Some(true)
+    );
+
+    // A session token taken after a write on node 1 gives read-your-writes on a lagging node 3.
+    create_db0_and_wait(&c).await;
+    let (_, follower) = leader_and_follower(&c, "db0/shard0").await;
+    let follower_resp = resp_addr(&c, follower);
+    let writer_resp = resp_addr(&c, (0..3).find(|i| *i != follower).expect("writer"));
+    c.client(follower)
+        .set_isolated(true)
+        .await
+        .expect("isolate");
+    let token = tokio::task::spawn_blocking(move || {
+        let mut w = Raw::connect(&writer_resp);
+        // Keys of shard 0 only: the isolated copy is a follower of that shard.
+        let key = shard0_key();
+        assert_eq!(w.cmd(&["SET", &key, "fresh"]), R::Simple("OK".into()));
+        let R::Bulk(Some(token)) = w.cmd(&["SESSION"]) else {
+            panic!("SESSION returns the token")
+        };
+        let token = String::from_utf8(token).expect("hex");
+        let mut r = Raw::connect(&follower_resp);
+        assert_eq!(r.cmd(&["SESSION", &token]), R::Simple("OK".into()));
+        assert_eq!(
+            r.cmd(&["CONSISTENCY", "read_your_writes"]),
+            R::Simple("OK".into())
+        );
+        assert_eq!(r.cmd(&["WAITMS", "300"]), R::Simple("OK".into()));
+        assert!(
+            matches!(r.cmd(&["GET", &key]), R::Error(e) if e.starts_with("SESSION_UNMET ")),
+            "refused, not stale"
+        );
+        let mut plain = Raw::connect(&follower_resp);
+        assert_eq!(
+            plain.cmd(&["CONSISTENCY", "eventual"]),
+            R::Simple("OK".into())
+        );
+        assert_eq!(
+            plain.cmd(&["GET", &key]),
+            R::Bulk(None),
+            "the copy is behind"
+        );
+        (token, key)
+    })
+    .await
+    .expect("session part one");
+    c.client(follower).set_isolated(false).await.expect("clear");
+    let follower_resp = resp_addr(&c, follower);
+    tokio::task::spawn_blocking(move || {
+        let (token, key) = token;
+        let mut r = Raw::connect(&follower_resp);
+        assert_eq!(r.cmd(&["SESSION", &token]), R::Simple("OK".into()));
+        assert_eq!(
+            r.cmd(&["CONSISTENCY", "read_your_writes"]),
+            R::Simple("OK".into())
+        );
+        assert_eq!(r.cmd(&["WAITMS", "10000"]), R::Simple("OK".into()));
+        assert_eq!(r.cmd(&["GET", &key]), bulk("fresh"));
+    })
+    .await
+    .expect("session part two");
+}
+
+/// A key that lands in shard 0 of a 4-shard keyspace.
+fn shard0_key() -> String {
+    (0..)
+        .map(|i| format!("s0-{i}"))
+        .find(|k| tunekv_core::keyspace::shard_for_key(k.as_bytes(), 4).0 == 0)
+        .expect("some key")
+}
+
+/// Makes sure `db0` exists (a RESP connection creates it on first use).
+async fn create_db0_and_wait(c: &common::TestCluster) {
+    let addr = resp_addr(c, 0);
+    tokio::task::spawn_blocking(move || {
+        let mut a = Raw::connect(&addr);
+        assert!(matches!(a.cmd(&["DBSIZE"]), R::Int(_)));
+    })
+    .await
+    .expect("db0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_passes_its_checks() {
+    let c = start(3, false).await;
+    let python = std::env::var("TUNEKV_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/ci-venv/bin/python")
+        });
+    assert!(
+        python.exists(),
+        "{} missing: run .ci/run once (it makes a venv with redis-py) or set TUNEKV_PYTHON",
+        python.display()
+    );
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/resp/redis_py_check.py");
+    let addrs: Vec<String> = (0..3).map(|i| resp_addr(&c, i)).collect();
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args(&addrs)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(240), out)
+        .await
+        .expect("redis-py checks finish in time")
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_benchmark_runs_clean_with_and_without_pipelining() {
+    let c = start(3, false).await;
+    let addr = resp_addr(&c, 0);
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    for pipeline in ["1", "16"] {
+        let run = tokio::process::Command::new(tool("redis-benchmark"))
+            .args([
+                "-h",
+                host,
+                "-p",
+                port,
+                "-t",
+                "set,get,incr",
+                "-n",
+                "20000",
+                "-c",
+                "50",
+            ])
+            .args(["-P", pipeline, "-q", "--csv"])
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(300), run)
+            .await
+            .expect("redis-benchmark finishes in time")
+            .expect("run redis-benchmark");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "-P {pipeline}: {stdout}\n{stderr}");
+        for test in ["SET", "GET", "INCR"] {
+            assert!(
+                stdout.contains(&format!("\"{test}\"")),
+                "-P {pipeline}: no {test} line in {stdout}"
+            );
+        }
+        assert!(
+            !stderr.contains("ERR") && !stdout.contains("ERR"),
+            "-P {pipeline}: {stdout}\n{stderr}"
+        );
+    }
+    // Every INCR was applied exactly once: 2 runs × 20000 on the one counter key. (The full
+    // 100000-request runs belong to `tunekv bench`: on a debug build they take many minutes.)
+    let counter = redis_cli(&addr, &["GET", "counter:__rand_int__"]);
+    assert_eq!(counter, "40000");
+}
