@@ -154,6 +154,33 @@ pub struct Node {
     opening: tokio::sync::Mutex<()>,
 }
 
+/// The items of a batch (1 to `BATCH_KEYS_MAX`, every key checked) grouped by shard, in shard
+/// order, each shard's items in request order.
+fn by_shard<T>(
+    ks: &KeyspaceInfo,
+    items: Vec<T>,
+    key_of: impl Fn(&T) -> &Vec<u8>,
+) -> Result<BTreeMap<ShardId, Vec<T>>, TunekvError> {
+    if items.is_empty() || items.len() > BATCH_KEYS_MAX {
+        return Err(err(
+            Code::BadRequest,
+            format!(
+                "a batch holds 1 to {BATCH_KEYS_MAX} keys, got {}",
+                items.len()
+            ),
+        ));
+    }
+    let mut out: BTreeMap<ShardId, Vec<T>> = BTreeMap::new();
+    for item in items {
+        let key = key_of(&item);
+        check_key(key)?;
+        out.entry(shard_for_key(key, ks.spec.shards))
+            .or_default()
+            .push(item);
+    }
+    Ok(out)
+}
+
 fn err(code: Code, message: impl Into<String>) -> TunekvError {
     TunekvError::new(code, message)
 }
@@ -713,28 +740,13 @@ impl Node {
     ) -> Result<Vec<WriteOutcome>, TunekvError> {
         let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
         let ks = self.keyspace(ks, deadline).await?;
-        if pairs.is_empty() || pairs.len() > BATCH_KEYS_MAX {
-            return Err(err(
-                Code::BadRequest,
-                format!(
-                    "a batch holds 1 to {BATCH_KEYS_MAX} keys, got {}",
-                    pairs.len()
-                ),
-            ));
+        for (_, v) in &pairs {
+            check_value(v, ks.spec.value_bytes_max)?;
         }
-        type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
-        let mut by_shard: BTreeMap<ShardId, Pairs> = BTreeMap::new();
-        for (k, v) in pairs {
-            check_key(&k)?;
-            check_value(&v, ks.spec.value_bytes_max)?;
-            by_shard
-                .entry(shard_for_key(&k, ks.spec.shards))
-                .or_default()
-                .push((k, v));
-        }
+        let by_shard = by_shard(&ks, pairs, |(k, _)| k)?;
         let mut out = Vec::with_capacity(by_shard.len());
-        for (_, pairs) in by_shard {
-            let g = self.shard_group(&ks, &pairs[0].0).await?;
+        for (shard, pairs) in by_shard {
+            let g = self.hosted_shard(&ks, shard).await?;
             let w = self.propose(g.id, Op::MSet { pairs }, deadline).await?;
             out.push(self.write_outcome(&g, w, session));
         }
@@ -1054,29 +1066,11 @@ impl Node {
         let started = Instant::now();
         let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
         let ks = self.keyspace(ks, deadline).await?;
-        if keys.is_empty() || keys.len() > BATCH_KEYS_MAX {
-            return Err(err(
-                Code::BadRequest,
-                format!(
-                    "a batch holds 1 to {BATCH_KEYS_MAX} keys, got {}",
-                    keys.len()
-                ),
-            ));
-        }
-        for k in keys {
-            check_key(k)?;
-        }
         let level = level.unwrap_or_else(|| ks.spec.default_level());
-        let mut by_shard: BTreeMap<ShardId, Vec<Vec<u8>>> = BTreeMap::new();
-        for k in keys {
-            by_shard
-                .entry(shard_for_key(k, ks.spec.shards))
-                .or_default()
-                .push(k.clone());
-        }
+        let by_shard = by_shard(&ks, keys.to_vec(), |k| k)?;
         let mut out = Vec::with_capacity(by_shard.len());
-        for (_, keys) in by_shard {
-            let g = self.shard_group(&ks, &keys[0]).await?;
+        for (shard, keys) in by_shard {
+            let g = self.hosted_shard(&ks, shard).await?;
             let (values, receipt) = self
                 .read_shard(&g, level, session, started, deadline, |view, now_ms| {
                     keys.iter()

@@ -123,6 +123,13 @@ impl SessionUse {
         }
     }
 
+    /// A committed write: stores its token and prints its position (then `extra`).
+    fn wrote(&self, w: &tunekv_client::WriteReply, extra: &str) -> i32 {
+        self.finish(&w.session);
+        println!("OK {}{extra}", w.position);
+        0
+    }
+
     /// A `session_invalid` answer to a token from the file gets a hint.
     fn report(&self, e: ClientError) -> i32 {
         let invalid = e.code() == Some("session_invalid");
@@ -225,11 +232,7 @@ pub async fn run(args: Args) -> Result<i32> {
                 )
                 .await
             {
-                Ok(w) => {
-                    session.finish(&w.session);
-                    println!("OK {}", w.position);
-                    Ok(0)
-                }
+                Ok(w) => Ok(session.wrote(&w, "")),
                 Err(e) => Ok(session.report(e)),
             }
         }
@@ -278,11 +281,7 @@ pub async fn run(args: Args) -> Result<i32> {
                 .delete(&keyspace, key.as_bytes(), &common.opts(&session))
                 .await
             {
-                Ok(w) => {
-                    session.finish(&w.session);
-                    println!("OK {} existed={}", w.position, w.existed);
-                    Ok(0)
-                }
+                Ok(w) => Ok(session.wrote(&w, &format!(" existed={}", w.existed))),
                 Err(e) => Ok(session.report(e)),
             }
         }
