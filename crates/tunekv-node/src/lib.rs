@@ -17,4 +17,4 @@ pub use config::{NodeConfig, PeerConfig};
 pub use node::{
     KeyspaceInfo, Node, ReadOutcome, ScanPage, ShardRead, WriteOutcome, BATCH_KEYS_MAX,
 };
-pub use tunekv_raft::{CommandResult, Cond, Op, StoredValue, Ttl};
+pub use tunekv_raft::{CommandResult, Cond, ExpireIf, Op, StoredValue, Ttl};

@@ -46,6 +46,10 @@ pub const BATCH_KEYS_MAX: usize = 1000;
 const CALIBRATE_EVERY: Duration = Duration::from_millis(500);
 /// Longest a clock round trip may take to be used.
 const CALIBRATE_WAIT: Duration = Duration::from_millis(250);
+/// How often a leader looks for expired keys that nothing has touched, and most it removes in
+/// one entry.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+const SWEEP_KEYS_MAX: usize = 1000;
 
 /// One Raft group hosted on this node.
 pub struct Group {
@@ -60,6 +64,10 @@ pub struct Group {
     watermark: Mutex<Option<(u64, Instant)>>,
     // Read-index probes this replica sent (shown in status; pushed watermarks keep it low).
     probes: AtomicU64,
+    // The newest read index this node's own probe got, and when that probe was sent. Held
+    // across a probe, so concurrent reads share one probe instead of sending one each; only
+    // own probes are kept here, so strong reads depend on no clock but this node's own.
+    own_probe: tokio::sync::Mutex<Option<(u64, Instant)>>,
 }
 
 impl Group {
@@ -250,6 +258,7 @@ impl Node {
         tokio::spawn(node.clone().reconcile_loop());
         tokio::spawn(node.clone().calibrate_loop());
         tokio::spawn(node.clone().watermark_loop());
+        tokio::spawn(node.clone().sweep_loop());
         Ok(node)
     }
 
@@ -324,6 +333,34 @@ impl Node {
                 self.pool.call(peer, 0, Request::Watermarks(push), every)
             });
             futures::future::join_all(sends).await;
+        }
+    }
+
+    /// Every `SWEEP_EVERY`, each shard this node leads commits a sweep of keys expired at its
+    /// wall clock (reads already hide them; this frees their memory and disk before the next
+    /// snapshot). The entry removes only keys expired at its own commit time.
+    async fn sweep_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            for g in self.all_groups() {
+                if g.id.is_metadata() || !g.raft.metrics().borrow_watched().state.is_leader() {
+                    continue;
+                }
+                let keys = g.data.read().expired(self.clock.wall_ms(), SWEEP_KEYS_MAX);
+                if keys.is_empty() {
+                    continue;
+                }
+                let n = keys.len();
+                let deadline = Instant::now() + SWEEP_EVERY;
+                match self.propose(g.id, Op::Sweep { keys }, deadline).await {
+                    Ok(w) => {
+                        tracing::debug!(group = %g.id, found = n, removed = w.result.int, "swept expired keys")
+                    }
+                    Err(e) => {
+                        tracing::debug!(group = %g.id, error = %e.message, "sweep not committed")
+                    }
+                }
+            }
         }
     }
 
@@ -456,6 +493,7 @@ impl Node {
             last_contact: Mutex::new(None),
             watermark: Mutex::new(None),
             probes: AtomicU64::new(0),
+            own_probe: tokio::sync::Mutex::new(None),
         });
         self.groups
             .write()
@@ -721,6 +759,9 @@ impl Node {
             Op::Append { suffix, .. } => check_value(suffix, ks.spec.value_bytes_max)?,
             Op::MSet { .. } => {
                 return Err(err(Code::Internal, "MSET goes through Node::mset"));
+            }
+            Op::Sweep { .. } => {
+                return Err(err(Code::Internal, "only a shard's leader sweeps"));
             }
             _ => {}
         }
@@ -1229,15 +1270,12 @@ impl Node {
             match judge(&copy, &req, started.elapsed()) {
                 Verdict::Serve => return Ok(Served { copy, probed }),
                 Verdict::Probe => {
-                    g.probes.fetch_add(1, Ordering::Relaxed);
-                    let sent = Instant::now();
-                    let index = self.read_index(g.id, deadline).await.map_err(|e| {
+                    let index = self.probe(g, started, deadline).await.map_err(|e| {
                         err(
                             req.no_probe_code(level),
                             format!("{level} read on node {}: {}", self.id, e.message),
                         )
                     })?;
-                    g.offer_watermark(index, sent);
                     probed = Some(index);
                     req = req.after_probe(LogIndex(index));
                 }
@@ -1256,6 +1294,38 @@ impl Node {
                 Verdict::Refuse(e) => return Err(e),
             }
         }
+    }
+
+    /// A read index confirmed by a quorum-holding leader through a probe sent no earlier than
+    /// `started`: every write committed before `started` is at or below it. Reads that start
+    /// while a probe is in flight wait for it and send the next one together, so a group has
+    /// at most one probe in flight from this node however many reads arrive.
+    async fn probe(
+        &self,
+        g: &Group,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<u64, TunekvError> {
+        let mut last = tokio::time::timeout_at(deadline, g.own_probe.lock())
+            .await
+            .map_err(|_| {
+                err(
+                    Code::Timeout,
+                    format!("no read index for {} within the wait budget", g.id),
+                )
+            })?;
+        if let Some((index, sent)) = *last {
+            if sent >= started {
+                return Ok(index);
+            }
+        }
+        g.probes.fetch_add(1, Ordering::Relaxed);
+        let sent = Instant::now();
+        let index = self.read_index(g.id, deadline).await?;
+        *last = Some((index, sent));
+        drop(last);
+        g.offer_watermark(index, sent);
+        Ok(index)
     }
 
     fn receipt(&self, g: &Group, level: Level, applied: Applied, served: &Served) -> Receipt {
@@ -1312,6 +1382,7 @@ impl Node {
                         .unwrap_or_else(|p| p.into_inner())
                         .map(|(_, at)| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
                     probes: g.probes.load(Ordering::Relaxed),
+                    stored_keys: g.data.read().stored_keys() as u64,
                 }
             })
             .collect()

@@ -20,7 +20,7 @@ use tunekv_core::{Code, NodeId};
 use tunekv_raft::{CommandResult, Op, TypeConfig};
 
 /// First byte of every frame; bumped on any incompatible change.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 /// Largest frame: a whole snapshot travels in one frame for now.
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Frames queued for one connection's writer.

@@ -23,6 +23,8 @@ pub struct ReplicaStatus {
     pub watermark_age_ms: Option<u64>,
     /// Read-index probes this replica has sent to its leader since the node started.
     pub probes: u64,
+    /// Keys this replica stores, expired ones the leader has not swept yet included.
+    pub stored_keys: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

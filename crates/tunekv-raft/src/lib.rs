@@ -16,7 +16,7 @@ mod types;
 
 pub use log_store::LogStore;
 pub use state_machine::{Applied, ShardData, ShardView, StateMachine};
-pub use types::{Command, CommandResult, Cond, Op, StoredValue, Ttl, TypeConfig};
+pub use types::{Command, CommandResult, Cond, ExpireIf, Op, StoredValue, Ttl, TypeConfig};
 
 use std::sync::Arc;
 

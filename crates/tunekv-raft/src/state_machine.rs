@@ -2,7 +2,7 @@
 //! snapshot plus the log. Readers take one consistent view of it at a time ([`ShardData::read`]),
 //! which is what consistent-prefix multi-key reads need.
 
-use crate::types::{Command, CommandResult, Cond, Op, StoredValue, Ttl};
+use crate::types::{Command, CommandResult, Cond, ExpireIf, Op, StoredValue, Ttl};
 use crate::{invalid_data, TypeConfig};
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
@@ -72,6 +72,22 @@ impl ShardView<'_> {
             .data
             .iter()
             .filter(move |(_, v)| v.live_at(now_ms))
+    }
+
+    /// Up to `limit` keys that have expired at `now_ms` but are still stored, in key order.
+    pub fn expired(&self, now_ms: u64, limit: usize) -> Vec<Vec<u8>> {
+        self.inner
+            .data
+            .iter()
+            .filter(|(_, v)| !v.live_at(now_ms))
+            .map(|(k, _)| k.clone())
+            .take(limit)
+            .collect()
+    }
+
+    /// Keys stored, expired ones not yet swept included.
+    pub fn stored_keys(&self) -> usize {
+        self.inner.data.len()
     }
 
     pub fn applied(&self) -> Applied {
@@ -238,10 +254,13 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command
         | Op::GetDel { key }
         | Op::Expire { key, .. } => vec![key],
         Op::MSet { pairs } => pairs.iter().map(|(k, _)| k).collect(),
+        Op::Sweep { keys } => keys.iter().collect(),
     };
+    let mut expired = 0;
     for key in touched {
         if data.get(key).is_some_and(|v| !v.live_at(now_ms)) {
             data.remove(key);
+            expired += 1;
         }
     }
     match &cmd.op {
@@ -360,13 +379,33 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command
                 ..CommandResult::unchanged(existed)
             }
         }
-        Op::Expire { key, ttl } => {
+        Op::Expire { key, ttl, when } => {
             let Some(prev) = data.get_mut(key) else {
                 return CommandResult::unchanged(false);
             };
             let expires_ms = expiry(*ttl, prev.expires_ms, now_ms);
-            if expires_ms == prev.expires_ms {
+            // `None` expires never: later than every time.
+            let never = u64::MAX;
+            let (new, old) = (
+                expires_ms.unwrap_or(never),
+                prev.expires_ms.unwrap_or(never),
+            );
+            let allowed = match when {
+                ExpireIf::Always => true,
+                ExpireIf::NoExpiry => prev.expires_ms.is_none(),
+                ExpireIf::HasExpiry => prev.expires_ms.is_some(),
+                ExpireIf::Later => prev.expires_ms.is_some() && new > old,
+                ExpireIf::Earlier => new < old,
+                ExpireIf::HasExpiryEarlier => prev.expires_ms.is_some() && new < old,
+            };
+            if !allowed {
                 return CommandResult::unchanged(true);
+            }
+            if expires_ms == prev.expires_ms {
+                return CommandResult {
+                    int: 1,
+                    ..CommandResult::unchanged(true)
+                };
             }
             if expires_ms.is_some_and(|e| e <= now_ms) {
                 data.remove(key);
@@ -375,7 +414,10 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command
                 prev.mod_index = index;
                 prev.commit_ts = ts;
             }
-            CommandResult::changed(true)
+            CommandResult {
+                int: 1,
+                ..CommandResult::changed(true)
+            }
         }
         Op::MSet { pairs } => {
             for (key, value) in pairs {
@@ -383,6 +425,11 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command
             }
             CommandResult::changed(true)
         }
+        Op::Sweep { .. } => CommandResult {
+            int: expired,
+            changed: expired > 0,
+            ..CommandResult::unchanged(false)
+        },
     }
 }
 
@@ -651,6 +698,7 @@ mod tests {
             Op::Expire {
                 key: "k".into(),
                 ttl: Ttl::AfterMs(100),
+                when: ExpireIf::Always,
             },
         );
         assert!(r.changed);
@@ -662,6 +710,7 @@ mod tests {
             Op::Expire {
                 key: "k".into(),
                 ttl: Ttl::Clear,
+                when: ExpireIf::Always,
             },
         );
         assert!(r.changed);
@@ -672,6 +721,7 @@ mod tests {
             Op::Expire {
                 key: "k".into(),
                 ttl: Ttl::Clear,
+                when: ExpireIf::Always,
             },
         );
         assert!(
@@ -685,6 +735,7 @@ mod tests {
             Op::Expire {
                 key: "k".into(),
                 ttl: Ttl::AtMs(10),
+                when: ExpireIf::Always,
             },
         );
         assert!(r.changed && d.is_empty());
@@ -695,6 +746,7 @@ mod tests {
             Op::Expire {
                 key: "k".into(),
                 ttl: Ttl::AfterMs(10),
+                when: ExpireIf::Always,
             },
         );
         assert!(!r.existed && !r.changed);
@@ -706,6 +758,109 @@ mod tests {
             set("k", "v", Cond::Always, Ttl::AtMs(1600), false),
         );
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn expire_conditions_follow_redis() {
+        let mut d = BTreeMap::new();
+        let expire = |ttl, when| Op::Expire {
+            key: "k".into(),
+            ttl,
+            when,
+        };
+        run(
+            &mut d,
+            1,
+            1000,
+            set("k", "v", Cond::Always, Ttl::Clear, false),
+        );
+        // No expiry yet: XX and GT refuse, LT (never > any time) and NX set.
+        for when in [
+            ExpireIf::HasExpiry,
+            ExpireIf::Later,
+            ExpireIf::HasExpiryEarlier,
+        ] {
+            let r = run(&mut d, 2, 1000, expire(Ttl::AfterMs(500), when));
+            assert_eq!((r.existed, r.changed, r.int), (true, false, 0), "{when:?}");
+        }
+        let r = run(
+            &mut d,
+            3,
+            1000,
+            expire(Ttl::AfterMs(500), ExpireIf::Earlier),
+        );
+        assert_eq!((r.changed, r.int), (true, 1));
+        assert_eq!(d[b"k".as_slice()].expires_ms, Some(1500));
+        // Has one now: NX refuses; GT only later; LT only earlier.
+        let r = run(
+            &mut d,
+            4,
+            1000,
+            expire(Ttl::AfterMs(900), ExpireIf::NoExpiry),
+        );
+        assert_eq!(r.int, 0);
+        let r = run(&mut d, 5, 1000, expire(Ttl::AtMs(1400), ExpireIf::Later));
+        assert_eq!(r.int, 0);
+        let r = run(&mut d, 6, 1000, expire(Ttl::AtMs(1600), ExpireIf::Later));
+        assert_eq!(r.int, 1);
+        let r = run(
+            &mut d,
+            7,
+            1000,
+            expire(Ttl::AtMs(1700), ExpireIf::HasExpiryEarlier),
+        );
+        assert_eq!(r.int, 0);
+        let r = run(
+            &mut d,
+            8,
+            1000,
+            expire(Ttl::AtMs(1550), ExpireIf::HasExpiryEarlier),
+        );
+        assert_eq!(r.int, 1);
+        assert_eq!(d[b"k".as_slice()].expires_ms, Some(1550));
+        // Setting the same expiry counts as set (Redis answers 1) but changes nothing.
+        let r = run(&mut d, 9, 1000, expire(Ttl::AtMs(1550), ExpireIf::Always));
+        assert_eq!((r.changed, r.int), (false, 1));
+        // A missing key: 0 whatever the condition.
+        let r = run(&mut d, 10, 2000, expire(Ttl::AfterMs(5), ExpireIf::Always));
+        assert_eq!((r.existed, r.int), (false, 0));
+    }
+
+    #[test]
+    fn sweep_removes_only_keys_expired_at_its_commit_time() {
+        let mut d = BTreeMap::new();
+        run(
+            &mut d,
+            1,
+            1000,
+            set("a", "1", Cond::Always, Ttl::AfterMs(100), false),
+        );
+        run(
+            &mut d,
+            2,
+            1000,
+            set("b", "2", Cond::Always, Ttl::AfterMs(500), false),
+        );
+        run(
+            &mut d,
+            3,
+            1000,
+            set("c", "3", Cond::Always, Ttl::Clear, false),
+        );
+        let sweep = Op::Sweep {
+            keys: vec!["a".into(), "b".into(), "c".into(), "missing".into()],
+        };
+        let r = run(&mut d, 4, 1200, sweep.clone());
+        assert_eq!((r.changed, r.int), (true, 1));
+        assert_eq!(
+            d.keys().cloned().collect::<Vec<_>>(),
+            vec![b"b".to_vec(), b"c".to_vec()]
+        );
+        let r = run(&mut d, 5, 1499, sweep.clone());
+        assert_eq!((r.changed, r.int), (false, 0));
+        let r = run(&mut d, 6, 1500, sweep);
+        assert_eq!(r.int, 1);
+        assert_eq!(d.keys().cloned().collect::<Vec<_>>(), vec![b"c".to_vec()]);
     }
 
     #[test]

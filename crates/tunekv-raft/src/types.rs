@@ -58,15 +58,22 @@ pub enum Op {
     GetDel {
         key: Vec<u8>,
     },
-    /// EXPIRE / PEXPIRE / EXPIREAT / PERSIST on an existing key. An expiry at or before the
-    /// entry's commit time deletes the key.
+    /// EXPIRE / PEXPIRE / EXPIREAT / PERSIST on an existing key, if `when` holds (result
+    /// `int` = 1 when it did). An expiry at or before the entry's commit time deletes the key.
     Expire {
         key: Vec<u8>,
         ttl: Ttl,
+        when: ExpireIf,
     },
     /// MSET: every pair, atomically (all keys of one shard).
     MSet {
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// The leader's sweep of expired keys that nothing touches: removes each listed key that
+    /// has expired at this entry's commit time and leaves the others (rewritten since the
+    /// leader looked). `int` = keys removed.
+    Sweep {
+        keys: Vec<Vec<u8>>,
     },
 }
 
@@ -78,6 +85,23 @@ pub enum Cond {
     IfAbsent,
     /// XX: only if the key exists.
     IfPresent,
+}
+
+/// When EXPIRE sets an expiry (Redis's NX / XX / GT / LT; a key without an expiry counts as
+/// expiring never, later than any time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpireIf {
+    Always,
+    /// NX: only if the key has no expiry.
+    NoExpiry,
+    /// XX: only if the key has one.
+    HasExpiry,
+    /// GT: only if the new expiry is later than the current one (XX implied).
+    Later,
+    /// LT: only if the new expiry is earlier than the current one (or there is none).
+    Earlier,
+    /// XX and LT together.
+    HasExpiryEarlier,
 }
 
 /// What a write does to the key's expiry. Relative times are counted from the entry's commit
@@ -106,6 +130,7 @@ impl fmt::Display for Command {
             Op::GetDel { key } => ("get_del", key.len()),
             Op::Expire { key, .. } => ("expire", key.len()),
             Op::MSet { pairs } => ("mset", pairs.iter().map(|(k, _)| k.len()).sum()),
+            Op::Sweep { keys } => ("sweep", keys.iter().map(Vec::len).sum()),
         };
         write!(f, "{name}({key_bytes} key bytes, ts {})", self.commit_ts)
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tunekv_core::{KeyspaceSpec, Level, Receipt, Session, TunekvError};
-use tunekv_node::{Cond, Node, Op, Ttl};
+use tunekv_node::{Cond, ExpireIf, Node, Op, Ttl};
 
 /// Numbered databases (`SELECT n`) are keyspaces `db0`, `db1`, …, created on first use.
 pub const NUMBERED_DBS: u32 = 16;
@@ -102,6 +102,42 @@ fn int_arg(a: &[u8]) -> Result<i64, Reply> {
 
 fn text(a: &[u8]) -> String {
     String::from_utf8_lossy(a).into_owned()
+}
+
+/// EXPIRE's NX / XX / GT / LT options. NX excludes the others, and GT excludes LT, as in Redis.
+fn expire_if(name: &str, opts: &[Vec<u8>]) -> Result<ExpireIf, Reply> {
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for o in opts {
+        match text(o).to_ascii_lowercase().as_str() {
+            "nx" => nx = true,
+            "xx" => xx = true,
+            "gt" => gt = true,
+            "lt" => lt = true,
+            other => {
+                return Err(Reply::err(format!(
+                    "Unsupported option {other} for '{name}' command"
+                )))
+            }
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Err(Reply::err(
+            "NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if gt && lt {
+        return Err(Reply::err(
+            "GT and LT options at the same time are not compatible",
+        ));
+    }
+    Ok(match (nx, xx, gt, lt) {
+        (true, ..) => ExpireIf::NoExpiry,
+        (_, _, true, _) => ExpireIf::Later,
+        (_, true, _, true) => ExpireIf::HasExpiryEarlier,
+        (_, _, _, true) => ExpireIf::Earlier,
+        (_, true, ..) => ExpireIf::HasExpiry,
+        _ => ExpireIf::Always,
+    })
 }
 
 fn now_ms() -> u64 {
@@ -870,12 +906,7 @@ async fn data(node: &Node, conn: &mut Conn, name: &str, a: &[Vec<u8>]) -> Out {
             }))
         }
         "expire" | "pexpire" | "expireat" | "pexpireat" => {
-            if a.len() != 3 {
-                return Err(Reply::err(format!(
-                    "{} options (NX, XX, GT, LT) are not supported",
-                    name.to_ascii_uppercase()
-                )));
-            }
+            let when = expire_if(name, &a[3..])?;
             let n = int_arg(&a[2])?;
             let unit = if name.starts_with('p') { 1 } else { 1000 };
             let ms = n
@@ -891,16 +922,18 @@ async fn data(node: &Node, conn: &mut Conn, name: &str, a: &[Vec<u8>]) -> Out {
                 Ok(Op::Expire {
                     key: a[1].clone(),
                     ttl,
+                    when,
                 })
             })
             .await?;
-            Ok(Reply::Int(i64::from(r.existed)))
+            Ok(Reply::Int(r.int))
         }
         "persist" => {
             let r = write(node, conn, &a[1], |_| {
                 Ok(Op::Expire {
                     key: a[1].clone(),
                     ttl: Ttl::Clear,
+                    when: ExpireIf::Always,
                 })
             })
             .await?;

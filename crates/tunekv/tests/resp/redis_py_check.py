@@ -139,6 +139,19 @@ def check_ttls():
     assert r.setex(k + "se", 100, "v") is True and 98 <= r.ttl(k + "se") <= 100, "SETEX"
     assert r.psetex(k + "pse", 100_000, "v") is True, "PSETEX"
     assert 98_000 < r.pttl(k + "pse") <= 100_000, "PSETEX's PTTL"
+    # EXPIRE's NX / XX / GT / LT: a key without a TTL expires never.
+    r.set(k + "o", "v")
+    assert r.expire(k + "o", 100, xx=True) is False and r.ttl(k + "o") == -1, "EXPIRE XX, no TTL"
+    assert r.expire(k + "o", 100, gt=True) is False and r.ttl(k + "o") == -1, "EXPIRE GT, no TTL"
+    assert r.expire(k + "o", 100, nx=True) is True and 98 <= r.ttl(k + "o") <= 100, "EXPIRE NX"
+    assert r.expire(k + "o", 200, nx=True) is False, "EXPIRE NX with a TTL"
+    assert r.expire(k + "o", 50, gt=True) is False and r.ttl(k + "o") > 90, "EXPIRE GT, earlier"
+    assert r.expire(k + "o", 200, gt=True) is True and r.ttl(k + "o") > 190, "EXPIRE GT, later"
+    assert r.expire(k + "o", 300, lt=True) is False and r.ttl(k + "o") <= 200, "EXPIRE LT, later"
+    assert r.pexpire(k + "o", 150_000, xx=True, lt=True) is True, "PEXPIRE XX LT"
+    assert 140 <= r.ttl(k + "o") <= 150, "PEXPIRE XX LT's TTL"
+    e = error_of(lambda: r.expire(k + "o", 10, nx=True, gt=True))
+    assert "not compatible" in str(e), f"NX with GT: {e}"
     r.set(k + "short", "v", px=300)
     time.sleep(0.6)
     for node in range(3):
