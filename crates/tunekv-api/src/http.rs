@@ -10,11 +10,12 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tunekv_core::limits::VALUE_BYTES_MAX_CEILING;
 use tunekv_core::{Code, KeyspaceSpec, Level, Receipt, Session, TunekvError};
-use tunekv_node::{Node, ReadOutcome, WriteOutcome};
+use tunekv_node::{FaultState, Node, ReadOutcome, WriteOutcome};
 
 /// Request bodies beyond this are refused before they are read whole; per-keyspace value limits
 /// are checked after. Leaves room for the largest configurable value.
@@ -430,13 +431,20 @@ async fn kv_action(
         .into_response())
 }
 
+/// A change to the node's faults: `clear` first removes them all, then each field given
+/// replaces that fault. The reply is the node's faults afterwards.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FaultRequest {
     #[serde(default)]
-    isolate: bool,
-    #[serde(default)]
     clear: bool,
+    isolate: Option<bool>,
+    drop_to: Option<BTreeSet<u64>>,
+    drop_from: Option<BTreeSet<u64>>,
+    delay_ms: Option<u64>,
+    jitter_ms: Option<u64>,
+    drop_rate: Option<f64>,
+    clock_offset_ms: Option<i64>,
 }
 
 async fn faults(
@@ -452,15 +460,18 @@ async fn faults(
     let body = body.map_err(body_error)?;
     let req: FaultRequest = serde_json::from_slice(&body)
         .map_err(|e| bad(Code::BadRequest, format!("bad fault request: {e}")))?;
-    match (req.isolate, req.clear) {
-        (true, false) => node.set_isolated(true)?,
-        (false, true) => node.set_isolated(false)?,
-        _ => {
-            return Err(bad(
-                Code::BadRequest,
-                "send {\"isolate\": true} or {\"clear\": true}",
-            ))
-        }
-    }
-    Ok(Json(json!({"isolated": req.isolate})).into_response())
+    let mut f = if req.clear {
+        FaultState::default()
+    } else {
+        node.fault_state()
+    };
+    f.isolated = req.isolate.unwrap_or(f.isolated);
+    f.links.drop_to = req.drop_to.unwrap_or(f.links.drop_to);
+    f.links.drop_from = req.drop_from.unwrap_or(f.links.drop_from);
+    f.links.delay_ms = req.delay_ms.unwrap_or(f.links.delay_ms);
+    f.links.jitter_ms = req.jitter_ms.unwrap_or(f.links.jitter_ms);
+    f.links.drop_rate = req.drop_rate.unwrap_or(f.links.drop_rate);
+    f.clock_offset_ms = req.clock_offset_ms.unwrap_or(f.clock_offset_ms);
+    node.set_fault_state(f)?;
+    Ok(Json(node.fault_state()).into_response())
 }

@@ -161,13 +161,18 @@ async fn send_json<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder)
 impl Client {
     /// `base` is a node's HTTP address, with or without `http://`.
     pub fn new(base: &str) -> Client {
+        Client::with_timeout(base, Duration::from_secs(70))
+    }
+
+    /// Like [`Client::new`], giving up on any request after `timeout` (a transport error).
+    pub fn with_timeout(base: &str, timeout: Duration) -> Client {
         let base = if base.starts_with("http://") || base.starts_with("https://") {
             base.trim_end_matches('/').to_string()
         } else {
             format!("http://{}", base.trim_end_matches('/'))
         };
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(70))
+            .timeout(timeout)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         Client { http, base }
@@ -306,6 +311,17 @@ impl Client {
 
     pub async fn cluster(&self) -> Result<serde_json::Value> {
         send_json(self.http.get(format!("{}/v1/cluster", self.base))).await
+    }
+
+    /// The fault hook (nodes started with `--enable-faults`): `change` as documented for
+    /// `POST /v1/admin/faults` (`{"clear": true}` heals); returns the node's faults after it.
+    pub async fn faults(&self, change: &serde_json::Value) -> Result<serde_json::Value> {
+        send_json(
+            self.http
+                .post(format!("{}/v1/admin/faults", self.base))
+                .json(change),
+        )
+        .await
     }
 
     /// The fault hook (nodes started with `--enable-faults`): isolate or heal this node.

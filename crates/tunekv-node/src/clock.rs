@@ -6,6 +6,15 @@ use std::sync::atomic::{AtomicI64, Ordering};
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch, as this node believes.
     fn wall_ms(&self) -> u64;
+
+    /// Skews the clock by `offset` ms (a fault); false if this clock cannot be skewed.
+    fn set_offset_ms(&self, _offset: i64) -> bool {
+        false
+    }
+
+    fn offset_ms(&self) -> i64 {
+        0
+    }
 }
 
 /// The operating system's clock plus an injectable offset (clock-skew faults).
@@ -18,13 +27,18 @@ impl SystemClock {
     pub fn new() -> Self {
         Self::default()
     }
-
-    pub fn set_offset_ms(&self, offset: i64) {
-        self.offset_ms.store(offset, Ordering::Relaxed);
-    }
 }
 
 impl Clock for SystemClock {
+    fn set_offset_ms(&self, offset: i64) -> bool {
+        self.offset_ms.store(offset, Ordering::Relaxed);
+        true
+    }
+
+    fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(Ordering::Relaxed)
+    }
+
     fn wall_ms(&self) -> u64 {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub wait_ms_cap: u64,
     #[serde(default)]
     pub raft_timing: RaftTimingConfig,
+    /// Deliberate bugs (`tunekv server --bug`, bug-injection builds only); never in a file.
+    #[serde(skip)]
+    pub bugs: crate::Bugs,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -176,6 +179,7 @@ impl NodeConfig {
                 write_wait_ms_default: write_wait_ms_default(),
                 wait_ms_cap: wait_ms_cap(),
                 raft_timing: RaftTimingConfig::default(),
+                bugs: crate::Bugs::default(),
             })
             .collect()
     }

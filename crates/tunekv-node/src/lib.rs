@@ -5,6 +5,12 @@
 //! the group's leader, and serves reads by asking tunekv-core's `judge` whether its copy may
 //! serve them. It knows nothing about HTTP: front ends call [`Node`]'s methods.
 
+#[cfg(all(feature = "bug-injection", not(debug_assertions)))]
+compile_error!(
+    "the bug-injection feature breaks consistency on purpose; never build it in release"
+);
+
+mod bugs;
 pub mod clock;
 pub mod config;
 mod network;
@@ -13,8 +19,10 @@ pub mod rpc;
 pub mod status;
 pub mod transport;
 
+pub use bugs::{Bugs, BUG_NAMES};
 pub use config::{NodeConfig, PeerConfig};
 pub use node::{
     KeyspaceInfo, Node, ReadOutcome, ScanPage, ShardRead, WriteOutcome, BATCH_KEYS_MAX,
 };
+pub use transport::{FaultState, LinkFaults};
 pub use tunekv_raft::{CommandResult, Cond, ExpireIf, Op, StoredValue, Ttl};

@@ -7,7 +7,7 @@ use crate::rpc::{
     self, CallError, Handler, PeerPool, RemoteError, Request, Response, WatermarkPush, WriteResult,
 };
 use crate::status::{ClusterStatus, GroupStatus, NodeEntry, ReplicaStatus};
-use crate::transport::{BoxFuture, Faults, Transport};
+use crate::transport::{BoxFuture, FaultState, Faults, Transport};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::AppendEntriesResponse;
@@ -221,7 +221,12 @@ impl Node {
             .iter()
             .map(|p| (NodeId(p.id), p.raft.clone()))
             .collect();
-        let pool = Arc::new(PeerPool::new(&peers, transport.clone(), faults.clone()));
+        let pool = Arc::new(PeerPool::new(
+            NodeId(config.id),
+            &peers,
+            transport.clone(),
+            faults.clone(),
+        ));
         let mut all_nodes: Vec<NodeId> = peers.iter().map(|(id, _)| *id).collect();
         all_nodes.sort();
         let listener = transport
@@ -247,6 +252,7 @@ impl Node {
             opening: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(rpc::serve(
+            node.id,
             listener,
             node.clone() as Arc<dyn Handler>,
             faults,
@@ -925,6 +931,27 @@ impl Node {
     /// Runs on the leader: stamps the commit time and proposes.
     async fn leader_propose(&self, g: &Group, op: Op) -> Result<WriteResult, RemoteError> {
         let commit_ts = self.hlc.now(self.clock.wall_ms());
+        if self.config.bugs.ack_early() && !matches!(op, Op::Sweep { .. }) {
+            // The injected bug: acknowledged now, proposed a little later, with a guessed
+            // position; a leader change or a kill in between loses an acknowledged write.
+            let index = g
+                .raft
+                .metrics()
+                .borrow_watched()
+                .last_log_index
+                .unwrap_or(0)
+                + 1;
+            let raft = g.raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = raft.client_write(Command { commit_ts, op }).await;
+            });
+            return Ok(WriteResult {
+                index,
+                commit_ts,
+                result: CommandResult::changed(false),
+            });
+        }
         match g.raft.client_write(Command { commit_ts, op }).await {
             Ok(resp) => Ok(WriteResult {
                 index: resp.log_id.index(),
@@ -1239,7 +1266,7 @@ impl Node {
         deadline: Instant,
         f: impl FnOnce(&tunekv_raft::ShardView<'_>, u64) -> T,
     ) -> Result<(T, Receipt), TunekvError> {
-        let req = Requirement::for_level(level, session.mark(g.id))?;
+        let req = self.bugged(level, Requirement::for_level(level, session.mark(g.id))?);
         let served = self
             .until_servable(g, level, req, started, deadline)
             .await?;
@@ -1251,6 +1278,23 @@ impl Node {
         let receipt = self.receipt(g, level, applied, &served);
         session.read(g.id, receipt.position.index);
         Ok((out, receipt))
+    }
+
+    /// The requirement with this node's injected bugs applied (bug-injection builds only;
+    /// otherwise `req` unchanged).
+    fn bugged(&self, level: Level, req: Requirement) -> Requirement {
+        let b = &self.config.bugs;
+        let broken = match level {
+            Level::Strong => b.strong_local(),
+            Level::ReadYourWrites | Level::MonotonicReads | Level::Session => b.ignore_session(),
+            Level::Bounded { .. } => b.skip_bounded(),
+            _ => false,
+        };
+        if broken {
+            Requirement::Anything
+        } else {
+            req
+        }
     }
 
     /// Runs `req` (the requirement of `level`) through `judge` until this copy of `g` may
@@ -1474,15 +1518,44 @@ impl Node {
 
     /// The fault hook: isolate this node from every other node, or heal.
     pub fn set_isolated(&self, on: bool) -> Result<(), TunekvError> {
-        if self.faults.set_isolated(on) {
-            tracing::warn!(isolated = on, "fault injection");
-            Ok(())
-        } else {
-            Err(err(
+        let mut f = self.fault_state();
+        f.isolated = on;
+        self.set_fault_state(f)
+    }
+
+    /// The faults injected on this node now.
+    pub fn fault_state(&self) -> FaultState {
+        FaultState {
+            isolated: self.faults.isolated(),
+            links: self.faults.links(),
+            clock_offset_ms: self.clock.offset_ms(),
+        }
+    }
+
+    /// Replaces the faults injected on this node (`FaultState::default()` heals it).
+    pub fn set_fault_state(&self, f: FaultState) -> Result<(), TunekvError> {
+        if !(0.0..=1.0).contains(&f.links.drop_rate) {
+            return Err(err(Code::BadRequest, "drop_rate must be within 0..=1"));
+        }
+        if f.links.delay_ms + f.links.jitter_ms > 60_000 {
+            return Err(err(
+                Code::BadRequest,
+                "delay_ms + jitter_ms must be at most 60000",
+            ));
+        }
+        if !self.faults.enabled() {
+            return Err(err(
                 Code::FaultsDisabled,
                 "this node was not started with --enable-faults",
-            ))
+            ));
         }
+        if !self.clock.set_offset_ms(f.clock_offset_ms) && f.clock_offset_ms != 0 {
+            return Err(err(Code::BadRequest, "this node's clock cannot be skewed"));
+        }
+        self.faults.set_isolated(f.isolated);
+        self.faults.set_links(f.links.clone());
+        tracing::warn!(faults = ?f, "fault injection");
+        Ok(())
     }
 
     /// Stops every group and makes the storage durable.

@@ -2,7 +2,7 @@
 //! group (the group id rides in each frame), multiplexed by request id. Every call has a
 //! deadline. Wire format: docs/formats.md.
 
-use crate::transport::{BoxFuture, Faults, Transport};
+use crate::transport::{BoxFuture, Fate, Faults, Transport};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use openraft::alias::{SnapshotMetaOf, VoteOf};
@@ -115,6 +115,8 @@ enum Body {
 struct Frame {
     id: u64,
     group: u64,
+    /// The sending node (the fault layer drops by link).
+    from: u64,
     body: Body,
 }
 
@@ -170,6 +172,7 @@ struct Peer {
 
 /// Outbound calls to every peer.
 pub struct PeerPool {
+    me: NodeId,
     peers: HashMap<NodeId, Peer>,
     transport: Arc<dyn Transport>,
     faults: Arc<Faults>,
@@ -178,6 +181,7 @@ pub struct PeerPool {
 
 impl PeerPool {
     pub fn new(
+        me: NodeId,
         peers: &[(NodeId, String)],
         transport: Arc<dyn Transport>,
         faults: Arc<Faults>,
@@ -195,6 +199,7 @@ impl PeerPool {
             })
             .collect();
         PeerPool {
+            me,
             peers,
             transport,
             faults,
@@ -239,9 +244,13 @@ impl PeerPool {
             }
             writer_alive.store(false, Ordering::Relaxed);
         });
+        let faults = self.faults.clone();
         tokio::spawn(async move {
             while let Some(Ok(bytes)) = stream.next().await {
                 let Ok(frame) = decode(&bytes) else { break };
+                if !faults.inbound_response(to.0) {
+                    continue;
+                }
                 if let Body::Resp(resp) = frame.body {
                     let waiter = pending
                         .lock()
@@ -274,6 +283,15 @@ impl PeerPool {
             ));
         }
         let deadline = tokio::time::Instant::now() + timeout;
+        match self.faults.outbound(to.0) {
+            Fate::Deliver => {}
+            // Lost on the wire: the caller learns nothing until its deadline.
+            Fate::Lose => {
+                tokio::time::sleep_until(deadline).await;
+                return Err(CallError::Timeout);
+            }
+            Fate::Delay(d) => tokio::time::sleep(d.min(timeout)).await,
+        }
         let conn = tokio::time::timeout_at(deadline, self.connection(to))
             .await
             .map_err(|_| CallError::Unreachable(format!("connect to node {to} timed out")))??;
@@ -281,6 +299,7 @@ impl PeerPool {
         let bytes = encode(&Frame {
             id,
             group,
+            from: self.me.0,
             body: Body::Req(req),
         })
         .map_err(|e| CallError::Unreachable(format!("encode: {e}")))?;
@@ -326,6 +345,7 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Accepts node-to-node connections until the listener fails.
 pub async fn serve(
+    me: NodeId,
     mut listener: Box<dyn crate::transport::Listener>,
     handler: Arc<dyn Handler>,
     faults: Arc<Faults>,
@@ -362,7 +382,7 @@ pub async fn serve(
                     }
                 };
                 let Body::Req(req) = frame.body else { continue };
-                if faults.isolated() {
+                if faults.isolated() || !faults.inbound_request(frame.from) {
                     continue;
                 }
                 let Ok(permit) = inflight.clone().acquire_owned().await else {
@@ -370,12 +390,17 @@ pub async fn serve(
                 };
                 let handler = handler.clone();
                 let tx = tx.clone();
+                let faults = faults.clone();
                 tokio::spawn(async move {
                     let resp = handler.handle(frame.group, req).await;
                     let _permit = permit;
+                    if !faults.outbound_response(frame.from) {
+                        return;
+                    }
                     match encode(&Frame {
                         id: frame.id,
                         group: frame.group,
+                        from: me.0,
                         body: Body::Resp(resp),
                     }) {
                         Ok(b) => {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tunekv_core::{KeyspaceSpec, Level, Receipt, Session, TunekvError};
+use tunekv_core::{KeyspaceSpec, Level, Position, Receipt, Session, TunekvError};
 use tunekv_node::{Cond, ExpireIf, Node, Op, Ttl};
 
 /// Numbered databases (`SELECT n`) are keyspaces `db0`, `db1`, …, created on first use.
@@ -47,6 +47,7 @@ impl Shared {
             wait: None,
             session: Session::new(),
             receipts: Vec::new(),
+            written: Vec::new(),
         }
     }
 
@@ -70,6 +71,8 @@ pub struct Conn {
     wait: Option<Duration>,
     session: Session,
     receipts: Vec<Receipt>,
+    /// Where the last write command committed, one position per entry (`POSITION`).
+    written: Vec<Position>,
 }
 
 /// A typed tunekv error: its code in upper case, then the message.
@@ -178,6 +181,7 @@ const COMMANDS: &[(&str, i64)] = &[
     ("pexpire", -3),
     ("pexpireat", -3),
     ("ping", -1),
+    ("position", 1),
     ("psetex", 4),
     ("pttl", 2),
     ("quit", -1),
@@ -195,8 +199,9 @@ const COMMANDS: &[(&str, i64)] = &[
     ("waitms", -1),
 ];
 
-fn command_info(name: &str, arity: i64) -> Reply {
-    let write = matches!(
+/// Whether `name` (lower case) writes.
+fn is_write(name: &str) -> bool {
+    matches!(
         name,
         "append"
             | "decr"
@@ -217,7 +222,11 @@ fn command_info(name: &str, arity: i64) -> Reply {
             | "setex"
             | "setnx"
             | "unlink"
-    );
+    )
+}
+
+fn command_info(name: &str, arity: i64) -> Reply {
+    let write = is_write(name);
     let keyed = !matches!(
         name,
         "auth"
@@ -231,6 +240,7 @@ fn command_info(name: &str, arity: i64) -> Reply {
             | "info"
             | "keys"
             | "ping"
+            | "position"
             | "quit"
             | "receipt"
             | "scan"
@@ -308,7 +318,16 @@ async fn run(shared: &Shared, conn: &mut Conn, name: &str, a: &[Vec<u8>]) -> Out
         "session" => session(conn, node, a),
         "waitms" => waitms(conn, a),
         "receipt" => Ok(receipt(conn)),
+        "position" => Ok(Reply::Array(
+            conn.written
+                .iter()
+                .map(|p| Reply::bulk(p.to_string()))
+                .collect(),
+        )),
         _ => {
+            if is_write(name) {
+                conn.written.clear();
+            }
             ensure_keyspace(conn, node).await?;
             data(node, conn, name, a).await
         }
@@ -684,6 +703,7 @@ async fn write(
         .write(&conn.keyspace, key, op, conn.wait, &mut conn.session)
         .await
         .map_err(typed)?;
+    conn.written.push(w.position);
     match w.result.error {
         Some(e) => Err(Reply::err(e)),
         None => Ok(w.result),
@@ -838,9 +858,11 @@ async fn data(node: &Node, conn: &mut Conn, name: &str, a: &[Vec<u8>]) -> Out {
                 .chunks(2)
                 .map(|p| (p[0].clone(), p[1].clone()))
                 .collect();
-            node.mset(&conn.keyspace, pairs, conn.wait, &mut conn.session)
+            let written = node
+                .mset(&conn.keyspace, pairs, conn.wait, &mut conn.session)
                 .await
                 .map_err(typed)?;
+            conn.written.extend(written.iter().map(|w| w.position));
             Ok(Reply::ok())
         }
         "del" | "unlink" => {

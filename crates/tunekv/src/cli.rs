@@ -25,6 +25,11 @@ pub enum Cmd {
         /// Allow the fault hook (POST /v1/admin/faults). Never in production.
         #[arg(long)]
         enable_faults: bool,
+        /// Break one promise on purpose, to show `verify` catches it: strong-local,
+        /// ignore-session, skip-bounded, ack-early. Only in builds with the bug-injection
+        /// feature (never release builds).
+        #[arg(long = "bug", value_name = "BUG")]
+        bugs: Vec<String>,
     },
     /// Start a local cluster of separate node processes, print where to look, run a demo.
     Dev {
@@ -77,6 +82,49 @@ pub enum Cmd {
         #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]
         node: String,
     },
+    /// Prove the levels: concurrent clients at every level against a real cluster under a
+    /// seeded fault schedule, then every level's checker over the recorded history.
+    /// Exits 1 on any violation.
+    Verify {
+        /// Nodes of the cluster verify starts (ignored with --cluster).
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// How long the workload and fault phase runs, e.g. 60s, 2m.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: std::time::Duration,
+        /// Stop after this many operations (if sooner than --duration).
+        #[arg(long)]
+        ops: Option<u64>,
+        /// Concurrent clients, alternately HTTP and RESP, each with its own session.
+        #[arg(long, default_value_t = 8)]
+        clients: u32,
+        /// Keys per run (few, so operations collide).
+        #[arg(long, default_value_t = 6)]
+        keys: u32,
+        /// Comma-separated read levels (DESIGN §3 syntax).
+        #[arg(long, default_value = crate::verify::LEVELS_DEFAULT)]
+        levels: String,
+        /// Comma-separated faults: kill, pause, partition, delay, drop, skew; or all, none.
+        #[arg(long, default_value = "all", value_parser = crate::verify::parse_faults)]
+        faults: std::vec::Vec<crate::verify::FaultKind>,
+        /// Seed of the fault schedule (printed; random if not given).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write the history as JSON lines (DESIGN §7) to FILE.
+        #[arg(long, value_name = "FILE")]
+        history: Option<PathBuf>,
+        /// Run against this cluster (cluster.json as `tunekv dev` writes it) instead of
+        /// starting one. Its nodes need --enable-faults for network and clock faults.
+        #[arg(long, value_name = "cluster.json")]
+        cluster: Option<PathBuf>,
+        /// Directory of the cluster verify starts (default: a fresh temp dir, removed after a
+        /// clean run).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Start the nodes with this injected bug (bug-injection builds only; repeatable).
+        #[arg(long = "bug", value_name = "BUG")]
+        bugs: Vec<String>,
+    },
     /// Show nodes, groups, leaders and every replica's applied/committed index.
     Cluster {
         #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]
@@ -106,6 +154,11 @@ pub struct Common {
     /// Neither read nor write a session file.
     #[arg(long, conflicts_with_all = ["session", "new_session"])]
     no_session: bool,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    tunekv_core::level::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration (e.g. 500ms, 60s, 2m)"))
 }
 
 /// The session file of a command, and the tokens it sent.
@@ -192,10 +245,50 @@ pub async fn run(args: Args) -> Result<i32> {
         Cmd::Server {
             config,
             enable_faults,
+            bugs,
         } => {
             init_tracing();
-            crate::server::run(&config, enable_faults).await?;
+            let bugs = tunekv_node::Bugs::parse(&bugs).map_err(anyhow::Error::msg)?;
+            crate::server::run(&config, enable_faults, bugs).await?;
             Ok(0)
+        }
+        Cmd::Verify {
+            nodes,
+            duration,
+            ops,
+            clients,
+            keys,
+            levels,
+            faults,
+            seed,
+            history,
+            cluster,
+            dir,
+            bugs,
+        } => {
+            tunekv_node::Bugs::parse(&bugs).map_err(anyhow::Error::msg)?;
+            crate::verify::run(crate::verify::VerifyOptions {
+                nodes,
+                duration,
+                ops,
+                clients,
+                keys,
+                levels: levels
+                    .split(',')
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty())
+                    .collect(),
+                faults,
+                seed,
+                history,
+                cluster,
+                dir,
+                server_args: bugs
+                    .iter()
+                    .flat_map(|b| ["--bug".to_string(), b.clone()])
+                    .collect(),
+            })
+            .await
         }
         Cmd::Dev {
             nodes,

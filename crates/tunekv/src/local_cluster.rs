@@ -21,6 +21,8 @@ pub struct LocalCluster {
     enable_faults: bool,
     // One slot per node; `None` while the node is stopped.
     children: Vec<Option<Child>>,
+    /// Extra `tunekv server` flags for every node started from now on.
+    pub server_args: Vec<String>,
 }
 
 fn free_ports(count: usize, preferred: &[u16]) -> Result<Vec<u16>> {
@@ -149,6 +151,7 @@ impl LocalCluster {
             exe: exe.to_path_buf(),
             enable_faults,
             children: (0..nodes).map(|_| None).collect(),
+            server_args: Vec::new(),
         })
     }
 
@@ -190,6 +193,7 @@ impl LocalCluster {
         if self.enable_faults {
             cmd.arg("--enable-faults");
         }
+        cmd.args(&self.server_args);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

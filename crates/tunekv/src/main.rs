@@ -5,6 +5,7 @@ mod cli;
 mod dev;
 mod server;
 mod session_file;
+mod verify;
 
 use clap::Parser;
 

@@ -5,12 +5,19 @@ use std::path::Path;
 use std::sync::Arc;
 use tunekv_node::clock::SystemClock;
 use tunekv_node::transport::TcpTransport;
-use tunekv_node::{Node, NodeConfig};
+use tunekv_node::{Bugs, Node, NodeConfig};
 use tunekv_storage::FjallStorage;
 
-pub async fn run(config_path: &Path, enable_faults: bool) -> Result<()> {
+pub async fn run(config_path: &Path, enable_faults: bool, bugs: Bugs) -> Result<()> {
     let mut config = NodeConfig::load(config_path).map_err(anyhow::Error::msg)?;
     config.enable_faults |= enable_faults;
+    if bugs.any() {
+        tracing::error!(
+            ?bugs,
+            "this node runs with injected bugs: its consistency promises are broken on purpose"
+        );
+    }
+    config.bugs = bugs;
     let storage = FjallStorage::open(&config.data_dir).with_context(|| {
         format!(
             "cannot open the data directory {}",

@@ -1,0 +1,62 @@
+//! Deliberate bugs, each breaking one promise, so tests can show that `tunekv verify`'s
+//! checkers catch them. They exist only with the `bug-injection` feature, which release
+//! builds refuse (see `lib.rs`); without it every flag reads false and the checks fold away.
+
+/// The promises that can be broken on purpose (`tunekv server --bug NAME`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// `strong-local`: serve strong reads from the local copy without a read index.
+    strong_local: bool,
+    /// `ignore-session`: serve session levels without waiting for the token's positions.
+    ignore_session: bool,
+    /// `skip-bounded`: serve bounded staleness without proving the bound.
+    skip_bounded: bool,
+    /// `ack-early`: acknowledge a write as soon as it is proposed, before it is durable on a
+    /// quorum (the "acknowledge before fsync" class of bug: an acknowledged write can be lost).
+    ack_early: bool,
+}
+
+pub const BUG_NAMES: &str = "strong-local, ignore-session, skip-bounded, ack-early";
+
+impl Bugs {
+    /// Parses `--bug` names. Any name in a build without the feature is an error.
+    pub fn parse(names: &[String]) -> Result<Bugs, String> {
+        let mut b = Bugs::default();
+        for n in names {
+            if !cfg!(feature = "bug-injection") {
+                return Err(format!(
+                    "--bug {n}: this build has no bug injection (build with --features bug-injection)"
+                ));
+            }
+            match n.as_str() {
+                "strong-local" => b.strong_local = true,
+                "ignore-session" => b.ignore_session = true,
+                "skip-bounded" => b.skip_bounded = true,
+                "ack-early" => b.ack_early = true,
+                other => return Err(format!("unknown bug {other:?}; bugs: {BUG_NAMES}")),
+            }
+        }
+        Ok(b)
+    }
+
+    pub fn any(&self) -> bool {
+        cfg!(feature = "bug-injection")
+            && (self.strong_local || self.ignore_session || self.skip_bounded || self.ack_early)
+    }
+
+    pub fn strong_local(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.strong_local
+    }
+
+    pub fn ignore_session(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.ignore_session
+    }
+
+    pub fn skip_bounded(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.skip_bounded
+    }
+
+    pub fn ack_early(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.ack_early
+    }
+}

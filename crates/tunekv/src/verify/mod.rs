@@ -1,0 +1,464 @@
+//! `tunekv verify` (DESIGN §7): concurrent clients at every level against real node
+//! processes, a seeded fault schedule, a heal phase, then every level's checker over the
+//! recorded history. Exit code 1 on any violation.
+
+mod faults;
+mod resp_client;
+mod workload;
+
+use anyhow::{bail, Context, Result};
+pub use faults::FaultKind;
+use faults::{heal_all, FaultRunner};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tunekv::local_cluster::LocalCluster;
+use tunekv_check::{check, CheckInput, Limits, OpKind, Operation};
+use tunekv_client::{Client, Opts};
+use workload::{Budget, ClientPlan, Protocol, KEYSPACE};
+
+pub use faults::parse_faults;
+
+/// The levels a run reads at unless `--levels` says otherwise.
+pub const LEVELS_DEFAULT: &str =
+    "strong,bounded(k=5),bounded(t=500ms),consistent_prefix,read_your_writes,monotonic_reads,session,eventual";
+
+pub struct VerifyOptions {
+    pub nodes: u32,
+    pub duration: Duration,
+    pub ops: Option<u64>,
+    pub clients: u32,
+    pub keys: u32,
+    pub levels: Vec<String>,
+    pub faults: Vec<FaultKind>,
+    pub seed: Option<u64>,
+    pub history: Option<PathBuf>,
+    pub cluster: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
+    /// Server flags for the nodes this run starts (`--bug …` in bug-injection builds).
+    pub server_args: Vec<String>,
+}
+
+/// One node as the clients see it.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub id: u64,
+    pub http: String,
+    pub resp: Option<String>,
+    pub pid: Option<u32>,
+}
+
+/// The history, with every time from one monotonic clock: each operation and, for a failed
+/// one, its error (written to the history file as `error`; the checkers do not need it).
+pub struct Recorder {
+    t0: Instant,
+    ops: Mutex<Vec<(Operation, Option<String>)>>,
+}
+
+impl Recorder {
+    fn new() -> Recorder {
+        Recorder {
+            t0: Instant::now(),
+            ops: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.t0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub fn push(&self, op: Operation, error: Option<String>) {
+        self.ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((op, error));
+    }
+
+    fn take(&self) -> Vec<(Operation, Option<String>)> {
+        let mut ops = std::mem::take(&mut *self.ops.lock().unwrap_or_else(|p| p.into_inner()));
+        ops.sort_by_key(|(o, _)| (o.invoke_ns, o.client));
+        ops
+    }
+}
+
+fn targets_from_json(path: &PathBuf) -> Result<Vec<Target>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let nodes = v["nodes"]
+        .as_array()
+        .with_context(|| format!("{}: no \"nodes\" array", path.display()))?;
+    nodes
+        .iter()
+        .map(|n| {
+            Ok(Target {
+                id: n["id"].as_u64().context("node without \"id\"")?,
+                http: n["http"]
+                    .as_str()
+                    .context("node without \"http\"")?
+                    .to_string(),
+                resp: n["resp"].as_str().map(str::to_string),
+                pid: n["pid"].as_u64().and_then(|p| u32::try_from(p).ok()),
+            })
+        })
+        .collect()
+}
+
+/// A progress line: a bar on a terminal, a plain line every 10 s elsewhere (CI logs).
+struct Progress {
+    bar: ProgressBar,
+    plain: bool,
+}
+
+impl Progress {
+    fn new(total: Duration) -> Progress {
+        let plain = !std::io::stderr().is_terminal();
+        let bar = if plain {
+            ProgressBar::with_draw_target(Some(total.as_secs()), ProgressDrawTarget::hidden())
+        } else {
+            let b = ProgressBar::new(total.as_secs());
+            b.set_style(
+                ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {pos}/{len}s {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            b
+        };
+        Progress { bar, plain }
+    }
+
+    fn say(&self, line: String) {
+        if self.plain {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+}
+
+pub async fn run(o: VerifyOptions) -> Result<i32> {
+    if o.clients == 0 || o.keys == 0 {
+        bail!("--clients and --keys must be at least 1");
+    }
+    if o.levels.is_empty() {
+        bail!("--levels names no level");
+    }
+    for l in &o.levels {
+        tunekv_core::Level::parse(l).map_err(|e| anyhow::anyhow!("--levels: {}", e.message))?;
+    }
+    let seed = o.seed.unwrap_or_else(rand::random::<u64>);
+    println!(
+        "tunekv verify: seed {seed} (repeat the fault schedule with --seed {seed}), {} clients, faults {}",
+        o.clients,
+        faults::list(&o.faults)
+    );
+
+    // The cluster: our own in a temp dir unless --cluster names one.
+    let (targets, cluster, own_dir) = match &o.cluster {
+        Some(path) => (targets_from_json(path)?, None, None),
+        None => {
+            let exe = std::env::current_exe().context("cannot find the tunekv executable")?;
+            let dir = o.dir.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("tunekv-verify-{}", std::process::id()))
+            });
+            let mut c = LocalCluster::prepare(&exe, &dir, o.nodes, true, true, false)?;
+            c.server_args = o.server_args.clone();
+            println!("starting {} nodes in {} ...", c.len(), c.dir.display());
+            c.start_all()?;
+            c.wait_ready(Duration::from_secs(60)).await?;
+            let targets = (0..c.len())
+                .map(|i| Target {
+                    id: c.configs[i].id,
+                    http: c.configs[i].http.clone(),
+                    resp: c.configs[i].resp.clone(),
+                    pid: c.pid(i),
+                })
+                .collect();
+            let dir = c.dir.clone();
+            (targets, Some(Arc::new(Mutex::new(c))), Some(dir))
+        }
+    };
+    let result = run_on(&o, seed, Arc::new(targets), cluster.clone()).await;
+    if let Some(c) = &cluster {
+        c.lock().unwrap_or_else(|p| p.into_inner()).stop_all();
+    }
+    match (&result, own_dir) {
+        (Ok(0), Some(dir)) => {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        (_, Some(dir)) => eprintln!("node logs kept in {}", dir.display()),
+        _ => {}
+    }
+    result
+}
+
+async fn run_on(
+    o: &VerifyOptions,
+    seed: u64,
+    targets: Arc<Vec<Target>>,
+    cluster: Option<Arc<Mutex<LocalCluster>>>,
+) -> Result<i32> {
+    let admin = Client::with_timeout(&targets[0].http, Duration::from_secs(30));
+    let spec = serde_json::json!({"shards": 2, "replicas": targets.len().min(3), "default_level": "strong"});
+    match admin.create_keyspace(KEYSPACE, &spec).await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some("keyspace_exists") => {}
+        Err(e) => bail!("cannot create keyspace {KEYSPACE}: {e}"),
+    }
+    let keys: Vec<String> = (0..o.keys).map(|i| format!("k{i}")).collect();
+    wait_writable(&admin, &keys[0]).await?;
+
+    let progress = Arc::new(Progress::new(o.duration));
+    let say: Arc<dyn Fn(String) + Send + Sync> = {
+        let p = progress.clone();
+        Arc::new(move |line| p.say(line))
+    };
+    let rec = Arc::new(Recorder::new());
+    let budget = Arc::new(Budget {
+        stop: AtomicBool::new(false),
+        ops_left: AtomicU64::new(o.ops.unwrap_or(u64::MAX)),
+        done: AtomicU64::new(0),
+    });
+    let stop_faults = Arc::new(AtomicBool::new(false));
+    let injected = Arc::new(AtomicU64::new(0));
+    let runner = FaultRunner {
+        targets: targets.clone(),
+        cluster: cluster.clone(),
+        kinds: o.faults.clone(),
+        seed,
+        stop: stop_faults.clone(),
+        injected: injected.clone(),
+        say: say.clone(),
+        started: Instant::now(),
+    };
+    runner.check()?;
+    let fault_task = tokio::spawn(runner.run());
+    let clients: Vec<_> = (0..o.clients)
+        .map(|i| {
+            let plan = ClientPlan {
+                id: u64::from(i) + 1,
+                protocol: if i % 2 == 0 {
+                    Protocol::Http
+                } else {
+                    Protocol::Resp
+                },
+                seed: seed.wrapping_mul(31).wrapping_add(u64::from(i)),
+                keys: keys.clone(),
+                levels: o.levels.clone(),
+            };
+            tokio::spawn(workload::run_client(
+                plan,
+                targets.clone(),
+                rec.clone(),
+                budget.clone(),
+            ))
+        })
+        .collect();
+
+    // The workload phase: until --duration or --ops, with progress.
+    let started = Instant::now();
+    let mut last_plain = Instant::now();
+    while started.elapsed() < o.duration && !clients.iter().all(|c| c.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let done = budget.done.load(Ordering::Relaxed);
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
+        let msg = format!(
+            "{done} ops, {rate:.0} ops/s, {} faults",
+            injected.load(Ordering::Relaxed)
+        );
+        progress.bar.set_position(started.elapsed().as_secs());
+        progress.bar.set_message(msg.clone());
+        if progress.plain && last_plain.elapsed() >= Duration::from_secs(10) {
+            eprintln!("[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
+            last_plain = Instant::now();
+        }
+    }
+    budget.stop.store(true, Ordering::Relaxed);
+    stop_faults.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    let _ = fault_task.await;
+    progress.bar.finish_and_clear();
+    let workload_ops = budget.done.load(Ordering::Relaxed);
+    println!(
+        "workload: {workload_ops} operations in {:.1}s ({:.0} ops/s), {} faults injected",
+        started.elapsed().as_secs_f64(),
+        workload_ops as f64 / started.elapsed().as_secs_f64().max(0.001),
+        injected.load(Ordering::Relaxed)
+    );
+
+    // Heal: every fault cleared, then wait until every node holds the same value of every key.
+    println!("healing: clearing every fault and waiting for the nodes to converge ...");
+    heal_all(
+        &targets,
+        cluster.as_ref(),
+        !o.faults.is_empty() || o.cluster.is_none(),
+    )
+    .await?;
+    let converged = converge(&targets, &keys, Duration::from_secs(60)).await;
+    if !converged {
+        println!("warning: the nodes did not converge within 60 s; the final reads will show it");
+    }
+    let heal_ns = rec.now_ns();
+    final_reads(&targets, &keys, &rec).await;
+
+    let recorded = rec.take();
+    if let Some(path) = &o.history {
+        write_history(path, &recorded)?;
+        println!(
+            "history: {} operations in {}",
+            recorded.len(),
+            path.display()
+        );
+    }
+    let ops: Vec<Operation> = recorded.into_iter().map(|(op, _)| op).collect();
+    let checked_at = Instant::now();
+    let report = match check(
+        &CheckInput {
+            ops,
+            heal_ns: Some(heal_ns),
+        },
+        &Limits::default(),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            // Either the cluster broke a promise the checkers take as given (two acknowledged
+            // writes claiming one index) or the recorder is wrong: both fail the run.
+            println!("VIOLATIONS FOUND (seed {seed}): the history cannot be judged: {e}");
+            return Ok(1);
+        }
+    };
+    println!("checked in {:.1}s\n", checked_at.elapsed().as_secs_f64());
+    println!("{}", report.table());
+    if report.has_violations() {
+        println!("VIOLATIONS FOUND (seed {seed})");
+        Ok(1)
+    } else {
+        println!("no violations (seed {seed})");
+        Ok(0)
+    }
+}
+
+fn write_history(path: &PathBuf, ops: &[(Operation, Option<String>)]) -> Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    for (op, error) in ops {
+        let mut line = serde_json::to_value(op)?;
+        line["error"] = serde_json::json!(error);
+        serde_json::to_writer(&mut w, &line)?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Waits until the keyspace's shards take writes (leaders elected).
+async fn wait_writable(c: &Client, key: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c
+            .get(
+                KEYSPACE,
+                key.as_bytes(),
+                &Opts::level("strong").wait_ms(2000),
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                bail!("keyspace {KEYSPACE} is not readable: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// True once every node returns the same value of every key at `eventual` (and has the
+/// newest commit: a strong read through it agrees).
+async fn converge(targets: &[Target], keys: &[String], timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let clients: Vec<Client> = targets
+        .iter()
+        .map(|t| Client::with_timeout(&t.http, Duration::from_secs(3)))
+        .collect();
+    while Instant::now() < deadline {
+        let mut same = true;
+        'keys: for k in keys {
+            let Ok(strong) = clients[0]
+                .get(KEYSPACE, k.as_bytes(), &Opts::level("strong").wait_ms(2000))
+                .await
+            else {
+                same = false;
+                break;
+            };
+            for c in &clients {
+                match c
+                    .get(KEYSPACE, k.as_bytes(), &Opts::level("eventual"))
+                    .await
+                {
+                    Ok(r) if r.value == strong.value => {}
+                    _ => {
+                        same = false;
+                        break 'keys;
+                    }
+                }
+            }
+        }
+        if same {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    false
+}
+
+/// After healing: every key read at `eventual` on every node, then at `strong`, recorded as
+/// client 0 with no session.
+async fn final_reads(targets: &[Target], keys: &[String], rec: &Recorder) {
+    for level in ["eventual", "strong"] {
+        for (i, t) in targets.iter().enumerate() {
+            let c = Client::with_timeout(&t.http, Duration::from_secs(10));
+            for k in keys {
+                let invoke_ns = rec.now_ns();
+                let r = c
+                    .get(KEYSPACE, k.as_bytes(), &Opts::level(level).wait_ms(5000))
+                    .await;
+                let complete_ns = rec.now_ns();
+                let (ok, value, position, staleness, error) = match r {
+                    Ok(r) => (
+                        Some(true),
+                        r.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                        Some(r.receipt.position.clone()),
+                        r.receipt.staleness_parts(),
+                        None,
+                    ),
+                    Err(e) => (Some(false), None, None, None, Some(e.to_string())),
+                };
+                rec.push(
+                    Operation {
+                        client: 0,
+                        session: None,
+                        op: OpKind::Read,
+                        key: k.clone(),
+                        value,
+                        invoke_ns,
+                        complete_ns,
+                        ok,
+                        level: level.to_string(),
+                        node: format!("n{}", i + 1),
+                        position,
+                        staleness_entries: staleness.map(|s| s.0),
+                        staleness_ms: staleness.map(|s| s.1),
+                    },
+                    error,
+                );
+            }
+        }
+    }
+}

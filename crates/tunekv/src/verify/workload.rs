@@ -1,0 +1,396 @@
+//! The clients of `verify`: each runs its own session over HTTP or RESP against random nodes,
+//! reading at random levels and writing unique values to a small key set, and records every
+//! operation with times from the one monotonic clock of the run.
+
+use super::resp_client::{RespConn, Value};
+use super::{Recorder, Target};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tunekv_check::{OpKind, Operation};
+use tunekv_client::{Client, ClientError, Opts};
+
+/// The keyspace `verify` works in.
+pub const KEYSPACE: &str = "verify";
+/// Every request's server-side wait budget, and the client's own limit past it.
+pub const WAIT_MS: u64 = 1000;
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A RESP client moves to another node (carrying its session token) this often.
+const RESP_OPS_PER_CONNECTION: u32 = 25;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Resp,
+}
+
+/// What a client needs to run.
+pub struct ClientPlan {
+    pub id: u64,
+    pub protocol: Protocol,
+    pub seed: u64,
+    pub keys: Vec<String>,
+    pub levels: Vec<String>,
+}
+
+/// Shared stop conditions: a flag (duration over) and an op budget.
+pub struct Budget {
+    pub stop: AtomicBool,
+    pub ops_left: AtomicU64,
+    pub done: AtomicU64,
+}
+
+impl Budget {
+    fn take(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+            && self
+                .ops_left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+    }
+}
+
+/// The outcome of one operation, before it is recorded.
+struct Outcome {
+    ok: Option<bool>,
+    value: Option<String>,
+    position: Option<String>,
+    staleness: Option<(u64, u64)>,
+    error: Option<String>,
+}
+
+impl Outcome {
+    fn failed(ok: Option<bool>, error: String) -> Outcome {
+        Outcome {
+            ok,
+            value: None,
+            position: None,
+            staleness: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// `ok` for a failed request: refusals certainly did nothing; a timeout or a lost connection
+/// may have (DESIGN §7: `null` = unknown).
+fn ok_of_code(code: &str) -> Option<bool> {
+    match code {
+        "timeout" | "transport" => None,
+        _ => Some(false),
+    }
+}
+
+pub async fn run_client(
+    plan: ClientPlan,
+    targets: Arc<Vec<Target>>,
+    rec: Arc<Recorder>,
+    budget: Arc<Budget>,
+) {
+    let mut rng = StdRng::seed_from_u64(plan.seed);
+    let session_name = format!("c{}", plan.id);
+    let mut token = String::new();
+    let http: Vec<Client> = targets
+        .iter()
+        .map(|t| Client::with_timeout(&t.http, CLIENT_TIMEOUT))
+        .collect();
+    let mut resp: Option<(usize, RespConn, u32)> = None;
+    let mut seq = 0u64;
+    while budget.take() {
+        let key = plan.keys[rng.gen_range(0..plan.keys.len())].clone();
+        let roll = rng.gen_range(0..100);
+        let (kind, level) = if roll < 55 {
+            let level = plan.levels[rng.gen_range(0..plan.levels.len())].clone();
+            (OpKind::Read, level)
+        } else if roll < 92 {
+            (OpKind::Write, "strong".to_string())
+        } else {
+            (OpKind::Delete, "strong".to_string())
+        };
+        let value = (kind == OpKind::Write).then(|| {
+            seq += 1;
+            format!("c{}-{seq}", plan.id)
+        });
+        let node = match (&resp, plan.protocol) {
+            (Some((n, _, used)), Protocol::Resp) if *used < RESP_OPS_PER_CONNECTION => *n,
+            _ => rng.gen_range(0..targets.len()),
+        };
+        let invoke_ns = rec.now_ns();
+        let out = match plan.protocol {
+            Protocol::Http => {
+                http_op(
+                    &http[node],
+                    kind,
+                    &key,
+                    value.as_deref(),
+                    &level,
+                    &mut token,
+                )
+                .await
+            }
+            Protocol::Resp => {
+                if resp.as_ref().is_some_and(|(n, _, _)| *n != node) {
+                    resp = None;
+                }
+                if resp.is_none() {
+                    match resp_connect(&targets[node], &token).await {
+                        Ok(c) => resp = Some((node, c, 0)),
+                        Err(e) => {
+                            // Nothing was sent: the operation did not happen.
+                            let out = Outcome::failed(Some(false), format!("connect: {e:#}"));
+                            record(
+                                &rec,
+                                &plan,
+                                &session_name,
+                                kind,
+                                &key,
+                                value,
+                                &level,
+                                node,
+                                invoke_ns,
+                                out,
+                            );
+                            budget.done.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
+                }
+                let Some((_, conn, used)) = resp.as_mut() else {
+                    continue;
+                };
+                *used += 1;
+                let out = tokio::time::timeout(
+                    CLIENT_TIMEOUT,
+                    resp_op(conn, kind, &key, value.as_deref(), &level, &mut token),
+                )
+                .await
+                .unwrap_or_else(|_| Outcome::failed(None, "transport: client timeout".into()));
+                if out.ok.is_none() {
+                    // The connection's state is unknown after a timeout or a broken stream.
+                    resp = None;
+                }
+                out
+            }
+        };
+        record(
+            &rec,
+            &plan,
+            &session_name,
+            kind,
+            &key,
+            value,
+            &level,
+            node,
+            invoke_ns,
+            out,
+        );
+        budget.done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    rec: &Recorder,
+    plan: &ClientPlan,
+    session: &str,
+    kind: OpKind,
+    key: &str,
+    written: Option<String>,
+    level: &str,
+    node: usize,
+    invoke_ns: u64,
+    out: Outcome,
+) {
+    let complete_ns = rec.now_ns();
+    let value = match kind {
+        OpKind::Read => out.value,
+        OpKind::Write => written,
+        OpKind::Delete => None,
+    };
+    rec.push(
+        Operation {
+            client: plan.id,
+            session: Some(session.to_string()),
+            op: kind,
+            key: key.to_string(),
+            value,
+            invoke_ns,
+            complete_ns,
+            ok: out.ok,
+            level: level.to_string(),
+            node: format!("n{}", node + 1),
+            position: out.position,
+            staleness_entries: out.staleness.map(|s| s.0),
+            staleness_ms: out.staleness.map(|s| s.1),
+        },
+        out.error,
+    );
+}
+
+fn client_failure(e: ClientError) -> Outcome {
+    match e {
+        ClientError::Api { code, message, .. } => {
+            Outcome::failed(ok_of_code(&code), format!("{code}: {message}"))
+        }
+        ClientError::Transport(m) => Outcome::failed(None, format!("transport: {m}")),
+    }
+}
+
+async fn http_op(
+    c: &Client,
+    kind: OpKind,
+    key: &str,
+    value: Option<&str>,
+    level: &str,
+    token: &mut String,
+) -> Outcome {
+    let mut opts = Opts::default().wait_ms(WAIT_MS);
+    if !token.is_empty() {
+        opts = opts.session(token);
+    }
+    match kind {
+        OpKind::Read => {
+            opts.level = Some(level.to_string());
+            match c.get(KEYSPACE, key.as_bytes(), &opts).await {
+                Ok(r) => {
+                    *token = r.session;
+                    Outcome {
+                        ok: Some(true),
+                        value: r.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                        staleness: r.receipt.staleness_parts(),
+                        position: Some(r.receipt.position),
+                        error: None,
+                    }
+                }
+                Err(e) => client_failure(e),
+            }
+        }
+        OpKind::Write | OpKind::Delete => {
+            let res = match value {
+                Some(v) => c.put(KEYSPACE, key.as_bytes(), v.as_bytes(), &opts).await,
+                None => c.delete(KEYSPACE, key.as_bytes(), &opts).await,
+            };
+            match res {
+                Ok(w) => {
+                    *token = w.session;
+                    Outcome {
+                        ok: Some(true),
+                        value: None,
+                        position: Some(w.position),
+                        staleness: None,
+                        error: None,
+                    }
+                }
+                Err(e) => client_failure(e),
+            }
+        }
+    }
+}
+
+async fn resp_connect(t: &Target, token: &str) -> anyhow::Result<RespConn> {
+    let addr = t
+        .resp
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("node {} has no RESP listener", t.id))?;
+    let mut c = tokio::time::timeout(CLIENT_TIMEOUT, RespConn::connect(addr))
+        .await
+        .map_err(|_| anyhow::anyhow!("connect to {addr} timed out"))??;
+    let wait = WAIT_MS.to_string();
+    let mut cmds: Vec<Vec<&[u8]>> = vec![
+        vec![b"SELECT", KEYSPACE.as_bytes()],
+        vec![b"WAITMS", wait.as_bytes()],
+    ];
+    if !token.is_empty() {
+        cmds.push(vec![b"SESSION", token.as_bytes()]);
+    }
+    let replies = tokio::time::timeout(CLIENT_TIMEOUT, c.pipeline(&cmds))
+        .await
+        .map_err(|_| anyhow::anyhow!("set-up on {addr} timed out"))??;
+    if let Some(e) = replies.iter().find_map(|r| match r {
+        Value::Error(e) => Some(e.clone()),
+        _ => None,
+    }) {
+        anyhow::bail!("set-up on {addr}: {e}");
+    }
+    Ok(c)
+}
+
+/// A RESP error's code: the first word, lower case (`-NO_QUORUM …` → `no_quorum`).
+fn resp_code(e: &str) -> String {
+    e.split_whitespace()
+        .next()
+        .unwrap_or("err")
+        .to_ascii_lowercase()
+}
+
+async fn resp_op(
+    c: &mut RespConn,
+    kind: OpKind,
+    key: &str,
+    value: Option<&str>,
+    level: &str,
+    token: &mut String,
+) -> Outcome {
+    let k = key.as_bytes();
+    let cmds: Vec<Vec<&[u8]>> = match (kind, value) {
+        (OpKind::Read, _) => vec![
+            vec![b"CONSISTENCY", level.as_bytes()],
+            vec![b"GET", k],
+            vec![b"RECEIPT"],
+            vec![b"SESSION"],
+        ],
+        (_, Some(v)) => vec![
+            vec![b"SET", k, v.as_bytes()],
+            vec![b"POSITION"],
+            vec![b"SESSION"],
+        ],
+        (_, None) => vec![vec![b"DEL", k], vec![b"POSITION"], vec![b"SESSION"]],
+    };
+    let replies = match c.pipeline(&cmds).await {
+        Ok(r) => r,
+        Err(e) => return Outcome::failed(None, format!("transport: {e:#}")),
+    };
+    if let Some(t) = replies.last().and_then(Value::text) {
+        *token = t;
+    }
+    let main = if kind == OpKind::Read {
+        // CONSISTENCY refused: the GET was not run at the level asked.
+        if let Value::Error(e) = &replies[0] {
+            return Outcome::failed(Some(false), e.clone());
+        }
+        &replies[1]
+    } else {
+        &replies[0]
+    };
+    if let Value::Error(e) = main {
+        let code = resp_code(e);
+        return Outcome::failed(ok_of_code(&code), format!("{code}: {e}"));
+    }
+    match kind {
+        OpKind::Read => {
+            let receipt = &replies[2];
+            let int = |name: &str| match receipt.field(name) {
+                Some(Value::Int(n)) => u64::try_from(*n).ok(),
+                _ => None,
+            };
+            Outcome {
+                ok: Some(true),
+                value: main.text(),
+                position: receipt.field("position").and_then(Value::text),
+                staleness: int("staleness_entries").zip(int("staleness_ms")),
+                error: None,
+            }
+        }
+        _ => Outcome {
+            ok: Some(true),
+            value: None,
+            position: match &replies[1] {
+                Value::Array(Some(ps)) => ps.first().and_then(Value::text),
+                _ => None,
+            },
+            staleness: None,
+            error: None,
+        },
+    }
+}
