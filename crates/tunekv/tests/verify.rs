@@ -49,7 +49,7 @@ fn a_run_under_every_fault_kind_passes_and_writes_a_valid_history() {
     let out = verify(
         &[
             "--duration",
-            "45s",
+            "60s",
             "--faults",
             "all",
             "--seed",

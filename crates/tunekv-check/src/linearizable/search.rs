@@ -349,14 +349,33 @@ struct Bits {
     words: Vec<u64>,
 }
 
-/// A (placed set, state) pair, stored compactly: operations are numbered by start time, so the
-/// placed set is nearly always a run of full words followed by a few partial ones. `full` counts
-/// the leading full words and `rest` holds the words after them up to the last non-zero one.
+/// A (placed set, state) pair, stored compactly, since the memo holds up to millions of them:
+/// operations are numbered by start time, so the placed set is nearly always a run of full words
+/// followed by a few partial ones. `full` counts the leading full words; `rest` holds the words
+/// after them up to the last non-zero one, inline when there are at most two (a trimmed run never
+/// ends in a zero word, so zero padding cannot make two different runs equal).
 #[derive(PartialEq, Eq, Hash)]
 struct MemoKey {
     full: u32,
-    rest: Box<[u64]>,
-    state: MemoState,
+    state: u32,
+    rest: Rest,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+enum Rest {
+    Inline([u64; 2]),
+    Spilled(Box<[u64]>),
+}
+
+impl MemoState {
+    /// Operation numbers stay below `u32::MAX - 1` (see [`super::OPS_PER_KEY_MAX`]).
+    fn encode(self) -> u32 {
+        match self {
+            MemoState::Dead => u32::MAX,
+            MemoState::Absent => u32::MAX - 1,
+            MemoState::Value(w) => w,
+        }
+    }
 }
 
 impl Bits {
@@ -381,10 +400,16 @@ impl Bits {
             .iter()
             .rposition(|&w| w != 0)
             .map_or(full, |last| (last + 1).max(full));
+        let rest = match self.words.get(full..end).unwrap_or_default() {
+            [] => Rest::Inline([0, 0]),
+            [a] => Rest::Inline([*a, 0]),
+            [a, b] => Rest::Inline([*a, *b]),
+            more => Rest::Spilled(more.into()),
+        };
         MemoKey {
             full: u32::try_from(full).unwrap_or(u32::MAX),
-            rest: self.words[full..end].into(),
-            state,
+            state: state.encode(),
+            rest,
         }
     }
 }
