@@ -8,6 +8,9 @@ use crate::history::{validate_op, LevelKind, OpKind, Operation, Position};
 use crate::CheckError;
 use std::collections::{BTreeMap, HashMap};
 
+/// An acknowledged operation with a position: (complete_ns, index, operation).
+pub(crate) type Completed = (u64, u64, usize);
+
 /// The largest index among events that completed strictly before a given time.
 ///
 /// "Completed before the read began" is the checkers' notion of "happened before"; equal times
@@ -21,8 +24,7 @@ pub(crate) struct CompletedMax {
 }
 
 impl CompletedMax {
-    /// `events`: (complete_ns, index, operation).
-    pub(crate) fn new(mut events: Vec<(u64, u64, usize)>) -> CompletedMax {
+    pub(crate) fn new(mut events: Vec<Completed>) -> CompletedMax {
         events.sort_unstable();
         let mut best: Vec<(u64, usize)> = Vec::with_capacity(events.len());
         for &(_, index, op) in &events {
@@ -89,7 +91,7 @@ impl<'a> Facts<'a> {
         let mut positions = Vec::with_capacity(ops.len());
         let mut levels = Vec::with_capacity(ops.len());
         let mut keys: BTreeMap<&'a str, KeyFacts<'a>> = BTreeMap::new();
-        let mut shard_events: BTreeMap<u32, Vec<(u64, u64, usize)>> = BTreeMap::new();
+        let mut shard_events: BTreeMap<u32, Vec<Completed>> = BTreeMap::new();
         for (id, op) in ops.iter().enumerate() {
             validate_op(op).map_err(|source| CheckError::InvalidOperation { index: id, source })?;
             let position = op.parsed_position();

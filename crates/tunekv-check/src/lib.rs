@@ -115,7 +115,8 @@ pub struct CheckInput {
 pub struct Limits {
     /// Configurations (placed set, state) the linearizability search may explore per key.
     /// Past it the key is undecided (unknown), never passed. Each costs a memo entry of a few
-    /// dozen bytes, so this also bounds the search's memory (about 150 MB at the default).
+    /// dozen bytes, so this also bounds the search's memory (a peak of about 200 MB at the
+    /// default, reached only by a key the search cannot decide).
     pub linearizable_states_max: u64,
     /// Operations attached to one violation: enough to show it, few enough to read.
     pub violation_ops_max: usize,

@@ -5,7 +5,7 @@
 //! a session are not judged. Read rows count reads (a read without a position is unknown);
 //! write rows count acknowledged session writes and deletes.
 
-use crate::facts::{CompletedMax, Facts};
+use crate::facts::{Completed, CompletedMax, Facts};
 use crate::history::LevelKind;
 use crate::levels::{MONOTONIC_READS, READ_YOUR_WRITES, SESSION};
 use crate::properties;
@@ -62,7 +62,7 @@ pub(crate) fn check(facts: &Facts, limits: &Limits) -> [Row; 6] {
 
 /// Indexes the acknowledged operations with a session and a position that `keep` selects.
 fn by_session<'a>(facts: &Facts<'a>, keep: impl Fn(usize) -> bool) -> PerSession<'a> {
-    let mut events: BTreeMap<(&'a str, u32), Vec<(u64, u64, usize)>> = BTreeMap::new();
+    let mut events: BTreeMap<(&'a str, u32), Vec<Completed>> = BTreeMap::new();
     for id in 0..facts.ops.len() {
         let op = facts.op(id);
         let (Some(session), Some(p)) = (op.session.as_deref(), facts.position(id)) else {

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 fn verify(args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tunekv"))
+    let child = Command::new(env!("CARGO_BIN_EXE_tunekv"))
         .arg("verify")
         .args(args)
         .stdout(std::process::Stdio::piped())

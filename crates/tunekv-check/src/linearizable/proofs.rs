@@ -64,24 +64,29 @@ pub(super) fn find(problem: &Problem) -> Option<Proof> {
         .filter(|&n| matches!(problem.ops[n].act, Act::Read(_) | Act::ReadNever))
         .collect();
     reads.sort_unstable_by_key(|&n| (problem.ops[n].invoke_ns, n));
-    reads.into_iter().find_map(|read| match problem.ops[read].act {
-        Act::ReadNever => Some(Proof::NeverWritten { read }),
-        Act::Read(Some(write)) => {
-            let write = write as usize;
-            if problem.ops[write].invoke_ns > problem.ops[read].complete_ns.unwrap_or(u64::MAX) {
-                return Some(Proof::BeforeWrite { read, write });
+    reads
+        .into_iter()
+        .find_map(|read| match problem.ops[read].act {
+            Act::ReadNever => Some(Proof::NeverWritten { read }),
+            Act::Read(Some(write)) => {
+                let write = write as usize;
+                if problem.ops[write].invoke_ns > problem.ops[read].complete_ns.unwrap_or(u64::MAX)
+                {
+                    return Some(Proof::BeforeWrite { read, write });
+                }
+                superseded
+                    .witness(problem, read, write)
+                    .map(|witness| Proof::Superseded {
+                        read,
+                        write,
+                        witness,
+                    })
             }
-            superseded.witness(problem, read, write).map(|witness| Proof::Superseded {
-                read,
-                write,
-                witness,
-            })
-        }
-        Act::Read(None) => not_deleted
-            .witness(problem, read)
-            .map(|witness| Proof::NotDeleted { read, witness }),
-        Act::Write | Act::Delete => None,
-    })
+            Act::Read(None) => not_deleted
+                .witness(problem, read)
+                .map(|witness| Proof::NotDeleted { read, witness }),
+            Act::Write | Act::Delete => None,
+        })
 }
 
 /// What an operation shows about the key's state at the moment it took effect.
@@ -253,9 +258,7 @@ impl NotDeleted {
             .partition_point(|&t| t < r.invoke_ns);
         let (present_ns, witness) = *self.present_latest.get(before.checked_sub(1)?)?;
         let read_end_ns = r.complete_ns.unwrap_or(u64::MAX);
-        let started = self
-            .delete_invoke_ns
-            .partition_point(|&t| t <= read_end_ns);
+        let started = self.delete_invoke_ns.partition_point(|&t| t <= read_end_ns);
         let latest_end_ns = started
             .checked_sub(1)
             .and_then(|last| self.delete_latest_end_ns.get(last).copied());

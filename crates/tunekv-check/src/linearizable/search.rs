@@ -25,9 +25,10 @@ enum Move {
     /// It takes effect now, and no alternative needs trying: if the configuration after it
     /// fails, so does the one before. Two cases. A read that the state satisfies can always go
     /// first: moving it earlier breaks no real-time order (whatever had to precede it has
-    /// returned, so is placed) and changes no state. An update no remaining read will observe,
-    /// placed while the state is one no remaining read wants, leaves the state as useless as
-    /// before, and taking it out of a later spot changes nothing (nothing read it there).
+    /// returned, so is placed) and changes no state. An update that no remaining read will
+    /// observe, placed while no remaining read can return the current state (see
+    /// [`Search::compute_wanted`]), leaves the state as useless as before, and taking it out of
+    /// a later spot changes nothing (nothing read it there).
     Forced,
     /// It may take effect now or later: try now, and later on backtracking.
     Branch,
@@ -237,6 +238,8 @@ impl<'p> Search<'p> {
                 if wanted && self.state.is_some() {
                     return Move::Skip;
                 }
+                // A delete counts as observed while any "not found" read remains: unlike the
+                // current state's, the absence it starts has no end we could bound it by.
                 let observed = match self.problem.ops[n].act {
                     Act::Write => self.readers_left[n] > 0,
                     _ => self.absent_readers_left > 0,
@@ -263,7 +266,12 @@ impl<'p> Search<'p> {
         };
         self.apply(n, act);
         self.placed.set(n);
-        lift(&mut self.next, &mut self.prev, call, self.problem.partner[call]);
+        lift(
+            &mut self.next,
+            &mut self.prev,
+            call,
+            self.problem.partner[call],
+        );
         self.wanted = self.compute_wanted();
         if self.seen.insert(self.placed.memo_key(self.memo_state())) {
             self.stack.push(step);
@@ -275,7 +283,12 @@ impl<'p> Search<'p> {
 
     fn undo(&mut self, step: Step) {
         let n = self.problem.events[step.call].0 as usize;
-        unlift(&mut self.next, &mut self.prev, step.call, self.problem.partner[step.call]);
+        unlift(
+            &mut self.next,
+            &mut self.prev,
+            step.call,
+            self.problem.partner[step.call],
+        );
         self.placed.clear(n);
         self.unapply(self.problem.ops[n].act, step.state_before);
         self.wanted = step.wanted_before;
