@@ -125,6 +125,54 @@ pub enum Cmd {
         #[arg(long = "bug", value_name = "BUG")]
         bugs: Vec<String>,
     },
+    /// Measure each level's cost: throughput, latency (HDR, corrected for coordinated
+    /// omission) and served staleness, per level, as a table (and CSV, SVG, JSON with --out).
+    Bench {
+        /// Nodes of the cluster bench starts (ignored with --cluster).
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// Run against this cluster (cluster.json) instead of starting one.
+        #[arg(long, value_name = "cluster.json")]
+        cluster: Option<PathBuf>,
+        /// Directory of the cluster bench starts (default: a temp dir, removed afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "http")]
+        protocol: crate::bench::Protocol,
+        /// Comma-separated levels to measure (DESIGN §3 syntax).
+        #[arg(long, default_value = crate::verify::LEVELS_DEFAULT)]
+        levels: String,
+        /// Fraction of operations that are reads (the rest are writes).
+        #[arg(long, default_value_t = 0.9)]
+        read_ratio: f64,
+        #[arg(long, default_value_t = 1000)]
+        keys: usize,
+        /// uniform, zipf (θ = 0.99) or zipf:θ.
+        #[arg(long, default_value = "uniform")]
+        distribution: crate::bench::Distribution,
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// Connections (spread over the nodes).
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Requests in flight per connection (HTTP: concurrent requests; RESP: pipeline depth).
+        #[arg(long, default_value_t = 1)]
+        inflight: usize,
+        /// Measured time per level, e.g. 10s.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: std::time::Duration,
+        /// Unmeasured time before each level's measurement.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        warmup: std::time::Duration,
+        /// Stop each level after this many measured operations (if sooner).
+        #[arg(long)]
+        ops: Option<u64>,
+        /// Write results.csv, latency.svg, staleness.svg and summary.json here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Show nodes, groups, leaders and every replica's applied/committed index.
     Cluster {
         #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]
@@ -251,6 +299,48 @@ pub async fn run(args: Args) -> Result<i32> {
             let bugs = tunekv_node::Bugs::parse(&bugs).map_err(anyhow::Error::msg)?;
             crate::server::run(&config, enable_faults, bugs).await?;
             Ok(0)
+        }
+        Cmd::Bench {
+            nodes,
+            cluster,
+            dir,
+            protocol,
+            levels,
+            read_ratio,
+            keys,
+            distribution,
+            value_bytes,
+            connections,
+            inflight,
+            duration,
+            warmup,
+            ops,
+            out,
+            seed,
+        } => {
+            crate::bench::run(crate::bench::BenchOptions {
+                nodes,
+                cluster,
+                dir,
+                protocol,
+                levels: levels
+                    .split(',')
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty())
+                    .collect(),
+                read_ratio,
+                keys,
+                distribution,
+                value_bytes,
+                connections,
+                inflight,
+                duration,
+                warmup,
+                ops,
+                out,
+                seed,
+            })
+            .await
         }
         Cmd::Verify {
             nodes,

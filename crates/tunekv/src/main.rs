@@ -1,10 +1,12 @@
 //! `tunekv`: one binary for the server, a local dev cluster, and client commands.
 //! Exit codes (owned here, in one place): 0 success, 1 not found, 2 any error.
 
+mod bench;
 mod cli;
 mod dev;
 mod server;
 mod session_file;
+mod targets;
 mod verify;
 
 use clap::Parser;

@@ -3,7 +3,7 @@
 //! recorded history. Exit code 1 on any violation.
 
 mod faults;
-mod resp_client;
+pub mod resp_client;
 mod workload;
 
 use anyhow::{bail, Context, Result};
@@ -20,6 +20,8 @@ use tunekv_check::{check, CheckInput, Limits, OpKind, Operation};
 use tunekv_client::{Client, Opts};
 use workload::{Budget, ClientPlan, Protocol, KEYSPACE};
 
+use crate::targets;
+pub use crate::targets::Target;
 pub use faults::parse_faults;
 
 /// The levels a run reads at unless `--levels` says otherwise.
@@ -40,15 +42,6 @@ pub struct VerifyOptions {
     pub dir: Option<PathBuf>,
     /// Server flags for the nodes this run starts (`--bug …` in bug-injection builds).
     pub server_args: Vec<String>,
-}
-
-/// One node as the clients see it.
-#[derive(Clone, Debug)]
-pub struct Target {
-    pub id: u64,
-    pub http: String,
-    pub resp: Option<String>,
-    pub pid: Option<u32>,
 }
 
 /// The history, with every time from one monotonic clock: each operation and, for a failed
@@ -82,30 +75,6 @@ impl Recorder {
         ops.sort_by_key(|(o, _)| (o.invoke_ns, o.client));
         ops
     }
-}
-
-fn targets_from_json(path: &PathBuf) -> Result<Vec<Target>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-    let nodes = v["nodes"]
-        .as_array()
-        .with_context(|| format!("{}: no \"nodes\" array", path.display()))?;
-    nodes
-        .iter()
-        .map(|n| {
-            Ok(Target {
-                id: n["id"].as_u64().context("node without \"id\"")?,
-                http: n["http"]
-                    .as_str()
-                    .context("node without \"http\"")?
-                    .to_string(),
-                resp: n["resp"].as_str().map(str::to_string),
-                pid: n["pid"].as_u64().and_then(|p| u32::try_from(p).ok()),
-            })
-        })
-        .collect()
 }
 
 /// A progress line: a bar on a terminal, a plain line every 10 s elsewhere (CI logs).
@@ -158,30 +127,14 @@ pub async fn run(o: VerifyOptions) -> Result<i32> {
     );
 
     // The cluster: our own in a temp dir unless --cluster names one.
-    let (targets, cluster, own_dir) = match &o.cluster {
-        Some(path) => (targets_from_json(path)?, None, None),
-        None => {
-            let exe = std::env::current_exe().context("cannot find the tunekv executable")?;
-            let dir = o.dir.clone().unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("tunekv-verify-{}", std::process::id()))
-            });
-            let mut c = LocalCluster::prepare(&exe, &dir, o.nodes, true, true, false)?;
-            c.server_args = o.server_args.clone();
-            println!("starting {} nodes in {} ...", c.len(), c.dir.display());
-            c.start_all()?;
-            c.wait_ready(Duration::from_secs(60)).await?;
-            let targets = (0..c.len())
-                .map(|i| Target {
-                    id: c.configs[i].id,
-                    http: c.configs[i].http.clone(),
-                    resp: c.configs[i].resp.clone(),
-                    pid: c.pid(i),
-                })
-                .collect();
-            let dir = c.dir.clone();
-            (targets, Some(Arc::new(Mutex::new(c))), Some(dir))
-        }
-    };
+    let (targets, cluster, own_dir) = targets::open(
+        o.cluster.as_deref(),
+        o.nodes,
+        o.dir.clone(),
+        "verify",
+        &o.server_args,
+    )
+    .await?;
     let result = run_on(&o, seed, Arc::new(targets), cluster.clone()).await;
     if let Some(c) = &cluster {
         c.lock().unwrap_or_else(|p| p.into_inner()).stop_all();

@@ -1,0 +1,575 @@
+//! `tunekv bench` (DESIGN §8): per level, throughput, latency (HDR histograms, corrected for
+//! coordinated omission) and the staleness the receipts report, against a cluster it starts
+//! or one `cluster.json` names. Printed as a table; `--out DIR` adds CSV, SVG plots and
+//! `summary.json`.
+
+mod keys;
+mod svg;
+
+use crate::targets::{self, Target};
+use crate::verify::resp_client::{RespConn, Value};
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+pub use keys::Distribution;
+use keys::KeyChooser;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tunekv_client::{Client, ClientError, Opts};
+
+const KEYSPACE: &str = "bench";
+/// Histograms cover 1 µs .. 60 s with 3 significant digits.
+const LATENCY_MAX_US: u64 = 60_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    Http,
+    Resp,
+}
+
+pub struct BenchOptions {
+    pub nodes: u32,
+    pub cluster: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
+    pub protocol: Protocol,
+    pub levels: Vec<String>,
+    pub read_ratio: f64,
+    pub keys: usize,
+    pub distribution: Distribution,
+    pub value_bytes: usize,
+    pub connections: usize,
+    pub inflight: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub ops: Option<u64>,
+    pub out: Option<PathBuf>,
+    pub seed: u64,
+}
+
+/// What one level's phase measured.
+pub struct LevelResult {
+    pub level: String,
+    pub ops: u64,
+    pub seconds: f64,
+    pub latency_us: Histogram<u64>,
+    pub stale_entries: Histogram<u64>,
+    pub stale_ms: Histogram<u64>,
+    pub refused: BTreeMap<String, u64>,
+}
+
+impl LevelResult {
+    pub fn throughput(&self) -> f64 {
+        self.ops as f64 / self.seconds.max(1e-9)
+    }
+}
+
+struct Stats {
+    latency_us: Histogram<u64>,
+    stale_entries: Histogram<u64>,
+    stale_ms: Histogram<u64>,
+    refused: BTreeMap<String, u64>,
+    ops: u64,
+}
+
+impl Stats {
+    fn new() -> Result<Stats> {
+        Ok(Stats {
+            latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)?,
+            stale_entries: Histogram::new_with_bounds(1, 100_000_000, 3)?,
+            stale_ms: Histogram::new_with_bounds(1, 3_600_000, 3)?,
+            refused: BTreeMap::new(),
+            ops: 0,
+        })
+    }
+
+    fn merge(&mut self, other: &Stats) -> Result<()> {
+        self.latency_us.add(&other.latency_us)?;
+        self.stale_entries.add(&other.stale_entries)?;
+        self.stale_ms.add(&other.stale_ms)?;
+        for (k, v) in &other.refused {
+            *self.refused.entry(k.clone()).or_default() += v;
+        }
+        self.ops += other.ops;
+        Ok(())
+    }
+
+    fn done(&mut self, started: Instant, ok: bool) {
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.latency_us.saturating_record(us.max(1));
+        if ok {
+            self.ops += 1;
+        }
+    }
+
+    fn refuse(&mut self, code: &str) {
+        *self.refused.entry(code.to_string()).or_default() += 1;
+    }
+}
+
+/// Everything the workers of one phase share.
+struct Phase {
+    level: String,
+    keys: Vec<String>,
+    chooser: KeyChooser,
+    value: Vec<u8>,
+    read_ratio: f64,
+    /// Measuring (after warm-up); workers count only then.
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    ops_left: AtomicU64,
+    done: AtomicU64,
+}
+
+impl Phase {
+    fn next(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+            && (!self.measuring.load(Ordering::Relaxed)
+                || self
+                    .ops_left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok())
+    }
+}
+
+/// CPU seconds this process has used (user + system), from /proc; `None` elsewhere.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of the file (utime, stime) are 12 and 13 after the command name.
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+pub async fn run(o: BenchOptions) -> Result<i32> {
+    if o.connections == 0 || o.inflight == 0 || o.keys == 0 {
+        bail!("--connections, --inflight and --keys must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&o.read_ratio) {
+        bail!("--read-ratio must be within 0..=1");
+    }
+    for l in &o.levels {
+        tunekv_core::Level::parse(l).map_err(|e| anyhow::anyhow!("--levels: {}", e.message))?;
+    }
+    let (targets, cluster, own_dir) =
+        targets::open(o.cluster.as_deref(), o.nodes, o.dir.clone(), "bench", &[]).await?;
+    let result = bench(&o, &targets).await;
+    if let Some(c) = &cluster {
+        c.lock().unwrap_or_else(|p| p.into_inner()).stop_all();
+    }
+    if let Some(dir) = own_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+async fn bench(o: &BenchOptions, targets: &[Target]) -> Result<i32> {
+    let admin = Client::with_timeout(&targets[0].http, Duration::from_secs(30));
+    let spec = serde_json::json!({"shards": 3, "replicas": targets.len().min(3), "default_level": "strong"});
+    match admin.create_keyspace(KEYSPACE, &spec).await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some("keyspace_exists") => {}
+        Err(e) => bail!("cannot create keyspace {KEYSPACE}: {e}"),
+    }
+    let keys: Vec<String> = (0..o.keys).map(|i| format!("key{i:08}")).collect();
+    let mut rng = StdRng::seed_from_u64(o.seed);
+    let value: Vec<u8> = (0..o.value_bytes)
+        .map(|_| rng.gen_range(b'a'..=b'z'))
+        .collect();
+    // Every key exists before reads are measured.
+    println!("loading {} keys of {} bytes ...", keys.len(), o.value_bytes);
+    load(&admin, &keys, &value).await?;
+    println!(
+        "workload: {} over {}, {:.0}% reads, {} keys ({}), {} B values, {} connections × {} in flight, {:?} per level after {:?} warm-up",
+        o.levels.join(", "),
+        match o.protocol {
+            Protocol::Http => "HTTP",
+            Protocol::Resp => "RESP",
+        },
+        o.read_ratio * 100.0,
+        o.keys,
+        o.distribution,
+        o.value_bytes,
+        o.connections,
+        o.inflight,
+        o.duration,
+        o.warmup
+    );
+    let cpu_before = cpu_seconds();
+    let wall = Instant::now();
+    let mut results = Vec::new();
+    for level in &o.levels {
+        results.push(phase(o, targets, level, keys.clone(), value.clone()).await?);
+    }
+    let cpu = cpu_before
+        .zip(cpu_seconds())
+        .map(|(a, b)| (b - a) / wall.elapsed().as_secs_f64());
+    println!();
+    print!("{}", table(&results));
+    if let Some(cpu) = cpu {
+        println!(
+            "load generator: {:.0}% of one core on average ({} cores here); if it nears 100% per core, the generator is the bottleneck",
+            cpu * 100.0,
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        );
+    }
+    if let Some(dir) = &o.out {
+        write_out(dir, o, &results, cpu)?;
+        println!(
+            "wrote {}/results.csv, latency.svg, staleness.svg, summary.json",
+            dir.display()
+        );
+    }
+    Ok(0)
+}
+
+async fn load(c: &Client, keys: &[String], value: &[u8]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for k in keys.iter() {
+        loop {
+            match c
+                .put(
+                    KEYSPACE,
+                    k.as_bytes(),
+                    value,
+                    &Opts::default().wait_ms(5000),
+                )
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => bail!("cannot load {k}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn phase(
+    o: &BenchOptions,
+    targets: &[Target],
+    level: &str,
+    keys: Vec<String>,
+    value: Vec<u8>,
+) -> Result<LevelResult> {
+    let p = Arc::new(Phase {
+        level: level.to_string(),
+        chooser: KeyChooser::new(keys.len(), o.distribution),
+        keys,
+        value,
+        read_ratio: o.read_ratio,
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        ops_left: AtomicU64::new(o.ops.unwrap_or(u64::MAX)),
+        done: AtomicU64::new(0),
+    });
+    let mut workers = Vec::new();
+    for c in 0..o.connections {
+        let t = targets[c % targets.len()].clone();
+        match o.protocol {
+            Protocol::Http => {
+                let client = Client::with_timeout(&t.http, Duration::from_secs(10));
+                for i in 0..o.inflight {
+                    let seed = o.seed ^ ((c * 1000 + i) as u64);
+                    workers.push(tokio::spawn(http_worker(p.clone(), client.clone(), seed)));
+                }
+            }
+            Protocol::Resp => {
+                let addr = t
+                    .resp
+                    .clone()
+                    .with_context(|| format!("node {} has no RESP listener", t.id))?;
+                let seed = o.seed ^ (c as u64);
+                workers.push(tokio::spawn(resp_worker(p.clone(), addr, o.inflight, seed)));
+            }
+        }
+    }
+    let bar = ProgressBar::new((o.warmup + o.duration).as_secs().max(1));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>18} [{bar:30}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(level.to_string());
+    let started = Instant::now();
+    let mut measure_started = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let elapsed = started.elapsed();
+        if measure_started.is_none() && elapsed >= o.warmup {
+            p.measuring.store(true, Ordering::Relaxed);
+            measure_started = Some(Instant::now());
+        }
+        bar.set_position(elapsed.as_secs());
+        let done = p.done.load(Ordering::Relaxed);
+        bar.set_message(match measure_started {
+            None => "warming up".to_string(),
+            Some(m) => format!(
+                "{:.0} ops/s",
+                done as f64 / m.elapsed().as_secs_f64().max(1e-3)
+            ),
+        });
+        let over = measure_started.is_some_and(|m| m.elapsed() >= o.duration)
+            || workers.iter().all(|w| w.is_finished());
+        if over {
+            break;
+        }
+    }
+    p.stop.store(true, Ordering::Relaxed);
+    let seconds = measure_started
+        .map(|m| m.elapsed().as_secs_f64())
+        .unwrap_or(0.0);
+    bar.finish_and_clear();
+    let mut total = Stats::new()?;
+    for w in workers {
+        match w.await {
+            Ok(Ok(stats)) => total.merge(&stats)?,
+            Ok(Err(e)) => bail!("{level}: a worker failed: {e:#}"),
+            Err(e) => bail!("{level}: a worker panicked: {e}"),
+        }
+    }
+    // Closed-loop workers wait for each answer, so slow answers delay the requests behind
+    // them (coordinated omission): the missing samples are filled in at the mean interval.
+    let mean = total.latency_us.mean().max(1.0) as u64;
+    let latency_us = total.latency_us.clone_correct(mean);
+    Ok(LevelResult {
+        level: level.to_string(),
+        ops: total.ops,
+        seconds,
+        latency_us,
+        stale_entries: total.stale_entries,
+        stale_ms: total.stale_ms,
+        refused: total.refused,
+    })
+}
+
+async fn http_worker(p: Arc<Phase>, c: Client, seed: u64) -> Result<Stats> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut stats = Stats::new()?;
+    let read_opts = Opts::level(&p.level);
+    let write_opts = Opts::default();
+    while p.next() {
+        let key = p.keys[p.chooser.pick(&mut rng)].as_bytes();
+        let measuring = p.measuring.load(Ordering::Relaxed);
+        let t = Instant::now();
+        let outcome = if rng.gen_bool(p.read_ratio) {
+            c.get(KEYSPACE, key, &read_opts)
+                .await
+                .map(|r| r.receipt.staleness_parts())
+        } else {
+            c.put(KEYSPACE, key, &p.value, &write_opts)
+                .await
+                .map(|_| None)
+        };
+        if !measuring {
+            continue;
+        }
+        match outcome {
+            Ok(stale) => {
+                stats.done(t, true);
+                if let Some((entries, ms)) = stale {
+                    stats.stale_entries.saturating_record(entries.max(1));
+                    stats.stale_ms.saturating_record(ms.max(1));
+                }
+            }
+            Err(e) => {
+                stats.done(t, false);
+                match &e {
+                    ClientError::Api { code, .. } => stats.refuse(code),
+                    ClientError::Transport(_) => stats.refuse("transport"),
+                }
+            }
+        }
+        p.done.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(stats)
+}
+
+async fn resp_worker(p: Arc<Phase>, addr: String, pipeline: usize, seed: u64) -> Result<Stats> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut stats = Stats::new()?;
+    let mut conn = RespConn::connect(&addr).await?;
+    let setup = conn
+        .pipeline(&[
+            vec![b"SELECT".as_slice(), KEYSPACE.as_bytes()],
+            vec![b"CONSISTENCY".as_slice(), p.level.as_bytes()],
+        ])
+        .await?;
+    if let Some(Value::Error(e)) = setup.iter().find(|v| matches!(v, Value::Error(_))) {
+        bail!("{addr}: {e}");
+    }
+    let mut batch: Vec<Vec<&[u8]>> = Vec::with_capacity(pipeline);
+    while p.next() {
+        batch.clear();
+        for _ in 0..pipeline {
+            let key = p.keys[p.chooser.pick(&mut rng)].as_bytes();
+            if rng.gen_bool(p.read_ratio) {
+                batch.push(vec![b"GET".as_slice(), key]);
+            } else {
+                batch.push(vec![b"SET".as_slice(), key, &p.value]);
+            }
+        }
+        let measuring = p.measuring.load(Ordering::Relaxed);
+        let t = Instant::now();
+        let replies = conn.pipeline(&batch).await?;
+        if !measuring {
+            continue;
+        }
+        for r in &replies {
+            match r {
+                Value::Error(e) => {
+                    stats.done(t, false);
+                    let code = e
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("err")
+                        .to_ascii_lowercase();
+                    stats.refuse(&code);
+                }
+                _ => stats.done(t, true),
+            }
+        }
+        p.done.fetch_add(replies.len() as u64, Ordering::Relaxed);
+    }
+    Ok(stats)
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn refused_text(r: &BTreeMap<String, u64>) -> String {
+    if r.is_empty() {
+        return "-".into();
+    }
+    r.iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn stale_text(h: &Histogram<u64>, q: f64) -> String {
+    if h.is_empty() {
+        "-".into()
+    } else {
+        h.value_at_quantile(q).to_string()
+    }
+}
+
+pub fn table(results: &[LevelResult]) -> String {
+    let mut out = format!(
+        "{:<22} {:>9} {:>8} {:>8} {:>8} {:>8} {:>13} {:>13}  {}\n",
+        "level",
+        "ops/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "stale entr.",
+        "stale ms",
+        "refused"
+    );
+    out += &format!(
+        "{:<22} {:>9} {:>8} {:>8} {:>8} {:>8} {:>13} {:>13}\n",
+        "", "", "", "", "", "", "p50/p99", "p50/p99"
+    );
+    for r in results {
+        let h = &r.latency_us;
+        out += &format!(
+            "{:<22} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>13} {:>13}  {}\n",
+            r.level,
+            r.throughput(),
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+            ms(h.max()),
+            format!(
+                "{}/{}",
+                stale_text(&r.stale_entries, 0.5),
+                stale_text(&r.stale_entries, 0.99)
+            ),
+            format!(
+                "{}/{}",
+                stale_text(&r.stale_ms, 0.5),
+                stale_text(&r.stale_ms, 0.99)
+            ),
+            refused_text(&r.refused)
+        );
+    }
+    out
+}
+
+fn write_out(
+    dir: &PathBuf,
+    o: &BenchOptions,
+    results: &[LevelResult],
+    cpu: Option<f64>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut csv = String::from(
+        "level,ops_per_s,p50_ms,p99_ms,p999_ms,max_ms,stale_entries_p50,stale_entries_p99,stale_ms_p50,stale_ms_p99,refused\n",
+    );
+    let q = |h: &Histogram<u64>, q: f64| {
+        if h.is_empty() {
+            String::new()
+        } else {
+            h.value_at_quantile(q).to_string()
+        }
+    };
+    for r in results {
+        let h = &r.latency_us;
+        csv += &format!(
+            "\"{}\",{:.1},{:.3},{:.3},{:.3},{:.3},{},{},{},{},\"{}\"\n",
+            r.level,
+            r.throughput(),
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+            ms(h.max()),
+            q(&r.stale_entries, 0.5),
+            q(&r.stale_entries, 0.99),
+            q(&r.stale_ms, 0.5),
+            q(&r.stale_ms, 0.99),
+            refused_text(&r.refused)
+        );
+    }
+    std::fs::write(dir.join("results.csv"), csv)?;
+    std::fs::write(dir.join("latency.svg"), svg::latency(results))?;
+    std::fs::write(dir.join("staleness.svg"), svg::staleness(results))?;
+    let levels: Vec<_> = results
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "level": r.level,
+                "ops_per_s": r.throughput(),
+                "p50_ms": ms(r.latency_us.value_at_quantile(0.5)),
+                "p99_ms": ms(r.latency_us.value_at_quantile(0.99)),
+                "p999_ms": ms(r.latency_us.value_at_quantile(0.999)),
+                "max_ms": ms(r.latency_us.max()),
+                "refused": r.refused,
+            })
+        })
+        .collect();
+    let summary = serde_json::json!({
+        "protocol": format!("{:?}", o.protocol).to_lowercase(),
+        "read_ratio": o.read_ratio,
+        "keys": o.keys,
+        "distribution": o.distribution.to_string(),
+        "value_bytes": o.value_bytes,
+        "connections": o.connections,
+        "inflight": o.inflight,
+        "duration_s": o.duration.as_secs_f64(),
+        "load_generator_cpu_cores": cpu,
+        "levels": levels,
+    });
+    std::fs::write(
+        dir.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    Ok(())
+}
