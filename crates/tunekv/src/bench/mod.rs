@@ -373,8 +373,8 @@ async fn http_worker(p: Arc<Phase>, c: Client, seed: u64) -> Result<Stats> {
             Ok(stale) => {
                 stats.done(t, true);
                 if let Some((entries, ms)) = stale {
-                    stats.stale_entries.saturating_record(entries.max(1));
-                    stats.stale_ms.saturating_record(ms.max(1));
+                    stats.stale_entries.saturating_record(entries);
+                    stats.stale_ms.saturating_record(ms);
                 }
             }
             Err(e) => {
