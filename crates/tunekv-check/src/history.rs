@@ -62,7 +62,7 @@ pub struct Operation {
 
 /// Every field of the schema. serde would accept a missing `Option` field as `None`; we do not,
 /// because a recorder that forgot `ok` would turn certain outcomes into unknown ones.
-const FIELDS: [&str; 13] = [
+pub const FIELDS: [&str; 13] = [
     "client",
     "session",
     "op",

@@ -204,6 +204,14 @@ pub struct Common {
     no_session: bool,
 }
 
+/// The non-empty, trimmed items of a comma-separated flag.
+fn comma_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     tunekv_core::level::parse_duration(s)
         .ok_or_else(|| format!("{s:?} is not a duration (e.g. 500ms, 60s, 2m)"))
@@ -323,11 +331,7 @@ pub async fn run(args: Args) -> Result<i32> {
                 cluster,
                 dir,
                 protocol,
-                levels: levels
-                    .split(',')
-                    .map(|l| l.trim().to_string())
-                    .filter(|l| !l.is_empty())
-                    .collect(),
+                levels: comma_list(&levels),
                 read_ratio,
                 keys,
                 distribution,
@@ -363,11 +367,7 @@ pub async fn run(args: Args) -> Result<i32> {
                 ops,
                 clients,
                 keys,
-                levels: levels
-                    .split(',')
-                    .map(|l| l.trim().to_string())
-                    .filter(|l| !l.is_empty())
-                    .collect(),
+                levels: comma_list(&levels),
                 faults,
                 seed,
                 history,

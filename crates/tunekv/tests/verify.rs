@@ -92,21 +92,8 @@ fn a_run_under_every_fault_kind_passes_and_writes_a_valid_history() {
     assert!(ops.len() > 1000, "{} operations", ops.len());
     for line in text.lines().take(50) {
         let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
-        for field in [
-            "client",
-            "session",
-            "op",
-            "key",
-            "value",
-            "invoke_ns",
-            "complete_ns",
-            "ok",
-            "level",
-            "node",
-            "position",
-            "staleness_entries",
-            "staleness_ms",
-        ] {
+        // DESIGN §7's fields (the parser requires them too), plus the error of a failure.
+        for field in tunekv_check::history::FIELDS.iter().chain(&["error"]) {
             assert!(v.get(field).is_some(), "{field} missing in {line}");
         }
     }

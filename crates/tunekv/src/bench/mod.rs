@@ -443,22 +443,60 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-fn refused_text(r: &BTreeMap<String, u64>) -> String {
-    if r.is_empty() {
-        return "-".into();
-    }
-    r.iter()
-        .map(|(k, v)| format!("{k}:{v}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+/// One level's numbers, read off its histograms once for the table, the CSV and the JSON.
+#[derive(serde::Serialize)]
+struct Summary {
+    level: String,
+    ops_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+    /// p50 and p99 of the receipts' staleness; `None` when no read reported one (RESP).
+    stale_entries: Option<(u64, u64)>,
+    stale_ms: Option<(u64, u64)>,
+    refused: BTreeMap<String, u64>,
 }
 
-fn stale_text(h: &Histogram<u64>, q: f64) -> String {
-    if h.is_empty() {
-        "-".into()
-    } else {
-        h.value_at_quantile(q).to_string()
+impl Summary {
+    fn of(r: &LevelResult) -> Summary {
+        let h = &r.latency_us;
+        let p50_p99 = |h: &Histogram<u64>| {
+            (!h.is_empty()).then(|| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
+        };
+        Summary {
+            level: r.level.clone(),
+            ops_per_s: r.throughput(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+            stale_entries: p50_p99(&r.stale_entries),
+            stale_ms: p50_p99(&r.stale_ms),
+            refused: r.refused.clone(),
+        }
     }
+
+    fn refused_text(&self) -> String {
+        if self.refused.is_empty() {
+            return "-".into();
+        }
+        self.refused
+            .iter()
+            .map(|(k, v)| format!("{k}:{v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// `p50/p99`, or `-` when there is nothing.
+fn pair_text(p: Option<(u64, u64)>) -> String {
+    p.map_or_else(|| "-".into(), |(a, b)| format!("{a}/{b}"))
+}
+
+/// `p50,p99` CSV cells, empty when there is nothing.
+fn pair_cells(p: Option<(u64, u64)>) -> String {
+    p.map_or_else(|| ",".into(), |(a, b)| format!("{a},{b}"))
 }
 
 pub fn table(results: &[LevelResult]) -> String {
@@ -478,27 +516,18 @@ pub fn table(results: &[LevelResult]) -> String {
         "{:<22} {:>9} {:>8} {:>8} {:>8} {:>8} {:>13} {:>13}\n",
         "", "", "", "", "", "", "p50/p99", "p50/p99"
     );
-    for r in results {
-        let h = &r.latency_us;
+    for s in results.iter().map(Summary::of) {
         out += &format!(
             "{:<22} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>13} {:>13}  {}\n",
-            r.level,
-            r.throughput(),
-            ms(h.value_at_quantile(0.5)),
-            ms(h.value_at_quantile(0.99)),
-            ms(h.value_at_quantile(0.999)),
-            ms(h.max()),
-            format!(
-                "{}/{}",
-                stale_text(&r.stale_entries, 0.5),
-                stale_text(&r.stale_entries, 0.99)
-            ),
-            format!(
-                "{}/{}",
-                stale_text(&r.stale_ms, 0.5),
-                stale_text(&r.stale_ms, 0.99)
-            ),
-            refused_text(&r.refused)
+            s.level,
+            s.ops_per_s,
+            s.p50_ms,
+            s.p99_ms,
+            s.p999_ms,
+            s.max_ms,
+            pair_text(s.stale_entries),
+            pair_text(s.stale_ms),
+            s.refused_text()
         );
     }
     out
@@ -511,50 +540,27 @@ fn write_out(
     cpu: Option<f64>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let summaries: Vec<Summary> = results.iter().map(Summary::of).collect();
     let mut csv = String::from(
         "level,ops_per_s,p50_ms,p99_ms,p999_ms,max_ms,stale_entries_p50,stale_entries_p99,stale_ms_p50,stale_ms_p99,refused\n",
     );
-    let q = |h: &Histogram<u64>, q: f64| {
-        if h.is_empty() {
-            String::new()
-        } else {
-            h.value_at_quantile(q).to_string()
-        }
-    };
-    for r in results {
-        let h = &r.latency_us;
+    for s in &summaries {
         csv += &format!(
-            "\"{}\",{:.1},{:.3},{:.3},{:.3},{:.3},{},{},{},{},\"{}\"\n",
-            r.level,
-            r.throughput(),
-            ms(h.value_at_quantile(0.5)),
-            ms(h.value_at_quantile(0.99)),
-            ms(h.value_at_quantile(0.999)),
-            ms(h.max()),
-            q(&r.stale_entries, 0.5),
-            q(&r.stale_entries, 0.99),
-            q(&r.stale_ms, 0.5),
-            q(&r.stale_ms, 0.99),
-            refused_text(&r.refused)
+            "\"{}\",{:.1},{:.3},{:.3},{:.3},{:.3},{},{},\"{}\"\n",
+            s.level,
+            s.ops_per_s,
+            s.p50_ms,
+            s.p99_ms,
+            s.p999_ms,
+            s.max_ms,
+            pair_cells(s.stale_entries),
+            pair_cells(s.stale_ms),
+            s.refused_text()
         );
     }
     std::fs::write(dir.join("results.csv"), csv)?;
     std::fs::write(dir.join("latency.svg"), svg::latency(results))?;
     std::fs::write(dir.join("staleness.svg"), svg::staleness(results))?;
-    let levels: Vec<_> = results
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "level": r.level,
-                "ops_per_s": r.throughput(),
-                "p50_ms": ms(r.latency_us.value_at_quantile(0.5)),
-                "p99_ms": ms(r.latency_us.value_at_quantile(0.99)),
-                "p999_ms": ms(r.latency_us.value_at_quantile(0.999)),
-                "max_ms": ms(r.latency_us.max()),
-                "refused": r.refused,
-            })
-        })
-        .collect();
     let summary = serde_json::json!({
         "protocol": format!("{:?}", o.protocol).to_lowercase(),
         "read_ratio": o.read_ratio,
@@ -565,7 +571,7 @@ fn write_out(
         "inflight": o.inflight,
         "duration_s": o.duration.as_secs_f64(),
         "load_generator_cpu_cores": cpu,
-        "levels": levels,
+        "levels": summaries,
     });
     std::fs::write(
         dir.join("summary.json"),
