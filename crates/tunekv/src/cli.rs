@@ -172,6 +172,12 @@ pub enum Cmd {
         out: Option<PathBuf>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Also measure these systems, started on 127.0.0.1 from their installed binaries
+        /// (etcd: a 3-member cluster; redis: one server), with the same workload, and print
+        /// throughput ratios. Replaces --levels, --read-ratio and --protocol with a fixed set of
+        /// reads-only and writes-only rows.
+        #[arg(long, value_name = "etcd,redis")]
+        compare: Option<String>,
     },
     /// Show nodes, groups, leaders and every replica's applied/committed index.
     Cluster {
@@ -325,8 +331,14 @@ pub async fn run(args: Args) -> Result<i32> {
             ops,
             out,
             seed,
+            compare,
         } => {
+            let compare = comma_list(compare.as_deref().unwrap_or(""))
+                .iter()
+                .map(|s| crate::bench::Peer::parse(s))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             crate::bench::run(crate::bench::BenchOptions {
+                compare,
                 nodes,
                 cluster,
                 dir,

@@ -25,7 +25,8 @@ pub struct LocalCluster {
     pub server_args: Vec<String>,
 }
 
-fn free_ports(count: usize, preferred: &[u16]) -> Result<Vec<u16>> {
+/// `count` free ports on 127.0.0.1: `preferred` if all of them are free, else any the OS hands out.
+pub fn free_ports(count: usize, preferred: &[u16]) -> Result<Vec<u16>> {
     // Preferred ports if every one of them is free, else whatever the OS hands out.
     if preferred.len() == count {
         let held: Vec<_> = preferred

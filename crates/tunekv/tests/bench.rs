@@ -74,3 +74,91 @@ fn a_short_bench_prints_its_table_and_writes_csv_svg_and_summary() {
         "{stdout}"
     );
 }
+
+/// `--compare etcd,redis` starts both on 127.0.0.1, measures the same rows against them,
+/// writes the five ratios and stops every process it started. Needs Debian's etcd-server and
+/// redis-server (`.ci/run` installs them); elsewhere the test says it was skipped, except in CI
+/// where their absence fails it.
+#[test]
+fn compare_measures_etcd_and_redis_and_writes_ratios() {
+    let on_path = |b: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(b).is_file()))
+    };
+    if !(on_path("etcd") && on_path("redis-server")) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install etcd-server and redis-server"
+        );
+        eprintln!("skipped: etcd or redis-server not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out_dir = dir.path().join("out");
+    let out = Command::new(env!("CARGO_BIN_EXE_tunekv"))
+        .args(["bench", "--compare", "etcd,redis"])
+        .args([
+            "--warmup",
+            "1s",
+            "--duration",
+            "1s",
+            "--keys",
+            "50",
+            "--connections",
+            "4",
+        ])
+        .arg("--dir")
+        .arg(dir.path().join("cluster"))
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .expect("run tunekv bench --compare");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in [
+        "etcd put",
+        "etcd linearizable read",
+        "etcd serializable read",
+        "redis GET",
+        "redis SET",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(row)),
+            "no row {row}:\n{stdout}"
+        );
+    }
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join("summary.json")).expect("summary.json"),
+    )
+    .expect("summary is JSON");
+    for ratio in [
+        "strong_write_vs_etcd_put",
+        "strong_read_vs_etcd_linearizable_read",
+        "eventual_read_vs_etcd_serializable_read",
+        "resp_get_vs_redis_get",
+        "resp_set_vs_redis_set",
+    ] {
+        assert!(
+            summary["ratios"][ratio].as_f64().is_some_and(|x| x > 0.0),
+            "{ratio}: {}",
+            summary["ratios"]
+        );
+    }
+    // Every peer was stopped by its PID.
+    for line in stdout.lines().filter(|l| l.starts_with("started ")) {
+        let pid = line
+            .rsplit_once("(pid ")
+            .and_then(|(_, p)| p.trim_end_matches(')').parse::<u32>().ok())
+            .expect("a pid");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "{line}: still running"
+        );
+    }
+}

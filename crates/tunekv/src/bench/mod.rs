@@ -3,7 +3,9 @@
 //! or one `cluster.json` names. Printed as a table; `--out DIR` adds CSV, SVG plots and
 //! `summary.json`.
 
+mod compare;
 mod keys;
+mod peers;
 mod svg;
 
 use crate::targets::{self, Target};
@@ -13,6 +15,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 pub use keys::Distribution;
 use keys::KeyChooser;
+pub use peers::Peer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -49,11 +52,13 @@ pub struct BenchOptions {
     pub ops: Option<u64>,
     pub out: Option<PathBuf>,
     pub seed: u64,
+    /// Systems to measure beside tunekv (`--compare etcd,redis`).
+    pub compare: Vec<Peer>,
 }
 
-/// What one level's phase measured.
+/// What one phase (a row: a level, or a peer system's operation) measured.
 pub struct LevelResult {
-    pub level: String,
+    pub label: String,
     pub ops: u64,
     pub seconds: f64,
     pub latency_us: Histogram<u64>,
@@ -156,19 +161,62 @@ pub async fn run(o: BenchOptions) -> Result<i32> {
     for l in &o.levels {
         tunekv_core::Level::parse(l).map_err(|e| anyhow::anyhow!("--levels: {}", e.message))?;
     }
-    let (targets, cluster, own_dir) =
-        targets::open(o.cluster.as_deref(), o.nodes, o.dir.clone(), "bench", &[]).await?;
-    let result = bench(&o, &targets).await;
-    if let Some(c) = &cluster {
-        c.lock().unwrap_or_else(|p| p.into_inner()).stop_all();
-    }
-    if let Some(dir) = own_dir {
-        let _ = std::fs::remove_dir_all(dir);
+    // Peers first: a missing etcd or Redis is reported before a cluster is started.
+    let mut peers = if o.compare.is_empty() {
+        None
+    } else {
+        let dir = match &o.dir {
+            Some(d) => d.join("peers"),
+            None => std::env::temp_dir().join(format!("tunekv-bench-peers-{}", std::process::id())),
+        };
+        Some(peers::Peers::start(&o.compare, &dir).await?)
+    };
+    let opened = targets::open(o.cluster.as_deref(), o.nodes, o.dir.clone(), "bench", &[]).await;
+    let result = match opened {
+        Ok((targets, cluster, own_dir)) => {
+            let result = bench(&o, &targets, peers.as_ref()).await;
+            if let Some(c) = &cluster {
+                c.lock().unwrap_or_else(|p| p.into_inner()).stop_all();
+            }
+            if let Some(dir) = own_dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            result
+        }
+        Err(e) => Err(e),
+    };
+    if let Some(p) = peers.as_mut() {
+        p.stop();
     }
     result
 }
 
-async fn bench(o: &BenchOptions, targets: &[Target]) -> Result<i32> {
+/// What a phase's workers talk to.
+#[derive(Clone, Debug)]
+enum Driver {
+    /// tunekv's HTTP API; reads at the phase's level.
+    TunekvHttp,
+    /// tunekv's RESP listener, pipelined `--inflight` deep; reads at the phase's level.
+    TunekvResp,
+    /// etcd's v3 JSON gateway: puts, and ranges (linearizable, or serializable).
+    Etcd {
+        endpoints: Vec<String>,
+        serializable: bool,
+    },
+    /// A Redis server: GET and SET, pipelined like tunekv's RESP.
+    Redis { addr: String },
+}
+
+/// One row of the table: what to run, against what.
+struct PhaseSpec {
+    label: String,
+    /// The level tunekv reads at (tunekv drivers only).
+    level: String,
+    read_ratio: f64,
+    driver: Driver,
+}
+
+async fn bench(o: &BenchOptions, targets: &[Target], peers: Option<&peers::Peers>) -> Result<i32> {
     let admin = Client::with_timeout(&targets[0].http, Duration::from_secs(30));
     let spec = serde_json::json!({"shards": 3, "replicas": targets.len().min(3), "default_level": "strong"});
     match admin.create_keyspace(KEYSPACE, &spec).await {
@@ -184,33 +232,64 @@ async fn bench(o: &BenchOptions, targets: &[Target]) -> Result<i32> {
     // Every key exists before reads are measured.
     println!("loading {} keys of {} bytes ...", keys.len(), o.value_bytes);
     load(&admin, &keys, &value).await?;
-    println!(
-        "workload: {} over {}, {:.0}% reads, {} keys ({}), {} B values, {} connections × {} in flight, {:?} per level after {:?} warm-up",
-        o.levels.join(", "),
-        match o.protocol {
-            Protocol::Http => "HTTP",
-            Protocol::Resp => "RESP",
-        },
-        o.read_ratio * 100.0,
-        o.keys,
-        o.distribution,
-        o.value_bytes,
-        o.connections,
-        o.inflight,
-        o.duration,
-        o.warmup
-    );
+    let specs = match peers {
+        Some(p) => {
+            p.load(&keys, &value).await?;
+            compare::specs(p)
+        }
+        None => o
+            .levels
+            .iter()
+            .map(|l| PhaseSpec {
+                label: l.clone(),
+                level: l.clone(),
+                read_ratio: o.read_ratio,
+                driver: match o.protocol {
+                    Protocol::Http => Driver::TunekvHttp,
+                    Protocol::Resp => Driver::TunekvResp,
+                },
+            })
+            .collect(),
+    };
+    if peers.is_some() {
+        println!(
+            "workload (every row): {} keys ({}), {} B values, {} connections × {} in flight, {:?} per row after {:?} warm-up; reads-only and writes-only rows",
+            o.keys, o.distribution, o.value_bytes, o.connections, o.inflight, o.duration, o.warmup
+        );
+    } else {
+        println!(
+            "workload: {} over {}, {:.0}% reads, {} keys ({}), {} B values, {} connections × {} in flight, {:?} per level after {:?} warm-up",
+            o.levels.join(", "),
+            match o.protocol {
+                Protocol::Http => "HTTP",
+                Protocol::Resp => "RESP",
+            },
+            o.read_ratio * 100.0,
+            o.keys,
+            o.distribution,
+            o.value_bytes,
+            o.connections,
+            o.inflight,
+            o.duration,
+            o.warmup
+        );
+    }
     let cpu_before = cpu_seconds();
     let wall = Instant::now();
     let mut results = Vec::new();
-    for level in &o.levels {
-        results.push(phase(o, targets, level, keys.clone(), value.clone()).await?);
+    for spec in &specs {
+        results.push(phase(o, targets, spec, keys.clone(), value.clone()).await?);
     }
     let cpu = cpu_before
         .zip(cpu_seconds())
         .map(|(a, b)| (b - a) / wall.elapsed().as_secs_f64());
     println!();
     print!("{}", table(&results));
+    let ratios = peers.map(|_| compare::ratios(&results));
+    if let Some(r) = &ratios {
+        println!();
+        print!("{}", compare::ratios_text(r));
+    }
     if let Some(cpu) = cpu {
         println!(
             "load generator: {:.0}% of one core on average ({} cores here); if it nears 100% per core, the generator is the bottleneck",
@@ -219,7 +298,7 @@ async fn bench(o: &BenchOptions, targets: &[Target]) -> Result<i32> {
         );
     }
     if let Some(dir) = &o.out {
-        write_out(dir, o, &results, cpu)?;
+        write_out(dir, o, &results, cpu, ratios.as_ref())?;
         println!(
             "wrote {}/results.csv, latency.svg, staleness.svg, summary.json",
             dir.display()
@@ -253,49 +332,89 @@ async fn load(c: &Client, keys: &[String], value: &[u8]) -> Result<()> {
 async fn phase(
     o: &BenchOptions,
     targets: &[Target],
-    level: &str,
+    spec: &PhaseSpec,
     keys: Vec<String>,
     value: Vec<u8>,
 ) -> Result<LevelResult> {
     let p = Arc::new(Phase {
-        level: level.to_string(),
+        level: spec.level.clone(),
         chooser: KeyChooser::new(keys.len(), o.distribution),
         keys,
         value,
-        read_ratio: o.read_ratio,
+        read_ratio: spec.read_ratio,
         measuring: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         ops_left: AtomicU64::new(o.ops.unwrap_or(u64::MAX)),
         done: AtomicU64::new(0),
     });
+    let etcd_bodies = match &spec.driver {
+        Driver::Etcd { serializable, .. } => Some(Arc::new(peers::EtcdBodies::new(
+            &p.keys,
+            &p.value,
+            *serializable,
+        ))),
+        _ => None,
+    };
     let mut workers = Vec::new();
     for c in 0..o.connections {
         let t = targets[c % targets.len()].clone();
-        match o.protocol {
-            Protocol::Http => {
+        let seed = o.seed ^ ((c as u64) << 20);
+        match &spec.driver {
+            Driver::TunekvHttp => {
                 let client = Client::with_timeout(&t.http, Duration::from_secs(10));
                 for i in 0..o.inflight {
-                    let seed = o.seed ^ ((c * 1000 + i) as u64);
-                    workers.push(tokio::spawn(http_worker(p.clone(), client.clone(), seed)));
+                    workers.push(tokio::spawn(http_worker(
+                        p.clone(),
+                        client.clone(),
+                        seed ^ i as u64,
+                    )));
                 }
             }
-            Protocol::Resp => {
+            Driver::Etcd { endpoints, .. } => {
+                let client = peers::etcd_client()?;
+                let base = endpoints[c % endpoints.len()].clone();
+                let bodies = etcd_bodies.clone().context("etcd bodies")?;
+                for i in 0..o.inflight {
+                    workers.push(tokio::spawn(etcd_worker(
+                        p.clone(),
+                        client.clone(),
+                        base.clone(),
+                        bodies.clone(),
+                        seed ^ i as u64,
+                    )));
+                }
+            }
+            Driver::TunekvResp => {
                 let addr = t
                     .resp
                     .clone()
                     .with_context(|| format!("node {} has no RESP listener", t.id))?;
-                let seed = o.seed ^ (c as u64);
-                workers.push(tokio::spawn(resp_worker(p.clone(), addr, o.inflight, seed)));
+                workers.push(tokio::spawn(resp_worker(
+                    p.clone(),
+                    addr,
+                    true,
+                    o.inflight,
+                    seed,
+                )));
+            }
+            Driver::Redis { addr } => {
+                workers.push(tokio::spawn(resp_worker(
+                    p.clone(),
+                    addr.clone(),
+                    false,
+                    o.inflight,
+                    seed,
+                )));
             }
         }
     }
     let bar = ProgressBar::new((o.warmup + o.duration).as_secs().max(1));
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>18} [{bar:30}] {msg}")
+        ProgressStyle::with_template("{prefix:>28} [{bar:30}] {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    bar.set_prefix(level.to_string());
+    bar.set_prefix(spec.label.clone());
     let started = Instant::now();
     let mut measure_started = None;
     loop {
@@ -329,8 +448,8 @@ async fn phase(
     for w in workers {
         match w.await {
             Ok(Ok(stats)) => total.merge(&stats)?,
-            Ok(Err(e)) => bail!("{level}: a worker failed: {e:#}"),
-            Err(e) => bail!("{level}: a worker panicked: {e}"),
+            Ok(Err(e)) => bail!("{}: a worker failed: {e:#}", spec.label),
+            Err(e) => bail!("{}: a worker panicked: {e}", spec.label),
         }
     }
     // Closed-loop workers wait for each answer, so slow answers delay the requests behind
@@ -338,7 +457,7 @@ async fn phase(
     let mean = total.latency_us.mean().max(1.0) as u64;
     let latency_us = total.latency_us.clone_correct(mean);
     Ok(LevelResult {
-        level: level.to_string(),
+        label: spec.label.clone(),
         ops: total.ops,
         seconds,
         latency_us,
@@ -390,35 +509,106 @@ async fn http_worker(p: Arc<Phase>, c: Client, seed: u64) -> Result<Stats> {
     Ok(stats)
 }
 
-async fn resp_worker(p: Arc<Phase>, addr: String, pipeline: usize, seed: u64) -> Result<Stats> {
+/// etcd through its v3 JSON gateway, the same request shape as tunekv's HTTP API: one JSON
+/// body per operation over a pooled HTTP/1.1 connection.
+async fn etcd_worker(
+    p: Arc<Phase>,
+    c: reqwest::Client,
+    base: String,
+    bodies: Arc<peers::EtcdBodies>,
+    seed: u64,
+) -> Result<Stats> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut stats = Stats::new()?;
+    let (put_url, range_url) = (format!("{base}/v3/kv/put"), format!("{base}/v3/kv/range"));
+    while p.next() {
+        let i = p.chooser.pick(&mut rng);
+        let measuring = p.measuring.load(Ordering::Relaxed);
+        let t = Instant::now();
+        let (url, body) = if rng.gen_bool(p.read_ratio) {
+            (&range_url, bodies.range[i].clone())
+        } else {
+            (&put_url, bodies.put[i].clone())
+        };
+        let outcome = match c.post(url).body(body).send().await {
+            Ok(r) if r.status().is_success() => r
+                .bytes()
+                .await
+                .map(|_| ())
+                .map_err(|_| "transport".to_string()),
+            Ok(r) => Err(format!("etcd_http_{}", r.status().as_u16())),
+            Err(_) => Err("transport".to_string()),
+        };
+        if !measuring {
+            continue;
+        }
+        stats.done(t, outcome.is_ok());
+        if let Err(code) = outcome {
+            stats.refuse(&code);
+        }
+        p.done.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(stats)
+}
+
+/// Pipelined GET/SET over RESP, `pipeline` deep. Against tunekv (`tunekv`), the connection
+/// selects the bench keyspace and the phase's level, and a `RECEIPT` after each batch that
+/// ends with a GET samples the served staleness.
+async fn resp_worker(
+    p: Arc<Phase>,
+    addr: String,
+    tunekv: bool,
+    pipeline: usize,
+    seed: u64,
+) -> Result<Stats> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut stats = Stats::new()?;
     let mut conn = RespConn::connect(&addr).await?;
-    let setup = conn
-        .pipeline(&[
-            vec![b"SELECT".as_slice(), KEYSPACE.as_bytes()],
-            vec![b"CONSISTENCY".as_slice(), p.level.as_bytes()],
-        ])
-        .await?;
-    if let Some(Value::Error(e)) = setup.iter().find(|v| matches!(v, Value::Error(_))) {
-        bail!("{addr}: {e}");
+    if tunekv {
+        let setup = conn
+            .pipeline(&[
+                vec![b"SELECT".as_slice(), KEYSPACE.as_bytes()],
+                vec![b"CONSISTENCY".as_slice(), p.level.as_bytes()],
+            ])
+            .await?;
+        if let Some(Value::Error(e)) = setup.iter().find(|v| matches!(v, Value::Error(_))) {
+            bail!("{addr}: {e}");
+        }
     }
-    let mut batch: Vec<Vec<&[u8]>> = Vec::with_capacity(pipeline);
+    let mut batch: Vec<Vec<&[u8]>> = Vec::with_capacity(pipeline + 1);
     while p.next() {
         batch.clear();
+        let mut last_get = false;
         for _ in 0..pipeline {
             let key = p.keys[p.chooser.pick(&mut rng)].as_bytes();
-            if rng.gen_bool(p.read_ratio) {
+            last_get = rng.gen_bool(p.read_ratio);
+            if last_get {
                 batch.push(vec![b"GET".as_slice(), key]);
             } else {
                 batch.push(vec![b"SET".as_slice(), key, &p.value]);
             }
         }
+        let sample = tunekv && last_get;
+        if sample {
+            batch.push(vec![b"RECEIPT".as_slice()]);
+        }
         let measuring = p.measuring.load(Ordering::Relaxed);
         let t = Instant::now();
-        let replies = conn.pipeline(&batch).await?;
+        let mut replies = conn.pipeline(&batch).await?;
         if !measuring {
             continue;
+        }
+        if sample {
+            if let Some(receipt) = replies.pop() {
+                let int = |name| match receipt.field(name) {
+                    Some(Value::Int(n)) => u64::try_from(*n).ok(),
+                    _ => None,
+                };
+                if let (Some(entries), Some(ms)) = (int("staleness_entries"), int("staleness_ms")) {
+                    stats.stale_entries.saturating_record(entries);
+                    stats.stale_ms.saturating_record(ms);
+                }
+            }
         }
         for r in &replies {
             match r {
@@ -465,7 +655,7 @@ impl Summary {
             (!h.is_empty()).then(|| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
         };
         Summary {
-            level: r.level.clone(),
+            level: r.label.clone(),
             ops_per_s: r.throughput(),
             p50_ms: ms(h.value_at_quantile(0.5)),
             p99_ms: ms(h.value_at_quantile(0.99)),
@@ -501,7 +691,7 @@ fn pair_cells(p: Option<(u64, u64)>) -> String {
 
 pub fn table(results: &[LevelResult]) -> String {
     let mut out = format!(
-        "{:<22} {:>9} {:>8} {:>8} {:>8} {:>8} {:>13} {:>13}  {}\n",
+        "{:<28} {:>9} {:>8} {:>8} {:>8} {:>8} {:>13} {:>13}  {}\n",
         "level",
         "ops/s",
         "p50 ms",
@@ -513,12 +703,12 @@ pub fn table(results: &[LevelResult]) -> String {
         "refused"
     );
     out += &format!(
-        "{:<22} {:>9} {:>8} {:>8} {:>8} {:>8} {:>13} {:>13}\n",
+        "{:<28} {:>9} {:>8} {:>8} {:>8} {:>8} {:>13} {:>13}\n",
         "", "", "", "", "", "", "p50/p99", "p50/p99"
     );
     for s in results.iter().map(Summary::of) {
         out += &format!(
-            "{:<22} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>13} {:>13}  {}\n",
+            "{:<28} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>13} {:>13}  {}\n",
             s.level,
             s.ops_per_s,
             s.p50_ms,
@@ -538,6 +728,7 @@ fn write_out(
     o: &BenchOptions,
     results: &[LevelResult],
     cpu: Option<f64>,
+    ratios: Option<&BTreeMap<String, Option<f64>>>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let summaries: Vec<Summary> = results.iter().map(Summary::of).collect();
@@ -561,7 +752,7 @@ fn write_out(
     std::fs::write(dir.join("results.csv"), csv)?;
     std::fs::write(dir.join("latency.svg"), svg::latency(results))?;
     std::fs::write(dir.join("staleness.svg"), svg::staleness(results))?;
-    let summary = serde_json::json!({
+    let mut summary = serde_json::json!({
         "protocol": format!("{:?}", o.protocol).to_lowercase(),
         "read_ratio": o.read_ratio,
         "keys": o.keys,
@@ -573,6 +764,10 @@ fn write_out(
         "load_generator_cpu_cores": cpu,
         "levels": summaries,
     });
+    if let Some(r) = ratios {
+        summary["compared_with"] = serde_json::json!(o.compare);
+        summary["ratios"] = serde_json::json!(r);
+    }
     std::fs::write(
         dir.join("summary.json"),
         serde_json::to_string_pretty(&summary)?,

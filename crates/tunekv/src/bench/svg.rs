@@ -80,7 +80,7 @@ fn bars(title: &str, unit: &str, labels: &[String], series: &[(&str, &str, Vec<f
 }
 
 pub fn latency(results: &[LevelResult]) -> String {
-    let labels: Vec<String> = results.iter().map(|r| r.level.clone()).collect();
+    let labels: Vec<String> = results.iter().map(|r| r.label.clone()).collect();
     let q = |q: f64| -> Vec<f64> {
         results
             .iter()
@@ -96,7 +96,7 @@ pub fn latency(results: &[LevelResult]) -> String {
 }
 
 pub fn staleness(results: &[LevelResult]) -> String {
-    let labels: Vec<String> = results.iter().map(|r| r.level.clone()).collect();
+    let labels: Vec<String> = results.iter().map(|r| r.label.clone()).collect();
     let p99 = |f: fn(&LevelResult) -> &hdrhistogram::Histogram<u64>| -> Vec<f64> {
         results
             .iter()

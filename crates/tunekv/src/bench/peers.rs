@@ -1,0 +1,311 @@
+//! The systems `tunekv bench --compare` measures beside tunekv: a 3-member etcd cluster and a
+//! Redis server, started on 127.0.0.1 from the installed binaries (Debian's `etcd-server` and
+//! `redis-server`), loaded with the bench's keys, and stopped by PID at the end.
+
+use crate::verify::resp_client::{RespConn, Value};
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tunekv::local_cluster::free_ports;
+
+/// How long a peer may take to stop after SIGTERM before it gets SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a peer may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const ETCD_MEMBERS: usize = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Peer {
+    Etcd,
+    Redis,
+}
+
+impl Peer {
+    pub fn parse(s: &str) -> Result<Peer> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "etcd" => Ok(Peer::Etcd),
+            "redis" => Ok(Peer::Redis),
+            other => bail!("--compare: unknown system {other:?} (known: etcd, redis)"),
+        }
+    }
+
+    fn binary(self) -> &'static str {
+        match self {
+            Peer::Etcd => "etcd",
+            Peer::Redis => "redis-server",
+        }
+    }
+
+    fn package(self) -> &'static str {
+        match self {
+            Peer::Etcd => "etcd-server",
+            Peer::Redis => "redis-server",
+        }
+    }
+}
+
+/// The binary's path if it is on PATH.
+fn on_path(binary: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(binary))
+            .find(|p| p.is_file())
+    })
+}
+
+/// One HTTP client per etcd connection, like tunekv's `Client`: pooled HTTP/1.1, 10 s timeout.
+pub fn etcd_client() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?)
+}
+
+/// The JSON bodies of etcd's gateway requests, one per key, built once per phase so the
+/// workers only clone a reference-counted buffer.
+pub struct EtcdBodies {
+    pub put: Vec<Bytes>,
+    pub range: Vec<Bytes>,
+}
+
+impl EtcdBodies {
+    pub fn new(keys: &[String], value: &[u8], serializable: bool) -> EtcdBodies {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let value = b64(value);
+        let mut put = Vec::with_capacity(keys.len());
+        let mut range = Vec::with_capacity(keys.len());
+        for k in keys {
+            let key = b64(k.as_bytes());
+            put.push(Bytes::from(
+                serde_json::json!({"key": key, "value": value}).to_string(),
+            ));
+            range.push(Bytes::from(
+                serde_json::json!({"key": key, "serializable": serializable}).to_string(),
+            ));
+        }
+        EtcdBodies { put, range }
+    }
+}
+
+/// The peer processes of one bench run. Dropping it stops them.
+pub struct Peers {
+    dir: PathBuf,
+    children: Vec<(String, Child)>,
+    /// etcd's client URLs, one per member.
+    pub etcd: Vec<String>,
+    /// Redis's address.
+    pub redis: Option<String>,
+}
+
+impl Peers {
+    /// Starts each of `which` under `dir` and waits until it answers.
+    pub async fn start(which: &[Peer], dir: &Path) -> Result<Peers> {
+        let missing: Vec<Peer> = which
+            .iter()
+            .copied()
+            .filter(|p| on_path(p.binary()).is_none())
+            .collect();
+        if !missing.is_empty() {
+            let names: Vec<&str> = missing.iter().map(|p| p.binary()).collect();
+            let packages: Vec<&str> = missing.iter().map(|p| p.package()).collect();
+            bail!(
+                "--compare needs {} on PATH; install with `apt-get install -y {}` (bench/compare.sh does this for you)",
+                names.join(" and "),
+                packages.join(" ")
+            );
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut peers = Peers {
+            dir: dir.to_path_buf(),
+            children: Vec::new(),
+            etcd: Vec::new(),
+            redis: None,
+        };
+        // On any error below, dropping `peers` stops what was started.
+        if which.contains(&Peer::Etcd) {
+            peers.start_etcd().await?;
+        }
+        if which.contains(&Peer::Redis) {
+            peers.start_redis().await?;
+        }
+        Ok(peers)
+    }
+
+    fn spawn(&mut self, name: &str, cmd: &mut Command) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        println!("started {name} (pid {})", child.id());
+        self.children.push((name.to_string(), child));
+        Ok(())
+    }
+
+    fn log_tail(&self, name: &str) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+
+    async fn start_etcd(&mut self) -> Result<()> {
+        let ports = free_ports(2 * ETCD_MEMBERS, &[])?;
+        let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+        let initial: Vec<String> = (0..ETCD_MEMBERS)
+            .map(|i| format!("etcd{i}={}", peer_url(i)))
+            .collect();
+        for i in 0..ETCD_MEMBERS {
+            let client = format!("http://127.0.0.1:{}", ports[2 * i]);
+            let name = format!("etcd{i}");
+            let data = self.dir.join(format!("{name}.data"));
+            self.spawn(
+                &name,
+                Command::new("etcd")
+                    .arg("--name")
+                    .arg(&name)
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .args(["--listen-client-urls", &client])
+                    .args(["--advertise-client-urls", &client])
+                    .args(["--listen-peer-urls", &peer_url(i)])
+                    .args(["--initial-advertise-peer-urls", &peer_url(i)])
+                    .args(["--initial-cluster", &initial.join(",")])
+                    .args(["--initial-cluster-state", "new"])
+                    .args(["--initial-cluster-token", "tunekv-bench"])
+                    .args(["--logger", "zap", "--log-level", "warn"]),
+            )?;
+            self.etcd.push(client);
+        }
+        let http = etcd_client()?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        for (i, url) in self.etcd.clone().iter().enumerate() {
+            loop {
+                let healthy = match http.get(format!("{url}/health")).send().await {
+                    Ok(r) => r.text().await.unwrap_or_default().contains("\"true\""),
+                    Err(_) => false,
+                };
+                if healthy {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "etcd member {i} ({url}) not healthy after {START_TIMEOUT:?}; its log ends:\n{}",
+                        self.log_tail(&format!("etcd{i}"))
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        println!("etcd: {} members healthy", self.etcd.len());
+        Ok(())
+    }
+
+    async fn start_redis(&mut self) -> Result<()> {
+        let port = free_ports(1, &[])?[0];
+        let dir = self.dir.clone();
+        // Like a default Redis, minus snapshots to disk: one process, no replication.
+        self.spawn(
+            "redis",
+            Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(&dir),
+        )?;
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(mut c) = RespConn::connect(&addr).await {
+                if let Ok(r) = c.pipeline(&[vec![b"PING".as_slice()]]).await {
+                    if matches!(r.first(), Some(Value::Simple(s)) if s == "PONG") {
+                        break;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "redis at {addr} not answering after {START_TIMEOUT:?}; its log ends:\n{}",
+                    self.log_tail("redis")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!("redis: answering at {addr}");
+        self.redis = Some(addr);
+        Ok(())
+    }
+
+    /// Writes every key once, so reads find values everywhere.
+    pub async fn load(&self, keys: &[String], value: &[u8]) -> Result<()> {
+        if let Some(url) = self.etcd.first() {
+            let http = etcd_client()?;
+            let bodies = EtcdBodies::new(keys, value, false);
+            for (k, body) in keys.iter().zip(bodies.put) {
+                let r = http
+                    .post(format!("{url}/v3/kv/put"))
+                    .body(body)
+                    .send()
+                    .await
+                    .with_context(|| format!("etcd: cannot load {k}"))?;
+                if !r.status().is_success() {
+                    bail!("etcd: cannot load {k}: HTTP {}", r.status());
+                }
+            }
+        }
+        if let Some(addr) = &self.redis {
+            let mut c = RespConn::connect(addr).await?;
+            for chunk in keys.chunks(500) {
+                let batch: Vec<Vec<&[u8]>> = chunk
+                    .iter()
+                    .map(|k| vec![b"SET".as_slice(), k.as_bytes(), value])
+                    .collect();
+                if let Some(Value::Error(e)) = c
+                    .pipeline(&batch)
+                    .await?
+                    .into_iter()
+                    .find(|v| matches!(v, Value::Error(_)))
+                {
+                    bail!("redis: cannot load keys: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to each peer's PID, SIGKILL after a grace period; then removes their files.
+    pub fn stop(&mut self) {
+        for (name, mut c) in self.children.drain(..) {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + STOP_GRACE;
+            let mut exited = false;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    exited = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !exited {
+                eprintln!("{name} (pid {}) ignored SIGTERM; killing it", c.id());
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
