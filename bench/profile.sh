@@ -3,7 +3,7 @@
 # sampling with call graphs), as text reports and, when inferno is installed
 # (`cargo install inferno`), flamegraph SVGs. Needs Debian's linux-perf.
 #   bench/profile.sh [OUT_DIR]        (default target/profiles)
-# Workloads (bench flags) and seconds are in WORKLOADS and SECONDS below.
+# PROFILES picks workloads (default: all four below); SECONDS_PROFILED the seconds sampled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-target/profiles}"
@@ -30,16 +30,22 @@ profile() { # name, bench args...
   perf record -F 499 -g -e cpu-clock -p "$PIDS" -o "$OUT/$name.perf.data" -- sleep "$SECONDS_PROFILED" 2>/dev/null
   wait "$bench"
   perf report -i "$OUT/$name.perf.data" --stdio --no-children --sort symbol --percent-limit 1 \
-    -g none 2>/dev/null | grep -v '^$' >"$OUT/$name.top.txt"
+    -g none 2>/dev/null | grep -v '^$' | sed 's/ *-  *- *$//; s/ *$//' >"$OUT/$name.top.txt"
   perf report -i "$OUT/$name.perf.data" --stdio --children --sort symbol --percent-limit 4 \
-    -g none 2>/dev/null | grep -v '^$' >"$OUT/$name.inclusive.txt"
+    -g none 2>/dev/null | grep -v '^$' | sed 's/ *-  *- *$//; s/ *$//' >"$OUT/$name.inclusive.txt"
   if command -v inferno-collapse-perf >/dev/null; then
     perf script -i "$OUT/$name.perf.data" 2>/dev/null | inferno-collapse-perf | inferno-flamegraph >"$OUT/$name.svg"
   fi
   echo "$name: $OUT/$name.top.txt"
-  grep -A3 '^level' "$OUT/$name.bench.txt" | tail -1
+  grep -A2 '^level' "$OUT/$name.bench.txt" | tail -1
 }
-profile write --levels strong --read-ratio 0
-profile read-strong --levels strong --read-ratio 1
-profile read-eventual --levels eventual --read-ratio 1
-profile resp-get --protocol resp --levels eventual --read-ratio 1 --inflight 16
+PROFILES="${PROFILES:-write read-strong read-eventual resp-get}"
+for p in $PROFILES; do
+  case $p in
+    write) profile write --levels strong --read-ratio 0 ;;
+    read-strong) profile read-strong --levels strong --read-ratio 1 ;;
+    read-eventual) profile read-eventual --levels eventual --read-ratio 1 ;;
+    resp-get) profile resp-get --protocol resp --levels eventual --read-ratio 1 --inflight 16 ;;
+    *) echo "unknown profile $p" >&2; exit 2 ;;
+  esac
+done

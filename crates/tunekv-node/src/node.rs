@@ -13,7 +13,7 @@ use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::AppendEntriesResponse;
 use openraft::{BasicNode, ReadPolicy, ServerState};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -32,6 +32,8 @@ use tunekv_storage::{GroupCommit, Storage};
 
 /// Catalog keys in the metadata group: `ks/<name>` → the keyspace spec as JSON.
 const CATALOG_PREFIX: &[u8] = b"ks/";
+/// Parsed keyspaces kept per node; past this many the cache starts over.
+const KEYSPACE_CACHE_MAX: usize = 10_000;
 /// Pause between retries while a shard has no reachable leader (elections take ~1 s).
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Longest a leader works on a forwarded request; the caller has usually given up sooner.
@@ -160,6 +162,10 @@ pub struct Node {
     groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
     // Serializes group creation so two tasks never open the same group twice.
     opening: tokio::sync::Mutex<()>,
+    // Parsed catalog entries by keyspace name, each valid while the catalog entry's
+    // (create_index, mod_index) is unchanged: every request names its keyspace, and parsing the
+    // spec's JSON each time was the RESP GET path's largest cost after allocation.
+    keyspace_cache: RwLock<HashMap<String, ((u64, u64), KeyspaceInfo)>>,
 }
 
 /// The items of a batch (1 to `BATCH_KEYS_MAX`, every key checked) grouped by shard, in shard
@@ -250,6 +256,7 @@ impl Node {
             peer_clocks: Mutex::new(BTreeMap::new()),
             groups: RwLock::new(BTreeMap::new()),
             opening: tokio::sync::Mutex::new(()),
+            keyspace_cache: RwLock::new(HashMap::new()),
         });
         tokio::spawn(rpc::serve(
             node.id,
@@ -572,12 +579,27 @@ impl Node {
         let meta = self.metadata();
         let view = meta.data.read();
         let v = view.get(&Self::catalog_key(name))?;
+        let version = (v.create_index, v.mod_index);
+        {
+            let cache = self.keyspace_cache.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((cached, info)) = cache.get(name) {
+                if *cached == version {
+                    return Some(info.clone());
+                }
+            }
+        }
         let spec: KeyspaceSpec = serde_json::from_slice(&v.value).ok()?;
-        Some(KeyspaceInfo {
+        let info = KeyspaceInfo {
             name: name.to_string(),
             id: v.create_index,
             spec,
-        })
+        };
+        let mut cache = self.keyspace_cache.write().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= KEYSPACE_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(name.to_string(), (version, info.clone()));
+        Some(info)
     }
 
     /// The keyspace, confirmed with the catalog's leader if this node has not heard of it yet
