@@ -44,6 +44,10 @@ pub struct NodeConfig {
     /// Deliberate bugs (`tunekv server --bug`, bug-injection builds only); never in a file.
     #[serde(skip)]
     pub bugs: crate::Bugs,
+    /// Seed of every random draw the node makes (fault drops and jitter, its incarnation id);
+    /// set by the simulator, never in a file. None: from the OS.
+    #[serde(skip)]
+    pub rng_seed: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -180,6 +184,7 @@ impl NodeConfig {
                 wait_ms_cap: wait_ms_cap(),
                 raft_timing: RaftTimingConfig::default(),
                 bugs: crate::Bugs::default(),
+                rng_seed: None,
             })
             .collect()
     }

@@ -12,6 +12,8 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::AppendEntriesResponse;
 use openraft::{BasicNode, ReadPolicy, ServerState};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -221,7 +223,9 @@ impl Node {
             .map_err(internal)?;
         let session_key = SessionKey::new(config.cluster_secret.as_bytes())
             .map_err(|e| err(Code::BadRequest, e))?;
-        let faults = Arc::new(Faults::new(config.enable_faults));
+        // Every draw this node makes comes from one seed: the simulator's, or the OS's.
+        let mut rng = StdRng::seed_from_u64(config.rng_seed.unwrap_or_else(rand::random));
+        let faults = Arc::new(Faults::new(config.enable_faults, rng.gen()));
         let peers: Vec<(NodeId, String)> = config
             .peers
             .iter()
@@ -252,7 +256,8 @@ impl Node {
             raft_config,
             session_key,
             epoch: Instant::now(),
-            incarnation: incarnation_id(),
+            // A random id for this process, so peers notice a restart (its clock starts over).
+            incarnation: rng.gen(),
             peer_clocks: Mutex::new(BTreeMap::new()),
             groups: RwLock::new(BTreeMap::new()),
             opening: tokio::sync::Mutex::new(()),
@@ -581,7 +586,10 @@ impl Node {
         let v = view.get(&Self::catalog_key(name))?;
         let version = (v.create_index, v.mod_index);
         {
-            let cache = self.keyspace_cache.read().unwrap_or_else(|p| p.into_inner());
+            let cache = self
+                .keyspace_cache
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
             if let Some((cached, info)) = cache.get(name) {
                 if *cached == version {
                     return Some(info.clone());
@@ -594,7 +602,10 @@ impl Node {
             id: v.create_index,
             spec,
         };
-        let mut cache = self.keyspace_cache.write().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self
+            .keyspace_cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         if cache.len() >= KEYSPACE_CACHE_MAX {
             cache.clear();
         }
@@ -1666,20 +1677,6 @@ impl Node {
             }
         }
     }
-}
-
-/// A random id for this process, so peers notice a restart (its clock starts over).
-fn incarnation_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
 }
 
 impl Handler for Node {

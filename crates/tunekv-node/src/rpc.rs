@@ -10,7 +10,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -154,7 +154,7 @@ pub enum CallError {
     Remote(RemoteError),
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Response, RemoteError>>>>>;
+type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Result<Response, RemoteError>>>>>;
 
 struct Conn {
     // Frames to the writer task; bounded so a stuck peer pushes back.
@@ -173,7 +173,7 @@ struct Peer {
 /// Outbound calls to every peer.
 pub struct PeerPool {
     me: NodeId,
-    peers: HashMap<NodeId, Peer>,
+    peers: BTreeMap<NodeId, Peer>,
     transport: Arc<dyn Transport>,
     faults: Arc<Faults>,
     next_id: AtomicU64,

@@ -1,6 +1,8 @@
 //! Node-to-node byte streams behind one trait, so the simulator can swap in its own network.
 //! The fault layer (isolation, partitions, one-way partitions, delays, drops) lives here too.
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -65,7 +67,7 @@ impl Transport for TcpTransport {
 
 /// Injected network faults, applied to node-to-node traffic only (client traffic is served).
 /// Changing them requires the node to run with `--enable-faults`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Faults {
     enabled: bool,
     // When set, outbound calls fail at once and inbound requests are dropped unanswered, as a
@@ -74,6 +76,8 @@ pub struct Faults {
     // Partitions, delays and drops; `any` is false while they are all off.
     any: AtomicBool,
     links: Mutex<LinkFaults>,
+    // Drops and jitter draw from here: seeded by the node (and so by the simulator's seed).
+    rng: Mutex<StdRng>,
 }
 
 /// Faults on this node's links to other nodes (by node id). A partition is built by setting
@@ -127,11 +131,22 @@ pub enum Fate {
 }
 
 impl Faults {
-    pub fn new(enabled: bool) -> Faults {
+    pub fn new(enabled: bool, seed: u64) -> Faults {
         Faults {
             enabled,
-            ..Faults::default()
+            isolated: AtomicBool::new(false),
+            any: AtomicBool::new(false),
+            links: Mutex::new(LinkFaults::default()),
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
         }
+    }
+
+    fn rng(&self) -> std::sync::MutexGuard<'_, StdRng> {
+        self.rng.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn chance(&self, p: f64) -> bool {
+        p > 0.0 && self.rng().gen::<f64>() < p
     }
 
     pub fn enabled(&self) -> bool {
@@ -171,11 +186,11 @@ impl Faults {
             return Fate::Deliver;
         }
         let l = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        if l.drop_to.contains(&to) || chance(l.drop_rate) {
+        if l.drop_to.contains(&to) || self.chance(l.drop_rate) {
             return Fate::Lose;
         }
         let jitter = if l.jitter_ms > 0 {
-            rand::random::<u64>() % (l.jitter_ms + 1)
+            self.rng().gen_range(0..=l.jitter_ms)
         } else {
             0
         };
@@ -213,12 +228,8 @@ impl Faults {
             return true;
         }
         let l = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        !l.drop_from.contains(&from) && !chance(l.drop_rate)
+        !l.drop_from.contains(&from) && !self.chance(l.drop_rate)
     }
-}
-
-fn chance(p: f64) -> bool {
-    p > 0.0 && rand::random::<f64>() < p
 }
 
 #[cfg(test)]
@@ -227,7 +238,7 @@ mod tests {
 
     #[test]
     fn link_faults_decide_each_direction() {
-        let f = Faults::new(true);
+        let f = Faults::new(true, 1);
         assert_eq!(f.outbound(2), Fate::Deliver);
         assert!(f.set_links(LinkFaults {
             drop_to: [2].into(),
@@ -245,6 +256,6 @@ mod tests {
         assert!(!f.inbound_response(3) && f.inbound_response(2));
         assert!(f.set_links(LinkFaults::default()));
         assert_eq!(f.outbound(2), Fate::Deliver);
-        assert!(!Faults::new(false).set_links(LinkFaults::default()));
+        assert!(!Faults::new(false, 1).set_links(LinkFaults::default()));
     }
 }

@@ -11,6 +11,7 @@
 //! [`tunekv_storage::GroupCommit`], so a burst of writes to many shards costs one fsync.
 
 mod log_store;
+pub mod runtime;
 mod state_machine;
 mod types;
 

@@ -9,6 +9,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Command,
         R = CommandResult,
+        AsyncRuntime = crate::runtime::TunekvRuntime,
 );
 
 /// A state-machine command. `commit_ts` is the leader's hybrid-logical-clock time when it

@@ -18,25 +18,27 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the sync thread for `storage`. The thread ends when every handle is dropped.
+    /// Starts the sync loop for `storage`: on a thread of its own when syncs block (a disk),
+    /// else on a task of the current runtime. It ends when every handle is dropped.
     pub fn start(storage: Arc<dyn Storage>) -> GroupCommit {
         let (tx, mut rx) = mpsc::channel::<Done>(SYNC_QUEUE_MAX);
+        if !storage.sync_blocks() {
+            tokio::spawn(async move {
+                let mut batch: Vec<Done> = Vec::new();
+                while let Some(first) = rx.recv().await {
+                    batch.push(first);
+                    run_batch(&*storage, &mut rx, &mut batch);
+                }
+            });
+            return GroupCommit { tx };
+        }
         std::thread::Builder::new()
             .name("tunekv-sync".into())
             .spawn(move || {
                 let mut batch: Vec<Done> = Vec::new();
                 while let Some(first) = rx.blocking_recv() {
                     batch.push(first);
-                    while let Ok(more) = rx.try_recv() {
-                        batch.push(more);
-                    }
-                    let res = storage.sync().map_err(|e| e.to_string());
-                    if let Err(e) = &res {
-                        tracing::error!(error = %e, "sync failed");
-                    }
-                    for done in batch.drain(..) {
-                        done(res.clone());
-                    }
+                    run_batch(&*storage, &mut rx, &mut batch);
                 }
             })
             .map(|_| ())
@@ -67,6 +69,20 @@ impl GroupCommit {
             Ok(Err(e)) => Err(StorageError::Engine(e)),
             Err(_) => Err(StorageError::Closed),
         }
+    }
+}
+
+/// One sync for `batch` and whatever else is queued, then every caller is answered.
+fn run_batch(storage: &dyn Storage, rx: &mut mpsc::Receiver<Done>, batch: &mut Vec<Done>) {
+    while let Ok(more) = rx.try_recv() {
+        batch.push(more);
+    }
+    let res = storage.sync().map_err(|e| e.to_string());
+    if let Err(e) = &res {
+        tracing::error!(error = %e, "sync failed");
+    }
+    for done in batch.drain(..) {
+        done(res.clone());
     }
 }
 

@@ -63,6 +63,12 @@ pub trait Storage: Send + Sync + 'static {
     fn get_snapshot(&self, group: Group) -> Result<Option<Vec<u8>>>;
     /// Makes every earlier write durable. Blocking: call it through [`GroupCommit`].
     fn sync(&self) -> Result<()>;
+    /// Whether `sync` blocks the calling thread (a real disk). [`GroupCommit`] runs blocking
+    /// syncs on a thread of their own, and the others on a task, so a simulated node has no
+    /// thread outside its runtime.
+    fn sync_blocks(&self) -> bool {
+        true
+    }
 }
 
 /// Key of a log record: group then index, both big-endian so byte order is index order.
