@@ -1,0 +1,9 @@
+//! tunekv-sim: whole tunekv clusters (the production node code) under turmoil's simulated
+//! network and time, a simulated disk that loses unsynced writes on a crash, and per-node
+//! clocks, all derived from one seed; histories judged by tunekv-check. See docs/simulation.md.
+
+pub mod client;
+pub mod net;
+pub mod run;
+
+pub use run::{run, Fault, Outcome, Plan};

@@ -1,0 +1,451 @@
+//! One seed's run: the plan it derives, the simulated cluster, the fault schedule, the
+//! clients, the invariants checked while it runs, the trace, and the checkers' verdict.
+
+use crate::client::{self, KEYSPACE};
+use crate::net::{HttpListener, SimClock, SimTransport, HTTP_PORT, RAFT_PORT};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tunekv_check::history::{OpKind, Operation};
+use tunekv_node::{Node, NodeConfig, PeerConfig};
+use tunekv_storage::MemStorage;
+
+/// Levels the clients read at.
+const LEVELS: [&str; 8] = [
+    "strong",
+    "bounded(k=5)",
+    "bounded(t=500ms)",
+    "consistent_prefix",
+    "read_your_writes",
+    "monotonic_reads",
+    "session",
+    "eventual",
+];
+/// Virtual time the cluster gets to elect leaders and create the keyspace before clients start.
+const SETUP: Duration = Duration::from_secs(5);
+/// Virtual time after the faults are healed before the final reads.
+const SETTLE: Duration = Duration::from_secs(8);
+/// Steps between two checks of the internal invariants.
+const INVARIANT_EVERY: u64 = 50;
+
+/// What a seed decides.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub seed: u64,
+    pub nodes: usize,
+    pub clients: usize,
+    pub keys: usize,
+    /// Virtual time with faults.
+    pub safety: Duration,
+    pub clock_offsets_ms: Vec<i64>,
+    /// (virtual ms since clients started, fault), in time order.
+    pub faults: Vec<(u64, Fault)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    Partition(usize, usize),
+    PartitionOneway(usize, usize),
+    Hold(usize, usize),
+    Crash { node: usize, keep_unsynced: f64 },
+    ClockJump { node: usize, offset_ms: i64 },
+    LatencySpike { a: usize, b: usize, ms: u64 },
+    Loss { rate: f64 },
+    /// Ends every fault above: repairs links, restarts crashed nodes, resets clocks.
+    Heal,
+}
+
+impl Plan {
+    pub fn of(seed: u64, safety: Duration) -> Plan {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let nodes = if rng.gen_bool(0.7) { 3 } else { 5 };
+        let clients = rng.gen_range(2..=4);
+        let keys = rng.gen_range(2..=6);
+        let clock_offsets_ms = (0..nodes).map(|_| rng.gen_range(-200..=200)).collect();
+        let mut faults = Vec::new();
+        let total = safety.as_millis() as u64;
+        let mut t = rng.gen_range(500..3000);
+        // Episodes: a fault, some time under it, a heal, a quiet spell.
+        while t + 2000 < total {
+            let a = rng.gen_range(0..nodes);
+            let b = (a + rng.gen_range(1..nodes)) % nodes;
+            let fault = match rng.gen_range(0..7) {
+                0 => Fault::Partition(a, b),
+                1 => Fault::PartitionOneway(a, b),
+                2 => Fault::Hold(a, b),
+                3 => Fault::Crash {
+                    node: a,
+                    keep_unsynced: rng.gen_range(0.0..1.0),
+                },
+                4 => Fault::ClockJump {
+                    node: a,
+                    offset_ms: rng.gen_range(-3000..=3000),
+                },
+                5 => Fault::LatencySpike {
+                    a,
+                    b,
+                    ms: rng.gen_range(50..800),
+                },
+                _ => Fault::Loss {
+                    rate: rng.gen_range(0.01..0.2),
+                },
+            };
+            faults.push((t, fault));
+            t += rng.gen_range(1000..5000);
+            faults.push((t.min(total), Fault::Heal));
+            t += rng.gen_range(500..3000);
+        }
+        Plan {
+            seed,
+            nodes,
+            clients,
+            keys,
+            safety,
+            clock_offsets_ms,
+            faults,
+        }
+    }
+}
+
+/// What a run produced.
+pub struct Outcome {
+    pub plan: Plan,
+    /// xxh3 of the trace: equal for two runs of one seed.
+    pub trace_hash: u64,
+    pub trace: String,
+    pub ops: usize,
+    pub virtual_secs: f64,
+    /// Checker rows that failed, and internal invariants that broke, as printable lines.
+    pub violations: Vec<String>,
+    /// Client operations that never completed in the liveness phase.
+    pub unfinished: usize,
+}
+
+fn host(i: usize) -> String {
+    format!("n{}", i + 1)
+}
+
+fn config(plan: &Plan, i: usize, seed: u64, bugs: &tunekv_node::Bugs) -> NodeConfig {
+    let peers: Vec<PeerConfig> = (0..plan.nodes)
+        .map(|j| PeerConfig {
+            id: j as u64 + 1,
+            raft: format!("{}:{RAFT_PORT}", host(j)),
+            http: format!("{}:{HTTP_PORT}", host(j)),
+        })
+        .collect();
+    let mut c = NodeConfig::local_cluster(
+        std::path::Path::new("/nonexistent"),
+        &vec![(0, 0, 0); plan.nodes],
+        true,
+        "tunekv-sim-cluster-secret-0123456789",
+    )
+    .remove(i);
+    c.http = peers[i].http.clone();
+    c.raft = peers[i].raft.clone();
+    c.resp = None;
+    c.peers = peers;
+    c.rng_seed = Some(seed);
+    c.bugs = bugs.clone();
+    c
+}
+
+type Nodes = Arc<Mutex<BTreeMap<usize, Arc<Node>>>>;
+
+/// Runs one seed to the end.
+pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
+    let seed = plan.seed;
+    tunekv_raft::runtime::seed_thread(Some(seed ^ 0x5eed));
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+        .simulation_duration(plan.safety + SETUP + SETTLE + Duration::from_secs(60))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_micros(200))
+        .max_message_latency(Duration::from_millis(5))
+        .tcp_capacity(1 << 16)
+        .build();
+    let nodes: Nodes = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut disks = Vec::new();
+    let mut clocks = Vec::new();
+    let mut node_rng = StdRng::seed_from_u64(seed ^ 0xd15c);
+    for i in 0..plan.nodes {
+        let disk = Arc::new(MemStorage::new());
+        let clock = Arc::new(SimClock::new(plan.clock_offsets_ms[i]));
+        disks.push(disk.clone());
+        clocks.push(clock.clone());
+        let boots = Arc::new(AtomicU64::new(0));
+        let base_seed: u64 = node_rng.gen();
+        let (plan, bugs, nodes) = (plan.clone(), bugs.clone(), nodes.clone());
+        sim.host(host(i), move || {
+            let cfg = config(&plan, i, base_seed + boots.fetch_add(1, Ordering::Relaxed), &bugs);
+            let (disk, clock, nodes) = (disk.clone(), clock.clone(), nodes.clone());
+            async move {
+                let node = Node::start(cfg, Arc::new(SimTransport), disk, clock)
+                    .await
+                    .map_err(|e| format!("node {} cannot start: {e}", i + 1))?;
+                nodes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(i, node.clone());
+                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?;
+                axum::serve(HttpListener(listener), tunekv_api::router(node)).await?;
+                Ok(())
+            }
+        });
+    }
+
+    // Clients: each runs until the safety phase ends, then reads every key in the final phase.
+    let history: Arc<Mutex<Vec<Operation>>> = Arc::new(Mutex::new(Vec::new()));
+    let heal_ns = (SETUP + plan.safety + SETTLE).as_nanos() as u64;
+    let unfinished = Arc::new(AtomicU64::new(plan.clients as u64));
+    let mut client_rng = StdRng::seed_from_u64(seed ^ 0xc1);
+    for c in 0..plan.clients {
+        let mut rng = StdRng::seed_from_u64(client_rng.gen());
+        let (history, unfinished) = (history.clone(), unfinished.clone());
+        let plan = plan.clone();
+        sim.client(format!("c{}", c + 1), async move {
+            if c == 0 {
+                create_keyspace(&plan).await?;
+            } else {
+                tokio::time::sleep(SETUP).await;
+            }
+            let end = (SETUP + plan.safety).as_nanos() as u64;
+            let mut token = String::new();
+            let mut n = 0u64;
+            while client::now_ns() < end {
+                let key = format!("k{}", rng.gen_range(0..plan.keys));
+                let node = rng.gen_range(0..plan.nodes);
+                let (kind, value, level) = match rng.gen_range(0..10) {
+                    0..=3 => {
+                        n += 1;
+                        (OpKind::Write, Some(format!("c{c}-{n}")), "strong")
+                    }
+                    4 => (OpKind::Delete, None, "strong"),
+                    _ => (OpKind::Read, None, LEVELS[rng.gen_range(0..LEVELS.len())]),
+                };
+                let op = client::operate(c as u64, node, kind, &key, value, level, &mut token).await;
+                history.lock().unwrap_or_else(|p| p.into_inner()).push(op);
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(1..50))).await;
+            }
+            // Liveness: after the heal, every read must complete, on every node.
+            let heal = Duration::from_nanos(heal_ns);
+            if let Some(wait) = heal.checked_sub(turmoil::sim_elapsed().unwrap_or_default()) {
+                tokio::time::sleep(wait).await;
+            }
+            for k in 0..plan.keys {
+                for node in 0..plan.nodes {
+                    for level in ["eventual", "strong"] {
+                        let op = client::operate(
+                            c as u64,
+                            node,
+                            OpKind::Read,
+                            &format!("k{k}"),
+                            None,
+                            level,
+                            &mut token,
+                        )
+                        .await;
+                        history.lock().unwrap_or_else(|p| p.into_inner()).push(op);
+                    }
+                }
+            }
+            unfinished.fetch_sub(1, Ordering::Relaxed);
+            Ok(())
+        });
+    }
+
+    // The driver: faults at their times, invariants every few steps.
+    let mut trace = String::new();
+    let _ = writeln!(trace, "{{\"seed\":{seed},\"plan\":\"{:?}\"}}", plan);
+    let mut violations = Vec::new();
+    let mut pending_faults = plan.faults.clone();
+    pending_faults.reverse();
+    let mut crashed: Vec<usize> = Vec::new();
+    let mut steps = 0u64;
+    let mut leaders: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+    let result = loop {
+        let now_ms = sim.elapsed().as_millis() as u64;
+        while let Some((at, _)) = pending_faults.last() {
+            if SETUP.as_millis() as u64 + at > now_ms {
+                break;
+            }
+            let (_, fault) = pending_faults.pop().expect("a fault");
+            let _ = writeln!(trace, "{{\"ms\":{now_ms},\"fault\":\"{fault:?}\"}}");
+            apply(&mut sim, &plan, &fault, &disks, &clocks, &mut crashed, &nodes);
+        }
+        match sim.step() {
+            Ok(true) => break Ok(()),
+            Ok(false) => {}
+            Err(e) => break Err(e.to_string()),
+        }
+        steps += 1;
+        if steps % INVARIANT_EVERY == 0 {
+            check_invariants(&nodes, &crashed, &mut leaders, &mut violations);
+        }
+    };
+    if let Err(e) = result {
+        violations.push(format!("simulation: {e}"));
+    }
+    let virtual_secs = sim.elapsed().as_secs_f64();
+    drop(sim);
+    tunekv_raft::runtime::seed_thread(None);
+
+    let mut ops = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
+    ops.sort_by_key(|o| (o.invoke_ns, o.client));
+    for op in &ops {
+        let _ = writeln!(
+            trace,
+            "{}",
+            serde_json::to_string(op).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        );
+    }
+    let count = ops.len();
+    match tunekv_check::check(
+        &tunekv_check::CheckInput {
+            ops,
+            heal_ns: Some(heal_ns),
+        },
+        &tunekv_check::Limits::default(),
+    ) {
+        Ok(report) => {
+            for v in report.violations() {
+                violations.push(format!("[{} / {}] {}", v.level, v.property, v.message));
+            }
+        }
+        Err(e) => violations.push(format!("history rejected: {e}")),
+    }
+    let unfinished = unfinished.load(Ordering::Relaxed) as usize;
+    if unfinished > 0 {
+        violations.push(format!(
+            "liveness: {unfinished} clients never finished their final reads"
+        ));
+    }
+    Outcome {
+        trace_hash: xxhash_rust::xxh3::xxh3_64(trace.as_bytes()),
+        trace,
+        plan,
+        ops: count,
+        virtual_secs,
+        violations,
+        unfinished,
+    }
+}
+
+async fn create_keyspace(plan: &Plan) -> turmoil::Result {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spec = serde_json::json!({"shards": 2, "replicas": plan.nodes.min(3), "default_level": "strong"});
+    loop {
+        let a = client::request(
+            "n1",
+            "PUT",
+            &format!("/v1/keyspaces/{KEYSPACE}"),
+            "",
+            spec.to_string().into_bytes(),
+        )
+        .await;
+        match a {
+            Ok(a) if a.status == 200 || a.status == 201 || a.code() == "keyspace_exists" => break,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    // Give every node time to open its shards.
+    if let Some(wait) = SETUP.checked_sub(turmoil::sim_elapsed().unwrap_or_default()) {
+        tokio::time::sleep(wait).await;
+    }
+    Ok(())
+}
+
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    plan: &Plan,
+    fault: &Fault,
+    disks: &[Arc<MemStorage>],
+    clocks: &[Arc<SimClock>],
+    crashed: &mut Vec<usize>,
+    nodes: &Nodes,
+) {
+    use tunekv_node::clock::Clock;
+    match fault {
+        Fault::Partition(a, b) => sim.partition(host(*a), host(*b)),
+        Fault::PartitionOneway(a, b) => sim.partition_oneway(host(*a), host(*b)),
+        Fault::Hold(a, b) => sim.hold(host(*a), host(*b)),
+        Fault::Crash {
+            node,
+            keep_unsynced,
+        } => {
+            if crashed.contains(node) {
+                return;
+            }
+            sim.crash(host(*node));
+            nodes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(node);
+            let d = &disks[*node];
+            let keep = (d.unsynced() as f64 * keep_unsynced) as usize;
+            d.crash(keep);
+            crashed.push(*node);
+        }
+        Fault::ClockJump { node, offset_ms } => {
+            clocks[*node].set_offset_ms(plan.clock_offsets_ms[*node] + offset_ms);
+        }
+        Fault::LatencySpike { a, b, ms } => {
+            sim.set_link_latency(host(*a), host(*b), Duration::from_millis(*ms));
+        }
+        Fault::Loss { rate } => sim.set_fail_rate(*rate),
+        Fault::Heal => {
+            for a in 0..plan.nodes {
+                for b in 0..plan.nodes {
+                    if a != b {
+                        sim.repair_oneway(host(a), host(b));
+                        sim.release(host(a), host(b));
+                        sim.set_link_latency(host(a), host(b), Duration::from_micros(200));
+                    }
+                }
+            }
+            sim.set_fail_rate(0.0);
+            for (i, c) in clocks.iter().enumerate() {
+                c.set_offset_ms(plan.clock_offsets_ms[i]);
+            }
+            for node in crashed.drain(..) {
+                sim.bounce(host(node));
+            }
+        }
+    }
+}
+
+/// Applied ≤ committed on every replica; at most one leader per group and term, ever.
+fn check_invariants(
+    nodes: &Nodes,
+    crashed: &[usize],
+    leaders: &mut BTreeMap<(u64, u64), u64>,
+    violations: &mut Vec<String>,
+) {
+    let nodes = nodes.lock().unwrap_or_else(|p| p.into_inner());
+    for (i, node) in nodes.iter() {
+        if crashed.contains(i) {
+            continue;
+        }
+        for r in node.local_status() {
+            if r.applied_index > r.committed_index && violations.len() < 20 {
+                violations.push(format!(
+                    "invariant: node {} group {} applied {} > committed {}",
+                    r.node, r.group, r.applied_index, r.committed_index
+                ));
+            }
+            if r.state == "Leader" {
+                let prev = *leaders.entry((r.group, r.term)).or_insert(r.node);
+                if prev != r.node && violations.len() < 20 {
+                    violations.push(format!(
+                        "invariant: group {} term {} has two leaders: nodes {prev} and {}",
+                        r.group, r.term, r.node
+                    ));
+                }
+            }
+        }
+    }
+}
