@@ -34,6 +34,8 @@ use tunekv_storage::{GroupCommit, Storage};
 
 /// Catalog keys in the metadata group: `ks/<name>` → the keyspace spec as JSON.
 const CATALOG_PREFIX: &[u8] = b"ks/";
+/// A parsed catalog entry and the (create_index, mod_index) it was parsed at.
+type CachedKeyspace = ((u64, u64), KeyspaceInfo);
 /// Parsed keyspaces kept per node; past this many the cache starts over.
 const KEYSPACE_CACHE_MAX: usize = 10_000;
 /// Pause between retries while a shard has no reachable leader (elections take ~1 s).
@@ -167,7 +169,7 @@ pub struct Node {
     // Parsed catalog entries by keyspace name, each valid while the catalog entry's
     // (create_index, mod_index) is unchanged: every request names its keyspace, and parsing the
     // spec's JSON each time was the RESP GET path's largest cost after allocation.
-    keyspace_cache: RwLock<HashMap<String, ((u64, u64), KeyspaceInfo)>>,
+    keyspace_cache: RwLock<HashMap<String, CachedKeyspace>>,
 }
 
 /// The items of a batch (1 to `BATCH_KEYS_MAX`, every key checked) grouped by shard, in shard

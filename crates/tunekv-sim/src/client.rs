@@ -172,7 +172,8 @@ pub async fn operate(
                 }
                 op.position = a.position.clone();
                 if kind == OpKind::Read {
-                    op.value = (a.status == 200).then(|| String::from_utf8_lossy(&a.body).into_owned());
+                    op.value =
+                        (a.status == 200).then(|| String::from_utf8_lossy(&a.body).into_owned());
                     op.staleness_entries = a.staleness.map(|s| s.0);
                     op.staleness_ms = a.staleness.map(|s| s.1);
                 }

@@ -80,7 +80,7 @@ fn main() -> Result<()> {
                 failures.clone(),
                 virtual_total.clone(),
                 done.clone(),
-                bugs.clone(),
+                bugs,
             );
             std::thread::spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::Relaxed);
