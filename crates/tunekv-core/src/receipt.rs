@@ -47,6 +47,15 @@ impl Staleness {
     pub fn header(&self) -> String {
         format!("entries={};ms={}", self.entries, self.ms)
     }
+
+    /// Reads the header form back; `None` if it is not exactly that form.
+    pub fn parse_header(s: &str) -> Option<Staleness> {
+        let (e, m) = s.split_once(';')?;
+        Some(Staleness {
+            entries: e.strip_prefix("entries=")?.parse().ok()?,
+            ms: m.strip_prefix("ms=")?.parse().ok()?,
+        })
+    }
 }
 
 /// Everything a read response reports besides the value.
@@ -85,6 +94,12 @@ mod tests {
             }
         );
         assert_eq!(Staleness::of_copy(&copy).header(), "entries=2;ms=1500");
+        assert_eq!(
+            Staleness::parse_header("entries=2;ms=1500"),
+            Some(Staleness::of_copy(&copy))
+        );
+        assert_eq!(Staleness::parse_header("entries=2"), None);
+        assert_eq!(Staleness::parse_header("ms=1;entries=2"), None);
         let never = CopyState {
             contact_age: None,
             ..copy

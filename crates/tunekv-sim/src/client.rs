@@ -74,7 +74,9 @@ pub async fn request(
         let status = resp.status().as_u16();
         let session = h("tunekv-session");
         let position = h("tunekv-position");
-        let staleness = h("tunekv-staleness").and_then(|s| parse_staleness(&s));
+        let staleness = h("tunekv-staleness")
+            .and_then(|s| tunekv_core::Staleness::parse_header(&s))
+            .map(|s| (s.entries, s.ms));
         let body = resp
             .into_body()
             .collect()
@@ -93,20 +95,6 @@ pub async fn request(
     tokio::time::timeout(CLIENT_TIMEOUT, exchange)
         .await
         .unwrap_or_else(|_| Err("client timeout".into()))
-}
-
-/// `entries=2;ms=37`.
-fn parse_staleness(s: &str) -> Option<(u64, u64)> {
-    let mut entries = None;
-    let mut ms = None;
-    for part in s.split(';') {
-        match part.split_once('=') {
-            Some(("entries", v)) => entries = v.parse().ok(),
-            Some(("ms", v)) => ms = v.parse().ok(),
-            _ => {}
-        }
-    }
-    Some((entries?, ms?))
 }
 
 /// The virtual time in ns since the simulation started.

@@ -43,6 +43,25 @@ pub fn free_ports(count: usize, preferred: &[u16]) -> Result<Vec<u16>> {
     held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
+/// Stops a child process by its PID: SIGTERM, then SIGKILL if it is still running after
+/// `STOP_GRACE`. Returns false when it had to be killed.
+pub fn stop_child(c: &mut Child) -> bool {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(c.id().to_string())
+        .status();
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    false
+}
+
 /// 32 random bytes as hex: a fresh cluster secret, so tokens of one dev cluster are foreign to
 /// the next.
 fn new_cluster_secret() -> String {
@@ -223,19 +242,7 @@ impl LocalCluster {
     /// SIGTERM, then SIGKILL after a grace period.
     pub fn stop(&mut self, i: usize) {
         if let Some(mut c) = self.children[i].take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let deadline = Instant::now() + STOP_GRACE;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            stop_child(&mut c);
         }
     }
 

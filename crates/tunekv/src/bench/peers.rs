@@ -9,10 +9,8 @@ use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tunekv::local_cluster::free_ports;
+use tunekv::local_cluster::{free_ports, stop_child};
 
-/// How long a peer may take to stop after SIGTERM before it gets SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long a peer may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const ETCD_MEMBERS: usize = 3;
@@ -281,23 +279,9 @@ impl Peers {
     /// SIGTERM to each peer's PID, SIGKILL after a grace period; then removes their files.
     pub fn stop(&mut self) {
         for (name, mut c) in self.children.drain(..) {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let deadline = Instant::now() + STOP_GRACE;
-            let mut exited = false;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    exited = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if !exited {
-                eprintln!("{name} (pid {}) ignored SIGTERM; killing it", c.id());
-                let _ = c.kill();
-                let _ = c.wait();
+            let pid = c.id();
+            if !stop_child(&mut c) {
+                eprintln!("{name} (pid {pid}) ignored SIGTERM; it was killed");
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
