@@ -1450,7 +1450,7 @@ impl Node {
                     leader: m.current_leader,
                     term: m.current_term,
                     applied_index: applied.index,
-                    committed_index: m.cluster_committed.as_ref().map(|c| c.index()).unwrap_or(0),
+                    committed_index: m.local_committed.as_ref().map(|c| c.index()).unwrap_or(0),
                     last_log_index: m.last_log_index.unwrap_or(0),
                     snapshot_index: m.snapshot.as_ref().map(|s| s.index()).unwrap_or(0),
                     purged_index: m.purged.as_ref().map(|p| p.index()).unwrap_or(0),

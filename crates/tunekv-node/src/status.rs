@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One replica of one group, as its node sees it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ReplicaStatus {
     pub group: u64,
     pub node: u64,
@@ -11,6 +11,7 @@ pub struct ReplicaStatus {
     pub leader: Option<u64>,
     pub term: u64,
     pub applied_index: u64,
+    /// The last index this replica knows to be committed (safe to apply); 0 until it knows.
     pub committed_index: u64,
     pub last_log_index: u64,
     /// Last log index covered by this replica's snapshot (0: none).

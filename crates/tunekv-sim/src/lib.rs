@@ -3,7 +3,10 @@
 //! clocks, all derived from one seed; histories judged by tunekv-check. See docs/simulation.md.
 
 pub mod client;
+pub mod invariants;
 pub mod net;
 pub mod run;
+pub mod sweep;
 
-pub use run::{run, Fault, Outcome, Plan};
+pub use run::{run, Fault, Outcome, Plan, SAFETY_DEFAULT_SECS};
+pub use sweep::{sweep, Failure, Summary};

@@ -2,6 +2,7 @@
 //! clients, the invariants checked while it runs, the trace, and the checkers' verdict.
 
 use crate::client::{self, KEYSPACE};
+use crate::invariants::{Checked, Invariants};
 use crate::net::{HttpListener, SimClock, SimTransport, HTTP_PORT, RAFT_PORT};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -25,6 +26,8 @@ const LEVELS: [&str; 8] = [
     "session",
     "eventual",
 ];
+/// Virtual seconds of faults per seed unless told otherwise (`--safety-secs`).
+pub const SAFETY_DEFAULT_SECS: u64 = 30;
 /// Virtual time the cluster gets to elect leaders and create the keyspace before clients start.
 const SETUP: Duration = Duration::from_secs(5);
 /// Virtual time after the faults are healed before the final reads.
@@ -123,6 +126,13 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Fault episodes scheduled (each fault, before its heal).
+    pub fn episodes(&self) -> usize {
+        self.faults.iter().filter(|(_, f)| *f != Fault::Heal).count()
+    }
+}
+
 /// What a run produced.
 pub struct Outcome {
     pub plan: Plan,
@@ -135,11 +145,16 @@ pub struct Outcome {
     pub violations: Vec<String>,
     /// Client operations that never completed in the liveness phase.
     pub unfinished: usize,
+    /// What the internal invariants looked at.
+    pub checked: Checked,
 }
 
 fn host(i: usize) -> String {
     format!("n{}", i + 1)
 }
+
+/// The simulated cluster's secret: nodes sign session tokens with it, the invariants check them.
+const CLUSTER_SECRET: &str = "tunekv-sim-cluster-secret-0123456789";
 
 fn config(plan: &Plan, i: usize, seed: u64, bugs: &tunekv_node::Bugs) -> NodeConfig {
     let peers: Vec<PeerConfig> = (0..plan.nodes)
@@ -153,7 +168,7 @@ fn config(plan: &Plan, i: usize, seed: u64, bugs: &tunekv_node::Bugs) -> NodeCon
         std::path::Path::new("/nonexistent"),
         &vec![(0, 0, 0); plan.nodes],
         true,
-        "tunekv-sim-cluster-secret-0123456789",
+        CLUSTER_SECRET,
     )
     .remove(i);
     c.http = peers[i].http.clone();
@@ -175,7 +190,7 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
         .rng_seed(seed)
         .epoch(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
         .simulation_duration(plan.safety + SETUP + SETTLE + Duration::from_secs(60))
-        .tick_duration(Duration::from_millis(1))
+        .tick_duration(Duration::from_millis(2))
         .min_message_latency(Duration::from_micros(200))
         .max_message_latency(Duration::from_millis(5))
         .tcp_capacity(1 << 16)
@@ -219,10 +234,12 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
     let history: Arc<Mutex<Vec<Operation>>> = Arc::new(Mutex::new(Vec::new()));
     let heal_ns = (SETUP + plan.safety + SETTLE).as_nanos() as u64;
     let unfinished = Arc::new(AtomicU64::new(plan.clients as u64));
+    // Each client's latest session token, for the invariants.
+    let tokens: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(vec![String::new(); plan.clients]));
     let mut client_rng = StdRng::seed_from_u64(seed ^ 0xc1);
     for c in 0..plan.clients {
         let mut rng = StdRng::seed_from_u64(client_rng.gen());
-        let (history, unfinished) = (history.clone(), unfinished.clone());
+        let (history, unfinished, tokens) = (history.clone(), unfinished.clone(), tokens.clone());
         let plan = plan.clone();
         sim.client(format!("c{}", c + 1), async move {
             if c == 0 {
@@ -247,6 +264,7 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
                 let op =
                     client::operate(c as u64, node, kind, &key, value, level, &mut token).await;
                 history.lock().unwrap_or_else(|p| p.into_inner()).push(op);
+                tokens.lock().unwrap_or_else(|p| p.into_inner())[c] = token.clone();
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(1..50))).await;
             }
             // Liveness: after the heal, every read must complete, on every node.
@@ -279,12 +297,12 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
     // The driver: faults at their times, invariants every few steps.
     let mut trace = String::new();
     let _ = writeln!(trace, "{{\"seed\":{seed},\"plan\":\"{:?}\"}}", plan);
-    let mut violations = Vec::new();
+    let key = tunekv_core::SessionKey::new(CLUSTER_SECRET.as_bytes()).expect("a valid secret");
+    let mut invariants = Invariants::new(key);
     let mut pending_faults = plan.faults.clone();
     pending_faults.reverse();
     let mut crashed: Vec<usize> = Vec::new();
     let mut steps = 0u64;
-    let mut leaders: BTreeMap<(u64, u64), u64> = BTreeMap::new();
     let result = loop {
         let now_ms = sim.elapsed().as_millis() as u64;
         while let Some((at, _)) = pending_faults.last() {
@@ -310,9 +328,11 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
         }
         steps += 1;
         if steps.is_multiple_of(INVARIANT_EVERY) {
-            check_invariants(&nodes, &crashed, &mut leaders, &mut violations);
+            sample(&nodes, &crashed, &tokens, &mut invariants);
         }
     };
+    sample(&nodes, &crashed, &tokens, &mut invariants);
+    let (mut violations, checked) = invariants.finish();
     if let Err(e) = result {
         violations.push(format!("simulation: {e}"));
     }
@@ -358,6 +378,7 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
         virtual_secs,
         violations,
         unfinished,
+        checked,
     }
 }
 
@@ -484,12 +505,12 @@ fn apply(
     }
 }
 
-/// Applied ≤ committed on every replica; at most one leader per group and term, ever.
-fn check_invariants(
+/// Feeds the invariants every live replica's status and every client's token.
+fn sample(
     nodes: &Nodes,
     crashed: &[usize],
-    leaders: &mut BTreeMap<(u64, u64), u64>,
-    violations: &mut Vec<String>,
+    tokens: &Mutex<Vec<String>>,
+    invariants: &mut Invariants,
 ) {
     let nodes = nodes.lock().unwrap_or_else(|p| p.into_inner());
     for (i, node) in nodes.iter() {
@@ -497,24 +518,15 @@ fn check_invariants(
             continue;
         }
         for r in node.local_status() {
-            // A committed index of 0 is not known yet (a restarted replica before it hears from a
-            // leader), not a claim.
-            if r.committed_index > 0 && r.applied_index > r.committed_index && violations.len() < 20
-            {
-                violations.push(format!(
-                    "invariant: node {} group {} applied {} > committed {}",
-                    r.node, r.group, r.applied_index, r.committed_index
-                ));
-            }
-            if r.state == "Leader" {
-                let prev = *leaders.entry((r.group, r.term)).or_insert(r.node);
-                if prev != r.node && violations.len() < 20 {
-                    violations.push(format!(
-                        "invariant: group {} term {} has two leaders: nodes {prev} and {}",
-                        r.group, r.term, r.node
-                    ));
-                }
-            }
+            invariants.replica(&r);
         }
+    }
+    for (c, t) in tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .enumerate()
+    {
+        invariants.token(c, t);
     }
 }

@@ -12,6 +12,10 @@ fn one_seed_twice_gives_the_same_trace() {
     let b = run(Plan::of(11, SAFETY), &tunekv_node::Bugs::default());
     assert!(a.ops > 100, "only {} operations", a.ops);
     assert_eq!(a.violations, Vec::<String>::new());
+    // The invariants saw the replicas and the clients' session tokens.
+    assert!(a.checked.replicas > 100, "{:?}", a.checked);
+    assert!(a.checked.tokens > 10, "{:?}", a.checked);
+    assert!(a.checked.claimed_groups >= 1, "{:?}", a.checked);
     if a.trace != b.trace {
         let line = a
             .trace

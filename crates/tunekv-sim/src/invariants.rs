@@ -1,0 +1,206 @@
+//! Internal invariants, sampled while a seed runs (every few steps) and judged at its end.
+//!
+//! - Applied ≤ committed on every live replica, at every sample.
+//! - At most one leader per group and term, ever.
+//! - Every position a session token carries (written or read) is at or below a committed
+//!   index some replica reported. The replica that knew of a commit may crash before the next
+//!   sample, so this one is judged at the end of the run, against the highest committed index
+//!   any replica reported at any sample (after the heal the new leaders report it again).
+//! - Every token the clients hold verifies under the cluster's secret.
+
+use std::collections::BTreeMap;
+use tunekv_core::SessionKey;
+use tunekv_node::status::ReplicaStatus;
+
+/// Violations kept per run; the first ones tell the story.
+const VIOLATIONS_MAX: usize = 20;
+
+/// How much the invariants looked at in one run (a test asserts they looked at all).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Checked {
+    /// Replica statuses judged.
+    pub replicas: u64,
+    /// Distinct session tokens decoded.
+    pub tokens: u64,
+    /// Groups on which some token claimed a position.
+    pub claimed_groups: usize,
+}
+
+pub struct Invariants {
+    key: SessionKey,
+    /// (group, term) → the first node seen leading it.
+    leaders: BTreeMap<(u64, u64), u64>,
+    /// group → the highest committed index any replica has reported.
+    committed: BTreeMap<u64, u64>,
+    /// group → (the highest position any token claimed, the client holding it).
+    claims: BTreeMap<u64, (u64, usize)>,
+    /// Each client's last token, to skip decoding an unchanged one.
+    seen_tokens: BTreeMap<usize, String>,
+    checked: Checked,
+    violations: Vec<String>,
+}
+
+impl Invariants {
+    pub fn new(key: SessionKey) -> Invariants {
+        Invariants {
+            key,
+            leaders: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            seen_tokens: BTreeMap::new(),
+            checked: Checked::default(),
+            violations: Vec::new(),
+        }
+    }
+
+    fn violation(&mut self, text: String) {
+        if self.violations.len() < VIOLATIONS_MAX {
+            self.violations.push(text);
+        }
+    }
+
+    /// One live replica's status, as sampled now.
+    pub fn replica(&mut self, r: &ReplicaStatus) {
+        self.checked.replicas += 1;
+        // A committed index of 0 is not known yet (a restarted replica before it hears from a
+        // leader), not a claim.
+        if r.committed_index > 0 && r.applied_index > r.committed_index {
+            self.violation(format!(
+                "invariant: node {} group {} applied {} > committed {}",
+                r.node, r.group, r.applied_index, r.committed_index
+            ));
+        }
+        let c = self.committed.entry(r.group).or_default();
+        *c = (*c).max(r.committed_index);
+        if r.state == "Leader" {
+            let prev = *self.leaders.entry((r.group, r.term)).or_insert(r.node);
+            if prev != r.node {
+                self.violation(format!(
+                    "invariant: group {} term {} has two leaders: nodes {prev} and {}",
+                    r.group, r.term, r.node
+                ));
+            }
+        }
+    }
+
+    /// A client's current session token (empty: none yet).
+    pub fn token(&mut self, client: usize, token: &str) {
+        if token.is_empty() || self.seen_tokens.get(&client).is_some_and(|t| t == token) {
+            return;
+        }
+        self.seen_tokens.insert(client, token.to_string());
+        self.checked.tokens += 1;
+        match self.key.decode(token) {
+            Ok(session) => {
+                for (group, mark) in session.groups() {
+                    let pos = mark.written.0.max(mark.read.0);
+                    let claim = self.claims.entry(group.0).or_insert((0, client));
+                    if pos > claim.0 {
+                        *claim = (pos, client);
+                    }
+                }
+            }
+            Err(e) => self.violation(format!(
+                "invariant: client c{} holds a token the cluster's key rejects: {e}",
+                client + 1
+            )),
+        }
+    }
+
+    /// Judges what can only be judged once the run is over, and returns every violation.
+    pub fn finish(mut self) -> (Vec<String>, Checked) {
+        let claims = std::mem::take(&mut self.claims);
+        self.checked.claimed_groups = claims.len();
+        for (group, (pos, client)) in claims {
+            let committed = self.committed.get(&group).copied().unwrap_or(0);
+            if pos > committed {
+                self.violation(format!(
+                    "invariant: client c{}'s session token claims position {pos} on group \
+                     {group}, but no replica ever reported a committed index above {committed}",
+                    client + 1
+                ));
+            }
+        }
+        (self.violations, self.checked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tunekv_core::{GroupId, LogIndex, Session};
+
+    const SECRET: &[u8] = b"tunekv-sim-test-secret-0123456789";
+
+    fn replica(node: u64, state: &str, term: u64, applied: u64, committed: u64) -> ReplicaStatus {
+        ReplicaStatus {
+            group: 7,
+            node,
+            state: state.to_string(),
+            term,
+            applied_index: applied,
+            committed_index: committed,
+            ..ReplicaStatus::default()
+        }
+    }
+
+    fn token(written: u64, read: u64) -> String {
+        let mut s = Session::new();
+        s.wrote(GroupId(7), LogIndex(written));
+        s.read(GroupId(7), LogIndex(read));
+        SessionKey::new(SECRET).expect("a key").encode(&s)
+    }
+
+    fn invariants() -> Invariants {
+        Invariants::new(SessionKey::new(SECRET).expect("a key"))
+    }
+
+    #[test]
+    fn a_correct_run_has_no_violations() {
+        let mut inv = invariants();
+        inv.replica(&replica(1, "Leader", 2, 10, 12));
+        inv.replica(&replica(2, "Follower", 2, 9, 9));
+        inv.token(0, &token(12, 9));
+        // The leader that knew of 12 crashed; the token is judged against what was reported.
+        inv.replica(&replica(2, "Leader", 3, 9, 9));
+        assert_eq!(inv.finish().0, Vec::<String>::new());
+    }
+
+    #[test]
+    fn applied_beyond_committed_is_caught() {
+        let mut inv = invariants();
+        inv.replica(&replica(1, "Follower", 2, 13, 12));
+        let v = inv.finish().0;
+        assert!(v[0].contains("applied 13 > committed 12"), "{v:?}");
+    }
+
+    #[test]
+    fn two_leaders_in_one_term_are_caught() {
+        let mut inv = invariants();
+        inv.replica(&replica(1, "Leader", 4, 1, 1));
+        inv.replica(&replica(2, "Leader", 4, 1, 1));
+        let v = inv.finish().0;
+        assert!(v[0].contains("term 4 has two leaders"), "{v:?}");
+    }
+
+    #[test]
+    fn a_token_beyond_every_committed_index_is_caught() {
+        let mut inv = invariants();
+        inv.replica(&replica(1, "Leader", 2, 10, 10));
+        inv.token(1, &token(3, 11));
+        let v = inv.finish().0;
+        assert!(v[0].contains("claims position 11 on group 7"), "{v:?}");
+        assert!(v[0].contains("c2"), "{v:?}");
+    }
+
+    #[test]
+    fn a_forged_token_is_caught() {
+        let mut inv = invariants();
+        let other = SessionKey::new(b"another-cluster-secret-000000000")
+            .expect("a key")
+            .encode(&Session::new());
+        inv.token(0, &other);
+        let v = inv.finish().0;
+        assert!(v[0].contains("rejects"), "{v:?}");
+    }
+}

@@ -1,0 +1,152 @@
+//! Many seeds across threads: what `tunekv-sim --seeds N` and CI's seed sweep run.
+
+use crate::run::{run, Plan};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One failing seed and what broke.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub seed: u64,
+    pub violations: Vec<String>,
+}
+
+impl Failure {
+    /// The command that replays this seed alone.
+    pub fn reproduce(&self, safety: Duration) -> String {
+        let mut cmd = format!(
+            "cargo run -p tunekv-sim --release -- --reproduce {}",
+            self.seed
+        );
+        if safety != Duration::from_secs(crate::run::SAFETY_DEFAULT_SECS) {
+            cmd += &format!(" --safety-secs {}", safety.as_secs());
+        }
+        cmd
+    }
+}
+
+/// What a sweep ran and found.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub seeds: u64,
+    pub failures: Vec<Failure>,
+    /// Virtual cluster time simulated, summed over seeds.
+    pub virtual_secs: f64,
+    /// The shortest run's virtual time.
+    pub virtual_secs_min: f64,
+    /// The fewest fault episodes any seed's plan scheduled.
+    pub episodes_min: usize,
+    pub operations: u64,
+    pub wall_secs: f64,
+    pub jobs: usize,
+}
+
+impl Summary {
+    /// Virtual seconds simulated per wall second, over all threads.
+    pub fn speed(&self) -> f64 {
+        self.virtual_secs / self.wall_secs.max(1e-9)
+    }
+
+    pub fn line(&self, from: u64) -> String {
+        format!(
+            "{} seeds ({}..{}), {} failed; {} operations; {:.0} virtual s (each ≥ {:.1} s, ≥ {} fault \
+             episodes) in {:.1} wall s on {} threads: {:.1} virtual s per wall s",
+            self.seeds,
+            from,
+            from + self.seeds,
+            self.failures.len(),
+            self.operations,
+            self.virtual_secs,
+            self.virtual_secs_min,
+            self.episodes_min,
+            self.wall_secs,
+            self.jobs,
+            self.speed()
+        )
+    }
+}
+
+/// Runs seeds `from..from + seeds` on `jobs` threads, each with `safety` of faults. `progress`
+/// hears about every finished seed (its number, how many are done, and its failure if any).
+pub fn sweep(
+    from: u64,
+    seeds: u64,
+    jobs: usize,
+    safety: Duration,
+    bugs: &tunekv_node::Bugs,
+    progress: &(dyn Fn(u64, u64, Option<&Failure>) + Sync),
+) -> Summary {
+    let jobs = jobs.max(1);
+    let next = AtomicU64::new(from);
+    let done = AtomicU64::new(0);
+    let end = from + seeds;
+    let summary = Mutex::new(Summary {
+        seeds,
+        jobs,
+        virtual_secs_min: f64::INFINITY,
+        episodes_min: usize::MAX,
+        ..Summary::default()
+    });
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end {
+                    return;
+                }
+                let out = run(Plan::of(seed, safety), bugs);
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                let failure = (!out.violations.is_empty()).then(|| Failure {
+                    seed,
+                    violations: out.violations.clone(),
+                });
+                progress(seed, n, failure.as_ref());
+                let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
+                s.virtual_secs += out.virtual_secs;
+                s.virtual_secs_min = s.virtual_secs_min.min(out.virtual_secs);
+                s.episodes_min = s.episodes_min.min(out.plan.episodes());
+                s.operations += out.ops as u64;
+                s.failures.extend(failure);
+            });
+        }
+    });
+    let mut s = summary.into_inner().unwrap_or_else(|p| p.into_inner());
+    s.wall_secs = started.elapsed().as_secs_f64();
+    s.failures.sort_by_key(|f| f.seed);
+    if seeds == 0 {
+        s.virtual_secs_min = 0.0;
+        s.episodes_min = 0;
+    }
+    s
+}
+
+/// Progress printing shared by the CLI and CI's sweep: a line every `every` seeds, and each
+/// failure with the command that reproduces it.
+pub fn print_progress(
+    total: u64,
+    every: u64,
+    safety: Duration,
+) -> impl Fn(u64, u64, Option<&Failure>) + Sync {
+    let started = Instant::now();
+    move |_seed, n, failure| {
+        if let Some(f) = failure {
+            println!(
+                "seed {} FAILED ({} violations); reproduce: {}",
+                f.seed,
+                f.violations.len(),
+                f.reproduce(safety)
+            );
+            for v in f.violations.iter().take(5) {
+                println!("  {v}");
+            }
+        }
+        if n.is_multiple_of(every) || n == total {
+            println!(
+                "{n}/{total} seeds, {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
