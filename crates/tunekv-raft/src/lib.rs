@@ -61,6 +61,13 @@ impl RaftTuning {
             election_timeout_max: self.election_timeout_ms_max,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: self.snapshot_logs_kept,
+            // A leader that restarts must not resume leading in its old term: our state machine
+            // is rebuilt from the snapshot and the log, and the committed index is a hint saved
+            // without a sync, so a restored leader would take a read index below entries its
+            // previous life committed and acknowledged, and serve strong reads stale (found by
+            // tunekv-sim, seed 10083). It rejoins as a follower and learns the commit index
+            // from the next leader's first entry.
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         config.validate().map(Arc::new).map_err(|e| e.to_string())

@@ -37,6 +37,14 @@ fn main() -> Result<()> {
     let bugs = tunekv_node::Bugs::parse(&args.bugs).map_err(anyhow::Error::msg)?;
     let safety = Duration::from_secs(args.safety_secs);
     if let Some(seed) = args.reproduce {
+        // The nodes' own logs, in virtual time, when asked: TUNEKV_LOG=debug,openraft=info.
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("TUNEKV_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_timer(SimTimer)
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
         let started = Instant::now();
         let out = run(Plan::of(seed, safety), &bugs);
         println!("seed {seed}: plan {:?}", out.plan);
@@ -73,4 +81,14 @@ fn main() -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Log lines stamped with the simulation's virtual time.
+struct SimTimer;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTimer {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let at = turmoil::sim_elapsed().unwrap_or_default();
+        write!(w, "{:>9.3}s", at.as_secs_f64())
+    }
 }

@@ -129,7 +129,10 @@ impl Plan {
 impl Plan {
     /// Fault episodes scheduled (each fault, before its heal).
     pub fn episodes(&self) -> usize {
-        self.faults.iter().filter(|(_, f)| *f != Fault::Heal).count()
+        self.faults
+            .iter()
+            .filter(|(_, f)| *f != Fault::Heal)
+            .count()
     }
 }
 

@@ -49,6 +49,21 @@ fn seeds_with_faults_pass_on_a_correct_build() {
     }
 }
 
+/// Seeds that once found a real bug, replayed on every run.
+#[test]
+fn seeds_that_found_bugs_pass() {
+    // 10083: a shard leader crashed and restarted into its old term; openraft restored it as
+    // leader with a stale commit index, and it served a strong read from before an
+    // acknowledged write (fixed: enable_leader_restore off).
+    for seed in [10083] {
+        let out = run(
+            Plan::of(seed, Duration::from_secs(tunekv_sim::SAFETY_DEFAULT_SECS)),
+            &tunekv_node::Bugs::default(),
+        );
+        assert_eq!(out.violations, Vec::<String>::new(), "seed {seed}");
+    }
+}
+
 #[cfg(feature = "bug-injection")]
 mod bugs {
     use super::*;
