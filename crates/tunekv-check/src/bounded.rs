@@ -99,13 +99,8 @@ mod tests {
     use crate::levels::{BOUNDED_K, BOUNDED_T, EVERY_LEVEL};
     use crate::properties::{FRESH_WITHIN_T, LAG_WITHIN_K, VALUE_MATCHES_POSITION};
     use crate::testkit::*;
-    use crate::{check, CheckInput, Limits, Report};
 
     const MS: u64 = 1_000_000;
-
-    fn run(ops: Vec<crate::Operation>) -> Report {
-        check(&CheckInput { ops, heal_ns: None }, &Limits::default()).unwrap()
-    }
 
     /// Five writes to two keys on shard 0 (indexes 1..=5, each completing at n*10 ms), then
     /// reads of key "a" whose value matches the index they were served at.

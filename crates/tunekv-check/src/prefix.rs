@@ -115,11 +115,6 @@ mod tests {
     use crate::levels::{CONSISTENT_PREFIX, EVENTUAL, EVERY_LEVEL};
     use crate::properties::{NEVER_INVENTED, VALUE_MATCHES_POSITION};
     use crate::testkit::*;
-    use crate::{check, CheckInput, Limits, Report};
-
-    fn run(ops: Vec<crate::Operation>) -> Report {
-        check(&CheckInput { ops, heal_ns: None }, &Limits::default()).unwrap()
-    }
 
     /// Shard 0: 1 "a" writes v1, 2 "b" writes w1, 3 "a" writes v2, 4 "a" is deleted.
     fn writes() -> Vec<crate::Operation> {

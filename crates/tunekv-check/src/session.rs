@@ -147,11 +147,6 @@ mod tests {
     use crate::levels::{MONOTONIC_READS, READ_YOUR_WRITES, SESSION};
     use crate::properties;
     use crate::testkit::*;
-    use crate::{check, CheckInput, Limits, Report};
-
-    fn run(ops: Vec<crate::Operation>) -> Report {
-        check(&CheckInput { ops, heal_ns: None }, &Limits::default()).unwrap()
-    }
 
     /// Shard 0 holds "a" (v1 at 1, v2 at 3); shard 1 holds "b" (w1 at 2). Session "s" wrote v2.
     fn writes() -> Vec<crate::Operation> {

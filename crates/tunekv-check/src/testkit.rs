@@ -4,6 +4,15 @@
 use crate::history::{OpKind, Operation};
 use crate::report::Report;
 
+/// Runs every checker over `ops` (no heal time) with the default limits.
+pub(crate) fn run(ops: Vec<Operation>) -> Report {
+    crate::check(
+        &crate::CheckInput { ops, heal_ns: None },
+        &crate::Limits::default(),
+    )
+    .expect("a well-formed history")
+}
+
 pub(crate) struct B(Operation);
 
 fn base(op: OpKind, key: &str, value: Option<&str>, invoke_ns: u64, complete_ns: u64) -> B {

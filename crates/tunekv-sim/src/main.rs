@@ -72,7 +72,7 @@ fn main() -> Result<()> {
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let progress = tunekv_sim::sweep::print_progress(args.seeds, 10, safety);
+    let progress = tunekv_sim::sweep::print_progress(args.seeds, 10, safety, args.bugs.clone());
     let summary = sweep(args.from, args.seeds, jobs, safety, &bugs, &progress);
     println!("{}", summary.line(args.from));
     if !summary.failures.is_empty() {

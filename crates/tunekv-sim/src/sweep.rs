@@ -12,18 +12,21 @@ pub struct Failure {
     pub violations: Vec<String>,
 }
 
-impl Failure {
-    /// The command that replays this seed alone.
-    pub fn reproduce(&self, safety: Duration) -> String {
-        let mut cmd = format!(
-            "cargo run -p tunekv-sim --release -- --reproduce {}",
-            self.seed
-        );
-        if safety != Duration::from_secs(crate::run::SAFETY_DEFAULT_SECS) {
-            cmd += &format!(" --safety-secs {}", safety.as_secs());
-        }
-        cmd
+/// The command that replays `seed` alone, with the same safety time and injected bugs.
+pub fn reproduce_command(seed: u64, safety: Duration, bugs: &[String]) -> String {
+    let mut cmd = if bugs.is_empty() {
+        format!("cargo run -p tunekv-sim --release -- --reproduce {seed}")
+    } else {
+        // Injected bugs exist only in debug builds.
+        format!("cargo run -p tunekv-sim --features bug-injection -- --reproduce {seed}")
+    };
+    if safety != Duration::from_secs(crate::run::SAFETY_DEFAULT_SECS) {
+        cmd += &format!(" --safety-secs {}", safety.as_secs());
     }
+    for b in bugs {
+        cmd += &format!(" --bug {b}");
+    }
+    cmd
 }
 
 /// What a sweep ran and found.
@@ -128,6 +131,7 @@ pub fn print_progress(
     total: u64,
     every: u64,
     safety: Duration,
+    bugs: Vec<String>,
 ) -> impl Fn(u64, u64, Option<&Failure>) + Sync {
     let started = Instant::now();
     move |_seed, n, failure| {
@@ -136,7 +140,7 @@ pub fn print_progress(
                 "seed {} FAILED ({} violations); reproduce: {}",
                 f.seed,
                 f.violations.len(),
-                f.reproduce(safety)
+                reproduce_command(f.seed, safety, &bugs)
             );
             for v in f.violations.iter().take(5) {
                 println!("  {v}");

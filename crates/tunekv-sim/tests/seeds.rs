@@ -4,6 +4,7 @@
 //! overnight: docs/simulation.md.
 
 use std::time::Duration;
+use tunekv_sim::sweep::reproduce_command;
 use tunekv_sim::{sweep, SAFETY_DEFAULT_SECS};
 
 /// Seeds CI runs; fixed, so a red CI run replays exactly.
@@ -16,7 +17,7 @@ const EPISODES_MIN: usize = 3;
 #[test]
 fn five_hundred_seeds_pass() {
     let safety = Duration::from_secs(SAFETY_DEFAULT_SECS);
-    let progress = tunekv_sim::sweep::print_progress(SEEDS, 50, safety);
+    let progress = tunekv_sim::sweep::print_progress(SEEDS, 50, safety, Vec::new());
     let summary = sweep(
         FROM,
         SEEDS,
@@ -29,7 +30,7 @@ fn five_hundred_seeds_pass() {
     let failed: Vec<String> = summary
         .failures
         .iter()
-        .map(|f| format!("seed {}: {}", f.seed, f.reproduce(safety)))
+        .map(|f| reproduce_command(f.seed, safety, &[]))
         .collect();
     assert!(failed.is_empty(), "failing seeds:\n{}", failed.join("\n"));
     assert_eq!(summary.seeds, SEEDS);

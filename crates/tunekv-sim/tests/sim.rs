@@ -4,7 +4,8 @@
 use std::time::Duration;
 use tunekv_sim::{run, Plan};
 
-const SAFETY: Duration = Duration::from_secs(8);
+/// CI's safety time: the schedules the sweep runs.
+const SAFETY: Duration = Duration::from_secs(tunekv_sim::SAFETY_DEFAULT_SECS);
 
 #[test]
 fn one_seed_twice_gives_the_same_trace() {
@@ -49,17 +50,15 @@ fn seeds_with_faults_pass_on_a_correct_build() {
     }
 }
 
-/// Seeds that once found a real bug, replayed on every run.
+/// Seeds that once found a real bug (docs/simulation.md, "Bugs it found"), replayed on every run.
+/// 10083: a shard leader crashed and restarted into its old term; openraft restored it as leader
+/// with a stale commit index, and it served a strong read from before an acknowledged write.
+const FOUND_BUGS: &[u64] = &[10083];
+
 #[test]
 fn seeds_that_found_bugs_pass() {
-    // 10083: a shard leader crashed and restarted into its old term; openraft restored it as
-    // leader with a stale commit index, and it served a strong read from before an
-    // acknowledged write (fixed: enable_leader_restore off).
-    for seed in [10083] {
-        let out = run(
-            Plan::of(seed, Duration::from_secs(tunekv_sim::SAFETY_DEFAULT_SECS)),
-            &tunekv_node::Bugs::default(),
-        );
+    for &seed in FOUND_BUGS {
+        let out = run(Plan::of(seed, SAFETY), &tunekv_node::Bugs::default());
         assert_eq!(out.violations, Vec::<String>::new(), "seed {seed}");
     }
 }
