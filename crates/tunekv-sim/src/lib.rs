@@ -8,5 +8,5 @@ pub mod net;
 pub mod run;
 pub mod sweep;
 
-pub use run::{run, Fault, Outcome, Plan, SAFETY_DEFAULT_SECS};
+pub use run::{run, Fault, Outcome, Plan, Workload, LEVELS, SAFETY_DEFAULT_SECS};
 pub use sweep::{sweep, Failure, Summary};

@@ -27,6 +27,9 @@ struct Args {
     /// Parallel simulations (default: the machine's cores).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Print every seed's trace hash after the summary.
+    #[arg(long)]
+    hashes: bool,
     /// Injected bug (bug-injection builds): strong-local, ignore-session, skip-bounded, ack-early.
     #[arg(long = "bug")]
     bugs: Vec<String>,
@@ -75,6 +78,11 @@ fn main() -> Result<()> {
     let progress = tunekv_sim::sweep::print_progress(args.seeds, 10, safety, args.bugs.clone());
     let summary = sweep(args.from, args.seeds, jobs, safety, &bugs, &progress);
     println!("{}", summary.line(args.from));
+    if args.hashes {
+        for (seed, hash) in &summary.trace_hashes {
+            println!("seed {seed}: trace hash {hash:016x}");
+        }
+    }
     if !summary.failures.is_empty() {
         let seeds: Vec<u64> = summary.failures.iter().map(|f| f.seed).collect();
         println!("failed seeds: {seeds:?}");

@@ -16,7 +16,7 @@ use tunekv_node::{LinkFaults, Node, NodeConfig, PeerConfig};
 use tunekv_storage::MemStorage;
 
 /// Levels the clients read at.
-const LEVELS: [&str; 8] = [
+pub const LEVELS: [&str; 8] = [
     "strong",
     "bounded(k=5)",
     "bounded(t=500ms)",
@@ -47,6 +47,36 @@ pub struct Plan {
     pub clock_offsets_ms: Vec<i64>,
     /// (virtual ms since clients started, fault), in time order.
     pub faults: Vec<(u64, Fault)>,
+    pub workload: Workload,
+}
+
+/// The keyspace and what the clients do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workload {
+    pub shards: u32,
+    pub replicas: usize,
+    /// Out of 100 operations: writes, then deletes; the rest are reads.
+    pub writes_pct: u32,
+    pub deletes_pct: u32,
+    /// A weight per entry of `LEVELS`: how often reads pick that level.
+    pub level_weights: Vec<u32>,
+    /// Upper bound of a client's pause between two operations.
+    pub think_ms_max: u64,
+}
+
+impl Workload {
+    /// A read level, by weight.
+    fn level(&self, rng: &mut StdRng) -> &'static str {
+        let total: u32 = self.level_weights.iter().sum();
+        let mut pick = rng.gen_range(0..total.max(1));
+        for (level, w) in LEVELS.iter().zip(&self.level_weights) {
+            if pick < *w {
+                return level;
+            }
+            pick -= w;
+        }
+        LEVELS[0]
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -114,6 +144,25 @@ impl Plan {
             faults.push((t.min(total), Fault::Heal));
             t += rng.gen_range(500..3000);
         }
+        // The workload has its own stream, so the fields above stay what they were before it
+        // was drawn from the seed.
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x3017_10ad);
+        let mut workload = Workload {
+            shards: rng.gen_range(1..=4),
+            replicas: if nodes == 5 && rng.gen_bool(0.3) {
+                5
+            } else {
+                3
+            },
+            writes_pct: rng.gen_range(15..=60),
+            deletes_pct: rng.gen_range(0..=10),
+            level_weights: LEVELS.iter().map(|_| rng.gen_range(0..=4)).collect(),
+            think_ms_max: rng.gen_range(5..=80),
+        };
+        // Every level set to weight 0 would leave nothing to read at.
+        if workload.level_weights.iter().all(|w| *w == 0) {
+            workload.level_weights[0] = 1;
+        }
         Plan {
             seed,
             nodes,
@@ -122,6 +171,7 @@ impl Plan {
             safety,
             clock_offsets_ms,
             faults,
+            workload,
         }
     }
 }
@@ -256,19 +306,24 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
             while client::now_ns() < end {
                 let key = format!("k{}", rng.gen_range(0..plan.keys));
                 let node = rng.gen_range(0..plan.nodes);
-                let (kind, value, level) = match rng.gen_range(0..10) {
-                    0..=3 => {
-                        n += 1;
-                        (OpKind::Write, Some(format!("c{c}-{n}")), "strong")
-                    }
-                    4 => (OpKind::Delete, None, "strong"),
-                    _ => (OpKind::Read, None, LEVELS[rng.gen_range(0..LEVELS.len())]),
+                let w = &plan.workload;
+                let roll = rng.gen_range(0..100);
+                let (kind, value, level) = if roll < w.writes_pct {
+                    n += 1;
+                    (OpKind::Write, Some(format!("c{c}-{n}")), "strong")
+                } else if roll < w.writes_pct + w.deletes_pct {
+                    (OpKind::Delete, None, "strong")
+                } else {
+                    (OpKind::Read, None, w.level(&mut rng))
                 };
                 let op =
                     client::operate(c as u64, node, kind, &key, value, level, &mut token).await;
                 history.lock().unwrap_or_else(|p| p.into_inner()).push(op);
                 tokens.lock().unwrap_or_else(|p| p.into_inner())[c] = token.clone();
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(1..50))).await;
+                tokio::time::sleep(Duration::from_millis(
+                    rng.gen_range(1..plan.workload.think_ms_max.max(2)),
+                ))
+                .await;
             }
             // Liveness: after the heal, every read must complete, on every node.
             let heal = Duration::from_nanos(heal_ns);
@@ -387,8 +442,7 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
 
 async fn create_keyspace(plan: &Plan) -> turmoil::Result {
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let spec =
-        serde_json::json!({"shards": 2, "replicas": plan.nodes.min(3), "default_level": "strong"});
+    let spec = serde_json::json!({"shards": plan.workload.shards, "replicas": plan.workload.replicas, "default_level": "strong"});
     loop {
         let a = client::request(
             "n1",
@@ -466,7 +520,23 @@ fn apply(
             if crashed.contains(node) {
                 return;
             }
+            // Cut the host off first, so that its dying connections send nothing. Without
+            // this, the messages its dropped tasks send would go out in an order set by tokio's
+            // process-wide task ids, which depend on what else the process runs: a seed would
+            // replay differently inside a sweep than alone. A machine that loses power sends
+            // nothing either; its packets in flight are lost.
+            let others: Vec<String> = (0..plan.nodes)
+                .filter(|j| j != node)
+                .map(host)
+                .chain((0..plan.clients).map(|c| format!("c{}", c + 1)))
+                .collect();
+            for other in &others {
+                sim.partition(host(*node), other.as_str());
+            }
             sim.crash(host(*node));
+            for other in &others {
+                sim.repair(host(*node), other.as_str());
+            }
             nodes.lock().unwrap_or_else(|p| p.into_inner()).remove(node);
             let d = &disks[*node];
             let keep = (d.unsynced() as f64 * keep_unsynced) as usize;

@@ -43,9 +43,22 @@ pub struct Summary {
     pub operations: u64,
     pub wall_secs: f64,
     pub jobs: usize,
+    /// Each seed's trace hash.
+    pub trace_hashes: std::collections::BTreeMap<u64, u64>,
 }
 
 impl Summary {
+    /// One hash of every seed's trace hash, in seed order: two sweeps over the same seeds
+    /// agree on it, whatever the thread count.
+    pub fn sweep_hash(&self) -> u64 {
+        let mut bytes = Vec::with_capacity(self.trace_hashes.len() * 16);
+        for (seed, hash) in &self.trace_hashes {
+            bytes.extend_from_slice(&seed.to_le_bytes());
+            bytes.extend_from_slice(&hash.to_le_bytes());
+        }
+        xxhash_rust::xxh3::xxh3_64(&bytes)
+    }
+
     /// Virtual seconds simulated per wall second, over all threads.
     pub fn speed(&self) -> f64 {
         self.virtual_secs / self.wall_secs.max(1e-9)
@@ -54,7 +67,7 @@ impl Summary {
     pub fn line(&self, from: u64) -> String {
         format!(
             "{} seeds ({}..{}), {} failed; {} operations; {:.0} virtual s (each ≥ {:.1} s, ≥ {} fault \
-             episodes) in {:.1} wall s on {} threads: {:.1} virtual s per wall s",
+             episodes) in {:.1} wall s on {} threads: {:.1} virtual s per wall s; sweep hash {:016x}",
             self.seeds,
             from,
             from + self.seeds,
@@ -65,7 +78,8 @@ impl Summary {
             self.episodes_min,
             self.wall_secs,
             self.jobs,
-            self.speed()
+            self.speed(),
+            self.sweep_hash()
         )
     }
 }
@@ -111,6 +125,7 @@ pub fn sweep(
                 s.virtual_secs_min = s.virtual_secs_min.min(out.virtual_secs);
                 s.episodes_min = s.episodes_min.min(out.plan.episodes());
                 s.operations += out.ops as u64;
+                s.trace_hashes.insert(seed, out.trace_hash);
                 s.failures.extend(failure);
             });
         }

@@ -2,7 +2,7 @@
 //! build, and each injected bug is caught within a bounded number of seeds.
 
 use std::time::Duration;
-use tunekv_sim::{run, Plan};
+use tunekv_sim::{run, sweep, Fault, Plan, Workload, LEVELS};
 
 /// CI's safety time: the schedules the sweep runs.
 const SAFETY: Duration = Duration::from_secs(tunekv_sim::SAFETY_DEFAULT_SECS);
@@ -33,6 +33,43 @@ fn one_seed_twice_gives_the_same_trace() {
     assert_eq!(a.trace_hash, b.trace_hash);
 }
 
+/// Spawns `n` empty tokio tasks: tokio numbers tasks process-wide, and those numbers once
+/// leaked into a run (the order a crashed host's tasks were dropped in).
+fn burn_task_ids(n: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        for _ in 0..n {
+            let _ = tokio::spawn(async {}).await;
+        }
+    });
+}
+
+#[test]
+fn a_seed_replays_the_same_alone_and_inside_a_parallel_sweep() {
+    let bugs = tunekv_node::Bugs::default();
+    let from = 10_005;
+    let swept = sweep(from, 4, 2, SAFETY, &bugs, &|_, _, _| {});
+    assert_eq!(swept.trace_hashes.len(), 4);
+    let mut crashing = 0;
+    for seed in from..from + 4 {
+        burn_task_ids(seed as usize % 3 + 1);
+        let alone = run(Plan::of(seed, SAFETY), &bugs);
+        if alone
+            .plan
+            .faults
+            .iter()
+            .any(|(_, f)| matches!(f, Fault::Crash { .. }))
+        {
+            crashing += 1;
+        }
+        assert_eq!(swept.trace_hashes[&seed], alone.trace_hash, "seed {seed}");
+    }
+    // Crashes are where task numbering leaked in.
+    assert!(crashing >= 2, "only {crashing} of the seeds crash a node");
+}
+
 #[test]
 fn seeds_with_faults_pass_on_a_correct_build() {
     for seed in 100..103 {
@@ -50,15 +87,49 @@ fn seeds_with_faults_pass_on_a_correct_build() {
     }
 }
 
-/// Seeds that once found a real bug (docs/simulation.md, "Bugs it found"), replayed on every run.
-/// 10083: a shard leader crashed and restarted into its old term; openraft restored it as leader
-/// with a stale commit index, and it served a strong read from before an acknowledged write.
-const FOUND_BUGS: &[u64] = &[10083];
-
+/// The schedule behind the first real bug the simulator found (docs/simulation.md, "Bugs it
+/// found"): a shard leader crashed and restarted into its old term, openraft restored it as
+/// leader with a stale commit index, and it served a strong read from before a write it had
+/// acknowledged. Here every node in turn crashes, losing its unsynced writes, under strong
+/// writes and strong reads on one shard; with `enable_leader_restore` on, these seeds fail.
 #[test]
-fn seeds_that_found_bugs_pass() {
-    for &seed in FOUND_BUGS {
-        let out = run(Plan::of(seed, SAFETY), &tunekv_node::Bugs::default());
+fn restarted_leaders_serve_no_stale_strong_reads() {
+    let mut faults = Vec::new();
+    for round in 0..4u64 {
+        for node in 0..3 {
+            let at = 1_000 + (round * 3 + node as u64) * 2_500;
+            faults.push((
+                at,
+                Fault::Crash {
+                    node,
+                    keep_unsynced: 0.0,
+                },
+            ));
+            faults.push((at + 1_200, Fault::Heal));
+        }
+    }
+    let mut strong_only = vec![0; LEVELS.len()];
+    strong_only[0] = 1;
+    for seed in 0..3 {
+        let plan = Plan {
+            seed,
+            nodes: 3,
+            clients: 4,
+            keys: 2,
+            safety: SAFETY,
+            clock_offsets_ms: vec![0, 0, 0],
+            faults: faults.clone(),
+            workload: Workload {
+                shards: 1,
+                replicas: 3,
+                writes_pct: 50,
+                deletes_pct: 0,
+                level_weights: strong_only.clone(),
+                think_ms_max: 10,
+            },
+        };
+        let out = run(plan, &tunekv_node::Bugs::default());
+        assert!(out.ops > 1000, "seed {seed}: only {} operations", out.ops);
         assert_eq!(out.violations, Vec::<String>::new(), "seed {seed}");
     }
 }
