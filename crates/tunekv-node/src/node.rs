@@ -1451,6 +1451,10 @@ impl Node {
                     term: m.current_term,
                     applied_index: applied.index,
                     committed_index: m.local_committed.as_ref().map(|c| c.index()).unwrap_or(0),
+                    applied_log_id: m
+                        .last_applied
+                        .as_ref()
+                        .map(|l| (l.index(), l.committed_leader_id().to_string())),
                     last_log_index: m.last_log_index.unwrap_or(0),
                     snapshot_index: m.snapshot.as_ref().map(|s| s.index()).unwrap_or(0),
                     purged_index: m.purged.as_ref().map(|p| p.index()).unwrap_or(0),

@@ -13,6 +13,9 @@ pub struct ReplicaStatus {
     pub applied_index: u64,
     /// The last index this replica knows to be committed (safe to apply); 0 until it knows.
     pub committed_index: u64,
+    /// The last entry openraft applied here: its index and the leader that proposed it
+    /// (`T<term>-N<node>`). Two replicas never apply different entries at one index.
+    pub applied_log_id: Option<(u64, String)>,
     pub last_log_index: u64,
     /// Last log index covered by this replica's snapshot (0: none).
     pub snapshot_index: u64,

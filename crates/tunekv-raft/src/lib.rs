@@ -65,8 +65,8 @@ impl RaftTuning {
             // is rebuilt from the snapshot and the log, and the committed index is a hint saved
             // without a sync, so a restored leader would take a read index below entries its
             // previous life committed and acknowledged, and serve strong reads stale (found by
-            // tunekv-sim, seed 10083). It rejoins as a follower and learns the commit index
-            // from the next leader's first entry.
+            // tunekv-sim; test `restarted_leaders_serve_no_stale_strong_reads`). It rejoins as
+            // a follower and learns the commit index from the next leader's first entry.
             enable_leader_restore: Some(false),
             ..Default::default()
         };
