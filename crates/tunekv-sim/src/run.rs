@@ -105,6 +105,14 @@ pub enum Fault {
 }
 
 impl Plan {
+    /// Fault episodes scheduled (each fault, before its heal).
+    pub fn episodes(&self) -> usize {
+        self.faults
+            .iter()
+            .filter(|(_, f)| *f != Fault::Heal)
+            .count()
+    }
+
     pub fn of(seed: u64, safety: Duration) -> Plan {
         let mut rng = StdRng::seed_from_u64(seed);
         let nodes = if rng.gen_bool(0.7) { 3 } else { 5 };
@@ -173,16 +181,6 @@ impl Plan {
             faults,
             workload,
         }
-    }
-}
-
-impl Plan {
-    /// Fault episodes scheduled (each fault, before its heal).
-    pub fn episodes(&self) -> usize {
-        self.faults
-            .iter()
-            .filter(|(_, f)| *f != Fault::Heal)
-            .count()
     }
 }
 
