@@ -37,11 +37,36 @@ pub fn free_ports(count: usize, preferred: &[u16]) -> Result<Vec<u16>> {
             return Ok(preferred.to_vec());
         }
     }
-    let held: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()?;
-    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+    // Held until all are picked, so no port is handed out twice.
+    let mut held: Vec<(u16, TcpListener)> = Vec::with_capacity(count);
+    let mut rng = rand::thread_rng();
+    for _ in 0..PORT_TRIES_MAX {
+        if held.len() == count {
+            break;
+        }
+        let p = rand::Rng::gen_range(&mut rng, PORT_RANGE);
+        if held.iter().any(|(q, _)| *q == p) {
+            continue;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", p)) {
+            held.push((p, l));
+        }
+    }
+    if held.len() < count {
+        bail!(
+            "found only {} of {count} free ports on 127.0.0.1 in {PORT_RANGE:?}",
+            held.len()
+        );
+    }
+    Ok(held.into_iter().map(|(p, _)| p).collect())
 }
+
+/// Ports for local clusters come from below Linux's ephemeral range (32768–60999 by default).
+/// A port the OS hands out (`:0`) comes from that range, and so does the source port of every
+/// outgoing connection: between our check and the node's own bind, some other process's
+/// connection could take it, and the node would exit with "address in use".
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+const PORT_TRIES_MAX: usize = 10_000;
 
 /// Stops a child process by its PID: SIGTERM, then SIGKILL if it is still running after
 /// `STOP_GRACE`. Returns false when it had to be killed.
