@@ -1,49 +1,185 @@
 //! `PUT/GET/DELETE /v1/kv/{ks}/{key}`, `PUT/GET /v1/keyspaces/{ks}`, `GET /v1/cluster`,
-//! `POST /v1/admin/faults`, `GET /`.
+//! `POST /v1/kv/{ks}:batch-get`, `POST /v1/admin/faults`, `GET /`.
+//!
+//! Every request goes through one handler: the body is read (bounded in size and in stall
+//! time), `request::parse` turns method, path, query, headers and body into an
+//! [`ApiRequest`] or a typed error, and [`execute`] runs it on the node. So every answer,
+//! unknown routes and methods included, is either a success or the JSON error shape
+//! `{"error":{"code":"…","message":"…"}}`.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use crate::batch::{Answer, Plan};
+use crate::request::{self, ApiRequest, FaultChange, KeyEncoding, Refusal};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::Deserialize;
+use futures::StreamExt;
 use serde_json::json;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
+use tunekv_core::code::{echo_bytes, shorten};
 use tunekv_core::limits::VALUE_BYTES_MAX_CEILING;
 use tunekv_core::{Code, KeyspaceSpec, Level, Receipt, Session, TunekvError};
 use tunekv_node::{FaultState, Node, ReadOutcome, WriteOutcome};
 
 /// Request bodies beyond this are refused before they are read whole; per-keyspace value limits
 /// are checked after. Leaves room for the largest configurable value.
-const BODY_BYTES_MAX: usize = VALUE_BYTES_MAX_CEILING as usize + 64 * 1024;
+pub const BODY_BYTES_MAX: usize = VALUE_BYTES_MAX_CEILING as usize + 64 * 1024;
 
-pub const H_LEVEL: &str = "tunekv-level";
+/// The longest error message sent, in characters: messages that repeat client input cut it to
+/// `ECHO_CHARS_MAX` characters already; this bounds any other.
+pub const MESSAGE_CHARS_MAX: usize = 1024;
+
+pub use crate::request::{H_LEVEL, H_SESSION};
 pub const H_SERVED_BY: &str = "tunekv-served-by";
 pub const H_POSITION: &str = "tunekv-position";
 pub const H_STALENESS: &str = "tunekv-staleness";
-pub const H_SESSION: &str = "tunekv-session";
 
 type AppState = Arc<Node>;
 
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
-        .route("/", get(index))
-        .route("/v1/cluster", get(cluster))
-        .route("/v1/keyspaces", get(list_keyspaces))
-        .route("/v1/keyspaces/{ks}", put(create_keyspace).get(get_keyspace))
-        .route(
-            "/v1/kv/{ks}/{*key}",
-            put(put_key).get(get_key).delete(delete_key),
+    Router::new().fallback(handle).with_state(node)
+}
+
+async fn handle(State(node): State<AppState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let stall = Duration::from_millis(node.config().http_idle_timeout_ms);
+    let body = match read_body(&parts.headers, body, stall).await {
+        Ok(b) => b,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    let parsed = request::parse(
+        node.session_key(),
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        body,
+    );
+    match parsed {
+        Ok(req) => execute(&node, req)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
+        Err(refusal) => refusal_response(refusal),
+    }
+}
+
+/// The JSON error answer to a refused request (with `Allow` for `method_not_allowed`).
+pub fn refusal_response(refusal: Refusal) -> Response {
+    let mut response = ApiError(refusal.error).into_response();
+    if let Some(methods) = refusal.allow {
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(methods));
+    }
+    response
+}
+
+/// The whole body, at most [`BODY_BYTES_MAX`] bytes; a body that stops arriving for `stall`
+/// (the node's `http_idle_timeout_ms`) ends the request.
+async fn read_body(headers: &HeaderMap, body: Body, stall: Duration) -> Result<Bytes, TunekvError> {
+    let too_large = || {
+        TunekvError::new(
+            Code::ValueTooLarge,
+            format!("the request body exceeds {BODY_BYTES_MAX} bytes"),
         )
-        // `POST /v1/kv/{ks}:batch-get`: the action rides in the segment, Google-API style.
-        .route("/v1/kv/{ks_action}", post(kv_action))
-        .route("/v1/admin/faults", post(faults))
-        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
-        .with_state(node)
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_BYTES_MAX as u64) {
+        return Err(too_large());
+    }
+    let mut stream = body.into_data_stream();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    loop {
+        let next = tokio::time::timeout(stall, stream.next())
+            .await
+            .map_err(|_| {
+                TunekvError::new(
+                    Code::BadRequest,
+                    format!(
+                        "the request body stalled: no byte for {} ms (http_idle_timeout_ms)",
+                        stall.as_millis()
+                    ),
+                )
+            })?;
+        match next {
+            None => break,
+            Some(Err(e)) => {
+                return Err(TunekvError::new(
+                    Code::BadRequest,
+                    format!("cannot read the request body: {e}"),
+                ))
+            }
+            Some(Ok(chunk)) => {
+                total += chunk.len();
+                if total > BODY_BYTES_MAX {
+                    return Err(too_large());
+                }
+                chunks.push(chunk);
+            }
+        }
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => Bytes::from(chunks.concat()),
+    })
+}
+
+async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError> {
+    match req {
+        ApiRequest::Index => Ok(index(node).await.into_response()),
+        ApiRequest::Cluster => Ok(Json(node.cluster_status().await).into_response()),
+        ApiRequest::ListKeyspaces => {
+            Ok(Json(json!({"keyspaces": node.list_keyspaces()})).into_response())
+        }
+        ApiRequest::GetKeyspace { ks } => get_keyspace(node, &ks).await,
+        ApiRequest::CreateKeyspace { ks, spec } => create_keyspace(node, &ks, spec).await,
+        ApiRequest::Put {
+            ks,
+            key,
+            value,
+            wait,
+            mut session,
+        } => {
+            let w = node
+                .put(&ks, &key, value.to_vec(), wait, &mut session)
+                .await?;
+            Ok(write_response(&w, &node.session_key().encode(&session)))
+        }
+        ApiRequest::Delete {
+            ks,
+            key,
+            wait,
+            mut session,
+        } => {
+            let w = node.delete(&ks, &key, wait, &mut session).await?;
+            Ok(write_response(&w, &node.session_key().encode(&session)))
+        }
+        ApiRequest::Get {
+            ks,
+            key,
+            key_encoding,
+            json,
+            level,
+            wait,
+            session,
+        } => get_key(node, &ks, &key, key_encoding, json, level, wait, session).await,
+        ApiRequest::BatchGet {
+            ks,
+            keys,
+            key_encoding,
+            level,
+            wait,
+            session,
+        } => batch_get(node, &ks, keys, key_encoding, level, wait, session).await,
+        ApiRequest::Faults(change) => faults(node, change),
+    }
 }
 
 /// HTTP status of each stable code.
@@ -56,7 +192,14 @@ pub fn status_of(code: Code) -> StatusCode {
         Code::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Code::KeyspaceNotFound | Code::NotFound => StatusCode::NOT_FOUND,
         Code::KeyspaceExists => StatusCode::CONFLICT,
+        // Permanent for this node (RFC 9110 §15.5.20): the message names the replicas.
+        Code::NotReplica => StatusCode::MISDIRECTED_REQUEST,
         Code::FaultsDisabled => StatusCode::FORBIDDEN,
+        // The request is well formed but its answer is more than this node sends at once; the
+        // client must split it. 413 would blame the request body, which was small.
+        Code::ResponseTooLarge => StatusCode::UNPROCESSABLE_ENTITY,
+        Code::RouteNotFound => StatusCode::NOT_FOUND,
+        Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         Code::NoQuorum | Code::Unavailable | Code::StalenessBoundUnmet | Code::SessionUnmet => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -75,100 +218,10 @@ impl From<TunekvError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.0.code.as_str(), "message": self.0.message}});
+        let message = shorten(&self.0.message, MESSAGE_CHARS_MAX);
+        let body = json!({"error": {"code": self.0.code.as_str(), "message": message}});
         (status_of(self.0.code), Json(body)).into_response()
     }
-}
-
-fn bad(code: Code, message: impl Into<String>) -> ApiError {
-    ApiError(TunekvError::new(code, message))
-}
-
-fn body_error(e: BytesRejection) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        bad(
-            Code::ValueTooLarge,
-            format!("the request body exceeds {BODY_BYTES_MAX} bytes"),
-        )
-    } else {
-        bad(
-            Code::BadRequest,
-            format!("cannot read the request body: {e}"),
-        )
-    }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct KvQuery {
-    level: Option<String>,
-    wait_ms_max: Option<String>,
-    format: Option<String>,
-}
-
-impl KvQuery {
-    fn level(&self, headers: &HeaderMap) -> Result<Option<Level>, ApiError> {
-        let text = match (&self.level, headers.get(H_LEVEL)) {
-            (Some(q), _) => Some(q.clone()),
-            (None, Some(h)) => Some(
-                h.to_str()
-                    .map_err(|_| bad(Code::LevelInvalid, "the tunekv-level header is not text"))?
-                    .to_string(),
-            ),
-            (None, None) => None,
-        };
-        text.map(|t| Level::parse(&t)).transpose().map_err(ApiError)
-    }
-
-    fn wait(&self) -> Result<Option<Duration>, ApiError> {
-        self.wait_ms_max
-            .as_ref()
-            .map(|w| {
-                w.parse::<u64>().map(Duration::from_millis).map_err(|_| {
-                    bad(
-                        Code::BadRequest,
-                        format!("wait_ms_max must be a whole number of milliseconds, got {w:?}"),
-                    )
-                })
-            })
-            .transpose()
-    }
-
-    fn json(&self) -> Result<bool, ApiError> {
-        match self.format.as_deref() {
-            None | Some("raw") => Ok(false),
-            Some("json") => Ok(true),
-            Some(other) => Err(bad(
-                Code::BadRequest,
-                format!("format must be json or raw, got {other:?}"),
-            )),
-        }
-    }
-}
-
-fn query(
-    q: Result<Query<KvQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<KvQuery, ApiError> {
-    q.map(|Query(q)| q)
-        .map_err(|e| bad(Code::BadRequest, format!("bad query string: {e}")))
-}
-
-/// The session the request carries: every `tunekv-session` value, each possibly several
-/// comma-separated tokens, merged. None is a new session; anything unsigned is `session_invalid`.
-fn session_of(node: &Node, headers: &HeaderMap) -> Result<Session, ApiError> {
-    let values = headers
-        .get_all(H_SESSION)
-        .iter()
-        .map(|v| {
-            v.to_str().map_err(|_| {
-                bad(
-                    Code::SessionInvalid,
-                    "the tunekv-session header is not text",
-                )
-            })
-        })
-        .collect::<Result<Vec<&str>, ApiError>>()?;
-    Ok(node.session_key().decode_all(values)?)
 }
 
 fn session_header(token: &str) -> [(HeaderName, HeaderValue); 1] {
@@ -231,7 +284,7 @@ fn write_response(w: &WriteOutcome, token: &str) -> Response {
     (position, session_header(token), Json(body)).into_response()
 }
 
-async fn index(State(node): State<AppState>) -> impl IntoResponse {
+async fn index(node: &Node) -> impl IntoResponse {
     let status = node.cluster_status().await;
     let mut text = format!("tunekv node {}\n\nnodes:\n", node.id());
     for n in &status.nodes {
@@ -251,37 +304,15 @@ async fn index(State(node): State<AppState>) -> impl IntoResponse {
     text
 }
 
-async fn cluster(State(node): State<AppState>) -> impl IntoResponse {
-    Json(node.cluster_status().await)
-}
-
-async fn list_keyspaces(State(node): State<AppState>) -> impl IntoResponse {
-    Json(json!({"keyspaces": node.list_keyspaces()}))
-}
-
-async fn get_keyspace(
-    State(node): State<AppState>,
-    Path(ks): Path<String>,
-) -> Result<Response, ApiError> {
+async fn get_keyspace(node: &Node, ks: &str) -> Result<Response, ApiError> {
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(node.config().read_wait_ms_default);
-    let info = node.keyspace(&ks, deadline).await?;
+    let info = node.keyspace(ks, deadline).await?;
     Ok(Json(info).into_response())
 }
 
-async fn create_keyspace(
-    State(node): State<AppState>,
-    Path(ks): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = body.map_err(body_error)?;
-    let spec: KeyspaceSpec = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        KeyspaceSpec::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| bad(Code::KeyspaceInvalid, format!("bad keyspace spec: {e}")))?
-    };
-    let (info, created) = node.create_keyspace(&ks, spec).await?;
+async fn create_keyspace(node: &Node, ks: &str, spec: KeyspaceSpec) -> Result<Response, ApiError> {
+    let (info, created) = node.create_keyspace(ks, spec).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -290,58 +321,27 @@ async fn create_keyspace(
     Ok((status, Json(info)).into_response())
 }
 
-async fn put_key(
-    State(node): State<AppState>,
-    Path((ks, key)): Path<(String, String)>,
-    q: Result<Query<KvQuery>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let q = query(q)?;
-    // Writes are always strong (committed on a majority); a level on a write is checked for
-    // syntax so a typo is not silently ignored.
-    q.level(&headers)?;
-    let mut session = session_of(&node, &headers)?;
-    let body = body.map_err(body_error)?;
-    let w = node
-        .put(&ks, key.as_bytes(), body.to_vec(), q.wait()?, &mut session)
-        .await?;
-    Ok(write_response(&w, &node.session_key().encode(&session)))
-}
-
-async fn delete_key(
-    State(node): State<AppState>,
-    Path((ks, key)): Path<(String, String)>,
-    q: Result<Query<KvQuery>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let q = query(q)?;
-    q.level(&headers)?;
-    let mut session = session_of(&node, &headers)?;
-    let w = node
-        .delete(&ks, key.as_bytes(), q.wait()?, &mut session)
-        .await?;
-    Ok(write_response(&w, &node.session_key().encode(&session)))
-}
-
+#[allow(clippy::too_many_arguments)]
 async fn get_key(
-    State(node): State<AppState>,
-    Path((ks, key)): Path<(String, String)>,
-    q: Result<Query<KvQuery>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
+    node: &Node,
+    ks: &str,
+    key: &[u8],
+    key_encoding: KeyEncoding,
+    as_json: bool,
+    level: Option<Level>,
+    wait: Option<Duration>,
+    mut session: Session,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
-    let as_json = q.json()?;
-    let level = q.level(&headers)?;
-    let mut session = session_of(&node, &headers)?;
-    let ReadOutcome { value, receipt } = node
-        .get(&ks, key.as_bytes(), level, q.wait()?, &mut session)
-        .await?;
+    let ReadOutcome { value, receipt } = node.get(ks, key, level, wait, &mut session).await?;
     let token = node.session_key().encode(&session);
     let headers = (receipt_headers(&receipt), session_header(&token));
     if as_json {
         let (text, hex) = value_json(value.as_deref());
-        let mut body = json!({"key": key, "found": value.is_some(), "value": text, "receipt": receipt_json(&receipt), "session": token});
+        let shown = key_encoding.show(key);
+        let mut body = json!({"key": shown, "found": value.is_some(), "value": text, "receipt": receipt_json(&receipt), "session": token});
+        if shown.is_none() {
+            body["key_base64url"] = json!(request::base64url(key));
+        }
         if let Some(h) = hex {
             body["value_hex"] = json!(h);
         }
@@ -355,18 +355,15 @@ async fn get_key(
     match value {
         Some(v) => Ok((StatusCode::OK, headers, v).into_response()),
         None => {
-            let body = json!({"error": {"code": Code::NotFound.as_str(), "message": format!("key {key:?} not found in {ks:?}")}});
+            let message = format!(
+                "key {} not found in {}",
+                echo_bytes(key),
+                echo_bytes(ks.as_bytes())
+            );
+            let body = json!({"error": {"code": Code::NotFound.as_str(), "message": message}});
             Ok((StatusCode::NOT_FOUND, headers, Json(body)).into_response())
         }
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchGet {
-    keys: Vec<String>,
-    level: Option<String>,
-    wait_ms_max: Option<u64>,
 }
 
 fn value_json(value: Option<&[u8]>) -> (serde_json::Value, Option<String>) {
@@ -382,96 +379,67 @@ fn value_json(value: Option<&[u8]>) -> (serde_json::Value, Option<String>) {
     }
 }
 
-/// `POST /v1/kv/{ks}:batch-get` with `{"keys": [...], "level": "...", "wait_ms_max": N}`: every
-/// shard's keys come from one consistent view of that shard, with one receipt per shard.
-async fn kv_action(
-    State(node): State<AppState>,
-    Path(ks_action): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+/// `POST /v1/kv/{ks}:batch-get` with `{"keys": [...], "level": "...", "wait_ms_max": N,
+/// "key_encoding": "base64url"}`: every shard's keys come from one consistent view of that
+/// shard, with one receipt per shard. A key named several times is fetched once; the answer
+/// is refused over the node's `batch_get_response_bytes_max` before it is built, and sent
+/// entry by entry with its exact `content-length`.
+async fn batch_get(
+    node: &Node,
+    ks: &str,
+    keys: Vec<Vec<u8>>,
+    key_encoding: KeyEncoding,
+    level: Option<Level>,
+    wait: Option<Duration>,
+    mut session: Session,
 ) -> Result<Response, ApiError> {
-    let Some(ks) = ks_action.strip_suffix(":batch-get") else {
-        return Err(bad(
-            Code::BadRequest,
-            format!("unknown action in {ks_action:?}; the one action is {{ks}}:batch-get"),
-        ));
-    };
-    let body = body.map_err(body_error)?;
-    let req: BatchGet = serde_json::from_slice(&body)
-        .map_err(|e| bad(Code::BadRequest, format!("bad batch-get body: {e}")))?;
-    let q = KvQuery {
-        level: req.level,
-        wait_ms_max: req.wait_ms_max.map(|w| w.to_string()),
-        format: None,
-    };
-    let level = q.level(&headers)?;
-    let mut session = session_of(&node, &headers)?;
-    let keys: Vec<Vec<u8>> = req.keys.into_iter().map(String::into_bytes).collect();
+    let plan = Plan::new(keys);
     let shards = node
-        .batch_get(ks, &keys, level, q.wait()?, &mut session)
+        .batch_get(ks, plan.unique(), level, wait, &mut session)
         .await?;
     let token = node.session_key().encode(&session);
-    let mut results = Vec::new();
-    let mut receipts = Vec::new();
-    for shard in &shards {
-        for (k, v) in &shard.values {
-            let (value, hex) = value_json(v.as_ref().map(|sv| sv.value.as_slice()));
-            let mut item = json!({"key": String::from_utf8_lossy(k), "found": v.is_some(), "value": value, "shard": shard.receipt.position.shard.0});
-            if let Some(h) = hex {
-                item["value_hex"] = json!(h);
-            }
-            results.push(item);
-        }
-        receipts.push(receipt_json(&shard.receipt));
-    }
+    let receipts = shards.iter().map(|s| receipt_json(&s.receipt)).collect();
+    let answer = Answer::new(
+        shards,
+        receipts,
+        plan,
+        key_encoding,
+        &token,
+        node.config().batch_get_response_bytes_max,
+    )?;
+    let length = answer.bytes;
+    let body = Body::from_stream(futures::stream::iter(answer.chunks()));
     Ok((
         session_header(&token),
-        Json(json!({"results": results, "receipts": receipts, "session": token})),
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (CONTENT_LENGTH, HeaderValue::from(length)),
+        ],
+        body,
     )
         .into_response())
 }
 
-/// A change to the node's faults: `clear` first removes them all, then each field given
-/// replaces that fault. The reply is the node's faults afterwards.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FaultRequest {
-    #[serde(default)]
-    clear: bool,
-    isolate: Option<bool>,
-    drop_to: Option<BTreeSet<u64>>,
-    drop_from: Option<BTreeSet<u64>>,
-    delay_ms: Option<u64>,
-    jitter_ms: Option<u64>,
-    drop_rate: Option<f64>,
-    clock_offset_ms: Option<i64>,
-}
-
-async fn faults(
-    State(node): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+/// Applies a fault change (the reply is the node's faults afterwards).
+fn faults(node: &Node, change: FaultChange) -> Result<Response, ApiError> {
     if !node.faults_enabled() {
-        return Err(bad(
+        return Err(ApiError(TunekvError::new(
             Code::FaultsDisabled,
             "this node was not started with --enable-faults",
-        ));
+        )));
     }
-    let body = body.map_err(body_error)?;
-    let req: FaultRequest = serde_json::from_slice(&body)
-        .map_err(|e| bad(Code::BadRequest, format!("bad fault request: {e}")))?;
-    let mut f = if req.clear {
+    let mut f = if change.clear {
         FaultState::default()
     } else {
         node.fault_state()
     };
-    f.isolated = req.isolate.unwrap_or(f.isolated);
-    f.links.drop_to = req.drop_to.unwrap_or(f.links.drop_to);
-    f.links.drop_from = req.drop_from.unwrap_or(f.links.drop_from);
-    f.links.delay_ms = req.delay_ms.unwrap_or(f.links.delay_ms);
-    f.links.jitter_ms = req.jitter_ms.unwrap_or(f.links.jitter_ms);
-    f.links.drop_rate = req.drop_rate.unwrap_or(f.links.drop_rate);
-    f.clock_offset_ms = req.clock_offset_ms.unwrap_or(f.clock_offset_ms);
+    f.isolated = change.isolate.unwrap_or(f.isolated);
+    f.links.drop_to = change.drop_to.unwrap_or(f.links.drop_to);
+    f.links.drop_from = change.drop_from.unwrap_or(f.links.drop_from);
+    f.links.delay_ms = change.delay_ms.unwrap_or(f.links.delay_ms);
+    f.links.jitter_ms = change.jitter_ms.unwrap_or(f.links.jitter_ms);
+    f.links.drop_rate = change.drop_rate.unwrap_or(f.links.drop_rate);
+    f.clock_offset_ms = change.clock_offset_ms.unwrap_or(f.clock_offset_ms);
     node.set_fault_state(f)?;
     Ok(Json(node.fault_state()).into_response())
 }

@@ -1,7 +1,14 @@
 //! tunekv-api: the HTTP front end (DESIGN §9). Parses requests into tunekv-node calls and maps
 //! results and typed errors back to HTTP. No consistency logic lives here: a level is parsed
 //! and handed on, never interpreted.
+//!
+//! `request` decodes a request (pure: the fuzz target drives it), `http` executes it on the
+//! node, `batch` builds batch-get answers, `listener` serves connections with their limits.
 
+mod batch;
 mod http;
+mod listener;
+pub mod request;
 
-pub use http::{router, status_of};
+pub use http::{refusal_response, router, status_of, BODY_BYTES_MAX, MESSAGE_CHARS_MAX};
+pub use listener::{serve, HttpLimits, SHUTDOWN_WAIT_MS};

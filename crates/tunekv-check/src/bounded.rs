@@ -38,10 +38,7 @@ fn judge_k(facts: &Facts, read: usize, k: u64) -> Verdict {
     let Some(p) = facts.position(read) else {
         return Verdict::Unknown;
     };
-    let newest = facts
-        .shard_acked
-        .get(&p.shard)
-        .and_then(|completed| completed.before(op.invoke_ns));
+    let newest = facts.newest_acked_before(p.shard, op.invoke_ns);
     match newest {
         Some((m, write)) if p.index.saturating_add(k) < m => Verdict::Violation {
             message: format!(
@@ -69,10 +66,7 @@ fn judge_t(facts: &Facts, read: usize, t_ms: u64) -> Verdict {
     let Some(cutoff_ns) = op.invoke_ns.checked_sub(t_ms.saturating_mul(NS_PER_MS)) else {
         return Verdict::Pass;
     };
-    let newest = facts
-        .shard_acked
-        .get(&p.shard)
-        .and_then(|completed| completed.before(cutoff_ns));
+    let newest = facts.newest_acked_before(p.shard, cutoff_ns);
     match newest {
         Some((m, write)) if m > p.index => {
             let write_op = facts.op(write);

@@ -180,6 +180,14 @@ impl<'a> Facts<'a> {
         self.keys.get(name)
     }
 
+    /// The (index, operation) with the largest index among acknowledged updates on `shard`
+    /// that completed before `t` (strictly).
+    pub(crate) fn newest_acked_before(&self, shard: u32, t: u64) -> Option<(u64, usize)> {
+        self.shard_acked
+            .get(&shard)
+            .and_then(|completed| completed.before(t))
+    }
+
     /// Acknowledged reads, the only reads that say anything about the store.
     pub(crate) fn acked_reads(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.ops.len()).filter(|&id| {
@@ -195,8 +203,7 @@ impl<'a> Facts<'a> {
         let op = self.op(id);
         self.key(&op.key)
             .and_then(|key| key.shard)
-            .and_then(|shard| self.shard_acked.get(&shard))
-            .and_then(|completed| completed.before(op.invoke_ns))
+            .and_then(|shard| self.newest_acked_before(shard, op.invoke_ns))
             .map_or(0, |(index, _)| index)
     }
 

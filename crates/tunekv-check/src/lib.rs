@@ -14,6 +14,8 @@
 //!   checker identifies a write by the value a read returned.
 //! - Every key lives on one shard; every acknowledged write or delete carries its committed
 //!   position `shard=S;index=I;commit_ms=C`; a read's position is the state it was served from.
+//! - A history holds one keyspace (as `verify`'s and the simulator's do): a shard number names
+//!   one log, whose indexes the bounded and receipt checkers compare across keys.
 //! - `ok: false` means the operation certainly did not happen; `ok: null` means it may or may
 //!   not have (its index is unknown, so it can only make a verdict `unknown`, never a pass).
 //! - "A completed before B began" means `A.complete_ns < B.invoke_ns`; equal times count as
@@ -49,6 +51,10 @@
 //! - **durability / no acknowledged write lost** — after healing, the last `strong` read of each
 //!   key that had acknowledged updates returns the state of the acknowledged update with the
 //!   largest index, or of an update with a larger one. Counted per key.
+//! - **every level / honest receipt** — a read whose receipt says `staleness_ms = M` reflects
+//!   every acknowledged update on `s` that completed before `invoke − M`: each has index `≤ i`
+//!   (DESIGN §4). Checked = acknowledged reads with a position and a `staleness_ms`; reads
+//!   without either make no claim and are left out.
 
 pub mod history;
 pub mod report;
@@ -59,6 +65,7 @@ mod eventual;
 mod facts;
 mod linearizable;
 mod prefix;
+mod receipts;
 mod session;
 #[cfg(test)]
 mod testkit;
@@ -98,6 +105,7 @@ pub mod properties {
     pub const NEVER_INVENTED: &str = "never invented";
     pub const CONVERGENCE: &str = "convergence";
     pub const NO_ACKED_WRITE_LOST: &str = "no acknowledged write lost";
+    pub const HONEST_RECEIPT: &str = "honest receipt";
 }
 
 /// A history and what the checkers need to know about how it was made.
@@ -189,6 +197,7 @@ pub fn check(input: &CheckInput, limits: &Limits) -> Result<Report, CheckError> 
     rows.push(eventual::convergence(&facts, input.heal_ns, limits));
     rows.push(durability::check(&facts, input.heal_ns, limits));
     rows.push(every_level_row);
+    rows.push(receipts::check(&facts, limits));
     Ok(Report { rows })
 }
 
@@ -274,6 +283,7 @@ mod tests {
             (levels::EVENTUAL, properties::CONVERGENCE),
             (levels::DURABILITY, properties::NO_ACKED_WRITE_LOST),
             (levels::EVERY_LEVEL, properties::VALUE_MATCHES_POSITION),
+            (levels::EVERY_LEVEL, properties::HONEST_RECEIPT),
         ];
         let got: Vec<(&str, &str)> = report
             .rows

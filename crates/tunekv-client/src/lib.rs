@@ -12,16 +12,21 @@ pub enum ClientError {
         code: String,
         message: String,
     },
-    /// No answer (connection refused, reset, timed out).
+    /// No answer (connection refused, reset, timed out), or a node address that is not one.
+    /// The message names the cause.
     #[error("transport: {0}")]
     Transport(String),
+    /// Refused before sending: the server would refuse it with the same code (e.g. an empty
+    /// key is `key_invalid`).
+    #[error("{code}: {message}")]
+    Invalid { code: String, message: String },
 }
 
 impl ClientError {
-    /// The stable error code, if the server sent one.
+    /// The stable error code, if the server sent one or would have.
     pub fn code(&self) -> Option<&str> {
         match self {
-            ClientError::Api { code, .. } => Some(code),
+            ClientError::Api { code, .. } | ClientError::Invalid { code, .. } => Some(code),
             ClientError::Transport(_) => None,
         }
     }
@@ -113,9 +118,12 @@ pub struct WriteReply {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    timeout: Duration,
 }
 
-/// Percent-encodes a key for a path segment (everything but unreserved characters).
+/// Percent-encodes a key for a path segment (every byte but unreserved characters). `.` and
+/// `..` are not sent this way: URL parsing (WHATWG, as `reqwest` does) removes such a segment,
+/// and `%2E` too, so [`Client`] sends them in the base64url form (see [`key_path`]).
 pub fn encode_key(key: &[u8]) -> String {
     let mut out = String::with_capacity(key.len());
     for &b in key {
@@ -128,8 +136,67 @@ pub fn encode_key(key: &[u8]) -> String {
     out
 }
 
-fn transport(e: reqwest::Error) -> ClientError {
-    ClientError::Transport(e.to_string())
+/// The path segment and query that name `key` in `/v1/kv/{ks}/…`: percent-encoded, except
+/// `.` and `..` (which URL normalisation would drop), sent as base64url with
+/// `key_encoding=base64url`. An empty key is `key_invalid`, as the server would answer.
+pub fn key_path(key: &[u8]) -> Result<(String, Option<(&'static str, &'static str)>)> {
+    const BASE64URL: Option<(&str, &str)> = Some(("key_encoding", "base64url"));
+    match key {
+        b"" => Err(ClientError::Invalid {
+            code: "key_invalid".into(),
+            message: "the key is empty".into(),
+        }),
+        // base64url of "." and "..".
+        b"." => Ok(("Lg".into(), BASE64URL)),
+        b".." => Ok(("Li4".into(), BASE64URL)),
+        _ => Ok((encode_key(key), None)),
+    }
+}
+
+/// What went wrong with a request that got no answer, in words: "connection refused",
+/// "timed out", "not a host:port", then the underlying error chain.
+fn describe(e: &reqwest::Error, base: &str, timeout: Duration) -> String {
+    use std::error::Error as _;
+    let mut causes: Vec<String> = Vec::new();
+    let mut io_kind = None;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        let text = s.to_string();
+        if !causes.iter().any(|c| c.contains(&text)) {
+            causes.push(text);
+        }
+        source = s.source();
+    }
+    let chain = causes.join(": ");
+    let target = e
+        .url()
+        .map(|u| u.to_string())
+        .unwrap_or_else(|| base.to_string());
+    if e.is_builder() {
+        return format!("the node address {base:?} is not a host:port ({chain})");
+    }
+    if e.is_timeout() || io_kind == Some(std::io::ErrorKind::TimedOut) {
+        return format!(
+            "{target}: timed out after {} ms ({chain})",
+            timeout.as_millis()
+        );
+    }
+    if e.is_connect() {
+        let why = match io_kind {
+            Some(std::io::ErrorKind::ConnectionRefused) => "connection refused".to_string(),
+            _ if chain.contains("dns error") => "cannot resolve the host name".to_string(),
+            _ => "cannot connect".to_string(),
+        };
+        return format!("{target}: {why} ({chain})");
+    }
+    if chain.is_empty() {
+        format!("{target}: {e}")
+    } else {
+        format!("{target}: {e}: {chain}")
+    }
 }
 
 async fn api_error(resp: reqwest::Response) -> ClientError {
@@ -145,20 +212,33 @@ async fn api_error(resp: reqwest::Response) -> ClientError {
     ClientError::Api {
         status,
         code: field("code").unwrap_or_else(|| "unknown".into()),
-        message: field("message").unwrap_or(text),
+        message: field("message").unwrap_or_else(|| {
+            if text.is_empty() {
+                "(an empty answer: is this a tunekv node?)".into()
+            } else {
+                text
+            }
+        }),
     }
-}
-
-/// Sends a request and decodes a JSON success body, or the typed error.
-async fn send_json<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T> {
-    let resp = req.send().await.map_err(transport)?;
-    if !resp.status().is_success() {
-        return Err(api_error(resp).await);
-    }
-    resp.json().await.map_err(transport)
 }
 
 impl Client {
+    fn transport(&self, e: reqwest::Error) -> ClientError {
+        ClientError::Transport(describe(&e, &self.base, self.timeout))
+    }
+
+    /// Sends a request and decodes a JSON success body, or the typed error.
+    async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T> {
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        resp.json().await.map_err(|e| self.transport(e))
+    }
+
     /// `base` is a node's HTTP address, with or without `http://`.
     pub fn new(base: &str) -> Client {
         Client::with_timeout(base, Duration::from_secs(70))
@@ -175,7 +255,11 @@ impl Client {
             .timeout(timeout)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Client { http, base }
+        Client {
+            http,
+            base,
+            timeout,
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -200,8 +284,16 @@ impl Client {
         }
     }
 
-    fn kv_url(&self, ks: &str, key: &[u8]) -> String {
-        format!("{}/v1/kv/{}/{}", self.base, ks, encode_key(key))
+    /// A request to key `key` of `ks` (the key's path form, see [`key_path`]).
+    fn kv(&self, method: reqwest::Method, ks: &str, key: &[u8]) -> Result<reqwest::RequestBuilder> {
+        let (segment, query) = key_path(key)?;
+        let req = self
+            .http
+            .request(method, format!("{}/v1/kv/{}/{}", self.base, ks, segment));
+        Ok(match query {
+            Some(pair) => req.query(&[pair]),
+            None => req,
+        })
     }
 
     pub async fn create_keyspace(
@@ -209,7 +301,7 @@ impl Client {
         ks: &str,
         spec: &serde_json::Value,
     ) -> Result<serde_json::Value> {
-        send_json(
+        self.send_json(
             self.http
                 .put(format!("{}/v1/keyspaces/{ks}", self.base))
                 .json(spec),
@@ -218,38 +310,28 @@ impl Client {
     }
 
     pub async fn put(&self, ks: &str, key: &[u8], value: &[u8], opts: &Opts) -> Result<WriteReply> {
-        send_json(Self::with_session(
-            self.http
-                .put(self.kv_url(ks, key))
-                .query(&Self::query(opts))
-                .body(value.to_vec()),
+        let req = self.kv(reqwest::Method::PUT, ks, key)?;
+        self.send_json(Self::with_session(
+            req.query(&Self::query(opts)).body(value.to_vec()),
             opts,
         ))
         .await
     }
 
     pub async fn delete(&self, ks: &str, key: &[u8], opts: &Opts) -> Result<WriteReply> {
-        send_json(Self::with_session(
-            self.http
-                .delete(self.kv_url(ks, key))
-                .query(&Self::query(opts)),
-            opts,
-        ))
-        .await
+        let req = self.kv(reqwest::Method::DELETE, ks, key)?;
+        self.send_json(Self::with_session(req.query(&Self::query(opts)), opts))
+            .await
     }
 
     /// Reads a key. A missing key is `Ok` with `value: None` (its receipt still says where the
     /// absence was observed).
     pub async fn get(&self, ks: &str, key: &[u8], opts: &Opts) -> Result<ReadReply> {
-        let resp = Self::with_session(
-            self.http
-                .get(self.kv_url(ks, key))
-                .query(&Self::query(opts)),
-            opts,
-        )
-        .send()
-        .await
-        .map_err(transport)?;
+        let req = self.kv(reqwest::Method::GET, ks, key)?;
+        let resp = Self::with_session(req.query(&Self::query(opts)), opts)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
         let h = |name: &str| {
             resp.headers()
                 .get(name)
@@ -274,7 +356,7 @@ impl Client {
         let status = resp.status();
         match (status.as_u16(), receipt) {
             (200, Some(receipt)) => {
-                let value = resp.bytes().await.map_err(transport)?.to_vec();
+                let value = resp.bytes().await.map_err(|e| self.transport(e))?.to_vec();
                 Ok(ReadReply {
                     value: Some(value),
                     receipt,
@@ -300,7 +382,7 @@ impl Client {
     ) -> Result<serde_json::Value> {
         let body =
             serde_json::json!({"keys": keys, "level": opts.level, "wait_ms_max": opts.wait_ms_max});
-        send_json(Self::with_session(
+        self.send_json(Self::with_session(
             self.http
                 .post(format!("{}/v1/kv/{ks}:batch-get", self.base))
                 .json(&body),
@@ -310,13 +392,14 @@ impl Client {
     }
 
     pub async fn cluster(&self) -> Result<serde_json::Value> {
-        send_json(self.http.get(format!("{}/v1/cluster", self.base))).await
+        self.send_json(self.http.get(format!("{}/v1/cluster", self.base)))
+            .await
     }
 
     /// The fault hook (nodes started with `--enable-faults`): `change` as documented for
     /// `POST /v1/admin/faults` (`{"clear": true}` heals); returns the node's faults after it.
     pub async fn faults(&self, change: &serde_json::Value) -> Result<serde_json::Value> {
-        send_json(
+        self.send_json(
             self.http
                 .post(format!("{}/v1/admin/faults", self.base))
                 .json(change),
@@ -331,12 +414,13 @@ impl Client {
         } else {
             serde_json::json!({"clear": true})
         };
-        let _: serde_json::Value = send_json(
-            self.http
-                .post(format!("{}/v1/admin/faults", self.base))
-                .json(&body),
-        )
-        .await?;
+        let _: serde_json::Value = self
+            .send_json(
+                self.http
+                    .post(format!("{}/v1/admin/faults", self.base))
+                    .json(&body),
+            )
+            .await?;
         Ok(())
     }
 }
@@ -349,6 +433,41 @@ mod tests {
     fn keys_are_percent_encoded() {
         assert_eq!(encode_key(b"a/b c"), "a%2Fb%20c");
         assert_eq!(encode_key(b"Az09-._~"), "Az09-._~");
+        assert_eq!(encode_key(b"\xff\x00"), "%FF%00");
+    }
+
+    #[test]
+    fn dot_keys_survive_url_normalisation_and_empty_keys_are_refused() {
+        // Before: keys "." and ".." were sent as path segments and URL parsing dropped them.
+        for key in [&b"."[..], b".."] {
+            let (segment, query) = key_path(key).expect("a path");
+            let url = reqwest::Url::parse(&format!("http://h/v1/kv/ks/{segment}")).expect("url");
+            assert_eq!(url.path(), format!("/v1/kv/ks/{segment}"), "kept");
+            assert_eq!(query, Some(("key_encoding", "base64url")));
+        }
+        assert_eq!(key_path(b"...").expect("a path"), ("...".to_string(), None));
+        let e = key_path(b"").expect_err("refused");
+        assert_eq!(e.code(), Some("key_invalid"));
+    }
+
+    #[tokio::test]
+    async fn transport_errors_name_their_cause() {
+        // Before: "error sending request for url (…)" with no cause, and "builder error".
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = silent.local_addr().expect("addr").to_string();
+        let e = Client::with_timeout(&addr, Duration::from_millis(300))
+            .cluster()
+            .await
+            .expect_err("no answer");
+        assert!(e.to_string().contains("timed out after 300 ms"), "{e}");
+        drop(silent);
+        let e = Client::new(&addr).cluster().await.expect_err("refused");
+        assert!(e.to_string().contains("connection refused"), "{e}");
+        let e = Client::new("not a host:port")
+            .cluster()
+            .await
+            .expect_err("bad");
+        assert!(e.to_string().contains("is not a host:port"), "{e}");
     }
 
     #[test]

@@ -32,7 +32,16 @@ pub enum Code {
     FaultsDisabled,
     /// The node is starting or shutting down.
     Unavailable,
+    /// This node holds no replica of the key's shard (a keyspace with fewer replicas than
+    /// nodes): a permanent answer for this node; the message names the nodes to ask.
+    NotReplica,
     Internal,
+    /// A read's answer would exceed the node's response size cap; ask for fewer keys.
+    ResponseTooLarge,
+    /// No HTTP route has this path.
+    RouteNotFound,
+    /// The path exists but not for this HTTP method.
+    MethodNotAllowed,
 }
 
 impl Code {
@@ -54,7 +63,11 @@ impl Code {
             Code::SessionInvalid => "session_invalid",
             Code::FaultsDisabled => "faults_disabled",
             Code::Unavailable => "unavailable",
+            Code::NotReplica => "not_replica",
             Code::Internal => "internal",
+            Code::ResponseTooLarge => "response_too_large",
+            Code::RouteNotFound => "route_not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -81,8 +94,41 @@ pub const ALL_CODES: &[Code] = &[
     Code::SessionInvalid,
     Code::FaultsDisabled,
     Code::Unavailable,
+    Code::NotReplica,
     Code::Internal,
+    Code::ResponseTooLarge,
+    Code::RouteNotFound,
+    Code::MethodNotAllowed,
 ];
+
+/// The most characters of client input an error message repeats: a 10 MB field name must not
+/// make a 10 MB error.
+pub const ECHO_CHARS_MAX: usize = 128;
+
+/// `s` cut to at most `chars_max` characters, with "…" appended when something was cut.
+pub fn shorten(s: &str, chars_max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(chars_max) {
+        Some((i, _)) => std::borrow::Cow::Owned(format!("{}…", &s[..i])),
+        None => std::borrow::Cow::Borrowed(s),
+    }
+}
+
+/// Client input as an error message repeats it: quoted and escaped, at most
+/// [`ECHO_CHARS_MAX`] characters of it, then "…" if it was longer.
+pub fn echo(input: &str) -> String {
+    match input.char_indices().nth(ECHO_CHARS_MAX) {
+        Some((i, _)) => format!("{:?}…", &input[..i]),
+        None => format!("{input:?}"),
+    }
+}
+
+/// [`echo`] for bytes (a key): invalid UTF-8 shown as U+FFFD.
+pub fn echo_bytes(input: &[u8]) -> String {
+    // A character is at most 4 bytes, so a longer input still has more than ECHO_CHARS_MAX
+    // characters in this prefix and `echo` marks the cut.
+    let head = &input[..input.len().min(4 * (ECHO_CHARS_MAX + 1))];
+    echo(&String::from_utf8_lossy(head))
+}
 
 impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -117,5 +163,19 @@ mod tests {
             assert_eq!(Code::parse(c.as_str()), Some(*c));
         }
         assert_eq!(Code::parse("nope"), None);
+    }
+
+    #[test]
+    fn echo_keeps_short_input_and_cuts_long_input() {
+        assert_eq!(echo("abc"), "\"abc\"");
+        let long = "é".repeat(10_000);
+        let e = echo(&long);
+        assert!(e.ends_with('…'));
+        assert_eq!(e.chars().count(), ECHO_CHARS_MAX + 3);
+        assert_eq!(echo_bytes(b"a\xffb"), "\"a\u{fffd}b\"");
+        let e = echo_bytes(&vec![b'k'; 1_000_000]);
+        assert!(e.ends_with('…') && e.len() < 200, "{e}");
+        assert_eq!(shorten("abcdef", 3), "abc…");
+        assert_eq!(shorten("abc", 3), "abc");
     }
 }

@@ -6,6 +6,7 @@
 //! through it. This crate knows nothing about HTTP, Raft, disks or sockets.
 
 pub mod clock_bound;
+pub mod clock_guard;
 pub mod code;
 pub mod hlc;
 pub mod ids;
@@ -18,6 +19,7 @@ pub mod requirement;
 pub mod session;
 
 pub use clock_bound::PeerClock;
+pub use clock_guard::{ClockGuard, ClockHealth};
 pub use code::{Code, TunekvError};
 pub use hlc::Hlc;
 pub use ids::{GroupId, LogIndex, NodeId, ShardId};

@@ -43,6 +43,24 @@ impl Staleness {
         Staleness { entries, ms }
     }
 
+    /// The honest receipt (issue 15): `entries` behind the newest commit the copy knew of,
+    /// and `ms` = how long before the read began the newest freshness proof that the served
+    /// state satisfies was taken. A proof `(c, h)` says every write committed before `h` is at
+    /// or below index `c`; the served state is at or past `c`, so it holds every write
+    /// acknowledged more than `ms` before the read began. This holds whether or not the copy
+    /// knows it is behind, and assumes nothing about wall clocks or commit times. With no proof
+    /// yet (a copy that just started) the age is unknown: `u64::MAX`.
+    pub fn proven(entries: u64, proof_age_at_start: Option<std::time::Duration>) -> Staleness {
+        Staleness {
+            entries,
+            // Rounded up: a proof 0.3 ms old is "1 ms", never "0 ms" (which would claim the
+            // freshness of a strong read and miss a write acknowledged in between).
+            ms: proof_age_at_start
+                .map(|age| u64::try_from(age.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX))
+                .unwrap_or(u64::MAX),
+        }
+    }
+
     /// Header form: `entries=2;ms=37`.
     pub fn header(&self) -> String {
         format!("entries={};ms={}", self.entries, self.ms)
@@ -72,6 +90,17 @@ mod tests {
     use super::*;
     use crate::ids::{LogIndex, ShardId};
     use std::time::Duration;
+
+    #[test]
+    fn a_proven_receipt_rounds_its_age_up() {
+        // Regression (issue 15): ages were rounded down, so a proof taken 0.3 ms before the
+        // read began gave "ms=0" and the receipt missed a write acknowledged in between.
+        let s = Staleness::proven(0, Some(Duration::from_micros(300)));
+        assert_eq!(s.ms, 1);
+        assert_eq!(Staleness::proven(0, Some(Duration::ZERO)).ms, 0);
+        assert_eq!(Staleness::proven(2, Some(Duration::from_millis(37))).ms, 37);
+        assert_eq!(Staleness::proven(2, None).ms, u64::MAX);
+    }
 
     #[test]
     fn a_cut_off_copy_reports_its_silence() {

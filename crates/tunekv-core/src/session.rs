@@ -19,8 +19,13 @@ pub const TOKEN_FORMAT: u8 = 1;
 /// change that renumbers positions bumps it, and older tokens are refused as foreign.
 pub const TOPOLOGY: u32 = 1;
 /// Longest token text accepted (one `tunekv-session` value), and most groups in one token.
-pub const TOKEN_CHARS_MAX: usize = 32 * 1024;
+pub const TOKEN_CHARS_MAX: usize = 64 * 1024;
 pub const TOKEN_GROUPS_MAX: usize = 1024;
+/// The longest body `encode` can write: format, topology, count, then per group three
+/// varints of at most 10 bytes each.
+const TOKEN_BODY_BYTES_MAX: usize = 1 + 5 + 5 + TOKEN_GROUPS_MAX * 30;
+// Every token `encode` writes for an admitted session is one `decode` accepts.
+const _: () = assert!(2 * (TOKEN_BODY_BYTES_MAX + MAC_BYTES) <= TOKEN_CHARS_MAX);
 /// Most tokens one request may carry to be merged.
 pub const TOKENS_PER_REQUEST_MAX: usize = 16;
 /// Shortest accepted cluster secret.
@@ -78,6 +83,23 @@ impl Session {
             let e = self.marks.entry(*g).or_default();
             e.written = e.written.max(m.written);
             e.read = e.read.max(m.read);
+        }
+    }
+
+    /// Whether this session may record an operation on `group`: a token carries at most
+    /// `TOKEN_GROUPS_MAX` groups, so a session that already tracks that many takes no new one
+    /// (refused before the operation, never a token the cluster would then refuse).
+    pub fn admit(&self, group: GroupId) -> Result<(), TunekvError> {
+        if self.marks.len() < TOKEN_GROUPS_MAX || self.marks.contains_key(&group) {
+            Ok(())
+        } else {
+            Err(TunekvError::new(
+                Code::SessionInvalid,
+                format!(
+                    "this session already tracks {TOKEN_GROUPS_MAX} shard groups, the most one token carries; \
+                     use a new session for {group}"
+                ),
+            ))
         }
     }
 
@@ -264,6 +286,24 @@ mod tests {
             s.read(GroupId(g), LogIndex(r));
         }
         s
+    }
+
+    #[test]
+    fn a_session_at_the_group_limit_gets_a_token_the_cluster_accepts() {
+        // Regression (issue 15): encode did not enforce the group limit decode checks, so a
+        // session touching more groups was handed a token the cluster then refused.
+        let mut s = Session::new();
+        for g in 0..TOKEN_GROUPS_MAX as u64 {
+            let group = GroupId(u64::MAX - g);
+            assert!(s.admit(group).is_ok());
+            s.wrote(group, LogIndex(u64::MAX));
+            s.read(group, LogIndex(u64::MAX));
+        }
+        let k = key();
+        assert_eq!(k.decode(&k.encode(&s)).unwrap(), s);
+        assert!(s.admit(GroupId(u64::MAX)).is_ok(), "a tracked group");
+        let e = s.admit(GroupId(7)).unwrap_err();
+        assert_eq!(e.code, Code::SessionInvalid);
     }
 
     #[test]

@@ -14,9 +14,13 @@ pub struct Bugs {
     /// `ack-early`: acknowledge a write as soon as it is proposed, before it is durable on a
     /// quorum (the "acknowledge before fsync" class of bug: an acknowledged write can be lost).
     ack_early: bool,
+    /// `old-receipts`: report staleness by the pre-issue-15 rule (ms = time since the leader's
+    /// last contact, or now minus the applied commit time), which understates how stale a copy
+    /// that knows it is behind can be.
+    old_receipts: bool,
 }
 
-pub const BUG_NAMES: &str = "strong-local, ignore-session, skip-bounded, ack-early";
+pub const BUG_NAMES: &str = "strong-local, ignore-session, skip-bounded, ack-early, old-receipts";
 
 impl Bugs {
     /// Parses `--bug` names. Any name in a build without the feature is an error.
@@ -33,6 +37,7 @@ impl Bugs {
                 "ignore-session" => b.ignore_session = true,
                 "skip-bounded" => b.skip_bounded = true,
                 "ack-early" => b.ack_early = true,
+                "old-receipts" => b.old_receipts = true,
                 other => return Err(format!("unknown bug {other:?}; bugs: {BUG_NAMES}")),
             }
         }
@@ -41,7 +46,11 @@ impl Bugs {
 
     pub fn any(&self) -> bool {
         cfg!(feature = "bug-injection")
-            && (self.strong_local || self.ignore_session || self.skip_bounded || self.ack_early)
+            && (self.strong_local
+                || self.ignore_session
+                || self.skip_bounded
+                || self.ack_early
+                || self.old_receipts)
     }
 
     pub fn strong_local(&self) -> bool {
@@ -58,5 +67,9 @@ impl Bugs {
 
     pub fn ack_early(&self) -> bool {
         cfg!(feature = "bug-injection") && self.ack_early
+    }
+
+    pub fn old_receipts(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.old_receipts
     }
 }

@@ -18,6 +18,27 @@ pub struct NodeConfig {
     /// Most simultaneous RESP connections.
     #[serde(default = "resp_connections_max")]
     pub resp_connections_max: usize,
+    /// Largest RESP request in bytes as sent (headers, arguments, CRLFs); a larger one is
+    /// refused with a protocol error and its connection closed. Pipelines are not limited.
+    #[serde(default = "resp_request_bytes_max")]
+    pub resp_request_bytes_max: usize,
+    /// Most heap bytes that unfinished RESP requests may hold, summed over all connections.
+    #[serde(default = "resp_pending_bytes_max")]
+    pub resp_pending_bytes_max: usize,
+    /// Most simultaneous HTTP connections; one more is answered `503 unavailable` and closed.
+    #[serde(default = "http_connections_max")]
+    pub http_connections_max: usize,
+    /// Time an HTTP client has to finish a request's head once its first byte arrived.
+    #[serde(default = "http_header_read_timeout_ms")]
+    pub http_header_read_timeout_ms: u64,
+    /// An HTTP connection with no request running and no byte moving either way for this long
+    /// is closed (idle keep-alive, a client that sends nothing, a stalled body either way).
+    #[serde(default = "http_idle_timeout_ms")]
+    pub http_idle_timeout_ms: u64,
+    /// The most bytes one batch read may answer (HTTP batch-get, RESP MGET); more is refused
+    /// with `response_too_large`.
+    #[serde(default = "batch_get_response_bytes_max")]
+    pub batch_get_response_bytes_max: u64,
     /// Where the log, snapshots and metadata live.
     pub data_dir: PathBuf,
     /// Every node of the cluster, this one included.
@@ -41,6 +62,12 @@ pub struct NodeConfig {
     pub wait_ms_cap: u64,
     #[serde(default)]
     pub raft_timing: RaftTimingConfig,
+    /// How far two nodes' wall clocks may disagree (the same on every node). The HLC never runs
+    /// further ahead of this node's clock than this, and a node whose clock disagrees with a
+    /// majority of its peers by more, or jumps by more, stops stamping commits and leading
+    /// until it agrees again (docs/configuration.md).
+    #[serde(default = "max_clock_offset_ms")]
+    pub max_clock_offset_ms: u64,
     /// Deliberate bugs (`tunekv server --bug`, bug-injection builds only); never in a file.
     #[serde(skip)]
     pub bugs: crate::Bugs,
@@ -96,6 +123,29 @@ impl RaftTimingConfig {
 fn resp_connections_max() -> usize {
     10_000
 }
+/// Twice the value ceiling; the same as `tunekv_resp::parse::REQUEST_BYTES_MAX_DEFAULT`.
+fn resp_request_bytes_max() -> usize {
+    2 * tunekv_core::limits::VALUE_BYTES_MAX_CEILING as usize
+}
+/// 1 GiB; the same as `tunekv_resp::server::PENDING_BYTES_MAX_DEFAULT`.
+fn resp_pending_bytes_max() -> usize {
+    1024 * 1024 * 1024
+}
+fn http_connections_max() -> usize {
+    10_000
+}
+fn http_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn http_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn batch_get_response_bytes_max() -> u64 {
+    64 * 1024 * 1024
+}
+/// The smallest `batch_get_response_bytes_max` a config may set: the largest value, so a
+/// single-key read through the batch path (RESP GET) is never refused.
+pub const BATCH_GET_RESPONSE_BYTES_MAX_FLOOR: u64 = tunekv_core::limits::VALUE_BYTES_MAX_CEILING;
 fn read_wait_ms_default() -> u64 {
     1000
 }
@@ -146,6 +196,37 @@ impl NodeConfig {
         {
             return Err("wait defaults must not exceed wait_ms_cap".into());
         }
+        if self.resp_request_bytes_max == 0
+            || self.resp_request_bytes_max > self.resp_pending_bytes_max
+        {
+            return Err(
+                "resp_request_bytes_max must be at least 1 and at most resp_pending_bytes_max"
+                    .into(),
+            );
+        }
+        let offsets = tunekv_core::clock_guard::MAX_CLOCK_OFFSET_MS_MIN
+            ..=tunekv_core::clock_guard::MAX_CLOCK_OFFSET_MS_MAX;
+        if !offsets.contains(&self.max_clock_offset_ms) {
+            return Err(format!(
+                "max_clock_offset_ms {} is outside {}..={}",
+                self.max_clock_offset_ms,
+                offsets.start(),
+                offsets.end()
+            ));
+        }
+        if self.http_connections_max == 0 {
+            return Err("http_connections_max must be at least 1".into());
+        }
+        if self.http_header_read_timeout_ms == 0 || self.http_idle_timeout_ms == 0 {
+            return Err(
+                "http_header_read_timeout_ms and http_idle_timeout_ms must be at least 1".into(),
+            );
+        }
+        if self.batch_get_response_bytes_max < BATCH_GET_RESPONSE_BYTES_MAX_FLOOR {
+            return Err(format!(
+                "batch_get_response_bytes_max must be at least {BATCH_GET_RESPONSE_BYTES_MAX_FLOOR}"
+            ));
+        }
         self.raft_timing.tuning().openraft_config().map(|_| ())
     }
 
@@ -175,6 +256,12 @@ impl NodeConfig {
                 raft: p.raft.clone(),
                 resp: Some(format!("127.0.0.1:{resp}")),
                 resp_connections_max: resp_connections_max(),
+                resp_request_bytes_max: resp_request_bytes_max(),
+                resp_pending_bytes_max: resp_pending_bytes_max(),
+                http_connections_max: http_connections_max(),
+                http_header_read_timeout_ms: http_header_read_timeout_ms(),
+                http_idle_timeout_ms: http_idle_timeout_ms(),
+                batch_get_response_bytes_max: batch_get_response_bytes_max(),
                 data_dir: dir.join(format!("node-{}", p.id)),
                 peers: peers.clone(),
                 cluster_secret: cluster_secret.to_string(),
@@ -183,9 +270,14 @@ impl NodeConfig {
                 write_wait_ms_default: write_wait_ms_default(),
                 wait_ms_cap: wait_ms_cap(),
                 raft_timing: RaftTimingConfig::default(),
+                max_clock_offset_ms: max_clock_offset_ms(),
                 bugs: crate::Bugs::default(),
                 rng_seed: None,
             })
             .collect()
     }
+}
+
+fn max_clock_offset_ms() -> u64 {
+    tunekv_core::clock_guard::MAX_CLOCK_OFFSET_MS_DEFAULT
 }

@@ -6,7 +6,8 @@ use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend};
 use std::future::Future;
@@ -92,6 +93,27 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
             .await
         {
             Ok(Response::Vote(r)) => Ok(r),
+            Ok(_) => Err(unexpected()),
+            Err(e) => Err(rpc_error(e)),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .pool
+            .call(
+                self.target,
+                self.group.0,
+                Request::TransferLeader(req),
+                option.soft_ttl(),
+            )
+            .await
+        {
+            Ok(Response::TransferLeader(r)) => Ok(r),
             Ok(_) => Err(unexpected()),
             Err(e) => Err(rpc_error(e)),
         }

@@ -6,7 +6,7 @@ use crate::network::GroupNetwork;
 use crate::rpc::{
     self, CallError, Handler, PeerPool, RemoteError, Request, Response, WatermarkPush, WriteResult,
 };
-use crate::status::{ClusterStatus, GroupStatus, NodeEntry, ReplicaStatus};
+use crate::status::{ClusterStatus, GroupStatus, NodeEntry, NodeReport, ReplicaStatus};
 use crate::transport::{BoxFuture, FaultState, Faults, Transport};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
@@ -23,9 +23,9 @@ use tokio::time::Instant;
 use tunekv_core::keyspace::{replicas_for, scan_hash, shard_for_key, SCAN_HASH_BITS};
 use tunekv_core::limits::{check_key, check_keyspace_name, check_value};
 use tunekv_core::{
-    judge, Code, CopyState, GroupId, Hlc, KeyspaceSpec, Level, LogIndex, NodeId, PeerClock,
-    Position, Receipt, Requirement, Session, SessionKey, ShardId, Staleness, TunekvError, Verdict,
-    Watermark,
+    judge, ClockGuard, ClockHealth, Code, CopyState, GroupId, Hlc, KeyspaceSpec, Level, LogIndex,
+    NodeId, PeerClock, Position, Receipt, Requirement, Session, SessionKey, ShardId, Staleness,
+    TunekvError, Verdict, Watermark,
 };
 use tunekv_raft::{
     Applied, Command, CommandResult, LogStore, Op, Raft, ShardData, StateMachine, StoredValue,
@@ -46,6 +46,10 @@ const FORWARDED_WORK_MAX: Duration = Duration::from_secs(30);
 const KEYSPACE_READY_WAIT: Duration = Duration::from_secs(10);
 /// How long `GET /v1/cluster` waits for each peer's status.
 const STATUS_WAIT: Duration = Duration::from_millis(500);
+/// Largest injected message delay (plus jitter) the fault hook accepts.
+const FAULT_DELAY_MS_MAX: u64 = 60_000;
+/// Largest injected clock offset the fault hook accepts (ten years).
+const FAULT_CLOCK_OFFSET_MS_MAX: u64 = 10 * 366 * 86_400_000;
 /// Most keys in one batch-get.
 pub const BATCH_KEYS_MAX: usize = 1000;
 /// How often each node measures its peers' clocks (see `tunekv_core::clock_bound`).
@@ -74,16 +78,77 @@ pub struct Group {
     // across a probe, so concurrent reads share one probe instead of sending one each; only
     // own probes are kept here, so strong reads depend on no clock but this node's own.
     own_probe: tokio::sync::Mutex<Option<(u64, Instant)>>,
+    // Freshness proofs this copy has not applied yet, and the newest one it has: receipts say
+    // how stale a served state is by the newest proof that state satisfies (issue 15: the
+    // time since the leader's last contact understated it for a copy that knew it was behind).
+    proofs: Mutex<Proofs>,
+}
+
+/// Freshness proofs `(index, at)` (every write committed before `at` is at or below `index`),
+/// oldest first, and when the newest proof already applied was taken.
+#[derive(Default)]
+struct Proofs {
+    pending: std::collections::VecDeque<(u64, Instant)>,
+    covered_at: Option<Instant>,
+}
+
+/// Proofs a copy remembers while it is behind them (one per heartbeat or probe: at 100 ms
+/// heartbeats, about 100 s of lag). Dropping the oldest only makes receipts more cautious.
+const PROOFS_PENDING_MAX: usize = 1024;
+
+impl Proofs {
+    /// Keeps the proofs ordered by when they were taken.
+    fn offer(&mut self, index: u64, at: Instant) {
+        if self.covered_at.is_some_and(|c| c >= at) {
+            return;
+        }
+        if self.pending.len() == PROOFS_PENDING_MAX {
+            self.pending.pop_front();
+        }
+        let slot = self.pending.partition_point(|&(_, t)| t <= at);
+        self.pending.insert(slot, (index, at));
+    }
+
+    /// When the newest proof that a state at `applied` satisfies was taken (`None`: no proof).
+    fn covered(&mut self, applied: u64) -> Option<Instant> {
+        let newest = self
+            .pending
+            .iter()
+            .filter(|&&(index, _)| index <= applied)
+            .map(|&(_, at)| at)
+            .max();
+        if let Some(at) = newest {
+            self.covered_at = self.covered_at.max(Some(at));
+            self.pending.retain(|&(_, t)| t > at);
+        }
+        self.covered_at
+    }
 }
 
 impl Group {
     /// Keeps the newer of the current watermark and `(index, at)`: every write committed before
     /// `at` is at or below `index`.
     fn offer_watermark(&self, index: u64, at: Instant) {
-        let mut wm = self.watermark.lock().unwrap_or_else(|p| p.into_inner());
-        if wm.is_none_or(|(i, t)| t <= at && i <= index) {
-            *wm = Some((index, at));
+        {
+            let mut wm = self.watermark.lock().unwrap_or_else(|p| p.into_inner());
+            if wm.is_none_or(|(i, t)| t <= at && i <= index) {
+                *wm = Some((index, at));
+            }
         }
+        self.proofs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .offer(index, at);
+    }
+
+    /// How long before `started` the newest freshness proof that the state at `applied`
+    /// satisfies was taken (zero if taken after `started`; `None`: no proof yet).
+    fn proof_age_at(&self, applied: u64, started: Instant) -> Option<Duration> {
+        self.proofs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .covered(applied)
+            .map(|at| started.saturating_duration_since(at))
     }
 }
 
@@ -162,6 +227,12 @@ pub struct Node {
     epoch: Instant,
     incarnation: u64,
     peer_clocks: Mutex<BTreeMap<NodeId, PeerClock>>,
+    // Whether this node's wall clock may stamp commits (measured against peers' wall clocks
+    // and its own monotonic clock), and the last state logged, so changes are logged once.
+    clock_guard: Mutex<ClockGuard>,
+    clock_logged: Mutex<ClockHealth>,
+    // `Hlc::capped_total` when last logged.
+    hlc_capped_logged: AtomicU64,
     // Hosted groups. A std lock: never held across an await.
     groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
     // Serializes group creation so two tasks never open the same group twice.
@@ -245,6 +316,9 @@ impl Node {
             .bind(&config.raft)
             .await
             .map_err(|e| internal(format!("cannot listen on {}: {e}", config.raft)))?;
+        let clock_guard =
+            ClockGuard::new(config.max_clock_offset_ms, peers.len().saturating_sub(1));
+        let hlc = Arc::new(Hlc::new(config.max_clock_offset_ms));
         let node = Arc::new(Node {
             id: NodeId(config.id),
             commit: GroupCommit::start(storage.clone()),
@@ -252,7 +326,7 @@ impl Node {
             all_nodes,
             storage,
             clock,
-            hlc: Arc::new(Hlc::new()),
+            hlc,
             pool,
             faults: faults.clone(),
             raft_config,
@@ -261,6 +335,9 @@ impl Node {
             // A random id for this process, so peers notice a restart (its clock starts over).
             incarnation: rng.gen(),
             peer_clocks: Mutex::new(BTreeMap::new()),
+            clock_guard: Mutex::new(clock_guard),
+            clock_logged: Mutex::new(ClockHealth::Trusted),
+            hlc_capped_logged: AtomicU64::new(0),
             groups: RwLock::new(BTreeMap::new()),
             opening: tokio::sync::Mutex::new(()),
             keyspace_cache: RwLock::new(HashMap::new()),
@@ -299,13 +376,26 @@ impl Node {
         loop {
             let rounds = peers.iter().map(|&peer| async move {
                 let sent = Instant::now();
+                let sent_wall_ms = me.clock.wall_ms();
                 let resp = me.pool.call(peer, 0, Request::Clock, CALIBRATE_WAIT).await;
+                let received_wall_ms = me.clock.wall_ms();
                 let received = Instant::now();
                 if let Ok(Response::Clock {
                     incarnation,
                     now_us,
+                    wall_ms,
                 }) = resp
                 {
+                    me.clock_guard
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .measure(
+                            peer.0,
+                            sent_wall_ms,
+                            wall_ms,
+                            received_wall_ms,
+                            me.mono_ms(received),
+                        );
                     let mut clocks = me.peer_clocks.lock().unwrap_or_else(|p| p.into_inner());
                     let prev = clocks.get(&peer).copied();
                     clocks.insert(
@@ -321,8 +411,87 @@ impl Node {
                 }
             });
             futures::future::join_all(rounds).await;
+            let (wall, mono) = (self.clock.wall_ms(), self.mono_ms(Instant::now()));
+            self.clock_guard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .end_round(wall, mono);
+            if let ClockHealth::Skewed(_) = self.clock_health() {
+                for g in self.all_groups() {
+                    self.give_up_leadership(&g);
+                }
+            }
             tokio::time::sleep(CALIBRATE_EVERY).await;
         }
+    }
+
+    fn mono_ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether this node's wall clock may stamp commits now; a change is logged once, and so
+    /// is every HLC stamp that refused to follow a timestamp too far ahead.
+    fn clock_health(&self) -> ClockHealth {
+        let health = self
+            .clock_guard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .health(self.clock.wall_ms(), self.mono_ms(Instant::now()));
+        {
+            let mut logged = self.clock_logged.lock().unwrap_or_else(|p| p.into_inner());
+            if *logged != health {
+                match &health {
+                    ClockHealth::Skewed(why) => tracing::warn!(
+                        node = self.id.0,
+                        "clock skew: {why}; this node stamps no commits and gives up leadership until it agrees again"
+                    ),
+                    ClockHealth::Trusted => tracing::info!(
+                        node = self.id.0,
+                        "clock agrees with the peers again; stamping commits"
+                    ),
+                }
+                *logged = health.clone();
+            }
+        }
+        let capped = self.hlc.capped_total();
+        if self.hlc_capped_logged.swap(capped, Ordering::Relaxed) != capped {
+            tracing::warn!(
+                node = self.id.0,
+                capped,
+                "the HLC refused to follow a commit time more than max_clock_offset_ms={} ahead of this node's clock",
+                self.config.max_clock_offset_ms
+            );
+        }
+        health
+    }
+
+    /// The wall time to judge expiry by: this node's clock while trusted, else the last trusted
+    /// time carried forward by the monotonic clock.
+    fn expiry_wall_ms(&self) -> u64 {
+        self.clock_guard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .trusted_wall_ms(self.clock.wall_ms(), self.mono_ms(Instant::now()))
+    }
+
+    /// A skewed node hands the groups it leads to another voter, in the background.
+    fn give_up_leadership(&self, g: &Group) {
+        let m = g.raft.metrics().borrow_watched().clone();
+        if m.current_leader != Some(self.id.0) {
+            return;
+        }
+        let Some(to) = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .find(|&v| v != self.id.0)
+        else {
+            return;
+        };
+        let raft = g.raft.clone();
+        tokio::spawn(async move {
+            let _ = raft.trigger().transfer_leader(to).await;
+        });
     }
 
     /// Every heartbeat, each group this node leads with a quorum gets a watermark, kept here and
@@ -366,7 +535,7 @@ impl Node {
                 if g.id.is_metadata() || !g.raft.metrics().borrow_watched().state.is_leader() {
                     continue;
                 }
-                let keys = g.data.read().expired(self.clock.wall_ms(), SWEEP_KEYS_MAX);
+                let keys = g.data.read().expired(self.expiry_wall_ms(), SWEEP_KEYS_MAX);
                 if keys.is_empty() {
                     continue;
                 }
@@ -512,6 +681,7 @@ impl Node {
             data,
             last_contact: Mutex::new(None),
             watermark: Mutex::new(None),
+            proofs: Mutex::new(Proofs::default()),
             probes: AtomicU64::new(0),
             own_probe: tokio::sync::Mutex::new(None),
         });
@@ -729,11 +899,20 @@ impl Node {
                 .open_group(gid, &replicas, replicas[0] == self.id)
                 .await;
         }
+        let addrs: Vec<String> = replicas
+            .iter()
+            .filter_map(|r| self.config.peers.iter().find(|p| p.id == r.0))
+            .map(|p| format!("node {} at {}", p.id, p.http))
+            .collect();
         Err(err(
-            Code::Unavailable,
+            Code::NotReplica,
             format!(
-                "node {} does not replicate shard {shard} of {:?}; its replicas are nodes {replicas:?}",
-                self.id, ks.name
+                "node {} holds no replica of shard {shard} of {:?} ({} of {} nodes do); send this key to {}",
+                self.id,
+                ks.name,
+                replicas.len(),
+                self.all_nodes.len(),
+                addrs.join(", ")
             ),
         ))
     }
@@ -807,6 +986,7 @@ impl Node {
             _ => {}
         }
         let g = self.shard_group(&ks, key).await?;
+        session.admit(g.id)?;
         let w = self.propose(g.id, op, deadline).await?;
         Ok(self.write_outcome(&g, w, session))
     }
@@ -829,6 +1009,7 @@ impl Node {
         let mut out = Vec::with_capacity(by_shard.len());
         for (shard, pairs) in by_shard {
             let g = self.hosted_shard(&ks, shard).await?;
+            session.admit(g.id)?;
             let w = self.propose(g.id, Op::MSet { pairs }, deadline).await?;
             out.push(self.write_outcome(&g, w, session));
         }
@@ -921,12 +1102,13 @@ impl Node {
         Fut: std::future::Future<Output = Result<T, RemoteError>>,
     {
         let mut maybe_sent = false;
-        let mut last_problem = String::from("no leader known");
+        let mut last_problem = String::from("the wait budget was exhausted before any attempt");
         while Instant::now() < deadline {
             let leader = g.raft.metrics().borrow_watched().current_leader;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let attempt = match leader {
                 None => {
+                    last_problem = "no leader known".into();
                     tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
                     continue;
                 }
@@ -965,6 +1147,16 @@ impl Node {
 
     /// Runs on the leader: stamps the commit time and proposes.
     async fn leader_propose(&self, g: &Group, op: Op) -> Result<WriteResult, RemoteError> {
+        if let ClockHealth::Skewed(why) = self.clock_health() {
+            // Not stamped, not proposed: the caller retries, on the next leader.
+            self.give_up_leadership(g);
+            return Err(RemoteError {
+                code: Code::Unavailable,
+                message: format!("node {} stamps no commits: {why}", self.id),
+                leader_hint: None,
+                not_leader: true,
+            });
+        }
         let commit_ts = self.hlc.now(self.clock.wall_ms());
         if self.config.bugs.ack_early() && !matches!(op, Op::Sweep { .. }) {
             // The injected bug: acknowledged now, proposed a little later, with a guessed
@@ -1157,7 +1349,9 @@ impl Node {
     }
 
     /// Reads several keys at `level`: one consistent view per shard, one receipt per shard.
-    /// Expired keys read as absent.
+    /// Expired keys read as absent. Values totalling more than the config's
+    /// `batch_get_response_bytes_max` are refused with `response_too_large` before any is
+    /// copied, so a batch costs at most that much memory (a key named twice counts twice).
     pub async fn batch_get(
         &self,
         ks: &str,
@@ -1171,16 +1365,38 @@ impl Node {
         let ks = self.keyspace(ks, deadline).await?;
         let level = level.unwrap_or_else(|| ks.spec.default_level());
         let by_shard = by_shard(&ks, keys.to_vec(), |k| k)?;
+        let bytes_max = self.config.batch_get_response_bytes_max;
+        let mut bytes_total = 0u64;
         let mut out = Vec::with_capacity(by_shard.len());
         for (shard, keys) in by_shard {
             let g = self.hosted_shard(&ks, shard).await?;
+            let room = bytes_max.saturating_sub(bytes_total);
             let (values, receipt) = self
                 .read_shard(&g, level, session, started, deadline, |view, now_ms| {
-                    keys.iter()
-                        .map(|k| (k.clone(), view.get_live(k, now_ms).cloned()))
-                        .collect()
+                    let found: Vec<_> = keys.iter().map(|k| view.get_live(k, now_ms)).collect();
+                    let bytes: u64 = found.iter().flatten().map(|v| v.value.len() as u64).sum();
+                    if bytes > room {
+                        return Err(bytes);
+                    }
+                    let values: Vec<_> = keys
+                        .iter()
+                        .zip(found)
+                        .map(|(k, v)| (k.clone(), v.cloned()))
+                        .collect();
+                    Ok((values, bytes))
                 })
                 .await?;
+            let (values, bytes) = values.map_err(|bytes| {
+                err(
+                    Code::ResponseTooLarge,
+                    format!(
+                        "the values asked for total more than {bytes_max} bytes (at least {}), \
+                         the node's batch_get_response_bytes_max; ask for fewer keys at a time",
+                        bytes_total + bytes
+                    ),
+                )
+            })?;
+            bytes_total += bytes;
             out.push(ShardRead { values, receipt });
         }
         Ok(out)
@@ -1301,16 +1517,22 @@ impl Node {
         deadline: Instant,
         f: impl FnOnce(&tunekv_raft::ShardView<'_>, u64) -> T,
     ) -> Result<(T, Receipt), TunekvError> {
+        session.admit(g.id)?;
         let req = self.bugged(level, Requirement::for_level(level, session.mark(g.id))?);
         let served = self
             .until_servable(g, level, req, started, deadline)
             .await?;
         let view = g.data.read();
         let applied = view.applied();
-        let now_ms = self.clock.wall_ms().max(Hlc::millis(applied.commit_ts));
+        // Never before the applied commit time, unless that ran ahead of this node's trusted
+        // clock by more than the offset bound (a skewed stamp must not expire keys early).
+        let wall = self.expiry_wall_ms();
+        let now_ms = Hlc::millis(applied.commit_ts)
+            .min(wall.saturating_add(self.config.max_clock_offset_ms))
+            .max(wall);
         let out = f(&view, now_ms);
         drop(view);
-        let receipt = self.receipt(g, level, applied, &served);
+        let receipt = self.receipt(g, level, applied, &served, started);
         session.read(g.id, receipt.position.index);
         Ok((out, receipt))
     }
@@ -1407,13 +1629,50 @@ impl Node {
         Ok(index)
     }
 
-    fn receipt(&self, g: &Group, level: Level, applied: Applied, served: &Served) -> Receipt {
+    fn receipt(
+        &self,
+        g: &Group,
+        level: Level,
+        applied: Applied,
+        served: &Served,
+        started: Instant,
+    ) -> Receipt {
         let position = Position {
             shard: g.id.shard(),
             index: LogIndex(applied.index),
             commit_ms: Hlc::millis(applied.commit_ts),
         };
-        let staleness = match (served.probed, served.copy.watermark) {
+        let staleness = if self.config.bugs.old_receipts() {
+            self.old_staleness(level, position, served)
+        } else {
+            // Entries: how far behind the newest commit this copy knew of (a probe's read
+            // index when it took one). Time: how long before the read began the newest
+            // freshness proof the served state satisfies was taken, so the state holds every
+            // write acknowledged more than that before the read (the receipt-honesty property).
+            let proof_age = match served.probed {
+                // The probe itself, sent after the read began, is a proof the state meets.
+                Some(read_index) if applied.index >= read_index => Some(Duration::ZERO),
+                _ => g.proof_age_at(applied.index, started),
+            };
+            let entries = match served.probed {
+                Some(read_index) => read_index.saturating_sub(applied.index),
+                None => served.copy.known_commit.0.saturating_sub(applied.index),
+            };
+            Staleness::proven(entries, proof_age)
+        };
+        Receipt {
+            level,
+            served_by: self.id,
+            position,
+            staleness,
+        }
+    }
+
+    /// The receipt rule before issue 15 (bug injection `old-receipts` only): it understated
+    /// staleness for a copy that knew it was behind (contact age) or whose commit times ran
+    /// ahead of real time (now − commit time, clamped at 0).
+    fn old_staleness(&self, level: Level, position: Position, served: &Served) -> Staleness {
+        match (served.probed, served.copy.watermark) {
             // The newest commit at the read's start is at or below the probed index.
             (Some(read_index), _) => {
                 Staleness::behind(LogIndex(read_index), position, self.clock.wall_ms())
@@ -1424,12 +1683,6 @@ impl Node {
                 ms: u64::try_from(w.age.as_millis()).unwrap_or(u64::MAX),
             },
             _ => Staleness::of_copy(&served.copy),
-        };
-        Receipt {
-            level,
-            served_by: self.id,
-            position,
-            staleness,
         }
     }
 
@@ -1471,9 +1724,22 @@ impl Node {
             .collect()
     }
 
+    /// This node's status: its replicas and its clock.
+    fn node_report(&self) -> NodeReport {
+        NodeReport {
+            replicas: self.local_status(),
+            clock_skew: match self.clock_health() {
+                ClockHealth::Skewed(why) => Some(why),
+                ClockHealth::Trusted => None,
+            },
+            hlc_capped_total: self.hlc.capped_total(),
+        }
+    }
+
     /// Every node's view of every group, gathered now (unreachable nodes are marked so).
     pub async fn cluster_status(&self) -> ClusterStatus {
-        let mut replicas = self.local_status();
+        let me = self.node_report();
+        let mut replicas = me.replicas;
         let mut nodes = Vec::new();
         let calls = self
             .config
@@ -1491,16 +1757,18 @@ impl Node {
         for (p, res) in futures::future::join_all(calls).await {
             let reachable = match res {
                 Ok(Response::Status(mut r)) => {
-                    replicas.append(&mut r);
-                    true
+                    replicas.append(&mut r.replicas);
+                    Some(r)
                 }
-                _ => false,
+                _ => None,
             };
             nodes.push(NodeEntry {
                 id: p.id,
                 http: p.http.clone(),
                 raft: p.raft.clone(),
-                reachable,
+                reachable: reachable.is_some(),
+                clock_skew: reachable.as_ref().and_then(|r| r.clock_skew.clone()),
+                hlc_capped_total: reachable.map_or(0, |r| r.hlc_capped_total),
             });
         }
         nodes.push(NodeEntry {
@@ -1508,6 +1776,8 @@ impl Node {
             http: self.config.http.clone(),
             raft: self.config.raft.clone(),
             reachable: true,
+            clock_skew: me.clock_skew,
+            hlc_capped_total: me.hlc_capped_total,
         });
         nodes.sort_by_key(|n| n.id);
         let names: BTreeMap<u64, String> = self
@@ -1576,10 +1846,17 @@ impl Node {
         if !(0.0..=1.0).contains(&f.links.drop_rate) {
             return Err(err(Code::BadRequest, "drop_rate must be within 0..=1"));
         }
-        if f.links.delay_ms + f.links.jitter_ms > 60_000 {
+        // Checked without overflow: u64::MAX + 1 used to wrap below the cap.
+        if f.links.delay_ms.saturating_add(f.links.jitter_ms) > FAULT_DELAY_MS_MAX {
             return Err(err(
                 Code::BadRequest,
-                "delay_ms + jitter_ms must be at most 60000",
+                format!("delay_ms + jitter_ms must be at most {FAULT_DELAY_MS_MAX}"),
+            ));
+        }
+        if f.clock_offset_ms.unsigned_abs() > FAULT_CLOCK_OFFSET_MS_MAX {
+            return Err(err(
+                Code::BadRequest,
+                format!("clock_offset_ms must be within ±{FAULT_CLOCK_OFFSET_MS_MAX}"),
             ));
         }
         if !self.faults.enabled() {
@@ -1608,11 +1885,12 @@ impl Node {
     async fn handle_request(&self, group: u64, req: Request) -> Result<Response, RemoteError> {
         let gid = GroupId(group);
         match req {
-            Request::Status => return Ok(Response::Status(self.local_status())),
+            Request::Status => return Ok(Response::Status(self.node_report())),
             Request::Clock => {
                 return Ok(Response::Clock {
                     incarnation: self.incarnation,
                     now_us: self.mono_us(Instant::now()),
+                    wall_ms: self.clock.wall_ms(),
                 })
             }
             Request::Watermarks(push) => {
@@ -1678,6 +1956,12 @@ impl Node {
                     )),
                 }
             }
+            Request::TransferLeader(req) => g
+                .raft
+                .handle_transfer_leader(req)
+                .await
+                .map(Response::TransferLeader)
+                .map_err(fatal),
             Request::Status | Request::Clock | Request::Watermarks(_) => {
                 Err(RemoteError::new(Code::Internal, "handled above"))
             }
@@ -1688,5 +1972,47 @@ impl Node {
 impl Handler for Node {
     fn handle(&self, group: u64, req: Request) -> BoxFuture<'_, Result<Response, RemoteError>> {
         Box::pin(self.handle_request(group, req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipts_use_the_newest_proof_the_served_state_satisfies() {
+        // Regression (issue 15): a copy 84 entries behind that still heard heartbeats reported
+        // `ms=12` (its contact age). Its age is that of the newest proof it has applied.
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut p = Proofs::default();
+        assert_eq!(p.covered(100), None, "no proof yet: unknown");
+        p.offer(10, at(100));
+        p.offer(20, at(200));
+        p.offer(30, at(300));
+        // Applied 15: only the proof of index 10 holds.
+        assert_eq!(p.covered(15), Some(at(100)));
+        // Applied 25 later: the proof of index 20.
+        assert_eq!(p.covered(25), Some(at(200)));
+        // A proof taken out of order (a probe answered late) still counts.
+        p.offer(26, at(250));
+        assert_eq!(p.covered(26), Some(at(250)));
+        assert_eq!(p.covered(30), Some(at(300)));
+        // Never goes back, and older proofs are not kept once covered.
+        p.offer(5, at(50));
+        assert_eq!(p.covered(30), Some(at(300)));
+        assert!(p.pending.is_empty());
+    }
+
+    #[test]
+    fn the_proof_list_is_bounded() {
+        let t0 = Instant::now();
+        let mut p = Proofs::default();
+        for i in 0..(PROOFS_PENDING_MAX as u64 + 10) {
+            p.offer(1_000 + i, t0 + Duration::from_millis(i));
+        }
+        assert_eq!(p.pending.len(), PROOFS_PENDING_MAX);
+        // The oldest were dropped: a receipt is only ever more cautious.
+        assert_eq!(p.covered(1_005), None);
     }
 }

@@ -7,26 +7,45 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use openraft::alias::{SnapshotMetaOf, VoteOf};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tunekv_core::{Code, NodeId};
 use tunekv_raft::{CommandResult, Op, TypeConfig};
 
 /// First byte of every frame; bumped on any incompatible change.
-pub const WIRE_VERSION: u8 = 3;
+pub const WIRE_VERSION: u8 = 4;
 /// Largest frame: a whole snapshot travels in one frame for now.
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Frames queued for one connection's writer.
 pub const SEND_QUEUE_MAX: usize = 1024;
+/// Bytes of frames queued for one connection's writer (a frame larger than this waits for an
+/// empty queue and then takes all of it), so memory per peer link is bounded by bytes, not only
+/// by frame count: 1024 queued 16 MiB entries were 16 GiB.
+pub const SEND_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Requests one inbound connection may have in flight.
 pub const INFLIGHT_PER_CONNECTION_MAX: usize = 1024;
+/// Bytes of requests one inbound connection may have in flight (decoded and being handled).
+pub const INFLIGHT_BYTES_PER_CONNECTION_MAX: usize = 64 * 1024 * 1024;
+/// Frames at least this large travel on a peer's bulk connection (entries with values,
+/// snapshots, forwarded writes with large values); everything else — heartbeats, votes, read
+/// indexes, clock rounds, watermarks — on its control connection, so one group's large entries
+/// never delay another group's heartbeats behind them (issue 15).
+pub const BULK_FRAME_BYTES_MIN: usize = 64 * 1024;
+
+const _: () = assert!(SEND_QUEUE_BYTES_MAX <= FRAME_BYTES_MAX);
+const _: () = assert!(
+    FRAME_BYTES_MAX
+        >= 2 * tunekv_core::limits::VALUE_BYTES_MAX_CEILING as usize
+            + tunekv_raft::REPLICATION_BATCH_BYTES_MAX
+);
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -49,6 +68,8 @@ pub enum Request {
     Clock,
     /// Freshness watermarks from a leader, one per group it leads (sent with group 0).
     Watermarks(WatermarkPush),
+    /// A leader hands the group to this node (a leader whose clock is skewed steps aside).
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
 }
 
 /// A leader's watermarks: for each group, every write committed before the leader's monotonic
@@ -70,9 +91,15 @@ pub enum Response {
     Snapshot(SnapshotResponse<TypeConfig>),
     Write(WriteResult),
     ReadIndex(u64),
-    Status(Vec<crate::status::ReplicaStatus>),
-    Clock { incarnation: u64, now_us: i64 },
+    Status(crate::status::NodeReport),
+    /// The peer's incarnation, monotonic clock (µs since its start) and wall clock (ms).
+    Clock {
+        incarnation: u64,
+        now_us: i64,
+        wall_ms: u64,
+    },
     Done,
+    TransferLeader(TransferLeaderResponse<TypeConfig>),
 }
 
 /// A committed write as its leader saw it.
@@ -156,18 +183,35 @@ pub enum CallError {
 
 type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Result<Response, RemoteError>>>>>;
 
+/// A frame on its way to a connection's writer, holding its share of the byte budget.
+type Queued = (Bytes, OwnedSemaphorePermit);
+
+/// Permits (bytes) a frame of `len` bytes takes from a budget of `max` bytes.
+fn permits(len: usize, max: usize) -> u32 {
+    u32::try_from(len.clamp(1, max)).unwrap_or(u32::MAX)
+}
+
 struct Conn {
     // Frames to the writer task; bounded so a stuck peer pushes back.
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Queued>,
+    // Bytes queued for the writer, at most `SEND_QUEUE_BYTES_MAX`.
+    queued_bytes: Arc<Semaphore>,
     // Callers waiting for a response, by request id. Drained with errors when the reader ends.
     pending: Pending,
     alive: Arc<AtomicBool>,
 }
 
+/// Which of a peer's two connections a frame uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    Control = 0,
+    Bulk = 1,
+}
+
 struct Peer {
     addr: String,
-    // The one connection to this peer; a tokio mutex because connecting awaits.
-    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    // The connections to this peer, by lane; a tokio mutex because connecting awaits.
+    conns: [tokio::sync::Mutex<Option<Arc<Conn>>>; 2],
 }
 
 /// Outbound calls to every peer.
@@ -193,7 +237,7 @@ impl PeerPool {
                     *id,
                     Peer {
                         addr: addr.clone(),
-                        conn: tokio::sync::Mutex::new(None),
+                        conns: Default::default(),
                     },
                 )
             })
@@ -207,12 +251,12 @@ impl PeerPool {
         }
     }
 
-    async fn connection(&self, to: NodeId) -> Result<Arc<Conn>, CallError> {
+    async fn connection(&self, to: NodeId, lane: Lane) -> Result<Arc<Conn>, CallError> {
         let peer = self
             .peers
             .get(&to)
             .ok_or_else(|| CallError::Unreachable(format!("unknown node {to}")))?;
-        let mut slot = peer.conn.lock().await;
+        let mut slot = peer.conns[lane as usize].lock().await;
         if let Some(c) = slot.as_ref() {
             if c.alive.load(Ordering::Relaxed) {
                 return Ok(c.clone());
@@ -227,18 +271,21 @@ impl PeerPool {
                 CallError::Unreachable(format!("connect to node {to} at {}: {e}", peer.addr))
             })?;
         let (mut sink, mut stream) = Framed::new(stream, codec()).split();
-        let (tx, mut rx) = mpsc::channel::<Bytes>(SEND_QUEUE_MAX);
+        let (tx, mut rx) = mpsc::channel::<Queued>(SEND_QUEUE_MAX);
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let conn = Arc::new(Conn {
             tx,
+            queued_bytes: Arc::new(Semaphore::new(SEND_QUEUE_BYTES_MAX)),
             pending: pending.clone(),
             alive: alive.clone(),
         });
         let writer_alive = alive.clone();
         tokio::spawn(async move {
-            while let Some(frame) = rx.recv().await {
-                if sink.send(frame).await.is_err() {
+            while let Some((frame, permit)) = rx.recv().await {
+                let sent = sink.send(frame).await;
+                drop(permit);
+                if sent.is_err() {
                     break;
                 }
             }
@@ -292,9 +339,6 @@ impl PeerPool {
             }
             Fate::Delay(d) => tokio::time::sleep(d.min(timeout)).await,
         }
-        let conn = tokio::time::timeout_at(deadline, self.connection(to))
-            .await
-            .map_err(|_| CallError::Unreachable(format!("connect to node {to} timed out")))??;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let bytes = encode(&Frame {
             id,
@@ -310,12 +354,34 @@ impl PeerPool {
                 bytes.len()
             )));
         }
+        let lane = if bytes.len() >= BULK_FRAME_BYTES_MIN {
+            Lane::Bulk
+        } else {
+            Lane::Control
+        };
+        let conn = tokio::time::timeout_at(deadline, self.connection(to, lane))
+            .await
+            .map_err(|_| CallError::Unreachable(format!("connect to node {to} timed out")))??;
+        let budget = conn.queued_bytes.clone();
+        let permit = match tokio::time::timeout_at(
+            deadline,
+            budget.acquire_many_owned(permits(bytes.len(), SEND_QUEUE_BYTES_MAX)),
+        )
+        .await
+        {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(CallError::Unreachable(format!(
+                    "the {lane:?} link to node {to} has {SEND_QUEUE_BYTES_MAX} bytes queued"
+                )))
+            }
+        };
         let (tx, rx) = oneshot::channel();
         conn.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, tx);
-        let sent = tokio::time::timeout_at(deadline, conn.tx.send(bytes)).await;
+        let sent = tokio::time::timeout_at(deadline, conn.tx.send((bytes, permit))).await;
         if !matches!(sent, Ok(Ok(()))) {
             conn.pending
                 .lock()
@@ -363,17 +429,28 @@ pub async fn serve(
         let faults = faults.clone();
         tokio::spawn(async move {
             let (mut sink, mut stream) = Framed::new(stream, codec()).split();
-            let (tx, mut rx) = mpsc::channel::<Bytes>(SEND_QUEUE_MAX);
+            let (tx, mut rx) = mpsc::channel::<Queued>(SEND_QUEUE_MAX);
+            let queued_bytes = Arc::new(Semaphore::new(SEND_QUEUE_BYTES_MAX));
             tokio::spawn(async move {
-                while let Some(frame) = rx.recv().await {
-                    if sink.send(frame).await.is_err() {
+                while let Some((frame, permit)) = rx.recv().await {
+                    let sent = sink.send(frame).await;
+                    drop(permit);
+                    if sent.is_err() {
                         break;
                     }
                 }
             });
-            // Bounds the handler tasks one connection can start.
+            // Bounds the handler tasks one connection can start, by count and by bytes.
             let inflight = Arc::new(Semaphore::new(INFLIGHT_PER_CONNECTION_MAX));
+            let inflight_bytes = Arc::new(Semaphore::new(INFLIGHT_BYTES_PER_CONNECTION_MAX));
             while let Some(Ok(bytes)) = stream.next().await {
+                let Ok(bytes_permit) = inflight_bytes
+                    .clone()
+                    .acquire_many_owned(permits(bytes.len(), INFLIGHT_BYTES_PER_CONNECTION_MAX))
+                    .await
+                else {
+                    break;
+                };
                 let frame = match decode(&bytes) {
                     Ok(f) => f,
                     Err(e) => {
@@ -391,8 +468,10 @@ pub async fn serve(
                 let handler = handler.clone();
                 let tx = tx.clone();
                 let faults = faults.clone();
+                let queued_bytes = queued_bytes.clone();
                 tokio::spawn(async move {
                     let resp = handler.handle(frame.group, req).await;
+                    drop(bytes_permit);
                     let _permit = permit;
                     if !faults.outbound_response(frame.from) {
                         return;
@@ -404,7 +483,10 @@ pub async fn serve(
                         body: Body::Resp(resp),
                     }) {
                         Ok(b) => {
-                            let _ = tx.send(b).await;
+                            let len = permits(b.len(), SEND_QUEUE_BYTES_MAX);
+                            if let Ok(p) = queued_bytes.acquire_many_owned(len).await {
+                                let _ = tx.send((b, p)).await;
+                            }
                         }
                         Err(e) => tracing::error!(error = %e, "cannot encode a response"),
                     }

@@ -37,6 +37,22 @@ pub struct NodeEntry {
     pub http: String,
     pub raft: String,
     pub reachable: bool,
+    /// Why this node's wall clock is not trusted (it stamps no commits and leads nothing until
+    /// it agrees with its peers again); `None`: trusted, or the node was not reachable.
+    #[serde(default)]
+    pub clock_skew: Option<String>,
+    /// Commit stamps on this node that refused to follow a timestamp more than
+    /// `max_clock_offset_ms` ahead of its clock, since it started.
+    #[serde(default)]
+    pub hlc_capped_total: u64,
+}
+
+/// One node's answer to a status request.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub replicas: Vec<ReplicaStatus>,
+    pub clock_skew: Option<String>,
+    pub hlc_capped_total: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

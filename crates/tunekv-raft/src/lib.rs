@@ -15,7 +15,7 @@ pub mod runtime;
 mod state_machine;
 mod types;
 
-pub use log_store::LogStore;
+pub use log_store::{LogStore, REPLICATION_BATCH_BYTES_MAX};
 pub use state_machine::{Applied, ShardData, ShardView, StateMachine};
 pub use types::{Command, CommandResult, Cond, ExpireIf, Op, StoredValue, Ttl, TypeConfig};
 

@@ -16,6 +16,11 @@ const META_PURGED: &str = "purged";
 
 /// Most entries one read returns; openraft asks again for the rest.
 pub const READ_ENTRIES_MAX: u64 = 4096;
+/// Most bytes of entries one replication batch reads (and so sends): a batch stops at the
+/// entry that reaches it, so a batch holds at most this plus one entry. Before issue 15 a
+/// lagging follower was sent 300 entries at once, which with 16 MiB values made a 285 MB frame
+/// the link refused, over and over, with gigabytes held in memory.
+pub const REPLICATION_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -68,6 +73,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         let to = to.min(from.saturating_add(READ_ENTRIES_MAX));
         let records = self.storage.entries(self.group, from, to)?;
+        records.iter().map(|(_, bytes)| decode(bytes)).collect()
+    }
+
+    /// The replication path's read: bounded by bytes as well as by count.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
+        let end = end.min(start.saturating_add(READ_ENTRIES_MAX));
+        let records =
+            self.storage
+                .entries_bounded(self.group, start, end, REPLICATION_BATCH_BYTES_MAX)?;
         records.iter().map(|(_, bytes)| decode(bytes)).collect()
     }
 

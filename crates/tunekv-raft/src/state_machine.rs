@@ -20,8 +20,9 @@ use tunekv_storage::Storage;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
     pub index: u64,
-    /// The highest commit time (HLC) among applied entries; commit times grow along the log,
-    /// so this is the last stamped entry's.
+    /// The commit time (HLC) of the last stamped entry applied. Commit times grow along the
+    /// log while clocks agree within `max_clock_offset_ms`; after a skewed stamp, the next
+    /// entries' bounded times follow it (issue 15).
     pub commit_ts: u64,
 }
 
@@ -502,7 +503,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let result = match &entry.payload {
                     EntryPayload::Blank => CommandResult::unchanged(false),
                     EntryPayload::Normal(cmd) => {
-                        inner.commit_ts = inner.commit_ts.max(cmd.commit_ts);
+                        // The entry's own stamp: commit times grow along the log while clocks
+                        // agree; after a skewed stamp the next entries' (bounded) times follow,
+                        // so one bad stamp is not carried forward (issue 15).
+                        inner.commit_ts = cmd.commit_ts;
                         self.hlc.observe(cmd.commit_ts);
                         apply_op(&mut inner.data, index, cmd)
                     }

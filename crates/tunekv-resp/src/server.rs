@@ -1,21 +1,52 @@
 //! The RESP listener: one task per connection, requests parsed and answered in order
 //! (pipelining), a cap on connections, and a protocol error closing only its own connection.
+//!
+//! Memory for requests is bounded twice: one request by [`Limits::request_bytes_max`] (the
+//! parser refuses it at the header that declares too much), and all connections together by
+//! [`RespOptions::pending_bytes_max`], a budget of bytes that unfinished requests hold. A
+//! connection whose unfinished request needs more than the budget has left stops reading (TCP
+//! pushes back on its client), as Kafka's broker mutes sockets when its request memory pool is
+//! empty; if no room comes within [`PENDING_WAIT_MS_MAX`] it is told so and closed, which also
+//! frees what it held, so connections that each hold part of the budget cannot wait on each
+//! other forever.
 
 use crate::commands::{execute, Conn, Shared};
-use crate::parse::{parse_request, Limits};
+use crate::parse::{Limits, RequestParser};
 use crate::reply::Reply;
-use bytes::{Buf, BytesMut};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tunekv_node::Node;
 
+/// Default [`RespOptions::pending_bytes_max`]: 32 requests of the default largest size
+/// ([`crate::parse::REQUEST_BYTES_MAX_DEFAULT`]) arriving at once.
+pub const PENDING_BYTES_MAX_DEFAULT: usize = 1024 * 1024 * 1024;
+/// How long a connection waits for room in the pending-bytes budget before it is refused.
+pub const PENDING_WAIT_MS_MAX: u64 = 1000;
+/// Bytes read from a socket at a time: each connection's fixed input buffer. The parser
+/// takes every byte it is given, so the buffer never grows.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Capacity of the reply buffer kept between reads; a larger one (after a large reply) is
+/// freed.
+const OUTPUT_KEPT_BYTES_MAX: usize = 64 * 1024;
+/// After refusing a connection, the server half-closes it and reads and drops what the client
+/// still sends, at most this long and this much, so the client reads the error instead of a
+/// connection reset.
+const REFUSAL_DRAIN_MS_MAX: u64 = 1000;
+const REFUSAL_DRAIN_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 #[derive(Clone, Copy, Debug)]
 pub struct RespOptions {
     /// Most simultaneous connections; one more is told so and closed.
     pub connections_max: usize,
+    /// Caps on one request (the node config's `resp_request_bytes_max` is
+    /// `limits.request_bytes_max`).
     pub limits: Limits,
+    /// Most heap bytes that unfinished requests hold, summed over all connections (the node
+    /// config's `resp_pending_bytes_max`).
+    pub pending_bytes_max: usize,
 }
 
 impl Default for RespOptions {
@@ -23,6 +54,7 @@ impl Default for RespOptions {
         RespOptions {
             connections_max: 10_000,
             limits: Limits::default(),
+            pending_bytes_max: PENDING_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -31,6 +63,10 @@ impl Default for RespOptions {
 pub async fn serve(listener: TcpListener, node: Arc<Node>, options: RespOptions) {
     let shared = Arc::new(Shared::new(node));
     let slots = Arc::new(Semaphore::new(options.connections_max));
+    // Bytes that unfinished requests may hold, one permit a byte, shared by all connections.
+    let pending = Arc::new(Semaphore::new(
+        options.pending_bytes_max.min(Semaphore::MAX_PERMITS),
+    ));
     loop {
         let (mut stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -50,9 +86,13 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, options: RespOptions)
             continue;
         };
         let shared = shared.clone();
+        let held = Held {
+            budget: pending.clone(),
+            bytes: 0,
+        };
         tokio::spawn(async move {
             let conn = shared.connect(peer.to_string());
-            if let Err(e) = connection(stream, &shared, conn, &options.limits).await {
+            if let Err(e) = connection(stream, &shared, conn, &options, held).await {
                 tracing::debug!(%peer, error = %e, "RESP connection ended");
             }
             shared.disconnect();
@@ -61,24 +101,72 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, options: RespOptions)
     }
 }
 
+/// The part of the pending-bytes budget one connection holds; given back when dropped.
+struct Held {
+    budget: Arc<Semaphore>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Gives back all but `bytes`.
+    fn shrink_to(&mut self, bytes: usize) {
+        if bytes < self.bytes {
+            self.budget.add_permits(self.bytes - bytes);
+            self.bytes = bytes;
+        }
+    }
+
+    /// Holds at least `bytes`, waiting up to `wait` for room; false if none came.
+    async fn grow_to(&mut self, bytes: usize, wait: Duration) -> bool {
+        if bytes <= self.bytes {
+            return true;
+        }
+        let Ok(more) = u32::try_from(bytes - self.bytes) else {
+            return false;
+        };
+        let permit = match self.budget.try_acquire_many(more) {
+            Ok(p) => p,
+            Err(_) => match tokio::time::timeout(wait, self.budget.acquire_many(more)).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) | Err(_) => return false,
+            },
+        };
+        permit.forget();
+        self.bytes = bytes;
+        true
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.add_permits(self.bytes);
+    }
+}
+
 async fn connection(
     mut stream: TcpStream,
     shared: &Shared,
     mut conn: Conn,
-    limits: &Limits,
+    options: &RespOptions,
+    mut held: Held,
 ) -> std::io::Result<()> {
-    let mut input = BytesMut::with_capacity(16 * 1024);
+    let wait = Duration::from_millis(PENDING_WAIT_MS_MAX);
+    let mut parser = RequestParser::new(options.limits);
+    let mut input = vec![0u8; READ_CHUNK_BYTES];
     let mut output = Vec::with_capacity(16 * 1024);
     loop {
-        if stream.read_buf(&mut input).await? == 0 {
+        let n = stream.read(&mut input).await?;
+        if n == 0 {
             return Ok(());
         }
-        // Answer every complete request in the buffer, in order, then write them together.
+        // Answer every request completed by these bytes, in order, then write them together.
+        let mut rest = &input[..n];
         loop {
-            match parse_request(&input, limits) {
+            match parser.parse(&mut rest) {
                 Ok(None) => break,
-                Ok(Some((args, used))) => {
-                    input.advance(used);
+                Ok(Some(args)) => {
+                    // The request has left the parser: give back what it held.
+                    held.shrink_to(parser.pending_bytes());
                     if args.is_empty() {
                         continue;
                     }
@@ -90,15 +178,109 @@ async fn connection(
                     }
                 }
                 Err(e) => {
-                    Reply::err(format!("Protocol error: {}", e.0)).encode(conn.resp3, &mut output);
-                    stream.write_all(&output).await?;
-                    return Ok(());
+                    drop(parser);
+                    drop(held);
+                    let refusal = Reply::err(format!("Protocol error: {}", e.0));
+                    return refuse(stream, output, conn.resp3, refusal, input).await;
                 }
             }
         }
         if !output.is_empty() {
             stream.write_all(&output).await?;
             output.clear();
+            if output.capacity() > OUTPUT_KEPT_BYTES_MAX {
+                output = Vec::with_capacity(16 * 1024);
+            }
         }
+        // The unfinished request, if any, is all in the parser now: charge it to the budget,
+        // reading nothing more until it fits.
+        held.shrink_to(parser.pending_bytes());
+        if !held.grow_to(parser.pending_bytes(), wait).await {
+            let pending_bytes = parser.pending_bytes();
+            drop(parser);
+            drop(held);
+            let refusal = Reply::err(format!(
+                "server busy: unfinished requests of all connections may hold {} bytes \
+                 (resp_pending_bytes_max) and there was no room for this one's {} bytes \
+                 within {} ms; retry later",
+                options.pending_bytes_max, pending_bytes, PENDING_WAIT_MS_MAX
+            ));
+            return refuse(stream, output, conn.resp3, refusal, input).await;
+        }
+    }
+}
+
+/// Sends `refusal` after any replies already in `output`, then closes the connection: write
+/// side first, then, after draining what the client still sends for a bounded time, the rest.
+async fn refuse(
+    mut stream: TcpStream,
+    mut output: Vec<u8>,
+    resp3: bool,
+    refusal: Reply,
+    mut scratch: Vec<u8>,
+) -> std::io::Result<()> {
+    refusal.encode(resp3, &mut output);
+    stream.write_all(&output).await?;
+    stream.shutdown().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(REFUSAL_DRAIN_MS_MAX);
+    let mut drained = 0;
+    while drained < REFUSAL_DRAIN_BYTES_MAX {
+        match tokio::time::timeout_at(deadline, stream.read(&mut scratch)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::REQUEST_BYTES_MAX_DEFAULT;
+
+    #[test]
+    fn node_config_defaults_are_the_listeners() {
+        // The node config cannot name these constants (tunekv-node is below this crate), so
+        // its defaults repeat them; this keeps the two the same.
+        let config = tunekv_node::NodeConfig::local_cluster(
+            std::path::Path::new("/nonexistent"),
+            &[(0, 0, 0)],
+            false,
+            "0123456789abcdef0123456789abcdef",
+        )
+        .remove(0);
+        assert_eq!(config.resp_request_bytes_max, REQUEST_BYTES_MAX_DEFAULT);
+        assert_eq!(config.resp_pending_bytes_max, PENDING_BYTES_MAX_DEFAULT);
+        assert_eq!(
+            config.resp_connections_max,
+            RespOptions::default().connections_max
+        );
+        let options = RespOptions::default();
+        assert_eq!(options.limits.request_bytes_max, REQUEST_BYTES_MAX_DEFAULT);
+        assert_eq!(options.pending_bytes_max, PENDING_BYTES_MAX_DEFAULT);
+    }
+
+    #[tokio::test]
+    async fn the_budget_refuses_after_waiting_and_gives_back_on_drop() {
+        // Unfinished requests of all connections together were not bounded.
+        let budget = Arc::new(Semaphore::new(100));
+        let mut a = Held {
+            budget: budget.clone(),
+            bytes: 0,
+        };
+        let mut b = Held {
+            budget: budget.clone(),
+            bytes: 0,
+        };
+        let wait = Duration::from_millis(20);
+        assert!(a.grow_to(70, wait).await);
+        assert!(!b.grow_to(40, wait).await, "30 left, 40 asked");
+        assert!(b.grow_to(30, wait).await);
+        a.shrink_to(10);
+        assert!(b.grow_to(90, wait).await);
+        assert_eq!(budget.available_permits(), 0);
+        drop(a);
+        drop(b);
+        assert_eq!(budget.available_permits(), 100);
     }
 }

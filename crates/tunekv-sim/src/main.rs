@@ -30,7 +30,8 @@ struct Args {
     /// Print every seed's trace hash after the summary.
     #[arg(long)]
     hashes: bool,
-    /// Injected bug (bug-injection builds): strong-local, ignore-session, skip-bounded, ack-early.
+    /// Injected bug (bug-injection builds): strong-local, ignore-session, skip-bounded, ack-early,
+    /// old-receipts.
     #[arg(long = "bug")]
     bugs: Vec<String>,
 }

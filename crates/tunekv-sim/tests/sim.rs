@@ -134,6 +134,74 @@ fn restarted_leaders_serve_no_stale_strong_reads() {
     }
 }
 
+/// Virtual seconds of faults in [`lagging_copies`]: one 2.5 s episode per fault below.
+const LAGGING_SAFETY: Duration = Duration::from_secs(23);
+
+/// A plan where copies fall behind while they still hear from a leader, and where clocks
+/// disagree: a one-way partition of every ordered pair of nodes (a follower whose answers are
+/// lost keeps getting heartbeats but stops getting entries), then each node's clock set 3 s
+/// back (its `now` is behind every commit time). Reads mostly at levels a lagging copy serves
+/// locally, on one shard with many writes, so a copy that lags misses recent writes.
+fn lagging_copies(seed: u64) -> Plan {
+    let nodes = 3;
+    let mut faults = Vec::new();
+    let mut at = 500;
+    let mut episode = |fault: Fault| {
+        faults.push((at, fault));
+        faults.push((at + 2_000, Fault::Heal));
+        at += 2_500;
+    };
+    for a in 0..nodes {
+        for b in 0..nodes {
+            if a != b {
+                episode(Fault::PartitionOneway(a, b));
+            }
+        }
+    }
+    for node in 0..nodes {
+        episode(Fault::ClockJump {
+            node,
+            offset_ms: -3_000,
+        });
+    }
+    assert!(at <= LAGGING_SAFETY.as_millis() as u64, "{at} ms of faults");
+    // strong, bounded(k=5), bounded(t=500ms), consistent_prefix, read_your_writes,
+    // monotonic_reads, session, eventual
+    let level_weights = vec![1, 3, 1, 3, 1, 1, 1, 4];
+    assert_eq!(level_weights.len(), LEVELS.len());
+    Plan {
+        seed,
+        nodes,
+        clients: 4,
+        keys: 3,
+        safety: LAGGING_SAFETY,
+        clock_offsets_ms: vec![0; nodes],
+        faults,
+        workload: Workload {
+            shards: 1,
+            replicas: 3,
+            writes_pct: 50,
+            deletes_pct: 5,
+            level_weights,
+            think_ms_max: 10,
+        },
+    }
+}
+
+/// Receipts once claimed fresher than they were (issue 15, finding 6): a follower cut off one
+/// way reported the time since its leader's last heartbeat although it was many entries
+/// behind, and a clock behind the commit times made `now − commit time` clamp to 0. Under the
+/// faults that caused it, every receipt must reflect every write acknowledged more than its
+/// `ms` before the read began.
+#[test]
+fn receipts_stay_honest_while_copies_lag() {
+    for seed in 0..2 {
+        let out = run(lagging_copies(seed), &tunekv_node::Bugs::default());
+        assert!(out.ops > 1000, "seed {seed}: only {} operations", out.ops);
+        assert_eq!(out.violations, Vec::<String>::new(), "seed {seed}");
+    }
+}
+
 #[cfg(feature = "bug-injection")]
 mod bugs {
     use super::*;
@@ -171,5 +239,31 @@ mod bugs {
     #[test]
     fn ack_early_is_caught() {
         caught("ack-early");
+    }
+
+    /// Seeds of [`lagging_copies`] tried before the receipt test gives up.
+    const LAGGING_SEEDS_MAX: u64 = 4;
+
+    /// The receipt rule before issue 15 understates only while a copy lags or clocks disagree,
+    /// which the sweep's random plans reach too rarely; the plan that makes copies lag does.
+    /// The evidence must come from the receipt checker: the bug breaks nothing else.
+    #[test]
+    fn old_receipts_is_caught_by_the_receipt_checker() {
+        let bugs = tunekv_node::Bugs::parse(&["old-receipts".to_string()]).expect("a known bug");
+        let evidence = "[every level / honest receipt]";
+        for seed in 0..LAGGING_SEEDS_MAX {
+            let out = run(lagging_copies(seed), &bugs);
+            let (receipts, other): (Vec<&String>, Vec<&String>) =
+                out.violations.iter().partition(|v| v.starts_with(evidence));
+            assert_eq!(other, Vec::<&String>::new(), "seed {seed}");
+            if let Some(first) = receipts.first() {
+                eprintln!(
+                    "old-receipts: {} dishonest receipts in seed {seed}, first: {first}",
+                    receipts.len()
+                );
+                return;
+            }
+        }
+        panic!("old-receipts went unnoticed for {LAGGING_SEEDS_MAX} seeds");
     }
 }

@@ -49,6 +49,36 @@ pub trait Storage: Send + Sync + 'static {
     fn append(&self, group: Group, records: &[LogRecord]) -> Result<()>;
     /// Records with `from <= index < to`, in index order.
     fn entries(&self, group: Group, from: u64, to: u64) -> Result<Vec<LogRecord>>;
+    /// Like [`Storage::entries`], but stops once the records read hold `bytes_max` bytes or
+    /// more (always at least one record when the range has one), so a caller never holds more
+    /// than about `bytes_max` plus one record in memory.
+    fn entries_bounded(
+        &self,
+        group: Group,
+        from: u64,
+        to: u64,
+        bytes_max: usize,
+    ) -> Result<Vec<LogRecord>> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = from;
+        // Reads a few records at a time so a range of large records is never loaded whole.
+        while next < to && (out.is_empty() || bytes < bytes_max) {
+            let chunk = self.entries(group, next, to.min(next.saturating_add(8)))?;
+            let Some(&(last, _)) = chunk.last() else {
+                break;
+            };
+            for record in chunk {
+                if !out.is_empty() && bytes >= bytes_max {
+                    return Ok(out);
+                }
+                bytes = bytes.saturating_add(record.1.len());
+                out.push(record);
+            }
+            next = last.saturating_add(1);
+        }
+        Ok(out)
+    }
     /// The record with the highest index.
     fn last_entry(&self, group: Group) -> Result<Option<LogRecord>>;
     /// Removes records with `index >= from`.
@@ -97,6 +127,13 @@ mod contract_tests {
         )
         .unwrap();
         s.append(2, &[(1, b"other".to_vec())]).unwrap();
+        // Byte-bounded reads (replication batches, issue 15): stop at the record that reaches
+        // the budget, but always return one.
+        assert_eq!(s.entries_bounded(1, 1, 10, 2).unwrap().len(), 2);
+        assert_eq!(s.entries_bounded(1, 1, 10, 1).unwrap().len(), 1);
+        assert_eq!(s.entries_bounded(1, 1, 10, 0).unwrap().len(), 1);
+        assert_eq!(s.entries_bounded(1, 2, 10, 100).unwrap().len(), 2);
+        assert_eq!(s.entries_bounded(1, 3, 3, 100).unwrap().len(), 0);
         assert_eq!(
             s.entries(1, 2, 10).unwrap(),
             vec![(2, b"b".to_vec()), (3, b"c".to_vec())]

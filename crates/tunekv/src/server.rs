@@ -45,17 +45,26 @@ pub async fn run(config_path: &Path, enable_faults: bool, bugs: Bugs) -> Result<
     .await
     .map_err(|e| anyhow::anyhow!("cannot start the node: {e}"))?;
     if let Some(listener) = resp {
+        let config = node.config();
         let options = tunekv_resp::RespOptions {
-            connections_max: node.config().resp_connections_max,
-            ..Default::default()
+            connections_max: config.resp_connections_max,
+            limits: tunekv_resp::parse::Limits {
+                request_bytes_max: config.resp_request_bytes_max,
+                ..Default::default()
+            },
+            pending_bytes_max: config.resp_pending_bytes_max,
         };
         tokio::spawn(tunekv_resp::serve(listener, node.clone(), options));
     }
     tracing::info!(node = %node.id(), %http, resp = ?node.config().resp, raft = %node.config().raft, faults = node.faults_enabled(), "tunekv node serving");
-    axum::serve(listener, tunekv_api::router(node.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
+    tunekv_api::serve(
+        listener,
+        tunekv_api::router(node.clone()),
+        tunekv_api::HttpLimits::of(node.config()),
+        shutdown_signal(),
+    )
+    .await
+    .context("HTTP server failed")?;
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())

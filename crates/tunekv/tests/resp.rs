@@ -8,6 +8,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A decoded reply, enough for tests.
@@ -455,4 +457,180 @@ async fn redis_benchmark_runs_clean_with_and_without_pipelining() {
     // measures.)
     let counter = redis_cli(&addr, &["GET", "counter:__rand_int__"]);
     assert_eq!(counter, "200000");
+}
+
+/// The resident memory of process `pid`, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// Sends `*1000000` and then bulks of `bulk_bytes` until the server answers (at most
+/// `sent_bytes_max`); returns the bytes sent and the answer, after checking the connection
+/// is closed.
+fn oversized_request(addr: &str, bulk_bytes: usize, sent_bytes_max: usize) -> (usize, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    s.set_write_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let header = b"*1000000\r\n";
+    s.write_all(header).expect("write");
+    let mut bulk = format!("${bulk_bytes}\r\n").into_bytes();
+    bulk.resize(bulk.len() + bulk_bytes, b'x');
+    bulk.extend_from_slice(b"\r\n");
+    let mut sent = header.len();
+    loop {
+        // A write fails once the server has closed; its answer is then already here.
+        if s.write_all(&bulk).is_err() {
+            break;
+        }
+        sent += bulk.len();
+        s.set_nonblocking(true).expect("nonblocking");
+        let answered = !matches!(
+            s.peek(&mut [0u8; 1]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        );
+        s.set_nonblocking(false).expect("blocking");
+        if answered {
+            break;
+        }
+        assert!(sent <= sent_bytes_max, "no refusal after {sent} bytes");
+    }
+    let mut raw = Raw {
+        reader: BufReader::new(s),
+    };
+    let answer = raw.line();
+    assert!(raw.closed(), "the connection is closed after {answer}");
+    (sent, answer)
+}
+
+/// The number before `what` in `text` ("… 123 received …").
+fn number_before(text: &str, what: &str) -> usize {
+    let head = &text[..text
+        .find(what)
+        .unwrap_or_else(|| panic!("{what} in {text}"))];
+    head.trim_end()
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a number before {what} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_are_refused_with_memory_flat_and_pipelines_still_work() {
+    // `*1000000` then 300 bulks of 1 MiB grew a node's RSS by 300 MB: requests were unbounded.
+    const REQUEST_BYTES_MAX: usize = 16 * 1024 * 1024;
+    const PENDING_BYTES_MAX: usize = 40 * 1024 * 1024;
+    const BULK_BYTES: usize = 1024 * 1024;
+    const SENT_BYTES_TOTAL: usize = 300 * 1024 * 1024;
+    const ATTACKERS: usize = 6;
+    const ROUNDS_MAX: usize = 20;
+    let c = start_with(3, false, |cfg| {
+        cfg.resp_request_bytes_max = REQUEST_BYTES_MAX;
+        cfg.resp_pending_bytes_max = PENDING_BYTES_MAX;
+    })
+    .await;
+    create_db0_and_wait(&c).await;
+    let addr = resp_addr(&c, 0);
+    let pid = c.pid(0).expect("node 1 runs");
+    tokio::task::spawn_blocking(move || {
+        let before = rss_bytes(pid);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut peak = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    peak = peak.max(rss_bytes(pid));
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                peak
+            })
+        };
+        // Alone, a connection meets the request cap, before its bytes are buffered.
+        let (mut sent, answer) = oversized_request(&addr, BULK_BYTES, 4 * REQUEST_BYTES_MAX);
+        assert!(
+            answer.starts_with("-ERR Protocol error: request exceeds 16777216 bytes (resp_request_bytes_max)"),
+            "{answer}"
+        );
+        let received = number_before(&answer, "received");
+        assert!(received <= REQUEST_BYTES_MAX, "{answer}");
+        assert!(number_before(&answer, "declared") > REQUEST_BYTES_MAX, "{answer}");
+        // Several at once share the budget: each is refused by one cap or the other.
+        let mut answers = vec![answer];
+        let mut rounds = 0;
+        while sent < SENT_BYTES_TOTAL {
+            assert!(rounds < ROUNDS_MAX, "only {sent} bytes sent in {rounds} rounds");
+            rounds += 1;
+            let attackers: Vec<_> = (0..ATTACKERS)
+                .map(|_| {
+                    let addr = addr.clone();
+                    std::thread::spawn(move || {
+                        oversized_request(&addr, BULK_BYTES, 4 * REQUEST_BYTES_MAX)
+                    })
+                })
+                .collect();
+            for a in attackers {
+                let (bytes, answer) = a.join().expect("attacker");
+                sent += bytes;
+                answers.push(answer);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let peak = sampler.join().expect("sampler");
+        for answer in &answers {
+            assert!(
+                answer.starts_with("-ERR Protocol error: request exceeds 16777216 bytes (resp_request_bytes_max)")
+                    || answer.starts_with("-ERR server busy: unfinished requests of all connections may hold 41943040 bytes (resp_pending_bytes_max)"),
+                "{answer}"
+            );
+        }
+        let growth = peak.saturating_sub(before);
+        let busy = answers.iter().filter(|a| a.contains("server busy")).count();
+        eprintln!(
+            "sent {} MiB on {} connections ({busy} refused for the budget); RSS {} MiB before, peak {} MiB",
+            sent >> 20,
+            answers.len(),
+            before >> 20,
+            peak >> 20
+        );
+        assert!(
+            growth < 100 * 1024 * 1024,
+            "RSS grew {growth} bytes while {sent} were sent"
+        );
+        // A pipeline larger than the request cap is many requests: all are answered, in order.
+        let value = "v".repeat(512 * 1024);
+        let mut batch = Vec::new();
+        let sets = 2 * REQUEST_BYTES_MAX / value.len();
+        for i in 0..sets {
+            batch.extend_from_slice(
+                format!("*3\r\n$3\r\nSET\r\n$4\r\nbig{}\r\n${}\r\n{value}\r\n", i % 10, value.len())
+                    .as_bytes(),
+            );
+        }
+        for i in 0..2000 {
+            batch.extend_from_slice(format!("*2\r\n$4\r\nECHO\r\n$4\r\n{i:04}\r\n").as_bytes());
+        }
+        assert!(batch.len() > REQUEST_BYTES_MAX);
+        let mut a = Raw::connect(&addr);
+        a.send(&batch);
+        for i in 0..sets {
+            assert_eq!(a.read(), R::Simple("OK".into()), "SET {i}");
+        }
+        for i in 0..2000 {
+            assert_eq!(a.read(), bulk(&format!("{i:04}")), "ECHO {i}");
+        }
+        assert_eq!(
+            a.cmd(&["STRLEN", "big3"]),
+            R::Int(value.len() as i64)
+        );
+    })
+    .await
+    .expect("oversized requests");
 }

@@ -179,4 +179,16 @@ mod bugs {
             ],
         );
     }
+
+    #[test]
+    fn an_understating_receipt_is_caught() {
+        // Lagging copies (one-way partitions) and clocks behind the commit times (skew) are
+        // where the old rule understated; the levels are those served without a probe.
+        caught(
+            "old-receipts",
+            "eventual,consistent_prefix,session,bounded(k=5)",
+            "partition,skew",
+            &["[every level / honest receipt]"],
+        );
+    }
 }

@@ -499,7 +499,9 @@ async fn http_worker(p: Arc<Phase>, c: Client, seed: u64) -> Result<Stats> {
             Err(e) => {
                 stats.done(t, false);
                 match &e {
-                    ClientError::Api { code, .. } => stats.refuse(code),
+                    ClientError::Api { code, .. } | ClientError::Invalid { code, .. } => {
+                        stats.refuse(code)
+                    }
                     ClientError::Transport(_) => stats.refuse("transport"),
                 }
             }

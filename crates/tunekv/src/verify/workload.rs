@@ -230,7 +230,7 @@ fn record(
 
 fn client_failure(e: ClientError) -> Outcome {
     match e {
-        ClientError::Api { code, message, .. } => {
+        ClientError::Api { code, message, .. } | ClientError::Invalid { code, message } => {
             Outcome::failed(ok_of_code(&code), format!("{code}: {message}"))
         }
         ClientError::Transport(m) => Outcome::failed(None, format!("transport: {m}")),
