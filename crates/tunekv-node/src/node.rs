@@ -209,6 +209,16 @@ enum LeaderGone {
         maybe_sent: bool,
         last_problem: String,
     },
+    /// The wait budget was already spent (e.g. `wait_ms_max=0`): nothing was tried.
+    NoBudget,
+}
+
+/// What a request with no wait budget left hears (never "no leader known" while one exists).
+fn no_budget(what: &str) -> TunekvError {
+    err(
+        Code::Timeout,
+        format!("wait budget exhausted before the {what} was sent to a leader (wait_ms_max too small); it did not happen"),
+    )
 }
 
 pub struct Node {
@@ -1067,6 +1077,7 @@ impl Node {
         match res {
             Ok(w) => Ok(w),
             Err(LeaderGone::Answered(e)) => Err(err(e.code, e.message)),
+            Err(LeaderGone::NoBudget) => Err(no_budget("write")),
             Err(LeaderGone::Exhausted { maybe_sent: true, last_problem }) => Err(err(
                 Code::Timeout,
                 format!("write to {group} not acknowledged within the wait budget; it may still commit ({last_problem})"),
@@ -1101,14 +1112,16 @@ impl Node {
     where
         Fut: std::future::Future<Output = Result<T, RemoteError>>,
     {
+        if Instant::now() >= deadline {
+            return Err(LeaderGone::NoBudget);
+        }
         let mut maybe_sent = false;
-        let mut last_problem = String::from("the wait budget was exhausted before any attempt");
+        let mut last_problem = String::from("no leader known");
         while Instant::now() < deadline {
             let leader = g.raft.metrics().borrow_watched().current_leader;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let attempt = match leader {
                 None => {
-                    last_problem = "no leader known".into();
                     tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
                     continue;
                 }
@@ -1227,6 +1240,7 @@ impl Node {
         match res {
             Ok(i) => Ok(i),
             Err(LeaderGone::Answered(e)) => Err(err(e.code, e.message)),
+            Err(LeaderGone::NoBudget) => Err(no_budget("read-index probe")),
             Err(LeaderGone::Exhausted { last_problem, .. }) => Err(err(
                 Code::NoQuorum,
                 format!(

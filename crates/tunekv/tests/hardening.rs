@@ -354,3 +354,32 @@ async fn a_node_without_a_replica_answers_a_permanent_error_naming_the_replicas(
         .await
         .expect("the replica takes the write");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_findings_get_clear_answers() {
+    // Regression (issue 15): `{"delay_ms":u64::MAX,"jitter_ms":1}` passed the fault hook's
+    // 60 s cap by overflow, and a write with wait_ms_max=0 said "no leader known" while a
+    // leader existed.
+    let c = start(3, true).await;
+    let admin = c.client(0);
+    common::create_keyspace(&admin, "s", 1).await;
+    let e = admin
+        .faults(&json!({"delay_ms": u64::MAX, "jitter_ms": 1}))
+        .await
+        .expect_err("overflowing delay refused");
+    assert_eq!(e.code(), Some("bad_request"), "{e}");
+    let e = admin
+        .faults(&json!({"clock_offset_ms": i64::MIN}))
+        .await
+        .expect_err("absurd clock offset refused");
+    assert_eq!(e.code(), Some("bad_request"), "{e}");
+    let faults = admin.faults(&json!({})).await.expect("faults unchanged");
+    assert_eq!(faults["delay_ms"], 0, "{faults}");
+    let e = admin
+        .put("s", b"k", b"v", &Opts::default().wait_ms(0))
+        .await
+        .expect_err("no budget");
+    let msg = e.to_string();
+    assert!(!msg.contains("no leader known"), "{msg}");
+    assert!(msg.contains("wait budget"), "{msg}");
+}
