@@ -14,7 +14,7 @@ pub enum Code {
     KeyspaceNotFound,
     /// A keyspace of that name exists with a different spec.
     KeyspaceExists,
-    /// An empty key.
+    /// An empty key, or one whose encoding is broken (a bad `%` escape or bad base64url).
     KeyInvalid,
     KeyTooLarge,
     ValueTooLarge,
@@ -30,7 +30,8 @@ pub enum Code {
     SessionInvalid,
     /// The fault hook was called on a node not started with `--enable-faults`.
     FaultsDisabled,
-    /// The node is starting or shutting down.
+    /// The node cannot take the request now: it is starting or shutting down, or its HTTP
+    /// connection cap is reached.
     Unavailable,
     /// This node holds no replica of the key's shard (a keyspace with fewer replicas than
     /// nodes): a permanent answer for this node; the message names the nodes to ask.
