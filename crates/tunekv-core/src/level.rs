@@ -33,7 +33,32 @@ pub enum Level {
 pub const LEVEL_SYNTAX: &str = "strong, bounded(k=K), bounded(t=T), bounded(k=K,t=T), \
 consistent_prefix, read_your_writes, monotonic_reads, session, eventual, weak";
 
+/// The kind of promise a level makes: what a copy must prove before it serves. Code outside
+/// tunekv-core that must tell levels apart (an injected bug that breaks one promise, a report)
+/// asks for this instead of matching on `Level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Promise {
+    /// The latest committed state (strong).
+    Linearizable,
+    /// A state no older than the session's own writes and reads.
+    Session,
+    /// A bounded lag behind the newest commit (entries and/or time).
+    Bounded,
+    /// Any committed state, in log order (eventual, consistent prefix, weak).
+    AnyState,
+}
+
 impl Level {
+    /// What this level promises.
+    pub fn promise(&self) -> Promise {
+        match self {
+            Level::Strong => Promise::Linearizable,
+            Level::ReadYourWrites | Level::MonotonicReads | Level::Session => Promise::Session,
+            Level::Bounded { .. } => Promise::Bounded,
+            _ => Promise::AnyState,
+        }
+    }
+
     /// Parses DESIGN §3's syntax. Whitespace around the whole string and around `=`/`,` is
     /// tolerated; names are case-sensitive lower case.
     pub fn parse(s: &str) -> Result<Level, TunekvError> {

@@ -24,7 +24,7 @@ pub use code::{Code, TunekvError};
 pub use hlc::Hlc;
 pub use ids::{GroupId, LogIndex, NodeId, ShardId};
 pub use keyspace::{KeyspaceSpec, Mode};
-pub use level::Level;
+pub use level::{Level, Promise};
 pub use position::{CopyState, Position, Watermark};
 pub use receipt::{Receipt, Staleness};
 pub use requirement::{judge, Requirement, Verdict};

@@ -69,29 +69,6 @@ impl Storage for FjallStorage {
         Ok(out)
     }
 
-    fn entries_bounded(
-        &self,
-        group: Group,
-        from: u64,
-        to: u64,
-        bytes_max: usize,
-    ) -> Result<Vec<LogRecord>> {
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        if from >= to {
-            return Ok(out);
-        }
-        for guard in self.log.range(log_key(group, from)..log_key(group, to)) {
-            if !out.is_empty() && bytes >= bytes_max {
-                break;
-            }
-            let (k, v) = guard.into_inner().map_err(engine)?;
-            bytes = bytes.saturating_add(v.len());
-            out.push((index_of(&k), v.to_vec()));
-        }
-        Ok(out)
-    }
-
     fn last_entry(&self, group: Group) -> Result<Option<LogRecord>> {
         match self
             .log

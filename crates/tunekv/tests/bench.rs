@@ -77,7 +77,7 @@ fn a_short_bench_prints_its_table_and_writes_csv_svg_and_summary() {
 
 /// `--compare etcd,redis` starts both on 127.0.0.1, measures the same rows against them,
 /// writes the five ratios and stops every process it started. Needs Debian's etcd-server and
-/// redis-server (`.ci/run` installs them); elsewhere the test says it was skipped, except in CI
+/// redis-server (`scripts/test` installs them); elsewhere the test says it was skipped, except in CI
 /// where their absence fails it.
 #[test]
 fn compare_measures_etcd_and_redis_and_writes_ratios() {

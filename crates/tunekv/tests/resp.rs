@@ -1,5 +1,5 @@
 //! The Redis protocol listener against a real 3-node cluster: redis-cli, redis-benchmark and
-//! redis-py (installed by `.ci/run`), raw bytes for pipelining and malformed frames.
+//! redis-py (installed by `scripts/test`), raw bytes for pipelining and malformed frames.
 
 mod common;
 
@@ -104,7 +104,7 @@ fn tool(name: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("{name} not found: install Debian's redis-tools (.ci/run does)");
+    panic!("{name} not found: install Debian's redis-tools (scripts/test does)");
 }
 
 fn redis_cli(addr: &str, args: &[&str]) -> String {
@@ -389,7 +389,7 @@ async fn redis_py_passes_its_checks() {
         });
     assert!(
         python.exists(),
-        "{} missing: run .ci/run once (it makes a venv with redis-py) or set TUNEKV_PYTHON",
+        "{} missing: run scripts/test once (it makes a venv with redis-py) or set TUNEKV_PYTHON",
         python.display()
     );
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/resp/redis_py_check.py");

@@ -1,0 +1,18 @@
+//! tunekv-dynamo: the leaderless (Dynamo-style) keyspace mode of DESIGN §2.
+//!
+//! This crate sits at the level of `tunekv-raft`: it owns how a leaderless keyspace places and
+//! versions its keys, and knows nothing about sockets, HTTP or Raft. What is here so far (issue
+//! 16, in progress):
+//!
+//! - [`ring`]: a consistent-hash ring of Q equal partitions spread over the nodes (Dynamo's
+//!   strategy 3), the preference list of a key (its first N distinct nodes), and the sloppy-quorum
+//!   substitutes for preference nodes that are down (each with the node its hint is for).
+//! - [`version`]: the version of a leaderless write (the coordinator's HLC stamp, node id as
+//!   tie-break), tombstones, and the conflict-resolution seam ([`version::Resolve`]) with
+//!   last-writer-wins as its first policy. Siblings and CRDTs (issue 17) plug in there.
+
+pub mod ring;
+pub mod version;
+
+pub use ring::{Placement, Ring};
+pub use version::{Lww, Resolve, Stored, Version, Versioned};

@@ -1,0 +1,147 @@
+//! The keyspace catalog: keyspaces live in the metadata group; each node caches parsed specs.
+
+use super::*;
+
+impl Node {
+    pub(super) fn catalog_key(name: &str) -> Vec<u8> {
+        let mut k = CATALOG_PREFIX.to_vec();
+        k.extend_from_slice(name.as_bytes());
+        k
+    }
+
+    /// Keyspaces as this node's copy of the catalog knows them.
+    pub fn list_keyspaces(&self) -> Vec<KeyspaceInfo> {
+        let meta = self.metadata();
+        let view = meta.data.read();
+        view.scan_prefix(CATALOG_PREFIX)
+            .filter_map(|(k, v)| {
+                let name = std::str::from_utf8(k.get(CATALOG_PREFIX.len()..)?)
+                    .ok()?
+                    .to_string();
+                let spec: KeyspaceSpec = serde_json::from_slice(&v.value).ok()?;
+                Some(KeyspaceInfo {
+                    name,
+                    id: v.create_index,
+                    spec,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn local_keyspace(&self, name: &str) -> Option<KeyspaceInfo> {
+        let meta = self.metadata();
+        let view = meta.data.read();
+        let v = view.get(&Self::catalog_key(name))?;
+        let version = (v.create_index, v.mod_index);
+        {
+            let cache = self
+                .keyspace_cache
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some((cached, info)) = cache.get(name) {
+                if *cached == version {
+                    return Some(info.clone());
+                }
+            }
+        }
+        let spec: KeyspaceSpec = serde_json::from_slice(&v.value).ok()?;
+        let info = KeyspaceInfo {
+            name: name.to_string(),
+            id: v.create_index,
+            spec,
+        };
+        let mut cache = self
+            .keyspace_cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= KEYSPACE_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(name.to_string(), (version, info.clone()));
+        Some(info)
+    }
+
+    /// The keyspace, confirmed with the catalog's leader if this node has not heard of it yet
+    /// (it may have been created a moment ago through another node).
+    pub async fn keyspace(
+        &self,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<KeyspaceInfo, TunekvError> {
+        check_keyspace_name(name)?;
+        if let Some(ks) = self.local_keyspace(name) {
+            return Ok(ks);
+        }
+        let index = self.read_index(GroupId::METADATA, deadline).await?;
+        self.wait_applied(&self.metadata(), index, deadline).await?;
+        self.local_keyspace(name).ok_or_else(|| {
+            err(
+                Code::KeyspaceNotFound,
+                format!("keyspace {name:?} does not exist"),
+            )
+        })
+    }
+
+    /// Creates a keyspace (idempotent for an identical spec). Returns whether it was created.
+    pub async fn create_keyspace(
+        &self,
+        name: &str,
+        spec: KeyspaceSpec,
+    ) -> Result<(KeyspaceInfo, bool), TunekvError> {
+        check_keyspace_name(name)?;
+        spec.validate(self.all_nodes.len())?;
+        let deadline = Instant::now() + Duration::from_millis(self.config.write_wait_ms_default);
+        let value = serde_json::to_vec(&spec).map_err(internal)?;
+        let op = Op::PutIfAbsent {
+            key: Self::catalog_key(name),
+            value,
+        };
+        let written = self.propose(GroupId::METADATA, op, deadline).await?;
+        let created = written.result.changed;
+        if !created {
+            let existing = written
+                .result
+                .current
+                .as_ref()
+                .and_then(|c| serde_json::from_slice::<KeyspaceSpec>(&c.value).ok());
+            if existing.as_ref() != Some(&spec) {
+                return Err(err(
+                    Code::KeyspaceExists,
+                    format!(
+                        "keyspace {name:?} exists with a different spec: {}",
+                        existing
+                            .map(|s| serde_json::to_string(&s).unwrap_or_default())
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        let meta = self.metadata();
+        self.wait_applied(&meta, written.index, deadline).await?;
+        let info = self
+            .local_keyspace(name)
+            .ok_or_else(|| internal("keyspace missing from the catalog after it was applied"))?;
+        self.wait_keyspace_ready(&info).await;
+        Ok((info, created))
+    }
+
+    /// Waits (bounded) until every hosted shard group of the keyspace knows its leader.
+    pub(super) async fn wait_keyspace_ready(&self, ks: &KeyspaceInfo) {
+        let deadline = Instant::now() + KEYSPACE_READY_WAIT;
+        for shard in 0..ks.spec.shards {
+            let gid = GroupId::for_shard(ks.id, ShardId(shard));
+            let replicas = replicas_for(ks.id, ShardId(shard), &self.all_nodes, ks.spec.replicas);
+            if !replicas.contains(&self.id) {
+                continue;
+            }
+            while Instant::now() < deadline {
+                if let Some(g) = self.group(gid) {
+                    if g.raft.metrics().borrow_watched().current_leader.is_some() {
+                        break;
+                    }
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+}

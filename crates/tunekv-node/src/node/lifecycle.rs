@@ -1,0 +1,237 @@
+//! Starting a node, its groups and its background loops; shutting down.
+
+use super::*;
+
+impl Node {
+    /// Starts a node on the caller's runtime: binds the node-to-node listener, opens the
+    /// metadata group (initializing it on the lowest-numbered node of a new cluster), and starts
+    /// reconciling hosted shard groups with the catalog.
+    pub async fn start(
+        config: NodeConfig,
+        transport: Arc<dyn Transport>,
+        storage: Arc<dyn Storage>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Node>, TunekvError> {
+        config.validate().map_err(|e| err(Code::BadRequest, e))?;
+        let raft_config = config
+            .raft_timing
+            .tuning()
+            .openraft_config()
+            .map_err(internal)?;
+        let session_key = SessionKey::new(config.cluster_secret.as_bytes())
+            .map_err(|e| err(Code::BadRequest, e))?;
+        // Every draw this node makes comes from one seed: the simulator's, or the OS's.
+        let mut rng = StdRng::seed_from_u64(config.rng_seed.unwrap_or_else(rand::random));
+        let faults = Arc::new(Faults::new(config.enable_faults, rng.gen()));
+        let peers: Vec<(NodeId, String)> = config
+            .peers
+            .iter()
+            .map(|p| (NodeId(p.id), p.raft.clone()))
+            .collect();
+        let pool = Arc::new(PeerPool::new(
+            NodeId(config.id),
+            &peers,
+            transport.clone(),
+            faults.clone(),
+        ));
+        let mut all_nodes: Vec<NodeId> = peers.iter().map(|(id, _)| *id).collect();
+        all_nodes.sort();
+        let listener = transport
+            .bind(&config.raft)
+            .await
+            .map_err(|e| internal(format!("cannot listen on {}: {e}", config.raft)))?;
+        let clock_guard =
+            ClockGuard::new(config.max_clock_offset_ms, peers.len().saturating_sub(1));
+        let hlc = Arc::new(Hlc::new(config.max_clock_offset_ms));
+        let node = Arc::new(Node {
+            id: NodeId(config.id),
+            commit: GroupCommit::start(storage.clone()),
+            config,
+            all_nodes,
+            storage,
+            clock,
+            hlc,
+            pool,
+            faults: faults.clone(),
+            raft_config,
+            session_key,
+            epoch: Instant::now(),
+            // A random id for this process, so peers notice a restart (its clock starts over).
+            incarnation: rng.gen(),
+            peer_clocks: Mutex::new(BTreeMap::new()),
+            clock_guard: Mutex::new(clock_guard),
+            clock_logged: Mutex::new(ClockHealth::Trusted),
+            hlc_capped_logged: AtomicU64::new(0),
+            groups: RwLock::new(BTreeMap::new()),
+            opening: tokio::sync::Mutex::new(()),
+            keyspace_cache: RwLock::new(HashMap::new()),
+            tasks: Mutex::new(tokio::task::JoinSet::new()),
+            stop: tokio_util::sync::CancellationToken::new(),
+        });
+        node.spawn_loop(rpc::serve(
+            node.id,
+            listener,
+            node.clone() as Arc<dyn Handler>,
+            faults,
+        ));
+        let members = node.all_nodes.clone();
+        let first = members[0];
+        node.open_group(GroupId::METADATA, &members, first == node.id)
+            .await?;
+        node.spawn_loop(node.clone().reconcile_loop());
+        node.spawn_loop(node.clone().calibrate_loop());
+        node.spawn_loop(node.clone().watermark_loop());
+        node.spawn_loop(node.clone().sweep_loop());
+        Ok(node)
+    }
+
+    /// Runs a background loop until `shutdown` (the loop holds the node alive until then).
+    fn spawn_loop(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .spawn(async move {
+                // Biased: a fixed polling order keeps simulated runs byte-identical.
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => {}
+                    _ = fut => {}
+                }
+            });
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Signs and checks session tokens with the cluster secret.
+    pub fn session_key(&self) -> &SessionKey {
+        &self.session_key
+    }
+
+    pub fn faults_enabled(&self) -> bool {
+        self.faults.enabled()
+    }
+
+    pub(super) fn group(&self, id: GroupId) -> Option<Arc<Group>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    pub(super) fn all_groups(&self) -> Vec<Arc<Group>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub(super) fn members_map(&self, members: &[NodeId]) -> BTreeMap<u64, BasicNode> {
+        members
+            .iter()
+            .filter_map(|m| self.config.peers.iter().find(|p| p.id == m.0))
+            .map(|p| (p.id, BasicNode::new(&p.raft)))
+            .collect()
+    }
+
+    /// Opens (creates or recovers) a group; `initialize` makes this node propose the group's
+    /// first membership if the group has never been initialized anywhere on this node.
+    pub(super) async fn open_group(
+        &self,
+        id: GroupId,
+        members: &[NodeId],
+        initialize: bool,
+    ) -> Result<Arc<Group>, TunekvError> {
+        let _guard = self.opening.lock().await;
+        if let Some(g) = self.group(id) {
+            return Ok(g);
+        }
+        let sm =
+            StateMachine::open(id.0, self.storage.clone(), self.hlc.clone()).map_err(internal)?;
+        let data = sm.data();
+        let log = LogStore::new(id.0, self.storage.clone(), self.commit.clone());
+        let net = GroupNetwork {
+            group: id,
+            pool: self.pool.clone(),
+        };
+        let raft = Raft::new(self.id.0, self.raft_config.clone(), net, log, sm)
+            .await
+            .map_err(internal)?;
+        if initialize && !raft.is_initialized().await.map_err(internal)? {
+            tracing::info!(group = %id, ?members, "initializing group");
+            if let Err(e) = raft.initialize(self.members_map(members)).await {
+                tracing::warn!(group = %id, error = %e, "initialize failed");
+            }
+        }
+        let group = Arc::new(Group {
+            id,
+            raft,
+            data,
+            last_contact: Mutex::new(None),
+            watermark: Mutex::new(None),
+            proofs: Mutex::new(Proofs::default()),
+            probes: AtomicU64::new(0),
+            own_probe: tokio::sync::Mutex::new(None),
+        });
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, group.clone());
+        Ok(group)
+    }
+
+    pub(super) fn metadata(&self) -> Arc<Group> {
+        // Opened in `start` before the node is handed out; never removed.
+        self.group(GroupId::METADATA)
+            .unwrap_or_else(|| unreachable!("the metadata group is opened at start"))
+    }
+
+    /// Keeps hosted shard groups in line with the catalog: runs after every catalog change.
+    pub(super) async fn reconcile_loop(self: Arc<Self>) {
+        let mut applied = self.metadata().data.subscribe();
+        loop {
+            for ks in self.list_keyspaces() {
+                for shard in 0..ks.spec.shards {
+                    let replicas =
+                        replicas_for(ks.id, ShardId(shard), &self.all_nodes, ks.spec.replicas);
+                    let gid = GroupId::for_shard(ks.id, ShardId(shard));
+                    if replicas.contains(&self.id) && self.group(gid).is_none() {
+                        if let Err(e) = self
+                            .open_group(gid, &replicas, replicas[0] == self.id)
+                            .await
+                        {
+                            tracing::error!(group = %gid, error = %e, "cannot open group");
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                changed = applied.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Stops every group and makes the storage durable.
+    pub async fn shutdown(&self) {
+        // Background loops first (the listener for peers included), so nothing starts new
+        // work on the groups being shut down.
+        self.stop.cancel();
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        while tasks.join_next().await.is_some() {}
+        for g in self.all_groups() {
+            let _ = g.raft.shutdown().await;
+        }
+        let _ = self.commit.sync().await;
+    }
+}

@@ -1,0 +1,493 @@
+//! The read path: requirement → judge → probe / wait / serve, one view per shard, receipts.
+
+use super::*;
+
+impl Node {
+    /// The read index of `group`: the leader's commit index, confirmed with a quorum after the
+    /// read began (Raft read-index).
+    pub(super) async fn read_index(
+        &self,
+        group: GroupId,
+        deadline: Instant,
+    ) -> Result<u64, TunekvError> {
+        let g = self.hosted(group)?;
+        let res = self
+            .on_leader(
+                &g,
+                deadline,
+                || Request::ReadIndex,
+                |r| match r {
+                    Response::ReadIndex(i) => Some(i),
+                    _ => None,
+                },
+                || self.leader_read_index(&g),
+            )
+            .await;
+        match res {
+            Ok(i) => Ok(i),
+            Err(LeaderGone::Answered(e)) => Err(err(e.code, e.message)),
+            Err(LeaderGone::NoBudget) => Err(no_budget("read-index probe")),
+            Err(LeaderGone::Exhausted { last_problem, .. }) => Err(err(
+                Code::NoQuorum,
+                format!(
+                    "node {} could not get a read index confirmed by a quorum for {group} within the wait budget \
+                     ({last_problem})",
+                    self.id
+                ),
+            )),
+        }
+    }
+
+    pub(super) async fn leader_read_index(&self, g: &Group) -> Result<u64, RemoteError> {
+        match g.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(read_log_id) => Ok(read_log_id.index()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(RemoteError {
+                    code: Code::Unavailable,
+                    message: format!("node {} is not the leader of {}", self.id, g.id),
+                    leader_hint: f.leader_id,
+                    not_leader: true,
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(RemoteError::new(Code::NoQuorum, e.to_string())),
+            Err(e) => Err(RemoteError::new(Code::Internal, e.to_string())),
+        }
+    }
+
+    pub(super) async fn wait_applied(
+        &self,
+        g: &Group,
+        index: u64,
+        deadline: Instant,
+    ) -> Result<(), TunekvError> {
+        let mut rx = g.data.subscribe();
+        loop {
+            let applied = rx.borrow_and_update().index;
+            if applied >= index {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(err(Code::Unavailable, "the group is shutting down")),
+                Err(_) => {
+                    return Err(err(
+                        Code::Timeout,
+                        format!("copy of {} on node {} has applied index {applied}, needs {index}; it did not catch up within the wait budget", g.id, self.id),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// What this copy of `g` knows about itself now.
+    pub(super) fn copy_state(&self, g: &Group) -> CopyState {
+        let applied = g.data.applied();
+        let m = g.raft.metrics();
+        let m = m.borrow_watched();
+        let is_leader = m.current_leader == Some(self.id.0) && m.state == ServerState::Leader;
+        let contact_age = if is_leader {
+            m.last_quorum_acked
+                .as_ref()
+                .map(|t| openraft::Instant::elapsed(&**t))
+        } else {
+            g.last_contact
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map(|t| t.elapsed())
+        };
+        CopyState {
+            applied: Position {
+                shard: g.id.shard(),
+                index: LogIndex(applied.index),
+                commit_ms: Hlc::millis(applied.commit_ts),
+            },
+            known_commit: LogIndex(
+                m.cluster_committed
+                    .as_ref()
+                    .map(|c| c.index())
+                    .unwrap_or(0)
+                    .max(applied.index),
+            ),
+            is_leader,
+            contact_age,
+            watermark: g
+                .watermark
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map(|(index, at)| Watermark {
+                    index: LogIndex(index),
+                    age: at.elapsed(),
+                }),
+        }
+    }
+
+    /// Reads `key` at `level` (the keyspace's default when `None`), waiting at most `wait`.
+    pub async fn get(
+        &self,
+        ks: &str,
+        key: &[u8],
+        level: Option<Level>,
+        wait: Option<Duration>,
+        session: &mut Session,
+    ) -> Result<ReadOutcome, TunekvError> {
+        let mut shards = self
+            .batch_get(ks, &[key.to_vec()], level, wait, session)
+            .await?;
+        let shard = shards
+            .pop()
+            .ok_or_else(|| internal("a one-key batch read no shard"))?;
+        let value = shard
+            .values
+            .into_iter()
+            .next()
+            .and_then(|(_, v)| v)
+            .map(|v| v.value);
+        Ok(ReadOutcome {
+            value,
+            receipt: shard.receipt,
+        })
+    }
+
+    /// Reads several keys at `level`: one consistent view per shard, one receipt per shard.
+    /// Expired keys read as absent. Values totalling more than the config's
+    /// `batch_get_response_bytes_max` are refused with `response_too_large` before any is
+    /// copied, so a batch costs at most that much memory (a key named twice counts twice).
+    pub async fn batch_get(
+        &self,
+        ks: &str,
+        keys: &[Vec<u8>],
+        level: Option<Level>,
+        wait: Option<Duration>,
+        session: &mut Session,
+    ) -> Result<Vec<ShardRead>, TunekvError> {
+        let started = Instant::now();
+        let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
+        let ks = self.keyspace(ks, deadline).await?;
+        let level = level.unwrap_or_else(|| ks.spec.default_level());
+        let by_shard = by_shard(&ks, keys.to_vec(), |k| k)?;
+        let bytes_max = self.config.batch_get_response_bytes_max;
+        let mut bytes_total = 0u64;
+        let mut out = Vec::with_capacity(by_shard.len());
+        for (shard, keys) in by_shard {
+            let g = self.hosted_shard(&ks, shard).await?;
+            let room = bytes_max.saturating_sub(bytes_total);
+            let (values, receipt) = self
+                .read_shard(&g, level, session, started, deadline, |view, now_ms| {
+                    let found: Vec<_> = keys.iter().map(|k| view.get_live(k, now_ms)).collect();
+                    let bytes: u64 = found.iter().flatten().map(|v| v.value.len() as u64).sum();
+                    if bytes > room {
+                        return Err(bytes);
+                    }
+                    let values: Vec<_> = keys
+                        .iter()
+                        .zip(found)
+                        .map(|(k, v)| (k.clone(), v.cloned()))
+                        .collect();
+                    Ok((values, bytes))
+                })
+                .await?;
+            let (values, bytes) = values.map_err(|bytes| {
+                err(
+                    Code::ResponseTooLarge,
+                    format!(
+                        "the values asked for total more than {bytes_max} bytes (at least {}), \
+                         the node's batch_get_response_bytes_max; ask for fewer keys at a time",
+                        bytes_total + bytes
+                    ),
+                )
+            })?;
+            bytes_total += bytes;
+            out.push(ShardRead { values, receipt });
+        }
+        Ok(out)
+    }
+
+    /// One page of a SCAN over `ks` at `level`. The cursor holds a shard (top 8 bits) and a
+    /// position in that shard's `scan_hash` order, so every key present for the whole scan is
+    /// returned at least once, whatever is written meanwhile. About `count` keys are examined
+    /// (all keys sharing the last hash are taken together); those `matches` accepts are
+    /// returned. The next cursor is 0 when the scan is complete.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn scan(
+        &self,
+        ks: &str,
+        cursor: u64,
+        count: usize,
+        matches: &(dyn Fn(&[u8]) -> bool + Sync),
+        level: Option<Level>,
+        wait: Option<Duration>,
+        session: &mut Session,
+    ) -> Result<ScanPage, TunekvError> {
+        let started = Instant::now();
+        let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
+        let ks = self.keyspace(ks, deadline).await?;
+        let level = level.unwrap_or_else(|| ks.spec.default_level());
+        let mask = (1u64 << SCAN_HASH_BITS) - 1;
+        let mut shard = u32::try_from(cursor >> SCAN_HASH_BITS).unwrap_or(u32::MAX);
+        let mut from = cursor & mask;
+        if shard >= ks.spec.shards {
+            return Err(err(Code::BadRequest, format!("invalid cursor {cursor}")));
+        }
+        let count = count.clamp(1, BATCH_KEYS_MAX * 10);
+        let mut page = ScanPage {
+            cursor: 0,
+            keys: Vec::new(),
+            receipts: Vec::new(),
+        };
+        let mut examined = 0;
+        while examined < count {
+            let g = self.hosted_shard(&ks, ShardId(shard)).await?;
+            let want = count - examined;
+            let ((taken, next), receipt) = self
+                .read_shard(&g, level, session, started, deadline, |view, now_ms| {
+                    let mut keys: Vec<(u64, &Vec<u8>)> = view
+                        .live(now_ms)
+                        .map(|(k, _)| (scan_hash(k), k))
+                        .filter(|(h, _)| *h >= from)
+                        .collect();
+                    keys.sort_unstable();
+                    let mut end = want.min(keys.len());
+                    while end > 0 && end < keys.len() && keys[end].0 == keys[end - 1].0 {
+                        end += 1;
+                    }
+                    let next = (end < keys.len()).then(|| keys[end].0);
+                    let taken: Vec<Vec<u8>> =
+                        keys[..end].iter().map(|(_, k)| (*k).clone()).collect();
+                    (taken, next)
+                })
+                .await?;
+            page.receipts.push(receipt);
+            examined += taken.len().max(1);
+            page.keys.extend(taken.into_iter().filter(|k| matches(k)));
+            match next {
+                Some(h) => {
+                    page.cursor = (u64::from(shard) << SCAN_HASH_BITS) | h;
+                    return Ok(page);
+                }
+                None if shard + 1 < ks.spec.shards => {
+                    shard += 1;
+                    from = 0;
+                    page.cursor = u64::from(shard) << SCAN_HASH_BITS;
+                }
+                None => {
+                    page.cursor = 0;
+                    return Ok(page);
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    /// The number of live keys in `ks` at `level`, with one receipt per shard.
+    pub async fn count_keys(
+        &self,
+        ks: &str,
+        level: Option<Level>,
+        wait: Option<Duration>,
+        session: &mut Session,
+    ) -> Result<(u64, Vec<Receipt>), TunekvError> {
+        let started = Instant::now();
+        let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
+        let ks = self.keyspace(ks, deadline).await?;
+        let level = level.unwrap_or_else(|| ks.spec.default_level());
+        let mut total = 0;
+        let mut receipts = Vec::new();
+        for shard in 0..ks.spec.shards {
+            let g = self.hosted_shard(&ks, ShardId(shard)).await?;
+            let (n, receipt) = self
+                .read_shard(&g, level, session, started, deadline, |view, now_ms| {
+                    view.live(now_ms).count() as u64
+                })
+                .await?;
+            total += n;
+            receipts.push(receipt);
+        }
+        Ok((total, receipts))
+    }
+
+    /// Reads one view of `g` at `level` once the copy may serve it: `f` gets the view and the
+    /// time expiry is judged at (this node's wall clock, never before the applied commit time).
+    /// Records the read in the session.
+    pub(super) async fn read_shard<T>(
+        &self,
+        g: &Group,
+        level: Level,
+        session: &mut Session,
+        started: Instant,
+        deadline: Instant,
+        f: impl FnOnce(&tunekv_raft::ShardView<'_>, u64) -> T,
+    ) -> Result<(T, Receipt), TunekvError> {
+        session.admit(g.id)?;
+        let req = self.bugged(level, Requirement::for_level(level, session.mark(g.id))?);
+        let served = self
+            .until_servable(g, level, req, started, deadline)
+            .await?;
+        let view = g.data.read();
+        let applied = view.applied();
+        // Never before the applied commit time, unless that ran ahead of this node's trusted
+        // clock by more than the offset bound (a skewed stamp must not expire keys early).
+        let wall = self.expiry_wall_ms();
+        let now_ms = Hlc::millis(applied.commit_ts)
+            .min(wall.saturating_add(self.config.max_clock_offset_ms))
+            .max(wall);
+        let out = f(&view, now_ms);
+        drop(view);
+        let receipt = self.receipt(g, level, applied, &served, started);
+        session.read(g.id, receipt.position.index);
+        Ok((out, receipt))
+    }
+
+    /// The requirement with this node's injected bugs applied (bug-injection builds only;
+    /// otherwise `req` unchanged).
+    pub(super) fn bugged(&self, level: Level, req: Requirement) -> Requirement {
+        let b = &self.config.bugs;
+        let broken = match level.promise() {
+            Promise::Linearizable => b.strong_local(),
+            Promise::Session => b.ignore_session(),
+            Promise::Bounded => b.skip_bounded(),
+            Promise::AnyState => false,
+        };
+        if broken {
+            Requirement::Anything
+        } else {
+            req
+        }
+    }
+
+    /// Runs `req` (the requirement of `level`) through `judge` until this copy of `g` may
+    /// serve: probing the leader, waiting for the copy to apply, or refusing with the level's
+    /// code.
+    pub(super) async fn until_servable(
+        &self,
+        g: &Group,
+        level: Level,
+        mut req: Requirement,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<Served, TunekvError> {
+        let mut probed = None;
+        loop {
+            let copy = self.copy_state(g);
+            match judge(&copy, &req, started.elapsed()) {
+                Verdict::Serve => return Ok(Served { copy, probed }),
+                Verdict::Probe => {
+                    let index = self.probe(g, started, deadline).await.map_err(|e| {
+                        err(
+                            req.no_probe_code(level),
+                            format!("{level} read on node {}: {}", self.id, e.message),
+                        )
+                    })?;
+                    probed = Some(index);
+                    req = req.after_probe(LogIndex(index));
+                }
+                Verdict::Wait(index) => {
+                    self.wait_applied(g, index.0, deadline).await.map_err(|e| {
+                        if e.code == Code::Timeout {
+                            err(
+                                req.unmet_code(level),
+                                format!("{level} read: {}", e.message),
+                            )
+                        } else {
+                            e
+                        }
+                    })?
+                }
+                Verdict::Refuse(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A read index confirmed by a quorum-holding leader through a probe sent no earlier than
+    /// `started`: every write committed before `started` is at or below it. Reads that start
+    /// while a probe is in flight wait for it and send the next one together, so a group has
+    /// at most one probe in flight from this node however many reads arrive.
+    pub(super) async fn probe(
+        &self,
+        g: &Group,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<u64, TunekvError> {
+        let mut last = tokio::time::timeout_at(deadline, g.own_probe.lock())
+            .await
+            .map_err(|_| {
+                err(
+                    Code::Timeout,
+                    format!("no read index for {} within the wait budget", g.id),
+                )
+            })?;
+        if let Some((index, sent)) = *last {
+            if sent >= started {
+                return Ok(index);
+            }
+        }
+        g.probes.fetch_add(1, Ordering::Relaxed);
+        let sent = Instant::now();
+        let index = self.read_index(g.id, deadline).await?;
+        *last = Some((index, sent));
+        drop(last);
+        g.offer_watermark(index, sent);
+        Ok(index)
+    }
+
+    pub(super) fn receipt(
+        &self,
+        g: &Group,
+        level: Level,
+        applied: Applied,
+        served: &Served,
+        started: Instant,
+    ) -> Receipt {
+        let position = Position {
+            shard: g.id.shard(),
+            index: LogIndex(applied.index),
+            commit_ms: Hlc::millis(applied.commit_ts),
+        };
+        let staleness = if self.config.bugs.old_receipts() {
+            self.old_staleness(level, position, served)
+        } else {
+            // Entries: how far behind the newest commit this copy knew of (a probe's read
+            // index when it took one). Time: how long before the read began the newest
+            // freshness proof the served state satisfies was taken, so the state holds every
+            // write acknowledged more than that before the read (the receipt-honesty property).
+            let proof_age = match served.probed {
+                // The probe itself, sent after the read began, is a proof the state meets.
+                Some(read_index) if applied.index >= read_index => Some(Duration::ZERO),
+                _ => g.proof_age_at(applied.index, started),
+            };
+            let entries = match served.probed {
+                Some(read_index) => read_index.saturating_sub(applied.index),
+                None => served.copy.known_commit.0.saturating_sub(applied.index),
+            };
+            Staleness::proven(entries, proof_age)
+        };
+        Receipt {
+            level,
+            served_by: self.id,
+            position,
+            staleness,
+        }
+    }
+
+    /// The receipt rule before issue 15 (bug injection `old-receipts` only): it understated
+    /// staleness for a copy that knew it was behind (contact age) or whose commit times ran
+    /// ahead of real time (now − commit time, clamped at 0).
+    pub(super) fn old_staleness(
+        &self,
+        level: Level,
+        position: Position,
+        served: &Served,
+    ) -> Staleness {
+        match (served.probed, served.copy.watermark) {
+            // The newest commit at the read's start is at or below the probed index.
+            (Some(read_index), _) => {
+                Staleness::behind(LogIndex(read_index), position, self.clock.wall_ms())
+            }
+            // Served on a watermark: fresh as of when its probe was sent.
+            (None, Some(w)) if level.promise() == Promise::Bounded => Staleness {
+                entries: served.copy.lag_entries(),
+                ms: u64::try_from(w.age.as_millis()).unwrap_or(u64::MAX),
+            },
+            _ => Staleness::of_copy(&served.copy),
+        }
+    }
+}

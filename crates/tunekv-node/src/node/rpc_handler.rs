@@ -1,0 +1,102 @@
+//! Requests from other nodes: Raft messages, forwarded writes and read indexes, status, clock
+//! rounds and watermark pushes.
+
+use super::*;
+
+impl Node {
+    pub(super) async fn handle_request(
+        &self,
+        group: u64,
+        req: Request,
+    ) -> Result<Response, RemoteError> {
+        let gid = GroupId(group);
+        match req {
+            Request::Status => return Ok(Response::Status(self.node_report())),
+            Request::Clock => {
+                return Ok(Response::Clock {
+                    incarnation: self.incarnation,
+                    now_us: self.mono_us(Instant::now()),
+                    wall_ms: self.clock.wall_ms(),
+                })
+            }
+            Request::Watermarks(push) => {
+                self.accept_watermarks(push);
+                return Ok(Response::Done);
+            }
+            _ => {}
+        }
+        let g = self.group(gid).ok_or_else(|| {
+            RemoteError::new(
+                Code::Unavailable,
+                format!("group {gid} is not open on node {}", self.id),
+            )
+        })?;
+        let fatal = |e: openraft::error::Fatal<tunekv_raft::TypeConfig>| {
+            RemoteError::new(Code::Internal, e.to_string())
+        };
+        match req {
+            Request::Append(rpc) => {
+                let resp = g
+                    .raft
+                    .append_entries(rpc)
+                    .await
+                    .map_err(|e| RemoteError::new(Code::Internal, e.to_string()))?;
+                if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+                    *g.last_contact.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(Instant::now());
+                }
+                Ok(Response::Append(resp))
+            }
+            Request::Vote(rpc) => g
+                .raft
+                .vote(rpc)
+                .await
+                .map(Response::Vote)
+                .map_err(|e| RemoteError::new(Code::Internal, e.to_string())),
+            Request::Snapshot { vote, meta, data } => {
+                let snapshot = openraft::alias::SnapshotOf::<tunekv_raft::TypeConfig, Vec<u8>> {
+                    meta,
+                    snapshot: data,
+                };
+                g.raft
+                    .install_full_snapshot(vote, snapshot)
+                    .await
+                    .map(Response::Snapshot)
+                    .map_err(fatal)
+            }
+            Request::Write(op) => {
+                match tokio::time::timeout(FORWARDED_WORK_MAX, self.leader_propose(&g, op)).await {
+                    Ok(r) => r.map(Response::Write),
+                    Err(_) => Err(RemoteError::new(
+                        Code::Timeout,
+                        "the leader could not commit in time",
+                    )),
+                }
+            }
+            Request::ReadIndex => {
+                match tokio::time::timeout(FORWARDED_WORK_MAX, self.leader_read_index(&g)).await {
+                    Ok(r) => r.map(Response::ReadIndex),
+                    Err(_) => Err(RemoteError::new(
+                        Code::NoQuorum,
+                        "the leader could not confirm with a quorum in time",
+                    )),
+                }
+            }
+            Request::TransferLeader(req) => g
+                .raft
+                .handle_transfer_leader(req)
+                .await
+                .map(Response::TransferLeader)
+                .map_err(fatal),
+            Request::Status | Request::Clock | Request::Watermarks(_) => {
+                Err(RemoteError::new(Code::Internal, "handled above"))
+            }
+        }
+    }
+}
+
+impl Handler for Node {
+    fn handle(&self, group: u64, req: Request) -> BoxFuture<'_, Result<Response, RemoteError>> {
+        Box::pin(self.handle_request(group, req))
+    }
+}

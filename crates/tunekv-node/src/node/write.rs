@@ -1,0 +1,385 @@
+//! The write path: route to the shard, forward to its leader, stamp and propose there, retry
+//! through elections; the leader's sweep of expired keys.
+
+use super::*;
+
+impl Node {
+    pub(super) fn wait_budget(&self, wait: Option<Duration>, default_ms: u64) -> Duration {
+        let cap = Duration::from_millis(self.config.wait_ms_cap);
+        wait.unwrap_or(Duration::from_millis(default_ms)).min(cap)
+    }
+
+    /// The group holding `key`.
+    pub(super) async fn shard_group(
+        &self,
+        ks: &KeyspaceInfo,
+        key: &[u8],
+    ) -> Result<Arc<Group>, TunekvError> {
+        self.hosted_shard(ks, shard_for_key(key, ks.spec.shards))
+            .await
+    }
+
+    /// The group of `shard`. A group this node replicates is opened on demand, so a request
+    /// that arrives right after a restart does not race the catalog reconciler.
+    pub(super) async fn hosted_shard(
+        &self,
+        ks: &KeyspaceInfo,
+        shard: ShardId,
+    ) -> Result<Arc<Group>, TunekvError> {
+        let gid = GroupId::for_shard(ks.id, shard);
+        if let Some(g) = self.group(gid) {
+            return Ok(g);
+        }
+        let replicas = replicas_for(ks.id, shard, &self.all_nodes, ks.spec.replicas);
+        if replicas.contains(&self.id) {
+            return self
+                .open_group(gid, &replicas, replicas[0] == self.id)
+                .await;
+        }
+        let addrs: Vec<String> = replicas
+            .iter()
+            .filter_map(|r| self.config.peers.iter().find(|p| p.id == r.0))
+            .map(|p| format!("node {} at {}", p.id, p.http))
+            .collect();
+        Err(err(
+            Code::NotReplica,
+            format!(
+                "node {} holds no replica of shard {shard} of {:?} ({} of {} nodes do); send this key to {}",
+                self.id,
+                ks.name,
+                replicas.len(),
+                self.all_nodes.len(),
+                addrs.join(", ")
+            ),
+        ))
+    }
+
+    pub async fn put(
+        &self,
+        ks: &str,
+        key: &[u8],
+        value: Vec<u8>,
+        wait: Option<Duration>,
+        session: &mut Session,
+    ) -> Result<WriteOutcome, TunekvError> {
+        self.write(
+            ks,
+            key,
+            |_| {
+                Ok(Op::Put {
+                    key: key.to_vec(),
+                    value,
+                })
+            },
+            wait,
+            session,
+        )
+        .await
+    }
+
+    pub async fn delete(
+        &self,
+        ks: &str,
+        key: &[u8],
+        wait: Option<Duration>,
+        session: &mut Session,
+    ) -> Result<WriteOutcome, TunekvError> {
+        self.write(
+            ks,
+            key,
+            |_| Ok(Op::Delete { key: key.to_vec() }),
+            wait,
+            session,
+        )
+        .await
+    }
+
+    /// Commits one command on the shard of `key`: `op` builds it from the keyspace (value
+    /// limits differ per keyspace) and may refuse. Values in it are checked against the limits
+    /// before anything is proposed.
+    pub async fn write(
+        &self,
+        ks: &str,
+        key: &[u8],
+        op: impl FnOnce(&KeyspaceInfo) -> Result<Op, TunekvError>,
+        wait: Option<Duration>,
+        session: &mut Session,
+    ) -> Result<WriteOutcome, TunekvError> {
+        let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
+        let ks = self.keyspace(ks, deadline).await?;
+        check_key(key)?;
+        let op = op(&ks)?;
+        match &op {
+            Op::Put { value, .. } | Op::PutIfAbsent { value, .. } | Op::Set { value, .. } => {
+                check_value(value, ks.spec.value_bytes_max)?
+            }
+            Op::Append { suffix, .. } => check_value(suffix, ks.spec.value_bytes_max)?,
+            Op::MSet { .. } => {
+                return Err(err(Code::Internal, "MSET goes through Node::mset"));
+            }
+            Op::Sweep { .. } => {
+                return Err(err(Code::Internal, "only a shard's leader sweeps"));
+            }
+            _ => {}
+        }
+        let g = self.shard_group(&ks, key).await?;
+        session.admit(g.id)?;
+        let w = self.propose(g.id, op, deadline).await?;
+        Ok(self.write_outcome(&g, w, session))
+    }
+
+    /// Writes every pair: atomically per shard, shard after shard (there is no transaction
+    /// across shards). Returns one outcome per shard written.
+    pub async fn mset(
+        &self,
+        ks: &str,
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        wait: Option<Duration>,
+        session: &mut Session,
+    ) -> Result<Vec<WriteOutcome>, TunekvError> {
+        let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
+        let ks = self.keyspace(ks, deadline).await?;
+        for (_, v) in &pairs {
+            check_value(v, ks.spec.value_bytes_max)?;
+        }
+        let by_shard = by_shard(&ks, pairs, |(k, _)| k)?;
+        let mut out = Vec::with_capacity(by_shard.len());
+        for (shard, pairs) in by_shard {
+            let g = self.hosted_shard(&ks, shard).await?;
+            session.admit(g.id)?;
+            let w = self.propose(g.id, Op::MSet { pairs }, deadline).await?;
+            out.push(self.write_outcome(&g, w, session));
+        }
+        Ok(out)
+    }
+
+    /// The outcome of a committed write, recorded in the session. Monotonic writes and
+    /// writes-follow-reads hold by the log: a new entry's index is above every committed index,
+    /// so above everything this session wrote or read on the shard. Checked, never assumed.
+    pub(super) fn write_outcome(
+        &self,
+        g: &Group,
+        w: WriteResult,
+        session: &mut Session,
+    ) -> WriteOutcome {
+        let group = g.id;
+        let before = session.mark(group);
+        if w.index <= before.written.0.max(before.read.0) {
+            tracing::error!(
+                "write on {group} committed at {} but the session already wrote {} and read {}: \
+                 the token names positions this cluster's log does not hold",
+                w.index,
+                before.written,
+                before.read
+            );
+        }
+        session.wrote(group, LogIndex(w.index));
+        WriteOutcome {
+            position: Position {
+                shard: group.shard(),
+                index: LogIndex(w.index),
+                commit_ms: Hlc::millis(w.commit_ts),
+            },
+            existed: w.result.existed,
+            result: w.result,
+        }
+    }
+
+    /// Proposes `op` on `group`'s leader (here or forwarded), retrying through elections until
+    /// `deadline`. `no_quorum`: certainly not applied; `timeout`: outcome unknown.
+    pub(super) async fn propose(
+        &self,
+        group: GroupId,
+        op: Op,
+        deadline: Instant,
+    ) -> Result<WriteResult, TunekvError> {
+        let g = self.hosted(group)?;
+        let res = self
+            .on_leader(
+                &g,
+                deadline,
+                || Request::Write(op.clone()),
+                |r| match r {
+                    Response::Write(w) => Some(w),
+                    _ => None,
+                },
+                || self.leader_propose(&g, op.clone()),
+            )
+            .await;
+        match res {
+            Ok(w) => Ok(w),
+            Err(LeaderGone::Answered(e)) => Err(err(e.code, e.message)),
+            Err(LeaderGone::NoBudget) => Err(no_budget("write")),
+            Err(LeaderGone::Exhausted { maybe_sent: true, last_problem }) => Err(err(
+                Code::Timeout,
+                format!("write to {group} not acknowledged within the wait budget; it may still commit ({last_problem})"),
+            )),
+            Err(LeaderGone::Exhausted { maybe_sent: false, last_problem }) => Err(err(
+                Code::NoQuorum,
+                format!(
+                    "no leader with a quorum for {group} was reachable from node {} within the wait budget; \
+                     the write did not happen ({last_problem})",
+                    self.id
+                ),
+            )),
+        }
+    }
+
+    pub(super) fn hosted(&self, group: GroupId) -> Result<Arc<Group>, TunekvError> {
+        self.group(group)
+            .ok_or_else(|| err(Code::Unavailable, format!("group {group} is not open here")))
+    }
+
+    /// Runs a request on `g`'s leader: locally with `local` when this node leads, else sent to
+    /// the leader as `req()`. Retries through elections, leader changes and unreachable peers
+    /// every `RETRY_PAUSE` until `deadline`.
+    pub(super) async fn on_leader<T, Fut>(
+        &self,
+        g: &Group,
+        deadline: Instant,
+        req: impl Fn() -> Request,
+        extract: fn(Response) -> Option<T>,
+        local: impl Fn() -> Fut,
+    ) -> Result<T, LeaderGone>
+    where
+        Fut: std::future::Future<Output = Result<T, RemoteError>>,
+    {
+        if Instant::now() >= deadline {
+            return Err(LeaderGone::NoBudget);
+        }
+        let mut maybe_sent = false;
+        let mut last_problem = String::from("no leader known");
+        while Instant::now() < deadline {
+            let leader = g.raft.metrics().borrow_watched().current_leader;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt = match leader {
+                None => {
+                    tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
+                    continue;
+                }
+                Some(l) if l == self.id.0 => match tokio::time::timeout(remaining, local()).await {
+                    Ok(r) => r.map_err(CallError::Remote),
+                    Err(_) => Err(CallError::Timeout),
+                },
+                Some(l) => match self.pool.call(NodeId(l), g.id.0, req(), remaining).await {
+                    Ok(resp) => extract(resp).ok_or_else(|| {
+                        CallError::Remote(RemoteError::new(
+                            Code::Internal,
+                            "unexpected response kind",
+                        ))
+                    }),
+                    Err(e) => Err(e),
+                },
+            };
+            match attempt {
+                Ok(v) => return Ok(v),
+                Err(CallError::Remote(e)) if e.not_leader => last_problem = e.message,
+                Err(CallError::Remote(e)) => return Err(LeaderGone::Answered(e)),
+                Err(CallError::Unreachable(m)) => last_problem = m,
+                Err(CallError::Timeout) => {
+                    maybe_sent = true;
+                    last_problem = "the leader did not answer in time".into();
+                }
+            }
+            tokio::time::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+        }
+        Err(LeaderGone::Exhausted {
+            maybe_sent,
+            last_problem,
+        })
+    }
+
+    /// Runs on the leader: stamps the commit time and proposes.
+    pub(super) async fn leader_propose(
+        &self,
+        g: &Group,
+        op: Op,
+    ) -> Result<WriteResult, RemoteError> {
+        if let ClockHealth::Skewed(why) = self.clock_health() {
+            // Not stamped, not proposed: the caller retries, on the next leader.
+            self.give_up_leadership(g);
+            return Err(RemoteError {
+                code: Code::Unavailable,
+                message: format!("node {} stamps no commits: {why}", self.id),
+                leader_hint: None,
+                not_leader: true,
+            });
+        }
+        let commit_ts = self.hlc.now(self.clock.wall_ms());
+        if self.config.bugs.ack_early() && !matches!(op, Op::Sweep { .. }) {
+            // The injected bug: acknowledged now, proposed a little later, with a guessed
+            // position; a leader change or a kill in between loses an acknowledged write.
+            let index = g
+                .raft
+                .metrics()
+                .borrow_watched()
+                .last_log_index
+                .unwrap_or(0)
+                + 1;
+            let raft = g.raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = raft.client_write(Command { commit_ts, op }).await;
+            });
+            return Ok(WriteResult {
+                index,
+                commit_ts,
+                result: CommandResult::changed(false),
+            });
+        }
+        match g.raft.client_write(Command { commit_ts, op }).await {
+            Ok(resp) => Ok(WriteResult {
+                index: resp.log_id.index(),
+                commit_ts,
+                result: resp.data,
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(RemoteError {
+                code: Code::Unavailable,
+                message: format!("node {} is not the leader of {}", self.id, g.id),
+                leader_hint: f.leader_id,
+                not_leader: true,
+            }),
+            // Appended, then truncated by a new leader: it may still commit through it, so the
+            // outcome is unknown and the write must not be retried blindly.
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => Err(RemoteError {
+                code: Code::Timeout,
+                message: format!(
+                    "leadership of {} moved to {:?} while the write was in flight; it may or may not commit",
+                    g.id, f.leader_id
+                ),
+                leader_hint: f.leader_id,
+                not_leader: false,
+            }),
+            Err(e) => Err(RemoteError::new(Code::Internal, e.to_string())),
+        }
+    }
+
+    /// Every `SWEEP_EVERY`, each shard this node leads commits a sweep of keys expired at its
+    /// wall clock (reads already hide them; this frees their memory and disk before the next
+    /// snapshot). The entry removes only keys expired at its own commit time.
+    pub(super) async fn sweep_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            for g in self.all_groups() {
+                if g.id.is_metadata() || !g.raft.metrics().borrow_watched().state.is_leader() {
+                    continue;
+                }
+                let keys = g.data.read().expired(self.expiry_wall_ms(), SWEEP_KEYS_MAX);
+                if keys.is_empty() {
+                    continue;
+                }
+                let n = keys.len();
+                let deadline = Instant::now() + SWEEP_EVERY;
+                match self.propose(g.id, Op::Sweep { keys }, deadline).await {
+                    Ok(w) => {
+                        tracing::debug!(group = %g.id, found = n, removed = w.result.int, "swept expired keys")
+                    }
+                    Err(e) => {
+                        tracing::debug!(group = %g.id, error = %e.message, "sweep not committed")
+                    }
+                }
+            }
+        }
+    }
+}
