@@ -10,7 +10,10 @@
 //! - [`version`]: the version of a leaderless write (the coordinator's HLC stamp, node id as
 //!   tie-break), tombstones, and the conflict-resolution seam ([`version::Resolve`]) with
 //!   last-writer-wins as its first policy. Siblings and CRDTs (issue 17) plug in there.
+//! - [`merkle`]: per-partition hash trees over the key versions, updated in O(depth) on every
+//!   write, and the descent that finds the leaves two replicas disagree on.
 
+pub mod merkle;
 pub mod ring;
 pub mod version;
 
