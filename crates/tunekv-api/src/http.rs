@@ -22,7 +22,7 @@ use std::time::Duration;
 use tunekv_core::code::{echo_bytes, shorten};
 use tunekv_core::limits::VALUE_BYTES_MAX_CEILING;
 use tunekv_core::{Code, KeyspaceSpec, Level, Receipt, Session, TunekvError};
-use tunekv_node::{FaultState, Node, ReadOutcome, WriteOutcome};
+use tunekv_node::{FaultState, Node, ReadOutcome, ReadRequest, WriteOutcome, WriteRequest};
 
 /// Request bodies beyond this are refused before they are read whole; per-keyspace value limits
 /// are checked after. Leaves room for the largest configurable value.
@@ -147,9 +147,12 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
             wait,
             mut session,
         } => {
-            let w = node
-                .put(&ks, &key, value.to_vec(), wait, &mut session)
-                .await?;
+            let req = WriteRequest {
+                keyspace: &ks,
+                wait,
+                session: &mut session,
+            };
+            let w = node.put(req, &key, value.to_vec()).await?;
             Ok(write_response(&w, &node.session_key().encode(&session)))
         }
         ApiRequest::Delete {
@@ -158,7 +161,12 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
             wait,
             mut session,
         } => {
-            let w = node.delete(&ks, &key, wait, &mut session).await?;
+            let req = WriteRequest {
+                keyspace: &ks,
+                wait,
+                session: &mut session,
+            };
+            let w = node.delete(req, &key).await?;
             Ok(write_response(&w, &node.session_key().encode(&session)))
         }
         ApiRequest::Get {
@@ -332,7 +340,13 @@ async fn get_key(
     wait: Option<Duration>,
     mut session: Session,
 ) -> Result<Response, ApiError> {
-    let ReadOutcome { value, receipt } = node.get(ks, key, level, wait, &mut session).await?;
+    let req = ReadRequest {
+        keyspace: ks,
+        level,
+        wait,
+        session: &mut session,
+    };
+    let ReadOutcome { value, receipt } = node.get(req, key).await?;
     let token = node.session_key().encode(&session);
     let headers = (receipt_headers(&receipt), session_header(&token));
     if as_json {
@@ -394,9 +408,13 @@ async fn batch_get(
     mut session: Session,
 ) -> Result<Response, ApiError> {
     let plan = Plan::new(keys);
-    let shards = node
-        .batch_get(ks, plan.unique(), level, wait, &mut session)
-        .await?;
+    let req = ReadRequest {
+        keyspace: ks,
+        level,
+        wait,
+        session: &mut session,
+    };
+    let shards = node.batch_get(req, plan.unique()).await?;
     let token = node.session_key().encode(&session);
     let receipts = shards.iter().map(|s| receipt_json(&s.receipt)).collect();
     let answer = Answer::new(

@@ -22,7 +22,8 @@ pub mod transport;
 pub use bugs::{Bugs, BUG_NAMES};
 pub use config::{NodeConfig, PeerConfig};
 pub use node::{
-    KeyspaceInfo, Node, ReadOutcome, ScanPage, ShardRead, WriteOutcome, BATCH_KEYS_MAX,
+    KeyspaceInfo, Node, ReadOutcome, ReadRequest, ScanPage, ShardRead, WriteOutcome, WriteRequest,
+    BATCH_KEYS_MAX,
 };
 pub use transport::{FaultState, LinkFaults};
 pub use tunekv_raft::{CommandResult, Cond, ExpireIf, Op, StoredValue, Ttl};

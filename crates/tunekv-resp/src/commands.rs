@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tunekv_core::{KeyspaceSpec, Level, Position, Receipt, Session, TunekvError};
-use tunekv_node::{Cond, ExpireIf, Node, Op, Ttl};
+use tunekv_node::{Cond, ExpireIf, Node, Op, ReadRequest, Ttl, WriteRequest};
 
 /// Numbered databases (`SELECT n`) are keyspaces `db0`, `db1`, …, created on first use.
 pub const NUMBERED_DBS: u32 = 16;
@@ -73,6 +73,27 @@ pub struct Conn {
     receipts: Vec<Receipt>,
     /// Where the last write command committed, one position per entry (`POSITION`).
     written: Vec<Position>,
+}
+
+impl Conn {
+    /// A read in this connection's keyspace, at its level and wait budget, in its session.
+    fn read_req(&mut self) -> ReadRequest<'_> {
+        ReadRequest {
+            keyspace: &self.keyspace,
+            level: self.level,
+            wait: self.wait,
+            session: &mut self.session,
+        }
+    }
+
+    /// A write in this connection's keyspace, with its wait budget, in its session.
+    fn write_req(&mut self) -> WriteRequest<'_> {
+        WriteRequest {
+            keyspace: &self.keyspace,
+            wait: self.wait,
+            session: &mut self.session,
+        }
+    }
 }
 
 /// A typed tunekv error: its code in upper case, then the message.
@@ -658,16 +679,7 @@ async fn read(
     conn: &mut Conn,
     keys: &[Vec<u8>],
 ) -> Result<Vec<Option<tunekv_node::StoredValue>>, Reply> {
-    let shards = node
-        .batch_get(
-            &conn.keyspace,
-            keys,
-            conn.level,
-            conn.wait,
-            &mut conn.session,
-        )
-        .await
-        .map_err(typed)?;
+    let shards = node.batch_get(conn.read_req(), keys).await.map_err(typed)?;
     conn.receipts = shards.iter().map(|s| s.receipt.clone()).collect();
     let mut found: HashMap<Vec<u8>, Option<tunekv_node::StoredValue>> = HashMap::new();
     for s in shards {
@@ -699,10 +711,7 @@ async fn write(
     key: &[u8],
     op: impl FnOnce(&tunekv_node::KeyspaceInfo) -> Result<Op, TunekvError>,
 ) -> Result<tunekv_node::CommandResult, Reply> {
-    let w = node
-        .write(&conn.keyspace, key, op, conn.wait, &mut conn.session)
-        .await
-        .map_err(typed)?;
+    let w = node.write(conn.write_req(), key, op).await.map_err(typed)?;
     conn.written.push(w.position);
     match w.result.error {
         Some(e) => Err(Reply::err(e)),
@@ -858,10 +867,7 @@ async fn data(node: &Node, conn: &mut Conn, name: &str, a: &[Vec<u8>]) -> Out {
                 .chunks(2)
                 .map(|p| (p[0].clone(), p[1].clone()))
                 .collect();
-            let written = node
-                .mset(&conn.keyspace, pairs, conn.wait, &mut conn.session)
-                .await
-                .map_err(typed)?;
+            let written = node.mset(conn.write_req(), pairs).await.map_err(typed)?;
             conn.written.extend(written.iter().map(|w| w.position));
             Ok(Reply::ok())
         }
@@ -991,15 +997,9 @@ async fn data(node: &Node, conn: &mut Conn, name: &str, a: &[Vec<u8>]) -> Out {
             let mut receipts = Vec::new();
             loop {
                 let page = node
-                    .scan(
-                        &conn.keyspace,
-                        cursor,
-                        1000,
-                        &|k: &[u8]| glob::matches(&pattern, k),
-                        conn.level,
-                        conn.wait,
-                        &mut conn.session,
-                    )
+                    .scan(conn.read_req(), cursor, 1000, &|k: &[u8]| {
+                        glob::matches(&pattern, k)
+                    })
                     .await
                     .map_err(typed)?;
                 keys.extend(page.keys);
@@ -1018,10 +1018,7 @@ async fn data(node: &Node, conn: &mut Conn, name: &str, a: &[Vec<u8>]) -> Out {
             Ok(Reply::Array(keys.into_iter().map(Reply::Bulk).collect()))
         }
         "dbsize" => {
-            let (n, receipts) = node
-                .count_keys(&conn.keyspace, conn.level, conn.wait, &mut conn.session)
-                .await
-                .map_err(typed)?;
+            let (n, receipts) = node.count_keys(conn.read_req()).await.map_err(typed)?;
             conn.receipts = receipts;
             Ok(Reply::Int(n as i64))
         }
@@ -1056,15 +1053,7 @@ async fn scan(node: &Node, conn: &mut Conn, a: &[Vec<u8>]) -> Out {
     }
     let matcher = |k: &[u8]| only_strings && pattern.as_ref().is_none_or(|p| glob::matches(p, k));
     let page = node
-        .scan(
-            &conn.keyspace,
-            cursor,
-            count,
-            &matcher,
-            conn.level,
-            conn.wait,
-            &mut conn.session,
-        )
+        .scan(conn.read_req(), cursor, count, &matcher)
         .await
         .map_err(|e| {
             if e.code == tunekv_core::Code::BadRequest {

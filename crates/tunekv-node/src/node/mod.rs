@@ -147,6 +147,24 @@ pub struct WriteOutcome {
     pub result: CommandResult,
 }
 
+/// What every read names besides its keys, from any front end (HTTP, RESP): the keyspace, the
+/// level (`None`: the keyspace's default), the wait budget (`None`: the node's default) and the
+/// session it runs in (its marks are required, and the read is recorded in it).
+pub struct ReadRequest<'a> {
+    pub keyspace: &'a str,
+    pub level: Option<Level>,
+    pub wait: Option<Duration>,
+    pub session: &'a mut Session,
+}
+
+/// What every write names besides its keys and values: the keyspace, the wait budget (`None`:
+/// the node's default) and the session it runs in (the write is recorded in it).
+pub struct WriteRequest<'a> {
+    pub keyspace: &'a str,
+    pub wait: Option<Duration>,
+    pub session: &'a mut Session,
+}
+
 /// Why [`Node::on_leader`] gave up.
 enum LeaderGone {
     /// The leader answered with a definite error.

@@ -122,17 +122,8 @@ impl Node {
     }
 
     /// Reads `key` at `level` (the keyspace's default when `None`), waiting at most `wait`.
-    pub async fn get(
-        &self,
-        ks: &str,
-        key: &[u8],
-        level: Option<Level>,
-        wait: Option<Duration>,
-        session: &mut Session,
-    ) -> Result<ReadOutcome, TunekvError> {
-        let mut shards = self
-            .batch_get(ks, &[key.to_vec()], level, wait, session)
-            .await?;
+    pub async fn get(&self, req: ReadRequest<'_>, key: &[u8]) -> Result<ReadOutcome, TunekvError> {
+        let mut shards = self.batch_get(req, &[key.to_vec()]).await?;
         let shard = shards
             .pop()
             .ok_or_else(|| internal("a one-key batch read no shard"))?;
@@ -154,12 +145,15 @@ impl Node {
     /// copied, so a batch costs at most that much memory (a key named twice counts twice).
     pub async fn batch_get(
         &self,
-        ks: &str,
+        req: ReadRequest<'_>,
         keys: &[Vec<u8>],
-        level: Option<Level>,
-        wait: Option<Duration>,
-        session: &mut Session,
     ) -> Result<Vec<ShardRead>, TunekvError> {
+        let ReadRequest {
+            keyspace: ks,
+            level,
+            wait,
+            session,
+        } = req;
         let started = Instant::now();
         let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
         let ks = self.keyspace(ks, deadline).await?;
@@ -210,14 +204,17 @@ impl Node {
     #[allow(clippy::too_many_arguments)]
     pub async fn scan(
         &self,
-        ks: &str,
+        req: ReadRequest<'_>,
         cursor: u64,
         count: usize,
         matches: &(dyn Fn(&[u8]) -> bool + Sync),
-        level: Option<Level>,
-        wait: Option<Duration>,
-        session: &mut Session,
     ) -> Result<ScanPage, TunekvError> {
+        let ReadRequest {
+            keyspace: ks,
+            level,
+            wait,
+            session,
+        } = req;
         let started = Instant::now();
         let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
         let ks = self.keyspace(ks, deadline).await?;
@@ -281,11 +278,14 @@ impl Node {
     /// The number of live keys in `ks` at `level`, with one receipt per shard.
     pub async fn count_keys(
         &self,
-        ks: &str,
-        level: Option<Level>,
-        wait: Option<Duration>,
-        session: &mut Session,
+        req: ReadRequest<'_>,
     ) -> Result<(u64, Vec<Receipt>), TunekvError> {
+        let ReadRequest {
+            keyspace: ks,
+            level,
+            wait,
+            session,
+        } = req;
         let started = Instant::now();
         let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
         let ks = self.keyspace(ks, deadline).await?;

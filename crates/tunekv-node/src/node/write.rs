@@ -56,42 +56,26 @@ impl Node {
 
     pub async fn put(
         &self,
-        ks: &str,
+        req: WriteRequest<'_>,
         key: &[u8],
         value: Vec<u8>,
-        wait: Option<Duration>,
-        session: &mut Session,
     ) -> Result<WriteOutcome, TunekvError> {
-        self.write(
-            ks,
-            key,
-            |_| {
-                Ok(Op::Put {
-                    key: key.to_vec(),
-                    value,
-                })
-            },
-            wait,
-            session,
-        )
+        self.write(req, key, |_| {
+            Ok(Op::Put {
+                key: key.to_vec(),
+                value,
+            })
+        })
         .await
     }
 
     pub async fn delete(
         &self,
-        ks: &str,
+        req: WriteRequest<'_>,
         key: &[u8],
-        wait: Option<Duration>,
-        session: &mut Session,
     ) -> Result<WriteOutcome, TunekvError> {
-        self.write(
-            ks,
-            key,
-            |_| Ok(Op::Delete { key: key.to_vec() }),
-            wait,
-            session,
-        )
-        .await
+        self.write(req, key, |_| Ok(Op::Delete { key: key.to_vec() }))
+            .await
     }
 
     /// Commits one command on the shard of `key`: `op` builds it from the keyspace (value
@@ -99,12 +83,15 @@ impl Node {
     /// before anything is proposed.
     pub async fn write(
         &self,
-        ks: &str,
+        req: WriteRequest<'_>,
         key: &[u8],
         op: impl FnOnce(&KeyspaceInfo) -> Result<Op, TunekvError>,
-        wait: Option<Duration>,
-        session: &mut Session,
     ) -> Result<WriteOutcome, TunekvError> {
+        let WriteRequest {
+            keyspace: ks,
+            wait,
+            session,
+        } = req;
         let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
         let ks = self.keyspace(ks, deadline).await?;
         check_key(key)?;
@@ -132,11 +119,14 @@ impl Node {
     /// across shards). Returns one outcome per shard written.
     pub async fn mset(
         &self,
-        ks: &str,
+        req: WriteRequest<'_>,
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
-        wait: Option<Duration>,
-        session: &mut Session,
     ) -> Result<Vec<WriteOutcome>, TunekvError> {
+        let WriteRequest {
+            keyspace: ks,
+            wait,
+            session,
+        } = req;
         let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
         let ks = self.keyspace(ks, deadline).await?;
         for (_, v) in &pairs {
