@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// A read under way (see `begin_read`).
+struct Begun<'a> {
+    started: Instant,
+    deadline: Instant,
+    ks: KeyspaceInfo,
+    level: Level,
+    session: &'a mut Session,
+}
+
 impl Node {
     /// The read index of `group`: the leader's commit index, confirmed with a quorum after the
     /// read began (Raft read-index).
@@ -122,6 +131,22 @@ impl Node {
     }
 
     /// Reads `key` at `level` (the keyspace's default when `None`), waiting at most `wait`.
+    /// Starts a read: its start time and deadline, its keyspace, its level (the keyspace's
+    /// default unless named) and its session.
+    async fn begin_read<'a>(&self, req: ReadRequest<'a>) -> Result<Begun<'a>, TunekvError> {
+        let started = Instant::now();
+        let deadline = started + self.wait_budget(req.wait, self.config.read_wait_ms_default);
+        let ks = self.keyspace(req.keyspace, deadline).await?;
+        let level = req.level.unwrap_or_else(|| ks.spec.default_level());
+        Ok(Begun {
+            started,
+            deadline,
+            ks,
+            level,
+            session: req.session,
+        })
+    }
+
     pub async fn get(&self, req: ReadRequest<'_>, key: &[u8]) -> Result<ReadOutcome, TunekvError> {
         let mut shards = self.batch_get(req, &[key.to_vec()]).await?;
         let shard = shards
@@ -148,16 +173,13 @@ impl Node {
         req: ReadRequest<'_>,
         keys: &[Vec<u8>],
     ) -> Result<Vec<ShardRead>, TunekvError> {
-        let ReadRequest {
-            keyspace: ks,
+        let Begun {
+            started,
+            deadline,
+            ks,
             level,
-            wait,
             session,
-        } = req;
-        let started = Instant::now();
-        let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
-        let ks = self.keyspace(ks, deadline).await?;
-        let level = level.unwrap_or_else(|| ks.spec.default_level());
+        } = self.begin_read(req).await?;
         let by_shard = by_shard(&ks, keys.to_vec(), |k| k)?;
         let bytes_max = self.config.batch_get_response_bytes_max;
         let mut bytes_total = 0u64;
@@ -209,16 +231,13 @@ impl Node {
         count: usize,
         matches: &(dyn Fn(&[u8]) -> bool + Sync),
     ) -> Result<ScanPage, TunekvError> {
-        let ReadRequest {
-            keyspace: ks,
+        let Begun {
+            started,
+            deadline,
+            ks,
             level,
-            wait,
             session,
-        } = req;
-        let started = Instant::now();
-        let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
-        let ks = self.keyspace(ks, deadline).await?;
-        let level = level.unwrap_or_else(|| ks.spec.default_level());
+        } = self.begin_read(req).await?;
         let mask = (1u64 << SCAN_HASH_BITS) - 1;
         let mut shard = u32::try_from(cursor >> SCAN_HASH_BITS).unwrap_or(u32::MAX);
         let mut from = cursor & mask;
@@ -280,16 +299,13 @@ impl Node {
         &self,
         req: ReadRequest<'_>,
     ) -> Result<(u64, Vec<Receipt>), TunekvError> {
-        let ReadRequest {
-            keyspace: ks,
+        let Begun {
+            started,
+            deadline,
+            ks,
             level,
-            wait,
             session,
-        } = req;
-        let started = Instant::now();
-        let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
-        let ks = self.keyspace(ks, deadline).await?;
-        let level = level.unwrap_or_else(|| ks.spec.default_level());
+        } = self.begin_read(req).await?;
         let mut total = 0;
         let mut receipts = Vec::new();
         for shard in 0..ks.spec.shards {

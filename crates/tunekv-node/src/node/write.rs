@@ -78,6 +78,17 @@ impl Node {
             .await
     }
 
+    /// Starts a write: its deadline, its keyspace and its session.
+    async fn begin_write<'a>(
+        &self,
+        req: WriteRequest<'a>,
+    ) -> Result<(Instant, KeyspaceInfo, &'a mut Session), TunekvError> {
+        let deadline =
+            Instant::now() + self.wait_budget(req.wait, self.config.write_wait_ms_default);
+        let ks = self.keyspace(req.keyspace, deadline).await?;
+        Ok((deadline, ks, req.session))
+    }
+
     /// Commits one command on the shard of `key`: `op` builds it from the keyspace (value
     /// limits differ per keyspace) and may refuse. Values in it are checked against the limits
     /// before anything is proposed.
@@ -87,13 +98,7 @@ impl Node {
         key: &[u8],
         op: impl FnOnce(&KeyspaceInfo) -> Result<Op, TunekvError>,
     ) -> Result<WriteOutcome, TunekvError> {
-        let WriteRequest {
-            keyspace: ks,
-            wait,
-            session,
-        } = req;
-        let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
-        let ks = self.keyspace(ks, deadline).await?;
+        let (deadline, ks, session) = self.begin_write(req).await?;
         check_key(key)?;
         let op = op(&ks)?;
         match &op {
@@ -122,13 +127,7 @@ impl Node {
         req: WriteRequest<'_>,
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<Vec<WriteOutcome>, TunekvError> {
-        let WriteRequest {
-            keyspace: ks,
-            wait,
-            session,
-        } = req;
-        let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
-        let ks = self.keyspace(ks, deadline).await?;
+        let (deadline, ks, session) = self.begin_write(req).await?;
         for (_, v) in &pairs {
             check_value(v, ks.spec.value_bytes_max)?;
         }
