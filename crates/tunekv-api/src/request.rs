@@ -199,7 +199,7 @@ pub fn parse(
                 ));
             };
             let ks = keyspace_name(ks)?;
-            batch_get(secret, ks, headers, &body)
+            batch_get(secret, ks, Query::parse(uri.query())?, headers, &body)
         }
         ["v1", "kv", ks, raw_key] => {
             let put = method == Method::PUT;
@@ -580,15 +580,44 @@ impl<'de> Deserialize<'de> for BatchKeys {
     }
 }
 
+/// A setting a batch-get may give in its body or its query string, never both (a level in the
+/// query must not be silently overridden, or ignored, by the body).
+fn one_of<T>(name: &str, body: Option<T>, query: Option<T>) -> Result<Option<T>, Refusal> {
+    match (body, query) {
+        (Some(_), Some(_)) => Err(refuse(
+            Code::BadRequest,
+            format!("{name} is given both in the body and in the query string; give it once"),
+        )),
+        (b, q) => Ok(b.or(q)),
+    }
+}
+
 fn batch_get(
     secret: &SessionKey,
     ks: String,
+    q: Query,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<ApiRequest, Refusal> {
     let req: BatchGetBody = json_object(body, "batch-get body", Code::BadRequest)?;
-    let key_encoding = key_encoding(req.key_encoding.as_deref())?;
-    let level = level_of(req.level.as_deref(), headers)?;
+    if q.format.is_some() {
+        return Err(refuse(
+            Code::BadRequest,
+            "format does not apply to batch-get (its answer is always JSON)",
+        ));
+    }
+    let key_encoding =
+        key_encoding(one_of("key_encoding", req.key_encoding, q.key_encoding.clone())?.as_deref())?;
+    let level = level_of(
+        one_of("level", req.level, q.level.clone())?.as_deref(),
+        headers,
+    )?;
+    let query_wait = q.wait()?;
+    let wait = one_of(
+        "wait_ms_max",
+        req.wait_ms_max.map(Duration::from_millis),
+        query_wait,
+    )?;
     let session = session_of(secret, headers)?;
     let texts = req.keys.0;
     if texts.is_empty() {
@@ -616,7 +645,7 @@ fn batch_get(
         keys,
         key_encoding,
         level,
-        wait: req.wait_ms_max.map(Duration::from_millis),
+        wait,
         session,
     })
 }
@@ -809,6 +838,37 @@ mod tests {
             Ok(ApiRequest::BatchGet { keys, .. }) => assert_eq!(keys.len(), 3),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_batch_get_honours_its_query_string() {
+        // Regression (review of issue 15): `POST /v1/kv/ks:batch-get?level=strong` ignored the
+        // query and ran at the keyspace's default level, a weaker level served silently.
+        let body = br#"{"keys":["a"]}"#;
+        match run(
+            "POST",
+            "/v1/kv/ks:batch-get?level=strong&wait_ms_max=7",
+            body,
+        ) {
+            Ok(ApiRequest::BatchGet { level, wait, .. }) => {
+                assert_eq!(level, Some(Level::Strong));
+                assert_eq!(wait, Some(Duration::from_millis(7)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let both = br#"{"keys":["a"],"level":"eventual"}"#;
+        assert_eq!(
+            code(run("POST", "/v1/kv/ks:batch-get?level=strong", both)),
+            Some(Code::BadRequest)
+        );
+        assert_eq!(
+            code(run("POST", "/v1/kv/ks:batch-get?level=nope", body)),
+            Some(Code::LevelInvalid)
+        );
+        assert_eq!(
+            code(run("POST", "/v1/kv/ks:batch-get?format=json", body)),
+            Some(Code::BadRequest)
+        );
     }
 
     /// A seeded xorshift64* generator: the same inputs on every run.

@@ -98,38 +98,43 @@ impl ClockGuard {
         );
     }
 
-    /// Peers measured recently whose clock certainly differs from ours by more than the bound.
-    fn disagreeing(&self, mono_ms: u64) -> Vec<(u64, i64)> {
+    /// Peers measured recently, each with how far its clock is from ours when that is
+    /// certainly more than the bound (`None`: within it, or not certainly beyond it).
+    fn recent(&self, mono_ms: u64) -> impl Iterator<Item = (u64, Option<i64>)> + '_ {
         let max = signed(self.max_offset_ms);
         self.peers
             .iter()
-            .filter(|(_, w)| mono_ms.saturating_sub(w.at_mono_ms) <= PEER_MEASUREMENT_MS_MAX)
-            .filter(|(_, w)| w.lo_ms > max || w.hi_ms < -max)
-            .map(|(&p, w)| (p, if w.lo_ms > max { w.lo_ms } else { w.hi_ms }))
-            .collect()
+            .filter(move |(_, w)| mono_ms.saturating_sub(w.at_mono_ms) <= PEER_MEASUREMENT_MS_MAX)
+            .map(move |(&p, w)| {
+                let off = if w.lo_ms > max {
+                    Some(w.lo_ms)
+                } else if w.hi_ms < -max {
+                    Some(w.hi_ms)
+                } else {
+                    None
+                };
+                (p, off)
+            })
     }
 
-    fn agreeing(&self, mono_ms: u64) -> usize {
-        let max = signed(self.max_offset_ms);
-        self.peers
-            .values()
-            .filter(|w| mono_ms.saturating_sub(w.at_mono_ms) <= PEER_MEASUREMENT_MS_MAX)
-            .filter(|w| w.lo_ms <= max && w.hi_ms >= -max)
-            .count()
+    /// Whether a majority of all peers certainly disagree with our clock.
+    fn outvoted(&self, mono_ms: u64) -> bool {
+        let off = self.recent(mono_ms).filter(|(_, d)| d.is_some()).count();
+        off > 0 && off * 2 > self.peers_total
     }
 
     /// Whether the wall clock reading `wall_ms` (with the monotonic clock at `mono_ms`) can be
     /// trusted for commit times and expiry.
     pub fn health(&self, wall_ms: u64, mono_ms: u64) -> ClockHealth {
-        let off = self.disagreeing(mono_ms);
-        if !off.is_empty() && off.len() * 2 > self.peers_total {
-            let list: Vec<String> = off
-                .iter()
-                .map(|(p, d)| format!("node {p} by {:+} ms", -d))
+        // Checked on every stamp and every read's expiry time: no allocation unless skewed.
+        if self.outvoted(mono_ms) {
+            let list: Vec<String> = self
+                .recent(mono_ms)
+                .filter_map(|(p, d)| d.map(|d| format!("node {p} by {:+} ms", -d)))
                 .collect();
             return ClockHealth::Skewed(format!(
                 "this node's wall clock disagrees with {} of its {} peers by more than max_clock_offset_ms={} ({})",
-                off.len(),
+                list.len(),
                 self.peers_total,
                 self.max_offset_ms,
                 list.join(", ")
@@ -153,8 +158,7 @@ impl ClockGuard {
     /// none), it becomes the baseline later jumps are measured from.
     pub fn end_round(&mut self, wall_ms: u64, mono_ms: u64) {
         let vouched = self.peers_total == 0
-            || (self.disagreeing(mono_ms).len() * 2 <= self.peers_total
-                && self.agreeing(mono_ms) > 0);
+            || (!self.outvoted(mono_ms) && self.recent(mono_ms).any(|(_, d)| d.is_none()));
         if vouched {
             self.baseline_ms = Some(signed(wall_ms).saturating_sub(signed(mono_ms)));
         }

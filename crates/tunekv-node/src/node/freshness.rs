@@ -3,12 +3,15 @@
 
 use super::*;
 
-/// Freshness proofs `(index, at)` (every write committed before `at` is at or below `index`),
-/// oldest first, and when the newest proof already applied was taken.
+/// A copy's freshness proofs `(index, at)`: every write committed before `at` is at or below
+/// `index`. They come from its own read-index probes and from its leader's pushed watermarks.
+/// The newest one (its watermark) decides `bounded(t)` reads; the newest one the copy has
+/// applied decides its receipts' age. Kept: the proofs not applied yet, oldest first, and the
+/// newest applied one.
 #[derive(Default)]
 pub(super) struct Proofs {
     pending: std::collections::VecDeque<(u64, Instant)>,
-    covered_at: Option<Instant>,
+    covered: Option<(u64, Instant)>,
 }
 
 /// Proofs a copy remembers while it is behind them (one per heartbeat or probe: at 100 ms
@@ -18,7 +21,7 @@ const PROOFS_PENDING_MAX: usize = 1024;
 impl Proofs {
     /// Keeps the proofs ordered by when they were taken.
     pub(super) fn offer(&mut self, index: u64, at: Instant) {
-        if self.covered_at.is_some_and(|c| c >= at) {
+        if self.covered.is_some_and(|(_, c)| c >= at) {
             return;
         }
         if self.pending.len() == PROOFS_PENDING_MAX {
@@ -34,30 +37,36 @@ impl Proofs {
             .pending
             .iter()
             .filter(|&&(index, _)| index <= applied)
-            .map(|&(_, at)| at)
-            .max();
-        if let Some(at) = newest {
-            self.covered_at = self.covered_at.max(Some(at));
+            .max_by_key(|&&(_, at)| at)
+            .copied();
+        if let Some((_, at)) = newest {
+            self.covered = newest;
             self.pending.retain(|&(_, t)| t > at);
         }
-        self.covered_at
+        self.covered.map(|(_, at)| at)
+    }
+
+    /// The newest proof, applied or not (the copy's watermark).
+    pub(super) fn newest(&self) -> Option<(u64, Instant)> {
+        self.pending.back().copied().or(self.covered)
     }
 }
 
 impl Group {
-    /// Keeps the newer of the current watermark and `(index, at)`: every write committed before
-    /// `at` is at or below `index`.
+    /// Records a freshness proof: every write committed before `at` is at or below `index`.
     pub(super) fn offer_watermark(&self, index: u64, at: Instant) {
-        {
-            let mut wm = self.watermark.lock().unwrap_or_else(|p| p.into_inner());
-            if wm.is_none_or(|(i, t)| t <= at && i <= index) {
-                *wm = Some((index, at));
-            }
-        }
         self.proofs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .offer(index, at);
+    }
+
+    /// The newest freshness proof this copy holds (its watermark), applied or not.
+    pub(super) fn watermark(&self) -> Option<(u64, Instant)> {
+        self.proofs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .newest()
     }
 
     /// How long before `started` the newest freshness proof that the state at `applied`

@@ -177,7 +177,6 @@ impl Node {
             raft,
             data,
             last_contact: Mutex::new(None),
-            watermark: Mutex::new(None),
             proofs: Mutex::new(Proofs::default()),
             probes: AtomicU64::new(0),
             own_probe: tokio::sync::Mutex::new(None),

@@ -84,18 +84,16 @@ pub struct Group {
     // When this replica last accepted a message from its leader; staleness receipts grow with
     // the silence since.
     last_contact: Mutex<Option<Instant>>,
-    // The newest read index a quorum-holding leader confirmed to this node, and when the probe
-    // for it was sent: bounded(t) reads are served locally while it is fresh enough.
-    watermark: Mutex<Option<(u64, Instant)>>,
     // Read-index probes this replica sent (shown in status; pushed watermarks keep it low).
     probes: AtomicU64,
     // The newest read index this node's own probe got, and when that probe was sent. Held
     // across a probe, so concurrent reads share one probe instead of sending one each; only
     // own probes are kept here, so strong reads depend on no clock but this node's own.
     own_probe: tokio::sync::Mutex<Option<(u64, Instant)>>,
-    // Freshness proofs this copy has not applied yet, and the newest one it has: receipts say
-    // how stale a served state is by the newest proof that state satisfies (issue 15: the
-    // time since the leader's last contact understated it for a copy that knew it was behind).
+    // Freshness proofs (read indexes a quorum-holding leader confirmed, with when they were
+    // taken): the newest is the watermark bounded(t) reads are served on while fresh enough;
+    // receipts say how stale a served state is by the newest proof that state satisfies
+    // (issue 15: the time since the leader's last contact understated it).
     proofs: Mutex<Proofs>,
 }
 

@@ -119,14 +119,10 @@ impl Node {
             ),
             is_leader,
             contact_age,
-            watermark: g
-                .watermark
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .map(|(index, at)| Watermark {
-                    index: LogIndex(index),
-                    age: at.elapsed(),
-                }),
+            watermark: g.watermark().map(|(index, at)| Watermark {
+                index: LogIndex(index),
+                age: at.elapsed(),
+            }),
         }
     }
 
@@ -465,16 +461,18 @@ impl Node {
             // index when it took one). Time: how long before the read began the newest
             // freshness proof the served state satisfies was taken, so the state holds every
             // write acknowledged more than that before the read (the receipt-honesty property).
-            let proof_age = match served.probed {
+            match served.probed {
                 // The probe itself, sent after the read began, is a proof the state meets.
-                Some(read_index) if applied.index >= read_index => Some(Duration::ZERO),
-                _ => g.proof_age_at(applied.index, started),
-            };
-            let entries = match served.probed {
-                Some(read_index) => read_index.saturating_sub(applied.index),
-                None => served.copy.known_commit.0.saturating_sub(applied.index),
-            };
-            Staleness::proven(entries, proof_age)
+                Some(read_index) if applied.index >= read_index => Staleness::ZERO,
+                Some(read_index) => Staleness::proven(
+                    read_index - applied.index,
+                    g.proof_age_at(applied.index, started),
+                ),
+                None => Staleness::proven(
+                    served.copy.known_commit.0.saturating_sub(applied.index),
+                    g.proof_age_at(applied.index, started),
+                ),
+            }
         };
         Receipt {
             level,

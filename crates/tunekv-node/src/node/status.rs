@@ -28,9 +28,7 @@ impl Node {
                     purged_index: m.purged.as_ref().map(|p| p.index()).unwrap_or(0),
                     commit_ms: Hlc::millis(applied.commit_ts),
                     watermark_age_ms: g
-                        .watermark
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
+                        .watermark()
                         .map(|(_, at)| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
                     probes: g.probes.load(Ordering::Relaxed),
                     stored_keys: g.data.read().stored_keys() as u64,
