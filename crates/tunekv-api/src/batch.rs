@@ -316,6 +316,7 @@ mod tests {
                 commit_ms: 9,
             },
             staleness: Staleness { entries: 0, ms: 0 },
+            quorum: None,
         }
     }
 

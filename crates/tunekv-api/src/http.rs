@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tunekv_core::code::{echo_bytes, shorten};
 use tunekv_core::limits::VALUE_BYTES_MAX_CEILING;
-use tunekv_core::{Code, KeyspaceSpec, Level, Receipt, Session, TunekvError};
+use tunekv_core::{Code, KeyspaceSpec, Level, Quorum, Receipt, Session, TunekvError};
 use tunekv_node::{FaultState, Node, ReadOutcome, ReadRequest, WriteOutcome, WriteRequest};
 
 /// Request bodies beyond this are refused before they are read whole; per-keyspace value limits
@@ -36,6 +36,8 @@ pub use crate::request::{H_LEVEL, H_SESSION};
 pub const H_SERVED_BY: &str = "tunekv-served-by";
 pub const H_POSITION: &str = "tunekv-position";
 pub const H_STALENESS: &str = "tunekv-staleness";
+/// How a leaderless read or write met its quorum (`QuorumReceipt::header`).
+pub const H_QUORUM: &str = "tunekv-quorum";
 
 type AppState = Arc<Node>;
 
@@ -144,11 +146,13 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
             ks,
             key,
             value,
+            w,
             wait,
             mut session,
         } => {
             let req = WriteRequest {
                 keyspace: &ks,
+                w,
                 wait,
                 session: &mut session,
             };
@@ -158,11 +162,13 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
         ApiRequest::Delete {
             ks,
             key,
+            w,
             wait,
             mut session,
         } => {
             let req = WriteRequest {
                 keyspace: &ks,
+                w,
                 wait,
                 session: &mut session,
             };
@@ -175,17 +181,35 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
             key_encoding,
             json,
             level,
+            r,
             wait,
             session,
-        } => get_key(node, &ks, &key, key_encoding, json, level, wait, session).await,
+        } => {
+            let read = Read {
+                level,
+                r,
+                wait,
+                session,
+            };
+            get_key(node, &ks, &key, key_encoding, json, read).await
+        }
         ApiRequest::BatchGet {
             ks,
             keys,
             key_encoding,
             level,
+            r,
             wait,
             session,
-        } => batch_get(node, &ks, keys, key_encoding, level, wait, session).await,
+        } => {
+            let read = Read {
+                level,
+                r,
+                wait,
+                session,
+            };
+            batch_get(node, &ks, keys, key_encoding, read).await
+        }
         ApiRequest::Faults(change) => faults(node, change),
     }
 }
@@ -208,6 +232,9 @@ pub fn status_of(code: Code) -> StatusCode {
         Code::ResponseTooLarge => StatusCode::UNPROCESSABLE_ENTITY,
         Code::RouteNotFound => StatusCode::NOT_FOUND,
         Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Code::QuorumInvalid | Code::ModeUnsupported => StatusCode::BAD_REQUEST,
+        // The coordinator's clock, not the request, is at fault; another node may take it.
+        Code::ClockSkew => StatusCode::SERVICE_UNAVAILABLE,
         Code::NoQuorum | Code::Unavailable | Code::StalenessBoundUnmet | Code::SessionUnmet => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -241,8 +268,12 @@ fn header(value: &str) -> HeaderValue {
     HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-fn receipt_headers(r: &Receipt) -> [(HeaderName, HeaderValue); 4] {
-    [
+fn receipt_headers(r: &Receipt) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Some(q) = &r.quorum {
+        h.insert(HeaderName::from_static(H_QUORUM), header(&q.header()));
+    }
+    for (name, value) in [
         (
             HeaderName::from_static(H_LEVEL),
             header(&r.level.to_string()),
@@ -259,11 +290,14 @@ fn receipt_headers(r: &Receipt) -> [(HeaderName, HeaderValue); 4] {
             HeaderName::from_static(H_STALENESS),
             header(&r.staleness.header()),
         ),
-    ]
+    ] {
+        h.insert(name, value);
+    }
+    h
 }
 
 fn receipt_json(r: &Receipt) -> serde_json::Value {
-    json!({
+    let mut j = json!({
         "level": r.level.to_string(),
         "served_by": r.served_by.0,
         "position": r.position.to_string(),
@@ -272,16 +306,35 @@ fn receipt_json(r: &Receipt) -> serde_json::Value {
         "commit_ms": r.position.commit_ms,
         "staleness_entries": r.staleness.entries,
         "staleness_ms": r.staleness.ms,
+    });
+    if let Some(q) = &r.quorum {
+        j["quorum"] = quorum_json(q);
+    }
+    j
+}
+
+fn quorum_json(q: &tunekv_core::QuorumReceipt) -> serde_json::Value {
+    json!({
+        "quorum": q.quorum.as_str(),
+        "asked": q.asked,
+        "answered": q.answered,
+        "strict": q.strict,
+        "hinted": q.hinted,
+        "version": q.version.map(|(hlc, node)| format!("{hlc}.{node}")),
     })
 }
 
 /// A committed write: its position and the session token as headers and in the JSON body.
 fn write_response(w: &WriteOutcome, token: &str) -> Response {
-    let position = [(
+    let mut position = HeaderMap::new();
+    position.insert(
         HeaderName::from_static(H_POSITION),
         header(&w.position.to_string()),
-    )];
-    let body = json!({
+    );
+    if let Some(q) = &w.quorum {
+        position.insert(HeaderName::from_static(H_QUORUM), header(&q.header()));
+    }
+    let mut body = json!({
         "position": w.position.to_string(),
         "shard": w.position.shard.0,
         "index": w.position.index.0,
@@ -289,6 +342,9 @@ fn write_response(w: &WriteOutcome, token: &str) -> Response {
         "existed": w.existed,
         "session": token,
     });
+    if let Some(q) = &w.quorum {
+        body["quorum"] = quorum_json(q);
+    }
     (position, session_header(token), Json(body)).into_response()
 }
 
@@ -329,25 +385,36 @@ async fn create_keyspace(node: &Node, ks: &str, spec: KeyspaceSpec) -> Result<Re
     Ok((status, Json(info)).into_response())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a read names besides keyspace and keys, as parsed.
+struct Read {
+    level: Option<Level>,
+    r: Option<Quorum>,
+    wait: Option<Duration>,
+    session: Session,
+}
+
+impl Read {
+    fn request<'a>(&'a mut self, ks: &'a str) -> ReadRequest<'a> {
+        ReadRequest {
+            keyspace: ks,
+            level: self.level,
+            r: self.r,
+            wait: self.wait,
+            session: &mut self.session,
+        }
+    }
+}
+
 async fn get_key(
     node: &Node,
     ks: &str,
     key: &[u8],
     key_encoding: KeyEncoding,
     as_json: bool,
-    level: Option<Level>,
-    wait: Option<Duration>,
-    mut session: Session,
+    mut read: Read,
 ) -> Result<Response, ApiError> {
-    let req = ReadRequest {
-        keyspace: ks,
-        level,
-        wait,
-        session: &mut session,
-    };
-    let ReadOutcome { value, receipt } = node.get(req, key).await?;
-    let token = node.session_key().encode(&session);
+    let ReadOutcome { value, receipt } = node.get(read.request(ks), key).await?;
+    let token = node.session_key().encode(&read.session);
     let headers = (receipt_headers(&receipt), session_header(&token));
     if as_json {
         let (text, hex) = value_json(value.as_deref());
@@ -403,19 +470,11 @@ async fn batch_get(
     ks: &str,
     keys: Vec<Vec<u8>>,
     key_encoding: KeyEncoding,
-    level: Option<Level>,
-    wait: Option<Duration>,
-    mut session: Session,
+    mut read: Read,
 ) -> Result<Response, ApiError> {
     let plan = Plan::new(keys);
-    let req = ReadRequest {
-        keyspace: ks,
-        level,
-        wait,
-        session: &mut session,
-    };
-    let shards = node.batch_get(req, plan.unique()).await?;
-    let token = node.session_key().encode(&session);
+    let shards = node.batch_get(read.request(ks), plan.unique()).await?;
+    let token = node.session_key().encode(&read.session);
     let receipts = shards.iter().map(|s| receipt_json(&s.receipt)).collect();
     let answer = Answer::new(
         shards,

@@ -31,11 +31,16 @@ use std::fmt;
 use std::time::Duration;
 use tunekv_core::code::{echo, echo_bytes, shorten, ECHO_CHARS_MAX};
 use tunekv_core::limits::check_key;
-use tunekv_core::{Code, KeyspaceSpec, Level, Session, SessionKey, TunekvError};
+use tunekv_core::{
+    Code, KeyspaceSpec, Level, Quorum, QuorumKind, Session, SessionKey, TunekvError,
+};
 use tunekv_node::BATCH_KEYS_MAX;
 
 pub const H_LEVEL: &str = "tunekv-level";
 pub const H_SESSION: &str = "tunekv-session";
+/// Read and write quorums of leaderless keyspaces, as headers (or `?r=` / `?w=`).
+pub const H_R: &str = "tunekv-r";
+pub const H_W: &str = "tunekv-w";
 
 /// How the keys of a request are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,12 +108,15 @@ pub enum ApiRequest {
         ks: String,
         key: Vec<u8>,
         value: Bytes,
+        /// Write quorum (leaderless keyspaces).
+        w: Option<Quorum>,
         wait: Option<Duration>,
         session: Session,
     },
     Delete {
         ks: String,
         key: Vec<u8>,
+        w: Option<Quorum>,
         wait: Option<Duration>,
         session: Session,
     },
@@ -119,6 +127,8 @@ pub enum ApiRequest {
         /// `?format=json`: value and receipt in a JSON body.
         json: bool,
         level: Option<Level>,
+        /// Read quorum (leaderless keyspaces).
+        r: Option<Quorum>,
         wait: Option<Duration>,
         session: Session,
     },
@@ -128,6 +138,7 @@ pub enum ApiRequest {
         keys: Vec<Vec<u8>>,
         key_encoding: KeyEncoding,
         level: Option<Level>,
+        r: Option<Quorum>,
         wait: Option<Duration>,
         session: Session,
     },
@@ -222,6 +233,7 @@ pub fn parse(
                     key_encoding,
                     json,
                     level,
+                    r: q.quorum(QuorumKind::Read, headers)?,
                     wait,
                     session,
                 }
@@ -230,6 +242,7 @@ pub fn parse(
                     ks,
                     key,
                     value: body,
+                    w: q.quorum(QuorumKind::Write, headers)?,
                     wait,
                     session,
                 }
@@ -237,6 +250,7 @@ pub fn parse(
                 ApiRequest::Delete {
                     ks,
                     key,
+                    w: q.quorum(QuorumKind::Write, headers)?,
                     wait,
                     session,
                 }
@@ -370,6 +384,8 @@ fn path_key(raw: &str, encoding: KeyEncoding) -> Result<Vec<u8>, Refusal> {
 #[derive(Default)]
 struct Query {
     level: Option<String>,
+    r: Option<String>,
+    w: Option<String>,
     wait_ms_max: Option<String>,
     format: Option<String>,
     key_encoding: Option<String>,
@@ -397,6 +413,8 @@ impl Query {
             let name = decode(name)?;
             let slot = match name.as_str() {
                 "level" => &mut q.level,
+                "r" => &mut q.r,
+                "w" => &mut q.w,
                 "wait_ms_max" => &mut q.wait_ms_max,
                 "format" => &mut q.format,
                 "key_encoding" => &mut q.key_encoding,
@@ -404,8 +422,8 @@ impl Query {
                     return Err(refuse(
                         Code::BadRequest,
                         format!(
-                            "bad query string: unknown parameter {}; known: level, wait_ms_max, \
-                             format, key_encoding",
+                            "bad query string: unknown parameter {}; known: level, r, w, \
+                             wait_ms_max, format, key_encoding",
                             echo(&name)
                         ),
                     ))
@@ -424,6 +442,46 @@ impl Query {
 
     fn level(&self, headers: &HeaderMap) -> Result<Option<Level>, Refusal> {
         level_of(self.level.as_deref(), headers)
+    }
+
+    /// The read (`r`) or write (`w`) quorum, from the query or the `tunekv-r` / `tunekv-w`
+    /// header (not both). The other one on the same request is refused: it would be ignored.
+    fn quorum(&self, kind: QuorumKind, headers: &HeaderMap) -> Result<Option<Quorum>, Refusal> {
+        let (name, header, value, other, other_header) = match kind {
+            QuorumKind::Read => ("r", H_R, &self.r, "w", H_W),
+            QuorumKind::Write => ("w", H_W, &self.w, "r", H_R),
+        };
+        let given_other = match kind {
+            QuorumKind::Read => self.w.is_some(),
+            QuorumKind::Write => self.r.is_some(),
+        };
+        if given_other || headers.contains_key(other_header) {
+            let what = match kind {
+                QuorumKind::Read => "a read",
+                QuorumKind::Write => "a write",
+            };
+            return Err(refuse(
+                Code::QuorumInvalid,
+                format!("{other} does not apply to {what}; it takes {name}"),
+            ));
+        }
+        let text = match (value, headers.get(header)) {
+            (Some(_), Some(_)) => {
+                return Err(refuse(
+                    Code::QuorumInvalid,
+                    format!("{name} is given both in the query and as the {header} header"),
+                ))
+            }
+            (Some(t), None) => Some(t.as_str()),
+            (None, Some(h)) => Some(h.to_str().map_err(|_| {
+                refuse(
+                    Code::QuorumInvalid,
+                    format!("the {header} header is not text"),
+                )
+            })?),
+            (None, None) => None,
+        };
+        Ok(text.map(|t| Quorum::parse(t, kind)).transpose()?)
     }
 
     fn wait(&self) -> Result<Option<Duration>, Refusal> {
@@ -618,6 +676,7 @@ fn batch_get(
         req.wait_ms_max.map(Duration::from_millis),
         query_wait,
     )?;
+    let r = q.quorum(QuorumKind::Read, headers)?;
     let session = session_of(secret, headers)?;
     let texts = req.keys.0;
     if texts.is_empty() {
@@ -645,6 +704,7 @@ fn batch_get(
         keys,
         key_encoding,
         level,
+        r,
         wait,
         session,
     })

@@ -58,6 +58,17 @@ pub struct Operation {
     pub position: Option<String>,
     pub staleness_entries: Option<u64>,
     pub staleness_ms: Option<u64>,
+    /// Leaderless keyspaces only (optional in the format): the read's `r` or the update's `w`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<String>,
+    /// Leaderless keyspaces only: the version written or read, `HLC.NODE` (`none`: a read that
+    /// found no replica holding the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Leaderless writes only: whether every copy counted toward `w` was on the key's
+    /// preference list (no substitute, no hint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
 }
 
 /// Every field of the schema. serde would accept a missing `Option` field as `None`; we do not,
@@ -324,7 +335,7 @@ pub fn parse_line(line: &str, line_no: usize) -> Result<Operation, HistoryError>
 /// Written by hand rather than through serde so that it cannot fail and keeps the schema's field
 /// order; `tests::round_trip` proves it agrees with the parser.
 pub fn to_line(op: &Operation) -> String {
-    format!(
+    let mut line = format!(
         "{{\"client\":{},\"session\":{},\"op\":\"{}\",\"key\":{},\"value\":{},\
 \"invoke_ns\":{},\"complete_ns\":{},\"ok\":{},\"level\":{},\"node\":{},\"position\":{},\
 \"staleness_entries\":{},\"staleness_ms\":{}}}",
@@ -341,7 +352,20 @@ pub fn to_line(op: &Operation) -> String {
         json_opt_str(op.position.as_deref()),
         json_opt(op.staleness_entries),
         json_opt(op.staleness_ms),
-    )
+    );
+    // The leaderless fields, only when present (ordered histories keep the 13-field schema).
+    line.pop();
+    if let Some(q) = &op.quorum {
+        line += &format!(",\"quorum\":{}", json_str(q));
+    }
+    if let Some(v) = &op.version {
+        line += &format!(",\"version\":{}", json_str(v));
+    }
+    if let Some(s) = op.strict {
+        line += &format!(",\"strict\":{s}");
+    }
+    line.push('}');
+    line
 }
 
 /// A JSON string literal, escaped by serde_json (its `Display` for `Value` cannot fail).
@@ -378,6 +402,9 @@ mod tests {
                 position: Some("shard=3;index=1042;commit_ms=1763900000123".into()),
                 staleness_entries: Some(0),
                 staleness_ms: Some(0),
+                quorum: Some("quorum".into()),
+                version: Some("123.2".into()),
+                strict: Some(false),
             },
             Operation {
                 client: 8,
@@ -393,6 +420,9 @@ mod tests {
                 position: None,
                 staleness_entries: None,
                 staleness_ms: None,
+                quorum: None,
+                version: None,
+                strict: None,
             },
             Operation {
                 client: 9,
@@ -408,6 +438,9 @@ mod tests {
                 position: None,
                 staleness_entries: None,
                 staleness_ms: None,
+                quorum: None,
+                version: None,
+                strict: None,
             },
         ]
     }

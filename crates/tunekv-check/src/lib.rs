@@ -57,6 +57,7 @@
 //!   without either make no claim and are left out.
 
 pub mod history;
+pub mod leaderless;
 pub mod report;
 
 mod bounded;

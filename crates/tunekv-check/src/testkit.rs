@@ -30,6 +30,9 @@ fn base(op: OpKind, key: &str, value: Option<&str>, invoke_ns: u64, complete_ns:
         position: None,
         staleness_entries: None,
         staleness_ms: None,
+        quorum: None,
+        version: None,
+        strict: None,
     })
 }
 

@@ -41,6 +41,9 @@ pub const SESSION_HEADER: &str = "tunekv-session";
 #[derive(Clone, Debug, Default)]
 pub struct Opts {
     pub level: Option<String>,
+    /// Read and write quorums on leaderless keyspaces (`one`, `quorum`, `all`; `any` for writes).
+    pub r: Option<String>,
+    pub w: Option<String>,
     pub wait_ms_max: Option<u64>,
     /// Session token(s) to send; several comma-separated tokens are merged by the server (two
     /// threads of one session each hold the token of their last reply).
@@ -60,6 +63,16 @@ impl Opts {
         self
     }
 
+    pub fn r(mut self, r: &str) -> Opts {
+        self.r = Some(r.to_string());
+        self
+    }
+
+    pub fn w(mut self, w: &str) -> Opts {
+        self.w = Some(w.to_string());
+        self
+    }
+
     pub fn session(mut self, token: &str) -> Opts {
         self.session = Some(token.to_string());
         self
@@ -73,9 +86,20 @@ pub struct Receipt {
     pub served_by: String,
     pub position: String,
     pub staleness: String,
+    /// Leaderless keyspaces: the `tunekv-quorum` header
+    /// (`q=quorum;asked=3;answered=2;strict=1;hinted=0;version=HLC.NODE`).
+    pub quorum: Option<String>,
 }
 
 impl Receipt {
+    /// One field of the quorum header (`version`, `strict`, `answered`, …).
+    pub fn quorum_field(&self, name: &str) -> Option<&str> {
+        self.quorum
+            .as_deref()?
+            .split(';')
+            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+    }
+
     /// `entries` and `ms` of the staleness header.
     pub fn staleness_parts(&self) -> Option<(u64, u64)> {
         let (e, m) = self.staleness.split_once(';')?;
@@ -112,6 +136,21 @@ pub struct WriteReply {
     pub existed: bool,
     /// The session token after this write.
     pub session: String,
+    /// Leaderless keyspaces: how the write met its quorum.
+    #[serde(default)]
+    pub quorum: Option<WriteQuorum>,
+}
+
+/// How a leaderless write met its quorum (the `quorum` object of a write's answer).
+#[derive(Clone, Debug, Deserialize)]
+pub struct WriteQuorum {
+    pub quorum: String,
+    pub asked: u32,
+    pub answered: u32,
+    pub strict: bool,
+    pub hinted: u32,
+    /// `HLC.NODE`.
+    pub version: Option<String>,
 }
 
 #[derive(Clone)]
@@ -274,6 +313,12 @@ impl Client {
         if let Some(w) = opts.wait_ms_max {
             q.push(("wait_ms_max", w.to_string()));
         }
+        if let Some(r) = &opts.r {
+            q.push(("r", r.clone()));
+        }
+        if let Some(w) = &opts.w {
+            q.push(("w", w.clone()));
+        }
         q
     }
 
@@ -349,6 +394,7 @@ impl Client {
                 served_by,
                 position,
                 staleness,
+                quorum: h("tunekv-quorum"),
             }),
             _ => None,
         };
@@ -477,8 +523,12 @@ mod tests {
             served_by: "2".into(),
             position: "shard=1;index=42;commit_ms=7".into(),
             staleness: "entries=3;ms=120".into(),
+            quorum: Some("q=quorum;asked=3;answered=2;strict=1;hinted=0;version=77.2".into()),
         };
         assert_eq!(r.staleness_parts(), Some((3, 120)));
         assert_eq!(r.index(), Some(42));
+        assert_eq!(r.quorum_field("version"), Some("77.2"));
+        assert_eq!(r.quorum_field("q"), Some("quorum"));
+        assert_eq!(r.quorum_field("strict"), Some("1"));
     }
 }

@@ -43,6 +43,15 @@ pub enum Code {
     RouteNotFound,
     /// The path exists but not for this HTTP method.
     MethodNotAllowed,
+    /// An unknown read or write quorum (`r`, `w`), one given to a keyspace mode that takes none
+    /// (ordered, or a quorum above one on a volatile keyspace), or `r` on a write.
+    QuorumInvalid,
+    /// A leaderless write stamped further ahead of a replica's clock than its
+    /// `max_clock_skew_ms`: one runaway clock must not win every conflict.
+    ClockSkew,
+    /// The operation exists but not on this keyspace's mode (e.g. INCR on a leaderless
+    /// keyspace, whose conflict policy cannot make it atomic).
+    ModeUnsupported,
 }
 
 impl Code {
@@ -69,6 +78,9 @@ impl Code {
             Code::ResponseTooLarge => "response_too_large",
             Code::RouteNotFound => "route_not_found",
             Code::MethodNotAllowed => "method_not_allowed",
+            Code::QuorumInvalid => "quorum_invalid",
+            Code::ClockSkew => "clock_skew",
+            Code::ModeUnsupported => "mode_unsupported",
         }
     }
 
@@ -100,6 +112,9 @@ pub const ALL_CODES: &[Code] = &[
     Code::ResponseTooLarge,
     Code::RouteNotFound,
     Code::MethodNotAllowed,
+    Code::QuorumInvalid,
+    Code::ClockSkew,
+    Code::ModeUnsupported,
 ];
 
 /// The most characters of client input an error message repeats: a 10 MB field name must not

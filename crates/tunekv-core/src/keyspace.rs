@@ -15,22 +15,43 @@ pub enum Mode {
     Volatile,
 }
 
-/// What a client sends in `PUT /v1/keyspaces/{ks}`; missing fields take their defaults.
+/// What a client sends in `PUT /v1/keyspaces/{ks}`; missing fields take their defaults, which
+/// depend on the mode (see [`KeyspaceSpec::normalized`]: the catalog stores them filled in).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyspaceSpec {
     #[serde(default = "default_mode")]
     pub mode: Mode,
+    /// Raft groups of an ordered keyspace (leaderless and volatile keyspaces place keys on a
+    /// ring of `partitions` instead and ignore it).
     #[serde(default = "default_shards")]
     pub shards: u32,
+    /// Copies of each key (N).
     #[serde(default = "default_replicas")]
     pub replicas: u32,
-    /// Kept as text so the catalog stores exactly what DESIGN's syntax says.
-    #[serde(default = "default_level")]
-    pub default_level: String,
+    /// Kept as text so the catalog stores exactly what DESIGN's syntax says. Default: `strong`
+    /// (ordered), `eventual` (leaderless), `weak` (volatile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_level: Option<String>,
     #[serde(default = "default_value_bytes_max")]
     pub value_bytes_max: u64,
+    /// Conflict policy of a leaderless keyspace: `lww` (the default; siblings and CRDTs come
+    /// with issue 17). Not allowed on other modes: they have no conflicts to resolve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<String>,
+    /// Ring partitions of a leaderless or volatile keyspace (Q; default
+    /// [`PARTITIONS_DEFAULT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
 }
+
+/// Default ring partitions of a leaderless or volatile keyspace: enough that 3–16 nodes each own
+/// many, spread around the ring.
+pub const PARTITIONS_DEFAULT: u32 = 256;
+/// Most ring partitions a keyspace may have (per-partition state is kept in memory).
+pub const PARTITIONS_MAX: u32 = 4096;
+/// Conflict policies this build resolves.
+pub const CONFLICT_POLICIES: &str = "lww";
 
 fn default_mode() -> Mode {
     Mode::Ordered
@@ -40,9 +61,6 @@ fn default_shards() -> u32 {
 }
 fn default_replicas() -> u32 {
     3
-}
-fn default_level() -> String {
-    "strong".to_string()
 }
 fn default_value_bytes_max() -> u64 {
     VALUE_BYTES_MAX_DEFAULT
@@ -54,22 +72,94 @@ impl Default for KeyspaceSpec {
             mode: default_mode(),
             shards: default_shards(),
             replicas: default_replicas(),
-            default_level: default_level(),
+            default_level: None,
             value_bytes_max: default_value_bytes_max(),
+            conflict: None,
+            partitions: None,
+        }
+    }
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Ordered => "ordered",
+            Mode::Leaderless => "leaderless",
+            Mode::Volatile => "volatile",
+        }
+    }
+
+    /// The level a read gets when it names none.
+    pub fn default_level(self) -> Level {
+        match self {
+            Mode::Ordered => Level::Strong,
+            Mode::Leaderless => Level::Eventual,
+            Mode::Volatile => Level::Weak,
+        }
+    }
+
+    /// Whether keyspaces of this mode enforce `level` (DESIGN §3). Refused levels get
+    /// `level_invalid` with why and which mode offers them: never a weaker read.
+    pub fn admits(self, level: Level) -> Result<(), TunekvError> {
+        let refuse = |why: String| Err(TunekvError::new(Code::LevelInvalid, why));
+        match (self, level) {
+            (Mode::Ordered, Level::Weak) => refuse(
+                "level weak is the level of volatile keyspaces (memory only, best effort); \
+                 ordered keyspaces serve every committed write, read them at eventual or stronger"
+                    .into(),
+            ),
+            (Mode::Ordered, l) if l.is_enforced() => Ok(()),
+            (Mode::Ordered, l) => refuse(format!(
+                "level {l} is not enforced by this build; use one of: {}",
+                Level::ENFORCED
+            )),
+            (Mode::Leaderless, Level::Eventual) => Ok(()),
+            (Mode::Leaderless, Level::Strong | Level::Bounded { .. } | Level::ConsistentPrefix) => {
+                refuse(format!(
+                    "level {level} needs one order of writes, which a leaderless keyspace does not \
+                     have (any replica accepts writes, conflicts resolve later); use an ordered \
+                     keyspace (\"mode\":\"ordered\") for it, or read this one at eventual, \
+                     with r=quorum for reads that meet every write acknowledged at w=quorum"
+                ))
+            }
+            (Mode::Leaderless, Level::Weak) => refuse(
+                "level weak is the level of volatile keyspaces; leaderless keyspaces are durable \
+                 and converge: read them at eventual"
+                    .into(),
+            ),
+            (Mode::Leaderless, l) => refuse(format!(
+                "level {l} is not enforced on leaderless keyspaces by this build yet (session \
+                 guarantees there need version tokens, in progress); read at eventual with \
+                 r=quorum after w=quorum writes, or use an ordered keyspace"
+            )),
+            (Mode::Volatile, Level::Weak) => Ok(()),
+            (Mode::Volatile, l) => refuse(format!(
+                "a volatile keyspace keeps values in memory only and replicates them best effort: \
+                 it promises nothing stronger than weak, so {l} is refused; use a leaderless or \
+                 ordered keyspace for it"
+            )),
         }
     }
 }
 
 impl KeyspaceSpec {
+    /// The spec with the mode's defaults filled in, as the catalog stores it.
+    pub fn normalized(mut self) -> KeyspaceSpec {
+        if self.default_level.is_none() {
+            self.default_level = Some(self.mode.default_level().to_string());
+        }
+        if self.mode == Mode::Leaderless && self.conflict.is_none() {
+            self.conflict = Some("lww".into());
+        }
+        if self.mode != Mode::Ordered && self.partitions.is_none() {
+            self.partitions = Some(PARTITIONS_DEFAULT);
+        }
+        self
+    }
+
     /// Checks the spec against this build and a cluster of `nodes` nodes.
     pub fn validate(&self, nodes: usize) -> Result<(), TunekvError> {
         let invalid = |m: String| Err(TunekvError::new(Code::KeyspaceInvalid, m));
-        if self.mode != Mode::Ordered {
-            return invalid(format!(
-                "mode {:?} is not available in this build; use \"ordered\"",
-                self.mode
-            ));
-        }
         if self.shards == 0 || self.shards > SHARDS_MAX {
             return invalid(format!(
                 "shards must be 1 to {SHARDS_MAX}, got {}",
@@ -88,20 +178,62 @@ impl KeyspaceSpec {
                 self.value_bytes_max
             ));
         }
-        let level = Level::parse(&self.default_level)
-            .map_err(|e| TunekvError::new(Code::KeyspaceInvalid, e.message))?;
-        if !level.is_enforced() {
-            return invalid(format!(
-                "default_level {level} is not enforced by this build; use one of: {}",
-                Level::ENFORCED
-            ));
+        match (self.mode, self.conflict.as_deref()) {
+            (Mode::Leaderless, None | Some("lww")) | (_, None) => {}
+            (Mode::Leaderless, Some(c)) => {
+                return invalid(format!(
+                    "conflict policy {} is not available in this build; leaderless keyspaces \
+                     resolve conflicts with: {CONFLICT_POLICIES}",
+                    crate::code::echo(c)
+                ))
+            }
+            (mode, Some(_)) => {
+                return invalid(format!(
+                    "conflict applies to leaderless keyspaces only; a {} keyspace has no \
+                     concurrent versions to resolve",
+                    mode.as_str()
+                ))
+            }
         }
-        Ok(())
+        match (self.mode, self.partitions) {
+            (Mode::Ordered, Some(_)) => {
+                return invalid(
+                    "partitions applies to leaderless and volatile keyspaces; ordered keyspaces \
+                     are split into shards"
+                        .into(),
+                )
+            }
+            (_, Some(p)) if p == 0 || p > PARTITIONS_MAX || (p as usize) < nodes => {
+                return invalid(format!(
+                    "partitions must be from the cluster's {nodes} nodes to {PARTITIONS_MAX}, got {p}"
+                ))
+            }
+            _ => {}
+        }
+        let level = match &self.default_level {
+            Some(text) => Level::parse(text)
+                .map_err(|e| TunekvError::new(Code::KeyspaceInvalid, e.message))?,
+            None => self.mode.default_level(),
+        };
+        self.mode.admits(level).map_err(|e| {
+            TunekvError::new(
+                Code::KeyspaceInvalid,
+                format!("default_level: {}", e.message),
+            )
+        })
     }
 
     pub fn default_level(&self) -> Level {
         // The spec was validated before it entered the catalog; a bad stored level is a bug.
-        Level::parse(&self.default_level).unwrap_or(Level::Strong)
+        self.default_level
+            .as_deref()
+            .and_then(|l| Level::parse(l).ok())
+            .unwrap_or(self.mode.default_level())
+    }
+
+    /// Ring partitions (leaderless and volatile keyspaces).
+    pub fn partitions(&self) -> u32 {
+        self.partitions.unwrap_or(PARTITIONS_DEFAULT)
     }
 }
 
@@ -160,15 +292,84 @@ mod tests {
         };
         assert!(bad.validate(3).is_err());
         let bad = KeyspaceSpec {
-            default_level: "nope".into(),
+            default_level: Some("nope".into()),
             ..spec.clone()
         };
         assert!(bad.validate(3).is_err());
-        let bad = KeyspaceSpec {
+        let code = |s: KeyspaceSpec| s.validate(3).map_err(|e| e.code);
+        let leaderless = KeyspaceSpec {
             mode: Mode::Leaderless,
-            ..spec
+            ..spec.clone()
         };
-        assert!(bad.validate(3).is_err());
+        assert_eq!(code(leaderless.clone()), Ok(()));
+        let stored = leaderless.clone().normalized();
+        assert_eq!(stored.default_level.as_deref(), Some("eventual"));
+        assert_eq!(stored.conflict.as_deref(), Some("lww"));
+        assert_eq!(stored.partitions, Some(PARTITIONS_DEFAULT));
+        for bad in [
+            KeyspaceSpec {
+                default_level: Some("strong".into()),
+                ..leaderless.clone()
+            },
+            KeyspaceSpec {
+                conflict: Some("siblings-please".into()),
+                ..leaderless.clone()
+            },
+            KeyspaceSpec {
+                conflict: Some("lww".into()),
+                ..spec.clone()
+            },
+            KeyspaceSpec {
+                partitions: Some(16),
+                ..spec.clone()
+            },
+            KeyspaceSpec {
+                partitions: Some(2),
+                ..leaderless.clone()
+            },
+            KeyspaceSpec {
+                partitions: Some(PARTITIONS_MAX + 1),
+                ..leaderless.clone()
+            },
+            KeyspaceSpec {
+                mode: Mode::Volatile,
+                default_level: Some("eventual".into()),
+                ..spec.clone()
+            },
+            KeyspaceSpec {
+                default_level: Some("weak".into()),
+                ..spec.clone()
+            },
+        ] {
+            assert_eq!(code(bad.clone()), Err(Code::KeyspaceInvalid), "{bad:?}");
+        }
+        let volatile = KeyspaceSpec {
+            mode: Mode::Volatile,
+            ..spec
+        }
+        .normalized();
+        assert_eq!(volatile.default_level(), Level::Weak);
+        assert_eq!(volatile.validate(3), Ok(()));
+    }
+
+    #[test]
+    fn modes_admit_their_levels_and_refuse_the_others() {
+        let ok = |m: Mode, l: &str| m.admits(Level::parse(l).unwrap()).is_ok();
+        assert!(ok(Mode::Ordered, "strong") && ok(Mode::Ordered, "eventual"));
+        assert!(!ok(Mode::Ordered, "weak"));
+        assert!(ok(Mode::Leaderless, "eventual"));
+        for l in ["strong", "bounded(k=1)", "consistent_prefix", "weak"] {
+            let e = Mode::Leaderless
+                .admits(Level::parse(l).unwrap())
+                .unwrap_err();
+            assert_eq!(e.code, Code::LevelInvalid, "{l}");
+        }
+        assert!(Mode::Leaderless
+            .admits(Level::Strong)
+            .unwrap_err()
+            .message
+            .contains("ordered"));
+        assert!(ok(Mode::Volatile, "weak") && !ok(Mode::Volatile, "eventual"));
     }
 
     fn serde_json_like_default() -> KeyspaceSpec {

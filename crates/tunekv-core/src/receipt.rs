@@ -3,6 +3,7 @@
 use crate::ids::NodeId;
 use crate::level::Level;
 use crate::position::{CopyState, Position};
+use crate::quorum::Quorum;
 use serde::Serialize;
 
 /// How far the serving copy was behind the newest commit it knew of.
@@ -81,8 +82,50 @@ impl Staleness {
 pub struct Receipt {
     pub level: Level,
     pub served_by: NodeId,
+    /// Ordered keyspaces: shard, log index, commit time. Leaderless keyspaces: the key's ring
+    /// partition as `shard`, index 0 (there is no log), the served version's HLC time.
     pub position: Position,
     pub staleness: Staleness,
+    /// How a leaderless read was answered; `None` on ordered keyspaces.
+    pub quorum: Option<QuorumReceipt>,
+}
+
+/// How a leaderless read or write met its quorum (the `tunekv-quorum` header).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct QuorumReceipt {
+    /// The quorum asked for (`r` of a read, `w` of a write).
+    pub quorum: Quorum,
+    /// Replicas asked, and those that answered (a write: that stored it durably).
+    pub asked: u32,
+    pub answered: u32,
+    /// Whether every answer counted came from the key's preference list (a write acknowledged
+    /// through a substitute or a hint is sloppy: reads at r=quorum may not meet it until the
+    /// hint is delivered).
+    pub strict: bool,
+    /// Copies stored as hints for replicas that could not be reached (writes only).
+    pub hinted: u32,
+    /// The version served or written (HLC stamp, coordinating node); `None`: no replica held
+    /// the key.
+    pub version: Option<(u64, u64)>,
+}
+
+impl QuorumReceipt {
+    /// Header form: `q=quorum;asked=3;answered=2;strict=1;hinted=0;version=HLC.NODE` (version
+    /// `none` when no replica held the key).
+    pub fn header(&self) -> String {
+        let version = match self.version {
+            Some((hlc, node)) => format!("{hlc}.{node}"),
+            None => "none".into(),
+        };
+        format!(
+            "q={};asked={};answered={};strict={};hinted={};version={version}",
+            self.quorum,
+            self.asked,
+            self.answered,
+            u8::from(self.strict),
+            self.hinted
+        )
+    }
 }
 
 #[cfg(test)]

@@ -12,10 +12,14 @@
 //!   last-writer-wins as its first policy. Siblings and CRDTs (issue 17) plug in there.
 //! - [`merkle`]: per-partition hash trees over the key versions, updated in O(depth) on every
 //!   write, and the descent that finds the leaves two replicas disagree on.
+//! - [`replica`]: one node's copy of a leaderless keyspace: versions by partition, merged by the
+//!   keyspace's policy, with the trees kept current.
 
 pub mod merkle;
+pub mod replica;
 pub mod ring;
 pub mod version;
 
+pub use replica::Replica;
 pub use ring::{Placement, Ring};
-pub use version::{Lww, Resolve, Stored, Version, Versioned};
+pub use version::{Lww, Policy, Resolve, Stored, Version, Versioned};

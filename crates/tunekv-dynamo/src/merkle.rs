@@ -13,7 +13,8 @@
 
 use crate::version::{Stored, Version, Versioned};
 
-/// Depth of the trees the node keeps: 256 leaves a partition.
+/// A default depth for trees (256 leaves a partition); the node picks its own (see
+/// `tunekv-node`'s `leaderless` module).
 pub const DEPTH_DEFAULT: u32 = 8;
 /// Deepest tree allowed (2^16 leaves: 1 MiB of digests a partition).
 pub const DEPTH_MAX: u32 = 16;
@@ -101,6 +102,23 @@ impl Tree {
     /// The digest of node `i` (heap layout), or None past the tree.
     pub fn node(&self, i: usize) -> Option<u64> {
         self.nodes.get(i).copied()
+    }
+
+    /// Every leaf's digest, in leaf order (what a replica sends when roots differ).
+    pub fn leaf_digests(&self) -> &[u64] {
+        &self.nodes[(1usize << self.depth) - 1..]
+    }
+
+    /// The leaves whose digest differs from `theirs` (another replica's [`Tree::leaf_digests`];
+    /// a list of the wrong length differs everywhere).
+    pub fn differing_from(&self, theirs: &[u64]) -> Vec<u32> {
+        let ours = self.leaf_digests();
+        if theirs.len() != ours.len() {
+            return (0..self.leaves()).collect();
+        }
+        (0..self.leaves())
+            .filter(|&i| ours[i as usize] != theirs[i as usize])
+            .collect()
     }
 
     /// The leaves whose digests differ between two trees of the same depth, found by descending

@@ -11,10 +11,7 @@
 use std::collections::BTreeSet;
 use tunekv_core::NodeId;
 
-/// Default partitions per leaderless keyspace: enough that 3–16 nodes each own many, spread.
-pub const PARTITIONS_DEFAULT: u32 = 256;
-/// Most partitions a ring may have (the per-partition state — Merkle trees — is kept in memory).
-pub const PARTITIONS_MAX: u32 = 4096;
+pub use tunekv_core::keyspace::{PARTITIONS_DEFAULT, PARTITIONS_MAX};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ring {
@@ -84,6 +81,11 @@ impl Ring {
         (0..self.partitions)
             .map(move |i| self.owner((p + i) % self.partitions))
             .filter(move |n| seen.insert(*n))
+    }
+
+    /// The first `n` distinct nodes of partition `p`: the preference list of its every key.
+    pub fn partition_preference(&self, p: u32, n: usize) -> Vec<NodeId> {
+        self.walk(p % self.partitions).take(n).collect()
     }
 
     /// The first `n` distinct nodes for `key` (fewer if the ring has fewer nodes).

@@ -40,6 +40,28 @@ pub trait Resolve {
     fn merge(held: Option<&Versioned>, incoming: &Versioned) -> Versioned;
 }
 
+/// A keyspace's conflict policy, by its name in the spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    Lww,
+}
+
+impl Policy {
+    /// The policy named in a keyspace spec (`None`: the default, LWW).
+    pub fn named(name: Option<&str>) -> Result<Policy, String> {
+        match name {
+            None | Some(Lww::NAME) => Ok(Policy::Lww),
+            Some(other) => Err(format!("unknown conflict policy {other:?}")),
+        }
+    }
+
+    pub fn merge(self, held: Option<&Versioned>, incoming: &Versioned) -> Versioned {
+        match self {
+            Policy::Lww => Lww::merge(held, incoming),
+        }
+    }
+}
+
 /// Last writer wins: the higher version, whole. Two writes with the same version are the same
 /// write (a version names one coordinator's one stamp), so ties keep what is held.
 #[derive(Clone, Copy, Debug)]

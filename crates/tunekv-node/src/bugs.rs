@@ -18,9 +18,13 @@ pub struct Bugs {
     /// last contact, or now minus the applied commit time), which understates how stale a copy
     /// that knows it is behind can be.
     old_receipts: bool,
+    /// `quorum-ack-one`: a leaderless coordinator acknowledges a write once one replica holds
+    /// it, whatever `w` asked (a quorum read may then miss a write acknowledged at w=quorum).
+    quorum_ack_one: bool,
 }
 
-pub const BUG_NAMES: &str = "strong-local, ignore-session, skip-bounded, ack-early, old-receipts";
+pub const BUG_NAMES: &str =
+    "strong-local, ignore-session, skip-bounded, ack-early, old-receipts, quorum-ack-one";
 
 impl Bugs {
     /// Parses `--bug` names. Any name in a build without the feature is an error.
@@ -38,6 +42,7 @@ impl Bugs {
                 "skip-bounded" => b.skip_bounded = true,
                 "ack-early" => b.ack_early = true,
                 "old-receipts" => b.old_receipts = true,
+                "quorum-ack-one" => b.quorum_ack_one = true,
                 other => return Err(format!("unknown bug {other:?}; bugs: {BUG_NAMES}")),
             }
         }
@@ -50,7 +55,8 @@ impl Bugs {
                 || self.ignore_session
                 || self.skip_bounded
                 || self.ack_early
-                || self.old_receipts)
+                || self.old_receipts
+                || self.quorum_ack_one)
     }
 
     pub fn strong_local(&self) -> bool {
@@ -71,5 +77,9 @@ impl Bugs {
 
     pub fn old_receipts(&self) -> bool {
         cfg!(feature = "bug-injection") && self.old_receipts
+    }
+
+    pub fn quorum_ack_one(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.quorum_ack_one
     }
 }

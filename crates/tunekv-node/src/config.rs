@@ -68,6 +68,9 @@ pub struct NodeConfig {
     /// until it agrees again (docs/configuration.md).
     #[serde(default = "max_clock_offset_ms")]
     pub max_clock_offset_ms: u64,
+    /// Leaderless and volatile keyspaces: clock skew refusal, hints, anti-entropy.
+    #[serde(default)]
+    pub leaderless: LeaderlessConfig,
     /// Deliberate bugs (`tunekv server --bug`, bug-injection builds only); never in a file.
     #[serde(skip)]
     pub bugs: crate::Bugs,
@@ -75,6 +78,33 @@ pub struct NodeConfig {
     /// set by the simulator, never in a file. None: from the OS.
     #[serde(skip)]
     pub rng_seed: Option<u64>,
+}
+
+/// `[leaderless]` in a node's config file (docs/configuration.md).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaderlessConfig {
+    /// A replica refuses a new write stamped more than this ahead of its own clock
+    /// (`clock_skew`), so one runaway clock cannot win every last-writer-wins conflict.
+    pub max_clock_skew_ms: u64,
+    /// Hints older than this are dropped (counted and logged): the replica they were for is
+    /// then repaired by anti-entropy instead.
+    pub hint_window_ms: u64,
+    /// How often a node compares Merkle trees with one peer per leaderless keyspace.
+    pub anti_entropy_every_ms: u64,
+    /// How often stored hints are offered to the nodes they are for.
+    pub hint_replay_every_ms: u64,
+}
+
+impl Default for LeaderlessConfig {
+    fn default() -> Self {
+        LeaderlessConfig {
+            max_clock_skew_ms: 5_000,
+            hint_window_ms: 3 * 3_600_000,
+            anti_entropy_every_ms: 1_000,
+            hint_replay_every_ms: 1_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -214,6 +244,21 @@ impl NodeConfig {
                 offsets.end()
             ));
         }
+        let l = &self.leaderless;
+        if l.max_clock_skew_ms < self.max_clock_offset_ms {
+            return Err(format!(
+                "leaderless.max_clock_skew_ms ({}) must be at least max_clock_offset_ms ({}): \
+                 replicas would refuse writes from clocks the cluster trusts",
+                l.max_clock_skew_ms, self.max_clock_offset_ms
+            ));
+        }
+        if l.hint_window_ms == 0 || l.anti_entropy_every_ms == 0 || l.hint_replay_every_ms == 0 {
+            return Err(
+                "leaderless.hint_window_ms, anti_entropy_every_ms and hint_replay_every_ms must \
+                 be at least 1"
+                    .into(),
+            );
+        }
         if self.http_connections_max == 0 {
             return Err("http_connections_max must be at least 1".into());
         }
@@ -271,6 +316,7 @@ impl NodeConfig {
                 wait_ms_cap: wait_ms_cap(),
                 raft_timing: RaftTimingConfig::default(),
                 max_clock_offset_ms: max_clock_offset_ms(),
+                leaderless: LeaderlessConfig::default(),
                 bugs: crate::Bugs::default(),
                 rng_seed: None,
             })

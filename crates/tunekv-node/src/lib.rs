@@ -20,10 +20,10 @@ pub mod status;
 pub mod transport;
 
 pub use bugs::{Bugs, BUG_NAMES};
-pub use config::{NodeConfig, PeerConfig};
+pub use config::{LeaderlessConfig, NodeConfig, PeerConfig};
 pub use node::{
-    KeyspaceInfo, Node, ReadOutcome, ReadRequest, ScanPage, ShardRead, WriteOutcome, WriteRequest,
-    BATCH_KEYS_MAX,
+    KeyspaceInfo, LeaderlessReport, Node, ReadOutcome, ReadRequest, ReplicaDigest, ScanPage,
+    ShardRead, WriteOutcome, WriteRequest, BATCH_KEYS_MAX,
 };
 pub use transport::{FaultState, LinkFaults};
 pub use tunekv_raft::{CommandResult, Cond, ExpireIf, Op, StoredValue, Ttl};

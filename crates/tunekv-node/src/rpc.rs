@@ -21,7 +21,7 @@ use tunekv_core::{Code, NodeId};
 use tunekv_raft::{CommandResult, Op, TypeConfig};
 
 /// First byte of every frame; bumped on any incompatible change.
-pub const WIRE_VERSION: u8 = 4;
+pub const WIRE_VERSION: u8 = 5;
 /// Largest frame: a whole snapshot travels in one frame for now.
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Frames queued for one connection's writer.
@@ -70,6 +70,51 @@ pub enum Request {
     Watermarks(WatermarkPush),
     /// A leader hands the group to this node (a leader whose clock is skewed steps aside).
     TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// Leaderless and volatile keyspaces: replica writes and reads, hints, anti-entropy.
+    Dynamo(DynamoRequest),
+}
+
+/// What one node asks another about a leaderless or volatile keyspace (named, so the receiver
+/// checks it against its own catalog).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum DynamoRequest {
+    /// Store these versions: merged by the keyspace's policy, durable (leaderless) before the
+    /// answer. `fresh`: a coordinator's new write, refused if stamped too far ahead of the
+    /// receiver's clock (repairs, hints and anti-entropy carry versions already accepted).
+    /// `hint_for`: the receiver stands in for that node and keeps the versions as hints for it.
+    Store {
+        ks: String,
+        items: Vec<(Vec<u8>, tunekv_dynamo::Versioned)>,
+        fresh: bool,
+        hint_for: Option<u64>,
+    },
+    /// The version the receiver holds of `key`.
+    Fetch { ks: String, key: Vec<u8> },
+    /// Anti-entropy: the sender's Merkle roots of the partitions both replicate; the answer
+    /// names those that differ.
+    Roots { ks: String, roots: Vec<(u32, u64)> },
+    /// Anti-entropy: the sender's leaf digests of one partition; the answer has the differing
+    /// leaves and the receiver's keys in them.
+    Leaves {
+        ks: String,
+        partition: u32,
+        leaves: Vec<u64>,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum DynamoResponse {
+    /// Stored: how many keys changed, and whether any held a live value before.
+    Stored {
+        changed: u32,
+        existed: bool,
+    },
+    Held(Option<tunekv_dynamo::Versioned>),
+    Differ(Vec<u32>),
+    Entries {
+        leaves: Vec<u32>,
+        entries: Vec<(Vec<u8>, tunekv_dynamo::Versioned)>,
+    },
 }
 
 /// A leader's watermarks: for each group, every write committed before the leader's monotonic
@@ -100,6 +145,7 @@ pub enum Response {
     },
     Done,
     TransferLeader(TransferLeaderResponse<TypeConfig>),
+    Dynamo(DynamoResponse),
 }
 
 /// A committed write as its leader saw it.

@@ -45,6 +45,9 @@ pub struct NodeEntry {
     /// `max_clock_offset_ms` ahead of its clock, since it started.
     #[serde(default)]
     pub hlc_capped_total: u64,
+    /// Leaderless and volatile keyspaces on this node: replica digests, hints, repairs.
+    #[serde(default)]
+    pub leaderless: Option<crate::node::LeaderlessReport>,
 }
 
 /// One node's answer to a status request.
@@ -53,6 +56,7 @@ pub struct NodeReport {
     pub replicas: Vec<ReplicaStatus>,
     pub clock_skew: Option<String>,
     pub hlc_capped_total: u64,
+    pub leaderless: crate::node::LeaderlessReport,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -119,9 +119,10 @@ pub enum Ttl {
     AtMs(u64),
 }
 
-impl fmt::Display for Command {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (name, key_bytes) = match &self.op {
+impl Op {
+    /// The command's name and how many key bytes it names (for logs and errors).
+    pub fn describe(&self) -> (&'static str, usize) {
+        match self {
             Op::Put { key, .. } => ("put", key.len()),
             Op::PutIfAbsent { key, .. } => ("put_if_absent", key.len()),
             Op::Delete { key } => ("delete", key.len()),
@@ -132,7 +133,17 @@ impl fmt::Display for Command {
             Op::Expire { key, .. } => ("expire", key.len()),
             Op::MSet { pairs } => ("mset", pairs.iter().map(|(k, _)| k.len()).sum()),
             Op::Sweep { keys } => ("sweep", keys.iter().map(Vec::len).sum()),
-        };
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.describe().0
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (name, key_bytes) = self.op.describe();
         write!(f, "{name}({key_bytes} key bytes, ts {})", self.commit_ts)
     }
 }

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tunekv_core::{KeyspaceSpec, Level, Position, Receipt, Session, TunekvError};
+use tunekv_core::{
+    KeyspaceSpec, Level, Position, Quorum, QuorumKind, Receipt, Session, TunekvError,
+};
 use tunekv_node::{Cond, ExpireIf, Node, Op, ReadRequest, Ttl, WriteRequest};
 
 /// Numbered databases (`SELECT n`) are keyspaces `db0`, `db1`, …, created on first use.
@@ -44,6 +46,8 @@ impl Shared {
             keyspace: "db0".into(),
             keyspace_ready: false,
             level: None,
+            r: None,
+            w: None,
             wait: None,
             session: Session::new(),
             receipts: Vec::new(),
@@ -68,6 +72,9 @@ pub struct Conn {
     keyspace: String,
     keyspace_ready: bool,
     level: Option<Level>,
+    /// Read and write quorums on leaderless keyspaces (`QUORUM r w`); `None`: the defaults.
+    r: Option<Quorum>,
+    w: Option<Quorum>,
     wait: Option<Duration>,
     session: Session,
     receipts: Vec<Receipt>,
@@ -81,6 +88,7 @@ impl Conn {
         ReadRequest {
             keyspace: &self.keyspace,
             level: self.level,
+            r: self.r,
             wait: self.wait,
             session: &mut self.session,
         }
@@ -90,6 +98,7 @@ impl Conn {
     fn write_req(&mut self) -> WriteRequest<'_> {
         WriteRequest {
             keyspace: &self.keyspace,
+            w: self.w,
             wait: self.wait,
             session: &mut self.session,
         }
@@ -206,6 +215,7 @@ const COMMANDS: &[(&str, i64)] = &[
     ("psetex", 4),
     ("pttl", 2),
     ("quit", -1),
+    ("quorum", -1),
     ("receipt", 1),
     ("scan", -2),
     ("select", 2),
@@ -263,6 +273,7 @@ fn command_info(name: &str, arity: i64) -> Reply {
             | "ping"
             | "position"
             | "quit"
+            | "quorum"
             | "receipt"
             | "scan"
             | "select"
@@ -335,9 +346,10 @@ async fn run(shared: &Shared, conn: &mut Conn, name: &str, a: &[Vec<u8>]) -> Out
         "command" => command(a),
         "config" => config(conn, a),
         "info" => Ok(info(shared, conn)),
-        "consistency" => consistency(conn, a),
+        "consistency" => consistency(conn, node, a).await,
         "session" => session(conn, node, a),
         "waitms" => waitms(conn, a),
+        "quorum" => quorum(conn, a),
         "receipt" => Ok(receipt(conn)),
         "position" => Ok(Reply::Array(
             conn.written
@@ -568,15 +580,19 @@ fn info(shared: &Shared, conn: &Conn) -> Reply {
     );
     for ks in node.list_keyspaces() {
         s += &format!(
-            "{}:shards={},replicas={},default_level={}\r\n",
-            ks.name, ks.spec.shards, ks.spec.replicas, ks.spec.default_level
+            "{}:mode={},shards={},replicas={},default_level={}\r\n",
+            ks.name,
+            ks.spec.mode.as_str(),
+            ks.spec.shards,
+            ks.spec.replicas,
+            ks.spec.default_level()
         );
     }
     s += &format!("\r\n# Connection\r\nkeyspace:{}\r\n", conn.keyspace);
     Reply::bulk(s)
 }
 
-fn consistency(conn: &mut Conn, a: &[Vec<u8>]) -> Out {
+async fn consistency(conn: &mut Conn, node: &Node, a: &[Vec<u8>]) -> Out {
     match a.len() {
         1 => Ok(Reply::bulk(
             conn.level
@@ -589,15 +605,12 @@ fn consistency(conn: &mut Conn, a: &[Vec<u8>]) -> Out {
                 conn.level = None;
                 return Ok(Reply::ok());
             }
+            // Refused at once when the selected keyspace's mode does not serve it; reads check
+            // again (a connection may SELECT a keyspace of another mode later).
             let level = Level::parse(&t).map_err(typed)?;
-            if !level.is_enforced() {
-                return Err(typed(TunekvError::new(
-                    tunekv_core::Code::LevelInvalid,
-                    format!(
-                        "level {level} is not enforced by this build; enforced levels: {}",
-                        Level::ENFORCED
-                    ),
-                )));
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+            if let Ok(ks) = node.keyspace(&conn.keyspace, deadline).await {
+                ks.spec.mode.admits(level).map_err(typed)?;
             }
             conn.level = Some(level);
             Ok(Reply::ok())
@@ -618,6 +631,34 @@ fn session(conn: &mut Conn, node: &Node, a: &[Vec<u8>]) -> Out {
             Ok(Reply::ok())
         }
         _ => Err(arity("session")),
+    }
+}
+
+/// `QUORUM` shows the connection's read and write quorums; `QUORUM r w` sets them (`default`
+/// for either: the keyspace's default). They apply to leaderless keyspaces.
+fn quorum(conn: &mut Conn, a: &[Vec<u8>]) -> Out {
+    let show = |q: Option<Quorum>| q.map_or("default", Quorum::as_str);
+    match a.len() {
+        1 => Ok(Reply::bulk(format!(
+            "r={} w={}",
+            show(conn.r),
+            show(conn.w)
+        ))),
+        3 => {
+            let parse = |arg: &[u8], kind| -> Result<Option<Quorum>, Reply> {
+                let t = text(arg).to_ascii_lowercase();
+                if t == "default" {
+                    return Ok(None);
+                }
+                Quorum::parse(&t, kind).map(Some).map_err(typed)
+            };
+            let r = parse(&a[1], QuorumKind::Read)?;
+            let w = parse(&a[2], QuorumKind::Write)?;
+            conn.r = r;
+            conn.w = w;
+            Ok(Reply::ok())
+        }
+        _ => Err(arity("quorum")),
     }
 }
 
@@ -648,7 +689,7 @@ fn receipt(conn: &Conn) -> Reply {
         return Reply::Nil;
     };
     let ms = i64::try_from(r.staleness.ms).unwrap_or(i64::MAX);
-    Reply::Map(vec![
+    let mut fields = vec![
         (Reply::bulk("level"), Reply::bulk(r.level.to_string())),
         (Reply::bulk("served_by"), Reply::Int(r.served_by.0 as i64)),
         (Reply::bulk("position"), Reply::bulk(r.position.to_string())),
@@ -670,7 +711,11 @@ fn receipt(conn: &Conn) -> Reply {
             Reply::bulk("shards"),
             Reply::Int(conn.receipts.len() as i64),
         ),
-    ])
+    ];
+    if let Some(q) = &r.quorum {
+        fields.push((Reply::bulk("quorum"), Reply::bulk(q.header())));
+    }
+    Reply::Map(fields)
 }
 
 /// Reads `keys` at the connection's level: their live values (with expiry), in order.

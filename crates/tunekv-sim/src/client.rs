@@ -147,6 +147,9 @@ pub async fn operate(
         position: None,
         staleness_entries: None,
         staleness_ms: None,
+        quorum: None,
+        version: None,
+        strict: None,
     };
     match res {
         // Lost in the network: the write may or may not have happened.

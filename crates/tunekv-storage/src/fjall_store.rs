@@ -1,9 +1,11 @@
-//! [`Storage`] on fjall: one database per node, two fjall keyspaces (`log`, `meta`) shared by
-//! every Raft group, so one journal sync covers appends of all shards (group commit). Snapshots
+//! [`Storage`] on fjall: one database per node, three fjall keyspaces (`log`, `meta`, and
+//! `records` for leaderless replicas and hints) shared by every group, so one journal sync covers appends of all shards (group commit). Snapshots
 //! are whole files, written to a temporary name, synced, renamed and the directory synced.
 
 use crate::mem_store::index_of;
-use crate::{log_key, meta_key, Group, LogRecord, Result, Storage, StorageError};
+use crate::{
+    log_key, meta_key, record_key, Group, LogRecord, Result, Space, Storage, StorageError,
+};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::fs;
 use std::io::Write;
@@ -13,6 +15,7 @@ pub struct FjallStorage {
     db: Database,
     log: Keyspace,
     meta: Keyspace,
+    records: Keyspace,
     snapshot_dir: PathBuf,
 }
 
@@ -33,12 +36,16 @@ impl FjallStorage {
         let meta = db
             .keyspace("meta", KeyspaceCreateOptions::default)
             .map_err(engine)?;
+        let records = db
+            .keyspace("records", KeyspaceCreateOptions::default)
+            .map_err(engine)?;
         let snapshot_dir = dir.join("snapshots");
         fs::create_dir_all(&snapshot_dir)?;
         Ok(FjallStorage {
             db,
             log,
             meta,
+            records,
             snapshot_dir,
         })
     }
@@ -137,6 +144,24 @@ impl Storage for FjallStorage {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn put_record(&self, space: Space, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let k = record_key(space, key);
+        match value {
+            Some(v) => self.records.insert(k, v.to_vec()),
+            None => self.records.remove(k),
+        }
+        .map_err(engine)
+    }
+
+    fn records(&self, space: Space) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for guard in self.records.prefix(space.to_be_bytes()) {
+            let (k, v) = guard.into_inner().map_err(engine)?;
+            out.push((k[8..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     fn sync(&self) -> Result<()> {

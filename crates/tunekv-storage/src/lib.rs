@@ -18,6 +18,8 @@ pub use mem_store::MemStorage;
 
 /// A Raft group id as stored (tunekv-core's `GroupId.0`).
 pub type Group = u64;
+/// A set of records (one leaderless keyspace's replica data, one target's hints).
+pub type Space = u64;
 /// One log entry: its index and its encoded bytes.
 pub type LogRecord = (u64, Vec<u8>);
 
@@ -91,6 +93,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Replaces the group's snapshot; durable when this returns.
     fn put_snapshot(&self, group: Group, data: &[u8]) -> Result<()>;
     fn get_snapshot(&self, group: Group) -> Result<Option<Vec<u8>>>;
+    /// Sets (`Some`) or removes (`None`) the record `key` of `space`: the leaderless mode's
+    /// replica data and hints. Buffered like every write but snapshots.
+    fn put_record(&self, space: Space, key: &[u8], value: Option<&[u8]>) -> Result<()>;
+    /// Every record of `space`, in key order.
+    fn records(&self, space: Space) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Makes every earlier write durable. Blocking: call it through [`GroupCommit`].
     fn sync(&self) -> Result<()>;
     /// Whether `sync` blocks the calling thread (a real disk). [`GroupCommit`] runs blocking
@@ -106,6 +113,13 @@ fn log_key(group: Group, index: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&group.to_be_bytes());
     k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn record_key(space: Space, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&space.to_be_bytes());
+    k.extend_from_slice(key);
     k
 }
 
@@ -151,6 +165,21 @@ mod contract_tests {
         assert_eq!(s.get_snapshot(1).unwrap(), None);
         s.put_snapshot(1, b"snap").unwrap();
         assert_eq!(s.get_snapshot(1).unwrap(), Some(b"snap".to_vec()));
+        s.put_record(7, b"b", Some(b"2")).unwrap();
+        s.put_record(7, b"a", Some(b"1")).unwrap();
+        s.put_record(7, b"c", Some(b"3")).unwrap();
+        s.put_record(8, b"a", Some(b"other space")).unwrap();
+        s.put_record(7, b"c", None).unwrap();
+        s.put_record(u64::MAX, b"", Some(b"last space")).unwrap();
+        assert_eq!(
+            s.records(7).unwrap(),
+            vec![
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"b".to_vec(), b"2".to_vec())
+            ]
+        );
+        assert_eq!(s.records(u64::MAX).unwrap().len(), 1);
+        assert_eq!(s.records(9).unwrap(), vec![]);
         s.sync().unwrap();
     }
 
@@ -170,5 +199,6 @@ mod contract_tests {
         assert_eq!(s.entries(1, 0, 10).unwrap(), vec![(2, b"b".to_vec())]);
         assert_eq!(s.get_meta(1, "vote").unwrap(), Some(b"v1".to_vec()));
         assert_eq!(s.get_snapshot(1).unwrap(), Some(b"snap".to_vec()));
+        assert_eq!(s.records(7).unwrap().len(), 2);
     }
 }

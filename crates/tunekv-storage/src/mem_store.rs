@@ -4,7 +4,7 @@
 //! before its fsync would lose them, and the storage then reads as the disk would after a
 //! restart.
 
-use crate::{log_key, meta_key, Group, LogRecord, Result, Storage};
+use crate::{log_key, meta_key, record_key, Group, LogRecord, Result, Space, Storage};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -18,6 +18,7 @@ pub struct MemStorage {
 struct Data {
     log: BTreeMap<[u8; 16], Vec<u8>>,
     meta: BTreeMap<Vec<u8>, Vec<u8>>,
+    records: BTreeMap<Vec<u8>, Vec<u8>>,
     snapshots: BTreeMap<Group, Vec<u8>>,
 }
 
@@ -27,6 +28,7 @@ enum Write {
     TruncateFrom(Group, u64),
     PurgeThrough(Group, u64),
     Meta(Vec<u8>, Vec<u8>),
+    Record(Vec<u8>, Option<Vec<u8>>),
 }
 
 #[derive(Default)]
@@ -55,6 +57,12 @@ impl Data {
             }
             Write::Meta(key, value) => {
                 self.meta.insert(key.clone(), value.clone());
+            }
+            Write::Record(key, Some(value)) => {
+                self.records.insert(key.clone(), value.clone());
+            }
+            Write::Record(key, None) => {
+                self.records.remove(key);
             }
         }
     }
@@ -145,6 +153,24 @@ impl Storage for MemStorage {
 
     fn get_meta(&self, group: Group, name: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.lock().live.meta.get(&meta_key(group, name)).cloned())
+    }
+
+    fn put_record(&self, space: Space, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        self.write(Write::Record(
+            record_key(space, key),
+            value.map(<[u8]>::to_vec),
+        ))
+    }
+
+    fn records(&self, space: Space) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let g = self.lock();
+        let from = space.to_be_bytes().to_vec();
+        Ok(g.live
+            .records
+            .range(from.clone()..)
+            .take_while(|(k, _)| k.starts_with(&from))
+            .map(|(k, v)| (k[8..].to_vec(), v.clone()))
+            .collect())
     }
 
     fn put_snapshot(&self, group: Group, data: &[u8]) -> Result<()> {

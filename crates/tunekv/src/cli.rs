@@ -124,6 +124,11 @@ pub enum Cmd {
         /// Start the nodes with this injected bug (bug-injection builds only; repeatable).
         #[arg(long = "bug", value_name = "BUG")]
         bugs: Vec<String>,
+        /// `ordered` (Raft shards, every level in --levels) or `leaderless` (a leaderless
+        /// keyspace: HTTP clients writing at every w and reading at every r, judged by the
+        /// leaderless checkers; --levels is not used).
+        #[arg(long, default_value = "ordered")]
+        keyspace_mode: String,
     },
     /// Measure each level's cost: throughput, latency (HDR, corrected for coordinated
     /// omission) and served staleness, per level, as a table (and CSV, SVG, JSON with --out).
@@ -194,6 +199,12 @@ pub struct Common {
     /// Wait budget in milliseconds.
     #[arg(long)]
     wait_ms_max: Option<u64>,
+    /// Read quorum on leaderless keyspaces: one, quorum, all.
+    #[arg(long)]
+    r: Option<String>,
+    /// Write quorum on leaderless keyspaces: one, quorum, all, any.
+    #[arg(long)]
+    w: Option<String>,
     /// Node to talk to.
     #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]
     node: String,
@@ -282,6 +293,8 @@ impl Common {
         Opts {
             level: self.level.clone(),
             wait_ms_max: self.wait_ms_max,
+            r: self.r.clone(),
+            w: self.w.clone(),
             session: (!session.sent.is_empty()).then(|| session.sent.join(",")),
         }
     }
@@ -371,9 +384,18 @@ pub async fn run(args: Args) -> Result<i32> {
             cluster,
             dir,
             bugs,
+            keyspace_mode,
         } => {
             tunekv_node::Bugs::parse(&bugs).map_err(anyhow::Error::msg)?;
+            let leaderless = match keyspace_mode.as_str() {
+                "ordered" => false,
+                "leaderless" => true,
+                other => anyhow::bail!(
+                    "--keyspace-mode {other:?}: verify runs ordered or leaderless keyspaces"
+                ),
+            };
             crate::verify::run(crate::verify::VerifyOptions {
+                leaderless,
                 nodes,
                 duration,
                 ops,

@@ -99,6 +99,47 @@ fn a_run_under_every_fault_kind_passes_and_writes_a_valid_history() {
     }
 }
 
+#[test]
+fn a_leaderless_run_under_partitions_and_kills_passes_and_converges_without_reads() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = verify(
+        &[
+            "--keyspace-mode",
+            "leaderless",
+            "--duration",
+            "20s",
+            "--faults",
+            "partition,kill,pause",
+            "--seed",
+            "11",
+            "--clients",
+            "6",
+            "--dir",
+            dir.path().join("cluster").to_str().expect("utf-8"),
+        ],
+        Duration::from_secs(180),
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("converged: every replica reports the same digest"),
+        "{all}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for property in [
+        "never invented",
+        "strict-quorum reads",
+        "no acknowledged write lost",
+        "convergence",
+    ] {
+        let n = checked(&stdout, "leaderless", property);
+        assert!(
+            n.is_some_and(|n| n > 0),
+            "nothing judged for {property}:\n{all}"
+        );
+    }
+}
+
 #[cfg(feature = "bug-injection")]
 mod bugs {
     use super::*;
@@ -106,24 +147,16 @@ mod bugs {
     /// Runs verify against nodes started with `--bug bug` and expects one of `evidence` (a
     /// violated property, as the report prints it) in its output.
     fn caught(bug: &str, levels: &str, faults: &str, evidence: &[&str]) {
+        caught_with(bug, &["--levels", levels], faults, evidence)
+    }
+
+    fn caught_with(bug: &str, mode: &[&str], faults: &str, evidence: &[&str]) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let out = verify(
-            &[
-                "--duration",
-                "20s",
-                "--bug",
-                bug,
-                "--levels",
-                levels,
-                "--faults",
-                faults,
-                "--seed",
-                "3",
-                "--dir",
-                dir.path().join("cluster").to_str().expect("utf-8"),
-            ],
-            Duration::from_secs(180),
-        );
+        let cluster = dir.path().join("cluster");
+        let mut args = vec!["--duration", "20s", "--bug", bug, "--faults", faults];
+        args.extend_from_slice(mode);
+        args.extend_from_slice(&["--seed", "3", "--dir", cluster.to_str().expect("utf-8")]);
+        let out = verify(&args, Duration::from_secs(180));
         let all = text(&out);
         assert_eq!(
             out.status.code(),
@@ -177,6 +210,16 @@ mod bugs {
                 "[durability / no acknowledged write lost]",
                 "both claim index",
             ],
+        );
+    }
+
+    #[test]
+    fn a_leaderless_write_acknowledged_below_its_quorum_is_caught() {
+        caught_with(
+            "quorum-ack-one",
+            &["--keyspace-mode", "leaderless"],
+            "partition",
+            &["[leaderless / strict-quorum reads]"],
         );
     }
 

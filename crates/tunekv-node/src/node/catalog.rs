@@ -89,6 +89,8 @@ impl Node {
         spec: KeyspaceSpec,
     ) -> Result<(KeyspaceInfo, bool), TunekvError> {
         check_keyspace_name(name)?;
+        // Stored with the mode's defaults filled in, so a later GET shows what applies.
+        let spec = spec.normalized();
         spec.validate(self.all_nodes.len())?;
         let deadline = Instant::now() + Duration::from_millis(self.config.write_wait_ms_default);
         let value = serde_json::to_vec(&spec).map_err(internal)?;
@@ -127,6 +129,10 @@ impl Node {
 
     /// Waits (bounded) until every hosted shard group of the keyspace knows its leader.
     pub(super) async fn wait_keyspace_ready(&self, ks: &KeyspaceInfo) {
+        if ks.spec.mode != Mode::Ordered {
+            // No groups: a leaderless or volatile keyspace is ready once in the catalog.
+            return;
+        }
         let deadline = Instant::now() + KEYSPACE_READY_WAIT;
         for shard in 0..ks.spec.shards {
             let gid = GroupId::for_shard(ks.id, ShardId(shard));

@@ -102,6 +102,11 @@ impl Node {
                 let resp = me.pool.call(peer, 0, Request::Clock, CALIBRATE_WAIT).await;
                 let received_wall_ms = me.clock.wall_ms();
                 let received = Instant::now();
+                // The leaderless failure detector hears of every round.
+                me.saw_peer(
+                    peer,
+                    !matches!(resp, Err(CallError::Unreachable(_) | CallError::Timeout)),
+                );
                 if let Ok(Response::Clock {
                     incarnation,
                     now_us,

@@ -67,7 +67,11 @@ impl Node {
             keyspace_cache: RwLock::new(HashMap::new()),
             tasks: Mutex::new(tokio::task::JoinSet::new()),
             stop: tokio_util::sync::CancellationToken::new(),
+            dynamo: Default::default(),
+            me: std::sync::OnceLock::new(),
         });
+        let _ = node.me.set(Arc::downgrade(&node));
+        node.load_hints()?;
         node.spawn_loop(rpc::serve(
             node.id,
             listener,
@@ -82,6 +86,8 @@ impl Node {
         node.spawn_loop(node.clone().calibrate_loop());
         node.spawn_loop(node.clone().watermark_loop());
         node.spawn_loop(node.clone().sweep_loop());
+        node.spawn_loop(node.clone().hint_loop());
+        node.spawn_loop(node.clone().anti_entropy_loop());
         Ok(node)
     }
 
@@ -199,6 +205,9 @@ impl Node {
         let mut applied = self.metadata().data.subscribe();
         loop {
             for ks in self.list_keyspaces() {
+                if ks.spec.mode != Mode::Ordered {
+                    continue;
+                }
                 for shard in 0..ks.spec.shards {
                     let replicas =
                         replicas_for(ks.id, ShardId(shard), &self.all_nodes, ks.spec.replicas);

@@ -5,6 +5,7 @@
 
 mod catalog;
 mod freshness;
+mod leaderless;
 mod lifecycle;
 mod read;
 mod rpc_handler;
@@ -12,6 +13,7 @@ mod status;
 mod write;
 
 use freshness::Proofs;
+pub use leaderless::{LeaderlessReport, ReplicaDigest};
 
 use crate::clock::Clock;
 use crate::config::NodeConfig;
@@ -37,8 +39,8 @@ use tunekv_core::keyspace::{replicas_for, scan_hash, shard_for_key, SCAN_HASH_BI
 use tunekv_core::limits::{check_key, check_keyspace_name, check_value};
 use tunekv_core::{
     judge, ClockGuard, ClockHealth, Code, CopyState, GroupId, Hlc, KeyspaceSpec, Level, LogIndex,
-    NodeId, PeerClock, Position, Promise, Receipt, Requirement, Session, SessionKey, ShardId,
-    Staleness, TunekvError, Verdict, Watermark,
+    Mode, NodeId, PeerClock, Position, Promise, Quorum, QuorumReceipt, Receipt, Requirement,
+    Session, SessionKey, ShardId, Staleness, TunekvError, Verdict, Watermark,
 };
 use tunekv_raft::{
     Applied, Command, CommandResult, LogStore, Op, Raft, ShardData, StateMachine, StoredValue,
@@ -143,6 +145,8 @@ pub struct WriteOutcome {
     pub existed: bool,
     /// Everything the state machine said about the command.
     pub result: CommandResult,
+    /// How a leaderless write met its quorum; `None` on ordered keyspaces.
+    pub quorum: Option<QuorumReceipt>,
 }
 
 /// What every read names besides its keys, from any front end (HTTP, RESP): the keyspace, the
@@ -151,6 +155,8 @@ pub struct WriteOutcome {
 pub struct ReadRequest<'a> {
     pub keyspace: &'a str,
     pub level: Option<Level>,
+    /// Read quorum on leaderless keyspaces (`None`: `one`); refused on ordered ones.
+    pub r: Option<Quorum>,
     pub wait: Option<Duration>,
     pub session: &'a mut Session,
 }
@@ -159,6 +165,8 @@ pub struct ReadRequest<'a> {
 /// the node's default) and the session it runs in (the write is recorded in it).
 pub struct WriteRequest<'a> {
     pub keyspace: &'a str,
+    /// Write quorum on leaderless keyspaces (`None`: `quorum`); refused on ordered ones.
+    pub w: Option<Quorum>,
     pub wait: Option<Duration>,
     pub session: &'a mut Session,
 }
@@ -218,6 +226,10 @@ pub struct Node {
     // pushes, expiry sweep), and the token that stops them all at `shutdown`.
     tasks: Mutex<tokio::task::JoinSet<()>>,
     stop: tokio_util::sync::CancellationToken,
+    // Leaderless and volatile keyspaces: replicas, hints, peer liveness, counters.
+    dynamo: leaderless::Dynamo,
+    // This node, for work that outlives a request (a leaderless write's remaining copies).
+    me: std::sync::OnceLock<std::sync::Weak<Node>>,
 }
 
 /// The items of a batch (1 to `BATCH_KEYS_MAX`, every key checked) grouped by shard, in shard

@@ -9,6 +9,7 @@ struct Begun<'a> {
     ks: KeyspaceInfo,
     level: Level,
     session: &'a mut Session,
+    r: Option<Quorum>,
 }
 
 impl Node {
@@ -134,13 +135,41 @@ impl Node {
         let deadline = started + self.wait_budget(req.wait, self.config.read_wait_ms_default);
         let ks = self.keyspace(req.keyspace, deadline).await?;
         let level = req.level.unwrap_or_else(|| ks.spec.default_level());
+        ks.spec.mode.admits(level)?;
+        if let (Mode::Ordered, Some(r)) = (ks.spec.mode, req.r) {
+            return Err(err(
+                Code::QuorumInvalid,
+                format!(
+                    "r={r}: read quorums apply to leaderless keyspaces; {:?} is ordered, where \
+                     the level says which copy may serve",
+                    ks.name
+                ),
+            ));
+        }
         Ok(Begun {
             started,
             deadline,
             ks,
             level,
             session: req.session,
+            r: req.r,
         })
+    }
+
+    /// Refuses whole-keyspace reads (SCAN, DBSIZE) on leaderless and volatile keyspaces.
+    fn ordered_only(ks: &KeyspaceInfo, what: &str) -> Result<(), TunekvError> {
+        if ks.spec.mode == Mode::Ordered {
+            return Ok(());
+        }
+        Err(err(
+            Code::ModeUnsupported,
+            format!(
+                "{what} is not supported on {} keyspace {:?} yet: its keys are spread over a \
+                 ring of replicas with no one view to read",
+                ks.spec.mode.as_str(),
+                ks.name
+            ),
+        ))
     }
 
     pub async fn get(&self, req: ReadRequest<'_>, key: &[u8]) -> Result<ReadOutcome, TunekvError> {
@@ -175,7 +204,11 @@ impl Node {
             ks,
             level,
             session,
+            r,
         } = self.begin_read(req).await?;
+        if ks.spec.mode != Mode::Ordered {
+            return self.dynamo_batch_get(&ks, level, r, keys, deadline).await;
+        }
         let by_shard = by_shard(&ks, keys.to_vec(), |k| k)?;
         let bytes_max = self.config.batch_get_response_bytes_max;
         let mut bytes_total = 0u64;
@@ -233,7 +266,9 @@ impl Node {
             ks,
             level,
             session,
+            ..
         } = self.begin_read(req).await?;
+        Self::ordered_only(&ks, "SCAN")?;
         let mask = (1u64 << SCAN_HASH_BITS) - 1;
         let mut shard = u32::try_from(cursor >> SCAN_HASH_BITS).unwrap_or(u32::MAX);
         let mut from = cursor & mask;
@@ -301,7 +336,9 @@ impl Node {
             ks,
             level,
             session,
+            ..
         } = self.begin_read(req).await?;
+        Self::ordered_only(&ks, "counting keys")?;
         let mut total = 0;
         let mut receipts = Vec::new();
         for shard in 0..ks.spec.shards {
@@ -315,6 +352,61 @@ impl Node {
             receipts.push(receipt);
         }
         Ok((total, receipts))
+    }
+
+    /// A batch read of a leaderless or volatile keyspace: one quorum read per key (each its
+    /// own receipt), within the batch's byte cap.
+    async fn dynamo_batch_get(
+        &self,
+        ks: &KeyspaceInfo,
+        level: Level,
+        r: Option<Quorum>,
+        keys: &[Vec<u8>],
+        deadline: Instant,
+    ) -> Result<Vec<ShardRead>, TunekvError> {
+        if keys.is_empty() || keys.len() > BATCH_KEYS_MAX {
+            return Err(err(
+                Code::BadRequest,
+                format!(
+                    "a batch holds 1 to {BATCH_KEYS_MAX} keys, got {}",
+                    keys.len()
+                ),
+            ));
+        }
+        let bytes_max = self.config.batch_get_response_bytes_max;
+        let mut bytes = 0u64;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let read = self.dynamo_read(ks, level, r, key, deadline).await?;
+            bytes += read.value.as_ref().map_or(0, |v| v.len() as u64);
+            if bytes > bytes_max {
+                return Err(err(
+                    Code::ResponseTooLarge,
+                    format!(
+                        "the values asked for total more than {bytes_max} bytes, the node's \
+                         batch_get_response_bytes_max; ask for fewer keys at a time"
+                    ),
+                ));
+            }
+            let commit_ts = read
+                .receipt
+                .quorum
+                .as_ref()
+                .and_then(|q| q.version)
+                .map_or(0, |v| v.0);
+            let value = read.value.map(|value| StoredValue {
+                value,
+                create_index: 0,
+                mod_index: 0,
+                commit_ts,
+                expires_ms: None,
+            });
+            out.push(ShardRead {
+                values: vec![(key.clone(), value)],
+                receipt: read.receipt,
+            });
+        }
+        Ok(out)
     }
 
     /// Reads one view of `g` at `level` once the copy may serve it: `f` gets the view and the
@@ -479,6 +571,7 @@ impl Node {
             served_by: self.id,
             position,
             staleness,
+            quorum: None,
         }
     }
 

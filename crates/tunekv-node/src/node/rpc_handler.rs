@@ -23,6 +23,16 @@ impl Node {
                 self.accept_watermarks(push);
                 return Ok(Response::Done);
             }
+            Request::Dynamo(req) => {
+                return match tokio::time::timeout(FORWARDED_WORK_MAX, self.handle_dynamo(req)).await
+                {
+                    Ok(r) => r.map(Response::Dynamo),
+                    Err(_) => Err(RemoteError::new(
+                        Code::Timeout,
+                        "the replica did not finish in time",
+                    )),
+                }
+            }
             _ => {}
         }
         let g = self.group(gid).ok_or_else(|| {
@@ -88,7 +98,7 @@ impl Node {
                 .await
                 .map(Response::TransferLeader)
                 .map_err(fatal),
-            Request::Status | Request::Clock | Request::Watermarks(_) => {
+            Request::Status | Request::Clock | Request::Watermarks(_) | Request::Dynamo(_) => {
                 Err(RemoteError::new(Code::Internal, "handled above"))
             }
         }

@@ -46,6 +46,7 @@ impl Node {
                 ClockHealth::Trusted => None,
             },
             hlc_capped_total: self.hlc.capped_total(),
+            leaderless: self.leaderless_report(),
         }
     }
 
@@ -81,7 +82,8 @@ impl Node {
                 raft: p.raft.clone(),
                 reachable: reachable.is_some(),
                 clock_skew: reachable.as_ref().and_then(|r| r.clock_skew.clone()),
-                hlc_capped_total: reachable.map_or(0, |r| r.hlc_capped_total),
+                hlc_capped_total: reachable.as_ref().map_or(0, |r| r.hlc_capped_total),
+                leaderless: reachable.map(|r| r.leaderless),
             });
         }
         nodes.push(NodeEntry {
@@ -91,6 +93,7 @@ impl Node {
             reachable: true,
             clock_skew: me.clock_skew,
             hlc_capped_total: me.hlc_capped_total,
+            leaderless: Some(me.leaderless),
         });
         nodes.sort_by_key(|n| n.id);
         let names: BTreeMap<u64, String> = self

@@ -2,6 +2,7 @@
 //! through elections; the leader's sweep of expired keys.
 
 use super::*;
+use tunekv_dynamo::Stored;
 
 impl Node {
     pub(super) fn wait_budget(&self, wait: Option<Duration>, default_ms: u64) -> Duration {
@@ -78,15 +79,58 @@ impl Node {
             .await
     }
 
-    /// Starts a write: its deadline, its keyspace and its session.
+    /// Starts a write: its deadline, its keyspace, its session and its write quorum (refused
+    /// on an ordered keyspace).
     async fn begin_write<'a>(
         &self,
         req: WriteRequest<'a>,
-    ) -> Result<(Instant, KeyspaceInfo, &'a mut Session), TunekvError> {
+    ) -> Result<(Instant, KeyspaceInfo, &'a mut Session, Option<Quorum>), TunekvError> {
         let deadline =
             Instant::now() + self.wait_budget(req.wait, self.config.write_wait_ms_default);
         let ks = self.keyspace(req.keyspace, deadline).await?;
-        Ok((deadline, ks, req.session))
+        if let (Mode::Ordered, Some(w)) = (ks.spec.mode, req.w) {
+            return Err(err(
+                Code::QuorumInvalid,
+                format!(
+                    "w={w}: write quorums apply to leaderless keyspaces; {:?} is ordered, where \
+                     every write commits on a majority of its shard's replicas",
+                    ks.name
+                ),
+            ));
+        }
+        Ok((deadline, ks, req.session, req.w))
+    }
+
+    /// What a write of a leaderless or volatile keyspace stores: a plain value or a delete.
+    /// Read-modify-write commands need one order of writes, which those modes do not have.
+    fn leaderless_stored(ks: &KeyspaceInfo, op: Op) -> Result<Stored, TunekvError> {
+        let value = match op {
+            Op::Put { value, .. } => value,
+            Op::Set {
+                value,
+                cond: tunekv_raft::Cond::Always,
+                ttl: tunekv_raft::Ttl::Clear,
+                get: false,
+                ..
+            } => value,
+            Op::Delete { .. } => return Ok(Stored::Tombstone),
+            other => {
+                return Err(err(
+                    Code::ModeUnsupported,
+                    format!(
+                        "{} is not supported on {} keyspace {:?}: it reads and writes atomically, \
+                         which needs one order of writes (an ordered keyspace); here only plain \
+                         writes and deletes are (conditions, expiry and counters come with \
+                         conflict-free types)",
+                        other.name(),
+                        ks.spec.mode.as_str(),
+                        ks.name
+                    ),
+                ))
+            }
+        };
+        check_value(&value, ks.spec.value_bytes_max)?;
+        Ok(Stored::Value(value))
     }
 
     /// Commits one command on the shard of `key`: `op` builds it from the keyspace (value
@@ -98,9 +142,13 @@ impl Node {
         key: &[u8],
         op: impl FnOnce(&KeyspaceInfo) -> Result<Op, TunekvError>,
     ) -> Result<WriteOutcome, TunekvError> {
-        let (deadline, ks, session) = self.begin_write(req).await?;
+        let (deadline, ks, session, w) = self.begin_write(req).await?;
         check_key(key)?;
         let op = op(&ks)?;
+        if ks.spec.mode != Mode::Ordered {
+            let stored = Self::leaderless_stored(&ks, op)?;
+            return self.dynamo_write(&ks, w, key, stored, deadline).await;
+        }
         match &op {
             Op::Put { value, .. } | Op::PutIfAbsent { value, .. } | Op::Set { value, .. } => {
                 check_value(value, ks.spec.value_bytes_max)?
@@ -127,7 +175,18 @@ impl Node {
         req: WriteRequest<'_>,
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<Vec<WriteOutcome>, TunekvError> {
-        let (deadline, ks, session) = self.begin_write(req).await?;
+        let (deadline, ks, session, _) = self.begin_write(req).await?;
+        if ks.spec.mode != Mode::Ordered {
+            return Err(err(
+                Code::ModeUnsupported,
+                format!(
+                    "MSET is atomic, which needs one order of writes; {:?} is {}: set its keys \
+                     one by one",
+                    ks.name,
+                    ks.spec.mode.as_str()
+                ),
+            ));
+        }
         for (_, v) in &pairs {
             check_value(v, ks.spec.value_bytes_max)?;
         }
@@ -171,6 +230,7 @@ impl Node {
             },
             existed: w.result.existed,
             result: w.result,
+            quorum: None,
         }
     }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tunekv::local_cluster::LocalCluster;
 use tunekv_check::{check, CheckInput, Limits, OpKind, Operation};
 use tunekv_client::{Client, Opts};
-use workload::{Budget, ClientPlan, Protocol, KEYSPACE};
+use workload::{Budget, ClientPlan, Protocol, KEYSPACE, KEYSPACE_LEADERLESS};
 
 use crate::targets;
 pub use crate::targets::Target;
@@ -42,6 +42,9 @@ pub struct VerifyOptions {
     pub dir: Option<PathBuf>,
     /// Server flags for the nodes this run starts (`--bug …` in bug-injection builds).
     pub server_args: Vec<String>,
+    /// `--keyspace-mode leaderless`: run against a leaderless keyspace (HTTP clients at every
+    /// `r` and `w`) and judge it with the leaderless checkers.
+    pub leaderless: bool,
 }
 
 /// The history, with every time from one monotonic clock: each operation and, for a failed
@@ -156,14 +159,27 @@ async fn run_on(
     cluster: Option<Arc<Mutex<LocalCluster>>>,
 ) -> Result<i32> {
     let admin = Client::with_timeout(&targets[0].http, Duration::from_secs(30));
-    let spec = serde_json::json!({"shards": 2, "replicas": targets.len().min(3), "default_level": "strong"});
-    match admin.create_keyspace(KEYSPACE, &spec).await {
+    let replicas = targets.len().min(3) as u32;
+    let (keyspace, spec) = if o.leaderless {
+        (
+            KEYSPACE_LEADERLESS,
+            serde_json::json!({"mode": "leaderless", "replicas": replicas, "conflict": "lww"}),
+        )
+    } else {
+        (
+            KEYSPACE,
+            serde_json::json!({"shards": 2, "replicas": replicas, "default_level": "strong"}),
+        )
+    };
+    match admin.create_keyspace(keyspace, &spec).await {
         Ok(_) => {}
         Err(e) if e.code() == Some("keyspace_exists") => {}
-        Err(e) => bail!("cannot create keyspace {KEYSPACE}: {e}"),
+        Err(e) => bail!("cannot create keyspace {keyspace}: {e}"),
     }
     let keys: Vec<String> = (0..o.keys).map(|i| format!("k{i}")).collect();
-    wait_writable(&admin, &keys[0]).await?;
+    if !o.leaderless {
+        wait_writable(&admin, &keys[0]).await?;
+    }
 
     let progress = Arc::new(Progress::new(o.duration));
     let say: Arc<dyn Fn(String) + Send + Sync> = {
@@ -194,7 +210,7 @@ async fn run_on(
         .map(|i| {
             let plan = ClientPlan {
                 id: u64::from(i) + 1,
-                protocol: if i % 2 == 0 {
+                protocol: if i % 2 == 0 || o.leaderless {
                     Protocol::Http
                 } else {
                     Protocol::Resp
@@ -202,6 +218,7 @@ async fn run_on(
                 seed: seed.wrapping_mul(31).wrapping_add(u64::from(i)),
                 keys: keys.clone(),
                 levels: o.levels.clone(),
+                leaderless: o.leaderless,
             };
             tokio::spawn(workload::run_client(
                 plan,
@@ -253,12 +270,26 @@ async fn run_on(
         !o.faults.is_empty() || o.cluster.is_none(),
     )
     .await?;
-    let converged = converge(&targets, &keys, Duration::from_secs(60)).await;
+    let converge_started = Instant::now();
+    let converged = if o.leaderless {
+        converge_leaderless(&targets, Duration::from_secs(60)).await
+    } else {
+        converge(&targets, &keys, Duration::from_secs(60)).await
+    };
     if !converged {
         println!("warning: the nodes did not converge within 60 s; the final reads will show it");
+    } else if o.leaderless {
+        println!(
+            "converged: every replica reports the same digest {:.1}s after healing, with no reads",
+            converge_started.elapsed().as_secs_f64()
+        );
     }
     let heal_ns = rec.now_ns();
-    final_reads(&targets, &keys, &rec).await;
+    if o.leaderless {
+        final_leaderless_reads(&targets, &keys, &rec).await;
+    } else {
+        final_reads(&targets, &keys, &rec).await;
+    }
 
     let recorded = rec.take();
     if let Some(path) = &o.history {
@@ -271,13 +302,23 @@ async fn run_on(
     }
     let ops: Vec<Operation> = recorded.into_iter().map(|(op, _)| op).collect();
     let checked_at = Instant::now();
-    let report = match check(
-        &CheckInput {
-            ops,
-            heal_ns: Some(heal_ns),
-        },
-        &Limits::default(),
-    ) {
+    let report = if o.leaderless {
+        Ok(tunekv_check::leaderless::check(
+            &ops,
+            replicas,
+            Some(heal_ns),
+            &Limits::default(),
+        ))
+    } else {
+        check(
+            &CheckInput {
+                ops,
+                heal_ns: Some(heal_ns),
+            },
+            &Limits::default(),
+        )
+    };
+    let report = match report {
         Ok(r) => r,
         Err(e) => {
             // Either the cluster broke a promise the checkers take as given (two acknowledged
@@ -371,6 +412,84 @@ async fn converge(targets: &[Target], keys: &[String], timeout: Duration) -> boo
     false
 }
 
+/// True once every node reports the same digest of the leaderless keyspace (hints delivered,
+/// anti-entropy done), with no client reads.
+async fn converge_leaderless(targets: &[Target], timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let mut digests = Vec::new();
+        for t in targets {
+            let c = Client::with_timeout(&t.http, Duration::from_secs(3));
+            let d = c.cluster().await.ok().and_then(|s| {
+                let me = s["nodes"]
+                    .as_array()?
+                    .iter()
+                    .find(|n| n["id"].as_u64() == Some(t.id))?
+                    .clone();
+                me["leaderless"]["keyspaces"]
+                    .as_array()?
+                    .iter()
+                    .find(|k| k["keyspace"] == KEYSPACE_LEADERLESS)
+                    .map(|k| k["digest"].clone())
+            });
+            digests.push(d);
+        }
+        if digests.iter().all(|d| d.is_some() && *d == digests[0]) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    false
+}
+
+/// After healing on a leaderless keyspace: every key read at r=one on every node.
+async fn final_leaderless_reads(targets: &[Target], keys: &[String], rec: &Recorder) {
+    for (i, t) in targets.iter().enumerate() {
+        let c = Client::with_timeout(&t.http, Duration::from_secs(10));
+        for k in keys {
+            let invoke_ns = rec.now_ns();
+            let r = c
+                .get(
+                    KEYSPACE_LEADERLESS,
+                    k.as_bytes(),
+                    &Opts::default().r("one").wait_ms(5000),
+                )
+                .await;
+            let complete_ns = rec.now_ns();
+            let (ok, value, version, error) = match r {
+                Ok(r) => (
+                    Some(true),
+                    r.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                    r.receipt.quorum_field("version").map(str::to_string),
+                    None,
+                ),
+                Err(e) => (Some(false), None, None, Some(e.to_string())),
+            };
+            rec.push(
+                Operation {
+                    client: 0,
+                    session: None,
+                    op: OpKind::Read,
+                    key: k.clone(),
+                    value,
+                    invoke_ns,
+                    complete_ns,
+                    ok,
+                    level: "eventual".into(),
+                    node: format!("n{}", i + 1),
+                    position: None,
+                    staleness_entries: None,
+                    staleness_ms: None,
+                    quorum: Some("one".into()),
+                    version,
+                    strict: None,
+                },
+                error,
+            );
+        }
+    }
+}
+
 /// After healing: every key read at `eventual` on every node, then at `strong`, recorded as
 /// client 0 with no session.
 async fn final_reads(targets: &[Target], keys: &[String], rec: &Recorder) {
@@ -408,6 +527,9 @@ async fn final_reads(targets: &[Target], keys: &[String], rec: &Recorder) {
                         position,
                         staleness_entries: staleness.map(|s| s.0),
                         staleness_ms: staleness.map(|s| s.1),
+                        quorum: None,
+                        version: None,
+                        strict: None,
                     },
                     error,
                 );

@@ -14,6 +14,11 @@ use tunekv_client::{Client, ClientError, Opts};
 
 /// The keyspace `verify` works in.
 pub const KEYSPACE: &str = "verify";
+/// The keyspace of `verify --keyspace-mode leaderless`.
+pub const KEYSPACE_LEADERLESS: &str = "verify_leaderless";
+/// Quorums a leaderless run draws from.
+const READ_QUORUMS: [&str; 3] = ["one", "quorum", "all"];
+const WRITE_QUORUMS: [&str; 4] = ["one", "quorum", "all", "any"];
 /// Every request's server-side wait budget, and the client's own limit past it.
 pub const WAIT_MS: u64 = 1000;
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -33,6 +38,9 @@ pub struct ClientPlan {
     pub seed: u64,
     pub keys: Vec<String>,
     pub levels: Vec<String>,
+    /// A leaderless keyspace: HTTP only, reads at `eventual` with a random `r`, writes with a
+    /// random `w`, each recording its quorum and version.
+    pub leaderless: bool,
 }
 
 /// Shared stop conditions: a flag (duration over) and an op budget.
@@ -59,6 +67,11 @@ struct Outcome {
     position: Option<String>,
     staleness: Option<(u64, u64)>,
     error: Option<String>,
+    /// Leaderless runs: the quorum asked for, the version read or written, whether a write's
+    /// acknowledgement was strict.
+    quorum: Option<String>,
+    version: Option<String>,
+    strict: Option<bool>,
 }
 
 impl Outcome {
@@ -69,6 +82,9 @@ impl Outcome {
             position: None,
             staleness: None,
             error: Some(error),
+            quorum: None,
+            version: None,
+            strict: None,
         }
     }
 }
@@ -100,7 +116,16 @@ pub async fn run_client(
     while budget.take() {
         let key = plan.keys[rng.gen_range(0..plan.keys.len())].clone();
         let roll = rng.gen_range(0..100);
-        let (kind, level) = if roll < 55 {
+        let (kind, level) = if roll < 55 && plan.leaderless {
+            (OpKind::Read, "eventual".to_string())
+        } else if plan.leaderless {
+            let kind = if roll < 92 {
+                OpKind::Write
+            } else {
+                OpKind::Delete
+            };
+            (kind, "eventual".to_string())
+        } else if roll < 55 {
             let level = plan.levels[rng.gen_range(0..plan.levels.len())].clone();
             (OpKind::Read, level)
         } else if roll < 92 {
@@ -118,6 +143,13 @@ pub async fn run_client(
         };
         let invoke_ns = rec.now_ns();
         let out = match plan.protocol {
+            Protocol::Http if plan.leaderless => {
+                let quorum = match kind {
+                    OpKind::Read => READ_QUORUMS[rng.gen_range(0..READ_QUORUMS.len())],
+                    _ => WRITE_QUORUMS[rng.gen_range(0..WRITE_QUORUMS.len())],
+                };
+                leaderless_op(&http[node], kind, &key, value.as_deref(), quorum).await
+            }
             Protocol::Http => {
                 http_op(
                     &http[node],
@@ -223,9 +255,81 @@ fn record(
             position: out.position,
             staleness_entries: out.staleness.map(|s| s.0),
             staleness_ms: out.staleness.map(|s| s.1),
+            quorum: out.quorum,
+            version: out.version,
+            strict: out.strict,
         },
         out.error,
     );
+}
+
+/// One operation on the leaderless keyspace at quorum `quorum`. A failed write's outcome is
+/// unknown whatever its code: leaderless writes are not rolled back, so one refused for want
+/// of a quorum may still be on a replica and spread.
+async fn leaderless_op(
+    c: &Client,
+    kind: OpKind,
+    key: &str,
+    value: Option<&str>,
+    quorum: &str,
+) -> Outcome {
+    let opts = Opts::default().wait_ms(WAIT_MS);
+    let unknown = |e: ClientError| Outcome {
+        ok: match &e {
+            ClientError::Api { code, .. } | ClientError::Invalid { code, .. }
+                if code == "quorum_invalid" || code == "bad_request" =>
+            {
+                Some(false)
+            }
+            _ => None,
+        },
+        quorum: Some(quorum.to_string()),
+        ..Outcome::failed(None, e.to_string())
+    };
+    match kind {
+        OpKind::Read => match c
+            .get(KEYSPACE_LEADERLESS, key.as_bytes(), &opts.r(quorum))
+            .await
+        {
+            Ok(r) => Outcome {
+                ok: Some(true),
+                value: r.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                staleness: r.receipt.staleness_parts(),
+                version: r.receipt.quorum_field("version").map(str::to_string),
+                position: Some(r.receipt.position),
+                error: None,
+                quorum: Some(quorum.to_string()),
+                strict: None,
+            },
+            Err(e) => Outcome {
+                ok: Some(false),
+                ..unknown(e)
+            },
+        },
+        OpKind::Write | OpKind::Delete => {
+            let opts = opts.w(quorum);
+            let res = match value {
+                Some(v) => {
+                    c.put(KEYSPACE_LEADERLESS, key.as_bytes(), v.as_bytes(), &opts)
+                        .await
+                }
+                None => c.delete(KEYSPACE_LEADERLESS, key.as_bytes(), &opts).await,
+            };
+            match res {
+                Ok(w) => Outcome {
+                    ok: Some(true),
+                    value: None,
+                    position: Some(w.position),
+                    staleness: None,
+                    error: None,
+                    quorum: Some(quorum.to_string()),
+                    version: w.quorum.as_ref().and_then(|q| q.version.clone()),
+                    strict: w.quorum.as_ref().map(|q| q.strict),
+                },
+                Err(e) => unknown(e),
+            }
+        }
+    }
 }
 
 fn client_failure(e: ClientError) -> Outcome {
@@ -261,6 +365,9 @@ async fn http_op(
                         staleness: r.receipt.staleness_parts(),
                         position: Some(r.receipt.position),
                         error: None,
+                        quorum: None,
+                        version: None,
+                        strict: None,
                     }
                 }
                 Err(e) => client_failure(e),
@@ -280,6 +387,9 @@ async fn http_op(
                         position: Some(w.position),
                         staleness: None,
                         error: None,
+                        quorum: None,
+                        version: None,
+                        strict: None,
                     }
                 }
                 Err(e) => client_failure(e),
@@ -380,6 +490,9 @@ async fn resp_op(
                 position: receipt.field("position").and_then(Value::text),
                 staleness: int("staleness_entries").zip(int("staleness_ms")),
                 error: None,
+                quorum: None,
+                version: None,
+                strict: None,
             }
         }
         _ => Outcome {
@@ -391,6 +504,9 @@ async fn resp_op(
             },
             staleness: None,
             error: None,
+            quorum: None,
+            version: None,
+            strict: None,
         },
     }
 }

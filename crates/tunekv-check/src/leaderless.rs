@@ -1,0 +1,488 @@
+//! The promises of leaderless keyspaces (issue 16), judged on a history whose operations carry
+//! their version (`version`: the HLC stamp and coordinating node, `HLC.NODE`, or `none` for a
+//! read that found no replica holding the key), their quorum (`quorum`: the `r` of a read or the
+//! `w` of a write) and, for writes, whether the acknowledgement was `strict` (every counted copy
+//! on the key's preference list). Under last-writer-wins the state of a key is the value of its
+//! highest version, so every property is a comparison of versions:
+//!
+//! - **never invented** — a value read was written to that key by a write that did not
+//!   certainly fail and began before the read ended, and the version read is that write's.
+//! - **strict-quorum reads** — a read at `r` with R + W > N returns a version at least as high as
+//!   every write or delete acknowledged strictly at `w` before the read began.
+//! - **no acknowledged write lost** — after healing, every node's final read of a key returns a
+//!   version at least as high as every acknowledged update of the key (a higher one belongs to
+//!   a write that was acknowledged or whose outcome is unknown).
+//! - **deleted keys stay deleted** — after healing, a key whose highest acknowledged update was
+//!   a delete reads as absent, unless a later write (higher version) that did not certainly fail
+//!   brought it back.
+//! - **convergence** — after healing, every node's final read of a key returns the same version.
+
+use crate::history::{OpKind, Operation};
+use crate::report::{Report, Row, Verdict};
+use crate::Limits;
+use std::collections::{BTreeMap, HashMap};
+
+pub const LEVEL: &str = "leaderless";
+pub const NEVER_INVENTED: &str = "never invented";
+pub const STRICT_QUORUM_READS: &str = "strict-quorum reads";
+pub const NO_ACKED_WRITE_LOST: &str = "no acknowledged write lost";
+pub const DELETES_STAY: &str = "deleted keys stay deleted";
+pub const CONVERGENCE: &str = "convergence";
+
+/// A version as `(hlc, node)`; `(0, 0)` is "no version" (a key no replica held).
+type Ver = (u64, u64);
+
+/// Parses `HLC.NODE` or `none`.
+pub fn parse_version(text: &str) -> Option<Ver> {
+    if text == "none" {
+        return Some((0, 0));
+    }
+    let (hlc, node) = text.split_once('.')?;
+    Some((hlc.parse().ok()?, node.parse().ok()?))
+}
+
+/// How many of `n` replicas a quorum name takes.
+fn count(quorum: &str, n: u32) -> Option<u32> {
+    match quorum {
+        "one" | "any" => Some(1),
+        "quorum" => Some(n / 2 + 1),
+        "all" => Some(n),
+        _ => None,
+    }
+}
+
+fn version_of(op: &Operation) -> Option<Ver> {
+    op.version.as_deref().and_then(parse_version)
+}
+
+/// Judges a leaderless history. `replicas` is N; `heal_ns` starts the final phase (final reads
+/// on every node after faults were cleared and the replicas reported the same digests).
+pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Limits) -> Report {
+    let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        by_key.entry(op.key.as_str()).or_default().push(i);
+    }
+    let mut invented = Row::new(LEVEL, NEVER_INVENTED);
+    let mut strict = Row::new(LEVEL, STRICT_QUORUM_READS);
+    let mut lost = Row::new(LEVEL, NO_ACKED_WRITE_LOST);
+    let mut deletes = Row::new(LEVEL, DELETES_STAY);
+    let mut converged = Row::new(LEVEL, CONVERGENCE);
+    for ids in by_key.values() {
+        let writers: HashMap<&str, usize> = ids
+            .iter()
+            .filter(|&&i| ops[i].op == OpKind::Write)
+            .filter_map(|&i| Some((ops[i].value.as_deref()?, i)))
+            .collect();
+        let by_version: HashMap<Ver, usize> = ids
+            .iter()
+            .filter(|&&i| ops[i].is_update())
+            .filter_map(|&i| Some((version_of(&ops[i])?, i)))
+            .collect();
+        let acked_updates: Vec<usize> = ids
+            .iter()
+            .copied()
+            .filter(|&i| ops[i].is_update() && ops[i].is_acked())
+            .collect();
+        for &r in ids
+            .iter()
+            .filter(|&&i| ops[i].is_read() && ops[i].is_acked())
+        {
+            if ops[r].value.is_some() {
+                invented.record(judge_invented(ops, r, &writers), ops, limits);
+            }
+            if let Some(v) = judge_strict(ops, r, &acked_updates, replicas) {
+                strict.record(v, ops, limits);
+            }
+        }
+        let Some(heal) = heal_ns else {
+            lost.record(Verdict::Unknown, ops, limits);
+            deletes.record(Verdict::Unknown, ops, limits);
+            converged.record(Verdict::Unknown, ops, limits);
+            continue;
+        };
+        // Each node's last read after healing.
+        let mut finals: BTreeMap<&str, usize> = BTreeMap::new();
+        for &i in ids {
+            let op = &ops[i];
+            if op.is_read() && op.is_acked() && op.invoke_ns >= heal {
+                finals.insert(op.node.as_str(), i);
+            }
+        }
+        let finals: Vec<usize> = finals.into_values().collect();
+        if finals.is_empty() {
+            lost.record(Verdict::Unknown, ops, limits);
+            deletes.record(Verdict::Unknown, ops, limits);
+            converged.record(Verdict::Unknown, ops, limits);
+            continue;
+        }
+        let delete_ops: Vec<usize> = ids
+            .iter()
+            .copied()
+            .filter(|&i| ops[i].op == OpKind::Delete)
+            .collect();
+        lost.record(
+            judge_lost(
+                ops,
+                &finals,
+                &acked_updates,
+                &writers,
+                &by_version,
+                &delete_ops,
+            ),
+            ops,
+            limits,
+        );
+        deletes.record(judge_deletes(ops, &finals, &acked_updates), ops, limits);
+        converged.record(judge_converged(ops, &finals), ops, limits);
+    }
+    Report {
+        rows: vec![invented, strict, lost, deletes, converged],
+    }
+}
+
+fn judge_invented(ops: &[Operation], read: usize, writers: &HashMap<&str, usize>) -> Verdict {
+    let op = &ops[read];
+    let value = op.value.as_deref().unwrap_or_default();
+    let violation = |why: String, ids: Vec<usize>| Verdict::Violation {
+        message: format!(
+            "read of key {:?} on {} returned {value:?}, {why}",
+            op.key, op.node
+        ),
+        ops: ids,
+    };
+    let Some(&w) = writers.get(value) else {
+        return violation("which no write ever wrote to this key".into(), vec![read]);
+    };
+    let write = &ops[w];
+    if write.ok == Some(false) && version_of(write).is_none() {
+        return violation(
+            "which only a write that certainly failed wrote".into(),
+            vec![read, w],
+        );
+    }
+    if write.invoke_ns > op.complete_ns {
+        return violation(
+            "before the write of that value had even begun".into(),
+            vec![read, w],
+        );
+    }
+    match (version_of(op), version_of(write)) {
+        (Some(r), Some(wv)) if r != wv => violation(
+            format!("at version {r:?}, but that value's write has version {wv:?}"),
+            vec![read, w],
+        ),
+        _ => Verdict::Pass,
+    }
+}
+
+/// `None` when the read is not a strict-quorum read (R + W > N for no W, or no version).
+fn judge_strict(ops: &[Operation], read: usize, acked: &[usize], replicas: u32) -> Option<Verdict> {
+    let op = &ops[read];
+    let r = count(op.quorum.as_deref()?, replicas)?;
+    let read_version = version_of(op)?;
+    // The strictly acknowledged updates that completed before the read began, at a W that
+    // meets R.
+    let must_see = acked
+        .iter()
+        .copied()
+        .filter(|&u| {
+            let w = &ops[u];
+            w.strict == Some(true)
+                && w.complete_ns < op.invoke_ns
+                && w.quorum
+                    .as_deref()
+                    .and_then(|q| count(q, replicas))
+                    .is_some_and(|w| r + w > replicas)
+        })
+        .filter_map(|u| Some((version_of(&ops[u])?, u)))
+        .max();
+    let Some((newest, u)) = must_see else {
+        // Nothing it had to see: nothing to judge.
+        return None;
+    };
+    Some(if read_version >= newest {
+        Verdict::Pass
+    } else {
+        Verdict::Violation {
+            message: format!(
+                "read of key {:?} at r={} on {} returned version {read_version:?}, older than \
+                 {newest:?}, which a write acknowledged strictly at w={} before the read began \
+                 had written (R + W > N = {replicas})",
+                op.key,
+                op.quorum.as_deref().unwrap_or("?"),
+                op.node,
+                ops[u].quorum.as_deref().unwrap_or("?")
+            ),
+            ops: vec![u, read],
+        }
+    })
+}
+
+fn newest_acked(ops: &[Operation], acked: &[usize]) -> Option<(Ver, usize)> {
+    acked
+        .iter()
+        .filter_map(|&u| Some((version_of(&ops[u])?, u)))
+        .max()
+}
+
+/// Whether the state a final read `f` saw at version `got` can come from an update that did
+/// not certainly fail: the write of its value, or (absent) a delete at that version or one
+/// whose version is unknown.
+fn may_have_written(
+    ops: &[Operation],
+    f: usize,
+    got: Ver,
+    writers: &HashMap<&str, usize>,
+    by_version: &HashMap<Ver, usize>,
+    deletes: &[usize],
+) -> bool {
+    let possible = |w: usize| ops[w].ok != Some(false) || ops[w].version.is_some();
+    match ops[f].value.as_deref() {
+        Some(v) => writers
+            .get(v)
+            .is_some_and(|&w| possible(w) && version_of(&ops[w]).is_none_or(|wv| wv == got)),
+        None => {
+            by_version.get(&got).is_some_and(|&d| possible(d))
+                || deletes
+                    .iter()
+                    .any(|&d| ops[d].ok != Some(false) && ops[d].version.is_none())
+        }
+    }
+}
+
+fn judge_lost(
+    ops: &[Operation],
+    finals: &[usize],
+    acked: &[usize],
+    writers: &HashMap<&str, usize>,
+    by_version: &HashMap<Ver, usize>,
+    deletes: &[usize],
+) -> Verdict {
+    let Some((newest, u)) = newest_acked(ops, acked) else {
+        return Verdict::Pass;
+    };
+    for &f in finals {
+        let Some(got) = version_of(&ops[f]) else {
+            return Verdict::Unknown;
+        };
+        if got < newest {
+            return Verdict::Violation {
+                message: format!(
+                    "after healing, key {:?} on {} is at version {got:?}, older than the \
+                     acknowledged update at {newest:?}: an acknowledged write was lost",
+                    ops[f].key, ops[f].node
+                ),
+                ops: vec![u, f],
+            };
+        }
+        if got > newest && !may_have_written(ops, f, got, writers, by_version, deletes) {
+            return Verdict::Violation {
+                message: format!(
+                    "after healing, key {:?} on {} is at version {got:?}, which no update that \
+                     may have happened wrote, above the acknowledged {newest:?}",
+                    ops[f].key, ops[f].node
+                ),
+                ops: vec![u, f],
+            };
+        }
+    }
+    Verdict::Pass
+}
+
+fn judge_deletes(ops: &[Operation], finals: &[usize], acked: &[usize]) -> Verdict {
+    let Some((newest, u)) = newest_acked(ops, acked) else {
+        return Verdict::Pass;
+    };
+    if ops[u].op != OpKind::Delete {
+        return Verdict::Pass;
+    }
+    for &f in finals {
+        let fop = &ops[f];
+        let Some(got) = version_of(fop) else {
+            return Verdict::Unknown;
+        };
+        if fop.value.is_some() && got <= newest {
+            return Verdict::Violation {
+                message: format!(
+                    "after healing, key {:?} on {} holds {:?} at version {got:?} although it was \
+                     deleted at {newest:?} (acknowledged): a deleted key came back",
+                    fop.key, fop.node, fop.value
+                ),
+                ops: vec![u, f],
+            };
+        }
+    }
+    Verdict::Pass
+}
+
+fn judge_converged(ops: &[Operation], finals: &[usize]) -> Verdict {
+    if finals.len() < 2 {
+        return Verdict::Unknown;
+    }
+    let first = &ops[finals[0]];
+    for &f in &finals[1..] {
+        if version_of(&ops[f]) != version_of(first) || ops[f].value != first.value {
+            return Verdict::Violation {
+                message: format!(
+                    "after healing, key {:?} reads {:?} ({:?}) on {} but {:?} ({:?}) on {}",
+                    first.key,
+                    first.value,
+                    first.version,
+                    first.node,
+                    ops[f].value,
+                    ops[f].version,
+                    ops[f].node
+                ),
+                ops: vec![finals[0], f],
+            };
+        }
+    }
+    Verdict::Pass
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(kind: OpKind, key: &str, value: Option<&str>, t: (u64, u64)) -> Operation {
+        Operation {
+            client: 1,
+            session: None,
+            op: kind,
+            key: key.into(),
+            value: value.map(Into::into),
+            invoke_ns: t.0,
+            complete_ns: t.1,
+            ok: Some(true),
+            level: "eventual".into(),
+            node: "n1".into(),
+            position: None,
+            staleness_entries: None,
+            staleness_ms: None,
+            quorum: None,
+            version: None,
+            strict: None,
+        }
+    }
+
+    fn write(key: &str, value: &str, t: (u64, u64), w: &str, version: &str) -> Operation {
+        Operation {
+            quorum: Some(w.into()),
+            version: Some(version.into()),
+            strict: Some(true),
+            ..op(OpKind::Write, key, Some(value), t)
+        }
+    }
+
+    fn delete(key: &str, t: (u64, u64), w: &str, version: &str) -> Operation {
+        Operation {
+            quorum: Some(w.into()),
+            version: Some(version.into()),
+            strict: Some(true),
+            ..op(OpKind::Delete, key, None, t)
+        }
+    }
+
+    fn read(key: &str, value: Option<&str>, t: (u64, u64), r: &str, version: &str) -> Operation {
+        Operation {
+            quorum: Some(r.into()),
+            version: Some(version.into()),
+            ..op(OpKind::Read, key, value, t)
+        }
+    }
+
+    fn on(node: &str, o: Operation) -> Operation {
+        Operation {
+            node: node.into(),
+            ..o
+        }
+    }
+
+    fn row<'a>(report: &'a Report, property: &str) -> &'a Row {
+        report.row(LEVEL, property).expect("row")
+    }
+
+    #[test]
+    fn a_clean_history_passes_every_row() {
+        let ops = vec![
+            write("k", "a", (0, 10), "quorum", "100.1"),
+            read("k", Some("a"), (20, 30), "quorum", "100.1"),
+            delete("k", (40, 50), "quorum", "200.2"),
+            read("k", None, (60, 70), "quorum", "200.2"),
+            on("n1", read("k", None, (100, 110), "one", "200.2")),
+            on("n2", read("k", None, (100, 110), "one", "200.2")),
+        ];
+        let report = check(&ops, 3, Some(90), &Limits::default());
+        assert!(!report.has_violations(), "{}", report.table());
+        assert_eq!(row(&report, STRICT_QUORUM_READS).checked, 2);
+        assert_eq!(row(&report, CONVERGENCE).checked, 1);
+    }
+
+    #[test]
+    fn a_quorum_read_that_misses_a_strict_quorum_write_is_caught() {
+        let ops = vec![
+            write("k", "a", (0, 10), "quorum", "100.1"),
+            write("k", "b", (20, 30), "quorum", "300.1"),
+            read("k", Some("a"), (40, 50), "quorum", "100.1"),
+            // r=one after w=quorum with N=3 promises nothing.
+            read("k", Some("a"), (40, 50), "one", "100.1"),
+        ];
+        let report = check(&ops, 3, None, &Limits::default());
+        let r = row(&report, STRICT_QUORUM_READS);
+        assert_eq!(
+            (r.checked, r.violations_total),
+            (1, 1),
+            "{}",
+            report.table()
+        );
+        // A sloppy acknowledgement promises nothing either.
+        let mut sloppy = ops.clone();
+        sloppy[1].strict = Some(false);
+        let report = check(&sloppy, 3, None, &Limits::default());
+        assert_eq!(row(&report, STRICT_QUORUM_READS).violations_total, 0);
+    }
+
+    #[test]
+    fn a_lost_write_a_resurrected_key_and_divergence_are_caught_after_healing() {
+        let lost = vec![
+            write("k", "a", (0, 10), "one", "100.1"),
+            write("k", "b", (20, 30), "one", "300.2"),
+            on("n1", read("k", Some("a"), (100, 110), "one", "100.1")),
+            on("n2", read("k", Some("a"), (100, 110), "one", "100.1")),
+        ];
+        let report = check(&lost, 3, Some(90), &Limits::default());
+        assert_eq!(row(&report, NO_ACKED_WRITE_LOST).violations_total, 1);
+        assert_eq!(row(&report, CONVERGENCE).violations_total, 0);
+
+        let resurrected = vec![
+            write("k", "a", (0, 10), "one", "100.1"),
+            delete("k", (20, 30), "one", "300.2"),
+            on("n1", read("k", Some("a"), (100, 110), "one", "100.1")),
+        ];
+        let report = check(&resurrected, 3, Some(90), &Limits::default());
+        assert_eq!(row(&report, DELETES_STAY).violations_total, 1);
+
+        let diverged = vec![
+            write("k", "a", (0, 10), "one", "100.1"),
+            write("k", "b", (0, 10), "one", "100.2"),
+            on("n1", read("k", Some("a"), (100, 110), "one", "100.1")),
+            on("n2", read("k", Some("b"), (100, 110), "one", "100.2")),
+        ];
+        let report = check(&diverged, 3, Some(90), &Limits::default());
+        assert_eq!(row(&report, CONVERGENCE).violations_total, 1);
+    }
+
+    #[test]
+    fn invented_values_and_versions_are_caught() {
+        let ops = vec![
+            write("k", "a", (0, 10), "one", "100.1"),
+            read("k", Some("zzz"), (20, 30), "one", "100.1"),
+            read("k", Some("a"), (20, 30), "one", "999.1"),
+        ];
+        let report = check(&ops, 3, None, &Limits::default());
+        assert_eq!(row(&report, NEVER_INVENTED).violations_total, 2);
+        assert_eq!(parse_version("none"), Some((0, 0)));
+        assert_eq!(parse_version("12.3"), Some((12, 3)));
+        assert_eq!(parse_version("12"), None);
+    }
+}

@@ -1,0 +1,192 @@
+//! One node's copy of one leaderless keyspace: the version it holds of every key it replicates,
+//! grouped by ring partition, with each partition's Merkle tree kept current on every change.
+//!
+//! Pure and synchronous: the node persists each change (and syncs before acknowledging) and
+//! moves versions between nodes; this type only decides what a replica holds after a version
+//! arrives, by the keyspace's conflict policy.
+
+use crate::merkle::Tree;
+use crate::ring::Ring;
+use crate::version::{Policy, Versioned};
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Debug)]
+struct Part {
+    keys: BTreeMap<Vec<u8>, Versioned>,
+    tree: Tree,
+}
+
+#[derive(Debug)]
+pub struct Replica {
+    ring: Ring,
+    depth: u32,
+    policy: Policy,
+    parts: HashMap<u32, Part>,
+    keys: usize,
+}
+
+impl Replica {
+    pub fn new(ring: Ring, depth: u32, policy: Policy) -> Result<Replica, String> {
+        Tree::new(depth)?;
+        Ok(Replica {
+            ring,
+            depth,
+            policy,
+            parts: HashMap::new(),
+            keys: 0,
+        })
+    }
+
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// Keys held (tombstones included).
+    pub fn len(&self) -> usize {
+        self.keys
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys == 0
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&Versioned> {
+        self.parts.get(&self.ring.partition_of(key))?.keys.get(key)
+    }
+
+    /// Merges `incoming` into what is held for `key`. Returns the new holding when it changed
+    /// (the caller persists it), `None` when the replica already held it or something newer.
+    pub fn apply(&mut self, key: &[u8], incoming: &Versioned) -> Option<Versioned> {
+        let p = self.ring.partition_of(key);
+        let depth = self.depth;
+        let part = self.parts.entry(p).or_insert_with(|| Part {
+            keys: BTreeMap::new(),
+            // `new` checked the depth.
+            tree: Tree::new(depth).unwrap_or_else(|e| unreachable!("{e}")),
+        });
+        let held = part.keys.get(key);
+        let merged = self.policy.merge(held, incoming);
+        if held == Some(&merged) {
+            return None;
+        }
+        part.tree.update(key, held, Some(&merged));
+        if part.keys.insert(key.to_vec(), merged.clone()).is_none() {
+            self.keys += 1;
+        }
+        Some(merged)
+    }
+
+    /// The root digest of partition `p` (0: nothing held there).
+    pub fn root(&self, p: u32) -> u64 {
+        self.parts.get(&p).map_or(0, |part| part.tree.root())
+    }
+
+    /// The leaf digests of partition `p` (all zero when nothing is held there).
+    pub fn leaf_digests(&self, p: u32) -> Vec<u64> {
+        match self.parts.get(&p) {
+            Some(part) => part.tree.leaf_digests().to_vec(),
+            None => vec![0; 1usize << self.depth],
+        }
+    }
+
+    /// The leaves of partition `p` whose digests differ from another replica's.
+    pub fn differing_leaves(&self, p: u32, theirs: &[u64]) -> Vec<u32> {
+        match self.parts.get(&p) {
+            Some(part) => part.tree.differing_from(theirs),
+            None => {
+                let empty = Tree::new(self.depth).unwrap_or_else(|e| unreachable!("{e}"));
+                empty.differing_from(theirs)
+            }
+        }
+    }
+
+    /// Every key held in the given leaves of partition `p`, with its version.
+    pub fn entries_in_leaves(&self, p: u32, leaves: &[u32]) -> Vec<(Vec<u8>, Versioned)> {
+        let Some(part) = self.parts.get(&p) else {
+            return Vec::new();
+        };
+        let mut wanted = leaves.to_vec();
+        wanted.sort_unstable();
+        part.keys
+            .iter()
+            .filter(|(k, _)| wanted.binary_search(&part.tree.leaf_of(k)).is_ok())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Partitions holding at least one key.
+    pub fn partitions_held(&self) -> impl Iterator<Item = u32> + '_ {
+        self.parts.keys().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::{Stored, Version};
+    use tunekv_core::NodeId;
+
+    fn ring() -> Ring {
+        Ring::new(&[NodeId(1), NodeId(2), NodeId(3)], 16).unwrap()
+    }
+
+    fn v(hlc: u64, value: &str) -> Versioned {
+        Versioned {
+            version: Version { hlc, node: 1 },
+            stored: Stored::Value(value.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn a_replica_keeps_the_newest_version_and_reports_changes() {
+        let mut r = Replica::new(ring(), 4, Policy::Lww).unwrap();
+        assert_eq!(r.apply(b"k", &v(2, "b")), Some(v(2, "b")));
+        assert_eq!(r.apply(b"k", &v(1, "a")), None, "older: kept b");
+        assert_eq!(r.apply(b"k", &v(2, "b")), None, "again: nothing changes");
+        assert_eq!(r.get(b"k"), Some(&v(2, "b")));
+        assert_eq!(r.len(), 1);
+        let dead = Versioned {
+            version: Version { hlc: 3, node: 2 },
+            stored: Stored::Tombstone,
+        };
+        assert_eq!(r.apply(b"k", &dead), Some(dead.clone()));
+        assert_eq!(r.len(), 1, "a tombstone is held");
+    }
+
+    #[test]
+    fn anti_entropy_between_two_replicas_converges_them() {
+        let mut a = Replica::new(ring(), 4, Policy::Lww).unwrap();
+        let mut b = Replica::new(ring(), 4, Policy::Lww).unwrap();
+        for i in 0..200u64 {
+            let key = format!("key-{i}").into_bytes();
+            a.apply(&key, &v(i, "a"));
+            if i % 7 != 0 {
+                b.apply(&key, &v(i, "a"));
+            }
+            if i % 11 == 0 {
+                b.apply(&key, &v(i + 1000, "b"));
+            }
+        }
+        let partitions: Vec<u32> = (0..16).collect();
+        let differing: Vec<u32> = partitions
+            .iter()
+            .copied()
+            .filter(|&p| a.root(p) != b.root(p))
+            .collect();
+        assert!(!differing.is_empty());
+        for p in differing {
+            let leaves = b.differing_leaves(p, &a.leaf_digests(p));
+            for (k, val) in b.entries_in_leaves(p, &leaves) {
+                a.apply(&k, &val);
+            }
+            for (k, val) in a.entries_in_leaves(p, &leaves) {
+                b.apply(&k, &val);
+            }
+        }
+        for p in partitions {
+            assert_eq!(a.root(p), b.root(p), "partition {p}");
+        }
+        assert_eq!(a.get(b"key-11"), Some(&v(1011, "b")));
+        assert_eq!(b.get(b"key-7"), Some(&v(7, "a")));
+    }
+}

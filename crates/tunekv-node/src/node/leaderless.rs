@@ -1,0 +1,1142 @@
+//! Leaderless and volatile keyspaces on this node (DESIGN §2): the coordinator of reads and
+//! writes at any `r`/`w`, the replica side of node-to-node requests, hinted handoff, read
+//! repair and Merkle-tree anti-entropy. Placement, versions, merge and trees are
+//! `tunekv_dynamo`'s; this module moves versions between nodes and makes them durable.
+//!
+//! - A write is stamped by this node's HLC (node id breaks ties) and sent to the key's
+//!   placements: its N preference nodes, a node that looks down replaced by the next one up on
+//!   the ring (sloppy quorum; that node keeps a hint). It is acknowledged once `w` of them hold it
+//!   durably; copies that fail become hints on this node. `any` counts a hint.
+//! - A read asks every preference node that looks up, answers once `r` replied (the newest by
+//!   the keyspace's policy), and repairs the replicas that replied with something older:
+//!   before answering at `r=quorum|all` (so quorum reads are monotonic), after it otherwise.
+//! - Failure detector: timeout based. A peer is down from a failed call until a call to it
+//!   succeeds, and tried again `DOWN_HOLD` after the failure; the clock round (every 500 ms)
+//!   calls every peer, so a healed peer is seen up within about a second.
+//! - Volatile keyspaces use the same ring and replicas without the disk: acknowledged once one
+//!   preference node holds the value in memory, copied to the others best effort, no hints, no
+//!   anti-entropy, lost on restart.
+
+use super::*;
+use crate::rpc::{DynamoRequest, DynamoResponse};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tunekv_core::{Mode, Quorum, QuorumReceipt};
+use tunekv_dynamo::{Policy, Replica, Ring, Stored, Version, Versioned};
+
+/// Storage space of hints (replica data uses the keyspace id, always below it).
+const HINT_SPACE: u64 = 1 << 63;
+/// Merkle tree depth per partition: 64 leaves.
+const TREE_DEPTH: u32 = 6;
+/// How long a peer whose last call failed is taken as down before it is tried again.
+const DOWN_HOLD: Duration = Duration::from_secs(2);
+/// Longest one replica call of a hint replay or an anti-entropy round may take.
+const BACKGROUND_CALL_WAIT: Duration = Duration::from_secs(1);
+/// Most hints sent to one node in one message.
+const HINT_BATCH_MAX: usize = 256;
+/// Most differing partitions one anti-entropy round descends into with one peer.
+const AE_PARTITIONS_PER_ROUND: usize = 32;
+
+/// A write kept for a node that could not take it: replayed when that node is back.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+struct Hint {
+    ks: String,
+    versioned: Versioned,
+    created_ms: u64,
+}
+
+/// Where a hint is kept: (the node it is for, keyspace id, key).
+type HintSlot = (u64, u64, Vec<u8>);
+
+#[derive(Default)]
+struct Life {
+    ok: Option<Instant>,
+    failed: Option<Instant>,
+}
+
+/// Counters shown in `/v1/cluster`.
+#[derive(Default)]
+struct Counters {
+    hints_stored: AtomicU64,
+    hints_replayed: AtomicU64,
+    hints_expired: AtomicU64,
+    read_repairs: AtomicU64,
+    ae_exchanges: AtomicU64,
+    ae_keys_repaired: AtomicU64,
+    ae_bytes: AtomicU64,
+}
+
+/// This node's leaderless state: replicas by keyspace id, hints by (target, keyspace id, key),
+/// what it knows of its peers' liveness, counters.
+#[derive(Default)]
+pub(super) struct Dynamo {
+    replicas: Mutex<HashMap<u64, Arc<Mutex<Replica>>>>,
+    hints: Mutex<BTreeMap<HintSlot, Hint>>,
+    life: Mutex<HashMap<NodeId, Life>>,
+    counters: Counters,
+}
+
+/// One keyspace's leaderless figures on one node (in `/v1/cluster`).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct ReplicaDigest {
+    pub keyspace: String,
+    pub mode: Mode,
+    /// Keys held, tombstones included.
+    pub keys: u64,
+    /// A digest of every (key, version) held: two nodes holding the same partitions with the
+    /// same versions show the same digest.
+    pub digest: u64,
+}
+
+/// This node's leaderless figures (in `/v1/cluster`).
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct LeaderlessReport {
+    pub keyspaces: Vec<ReplicaDigest>,
+    /// Hints held for other nodes: how many, their value bytes, the oldest one's age.
+    pub hints: u64,
+    pub hint_bytes: u64,
+    pub oldest_hint_age_ms: Option<u64>,
+    pub hints_stored_total: u64,
+    pub hints_replayed_total: u64,
+    pub hints_expired_total: u64,
+    pub read_repairs_total: u64,
+    pub anti_entropy_exchanges_total: u64,
+    pub anti_entropy_keys_repaired_total: u64,
+    pub anti_entropy_bytes_total: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn stored_bytes(items: &[(Vec<u8>, Versioned)]) -> u64 {
+    items
+        .iter()
+        .map(|(k, v)| {
+            k.len() as u64
+                + match &v.stored {
+                    Stored::Value(b) => b.len() as u64,
+                    Stored::Tombstone => 0,
+                }
+        })
+        .sum()
+}
+
+fn is_live(v: Option<&Versioned>) -> bool {
+    matches!(
+        v,
+        Some(Versioned {
+            stored: Stored::Value(_),
+            ..
+        })
+    )
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, TunekvError> {
+    postcard::to_allocvec(v).map_err(internal)
+}
+
+/// How one replica answered a coordinator's call; an error carries the replica's code when it
+/// answered with one.
+type Reply = Result<DynamoResponse, (Option<Code>, String)>;
+
+impl Node {
+    /// The ring of a leaderless or volatile keyspace (the same on every node: from the
+    /// catalog's node list and the spec's partitions).
+    pub(super) fn ring_of(&self, ks: &KeyspaceInfo) -> Result<Ring, TunekvError> {
+        Ring::new(&self.all_nodes, ks.spec.partitions()).map_err(internal)
+    }
+
+    /// This node's replica of `ks`, loaded from disk the first time (leaderless keyspaces).
+    fn replica_of(&self, ks: &KeyspaceInfo) -> Result<Arc<Mutex<Replica>>, TunekvError> {
+        if let Some(r) = lock(&self.dynamo.replicas).get(&ks.id) {
+            return Ok(r.clone());
+        }
+        let policy = Policy::named(ks.spec.conflict.as_deref()).map_err(internal)?;
+        let mut replica = Replica::new(self.ring_of(ks)?, TREE_DEPTH, policy).map_err(internal)?;
+        if ks.spec.mode == Mode::Leaderless {
+            for (key, bytes) in self.storage.records(ks.id).map_err(internal)? {
+                let v: Versioned = postcard::from_bytes(&bytes).map_err(|e| {
+                    internal(format!("replica record of {:?} is corrupt: {e}", ks.name))
+                })?;
+                replica.apply(&key, &v);
+            }
+        }
+        let mut all = lock(&self.dynamo.replicas);
+        // Another task may have loaded it meanwhile: keep the first.
+        Ok(all
+            .entry(ks.id)
+            .or_insert_with(|| Arc::new(Mutex::new(replica)))
+            .clone())
+    }
+
+    /// Loads the hints kept on disk (at start).
+    pub(super) fn load_hints(&self) -> Result<(), TunekvError> {
+        let mut hints = lock(&self.dynamo.hints);
+        for (key, bytes) in self.storage.records(HINT_SPACE).map_err(internal)? {
+            if key.len() < 16 {
+                continue;
+            }
+            let target = u64::from_be_bytes(key[..8].try_into().map_err(internal)?);
+            let ks = u64::from_be_bytes(key[8..16].try_into().map_err(internal)?);
+            let hint: Hint = postcard::from_bytes(&bytes)
+                .map_err(|e| internal(format!("hint record is corrupt: {e}")))?;
+            hints.insert((target, ks, key[16..].to_vec()), hint);
+        }
+        Ok(())
+    }
+
+    fn hint_record_key(target: u64, ks: u64, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(16 + key.len());
+        k.extend_from_slice(&target.to_be_bytes());
+        k.extend_from_slice(&ks.to_be_bytes());
+        k.extend_from_slice(key);
+        k
+    }
+
+    /// Keeps `versioned` for `target` (buffered: the caller syncs before relying on it).
+    fn store_hint(
+        &self,
+        target: NodeId,
+        ks: &KeyspaceInfo,
+        key: &[u8],
+        versioned: &Versioned,
+    ) -> Result<(), TunekvError> {
+        let mut hints = lock(&self.dynamo.hints);
+        let slot = (target.0, ks.id, key.to_vec());
+        let merged = match hints.get(&slot) {
+            Some(h) if h.versioned.version >= versioned.version => return Ok(()),
+            _ => Hint {
+                ks: ks.name.clone(),
+                versioned: versioned.clone(),
+                created_ms: self.clock.wall_ms(),
+            },
+        };
+        self.storage
+            .put_record(
+                HINT_SPACE,
+                &Self::hint_record_key(target.0, ks.id, key),
+                Some(&encode(&merged)?),
+            )
+            .map_err(internal)?;
+        hints.insert(slot, merged);
+        self.dynamo
+            .counters
+            .hints_stored
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether `peer` looks up to the failure detector (this node always does).
+    fn peer_up(&self, peer: NodeId) -> bool {
+        if peer == self.id {
+            return true;
+        }
+        let life = lock(&self.dynamo.life);
+        match life.get(&peer) {
+            Some(Life {
+                failed: Some(f),
+                ok,
+            }) => ok.is_some_and(|o| o > *f) || f.elapsed() >= DOWN_HOLD,
+            _ => true,
+        }
+    }
+
+    /// Records the outcome of a call to `peer`, for the failure detector.
+    pub(super) fn saw_peer(&self, peer: NodeId, ok: bool) {
+        let mut life = lock(&self.dynamo.life);
+        let l = life.entry(peer).or_default();
+        if ok {
+            l.ok = Some(Instant::now());
+        } else {
+            l.failed = Some(Instant::now());
+        }
+    }
+
+    /// Merges `items` into this node's replica of `ks`; a leaderless keyspace makes them
+    /// durable before this returns. `fresh`: a coordinator's new write, refused when stamped
+    /// more than `max_clock_skew_ms` ahead of this node's clock.
+    async fn store_local(
+        &self,
+        ks: &KeyspaceInfo,
+        items: &[(Vec<u8>, Versioned)],
+        fresh: bool,
+    ) -> Result<(u32, bool), TunekvError> {
+        if fresh {
+            self.check_skew(items)?;
+        }
+        let replica = self.replica_of(ks)?;
+        let durable = ks.spec.mode == Mode::Leaderless;
+        let mut changed = 0;
+        let mut existed = false;
+        {
+            let mut r = lock(&replica);
+            for (key, v) in items {
+                self.hlc.observe(v.version.hlc);
+                existed |= is_live(r.get(key));
+                if let Some(now) = r.apply(key, v) {
+                    changed += 1;
+                    if durable {
+                        // Under the replica's lock, so the disk sees merges in their order.
+                        self.storage
+                            .put_record(ks.id, key, Some(&encode(&now)?))
+                            .map_err(internal)?;
+                    }
+                }
+            }
+        }
+        if durable {
+            // Even when nothing changed: what is held may not be durable yet.
+            self.commit.sync().await.map_err(internal)?;
+        }
+        Ok((changed, existed))
+    }
+
+    /// Sends `req` to `node` (or runs it here), bounded by `wait`; feeds the failure detector.
+    async fn dynamo_call(
+        self: Arc<Self>,
+        node: NodeId,
+        req: DynamoRequest,
+        wait: Duration,
+    ) -> Reply {
+        if node == self.id {
+            return self
+                .handle_dynamo(req)
+                .await
+                .map_err(|e| (Some(e.code), e.message));
+        }
+        match self.pool.call(node, 0, Request::Dynamo(req), wait).await {
+            Ok(Response::Dynamo(r)) => {
+                self.saw_peer(node, true);
+                Ok(r)
+            }
+            Ok(_) => Err((None, "unexpected response kind".into())),
+            Err(CallError::Remote(e)) => {
+                self.saw_peer(node, true);
+                Err((Some(e.code), e.message))
+            }
+            Err(CallError::Timeout) => {
+                self.saw_peer(node, false);
+                Err((None, format!("node {node} did not answer in time")))
+            }
+            Err(CallError::Unreachable(m)) => {
+                self.saw_peer(node, false);
+                Err((None, m))
+            }
+        }
+    }
+
+    fn me(&self) -> Result<Arc<Node>, TunekvError> {
+        self.me
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .ok_or_else(|| err(Code::Unavailable, "the node is shutting down"))
+    }
+
+    /// Writes `stored` (a value or a delete's tombstone) to `key` of a leaderless or volatile
+    /// keyspace at write quorum `w`.
+    pub(super) async fn dynamo_write(
+        &self,
+        ks: &KeyspaceInfo,
+        w: Option<Quorum>,
+        key: &[u8],
+        stored: Stored,
+        deadline: Instant,
+    ) -> Result<WriteOutcome, TunekvError> {
+        let me = self.me()?;
+        let volatile = ks.spec.mode == Mode::Volatile;
+        let w = match (volatile, w) {
+            (true, None | Some(Quorum::One)) => Quorum::One,
+            (true, Some(other)) => {
+                return Err(err(
+                    Code::QuorumInvalid,
+                    format!(
+                        "w={other} on volatile keyspace {:?}: a volatile write is acknowledged \
+                         once one replica holds it in memory (w=one); use a leaderless keyspace \
+                         for quorums",
+                        ks.name
+                    ),
+                ))
+            }
+            (false, w) => w.unwrap_or(Quorum::Quorum),
+        };
+        if let ClockHealth::Skewed(why) = self.clock_health() {
+            return Err(err(
+                Code::ClockSkew,
+                format!(
+                    "node {} stamps no leaderless writes while its clock is not trusted: {why}; \
+                     send the write to another node",
+                    self.id
+                ),
+            ));
+        }
+        let n = ks.spec.replicas;
+        let ring = self.ring_of(ks)?;
+        let need = if self.config.bugs.quorum_ack_one() {
+            // The injected bug: one copy is enough, whatever w said.
+            1
+        } else {
+            w.count(n) as usize
+        };
+        let preference = ring.preference_list(key, n as usize);
+        let placements = if volatile {
+            preference
+                .iter()
+                .filter(|p| self.peer_up(**p))
+                .map(|&node| tunekv_dynamo::Placement {
+                    node,
+                    hint_for: None,
+                })
+                .collect()
+        } else {
+            ring.placements(key, n as usize, |p| self.peer_up(p))
+        };
+        let possible = match w {
+            Quorum::Any => usize::MAX,
+            Quorum::All => placements.iter().filter(|p| p.hint_for.is_none()).count(),
+            _ => placements.len(),
+        };
+        if possible < need {
+            return Err(err(
+                Code::NoQuorum,
+                format!(
+                    "w={w} needs {need} of the key's {n} replicas but node {} reaches only \
+                     {possible} of them (or substitutes) now; the write did not happen",
+                    self.id
+                ),
+            ));
+        }
+        let mut hlc = self.hlc.now(self.clock.wall_ms());
+        // Above what this node holds of the key, even when that was stamped further ahead than
+        // the HLC follows (up to max_clock_skew_ms): a later write through this node never
+        // loses to an earlier one it has seen.
+        if let Some(held) = lock(&*self.replica_of(ks)?).get(key) {
+            hlc = hlc.max(held.version.hlc.saturating_add(1));
+        }
+        let version = Version {
+            hlc,
+            node: self.id.0,
+        };
+        let item = (
+            key.to_vec(),
+            Versioned {
+                version,
+                stored: stored.clone(),
+            },
+        );
+        let partition = ring.partition_of(key);
+        let mut hinted = 0u32;
+        if !volatile {
+            // Preference nodes with no placement at all (down, no substitute up): hints here.
+            for p in &preference {
+                let covered = placements
+                    .iter()
+                    .any(|pl| pl.node == *p || pl.hint_for == Some(*p));
+                if !covered {
+                    self.store_hint(*p, ks, key, &item.1)?;
+                    hinted += 1;
+                }
+            }
+            if hinted > 0 {
+                self.commit.sync().await.map_err(internal)?;
+            }
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let mut calls: FuturesUnordered<_> = placements
+            .iter()
+            .map(|&pl| {
+                let req = DynamoRequest::Store {
+                    ks: ks.name.clone(),
+                    items: vec![item.clone()],
+                    fresh: true,
+                    hint_for: pl.hint_for.map(|h| h.0),
+                };
+                let call = me.clone().dynamo_call(pl.node, req, wait);
+                async move { (pl, call.await) }
+            })
+            .collect();
+        let (mut strict, mut sloppy, mut existed) = (0usize, 0usize, false);
+        let mut problems = Vec::new();
+        let met = |strict: usize, sloppy: usize, hinted: u32| match w {
+            Quorum::All => strict >= need,
+            Quorum::Any => strict + sloppy + hinted as usize >= 1,
+            _ => strict + sloppy >= need,
+        };
+        while !met(strict, sloppy, hinted) {
+            let next = tokio::time::timeout_at(deadline, calls.next()).await;
+            let Ok(Some((pl, reply))) = next else { break };
+            match reply {
+                Ok(DynamoResponse::Stored { existed: e, .. }) => {
+                    existed |= e;
+                    if pl.hint_for.is_none() {
+                        strict += 1;
+                    } else {
+                        sloppy += 1;
+                    }
+                }
+                Ok(_) => problems.push(format!("node {}: unexpected answer", pl.node)),
+                Err((code, m)) => {
+                    if code == Some(Code::ClockSkew) {
+                        return Err(err(
+                            Code::ClockSkew,
+                            format!(
+                                "{m}. The write is not acknowledged; copies already stored are \
+                                 not rolled back and may spread"
+                            ),
+                        ));
+                    }
+                    problems.push(format!("node {}: {m}", pl.node));
+                    if !volatile {
+                        self.store_hint(pl.hint_for.unwrap_or(pl.node), ks, key, &item.1)?;
+                        self.commit.sync().await.map_err(internal)?;
+                        hinted += 1;
+                    }
+                }
+            }
+        }
+        let ok = met(strict, sloppy, hinted);
+        // The copies still in flight finish in the background; those that fail become hints.
+        if !calls.is_empty() {
+            let (ks2, item2) = (ks.clone(), item.clone());
+            let bg = me.clone();
+            tokio::spawn(async move {
+                while let Some((pl, reply)) = calls.next().await {
+                    if reply.is_err() && !volatile {
+                        let target = pl.hint_for.unwrap_or(pl.node);
+                        if let Err(e) = bg.store_hint(target, &ks2, &item2.0, &item2.1) {
+                            tracing::error!(error = %e, "cannot keep a hint");
+                        }
+                    }
+                }
+                let _ = bg.commit.sync().await;
+            });
+        }
+        if !ok {
+            let stored_on = strict + sloppy;
+            return Err(err(
+                Code::NoQuorum,
+                format!(
+                    "w={w} needs {need} of the key's {n} replicas; {stored_on} stored it within \
+                     the wait budget{}. Leaderless writes are not rolled back: it may still \
+                     spread ({})",
+                    if hinted > 0 {
+                        format!(" and {hinted} hint(s) were kept for the others")
+                    } else {
+                        String::new()
+                    },
+                    problems.join("; ")
+                ),
+            ));
+        }
+        Ok(WriteOutcome {
+            position: Position {
+                shard: ShardId(partition),
+                index: LogIndex(0),
+                commit_ms: Hlc::millis(version.hlc),
+            },
+            existed,
+            result: CommandResult::changed(existed),
+            quorum: Some(QuorumReceipt {
+                quorum: w,
+                asked: placements.len() as u32,
+                answered: (strict + sloppy) as u32,
+                strict: sloppy == 0 && (strict > 0 || hinted == 0),
+                hinted,
+                version: Some((version.hlc, version.node)),
+            }),
+        })
+    }
+
+    /// Reads `key` of a leaderless or volatile keyspace at read quorum `r`.
+    pub(super) async fn dynamo_read(
+        &self,
+        ks: &KeyspaceInfo,
+        level: Level,
+        r: Option<Quorum>,
+        key: &[u8],
+        deadline: Instant,
+    ) -> Result<ReadOutcome, TunekvError> {
+        let me = self.me()?;
+        ks.spec.mode.admits(level)?;
+        check_key(key)?;
+        let volatile = ks.spec.mode == Mode::Volatile;
+        let r = match (volatile, r) {
+            (true, None | Some(Quorum::One)) => Quorum::One,
+            (true, Some(other)) => {
+                return Err(err(
+                    Code::QuorumInvalid,
+                    format!(
+                        "r={other} on volatile keyspace {:?}: its copies are best effort, a \
+                         quorum of them proves nothing; read at r=one",
+                        ks.name
+                    ),
+                ))
+            }
+            (false, r) => r.unwrap_or(Quorum::One),
+        };
+        let n = ks.spec.replicas;
+        let need = r.count(n) as usize;
+        let ring = self.ring_of(ks)?;
+        let mut asked: Vec<NodeId> = ring
+            .preference_list(key, n as usize)
+            .into_iter()
+            .filter(|p| self.peer_up(*p))
+            .collect();
+        // This node first when it is a replica: its answer is the quickest.
+        asked.sort_by_key(|p| *p != self.id);
+        if asked.len() < need {
+            return Err(err(
+                Code::NoQuorum,
+                format!(
+                    "r={r} needs {need} of the key's {n} replicas but node {} reaches only {} of \
+                     them now",
+                    self.id,
+                    asked.len()
+                ),
+            ));
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let mut calls: FuturesUnordered<_> = asked
+            .iter()
+            .map(|&node| {
+                let req = DynamoRequest::Fetch {
+                    ks: ks.name.clone(),
+                    key: key.to_vec(),
+                };
+                let call = me.clone().dynamo_call(node, req, wait);
+                async move { (node, call.await) }
+            })
+            .collect();
+        let policy = Policy::named(ks.spec.conflict.as_deref()).map_err(internal)?;
+        let mut replies: Vec<(NodeId, Option<Versioned>)> = Vec::new();
+        let mut problems = Vec::new();
+        while replies.len() < need {
+            let next = tokio::time::timeout_at(deadline, calls.next()).await;
+            match next {
+                Ok(Some((node, Ok(DynamoResponse::Held(v))))) => replies.push((node, v)),
+                Ok(Some((node, Ok(_)))) => problems.push(format!("node {node}: unexpected answer")),
+                Ok(Some((node, Err((_, m))))) => problems.push(format!("node {node}: {m}")),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if replies.len() < need {
+            return Err(err(
+                Code::NoQuorum,
+                format!(
+                    "r={r} needs {need} of the key's {n} replicas; {} answered node {} within the \
+                     wait budget ({})",
+                    replies.len(),
+                    self.id,
+                    problems.join("; ")
+                ),
+            ));
+        }
+        let newest = replies
+            .iter()
+            .filter_map(|(_, v)| v.as_ref())
+            .fold(None::<Versioned>, |acc, v| {
+                Some(policy.merge(acc.as_ref(), v))
+            });
+        if let (Some(newest), false) = (&newest, volatile) {
+            let stale: Vec<NodeId> = replies
+                .iter()
+                .filter(|(_, v)| v.as_ref() != Some(newest))
+                .map(|(node, _)| *node)
+                .collect();
+            let item = (key.to_vec(), newest.clone());
+            let blocking = matches!(r, Quorum::Quorum | Quorum::All);
+            let repairs = stale.iter().map(|&node| {
+                let req = DynamoRequest::Store {
+                    ks: ks.name.clone(),
+                    items: vec![item.clone()],
+                    fresh: false,
+                    hint_for: None,
+                };
+                me.clone().dynamo_call(node, req, wait)
+            });
+            let repairs = futures::future::join_all(repairs);
+            self.dynamo
+                .counters
+                .read_repairs
+                .fetch_add(stale.len() as u64, Ordering::Relaxed);
+            if blocking {
+                // Quorum reads are monotonic: what one returns, r replicas hold before it is
+                // served (the answering replicas that had it, and those repaired now).
+                let repaired = tokio::time::timeout_at(deadline, repairs)
+                    .await
+                    .map(|done| done.iter().filter(|r| r.is_ok()).count())
+                    .unwrap_or(0);
+                let holding = replies.len() - stale.len() + repaired;
+                if holding < need {
+                    return Err(err(
+                        Code::Timeout,
+                        format!(
+                            "r={r}: node {} read a newer version than {} of the answering \
+                             replicas held and could repair only {repaired} of them within the \
+                             wait budget; not served, so that quorum reads stay monotonic",
+                            self.id,
+                            stale.len()
+                        ),
+                    ));
+                }
+            } else if !stale.is_empty() {
+                tokio::spawn(repairs);
+            }
+        }
+        // Replies still to come repair their replicas in the background.
+        if !calls.is_empty() && !volatile {
+            let (bg, ks2, key2, newest2) =
+                (me.clone(), ks.name.clone(), key.to_vec(), newest.clone());
+            tokio::spawn(async move {
+                while let Some((node, reply)) = calls.next().await {
+                    let (Ok(DynamoResponse::Held(held)), Some(newest)) = (reply, &newest2) else {
+                        continue;
+                    };
+                    if held.as_ref() != Some(newest) {
+                        bg.dynamo
+                            .counters
+                            .read_repairs
+                            .fetch_add(1, Ordering::Relaxed);
+                        let req = DynamoRequest::Store {
+                            ks: ks2.clone(),
+                            items: vec![(key2.clone(), newest.clone())],
+                            fresh: false,
+                            hint_for: None,
+                        };
+                        let _ = bg
+                            .clone()
+                            .dynamo_call(node, req, BACKGROUND_CALL_WAIT)
+                            .await;
+                    }
+                }
+            });
+        }
+        let version = newest.as_ref().map(|v| v.version);
+        let value = match newest {
+            Some(Versioned {
+                stored: Stored::Value(v),
+                ..
+            }) => Some(v),
+            _ => None,
+        };
+        Ok(ReadOutcome {
+            value,
+            receipt: Receipt {
+                level,
+                served_by: self.id,
+                position: Position {
+                    shard: ShardId(ring.partition_of(key)),
+                    index: LogIndex(0),
+                    commit_ms: version.map_or(0, |v| Hlc::millis(v.hlc)),
+                },
+                // The answer is the newest version among the replies (see docs/formats.md).
+                staleness: Staleness::ZERO,
+                quorum: Some(QuorumReceipt {
+                    quorum: r,
+                    asked: asked.len() as u32,
+                    answered: replies.len() as u32,
+                    strict: true,
+                    hinted: 0,
+                    version: version.map(|v| (v.hlc, v.node)),
+                }),
+            },
+        })
+    }
+
+    /// The replica side of node-to-node leaderless requests (and the coordinator's own copy).
+    pub(super) async fn handle_dynamo(
+        &self,
+        req: DynamoRequest,
+    ) -> Result<DynamoResponse, RemoteError> {
+        let remote = |e: TunekvError| RemoteError::new(e.code, e.message);
+        let ks_name = match &req {
+            DynamoRequest::Store { ks, .. }
+            | DynamoRequest::Fetch { ks, .. }
+            | DynamoRequest::Roots { ks, .. }
+            | DynamoRequest::Leaves { ks, .. } => ks.clone(),
+        };
+        let deadline = Instant::now() + FORWARDED_WORK_MAX;
+        let ks = self.keyspace(&ks_name, deadline).await.map_err(remote)?;
+        if ks.spec.mode == Mode::Ordered {
+            return Err(RemoteError::new(
+                Code::Internal,
+                format!("keyspace {ks_name:?} is ordered on node {}", self.id),
+            ));
+        }
+        match req {
+            DynamoRequest::Store {
+                items,
+                fresh,
+                hint_for: Some(target),
+                ..
+            } => {
+                // A stand-in keeps the versions as hints, not as its own replica.
+                if fresh {
+                    self.check_skew(&items).map_err(remote)?;
+                }
+                for (key, v) in &items {
+                    self.store_hint(NodeId(target), &ks, key, v)
+                        .map_err(remote)?;
+                }
+                self.commit.sync().await.map_err(|e| remote(internal(e)))?;
+                Ok(DynamoResponse::Stored {
+                    changed: items.len() as u32,
+                    existed: false,
+                })
+            }
+            DynamoRequest::Store { items, fresh, .. } => {
+                let (changed, existed) =
+                    self.store_local(&ks, &items, fresh).await.map_err(remote)?;
+                Ok(DynamoResponse::Stored { changed, existed })
+            }
+            DynamoRequest::Fetch { key, .. } => {
+                let replica = self.replica_of(&ks).map_err(remote)?;
+                let held = lock(&replica).get(&key).cloned();
+                Ok(DynamoResponse::Held(held))
+            }
+            DynamoRequest::Roots { roots, .. } => {
+                let replica = self.replica_of(&ks).map_err(remote)?;
+                let r = lock(&replica);
+                Ok(DynamoResponse::Differ(
+                    roots
+                        .into_iter()
+                        .filter(|(p, root)| r.root(*p) != *root)
+                        .map(|(p, _)| p)
+                        .collect(),
+                ))
+            }
+            DynamoRequest::Leaves {
+                partition, leaves, ..
+            } => {
+                let replica = self.replica_of(&ks).map_err(remote)?;
+                let r = lock(&replica);
+                let differ = r.differing_leaves(partition, &leaves);
+                let entries = r.entries_in_leaves(partition, &differ);
+                Ok(DynamoResponse::Entries {
+                    leaves: differ,
+                    entries,
+                })
+            }
+        }
+    }
+
+    /// Refuses versions stamped more than `max_clock_skew_ms` ahead of this node's clock.
+    fn check_skew(&self, items: &[(Vec<u8>, Versioned)]) -> Result<(), TunekvError> {
+        let skew = self.config.leaderless.max_clock_skew_ms;
+        let wall = self.clock.wall_ms();
+        match items
+            .iter()
+            .find(|(_, v)| Hlc::millis(v.version.hlc) > wall.saturating_add(skew))
+        {
+            Some((_, v)) => Err(err(
+                Code::ClockSkew,
+                format!(
+                    "node {} refuses a write stamped {} ms ahead of its clock by node {} \
+                     (max_clock_skew_ms {skew}): that node's clock runs ahead",
+                    self.id,
+                    Hlc::millis(v.version.hlc) - wall,
+                    v.version.node
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Offers stored hints to the nodes they are for, every `hint_replay_every_ms`; drops
+    /// those older than `hint_window_ms`.
+    pub(super) async fn hint_loop(self: Arc<Self>) {
+        let every = Duration::from_millis(self.config.leaderless.hint_replay_every_ms);
+        loop {
+            tokio::time::sleep(every).await;
+            self.expire_hints();
+            let targets: Vec<u64> = {
+                let hints = lock(&self.dynamo.hints);
+                let mut t: Vec<u64> = hints.keys().map(|(t, _, _)| *t).collect();
+                t.dedup();
+                t
+            };
+            let rounds = targets
+                .into_iter()
+                .filter(|t| self.peer_up(NodeId(*t)))
+                .map(|t| self.clone().replay_hints(NodeId(t)));
+            futures::future::join_all(rounds).await;
+        }
+    }
+
+    fn expire_hints(&self) {
+        let window = self.config.leaderless.hint_window_ms;
+        let now = self.clock.wall_ms();
+        let mut hints = lock(&self.dynamo.hints);
+        let old: Vec<_> = hints
+            .iter()
+            .filter(|(_, h)| now.saturating_sub(h.created_ms) > window)
+            .map(|(slot, _)| slot.clone())
+            .collect();
+        for slot in old {
+            let (target, ks, key) = &slot;
+            if let Err(e) =
+                self.storage
+                    .put_record(HINT_SPACE, &Self::hint_record_key(*target, *ks, key), None)
+            {
+                tracing::error!(error = %e, "cannot remove an expired hint");
+                continue;
+            }
+            hints.remove(&slot);
+            self.dynamo
+                .counters
+                .hints_expired
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                target_node = target,
+                "a hint expired (hint_window_ms {window}); anti-entropy repairs that replica"
+            );
+        }
+    }
+
+    /// Sends `target` its hints, a batch per keyspace, and forgets those it stored.
+    async fn replay_hints(self: Arc<Self>, target: NodeId) {
+        loop {
+            let batch: Vec<(HintSlot, Hint)> = {
+                let hints = lock(&self.dynamo.hints);
+                let mut batch: Vec<(HintSlot, Hint)> = Vec::new();
+                for (slot, h) in hints.range((target.0, 0, Vec::new())..) {
+                    if slot.0 != target.0
+                        || batch.len() >= HINT_BATCH_MAX
+                        || batch.first().is_some_and(|(s, _)| s.1 != slot.1)
+                    {
+                        break;
+                    }
+                    batch.push((slot.clone(), h.clone()));
+                }
+                batch
+            };
+            let Some(((_, _, _), first)) = batch.first() else {
+                return;
+            };
+            let req = DynamoRequest::Store {
+                ks: first.ks.clone(),
+                items: batch
+                    .iter()
+                    .map(|((_, _, key), h)| (key.clone(), h.versioned.clone()))
+                    .collect(),
+                fresh: false,
+                hint_for: None,
+            };
+            match self
+                .clone()
+                .dynamo_call(target, req, BACKGROUND_CALL_WAIT)
+                .await
+            {
+                Ok(DynamoResponse::Stored { .. }) => {
+                    let mut removed = 0;
+                    let mut hints = lock(&self.dynamo.hints);
+                    for (slot, sent) in &batch {
+                        // Unless a newer hint for the key arrived meanwhile.
+                        if hints.get(slot).map(|h| h.versioned.version)
+                            == Some(sent.versioned.version)
+                        {
+                            let (t, ks, key) = slot;
+                            if self
+                                .storage
+                                .put_record(HINT_SPACE, &Self::hint_record_key(*t, *ks, key), None)
+                                .is_ok()
+                            {
+                                hints.remove(slot);
+                                removed += 1;
+                                self.dynamo
+                                    .counters
+                                    .hints_replayed
+                                    .fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    if removed == 0 {
+                        // Nothing could be forgotten (newer hints, or the disk refused):
+                        // try again next round rather than resend at once.
+                        return;
+                    }
+                }
+                Ok(_) | Err(_) => return,
+            }
+        }
+    }
+
+    /// Compares Merkle trees with one peer per round (peers in turn) for every leaderless
+    /// keyspace, every `anti_entropy_every_ms`, and repairs the keys of differing leaves both
+    /// ways. Replicas converge without client reads.
+    pub(super) async fn anti_entropy_loop(self: Arc<Self>) {
+        let every = Duration::from_millis(self.config.leaderless.anti_entropy_every_ms);
+        let peers: Vec<NodeId> = self
+            .all_nodes
+            .iter()
+            .copied()
+            .filter(|p| *p != self.id)
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        let mut turn = 0usize;
+        loop {
+            tokio::time::sleep(every).await;
+            let peer = peers[turn % peers.len()];
+            turn += 1;
+            if !self.peer_up(peer) {
+                continue;
+            }
+            for ks in self.list_keyspaces() {
+                if ks.spec.mode != Mode::Leaderless {
+                    continue;
+                }
+                if let Err(e) = self.clone().exchange(&ks, peer).await {
+                    tracing::debug!(keyspace = %ks.name, peer = %peer, error = %e, "anti-entropy round stopped");
+                }
+            }
+        }
+    }
+
+    /// One anti-entropy exchange of `ks` with `peer`.
+    async fn exchange(self: Arc<Self>, ks: &KeyspaceInfo, peer: NodeId) -> Result<(), String> {
+        let ring = self.ring_of(ks).map_err(|e| e.message)?;
+        let n = ks.spec.replicas as usize;
+        let replica = self.replica_of(ks).map_err(|e| e.message)?;
+        let roots: Vec<(u32, u64)> = {
+            let r = lock(&replica);
+            (0..ring.partitions())
+                .filter(|p| {
+                    let pref = ring.partition_preference(*p, n);
+                    pref.contains(&self.id) && pref.contains(&peer)
+                })
+                .map(|p| (p, r.root(p)))
+                .collect()
+        };
+        if roots.is_empty() {
+            return Ok(());
+        }
+        self.dynamo
+            .counters
+            .ae_exchanges
+            .fetch_add(1, Ordering::Relaxed);
+        let req = DynamoRequest::Roots {
+            ks: ks.name.clone(),
+            roots,
+        };
+        let differ = match self
+            .clone()
+            .dynamo_call(peer, req, BACKGROUND_CALL_WAIT)
+            .await
+            .map_err(|(_, m)| m)?
+        {
+            DynamoResponse::Differ(d) => d,
+            _ => return Err("unexpected answer".into()),
+        };
+        for p in differ.into_iter().take(AE_PARTITIONS_PER_ROUND) {
+            let leaves = lock(&replica).leaf_digests(p);
+            let req = DynamoRequest::Leaves {
+                ks: ks.name.clone(),
+                partition: p,
+                leaves,
+            };
+            let (leaves, theirs) = match self
+                .clone()
+                .dynamo_call(peer, req, BACKGROUND_CALL_WAIT)
+                .await
+                .map_err(|(_, m)| m)?
+            {
+                DynamoResponse::Entries { leaves, entries } => (leaves, entries),
+                _ => return Err("unexpected answer".into()),
+            };
+            let ours = lock(&replica).entries_in_leaves(p, &leaves);
+            let moved = stored_bytes(&theirs) + stored_bytes(&ours);
+            self.dynamo
+                .counters
+                .ae_bytes
+                .fetch_add(moved, Ordering::Relaxed);
+            let (changed_here, _) = self
+                .store_local(ks, &theirs, false)
+                .await
+                .map_err(|e| e.message)?;
+            let mut changed_there = 0;
+            if !ours.is_empty() {
+                let req = DynamoRequest::Store {
+                    ks: ks.name.clone(),
+                    items: ours,
+                    fresh: false,
+                    hint_for: None,
+                };
+                if let DynamoResponse::Stored { changed, .. } = self
+                    .clone()
+                    .dynamo_call(peer, req, BACKGROUND_CALL_WAIT)
+                    .await
+                    .map_err(|(_, m)| m)?
+                {
+                    changed_there = changed;
+                }
+            }
+            self.dynamo
+                .counters
+                .ae_keys_repaired
+                .fetch_add(u64::from(changed_here + changed_there), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// This node's leaderless figures.
+    pub(super) fn leaderless_report(&self) -> LeaderlessReport {
+        let c = &self.dynamo.counters;
+        let now = self.clock.wall_ms();
+        let (hints, hint_bytes, oldest) = {
+            let hints = lock(&self.dynamo.hints);
+            let bytes = hints
+                .iter()
+                .map(|((_, _, k), h)| stored_bytes(&[(k.clone(), h.versioned.clone())]))
+                .sum();
+            let oldest = hints.values().map(|h| h.created_ms).min();
+            (
+                hints.len() as u64,
+                bytes,
+                oldest.map(|t| now.saturating_sub(t)),
+            )
+        };
+        let names: HashMap<u64, KeyspaceInfo> = self
+            .list_keyspaces()
+            .into_iter()
+            .map(|k| (k.id, k))
+            .collect();
+        let replicas: Vec<(u64, Arc<Mutex<Replica>>)> = lock(&self.dynamo.replicas)
+            .iter()
+            .map(|(id, r)| (*id, r.clone()))
+            .collect();
+        let mut keyspaces: Vec<ReplicaDigest> = replicas
+            .into_iter()
+            .filter_map(|(id, r)| {
+                let ks = names.get(&id)?;
+                let r = lock(&r);
+                let digest = r.partitions_held().fold(0u64, |acc, p| {
+                    let mut h = xxhash_rust::xxh3::Xxh3::new();
+                    h.update(&p.to_le_bytes());
+                    h.update(&r.root(p).to_le_bytes());
+                    acc ^ h.digest()
+                });
+                Some(ReplicaDigest {
+                    keyspace: ks.name.clone(),
+                    mode: ks.spec.mode,
+                    keys: r.len() as u64,
+                    digest,
+                })
+            })
+            .collect();
+        keyspaces.sort_by(|a, b| a.keyspace.cmp(&b.keyspace));
+        LeaderlessReport {
+            keyspaces,
+            hints,
+            hint_bytes,
+            oldest_hint_age_ms: oldest,
+            hints_stored_total: c.hints_stored.load(Ordering::Relaxed),
+            hints_replayed_total: c.hints_replayed.load(Ordering::Relaxed),
+            hints_expired_total: c.hints_expired.load(Ordering::Relaxed),
+            read_repairs_total: c.read_repairs.load(Ordering::Relaxed),
+            anti_entropy_exchanges_total: c.ae_exchanges.load(Ordering::Relaxed),
+            anti_entropy_keys_repaired_total: c.ae_keys_repaired.load(Ordering::Relaxed),
+            anti_entropy_bytes_total: c.ae_bytes.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Leaderless and volatile keyspaces (issue 16) against real 3-node clusters: writes through a
+//! partition at every `w`, convergence after healing with no reads in between, quorum reads,
+//! the level and quorum refusals, and the Redis protocol's `QUORUM`.
+
+mod common;
+
+use common::{eventually, start};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// One HTTP call: status, the `tunekv-quorum` header, and the body (JSON when it parses).
+async fn call(method: &str, url: &str, body: &str) -> (u16, Option<String>, Value) {
+    let client = reqwest::Client::new();
+    let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let resp = client
+        .request(m, url)
+        .body(body.to_string())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("send");
+    let status = resp.status().as_u16();
+    let quorum = resp
+        .headers()
+        .get("tunekv-quorum")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    let text = resp.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, quorum, body)
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+/// Each node's digest of keyspace `ks` as it reports it (None: unreachable or not loaded).
+async fn digests(c: &common::TestCluster, ks: &str) -> Vec<Option<(u64, u64)>> {
+    let mut out = Vec::new();
+    for i in 0..c.len() {
+        let s = c.client(i).cluster().await.ok();
+        let me = s.as_ref().and_then(|s| {
+            s["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["id"].as_u64() == Some(i as u64 + 1))
+                .cloned()
+        });
+        out.push(me.and_then(|n| {
+            let k = n["leaderless"]["keyspaces"]
+                .as_array()?
+                .iter()
+                .find(|k| k["keyspace"] == ks)?
+                .clone();
+            Some((k["keys"].as_u64()?, k["digest"].as_u64()?))
+        }));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_node_takes_w_one_and_any_refuses_quorum_and_all_converge_after_healing() {
+    let c = start(3, true).await;
+    let url = |i: usize, path: &str| format!("{}{path}", c.http(i));
+    let (s, _, b) = call(
+        "PUT",
+        &url(0, "/v1/keyspaces/carts"),
+        r#"{"mode":"leaderless","replicas":3,"conflict":"lww"}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["default_level"], "eventual", "{b}");
+    assert_eq!(b["partitions"], 256, "{b}");
+
+    // Healthy: a quorum write is strict, and every node reads it at r=quorum.
+    let (s, q, b) = call("PUT", &url(0, "/v1/kv/carts/alice?w=quorum"), "a1").await;
+    assert_eq!(s, 200, "{b}");
+    let q = q.expect("a quorum header on a leaderless write");
+    assert!(q.starts_with("q=quorum;") && q.contains("strict=1"), "{q}");
+    for i in 0..3 {
+        let (s, q, b) = call("GET", &url(i, "/v1/kv/carts/alice?r=quorum"), "").await;
+        assert_eq!((s, b.as_str()), (200, Some("a1")), "node {i}");
+        assert!(q.expect("quorum header").contains("answered="), "node {i}");
+    }
+
+    // Node 3 cut off from the other two.
+    c.client(2).set_isolated(true).await.expect("isolate");
+    let (s, q, b) = call("PUT", &url(2, "/v1/kv/carts/alice?w=one"), "a2-cut-off").await;
+    assert_eq!(s, 200, "w=one on the cut-off node: {b}");
+    assert!(
+        q.expect("quorum").contains("hinted="),
+        "hints kept for the others"
+    );
+    let (s, _, b) = call("PUT", &url(2, "/v1/kv/carts/bob?w=any"), "b1-hinted").await;
+    assert_eq!(s, 200, "w=any on the cut-off node: {b}");
+    let started = Instant::now();
+    let (s, _, b) = call(
+        "PUT",
+        &url(2, "/v1/kv/carts/carol?w=quorum&wait_ms_max=1000"),
+        "c1",
+    )
+    .await;
+    assert!(
+        s >= 500,
+        "w=quorum cannot be met on the cut-off node: {s} {b}"
+    );
+    assert_eq!(code(&b), "no_quorum", "{b}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let (s, _, b) = call(
+        "GET",
+        &url(2, "/v1/kv/carts/alice?r=quorum&wait_ms_max=500"),
+        "",
+    )
+    .await;
+    assert_eq!((s, code(&b)), (503, "no_quorum"), "{b}");
+    // The majority side keeps writing at w=quorum.
+    let (s, _, b) = call("PUT", &url(0, "/v1/kv/carts/dave?w=quorum"), "d1").await;
+    assert_eq!(s, 200, "{b}");
+    // The cut-off node serves its own copy at r=one.
+    let (s, _, b) = call("GET", &url(2, "/v1/kv/carts/alice?r=one"), "").await;
+    assert_eq!((s, b.as_str()), (200, Some("a2-cut-off")));
+
+    // Heal, then read nothing: hints and anti-entropy alone make the replicas agree.
+    c.client(2).set_isolated(false).await.expect("heal");
+    let healed = Instant::now();
+    let converged = eventually(Duration::from_secs(30), "replicas converge", || async {
+        let d = digests(&c, "carts").await;
+        eprintln!("digests {d:?}");
+        let first = d[0]?;
+        // alice, bob, dave, and carol if the refused write reached node 3's disk.
+        (first.0 >= 3 && d.iter().all(|x| *x == Some(first))).then_some(first)
+    })
+    .await;
+    eprintln!(
+        "converged on {converged:?} {:?} after healing",
+        healed.elapsed()
+    );
+    for i in 0..3 {
+        for (key, want) in [
+            ("alice", "a2-cut-off"),
+            ("bob", "b1-hinted"),
+            ("dave", "d1"),
+        ] {
+            let (s, _, b) = call("GET", &url(i, &format!("/v1/kv/carts/{key}?r=one")), "").await;
+            assert_eq!((s, b.as_str()), (200, Some(want)), "node {i} key {key}");
+        }
+    }
+    // The refused write may have been stored on node 3 (leaderless writes are not rolled
+    // back); either way every replica now agrees on it.
+    let mut carol = Vec::new();
+    for i in 0..3 {
+        carol.push(call("GET", &url(i, "/v1/kv/carts/carol?r=one"), "").await.0);
+    }
+    assert!(carol.iter().all(|s| *s == carol[0]), "{carol:?}");
+
+    // A delete is a tombstone: gone at every r on every node, and it stays gone.
+    let (s, _, b) = call("DELETE", &url(1, "/v1/kv/carts/dave?w=all"), "").await;
+    assert_eq!(s, 200, "{b}");
+    for i in 0..3 {
+        for r in ["one", "quorum", "all"] {
+            let (s, _, _) = call("GET", &url(i, &format!("/v1/kv/carts/dave?r={r}")), "").await;
+            assert_eq!(s, 404, "node {i} r={r}");
+        }
+    }
+    let status = c.client(0).cluster().await.expect("status");
+    let node1 = &status["nodes"][0]["leaderless"];
+    assert!(
+        node1["anti_entropy_exchanges_total"].as_u64() > Some(0),
+        "{node1}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn levels_quorums_and_commands_a_mode_cannot_keep_are_refused_and_change_nothing() {
+    let c = start(3, false).await;
+    let url = |path: &str| format!("{}{path}", c.http(0));
+    for (name, spec, want) in [
+        (
+            "l1",
+            r#"{"mode":"leaderless","conflict":"siblings-please"}"#,
+            400,
+        ),
+        (
+            "l2",
+            r#"{"mode":"leaderless","default_level":"strong"}"#,
+            400,
+        ),
+        ("l3", r#"{"mode":"ordered","conflict":"lww"}"#, 400),
+        (
+            "v1",
+            r#"{"mode":"volatile","default_level":"eventual"}"#,
+            400,
+        ),
+        ("lw", r#"{"mode":"leaderless","replicas":3}"#, 201),
+        ("vo", r#"{"mode":"volatile","replicas":3}"#, 201),
+        ("od", r#"{"mode":"ordered","shards":1}"#, 201),
+    ] {
+        let (s, _, b) = call("PUT", &url(&format!("/v1/keyspaces/{name}")), spec).await;
+        assert_eq!(s, want, "{name}: {b}");
+        if want == 400 {
+            assert_eq!(code(&b), "keyspace_invalid", "{b}");
+        }
+    }
+    let (s, _, b) = call("PUT", &url("/v1/kv/lw/k?w=all"), "v").await;
+    assert_eq!(s, 200, "{b}");
+    for (method, path, want_status, want_code) in [
+        ("GET", "/v1/kv/lw/k?level=strong", 400, "level_invalid"),
+        (
+            "GET",
+            "/v1/kv/lw/k?level=bounded(t=1s)",
+            400,
+            "level_invalid",
+        ),
+        (
+            "GET",
+            "/v1/kv/lw/k?level=consistent_prefix",
+            400,
+            "level_invalid",
+        ),
+        ("GET", "/v1/kv/lw/k?level=weak", 400, "level_invalid"),
+        ("GET", "/v1/kv/od/k?level=weak", 400, "level_invalid"),
+        ("GET", "/v1/kv/vo/k?level=eventual", 400, "level_invalid"),
+        ("GET", "/v1/kv/lw/k?r=two", 400, "quorum_invalid"),
+        ("GET", "/v1/kv/lw/k?r=any", 400, "quorum_invalid"),
+        ("GET", "/v1/kv/lw/k?w=one", 400, "quorum_invalid"),
+        ("PUT", "/v1/kv/lw/k?w=most", 400, "quorum_invalid"),
+        ("PUT", "/v1/kv/lw/k?r=one", 400, "quorum_invalid"),
+        ("PUT", "/v1/kv/od/k?w=one", 400, "quorum_invalid"),
+        ("GET", "/v1/kv/od/k?r=one", 400, "quorum_invalid"),
+        ("PUT", "/v1/kv/vo/k?w=quorum", 400, "quorum_invalid"),
+    ] {
+        let (s, _, b) = call(method, &url(path), "changed").await;
+        assert_eq!(
+            (s, code(&b)),
+            (want_status, want_code),
+            "{method} {path}: {b}"
+        );
+    }
+    let (s, _, b) = call("GET", &url("/v1/kv/lw/k?r=all"), "").await;
+    assert_eq!((s, b.as_str()), (200, Some("v")), "nothing changed");
+    let (s, _, b) = call("GET", &url("/v1/kv/lw/k?level=strong"), "").await;
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ordered"),
+        "the refusal names the mode that offers it: {s} {b}"
+    );
+
+    // Volatile: weak by default, acknowledged from memory, said so.
+    let (s, _, b) = call("PUT", &url("/v1/kv/vo/session-1"), "cached").await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _, b) = call("GET", &url("/v1/kv/vo/session-1?format=json"), "").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["value"], "cached");
+    assert_eq!(b["receipt"]["level"], "weak", "{b}");
+
+    // RESP: QUORUM, plain SET/GET/DEL on a leaderless keyspace, INCR refused by mode.
+    let addr = c.configs[0].resp.clone().expect("resp");
+    tokio::task::spawn_blocking(move || {
+        let mut r = Raw::connect(&addr);
+        assert_eq!(r.cmd(&["SELECT", "lw"]), "+OK");
+        assert_eq!(r.cmd(&["QUORUM"]), "r=default w=default");
+        assert_eq!(r.cmd(&["QUORUM", "quorum", "all"]), "+OK");
+        assert_eq!(r.cmd(&["QUORUM"]), "r=quorum w=all");
+        assert!(r
+            .cmd(&["QUORUM", "two", "one"])
+            .starts_with("-QUORUM_INVALID"));
+        assert_eq!(r.cmd(&["SET", "rk", "rv"]), "+OK");
+        assert_eq!(r.cmd(&["GET", "rk"]), "rv");
+        assert!(r.cmd(&["INCR", "n"]).starts_with("-MODE_UNSUPPORTED"));
+        assert!(r
+            .cmd(&["CONSISTENCY", "strong"])
+            .starts_with("-LEVEL_INVALID"));
+        assert_eq!(r.cmd(&["SELECT", "od"]), "+OK");
+        assert_eq!(r.cmd(&["CONSISTENCY", "strong"]), "+OK");
+        assert_eq!(r.cmd(&["SELECT", "lw"]), "+OK");
+        // Set on an ordered keyspace, then carried to a leaderless one: each read refuses it.
+        assert!(r.cmd(&["GET", "rk"]).starts_with("-LEVEL_INVALID"));
+        assert_eq!(r.cmd(&["CONSISTENCY", "default"]), "+OK");
+        assert_eq!(r.cmd(&["DEL", "rk"]), ":1");
+        assert_eq!(r.cmd(&["GET", "rk"]), "(nil)");
+    })
+    .await
+    .expect("resp session");
+}
+
+/// A minimal RESP client: one connection, one reply line (or bulk) per command.
+struct Raw {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Raw {
+    fn connect(addr: &str) -> Raw {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        Raw {
+            w: s.try_clone().expect("clone"),
+            r: BufReader::new(s),
+        }
+    }
+
+    /// Sends a command; a bulk reply comes back as its text, nil as `(nil)`, others as their
+    /// first line (`+OK`, `-ERR …`, `:1`).
+    fn cmd(&mut self, args: &[&str]) -> String {
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out += &format!("${}\r\n{a}\r\n", a.len());
+        }
+        self.w.write_all(out.as_bytes()).expect("send");
+        let mut line = String::new();
+        self.r.read_line(&mut line).expect("reply");
+        let line = line.trim_end().to_string();
+        match line.strip_prefix('$') {
+            Some("-1") => "(nil)".into(),
+            Some(n) => {
+                let n: usize = n.parse().expect("bulk length");
+                let mut buf = vec![0; n + 2];
+                self.r.read_exact(&mut buf).expect("bulk");
+                String::from_utf8_lossy(&buf[..n]).into_owned()
+            }
+            None => line,
+        }
+    }
+}
+
+#[test]
+fn json_specs_round_trip() {
+    // The acceptance interfaces' spec shapes parse as the server parses them.
+    for spec in [
+        json!({"mode":"leaderless","replicas":3,"conflict":"lww"}),
+        json!({"mode":"volatile","replicas":3}),
+    ] {
+        let parsed: tunekv_core::KeyspaceSpec =
+            serde_json::from_value(spec.clone()).expect("parses");
+        assert!(parsed.normalized().validate(3).is_ok(), "{spec}");
+    }
+}
