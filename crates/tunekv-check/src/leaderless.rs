@@ -16,6 +16,11 @@
 //!   a delete reads as absent, unless a later write (higher version) that did not certainly fail
 //!   brought it back.
 //! - **convergence** — after healing, every node's final read of a key returns the same version.
+//! - **read your writes** (reads at `read_your_writes` or `session`) — a read returns a version at
+//!   least as high as every acknowledged update of the key by the same session that completed
+//!   before the read began.
+//! - **monotonic reads** (reads at `monotonic_reads` or `session`) — a read returns a version at
+//!   least as high as every earlier acknowledged read of the key by the same session.
 
 use crate::history::{OpKind, Operation};
 use crate::report::{Report, Row, Verdict};
@@ -28,6 +33,8 @@ pub const STRICT_QUORUM_READS: &str = "strict-quorum reads";
 pub const NO_ACKED_WRITE_LOST: &str = "no acknowledged write lost";
 pub const DELETES_STAY: &str = "deleted keys stay deleted";
 pub const CONVERGENCE: &str = "convergence";
+pub const READ_YOUR_WRITES: &str = "read your writes";
+pub const MONOTONIC_READS: &str = "monotonic reads";
 
 /// A version as `(hlc, node)`; `(0, 0)` is "no version" (a key no replica held).
 type Ver = (u64, u64);
@@ -67,7 +74,10 @@ pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Li
     let mut lost = Row::new(LEVEL, NO_ACKED_WRITE_LOST);
     let mut deletes = Row::new(LEVEL, DELETES_STAY);
     let mut converged = Row::new(LEVEL, CONVERGENCE);
+    let mut ryw = Row::new(LEVEL, READ_YOUR_WRITES);
+    let mut monotonic = Row::new(LEVEL, MONOTONIC_READS);
     for ids in by_key.values() {
+        judge_sessions(ops, ids, &mut ryw, &mut monotonic, limits);
         let writers: HashMap<&str, usize> = ids
             .iter()
             .filter(|&&i| ops[i].op == OpKind::Write)
@@ -136,7 +146,62 @@ pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Li
         converged.record(judge_converged(ops, &finals), ops, limits);
     }
     Report {
-        rows: vec![invented, strict, lost, deletes, converged],
+        rows: vec![invented, strict, lost, deletes, converged, ryw, monotonic],
+    }
+}
+
+/// Session guarantees, per key: each session-level read against the same session's acknowledged
+/// updates (read your writes) and earlier acknowledged reads (monotonic reads) of the key that
+/// completed before it began.
+fn judge_sessions(
+    ops: &[Operation],
+    ids: &[usize],
+    ryw: &mut Row,
+    monotonic: &mut Row,
+    limits: &Limits,
+) {
+    for &r in ids {
+        let op = &ops[r];
+        let wants_ryw = matches!(op.level.as_str(), "read_your_writes" | "session");
+        let wants_mr = matches!(op.level.as_str(), "monotonic_reads" | "session");
+        if !op.is_read() || !op.is_acked() || op.session.is_none() || !(wants_ryw || wants_mr) {
+            continue;
+        }
+        let Some(got) = version_of(op) else { continue };
+        let before = |i: usize, reads: bool| {
+            let o = &ops[i];
+            o.session == op.session
+                && o.is_acked()
+                && o.complete_ns < op.invoke_ns
+                && if reads { o.is_read() } else { o.is_update() }
+        };
+        let newest = |reads: bool| {
+            ids.iter()
+                .copied()
+                .filter(|&i| before(i, reads))
+                .filter_map(|i| Some((version_of(&ops[i])?, i)))
+                .max()
+        };
+        for (wanted, row, reads, what) in [
+            (wants_ryw, &mut *ryw, false, "wrote"),
+            (wants_mr, &mut *monotonic, true, "had read"),
+        ] {
+            if !wanted {
+                continue;
+            }
+            let verdict = match newest(reads) {
+                Some((v, i)) if got < v => Verdict::Violation {
+                    message: format!(
+                        "{} read of key {:?} on {} returned version {got:?}, older than {v:?} \
+                         which its session {what} before the read began",
+                        op.level, op.key, op.node
+                    ),
+                    ops: vec![i, r],
+                },
+                _ => Verdict::Pass,
+            };
+            row.record(verdict, ops, limits);
+        }
     }
 }
 
@@ -470,6 +535,38 @@ mod tests {
         ];
         let report = check(&diverged, 3, Some(90), &Limits::default());
         assert_eq!(row(&report, CONVERGENCE).violations_total, 1);
+    }
+
+    #[test]
+    fn session_reads_older_than_the_sessions_own_writes_or_reads_are_caught() {
+        let in_session = |o: Operation, level: &str| Operation {
+            session: Some("c1".into()),
+            level: level.into(),
+            ..o
+        };
+        let ops = vec![
+            in_session(write("k", "a", (0, 10), "one", "100.1"), "eventual"),
+            in_session(read("k", None, (20, 30), "one", "none"), "read_your_writes"),
+            in_session(read("k", Some("a"), (40, 50), "one", "100.1"), "session"),
+            in_session(read("k", None, (60, 70), "one", "none"), "monotonic_reads"),
+            // Eventual reads promise neither.
+            in_session(read("k", None, (80, 90), "one", "none"), "eventual"),
+        ];
+        let report = check(&ops, 3, None, &Limits::default());
+        let r = row(&report, READ_YOUR_WRITES);
+        assert_eq!(
+            (r.checked, r.violations_total),
+            (2, 1),
+            "{}",
+            report.table()
+        );
+        let m = row(&report, MONOTONIC_READS);
+        assert_eq!(
+            (m.checked, m.violations_total),
+            (2, 1),
+            "{}",
+            report.table()
+        );
     }
 
     #[test]

@@ -113,7 +113,10 @@ impl Mode {
                 "level {l} is not enforced by this build; use one of: {}",
                 Level::ENFORCED
             )),
-            (Mode::Leaderless, Level::Eventual) => Ok(()),
+            (
+                Mode::Leaderless,
+                Level::Eventual | Level::ReadYourWrites | Level::MonotonicReads | Level::Session,
+            ) => Ok(()),
             (Mode::Leaderless, Level::Strong | Level::Bounded { .. } | Level::ConsistentPrefix) => {
                 refuse(format!(
                     "level {level} needs one order of writes, which a leaderless keyspace does not \
@@ -127,11 +130,6 @@ impl Mode {
                  and converge: read them at eventual"
                     .into(),
             ),
-            (Mode::Leaderless, l) => refuse(format!(
-                "level {l} is not enforced on leaderless keyspaces by this build yet (session \
-                 guarantees there need version tokens, in progress); read at eventual with \
-                 r=quorum after w=quorum writes, or use an ordered keyspace"
-            )),
             (Mode::Volatile, Level::Weak) => Ok(()),
             (Mode::Volatile, l) => refuse(format!(
                 "a volatile keyspace keeps values in memory only and replicates them best effort: \

@@ -4,7 +4,10 @@
 //! A token is the hex encoding of `postcard(Body) ‖ HMAC-SHA256(secret, DOMAIN ‖ postcard(Body))`.
 //! The body lists, per shard group, the highest log index the session wrote and the highest it
 //! read. Group ids embed the keyspace's creation index, so a mark never refers to a shard of an
-//! older incarnation of a keyspace. docs/formats.md documents the layout.
+//! older incarnation of a keyspace. For leaderless keyspaces (format 2) it lists, per keyspace,
+//! the highest HLC stamp the session has seen there and the version of each key it wrote or read
+//! most recently, at most [`LEADERLESS_KEYS_MAX`] keys per keyspace (see
+//! [`LeaderlessMark`]). docs/formats.md documents the layout.
 
 use crate::code::{Code, TunekvError};
 use crate::ids::{GroupId, LogIndex};
@@ -13,17 +16,29 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::collections::BTreeMap;
 
-/// The token layout this build writes and reads.
-pub const TOKEN_FORMAT: u8 = 1;
+/// The token layout this build writes. It reads this one and format 1 (no leaderless marks).
+pub const TOKEN_FORMAT: u8 = 2;
+const TOKEN_FORMAT_V1: u8 = 1;
+/// Keys a session tracks exactly per leaderless keyspace; older ones are forgotten and the
+/// keyspace's reads of untracked keys then ask every replica (see [`LeaderlessMark`]).
+pub const LEADERLESS_KEYS_MAX: usize = 64;
+/// Leaderless keyspaces one token tracks.
+pub const LEADERLESS_KEYSPACES_MAX: usize = 8;
 /// The cluster topology tokens are issued for. Membership and sharding are static today; a
 /// change that renumbers positions bumps it, and older tokens are refused as foreign.
 pub const TOPOLOGY: u32 = 1;
 /// Longest token text accepted (one `tunekv-session` value), and most groups in one token.
-pub const TOKEN_CHARS_MAX: usize = 64 * 1024;
+pub const TOKEN_CHARS_MAX: usize = 96 * 1024;
 pub const TOKEN_GROUPS_MAX: usize = 1024;
 /// The longest body `encode` can write: format, topology, count, then per group three
-/// varints of at most 10 bytes each.
-const TOKEN_BODY_BYTES_MAX: usize = 1 + 5 + 5 + TOKEN_GROUPS_MAX * 30;
+/// varints of at most 10 bytes each; then per leaderless keyspace its id, stamp, flag and
+/// count, and per key three varints.
+const TOKEN_BODY_BYTES_MAX: usize = 1
+    + 5
+    + 5
+    + TOKEN_GROUPS_MAX * 30
+    + 5
+    + LEADERLESS_KEYSPACES_MAX * (10 + 10 + 1 + 5 + LEADERLESS_KEYS_MAX * 30);
 // Every token `encode` writes for an admitted session is one `decode` accepts.
 const _: () = assert!(2 * (TOKEN_BODY_BYTES_MAX + MAC_BYTES) <= TOKEN_CHARS_MAX);
 /// Most tokens one request may carry to be merged.
@@ -43,10 +58,76 @@ pub struct Mark {
     pub read: LogIndex,
 }
 
-/// A session's marks, per shard group. Empty for a new session.
+/// What a session has done on one leaderless keyspace: the highest HLC stamp it has seen there
+/// (its writes are stamped above it, so a later write of the session never loses to an earlier
+/// one under last-writer-wins, whatever the clocks), and per key (by a 64-bit hash of it) the
+/// highest version it wrote or read, which later reads of the key must return at least. When
+/// more than [`LEADERLESS_KEYS_MAX`] keys were touched, the oldest marks are dropped and
+/// `forgot` is set: reads of a key with no mark then ask every replica of the key and need all
+/// of them to answer (a write acknowledged on any replica is seen; one acknowledged only
+/// through a hint may not be, so hinted writes are dropped last).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaderlessMark {
+    pub hlc_seen: u64,
+    /// key hash → (hlc, node, whether it was a write acknowledged only sloppily).
+    keys: BTreeMap<u64, (u64, u64, bool)>,
+    pub forgot: bool,
+}
+
+impl LeaderlessMark {
+    /// The version the session requires of a key: `Some` when tracked.
+    pub fn required(&self, key_hash: u64) -> Option<(u64, u64)> {
+        self.keys.get(&key_hash).map(|&(h, n, _)| (h, n))
+    }
+
+    fn note(&mut self, key_hash: u64, version: (u64, u64), sloppy: bool) {
+        self.hlc_seen = self.hlc_seen.max(version.0);
+        let e = self.keys.entry(key_hash).or_insert((0, 0, false));
+        if (version.0, version.1) >= (e.0, e.1) {
+            *e = (version.0, version.1, sloppy);
+        }
+        self.trim();
+    }
+
+    fn merge(&mut self, other: &LeaderlessMark) {
+        self.hlc_seen = self.hlc_seen.max(other.hlc_seen);
+        self.forgot |= other.forgot;
+        for (&k, &(h, n, sloppy)) in &other.keys {
+            let e = self.keys.entry(k).or_insert((0, 0, false));
+            if (h, n) >= (e.0, e.1) {
+                *e = (h, n, sloppy);
+            }
+        }
+        self.trim();
+    }
+
+    /// Drops the oldest marks beyond the limit, strictly acknowledged ones first.
+    fn trim(&mut self) {
+        while self.keys.len() > LEADERLESS_KEYS_MAX {
+            let victim = self
+                .keys
+                .iter()
+                .min_by_key(|(k, &(h, n, sloppy))| (sloppy, h, n, **k))
+                .map(|(k, _)| *k);
+            if let Some(k) = victim {
+                self.keys.remove(&k);
+                self.forgot = true;
+            }
+        }
+    }
+}
+
+/// The 64-bit hash a session mark names a leaderless key by.
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(key, 0x5e55_1011)
+}
+
+/// A session's marks, per shard group (ordered keyspaces) and per leaderless keyspace. Empty for
+/// a new session.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Session {
     marks: BTreeMap<GroupId, Mark>,
+    leaderless: BTreeMap<u64, LeaderlessMark>,
 }
 
 impl Session {
@@ -55,7 +136,36 @@ impl Session {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.marks.is_empty()
+        self.marks.is_empty() && self.leaderless.is_empty()
+    }
+
+    /// The session's mark on leaderless keyspace `ks` (its id); empty where it has done nothing.
+    pub fn leaderless(&self, ks: u64) -> LeaderlessMark {
+        self.leaderless.get(&ks).cloned().unwrap_or_default()
+    }
+
+    /// Whether this session may record an operation on leaderless keyspace `ks`.
+    pub fn admit_leaderless(&self, ks: u64) -> Result<(), TunekvError> {
+        if self.leaderless.len() < LEADERLESS_KEYSPACES_MAX || self.leaderless.contains_key(&ks) {
+            Ok(())
+        } else {
+            Err(TunekvError::new(
+                Code::SessionInvalid,
+                format!(
+                    "this session already tracks {LEADERLESS_KEYSPACES_MAX} leaderless keyspaces, \
+                     the most one token carries; use a new session for this one"
+                ),
+            ))
+        }
+    }
+
+    /// Records that the session wrote or read `version` of key `key_hash` on leaderless
+    /// keyspace `ks` (`sloppy`: a write acknowledged with a stand-in or a hint counted).
+    pub fn saw_leaderless(&mut self, ks: u64, key_hash: u64, version: (u64, u64), sloppy: bool) {
+        self.leaderless
+            .entry(ks)
+            .or_default()
+            .note(key_hash, version, sloppy);
     }
 
     /// The session's mark on `group`; zero where it has done nothing.
@@ -83,6 +193,14 @@ impl Session {
             let e = self.marks.entry(*g).or_default();
             e.written = e.written.max(m.written);
             e.read = e.read.max(m.read);
+        }
+        for (ks, m) in &other.leaderless {
+            self.leaderless.entry(*ks).or_default().merge(m);
+        }
+        // A merge may exceed the keyspace limit; the highest ids are kept (a later admit of a
+        // dropped one starts it over, which only asks more of reads: see `forgot`).
+        while self.leaderless.len() > LEADERLESS_KEYSPACES_MAX {
+            self.leaderless.pop_first();
         }
     }
 
@@ -113,6 +231,19 @@ struct Body {
     format: u8,
     topology: u32,
     /// (group, written, read), strictly increasing by group.
+    marks: Vec<(u64, u64, u64)>,
+    /// (keyspace id, hlc_seen, forgot, keys: (key hash, hlc, node, sloppy) by key hash),
+    /// strictly increasing by keyspace id.
+    leaderless: Vec<LeaderlessBody>,
+}
+
+type LeaderlessBody = (u64, u64, bool, Vec<(u64, u64, u64, bool)>);
+
+/// Format 1: no leaderless marks.
+#[derive(Serialize, Deserialize)]
+struct BodyV1 {
+    format: u8,
+    topology: u32,
     marks: Vec<(u64, u64, u64)>,
 }
 
@@ -164,6 +295,18 @@ impl SessionKey {
                 .iter()
                 .map(|(g, m)| (g.0, m.written.0, m.read.0))
                 .collect(),
+            leaderless: session
+                .leaderless
+                .iter()
+                .map(|(ks, m)| {
+                    let keys = m
+                        .keys
+                        .iter()
+                        .map(|(k, &(h, n, sloppy))| (*k, h, n, sloppy))
+                        .collect();
+                    (*ks, m.hlc_seen, m.forgot, keys)
+                })
+                .collect(),
         };
         // Serializing plain integers into a Vec cannot fail.
         let mut bytes = postcard::to_stdvec(&body).unwrap_or_default();
@@ -187,9 +330,20 @@ impl SessionKey {
         self.tag(body)
             .verify_slice(tag)
             .map_err(|_| invalid("its signature does not match this cluster's secret (forged, corrupt, or from another cluster)"))?;
-        let body: Body = match postcard::take_from_bytes::<Body>(body) {
-            Ok((b, [])) => b,
-            _ => return Err(invalid("undecodable body")),
+        let body: Body = match body.first() {
+            Some(&TOKEN_FORMAT_V1) => match postcard::take_from_bytes::<BodyV1>(body) {
+                Ok((b, [])) => Body {
+                    format: TOKEN_FORMAT,
+                    topology: b.topology,
+                    marks: b.marks,
+                    leaderless: Vec::new(),
+                },
+                _ => return Err(invalid("undecodable body")),
+            },
+            _ => match postcard::take_from_bytes::<Body>(body) {
+                Ok((b, [])) => b,
+                _ => return Err(invalid("undecodable body")),
+            },
         };
         if body.format != TOKEN_FORMAT {
             return Err(invalid(format!(
@@ -221,7 +375,39 @@ impl SessionKey {
                 },
             );
         }
-        Ok(Session { marks })
+        if body.leaderless.len() > LEADERLESS_KEYSPACES_MAX {
+            return Err(invalid(format!(
+                "more than {LEADERLESS_KEYSPACES_MAX} leaderless keyspaces"
+            )));
+        }
+        let mut leaderless = BTreeMap::new();
+        let mut last = None;
+        for (ks, hlc_seen, forgot, keys) in body.leaderless {
+            if last.is_some_and(|l| l >= ks) {
+                return Err(invalid("leaderless keyspaces out of order"));
+            }
+            last = Some(ks);
+            if keys.len() > LEADERLESS_KEYS_MAX {
+                return Err(invalid(format!(
+                    "more than {LEADERLESS_KEYS_MAX} keys of one leaderless keyspace"
+                )));
+            }
+            let mut m = LeaderlessMark {
+                hlc_seen,
+                keys: BTreeMap::new(),
+                forgot,
+            };
+            let mut last_key = None;
+            for (k, h, n, sloppy) in keys {
+                if last_key.is_some_and(|l| l >= k) {
+                    return Err(invalid("leaderless keys out of order"));
+                }
+                last_key = Some(k);
+                m.keys.insert(k, (h, n, sloppy));
+            }
+            leaderless.insert(ks, m);
+        }
+        Ok(Session { marks, leaderless })
     }
 
     /// Reads every token in `values` (each may hold several, comma-separated) and merges them.
@@ -409,26 +595,109 @@ mod tests {
             hex_encode(&bytes)
         };
         let wrong_format = Body {
-            format: 2,
+            format: 9,
             topology: TOPOLOGY,
             marks: vec![],
+            leaderless: vec![],
         };
         let wrong_topology = Body {
             format: TOKEN_FORMAT,
             topology: 7,
             marks: vec![],
+            leaderless: vec![],
         };
         let unordered = Body {
             format: TOKEN_FORMAT,
             topology: TOPOLOGY,
             marks: vec![(2, 0, 0), (1, 0, 0)],
+            leaderless: vec![],
         };
-        for body in [wrong_format, wrong_topology, unordered] {
+        let too_many_keys = Body {
+            format: TOKEN_FORMAT,
+            topology: TOPOLOGY,
+            marks: vec![],
+            leaderless: vec![(
+                1,
+                5,
+                false,
+                (0..=LEADERLESS_KEYS_MAX as u64)
+                    .map(|k| (k, 1, 1, false))
+                    .collect(),
+            )],
+        };
+        let unordered_keys = Body {
+            format: TOKEN_FORMAT,
+            topology: TOPOLOGY,
+            marks: vec![],
+            leaderless: vec![(1, 5, false, vec![(2, 1, 1, false), (1, 1, 1, false)])],
+        };
+        for body in [
+            wrong_format,
+            wrong_topology,
+            unordered,
+            too_many_keys,
+            unordered_keys,
+        ] {
             assert_eq!(
                 k.decode(&sign(&body)).unwrap_err().code,
                 Code::SessionInvalid
             );
         }
+    }
+
+    #[test]
+    fn format_1_tokens_still_decode() {
+        let k = key();
+        let v1 = BodyV1 {
+            format: 1,
+            topology: TOPOLOGY,
+            marks: vec![(3, 7, 9)],
+        };
+        let mut bytes = postcard::to_stdvec(&v1).unwrap();
+        let tag = k.tag(&bytes).finalize().into_bytes();
+        bytes.extend_from_slice(&tag);
+        let s = k.decode(&hex_encode(&bytes)).unwrap();
+        assert_eq!(s.mark(GroupId(3)).read, LogIndex(9));
+    }
+
+    #[test]
+    fn leaderless_marks_round_trip_merge_and_stay_bounded() {
+        let k = key();
+        let mut s = Session::new();
+        s.saw_leaderless(7, key_hash(b"a"), (100, 1), false);
+        s.saw_leaderless(7, key_hash(b"a"), (90, 2), false);
+        assert_eq!(s.leaderless(7).required(key_hash(b"a")), Some((100, 1)));
+        assert_eq!(s.leaderless(7).hlc_seen, 100);
+        assert_eq!(k.decode(&k.encode(&s)).unwrap(), s);
+        // Bounded: the oldest strict marks go first, and the keyspace says it forgot.
+        s.saw_leaderless(7, key_hash(b"hinted"), (1, 1), true);
+        for i in 0..LEADERLESS_KEYS_MAX as u64 {
+            s.saw_leaderless(
+                7,
+                key_hash(format!("k{i}").as_bytes()),
+                (1000 + i, 1),
+                false,
+            );
+        }
+        let m = s.leaderless(7);
+        assert!(m.forgot);
+        assert_eq!(
+            m.required(key_hash(b"a")),
+            None,
+            "the oldest strict mark went"
+        );
+        assert_eq!(m.required(key_hash(b"hinted")), Some((1, 1)), "hinted kept");
+        let token = k.encode(&s);
+        assert!(token.len() <= TOKEN_CHARS_MAX);
+        assert_eq!(k.decode(&token).unwrap(), s);
+        // Merging keeps the higher version per key.
+        let mut other = Session::new();
+        other.saw_leaderless(7, key_hash(b"hinted"), (5, 3), false);
+        other.saw_leaderless(8, key_hash(b"x"), (1, 1), false);
+        s.merge(&other);
+        assert_eq!(s.leaderless(7).required(key_hash(b"hinted")), Some((5, 3)));
+        assert_eq!(s.leaderless(8).required(key_hash(b"x")), Some((1, 1)));
+        assert!(s.admit_leaderless(9).is_ok());
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct Answer {
     pub session: Option<String>,
     pub position: Option<String>,
     pub staleness: Option<(u64, u64)>,
+    /// Leaderless keyspaces: the `tunekv-quorum` header.
+    pub quorum: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -77,6 +79,7 @@ pub async fn request(
         let staleness = h("tunekv-staleness")
             .and_then(|s| tunekv_core::Staleness::parse_header(&s))
             .map(|s| (s.entries, s.ms));
+        let quorum = h("tunekv-quorum");
         let body = resp
             .into_body()
             .collect()
@@ -89,6 +92,7 @@ pub async fn request(
             session,
             position,
             staleness,
+            quorum,
             body,
         })
     };
@@ -100,6 +104,114 @@ pub async fn request(
 /// The virtual time in ns since the simulation started.
 pub fn now_ns() -> u64 {
     turmoil::sim_elapsed().map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// One field of a `tunekv-quorum` header (`version`, `strict`, …).
+fn quorum_field<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header
+        .split(';')
+        .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// Performs one operation on the leaderless keyspace through `node` at quorum `quorum` (`r`
+/// of a read, `w` of an update) and returns its history record. A failed update's outcome is
+/// unknown whatever its code: leaderless writes are not rolled back.
+#[allow(clippy::too_many_arguments)]
+pub async fn operate_leaderless(
+    client: u64,
+    node: usize,
+    kind: OpKind,
+    key: &str,
+    value: Option<String>,
+    (level, quorum): (&str, &str),
+    token: &mut String,
+) -> Operation {
+    let host = format!("n{}", node + 1);
+    let invoke_ns = now_ns();
+    let path = format!("/v1/kv/{KEYSPACE}/{key}?wait_ms_max={WAIT_MS}");
+    let res = match kind {
+        OpKind::Read => {
+            let url = format!("{path}&r={quorum}&level={level}");
+            request(&host, "GET", &url, token, Vec::new()).await
+        }
+        OpKind::Write => {
+            let v = value.clone().unwrap_or_default().into_bytes();
+            request(&host, "PUT", &format!("{path}&w={quorum}"), token, v).await
+        }
+        OpKind::Delete => {
+            request(
+                &host,
+                "DELETE",
+                &format!("{path}&w={quorum}"),
+                token,
+                Vec::new(),
+            )
+            .await
+        }
+    };
+    let mut op = Operation {
+        client,
+        session: Some(format!("c{client}")),
+        op: kind,
+        key: key.to_string(),
+        value: if kind == OpKind::Write { value } else { None },
+        invoke_ns,
+        complete_ns: 0,
+        ok: None,
+        level: if kind == OpKind::Read {
+            level
+        } else {
+            "eventual"
+        }
+        .to_string(),
+        node: host,
+        position: None,
+        staleness_entries: None,
+        staleness_ms: None,
+        quorum: Some(quorum.to_string()),
+        version: None,
+        strict: None,
+    };
+    match res {
+        Err(_) => {
+            op.ok = if kind == OpKind::Read {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        Ok(a) => {
+            let found = kind == OpKind::Read && a.status == 404 && a.quorum.is_some();
+            if a.status == 200 || found {
+                op.ok = Some(true);
+                if let Some(s) = &a.session {
+                    *token = s.clone();
+                }
+                op.position = a.position.clone();
+                if kind == OpKind::Read {
+                    op.value =
+                        (a.status == 200).then(|| String::from_utf8_lossy(&a.body).into_owned());
+                    op.version = a
+                        .quorum
+                        .as_deref()
+                        .and_then(|q| quorum_field(q, "version"))
+                        .map(str::to_string);
+                } else {
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&a.body).unwrap_or_default();
+                    op.version = body["quorum"]["version"].as_str().map(str::to_string);
+                    op.strict = body["quorum"]["strict"].as_bool();
+                }
+            } else {
+                op.ok = match (kind, a.code().as_str()) {
+                    (OpKind::Read, _) | (_, "quorum_invalid" | "bad_request") => Some(false),
+                    _ => None,
+                };
+            }
+        }
+    }
+    op.complete_ns = now_ns();
+    op
 }
 
 /// Performs one operation through `node` and returns its history record.

@@ -62,6 +62,9 @@ pub struct Workload {
     pub level_weights: Vec<u32>,
     /// Upper bound of a client's pause between two operations.
     pub think_ms_max: u64,
+    /// A leaderless keyspace instead of an ordered one: reads at `eventual` with a random `r`,
+    /// updates with a random `w`, judged by the leaderless checkers.
+    pub leaderless: bool,
 }
 
 impl Workload {
@@ -166,7 +169,10 @@ impl Plan {
             deletes_pct: rng.gen_range(0..=10),
             level_weights: LEVELS.iter().map(|_| rng.gen_range(0..=4)).collect(),
             think_ms_max: rng.gen_range(5..=80),
+            leaderless: false,
         };
+        // Drawn last, from its own stream, so the fields above stay what they were.
+        workload.leaderless = StdRng::seed_from_u64(seed ^ 0x1ead_1e55).gen_bool(0.3);
         // Every level set to weight 0 would leave nothing to read at.
         if workload.level_weights.iter().all(|w| *w == 0) {
             workload.level_weights[0] = 1;
@@ -306,6 +312,38 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
                 let node = rng.gen_range(0..plan.nodes);
                 let w = &plan.workload;
                 let roll = rng.gen_range(0..100);
+                if w.leaderless {
+                    let (kind, value) = if roll < w.writes_pct {
+                        n += 1;
+                        (OpKind::Write, Some(format!("c{c}-{n}")))
+                    } else if roll < w.writes_pct + w.deletes_pct {
+                        (OpKind::Delete, None)
+                    } else {
+                        (OpKind::Read, None)
+                    };
+                    let quorum = match kind {
+                        OpKind::Read => ["one", "quorum", "all"][rng.gen_range(0..3)],
+                        _ => ["one", "quorum", "all", "any"][rng.gen_range(0..4)],
+                    };
+                    let level = ["eventual", "read_your_writes", "monotonic_reads", "session"]
+                        [rng.gen_range(0..4)];
+                    let op = client::operate_leaderless(
+                        c as u64,
+                        node,
+                        kind,
+                        &key,
+                        value,
+                        (level, quorum),
+                        &mut token,
+                    )
+                    .await;
+                    history.lock().unwrap_or_else(|p| p.into_inner()).push(op);
+                    tokio::time::sleep(Duration::from_millis(
+                        rng.gen_range(1..plan.workload.think_ms_max.max(2)),
+                    ))
+                    .await;
+                    continue;
+                }
                 let (kind, value, level) = if roll < w.writes_pct {
                     n += 1;
                     (OpKind::Write, Some(format!("c{c}-{n}")), "strong")
@@ -330,6 +368,20 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
             }
             for k in 0..plan.keys {
                 for node in 0..plan.nodes {
+                    if plan.workload.leaderless {
+                        let op = client::operate_leaderless(
+                            c as u64,
+                            node,
+                            OpKind::Read,
+                            &format!("k{k}"),
+                            None,
+                            ("eventual", "one"),
+                            &mut String::new(),
+                        )
+                        .await;
+                        history.lock().unwrap_or_else(|p| p.into_inner()).push(op);
+                        continue;
+                    }
                     for level in ["eventual", "strong"] {
                         let op = client::operate(
                             c as u64,
@@ -406,13 +458,23 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
         );
     }
     let count = ops.len();
-    match tunekv_check::check(
-        &tunekv_check::CheckInput {
-            ops,
-            heal_ns: Some(heal_ns),
-        },
-        &tunekv_check::Limits::default(),
-    ) {
+    let report = if plan.workload.leaderless {
+        Ok(tunekv_check::leaderless::check(
+            &ops,
+            plan.workload.replicas as u32,
+            Some(heal_ns),
+            &tunekv_check::Limits::default(),
+        ))
+    } else {
+        tunekv_check::check(
+            &tunekv_check::CheckInput {
+                ops,
+                heal_ns: Some(heal_ns),
+            },
+            &tunekv_check::Limits::default(),
+        )
+    };
+    match report {
         Ok(report) => {
             for v in report.violations() {
                 violations.push(format!("[{} / {}] {}", v.level, v.property, v.message));
@@ -440,7 +502,11 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
 
 async fn create_keyspace(plan: &Plan) -> turmoil::Result {
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let spec = serde_json::json!({"shards": plan.workload.shards, "replicas": plan.workload.replicas, "default_level": "strong"});
+    let spec = if plan.workload.leaderless {
+        serde_json::json!({"mode": "leaderless", "replicas": plan.workload.replicas, "conflict": "lww"})
+    } else {
+        serde_json::json!({"shards": plan.workload.shards, "replicas": plan.workload.replicas, "default_level": "strong"})
+    };
     loop {
         let a = client::request(
             "n1",

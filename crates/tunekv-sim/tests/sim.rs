@@ -126,6 +126,7 @@ fn restarted_leaders_serve_no_stale_strong_reads() {
                 deletes_pct: 0,
                 level_weights: strong_only.clone(),
                 think_ms_max: 10,
+                leaderless: false,
             },
         };
         let out = run(plan, &tunekv_node::Bugs::default());
@@ -184,7 +185,45 @@ fn lagging_copies(seed: u64) -> Plan {
             deletes_pct: 5,
             level_weights,
             think_ms_max: 10,
+            leaderless: false,
         },
+    }
+}
+
+/// A leaderless plan where each node in turn is cut off from both others for 3 s, with many
+/// writes at every `w` and reads at every `r` on a few keys.
+fn isolated_leaderless(seed: u64) -> Plan {
+    let nodes = 3;
+    let mut faults = Vec::new();
+    let mut at = 500;
+    for a in 0..nodes {
+        faults.push((at, Fault::Partition(a, (a + 1) % nodes)));
+        faults.push((at + 1, Fault::Partition(a, (a + 2) % nodes)));
+        faults.push((at + 3_000, Fault::Heal));
+        at += 4_000;
+    }
+    let mut plan = Plan::of(seed, Duration::from_secs(14));
+    plan.nodes = nodes;
+    plan.clients = 4;
+    plan.keys = 3;
+    plan.clock_offsets_ms = vec![0; nodes];
+    plan.faults = faults;
+    plan.workload.replicas = 3;
+    plan.workload.writes_pct = 45;
+    plan.workload.deletes_pct = 5;
+    plan.workload.think_ms_max = 10;
+    plan.workload.leaderless = true;
+    plan
+}
+
+/// Leaderless keyspaces through nodes cut off from the others: every promise holds and the
+/// replicas converge with no reads before the final ones.
+#[test]
+fn leaderless_keyspaces_keep_their_promises_through_isolation() {
+    for seed in 0..2 {
+        let out = run(isolated_leaderless(seed), &tunekv_node::Bugs::default());
+        assert!(out.ops > 500, "seed {seed}: only {} operations", out.ops);
+        assert_eq!(out.violations, Vec::<String>::new(), "seed {seed}");
     }
 }
 
@@ -212,7 +251,10 @@ mod bugs {
     fn caught(bug: &str) {
         let bugs = tunekv_node::Bugs::parse(&[bug.to_string()]).expect("a known bug");
         for seed in 0..SEEDS_MAX {
-            let out = run(Plan::of(seed, SAFETY), &bugs);
+            // These bugs break ordered keyspaces.
+            let mut plan = Plan::of(seed, SAFETY);
+            plan.workload.leaderless = false;
+            let out = run(plan, &bugs);
             if !out.violations.is_empty() {
                 eprintln!("{bug}: caught by seed {seed}: {}", out.violations[0]);
                 return;
@@ -239,6 +281,25 @@ mod bugs {
     #[test]
     fn ack_early_is_caught() {
         caught("ack-early");
+    }
+
+    /// A leaderless write acknowledged below its quorum, on a node cut off from the others, is
+    /// missed by a quorum read elsewhere.
+    #[test]
+    fn quorum_ack_one_is_caught_by_the_strict_quorum_checker() {
+        let bugs = tunekv_node::Bugs::parse(&["quorum-ack-one".to_string()]).expect("a known bug");
+        for seed in 0..4 {
+            let out = run(isolated_leaderless(seed), &bugs);
+            if let Some(v) = out
+                .violations
+                .iter()
+                .find(|v| v.starts_with("[leaderless / strict-quorum reads]"))
+            {
+                eprintln!("quorum-ack-one: caught by seed {seed}: {v}");
+                return;
+            }
+        }
+        panic!("quorum-ack-one went unnoticed for 4 seeds");
     }
 
     /// Seeds of [`lagging_copies`] tried before the receipt test gives up.

@@ -73,12 +73,18 @@ pub enum Cmd {
     /// Create a keyspace.
     CreateKeyspace {
         keyspace: String,
+        /// ordered (Raft shards), leaderless (any node takes writes, last writer wins) or
+        /// volatile (memory only, weak).
+        #[arg(long, default_value = "ordered")]
+        mode: String,
+        /// Raft groups of an ordered keyspace.
         #[arg(long, default_value_t = 4)]
         shards: u32,
         #[arg(long, default_value_t = 3)]
         replicas: u32,
-        #[arg(long, default_value = "strong")]
-        default_level: String,
+        /// Default read level (default: the mode's: strong, eventual, weak).
+        #[arg(long)]
+        default_level: Option<String>,
         #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]
         node: String,
     },
@@ -183,6 +189,11 @@ pub enum Cmd {
         /// reads-only and writes-only rows.
         #[arg(long, value_name = "etcd,redis")]
         compare: Option<String>,
+        /// `leaderless`: rows for a leaderless keyspace at each w and r and a volatile one
+        /// (weak) instead of --levels, then the time replicas take to converge after a healed
+        /// partition (with --compare: Redis and etcd rows beside them).
+        #[arg(long, default_value = "ordered")]
+        keyspace_mode: String,
     },
     /// Show nodes, groups, leaders and every replica's applied/committed index.
     Cluster {
@@ -345,12 +356,21 @@ pub async fn run(args: Args) -> Result<i32> {
             out,
             seed,
             compare,
+            keyspace_mode,
         } => {
             let compare = comma_list(compare.as_deref().unwrap_or(""))
                 .iter()
                 .map(|s| crate::bench::Peer::parse(s))
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let leaderless = match keyspace_mode.as_str() {
+                "ordered" => false,
+                "leaderless" => true,
+                other => anyhow::bail!(
+                    "--keyspace-mode {other:?}: bench runs ordered or leaderless keyspaces"
+                ),
+            };
             crate::bench::run(crate::bench::BenchOptions {
+                leaderless,
                 compare,
                 nodes,
                 cluster,
@@ -504,12 +524,19 @@ pub async fn run(args: Args) -> Result<i32> {
         }
         Cmd::CreateKeyspace {
             keyspace,
+            mode,
             shards,
             replicas,
             default_level,
             node,
         } => {
-            let spec = serde_json::json!({"mode": "ordered", "shards": shards, "replicas": replicas, "default_level": default_level});
+            let mut spec = serde_json::json!({"mode": mode, "replicas": replicas});
+            if mode == "ordered" {
+                spec["shards"] = shards.into();
+            }
+            if let Some(level) = default_level {
+                spec["default_level"] = level.into();
+            }
             match Client::new(&node).create_keyspace(&keyspace, &spec).await {
                 Ok(info) => {
                     println!("{info}");

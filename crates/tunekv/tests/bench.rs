@@ -162,3 +162,49 @@ fn compare_measures_etcd_and_redis_and_writes_ratios() {
         );
     }
 }
+
+#[test]
+fn a_leaderless_bench_prints_its_quorum_and_volatile_rows_and_time_to_converge() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_tunekv"))
+        .args([
+            "bench",
+            "--keyspace-mode",
+            "leaderless",
+            "--protocol",
+            "resp",
+        ])
+        .args(["--warmup", "300ms", "--duration", "1s", "--keys", "50"])
+        .args(["--connections", "2", "--inflight", "4"])
+        .arg("--dir")
+        .arg(dir.path().join("cluster"))
+        .output()
+        .expect("run tunekv bench");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    for row in [
+        "leaderless write w=one",
+        "leaderless write w=quorum",
+        "leaderless write w=all",
+        "leaderless read r=one",
+        "leaderless read r=quorum",
+        "volatile write (weak)",
+        "volatile read (weak)",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no row {row}:\n{text}"));
+        // Every request of the row succeeded (nothing refused, e.g. by QUORUM or the level).
+        assert!(line.trim_end().ends_with('-'), "{line}\n{text}");
+    }
+    assert!(
+        text.contains("time to converge after a healed partition:")
+            && !text.contains("not measured"),
+        "{text}"
+    );
+}

@@ -131,6 +131,8 @@ fn a_leaderless_run_under_partitions_and_kills_passes_and_converges_without_read
         "strict-quorum reads",
         "no acknowledged write lost",
         "convergence",
+        "read your writes",
+        "monotonic reads",
     ] {
         let n = checked(&stdout, "leaderless", property);
         assert!(
@@ -220,6 +222,19 @@ mod bugs {
             &["--keyspace-mode", "leaderless"],
             "partition",
             &["[leaderless / strict-quorum reads]"],
+        );
+    }
+
+    #[test]
+    fn a_leaderless_session_read_that_ignores_its_token_is_caught() {
+        caught_with(
+            "ignore-session",
+            &["--keyspace-mode", "leaderless"],
+            "partition",
+            &[
+                "[leaderless / read your writes]",
+                "[leaderless / monotonic reads]",
+            ],
         );
     }
 

@@ -341,9 +341,13 @@ impl Node {
         key: &[u8],
         stored: Stored,
         deadline: Instant,
+        session: &mut Session,
     ) -> Result<WriteOutcome, TunekvError> {
         let me = self.me()?;
         let volatile = ks.spec.mode == Mode::Volatile;
+        if !volatile {
+            session.admit_leaderless(ks.id)?;
+        }
         let w = match (volatile, w) {
             (true, None | Some(Quorum::One)) => Quorum::One,
             (true, Some(other)) => {
@@ -411,6 +415,12 @@ impl Node {
         // loses to an earlier one it has seen.
         if let Some(held) = lock(&*self.replica_of(ks)?).get(key) {
             hlc = hlc.max(held.version.hlc.saturating_add(1));
+        }
+        // Above everything this session has seen on the keyspace: a later write of the session
+        // never loses to an earlier one, whatever the coordinators' clocks (monotonic writes,
+        // writes follow reads).
+        if !volatile {
+            hlc = hlc.max(session.leaderless(ks.id).hlc_seen.saturating_add(1));
         }
         let version = Version {
             hlc,
@@ -527,6 +537,15 @@ impl Node {
                 ),
             ));
         }
+        let strict_ack = sloppy == 0 && (strict > 0 || hinted == 0);
+        if !volatile {
+            session.saw_leaderless(
+                ks.id,
+                tunekv_core::session::key_hash(key),
+                (version.hlc, version.node),
+                !strict_ack,
+            );
+        }
         Ok(WriteOutcome {
             position: Position {
                 shard: ShardId(partition),
@@ -539,7 +558,7 @@ impl Node {
                 quorum: w,
                 asked: placements.len() as u32,
                 answered: (strict + sloppy) as u32,
-                strict: sloppy == 0 && (strict > 0 || hinted == 0),
+                strict: strict_ack,
                 hinted,
                 version: Some((version.hlc, version.node)),
             }),
@@ -554,11 +573,14 @@ impl Node {
         r: Option<Quorum>,
         key: &[u8],
         deadline: Instant,
+        session: &mut Session,
     ) -> Result<ReadOutcome, TunekvError> {
-        let me = self.me()?;
         ks.spec.mode.admits(level)?;
         check_key(key)?;
         let volatile = ks.spec.mode == Mode::Volatile;
+        if !volatile {
+            session.admit_leaderless(ks.id)?;
+        }
         let r = match (volatile, r) {
             (true, None | Some(Quorum::One)) => Quorum::One,
             (true, Some(other)) => {
@@ -573,6 +595,74 @@ impl Node {
             }
             (false, r) => r.unwrap_or(Quorum::One),
         };
+        // Session levels: the version of the key this session wrote or read last, at least;
+        // for a key whose mark the token dropped, every replica's answer.
+        let hash = tunekv_core::session::key_hash(key);
+        let mark = session.leaderless(ks.id);
+        let promise = if self.config.bugs.ignore_session() {
+            // The injected bug: session levels served like eventual.
+            Promise::AnyState
+        } else {
+            level.promise()
+        };
+        let (required, r) = match (promise, mark.required(hash)) {
+            (Promise::Session, Some(v)) => (Some(v), r),
+            (Promise::Session, None) if mark.forgot => (None, Quorum::All),
+            _ => (None, r),
+        };
+        loop {
+            match self
+                .dynamo_read_once(ks, level, r, key, deadline, required)
+                .await?
+            {
+                Ok(outcome) => {
+                    if let (false, Some(v)) = (
+                        volatile,
+                        outcome.receipt.quorum.as_ref().and_then(|q| q.version),
+                    ) {
+                        session.saw_leaderless(ks.id, hash, v, false);
+                    }
+                    return Ok(outcome);
+                }
+                Err(seen) if Instant::now() + RETRY_PAUSE < deadline => {
+                    tracing::trace!(
+                        ?seen,
+                        ?required,
+                        "session read waits for a replica to catch up"
+                    );
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(seen) => {
+                    return Err(err(
+                        Code::SessionUnmet,
+                        format!(
+                            "{level} read of a leaderless key on node {}: this session wrote or \
+                             read version {} of it, the newest the reachable replicas hold is \
+                             {}; not served within the wait budget (a write acknowledged through \
+                             a hint arrives when its replica is reachable again)",
+                            self.id,
+                            required.map_or("?".into(), |(h, n)| format!("{h}.{n}")),
+                            seen.map_or("none".into(), |(h, n)| format!("{h}.{n}"))
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// One attempt of a leaderless read: `Ok(Err(seen))` when the replies hold nothing as new
+    /// as `required` (with the newest version they hold).
+    async fn dynamo_read_once(
+        &self,
+        ks: &KeyspaceInfo,
+        level: Level,
+        r: Quorum,
+        key: &[u8],
+        deadline: Instant,
+        required: Option<(u64, u64)>,
+    ) -> Result<Result<ReadOutcome, Option<(u64, u64)>>, TunekvError> {
+        let me = self.me()?;
+        let volatile = ks.spec.mode == Mode::Volatile;
         let n = ks.spec.replicas;
         let need = r.count(n) as usize;
         let ring = self.ring_of(ks)?;
@@ -630,12 +720,34 @@ impl Node {
                 ),
             ));
         }
-        let newest = replies
-            .iter()
-            .filter_map(|(_, v)| v.as_ref())
-            .fold(None::<Versioned>, |acc, v| {
-                Some(policy.merge(acc.as_ref(), v))
-            });
+        let merged = |replies: &[(NodeId, Option<Versioned>)]| {
+            replies
+                .iter()
+                .filter_map(|(_, v)| v.as_ref())
+                .fold(None::<Versioned>, |acc, v| {
+                    Some(policy.merge(acc.as_ref(), v))
+                })
+        };
+        let meets = |v: &Option<Versioned>| match (required, v) {
+            (None, _) => true,
+            (Some(req), Some(v)) => (v.version.hlc, v.version.node) >= req,
+            (Some(_), None) => false,
+        };
+        let mut newest = merged(&replies);
+        // A session read whose first replies are older than its mark hears the others too.
+        while !meets(&newest) {
+            match tokio::time::timeout_at(deadline, calls.next()).await {
+                Ok(Some((node, Ok(DynamoResponse::Held(v))))) => {
+                    replies.push((node, v));
+                    newest = merged(&replies);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if !meets(&newest) {
+            return Ok(Err(newest.map(|v| (v.version.hlc, v.version.node))));
+        }
         if let (Some(newest), false) = (&newest, volatile) {
             let stale: Vec<NodeId> = replies
                 .iter()
@@ -718,7 +830,7 @@ impl Node {
             }) => Some(v),
             _ => None,
         };
-        Ok(ReadOutcome {
+        Ok(Ok(ReadOutcome {
             value,
             receipt: Receipt {
                 level,
@@ -739,7 +851,7 @@ impl Node {
                     version: version.map(|v| (v.hlc, v.node)),
                 }),
             },
-        })
+        }))
     }
 
     /// The replica side of node-to-node leaderless requests (and the coordinator's own copy).

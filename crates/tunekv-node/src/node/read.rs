@@ -207,7 +207,9 @@ impl Node {
             r,
         } = self.begin_read(req).await?;
         if ks.spec.mode != Mode::Ordered {
-            return self.dynamo_batch_get(&ks, level, r, keys, deadline).await;
+            return self
+                .dynamo_batch_get(&ks, level, r, keys, deadline, session)
+                .await;
         }
         let by_shard = by_shard(&ks, keys.to_vec(), |k| k)?;
         let bytes_max = self.config.batch_get_response_bytes_max;
@@ -363,6 +365,7 @@ impl Node {
         r: Option<Quorum>,
         keys: &[Vec<u8>],
         deadline: Instant,
+        session: &mut Session,
     ) -> Result<Vec<ShardRead>, TunekvError> {
         if keys.is_empty() || keys.len() > BATCH_KEYS_MAX {
             return Err(err(
@@ -377,7 +380,9 @@ impl Node {
         let mut bytes = 0u64;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            let read = self.dynamo_read(ks, level, r, key, deadline).await?;
+            let read = self
+                .dynamo_read(ks, level, r, key, deadline, session)
+                .await?;
             bytes += read.value.as_ref().map_or(0, |v| v.len() as u64);
             if bytes > bytes_max {
                 return Err(err(

@@ -147,7 +147,9 @@ impl Node {
         let op = op(&ks)?;
         if ks.spec.mode != Mode::Ordered {
             let stored = Self::leaderless_stored(&ks, op)?;
-            return self.dynamo_write(&ks, w, key, stored, deadline).await;
+            return self
+                .dynamo_write(&ks, w, key, stored, deadline, session)
+                .await;
         }
         match &op {
             Op::Put { value, .. } | Op::PutIfAbsent { value, .. } | Op::Set { value, .. } => {

@@ -41,6 +41,9 @@ fn row(label: &str, level: &str, read_ratio: f64, driver: Driver) -> PhaseSpec {
         level: level.to_string(),
         read_ratio,
         driver,
+        keyspace: super::KEYSPACE.to_string(),
+        r: None,
+        w: None,
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod compare;
 mod keys;
+mod leaderless;
 mod peers;
 mod svg;
 
@@ -54,6 +55,9 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Systems to measure beside tunekv (`--compare etcd,redis`).
     pub compare: Vec<Peer>,
+    /// `--keyspace-mode leaderless`: leaderless and volatile rows instead of the levels, then
+    /// the time replicas take to converge after a healed partition.
+    pub leaderless: bool,
 }
 
 /// What one phase (a row: a level, or a peer system's operation) measured.
@@ -119,6 +123,10 @@ impl Stats {
 /// Everything the workers of one phase share.
 struct Phase {
     level: String,
+    keyspace: String,
+    /// Leaderless rows: the read and write quorums.
+    r: Option<String>,
+    w: Option<String>,
     keys: Vec<String>,
     chooser: KeyChooser,
     value: Vec<u8>,
@@ -214,6 +222,10 @@ struct PhaseSpec {
     level: String,
     read_ratio: f64,
     driver: Driver,
+    /// The tunekv keyspace, and on leaderless keyspaces the read and write quorums.
+    keyspace: String,
+    r: Option<String>,
+    w: Option<String>,
 }
 
 async fn bench(o: &BenchOptions, targets: &[Target], peers: Option<&peers::Peers>) -> Result<i32> {
@@ -232,7 +244,15 @@ async fn bench(o: &BenchOptions, targets: &[Target], peers: Option<&peers::Peers
     // Every key exists before reads are measured.
     println!("loading {} keys of {} bytes ...", keys.len(), o.value_bytes);
     load(&admin, &keys, &value).await?;
+    if o.leaderless {
+        leaderless::setup(&admin, targets, &keys, &value).await?;
+    }
     let specs = match peers {
+        Some(p) if o.leaderless => {
+            p.load(&keys, &value).await?;
+            leaderless::specs(o.protocol, Some(p))
+        }
+        None if o.leaderless => leaderless::specs(o.protocol, None),
         Some(p) => {
             p.load(&keys, &value).await?;
             compare::specs(p)
@@ -248,10 +268,13 @@ async fn bench(o: &BenchOptions, targets: &[Target], peers: Option<&peers::Peers
                     Protocol::Http => Driver::TunekvHttp,
                     Protocol::Resp => Driver::TunekvResp,
                 },
+                keyspace: KEYSPACE.to_string(),
+                r: None,
+                w: None,
             })
             .collect(),
     };
-    if peers.is_some() {
+    if peers.is_some() || o.leaderless {
         println!(
             "workload (every row): {} keys ({}), {} B values, {} connections × {} in flight, {:?} per row after {:?} warm-up; reads-only and writes-only rows",
             o.keys, o.distribution, o.value_bytes, o.connections, o.inflight, o.duration, o.warmup
@@ -285,10 +308,19 @@ async fn bench(o: &BenchOptions, targets: &[Target], peers: Option<&peers::Peers
         .map(|(a, b)| (b - a) / wall.elapsed().as_secs_f64());
     println!();
     print!("{}", table(&results));
-    let ratios = peers.map(|_| compare::ratios(&results));
+    let ratios = peers
+        .filter(|_| !o.leaderless)
+        .map(|_| compare::ratios(&results));
     if let Some(r) = &ratios {
         println!();
         print!("{}", compare::ratios_text(r));
+    }
+    if o.leaderless {
+        println!();
+        match leaderless::time_to_converge(targets, &value).await {
+            Ok(line) => println!("{line}"),
+            Err(e) => println!("time to converge after a healed partition: not measured ({e:#})"),
+        }
     }
     if let Some(cpu) = cpu {
         println!(
@@ -338,6 +370,9 @@ async fn phase(
 ) -> Result<LevelResult> {
     let p = Arc::new(Phase {
         level: spec.level.clone(),
+        keyspace: spec.keyspace.clone(),
+        r: spec.r.clone(),
+        w: spec.w.clone(),
         chooser: KeyChooser::new(keys.len(), o.distribution),
         keys,
         value,
@@ -470,18 +505,20 @@ async fn phase(
 async fn http_worker(p: Arc<Phase>, c: Client, seed: u64) -> Result<Stats> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut stats = Stats::new()?;
-    let read_opts = Opts::level(&p.level);
-    let write_opts = Opts::default();
+    let mut read_opts = Opts::level(&p.level);
+    let mut write_opts = Opts::default();
+    read_opts.r = p.r.clone();
+    write_opts.w = p.w.clone();
     while p.next() {
         let key = p.keys[p.chooser.pick(&mut rng)].as_bytes();
         let measuring = p.measuring.load(Ordering::Relaxed);
         let t = Instant::now();
         let outcome = if rng.gen_bool(p.read_ratio) {
-            c.get(KEYSPACE, key, &read_opts)
+            c.get(&p.keyspace, key, &read_opts)
                 .await
                 .map(|r| r.receipt.staleness_parts())
         } else {
-            c.put(KEYSPACE, key, &p.value, &write_opts)
+            c.put(&p.keyspace, key, &p.value, &write_opts)
                 .await
                 .map(|_| None)
         };
@@ -567,12 +604,18 @@ async fn resp_worker(
     let mut stats = Stats::new()?;
     let mut conn = RespConn::connect(&addr).await?;
     if tunekv {
-        let setup = conn
-            .pipeline(&[
-                vec![b"SELECT".as_slice(), KEYSPACE.as_bytes()],
-                vec![b"CONSISTENCY".as_slice(), p.level.as_bytes()],
-            ])
-            .await?;
+        let mut setup = vec![
+            vec![b"SELECT".as_slice(), p.keyspace.as_bytes()],
+            vec![b"CONSISTENCY".as_slice(), p.level.as_bytes()],
+        ];
+        let (r, w) = (
+            p.r.as_deref().unwrap_or("default"),
+            p.w.as_deref().unwrap_or("default"),
+        );
+        if p.r.is_some() || p.w.is_some() {
+            setup.push(vec![b"QUORUM".as_slice(), r.as_bytes(), w.as_bytes()]);
+        }
+        let setup = conn.pipeline(&setup).await?;
         if let Some(Value::Error(e)) = setup.iter().find(|v| matches!(v, Value::Error(_))) {
             bail!("{addr}: {e}");
         }

@@ -19,6 +19,8 @@ pub const KEYSPACE_LEADERLESS: &str = "verify_leaderless";
 /// Quorums a leaderless run draws from.
 const READ_QUORUMS: [&str; 3] = ["one", "quorum", "all"];
 const WRITE_QUORUMS: [&str; 4] = ["one", "quorum", "all", "any"];
+/// Levels a leaderless run reads at.
+const LEADERLESS_LEVELS: [&str; 4] = ["eventual", "read_your_writes", "monotonic_reads", "session"];
 /// Every request's server-side wait budget, and the client's own limit past it.
 pub const WAIT_MS: u64 = 1000;
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -117,7 +119,8 @@ pub async fn run_client(
         let key = plan.keys[rng.gen_range(0..plan.keys.len())].clone();
         let roll = rng.gen_range(0..100);
         let (kind, level) = if roll < 55 && plan.leaderless {
-            (OpKind::Read, "eventual".to_string())
+            let level = LEADERLESS_LEVELS[rng.gen_range(0..LEADERLESS_LEVELS.len())];
+            (OpKind::Read, level.to_string())
         } else if plan.leaderless {
             let kind = if roll < 92 {
                 OpKind::Write
@@ -148,7 +151,15 @@ pub async fn run_client(
                     OpKind::Read => READ_QUORUMS[rng.gen_range(0..READ_QUORUMS.len())],
                     _ => WRITE_QUORUMS[rng.gen_range(0..WRITE_QUORUMS.len())],
                 };
-                leaderless_op(&http[node], kind, &key, value.as_deref(), quorum).await
+                leaderless_op(
+                    &http[node],
+                    kind,
+                    &key,
+                    value.as_deref(),
+                    (&level, quorum),
+                    &mut token,
+                )
+                .await
             }
             Protocol::Http => {
                 http_op(
@@ -271,9 +282,13 @@ async fn leaderless_op(
     kind: OpKind,
     key: &str,
     value: Option<&str>,
-    quorum: &str,
+    (level, quorum): (&str, &str),
+    token: &mut String,
 ) -> Outcome {
-    let opts = Opts::default().wait_ms(WAIT_MS);
+    let mut opts = Opts::default().wait_ms(WAIT_MS);
+    if !token.is_empty() {
+        opts = opts.session(token);
+    }
     let unknown = |e: ClientError| Outcome {
         ok: match &e {
             ClientError::Api { code, .. } | ClientError::Invalid { code, .. }
@@ -287,25 +302,31 @@ async fn leaderless_op(
         ..Outcome::failed(None, e.to_string())
     };
     match kind {
-        OpKind::Read => match c
-            .get(KEYSPACE_LEADERLESS, key.as_bytes(), &opts.r(quorum))
-            .await
-        {
-            Ok(r) => Outcome {
-                ok: Some(true),
-                value: r.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
-                staleness: r.receipt.staleness_parts(),
-                version: r.receipt.quorum_field("version").map(str::to_string),
-                position: Some(r.receipt.position),
-                error: None,
-                quorum: Some(quorum.to_string()),
-                strict: None,
-            },
-            Err(e) => Outcome {
-                ok: Some(false),
-                ..unknown(e)
-            },
-        },
+        OpKind::Read => {
+            let opts = Opts {
+                level: Some(level.to_string()),
+                ..opts.r(quorum)
+            };
+            match c.get(KEYSPACE_LEADERLESS, key.as_bytes(), &opts).await {
+                Ok(r) => {
+                    *token = r.session.clone();
+                    Outcome {
+                        ok: Some(true),
+                        value: r.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                        staleness: r.receipt.staleness_parts(),
+                        version: r.receipt.quorum_field("version").map(str::to_string),
+                        position: Some(r.receipt.position),
+                        error: None,
+                        quorum: Some(quorum.to_string()),
+                        strict: None,
+                    }
+                }
+                Err(e) => Outcome {
+                    ok: Some(false),
+                    ..unknown(e)
+                },
+            }
+        }
         OpKind::Write | OpKind::Delete => {
             let opts = opts.w(quorum);
             let res = match value {
@@ -316,16 +337,19 @@ async fn leaderless_op(
                 None => c.delete(KEYSPACE_LEADERLESS, key.as_bytes(), &opts).await,
             };
             match res {
-                Ok(w) => Outcome {
-                    ok: Some(true),
-                    value: None,
-                    position: Some(w.position),
-                    staleness: None,
-                    error: None,
-                    quorum: Some(quorum.to_string()),
-                    version: w.quorum.as_ref().and_then(|q| q.version.clone()),
-                    strict: w.quorum.as_ref().map(|q| q.strict),
-                },
+                Ok(w) => {
+                    *token = w.session.clone();
+                    Outcome {
+                        ok: Some(true),
+                        value: None,
+                        position: Some(w.position),
+                        staleness: None,
+                        error: None,
+                        quorum: Some(quorum.to_string()),
+                        version: w.quorum.as_ref().and_then(|q| q.version.clone()),
+                        strict: w.quorum.as_ref().map(|q| q.strict),
+                    }
+                }
                 Err(e) => unknown(e),
             }
         }

@@ -1,0 +1,221 @@
+//! `tunekv bench --keyspace-mode leaderless`: rows for leaderless keyspaces at each `w` and `r`
+//! and for a volatile keyspace (weak), beside Redis (w=one, volatile) and etcd (quorum) when
+//! `--compare` starts them; then the time the replicas take to agree after a healed partition,
+//! with no client reads.
+
+use super::peers::Peers;
+use super::{Driver, PhaseSpec, Protocol};
+use crate::targets::Target;
+use anyhow::{bail, Result};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tunekv_client::{Client, Opts};
+
+pub const LEADERLESS: &str = "bench_leaderless";
+pub const VOLATILE: &str = "bench_volatile";
+/// Keys written on the cut-off node for the convergence measurement.
+const CONVERGE_KEYS: usize = 200;
+
+/// Creates both keyspaces and loads every key into each.
+pub async fn setup(
+    admin: &Client,
+    targets: &[Target],
+    keys: &[String],
+    value: &[u8],
+) -> Result<()> {
+    let replicas = targets.len().min(3);
+    for (name, spec) in [
+        (
+            LEADERLESS,
+            json!({"mode": "leaderless", "replicas": replicas, "conflict": "lww"}),
+        ),
+        (VOLATILE, json!({"mode": "volatile", "replicas": replicas})),
+    ] {
+        match admin.create_keyspace(name, &spec).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("keyspace_exists") => {}
+            Err(e) => bail!("cannot create keyspace {name}: {e}"),
+        }
+        for k in keys {
+            admin
+                .put(name, k.as_bytes(), value, &Opts::default().wait_ms(5000))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot load {k} into {name}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn row(label: &str, keyspace: &str, read_ratio: f64, driver: Driver, q: (&str, &str)) -> PhaseSpec {
+    let (level, r, w) = match (keyspace, q) {
+        (VOLATILE, _) => ("weak", None, None),
+        (_, (r, w)) => ("eventual", Some(r.to_string()), Some(w.to_string())),
+    };
+    PhaseSpec {
+        label: label.to_string(),
+        level: level.to_string(),
+        read_ratio,
+        driver,
+        keyspace: keyspace.to_string(),
+        r,
+        w,
+    }
+}
+
+/// The rows: writes at w=one, quorum, all; reads at r=one, quorum; volatile SET and GET; with
+/// the peers' rows beside them.
+pub fn specs(protocol: Protocol, peers: Option<&Peers>) -> Vec<PhaseSpec> {
+    let tunekv = match protocol {
+        Protocol::Http => Driver::TunekvHttp,
+        Protocol::Resp => Driver::TunekvResp,
+    };
+    let mut rows = vec![
+        row(
+            "leaderless write w=one",
+            LEADERLESS,
+            0.0,
+            tunekv.clone(),
+            ("one", "one"),
+        ),
+        row(
+            "leaderless write w=quorum",
+            LEADERLESS,
+            0.0,
+            tunekv.clone(),
+            ("one", "quorum"),
+        ),
+        row(
+            "leaderless write w=all",
+            LEADERLESS,
+            0.0,
+            tunekv.clone(),
+            ("one", "all"),
+        ),
+        row(
+            "leaderless read r=one",
+            LEADERLESS,
+            1.0,
+            tunekv.clone(),
+            ("one", "quorum"),
+        ),
+        row(
+            "leaderless read r=quorum",
+            LEADERLESS,
+            1.0,
+            tunekv.clone(),
+            ("quorum", "quorum"),
+        ),
+        row(
+            "volatile write (weak)",
+            VOLATILE,
+            0.0,
+            tunekv.clone(),
+            ("one", "one"),
+        ),
+        row(
+            "volatile read (weak)",
+            VOLATILE,
+            1.0,
+            tunekv,
+            ("one", "one"),
+        ),
+    ];
+    if let Some(p) = peers {
+        if let Some(addr) = &p.redis {
+            let redis = Driver::Redis { addr: addr.clone() };
+            rows.push(row(
+                "redis SET",
+                VOLATILE,
+                0.0,
+                redis.clone(),
+                ("one", "one"),
+            ));
+            rows.push(row("redis GET", VOLATILE, 1.0, redis, ("one", "one")));
+        }
+        if !p.etcd.is_empty() {
+            let etcd = |serializable| Driver::Etcd {
+                endpoints: p.etcd.clone(),
+                serializable,
+            };
+            rows.push(row(
+                "etcd put",
+                LEADERLESS,
+                0.0,
+                etcd(false),
+                ("one", "one"),
+            ));
+            rows.push(row(
+                "etcd linearizable read",
+                LEADERLESS,
+                1.0,
+                etcd(false),
+                ("one", "one"),
+            ));
+        }
+    }
+    rows
+}
+
+/// Each node's digest of the leaderless keyspace, as it reports it.
+async fn digests(targets: &[Target]) -> Vec<Option<serde_json::Value>> {
+    let mut out = Vec::new();
+    for t in targets {
+        let c = Client::with_timeout(&t.http, Duration::from_secs(3));
+        out.push(c.cluster().await.ok().and_then(|s| {
+            let me = s["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["id"].as_u64() == Some(t.id))?
+                .clone();
+            me["leaderless"]["keyspaces"]
+                .as_array()?
+                .iter()
+                .find(|k| k["keyspace"] == LEADERLESS)
+                .map(|k| k["digest"].clone())
+        }));
+    }
+    out
+}
+
+/// Cuts the last node off (fault hook), writes `CONVERGE_KEYS` keys through it at w=one, heals,
+/// and measures how long until every node reports the same digest, with no client reads.
+pub async fn time_to_converge(targets: &[Target], value: &[u8]) -> Result<String> {
+    if targets.len() < 2 {
+        bail!("needs at least two nodes");
+    }
+    let cut = targets.last().map(|t| t.http.clone()).unwrap_or_default();
+    let c = Client::with_timeout(&cut, Duration::from_secs(10));
+    c.faults(&json!({"isolate": true})).await.map_err(|e| {
+        anyhow::anyhow!("the fault hook is needed (nodes started with --enable-faults): {e}")
+    })?;
+    let mut written = 0;
+    for i in 0..CONVERGE_KEYS {
+        let key = format!("converge{i:05}");
+        if c.put(
+            LEADERLESS,
+            key.as_bytes(),
+            value,
+            &Opts::default().w("one").wait_ms(2000),
+        )
+        .await
+        .is_ok()
+        {
+            written += 1;
+        }
+    }
+    c.faults(&json!({"clear": true})).await?;
+    let healed = Instant::now();
+    let deadline = healed + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let d = digests(targets).await;
+        if d.iter().all(|x| x.is_some() && *x == d[0]) {
+            return Ok(format!(
+                "time to converge after a healed partition: {:.2} s ({written} keys written at w=one \
+                 on the cut-off node; every replica reported the same digest, no client reads)",
+                healed.elapsed().as_secs_f64()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the replicas did not converge within 120 s")
+}
