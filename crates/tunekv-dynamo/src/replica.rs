@@ -114,6 +114,26 @@ impl Replica {
             .collect()
     }
 
+    /// Removes `key` if it holds exactly `version` (a tombstone being collected). Returns whether
+    /// it did; a newer version is kept.
+    pub fn remove_if(&mut self, key: &[u8], version: crate::version::Version) -> bool {
+        let p = self.ring.partition_of(key);
+        let Some(part) = self.parts.get_mut(&p) else {
+            return false;
+        };
+        let Some(held) = part.keys.get(key) else {
+            return false;
+        };
+        if held.version != version {
+            return false;
+        }
+        let held = held.clone();
+        part.tree.update(key, Some(&held), None);
+        part.keys.remove(key);
+        self.keys -= 1;
+        true
+    }
+
     /// Partitions holding at least one key.
     pub fn partitions_held(&self) -> impl Iterator<Item = u32> + '_ {
         self.parts.keys().copied()
@@ -151,6 +171,25 @@ mod tests {
         };
         assert_eq!(r.apply(b"k", &dead), Some(dead.clone()));
         assert_eq!(r.len(), 1, "a tombstone is held");
+    }
+
+    #[test]
+    fn a_collected_tombstone_leaves_the_tree_as_if_never_written() {
+        let mut r = Replica::new(ring(), 4, Policy::Lww).unwrap();
+        let p = r.ring().partition_of(b"k");
+        let empty = r.root(p);
+        let dead = Versioned {
+            version: Version { hlc: 3, node: 2 },
+            stored: Stored::Tombstone,
+        };
+        r.apply(b"k", &dead);
+        assert!(
+            !r.remove_if(b"k", Version { hlc: 2, node: 2 }),
+            "another version"
+        );
+        assert!(r.remove_if(b"k", dead.version));
+        assert_eq!((r.root(p), r.len(), r.get(b"k")), (empty, 0, None));
+        assert!(!r.remove_if(b"k", dead.version), "already gone");
     }
 
     #[test]

@@ -21,10 +21,14 @@ pub struct Bugs {
     /// `quorum-ack-one`: a leaderless coordinator acknowledges a write once one replica holds
     /// it, whatever `w` asked (a quorum read may then miss a write acknowledged at w=quorum).
     quorum_ack_one: bool,
+    /// `gc-early`: collect a tombstone once its grace has passed, without waiting until every
+    /// replica of its key was seen holding it (a replica that missed the delete brings the key
+    /// back).
+    gc_early: bool,
 }
 
 pub const BUG_NAMES: &str =
-    "strong-local, ignore-session, skip-bounded, ack-early, old-receipts, quorum-ack-one";
+    "strong-local, ignore-session, skip-bounded, ack-early, old-receipts, quorum-ack-one, gc-early";
 
 impl Bugs {
     /// Parses `--bug` names. Any name in a build without the feature is an error.
@@ -43,6 +47,7 @@ impl Bugs {
                 "ack-early" => b.ack_early = true,
                 "old-receipts" => b.old_receipts = true,
                 "quorum-ack-one" => b.quorum_ack_one = true,
+                "gc-early" => b.gc_early = true,
                 other => return Err(format!("unknown bug {other:?}; bugs: {BUG_NAMES}")),
             }
         }
@@ -56,7 +61,8 @@ impl Bugs {
                 || self.skip_bounded
                 || self.ack_early
                 || self.old_receipts
-                || self.quorum_ack_one)
+                || self.quorum_ack_one
+                || self.gc_early)
     }
 
     pub fn strong_local(&self) -> bool {
@@ -81,5 +87,9 @@ impl Bugs {
 
     pub fn quorum_ack_one(&self) -> bool {
         cfg!(feature = "bug-injection") && self.quorum_ack_one
+    }
+
+    pub fn gc_early(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.gc_early
     }
 }

@@ -94,6 +94,10 @@ pub struct LeaderlessConfig {
     pub anti_entropy_every_ms: u64,
     /// How often stored hints are offered to the nodes they are for.
     pub hint_replay_every_ms: u64,
+    /// A tombstone is collected only this long after it was stored, and only once every replica
+    /// of its key was seen holding it: longer than a hint lives plus the longest wait, so no
+    /// older version of the key can still arrive from a hint or an in-flight write.
+    pub tombstone_grace_ms: u64,
 }
 
 impl Default for LeaderlessConfig {
@@ -103,6 +107,7 @@ impl Default for LeaderlessConfig {
             hint_window_ms: 3 * 3_600_000,
             anti_entropy_every_ms: 1_000,
             hint_replay_every_ms: 1_000,
+            tombstone_grace_ms: 4 * 3_600_000,
         }
     }
 }
@@ -250,6 +255,13 @@ impl NodeConfig {
                 "leaderless.max_clock_skew_ms ({}) must be at least max_clock_offset_ms ({}): \
                  replicas would refuse writes from clocks the cluster trusts",
                 l.max_clock_skew_ms, self.max_clock_offset_ms
+            ));
+        }
+        if l.tombstone_grace_ms <= l.hint_window_ms.saturating_add(self.wait_ms_cap) {
+            return Err(format!(
+                "leaderless.tombstone_grace_ms ({}) must exceed hint_window_ms ({}) plus \
+                 wait_ms_cap ({}): a deleted key could come back from a late hint or write",
+                l.tombstone_grace_ms, l.hint_window_ms, self.wait_ms_cap
             ));
         }
         if l.hint_window_ms == 0 || l.anti_entropy_every_ms == 0 || l.hint_replay_every_ms == 0 {

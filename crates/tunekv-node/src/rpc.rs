@@ -100,6 +100,12 @@ pub enum DynamoRequest {
         partition: u32,
         leaves: Vec<u64>,
     },
+    /// Tombstone collection: remove each key that holds exactly this version (a tombstone
+    /// every replica was seen holding, past its grace).
+    Purge {
+        ks: String,
+        items: Vec<(Vec<u8>, tunekv_dynamo::Version)>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

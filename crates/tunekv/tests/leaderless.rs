@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{eventually, start};
+use common::{eventually, start, start_with_args};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -284,6 +284,129 @@ async fn levels_quorums_and_commands_a_mode_cannot_keep_are_refused_and_change_n
     })
     .await
     .expect("resp session");
+}
+
+/// A node's own `leaderless` figures in `/v1/cluster`.
+async fn figures(c: &common::TestCluster, i: usize) -> Option<Value> {
+    let s = c.client(i).cluster().await.ok()?;
+    let me = s["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"].as_u64() == Some(i as u64 + 1))?
+        .clone();
+    Some(me["leaderless"].clone())
+}
+
+/// Deletes a key while one replica is cut off, waits past the tombstone grace, heals, and
+/// returns what each node reads of the key at r=all once it settles (`bug`: a server bug).
+async fn delete_while_a_replica_is_cut_off(bug: &[&str]) -> (common::TestCluster, Vec<u16>) {
+    let c = start_with_args(
+        3,
+        true,
+        |cfg| {
+            cfg.wait_ms_cap = 2_000;
+            cfg.read_wait_ms_default = 1_000;
+            cfg.write_wait_ms_default = 2_000;
+            cfg.leaderless.hint_window_ms = 1_000;
+            cfg.leaderless.tombstone_grace_ms = 3_500;
+        },
+        bug,
+    )
+    .await;
+    let url = |i: usize, path: &str| format!("{}{path}", c.http(i));
+    let (s, _, b) = call(
+        "PUT",
+        &url(0, "/v1/keyspaces/likes"),
+        r#"{"mode":"leaderless"}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, _, b) = call("PUT", &url(0, "/v1/kv/likes/post-1?w=all"), "v0").await;
+    assert_eq!(s, 200, "{b}");
+    c.client(2).set_isolated(true).await.expect("isolate");
+    let (s, _, b) = call("DELETE", &url(0, "/v1/kv/likes/post-1?w=quorum"), "").await;
+    assert_eq!(s, 200, "{b}");
+    // Past the grace (and past the hint window: node 1's hint for node 3 expires unsent).
+    tokio::time::sleep(Duration::from_millis(5_000)).await;
+    let held = |f: Option<Value>| f.and_then(|f| f["tombstones"].as_u64()).unwrap_or(0);
+    if bug.is_empty() {
+        // Node 3 has not been seen holding the tombstone: nodes 1 and 2 keep it.
+        for i in 0..2 {
+            assert_eq!(
+                held(figures(&c, i).await),
+                1,
+                "node {} dropped it early",
+                i + 1
+            );
+        }
+    } else {
+        eventually(Duration::from_secs(10), "early collection", || async {
+            (held(figures(&c, 0).await) + held(figures(&c, 1).await) == 0).then_some(())
+        })
+        .await;
+    }
+    c.client(2).set_isolated(false).await.expect("heal");
+    let reads = eventually(Duration::from_secs(30), "the key settles", || async {
+        // Settled: every node holds the same (and, done right, nothing: collected).
+        let d = digests(&c, "likes").await;
+        if !d.iter().all(|x| x.is_some() && *x == d[0]) {
+            return None;
+        }
+        let mut statuses = Vec::new();
+        for i in 0..3 {
+            statuses.push(
+                call("GET", &url(i, "/v1/kv/likes/post-1?r=all"), "")
+                    .await
+                    .0,
+            );
+        }
+        Some(statuses)
+    })
+    .await;
+    (c, reads)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_key_stays_deleted_and_its_tombstone_is_collected_once_every_replica_has_it() {
+    let (c, reads) = delete_while_a_replica_is_cut_off(&[]).await;
+    assert_eq!(reads, vec![404, 404, 404]);
+    // Collected everywhere once node 3 held the tombstone too: nothing left, and no key back.
+    let collected = eventually(Duration::from_secs(30), "tombstones collected", || async {
+        let mut all = Vec::new();
+        for i in 0..3 {
+            let f = figures(&c, i).await?;
+            if f["tombstones"].as_u64()? != 0 {
+                return None;
+            }
+            all.push(f["tombstones_collected_total"].as_u64()?);
+        }
+        all.iter().all(|n| *n >= 1).then_some(all)
+    })
+    .await;
+    eprintln!("tombstones collected per node: {collected:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in 0..3 {
+        let (s, _, _) = call(
+            "GET",
+            &format!("{}/v1/kv/likes/post-1?r=all", c.http(i)),
+            "",
+        )
+        .await;
+        assert_eq!(s, 404, "node {i}: the deleted key came back");
+    }
+    assert!(digests(&c, "likes")
+        .await
+        .iter()
+        .all(|d| *d == Some((0, 0))));
+}
+
+/// The injected `gc-early` bug collects tombstones without waiting for every replica: the
+/// replica that missed the delete brings the key back. The test above fails the same way.
+#[cfg(feature = "bug-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collecting_a_tombstone_before_every_replica_has_it_resurrects_the_key() {
+    let (_c, reads) = delete_while_a_replica_is_cut_off(&["--bug", "gc-early"]).await;
+    assert_eq!(reads, vec![200, 200, 200], "the key came back everywhere");
 }
 
 /// A minimal RESP client: one connection, one reply line (or bulk) per command.

@@ -46,6 +46,8 @@ struct Hint {
 
 /// Where a hint is kept: (the node it is for, keyspace id, key).
 type HintSlot = (u64, u64, Vec<u8>);
+/// A tombstone held: (keyspace id, key).
+type TombstoneSlot = (u64, Vec<u8>);
 
 #[derive(Default)]
 struct Life {
@@ -63,6 +65,7 @@ struct Counters {
     ae_exchanges: AtomicU64,
     ae_keys_repaired: AtomicU64,
     ae_bytes: AtomicU64,
+    tombstones_collected: AtomicU64,
 }
 
 /// This node's leaderless state: replicas by keyspace id, hints by (target, keyspace id, key),
@@ -73,6 +76,11 @@ pub(super) struct Dynamo {
     hints: Mutex<BTreeMap<HintSlot, Hint>>,
     life: Mutex<HashMap<NodeId, Life>>,
     counters: Counters,
+    // Tombstones held, with when this replica stored them: (keyspace id, key) → version.
+    tombstones: Mutex<BTreeMap<TombstoneSlot, (Version, Instant)>>,
+    // When an anti-entropy exchange last found a partition equal on a peer (the roots sent
+    // were taken at that instant): (keyspace id, partition, peer).
+    synced: Mutex<HashMap<(u64, u32, NodeId), Instant>>,
 }
 
 /// One keyspace's leaderless figures on one node (in `/v1/cluster`).
@@ -102,6 +110,10 @@ pub struct LeaderlessReport {
     pub anti_entropy_exchanges_total: u64,
     pub anti_entropy_keys_repaired_total: u64,
     pub anti_entropy_bytes_total: u64,
+    /// Tombstones this node holds, and those it collected (every replica held them, past the
+    /// grace).
+    pub tombstones: u64,
+    pub tombstones_collected_total: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -159,6 +171,8 @@ impl Node {
                     internal(format!("replica record of {:?} is corrupt: {e}", ks.name))
                 })?;
                 replica.apply(&key, &v);
+                // A tombstone's grace starts again at load: conservative, never early.
+                self.track_tombstone(ks.id, &key, &v);
             }
         }
         let mut all = lock(&self.dynamo.replicas);
@@ -252,6 +266,70 @@ impl Node {
         }
     }
 
+    /// Keeps the tombstone index in step with what the replica now holds of `key`.
+    fn track_tombstone(&self, ks: u64, key: &[u8], now: &Versioned) {
+        let mut t = lock(&self.dynamo.tombstones);
+        match now.stored {
+            Stored::Tombstone => {
+                t.insert((ks, key.to_vec()), (now.version, Instant::now()));
+            }
+            Stored::Value(_) => {
+                t.remove(&(ks, key.to_vec()));
+            }
+        }
+    }
+
+    /// Collects the tombstones of `ks` that are past their grace and that every other replica
+    /// of their key was seen holding (an anti-entropy exchange found their partition equal
+    /// after the tombstone was stored here): each replica is told to remove the key if it
+    /// still holds exactly that version. No older version can come back: every replica holds
+    /// the tombstone (or something newer), and hints and writes older than the grace are gone.
+    async fn collect_tombstones(self: Arc<Self>, ks: &KeyspaceInfo) -> Result<(), String> {
+        let grace = Duration::from_millis(self.config.leaderless.tombstone_grace_ms);
+        let ring = self.ring_of(ks).map_err(|e| e.message)?;
+        let n = ks.spec.replicas as usize;
+        let ripe: Vec<(Vec<u8>, Version, Instant)> = lock(&self.dynamo.tombstones)
+            .range((ks.id, Vec::new())..)
+            .take_while(|((id, _), _)| *id == ks.id)
+            .filter(|(_, (_, at))| at.elapsed() >= grace)
+            .map(|((_, key), (v, at))| (key.clone(), *v, *at))
+            .collect();
+        if ripe.is_empty() {
+            return Ok(());
+        }
+        // Per preference list (all keys of a partition share one), the tombstones it may drop.
+        let mut by_nodes: BTreeMap<Vec<NodeId>, Vec<(Vec<u8>, Version)>> = BTreeMap::new();
+        {
+            let synced = lock(&self.dynamo.synced);
+            for (key, version, stored) in ripe {
+                let p = ring.partition_of(&key);
+                let pref = ring.partition_preference(p, n);
+                let everywhere = pref
+                    .iter()
+                    .filter(|o| **o != self.id)
+                    .all(|o| synced.get(&(ks.id, p, *o)).is_some_and(|at| *at > stored));
+                if everywhere || self.config.bugs.gc_early() {
+                    by_nodes.entry(pref).or_default().push((key, version));
+                }
+            }
+        }
+        for (nodes, items) in by_nodes {
+            for node in nodes {
+                let req = DynamoRequest::Purge {
+                    ks: ks.name.clone(),
+                    items: items.clone(),
+                };
+                // A replica that misses it keeps its tombstone: anti-entropy hands it back to
+                // the others and a later round collects it again.
+                let _ = self
+                    .clone()
+                    .dynamo_call(node, req, BACKGROUND_CALL_WAIT)
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
     /// Merges `items` into this node's replica of `ks`; a leaderless keyspace makes them
     /// durable before this returns. `fresh`: a coordinator's new write, refused when stamped
     /// more than `max_clock_skew_ms` ahead of this node's clock.
@@ -275,6 +353,9 @@ impl Node {
                 existed |= is_live(r.get(key));
                 if let Some(now) = r.apply(key, v) {
                     changed += 1;
+                    if durable {
+                        self.track_tombstone(ks.id, key, &now);
+                    }
                     if durable {
                         // Under the replica's lock, so the disk sees merges in their order.
                         self.storage
@@ -864,7 +945,8 @@ impl Node {
             DynamoRequest::Store { ks, .. }
             | DynamoRequest::Fetch { ks, .. }
             | DynamoRequest::Roots { ks, .. }
-            | DynamoRequest::Leaves { ks, .. } => ks.clone(),
+            | DynamoRequest::Leaves { ks, .. }
+            | DynamoRequest::Purge { ks, .. } => ks.clone(),
         };
         let deadline = Instant::now() + FORWARDED_WORK_MAX;
         let ks = self.keyspace(&ks_name, deadline).await.map_err(remote)?;
@@ -905,7 +987,38 @@ impl Node {
                 let held = lock(&replica).get(&key).cloned();
                 Ok(DynamoResponse::Held(held))
             }
+            DynamoRequest::Purge { items, .. } => {
+                let replica = self.replica_of(&ks).map_err(remote)?;
+                let mut removed = 0;
+                {
+                    let mut r = lock(&replica);
+                    for (key, version) in &items {
+                        if r.remove_if(key, *version) {
+                            removed += 1;
+                            // Unsynced: a crash that brings the record back brings back a
+                            // tombstone, which the next round collects again.
+                            self.storage
+                                .put_record(ks.id, key, None)
+                                .map_err(|e| remote(internal(e)))?;
+                            lock(&self.dynamo.tombstones).remove(&(ks.id, key.clone()));
+                        }
+                    }
+                }
+                self.dynamo
+                    .counters
+                    .tombstones_collected
+                    .fetch_add(removed, Ordering::Relaxed);
+                Ok(DynamoResponse::Stored {
+                    changed: removed as u32,
+                    existed: false,
+                })
+            }
             DynamoRequest::Roots { roots, .. } => {
+                // What is compared must be durable: an exchange that finds a partition equal
+                // lets the other node collect tombstones on the strength of it.
+                if ks.spec.mode == Mode::Leaderless {
+                    self.commit.sync().await.map_err(|e| remote(internal(e)))?;
+                }
                 let replica = self.replica_of(&ks).map_err(remote)?;
                 let r = lock(&replica);
                 Ok(DynamoResponse::Differ(
@@ -1091,15 +1204,18 @@ impl Node {
             tokio::time::sleep(every).await;
             let peer = peers[turn % peers.len()];
             turn += 1;
-            if !self.peer_up(peer) {
-                continue;
-            }
+            let up = self.peer_up(peer);
             for ks in self.list_keyspaces() {
                 if ks.spec.mode != Mode::Leaderless {
                     continue;
                 }
-                if let Err(e) = self.clone().exchange(&ks, peer).await {
-                    tracing::debug!(keyspace = %ks.name, peer = %peer, error = %e, "anti-entropy round stopped");
+                if up {
+                    if let Err(e) = self.clone().exchange(&ks, peer).await {
+                        tracing::debug!(keyspace = %ks.name, peer = %peer, error = %e, "anti-entropy round stopped");
+                    }
+                }
+                if let Err(e) = self.clone().collect_tombstones(&ks).await {
+                    tracing::debug!(keyspace = %ks.name, error = %e, "tombstone collection stopped");
                 }
             }
         }
@@ -1110,6 +1226,7 @@ impl Node {
         let ring = self.ring_of(ks).map_err(|e| e.message)?;
         let n = ks.spec.replicas as usize;
         let replica = self.replica_of(ks).map_err(|e| e.message)?;
+        let taken = Instant::now();
         let roots: Vec<(u32, u64)> = {
             let r = lock(&replica);
             (0..ring.partitions())
@@ -1127,6 +1244,7 @@ impl Node {
             .counters
             .ae_exchanges
             .fetch_add(1, Ordering::Relaxed);
+        let sent: Vec<u32> = roots.iter().map(|(p, _)| *p).collect();
         let req = DynamoRequest::Roots {
             ks: ks.name.clone(),
             roots,
@@ -1140,6 +1258,12 @@ impl Node {
             DynamoResponse::Differ(d) => d,
             _ => return Err("unexpected answer".into()),
         };
+        {
+            let mut synced = lock(&self.dynamo.synced);
+            for p in sent.iter().filter(|p| !differ.contains(p)) {
+                synced.insert((ks.id, *p, peer), taken);
+            }
+        }
         for p in differ.into_iter().take(AE_PARTITIONS_PER_ROUND) {
             let leaves = lock(&replica).leaf_digests(p);
             let req = DynamoRequest::Leaves {
@@ -1222,12 +1346,16 @@ impl Node {
             .filter_map(|(id, r)| {
                 let ks = names.get(&id)?;
                 let r = lock(&r);
-                let digest = r.partitions_held().fold(0u64, |acc, p| {
-                    let mut h = xxhash_rust::xxh3::Xxh3::new();
-                    h.update(&p.to_le_bytes());
-                    h.update(&r.root(p).to_le_bytes());
-                    acc ^ h.digest()
-                });
+                // Empty partitions (every key collected) count as never written.
+                let digest =
+                    r.partitions_held()
+                        .filter(|p| r.root(*p) != 0)
+                        .fold(0u64, |acc, p| {
+                            let mut h = xxhash_rust::xxh3::Xxh3::new();
+                            h.update(&p.to_le_bytes());
+                            h.update(&r.root(p).to_le_bytes());
+                            acc ^ h.digest()
+                        });
                 Some(ReplicaDigest {
                     keyspace: ks.name.clone(),
                     mode: ks.spec.mode,
@@ -1249,6 +1377,8 @@ impl Node {
             anti_entropy_exchanges_total: c.ae_exchanges.load(Ordering::Relaxed),
             anti_entropy_keys_repaired_total: c.ae_keys_repaired.load(Ordering::Relaxed),
             anti_entropy_bytes_total: c.ae_bytes.load(Ordering::Relaxed),
+            tombstones: lock(&self.dynamo.tombstones).len() as u64,
+            tombstones_collected_total: c.tombstones_collected.load(Ordering::Relaxed),
         }
     }
 }

@@ -37,11 +37,22 @@ pub async fn start_with(
     enable_faults: bool,
     tweak: impl Fn(&mut tunekv_node::NodeConfig),
 ) -> TestCluster {
+    start_with_args(n, enable_faults, tweak, &[]).await
+}
+
+/// Like [`start_with`], with extra `tunekv server` arguments (e.g. `--bug NAME`).
+pub async fn start_with_args(
+    n: u32,
+    enable_faults: bool,
+    tweak: impl Fn(&mut tunekv_node::NodeConfig),
+    server_args: &[&str],
+) -> TestCluster {
     let dir = tempfile::tempdir().expect("temp dir");
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tunekv"));
     let mut cluster =
         LocalCluster::prepare_with(exe, dir.path(), n, enable_faults, false, false, tweak)
             .expect("prepare");
+    cluster.server_args = server_args.iter().map(|a| a.to_string()).collect();
     cluster.start_all().expect("start");
     cluster
         .wait_ready(Duration::from_secs(30))
