@@ -413,7 +413,7 @@ async fn get_key(
     as_json: bool,
     mut read: Read,
 ) -> Result<Response, ApiError> {
-    let ReadOutcome { value, receipt } = node.get(read.request(ks), key).await?;
+    let ReadOutcome { value, receipt, .. } = node.get(read.request(ks), key).await?;
     let token = node.session_key().encode(&read.session);
     let headers = (receipt_headers(&receipt), session_header(&token));
     if as_json {

@@ -40,6 +40,11 @@ pub fn digest(key: &[u8], v: &Versioned) -> u64 {
             h.update(bytes);
         }
         Stored::Tombstone => h.update(&[0]),
+        Stored::Expiring { value, expires_ms } => {
+            h.update(&[2]);
+            h.update(&expires_ms.to_le_bytes());
+            h.update(value);
+        }
     }
     // Never 0, so a key always changes its leaf.
     h.digest() | 1

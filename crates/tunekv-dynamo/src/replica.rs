@@ -134,6 +134,18 @@ impl Replica {
         true
     }
 
+    /// Up to `max` keys whose values expired before `now_ms`, with their versions (a volatile
+    /// keyspace drops them; O(keys held)).
+    pub fn expired(&self, now_ms: u64, max: usize) -> Vec<(Vec<u8>, crate::version::Version)> {
+        self.parts
+            .values()
+            .flat_map(|part| part.keys.iter())
+            .filter(|(_, v)| v.stored.expires_ms().is_some_and(|e| e <= now_ms))
+            .take(max)
+            .map(|(k, v)| (k.clone(), v.version))
+            .collect()
+    }
+
     /// Partitions holding at least one key.
     pub fn partitions_held(&self) -> impl Iterator<Item = u32> + '_ {
         self.parts.keys().copied()

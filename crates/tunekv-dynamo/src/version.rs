@@ -19,11 +19,44 @@ pub struct Version {
     pub node: u64,
 }
 
-/// What a write stored: a value, or the tombstone of a delete.
+/// What a write stored: a value, the tombstone of a delete, or a value that expires (SET … EX):
+/// absent to every read from `expires_ms` (Unix ms, by the reading coordinator's clock) on,
+/// still a version for conflict resolution.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Stored {
     Value(Vec<u8>),
     Tombstone,
+    Expiring { value: Vec<u8>, expires_ms: u64 },
+}
+
+impl Stored {
+    /// The value a read at `now_ms` sees: `None` for a tombstone or an expired value.
+    pub fn value_at(&self, now_ms: u64) -> Option<&[u8]> {
+        match self {
+            Stored::Value(v) => Some(v),
+            Stored::Expiring { value, expires_ms } if *expires_ms > now_ms => Some(value),
+            _ => None,
+        }
+    }
+
+    pub fn expires_ms(&self) -> Option<u64> {
+        match self {
+            Stored::Expiring { expires_ms, .. } => Some(*expires_ms),
+            _ => None,
+        }
+    }
+
+    /// Bytes of the value (0 for a tombstone).
+    pub fn len(&self) -> usize {
+        match self {
+            Stored::Value(v) | Stored::Expiring { value: v, .. } => v.len(),
+            Stored::Tombstone => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// One version of a key as a replica holds it.

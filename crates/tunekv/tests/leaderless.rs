@@ -281,6 +281,28 @@ async fn levels_quorums_and_commands_a_mode_cannot_keep_are_refused_and_change_n
         assert_eq!(r.cmd(&["CONSISTENCY", "default"]), "+OK");
         assert_eq!(r.cmd(&["DEL", "rk"]), ":1");
         assert_eq!(r.cmd(&["GET", "rk"]), "(nil)");
+        // Expiry on both modes: a TTL while it lives, absent after it.
+        assert_eq!(r.cmd(&["QUORUM", "default", "default"]), "+OK");
+        for ks in ["lw", "vo"] {
+            assert_eq!(r.cmd(&["SELECT", ks]), "+OK");
+            assert_eq!(r.cmd(&["SET", "short", "v", "PX", "400"]), "+OK", "{ks}");
+            assert_eq!(r.cmd(&["SET", "long", "v", "EX", "100"]), "+OK", "{ks}");
+            let ttl: i64 = r
+                .cmd(&["TTL", "long"])
+                .trim_start_matches(':')
+                .parse()
+                .expect("ttl");
+            assert!((95..=100).contains(&ttl), "{ks}: TTL {ttl}");
+            assert_eq!(r.cmd(&["GET", "short"]), "v", "{ks}");
+            std::thread::sleep(Duration::from_millis(600));
+            assert_eq!(r.cmd(&["GET", "short"]), "(nil)", "{ks}: expired");
+            assert_eq!(r.cmd(&["GET", "long"]), "v", "{ks}");
+            assert!(
+                r.cmd(&["EXPIRE", "long", "5"])
+                    .starts_with("-MODE_UNSUPPORTED"),
+                "{ks}"
+            );
+        }
     })
     .await
     .expect("resp session");

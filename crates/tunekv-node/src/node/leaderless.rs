@@ -33,6 +33,8 @@ const DOWN_HOLD: Duration = Duration::from_secs(2);
 const BACKGROUND_CALL_WAIT: Duration = Duration::from_secs(1);
 /// Most hints sent to one node in one message.
 const HINT_BATCH_MAX: usize = 256;
+/// Most expired values a volatile keyspace drops per round (`hint_replay_every_ms`).
+const VOLATILE_SWEEP_MAX: usize = 10_000;
 /// Most differing partitions one anti-entropy round descends into with one peer.
 const AE_PARTITIONS_PER_ROUND: usize = 32;
 
@@ -123,24 +125,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn stored_bytes(items: &[(Vec<u8>, Versioned)]) -> u64 {
     items
         .iter()
-        .map(|(k, v)| {
-            k.len() as u64
-                + match &v.stored {
-                    Stored::Value(b) => b.len() as u64,
-                    Stored::Tombstone => 0,
-                }
-        })
+        .map(|(k, v)| k.len() as u64 + v.stored.len() as u64)
         .sum()
 }
 
-fn is_live(v: Option<&Versioned>) -> bool {
-    matches!(
-        v,
-        Some(Versioned {
-            stored: Stored::Value(_),
-            ..
-        })
-    )
+fn is_live(v: Option<&Versioned>, now_ms: u64) -> bool {
+    v.is_some_and(|v| v.stored.value_at(now_ms).is_some())
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, TunekvError> {
@@ -273,7 +263,7 @@ impl Node {
             Stored::Tombstone => {
                 t.insert((ks, key.to_vec()), (now.version, Instant::now()));
             }
-            Stored::Value(_) => {
+            Stored::Value(_) | Stored::Expiring { .. } => {
                 t.remove(&(ks, key.to_vec()));
             }
         }
@@ -344,13 +334,14 @@ impl Node {
         }
         let replica = self.replica_of(ks)?;
         let durable = ks.spec.mode == Mode::Leaderless;
+        let wall = self.clock.wall_ms();
         let mut changed = 0;
         let mut existed = false;
         {
             let mut r = lock(&replica);
             for (key, v) in items {
                 self.hlc.observe(v.version.hlc);
-                existed |= is_live(r.get(key));
+                existed |= is_live(r.get(key), wall);
                 if let Some(now) = r.apply(key, v) {
                     changed += 1;
                     if durable {
@@ -904,15 +895,18 @@ impl Node {
             });
         }
         let version = newest.as_ref().map(|v| v.version);
-        let value = match newest {
-            Some(Versioned {
-                stored: Stored::Value(v),
-                ..
-            }) => Some(v),
-            _ => None,
-        };
+        let wall = self.clock.wall_ms();
+        let value = newest
+            .as_ref()
+            .and_then(|v| v.stored.value_at(wall))
+            .map(<[u8]>::to_vec);
+        let expires_ms = newest
+            .as_ref()
+            .filter(|_| value.is_some())
+            .and_then(|v| v.stored.expires_ms());
         Ok(Ok(ReadOutcome {
             value,
+            expires_ms,
             receipt: Receipt {
                 level,
                 served_by: self.id,
@@ -1073,6 +1067,7 @@ impl Node {
         loop {
             tokio::time::sleep(every).await;
             self.expire_hints();
+            self.drop_expired_volatile();
             let targets: Vec<u64> = {
                 let hints = lock(&self.dynamo.hints);
                 let mut t: Vec<u64> = hints.keys().map(|(t, _, _)| *t).collect();
@@ -1084,6 +1079,27 @@ impl Node {
                 .filter(|t| self.peer_up(NodeId(*t)))
                 .map(|t| self.clone().replay_hints(NodeId(t)));
             futures::future::join_all(rounds).await;
+        }
+    }
+
+    /// Volatile keyspaces forget values past their expiry (leaderless ones keep them: an
+    /// expired value is still the newest version of its key until something newer arrives).
+    fn drop_expired_volatile(&self) {
+        let now = self.clock.wall_ms();
+        let volatile: Vec<u64> = self
+            .list_keyspaces()
+            .into_iter()
+            .filter(|k| k.spec.mode == Mode::Volatile)
+            .map(|k| k.id)
+            .collect();
+        for id in volatile {
+            let Some(replica) = lock(&self.dynamo.replicas).get(&id).cloned() else {
+                continue;
+            };
+            let mut r = lock(&replica);
+            for (key, version) in r.expired(now, VOLATILE_SWEEP_MAX) {
+                r.remove_if(&key, version);
+            }
         }
     }
 

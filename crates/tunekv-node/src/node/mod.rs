@@ -111,6 +111,8 @@ pub struct KeyspaceInfo {
 #[derive(Clone, Debug)]
 pub struct ReadOutcome {
     pub value: Option<Vec<u8>>,
+    /// When the value expires (Unix ms), if it does.
+    pub expires_ms: Option<u64>,
     pub receipt: Receipt,
 }
 

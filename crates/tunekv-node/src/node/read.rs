@@ -177,14 +177,10 @@ impl Node {
         let shard = shards
             .pop()
             .ok_or_else(|| internal("a one-key batch read no shard"))?;
-        let value = shard
-            .values
-            .into_iter()
-            .next()
-            .and_then(|(_, v)| v)
-            .map(|v| v.value);
+        let found = shard.values.into_iter().next().and_then(|(_, v)| v);
         Ok(ReadOutcome {
-            value,
+            expires_ms: found.as_ref().and_then(|v| v.expires_ms),
+            value: found.map(|v| v.value),
             receipt: shard.receipt,
         })
     }
@@ -404,7 +400,7 @@ impl Node {
                 create_index: 0,
                 mod_index: 0,
                 commit_ts,
-                expires_ms: None,
+                expires_ms: read.expires_ms,
             });
             out.push(ShardRead {
                 values: vec![(key.clone(), value)],

@@ -101,18 +101,27 @@ impl Node {
         Ok((deadline, ks, req.session, req.w))
     }
 
-    /// What a write of a leaderless or volatile keyspace stores: a plain value or a delete.
-    /// Read-modify-write commands need one order of writes, which those modes do not have.
-    fn leaderless_stored(ks: &KeyspaceInfo, op: Op) -> Result<Stored, TunekvError> {
-        let value = match op {
-            Op::Put { value, .. } => value,
+    /// What a write of a leaderless or volatile keyspace stores: a plain value, a value that
+    /// expires (SET … EX/PX/EXAT/PXAT, SETEX, PSETEX: its expiry fixed by this node's clock
+    /// now) or a delete. Read-modify-write commands need one order of writes, which those modes
+    /// do not have.
+    fn leaderless_stored(&self, ks: &KeyspaceInfo, op: Op) -> Result<Stored, TunekvError> {
+        let (value, expires_ms) = match op {
+            Op::Put { value, .. } => (value, None),
             Op::Set {
                 value,
                 cond: tunekv_raft::Cond::Always,
-                ttl: tunekv_raft::Ttl::Clear,
+                ttl,
                 get: false,
                 ..
-            } => value,
+            } if ttl != tunekv_raft::Ttl::Keep => {
+                let at = match ttl {
+                    tunekv_raft::Ttl::AfterMs(ms) => Some(self.clock.wall_ms().saturating_add(ms)),
+                    tunekv_raft::Ttl::AtMs(at) => Some(at),
+                    _ => None,
+                };
+                (value, at)
+            }
             Op::Delete { .. } => return Ok(Stored::Tombstone),
             other => {
                 return Err(err(
@@ -120,8 +129,8 @@ impl Node {
                     format!(
                         "{} is not supported on {} keyspace {:?}: it reads and writes atomically, \
                          which needs one order of writes (an ordered keyspace); here only plain \
-                         writes and deletes are (conditions, expiry and counters come with \
-                         conflict-free types)",
+                         writes (with an expiry or not) and deletes are (conditions and counters \
+                         come with conflict-free types)",
                         other.name(),
                         ks.spec.mode.as_str(),
                         ks.name
@@ -130,7 +139,10 @@ impl Node {
             }
         };
         check_value(&value, ks.spec.value_bytes_max)?;
-        Ok(Stored::Value(value))
+        Ok(match expires_ms {
+            Some(expires_ms) => Stored::Expiring { value, expires_ms },
+            None => Stored::Value(value),
+        })
     }
 
     /// Commits one command on the shard of `key`: `op` builds it from the keyspace (value
@@ -146,7 +158,7 @@ impl Node {
         check_key(key)?;
         let op = op(&ks)?;
         if ks.spec.mode != Mode::Ordered {
-            let stored = Self::leaderless_stored(&ks, op)?;
+            let stored = self.leaderless_stored(&ks, op)?;
             return self
                 .dynamo_write(&ks, w, key, stored, deadline, session)
                 .await;
