@@ -62,6 +62,26 @@ impl Hlc {
         }
     }
 
+    /// A leaderless write's stamp: at least `floor`, and above every stamp this clock returned
+    /// or observed before, so two writes coordinated by one node never share a version (with
+    /// the node id, versions are unique). Not capped: `floor` comes from versions replicas
+    /// accepted, each within their own skew bound. Use a clock that only this method and
+    /// `observe` touch: [`Hlc::now`] may step back to its cap.
+    pub fn stamp_above(&self, wall_ms: u64, floor: u64) -> u64 {
+        let wall = wall_ms.min(WALL_MS_MAX) << LOGICAL_BITS;
+        let mut prev = self.last.load(Ordering::Relaxed);
+        loop {
+            let next = wall.max(prev.saturating_add(1)).max(floor);
+            match self
+                .last
+                .compare_exchange_weak(prev, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(p) => prev = p,
+            }
+        }
+    }
+
     /// Records a timestamp seen elsewhere (an applied entry) so later ones are greater (within
     /// the offset bound, see [`Hlc::now`]).
     pub fn observe(&self, ts: u64) {
@@ -82,6 +102,20 @@ impl Hlc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaderless_stamps_are_unique_and_above_their_floor() {
+        // Regression (issue 16 review): a stamp raised to a floor was not fed back into the
+        // clock, so a later write through the node could get the same version.
+        let h = Hlc::new(500);
+        let floor = (5_000u64 << LOGICAL_BITS) + 7;
+        let a = h.stamp_above(1_000, floor);
+        assert_eq!(a, floor);
+        let b = h.stamp_above(1_000, floor);
+        assert!(b > a, "{b} after {a}");
+        let c = h.stamp_above(1_000, 0);
+        assert!(c > b);
+    }
 
     #[test]
     fn monotonic_even_when_the_wall_clock_goes_back() {

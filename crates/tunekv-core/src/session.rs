@@ -197,8 +197,9 @@ impl Session {
         for (ks, m) in &other.leaderless {
             self.leaderless.entry(*ks).or_default().merge(m);
         }
-        // A merge may exceed the keyspace limit; the highest ids are kept (a later admit of a
-        // dropped one starts it over, which only asks more of reads: see `forgot`).
+        // A merge may exceed the keyspace limit; the highest ids are kept, and the session then
+        // refuses (`admit_leaderless`: session_invalid) any operation on a dropped keyspace,
+        // rather than serving it without its marks.
         while self.leaderless.len() > LEADERLESS_KEYSPACES_MAX {
             self.leaderless.pop_first();
         }

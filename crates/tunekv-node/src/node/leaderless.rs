@@ -31,8 +31,11 @@ const TREE_DEPTH: u32 = 6;
 const DOWN_HOLD: Duration = Duration::from_secs(2);
 /// Longest one replica call of a hint replay or an anti-entropy round may take.
 const BACKGROUND_CALL_WAIT: Duration = Duration::from_secs(1);
-/// Most hints sent to one node in one message.
+/// Most hints sent to one node in one message, and most value bytes (at least one hint).
 const HINT_BATCH_MAX: usize = 256;
+/// Most key and value bytes in one message of hints or of anti-entropy entries (at least one
+/// key): far below the node-to-node frame limit; a round moves the rest later.
+const BATCH_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Most expired values a volatile keyspace drops per round (`hint_replay_every_ms`).
 const VOLATILE_SWEEP_MAX: usize = 10_000;
 /// Most differing partitions one anti-entropy round descends into with one peer.
@@ -78,6 +81,9 @@ pub(super) struct Dynamo {
     hints: Mutex<BTreeMap<HintSlot, Hint>>,
     life: Mutex<HashMap<NodeId, Life>>,
     counters: Counters,
+    // Leaderless versions' clock: unique stamps per node (`Hlc::stamp_above`), apart from the
+    // node's commit clock, whose `now` may step back to its cap.
+    stamps: Hlc,
     // Tombstones held, with when this replica stored them: (keyspace id, key) → version.
     tombstones: Mutex<BTreeMap<TombstoneSlot, (Version, Instant)>>,
     // When an anti-entropy exchange last found a partition equal on a peer (the roots sent
@@ -129,6 +135,21 @@ fn stored_bytes(items: &[(Vec<u8>, Versioned)]) -> u64 {
         .sum()
 }
 
+/// The first entries up to `BATCH_BYTES_MAX` bytes (at least one).
+fn cap_bytes(mut entries: Vec<(Vec<u8>, Versioned)>) -> Vec<(Vec<u8>, Versioned)> {
+    let mut bytes = 0u64;
+    let keep = entries
+        .iter()
+        .take_while(|(k, v)| {
+            let first = bytes == 0;
+            bytes += (k.len() + v.stored.len()) as u64;
+            first || bytes <= BATCH_BYTES_MAX
+        })
+        .count();
+    entries.truncate(keep);
+    entries
+}
+
 fn is_live(v: Option<&Versioned>, now_ms: u64) -> bool {
     v.is_some_and(|v| v.stored.value_at(now_ms).is_some())
 }
@@ -155,22 +176,29 @@ impl Node {
         }
         let policy = Policy::named(ks.spec.conflict.as_deref()).map_err(internal)?;
         let mut replica = Replica::new(self.ring_of(ks)?, TREE_DEPTH, policy).map_err(internal)?;
+        let mut loaded = Vec::new();
         if ks.spec.mode == Mode::Leaderless {
             for (key, bytes) in self.storage.records(ks.id).map_err(internal)? {
                 let v: Versioned = postcard::from_bytes(&bytes).map_err(|e| {
                     internal(format!("replica record of {:?} is corrupt: {e}", ks.name))
                 })?;
                 replica.apply(&key, &v);
-                // A tombstone's grace starts again at load: conservative, never early.
-                self.track_tombstone(ks.id, &key, &v);
+                loaded.push((key, v));
             }
         }
         let mut all = lock(&self.dynamo.replicas);
-        // Another task may have loaded it meanwhile: keep the first.
-        Ok(all
-            .entry(ks.id)
-            .or_insert_with(|| Arc::new(Mutex::new(replica)))
-            .clone())
+        // Another task may have loaded it meanwhile: keep the first, and only the first's
+        // tombstones are tracked (a stale copy could name an older one).
+        if let Some(r) = all.get(&ks.id) {
+            return Ok(r.clone());
+        }
+        for (key, v) in &loaded {
+            // A tombstone's grace starts again at load: conservative, never early.
+            self.track_tombstone(ks.id, key, v);
+        }
+        let replica = Arc::new(Mutex::new(replica));
+        all.insert(ks.id, replica.clone());
+        Ok(replica)
     }
 
     /// Loads the hints kept on disk (at start).
@@ -340,7 +368,7 @@ impl Node {
         {
             let mut r = lock(&replica);
             for (key, v) in items {
-                self.hlc.observe(v.version.hlc);
+                self.dynamo.stamps.observe(v.version.hlc);
                 existed |= is_live(r.get(key), wall);
                 if let Some(now) = r.apply(key, v) {
                     changed += 1;
@@ -481,19 +509,18 @@ impl Node {
                 ),
             ));
         }
-        let mut hlc = self.hlc.now(self.clock.wall_ms());
-        // Above what this node holds of the key, even when that was stamped further ahead than
-        // the HLC follows (up to max_clock_skew_ms): a later write through this node never
-        // loses to an earlier one it has seen.
+        // Above what this node holds of the key (a version may have been stamped up to
+        // max_clock_skew_ms ahead of this clock) and above everything this session has seen on
+        // the keyspace: a later write of the session never loses to an earlier one it wrote or
+        // read, whatever the coordinators' clocks (monotonic writes, writes follow reads).
+        let mut floor = 0;
         if let Some(held) = lock(&*self.replica_of(ks)?).get(key) {
-            hlc = hlc.max(held.version.hlc.saturating_add(1));
+            floor = held.version.hlc.saturating_add(1);
         }
-        // Above everything this session has seen on the keyspace: a later write of the session
-        // never loses to an earlier one, whatever the coordinators' clocks (monotonic writes,
-        // writes follow reads).
         if !volatile {
-            hlc = hlc.max(session.leaderless(ks.id).hlc_seen.saturating_add(1));
+            floor = floor.max(session.leaderless(ks.id).hlc_seen.saturating_add(1));
         }
+        let hlc = self.dynamo.stamps.stamp_above(self.clock.wall_ms(), floor);
         let version = Version {
             hlc,
             node: self.id.0,
@@ -800,10 +827,14 @@ impl Node {
                     Some(policy.merge(acc.as_ref(), v))
                 })
         };
+        let grace_ms = self.config.leaderless.tombstone_grace_ms;
+        let wall = self.clock.wall_ms();
         let meets = |v: &Option<Versioned>| match (required, v) {
             (None, _) => true,
             (Some(req), Some(v)) => (v.version.hlc, v.version.node) >= req,
-            (Some(_), None) => false,
+            // Nothing held: the session's mark may be a tombstone collected since (only past
+            // its grace, counted here from the mark's own stamp).
+            (Some(req), None) => Hlc::millis(req.0).saturating_add(grace_ms) < wall,
         };
         let mut newest = merged(&replies);
         // A session read whose first replies are older than its mark hears the others too.
@@ -895,7 +926,6 @@ impl Node {
             });
         }
         let version = newest.as_ref().map(|v| v.version);
-        let wall = self.clock.wall_ms();
         let value = newest
             .as_ref()
             .and_then(|v| v.stored.value_at(wall))
@@ -1008,20 +1038,22 @@ impl Node {
                 })
             }
             DynamoRequest::Roots { roots, .. } => {
-                // What is compared must be durable: an exchange that finds a partition equal
-                // lets the other node collect tombstones on the strength of it.
-                if ks.spec.mode == Mode::Leaderless {
-                    self.commit.sync().await.map_err(|e| remote(internal(e)))?;
-                }
                 let replica = self.replica_of(&ks).map_err(remote)?;
-                let r = lock(&replica);
-                Ok(DynamoResponse::Differ(
+                let differ: Vec<u32> = {
+                    let r = lock(&replica);
                     roots
                         .into_iter()
                         .filter(|(p, root)| r.root(*p) != *root)
                         .map(|(p, _)| p)
-                        .collect(),
-                ))
+                        .collect()
+                };
+                // What was compared must be durable before the answer: an exchange that finds
+                // a partition equal lets the other node collect tombstones on the strength of
+                // it. Synced after the comparison, so it covers every version compared.
+                if ks.spec.mode == Mode::Leaderless {
+                    self.commit.sync().await.map_err(|e| remote(internal(e)))?;
+                }
+                Ok(DynamoResponse::Differ(differ))
             }
             DynamoRequest::Leaves {
                 partition, leaves, ..
@@ -1029,7 +1061,7 @@ impl Node {
                 let replica = self.replica_of(&ks).map_err(remote)?;
                 let r = lock(&replica);
                 let differ = r.differing_leaves(partition, &leaves);
-                let entries = r.entries_in_leaves(partition, &differ);
+                let entries = cap_bytes(r.entries_in_leaves(partition, &differ));
                 Ok(DynamoResponse::Entries {
                     leaves: differ,
                     entries,
@@ -1139,13 +1171,16 @@ impl Node {
             let batch: Vec<(HintSlot, Hint)> = {
                 let hints = lock(&self.dynamo.hints);
                 let mut batch: Vec<(HintSlot, Hint)> = Vec::new();
+                let mut bytes = 0u64;
                 for (slot, h) in hints.range((target.0, 0, Vec::new())..) {
                     if slot.0 != target.0
                         || batch.len() >= HINT_BATCH_MAX
+                        || (!batch.is_empty() && bytes >= BATCH_BYTES_MAX)
                         || batch.first().is_some_and(|(s, _)| s.1 != slot.1)
                     {
                         break;
                     }
+                    bytes += (slot.2.len() + h.versioned.stored.len()) as u64;
                     batch.push((slot.clone(), h.clone()));
                 }
                 batch
@@ -1276,8 +1311,12 @@ impl Node {
         };
         {
             let mut synced = lock(&self.dynamo.synced);
-            for p in sent.iter().filter(|p| !differ.contains(p)) {
-                synced.insert((ks.id, *p, peer), taken);
+            for p in &sent {
+                if differ.contains(p) {
+                    synced.remove(&(ks.id, *p, peer));
+                } else {
+                    synced.insert((ks.id, *p, peer), taken);
+                }
             }
         }
         for p in differ.into_iter().take(AE_PARTITIONS_PER_ROUND) {
@@ -1296,7 +1335,7 @@ impl Node {
                 DynamoResponse::Entries { leaves, entries } => (leaves, entries),
                 _ => return Err("unexpected answer".into()),
             };
-            let ours = lock(&replica).entries_in_leaves(p, &leaves);
+            let ours = cap_bytes(lock(&replica).entries_in_leaves(p, &leaves));
             let moved = stored_bytes(&theirs) + stored_bytes(&ours);
             self.dynamo
                 .counters
