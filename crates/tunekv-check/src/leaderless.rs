@@ -93,6 +93,7 @@ pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Li
             .copied()
             .filter(|&i| ops[i].is_update() && ops[i].is_acked())
             .collect();
+        let strict_index = strict_indexes(ops, &acked_updates, replicas);
         for &r in ids
             .iter()
             .filter(|&&i| ops[i].is_read() && ops[i].is_acked())
@@ -100,7 +101,7 @@ pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Li
             if ops[r].value.is_some() {
                 invented.record(judge_invented(ops, r, &writers), ops, limits);
             }
-            if let Some(v) = judge_strict(ops, r, &acked_updates, replicas) {
+            if let Some(v) = judge_strict(ops, r, &strict_index, replicas) {
                 strict.record(v, ops, limits);
             }
         }
@@ -150,6 +151,41 @@ pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Li
     }
 }
 
+/// The newest version among some operations that completed before a time: the operations
+/// sorted by completion with the running maximum, so each question is a binary search (the
+/// checkers stay O(n log n) per key on long histories).
+struct NewestBefore {
+    done: Vec<u64>,
+    best: Vec<(Ver, usize)>,
+}
+
+impl NewestBefore {
+    fn new(ops: &[Operation], ids: impl Iterator<Item = usize>) -> NewestBefore {
+        let mut v: Vec<(u64, Ver, usize)> = ids
+            .filter_map(|i| Some((ops[i].complete_ns, version_of(&ops[i])?, i)))
+            .collect();
+        v.sort_unstable();
+        let mut best: Vec<(Ver, usize)> = Vec::with_capacity(v.len());
+        for &(_, ver, i) in &v {
+            let next = match best.last() {
+                Some(&b) if b >= (ver, i) => b,
+                _ => (ver, i),
+            };
+            best.push(next);
+        }
+        NewestBefore {
+            done: v.iter().map(|x| x.0).collect(),
+            best,
+        }
+    }
+
+    /// The newest (version, operation) among those that completed strictly before `t`.
+    fn before(&self, t: u64) -> Option<(Ver, usize)> {
+        let n = self.done.partition_point(|&d| d < t);
+        n.checked_sub(1).map(|i| self.best[i])
+    }
+}
+
 /// Session guarantees, per key: each session-level read against the same session's acknowledged
 /// updates (read your writes) and earlier acknowledged reads (monotonic reads) of the key that
 /// completed before it began.
@@ -160,36 +196,50 @@ fn judge_sessions(
     monotonic: &mut Row,
     limits: &Limits,
 ) {
+    // Per session: its acknowledged updates and its acknowledged reads of the key.
+    let mut by_session: BTreeMap<&str, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
+    for &i in ids {
+        let o = &ops[i];
+        if let (Some(s), true) = (o.session.as_deref(), o.is_acked()) {
+            let e = by_session.entry(s).or_default();
+            if o.is_update() {
+                e.0.push(i);
+            } else {
+                e.1.push(i);
+            }
+        }
+    }
+    let indexed: BTreeMap<&str, (NewestBefore, NewestBefore)> = by_session
+        .into_iter()
+        .map(|(s, (updates, reads))| {
+            (
+                s,
+                (
+                    NewestBefore::new(ops, updates.into_iter()),
+                    NewestBefore::new(ops, reads.into_iter()),
+                ),
+            )
+        })
+        .collect();
     for &r in ids {
         let op = &ops[r];
         let wants_ryw = matches!(op.level.as_str(), "read_your_writes" | "session");
         let wants_mr = matches!(op.level.as_str(), "monotonic_reads" | "session");
-        if !op.is_read() || !op.is_acked() || op.session.is_none() || !(wants_ryw || wants_mr) {
+        if !op.is_read() || !op.is_acked() || !(wants_ryw || wants_mr) {
             continue;
         }
+        let Some((updates, reads)) = op.session.as_deref().and_then(|s| indexed.get(s)) else {
+            continue;
+        };
         let Some(got) = version_of(op) else { continue };
-        let before = |i: usize, reads: bool| {
-            let o = &ops[i];
-            o.session == op.session
-                && o.is_acked()
-                && o.complete_ns < op.invoke_ns
-                && if reads { o.is_read() } else { o.is_update() }
-        };
-        let newest = |reads: bool| {
-            ids.iter()
-                .copied()
-                .filter(|&i| before(i, reads))
-                .filter_map(|i| Some((version_of(&ops[i])?, i)))
-                .max()
-        };
-        for (wanted, row, reads, what) in [
-            (wants_ryw, &mut *ryw, false, "wrote"),
-            (wants_mr, &mut *monotonic, true, "had read"),
+        for (wanted, row, index, what) in [
+            (wants_ryw, &mut *ryw, updates, "wrote"),
+            (wants_mr, &mut *monotonic, reads, "had read"),
         ] {
             if !wanted {
                 continue;
             }
-            let verdict = match newest(reads) {
+            let verdict = match index.before(op.invoke_ns) {
                 Some((v, i)) if got < v => Verdict::Violation {
                     message: format!(
                         "{} read of key {:?} on {} returned version {got:?}, older than {v:?} \
@@ -240,31 +290,42 @@ fn judge_invented(ops: &[Operation], read: usize, writers: &HashMap<&str, usize>
     }
 }
 
+/// Per read quorum size R: the strictly acknowledged updates at a W with R + W > N.
+fn strict_indexes(
+    ops: &[Operation],
+    acked: &[usize],
+    replicas: u32,
+) -> BTreeMap<u32, NewestBefore> {
+    ["one", "quorum", "all"]
+        .iter()
+        .filter_map(|q| count(q, replicas))
+        .map(|r| {
+            let meets = acked.iter().copied().filter(|&u| {
+                let w = &ops[u];
+                w.strict == Some(true)
+                    && w.quorum
+                        .as_deref()
+                        .and_then(|q| count(q, replicas))
+                        .is_some_and(|w| r + w > replicas)
+            });
+            (r, NewestBefore::new(ops, meets))
+        })
+        .collect()
+}
+
 /// `None` when the read is not a strict-quorum read (R + W > N for no W, or no version).
-fn judge_strict(ops: &[Operation], read: usize, acked: &[usize], replicas: u32) -> Option<Verdict> {
+fn judge_strict(
+    ops: &[Operation],
+    read: usize,
+    index: &BTreeMap<u32, NewestBefore>,
+    replicas: u32,
+) -> Option<Verdict> {
     let op = &ops[read];
     let r = count(op.quorum.as_deref()?, replicas)?;
     let read_version = version_of(op)?;
-    // The strictly acknowledged updates that completed before the read began, at a W that
-    // meets R.
-    let must_see = acked
-        .iter()
-        .copied()
-        .filter(|&u| {
-            let w = &ops[u];
-            w.strict == Some(true)
-                && w.complete_ns < op.invoke_ns
-                && w.quorum
-                    .as_deref()
-                    .and_then(|q| count(q, replicas))
-                    .is_some_and(|w| r + w > replicas)
-        })
-        .filter_map(|u| Some((version_of(&ops[u])?, u)))
-        .max();
-    let Some((newest, u)) = must_see else {
-        // Nothing it had to see: nothing to judge.
-        return None;
-    };
+    // The newest strictly acknowledged update that completed before the read began, at a W
+    // that meets R; nothing it had to see: nothing to judge.
+    let (newest, u) = index.get(&r)?.before(op.invoke_ns)?;
     Some(if read_version >= newest {
         Verdict::Pass
     } else {
