@@ -21,6 +21,11 @@
 //!   before the read began.
 //! - **monotonic reads** (reads at `monotonic_reads` or `session`) — a read returns a version at
 //!   least as high as every earlier acknowledged read of the key by the same session.
+//!
+//! A tombstone is collected once every replica holds it and its grace has passed; a read then
+//! finds no version at all (`none`). Wherever a version `v` is required, such a read meets it
+//! when a delete at a version of at least `v` (or of unknown version) that did not certainly fail
+//! began before the read ended: the key is absent, as it would be under that tombstone.
 
 use crate::history::{OpKind, Operation};
 use crate::report::{Report, Row, Verdict};
@@ -62,6 +67,49 @@ fn version_of(op: &Operation) -> Option<Ver> {
     op.version.as_deref().and_then(parse_version)
 }
 
+/// "No version" as [`parse_version`] reads `none`.
+const NONE: Ver = (0, 0);
+
+/// The deletes of one key that may have happened, by start time with the running maximum of
+/// their versions (unknown: the highest), to answer whether a read that found no version at all
+/// can be a collected tombstone at least as new as a required version.
+struct Collected {
+    began: Vec<u64>,
+    highest: Vec<Ver>,
+}
+
+impl Collected {
+    fn new(ops: &[Operation], ids: &[usize]) -> Collected {
+        let mut d: Vec<(u64, Ver)> = ids
+            .iter()
+            .map(|&i| &ops[i])
+            .filter(|o| o.op == OpKind::Delete && o.ok != Some(false))
+            .map(|o| (o.invoke_ns, version_of(o).unwrap_or((u64::MAX, u64::MAX))))
+            .collect();
+        d.sort_unstable();
+        let mut highest: Vec<Ver> = Vec::with_capacity(d.len());
+        for &(_, v) in &d {
+            highest.push(highest.last().map_or(v, |&h: &Ver| h.max(v)));
+        }
+        Collected {
+            began: d.iter().map(|x| x.0).collect(),
+            highest,
+        }
+    }
+
+    /// Whether read `r`, which returned version `got`, is at least as new as `need`.
+    fn meets(&self, r: &Operation, got: Ver, need: Ver) -> bool {
+        if got >= need {
+            return true;
+        }
+        if got != NONE || r.value.is_some() {
+            return false;
+        }
+        let n = self.began.partition_point(|&t| t <= r.complete_ns);
+        n.checked_sub(1).is_some_and(|i| self.highest[i] >= need)
+    }
+}
+
 /// Judges a leaderless history. `replicas` is N; `heal_ns` starts the final phase (final reads
 /// on every node after faults were cleared and the replicas reported the same digests).
 pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Limits) -> Report {
@@ -77,7 +125,8 @@ pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Li
     let mut ryw = Row::new(LEVEL, READ_YOUR_WRITES);
     let mut monotonic = Row::new(LEVEL, MONOTONIC_READS);
     for ids in by_key.values() {
-        judge_sessions(ops, ids, &mut ryw, &mut monotonic, limits);
+        let collected = Collected::new(ops, ids);
+        judge_sessions(ops, ids, &collected, (&mut ryw, &mut monotonic), limits);
         let writers: HashMap<&str, usize> = ids
             .iter()
             .filter(|&&i| ops[i].op == OpKind::Write)
@@ -101,7 +150,7 @@ pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Li
             if ops[r].value.is_some() {
                 invented.record(judge_invented(ops, r, &writers), ops, limits);
             }
-            if let Some(v) = judge_strict(ops, r, &strict_index, replicas) {
+            if let Some(v) = judge_strict(ops, r, &strict_index, &collected, replicas) {
                 strict.record(v, ops, limits);
             }
         }
@@ -138,7 +187,7 @@ pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Li
                 &acked_updates,
                 &writers,
                 &by_version,
-                &delete_ops,
+                (&delete_ops, &collected),
             ),
             ops,
             limits,
@@ -192,8 +241,8 @@ impl NewestBefore {
 fn judge_sessions(
     ops: &[Operation],
     ids: &[usize],
-    ryw: &mut Row,
-    monotonic: &mut Row,
+    collected: &Collected,
+    (ryw, monotonic): (&mut Row, &mut Row),
     limits: &Limits,
 ) {
     // Per session: its acknowledged updates and its acknowledged reads of the key.
@@ -240,7 +289,7 @@ fn judge_sessions(
                 continue;
             }
             let verdict = match index.before(op.invoke_ns) {
-                Some((v, i)) if got < v => Verdict::Violation {
+                Some((v, i)) if !collected.meets(op, got, v) => Verdict::Violation {
                     message: format!(
                         "{} read of key {:?} on {} returned version {got:?}, older than {v:?} \
                          which its session {what} before the read began",
@@ -318,6 +367,7 @@ fn judge_strict(
     ops: &[Operation],
     read: usize,
     index: &BTreeMap<u32, NewestBefore>,
+    collected: &Collected,
     replicas: u32,
 ) -> Option<Verdict> {
     let op = &ops[read];
@@ -326,7 +376,7 @@ fn judge_strict(
     // The newest strictly acknowledged update that completed before the read began, at a W
     // that meets R; nothing it had to see: nothing to judge.
     let (newest, u) = index.get(&r)?.before(op.invoke_ns)?;
-    Some(if read_version >= newest {
+    Some(if collected.meets(op, read_version, newest) {
         Verdict::Pass
     } else {
         Verdict::Violation {
@@ -382,7 +432,7 @@ fn judge_lost(
     acked: &[usize],
     writers: &HashMap<&str, usize>,
     by_version: &HashMap<Ver, usize>,
-    deletes: &[usize],
+    (deletes, collected): (&[usize], &Collected),
 ) -> Verdict {
     let Some((newest, u)) = newest_acked(ops, acked) else {
         return Verdict::Pass;
@@ -391,7 +441,7 @@ fn judge_lost(
         let Some(got) = version_of(&ops[f]) else {
             return Verdict::Unknown;
         };
-        if got < newest {
+        if !collected.meets(&ops[f], got, newest) {
             return Verdict::Violation {
                 message: format!(
                     "after healing, key {:?} on {} is at version {got:?}, older than the \
@@ -446,8 +496,15 @@ fn judge_converged(ops: &[Operation], finals: &[usize]) -> Verdict {
         return Verdict::Unknown;
     }
     let first = &ops[finals[0]];
+    // A tombstone and no version at all (the tombstone collected) are the same state.
+    let absent = |o: &Operation| o.value.is_none() && version_of(o).is_some();
     for &f in &finals[1..] {
-        if version_of(&ops[f]) != version_of(first) || ops[f].value != first.value {
+        let same = if absent(first) && absent(&ops[f]) {
+            true
+        } else {
+            version_of(&ops[f]) == version_of(first) && ops[f].value == first.value
+        };
+        if !same {
             return Verdict::Violation {
                 message: format!(
                     "after healing, key {:?} reads {:?} ({:?}) on {} but {:?} ({:?}) on {}",
@@ -628,6 +685,41 @@ mod tests {
             "{}",
             report.table()
         );
+    }
+
+    #[test]
+    fn a_collected_tombstone_reads_as_no_version_and_meets_the_delete_but_not_a_later_write() {
+        let in_session = |o: Operation| Operation {
+            session: Some("c1".into()),
+            level: "session".into(),
+            ..o
+        };
+        let collected = vec![
+            in_session(write("k", "a", (0, 10), "quorum", "100.1")),
+            in_session(read("k", Some("a"), (12, 14), "one", "100.1")),
+            delete("k", (20, 30), "quorum", "200.2"),
+            in_session(read("k", None, (40, 50), "quorum", "none")),
+            on("n1", read("k", None, (100, 110), "one", "none")),
+            on("n2", read("k", None, (100, 110), "one", "200.2")),
+        ];
+        let report = check(&collected, 3, Some(90), &Limits::default());
+        assert!(!report.has_violations(), "{}", report.table());
+        assert_eq!(row(&report, STRICT_QUORUM_READS).checked, 1);
+
+        // Absent, but a write after the delete was acknowledged: lost, not collected.
+        let mut rewritten = collected.clone();
+        rewritten.insert(3, write("k", "b", (32, 36), "quorum", "300.1"));
+        let report = check(&rewritten, 3, Some(90), &Limits::default());
+        assert_eq!(row(&report, STRICT_QUORUM_READS).violations_total, 1);
+        assert_eq!(row(&report, NO_ACKED_WRITE_LOST).violations_total, 1);
+        assert_eq!(row(&report, READ_YOUR_WRITES).violations_total, 0);
+        // No delete began before the read ended: nothing was there to collect.
+        let mut early = collected.clone();
+        early[2].invoke_ns = 60;
+        early[2].complete_ns = 70;
+        let report = check(&early, 3, None, &Limits::default());
+        assert_eq!(row(&report, STRICT_QUORUM_READS).violations_total, 1);
+        assert_eq!(row(&report, MONOTONIC_READS).violations_total, 1);
     }
 
     #[test]

@@ -25,10 +25,14 @@ pub struct Bugs {
     /// replica of its key was seen holding it (a replica that missed the delete brings the key
     /// back).
     gc_early: bool,
+    /// `drop-hints`: a node forgets its hints instead of delivering them (a write acknowledged
+    /// on stand-ins' hints alone is lost).
+    drop_hints: bool,
 }
 
 pub const BUG_NAMES: &str =
-    "strong-local, ignore-session, skip-bounded, ack-early, old-receipts, quorum-ack-one, gc-early";
+    "strong-local, ignore-session, skip-bounded, ack-early, old-receipts, quorum-ack-one, gc-early, \
+     drop-hints";
 
 impl Bugs {
     /// Parses `--bug` names. Any name in a build without the feature is an error.
@@ -48,6 +52,7 @@ impl Bugs {
                 "old-receipts" => b.old_receipts = true,
                 "quorum-ack-one" => b.quorum_ack_one = true,
                 "gc-early" => b.gc_early = true,
+                "drop-hints" => b.drop_hints = true,
                 other => return Err(format!("unknown bug {other:?}; bugs: {BUG_NAMES}")),
             }
         }
@@ -62,7 +67,8 @@ impl Bugs {
                 || self.ack_early
                 || self.old_receipts
                 || self.quorum_ack_one
-                || self.gc_early)
+                || self.gc_early
+                || self.drop_hints)
     }
 
     pub fn strong_local(&self) -> bool {
@@ -91,5 +97,9 @@ impl Bugs {
 
     pub fn gc_early(&self) -> bool {
         cfg!(feature = "bug-injection") && self.gc_early
+    }
+
+    pub fn drop_hints(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.drop_hints
     }
 }

@@ -65,7 +65,15 @@ pub struct Workload {
     /// A leaderless keyspace instead of an ordered one: reads at `eventual` with a random `r`,
     /// updates with a random `w`, judged by the leaderless checkers.
     pub leaderless: bool,
+    /// Leaderless plans whose every node is a replica of every key: a hint window and a
+    /// tombstone grace (ms) short enough that hints expire and tombstones are collected within
+    /// the run (the nodes' wait cap drops to [`SHORT_WAIT_CAP_MS`] to allow it). `None`: the
+    /// defaults (hours).
+    pub windows: Option<(u64, u64)>,
 }
+
+/// The wait cap of nodes in plans with short leaderless windows.
+pub const SHORT_WAIT_CAP_MS: u64 = 1_500;
 
 impl Workload {
     /// A read level, by weight.
@@ -170,9 +178,18 @@ impl Plan {
             level_weights: LEVELS.iter().map(|_| rng.gen_range(0..=4)).collect(),
             think_ms_max: rng.gen_range(5..=80),
             leaderless: false,
+            windows: None,
         };
         // Drawn last, from its own stream, so the fields above stay what they were.
-        workload.leaderless = StdRng::seed_from_u64(seed ^ 0x1ead_1e55).gen_bool(0.3);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x1ead_1e55);
+        workload.leaderless = rng.gen_bool(0.3);
+        // With a replica on every node a hint is never a write's only copy, so hints may expire
+        // (anti-entropy repairs instead) and tombstones be collected while the faults run.
+        if workload.leaderless && workload.replicas == nodes {
+            let hint = rng.gen_range(1_000..6_000);
+            let grace = hint + SHORT_WAIT_CAP_MS + rng.gen_range(500..4_000);
+            workload.windows = Some((hint, grace));
+        }
         // Every level set to weight 0 would leave nothing to read at.
         if workload.level_weights.iter().all(|w| *w == 0) {
             workload.level_weights[0] = 1;
@@ -234,6 +251,13 @@ fn config(plan: &Plan, i: usize, seed: u64, bugs: &tunekv_node::Bugs) -> NodeCon
     c.peers = peers;
     c.rng_seed = Some(seed);
     c.bugs = *bugs;
+    if let Some((hint, grace)) = plan.workload.windows {
+        c.wait_ms_cap = SHORT_WAIT_CAP_MS;
+        c.read_wait_ms_default = c.read_wait_ms_default.min(SHORT_WAIT_CAP_MS);
+        c.write_wait_ms_default = c.write_wait_ms_default.min(SHORT_WAIT_CAP_MS);
+        c.leaderless.hint_window_ms = hint;
+        c.leaderless.tombstone_grace_ms = grace;
+    }
     c
 }
 

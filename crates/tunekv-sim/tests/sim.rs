@@ -127,6 +127,7 @@ fn restarted_leaders_serve_no_stale_strong_reads() {
                 level_weights: strong_only.clone(),
                 think_ms_max: 10,
                 leaderless: false,
+                windows: None,
             },
         };
         let out = run(plan, &tunekv_node::Bugs::default());
@@ -186,6 +187,7 @@ fn lagging_copies(seed: u64) -> Plan {
             level_weights,
             think_ms_max: 10,
             leaderless: false,
+            windows: None,
         },
     }
 }
@@ -213,6 +215,73 @@ fn isolated_leaderless(seed: u64) -> Plan {
     plan.workload.deletes_pct = 5;
     plan.workload.think_ms_max = 10;
     plan.workload.leaderless = true;
+    // Hints expire and tombstones are collected within the run.
+    plan.workload.windows = Some((1_000, 5_000));
+    plan
+}
+
+/// A leaderless plan where node 3 is down for 7 s, longer than the tombstone grace, while
+/// the others take writes and deletes slowly enough that a deleted key often stays untouched
+/// past its grace; then 4.5 s of traffic after it returns.
+fn long_outage_leaderless(seed: u64) -> Plan {
+    let mut plan = isolated_leaderless(seed);
+    plan.safety = Duration::from_secs(12);
+    plan.faults = vec![
+        (
+            500,
+            Fault::Crash {
+                node: 2,
+                keep_unsynced: 1.0,
+            },
+        ),
+        (11_500, Fault::Heal),
+    ];
+    plan.keys = 12;
+    plan.workload.writes_pct = 30;
+    plan.workload.deletes_pct = 30;
+    plan.workload.think_ms_max = 400;
+    plan.workload.windows = Some((200, 2_000));
+    plan
+}
+
+/// A leaderless plan on 5 nodes with 3 replicas per key where two nodes at a time are cut off
+/// from the other three, ending with the two that hold no replica of key `k0`: their writes of
+/// it are acknowledged on their hints alone, delivered only after the final heal.
+fn hinted_only_leaderless(seed: u64) -> Plan {
+    let nodes = 5;
+    let ring = tunekv_dynamo::Ring::new(
+        &(1..=nodes as u64)
+            .map(tunekv_core::NodeId)
+            .collect::<Vec<_>>(),
+        tunekv_core::keyspace::PARTITIONS_DEFAULT,
+    )
+    .expect("a ring");
+    let replicas: Vec<usize> = ring
+        .preference_list(b"k0", 3)
+        .iter()
+        .map(|n| n.0 as usize - 1)
+        .collect();
+    let last: Vec<usize> = (0..nodes).filter(|i| !replicas.contains(i)).collect();
+    let mut faults = Vec::new();
+    let mut at = 500;
+    let mut cut = |pair: [usize; 2], until: u64, faults: &mut Vec<(u64, Fault)>| {
+        for (i, a) in pair.into_iter().enumerate() {
+            for b in (0..nodes).filter(|b| !pair.contains(b)) {
+                faults.push((at + i as u64, Fault::Partition(a, b)));
+            }
+        }
+        faults.push((until, Fault::Heal));
+        at = until + 500;
+    };
+    cut([replicas[0], last[0]], 3_000, &mut faults);
+    cut([last[0], last[1]], 14_000, &mut faults);
+    let mut plan = isolated_leaderless(seed);
+    plan.nodes = nodes;
+    plan.clock_offsets_ms = vec![0; nodes];
+    plan.safety = Duration::from_secs(14);
+    plan.faults = faults;
+    plan.keys = 2;
+    plan.workload.windows = None;
     plan
 }
 
@@ -224,6 +293,20 @@ fn leaderless_keyspaces_keep_their_promises_through_isolation() {
         let out = run(isolated_leaderless(seed), &tunekv_node::Bugs::default());
         assert!(out.ops > 500, "seed {seed}: only {} operations", out.ops);
         assert_eq!(out.violations, Vec::<String>::new(), "seed {seed}");
+    }
+}
+
+/// The plans that catch `gc-early` and `drop-hints` pass on a correct build (the seeds that
+/// catch them included): a tombstone waits for the replica that was down, and writes held
+/// only as hints are delivered.
+#[test]
+fn leaderless_keyspaces_keep_their_promises_through_an_outage_and_hint_only_writes() {
+    for seed in 0..6 {
+        for plan in [long_outage_leaderless(seed), hinted_only_leaderless(seed)] {
+            let out = run(plan, &tunekv_node::Bugs::default());
+            assert!(out.ops > 150, "seed {seed}: only {} operations", out.ops);
+            assert_eq!(out.violations, Vec::<String>::new(), "seed {seed}");
+        }
     }
 }
 
@@ -326,5 +409,38 @@ mod bugs {
             }
         }
         panic!("old-receipts went unnoticed for {LAGGING_SEEDS_MAX} seeds");
+    }
+
+    /// Seeds of a leaderless bug plan tried before the test gives up.
+    const LEADERLESS_SEEDS_MAX: u64 = 16;
+
+    /// `bug` under `plan` must be caught by the leaderless checkers.
+    fn caught_leaderless(bug: &str, plan: fn(u64) -> Plan) {
+        let bugs = tunekv_node::Bugs::parse(&[bug.to_string()]).expect("a known bug");
+        for seed in 0..LEADERLESS_SEEDS_MAX {
+            let out = run(plan(seed), &bugs);
+            if let Some(v) = out
+                .violations
+                .iter()
+                .find(|v| v.starts_with("[leaderless / "))
+            {
+                eprintln!("{bug}: caught by seed {seed}: {v}");
+                return;
+            }
+        }
+        panic!("{bug} went unnoticed for {LEADERLESS_SEEDS_MAX} seeds");
+    }
+
+    /// Tombstones collected while a replica that missed the delete is cut off: the key comes
+    /// back when it returns.
+    #[test]
+    fn gc_early_is_caught_by_the_leaderless_checkers() {
+        caught_leaderless("gc-early", long_outage_leaderless);
+    }
+
+    /// Hints forgotten instead of delivered: a write acknowledged on hints alone is lost.
+    #[test]
+    fn drop_hints_is_caught_by_the_leaderless_checkers() {
+        caught_leaderless("drop-hints", hinted_only_leaderless);
     }
 }

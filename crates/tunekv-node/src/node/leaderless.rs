@@ -1197,11 +1197,17 @@ impl Node {
                 fresh: false,
                 hint_for: None,
             };
-            match self
-                .clone()
-                .dynamo_call(target, req, BACKGROUND_CALL_WAIT)
-                .await
-            {
+            let sent = if self.config.bugs.drop_hints() {
+                Ok(DynamoResponse::Stored {
+                    changed: 0,
+                    existed: false,
+                })
+            } else {
+                self.clone()
+                    .dynamo_call(target, req, BACKGROUND_CALL_WAIT)
+                    .await
+            };
+            match sent {
                 Ok(DynamoResponse::Stored { .. }) => {
                     let mut removed = 0;
                     let mut hints = lock(&self.dynamo.hints);
