@@ -15,6 +15,9 @@
 //! - **deleted keys stay deleted** — after healing, a key whose highest acknowledged update was
 //!   a delete reads as absent, unless a later write (higher version) that did not certainly fail
 //!   brought it back.
+//! - **monotonic quorum reads** — a read at `r` returns a version at least as high as every
+//!   read at an `r'` with r + r' > N that completed before it began (blocking read repair: what
+//!   a read returns, r replicas hold before it answers).
 //! - **convergence** — after healing, every node's final read of a key returns the same version.
 //! - **read your writes** (reads at `read_your_writes` or `session`) — a read returns a version at
 //!   least as high as every acknowledged update of the key by the same session that completed
@@ -38,6 +41,7 @@ pub const STRICT_QUORUM_READS: &str = "strict-quorum reads";
 pub const NO_ACKED_WRITE_LOST: &str = "no acknowledged write lost";
 pub const DELETES_STAY: &str = "deleted keys stay deleted";
 pub const CONVERGENCE: &str = "convergence";
+pub const MONOTONIC_QUORUM_READS: &str = "monotonic quorum reads";
 pub const READ_YOUR_WRITES: &str = "read your writes";
 pub const MONOTONIC_READS: &str = "monotonic reads";
 
@@ -119,6 +123,7 @@ pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Li
     }
     let mut invented = Row::new(LEVEL, NEVER_INVENTED);
     let mut strict = Row::new(LEVEL, STRICT_QUORUM_READS);
+    let mut quorum_reads = Row::new(LEVEL, MONOTONIC_QUORUM_READS);
     let mut lost = Row::new(LEVEL, NO_ACKED_WRITE_LOST);
     let mut deletes = Row::new(LEVEL, DELETES_STAY);
     let mut converged = Row::new(LEVEL, CONVERGENCE);
@@ -143,6 +148,7 @@ pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Li
             .filter(|&i| ops[i].is_update() && ops[i].is_acked())
             .collect();
         let strict_index = strict_indexes(ops, &acked_updates, replicas);
+        let read_index = read_indexes(ops, ids, replicas);
         for &r in ids
             .iter()
             .filter(|&&i| ops[i].is_read() && ops[i].is_acked())
@@ -152,6 +158,9 @@ pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Li
             }
             if let Some(v) = judge_strict(ops, r, &strict_index, &collected, replicas) {
                 strict.record(v, ops, limits);
+            }
+            if let Some(v) = judge_quorum_reads(ops, r, &read_index, &collected, replicas) {
+                quorum_reads.record(v, ops, limits);
             }
         }
         let Some(heal) = heal_ns else {
@@ -196,7 +205,16 @@ pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Li
         converged.record(judge_converged(ops, &finals), ops, limits);
     }
     Report {
-        rows: vec![invented, strict, lost, deletes, converged, ryw, monotonic],
+        rows: vec![
+            invented,
+            strict,
+            quorum_reads,
+            lost,
+            deletes,
+            converged,
+            ryw,
+            monotonic,
+        ],
     }
 }
 
@@ -390,6 +408,58 @@ fn judge_strict(
                 ops[u].quorum.as_deref().unwrap_or("?")
             ),
             ops: vec![u, read],
+        }
+    })
+}
+
+/// Per read quorum size: the key's acknowledged reads at it, newest version by completion.
+fn read_indexes(ops: &[Operation], ids: &[usize], replicas: u32) -> BTreeMap<u32, NewestBefore> {
+    let mut by_r: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for &i in ids {
+        let o = &ops[i];
+        if let (true, Some(r)) = (
+            o.is_read() && o.is_acked(),
+            o.quorum.as_deref().and_then(|q| count(q, replicas)),
+        ) {
+            by_r.entry(r).or_default().push(i);
+        }
+    }
+    by_r.into_iter()
+        .map(|(r, reads)| (r, NewestBefore::new(ops, reads.into_iter())))
+        .collect()
+}
+
+/// `None` when no earlier read's quorum overlaps this one's in every case.
+fn judge_quorum_reads(
+    ops: &[Operation],
+    read: usize,
+    index: &BTreeMap<u32, NewestBefore>,
+    collected: &Collected,
+    replicas: u32,
+) -> Option<Verdict> {
+    let op = &ops[read];
+    let r = count(op.quorum.as_deref()?, replicas)?;
+    let got = version_of(op)?;
+    let (need, earlier) = index
+        .iter()
+        .filter(|(r2, _)| r + **r2 > replicas)
+        .filter_map(|(_, idx)| idx.before(op.invoke_ns))
+        .max()?;
+    Some(if collected.meets(op, got, need) {
+        Verdict::Pass
+    } else {
+        Verdict::Violation {
+            message: format!(
+                "read of key {:?} at r={} on {} returned version {got:?}, older than {need:?}, \
+                 which a read at r={} on {} returned before it began (their quorums overlap: \
+                 R + R' > N = {replicas})",
+                op.key,
+                op.quorum.as_deref().unwrap_or("?"),
+                op.node,
+                ops[earlier].quorum.as_deref().unwrap_or("?"),
+                ops[earlier].node,
+            ),
+            ops: vec![earlier, read],
         }
     })
 }
@@ -720,6 +790,37 @@ mod tests {
         let report = check(&early, 3, None, &Limits::default());
         assert_eq!(row(&report, STRICT_QUORUM_READS).violations_total, 1);
         assert_eq!(row(&report, MONOTONIC_READS).violations_total, 1);
+    }
+
+    #[test]
+    fn a_quorum_read_older_than_an_overlapping_earlier_read_is_caught() {
+        let ops = vec![
+            write("k", "a", (0, 10), "one", "100.1"),
+            write("k", "b", (20, 30), "one", "300.2"),
+            on("n2", read("k", Some("b"), (40, 50), "quorum", "300.2")),
+            on("n3", read("k", Some("a"), (60, 70), "quorum", "100.1")),
+            // r=one after r=quorum: the quorums need not overlap (N = 3).
+            on("n3", read("k", Some("a"), (60, 70), "one", "100.1")),
+            // Overlapping but concurrent with the read that saw b: nothing to judge.
+            on("n1", read("k", Some("a"), (45, 80), "quorum", "100.1")),
+            on("n1", read("k", Some("b"), (90, 95), "all", "300.2")),
+        ];
+        let report = check(&ops, 3, None, &Limits::default());
+        let r = row(&report, MONOTONIC_QUORUM_READS);
+        assert_eq!(
+            (r.checked, r.violations_total),
+            (2, 1),
+            "{}",
+            report.table()
+        );
+        // After an r=all read, even an r=one read must see as much.
+        let after_all = vec![
+            write("k", "a", (0, 10), "one", "100.1"),
+            read("k", Some("a"), (20, 30), "all", "100.1"),
+            read("k", None, (40, 50), "one", "none"),
+        ];
+        let report = check(&after_all, 3, None, &Limits::default());
+        assert_eq!(row(&report, MONOTONIC_QUORUM_READS).violations_total, 1);
     }
 
     #[test]

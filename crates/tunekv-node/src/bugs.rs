@@ -28,11 +28,15 @@ pub struct Bugs {
     /// `drop-hints`: a node forgets its hints instead of delivering them (a write acknowledged
     /// on stand-ins' hints alone is lost).
     drop_hints: bool,
+    /// `skip-read-repair`: leaderless reads repair no replica, blocking or in the background (a
+    /// quorum read may return a version fewer than r replicas hold, and a later quorum read an
+    /// older one).
+    skip_read_repair: bool,
 }
 
 pub const BUG_NAMES: &str =
     "strong-local, ignore-session, skip-bounded, ack-early, old-receipts, quorum-ack-one, gc-early, \
-     drop-hints";
+     drop-hints, skip-read-repair";
 
 impl Bugs {
     /// Parses `--bug` names. Any name in a build without the feature is an error.
@@ -53,6 +57,7 @@ impl Bugs {
                 "quorum-ack-one" => b.quorum_ack_one = true,
                 "gc-early" => b.gc_early = true,
                 "drop-hints" => b.drop_hints = true,
+                "skip-read-repair" => b.skip_read_repair = true,
                 other => return Err(format!("unknown bug {other:?}; bugs: {BUG_NAMES}")),
             }
         }
@@ -68,7 +73,8 @@ impl Bugs {
                 || self.old_receipts
                 || self.quorum_ack_one
                 || self.gc_early
-                || self.drop_hints)
+                || self.drop_hints
+                || self.skip_read_repair)
     }
 
     pub fn strong_local(&self) -> bool {
@@ -101,5 +107,9 @@ impl Bugs {
 
     pub fn drop_hints(&self) -> bool {
         cfg!(feature = "bug-injection") && self.drop_hints
+    }
+
+    pub fn skip_read_repair(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.skip_read_repair
     }
 }

@@ -289,7 +289,8 @@ fn hinted_only_leaderless(seed: u64) -> Plan {
 /// replicas converge with no reads before the final ones.
 #[test]
 fn leaderless_keyspaces_keep_their_promises_through_isolation() {
-    for seed in 0..2 {
+    // The seeds the bug tests try on this plan, the ones that catch their bugs included.
+    for seed in 0..6 {
         let out = run(isolated_leaderless(seed), &tunekv_node::Bugs::default());
         assert!(out.ops > 500, "seed {seed}: only {} operations", out.ops);
         assert_eq!(out.violations, Vec::<String>::new(), "seed {seed}");
@@ -442,5 +443,25 @@ mod bugs {
     #[test]
     fn drop_hints_is_caught_by_the_leaderless_checkers() {
         caught_leaderless("drop-hints", hinted_only_leaderless);
+    }
+
+    /// Reads that repair nothing: a quorum read returns a version only one replica holds, and
+    /// a later quorum read over the other two returns an older one.
+    #[test]
+    fn skip_read_repair_is_caught_by_the_monotonic_quorum_reads_checker() {
+        let bugs =
+            tunekv_node::Bugs::parse(&["skip-read-repair".to_string()]).expect("a known bug");
+        for seed in 0..LEADERLESS_SEEDS_MAX {
+            let out = run(isolated_leaderless(seed), &bugs);
+            if let Some(v) = out
+                .violations
+                .iter()
+                .find(|v| v.starts_with("[leaderless / monotonic quorum reads]"))
+            {
+                eprintln!("skip-read-repair: caught by seed {seed}: {v}");
+                return;
+            }
+        }
+        panic!("skip-read-repair went unnoticed for {LEADERLESS_SEEDS_MAX} seeds");
     }
 }

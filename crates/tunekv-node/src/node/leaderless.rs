@@ -851,7 +851,8 @@ impl Node {
         if !meets(&newest) {
             return Ok(Err(newest.map(|v| (v.version.hlc, v.version.node))));
         }
-        if let (Some(newest), false) = (&newest, volatile) {
+        let repair = !volatile && !self.config.bugs.skip_read_repair();
+        if let (Some(newest), true) = (&newest, repair) {
             let stale: Vec<NodeId> = replies
                 .iter()
                 .filter(|(_, v)| v.as_ref() != Some(newest))
@@ -898,7 +899,7 @@ impl Node {
             }
         }
         // Replies still to come repair their replicas in the background.
-        if !calls.is_empty() && !volatile {
+        if !calls.is_empty() && repair {
             let (bg, ks2, key2, newest2) =
                 (me.clone(), ks.name.clone(), key.to_vec(), newest.clone());
             tokio::spawn(async move {
