@@ -442,6 +442,20 @@ impl Client {
             .await
     }
 
+    /// This node's replica of leaderless keyspace `ks` as `/v1/cluster` reports it: (keys held,
+    /// digest of every key and version held). Two replicas holding the same versions of the
+    /// same partitions report the same pair. `None`: the node has not loaded the keyspace.
+    pub async fn replica_digest(&self, ks: &str) -> Result<Option<(u64, u64)>> {
+        let status = self.cluster().await?;
+        let me = status["served_by"].as_u64();
+        Ok(status["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["id"].as_u64() == me))
+            .and_then(|n| n["leaderless"]["keyspaces"].as_array())
+            .and_then(|kss| kss.iter().find(|k| k["keyspace"] == ks))
+            .and_then(|k| Some((k["keys"].as_u64()?, k["digest"].as_u64()?))))
+    }
+
     /// The fault hook (nodes started with `--enable-faults`): `change` as documented for
     /// `POST /v1/admin/faults` (`{"clear": true}` heals); returns the node's faults after it.
     pub async fn faults(&self, change: &serde_json::Value) -> Result<serde_json::Value> {

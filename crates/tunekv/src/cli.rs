@@ -130,9 +130,10 @@ pub enum Cmd {
         /// Start the nodes with this injected bug (bug-injection builds only; repeatable).
         #[arg(long = "bug", value_name = "BUG")]
         bugs: Vec<String>,
-        /// `ordered` (Raft shards, every level in --levels) or `leaderless` (a leaderless
+        /// `ordered` (Raft shards, every level in --levels), `leaderless` (a leaderless
         /// keyspace: HTTP clients writing at every w and reading at every r, judged by the
-        /// leaderless checkers; --levels is not used).
+        /// leaderless checkers; --levels is not used) or `mixed` (both keyspaces on the same
+        /// nodes at once, half the clients in each, each judged by its own checkers).
         #[arg(long, default_value = "ordered")]
         keyspace_mode: String,
     },
@@ -407,15 +408,9 @@ pub async fn run(args: Args) -> Result<i32> {
             keyspace_mode,
         } => {
             tunekv_node::Bugs::parse(&bugs).map_err(anyhow::Error::msg)?;
-            let leaderless = match keyspace_mode.as_str() {
-                "ordered" => false,
-                "leaderless" => true,
-                other => anyhow::bail!(
-                    "--keyspace-mode {other:?}: verify runs ordered or leaderless keyspaces"
-                ),
-            };
+            let mode = crate::verify::KeyspaceMode::parse(&keyspace_mode)?;
             crate::verify::run(crate::verify::VerifyOptions {
-                leaderless,
+                mode,
                 nodes,
                 duration,
                 ops,

@@ -77,3 +77,14 @@ pub async fn open(
     let dir = c.dir.clone();
     Ok((targets, Some(Arc::new(Mutex::new(c))), Some(dir)))
 }
+
+/// Each target's replica digest of leaderless keyspace `ks` (None: unreachable or not loaded);
+/// see [`tunekv_client::Client::replica_digest`].
+pub async fn digests(targets: &[Target], ks: &str) -> Vec<Option<(u64, u64)>> {
+    let mut out = Vec::new();
+    for t in targets {
+        let c = tunekv_client::Client::with_timeout(&t.http, Duration::from_secs(3));
+        out.push(c.replica_digest(ks).await.ok().flatten());
+    }
+    out
+}

@@ -39,22 +39,7 @@ fn code(body: &Value) -> &str {
 async fn digests(c: &common::TestCluster, ks: &str) -> Vec<Option<(u64, u64)>> {
     let mut out = Vec::new();
     for i in 0..c.len() {
-        let s = c.client(i).cluster().await.ok();
-        let me = s.as_ref().and_then(|s| {
-            s["nodes"]
-                .as_array()?
-                .iter()
-                .find(|n| n["id"].as_u64() == Some(i as u64 + 1))
-                .cloned()
-        });
-        out.push(me.and_then(|n| {
-            let k = n["leaderless"]["keyspaces"]
-                .as_array()?
-                .iter()
-                .find(|k| k["keyspace"] == ks)?
-                .clone();
-            Some((k["keys"].as_u64()?, k["digest"].as_u64()?))
-        }));
+        out.push(c.client(i).replica_digest(ks).await.ok().flatten());
     }
     out
 }

@@ -99,13 +99,16 @@ fn a_run_under_every_fault_kind_passes_and_writes_a_valid_history() {
     }
 }
 
+/// Both engines on the same nodes at once: half the clients in an ordered keyspace, half in a
+/// leaderless one, under partitions, kills and pauses; each judged by its own checkers.
 #[test]
-fn a_leaderless_run_under_partitions_and_kills_passes_and_converges_without_reads() {
+fn a_mixed_run_under_partitions_and_kills_passes_and_converges_without_reads() {
     let dir = tempfile::tempdir().expect("temp dir");
+    let history = dir.path().join("history.jsonl");
     let out = verify(
         &[
             "--keyspace-mode",
-            "leaderless",
+            "mixed",
             "--duration",
             "20s",
             "--faults",
@@ -113,7 +116,9 @@ fn a_leaderless_run_under_partitions_and_kills_passes_and_converges_without_read
             "--seed",
             "11",
             "--clients",
-            "6",
+            "8",
+            "--history",
+            history.to_str().expect("utf-8"),
             "--dir",
             dir.path().join("cluster").to_str().expect("utf-8"),
         ],
@@ -129,6 +134,7 @@ fn a_leaderless_run_under_partitions_and_kills_passes_and_converges_without_read
     for property in [
         "never invented",
         "strict-quorum reads",
+        "monotonic quorum reads",
         "no acknowledged write lost",
         "convergence",
         "read your writes",
@@ -140,6 +146,24 @@ fn a_leaderless_run_under_partitions_and_kills_passes_and_converges_without_read
             "nothing judged for {property}:\n{all}"
         );
     }
+    for (level, property) in [
+        ("strong", "linearizable"),
+        ("durability", "no acknowledged write lost"),
+    ] {
+        let n = checked(&stdout, level, property);
+        assert!(
+            n.is_some_and(|n| n > 0),
+            "nothing judged for {level} / {property}:\n{all}"
+        );
+    }
+    // The history tells the keyspaces apart: leaderless operations carry a quorum, and their
+    // keys are named apart from the ordered ones.
+    let text = std::fs::read_to_string(&history).expect("history written");
+    let ops = tunekv_check::parse_history(&text).expect("valid history");
+    let (leaderless, ordered): (Vec<_>, Vec<_>) = ops.iter().partition(|o| o.quorum.is_some());
+    assert!(!leaderless.is_empty() && !ordered.is_empty());
+    assert!(leaderless.iter().all(|o| o.key.starts_with('l')));
+    assert!(ordered.iter().all(|o| o.key.starts_with('k')));
 }
 
 #[cfg(feature = "bug-injection")]

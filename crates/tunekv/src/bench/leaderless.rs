@@ -156,27 +156,6 @@ pub fn specs(protocol: Protocol, peers: Option<&Peers>) -> Vec<PhaseSpec> {
     rows
 }
 
-/// Each node's digest of the leaderless keyspace, as it reports it.
-async fn digests(targets: &[Target]) -> Vec<Option<serde_json::Value>> {
-    let mut out = Vec::new();
-    for t in targets {
-        let c = Client::with_timeout(&t.http, Duration::from_secs(3));
-        out.push(c.cluster().await.ok().and_then(|s| {
-            let me = s["nodes"]
-                .as_array()?
-                .iter()
-                .find(|n| n["id"].as_u64() == Some(t.id))?
-                .clone();
-            me["leaderless"]["keyspaces"]
-                .as_array()?
-                .iter()
-                .find(|k| k["keyspace"] == LEADERLESS)
-                .map(|k| k["digest"].clone())
-        }));
-    }
-    out
-}
-
 /// Cuts the last node off (fault hook), writes `CONVERGE_KEYS` keys through it at w=one, heals,
 /// and measures how long until every node reports the same digest, with no client reads.
 pub async fn time_to_converge(targets: &[Target], value: &[u8]) -> Result<String> {
@@ -207,7 +186,7 @@ pub async fn time_to_converge(targets: &[Target], value: &[u8]) -> Result<String
     let healed = Instant::now();
     let deadline = healed + Duration::from_secs(120);
     while Instant::now() < deadline {
-        let d = digests(targets).await;
+        let d = crate::targets::digests(targets, LEADERLESS).await;
         if d.iter().all(|x| x.is_some() && *x == d[0]) {
             return Ok(format!(
                 "time to converge after a healed partition: {:.2} s ({written} keys written at w=one \

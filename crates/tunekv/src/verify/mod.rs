@@ -42,9 +42,53 @@ pub struct VerifyOptions {
     pub dir: Option<PathBuf>,
     /// Server flags for the nodes this run starts (`--bug …` in bug-injection builds).
     pub server_args: Vec<String>,
-    /// `--keyspace-mode leaderless`: run against a leaderless keyspace (HTTP clients at every
-    /// `r` and `w`) and judge it with the leaderless checkers.
-    pub leaderless: bool,
+    /// `--keyspace-mode`: which keyspaces the clients work in.
+    pub mode: KeyspaceMode,
+}
+
+/// The keyspaces a run works in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyspaceMode {
+    /// An ordered keyspace (Raft shards): clients at every level in `--levels`, over HTTP and
+    /// RESP, judged by the ordered checkers.
+    Ordered,
+    /// A leaderless keyspace: HTTP clients writing at every `w` and reading at every `r`,
+    /// judged by the leaderless checkers.
+    Leaderless,
+    /// Both on the same nodes at once, half the clients in each, each keyspace's operations
+    /// judged by its own checkers (a history's leaderless operations are those with a
+    /// `quorum`).
+    Mixed,
+}
+
+impl KeyspaceMode {
+    pub fn parse(text: &str) -> Result<KeyspaceMode> {
+        match text {
+            "ordered" => Ok(KeyspaceMode::Ordered),
+            "leaderless" => Ok(KeyspaceMode::Leaderless),
+            "mixed" => Ok(KeyspaceMode::Mixed),
+            other => bail!(
+                "--keyspace-mode {other:?}: verify runs ordered, leaderless or mixed (both at once)"
+            ),
+        }
+    }
+
+    fn ordered(self) -> bool {
+        self != KeyspaceMode::Leaderless
+    }
+
+    fn leaderless(self) -> bool {
+        self != KeyspaceMode::Ordered
+    }
+
+    /// Whether client `i` works in the leaderless keyspace.
+    fn leaderless_client(self, i: u32) -> bool {
+        match self {
+            KeyspaceMode::Ordered => false,
+            KeyspaceMode::Leaderless => true,
+            KeyspaceMode::Mixed => i % 2 == 1,
+        }
+    }
 }
 
 /// The history, with every time from one monotonic clock: each operation and, for a failed
@@ -160,24 +204,30 @@ async fn run_on(
 ) -> Result<i32> {
     let admin = Client::with_timeout(&targets[0].http, Duration::from_secs(30));
     let replicas = targets.len().min(3) as u32;
-    let (keyspace, spec) = if o.leaderless {
-        (
-            KEYSPACE_LEADERLESS,
-            serde_json::json!({"mode": "leaderless", "replicas": replicas, "conflict": "lww"}),
-        )
-    } else {
-        (
+    let mut keyspaces = Vec::new();
+    if o.mode.ordered() {
+        keyspaces.push((
             KEYSPACE,
             serde_json::json!({"shards": 2, "replicas": replicas, "default_level": "strong"}),
-        )
-    };
-    match admin.create_keyspace(keyspace, &spec).await {
-        Ok(_) => {}
-        Err(e) if e.code() == Some("keyspace_exists") => {}
-        Err(e) => bail!("cannot create keyspace {keyspace}: {e}"),
+        ));
     }
+    if o.mode.leaderless() {
+        keyspaces.push((
+            KEYSPACE_LEADERLESS,
+            serde_json::json!({"mode": "leaderless", "replicas": replicas, "conflict": "lww"}),
+        ));
+    }
+    for (keyspace, spec) in &keyspaces {
+        match admin.create_keyspace(keyspace, spec).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("keyspace_exists") => {}
+            Err(e) => bail!("cannot create keyspace {keyspace}: {e}"),
+        }
+    }
+    // Keys of the two keyspaces are named apart, so a mixed history reads unambiguously.
     let keys: Vec<String> = (0..o.keys).map(|i| format!("k{i}")).collect();
-    if !o.leaderless {
+    let leaderless_keys: Vec<String> = (0..o.keys).map(|i| format!("l{i}")).collect();
+    if o.mode.ordered() {
         wait_writable(&admin, &keys[0]).await?;
     }
 
@@ -208,17 +258,28 @@ async fn run_on(
     let fault_task = tokio::spawn(runner.run());
     let clients: Vec<_> = (0..o.clients)
         .map(|i| {
+            let leaderless = o.mode.leaderless_client(i);
+            // Ordered clients alternate between HTTP and RESP.
+            let nth_ordered = if o.mode == KeyspaceMode::Mixed {
+                i / 2
+            } else {
+                i
+            };
             let plan = ClientPlan {
                 id: u64::from(i) + 1,
-                protocol: if i % 2 == 0 || o.leaderless {
+                protocol: if leaderless || nth_ordered % 2 == 0 {
                     Protocol::Http
                 } else {
                     Protocol::Resp
                 },
                 seed: seed.wrapping_mul(31).wrapping_add(u64::from(i)),
-                keys: keys.clone(),
+                keys: if leaderless {
+                    leaderless_keys.clone()
+                } else {
+                    keys.clone()
+                },
                 levels: o.levels.clone(),
-                leaderless: o.leaderless,
+                leaderless,
             };
             tokio::spawn(workload::run_client(
                 plan,
@@ -271,23 +332,28 @@ async fn run_on(
     )
     .await?;
     let converge_started = Instant::now();
-    let converged = if o.leaderless {
-        converge_leaderless(&targets, Duration::from_secs(60)).await
-    } else {
-        converge(&targets, &keys, Duration::from_secs(60)).await
-    };
-    if !converged {
+    if o.mode.leaderless() {
+        // First, before any read could repair a replica.
+        if converge_leaderless(&targets, Duration::from_secs(60)).await {
+            println!(
+                "converged: every replica reports the same digest {:.1}s after healing, with no reads",
+                converge_started.elapsed().as_secs_f64()
+            );
+        } else {
+            println!(
+                "warning: the leaderless replicas did not converge within 60 s; the final reads \
+                 will show it"
+            );
+        }
+    }
+    if o.mode.ordered() && !converge(&targets, &keys, Duration::from_secs(60)).await {
         println!("warning: the nodes did not converge within 60 s; the final reads will show it");
-    } else if o.leaderless {
-        println!(
-            "converged: every replica reports the same digest {:.1}s after healing, with no reads",
-            converge_started.elapsed().as_secs_f64()
-        );
     }
     let heal_ns = rec.now_ns();
-    if o.leaderless {
-        final_leaderless_reads(&targets, &keys, &rec).await;
-    } else {
+    if o.mode.leaderless() {
+        final_leaderless_reads(&targets, &leaderless_keys, &rec).await;
+    }
+    if o.mode.ordered() {
         final_reads(&targets, &keys, &rec).await;
     }
 
@@ -301,23 +367,38 @@ async fn run_on(
         );
     }
     let ops: Vec<Operation> = recorded.into_iter().map(|(op, _)| op).collect();
+    let (leaderless_ops, ordered_ops): (Vec<Operation>, Vec<Operation>) =
+        ops.into_iter().partition(|op| match o.mode {
+            KeyspaceMode::Ordered => false,
+            KeyspaceMode::Leaderless => true,
+            KeyspaceMode::Mixed => op.quorum.is_some(),
+        });
     let checked_at = Instant::now();
-    let report = if o.leaderless {
-        Ok(tunekv_check::leaderless::check(
-            &ops,
-            replicas,
-            Some(heal_ns),
-            &Limits::default(),
-        ))
-    } else {
+    let ordered_report = if o.mode.ordered() {
         check(
             &CheckInput {
-                ops,
+                ops: ordered_ops,
                 heal_ns: Some(heal_ns),
             },
             &Limits::default(),
         )
+    } else {
+        Ok(tunekv_check::Report { rows: Vec::new() })
     };
+    let report = ordered_report.map(|mut report| {
+        if o.mode.leaderless() {
+            report.rows.extend(
+                tunekv_check::leaderless::check(
+                    &leaderless_ops,
+                    replicas,
+                    Some(heal_ns),
+                    &Limits::default(),
+                )
+                .rows,
+            );
+        }
+        report
+    });
     let report = match report {
         Ok(r) => r,
         Err(e) => {
@@ -417,23 +498,7 @@ async fn converge(targets: &[Target], keys: &[String], timeout: Duration) -> boo
 async fn converge_leaderless(targets: &[Target], timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        let mut digests = Vec::new();
-        for t in targets {
-            let c = Client::with_timeout(&t.http, Duration::from_secs(3));
-            let d = c.cluster().await.ok().and_then(|s| {
-                let me = s["nodes"]
-                    .as_array()?
-                    .iter()
-                    .find(|n| n["id"].as_u64() == Some(t.id))?
-                    .clone();
-                me["leaderless"]["keyspaces"]
-                    .as_array()?
-                    .iter()
-                    .find(|k| k["keyspace"] == KEYSPACE_LEADERLESS)
-                    .map(|k| k["digest"].clone())
-            });
-            digests.push(d);
-        }
+        let digests = crate::targets::digests(targets, KEYSPACE_LEADERLESS).await;
         if digests.iter().all(|d| d.is_some() && *d == digests[0]) {
             return true;
         }
