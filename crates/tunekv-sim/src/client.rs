@@ -113,108 +113,10 @@ fn quorum_field<'a>(header: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
 }
 
-/// Performs one operation on the leaderless keyspace through `node` at quorum `quorum` (`r`
-/// of a read, `w` of an update) and returns its history record. A failed update's outcome is
-/// unknown whatever its code: leaderless writes are not rolled back.
-#[allow(clippy::too_many_arguments)]
-pub async fn operate_leaderless(
-    client: u64,
-    node: usize,
-    kind: OpKind,
-    key: &str,
-    value: Option<String>,
-    (level, quorum): (&str, &str),
-    token: &mut String,
-) -> Operation {
-    let host = format!("n{}", node + 1);
-    let invoke_ns = now_ns();
-    let path = format!("/v1/kv/{KEYSPACE}/{key}?wait_ms_max={WAIT_MS}");
-    let res = match kind {
-        OpKind::Read => {
-            let url = format!("{path}&r={quorum}&level={level}");
-            request(&host, "GET", &url, token, Vec::new()).await
-        }
-        OpKind::Write => {
-            let v = value.clone().unwrap_or_default().into_bytes();
-            request(&host, "PUT", &format!("{path}&w={quorum}"), token, v).await
-        }
-        OpKind::Delete => {
-            request(
-                &host,
-                "DELETE",
-                &format!("{path}&w={quorum}"),
-                token,
-                Vec::new(),
-            )
-            .await
-        }
-    };
-    let mut op = Operation {
-        client,
-        session: Some(format!("c{client}")),
-        op: kind,
-        key: key.to_string(),
-        value: if kind == OpKind::Write { value } else { None },
-        invoke_ns,
-        complete_ns: 0,
-        ok: None,
-        level: if kind == OpKind::Read {
-            level
-        } else {
-            "eventual"
-        }
-        .to_string(),
-        node: host,
-        position: None,
-        staleness_entries: None,
-        staleness_ms: None,
-        quorum: Some(quorum.to_string()),
-        version: None,
-        strict: None,
-    };
-    match res {
-        Err(_) => {
-            op.ok = if kind == OpKind::Read {
-                Some(false)
-            } else {
-                None
-            }
-        }
-        Ok(a) => {
-            let found = kind == OpKind::Read && a.status == 404 && a.quorum.is_some();
-            if a.status == 200 || found {
-                op.ok = Some(true);
-                if let Some(s) = &a.session {
-                    *token = s.clone();
-                }
-                op.position = a.position.clone();
-                if kind == OpKind::Read {
-                    op.value =
-                        (a.status == 200).then(|| String::from_utf8_lossy(&a.body).into_owned());
-                    op.version = a
-                        .quorum
-                        .as_deref()
-                        .and_then(|q| quorum_field(q, "version"))
-                        .map(str::to_string);
-                } else {
-                    let body: serde_json::Value =
-                        serde_json::from_slice(&a.body).unwrap_or_default();
-                    op.version = body["quorum"]["version"].as_str().map(str::to_string);
-                    op.strict = body["quorum"]["strict"].as_bool();
-                }
-            } else {
-                op.ok = match (kind, a.code().as_str()) {
-                    (OpKind::Read, _) | (_, "quorum_invalid" | "bad_request") => Some(false),
-                    _ => None,
-                };
-            }
-        }
-    }
-    op.complete_ns = now_ns();
-    op
-}
-
-/// Performs one operation through `node` and returns its history record.
+/// Performs one operation through `node` and returns its history record. `quorum`: on a
+/// leaderless keyspace, the `r` of a read or the `w` of an update (updates are recorded at
+/// `eventual`, and a failed update's outcome is unknown whatever its code: leaderless writes
+/// are not rolled back).
 #[allow(clippy::too_many_arguments)]
 pub async fn operate(
     client: u64,
@@ -223,21 +125,20 @@ pub async fn operate(
     key: &str,
     value: Option<String>,
     level: &str,
+    quorum: Option<&str>,
     token: &mut String,
 ) -> Operation {
     let host = format!("n{}", node + 1);
     let invoke_ns = now_ns();
-    let path = format!("/v1/kv/{KEYSPACE}/{key}?wait_ms_max={WAIT_MS}");
+    let mut path = format!("/v1/kv/{KEYSPACE}/{key}?wait_ms_max={WAIT_MS}");
+    if let Some(q) = quorum {
+        let which = if kind == OpKind::Read { "r" } else { "w" };
+        path.push_str(&format!("&{which}={q}"));
+    }
     let res = match kind {
         OpKind::Read => {
-            request(
-                &host,
-                "GET",
-                &format!("{path}&level={level}"),
-                token,
-                Vec::new(),
-            )
-            .await
+            let url = format!("{path}&level={level}");
+            request(&host, "GET", &url, token, Vec::new()).await
         }
         OpKind::Write => {
             let v = value.clone().unwrap_or_default().into_bytes();
@@ -245,6 +146,7 @@ pub async fn operate(
         }
         OpKind::Delete => request(&host, "DELETE", &path, token, Vec::new()).await,
     };
+    let leaderless = quorum.is_some();
     let mut op = Operation {
         client,
         session: Some(format!("c{client}")),
@@ -254,37 +156,68 @@ pub async fn operate(
         invoke_ns,
         complete_ns: 0,
         ok: None,
-        level: level.to_string(),
+        level: if leaderless && kind != OpKind::Read {
+            "eventual"
+        } else {
+            level
+        }
+        .to_string(),
         node: host,
         position: None,
         staleness_entries: None,
         staleness_ms: None,
-        quorum: None,
+        quorum: quorum.map(str::to_string),
         version: None,
         strict: None,
     };
     match res {
-        // Lost in the network: the write may or may not have happened.
-        Err(_) => op.ok = None,
+        // Lost in the network: an update may or may not have happened.
+        Err(_) => op.ok = (leaderless && kind == OpKind::Read).then_some(false),
         Ok(a) => {
-            let found = kind == OpKind::Read && a.status == 404 && a.position.is_some();
-            if a.status == 200 || found {
+            // A read that found nothing still has a receipt.
+            let receipt = if leaderless {
+                a.quorum.is_some()
+            } else {
+                a.position.is_some()
+            };
+            if a.status == 200 || (kind == OpKind::Read && a.status == 404 && receipt) {
                 op.ok = Some(true);
                 if let Some(s) = &a.session {
                     *token = s.clone();
                 }
                 op.position = a.position.clone();
-                if kind == OpKind::Read {
-                    op.value =
-                        (a.status == 200).then(|| String::from_utf8_lossy(&a.body).into_owned());
-                    op.staleness_entries = a.staleness.map(|s| s.0);
-                    op.staleness_ms = a.staleness.map(|s| s.1);
+                match (kind, leaderless) {
+                    (OpKind::Read, _) => {
+                        op.value = (a.status == 200)
+                            .then(|| String::from_utf8_lossy(&a.body).into_owned());
+                        if leaderless {
+                            op.version = a
+                                .quorum
+                                .as_deref()
+                                .and_then(|q| quorum_field(q, "version"))
+                                .map(str::to_string);
+                        } else {
+                            op.staleness_entries = a.staleness.map(|s| s.0);
+                            op.staleness_ms = a.staleness.map(|s| s.1);
+                        }
+                    }
+                    (_, true) => {
+                        let body: serde_json::Value =
+                            serde_json::from_slice(&a.body).unwrap_or_default();
+                        op.version = body["quorum"]["version"].as_str().map(str::to_string);
+                        op.strict = body["quorum"]["strict"].as_bool();
+                    }
+                    (_, false) => {}
                 }
             } else {
-                op.ok = match a.code().as_str() {
-                    // The outcome of a write that timed out is not known.
-                    "timeout" => None,
-                    _ => Some(false),
+                op.ok = match (kind, leaderless, a.code().as_str()) {
+                    (OpKind::Read, true, _) | (_, true, "quorum_invalid" | "bad_request") => {
+                        Some(false)
+                    }
+                    (_, true, _) => None,
+                    // The outcome of an ordered write that timed out is not known.
+                    (_, false, "timeout") => None,
+                    (_, false, _) => Some(false),
                 };
             }
         }

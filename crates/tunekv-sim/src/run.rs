@@ -336,50 +336,35 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
                 let node = rng.gen_range(0..plan.nodes);
                 let w = &plan.workload;
                 let roll = rng.gen_range(0..100);
-                if w.leaderless {
-                    let (kind, value) = if roll < w.writes_pct {
-                        n += 1;
-                        (OpKind::Write, Some(format!("c{c}-{n}")))
-                    } else if roll < w.writes_pct + w.deletes_pct {
-                        (OpKind::Delete, None)
-                    } else {
-                        (OpKind::Read, None)
-                    };
+                let (kind, value) = if roll < w.writes_pct {
+                    n += 1;
+                    (OpKind::Write, Some(format!("c{c}-{n}")))
+                } else if roll < w.writes_pct + w.deletes_pct {
+                    (OpKind::Delete, None)
+                } else {
+                    (OpKind::Read, None)
+                };
+                let (level, quorum) = if w.leaderless {
                     let quorum = match kind {
                         OpKind::Read => ["one", "quorum", "all"][rng.gen_range(0..3)],
                         _ => ["one", "quorum", "all", "any"][rng.gen_range(0..4)],
                     };
                     let level = ["eventual", "read_your_writes", "monotonic_reads", "session"]
                         [rng.gen_range(0..4)];
-                    let op = client::operate_leaderless(
-                        c as u64,
-                        node,
-                        kind,
-                        &key,
-                        value,
-                        (level, quorum),
-                        &mut token,
-                    )
-                    .await;
-                    history.lock().unwrap_or_else(|p| p.into_inner()).push(op);
-                    tokio::time::sleep(Duration::from_millis(
-                        rng.gen_range(1..plan.workload.think_ms_max.max(2)),
-                    ))
-                    .await;
-                    continue;
-                }
-                let (kind, value, level) = if roll < w.writes_pct {
-                    n += 1;
-                    (OpKind::Write, Some(format!("c{c}-{n}")), "strong")
-                } else if roll < w.writes_pct + w.deletes_pct {
-                    (OpKind::Delete, None, "strong")
+                    (level, Some(quorum))
+                } else if kind == OpKind::Read {
+                    (w.level(&mut rng), None)
                 } else {
-                    (OpKind::Read, None, w.level(&mut rng))
+                    ("strong", None)
                 };
                 let op =
-                    client::operate(c as u64, node, kind, &key, value, level, &mut token).await;
+                    client::operate(c as u64, node, kind, &key, value, level, quorum, &mut token)
+                        .await;
                 history.lock().unwrap_or_else(|p| p.into_inner()).push(op);
-                tokens.lock().unwrap_or_else(|p| p.into_inner())[c] = token.clone();
+                // The invariants check ordered keyspaces' tokens (positions in Raft logs).
+                if !w.leaderless {
+                    tokens.lock().unwrap_or_else(|p| p.into_inner())[c] = token.clone();
+                }
                 tokio::time::sleep(Duration::from_millis(
                     rng.gen_range(1..plan.workload.think_ms_max.max(2)),
                 ))
@@ -393,13 +378,14 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
             for k in 0..plan.keys {
                 for node in 0..plan.nodes {
                     if plan.workload.leaderless {
-                        let op = client::operate_leaderless(
+                        let op = client::operate(
                             c as u64,
                             node,
                             OpKind::Read,
                             &format!("k{k}"),
                             None,
-                            ("eventual", "one"),
+                            "eventual",
+                            Some("one"),
                             &mut String::new(),
                         )
                         .await;
@@ -414,6 +400,7 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
                             &format!("k{k}"),
                             None,
                             level,
+                            None,
                             &mut token,
                         )
                         .await;

@@ -77,16 +77,25 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn failed(ok: Option<bool>, error: String) -> Outcome {
+    /// Acknowledged, with nothing recorded yet.
+    fn done() -> Outcome {
         Outcome {
-            ok,
+            ok: Some(true),
             value: None,
             position: None,
             staleness: None,
-            error: Some(error),
+            error: None,
             quorum: None,
             version: None,
             strict: None,
+        }
+    }
+
+    fn failed(ok: Option<bool>, error: String) -> Outcome {
+        Outcome {
+            ok,
+            error: Some(error),
+            ..Outcome::done()
         }
     }
 }
@@ -311,14 +320,12 @@ async fn leaderless_op(
                 Ok(r) => {
                     *token = r.session.clone();
                     Outcome {
-                        ok: Some(true),
                         value: r.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
                         staleness: r.receipt.staleness_parts(),
                         version: r.receipt.quorum_field("version").map(str::to_string),
                         position: Some(r.receipt.position),
-                        error: None,
                         quorum: Some(quorum.to_string()),
-                        strict: None,
+                        ..Outcome::done()
                     }
                 }
                 Err(e) => Outcome {
@@ -340,14 +347,11 @@ async fn leaderless_op(
                 Ok(w) => {
                     *token = w.session.clone();
                     Outcome {
-                        ok: Some(true),
-                        value: None,
                         position: Some(w.position),
-                        staleness: None,
-                        error: None,
                         quorum: Some(quorum.to_string()),
                         version: w.quorum.as_ref().and_then(|q| q.version.clone()),
                         strict: w.quorum.as_ref().map(|q| q.strict),
+                        ..Outcome::done()
                     }
                 }
                 Err(e) => unknown(e),
@@ -384,14 +388,10 @@ async fn http_op(
                 Ok(r) => {
                     *token = r.session;
                     Outcome {
-                        ok: Some(true),
                         value: r.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
                         staleness: r.receipt.staleness_parts(),
                         position: Some(r.receipt.position),
-                        error: None,
-                        quorum: None,
-                        version: None,
-                        strict: None,
+                        ..Outcome::done()
                     }
                 }
                 Err(e) => client_failure(e),
@@ -406,14 +406,8 @@ async fn http_op(
                 Ok(w) => {
                     *token = w.session;
                     Outcome {
-                        ok: Some(true),
-                        value: None,
                         position: Some(w.position),
-                        staleness: None,
-                        error: None,
-                        quorum: None,
-                        version: None,
-                        strict: None,
+                        ..Outcome::done()
                     }
                 }
                 Err(e) => client_failure(e),
@@ -509,28 +503,18 @@ async fn resp_op(
                 _ => None,
             };
             Outcome {
-                ok: Some(true),
                 value: main.text(),
                 position: receipt.field("position").and_then(Value::text),
                 staleness: int("staleness_entries").zip(int("staleness_ms")),
-                error: None,
-                quorum: None,
-                version: None,
-                strict: None,
+                ..Outcome::done()
             }
         }
         _ => Outcome {
-            ok: Some(true),
-            value: None,
             position: match &replies[1] {
                 Value::Array(Some(ps)) => ps.first().and_then(Value::text),
                 _ => None,
             },
-            staleness: None,
-            error: None,
-            quorum: None,
-            version: None,
-            strict: None,
+            ..Outcome::done()
         },
     }
 }
