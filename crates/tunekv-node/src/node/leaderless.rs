@@ -36,6 +36,9 @@ const HINT_BATCH_MAX: usize = 256;
 /// Most key and value bytes in one message of hints or of anti-entropy entries (at least one
 /// key): far below the node-to-node frame limit; a round moves the rest later.
 const BATCH_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Tombstones per purge message (keys are at most `KEY_BYTES_MAX`, 1 KiB: a message stays
+/// near 1 MiB).
+const PURGE_BATCH_MAX: usize = 1_024;
 /// Most expired values a volatile keyspace drops per round (`hint_replay_every_ms`).
 const VOLATILE_SWEEP_MAX: usize = 10_000;
 /// Most differing partitions one anti-entropy round descends into with one peer.
@@ -332,17 +335,20 @@ impl Node {
             }
         }
         for (nodes, items) in by_nodes {
-            for node in nodes {
-                let req = DynamoRequest::Purge {
-                    ks: ks.name.clone(),
-                    items: items.clone(),
-                };
-                // A replica that misses it keeps its tombstone: anti-entropy hands it back to
-                // the others and a later round collects it again.
-                let _ = self
-                    .clone()
-                    .dynamo_call(node, req, BACKGROUND_CALL_WAIT)
-                    .await;
+            // Messages stay bounded however many tombstones ripen at once.
+            for chunk in items.chunks(PURGE_BATCH_MAX) {
+                for &node in &nodes {
+                    let req = DynamoRequest::Purge {
+                        ks: ks.name.clone(),
+                        items: chunk.to_vec(),
+                    };
+                    // A replica that misses it keeps its tombstone: anti-entropy hands it back
+                    // to the others and a later round collects it again.
+                    let _ = self
+                        .clone()
+                        .dynamo_call(node, req, BACKGROUND_CALL_WAIT)
+                        .await;
+                }
             }
         }
         Ok(())
