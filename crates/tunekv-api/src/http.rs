@@ -321,6 +321,7 @@ fn quorum_json(q: &tunekv_core::QuorumReceipt) -> serde_json::Value {
         "strict": q.strict,
         "hinted": q.hinted,
         "version": q.version.map(|(hlc, node)| format!("{hlc}.{node}")),
+        "durability": q.durability(),
     })
 }
 

@@ -151,6 +151,9 @@ pub struct WriteQuorum {
     pub hinted: u32,
     /// `HLC.NODE`.
     pub version: Option<String>,
+    /// `fsync` (leaderless) or `none` (volatile: memory only).
+    #[serde(default)]
+    pub durability: Option<String>,
 }
 
 #[derive(Clone)]
@@ -537,12 +540,16 @@ mod tests {
             served_by: "2".into(),
             position: "shard=1;index=42;commit_ms=7".into(),
             staleness: "entries=3;ms=120".into(),
-            quorum: Some("q=quorum;asked=3;answered=2;strict=1;hinted=0;version=77.2".into()),
+            quorum: Some(
+                "q=quorum;asked=3;answered=2;strict=1;hinted=0;version=77.2;durability=fsync"
+                    .into(),
+            ),
         };
         assert_eq!(r.staleness_parts(), Some((3, 120)));
         assert_eq!(r.index(), Some(42));
         assert_eq!(r.quorum_field("version"), Some("77.2"));
         assert_eq!(r.quorum_field("q"), Some("quorum"));
         assert_eq!(r.quorum_field("strict"), Some("1"));
+        assert_eq!(r.quorum_field("durability"), Some("fsync"));
     }
 }

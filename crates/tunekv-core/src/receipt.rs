@@ -107,24 +107,38 @@ pub struct QuorumReceipt {
     /// The version served or written (HLC stamp, coordinating node); `None`: no replica held
     /// the key.
     pub version: Option<(u64, u64)>,
+    /// Whether the copies counted are on disk (`fsync`, leaderless keyspaces) or only in memory
+    /// (`none`, volatile keyspaces: lost when their nodes restart).
+    pub durable: bool,
 }
 
 impl QuorumReceipt {
-    /// Header form: `q=quorum;asked=3;answered=2;strict=1;hinted=0;version=HLC.NODE` (version
-    /// `none` when no replica held the key).
+    /// Header form:
+    /// `q=quorum;asked=3;answered=2;strict=1;hinted=0;version=HLC.NODE;durability=fsync`
+    /// (version `none` when no replica held the key; durability `none` on volatile keyspaces).
     pub fn header(&self) -> String {
         let version = match self.version {
             Some((hlc, node)) => format!("{hlc}.{node}"),
             None => "none".into(),
         };
         format!(
-            "q={};asked={};answered={};strict={};hinted={};version={version}",
+            "q={};asked={};answered={};strict={};hinted={};version={version};durability={}",
             self.quorum,
             self.asked,
             self.answered,
             u8::from(self.strict),
-            self.hinted
+            self.hinted,
+            self.durability()
         )
+    }
+
+    /// `fsync` or `none`.
+    pub fn durability(&self) -> &'static str {
+        if self.durable {
+            "fsync"
+        } else {
+            "none"
+        }
     }
 }
 

@@ -234,12 +234,19 @@ async fn levels_quorums_and_commands_a_mode_cannot_keep_are_refused_and_change_n
     );
 
     // Volatile: weak by default, acknowledged from memory, said so.
-    let (s, _, b) = call("PUT", &url("/v1/kv/vo/session-1"), "cached").await;
+    let (s, q, b) = call("PUT", &url("/v1/kv/vo/session-1"), "cached").await;
     assert_eq!(s, 200, "{b}");
-    let (s, _, b) = call("GET", &url("/v1/kv/vo/session-1?format=json"), "").await;
+    assert!(q.expect("quorum").ends_with(";durability=none"));
+    assert_eq!(b["quorum"]["durability"], "none", "{b}");
+    let (s, q, b) = call("GET", &url("/v1/kv/vo/session-1?format=json"), "").await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["value"], "cached");
     assert_eq!(b["receipt"]["level"], "weak", "{b}");
+    assert!(q.expect("quorum").ends_with(";durability=none"));
+    // Leaderless copies are on disk, and say so.
+    let (s, q, b) = call("PUT", &url("/v1/kv/lw/durable"), "on-disk").await;
+    assert_eq!(s, 200, "{b}");
+    assert!(q.expect("quorum").ends_with(";durability=fsync"));
 
     // RESP: QUORUM, plain SET/GET/DEL on a leaderless keyspace, INCR refused by mode.
     let addr = c.configs[0].resp.clone().expect("resp");

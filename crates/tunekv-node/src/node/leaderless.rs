@@ -666,6 +666,7 @@ impl Node {
                 strict: strict_ack,
                 hinted,
                 version: Some((version.hlc, version.node)),
+                durable: !volatile,
             }),
         })
     }
@@ -961,6 +962,7 @@ impl Node {
                     strict: true,
                     hinted: 0,
                     version: version.map(|v| (v.hlc, v.node)),
+                    durable: !volatile,
                 }),
             },
         }))
