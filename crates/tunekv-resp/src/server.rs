@@ -10,7 +10,8 @@
 //! frees what it held, so connections that each hold part of the budget cannot wait on each
 //! other forever.
 
-use crate::commands::{execute, Conn, Shared};
+use crate::cmd::execute;
+use crate::conn::{Conn, Shared};
 use crate::parse::{Limits, RequestParser};
 use crate::reply::Reply;
 use std::sync::Arc;

@@ -153,6 +153,17 @@ async fn raw_protocol_pipelining_typed_errors_and_strong_reads_on_followers() {
         let big_key = "k".repeat(2000);
         assert!(matches!(a.cmd(&["SET", &big_key, "v"]), R::Error(e) if e.starts_with("KEY_TOO_LARGE ")));
         assert_eq!(a.cmd(&["GET", "k"]), bulk("v"), "errors changed nothing");
+        // COMMAND DOCS comes from the command table (RESP2: a flat array of name, fields).
+        match a.cmd(&["COMMAND", "DOCS", "getrange", "nosuch"]) {
+            R::Array(d) => {
+                assert_eq!(d.len(), 2, "{d:?}");
+                assert_eq!(d[0], bulk("getrange"));
+                let R::Array(fields) = &d[1] else { panic!("{d:?}") };
+                assert_eq!(fields[0], bulk("summary"));
+                assert!(fields.contains(&bulk("string")), "{fields:?}");
+            }
+            other => panic!("COMMAND DOCS: {other:?}"),
+        }
 
         // A write acknowledged on node 1 is seen by a strong read on node 3 at once.
         let mut b = Raw::connect(&n3);

@@ -62,6 +62,11 @@ def check_connection():
             raise AssertionError(f"redis-py cannot parse CLIENT INFO {raw!r}: {e}") from None
         assert (info["id"], info["name"], info["db"]) == (cid, "checker", 0), f"CLIENT INFO {info}"
         assert r.command_count() > 20, "COMMAND COUNT"
+        # COMMAND INFO comes from the same table as dispatch.
+        info = r.execute_command("COMMAND", "INFO", "mset", "get")  # parsed into a dict by name
+        m = info["mset"]
+        assert (m["arity"], m["first_key_pos"], m["last_key_pos"], m["step_count"]) == (-3, 1, -1, 2), m
+        assert list(info["get"]["flags"]) == ["readonly"], info["get"]
         assert "redis_version" in r.info(), "INFO has redis_version"
         assert r.config_get("appendonly") == {"appendonly": "yes"}, "CONFIG GET appendonly"
         assert isinstance(r.dbsize(), int), "DBSIZE"

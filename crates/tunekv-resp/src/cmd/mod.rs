@@ -1,0 +1,409 @@
+//! Redis commands mapped onto the node. Reads go through the node at the connection's level
+//! (`CONSISTENCY`), with its session (`SESSION`) and wait budget (`WAITMS`); writes go where the
+//! keyspace's mode sends them. Errors keep tunekv's typed code as the first word
+//! (`-NO_QUORUM …`); Redis's own errors use Redis's wording.
+//!
+//! Every command is one [`CommandSpec`] — name, arity, kind, key positions, summary, handler —
+//! in the file of its group (`connection`, `strings`, `counters`, `keys`, `tunekv`), and
+//! [`execute`] looks it up, checks its arity and runs it. `COMMAND`, `COMMAND INFO` and
+//! `COMMAND DOCS` answer from the same table, so adding a command is its handler plus its entry.
+//! Handlers read their arguments through an [`Args`] cursor.
+
+mod connection;
+mod counters;
+mod keys;
+mod strings;
+mod tunekv;
+
+use crate::conn::{Conn, Shared};
+use crate::reply::Reply;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tunekv_core::{KeyspaceSpec, TunekvError};
+use tunekv_node::{CommandResult, KeyspaceInfo, Node, Op, StoredValue};
+
+/// Numbered databases (`SELECT n`) are keyspaces `db0`, `db1`, …, created on first use.
+pub const NUMBERED_DBS: u32 = 16;
+/// KEYS refuses to return more than this; use SCAN.
+pub const KEYS_MAX: usize = 10_000;
+
+/// A command's answer: `Err` holds an error reply (so `?` works on argument parsing).
+pub(crate) type Out = Result<Reply, Reply>;
+/// A command's answer still to come (it goes to the node).
+pub(crate) type Pending<'a> = Pin<Box<dyn Future<Output = Out> + Send + 'a>>;
+
+/// How a command runs.
+#[derive(Clone, Copy)]
+pub(crate) enum Handler {
+    /// From the connection alone.
+    Now(fn(&Shared, &mut Conn, Args<'_>) -> Out),
+    /// Through the node.
+    Later(for<'a> fn(&'a Shared, &'a mut Conn, Args<'a>) -> Pending<'a>),
+}
+
+/// What a command touches.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    /// The connection or the server, not the keyspace's data.
+    Connection,
+    /// Reads the selected keyspace.
+    Read,
+    /// Writes the selected keyspace (`POSITION` then reports where).
+    Write,
+}
+
+/// One command.
+pub(crate) struct CommandSpec {
+    /// Lower case.
+    pub name: &'static str,
+    /// As Redis reports it: positive = exactly this many words (the name included), negative =
+    /// at least that many.
+    pub arity: i64,
+    pub kind: Kind,
+    /// First key, last key (negative: from the end), step; all 0 for a command without keys.
+    pub keys: (i64, i64, i64),
+    /// Redis's command group (`string`, `generic`, `connection`, `server`, `tunekv`).
+    pub group: &'static str,
+    pub summary: &'static str,
+    pub handler: Handler,
+}
+
+/// Every command, by name.
+fn table() -> &'static HashMap<&'static str, &'static CommandSpec> {
+    static TABLE: OnceLock<HashMap<&'static str, &'static CommandSpec>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = HashMap::new();
+        for spec in connection::SPECS
+            .iter()
+            .chain(strings::SPECS)
+            .chain(counters::SPECS)
+            .chain(keys::SPECS)
+            .chain(tunekv::SPECS)
+        {
+            let clash = t.insert(spec.name, spec);
+            debug_assert!(clash.is_none(), "command {} listed twice", spec.name);
+        }
+        t
+    })
+}
+
+/// Every command, sorted by name (`COMMAND`, `COMMAND LIST`).
+fn sorted() -> Vec<&'static CommandSpec> {
+    let mut all: Vec<&'static CommandSpec> = table().values().copied().collect();
+    all.sort_by_key(|s| s.name);
+    all
+}
+
+fn lookup(name: &str) -> Option<&'static CommandSpec> {
+    table().get(name).copied()
+}
+
+/// Runs one request. Never panics on input; every failure is a reply.
+pub async fn execute(shared: &Shared, conn: &mut Conn, args: Vec<Vec<u8>>) -> Reply {
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    let Some(spec) = lookup(&name) else {
+        let mut shown = String::new();
+        for a in args.iter().skip(1).take(8) {
+            shown += &format!("'{}' ", text(a).chars().take(64).collect::<String>());
+        }
+        return Reply::err(format!(
+            "unknown command '{}', with args beginning with: {shown}",
+            text(&args[0]).chars().take(64).collect::<String>()
+        ));
+    };
+    let n = args.len() as i64;
+    if (spec.arity > 0 && n != spec.arity) || (spec.arity < 0 && n < -spec.arity) {
+        return arity(spec.name);
+    }
+    match run(shared, conn, spec, &args).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+async fn run(shared: &Shared, conn: &mut Conn, spec: &CommandSpec, all: &[Vec<u8>]) -> Out {
+    if spec.kind == Kind::Write {
+        conn.written.clear();
+    }
+    if spec.kind != Kind::Connection {
+        ensure_keyspace(conn, &shared.node).await?;
+    }
+    let args = Args::new(spec.name, all);
+    match spec.handler {
+        Handler::Now(f) => f(shared, conn, args),
+        Handler::Later(f) => f(shared, conn, args).await,
+    }
+}
+
+/// A command's arguments after its name, read in order.
+pub(crate) struct Args<'a> {
+    name: &'static str,
+    all: &'a [Vec<u8>],
+    at: usize,
+}
+
+impl<'a> Args<'a> {
+    fn new(name: &'static str, all: &'a [Vec<u8>]) -> Args<'a> {
+        Args { name, all, at: 1 }
+    }
+
+    /// The command's name, lower case.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Arguments not read yet.
+    pub fn left(&self) -> usize {
+        self.all.len().saturating_sub(self.at)
+    }
+
+    /// The next argument, if any.
+    pub fn next_opt(&mut self) -> Option<&'a [u8]> {
+        let a = self.all.get(self.at)?;
+        self.at += 1;
+        Some(a)
+    }
+
+    /// The next argument; missing is Redis's arity error.
+    pub fn next(&mut self) -> Result<&'a [u8], Reply> {
+        self.next_opt().ok_or_else(|| arity(self.name))
+    }
+
+    /// The next argument, owned.
+    pub fn next_vec(&mut self) -> Result<Vec<u8>, Reply> {
+        self.next().map(<[u8]>::to_vec)
+    }
+
+    /// The next argument as an i64 (Redis's "not an integer" error otherwise).
+    pub fn int(&mut self) -> Result<i64, Reply> {
+        int_arg(self.next()?)
+    }
+
+    /// The next argument as lossy UTF-8.
+    pub fn text(&mut self) -> Result<String, Reply> {
+        self.next().map(text)
+    }
+
+    /// Every argument not read yet (none are left after it).
+    pub fn rest(&mut self) -> &'a [Vec<u8>] {
+        let rest = self.all.get(self.at..).unwrap_or_default();
+        self.at = self.all.len();
+        rest
+    }
+
+    /// Arity error unless every argument was read.
+    pub fn done(&self) -> Result<(), Reply> {
+        if self.left() == 0 {
+            Ok(())
+        } else {
+            Err(arity(self.name))
+        }
+    }
+}
+
+/// A typed tunekv error: its code in upper case, then the message.
+pub(crate) fn typed(e: TunekvError) -> Reply {
+    Reply::Error(format!(
+        "{} {}",
+        e.code.as_str().to_ascii_uppercase(),
+        e.message
+    ))
+}
+
+pub(crate) fn arity(name: &str) -> Reply {
+    Reply::err(format!("wrong number of arguments for '{name}' command"))
+}
+
+pub(crate) fn not_integer() -> Reply {
+    Reply::err("value is not an integer or out of range")
+}
+
+pub(crate) fn syntax() -> Reply {
+    Reply::err("syntax error")
+}
+
+pub(crate) fn int_arg(a: &[u8]) -> Result<i64, Reply> {
+    std::str::from_utf8(a)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or_else(not_integer)
+}
+
+pub(crate) fn text(a: &[u8]) -> String {
+    String::from_utf8_lossy(a).into_owned()
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Numbered databases are created (4 shards, up to 3 replicas, default level strong) the first
+/// time a connection uses them; named keyspaces must exist.
+async fn ensure_keyspace(conn: &mut Conn, node: &Node) -> Result<(), Reply> {
+    if conn.keyspace_ready {
+        return Ok(());
+    }
+    let numbered = conn
+        .keyspace
+        .strip_prefix("db")
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_some_and(|n| n < NUMBERED_DBS);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    if node.keyspace(&conn.keyspace, deadline).await.is_err() && numbered {
+        let spec = KeyspaceSpec {
+            replicas: (node.config().peers.len() as u32).min(3),
+            ..KeyspaceSpec::default()
+        };
+        match node.create_keyspace(&conn.keyspace, spec).await {
+            Ok(_) => {}
+            Err(e) if e.code == tunekv_core::Code::KeyspaceExists => {}
+            Err(e) => return Err(typed(e)),
+        }
+    }
+    conn.keyspace_ready = true;
+    Ok(())
+}
+
+/// Reads `keys` at the connection's level: their live values (with expiry), in order.
+pub(crate) async fn read(
+    node: &Node,
+    conn: &mut Conn,
+    keys: &[Vec<u8>],
+) -> Result<Vec<Option<StoredValue>>, Reply> {
+    let shards = node.batch_get(conn.read_req(), keys).await.map_err(typed)?;
+    conn.receipts = shards.iter().map(|s| s.receipt.clone()).collect();
+    let mut found: HashMap<Vec<u8>, Option<StoredValue>> = HashMap::new();
+    for s in shards {
+        for (k, v) in s.values {
+            found.insert(k, v);
+        }
+    }
+    Ok(keys
+        .iter()
+        .map(|k| found.get(k).cloned().flatten())
+        .collect())
+}
+
+pub(crate) async fn read_one(
+    node: &Node,
+    conn: &mut Conn,
+    key: &[u8],
+) -> Result<Option<StoredValue>, Reply> {
+    Ok(read(node, conn, &[key.to_vec()])
+        .await?
+        .into_iter()
+        .next()
+        .flatten())
+}
+
+/// Writes one key through the node; the position joins `POSITION`'s list.
+pub(crate) async fn write(
+    node: &Node,
+    conn: &mut Conn,
+    key: &[u8],
+    op: impl FnOnce(&KeyspaceInfo) -> Result<Op, TunekvError>,
+) -> Result<CommandResult, Reply> {
+    let w = node.write(conn.write_req(), key, op).await.map_err(typed)?;
+    conn.written.push(w.position);
+    match w.result.error {
+        Some(e) => Err(Reply::err(e)),
+        None => Ok(w.result),
+    }
+}
+
+/// `COMMAND` with no subcommand, `COMMAND INFO`: Redis 7's ten-field description (name, arity,
+/// flags, first key, last key, step, ACL categories, tips, key specifications, subcommands;
+/// the last three empty).
+fn command_info(spec: &CommandSpec) -> Reply {
+    let (first, last, step) = spec.keys;
+    let access = if spec.kind == Kind::Write {
+        "write"
+    } else {
+        "readonly"
+    };
+    let category = match spec.kind {
+        Kind::Connection => "@connection",
+        Kind::Read => "@read",
+        Kind::Write => "@write",
+    };
+    Reply::Array(vec![
+        Reply::bulk(spec.name),
+        Reply::Int(spec.arity),
+        Reply::Array(vec![Reply::Simple(access.into())]),
+        Reply::Int(first),
+        Reply::Int(last),
+        Reply::Int(step),
+        Reply::Array(vec![Reply::Simple(category.into())]),
+        Reply::Array(vec![]),
+        Reply::Array(vec![]),
+        Reply::Array(vec![]),
+    ])
+}
+
+/// `COMMAND DOCS`: summary and group of each command.
+fn command_docs(spec: &CommandSpec) -> (Reply, Reply) {
+    (
+        Reply::bulk(spec.name),
+        Reply::Map(vec![
+            (Reply::bulk("summary"), Reply::bulk(spec.summary)),
+            (Reply::bulk("since"), Reply::bulk("1.0.0")),
+            (Reply::bulk("group"), Reply::bulk(spec.group)),
+            (Reply::bulk("arity"), Reply::Int(spec.arity)),
+        ]),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_is_listed_once_with_a_summary_and_sane_keys() {
+        let all: Vec<&CommandSpec> = connection::SPECS
+            .iter()
+            .chain(strings::SPECS)
+            .chain(counters::SPECS)
+            .chain(keys::SPECS)
+            .chain(tunekv::SPECS)
+            .collect();
+        assert_eq!(all.len(), table().len(), "a command listed twice");
+        for s in all {
+            assert_eq!(s.name, s.name.to_ascii_lowercase());
+            assert!(!s.summary.is_empty(), "{}", s.name);
+            assert!(s.arity != 0, "{}", s.name);
+            let (first, _, step) = s.keys;
+            assert_eq!(first == 0, step == 0, "{}", s.name);
+            assert_eq!(
+                first == 0,
+                s.kind == Kind::Connection || ["keys", "scan", "dbsize"].contains(&s.name),
+                "{}: keyed commands touch the keyspace",
+                s.name
+            );
+        }
+    }
+
+    #[test]
+    fn the_cursor_reads_in_order_and_reports_missing_arguments() {
+        let all: Vec<Vec<u8>> = ["set", "k", "12", "x"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        let mut a = Args::new("set", &all);
+        assert_eq!(a.next().unwrap(), b"k");
+        assert_eq!(a.int().unwrap(), 12);
+        assert_eq!(a.left(), 1);
+        assert!(a.done().is_err());
+        assert_eq!(a.rest().len(), 1);
+        assert!(a.done().is_ok());
+        assert_eq!(
+            a.next().unwrap_err(),
+            Reply::err("wrong number of arguments for 'set' command")
+        );
+        assert!(Args::new("x", &all).int().is_err(), "k is not an integer");
+    }
+}

@@ -1,0 +1,387 @@
+//! String commands: GET, SET (NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL), SETNX, SETEX, PSETEX,
+//! GETSET, GETDEL, MGET, MSET, APPEND, STRLEN, GETRANGE.
+
+use super::{
+    arity, int_arg, read, read_one, syntax, text, typed, write, Args, CommandSpec, Handler, Kind,
+    Pending,
+};
+use crate::conn::{Conn, Shared};
+use crate::reply::Reply;
+use tunekv_node::{CommandResult, Cond, Op, Ttl};
+
+const fn spec(
+    name: &'static str,
+    arity: i64,
+    kind: Kind,
+    keys: (i64, i64, i64),
+    summary: &'static str,
+    handler: for<'a> fn(&'a Shared, &'a mut Conn, Args<'a>) -> Pending<'a>,
+) -> CommandSpec {
+    CommandSpec {
+        name,
+        arity,
+        kind,
+        keys,
+        group: "string",
+        summary,
+        handler: Handler::Later(handler),
+    }
+}
+
+const ONE: (i64, i64, i64) = (1, 1, 1);
+
+pub(super) const SPECS: &[CommandSpec] = &[
+    spec(
+        "get",
+        2,
+        Kind::Read,
+        ONE,
+        "Returns the value of a key.",
+        get,
+    ),
+    spec(
+        "set",
+        -3,
+        Kind::Write,
+        ONE,
+        "Sets a key's value, with NX, XX, GET, EX, PX, EXAT, PXAT or KEEPTTL.",
+        set,
+    ),
+    spec(
+        "setnx",
+        3,
+        Kind::Write,
+        ONE,
+        "Sets a key's value only if it is absent.",
+        setnx,
+    ),
+    spec(
+        "setex",
+        4,
+        Kind::Write,
+        ONE,
+        "Sets a key's value and its expiry in seconds.",
+        setex,
+    ),
+    spec(
+        "psetex",
+        4,
+        Kind::Write,
+        ONE,
+        "Sets a key's value and its expiry in milliseconds.",
+        setex,
+    ),
+    spec(
+        "getset",
+        3,
+        Kind::Write,
+        ONE,
+        "Sets a key's value and returns the old one.",
+        getset,
+    ),
+    spec(
+        "getdel",
+        2,
+        Kind::Write,
+        ONE,
+        "Returns a key's value and deletes the key.",
+        getdel,
+    ),
+    spec(
+        "mget",
+        -2,
+        Kind::Read,
+        (1, -1, 1),
+        "Returns the values of several keys.",
+        mget,
+    ),
+    spec(
+        "mset",
+        -3,
+        Kind::Write,
+        (1, -1, 2),
+        "Sets several keys' values.",
+        mset,
+    ),
+    spec(
+        "append",
+        3,
+        Kind::Write,
+        ONE,
+        "Appends to a key's value; returns the new length.",
+        append,
+    ),
+    spec(
+        "strlen",
+        2,
+        Kind::Read,
+        ONE,
+        "Returns the length of a key's value.",
+        strlen,
+    ),
+    spec(
+        "getrange",
+        4,
+        Kind::Read,
+        ONE,
+        "Returns a substring of a key's value.",
+        getrange,
+    ),
+];
+
+/// An expiry of `amount` units of `unit_ms`, which must be positive.
+fn expiry_ms(amount: i64, unit_ms: i64, cmd: &str) -> Result<u64, Reply> {
+    if amount <= 0 {
+        return Err(Reply::err(format!(
+            "invalid expire time in '{cmd}' command"
+        )));
+    }
+    amount
+        .checked_mul(unit_ms)
+        .and_then(|v| u64::try_from(v).ok())
+        .ok_or_else(|| Reply::err(format!("invalid expire time in '{cmd}' command")))
+}
+
+fn old_value(r: &CommandResult) -> Reply {
+    r.old.clone().map(Reply::Bulk).unwrap_or(Reply::Nil)
+}
+
+/// A plain SET of `value` with these options.
+fn set_op(key: &[u8], value: Vec<u8>, cond: Cond, ttl: Ttl, get: bool) -> Op {
+    Op::Set {
+        key: key.to_vec(),
+        value,
+        cond,
+        ttl,
+        get,
+    }
+}
+
+fn get<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        let key = a.next()?;
+        Ok(read_one(&s.node, conn, key)
+            .await?
+            .map(|v| Reply::Bulk(v.value))
+            .unwrap_or(Reply::Nil))
+    })
+}
+
+/// SET's options after `SET key value`.
+fn set_options(opts: &[Vec<u8>]) -> Result<(Cond, Ttl, bool), Reply> {
+    let (mut cond, mut ttl, mut get) = (Cond::Always, Ttl::Clear, false);
+    let mut ttl_given = false;
+    let mut i = 0;
+    while i < opts.len() {
+        let opt = text(&opts[i]).to_ascii_uppercase();
+        match opt.as_str() {
+            "NX" if cond == Cond::Always => cond = Cond::IfAbsent,
+            "XX" if cond == Cond::Always => cond = Cond::IfPresent,
+            "GET" => get = true,
+            "KEEPTTL" if !ttl_given => {
+                ttl = Ttl::Keep;
+                ttl_given = true;
+            }
+            "EX" | "PX" | "EXAT" | "PXAT" if !ttl_given && i + 1 < opts.len() => {
+                let n = int_arg(&opts[i + 1])?;
+                ttl = match opt.as_str() {
+                    "EX" => Ttl::AfterMs(expiry_ms(n, 1000, "set")?),
+                    "PX" => Ttl::AfterMs(expiry_ms(n, 1, "set")?),
+                    "EXAT" => Ttl::AtMs(expiry_ms(n, 1000, "set")?),
+                    _ => Ttl::AtMs(expiry_ms(n, 1, "set")?),
+                };
+                ttl_given = true;
+                i += 1;
+            }
+            _ => return Err(syntax()),
+        }
+        i += 1;
+    }
+    Ok((cond, ttl, get))
+}
+
+fn set<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        let (key, value) = (a.next()?, a.next_vec()?);
+        let (cond, ttl, get) = set_options(a.rest())?;
+        let r = write(&s.node, conn, key, |_| {
+            Ok(set_op(key, value, cond, ttl, get))
+        })
+        .await?;
+        Ok(if get {
+            old_value(&r)
+        } else if r.changed {
+            Reply::ok()
+        } else {
+            Reply::Nil
+        })
+    })
+}
+
+fn setnx<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        let (key, value) = (a.next()?, a.next_vec()?);
+        let r = write(&s.node, conn, key, |_| {
+            Ok(set_op(key, value, Cond::IfAbsent, Ttl::Clear, false))
+        })
+        .await?;
+        Ok(Reply::Int(i64::from(r.changed)))
+    })
+}
+
+/// SETEX (seconds) and PSETEX (milliseconds).
+fn setex<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        let unit = if a.name() == "setex" { 1000 } else { 1 };
+        let key = a.next()?;
+        let ms = expiry_ms(a.int()?, unit, a.name())?;
+        let value = a.next_vec()?;
+        write(&s.node, conn, key, |_| {
+            Ok(set_op(key, value, Cond::Always, Ttl::AfterMs(ms), false))
+        })
+        .await?;
+        Ok(Reply::ok())
+    })
+}
+
+fn getset<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        let (key, value) = (a.next()?, a.next_vec()?);
+        let r = write(&s.node, conn, key, |_| {
+            Ok(set_op(key, value, Cond::Always, Ttl::Clear, true))
+        })
+        .await?;
+        Ok(old_value(&r))
+    })
+}
+
+fn getdel<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        let key = a.next()?;
+        let r = write(&s.node, conn, key, |_| Ok(Op::GetDel { key: key.to_vec() })).await?;
+        Ok(old_value(&r))
+    })
+}
+
+fn mget<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        Ok(Reply::Array(
+            read(&s.node, conn, a.rest())
+                .await?
+                .into_iter()
+                .map(|v| v.map(|v| Reply::Bulk(v.value)).unwrap_or(Reply::Nil))
+                .collect(),
+        ))
+    })
+}
+
+fn mset<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        let name = a.name();
+        let words = a.rest();
+        if !words.len().is_multiple_of(2) {
+            return Err(arity(name));
+        }
+        let pairs = words
+            .chunks(2)
+            .map(|p| (p[0].clone(), p[1].clone()))
+            .collect();
+        let written = s.node.mset(conn.write_req(), pairs).await.map_err(typed)?;
+        conn.written.extend(written.iter().map(|w| w.position));
+        Ok(Reply::ok())
+    })
+}
+
+fn append<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        let (key, suffix) = (a.next()?, a.next_vec()?);
+        let r = write(&s.node, conn, key, |ks| {
+            Ok(Op::Append {
+                key: key.to_vec(),
+                suffix,
+                len_max: ks.spec.value_bytes_max,
+            })
+        })
+        .await?;
+        Ok(Reply::Int(r.int))
+    })
+}
+
+fn strlen<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        let key = a.next()?;
+        Ok(Reply::Int(
+            read_one(&s.node, conn, key)
+                .await?
+                .map(|v| v.value.len() as i64)
+                .unwrap_or(0),
+        ))
+    })
+}
+
+/// GETRANGE's inclusive range, clamped exactly as Redis does (negative indexes count from the
+/// end; both ends clamp to the string).
+fn range(len: usize, start: i64, end: i64) -> Option<(usize, usize)> {
+    let len = len as i64;
+    let s = if start < 0 { len + start } else { start }.max(0);
+    let e = if end < 0 { len + end } else { end }.max(0).min(len - 1);
+    (len > 0 && s <= e).then_some((s as usize, e as usize))
+}
+
+fn getrange<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        let key = a.next()?;
+        let (start, end) = (a.int()?, a.int()?);
+        let v = read_one(&s.node, conn, key)
+            .await?
+            .map(|v| v.value)
+            .unwrap_or_default();
+        Ok(Reply::Bulk(match range(v.len(), start, end) {
+            Some((s, e)) => v[s..=e].to_vec(),
+            None => Vec::new(),
+        }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn getrange_indexes() {
+        assert_eq!(range(5, 0, -1), Some((0, 4)));
+        assert_eq!(range(5, -3, -1), Some((2, 4)));
+        assert_eq!(range(5, 1, 100), Some((1, 4)));
+        assert_eq!(range(5, 3, 1), None);
+        assert_eq!(range(0, 0, -1), None);
+        assert_eq!(range(5, -100, 0), Some((0, 0)));
+        assert_eq!(range(5, 10, 20), None);
+        assert_eq!(range(5, 0, -100), Some((0, 0)), "Redis clamps the end to 0");
+    }
+
+    #[test]
+    fn set_option_parsing() {
+        // The options after `SET k v`.
+        let opts = |s: &str| {
+            s.split_whitespace()
+                .map(|p| p.as_bytes().to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            set_options(&opts("")).unwrap(),
+            (Cond::Always, Ttl::Clear, false)
+        );
+        assert_eq!(
+            set_options(&opts("NX GET PX 1500")).unwrap(),
+            (Cond::IfAbsent, Ttl::AfterMs(1500), true)
+        );
+        assert_eq!(
+            set_options(&opts("xx keepttl")).unwrap(),
+            (Cond::IfPresent, Ttl::Keep, false)
+        );
+        assert_eq!(set_options(&opts("EXAT 10")).unwrap().1, Ttl::AtMs(10_000));
+        for bad in ["NX XX", "EX", "EX 0", "EX 1 PX 1", "KEEPTTL EX 1", "BOGUS"] {
+            assert!(set_options(&opts(bad)).is_err(), "{bad}");
+        }
+    }
+}
