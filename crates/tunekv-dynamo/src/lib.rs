@@ -12,9 +12,16 @@
 //!   last-writer-wins as its first policy. Siblings and CRDTs (issue 17) plug in there.
 //! - [`merkle`]: per-partition hash trees over the key versions, updated in O(depth) on every
 //!   write, and the descent that finds the leaves two replicas disagree on.
+//! - [`causal`] and [`crdt`] (issue 17, in progress): dots counted per key and replica, causal
+//!   contexts (a version vector plus the dots beyond its gaps), and the policies that lose
+//!   nothing as delta-state CRDTs: siblings (a multi-value register over dots), a PN-counter
+//!   with recent request ids, an add-wins observed-remove set whose deltas join in O(delta).
+//!   Not yet wired into the replica and the node.
 //! - [`replica`]: one node's copy of a leaderless keyspace: versions by partition, merged by the
 //!   keyspace's policy, with the trees kept current.
 
+pub mod causal;
+pub mod crdt;
 pub mod merkle;
 pub mod replica;
 pub mod ring;
