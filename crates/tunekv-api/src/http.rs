@@ -157,7 +157,34 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
                 session: &mut session,
             };
             let w = node.put(req, &key, value.to_vec()).await?;
-            Ok(write_response(&w, &node.session_key().encode(&session)))
+            Ok(write_response(
+                &w,
+                &node.session_key().encode(&session),
+                None,
+            ))
+        }
+        ApiRequest::Add {
+            ks,
+            key,
+            by,
+            id,
+            w,
+            wait,
+            mut session,
+        } => {
+            let req = WriteRequest {
+                keyspace: &ks,
+                w,
+                wait,
+                session: &mut session,
+            };
+            let w = node.add(req, &key, by, id).await?;
+            // The counter's value after the update, beside the write's fields.
+            Ok(write_response(
+                &w,
+                &node.session_key().encode(&session),
+                Some(w.result.int),
+            ))
         }
         ApiRequest::Delete {
             ks,
@@ -173,7 +200,11 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
                 session: &mut session,
             };
             let w = node.delete(req, &key).await?;
-            Ok(write_response(&w, &node.session_key().encode(&session)))
+            Ok(write_response(
+                &w,
+                &node.session_key().encode(&session),
+                None,
+            ))
         }
         ApiRequest::Get {
             ks,
@@ -232,7 +263,8 @@ pub fn status_of(code: Code) -> StatusCode {
         Code::ResponseTooLarge => StatusCode::UNPROCESSABLE_ENTITY,
         Code::RouteNotFound => StatusCode::NOT_FOUND,
         Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        Code::QuorumInvalid | Code::ModeUnsupported => StatusCode::BAD_REQUEST,
+        Code::QuorumInvalid | Code::ModeUnsupported | Code::Overflow => StatusCode::BAD_REQUEST,
+        Code::WrongType => StatusCode::CONFLICT,
         // The coordinator's clock, not the request, is at fault; another node may take it.
         Code::ClockSkew => StatusCode::SERVICE_UNAVAILABLE,
         Code::NoQuorum | Code::Unavailable | Code::StalenessBoundUnmet | Code::SessionUnmet => {
@@ -326,7 +358,8 @@ fn quorum_json(q: &tunekv_core::QuorumReceipt) -> serde_json::Value {
 }
 
 /// A committed write: its position and the session token as headers and in the JSON body.
-fn write_response(w: &WriteOutcome, token: &str) -> Response {
+/// `value`: a counter's value after an update (`"value"` in the body).
+fn write_response(w: &WriteOutcome, token: &str, value: Option<i64>) -> Response {
     let mut position = HeaderMap::new();
     position.insert(
         HeaderName::from_static(H_POSITION),
@@ -345,6 +378,9 @@ fn write_response(w: &WriteOutcome, token: &str) -> Response {
     });
     if let Some(q) = &w.quorum {
         body["quorum"] = quorum_json(q);
+    }
+    if let Some(v) = value {
+        body["value"] = json!(v);
     }
     (position, session_header(token), Json(body)).into_response()
 }

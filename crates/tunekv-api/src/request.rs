@@ -12,6 +12,7 @@
 //! | `/v1/keyspaces` | GET |
 //! | `/v1/keyspaces/{ks}` | GET, PUT |
 //! | `/v1/kv/{ks}/{key}` | GET, PUT, DELETE (the key is everything after `{ks}/`, `/` included) |
+//! | `/v1/kv/{ks}/{key}:add` | POST (counter keyspaces: `{"by": N, "id": "…"}`) |
 //! | `/v1/kv/{ks}:batch-get` | POST |
 //! | `/v1/admin/faults` | POST |
 //!
@@ -109,6 +110,17 @@ pub enum ApiRequest {
         key: Vec<u8>,
         value: Bytes,
         /// Write quorum (leaderless keyspaces).
+        w: Option<Quorum>,
+        wait: Option<Duration>,
+        session: Session,
+    },
+    /// `POST /v1/kv/{ks}/{key}:add`: add `by` to a counter; `id` (hashed from the body's
+    /// string) makes a retry apply once.
+    Add {
+        ks: String,
+        key: Vec<u8>,
+        by: i64,
+        id: Option<u128>,
         w: Option<Quorum>,
         wait: Option<Duration>,
         session: Session,
@@ -215,10 +227,38 @@ pub fn parse(
         ["v1", "kv", ks, raw_key] => {
             let put = method == Method::PUT;
             let delete = method == Method::DELETE;
-            allow(get || put || delete, "DELETE, GET, HEAD, PUT", method, path)?;
+            let post = method == Method::POST;
+            allow(
+                get || put || delete || post,
+                "DELETE, GET, HEAD, POST, PUT",
+                method,
+                path,
+            )?;
             let ks = keyspace_name(ks)?;
             let q = Query::parse(uri.query())?;
             let key_encoding = q.key_encoding()?;
+            if post {
+                let Some(raw_key) = raw_key.strip_suffix(":add") else {
+                    return Err(refuse(
+                        Code::RouteNotFound,
+                        format!(
+                            "no action in {}: POST on a key is POST /v1/kv/{{ks}}/{{key}}:add \
+                             (counter keyspaces)",
+                            echo(path)
+                        ),
+                    ));
+                };
+                let body: AddBody = json_object(&body, "add body", Code::BadRequest)?;
+                return Ok(ApiRequest::Add {
+                    ks,
+                    key: path_key(raw_key, key_encoding)?,
+                    by: body.by,
+                    id: body.id.map(|id| xxhash_rust::xxh3::xxh3_128(id.as_bytes())),
+                    w: q.quorum(QuorumKind::Write, headers)?,
+                    wait: q.wait()?,
+                    session: session_of(secret, headers)?,
+                });
+            }
             let key = path_key(raw_key, key_encoding)?;
             // Writes are always strong (committed on a majority); a level on a write is checked
             // for syntax so a typo is not silently ignored.
@@ -635,6 +675,38 @@ impl<'de> Deserialize<'de> for BatchKeys {
             }
         }
         d.deserialize_seq(Keys)
+    }
+}
+
+/// `POST /v1/kv/{ks}/{key}:add`'s body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBody {
+    /// How much to add (negative: subtract); a JSON integer within i64.
+    by: i64,
+    /// The request's id (any string up to 256 bytes): a retry with the same id is applied once.
+    #[serde(default)]
+    id: Option<BoundedId>,
+}
+
+/// A request id: at most 256 bytes.
+struct BoundedId(String);
+
+impl BoundedId {
+    fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl<'de> Deserialize<'de> for BoundedId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<BoundedId, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() || s.len() > 256 {
+            return Err(serde::de::Error::custom(
+                "id must be a string of 1 to 256 bytes",
+            ));
+        }
+        Ok(BoundedId(s))
     }
 }
 

@@ -52,6 +52,12 @@ pub enum Code {
     /// The operation exists but not on this keyspace's mode (e.g. INCR on a leaderless
     /// keyspace, whose conflict policy cannot make it atomic).
     ModeUnsupported,
+    /// A command of the wrong type for the keyspace's conflict policy (a plain SET on a counter
+    /// keyspace, INCR on a last-writer-wins one): Redis's `WRONGTYPE`.
+    WrongType,
+    /// A counter update that would take the value out of the signed 64-bit range; it changed
+    /// nothing.
+    Overflow,
 }
 
 impl Code {
@@ -81,6 +87,8 @@ impl Code {
             Code::QuorumInvalid => "quorum_invalid",
             Code::ClockSkew => "clock_skew",
             Code::ModeUnsupported => "mode_unsupported",
+            Code::WrongType => "wrongtype",
+            Code::Overflow => "overflow",
         }
     }
 
@@ -115,6 +123,8 @@ pub const ALL_CODES: &[Code] = &[
     Code::QuorumInvalid,
     Code::ClockSkew,
     Code::ModeUnsupported,
+    Code::WrongType,
+    Code::Overflow,
 ];
 
 /// The most characters of client input an error message repeats: a 10 MB field name must not

@@ -51,7 +51,7 @@ pub const PARTITIONS_DEFAULT: u32 = 256;
 /// Most ring partitions a keyspace may have (per-partition state is kept in memory).
 pub const PARTITIONS_MAX: u32 = 4096;
 /// Conflict policies this build resolves.
-pub const CONFLICT_POLICIES: &str = "lww";
+pub const CONFLICT_POLICIES: &str = "lww, counter";
 
 fn default_mode() -> Mode {
     Mode::Ordered
@@ -177,7 +177,7 @@ impl KeyspaceSpec {
             ));
         }
         match (self.mode, self.conflict.as_deref()) {
-            (Mode::Leaderless, None | Some("lww")) | (_, None) => {}
+            (Mode::Leaderless, None | Some("lww" | "counter")) | (_, None) => {}
             (Mode::Leaderless, Some(c)) => {
                 return invalid(format!(
                     "conflict policy {} is not available in this build; leaderless keyspaces \

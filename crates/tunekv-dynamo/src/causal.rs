@@ -133,6 +133,20 @@ impl Context {
         (&self.vv, &self.cloud)
     }
 
+    /// Feeds the context to `out` in a fixed byte order.
+    pub fn fingerprint(&self, out: &mut dyn FnMut(&[u8])) {
+        out(&(self.vv.len() as u64).to_le_bytes());
+        for (n, c) in &self.vv {
+            out(&n.to_le_bytes());
+            out(&c.to_le_bytes());
+        }
+        out(&(self.cloud.len() as u64).to_le_bytes());
+        for d in &self.cloud {
+            out(&d.node.to_le_bytes());
+            out(&d.counter.to_le_bytes());
+        }
+    }
+
     /// Entries: vector entries plus cloud dots (what a context costs to carry).
     pub fn size(&self) -> usize {
         self.vv.len() + self.cloud.len()

@@ -94,6 +94,9 @@ pub struct Counter {
     dec: BTreeMap<u64, u64>,
     /// (stamp, request id) of recent updates.
     recent: BTreeSet<(u64, u128)>,
+    /// The dot of every update seen (one per update): whether a state includes a given update,
+    /// which a session that made it asks.
+    ctx: Context,
 }
 
 /// Why a counter update was refused (it changes nothing).
@@ -115,6 +118,11 @@ impl Counter {
     pub fn value(&self) -> i128 {
         let sum = |m: &BTreeMap<u64, u64>| m.values().map(|v| i128::from(*v)).sum::<i128>();
         sum(&self.inc) - sum(&self.dec)
+    }
+
+    /// Every update seen, by dot.
+    pub fn context(&self) -> &Context {
+        &self.ctx
     }
 
     /// Whether request `id` was applied here.
@@ -158,6 +166,7 @@ impl Counter {
         if let Some(id) = id {
             delta.recent.insert((stamp, id));
         }
+        delta.ctx.insert(self.ctx.next_dot(node));
         Ok(Some(delta))
     }
 
@@ -172,6 +181,30 @@ impl Counter {
         while self.recent.len() > Counter::RECENT_MAX {
             self.recent.pop_first();
         }
+        self.ctx.join(&other.ctx);
+    }
+
+    /// Feeds the state to `out` in a fixed byte order (Merkle digests must agree across
+    /// machines).
+    pub fn fingerprint(&self, out: &mut dyn FnMut(&[u8])) {
+        for side in [&self.inc, &self.dec] {
+            out(&(side.len() as u64).to_le_bytes());
+            for (n, v) in side {
+                out(&n.to_le_bytes());
+                out(&v.to_le_bytes());
+            }
+        }
+        out(&(self.recent.len() as u64).to_le_bytes());
+        for (stamp, id) in &self.recent {
+            out(&stamp.to_le_bytes());
+            out(&id.to_le_bytes());
+        }
+        self.ctx.fingerprint(out);
+    }
+
+    /// Entries held (for byte estimates).
+    pub fn entries(&self) -> usize {
+        self.inc.len() + self.dec.len() + self.recent.len() + self.ctx.size()
     }
 }
 

@@ -45,6 +45,10 @@ pub fn digest(key: &[u8], v: &Versioned) -> u64 {
             h.update(&expires_ms.to_le_bytes());
             h.update(value);
         }
+        Stored::Counter(c) => {
+            h.update(&[3]);
+            c.fingerprint(&mut |b| h.update(b));
+        }
     }
     // Never 0, so a key always changes its leaf.
     h.digest() | 1

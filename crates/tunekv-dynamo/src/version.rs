@@ -8,7 +8,9 @@
 //! (tested below for LWW), so replicas that saw the same writes in any order, any number of
 //! times, hold the same thing.
 
+use crate::crdt::Counter;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// A write's version: HLC stamp first, then the coordinator's node id.
 #[derive(
@@ -26,15 +28,24 @@ pub struct Version {
 pub enum Stored {
     Value(Vec<u8>),
     Tombstone,
-    Expiring { value: Vec<u8>, expires_ms: u64 },
+    Expiring {
+        value: Vec<u8>,
+        expires_ms: u64,
+    },
+    /// A counter keyspace's state of the key, or an update's delta.
+    Counter(Counter),
 }
 
 impl Stored {
-    /// The value a read at `now_ms` sees: `None` for a tombstone or an expired value.
-    pub fn value_at(&self, now_ms: u64) -> Option<&[u8]> {
+    /// The value a read at `now_ms` sees: `None` for a tombstone or an expired value; a
+    /// counter's value in decimal.
+    pub fn value_at(&self, now_ms: u64) -> Option<Cow<'_, [u8]>> {
         match self {
-            Stored::Value(v) => Some(v),
-            Stored::Expiring { value, expires_ms } if *expires_ms > now_ms => Some(value),
+            Stored::Value(v) => Some(Cow::Borrowed(v)),
+            Stored::Expiring { value, expires_ms } if *expires_ms > now_ms => {
+                Some(Cow::Borrowed(value))
+            }
+            Stored::Counter(c) => Some(Cow::Owned(c.value().to_string().into_bytes())),
             _ => None,
         }
     }
@@ -51,6 +62,7 @@ impl Stored {
         match self {
             Stored::Value(v) | Stored::Expiring { value: v, .. } => v.len(),
             Stored::Tombstone => 0,
+            Stored::Counter(c) => 24 * c.entries(),
         }
     }
 
@@ -77,6 +89,8 @@ pub trait Resolve {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
     Lww,
+    /// A PN-counter ([`Counter`]): updates are deltas, states join.
+    Counter,
 }
 
 impl Policy {
@@ -84,13 +98,33 @@ impl Policy {
     pub fn named(name: Option<&str>) -> Result<Policy, String> {
         match name {
             None | Some(Lww::NAME) => Ok(Policy::Lww),
+            Some("counter") => Ok(Policy::Counter),
             Some(other) => Err(format!("unknown conflict policy {other:?}")),
         }
     }
 
+    /// Whether updates are made at a replica of the key, as deltas counted by its dots (every
+    /// policy but LWW).
+    pub fn dotted(self) -> bool {
+        self != Policy::Lww
+    }
+
     pub fn merge(self, held: Option<&Versioned>, incoming: &Versioned) -> Versioned {
-        match self {
-            Policy::Lww => Lww::merge(held, incoming),
+        match (self, held) {
+            (Policy::Counter, Some(h)) => match (&h.stored, &incoming.stored) {
+                (Stored::Counter(a), Stored::Counter(b)) => {
+                    let mut joined = a.clone();
+                    joined.join(b);
+                    Versioned {
+                        version: h.version.max(incoming.version),
+                        stored: Stored::Counter(joined),
+                    }
+                }
+                // Only counters are written to a counter keyspace; anything else is resolved
+                // as LWW would, so replicas still agree.
+                _ => Lww::merge(held, incoming),
+            },
+            _ => Lww::merge(held, incoming),
         }
     }
 }

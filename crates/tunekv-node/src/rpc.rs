@@ -21,7 +21,7 @@ use tunekv_core::{Code, NodeId};
 use tunekv_raft::{CommandResult, Op, TypeConfig};
 
 /// First byte of every frame; bumped on any incompatible change.
-pub const WIRE_VERSION: u8 = 5;
+pub const WIRE_VERSION: u8 = 6;
 /// Largest frame: a whole snapshot travels in one frame for now.
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Frames queued for one connection's writer.
@@ -106,6 +106,44 @@ pub enum DynamoRequest {
         ks: String,
         items: Vec<(Vec<u8>, tunekv_dynamo::Version)>,
     },
+    /// An update of a conflict-free keyspace (counter, …), forwarded to a replica of the key:
+    /// updates are made at a replica, which counts them by its dots. The receiver coordinates
+    /// it at write quorum `w` within `wait_ms` and answers [`DynamoResponse::Updated`].
+    Update {
+        ks: String,
+        key: Vec<u8>,
+        update: Update,
+        w: Option<tunekv_core::Quorum>,
+        wait_ms: u64,
+    },
+}
+
+/// An update of a conflict-free keyspace, as a client asked it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Update {
+    /// Add `by` to a counter. `id`: the request's id, so that a retry reaching a replica that
+    /// has seen it is not applied twice.
+    Add { by: i64, id: Option<u128> },
+}
+
+/// How an update went, from the replica that made it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Updated {
+    /// The update's version (HLC stamp, node) and its dot (node, counter).
+    pub version: (u64, u64),
+    pub dot: (u64, u64),
+    /// The partition of the key (the receipt's shard).
+    pub partition: u32,
+    /// A counter's value after the update, as the replica's state has it.
+    pub int: i64,
+    pub existed: bool,
+    /// Whether a retry found its request already applied (nothing was written).
+    pub duplicate: bool,
+    pub asked: u32,
+    pub answered: u32,
+    pub strict: bool,
+    pub hinted: u32,
+    pub quorum: tunekv_core::Quorum,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -121,6 +159,7 @@ pub enum DynamoResponse {
         leaves: Vec<u32>,
         entries: Vec<(Vec<u8>, tunekv_dynamo::Versioned)>,
     },
+    Updated(Updated),
 }
 
 /// A leader's watermarks: for each group, every write committed before the leader's monotonic

@@ -423,6 +423,132 @@ async fn collecting_a_tombstone_before_every_replica_has_it_resurrects_the_key()
     assert_eq!(reads, vec![200, 200, 200], "the key came back everywhere");
 }
 
+/// Counter keyspaces (issue 17): INCR and its kin through RESP and `:add` over HTTP, made at
+/// a replica of the key and joined everywhere; a node cut off from the others keeps counting at
+/// `QUORUM one one`, and after healing every node holds the sum, with no reads in between.
+/// Retries with an id apply once; wrong types, overflow and bad bodies change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_count_on_every_node_through_a_partition_and_add_up_after_healing() {
+    let c = start(3, true).await;
+    let url = |i: usize, path: &str| format!("{}{path}", c.http(i));
+    let (s, _, b) = call(
+        "PUT",
+        &url(0, "/v1/keyspaces/likes"),
+        r#"{"mode":"leaderless","replicas":3,"conflict":"counter"}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["conflict"], "counter", "{b}");
+    let resp = |i: usize| c.configs[i].resp.clone().expect("resp");
+    let (a1, a3) = (resp(0), resp(2));
+    tokio::task::spawn_blocking(move || {
+        let mut r = Raw::connect(&a1);
+        assert_eq!(r.cmd(&["SELECT", "likes"]), "+OK");
+        assert_eq!(r.cmd(&["INCR", "post"]), ":1");
+        assert_eq!(r.cmd(&["INCRBY", "post", "5"]), ":6");
+        assert_eq!(r.cmd(&["DECRBY", "post", "2"]), ":4");
+        assert_eq!(r.cmd(&["GET", "post"]), "4");
+        assert!(r.cmd(&["SET", "post", "x"]).starts_with("-WRONGTYPE "));
+        assert!(r.cmd(&["APPEND", "post", "x"]).starts_with("-WRONGTYPE "));
+        assert!(r
+            .cmd(&["INCRBY", "post", "9223372036854775807"])
+            .starts_with("-OVERFLOW "));
+        assert!(r
+            .cmd(&["INCRBY", "post", "x"])
+            .starts_with("-ERR value is not an integer"));
+        assert_eq!(r.cmd(&["GET", "post"]), "4", "refusals changed nothing");
+        assert_eq!(r.cmd(&["GET", "never"]), "(nil)");
+        let mut r3 = Raw::connect(&a3);
+        assert_eq!(r3.cmd(&["SELECT", "likes"]), "+OK");
+        assert_eq!(
+            r3.cmd(&["INCR", "post"]),
+            ":5",
+            "node 3 counts on the same key"
+        );
+    })
+    .await
+    .expect("resp");
+
+    // HTTP: :add with an id applies once; its answer carries the value.
+    let add = |i: usize, body: &'static str| {
+        let u = url(i, "/v1/kv/likes/post:add");
+        async move { call("POST", &u, body).await }
+    };
+    let (s, q, b) = add(1, r#"{"by": 10, "id": "retry-me"}"#).await;
+    assert_eq!((s, b["value"].as_i64()), (200, Some(15)), "{b}");
+    assert!(q.expect("quorum").contains(";durability=fsync"));
+    let (s, _, b) = add(0, r#"{"by": 10, "id": "retry-me"}"#).await;
+    assert_eq!(
+        (s, b["value"].as_i64()),
+        (200, Some(15)),
+        "a retry is applied once: {b}"
+    );
+    for (body, want) in [
+        (r#"{"by": "ten"}"#, "bad_request"),
+        (r#"{"by": 1, "extra": 2}"#, "bad_request"),
+        (r#"{"id": "x"}"#, "bad_request"),
+        ("not json", "bad_request"),
+    ] {
+        let (s, _, b) = add(0, body).await;
+        assert_eq!((s, code(&b)), (400, want), "{body}: {b}");
+    }
+    let (s, _, b) = call("POST", &url(0, "/v1/kv/likes/post"), "{}").await;
+    assert_eq!((s, code(&b)), (404, "route_not_found"), "{b}");
+    let (s, _, b) = call("GET", &url(0, "/v1/kv/likes/post?level=session"), "").await;
+    assert_eq!((s, code(&b)), (400, "level_invalid"), "{b}");
+    let (s, _, b) = call("PUT", &url(0, "/v1/kv/likes/post"), "7").await;
+    assert_eq!((s, code(&b)), (409, "wrongtype"), "{b}");
+    // The raw body is the value in decimal (which `call` parses as a JSON number).
+    let (s, _, b) = call("GET", &url(2, "/v1/kv/likes/post?r=all"), "").await;
+    assert_eq!((s, b), (200, json!(15)));
+    let (s, _, b) = call(
+        "PUT",
+        &url(0, "/v1/keyspaces/plain"),
+        r#"{"mode":"leaderless","replicas":3}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, _, b) = call("POST", &url(0, "/v1/kv/plain/post:add"), r#"{"by":1}"#).await;
+    assert_eq!((s, code(&b)), (409, "wrongtype"), "{b}");
+
+    // Node 3 cut off: it keeps counting at QUORUM one one; nodes 1 and 2 count too.
+    c.client(2).set_isolated(true).await.expect("isolate");
+    let (a1, a3) = (resp(0), resp(2));
+    tokio::task::spawn_blocking(move || {
+        let mut r3 = Raw::connect(&a3);
+        assert_eq!(r3.cmd(&["SELECT", "likes"]), "+OK");
+        assert_eq!(r3.cmd(&["QUORUM", "one", "one"]), "+OK");
+        for _ in 0..3 {
+            assert!(
+                r3.cmd(&["INCR", "post"]).starts_with(':'),
+                "node 3 is always writable"
+            );
+        }
+        assert_eq!(r3.cmd(&["INCRBY", "other", "7"]), ":7");
+        let mut r1 = Raw::connect(&a1);
+        assert_eq!(r1.cmd(&["SELECT", "likes"]), "+OK");
+        for _ in 0..2 {
+            assert!(r1.cmd(&["DECR", "post"]).starts_with(':'));
+        }
+    })
+    .await
+    .expect("resp");
+    c.client(2).set_isolated(false).await.expect("heal");
+    // Converged with no reads: every replica reports the same digest. Then each node reads
+    // the sum: 15 + 3 − 2.
+    eventually(Duration::from_secs(30), "counters converge", || async {
+        let d = digests(&c, "likes").await;
+        (d.iter().all(|x| x.is_some() && *x == d[0])).then_some(())
+    })
+    .await;
+    for i in 0..3 {
+        let (s, _, b) = call("GET", &url(i, "/v1/kv/likes/post?r=one"), "").await;
+        assert_eq!((s, b), (200, json!(16)), "node {i}");
+        let (s, _, b) = call("GET", &url(i, "/v1/kv/likes/other?r=one"), "").await;
+        assert_eq!((s, b), (200, json!(7)), "node {i}");
+    }
+}
+
 /// A minimal RESP client: one connection, one reply line (or bulk) per command.
 struct Raw {
     w: TcpStream,

@@ -86,7 +86,7 @@ pub(super) struct Dynamo {
     counters: Counters,
     // Leaderless versions' clock: unique stamps per node (`Hlc::stamp_above`), apart from the
     // node's commit clock, whose `now` may step back to its cap.
-    stamps: Hlc,
+    pub(super) stamps: Hlc,
     // Tombstones held, with when this replica stored them: (keyspace id, key) → version.
     tombstones: Mutex<BTreeMap<TombstoneSlot, (Version, Instant)>>,
     // When an anti-entropy exchange last found a partition equal on a peer (the roots sent
@@ -127,7 +127,7 @@ pub struct LeaderlessReport {
     pub tombstones_collected_total: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -157,7 +157,7 @@ fn is_live(v: Option<&Versioned>, now_ms: u64) -> bool {
     v.is_some_and(|v| v.stored.value_at(now_ms).is_some())
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, TunekvError> {
+pub(super) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, TunekvError> {
     postcard::to_allocvec(v).map_err(internal)
 }
 
@@ -173,7 +173,7 @@ impl Node {
     }
 
     /// This node's replica of `ks`, loaded from disk the first time (leaderless keyspaces).
-    fn replica_of(&self, ks: &KeyspaceInfo) -> Result<Arc<Mutex<Replica>>, TunekvError> {
+    pub(super) fn replica_of(&self, ks: &KeyspaceInfo) -> Result<Arc<Mutex<Replica>>, TunekvError> {
         if let Some(r) = lock(&self.dynamo.replicas).get(&ks.id) {
             return Ok(r.clone());
         }
@@ -229,22 +229,26 @@ impl Node {
     }
 
     /// Keeps `versioned` for `target` (buffered: the caller syncs before relying on it).
-    fn store_hint(
+    pub(super) fn store_hint(
         &self,
         target: NodeId,
         ks: &KeyspaceInfo,
         key: &[u8],
         versioned: &Versioned,
     ) -> Result<(), TunekvError> {
+        let policy = self.policy_of(ks)?;
         let mut hints = lock(&self.dynamo.hints);
         let slot = (target.0, ks.id, key.to_vec());
-        let merged = match hints.get(&slot) {
-            Some(h) if h.versioned.version >= versioned.version => return Ok(()),
-            _ => Hint {
-                ks: ks.name.clone(),
-                versioned: versioned.clone(),
-                created_ms: self.clock.wall_ms(),
-            },
+        // Joined into the hint already kept by the keyspace's policy: under LWW the newer
+        // version; a conflict-free type's deltas add up.
+        let versioned = policy.merge(hints.get(&slot).map(|h| &h.versioned), versioned);
+        if hints.get(&slot).is_some_and(|h| h.versioned == versioned) {
+            return Ok(());
+        }
+        let merged = Hint {
+            ks: ks.name.clone(),
+            versioned,
+            created_ms: self.clock.wall_ms(),
         };
         self.storage
             .put_record(
@@ -262,7 +266,7 @@ impl Node {
     }
 
     /// Whether `peer` looks up to the failure detector (this node always does).
-    fn peer_up(&self, peer: NodeId) -> bool {
+    pub(super) fn peer_up(&self, peer: NodeId) -> bool {
         if peer == self.id {
             return true;
         }
@@ -294,7 +298,7 @@ impl Node {
             Stored::Tombstone => {
                 t.insert((ks, key.to_vec()), (now.version, Instant::now()));
             }
-            Stored::Value(_) | Stored::Expiring { .. } => {
+            Stored::Value(_) | Stored::Expiring { .. } | Stored::Counter(_) => {
                 t.remove(&(ks, key.to_vec()));
             }
         }
@@ -398,7 +402,7 @@ impl Node {
     }
 
     /// Sends `req` to `node` (or runs it here), bounded by `wait`; feeds the failure detector.
-    async fn dynamo_call(
+    pub(super) async fn dynamo_call(
         self: Arc<Self>,
         node: NodeId,
         req: DynamoRequest,
@@ -431,7 +435,7 @@ impl Node {
         }
     }
 
-    fn me(&self) -> Result<Arc<Node>, TunekvError> {
+    pub(super) fn me(&self) -> Result<Arc<Node>, TunekvError> {
         self.me
             .get()
             .and_then(std::sync::Weak::upgrade)
@@ -684,6 +688,19 @@ impl Node {
         ks.spec.mode.admits(level)?;
         check_key(key)?;
         let volatile = ks.spec.mode == Mode::Volatile;
+        if !volatile && self.policy_of(ks)?.dotted() && level.promise() == Promise::Session {
+            return Err(err(
+                Code::LevelInvalid,
+                format!(
+                    "{level} on {} keyspace {:?}: session guarantees on conflict-free keyspaces \
+                     are not built yet (their tokens must carry which updates a session made, \
+                     not one version); read at eventual, or at r=quorum after writes at \
+                     w=quorum",
+                    ks.spec.conflict.as_deref().unwrap_or("?"),
+                    ks.name
+                ),
+            ));
+        }
         if !volatile {
             session.admit_leaderless(ks.id)?;
         }
@@ -937,7 +954,7 @@ impl Node {
         let value = newest
             .as_ref()
             .and_then(|v| v.stored.value_at(wall))
-            .map(<[u8]>::to_vec);
+            .map(std::borrow::Cow::into_owned);
         let expires_ms = newest
             .as_ref()
             .filter(|_| value.is_some())
@@ -979,7 +996,8 @@ impl Node {
             | DynamoRequest::Fetch { ks, .. }
             | DynamoRequest::Roots { ks, .. }
             | DynamoRequest::Leaves { ks, .. }
-            | DynamoRequest::Purge { ks, .. } => ks.clone(),
+            | DynamoRequest::Purge { ks, .. }
+            | DynamoRequest::Update { ks, .. } => ks.clone(),
         };
         let deadline = Instant::now() + FORWARDED_WORK_MAX;
         let ks = self.keyspace(&ks_name, deadline).await.map_err(remote)?;
@@ -1019,6 +1037,19 @@ impl Node {
                 let replica = self.replica_of(&ks).map_err(remote)?;
                 let held = lock(&replica).get(&key).cloned();
                 Ok(DynamoResponse::Held(held))
+            }
+            DynamoRequest::Update {
+                key,
+                update,
+                w,
+                wait_ms,
+                ..
+            } => {
+                let wait = Duration::from_millis(wait_ms).min(FORWARDED_WORK_MAX);
+                self.forwarded_update(&ks, w, &key, update, Instant::now() + wait)
+                    .await
+                    .map(DynamoResponse::Updated)
+                    .map_err(remote)
             }
             DynamoRequest::Purge { items, .. } => {
                 let replica = self.replica_of(&ks).map_err(remote)?;
@@ -1221,10 +1252,8 @@ impl Node {
                     let mut removed = 0;
                     let mut hints = lock(&self.dynamo.hints);
                     for (slot, sent) in &batch {
-                        // Unless a newer hint for the key arrived meanwhile.
-                        if hints.get(slot).map(|h| h.versioned.version)
-                            == Some(sent.versioned.version)
-                        {
+                        // Unless the hint changed meanwhile (a newer version, or more joined in).
+                        if hints.get(slot).map(|h| &h.versioned) == Some(&sent.versioned) {
                             let (t, ks, key) = slot;
                             if self
                                 .storage

@@ -4,6 +4,7 @@
 //! hook), `rpc_handler` (requests from other nodes). The types every part shares live here.
 
 mod catalog;
+mod dotted;
 mod freshness;
 mod leaderless;
 mod lifecycle;

@@ -2,7 +2,8 @@
 //! through elections; the leader's sweep of expired keys.
 
 use super::*;
-use tunekv_dynamo::Stored;
+use crate::rpc::Update;
+use tunekv_dynamo::{Policy, Stored};
 
 impl Node {
     pub(super) fn wait_budget(&self, wait: Option<Duration>, default_ms: u64) -> Duration {
@@ -145,6 +146,63 @@ impl Node {
         })
     }
 
+    /// The update a command makes on a conflict-free keyspace: INCR and its kin on a counter;
+    /// any other command is of the wrong type for it.
+    fn update_of(ks: &KeyspaceInfo, op: Op) -> Result<Update, TunekvError> {
+        match op {
+            Op::IncrBy { delta, .. } => Ok(Update::Add {
+                by: delta,
+                id: None,
+            }),
+            Op::Delete { .. } => Err(err(
+                Code::ModeUnsupported,
+                format!(
+                    "deleting a key of {} keyspace {:?} is not supported yet: a delete of a \
+                     conflict-free value must say which updates it removes, so that concurrent \
+                     ones survive it (issue 17)",
+                    ks.spec.conflict.as_deref().unwrap_or("?"),
+                    ks.name
+                ),
+            )),
+            other => Err(err(
+                Code::WrongType,
+                format!(
+                    "Operation against a key holding the wrong kind of value: {} on {:?}, a \
+                     keyspace of {} values (INCR, INCRBY, DECR, DECRBY and GET apply)",
+                    other.name(),
+                    ks.name,
+                    ks.spec.conflict.as_deref().unwrap_or("?")
+                ),
+            )),
+        }
+    }
+
+    /// Adds `by` to the counter at `key` of a counter keyspace (HTTP `POST …:add`). `id`: the
+    /// request's id, so a retry that reaches a replica which has applied it is not applied
+    /// twice.
+    pub async fn add(
+        &self,
+        req: WriteRequest<'_>,
+        key: &[u8],
+        by: i64,
+        id: Option<u128>,
+    ) -> Result<WriteOutcome, TunekvError> {
+        let (deadline, ks, session, w) = self.begin_write(req).await?;
+        if ks.spec.mode != Mode::Leaderless || self.policy_of(&ks)? != Policy::Counter {
+            return Err(err(
+                Code::WrongType,
+                format!(
+                    "Operation against a key holding the wrong kind of value: {:?} is not a \
+                     counter keyspace (create it with {{\"mode\":\"leaderless\",\
+                     \"conflict\":\"counter\"}})",
+                    ks.name
+                ),
+            ));
+        }
+        self.dynamo_update(&ks, w, key, Update::Add { by, id }, deadline, session)
+            .await
+    }
+
     /// Commits one command on the shard of `key`: `op` builds it from the keyspace (value
     /// limits differ per keyspace) and may refuse. Values in it are checked against the limits
     /// before anything is proposed.
@@ -157,6 +215,12 @@ impl Node {
         let (deadline, ks, session, w) = self.begin_write(req).await?;
         check_key(key)?;
         let op = op(&ks)?;
+        if ks.spec.mode == Mode::Leaderless && self.policy_of(&ks)?.dotted() {
+            let update = Self::update_of(&ks, op)?;
+            return self
+                .dynamo_update(&ks, w, key, update, deadline, session)
+                .await;
+        }
         if ks.spec.mode != Mode::Ordered {
             let stored = self.leaderless_stored(&ks, op)?;
             return self
