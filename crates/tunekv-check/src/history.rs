@@ -22,6 +22,9 @@ pub enum OpKind {
     Read,
     Write,
     Delete,
+    /// A counter update (counter keyspaces): `value` is the amount added, in decimal (negative
+    /// for a decrement).
+    Add,
 }
 
 impl OpKind {
@@ -31,6 +34,7 @@ impl OpKind {
             OpKind::Read => "read",
             OpKind::Write => "write",
             OpKind::Delete => "delete",
+            OpKind::Add => "add",
         }
     }
 }
@@ -92,7 +96,7 @@ pub const FIELDS: [&str; 13] = [
 impl Operation {
     /// A write or a delete: an operation that changes its key's state.
     pub fn is_update(&self) -> bool {
-        matches!(self.op, OpKind::Write | OpKind::Delete)
+        matches!(self.op, OpKind::Write | OpKind::Delete | OpKind::Add)
     }
 
     pub fn is_read(&self) -> bool {
@@ -252,6 +256,8 @@ pub enum OpProblem {
     WriteWithoutValue,
     #[error("a delete carries no value")]
     DeleteWithValue,
+    #[error("an add must carry its amount as a decimal integer, got {0:?}")]
+    BadAmount(Option<String>),
     #[error("position {0:?} is not of the form shard=S;index=I;commit_ms=C")]
     BadPosition(String),
 }
@@ -267,6 +273,9 @@ pub fn validate_op(op: &Operation) -> Result<(), OpProblem> {
     match (op.op, &op.value) {
         (OpKind::Write, None) => return Err(OpProblem::WriteWithoutValue),
         (OpKind::Delete, Some(_)) => return Err(OpProblem::DeleteWithValue),
+        (OpKind::Add, v) if v.as_deref().and_then(|v| v.parse::<i64>().ok()).is_none() => {
+            return Err(OpProblem::BadAmount(v.clone()))
+        }
         _ => {}
     }
     if let Some(text) = &op.position {

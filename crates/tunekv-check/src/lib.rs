@@ -56,6 +56,7 @@
 //!   (DESIGN §4). Checked = acknowledged reads with a position and a `staleness_ms`; reads
 //!   without either make no claim and are left out.
 
+pub mod counter;
 pub mod history;
 pub mod leaderless;
 pub mod report;
@@ -183,11 +184,19 @@ pub enum CheckError {
         first: usize,
         second: usize,
     },
+    #[error(
+        "operation {index} is an add: adds belong to counter keyspaces, which the counter \
+         checkers judge (tunekv_check::counter), not the ordered ones"
+    )]
+    AddInOrderedHistory { index: usize },
 }
 
 /// Runs every checker over a history. Fails only on a history the checkers cannot judge
 /// (see [`CheckError`]); broken properties are rows of the report, not errors.
 pub fn check(input: &CheckInput, limits: &Limits) -> Result<Report, CheckError> {
+    if let Some(index) = input.ops.iter().position(|o| o.op == OpKind::Add) {
+        return Err(CheckError::AddInOrderedHistory { index });
+    }
     let facts = Facts::build(&input.ops)?;
     let mut rows = vec![linearizable::check(&facts, limits)];
     rows.extend(bounded::check(&facts, limits));

@@ -139,6 +139,9 @@ pub struct WriteReply {
     /// Leaderless keyspaces: how the write met its quorum.
     #[serde(default)]
     pub quorum: Option<WriteQuorum>,
+    /// Counter keyspaces (`add`): the count after the update.
+    #[serde(default)]
+    pub value: Option<i64>,
 }
 
 /// How a leaderless write met its quorum (the `quorum` object of a write's answer).
@@ -334,10 +337,22 @@ impl Client {
 
     /// A request to key `key` of `ks` (the key's path form, see [`key_path`]).
     fn kv(&self, method: reqwest::Method, ks: &str, key: &[u8]) -> Result<reqwest::RequestBuilder> {
+        self.kv_action(method, ks, key, "")
+    }
+
+    /// `/v1/kv/{ks}/{key}{action}` (`action`: `""` or `":add"`).
+    fn kv_action(
+        &self,
+        method: reqwest::Method,
+        ks: &str,
+        key: &[u8],
+        action: &str,
+    ) -> Result<reqwest::RequestBuilder> {
         let (segment, query) = key_path(key)?;
-        let req = self
-            .http
-            .request(method, format!("{}/v1/kv/{}/{}", self.base, ks, segment));
+        let req = self.http.request(
+            method,
+            format!("{}/v1/kv/{}/{}{action}", self.base, ks, segment),
+        );
         Ok(match query {
             Some(pair) => req.query(&[pair]),
             None => req,
@@ -361,6 +376,28 @@ impl Client {
         let req = self.kv(reqwest::Method::PUT, ks, key)?;
         self.send_json(Self::with_session(
             req.query(&Self::query(opts)).body(value.to_vec()),
+            opts,
+        ))
+        .await
+    }
+
+    /// Adds `by` to a counter (counter keyspaces). `id`: the request's id, so that a retry
+    /// with the same id is applied once.
+    pub async fn add(
+        &self,
+        ks: &str,
+        key: &[u8],
+        by: i64,
+        id: Option<&str>,
+        opts: &Opts,
+    ) -> Result<WriteReply> {
+        let req = self.kv_action(reqwest::Method::POST, ks, key, ":add")?;
+        let mut body = serde_json::json!({ "by": by });
+        if let Some(id) = id {
+            body["id"] = serde_json::json!(id);
+        }
+        self.send_json(Self::with_session(
+            req.query(&Self::query(opts)).json(&body),
             opts,
         ))
         .await

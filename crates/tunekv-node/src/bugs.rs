@@ -32,11 +32,14 @@ pub struct Bugs {
     /// quorum read may return a version fewer than r replicas hold, and a later quorum read an
     /// older one).
     skip_read_repair: bool,
+    /// `counter-lww`: replicas resolve counter states by last writer wins instead of joining
+    /// them (concurrent increments are lost).
+    counter_lww: bool,
 }
 
 pub const BUG_NAMES: &str =
     "strong-local, ignore-session, skip-bounded, ack-early, old-receipts, quorum-ack-one, gc-early, \
-     drop-hints, skip-read-repair";
+     drop-hints, skip-read-repair, counter-lww";
 
 impl Bugs {
     /// Parses `--bug` names. Any name in a build without the feature is an error.
@@ -58,6 +61,7 @@ impl Bugs {
                 "gc-early" => b.gc_early = true,
                 "drop-hints" => b.drop_hints = true,
                 "skip-read-repair" => b.skip_read_repair = true,
+                "counter-lww" => b.counter_lww = true,
                 other => return Err(format!("unknown bug {other:?}; bugs: {BUG_NAMES}")),
             }
         }
@@ -74,7 +78,8 @@ impl Bugs {
                 || self.quorum_ack_one
                 || self.gc_early
                 || self.drop_hints
-                || self.skip_read_repair)
+                || self.skip_read_repair
+                || self.counter_lww)
     }
 
     pub fn strong_local(&self) -> bool {
@@ -111,5 +116,9 @@ impl Bugs {
 
     pub fn skip_read_repair(&self) -> bool {
         cfg!(feature = "bug-injection") && self.skip_read_repair
+    }
+
+    pub fn counter_lww(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.counter_lww
     }
 }

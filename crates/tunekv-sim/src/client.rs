@@ -130,7 +130,8 @@ pub async fn operate(
 ) -> Operation {
     let host = format!("n{}", node + 1);
     let invoke_ns = now_ns();
-    let mut path = format!("/v1/kv/{KEYSPACE}/{key}?wait_ms_max={WAIT_MS}");
+    let action = if kind == OpKind::Add { ":add" } else { "" };
+    let mut path = format!("/v1/kv/{KEYSPACE}/{key}{action}?wait_ms_max={WAIT_MS}");
     if let Some(q) = quorum {
         let which = if kind == OpKind::Read { "r" } else { "w" };
         path.push_str(&format!("&{which}={q}"));
@@ -145,6 +146,14 @@ pub async fn operate(
             request(&host, "PUT", &path, token, v).await
         }
         OpKind::Delete => request(&host, "DELETE", &path, token, Vec::new()).await,
+        OpKind::Add => {
+            // The amount, and an id unique to this operation (a retry would reuse it).
+            let body = serde_json::json!({
+                "by": value.as_deref().and_then(|v| v.parse::<i64>().ok()).unwrap_or(0),
+                "id": format!("c{client}-{invoke_ns}"),
+            });
+            request(&host, "POST", &path, token, body.to_string().into_bytes()).await
+        }
     };
     let leaderless = quorum.is_some();
     let mut op = Operation {
@@ -152,7 +161,11 @@ pub async fn operate(
         session: Some(format!("c{client}")),
         op: kind,
         key: key.to_string(),
-        value: if kind == OpKind::Write { value } else { None },
+        value: if matches!(kind, OpKind::Write | OpKind::Add) {
+            value
+        } else {
+            None
+        },
         invoke_ns,
         complete_ns: 0,
         ok: None,

@@ -70,6 +70,9 @@ pub struct Workload {
     /// the run (the nodes' wait cap drops to [`SHORT_WAIT_CAP_MS`] to allow it). `None`: the
     /// defaults (hours).
     pub windows: Option<(u64, u64)>,
+    /// A leaderless keyspace of counters (`conflict: "counter"`): adds instead of writes and
+    /// deletes, reads at `eventual`, judged by the counter checkers.
+    pub counter: bool,
 }
 
 /// The wait cap of nodes in plans with short leaderless windows.
@@ -179,6 +182,7 @@ impl Plan {
             think_ms_max: rng.gen_range(5..=80),
             leaderless: false,
             windows: None,
+            counter: false,
         };
         // Drawn last, from its own stream, so the fields above stay what they were.
         let mut rng = StdRng::seed_from_u64(seed ^ 0x1ead_1e55);
@@ -190,6 +194,9 @@ impl Plan {
             let grace = hint + SHORT_WAIT_CAP_MS + rng.gen_range(500..4_000);
             workload.windows = Some((hint, grace));
         }
+        // A third of the leaderless seeds count instead (their own stream again).
+        workload.counter =
+            workload.leaderless && StdRng::seed_from_u64(seed ^ 0xc0_117e).gen_bool(0.33);
         // Every level set to weight 0 would leave nothing to read at.
         if workload.level_weights.iter().all(|w| *w == 0) {
             workload.level_weights[0] = 1;
@@ -351,11 +358,20 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
                     };
                     let level = ["eventual", "read_your_writes", "monotonic_reads", "session"]
                         [rng.gen_range(0..4)];
-                    (level, Some(quorum))
+                    // Counter keyspaces serve no session levels yet.
+                    (if w.counter { "eventual" } else { level }, Some(quorum))
                 } else if kind == OpKind::Read {
                     (w.level(&mut rng), None)
                 } else {
                     ("strong", None)
+                };
+                // On a counter keyspace, writes add 1 to 9 and deletes subtract 1 to 5.
+                let (kind, value) = match (w.counter, kind) {
+                    (true, OpKind::Write) => (OpKind::Add, Some(rng.gen_range(1..=9).to_string())),
+                    (true, OpKind::Delete) => {
+                        (OpKind::Add, Some((-rng.gen_range(1..=5)).to_string()))
+                    }
+                    _ => (kind, value),
                 };
                 let op =
                     client::operate(c as u64, node, kind, &key, value, level, quorum, &mut token)
@@ -469,7 +485,13 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
         );
     }
     let count = ops.len();
-    let report = if plan.workload.leaderless {
+    let report = if plan.workload.counter {
+        Ok(tunekv_check::counter::check(
+            &ops,
+            Some(heal_ns),
+            &tunekv_check::Limits::default(),
+        ))
+    } else if plan.workload.leaderless {
         Ok(tunekv_check::leaderless::check(
             &ops,
             plan.workload.replicas as u32,
@@ -514,7 +536,12 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
 async fn create_keyspace(plan: &Plan) -> turmoil::Result {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let spec = if plan.workload.leaderless {
-        serde_json::json!({"mode": "leaderless", "replicas": plan.workload.replicas, "conflict": "lww"})
+        let conflict = if plan.workload.counter {
+            "counter"
+        } else {
+            "lww"
+        };
+        serde_json::json!({"mode": "leaderless", "replicas": plan.workload.replicas, "conflict": conflict})
     } else {
         serde_json::json!({"shards": plan.workload.shards, "replicas": plan.workload.replicas, "default_level": "strong"})
     };

@@ -128,6 +128,7 @@ fn restarted_leaders_serve_no_stale_strong_reads() {
                 think_ms_max: 10,
                 leaderless: false,
                 windows: None,
+                counter: false,
             },
         };
         let out = run(plan, &tunekv_node::Bugs::default());
@@ -188,6 +189,7 @@ fn lagging_copies(seed: u64) -> Plan {
             think_ms_max: 10,
             leaderless: false,
             windows: None,
+            counter: false,
         },
     }
 }
@@ -292,6 +294,25 @@ fn leaderless_keyspaces_keep_their_promises_through_isolation() {
     // The seeds the bug tests try on this plan, the ones that catch their bugs included.
     for seed in 0..6 {
         let out = run(isolated_leaderless(seed), &tunekv_node::Bugs::default());
+        assert!(out.ops > 500, "seed {seed}: only {} operations", out.ops);
+        assert_eq!(out.violations, Vec::<String>::new(), "seed {seed}");
+    }
+}
+
+/// [`isolated_leaderless`] on a counter keyspace: adds on every side of each isolation.
+fn isolated_counters(seed: u64) -> Plan {
+    let mut plan = isolated_leaderless(seed);
+    plan.workload.counter = true;
+    plan
+}
+
+/// Counter keyspaces through nodes cut off from the others: every read is a possible count,
+/// and after healing every node holds the sum of the acknowledged adds (plus some of those of
+/// unknown outcome), with no reads before the final ones.
+#[test]
+fn counters_keep_their_promises_through_isolation() {
+    for seed in 0..3 {
+        let out = run(isolated_counters(seed), &tunekv_node::Bugs::default());
         assert!(out.ops > 500, "seed {seed}: only {} operations", out.ops);
         assert_eq!(out.violations, Vec::<String>::new(), "seed {seed}");
     }
@@ -463,5 +484,19 @@ mod bugs {
             }
         }
         panic!("skip-read-repair went unnoticed for {LEADERLESS_SEEDS_MAX} seeds");
+    }
+
+    /// Counters resolved by last writer wins: concurrent increments are lost.
+    #[test]
+    fn counter_lww_is_caught_by_the_counter_checkers() {
+        let bugs = tunekv_node::Bugs::parse(&["counter-lww".to_string()]).expect("a known bug");
+        for seed in 0..LEADERLESS_SEEDS_MAX {
+            let out = run(isolated_counters(seed), &bugs);
+            if let Some(v) = out.violations.iter().find(|v| v.starts_with("[counter / ")) {
+                eprintln!("counter-lww: caught by seed {seed}: {v}");
+                return;
+            }
+        }
+        panic!("counter-lww went unnoticed for {LEADERLESS_SEEDS_MAX} seeds");
     }
 }

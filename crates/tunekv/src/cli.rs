@@ -133,7 +133,9 @@ pub enum Cmd {
         /// `ordered` (Raft shards, every level in --levels), `leaderless` (a leaderless
         /// keyspace: HTTP clients writing at every w and reading at every r, judged by the
         /// leaderless checkers; --levels is not used) or `mixed` (both keyspaces on the same
-        /// nodes at once, half the clients in each, each judged by its own checkers).
+        /// nodes at once, half the clients in each, each judged by its own checkers) or
+        /// `counter` (a leaderless counter keyspace: adds at every w, reads at every r, judged
+        /// by the counter checkers).
         #[arg(long, default_value = "ordered")]
         keyspace_mode: String,
     },

@@ -166,6 +166,42 @@ fn a_mixed_run_under_partitions_and_kills_passes_and_converges_without_reads() {
     assert!(ordered.iter().all(|o| o.key.starts_with('k')));
 }
 
+/// A counter keyspace under partitions and kills: every read is a possible count, and after
+/// healing every node holds the sum (acknowledged adds, plus some of unknown outcome).
+#[test]
+fn a_counter_run_under_partitions_and_kills_passes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = verify(
+        &[
+            "--keyspace-mode",
+            "counter",
+            "--duration",
+            "15s",
+            "--faults",
+            "partition,kill",
+            "--seed",
+            "5",
+            "--dir",
+            dir.path().join("cluster").to_str().expect("utf-8"),
+        ],
+        Duration::from_secs(180),
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for property in [
+        "within the possible range",
+        "no update lost or doubled",
+        "convergence",
+    ] {
+        let n = checked(&stdout, "counter", property);
+        assert!(
+            n.is_some_and(|n| n > 0),
+            "nothing judged for {property}:\n{all}"
+        );
+    }
+}
+
 #[cfg(feature = "bug-injection")]
 mod bugs {
     use super::*;
@@ -271,6 +307,19 @@ mod bugs {
             "eventual,consistent_prefix,session,bounded(k=5)",
             "partition,skew",
             &["[every level / honest receipt]"],
+        );
+    }
+
+    #[test]
+    fn counters_resolved_by_last_writer_wins_are_caught() {
+        caught_with(
+            "counter-lww",
+            &["--keyspace-mode", "counter"],
+            "partition",
+            &[
+                "[counter / no update lost or doubled]",
+                "[counter / convergence]",
+            ],
         );
     }
 }

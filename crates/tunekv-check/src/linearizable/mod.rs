@@ -85,6 +85,8 @@ fn is_strong_read(facts: &Facts, id: usize) -> bool {
 fn takes_part(facts: &Facts, observed: &Observed, id: usize) -> bool {
     let op = facts.op(id);
     match (op.op, op.ok) {
+        // Never here: `check` refuses histories with adds.
+        (OpKind::Add, _) => false,
         (OpKind::Read, _) => is_strong_read(facts, id),
         (_, Some(true)) => true,
         (_, Some(false)) => false,
@@ -201,7 +203,8 @@ impl Problem {
             .map(|&id| {
                 let op = facts.op(id);
                 let act = match (op.op, op.value.as_deref()) {
-                    (OpKind::Write, _) => Act::Write,
+                    // Never here (`takes_part` leaves adds out); a write is the nearest kind.
+                    (OpKind::Write | OpKind::Add, _) => Act::Write,
                     (OpKind::Delete, _) => Act::Delete,
                     (OpKind::Read, None) => Act::Read(None),
                     (OpKind::Read, Some(v)) => match number_of.get(v) {
@@ -363,6 +366,7 @@ fn describe_value(op: &crate::Operation) -> String {
         OpKind::Write => format!("writing {value}"),
         OpKind::Delete => "deleting".to_owned(),
         OpKind::Read => format!("returning {value}"),
+        OpKind::Add => format!("adding {value}"),
     }
 }
 
@@ -609,6 +613,7 @@ mod tests {
                     index += 1;
                 }
                 crate::OpKind::Read => op.value = value.clone(),
+                crate::OpKind::Add => unreachable!("the generator makes no adds"),
             }
             if op.is_acked() {
                 op.position = Some(pos(0, index));
@@ -773,7 +778,7 @@ mod tests {
                     crate::OpKind::Write => lops[c].value.clone(),
                     crate::OpKind::Delete => None,
                     crate::OpKind::Read if lops[c].value == state => state.clone(),
-                    crate::OpKind::Read => continue,
+                    crate::OpKind::Read | crate::OpKind::Add => continue,
                 };
                 placed[c] = true;
                 if go(lops, placed, next) {

@@ -181,7 +181,6 @@ impl Node {
         // Under the replica's lock: the delta from this replica's state, joined into it, on
         // disk before anyone else sees its dot.
         let replica = self.replica_of(ks)?;
-        let policy = self.policy_of(ks)?;
         let (item, merged, existed) = {
             let mut r = lock(&replica);
             let held = r.get(key).cloned();
@@ -239,8 +238,8 @@ impl Node {
                 version,
                 stored: Stored::Counter(delta),
             };
-            let merged = policy.merge(held.as_ref(), &item);
             r.apply(key, &item);
+            let merged = r.get(key).cloned().unwrap_or_else(|| item.clone());
             self.storage
                 .put_record(ks.id, key, Some(&encode(&merged)?))
                 .map_err(internal)?;

@@ -177,7 +177,11 @@ impl Node {
         if let Some(r) = lock(&self.dynamo.replicas).get(&ks.id) {
             return Ok(r.clone());
         }
-        let policy = Policy::named(ks.spec.conflict.as_deref()).map_err(internal)?;
+        let mut policy = Policy::named(ks.spec.conflict.as_deref()).map_err(internal)?;
+        if policy == Policy::Counter && self.config.bugs.counter_lww() {
+            // The injected bug: counters resolved by last writer wins.
+            policy = Policy::Lww;
+        }
         let mut replica = Replica::new(self.ring_of(ks)?, TREE_DEPTH, policy).map_err(internal)?;
         let mut loaded = Vec::new();
         if ks.spec.mode == Mode::Leaderless {

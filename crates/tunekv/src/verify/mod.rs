@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tunekv::local_cluster::LocalCluster;
 use tunekv_check::{check, CheckInput, Limits, OpKind, Operation};
 use tunekv_client::{Client, Opts};
-use workload::{Budget, ClientPlan, Protocol, KEYSPACE, KEYSPACE_LEADERLESS};
+use workload::{Budget, ClientPlan, Protocol, KEYSPACE, KEYSPACE_COUNTER, KEYSPACE_LEADERLESS};
 
 use crate::targets;
 pub use crate::targets::Target;
@@ -59,6 +59,9 @@ pub enum KeyspaceMode {
     /// judged by its own checkers (a history's leaderless operations are those with a
     /// `quorum`).
     Mixed,
+    /// A leaderless keyspace of counters (`conflict: "counter"`): HTTP clients adding and
+    /// subtracting at every `w` and reading at every `r`, judged by the counter checkers.
+    Counter,
 }
 
 impl KeyspaceMode {
@@ -67,25 +70,32 @@ impl KeyspaceMode {
             "ordered" => Ok(KeyspaceMode::Ordered),
             "leaderless" => Ok(KeyspaceMode::Leaderless),
             "mixed" => Ok(KeyspaceMode::Mixed),
+            "counter" => Ok(KeyspaceMode::Counter),
             other => bail!(
-                "--keyspace-mode {other:?}: verify runs ordered, leaderless or mixed (both at once)"
+                "--keyspace-mode {other:?}: verify runs ordered, leaderless, mixed (both at once) \
+                 or counter"
             ),
         }
     }
 
     fn ordered(self) -> bool {
-        self != KeyspaceMode::Leaderless
+        matches!(self, KeyspaceMode::Ordered | KeyspaceMode::Mixed)
     }
 
+    /// A leaderless keyspace of last-writer-wins values.
     fn leaderless(self) -> bool {
-        self != KeyspaceMode::Ordered
+        matches!(self, KeyspaceMode::Leaderless | KeyspaceMode::Mixed)
+    }
+
+    fn counter(self) -> bool {
+        self == KeyspaceMode::Counter
     }
 
     /// Whether client `i` works in the leaderless keyspace.
     fn leaderless_client(self, i: u32) -> bool {
         match self {
             KeyspaceMode::Ordered => false,
-            KeyspaceMode::Leaderless => true,
+            KeyspaceMode::Leaderless | KeyspaceMode::Counter => true,
             KeyspaceMode::Mixed => i % 2 == 1,
         }
     }
@@ -217,6 +227,12 @@ async fn run_on(
             serde_json::json!({"mode": "leaderless", "replicas": replicas, "conflict": "lww"}),
         ));
     }
+    if o.mode.counter() {
+        keyspaces.push((
+            KEYSPACE_COUNTER,
+            serde_json::json!({"mode": "leaderless", "replicas": replicas, "conflict": "counter"}),
+        ));
+    }
     for (keyspace, spec) in &keyspaces {
         match admin.create_keyspace(keyspace, spec).await {
             Ok(_) => {}
@@ -280,6 +296,7 @@ async fn run_on(
                 },
                 levels: o.levels.clone(),
                 leaderless,
+                counter: o.mode.counter(),
             };
             tokio::spawn(workload::run_client(
                 plan,
@@ -332,9 +349,14 @@ async fn run_on(
     )
     .await?;
     let converge_started = Instant::now();
-    if o.mode.leaderless() {
+    let digested = match o.mode {
+        KeyspaceMode::Counter => Some(KEYSPACE_COUNTER),
+        KeyspaceMode::Leaderless | KeyspaceMode::Mixed => Some(KEYSPACE_LEADERLESS),
+        KeyspaceMode::Ordered => None,
+    };
+    if let Some(ks) = digested {
         // First, before any read could repair a replica.
-        if converge_leaderless(&targets, Duration::from_secs(60)).await {
+        if converge_leaderless(&targets, ks, Duration::from_secs(60)).await {
             println!(
                 "converged: every replica reports the same digest {:.1}s after healing, with no reads",
                 converge_started.elapsed().as_secs_f64()
@@ -350,8 +372,8 @@ async fn run_on(
         println!("warning: the nodes did not converge within 60 s; the final reads will show it");
     }
     let heal_ns = rec.now_ns();
-    if o.mode.leaderless() {
-        final_leaderless_reads(&targets, &leaderless_keys, &rec).await;
+    if let Some(ks) = digested {
+        final_leaderless_reads(&targets, ks, &leaderless_keys, &rec).await;
     }
     if o.mode.ordered() {
         final_reads(&targets, &keys, &rec).await;
@@ -370,7 +392,7 @@ async fn run_on(
     let (leaderless_ops, ordered_ops): (Vec<Operation>, Vec<Operation>) =
         ops.into_iter().partition(|op| match o.mode {
             KeyspaceMode::Ordered => false,
-            KeyspaceMode::Leaderless => true,
+            KeyspaceMode::Leaderless | KeyspaceMode::Counter => true,
             KeyspaceMode::Mixed => op.quorum.is_some(),
         });
     let checked_at = Instant::now();
@@ -386,6 +408,12 @@ async fn run_on(
         Ok(tunekv_check::Report { rows: Vec::new() })
     };
     let report = ordered_report.map(|mut report| {
+        if o.mode.counter() {
+            report.rows.extend(
+                tunekv_check::counter::check(&leaderless_ops, Some(heal_ns), &Limits::default())
+                    .rows,
+            );
+        }
         if o.mode.leaderless() {
             report.rows.extend(
                 tunekv_check::leaderless::check(
@@ -495,10 +523,10 @@ async fn converge(targets: &[Target], keys: &[String], timeout: Duration) -> boo
 
 /// True once every node reports the same digest of the leaderless keyspace (hints delivered,
 /// anti-entropy done), with no client reads.
-async fn converge_leaderless(targets: &[Target], timeout: Duration) -> bool {
+async fn converge_leaderless(targets: &[Target], ks: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        let digests = crate::targets::digests(targets, KEYSPACE_LEADERLESS).await;
+        let digests = crate::targets::digests(targets, ks).await;
         if digests.iter().all(|d| d.is_some() && *d == digests[0]) {
             return true;
         }
@@ -508,17 +536,13 @@ async fn converge_leaderless(targets: &[Target], timeout: Duration) -> bool {
 }
 
 /// After healing on a leaderless keyspace: every key read at r=one on every node.
-async fn final_leaderless_reads(targets: &[Target], keys: &[String], rec: &Recorder) {
+async fn final_leaderless_reads(targets: &[Target], ks: &str, keys: &[String], rec: &Recorder) {
     for (i, t) in targets.iter().enumerate() {
         let c = Client::with_timeout(&t.http, Duration::from_secs(10));
         for k in keys {
             let invoke_ns = rec.now_ns();
             let r = c
-                .get(
-                    KEYSPACE_LEADERLESS,
-                    k.as_bytes(),
-                    &Opts::default().r("one").wait_ms(5000),
-                )
+                .get(ks, k.as_bytes(), &Opts::default().r("one").wait_ms(5000))
                 .await;
             let complete_ns = rec.now_ns();
             let (ok, value, version, error) = match r {

@@ -16,6 +16,8 @@ use tunekv_client::{Client, ClientError, Opts};
 pub const KEYSPACE: &str = "verify";
 /// The keyspace of `verify --keyspace-mode leaderless`.
 pub const KEYSPACE_LEADERLESS: &str = "verify_leaderless";
+/// The keyspace of `verify --keyspace-mode counter` (leaderless, `conflict: "counter"`).
+pub const KEYSPACE_COUNTER: &str = "verify_counter";
 /// Quorums a leaderless run draws from.
 const READ_QUORUMS: [&str; 3] = ["one", "quorum", "all"];
 const WRITE_QUORUMS: [&str; 4] = ["one", "quorum", "all", "any"];
@@ -43,6 +45,9 @@ pub struct ClientPlan {
     /// A leaderless keyspace: HTTP only, reads at `eventual` with a random `r`, writes with a
     /// random `w`, each recording its quorum and version.
     pub leaderless: bool,
+    /// With `leaderless`: the counter keyspace, where writes add 1 to 9 and deletes subtract 1
+    /// to 5, and reads are at `eventual`.
+    pub counter: bool,
 }
 
 /// Shared stop conditions: a flag (duration over) and an op budget.
@@ -127,7 +132,11 @@ pub async fn run_client(
     while budget.take() {
         let key = plan.keys[rng.gen_range(0..plan.keys.len())].clone();
         let roll = rng.gen_range(0..100);
-        let (kind, level) = if roll < 55 && plan.leaderless {
+        let (kind, level) = if roll < 55 && plan.counter {
+            (OpKind::Read, "eventual".to_string())
+        } else if plan.counter {
+            (OpKind::Add, "eventual".to_string())
+        } else if roll < 55 && plan.leaderless {
             let level = LEADERLESS_LEVELS[rng.gen_range(0..LEADERLESS_LEVELS.len())];
             (OpKind::Read, level.to_string())
         } else if plan.leaderless {
@@ -145,9 +154,25 @@ pub async fn run_client(
         } else {
             (OpKind::Delete, "strong".to_string())
         };
-        let value = (kind == OpKind::Write).then(|| {
+        let value = match kind {
+            OpKind::Write => {
+                seq += 1;
+                Some(format!("c{}-{seq}", plan.id))
+            }
+            // Adds 1 to 9 (writes' share) or subtracts 1 to 5.
+            OpKind::Add if roll < 92 => Some(rng.gen_range(1..=9).to_string()),
+            OpKind::Add => Some((-rng.gen_range(1..=5)).to_string()),
+            _ => None,
+        };
+        let keyspace = if plan.counter {
+            KEYSPACE_COUNTER
+        } else {
+            KEYSPACE_LEADERLESS
+        };
+        // An add's request id, unique in the run (a retry would reuse it).
+        let add_id = (kind == OpKind::Add).then(|| {
             seq += 1;
-            format!("c{}-{seq}", plan.id)
+            format!("c{}-add{seq}", plan.id)
         });
         let node = match (&resp, plan.protocol) {
             (Some((n, _, used)), Protocol::Resp) if *used < RESP_OPS_PER_CONNECTION => *n,
@@ -162,9 +187,8 @@ pub async fn run_client(
                 };
                 leaderless_op(
                     &http[node],
-                    kind,
-                    &key,
-                    value.as_deref(),
+                    (keyspace, kind, &key),
+                    (value.as_deref(), add_id.as_deref()),
                     (&level, quorum),
                     &mut token,
                 )
@@ -257,7 +281,7 @@ fn record(
     let complete_ns = rec.now_ns();
     let value = match kind {
         OpKind::Read => out.value,
-        OpKind::Write => written,
+        OpKind::Write | OpKind::Add => written,
         OpKind::Delete => None,
     };
     rec.push(
@@ -288,9 +312,8 @@ fn record(
 /// of a quorum may still be on a replica and spread.
 async fn leaderless_op(
     c: &Client,
-    kind: OpKind,
-    key: &str,
-    value: Option<&str>,
+    (ks, kind, key): (&str, OpKind, &str),
+    (value, add_id): (Option<&str>, Option<&str>),
     (level, quorum): (&str, &str),
     token: &mut String,
 ) -> Outcome {
@@ -316,7 +339,7 @@ async fn leaderless_op(
                 level: Some(level.to_string()),
                 ..opts.r(quorum)
             };
-            match c.get(KEYSPACE_LEADERLESS, key.as_bytes(), &opts).await {
+            match c.get(ks, key.as_bytes(), &opts).await {
                 Ok(r) => {
                     *token = r.session.clone();
                     Outcome {
@@ -334,14 +357,15 @@ async fn leaderless_op(
                 },
             }
         }
-        OpKind::Write | OpKind::Delete => {
+        OpKind::Write | OpKind::Delete | OpKind::Add => {
             let opts = opts.w(quorum);
-            let res = match value {
-                Some(v) => {
-                    c.put(KEYSPACE_LEADERLESS, key.as_bytes(), v.as_bytes(), &opts)
-                        .await
+            let res = match (kind, value) {
+                (OpKind::Add, v) => {
+                    let by = v.and_then(|v| v.parse().ok()).unwrap_or(0);
+                    c.add(ks, key.as_bytes(), by, add_id, &opts).await
                 }
-                None => c.delete(KEYSPACE_LEADERLESS, key.as_bytes(), &opts).await,
+                (_, Some(v)) => c.put(ks, key.as_bytes(), v.as_bytes(), &opts).await,
+                (_, None) => c.delete(ks, key.as_bytes(), &opts).await,
             };
             match res {
                 Ok(w) => {
@@ -397,6 +421,8 @@ async fn http_op(
                 Err(e) => client_failure(e),
             }
         }
+        // Ordered clients make no adds.
+        OpKind::Add => Outcome::failed(Some(false), "adds go to counter keyspaces".into()),
         OpKind::Write | OpKind::Delete => {
             let res = match value {
                 Some(v) => c.put(KEYSPACE, key.as_bytes(), v.as_bytes(), &opts).await,
