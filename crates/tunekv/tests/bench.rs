@@ -192,6 +192,9 @@ fn a_leaderless_bench_prints_its_quorum_and_volatile_rows_and_time_to_converge()
         "leaderless write w=all",
         "leaderless read r=one",
         "leaderless read r=quorum",
+        "counter INCR w=one",
+        "counter INCR w=quorum",
+        "counter GET r=one",
         "volatile write (weak)",
         "volatile read (weak)",
     ] {

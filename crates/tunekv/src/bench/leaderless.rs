@@ -1,5 +1,5 @@
-//! `tunekv bench --keyspace-mode leaderless`: rows for leaderless keyspaces at each `w` and `r`
-//! and for a volatile keyspace (weak), beside Redis (w=one, volatile) and etcd (quorum) when
+//! `tunekv bench --keyspace-mode leaderless`: rows for leaderless keyspaces at each `w` and `r`,
+//! a counter keyspace (INCR at w=one and w=quorum, GET) and a volatile keyspace (weak), beside Redis (w=one, volatile) and etcd (quorum) when
 //! `--compare` starts them; then the time the replicas take to agree after a healed partition,
 //! with no client reads.
 
@@ -13,10 +13,17 @@ use tunekv_client::{Client, Opts};
 
 pub const LEADERLESS: &str = "bench_leaderless";
 pub const VOLATILE: &str = "bench_volatile";
+/// A leaderless counter keyspace (`conflict: "counter"`): writes are INCR.
+pub const COUNTER: &str = "bench_counter";
 /// Keys written on the cut-off node for the convergence measurement.
 const CONVERGE_KEYS: usize = 200;
 
-/// Creates both keyspaces and loads every key into each.
+/// The name a counter row gives key `k` (its own, apart from the string rows' keys).
+pub fn counter_key(k: &str) -> String {
+    format!("ctr:{k}")
+}
+
+/// Creates the keyspaces and loads every key into each (counters start at 1).
 pub async fn setup(
     admin: &Client,
     targets: &[Target],
@@ -30,17 +37,26 @@ pub async fn setup(
             json!({"mode": "leaderless", "replicas": replicas, "conflict": "lww"}),
         ),
         (VOLATILE, json!({"mode": "volatile", "replicas": replicas})),
+        (
+            COUNTER,
+            json!({"mode": "leaderless", "replicas": replicas, "conflict": "counter"}),
+        ),
     ] {
         match admin.create_keyspace(name, &spec).await {
             Ok(_) => {}
             Err(e) if e.code() == Some("keyspace_exists") => {}
             Err(e) => bail!("cannot create keyspace {name}: {e}"),
         }
+        let opts = Opts::default().wait_ms(5000);
         for k in keys {
-            admin
-                .put(name, k.as_bytes(), value, &Opts::default().wait_ms(5000))
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot load {k} into {name}: {e}"))?;
+            let loaded = if name == COUNTER {
+                admin
+                    .add(name, counter_key(k).as_bytes(), 1, None, &opts)
+                    .await
+            } else {
+                admin.put(name, k.as_bytes(), value, &opts).await
+            };
+            loaded.map_err(|e| anyhow::anyhow!("cannot load {k} into {name}: {e}"))?;
         }
     }
     Ok(())
@@ -59,6 +75,7 @@ fn row(label: &str, keyspace: &str, read_ratio: f64, driver: Driver, q: (&str, &
         keyspace: keyspace.to_string(),
         r,
         w,
+        counter: keyspace == COUNTER,
     }
 }
 
@@ -106,6 +123,27 @@ pub fn specs(protocol: Protocol, peers: Option<&Peers>) -> Vec<PhaseSpec> {
             ("quorum", "quorum"),
         ),
         row(
+            "counter INCR w=one",
+            COUNTER,
+            0.0,
+            tunekv.clone(),
+            ("one", "one"),
+        ),
+        row(
+            "counter INCR w=quorum",
+            COUNTER,
+            0.0,
+            tunekv.clone(),
+            ("one", "quorum"),
+        ),
+        row(
+            "counter GET r=one",
+            COUNTER,
+            1.0,
+            tunekv.clone(),
+            ("one", "quorum"),
+        ),
+        row(
             "volatile write (weak)",
             VOLATILE,
             0.0,
@@ -130,7 +168,14 @@ pub fn specs(protocol: Protocol, peers: Option<&Peers>) -> Vec<PhaseSpec> {
                 redis.clone(),
                 ("one", "one"),
             ));
-            rows.push(row("redis GET", VOLATILE, 1.0, redis, ("one", "one")));
+            rows.push(row(
+                "redis GET",
+                VOLATILE,
+                1.0,
+                redis.clone(),
+                ("one", "one"),
+            ));
+            rows.push(row("redis INCR", COUNTER, 0.0, redis, ("one", "one")));
         }
         if !p.etcd.is_empty() {
             let etcd = |serializable| Driver::Etcd {

@@ -127,6 +127,8 @@ struct Phase {
     /// Leaderless rows: the read and write quorums.
     r: Option<String>,
     w: Option<String>,
+    /// Writes are counter increments.
+    counter: bool,
     keys: Vec<String>,
     chooser: KeyChooser,
     value: Vec<u8>,
@@ -226,6 +228,8 @@ struct PhaseSpec {
     keyspace: String,
     r: Option<String>,
     w: Option<String>,
+    /// Writes are counter increments (INCR, `POST …:add`) instead of SET/PUT.
+    counter: bool,
 }
 
 async fn bench(o: &BenchOptions, targets: &[Target], peers: Option<&peers::Peers>) -> Result<i32> {
@@ -271,6 +275,7 @@ async fn bench(o: &BenchOptions, targets: &[Target], peers: Option<&peers::Peers
                 keyspace: KEYSPACE.to_string(),
                 r: None,
                 w: None,
+                counter: false,
             })
             .collect(),
     };
@@ -368,11 +373,19 @@ async fn phase(
     keys: Vec<String>,
     value: Vec<u8>,
 ) -> Result<LevelResult> {
+    // Counter rows use keys of their own: a peer (Redis) holds the other rows' strings under
+    // the plain names, which INCR refuses.
+    let keys = if spec.counter {
+        keys.iter().map(|k| leaderless::counter_key(k)).collect()
+    } else {
+        keys
+    };
     let p = Arc::new(Phase {
         level: spec.level.clone(),
         keyspace: spec.keyspace.clone(),
         r: spec.r.clone(),
         w: spec.w.clone(),
+        counter: spec.counter,
         chooser: KeyChooser::new(keys.len(), o.distribution),
         keys,
         value,
@@ -517,6 +530,10 @@ async fn http_worker(p: Arc<Phase>, c: Client, seed: u64) -> Result<Stats> {
             c.get(&p.keyspace, key, &read_opts)
                 .await
                 .map(|r| r.receipt.staleness_parts())
+        } else if p.counter {
+            c.add(&p.keyspace, key, 1, None, &write_opts)
+                .await
+                .map(|_| None)
         } else {
             c.put(&p.keyspace, key, &p.value, &write_opts)
                 .await
@@ -629,6 +646,8 @@ async fn resp_worker(
             last_get = rng.gen_bool(p.read_ratio);
             if last_get {
                 batch.push(vec![b"GET".as_slice(), key]);
+            } else if p.counter {
+                batch.push(vec![b"INCR".as_slice(), key]);
             } else {
                 batch.push(vec![b"SET".as_slice(), key, &p.value]);
             }
