@@ -511,6 +511,30 @@ async fn counters_count_on_every_node_through_a_partition_and_add_up_after_heali
     let (s, _, b) = call("POST", &url(0, "/v1/kv/plain/post:add"), r#"{"by":1}"#).await;
     assert_eq!((s, code(&b)), (409, "wrongtype"), "{b}");
 
+    // Two replicas per key on three nodes: a node that holds no replica of a key forwards
+    // its updates to one that does.
+    let (s, _, b) = call(
+        "PUT",
+        &url(0, "/v1/keyspaces/pairs"),
+        r#"{"mode":"leaderless","replicas":2,"conflict":"counter"}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    for k in 0..8 {
+        for i in 0..3 {
+            let u = url(i, &format!("/v1/kv/pairs/k{k}:add"));
+            let (s, _, b) = call("POST", &u, &format!(r#"{{"by": {}}}"#, i + 1)).await;
+            assert_eq!(s, 200, "node {i}, k{k}: {b}");
+        }
+    }
+    for k in 0..8 {
+        for i in 0..3 {
+            let u = url(i, &format!("/v1/kv/pairs/k{k}?r=all"));
+            let (s, _, b) = call("GET", &u, "").await;
+            assert_eq!((s, b), (200, json!(6)), "node {i}, k{k}");
+        }
+    }
+
     // Node 3 cut off: it keeps counting at QUORUM one one; nodes 1 and 2 count too.
     c.client(2).set_isolated(true).await.expect("isolate");
     let (a1, a3) = (resp(0), resp(2));
