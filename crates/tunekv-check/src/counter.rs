@@ -92,13 +92,7 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
             converged.record(Verdict::Unknown, ops, limits);
             continue;
         };
-        let mut finals: BTreeMap<&str, usize> = BTreeMap::new();
-        for &i in ids {
-            let op = &ops[i];
-            if op.is_read() && op.is_acked() && op.invoke_ns >= heal {
-                finals.insert(op.node.as_str(), i);
-            }
-        }
+        let finals = crate::leaderless::final_reads(ops, ids, heal);
         if finals.is_empty() {
             exact.record(Verdict::Unknown, ops, limits);
             converged.record(Verdict::Unknown, ops, limits);
@@ -115,7 +109,7 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
             .filter_map(amount)
             .collect();
         let possible = Possible::of(acked, &unknown);
-        for &f in finals.values() {
+        for &f in &finals {
             let op = &ops[f];
             let verdict = match read_value(op) {
                 Some(v) if possible.allows(v) => Verdict::Pass,
@@ -136,7 +130,7 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
             exact.record(verdict, ops, limits);
         }
         let values: BTreeSet<Option<&str>> =
-            finals.values().map(|&f| ops[f].value.as_deref()).collect();
+            finals.iter().map(|&f| ops[f].value.as_deref()).collect();
         converged.record(
             if finals.len() < 2 {
                 Verdict::Unknown
@@ -146,13 +140,13 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
                 Verdict::Violation {
                     message: format!(
                         "after healing, counter {:?} reads differently on different nodes: {:?}",
-                        ops[*finals.values().next().unwrap_or(&0)].key,
+                        ops[finals[0]].key,
                         finals
                             .iter()
-                            .map(|(n, &f)| format!("{n}={:?}", ops[f].value))
+                            .map(|&f| format!("{}={:?}", ops[f].node, ops[f].value))
                             .collect::<Vec<_>>()
                     ),
-                    ops: finals.values().copied().collect(),
+                    ops: finals.clone(),
                 }
             },
             ops,

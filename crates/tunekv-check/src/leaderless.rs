@@ -169,15 +169,7 @@ pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Li
             converged.record(Verdict::Unknown, ops, limits);
             continue;
         };
-        // Each node's last read after healing.
-        let mut finals: BTreeMap<&str, usize> = BTreeMap::new();
-        for &i in ids {
-            let op = &ops[i];
-            if op.is_read() && op.is_acked() && op.invoke_ns >= heal {
-                finals.insert(op.node.as_str(), i);
-            }
-        }
-        let finals: Vec<usize> = finals.into_values().collect();
+        let finals = final_reads(ops, ids, heal);
         if finals.is_empty() {
             lost.record(Verdict::Unknown, ops, limits);
             deletes.record(Verdict::Unknown, ops, limits);
@@ -216,6 +208,18 @@ pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Li
             monotonic,
         ],
     }
+}
+
+/// Each node's last acknowledged read of a key (`ids`) begun after `heal`, by node name.
+pub(crate) fn final_reads(ops: &[Operation], ids: &[usize], heal: u64) -> Vec<usize> {
+    let mut finals: BTreeMap<&str, usize> = BTreeMap::new();
+    for &i in ids {
+        let op = &ops[i];
+        if op.is_read() && op.is_acked() && op.invoke_ns >= heal {
+            finals.insert(op.node.as_str(), i);
+        }
+    }
+    finals.into_values().collect()
 }
 
 /// The newest version among some operations that completed before a time: the operations

@@ -6,10 +6,9 @@
 //! any hint already kept). A replica therefore never hands out a dot it could forget in a
 //! crash, and what travels is O(delta), not the whole value.
 
-use super::leaderless::{encode, lock};
+use super::leaderless::{encode, lock, Spread};
 use super::*;
 use crate::rpc::{DynamoRequest, DynamoResponse, Update, Updated};
-use futures::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use std::pin::Pin;
 use tunekv_core::{Mode, Quorum, QuorumReceipt};
@@ -136,7 +135,6 @@ impl Node {
         update: Update,
         deadline: Instant,
     ) -> Result<Updated, TunekvError> {
-        let me = self.me()?;
         if ks.spec.mode != Mode::Leaderless {
             return Err(internal(format!(
                 "{:?} is not a leaderless keyspace",
@@ -259,71 +257,26 @@ impl Node {
                 .map_or((self.id.0, 0), |d| (d.node, d.counter)),
             _ => (self.id.0, 0),
         };
-        let mut hinted = 0u32;
-        for p in preference.iter().filter(|p| **p != self.id) {
-            let covered = placements
-                .iter()
-                .any(|pl| pl.node == *p || pl.hint_for == Some(*p));
-            if !covered {
-                self.store_hint(*p, ks, key, &item)?;
-                hinted += 1;
-            }
-        }
-        if hinted > 0 {
-            self.commit.sync().await.map_err(internal)?;
-        }
-        let wait = deadline.saturating_duration_since(Instant::now());
-        let mut calls: FuturesUnordered<_> = placements
-            .iter()
-            .map(|&pl| {
-                let req = DynamoRequest::Store {
-                    ks: ks.name.clone(),
-                    items: vec![(key.to_vec(), item.clone())],
-                    fresh: true,
-                    hint_for: pl.hint_for.map(|h| h.0),
-                };
-                let call = me.clone().dynamo_call(pl.node, req, wait);
-                async move { (pl, call.await) }
-            })
-            .collect();
-        let (mut strict, mut sloppy) = (1usize, 0usize);
-        let met = |strict: usize, sloppy: usize| match w {
-            Quorum::All => strict >= need,
-            Quorum::Any => true,
-            _ => strict + sloppy >= need,
-        };
-        let mut problems = Vec::new();
-        while !met(strict, sloppy) {
-            let next = tokio::time::timeout_at(deadline, calls.next()).await;
-            let Ok(Some((pl, reply))) = next else { break };
-            match reply {
-                Ok(DynamoResponse::Stored { .. }) if pl.hint_for.is_none() => strict += 1,
-                Ok(DynamoResponse::Stored { .. }) => sloppy += 1,
-                Ok(_) => problems.push(format!("node {}: unexpected answer", pl.node)),
-                Err((_, m)) => {
-                    problems.push(format!("node {}: {m}", pl.node));
-                    self.store_hint(pl.hint_for.unwrap_or(pl.node), ks, key, &item)?;
-                    self.commit.sync().await.map_err(internal)?;
-                    hinted += 1;
-                }
-            }
-        }
-        let ok = met(strict, sloppy);
-        if !calls.is_empty() {
-            let (ks2, key2, item2) = (ks.clone(), key.to_vec(), item.clone());
-            let bg = me.clone();
-            tokio::spawn(async move {
-                while let Some((pl, reply)) = calls.next().await {
-                    if reply.is_err() {
-                        let target = pl.hint_for.unwrap_or(pl.node);
-                        if let Err(e) = bg.store_hint(target, &ks2, &key2, &item2) {
-                            tracing::error!(error = %e, "cannot keep a hint");
-                        }
-                    }
-                }
-                let _ = bg.commit.sync().await;
-            });
-        }
+        // This replica's copy counts as one; the delta travels as a repair would (`fresh:
+        // false`): its stamp decides no conflict, so a replica's clock check has nothing to
+        // guard, and the update is already made here.
+        let Spread {
+            strict,
+            sloppy,
+            hinted,
+            met: ok,
+            problems,
+            ..
+        } = self
+            .spread(
+                ks,
+                (key, &item),
+                (&preference, &placements),
+                (1, w, need),
+                deadline,
+                false,
+            )
+            .await?;
         if !ok {
             return Err(err(
                 Code::NoQuorum,

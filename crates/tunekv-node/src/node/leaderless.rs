@@ -76,6 +76,19 @@ struct Counters {
     tombstones_collected: AtomicU64,
 }
 
+/// How a write's copies went ([`Node::spread`]).
+pub(super) struct Spread {
+    /// Copies on preference nodes (the ones held before included), on stand-ins, and hints.
+    pub strict: usize,
+    pub sloppy: usize,
+    pub hinted: u32,
+    /// Whether any replica held a live value before.
+    pub existed: bool,
+    /// Whether `w` was met.
+    pub met: bool,
+    pub problems: Vec<String>,
+}
+
 /// This node's leaderless state: replicas by keyspace id, hints by (target, keyspace id, key),
 /// what it knows of its peers' liveness, counters.
 #[derive(Default)]
@@ -457,7 +470,6 @@ impl Node {
         deadline: Instant,
         session: &mut Session,
     ) -> Result<WriteOutcome, TunekvError> {
-        let me = self.me()?;
         let volatile = ks.spec.mode == Mode::Volatile;
         if !volatile {
             session.admit_leaderless(ks.id)?;
@@ -547,92 +559,23 @@ impl Node {
             },
         );
         let partition = ring.partition_of(key);
-        let mut hinted = 0u32;
-        if !volatile {
-            // Preference nodes with no placement at all (down, no substitute up): hints here.
-            for p in &preference {
-                let covered = placements
-                    .iter()
-                    .any(|pl| pl.node == *p || pl.hint_for == Some(*p));
-                if !covered {
-                    self.store_hint(*p, ks, key, &item.1)?;
-                    hinted += 1;
-                }
-            }
-            if hinted > 0 {
-                self.commit.sync().await.map_err(internal)?;
-            }
-        }
-        let wait = deadline.saturating_duration_since(Instant::now());
-        let mut calls: FuturesUnordered<_> = placements
-            .iter()
-            .map(|&pl| {
-                let req = DynamoRequest::Store {
-                    ks: ks.name.clone(),
-                    items: vec![item.clone()],
-                    fresh: true,
-                    hint_for: pl.hint_for.map(|h| h.0),
-                };
-                let call = me.clone().dynamo_call(pl.node, req, wait);
-                async move { (pl, call.await) }
-            })
-            .collect();
-        let (mut strict, mut sloppy, mut existed) = (0usize, 0usize, false);
-        let mut problems = Vec::new();
-        let met = |strict: usize, sloppy: usize, hinted: u32| match w {
-            Quorum::All => strict >= need,
-            Quorum::Any => strict + sloppy + hinted as usize >= 1,
-            _ => strict + sloppy >= need,
-        };
-        while !met(strict, sloppy, hinted) {
-            let next = tokio::time::timeout_at(deadline, calls.next()).await;
-            let Ok(Some((pl, reply))) = next else { break };
-            match reply {
-                Ok(DynamoResponse::Stored { existed: e, .. }) => {
-                    existed |= e;
-                    if pl.hint_for.is_none() {
-                        strict += 1;
-                    } else {
-                        sloppy += 1;
-                    }
-                }
-                Ok(_) => problems.push(format!("node {}: unexpected answer", pl.node)),
-                Err((code, m)) => {
-                    if code == Some(Code::ClockSkew) {
-                        return Err(err(
-                            Code::ClockSkew,
-                            format!(
-                                "{m}. The write is not acknowledged; copies already stored are \
-                                 not rolled back and may spread"
-                            ),
-                        ));
-                    }
-                    problems.push(format!("node {}: {m}", pl.node));
-                    if !volatile {
-                        self.store_hint(pl.hint_for.unwrap_or(pl.node), ks, key, &item.1)?;
-                        self.commit.sync().await.map_err(internal)?;
-                        hinted += 1;
-                    }
-                }
-            }
-        }
-        let ok = met(strict, sloppy, hinted);
-        // The copies still in flight finish in the background; those that fail become hints.
-        if !calls.is_empty() {
-            let (ks2, item2) = (ks.clone(), item.clone());
-            let bg = me.clone();
-            tokio::spawn(async move {
-                while let Some((pl, reply)) = calls.next().await {
-                    if reply.is_err() && !volatile {
-                        let target = pl.hint_for.unwrap_or(pl.node);
-                        if let Err(e) = bg.store_hint(target, &ks2, &item2.0, &item2.1) {
-                            tracing::error!(error = %e, "cannot keep a hint");
-                        }
-                    }
-                }
-                let _ = bg.commit.sync().await;
-            });
-        }
+        let Spread {
+            strict,
+            sloppy,
+            hinted,
+            existed,
+            met: ok,
+            problems,
+        } = self
+            .spread(
+                ks,
+                (key, &item.1),
+                (&preference, &placements),
+                (0, w, need),
+                deadline,
+                true,
+            )
+            .await?;
         if !ok {
             let stored_on = strict + sloppy;
             return Err(err(
@@ -676,6 +619,121 @@ impl Node {
                 version: Some((version.hlc, version.node)),
                 durable: !volatile,
             }),
+        })
+    }
+
+    /// Sends `item` of `key` to `placements`, counts their answers from `strict` copies
+    /// already held until write quorum `w` (`need` copies) is met or `deadline` passes, and
+    /// lets the rest finish in the background. Preference nodes with no placement get a hint
+    /// here first; a copy that fails becomes a hint (leaderless keyspaces; volatile ones keep
+    /// none). `fresh`: a new version, which replicas refuse when stamped too far ahead of their
+    /// clocks (a replica's `clock_skew` ends the write at once).
+    pub(super) async fn spread(
+        &self,
+        ks: &KeyspaceInfo,
+        (key, item): (&[u8], &Versioned),
+        (preference, placements): (&[NodeId], &[tunekv_dynamo::Placement]),
+        (held, w, need): (usize, Quorum, usize),
+        deadline: Instant,
+        fresh: bool,
+    ) -> Result<Spread, TunekvError> {
+        let me = self.me()?;
+        let volatile = ks.spec.mode == Mode::Volatile;
+        let mut hinted = 0u32;
+        if !volatile {
+            // Preference nodes with no placement at all (down, no substitute up): hints here.
+            for p in preference {
+                let covered = placements
+                    .iter()
+                    .any(|pl| pl.node == *p || pl.hint_for == Some(*p))
+                    // The copy the caller already holds (an update's replica).
+                    || (held > 0 && *p == self.id);
+                if !covered {
+                    self.store_hint(*p, ks, key, item)?;
+                    hinted += 1;
+                }
+            }
+            if hinted > 0 {
+                self.commit.sync().await.map_err(internal)?;
+            }
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let mut calls: FuturesUnordered<_> = placements
+            .iter()
+            .map(|&pl| {
+                let req = DynamoRequest::Store {
+                    ks: ks.name.clone(),
+                    items: vec![(key.to_vec(), item.clone())],
+                    fresh,
+                    hint_for: pl.hint_for.map(|h| h.0),
+                };
+                let call = me.clone().dynamo_call(pl.node, req, wait);
+                async move { (pl, call.await) }
+            })
+            .collect();
+        let (mut strict, mut sloppy, mut existed) = (held, 0usize, false);
+        let mut problems = Vec::new();
+        let met = |strict: usize, sloppy: usize, hinted: u32| match w {
+            Quorum::All => strict >= need,
+            Quorum::Any => strict + sloppy + hinted as usize >= 1,
+            _ => strict + sloppy >= need,
+        };
+        while !met(strict, sloppy, hinted) {
+            let next = tokio::time::timeout_at(deadline, calls.next()).await;
+            let Ok(Some((pl, reply))) = next else { break };
+            match reply {
+                Ok(DynamoResponse::Stored { existed: e, .. }) => {
+                    existed |= e;
+                    if pl.hint_for.is_none() {
+                        strict += 1;
+                    } else {
+                        sloppy += 1;
+                    }
+                }
+                Ok(_) => problems.push(format!("node {}: unexpected answer", pl.node)),
+                Err((code, m)) => {
+                    if code == Some(Code::ClockSkew) {
+                        return Err(err(
+                            Code::ClockSkew,
+                            format!(
+                                "{m}. The write is not acknowledged; copies already stored are \
+                                 not rolled back and may spread"
+                            ),
+                        ));
+                    }
+                    problems.push(format!("node {}: {m}", pl.node));
+                    if !volatile {
+                        self.store_hint(pl.hint_for.unwrap_or(pl.node), ks, key, item)?;
+                        self.commit.sync().await.map_err(internal)?;
+                        hinted += 1;
+                    }
+                }
+            }
+        }
+        let ok = met(strict, sloppy, hinted);
+        // The copies still in flight finish in the background; those that fail become hints.
+        if !calls.is_empty() {
+            let (ks2, key2, item2) = (ks.clone(), key.to_vec(), item.clone());
+            let bg = me.clone();
+            tokio::spawn(async move {
+                while let Some((pl, reply)) = calls.next().await {
+                    if reply.is_err() && !volatile {
+                        let target = pl.hint_for.unwrap_or(pl.node);
+                        if let Err(e) = bg.store_hint(target, &ks2, &key2, &item2) {
+                            tracing::error!(error = %e, "cannot keep a hint");
+                        }
+                    }
+                }
+                let _ = bg.commit.sync().await;
+            });
+        }
+        Ok(Spread {
+            strict,
+            sloppy,
+            hinted,
+            existed,
+            met: ok,
+            problems,
         })
     }
 
