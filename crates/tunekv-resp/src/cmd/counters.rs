@@ -6,15 +6,13 @@ use crate::reply::Reply;
 use tunekv_node::Op;
 
 const fn spec(name: &'static str, arity: i64, summary: &'static str) -> CommandSpec {
-    CommandSpec {
-        name,
-        arity,
-        kind: Kind::Write,
-        keys: (1, 1, 1),
-        group: "string",
-        summary,
-        handler: Handler::Later(incr_by),
-    }
+    CommandSpec::new(
+        (name, arity),
+        Kind::Write,
+        (1, 1, 1),
+        ("string", summary),
+        Handler::Later(incr_by),
+    )
 }
 
 pub(super) const SPECS: &[CommandSpec] = &[

@@ -71,6 +71,27 @@ pub(crate) struct CommandSpec {
     pub handler: Handler,
 }
 
+impl CommandSpec {
+    /// A command with a handler through the node (`Later`) or from the connection (`Now`).
+    pub(crate) const fn new(
+        (name, arity): (&'static str, i64),
+        kind: Kind,
+        keys: (i64, i64, i64),
+        (group, summary): (&'static str, &'static str),
+        handler: Handler,
+    ) -> CommandSpec {
+        CommandSpec {
+            name,
+            arity,
+            kind,
+            keys,
+            group,
+            summary,
+            handler,
+        }
+    }
+}
+
 /// Every command, by name.
 fn table() -> &'static HashMap<&'static str, &'static CommandSpec> {
     static TABLE: OnceLock<HashMap<&'static str, &'static CommandSpec>> = OnceLock::new();

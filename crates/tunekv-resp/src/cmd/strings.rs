@@ -17,15 +17,13 @@ const fn spec(
     summary: &'static str,
     handler: for<'a> fn(&'a Shared, &'a mut Conn, Args<'a>) -> Pending<'a>,
 ) -> CommandSpec {
-    CommandSpec {
-        name,
-        arity,
+    CommandSpec::new(
+        (name, arity),
         kind,
         keys,
-        group: "string",
-        summary,
-        handler: Handler::Later(handler),
-    }
+        ("string", summary),
+        Handler::Later(handler),
+    )
 }
 
 const ONE: (i64, i64, i64) = (1, 1, 1);

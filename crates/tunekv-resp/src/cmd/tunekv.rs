@@ -14,15 +14,13 @@ const fn spec(
     summary: &'static str,
     handler: Handler,
 ) -> CommandSpec {
-    CommandSpec {
-        name,
-        arity,
-        kind: Kind::Connection,
-        keys: (0, 0, 0),
-        group: "tunekv",
-        summary,
+    CommandSpec::new(
+        (name, arity),
+        Kind::Connection,
+        (0, 0, 0),
+        ("tunekv", summary),
         handler,
-    }
+    )
 }
 
 pub(super) const SPECS: &[CommandSpec] = &[
