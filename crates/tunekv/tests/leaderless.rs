@@ -460,28 +460,44 @@ async fn counters_count_on_every_node_through_a_partition_and_add_up_after_heali
         assert_eq!(r.cmd(&["GET", "never"]), "(nil)");
         let mut r3 = Raw::connect(&a3);
         assert_eq!(r3.cmd(&["SELECT", "likes"]), "+OK");
-        assert_eq!(
-            r3.cmd(&["INCR", "post"]),
-            ":5",
-            "node 3 counts on the same key"
-        );
+        // Node 3 counts on the same key; its answer is the count as node 3 holds it (node 1's
+        // updates may still be on their way): 1 to 5.
+        let n: i64 = r3
+            .cmd(&["INCR", "post"])
+            .trim_start_matches(':')
+            .parse()
+            .expect("an integer reply");
+        assert!((1..=5).contains(&n), "{n}");
     })
     .await
     .expect("resp");
 
-    // HTTP: :add with an id applies once; its answer carries the value.
+    // HTTP: :add with an id applies once; its answer carries the count as the replica that
+    // made it holds it: its own update and every update that replica has seen (other
+    // replicas' latest may still be on their way: 10 to 15 here).
     let add = |i: usize, body: &'static str| {
         let u = url(i, "/v1/kv/likes/post:add");
         async move { call("POST", &u, body).await }
     };
     let (s, q, b) = add(1, r#"{"by": 10, "id": "retry-me"}"#).await;
-    assert_eq!((s, b["value"].as_i64()), (200, Some(15)), "{b}");
+    assert_eq!(s, 200, "{b}");
+    assert!((10..=15).contains(&b["value"].as_i64().unwrap_or(0)), "{b}");
     assert!(q.expect("quorum").contains(";durability=fsync"));
+    // A retry through the same node, and, once the replicas agree, through another: applied
+    // once (a retry that reaches another replica before the first update does is not caught:
+    // ARCHITECTURE, gaps).
+    let (s, _, b) = add(1, r#"{"by": 10, "id": "retry-me"}"#).await;
+    assert_eq!(s, 200, "a retry is answered: {b}");
+    eventually(Duration::from_secs(30), "the replicas agree", || async {
+        let d = digests(&c, "likes").await;
+        (d.iter().all(|x| x.is_some() && *x == d[0])).then_some(())
+    })
+    .await;
     let (s, _, b) = add(0, r#"{"by": 10, "id": "retry-me"}"#).await;
     assert_eq!(
         (s, b["value"].as_i64()),
         (200, Some(15)),
-        "a retry is applied once: {b}"
+        "applied once: {b}"
     );
     for (body, want) in [
         (r#"{"by": "ten"}"#, "bad_request"),
