@@ -218,7 +218,19 @@ impl KeyspaceSpec {
                 Code::KeyspaceInvalid,
                 format!("default_level: {}", e.message),
             )
-        })
+        })?;
+        // Session guarantees on conflict-free keyspaces are refused at read time until tokens
+        // carry which updates a session made: a default that every read would refuse is
+        // refused here.
+        if self.conflict.as_deref() == Some("counter")
+            && level.promise() == crate::level::Promise::Session
+        {
+            return invalid(format!(
+                "default_level: {level} is not served on counter keyspaces yet (session \
+                 guarantees need tokens that carry which updates a session made); use eventual"
+            ));
+        }
+        Ok(())
     }
 
     pub fn default_level(&self) -> Level {
@@ -337,6 +349,11 @@ mod tests {
             KeyspaceSpec {
                 default_level: Some("weak".into()),
                 ..spec.clone()
+            },
+            KeyspaceSpec {
+                conflict: Some("counter".into()),
+                default_level: Some("read_your_writes".into()),
+                ..leaderless.clone()
             },
         ] {
             assert_eq!(code(bad.clone()), Err(Code::KeyspaceInvalid), "{bad:?}");
