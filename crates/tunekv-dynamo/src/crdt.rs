@@ -1,7 +1,8 @@
 //! The conflict policies that lose nothing (issue 17): siblings, a PN-counter and an add-wins
 //! observed-remove set, as **delta-state CRDTs**.
 //!
-//! Each is a join-semilattice: [`Siblings::join`], [`Counter::join`] and [`OrSet::join`] are
+//! Each is a join-semilattice: [`Siblings::join`], [`Counter::join`] and
+//! [`crate::ormap::OrMap::join`] (sets and maps) are
 //! commutative, associative and idempotent (property-tested below), so replicas that receive
 //! the same states in any order, any number of times, hold the same thing. An update is made at
 //! one replica of the key and produces a *delta*: a small state that holds only what changed,
@@ -208,126 +209,10 @@ impl Counter {
     }
 }
 
-/// An add-wins observed-remove set: each add is a dot on its member; a remove drops the dots
-/// of the member that its replica had seen, so an add concurrent with a remove survives it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct OrSet {
-    /// member → the dots of its adds still live (a delta may list a member with none: that
-    /// member is what its context's dots belong to).
-    entries: BTreeMap<Vec<u8>, BTreeSet<Dot>>,
-    ctx: Context,
-    /// A delta: every dot of `ctx` belongs to a member listed in `entries`, so a join with it
-    /// touches only those members.
-    delta: bool,
-}
-
-impl OrSet {
-    pub fn new() -> OrSet {
-        OrSet::default()
-    }
-
-    pub fn contains(&self, member: &[u8]) -> bool {
-        self.entries.get(member).is_some_and(|d| !d.is_empty())
-    }
-
-    pub fn members(&self) -> impl Iterator<Item = &Vec<u8>> {
-        self.entries
-            .iter()
-            .filter(|(_, d)| !d.is_empty())
-            .map(|(m, _)| m)
-    }
-
-    pub fn len(&self) -> usize {
-        self.members().count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn context(&self) -> &Context {
-        &self.ctx
-    }
-
-    /// The delta of adding `members` at replica `node` (one new dot each; the member's dots
-    /// seen here are replaced).
-    pub fn add(&self, node: u64, members: &[Vec<u8>]) -> OrSet {
-        let mut delta = OrSet {
-            delta: true,
-            ..OrSet::default()
-        };
-        let mut next = self.ctx.next_dot(node);
-        for m in members {
-            if delta.entries.contains_key(m) {
-                continue;
-            }
-            for d in self.entries.get(m).into_iter().flatten() {
-                delta.ctx.insert(*d);
-            }
-            delta.ctx.insert(next);
-            delta.entries.insert(m.clone(), BTreeSet::from([next]));
-            next.counter += 1;
-        }
-        delta
-    }
-
-    /// The delta of removing `members` (the dots of each seen here); members absent here are
-    /// not in it.
-    pub fn remove(&self, members: &[Vec<u8>]) -> OrSet {
-        let mut delta = OrSet {
-            delta: true,
-            ..OrSet::default()
-        };
-        for m in members {
-            if let Some(dots) = self.entries.get(m).filter(|d| !d.is_empty()) {
-                for d in dots {
-                    delta.ctx.insert(*d);
-                }
-                delta.entries.insert(m.clone(), BTreeSet::new());
-            }
-        }
-        delta
-    }
-
-    /// The causal join. With a delta it visits only the delta's members.
-    pub fn join(&mut self, other: &OrSet) {
-        let touched: Vec<Vec<u8>> = if other.delta {
-            other.entries.keys().cloned().collect()
-        } else {
-            self.entries
-                .keys()
-                .chain(other.entries.keys())
-                .cloned()
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect()
-        };
-        let none = BTreeSet::new();
-        for m in touched {
-            let mine = self.entries.get(&m).unwrap_or(&none);
-            let theirs = other.entries.get(&m).unwrap_or(&none);
-            let kept: BTreeSet<Dot> = mine
-                .iter()
-                .filter(|d| theirs.contains(d) || !other.ctx.contains(d))
-                .chain(theirs.iter().filter(|d| !self.ctx.contains(d)))
-                .copied()
-                .collect();
-            // A delta keeps empty members (its context's dots belong to them); a state
-            // forgets them.
-            if kept.is_empty() && !self.delta {
-                self.entries.remove(&m);
-            } else {
-                self.entries.insert(m, kept);
-            }
-        }
-        self.ctx.join(&other.ctx);
-        self.delta = self.delta && other.delta;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ormap::{Dots, Field, OrMap, OrSet, Payload};
     use proptest::prelude::*;
 
     /// A replica of one key under a policy, taking local updates and states from others.
@@ -344,7 +229,7 @@ mod tests {
             self.join(other);
         }
     }
-    impl Lattice for OrSet {
+    impl<V: Payload> Lattice for OrMap<V> {
         fn join_with(&mut self, other: &Self) {
             self.join(other);
         }
@@ -421,23 +306,72 @@ mod tests {
         if arg.is_multiple_of(3) {
             s.remove(&[m])
         } else {
-            s.add(node, &[m])
+            s.put(node, &[(m, ())])
         }
     }
 
-    /// A set state's members with their dots, and its context.
-    type SetState = (Vec<(Vec<u8>, BTreeSet<Dot>)>, Context);
+    fn map_update(s: &OrMap<Field>, node: u64, arg: u8) -> OrMap<Field> {
+        let f = vec![arg % 3];
+        match arg % 4 {
+            0 => s.remove(&[f]),
+            1 => s.put(
+                node,
+                &[(
+                    f,
+                    Field::Reg {
+                        stamp: u64::from(arg),
+                        value: vec![b'0' + arg % 10],
+                    },
+                )],
+            ),
+            _ => s
+                .incr(node, &f, i64::from(arg) - 100)
+                .map(|(d, _)| d)
+                .unwrap_or_default(),
+        }
+    }
 
-    /// The canonical form of a state for comparison (members without dots left out).
-    fn set_state(s: &OrSet) -> SetState {
+    /// A state's members with their dots, its context and its maintained digest and count
+    /// (members without dots left out: a delta keeps them).
+    type MapState<V> = (Vec<(Vec<u8>, Dots<V>)>, Context, u64, usize);
+
+    /// The canonical form of a state for comparison.
+    fn map_state<V: Payload>(s: &OrMap<V>) -> MapState<V> {
         (
-            s.entries
-                .iter()
-                .filter(|(_, d)| !d.is_empty())
-                .map(|(m, d)| (m.clone(), d.clone()))
-                .collect(),
-            s.ctx.clone(),
+            s.members().map(|(m, d)| (m.clone(), d.clone())).collect(),
+            s.context().clone(),
+            s.digest(),
+            s.len(),
         )
+    }
+
+    fn map_laws<V: Payload>(all: &[OrMap<V>], picks: (usize, usize, usize)) {
+        // Whole states (deltas joined into an empty state first).
+        let all: Vec<OrMap<V>> = all.iter().map(|s| joined(&OrMap::new(), s)).collect();
+        let n = all.len();
+        let (a, b, c) = (&all[picks.0 % n], &all[picks.1 % n], &all[picks.2 % n]);
+        assert_eq!(map_state(&joined(a, b)), map_state(&joined(b, a)));
+        assert_eq!(
+            map_state(&joined(&joined(a, b), c)),
+            map_state(&joined(a, &joined(b, c)))
+        );
+        assert_eq!(map_state(&joined(a, a)), map_state(a));
+    }
+
+    /// Joining a delta visits only its members, yet gives what a join over every member gives.
+    fn delta_join_is_whole<V: Payload>(
+        all: &[OrMap<V>],
+        update: impl Fn(&OrMap<V>, u64, u8) -> OrMap<V>,
+        arg: u8,
+    ) {
+        let state = joined(&OrMap::new(), &all[all.len() - 1]);
+        let delta = update(&state, 2, arg);
+        let whole = joined(&OrMap::new(), &delta);
+        assert!(delta.is_delta() && !whole.is_delta());
+        assert_eq!(
+            map_state(&joined(&state, &delta)),
+            map_state(&joined(&state, &whole))
+        );
     }
 
     proptest! {
@@ -464,19 +398,15 @@ mod tests {
             steps in prop::collection::vec(any::<(u8, u8, u8, u8)>(), 1..40),
             picks in any::<(usize, usize, usize)>(),
         ) {
-            // Whole states (deltas joined into an empty state first).
-            let all: Vec<OrSet> = states(&steps, set_update)
-                .iter()
-                .map(|s| joined(&OrSet::new(), s))
-                .collect();
-            let n = all.len();
-            let (a, b, c) = (&all[picks.0 % n], &all[picks.1 % n], &all[picks.2 % n]);
-            prop_assert_eq!(set_state(&joined(a, b)), set_state(&joined(b, a)));
-            prop_assert_eq!(
-                set_state(&joined(&joined(a, b), c)),
-                set_state(&joined(a, &joined(b, c)))
-            );
-            prop_assert_eq!(set_state(&joined(a, a)), set_state(a));
+            map_laws(&states(&steps, set_update), picks);
+        }
+
+        #[test]
+        fn map_join_is_a_semilattice_on_states(
+            steps in prop::collection::vec(any::<(u8, u8, u8, u8)>(), 1..40),
+            picks in any::<(usize, usize, usize)>(),
+        ) {
+            map_laws(&states(&steps, map_update), picks);
         }
 
         #[test]
@@ -484,14 +414,8 @@ mod tests {
             steps in prop::collection::vec(any::<(u8, u8, u8, u8)>(), 1..40),
             arg in any::<u8>(),
         ) {
-            // Joining a delta visits only its members, yet gives what a join over every member
-            // gives.
-            let all = states(&steps, set_update);
-            let state = joined(&OrSet::new(), &all[all.len() - 1]);
-            let delta = set_update(&state, 2, arg);
-            let mut whole = delta.clone();
-            whole.delta = false;
-            prop_assert_eq!(set_state(&joined(&state, &delta)), set_state(&joined(&state, &whole)));
+            delta_join_is_whole(&states(&steps, set_update), set_update, arg);
+            delta_join_is_whole(&states(&steps, map_update), map_update, arg);
         }
 
         #[test]
@@ -556,42 +480,5 @@ mod tests {
         assert_eq!(a.value(), 3);
         let big = a.add(1, i64::MAX, 13, None);
         assert_eq!(big, Err(CounterError::Overflow));
-    }
-
-    #[test]
-    fn an_add_concurrent_with_a_remove_survives_it() {
-        let mut a = OrSet::new();
-        let add = a.add(1, &[b"x".to_vec()]);
-        a.join(&add);
-        let mut b = a.clone();
-        // b removes x (it saw the first add); a adds x again concurrently.
-        let rm = b.remove(&[b"x".to_vec()]);
-        b.join(&rm);
-        assert!(!b.contains(b"x"));
-        let again = a.add(1, &[b"x".to_vec()]);
-        a.join(&again);
-        a.join(&b);
-        b.join(&a);
-        assert!(a.contains(b"x") && b.contains(b"x"), "add wins");
-        assert_eq!(a, b);
-        // A remove of what both saw removes it everywhere.
-        let rm = a.remove(&[b"x".to_vec()]);
-        a.join(&rm);
-        b.join(&rm);
-        assert!(!a.contains(b"x") && !b.contains(b"x"));
-    }
-
-    #[test]
-    fn a_delta_is_as_small_as_its_update_whatever_the_set_holds() {
-        let mut s = OrSet::new();
-        let members: Vec<Vec<u8>> = (0..10_000u32).map(|i| i.to_be_bytes().to_vec()).collect();
-        let d = s.add(1, &members);
-        s.join(&d);
-        assert_eq!(s.len(), 10_000);
-        let one = s.add(1, &[b"new".to_vec()]);
-        assert_eq!(one.entries.len(), 1);
-        assert_eq!(one.ctx.size(), 1, "{:?}", one.ctx);
-        let rm = s.remove(&[members[5].clone()]);
-        assert_eq!((rm.entries.len(), rm.ctx.size()), (1, 1));
     }
 }

@@ -23,6 +23,7 @@
 pub mod causal;
 pub mod crdt;
 pub mod merkle;
+pub mod ormap;
 pub mod replica;
 pub mod ring;
 pub mod version;

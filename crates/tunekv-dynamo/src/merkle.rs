@@ -49,6 +49,15 @@ pub fn digest(key: &[u8], v: &Versioned) -> u64 {
             h.update(&[3]);
             c.fingerprint(&mut |b| h.update(b));
         }
+        // O(context): the members through their maintained digest.
+        Stored::Set(s) => {
+            h.update(&[4]);
+            s.fingerprint(&mut |b| h.update(b));
+        }
+        Stored::Map(m) => {
+            h.update(&[5]);
+            m.fingerprint(&mut |b| h.update(b));
+        }
     }
     // Never 0, so a key always changes its leaf.
     h.digest() | 1
@@ -90,7 +99,16 @@ impl Tree {
     /// Records that `key` went from `old` (None: absent) to `new` (None: removed entirely, e.g. a
     /// tombstone collected). O(depth).
     pub fn update(&mut self, key: &[u8], old: Option<&Versioned>, new: Option<&Versioned>) {
-        let delta = old.map_or(0, |v| digest(key, v)) ^ new.map_or(0, |v| digest(key, v));
+        self.update_digests(
+            key,
+            old.map_or(0, |v| digest(key, v)),
+            new.map_or(0, |v| digest(key, v)),
+        );
+    }
+
+    /// [`Tree::update`] with the key's old and new [`digest`]s (0: absent) already computed.
+    pub fn update_digests(&mut self, key: &[u8], old: u64, new: u64) {
+        let delta = old ^ new;
         if delta == 0 {
             return;
         }

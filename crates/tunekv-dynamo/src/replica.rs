@@ -5,9 +5,9 @@
 //! moves versions between nodes; this type only decides what a replica holds after a version
 //! arrives, by the keyspace's conflict policy.
 
-use crate::merkle::Tree;
+use crate::merkle::{digest, Tree};
 use crate::ring::Ring;
-use crate::version::{Policy, Versioned};
+use crate::version::{Policy, Stored, Versioned};
 use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug)]
@@ -23,6 +23,16 @@ pub struct Replica {
     policy: Policy,
     parts: HashMap<u32, Part>,
     keys: usize,
+    /// The injected bug `set-remove-wins` (tunekv-node's bug injection).
+    remove_wins: bool,
+}
+
+/// What changed when a version was applied: the members whose dots changed, when the key
+/// holds a set or a map (`None`: the whole holding changed). The caller persists the new
+/// holding ([`Replica::get`]): the key's record, and for a set or map only these members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub members: Option<Vec<Vec<u8>>>,
 }
 
 impl Replica {
@@ -34,7 +44,13 @@ impl Replica {
             policy,
             parts: HashMap::new(),
             keys: 0,
+            remove_wins: false,
         })
+    }
+
+    /// Injects the bug `set-remove-wins`: a remove drops concurrent adds it never saw.
+    pub fn inject_remove_wins(&mut self) {
+        self.remove_wins = true;
     }
 
     pub fn ring(&self) -> &Ring {
@@ -54,9 +70,10 @@ impl Replica {
         self.parts.get(&self.ring.partition_of(key))?.keys.get(key)
     }
 
-    /// Merges `incoming` into what is held for `key`. Returns the new holding when it changed
-    /// (the caller persists it), `None` when the replica already held it or something newer.
-    pub fn apply(&mut self, key: &[u8], incoming: &Versioned) -> Option<Versioned> {
+    /// Merges `incoming` into what is held for `key`. Returns what changed (the caller
+    /// persists the new holding), `None` when the replica already held it or something newer.
+    /// A set or map is joined in place, in O(delta) for an update's delta: never copied whole.
+    pub fn apply(&mut self, key: &[u8], incoming: &Versioned) -> Option<Applied> {
         let p = self.ring.partition_of(key);
         let depth = self.depth;
         let part = self.parts.entry(p).or_insert_with(|| Part {
@@ -64,16 +81,49 @@ impl Replica {
             // `new` checked the depth.
             tree: Tree::new(depth).unwrap_or_else(|e| unreachable!("{e}")),
         });
+        if self.policy.membered() {
+            if let Some(held) = part.keys.get_mut(key) {
+                let before = digest(key, held);
+                if let Some(members) = held.stored.join_members(&incoming.stored, self.remove_wins)
+                {
+                    held.version = held.version.max(incoming.version);
+                    let after = digest(key, held);
+                    if before == after {
+                        return None;
+                    }
+                    part.tree.update_digests(key, before, after);
+                    return Some(Applied {
+                        members: Some(members),
+                    });
+                }
+            } else if matches!(incoming.stored, Stored::Set(_) | Stored::Map(_)) {
+                let state = Versioned {
+                    version: incoming.version,
+                    stored: incoming.stored.clone().into_state(),
+                };
+                let members = match &state.stored {
+                    Stored::Set(s) => s.members().map(|(m, _)| m.clone()).collect(),
+                    Stored::Map(m) => m.members().map(|(f, _)| f.clone()).collect(),
+                    _ => Vec::new(),
+                };
+                part.tree.update(key, None, Some(&state));
+                part.keys.insert(key.to_vec(), state);
+                self.keys += 1;
+                return Some(Applied {
+                    members: Some(members),
+                });
+            }
+        }
         let held = part.keys.get(key);
         let merged = self.policy.merge(held, incoming);
         if held == Some(&merged) {
             return None;
         }
         part.tree.update(key, held, Some(&merged));
-        if part.keys.insert(key.to_vec(), merged.clone()).is_none() {
+        if part.keys.insert(key.to_vec(), merged).is_none() {
             self.keys += 1;
         }
-        Some(merged)
+        Some(Applied { members: None })
     }
 
     /// The root digest of partition `p` (0: nothing held there).
@@ -155,7 +205,7 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::version::{Stored, Version};
+    use crate::version::Version;
     use tunekv_core::NodeId;
 
     fn ring() -> Ring {
@@ -172,7 +222,7 @@ mod tests {
     #[test]
     fn a_replica_keeps_the_newest_version_and_reports_changes() {
         let mut r = Replica::new(ring(), 4, Policy::Lww).unwrap();
-        assert_eq!(r.apply(b"k", &v(2, "b")), Some(v(2, "b")));
+        assert_eq!(r.apply(b"k", &v(2, "b")), Some(Applied { members: None }));
         assert_eq!(r.apply(b"k", &v(1, "a")), None, "older: kept b");
         assert_eq!(r.apply(b"k", &v(2, "b")), None, "again: nothing changes");
         assert_eq!(r.get(b"k"), Some(&v(2, "b")));
@@ -181,7 +231,8 @@ mod tests {
             version: Version { hlc: 3, node: 2 },
             stored: Stored::Tombstone,
         };
-        assert_eq!(r.apply(b"k", &dead), Some(dead.clone()));
+        assert!(r.apply(b"k", &dead).is_some());
+        assert_eq!(r.get(b"k"), Some(&dead));
         assert_eq!(r.len(), 1, "a tombstone is held");
     }
 
@@ -239,5 +290,47 @@ mod tests {
         }
         assert_eq!(a.get(b"key-11"), Some(&v(1011, "b")));
         assert_eq!(b.get(b"key-7"), Some(&v(7, "a")));
+    }
+
+    #[test]
+    fn sets_join_in_place_and_their_trees_match_a_replica_given_the_whole_state() {
+        use crate::ormap::OrSet;
+        let mut a = Replica::new(ring(), 4, Policy::Set).unwrap();
+        let mut state = OrSet::new();
+        let mut deltas = Vec::new();
+        for i in 0..40u8 {
+            let d = if i % 5 == 4 {
+                state.remove(&[vec![i - 2]])
+            } else {
+                state.put(1, &[(vec![i], ())])
+            };
+            state.join(&d);
+            deltas.push(Versioned {
+                version: Version {
+                    hlc: u64::from(i) + 1,
+                    node: 1,
+                },
+                stored: Stored::Set(d),
+            });
+        }
+        for d in &deltas {
+            let applied = a.apply(b"s", d).expect("each delta changes the set");
+            assert_eq!(applied.members.map(|m| m.len()), Some(1), "one member each");
+        }
+        assert_eq!(a.apply(b"s", &deltas[3]), None, "a repeated delta changes nothing");
+        let mut b = Replica::new(ring(), 4, Policy::Set).unwrap();
+        let whole = Versioned {
+            version: Version { hlc: 40, node: 1 },
+            stored: Stored::Set(state.clone()),
+        };
+        b.apply(b"s", &whole);
+        let p = a.ring().partition_of(b"s");
+        assert_eq!(a.root(p), b.root(p));
+        assert_eq!(a.get(b"s"), b.get(b"s"));
+        let Some(Stored::Set(held)) = a.get(b"s").map(|v| &v.stored) else {
+            panic!("a set is held")
+        };
+        assert_eq!(held.len(), 32 - 8, "32 adds, 8 removes");
+        assert!(!held.is_delta());
     }
 }

@@ -9,6 +9,7 @@
 //! times, hold the same thing.
 
 use crate::crdt::Counter;
+use crate::ormap::{Field, OrMap, OrSet};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
@@ -34,11 +35,16 @@ pub enum Stored {
     },
     /// A counter keyspace's state of the key, or an update's delta.
     Counter(Counter),
+    /// A set keyspace's state of the key, or an update's delta.
+    Set(OrSet),
+    /// A map keyspace's state of the key, or an update's delta.
+    Map(OrMap<Field>),
 }
 
 impl Stored {
     /// The value a read at `now_ms` sees: `None` for a tombstone or an expired value; a
-    /// counter's value in decimal.
+    /// counter's value in decimal; `None` for a set or a map (they have no single value: see
+    /// [`Stored::live_at`]).
     pub fn value_at(&self, now_ms: u64) -> Option<Cow<'_, [u8]>> {
         match self {
             Stored::Value(v) => Some(Cow::Borrowed(v)),
@@ -47,6 +53,45 @@ impl Stored {
             }
             Stored::Counter(c) => Some(Cow::Owned(c.value().to_string().into_bytes())),
             _ => None,
+        }
+    }
+
+    /// Whether a read at `now_ms` finds the key: a value not expired, a counter, a set or map
+    /// with at least one member.
+    pub fn live_at(&self, now_ms: u64) -> bool {
+        match self {
+            Stored::Set(s) => !s.is_empty(),
+            Stored::Map(m) => !m.is_empty(),
+            other => other.value_at(now_ms).is_some(),
+        }
+    }
+
+    /// Joins `other` into this state in place when both are sets or both are maps. Returns
+    /// the members whose dots changed (`None`: not two states of one member type; the caller
+    /// merges another way). `remove_wins`: the injected bug `set-remove-wins`.
+    pub fn join_members(&mut self, other: &Stored, remove_wins: bool) -> Option<Vec<Vec<u8>>> {
+        match (self, other) {
+            (Stored::Set(a), Stored::Set(b)) => Some(a.join_with(b, remove_wins)),
+            (Stored::Map(a), Stored::Map(b)) => Some(a.join_with(b, remove_wins)),
+            _ => None,
+        }
+    }
+
+    /// This stored thing as a state: an update's delta of a set or a map joined into an empty
+    /// one (a replica never holds a delta); anything else as it is.
+    pub fn into_state(self) -> Stored {
+        match self {
+            Stored::Set(d) if d.is_delta() => {
+                let mut s = OrSet::new();
+                s.join(&d);
+                Stored::Set(s)
+            }
+            Stored::Map(d) if d.is_delta() => {
+                let mut s = OrMap::new();
+                s.join(&d);
+                Stored::Map(s)
+            }
+            other => other,
         }
     }
 
@@ -63,6 +108,9 @@ impl Stored {
             Stored::Value(v) | Stored::Expiring { value: v, .. } => v.len(),
             Stored::Tombstone => 0,
             Stored::Counter(c) => 24 * c.entries(),
+            // Estimates (byte counts of members would cost O(members)).
+            Stored::Set(s) => 32 * s.len() + 16 * s.context().size(),
+            Stored::Map(m) => 64 * m.len() + 16 * m.context().size(),
         }
     }
 
@@ -91,6 +139,10 @@ pub enum Policy {
     Lww,
     /// A PN-counter ([`Counter`]): updates are deltas, states join.
     Counter,
+    /// An add-wins observed-remove set ([`OrSet`]).
+    Set,
+    /// An observed-remove map of registers and counters ([`OrMap<Field>`]).
+    Map,
 }
 
 impl Policy {
@@ -99,6 +151,8 @@ impl Policy {
         match name {
             None | Some(Lww::NAME) => Ok(Policy::Lww),
             Some("counter") => Ok(Policy::Counter),
+            Some("set") => Ok(Policy::Set),
+            Some("map") => Ok(Policy::Map),
             Some(other) => Err(format!("unknown conflict policy {other:?}")),
         }
     }
@@ -109,7 +163,23 @@ impl Policy {
         self != Policy::Lww
     }
 
+    /// Whether the keyspace's values are collections of members (sets, maps), stored one
+    /// record per member.
+    pub fn membered(self) -> bool {
+        matches!(self, Policy::Set | Policy::Map)
+    }
+
+    /// What `held` becomes with `incoming`, as a new value (a replica merges sets and maps in
+    /// place, see [`crate::Replica::apply`]; this copies them: for hints, whose deltas stay
+    /// deltas, and the replies of a read).
     pub fn merge(self, held: Option<&Versioned>, incoming: &Versioned) -> Versioned {
+        if let (true, Some(h)) = (self.membered(), held) {
+            let mut joined = h.clone();
+            if joined.stored.join_members(&incoming.stored, false).is_some() {
+                joined.version = h.version.max(incoming.version);
+                return joined;
+            }
+        }
         match (self, held) {
             (Policy::Counter, Some(h)) => match (&h.stored, &incoming.stored) {
                 (Stored::Counter(a), Stored::Counter(b)) => {
