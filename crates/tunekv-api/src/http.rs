@@ -22,6 +22,8 @@ use std::time::Duration;
 use tunekv_core::code::{echo_bytes, shorten};
 use tunekv_core::limits::VALUE_BYTES_MAX_CEILING;
 use tunekv_core::{Code, KeyspaceSpec, Level, Quorum, Receipt, Session, TunekvError};
+use tunekv_dynamo::update::Update;
+use tunekv_dynamo::Stored;
 use tunekv_node::{FaultState, Node, ReadOutcome, ReadRequest, WriteOutcome, WriteRequest};
 
 /// Request bodies beyond this are refused before they are read whole; per-keyspace value limits
@@ -163,11 +165,10 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
                 None,
             ))
         }
-        ApiRequest::Add {
+        ApiRequest::Update {
             ks,
             key,
-            by,
-            id,
+            update,
             w,
             wait,
             mut session,
@@ -178,12 +179,13 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
                 wait,
                 session: &mut session,
             };
-            let w = node.add(req, &key, by, id).await?;
-            // The counter's value after the update, beside the write's fields.
+            let counted = matches!(update, Update::Add { .. } | Update::FieldAdd { .. });
+            let w = node.update(req, &key, update).await?;
+            // A counter's (or field's) value after the update, beside the write's fields.
             Ok(write_response(
                 &w,
                 &node.session_key().encode(&session),
-                Some(w.result.int),
+                counted.then_some(w.result.int),
             ))
         }
         ApiRequest::Delete {
@@ -263,7 +265,9 @@ pub fn status_of(code: Code) -> StatusCode {
         Code::ResponseTooLarge => StatusCode::UNPROCESSABLE_ENTITY,
         Code::RouteNotFound => StatusCode::NOT_FOUND,
         Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        Code::QuorumInvalid | Code::ModeUnsupported | Code::Overflow => StatusCode::BAD_REQUEST,
+        Code::QuorumInvalid | Code::ModeUnsupported | Code::Overflow | Code::NotInteger => {
+            StatusCode::BAD_REQUEST
+        }
         Code::WrongType => StatusCode::CONFLICT,
         // The coordinator's clock, not the request, is at fault; another node may take it.
         Code::ClockSkew => StatusCode::SERVICE_UNAVAILABLE,
@@ -382,6 +386,19 @@ fn write_response(w: &WriteOutcome, token: &str, value: Option<i64>) -> Response
     if let Some(v) = value {
         body["value"] = json!(v);
     }
+    if let Some(u) = &w.update {
+        // What an update of a conflict-free keyspace did, with the dots (`node.counter`) it
+        // issued and removed (docs/formats.md).
+        let dots = |d: &[(u64, u64)]| {
+            d.iter()
+                .map(|(n, c)| format!("{n}.{c}"))
+                .collect::<Vec<_>>()
+        };
+        body["added"] = json!(u.added);
+        body["removed"] = json!(u.removed);
+        body["dots"] = json!(dots(&u.dots));
+        body["removed_dots"] = json!(dots(&u.removed_dots));
+    }
     (position, session_header(token), Json(body)).into_response()
 }
 
@@ -450,7 +467,12 @@ async fn get_key(
     as_json: bool,
     mut read: Read,
 ) -> Result<Response, ApiError> {
-    let ReadOutcome { value, receipt, .. } = node.get(read.request(ks), key).await?;
+    let ReadOutcome { value, receipt, .. } = match node.get(read.request(ks), key).await {
+        Err(e) if e.code == Code::WrongType => {
+            return get_members(node, ks, key, key_encoding, read).await
+        }
+        other => other?,
+    };
     let token = node.session_key().encode(&read.session);
     let headers = (receipt_headers(&receipt), session_header(&token));
     if as_json {
@@ -482,6 +504,55 @@ async fn get_key(
             Ok((StatusCode::NOT_FOUND, headers, Json(body)).into_response())
         }
     }
+}
+
+/// GET of a key of a set or map keyspace: always JSON, `{"members":[…]}` or
+/// `{"fields":{…}}` (strings; members or fields that are not UTF-8 are given lossily), with the
+/// receipt. A key that holds nothing is an empty set or map (Redis's view), not a 404.
+async fn get_members(
+    node: &Node,
+    ks: &str,
+    key: &[u8],
+    key_encoding: KeyEncoding,
+    mut read: Read,
+) -> Result<Response, ApiError> {
+    let state = node.read_state(read.request(ks), key).await?;
+    let token = node.session_key().encode(&read.session);
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut body = json!({
+        "key": key_encoding.show(key),
+        "receipt": receipt_json(&state.receipt),
+        "session": token,
+    });
+    match &state.stored {
+        Some(Stored::Set(s)) => {
+            body["members"] = json!(s.members().map(|(m, _)| lossy(m)).collect::<Vec<_>>());
+        }
+        Some(Stored::Map(m)) => {
+            let fields: serde_json::Map<String, serde_json::Value> = m
+                .fields()
+                .map(|(f, v)| (lossy(f), json!(lossy(&v))))
+                .collect();
+            body["fields"] = json!(fields);
+        }
+        _ => {
+            // Nothing held: an empty set or map, by the keyspace's policy.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            let info = node.keyspace(ks, deadline).await?;
+            let name = if info.spec.conflict.as_deref() == Some("map") {
+                "fields"
+            } else {
+                "members"
+            };
+            body[name] = if name == "fields" {
+                json!({})
+            } else {
+                json!([])
+            };
+        }
+    }
+    let headers = (receipt_headers(&state.receipt), session_header(&token));
+    Ok((StatusCode::OK, headers, Json(body)).into_response())
 }
 
 fn value_json(value: Option<&[u8]>) -> (serde_json::Value, Option<String>) {

@@ -13,6 +13,7 @@
 //! | `/v1/keyspaces/{ks}` | GET, PUT |
 //! | `/v1/kv/{ks}/{key}` | GET, PUT, DELETE (the key is everything after `{ks}/`, `/` included) |
 //! | `/v1/kv/{ks}/{key}:add` | POST (counter keyspaces: `{"by": N, "id": "…"}`) |
+//! | `/v1/kv/{ks}/{key}:update` | POST (set and map keyspaces: `{"add":[…],"remove":[…]}`, `{"set":{…}}`, `{"incr":{…}}`) |
 //! | `/v1/kv/{ks}:batch-get` | POST |
 //! | `/v1/admin/faults` | POST |
 //!
@@ -35,6 +36,7 @@ use tunekv_core::limits::check_key;
 use tunekv_core::{
     Code, KeyspaceSpec, Level, Quorum, QuorumKind, Session, SessionKey, TunekvError,
 };
+use tunekv_dynamo::update::Update;
 use tunekv_node::BATCH_KEYS_MAX;
 
 pub const H_LEVEL: &str = "tunekv-level";
@@ -114,13 +116,12 @@ pub enum ApiRequest {
         wait: Option<Duration>,
         session: Session,
     },
-    /// `POST /v1/kv/{ks}/{key}:add`: add `by` to a counter; `id` (hashed from the body's
-    /// string) makes a retry apply once.
-    Add {
+    /// `POST /v1/kv/{ks}/{key}:add` (add to a counter; the body's `id`, hashed, makes a retry
+    /// apply once) and `POST /v1/kv/{ks}/{key}:update` (a set's or map's members).
+    Update {
         ks: String,
         key: Vec<u8>,
-        by: i64,
-        id: Option<u128>,
+        update: Update,
         w: Option<Quorum>,
         wait: Option<Duration>,
         session: Session,
@@ -238,22 +239,27 @@ pub fn parse(
             let q = Query::parse(uri.query())?;
             let key_encoding = q.key_encoding()?;
             if post {
-                let Some(raw_key) = raw_key.strip_suffix(":add") else {
+                let (raw_key, update) = if let Some(k) = raw_key.strip_suffix(":add") {
+                    let body: AddBody = json_object(&body, "add body", Code::BadRequest)?;
+                    let id = body.id.map(|id| xxhash_rust::xxh3::xxh3_128(id.as_bytes()));
+                    (k, Update::Add { by: body.by, id })
+                } else if let Some(k) = raw_key.strip_suffix(":update") {
+                    let body: UpdateBody = json_object(&body, "update body", Code::BadRequest)?;
+                    (k, body.into_update()?)
+                } else {
                     return Err(refuse(
                         Code::RouteNotFound,
                         format!(
                             "no action in {}: POST on a key is POST /v1/kv/{{ks}}/{{key}}:add \
-                             (counter keyspaces)",
+                             (counter keyspaces) or …:update (set and map keyspaces)",
                             echo(path)
                         ),
                     ));
                 };
-                let body: AddBody = json_object(&body, "add body", Code::BadRequest)?;
-                return Ok(ApiRequest::Add {
+                return Ok(ApiRequest::Update {
                     ks,
                     key: path_key(raw_key, key_encoding)?,
-                    by: body.by,
-                    id: body.id.map(|id| xxhash_rust::xxh3::xxh3_128(id.as_bytes())),
+                    update,
                     w: q.quorum(QuorumKind::Write, headers)?,
                     wait: q.wait()?,
                     session: session_of(secret, headers)?,
@@ -687,6 +693,77 @@ struct AddBody {
     /// The request's id (any string up to 256 bytes): a retry with the same id is applied once.
     #[serde(default)]
     id: Option<BoundedId>,
+}
+
+/// `POST /v1/kv/{ks}/{key}:update`'s body: a set's `{"add":[…],"remove":[…]}`, a map's
+/// `{"set":{"field":"value",…},"remove":[…]}` or `{"incr":{"field":"f","by":N}}`. Members,
+/// fields and values are JSON strings (UTF-8).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    #[serde(default)]
+    add: Option<Vec<String>>,
+    #[serde(default)]
+    remove: Option<Vec<String>>,
+    #[serde(default)]
+    set: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    incr: Option<IncrBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncrBody {
+    field: String,
+    by: i64,
+}
+
+/// Members or fields one update may name.
+pub const UPDATE_MEMBERS_MAX: usize = 10_000;
+
+impl UpdateBody {
+    fn into_update(self) -> Result<Update, TunekvError> {
+        let bytes =
+            |v: Vec<String>| -> Vec<Vec<u8>> { v.into_iter().map(String::into_bytes).collect() };
+        let named = self.add.as_ref().map_or(0, Vec::len)
+            + self.remove.as_ref().map_or(0, Vec::len)
+            + self.set.as_ref().map_or(0, |s| s.len());
+        if named > UPDATE_MEMBERS_MAX {
+            return Err(TunekvError::new(
+                Code::BadRequest,
+                format!(
+                    "an update names at most {UPDATE_MEMBERS_MAX} members or fields, got {named}"
+                ),
+            ));
+        }
+        let bad = |why: &str| Err(TunekvError::new(Code::BadRequest, why.to_string()));
+        match (self.add, self.remove, self.set, self.incr) {
+            (None, None, None, None) => bad(
+                "an update body names \"add\" and/or \"remove\" (sets), \"set\" and/or \
+                 \"remove\" (maps), or \"incr\" (maps)",
+            ),
+            (Some(_), _, Some(_), _) => bad("\"add\" (sets) and \"set\" (maps) do not go together"),
+            (_, _, _, Some(_)) if named > 0 => {
+                bad("\"incr\" goes alone: send the other changes as another update")
+            }
+            (_, _, _, Some(i)) => Ok(Update::FieldAdd {
+                field: i.field.into_bytes(),
+                by: i.by,
+            }),
+            (None, remove, Some(set), None) => Ok(Update::Fields {
+                set: set
+                    .into_iter()
+                    .map(|(f, v)| (f.into_bytes(), v.into_bytes()))
+                    .collect(),
+                remove: bytes(remove.unwrap_or_default()),
+            }),
+            // Only removes: of a set's members or a map's fields (the node knows which).
+            (add, remove, None, None) => Ok(Update::Members {
+                add: bytes(add.unwrap_or_default()),
+                remove: bytes(remove.unwrap_or_default()),
+            }),
+        }
+    }
 }
 
 /// A request id: at most 256 bytes.

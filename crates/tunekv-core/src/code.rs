@@ -58,6 +58,9 @@ pub enum Code {
     /// A counter update that would take the value out of the signed 64-bit range; it changed
     /// nothing.
     Overflow,
+    /// An increment of a map field whose value is not an integer (Redis's "hash value is not
+    /// an integer"); it changed nothing.
+    NotInteger,
 }
 
 impl Code {
@@ -89,6 +92,7 @@ impl Code {
             Code::ModeUnsupported => "mode_unsupported",
             Code::WrongType => "wrongtype",
             Code::Overflow => "overflow",
+            Code::NotInteger => "not_integer",
         }
     }
 
@@ -125,6 +129,7 @@ pub const ALL_CODES: &[Code] = &[
     Code::ModeUnsupported,
     Code::WrongType,
     Code::Overflow,
+    Code::NotInteger,
 ];
 
 /// The most characters of client input an error message repeats: a 10 MB field name must not

@@ -51,7 +51,7 @@ pub const PARTITIONS_DEFAULT: u32 = 256;
 /// Most ring partitions a keyspace may have (per-partition state is kept in memory).
 pub const PARTITIONS_MAX: u32 = 4096;
 /// Conflict policies this build resolves.
-pub const CONFLICT_POLICIES: &str = "lww, counter";
+pub const CONFLICT_POLICIES: &str = "lww, counter, set, map";
 
 fn default_mode() -> Mode {
     Mode::Ordered
@@ -177,7 +177,7 @@ impl KeyspaceSpec {
             ));
         }
         match (self.mode, self.conflict.as_deref()) {
-            (Mode::Leaderless, None | Some("lww" | "counter")) | (_, None) => {}
+            (Mode::Leaderless, None | Some("lww" | "counter" | "set" | "map")) | (_, None) => {}
             (Mode::Leaderless, Some(c)) => {
                 return invalid(format!(
                     "conflict policy {} is not available in this build; leaderless keyspaces \
@@ -222,12 +222,13 @@ impl KeyspaceSpec {
         // Session guarantees on conflict-free keyspaces are refused at read time until tokens
         // carry which updates a session made: a default that every read would refuse is
         // refused here.
-        if self.conflict.as_deref() == Some("counter")
+        if matches!(self.conflict.as_deref(), Some("counter" | "set" | "map"))
             && level.promise() == crate::level::Promise::Session
         {
             return invalid(format!(
-                "default_level: {level} is not served on counter keyspaces yet (session \
-                 guarantees need tokens that carry which updates a session made); use eventual"
+                "default_level: {level} is not served on {} keyspaces yet (session guarantees \
+                 need tokens that carry which updates a session made); use eventual",
+                self.conflict.as_deref().unwrap_or("?")
             ));
         }
         Ok(())

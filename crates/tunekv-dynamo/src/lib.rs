@@ -26,6 +26,7 @@ pub mod merkle;
 pub mod ormap;
 pub mod replica;
 pub mod ring;
+pub mod update;
 pub mod version;
 
 pub use replica::Replica;

@@ -204,6 +204,11 @@ impl<V: Payload> OrMap<V> {
         self.live == 0
     }
 
+    /// Members listed, with live dots or not (a remove's delta lists what it removed).
+    pub fn len_listed(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Every dot seen.
     pub fn context(&self) -> &Context {
         &self.ctx
@@ -517,10 +522,7 @@ mod tests {
             bytes.push(m.clone());
         }
         let header = s.header();
-        let rebuilt = OrSet::assemble(
-            header,
-            s.members().map(|(m, d)| (m.clone(), d.clone())),
-        );
+        let rebuilt = OrSet::assemble(header, s.members().map(|(m, d)| (m.clone(), d.clone())));
         assert_eq!(rebuilt, s);
         assert_eq!(rebuilt.len(), bytes.len());
     }

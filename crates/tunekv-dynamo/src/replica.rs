@@ -317,7 +317,11 @@ mod tests {
             let applied = a.apply(b"s", d).expect("each delta changes the set");
             assert_eq!(applied.members.map(|m| m.len()), Some(1), "one member each");
         }
-        assert_eq!(a.apply(b"s", &deltas[3]), None, "a repeated delta changes nothing");
+        assert_eq!(
+            a.apply(b"s", &deltas[3]),
+            None,
+            "a repeated delta changes nothing"
+        );
         let mut b = Replica::new(ring(), 4, Policy::Set).unwrap();
         let whole = Versioned {
             version: Version { hlc: 40, node: 1 },

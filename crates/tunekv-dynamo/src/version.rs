@@ -175,7 +175,11 @@ impl Policy {
     pub fn merge(self, held: Option<&Versioned>, incoming: &Versioned) -> Versioned {
         if let (true, Some(h)) = (self.membered(), held) {
             let mut joined = h.clone();
-            if joined.stored.join_members(&incoming.stored, false).is_some() {
+            if joined
+                .stored
+                .join_members(&incoming.stored, false)
+                .is_some()
+            {
                 joined.version = h.version.max(incoming.version);
                 return joined;
             }

@@ -35,11 +35,14 @@ pub struct Bugs {
     /// `counter-lww`: replicas resolve counter states by last writer wins instead of joining
     /// them (concurrent increments are lost).
     counter_lww: bool,
+    /// `set-remove-wins`: a replica joining a set's or map's remove drops every dot of the
+    /// removed members, including adds the remover never saw (a concurrent add is lost).
+    set_remove_wins: bool,
 }
 
 pub const BUG_NAMES: &str =
     "strong-local, ignore-session, skip-bounded, ack-early, old-receipts, quorum-ack-one, gc-early, \
-     drop-hints, skip-read-repair, counter-lww";
+     drop-hints, skip-read-repair, counter-lww, set-remove-wins";
 
 impl Bugs {
     /// Parses `--bug` names. Any name in a build without the feature is an error.
@@ -62,6 +65,7 @@ impl Bugs {
                 "drop-hints" => b.drop_hints = true,
                 "skip-read-repair" => b.skip_read_repair = true,
                 "counter-lww" => b.counter_lww = true,
+                "set-remove-wins" => b.set_remove_wins = true,
                 other => return Err(format!("unknown bug {other:?}; bugs: {BUG_NAMES}")),
             }
         }
@@ -79,7 +83,8 @@ impl Bugs {
                 || self.gc_early
                 || self.drop_hints
                 || self.skip_read_repair
-                || self.counter_lww)
+                || self.counter_lww
+                || self.set_remove_wins)
     }
 
     pub fn strong_local(&self) -> bool {
@@ -120,5 +125,9 @@ impl Bugs {
 
     pub fn counter_lww(&self) -> bool {
         cfg!(feature = "bug-injection") && self.counter_lww
+    }
+
+    pub fn set_remove_wins(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.set_remove_wins
     }
 }

@@ -23,7 +23,7 @@ pub use bugs::{Bugs, BUG_NAMES};
 pub use config::{LeaderlessConfig, NodeConfig, PeerConfig};
 pub use node::{
     KeyspaceInfo, LeaderlessReport, Node, ReadOutcome, ReadRequest, ReplicaDigest, ScanPage,
-    ShardRead, WriteOutcome, WriteRequest, BATCH_KEYS_MAX,
+    ShardRead, StateRead, UpdateReport, WriteOutcome, WriteRequest, BATCH_KEYS_MAX,
 };
 pub use transport::{FaultState, LinkFaults};
 pub use tunekv_raft::{CommandResult, Cond, ExpireIf, Op, StoredValue, Ttl};

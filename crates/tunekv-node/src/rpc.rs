@@ -21,7 +21,7 @@ use tunekv_core::{Code, NodeId};
 use tunekv_raft::{CommandResult, Op, TypeConfig};
 
 /// First byte of every frame; bumped on any incompatible change.
-pub const WIRE_VERSION: u8 = 6;
+pub const WIRE_VERSION: u8 = 7;
 /// Largest frame: a whole snapshot travels in one frame for now.
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Frames queued for one connection's writer.
@@ -118,23 +118,23 @@ pub enum DynamoRequest {
     },
 }
 
-/// An update of a conflict-free keyspace, as a client asked it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Update {
-    /// Add `by` to a counter. `id`: the request's id, so that a retry reaching a replica that
-    /// has seen it is not applied twice.
-    Add { by: i64, id: Option<u128> },
-}
+pub use tunekv_dynamo::update::Update;
 
 /// How an update went, from the replica that made it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Updated {
-    /// The update's version (HLC stamp, node) and its dot (node, counter).
+    /// The update's version (HLC stamp, node).
     pub version: (u64, u64),
-    pub dot: (u64, u64),
+    /// The dots (node, counter) it issued, and those it removed (sets and maps).
+    pub dots: Vec<(u64, u64)>,
+    pub removed_dots: Vec<(u64, u64)>,
+    /// Members or fields it added (not present before) and removed.
+    pub added: u64,
+    pub removed: u64,
     /// The partition of the key (the receipt's shard).
     pub partition: u32,
-    /// A counter's value after the update, as the replica's state has it.
+    /// The command's integer answer, as the replica's state has it: a counter's or field's
+    /// value after the update; members or fields added or removed.
     pub int: i64,
     pub existed: bool,
     /// Whether a retry found its request already applied (nothing was written).

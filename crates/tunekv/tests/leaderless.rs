@@ -4,32 +4,11 @@
 
 mod common;
 
-use common::{eventually, start, start_with_args};
+use common::{call, eventually, start, start_with_args};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-/// One HTTP call: status, the `tunekv-quorum` header, and the body (JSON when it parses).
-async fn call(method: &str, url: &str, body: &str) -> (u16, Option<String>, Value) {
-    let client = reqwest::Client::new();
-    let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let resp = client
-        .request(m, url)
-        .body(body.to_string())
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .expect("send");
-    let status = resp.status().as_u16();
-    let quorum = resp
-        .headers()
-        .get("tunekv-quorum")
-        .map(|v| v.to_str().unwrap_or_default().to_string());
-    let text = resp.text().await.expect("body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, quorum, body)
-}
 
 fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")

@@ -393,6 +393,13 @@ async fn create_db0_and_wait(c: &common::TestCluster) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_py_passes_its_checks() {
     let c = start(3, false).await;
+    // The conflict-free keyspaces the script's check_conflict_free_types uses.
+    for (name, conflict) in [("likes", "counter"), ("carts", "set"), ("profiles", "map")] {
+        let spec = format!(r#"{{"mode":"leaderless","replicas":3,"conflict":"{conflict}"}}"#);
+        let (s, _, b) =
+            common::call("PUT", &format!("{}/v1/keyspaces/{name}", c.http(0)), &spec).await;
+        assert_eq!(s, 201, "{b}");
+    }
     let python = std::env::var("TUNEKV_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {

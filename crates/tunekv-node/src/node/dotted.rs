@@ -6,13 +6,13 @@
 //! any hint already kept). A replica therefore never hands out a dot it could forget in a
 //! crash, and what travels is O(delta), not the whole value.
 
-use super::leaderless::{encode, lock, Spread};
+use super::leaderless::{lock, Spread};
 use super::*;
 use crate::rpc::{DynamoRequest, DynamoResponse, Update, Updated};
 use std::future::Future;
 use std::pin::Pin;
 use tunekv_core::{Mode, Quorum, QuorumReceipt};
-use tunekv_dynamo::crdt::{Counter, CounterError};
+use tunekv_dynamo::update::{make, UpdateError};
 use tunekv_dynamo::{Policy, Stored, Version, Versioned};
 
 /// How long past the forwarded update's own budget the forwarding node waits for the answer.
@@ -109,6 +109,12 @@ impl Node {
                 version: Some(updated.version),
                 durable: true,
             }),
+            update: Some(UpdateReport {
+                added: updated.added,
+                removed: updated.removed,
+                dots: updated.dots,
+                removed_dots: updated.removed_dots,
+            }),
         })
     }
 
@@ -140,6 +146,9 @@ impl Node {
                 "{:?} is not a leaderless keyspace",
                 ks.name
             )));
+        }
+        if !update.fits(self.policy_of(ks)?) {
+            return Err(update_error(ks, &update, UpdateError::WrongType));
         }
         let w = w.unwrap_or(Quorum::Quorum);
         if let ClockHealth::Skewed(why) = self.clock_health() {
@@ -176,46 +185,37 @@ impl Node {
                 ),
             ));
         }
-        // Under the replica's lock: the delta from this replica's state, joined into it, on
-        // disk before anyone else sees its dot.
+        // Under the replica's lock: the delta from this replica's state (read in place, never
+        // copied), joined into it, on disk before anyone else sees its dots.
         let replica = self.replica_of(ks)?;
-        let (item, merged, existed) = {
+        let (item, made, existed) = {
             let mut r = lock(&replica);
-            let held = r.get(key).cloned();
-            let floor = held.as_ref().map_or(0, |h| h.version.hlc.saturating_add(1));
+            let held = r.get(key);
+            let floor = held.map_or(0, |h| h.version.hlc.saturating_add(1));
             let hlc = self.dynamo.stamps.stamp_above(self.clock.wall_ms(), floor);
             let version = Version {
                 hlc,
                 node: self.id.0,
             };
-            let delta = match (&update, held.as_ref().map(|h| &h.stored)) {
-                (Update::Add { by, id }, None) => Counter::new().add(self.id.0, *by, hlc, *id),
-                (Update::Add { by, id }, Some(Stored::Counter(c))) => {
-                    c.add(self.id.0, *by, hlc, *id)
-                }
-                (Update::Add { .. }, Some(_)) => {
-                    return Err(err(
-                        Code::WrongType,
-                        "Operation against a key holding the wrong kind of value",
-                    ))
-                }
-            };
-            let delta = match delta {
-                Ok(Some(d)) => d,
+            let existed = held.is_some_and(|h| h.stored.live_at(self.clock.wall_ms()));
+            let made = match make(held.map(|h| &h.stored), self.id.0, hlc, &update) {
+                Ok(Some(made)) => made,
                 Ok(None) => {
-                    // A retry of an update this replica has applied: nothing to write.
-                    let int = match held.as_ref().map(|h| &h.stored) {
+                    // A retry of an update this replica has applied (or a clear of nothing):
+                    // nothing to write.
+                    let int = match held.map(|h| &h.stored) {
                         Some(Stored::Counter(c)) => c.value() as i64,
                         _ => 0,
                     };
                     return Ok(Updated {
-                        version: held
-                            .as_ref()
-                            .map_or((0, 0), |h| (h.version.hlc, h.version.node)),
-                        dot: (self.id.0, 0),
+                        version: held.map_or((0, 0), |h| (h.version.hlc, h.version.node)),
+                        dots: Vec::new(),
+                        removed_dots: Vec::new(),
+                        added: 0,
+                        removed: 0,
                         partition: ring.partition_of(key),
                         int,
-                        existed: true,
+                        existed,
                         duplicate: true,
                         asked: 0,
                         answered: 0,
@@ -224,39 +224,22 @@ impl Node {
                         quorum: w,
                     });
                 }
-                Err(CounterError::Overflow) => {
-                    return Err(err(
-                        Code::Overflow,
-                        "increment or decrement would overflow a signed 64-bit integer; the \
-                         counter is unchanged",
-                    ))
-                }
+                Err(e) => return Err(update_error(ks, &update, e)),
             };
             let item = Versioned {
                 version,
-                stored: Stored::Counter(delta),
+                stored: made.delta.clone(),
             };
-            r.apply(key, &item);
-            let merged = r.get(key).cloned().unwrap_or_else(|| item.clone());
-            self.storage
-                .put_record(ks.id, key, Some(&encode(&merged)?))
-                .map_err(internal)?;
+            if let Some(applied) = r.apply(key, &item) {
+                let now = r
+                    .get(key)
+                    .ok_or_else(|| internal("an applied update left nothing held"))?;
+                self.persist(ks, key, now, &applied)?;
+            }
             self.dynamo.stamps.observe(hlc);
-            (item, merged, held.is_some())
+            (item, made, existed)
         };
         self.commit.sync().await.map_err(internal)?;
-        let int = match &merged.stored {
-            Stored::Counter(c) => c.value() as i64,
-            _ => 0,
-        };
-        let dot = match &item.stored {
-            Stored::Counter(d) => d
-                .context()
-                .dots()
-                .next()
-                .map_or((self.id.0, 0), |d| (d.node, d.counter)),
-            _ => (self.id.0, 0),
-        };
         // This replica's copy counts as one; the delta travels as a repair would (`fresh:
         // false`): its stamp decides no conflict, so a replica's clock check has nothing to
         // guard, and the update is already made here.
@@ -290,11 +273,15 @@ impl Node {
                 ),
             ));
         }
+        let pair = |d: &tunekv_dynamo::causal::Dot| (d.node, d.counter);
         Ok(Updated {
             version: (item.version.hlc, item.version.node),
-            dot,
+            dots: made.dots.iter().map(pair).collect(),
+            removed_dots: made.removed_dots.iter().map(pair).collect(),
+            added: made.added,
+            removed: made.removed,
             partition: ring.partition_of(key),
-            int,
+            int: made.int,
             existed,
             duplicate: false,
             asked: placements.len() as u32 + 1,
@@ -303,5 +290,31 @@ impl Node {
             hinted,
             quorum: w,
         })
+    }
+}
+
+/// The typed error of a refused update (it changed nothing).
+fn update_error(ks: &KeyspaceInfo, update: &Update, e: UpdateError) -> TunekvError {
+    let policy = ks.spec.conflict.as_deref().unwrap_or("lww");
+    match e {
+        UpdateError::WrongType => err(
+            Code::WrongType,
+            format!(
+                "Operation against a key holding the wrong kind of value: {:?} is a keyspace of \
+                 {policy} values, this update applies to {} values",
+                ks.name,
+                update.applies_to()
+            ),
+        ),
+        UpdateError::Overflow => err(
+            Code::Overflow,
+            "increment or decrement would overflow a signed 64-bit integer; the value is \
+             unchanged",
+        ),
+        UpdateError::NotInteger => err(
+            Code::NotInteger,
+            "hash value is not an integer; the field is unchanged",
+        ),
+        UpdateError::Invalid(why) => err(Code::BadRequest, why),
     }
 }

@@ -21,6 +21,8 @@ use super::*;
 use crate::rpc::{DynamoRequest, DynamoResponse};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tunekv_core::{Mode, Quorum, QuorumReceipt};
+use tunekv_dynamo::ormap::{OrMap, Payload};
+use tunekv_dynamo::replica::Applied;
 use tunekv_dynamo::{Policy, Replica, Ring, Stored, Version, Versioned};
 
 /// Storage space of hints (replica data uses the keyspace id, always below it).
@@ -167,7 +169,27 @@ fn cap_bytes(mut entries: Vec<(Vec<u8>, Versioned)>) -> Vec<(Vec<u8>, Versioned)
 }
 
 fn is_live(v: Option<&Versioned>, now_ms: u64) -> bool {
-    v.is_some_and(|v| v.stored.value_at(now_ms).is_some())
+    v.is_some_and(|v| v.stored.live_at(now_ms))
+}
+
+/// The record space of the members of a set or map keyspace's values (keyspace ids are
+/// catalog indexes, far below this bit).
+const MEMBER_SPACE: u64 = 1 << 62;
+
+/// A member's record key: the key's length (4 bytes, big-endian), the key, the member.
+fn member_record_key(key: &[u8], member: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len() + member.len());
+    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    k.extend_from_slice(key);
+    k.extend_from_slice(member);
+    k
+}
+
+/// Splits a member record key into key and member.
+fn split_member_record_key(k: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_be_bytes(k.get(..4)?.try_into().ok()?) as usize;
+    let rest = &k[4..];
+    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 pub(super) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, TunekvError> {
@@ -196,12 +218,50 @@ impl Node {
             policy = Policy::Lww;
         }
         let mut replica = Replica::new(self.ring_of(ks)?, TREE_DEPTH, policy).map_err(internal)?;
+        if self.config.bugs.set_remove_wins() {
+            replica.inject_remove_wins();
+        }
+        let corrupt = |e: postcard::Error| {
+            internal(format!("replica record of {:?} is corrupt: {e}", ks.name))
+        };
         let mut loaded = Vec::new();
         if ks.spec.mode == Mode::Leaderless {
+            // Members of sets and maps, by key (stored apart from their key's record).
+            let mut members: HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>> = HashMap::new();
+            if policy.membered() {
+                for (k, bytes) in self
+                    .storage
+                    .records(ks.id | MEMBER_SPACE)
+                    .map_err(internal)?
+                {
+                    let (key, member) = split_member_record_key(&k)
+                        .ok_or_else(|| internal("a member record key is corrupt"))?;
+                    members
+                        .entry(key.to_vec())
+                        .or_default()
+                        .push((member.to_vec(), bytes));
+                }
+            }
             for (key, bytes) in self.storage.records(ks.id).map_err(internal)? {
-                let v: Versioned = postcard::from_bytes(&bytes).map_err(|e| {
-                    internal(format!("replica record of {:?} is corrupt: {e}", ks.name))
-                })?;
+                let mut v: Versioned = postcard::from_bytes(&bytes).map_err(corrupt)?;
+                let mine = members.remove(&key).unwrap_or_default();
+                v.stored = match v.stored {
+                    Stored::Set(header) => Stored::Set(OrMap::assemble(
+                        header,
+                        mine.iter()
+                            .map(|(m, b)| Ok((m.clone(), postcard::from_bytes(b)?)))
+                            .collect::<Result<Vec<_>, postcard::Error>>()
+                            .map_err(corrupt)?,
+                    )),
+                    Stored::Map(header) => Stored::Map(OrMap::assemble(
+                        header,
+                        mine.iter()
+                            .map(|(m, b)| Ok((m.clone(), postcard::from_bytes(b)?)))
+                            .collect::<Result<Vec<_>, postcard::Error>>()
+                            .map_err(corrupt)?,
+                    )),
+                    other => other,
+                };
                 replica.apply(&key, &v);
                 loaded.push((key, v));
             }
@@ -219,6 +279,53 @@ impl Node {
         let replica = Arc::new(Mutex::new(replica));
         all.insert(ks.id, replica.clone());
         Ok(replica)
+    }
+
+    /// Persists what [`Replica::apply`] changed (buffered: the caller syncs): the key's
+    /// record — a set's or map's without its members — and each changed member's record, so
+    /// an update of a large set writes O(delta), not the whole set.
+    pub(super) fn persist(
+        &self,
+        ks: &KeyspaceInfo,
+        key: &[u8],
+        held: &Versioned,
+        applied: &Applied,
+    ) -> Result<(), TunekvError> {
+        fn members<V: Payload>(
+            node: &Node,
+            space: u64,
+            key: &[u8],
+            map: &OrMap<V>,
+            changed: &[Vec<u8>],
+        ) -> Result<(), TunekvError> {
+            for m in changed {
+                let record = member_record_key(key, m);
+                let value = map.get(m).map(encode).transpose()?;
+                node.storage
+                    .put_record(space, &record, value.as_deref())
+                    .map_err(internal)?;
+            }
+            Ok(())
+        }
+        let header = |stored| Versioned {
+            version: held.version,
+            stored,
+        };
+        let space = ks.id | MEMBER_SPACE;
+        let record = match (&held.stored, &applied.members) {
+            (Stored::Set(s), Some(changed)) => {
+                members(self, space, key, s, changed)?;
+                encode(&header(Stored::Set(s.header())))?
+            }
+            (Stored::Map(m), Some(changed)) => {
+                members(self, space, key, m, changed)?;
+                encode(&header(Stored::Map(m.header())))?
+            }
+            _ => encode(held)?,
+        };
+        self.storage
+            .put_record(ks.id, key, Some(&record))
+            .map_err(internal)
     }
 
     /// Loads the hints kept on disk (at start).
@@ -315,7 +422,11 @@ impl Node {
             Stored::Tombstone => {
                 t.insert((ks, key.to_vec()), (now.version, Instant::now()));
             }
-            Stored::Value(_) | Stored::Expiring { .. } | Stored::Counter(_) => {
+            Stored::Value(_)
+            | Stored::Expiring { .. }
+            | Stored::Counter(_)
+            | Stored::Set(_)
+            | Stored::Map(_) => {
                 t.remove(&(ks, key.to_vec()));
             }
         }
@@ -397,16 +508,15 @@ impl Node {
             for (key, v) in items {
                 self.dynamo.stamps.observe(v.version.hlc);
                 existed |= is_live(r.get(key), wall);
-                if let Some(now) = r.apply(key, v) {
+                if let Some(applied) = r.apply(key, v) {
                     changed += 1;
                     if durable {
-                        self.track_tombstone(ks.id, key, &now);
-                    }
-                    if durable {
+                        let now = r
+                            .get(key)
+                            .ok_or_else(|| internal("an applied version left nothing held"))?;
+                        self.track_tombstone(ks.id, key, now);
                         // Under the replica's lock, so the disk sees merges in their order.
-                        self.storage
-                            .put_record(ks.id, key, Some(&encode(&now)?))
-                            .map_err(internal)?;
+                        self.persist(ks, key, now, &applied)?;
                     }
                 }
             }
@@ -619,6 +729,7 @@ impl Node {
                 version: Some((version.hlc, version.node)),
                 durable: !volatile,
             }),
+            update: None,
         })
     }
 
@@ -737,7 +848,8 @@ impl Node {
         })
     }
 
-    /// Reads `key` of a leaderless or volatile keyspace at read quorum `r`.
+    /// Reads the value of `key` of a leaderless or volatile keyspace at read quorum `r`
+    /// (a set or map has none: [`Node::read_state`] reads those).
     pub(super) async fn dynamo_read(
         &self,
         ks: &KeyspaceInfo,
@@ -747,6 +859,52 @@ impl Node {
         deadline: Instant,
         session: &mut Session,
     ) -> Result<ReadOutcome, TunekvError> {
+        if ks.spec.mode == Mode::Leaderless && self.policy_of(ks)?.membered() {
+            return Err(err(
+                Code::WrongType,
+                format!(
+                    "Operation against a key holding the wrong kind of value: {:?} is a keyspace \
+                     of {}s, which have no single value to GET (read them with {})",
+                    ks.name,
+                    ks.spec.conflict.as_deref().unwrap_or("?"),
+                    if self.policy_of(ks)? == Policy::Set {
+                        "SMEMBERS, SISMEMBER, SCARD"
+                    } else {
+                        "HGET, HGETALL, HLEN, HEXISTS"
+                    }
+                ),
+            ));
+        }
+        let (newest, receipt) = self
+            .dynamo_read_held(ks, level, r, key, deadline, session)
+            .await?;
+        let wall = self.clock.wall_ms();
+        let value = newest
+            .as_ref()
+            .and_then(|v| v.stored.value_at(wall))
+            .map(std::borrow::Cow::into_owned);
+        let expires_ms = newest
+            .as_ref()
+            .filter(|_| value.is_some())
+            .and_then(|v| v.stored.expires_ms());
+        Ok(ReadOutcome {
+            value,
+            expires_ms,
+            receipt,
+        })
+    }
+
+    /// Reads what `key` holds (the replies merged by the keyspace's policy) at read quorum
+    /// `r`, and the receipt.
+    pub(super) async fn dynamo_read_held(
+        &self,
+        ks: &KeyspaceInfo,
+        level: Level,
+        r: Option<Quorum>,
+        key: &[u8],
+        deadline: Instant,
+        session: &mut Session,
+    ) -> Result<(Option<Versioned>, Receipt), TunekvError> {
         ks.spec.mode.admits(level)?;
         check_key(key)?;
         let volatile = ks.spec.mode == Mode::Volatile;
@@ -800,14 +958,13 @@ impl Node {
                 .dynamo_read_once(ks, level, r, key, deadline, required)
                 .await?
             {
-                Ok(outcome) => {
-                    if let (false, Some(v)) = (
-                        volatile,
-                        outcome.receipt.quorum.as_ref().and_then(|q| q.version),
-                    ) {
+                Ok((held, receipt)) => {
+                    if let (false, Some(v)) =
+                        (volatile, receipt.quorum.as_ref().and_then(|q| q.version))
+                    {
                         session.saw_leaderless(ks.id, hash, v, false);
                     }
-                    return Ok(outcome);
+                    return Ok((held, receipt));
                 }
                 Err(seen) if Instant::now() + RETRY_PAUSE < deadline => {
                     tracing::trace!(
@@ -845,7 +1002,7 @@ impl Node {
         key: &[u8],
         deadline: Instant,
         required: Option<(u64, u64)>,
-    ) -> Result<Result<ReadOutcome, Option<(u64, u64)>>, TunekvError> {
+    ) -> Result<Result<(Option<Versioned>, Receipt), Option<(u64, u64)>>, TunekvError> {
         let me = self.me()?;
         let volatile = ks.spec.mode == Mode::Volatile;
         let n = ks.spec.replicas;
@@ -1013,18 +1170,9 @@ impl Node {
             });
         }
         let version = newest.as_ref().map(|v| v.version);
-        let value = newest
-            .as_ref()
-            .and_then(|v| v.stored.value_at(wall))
-            .map(std::borrow::Cow::into_owned);
-        let expires_ms = newest
-            .as_ref()
-            .filter(|_| value.is_some())
-            .and_then(|v| v.stored.expires_ms());
-        Ok(Ok(ReadOutcome {
-            value,
-            expires_ms,
-            receipt: Receipt {
+        Ok(Ok((
+            newest,
+            Receipt {
                 level,
                 served_by: self.id,
                 position: Position {
@@ -1044,7 +1192,7 @@ impl Node {
                     durable: !volatile,
                 }),
             },
-        }))
+        )))
     }
 
     /// The replica side of node-to-node leaderless requests (and the coordinator's own copy).

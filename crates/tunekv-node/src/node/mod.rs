@@ -150,6 +150,28 @@ pub struct WriteOutcome {
     pub result: CommandResult,
     /// How a leaderless write met its quorum; `None` on ordered keyspaces.
     pub quorum: Option<QuorumReceipt>,
+    /// What an update of a conflict-free keyspace did; `None` for other writes.
+    pub update: Option<UpdateReport>,
+}
+
+/// What an update of a conflict-free keyspace did (from the replica that made it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UpdateReport {
+    /// Members or fields added (not present before) and removed.
+    pub added: u64,
+    pub removed: u64,
+    /// The dots (node, counter) the update issued and those it removed: which adds a remove
+    /// observed, for the set checker.
+    pub dots: Vec<(u64, u64)>,
+    pub removed_dots: Vec<(u64, u64)>,
+}
+
+/// A read of a whole conflict-free value (a set, a map, a counter's state) and its receipt.
+#[derive(Clone, Debug)]
+pub struct StateRead {
+    /// `None`: the key holds nothing.
+    pub stored: Option<tunekv_dynamo::Stored>,
+    pub receipt: Receipt,
 }
 
 /// What every read names besides its keys, from any front end (HTTP, RESP): the keyspace, the

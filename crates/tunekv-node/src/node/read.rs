@@ -185,6 +185,41 @@ impl Node {
         })
     }
 
+    /// Reads what `key` of a conflict-free keyspace holds — a whole set, map or counter state
+    /// — at `level` and read quorum `r`, as `get` reads a value (the front ends answer SMEMBERS,
+    /// HGETALL, SISMEMBER, … from it).
+    pub async fn read_state(
+        &self,
+        req: ReadRequest<'_>,
+        key: &[u8],
+    ) -> Result<StateRead, TunekvError> {
+        let Begun {
+            deadline,
+            ks,
+            level,
+            session,
+            r,
+            ..
+        } = self.begin_read(req).await?;
+        if ks.spec.mode != Mode::Leaderless || !self.policy_of(&ks)?.dotted() {
+            return Err(err(
+                Code::WrongType,
+                format!(
+                    "Operation against a key holding the wrong kind of value: {:?} holds plain \
+                     values; read them with GET",
+                    ks.name
+                ),
+            ));
+        }
+        let (held, receipt) = self
+            .dynamo_read_held(&ks, level, r, key, deadline, session)
+            .await?;
+        Ok(StateRead {
+            stored: held.map(|v| v.stored),
+            receipt,
+        })
+    }
+
     /// Reads several keys at `level`: one consistent view per shard, one receipt per shard.
     /// Expired keys read as absent. Values totalling more than the config's
     /// `batch_get_response_bytes_max` are refused with `response_too_large` before any is

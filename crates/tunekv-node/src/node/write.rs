@@ -146,32 +146,38 @@ impl Node {
         })
     }
 
-    /// The update a command makes on a conflict-free keyspace: INCR and its kin on a counter;
-    /// any other command is of the wrong type for it.
-    fn update_of(ks: &KeyspaceInfo, op: Op) -> Result<Update, TunekvError> {
-        match op {
-            Op::IncrBy { delta, .. } => Ok(Update::Add {
+    /// The update a command makes on a conflict-free keyspace: INCR and its kin on a counter,
+    /// DEL on a set or map; any other command is of the wrong type for it.
+    fn update_of(ks: &KeyspaceInfo, policy: Policy, op: Op) -> Result<Update, TunekvError> {
+        match (op, policy) {
+            (Op::IncrBy { delta, .. }, Policy::Counter) => Ok(Update::Add {
                 by: delta,
                 id: None,
             }),
-            Op::Delete { .. } => Err(err(
+            (Op::Delete { .. }, Policy::Set | Policy::Map) => Ok(Update::Clear),
+            (Op::Delete { .. }, _) => Err(err(
                 Code::ModeUnsupported,
                 format!(
                     "deleting a key of {} keyspace {:?} is not supported yet: a delete of a \
-                     conflict-free value must say which updates it removes, so that concurrent \
-                     ones survive it (issue 17)",
+                     counter must say which updates it removes, so that concurrent ones survive \
+                     it",
                     ks.spec.conflict.as_deref().unwrap_or("?"),
                     ks.name
                 ),
             )),
-            other => Err(err(
+            (other, _) => Err(err(
                 Code::WrongType,
                 format!(
                     "Operation against a key holding the wrong kind of value: {} on {:?}, a \
-                     keyspace of {} values (INCR, INCRBY, DECR, DECRBY and GET apply)",
+                     keyspace of {} values ({} apply)",
                     other.name(),
                     ks.name,
-                    ks.spec.conflict.as_deref().unwrap_or("?")
+                    ks.spec.conflict.as_deref().unwrap_or("?"),
+                    match policy {
+                        Policy::Set => "SADD, SREM, SMEMBERS, SISMEMBER, SCARD and DEL",
+                        Policy::Map => "HSET, HGET, HDEL, HGETALL, HINCRBY, HLEN, HEXISTS and DEL",
+                        _ => "INCR, INCRBY, DECR, DECRBY and GET",
+                    }
                 ),
             )),
         }
@@ -187,19 +193,63 @@ impl Node {
         by: i64,
         id: Option<u128>,
     ) -> Result<WriteOutcome, TunekvError> {
+        self.update(req, key, Update::Add { by, id }).await
+    }
+
+    /// Makes `update` on `key` of a conflict-free keyspace whose values it applies to (a
+    /// counter's add, a set's members, a map's fields); members and field values are checked
+    /// against the keyspace's value limit first.
+    pub async fn update(
+        &self,
+        req: WriteRequest<'_>,
+        key: &[u8],
+        update: Update,
+    ) -> Result<WriteOutcome, TunekvError> {
         let (deadline, ks, session, w) = self.begin_write(req).await?;
-        if ks.spec.mode != Mode::Leaderless || self.policy_of(&ks)? != Policy::Counter {
+        let policy = match ks.spec.mode {
+            Mode::Leaderless => self.policy_of(&ks)?,
+            _ => Policy::Lww,
+        };
+        // Removes alone name members or fields alike (HTTP cannot tell them apart).
+        let update = match (update, policy) {
+            (Update::Members { add, remove }, Policy::Map) if add.is_empty() => Update::Fields {
+                set: Vec::new(),
+                remove,
+            },
+            (u, _) => u,
+        };
+        if !update.fits(policy) {
             return Err(err(
                 Code::WrongType,
                 format!(
-                    "Operation against a key holding the wrong kind of value: {:?} is not a \
-                     counter keyspace (create it with {{\"mode\":\"leaderless\",\
-                     \"conflict\":\"counter\"}})",
-                    ks.name
+                    "Operation against a key holding the wrong kind of value: {:?} is not a {} \
+                     keyspace (create one with {{\"mode\":\"leaderless\",\"conflict\":\"{}\"}})",
+                    ks.name,
+                    update.applies_to(),
+                    update.applies_to().split(' ').next().unwrap_or("set")
                 ),
             ));
         }
-        self.dynamo_update(&ks, w, key, Update::Add { by, id }, deadline, session)
+        let limit = ks.spec.value_bytes_max;
+        match &update {
+            Update::Members { add, remove } => {
+                for m in add.iter().chain(remove) {
+                    check_value(m, limit)?;
+                }
+            }
+            Update::Fields { set, remove } => {
+                for (f, v) in set {
+                    check_value(f, limit)?;
+                    check_value(v, limit)?;
+                }
+                for f in remove {
+                    check_value(f, limit)?;
+                }
+            }
+            Update::FieldAdd { field, .. } => check_value(field, limit)?,
+            Update::Add { .. } | Update::Clear => {}
+        }
+        self.dynamo_update(&ks, w, key, update, deadline, session)
             .await
     }
 
@@ -215,8 +265,12 @@ impl Node {
         let (deadline, ks, session, w) = self.begin_write(req).await?;
         check_key(key)?;
         let op = op(&ks)?;
-        if ks.spec.mode == Mode::Leaderless && self.policy_of(&ks)?.dotted() {
-            let update = Self::update_of(&ks, op)?;
+        let policy = match ks.spec.mode {
+            Mode::Leaderless => self.policy_of(&ks)?,
+            _ => Policy::Lww,
+        };
+        if policy.dotted() {
+            let update = Self::update_of(&ks, policy, op)?;
             return self
                 .dynamo_update(&ks, w, key, update, deadline, session)
                 .await;
@@ -309,6 +363,7 @@ impl Node {
             existed: w.result.existed,
             result: w.result,
             quorum: None,
+            update: None,
         }
     }
 

@@ -2,12 +2,13 @@
 //! TTL, PTTL, TYPE, SCAN, KEYS, DBSIZE.
 
 use super::{
-    int_arg, now_ms, read, read_one, syntax, text, typed, write, Args, CommandSpec, Handler, Kind,
-    Pending, KEYS_MAX,
+    int_arg, now_ms, read, read_one, state, syntax, text, typed, write, Args, CommandSpec, Handler,
+    Kind, Pending, KEYS_MAX,
 };
 use crate::conn::{Conn, Shared};
 use crate::glob;
 use crate::reply::Reply;
+use tunekv_dynamo::Stored;
 use tunekv_node::{ExpireIf, Op, Ttl};
 
 const fn spec(
@@ -117,7 +118,7 @@ pub(super) const SPECS: &[CommandSpec] = &[
         2,
         Kind::Read,
         ONE,
-        "A key's type: string, or none.",
+        "A key's type: string, set, hash, or none.",
         key_type,
     ),
     spec(
@@ -159,14 +160,35 @@ fn del<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
 
 fn exists<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
     Box::pin(async move {
+        let types = types(s, conn, a.rest()).await?;
         Ok(Reply::Int(
-            read(&s.node, conn, a.rest())
-                .await?
-                .iter()
-                .filter(|v| v.is_some())
-                .count() as i64,
+            types.iter().filter(|t| t.is_some()).count() as i64
         ))
     })
+}
+
+/// The Redis type of each key (`None`: absent): `string` for values and counters, `set` and
+/// `hash` for the keys of set and map keyspaces (which have no value GET could read).
+async fn types(
+    s: &Shared,
+    conn: &mut Conn,
+    keys: &[Vec<u8>],
+) -> Result<Vec<Option<&'static str>>, Reply> {
+    match read(&s.node, conn, keys).await {
+        Ok(found) => Ok(found.iter().map(|v| v.as_ref().map(|_| "string")).collect()),
+        Err(Reply::Error(e)) if e.starts_with("WRONGTYPE") => {
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                out.push(match state(&s.node, conn, k).await? {
+                    Some(Stored::Set(set)) if !set.is_empty() => Some("set"),
+                    Some(Stored::Map(map)) if !map.is_empty() => Some("hash"),
+                    _ => None,
+                });
+            }
+            Ok(out)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// EXPIRE's NX / XX / GT / LT options. NX excludes the others, and GT excludes LT, as in Redis.
@@ -275,14 +297,8 @@ fn ttl<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
 fn key_type<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
     Box::pin(async move {
         let key = a.next()?;
-        Ok(Reply::Simple(
-            if read_one(&s.node, conn, key).await?.is_some() {
-                "string"
-            } else {
-                "none"
-            }
-            .into(),
-        ))
+        let t = types(s, conn, &[key.to_vec()]).await?;
+        Ok(Reply::Simple(t[0].unwrap_or("none").into()))
     })
 }
 

@@ -4,14 +4,17 @@
 //! (`-NO_QUORUM …`); Redis's own errors use Redis's wording.
 //!
 //! Every command is one [`CommandSpec`] — name, arity, kind, key positions, summary, handler —
-//! in the file of its group (`connection`, `strings`, `counters`, `keys`, `tunekv`), and
+//! in the file of its group (`connection`, `strings`, `counters`, `keys`, `sets`, `hashes`,
+//! `tunekv`), and
 //! [`execute`] looks it up, checks its arity and runs it. `COMMAND`, `COMMAND INFO` and
 //! `COMMAND DOCS` answer from the same table, so adding a command is its handler plus its entry.
 //! Handlers read their arguments through an [`Args`] cursor.
 
 mod connection;
 mod counters;
+mod hashes;
 mod keys;
+mod sets;
 mod strings;
 mod tunekv;
 
@@ -23,7 +26,9 @@ use std::pin::Pin;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tunekv_core::{KeyspaceSpec, TunekvError};
-use tunekv_node::{CommandResult, KeyspaceInfo, Node, Op, StoredValue};
+use tunekv_dynamo::update::Update;
+use tunekv_dynamo::Stored;
+use tunekv_node::{CommandResult, KeyspaceInfo, Node, Op, StoredValue, WriteOutcome};
 
 /// Numbered databases (`SELECT n`) are keyspaces `db0`, `db1`, …, created on first use.
 pub const NUMBERED_DBS: u32 = 16;
@@ -102,6 +107,8 @@ fn table() -> &'static HashMap<&'static str, &'static CommandSpec> {
             .chain(strings::SPECS)
             .chain(counters::SPECS)
             .chain(keys::SPECS)
+            .chain(sets::SPECS)
+            .chain(hashes::SPECS)
             .chain(tunekv::SPECS)
         {
             let clash = t.insert(spec.name, spec);
@@ -241,6 +248,10 @@ pub(crate) fn not_integer() -> Reply {
     Reply::err("value is not an integer or out of range")
 }
 
+pub(crate) fn wrongtype() -> Reply {
+    Reply::Error("WRONGTYPE Operation against a key holding the wrong kind of value".into())
+}
+
 pub(crate) fn syntax() -> Reply {
     Reply::err("syntax error")
 }
@@ -337,6 +348,34 @@ pub(crate) async fn write(
     }
 }
 
+/// Makes an update of a conflict-free keyspace (SADD, HSET, …); the position joins
+/// `POSITION`'s list.
+pub(crate) async fn update(
+    node: &Node,
+    conn: &mut Conn,
+    key: &[u8],
+    update: Update,
+) -> Result<WriteOutcome, Reply> {
+    let w = node
+        .update(conn.write_req(), key, update)
+        .await
+        .map_err(typed)?;
+    conn.written.push(w.position);
+    Ok(w)
+}
+
+/// Reads what `key` of a conflict-free keyspace holds at the connection's level; the receipt
+/// is the connection's last.
+pub(crate) async fn state(
+    node: &Node,
+    conn: &mut Conn,
+    key: &[u8],
+) -> Result<Option<Stored>, Reply> {
+    let read = node.read_state(conn.read_req(), key).await.map_err(typed)?;
+    conn.receipts = vec![read.receipt];
+    Ok(read.stored)
+}
+
 /// `COMMAND` with no subcommand, `COMMAND INFO`: Redis 7's ten-field description (name, arity,
 /// flags, first key, last key, step, ACL categories, tips, key specifications, subcommands;
 /// the last three empty).
@@ -390,6 +429,8 @@ mod tests {
             .chain(strings::SPECS)
             .chain(counters::SPECS)
             .chain(keys::SPECS)
+            .chain(sets::SPECS)
+            .chain(hashes::SPECS)
             .chain(tunekv::SPECS)
             .collect();
         assert_eq!(all.len(), table().len(), "a command listed twice");

@@ -109,3 +109,24 @@ pub async fn own_replica(c: &TestCluster, idx: usize, name: &str) -> Option<serd
         .find(|r| r["node"].as_u64() == Some(idx as u64 + 1))
         .cloned()
 }
+
+/// One HTTP call: status, the `tunekv-quorum` header, and the body (JSON when it parses).
+pub async fn call(method: &str, url: &str, body: &str) -> (u16, Option<String>, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let resp = client
+        .request(m, url)
+        .body(body.to_string())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("send");
+    let status = resp.status().as_u16();
+    let quorum = resp
+        .headers()
+        .get("tunekv-quorum")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    let text = resp.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, quorum, body)
+}

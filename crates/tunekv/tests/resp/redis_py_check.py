@@ -238,6 +238,59 @@ def check_tunekv_commands():
         assert isinstance(e, redis.ResponseError) and str(e).startswith("SESSION_INVALID"), repr(e)
 
 
+def check_conflict_free_types():
+    """Counter, set and map keyspaces (created by the Rust test: `likes`, `carts`,
+    `profiles`, leaderless with conflict counter, set and map) through redis-py's own methods,
+    at QUORUM all all so that every node reads what another wrote."""
+    for proto in (2, 3):
+        k = f"{P}{proto}:"
+        likes, carts, profiles = (client(i % 3, proto, db=name)
+                                  for i, name in enumerate(["likes", "carts", "profiles"]))
+        for r in (likes, carts, profiles):
+            assert r.execute_command("QUORUM", "all", "all") == "OK"
+        assert likes.incr(k + "post") == 1 and likes.incrby(k + "post", 9) == 10, "INCR/INCRBY"
+        assert likes.decr(k + "post") == 9 and likes.decrby(k + "post", 4) == 5, "DECR/DECRBY"
+        assert likes.get(k + "post") == "5", "GET of a counter"
+        e = error_of(likes.set, k + "post", "x")
+        assert str(e).startswith("WRONGTYPE"), repr(e)
+        e = error_of(likes.sadd, k + "post", "x")
+        assert str(e).startswith("WRONGTYPE"), f"SADD on a counter keyspace: {e!r}"
+
+        assert carts.sadd(k + "cart", "apple", "pear", "apple") == 2, "SADD counts new members"
+        assert carts.sadd(k + "cart", "pear", "fig") == 1, "SADD of a member already in"
+        assert carts.smembers(k + "cart") == {"apple", "pear", "fig"}, "SMEMBERS"
+        assert carts.sismember(k + "cart", "fig") and not carts.sismember(k + "cart", "kiwi")
+        assert carts.smismember(k + "cart", ["fig", "kiwi"]) in ([1, 0], [True, False])
+        assert carts.scard(k + "cart") == 3 and carts.scard(k + "none") == 0, "SCARD"
+        assert carts.srem(k + "cart", "apple", "kiwi") == 1, "SREM counts removed members"
+        assert carts.type(k + "cart") == "set" and carts.exists(k + "cart") == 1, "TYPE/EXISTS"
+        other = client(1, proto, db="carts")
+        assert other.smembers(k + "cart") == {"pear", "fig"}, "another node reads the set"
+        e = error_of(carts.get, k + "cart")
+        assert str(e).startswith("WRONGTYPE") and "SMEMBERS" in str(e), repr(e)
+        e = error_of(carts.incr, k + "cart")
+        assert str(e).startswith("WRONGTYPE"), repr(e)
+        assert carts.delete(k + "cart") == 1 and carts.smembers(k + "cart") == set(), "DEL"
+        assert carts.exists(k + "cart") == 0 and carts.type(k + "cart") == "none"
+
+        assert profiles.hset(k + "u", mapping={"name": "ada", "visits": "1"}) == 2, "HSET"
+        assert profiles.hset(k + "u", "name", "ada l.") == 0, "HSET of an existing field"
+        assert profiles.hincrby(k + "u", "visits", 4) == 5, "HINCRBY on a string integer"
+        assert profiles.hincrby(k + "u", "logins", 2) == 2, "HINCRBY on a new field"
+        assert profiles.hget(k + "u", "name") == "ada l." and profiles.hget(k + "u", "x") is None
+        assert profiles.hmget(k + "u", ["visits", "x"]) == ["5", None], "HMGET"
+        want = {"name": "ada l.", "visits": "5", "logins": "2"}
+        assert profiles.hgetall(k + "u") == want, f"HGETALL: {profiles.hgetall(k + 'u')!r}"
+        assert sorted(profiles.hkeys(k + "u")) == sorted(want), "HKEYS"
+        assert profiles.hlen(k + "u") == 3 and profiles.hexists(k + "u", "name"), "HLEN/HEXISTS"
+        e = error_of(profiles.hincrby, k + "u", "name", 1)
+        assert "not an integer" in str(e), repr(e)
+        assert profiles.hdel(k + "u", "name", "x") == 1 and not profiles.hexists(k + "u", "name")
+        other = client(2, proto, db="profiles")
+        assert other.hgetall(k + "u") == {"visits": "5", "logins": "2"}, "another node reads it"
+        assert profiles.type(k + "u") == "hash", "TYPE of a hash"
+
+
 def check_strong_read_on_follower():
     writer, reader = client(0), client(2)
     assert reader.execute_command("CONSISTENCY", "strong") == "OK"
@@ -260,7 +313,7 @@ def check_session_across_nodes():
 
 
 CHECKS = [check_connection, check_select, check_strings, check_ttls, check_scan_and_keys,
-          check_concurrent_incr, check_pipeline, check_tunekv_commands,
+          check_concurrent_incr, check_pipeline, check_tunekv_commands, check_conflict_free_types,
           check_strong_read_on_follower, check_session_across_nodes]
 
 

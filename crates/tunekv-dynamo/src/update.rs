@@ -1,0 +1,382 @@
+//! Updates of conflict-free keyspaces as clients ask them (INCR, SADD, HSET, …), and the delta
+//! each makes at the replica that makes it ([`make`]). Pure: the node holds the replica's lock,
+//! stamps the update and persists and spreads the delta.
+
+use crate::causal::Dot;
+use crate::crdt::{Counter, CounterError};
+use crate::ormap::{Field, FieldError, OrMap, OrSet};
+use crate::version::{Policy, Stored};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// An update of a conflict-free keyspace, as a client asked it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Update {
+    /// Add `by` to a counter. `id`: the request's id, so that a retry reaching a replica that
+    /// has seen it is not applied twice.
+    Add { by: i64, id: Option<u128> },
+    /// Add and remove members of a set (SADD, SREM; a member may not be in both).
+    Members {
+        add: Vec<Vec<u8>>,
+        remove: Vec<Vec<u8>>,
+    },
+    /// Write and remove fields of a map (HSET, HDEL; a field may not be in both).
+    Fields {
+        set: Vec<(Vec<u8>, Vec<u8>)>,
+        remove: Vec<Vec<u8>>,
+    },
+    /// Add `by` to a field of a map (HINCRBY).
+    FieldAdd { field: Vec<u8>, by: i64 },
+    /// Remove every member of a set or field of a map the replica has seen (DEL).
+    Clear,
+}
+
+impl Update {
+    /// Whether this update applies to keyspaces of `policy`.
+    pub fn fits(&self, policy: Policy) -> bool {
+        matches!(
+            (self, policy),
+            (Update::Add { .. }, Policy::Counter)
+                | (Update::Members { .. }, Policy::Set)
+                | (Update::Fields { .. } | Update::FieldAdd { .. }, Policy::Map)
+                | (Update::Clear, Policy::Set | Policy::Map)
+        )
+    }
+
+    /// The policy name of the keyspaces this update applies to.
+    pub fn applies_to(&self) -> &'static str {
+        match self {
+            Update::Add { .. } => "counter",
+            Update::Members { .. } => "set",
+            Update::Fields { .. } | Update::FieldAdd { .. } => "map",
+            Update::Clear => "set or map",
+        }
+    }
+}
+
+/// What an update made at a replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Made {
+    /// The delta: joined into the replica's state and sent to the others.
+    pub delta: Stored,
+    /// The command's integer answer: a counter's or field's value after it; members or fields
+    /// added (SADD, HSET: new ones only) or removed (SREM, HDEL, DEL: 1 when any was).
+    pub int: i64,
+    /// Members or fields that were not present and now are; present ones now removed.
+    pub added: u64,
+    pub removed: u64,
+    /// The dots the update issued (one per member written) and the dots it removed: what
+    /// the set checker needs to know which adds a remove observed.
+    pub dots: Vec<Dot>,
+    pub removed_dots: Vec<Dot>,
+}
+
+/// Why an update was refused (it changes nothing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpdateError {
+    /// The key holds another type (or the keyspace's policy is not this update's).
+    WrongType,
+    /// A counter or field would leave i64.
+    Overflow,
+    /// HINCRBY on a field whose value is not an integer.
+    NotInteger,
+    /// The update names a member both to add and to remove.
+    Invalid(String),
+}
+
+impl From<CounterError> for UpdateError {
+    fn from(e: CounterError) -> UpdateError {
+        match e {
+            CounterError::Overflow => UpdateError::Overflow,
+        }
+    }
+}
+
+impl From<FieldError> for UpdateError {
+    fn from(e: FieldError) -> UpdateError {
+        match e {
+            FieldError::Overflow => UpdateError::Overflow,
+            FieldError::NotInteger => UpdateError::NotInteger,
+        }
+    }
+}
+
+fn overlap<'a>(a: impl Iterator<Item = &'a Vec<u8>>, b: &[Vec<u8>]) -> Result<(), UpdateError> {
+    let a: BTreeSet<&Vec<u8>> = a.collect();
+    match b.iter().find(|m| a.contains(m)) {
+        Some(m) => Err(UpdateError::Invalid(format!(
+            "{:?} is both added and removed in one update; send them as two",
+            String::from_utf8_lossy(m)
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The delta of `update` at replica `node`, from what the replica holds (`held`); `stamp`:
+/// the update's clock stamp (orders a counter's recent ids and a map's registers). `Ok(None)`:
+/// a retried counter update this replica has applied, or a clear of nothing (nothing to do).
+pub fn make(
+    held: Option<&Stored>,
+    node: u64,
+    stamp: u64,
+    update: &Update,
+) -> Result<Option<Made>, UpdateError> {
+    let empty_set = OrSet::new();
+    let empty_map = OrMap::new();
+    let made = |delta: Stored, int: i64, added: u64, removed: u64| Made {
+        dots: Vec::new(),
+        removed_dots: Vec::new(),
+        delta,
+        int,
+        added,
+        removed,
+    };
+    match (update, held) {
+        (Update::Add { by, id }, None | Some(Stored::Counter(_))) => {
+            let fresh = Counter::new();
+            let c = match held {
+                Some(Stored::Counter(c)) => c,
+                _ => &fresh,
+            };
+            let Some(delta) = c.add(node, *by, stamp, *id)? else {
+                return Ok(None);
+            };
+            let mut after = c.clone();
+            after.join(&delta);
+            let dots = delta.context().dots().collect();
+            Ok(Some(Made {
+                dots,
+                ..made(Stored::Counter(delta), after.value() as i64, 0, 0)
+            }))
+        }
+        (Update::Members { add, remove }, None | Some(Stored::Set(_))) => {
+            let s = match held {
+                Some(Stored::Set(s)) => s,
+                _ => &empty_set,
+            };
+            overlap(add.iter(), remove)?;
+            let added = add
+                .iter()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .filter(|m| !s.contains(m))
+                .count() as u64;
+            let items: Vec<(Vec<u8>, ())> = add.iter().map(|m| (m.clone(), ())).collect();
+            let mut delta = s.put(node, &items);
+            let dots: Vec<Dot> = delta
+                .members()
+                .flat_map(|(_, d)| d.keys().copied())
+                .collect();
+            let rm = s.remove(remove);
+            let removed = rm.len_listed() as u64;
+            let removed_dots: Vec<Dot> = rm.context().dots().collect();
+            delta.join(&rm);
+            let int = if remove.is_empty() { added } else { removed };
+            Ok(Some(Made {
+                dots,
+                removed_dots,
+                ..made(Stored::Set(delta), int as i64, added, removed)
+            }))
+        }
+        (Update::Fields { set, remove }, None | Some(Stored::Map(_))) => {
+            let m = match held {
+                Some(Stored::Map(m)) => m,
+                _ => &empty_map,
+            };
+            overlap(set.iter().map(|(f, _)| f), remove)?;
+            let added = set
+                .iter()
+                .map(|(f, _)| f)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .filter(|f| !m.contains(f))
+                .count() as u64;
+            // A field named twice keeps its last value, as HSET does.
+            let mut last: Vec<(Vec<u8>, Field)> = Vec::new();
+            for (f, v) in set.iter().rev() {
+                if !last.iter().any(|(g, _)| g == f) {
+                    last.push((
+                        f.clone(),
+                        Field::Reg {
+                            stamp,
+                            value: v.clone(),
+                        },
+                    ));
+                }
+            }
+            let mut delta = m.put(node, &last);
+            let dots: Vec<Dot> = delta
+                .members()
+                .flat_map(|(_, d)| d.keys().copied())
+                .collect();
+            let rm = m.remove(remove);
+            let removed = rm.len_listed() as u64;
+            let removed_dots: Vec<Dot> = rm.context().dots().collect();
+            delta.join(&rm);
+            let int = if remove.is_empty() { added } else { removed };
+            Ok(Some(Made {
+                dots,
+                removed_dots,
+                ..made(Stored::Map(delta), int as i64, added, removed)
+            }))
+        }
+        (Update::FieldAdd { field, by }, None | Some(Stored::Map(_))) => {
+            let m = match held {
+                Some(Stored::Map(m)) => m,
+                _ => &empty_map,
+            };
+            let added = u64::from(!m.contains(field));
+            let (delta, after) = m.incr(node, field, *by)?;
+            let dots: Vec<Dot> = delta
+                .members()
+                .flat_map(|(_, d)| d.keys().copied())
+                .collect();
+            Ok(Some(Made {
+                dots,
+                ..made(Stored::Map(delta), after, added, 0)
+            }))
+        }
+        (Update::Clear, Some(Stored::Set(s))) => {
+            let delta = s.clear();
+            let removed = u64::from(!s.is_empty());
+            Ok(Some(Made {
+                removed_dots: delta.context().dots().collect(),
+                ..made(Stored::Set(delta), removed as i64, 0, removed)
+            }))
+        }
+        (Update::Clear, Some(Stored::Map(m))) => {
+            let delta = m.clear();
+            let removed = u64::from(!m.is_empty());
+            Ok(Some(Made {
+                removed_dots: delta.context().dots().collect(),
+                ..made(Stored::Map(delta), removed as i64, 0, removed)
+            }))
+        }
+        // Nothing held: nothing to remove, nothing to write.
+        (Update::Clear, None) => Ok(None),
+        _ => Err(UpdateError::WrongType),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(s: &[&str]) -> Vec<Vec<u8>> {
+        s.iter().map(|m| m.as_bytes().to_vec()).collect()
+    }
+
+    fn apply(held: &mut Option<Stored>, node: u64, u: &Update) -> Made {
+        let made = make(held.as_ref(), node, 1, u).unwrap().unwrap();
+        let mut state = held
+            .take()
+            .unwrap_or_else(|| made.delta.clone().into_state());
+        if state.join_members(&made.delta, false).is_none() {
+            if let (Stored::Counter(c), Stored::Counter(d)) = (&mut state, &made.delta) {
+                c.join(d);
+            }
+        }
+        *held = Some(state);
+        made
+    }
+
+    #[test]
+    fn set_updates_count_what_they_changed_and_report_their_dots() {
+        let mut held = None;
+        let a = apply(
+            &mut held,
+            1,
+            &Update::Members {
+                add: members(&["x", "y", "x"]),
+                remove: vec![],
+            },
+        );
+        assert_eq!((a.int, a.dots.len()), (2, 2));
+        let again = apply(
+            &mut held,
+            1,
+            &Update::Members {
+                add: members(&["x", "z"]),
+                remove: vec![],
+            },
+        );
+        assert_eq!(again.int, 1, "only z is new");
+        let rm = apply(
+            &mut held,
+            1,
+            &Update::Members {
+                add: vec![],
+                remove: members(&["x", "nope"]),
+            },
+        );
+        assert_eq!((rm.int, rm.removed_dots.len()), (1, 1), "the live dot of x");
+        let both = make(
+            held.as_ref(),
+            1,
+            1,
+            &Update::Members {
+                add: members(&["q"]),
+                remove: members(&["q"]),
+            },
+        );
+        assert!(matches!(both, Err(UpdateError::Invalid(_))));
+        assert_eq!(
+            make(held.as_ref(), 1, 1, &Update::Add { by: 1, id: None }),
+            Err(UpdateError::WrongType)
+        );
+        let clear = apply(&mut held, 1, &Update::Clear);
+        assert_eq!(clear.int, 1);
+        let Some(Stored::Set(s)) = &held else {
+            panic!()
+        };
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn map_updates_answer_like_redis_hashes() {
+        let mut held = None;
+        let set = |pairs: &[(&str, &str)]| Update::Fields {
+            set: pairs
+                .iter()
+                .map(|(f, v)| (f.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+            remove: vec![],
+        };
+        assert_eq!(apply(&mut held, 1, &set(&[("a", "1"), ("b", "2")])).int, 2);
+        assert_eq!(apply(&mut held, 2, &set(&[("a", "5"), ("c", "x")])).int, 1);
+        let incr = Update::FieldAdd {
+            field: b"a".to_vec(),
+            by: 10,
+        };
+        assert_eq!(apply(&mut held, 3, &incr).int, 15);
+        let Some(Stored::Map(m)) = &held else {
+            panic!()
+        };
+        assert_eq!(m.field(b"a"), Some(b"15".to_vec()));
+        assert_eq!(
+            make(
+                held.as_ref(),
+                1,
+                1,
+                &Update::FieldAdd {
+                    field: b"c".to_vec(),
+                    by: 1
+                }
+            ),
+            Err(UpdateError::NotInteger)
+        );
+        let del = apply(
+            &mut held,
+            1,
+            &Update::Fields {
+                set: vec![],
+                remove: members(&["a", "zz"]),
+            },
+        );
+        assert_eq!(del.int, 1);
+        let Some(Stored::Map(m)) = &held else {
+            panic!()
+        };
+        assert_eq!(m.len(), 2);
+    }
+}
