@@ -15,10 +15,11 @@
 //! cost O(1) after an update rather than O(members); both are recomputed, not trusted, when a
 //! state is decoded.
 //!
-//! Map fields hold [`Field`]s: a field written by `HSET` is a register (among concurrent writes
-//! the highest stamp wins); one counted by `HINCRBY` is a counter made of one contribution per
-//! replica, each replacing that replica's previous one, so a later `HSET` or `HDEL` drops
-//! exactly the contributions its replica had seen (a reset that concurrent increments survive).
+//! Map fields hold [`Field`]s: `HSET` writes a register (among concurrent writes the highest
+//! stamp wins) and `HINCRBY` adds to its replica's counter contribution; a field reads as its
+//! register plus every contribution, so a later `HSET` or `HDEL` drops exactly the
+//! contributions its replica had seen (a reset that concurrent increments survive) — see
+//! [`OrMap::incr`].
 
 use crate::causal::{Context, Dot};
 use serde::de::DeserializeOwned;
@@ -352,35 +353,52 @@ pub enum FieldError {
 }
 
 impl OrMap<Field> {
-    /// The value a read sees of field `f`: the newest register written when there is one (a
-    /// write concurrent with increments wins over them), else the sum of the counter
-    /// contributions in decimal.
+    /// The value a read sees of field `f` (see [`OrMap::incr`] for how writes and increments
+    /// combine).
     pub fn field(&self, f: &[u8]) -> Option<Vec<u8>> {
         Self::value_of(self.get(f)?)
     }
 
-    fn value_of(dots: &Dots<Field>) -> Option<Vec<u8>> {
-        let newest = dots
-            .iter()
+    /// The newest register (by stamp, then dot) among `dots`.
+    fn newest_reg(dots: &Dots<Field>) -> Option<&Vec<u8>> {
+        dots.iter()
             .filter_map(|(d, v)| match v {
                 Field::Reg { stamp, value } => Some(((*stamp, *d), value)),
                 Field::Ctr(_) => None,
             })
-            .max_by_key(|(k, _)| *k);
-        match newest {
-            Some((_, value)) => Some(value.clone()),
-            None if dots.is_empty() => None,
-            None => Some(Self::sum(dots).to_string().into_bytes()),
-        }
+            .max_by_key(|(k, _)| *k)
+            .map(|(_, v)| v)
     }
 
-    fn sum(dots: &Dots<Field>) -> i128 {
-        dots.values()
-            .map(|v| match v {
+    fn int_of(value: &[u8]) -> Option<i64> {
+        std::str::from_utf8(value).ok()?.parse().ok()
+    }
+
+    /// The counter contributions of `dots`, summed (of `node` alone when given).
+    fn counted(dots: &Dots<Field>, node: Option<u64>) -> i128 {
+        dots.iter()
+            .filter(|(d, _)| node.is_none_or(|n| d.node == n))
+            .map(|(_, v)| match v {
                 Field::Ctr(n) => i128::from(*n),
                 Field::Reg { .. } => 0,
             })
             .sum()
+    }
+
+    fn value_of(dots: &Dots<Field>) -> Option<Vec<u8>> {
+        if dots.is_empty() {
+            return None;
+        }
+        let counters = dots.values().any(|v| matches!(v, Field::Ctr(_)));
+        match Self::newest_reg(dots) {
+            // A written value as written; also when a write that is not an integer met
+            // concurrent increments (the write wins).
+            Some(reg) if !counters || Self::int_of(reg).is_none() => Some(reg.clone()),
+            reg => {
+                let base = reg.and_then(|r| Self::int_of(r)).map_or(0, i128::from);
+                Some((base + Self::counted(dots, None)).to_string().into_bytes())
+            }
+        }
     }
 
     /// Every live field with the value a read sees, in byte order.
@@ -390,46 +408,34 @@ impl OrMap<Field> {
     }
 
     /// The delta of adding `by` to field `f` at replica `node`, and the field's value after it.
-    /// The replica's new contribution is what makes the field read `before + by`: it replaces
-    /// its own previous contribution and any register seen here (an integer register is where
-    /// counting starts, as Redis's HINCRBY on a string field).
+    ///
+    /// A field reads as its newest written value (`HSET`; 0 when none) plus every replica's
+    /// live contribution, where a replica's contribution is the sum of its increments since the
+    /// field was last written or removed as that replica saw it: an increment replaces only the
+    /// replica's own previous contribution, so concurrent increments at several replicas add
+    /// up, each counted once, and a write (or `HDEL`) drops exactly the contributions its
+    /// replica had seen. An increment concurrent with a write survives it, with the count its
+    /// replica had (the reset is observed-remove).
     pub fn incr(&self, node: u64, f: &[u8], by: i64) -> Result<(OrMap<Field>, i64), FieldError> {
         let none = BTreeMap::new();
         let dots = self.get(f).unwrap_or(&none);
-        let has_reg = dots.values().any(|v| matches!(v, Field::Reg { .. }));
-        let before: i128 = if has_reg {
-            let v = Self::value_of(dots).unwrap_or_default();
-            std::str::from_utf8(&v)
-                .ok()
-                .and_then(|s| s.parse::<i64>().ok())
-                .ok_or(FieldError::NotInteger)?
-                .into()
-        } else {
-            Self::sum(dots)
+        let base = match Self::newest_reg(dots) {
+            Some(reg) => Self::int_of(reg).ok_or(FieldError::NotInteger)?,
+            None => 0,
         };
-        let after = before + i128::from(by);
         let fits = |n: i128| i64::try_from(n).map_err(|_| FieldError::Overflow);
-        let after = fits(after)?;
-        // What the other replicas' contributions kept live add up to.
-        let others: i128 = dots
-            .iter()
-            .filter(|(d, _)| d.node != node)
-            .map(|(_, v)| match v {
-                Field::Ctr(n) => i128::from(*n),
-                Field::Reg { .. } => 0,
-            })
-            .sum();
-        let mine = fits(i128::from(after) - others)?;
+        let after = fits(i128::from(base) + Self::counted(dots, None) + i128::from(by))?;
+        let mine = fits(Self::counted(dots, Some(node)) + i128::from(by))?;
         let mut delta = OrMap::delta_map();
         for (d, v) in dots {
-            if matches!(v, Field::Reg { .. }) || d.node == node {
+            if matches!(v, Field::Ctr(_)) && d.node == node {
                 delta.ctx.insert(*d);
             }
         }
         let next = self.ctx.next_dot(node);
         delta.ctx.insert(next);
-        // The others' contributions are not in the delta: its context does not cover them, so
-        // a join keeps them wherever they are held.
+        // The register and the other replicas' contributions are not in the delta: its context
+        // does not cover them, so a join keeps them wherever they are held.
         delta.set_member(f, BTreeMap::from([(next, Field::Ctr(mine))]));
         Ok((delta, after))
     }
@@ -577,5 +583,31 @@ mod tests {
         c.join(&a);
         assert_eq!(a.field(b"g"), Some(b"three".to_vec()));
         assert_eq!(a, c);
+    }
+
+    #[test]
+    fn concurrent_increments_of_a_written_integer_count_its_value_once() {
+        let mut a: OrMap<Field> = OrMap::new();
+        let d = a.put(
+            2,
+            &[(
+                b"visits".to_vec(),
+                Field::Reg {
+                    stamp: 1,
+                    value: b"1".to_vec(),
+                },
+            )],
+        );
+        a.join(&d);
+        let mut b = a.clone();
+        let (da, va) = a.incr(1, b"visits", 10).unwrap();
+        a.join(&da);
+        let (db, vb) = b.incr(3, b"visits", 5).unwrap();
+        b.join(&db);
+        assert_eq!((va, vb), (11, 6));
+        a.join(&db);
+        b.join(&da);
+        assert_eq!(a.field(b"visits"), Some(b"16".to_vec()));
+        assert_eq!(a, b);
     }
 }

@@ -568,6 +568,174 @@ async fn counters_count_on_every_node_through_a_partition_and_add_up_after_heali
     }
 }
 
+/// Set and map keyspaces (issue 17): a member removed on one side of a partition and added
+/// again on the other survives (add wins); a member removed where every add of it was seen is
+/// gone everywhere; concurrent field writes resolve to one value on every node and concurrent
+/// increments add up. Updates report their dots; a killed node reopens its sets and maps from
+/// their per-member records. Bad bodies and wrong types change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_and_maps_keep_concurrent_adds_through_a_partition_and_reopen_after_a_kill() {
+    let mut c = start(3, true).await;
+    for (name, conflict) in [("carts", "set"), ("profiles", "map")] {
+        let spec = format!(r#"{{"mode":"leaderless","replicas":3,"conflict":"{conflict}"}}"#);
+        let (s, _, b) = call("PUT", &format!("{}/v1/keyspaces/{name}", c.http(0)), &spec).await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let url = |c: &common::TestCluster, i: usize, path: &str| format!("{}{path}", c.http(i));
+    let update = |c: &common::TestCluster, i: usize, path: &str, body: &str| {
+        let (u, body) = (url(c, i, path), body.to_string());
+        async move { call("POST", &u, &body).await }
+    };
+    let (s, _, b) = update(
+        &c,
+        0,
+        "/v1/kv/carts/ann:update?w=all",
+        r#"{"add":["x","y","z"]}"#,
+    )
+    .await;
+    assert_eq!((s, b["added"].as_u64()), (200, Some(3)), "{b}");
+    assert_eq!(
+        b["dots"].as_array().map(Vec::len),
+        Some(3),
+        "one dot per member: {b}"
+    );
+    let (s, _, b) = call("GET", &url(&c, 2, "/v1/kv/carts/ann?r=all"), "").await;
+    assert_eq!(
+        (s, b["members"].clone()),
+        (200, json!(["x", "y", "z"])),
+        "{b}"
+    );
+    let (s, _, b) = update(
+        &c,
+        1,
+        "/v1/kv/profiles/ann:update?w=all",
+        r#"{"set":{"name":"ann","visits":"1"}}"#,
+    )
+    .await;
+    assert_eq!((s, b["added"].as_u64()), (200, Some(2)), "{b}");
+
+    // Node 3 cut off. Node 1 removes x and y (it saw their adds); node 3 adds x again, and
+    // both write the same field and count visits.
+    c.client(2).set_isolated(true).await.expect("isolate");
+    let (s, _, b) = update(
+        &c,
+        0,
+        "/v1/kv/carts/ann:update?w=quorum",
+        r#"{"remove":["x","y"]}"#,
+    )
+    .await;
+    assert_eq!((s, b["removed"].as_u64()), (200, Some(2)), "{b}");
+    assert_eq!(b["removed_dots"].as_array().map(Vec::len), Some(2), "{b}");
+    let (s, _, b) = update(&c, 2, "/v1/kv/carts/ann:update?w=one", r#"{"add":["x"]}"#).await;
+    assert_eq!(
+        (s, b["added"].as_u64()),
+        (200, Some(0)),
+        "x is still in node 3's copy: {b}"
+    );
+    let (s, _, b) = update(
+        &c,
+        0,
+        "/v1/kv/profiles/ann:update?w=quorum",
+        r#"{"set":{"name":"one"}}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _, b) = update(
+        &c,
+        2,
+        "/v1/kv/profiles/ann:update?w=one",
+        r#"{"set":{"name":"three"}}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    for (i, by) in [(0, 10), (2, 5), (2, 1)] {
+        let body = format!(r#"{{"incr":{{"field":"visits","by":{by}}}}}"#);
+        let q = if i == 2 { "one" } else { "quorum" };
+        let (s, _, b) = update(&c, i, &format!("/v1/kv/profiles/ann:update?w={q}"), &body).await;
+        assert_eq!(s, 200, "node {i}: {b}");
+    }
+    c.client(2).set_isolated(false).await.expect("heal");
+    for ks in ["carts", "profiles"] {
+        eventually(Duration::from_secs(30), "the replicas agree", || async {
+            let d = digests(&c, ks).await;
+            (d.iter().all(|x| x.is_some() && *x == d[0])).then_some(())
+        })
+        .await;
+    }
+    let mut names = Vec::new();
+    for i in 0..3 {
+        let (s, _, b) = call("GET", &url(&c, i, "/v1/kv/carts/ann?r=one"), "").await;
+        assert_eq!(
+            (s, b["members"].clone()),
+            (200, json!(["x", "z"])),
+            "node {i}: add wins"
+        );
+        let (s, _, b) = call("GET", &url(&c, i, "/v1/kv/profiles/ann?r=one"), "").await;
+        assert_eq!(
+            (s, b["fields"]["visits"].clone()),
+            (200, json!("17")),
+            "node {i}: {b}"
+        );
+        names.push(b["fields"]["name"].clone());
+    }
+    assert!(
+        names.iter().all(|n| *n == names[0]),
+        "one name everywhere: {names:?}"
+    );
+    assert!(
+        names[0] == json!("one") || names[0] == json!("three"),
+        "{names:?}"
+    );
+
+    // Refusals change nothing.
+    for (body, want) in [
+        (r#"{"add":["q"],"remove":["q"]}"#, "bad_request"),
+        (r#"{"add":"q"}"#, "bad_request"),
+        (r#"{}"#, "bad_request"),
+        (
+            r#"{"incr":{"field":"f","by":1},"add":["q"]}"#,
+            "bad_request",
+        ),
+        (r#"{"set":{"f":"v"}}"#, "wrongtype"),
+    ] {
+        let (s, _, b) = update(&c, 0, "/v1/kv/carts/ann:update", body).await;
+        assert_eq!(code(&b), want, "{body}: {s} {b}");
+    }
+    let (s, _, b) = update(
+        &c,
+        0,
+        "/v1/kv/profiles/ann:update",
+        r#"{"incr":{"field":"name","by":1}}"#,
+    )
+    .await;
+    assert_eq!((s, code(&b)), (400, "not_integer"), "{b}");
+    let (s, _, b) = call("PUT", &url(&c, 0, "/v1/kv/carts/ann"), "v").await;
+    assert_eq!((s, code(&b)), (409, "wrongtype"), "{b}");
+    let (s, _, b) = call("GET", &url(&c, 0, "/v1/kv/carts/nobody"), "").await;
+    assert_eq!((s, b["members"].clone()), (200, json!([])), "{b}");
+
+    // A killed node reopens its sets and maps from their records.
+    c.kill(1);
+    c.start_node(1).expect("restart");
+    let u = url(&c, 1, "/v1/kv/carts/ann?r=one");
+    let back = eventually(Duration::from_secs(30), "node 2 answers", || async {
+        let resp = reqwest::get(&u).await.ok()?;
+        if resp.status() != 200 {
+            return None;
+        }
+        resp.json::<Value>().await.ok()
+    })
+    .await;
+    assert_eq!(back["members"], json!(["x", "z"]), "{back}");
+    let (_, _, b) = call("GET", &url(&c, 1, "/v1/kv/profiles/ann?r=one"), "").await;
+    assert_eq!(b["fields"]["visits"], json!("17"), "{b}");
+    let d = digests(&c, "carts").await;
+    assert!(
+        d.iter().all(|x| x.is_some() && *x == d[0]),
+        "same digest after reopening: {d:?}"
+    );
+}
+
 /// A minimal RESP client: one connection, one reply line (or bulk) per command.
 struct Raw {
     w: TcpStream,
