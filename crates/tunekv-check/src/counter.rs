@@ -219,6 +219,7 @@ mod tests {
             quorum: Some("one".into()),
             version: None,
             strict: None,
+            dots: None,
         }
     }
 

@@ -25,6 +25,13 @@ pub enum OpKind {
     /// A counter update (counter keyspaces): `value` is the amount added, in decimal (negative
     /// for a decrement).
     Add,
+    /// A set member added (set keyspaces): `value` is the member, `dots` the dot the add
+    /// issued followed by the dots of the member it replaced (when acknowledged).
+    Sadd,
+    /// A set member removed: `value` is the member, `dots` the dots of it the remove dropped
+    /// (when acknowledged). A read of a set key has as `value` its members as a JSON array of
+    /// strings.
+    Srem,
 }
 
 impl OpKind {
@@ -35,6 +42,8 @@ impl OpKind {
             OpKind::Write => "write",
             OpKind::Delete => "delete",
             OpKind::Add => "add",
+            OpKind::Sadd => "sadd",
+            OpKind::Srem => "srem",
         }
     }
 }
@@ -73,6 +82,10 @@ pub struct Operation {
     /// preference list (no substitute, no hint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strict: Option<bool>,
+    /// Set keyspaces only: the dots (`NODE.COUNTER`) an acknowledged `sadd` issued (first)
+    /// and replaced, or an acknowledged `srem` removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dots: Option<Vec<String>>,
 }
 
 /// Every field of the schema. serde would accept a missing `Option` field as `None`; we do not,
@@ -96,7 +109,10 @@ pub const FIELDS: [&str; 13] = [
 impl Operation {
     /// A write or a delete: an operation that changes its key's state.
     pub fn is_update(&self) -> bool {
-        matches!(self.op, OpKind::Write | OpKind::Delete | OpKind::Add)
+        matches!(
+            self.op,
+            OpKind::Write | OpKind::Delete | OpKind::Add | OpKind::Sadd | OpKind::Srem
+        )
     }
 
     pub fn is_read(&self) -> bool {
@@ -252,7 +268,7 @@ fn parse_duration_ms(text: &str) -> Option<u64> {
 pub enum OpProblem {
     #[error("complete_ns {complete_ns} is before invoke_ns {invoke_ns}")]
     CompleteBeforeInvoke { invoke_ns: u64, complete_ns: u64 },
-    #[error("a write must carry the value it wrote")]
+    #[error("a write (or a set's sadd or srem) must carry the value (member) it wrote")]
     WriteWithoutValue,
     #[error("a delete carries no value")]
     DeleteWithValue,
@@ -271,7 +287,9 @@ pub fn validate_op(op: &Operation) -> Result<(), OpProblem> {
         });
     }
     match (op.op, &op.value) {
-        (OpKind::Write, None) => return Err(OpProblem::WriteWithoutValue),
+        (OpKind::Write | OpKind::Sadd | OpKind::Srem, None) => {
+            return Err(OpProblem::WriteWithoutValue)
+        }
         (OpKind::Delete, Some(_)) => return Err(OpProblem::DeleteWithValue),
         (OpKind::Add, v) if v.as_deref().and_then(|v| v.parse::<i64>().ok()).is_none() => {
             return Err(OpProblem::BadAmount(v.clone()))
@@ -414,6 +432,7 @@ mod tests {
                 quorum: Some("quorum".into()),
                 version: Some("123.2".into()),
                 strict: Some(false),
+                dots: None,
             },
             Operation {
                 client: 8,
@@ -432,6 +451,7 @@ mod tests {
                 quorum: None,
                 version: None,
                 strict: None,
+                dots: None,
             },
             Operation {
                 client: 9,
@@ -450,6 +470,7 @@ mod tests {
                 quorum: None,
                 version: None,
                 strict: None,
+                dots: None,
             },
         ]
     }

@@ -619,6 +619,7 @@ mod tests {
             quorum: None,
             version: None,
             strict: None,
+            dots: None,
         }
     }
 

@@ -60,6 +60,7 @@ pub mod counter;
 pub mod history;
 pub mod leaderless;
 pub mod report;
+pub mod set;
 
 mod bounded;
 mod durability;
@@ -185,8 +186,9 @@ pub enum CheckError {
         second: usize,
     },
     #[error(
-        "operation {index} is an add: adds belong to counter keyspaces, which the counter \
-         checkers judge (tunekv_check::counter), not the ordered ones"
+        "operation {index} is an add, sadd or srem: those belong to counter and set keyspaces, \
+         which their own checkers judge (tunekv_check::counter, tunekv_check::set), not the \
+         ordered ones"
     )]
     AddInOrderedHistory { index: usize },
 }
@@ -194,7 +196,11 @@ pub enum CheckError {
 /// Runs every checker over a history. Fails only on a history the checkers cannot judge
 /// (see [`CheckError`]); broken properties are rows of the report, not errors.
 pub fn check(input: &CheckInput, limits: &Limits) -> Result<Report, CheckError> {
-    if let Some(index) = input.ops.iter().position(|o| o.op == OpKind::Add) {
+    if let Some(index) = input
+        .ops
+        .iter()
+        .position(|o| matches!(o.op, OpKind::Add | OpKind::Sadd | OpKind::Srem))
+    {
         return Err(CheckError::AddInOrderedHistory { index });
     }
     let facts = Facts::build(&input.ops)?;

@@ -33,6 +33,7 @@ fn base(op: OpKind, key: &str, value: Option<&str>, invoke_ns: u64, complete_ns:
         quorum: None,
         version: None,
         strict: None,
+        dots: None,
     })
 }
 

@@ -65,8 +65,9 @@ pub struct Made {
     /// Members or fields that were not present and now are; present ones now removed.
     pub added: u64,
     pub removed: u64,
-    /// The dots the update issued (one per member written) and the dots it removed: what
-    /// the set checker needs to know which adds a remove observed.
+    /// The dots the update issued (one per member written) and every dot it dropped — those
+    /// of members removed, and those a write of a member replaced: what the set checker
+    /// needs to know which adds each update observed.
     pub dots: Vec<Dot>,
     pub removed_dots: Vec<Dot>,
 }
@@ -110,6 +111,17 @@ fn overlap<'a>(a: impl Iterator<Item = &'a Vec<u8>>, b: &[Vec<u8>]) -> Result<()
         ))),
         None => Ok(()),
     }
+}
+
+/// The dots a write's delta issues (its members' live dots) and those it replaces (the rest
+/// of its context).
+fn issued_and_replaced<V: crate::ormap::Payload>(delta: &OrMap<V>) -> (Vec<Dot>, Vec<Dot>) {
+    let issued: BTreeSet<Dot> = delta
+        .members()
+        .flat_map(|(_, d)| d.keys().copied())
+        .collect();
+    let replaced = delta.context().dots().filter(|d| !issued.contains(d)).collect();
+    (issued.into_iter().collect(), replaced)
 }
 
 /// The delta of `update` at replica `node`, from what the replica holds (`held`); `stamp`:
@@ -163,13 +175,11 @@ pub fn make(
                 .count() as u64;
             let items: Vec<(Vec<u8>, ())> = add.iter().map(|m| (m.clone(), ())).collect();
             let mut delta = s.put(node, &items);
-            let dots: Vec<Dot> = delta
-                .members()
-                .flat_map(|(_, d)| d.keys().copied())
-                .collect();
+            let (dots, replaced) = issued_and_replaced(&delta);
             let rm = s.remove(remove);
             let removed = rm.len_listed() as u64;
-            let removed_dots: Vec<Dot> = rm.context().dots().collect();
+            let removed_dots: Vec<Dot> =
+                replaced.into_iter().chain(rm.context().dots()).collect();
             delta.join(&rm);
             let int = if remove.is_empty() { added } else { removed };
             Ok(Some(Made {
@@ -205,13 +215,11 @@ pub fn make(
                 }
             }
             let mut delta = m.put(node, &last);
-            let dots: Vec<Dot> = delta
-                .members()
-                .flat_map(|(_, d)| d.keys().copied())
-                .collect();
+            let (dots, replaced) = issued_and_replaced(&delta);
             let rm = m.remove(remove);
             let removed = rm.len_listed() as u64;
-            let removed_dots: Vec<Dot> = rm.context().dots().collect();
+            let removed_dots: Vec<Dot> =
+                replaced.into_iter().chain(rm.context().dots()).collect();
             delta.join(&rm);
             let int = if remove.is_empty() { added } else { removed };
             Ok(Some(Made {
@@ -227,12 +235,10 @@ pub fn make(
             };
             let added = u64::from(!m.contains(field));
             let (delta, after) = m.incr(node, field, *by)?;
-            let dots: Vec<Dot> = delta
-                .members()
-                .flat_map(|(_, d)| d.keys().copied())
-                .collect();
+            let (dots, removed_dots) = issued_and_replaced(&delta);
             Ok(Some(Made {
                 dots,
+                removed_dots,
                 ..made(Stored::Map(delta), after, added, 0)
             }))
         }

@@ -130,7 +130,11 @@ pub async fn operate(
 ) -> Operation {
     let host = format!("n{}", node + 1);
     let invoke_ns = now_ns();
-    let action = if kind == OpKind::Add { ":add" } else { "" };
+    let action = match kind {
+        OpKind::Add => ":add",
+        OpKind::Sadd | OpKind::Srem => ":update",
+        _ => "",
+    };
     let mut path = format!("/v1/kv/{KEYSPACE}/{key}{action}?wait_ms_max={WAIT_MS}");
     if let Some(q) = quorum {
         let which = if kind == OpKind::Read { "r" } else { "w" };
@@ -154,6 +158,11 @@ pub async fn operate(
             });
             request(&host, "POST", &path, token, body.to_string().into_bytes()).await
         }
+        OpKind::Sadd | OpKind::Srem => {
+            let which = if kind == OpKind::Sadd { "add" } else { "remove" };
+            let body = serde_json::json!({ which: [value.clone().unwrap_or_default()] });
+            request(&host, "POST", &path, token, body.to_string().into_bytes()).await
+        }
     };
     let leaderless = quorum.is_some();
     let mut op = Operation {
@@ -161,7 +170,10 @@ pub async fn operate(
         session: Some(format!("c{client}")),
         op: kind,
         key: key.to_string(),
-        value: if matches!(kind, OpKind::Write | OpKind::Add) {
+        value: if matches!(
+            kind,
+            OpKind::Write | OpKind::Add | OpKind::Sadd | OpKind::Srem
+        ) {
             value
         } else {
             None
@@ -182,6 +194,7 @@ pub async fn operate(
         quorum: quorum.map(str::to_string),
         version: None,
         strict: None,
+        dots: None,
     };
     match res {
         // Lost in the network: an update may or may not have happened.
@@ -203,6 +216,12 @@ pub async fn operate(
                     (OpKind::Read, _) => {
                         op.value = (a.status == 200)
                             .then(|| String::from_utf8_lossy(&a.body).into_owned());
+                        // A set's read is JSON: its members, recorded as a JSON array.
+                        if let Ok(body) = serde_json::from_slice::<serde_json::Value>(&a.body) {
+                            if body["members"].is_array() {
+                                op.value = Some(body["members"].to_string());
+                            }
+                        }
                         if leaderless {
                             op.version = a
                                 .quorum
@@ -219,6 +238,7 @@ pub async fn operate(
                             serde_json::from_slice(&a.body).unwrap_or_default();
                         op.version = body["quorum"]["version"].as_str().map(str::to_string);
                         op.strict = body["quorum"]["strict"].as_bool();
+                        op.dots = tunekv_check::set::history_dots(kind, &body);
                     }
                     (_, false) => {}
                 }

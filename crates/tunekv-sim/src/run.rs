@@ -73,7 +73,13 @@ pub struct Workload {
     /// A leaderless keyspace of counters (`conflict: "counter"`): adds instead of writes and
     /// deletes, reads at `eventual`, judged by the counter checkers.
     pub counter: bool,
+    /// A leaderless keyspace of sets (`conflict: "set"`): writes add a member (or remove one,
+    /// a third of them), deletes remove one, reads at `eventual`, judged by the set checkers.
+    pub set: bool,
 }
+
+/// The members a set plan's updates draw from (few, so adds and removes meet).
+pub const SET_MEMBERS: u32 = 4;
 
 /// The wait cap of nodes in plans with short leaderless windows.
 pub const SHORT_WAIT_CAP_MS: u64 = 1_500;
@@ -183,6 +189,7 @@ impl Plan {
             leaderless: false,
             windows: None,
             counter: false,
+            set: false,
         };
         // Drawn last, from its own stream, so the fields above stay what they were.
         let mut rng = StdRng::seed_from_u64(seed ^ 0x1ead_1e55);
@@ -197,6 +204,10 @@ impl Plan {
         // A third of the leaderless seeds count instead (their own stream again).
         workload.counter =
             workload.leaderless && StdRng::seed_from_u64(seed ^ 0xc0_117e).gen_bool(0.33);
+        // A quarter of the others keep sets.
+        workload.set = workload.leaderless
+            && !workload.counter
+            && StdRng::seed_from_u64(seed ^ 0x5e7_5e75).gen_bool(0.25);
         // Every level set to weight 0 would leave nothing to read at.
         if workload.level_weights.iter().all(|w| *w == 0) {
             workload.level_weights[0] = 1;
@@ -358,8 +369,9 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
                     };
                     let level = ["eventual", "read_your_writes", "monotonic_reads", "session"]
                         [rng.gen_range(0..4)];
-                    // Counter keyspaces serve no session levels yet.
-                    (if w.counter { "eventual" } else { level }, Some(quorum))
+                    // Counter and set keyspaces serve no session levels yet.
+                    let plain = !w.counter && !w.set;
+                    (if plain { level } else { "eventual" }, Some(quorum))
                 } else if kind == OpKind::Read {
                     (w.level(&mut rng), None)
                 } else {
@@ -370,6 +382,16 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
                     (true, OpKind::Write) => (OpKind::Add, Some(rng.gen_range(1..=9).to_string())),
                     (true, OpKind::Delete) => {
                         (OpKind::Add, Some((-rng.gen_range(1..=5)).to_string()))
+                    }
+                    _ => (kind, value),
+                };
+                // On a set keyspace, writes add a member (a third remove one), deletes remove.
+                let (kind, value) = match (w.set, kind) {
+                    (true, OpKind::Write | OpKind::Delete) => {
+                        let member = format!("m{}", rng.gen_range(0..SET_MEMBERS));
+                        let add = kind == OpKind::Write && rng.gen_range(0..3) > 0;
+                        let kind = if add { OpKind::Sadd } else { OpKind::Srem };
+                        (kind, Some(member))
                     }
                     _ => (kind, value),
                 };
@@ -491,6 +513,12 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
             Some(heal_ns),
             &tunekv_check::Limits::default(),
         ))
+    } else if plan.workload.set {
+        Ok(tunekv_check::set::check(
+            &ops,
+            Some(heal_ns),
+            &tunekv_check::Limits::default(),
+        ))
     } else if plan.workload.leaderless {
         Ok(tunekv_check::leaderless::check(
             &ops,
@@ -538,6 +566,8 @@ async fn create_keyspace(plan: &Plan) -> turmoil::Result {
     let spec = if plan.workload.leaderless {
         let conflict = if plan.workload.counter {
             "counter"
+        } else if plan.workload.set {
+            "set"
         } else {
             "lww"
         };

@@ -129,6 +129,7 @@ fn restarted_leaders_serve_no_stale_strong_reads() {
                 leaderless: false,
                 windows: None,
                 counter: false,
+                set: false,
             },
         };
         let out = run(plan, &tunekv_node::Bugs::default());
@@ -190,6 +191,7 @@ fn lagging_copies(seed: u64) -> Plan {
             leaderless: false,
             windows: None,
             counter: false,
+            set: false,
         },
     }
 }
@@ -217,6 +219,8 @@ fn isolated_leaderless(seed: u64) -> Plan {
     plan.workload.deletes_pct = 5;
     plan.workload.think_ms_max = 10;
     plan.workload.leaderless = true;
+    plan.workload.counter = false;
+    plan.workload.set = false;
     // Hints expire and tombstones are collected within the run.
     plan.workload.windows = Some((1_000, 5_000));
     plan
@@ -304,6 +308,25 @@ fn isolated_counters(seed: u64) -> Plan {
     let mut plan = isolated_leaderless(seed);
     plan.workload.counter = true;
     plan
+}
+
+/// [`isolated_leaderless`] on a set keyspace: members added and removed on every side of each
+/// isolation.
+fn isolated_sets(seed: u64) -> Plan {
+    let mut plan = isolated_leaderless(seed);
+    plan.workload.set = true;
+    plan
+}
+
+/// Set keyspaces through nodes cut off from the others: no member read that was never added,
+/// and after healing every node holds exactly the members some add of which no remove saw.
+#[test]
+fn sets_keep_their_promises_through_isolation() {
+    for seed in 0..3 {
+        let out = run(isolated_sets(seed), &tunekv_node::Bugs::default());
+        assert!(out.ops > 500, "seed {seed}: only {} operations", out.ops);
+        assert_eq!(out.violations, Vec::<String>::new(), "seed {seed}");
+    }
 }
 
 /// Counter keyspaces through nodes cut off from the others: every read is a possible count,
@@ -498,5 +521,20 @@ mod bugs {
             }
         }
         panic!("counter-lww went unnoticed for {LEADERLESS_SEEDS_MAX} seeds");
+    }
+
+    /// A set's remove that drops concurrent adds it never saw: add wins is broken.
+    #[test]
+    fn set_remove_wins_is_caught_by_the_set_checkers() {
+        let bugs =
+            tunekv_node::Bugs::parse(&["set-remove-wins".to_string()]).expect("a known bug");
+        for seed in 0..LEADERLESS_SEEDS_MAX {
+            let out = run(isolated_sets(seed), &bugs);
+            if let Some(v) = out.violations.iter().find(|v| v.starts_with("[set / ")) {
+                eprintln!("set-remove-wins: caught by seed {seed}: {v}");
+                return;
+            }
+        }
+        panic!("set-remove-wins went unnoticed for {LEADERLESS_SEEDS_MAX} seeds");
     }
 }

@@ -86,7 +86,7 @@ fn takes_part(facts: &Facts, observed: &Observed, id: usize) -> bool {
     let op = facts.op(id);
     match (op.op, op.ok) {
         // Never here: `check` refuses histories with adds.
-        (OpKind::Add, _) => false,
+        (OpKind::Add | OpKind::Sadd | OpKind::Srem, _) => false,
         (OpKind::Read, _) => is_strong_read(facts, id),
         (_, Some(true)) => true,
         (_, Some(false)) => false,
@@ -204,7 +204,7 @@ impl Problem {
                 let op = facts.op(id);
                 let act = match (op.op, op.value.as_deref()) {
                     // Never here (`takes_part` leaves adds out); a write is the nearest kind.
-                    (OpKind::Write | OpKind::Add, _) => Act::Write,
+                    (OpKind::Write | OpKind::Add | OpKind::Sadd | OpKind::Srem, _) => Act::Write,
                     (OpKind::Delete, _) => Act::Delete,
                     (OpKind::Read, None) => Act::Read(None),
                     (OpKind::Read, Some(v)) => match number_of.get(v) {
@@ -367,6 +367,8 @@ fn describe_value(op: &crate::Operation) -> String {
         OpKind::Delete => "deleting".to_owned(),
         OpKind::Read => format!("returning {value}"),
         OpKind::Add => format!("adding {value}"),
+        OpKind::Sadd => format!("adding member {value}"),
+        OpKind::Srem => format!("removing member {value}"),
     }
 }
 
@@ -613,7 +615,9 @@ mod tests {
                     index += 1;
                 }
                 crate::OpKind::Read => op.value = value.clone(),
-                crate::OpKind::Add => unreachable!("the generator makes no adds"),
+                crate::OpKind::Add | crate::OpKind::Sadd | crate::OpKind::Srem => {
+                    unreachable!("the generator makes no adds")
+                }
             }
             if op.is_acked() {
                 op.position = Some(pos(0, index));
@@ -778,7 +782,10 @@ mod tests {
                     crate::OpKind::Write => lops[c].value.clone(),
                     crate::OpKind::Delete => None,
                     crate::OpKind::Read if lops[c].value == state => state.clone(),
-                    crate::OpKind::Read | crate::OpKind::Add => continue,
+                    crate::OpKind::Read
+                    | crate::OpKind::Add
+                    | crate::OpKind::Sadd
+                    | crate::OpKind::Srem => continue,
                 };
                 placed[c] = true;
                 if go(lops, placed, next) {

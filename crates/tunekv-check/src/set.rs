@@ -1,0 +1,400 @@
+//! The promises of set keyspaces (issue 17), judged on a history of `sadd` and `srem`
+//! operations (one member each, with the dots the server reported) and reads (the members, a
+//! JSON array of strings):
+//!
+//! - **no phantom members** — every member an acknowledged read returns was added by an add
+//!   begun before the read ended (one that did not certainly fail).
+//! - **add wins** — after healing, on every node, a member is present iff some add of it was
+//!   not observed by a remove. An acknowledged add issued a dot and reports the dots of the
+//!   member it replaced; a remove reports the dots it dropped, so "observed" is exact: a
+//!   member some acknowledged add's dot of which lives on (see [`fates`]) must be present, and
+//!   a member present must have an add whose dot may live on (or whose outcome is unknown).
+//! - **convergence** — after healing, every node's final read of a key is the same.
+
+use crate::history::{OpKind, Operation};
+use crate::report::{Report, Row, Verdict};
+use crate::Limits;
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const LEVEL: &str = "set";
+pub const NO_PHANTOM: &str = "no phantom members";
+pub const ADD_WINS: &str = "add wins";
+pub const CONVERGENCE: &str = "convergence";
+
+/// A set read's members (`None`: not a JSON array of strings, itself a violation).
+fn members(op: &Operation) -> Option<BTreeSet<String>> {
+    match op.value.as_deref() {
+        None => Some(BTreeSet::new()),
+        Some(v) => serde_json::from_str::<Vec<String>>(v)
+            .ok()
+            .map(|m| m.into_iter().collect()),
+    }
+}
+
+fn dots(op: &Operation) -> impl Iterator<Item = &str> {
+    op.dots.iter().flatten().map(String::as_str)
+}
+
+/// An acknowledged `sadd`'s issued dot and the dots it replaced.
+fn issued(op: &Operation) -> Option<(&str, impl Iterator<Item = &str>)> {
+    let mut d = dots(op);
+    Some((d.next()?, d))
+}
+
+/// What the updates of one key decide about each member after healing: the members that must
+/// be present (with an acknowledged add that proves it) and those that may be.
+///
+/// A dot ends in one of three ways: dropped by a remove (dead), replaced by a later add of its
+/// member that saw it (its fate is that add's dot's), or neither (live). A member must be
+/// present when an acknowledged add's dot lives on through acknowledged updates alone and no
+/// update of the member of unknown outcome (whose dots the history cannot follow) ended after
+/// that add began; it may be present when some add's dot may live on, or an add's outcome is
+/// unknown.
+fn fates<'a>(ops: &'a [Operation], ids: &[usize]) -> (BTreeMap<&'a str, usize>, BTreeSet<&'a str>) {
+    let updates = || {
+        ids.iter()
+            .map(|&i| (i, &ops[i]))
+            .filter(|(_, o)| matches!(o.op, OpKind::Sadd | OpKind::Srem) && o.ok != Some(false))
+    };
+    let member = |o: &'a Operation| o.value.as_deref().unwrap_or_default();
+    let mut dead: BTreeSet<&str> = BTreeSet::new();
+    let mut replacers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (_, o) in updates().filter(|(_, o)| o.is_acked()) {
+        match (o.op, issued(o)) {
+            (OpKind::Sadd, Some((new, replaced))) => {
+                for d in replaced {
+                    replacers.entry(d).or_default().push(new);
+                }
+            }
+            _ => dead.extend(dots(o)),
+        }
+    }
+    // A replacing add saw the dot it replaced, so it began after the add that issued it:
+    // deciding the acknowledged adds' dots latest-begun first, each one's replacers are decided
+    // before it. (A dot whose replacer is not an acknowledged add, or out of that order, lives:
+    // the lenient side.)
+    let mut acked_adds: Vec<(u64, &str)> = updates()
+        .filter(|(_, o)| o.is_acked() && o.op == OpKind::Sadd)
+        .filter_map(|(_, o)| Some((o.invoke_ns, issued(o)?.0)))
+        .collect();
+    acked_adds.sort_unstable();
+    let mut alive: BTreeMap<&str, bool> = BTreeMap::new();
+    for &(_, d) in acked_adds.iter().rev() {
+        let lives = match replacers.get(d) {
+            None => !dead.contains(d),
+            Some(next) => next.iter().any(|n| alive.get(n).copied().unwrap_or(true)),
+        };
+        alive.insert(d, lives);
+    }
+    let mut unknown_ends: BTreeMap<&str, u64> = BTreeMap::new();
+    for (_, o) in updates().filter(|(_, o)| o.ok.is_none()) {
+        let e = unknown_ends.entry(member(o)).or_insert(0);
+        *e = (*e).max(o.complete_ns);
+    }
+    let mut must = BTreeMap::new();
+    let mut may = BTreeSet::new();
+    for (i, o) in updates().filter(|(_, o)| o.op == OpKind::Sadd) {
+        let m = member(o);
+        let alive = match issued(o) {
+            Some((d, _)) => alive.get(d).copied().unwrap_or(true),
+            // Unknown outcome: it may have happened, its dot unseen.
+            None => true,
+        };
+        if alive {
+            may.insert(m);
+        }
+        let followed = unknown_ends.get(m).is_some_and(|&end| end > o.invoke_ns);
+        if o.is_acked() && alive && !followed {
+            must.entry(m).or_insert(i);
+        }
+    }
+    (must, may)
+}
+
+/// The `dots` of a set update's history record, from its HTTP answer: an add's issued dot
+/// first, then what it replaced; a remove's dropped dots.
+pub fn history_dots(kind: OpKind, answer: &serde_json::Value) -> Option<Vec<String>> {
+    let list = |field: &str| -> Vec<String> {
+        answer[field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str().map(str::to_string))
+            .collect()
+    };
+    match kind {
+        OpKind::Sadd => Some(list("dots").into_iter().chain(list("removed_dots")).collect()),
+        OpKind::Srem => Some(list("removed_dots")),
+        _ => None,
+    }
+}
+
+/// Judges a set history; `heal_ns` starts the final phase.
+pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report {
+    let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        by_key.entry(op.key.as_str()).or_default().push(i);
+    }
+    let mut phantom = Row::new(LEVEL, NO_PHANTOM);
+    let mut wins = Row::new(LEVEL, ADD_WINS);
+    let mut converged = Row::new(LEVEL, CONVERGENCE);
+    for ids in by_key.values() {
+        let of = |kind: OpKind| {
+            ids.iter()
+                .map(|&i| (i, &ops[i]))
+                .filter(move |(_, o)| o.op == kind && o.ok != Some(false))
+        };
+        // Per member: the start of its first add (for phantoms), its adds and its removes.
+        let mut first_add: BTreeMap<&str, u64> = BTreeMap::new();
+        for (_, o) in of(OpKind::Sadd) {
+            let m = o.value.as_deref().unwrap_or_default();
+            let t = first_add.entry(m).or_insert(o.invoke_ns);
+            *t = (*t).min(o.invoke_ns);
+        }
+        for &r in ids {
+            let op = &ops[r];
+            if !op.is_read() || !op.is_acked() {
+                continue;
+            }
+            let verdict = match members(op) {
+                None => Verdict::Violation {
+                    message: format!(
+                        "read of set {:?} on {} returned {:?}, not a list of members",
+                        op.key, op.node, op.value
+                    ),
+                    ops: vec![r],
+                },
+                Some(ms) => match ms
+                    .iter()
+                    .find(|m| first_add.get(m.as_str()).is_none_or(|t| *t > op.complete_ns))
+                {
+                    Some(m) => Verdict::Violation {
+                        message: format!(
+                            "read of set {:?} on {} returned member {m:?}, which no add begun \
+                             before the read ended added",
+                            op.key, op.node
+                        ),
+                        ops: vec![r],
+                    },
+                    None => Verdict::Pass,
+                },
+            };
+            phantom.record(verdict, ops, limits);
+        }
+        let Some(heal) = heal_ns else {
+            wins.record(Verdict::Unknown, ops, limits);
+            converged.record(Verdict::Unknown, ops, limits);
+            continue;
+        };
+        let finals = crate::leaderless::final_reads(ops, ids, heal);
+        if finals.is_empty() {
+            wins.record(Verdict::Unknown, ops, limits);
+            converged.record(Verdict::Unknown, ops, limits);
+            continue;
+        }
+        let (must, may) = fates(ops, ids);
+        for &f in &finals {
+            let op = &ops[f];
+            let Some(have) = members(op) else {
+                wins.record(
+                    Verdict::Violation {
+                        message: format!(
+                            "after healing, set {:?} on {} reads {:?}, not a list of members",
+                            op.key, op.node, op.value
+                        ),
+                        ops: vec![f],
+                    },
+                    ops,
+                    limits,
+                );
+                continue;
+            };
+            let lost = must.iter().find(|(m, _)| !have.contains(**m));
+            let revived = have.iter().find(|m| !may.contains(m.as_str()));
+            let verdict = match (lost, revived) {
+                (Some((m, &add)), _) => Verdict::Violation {
+                    message: format!(
+                        "after healing, set {:?} on {} lacks {m:?}, though an acknowledged add \
+                         of it issued a dot no remove dropped (add wins)",
+                        op.key, op.node
+                    ),
+                    ops: vec![add, f],
+                },
+                (None, Some(m)) => Verdict::Violation {
+                    message: format!(
+                        "after healing, set {:?} on {} holds {m:?}, though every add of it was \
+                         removed by a remove that saw it",
+                        op.key, op.node
+                    ),
+                    ops: vec![f],
+                },
+                (None, None) => Verdict::Pass,
+            };
+            wins.record(verdict, ops, limits);
+        }
+        let values: BTreeSet<Option<BTreeSet<String>>> =
+            finals.iter().map(|&f| members(&ops[f])).collect();
+        converged.record(
+            if finals.len() < 2 {
+                Verdict::Unknown
+            } else if values.len() == 1 {
+                Verdict::Pass
+            } else {
+                Verdict::Violation {
+                    message: format!(
+                        "after healing, set {:?} reads differently on different nodes: {:?}",
+                        ops[finals[0]].key,
+                        finals
+                            .iter()
+                            .map(|&f| format!("{}={:?}", ops[f].node, ops[f].value))
+                            .collect::<Vec<_>>()
+                    ),
+                    ops: finals.clone(),
+                }
+            },
+            ops,
+            limits,
+        );
+    }
+    Report {
+        rows: vec![phantom, wins, converged],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(kind: OpKind, value: Option<&str>, t: (u64, u64), ok: Option<bool>) -> Operation {
+        Operation {
+            client: 1,
+            session: None,
+            op: kind,
+            key: "k".into(),
+            value: value.map(Into::into),
+            invoke_ns: t.0,
+            complete_ns: t.1,
+            ok,
+            level: "eventual".into(),
+            node: "n1".into(),
+            position: None,
+            staleness_entries: None,
+            staleness_ms: None,
+            quorum: Some("one".into()),
+            version: None,
+            strict: None,
+            dots: None,
+        }
+    }
+
+    fn update(kind: OpKind, m: &str, dots: &[&str], t: (u64, u64), ok: Option<bool>) -> Operation {
+        Operation {
+            dots: ok
+                .is_some_and(|o| o)
+                .then(|| dots.iter().map(|d| d.to_string()).collect()),
+            ..op(kind, Some(m), t, ok)
+        }
+    }
+
+    fn read(members: &str, t: (u64, u64), node: &str) -> Operation {
+        Operation {
+            node: node.into(),
+            ..op(OpKind::Read, Some(members), t, Some(true))
+        }
+    }
+
+    fn row<'a>(r: &'a Report, p: &str) -> &'a Row {
+        r.row(LEVEL, p).expect("row")
+    }
+
+    /// x added twice, its first add removed; y added and removed; z added with an unknown
+    /// outcome.
+    fn history() -> Vec<Operation> {
+        vec![
+            update(OpKind::Sadd, "x", &["1.1"], (0, 10), Some(true)),
+            update(OpKind::Sadd, "y", &["1.2"], (0, 10), Some(true)),
+            update(OpKind::Srem, "x", &["1.1"], (20, 30), Some(true)),
+            // Concurrent with the remove, on another replica: the remove did not see it.
+            update(OpKind::Sadd, "x", &["3.1"], (20, 30), Some(true)),
+            update(OpKind::Srem, "y", &["1.2"], (20, 30), Some(true)),
+            update(OpKind::Sadd, "z", &[], (40, 50), None),
+            read(r#"["x","y"]"#, (12, 15), "n1"),
+        ]
+    }
+
+    #[test]
+    fn a_concurrent_add_that_survives_a_remove_passes() {
+        let mut ops = history();
+        ops.push(read(r#"["x"]"#, (100, 110), "n1"));
+        ops.push(read(r#"["x"]"#, (100, 110), "n2"));
+        let r = check(&ops, Some(90), &Limits::default());
+        assert!(!r.has_violations(), "{}", r.table());
+        assert_eq!(row(&r, ADD_WINS).checked, 2);
+        // The unknown add of z may have happened.
+        let mut with_z = history();
+        with_z.push(read(r#"["x","z"]"#, (100, 110), "n1"));
+        assert!(!check(&with_z, Some(90), &Limits::default()).has_violations());
+    }
+
+    #[test]
+    fn remove_wins_a_revived_member_phantoms_and_divergence_are_caught() {
+        let with = |reads: Vec<Operation>| {
+            let mut ops = history();
+            ops.extend(reads);
+            check(&ops, Some(90), &Limits::default())
+        };
+        // Remove wins: x's second add (dot 3.1, never dropped) is gone.
+        let r = with(vec![read("[]", (100, 110), "n1")]);
+        assert_eq!(row(&r, ADD_WINS).violations_total, 1, "{}", r.table());
+        // y's only add was dropped by a remove that saw it: it cannot come back.
+        let r = with(vec![read(r#"["x","y"]"#, (100, 110), "n1")]);
+        assert_eq!(row(&r, ADD_WINS).violations_total, 1, "{}", r.table());
+        // A member never added, or read before its add began.
+        let r = with(vec![read(r#"["q"]"#, (12, 15), "n1")]);
+        assert_eq!(row(&r, NO_PHANTOM).violations_total, 1, "{}", r.table());
+        let r = with(vec![read(r#"["z"]"#, (12, 15), "n1")]);
+        assert_eq!(row(&r, NO_PHANTOM).violations_total, 1, "{}", r.table());
+        let r = with(vec![read("garbage", (12, 15), "n1")]);
+        assert_eq!(row(&r, NO_PHANTOM).violations_total, 1, "{}", r.table());
+        // Two nodes that disagree.
+        let r = with(vec![
+            read(r#"["x"]"#, (100, 110), "n1"),
+            read(r#"["x","z"]"#, (100, 110), "n2"),
+        ]);
+        assert_eq!(row(&r, CONVERGENCE).violations_total, 1, "{}", r.table());
+    }
+
+    #[test]
+    fn a_remove_of_unknown_outcome_may_have_dropped_an_add_it_followed() {
+        let mut ops = vec![
+            update(OpKind::Sadd, "x", &["1.1"], (0, 10), Some(true)),
+            update(OpKind::Srem, "x", &[], (20, 30), None),
+        ];
+        ops.push(read("[]", (100, 110), "n1"));
+        let r = check(&ops, Some(90), &Limits::default());
+        assert!(!r.has_violations(), "{}", r.table());
+    }
+
+    #[test]
+    fn a_dot_replaced_by_a_later_add_lives_or_dies_with_that_add() {
+        // x added (1.1), added again where 1.1 was seen (2.1 replaces it), then removed where
+        // 2.1 was seen: gone, though no remove named 1.1.
+        let base = vec![
+            update(OpKind::Sadd, "x", &["1.1"], (0, 10), Some(true)),
+            update(OpKind::Sadd, "x", &["2.1", "1.1"], (20, 30), Some(true)),
+            update(OpKind::Srem, "x", &["2.1"], (40, 50), Some(true)),
+        ];
+        let with = |members: &str| {
+            let mut ops = base.clone();
+            ops.push(read(members, (100, 110), "n1"));
+            check(&ops, Some(90), &Limits::default())
+        };
+        assert!(!with("[]").has_violations(), "{}", with("[]").table());
+        assert_eq!(row(&with(r#"["x"]"#), ADD_WINS).violations_total, 1);
+        // Without the remove, x must be there.
+        let mut kept = base[..2].to_vec();
+        kept.push(read("[]", (100, 110), "n1"));
+        let r = check(&kept, Some(90), &Limits::default());
+        assert_eq!(row(&r, ADD_WINS).violations_total, 1, "{}", r.table());
+    }
+}
