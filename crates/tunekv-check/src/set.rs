@@ -69,22 +69,25 @@ fn fates<'a>(ops: &'a [Operation], ids: &[usize]) -> (BTreeMap<&'a str, usize>, 
             _ => dead.extend(dots(o)),
         }
     }
-    // A replacing add saw the dot it replaced, so it began after the add that issued it:
-    // deciding the acknowledged adds' dots latest-begun first, each one's replacers are decided
-    // before it. (A dot whose replacer is not an acknowledged add, or out of that order, lives:
-    // the lenient side.)
-    let mut acked_adds: Vec<(u64, &str)> = updates()
+    // A dot lives on iff a chain of replacements leads from it to a dot neither replaced nor
+    // dropped: marked backwards from those, along the replacements (no assumption about the
+    // order the adds ran in).
+    let mut replaced_by_rev: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (old, news) in &replacers {
+        for n in news {
+            replaced_by_rev.entry(n).or_default().push(old);
+        }
+    }
+    let mut alive: BTreeSet<&str> = BTreeSet::new();
+    let mut todo: Vec<&str> = updates()
         .filter(|(_, o)| o.is_acked() && o.op == OpKind::Sadd)
-        .filter_map(|(_, o)| Some((o.invoke_ns, issued(o)?.0)))
+        .filter_map(|(_, o)| Some(issued(o)?.0))
+        .filter(|d| !replacers.contains_key(d) && !dead.contains(d))
         .collect();
-    acked_adds.sort_unstable();
-    let mut alive: BTreeMap<&str, bool> = BTreeMap::new();
-    for &(_, d) in acked_adds.iter().rev() {
-        let lives = match replacers.get(d) {
-            None => !dead.contains(d),
-            Some(next) => next.iter().any(|n| alive.get(n).copied().unwrap_or(true)),
-        };
-        alive.insert(d, lives);
+    while let Some(d) = todo.pop() {
+        if alive.insert(d) {
+            todo.extend(replaced_by_rev.get(d).into_iter().flatten().copied());
+        }
     }
     let mut unknown_ends: BTreeMap<&str, u64> = BTreeMap::new();
     for (_, o) in updates().filter(|(_, o)| o.ok.is_none()) {
@@ -96,7 +99,7 @@ fn fates<'a>(ops: &'a [Operation], ids: &[usize]) -> (BTreeMap<&'a str, usize>, 
     for (i, o) in updates().filter(|(_, o)| o.op == OpKind::Sadd) {
         let m = member(o);
         let alive = match issued(o) {
-            Some((d, _)) => alive.get(d).copied().unwrap_or(true),
+            Some((d, _)) => alive.contains(d),
             // Unknown outcome: it may have happened, its dot unseen.
             None => true,
         };
@@ -111,22 +114,21 @@ fn fates<'a>(ops: &'a [Operation], ids: &[usize]) -> (BTreeMap<&'a str, usize>, 
     (must, may)
 }
 
-/// The `dots` of a set update's history record, from its HTTP answer: an add's issued dot
-/// first, then what it replaced; a remove's dropped dots.
-pub fn history_dots(kind: OpKind, answer: &serde_json::Value) -> Option<Vec<String>> {
-    let list = |field: &str| -> Vec<String> {
-        answer[field]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d.as_str().map(str::to_string))
-            .collect()
-    };
+/// The `dots` of a set update's history record, from what its answer reported (`dots`,
+/// `removed_dots`): an add's issued dot first, then those it replaced; a remove's dropped dots.
+pub fn history_dots(kind: OpKind, issued: &[String], removed: &[String]) -> Option<Vec<String>> {
     match kind {
-        OpKind::Sadd => Some(list("dots").into_iter().chain(list("removed_dots")).collect()),
-        OpKind::Srem => Some(list("removed_dots")),
+        OpKind::Sadd => Some(issued.iter().chain(removed).cloned().collect()),
+        OpKind::Srem => Some(removed.to_vec()),
         _ => None,
     }
+}
+
+/// The `value` of a read's history record when its answer is a set's (`{"members": […]}`):
+/// the members as a JSON array; `None` for any other answer.
+pub fn history_members(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v["members"].is_array().then(|| v["members"].to_string())
 }
 
 /// Judges a set history; `heal_ns` starts the final phase.
@@ -164,10 +166,11 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
                     ),
                     ops: vec![r],
                 },
-                Some(ms) => match ms
-                    .iter()
-                    .find(|m| first_add.get(m.as_str()).is_none_or(|t| *t > op.complete_ns))
-                {
+                Some(ms) => match ms.iter().find(|m| {
+                    first_add
+                        .get(m.as_str())
+                        .is_none_or(|t| *t > op.complete_ns)
+                }) {
                     Some(m) => Verdict::Violation {
                         message: format!(
                             "read of set {:?} on {} returned member {m:?}, which no add begun \

@@ -142,6 +142,16 @@ pub struct WriteReply {
     /// Counter keyspaces (`add`): the count after the update.
     #[serde(default)]
     pub value: Option<i64>,
+    /// Set and map keyspaces (`update`): members or fields added and removed, and the dots
+    /// (`NODE.COUNTER`) the update issued and dropped.
+    #[serde(default)]
+    pub added: Option<u64>,
+    #[serde(default)]
+    pub removed: Option<u64>,
+    #[serde(default)]
+    pub dots: Vec<String>,
+    #[serde(default)]
+    pub removed_dots: Vec<String>,
 }
 
 /// How a leaderless write met its quorum (the `quorum` object of a write's answer).
@@ -398,6 +408,23 @@ impl Client {
         }
         self.send_json(Self::with_session(
             req.query(&Self::query(opts)).json(&body),
+            opts,
+        ))
+        .await
+    }
+
+    /// Updates a set or a map (`POST …:update`): `body` as docs/formats.md gives it, e.g.
+    /// `{"add": ["a"], "remove": ["b"]}` or `{"set": {"field": "value"}}`.
+    pub async fn update(
+        &self,
+        ks: &str,
+        key: &[u8],
+        body: &serde_json::Value,
+        opts: &Opts,
+    ) -> Result<WriteReply> {
+        let req = self.kv_action(reqwest::Method::POST, ks, key, ":update")?;
+        self.send_json(Self::with_session(
+            req.query(&Self::query(opts)).json(body),
             opts,
         ))
         .await

@@ -120,7 +120,11 @@ fn issued_and_replaced<V: crate::ormap::Payload>(delta: &OrMap<V>) -> (Vec<Dot>,
         .members()
         .flat_map(|(_, d)| d.keys().copied())
         .collect();
-    let replaced = delta.context().dots().filter(|d| !issued.contains(d)).collect();
+    let replaced = delta
+        .context()
+        .dots()
+        .filter(|d| !issued.contains(d))
+        .collect();
     (issued.into_iter().collect(), replaced)
 }
 
@@ -178,8 +182,7 @@ pub fn make(
             let (dots, replaced) = issued_and_replaced(&delta);
             let rm = s.remove(remove);
             let removed = rm.len_listed() as u64;
-            let removed_dots: Vec<Dot> =
-                replaced.into_iter().chain(rm.context().dots()).collect();
+            let removed_dots: Vec<Dot> = replaced.into_iter().chain(rm.context().dots()).collect();
             delta.join(&rm);
             let int = if remove.is_empty() { added } else { removed };
             Ok(Some(Made {
@@ -218,8 +221,7 @@ pub fn make(
             let (dots, replaced) = issued_and_replaced(&delta);
             let rm = m.remove(remove);
             let removed = rm.len_listed() as u64;
-            let removed_dots: Vec<Dot> =
-                replaced.into_iter().chain(rm.context().dots()).collect();
+            let removed_dots: Vec<Dot> = replaced.into_iter().chain(rm.context().dots()).collect();
             delta.join(&rm);
             let int = if remove.is_empty() { added } else { removed };
             Ok(Some(Made {

@@ -159,7 +159,11 @@ pub async fn operate(
             request(&host, "POST", &path, token, body.to_string().into_bytes()).await
         }
         OpKind::Sadd | OpKind::Srem => {
-            let which = if kind == OpKind::Sadd { "add" } else { "remove" };
+            let which = if kind == OpKind::Sadd {
+                "add"
+            } else {
+                "remove"
+            };
             let body = serde_json::json!({ which: [value.clone().unwrap_or_default()] });
             request(&host, "POST", &path, token, body.to_string().into_bytes()).await
         }
@@ -217,10 +221,8 @@ pub async fn operate(
                         op.value = (a.status == 200)
                             .then(|| String::from_utf8_lossy(&a.body).into_owned());
                         // A set's read is JSON: its members, recorded as a JSON array.
-                        if let Ok(body) = serde_json::from_slice::<serde_json::Value>(&a.body) {
-                            if body["members"].is_array() {
-                                op.value = Some(body["members"].to_string());
-                            }
+                        if let Some(members) = tunekv_check::set::history_members(&a.body) {
+                            op.value = Some(members);
                         }
                         if leaderless {
                             op.version = a
@@ -238,7 +240,19 @@ pub async fn operate(
                             serde_json::from_slice(&a.body).unwrap_or_default();
                         op.version = body["quorum"]["version"].as_str().map(str::to_string);
                         op.strict = body["quorum"]["strict"].as_bool();
-                        op.dots = tunekv_check::set::history_dots(kind, &body);
+                        let list = |field: &str| -> Vec<String> {
+                            body[field]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|d| d.as_str().map(str::to_string))
+                                .collect()
+                        };
+                        op.dots = tunekv_check::set::history_dots(
+                            kind,
+                            &list("dots"),
+                            &list("removed_dots"),
+                        );
                     }
                     (_, false) => {}
                 }

@@ -526,8 +526,7 @@ mod bugs {
     /// A set's remove that drops concurrent adds it never saw: add wins is broken.
     #[test]
     fn set_remove_wins_is_caught_by_the_set_checkers() {
-        let bugs =
-            tunekv_node::Bugs::parse(&["set-remove-wins".to_string()]).expect("a known bug");
+        let bugs = tunekv_node::Bugs::parse(&["set-remove-wins".to_string()]).expect("a known bug");
         for seed in 0..LEADERLESS_SEEDS_MAX {
             let out = run(isolated_sets(seed), &bugs);
             if let Some(v) = out.violations.iter().find(|v| v.starts_with("[set / ")) {

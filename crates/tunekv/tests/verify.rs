@@ -202,6 +202,38 @@ fn a_counter_run_under_partitions_and_kills_passes() {
     }
 }
 
+/// A set keyspace under partitions: no member read that was never added, and after healing
+/// every node holds exactly the members some add of which no remove observed.
+#[test]
+fn a_set_run_under_partitions_passes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = verify(
+        &[
+            "--keyspace-mode",
+            "set",
+            "--duration",
+            "12s",
+            "--faults",
+            "partition",
+            "--seed",
+            "5",
+            "--dir",
+            dir.path().join("cluster").to_str().expect("utf-8"),
+        ],
+        Duration::from_secs(180),
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for property in ["no phantom members", "add wins", "convergence"] {
+        let n = checked(&stdout, "set", property);
+        assert!(
+            n.is_some_and(|n| n > 0),
+            "nothing judged for {property}:\n{all}"
+        );
+    }
+}
+
 #[cfg(feature = "bug-injection")]
 mod bugs {
     use super::*;
@@ -320,6 +352,16 @@ mod bugs {
                 "[counter / no update lost or doubled]",
                 "[counter / convergence]",
             ],
+        );
+    }
+
+    #[test]
+    fn a_set_remove_that_wins_over_concurrent_adds_is_caught() {
+        caught_with(
+            "set-remove-wins",
+            &["--keyspace-mode", "set"],
+            "partition",
+            &["[set / add wins]", "[set / convergence]"],
         );
     }
 }

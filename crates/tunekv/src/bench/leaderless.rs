@@ -15,6 +15,11 @@ pub const LEADERLESS: &str = "bench_leaderless";
 pub const VOLATILE: &str = "bench_volatile";
 /// A leaderless counter keyspace (`conflict: "counter"`): writes are INCR.
 pub const COUNTER: &str = "bench_counter";
+/// A leaderless set keyspace (`conflict: "set"`) for the SADD-cost measurement.
+pub const SETS: &str = "bench_set";
+/// Set sizes SADD's cost is measured at, and SADDs timed at each.
+const SET_SIZES: [usize; 3] = [10, 10_000, 100_000];
+const SADDS_TIMED: usize = 300;
 /// Keys written on the cut-off node for the convergence measurement.
 const CONVERGE_KEYS: usize = 200;
 
@@ -242,4 +247,56 @@ pub async fn time_to_converge(targets: &[Target], value: &[u8]) -> Result<String
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("the replicas did not converge within 120 s")
+}
+
+/// The cost of one SADD (a new member, `w=quorum`, one client, one at a time) into sets of
+/// 10, 10k and 100k members: an update is a delta joined member by member and stored as one
+/// record per member, so the cost should not grow with the set (riak#483: O(size) adds).
+pub async fn set_add_cost(targets: &[Target]) -> Result<String> {
+    let first = targets.first().ok_or_else(|| anyhow::anyhow!("no nodes"))?;
+    let c = Client::with_timeout(&first.http, Duration::from_secs(60));
+    let spec = json!({"mode": "leaderless", "replicas": targets.len().min(3), "conflict": "set"});
+    match c.create_keyspace(SETS, &spec).await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some("keyspace_exists") => {}
+        Err(e) => bail!("cannot create keyspace {SETS}: {e}"),
+    }
+    let opts = Opts::default().w("quorum").wait_ms(30_000);
+    let mut out = String::from("set SADD cost by set size (w=quorum, one client, sequential):\n");
+    let run = format!("{:x}", rand::random::<u32>());
+    for size in SET_SIZES {
+        let key = format!("set{size}-{run}");
+        let started = Instant::now();
+        for chunk in (0..size).collect::<Vec<_>>().chunks(5_000) {
+            let members: Vec<String> = chunk.iter().map(|i| format!("member{i:07}")).collect();
+            c.update(SETS, key.as_bytes(), &json!({ "add": members }), &opts)
+                .await
+                .map_err(|e| anyhow::anyhow!("loading {size} members: {e}"))?;
+        }
+        let loaded = started.elapsed();
+        let mut took = Vec::with_capacity(SADDS_TIMED);
+        for i in 0..SADDS_TIMED {
+            let t = Instant::now();
+            c.update(
+                SETS,
+                key.as_bytes(),
+                &json!({"add": [format!("new{i:05}")]}),
+                &opts,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("SADD into {size}: {e}"))?;
+            took.push(t.elapsed());
+        }
+        took.sort();
+        let us = |d: Duration| d.as_micros();
+        out += &format!(
+            "  {size:>7} members: SADD p50 {} µs, p99 {} µs, mean {} µs ({SADDS_TIMED} adds; \
+             loaded in {:.1} s)\n",
+            us(took[took.len() / 2]),
+            us(took[took.len() * 99 / 100]),
+            us(took.iter().sum::<Duration>() / SADDS_TIMED as u32),
+            loaded.as_secs_f64()
+        );
+    }
+    Ok(out.trim_end().to_string())
 }

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use tunekv::local_cluster::LocalCluster;
 use tunekv_check::{check, CheckInput, Limits, OpKind, Operation};
 use tunekv_client::{Client, Opts};
-use workload::{Budget, ClientPlan, Protocol, KEYSPACE, KEYSPACE_COUNTER, KEYSPACE_LEADERLESS};
+use workload::{
+    Budget, ClientPlan, Protocol, KEYSPACE, KEYSPACE_COUNTER, KEYSPACE_LEADERLESS, KEYSPACE_SET,
+};
 
 use crate::targets;
 pub use crate::targets::Target;
@@ -62,6 +64,9 @@ pub enum KeyspaceMode {
     /// A leaderless keyspace of counters (`conflict: "counter"`): HTTP clients adding and
     /// subtracting at every `w` and reading at every `r`, judged by the counter checkers.
     Counter,
+    /// A leaderless keyspace of sets (`conflict: "set"`): HTTP clients adding and removing a
+    /// few members at every `w` and reading at every `r`, judged by the set checkers.
+    Set,
 }
 
 impl KeyspaceMode {
@@ -71,9 +76,10 @@ impl KeyspaceMode {
             "leaderless" => Ok(KeyspaceMode::Leaderless),
             "mixed" => Ok(KeyspaceMode::Mixed),
             "counter" => Ok(KeyspaceMode::Counter),
+            "set" => Ok(KeyspaceMode::Set),
             other => bail!(
-                "--keyspace-mode {other:?}: verify runs ordered, leaderless, mixed (both at once) \
-                 or counter"
+                "--keyspace-mode {other:?}: verify runs ordered, leaderless, mixed (both at once), \
+                 counter or set"
             ),
         }
     }
@@ -91,11 +97,15 @@ impl KeyspaceMode {
         self == KeyspaceMode::Counter
     }
 
+    fn set(self) -> bool {
+        self == KeyspaceMode::Set
+    }
+
     /// Whether client `i` works in the leaderless keyspace.
     fn leaderless_client(self, i: u32) -> bool {
         match self {
             KeyspaceMode::Ordered => false,
-            KeyspaceMode::Leaderless | KeyspaceMode::Counter => true,
+            KeyspaceMode::Leaderless | KeyspaceMode::Counter | KeyspaceMode::Set => true,
             KeyspaceMode::Mixed => i % 2 == 1,
         }
     }
@@ -233,6 +243,12 @@ async fn run_on(
             serde_json::json!({"mode": "leaderless", "replicas": replicas, "conflict": "counter"}),
         ));
     }
+    if o.mode.set() {
+        keyspaces.push((
+            KEYSPACE_SET,
+            serde_json::json!({"mode": "leaderless", "replicas": replicas, "conflict": "set"}),
+        ));
+    }
     for (keyspace, spec) in &keyspaces {
         match admin.create_keyspace(keyspace, spec).await {
             Ok(_) => {}
@@ -297,6 +313,7 @@ async fn run_on(
                 levels: o.levels.clone(),
                 leaderless,
                 counter: o.mode.counter(),
+                set: o.mode.set(),
             };
             tokio::spawn(workload::run_client(
                 plan,
@@ -351,6 +368,7 @@ async fn run_on(
     let converge_started = Instant::now();
     let digested = match o.mode {
         KeyspaceMode::Counter => Some(KEYSPACE_COUNTER),
+        KeyspaceMode::Set => Some(KEYSPACE_SET),
         KeyspaceMode::Leaderless | KeyspaceMode::Mixed => Some(KEYSPACE_LEADERLESS),
         KeyspaceMode::Ordered => None,
     };
@@ -392,7 +410,7 @@ async fn run_on(
     let (leaderless_ops, ordered_ops): (Vec<Operation>, Vec<Operation>) =
         ops.into_iter().partition(|op| match o.mode {
             KeyspaceMode::Ordered => false,
-            KeyspaceMode::Leaderless | KeyspaceMode::Counter => true,
+            KeyspaceMode::Leaderless | KeyspaceMode::Counter | KeyspaceMode::Set => true,
             KeyspaceMode::Mixed => op.quorum.is_some(),
         });
     let checked_at = Instant::now();
@@ -412,6 +430,11 @@ async fn run_on(
             report.rows.extend(
                 tunekv_check::counter::check(&leaderless_ops, Some(heal_ns), &Limits::default())
                     .rows,
+            );
+        }
+        if o.mode.set() {
+            report.rows.extend(
+                tunekv_check::set::check(&leaderless_ops, Some(heal_ns), &Limits::default()).rows,
             );
         }
         if o.mode.leaderless() {
@@ -548,7 +571,10 @@ async fn final_leaderless_reads(targets: &[Target], ks: &str, keys: &[String], r
             let (ok, value, version, error) = match r {
                 Ok(r) => (
                     Some(true),
-                    r.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                    r.value.map(|v| {
+                        tunekv_check::set::history_members(&v)
+                            .unwrap_or_else(|| String::from_utf8_lossy(&v).into_owned())
+                    }),
                     r.receipt.quorum_field("version").map(str::to_string),
                     None,
                 ),
@@ -572,6 +598,7 @@ async fn final_leaderless_reads(targets: &[Target], ks: &str, keys: &[String], r
                     quorum: Some("one".into()),
                     version,
                     strict: None,
+                    dots: None,
                 },
                 error,
             );
@@ -619,6 +646,7 @@ async fn final_reads(targets: &[Target], keys: &[String], rec: &Recorder) {
                         quorum: None,
                         version: None,
                         strict: None,
+                        dots: None,
                     },
                     error,
                 );

@@ -18,6 +18,10 @@ pub const KEYSPACE: &str = "verify";
 pub const KEYSPACE_LEADERLESS: &str = "verify_leaderless";
 /// The keyspace of `verify --keyspace-mode counter` (leaderless, `conflict: "counter"`).
 pub const KEYSPACE_COUNTER: &str = "verify_counter";
+/// The keyspace of `verify --keyspace-mode set` (leaderless, `conflict: "set"`).
+pub const KEYSPACE_SET: &str = "verify_set";
+/// The members set clients add and remove (few, so that adds and removes meet).
+const SET_MEMBERS: u32 = 4;
 /// Quorums a leaderless run draws from.
 const READ_QUORUMS: [&str; 3] = ["one", "quorum", "all"];
 const WRITE_QUORUMS: [&str; 4] = ["one", "quorum", "all", "any"];
@@ -48,6 +52,9 @@ pub struct ClientPlan {
     /// With `leaderless`: the counter keyspace, where writes add 1 to 9 and deletes subtract 1
     /// to 5, and reads are at `eventual`.
     pub counter: bool,
+    /// With `leaderless`: the set keyspace, where writes add a member (a third remove one),
+    /// and reads are at `eventual`.
+    pub set: bool,
 }
 
 /// Shared stop conditions: a flag (duration over) and an op budget.
@@ -79,6 +86,8 @@ struct Outcome {
     quorum: Option<String>,
     version: Option<String>,
     strict: Option<bool>,
+    /// Set updates: the dots the answer reported (history format).
+    dots: Option<Vec<String>>,
 }
 
 impl Outcome {
@@ -93,6 +102,7 @@ impl Outcome {
             quorum: None,
             version: None,
             strict: None,
+            dots: None,
         }
     }
 
@@ -132,10 +142,17 @@ pub async fn run_client(
     while budget.take() {
         let key = plan.keys[rng.gen_range(0..plan.keys.len())].clone();
         let roll = rng.gen_range(0..100);
-        let (kind, level) = if roll < 55 && plan.counter {
+        let (kind, level) = if roll < 55 && (plan.counter || plan.set) {
             (OpKind::Read, "eventual".to_string())
         } else if plan.counter {
             (OpKind::Add, "eventual".to_string())
+        } else if plan.set {
+            let kind = if roll < 85 {
+                OpKind::Sadd
+            } else {
+                OpKind::Srem
+            };
+            (kind, "eventual".to_string())
         } else if roll < 55 && plan.leaderless {
             let level = LEADERLESS_LEVELS[rng.gen_range(0..LEADERLESS_LEVELS.len())];
             (OpKind::Read, level.to_string())
@@ -162,10 +179,13 @@ pub async fn run_client(
             // Adds 1 to 9 (writes' share) or subtracts 1 to 5.
             OpKind::Add if roll < 92 => Some(rng.gen_range(1..=9).to_string()),
             OpKind::Add => Some((-rng.gen_range(1..=5)).to_string()),
+            OpKind::Sadd | OpKind::Srem => Some(format!("m{}", rng.gen_range(0..SET_MEMBERS))),
             _ => None,
         };
         let keyspace = if plan.counter {
             KEYSPACE_COUNTER
+        } else if plan.set {
+            KEYSPACE_SET
         } else {
             KEYSPACE_LEADERLESS
         };
@@ -281,7 +301,7 @@ fn record(
     let complete_ns = rec.now_ns();
     let value = match kind {
         OpKind::Read => out.value,
-        OpKind::Write | OpKind::Add => written,
+        OpKind::Write | OpKind::Add | OpKind::Sadd | OpKind::Srem => written,
         OpKind::Delete => None,
     };
     rec.push(
@@ -302,6 +322,7 @@ fn record(
             quorum: out.quorum,
             version: out.version,
             strict: out.strict,
+            dots: out.dots,
         },
         out.error,
     );
@@ -343,7 +364,11 @@ async fn leaderless_op(
                 Ok(r) => {
                     *token = r.session.clone();
                     Outcome {
-                        value: r.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                        // A set's answer is its members (recorded as a JSON array).
+                        value: r.value.map(|v| {
+                            tunekv_check::set::history_members(&v)
+                                .unwrap_or_else(|| String::from_utf8_lossy(&v).into_owned())
+                        }),
                         staleness: r.receipt.staleness_parts(),
                         version: r.receipt.quorum_field("version").map(str::to_string),
                         position: Some(r.receipt.position),
@@ -357,12 +382,21 @@ async fn leaderless_op(
                 },
             }
         }
-        OpKind::Write | OpKind::Delete | OpKind::Add => {
+        OpKind::Write | OpKind::Delete | OpKind::Add | OpKind::Sadd | OpKind::Srem => {
             let opts = opts.w(quorum);
             let res = match (kind, value) {
                 (OpKind::Add, v) => {
                     let by = v.and_then(|v| v.parse().ok()).unwrap_or(0);
                     c.add(ks, key.as_bytes(), by, add_id, &opts).await
+                }
+                (OpKind::Sadd | OpKind::Srem, m) => {
+                    let which = if kind == OpKind::Sadd {
+                        "add"
+                    } else {
+                        "remove"
+                    };
+                    let body = serde_json::json!({ which: [m.unwrap_or_default()] });
+                    c.update(ks, key.as_bytes(), &body, &opts).await
                 }
                 (_, Some(v)) => c.put(ks, key.as_bytes(), v.as_bytes(), &opts).await,
                 (_, None) => c.delete(ks, key.as_bytes(), &opts).await,
@@ -375,6 +409,7 @@ async fn leaderless_op(
                         quorum: Some(quorum.to_string()),
                         version: w.quorum.as_ref().and_then(|q| q.version.clone()),
                         strict: w.quorum.as_ref().map(|q| q.strict),
+                        dots: tunekv_check::set::history_dots(kind, &w.dots, &w.removed_dots),
                         ..Outcome::done()
                     }
                 }
@@ -422,7 +457,9 @@ async fn http_op(
             }
         }
         // Ordered clients make no adds.
-        OpKind::Add => Outcome::failed(Some(false), "adds go to counter keyspaces".into()),
+        OpKind::Add | OpKind::Sadd | OpKind::Srem => {
+            Outcome::failed(Some(false), "adds go to counter and set keyspaces".into())
+        }
         OpKind::Write | OpKind::Delete => {
             let res = match value {
                 Some(v) => c.put(KEYSPACE, key.as_bytes(), v.as_bytes(), &opts).await,
