@@ -8,7 +8,7 @@
 //! `{"error":{"code":"…","message":"…"}}`.
 
 use crate::batch::{Answer, Plan};
-use crate::request::{self, ApiRequest, FaultChange, KeyEncoding, Refusal};
+use crate::request::{self, ApiRequest, FaultChange, KeyEncoding, Refusal, H_CONTEXT};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
@@ -148,6 +148,7 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
             ks,
             key,
             value,
+            context,
             w,
             wait,
             mut session,
@@ -158,7 +159,12 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
                 wait,
                 session: &mut session,
             };
-            let w = node.put(req, &key, value.to_vec()).await?;
+            let w = match context {
+                Some(text) => {
+                    write_in_context(node, req, &key, Some(value.to_vec()), &text).await?
+                }
+                None => node.put(req, &key, value.to_vec()).await?,
+            };
             Ok(write_response(
                 &w,
                 &node.session_key().encode(&session),
@@ -191,6 +197,7 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
         ApiRequest::Delete {
             ks,
             key,
+            context,
             w,
             wait,
             mut session,
@@ -201,7 +208,10 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
                 wait,
                 session: &mut session,
             };
-            let w = node.delete(req, &key).await?;
+            let w = match context {
+                Some(text) => write_in_context(node, req, &key, None, &text).await?,
+                None => node.delete(req, &key).await?,
+            };
             Ok(write_response(
                 &w,
                 &node.session_key().encode(&session),
@@ -247,6 +257,32 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
     }
 }
 
+/// A write (`None`: a delete) of a siblings keyspace that supersedes what its causal context
+/// covers.
+async fn write_in_context(
+    node: &Node,
+    req: WriteRequest<'_>,
+    key: &[u8],
+    value: Option<Vec<u8>>,
+    text: &str,
+) -> Result<WriteOutcome, TunekvError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let info = node.keyspace(req.keyspace, deadline).await?;
+    if info.spec.conflict.as_deref() != Some("siblings") {
+        return Err(TunekvError::new(
+            Code::ContextInvalid,
+            format!(
+                "tunekv-context applies to siblings keyspaces; {:?} is not one",
+                info.name
+            ),
+        ));
+    }
+    let ctx = node.open_context(&info, key, text)?;
+    let max = info.spec.siblings_max();
+    node.update(req, key, Update::Write { value, ctx, max })
+        .await
+}
+
 /// HTTP status of each stable code.
 pub fn status_of(code: Code) -> StatusCode {
     match code {
@@ -265,9 +301,13 @@ pub fn status_of(code: Code) -> StatusCode {
         Code::ResponseTooLarge => StatusCode::UNPROCESSABLE_ENTITY,
         Code::RouteNotFound => StatusCode::NOT_FOUND,
         Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        Code::QuorumInvalid | Code::ModeUnsupported | Code::Overflow | Code::NotInteger => {
-            StatusCode::BAD_REQUEST
-        }
+        Code::QuorumInvalid
+        | Code::ModeUnsupported
+        | Code::Overflow
+        | Code::NotInteger
+        | Code::ContextInvalid => StatusCode::BAD_REQUEST,
+        Code::TooManySiblings => StatusCode::CONFLICT,
+        Code::Siblings => StatusCode::MULTIPLE_CHOICES,
         Code::WrongType => StatusCode::CONFLICT,
         // The coordinator's clock, not the request, is at fault; another node may take it.
         Code::ClockSkew => StatusCode::SERVICE_UNAVAILABLE,
@@ -398,6 +438,9 @@ fn write_response(w: &WriteOutcome, token: &str, value: Option<i64>) -> Response
         body["removed"] = json!(u.removed);
         body["dots"] = json!(dots(&u.dots));
         body["removed_dots"] = json!(dots(&u.removed_dots));
+        if let Some(c) = &u.covered {
+            body["covered"] = json!(c);
+        }
     }
     (position, session_header(token), Json(body)).into_response()
 }
@@ -467,6 +510,12 @@ async fn get_key(
     as_json: bool,
     mut read: Read,
 ) -> Result<Response, ApiError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    if let Ok(info) = node.keyspace(ks, deadline).await {
+        if info.spec.conflict.as_deref() == Some("siblings") {
+            return get_siblings(node, &info, key, key_encoding, as_json, read).await;
+        }
+    }
     let ReadOutcome { value, receipt, .. } = match node.get(read.request(ks), key).await {
         Err(e) if e.code == Code::WrongType => {
             return get_members(node, ks, key, key_encoding, read).await
@@ -504,6 +553,60 @@ async fn get_key(
             Ok((StatusCode::NOT_FOUND, headers, Json(body)).into_response())
         }
     }
+}
+
+/// GET of a key of a siblings keyspace: one value as the raw body (404 when none), several as
+/// `300 Multiple Choices` with `{"siblings":[…],"context":"…"}` (also the answer to
+/// `?format=json`); the causal context always in `tunekv-context`, to send back with the write
+/// that resolves them.
+async fn get_siblings(
+    node: &Node,
+    info: &tunekv_node::KeyspaceInfo,
+    key: &[u8],
+    key_encoding: KeyEncoding,
+    as_json: bool,
+    mut read: Read,
+) -> Result<Response, ApiError> {
+    let state = node.read_state(read.request(&info.name), key).await?;
+    let token = node.session_key().encode(&read.session);
+    let empty = tunekv_dynamo::crdt::Siblings::new();
+    let sibs = match &state.stored {
+        Some(Stored::Siblings(s)) => s,
+        _ => &empty,
+    };
+    let context = node.seal_context(info, key, sibs.context());
+    let mut headers = HeaderMap::new();
+    headers.insert(HeaderName::from_static(H_CONTEXT), header(&context));
+    let base = (
+        headers,
+        receipt_headers(&state.receipt),
+        session_header(&token),
+    );
+    let values: Vec<&Vec<u8>> = sibs.values().map(|(_, v)| v).collect();
+    if !as_json && values.len() == 1 {
+        return Ok((StatusCode::OK, base, values[0].clone()).into_response());
+    }
+    let shown: Vec<serde_json::Value> = values
+        .iter()
+        .map(|v| match std::str::from_utf8(v) {
+            Ok(t) => json!(t),
+            Err(_) => json!({ "base64url": request::base64url(v) }),
+        })
+        .collect();
+    let body = json!({
+        "key": key_encoding.show(key),
+        "siblings": shown,
+        "context": context,
+        "receipt": receipt_json(&state.receipt),
+        "session": token,
+    });
+    let status = match values.len() {
+        0 if !as_json => StatusCode::NOT_FOUND,
+        0 | 1 => StatusCode::OK,
+        _ if as_json => StatusCode::OK,
+        _ => StatusCode::MULTIPLE_CHOICES,
+    };
+    Ok((status, base, Json(body)).into_response())
 }
 
 /// GET of a key of a set or map keyspace: always JSON, `{"members":[…]}` or

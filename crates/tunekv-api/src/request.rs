@@ -41,6 +41,9 @@ use tunekv_node::BATCH_KEYS_MAX;
 
 pub const H_LEVEL: &str = "tunekv-level";
 pub const H_SESSION: &str = "tunekv-session";
+/// A siblings keyspace's causal context: on a read's answer, and on a write that supersedes
+/// what it covers.
+pub const H_CONTEXT: &str = "tunekv-context";
 /// Read and write quorums of leaderless keyspaces, as headers (or `?r=` / `?w=`).
 pub const H_R: &str = "tunekv-r";
 pub const H_W: &str = "tunekv-w";
@@ -111,6 +114,8 @@ pub enum ApiRequest {
         ks: String,
         key: Vec<u8>,
         value: Bytes,
+        /// A siblings keyspace's causal context (`tunekv-context`), still sealed.
+        context: Option<String>,
         /// Write quorum (leaderless keyspaces).
         w: Option<Quorum>,
         wait: Option<Duration>,
@@ -129,6 +134,7 @@ pub enum ApiRequest {
     Delete {
         ks: String,
         key: Vec<u8>,
+        context: Option<String>,
         w: Option<Quorum>,
         wait: Option<Duration>,
         session: Session,
@@ -288,6 +294,7 @@ pub fn parse(
                     ks,
                     key,
                     value: body,
+                    context: context_of(headers)?,
                     w: q.quorum(QuorumKind::Write, headers)?,
                     wait,
                     session,
@@ -296,6 +303,7 @@ pub fn parse(
                 ApiRequest::Delete {
                     ks,
                     key,
+                    context: context_of(headers)?,
                     w: q.quorum(QuorumKind::Write, headers)?,
                     wait,
                     session,
@@ -594,6 +602,27 @@ fn level_of(text: Option<&str>, headers: &HeaderMap) -> Result<Option<Level>, Re
 
 /// The session the request carries: every `tunekv-session` value, each possibly several
 /// comma-separated tokens, merged. None is a new session; anything unsigned is `session_invalid`.
+/// The `tunekv-context` header, if any (one; checked by the node, which knows the key).
+fn context_of(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
+    let mut all = headers.get_all(H_CONTEXT).iter();
+    let Some(first) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(refuse(
+            Code::ContextInvalid,
+            "more than one tunekv-context header; send the one context you read".to_string(),
+        ));
+    }
+    let text = first.to_str().map_err(|_| {
+        refuse(
+            Code::ContextInvalid,
+            "tunekv-context is not ASCII text".to_string(),
+        )
+    })?;
+    Ok(Some(text.to_string()))
+}
+
 fn session_of(secret: &SessionKey, headers: &HeaderMap) -> Result<Session, Refusal> {
     let values = headers
         .get_all(H_SESSION)

@@ -61,6 +61,15 @@ pub enum Code {
     /// An increment of a map field whose value is not an integer (Redis's "hash value is not
     /// an integer"); it changed nothing.
     NotInteger,
+    /// A causal context (`tunekv-context`, `SET … CONTEXT`) that is corrupt, forged, or of
+    /// another key.
+    ContextInvalid,
+    /// A write to a siblings keyspace that would leave a key more concurrent values than the
+    /// keyspace's `siblings_max`; it changed nothing.
+    TooManySiblings,
+    /// A read of one value of a key that holds several concurrent ones (siblings): read them
+    /// all (`SIBLINGS key`, `?format=json`).
+    Siblings,
 }
 
 impl Code {
@@ -93,6 +102,9 @@ impl Code {
             Code::WrongType => "wrongtype",
             Code::Overflow => "overflow",
             Code::NotInteger => "not_integer",
+            Code::ContextInvalid => "context_invalid",
+            Code::TooManySiblings => "too_many_siblings",
+            Code::Siblings => "siblings",
         }
     }
 
@@ -130,6 +142,9 @@ pub const ALL_CODES: &[Code] = &[
     Code::WrongType,
     Code::Overflow,
     Code::NotInteger,
+    Code::ContextInvalid,
+    Code::TooManySiblings,
+    Code::Siblings,
 ];
 
 /// The most characters of client input an error message repeats: a 10 MB field name must not

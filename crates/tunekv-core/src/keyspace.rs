@@ -43,7 +43,15 @@ pub struct KeyspaceSpec {
     /// [`PARTITIONS_DEFAULT`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitions: Option<u32>,
+    /// Siblings keyspaces: the most concurrent values a key may hold (default
+    /// [`SIBLINGS_MAX_DEFAULT`]); a write past it is refused with `too_many_siblings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub siblings_max: Option<u32>,
 }
+
+/// Default and ceiling of `siblings_max`.
+pub const SIBLINGS_MAX_DEFAULT: u32 = 32;
+pub const SIBLINGS_MAX_CEILING: u32 = 1024;
 
 /// Default ring partitions of a leaderless or volatile keyspace: enough that 3–16 nodes each own
 /// many, spread around the ring.
@@ -51,7 +59,7 @@ pub const PARTITIONS_DEFAULT: u32 = 256;
 /// Most ring partitions a keyspace may have (per-partition state is kept in memory).
 pub const PARTITIONS_MAX: u32 = 4096;
 /// Conflict policies this build resolves.
-pub const CONFLICT_POLICIES: &str = "lww, counter, set, map";
+pub const CONFLICT_POLICIES: &str = "lww, counter, set, map, siblings";
 
 fn default_mode() -> Mode {
     Mode::Ordered
@@ -76,6 +84,7 @@ impl Default for KeyspaceSpec {
             value_bytes_max: default_value_bytes_max(),
             conflict: None,
             partitions: None,
+            siblings_max: None,
         }
     }
 }
@@ -152,6 +161,9 @@ impl KeyspaceSpec {
         if self.mode != Mode::Ordered && self.partitions.is_none() {
             self.partitions = Some(PARTITIONS_DEFAULT);
         }
+        if self.conflict.as_deref() == Some("siblings") && self.siblings_max.is_none() {
+            self.siblings_max = Some(SIBLINGS_MAX_DEFAULT);
+        }
         self
     }
 
@@ -177,7 +189,8 @@ impl KeyspaceSpec {
             ));
         }
         match (self.mode, self.conflict.as_deref()) {
-            (Mode::Leaderless, None | Some("lww" | "counter" | "set" | "map")) | (_, None) => {}
+            (Mode::Leaderless, None | Some("lww" | "counter" | "set" | "map" | "siblings"))
+            | (_, None) => {}
             (Mode::Leaderless, Some(c)) => {
                 return invalid(format!(
                     "conflict policy {} is not available in this build; leaderless keyspaces \
@@ -191,6 +204,19 @@ impl KeyspaceSpec {
                      concurrent versions to resolve",
                     mode.as_str()
                 ))
+            }
+        }
+        match (self.conflict.as_deref(), self.siblings_max) {
+            (Some("siblings"), Some(n)) if n == 0 || n > SIBLINGS_MAX_CEILING => {
+                return invalid(format!(
+                    "siblings_max must be 1 to {SIBLINGS_MAX_CEILING}, got {n}"
+                ))
+            }
+            (Some("siblings"), _) | (_, None) => {}
+            (_, Some(_)) => {
+                return invalid(
+                    "siblings_max applies to keyspaces with \"conflict\": \"siblings\"".into(),
+                )
             }
         }
         match (self.mode, self.partitions) {
@@ -222,8 +248,10 @@ impl KeyspaceSpec {
         // Session guarantees on conflict-free keyspaces are refused at read time until tokens
         // carry which updates a session made: a default that every read would refuse is
         // refused here.
-        if matches!(self.conflict.as_deref(), Some("counter" | "set" | "map"))
-            && level.promise() == crate::level::Promise::Session
+        if matches!(
+            self.conflict.as_deref(),
+            Some("counter" | "set" | "map" | "siblings")
+        ) && level.promise() == crate::level::Promise::Session
         {
             return invalid(format!(
                 "default_level: {level} is not served on {} keyspaces yet (session guarantees \
@@ -245,6 +273,11 @@ impl KeyspaceSpec {
     /// Ring partitions (leaderless and volatile keyspaces).
     pub fn partitions(&self) -> u32 {
         self.partitions.unwrap_or(PARTITIONS_DEFAULT)
+    }
+
+    /// The most concurrent values a key of a siblings keyspace may hold.
+    pub fn siblings_max(&self) -> u32 {
+        self.siblings_max.unwrap_or(SIBLINGS_MAX_DEFAULT)
     }
 }
 

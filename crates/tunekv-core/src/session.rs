@@ -286,6 +286,40 @@ impl SessionKey {
         mac
     }
 
+    /// `body` signed for `domain` (which keeps one kind of sealed text from passing for
+    /// another), as hex text: what causal contexts use.
+    pub fn seal(&self, domain: &[u8], body: &[u8]) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(domain);
+        mac.update(body);
+        let mut bytes = body.to_vec();
+        bytes.extend_from_slice(&mac.finalize().into_bytes());
+        hex_encode(&bytes)
+    }
+
+    /// The body of text [`SessionKey::seal`] made for `domain` with this key; an error says
+    /// why not (not hex, too short or long, signature mismatch).
+    pub fn open(&self, domain: &[u8], text: &str, chars_max: usize) -> Result<Vec<u8>, String> {
+        let text = text.trim();
+        if text.len() > chars_max {
+            return Err(format!("longer than {chars_max} characters"));
+        }
+        let bytes = hex_decode(text).ok_or("not a hex string")?;
+        if bytes.len() <= MAC_BYTES {
+            return Err("too short".into());
+        }
+        let (body, tag) = bytes.split_at(bytes.len() - MAC_BYTES);
+        let mut mac = self.mac.clone();
+        mac.update(domain);
+        mac.update(body);
+        mac.verify_slice(tag).map_err(|_| {
+            "its signature does not match this cluster's secret (forged, corrupt, or from \
+             another cluster)"
+                .to_string()
+        })?;
+        Ok(body.to_vec())
+    }
+
     /// The token text of `session`.
     pub fn encode(&self, session: &Session) -> String {
         let body = Body {

@@ -147,6 +147,20 @@ impl Context {
         }
     }
 
+    /// The context as text entries: `NODE:COUNTER` for every dot of a node up to a counter,
+    /// `NODE.COUNTER` for one dot (the history format's and the write answers' form).
+    pub fn entries(&self) -> Vec<String> {
+        self.vv
+            .iter()
+            .map(|(n, c)| format!("{n}:{c}"))
+            .chain(
+                self.cloud
+                    .iter()
+                    .map(|d| format!("{}.{}", d.node, d.counter)),
+            )
+            .collect()
+    }
+
     /// Entries: vector entries plus cloud dots (what a context costs to carry).
     pub fn size(&self) -> usize {
         self.vv.len() + self.cloud.len()

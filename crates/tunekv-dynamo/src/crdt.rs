@@ -65,6 +65,28 @@ impl Siblings {
         Siblings { values, ctx }
     }
 
+    /// Feeds the state to `out` in a fixed byte order (Merkle digests must agree across
+    /// machines).
+    pub fn fingerprint(&self, out: &mut dyn FnMut(&[u8])) {
+        out(&(self.values.len() as u64).to_le_bytes());
+        for (d, v) in &self.values {
+            out(&d.node.to_le_bytes());
+            out(&d.counter.to_le_bytes());
+            out(&(v.len() as u64).to_le_bytes());
+            out(v);
+        }
+        self.ctx.fingerprint(out);
+    }
+
+    /// The join of the injected bug `siblings-union`: every value of both sides is kept,
+    /// whatever the contexts say (a value a later write superseded comes back).
+    pub fn union(&mut self, other: &Siblings) {
+        for (d, v) in &other.values {
+            self.values.entry(*d).or_insert_with(|| v.clone());
+        }
+        self.ctx.join(&other.ctx);
+    }
+
     /// The causal join: a value stays if both sides hold it, or if the other side never saw
     /// its dot.
     pub fn join(&mut self, other: &Siblings) {

@@ -58,6 +58,10 @@ pub fn digest(key: &[u8], v: &Versioned) -> u64 {
             h.update(&[5]);
             m.fingerprint(&mut |b| h.update(b));
         }
+        Stored::Siblings(s) => {
+            h.update(&[6]);
+            s.fingerprint(&mut |b| h.update(b));
+        }
     }
     // Never 0, so a key always changes its leaf.
     h.digest() | 1

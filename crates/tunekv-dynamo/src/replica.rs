@@ -25,6 +25,8 @@ pub struct Replica {
     keys: usize,
     /// The injected bug `set-remove-wins` (tunekv-node's bug injection).
     remove_wins: bool,
+    /// The injected bug `siblings-union`: siblings merged ignoring their contexts.
+    siblings_union: bool,
 }
 
 /// What changed when a version was applied: the members whose dots changed, when the key
@@ -45,7 +47,13 @@ impl Replica {
             parts: HashMap::new(),
             keys: 0,
             remove_wins: false,
+            siblings_union: false,
         })
+    }
+
+    /// Injects the bug `siblings-union`: a merge keeps every value, superseded or not.
+    pub fn inject_siblings_union(&mut self) {
+        self.siblings_union = true;
     }
 
     /// Injects the bug `set-remove-wins`: a remove drops concurrent adds it never saw.
@@ -115,7 +123,20 @@ impl Replica {
             }
         }
         let held = part.keys.get(key);
-        let merged = self.policy.merge(held, incoming);
+        let merged = match (held, self.siblings_union) {
+            (Some(h), true) => match (&h.stored, &incoming.stored) {
+                (Stored::Siblings(a), Stored::Siblings(b)) => {
+                    let mut all = a.clone();
+                    all.union(b);
+                    Versioned {
+                        version: h.version.max(incoming.version),
+                        stored: Stored::Siblings(all),
+                    }
+                }
+                _ => self.policy.merge(held, incoming),
+            },
+            _ => self.policy.merge(held, incoming),
+        };
         if held == Some(&merged) {
             return None;
         }

@@ -2,8 +2,8 @@
 //! each makes at the replica that makes it ([`make`]). Pure: the node holds the replica's lock,
 //! stamps the update and persists and spreads the delta.
 
-use crate::causal::Dot;
-use crate::crdt::{Counter, CounterError};
+use crate::causal::{Context, Dot};
+use crate::crdt::{Counter, CounterError, Siblings};
 use crate::ormap::{Field, FieldError, OrMap, OrSet};
 use crate::version::{Policy, Stored};
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,14 @@ pub enum Update {
     FieldAdd { field: Vec<u8>, by: i64 },
     /// Remove every member of a set or field of a map the replica has seen (DEL).
     Clear,
+    /// Write a value (`None`: delete) of a siblings keyspace, superseding exactly the values
+    /// `ctx` covers (what the writer read; empty: a new sibling). Refused when the key would
+    /// hold more than `max` values.
+    Write {
+        value: Option<Vec<u8>>,
+        ctx: Context,
+        max: u32,
+    },
 }
 
 impl Update {
@@ -40,6 +48,7 @@ impl Update {
                 | (Update::Members { .. }, Policy::Set)
                 | (Update::Fields { .. } | Update::FieldAdd { .. }, Policy::Map)
                 | (Update::Clear, Policy::Set | Policy::Map)
+                | (Update::Write { .. }, Policy::Siblings)
         )
     }
 
@@ -50,6 +59,7 @@ impl Update {
             Update::Members { .. } => "set",
             Update::Fields { .. } | Update::FieldAdd { .. } => "map",
             Update::Clear => "set or map",
+            Update::Write { .. } => "siblings",
         }
     }
 }
@@ -70,6 +80,8 @@ pub struct Made {
     /// needs to know which adds each update observed.
     pub dots: Vec<Dot>,
     pub removed_dots: Vec<Dot>,
+    /// A siblings write: the context it superseded (every value whose dot it covers).
+    pub covered: Option<Context>,
 }
 
 /// Why an update was refused (it changes nothing).
@@ -83,6 +95,8 @@ pub enum UpdateError {
     NotInteger,
     /// The update names a member both to add and to remove.
     Invalid(String),
+    /// The key would hold more concurrent values than the keyspace allows.
+    TooManySiblings { max: u32 },
 }
 
 impl From<CounterError> for UpdateError {
@@ -142,6 +156,7 @@ pub fn make(
     let made = |delta: Stored, int: i64, added: u64, removed: u64| Made {
         dots: Vec::new(),
         removed_dots: Vec::new(),
+        covered: None,
         delta,
         int,
         added,
@@ -262,6 +277,31 @@ pub fn make(
         }
         // Nothing held: nothing to remove, nothing to write.
         (Update::Clear, None) => Ok(None),
+        (Update::Write { value, ctx, max }, None | Some(Stored::Siblings(_))) => {
+            let fresh = Siblings::new();
+            let s = match held {
+                Some(Stored::Siblings(s)) => s,
+                _ => &fresh,
+            };
+            let existed = !s.is_empty();
+            let delta = s.write(node, ctx, value.clone());
+            let mut after = s.clone();
+            after.join(&delta);
+            if after.len() > *max as usize && after.len() > s.len() {
+                return Err(UpdateError::TooManySiblings { max: *max });
+            }
+            let dots = delta.values().map(|(d, _)| *d).collect();
+            Ok(Some(Made {
+                dots,
+                covered: Some(ctx.clone()),
+                ..made(
+                    Stored::Siblings(delta),
+                    after.len() as i64,
+                    u64::from(!existed && !after.is_empty()),
+                    u64::from(existed && after.is_empty()),
+                )
+            }))
+        }
         _ => Err(UpdateError::WrongType),
     }
 }

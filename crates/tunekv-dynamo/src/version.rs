@@ -8,7 +8,7 @@
 //! (tested below for LWW), so replicas that saw the same writes in any order, any number of
 //! times, hold the same thing.
 
-use crate::crdt::Counter;
+use crate::crdt::{Counter, Siblings};
 use crate::ormap::{Field, OrMap, OrSet};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -39,6 +39,8 @@ pub enum Stored {
     Set(OrSet),
     /// A map keyspace's state of the key, or an update's delta.
     Map(OrMap<Field>),
+    /// A siblings keyspace's concurrent values of the key, or a write's delta.
+    Siblings(Siblings),
 }
 
 impl Stored {
@@ -52,6 +54,11 @@ impl Stored {
                 Some(Cow::Borrowed(value))
             }
             Stored::Counter(c) => Some(Cow::Owned(c.value().to_string().into_bytes())),
+            // One value: that value; concurrent ones have no single value (see
+            // [`Stored::live_at`]).
+            Stored::Siblings(s) if s.len() == 1 => {
+                s.values().next().map(|(_, v)| Cow::Borrowed(v.as_slice()))
+            }
             _ => None,
         }
     }
@@ -62,6 +69,7 @@ impl Stored {
         match self {
             Stored::Set(s) => !s.is_empty(),
             Stored::Map(m) => !m.is_empty(),
+            Stored::Siblings(s) => !s.is_empty(),
             other => other.value_at(now_ms).is_some(),
         }
     }
@@ -111,6 +119,9 @@ impl Stored {
             // Estimates (byte counts of members would cost O(members)).
             Stored::Set(s) => 32 * s.len() + 16 * s.context().size(),
             Stored::Map(m) => 64 * m.len() + 16 * m.context().size(),
+            Stored::Siblings(s) => {
+                s.values().map(|(_, v)| v.len() + 16).sum::<usize>() + 16 * s.context().size()
+            }
         }
     }
 
@@ -143,6 +154,8 @@ pub enum Policy {
     Set,
     /// An observed-remove map of registers and counters ([`OrMap<Field>`]).
     Map,
+    /// Concurrent values kept as siblings, each named by a dot ([`Siblings`]).
+    Siblings,
 }
 
 impl Policy {
@@ -153,6 +166,7 @@ impl Policy {
             Some("counter") => Ok(Policy::Counter),
             Some("set") => Ok(Policy::Set),
             Some("map") => Ok(Policy::Map),
+            Some("siblings") => Ok(Policy::Siblings),
             Some(other) => Err(format!("unknown conflict policy {other:?}")),
         }
     }
@@ -185,6 +199,17 @@ impl Policy {
             }
         }
         match (self, held) {
+            (Policy::Siblings, Some(h)) => match (&h.stored, &incoming.stored) {
+                (Stored::Siblings(a), Stored::Siblings(b)) => {
+                    let mut joined = a.clone();
+                    joined.join(b);
+                    Versioned {
+                        version: h.version.max(incoming.version),
+                        stored: Stored::Siblings(joined),
+                    }
+                }
+                _ => Lww::merge(held, incoming),
+            },
             (Policy::Counter, Some(h)) => match (&h.stored, &incoming.stored) {
                 (Stored::Counter(a), Stored::Counter(b)) => {
                     let mut joined = a.clone();

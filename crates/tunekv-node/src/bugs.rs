@@ -38,11 +38,14 @@ pub struct Bugs {
     /// `set-remove-wins`: a replica joining a set's or map's remove drops every dot of the
     /// removed members, including adds the remover never saw (a concurrent add is lost).
     set_remove_wins: bool,
+    /// `siblings-union`: replicas merge siblings by keeping every value, ignoring the
+    /// contexts (a value a later write superseded comes back).
+    siblings_union: bool,
 }
 
 pub const BUG_NAMES: &str =
     "strong-local, ignore-session, skip-bounded, ack-early, old-receipts, quorum-ack-one, gc-early, \
-     drop-hints, skip-read-repair, counter-lww, set-remove-wins";
+     drop-hints, skip-read-repair, counter-lww, set-remove-wins, siblings-union";
 
 impl Bugs {
     /// Parses `--bug` names. Any name in a build without the feature is an error.
@@ -66,6 +69,7 @@ impl Bugs {
                 "skip-read-repair" => b.skip_read_repair = true,
                 "counter-lww" => b.counter_lww = true,
                 "set-remove-wins" => b.set_remove_wins = true,
+                "siblings-union" => b.siblings_union = true,
                 other => return Err(format!("unknown bug {other:?}; bugs: {BUG_NAMES}")),
             }
         }
@@ -84,7 +88,8 @@ impl Bugs {
                 || self.drop_hints
                 || self.skip_read_repair
                 || self.counter_lww
-                || self.set_remove_wins)
+                || self.set_remove_wins
+                || self.siblings_union)
     }
 
     pub fn strong_local(&self) -> bool {
@@ -129,5 +134,9 @@ impl Bugs {
 
     pub fn set_remove_wins(&self) -> bool {
         cfg!(feature = "bug-injection") && self.set_remove_wins
+    }
+
+    pub fn siblings_union(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.siblings_union
     }
 }

@@ -131,6 +131,8 @@ pub struct Updated {
     /// Members or fields it added (not present before) and removed.
     pub added: u64,
     pub removed: u64,
+    /// A siblings write: the context it superseded.
+    pub covered: Option<tunekv_dynamo::causal::Context>,
     /// The partition of the key (the receipt's shard).
     pub partition: u32,
     /// The command's integer answer, as the replica's state has it: a counter's or field's

@@ -12,6 +12,7 @@ use crate::rpc::{DynamoRequest, DynamoResponse, Update, Updated};
 use std::future::Future;
 use std::pin::Pin;
 use tunekv_core::{Mode, Quorum, QuorumReceipt};
+use tunekv_dynamo::causal::{Context, Dot};
 use tunekv_dynamo::update::{make, UpdateError};
 use tunekv_dynamo::{Policy, Stored, Version, Versioned};
 
@@ -36,6 +37,22 @@ impl Node {
     ) -> Result<WriteOutcome, TunekvError> {
         check_key(key)?;
         session.admit_leaderless(ks.id)?;
+        // A siblings write without a context supersedes the session's own last write of the
+        // key (so one writer leaves one sibling, not one per write); the session keeps that
+        // write's dot in its leaderless mark of the key (see `session_dot`).
+        let hash = tunekv_core::session::key_hash(key);
+        let update = match update {
+            Update::Write { value, ctx, max } if ctx.is_empty() => {
+                let ctx = session
+                    .leaderless(ks.id)
+                    .required(hash)
+                    .map(|(_, packed)| unpack_dot(packed))
+                    .into_iter()
+                    .collect();
+                Update::Write { value, ctx, max }
+            }
+            other => other,
+        };
         let ring = self.ring_of(ks)?;
         let preference = ring.preference_list(key, ks.spec.replicas as usize);
         let updated = if preference.contains(&self.id) {
@@ -85,6 +102,16 @@ impl Node {
                 }
             }
         };
+        if let (Policy::Siblings, Some(&(node, counter))) =
+            (self.policy_of(ks)?, updated.dots.first())
+        {
+            session.saw_leaderless(
+                ks.id,
+                hash,
+                (updated.version.0, pack_dot(Dot { node, counter })),
+                false,
+            );
+        }
         Ok(WriteOutcome {
             position: Position {
                 shard: ShardId(updated.partition),
@@ -114,6 +141,7 @@ impl Node {
                 removed: updated.removed,
                 dots: updated.dots,
                 removed_dots: updated.removed_dots,
+                covered: updated.covered.as_ref().map(Context::entries),
             }),
         })
     }
@@ -213,6 +241,7 @@ impl Node {
                         removed_dots: Vec::new(),
                         added: 0,
                         removed: 0,
+                        covered: None,
                         partition: ring.partition_of(key),
                         int,
                         existed,
@@ -280,6 +309,7 @@ impl Node {
             removed_dots: made.removed_dots.iter().map(pair).collect(),
             added: made.added,
             removed: made.removed,
+            covered: made.covered,
             partition: ring.partition_of(key),
             int: made.int,
             existed,
@@ -316,5 +346,74 @@ fn update_error(ks: &KeyspaceInfo, update: &Update, e: UpdateError) -> TunekvErr
             "hash value is not an integer; the field is unchanged",
         ),
         UpdateError::Invalid(why) => err(Code::BadRequest, why),
+        UpdateError::TooManySiblings { max } => err(
+            Code::TooManySiblings,
+            format!(
+                "the key would hold more than {max} concurrent values (the keyspace's \
+                 siblings_max); read it and write with the context you read, which replaces \
+                 what you saw; nothing was written"
+            ),
+        ),
+    }
+}
+
+/// A dot kept in a session's leaderless mark, whose second field is a version's node id
+/// elsewhere: the node in the top 16 bits, the counter in the low 48 (siblings keyspaces only,
+/// which serve no session levels yet, so nothing reads it as a version).
+pub(super) fn pack_dot(d: Dot) -> u64 {
+    (d.node << 48) | (d.counter & ((1 << 48) - 1))
+}
+
+pub(super) fn unpack_dot(packed: u64) -> Dot {
+    Dot {
+        node: packed >> 48,
+        counter: packed & ((1 << 48) - 1),
+    }
+}
+
+/// The domain causal contexts are sealed under (never valid as a session token or anything
+/// else sealed with the cluster secret).
+const CONTEXT_DOMAIN: &[u8] = b"tunekv-context-v1";
+/// The longest context text accepted.
+pub const CONTEXT_CHARS_MAX: usize = 64 * 1024;
+
+impl Node {
+    /// The opaque causal context a client gets with a read of `key` (and sends back with a
+    /// write): the context, the keyspace and the key's hash, signed with the cluster secret.
+    pub fn seal_context(&self, ks: &KeyspaceInfo, key: &[u8], ctx: &Context) -> String {
+        let body = (ks.id, tunekv_core::session::key_hash(key), ctx);
+        // Serializing integers and a context into a Vec cannot fail.
+        let bytes = postcard::to_stdvec(&body).unwrap_or_default();
+        self.session_key().seal(CONTEXT_DOMAIN, &bytes)
+    }
+
+    /// The context a client sent with a write of `key`: `context_invalid` when it is not one
+    /// this cluster sealed for this key of this keyspace.
+    pub fn open_context(
+        &self,
+        ks: &KeyspaceInfo,
+        key: &[u8],
+        text: &str,
+    ) -> Result<Context, TunekvError> {
+        let invalid = |why: String| {
+            err(
+                Code::ContextInvalid,
+                format!("invalid causal context: {why}; send the one a read of this key returned"),
+            )
+        };
+        let bytes = self
+            .session_key()
+            .open(CONTEXT_DOMAIN, text, CONTEXT_CHARS_MAX)
+            .map_err(invalid)?;
+        let (id, hash, ctx): (u64, u64, Context) =
+            postcard::from_bytes(&bytes).map_err(|_| invalid("undecodable".into()))?;
+        if id != ks.id || hash != tunekv_core::session::key_hash(key) {
+            return Err(invalid(format!(
+                "it was issued for another key or keyspace than {:?} of {:?}",
+                String::from_utf8_lossy(key),
+                ks.name
+            )));
+        }
+        Ok(ctx)
     }
 }

@@ -221,6 +221,9 @@ impl Node {
         if self.config.bugs.set_remove_wins() {
             replica.inject_remove_wins();
         }
+        if self.config.bugs.siblings_union() {
+            replica.inject_siblings_union();
+        }
         let corrupt = |e: postcard::Error| {
             internal(format!("replica record of {:?} is corrupt: {e}", ks.name))
         };
@@ -426,7 +429,8 @@ impl Node {
             | Stored::Expiring { .. }
             | Stored::Counter(_)
             | Stored::Set(_)
-            | Stored::Map(_) => {
+            | Stored::Map(_)
+            | Stored::Siblings(_) => {
                 t.remove(&(ks, key.to_vec()));
             }
         }
@@ -878,6 +882,21 @@ impl Node {
         let (newest, receipt) = self
             .dynamo_read_held(ks, level, r, key, deadline, session)
             .await?;
+        if let Some(Stored::Siblings(s)) = newest.as_ref().map(|v| &v.stored) {
+            if s.len() > 1 {
+                return Err(err(
+                    Code::Siblings,
+                    format!(
+                        "key {:?} of {:?} holds {} concurrent values (siblings); read them all \
+                         with SIBLINGS key (HTTP: GET …?format=json) and write one back with \
+                         the context they come with",
+                        String::from_utf8_lossy(key),
+                        ks.name,
+                        s.len()
+                    ),
+                ));
+            }
+        }
         let wall = self.clock.wall_ms();
         let value = newest
             .as_ref()
@@ -959,9 +978,14 @@ impl Node {
                 .await?
             {
                 Ok((held, receipt)) => {
-                    if let (false, Some(v)) =
-                        (volatile, receipt.quorum.as_ref().and_then(|q| q.version))
-                    {
+                    // Conflict-free keyspaces keep no read marks yet (a siblings keyspace's
+                    // mark is the session's last write's dot).
+                    let dotted = !volatile && self.policy_of(ks)?.dotted();
+                    if let (false, false, Some(v)) = (
+                        volatile,
+                        dotted,
+                        receipt.quorum.as_ref().and_then(|q| q.version),
+                    ) {
                         session.saw_leaderless(ks.id, hash, v, false);
                     }
                     return Ok((held, receipt));

@@ -164,6 +164,8 @@ pub struct UpdateReport {
     /// observed, for the set checker.
     pub dots: Vec<(u64, u64)>,
     pub removed_dots: Vec<(u64, u64)>,
+    /// A siblings write: the context it superseded, as [`tunekv_dynamo::causal::Context::entries`].
+    pub covered: Option<Vec<String>>,
 }
 
 /// A read of a whole conflict-free value (a set, a map, a counter's state) and its receipt.

@@ -155,6 +155,28 @@ impl Node {
                 id: None,
             }),
             (Op::Delete { .. }, Policy::Set | Policy::Map) => Ok(Update::Clear),
+            // A plain write or delete of a siblings keyspace: without a context, it
+            // supersedes the session's own last write of the key (Node::dynamo_update).
+            (Op::Put { value, .. }, Policy::Siblings)
+            | (
+                Op::Set {
+                    value,
+                    cond: tunekv_raft::Cond::Always,
+                    ttl: tunekv_raft::Ttl::Clear,
+                    get: false,
+                    ..
+                },
+                Policy::Siblings,
+            ) => Ok(Update::Write {
+                value: Some(value),
+                ctx: Default::default(),
+                max: ks.spec.siblings_max(),
+            }),
+            (Op::Delete { .. }, Policy::Siblings) => Ok(Update::Write {
+                value: None,
+                ctx: Default::default(),
+                max: ks.spec.siblings_max(),
+            }),
             (Op::Delete { .. }, _) => Err(err(
                 Code::ModeUnsupported,
                 format!(
@@ -176,6 +198,7 @@ impl Node {
                     match policy {
                         Policy::Set => "SADD, SREM, SMEMBERS, SISMEMBER, SCARD and DEL",
                         Policy::Map => "HSET, HGET, HDEL, HGETALL, HINCRBY, HLEN, HEXISTS and DEL",
+                        Policy::Siblings => "SET (with CONTEXT), GET, SIBLINGS and DEL",
                         _ => "INCR, INCRBY, DECR, DECRBY and GET",
                     }
                 ),
@@ -247,6 +270,11 @@ impl Node {
                 }
             }
             Update::FieldAdd { field, .. } => check_value(field, limit)?,
+            Update::Write { value, .. } => {
+                if let Some(v) = value {
+                    check_value(v, limit)?;
+                }
+            }
             Update::Add { .. } | Update::Clear => {}
         }
         self.dynamo_update(&ks, w, key, update, deadline, session)

@@ -15,6 +15,7 @@ mod counters;
 mod hashes;
 mod keys;
 mod sets;
+mod siblings;
 mod strings;
 mod tunekv;
 
@@ -109,6 +110,7 @@ fn table() -> &'static HashMap<&'static str, &'static CommandSpec> {
             .chain(keys::SPECS)
             .chain(sets::SPECS)
             .chain(hashes::SPECS)
+            .chain(siblings::SPECS)
             .chain(tunekv::SPECS)
         {
             let clash = t.insert(spec.name, spec);
@@ -431,6 +433,7 @@ mod tests {
             .chain(keys::SPECS)
             .chain(sets::SPECS)
             .chain(hashes::SPECS)
+            .chain(siblings::SPECS)
             .chain(tunekv::SPECS)
             .collect();
         assert_eq!(all.len(), table().len(), "a command listed twice");

@@ -201,7 +201,14 @@ fn set_options(opts: &[Vec<u8>]) -> Result<(Cond, Ttl, bool), Reply> {
 fn set<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
     Box::pin(async move {
         let (key, value) = (a.next()?, a.next_vec()?);
-        let (cond, ttl, get) = set_options(a.rest())?;
+        let rest = a.rest();
+        // SET key value CONTEXT ctx: a siblings write superseding what ctx covers.
+        if let [opt, ctx] = rest {
+            if opt.eq_ignore_ascii_case(b"context") {
+                return super::siblings::write_in_context(s, conn, key, Some(value), ctx).await;
+            }
+        }
+        let (cond, ttl, get) = set_options(rest)?;
         let r = write(&s.node, conn, key, |_| {
             Ok(set_op(key, value, cond, ttl, get))
         })
