@@ -61,6 +61,7 @@ pub mod history;
 pub mod leaderless;
 pub mod report;
 pub mod set;
+pub mod siblings;
 
 mod bounded;
 mod durability;

@@ -152,6 +152,20 @@ pub struct WriteReply {
     pub dots: Vec<String>,
     #[serde(default)]
     pub removed_dots: Vec<String>,
+    /// Siblings keyspaces: the context the write superseded (`NODE:COUNTER`, `NODE.COUNTER`).
+    #[serde(default)]
+    pub covered: Vec<String>,
+}
+
+/// A read of a siblings keyspace's key (`GET …?format=json`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct SiblingsReply {
+    /// Every concurrent value (UTF-8 ones as strings).
+    pub siblings: Vec<serde_json::Value>,
+    /// The sealed causal context, to send back with a write that resolves them.
+    pub context: String,
+    pub session: String,
+    pub receipt: serde_json::Value,
 }
 
 /// How a leaderless write met its quorum (the `quorum` object of a write's answer).
@@ -389,6 +403,38 @@ impl Client {
             opts,
         ))
         .await
+    }
+
+    /// Writes `value` (`None`: deletes) to a key of a siblings keyspace, superseding what
+    /// `context` (from [`Client::siblings`]) covers.
+    pub async fn put_in_context(
+        &self,
+        ks: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+        context: &str,
+        opts: &Opts,
+    ) -> Result<WriteReply> {
+        let method = if value.is_some() {
+            reqwest::Method::PUT
+        } else {
+            reqwest::Method::DELETE
+        };
+        let req = self.kv(method, ks, key)?;
+        let req = req
+            .query(&Self::query(opts))
+            .header("tunekv-context", context)
+            .body(value.unwrap_or_default().to_vec());
+        self.send_json(Self::with_session(req, opts)).await
+    }
+
+    /// Reads every concurrent value of a key of a siblings keyspace, with their context.
+    pub async fn siblings(&self, ks: &str, key: &[u8], opts: &Opts) -> Result<SiblingsReply> {
+        let req = self.kv(reqwest::Method::GET, ks, key)?;
+        let mut q = Self::query(opts);
+        q.push(("format", "json".to_string()));
+        self.send_json(Self::with_session(req.query(&q), opts))
+            .await
     }
 
     /// Adds `by` to a counter (counter keyspaces). `id`: the request's id, so that a retry

@@ -736,6 +736,256 @@ async fn sets_and_maps_keep_concurrent_adds_through_a_partition_and_reopen_after
     );
 }
 
+/// One HTTP request with optional session and context headers: status, the answer's session
+/// and context headers, and the body (JSON when it parses).
+async fn http(
+    method: &str,
+    url: &str,
+    body: &str,
+    session: Option<&str>,
+    context: Option<&str>,
+) -> (u16, Option<String>, Option<String>, Value) {
+    let mut req = reqwest::Client::new()
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+            url,
+        )
+        .body(body.to_string())
+        .timeout(Duration::from_secs(30));
+    if let Some(s) = session {
+        req = req.header("tunekv-session", s);
+    }
+    if let Some(c) = context {
+        req = req.header("tunekv-context", c);
+    }
+    let resp = req.send().await.expect("send");
+    let h = |n: &str| {
+        resp.headers()
+            .get(n)
+            .map(|v| v.to_str().unwrap_or_default().to_string())
+    };
+    let (status, session, context) = (
+        resp.status().as_u16(),
+        h("tunekv-session"),
+        h("tunekv-context"),
+    );
+    let text = resp.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, session, context, body)
+}
+
+/// Siblings keyspaces (issue 17): writers without a context each leave one sibling (a
+/// session's next write supersedes its own last one); a read returns every value and a sealed
+/// context; a write with that context supersedes exactly what it covers; forged or foreign
+/// contexts are refused; the sibling cap holds; RESP has SIBLINGS and SET … CONTEXT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn siblings_keep_concurrent_writes_and_a_context_resolves_them() {
+    let c = start(3, true).await;
+    let url = |i: usize, path: &str| format!("{}{path}", c.http(i));
+    for (name, extra) in [("docs", ""), ("tight", r#","siblings_max":2"#)] {
+        let spec = format!(r#"{{"mode":"leaderless","replicas":3,"conflict":"siblings"{extra}}}"#);
+        let (s, _, b) = call("PUT", &url(0, &format!("/v1/keyspaces/{name}")), &spec).await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let doc = |i: usize, q: &str| url(i, &format!("/v1/kv/docs/d{q}"));
+    // Alice writes twice (her second write supersedes her first); Bob writes once.
+    let (s, alice, _, b) = http("PUT", &doc(0, "?w=all"), "a1", None, None).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, alice, _, _) = http("PUT", &doc(1, "?w=all"), "a2", alice.as_deref(), None).await;
+    assert_eq!(s, 200);
+    let (s, _, _, _) = http("PUT", &doc(2, "?w=all"), "b1", None, None).await;
+    assert_eq!(s, 200);
+    let (s, _, ctx, b) = http("GET", &doc(0, "?r=all"), "", None, None).await;
+    assert_eq!(s, 300, "two values: {b}");
+    let mut got: Vec<String> = serde_json::from_value(b["siblings"].clone()).expect("siblings");
+    got.sort();
+    assert_eq!(got, ["a2", "b1"], "{b}");
+    assert_eq!(
+        ctx.as_deref(),
+        b["context"].as_str(),
+        "the header and the body agree"
+    );
+    let (s, _, _, b) = http("GET", &doc(1, "?r=all&format=json"), "", None, None).await;
+    assert_eq!(
+        (s, b["siblings"].as_array().map(Vec::len)),
+        (200, Some(2)),
+        "{b}"
+    );
+    // Alice, who read both, resolves them with the context she read.
+    let (s, _, _, b) = http(
+        "PUT",
+        &doc(1, "?w=all"),
+        "merged",
+        alice.as_deref(),
+        ctx.as_deref(),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(
+        b["covered"].as_array().is_some_and(|c| !c.is_empty()),
+        "{b}"
+    );
+    let (s, _, ctx2, b) = http("GET", &doc(2, "?r=all"), "", None, None).await;
+    assert_eq!(
+        (s, b),
+        (200, json!("merged")),
+        "one value reads as the raw body"
+    );
+    // Contexts are sealed: corrupt, forged, or of another key are refused and change nothing.
+    let other = url(0, "/v1/kv/docs/other?w=all");
+    for bad in [
+        "zz",
+        "00ff",
+        &ctx2.clone().expect("a context").replacen('0', "1", 1),
+    ] {
+        let (s, _, _, b) = http("PUT", &doc(0, ""), "x", None, Some(bad)).await;
+        assert_eq!((s, code(&b)), (400, "context_invalid"), "{bad}: {b}");
+    }
+    let (s, _, _, b) = http("PUT", &other, "x", None, ctx2.as_deref()).await;
+    assert_eq!(
+        (s, code(&b)),
+        (400, "context_invalid"),
+        "another key's context: {b}"
+    );
+    let (s, _, _, b) = http("PUT", &url(0, "/v1/kv/tight/d"), "x", None, ctx2.as_deref()).await;
+    assert_eq!(
+        (s, code(&b)),
+        (400, "context_invalid"),
+        "another keyspace's: {b}"
+    );
+    let (_, _, _, b) = http("GET", &doc(0, "?r=all"), "", None, None).await;
+    assert_eq!(b, json!("merged"), "refusals changed nothing");
+    // The cap: a third concurrent writer is refused.
+    for (i, v) in ["t1", "t2"].into_iter().enumerate() {
+        let (s, _, _, b) = http("PUT", &url(i, "/v1/kv/tight/k?w=all"), v, None, None).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let (s, _, _, b) = http("PUT", &url(2, "/v1/kv/tight/k?w=all"), "t3", None, None).await;
+    assert_eq!((s, code(&b)), (409, "too_many_siblings"), "{b}");
+    // A delete with the context removes what it saw.
+    let (_, _, ctx3, _) = http("GET", &doc(0, "?r=all"), "", None, None).await;
+    let (s, _, _, b) = http("DELETE", &doc(0, "?w=all"), "", None, ctx3.as_deref()).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _, _, _) = http("GET", &doc(1, "?r=all"), "", None, None).await;
+    assert_eq!(s, 404);
+
+    // RESP: two writers make siblings; GET names SIBLINGS; SET … CONTEXT resolves.
+    let addr = c.configs[0].resp.clone().expect("resp");
+    let addr2 = c.configs[1].resp.clone().expect("resp");
+    tokio::task::spawn_blocking(move || {
+        let mut r = Raw::connect(&addr);
+        let mut r2 = Raw::connect(&addr2);
+        for conn in [&mut r, &mut r2] {
+            assert_eq!(conn.cmd(&["SELECT", "docs"]), "+OK");
+            assert_eq!(conn.cmd(&["QUORUM", "all", "all"]), "+OK");
+        }
+        assert_eq!(r.cmd(&["SET", "rk", "one"]), "+OK");
+        assert_eq!(r2.cmd(&["SET", "rk", "two"]), "+OK");
+        assert!(
+            r.cmd(&["GET", "rk"]).starts_with("-SIBLINGS "),
+            "GET of two values"
+        );
+        let ctx = r.siblings_context("rk");
+        assert!(r
+            .cmd(&["SET", "rk", "x", "CONTEXT", "bogus"])
+            .starts_with("-CONTEXT_INVALID"));
+        assert_eq!(r.cmd(&["SET", "rk", "resolved", "CONTEXT", &ctx]), "+OK");
+        assert_eq!(r2.cmd(&["GET", "rk"]), "resolved");
+    })
+    .await
+    .expect("resp");
+}
+
+/// The Dynamo paper's "busy robots": 16 writers updating one key without contexts leave at
+/// most 16 siblings (each writer's session supersedes its own last write), and writers that
+/// read and write back with the context they read, then one last such write, leave one value.
+/// Bounded: 16 writers × 15 writes each way (the 30 s run is in scripts/soak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_robots_leave_one_sibling_each_and_contexts_converge_them() {
+    let c = start(3, true).await;
+    let (s, _, b) = call(
+        "PUT",
+        &format!("{}/v1/keyspaces/robots", c.http(0)),
+        r#"{"mode":"leaderless","replicas":3,"conflict":"siblings"}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let urls: Vec<String> = (0..3)
+        .map(|i| format!("{}/v1/kv/robots/arm", c.http(i)))
+        .collect();
+    let robots = |rmw: bool| {
+        let urls = urls.clone();
+        (0..16).map(move |r| {
+            let urls = urls.clone();
+            tokio::spawn(async move {
+                let mut session: Option<String> = None;
+                for i in 0..15 {
+                    let u = &urls[(r + i) % 3];
+                    let ctx = if rmw {
+                        let (s, sess, ctx, _) = http("GET", u, "", session.as_deref(), None).await;
+                        assert!(s == 200 || s == 300 || s == 404, "{s}");
+                        session = sess;
+                        ctx
+                    } else {
+                        None
+                    };
+                    let (s, sess, _, b) = http(
+                        "PUT",
+                        &format!("{u}?w=quorum"),
+                        &format!("r{r}-{i}"),
+                        session.as_deref(),
+                        ctx.as_deref(),
+                    )
+                    .await;
+                    assert_eq!(s, 200, "robot {r}: {b}");
+                    session = sess;
+                }
+            })
+        })
+    };
+    for h in robots(false).collect::<Vec<_>>() {
+        h.await.expect("robot");
+    }
+    let count = |b: &Value| b["siblings"].as_array().map_or(0, Vec::len);
+    let (s, _, _, b) = http(
+        "GET",
+        &format!("{}?r=all&format=json", urls[0]),
+        "",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(
+        (1..=16).contains(&count(&b)),
+        "at most one sibling per robot: {}",
+        count(&b)
+    );
+    for h in robots(true).collect::<Vec<_>>() {
+        h.await.expect("robot");
+    }
+    let (_, _, ctx, b) = http(
+        "GET",
+        &format!("{}?r=all&format=json", urls[1]),
+        "",
+        None,
+        None,
+    )
+    .await;
+    assert!(count(&b) <= 16, "{b}");
+    let (s, _, _, _) = http(
+        "PUT",
+        &format!("{}?w=all", urls[2]),
+        "final",
+        None,
+        ctx.as_deref(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, _, b) = http("GET", &format!("{}?r=all", urls[0]), "", None, None).await;
+    assert_eq!((s, b), (200, json!("final")), "converged to one value");
+}
+
 /// A minimal RESP client: one connection, one reply line (or bulk) per command.
 struct Raw {
     w: TcpStream,
@@ -750,6 +1000,42 @@ impl Raw {
             w: s.try_clone().expect("clone"),
             r: BufReader::new(s),
         }
+    }
+
+    /// `SIBLINGS key`'s context (the reply's first element).
+    fn siblings_context(&mut self, key: &str) -> String {
+        let head = self.cmd(&["SIBLINGS", key]);
+        assert_eq!(head, "*2", "SIBLINGS answers [context, values]");
+        let mut line = String::new();
+        self.r.read_line(&mut line).expect("context length");
+        let n: usize = line
+            .trim_end()
+            .trim_start_matches('$')
+            .parse()
+            .expect("bulk");
+        let mut buf = vec![0; n + 2];
+        self.r.read_exact(&mut buf).expect("context");
+        let ctx = String::from_utf8_lossy(&buf[..n]).into_owned();
+        // The values: an array header and its bulks.
+        line.clear();
+        self.r.read_line(&mut line).expect("values");
+        let values: usize = line
+            .trim_end()
+            .trim_start_matches('*')
+            .parse()
+            .expect("array");
+        for _ in 0..values {
+            line.clear();
+            self.r.read_line(&mut line).expect("value length");
+            let n: usize = line
+                .trim_end()
+                .trim_start_matches('$')
+                .parse()
+                .expect("bulk");
+            let mut buf = vec![0; n + 2];
+            self.r.read_exact(&mut buf).expect("value");
+        }
+        ctx
     }
 
     /// Sends a command; a bulk reply comes back as its text, nil as `(nil)`, others as their

@@ -234,6 +234,43 @@ fn a_set_run_under_partitions_passes() {
     }
 }
 
+/// A siblings keyspace under partitions: writes with and without contexts; after healing no
+/// acknowledged write is lost that no later update superseded, and one value per writer.
+#[test]
+fn a_siblings_run_under_partitions_passes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = verify(
+        &[
+            "--keyspace-mode",
+            "siblings",
+            "--duration",
+            "12s",
+            "--faults",
+            "partition",
+            "--seed",
+            "5",
+            "--dir",
+            dir.path().join("cluster").to_str().expect("utf-8"),
+        ],
+        Duration::from_secs(180),
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for property in [
+        "no phantom values",
+        "no acknowledged write lost",
+        "siblings bounded by writers",
+        "convergence",
+    ] {
+        let n = checked(&stdout, "siblings", property);
+        assert!(
+            n.is_some_and(|n| n > 0),
+            "nothing judged for {property}:\n{all}"
+        );
+    }
+}
+
 #[cfg(feature = "bug-injection")]
 mod bugs {
     use super::*;
@@ -362,6 +399,16 @@ mod bugs {
             &["--keyspace-mode", "set"],
             "partition",
             &["[set / add wins]", "[set / convergence]"],
+        );
+    }
+
+    #[test]
+    fn a_siblings_merge_that_ignores_contexts_is_caught() {
+        caught_with(
+            "siblings-union",
+            &["--keyspace-mode", "siblings"],
+            "partition",
+            &["[siblings / no acknowledged write lost]"],
         );
     }
 }

@@ -37,18 +37,20 @@ impl Node {
     ) -> Result<WriteOutcome, TunekvError> {
         check_key(key)?;
         session.admit_leaderless(ks.id)?;
-        // A siblings write without a context supersedes the session's own last write of the
-        // key (so one writer leaves one sibling, not one per write); the session keeps that
-        // write's dot in its leaderless mark of the key (see `session_dot`).
+        // A siblings write supersedes what its context covers and the session's own last write
+        // of the key (so one writer leaves one sibling, not one per write, with a context or
+        // without); the session keeps that write's dot in its leaderless mark of the key (see
+        // `pack_dot`).
         let hash = tunekv_core::session::key_hash(key);
         let update = match update {
-            Update::Write { value, ctx, max } if ctx.is_empty() => {
-                let ctx = session
-                    .leaderless(ks.id)
-                    .required(hash)
-                    .map(|(_, packed)| unpack_dot(packed))
-                    .into_iter()
-                    .collect();
+            Update::Write {
+                value,
+                mut ctx,
+                max,
+            } => {
+                if let Some((_, packed)) = session.leaderless(ks.id).required(hash) {
+                    ctx.insert(unpack_dot(packed));
+                }
                 Update::Write { value, ctx, max }
             }
             other => other,
@@ -105,10 +107,19 @@ impl Node {
         if let (Policy::Siblings, Some(&(node, counter))) =
             (self.policy_of(ks)?, updated.dots.first())
         {
+            // The mark keeps the greater stamp; this write must replace the last one even if
+            // its replica's clock stamped it lower.
+            let last = session
+                .leaderless(ks.id)
+                .required(hash)
+                .map_or(0, |(stamp, _)| stamp);
             session.saw_leaderless(
                 ks.id,
                 hash,
-                (updated.version.0, pack_dot(Dot { node, counter })),
+                (
+                    updated.version.0.max(last.saturating_add(1)),
+                    pack_dot(Dot { node, counter }),
+                ),
                 false,
             );
         }

@@ -20,6 +20,7 @@ use tunekv_check::{check, CheckInput, Limits, OpKind, Operation};
 use tunekv_client::{Client, Opts};
 use workload::{
     Budget, ClientPlan, Protocol, KEYSPACE, KEYSPACE_COUNTER, KEYSPACE_LEADERLESS, KEYSPACE_SET,
+    KEYSPACE_SIBLINGS,
 };
 
 use crate::targets;
@@ -67,6 +68,10 @@ pub enum KeyspaceMode {
     /// A leaderless keyspace of sets (`conflict: "set"`): HTTP clients adding and removing a
     /// few members at every `w` and reading at every `r`, judged by the set checkers.
     Set,
+    /// A leaderless keyspace of siblings (`conflict: "siblings"`): HTTP clients writing with
+    /// and without contexts at every `w` and reading every value at every `r`, judged by the
+    /// siblings checkers.
+    Siblings,
 }
 
 impl KeyspaceMode {
@@ -77,9 +82,10 @@ impl KeyspaceMode {
             "mixed" => Ok(KeyspaceMode::Mixed),
             "counter" => Ok(KeyspaceMode::Counter),
             "set" => Ok(KeyspaceMode::Set),
+            "siblings" => Ok(KeyspaceMode::Siblings),
             other => bail!(
                 "--keyspace-mode {other:?}: verify runs ordered, leaderless, mixed (both at once), \
-                 counter or set"
+                 counter, set or siblings"
             ),
         }
     }
@@ -101,11 +107,18 @@ impl KeyspaceMode {
         self == KeyspaceMode::Set
     }
 
+    fn siblings(self) -> bool {
+        self == KeyspaceMode::Siblings
+    }
+
     /// Whether client `i` works in the leaderless keyspace.
     fn leaderless_client(self, i: u32) -> bool {
         match self {
             KeyspaceMode::Ordered => false,
-            KeyspaceMode::Leaderless | KeyspaceMode::Counter | KeyspaceMode::Set => true,
+            KeyspaceMode::Leaderless
+            | KeyspaceMode::Counter
+            | KeyspaceMode::Set
+            | KeyspaceMode::Siblings => true,
             KeyspaceMode::Mixed => i % 2 == 1,
         }
     }
@@ -249,6 +262,12 @@ async fn run_on(
             serde_json::json!({"mode": "leaderless", "replicas": replicas, "conflict": "set"}),
         ));
     }
+    if o.mode.siblings() {
+        keyspaces.push((
+            KEYSPACE_SIBLINGS,
+            serde_json::json!({"mode": "leaderless", "replicas": replicas, "conflict": "siblings"}),
+        ));
+    }
     for (keyspace, spec) in &keyspaces {
         match admin.create_keyspace(keyspace, spec).await {
             Ok(_) => {}
@@ -314,6 +333,7 @@ async fn run_on(
                 leaderless,
                 counter: o.mode.counter(),
                 set: o.mode.set(),
+                siblings: o.mode.siblings(),
             };
             tokio::spawn(workload::run_client(
                 plan,
@@ -369,6 +389,7 @@ async fn run_on(
     let digested = match o.mode {
         KeyspaceMode::Counter => Some(KEYSPACE_COUNTER),
         KeyspaceMode::Set => Some(KEYSPACE_SET),
+        KeyspaceMode::Siblings => Some(KEYSPACE_SIBLINGS),
         KeyspaceMode::Leaderless | KeyspaceMode::Mixed => Some(KEYSPACE_LEADERLESS),
         KeyspaceMode::Ordered => None,
     };
@@ -410,7 +431,10 @@ async fn run_on(
     let (leaderless_ops, ordered_ops): (Vec<Operation>, Vec<Operation>) =
         ops.into_iter().partition(|op| match o.mode {
             KeyspaceMode::Ordered => false,
-            KeyspaceMode::Leaderless | KeyspaceMode::Counter | KeyspaceMode::Set => true,
+            KeyspaceMode::Leaderless
+            | KeyspaceMode::Counter
+            | KeyspaceMode::Set
+            | KeyspaceMode::Siblings => true,
             KeyspaceMode::Mixed => op.quorum.is_some(),
         });
     let checked_at = Instant::now();
@@ -435,6 +459,12 @@ async fn run_on(
         if o.mode.set() {
             report.rows.extend(
                 tunekv_check::set::check(&leaderless_ops, Some(heal_ns), &Limits::default()).rows,
+            );
+        }
+        if o.mode.siblings() {
+            report.rows.extend(
+                tunekv_check::siblings::check(&leaderless_ops, Some(heal_ns), &Limits::default())
+                    .rows,
             );
         }
         if o.mode.leaderless() {
@@ -564,9 +594,50 @@ async fn final_leaderless_reads(targets: &[Target], ks: &str, keys: &[String], r
         let c = Client::with_timeout(&t.http, Duration::from_secs(10));
         for k in keys {
             let invoke_ns = rec.now_ns();
-            let r = c
-                .get(ks, k.as_bytes(), &Opts::default().r("one").wait_ms(5000))
-                .await;
+            let opts = Opts::default().r("one").wait_ms(5000);
+            if ks == KEYSPACE_SIBLINGS {
+                let r = c.siblings(ks, k.as_bytes(), &opts).await;
+                let complete_ns = rec.now_ns();
+                let (ok, value, error) = match r {
+                    Ok(r) => {
+                        let values: Vec<String> = r
+                            .siblings
+                            .iter()
+                            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                            .collect();
+                        (
+                            Some(true),
+                            Some(serde_json::json!(values).to_string()),
+                            None,
+                        )
+                    }
+                    Err(e) => (Some(false), None, Some(e.to_string())),
+                };
+                rec.push(
+                    Operation {
+                        client: 0,
+                        session: None,
+                        op: OpKind::Read,
+                        key: k.clone(),
+                        value,
+                        invoke_ns,
+                        complete_ns,
+                        ok,
+                        level: "eventual".into(),
+                        node: format!("n{}", i + 1),
+                        position: None,
+                        staleness_entries: None,
+                        staleness_ms: None,
+                        quorum: Some("one".into()),
+                        version: None,
+                        strict: None,
+                        dots: None,
+                    },
+                    error,
+                );
+                continue;
+            }
+            let r = c.get(ks, k.as_bytes(), &opts).await;
             let complete_ns = rec.now_ns();
             let (ok, value, version, error) = match r {
                 Ok(r) => (

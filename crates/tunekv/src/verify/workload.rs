@@ -20,6 +20,8 @@ pub const KEYSPACE_LEADERLESS: &str = "verify_leaderless";
 pub const KEYSPACE_COUNTER: &str = "verify_counter";
 /// The keyspace of `verify --keyspace-mode set` (leaderless, `conflict: "set"`).
 pub const KEYSPACE_SET: &str = "verify_set";
+/// The keyspace of `verify --keyspace-mode siblings` (leaderless, `conflict: "siblings"`).
+pub const KEYSPACE_SIBLINGS: &str = "verify_siblings";
 /// The members set clients add and remove (few, so that adds and removes meet).
 const SET_MEMBERS: u32 = 4;
 /// Quorums a leaderless run draws from.
@@ -55,6 +57,10 @@ pub struct ClientPlan {
     /// With `leaderless`: the set keyspace, where writes add a member (a third remove one),
     /// and reads are at `eventual`.
     pub set: bool,
+    /// With `leaderless`: the siblings keyspace, where reads return every concurrent value
+    /// and its context, and writes go without a context or (a third) with the context the
+    /// client last read of the key.
+    pub siblings: bool,
 }
 
 /// Shared stop conditions: a flag (duration over) and an op budget.
@@ -139,10 +145,12 @@ pub async fn run_client(
         .collect();
     let mut resp: Option<(usize, RespConn, u32)> = None;
     let mut seq = 0u64;
+    // Siblings runs: the context of each key as this client last read it.
+    let mut contexts: std::collections::HashMap<String, String> = Default::default();
     while budget.take() {
         let key = plan.keys[rng.gen_range(0..plan.keys.len())].clone();
         let roll = rng.gen_range(0..100);
-        let (kind, level) = if roll < 55 && (plan.counter || plan.set) {
+        let (kind, level) = if roll < 55 && (plan.counter || plan.set || plan.siblings) {
             (OpKind::Read, "eventual".to_string())
         } else if plan.counter {
             (OpKind::Add, "eventual".to_string())
@@ -186,6 +194,8 @@ pub async fn run_client(
             KEYSPACE_COUNTER
         } else if plan.set {
             KEYSPACE_SET
+        } else if plan.siblings {
+            KEYSPACE_SIBLINGS
         } else {
             KEYSPACE_LEADERLESS
         };
@@ -200,6 +210,22 @@ pub async fn run_client(
         };
         let invoke_ns = rec.now_ns();
         let out = match plan.protocol {
+            Protocol::Http if plan.siblings => {
+                let quorum = match kind {
+                    OpKind::Read => READ_QUORUMS[rng.gen_range(0..READ_QUORUMS.len())],
+                    _ => WRITE_QUORUMS[rng.gen_range(0..WRITE_QUORUMS.len())],
+                };
+                let in_context = rng.gen_range(0..3) == 0;
+                siblings_op(
+                    &http[node],
+                    (kind, &key),
+                    value.as_deref(),
+                    quorum,
+                    in_context,
+                    (&mut token, &mut contexts),
+                )
+                .await
+            }
             Protocol::Http if plan.leaderless => {
                 let quorum = match kind {
                     OpKind::Read => READ_QUORUMS[rng.gen_range(0..READ_QUORUMS.len())],
@@ -415,6 +441,87 @@ async fn leaderless_op(
                 }
                 Err(e) => unknown(e),
             }
+        }
+    }
+}
+
+/// One operation on the siblings keyspace: a read of every value (and its context, kept for
+/// the key), or a write or delete without a context or, when `in_context` and the key was
+/// read, with the context last read. Updates record the dot they issued and the context they
+/// superseded.
+async fn siblings_op(
+    c: &Client,
+    (kind, key): (OpKind, &str),
+    value: Option<&str>,
+    quorum: &str,
+    in_context: bool,
+    (token, contexts): (&mut String, &mut std::collections::HashMap<String, String>),
+) -> Outcome {
+    let mut opts = Opts::default().wait_ms(WAIT_MS);
+    if !token.is_empty() {
+        opts = opts.session(token);
+    }
+    let failed = |e: ClientError, ok| Outcome {
+        quorum: Some(quorum.to_string()),
+        ..Outcome::failed(ok, e.to_string())
+    };
+    if kind == OpKind::Read {
+        return match c
+            .siblings(KEYSPACE_SIBLINGS, key.as_bytes(), &opts.r(quorum))
+            .await
+        {
+            Ok(r) => {
+                *token = r.session.clone();
+                contexts.insert(key.to_string(), r.context);
+                let values: Vec<String> = r
+                    .siblings
+                    .iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                    .collect();
+                Outcome {
+                    value: Some(serde_json::json!(values).to_string()),
+                    quorum: Some(quorum.to_string()),
+                    ..Outcome::done()
+                }
+            }
+            Err(e) => failed(e, Some(false)),
+        };
+    }
+    let opts = opts.w(quorum);
+    // A delete (no value) removes what its context covers and the session's last write.
+    let v = value.map(str::as_bytes);
+    let res = match (contexts.get(key).filter(|_| in_context), v) {
+        (Some(ctx), v) => {
+            c.put_in_context(KEYSPACE_SIBLINGS, key.as_bytes(), v, ctx, &opts)
+                .await
+        }
+        (None, Some(v)) => c.put(KEYSPACE_SIBLINGS, key.as_bytes(), v, &opts).await,
+        (None, None) => c.delete(KEYSPACE_SIBLINGS, key.as_bytes(), &opts).await,
+    };
+    match res {
+        Ok(w) => {
+            *token = w.session.clone();
+            Outcome {
+                position: Some(w.position),
+                quorum: Some(quorum.to_string()),
+                version: w.quorum.as_ref().and_then(|q| q.version.clone()),
+                strict: w.quorum.as_ref().map(|q| q.strict),
+                dots: Some(tunekv_check::siblings::history_dots(&w.dots, &w.covered)),
+                ..Outcome::done()
+            }
+        }
+        // A refused write changed nothing; any other failure may have happened.
+        Err(e) => {
+            let ok = match &e {
+                ClientError::Api { code, .. } | ClientError::Invalid { code, .. }
+                    if ["quorum_invalid", "bad_request", "too_many_siblings"]
+                        .contains(&code.as_str()) =>
+                {
+                    Some(false)
+                }
+                _ => None,
+            };
+            failed(e, ok)
         }
     }
 }
