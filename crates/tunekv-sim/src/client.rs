@@ -127,6 +127,7 @@ pub async fn operate(
     level: &str,
     quorum: Option<&str>,
     token: &mut String,
+    siblings: bool,
 ) -> Operation {
     let host = format!("n{}", node + 1);
     let invoke_ns = now_ns();
@@ -142,7 +143,9 @@ pub async fn operate(
     }
     let res = match kind {
         OpKind::Read => {
-            let url = format!("{path}&level={level}");
+            // A siblings read asks for every value as JSON.
+            let json = if siblings { "&format=json" } else { "" };
+            let url = format!("{path}&level={level}{json}");
             request(&host, "GET", &url, token, Vec::new()).await
         }
         OpKind::Write => {
@@ -220,9 +223,13 @@ pub async fn operate(
                     (OpKind::Read, _) => {
                         op.value = (a.status == 200)
                             .then(|| String::from_utf8_lossy(&a.body).into_owned());
-                        // A set's read is JSON: its members, recorded as a JSON array.
+                        // A set's read is JSON: its members, recorded as a JSON array; so is a
+                        // siblings read: its values.
                         if let Some(members) = tunekv_check::set::history_members(&a.body) {
                             op.value = Some(members);
+                        }
+                        if siblings {
+                            op.value = tunekv_check::siblings::history_values(&a.body);
                         }
                         if leaderless {
                             op.version = a
@@ -248,11 +255,18 @@ pub async fn operate(
                                 .filter_map(|d| d.as_str().map(str::to_string))
                                 .collect()
                         };
-                        op.dots = tunekv_check::set::history_dots(
-                            kind,
-                            &list("dots"),
-                            &list("removed_dots"),
-                        );
+                        op.dots = if siblings {
+                            Some(tunekv_check::siblings::history_dots(
+                                &list("dots"),
+                                &list("covered"),
+                            ))
+                        } else {
+                            tunekv_check::set::history_dots(
+                                kind,
+                                &list("dots"),
+                                &list("removed_dots"),
+                            )
+                        };
                     }
                     (_, false) => {}
                 }

@@ -76,6 +76,10 @@ pub struct Workload {
     /// A leaderless keyspace of sets (`conflict: "set"`): writes add a member (or remove one,
     /// a third of them), deletes remove one, reads at `eventual`, judged by the set checkers.
     pub set: bool,
+    /// A leaderless keyspace of siblings (`conflict: "siblings"`): writes and deletes without
+    /// a context (each superseding the session's last write), reads of every value at
+    /// `eventual`, judged by the siblings checkers.
+    pub siblings: bool,
 }
 
 /// The members a set plan's updates draw from (few, so adds and removes meet).
@@ -190,6 +194,7 @@ impl Plan {
             windows: None,
             counter: false,
             set: false,
+            siblings: false,
         };
         // Drawn last, from its own stream, so the fields above stay what they were.
         let mut rng = StdRng::seed_from_u64(seed ^ 0x1ead_1e55);
@@ -208,6 +213,11 @@ impl Plan {
         workload.set = workload.leaderless
             && !workload.counter
             && StdRng::seed_from_u64(seed ^ 0x5e7_5e75).gen_bool(0.25);
+        // And a quarter of the rest keep siblings.
+        workload.siblings = workload.leaderless
+            && !workload.counter
+            && !workload.set
+            && StdRng::seed_from_u64(seed ^ 0x51b_1195).gen_bool(0.25);
         // Every level set to weight 0 would leave nothing to read at.
         if workload.level_weights.iter().all(|w| *w == 0) {
             workload.level_weights[0] = 1;
@@ -370,7 +380,7 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
                     let level = ["eventual", "read_your_writes", "monotonic_reads", "session"]
                         [rng.gen_range(0..4)];
                     // Counter and set keyspaces serve no session levels yet.
-                    let plain = !w.counter && !w.set;
+                    let plain = !w.counter && !w.set && !w.siblings;
                     (if plain { level } else { "eventual" }, Some(quorum))
                 } else if kind == OpKind::Read {
                     (w.level(&mut rng), None)
@@ -395,9 +405,10 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
                     }
                     _ => (kind, value),
                 };
-                let op =
-                    client::operate(c as u64, node, kind, &key, value, level, quorum, &mut token)
-                        .await;
+                let op = client::operate(
+                    c as u64, node, kind, &key, value, level, quorum, &mut token, w.siblings,
+                )
+                .await;
                 history.lock().unwrap_or_else(|p| p.into_inner()).push(op);
                 // The invariants check ordered keyspaces' tokens (positions in Raft logs).
                 if !w.leaderless {
@@ -425,6 +436,7 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
                             "eventual",
                             Some("one"),
                             &mut String::new(),
+                            plan.workload.siblings,
                         )
                         .await;
                         history.lock().unwrap_or_else(|p| p.into_inner()).push(op);
@@ -440,6 +452,7 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
                             level,
                             None,
                             &mut token,
+                            false,
                         )
                         .await;
                         history.lock().unwrap_or_else(|p| p.into_inner()).push(op);
@@ -519,6 +532,12 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
             Some(heal_ns),
             &tunekv_check::Limits::default(),
         ))
+    } else if plan.workload.siblings {
+        Ok(tunekv_check::siblings::check(
+            &ops,
+            Some(heal_ns),
+            &tunekv_check::Limits::default(),
+        ))
     } else if plan.workload.leaderless {
         Ok(tunekv_check::leaderless::check(
             &ops,
@@ -568,6 +587,8 @@ async fn create_keyspace(plan: &Plan) -> turmoil::Result {
             "counter"
         } else if plan.workload.set {
             "set"
+        } else if plan.workload.siblings {
+            "siblings"
         } else {
             "lww"
         };

@@ -130,6 +130,7 @@ fn restarted_leaders_serve_no_stale_strong_reads() {
                 windows: None,
                 counter: false,
                 set: false,
+                siblings: false,
             },
         };
         let out = run(plan, &tunekv_node::Bugs::default());
@@ -192,6 +193,7 @@ fn lagging_copies(seed: u64) -> Plan {
             windows: None,
             counter: false,
             set: false,
+            siblings: false,
         },
     }
 }
@@ -221,6 +223,7 @@ fn isolated_leaderless(seed: u64) -> Plan {
     plan.workload.leaderless = true;
     plan.workload.counter = false;
     plan.workload.set = false;
+    plan.workload.siblings = false;
     // Hints expire and tombstones are collected within the run.
     plan.workload.windows = Some((1_000, 5_000));
     plan
@@ -316,6 +319,25 @@ fn isolated_sets(seed: u64) -> Plan {
     let mut plan = isolated_leaderless(seed);
     plan.workload.set = true;
     plan
+}
+
+/// [`isolated_leaderless`] on a siblings keyspace: writes and deletes on every side of each
+/// isolation.
+fn isolated_siblings(seed: u64) -> Plan {
+    let mut plan = isolated_leaderless(seed);
+    plan.workload.siblings = true;
+    plan
+}
+
+/// Siblings keyspaces through nodes cut off from the others: after healing no acknowledged
+/// write is lost that a later update did not supersede, and one value per writer.
+#[test]
+fn siblings_keep_their_promises_through_isolation() {
+    for seed in 0..3 {
+        let out = run(isolated_siblings(seed), &tunekv_node::Bugs::default());
+        assert!(out.ops > 500, "seed {seed}: only {} operations", out.ops);
+        assert_eq!(out.violations, Vec::<String>::new(), "seed {seed}");
+    }
 }
 
 /// Set keyspaces through nodes cut off from the others: no member read that was never added,
@@ -535,5 +557,23 @@ mod bugs {
             }
         }
         panic!("set-remove-wins went unnoticed for {LEADERLESS_SEEDS_MAX} seeds");
+    }
+
+    /// Siblings merged ignoring their contexts: superseded values come back.
+    #[test]
+    fn siblings_union_is_caught_by_the_siblings_checkers() {
+        let bugs = tunekv_node::Bugs::parse(&["siblings-union".to_string()]).expect("a known bug");
+        for seed in 0..LEADERLESS_SEEDS_MAX {
+            let out = run(isolated_siblings(seed), &bugs);
+            if let Some(v) = out
+                .violations
+                .iter()
+                .find(|v| v.starts_with("[siblings / "))
+            {
+                eprintln!("siblings-union: caught by seed {seed}: {v}");
+                return;
+            }
+        }
+        panic!("siblings-union went unnoticed for {LEADERLESS_SEEDS_MAX} seeds");
     }
 }
