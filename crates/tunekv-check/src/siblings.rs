@@ -115,12 +115,12 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
         let mut upto: BTreeMap<u64, u64> = BTreeMap::new();
         let mut single: BTreeSet<(u64, u64)> = BTreeSet::new();
         for (_, o) in updates.iter().filter(|(_, o)| o.is_acked()) {
-            let entries = o.dots.iter().flatten();
-            let covers = if o.op == OpKind::Write {
-                entries.skip(1)
-            } else {
-                entries.skip(0)
-            };
+            // A write's first entry is the dot it issued; the rest, and a delete's, its context.
+            let covers = o
+                .dots
+                .iter()
+                .flatten()
+                .skip(usize::from(o.op == OpKind::Write));
             for e in covers {
                 match parse_cover(e) {
                     Some(Cover::UpTo(n, c)) => {

@@ -217,6 +217,20 @@ impl Replica {
             .collect()
     }
 
+    /// Keys holding more than one sibling, and the most siblings one key holds (O(keys held):
+    /// for status pages).
+    pub fn sibling_counts(&self) -> (u64, u64) {
+        let counts = self
+            .parts
+            .values()
+            .flat_map(|part| part.keys.values())
+            .filter_map(|v| match &v.stored {
+                Stored::Siblings(s) if s.len() > 1 => Some(s.len() as u64),
+                _ => None,
+            });
+        counts.fold((0, 0), |(n, max), c| (n + 1, max.max(c)))
+    }
+
     /// Partitions holding at least one key.
     pub fn partitions_held(&self) -> impl Iterator<Item = u32> + '_ {
         self.parts.keys().copied()

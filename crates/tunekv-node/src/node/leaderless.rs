@@ -119,6 +119,12 @@ pub struct ReplicaDigest {
     /// A digest of every (key, version) held: two nodes holding the same partitions with the
     /// same versions show the same digest.
     pub digest: u64,
+    /// Siblings keyspaces: keys holding more than one value, and the most values one key
+    /// holds (0 elsewhere).
+    #[serde(default)]
+    pub keys_with_siblings: u64,
+    #[serde(default)]
+    pub siblings_max: u64,
 }
 
 /// This node's leaderless figures (in `/v1/cluster`).
@@ -176,6 +182,9 @@ fn is_live(v: Option<&Versioned>, now_ms: u64) -> bool {
 /// catalog indexes, far below this bit).
 const MEMBER_SPACE: u64 = 1 << 62;
 
+/// A member's name and its record's bytes, as loaded.
+type MemberRecord = (Vec<u8>, Vec<u8>);
+
 /// A member's record key: the key's length (4 bytes, big-endian), the key, the member.
 fn member_record_key(key: &[u8], member: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + key.len() + member.len());
@@ -230,7 +239,7 @@ impl Node {
         let mut loaded = Vec::new();
         if ks.spec.mode == Mode::Leaderless {
             // Members of sets and maps, by key (stored apart from their key's record).
-            let mut members: HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>> = HashMap::new();
+            let mut members: HashMap<Vec<u8>, Vec<MemberRecord>> = HashMap::new();
             if policy.membered() {
                 for (k, bytes) in self
                     .storage
@@ -1689,11 +1698,14 @@ impl Node {
                             h.update(&r.root(p).to_le_bytes());
                             acc ^ h.digest()
                         });
+                let (keys_with_siblings, siblings_max) = r.sibling_counts();
                 Some(ReplicaDigest {
                     keyspace: ks.name.clone(),
                     mode: ks.spec.mode,
                     keys: r.len() as u64,
                     digest,
+                    keys_with_siblings,
+                    siblings_max,
                 })
             })
             .collect();

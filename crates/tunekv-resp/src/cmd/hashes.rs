@@ -92,7 +92,7 @@ fn hset<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
     Box::pin(async move {
         let key = a.next()?;
         let pairs = a.rest();
-        if pairs.len() % 2 != 0 {
+        if !pairs.len().is_multiple_of(2) {
             return Err(super::arity(a.name()));
         }
         let set = pairs
