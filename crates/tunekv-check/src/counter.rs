@@ -129,26 +129,8 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
             };
             exact.record(verdict, ops, limits);
         }
-        let values: BTreeSet<Option<&str>> =
-            finals.iter().map(|&f| ops[f].value.as_deref()).collect();
         converged.record(
-            if finals.len() < 2 {
-                Verdict::Unknown
-            } else if values.len() == 1 {
-                Verdict::Pass
-            } else {
-                Verdict::Violation {
-                    message: format!(
-                        "after healing, counter {:?} reads differently on different nodes: {:?}",
-                        ops[finals[0]].key,
-                        finals
-                            .iter()
-                            .map(|&f| format!("{}={:?}", ops[f].node, ops[f].value))
-                            .collect::<Vec<_>>()
-                    ),
-                    ops: finals.clone(),
-                }
-            },
+            crate::leaderless::agreement(ops, &finals, "counter", |o| o.value.clone()),
             ops,
             limits,
         );

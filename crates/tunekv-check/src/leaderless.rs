@@ -33,7 +33,7 @@
 use crate::history::{OpKind, Operation};
 use crate::report::{Report, Row, Verdict};
 use crate::Limits;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub const LEVEL: &str = "leaderless";
 pub const NEVER_INVENTED: &str = "never invented";
@@ -207,6 +207,34 @@ pub fn check(ops: &[Operation], replicas: u32, heal_ns: Option<u64>, limits: &Li
             ryw,
             monotonic,
         ],
+    }
+}
+
+/// Whether the nodes' final reads (`finals`, of one key) agree, each read's state given by
+/// `state`: unknown with fewer than two; `what` names the key's type in the message.
+pub(crate) fn agreement<T: Ord>(
+    ops: &[Operation],
+    finals: &[usize],
+    what: &str,
+    state: impl Fn(&Operation) -> T,
+) -> Verdict {
+    let states: BTreeSet<T> = finals.iter().map(|&f| state(&ops[f])).collect();
+    if finals.len() < 2 {
+        Verdict::Unknown
+    } else if states.len() == 1 {
+        Verdict::Pass
+    } else {
+        Verdict::Violation {
+            message: format!(
+                "after healing, {what} {:?} reads differently on different nodes: {:?}",
+                ops[finals[0]].key,
+                finals
+                    .iter()
+                    .map(|&f| format!("{}={:?}", ops[f].node, ops[f].value))
+                    .collect::<Vec<_>>()
+            ),
+            ops: finals.to_vec(),
+        }
     }
 }
 

@@ -235,26 +235,8 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
             };
             wins.record(verdict, ops, limits);
         }
-        let values: BTreeSet<Option<BTreeSet<String>>> =
-            finals.iter().map(|&f| members(&ops[f])).collect();
         converged.record(
-            if finals.len() < 2 {
-                Verdict::Unknown
-            } else if values.len() == 1 {
-                Verdict::Pass
-            } else {
-                Verdict::Violation {
-                    message: format!(
-                        "after healing, set {:?} reads differently on different nodes: {:?}",
-                        ops[finals[0]].key,
-                        finals
-                            .iter()
-                            .map(|&f| format!("{}={:?}", ops[f].node, ops[f].value))
-                            .collect::<Vec<_>>()
-                    ),
-                    ops: finals.clone(),
-                }
-            },
+            crate::leaderless::agreement(ops, &finals, "set", members),
             ops,
             limits,
         );

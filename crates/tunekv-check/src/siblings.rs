@@ -261,26 +261,8 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
                 limits,
             );
         }
-        let seen: BTreeSet<Option<BTreeSet<String>>> =
-            finals.iter().map(|&f| values(&ops[f])).collect();
         converged.record(
-            if finals.len() < 2 {
-                Verdict::Unknown
-            } else if seen.len() == 1 {
-                Verdict::Pass
-            } else {
-                Verdict::Violation {
-                    message: format!(
-                        "after healing, {:?} reads differently on different nodes: {:?}",
-                        ops[finals[0]].key,
-                        finals
-                            .iter()
-                            .map(|&f| format!("{}={:?}", ops[f].node, ops[f].value))
-                            .collect::<Vec<_>>()
-                    ),
-                    ops: finals.clone(),
-                }
-            },
+            crate::leaderless::agreement(ops, &finals, "siblings of", values),
             ops,
             limits,
         );

@@ -127,6 +127,36 @@ fn overlap<'a>(a: impl Iterator<Item = &'a Vec<u8>>, b: &[Vec<u8>]) -> Result<()
     }
 }
 
+/// The delta that writes `items` (a member named twice: its first payload) and removes
+/// `remove` in `m`, and what it did; `wrap` makes it a set's or a map's.
+fn write_members<P: crate::ormap::Payload>(
+    m: &OrMap<P>,
+    node: u64,
+    items: Vec<(Vec<u8>, P)>,
+    remove: &[Vec<u8>],
+    wrap: fn(OrMap<P>) -> Stored,
+) -> Result<Made, UpdateError> {
+    overlap(items.iter().map(|(k, _)| k), remove)?;
+    let named: BTreeSet<&Vec<u8>> = items.iter().map(|(k, _)| k).collect();
+    let added = named.into_iter().filter(|k| !m.contains(k)).count() as u64;
+    let mut delta = m.put(node, &items);
+    let (dots, replaced) = issued_and_replaced(&delta);
+    let rm = m.remove(remove);
+    let removed = rm.len_listed() as u64;
+    let removed_dots = replaced.into_iter().chain(rm.context().dots()).collect();
+    delta.join(&rm);
+    let int = if remove.is_empty() { added } else { removed };
+    Ok(Made {
+        delta: wrap(delta),
+        int: int as i64,
+        added,
+        removed,
+        dots,
+        removed_dots,
+        covered: None,
+    })
+}
+
 /// The dots a write's delta issues (its members' live dots) and those it replaces (the rest
 /// of its context).
 fn issued_and_replaced<V: crate::ormap::Payload>(delta: &OrMap<V>) -> (Vec<Dot>, Vec<Dot>) {
@@ -185,65 +215,27 @@ pub fn make(
                 Some(Stored::Set(s)) => s,
                 _ => &empty_set,
             };
-            overlap(add.iter(), remove)?;
-            let added = add
-                .iter()
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .filter(|m| !s.contains(m))
-                .count() as u64;
-            let items: Vec<(Vec<u8>, ())> = add.iter().map(|m| (m.clone(), ())).collect();
-            let mut delta = s.put(node, &items);
-            let (dots, replaced) = issued_and_replaced(&delta);
-            let rm = s.remove(remove);
-            let removed = rm.len_listed() as u64;
-            let removed_dots: Vec<Dot> = replaced.into_iter().chain(rm.context().dots()).collect();
-            delta.join(&rm);
-            let int = if remove.is_empty() { added } else { removed };
-            Ok(Some(Made {
-                dots,
-                removed_dots,
-                ..made(Stored::Set(delta), int as i64, added, removed)
-            }))
+            let items = add.iter().map(|m| (m.clone(), ())).collect();
+            write_members(s, node, items, remove, Stored::Set).map(Some)
         }
         (Update::Fields { set, remove }, None | Some(Stored::Map(_))) => {
             let m = match held {
                 Some(Stored::Map(m)) => m,
                 _ => &empty_map,
             };
-            overlap(set.iter().map(|(f, _)| f), remove)?;
-            let added = set
-                .iter()
-                .map(|(f, _)| f)
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .filter(|f| !m.contains(f))
-                .count() as u64;
             // A field named twice keeps its last value, as HSET does.
-            let mut last: Vec<(Vec<u8>, Field)> = Vec::new();
-            for (f, v) in set.iter().rev() {
-                if !last.iter().any(|(g, _)| g == f) {
-                    last.push((
-                        f.clone(),
-                        Field::Reg {
-                            stamp,
-                            value: v.clone(),
-                        },
-                    ));
-                }
-            }
-            let mut delta = m.put(node, &last);
-            let (dots, replaced) = issued_and_replaced(&delta);
-            let rm = m.remove(remove);
-            let removed = rm.len_listed() as u64;
-            let removed_dots: Vec<Dot> = replaced.into_iter().chain(rm.context().dots()).collect();
-            delta.join(&rm);
-            let int = if remove.is_empty() { added } else { removed };
-            Ok(Some(Made {
-                dots,
-                removed_dots,
-                ..made(Stored::Map(delta), int as i64, added, removed)
-            }))
+            let mut seen = BTreeSet::new();
+            let mut items: Vec<(Vec<u8>, Field)> = set
+                .iter()
+                .rev()
+                .filter(|(f, _)| seen.insert(f))
+                .map(|(f, v)| {
+                    let value = v.clone();
+                    (f.clone(), Field::Reg { stamp, value })
+                })
+                .collect();
+            items.reverse();
+            write_members(m, node, items, remove, Stored::Map).map(Some)
         }
         (Update::FieldAdd { field, by }, None | Some(Stored::Map(_))) => {
             let m = match held {

@@ -595,62 +595,35 @@ async fn final_leaderless_reads(targets: &[Target], ks: &str, keys: &[String], r
         for k in keys {
             let invoke_ns = rec.now_ns();
             let opts = Opts::default().r("one").wait_ms(5000);
-            if ks == KEYSPACE_SIBLINGS {
-                let r = c.siblings(ks, k.as_bytes(), &opts).await;
-                let complete_ns = rec.now_ns();
-                let (ok, value, error) = match r {
+            // (ok, value, version, error); a siblings read records every value as JSON.
+            let (ok, value, version, error) = if ks == KEYSPACE_SIBLINGS {
+                match c.siblings(ks, k.as_bytes(), &opts).await {
                     Ok(r) => {
                         let values: Vec<String> = r
                             .siblings
                             .iter()
                             .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
                             .collect();
-                        (
-                            Some(true),
-                            Some(serde_json::json!(values).to_string()),
-                            None,
-                        )
+                        let values = serde_json::json!(values).to_string();
+                        (Some(true), Some(values), None, None)
                     }
-                    Err(e) => (Some(false), None, Some(e.to_string())),
-                };
-                rec.push(
-                    Operation {
-                        client: 0,
-                        session: None,
-                        op: OpKind::Read,
-                        key: k.clone(),
-                        value,
-                        invoke_ns,
-                        complete_ns,
-                        ok,
-                        level: "eventual".into(),
-                        node: format!("n{}", i + 1),
-                        position: None,
-                        staleness_entries: None,
-                        staleness_ms: None,
-                        quorum: Some("one".into()),
-                        version: None,
-                        strict: None,
-                        dots: None,
-                    },
-                    error,
-                );
-                continue;
-            }
-            let r = c.get(ks, k.as_bytes(), &opts).await;
-            let complete_ns = rec.now_ns();
-            let (ok, value, version, error) = match r {
-                Ok(r) => (
-                    Some(true),
-                    r.value.map(|v| {
-                        tunekv_check::set::history_members(&v)
-                            .unwrap_or_else(|| String::from_utf8_lossy(&v).into_owned())
-                    }),
-                    r.receipt.quorum_field("version").map(str::to_string),
-                    None,
-                ),
-                Err(e) => (Some(false), None, None, Some(e.to_string())),
+                    Err(e) => (Some(false), None, None, Some(e.to_string())),
+                }
+            } else {
+                match c.get(ks, k.as_bytes(), &opts).await {
+                    Ok(r) => (
+                        Some(true),
+                        r.value.map(|v| {
+                            tunekv_check::set::history_members(&v)
+                                .unwrap_or_else(|| String::from_utf8_lossy(&v).into_owned())
+                        }),
+                        r.receipt.quorum_field("version").map(str::to_string),
+                        None,
+                    ),
+                    Err(e) => (Some(false), None, None, Some(e.to_string())),
+                }
             };
+            let complete_ns = rec.now_ns();
             rec.push(
                 Operation {
                     client: 0,
