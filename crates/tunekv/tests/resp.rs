@@ -427,6 +427,38 @@ async fn redis_py_passes_its_checks() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // redis-cli too, one connection per script (SELECT by keyspace name holds for it).
+    let script = |addr: &str, lines: &str| {
+        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        let mut child = Command::new(tool("redis-cli"))
+            .args(["-h", host, "-p", port])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run redis-cli");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(lines.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("redis-cli output");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let n2 = resp_addr(&c, 1);
+    let out = script(
+        &n2,
+        "SELECT carts\nSADD cli:cart a b a\nSREM cli:cart b\nSMEMBERS cli:cart\nSCARD cli:cart\n\
+         SELECT profiles\nHSET cli:u n 1\nHINCRBY cli:u n 2\nHGET cli:u n\n\
+         SELECT likes\nINCRBY cli:p 5\nGET cli:p\n",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        ["OK", "2", "1", "a", "1", "OK", "1", "3", "3", "OK", "5", "5"],
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

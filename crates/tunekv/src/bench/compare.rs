@@ -44,7 +44,7 @@ fn row(label: &str, level: &str, read_ratio: f64, driver: Driver) -> PhaseSpec {
         keyspace: super::KEYSPACE.to_string(),
         r: None,
         w: None,
-        counter: false,
+        kind: super::RowKind::Plain,
     }
 }
 

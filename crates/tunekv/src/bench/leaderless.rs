@@ -1,10 +1,12 @@
 //! `tunekv bench --keyspace-mode leaderless`: rows for leaderless keyspaces at each `w` and `r`,
-//! a counter keyspace (INCR at w=one and w=quorum, GET) and a volatile keyspace (weak), beside Redis (w=one, volatile) and etcd (quorum) when
+//! a counter keyspace (INCR at w=one and w=quorum, GET), a map (HSET, HGET), siblings (HTTP: a
+//! read of every value, and a read written back with its context) and a volatile keyspace
+//! (weak), beside Redis (w=one, volatile) and etcd (quorum) when
 //! `--compare` starts them; then the time the replicas take to agree after a healed partition,
 //! with no client reads.
 
 use super::peers::Peers;
-use super::{Driver, PhaseSpec, Protocol};
+use super::{Driver, PhaseSpec, Protocol, RowKind};
 use crate::targets::Target;
 use anyhow::{bail, Result};
 use serde_json::json;
@@ -15,6 +17,11 @@ pub const LEADERLESS: &str = "bench_leaderless";
 pub const VOLATILE: &str = "bench_volatile";
 /// A leaderless counter keyspace (`conflict: "counter"`): writes are INCR.
 pub const COUNTER: &str = "bench_counter";
+/// A leaderless map keyspace (`conflict: "map"`): writes are HSET of one field, reads HGET.
+pub const MAP: &str = "bench_map";
+/// A leaderless siblings keyspace (`conflict: "siblings"`): reads return every value and
+/// their context; writes read, then write back with that context (HTTP rows only).
+pub const SIBLINGS: &str = "bench_siblings";
 /// A leaderless set keyspace (`conflict: "set"`) for the SADD-cost measurement.
 pub const SETS: &str = "bench_set";
 /// Set sizes SADD's cost is measured at, and SADDs timed at each.
@@ -46,6 +53,14 @@ pub async fn setup(
             COUNTER,
             json!({"mode": "leaderless", "replicas": replicas, "conflict": "counter"}),
         ),
+        (
+            MAP,
+            json!({"mode": "leaderless", "replicas": replicas, "conflict": "map"}),
+        ),
+        (
+            SIBLINGS,
+            json!({"mode": "leaderless", "replicas": replicas, "conflict": "siblings"}),
+        ),
     ] {
         match admin.create_keyspace(name, &spec).await {
             Ok(_) => {}
@@ -58,6 +73,10 @@ pub async fn setup(
                 admin
                     .add(name, counter_key(k).as_bytes(), 1, None, &opts)
                     .await
+            } else if name == MAP {
+                let field = String::from_utf8_lossy(value).into_owned();
+                let body = json!({ "set": { "f": field } });
+                admin.update(name, k.as_bytes(), &body, &opts).await
             } else {
                 admin.put(name, k.as_bytes(), value, &opts).await
             };
@@ -80,7 +99,12 @@ fn row(label: &str, keyspace: &str, read_ratio: f64, driver: Driver, q: (&str, &
         keyspace: keyspace.to_string(),
         r,
         w,
-        counter: keyspace == COUNTER,
+        kind: match keyspace {
+            COUNTER => RowKind::Counter,
+            MAP => RowKind::Hash,
+            SIBLINGS => RowKind::Siblings,
+            _ => RowKind::Plain,
+        },
     }
 }
 
@@ -149,6 +173,20 @@ pub fn specs(protocol: Protocol, peers: Option<&Peers>) -> Vec<PhaseSpec> {
             ("one", "quorum"),
         ),
         row(
+            "map HSET w=quorum",
+            MAP,
+            0.0,
+            tunekv.clone(),
+            ("one", "quorum"),
+        ),
+        row(
+            "map HGET r=one",
+            MAP,
+            1.0,
+            tunekv.clone(),
+            ("one", "quorum"),
+        ),
+        row(
             "volatile write (weak)",
             VOLATILE,
             0.0,
@@ -159,10 +197,26 @@ pub fn specs(protocol: Protocol, peers: Option<&Peers>) -> Vec<PhaseSpec> {
             "volatile read (weak)",
             VOLATILE,
             1.0,
-            tunekv,
+            tunekv.clone(),
             ("one", "one"),
         ),
     ];
+    if protocol == Protocol::Http {
+        rows.push(row(
+            "siblings read+write w=quorum",
+            SIBLINGS,
+            0.0,
+            tunekv.clone(),
+            ("one", "quorum"),
+        ));
+        rows.push(row(
+            "siblings read r=one",
+            SIBLINGS,
+            1.0,
+            tunekv.clone(),
+            ("one", "quorum"),
+        ));
+    }
     if let Some(p) = peers {
         if let Some(addr) = &p.redis {
             let redis = Driver::Redis { addr: addr.clone() };

@@ -127,8 +127,8 @@ struct Phase {
     /// Leaderless rows: the read and write quorums.
     r: Option<String>,
     w: Option<String>,
-    /// Writes are counter increments.
-    counter: bool,
+    /// What reads and writes are (plain values, counters, hash fields, siblings).
+    kind: RowKind,
     keys: Vec<String>,
     chooser: KeyChooser,
     value: Vec<u8>,
@@ -228,8 +228,19 @@ struct PhaseSpec {
     keyspace: String,
     r: Option<String>,
     w: Option<String>,
-    /// Writes are counter increments (INCR, `POST …:add`) instead of SET/PUT.
-    counter: bool,
+    /// What reads and writes are: plain values (SET/GET), counter increments (INCR, `POST
+    /// …:add`), hash fields (HSET/HGET, `:update`) or siblings (HTTP: a read of every value and
+    /// a write back with its context).
+    kind: RowKind,
+}
+
+/// What a row's operations are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowKind {
+    Plain,
+    Counter,
+    Hash,
+    Siblings,
 }
 
 async fn bench(o: &BenchOptions, targets: &[Target], peers: Option<&peers::Peers>) -> Result<i32> {
@@ -275,7 +286,7 @@ async fn bench(o: &BenchOptions, targets: &[Target], peers: Option<&peers::Peers
                 keyspace: KEYSPACE.to_string(),
                 r: None,
                 w: None,
-                counter: false,
+                kind: RowKind::Plain,
             })
             .collect(),
     };
@@ -379,7 +390,7 @@ async fn phase(
 ) -> Result<LevelResult> {
     // Counter rows use keys of their own: a peer (Redis) holds the other rows' strings under
     // the plain names, which INCR refuses.
-    let keys = if spec.counter {
+    let keys = if spec.kind == RowKind::Counter {
         keys.iter().map(|k| leaderless::counter_key(k)).collect()
     } else {
         keys
@@ -389,7 +400,7 @@ async fn phase(
         keyspace: spec.keyspace.clone(),
         r: spec.r.clone(),
         w: spec.w.clone(),
-        counter: spec.counter,
+        kind: spec.kind,
         chooser: KeyChooser::new(keys.len(), o.distribution),
         keys,
         value,
@@ -530,12 +541,29 @@ async fn http_worker(p: Arc<Phase>, c: Client, seed: u64) -> Result<Stats> {
         let key = p.keys[p.chooser.pick(&mut rng)].as_bytes();
         let measuring = p.measuring.load(Ordering::Relaxed);
         let t = Instant::now();
-        let outcome = if rng.gen_bool(p.read_ratio) {
+        let read = rng.gen_bool(p.read_ratio);
+        let outcome = if p.kind == RowKind::Siblings {
+            // A read of every value; a write is a read and a write back with its context.
+            match c.siblings(&p.keyspace, key, &read_opts).await {
+                Ok(r) if !read => c
+                    .put_in_context(&p.keyspace, key, Some(&p.value), &r.context, &write_opts)
+                    .await
+                    .map(|_| None),
+                Ok(_) => Ok(None),
+                Err(e) => Err(e),
+            }
+        } else if read {
             c.get(&p.keyspace, key, &read_opts)
                 .await
                 .map(|r| r.receipt.staleness_parts())
-        } else if p.counter {
+        } else if p.kind == RowKind::Counter {
             c.add(&p.keyspace, key, 1, None, &write_opts)
+                .await
+                .map(|_| None)
+        } else if p.kind == RowKind::Hash {
+            let field = std::str::from_utf8(&p.value).unwrap_or("v");
+            let body = serde_json::json!({ "set": { "f": field } });
+            c.update(&p.keyspace, key, &body, &write_opts)
                 .await
                 .map(|_| None)
         } else {
@@ -648,10 +676,14 @@ async fn resp_worker(
         for _ in 0..pipeline {
             let key = p.keys[p.chooser.pick(&mut rng)].as_bytes();
             last_get = rng.gen_bool(p.read_ratio);
-            if last_get {
+            if last_get && p.kind == RowKind::Hash {
+                batch.push(vec![b"HGET".as_slice(), key, b"f"]);
+            } else if last_get {
                 batch.push(vec![b"GET".as_slice(), key]);
-            } else if p.counter {
+            } else if p.kind == RowKind::Counter {
                 batch.push(vec![b"INCR".as_slice(), key]);
+            } else if p.kind == RowKind::Hash {
+                batch.push(vec![b"HSET".as_slice(), key, b"f", &p.value]);
             } else {
                 batch.push(vec![b"SET".as_slice(), key, &p.value]);
             }
