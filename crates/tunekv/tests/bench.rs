@@ -195,6 +195,8 @@ fn a_leaderless_bench_prints_its_quorum_and_volatile_rows_and_time_to_converge()
         "counter INCR w=one",
         "counter INCR w=quorum",
         "counter GET r=one",
+        "map HSET w=quorum",
+        "map HGET r=one",
         "volatile write (weak)",
         "volatile read (weak)",
     ] {
@@ -210,4 +212,14 @@ fn a_leaderless_bench_prints_its_quorum_and_volatile_rows_and_time_to_converge()
             && !text.contains("not measured"),
         "{text}"
     );
+    // Every node counted through the partition, and none of it was lost.
+    let partition = text
+        .lines()
+        .find(|l| l.starts_with("counter INCR at w=one on every node during a partition"))
+        .unwrap_or_else(|| panic!("no partition line:\n{text}"));
+    assert!(
+        partition.contains("after healing every node reads") && partition.contains("(cut off)"),
+        "{partition}"
+    );
+    assert!(text.contains("100000 members: SADD p50"), "{text}");
 }

@@ -354,3 +354,93 @@ pub async fn set_add_cost(targets: &[Target]) -> Result<String> {
     }
     Ok(out.trim_end().to_string())
 }
+
+/// Counters stay writable on every node through a partition: the last node is cut off, every
+/// node takes INCRs at `w=one` for `secs` seconds (one client per node, one at a time), the
+/// partition heals, and the sum must be on every node once the replicas agree. Reports each
+/// node's INCRs per second and whether none was lost.
+pub async fn incr_during_partition(targets: &[Target], secs: u64) -> Result<String> {
+    if targets.len() < 2 {
+        bail!("needs at least two nodes");
+    }
+    let cut = Client::with_timeout(&targets[targets.len() - 1].http, Duration::from_secs(10));
+    cut.faults(&json!({"isolate": true})).await.map_err(|e| {
+        anyhow::anyhow!("the fault hook is needed (nodes started with --enable-faults): {e}")
+    })?;
+    let key = format!("ctr:partition-{:x}", rand::random::<u32>());
+    let until = Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            let (c, key) = (
+                Client::with_timeout(&t.http, Duration::from_secs(5)),
+                key.clone(),
+            );
+            tokio::spawn(async move {
+                let opts = Opts::default().w("one").wait_ms(2000);
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while Instant::now() < until {
+                    match c.add(COUNTER, key.as_bytes(), 1, None, &opts).await {
+                        Ok(_) => ok += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for t in tasks {
+        counts.push(t.await.unwrap_or((0, 0)));
+    }
+    cut.faults(&json!({"clear": true})).await?;
+    let acked: u64 = counts.iter().map(|c| c.0).sum();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut agreed = false;
+    while Instant::now() < deadline {
+        let d = crate::targets::digests(targets, COUNTER).await;
+        if d.iter().all(|x| x.is_some() && *x == d[0]) {
+            agreed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut reads = Vec::new();
+    for t in targets {
+        let c = Client::with_timeout(&t.http, Duration::from_secs(10));
+        let r = c
+            .get(COUNTER, key.as_bytes(), &Opts::default().r("one"))
+            .await;
+        reads.push(
+            r.ok()
+                .and_then(|r| r.value)
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| v.parse::<u64>().ok()),
+        );
+    }
+    let per_node: Vec<String> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, (ok, failed))| {
+            format!(
+                "node {}{}: {:.0}/s ({failed} refused)",
+                i + 1,
+                if i + 1 == targets.len() {
+                    " (cut off)"
+                } else {
+                    ""
+                },
+                *ok as f64 / secs as f64
+            )
+        })
+        .collect();
+    let verdict = if agreed && reads.iter().all(|r| *r == Some(acked)) {
+        format!("after healing every node reads {acked}, the sum of the acknowledged INCRs")
+    } else {
+        format!("after healing the nodes read {reads:?}, the acknowledged INCRs sum to {acked}")
+    };
+    Ok(format!(
+        "counter INCR at w=one on every node during a partition ({secs} s): {}; {verdict}",
+        per_node.join(", ")
+    ))
+}

@@ -337,6 +337,10 @@ async fn bench(o: &BenchOptions, targets: &[Target], peers: Option<&peers::Peers
             Ok(line) => println!("{line}"),
             Err(e) => println!("time to converge after a healed partition: not measured ({e:#})"),
         }
+        match leaderless::incr_during_partition(targets, 2).await {
+            Ok(line) => println!("{line}"),
+            Err(e) => println!("counter INCR during a partition: not measured ({e:#})"),
+        }
         match leaderless::set_add_cost(targets).await {
             Ok(lines) => println!("{lines}"),
             Err(e) => println!("set SADD cost by set size: not measured ({e:#})"),
