@@ -184,25 +184,7 @@ mod tests {
     use super::*;
 
     fn op(kind: OpKind, value: Option<&str>, t: (u64, u64), ok: Option<bool>) -> Operation {
-        Operation {
-            client: 1,
-            session: None,
-            op: kind,
-            key: "k".into(),
-            value: value.map(Into::into),
-            invoke_ns: t.0,
-            complete_ns: t.1,
-            ok,
-            level: "eventual".into(),
-            node: "n1".into(),
-            position: None,
-            staleness_entries: None,
-            staleness_ms: None,
-            quorum: Some("one".into()),
-            version: None,
-            strict: None,
-            dots: None,
-        }
+        crate::testkit::leaderless(kind, value, t, ok)
     }
 
     fn add(v: &str, t: (u64, u64), ok: Option<bool>) -> Operation {

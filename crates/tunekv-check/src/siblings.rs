@@ -285,22 +285,8 @@ mod tests {
     ) -> Operation {
         Operation {
             client,
-            session: None,
-            op: kind,
-            key: "k".into(),
-            value: value.map(Into::into),
-            invoke_ns: t.0,
-            complete_ns: t.1,
-            ok: Some(true),
-            level: "eventual".into(),
-            node: "n1".into(),
-            position: None,
-            staleness_entries: None,
-            staleness_ms: None,
-            quorum: Some("one".into()),
-            version: None,
-            strict: None,
             dots: Some(dots.iter().map(|d| d.to_string()).collect()),
+            ..crate::testkit::leaderless(kind, value, t, Some(true))
         }
     }
 

@@ -37,6 +37,22 @@ fn base(op: OpKind, key: &str, value: Option<&str>, invoke_ns: u64, complete_ns:
     })
 }
 
+/// An operation of a leaderless history on key `k` (client 1, node n1, `eventual`, quorum
+/// `one`), for the counter, set and siblings checkers' tests.
+pub(crate) fn leaderless(
+    kind: OpKind,
+    value: Option<&str>,
+    t: (u64, u64),
+    ok: Option<bool>,
+) -> Operation {
+    Operation {
+        ok,
+        level: "eventual".to_owned(),
+        quorum: Some("one".to_owned()),
+        ..base(kind, "k", value, t.0, t.1).0
+    }
+}
+
 pub(crate) fn write(key: &str, value: &str, invoke_ns: u64, complete_ns: u64) -> B {
     base(OpKind::Write, key, Some(value), invoke_ns, complete_ns)
 }

@@ -166,109 +166,84 @@ fn a_mixed_run_under_partitions_and_kills_passes_and_converges_without_reads() {
     assert!(ordered.iter().all(|o| o.key.starts_with('k')));
 }
 
-/// A counter keyspace under partitions and kills: every read is a possible count, and after
-/// healing every node holds the sum (acknowledged adds, plus some of unknown outcome).
-#[test]
-fn a_counter_run_under_partitions_and_kills_passes() {
+/// Runs verify on its own cluster in keyspace mode `mode` under `faults` for `duration` and
+/// expects no violation and every one of `properties` judged at least once (at `level`).
+fn a_run_passes(mode: &str, faults: &str, duration: &str, level: &str, properties: &[&str]) {
     let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = dir.path().join("cluster");
     let out = verify(
         &[
             "--keyspace-mode",
-            "counter",
+            mode,
             "--duration",
-            "15s",
+            duration,
             "--faults",
-            "partition,kill",
+            faults,
             "--seed",
             "5",
             "--dir",
-            dir.path().join("cluster").to_str().expect("utf-8"),
+            cluster.to_str().expect("utf-8"),
         ],
         Duration::from_secs(180),
     );
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for property in [
-        "within the possible range",
-        "no update lost or doubled",
-        "convergence",
-    ] {
-        let n = checked(&stdout, "counter", property);
+    for property in properties {
+        let n = checked(&stdout, level, property);
         assert!(
             n.is_some_and(|n| n > 0),
             "nothing judged for {property}:\n{all}"
         );
     }
+}
+
+/// A counter keyspace under partitions and kills: every read is a possible count, and after
+/// healing every node holds the sum (acknowledged adds, plus some of unknown outcome).
+#[test]
+fn a_counter_run_under_partitions_and_kills_passes() {
+    a_run_passes(
+        "counter",
+        "partition,kill",
+        "15s",
+        "counter",
+        &[
+            "within the possible range",
+            "no update lost or doubled",
+            "convergence",
+        ],
+    );
 }
 
 /// A set keyspace under partitions: no member read that was never added, and after healing
 /// every node holds exactly the members some add of which no remove observed.
 #[test]
 fn a_set_run_under_partitions_passes() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out = verify(
-        &[
-            "--keyspace-mode",
-            "set",
-            "--duration",
-            "12s",
-            "--faults",
-            "partition",
-            "--seed",
-            "5",
-            "--dir",
-            dir.path().join("cluster").to_str().expect("utf-8"),
-        ],
-        Duration::from_secs(180),
+    a_run_passes(
+        "set",
+        "partition",
+        "12s",
+        "set",
+        &["no phantom members", "add wins", "convergence"],
     );
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{all}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    for property in ["no phantom members", "add wins", "convergence"] {
-        let n = checked(&stdout, "set", property);
-        assert!(
-            n.is_some_and(|n| n > 0),
-            "nothing judged for {property}:\n{all}"
-        );
-    }
 }
 
 /// A siblings keyspace under partitions: writes with and without contexts; after healing no
 /// acknowledged write is lost that no later update superseded, and one value per writer.
 #[test]
 fn a_siblings_run_under_partitions_passes() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out = verify(
+    a_run_passes(
+        "siblings",
+        "partition",
+        "12s",
+        "siblings",
         &[
-            "--keyspace-mode",
-            "siblings",
-            "--duration",
-            "12s",
-            "--faults",
-            "partition",
-            "--seed",
-            "5",
-            "--dir",
-            dir.path().join("cluster").to_str().expect("utf-8"),
+            "no phantom values",
+            "no acknowledged write lost",
+            "siblings bounded by writers",
+            "convergence",
         ],
-        Duration::from_secs(180),
     );
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{all}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    for property in [
-        "no phantom values",
-        "no acknowledged write lost",
-        "siblings bounded by writers",
-        "convergence",
-    ] {
-        let n = checked(&stdout, "siblings", property);
-        assert!(
-            n.is_some_and(|n| n > 0),
-            "nothing judged for {property}:\n{all}"
-        );
-    }
 }
 
 #[cfg(feature = "bug-injection")]
