@@ -12,10 +12,14 @@
 //!   unknown amounts) while there are at most [`SUMS_MAX`] distinct sums; past that, the range
 //!   they span.
 //! - **convergence** — after healing, every node's final read of a key is the same.
+//! - **read your writes** — a read at `read_your_writes` or `session` counts every add its
+//!   session had acknowledged before the read began: the range above, with those adds' amounts
+//!   mandatory (at least the sum of the others' negative amounts plus the session's own sum, at
+//!   most the sum of the others' positive amounts plus it).
 //!
 //! Adds that certainly failed (`ok: false`) count nowhere.
 
-use crate::history::{OpKind, Operation};
+use crate::history::{LevelKind, OpKind, Operation};
 use crate::report::{Report, Row, Verdict};
 use crate::Limits;
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +28,7 @@ pub const LEVEL: &str = "counter";
 pub const WITHIN_RANGE: &str = "within the possible range";
 pub const EXACT: &str = "no update lost or doubled";
 pub const CONVERGENCE: &str = "convergence";
+pub const READ_YOUR_WRITES: &str = "read your writes";
 
 /// Distinct subset sums of unknown amounts kept before the check falls back to their range
 /// (small amounts keep the set small: it never outgrows the range's width).
@@ -51,6 +56,7 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
     let mut range = Row::new(LEVEL, WITHIN_RANGE);
     let mut exact = Row::new(LEVEL, EXACT);
     let mut converged = Row::new(LEVEL, CONVERGENCE);
+    let mut ryw = Row::new(LEVEL, READ_YOUR_WRITES);
     for ids in by_key.values() {
         // The adds that may have happened, by start time, with running sums of their negative
         // and positive amounts: a read's range is a binary search.
@@ -67,6 +73,24 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
             let a = i128::from(a);
             low.push(low[low.len() - 1] + a.min(0));
             high.push(high[high.len() - 1] + a.max(0));
+        }
+        // Per session, its acknowledged adds by completion time, with running sums of their
+        // positive and negative amounts.
+        let mut own: BTreeMap<&str, Vec<(u64, i128, i128)>> = BTreeMap::new();
+        let mut acked_adds: Vec<&Operation> = ids
+            .iter()
+            .map(|&i| &ops[i])
+            .filter(|o| o.op == OpKind::Add && o.is_acked() && o.session.is_some())
+            .collect();
+        acked_adds.sort_by_key(|o| o.complete_ns);
+        for o in acked_adds {
+            let (Some(session), Some(a)) = (o.session.as_deref(), amount(o)) else {
+                continue;
+            };
+            let list = own.entry(session).or_insert_with(|| vec![(0, 0, 0)]);
+            let &(_, pos, neg) = list.last().unwrap_or(&(0, 0, 0));
+            let a = i128::from(a);
+            list.push((o.complete_ns, pos + a.max(0), neg + a.min(0)));
         }
         for &r in ids {
             let op = &ops[r];
@@ -86,6 +110,32 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
                 },
             };
             range.record(verdict, ops, limits);
+            let session_read = matches!(
+                LevelKind::parse(&op.level),
+                LevelKind::ReadYourWrites | LevelKind::Session
+            );
+            if let (true, Some(session)) = (session_read, op.session.as_deref()) {
+                // The session's adds completed before the read began are among those begun
+                // before it ended: counted for sure, their amounts move both ends.
+                let (pos, neg) = own.get(session).map_or((0, 0), |list| {
+                    let k = list[1..].partition_point(|(t, _, _)| *t < op.invoke_ns);
+                    (list[k].1, list[k].2)
+                });
+                let (lo, hi) = (low[n] + pos, high[n] + neg);
+                let verdict = match read_value(op) {
+                    Some(v) if (lo..=hi).contains(&v) => Verdict::Pass,
+                    got => Verdict::Violation {
+                        message: format!(
+                            "{} read of counter {:?} on {} returned {:?}, which leaves out an \
+                             add its session made before the read began (possible with them: \
+                             {lo} to {hi})",
+                            op.level, op.key, op.node, got
+                        ),
+                        ops: vec![r],
+                    },
+                };
+                ryw.record(verdict, ops, limits);
+            }
         }
         let Some(heal) = heal_ns else {
             exact.record(Verdict::Unknown, ops, limits);
@@ -136,7 +186,7 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
         );
     }
     Report {
-        rows: vec![range, exact, converged],
+        rows: vec![range, exact, converged, ryw],
     }
 }
 
@@ -200,6 +250,50 @@ mod tests {
 
     fn row<'a>(r: &'a Report, p: &str) -> &'a Row {
         r.row(LEVEL, p).expect("row")
+    }
+
+    #[test]
+    fn a_session_read_leaving_out_its_own_add_is_caught() {
+        let own = |o: Operation| Operation {
+            session: Some("s1".into()),
+            ..o
+        };
+        let session_read = |v: &str, t: (u64, u64), level: &str| Operation {
+            level: level.into(),
+            ..own(read(Some(v), t, "n2"))
+        };
+        let base = vec![
+            own(add("5", (0, 10), Some(true))),
+            add("-2", (0, 10), Some(true)),
+            own(add("-1", (20, 30), Some(true))),
+        ];
+        let with = |r: Operation| {
+            let mut ops = base.clone();
+            ops.push(r);
+            check(&ops, None, &Limits::default())
+        };
+        // Its own +5 and -1 counted; the other session's -2 may or may not be.
+        for v in ["4", "2"] {
+            let r = with(session_read(v, (40, 50), "session"));
+            assert!(!r.has_violations(), "{v}: {}", r.table());
+            assert_eq!(row(&r, READ_YOUR_WRITES).checked, 1);
+        }
+        // 0 is a possible count (eventual), not with the session's own adds.
+        for level in ["read_your_writes", "session"] {
+            let r = with(session_read("0", (40, 50), level));
+            assert_eq!(
+                row(&r, READ_YOUR_WRITES).violations_total,
+                1,
+                "{}",
+                r.table()
+            );
+            assert_eq!(row(&r, WITHIN_RANGE).violations_total, 0);
+        }
+        let r = with(session_read("0", (40, 50), "eventual"));
+        assert_eq!(row(&r, READ_YOUR_WRITES).checked, 0);
+        // A read begun before its -1 completed may leave it out.
+        let r = with(session_read("5", (25, 50), "session"));
+        assert!(!r.has_violations(), "{}", r.table());
     }
 
     #[test]

@@ -10,8 +10,13 @@
 //!   member some acknowledged add's dot of which lives on (see [`fates`]) must be present, and
 //!   a member present must have an add whose dot may live on (or whose outcome is unknown).
 //! - **convergence** — after healing, every node's final read of a key is the same.
+//! - **read your writes** — a read at `read_your_writes` or `session` reflects its session's
+//!   latest update of each member acknowledged before the read began: an add's member is
+//!   present unless a remove begun before the read ended dropped its dot or one that replaced
+//!   it (or may have: a remove or add of unknown outcome); a remove's member is absent when
+//!   every add of it in the history was acknowledged and dropped by that remove.
 
-use crate::history::{OpKind, Operation};
+use crate::history::{LevelKind, OpKind, Operation};
 use crate::report::{Report, Row, Verdict};
 use crate::Limits;
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,6 +25,7 @@ pub const LEVEL: &str = "set";
 pub const NO_PHANTOM: &str = "no phantom members";
 pub const ADD_WINS: &str = "add wins";
 pub const CONVERGENCE: &str = "convergence";
+pub const READ_YOUR_WRITES: &str = "read your writes";
 
 /// A set read's members (`None`: not a JSON array of strings, itself a violation).
 fn members(op: &Operation) -> Option<BTreeSet<String>> {
@@ -114,6 +120,128 @@ fn fates<'a>(ops: &'a [Operation], ids: &[usize]) -> (BTreeMap<&'a str, usize>, 
     (must, may)
 }
 
+/// What the read-your-writes judgement needs of one key's updates.
+struct Updates<'a> {
+    /// Acknowledged adds: dot → the dots of later adds of its member that replaced it.
+    replacers: BTreeMap<&'a str, Vec<&'a str>>,
+}
+
+impl<'a> Updates<'a> {
+    fn of(ops: &'a [Operation], ids: &[usize]) -> Updates<'a> {
+        let mut replacers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for &i in ids {
+            let o = &ops[i];
+            if let (OpKind::Sadd, true, Some((new, replaced))) = (o.op, o.is_acked(), issued(o)) {
+                for d in replaced {
+                    replacers.entry(d).or_default().push(new);
+                }
+            }
+        }
+        Updates { replacers }
+    }
+
+    /// `d` and every dot that replaced it, directly or through others: the dots that carry
+    /// its add on.
+    fn carried(&self, d: &'a str) -> BTreeSet<&'a str> {
+        let mut out = BTreeSet::new();
+        let mut todo = vec![d];
+        while let Some(d) = todo.pop() {
+            if out.insert(d) {
+                todo.extend(self.replacers.get(d).into_iter().flatten().copied());
+            }
+        }
+        out
+    }
+}
+
+/// Judges session read `r` of a key (its ops `ids`) against its session's own latest update
+/// of each member that completed before the read began (see the module's read your writes).
+fn judge_own_updates<'a>(
+    ops: &'a [Operation],
+    ids: &[usize],
+    updates: &Updates<'a>,
+    r: usize,
+) -> Verdict {
+    let read = &ops[r];
+    let (Some(session), Some(have)) = (read.session.as_deref(), members(read)) else {
+        return Verdict::Unknown;
+    };
+    let mut latest: BTreeMap<&str, usize> = BTreeMap::new();
+    for &i in ids {
+        let o = &ops[i];
+        if matches!(o.op, OpKind::Sadd | OpKind::Srem)
+            && o.session.as_deref() == Some(session)
+            && o.is_acked()
+            && o.complete_ns < read.invoke_ns
+        {
+            let m = o.value.as_deref().unwrap_or_default();
+            let e = latest.entry(m).or_insert(i);
+            if ops[*e].complete_ns <= o.complete_ns {
+                *e = i;
+            }
+        }
+    }
+    // Updates of member `m` that may have happened before the read ended.
+    let before = |kind: OpKind, m: &'a str| {
+        ids.iter().map(|&i| &ops[i]).filter(move |o| {
+            o.op == kind
+                && o.ok != Some(false)
+                && o.invoke_ns < read.complete_ns
+                && o.value.as_deref() == Some(m)
+        })
+    };
+    for (m, i) in latest {
+        let o = &ops[i];
+        match (o.op, have.contains(m)) {
+            (OpKind::Sadd, false) => {
+                let Some((d, _)) = issued(o) else {
+                    continue;
+                };
+                // Dropped only by a remove that dropped a dot carrying it on, or one whose
+                // dots are unknown (an unknown outcome, or after an add of unknown outcome
+                // that may have replaced them).
+                let carried = updates.carried(d);
+                let unknown_add = before(OpKind::Sadd, m).any(|a| a.ok.is_none());
+                let removable = before(OpKind::Srem, m).any(|rm| {
+                    rm.ok.is_none() || unknown_add || dots(rm).any(|x| carried.contains(x))
+                });
+                if !removable {
+                    return Verdict::Violation {
+                        message: format!(
+                            "{} read of set {:?} on {} lacks {m:?}, which its session added \
+                             before the read began (dot {d}; no remove that could have dropped \
+                             it had begun)",
+                            read.level, read.key, read.node
+                        ),
+                        ops: vec![i, r],
+                    };
+                }
+            }
+            (OpKind::Srem, true) => {
+                let dropped: BTreeSet<&str> = dots(o).collect();
+                let every_add_dropped = ids
+                    .iter()
+                    .map(|&a| &ops[a])
+                    .filter(|a| a.op == OpKind::Sadd && a.ok != Some(false))
+                    .filter(|a| a.value.as_deref() == Some(m))
+                    .all(|a| a.is_acked() && issued(a).is_some_and(|(d, _)| dropped.contains(d)));
+                if every_add_dropped {
+                    return Verdict::Violation {
+                        message: format!(
+                            "{} read of set {:?} on {} holds {m:?}, which its session removed \
+                             before the read began, dropping every add of it",
+                            read.level, read.key, read.node
+                        ),
+                        ops: vec![i, r],
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+    Verdict::Pass
+}
+
 /// The `dots` of a set update's history record, from what its answer reported (`dots`,
 /// `removed_dots`): an add's issued dot first, then those it replaced; a remove's dropped dots.
 pub fn history_dots(kind: OpKind, issued: &[String], removed: &[String]) -> Option<Vec<String>> {
@@ -140,6 +268,7 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
     let mut phantom = Row::new(LEVEL, NO_PHANTOM);
     let mut wins = Row::new(LEVEL, ADD_WINS);
     let mut converged = Row::new(LEVEL, CONVERGENCE);
+    let mut ryw = Row::new(LEVEL, READ_YOUR_WRITES);
     for ids in by_key.values() {
         let of = |kind: OpKind| {
             ids.iter()
@@ -153,6 +282,7 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
             let t = first_add.entry(m).or_insert(o.invoke_ns);
             *t = (*t).min(o.invoke_ns);
         }
+        let updates = Updates::of(ops, ids);
         for &r in ids {
             let op = &ops[r];
             if !op.is_read() || !op.is_acked() {
@@ -183,6 +313,13 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
                 },
             };
             phantom.record(verdict, ops, limits);
+            if matches!(
+                LevelKind::parse(&op.level),
+                LevelKind::ReadYourWrites | LevelKind::Session
+            ) && op.session.is_some()
+            {
+                ryw.record(judge_own_updates(ops, ids, &updates, r), ops, limits);
+            }
         }
         let Some(heal) = heal_ns else {
             wins.record(Verdict::Unknown, ops, limits);
@@ -242,7 +379,7 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
         );
     }
     Report {
-        rows: vec![phantom, wins, converged],
+        rows: vec![phantom, wins, converged, ryw],
     }
 }
 
@@ -329,6 +466,60 @@ mod tests {
             read(r#"["x","z"]"#, (100, 110), "n2"),
         ]);
         assert_eq!(row(&r, CONVERGENCE).violations_total, 1, "{}", r.table());
+    }
+
+    #[test]
+    fn a_session_read_missing_its_own_add_or_showing_its_own_remove_is_caught() {
+        let own = |o: Operation| Operation {
+            session: Some("s1".into()),
+            ..o
+        };
+        let session_read = |members: &str, t: (u64, u64), level: &str| Operation {
+            level: level.into(),
+            ..own(read(members, t, "n2"))
+        };
+        let base = vec![
+            own(update(OpKind::Sadd, "x", &["1.1"], (0, 10), Some(true))),
+            own(update(OpKind::Sadd, "y", &["1.2"], (0, 10), Some(true))),
+            own(update(OpKind::Srem, "y", &["1.2"], (20, 30), Some(true))),
+        ];
+        let with = |r: Operation| {
+            let mut ops = base.clone();
+            ops.push(r);
+            check(&ops, None, &Limits::default())
+        };
+        let r = with(session_read(r#"["x"]"#, (40, 50), "session"));
+        assert!(!r.has_violations(), "{}", r.table());
+        assert_eq!(row(&r, READ_YOUR_WRITES).checked, 1);
+        // Its own add missing; its own remove (of y's only add) undone.
+        for (members, level) in [("[]", "read_your_writes"), (r#"["x","y"]"#, "session")] {
+            let r = with(session_read(members, (40, 50), level));
+            assert_eq!(
+                row(&r, READ_YOUR_WRITES).violations_total,
+                1,
+                "{}",
+                r.table()
+            );
+        }
+        // Not judged: eventual reads, reads of other sessions, reads begun before the remove
+        // ended.
+        let r = with(session_read("[]", (40, 50), "eventual"));
+        assert_eq!(row(&r, READ_YOUR_WRITES).checked, 0);
+        let r = with(Operation {
+            session: Some("s2".into()),
+            ..session_read("[]", (40, 50), "session")
+        });
+        assert!(!r.has_violations(), "{}", r.table());
+        let r = with(session_read(r#"["x","y"]"#, (25, 50), "session"));
+        assert!(!r.has_violations(), "{}", r.table());
+        // A remove by anyone that may have run explains a missing add; an add the remove
+        // never saw explains a member back.
+        let mut ops = base.clone();
+        ops.push(update(OpKind::Srem, "x", &[], (30, 60), None));
+        ops.push(update(OpKind::Sadd, "y", &["2.1"], (30, 35), Some(true)));
+        ops.push(session_read(r#"["y"]"#, (40, 50), "session"));
+        let r = check(&ops, None, &Limits::default());
+        assert!(!r.has_violations(), "{}", r.table());
     }
 
     #[test]

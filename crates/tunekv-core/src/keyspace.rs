@@ -245,20 +245,6 @@ impl KeyspaceSpec {
                 format!("default_level: {}", e.message),
             )
         })?;
-        // Session guarantees on conflict-free keyspaces are refused at read time until tokens
-        // carry which updates a session made: a default that every read would refuse is
-        // refused here.
-        if matches!(
-            self.conflict.as_deref(),
-            Some("counter" | "set" | "map" | "siblings")
-        ) && level.promise() == crate::level::Promise::Session
-        {
-            return invalid(format!(
-                "default_level: {level} is not served on {} keyspaces yet (session guarantees \
-                 need tokens that carry which updates a session made); use eventual",
-                self.conflict.as_deref().unwrap_or("?")
-            ));
-        }
         Ok(())
     }
 
@@ -384,14 +370,16 @@ mod tests {
                 default_level: Some("weak".into()),
                 ..spec.clone()
             },
-            KeyspaceSpec {
-                conflict: Some("counter".into()),
-                default_level: Some("read_your_writes".into()),
-                ..leaderless.clone()
-            },
         ] {
             assert_eq!(code(bad.clone()), Err(Code::KeyspaceInvalid), "{bad:?}");
         }
+        // Conflict-free keyspaces serve the session levels too (tokens carry dot clocks).
+        let counter_session = KeyspaceSpec {
+            conflict: Some("counter".into()),
+            default_level: Some("read_your_writes".into()),
+            ..leaderless.clone()
+        };
+        assert_eq!(code(counter_session), Ok(()));
         let volatile = KeyspaceSpec {
             mode: Mode::Volatile,
             ..spec

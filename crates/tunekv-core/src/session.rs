@@ -7,7 +7,10 @@
 //! older incarnation of a keyspace. For leaderless keyspaces (format 2) it lists, per keyspace,
 //! the highest HLC stamp the session has seen there and the version of each key it wrote or read
 //! most recently, at most [`LEADERLESS_KEYS_MAX`] keys per keyspace (see
-//! [`LeaderlessMark`]). docs/formats.md documents the layout.
+//! [`LeaderlessMark`]); format 3 adds, for keys of conflict-free keyspaces (whose states are
+//! joins of dots, not one version), the highest dot counter per replica the session made or
+//! read, at most [`LEADERLESS_CLOCKS_MAX`] keys of [`CLOCK_NODES_MAX`] replicas each.
+//! docs/formats.md documents the layout.
 
 use crate::code::{Code, TunekvError};
 use crate::ids::{GroupId, LogIndex};
@@ -16,29 +19,44 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::collections::BTreeMap;
 
-/// The token layout this build writes. It reads this one and format 1 (no leaderless marks).
-pub const TOKEN_FORMAT: u8 = 2;
+/// The token layout this build writes. It reads this one, format 2 (no dot clocks) and format 1
+/// (no leaderless marks).
+pub const TOKEN_FORMAT: u8 = 3;
 const TOKEN_FORMAT_V1: u8 = 1;
+const TOKEN_FORMAT_V2: u8 = 2;
 /// Keys a session tracks exactly per leaderless keyspace; older ones are forgotten and the
 /// keyspace's reads of untracked keys then ask every replica (see [`LeaderlessMark`]).
 pub const LEADERLESS_KEYS_MAX: usize = 64;
 /// Leaderless keyspaces one token tracks.
 pub const LEADERLESS_KEYSPACES_MAX: usize = 8;
+/// Keys of conflict-free keyspaces a session tracks by dot clock per keyspace; older ones are
+/// forgotten as [`LEADERLESS_KEYS_MAX`]'s are.
+pub const LEADERLESS_CLOCKS_MAX: usize = 16;
+/// Replicas one key's dot clock names; a key whose dots came from more is forgotten.
+pub const CLOCK_NODES_MAX: usize = 8;
 /// The cluster topology tokens are issued for. Membership and sharding are static today; a
 /// change that renumbers positions bumps it, and older tokens are refused as foreign.
 pub const TOPOLOGY: u32 = 1;
 /// Longest token text accepted (one `tunekv-session` value), and most groups in one token.
-pub const TOKEN_CHARS_MAX: usize = 96 * 1024;
+pub const TOKEN_CHARS_MAX: usize = 144 * 1024;
 pub const TOKEN_GROUPS_MAX: usize = 1024;
 /// The longest body `encode` can write: format, topology, count, then per group three
 /// varints of at most 10 bytes each; then per leaderless keyspace its id, stamp, flag and
-/// count, and per key three varints.
+/// count, per key three varints, a count of clocks, and per clock its key hash, stamp, count and
+/// two varints per replica.
 const TOKEN_BODY_BYTES_MAX: usize = 1
     + 5
     + 5
     + TOKEN_GROUPS_MAX * 30
     + 5
-    + LEADERLESS_KEYSPACES_MAX * (10 + 10 + 1 + 5 + LEADERLESS_KEYS_MAX * 30);
+    + LEADERLESS_KEYSPACES_MAX
+        * (10
+            + 10
+            + 1
+            + 5
+            + LEADERLESS_KEYS_MAX * 30
+            + 5
+            + LEADERLESS_CLOCKS_MAX * (10 + 10 + 5 + CLOCK_NODES_MAX * 20));
 // Every token `encode` writes for an admitted session is one `decode` accepts.
 const _: () = assert!(2 * (TOKEN_BODY_BYTES_MAX + MAC_BYTES) <= TOKEN_CHARS_MAX);
 /// Most tokens one request may carry to be merged.
@@ -66,11 +84,19 @@ pub struct Mark {
 /// `forgot` is set: reads of a key with no mark then ask every replica of the key and need all
 /// of them to answer (a write acknowledged on any replica is seen; one acknowledged only
 /// through a hint may not be, so hinted writes are dropped last).
+///
+/// On conflict-free keyspaces (counters, sets, maps, siblings) a key's state is a join of
+/// dots, so the session keeps, per key, a **dot clock**: for each replica that issued dots of
+/// the key, the highest counter the session made or read there. A replica's state meets it
+/// when its causal context covers every dot up to those counters (a replica's own dots are
+/// contiguous, so the replica that issued a dot always meets that entry).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LeaderlessMark {
     pub hlc_seen: u64,
     /// key hash → (hlc, node, whether it was a write acknowledged only sloppily).
     keys: BTreeMap<u64, (u64, u64, bool)>,
+    /// key hash → (stamp of the last operation that raised it, replica → counter).
+    clocks: BTreeMap<u64, (u64, BTreeMap<u64, u64>)>,
     pub forgot: bool,
 }
 
@@ -78,6 +104,23 @@ impl LeaderlessMark {
     /// The version the session requires of a key: `Some` when tracked.
     pub fn required(&self, key_hash: u64) -> Option<(u64, u64)> {
         self.keys.get(&key_hash).map(|&(h, n, _)| (h, n))
+    }
+
+    /// The dot clock the session requires of a key of a conflict-free keyspace: `Some` when
+    /// tracked.
+    pub fn clock(&self, key_hash: u64) -> Option<&BTreeMap<u64, u64>> {
+        self.clocks.get(&key_hash).map(|(_, c)| c)
+    }
+
+    fn note_dots(&mut self, key_hash: u64, stamp: u64, dots: impl IntoIterator<Item = (u64, u64)>) {
+        self.hlc_seen = self.hlc_seen.max(stamp);
+        let e = self.clocks.entry(key_hash).or_default();
+        e.0 = e.0.max(stamp);
+        for (node, counter) in dots {
+            let c = e.1.entry(node).or_insert(0);
+            *c = (*c).max(counter);
+        }
+        self.trim_clocks();
     }
 
     fn note(&mut self, key_hash: u64, version: (u64, u64), sloppy: bool) {
@@ -99,6 +142,36 @@ impl LeaderlessMark {
             }
         }
         self.trim();
+        for (&k, (stamp, clock)) in &other.clocks {
+            let e = self.clocks.entry(k).or_default();
+            e.0 = e.0.max(*stamp);
+            for (&node, &counter) in clock {
+                let c = e.1.entry(node).or_insert(0);
+                *c = (*c).max(counter);
+            }
+        }
+        self.trim_clocks();
+    }
+
+    /// Drops clocks naming more than [`CLOCK_NODES_MAX`] replicas, then the oldest beyond
+    /// [`LEADERLESS_CLOCKS_MAX`]; either way the keyspace says it forgot (reads of untracked
+    /// keys then ask every replica).
+    fn trim_clocks(&mut self) {
+        let before = self.clocks.len();
+        self.clocks.retain(|_, (_, c)| c.len() <= CLOCK_NODES_MAX);
+        while self.clocks.len() > LEADERLESS_CLOCKS_MAX {
+            let victim = self
+                .clocks
+                .iter()
+                .min_by_key(|(k, (stamp, _))| (*stamp, **k))
+                .map(|(k, _)| *k);
+            if let Some(k) = victim {
+                self.clocks.remove(&k);
+            }
+        }
+        if self.clocks.len() < before {
+            self.forgot = true;
+        }
     }
 
     /// Drops the oldest marks beyond the limit, strictly acknowledged ones first.
@@ -168,6 +241,22 @@ impl Session {
             .note(key_hash, version, sloppy);
     }
 
+    /// Records that the session made or read `dots` (replica, counter) of key `key_hash` on
+    /// conflict-free leaderless keyspace `ks`, at HLC stamp `stamp`: later reads at session
+    /// levels need a state covering them.
+    pub fn saw_dots(
+        &mut self,
+        ks: u64,
+        key_hash: u64,
+        stamp: u64,
+        dots: impl IntoIterator<Item = (u64, u64)>,
+    ) {
+        self.leaderless
+            .entry(ks)
+            .or_default()
+            .note_dots(key_hash, stamp, dots);
+    }
+
     /// The session's mark on `group`; zero where it has done nothing.
     pub fn mark(&self, group: GroupId) -> Mark {
         self.marks.get(&group).copied().unwrap_or_default()
@@ -233,12 +322,30 @@ struct Body {
     topology: u32,
     /// (group, written, read), strictly increasing by group.
     marks: Vec<(u64, u64, u64)>,
-    /// (keyspace id, hlc_seen, forgot, keys: (key hash, hlc, node, sloppy) by key hash),
-    /// strictly increasing by keyspace id.
+    /// (keyspace id, hlc_seen, forgot, keys: (key hash, hlc, node, sloppy) by key hash,
+    /// clocks: (key hash, stamp, (replica, counter) by replica) by key hash), strictly
+    /// increasing by keyspace id.
     leaderless: Vec<LeaderlessBody>,
 }
 
-type LeaderlessBody = (u64, u64, bool, Vec<(u64, u64, u64, bool)>);
+type LeaderlessBody = (
+    u64,
+    u64,
+    bool,
+    Vec<(u64, u64, u64, bool)>,
+    Vec<(u64, u64, Vec<(u64, u64)>)>,
+);
+
+/// Format 2: leaderless marks without dot clocks.
+#[derive(Serialize, Deserialize)]
+struct BodyV2 {
+    format: u8,
+    topology: u32,
+    marks: Vec<(u64, u64, u64)>,
+    leaderless: Vec<LeaderlessBodyV2>,
+}
+
+type LeaderlessBodyV2 = (u64, u64, bool, Vec<(u64, u64, u64, bool)>);
 
 /// Format 1: no leaderless marks.
 #[derive(Serialize, Deserialize)]
@@ -339,7 +446,14 @@ impl SessionKey {
                         .iter()
                         .map(|(k, &(h, n, sloppy))| (*k, h, n, sloppy))
                         .collect();
-                    (*ks, m.hlc_seen, m.forgot, keys)
+                    let clocks = m
+                        .clocks
+                        .iter()
+                        .map(|(k, (stamp, c))| {
+                            (*k, *stamp, c.iter().map(|(n, c)| (*n, *c)).collect())
+                        })
+                        .collect();
+                    (*ks, m.hlc_seen, m.forgot, keys, clocks)
                 })
                 .collect(),
         };
@@ -372,6 +486,19 @@ impl SessionKey {
                     topology: b.topology,
                     marks: b.marks,
                     leaderless: Vec::new(),
+                },
+                _ => return Err(invalid("undecodable body")),
+            },
+            Some(&TOKEN_FORMAT_V2) => match postcard::take_from_bytes::<BodyV2>(body) {
+                Ok((b, [])) => Body {
+                    format: TOKEN_FORMAT,
+                    topology: b.topology,
+                    marks: b.marks,
+                    leaderless: b
+                        .leaderless
+                        .into_iter()
+                        .map(|(ks, h, f, keys)| (ks, h, f, keys, Vec::new()))
+                        .collect(),
                 },
                 _ => return Err(invalid("undecodable body")),
             },
@@ -417,7 +544,7 @@ impl SessionKey {
         }
         let mut leaderless = BTreeMap::new();
         let mut last = None;
-        for (ks, hlc_seen, forgot, keys) in body.leaderless {
+        for (ks, hlc_seen, forgot, keys, clocks) in body.leaderless {
             if last.is_some_and(|l| l >= ks) {
                 return Err(invalid("leaderless keyspaces out of order"));
             }
@@ -427,9 +554,15 @@ impl SessionKey {
                     "more than {LEADERLESS_KEYS_MAX} keys of one leaderless keyspace"
                 )));
             }
+            if clocks.len() > LEADERLESS_CLOCKS_MAX {
+                return Err(invalid(format!(
+                    "more than {LEADERLESS_CLOCKS_MAX} dot clocks of one leaderless keyspace"
+                )));
+            }
             let mut m = LeaderlessMark {
                 hlc_seen,
                 keys: BTreeMap::new(),
+                clocks: BTreeMap::new(),
                 forgot,
             };
             let mut last_key = None;
@@ -439,6 +572,26 @@ impl SessionKey {
                 }
                 last_key = Some(k);
                 m.keys.insert(k, (h, n, sloppy));
+            }
+            let mut last_key = None;
+            for (k, stamp, entries) in clocks {
+                if last_key.is_some_and(|l| l >= k) {
+                    return Err(invalid("dot clocks out of order"));
+                }
+                last_key = Some(k);
+                if entries.len() > CLOCK_NODES_MAX {
+                    return Err(invalid(format!(
+                        "a dot clock of more than {CLOCK_NODES_MAX} replicas"
+                    )));
+                }
+                let mut clock = BTreeMap::new();
+                for (node, counter) in entries {
+                    if clock.last_key_value().is_some_and(|(&l, _)| l >= node) {
+                        return Err(invalid("dot clock replicas out of order"));
+                    }
+                    clock.insert(node, counter);
+                }
+                m.clocks.insert(k, (stamp, clock));
             }
             leaderless.insert(ks, m);
         }
@@ -658,13 +811,42 @@ mod tests {
                 (0..=LEADERLESS_KEYS_MAX as u64)
                     .map(|k| (k, 1, 1, false))
                     .collect(),
+                vec![],
             )],
         };
         let unordered_keys = Body {
             format: TOKEN_FORMAT,
             topology: TOPOLOGY,
             marks: vec![],
-            leaderless: vec![(1, 5, false, vec![(2, 1, 1, false), (1, 1, 1, false)])],
+            leaderless: vec![(
+                1,
+                5,
+                false,
+                vec![(2, 1, 1, false), (1, 1, 1, false)],
+                vec![],
+            )],
+        };
+        let clock = |k: u64, entries: Vec<(u64, u64)>| Body {
+            format: TOKEN_FORMAT,
+            topology: TOPOLOGY,
+            marks: vec![],
+            leaderless: vec![(1, 5, false, vec![], vec![(k, 1, entries)])],
+        };
+        let wide_clock = clock(1, (0..=CLOCK_NODES_MAX as u64).map(|n| (n, 1)).collect());
+        let unordered_replicas = clock(1, vec![(2, 1), (1, 1)]);
+        let too_many_clocks = Body {
+            format: TOKEN_FORMAT,
+            topology: TOPOLOGY,
+            marks: vec![],
+            leaderless: vec![(
+                1,
+                5,
+                false,
+                vec![],
+                (0..=LEADERLESS_CLOCKS_MAX as u64)
+                    .map(|k| (k, 1, vec![(1, 1)]))
+                    .collect(),
+            )],
         };
         for body in [
             wrong_format,
@@ -672,6 +854,9 @@ mod tests {
             unordered,
             too_many_keys,
             unordered_keys,
+            wide_clock,
+            unordered_replicas,
+            too_many_clocks,
         ] {
             assert_eq!(
                 k.decode(&sign(&body)).unwrap_err().code,
@@ -733,6 +918,83 @@ mod tests {
         assert_eq!(s.leaderless(7).required(key_hash(b"hinted")), Some((5, 3)));
         assert_eq!(s.leaderless(8).required(key_hash(b"x")), Some((1, 1)));
         assert!(s.admit_leaderless(9).is_ok());
+    }
+
+    #[test]
+    fn format_2_tokens_still_decode() {
+        let k = key();
+        let v2 = BodyV2 {
+            format: 2,
+            topology: TOPOLOGY,
+            marks: vec![],
+            leaderless: vec![(4, 9, true, vec![(11, 9, 2, false)])],
+        };
+        let mut bytes = postcard::to_stdvec(&v2).unwrap();
+        let tag = k.tag(&bytes).finalize().into_bytes();
+        bytes.extend_from_slice(&tag);
+        let s = k.decode(&hex_encode(&bytes)).unwrap();
+        let m = s.leaderless(4);
+        assert_eq!(m.required(11), Some((9, 2)));
+        assert!(m.forgot);
+        assert_eq!(m.clock(11), None);
+    }
+
+    #[test]
+    fn dot_clocks_round_trip_merge_and_stay_bounded() {
+        let k = key();
+        let mut s = Session::new();
+        s.saw_dots(3, 42, 100, [(1, 4), (2, 1)]);
+        s.saw_dots(3, 42, 90, [(1, 2), (3, 7)]);
+        let want: BTreeMap<u64, u64> = [(1, 4), (2, 1), (3, 7)].into_iter().collect();
+        assert_eq!(
+            s.leaderless(3).clock(42),
+            Some(&want),
+            "per replica, the highest"
+        );
+        assert_eq!(s.leaderless(3).hlc_seen, 100);
+        assert!(!s.leaderless(3).forgot);
+        assert_eq!(k.decode(&k.encode(&s)).unwrap(), s);
+        // Merging takes the higher counter per replica; two tokens' clocks of other keys join.
+        let mut other = Session::new();
+        other.saw_dots(3, 42, 120, [(2, 5)]);
+        other.saw_dots(3, 43, 120, [(1, 1)]);
+        s.merge(&other);
+        assert_eq!(s.leaderless(3).clock(42).unwrap()[&2], 5);
+        assert_eq!(s.leaderless(3).clock(43).unwrap()[&1], 1);
+        // A key whose dots came from too many replicas is forgotten, and the keyspace says so.
+        s.saw_dots(3, 44, 130, (0..=CLOCK_NODES_MAX as u64).map(|n| (n, 1)));
+        assert_eq!(s.leaderless(3).clock(44), None);
+        assert!(s.leaderless(3).forgot);
+        // The oldest clocks go past the limit.
+        for i in 0..LEADERLESS_CLOCKS_MAX as u64 {
+            s.saw_dots(3, 1000 + i, 200 + i, [(1, 1)]);
+        }
+        assert_eq!(s.leaderless(3).clock(42), None, "the oldest went");
+        assert!(s.leaderless(3).clock(1000).is_some());
+        assert_eq!(k.decode(&k.encode(&s)).unwrap(), s);
+    }
+
+    #[test]
+    fn the_largest_token_decodes() {
+        let k = key();
+        let mut s = Session::new();
+        for g in 0..TOKEN_GROUPS_MAX as u64 {
+            s.wrote(GroupId(u64::MAX - g), LogIndex(u64::MAX));
+            s.read(GroupId(u64::MAX - g), LogIndex(u64::MAX));
+        }
+        for ks in 0..LEADERLESS_KEYSPACES_MAX as u64 {
+            let ks = u64::MAX - ks;
+            for key in 0..LEADERLESS_KEYS_MAX as u64 {
+                s.saw_leaderless(ks, u64::MAX - key, (u64::MAX, u64::MAX), true);
+            }
+            for key in 0..LEADERLESS_CLOCKS_MAX as u64 {
+                let dots = (0..CLOCK_NODES_MAX as u64).map(|n| (u64::MAX - n, u64::MAX));
+                s.saw_dots(ks, u64::MAX - key, u64::MAX, dots);
+            }
+        }
+        let token = k.encode(&s);
+        assert!(token.len() <= TOKEN_CHARS_MAX, "{} chars", token.len());
+        assert_eq!(k.decode(&token).unwrap(), s);
     }
 
     #[test]

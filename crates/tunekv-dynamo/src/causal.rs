@@ -53,6 +53,23 @@ impl Context {
         self.vv.get(&d.node).is_some_and(|c| *c >= d.counter) || self.cloud.contains(d)
     }
 
+    /// Per node, the highest counter of its dots here, cloud included: what a session that
+    /// read this context requires of later reads (see [`Context::covers`]).
+    pub fn maxima(&self) -> BTreeMap<u64, u64> {
+        let mut out = self.vv.clone();
+        for d in &self.cloud {
+            let c = out.entry(d.node).or_insert(0);
+            *c = (*c).max(d.counter);
+        }
+        out
+    }
+
+    /// Whether this context holds every dot of each node up to the clock's counter for it
+    /// (the contiguous part only: a gap before a counter means a dot still missing).
+    pub fn covers(&self, clock: &BTreeMap<u64, u64>) -> bool {
+        clock.iter().all(|(n, c)| self.max_of(*n) >= *c)
+    }
+
     /// The highest counter of `node` in the contiguous part (0: none).
     pub fn max_of(&self, node: u64) -> u64 {
         self.vv.get(&node).copied().unwrap_or(0)

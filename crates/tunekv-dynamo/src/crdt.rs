@@ -54,6 +54,12 @@ impl Siblings {
 
     /// The delta of a write of `value` (or of a delete, `None`) at replica `node`, whose writer
     /// had seen `seen`: it drops the values `seen` covers and, for a write, adds one new dot.
+    /// Adds dot `d` to the context without a value: the mark of a delete (see
+    /// [`crate::ormap::OrMap::mark`]).
+    pub fn mark(&mut self, d: Dot) {
+        self.ctx.insert(d);
+    }
+
     pub fn write(&self, node: u64, seen: &Context, value: Option<Vec<u8>>) -> Siblings {
         let mut ctx = seen.clone();
         let mut values = BTreeMap::new();

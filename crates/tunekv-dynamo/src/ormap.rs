@@ -216,6 +216,12 @@ impl<V: Payload> OrMap<V> {
     }
 
     /// Whether this is a delta (an update's, or deltas joined).
+    /// Adds dot `d` to the context without a member: the mark of an update that issued no
+    /// dot of its own (a remove), which a session that made it can then ask a state for.
+    pub fn mark(&mut self, d: Dot) {
+        self.ctx.insert(d);
+    }
+
     pub fn is_delta(&self) -> bool {
         self.delta
     }

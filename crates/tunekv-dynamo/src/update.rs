@@ -82,6 +82,10 @@ pub struct Made {
     pub removed_dots: Vec<Dot>,
     /// A siblings write: the context it superseded (every value whose dot it covers).
     pub covered: Option<Context>,
+    /// A remove or delete that issued no dot of its own gets one in its delta's context, with
+    /// no member or value: a session that made the update asks later reads for a state
+    /// holding that dot, which only a state that joined this delta (or one after it) does.
+    pub mark: Option<Dot>,
 }
 
 /// Why an update was refused (it changes nothing).
@@ -154,6 +158,7 @@ fn write_members<P: crate::ormap::Payload>(
         dots,
         removed_dots,
         covered: None,
+        mark: None,
     })
 }
 
@@ -181,12 +186,40 @@ pub fn make(
     stamp: u64,
     update: &Update,
 ) -> Result<Option<Made>, UpdateError> {
+    let Some(mut made) = make_delta(held, node, stamp, update)? else {
+        return Ok(None);
+    };
+    let removes =
+        !made.removed_dots.is_empty() || made.covered.as_ref().is_some_and(|c| !c.is_empty());
+    if made.dots.is_empty() && removes {
+        // One past this replica's own dots of the key (they are contiguous in its state).
+        let mark = held
+            .and_then(Stored::context)
+            .map_or(Dot::new(node, 1), |c| c.next_dot(node));
+        match &mut made.delta {
+            Stored::Set(s) => s.mark(mark),
+            Stored::Map(m) => m.mark(mark),
+            Stored::Siblings(s) => s.mark(mark),
+            _ => return Ok(Some(made)),
+        }
+        made.mark = Some(mark);
+    }
+    Ok(Some(made))
+}
+
+fn make_delta(
+    held: Option<&Stored>,
+    node: u64,
+    stamp: u64,
+    update: &Update,
+) -> Result<Option<Made>, UpdateError> {
     let empty_set = OrSet::new();
     let empty_map = OrMap::new();
     let made = |delta: Stored, int: i64, added: u64, removed: u64| Made {
         dots: Vec::new(),
         removed_dots: Vec::new(),
         covered: None,
+        mark: None,
         delta,
         int,
         added,
@@ -370,6 +403,71 @@ mod tests {
             panic!()
         };
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn removes_and_deletes_mark_their_delta_with_a_dot_of_their_own() {
+        let add = Update::Members {
+            add: members(&["x"]),
+            remove: vec![],
+        };
+        let mut here = None;
+        let a = apply(&mut here, 1, &add);
+        assert_eq!(a.mark, None, "an add is known by the dot it issued");
+        // Another replica holds the add but not the remove that follows.
+        let behind = here.clone().unwrap();
+        let rm = apply(
+            &mut here,
+            1,
+            &Update::Members {
+                add: vec![],
+                remove: members(&["x"]),
+            },
+        );
+        let mark = rm.mark.expect("a remove issues a mark");
+        assert_eq!(mark, Dot::new(1, 2), "one past the replica's own dots");
+        let clock: std::collections::BTreeMap<u64, u64> = [(1, 2)].into_iter().collect();
+        assert!(here.as_ref().unwrap().context().unwrap().covers(&clock));
+        assert!(
+            !behind.context().unwrap().covers(&clock),
+            "a state without the remove does not meet the session that made it"
+        );
+        // The mark is in no checker's dots, and the next dot issued comes after it.
+        assert!(!rm.removed_dots.contains(&mark));
+        let again = apply(&mut here, 1, &add);
+        assert_eq!(again.dots, vec![Dot::new(1, 3)]);
+        // A remove of nothing held changes nothing and marks nothing.
+        let none = apply(
+            &mut here,
+            1,
+            &Update::Members {
+                add: vec![],
+                remove: members(&["absent"]),
+            },
+        );
+        assert_eq!(none.mark, None);
+        // A siblings delete with a context marks its delta too; a write has its own dot.
+        let mut sib = None;
+        let w = apply(
+            &mut sib,
+            2,
+            &Update::Write {
+                value: Some(b"v".to_vec()),
+                ctx: Context::new(),
+                max: 8,
+            },
+        );
+        assert_eq!(w.mark, None);
+        let del = apply(
+            &mut sib,
+            2,
+            &Update::Write {
+                value: None,
+                ctx: w.dots.iter().copied().collect(),
+                max: 8,
+            },
+        );
+        assert_eq!(del.mark, Some(Dot::new(2, 2)));
     }
 
     #[test]

@@ -110,6 +110,18 @@ impl Stored {
         }
     }
 
+    /// The causal context of a conflict-free state (every dot it has seen); `None` for a
+    /// plain value or tombstone.
+    pub fn context(&self) -> Option<&crate::causal::Context> {
+        match self {
+            Stored::Counter(c) => Some(c.context()),
+            Stored::Set(s) => Some(s.context()),
+            Stored::Map(m) => Some(m.context()),
+            Stored::Siblings(s) => Some(s.context()),
+            Stored::Value(_) | Stored::Tombstone | Stored::Expiring { .. } => None,
+        }
+    }
+
     /// Bytes of the value (0 for a tombstone).
     pub fn len(&self) -> usize {
         match self {

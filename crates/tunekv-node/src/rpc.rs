@@ -21,7 +21,7 @@ use tunekv_core::{Code, NodeId};
 use tunekv_raft::{CommandResult, Op, TypeConfig};
 
 /// First byte of every frame; bumped on any incompatible change.
-pub const WIRE_VERSION: u8 = 7;
+pub const WIRE_VERSION: u8 = 8;
 /// Largest frame: a whole snapshot travels in one frame for now.
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Frames queued for one connection's writer.
@@ -133,6 +133,8 @@ pub struct Updated {
     pub removed: u64,
     /// A siblings write: the context it superseded.
     pub covered: Option<tunekv_dynamo::causal::Context>,
+    /// A remove or delete: the dot it marked its delta with (see `tunekv_dynamo::update::Made`).
+    pub mark: Option<(u64, u64)>,
     /// The partition of the key (the receipt's shard).
     pub partition: u32,
     /// The command's integer answer, as the replica's state has it: a counter's or field's

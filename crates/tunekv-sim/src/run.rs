@@ -379,9 +379,7 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
                     };
                     let level = ["eventual", "read_your_writes", "monotonic_reads", "session"]
                         [rng.gen_range(0..4)];
-                    // Counter and set keyspaces serve no session levels yet.
-                    let plain = !w.counter && !w.set && !w.siblings;
-                    (if plain { level } else { "eventual" }, Some(quorum))
+                    (level, Some(quorum))
                 } else if kind == OpKind::Read {
                     (w.level(&mut rng), None)
                 } else {

@@ -559,6 +559,26 @@ mod bugs {
         panic!("set-remove-wins went unnoticed for {LEADERLESS_SEEDS_MAX} seeds");
     }
 
+    /// Session levels served like eventual on a set keyspace: a session's read on one side of
+    /// a partition misses the add (or shows the member back after the remove) it made on the
+    /// other.
+    #[test]
+    fn ignore_session_on_sets_is_caught_by_the_set_session_row() {
+        let bugs = tunekv_node::Bugs::parse(&["ignore-session".to_string()]).expect("a known bug");
+        for seed in 0..LEADERLESS_SEEDS_MAX {
+            let out = run(isolated_sets(seed), &bugs);
+            if let Some(v) = out
+                .violations
+                .iter()
+                .find(|v| v.starts_with("[set / read your writes]"))
+            {
+                eprintln!("ignore-session on sets: caught by seed {seed}: {v}");
+                return;
+            }
+        }
+        panic!("ignore-session on sets went unnoticed for {LEADERLESS_SEEDS_MAX} seeds");
+    }
+
     /// Siblings merged ignoring their contexts: superseded values come back.
     #[test]
     fn siblings_union_is_caught_by_the_siblings_checkers() {

@@ -490,7 +490,7 @@ async fn counters_count_on_every_node_through_a_partition_and_add_up_after_heali
     let (s, _, b) = call("POST", &url(0, "/v1/kv/likes/post"), "{}").await;
     assert_eq!((s, code(&b)), (404, "route_not_found"), "{b}");
     let (s, _, b) = call("GET", &url(0, "/v1/kv/likes/post?level=session"), "").await;
-    assert_eq!((s, code(&b)), (400, "level_invalid"), "{b}");
+    assert_eq!((s, b), (200, json!(15)), "a new session needs nothing more");
     let (s, _, b) = call("PUT", &url(0, "/v1/kv/likes/post"), "7").await;
     assert_eq!((s, code(&b)), (409, "wrongtype"), "{b}");
     // The raw body is the value in decimal (which `call` parses as a JSON number).
@@ -734,6 +734,76 @@ async fn sets_and_maps_keep_concurrent_adds_through_a_partition_and_reopen_after
         d.iter().all(|x| x.is_some() && *x == d[0]),
         "same digest after reopening: {d:?}"
     );
+}
+
+/// Session levels on conflict-free keyspaces (issue 17): a token carries, per key, the highest
+/// dot per replica the session made or read, and a session read is served only from a state
+/// holding them — its own adds, removes (by the dot a remove marks its delta with) and
+/// increments made on a cut-off node are not missing from a read elsewhere: that read waits,
+/// answers `session_unmet`, and after healing returns them. The same read without the token
+/// is served stale, which is what shows the check can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_read_their_own_adds_removes_and_increments_on_conflict_free_keyspaces() {
+    let c = start(3, true).await;
+    for (name, conflict) in [("carts", "set"), ("likes", "counter")] {
+        let spec = format!(r#"{{"mode":"leaderless","replicas":3,"conflict":"{conflict}"}}"#);
+        let (s, _, b) = call("PUT", &format!("{}/v1/keyspaces/{name}", c.http(0)), &spec).await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let url = |i: usize, path: &str| format!("{}{path}", c.http(i));
+    let (s, _, _, b) = http(
+        "POST",
+        &url(0, "/v1/kv/carts/ann:update?w=all"),
+        r#"{"add":["a"]}"#,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+
+    // Node 3 cut off: the session adds b, removes a and counts 5 likes there, at w=one.
+    c.client(2).set_isolated(true).await.expect("isolate");
+    let mut token = None;
+    for (path, body) in [
+        ("/v1/kv/carts/ann:update?w=one", r#"{"add":["b"]}"#),
+        ("/v1/kv/carts/ann:update?w=one", r#"{"remove":["a"]}"#),
+        ("/v1/kv/likes/post:add?w=one", r#"{"by":5}"#),
+    ] {
+        let (s, t, _, b) = http("POST", &url(2, path), body, token.as_deref(), None).await;
+        assert_eq!(s, 200, "{path} {body}: {b}");
+        token = t;
+    }
+    let token = token.expect("a session token");
+    // Without the token, node 1 serves what it holds: the state before the session's updates.
+    let (s, _, _, b) = http("GET", &url(0, "/v1/kv/carts/ann?r=one"), "", None, None).await;
+    assert_eq!((s, b["members"].clone()), (200, json!(["a"])), "{b}");
+    // With it, no reachable replica holds them: refused, never served stale.
+    for (path, level) in [
+        ("/v1/kv/carts/ann", "read_your_writes"),
+        ("/v1/kv/carts/ann", "session"),
+        ("/v1/kv/likes/post", "monotonic_reads"),
+    ] {
+        let q = format!("{path}?level={level}&r=one&wait_ms_max=300");
+        let (s, _, _, b) = http("GET", &url(0, &q), "", Some(&token), None).await;
+        assert_eq!((s, code(&b)), (503, "session_unmet"), "{q}: {b}");
+    }
+
+    c.client(2).set_isolated(false).await.expect("heal");
+    let q = url(1, "/v1/kv/carts/ann?level=read_your_writes&r=one");
+    let (b, token) = eventually(Duration::from_secs(30), "the session's cart", || async {
+        let (s, t, _, b) = http("GET", &q, "", Some(&token), None).await;
+        (s == 200).then_some((b, t))
+    })
+    .await;
+    assert_eq!(b["members"], json!(["b"]), "its add and its remove: {b}");
+    let token = token.expect("the read's token");
+    let q = url(0, "/v1/kv/likes/post?level=session&r=one");
+    let b = eventually(Duration::from_secs(30), "the session's likes", || async {
+        let (s, _, _, b) = http("GET", &q, "", Some(&token), None).await;
+        (s == 200).then_some(b)
+    })
+    .await;
+    assert_eq!(b, json!(5), "its increment");
 }
 
 /// One HTTP request with optional session and context headers: status, the answer's session

@@ -57,10 +57,18 @@ impl Node {
         };
         let ring = self.ring_of(ks)?;
         let preference = ring.preference_list(key, ks.spec.replicas as usize);
-        let updated = if preference.contains(&self.id) {
+        // An add with a request id goes to the key's first reachable replica, wherever it
+        // arrives: a retry through another node then meets the first attempt's id there (a
+        // replica the first attempt's delta reached knows it too).
+        let home = preference.iter().find(|p| self.peer_up(**p)).copied();
+        let here = match &update {
+            Update::Add { id: Some(_), .. } => home == Some(self.id),
+            _ => preference.contains(&self.id),
+        };
+        let updated = if here {
             self.update_here(ks, w, key, update, deadline).await?
         } else {
-            let Some(&target) = preference.iter().find(|p| self.peer_up(**p)) else {
+            let Some(target) = home else {
                 return Err(err(
                     Code::NoQuorum,
                     format!(
@@ -104,6 +112,14 @@ impl Node {
                 }
             }
         };
+        // Later reads at session levels need a state holding this update: its dots (or the
+        // mark of a remove).
+        session.saw_dots(
+            ks.id,
+            hash,
+            updated.version.0,
+            updated.dots.iter().copied().chain(updated.mark),
+        );
         if let (Policy::Siblings, Some(&(node, counter))) =
             (self.policy_of(ks)?, updated.dots.first())
         {
@@ -253,6 +269,7 @@ impl Node {
                         added: 0,
                         removed: 0,
                         covered: None,
+                        mark: None,
                         partition: ring.partition_of(key),
                         int,
                         existed,
@@ -321,6 +338,7 @@ impl Node {
             added: made.added,
             removed: made.removed,
             covered: made.covered,
+            mark: made.mark.as_ref().map(pair),
             partition: ring.partition_of(key),
             int: made.int,
             existed,
@@ -370,7 +388,7 @@ fn update_error(ks: &KeyspaceInfo, update: &Update, e: UpdateError) -> TunekvErr
 
 /// A dot kept in a session's leaderless mark, whose second field is a version's node id
 /// elsewhere: the node in the top 16 bits, the counter in the low 48 (siblings keyspaces only,
-/// which serve no session levels yet, so nothing reads it as a version).
+/// whose session reads go by the dot clock, so nothing reads it as a version).
 pub(super) fn pack_dot(d: Dot) -> u64 {
     (d.node << 48) | (d.counter & ((1 << 48) - 1))
 }

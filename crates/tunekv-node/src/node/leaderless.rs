@@ -148,6 +148,30 @@ pub struct LeaderlessReport {
     pub tombstones_collected_total: u64,
 }
 
+/// What a session read needs of the state it serves.
+#[derive(Clone, Debug)]
+enum Need {
+    Nothing,
+    /// A version at least this one (HLC stamp, node): last-writer-wins keyspaces.
+    Version((u64, u64)),
+    /// A causal context holding every dot of each replica up to this counter: conflict-free
+    /// keyspaces (the session's dot clock of the key).
+    Dots(std::collections::BTreeMap<u64, u64>),
+}
+
+impl std::fmt::Display for Need {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Need::Nothing => f.write_str("nothing"),
+            Need::Version((h, n)) => write!(f, "version {h}.{n}"),
+            Need::Dots(clock) => {
+                let entries: Vec<String> = clock.iter().map(|(n, c)| format!("{n}:{c}")).collect();
+                write!(f, "dots {}", entries.join(","))
+            }
+        }
+    }
+}
+
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -936,19 +960,7 @@ impl Node {
         ks.spec.mode.admits(level)?;
         check_key(key)?;
         let volatile = ks.spec.mode == Mode::Volatile;
-        if !volatile && self.policy_of(ks)?.dotted() && level.promise() == Promise::Session {
-            return Err(err(
-                Code::LevelInvalid,
-                format!(
-                    "{level} on {} keyspace {:?}: session guarantees on conflict-free keyspaces \
-                     are not built yet (their tokens must carry which updates a session made, \
-                     not one version); read at eventual, or at r=quorum after writes at \
-                     w=quorum",
-                    ks.spec.conflict.as_deref().unwrap_or("?"),
-                    ks.name
-                ),
-            ));
-        }
+        let dotted = !volatile && self.policy_of(ks)?.dotted();
         if !volatile {
             session.admit_leaderless(ks.id)?;
         }
@@ -966,8 +978,9 @@ impl Node {
             }
             (false, r) => r.unwrap_or(Quorum::One),
         };
-        // Session levels: the version of the key this session wrote or read last, at least;
-        // for a key whose mark the token dropped, every replica's answer.
+        // Session levels: the version of the key this session wrote or read last, at least
+        // (on conflict-free keyspaces: a state holding every dot it made or read); for a key
+        // whose mark the token dropped, every replica's answer.
         let hash = tunekv_core::session::key_hash(key);
         let mark = session.leaderless(ks.id);
         let promise = if self.config.bugs.ignore_session() {
@@ -976,33 +989,39 @@ impl Node {
         } else {
             level.promise()
         };
-        let (required, r) = match (promise, mark.required(hash)) {
-            (Promise::Session, Some(v)) => (Some(v), r),
-            (Promise::Session, None) if mark.forgot => (None, Quorum::All),
-            _ => (None, r),
+        let tracked = if dotted {
+            mark.clock(hash).cloned().map(Need::Dots)
+        } else {
+            mark.required(hash).map(Need::Version)
+        };
+        let (need, r) = match (promise, tracked) {
+            (Promise::Session, Some(need)) => (need, r),
+            (Promise::Session, None) if mark.forgot => (Need::Nothing, Quorum::All),
+            _ => (Need::Nothing, r),
         };
         loop {
             match self
-                .dynamo_read_once(ks, level, r, key, deadline, required)
+                .dynamo_read_once(ks, level, r, key, deadline, &need)
                 .await?
             {
                 Ok((held, receipt)) => {
-                    // Conflict-free keyspaces keep no read marks yet (a siblings keyspace's
-                    // mark is the session's last write's dot).
-                    let dotted = !volatile && self.policy_of(ks)?.dotted();
-                    if let (false, false, Some(v)) = (
-                        volatile,
-                        dotted,
-                        receipt.quorum.as_ref().and_then(|q| q.version),
-                    ) {
+                    if dotted {
+                        // Every dot of the state served: later session reads hold them too.
+                        if let Some(ctx) = held.as_ref().and_then(|v| v.stored.context()) {
+                            let stamp = held.as_ref().map_or(0, |v| v.version.hlc);
+                            session.saw_dots(ks.id, hash, stamp, ctx.maxima());
+                        }
+                    } else if let (false, Some(v)) =
+                        (volatile, receipt.quorum.as_ref().and_then(|q| q.version))
+                    {
                         session.saw_leaderless(ks.id, hash, v, false);
                     }
                     return Ok((held, receipt));
                 }
                 Err(seen) if Instant::now() + RETRY_PAUSE < deadline => {
                     tracing::trace!(
-                        ?seen,
-                        ?required,
+                        %seen,
+                        %need,
                         "session read waits for a replica to catch up"
                     );
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -1012,12 +1031,10 @@ impl Node {
                         Code::SessionUnmet,
                         format!(
                             "{level} read of a leaderless key on node {}: this session wrote or \
-                             read version {} of it, the newest the reachable replicas hold is \
-                             {}; not served within the wait budget (a write acknowledged through \
-                             a hint arrives when its replica is reachable again)",
+                             read {need} of it, the reachable replicas hold {seen}; not served \
+                             within the wait budget (a write acknowledged through a hint arrives \
+                             when its replica is reachable again)",
                             self.id,
-                            required.map_or("?".into(), |(h, n)| format!("{h}.{n}")),
-                            seen.map_or("none".into(), |(h, n)| format!("{h}.{n}"))
                         ),
                     ))
                 }
@@ -1025,8 +1042,8 @@ impl Node {
         }
     }
 
-    /// One attempt of a leaderless read: `Ok(Err(seen))` when the replies hold nothing as new
-    /// as `required` (with the newest version they hold).
+    /// One attempt of a leaderless read: `Ok(Err(seen))` when the replies do not meet `want`
+    /// (with what they hold, for the error).
     async fn dynamo_read_once(
         &self,
         ks: &KeyspaceInfo,
@@ -1034,8 +1051,8 @@ impl Node {
         r: Quorum,
         key: &[u8],
         deadline: Instant,
-        required: Option<(u64, u64)>,
-    ) -> Result<Result<(Option<Versioned>, Receipt), Option<(u64, u64)>>, TunekvError> {
+        want: &Need,
+    ) -> Result<Result<(Option<Versioned>, Receipt), String>, TunekvError> {
         let me = self.me()?;
         let volatile = ks.spec.mode == Mode::Volatile;
         let n = ks.spec.replicas;
@@ -1105,12 +1122,14 @@ impl Node {
         };
         let grace_ms = self.config.leaderless.tombstone_grace_ms;
         let wall = self.clock.wall_ms();
-        let meets = |v: &Option<Versioned>| match (required, v) {
-            (None, _) => true,
-            (Some(req), Some(v)) => (v.version.hlc, v.version.node) >= req,
+        let meets = |v: &Option<Versioned>| match (want, v) {
+            (Need::Nothing, _) => true,
+            (Need::Version(req), Some(v)) => (v.version.hlc, v.version.node) >= *req,
             // Nothing held: the session's mark may be a tombstone collected since (only past
             // its grace, counted here from the mark's own stamp).
-            (Some(req), None) => Hlc::millis(req.0).saturating_add(grace_ms) < wall,
+            (Need::Version(req), None) => Hlc::millis(req.0).saturating_add(grace_ms) < wall,
+            (Need::Dots(clock), Some(v)) => v.stored.context().is_some_and(|c| c.covers(clock)),
+            (Need::Dots(clock), None) => clock.values().all(|c| *c == 0),
         };
         let mut newest = merged(&replies);
         // A session read whose first replies are older than its mark hears the others too.
@@ -1125,7 +1144,18 @@ impl Node {
             }
         }
         if !meets(&newest) {
-            return Ok(Err(newest.map(|v| (v.version.hlc, v.version.node))));
+            let seen = match (&newest, want) {
+                (None, _) => "nothing".to_string(),
+                (Some(v), Need::Dots(_)) => format!(
+                    "dots {}",
+                    v.stored
+                        .context()
+                        .map(|c| c.entries().join(","))
+                        .unwrap_or_default()
+                ),
+                (Some(v), _) => format!("version {}.{}", v.version.hlc, v.version.node),
+            };
+            return Ok(Err(seen));
         }
         let repair = !volatile && !self.config.bugs.skip_read_repair();
         if let (Some(newest), true) = (&newest, repair) {

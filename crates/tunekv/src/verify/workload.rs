@@ -48,14 +48,13 @@ pub struct ClientPlan {
     pub seed: u64,
     pub keys: Vec<String>,
     pub levels: Vec<String>,
-    /// A leaderless keyspace: HTTP only, reads at `eventual` with a random `r`, writes with a
-    /// random `w`, each recording its quorum and version.
+    /// A leaderless keyspace: HTTP only, reads at a random level of [`LEADERLESS_LEVELS`] with
+    /// a random `r`, writes with a random `w`, each recording its quorum and version.
     pub leaderless: bool,
     /// With `leaderless`: the counter keyspace, where writes add 1 to 9 and deletes subtract 1
-    /// to 5, and reads are at `eventual`.
+    /// to 5.
     pub counter: bool,
-    /// With `leaderless`: the set keyspace, where writes add a member (a third remove one),
-    /// and reads are at `eventual`.
+    /// With `leaderless`: the set keyspace, where writes add a member (a third remove one).
     pub set: bool,
     /// With `leaderless`: the siblings keyspace, where reads return every concurrent value
     /// and its context, and writes go without a context or (a third) with the context the
@@ -151,7 +150,8 @@ pub async fn run_client(
         let key = plan.keys[rng.gen_range(0..plan.keys.len())].clone();
         let roll = rng.gen_range(0..100);
         let (kind, level) = if roll < 55 && (plan.counter || plan.set || plan.siblings) {
-            (OpKind::Read, "eventual".to_string())
+            let level = LEADERLESS_LEVELS[rng.gen_range(0..LEADERLESS_LEVELS.len())];
+            (OpKind::Read, level.to_string())
         } else if plan.counter {
             (OpKind::Add, "eventual".to_string())
         } else if plan.set {
