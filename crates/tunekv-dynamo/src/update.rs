@@ -40,6 +40,16 @@ pub enum Update {
 }
 
 impl Update {
+    /// Whether this update drops dots it finds at its replica (a remove of members or fields,
+    /// a clear): what it drops depends on what that replica has seen.
+    pub fn removes(&self) -> bool {
+        match self {
+            Update::Members { remove, .. } | Update::Fields { remove, .. } => !remove.is_empty(),
+            Update::Clear => true,
+            _ => false,
+        }
+    }
+
     /// Whether this update applies to keyspaces of `policy`.
     pub fn fits(&self, policy: Policy) -> bool {
         matches!(

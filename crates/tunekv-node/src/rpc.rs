@@ -115,6 +115,9 @@ pub enum DynamoRequest {
         update: Update,
         w: Option<tunekv_core::Quorum>,
         wait_ms: u64,
+        /// The session's dot clock of the key (replica → counter): a remove is made only
+        /// from a state that covers it (see `Node::catch_up`).
+        clock: Option<std::collections::BTreeMap<u64, u64>>,
     },
 }
 

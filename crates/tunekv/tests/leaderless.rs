@@ -804,6 +804,48 @@ async fn sessions_read_their_own_adds_removes_and_increments_on_conflict_free_ke
     })
     .await;
     assert_eq!(b, json!(5), "its increment");
+
+    // Writes follow reads: a session that saw c removes c, even through a replica that has
+    // not seen it — that replica first gets what the session saw from the others, and with
+    // none reachable, refuses rather than remove less than the session saw.
+    c.client(2).set_isolated(true).await.expect("isolate");
+    let (s, _, _, b) = http(
+        "POST",
+        &url(0, "/v1/kv/carts/ann:update?w=quorum"),
+        r#"{"add":["c"]}"#,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, seen, _, b) = http("GET", &url(0, "/v1/kv/carts/ann?r=one"), "", None, None).await;
+    assert_eq!((s, b["members"].clone()), (200, json!(["b", "c"])), "{b}");
+    let seen = seen.expect("the read's token");
+    let remove = url(2, "/v1/kv/carts/ann:update?w=one");
+    let (s, _, _, b) = http("POST", &remove, r#"{"remove":["c"]}"#, Some(&seen), None).await;
+    assert_eq!((s, code(&b)), (503, "session_unmet"), "{b}");
+    let (s, _, _, b) = http("POST", &remove, r#"{"remove":["c"]}"#, None, None).await;
+    assert_eq!(
+        (s, b["removed"].as_u64()),
+        (200, Some(0)),
+        "without the token the cut-off replica removes what it holds: {b}"
+    );
+    c.client(2).set_isolated(false).await.expect("heal");
+    let b = eventually(Duration::from_secs(30), "the session's remove", || async {
+        let (s, _, _, b) = http("POST", &remove, r#"{"remove":["c"]}"#, Some(&seen), None).await;
+        (s == 200).then_some(b)
+    })
+    .await;
+    assert_eq!(b["removed"].as_u64(), Some(1), "{b}");
+    for i in 0..3 {
+        let q = url(i, "/v1/kv/carts/ann?r=one");
+        let b = eventually(Duration::from_secs(30), "c gone everywhere", || async {
+            let (s, _, _, b) = http("GET", &q, "", None, None).await;
+            (s == 200 && b["members"] == json!(["b"])).then_some(b)
+        })
+        .await;
+        assert_eq!(b["members"], json!(["b"]), "node {i}");
+    }
 }
 
 /// One HTTP request with optional session and context headers: status, the answer's session

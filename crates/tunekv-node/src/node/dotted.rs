@@ -9,6 +9,8 @@
 use super::leaderless::{lock, Spread};
 use super::*;
 use crate::rpc::{DynamoRequest, DynamoResponse, Update, Updated};
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use tunekv_core::{Mode, Quorum, QuorumReceipt};
@@ -65,8 +67,12 @@ impl Node {
             Update::Add { id: Some(_), .. } => home == Some(self.id),
             _ => preference.contains(&self.id),
         };
+        // A remove drops what its replica has seen: it is made from a state that has seen
+        // everything this session made or read of the key (writes follow reads).
+        let clock = session.leaderless(ks.id).clock(hash).cloned();
         let updated = if here {
-            self.update_here(ks, w, key, update, deadline).await?
+            self.update_here(ks, w, key, update, clock, deadline)
+                .await?
         } else {
             let Some(target) = home else {
                 return Err(err(
@@ -92,6 +98,7 @@ impl Node {
                 update,
                 w,
                 wait_ms: wait.as_millis() as u64,
+                clock,
             };
             match self
                 .me()?
@@ -182,9 +189,67 @@ impl Node {
         w: Option<Quorum>,
         key: &'a [u8],
         update: Update,
+        clock: Option<BTreeMap<u64, u64>>,
         deadline: Instant,
     ) -> Pin<Box<dyn Future<Output = Result<Updated, TunekvError>> + Send + 'a>> {
-        Box::pin(self.update_here(ks, w, key, update, deadline))
+        Box::pin(self.update_here(ks, w, key, update, clock, deadline))
+    }
+
+    /// Before a session's remove here: joins what the key's other reachable replicas hold of
+    /// `key` into this replica's state until it covers the session's dot clock `clock`, so the
+    /// remove drops every dot of its members the session has seen. `session_unmet` (nothing
+    /// written) when they cannot.
+    async fn catch_up(
+        &self,
+        ks: &KeyspaceInfo,
+        key: &[u8],
+        clock: &BTreeMap<u64, u64>,
+        deadline: Instant,
+    ) -> Result<(), TunekvError> {
+        let replica = self.replica_of(ks)?;
+        let covered = || {
+            lock(&replica)
+                .get(key)
+                .and_then(|v| v.stored.context())
+                .map_or(clock.values().all(|c| *c == 0), |c| c.covers(clock))
+        };
+        if covered() {
+            return Ok(());
+        }
+        let me = self.me()?;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let mut calls: FuturesUnordered<_> = self
+            .ring_of(ks)?
+            .preference_list(key, ks.spec.replicas as usize)
+            .into_iter()
+            .filter(|p| *p != self.id && self.peer_up(*p))
+            .map(|node| {
+                let req = DynamoRequest::Fetch {
+                    ks: ks.name.clone(),
+                    key: key.to_vec(),
+                };
+                me.clone().dynamo_call(node, req, wait)
+            })
+            .collect();
+        while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, calls.next()).await {
+            if let Ok(DynamoResponse::Held(Some(v))) = reply {
+                self.store_local(ks, &[(key.to_vec(), v)], false).await?;
+                if covered() {
+                    return Ok(());
+                }
+            }
+        }
+        let entries: Vec<String> = clock.iter().map(|(n, c)| format!("{n}:{c}")).collect();
+        Err(err(
+            Code::SessionUnmet,
+            format!(
+                "a remove drops what its replica has seen, and this session has seen dots {} of \
+                 the key that neither node {} nor a replica it reaches holds now; the remove \
+                 did not happen (retry once the partition heals)",
+                entries.join(","),
+                self.id
+            ),
+        ))
     }
 
     /// Makes `update` here, at a replica of `key`, and replicates its delta at quorum `w`.
@@ -194,6 +259,7 @@ impl Node {
         w: Option<Quorum>,
         key: &[u8],
         update: Update,
+        clock: Option<BTreeMap<u64, u64>>,
         deadline: Instant,
     ) -> Result<Updated, TunekvError> {
         if ks.spec.mode != Mode::Leaderless {
@@ -239,6 +305,9 @@ impl Node {
                     self.id
                 ),
             ));
+        }
+        if let (Some(clock), true) = (&clock, update.removes()) {
+            self.catch_up(ks, key, clock, deadline).await?;
         }
         // Under the replica's lock: the delta from this replica's state (read in place, never
         // copied), joined into it, on disk before anyone else sees its dots.

@@ -526,7 +526,7 @@ impl Node {
     /// Merges `items` into this node's replica of `ks`; a leaderless keyspace makes them
     /// durable before this returns. `fresh`: a coordinator's new write, refused when stamped
     /// more than `max_clock_skew_ms` ahead of this node's clock.
-    async fn store_local(
+    pub(super) async fn store_local(
         &self,
         ks: &KeyspaceInfo,
         items: &[(Vec<u8>, Versioned)],
@@ -1316,10 +1316,11 @@ impl Node {
                 update,
                 w,
                 wait_ms,
+                clock,
                 ..
             } => {
                 let wait = Duration::from_millis(wait_ms).min(FORWARDED_WORK_MAX);
-                self.forwarded_update(&ks, w, &key, update, Instant::now() + wait)
+                self.forwarded_update(&ks, w, &key, update, clock, Instant::now() + wait)
                     .await
                     .map(DynamoResponse::Updated)
                     .map_err(remote)
