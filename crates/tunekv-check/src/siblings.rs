@@ -16,8 +16,12 @@
 //!   session's write carries only its last write's dot, so a replica that missed the write
 //!   before it keeps what that one superseded until it arrives.
 //! - **convergence** — after healing, every node's final read of a key is the same.
+//! - **read your writes** — a read at `read_your_writes` or `session` reflects its session's
+//!   latest update of the key acknowledged before the read began: a write's value is there
+//!   unless an update begun before the read ended superseded its dot (or may have: an unknown
+//!   outcome); no value is there whose dot the session's latest delete superseded.
 
-use crate::history::{OpKind, Operation};
+use crate::history::{LevelKind, OpKind, Operation};
 use crate::report::{Report, Row, Verdict};
 use crate::Limits;
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,6 +31,7 @@ pub const NO_PHANTOM: &str = "no phantom values";
 pub const NOTHING_LOST: &str = "no acknowledged write lost";
 pub const BOUNDED: &str = "siblings bounded by writers";
 pub const CONVERGENCE: &str = "convergence";
+pub const READ_YOUR_WRITES: &str = "read your writes";
 
 /// One context entry.
 enum Cover {
@@ -94,6 +99,95 @@ fn over_bound(
     })
 }
 
+/// The context entries an update superseded (a write's, after the dot it issued).
+fn covers_of(o: &Operation) -> Vec<Cover> {
+    o.dots
+        .iter()
+        .flatten()
+        .skip(usize::from(o.op == OpKind::Write))
+        .filter_map(|e| parse_cover(e))
+        .collect()
+}
+
+fn covered_by(covers: &[Cover], d: (u64, u64)) -> bool {
+    covers.iter().any(|c| match *c {
+        Cover::UpTo(n, c) => n == d.0 && c >= d.1,
+        Cover::Dot(n, c) => (n, c) == d,
+    })
+}
+
+/// Judges session read `r` (values `vals`) of a key with updates `updates` (those not
+/// certainly failed) against its session's latest acknowledged update before it began.
+fn judge_own_update(
+    ops: &[Operation],
+    updates: &[(usize, &Operation)],
+    r: usize,
+    vals: &BTreeSet<String>,
+) -> Verdict {
+    let read = &ops[r];
+    let Some(session) = read.session.as_deref() else {
+        return Verdict::Unknown;
+    };
+    let Some(&(own, o)) = updates
+        .iter()
+        .filter(|(_, o)| {
+            o.session.as_deref() == Some(session) && o.is_acked() && o.complete_ns < read.invoke_ns
+        })
+        .max_by_key(|(_, o)| o.complete_ns)
+    else {
+        return Verdict::Pass;
+    };
+    let issued = |o: &Operation| o.dots.as_ref()?.first().and_then(|d| parse_dot(d));
+    match (o.op, issued(o)) {
+        (OpKind::Write, Some(d)) => {
+            let v = o.value.as_deref().unwrap_or_default();
+            if vals.contains(v) {
+                return Verdict::Pass;
+            }
+            let superseded = updates.iter().any(|&(i, u)| {
+                i != own
+                    && u.invoke_ns < read.complete_ns
+                    && (u.ok.is_none() || covered_by(&covers_of(u), d))
+            });
+            if superseded {
+                return Verdict::Pass;
+            }
+            Verdict::Violation {
+                message: format!(
+                    "{} read of {:?} on {} lacks {v:?}, its session's write (dot {}.{}) \
+                     acknowledged before the read began, which no update had superseded",
+                    read.level, read.key, read.node, d.0, d.1
+                ),
+                ops: vec![own, r],
+            }
+        }
+        (OpKind::Delete, _) => {
+            let covers = covers_of(o);
+            let back = updates.iter().find(|(_, w)| {
+                w.op == OpKind::Write
+                    && w.is_acked()
+                    && w.value.as_deref().is_some_and(|v| vals.contains(v))
+                    && issued(w).is_some_and(|d| covered_by(&covers, d))
+            });
+            match back {
+                Some(&(w, wo)) => Verdict::Violation {
+                    message: format!(
+                        "{} read of {:?} on {} holds {:?}, which its session's delete \
+                         acknowledged before the read began superseded",
+                        read.level,
+                        read.key,
+                        read.node,
+                        wo.value.as_deref().unwrap_or_default()
+                    ),
+                    ops: vec![own, w, r],
+                },
+                None => Verdict::Pass,
+            }
+        }
+        _ => Verdict::Pass,
+    }
+}
+
 /// Judges a siblings history; `heal_ns` starts the final phase.
 pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report {
     let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -104,6 +198,7 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
     let mut lost = Row::new(LEVEL, NOTHING_LOST);
     let mut bounded = Row::new(LEVEL, BOUNDED);
     let mut converged = Row::new(LEVEL, CONVERGENCE);
+    let mut ryw = Row::new(LEVEL, READ_YOUR_WRITES);
     for ids in by_key.values() {
         let updates: Vec<(usize, &Operation)> = ids
             .iter()
@@ -186,6 +281,13 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
                 ops,
                 limits,
             );
+            if matches!(
+                LevelKind::parse(&op.level),
+                LevelKind::ReadYourWrites | LevelKind::Session
+            ) && op.session.is_some()
+            {
+                ryw.record(judge_own_update(ops, &updates, r, &vals), ops, limits);
+            }
         }
         let Some(heal) = heal_ns else {
             lost.record(Verdict::Unknown, ops, limits);
@@ -268,7 +370,7 @@ pub fn check(ops: &[Operation], heal_ns: Option<u64>, limits: &Limits) -> Report
         );
     }
     Report {
-        rows: vec![phantom, lost, bounded, converged],
+        rows: vec![phantom, lost, bounded, converged, ryw],
     }
 }
 
@@ -311,6 +413,58 @@ mod tests {
             op(2, OpKind::Write, Some("c"), (20, 30), &["2.1"]),
             read(r#"["b","c"]"#, (40, 45), "n1"),
         ]
+    }
+
+    #[test]
+    fn a_session_read_missing_its_own_write_or_showing_what_it_deleted_is_caught() {
+        let own = |o: Operation| Operation {
+            session: Some("s1".into()),
+            ..o
+        };
+        let session_read = |vals: &str, t: (u64, u64), level: &str| Operation {
+            level: level.into(),
+            ..own(read(vals, t, "n2"))
+        };
+        let with = |extra: Vec<Operation>| {
+            let mut ops = history();
+            ops[1] = own(ops[1].clone());
+            ops.extend(extra);
+            check(&ops, None, &Limits::default())
+        };
+        // Its b (1.2) is there, with c concurrent.
+        let r = with(vec![session_read(r#"["b","c"]"#, (40, 50), "session")]);
+        assert!(!r.has_violations(), "{}", r.table());
+        assert_eq!(row(&r, READ_YOUR_WRITES).checked, 1);
+        // Without b: caught, unless an update begun before the read ended superseded it.
+        let r = with(vec![session_read(r#"["c"]"#, (40, 50), "read_your_writes")]);
+        assert_eq!(
+            row(&r, READ_YOUR_WRITES).violations_total,
+            1,
+            "{}",
+            r.table()
+        );
+        let d = op(3, OpKind::Write, Some("d"), (35, 60), &["3.1", "1:2"]);
+        let r = with(vec![d, session_read(r#"["c"]"#, (40, 50), "session")]);
+        assert_eq!(
+            row(&r, READ_YOUR_WRITES).violations_total,
+            0,
+            "{}",
+            r.table()
+        );
+        // Not judged at eventual.
+        let r = with(vec![session_read(r#"["c"]"#, (40, 50), "eventual")]);
+        assert_eq!(row(&r, READ_YOUR_WRITES).checked, 0);
+        // Its own delete of what it saw (1:2, 2:1): neither b nor c may come back.
+        let del = own(op(1, OpKind::Delete, None, (50, 55), &["1:2", "2:1"]));
+        let r = with(vec![del.clone(), session_read("[]", (60, 70), "session")]);
+        assert!(!r.has_violations(), "{}", r.table());
+        let r = with(vec![del, session_read(r#"["c"]"#, (60, 70), "session")]);
+        assert_eq!(
+            row(&r, READ_YOUR_WRITES).violations_total,
+            1,
+            "{}",
+            r.table()
+        );
     }
 
     #[test]

@@ -745,7 +745,12 @@ async fn sets_and_maps_keep_concurrent_adds_through_a_partition_and_reopen_after
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_read_their_own_adds_removes_and_increments_on_conflict_free_keyspaces() {
     let c = start(3, true).await;
-    for (name, conflict) in [("carts", "set"), ("likes", "counter")] {
+    for (name, conflict) in [
+        ("carts", "set"),
+        ("likes", "counter"),
+        ("profiles", "map"),
+        ("notes", "siblings"),
+    ] {
         let spec = format!(r#"{{"mode":"leaderless","replicas":3,"conflict":"{conflict}"}}"#);
         let (s, _, b) = call("PUT", &format!("{}/v1/keyspaces/{name}", c.http(0)), &spec).await;
         assert_eq!(s, 201, "{b}");
@@ -768,11 +773,25 @@ async fn sessions_read_their_own_adds_removes_and_increments_on_conflict_free_ke
         ("/v1/kv/carts/ann:update?w=one", r#"{"add":["b"]}"#),
         ("/v1/kv/carts/ann:update?w=one", r#"{"remove":["a"]}"#),
         ("/v1/kv/likes/post:add?w=one", r#"{"by":5}"#),
+        (
+            "/v1/kv/profiles/ann:update?w=one",
+            r#"{"set":{"city":"Oslo"}}"#,
+        ),
     ] {
         let (s, t, _, b) = http("POST", &url(2, path), body, token.as_deref(), None).await;
         assert_eq!(s, 200, "{path} {body}: {b}");
         token = t;
     }
+    let (s, t, _, b) = http(
+        "PUT",
+        &url(2, "/v1/kv/notes/n1?w=one"),
+        "draft",
+        token.as_deref(),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    token = t;
     let token = token.expect("a session token");
     // Without the token, node 1 serves what it holds: the state before the session's updates.
     let (s, _, _, b) = http("GET", &url(0, "/v1/kv/carts/ann?r=one"), "", None, None).await;
@@ -782,6 +801,8 @@ async fn sessions_read_their_own_adds_removes_and_increments_on_conflict_free_ke
         ("/v1/kv/carts/ann", "read_your_writes"),
         ("/v1/kv/carts/ann", "session"),
         ("/v1/kv/likes/post", "monotonic_reads"),
+        ("/v1/kv/profiles/ann", "session"),
+        ("/v1/kv/notes/n1", "read_your_writes"),
     ] {
         let q = format!("{path}?level={level}&r=one&wait_ms_max=300");
         let (s, _, _, b) = http("GET", &url(0, &q), "", Some(&token), None).await;
@@ -804,6 +825,23 @@ async fn sessions_read_their_own_adds_removes_and_increments_on_conflict_free_ke
     })
     .await;
     assert_eq!(b, json!(5), "its increment");
+    for (path, want) in [
+        ("/v1/kv/profiles/ann", json!({"city": "Oslo"})),
+        ("/v1/kv/notes/n1", json!("draft")),
+    ] {
+        let q = url(0, &format!("{path}?level=session&r=one"));
+        let b = eventually(Duration::from_secs(30), "the session's write", || async {
+            let (s, _, _, b) = http("GET", &q, "", Some(&token), None).await;
+            (s == 200).then_some(b)
+        })
+        .await;
+        let got = if b.get("fields").is_some() {
+            b["fields"].clone()
+        } else {
+            b
+        };
+        assert_eq!(got, want, "{path}");
+    }
 
     // Writes follow reads: a session that saw c removes c, even through a replica that has
     // not seen it — that replica first gets what the session saw from the others, and with

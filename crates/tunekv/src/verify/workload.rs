@@ -218,7 +218,7 @@ pub async fn run_client(
                 let in_context = rng.gen_range(0..3) == 0;
                 siblings_op(
                     &http[node],
-                    (kind, &key),
+                    (kind, &key, &level),
                     value.as_deref(),
                     quorum,
                     in_context,
@@ -451,7 +451,7 @@ async fn leaderless_op(
 /// superseded.
 async fn siblings_op(
     c: &Client,
-    (kind, key): (OpKind, &str),
+    (kind, key, level): (OpKind, &str, &str),
     value: Option<&str>,
     quorum: &str,
     in_context: bool,
@@ -467,7 +467,14 @@ async fn siblings_op(
     };
     if kind == OpKind::Read {
         return match c
-            .siblings(KEYSPACE_SIBLINGS, key.as_bytes(), &opts.r(quorum))
+            .siblings(
+                KEYSPACE_SIBLINGS,
+                key.as_bytes(),
+                &Opts {
+                    level: Some(level.to_string()),
+                    ..opts.r(quorum)
+                },
+            )
             .await
         {
             Ok(r) => {
