@@ -37,6 +37,9 @@ pub const MESSAGE_CHARS_MAX: usize = 1024;
 pub use crate::request::{H_LEVEL, H_SESSION};
 pub const H_SERVED_BY: &str = "tunekv-served-by";
 pub const H_POSITION: &str = "tunekv-position";
+/// A key's version (ordered keyspaces): on reads of a present key, on writes, and on a
+/// `version_mismatch` (the key's current one, 0 when absent).
+pub const H_VERSION: &str = "tunekv-version";
 pub const H_STALENESS: &str = "tunekv-staleness";
 /// How a leaderless read or write met its quorum (`QuorumReceipt::header`).
 pub const H_QUORUM: &str = "tunekv-quorum";
@@ -149,6 +152,7 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
             key,
             value,
             context,
+            if_version,
             w,
             wait,
             mut session,
@@ -159,17 +163,32 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
                 wait,
                 session: &mut session,
             };
-            let w = match context {
-                Some(text) => {
+            let w = match (context, if_version) {
+                (Some(_), Some(_)) => {
+                    return Err(ApiError(TunekvError::new(
+                        Code::BadRequest,
+                        "tunekv-context (siblings keyspaces) and if_version (ordered ones) do \
+                         not go together",
+                    )))
+                }
+                (Some(text), None) => {
                     write_in_context(node, req, &key, Some(value.to_vec()), &text).await?
                 }
-                None => node.put(req, &key, value.to_vec()).await?,
+                (None, Some(v)) => match node.write_if(req, &key, Some(value.to_vec()), v).await? {
+                    Ok(w) => w,
+                    Err(current) => return Ok(mismatch_response(v, current)),
+                },
+                (None, None) => node.put(req, &key, value.to_vec()).await?,
             };
-            Ok(write_response(
-                &w,
-                &node.session_key().encode(&session),
-                None,
-            ))
+            let mut response = write_response(&w, &node.session_key().encode(&session), None);
+            // An ordered write's index is the version it gave the key.
+            if w.quorum.is_none() && w.position.index.0 > 0 {
+                response.headers_mut().insert(
+                    HeaderName::from_static(H_VERSION),
+                    header(&w.position.index.0.to_string()),
+                );
+            }
+            Ok(response)
         }
         ApiRequest::Update {
             ks,
@@ -198,6 +217,7 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
             ks,
             key,
             context,
+            if_version,
             w,
             wait,
             mut session,
@@ -208,9 +228,20 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
                 wait,
                 session: &mut session,
             };
-            let w = match context {
-                Some(text) => write_in_context(node, req, &key, None, &text).await?,
-                None => node.delete(req, &key).await?,
+            let w = match (context, if_version) {
+                (Some(_), Some(_)) => {
+                    return Err(ApiError(TunekvError::new(
+                        Code::BadRequest,
+                        "tunekv-context (siblings keyspaces) and if_version (ordered ones) do \
+                         not go together",
+                    )))
+                }
+                (Some(text), None) => write_in_context(node, req, &key, None, &text).await?,
+                (None, Some(v)) => match node.write_if(req, &key, None, v).await? {
+                    Ok(w) => w,
+                    Err(current) => return Ok(mismatch_response(v, current)),
+                },
+                (None, None) => node.delete(req, &key).await?,
             };
             Ok(write_response(
                 &w,
@@ -306,7 +337,7 @@ pub fn status_of(code: Code) -> StatusCode {
         | Code::Overflow
         | Code::NotInteger
         | Code::ContextInvalid => StatusCode::BAD_REQUEST,
-        Code::TooManySiblings => StatusCode::CONFLICT,
+        Code::TooManySiblings | Code::VersionMismatch => StatusCode::CONFLICT,
         Code::Siblings => StatusCode::MULTIPLE_CHOICES,
         Code::WrongType => StatusCode::CONFLICT,
         // The coordinator's clock, not the request, is at fault; another node may take it.
@@ -333,6 +364,26 @@ impl IntoResponse for ApiError {
         let body = json!({"error": {"code": self.0.code.as_str(), "message": message}});
         (status_of(self.0.code), Json(body)).into_response()
     }
+}
+
+/// `409 version_mismatch`: the error, the key's current version in `tunekv-version` and in
+/// the error's `current_version` (0: absent).
+fn mismatch_response(expected: u64, current: u64) -> Response {
+    let e = tunekv_node::version_mismatch(expected, current);
+    let body = json!({"error": {
+        "code": e.code.as_str(),
+        "message": e.message,
+        "current_version": current,
+    }});
+    (
+        status_of(e.code),
+        [(
+            HeaderName::from_static(H_VERSION),
+            header(&current.to_string()),
+        )],
+        Json(body),
+    )
+        .into_response()
 }
 
 fn session_header(token: &str) -> [(HeaderName, HeaderValue); 1] {
@@ -516,18 +567,27 @@ async fn get_key(
             return get_siblings(node, &info, key, key_encoding, as_json, read).await;
         }
     }
-    let ReadOutcome { value, receipt, .. } = match node.get(read.request(ks), key).await {
+    let ReadOutcome {
+        value,
+        version,
+        receipt,
+        ..
+    } = match node.get(read.request(ks), key).await {
         Err(e) if e.code == Code::WrongType => {
             return get_members(node, ks, key, key_encoding, read).await
         }
         other => other?,
     };
     let token = node.session_key().encode(&read.session);
-    let headers = (receipt_headers(&receipt), session_header(&token));
+    let mut receipt_h = receipt_headers(&receipt);
+    if let Some(v) = version {
+        receipt_h.insert(HeaderName::from_static(H_VERSION), header(&v.to_string()));
+    }
+    let headers = (receipt_h, session_header(&token));
     if as_json {
         let (text, hex) = value_json(value.as_deref());
         let shown = key_encoding.show(key);
-        let mut body = json!({"key": shown, "found": value.is_some(), "value": text, "receipt": receipt_json(&receipt), "session": token});
+        let mut body = json!({"key": shown, "found": value.is_some(), "value": text, "version": version, "receipt": receipt_json(&receipt), "session": token});
         if shown.is_none() {
             body["key_base64url"] = json!(request::base64url(key));
         }

@@ -116,6 +116,8 @@ pub enum ApiRequest {
         value: Bytes,
         /// A siblings keyspace's causal context (`tunekv-context`), still sealed.
         context: Option<String>,
+        /// `?if_version=V`: only if the key is at version V (0: absent).
+        if_version: Option<u64>,
         /// Write quorum (leaderless keyspaces).
         w: Option<Quorum>,
         wait: Option<Duration>,
@@ -135,6 +137,8 @@ pub enum ApiRequest {
         ks: String,
         key: Vec<u8>,
         context: Option<String>,
+        /// `?if_version=V`: only if the key is at version V.
+        if_version: Option<u64>,
         w: Option<Quorum>,
         wait: Option<Duration>,
         session: Session,
@@ -278,6 +282,14 @@ pub fn parse(
             let json = q.json()?;
             let wait = q.wait()?;
             let session = session_of(secret, headers)?;
+            let if_version = q.if_version()?;
+            if get && if_version.is_some() {
+                return Err(refuse(
+                    Code::BadRequest,
+                    "if_version applies to PUT and DELETE; a read's answer carries the key's \
+                     version in tunekv-version",
+                ));
+            }
             Ok(if get {
                 ApiRequest::Get {
                     ks,
@@ -295,6 +307,7 @@ pub fn parse(
                     key,
                     value: body,
                     context: context_of(headers)?,
+                    if_version,
                     w: q.quorum(QuorumKind::Write, headers)?,
                     wait,
                     session,
@@ -304,6 +317,7 @@ pub fn parse(
                     ks,
                     key,
                     context: context_of(headers)?,
+                    if_version,
                     w: q.quorum(QuorumKind::Write, headers)?,
                     wait,
                     session,
@@ -443,6 +457,7 @@ struct Query {
     wait_ms_max: Option<String>,
     format: Option<String>,
     key_encoding: Option<String>,
+    if_version: Option<String>,
 }
 
 impl Query {
@@ -472,12 +487,13 @@ impl Query {
                 "wait_ms_max" => &mut q.wait_ms_max,
                 "format" => &mut q.format,
                 "key_encoding" => &mut q.key_encoding,
+                "if_version" => &mut q.if_version,
                 _ => {
                     return Err(refuse(
                         Code::BadRequest,
                         format!(
                             "bad query string: unknown parameter {}; known: level, r, w, \
-                             wait_ms_max, format, key_encoding",
+                             wait_ms_max, format, key_encoding, if_version",
                             echo(&name)
                         ),
                     ))
@@ -536,6 +552,25 @@ impl Query {
             (None, None) => None,
         };
         Ok(text.map(|t| Quorum::parse(t, kind)).transpose()?)
+    }
+
+    /// `if_version`: a whole number (0: only if absent).
+    fn if_version(&self) -> Result<Option<u64>, Refusal> {
+        self.if_version
+            .as_deref()
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    refuse(
+                        Code::BadRequest,
+                        format!(
+                            "if_version must be a key version (a whole number; 0: only if \
+                             absent), got {}",
+                            echo(v)
+                        ),
+                    )
+                })
+            })
+            .transpose()
     }
 
     fn wait(&self) -> Result<Option<Duration>, Refusal> {

@@ -70,6 +70,9 @@ pub enum Code {
     /// A read of one value of a key that holds several concurrent ones (siblings): read them
     /// all (`SIBLINGS key`, `?format=json`).
     Siblings,
+    /// A conditional write (`if_version`, `CAS`) whose key was not at the version it named; it
+    /// changed nothing, and the answer carries the key's current version.
+    VersionMismatch,
 }
 
 impl Code {
@@ -105,6 +108,7 @@ impl Code {
             Code::ContextInvalid => "context_invalid",
             Code::TooManySiblings => "too_many_siblings",
             Code::Siblings => "siblings",
+            Code::VersionMismatch => "version_mismatch",
         }
     }
 
@@ -145,6 +149,7 @@ pub const ALL_CODES: &[Code] = &[
     Code::ContextInvalid,
     Code::TooManySiblings,
     Code::Siblings,
+    Code::VersionMismatch,
 ];
 
 /// The most characters of client input an error message repeats: a 10 MB field name must not

@@ -17,7 +17,10 @@ mod types;
 
 pub use log_store::{LogStore, REPLICATION_BATCH_BYTES_MAX};
 pub use state_machine::{Applied, ShardData, ShardView, StateMachine};
-pub use types::{Command, CommandResult, Cond, ExpireIf, Op, StoredValue, Ttl, TypeConfig};
+pub use types::{
+    Command, CommandResult, Cond, Expect, ExpireIf, Op, StoredValue, Ttl, TypeConfig,
+    VERSION_MISMATCH,
+};
 
 use std::sync::Arc;
 

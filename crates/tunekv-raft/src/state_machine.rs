@@ -2,7 +2,9 @@
 //! snapshot plus the log. Readers take one consistent view of it at a time ([`ShardData::read`]),
 //! which is what consistent-prefix multi-key reads need.
 
-use crate::types::{Command, CommandResult, Cond, ExpireIf, Op, StoredValue, Ttl};
+use crate::types::{
+    Command, CommandResult, Cond, Expect, ExpireIf, Op, StoredValue, Ttl, VERSION_MISMATCH,
+};
 use crate::{invalid_data, TypeConfig};
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
@@ -253,7 +255,8 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command
         | Op::IncrBy { key, .. }
         | Op::Append { key, .. }
         | Op::GetDel { key }
-        | Op::Expire { key, .. } => vec![key],
+        | Op::Expire { key, .. }
+        | Op::SetIf { key, .. } => vec![key],
         Op::MSet { pairs } => pairs.iter().map(|(k, _)| k).collect(),
         Op::Sweep { keys } => keys.iter().collect(),
     };
@@ -315,6 +318,52 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command
             let expires_ms = expiry(*ttl, prev.and_then(|p| p.expires_ms), now_ms);
             if expires_ms.is_some_and(|e| e <= now_ms) {
                 // An expiry already past: the key is written and gone at once.
+                data.remove(key);
+            } else {
+                store(data, key, value.clone(), index, ts, expires_ms);
+            }
+            CommandResult {
+                old,
+                ..CommandResult::changed(existed)
+            }
+        }
+        Op::SetIf {
+            key,
+            value,
+            expect,
+            ttl,
+            get,
+        } => {
+            let prev = data.get(key);
+            let existed = prev.is_some();
+            let old = if *get {
+                prev.map(|p| p.value.clone())
+            } else {
+                None
+            };
+            let holds = match (expect, prev) {
+                (Expect::Version(0), None) => true,
+                (Expect::Version(v), Some(p)) => p.mod_index == *v,
+                (Expect::Value(want), Some(p)) => p.value == *want,
+                _ => false,
+            };
+            if !holds {
+                return CommandResult {
+                    old,
+                    current: prev.cloned(),
+                    error: Some(VERSION_MISMATCH.to_string()),
+                    ..CommandResult::unchanged(existed)
+                };
+            }
+            let Some(value) = value else {
+                data.remove(key);
+                return CommandResult {
+                    old,
+                    ..CommandResult::changed(existed)
+                };
+            };
+            let expires_ms = expiry(*ttl, prev.and_then(|p| p.expires_ms), now_ms);
+            if expires_ms.is_some_and(|e| e <= now_ms) {
                 data.remove(key);
             } else {
                 store(data, key, value.clone(), index, ts, expires_ms);
@@ -594,6 +643,62 @@ mod tests {
             op,
         };
         apply_op(data, index, &cmd)
+    }
+
+    #[test]
+    fn conditional_writes_hold_only_when_the_key_is_as_expected() {
+        let mut d = BTreeMap::new();
+        let set_if = |value: Option<&str>, expect: Expect| Op::SetIf {
+            key: "k".into(),
+            value: value.map(Into::into),
+            expect,
+            ttl: Ttl::Clear,
+            get: false,
+        };
+        // Version 0: only if absent.
+        let r = run(&mut d, 5, 1, set_if(Some("a"), Expect::Version(0)));
+        assert!(r.changed && r.error.is_none());
+        assert_eq!(d[b"k".as_slice()].mod_index, 5);
+        let r = run(&mut d, 6, 1, set_if(Some("b"), Expect::Version(0)));
+        assert_eq!(r.error.as_deref(), Some(VERSION_MISMATCH));
+        assert_eq!(r.current.map(|c| c.mod_index), Some(5), "the version there");
+        // The version it was written at; a stale one changes nothing.
+        let r = run(&mut d, 7, 1, set_if(Some("b"), Expect::Version(5)));
+        assert!(r.changed);
+        let r = run(&mut d, 8, 1, set_if(Some("c"), Expect::Version(5)));
+        assert!(!r.changed && r.error.is_some());
+        assert_eq!(d[b"k".as_slice()].value, b"b".to_vec());
+        // By value (IFEQ): equal writes, anything else (absent too) does not.
+        let r = run(
+            &mut d,
+            9,
+            1,
+            set_if(Some("c"), Expect::Value(b"b".to_vec())),
+        );
+        assert!(r.changed);
+        let r = run(
+            &mut d,
+            10,
+            1,
+            set_if(Some("d"), Expect::Value(b"b".to_vec())),
+        );
+        assert!(!r.changed && r.error.is_some());
+        // A conditional delete.
+        let r = run(&mut d, 11, 1, set_if(None, Expect::Version(8)));
+        assert!(!r.changed, "version 8 was a refused write, never the key's");
+        let r = run(&mut d, 12, 1, set_if(None, Expect::Version(9)));
+        assert!(r.changed && r.existed);
+        assert!(d.is_empty());
+        let r = run(
+            &mut d,
+            13,
+            1,
+            set_if(Some("x"), Expect::Value(b"c".to_vec())),
+        );
+        assert!(
+            !r.changed && r.current.is_none(),
+            "absent never equals a value"
+        );
     }
 
     fn set(key: &str, value: &str, cond: Cond, ttl: Ttl, get: bool) -> Op {

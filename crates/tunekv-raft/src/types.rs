@@ -76,7 +76,31 @@ pub enum Op {
     Sweep {
         keys: Vec<Vec<u8>>,
     },
+    /// A write of `value` (`None`: a delete) only if the key is as `expect` says: HTTP's
+    /// `if_version`, RESP's `CAS` and `SET … IFEQ`. `ttl` and `get` as for [`Op::Set`].
+    /// Refused, it changes nothing and answers `error: "version_mismatch"` with `current`, the
+    /// value there (its `mod_index` is the key's version). Added last: older log entries keep
+    /// their variant numbers.
+    SetIf {
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        expect: Expect,
+        ttl: Ttl,
+        get: bool,
+    },
 }
+
+/// What a conditional write expects of its key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expect {
+    /// The key's version (the log index of the entry that last wrote it); 0: absent.
+    Version(u64),
+    /// A live value equal to this one (absent never matches).
+    Value(Vec<u8>),
+}
+
+/// [`CommandResult::error`] of a conditional write whose expectation did not hold.
+pub const VERSION_MISMATCH: &str = "version_mismatch";
 
 /// When a SET writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +157,7 @@ impl Op {
             Op::Expire { key, .. } => ("expire", key.len()),
             Op::MSet { pairs } => ("mset", pairs.iter().map(|(k, _)| k.len()).sum()),
             Op::Sweep { keys } => ("sweep", keys.iter().map(Vec::len).sum()),
+            Op::SetIf { key, .. } => ("set_if", key.len()),
         }
     }
 

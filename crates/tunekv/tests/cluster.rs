@@ -577,3 +577,147 @@ async fn logs_are_compacted_and_a_lagging_node_catches_up_from_a_snapshot() {
         );
     }
 }
+
+/// One request: status, the `tunekv-version` header, and the body (JSON when it parses).
+async fn versioned(method: &str, url: &str, body: &str) -> (u16, Option<u64>, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+            url,
+        )
+        .body(body.to_string())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("send");
+    let status = resp.status().as_u16();
+    let version = resp
+        .headers()
+        .get("tunekv-version")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let text = resp.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, version, body)
+}
+
+/// Versions and conditional writes (issue 18): a read names the key's version, `if_version`
+/// writes and deletes only at that version (0: only if absent), a stale one is `409
+/// version_mismatch` naming the current version and changes nothing; then 32 buyers race for
+/// 20 items by compare-and-set through every node: exactly 20 buy, the stock ends at 0 and is
+/// never read below it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_compare_versions_and_a_cas_race_sells_each_item_once() {
+    let c = start(3, false).await;
+    create_keyspace(&c.client(0), "inv", 1).await;
+    let url = |i: usize, path: &str| format!("{}{path}", c.http(i));
+    let (s, v1, b) = versioned("PUT", &url(0, "/v1/kv/inv/k?if_version=0"), "1").await;
+    assert_eq!(s, 200, "{b}");
+    let v1 = v1.expect("a write names the version it gave the key");
+    let (s, v, b) = versioned("PUT", &url(1, "/v1/kv/inv/k?if_version=0"), "x").await;
+    assert_eq!((s, v), (409, Some(v1)), "{b}");
+    assert_eq!(b["error"]["code"], "version_mismatch");
+    assert_eq!(b["error"]["current_version"], v1);
+    let (s, v, b) = versioned("GET", &url(2, "/v1/kv/inv/k?level=strong"), "").await;
+    assert_eq!((s, v, b), (200, Some(v1), serde_json::json!(1)));
+    let (s, v2, _) = versioned(
+        "PUT",
+        &url(2, &format!("/v1/kv/inv/k?if_version={v1}")),
+        "2",
+    )
+    .await;
+    let v2 = v2.expect("version");
+    assert!(s == 200 && v2 > v1);
+    let (s, v, _) = versioned(
+        "PUT",
+        &url(0, &format!("/v1/kv/inv/k?if_version={v1}")),
+        "3",
+    )
+    .await;
+    assert_eq!((s, v), (409, Some(v2)));
+    let (s, _, b) = versioned("GET", &url(0, "/v1/kv/inv/k?level=strong&format=json"), "").await;
+    assert_eq!(
+        (s, b["value"].clone(), b["version"].clone()),
+        (200, "2".into(), v2.into())
+    );
+    for (method, query, want, code) in [
+        (
+            "DELETE",
+            format!("if_version={v1}"),
+            409,
+            "version_mismatch",
+        ),
+        ("DELETE", "if_version=0".to_string(), 400, "bad_request"),
+        ("PUT", "if_version=abc".to_string(), 400, "bad_request"),
+        ("GET", "if_version=1".to_string(), 400, "bad_request"),
+    ] {
+        let (s, _, b) = versioned(method, &url(1, &format!("/v1/kv/inv/k?{query}")), "v").await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (want, Some(code)),
+            "{method} {query}: {b}"
+        );
+    }
+    let (s, _, _) = versioned(
+        "DELETE",
+        &url(1, &format!("/v1/kv/inv/k?if_version={v2}")),
+        "",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, _) = versioned("GET", &url(0, "/v1/kv/inv/k?level=strong"), "").await;
+    assert_eq!(s, 404, "deleted at its version");
+    let (s, _, b) = versioned(
+        "PUT",
+        &url(0, "/v1/keyspaces/ll"),
+        r#"{"mode":"leaderless","replicas":3}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, _, b) = versioned("PUT", &url(0, "/v1/kv/ll/k?if_version=0"), "v").await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("mode_unsupported")),
+        "{b}"
+    );
+
+    // The race: 20 items, 32 buyers, each buys one (read, then CAS the stock down by one,
+    // again on a mismatch) or gives up when it reads 0.
+    let (s, _, _) = versioned("PUT", &url(0, "/v1/kv/inv/stock"), "20").await;
+    assert_eq!(s, 200);
+    let bases: Vec<String> = (0..3).map(|i| c.http(i)).collect();
+    let buyers = (0..32).map(|b| {
+        let base = bases[b % 3].clone();
+        tokio::spawn(async move {
+            let u = format!("{base}/v1/kv/inv/stock");
+            for _ in 0..200 {
+                let (s, v, body) = versioned("GET", &format!("{u}?level=strong"), "").await;
+                assert_eq!(s, 200, "{body}");
+                let left = body.as_i64().expect("a count");
+                assert!(left >= 0, "stock read below zero: {left}");
+                if left == 0 {
+                    return false;
+                }
+                let v = v.expect("a version");
+                let (s, _, body) = versioned(
+                    "PUT",
+                    &format!("{u}?if_version={v}"),
+                    &(left - 1).to_string(),
+                )
+                .await;
+                match s {
+                    200 => return true,
+                    409 => continue,
+                    other => panic!("{other}: {body}"),
+                }
+            }
+            panic!("a buyer neither bought nor saw the stock run out in 200 tries");
+        })
+    });
+    let mut bought = 0;
+    for b in buyers.collect::<Vec<_>>() {
+        bought += usize::from(b.await.expect("buyer"));
+    }
+    assert_eq!(bought, 20, "each item sold once");
+    let (_, _, b) = versioned("GET", &url(0, "/v1/kv/inv/stock?level=strong"), "").await;
+    assert_eq!(b, serde_json::json!(0));
+}

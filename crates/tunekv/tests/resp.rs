@@ -153,6 +153,27 @@ async fn raw_protocol_pipelining_typed_errors_and_strong_reads_on_followers() {
         let big_key = "k".repeat(2000);
         assert!(matches!(a.cmd(&["SET", &big_key, "v"]), R::Error(e) if e.starts_with("KEY_TOO_LARGE ")));
         assert_eq!(a.cmd(&["GET", "k"]), bulk("v"), "errors changed nothing");
+        // Versions (issue 18): VERSION, CAS, SET … IFEQ.
+        assert_eq!(a.cmd(&["VERSION", "absent"]), R::Int(0));
+        let R::Int(v1) = a.cmd(&["VERSION", "k"]) else { panic!("a version") };
+        assert!(v1 > 0);
+        assert!(matches!(a.cmd(&["CAS", "k", &(v1 + 1000).to_string(), "no"]), R::Error(e) if e.starts_with("VERSION_MISMATCH ") && e.contains(&format!("version {v1}"))));
+        let R::Int(v2) = a.cmd(&["CAS", "k", &v1.to_string(), "w"]) else { panic!("the new version") };
+        assert!(v2 > v1);
+        assert_eq!(a.cmd(&["VERSION", "k"]), R::Int(v2));
+        assert!(matches!(a.cmd(&["CAS", "k", &v1.to_string(), "x"]), R::Error(e) if e.starts_with("VERSION_MISMATCH ")));
+        assert!(matches!(a.cmd(&["CAS", "k", "-1", "x"]), R::Error(_)));
+        assert!(matches!(a.cmd(&["CAS", "new", "0", "n0"]), R::Int(_)), "0: only if absent");
+        assert!(matches!(a.cmd(&["CAS", "new", "0", "n1"]), R::Error(e) if e.starts_with("VERSION_MISMATCH ")));
+        assert_eq!(a.cmd(&["SET", "k", "x", "IFEQ", "nope"]), R::Bulk(None));
+        assert_eq!(a.cmd(&["SET", "k", "x", "IFEQ", "w"]), R::Simple("OK".into()));
+        assert_eq!(a.cmd(&["SET", "k", "y", "ifeq", "x", "GET"]), bulk("x"));
+        assert_eq!(a.cmd(&["SET", "missing", "y", "IFEQ", "x"]), R::Bulk(None), "absent never equals");
+        assert!(matches!(a.cmd(&["SET", "k", "z", "IFEQ"]), R::Error(e) if e == "ERR syntax error"));
+        assert!(matches!(a.cmd(&["SET", "k", "z", "NX", "IFEQ", "y"]), R::Error(e) if e == "ERR syntax error"));
+        assert_eq!(a.cmd(&["GET", "k"]), bulk("y"));
+        assert_eq!(a.cmd(&["GET", "missing"]), R::Bulk(None));
+        assert_eq!(a.cmd(&["SET", "k", "v"]), R::Simple("OK".into()));
         // COMMAND DOCS comes from the command table (RESP2: a flat array of name, fields).
         match a.cmd(&["COMMAND", "DOCS", "getrange", "nosuch"]) {
             R::Array(d) => {

@@ -941,6 +941,7 @@ impl Node {
             .and_then(|v| v.stored.expires_ms());
         Ok(ReadOutcome {
             value,
+            version: None,
             expires_ms,
             receipt,
         })

@@ -12,6 +12,7 @@ mod read;
 mod rpc_handler;
 mod status;
 mod write;
+pub use write::version_mismatch;
 
 use freshness::Proofs;
 pub use leaderless::{LeaderlessReport, ReplicaDigest};
@@ -112,6 +113,9 @@ pub struct KeyspaceInfo {
 #[derive(Clone, Debug)]
 pub struct ReadOutcome {
     pub value: Option<Vec<u8>>,
+    /// The key's version on an ordered keyspace: the log index of the write that made the
+    /// value (what `if_version` and `CAS` compare); `None` when absent or leaderless.
+    pub version: Option<u64>,
     /// When the value expires (Unix ms), if it does.
     pub expires_ms: Option<u64>,
     pub receipt: Receipt,

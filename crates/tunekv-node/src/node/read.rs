@@ -179,6 +179,7 @@ impl Node {
             .ok_or_else(|| internal("a one-key batch read no shard"))?;
         let found = shard.values.into_iter().next().and_then(|(_, v)| v);
         Ok(ReadOutcome {
+            version: found.as_ref().map(|v| v.mod_index),
             expires_ms: found.as_ref().and_then(|v| v.expires_ms),
             value: found.map(|v| v.value),
             receipt: shard.receipt,

@@ -4,6 +4,23 @@
 use super::*;
 use crate::rpc::Update;
 use tunekv_dynamo::{Policy, Stored};
+use tunekv_raft::{Expect, Ttl, VERSION_MISMATCH};
+
+/// The refusal of a conditional write: the version it named and the key's.
+pub fn version_mismatch(expected: u64, current: u64) -> TunekvError {
+    let now = match current {
+        0 => "absent (version 0)".to_string(),
+        v => format!("at version {v}"),
+    };
+    err(
+        Code::VersionMismatch,
+        format!(
+            "the write was conditional on version {expected}{}, and the key is {now}; nothing \
+             changed (read it again for its current value and version)",
+            if expected == 0 { " (absent)" } else { "" }
+        ),
+    )
+}
 
 impl Node {
     pub(super) fn wait_budget(&self, wait: Option<Duration>, default_ms: u64) -> Duration {
@@ -78,6 +95,41 @@ impl Node {
     ) -> Result<WriteOutcome, TunekvError> {
         self.write(req, key, |_| Ok(Op::Delete { key: key.to_vec() }))
             .await
+    }
+
+    /// Writes `value` (`None`: deletes) only if `key` is at `version` (0: absent): HTTP's
+    /// `if_version`, RESP's `CAS`. `Ok(Err(current))` when the key is at another version
+    /// (0: absent): nothing changed ([`version_mismatch`] is its error). Ordered keyspaces only
+    /// (`mode_unsupported` elsewhere: the condition needs one order of writes).
+    pub async fn write_if(
+        &self,
+        req: WriteRequest<'_>,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        version: u64,
+    ) -> Result<Result<WriteOutcome, u64>, TunekvError> {
+        if value.is_none() && version == 0 {
+            return Err(err(
+                Code::BadRequest,
+                "if_version=0 means \"only if absent\", and a delete of an absent key deletes \
+                 nothing; name the version to delete",
+            ));
+        }
+        let w = self
+            .write(req, key, |_| {
+                Ok(Op::SetIf {
+                    key: key.to_vec(),
+                    value,
+                    expect: Expect::Version(version),
+                    ttl: Ttl::Clear,
+                    get: false,
+                })
+            })
+            .await?;
+        if w.result.error.as_deref() == Some(VERSION_MISMATCH) {
+            return Ok(Err(w.result.current.as_ref().map_or(0, |c| c.mod_index)));
+        }
+        Ok(Ok(w))
     }
 
     /// Starts a write: its deadline, its keyspace, its session and its write quorum (refused
@@ -314,6 +366,16 @@ impl Node {
                 check_value(value, ks.spec.value_bytes_max)?
             }
             Op::Append { suffix, .. } => check_value(suffix, ks.spec.value_bytes_max)?,
+            Op::SetIf {
+                value: Some(value),
+                expect,
+                ..
+            } => {
+                check_value(value, ks.spec.value_bytes_max)?;
+                if let Expect::Value(v) = expect {
+                    check_value(v, ks.spec.value_bytes_max)?;
+                }
+            }
             Op::MSet { .. } => {
                 return Err(err(Code::Internal, "MSET goes through Node::mset"));
             }

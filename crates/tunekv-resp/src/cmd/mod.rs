@@ -344,9 +344,10 @@ pub(crate) async fn write(
 ) -> Result<CommandResult, Reply> {
     let w = node.write(conn.write_req(), key, op).await.map_err(typed)?;
     conn.written.push(w.position);
-    match w.result.error {
-        Some(e) => Err(Reply::err(e)),
-        None => Ok(w.result),
+    match &w.result.error {
+        // A conditional write that did not hold (SET … IFEQ) answers as a refused NX would.
+        Some(e) if e != tunekv_node::VERSION_MISMATCH => Err(Reply::err(e.clone())),
+        _ => Ok(w.result),
     }
 }
 

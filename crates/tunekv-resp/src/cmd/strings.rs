@@ -1,5 +1,5 @@
-//! String commands: GET, SET (NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL), SETNX, SETEX, PSETEX,
-//! GETSET, GETDEL, MGET, MSET, APPEND, STRLEN, GETRANGE.
+//! String commands: GET, SET (NX, XX, IFEQ, GET, EX, PX, EXAT, PXAT, KEEPTTL), SETNX, SETEX,
+//! PSETEX, GETSET, GETDEL, MGET, MSET, APPEND, STRLEN, GETRANGE; tunekv's VERSION and CAS.
 
 use super::{
     arity, int_arg, read, read_one, syntax, text, typed, write, Args, CommandSpec, Handler, Kind,
@@ -7,7 +7,7 @@ use super::{
 };
 use crate::conn::{Conn, Shared};
 use crate::reply::Reply;
-use tunekv_node::{CommandResult, Cond, Op, Ttl};
+use tunekv_node::{CommandResult, Cond, Expect, Op, Ttl};
 
 const fn spec(
     name: &'static str,
@@ -42,8 +42,25 @@ pub(super) const SPECS: &[CommandSpec] = &[
         -3,
         Kind::Write,
         ONE,
-        "Sets a key's value, with NX, XX, GET, EX, PX, EXAT, PXAT or KEEPTTL.",
+        "Sets a key's value, with NX, XX, IFEQ, GET, EX, PX, EXAT, PXAT or KEEPTTL.",
         set,
+    ),
+    spec(
+        "version",
+        2,
+        Kind::Read,
+        ONE,
+        "A key's version on an ordered keyspace (0: absent), what CAS compares.",
+        version,
+    ),
+    spec(
+        "cas",
+        4,
+        Kind::Write,
+        ONE,
+        "CAS key version value: sets the value only if the key is at that version (0: absent); \
+         returns the new version.",
+        cas,
     ),
     spec(
         "setnx",
@@ -208,9 +225,35 @@ fn set<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
                 return super::siblings::write_in_context(s, conn, key, Some(value), ctx).await;
             }
         }
-        let (cond, ttl, get) = set_options(rest)?;
+        // IFEQ old (Valkey 8.1): only if the key holds exactly `old` (absent never does).
+        let ifeq = rest
+            .iter()
+            .position(|o| o.eq_ignore_ascii_case(b"ifeq"))
+            .map(|i| (i, rest.get(i + 1)));
+        let (rest, expect) = match ifeq {
+            None => (rest.to_vec(), None),
+            Some((_, None)) => return Err(syntax()),
+            Some((i, Some(old))) => {
+                let mut others = rest.to_vec();
+                others.drain(i..i + 2);
+                (others, Some(old.clone()))
+            }
+        };
+        let (cond, ttl, get) = set_options(&rest)?;
+        if expect.is_some() && cond != Cond::Always {
+            return Err(syntax());
+        }
         let r = write(&s.node, conn, key, |_| {
-            Ok(set_op(key, value, cond, ttl, get))
+            Ok(match expect {
+                Some(old) => Op::SetIf {
+                    key: key.to_vec(),
+                    value: Some(value),
+                    expect: Expect::Value(old),
+                    ttl,
+                    get,
+                },
+                None => set_op(key, value, cond, ttl, get),
+            })
         })
         .await?;
         Ok(if get {
@@ -220,6 +263,45 @@ fn set<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
         } else {
             Reply::Nil
         })
+    })
+}
+
+fn version<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        let key = a.next()?;
+        match read_one(&s.node, conn, key).await? {
+            None => Ok(Reply::Int(0)),
+            Some(v) if v.mod_index > 0 => Ok(Reply::Int(v.mod_index as i64)),
+            // Leaderless values have no log index: their version is an HLC stamp (RECEIPT).
+            Some(_) => Err(typed(tunekv_core::TunekvError::new(
+                tunekv_core::Code::ModeUnsupported,
+                "VERSION and CAS are for ordered keyspaces; a leaderless value's version (an \
+                 HLC stamp) is in RECEIPT",
+            ))),
+        }
+    })
+}
+
+fn cas<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        let key = a.next()?;
+        let version = a.int()?;
+        let value = a.next_vec()?;
+        let Ok(version) = u64::try_from(version) else {
+            return Err(Reply::err("version must be a key version: 0 or more"));
+        };
+        match s
+            .node
+            .write_if(conn.write_req(), key, Some(value), version)
+            .await
+            .map_err(typed)?
+        {
+            Ok(w) => {
+                conn.written.push(w.position);
+                Ok(Reply::Int(w.position.index.0 as i64))
+            }
+            Err(current) => Err(typed(tunekv_node::version_mismatch(version, current))),
+        }
     })
 }
 
