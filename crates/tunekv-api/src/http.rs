@@ -24,7 +24,7 @@ use tunekv_core::limits::VALUE_BYTES_MAX_CEILING;
 use tunekv_core::{Code, KeyspaceSpec, Level, Quorum, Receipt, Session, TunekvError};
 use tunekv_dynamo::update::Update;
 use tunekv_dynamo::Stored;
-use tunekv_node::{FaultState, Node, ReadOutcome, ReadRequest, WriteOutcome, WriteRequest};
+use tunekv_node::{FaultState, Node, Op, ReadOutcome, ReadRequest, WriteOutcome, WriteRequest};
 
 /// Request bodies beyond this are refused before they are read whole; per-keyspace value limits
 /// are checked after. Leaves room for the largest configurable value.
@@ -284,7 +284,70 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
             };
             batch_get(node, &ks, keys, key_encoding, read).await
         }
+        ApiRequest::Txn {
+            ks,
+            compare,
+            success,
+            failure,
+            wait,
+            mut session,
+        } => {
+            let req = WriteRequest {
+                keyspace: &ks,
+                w: None,
+                wait,
+                session: &mut session,
+            };
+            let w = node
+                .txn(req, compare, success.clone(), failure.clone())
+                .await?;
+            let succeeded = w.result.int == 1;
+            let ran = if succeeded { &success } else { &failure };
+            let results: Vec<serde_json::Value> = ran
+                .iter()
+                .zip(&w.result.results)
+                .map(|(op, r)| txn_result_json(op, r, w.position.index.0))
+                .collect();
+            let token = node.session_key().encode(&session);
+            let body = json!({
+                "succeeded": succeeded,
+                "results": results,
+                "position": w.position.to_string(),
+                "session": token,
+            });
+            let position = [(
+                HeaderName::from_static(H_POSITION),
+                header(&w.position.to_string()),
+            )];
+            Ok((position, session_header(&token), Json(body)).into_response())
+        }
         ApiRequest::Faults(change) => faults(node, change),
+    }
+}
+
+/// One op's answer in a transaction's: what it read or did, or why it failed.
+fn txn_result_json(op: &Op, r: &tunekv_node::CommandResult, index: u64) -> serde_json::Value {
+    if let Some(e) = &r.error {
+        return json!({"op": op.name(), "error": e});
+    }
+    match op {
+        Op::Get { .. } => {
+            let (value, hex) = value_json(r.current.as_ref().map(|c| c.value.as_slice()));
+            let mut out = json!({
+                "op": "get",
+                "found": r.current.is_some(),
+                "value": value,
+                "version": r.current.as_ref().map(|c| c.mod_index),
+            });
+            if let Some(h) = hex {
+                out["value_hex"] = json!(h);
+            }
+            out
+        }
+        Op::Put { .. } => json!({"op": "put", "version": index}),
+        Op::Delete { .. } => json!({"op": "delete", "deleted": r.changed}),
+        Op::IncrBy { .. } => json!({"op": "incr", "value": r.int, "version": index}),
+        other => json!({"op": other.name(), "changed": r.changed}),
     }
 }
 
@@ -336,7 +399,8 @@ pub fn status_of(code: Code) -> StatusCode {
         | Code::ModeUnsupported
         | Code::Overflow
         | Code::NotInteger
-        | Code::ContextInvalid => StatusCode::BAD_REQUEST,
+        | Code::ContextInvalid
+        | Code::TxnCrossShard => StatusCode::BAD_REQUEST,
         Code::TooManySiblings | Code::VersionMismatch => StatusCode::CONFLICT,
         Code::Siblings => StatusCode::MULTIPLE_CHOICES,
         Code::WrongType => StatusCode::CONFLICT,

@@ -15,6 +15,7 @@
 //! | `/v1/kv/{ks}/{key}:add` | POST (counter keyspaces: `{"by": N, "id": "…"}`) |
 //! | `/v1/kv/{ks}/{key}:update` | POST (set and map keyspaces: `{"add":[…],"remove":[…]}`, `{"set":{…}}`, `{"incr":{…}}`) |
 //! | `/v1/kv/{ks}:batch-get` | POST |
+//! | `/v1/kv/{ks}:txn` | POST (ordered keyspaces: `{"compare":[…],"success":[…],"failure":[…]}`) |
 //! | `/v1/admin/faults` | POST |
 //!
 //! HEAD is accepted wherever GET is. Path segments are percent-decoded to bytes (strictly: `%`
@@ -37,7 +38,7 @@ use tunekv_core::{
     Code, KeyspaceSpec, Level, Quorum, QuorumKind, Session, SessionKey, TunekvError,
 };
 use tunekv_dynamo::update::Update;
-use tunekv_node::BATCH_KEYS_MAX;
+use tunekv_node::{Expect, Op, BATCH_KEYS_MAX};
 
 pub const H_LEVEL: &str = "tunekv-level";
 pub const H_SESSION: &str = "tunekv-session";
@@ -165,6 +166,15 @@ pub enum ApiRequest {
         wait: Option<Duration>,
         session: Session,
     },
+    /// `POST /v1/kv/{ks}:txn`: a single-shard transaction.
+    Txn {
+        ks: String,
+        compare: Vec<(Vec<u8>, Expect)>,
+        success: Vec<Op>,
+        failure: Vec<Op>,
+        wait: Option<Duration>,
+        session: Session,
+    },
     Faults(FaultChange),
 }
 
@@ -222,12 +232,16 @@ pub fn parse(
         }
         ["v1", "kv", action] => {
             allow(method == Method::POST, "POST", method, path)?;
+            if let Some(ks) = action.strip_suffix(":txn") {
+                let ks = keyspace_name(ks)?;
+                return txn(secret, ks, Query::parse(uri.query())?, headers, &body);
+            }
             let Some(ks) = action.strip_suffix(":batch-get") else {
                 return Err(refuse(
                     Code::RouteNotFound,
                     format!(
-                        "no action in {}: the one action is POST /v1/kv/{{ks}}:batch-get; \
-                         single keys are /v1/kv/{{ks}}/{{key}}",
+                        "no action in {}: the actions are POST /v1/kv/{{ks}}:batch-get and \
+                         POST /v1/kv/{{ks}}:txn; single keys are /v1/kv/{{ks}}/{{key}}",
                         echo(path)
                     ),
                 ));
@@ -861,6 +875,95 @@ fn one_of<T>(name: &str, body: Option<T>, query: Option<T>) -> Result<Option<T>,
         )),
         (b, q) => Ok(b.or(q)),
     }
+}
+
+/// A transaction's body (`POST /v1/kv/{ks}:txn`): keys and values are UTF-8 strings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxnBody {
+    #[serde(default)]
+    compare: Vec<TxnCompare>,
+    #[serde(default)]
+    success: Vec<TxnOp>,
+    #[serde(default)]
+    failure: Vec<TxnOp>,
+}
+
+/// `{"key": k, "version": V}` (0: absent) or `{"key": k, "value": v}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxnCompare {
+    key: String,
+    version: Option<u64>,
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum TxnOp {
+    Put { key: String, value: String },
+    Delete { key: String },
+    Get { key: String },
+    Incr { key: String, by: i64 },
+}
+
+fn txn(
+    secret: &SessionKey,
+    ks: String,
+    q: Query,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<ApiRequest, Refusal> {
+    let req: TxnBody = json_object(body, "transaction body", Code::BadRequest)?;
+    if q.level.is_some() || q.r.is_some() || q.w.is_some() || q.format.is_some() {
+        return Err(refuse(
+            Code::BadRequest,
+            "a transaction takes only wait_ms_max in its query (it runs on the shard's leader, \
+             strongly)",
+        ));
+    }
+    let mut compare = Vec::with_capacity(req.compare.len());
+    for (i, c) in req.compare.into_iter().enumerate() {
+        let expect = match (c.version, c.value) {
+            (Some(v), None) => Expect::Version(v),
+            (None, Some(v)) => Expect::Value(v.into_bytes()),
+            _ => {
+                return Err(refuse(
+                    Code::BadRequest,
+                    format!("compare[{i}] names exactly one of version and value"),
+                ))
+            }
+        };
+        compare.push((c.key.into_bytes(), expect));
+    }
+    let ops = |ops: Vec<TxnOp>| -> Vec<Op> {
+        ops.into_iter()
+            .map(|o| match o {
+                TxnOp::Put { key, value } => Op::Put {
+                    key: key.into_bytes(),
+                    value: value.into_bytes(),
+                },
+                TxnOp::Delete { key } => Op::Delete {
+                    key: key.into_bytes(),
+                },
+                TxnOp::Get { key } => Op::Get {
+                    key: key.into_bytes(),
+                },
+                TxnOp::Incr { key, by } => Op::IncrBy {
+                    key: key.into_bytes(),
+                    delta: by,
+                },
+            })
+            .collect()
+    };
+    Ok(ApiRequest::Txn {
+        ks,
+        compare,
+        success: ops(req.success),
+        failure: ops(req.failure),
+        wait: q.wait()?,
+        session: session_of(secret, headers)?,
+    })
 }
 
 fn batch_get(

@@ -73,6 +73,9 @@ pub enum Code {
     /// A conditional write (`if_version`, `CAS`) whose key was not at the version it named; it
     /// changed nothing, and the answer carries the key's current version.
     VersionMismatch,
+    /// A transaction naming keys of more than one shard (transactions are single-shard for
+    /// now); nothing ran.
+    TxnCrossShard,
 }
 
 impl Code {
@@ -109,6 +112,7 @@ impl Code {
             Code::TooManySiblings => "too_many_siblings",
             Code::Siblings => "siblings",
             Code::VersionMismatch => "version_mismatch",
+            Code::TxnCrossShard => "txn_cross_shard",
         }
     }
 
@@ -150,6 +154,7 @@ pub const ALL_CODES: &[Code] = &[
     Code::TooManySiblings,
     Code::Siblings,
     Code::VersionMismatch,
+    Code::TxnCrossShard,
 ];
 
 /// The most characters of client input an error message repeats: a 10 MB field name must not

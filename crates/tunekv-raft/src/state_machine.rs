@@ -243,6 +243,16 @@ fn expiry(ttl: Ttl, current: Option<u64>, now_ms: u64) -> Option<u64> {
     }
 }
 
+/// Whether a key holding `held` is as `expect` says (a version of 0: absent).
+fn expect_holds(expect: &Expect, held: Option<&StoredValue>) -> bool {
+    match (expect, held) {
+        (Expect::Version(0), None) => true,
+        (Expect::Version(v), Some(p)) => p.mod_index == *v,
+        (Expect::Value(want), Some(p)) => p.value == *want,
+        _ => false,
+    }
+}
+
 fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command) -> CommandResult {
     let now_ms = Hlc::millis(cmd.commit_ts);
     let ts = cmd.commit_ts;
@@ -256,7 +266,10 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command
         | Op::Append { key, .. }
         | Op::GetDel { key }
         | Op::Expire { key, .. }
-        | Op::SetIf { key, .. } => vec![key],
+        | Op::SetIf { key, .. }
+        | Op::Get { key } => vec![key],
+        // Each op of a transaction expires its own key when it runs.
+        Op::Txn { compare, .. } => compare.iter().map(|(k, _)| k).collect(),
         Op::MSet { pairs } => pairs.iter().map(|(k, _)| k).collect(),
         Op::Sweep { keys } => keys.iter().collect(),
     };
@@ -341,13 +354,7 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command
             } else {
                 None
             };
-            let holds = match (expect, prev) {
-                (Expect::Version(0), None) => true,
-                (Expect::Version(v), Some(p)) => p.mod_index == *v,
-                (Expect::Value(want), Some(p)) => p.value == *want,
-                _ => false,
-            };
-            if !holds {
+            if !expect_holds(expect, prev) {
                 return CommandResult {
                     old,
                     current: prev.cloned(),
@@ -480,6 +487,42 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command
             changed: expired > 0,
             ..CommandResult::unchanged(false)
         },
+        Op::Get { key } => {
+            let current = data.get(key).cloned();
+            CommandResult {
+                current,
+                ..CommandResult::unchanged(data.contains_key(key))
+            }
+        }
+        Op::Txn {
+            compare,
+            success,
+            failure,
+        } => {
+            let holds = compare
+                .iter()
+                .all(|(key, expect)| expect_holds(expect, data.get(key)));
+            let branch = if holds { success } else { failure };
+            let mut results = Vec::with_capacity(branch.len());
+            for op in branch {
+                // Nested transactions are refused before proposal; one here changes nothing.
+                if matches!(op, Op::Txn { .. } | Op::MSet { .. } | Op::Sweep { .. }) {
+                    results.push(failed(false, "not allowed in a transaction"));
+                    continue;
+                }
+                let sub = Command {
+                    commit_ts: cmd.commit_ts,
+                    op: op.clone(),
+                };
+                results.push(apply_op(data, index, &sub));
+            }
+            CommandResult {
+                int: i64::from(holds),
+                changed: results.iter().any(|r| r.changed),
+                results,
+                ..CommandResult::unchanged(false)
+            }
+        }
     }
 }
 
@@ -643,6 +686,71 @@ mod tests {
             op,
         };
         apply_op(data, index, &cmd)
+    }
+
+    #[test]
+    fn a_transaction_runs_one_branch_atomically_and_reports_each_op() {
+        let mut d = BTreeMap::new();
+        run(
+            &mut d,
+            3,
+            1,
+            set("stock", "1", Cond::Always, Ttl::Clear, false),
+        );
+        let buy = |version: u64| Op::Txn {
+            compare: vec![(b"stock".to_vec(), Expect::Version(version))],
+            success: vec![
+                Op::IncrBy {
+                    key: "stock".into(),
+                    delta: -1,
+                },
+                Op::Put {
+                    key: "order".into(),
+                    value: "ann".into(),
+                },
+                Op::Get {
+                    key: "order".into(),
+                },
+            ],
+            failure: vec![Op::Get {
+                key: "stock".into(),
+            }],
+        };
+        let r = run(&mut d, 4, 1, buy(3));
+        assert_eq!((r.int, r.results.len()), (1, 3), "{r:?}");
+        assert_eq!(r.results[0].int, 0, "the stock after");
+        let read = r.results[2]
+            .current
+            .as_ref()
+            .expect("the order, read in the transaction");
+        assert_eq!(
+            (read.value.as_slice(), read.mod_index),
+            (b"ann".as_slice(), 4)
+        );
+        // A stale version runs the failure branch, which only reads.
+        let r = run(&mut d, 5, 1, buy(3));
+        assert_eq!((r.int, r.results.len(), r.changed), (0, 1, false));
+        assert_eq!(r.results[0].current.as_ref().map(|c| c.mod_index), Some(4));
+        // An op that fails (INCR of a non-integer) fails alone; a nested transaction is refused.
+        let r = run(
+            &mut d,
+            6,
+            1,
+            Op::Txn {
+                compare: vec![(b"nobody".to_vec(), Expect::Version(0))],
+                success: vec![
+                    Op::IncrBy {
+                        key: "order".into(),
+                        delta: 1,
+                    },
+                    buy(4),
+                ],
+                failure: vec![],
+            },
+        );
+        assert_eq!(r.int, 1);
+        assert!(r.results.iter().all(|x| x.error.is_some()), "{r:?}");
+        assert_eq!(d[b"stock".as_slice()].value, b"0".to_vec());
     }
 
     #[test]

@@ -88,6 +88,19 @@ pub enum Op {
         ttl: Ttl,
         get: bool,
     },
+    /// A single-shard transaction (HTTP `:txn`, RESP MULTI/EXEC): if every `compare` holds,
+    /// `success` runs, else `failure`, each op in order within this one entry. The result's
+    /// `int` is 1 when the comparisons held, and `results` has one result per op run. Ops may
+    /// be reads ([`Op::Get`]) and single-key writes; never `Txn`, `MSet` or `Sweep`.
+    Txn {
+        compare: Vec<(Vec<u8>, Expect)>,
+        success: Vec<Op>,
+        failure: Vec<Op>,
+    },
+    /// A read inside a transaction: `current` is the live value (with its version), if any.
+    Get {
+        key: Vec<u8>,
+    },
 }
 
 /// What a conditional write expects of its key.
@@ -158,6 +171,20 @@ impl Op {
             Op::MSet { pairs } => ("mset", pairs.iter().map(|(k, _)| k.len()).sum()),
             Op::Sweep { keys } => ("sweep", keys.iter().map(Vec::len).sum()),
             Op::SetIf { key, .. } => ("set_if", key.len()),
+            Op::Txn {
+                compare,
+                success,
+                failure,
+            } => (
+                "txn",
+                compare.iter().map(|(k, _)| k.len()).sum::<usize>()
+                    + success
+                        .iter()
+                        .chain(failure)
+                        .map(|o| o.describe().1)
+                        .sum::<usize>(),
+            ),
+            Op::Get { key } => ("get", key.len()),
         }
     }
 
@@ -190,6 +217,8 @@ pub struct CommandResult {
     /// Why the command changed nothing (not an integer, overflow, too long); deterministic on
     /// every replica.
     pub error: Option<String>,
+    /// A transaction: the result of each op its branch ran, in order (empty otherwise).
+    pub results: Vec<CommandResult>,
 }
 
 impl CommandResult {
@@ -201,6 +230,7 @@ impl CommandResult {
             old: None,
             int: 0,
             error: None,
+            results: Vec::new(),
         }
     }
 

@@ -720,4 +720,83 @@ async fn conditional_writes_compare_versions_and_a_cas_race_sells_each_item_once
     assert_eq!(bought, 20, "each item sold once");
     let (_, _, b) = versioned("GET", &url(0, "/v1/kv/inv/stock?level=strong"), "").await;
     assert_eq!(b, serde_json::json!(0));
+
+    // A transaction: restock only if still at the version read, record who did, read back.
+    let (_, v, _) = versioned("GET", &url(1, "/v1/kv/inv/stock?level=strong"), "").await;
+    let v = v.expect("a version");
+    let restock = |v: u64| {
+        serde_json::json!({
+            "compare": [{"key": "stock", "version": v}, {"key": "lock", "version": 0}],
+            "success": [
+                {"op": "incr", "key": "stock", "by": 5},
+                {"op": "put", "key": "restocked-by", "value": "ann"},
+                {"op": "get", "key": "stock"},
+            ],
+            "failure": [{"op": "get", "key": "stock"}],
+        })
+        .to_string()
+    };
+    let (s, _, b) = versioned("POST", &url(2, "/v1/kv/inv:txn"), &restock(v)).await;
+    assert_eq!((s, b["succeeded"].clone()), (200, true.into()), "{b}");
+    assert_eq!(b["results"][0]["value"], 5, "{b}");
+    assert_eq!(b["results"][2]["value"], "5", "{b}");
+    let v5 = b["results"][2]["version"]
+        .as_u64()
+        .expect("the version read");
+    let (s, _, b) = versioned("POST", &url(0, "/v1/kv/inv:txn"), &restock(v)).await;
+    assert_eq!(
+        (s, b["succeeded"].clone()),
+        (200, false.into()),
+        "stale: {b}"
+    );
+    assert_eq!(b["results"].as_array().map(Vec::len), Some(1), "{b}");
+    assert_eq!(
+        b["results"][0]["version"], v5,
+        "the failure branch read the stock: {b}"
+    );
+    let (_, _, b) = versioned("GET", &url(0, "/v1/kv/inv/stock?level=strong"), "").await;
+    assert_eq!(b, serde_json::json!(5), "restocked once");
+    // Refusals change nothing.
+    let (s, _, b) = versioned(
+        "PUT",
+        &url(0, "/v1/keyspaces/multi"),
+        r#"{"mode":"ordered","shards":4}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let spread: Vec<serde_json::Value> = (0..8)
+        .map(|i| serde_json::json!({"op": "put", "key": format!("k{i}"), "value": "v"}))
+        .collect();
+    for (ks, body, want, code) in [
+        (
+            "multi",
+            serde_json::json!({"success": spread}).to_string(),
+            400,
+            "txn_cross_shard",
+        ),
+        ("ll", restock(v), 400, "mode_unsupported"),
+        (
+            "inv",
+            r#"{"compare":[{"key":"a"}]}"#.to_string(),
+            400,
+            "bad_request",
+        ),
+        (
+            "inv",
+            r#"{"success":[{"op":"scan"}]}"#.to_string(),
+            400,
+            "bad_request",
+        ),
+        ("inv", "{}".to_string(), 400, "bad_request"),
+        ("inv", "not json".to_string(), 400, "bad_request"),
+    ] {
+        let (s, _, b) = versioned("POST", &url(1, &format!("/v1/kv/{ks}:txn")), &body).await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (want, Some(code)),
+            "{body}: {b}"
+        );
+    }
+    let (s, _, _) = versioned("GET", &url(0, "/v1/kv/multi/k0?level=strong"), "").await;
+    assert_eq!(s, 404, "a refused transaction wrote nothing");
 }

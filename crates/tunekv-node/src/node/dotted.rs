@@ -154,12 +154,9 @@ impl Node {
             },
             existed: updated.existed,
             result: CommandResult {
-                existed: updated.existed,
                 changed: !updated.duplicate,
-                current: None,
-                old: None,
                 int: updated.int,
-                error: None,
+                ..CommandResult::unchanged(updated.existed)
             },
             quorum: Some(QuorumReceipt {
                 quorum: updated.quorum,

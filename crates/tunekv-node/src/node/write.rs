@@ -6,6 +6,9 @@ use crate::rpc::Update;
 use tunekv_dynamo::{Policy, Stored};
 use tunekv_raft::{Expect, Ttl, VERSION_MISMATCH};
 
+/// Most comparisons, and most ops per branch, in one transaction.
+pub const TXN_ITEMS_MAX: usize = 128;
+
 /// The refusal of a conditional write: the version it named and the key's.
 pub fn version_mismatch(expected: u64, current: u64) -> TunekvError {
     let now = match current {
@@ -392,6 +395,109 @@ impl Node {
 
     /// Writes every pair: atomically per shard, shard after shard (there is no transaction
     /// across shards). Returns one outcome per shard written.
+    /// Runs a single-shard transaction on an ordered keyspace (HTTP `:txn`, RESP EXEC): if
+    /// every comparison holds, `success` runs, else `failure`, as one log entry. Its ops are
+    /// reads (`Op::Get`) and single-key writes; every key named must be on one shard
+    /// (`txn_cross_shard` otherwise). The outcome's `result.int` is 1 when the comparisons
+    /// held, and `result.results` has one result per op run.
+    pub async fn txn(
+        &self,
+        req: WriteRequest<'_>,
+        compare: Vec<(Vec<u8>, Expect)>,
+        success: Vec<Op>,
+        failure: Vec<Op>,
+    ) -> Result<WriteOutcome, TunekvError> {
+        let (deadline, ks, session, _) = self.begin_write(req).await?;
+        if ks.spec.mode != Mode::Ordered {
+            return Err(err(
+                Code::ModeUnsupported,
+                format!(
+                    "a transaction needs one order of writes; {:?} is {} (use an ordered \
+                     keyspace)",
+                    ks.name,
+                    ks.spec.mode.as_str()
+                ),
+            ));
+        }
+        if compare.len() > TXN_ITEMS_MAX
+            || success.len() > TXN_ITEMS_MAX
+            || failure.len() > TXN_ITEMS_MAX
+        {
+            return Err(err(
+                Code::BadRequest,
+                format!("a transaction has at most {TXN_ITEMS_MAX} comparisons and {TXN_ITEMS_MAX} ops per branch"),
+            ));
+        }
+        let limit = ks.spec.value_bytes_max;
+        let mut keys: Vec<&[u8]> = Vec::new();
+        for (key, expect) in &compare {
+            keys.push(key);
+            if let Expect::Value(v) = expect {
+                check_value(v, limit)?;
+            }
+        }
+        for op in success.iter().chain(&failure) {
+            match op {
+                Op::Put { key, value } | Op::Set { key, value, .. } => {
+                    check_value(value, limit)?;
+                    keys.push(key);
+                }
+                Op::Append { key, suffix, .. } => {
+                    check_value(suffix, limit)?;
+                    keys.push(key);
+                }
+                Op::Delete { key }
+                | Op::IncrBy { key, .. }
+                | Op::GetDel { key }
+                | Op::Expire { key, .. }
+                | Op::Get { key } => keys.push(key),
+                other => {
+                    return Err(err(
+                        Code::BadRequest,
+                        format!(
+                            "{} is not allowed in a transaction (reads and single-key writes are)",
+                            other.name()
+                        ),
+                    ))
+                }
+            }
+        }
+        let Some(first) = keys.first() else {
+            return Err(err(
+                Code::BadRequest,
+                "a transaction names no key: give it comparisons or ops",
+            ));
+        };
+        let shard = shard_for_key(first, ks.spec.shards);
+        for key in &keys {
+            check_key(key)?;
+            if shard_for_key(key, ks.spec.shards) != shard {
+                return Err(err(
+                    Code::TxnCrossShard,
+                    format!(
+                        "a transaction runs on one shard, and keys {} and {} of {:?} are on \
+                         shards {} and {}; nothing ran (keep a transaction's keys together, or \
+                         use a keyspace with one shard)",
+                        tunekv_core::code::echo_bytes(first),
+                        tunekv_core::code::echo_bytes(key),
+                        ks.name,
+                        shard.0,
+                        shard_for_key(key, ks.spec.shards).0
+                    ),
+                ));
+            }
+        }
+        let g = self.hosted_shard(&ks, shard).await?;
+        session.admit(g.id)?;
+        let op = Op::Txn {
+            compare,
+            success,
+            failure,
+        };
+        let w = self.propose(g.id, op, deadline).await?;
+        Ok(self.write_outcome(&g, w, session))
+    }
+
     pub async fn mset(
         &self,
         req: WriteRequest<'_>,
