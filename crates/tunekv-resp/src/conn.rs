@@ -39,6 +39,8 @@ impl Shared {
             session: Session::new(),
             receipts: Vec::new(),
             written: Vec::new(),
+            multi: None,
+            watched: Vec::new(),
         }
     }
 
@@ -67,6 +69,10 @@ pub struct Conn {
     pub(crate) receipts: Vec<Receipt>,
     /// Where the last write command committed, one position per entry (`POSITION`).
     pub(crate) written: Vec<Position>,
+    /// MULTI: the commands queued for EXEC (`None`: not in a transaction).
+    pub(crate) multi: Option<crate::cmd::transactions::Queue>,
+    /// WATCH: each watched key and the version it had when watched (0: absent).
+    pub(crate) watched: Vec<(Vec<u8>, u64)>,
 }
 
 impl Conn {

@@ -10,6 +10,8 @@ pub enum Reply {
     Int(i64),
     Bulk(Vec<u8>),
     Nil,
+    /// A null array: EXEC of a transaction a watched key's change aborted (`*-1` in RESP2).
+    NilArray,
     Array(Vec<Reply>),
     Map(Vec<(Reply, Reply)>),
 }
@@ -42,6 +44,8 @@ impl Reply {
                 }
                 Reply::Nil if resp3 => out.extend_from_slice(b"_\r\n"),
                 Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
+                Reply::NilArray if resp3 => out.extend_from_slice(b"_\r\n"),
+                Reply::NilArray => out.extend_from_slice(b"*-1\r\n"),
                 Reply::Array(items) => {
                     line(out, b'*', items.len().to_string().as_bytes());
                     stack.extend(items.iter().rev());

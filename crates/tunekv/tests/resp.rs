@@ -20,6 +20,7 @@ enum R {
     Int(i64),
     Bulk(Option<Vec<u8>>),
     Array(Vec<R>),
+    NullArray,
 }
 
 struct Raw {
@@ -73,6 +74,7 @@ impl Raw {
                 b.truncate(n);
                 R::Bulk(Some(b))
             }
+            "*" if rest == "-1" => R::NullArray,
             "*" | "%" => {
                 let n: usize = rest.parse().expect("count");
                 let n = if kind == "%" { 2 * n } else { n };
@@ -174,6 +176,40 @@ async fn raw_protocol_pipelining_typed_errors_and_strong_reads_on_followers() {
         assert_eq!(a.cmd(&["GET", "k"]), bulk("y"));
         assert_eq!(a.cmd(&["GET", "missing"]), R::Bulk(None));
         assert_eq!(a.cmd(&["SET", "k", "v"]), R::Simple("OK".into()));
+        // MULTI/EXEC/WATCH (issue 18): one state-machine command per EXEC.
+        let ok = || R::Simple("OK".into());
+        let queued = || R::Simple("QUEUED".into());
+        assert_eq!(a.cmd(&["MULTI"]), ok());
+        assert_eq!(a.cmd(&["SET", "tx", "1"]), queued());
+        assert_eq!(a.cmd(&["INCR", "tx"]), queued());
+        assert_eq!(a.cmd(&["GET", "tx"]), queued());
+        assert_eq!(a.cmd(&["EXEC"]), R::Array(vec![ok(), R::Int(2), bulk("2")]));
+        let mut b = Raw::connect(&n3);
+        assert_eq!(a.cmd(&["WATCH", "tx"]), ok());
+        assert_eq!(b.cmd(&["SET", "tx", "9"]), ok(), "a change through another node");
+        assert_eq!(a.cmd(&["MULTI"]), ok());
+        assert_eq!(a.cmd(&["INCR", "tx"]), queued());
+        assert_eq!(a.cmd(&["EXEC"]), R::NullArray, "aborted: the watched key changed");
+        assert_eq!(a.cmd(&["GET", "tx"]), bulk("9"));
+        assert_eq!(a.cmd(&["WATCH", "tx"]), ok());
+        assert_eq!(a.cmd(&["MULTI"]), ok());
+        assert_eq!(a.cmd(&["INCR", "tx"]), queued());
+        assert_eq!(a.cmd(&["EXEC"]), R::Array(vec![R::Int(10)]), "unchanged: it runs");
+        for bad in [&["SCAN", "0"][..], &["GET"][..]] {
+            assert_eq!(a.cmd(&["MULTI"]), ok());
+            assert!(matches!(a.cmd(bad), R::Error(_)), "{bad:?}");
+            assert_eq!(a.cmd(&["INCR", "tx"]), queued());
+            assert!(matches!(a.cmd(&["EXEC"]), R::Error(e) if e.starts_with("EXECABORT")));
+        }
+        assert_eq!(a.cmd(&["GET", "tx"]), bulk("10"), "refused transactions ran nothing");
+        assert!(matches!(a.cmd(&["EXEC"]), R::Error(e) if e == "ERR EXEC without MULTI"));
+        assert!(matches!(a.cmd(&["DISCARD"]), R::Error(e) if e == "ERR DISCARD without MULTI"));
+        assert_eq!(a.cmd(&["MULTI"]), ok());
+        assert!(matches!(a.cmd(&["MULTI"]), R::Error(e) if e.contains("nested")));
+        assert!(matches!(a.cmd(&["WATCH", "tx"]), R::Error(e) if e.contains("inside MULTI")));
+        assert_eq!(a.cmd(&["SET", "tx", "x"]), queued());
+        assert_eq!(a.cmd(&["DISCARD"]), ok());
+        assert_eq!(a.cmd(&["GET", "tx"]), bulk("10"), "discarded");
         // COMMAND DOCS comes from the command table (RESP2: a flat array of name, fields).
         match a.cmd(&["COMMAND", "DOCS", "getrange", "nosuch"]) {
             R::Array(d) => {

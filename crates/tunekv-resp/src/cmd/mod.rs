@@ -17,6 +17,7 @@ mod keys;
 mod sets;
 mod siblings;
 mod strings;
+pub(crate) mod transactions;
 mod tunekv;
 
 use crate::conn::{Conn, Shared};
@@ -112,6 +113,7 @@ fn table() -> &'static HashMap<&'static str, &'static CommandSpec> {
             .chain(hashes::SPECS)
             .chain(siblings::SPECS)
             .chain(tunekv::SPECS)
+            .chain(transactions::SPECS)
         {
             let clash = t.insert(spec.name, spec);
             debug_assert!(clash.is_none(), "command {} listed twice", spec.name);
@@ -146,7 +148,13 @@ pub async fn execute(shared: &Shared, conn: &mut Conn, args: Vec<Vec<u8>>) -> Re
     };
     let n = args.len() as i64;
     if (spec.arity > 0 && n != spec.arity) || (spec.arity < 0 && n < -spec.arity) {
+        if conn.multi.is_some() {
+            transactions::spoil(conn);
+        }
         return arity(spec.name);
+    }
+    if conn.multi.is_some() && !transactions::runs_inside(spec.name) {
+        return transactions::queue(conn, spec.name, &args);
     }
     match run(shared, conn, spec, &args).await {
         Ok(r) | Err(r) => r,
@@ -436,6 +444,7 @@ mod tests {
             .chain(hashes::SPECS)
             .chain(siblings::SPECS)
             .chain(tunekv::SPECS)
+            .chain(transactions::SPECS)
             .collect();
         assert_eq!(all.len(), table().len(), "a command listed twice");
         for s in all {
@@ -446,7 +455,7 @@ mod tests {
             assert_eq!(first == 0, step == 0, "{}", s.name);
             assert_eq!(
                 first == 0,
-                s.kind == Kind::Connection || ["keys", "scan", "dbsize"].contains(&s.name),
+                s.kind == Kind::Connection || ["keys", "scan", "dbsize", "exec"].contains(&s.name),
                 "{}: keyed commands touch the keyspace",
                 s.name
             );

@@ -162,7 +162,7 @@ fn old_value(r: &CommandResult) -> Reply {
 }
 
 /// A plain SET of `value` with these options.
-fn set_op(key: &[u8], value: Vec<u8>, cond: Cond, ttl: Ttl, get: bool) -> Op {
+pub(super) fn set_op(key: &[u8], value: Vec<u8>, cond: Cond, ttl: Ttl, get: bool) -> Op {
     Op::Set {
         key: key.to_vec(),
         value,
@@ -215,6 +215,44 @@ fn set_options(opts: &[Vec<u8>]) -> Result<(Cond, Ttl, bool), Reply> {
     Ok((cond, ttl, get))
 }
 
+/// SET's op from its options after `key value` (NX, XX, IFEQ old, GET, EX, PX, EXAT, PXAT,
+/// KEEPTTL), and whether it returns the old value (GET). Also what MULTI queues for a SET.
+pub(super) fn set_command(
+    key: &[u8],
+    value: Vec<u8>,
+    rest: &[Vec<u8>],
+) -> Result<(Op, bool), Reply> {
+    // IFEQ old (Valkey 8.1): only if the key holds exactly `old` (absent never does).
+    let ifeq = rest
+        .iter()
+        .position(|o| o.eq_ignore_ascii_case(b"ifeq"))
+        .map(|i| (i, rest.get(i + 1)));
+    let (rest, expect) = match ifeq {
+        None => (rest.to_vec(), None),
+        Some((_, None)) => return Err(syntax()),
+        Some((i, Some(old))) => {
+            let mut others = rest.to_vec();
+            others.drain(i..i + 2);
+            (others, Some(old.clone()))
+        }
+    };
+    let (cond, ttl, get) = set_options(&rest)?;
+    if expect.is_some() && cond != Cond::Always {
+        return Err(syntax());
+    }
+    let op = match expect {
+        Some(old) => Op::SetIf {
+            key: key.to_vec(),
+            value: Some(value),
+            expect: Expect::Value(old),
+            ttl,
+            get,
+        },
+        None => set_op(key, value, cond, ttl, get),
+    };
+    Ok((op, get))
+}
+
 fn set<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
     Box::pin(async move {
         let (key, value) = (a.next()?, a.next_vec()?);
@@ -225,37 +263,8 @@ fn set<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
                 return super::siblings::write_in_context(s, conn, key, Some(value), ctx).await;
             }
         }
-        // IFEQ old (Valkey 8.1): only if the key holds exactly `old` (absent never does).
-        let ifeq = rest
-            .iter()
-            .position(|o| o.eq_ignore_ascii_case(b"ifeq"))
-            .map(|i| (i, rest.get(i + 1)));
-        let (rest, expect) = match ifeq {
-            None => (rest.to_vec(), None),
-            Some((_, None)) => return Err(syntax()),
-            Some((i, Some(old))) => {
-                let mut others = rest.to_vec();
-                others.drain(i..i + 2);
-                (others, Some(old.clone()))
-            }
-        };
-        let (cond, ttl, get) = set_options(&rest)?;
-        if expect.is_some() && cond != Cond::Always {
-            return Err(syntax());
-        }
-        let r = write(&s.node, conn, key, |_| {
-            Ok(match expect {
-                Some(old) => Op::SetIf {
-                    key: key.to_vec(),
-                    value: Some(value),
-                    expect: Expect::Value(old),
-                    ttl,
-                    get,
-                },
-                None => set_op(key, value, cond, ttl, get),
-            })
-        })
-        .await?;
+        let (op, get) = set_command(key, value, rest)?;
+        let r = write(&s.node, conn, key, |_| Ok(op)).await?;
         Ok(if get {
             old_value(&r)
         } else if r.changed {

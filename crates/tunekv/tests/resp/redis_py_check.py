@@ -312,9 +312,38 @@ def check_session_across_nodes():
     assert got == value, f"read_your_writes GET on node 2: want {value!r}, got {got!r}"
 
 
+def check_transactions():
+    # redis-py's optimistic transaction: WATCH, read, MULTI, write, EXEC; a change made through
+    # another node in between makes EXEC return nil, which redis-py raises as WatchError.
+    key, r, other = P + "tx", client(0, 2), client(2)
+    r.set(key, "10")
+    with r.pipeline() as p:
+        p.watch(key)
+        n = int(p.get(key))
+        p.multi()
+        p.set(key, str(n - 1))
+        p.get(key)
+        assert p.execute() == [True, "9"], "an untouched watched key lets EXEC run"
+    with r.pipeline() as p:
+        p.watch(key)
+        p.multi()
+        p.incr(key)
+        other.set(key, "100")
+        try:
+            p.execute()
+            raise AssertionError("EXEC ran though a watched key changed")
+        except redis.WatchError:
+            pass
+    assert r.get(key) == "100", "the aborted transaction changed nothing"
+    # MULTI/EXEC without WATCH (redis-py's default pipeline) runs atomically.
+    with r.pipeline() as p:
+        p.incr(key).incrby(key, 5).get(key)
+        assert p.execute() == [101, 106, "106"]
+
+
 CHECKS = [check_connection, check_select, check_strings, check_ttls, check_scan_and_keys,
           check_concurrent_incr, check_pipeline, check_tunekv_commands, check_conflict_free_types,
-          check_strong_read_on_follower, check_session_across_nodes]
+          check_strong_read_on_follower, check_session_across_nodes, check_transactions]
 
 
 def main():
