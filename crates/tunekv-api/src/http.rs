@@ -321,8 +321,84 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
             )];
             Ok((position, session_header(&token), Json(body)).into_response())
         }
+        ApiRequest::Watch { ks, prefix } => watch(node, &ks, prefix).await,
         ApiRequest::Faults(change) => faults(node, change),
     }
+}
+
+/// How often an idle watch repeats each shard's progress.
+const WATCH_PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// `GET /v1/watch/{ks}`: server-sent events, one `data:` line of JSON per change (`key`,
+/// `key_base64url` when not UTF-8, `value` or `null` with `deleted`, `position`), `event:
+/// progress` after each applied batch and every second per shard (`{"shard":S,"index":I}`:
+/// every change of shard S up to index I has been sent), and a last `event: error` when the
+/// watch is cut off (docs/formats.md).
+async fn watch(node: &Arc<Node>, ks: &str, prefix: Vec<u8>) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tunekv_node::WatchEvent;
+    let feed = node.watch(ks, prefix).await?;
+    let mut tick = tokio::time::interval(WATCH_PROGRESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let progress = |shard: u32, index: u64| {
+        Event::default()
+            .event("progress")
+            .data(json!({"shard": shard, "index": index}).to_string())
+    };
+    let state = (feed, tick, std::collections::VecDeque::new(), false);
+    let stream = futures::stream::unfold(
+        state,
+        move |(mut feed, mut tick, mut queue, mut done)| async move {
+            loop {
+                if let Some(e) = queue.pop_front() {
+                    return Some((
+                        Ok::<Event, std::convert::Infallible>(e),
+                        (feed, tick, queue, done),
+                    ));
+                }
+                if done {
+                    return None;
+                }
+                tokio::select! {
+                    ev = feed.next() => match ev {
+                        None => done = true,
+                        Some(WatchEvent::Change { position, key, value }) => {
+                            let (text, hex) = value_json(value.as_deref());
+                            let mut body = json!({
+                                "key": String::from_utf8_lossy(&key),
+                                "value": text,
+                                "deleted": value.is_none(),
+                                "position": position.to_string(),
+                            });
+                            if std::str::from_utf8(&key).is_err() {
+                                body["key_base64url"] = json!(request::base64url(&key));
+                            }
+                            if let Some(h) = hex {
+                                body["value_hex"] = json!(h);
+                            }
+                            queue.push_back(Event::default().data(body.to_string()));
+                        }
+                        Some(WatchEvent::Progress { shard, index }) => {
+                            queue.push_back(progress(shard.0, index));
+                        }
+                        Some(WatchEvent::End(e)) => {
+                            let body = json!({"code": e.code.as_str(), "message": e.message});
+                            queue.push_back(Event::default().event("error").data(body.to_string()));
+                            done = true;
+                        }
+                    },
+                    _ = tick.tick() => {
+                        for (shard, index) in feed.progress() {
+                            queue.push_back(progress(shard.0, index));
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// One op's answer in a transaction's: what it read or did, or why it failed.

@@ -16,6 +16,7 @@
 //! | `/v1/kv/{ks}/{key}:update` | POST (set and map keyspaces: `{"add":[…],"remove":[…]}`, `{"set":{…}}`, `{"incr":{…}}`) |
 //! | `/v1/kv/{ks}:batch-get` | POST |
 //! | `/v1/kv/{ks}:txn` | POST (ordered keyspaces: `{"compare":[…],"success":[…],"failure":[…]}`) |
+//! | `/v1/watch/{ks}` | GET (`?prefix=P`: server-sent events of every change from now on) |
 //! | `/v1/admin/faults` | POST |
 //!
 //! HEAD is accepted wherever GET is. Path segments are percent-decoded to bytes (strictly: `%`
@@ -165,6 +166,11 @@ pub enum ApiRequest {
         r: Option<Quorum>,
         wait: Option<Duration>,
         session: Session,
+    },
+    /// `GET /v1/watch/{ks}?prefix=P`: the change feed from now on.
+    Watch {
+        ks: String,
+        prefix: Vec<u8>,
     },
     /// `POST /v1/kv/{ks}:txn`: a single-shard transaction.
     Txn {
@@ -338,6 +344,28 @@ pub fn parse(
                 }
             })
         }
+        ["v1", "watch", ks] => {
+            allow(get, "GET, HEAD", method, path)?;
+            let ks = keyspace_name(ks)?;
+            let q = Query::parse(uri.query())?;
+            if q.from.is_some() {
+                return Err(refuse(
+                    Code::BadRequest,
+                    "resuming a watch from a cursor is not built yet: watch without from (the \
+                     feed starts now), after reading the keys you need",
+                ));
+            }
+            if q.level.is_some() || q.r.is_some() || q.w.is_some() || q.if_version.is_some() {
+                return Err(refuse(
+                    Code::BadRequest,
+                    "a watch takes prefix (and, later, from) in its query",
+                ));
+            }
+            Ok(ApiRequest::Watch {
+                ks,
+                prefix: q.prefix.unwrap_or_default().into_bytes(),
+            })
+        }
         ["v1", "admin", "faults"] => {
             allow(method == Method::POST, "POST", method, path)?;
             Ok(ApiRequest::Faults(json_object(
@@ -472,6 +500,8 @@ struct Query {
     format: Option<String>,
     key_encoding: Option<String>,
     if_version: Option<String>,
+    prefix: Option<String>,
+    from: Option<String>,
 }
 
 impl Query {
@@ -502,12 +532,14 @@ impl Query {
                 "format" => &mut q.format,
                 "key_encoding" => &mut q.key_encoding,
                 "if_version" => &mut q.if_version,
+                "prefix" => &mut q.prefix,
+                "from" => &mut q.from,
                 _ => {
                     return Err(refuse(
                         Code::BadRequest,
                         format!(
                             "bad query string: unknown parameter {}; known: level, r, w, \
-                             wait_ms_max, format, key_encoding, if_version",
+                             wait_ms_max, format, key_encoding, if_version, prefix, from",
                             echo(&name)
                         ),
                     ))

@@ -39,6 +39,10 @@ pub struct NodeConfig {
     /// with `response_too_large`.
     #[serde(default = "batch_get_response_bytes_max")]
     pub batch_get_response_bytes_max: u64,
+    /// Applied batches a change-feed watcher may fall behind a shard by before it is cut off
+    /// (`/v1/watch`); each shard keeps at most this many batches for its watchers.
+    #[serde(default = "watch_batches_max")]
+    pub watch_batches_max: usize,
     /// Where the log, snapshots and metadata live.
     pub data_dir: PathBuf,
     /// Every node of the cluster, this one included.
@@ -178,6 +182,9 @@ fn http_idle_timeout_ms() -> u64 {
 fn batch_get_response_bytes_max() -> u64 {
     64 * 1024 * 1024
 }
+fn watch_batches_max() -> usize {
+    tunekv_raft::CHANGE_BATCHES_MAX
+}
 /// The smallest `batch_get_response_bytes_max` a config may set: the largest value, so a
 /// single-key read through the batch path (RESP GET) is never refused.
 pub const BATCH_GET_RESPONSE_BYTES_MAX_FLOOR: u64 = tunekv_core::limits::VALUE_BYTES_MAX_CEILING;
@@ -279,6 +286,9 @@ impl NodeConfig {
                 "http_header_read_timeout_ms and http_idle_timeout_ms must be at least 1".into(),
             );
         }
+        if self.watch_batches_max == 0 || self.watch_batches_max > 1 << 20 {
+            return Err("watch_batches_max must be 1 to 1048576".into());
+        }
         if self.batch_get_response_bytes_max < BATCH_GET_RESPONSE_BYTES_MAX_FLOOR {
             return Err(format!(
                 "batch_get_response_bytes_max must be at least {BATCH_GET_RESPONSE_BYTES_MAX_FLOOR}"
@@ -319,6 +329,7 @@ impl NodeConfig {
                 http_header_read_timeout_ms: http_header_read_timeout_ms(),
                 http_idle_timeout_ms: http_idle_timeout_ms(),
                 batch_get_response_bytes_max: batch_get_response_bytes_max(),
+                watch_batches_max: watch_batches_max(),
                 data_dir: dir.join(format!("node-{}", p.id)),
                 peers: peers.clone(),
                 cluster_secret: cluster_secret.to_string(),

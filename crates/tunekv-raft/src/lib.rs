@@ -16,7 +16,9 @@ mod state_machine;
 mod types;
 
 pub use log_store::{LogStore, REPLICATION_BATCH_BYTES_MAX};
-pub use state_machine::{Applied, ShardData, ShardView, StateMachine};
+pub use state_machine::{
+    Applied, Change, ChangeBatch, ShardData, ShardView, StateMachine, CHANGE_BATCHES_MAX,
+};
 pub use types::{
     Command, CommandResult, Cond, Expect, ExpireIf, Op, StoredValue, Ttl, TypeConfig,
     VERSION_MISMATCH,

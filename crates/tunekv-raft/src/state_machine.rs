@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tunekv_core::Hlc;
 use tunekv_storage::Storage;
 
@@ -51,6 +51,35 @@ pub struct ShardData {
     inner: RwLock<Inner>,
     // Wakes readers waiting for an index (strong reads on followers, later bounded reads).
     applied_tx: watch::Sender<Applied>,
+    // The change feed: each applied batch's changed keys, to every watcher (issue 18). A
+    // bounded channel: a watcher that falls behind by more than its capacity lags (and is cut
+    // off by its reader), so a slow consumer never grows memory here.
+    changes: broadcast::Sender<Arc<ChangeBatch>>,
+}
+
+/// Batches a watcher may fall behind by before it lags.
+pub const CHANGE_BATCHES_MAX: usize = 1024;
+
+/// One key's change in the feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The entry that changed it.
+    pub index: u64,
+    pub commit_ts: u64,
+    pub key: Vec<u8>,
+    /// The value after the change; `None`: deleted (or expired and swept).
+    pub value: Option<Vec<u8>>,
+}
+
+/// What one applied batch changed, in log order, and the index applied after it: every
+/// change up to `applied` is in this batch or an earlier one.
+#[derive(Clone, Debug, Default)]
+pub struct ChangeBatch {
+    pub changes: Vec<Change>,
+    pub applied: u64,
+    /// The state was replaced by a snapshot: changes up to `applied` are not listed, and a
+    /// watcher must resync.
+    pub reset: bool,
 }
 
 /// One consistent view of a group's state.
@@ -131,6 +160,46 @@ impl ShardData {
     pub fn subscribe(&self) -> watch::Receiver<Applied> {
         self.applied_tx.subscribe()
     }
+
+    /// Every later applied batch's changes. Subscribe first, then read [`ShardData::applied`]:
+    /// batches at or below that index were applied before; the rest arrive here.
+    pub fn changes(&self) -> broadcast::Receiver<Arc<ChangeBatch>> {
+        self.changes.subscribe()
+    }
+}
+
+/// The keys an op may change (every branch of a transaction).
+fn keys_written(op: &Op) -> Vec<&Vec<u8>> {
+    match op {
+        Op::Put { key, .. }
+        | Op::PutIfAbsent { key, .. }
+        | Op::Delete { key }
+        | Op::Set { key, .. }
+        | Op::IncrBy { key, .. }
+        | Op::Append { key, .. }
+        | Op::GetDel { key }
+        | Op::Expire { key, .. }
+        | Op::SetIf { key, .. } => vec![key],
+        Op::MSet { pairs } => pairs.iter().map(|(k, _)| k).collect(),
+        Op::Sweep { keys } => keys.iter().collect(),
+        Op::Txn {
+            success, failure, ..
+        } => {
+            let mut keys: Vec<&Vec<u8>> = Vec::new();
+            for k in success.iter().chain(failure).flat_map(keys_written) {
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+            keys
+        }
+        Op::Get { .. } => Vec::new(),
+    }
+}
+
+/// What a key looks like to the feed: (version, expiry), `None` when absent.
+fn shape(data: &BTreeMap<Vec<u8>, StoredValue>, key: &[u8]) -> Option<(u64, Option<u64>)> {
+    data.get(key).map(|v| (v.mod_index, v.expires_ms))
 }
 
 /// What a snapshot holds besides openraft's meta. Format: docs/formats.md.
@@ -159,6 +228,16 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens a group's state machine from its stored snapshot (if any).
     pub fn open(group: u64, storage: Arc<dyn Storage>, hlc: Arc<Hlc>) -> io::Result<StateMachine> {
+        Self::open_with(group, storage, hlc, CHANGE_BATCHES_MAX)
+    }
+
+    /// [`StateMachine::open`], keeping at most `feed_batches` applied batches for watchers.
+    pub fn open_with(
+        group: u64,
+        storage: Arc<dyn Storage>,
+        hlc: Arc<Hlc>,
+        feed_batches: usize,
+    ) -> io::Result<StateMachine> {
         let mut inner = Inner {
             data: BTreeMap::new(),
             last_applied: None,
@@ -175,9 +254,11 @@ impl StateMachine {
             hlc.observe(body.commit_ts);
         }
         let (applied_tx, _) = watch::channel(inner.applied());
+        let (changes, _) = broadcast::channel(feed_batches.max(1));
         let shared = Arc::new(ShardData {
             inner: RwLock::new(inner),
             applied_tx,
+            changes,
         });
         Ok(StateMachine {
             group,
@@ -584,6 +665,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.push(item);
         }
         let mut replies = Vec::with_capacity(batch.len());
+        // The feed's work is done only while someone watches.
+        let watched = self.shared.changes.receiver_count() > 0;
+        let mut changes = Vec::new();
         let applied = {
             let mut inner = self.write();
             for (entry, responder) in batch {
@@ -600,7 +684,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         // so one bad stamp is not carried forward (issue 15).
                         inner.commit_ts = cmd.commit_ts;
                         self.hlc.observe(cmd.commit_ts);
-                        apply_op(&mut inner.data, index, cmd)
+                        if watched {
+                            let keys = keys_written(&cmd.op);
+                            let before: Vec<_> =
+                                keys.iter().map(|k| shape(&inner.data, k)).collect();
+                            let result = apply_op(&mut inner.data, index, cmd);
+                            for (key, was) in keys.into_iter().zip(before) {
+                                let now = shape(&inner.data, key);
+                                if now != was {
+                                    changes.push(Change {
+                                        index,
+                                        commit_ts: cmd.commit_ts,
+                                        key: key.clone(),
+                                        value: inner.data.get(key).map(|v| v.value.clone()),
+                                    });
+                                }
+                            }
+                            result
+                        } else {
+                            apply_op(&mut inner.data, index, cmd)
+                        }
                     }
                     EntryPayload::Membership(m) => {
                         inner.membership =
@@ -615,6 +718,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             inner.applied()
         };
+        if watched {
+            // Before the applied index moves: a watcher that reads it after subscribing
+            // either counts this batch as before its start or receives it.
+            let _ = self.shared.changes.send(Arc::new(ChangeBatch {
+                changes,
+                applied: applied.index,
+                reset: false,
+            }));
+        }
         self.shared.applied_tx.send_replace(applied);
         for (r, result) in replies {
             r.send(result);
@@ -650,6 +762,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             inner.membership = meta.last_membership.clone();
             inner.applied()
         };
+        if self.shared.changes.receiver_count() > 0 {
+            let _ = self.shared.changes.send(Arc::new(ChangeBatch {
+                changes: Vec::new(),
+                applied: applied.index,
+                reset: true,
+            }));
+        }
         self.shared.applied_tx.send_replace(applied);
         Ok(())
     }

@@ -800,3 +800,176 @@ async fn conditional_writes_compare_versions_and_a_cas_race_sells_each_item_once
     let (s, _, _) = versioned("GET", &url(0, "/v1/kv/multi/k0?level=strong"), "").await;
     assert_eq!(s, 404, "a refused transaction wrote nothing");
 }
+
+/// The change feed (issue 18): a watch on one node sees every acknowledged write and delete of
+/// its prefix made through another node exactly once, per shard in index order, each after no
+/// progress mark that claims its index, and nothing outside the prefix; resuming from a cursor
+/// is refused for now, and leaderless keyspaces cannot be watched yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sees_every_change_once_in_order_behind_its_progress_marks() {
+    let c = start(3, false).await;
+    create_keyspace(&c.client(0), "feed", 2).await;
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/watch/feed?prefix=a/", c.http(1)))
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(resp.status(), 200);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, serde_json::Value)>();
+    let reader = tokio::spawn(async move {
+        let mut resp = resp;
+        let (mut buf, mut event) = (String::new(), String::from("message"));
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find('\n') {
+                let line = buf[..end].trim_end_matches('\r').to_string();
+                buf.drain(..=end);
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim().to_string();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    let v = serde_json::from_str(d.trim()).expect("JSON data");
+                    if tx.send((event.clone(), v)).is_err() {
+                        return;
+                    }
+                } else if line.is_empty() {
+                    event = "message".into();
+                }
+            }
+        }
+    });
+    // The first progress marks say the watch is live on both shards.
+    let mut seen_shards = std::collections::BTreeSet::new();
+    while seen_shards.len() < 2 {
+        let (kind, v) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("progress in time")
+            .expect("an event");
+        assert_eq!(kind, "progress", "{v}");
+        seen_shards.insert(v["shard"].as_u64().expect("shard"));
+    }
+    let client = c.client(0);
+    let mut want = std::collections::BTreeMap::new();
+    for i in 0..20 {
+        let key = format!("a/{i}");
+        let w = client
+            .put(
+                "feed",
+                key.as_bytes(),
+                format!("v{i}").as_bytes(),
+                &Opts::default(),
+            )
+            .await
+            .expect("put");
+        want.insert((w.shard, w.index), (key, Some(format!("v{i}"))));
+        client
+            .put("feed", format!("b/{i}").as_bytes(), b"x", &Opts::default())
+            .await
+            .expect("put outside the prefix");
+    }
+    for i in [3, 7] {
+        let key = format!("a/{i}");
+        let w = client
+            .delete("feed", key.as_bytes(), &Opts::default())
+            .await
+            .expect("delete");
+        want.insert((w.shard, w.index), (key, None));
+    }
+    let mut got = std::collections::BTreeMap::new();
+    let mut progress: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    let mut last: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    while got.len() < want.len() {
+        let (kind, v) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("every change in time")
+            .expect("an event");
+        let text = v.to_string();
+        let (shard, index) = match kind.as_str() {
+            "progress" => {
+                let (s, i) = (v["shard"].as_u64().unwrap(), v["index"].as_u64().unwrap());
+                let p = progress.entry(s).or_insert(0);
+                assert!(i >= *p, "progress went back: {text}");
+                *p = i;
+                continue;
+            }
+            "message" => {
+                let pos = tunekv_core::Position::parse(v["position"].as_str().expect("position"))
+                    .expect("a position");
+                (u64::from(pos.shard.0), pos.index.0)
+            }
+            other => panic!("unexpected {other}: {text}"),
+        };
+        let key = v["key"].as_str().expect("key").to_string();
+        assert!(key.starts_with("a/"), "outside the prefix: {text}");
+        assert!(
+            index > progress.get(&shard).copied().unwrap_or(0),
+            "a change behind a progress mark that claimed it: {text}"
+        );
+        assert!(
+            index > last.get(&shard).copied().unwrap_or(0),
+            "out of order: {text}"
+        );
+        last.insert(shard, index);
+        let value = (!v["deleted"].as_bool().expect("deleted"))
+            .then(|| v["value"].as_str().expect("value").to_string());
+        assert!(
+            got.insert((shard as u32, index), (key, value)).is_none(),
+            "delivered twice: {text}"
+        );
+    }
+    assert_eq!(got, want);
+    reader.abort();
+    for (path, code) in [
+        ("/v1/watch/feed?from=abc", "bad_request"),
+        ("/v1/watch/nosuch", "keyspace_not_found"),
+    ] {
+        let r = reqwest::get(format!("{}{path}", c.http(0)))
+            .await
+            .expect("get");
+        let b: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(b["error"]["code"], code, "{path}");
+    }
+}
+
+/// A watcher that stops reading is cut off once it falls `watch_batches_max` batches behind,
+/// with a final error event, instead of the node buffering its changes without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_stops_reading_is_cut_off_with_an_error() {
+    // A small feed, so a few hundred writes outrun a reader that socket buffers hide.
+    let c = common::start_with(3, false, |cfg| cfg.watch_batches_max = 16).await;
+    create_keyspace(&c.client(0), "busy", 1).await;
+    let mut resp = reqwest::Client::new()
+        .get(format!("{}/v1/watch/busy", c.http(1)))
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(resp.status(), 200);
+    // More than socket buffers hold (16 MiB of events), in more batches than the feed keeps.
+    let value = vec![b'v'; 16 * 1024];
+    let client = c.client(0);
+    for i in 0..1000 {
+        client
+            .put("busy", format!("k{i}").as_bytes(), &value, &Opts::default())
+            .await
+            .expect("put");
+    }
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(10), resp.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                // Keep only the tail: the error comes last.
+                if text.len() > 64 * 1024 {
+                    text.drain(..text.len() - 32 * 1024);
+                }
+            }
+            Ok(Ok(None)) => break,
+            other => panic!("the stream neither ended nor errored: {other:?}"),
+        }
+    }
+    assert!(
+        text.contains("event: error") && text.contains("fell"),
+        "no error event at the end: {}",
+        &text[text.len().saturating_sub(600)..]
+    );
+}

@@ -161,8 +161,13 @@ impl Node {
         if let Some(g) = self.group(id) {
             return Ok(g);
         }
-        let sm =
-            StateMachine::open(id.0, self.storage.clone(), self.hlc.clone()).map_err(internal)?;
+        let sm = StateMachine::open_with(
+            id.0,
+            self.storage.clone(),
+            self.hlc.clone(),
+            self.config.watch_batches_max,
+        )
+        .map_err(internal)?;
         let data = sm.data();
         let log = LogStore::new(id.0, self.storage.clone(), self.commit.clone());
         let net = GroupNetwork {

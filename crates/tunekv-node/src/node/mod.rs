@@ -11,7 +11,9 @@ mod lifecycle;
 mod read;
 mod rpc_handler;
 mod status;
+mod watch;
 mod write;
+pub use watch::{Watch, WatchEvent};
 pub use write::version_mismatch;
 
 use freshness::Proofs;
