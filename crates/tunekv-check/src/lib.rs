@@ -57,6 +57,7 @@
 //!   without either make no claim and are left out.
 
 pub mod counter;
+pub mod feed;
 pub mod history;
 pub mod leaderless;
 pub mod report;

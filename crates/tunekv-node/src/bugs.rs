@@ -41,11 +41,14 @@ pub struct Bugs {
     /// `siblings-union`: replicas merge siblings by keeping every value, ignoring the
     /// contexts (a value a later write superseded comes back).
     siblings_union: bool,
+    /// `progress-early`: a watch sends each batch's progress mark before its changes (a
+    /// consumer that trusts the mark believes it has every change up to it too soon).
+    progress_early: bool,
 }
 
 pub const BUG_NAMES: &str =
     "strong-local, ignore-session, skip-bounded, ack-early, old-receipts, quorum-ack-one, gc-early, \
-     drop-hints, skip-read-repair, counter-lww, set-remove-wins, siblings-union";
+     drop-hints, skip-read-repair, counter-lww, set-remove-wins, siblings-union, progress-early";
 
 impl Bugs {
     /// Parses `--bug` names. Any name in a build without the feature is an error.
@@ -70,6 +73,7 @@ impl Bugs {
                 "counter-lww" => b.counter_lww = true,
                 "set-remove-wins" => b.set_remove_wins = true,
                 "siblings-union" => b.siblings_union = true,
+                "progress-early" => b.progress_early = true,
                 other => return Err(format!("unknown bug {other:?}; bugs: {BUG_NAMES}")),
             }
         }
@@ -89,7 +93,8 @@ impl Bugs {
                 || self.skip_read_repair
                 || self.counter_lww
                 || self.set_remove_wins
-                || self.siblings_union)
+                || self.siblings_union
+                || self.progress_early)
     }
 
     pub fn strong_local(&self) -> bool {
@@ -134,6 +139,10 @@ impl Bugs {
 
     pub fn set_remove_wins(&self) -> bool {
         cfg!(feature = "bug-injection") && self.set_remove_wins
+    }
+
+    pub fn progress_early(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.progress_early
     }
 
     pub fn siblings_union(&self) -> bool {

@@ -801,13 +801,18 @@ async fn conditional_writes_compare_versions_and_a_cas_race_sells_each_item_once
     assert_eq!(s, 404, "a refused transaction wrote nothing");
 }
 
-/// The change feed (issue 18): a watch on one node sees every acknowledged write and delete of
-/// its prefix made through another node exactly once, per shard in index order, each after no
-/// progress mark that claims its index, and nothing outside the prefix; resuming from a cursor
-/// is refused for now, and leaderless keyspaces cannot be watched yet.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_sees_every_change_once_in_order_behind_its_progress_marks() {
-    let c = start(3, false).await;
+/// Watches prefix `a/` of keyspace `feed` (2 shards) on node 2 while node 1 writes 20 keys
+/// there (and 20 outside the prefix) and deletes 2, until the watch's progress covers every
+/// write: each shard's starting mark, what the watch received after it, and the acknowledged
+/// writes of the prefix, for `tunekv_check::feed`.
+async fn watch_run(
+    c: &common::TestCluster,
+) -> (
+    std::collections::BTreeMap<u32, u64>,
+    Vec<tunekv_check::feed::FeedEvent>,
+    Vec<tunekv_check::feed::FeedWrite>,
+) {
+    use tunekv_check::feed::{FeedEvent, FeedWrite};
     create_keyspace(&c.client(0), "feed", 2).await;
     let resp = reqwest::Client::new()
         .get(format!("{}/v1/watch/feed?prefix=a/", c.http(1)))
@@ -837,30 +842,60 @@ async fn a_watch_sees_every_change_once_in_order_behind_its_progress_marks() {
             }
         }
     });
-    // The first progress marks say the watch is live on both shards.
-    let mut seen_shards = std::collections::BTreeSet::new();
-    while seen_shards.len() < 2 {
+    let to_event = |kind: &str, v: &serde_json::Value| -> FeedEvent {
+        match kind {
+            "progress" => FeedEvent::Progress {
+                shard: v["shard"].as_u64().expect("shard") as u32,
+                index: v["index"].as_u64().expect("index"),
+            },
+            "message" => {
+                let pos = tunekv_core::Position::parse(v["position"].as_str().expect("position"))
+                    .expect("a position");
+                let key = v["key"].as_str().expect("key").to_string();
+                assert!(key.starts_with("a/"), "outside the prefix: {v}");
+                FeedEvent::Change {
+                    shard: pos.shard.0,
+                    index: pos.index.0,
+                    key,
+                    value: (!v["deleted"].as_bool().expect("deleted"))
+                        .then(|| v["value"].as_str().expect("value").to_string()),
+                }
+            }
+            other => panic!("unexpected event {other}: {v}"),
+        }
+    };
+    // The first mark of each shard: where the watch starts.
+    let mut start = std::collections::BTreeMap::new();
+    while start.len() < 2 {
         let (kind, v) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .expect("progress in time")
             .expect("an event");
-        assert_eq!(kind, "progress", "{v}");
-        seen_shards.insert(v["shard"].as_u64().expect("shard"));
+        match to_event(&kind, &v) {
+            FeedEvent::Progress { shard, index } => {
+                start.entry(shard).or_insert(index);
+            }
+            other => panic!("a change before the first marks: {other:?}"),
+        }
     }
     let client = c.client(0);
-    let mut want = std::collections::BTreeMap::new();
+    let mut writes = Vec::new();
+    let mut wrote = |w: tunekv_client::WriteReply, key: String, value: Option<String>| {
+        writes.push(FeedWrite {
+            shard: w.shard,
+            index: w.index,
+            key,
+            value,
+        })
+    };
     for i in 0..20 {
         let key = format!("a/{i}");
+        let value = format!("v{i}");
         let w = client
-            .put(
-                "feed",
-                key.as_bytes(),
-                format!("v{i}").as_bytes(),
-                &Opts::default(),
-            )
+            .put("feed", key.as_bytes(), value.as_bytes(), &Opts::default())
             .await
             .expect("put");
-        want.insert((w.shard, w.index), (key, Some(format!("v{i}"))));
+        wrote(w, key, Some(value));
         client
             .put("feed", format!("b/{i}").as_bytes(), b"x", &Opts::default())
             .await
@@ -872,52 +907,51 @@ async fn a_watch_sees_every_change_once_in_order_behind_its_progress_marks() {
             .delete("feed", key.as_bytes(), &Opts::default())
             .await
             .expect("delete");
-        want.insert((w.shard, w.index), (key, None));
+        wrote(w, key, None);
     }
-    let mut got = std::collections::BTreeMap::new();
-    let mut progress: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
-    let mut last: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
-    while got.len() < want.len() {
+    let mut top: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+    for w in &writes {
+        let t = top.entry(w.shard).or_insert(0);
+        *t = (*t).max(w.index);
+    }
+    let mut events = Vec::new();
+    let mut reached: std::collections::BTreeMap<u32, u64> = start.clone();
+    while top
+        .iter()
+        .any(|(s, t)| reached.get(s).copied().unwrap_or(0) < *t)
+    {
         let (kind, v) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
-            .expect("every change in time")
+            .expect("progress past every write in time")
             .expect("an event");
-        let text = v.to_string();
-        let (shard, index) = match kind.as_str() {
-            "progress" => {
-                let (s, i) = (v["shard"].as_u64().unwrap(), v["index"].as_u64().unwrap());
-                let p = progress.entry(s).or_insert(0);
-                assert!(i >= *p, "progress went back: {text}");
-                *p = i;
-                continue;
-            }
-            "message" => {
-                let pos = tunekv_core::Position::parse(v["position"].as_str().expect("position"))
-                    .expect("a position");
-                (u64::from(pos.shard.0), pos.index.0)
-            }
-            other => panic!("unexpected {other}: {text}"),
-        };
-        let key = v["key"].as_str().expect("key").to_string();
-        assert!(key.starts_with("a/"), "outside the prefix: {text}");
-        assert!(
-            index > progress.get(&shard).copied().unwrap_or(0),
-            "a change behind a progress mark that claimed it: {text}"
-        );
-        assert!(
-            index > last.get(&shard).copied().unwrap_or(0),
-            "out of order: {text}"
-        );
-        last.insert(shard, index);
-        let value = (!v["deleted"].as_bool().expect("deleted"))
-            .then(|| v["value"].as_str().expect("value").to_string());
-        assert!(
-            got.insert((shard as u32, index), (key, value)).is_none(),
-            "delivered twice: {text}"
-        );
+        let e = to_event(&kind, &v);
+        if let FeedEvent::Progress { shard, index } = e {
+            let r = reached.entry(shard).or_insert(0);
+            *r = (*r).max(index);
+        }
+        events.push(e);
     }
-    assert_eq!(got, want);
     reader.abort();
+    (start, events, writes)
+}
+
+/// The change feed (issue 18): a watch on one node sees every acknowledged write and delete of
+/// its prefix made through another node exactly once, per shard in index order, each before
+/// the progress mark that covers it, and nothing outside the prefix (`tunekv_check::feed`);
+/// resuming from a cursor is refused for now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sees_every_change_once_in_order_behind_its_progress_marks() {
+    let c = start(3, false).await;
+    let (start, events, writes) = watch_run(&c).await;
+    let r = tunekv_check::feed::check(&start, &events, &writes, &Default::default());
+    assert!(!r.has_violations(), "{}", r.table());
+    let missing = r
+        .row(
+            tunekv_check::feed::LEVEL,
+            tunekv_check::feed::NOTHING_MISSING,
+        )
+        .expect("row");
+    assert_eq!(missing.checked, 22, "every write judged: {}", r.table());
     for (path, code) in [
         ("/v1/watch/feed?from=abc", "bad_request"),
         ("/v1/watch/nosuch", "keyspace_not_found"),
@@ -928,6 +962,19 @@ async fn a_watch_sees_every_change_once_in_order_behind_its_progress_marks() {
         let b: serde_json::Value = r.json().await.expect("json");
         assert_eq!(b["error"]["code"], code, "{path}");
     }
+}
+
+/// The injected bug `progress-early` (each batch's progress mark sent before its changes) is
+/// caught by the feed checker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_mark_sent_before_its_changes_is_caught() {
+    let c = common::start_with_args(3, false, |_| {}, &["--bug", "progress-early"]).await;
+    let (start, events, writes) = watch_run(&c).await;
+    let r = tunekv_check::feed::check(&start, &events, &writes, &Default::default());
+    let ahead = r
+        .row(tunekv_check::feed::LEVEL, tunekv_check::feed::PROGRESS)
+        .expect("row");
+    assert!(ahead.violations_total > 0, "not caught:\n{}", r.table());
 }
 
 /// A watcher that stops reading is cut off once it falls `watch_batches_max` batches behind,

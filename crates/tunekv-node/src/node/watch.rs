@@ -35,6 +35,8 @@ pub struct Watch {
     /// Events of the last batch not handed out yet.
     pending: std::collections::VecDeque<WatchEvent>,
     ended: bool,
+    /// The injected bug `progress-early`.
+    progress_early: bool,
 }
 
 struct ShardFeed {
@@ -84,6 +86,13 @@ impl Watch {
                     if batch.applied <= feed.progress {
                         continue;
                     }
+                    let mark = WatchEvent::Progress {
+                        shard: feed.shard,
+                        index: batch.applied,
+                    };
+                    if self.progress_early {
+                        self.pending.push_back(mark.clone());
+                    }
                     for c in batch.changes.iter().filter(|c| c.index > feed.progress) {
                         if c.key.starts_with(&self.prefix) {
                             self.pending.push_back(WatchEvent::Change {
@@ -98,10 +107,9 @@ impl Watch {
                         }
                     }
                     feed.progress = batch.applied;
-                    self.pending.push_back(WatchEvent::Progress {
-                        shard: feed.shard,
-                        index: batch.applied,
-                    });
+                    if !self.progress_early {
+                        self.pending.push_back(mark);
+                    }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     self.pending.push_back(WatchEvent::End(err(
@@ -166,6 +174,7 @@ impl Node {
             shards,
             pending,
             ended: false,
+            progress_early: self.config.bugs.progress_early(),
         })
     }
 }

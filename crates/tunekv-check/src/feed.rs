@@ -1,0 +1,247 @@
+//! The promises of the change feed (`/v1/watch`, issue 18), judged on what one watcher
+//! received and what the writers were acknowledged:
+//!
+//! - **no acknowledged write missing** — every acknowledged write or delete of the watched
+//!   prefix on shard `s` with an index above where the watch started on `s` and at or below the
+//!   last progress mark of `s` the watcher received was delivered, with its key and value.
+//! - **no duplicates** — no change (shard, index, key) was delivered twice.
+//! - **per-shard order** — on each shard, changes arrive in index order.
+//! - **progress never ahead** — no change of shard `s` arrives after a progress mark of `s`
+//!   at or above its index (the mark said everything up to it had been sent).
+//!
+//! Changes a watch delivers beyond what the writers know of (an unknown outcome) are not
+//! judged here.
+
+use crate::report::{Report, Row, Verdict};
+use crate::Limits;
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const LEVEL: &str = "feed";
+pub const NOTHING_MISSING: &str = "no acknowledged write missing";
+pub const NO_DUPLICATES: &str = "no duplicates";
+pub const ORDER: &str = "per-shard order";
+pub const PROGRESS: &str = "progress never ahead";
+
+/// What a watcher received, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedEvent {
+    Change {
+        shard: u32,
+        index: u64,
+        key: String,
+        /// `None`: a deletion.
+        value: Option<String>,
+    },
+    Progress {
+        shard: u32,
+        index: u64,
+    },
+}
+
+/// An acknowledged write (`value`) or delete (`None`) and the position it committed at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedWrite {
+    pub shard: u32,
+    pub index: u64,
+    pub key: String,
+    pub value: Option<String>,
+}
+
+/// Judges one watch: `start` is each shard's first progress mark (where the watch began),
+/// `events` everything received after it, `writes` the acknowledged writes of the prefix.
+pub fn check(
+    start: &BTreeMap<u32, u64>,
+    events: &[FeedEvent],
+    writes: &[FeedWrite],
+    limits: &Limits,
+) -> Report {
+    let mut missing = Row::new(LEVEL, NOTHING_MISSING);
+    let mut dups = Row::new(LEVEL, NO_DUPLICATES);
+    let mut order = Row::new(LEVEL, ORDER);
+    let mut ahead = Row::new(LEVEL, PROGRESS);
+    let mut progress: BTreeMap<u32, u64> = start.clone();
+    let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut seen: BTreeMap<(u32, u64, &str), Option<&str>> = BTreeMap::new();
+    let mut twice: BTreeSet<(u32, u64, &str)> = BTreeSet::new();
+    for e in events {
+        match e {
+            FeedEvent::Progress { shard, index } => {
+                let p = progress.entry(*shard).or_insert(0);
+                *p = (*p).max(*index);
+            }
+            FeedEvent::Change {
+                shard,
+                index,
+                key,
+                value,
+            } => {
+                let p = progress.get(shard).copied().unwrap_or(0);
+                ahead.record(
+                    if *index <= p {
+                        Verdict::Violation {
+                            message: format!(
+                                "change of {key:?} at shard {shard} index {index} arrived after a \
+                                 progress mark of index {p} had said every change up to it was \
+                                 sent"
+                            ),
+                            ops: vec![],
+                        }
+                    } else {
+                        Verdict::Pass
+                    },
+                    &[],
+                    limits,
+                );
+                let l = last.get(shard).copied().unwrap_or(0);
+                order.record(
+                    if *index < l {
+                        Verdict::Violation {
+                            message: format!(
+                                "change of {key:?} at shard {shard} index {index} arrived after \
+                                 one at index {l}"
+                            ),
+                            ops: vec![],
+                        }
+                    } else {
+                        Verdict::Pass
+                    },
+                    &[],
+                    limits,
+                );
+                last.insert(*shard, l.max(*index));
+                let id = (*shard, *index, key.as_str());
+                let again = seen.insert(id, value.as_deref()).is_some();
+                dups.record(
+                    if again && twice.insert(id) {
+                        Verdict::Violation {
+                            message: format!(
+                                "change of {key:?} at shard {shard} index {index} was delivered \
+                                 twice"
+                            ),
+                            ops: vec![],
+                        }
+                    } else {
+                        Verdict::Pass
+                    },
+                    &[],
+                    limits,
+                );
+            }
+        }
+    }
+    for w in writes {
+        let from = start.get(&w.shard).copied().unwrap_or(u64::MAX);
+        let to = progress.get(&w.shard).copied().unwrap_or(0);
+        if w.index <= from || w.index > to {
+            // Before the watch, or past what it claims to have sent: nothing promised.
+            missing.record(Verdict::Unknown, &[], limits);
+            continue;
+        }
+        let verdict = match seen.get(&(w.shard, w.index, w.key.as_str())) {
+            Some(v) if *v == w.value.as_deref() => Verdict::Pass,
+            Some(v) => Verdict::Violation {
+                message: format!(
+                    "{:?} at shard {} index {} was delivered as {v:?}, written as {:?}",
+                    w.key, w.shard, w.index, w.value
+                ),
+                ops: vec![],
+            },
+            None => Verdict::Violation {
+                message: format!(
+                    "acknowledged {} of {:?} at shard {} index {} is missing, though progress \
+                     reached index {to}",
+                    if w.value.is_some() { "write" } else { "delete" },
+                    w.key,
+                    w.shard,
+                    w.index
+                ),
+                ops: vec![],
+            },
+        };
+        missing.record(verdict, &[], limits);
+    }
+    Report {
+        rows: vec![missing, dups, order, ahead],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(shard: u32, index: u64, key: &str, value: Option<&str>) -> FeedEvent {
+        FeedEvent::Change {
+            shard,
+            index,
+            key: key.into(),
+            value: value.map(Into::into),
+        }
+    }
+
+    fn progress(shard: u32, index: u64) -> FeedEvent {
+        FeedEvent::Progress { shard, index }
+    }
+
+    fn write(shard: u32, index: u64, key: &str, value: Option<&str>) -> FeedWrite {
+        FeedWrite {
+            shard,
+            index,
+            key: key.into(),
+            value: value.map(Into::into),
+        }
+    }
+
+    fn judge(events: &[FeedEvent]) -> Report {
+        let start = [(0, 10), (1, 4)].into_iter().collect();
+        let writes = [
+            write(0, 9, "old", Some("x")),
+            write(0, 11, "a", Some("1")),
+            write(0, 12, "b", None),
+            write(1, 5, "c", Some("2")),
+            write(1, 30, "late", Some("3")),
+        ];
+        check(&start, events, &writes, &Limits::default())
+    }
+
+    fn violations(r: &Report, property: &str) -> u64 {
+        r.row(LEVEL, property).expect("row").violations_total
+    }
+
+    #[test]
+    fn a_clean_feed_passes_and_judges_what_progress_covers() {
+        let events = [
+            change(0, 11, "a", Some("1")),
+            change(1, 5, "c", Some("2")),
+            progress(1, 5),
+            change(0, 12, "b", None),
+            progress(0, 12),
+        ];
+        let r = judge(&events);
+        assert!(!r.has_violations(), "{}", r.table());
+        let row = r.row(LEVEL, NOTHING_MISSING).unwrap();
+        // Before the watch (index 9) and past the last mark (index 30) are not judged.
+        assert_eq!((row.checked, row.unknown), (3, 2));
+    }
+
+    #[test]
+    fn a_missing_write_a_duplicate_disorder_and_an_early_progress_mark_are_caught() {
+        let missing = [change(0, 11, "a", Some("1")), progress(0, 12)];
+        assert_eq!(violations(&judge(&missing), NOTHING_MISSING), 1);
+        let wrong_value = [
+            change(0, 11, "a", Some("9")),
+            change(0, 12, "b", None),
+            progress(0, 12),
+        ];
+        assert_eq!(violations(&judge(&wrong_value), NOTHING_MISSING), 1);
+        let twice = [change(0, 11, "a", Some("1")), change(0, 11, "a", Some("1"))];
+        assert_eq!(violations(&judge(&twice), NO_DUPLICATES), 1);
+        let disorder = [change(0, 12, "b", None), change(0, 11, "a", Some("1"))];
+        assert_eq!(violations(&judge(&disorder), ORDER), 1);
+        // The injected bug's shape: the mark first, then the change it covers.
+        let early = [progress(0, 11), change(0, 11, "a", Some("1"))];
+        assert_eq!(violations(&judge(&early), PROGRESS), 1);
+        // A change at or below where the watch started is one it should not have sent.
+        let before = [change(0, 10, "old", Some("x"))];
+        assert_eq!(violations(&judge(&before), PROGRESS), 1);
+    }
+}
