@@ -163,22 +163,10 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
                 wait,
                 session: &mut session,
             };
-            let w = match (context, if_version) {
-                (Some(_), Some(_)) => {
-                    return Err(ApiError(TunekvError::new(
-                        Code::BadRequest,
-                        "tunekv-context (siblings keyspaces) and if_version (ordered ones) do \
-                         not go together",
-                    )))
-                }
-                (Some(text), None) => {
-                    write_in_context(node, req, &key, Some(value.to_vec()), &text).await?
-                }
-                (None, Some(v)) => match node.write_if(req, &key, Some(value.to_vec()), v).await? {
-                    Ok(w) => w,
-                    Err(current) => return Ok(mismatch_response(v, current)),
-                },
-                (None, None) => node.put(req, &key, value.to_vec()).await?,
+            let write = (Some(value.to_vec()), context, if_version);
+            let w = match plain_write(node, req, &key, write).await? {
+                Ok(w) => w,
+                Err(refused) => return Ok(refused),
             };
             let mut response = write_response(&w, &node.session_key().encode(&session), None);
             // An ordered write's index is the version it gave the key.
@@ -228,20 +216,9 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
                 wait,
                 session: &mut session,
             };
-            let w = match (context, if_version) {
-                (Some(_), Some(_)) => {
-                    return Err(ApiError(TunekvError::new(
-                        Code::BadRequest,
-                        "tunekv-context (siblings keyspaces) and if_version (ordered ones) do \
-                         not go together",
-                    )))
-                }
-                (Some(text), None) => write_in_context(node, req, &key, None, &text).await?,
-                (None, Some(v)) => match node.write_if(req, &key, None, v).await? {
-                    Ok(w) => w,
-                    Err(current) => return Ok(mismatch_response(v, current)),
-                },
-                (None, None) => node.delete(req, &key).await?,
+            let w = match plain_write(node, req, &key, (None, context, if_version)).await? {
+                Ok(w) => w,
+                Err(refused) => return Ok(refused),
             };
             Ok(write_response(
                 &w,
@@ -425,6 +402,33 @@ fn txn_result_json(op: &Op, r: &tunekv_node::CommandResult, index: u64) -> serde
         Op::IncrBy { .. } => json!({"op": "incr", "value": r.int, "version": index}),
         other => json!({"op": other.name(), "changed": r.changed}),
     }
+}
+
+/// A PUT (`Some` value) or DELETE (`None`): plain, in a siblings context, or conditional on
+/// the key's version. `Ok(Err(response))`: the condition did not hold (`409
+/// version_mismatch`, nothing changed).
+async fn plain_write(
+    node: &Node,
+    req: WriteRequest<'_>,
+    key: &[u8],
+    (value, context, if_version): (Option<Vec<u8>>, Option<String>, Option<u64>),
+) -> Result<Result<WriteOutcome, Response>, ApiError> {
+    Ok(Ok(match (context, if_version, value) {
+        (Some(_), Some(_), _) => {
+            return Err(ApiError(TunekvError::new(
+                Code::BadRequest,
+                "tunekv-context (siblings keyspaces) and if_version (ordered ones) do not go \
+                 together",
+            )))
+        }
+        (Some(text), None, value) => write_in_context(node, req, key, value, &text).await?,
+        (None, Some(v), value) => match node.write_if(req, key, value, v).await? {
+            Ok(w) => w,
+            Err(current) => return Ok(Err(mismatch_response(v, current))),
+        },
+        (None, None, Some(value)) => node.put(req, key, value).await?,
+        (None, None, None) => node.delete(req, key).await?,
+    }))
 }
 
 /// A write (`None`: a delete) of a siblings keyspace that supersedes what its causal context

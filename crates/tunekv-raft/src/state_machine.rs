@@ -313,6 +313,25 @@ fn store(
     );
 }
 
+/// Writes `value` at `key` in entry `index` (commit stamp `ts`, `now_ms` its millisecond) with
+/// the expiry `ttl` asks for given the key's current one; an expiry already past removes the
+/// key at once (it is written and gone).
+fn store_with_ttl(
+    data: &mut BTreeMap<Vec<u8>, StoredValue>,
+    key: &[u8],
+    value: &[u8],
+    (index, ts, now_ms): (u64, u64, u64),
+    ttl: Ttl,
+    current_expiry: Option<u64>,
+) {
+    let expires_ms = expiry(ttl, current_expiry, now_ms);
+    if expires_ms.is_some_and(|e| e <= now_ms) {
+        data.remove(key);
+    } else {
+        store(data, key, value.to_vec(), index, ts, expires_ms);
+    }
+}
+
 /// The absolute expiry a write asks for, given the key's current one. `now_ms` is the entry's
 /// commit time, the same on every replica.
 fn expiry(ttl: Ttl, current: Option<u64>, now_ms: u64) -> Option<u64> {
@@ -409,13 +428,8 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command
                     ..CommandResult::unchanged(existed)
                 };
             }
-            let expires_ms = expiry(*ttl, prev.and_then(|p| p.expires_ms), now_ms);
-            if expires_ms.is_some_and(|e| e <= now_ms) {
-                // An expiry already past: the key is written and gone at once.
-                data.remove(key);
-            } else {
-                store(data, key, value.clone(), index, ts, expires_ms);
-            }
+            let current_expiry = prev.and_then(|p| p.expires_ms);
+            store_with_ttl(data, key, value, (index, ts, now_ms), *ttl, current_expiry);
             CommandResult {
                 old,
                 ..CommandResult::changed(existed)
@@ -443,18 +457,14 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command
                     ..CommandResult::unchanged(existed)
                 };
             }
-            let Some(value) = value else {
-                data.remove(key);
-                return CommandResult {
-                    old,
-                    ..CommandResult::changed(existed)
-                };
-            };
-            let expires_ms = expiry(*ttl, prev.and_then(|p| p.expires_ms), now_ms);
-            if expires_ms.is_some_and(|e| e <= now_ms) {
-                data.remove(key);
-            } else {
-                store(data, key, value.clone(), index, ts, expires_ms);
+            let current_expiry = prev.and_then(|p| p.expires_ms);
+            match value {
+                Some(value) => {
+                    store_with_ttl(data, key, value, (index, ts, now_ms), *ttl, current_expiry)
+                }
+                None => {
+                    data.remove(key);
+                }
             }
             CommandResult {
                 old,

@@ -580,24 +580,9 @@ async fn logs_are_compacted_and_a_lagging_node_catches_up_from_a_snapshot() {
 
 /// One request: status, the `tunekv-version` header, and the body (JSON when it parses).
 async fn versioned(method: &str, url: &str, body: &str) -> (u16, Option<u64>, serde_json::Value) {
-    let resp = reqwest::Client::new()
-        .request(
-            reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
-            url,
-        )
-        .body(body.to_string())
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .expect("send");
-    let status = resp.status().as_u16();
-    let version = resp
-        .headers()
-        .get("tunekv-version")
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    let text = resp.text().await.expect("body");
-    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-    (status, version, body)
+    let (status, version, body) =
+        common::call_with_header(method, url, body, "tunekv-version").await;
+    (status, version.and_then(|v| v.parse().ok()), body)
 }
 
 /// Versions and conditional writes (issue 18): a read names the key's version, `if_version`

@@ -112,6 +112,17 @@ pub async fn own_replica(c: &TestCluster, idx: usize, name: &str) -> Option<serd
 
 /// One HTTP call: status, the `tunekv-quorum` header, and the body (JSON when it parses).
 pub async fn call(method: &str, url: &str, body: &str) -> (u16, Option<String>, serde_json::Value) {
+    let (status, quorum, body) = call_with_header(method, url, body, "tunekv-quorum").await;
+    (status, quorum, body)
+}
+
+/// One HTTP call: status, the answer's header `name`, and the body (JSON when it parses).
+pub async fn call_with_header(
+    method: &str,
+    url: &str,
+    body: &str,
+    name: &str,
+) -> (u16, Option<String>, serde_json::Value) {
     let client = reqwest::Client::new();
     let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
     let resp = client
@@ -122,11 +133,11 @@ pub async fn call(method: &str, url: &str, body: &str) -> (u16, Option<String>, 
         .await
         .expect("send");
     let status = resp.status().as_u16();
-    let quorum = resp
+    let header = resp
         .headers()
-        .get("tunekv-quorum")
+        .get(name)
         .map(|v| v.to_str().unwrap_or_default().to_string());
     let text = resp.text().await.expect("body");
     let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-    (status, quorum, body)
+    (status, header, body)
 }
