@@ -358,20 +358,10 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command
     let ts = cmd.commit_ts;
     // A key whose expiry has passed at this entry's commit time is absent to the command.
     let touched: Vec<&Vec<u8>> = match &cmd.op {
-        Op::Put { key, .. }
-        | Op::PutIfAbsent { key, .. }
-        | Op::Delete { key }
-        | Op::Set { key, .. }
-        | Op::IncrBy { key, .. }
-        | Op::Append { key, .. }
-        | Op::GetDel { key }
-        | Op::Expire { key, .. }
-        | Op::SetIf { key, .. }
-        | Op::Get { key } => vec![key],
+        Op::Get { key } => vec![key],
         // Each op of a transaction expires its own key when it runs.
         Op::Txn { compare, .. } => compare.iter().map(|(k, _)| k).collect(),
-        Op::MSet { pairs } => pairs.iter().map(|(k, _)| k).collect(),
-        Op::Sweep { keys } => keys.iter().collect(),
+        other => keys_written(other),
     };
     let mut expired = 0;
     for key in touched {
