@@ -1,5 +1,8 @@
 //! tunekv-client: a small async client for tunekv's HTTP API (DESIGN §9).
 
+mod watch;
+pub use watch::{Watch, WatchEvent};
+
 use serde::Deserialize;
 use std::time::Duration;
 

@@ -1005,3 +1005,66 @@ async fn a_watcher_that_stops_reading_is_cut_off_with_an_error() {
         &text[text.len().saturating_sub(600)..]
     );
 }
+
+/// The Rust client's `watch()` (issue 18): the feed as a `Stream` of typed events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_watches_changes_as_a_stream() {
+    use futures::StreamExt;
+    let c = start(3, false).await;
+    create_keyspace(&c.client(0), "seen", 1).await;
+    let stream = c
+        .client(2)
+        .watch("seen", "x/")
+        .await
+        .expect("watch")
+        .into_stream();
+    let mut stream = Box::pin(stream);
+    // The starting mark, then the changes.
+    let first = stream.next().await.expect("an event").expect("no error");
+    assert!(
+        matches!(first, tunekv_client::WatchEvent::Progress { shard: 0, .. }),
+        "{first:?}"
+    );
+    let w = c
+        .client(0)
+        .put("seen", b"x/1", b"one", &Opts::default())
+        .await
+        .expect("put");
+    c.client(0)
+        .put("seen", b"y/1", b"other", &Opts::default())
+        .await
+        .expect("put");
+    c.client(0)
+        .delete("seen", b"x/1", &Opts::default())
+        .await
+        .expect("delete");
+    let mut changes = Vec::new();
+    while changes.len() < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("in time")
+            .expect("an event")
+            .expect("no error");
+        if let tunekv_client::WatchEvent::Change {
+            key, value, index, ..
+        } = e
+        {
+            changes.push((key, value, index));
+        }
+    }
+    assert_eq!(
+        changes[0],
+        ("x/1".to_string(), Some("one".to_string()), w.index)
+    );
+    assert_eq!(
+        (changes[1].0.as_str(), changes[1].1.as_deref()),
+        ("x/1", None)
+    );
+    let e = c
+        .client(0)
+        .watch("nosuch", "")
+        .await
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("keyspace_not_found"), "{e}");
+}

@@ -1,0 +1,137 @@
+//! [`Client::watch`]: the change feed (`GET /v1/watch/{ks}`) as events, one at a time or as a
+//! `Stream`.
+
+use crate::{api_error, encode_key, Client, ClientError, Result};
+use std::time::Duration;
+
+/// One event of a watch (docs/formats.md, "The change feed").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A key changed: its new value, or `None` when deleted; `position` as
+    /// `shard=S;index=I;commit_ms=C`.
+    Change {
+        key: String,
+        value: Option<String>,
+        shard: u32,
+        index: u64,
+        position: String,
+    },
+    /// Every change of `shard` up to `index` has been sent.
+    Progress { shard: u32, index: u64 },
+}
+
+/// A running watch: [`Watch::next`] yields events until the server ends it; an `error` event
+/// (the watcher fell behind, or the node lost the shard's history) comes as `Err` and ends it.
+pub struct Watch {
+    resp: reqwest::Response,
+    buf: String,
+    event: String,
+    data: Option<String>,
+    done: bool,
+}
+
+/// How long a watch may stay open (the client's request timeout would cut it off otherwise).
+const WATCH_OPEN_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl Client {
+    /// Watches the keys of `keyspace` that start with `prefix`, from now on.
+    pub async fn watch(&self, keyspace: &str, prefix: &str) -> Result<Watch> {
+        let url = format!(
+            "{}/v1/watch/{}?prefix={}",
+            self.base,
+            encode_key(keyspace.as_bytes()),
+            encode_key(prefix.as_bytes())
+        );
+        let resp = self
+            .http
+            .get(url)
+            .timeout(WATCH_OPEN_MAX)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        Ok(Watch {
+            resp,
+            buf: String::new(),
+            event: String::new(),
+            data: None,
+            done: false,
+        })
+    }
+}
+
+impl Watch {
+    /// The next event; `None` once the watch has ended.
+    pub async fn next(&mut self) -> Option<Result<WatchEvent>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            while let Some(end) = self.buf.find('\n') {
+                let line = self.buf[..end].trim_end_matches('\r').to_string();
+                self.buf.drain(..=end);
+                if let Some(e) = line.strip_prefix("event:") {
+                    self.event = e.trim().to_string();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    self.data = Some(d.trim().to_string());
+                } else if line.is_empty() {
+                    let event = std::mem::take(&mut self.event);
+                    if let Some(data) = self.data.take() {
+                        let parsed = self.parse(&event, &data);
+                        if parsed.is_err() {
+                            self.done = true;
+                        }
+                        return Some(parsed);
+                    }
+                }
+            }
+            match self.resp.chunk().await {
+                Ok(Some(chunk)) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(None) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(ClientError::Transport(format!("the watch broke: {e}"))));
+                }
+            }
+        }
+    }
+
+    /// The watch as a `Stream` of events.
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<WatchEvent>> {
+        futures::stream::unfold(self, |mut w| async move { w.next().await.map(|e| (e, w)) })
+    }
+
+    fn parse(&self, event: &str, data: &str) -> Result<WatchEvent> {
+        let v: serde_json::Value = serde_json::from_str(data)
+            .map_err(|e| ClientError::Transport(format!("a watch event is not JSON: {e}")))?;
+        let bad = || ClientError::Transport(format!("an unexpected watch event: {data}"));
+        match event {
+            "progress" => Ok(WatchEvent::Progress {
+                shard: v["shard"].as_u64().ok_or_else(bad)? as u32,
+                index: v["index"].as_u64().ok_or_else(bad)?,
+            }),
+            "error" => Err(ClientError::Api {
+                status: 200,
+                code: v["code"].as_str().unwrap_or("unknown").to_string(),
+                message: v["message"].as_str().unwrap_or_default().to_string(),
+            }),
+            _ => {
+                let position = v["position"].as_str().ok_or_else(bad)?.to_string();
+                let field = |name: &str| -> Option<u64> {
+                    position
+                        .split(';')
+                        .find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+                };
+                Ok(WatchEvent::Change {
+                    key: v["key"].as_str().ok_or_else(bad)?.to_string(),
+                    value: v["value"].as_str().map(str::to_string),
+                    shard: field("shard").ok_or_else(bad)? as u32,
+                    index: field("index").ok_or_else(bad)?,
+                    position,
+                })
+            }
+        }
+    }
+}
