@@ -298,7 +298,7 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
             )];
             Ok((position, session_header(&token), Json(body)).into_response())
         }
-        ApiRequest::Watch { ks, prefix } => watch(node, &ks, prefix).await,
+        ApiRequest::Watch { ks, prefix, from } => watch(node, &ks, prefix, from.as_deref()).await,
         ApiRequest::Faults(change) => faults(node, change),
     }
 }
@@ -306,21 +306,40 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
 /// How often an idle watch repeats each shard's progress.
 const WATCH_PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
-/// `GET /v1/watch/{ks}`: server-sent events, one `data:` line of JSON per change (`key`,
-/// `key_base64url` when not UTF-8, `value` or `null` with `deleted`, `position`), `event:
-/// progress` after each applied batch and every second per shard (`{"shard":S,"index":I}`:
-/// every change of shard S up to index I has been sent), and a last `event: error` when the
-/// watch is cut off (docs/formats.md).
-async fn watch(node: &Arc<Node>, ks: &str, prefix: Vec<u8>) -> Result<Response, ApiError> {
+/// `GET /v1/watch/{ks}?prefix=P&from=CURSOR`: server-sent events, one `data:` line of JSON
+/// per change (`key`, `key_base64url` when not UTF-8, `value` or `null` with `deleted`,
+/// `position`), `event: progress` after each applied batch and every second per shard
+/// (`{"shard":S,"index":I,"cursor":C}`: every change of shard S up to index I has been sent;
+/// `from=C` resumes after them), and a last `event: error` when the watch is cut off
+/// (docs/formats.md). A cursor older than the node's history: `410 cursor_compacted` naming
+/// the oldest position a cursor may have.
+async fn watch(
+    node: &Arc<Node>,
+    ks: &str,
+    prefix: Vec<u8>,
+    from: Option<&str>,
+) -> Result<Response, ApiError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
-    use tunekv_node::WatchEvent;
-    let feed = node.watch(ks, prefix).await?;
+    use tunekv_node::{WatchEvent, WatchRefused};
+    let feed = match node.watch(ks, prefix, from).await {
+        Ok(feed) => feed,
+        Err(WatchRefused::Error(e)) => return Err(e.into()),
+        Err(r @ WatchRefused::Compacted { shard, oldest }) => {
+            let e = r.error();
+            let body = json!({"error": {
+                "code": e.code.as_str(),
+                "message": e.message,
+                "oldest_position": format!("shard={};index={oldest}", shard.0),
+            }});
+            return Ok((status_of(e.code), Json(body)).into_response());
+        }
+    };
     let mut tick = tokio::time::interval(WATCH_PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let progress = |shard: u32, index: u64| {
+    let progress = |feed: &tunekv_node::Watch, shard: u32, index: u64| {
         Event::default()
             .event("progress")
-            .data(json!({"shard": shard, "index": index}).to_string())
+            .data(json!({"shard": shard, "index": index, "cursor": feed.cursor()}).to_string())
     };
     let state = (feed, tick, std::collections::VecDeque::new(), false);
     let stream = futures::stream::unfold(
@@ -356,7 +375,7 @@ async fn watch(node: &Arc<Node>, ks: &str, prefix: Vec<u8>) -> Result<Response, 
                             queue.push_back(Event::default().data(body.to_string()));
                         }
                         Some(WatchEvent::Progress { shard, index }) => {
-                            queue.push_back(progress(shard.0, index));
+                            queue.push_back(progress(&feed, shard.0, index));
                         }
                         Some(WatchEvent::End(e)) => {
                             let body = json!({"code": e.code.as_str(), "message": e.message});
@@ -366,7 +385,7 @@ async fn watch(node: &Arc<Node>, ks: &str, prefix: Vec<u8>) -> Result<Response, 
                     },
                     _ = tick.tick() => {
                         for (shard, index) in feed.progress() {
-                            queue.push_back(progress(shard.0, index));
+                            queue.push_back(progress(&feed, shard.0, index));
                         }
                     }
                 }
@@ -480,7 +499,10 @@ pub fn status_of(code: Code) -> StatusCode {
         | Code::Overflow
         | Code::NotInteger
         | Code::ContextInvalid
-        | Code::TxnCrossShard => StatusCode::BAD_REQUEST,
+        | Code::TxnCrossShard
+        | Code::CursorInvalid => StatusCode::BAD_REQUEST,
+        // The cursor's changes are gone from this node for good.
+        Code::CursorCompacted => StatusCode::GONE,
         Code::TooManySiblings | Code::VersionMismatch => StatusCode::CONFLICT,
         Code::Siblings => StatusCode::MULTIPLE_CHOICES,
         Code::WrongType => StatusCode::CONFLICT,

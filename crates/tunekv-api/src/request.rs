@@ -16,7 +16,7 @@
 //! | `/v1/kv/{ks}/{key}:update` | POST (set and map keyspaces: `{"add":[…],"remove":[…]}`, `{"set":{…}}`, `{"incr":{…}}`) |
 //! | `/v1/kv/{ks}:batch-get` | POST |
 //! | `/v1/kv/{ks}:txn` | POST (ordered keyspaces: `{"compare":[…],"success":[…],"failure":[…]}`) |
-//! | `/v1/watch/{ks}` | GET (`?prefix=P`: server-sent events of every change from now on) |
+//! | `/v1/watch/{ks}` | GET (`?prefix=P&from=C`: server-sent events of every change from now on, or after cursor C) |
 //! | `/v1/admin/faults` | POST |
 //!
 //! HEAD is accepted wherever GET is. Path segments are percent-decoded to bytes (strictly: `%`
@@ -167,10 +167,12 @@ pub enum ApiRequest {
         wait: Option<Duration>,
         session: Session,
     },
-    /// `GET /v1/watch/{ks}?prefix=P`: the change feed from now on.
+    /// `GET /v1/watch/{ks}?prefix=P&from=CURSOR`: the change feed from now on, or after a
+    /// cursor.
     Watch {
         ks: String,
         prefix: Vec<u8>,
+        from: Option<String>,
     },
     /// `POST /v1/kv/{ks}:txn`: a single-shard transaction.
     Txn {
@@ -348,22 +350,16 @@ pub fn parse(
             allow(get, "GET, HEAD", method, path)?;
             let ks = keyspace_name(ks)?;
             let q = Query::parse(uri.query())?;
-            if q.from.is_some() {
-                return Err(refuse(
-                    Code::BadRequest,
-                    "resuming a watch from a cursor is not built yet: watch without from (the \
-                     feed starts now), after reading the keys you need",
-                ));
-            }
             if q.level.is_some() || q.r.is_some() || q.w.is_some() || q.if_version.is_some() {
                 return Err(refuse(
                     Code::BadRequest,
-                    "a watch takes prefix (and, later, from) in its query",
+                    "a watch takes prefix and from in its query",
                 ));
             }
             Ok(ApiRequest::Watch {
                 ks,
                 prefix: q.prefix.unwrap_or_default().into_bytes(),
+                from: q.from,
             })
         }
         ["v1", "admin", "faults"] => {

@@ -16,8 +16,13 @@ pub enum WatchEvent {
         index: u64,
         position: String,
     },
-    /// Every change of `shard` up to `index` has been sent.
-    Progress { shard: u32, index: u64 },
+    /// Every change of `shard` up to `index` has been sent; `cursor` resumes a watch after
+    /// every change sent so far ([`Client::watch_from`]).
+    Progress {
+        shard: u32,
+        index: u64,
+        cursor: String,
+    },
 }
 
 /// A running watch: [`Watch::next`] yields events until the server ends it; an `error` event
@@ -36,12 +41,28 @@ const WATCH_OPEN_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
 impl Client {
     /// Watches the keys of `keyspace` that start with `prefix`, from now on.
     pub async fn watch(&self, keyspace: &str, prefix: &str) -> Result<Watch> {
-        let url = format!(
+        self.watch_from(keyspace, prefix, None).await
+    }
+
+    /// Watches the keys of `keyspace` that start with `prefix`: from now on, or after the
+    /// changes a progress event's `cursor` covers (on any node). A cursor older than the
+    /// node keeps is refused with `cursor_compacted`: read the keys again, then watch anew.
+    pub async fn watch_from(
+        &self,
+        keyspace: &str,
+        prefix: &str,
+        cursor: Option<&str>,
+    ) -> Result<Watch> {
+        let mut url = format!(
             "{}/v1/watch/{}?prefix={}",
             self.base,
             encode_key(keyspace.as_bytes()),
             encode_key(prefix.as_bytes())
         );
+        if let Some(c) = cursor {
+            url.push_str("&from=");
+            url.push_str(&encode_key(c.as_bytes()));
+        }
         let resp = self
             .http
             .get(url)
@@ -111,6 +132,7 @@ impl Watch {
             "progress" => Ok(WatchEvent::Progress {
                 shard: v["shard"].as_u64().ok_or_else(bad)? as u32,
                 index: v["index"].as_u64().ok_or_else(bad)?,
+                cursor: v["cursor"].as_str().ok_or_else(bad)?.to_string(),
             }),
             "error" => Err(ClientError::Api {
                 status: 200,

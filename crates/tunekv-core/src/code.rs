@@ -76,6 +76,11 @@ pub enum Code {
     /// A transaction naming keys of more than one shard (transactions are single-shard for
     /// now); nothing ran.
     TxnCrossShard,
+    /// A watch cursor that is corrupt, forged, or of another keyspace.
+    CursorInvalid,
+    /// A watch cursor older than the changes the node still keeps: read the keys again, then
+    /// watch from now. The answer names the oldest position a cursor may have.
+    CursorCompacted,
 }
 
 impl Code {
@@ -113,6 +118,8 @@ impl Code {
             Code::Siblings => "siblings",
             Code::VersionMismatch => "version_mismatch",
             Code::TxnCrossShard => "txn_cross_shard",
+            Code::CursorInvalid => "cursor_invalid",
+            Code::CursorCompacted => "cursor_compacted",
         }
     }
 
@@ -155,6 +162,8 @@ pub const ALL_CODES: &[Code] = &[
     Code::Siblings,
     Code::VersionMismatch,
     Code::TxnCrossShard,
+    Code::CursorInvalid,
+    Code::CursorCompacted,
 ];
 
 /// The most characters of client input an error message repeats: a 10 MB field name must not

@@ -43,6 +43,10 @@ pub struct NodeConfig {
     /// (`/v1/watch`); each shard keeps at most this many batches for its watchers.
     #[serde(default = "watch_batches_max")]
     pub watch_batches_max: usize,
+    /// Bytes of recent changes each shard keeps in memory so a watcher can resume from a
+    /// cursor (`/v1/watch?from=`); an older cursor is answered `cursor_compacted`. 0: none.
+    #[serde(default = "watch_history_bytes")]
+    pub watch_history_bytes: usize,
     /// Where the log, snapshots and metadata live.
     pub data_dir: PathBuf,
     /// Every node of the cluster, this one included.
@@ -185,6 +189,9 @@ fn batch_get_response_bytes_max() -> u64 {
 fn watch_batches_max() -> usize {
     tunekv_raft::CHANGE_BATCHES_MAX
 }
+fn watch_history_bytes() -> usize {
+    tunekv_raft::CHANGE_HISTORY_BYTES
+}
 /// The smallest `batch_get_response_bytes_max` a config may set: the largest value, so a
 /// single-key read through the batch path (RESP GET) is never refused.
 pub const BATCH_GET_RESPONSE_BYTES_MAX_FLOOR: u64 = tunekv_core::limits::VALUE_BYTES_MAX_CEILING;
@@ -289,6 +296,9 @@ impl NodeConfig {
         if self.watch_batches_max == 0 || self.watch_batches_max > 1 << 20 {
             return Err("watch_batches_max must be 1 to 1048576".into());
         }
+        if self.watch_history_bytes > 1 << 30 {
+            return Err("watch_history_bytes must be at most 1073741824 (1 GiB per shard)".into());
+        }
         if self.batch_get_response_bytes_max < BATCH_GET_RESPONSE_BYTES_MAX_FLOOR {
             return Err(format!(
                 "batch_get_response_bytes_max must be at least {BATCH_GET_RESPONSE_BYTES_MAX_FLOOR}"
@@ -330,6 +340,7 @@ impl NodeConfig {
                 http_idle_timeout_ms: http_idle_timeout_ms(),
                 batch_get_response_bytes_max: batch_get_response_bytes_max(),
                 watch_batches_max: watch_batches_max(),
+                watch_history_bytes: watch_history_bytes(),
                 data_dir: dir.join(format!("node-{}", p.id)),
                 peers: peers.clone(),
                 cluster_secret: cluster_secret.to_string(),

@@ -21,7 +21,7 @@ pub mod transport;
 
 pub use bugs::{Bugs, BUG_NAMES};
 pub use config::{LeaderlessConfig, NodeConfig, PeerConfig};
-pub use node::{version_mismatch, Watch, WatchEvent};
+pub use node::{version_mismatch, Watch, WatchEvent, WatchRefused};
 pub use node::{
     KeyspaceInfo, LeaderlessReport, Node, ReadOutcome, ReadRequest, ReplicaDigest, ScanPage,
     ShardRead, StateRead, UpdateReport, WriteOutcome, WriteRequest, BATCH_KEYS_MAX,

@@ -33,6 +33,45 @@ struct Inner {
     last_applied: Option<LogIdOf<TypeConfig>>,
     commit_ts: u64,
     membership: StoredMembershipOf<TypeConfig>,
+    history: History,
+}
+
+/// The feed's recent past on this node (issue 18): the last changes applied, bounded in bytes,
+/// so a watcher can resume from a cursor. Every change with an index above `from` is here.
+struct History {
+    changes: std::collections::VecDeque<Change>,
+    bytes: usize,
+    bytes_max: usize,
+    from: u64,
+}
+
+/// What one change costs the history: its key, its value and a fixed overhead.
+fn change_bytes(c: &Change) -> usize {
+    c.key.len() + c.value.as_ref().map_or(0, Vec::len) + 64
+}
+
+impl History {
+    fn push(&mut self, change: Change) {
+        if self.bytes_max == 0 {
+            return;
+        }
+        self.bytes += change_bytes(&change);
+        self.changes.push_back(change);
+        while self.bytes > self.bytes_max {
+            let Some(old) = self.changes.pop_front() else {
+                break;
+            };
+            self.bytes -= change_bytes(&old);
+            self.from = self.from.max(old.index);
+        }
+    }
+
+    /// Forgets every change: the state was replaced at `applied`.
+    fn reset(&mut self, applied: u64) {
+        self.changes.clear();
+        self.bytes = 0;
+        self.from = applied;
+    }
 }
 
 impl Inner {
@@ -166,7 +205,51 @@ impl ShardData {
     pub fn changes(&self) -> broadcast::Receiver<Arc<ChangeBatch>> {
         self.changes.subscribe()
     }
+
+    /// The changes this node applied after index `after`, and the index applied with them
+    /// (subscribe to [`ShardData::changes`] first: later batches arrive there).
+    /// `Err(oldest)`: the history no longer reaches back to `after`; it begins after `oldest`.
+    pub fn changes_since(&self, after: u64) -> Result<(Vec<Change>, u64), u64> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let applied = inner.applied().index;
+        if after >= applied {
+            return Ok((Vec::new(), applied));
+        }
+        let from = if inner.history.bytes_max == 0 {
+            applied
+        } else {
+            inner.history.from
+        };
+        if after < from {
+            return Err(from);
+        }
+        let h = &inner.history.changes;
+        // Changes are in index order: skip to the first one after `after`.
+        let start = h.partition_point(|c| c.index <= after);
+        Ok((h.range(start..).cloned().collect(), applied))
+    }
 }
+
+/// How much of the change feed a shard keeps (issue 18).
+#[derive(Clone, Copy, Debug)]
+pub struct FeedLimits {
+    /// Batches a live watcher may fall behind by before it is cut off.
+    pub batches: usize,
+    /// Bytes of recent changes kept so a watcher can resume from a cursor (0: none).
+    pub history_bytes: usize,
+}
+
+impl Default for FeedLimits {
+    fn default() -> FeedLimits {
+        FeedLimits {
+            batches: CHANGE_BATCHES_MAX,
+            history_bytes: CHANGE_HISTORY_BYTES,
+        }
+    }
+}
+
+/// Bytes of recent changes a shard keeps for resuming watchers, by default.
+pub const CHANGE_HISTORY_BYTES: usize = 4 << 20;
 
 /// The keys an op may change (every branch of a transaction).
 fn keys_written(op: &Op) -> Vec<&Vec<u8>> {
@@ -228,21 +311,27 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens a group's state machine from its stored snapshot (if any).
     pub fn open(group: u64, storage: Arc<dyn Storage>, hlc: Arc<Hlc>) -> io::Result<StateMachine> {
-        Self::open_with(group, storage, hlc, CHANGE_BATCHES_MAX)
+        Self::open_with(group, storage, hlc, FeedLimits::default())
     }
 
-    /// [`StateMachine::open`], keeping at most `feed_batches` applied batches for watchers.
+    /// [`StateMachine::open`] with the change feed's limits.
     pub fn open_with(
         group: u64,
         storage: Arc<dyn Storage>,
         hlc: Arc<Hlc>,
-        feed_batches: usize,
+        feed: FeedLimits,
     ) -> io::Result<StateMachine> {
         let mut inner = Inner {
             data: BTreeMap::new(),
             last_applied: None,
             commit_ts: 0,
             membership: StoredMembershipOf::<TypeConfig>::default(),
+            history: History {
+                changes: Default::default(),
+                bytes: 0,
+                bytes_max: feed.history_bytes,
+                from: 0,
+            },
         };
         if let Some(bytes) = storage.get_snapshot(group)? {
             let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(invalid_data)?;
@@ -253,8 +342,11 @@ impl StateMachine {
             inner.membership = file.meta.last_membership.clone();
             hlc.observe(body.commit_ts);
         }
+        // The log entries after the snapshot are applied again after opening: the history
+        // starts here.
+        inner.history.from = inner.applied().index;
         let (applied_tx, _) = watch::channel(inner.applied());
-        let (changes, _) = broadcast::channel(feed_batches.max(1));
+        let (changes, _) = broadcast::channel(feed.batches.max(1));
         let shared = Arc::new(ShardData {
             inner: RwLock::new(inner),
             applied_tx,
@@ -665,11 +757,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.push(item);
         }
         let mut replies = Vec::with_capacity(batch.len());
-        // The feed's work is done only while someone watches.
+        // The feed's work is done only while someone watches or a history is kept.
         let watched = self.shared.changes.receiver_count() > 0;
         let mut changes = Vec::new();
         let applied = {
             let mut inner = self.write();
+            let feed = watched || inner.history.bytes_max > 0;
             for (entry, responder) in batch {
                 let index = entry.log_id.index();
                 assert!(
@@ -684,7 +777,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         // so one bad stamp is not carried forward (issue 15).
                         inner.commit_ts = cmd.commit_ts;
                         self.hlc.observe(cmd.commit_ts);
-                        if watched {
+                        if feed {
                             let keys = keys_written(&cmd.op);
                             let before: Vec<_> =
                                 keys.iter().map(|k| shape(&inner.data, k)).collect();
@@ -714,6 +807,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 inner.last_applied = Some(entry.log_id);
                 if let Some(r) = responder {
                     replies.push((r, result));
+                }
+            }
+            if watched {
+                for c in &changes {
+                    inner.history.push(c.clone());
+                }
+            } else {
+                for c in changes.drain(..) {
+                    inner.history.push(c);
                 }
             }
             inner.applied()
@@ -760,7 +862,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             inner.commit_ts = body.commit_ts;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
-            inner.applied()
+            let applied = inner.applied();
+            inner.history.reset(applied.index);
+            applied
         };
         if self.shared.changes.receiver_count() > 0 {
             let _ = self.shared.changes.send(Arc::new(ChangeBatch {
@@ -792,6 +896,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The feed's history keeps the newest changes within its bytes and says from where it
+    /// is complete: every change above `from` is kept, none above it is dropped.
+    #[test]
+    fn the_history_drops_its_oldest_changes_and_knows_where_it_is_complete() {
+        let change = |index: u64| Change {
+            index,
+            commit_ts: 0,
+            key: format!("k{index}").into_bytes(),
+            value: Some(vec![b'v'; 34]),
+        };
+        // Each costs 2 + 34 + 64 = 100 bytes (one digit keys).
+        let mut h = History {
+            changes: Default::default(),
+            bytes: 0,
+            bytes_max: 300,
+            from: 5,
+        };
+        for i in 6..=9 {
+            h.push(change(i));
+        }
+        assert_eq!((h.changes.len(), h.bytes, h.from), (3, 300, 6));
+        assert_eq!(h.changes.front().map(|c| c.index), Some(7));
+        h.reset(20);
+        assert_eq!((h.changes.len(), h.bytes, h.from), (0, 0, 20));
+        h.bytes_max = 0;
+        h.push(change(21));
+        assert!(h.changes.is_empty());
+    }
 
     /// Applies `op` as entry `index` committed at `now_ms`.
     fn run(

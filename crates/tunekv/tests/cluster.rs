@@ -923,7 +923,7 @@ async fn watch_run(
 /// The change feed (issue 18): a watch on one node sees every acknowledged write and delete of
 /// its prefix made through another node exactly once, per shard in index order, each before
 /// the progress mark that covers it, and nothing outside the prefix (`tunekv_check::feed`);
-/// resuming from a cursor is refused for now.
+/// a malformed cursor is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_sees_every_change_once_in_order_behind_its_progress_marks() {
     let c = start(3, false).await;
@@ -938,7 +938,7 @@ async fn a_watch_sees_every_change_once_in_order_behind_its_progress_marks() {
         .expect("row");
     assert_eq!(missing.checked, 22, "every write judged: {}", r.table());
     for (path, code) in [
-        ("/v1/watch/feed?from=abc", "bad_request"),
+        ("/v1/watch/feed?from=abc", "cursor_invalid"),
         ("/v1/watch/nosuch", "keyspace_not_found"),
     ] {
         let r = reqwest::get(format!("{}{path}", c.http(0)))
@@ -1004,6 +1004,188 @@ async fn a_watcher_that_stops_reading_is_cut_off_with_an_error() {
         "no error event at the end: {}",
         &text[text.len().saturating_sub(600)..]
     );
+}
+
+/// A consumer of the feed across a leader kill (issue 18): it treats changes as final when a
+/// progress event covers them and keeps that event's cursor; when its node dies it resumes
+/// from the cursor on another node. Every acknowledged write arrives exactly once, in order,
+/// behind its progress marks (`tunekv_check::feed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumed_from_its_cursor_on_another_node_misses_and_repeats_nothing() {
+    use tunekv_check::feed::{FeedEvent, FeedWrite};
+    use tunekv_client::WatchEvent;
+    let mut c = start(3, false).await;
+    create_keyspace(&c.client(0), "feed", 1).await;
+    let (leader, _) = common::leader_and_follower(&c, "feed/shard0").await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    // The watcher starts on the leader, which is killed mid-run.
+    let mut watch = c.client(leader).watch("feed", "a/").await.expect("watch");
+    let (mut start, mut events, mut pending) = (None, Vec::new(), Vec::new());
+    let mut cursor = String::new();
+    let mut top = 0;
+    let mut writes = Vec::new();
+    let mut resumed = false;
+    // Writes through a surviving node; the leader dies after the 15th.
+    for i in 0..40 {
+        if i == 15 {
+            c.kill(leader);
+        }
+        let key = format!("a/{i}");
+        let value = format!("v{i}");
+        let w = common::eventually(Duration::from_secs(20), "the write", || async {
+            c.client(others[0])
+                .put("feed", key.as_bytes(), value.as_bytes(), &Opts::default())
+                .await
+                .ok()
+        })
+        .await;
+        top = top.max(w.index);
+        writes.push(FeedWrite {
+            shard: 0,
+            index: w.index,
+            key,
+            value: Some(value),
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut reached = 0;
+    while reached < top {
+        assert!(
+            Instant::now() < deadline,
+            "the feed did not reach index {top}"
+        );
+        match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+            Ok(Some(Ok(WatchEvent::Change {
+                key,
+                value,
+                shard,
+                index,
+                ..
+            }))) => pending.push(FeedEvent::Change {
+                shard,
+                index,
+                key,
+                value,
+            }),
+            Ok(Some(Ok(WatchEvent::Progress {
+                shard,
+                index,
+                cursor: at,
+            }))) => {
+                start.get_or_insert(index);
+                // Final now: what came before this mark.
+                events.append(&mut pending);
+                events.push(FeedEvent::Progress { shard, index });
+                cursor = at;
+                reached = reached.max(index);
+            }
+            Ok(None) | Ok(Some(Err(_))) | Err(_) => {
+                // The node is gone: what came after the last mark is sent again.
+                assert!(!resumed, "the resumed watch broke too");
+                resumed = true;
+                pending.clear();
+                watch = c
+                    .client(others[1])
+                    .watch_from("feed", "a/", Some(&cursor))
+                    .await
+                    .expect("resume from the cursor on another node");
+            }
+        }
+    }
+    assert!(resumed, "the watch never needed resuming");
+    let start = [(0, start.expect("a first mark"))].into();
+    let r = tunekv_check::feed::check(&start, &events, &writes, &Default::default());
+    assert!(!r.has_violations(), "{}", r.table());
+    let missing = r
+        .row(
+            tunekv_check::feed::LEVEL,
+            tunekv_check::feed::NOTHING_MISSING,
+        )
+        .expect("row");
+    assert_eq!(missing.checked, 40, "every write judged: {}", r.table());
+}
+
+/// A cursor replays the changes made while no one watched; one older than the node's history
+/// (`watch_history_bytes`) is refused `410 cursor_compacted` with the oldest usable position,
+/// and a forged or foreign cursor `400 cursor_invalid`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_replays_missed_changes_and_one_too_old_is_refused_as_compacted() {
+    use tunekv_client::WatchEvent;
+    let c = common::start_with(3, false, |cfg| cfg.watch_history_bytes = 8 * 1024).await;
+    let client = c.client(0);
+    create_keyspace(&client, "replay", 1).await;
+    create_keyspace(&client, "other", 1).await;
+    let first_cursor = |ks: &'static str| {
+        let client = c.client(1);
+        async move {
+            let mut w = client.watch(ks, "").await.expect("watch");
+            match w.next().await {
+                Some(Ok(WatchEvent::Progress { cursor, .. })) => cursor,
+                other => panic!("not a progress mark first: {other:?}"),
+            }
+        }
+    };
+    let cursor = first_cursor("replay").await;
+    let mut acked = Vec::new();
+    for i in 0..3 {
+        let w = client
+            .put("replay", format!("k{i}").as_bytes(), b"v", &Opts::default())
+            .await
+            .expect("put");
+        acked.push((format!("k{i}"), w.index));
+    }
+    // Made while no one watched: the cursor replays them, then the mark after them.
+    let mut w = c
+        .client(2)
+        .watch_from("replay", "", Some(&cursor))
+        .await
+        .expect("resume");
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("in time")
+        {
+            Some(Ok(WatchEvent::Change { key, index, .. })) => got.push((key, index)),
+            Some(Ok(WatchEvent::Progress { index, .. })) if index >= acked[2].1 => break,
+            Some(Ok(WatchEvent::Progress { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, acked);
+    // Twice the history's bytes later, the cursor is too old.
+    for i in 0..100 {
+        client
+            .put(
+                "replay",
+                format!("k{i}").as_bytes(),
+                &[b'v'; 100],
+                &Opts::default(),
+            )
+            .await
+            .expect("put");
+    }
+    let url = |ks: &str, cursor: &str| format!("{}/v1/watch/{ks}?from={cursor}", c.http(2));
+    let (status, _, body) = common::call("GET", &url("replay", &cursor), "").await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["error"]["code"], "cursor_compacted", "{body}");
+    let oldest = tunekv_core::Position::parse(&format!(
+        "{};commit_ms=0",
+        body["error"]["oldest_position"].as_str().expect("oldest")
+    ))
+    .expect("a position");
+    assert!(oldest.index.0 > acked[2].1, "{body}");
+    let other = first_cursor("other").await;
+    let mut forged = cursor.clone();
+    forged.replace_range(..2, if &cursor[..2] == "00" { "01" } else { "00" });
+    for bad in [other.as_str(), forged.as_str(), "zz"] {
+        let (status, _, body) = common::call("GET", &url("replay", bad), "").await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("cursor_invalid")),
+            "{body}"
+        );
+    }
 }
 
 /// The Rust client's `watch()` (issue 18): the feed as a `Stream` of typed events.

@@ -165,7 +165,10 @@ impl Node {
             id.0,
             self.storage.clone(),
             self.hlc.clone(),
-            self.config.watch_batches_max,
+            tunekv_raft::FeedLimits {
+                batches: self.config.watch_batches_max,
+                history_bytes: self.config.watch_history_bytes,
+            },
         )
         .map_err(internal)?;
         let data = sm.data();

@@ -13,7 +13,7 @@ mod rpc_handler;
 mod status;
 mod watch;
 mod write;
-pub use watch::{Watch, WatchEvent};
+pub use watch::{Watch, WatchEvent, WatchRefused};
 pub use write::version_mismatch;
 
 use freshness::Proofs;

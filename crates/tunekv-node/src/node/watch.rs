@@ -1,6 +1,11 @@
 //! The change feed of an ordered keyspace (issue 18): every change this node applies to the
 //! keyspace's shards, per shard in commit order, from now on, with progress marks.
 //!
+//! A watch can resume from a cursor (the sealed per-shard progress of an earlier watch): the
+//! changes after it come from the shard's history on this node (the last
+//! `watch_history_bytes` of changes), then the live stream takes over; a cursor older than the
+//! history is refused with `cursor_compacted`, never answered with a gap.
+//!
 //! [`Node::watch`] subscribes to each shard's applied batches first, then reads how far each
 //! shard has applied: batches at or below that index count as before the watch began, the rest
 //! are delivered. A progress event "every change of shard s up to index i has been delivered"
@@ -31,6 +36,8 @@ pub enum WatchEvent {
 /// A running watch: see [`Node::watch`].
 pub struct Watch {
     prefix: Vec<u8>,
+    keyspace_id: u64,
+    key: tunekv_core::session::SessionKey,
     shards: Vec<ShardFeed>,
     /// Events of the last batch not handed out yet.
     pending: std::collections::VecDeque<WatchEvent>,
@@ -46,10 +53,29 @@ struct ShardFeed {
     progress: u64,
 }
 
+fn change_event(shard: ShardId, c: tunekv_raft::Change) -> WatchEvent {
+    WatchEvent::Change {
+        position: Position {
+            shard,
+            index: LogIndex(c.index),
+            commit_ms: Hlc::millis(c.commit_ts),
+        },
+        key: c.key,
+        value: c.value,
+    }
+}
+
 impl Watch {
     /// Each shard's progress now (what a periodic progress event repeats while idle).
     pub fn progress(&self) -> Vec<(ShardId, u64)> {
         self.shards.iter().map(|s| (s.shard, s.progress)).collect()
+    }
+
+    /// The cursor to resume from: every change up to each shard's progress was delivered.
+    /// (Changes delivered after the last progress event are delivered again by a resumed
+    /// watch; a consumer treats a change as final once a progress event covers it.)
+    pub fn cursor(&self) -> String {
+        seal_cursor(&self.key, self.keyspace_id, &self.progress())
     }
 
     /// The next event; `None` once the watch has ended.
@@ -95,15 +121,7 @@ impl Watch {
                     }
                     for c in batch.changes.iter().filter(|c| c.index > feed.progress) {
                         if c.key.starts_with(&self.prefix) {
-                            self.pending.push_back(WatchEvent::Change {
-                                position: Position {
-                                    shard: feed.shard,
-                                    index: LogIndex(c.index),
-                                    commit_ms: Hlc::millis(c.commit_ts),
-                                },
-                                key: c.key.clone(),
-                                value: c.value.clone(),
-                            });
+                            self.pending.push_back(change_event(feed.shard, c.clone()));
                         }
                     }
                     feed.progress = batch.applied;
@@ -133,10 +151,98 @@ impl Watch {
     }
 }
 
+/// Keeps a cursor from passing for a session token or a causal context.
+const CURSOR_DOMAIN: &[u8] = b"tunekv-cursor-v1";
+/// The longest cursor text accepted (a keyspace has at most 1024 shards).
+pub const CURSOR_CHARS_MAX: usize = 64 * 1024;
+
+fn seal_cursor(
+    key: &tunekv_core::session::SessionKey,
+    keyspace_id: u64,
+    progress: &[(ShardId, u64)],
+) -> String {
+    let shards: Vec<(u32, u64)> = progress.iter().map(|(s, i)| (s.0, *i)).collect();
+    // Serializing integers into a Vec cannot fail.
+    let bytes = postcard::to_stdvec(&(keyspace_id, shards)).unwrap_or_default();
+    key.seal(CURSOR_DOMAIN, &bytes)
+}
+
+/// Why a watch did not start.
+#[derive(Debug)]
+pub enum WatchRefused {
+    Error(TunekvError),
+    /// The cursor is older than this node's history of `shard`: only changes after `oldest`
+    /// are kept. Read the keys again, then watch from now.
+    Compacted {
+        shard: ShardId,
+        oldest: u64,
+    },
+}
+
+impl WatchRefused {
+    pub fn error(&self) -> TunekvError {
+        match self {
+            WatchRefused::Error(e) => e.clone(),
+            WatchRefused::Compacted { shard, oldest } => err(
+                Code::CursorCompacted,
+                format!(
+                    "the cursor is older than the changes this node keeps for shard {} (only                      those after index {oldest}); read the keys again, then watch from now",
+                    shard.0
+                ),
+            ),
+        }
+    }
+}
+
+impl From<TunekvError> for WatchRefused {
+    fn from(e: TunekvError) -> WatchRefused {
+        WatchRefused::Error(e)
+    }
+}
+
 impl Node {
-    /// Watches the keys of ordered keyspace `keyspace` that start with `prefix`, from now on,
-    /// on every shard (each must have a replica on this node).
-    pub async fn watch(&self, keyspace: &str, prefix: Vec<u8>) -> Result<Watch, TunekvError> {
+    /// The per-shard positions in `cursor`, a cursor of a watch of keyspace `ks`.
+    fn open_cursor(&self, ks: &KeyspaceInfo, cursor: &str) -> Result<Vec<u64>, TunekvError> {
+        let invalid = |why: String| {
+            err(
+                Code::CursorInvalid,
+                format!("invalid watch cursor: {why}; send one a watch's progress event gave"),
+            )
+        };
+        let bytes = self
+            .session_key()
+            .open(CURSOR_DOMAIN, cursor, CURSOR_CHARS_MAX)
+            .map_err(invalid)?;
+        let (id, shards): (u64, Vec<(u32, u64)>) =
+            postcard::from_bytes(&bytes).map_err(|_| invalid("undecodable".into()))?;
+        if id != ks.id {
+            return Err(invalid(format!(
+                "it was issued for another keyspace than {:?}",
+                ks.name
+            )));
+        }
+        let mut at = vec![None; ks.spec.shards as usize];
+        for (s, i) in shards {
+            match at.get_mut(s as usize) {
+                Some(slot) if slot.is_none() => *slot = Some(i),
+                _ => return Err(invalid(format!("shard {s} is out of range or repeated"))),
+            }
+        }
+        at.into_iter()
+            .enumerate()
+            .map(|(s, i)| i.ok_or_else(|| invalid(format!("it has no position for shard {s}"))))
+            .collect()
+    }
+
+    /// Watches the keys of ordered keyspace `keyspace` that start with `prefix` on every
+    /// shard (each must have a replica on this node): from now on, or after `from`, the
+    /// cursor of an earlier watch.
+    pub async fn watch(
+        &self,
+        keyspace: &str,
+        prefix: Vec<u8>,
+        from: Option<&str>,
+    ) -> Result<Watch, WatchRefused> {
         let deadline = Instant::now() + Duration::from_millis(self.config.read_wait_ms_default);
         let ks = self.keyspace(keyspace, deadline).await?;
         if ks.spec.mode != Mode::Ordered {
@@ -148,29 +254,49 @@ impl Node {
                     ks.spec.mode.as_str(),
                     ks.name
                 ),
-            ));
+            )
+            .into());
         }
+        let after = from.map(|c| self.open_cursor(&ks, c)).transpose()?;
         let mut shards = Vec::with_capacity(ks.spec.shards as usize);
+        let mut pending = std::collections::VecDeque::new();
         for s in 0..ks.spec.shards {
-            let g = self.hosted_shard(&ks, ShardId(s)).await?;
-            // Subscribe first, then read the applied index: nothing falls in between.
+            let shard = ShardId(s);
+            let g = self.hosted_shard(&ks, shard).await?;
+            // Subscribe first, then read the applied index (and the history up to it):
+            // nothing falls in between.
             let rx = g.data.changes();
-            let progress = g.data.applied().index;
+            let progress = match after.as_ref().map(|a| a[s as usize]) {
+                None => g.data.applied().index,
+                Some(after) => {
+                    let (changes, applied) = g
+                        .data
+                        .changes_since(after)
+                        .map_err(|oldest| WatchRefused::Compacted { shard, oldest })?;
+                    pending.extend(
+                        changes
+                            .into_iter()
+                            .filter(|c| c.key.starts_with(&prefix))
+                            .map(|c| change_event(shard, c)),
+                    );
+                    // A cursor from a node further ahead: its changes were delivered.
+                    applied.max(after)
+                }
+            };
+            pending.push_back(WatchEvent::Progress {
+                shard,
+                index: progress,
+            });
             shards.push(ShardFeed {
-                shard: ShardId(s),
+                shard,
                 rx,
                 progress,
             });
         }
-        let pending = shards
-            .iter()
-            .map(|s| WatchEvent::Progress {
-                shard: s.shard,
-                index: s.progress,
-            })
-            .collect();
         Ok(Watch {
             prefix,
+            keyspace_id: ks.id,
+            key: self.session_key().clone(),
             shards,
             pending,
             ended: false,
