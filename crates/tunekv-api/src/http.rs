@@ -321,6 +321,7 @@ async fn watch(
 ) -> Result<Response, ApiError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use tunekv_node::{WatchEvent, WatchRefused};
+    let from = from.map_or(tunekv_node::WatchFrom::Now, tunekv_node::WatchFrom::Cursor);
     let feed = match node.watch(ks, prefix, from).await {
         Ok(feed) => feed,
         Err(WatchRefused::Error(e)) => return Err(e.into()),
@@ -358,12 +359,13 @@ async fn watch(
                 tokio::select! {
                     ev = feed.next() => match ev {
                         None => done = true,
-                        Some(WatchEvent::Change { position, key, value }) => {
+                        Some(WatchEvent::Change { position, key, value, kind }) => {
                             let (text, hex) = value_json(value.as_deref());
                             let mut body = json!({
                                 "key": String::from_utf8_lossy(&key),
                                 "value": text,
                                 "deleted": value.is_none(),
+                                "event": kind.event(),
                                 "position": position.to_string(),
                             });
                             if std::str::from_utf8(&key).is_err() {

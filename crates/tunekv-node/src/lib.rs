@@ -21,12 +21,12 @@ pub mod transport;
 
 pub use bugs::{Bugs, BUG_NAMES};
 pub use config::{LeaderlessConfig, NodeConfig, PeerConfig};
-pub use node::{version_mismatch, Watch, WatchEvent, WatchRefused};
+pub use node::{version_mismatch, PublishSink, Watch, WatchEvent, WatchFrom, WatchRefused};
 pub use node::{
     KeyspaceInfo, LeaderlessReport, Node, ReadOutcome, ReadRequest, ReplicaDigest, ScanPage,
     ShardRead, StateRead, UpdateReport, WriteOutcome, WriteRequest, BATCH_KEYS_MAX,
 };
 pub use transport::{FaultState, LinkFaults};
 pub use tunekv_raft::{
-    CommandResult, Cond, Expect, ExpireIf, Op, StoredValue, Ttl, VERSION_MISMATCH,
+    ChangeKind, CommandResult, Cond, Expect, ExpireIf, Op, StoredValue, Ttl, VERSION_MISMATCH,
 };

@@ -21,7 +21,7 @@ use tunekv_core::{Code, NodeId};
 use tunekv_raft::{CommandResult, Op, TypeConfig};
 
 /// First byte of every frame; bumped on any incompatible change.
-pub const WIRE_VERSION: u8 = 8;
+pub const WIRE_VERSION: u8 = 9;
 /// Largest frame: a whole snapshot travels in one frame for now.
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Frames queued for one connection's writer.
@@ -72,6 +72,11 @@ pub enum Request {
     TransferLeader(TransferLeaderRequest<TypeConfig>),
     /// Leaderless and volatile keyspaces: replica writes and reads, hints, anti-entropy.
     Dynamo(DynamoRequest),
+    /// A PUBLISH made on another node, for this node's subscribers.
+    Publish {
+        channel: Vec<u8>,
+        message: Vec<u8>,
+    },
 }
 
 /// What one node asks another about a leaderless or volatile keyspace (named, so the receiver

@@ -17,7 +17,7 @@ mod types;
 
 pub use log_store::{LogStore, REPLICATION_BATCH_BYTES_MAX};
 pub use state_machine::{
-    Applied, Change, ChangeBatch, FeedLimits, ShardData, ShardView, StateMachine,
+    Applied, Change, ChangeBatch, ChangeKind, FeedLimits, ShardData, ShardView, StateMachine,
     CHANGE_BATCHES_MAX, CHANGE_HISTORY_BYTES,
 };
 pub use types::{

@@ -108,6 +108,79 @@ pub struct Change {
     pub key: Vec<u8>,
     /// The value after the change; `None`: deleted (or expired and swept).
     pub value: Option<Vec<u8>>,
+    /// What happened, as Redis names the event of a keyspace notification.
+    pub kind: ChangeKind,
+}
+
+/// What a change did to its key (Redis's keyspace-notification event names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Written (SET, PUT, MSET, CAS, …).
+    Set,
+    /// Deleted by a command.
+    Del,
+    /// Removed by the sweep of expired keys.
+    Expired,
+    /// INCRBY and its relatives.
+    IncrBy,
+    Append,
+    /// Its expiry set or changed.
+    Expire,
+    /// Its expiry removed.
+    Persist,
+}
+
+impl ChangeKind {
+    /// The event's name in keyspace notifications.
+    pub fn event(self) -> &'static str {
+        match self {
+            ChangeKind::Set => "set",
+            ChangeKind::Del => "del",
+            ChangeKind::Expired => "expired",
+            ChangeKind::IncrBy => "incrby",
+            ChangeKind::Append => "append",
+            ChangeKind::Expire => "expire",
+            ChangeKind::Persist => "persist",
+        }
+    }
+}
+
+/// What `op` did to `key`, which it changed from `before` to `after` (`took`: the branch a
+/// transaction ran, `true` for success).
+fn change_kind(
+    op: &Op,
+    key: &[u8],
+    took: bool,
+    before: Option<(u64, Option<u64>)>,
+    after: Option<(u64, Option<u64>)>,
+) -> ChangeKind {
+    if after.is_none() {
+        return match op {
+            Op::Sweep { .. } => ChangeKind::Expired,
+            _ => ChangeKind::Del,
+        };
+    }
+    match op {
+        Op::IncrBy { .. } => ChangeKind::IncrBy,
+        Op::Append { .. } => ChangeKind::Append,
+        Op::Expire { .. } => match (before, after) {
+            (Some((_, Some(_))), Some((_, None))) => ChangeKind::Persist,
+            _ => ChangeKind::Expire,
+        },
+        Op::Txn {
+            success, failure, ..
+        } => {
+            let branch = if took { success } else { failure };
+            // The last op of the branch that wrote the key says what happened.
+            branch
+                .iter()
+                .rev()
+                .find(|o| keys_written(o).iter().any(|k| k.as_slice() == key))
+                .map(|o| change_kind(o, key, took, before, after))
+                .unwrap_or(ChangeKind::Set)
+        }
+        _ => ChangeKind::Set,
+    }
 }
 
 /// What one applied batch changed, in log order, and the index applied after it: every
@@ -790,6 +863,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                         commit_ts: cmd.commit_ts,
                                         key: key.clone(),
                                         value: inner.data.get(key).map(|v| v.value.clone()),
+                                        kind: change_kind(&cmd.op, key, result.int == 1, was, now),
                                     });
                                 }
                             }
@@ -906,6 +980,7 @@ mod tests {
             commit_ts: 0,
             key: format!("k{index}").into_bytes(),
             value: Some(vec![b'v'; 34]),
+            kind: ChangeKind::Set,
         };
         // Each costs 2 + 34 + 64 = 100 bytes (one digit keys).
         let mut h = History {

@@ -1,5 +1,7 @@
 //! What a connection carries between commands, and what all connections of a node share.
 
+use crate::push::{Hub, Inbox, Tracking};
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +11,8 @@ use tunekv_node::{Node, ReadRequest, WriteRequest};
 /// What all connections of a node share.
 pub struct Shared {
     pub(crate) node: Arc<Node>,
+    /// Pub/sub, keyspace notifications and client tracking.
+    pub(crate) hub: Arc<Hub>,
     next_id: AtomicU64,
     pub(crate) connected: AtomicUsize,
 }
@@ -16,6 +20,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(node: Arc<Node>) -> Shared {
         Shared {
+            hub: Hub::new(&node),
             node,
             next_id: AtomicU64::new(1),
             connected: AtomicUsize::new(0),
@@ -41,10 +46,18 @@ impl Shared {
             written: Vec::new(),
             multi: None,
             watched: Vec::new(),
+            inbox: None,
+            channels: HashSet::new(),
+            patterns: HashSet::new(),
+            tracking: None,
+            caching: None,
+            own_writes: VecDeque::new(),
         }
     }
 
-    pub fn disconnect(&self) {
+    /// Connection `id` closed: its subscriptions and tracking go.
+    pub fn disconnect(&self, id: u64) {
+        self.hub.forget(id);
         self.connected.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -73,9 +86,33 @@ pub struct Conn {
     pub(crate) multi: Option<crate::cmd::transactions::Queue>,
     /// WATCH: each watched key and the version it had when watched (0: absent).
     pub(crate) watched: Vec<(Vec<u8>, u64)>,
+    /// Messages pushed to this connection (made on the first SUBSCRIBE or CLIENT TRACKING).
+    pub(crate) inbox: Option<Inbox>,
+    /// SUBSCRIBE and PSUBSCRIBE.
+    pub(crate) channels: HashSet<Vec<u8>>,
+    pub(crate) patterns: HashSet<Vec<u8>>,
+    /// CLIENT TRACKING on.
+    pub(crate) tracking: Option<Tracking>,
+    /// CLIENT CACHING yes/no, for the next command.
+    pub(crate) caching: Option<bool>,
+    /// Where this connection's recent writes committed (keyspace, shard, index), for NOLOOP.
+    pub(crate) own_writes: VecDeque<(Arc<str>, u32, u64)>,
 }
 
 impl Conn {
+    /// The inbox, made on first use.
+    pub(crate) fn inbox(&mut self, hub: &Hub) {
+        if self.inbox.is_none() {
+            self.inbox = Some(hub.register(self.id, self.resp3));
+        }
+    }
+
+    /// Subscriptions (channels and patterns): in RESP2 a connection with any takes only
+    /// subscription commands.
+    pub(crate) fn subscriptions(&self) -> usize {
+        self.channels.len() + self.patterns.len()
+    }
+
     /// A read in this connection's keyspace, at its level and wait budget, in its session.
     pub(crate) fn read_req(&mut self) -> ReadRequest<'_> {
         ReadRequest {

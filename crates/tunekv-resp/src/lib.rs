@@ -12,6 +12,7 @@ mod cmd;
 pub mod conn;
 pub mod glob;
 pub mod parse;
+pub mod push;
 pub mod reply;
 pub mod server;
 

@@ -14,6 +14,10 @@ pub enum Reply {
     NilArray,
     Array(Vec<Reply>),
     Map(Vec<(Reply, Reply)>),
+    /// Out-of-band data (pub/sub messages, invalidations): RESP3's `>` type, an array in RESP2.
+    Push(Vec<Reply>),
+    /// Several replies to one command, one after another (SUBSCRIBE a b: one per channel).
+    Seq(Vec<Reply>),
 }
 
 impl Reply {
@@ -50,6 +54,12 @@ impl Reply {
                     line(out, b'*', items.len().to_string().as_bytes());
                     stack.extend(items.iter().rev());
                 }
+                Reply::Push(items) => {
+                    let kind = if resp3 { b'>' } else { b'*' };
+                    line(out, kind, items.len().to_string().as_bytes());
+                    stack.extend(items.iter().rev());
+                }
+                Reply::Seq(items) => stack.extend(items.iter().rev()),
                 Reply::Map(pairs) => {
                     if resp3 {
                         line(out, b'%', pairs.len().to_string().as_bytes());
@@ -103,6 +113,18 @@ mod tests {
         assert_eq!(
             enc(&r, true),
             "*5\r\n+OK\r\n:-3\r\n$1\r\na\r\n_\r\n%1\r\n$1\r\nk\r\n:1\r\n"
+        );
+        let push = Reply::Seq(vec![
+            Reply::Push(vec![Reply::bulk("a"), Reply::Int(1)]),
+            Reply::Push(vec![Reply::bulk("b"), Reply::Int(2)]),
+        ]);
+        assert_eq!(
+            enc(&push, true),
+            ">2\r\n$1\r\na\r\n:1\r\n>2\r\n$1\r\nb\r\n:2\r\n"
+        );
+        assert_eq!(
+            enc(&push, false),
+            "*2\r\n$1\r\na\r\n:1\r\n*2\r\n$1\r\nb\r\n:2\r\n"
         );
         assert_eq!(
             enc(&Reply::err("bad\r\nthing"), false),

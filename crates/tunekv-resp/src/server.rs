@@ -93,10 +93,11 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, options: RespOptions)
         };
         tokio::spawn(async move {
             let conn = shared.connect(peer.to_string());
+            let id = conn.id;
             if let Err(e) = connection(stream, &shared, conn, &options, held).await {
                 tracing::debug!(%peer, error = %e, "RESP connection ended");
             }
-            shared.disconnect();
+            shared.disconnect(id);
             drop(permit);
         });
     }
@@ -156,7 +157,46 @@ async fn connection(
     let mut input = vec![0u8; READ_CHUNK_BYTES];
     let mut output = Vec::with_capacity(16 * 1024);
     loop {
-        let n = stream.read(&mut input).await?;
+        let n = tokio::select! {
+            n = stream.read(&mut input) => n?,
+            push = next_push(&mut conn) => {
+                // Messages go out between replies, never inside one.
+                let Some(push) = push else {
+                    conn.inbox = None;
+                    continue;
+                };
+                crate::cmd::pubsub::encode(&conn, push, &mut output);
+                while let Some(push) = conn.inbox.as_mut().and_then(|i| i.try_recv()) {
+                    crate::cmd::pubsub::encode(&conn, push, &mut output);
+                    if output.len() >= OUTPUT_KEPT_BYTES_MAX {
+                        break;
+                    }
+                }
+                // A client that does not read must not hold this write forever: overflowing
+                // its messages ends it.
+                let overflow = conn.inbox.as_ref().map(|i| i.overflow());
+                tokio::select! {
+                    r = stream.write_all(&output) => r?,
+                    _ = async move {
+                        match overflow {
+                            Some(o) => o.await,
+                            None => std::future::pending().await,
+                        }
+                    } => return Ok(()),
+                }
+                output.clear();
+                if conn.inbox.as_ref().is_some_and(|i| i.overflowed()) {
+                    tracing::debug!(
+                        conn = conn.id,
+                        "closing a connection that let more than {} bytes of pushed messages \
+                         wait",
+                        crate::push::PUSH_BYTES_MAX
+                    );
+                    return Ok(());
+                }
+                continue;
+            }
+        };
         if n == 0 {
             return Ok(());
         }
@@ -208,6 +248,14 @@ async fn connection(
             ));
             return refuse(stream, output, conn.resp3, refusal, input).await;
         }
+    }
+}
+
+/// The connection's next pushed message; never ready while it has no inbox.
+async fn next_push(conn: &mut Conn) -> Option<crate::push::Push> {
+    match conn.inbox.as_mut() {
+        Some(inbox) => inbox.recv().await,
+        None => std::future::pending().await,
     }
 }
 

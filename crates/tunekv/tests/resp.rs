@@ -21,6 +21,8 @@ enum R {
     Bulk(Option<Vec<u8>>),
     Array(Vec<R>),
     NullArray,
+    /// RESP3 out-of-band data (`>`).
+    Push(Vec<R>),
 }
 
 struct Raw {
@@ -79,6 +81,10 @@ impl Raw {
                 let n: usize = rest.parse().expect("count");
                 let n = if kind == "%" { 2 * n } else { n };
                 R::Array((0..n).map(|_| self.read()).collect())
+            }
+            ">" => {
+                let n: usize = rest.parse().expect("count");
+                R::Push((0..n).map(|_| self.read()).collect())
             }
             other => panic!("unexpected reply type {other:?} in {l:?}"),
         }
@@ -316,7 +322,7 @@ async fn redis_cli_and_a_session_token_carried_across_nodes() {
     assert!((90..=100).contains(&ttl), "ttl {ttl}");
     assert_eq!(
         redis_cli(&n1, &["-3", "HELLO", "3"]).lines().next(),
-        Some("server tunekv")
+        Some("server redis")
     );
     assert_eq!(redis_cli(&n1, &["DBSIZE"]), "1");
     assert_eq!(
@@ -426,6 +432,281 @@ async fn redis_cli_and_a_session_token_carried_across_nodes() {
     )
     .await;
     assert_eq!(redis_cli(&n3, &["EXISTS", &key]), "0");
+}
+
+fn arr(items: &[&str]) -> Vec<R> {
+    items.iter().map(|s| bulk(s)).collect()
+}
+
+/// Pub/sub (issue 18): a message published on one node reaches subscribers on every node, by
+/// channel and by pattern; a RESP2 subscriber may only manage subscriptions (and PING); and a
+/// subscriber that stops reading is disconnected instead of growing the node's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_reaches_subscribers_on_every_node_and_a_stalled_one_is_dropped() {
+    let c = start(3, false).await;
+    let (n1, n2, n3) = (resp_addr(&c, 0), resp_addr(&c, 1), resp_addr(&c, 2));
+    tokio::task::spawn_blocking(move || {
+        let mut sub = Raw::connect(&n1);
+        assert_eq!(
+            sub.cmd(&["SUBSCRIBE", "news", "more"]),
+            R::Array(vec![bulk("subscribe"), bulk("news"), R::Int(1)])
+        );
+        assert_eq!(
+            sub.read(),
+            R::Array(vec![bulk("subscribe"), bulk("more"), R::Int(2)])
+        );
+        assert_eq!(
+            sub.cmd(&["PSUBSCRIBE", "n*"]),
+            R::Array(vec![bulk("psubscribe"), bulk("n*"), R::Int(3)])
+        );
+        assert!(
+            matches!(sub.cmd(&["GET", "x"]), R::Error(e) if e.contains("only (P|S)SUBSCRIBE")),
+            "RESP2 subscribers take subscription commands only"
+        );
+        assert_eq!(sub.cmd(&["PING"]), R::Array(arr(&["pong", ""])));
+        // Published on node 2: node 1's subscriber gets it by channel and by pattern.
+        let mut publisher = Raw::connect(&n2);
+        let mut third = Raw::connect(&n3);
+        third.cmd(&["HELLO", "3"]);
+        assert_eq!(
+            third.cmd(&["SUBSCRIBE", "news"]),
+            R::Push(vec![bulk("subscribe"), bulk("news"), R::Int(1)])
+        );
+        assert_eq!(publisher.cmd(&["PUBLISH", "news", "hello"]), R::Int(0));
+        let got = [sub.read(), sub.read()];
+        assert!(
+            got.contains(&R::Array(arr(&["message", "news", "hello"])))
+                && got.contains(&R::Array(arr(&["pmessage", "n*", "news", "hello"]))),
+            "{got:?}"
+        );
+        assert_eq!(third.read(), R::Push(arr(&["message", "news", "hello"])));
+        // RESP3 subscribers keep running other commands.
+        assert!(matches!(third.cmd(&["GET", "x"]), R::Bulk(None)));
+        assert_eq!(
+            sub.cmd(&["UNSUBSCRIBE"]),
+            R::Array(vec![bulk("unsubscribe"), bulk("more"), R::Int(2)])
+        );
+        assert_eq!(
+            sub.read(),
+            R::Array(vec![bulk("unsubscribe"), bulk("news"), R::Int(1)])
+        );
+        assert_eq!(
+            sub.cmd(&["PUNSUBSCRIBE", "n*"]),
+            R::Array(vec![bulk("punsubscribe"), bulk("n*"), R::Int(0)])
+        );
+        assert_eq!(publisher.cmd(&["PUBLISH", "news", "again"]), R::Int(0));
+        assert_eq!(
+            sub.cmd(&["GET", "x"]),
+            R::Bulk(None),
+            "back to normal commands"
+        );
+        // A subscriber that never reads: past 32 MiB waiting, the node closes it.
+        let mut stalled = Raw::connect(&resp_addr_of(&publisher));
+        assert_eq!(
+            stalled.cmd(&["SUBSCRIBE", "flood"]),
+            R::Array(vec![bulk("subscribe"), bulk("flood"), R::Int(1)])
+        );
+        let big = "x".repeat(1 << 20);
+        for _ in 0..64 {
+            publisher.cmd(&["PUBLISH", "flood", &big]);
+        }
+        // Drain what the sockets held: the stream ends (the node closed it).
+        let mut sink = vec![0u8; 1 << 20];
+        let mut total = 0usize;
+        loop {
+            match stalled.reader.read(&mut sink) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => panic!("the stalled subscriber was not closed: {e}"),
+            }
+            assert!(
+                total < 64 << 20,
+                "every message was kept for the stalled subscriber"
+            );
+        }
+        assert!(total < 48 << 20, "read {total} bytes");
+    })
+    .await
+    .expect("pub/sub checks");
+}
+
+/// The node a Raw connection talks to, for another connection to it.
+fn resp_addr_of(raw: &Raw) -> String {
+    raw.reader.get_ref().peer_addr().expect("peer").to_string()
+}
+
+/// Keyspace notifications (issue 18): with `notify-keyspace-events KEA` on a node, a SET, an
+/// INCR and a DEL made through another node arrive as `__keyspace@0__` and `__keyevent@0__`
+/// messages on this node's pattern subscriber, in commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_notifications_report_changes_made_through_other_nodes() {
+    let c = start(3, false).await;
+    create_db0_and_wait(&c).await;
+    let (n1, n2) = (resp_addr(&c, 0), resp_addr(&c, 1));
+    tokio::task::spawn_blocking(move || {
+        let mut sub = Raw::connect(&n1);
+        assert_eq!(
+            sub.cmd(&["CONFIG", "SET", "notify-keyspace-events", "KEA"]),
+            R::Simple("OK".into())
+        );
+        assert_eq!(
+            sub.cmd(&["CONFIG", "GET", "notify-keyspace-events"]),
+            R::Array(arr(&["notify-keyspace-events", "AKE"]))
+        );
+        assert!(matches!(
+            sub.cmd(&["CONFIG", "SET", "notify-keyspace-events", "Q"]),
+            R::Error(_)
+        ));
+        sub.cmd(&["PSUBSCRIBE", "__keyspace@0__:*"]);
+        sub.cmd(&["PSUBSCRIBE", "__keyevent@0__:*"]);
+        let mut other = Raw::connect(&n2);
+        assert_eq!(other.cmd(&["SET", "kn", "1"]), R::Simple("OK".into()));
+        assert_eq!(other.cmd(&["INCR", "kn"]), R::Int(2));
+        assert_eq!(other.cmd(&["DEL", "kn"]), R::Int(1));
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            got.push(sub.read());
+        }
+        let want = [
+            ["__keyspace@0__:*", "__keyspace@0__:kn", "set"],
+            ["__keyevent@0__:*", "__keyevent@0__:set", "kn"],
+            ["__keyspace@0__:*", "__keyspace@0__:kn", "incrby"],
+            ["__keyevent@0__:*", "__keyevent@0__:incrby", "kn"],
+            ["__keyspace@0__:*", "__keyspace@0__:kn", "del"],
+            ["__keyevent@0__:*", "__keyevent@0__:del", "kn"],
+        ];
+        let want: Vec<R> = want
+            .iter()
+            .map(|w| R::Array(arr(&["pmessage", w[0], w[1], w[2]])))
+            .collect();
+        assert_eq!(got, want);
+        // Off again: no more messages (a PING's answer comes next).
+        sub.cmd(&["CONFIG", "SET", "notify-keyspace-events", ""]);
+    })
+    .await
+    .expect("notification checks");
+}
+
+/// CLIENT TRACKING (issue 18): a RESP3 connection that read a key is pushed `invalidate` when
+/// another node changes it, and once pushed, a read on that connection — even at `eventual` —
+/// returns the new value. BCAST with PREFIX, OPTIN with CLIENT CACHING, NOLOOP, RESP2 REDIRECT,
+/// and a full tracking table evicting (and invalidating) its oldest key work as in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tracking_invalidates_before_a_later_read_could_see_the_old_value() {
+    let c = start(3, false).await;
+    create_db0_and_wait(&c).await;
+    let (n1, n2) = (resp_addr(&c, 0), resp_addr(&c, 1));
+    tokio::task::spawn_blocking(move || {
+        let ok = || R::Simple("OK".into());
+        let mut writer = Raw::connect(&n2);
+        let mut t = Raw::connect(&n1);
+        assert!(
+            matches!(t.cmd(&["CLIENT", "TRACKING", "on"]), R::Error(e) if e.contains("REDIRECT")),
+            "RESP2 tracking needs a redirect"
+        );
+        t.cmd(&["HELLO", "3"]);
+        assert_eq!(t.cmd(&["CLIENT", "TRACKING", "on"]), ok());
+        assert_eq!(writer.cmd(&["SET", "tk", "old"]), ok());
+        for round in 0..5 {
+            let want = if round == 0 {
+                "old".to_string()
+            } else {
+                format!("v{round}")
+            };
+            assert_eq!(t.cmd(&["CONSISTENCY", "eventual"]), ok());
+            // Until the first invalidation, an eventual read may lag; after one, never.
+            let got = t.cmd(&["GET", "tk"]);
+            if round > 0 {
+                assert_eq!(
+                    got,
+                    bulk(&want),
+                    "a read after the invalidation saw an old value"
+                );
+            }
+            let next = format!("v{}", round + 1);
+            assert_eq!(writer.cmd(&["SET", "tk", &next]), ok());
+            assert_eq!(
+                t.read(),
+                R::Push(vec![bulk("invalidate"), R::Array(arr(&["tk"]))])
+            );
+        }
+        // NOLOOP: its own writes send it nothing; another's do.
+        assert_eq!(t.cmd(&["CLIENT", "TRACKING", "off"]), ok());
+        assert_eq!(t.cmd(&["CLIENT", "TRACKING", "on", "NOLOOP"]), ok());
+        t.cmd(&["GET", "tk"]);
+        assert_eq!(t.cmd(&["SET", "tk", "mine"]), ok());
+        t.cmd(&["GET", "tk"]);
+        assert_eq!(writer.cmd(&["SET", "tk", "theirs"]), ok());
+        assert_eq!(
+            t.read(),
+            R::Push(vec![bulk("invalidate"), R::Array(arr(&["tk"]))])
+        );
+        // OPTIN: only reads after CLIENT CACHING yes are tracked.
+        assert_eq!(t.cmd(&["CLIENT", "TRACKING", "off"]), ok());
+        assert_eq!(t.cmd(&["CLIENT", "TRACKING", "on", "OPTIN"]), ok());
+        t.cmd(&["GET", "untracked"]);
+        assert_eq!(t.cmd(&["CLIENT", "CACHING", "yes"]), ok());
+        t.cmd(&["GET", "opted"]);
+        writer.cmd(&["SET", "untracked", "1"]);
+        writer.cmd(&["SET", "opted", "1"]);
+        assert_eq!(
+            t.read(),
+            R::Push(vec![bulk("invalidate"), R::Array(arr(&["opted"]))])
+        );
+        // BCAST PREFIX: every change under the prefix, read or not.
+        assert_eq!(t.cmd(&["CLIENT", "TRACKING", "off"]), ok());
+        assert_eq!(
+            t.cmd(&["CLIENT", "TRACKING", "on", "BCAST", "PREFIX", "user:"]),
+            ok()
+        );
+        writer.cmd(&["SET", "other:1", "x"]);
+        writer.cmd(&["SET", "user:1", "x"]);
+        assert_eq!(
+            t.read(),
+            R::Push(vec![bulk("invalidate"), R::Array(arr(&["user:1"]))])
+        );
+        assert_eq!(t.cmd(&["CLIENT", "TRACKING", "off"]), ok());
+        // RESP2 with REDIRECT to a connection subscribed to __redis__:invalidate.
+        let mut target = Raw::connect(&n1);
+        let id = match target.cmd(&["CLIENT", "ID"]) {
+            R::Int(id) => id,
+            other => panic!("{other:?}"),
+        };
+        target.cmd(&["SUBSCRIBE", "__redis__:invalidate"]);
+        let mut r2 = Raw::connect(&n1);
+        assert_eq!(
+            r2.cmd(&["CLIENT", "TRACKING", "on", "REDIRECT", &id.to_string()]),
+            ok()
+        );
+        r2.cmd(&["GET", "redir"]);
+        writer.cmd(&["SET", "redir", "1"]);
+        assert_eq!(
+            target.read(),
+            R::Array(vec![
+                bulk("message"),
+                bulk("__redis__:invalidate"),
+                R::Array(arr(&["redir"]))
+            ])
+        );
+        // A table of two keys: reading a third evicts the oldest, which is invalidated.
+        let mut small = Raw::connect(&n1);
+        small.cmd(&["HELLO", "3"]);
+        assert_eq!(
+            small.cmd(&["CONFIG", "SET", "tracking-table-max-keys", "2"]),
+            ok()
+        );
+        small.cmd(&["CLIENT", "TRACKING", "on"]);
+        small.cmd(&["GET", "e1"]);
+        small.cmd(&["GET", "e2"]);
+        small.cmd(&["GET", "e3"]);
+        assert_eq!(
+            small.read(),
+            R::Push(vec![bulk("invalidate"), R::Array(arr(&["e1"]))])
+        );
+        small.cmd(&["CONFIG", "SET", "tracking-table-max-keys", "1000000"]);
+    })
+    .await
+    .expect("tracking checks");
 }
 
 /// A key that lands in shard 0 of a 4-shard keyspace.

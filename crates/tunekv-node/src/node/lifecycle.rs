@@ -69,6 +69,7 @@ impl Node {
             stop: tokio_util::sync::CancellationToken::new(),
             dynamo: Default::default(),
             me: std::sync::OnceLock::new(),
+            publish_sink: std::sync::OnceLock::new(),
         });
         let _ = node.me.set(Arc::downgrade(&node));
         node.load_hints()?;

@@ -8,12 +8,14 @@ mod dotted;
 mod freshness;
 mod leaderless;
 mod lifecycle;
+mod pubsub;
 mod read;
 mod rpc_handler;
 mod status;
 mod watch;
 mod write;
-pub use watch::{Watch, WatchEvent, WatchRefused};
+pub use pubsub::PublishSink;
+pub use watch::{Watch, WatchEvent, WatchFrom, WatchRefused};
 pub use write::version_mismatch;
 
 use freshness::Proofs;
@@ -263,6 +265,8 @@ pub struct Node {
     dynamo: leaderless::Dynamo,
     // This node, for work that outlives a request (a leaderless write's remaining copies).
     me: std::sync::OnceLock<std::sync::Weak<Node>>,
+    // Where PUBLISH messages go on this node (the RESP listener's subscribers).
+    publish_sink: std::sync::OnceLock<pubsub::PublishSink>,
 }
 
 /// The items of a batch (1 to `BATCH_KEYS_MAX`, every key checked) grouped by shard, in shard

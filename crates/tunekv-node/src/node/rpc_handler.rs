@@ -23,6 +23,10 @@ impl Node {
                 self.accept_watermarks(push);
                 return Ok(Response::Done);
             }
+            Request::Publish { channel, message } => {
+                self.publish_here(&channel, &message);
+                return Ok(Response::Done);
+            }
             Request::Dynamo(req) => {
                 return match tokio::time::timeout(FORWARDED_WORK_MAX, self.handle_dynamo(req)).await
                 {
@@ -98,9 +102,11 @@ impl Node {
                 .await
                 .map(Response::TransferLeader)
                 .map_err(fatal),
-            Request::Status | Request::Clock | Request::Watermarks(_) | Request::Dynamo(_) => {
-                Err(RemoteError::new(Code::Internal, "handled above"))
-            }
+            Request::Status
+            | Request::Clock
+            | Request::Watermarks(_)
+            | Request::Dynamo(_)
+            | Request::Publish { .. } => Err(RemoteError::new(Code::Internal, "handled above")),
         }
     }
 }

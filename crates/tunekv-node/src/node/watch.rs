@@ -26,6 +26,8 @@ pub enum WatchEvent {
         position: Position,
         key: Vec<u8>,
         value: Option<Vec<u8>>,
+        /// What happened (Redis's event name: `set`, `del`, `expired`, …).
+        kind: tunekv_raft::ChangeKind,
     },
     /// Every change of `shard` up to `index` has been delivered.
     Progress { shard: ShardId, index: u64 },
@@ -62,6 +64,7 @@ fn change_event(shard: ShardId, c: tunekv_raft::Change) -> WatchEvent {
         },
         key: c.key,
         value: c.value,
+        kind: c.kind,
     }
 }
 
@@ -167,6 +170,19 @@ fn seal_cursor(
     key.seal(CURSOR_DOMAIN, &bytes)
 }
 
+/// Where a watch starts.
+#[derive(Clone, Copy, Debug)]
+pub enum WatchFrom<'a> {
+    /// With the next change.
+    Now,
+    /// After the changes an earlier watch's cursor covers.
+    Cursor(&'a str),
+    /// With every change this node still holds from the keyspace's beginning (a keyspace
+    /// created after the watcher began looking for it); from now when the node's history no
+    /// longer reaches back that far.
+    Start,
+}
+
 /// Why a watch did not start.
 #[derive(Debug)]
 pub enum WatchRefused {
@@ -241,7 +257,7 @@ impl Node {
         &self,
         keyspace: &str,
         prefix: Vec<u8>,
-        from: Option<&str>,
+        from: WatchFrom<'_>,
     ) -> Result<Watch, WatchRefused> {
         let deadline = Instant::now() + Duration::from_millis(self.config.read_wait_ms_default);
         let ks = self.keyspace(keyspace, deadline).await?;
@@ -257,7 +273,11 @@ impl Node {
             )
             .into());
         }
-        let after = from.map(|c| self.open_cursor(&ks, c)).transpose()?;
+        let after = match from {
+            WatchFrom::Now => None,
+            WatchFrom::Cursor(c) => Some(self.open_cursor(&ks, c)?),
+            WatchFrom::Start => Some(vec![0; ks.spec.shards as usize]),
+        };
         let mut shards = Vec::with_capacity(ks.spec.shards as usize);
         let mut pending = std::collections::VecDeque::new();
         for s in 0..ks.spec.shards {
@@ -269,10 +289,12 @@ impl Node {
             let progress = match after.as_ref().map(|a| a[s as usize]) {
                 None => g.data.applied().index,
                 Some(after) => {
-                    let (changes, applied) = g
-                        .data
-                        .changes_since(after)
-                        .map_err(|oldest| WatchRefused::Compacted { shard, oldest })?;
+                    let since = match (g.data.changes_since(after), from) {
+                        (Err(_), WatchFrom::Start) => g.data.changes_since(u64::MAX),
+                        (since, _) => since,
+                    };
+                    let (changes, applied) =
+                        since.map_err(|oldest| WatchRefused::Compacted { shard, oldest })?;
                     pending.extend(
                         changes
                             .into_iter()

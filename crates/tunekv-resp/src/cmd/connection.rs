@@ -67,8 +67,9 @@ pub(super) const SPECS: &[CommandSpec] = &[
         "client",
         -2,
         "connection",
-        "CLIENT ID, GETNAME, SETNAME, INFO, LIST, SETINFO for this connection.",
-        Handler::Now(client),
+        "CLIENT ID, GETNAME, SETNAME, INFO, LIST, SETINFO, TRACKING, CACHING, GETREDIRECT, \
+         TRACKINGINFO for this connection.",
+        Handler::Later(client),
     ),
     spec(
         "select",
@@ -88,8 +89,9 @@ pub(super) const SPECS: &[CommandSpec] = &[
         "config",
         -2,
         "server",
-        "CONFIG GET of the durability settings clients ask about.",
-        Handler::Now(config),
+        "CONFIG GET of the settings clients ask about; CONFIG SET notify-keyspace-events and \
+         tracking-table-max-keys (this node).",
+        Handler::Later(config),
     ),
     spec(
         "info",
@@ -144,9 +146,12 @@ fn hello(shared: &Shared, conn: &mut Conn, mut a: Args<'_>) -> Out {
             _ => return Err(syntax()),
         }
     }
+    shared.hub.set_resp3(conn.id, conn.resp3);
     Ok(Reply::Map(vec![
-        (Reply::bulk("server"), Reply::bulk("tunekv")),
-        (Reply::bulk("version"), Reply::bulk("7.0.0")),
+        // As Redis names itself, so clients enable what they check the server for (redis-py's
+        // client-side cache wants "redis" 7.4 or later); `tunekv_version` says what it is.
+        (Reply::bulk("server"), Reply::bulk("redis")),
+        (Reply::bulk("version"), Reply::bulk(REDIS_VERSION)),
         (
             Reply::bulk("tunekv_version"),
             Reply::bulk(env!("CARGO_PKG_VERSION")),
@@ -185,10 +190,161 @@ fn client_line(conn: &Conn) -> String {
     )
 }
 
-fn client(_: &Shared, conn: &mut Conn, mut a: Args<'_>) -> Out {
-    let given = a.text()?;
-    let sub = given.to_ascii_lowercase();
-    match (sub.as_str(), a.left()) {
+/// The Redis version tunekv answers as (HELLO, INFO): the commands it has behave as this
+/// version's.
+const REDIS_VERSION: &str = "7.4.0";
+
+fn client<'a>(shared: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        let given = a.text()?;
+        let sub = given.to_ascii_lowercase();
+        match sub.as_str() {
+            "tracking" => return tracking(shared, conn, a).await,
+            "caching" => {
+                let yes = match a.text()?.to_ascii_lowercase().as_str() {
+                    "yes" => true,
+                    "no" => false,
+                    _ => return Err(syntax()),
+                };
+                a.done()?;
+                let mode = conn.tracking.as_ref().map(|t| (t.optin, t.optout));
+                return match (mode, yes) {
+                    (Some((true, _)), true) | (Some((_, true)), false) => {
+                        conn.caching = Some(yes);
+                        Ok(Reply::ok())
+                    }
+                    (Some((true, _)), false) | (Some((_, true)), true) => Err(Reply::err(
+                        "CLIENT CACHING YES is only valid when tracking is enabled in OPTIN \
+                         mode; CLIENT CACHING NO only in OPTOUT mode.",
+                    )),
+                    _ => Err(Reply::err(
+                        "CLIENT CACHING can be called only when the client is in tracking mode \
+                         with OPTIN or OPTOUT mode enabled",
+                    )),
+                };
+            }
+            "getredirect" => {
+                a.done()?;
+                return Ok(Reply::Int(match &conn.tracking {
+                    None => -1,
+                    Some(t) => t.redirect.map_or(0, |r| r as i64),
+                }));
+            }
+            "trackinginfo" => {
+                a.done()?;
+                return Ok(tracking_info(conn));
+            }
+            _ => {}
+        }
+        client_now(conn, &given, &sub, a)
+    })
+}
+
+/// `CLIENT TRACKING on|off [REDIRECT id] [PREFIX p]... [BCAST] [OPTIN] [OPTOUT] [NOLOOP]`.
+async fn tracking(shared: &Shared, conn: &mut Conn, mut a: Args<'_>) -> Out {
+    let on = match a.text()?.to_ascii_lowercase().as_str() {
+        "on" => true,
+        "off" => false,
+        _ => return Err(syntax()),
+    };
+    let mut t = crate::push::Tracking::default();
+    while let Some(opt) = a.next_opt() {
+        match text(opt).to_ascii_lowercase().as_str() {
+            "redirect" => {
+                let id = int_arg(a.next()?)?;
+                if id != conn.id as i64 && id > 0 {
+                    t.redirect = Some(id as u64);
+                } else if id <= 0 {
+                    return Err(Reply::err(
+                        "The client ID you want redirect to does not exist",
+                    ));
+                }
+            }
+            "prefix" => t.prefixes.push(a.next_vec()?),
+            "bcast" => t.bcast = true,
+            "optin" => t.optin = true,
+            "optout" => t.optout = true,
+            "noloop" => t.noloop = true,
+            _ => return Err(syntax()),
+        }
+    }
+    if !on {
+        conn.tracking = None;
+        conn.caching = None;
+        shared.hub.track(conn.id, None).await;
+        return Ok(Reply::ok());
+    }
+    if !t.prefixes.is_empty() && !t.bcast {
+        return Err(Reply::err(
+            "PREFIX option requires BCAST mode to be enabled",
+        ));
+    }
+    if t.optin && t.optout {
+        return Err(Reply::err("You can't use both OPTIN and OPTOUT"));
+    }
+    if t.bcast && (t.optin || t.optout) {
+        return Err(Reply::err("OPTIN and OPTOUT are not compatible with BCAST"));
+    }
+    if let Some(old) = &conn.tracking {
+        if (old.optin, old.optout, old.bcast) != (t.optin, t.optout, t.bcast) {
+            return Err(Reply::err(
+                "You can't switch BCAST, OPTIN or OPTOUT mode before disabling tracking for \
+                 this client, and then re-enabling it with a different mode.",
+            ));
+        }
+    }
+    if t.redirect.is_some() && t.noloop {
+        return Err(Reply::err(
+            "tunekv does not support NOLOOP together with REDIRECT: the redirected connection \
+             cannot tell this connection's own writes; use HELLO 3 and no REDIRECT",
+        ));
+    }
+    if t.redirect.is_none() && !conn.resp3 {
+        return Err(Reply::err(
+            "CLIENT TRACKING on a RESP2 connection needs REDIRECT to a connection subscribed \
+             to __redis__:invalidate (or HELLO 3 first: invalidations are then pushed here)",
+        ));
+    }
+    conn.inbox(&shared.hub);
+    conn.tracking = Some(t.clone());
+    shared.hub.track(conn.id, Some(t)).await;
+    Ok(Reply::ok())
+}
+
+fn tracking_info(conn: &Conn) -> Reply {
+    let (flags, redirect, prefixes) = match &conn.tracking {
+        None => (vec![Reply::bulk("off")], -1, Vec::new()),
+        Some(t) => {
+            let mut f = vec![Reply::bulk("on")];
+            for (set, name) in [
+                (t.bcast, "bcast"),
+                (t.optin, "optin"),
+                (t.optout, "optout"),
+                (t.noloop, "noloop"),
+            ] {
+                if set {
+                    f.push(Reply::bulk(name));
+                }
+            }
+            if t.optin && conn.caching == Some(true) {
+                f.push(Reply::bulk("caching-yes"));
+            }
+            if t.optout && conn.caching == Some(false) {
+                f.push(Reply::bulk("caching-no"));
+            }
+            let prefixes = t.prefixes.iter().map(|p| Reply::bulk(p.clone())).collect();
+            (f, t.redirect.map_or(0, |r| r as i64), prefixes)
+        }
+    };
+    Reply::Map(vec![
+        (Reply::bulk("flags"), Reply::Array(flags)),
+        (Reply::bulk("redirect"), Reply::Int(redirect)),
+        (Reply::bulk("prefixes"), Reply::Array(prefixes)),
+    ])
+}
+
+fn client_now(conn: &mut Conn, given: &str, sub: &str, mut a: Args<'_>) -> Out {
+    match (sub, a.left()) {
         ("id", 0) => Ok(Reply::Int(conn.id as i64)),
         ("getname", 0) => Ok(conn.name.clone().map(Reply::bulk).unwrap_or(Reply::Nil)),
         ("setname", 1) => {
@@ -267,37 +423,100 @@ fn command(_: &Shared, _: &mut Conn, mut a: Args<'_>) -> Out {
     }
 }
 
-fn config(_: &Shared, _: &mut Conn, mut a: Args<'_>) -> Out {
-    match a.text()?.to_ascii_lowercase().as_str() {
-        "get" if a.left() >= 1 => {
-            // Honest answers for what clients ask: every write is fsynced before its ack.
-            let known = [
-                ("save", ""),
-                ("appendonly", "yes"),
-                ("appendfsync", "always"),
-            ];
-            let mut pairs = Vec::new();
-            for p in a.rest() {
-                let p = text(p).to_ascii_lowercase();
-                for (k, v) in known {
-                    if glob::matches(p.as_bytes(), k.as_bytes()) {
-                        pairs.push((Reply::bulk(k), Reply::bulk(v)));
+fn config<'a>(shared: &'a Shared, _: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        match a.text()?.to_ascii_lowercase().as_str() {
+            "get" if a.left() >= 1 => {
+                // Honest answers for what clients ask: every write is fsynced before its ack.
+                let known = [
+                    ("save", String::new()),
+                    ("appendonly", "yes".into()),
+                    ("appendfsync", "always".into()),
+                    (
+                        "notify-keyspace-events",
+                        crate::push::flags::show(shared.hub.notify_flags()),
+                    ),
+                    (
+                        "tracking-table-max-keys",
+                        shared.hub.tracking_keys_max().to_string(),
+                    ),
+                ];
+                let mut pairs = Vec::new();
+                for p in a.rest() {
+                    let p = text(p).to_ascii_lowercase();
+                    for (k, v) in &known {
+                        if glob::matches(p.as_bytes(), k.as_bytes()) {
+                            pairs.push((Reply::bulk(*k), Reply::bulk(v.clone())));
+                        }
                     }
                 }
+                Ok(Reply::Map(pairs))
             }
-            Ok(Reply::Map(pairs))
+            "get" => Err(arity("config|get")),
+            "set" if a.left() >= 2 && a.left().is_multiple_of(2) => {
+                let pairs: Vec<(String, Vec<u8>)> = a
+                    .rest()
+                    .chunks(2)
+                    .map(|p| (text(&p[0]).to_ascii_lowercase(), p[1].clone()))
+                    .collect();
+                // Every value checked before any is set.
+                let mut notify = None;
+                let mut keys_max = None;
+                for (name, value) in &pairs {
+                    match name.as_str() {
+                        "notify-keyspace-events" => {
+                            notify = Some(crate::push::flags::parse(value).ok_or_else(|| {
+                                Reply::err(format!(
+                                    "CONFIG SET failed (possibly related to argument \
+                                     'notify-keyspace-events') - Invalid event class \
+                                     character. Use 'Ag$lshzxeKEtmdn'. Got {:?}",
+                                    text(value)
+                                ))
+                            })?)
+                        }
+                        "tracking-table-max-keys" => {
+                            let n = int_arg(value)?;
+                            let max = crate::push::TRACKING_KEYS_MAX_CEILING as i64;
+                            if !(1..=max).contains(&n) {
+                                return Err(Reply::err(format!(
+                                    "CONFIG SET failed (possibly related to argument \
+                                     'tracking-table-max-keys') - argument must be between 1 \
+                                     and {max} inclusive (tunekv keeps the table bounded)"
+                                )));
+                            }
+                            keys_max = Some(n as usize);
+                        }
+                        other => {
+                            return Err(Reply::err(format!(
+                                "Unknown option or number of arguments for CONFIG SET - \
+                                 '{other}' (tunekv is configured by its node config file; \
+                                 CONFIG SET takes notify-keyspace-events and \
+                                 tracking-table-max-keys, for this node)"
+                            )))
+                        }
+                    }
+                }
+                if let Some(n) = keys_max {
+                    shared.hub.set_tracking_keys_max(n);
+                }
+                if let Some(f) = notify {
+                    shared.hub.set_notify(f).await;
+                }
+                Ok(Reply::ok())
+            }
+            "set" => Err(arity("config|set")),
+            _ => Err(Reply::err(
+                "tunekv is configured by its node config file; CONFIG supports GET and SET of \
+                 notify-keyspace-events and tracking-table-max-keys",
+            )),
         }
-        "get" => Err(arity("config|get")),
-        _ => Err(Reply::err(
-            "tunekv is configured by its node config file; CONFIG supports GET only",
-        )),
-    }
+    })
 }
 
 fn info(shared: &Shared, conn: &mut Conn, _: Args<'_>) -> Out {
     let node = &shared.node;
     let mut s = String::new();
-    s += "# Server\r\nredis_version:7.0.0\r\n";
+    s += &format!("# Server\r\nredis_version:{REDIS_VERSION}\r\n");
     s += &format!("tunekv_version:{}\r\n", env!("CARGO_PKG_VERSION"));
     s += &format!("tunekv_node:{}\r\n", node.id());
     s += "redis_mode:standalone\r\n\r\n# Clients\r\n";

@@ -14,6 +14,7 @@ mod connection;
 mod counters;
 mod hashes;
 mod keys;
+pub(crate) mod pubsub;
 mod sets;
 mod siblings;
 mod strings;
@@ -114,6 +115,7 @@ fn table() -> &'static HashMap<&'static str, &'static CommandSpec> {
             .chain(siblings::SPECS)
             .chain(tunekv::SPECS)
             .chain(transactions::SPECS)
+            .chain(pubsub::SPECS)
         {
             let clash = t.insert(spec.name, spec);
             debug_assert!(clash.is_none(), "command {} listed twice", spec.name);
@@ -153,26 +155,97 @@ pub async fn execute(shared: &Shared, conn: &mut Conn, args: Vec<Vec<u8>>) -> Re
         }
         return arity(spec.name);
     }
+    if !conn.resp3 && conn.subscriptions() > 0 && !pubsub::allowed_when_subscribed(spec.name) {
+        return Reply::err(format!(
+            "Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET \
+             are allowed in this context",
+            spec.name
+        ));
+    }
     if conn.multi.is_some() && !transactions::runs_inside(spec.name) {
         return transactions::queue(conn, spec.name, &args);
     }
-    match run(shared, conn, spec, &args).await {
+    if spec.name == "ping" && !conn.resp3 && conn.subscriptions() > 0 {
+        return pubsub::subscribed_ping(args.get(1).map(Vec::as_slice));
+    }
+    // CLIENT CACHING is for the command after it (which CLIENT CACHING itself sets again).
+    let caching = conn.caching.take();
+    match run(shared, conn, spec, &args, caching).await {
         Ok(r) | Err(r) => r,
     }
 }
 
-async fn run(shared: &Shared, conn: &mut Conn, spec: &CommandSpec, all: &[Vec<u8>]) -> Out {
+async fn run(
+    shared: &Shared,
+    conn: &mut Conn,
+    spec: &CommandSpec,
+    all: &[Vec<u8>],
+    caching: Option<bool>,
+) -> Out {
     if spec.kind == Kind::Write {
         conn.written.clear();
     }
     if spec.kind != Kind::Connection {
         ensure_keyspace(conn, &shared.node).await?;
     }
+    if spec.kind == Kind::Read {
+        track_reads(shared, conn, spec, all, caching).await?;
+    }
     let args = Args::new(spec.name, all);
-    match spec.handler {
+    let out = match spec.handler {
         Handler::Now(f) => f(shared, conn, args),
         Handler::Later(f) => f(shared, conn, args).await,
+    };
+    if spec.kind == Kind::Write && conn.tracking.as_ref().is_some_and(|t| t.noloop) {
+        let ks: std::sync::Arc<str> = conn.keyspace.as_str().into();
+        for p in &conn.written {
+            if conn.own_writes.len() >= crate::push::OWN_WRITES_MAX {
+                conn.own_writes.pop_front();
+            }
+            conn.own_writes
+                .push_back((ks.clone(), p.shard.0, p.index.0));
+        }
     }
+    out
+}
+
+/// CLIENT TRACKING in its default mode: the keys a read command names are remembered for this
+/// connection before it reads them (OPTIN: only after CLIENT CACHING yes; OPTOUT: unless
+/// CLIENT CACHING no), so their next change sends it an invalidation.
+async fn track_reads(
+    shared: &Shared,
+    conn: &mut Conn,
+    spec: &CommandSpec,
+    all: &[Vec<u8>],
+    caching: Option<bool>,
+) -> Result<(), Reply> {
+    let Some(t) = &conn.tracking else {
+        return Ok(());
+    };
+    let wanted = if t.bcast {
+        false
+    } else if t.optin {
+        caching == Some(true)
+    } else if t.optout {
+        caching != Some(false)
+    } else {
+        true
+    };
+    let (first, last, step) = spec.keys;
+    if !wanted || first <= 0 || step <= 0 {
+        return Ok(());
+    }
+    let n = all.len() as i64;
+    let last = if last < 0 { n + last } else { last.min(n - 1) };
+    let keys: Vec<Vec<u8>> = (first..=last)
+        .step_by(step as usize)
+        .filter_map(|i| all.get(i as usize).cloned())
+        .collect();
+    shared
+        .hub
+        .track_reads(conn.id, &conn.keyspace, &keys)
+        .await
+        .map_err(typed)
 }
 
 /// A command's arguments after its name, read in order.
@@ -445,6 +518,7 @@ mod tests {
             .chain(siblings::SPECS)
             .chain(tunekv::SPECS)
             .chain(transactions::SPECS)
+            .chain(pubsub::SPECS)
             .collect();
         assert_eq!(all.len(), table().len(), "a command listed twice");
         for s in all {

@@ -341,9 +341,31 @@ def check_transactions():
         assert p.execute() == [101, 106, "106"]
 
 
+def check_client_side_cache():
+    # redis-py's own client-side cache (RESP3, CLIENT TRACKING): a read is cached, a write made
+    # through another node invalidates it, and the next read returns the new value.
+    from redis.cache import CacheConfig
+    key, writer = P + "csc", client(1)
+    writer.set(key, "one")
+    r = client(0, cache_config=CacheConfig())
+    # Node 1 may not have applied the write yet: a strong read waits for it.
+    assert r.get(key) == "one"
+    cache = r.get_cache()
+    assert len(cache.collection) == 1, f"the read was not cached: {cache.collection}"
+    assert r.get(key) == "one", "a cache hit"
+    writer.set(key, "two")
+    deadline = time.time() + 10
+    while r.get(key) != "two":
+        assert time.time() < deadline, "no invalidation reached the cache in 10 s"
+        time.sleep(0.05)
+    assert r.get(key) == "two"
+    r.close()
+
+
 CHECKS = [check_connection, check_select, check_strings, check_ttls, check_scan_and_keys,
           check_concurrent_incr, check_pipeline, check_tunekv_commands, check_conflict_free_types,
-          check_strong_read_on_follower, check_session_across_nodes, check_transactions]
+          check_strong_read_on_follower, check_session_across_nodes, check_transactions,
+          check_client_side_cache]
 
 
 def main():
