@@ -10,7 +10,9 @@
 //!   at or above its index (the mark said everything up to it had been sent).
 //!
 //! Changes a watch delivers beyond what the writers know of (an unknown outcome) are not
-//! judged here.
+//! judged here. A delete changes nothing when its key is already absent, so a delete the feed
+//! did not deliver passes when the feed's last change of that key before it was a deletion,
+//! fails when it was a value, and is unknown when the feed showed no earlier change of it.
 
 use crate::report::{Report, Row, Verdict};
 use crate::Limits;
@@ -21,6 +23,22 @@ pub const NOTHING_MISSING: &str = "no acknowledged write missing";
 pub const NO_DUPLICATES: &str = "no duplicates";
 pub const ORDER: &str = "per-shard order";
 pub const PROGRESS: &str = "progress never ahead";
+pub const REACHED: &str = "watch reached every acknowledged write";
+
+/// The row that says a watch followed the feed to the end of a run (`verify`'s watcher):
+/// `problem` says why it did not (its cursor's changes were gone, or it never caught up).
+pub fn reached(problem: Option<String>, limits: &Limits) -> Row {
+    let mut row = Row::new(LEVEL, REACHED);
+    let verdict = match problem {
+        None => Verdict::Pass,
+        Some(message) => Verdict::Violation {
+            message,
+            ops: vec![],
+        },
+    };
+    row.record(verdict, &[], limits);
+    row
+}
 
 /// What a watcher received, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +80,8 @@ pub fn check(
     let mut progress: BTreeMap<u32, u64> = start.clone();
     let mut last: BTreeMap<u32, u64> = BTreeMap::new();
     let mut seen: BTreeMap<(u32, u64, &str), Option<&str>> = BTreeMap::new();
+    // Per (shard, key): each delivered change's index and whether it was a deletion.
+    let mut of_key: BTreeMap<(u32, &str), BTreeMap<u64, bool>> = BTreeMap::new();
     let mut twice: BTreeSet<(u32, u64, &str)> = BTreeSet::new();
     for e in events {
         match e {
@@ -109,6 +129,10 @@ pub fn check(
                     limits,
                 );
                 last.insert(*shard, l.max(*index));
+                of_key
+                    .entry((*shard, key.as_str()))
+                    .or_default()
+                    .insert(*index, value.is_none());
                 let id = (*shard, *index, key.as_str());
                 let again = seen.insert(id, value.as_deref()).is_some();
                 dups.record(
@@ -137,8 +161,17 @@ pub fn check(
             missing.record(Verdict::Unknown, &[], limits);
             continue;
         }
+        let before = || {
+            of_key
+                .get(&(w.shard, w.key.as_str()))
+                .and_then(|c| c.range(..w.index).next_back())
+                .map(|(_, deleted)| *deleted)
+        };
         let verdict = match seen.get(&(w.shard, w.index, w.key.as_str())) {
             Some(v) if *v == w.value.as_deref() => Verdict::Pass,
+            // A delete of a key already absent changes nothing.
+            None if w.value.is_none() && before() == Some(true) => Verdict::Pass,
+            None if w.value.is_none() && before().is_none() => Verdict::Unknown,
             Some(v) => Verdict::Violation {
                 message: format!(
                     "{:?} at shard {} index {} was delivered as {v:?}, written as {:?}",
@@ -225,7 +258,7 @@ mod tests {
 
     #[test]
     fn a_missing_write_a_duplicate_disorder_and_an_early_progress_mark_are_caught() {
-        let missing = [change(0, 11, "a", Some("1")), progress(0, 12)];
+        let missing = [change(0, 12, "b", None), progress(0, 12)];
         assert_eq!(violations(&judge(&missing), NOTHING_MISSING), 1);
         let wrong_value = [
             change(0, 11, "a", Some("9")),
@@ -240,6 +273,22 @@ mod tests {
         // The injected bug's shape: the mark first, then the change it covers.
         let early = [progress(0, 11), change(0, 11, "a", Some("1"))];
         assert_eq!(violations(&judge(&early), PROGRESS), 1);
+        // A delete the feed did not deliver: fine after a delivered deletion of the key, a
+        // violation after a delivered value, unknown with nothing delivered before it.
+        let writes = [write(0, 11, "a", None), write(0, 13, "a", None)];
+        let start = [(0, 10)].into_iter().collect();
+        let judged = |events: &[FeedEvent]| {
+            let r = check(&start, events, &writes, &Limits::default());
+            let row = r.row(LEVEL, NOTHING_MISSING).unwrap().clone();
+            (row.violations_total, row.unknown)
+        };
+        let absent = [change(0, 11, "a", None), progress(0, 13)];
+        assert_eq!(judged(&absent), (0, 0));
+        let present = [change(0, 12, "a", Some("v")), progress(0, 13)];
+        // a@11: nothing delivered before it (unknown); a@13: after a delivered value (missing).
+        assert_eq!(judged(&present), (1, 1));
+        let nothing = [progress(0, 13)];
+        assert_eq!(judged(&nothing), (0, 2));
         // A change at or below where the watch started is one it should not have sent.
         let before = [change(0, 10, "old", Some("x"))];
         assert_eq!(violations(&judge(&before), PROGRESS), 1);

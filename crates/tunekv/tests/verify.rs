@@ -275,6 +275,17 @@ mod bugs {
         );
     }
 
+    /// The change feed's watcher (issue 18) catches a progress mark sent before its changes.
+    #[test]
+    fn a_progress_mark_sent_before_its_changes_is_caught() {
+        caught(
+            "progress-early",
+            "strong",
+            "kill",
+            &["[feed / progress never ahead]"],
+        );
+    }
+
     #[test]
     fn strong_served_from_the_local_copy_is_caught() {
         caught(

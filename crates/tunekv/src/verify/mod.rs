@@ -4,6 +4,7 @@
 
 mod faults;
 pub mod resp_client;
+mod watcher;
 mod workload;
 
 use anyhow::{bail, Context, Result};
@@ -307,6 +308,12 @@ async fn run_on(
     };
     runner.check()?;
     let fault_task = tokio::spawn(runner.run());
+    // The ordered keyspace's change feed, followed through the run (judged at the end).
+    let (finish_watch, finish_rx) = tokio::sync::watch::channel(None);
+    let watcher = o
+        .mode
+        .ordered()
+        .then(|| tokio::spawn(watcher::run(targets.clone(), KEYSPACE, 2, finish_rx)));
     let clients: Vec<_> = (0..o.clients)
         .map(|i| {
             let leaderless = o.mode.leaderless_client(i);
@@ -437,6 +444,31 @@ async fn run_on(
             | KeyspaceMode::Siblings => true,
             KeyspaceMode::Mixed => op.quorum.is_some(),
         });
+    // The watcher catches up with the last acknowledged write, then is judged.
+    let feed_rows = match watcher {
+        None => Vec::new(),
+        Some(task) => {
+            let writes = watcher::acknowledged(&ordered_ops);
+            let _ = finish_watch.send(Some(watcher::top(&writes)));
+            let watched = task.await?;
+            println!(
+                "feed: a watcher followed the change feed through the run, resuming from its \
+                 cursor {} times on other nodes; {} final events",
+                watched.resumes,
+                watched.events.len()
+            );
+            let mut rows = tunekv_check::feed::check(
+                &watched.start,
+                &watched.events,
+                &writes,
+                &Limits::default(),
+            )
+            .rows;
+            let reached = tunekv_check::feed::reached(watched.problem, &Limits::default());
+            rows.push(reached);
+            rows
+        }
+    };
     let checked_at = Instant::now();
     let ordered_report = if o.mode.ordered() {
         check(
@@ -450,6 +482,7 @@ async fn run_on(
         Ok(tunekv_check::Report { rows: Vec::new() })
     };
     let report = ordered_report.map(|mut report| {
+        report.rows.extend(feed_rows);
         if o.mode.counter() {
             report.rows.extend(
                 tunekv_check::counter::check(&leaderless_ops, Some(heal_ns), &Limits::default())
