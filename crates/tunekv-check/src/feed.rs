@@ -65,6 +65,117 @@ pub struct FeedWrite {
     pub value: Option<String>,
 }
 
+/// A careful consumer of the feed, as the checker assumes one: a change is final once a
+/// progress event of its shard covers it, and the consumer keeps that event's cursor. When the
+/// stream breaks (or the consumer moves to another node), what came after the last mark is
+/// dropped: the watch resumed from the cursor sends it again. `verify`'s watcher and the
+/// simulator's use it.
+#[derive(Clone, Debug, Default)]
+pub struct Consumer {
+    shards: u32,
+    /// Each shard's first progress mark: where the watch began.
+    pub start: BTreeMap<u32, u64>,
+    /// The final events, in the order received.
+    pub events: Vec<FeedEvent>,
+    pending: Vec<FeedEvent>,
+    /// The cursor of the last progress event (`None` before the first).
+    pub cursor: Option<String>,
+    /// Each shard's highest progress mark.
+    pub reached: BTreeMap<u32, u64>,
+    /// Watches resumed from a cursor.
+    pub resumes: u64,
+}
+
+impl Consumer {
+    pub fn new(shards: u32) -> Consumer {
+        Consumer {
+            shards,
+            ..Consumer::default()
+        }
+    }
+
+    /// A change received (not final until a progress event covers it).
+    pub fn change(&mut self, shard: u32, index: u64, key: String, value: Option<String>) {
+        self.pending.push(FeedEvent::Change {
+            shard,
+            index,
+            key,
+            value,
+        });
+    }
+
+    /// A progress event: what came before it is final.
+    pub fn progress(&mut self, shard: u32, index: u64, cursor: String) {
+        if self.start.len() < self.shards as usize {
+            self.start.entry(shard).or_insert(index);
+        }
+        self.events.append(&mut self.pending);
+        self.events.push(FeedEvent::Progress { shard, index });
+        let r = self.reached.entry(shard).or_insert(0);
+        *r = (*r).max(index);
+        self.cursor = Some(cursor);
+    }
+
+    /// The stream ended (or the consumer leaves it): the next watch resumes from the cursor,
+    /// or starts over when there is none yet.
+    pub fn broke(&mut self) {
+        self.pending.clear();
+        if self.cursor.is_none() {
+            self.events.clear();
+            self.start.clear();
+        }
+    }
+
+    /// A watch opened; `resumed` when it started from the cursor.
+    pub fn opened(&mut self) {
+        if self.cursor.is_some() {
+            self.resumes += 1;
+        }
+    }
+
+    /// Whether every shard's progress reached `top`.
+    pub fn reached_all(&self, top: &BTreeMap<u32, u64>) -> bool {
+        top.iter()
+            .all(|(s, i)| self.reached.get(s).is_some_and(|r| r >= i))
+    }
+
+    /// Judges what was received against the acknowledged `writes` ([`check`]).
+    pub fn check(&self, writes: &[FeedWrite], limits: &Limits) -> Report {
+        check(&self.start, &self.events, writes, limits)
+    }
+}
+
+/// Each shard's highest acknowledged index: what a watch must reach.
+pub fn top(writes: &[FeedWrite]) -> BTreeMap<u32, u64> {
+    let mut top = BTreeMap::new();
+    for w in writes {
+        let t = top.entry(w.shard).or_insert(0);
+        *t = (*t).max(w.index);
+    }
+    top
+}
+
+/// The acknowledged writes and deletes of an ordered history, with their positions.
+pub fn acknowledged(ops: &[crate::Operation]) -> Vec<FeedWrite> {
+    use crate::OpKind;
+    ops.iter()
+        .filter(|o| o.ok == Some(true) && matches!(o.op, OpKind::Write | OpKind::Delete))
+        .filter_map(|o| {
+            let p = crate::history::Position::parse(o.position.as_deref()?)?;
+            Some(FeedWrite {
+                shard: p.shard,
+                index: p.index,
+                key: o.key.clone(),
+                value: if o.op == OpKind::Write {
+                    o.value.clone()
+                } else {
+                    None
+                },
+            })
+        })
+        .collect()
+}
+
 /// Judges one watch: `start` is each shard's first progress mark (where the watch began),
 /// `events` everything received after it, `writes` the acknowledged writes of the prefix.
 pub fn check(

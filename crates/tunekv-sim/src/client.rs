@@ -286,3 +286,125 @@ pub async fn operate(
     op.complete_ns = now_ns();
     op
 }
+
+/// One event of a simulated watch (`GET /v1/watch/sim`).
+#[derive(Debug)]
+pub enum FeedItem {
+    Change {
+        shard: u32,
+        index: u64,
+        key: String,
+        value: Option<String>,
+    },
+    Progress {
+        shard: u32,
+        index: u64,
+        cursor: String,
+    },
+}
+
+/// A watch's server-sent events, read as they arrive.
+pub struct WatchStream {
+    body: hyper::body::Incoming,
+    buf: String,
+    event: String,
+}
+
+/// Opens the change feed of the keyspace on `node`, from `cursor` (from now without one).
+/// `Err` carries the error code (`cursor_compacted`, …) or why the node could not be reached.
+pub async fn watch(node: &str, cursor: Option<&str>) -> Result<WatchStream, String> {
+    let open = async {
+        let stream = turmoil::net::TcpStream::connect((node, HTTP_PORT))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut path = format!("/v1/watch/{KEYSPACE}");
+        if let Some(c) = cursor {
+            path.push_str("?from=");
+            path.push_str(c);
+        }
+        let req = Request::builder()
+            .method("GET")
+            .uri(path)
+            .header("host", node)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("request: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        if resp.status() != 200 {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().to_vec())
+                .unwrap_or_default();
+            let code = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "refused".into());
+            return Err(code);
+        }
+        Ok(WatchStream {
+            body: resp.into_body(),
+            buf: String::new(),
+            event: String::new(),
+        })
+    };
+    tokio::time::timeout(CLIENT_TIMEOUT, open)
+        .await
+        .unwrap_or_else(|_| Err("client timeout".into()))
+}
+
+impl WatchStream {
+    /// The next event; `None` when the stream ended or broke (an error event included).
+    pub async fn next(&mut self) -> Option<FeedItem> {
+        loop {
+            while let Some(end) = self.buf.find('\n') {
+                let line = self.buf[..end].trim_end_matches('\r').to_string();
+                self.buf.drain(..=end);
+                if let Some(e) = line.strip_prefix("event:") {
+                    self.event = e.trim().to_string();
+                    continue;
+                }
+                let Some(data) = line.strip_prefix("data:") else {
+                    if line.is_empty() {
+                        self.event.clear();
+                    }
+                    continue;
+                };
+                let v: serde_json::Value = serde_json::from_str(data.trim()).ok()?;
+                match self.event.as_str() {
+                    "progress" => {
+                        return Some(FeedItem::Progress {
+                            shard: v["shard"].as_u64()? as u32,
+                            index: v["index"].as_u64()?,
+                            cursor: v["cursor"].as_str()?.to_string(),
+                        })
+                    }
+                    "" | "message" => {
+                        let p = tunekv_check::history::Position::parse(v["position"].as_str()?)?;
+                        return Some(FeedItem::Change {
+                            shard: p.shard,
+                            index: p.index,
+                            key: v["key"].as_str()?.to_string(),
+                            value: v["value"].as_str().map(str::to_string),
+                        });
+                    }
+                    // An error event: the watch is over.
+                    _ => return None,
+                }
+            }
+            let frame = self.body.frame().await?.ok()?;
+            if let Ok(data) = frame.into_data() {
+                self.buf.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    }
+}

@@ -31,7 +31,7 @@ struct Args {
     #[arg(long)]
     hashes: bool,
     /// Injected bug (bug-injection builds): strong-local, ignore-session, skip-bounded, ack-early,
-    /// old-receipts.
+    /// old-receipts, progress-early (and the leaderless ones: see `tunekv server --help`).
     #[arg(long = "bug")]
     bugs: Vec<String>,
 }

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tunekv_check::feed::Consumer;
 use tunekv_check::history::{OpKind, Operation};
 use tunekv_node::{LinkFaults, Node, NodeConfig, PeerConfig};
 use tunekv_storage::MemStorage;
@@ -345,6 +346,17 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
     let unfinished = Arc::new(AtomicU64::new(plan.clients as u64));
     // Each client's latest session token, for the invariants.
     let tokens: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(vec![String::new(); plan.clients]));
+    // Ordered plans: a watcher follows the change feed, moving between nodes by its cursor.
+    let watched: Arc<Mutex<Option<Followed>>> = Arc::new(Mutex::new(None));
+    if !plan.workload.leaderless {
+        let (watched, nodes, shards) = (watched.clone(), plan.nodes, plan.workload.shards);
+        sim.client("w", async move {
+            let out =
+                follow_feed(nodes, shards, heal_ns + WATCH_AFTER_HEAL.as_nanos() as u64).await;
+            *watched.lock().unwrap_or_else(|p| p.into_inner()) = Some(out);
+            Ok(())
+        });
+    }
     let mut client_rng = StdRng::seed_from_u64(seed ^ 0xc1);
     for c in 0..plan.clients {
         let mut rng = StdRng::seed_from_u64(client_rng.gen());
@@ -518,6 +530,32 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
         );
     }
     let count = ops.len();
+    if !plan.workload.leaderless {
+        let writes = tunekv_check::feed::acknowledged(&ops);
+        match watched.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            None => violations.push("liveness: the feed watcher never finished".into()),
+            Some((consumer, problem)) => {
+                let top = tunekv_check::feed::top(&writes);
+                // Judged when some node could take the watch (it holds every shard).
+                let watched_at_all = !consumer.start.is_empty();
+                if let Some(p) = problem {
+                    violations.push(format!(
+                        "[feed / watch reached every acknowledged write] {p}"
+                    ));
+                } else if watched_at_all && !consumer.reached_all(&top) {
+                    violations.push(format!(
+                        "[feed / watch reached every acknowledged write] after the heal the feed \
+                         reached {:?}, the acknowledged writes {top:?}",
+                        consumer.reached
+                    ));
+                }
+                let report = consumer.check(&writes, &tunekv_check::Limits::default());
+                for v in report.violations() {
+                    violations.push(format!("[{} / {}] {}", v.level, v.property, v.message));
+                }
+            }
+        }
+    }
     let report = if plan.workload.counter {
         Ok(tunekv_check::counter::check(
             &ops,
@@ -576,6 +614,70 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
         unfinished,
         checked,
     }
+}
+
+/// What the feed watcher received, and why it stopped short, if it did.
+type Followed = (Consumer, Option<String>);
+
+/// The watcher moves to another node this often (resuming from its cursor).
+const WATCH_MOVE_EVERY: Duration = Duration::from_secs(3);
+/// The watcher stops this long after the heal (every write was made before it).
+const WATCH_AFTER_HEAL: Duration = Duration::from_secs(4);
+
+/// Follows the keyspace's change feed until virtual time `end_ns`, as a careful consumer:
+/// moving to the next node every few seconds and whenever its node breaks the stream, resuming
+/// from its cursor. `Some` problem: its cursor's changes were gone from every node. A node
+/// watches a keyspace only if it holds a replica of every shard; with none (more nodes than
+/// replicas), there is nothing to judge: the problem is `None` and nothing was received.
+async fn follow_feed(nodes: usize, shards: u32, end_ns: u64) -> Followed {
+    tokio::time::sleep(SETUP).await;
+    let mut c = Consumer::new(shards);
+    let mut node = 0;
+    // Nodes in a row that no longer hold the changes after the cursor (a restarted node's
+    // history starts at its snapshot): all of them is a gap no consumer could close.
+    let mut compacted = 0;
+    while client::now_ns() < end_ns {
+        match client::watch(&host(node), c.cursor.as_deref()).await {
+            Ok(mut stream) => {
+                compacted = 0;
+                c.opened();
+                let opened = client::now_ns();
+                while client::now_ns() < end_ns
+                    && client::now_ns() - opened < WATCH_MOVE_EVERY.as_nanos() as u64
+                {
+                    match tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
+                        Err(_) => {}
+                        Ok(None) => break,
+                        Ok(Some(client::FeedItem::Change {
+                            shard,
+                            index,
+                            key,
+                            value,
+                        })) => c.change(shard, index, key, value),
+                        Ok(Some(client::FeedItem::Progress {
+                            shard,
+                            index,
+                            cursor,
+                        })) => c.progress(shard, index, cursor),
+                    }
+                }
+            }
+            Err(code) if code == "not_replica" => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(code) if code == "cursor_compacted" => {
+                compacted += 1;
+                if compacted >= nodes {
+                    let why = "no node holds the changes after the watcher's cursor any more";
+                    return (c, Some(why.into()));
+                }
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+        c.broke();
+        node = (node + 1) % nodes;
+    }
+    (c, None)
 }
 
 async fn create_keyspace(plan: &Plan) -> turmoil::Result {

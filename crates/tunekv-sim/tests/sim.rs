@@ -433,6 +433,25 @@ mod bugs {
         caught("ack-early");
     }
 
+    /// The feed watcher of ordered plans (issue 18) catches a progress mark sent before the
+    /// changes it covers.
+    #[test]
+    fn progress_early_is_caught_by_the_feed_watcher() {
+        let bugs = tunekv_node::Bugs::parse(&["progress-early".to_string()]).expect("a known bug");
+        let caught = (0..SEEDS_MAX).find_map(|seed| {
+            let mut plan = Plan::of(seed, SAFETY);
+            plan.workload.leaderless = false;
+            run(plan, &bugs)
+                .violations
+                .into_iter()
+                .find(|v| v.contains("[feed / progress never ahead]"))
+        });
+        assert!(
+            caught.is_some(),
+            "progress-early went unnoticed for {SEEDS_MAX} seeds"
+        );
+    }
+
     /// A leaderless write acknowledged below its quorum, on a node cut off from the others, is
     /// missed by a quorum read elsewhere.
     #[test]

@@ -51,8 +51,11 @@ pub struct Watch {
 struct ShardFeed {
     shard: ShardId,
     rx: broadcast::Receiver<Arc<ChangeBatch>>,
-    /// Changes at or below this were applied before the watch began, or delivered.
+    /// Changes at or below this were applied before the watch began, or are queued.
     progress: u64,
+    /// The last progress mark handed out: what [`Watch::progress`] and the cursor report (the
+    /// queue may still hold changes below `progress`).
+    delivered: u64,
 }
 
 fn change_event(shard: ShardId, c: tunekv_raft::Change) -> WatchEvent {
@@ -69,9 +72,10 @@ fn change_event(shard: ShardId, c: tunekv_raft::Change) -> WatchEvent {
 }
 
 impl Watch {
-    /// Each shard's progress now (what a periodic progress event repeats while idle).
+    /// Each shard's progress as handed out so far (what a periodic progress event repeats
+    /// while idle): every change up to it has been handed out.
     pub fn progress(&self) -> Vec<(ShardId, u64)> {
-        self.shards.iter().map(|s| (s.shard, s.progress)).collect()
+        self.shards.iter().map(|s| (s.shard, s.delivered)).collect()
     }
 
     /// The cursor to resume from: every change up to each shard's progress was delivered.
@@ -85,8 +89,14 @@ impl Watch {
     pub async fn next(&mut self) -> Option<WatchEvent> {
         loop {
             if let Some(e) = self.pending.pop_front() {
-                if matches!(e, WatchEvent::End(_)) {
-                    self.ended = true;
+                match &e {
+                    WatchEvent::End(_) => self.ended = true,
+                    WatchEvent::Progress { shard, index } => {
+                        if let Some(f) = self.shards.iter_mut().find(|f| f.shard == *shard) {
+                            f.delivered = f.delivered.max(*index);
+                        }
+                    }
+                    WatchEvent::Change { .. } => {}
                 }
                 return Some(e);
             }
@@ -286,12 +296,16 @@ impl Node {
             // Subscribe first, then read the applied index (and the history up to it):
             // nothing falls in between.
             let rx = g.data.changes();
-            let progress = match after.as_ref().map(|a| a[s as usize]) {
-                None => g.data.applied().index,
+            // `delivered`: what the watch may report as sent before its first mark.
+            let (progress, delivered) = match after.as_ref().map(|a| a[s as usize]) {
+                None => {
+                    let applied = g.data.applied().index;
+                    (applied, applied)
+                }
                 Some(after) => {
-                    let since = match (g.data.changes_since(after), from) {
-                        (Err(_), WatchFrom::Start) => g.data.changes_since(u64::MAX),
-                        (since, _) => since,
+                    let (since, delivered) = match (g.data.changes_since(after), from) {
+                        (Err(_), WatchFrom::Start) => (g.data.changes_since(u64::MAX), None),
+                        (since, _) => (since, Some(after)),
                     };
                     let (changes, applied) =
                         since.map_err(|oldest| WatchRefused::Compacted { shard, oldest })?;
@@ -302,7 +316,8 @@ impl Node {
                             .map(|c| change_event(shard, c)),
                     );
                     // A cursor from a node further ahead: its changes were delivered.
-                    applied.max(after)
+                    let progress = applied.max(after);
+                    (progress, delivered.unwrap_or(progress))
                 }
             };
             pending.push_back(WatchEvent::Progress {
@@ -313,6 +328,7 @@ impl Node {
                 shard,
                 rx,
                 progress,
+                delivered,
             });
         }
         Ok(Watch {

@@ -448,23 +448,17 @@ async fn run_on(
     let feed_rows = match watcher {
         None => Vec::new(),
         Some(task) => {
-            let writes = watcher::acknowledged(&ordered_ops);
-            let _ = finish_watch.send(Some(watcher::top(&writes)));
-            let watched = task.await?;
+            let writes = tunekv_check::feed::acknowledged(&ordered_ops);
+            let _ = finish_watch.send(Some(tunekv_check::feed::top(&writes)));
+            let (watched, problem) = task.await?;
             println!(
                 "feed: a watcher followed the change feed through the run, resuming from its \
                  cursor {} times on other nodes; {} final events",
                 watched.resumes,
                 watched.events.len()
             );
-            let mut rows = tunekv_check::feed::check(
-                &watched.start,
-                &watched.events,
-                &writes,
-                &Limits::default(),
-            )
-            .rows;
-            let reached = tunekv_check::feed::reached(watched.problem, &Limits::default());
+            let mut rows = watched.check(&writes, &Limits::default()).rows;
+            let reached = tunekv_check::feed::reached(problem, &Limits::default());
             rows.push(reached);
             rows
         }
