@@ -197,6 +197,12 @@ pub enum Cmd {
         /// partition (with --compare: Redis and etcd rows beside them).
         #[arg(long, default_value = "ordered")]
         keyspace_mode: String,
+        /// The change feed instead of the levels: events delivered per second to 1 and to 100
+        /// consumers of /v1/watch and of RESP keyspace notifications, and the delay from a
+        /// write to its event (p50/p99); with --compare redis, a Redis keyspace-notification
+        /// subscriber on the same write load.
+        #[arg(long)]
+        feed: bool,
     },
     /// Show nodes, groups, leaders and every replica's applied/committed index.
     Cluster {
@@ -360,6 +366,7 @@ pub async fn run(args: Args) -> Result<i32> {
             seed,
             compare,
             keyspace_mode,
+            feed,
         } => {
             let compare = comma_list(compare.as_deref().unwrap_or(""))
                 .iter()
@@ -373,6 +380,7 @@ pub async fn run(args: Args) -> Result<i32> {
                 ),
             };
             crate::bench::run(crate::bench::BenchOptions {
+                feed,
                 leaderless,
                 compare,
                 nodes,

@@ -223,3 +223,32 @@ fn a_leaderless_bench_prints_its_quorum_and_volatile_rows_and_time_to_converge()
     );
     assert!(text.contains("100000 members: SADD p50"), "{text}");
 }
+
+/// `bench --feed` (issue 18): every feed row is printed, and every write reaches every
+/// consumer (the `received` column).
+#[test]
+fn a_feed_bench_delivers_every_write_to_every_consumer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_tunekv"))
+        .args(["bench", "--feed", "--duration", "1s", "--dir"])
+        .arg(dir.path().join("cluster"))
+        .output()
+        .expect("run tunekv bench --feed");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("tunekv ") && l.contains('|'))
+        .collect();
+    assert_eq!(rows.len(), 4, "{stdout}");
+    for r in rows {
+        assert!(
+            r.trim_end().ends_with("100.0%"),
+            "not every event arrived: {r}"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 //! `summary.json`.
 
 mod compare;
+mod feed;
 mod keys;
 mod leaderless;
 mod peers;
@@ -58,6 +59,9 @@ pub struct BenchOptions {
     /// `--keyspace-mode leaderless`: leaderless and volatile rows instead of the levels, then
     /// the time replicas take to converge after a healed partition.
     pub leaderless: bool,
+    /// `--feed`: the change feed's rows (events to 1 and 100 consumers, write → event delay)
+    /// instead of the levels.
+    pub feed: bool,
 }
 
 /// What one phase (a row: a level, or a peer system's operation) measured.
@@ -244,6 +248,14 @@ pub enum RowKind {
 }
 
 async fn bench(o: &BenchOptions, targets: &[Target], peers: Option<&peers::Peers>) -> Result<i32> {
+    if o.feed {
+        println!(
+            "change feed: {} writers × {} pipelined SETs for {:?} per row",
+            8, 16, o.duration
+        );
+        print!("{}", feed::run(targets, peers, o.duration).await?);
+        return Ok(0);
+    }
     let admin = Client::with_timeout(&targets[0].http, Duration::from_secs(30));
     let spec = serde_json::json!({"shards": 3, "replicas": targets.len().min(3), "default_level": "strong"});
     match admin.create_keyspace(KEYSPACE, &spec).await {
