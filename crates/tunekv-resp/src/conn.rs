@@ -43,6 +43,7 @@ impl Shared {
             wait: None,
             session: Session::new(),
             receipts: Vec::new(),
+            read_version: None,
             written: Vec::new(),
             multi: None,
             watched: Vec::new(),
@@ -80,6 +81,8 @@ pub struct Conn {
     pub(crate) wait: Option<Duration>,
     pub(crate) session: Session,
     pub(crate) receipts: Vec<Receipt>,
+    /// The version of the key the last one-key read of an ordered keyspace read (0: absent).
+    pub(crate) read_version: Option<u64>,
     /// Where the last write command committed, one position per entry (`POSITION`).
     pub(crate) written: Vec<Position>,
     /// MULTI: the commands queued for EXEC (`None`: not in a transaction).

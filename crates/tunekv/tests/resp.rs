@@ -243,6 +243,15 @@ async fn raw_protocol_pipelining_typed_errors_and_strong_reads_on_followers() {
         assert_eq!(receipt[0], bulk("level"));
         assert_eq!(receipt[1], bulk("strong"));
         assert_eq!(receipt[3], R::Int(3), "served by node 3");
+        // A one-key read's receipt carries the key's version, as VERSION answers it.
+        let version = b.cmd(&["VERSION", "s19"]);
+        assert!(matches!(version, R::Int(v) if v > 0), "{version:?}");
+        b.cmd(&["GET", "s19"]);
+        let R::Array(receipt) = b.cmd(&["RECEIPT"]) else {
+            panic!("RECEIPT is a map")
+        };
+        let at = receipt.iter().position(|r| *r == bulk("version")).expect("a version field");
+        assert_eq!(receipt[at + 1], version);
         // RESP3 after HELLO 3: maps and nulls change shape.
         let R::Array(hello) = b.cmd(&["HELLO", "3"]) else {
             panic!("HELLO is a map")

@@ -339,6 +339,7 @@ fn scan<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
                 }
             })?;
         conn.receipts = page.receipts;
+        conn.read_version = None;
         Ok(Reply::Array(vec![
             Reply::bulk(page.cursor.to_string()),
             Reply::Array(page.keys.into_iter().map(Reply::Bulk).collect()),
@@ -373,6 +374,7 @@ fn keys<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
             }
         }
         conn.receipts = receipts;
+        conn.read_version = None;
         Ok(Reply::Array(keys.into_iter().map(Reply::Bulk).collect()))
     })
 }
@@ -381,6 +383,7 @@ fn dbsize<'a>(s: &'a Shared, conn: &'a mut Conn, _: Args<'a>) -> Pending<'a> {
     Box::pin(async move {
         let (n, receipts) = s.node.count_keys(conn.read_req()).await.map_err(typed)?;
         conn.receipts = receipts;
+        conn.read_version = None;
         Ok(Reply::Int(n as i64))
     })
 }

@@ -398,10 +398,16 @@ pub(crate) async fn read(
             found.insert(k, v);
         }
     }
-    Ok(keys
+    let values: Vec<Option<StoredValue>> = keys
         .iter()
         .map(|k| found.get(k).cloned().flatten())
-        .collect())
+        .collect();
+    // RECEIPT's version: the one key's (0: absent), as VERSION answers.
+    conn.read_version = match values.as_slice() {
+        [one] => Some(one.as_ref().map_or(0, |v| v.mod_index)),
+        _ => None,
+    };
+    Ok(values)
 }
 
 pub(crate) async fn read_one(
@@ -457,6 +463,7 @@ pub(crate) async fn state(
 ) -> Result<Option<Stored>, Reply> {
     let read = node.read_state(conn.read_req(), key).await.map_err(typed)?;
     conn.receipts = vec![read.receipt];
+    conn.read_version = None;
     Ok(read.stored)
 }
 

@@ -51,7 +51,8 @@ pub(super) const SPECS: &[CommandSpec] = &[
     spec(
         "receipt",
         1,
-        "The last read's receipt: level, node, position, staleness (and quorum).",
+        "The last read's receipt: level, node, position, staleness (and quorum; a one-key read \
+         of an ordered keyspace: the key's version).",
         Handler::Now(receipt),
     ),
     spec(
@@ -180,6 +181,9 @@ fn receipt(_: &Shared, conn: &mut Conn, _: Args<'_>) -> Out {
     ];
     if let Some(q) = &r.quorum {
         fields.push((Reply::bulk("quorum"), Reply::bulk(q.header())));
+    }
+    if let Some(v) = conn.read_version {
+        fields.push((Reply::bulk("version"), Reply::Int(v as i64)));
     }
     Ok(Reply::Map(fields))
 }
