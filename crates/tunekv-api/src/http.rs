@@ -325,12 +325,21 @@ async fn watch(
     let feed = match node.watch(ks, prefix, from).await {
         Ok(feed) => feed,
         Err(WatchRefused::Error(e)) => return Err(e.into()),
-        Err(r @ WatchRefused::Compacted { shard, oldest }) => {
+        Err(r) => {
             let e = r.error();
+            let oldest = match r {
+                WatchRefused::Compacted { shard, oldest } => {
+                    format!("shard={};index={oldest}", shard.0)
+                }
+                WatchRefused::CompactedNode { node, oldest } => {
+                    format!("node={};seq={oldest}", node.0)
+                }
+                WatchRefused::Error(_) => String::new(),
+            };
             let body = json!({"error": {
                 "code": e.code.as_str(),
                 "message": e.message,
-                "oldest_position": format!("shard={};index={oldest}", shard.0),
+                "oldest_position": oldest,
             }});
             return Ok((status_of(e.code), Json(body)).into_response());
         }
@@ -341,6 +350,12 @@ async fn watch(
         Event::default()
             .event("progress")
             .data(json!({"shard": shard, "index": index, "cursor": feed.cursor()}).to_string())
+    };
+    // Leaderless keyspaces: per node, the sequence of its stored versions considered.
+    let node_progress = |feed: &tunekv_node::Watch, node: u64, seq: u64| {
+        Event::default()
+            .event("progress")
+            .data(json!({"node": node, "seq": seq, "cursor": feed.cursor()}).to_string())
     };
     let state = (feed, tick, std::collections::VecDeque::new(), false);
     let stream = futures::stream::unfold(
@@ -359,7 +374,7 @@ async fn watch(
                 tokio::select! {
                     ev = feed.next() => match ev {
                         None => done = true,
-                        Some(WatchEvent::Change { position, key, value, kind }) => {
+                        Some(WatchEvent::Change { position, key, value, kind, version }) => {
                             let (text, hex) = value_json(value.as_deref());
                             let mut body = json!({
                                 "key": String::from_utf8_lossy(&key),
@@ -368,6 +383,9 @@ async fn watch(
                                 "event": kind.event(),
                                 "position": position.to_string(),
                             });
+                            if let Some((hlc, node)) = version {
+                                body["version"] = json!(format!("{hlc}.{node}"));
+                            }
                             if std::str::from_utf8(&key).is_err() {
                                 body["key_base64url"] = json!(request::base64url(&key));
                             }
@@ -379,6 +397,9 @@ async fn watch(
                         Some(WatchEvent::Progress { shard, index }) => {
                             queue.push_back(progress(&feed, shard.0, index));
                         }
+                        Some(WatchEvent::NodeProgress { node, seq }) => {
+                            queue.push_back(node_progress(&feed, node.0, seq));
+                        }
                         Some(WatchEvent::End(e)) => {
                             let body = json!({"code": e.code.as_str(), "message": e.message});
                             queue.push_back(Event::default().event("error").data(body.to_string()));
@@ -388,6 +409,9 @@ async fn watch(
                     _ = tick.tick() => {
                         for (shard, index) in feed.progress() {
                             queue.push_back(progress(&feed, shard.0, index));
+                        }
+                        for (node, seq) in feed.node_progress() {
+                            queue.push_back(node_progress(&feed, node.0, seq));
                         }
                     }
                 }

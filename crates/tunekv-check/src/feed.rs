@@ -309,6 +309,99 @@ pub fn check(
     }
 }
 
+/// The level of the leaderless feed's rows.
+pub const LEVEL_LEADERLESS: &str = "leaderless feed";
+/// A version (HLC stamp, node).
+pub type Version = (u64, u64);
+
+/// A version a leaderless watch delivered: `value` `None` is a deletion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub key: String,
+    pub version: Version,
+    pub value: Option<String>,
+}
+
+/// Judges a leaderless keyspace's watch (issue 18), which ran from before `writes` (each an
+/// acknowledged write or delete: key, version, value) until it had considered every node's
+/// versions stored after them:
+///
+/// - **no acknowledged write missing** — for each write, the watch delivered that version of
+///   its key (with its value) or a later one: last writer wins may replace a version on every
+///   replica before any lists it.
+/// - **no duplicates** — no (key, version) delivered twice.
+/// - **per-key versions increase** — each key's delivered versions increase.
+pub fn check_leaderless(
+    events: &[StoredEvent],
+    writes: &[(String, Version, Option<String>)],
+    limits: &Limits,
+) -> Report {
+    let mut missing = Row::new(LEVEL_LEADERLESS, NOTHING_MISSING);
+    let mut dups = Row::new(LEVEL_LEADERLESS, NO_DUPLICATES);
+    let mut order = Row::new(LEVEL_LEADERLESS, KEY_ORDER);
+    let mut seen: BTreeMap<(&str, Version), Option<&str>> = BTreeMap::new();
+    let mut last: BTreeMap<&str, Version> = BTreeMap::new();
+    for e in events {
+        let again = seen
+            .insert((e.key.as_str(), e.version), e.value.as_deref())
+            .is_some();
+        dups.record(
+            if again {
+                Verdict::Violation {
+                    message: format!("{:?} version {:?} was delivered twice", e.key, e.version),
+                    ops: vec![],
+                }
+            } else {
+                Verdict::Pass
+            },
+            &[],
+            limits,
+        );
+        let before = last.insert(e.key.as_str(), e.version);
+        order.record(
+            match before {
+                Some(b) if b >= e.version && !again => Verdict::Violation {
+                    message: format!(
+                        "{:?} version {:?} was delivered after version {b:?}",
+                        e.key, e.version
+                    ),
+                    ops: vec![],
+                },
+                _ => Verdict::Pass,
+            },
+            &[],
+            limits,
+        );
+    }
+    for (key, version, value) in writes {
+        let verdict = match seen.get(&(key.as_str(), *version)) {
+            Some(v) if *v == value.as_deref() => Verdict::Pass,
+            Some(v) => Verdict::Violation {
+                message: format!(
+                    "{key:?} version {version:?} was delivered as {v:?}, written as {value:?}"
+                ),
+                ops: vec![],
+            },
+            None if last.get(key.as_str()).is_some_and(|l| l > version) => Verdict::Pass,
+            None => Verdict::Violation {
+                message: format!(
+                    "acknowledged {} of {key:?} version {version:?} is missing, and no later \
+                     version of the key was delivered",
+                    if value.is_some() { "write" } else { "delete" }
+                ),
+                ops: vec![],
+            },
+        };
+        missing.record(verdict, &[], limits);
+    }
+    Report {
+        rows: vec![missing, dups, order],
+    }
+}
+
+/// The leaderless feed's per-key order row.
+pub const KEY_ORDER: &str = "per-key versions increase";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +442,47 @@ mod tests {
 
     fn violations(r: &Report, property: &str) -> u64 {
         r.row(LEVEL, property).expect("row").violations_total
+    }
+
+    #[test]
+    fn a_leaderless_feed_is_judged_by_version() {
+        let ev = |key: &str, v: u64, value: Option<&str>| StoredEvent {
+            key: key.into(),
+            version: (v, 1),
+            value: value.map(Into::into),
+        };
+        let writes = vec![
+            ("a".to_string(), (1, 1), Some("x".to_string())),
+            ("a".to_string(), (2, 1), Some("y".to_string())),
+            ("b".to_string(), (3, 1), None),
+        ];
+        let bad = |events: &[StoredEvent], property: &str| {
+            check_leaderless(events, &writes, &Limits::default())
+                .row(LEVEL_LEADERLESS, property)
+                .unwrap()
+                .violations_total
+        };
+        // a@1 superseded by a@2 before anyone listed it: fine.
+        let clean = [ev("a", 2, Some("y")), ev("b", 3, None)];
+        let r = check_leaderless(&clean, &writes, &Limits::default());
+        assert!(!r.has_violations(), "{}", r.table());
+        assert_eq!(
+            bad(&[ev("a", 2, Some("y"))], NOTHING_MISSING),
+            1,
+            "b@3 missing"
+        );
+        let twice = [
+            ev("a", 2, Some("y")),
+            ev("a", 2, Some("y")),
+            ev("b", 3, None),
+        ];
+        assert_eq!(bad(&twice, NO_DUPLICATES), 1);
+        let back = [
+            ev("a", 2, Some("y")),
+            ev("a", 1, Some("x")),
+            ev("b", 3, None),
+        ];
+        assert_eq!(bad(&back, KEY_ORDER), 1);
     }
 
     #[test]

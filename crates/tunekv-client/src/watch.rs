@@ -15,6 +15,8 @@ pub enum WatchEvent {
         shard: u32,
         index: u64,
         position: String,
+        /// Leaderless keyspaces: the version stored, `HLC.NODE`.
+        version: Option<String>,
     },
     /// Every change of `shard` up to `index` has been sent; `cursor` resumes a watch after
     /// every change sent so far ([`Client::watch_from`]).
@@ -23,6 +25,9 @@ pub enum WatchEvent {
         index: u64,
         cursor: String,
     },
+    /// Leaderless keyspaces: every version `node` stored up to its sequence `seq` has been
+    /// considered; `cursor` as for `Progress`.
+    NodeProgress { node: u64, seq: u64, cursor: String },
 }
 
 /// A running watch: [`Watch::next`] yields events until the server ends it; an `error` event
@@ -129,6 +134,11 @@ impl Watch {
             .map_err(|e| ClientError::Transport(format!("a watch event is not JSON: {e}")))?;
         let bad = || ClientError::Transport(format!("an unexpected watch event: {data}"));
         match event {
+            "progress" if v.get("node").is_some() => Ok(WatchEvent::NodeProgress {
+                node: v["node"].as_u64().ok_or_else(bad)?,
+                seq: v["seq"].as_u64().ok_or_else(bad)?,
+                cursor: v["cursor"].as_str().ok_or_else(bad)?.to_string(),
+            }),
             "progress" => Ok(WatchEvent::Progress {
                 shard: v["shard"].as_u64().ok_or_else(bad)? as u32,
                 index: v["index"].as_u64().ok_or_else(bad)?,
@@ -152,6 +162,7 @@ impl Watch {
                     shard: field("shard").ok_or_else(bad)? as u32,
                     index: field("index").ok_or_else(bad)?,
                     position,
+                    version: v["version"].as_str().map(str::to_string),
                 })
             }
         }

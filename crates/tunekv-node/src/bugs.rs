@@ -44,11 +44,15 @@ pub struct Bugs {
     /// `progress-early`: a watch sends each batch's progress mark before its changes (a
     /// consumer that trusts the mark believes it has every change up to it too soon).
     progress_early: bool,
+    /// `feed-dupes`: a leaderless keyspace's watch delivers every stored version it polls,
+    /// without removing the copies other replicas stored (each write arrives once per replica).
+    feed_dupes: bool,
 }
 
 pub const BUG_NAMES: &str =
     "strong-local, ignore-session, skip-bounded, ack-early, old-receipts, quorum-ack-one, gc-early, \
-     drop-hints, skip-read-repair, counter-lww, set-remove-wins, siblings-union, progress-early";
+     drop-hints, skip-read-repair, counter-lww, set-remove-wins, siblings-union, progress-early, \
+     feed-dupes";
 
 impl Bugs {
     /// Parses `--bug` names. Any name in a build without the feature is an error.
@@ -74,6 +78,7 @@ impl Bugs {
                 "set-remove-wins" => b.set_remove_wins = true,
                 "siblings-union" => b.siblings_union = true,
                 "progress-early" => b.progress_early = true,
+                "feed-dupes" => b.feed_dupes = true,
                 other => return Err(format!("unknown bug {other:?}; bugs: {BUG_NAMES}")),
             }
         }
@@ -94,7 +99,8 @@ impl Bugs {
                 || self.counter_lww
                 || self.set_remove_wins
                 || self.siblings_union
-                || self.progress_early)
+                || self.progress_early
+                || self.feed_dupes)
     }
 
     pub fn strong_local(&self) -> bool {
@@ -143,6 +149,10 @@ impl Bugs {
 
     pub fn progress_early(&self) -> bool {
         cfg!(feature = "bug-injection") && self.progress_early
+    }
+
+    pub fn feed_dupes(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.feed_dupes
     }
 
     pub fn siblings_union(&self) -> bool {

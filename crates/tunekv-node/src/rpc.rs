@@ -21,7 +21,7 @@ use tunekv_core::{Code, NodeId};
 use tunekv_raft::{CommandResult, Op, TypeConfig};
 
 /// First byte of every frame; bumped on any incompatible change.
-pub const WIRE_VERSION: u8 = 9;
+pub const WIRE_VERSION: u8 = 10;
 /// Largest frame: a whole snapshot travels in one frame for now.
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Frames queued for one connection's writer.
@@ -124,6 +124,13 @@ pub enum DynamoRequest {
         /// from a state that covers it (see `Node::catch_up`).
         clock: Option<std::collections::BTreeMap<u64, u64>>,
     },
+    /// The change feed: the versions the receiver's replica stored after sequence `after`
+    /// (`None`: none, only where its history ends), waiting up to `wait_ms` for one.
+    Changes {
+        ks: String,
+        after: Option<u64>,
+        wait_ms: u64,
+    },
 }
 
 pub use tunekv_dynamo::update::Update;
@@ -172,6 +179,14 @@ pub enum DynamoResponse {
         entries: Vec<(Vec<u8>, tunekv_dynamo::Versioned)>,
     },
     Updated(Updated),
+    /// The receiver's stored versions after the sequence asked for, the sequence they reach,
+    /// the oldest sequence its history still starts after, and its process incarnation.
+    Changes {
+        incarnation: u64,
+        entries: Vec<crate::node::StoredChange>,
+        upto: u64,
+        from: u64,
+    },
 }
 
 /// A leader's watermarks: for each group, every write committed before the leader's monotonic

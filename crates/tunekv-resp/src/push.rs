@@ -661,6 +661,20 @@ impl Hub {
             .node
             .upgrade()
             .ok_or_else(|| TunekvError::new(Code::Unavailable, "the node is shutting down"))?;
+        // Invalidations must come before a later read on this node could see the old value:
+        // only an ordered keyspace's feed (changes applied here) promises that.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let ks = node.keyspace(keyspace, deadline).await?;
+        if ks.spec.mode != Mode::Ordered {
+            return Err(TunekvError::new(
+                Code::ModeUnsupported,
+                format!(
+                    "client tracking and keyspace notifications follow ordered keyspaces; \
+                     {keyspace:?} is {}",
+                    ks.spec.mode.as_str()
+                ),
+            ));
+        }
         let watch = node
             .watch(keyspace, Vec::new(), from)
             .await
@@ -697,7 +711,7 @@ async fn feed(hub: Weak<Hub>, node: Arc<Node>, keyspace: Arc<str>, mut watch: tu
                     kind,
                     ..
                 } => hub.changed(&keyspace, &key, kind, (position.shard.0, position.index.0)),
-                WatchEvent::Progress { .. } => {}
+                WatchEvent::Progress { .. } | WatchEvent::NodeProgress { .. } => {}
                 WatchEvent::End(e) => {
                     tracing::debug!(keyspace = %keyspace, error = %e.message, "feed ended; resuming")
                 }
@@ -714,7 +728,7 @@ async fn feed(hub: Weak<Hub>, node: Arc<Node>, keyspace: Arc<str>, mut watch: tu
                 .await
             {
                 Ok(w) => break w,
-                Err(WatchRefused::Compacted { .. }) => {
+                Err(WatchRefused::Compacted { .. } | WatchRefused::CompactedNode { .. }) => {
                     h.lost(&keyspace);
                     if let Ok(w) = node.watch(&keyspace, Vec::new(), WatchFrom::Now).await {
                         break w;

@@ -1079,6 +1079,9 @@ async fn a_watch_resumed_from_its_cursor_on_another_node_misses_and_repeats_noth
                 cursor = at;
                 reached = reached.max(index);
             }
+            Ok(Some(Ok(e @ WatchEvent::NodeProgress { .. }))) => {
+                panic!("an ordered keyspace's watch sent {e:?}")
+            }
             Ok(None) | Ok(Some(Err(_))) | Err(_) => {
                 // The node is gone: what came after the last mark is sent again.
                 assert!(!resumed, "the resumed watch broke too");

@@ -1224,3 +1224,130 @@ fn json_specs_round_trip() {
         assert!(parsed.normalized().validate(3).is_ok(), "{spec}");
     }
 }
+
+/// A version as the quorum header and the feed spell it: `HLC.NODE`.
+fn parse_version(text: &str) -> (u64, u64) {
+    let (hlc, node) = text.split_once('.').expect("HLC.NODE");
+    (hlc.parse().expect("hlc"), node.parse().expect("node"))
+}
+
+/// Watches a last-writer-wins keyspace on node 1 while writes at w=one go through every node,
+/// one node is cut off for a while, and the watch moves to node 2 by its cursor; returns the
+/// feed checker's report (`tunekv_check::feed::check_leaderless`) and the writes judged.
+async fn leaderless_watch_run(bug: &[&str]) -> (tunekv_check::Report, usize) {
+    use tunekv_check::feed::StoredEvent;
+    use tunekv_client::WatchEvent;
+    let c = common::start_with_args(3, true, |_| {}, bug).await;
+    let (s, _, b) = call(
+        "PUT",
+        &format!("{}/v1/keyspaces/feed", c.http(0)),
+        r#"{"mode":"leaderless","replicas":3,"conflict":"lww"}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let mut watch = c.client(0).watch("feed", "").await.expect("watch");
+    let mut writes: Vec<(String, (u64, u64), Option<String>)> = Vec::new();
+    let write = |i: usize, node: usize, delete: bool| {
+        let key = format!("k{}", i % 4);
+        let url = format!("{}/v1/kv/feed/{key}?w=one", c.http(node));
+        async move {
+            let (method, body) = if delete { ("DELETE", "") } else { ("PUT", "v") };
+            let value = format!("v{i}");
+            let (s, q, b) = call(method, &url, if delete { body } else { &value }).await;
+            assert_eq!(s, 200, "{b}");
+            let q = q.expect("a quorum header");
+            let v = q
+                .split(';')
+                .find_map(|p| p.strip_prefix("version="))
+                .expect("a version");
+            (key, parse_version(v), (!delete).then_some(value))
+        }
+    };
+    for i in 0..6 {
+        writes.push(write(i, i % 3, false).await);
+    }
+    // Node 3 cut off: what it takes at w=one reaches the others (and the watch) after healing.
+    c.client(2).set_isolated(true).await.expect("isolate");
+    for i in 6..9 {
+        writes.push(write(i, 2, i == 8).await);
+    }
+    writes.push(write(9, 0, false).await);
+    c.client(2).set_isolated(false).await.expect("heal");
+    for i in 10..12 {
+        writes.push(write(i, i % 3, false).await);
+    }
+    let mut events = Vec::new();
+    let mut moved = false;
+    let covered = |events: &[StoredEvent], w: &(String, (u64, u64), Option<String>)| {
+        events.iter().any(|e| e.key == w.0 && e.version >= w.1)
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    // Until every write is covered, then a little longer (copies other replicas store).
+    let mut settle: Option<Instant> = None;
+    while settle.is_none_or(|t| t.elapsed() < Duration::from_secs(2)) {
+        assert!(
+            Instant::now() < deadline,
+            "the feed did not cover every write: {events:?}"
+        );
+        if settle.is_none() && writes.iter().all(|w| covered(&events, w)) {
+            settle = Some(Instant::now());
+        }
+        match tokio::time::timeout(Duration::from_millis(500), watch.next()).await {
+            Err(_) => continue,
+            Ok(Some(Ok(WatchEvent::Change {
+                key,
+                value,
+                version,
+                ..
+            }))) => events.push(StoredEvent {
+                key,
+                version: parse_version(&version.expect("a leaderless change has a version")),
+                value,
+            }),
+            Ok(Some(Ok(WatchEvent::NodeProgress { cursor, .. }))) => {
+                // Halfway, the watch moves to node 2 by its cursor.
+                if !moved && events.len() >= writes.len() / 2 {
+                    moved = true;
+                    watch = c
+                        .client(1)
+                        .watch_from("feed", "", Some(&cursor))
+                        .await
+                        .expect("resume on node 2");
+                }
+            }
+            other => panic!("unexpected watch event {other:?}"),
+        }
+    }
+    assert!(moved, "the watch never moved");
+    let r = tunekv_check::feed::check_leaderless(&events, &writes, &Default::default());
+    (r, writes.len())
+}
+
+/// The change feed of a last-writer-wins leaderless keyspace (issue 18): every acknowledged
+/// version (or a later one of its key) is delivered once, per key in increasing order, through
+/// a partition and a move to another node by cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaderless_watch_delivers_every_acknowledged_version_once() {
+    let (r, n) = leaderless_watch_run(&[]).await;
+    assert!(!r.has_violations(), "{}", r.table());
+    let row = r
+        .row(
+            tunekv_check::feed::LEVEL_LEADERLESS,
+            tunekv_check::feed::NOTHING_MISSING,
+        )
+        .expect("row");
+    assert_eq!(row.checked, n as u64, "{}", r.table());
+}
+
+/// The injected bug `feed-dupes` (each replica's copy delivered) is caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaderless_watch_delivering_every_replicas_copy_is_caught() {
+    let (r, _) = leaderless_watch_run(&["--bug", "feed-dupes"]).await;
+    let row = r
+        .row(
+            tunekv_check::feed::LEVEL_LEADERLESS,
+            tunekv_check::feed::NO_DUPLICATES,
+        )
+        .expect("row");
+    assert!(row.violations_total > 0, "not caught:\n{}", r.table());
+}

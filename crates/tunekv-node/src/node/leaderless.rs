@@ -107,6 +107,9 @@ pub(super) struct Dynamo {
     // When an anti-entropy exchange last found a partition equal on a peer (the roots sent
     // were taken at that instant): (keyspace id, partition, peer).
     synced: Mutex<HashMap<(u64, u32, NodeId), Instant>>,
+    // The change feed's history of each last-writer-wins keyspace: keyspace id → versions
+    // stored here.
+    pub(super) feeds: Mutex<HashMap<u64, Arc<super::stored_feed::StoredFeed>>>,
 }
 
 /// One keyspace's leaderless figures on one node (in `/v1/cluster`).
@@ -540,6 +543,10 @@ impl Node {
         let wall = self.clock.wall_ms();
         let mut changed = 0;
         let mut existed = false;
+        // The change feed lists last-writer-wins keyspaces' stored versions.
+        let feed = (ks.spec.mode == Mode::Leaderless
+            && Policy::named(ks.spec.conflict.as_deref()) == Ok(Policy::Lww))
+        .then(|| self.stored_feed(ks.id));
         {
             let mut r = lock(&replica);
             for (key, v) in items {
@@ -547,6 +554,9 @@ impl Node {
                 existed |= is_live(r.get(key), wall);
                 if let Some(applied) = r.apply(key, v) {
                     changed += 1;
+                    if let (Some(feed), Some(now)) = (&feed, r.get(key)) {
+                        feed.stored(key, now);
+                    }
                     if durable {
                         let now = r
                             .get(key)
@@ -1271,7 +1281,8 @@ impl Node {
             | DynamoRequest::Roots { ks, .. }
             | DynamoRequest::Leaves { ks, .. }
             | DynamoRequest::Purge { ks, .. }
-            | DynamoRequest::Update { ks, .. } => ks.clone(),
+            | DynamoRequest::Update { ks, .. }
+            | DynamoRequest::Changes { ks, .. } => ks.clone(),
         };
         let deadline = Instant::now() + FORWARDED_WORK_MAX;
         let ks = self.keyspace(&ks_name, deadline).await.map_err(remote)?;
@@ -1311,6 +1322,11 @@ impl Node {
                 let replica = self.replica_of(&ks).map_err(remote)?;
                 let held = lock(&replica).get(&key).cloned();
                 Ok(DynamoResponse::Held(held))
+            }
+            DynamoRequest::Changes { after, wait_ms, .. } => {
+                // Well within a forwarded request's budget.
+                let wait = Duration::from_millis(wait_ms).min(Duration::from_secs(2));
+                Ok(self.changes_here(&ks, after, wait).await)
             }
             DynamoRequest::Update {
                 key,

@@ -12,9 +12,11 @@ mod pubsub;
 mod read;
 mod rpc_handler;
 mod status;
+mod stored_feed;
 mod watch;
 mod write;
 pub use pubsub::PublishSink;
+pub use stored_feed::StoredChange;
 pub use watch::{Watch, WatchEvent, WatchFrom, WatchRefused};
 pub use write::version_mismatch;
 

@@ -28,7 +28,13 @@ pub enum WatchEvent {
         value: Option<Vec<u8>>,
         /// What happened (Redis's event name: `set`, `del`, `expired`, …).
         kind: tunekv_raft::ChangeKind,
+        /// Leaderless keyspaces: the version stored (HLC stamp, node); the position is then
+        /// the key's ring partition, index 0, the version's time.
+        version: Option<(u64, u64)>,
     },
+    /// Leaderless keyspaces: every version `node` stored up to its sequence `seq` has been
+    /// considered (delivered, or left out as a duplicate or an older version).
+    NodeProgress { node: NodeId, seq: u64 },
     /// Every change of `shard` up to `index` has been delivered.
     Progress { shard: ShardId, index: u64 },
     /// The watch ends: it fell behind, or the node lost the shard's history.
@@ -46,7 +52,42 @@ pub struct Watch {
     ended: bool,
     /// The injected bug `progress-early`.
     progress_early: bool,
+    /// A leaderless keyspace's feed (then `shards` is empty).
+    leaderless: Option<Leaderless>,
 }
+
+/// The merged histories of a leaderless keyspace's nodes (see `stored_feed`).
+struct Leaderless {
+    rx: tokio::sync::mpsc::Receiver<Polled>,
+    /// Per node: (incarnation, the sequence handed out as considered); `None` until reached.
+    nodes: BTreeMap<NodeId, Option<(u64, u64)>>,
+    /// The last version delivered of each key (bounded: forgotten whole when full, after which
+    /// a version may be delivered twice).
+    reported: HashMap<Vec<u8>, (u64, u64)>,
+    ring: tunekv_dynamo::ring::Ring,
+    pollers: Vec<tokio::task::AbortHandle>,
+    /// The injected bug `feed-dupes`.
+    dupes: bool,
+}
+
+impl Drop for Leaderless {
+    fn drop(&mut self) {
+        for p in &self.pollers {
+            p.abort();
+        }
+    }
+}
+
+/// What a poller found on one node.
+struct Polled {
+    node: NodeId,
+    incarnation: u64,
+    entries: Vec<super::StoredChange>,
+    upto: u64,
+}
+
+/// Keys whose last delivered version a leaderless watch remembers.
+const REPORTED_KEYS_MAX: usize = 100_000;
 
 struct ShardFeed {
     shard: ShardId,
@@ -68,6 +109,7 @@ fn change_event(shard: ShardId, c: tunekv_raft::Change) -> WatchEvent {
         key: c.key,
         value: c.value,
         kind: c.kind,
+        version: None,
     }
 }
 
@@ -82,11 +124,96 @@ impl Watch {
     /// (Changes delivered after the last progress event are delivered again by a resumed
     /// watch; a consumer treats a change as final once a progress event covers it.)
     pub fn cursor(&self) -> String {
-        seal_cursor(&self.key, self.keyspace_id, &self.progress())
+        match &self.leaderless {
+            None => seal_cursor(&self.key, self.keyspace_id, &self.progress()),
+            Some(l) => {
+                let nodes: Vec<(u64, u64, u64)> = l
+                    .nodes
+                    .iter()
+                    .filter_map(|(n, at)| at.map(|(inc, seq)| (n.0, inc, seq)))
+                    .collect();
+                // Serializing integers into a Vec cannot fail.
+                let bytes = postcard::to_stdvec(&(self.keyspace_id, nodes)).unwrap_or_default();
+                self.key.seal(CURSOR_LEADERLESS_DOMAIN, &bytes)
+            }
+        }
+    }
+
+    /// Leaderless keyspaces: each node's sequence handed out so far (what a periodic progress
+    /// event repeats while idle).
+    pub fn node_progress(&self) -> Vec<(NodeId, u64)> {
+        self.leaderless.as_ref().map_or_else(Vec::new, |l| {
+            l.nodes
+                .iter()
+                .filter_map(|(n, at)| at.map(|(_, seq)| (*n, seq)))
+                .collect()
+        })
+    }
+
+    /// The next event of a leaderless keyspace's watch.
+    async fn next_leaderless(&mut self) -> Option<WatchEvent> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                if let (WatchEvent::NodeProgress { node, seq }, Some(l)) =
+                    (&e, &mut self.leaderless)
+                {
+                    if let Some(Some(at)) = l.nodes.get_mut(node) {
+                        at.1 = *seq;
+                    }
+                }
+                return Some(e);
+            }
+            let l = self.leaderless.as_mut()?;
+            let polled = l.rx.recv().await?;
+            let slot = l.nodes.entry(polled.node).or_insert(None);
+            match slot {
+                // A restarted node's history starts over (see `stored_feed`).
+                Some((inc, _)) if *inc != polled.incarnation => {
+                    *slot = Some((polled.incarnation, 0));
+                }
+                None => *slot = Some((polled.incarnation, 0)),
+                _ => {}
+            }
+            for c in polled.entries {
+                if !c.key.starts_with(&self.prefix) {
+                    continue;
+                }
+                if !l.dupes && l.reported.get(&c.key).is_some_and(|v| *v >= c.version) {
+                    continue;
+                }
+                if l.reported.len() >= REPORTED_KEYS_MAX {
+                    l.reported.clear();
+                }
+                l.reported.insert(c.key.clone(), c.version);
+                let position = Position {
+                    shard: ShardId(l.ring.partition_of(&c.key)),
+                    index: LogIndex(0),
+                    commit_ms: Hlc::millis(c.version.0),
+                };
+                self.pending.push_back(WatchEvent::Change {
+                    position,
+                    kind: if c.value.is_some() {
+                        tunekv_raft::ChangeKind::Set
+                    } else {
+                        tunekv_raft::ChangeKind::Del
+                    },
+                    key: c.key,
+                    value: c.value,
+                    version: Some(c.version),
+                });
+            }
+            self.pending.push_back(WatchEvent::NodeProgress {
+                node: polled.node,
+                seq: polled.upto,
+            });
+        }
     }
 
     /// The next event; `None` once the watch has ended.
     pub async fn next(&mut self) -> Option<WatchEvent> {
+        if self.leaderless.is_some() {
+            return self.next_leaderless().await;
+        }
         loop {
             if let Some(e) = self.pending.pop_front() {
                 match &e {
@@ -96,7 +223,7 @@ impl Watch {
                             f.delivered = f.delivered.max(*index);
                         }
                     }
-                    WatchEvent::Change { .. } => {}
+                    WatchEvent::Change { .. } | WatchEvent::NodeProgress { .. } => {}
                 }
                 return Some(e);
             }
@@ -166,6 +293,8 @@ impl Watch {
 
 /// Keeps a cursor from passing for a session token or a causal context.
 const CURSOR_DOMAIN: &[u8] = b"tunekv-cursor-v1";
+/// A leaderless keyspace's cursor: (keyspace id, [(node, incarnation, sequence)]).
+const CURSOR_LEADERLESS_DOMAIN: &[u8] = b"tunekv-cursor-leaderless-v1";
 /// The longest cursor text accepted (a keyspace has at most 1024 shards).
 pub const CURSOR_CHARS_MAX: usize = 64 * 1024;
 
@@ -203,6 +332,12 @@ pub enum WatchRefused {
         shard: ShardId,
         oldest: u64,
     },
+    /// Leaderless keyspaces: the cursor is older than node `node`'s history of the versions
+    /// it stored (only those after sequence `oldest` are kept).
+    CompactedNode {
+        node: NodeId,
+        oldest: u64,
+    },
 }
 
 impl WatchRefused {
@@ -214,6 +349,14 @@ impl WatchRefused {
                 format!(
                     "the cursor is older than the changes this node keeps for shard {} (only                      those after index {oldest}); read the keys again, then watch from now",
                     shard.0
+                ),
+            ),
+            WatchRefused::CompactedNode { node, oldest } => err(
+                Code::CursorCompacted,
+                format!(
+                    "the cursor is older than the versions node {node} keeps of this keyspace \
+                     (only those after its sequence {oldest}); read the keys again, then watch \
+                     from now"
                 ),
             ),
         }
@@ -271,6 +414,9 @@ impl Node {
     ) -> Result<Watch, WatchRefused> {
         let deadline = Instant::now() + Duration::from_millis(self.config.read_wait_ms_default);
         let ks = self.keyspace(keyspace, deadline).await?;
+        if ks.spec.mode != Mode::Ordered {
+            return self.watch_leaderless(&ks, prefix, from).await;
+        }
         if ks.spec.mode != Mode::Ordered {
             return Err(err(
                 Code::ModeUnsupported,
@@ -339,6 +485,156 @@ impl Node {
             pending,
             ended: false,
             progress_early: self.config.bugs.progress_early(),
+            leaderless: None,
+        })
+    }
+
+    /// [`Node::watch`] of a last-writer-wins leaderless keyspace: a poller per node, merged.
+    async fn watch_leaderless(
+        &self,
+        ks: &KeyspaceInfo,
+        prefix: Vec<u8>,
+        from: WatchFrom<'_>,
+    ) -> Result<Watch, WatchRefused> {
+        let policy = tunekv_dynamo::version::Policy::named(ks.spec.conflict.as_deref());
+        if ks.spec.mode != Mode::Leaderless || policy != Ok(tunekv_dynamo::version::Policy::Lww) {
+            return Err(err(
+                Code::ModeUnsupported,
+                format!(
+                    "watching keyspace {:?} is not built: the feed lists ordered keyspaces' \
+                     changes and leaderless last-writer-wins keyspaces' stored versions; a {} \
+                     keyspace's state has no one value to list",
+                    ks.name,
+                    ks.spec.conflict.as_deref().unwrap_or(ks.spec.mode.as_str())
+                ),
+            )
+            .into());
+        }
+        let me = self.me()?;
+        // Where each node starts: a cursor's (incarnation, sequence), or where its history
+        // ends now.
+        let mut start: BTreeMap<NodeId, Option<(u64, u64)>> =
+            self.all_nodes.iter().map(|n| (*n, None)).collect();
+        if let WatchFrom::Cursor(text) = from {
+            let invalid = |why: String| {
+                err(
+                    Code::CursorInvalid,
+                    format!("invalid watch cursor: {why}; send one a watch's progress event gave"),
+                )
+            };
+            let bytes = self
+                .session_key()
+                .open(CURSOR_LEADERLESS_DOMAIN, text, CURSOR_CHARS_MAX)
+                .map_err(invalid)?;
+            let (id, nodes): (u64, Vec<(u64, u64, u64)>) =
+                postcard::from_bytes(&bytes).map_err(|_| invalid("undecodable".into()))?;
+            if id != ks.id {
+                return Err(invalid(format!(
+                    "it was issued for another keyspace than {:?}",
+                    ks.name
+                ))
+                .into());
+            }
+            for (n, inc, seq) in nodes {
+                start.insert(NodeId(n), Some((inc, seq)));
+            }
+        }
+        // The first poll of every node, together: a node's history must still hold the
+        // cursor's place.
+        let firsts = start.iter().map(|(n, at)| {
+            let me = me.clone();
+            let ks = ks.clone();
+            let (n, at) = (*n, *at);
+            async move {
+                let r = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    me.poll_changes(n, &ks, at.map(|a| a.1)),
+                )
+                .await;
+                (n, at, r)
+            }
+        });
+        let mut nodes = BTreeMap::new();
+        let mut first_polls = Vec::new();
+        for (n, at, r) in futures::future::join_all(firsts).await {
+            match r {
+                Ok(Ok((inc, entries, upto, from))) => {
+                    let after = at.map(|a| a.1);
+                    let same = at.is_none_or(|a| a.0 == inc);
+                    // A restarted node's history starts over at 0.
+                    let after = if same { after } else { Some(0) };
+                    if after.is_some_and(|a| a < from) {
+                        return Err(WatchRefused::CompactedNode {
+                            node: n,
+                            oldest: from,
+                        });
+                    }
+                    let entries = if same { entries } else { Vec::new() };
+                    let upto = if same { upto } else { 0 };
+                    nodes.insert(n, Some((inc, after.unwrap_or(upto))));
+                    first_polls.push(Polled {
+                        node: n,
+                        incarnation: inc,
+                        entries,
+                        upto,
+                    });
+                }
+                // Unreachable now: followed from when it is reached.
+                _ => {
+                    nodes.insert(n, None);
+                }
+            }
+        }
+        // Room for every node's first poll, which goes first (a resumed watch's replay).
+        let (tx, rx) = tokio::sync::mpsc::channel(64 + nodes.len());
+        for p in first_polls {
+            let _ = tx.try_send(p);
+        }
+        let mut pollers = Vec::new();
+        for (n, at) in &nodes {
+            let (me, ks, tx) = (me.clone(), ks.clone(), tx.clone());
+            let mut at = *at;
+            let n = *n;
+            let task = tokio::spawn(async move {
+                loop {
+                    match me.poll_changes(n, &ks, at.map(|a| a.1)).await {
+                        // Restarted: its history starts over, take it from the beginning.
+                        Ok((inc, ..)) if at.is_some_and(|a| a.0 != inc) => at = Some((inc, 0)),
+                        Ok((inc, entries, upto, _)) => {
+                            at = Some((inc, upto));
+                            let polled = Polled {
+                                node: n,
+                                incarnation: inc,
+                                entries,
+                                upto,
+                            };
+                            // Waits while the watcher is behind: the nodes keep the history.
+                            if tx.send(polled).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+            });
+            pollers.push(task.abort_handle());
+        }
+        Ok(Watch {
+            prefix,
+            keyspace_id: ks.id,
+            key: self.session_key().clone(),
+            shards: Vec::new(),
+            pending: std::collections::VecDeque::new(),
+            ended: false,
+            progress_early: false,
+            leaderless: Some(Leaderless {
+                rx,
+                nodes,
+                reported: HashMap::new(),
+                ring: self.ring_of(ks)?,
+                pollers,
+                dupes: self.config.bugs.feed_dupes(),
+            }),
         })
     }
 }

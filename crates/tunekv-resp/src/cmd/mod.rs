@@ -403,8 +403,10 @@ pub(crate) async fn read(
         .map(|k| found.get(k).cloned().flatten())
         .collect();
     // RECEIPT's version: the one key's (0: absent), as VERSION answers.
+    // Ordered keyspaces only: a leaderless read's receipt has its quorum (and version) instead.
+    let ordered = conn.receipts.iter().all(|r| r.quorum.is_none());
     conn.read_version = match values.as_slice() {
-        [one] => Some(one.as_ref().map_or(0, |v| v.mod_index)),
+        [one] if ordered => Some(one.as_ref().map_or(0, |v| v.mod_index)),
         _ => None,
     };
     Ok(values)

@@ -235,7 +235,8 @@ async fn watch_consumer(
                 first = false;
                 ready.notify_one();
             }
-            tunekv_client::WatchEvent::Progress { .. } => {}
+            tunekv_client::WatchEvent::Progress { .. }
+            | tunekv_client::WatchEvent::NodeProgress { .. } => {}
         }
         if stop.load(Ordering::Relaxed) {
             break;

@@ -97,6 +97,8 @@ pub async fn run(
                     index,
                     cursor,
                 }))) => c.progress(shard, index, cursor),
+                // Leaderless keyspaces only; this watch is of an ordered one.
+                Ok(Some(Ok(WatchEvent::NodeProgress { .. }))) => break,
             }
         }
         c.broke();
