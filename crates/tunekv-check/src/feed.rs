@@ -25,10 +25,11 @@ pub const ORDER: &str = "per-shard order";
 pub const PROGRESS: &str = "progress never ahead";
 pub const REACHED: &str = "watch reached every acknowledged write";
 
-/// The row that says a watch followed the feed to the end of a run (`verify`'s watcher):
-/// `problem` says why it did not (its cursor's changes were gone, or it never caught up).
-pub fn reached(problem: Option<String>, limits: &Limits) -> Row {
-    let mut row = Row::new(LEVEL, REACHED);
+/// The row that says a watch followed the feed to the end of a run (`verify`'s watcher) at
+/// `level` ([`LEVEL`] or [`LEVEL_LEADERLESS`]): `problem` says why it did not (its cursor's
+/// changes were gone, or it never caught up).
+pub fn reached(level: &str, problem: Option<String>, limits: &Limits) -> Row {
+    let mut row = Row::new(level, REACHED);
     let verdict = match problem {
         None => Verdict::Pass,
         Some(message) => Verdict::Violation {
@@ -396,6 +397,66 @@ pub fn check_leaderless(
     }
     Report {
         rows: vec![missing, dups, order],
+    }
+}
+
+/// A careful consumer of a leaderless keyspace's feed: a version is final once the node
+/// progress event after it arrives (the consumer keeps that event's cursor); when the stream
+/// breaks or the consumer moves, what came after it is dropped (the resumed watch sends it
+/// again). A resumed watch does not know what the earlier one delivered, so the consumer leaves
+/// out versions at or below the highest it already has of a key: within one watch, duplicates
+/// and order are the server's to get right, and are judged.
+#[derive(Clone, Debug, Default)]
+pub struct StoredConsumer {
+    pub events: Vec<StoredEvent>,
+    pending: Vec<StoredEvent>,
+    /// The highest version of each key delivered by earlier watches.
+    before: BTreeMap<String, Version>,
+    /// The highest version of each key delivered (by any watch).
+    pub top: BTreeMap<String, Version>,
+    pub cursor: Option<String>,
+    pub resumes: u64,
+}
+
+impl StoredConsumer {
+    pub fn change(&mut self, key: String, version: Version, value: Option<String>) {
+        self.pending.push(StoredEvent {
+            key,
+            version,
+            value,
+        });
+    }
+
+    /// A node progress event: what came before it is final.
+    pub fn progress(&mut self, cursor: String) {
+        for e in self.pending.drain(..) {
+            if self.before.get(&e.key).is_some_and(|b| *b >= e.version) {
+                continue;
+            }
+            let t = self.top.entry(e.key.clone()).or_insert(e.version);
+            *t = (*t).max(e.version);
+            self.events.push(e);
+        }
+        self.cursor = Some(cursor);
+    }
+
+    /// The stream ended (or the consumer leaves it).
+    pub fn broke(&mut self) {
+        self.pending.clear();
+        self.before = self.top.clone();
+    }
+
+    pub fn opened(&mut self) {
+        if self.cursor.is_some() {
+            self.resumes += 1;
+        }
+    }
+
+    /// Whether each write's version (or a later one of its key) was delivered.
+    pub fn covers(&self, writes: &[(String, Version, Option<String>)]) -> bool {
+        writes
+            .iter()
+            .all(|(k, v, _)| self.top.get(k).is_some_and(|t| t >= v))
     }
 }
 

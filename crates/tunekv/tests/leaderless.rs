@@ -1235,7 +1235,6 @@ fn parse_version(text: &str) -> (u64, u64) {
 /// one node is cut off for a while, and the watch moves to node 2 by its cursor; returns the
 /// feed checker's report (`tunekv_check::feed::check_leaderless`) and the writes judged.
 async fn leaderless_watch_run(bug: &[&str]) -> (tunekv_check::Report, usize) {
-    use tunekv_check::feed::StoredEvent;
     use tunekv_client::WatchEvent;
     let c = common::start_with_args(3, true, |_| {}, bug).await;
     let (s, _, b) = call(
@@ -1276,20 +1275,18 @@ async fn leaderless_watch_run(bug: &[&str]) -> (tunekv_check::Report, usize) {
     for i in 10..12 {
         writes.push(write(i, i % 3, false).await);
     }
-    let mut events = Vec::new();
+    let mut consumer = tunekv_check::feed::StoredConsumer::default();
     let mut moved = false;
-    let covered = |events: &[StoredEvent], w: &(String, (u64, u64), Option<String>)| {
-        events.iter().any(|e| e.key == w.0 && e.version >= w.1)
-    };
     let deadline = Instant::now() + Duration::from_secs(40);
     // Until every write is covered, then a little longer (copies other replicas store).
     let mut settle: Option<Instant> = None;
     while settle.is_none_or(|t| t.elapsed() < Duration::from_secs(2)) {
         assert!(
             Instant::now() < deadline,
-            "the feed did not cover every write: {events:?}"
+            "the feed did not cover every write: {:?}",
+            consumer.events
         );
-        if settle.is_none() && writes.iter().all(|w| covered(&events, w)) {
+        if settle.is_none() && consumer.covers(&writes) {
             settle = Some(Instant::now());
         }
         match tokio::time::timeout(Duration::from_millis(500), watch.next()).await {
@@ -1299,26 +1296,30 @@ async fn leaderless_watch_run(bug: &[&str]) -> (tunekv_check::Report, usize) {
                 value,
                 version,
                 ..
-            }))) => events.push(StoredEvent {
+            }))) => consumer.change(
                 key,
-                version: parse_version(&version.expect("a leaderless change has a version")),
+                parse_version(&version.expect("a leaderless change has a version")),
                 value,
-            }),
+            ),
             Ok(Some(Ok(WatchEvent::NodeProgress { cursor, .. }))) => {
+                consumer.progress(cursor);
                 // Halfway, the watch moves to node 2 by its cursor.
-                if !moved && events.len() >= writes.len() / 2 {
+                if !moved && consumer.events.len() >= writes.len() / 2 {
                     moved = true;
+                    consumer.broke();
                     watch = c
                         .client(1)
-                        .watch_from("feed", "", Some(&cursor))
+                        .watch_from("feed", "", consumer.cursor.as_deref())
                         .await
                         .expect("resume on node 2");
+                    consumer.opened();
                 }
             }
             other => panic!("unexpected watch event {other:?}"),
         }
     }
     assert!(moved, "the watch never moved");
+    let events = consumer.events;
     let r = tunekv_check::feed::check_leaderless(&events, &writes, &Default::default());
     (r, writes.len())
 }

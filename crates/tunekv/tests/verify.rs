@@ -286,6 +286,17 @@ mod bugs {
         );
     }
 
+    /// The leaderless feed's watcher catches a watch that delivers every replica's copy.
+    #[test]
+    fn a_leaderless_feed_delivering_every_replicas_copy_is_caught() {
+        caught_with(
+            "feed-dupes",
+            &["--keyspace-mode", "leaderless"],
+            "partition",
+            &["[leaderless feed / no duplicates]"],
+        );
+    }
+
     #[test]
     fn strong_served_from_the_local_copy_is_caught() {
         caught(

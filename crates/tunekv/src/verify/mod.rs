@@ -314,6 +314,15 @@ async fn run_on(
         .mode
         .ordered()
         .then(|| tokio::spawn(watcher::run(targets.clone(), KEYSPACE, 2, finish_rx)));
+    // And the last-writer-wins leaderless keyspace's (each node's stored versions, merged).
+    let (finish_stored, finish_stored_rx) = tokio::sync::watch::channel(None);
+    let stored_watcher = o.mode.leaderless().then(|| {
+        tokio::spawn(watcher::run_leaderless(
+            targets.clone(),
+            KEYSPACE_LEADERLESS,
+            finish_stored_rx,
+        ))
+    });
     let clients: Vec<_> = (0..o.clients)
         .map(|i| {
             let leaderless = o.mode.leaderless_client(i);
@@ -458,11 +467,32 @@ async fn run_on(
                 watched.events.len()
             );
             let mut rows = watched.check(&writes, &Limits::default()).rows;
-            let reached = tunekv_check::feed::reached(problem, &Limits::default());
+            let reached =
+                tunekv_check::feed::reached(tunekv_check::feed::LEVEL, problem, &Limits::default());
             rows.push(reached);
             rows
         }
     };
+    let mut feed_rows = feed_rows;
+    if let Some(task) = stored_watcher {
+        let writes = watcher::acknowledged_versions(&leaderless_ops);
+        let _ = finish_stored.send(Some(writes.clone()));
+        let (watched, problem) = task.await?;
+        println!(
+            "leaderless feed: a watcher followed every node's stored versions, resuming from its \
+             cursor {} times on other nodes; {} versions delivered",
+            watched.resumes,
+            watched.events.len()
+        );
+        let limits = Limits::default();
+        feed_rows
+            .extend(tunekv_check::feed::check_leaderless(&watched.events, &writes, &limits).rows);
+        feed_rows.push(tunekv_check::feed::reached(
+            tunekv_check::feed::LEVEL_LEADERLESS,
+            problem,
+            &limits,
+        ));
+    }
     let checked_at = Instant::now();
     let ordered_report = if o.mode.ordered() {
         check(

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tunekv_check::feed::Consumer;
+use tunekv_check::feed::{Consumer, StoredConsumer};
 use tunekv_client::{Client, WatchEvent};
 
 /// The watcher moves to another node this often, resuming from its cursor.
@@ -99,6 +99,97 @@ pub async fn run(
                 }))) => c.progress(shard, index, cursor),
                 // Leaderless keyspaces only; this watch is of an ordered one.
                 Ok(Some(Ok(WatchEvent::NodeProgress { .. }))) => break,
+            }
+        }
+        c.broke();
+        node = (node + 1) % targets.len();
+    }
+}
+
+/// An acknowledged leaderless write or delete: key, version, value (`None`: deleted).
+pub type StoredWrite = (String, (u64, u64), Option<String>);
+
+/// The acknowledged writes and deletes of a leaderless last-writer-wins history, with their
+/// versions (`HLC.NODE`).
+pub fn acknowledged_versions(ops: &[tunekv_check::Operation]) -> Vec<StoredWrite> {
+    use tunekv_check::OpKind;
+    ops.iter()
+        .filter(|o| o.ok == Some(true) && matches!(o.op, OpKind::Write | OpKind::Delete))
+        .filter_map(|o| {
+            let (hlc, node) = o.version.as_deref()?.split_once('.')?;
+            let version = (hlc.parse().ok()?, node.parse().ok()?);
+            let value = if o.op == OpKind::Write {
+                o.value.clone()
+            } else {
+                None
+            };
+            Some((o.key.clone(), version, value))
+        })
+        .collect()
+}
+
+/// The leaderless keyspace's watcher: follows the merged feed of every node's stored versions
+/// through the run, moving to the next node every few seconds by its cursor. Once `finish`
+/// names the acknowledged writes, it returns when each is covered (that version or a later one
+/// of its key delivered), or after [`CATCH_UP_MAX`] with the reason.
+pub async fn run_leaderless(
+    targets: Arc<Vec<Target>>,
+    keyspace: &'static str,
+    finish: watch::Receiver<Option<Vec<StoredWrite>>>,
+) -> (StoredConsumer, Option<String>) {
+    let mut c = StoredConsumer::default();
+    let mut node = 0usize;
+    let mut finish_by: Option<Instant> = None;
+    loop {
+        if finish_by.is_none() && finish.borrow().is_some() {
+            finish_by = Some(Instant::now() + CATCH_UP_MAX);
+        }
+        if finish.borrow().as_ref().is_some_and(|w| c.covers(w)) {
+            return (c, None);
+        }
+        if finish_by.is_some_and(|t| Instant::now() > t) {
+            let why = format!(
+                "acknowledged writes were still not delivered {} s after the run",
+                CATCH_UP_MAX.as_secs()
+            );
+            return (c, Some(why));
+        }
+        let client = Client::with_timeout(&targets[node].http, Duration::from_secs(3));
+        let mut feed = match client.watch_from(keyspace, "", c.cursor.as_deref()).await {
+            Ok(f) => f,
+            Err(e) if e.code() == Some("cursor_compacted") => {
+                return (c, Some(format!("the watch cannot resume: {e}")));
+            }
+            Err(_) => {
+                node = (node + 1) % targets.len();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        c.opened();
+        let opened = Instant::now();
+        while opened.elapsed() < MOVE_EVERY {
+            if finish.borrow().as_ref().is_some_and(|w| c.covers(w)) {
+                break;
+            }
+            match tokio::time::timeout(POLL, feed.next()).await {
+                Err(_) => {}
+                Ok(None) | Ok(Some(Err(_))) => break,
+                Ok(Some(Ok(WatchEvent::Change {
+                    key,
+                    value,
+                    version: Some(v),
+                    ..
+                }))) => {
+                    let Some((hlc, n)) = v.split_once('.') else {
+                        break;
+                    };
+                    let version = (hlc.parse().unwrap_or(0), n.parse().unwrap_or(0));
+                    c.change(key, version, value);
+                }
+                Ok(Some(Ok(WatchEvent::NodeProgress { cursor, .. }))) => c.progress(cursor),
+                // An ordered keyspace's events: not this watch's.
+                Ok(Some(Ok(_))) => break,
             }
         }
         c.broke();

@@ -22,7 +22,7 @@ from redis.retry import Retry
 ADDRS = []  # (host, port) of nodes 1..3
 P = "rpc:" + os.urandom(6).hex() + ":"  # this run's key prefix
 RECEIPT_KEYS = {"level", "served_by", "position", "shard", "index", "commit_ms",
-                "staleness_entries", "staleness_ms", "shards"}
+                "staleness_entries", "staleness_ms", "shards", "version"}
 
 
 def client(node=0, protocol=3, **kw):
@@ -230,6 +230,7 @@ def check_tunekv_commands():
             rec = dict(zip(rec[::2], rec[1::2]))
         assert set(rec) == RECEIPT_KEYS, f"RECEIPT keys: {sorted(rec)}"
         assert rec["level"] == "strong" and rec["shards"] == 1, f"RECEIPT: {rec!r}"
+        assert rec["version"] == r.execute_command("VERSION", P + "rec") > 0, f"RECEIPT: {rec!r}"
         assert r.execute_command("WAITMS", 500) == "OK", "WAITMS 500"
         token = r.execute_command("SESSION")
         assert isinstance(token, str) and token, f"SESSION: {token!r}"
