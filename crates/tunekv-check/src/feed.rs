@@ -460,6 +460,28 @@ impl StoredConsumer {
     }
 }
 
+/// An acknowledged leaderless write or delete: key, version, value (`None`: deleted).
+pub type StoredWrite = (String, Version, Option<String>);
+
+/// The acknowledged writes and deletes of a leaderless last-writer-wins history, with their
+/// versions (`HLC.NODE`).
+pub fn acknowledged_versions(ops: &[crate::Operation]) -> Vec<StoredWrite> {
+    use crate::OpKind;
+    ops.iter()
+        .filter(|o| o.ok == Some(true) && matches!(o.op, OpKind::Write | OpKind::Delete))
+        .filter_map(|o| {
+            let (hlc, node) = o.version.as_deref()?.split_once('.')?;
+            let version = (hlc.parse().ok()?, node.parse().ok()?);
+            let value = if o.op == OpKind::Write {
+                o.value.clone()
+            } else {
+                None
+            };
+            Some((o.key.clone(), version, value))
+        })
+        .collect()
+}
+
 /// The leaderless feed's per-key order row.
 pub const KEY_ORDER: &str = "per-key versions increase";
 

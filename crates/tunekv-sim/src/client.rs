@@ -301,6 +301,14 @@ pub enum FeedItem {
         index: u64,
         cursor: String,
     },
+    /// Leaderless keyspaces: a version stored (`None`: a tombstone).
+    Stored {
+        key: String,
+        version: (u64, u64),
+        value: Option<String>,
+    },
+    /// Leaderless keyspaces: a node's progress.
+    NodeProgress { cursor: String },
 }
 
 /// A watch's server-sent events, read as they arrive.
@@ -381,6 +389,19 @@ impl WatchStream {
                 };
                 let v: serde_json::Value = serde_json::from_str(data.trim()).ok()?;
                 match self.event.as_str() {
+                    "progress" if v.get("node").is_some() => {
+                        return Some(FeedItem::NodeProgress {
+                            cursor: v["cursor"].as_str()?.to_string(),
+                        })
+                    }
+                    "" | "message" if v.get("version").is_some() => {
+                        let (hlc, node) = v["version"].as_str()?.split_once('.')?;
+                        return Some(FeedItem::Stored {
+                            key: v["key"].as_str()?.to_string(),
+                            version: (hlc.parse().ok()?, node.parse().ok()?),
+                            value: v["value"].as_str().map(str::to_string),
+                        });
+                    }
                     "progress" => {
                         return Some(FeedItem::Progress {
                             shard: v["shard"].as_u64()? as u32,

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tunekv_check::feed::Consumer;
+use tunekv_check::feed::{Consumer, StoredConsumer};
 use tunekv_check::history::{OpKind, Operation};
 use tunekv_node::{LinkFaults, Node, NodeConfig, PeerConfig};
 use tunekv_storage::MemStorage;
@@ -357,6 +357,17 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
             Ok(())
         });
     }
+    // Last-writer-wins leaderless plans: a watcher of every node's stored versions.
+    let stored: Arc<Mutex<Option<StoredConsumer>>> = Arc::new(Mutex::new(None));
+    let w = &plan.workload;
+    if w.leaderless && !w.counter && !w.set && !w.siblings {
+        let (stored, nodes) = (stored.clone(), plan.nodes);
+        sim.client("w", async move {
+            let out = follow_stored(nodes, heal_ns + WATCH_AFTER_HEAL.as_nanos() as u64).await;
+            *stored.lock().unwrap_or_else(|p| p.into_inner()) = Some(out);
+            Ok(())
+        });
+    }
     let mut client_rng = StdRng::seed_from_u64(seed ^ 0xc1);
     for c in 0..plan.clients {
         let mut rng = StdRng::seed_from_u64(client_rng.gen());
@@ -556,6 +567,23 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
             }
         }
     }
+    if let Some(consumer) = stored.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let writes = tunekv_check::feed::acknowledged_versions(&ops);
+        if consumer.resumes > 0 || !consumer.events.is_empty() {
+            if !consumer.covers(&writes) {
+                violations.push(
+                    "[leaderless feed / watch reached every acknowledged write] after the heal \
+                     some acknowledged versions were never delivered"
+                        .into(),
+                );
+            }
+            let limits = tunekv_check::Limits::default();
+            let report = tunekv_check::feed::check_leaderless(&consumer.events, &writes, &limits);
+            for v in report.violations() {
+                violations.push(format!("[{} / {}] {}", v.level, v.property, v.message));
+            }
+        }
+    }
     let report = if plan.workload.counter {
         Ok(tunekv_check::counter::check(
             &ops,
@@ -659,6 +687,8 @@ async fn follow_feed(nodes: usize, shards: u32, end_ns: u64) -> Followed {
                             index,
                             cursor,
                         })) => c.progress(shard, index, cursor),
+                        // A leaderless keyspace's events: not this plan's.
+                        Ok(Some(_)) => break,
                     }
                 }
             }
@@ -678,6 +708,39 @@ async fn follow_feed(nodes: usize, shards: u32, end_ns: u64) -> Followed {
         node = (node + 1) % nodes;
     }
     (c, None)
+}
+
+/// Follows a leaderless keyspace's feed until virtual time `end_ns`, as a careful consumer
+/// (`StoredConsumer`), moving to the next node every few seconds by its cursor.
+async fn follow_stored(nodes: usize, end_ns: u64) -> StoredConsumer {
+    tokio::time::sleep(SETUP).await;
+    let mut c = StoredConsumer::default();
+    let mut node = 0;
+    while client::now_ns() < end_ns {
+        if let Ok(mut stream) = client::watch(&host(node), c.cursor.as_deref()).await {
+            c.opened();
+            let opened = client::now_ns();
+            while client::now_ns() < end_ns
+                && client::now_ns() - opened < WATCH_MOVE_EVERY.as_nanos() as u64
+            {
+                match tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
+                    Err(_) => {}
+                    Ok(Some(client::FeedItem::Stored {
+                        key,
+                        version,
+                        value,
+                    })) => c.change(key, version, value),
+                    Ok(Some(client::FeedItem::NodeProgress { cursor })) => c.progress(cursor),
+                    Ok(_) => break,
+                }
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        c.broke();
+        node = (node + 1) % nodes;
+    }
+    c
 }
 
 async fn create_keyspace(plan: &Plan) -> turmoil::Result {

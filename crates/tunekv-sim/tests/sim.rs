@@ -471,6 +471,20 @@ mod bugs {
         panic!("quorum-ack-one went unnoticed for 4 seeds");
     }
 
+    /// The leaderless feed's watcher (issue 18) catches a watch that delivers every replica's
+    /// copy of a version.
+    #[test]
+    fn feed_dupes_is_caught_by_the_leaderless_feed_watcher() {
+        let bugs = tunekv_node::Bugs::parse(&["feed-dupes".to_string()]).expect("a known bug");
+        let caught = (0..4).find_map(|seed| {
+            run(isolated_leaderless(seed), &bugs)
+                .violations
+                .into_iter()
+                .find(|v| v.starts_with("[leaderless feed / no duplicates]"))
+        });
+        assert!(caught.is_some(), "feed-dupes went unnoticed for 4 seeds");
+    }
+
     /// Seeds of [`lagging_copies`] tried before the receipt test gives up.
     const LAGGING_SEEDS_MAX: u64 = 4;
 

@@ -475,7 +475,7 @@ async fn run_on(
     };
     let mut feed_rows = feed_rows;
     if let Some(task) = stored_watcher {
-        let writes = watcher::acknowledged_versions(&leaderless_ops);
+        let writes = tunekv_check::feed::acknowledged_versions(&leaderless_ops);
         let _ = finish_stored.send(Some(writes.clone()));
         let (watched, problem) = task.await?;
         println!(

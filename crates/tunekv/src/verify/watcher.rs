@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tunekv_check::feed::{Consumer, StoredConsumer};
+use tunekv_check::feed::{Consumer, StoredConsumer, StoredWrite};
 use tunekv_client::{Client, WatchEvent};
 
 /// The watcher moves to another node this often, resuming from its cursor.
@@ -104,28 +104,6 @@ pub async fn run(
         c.broke();
         node = (node + 1) % targets.len();
     }
-}
-
-/// An acknowledged leaderless write or delete: key, version, value (`None`: deleted).
-pub type StoredWrite = (String, (u64, u64), Option<String>);
-
-/// The acknowledged writes and deletes of a leaderless last-writer-wins history, with their
-/// versions (`HLC.NODE`).
-pub fn acknowledged_versions(ops: &[tunekv_check::Operation]) -> Vec<StoredWrite> {
-    use tunekv_check::OpKind;
-    ops.iter()
-        .filter(|o| o.ok == Some(true) && matches!(o.op, OpKind::Write | OpKind::Delete))
-        .filter_map(|o| {
-            let (hlc, node) = o.version.as_deref()?.split_once('.')?;
-            let version = (hlc.parse().ok()?, node.parse().ok()?);
-            let value = if o.op == OpKind::Write {
-                o.value.clone()
-            } else {
-                None
-            };
-            Some((o.key.clone(), version, value))
-        })
-        .collect()
 }
 
 /// The leaderless keyspace's watcher: follows the merged feed of every node's stored versions
