@@ -36,6 +36,22 @@ impl Answer {
     }
 }
 
+/// An HTTP/1 connection to `node` (its driver runs in the background).
+async fn connect(
+    node: &str,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+    let stream = turmoil::net::TcpStream::connect((node, HTTP_PORT))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
 pub async fn request(
     node: &str,
     method: &str,
@@ -44,15 +60,7 @@ pub async fn request(
     body: Vec<u8>,
 ) -> Result<Answer, String> {
     let exchange = async {
-        let stream = turmoil::net::TcpStream::connect((node, HTTP_PORT))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = connect(node).await?;
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -322,15 +330,7 @@ pub struct WatchStream {
 /// `Err` carries the error code (`cursor_compacted`, …) or why the node could not be reached.
 pub async fn watch(node: &str, cursor: Option<&str>) -> Result<WatchStream, String> {
     let open = async {
-        let stream = turmoil::net::TcpStream::connect((node, HTTP_PORT))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = connect(node).await?;
         let mut path = format!("/v1/watch/{KEYSPACE}");
         if let Some(c) = cursor {
             path.push_str("?from=");

@@ -1012,7 +1012,7 @@ async fn a_watcher_that_stops_reading_is_cut_off_with_an_error() {
 /// behind its progress marks (`tunekv_check::feed`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_resumed_from_its_cursor_on_another_node_misses_and_repeats_nothing() {
-    use tunekv_check::feed::{FeedEvent, FeedWrite};
+    use tunekv_check::feed::FeedWrite;
     use tunekv_client::WatchEvent;
     let mut c = start(3, false).await;
     create_keyspace(&c.client(0), "feed", 1).await;
@@ -1020,11 +1020,8 @@ async fn a_watch_resumed_from_its_cursor_on_another_node_misses_and_repeats_noth
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     // The watcher starts on the leader, which is killed mid-run.
     let mut watch = c.client(leader).watch("feed", "a/").await.expect("watch");
-    let (mut start, mut events, mut pending) = (None, Vec::new(), Vec::new());
-    let mut cursor = String::new();
     let mut top = 0;
     let mut writes = Vec::new();
-    let mut resumed = false;
     // Writes through a surviving node; the leader dies after the 15th.
     for i in 0..40 {
         if i == 15 {
@@ -1048,8 +1045,8 @@ async fn a_watch_resumed_from_its_cursor_on_another_node_misses_and_repeats_noth
         });
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut reached = 0;
-    while reached < top {
+    let mut consumer = tunekv_check::feed::Consumer::new(1);
+    while !consumer.reached_all(&[(0, top)].into()) {
         assert!(
             Instant::now() < deadline,
             "the feed did not reach index {top}"
@@ -1061,43 +1058,30 @@ async fn a_watch_resumed_from_its_cursor_on_another_node_misses_and_repeats_noth
                 shard,
                 index,
                 ..
-            }))) => pending.push(FeedEvent::Change {
-                shard,
-                index,
-                key,
-                value,
-            }),
+            }))) => consumer.change(shard, index, key, value),
             Ok(Some(Ok(WatchEvent::Progress {
                 shard,
                 index,
-                cursor: at,
-            }))) => {
-                start.get_or_insert(index);
-                // Final now: what came before this mark.
-                events.append(&mut pending);
-                events.push(FeedEvent::Progress { shard, index });
-                cursor = at;
-                reached = reached.max(index);
-            }
+                cursor,
+            }))) => consumer.progress(shard, index, cursor),
             Ok(Some(Ok(e @ WatchEvent::NodeProgress { .. }))) => {
                 panic!("an ordered keyspace's watch sent {e:?}")
             }
             Ok(None) | Ok(Some(Err(_))) | Err(_) => {
                 // The node is gone: what came after the last mark is sent again.
-                assert!(!resumed, "the resumed watch broke too");
-                resumed = true;
-                pending.clear();
+                assert_eq!(consumer.resumes, 0, "the resumed watch broke too");
+                consumer.broke();
                 watch = c
                     .client(others[1])
-                    .watch_from("feed", "a/", Some(&cursor))
+                    .watch_from("feed", "a/", consumer.cursor.as_deref())
                     .await
                     .expect("resume from the cursor on another node");
+                consumer.opened();
             }
         }
     }
-    assert!(resumed, "the watch never needed resuming");
-    let start = [(0, start.expect("a first mark"))].into();
-    let r = tunekv_check::feed::check(&start, &events, &writes, &Default::default());
+    assert_eq!(consumer.resumes, 1, "the watch never needed resuming");
+    let r = consumer.check(&writes, &Default::default());
     assert!(!r.has_violations(), "{}", r.table());
     let missing = r
         .row(

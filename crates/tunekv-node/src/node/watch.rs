@@ -322,6 +322,14 @@ pub enum WatchFrom<'a> {
     Start,
 }
 
+/// A cursor that does not open.
+fn cursor_invalid(why: String) -> TunekvError {
+    err(
+        Code::CursorInvalid,
+        format!("invalid watch cursor: {why}; send one a watch's progress event gave"),
+    )
+}
+
 /// Why a watch did not start.
 #[derive(Debug)]
 pub enum WatchRefused {
@@ -370,36 +378,47 @@ impl From<TunekvError> for WatchRefused {
 }
 
 impl Node {
-    /// The per-shard positions in `cursor`, a cursor of a watch of keyspace `ks`.
-    fn open_cursor(&self, ks: &KeyspaceInfo, cursor: &str) -> Result<Vec<u64>, TunekvError> {
-        let invalid = |why: String| {
-            err(
-                Code::CursorInvalid,
-                format!("invalid watch cursor: {why}; send one a watch's progress event gave"),
-            )
-        };
+    /// The body of `cursor`, a cursor sealed for `domain` of a watch of keyspace `ks`.
+    fn open_sealed<T: serde::de::DeserializeOwned>(
+        &self,
+        ks: &KeyspaceInfo,
+        domain: &[u8],
+        cursor: &str,
+    ) -> Result<T, TunekvError> {
         let bytes = self
             .session_key()
-            .open(CURSOR_DOMAIN, cursor, CURSOR_CHARS_MAX)
-            .map_err(invalid)?;
-        let (id, shards): (u64, Vec<(u32, u64)>) =
-            postcard::from_bytes(&bytes).map_err(|_| invalid("undecodable".into()))?;
+            .open(domain, cursor, CURSOR_CHARS_MAX)
+            .map_err(cursor_invalid)?;
+        let (id, body): (u64, T) =
+            postcard::from_bytes(&bytes).map_err(|_| cursor_invalid("undecodable".into()))?;
         if id != ks.id {
-            return Err(invalid(format!(
+            return Err(cursor_invalid(format!(
                 "it was issued for another keyspace than {:?}",
                 ks.name
             )));
         }
+        Ok(body)
+    }
+
+    /// The per-shard positions in `cursor`, a cursor of a watch of keyspace `ks`.
+    fn open_cursor(&self, ks: &KeyspaceInfo, cursor: &str) -> Result<Vec<u64>, TunekvError> {
+        let shards: Vec<(u32, u64)> = self.open_sealed(ks, CURSOR_DOMAIN, cursor)?;
         let mut at = vec![None; ks.spec.shards as usize];
         for (s, i) in shards {
             match at.get_mut(s as usize) {
                 Some(slot) if slot.is_none() => *slot = Some(i),
-                _ => return Err(invalid(format!("shard {s} is out of range or repeated"))),
+                _ => {
+                    return Err(cursor_invalid(format!(
+                        "shard {s} is out of range or repeated"
+                    )))
+                }
             }
         }
         at.into_iter()
             .enumerate()
-            .map(|(s, i)| i.ok_or_else(|| invalid(format!("it has no position for shard {s}"))))
+            .map(|(s, i)| {
+                i.ok_or_else(|| cursor_invalid(format!("it has no position for shard {s}")))
+            })
             .collect()
     }
 
@@ -516,25 +535,8 @@ impl Node {
         let mut start: BTreeMap<NodeId, Option<(u64, u64)>> =
             self.all_nodes.iter().map(|n| (*n, None)).collect();
         if let WatchFrom::Cursor(text) = from {
-            let invalid = |why: String| {
-                err(
-                    Code::CursorInvalid,
-                    format!("invalid watch cursor: {why}; send one a watch's progress event gave"),
-                )
-            };
-            let bytes = self
-                .session_key()
-                .open(CURSOR_LEADERLESS_DOMAIN, text, CURSOR_CHARS_MAX)
-                .map_err(invalid)?;
-            let (id, nodes): (u64, Vec<(u64, u64, u64)>) =
-                postcard::from_bytes(&bytes).map_err(|_| invalid("undecodable".into()))?;
-            if id != ks.id {
-                return Err(invalid(format!(
-                    "it was issued for another keyspace than {:?}",
-                    ks.name
-                ))
-                .into());
-            }
+            let nodes: Vec<(u64, u64, u64)> =
+                self.open_sealed(ks, CURSOR_LEADERLESS_DOMAIN, text)?;
             for (n, inc, seq) in nodes {
                 start.insert(NodeId(n), Some((inc, seq)));
             }
