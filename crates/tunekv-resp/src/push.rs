@@ -487,11 +487,22 @@ impl Hub {
         keys: &[Vec<u8>],
     ) -> Result<(), TunekvError> {
         self.ensure_feed(keyspace, WatchFrom::Now).await?;
+        self.remember(conn, &keyspace.into(), keys);
+        Ok(())
+    }
+
+    /// Tracks `keys` of `keyspace` for `conn` again: a NOLOOP connection's own write removed
+    /// them from the table (the invalidation it left out), but what it caches of them must
+    /// still hear of the next change. Its keyspace's feed already runs.
+    pub(crate) fn track_again(&self, conn: u64, keyspace: &Arc<str>, keys: &[Vec<u8>]) {
+        self.remember(conn, keyspace, keys);
+    }
+
+    fn remember(&self, conn: u64, keyspace: &Arc<str>, keys: &[Vec<u8>]) {
         let max = self.tracking_keys_max();
         let mut s = self.state();
-        let ks: Arc<str> = keyspace.into();
         for key in keys {
-            let entry = (ks.clone(), key.clone());
+            let entry = (keyspace.clone(), key.clone());
             if let Some((_, ids)) = s.tracked.get_mut(&entry) {
                 ids.insert(conn);
                 continue;
@@ -502,7 +513,6 @@ impl Hub {
             s.tracked.insert(entry, (seq, HashSet::from([conn])));
         }
         Self::evict(&mut s, max);
-        Ok(())
     }
 
     /// Evicts the oldest tracked keys until at most `max` remain, invalidating each for the

@@ -165,9 +165,9 @@ async fn connection(
                     conn.inbox = None;
                     continue;
                 };
-                crate::cmd::pubsub::encode(&conn, push, &mut output);
+                crate::cmd::pubsub::encode(&shared.hub, &conn, push, &mut output);
                 while let Some(push) = conn.inbox.as_mut().and_then(|i| i.try_recv()) {
-                    crate::cmd::pubsub::encode(&conn, push, &mut output);
+                    crate::cmd::pubsub::encode(&shared.hub, &conn, push, &mut output);
                     if output.len() >= OUTPUT_KEPT_BYTES_MAX {
                         break;
                     }

@@ -5,7 +5,7 @@
 
 use super::{Args, CommandSpec, Handler, Kind, Out};
 use crate::conn::{Conn, Shared};
-use crate::push::{Push, INVALIDATE_CHANNEL};
+use crate::push::{Hub, Push, INVALIDATE_CHANNEL};
 use crate::reply::Reply;
 
 const fn spec(name: &'static str, arity: i64, summary: &'static str, h: Handler) -> CommandSpec {
@@ -186,8 +186,10 @@ fn pubsub(shared: &Shared, _: &mut Conn, mut a: Args<'_>) -> Out {
 }
 
 /// Writes a pushed message as this connection reads them (RESP3 push or RESP2 array); an
-/// invalidation of this connection's own write is dropped under NOLOOP.
-pub(crate) fn encode(conn: &Conn, push: Push, out: &mut Vec<u8>) {
+/// invalidation of this connection's own write is dropped under NOLOOP, and its keys stay
+/// tracked (the change removed them from the table: without this, a value the connection read
+/// after its write would hear of no later change).
+pub(crate) fn encode(hub: &Hub, conn: &Conn, push: Push, out: &mut Vec<u8>) {
     let reply = match push {
         Push::Message { channel, payload } => Reply::Push(vec![
             Reply::bulk("message"),
@@ -205,10 +207,14 @@ pub(crate) fn encode(conn: &Conn, push: Push, out: &mut Vec<u8>) {
             Reply::bulk(&payload[..]),
         ]),
         Push::Invalidate { keys, from, origin } => {
-            if from == conn.id
-                && conn.tracking.as_ref().is_some_and(|t| t.noloop)
-                && origin.is_some_and(|o| conn.own_writes.contains(&o))
-            {
+            if let Some(o) = origin.filter(|o| {
+                from == conn.id
+                    && conn.tracking.as_ref().is_some_and(|t| t.noloop)
+                    && conn.own_writes.contains(o)
+            }) {
+                if conn.tracking.as_ref().is_some_and(|t| !t.bcast) {
+                    hub.track_again(conn.id, &o.0, keys.as_deref().unwrap_or_default());
+                }
                 return;
             }
             let keys = keys.map_or(Reply::Nil, |k| {
