@@ -142,6 +142,10 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
     match req {
         ApiRequest::Index => Ok(index(node).await.into_response()),
         ApiRequest::Cluster => Ok(Json(node.cluster_status().await).into_response()),
+        ApiRequest::ReadIndex { ks, shard, wait } => {
+            let p = node.shard_read_index(&ks, shard, wait).await?;
+            Ok(Json(json!({"shard": p.shard.0, "index": p.index.0})).into_response())
+        }
         ApiRequest::ListKeyspaces => {
             Ok(Json(json!({"keyspaces": node.list_keyspaces()})).into_response())
         }

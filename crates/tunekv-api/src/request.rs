@@ -16,6 +16,7 @@
 //! | `/v1/kv/{ks}/{key}:update` | POST (set and map keyspaces: `{"add":[…],"remove":[…]}`, `{"set":{…}}`, `{"incr":{…}}`) |
 //! | `/v1/kv/{ks}:batch-get` | POST |
 //! | `/v1/kv/{ks}:txn` | POST (ordered keyspaces: `{"compare":[…],"success":[…],"failure":[…]}`) |
+//! | `/v1/kv/{ks}:read-index` | GET (`?shard=S`: the shard's quorum-confirmed read index) |
 //! | `/v1/watch/{ks}` | GET (`?prefix=P&from=C`: server-sent events of every change from now on, or after cursor C) |
 //! | `/v1/admin/faults` | POST |
 //!
@@ -104,6 +105,13 @@ pub struct FaultChange {
 pub enum ApiRequest {
     Index,
     Cluster,
+    /// `GET /v1/kv/{ks}:read-index?shard=S`: the shard's read index, confirmed by a leader
+    /// holding a quorum (what a cache needs before serving a strong read from memory).
+    ReadIndex {
+        ks: String,
+        shard: u32,
+        wait: Option<Duration>,
+    },
     ListKeyspaces,
     GetKeyspace {
         ks: String,
@@ -238,6 +246,26 @@ pub fn parse(
             };
             Ok(ApiRequest::CreateKeyspace { ks, spec })
         }
+        ["v1", "kv", action] if action.ends_with(":read-index") => {
+            allow(get, "GET, HEAD", method, path)?;
+            let ks = keyspace_name(action.trim_end_matches(":read-index"))?;
+            let q = Query::parse(uri.query())?;
+            let shard = q
+                .shard
+                .as_deref()
+                .and_then(|s| s.parse::<u32>().ok())
+                .ok_or_else(|| {
+                    refuse(
+                        Code::BadRequest,
+                        "a read index is of one shard: give ?shard=S (a shard number)",
+                    )
+                })?;
+            Ok(ApiRequest::ReadIndex {
+                ks,
+                shard,
+                wait: q.wait()?,
+            })
+        }
         ["v1", "kv", action] => {
             allow(method == Method::POST, "POST", method, path)?;
             if let Some(ks) = action.strip_suffix(":txn") {
@@ -248,8 +276,9 @@ pub fn parse(
                 return Err(refuse(
                     Code::RouteNotFound,
                     format!(
-                        "no action in {}: the actions are POST /v1/kv/{{ks}}:batch-get and \
-                         POST /v1/kv/{{ks}}:txn; single keys are /v1/kv/{{ks}}/{{key}}",
+                        "no action in {}: the actions are POST /v1/kv/{{ks}}:batch-get, \
+                         POST /v1/kv/{{ks}}:txn and GET /v1/kv/{{ks}}:read-index; single keys \
+                         are /v1/kv/{{ks}}/{{key}}",
                         echo(path)
                     ),
                 ));
@@ -498,6 +527,7 @@ struct Query {
     if_version: Option<String>,
     prefix: Option<String>,
     from: Option<String>,
+    shard: Option<String>,
 }
 
 impl Query {
@@ -530,12 +560,13 @@ impl Query {
                 "if_version" => &mut q.if_version,
                 "prefix" => &mut q.prefix,
                 "from" => &mut q.from,
+                "shard" => &mut q.shard,
                 _ => {
                     return Err(refuse(
                         Code::BadRequest,
                         format!(
                             "bad query string: unknown parameter {}; known: level, r, w, \
-                             wait_ms_max, format, key_encoding, if_version, prefix, from",
+                             wait_ms_max, format, key_encoding, if_version, prefix, from, shard",
                             echo(&name)
                         ),
                     ))

@@ -1175,6 +1175,59 @@ async fn a_cursor_replays_missed_changes_and_one_too_old_is_refused_as_compacted
     }
 }
 
+/// `GET /v1/kv/{ks}:read-index?shard=S` (groundwork for issue 19's strong cache hits): on any
+/// node, the shard's read index confirmed by a quorum after the request began, so at or above
+/// every write acknowledged before it; a bad shard, a missing one or a leaderless keyspace is
+/// refused with a typed error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_index_of_a_shard_covers_every_write_acknowledged_before() {
+    let c = start(3, false).await;
+    create_keyspace(&c.client(0), "ri", 2).await;
+    for i in 0..10 {
+        let w = c
+            .client(i % 3)
+            .put("ri", format!("k{i}").as_bytes(), b"v", &Opts::default())
+            .await
+            .expect("put");
+        for node in 0..3 {
+            let url = format!("{}/v1/kv/ri:read-index?shard={}", c.http(node), w.shard);
+            let (s, _, b) = common::call("GET", &url, "").await;
+            assert_eq!(s, 200, "{b}");
+            assert_eq!(b["shard"], w.shard, "{b}");
+            let index = b["index"].as_u64().expect("an index");
+            assert!(
+                index >= w.index,
+                "node {node}: read index {index} < write {}",
+                w.index
+            );
+        }
+    }
+    let (s, _, b) = common::call(
+        "PUT",
+        &format!("{}/v1/keyspaces/ll", c.http(0)),
+        r#"{"mode":"leaderless","replicas":3}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    for (path, status, code) in [
+        ("/v1/kv/ri:read-index?shard=2", 400, "bad_request"),
+        ("/v1/kv/ri:read-index", 400, "bad_request"),
+        ("/v1/kv/ll:read-index?shard=0", 400, "mode_unsupported"),
+        (
+            "/v1/kv/nosuch:read-index?shard=0",
+            404,
+            "keyspace_not_found",
+        ),
+    ] {
+        let (s, _, b) = common::call("GET", &format!("{}{path}", c.http(1)), "").await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {b}"
+        );
+    }
+}
+
 /// The Rust client's `watch()` (issue 18): the feed as a `Stream` of typed events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rust_client_watches_changes_as_a_stream() {

@@ -48,6 +48,49 @@ impl Node {
         }
     }
 
+    /// The read index of `shard` of ordered keyspace `keyspace` (this node must hold a replica
+    /// of it), confirmed by a quorum-holding leader after this call began: every write
+    /// acknowledged before the call is at or below it. Probes are shared with the reads of this
+    /// node (one in flight per shard).
+    pub async fn shard_read_index(
+        &self,
+        keyspace: &str,
+        shard: u32,
+        wait: Option<Duration>,
+    ) -> Result<Position, TunekvError> {
+        let started = Instant::now();
+        let deadline = started + self.wait_budget(wait, self.config.read_wait_ms_default);
+        let ks = self.keyspace(keyspace, deadline).await?;
+        if ks.spec.mode != Mode::Ordered {
+            return Err(err(
+                Code::ModeUnsupported,
+                format!(
+                    "keyspace {:?} is {}: read indexes are positions in an ordered keyspace's \
+                     shard logs",
+                    ks.name,
+                    ks.spec.mode.as_str()
+                ),
+            ));
+        }
+        if shard >= ks.spec.shards {
+            return Err(err(
+                Code::BadRequest,
+                format!(
+                    "keyspace {:?} has shards 0 to {}, not {shard}",
+                    ks.name,
+                    ks.spec.shards - 1
+                ),
+            ));
+        }
+        let g = self.hosted_shard(&ks, ShardId(shard)).await?;
+        let index = self.probe(&g, started, deadline).await?;
+        Ok(Position {
+            shard: ShardId(shard),
+            index: LogIndex(index),
+            commit_ms: 0,
+        })
+    }
+
     pub(super) async fn leader_read_index(&self, g: &Group) -> Result<u64, RemoteError> {
         match g.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(read_log_id) => Ok(read_log_id.index()),
