@@ -353,6 +353,22 @@ fn keys_written(op: &Op) -> Vec<&Vec<u8>> {
     }
 }
 
+/// What a SET-like write starts from: the key's live entry (expired keys are already gone), whether
+/// it existed, and its old value when the command returns it (`GET`).
+fn before_write<'a>(
+    data: &'a BTreeMap<Vec<u8>, StoredValue>,
+    key: &[u8],
+    get: bool,
+) -> (Option<&'a StoredValue>, bool, Option<Vec<u8>>) {
+    let prev = data.get(key);
+    let old = if get {
+        prev.map(|p| p.value.clone())
+    } else {
+        None
+    };
+    (prev, prev.is_some(), old)
+}
+
 /// What a key looks like to the feed: (version, expiry), `None` when absent.
 fn shape(data: &BTreeMap<Vec<u8>, StoredValue>, key: &[u8]) -> Option<(u64, Option<u64>)> {
     data.get(key).map(|v| (v.mod_index, v.expires_ms))
@@ -565,13 +581,7 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command
             ttl,
             get,
         } => {
-            let prev = data.get(key);
-            let existed = prev.is_some();
-            let old = if *get {
-                prev.map(|p| p.value.clone())
-            } else {
-                None
-            };
+            let (prev, existed, old) = before_write(data, key, *get);
             let allowed = match cond {
                 Cond::Always => true,
                 Cond::IfAbsent => !existed,
@@ -597,13 +607,7 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command
             ttl,
             get,
         } => {
-            let prev = data.get(key);
-            let existed = prev.is_some();
-            let old = if *get {
-                prev.map(|p| p.value.clone())
-            } else {
-                None
-            };
+            let (prev, existed, old) = before_write(data, key, *get);
             if !expect_holds(expect, prev) {
                 return CommandResult {
                     old,
