@@ -314,6 +314,11 @@ impl Hub {
         }
     }
 
+    /// Whether connection `conn` can take pushed messages (it subscribed or tracks).
+    pub(crate) fn reachable(&self, conn: u64) -> bool {
+        self.state().connections.contains_key(&conn)
+    }
+
     /// The connection switched protocols (HELLO).
     pub(crate) fn set_resp3(&self, conn: u64, resp3: bool) {
         if let Some(c) = self.state().connections.get_mut(&conn) {
@@ -688,17 +693,7 @@ impl Hub {
         let watch = node
             .watch(keyspace, Vec::new(), from)
             .await
-            .map_err(|r| match r {
-                WatchRefused::Error(e) if e.code == Code::ModeUnsupported => TunekvError::new(
-                    Code::ModeUnsupported,
-                    format!(
-                        "client tracking and keyspace notifications follow the change feed of \
-                         ordered keyspaces; {}",
-                        e.message
-                    ),
-                ),
-                r => r.error(),
-            })?;
+            .map_err(|r| r.error())?;
         self.state().feeds.insert(keyspace.to_string());
         tokio::spawn(feed(Arc::downgrade(self), node, keyspace.into(), watch));
         Ok(())

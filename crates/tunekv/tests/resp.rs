@@ -683,6 +683,10 @@ async fn client_tracking_invalidates_before_a_later_read_could_see_the_old_value
         };
         target.cmd(&["SUBSCRIBE", "__redis__:invalidate"]);
         let mut r2 = Raw::connect(&n1);
+        assert!(
+            matches!(r2.cmd(&["CLIENT", "TRACKING", "on", "REDIRECT", "999999"]), R::Error(e) if e.contains("does not exist")),
+            "a redirect to no connection is refused"
+        );
         assert_eq!(
             r2.cmd(&["CLIENT", "TRACKING", "on", "REDIRECT", &id.to_string()]),
             ok()

@@ -125,16 +125,23 @@ impl Watch {
     /// watch; a consumer treats a change as final once a progress event covers it.)
     pub fn cursor(&self) -> String {
         match &self.leaderless {
-            None => seal_cursor(&self.key, self.keyspace_id, &self.progress()),
+            None => {
+                let shards: Vec<(u32, u64)> =
+                    self.progress().iter().map(|(s, i)| (s.0, *i)).collect();
+                seal_cursor(&self.key, CURSOR_DOMAIN, self.keyspace_id, &shards)
+            }
             Some(l) => {
                 let nodes: Vec<(u64, u64, u64)> = l
                     .nodes
                     .iter()
                     .filter_map(|(n, at)| at.map(|(inc, seq)| (n.0, inc, seq)))
                     .collect();
-                // Serializing integers into a Vec cannot fail.
-                let bytes = postcard::to_stdvec(&(self.keyspace_id, nodes)).unwrap_or_default();
-                self.key.seal(CURSOR_LEADERLESS_DOMAIN, &bytes)
+                seal_cursor(
+                    &self.key,
+                    CURSOR_LEADERLESS_DOMAIN,
+                    self.keyspace_id,
+                    &nodes,
+                )
             }
         }
     }
@@ -298,15 +305,16 @@ const CURSOR_LEADERLESS_DOMAIN: &[u8] = b"tunekv-cursor-leaderless-v1";
 /// The longest cursor text accepted (a keyspace has at most 1024 shards).
 pub const CURSOR_CHARS_MAX: usize = 64 * 1024;
 
-fn seal_cursor(
+/// A cursor: `(keyspace_id, body)` sealed for `domain` (the inverse of `Node::open_sealed`).
+fn seal_cursor<T: Serialize>(
     key: &tunekv_core::session::SessionKey,
+    domain: &[u8],
     keyspace_id: u64,
-    progress: &[(ShardId, u64)],
+    body: &T,
 ) -> String {
-    let shards: Vec<(u32, u64)> = progress.iter().map(|(s, i)| (s.0, *i)).collect();
     // Serializing integers into a Vec cannot fail.
-    let bytes = postcard::to_stdvec(&(keyspace_id, shards)).unwrap_or_default();
-    key.seal(CURSOR_DOMAIN, &bytes)
+    let bytes = postcard::to_stdvec(&(keyspace_id, body)).unwrap_or_default();
+    key.seal(domain, &bytes)
 }
 
 /// Where a watch starts.
@@ -422,9 +430,10 @@ impl Node {
             .collect()
     }
 
-    /// Watches the keys of ordered keyspace `keyspace` that start with `prefix` on every
-    /// shard (each must have a replica on this node): from now on, or after `from`, the
-    /// cursor of an earlier watch.
+    /// Watches the keys of `keyspace` that start with `prefix`: from now on, or after `from`,
+    /// the cursor of an earlier watch. An ordered keyspace is watched on every shard (each must
+    /// have a replica on this node); a last-writer-wins leaderless one through every node's
+    /// stored versions (`watch_leaderless`).
     pub async fn watch(
         &self,
         keyspace: &str,
@@ -435,18 +444,6 @@ impl Node {
         let ks = self.keyspace(keyspace, deadline).await?;
         if ks.spec.mode != Mode::Ordered {
             return self.watch_leaderless(&ks, prefix, from).await;
-        }
-        if ks.spec.mode != Mode::Ordered {
-            return Err(err(
-                Code::ModeUnsupported,
-                format!(
-                    "watching {} keyspace {:?} is not built yet: the feed follows the shards' \
-                     logs (ordered keyspaces)",
-                    ks.spec.mode.as_str(),
-                    ks.name
-                ),
-            )
-            .into());
         }
         let after = match from {
             WatchFrom::Now => None,

@@ -299,6 +299,13 @@ async fn tracking(shared: &Shared, conn: &mut Conn, mut a: Args<'_>) -> Out {
              cannot tell this connection's own writes; use HELLO 3 and no REDIRECT",
         ));
     }
+    if t.redirect.is_some_and(|r| !shared.hub.reachable(r)) {
+        // Invalidations sent there would reach no one: the cache would silently go stale.
+        return Err(Reply::err(
+            "The client ID you want redirect to does not exist (or has not subscribed to \
+             __redis__:invalidate on this node)",
+        ));
+    }
     if t.redirect.is_none() && !conn.resp3 {
         return Err(Reply::err(
             "CLIENT TRACKING on a RESP2 connection needs REDIRECT to a connection subscribed \
