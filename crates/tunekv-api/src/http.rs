@@ -40,6 +40,8 @@ pub const H_POSITION: &str = "tunekv-position";
 /// A key's version (ordered keyspaces): on reads of a present key, on writes, and on a
 /// `version_mismatch` (the key's current one, 0 when absent).
 pub const H_VERSION: &str = "tunekv-version";
+/// When the value read expires (Unix ms), on reads of a key that has an expiry.
+pub const H_EXPIRES: &str = "tunekv-expires-ms";
 pub const H_STALENESS: &str = "tunekv-staleness";
 /// How a leaderless read or write met its quorum (`QuorumReceipt::header`).
 pub const H_QUORUM: &str = "tunekv-quorum";
@@ -85,7 +87,11 @@ pub fn refusal_response(refusal: Refusal) -> Response {
 
 /// The whole body, at most [`BODY_BYTES_MAX`] bytes; a body that stops arriving for `stall`
 /// (the node's `http_idle_timeout_ms`) ends the request.
-async fn read_body(headers: &HeaderMap, body: Body, stall: Duration) -> Result<Bytes, TunekvError> {
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    stall: Duration,
+) -> Result<Bytes, TunekvError> {
     let too_large = || {
         TunekvError::new(
             Code::ValueTooLarge,
@@ -378,7 +384,7 @@ async fn watch(
                 tokio::select! {
                     ev = feed.next() => match ev {
                         None => done = true,
-                        Some(WatchEvent::Change { position, key, value, kind, version }) => {
+                        Some(WatchEvent::Change { position, key, value, kind, version, expires_ms }) => {
                             let (text, hex) = value_json(value.as_deref());
                             let mut body = json!({
                                 "key": String::from_utf8_lossy(&key),
@@ -389,6 +395,9 @@ async fn watch(
                             });
                             if let Some((hlc, node)) = version {
                                 body["version"] = json!(format!("{hlc}.{node}"));
+                            }
+                            if let Some(e) = expires_ms {
+                                body["expires_ms"] = json!(e);
                             }
                             if std::str::from_utf8(&key).is_err() {
                                 body["key_base64url"] = json!(request::base64url(&key));
@@ -547,6 +556,11 @@ pub fn status_of(code: Code) -> StatusCode {
 }
 
 struct ApiError(TunekvError);
+
+/// The JSON error answer `{"error":{"code","message"}}` with the code's status.
+pub fn error_response(e: TunekvError) -> Response {
+    ApiError(e).into_response()
+}
 
 impl From<TunekvError> for ApiError {
     fn from(e: TunekvError) -> Self {
@@ -767,7 +781,7 @@ async fn get_key(
         value,
         version,
         receipt,
-        ..
+        expires_ms,
     } = match node.get(read.request(ks), key).await {
         Err(e) if e.code == Code::WrongType => {
             return get_members(node, ks, key, key_encoding, read).await
@@ -778,6 +792,9 @@ async fn get_key(
     let mut receipt_h = receipt_headers(&receipt);
     if let Some(v) = version {
         receipt_h.insert(HeaderName::from_static(H_VERSION), header(&v.to_string()));
+    }
+    if let Some(e) = expires_ms {
+        receipt_h.insert(HeaderName::from_static(H_EXPIRES), header(&e.to_string()));
     }
     let headers = (receipt_h, session_header(&token));
     if as_json {
@@ -914,7 +931,7 @@ async fn get_members(
     Ok((StatusCode::OK, headers, Json(body)).into_response())
 }
 
-fn value_json(value: Option<&[u8]>) -> (serde_json::Value, Option<String>) {
+pub fn value_json(value: Option<&[u8]>) -> (serde_json::Value, Option<String>) {
     match value {
         Some(v) => match std::str::from_utf8(v) {
             Ok(s) => (json!(s), None),

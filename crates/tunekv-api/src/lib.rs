@@ -10,5 +10,8 @@ mod http;
 mod listener;
 pub mod request;
 
-pub use http::{refusal_response, router, status_of, BODY_BYTES_MAX, MESSAGE_CHARS_MAX};
+pub use http::{
+    error_response, read_body, refusal_response, router, status_of, value_json, BODY_BYTES_MAX,
+    H_EXPIRES, H_POSITION, H_SERVED_BY, H_STALENESS, H_VERSION, MESSAGE_CHARS_MAX,
+};
 pub use listener::{serve, HttpLimits, SHUTDOWN_WAIT_MS};

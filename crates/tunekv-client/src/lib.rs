@@ -128,6 +128,12 @@ pub struct ReadReply {
     pub receipt: Receipt,
     /// The session token after this read.
     pub session: String,
+    /// The key's version (ordered keyspaces, present keys): the index of the write that made it.
+    pub version: Option<u64>,
+    /// When the value expires (Unix ms), if it does.
+    pub expires_ms: Option<u64>,
+    /// From a cache (`tunekv cache`): `hit`, `miss` or `coalesced`.
+    pub cache: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -515,6 +521,12 @@ impl Client {
             _ => None,
         };
         let session = h(SESSION_HEADER).unwrap_or_default();
+        let number = |name: &str| h(name).and_then(|v| v.parse::<u64>().ok());
+        let (version, expires_ms, cache) = (
+            number("tunekv-version"),
+            number("tunekv-expires-ms"),
+            h("tunekv-cache"),
+        );
         let status = resp.status();
         match (status.as_u16(), receipt) {
             (200, Some(receipt)) => {
@@ -523,12 +535,18 @@ impl Client {
                     value: Some(value),
                     receipt,
                     session,
+                    version,
+                    expires_ms,
+                    cache,
                 })
             }
             (404, Some(receipt)) => Ok(ReadReply {
                 value: None,
                 receipt,
                 session,
+                version,
+                expires_ms,
+                cache,
             }),
             _ => Err(api_error(resp).await),
         }
@@ -551,6 +569,37 @@ impl Client {
             opts,
         ))
         .await
+    }
+
+    /// A keyspace's id and spec (`GET /v1/keyspaces/{ks}`).
+    pub async fn keyspace(&self, ks: &str) -> Result<serde_json::Value> {
+        self.send_json(self.http.get(format!(
+            "{}/v1/keyspaces/{}",
+            self.base,
+            encode_key(ks.as_bytes())
+        )))
+        .await
+    }
+
+    /// A shard's read index, confirmed by a leader holding a quorum
+    /// (`GET /v1/kv/{ks}:read-index?shard=S`).
+    pub async fn read_index(&self, ks: &str, shard: u32, wait_ms: u64) -> Result<u64> {
+        let v: serde_json::Value = self
+            .send_json(self.http.get(format!(
+                "{}/v1/kv/{}:read-index?shard={shard}&wait_ms_max={wait_ms}",
+                self.base,
+                encode_key(ks.as_bytes())
+            )))
+            .await?;
+        v["index"]
+            .as_u64()
+            .ok_or_else(|| ClientError::Transport(format!("a read index without index: {v}")))
+    }
+
+    /// A cache's status (`GET /v1/cache` of `tunekv cache`).
+    pub async fn cache_status(&self) -> Result<serde_json::Value> {
+        self.send_json(self.http.get(format!("{}/v1/cache", self.base)))
+            .await
     }
 
     pub async fn cluster(&self) -> Result<serde_json::Value> {
@@ -599,6 +648,14 @@ impl Client {
             .await?;
         Ok(())
     }
+}
+
+/// Decodes unpadded (or padded) base64url, as the server writes keys that are not UTF-8.
+pub(crate) fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .ok()
 }
 
 #[cfg(test)]

@@ -17,6 +17,11 @@ pub enum WatchEvent {
         position: String,
         /// Leaderless keyspaces: the version stored, `HLC.NODE`.
         version: Option<String>,
+        /// The key and the new value as bytes (`key` and `value` are lossy UTF-8).
+        key_bytes: Vec<u8>,
+        value_bytes: Option<Vec<u8>>,
+        /// When the new value expires (Unix ms), if it does.
+        expires_ms: Option<u64>,
     },
     /// Every change of `shard` up to `index` has been sent; `cursor` resumes a watch after
     /// every change sent so far ([`Client::watch_from`]).
@@ -156,15 +161,39 @@ impl Watch {
                         .split(';')
                         .find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
                 };
+                let key = v["key"].as_str().ok_or_else(bad)?.to_string();
+                let key_bytes = match v["key_base64url"].as_str() {
+                    Some(b) => crate::base64url_decode(b).ok_or_else(bad)?,
+                    None => key.clone().into_bytes(),
+                };
+                let value = v["value"].as_str().map(str::to_string);
+                let value_bytes = match (v["value_hex"].as_str(), &value) {
+                    (Some(h), _) => Some(hex_decode(h).ok_or_else(bad)?),
+                    (None, Some(text)) => Some(text.clone().into_bytes()),
+                    (None, None) => None,
+                };
                 Ok(WatchEvent::Change {
-                    key: v["key"].as_str().ok_or_else(bad)?.to_string(),
-                    value: v["value"].as_str().map(str::to_string),
+                    key,
+                    value,
                     shard: field("shard").ok_or_else(bad)? as u32,
                     index: field("index").ok_or_else(bad)?,
                     position,
                     version: v["version"].as_str().map(str::to_string),
+                    key_bytes,
+                    value_bytes,
+                    expires_ms: v["expires_ms"].as_u64(),
                 })
             }
         }
     }
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }

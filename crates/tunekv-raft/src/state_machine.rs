@@ -110,6 +110,8 @@ pub struct Change {
     pub value: Option<Vec<u8>>,
     /// What happened, as Redis names the event of a keyspace notification.
     pub kind: ChangeKind,
+    /// When the value expires (Unix ms), if it does.
+    pub expires_ms: Option<u64>,
 }
 
 /// What a change did to its key (Redis's keyspace-notification event names).
@@ -868,6 +870,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                         key: key.clone(),
                                         value: inner.data.get(key).map(|v| v.value.clone()),
                                         kind: change_kind(&cmd.op, key, result.int == 1, was, now),
+                                        expires_ms: inner.data.get(key).and_then(|v| v.expires_ms),
                                     });
                                 }
                             }
@@ -985,6 +988,7 @@ mod tests {
             key: format!("k{index}").into_bytes(),
             value: Some(vec![b'v'; 34]),
             kind: ChangeKind::Set,
+            expires_ms: None,
         };
         // Each costs 2 + 34 + 64 = 100 bytes (one digit keys).
         let mut h = History {

@@ -31,6 +31,36 @@ pub enum Cmd {
         #[arg(long = "bug", value_name = "BUG")]
         bugs: Vec<String>,
     },
+    /// Run a cache in front of a cluster: the node's key API over HTTP, hits served only
+    /// when the cache's position satisfies the read's level (docs/cache.md).
+    Cache {
+        /// A cache config file (TOML; docs/cache.md). Flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A cluster.json (as `tunekv dev` writes it): the nodes, and the cluster secret from
+        /// the first node's config file.
+        #[arg(long)]
+        upstream: Option<PathBuf>,
+        /// A node's HTTP address (repeatable), in addition to --upstream.
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        /// HTTP listen address.
+        #[arg(long)]
+        http: Option<String>,
+        /// Memory for entries, in bytes.
+        #[arg(long)]
+        memory_bytes: Option<u64>,
+        /// Default TTL of entries, ms (mandatory; never infinite).
+        #[arg(long)]
+        ttl_ms: Option<u64>,
+        /// KEYSPACE=read_through|write_through (repeatable).
+        #[arg(long = "strategy")]
+        strategies: Vec<String>,
+        /// Break one of the cache's promises on purpose (keep-stale-fills, ignore-session,
+        /// drop-invalidations); bug-injection builds only.
+        #[arg(long = "bug", value_name = "BUG")]
+        bugs: Vec<String>,
+    },
     /// Start a local cluster of separate node processes, print where to look, run a demo.
     Dev {
         #[arg(long, default_value_t = 3)]
@@ -47,6 +77,9 @@ pub enum Cmd {
         /// Stop the cluster after the demo instead of waiting for Ctrl-C.
         #[arg(long)]
         exit_after_demo: bool,
+        /// Also start a cache (`tunekv cache`) in front of the cluster, listed in cluster.json.
+        #[arg(long)]
+        cache: bool,
     },
     /// Write a value.
     Put {
@@ -439,6 +472,29 @@ pub async fn run(args: Args) -> Result<i32> {
             })
             .await
         }
+        Cmd::Cache {
+            config,
+            upstream,
+            nodes,
+            http,
+            memory_bytes,
+            ttl_ms,
+            strategies,
+            bugs,
+        } => {
+            init_tracing();
+            crate::cache_cmd::run(crate::cache_cmd::CacheOptions {
+                config,
+                upstream,
+                nodes,
+                http,
+                memory_bytes,
+                ttl_ms,
+                strategies,
+                bugs,
+            })
+            .await
+        }
         Cmd::Dev {
             nodes,
             dir,
@@ -446,8 +502,10 @@ pub async fn run(args: Args) -> Result<i32> {
             fresh,
             no_demo,
             exit_after_demo,
+            cache,
         } => {
             crate::dev::run(crate::dev::DevOptions {
+                cache,
                 nodes,
                 dir,
                 enable_faults,

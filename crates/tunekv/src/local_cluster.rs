@@ -23,6 +23,17 @@ pub struct LocalCluster {
     children: Vec<Option<Child>>,
     /// Extra `tunekv server` flags for every node started from now on.
     pub server_args: Vec<String>,
+    /// A `tunekv cache` in front of the nodes, while one runs.
+    cache: Option<CacheProcess>,
+}
+
+/// A `tunekv cache` process started by [`LocalCluster::start_cache`].
+pub struct CacheProcess {
+    child: Child,
+    /// Its HTTP address (`127.0.0.1:P`).
+    pub http: String,
+    /// The flags it was started with (a restart reuses them).
+    args: Vec<String>,
 }
 
 /// `count` free ports on 127.0.0.1: `preferred` if all of them are free, else any the OS hands out.
@@ -196,6 +207,7 @@ impl LocalCluster {
             exe: exe.to_path_buf(),
             enable_faults,
             children: (0..nodes).map(|_| None).collect(),
+            cache: None,
             server_args: Vec::new(),
         })
     }
@@ -272,6 +284,7 @@ impl LocalCluster {
     }
 
     pub fn stop_all(&mut self) {
+        self.stop_cache();
         for i in 0..self.len() {
             self.stop(i);
         }
@@ -322,6 +335,82 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Starts a `tunekv cache` in front of every node (extra flags in `args`, e.g.
+    /// `--strategy ks=write_through`), logging to `DIR/cache.log`, and waits until it answers.
+    /// Returns its HTTP address.
+    pub async fn start_cache(&mut self, args: &[String]) -> Result<String> {
+        if self.cache.is_some() {
+            bail!("a cache is already running");
+        }
+        let port = free_ports(1, &[])?[0];
+        let http = format!("127.0.0.1:{port}");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("cache.log"))?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("cache").arg("--http").arg(&http);
+        for c in &self.configs {
+            cmd.arg("--node").arg(&c.http);
+        }
+        cmd.args(args);
+        let secret = self.configs.first().map(|c| c.cluster_secret.clone());
+        let child = cmd
+            .env("TUNEKV_CLUSTER_SECRET", secret.unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.exe.display()))?;
+        self.cache = Some(CacheProcess {
+            child,
+            http: http.clone(),
+            args: args.to_vec(),
+        });
+        let client = Client::new(&format!("http://{http}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(Ok(Some(status))) = self.cache.as_mut().map(|c| c.child.try_wait()) {
+                self.cache = None;
+                bail!(
+                    "the cache exited ({status}); see {}",
+                    self.dir.join("cache.log").display()
+                );
+            }
+            if client.cache_status().await.is_ok() {
+                return Ok(http);
+            }
+            if Instant::now() > deadline {
+                bail!("the cache did not answer within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The running cache's HTTP address and PID.
+    pub fn cache(&self) -> Option<(&str, u32)> {
+        self.cache.as_ref().map(|c| (c.http.as_str(), c.child.id()))
+    }
+
+    /// kill -9 of the cache, by its PID. Returns the flags it ran with.
+    pub fn kill_cache(&mut self) -> Vec<String> {
+        match self.cache.take() {
+            Some(mut c) => {
+                let _ = c.child.kill();
+                let _ = c.child.wait();
+                c.args
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// SIGTERM to the cache, then SIGKILL after a grace period.
+    pub fn stop_cache(&mut self) {
+        if let Some(mut c) = self.cache.take() {
+            stop_child(&mut c.child);
+        }
+    }
+
     /// Writes `DIR/cluster.json`: every node's id, HTTP address, RESP address, PID and config.
     pub fn write_cluster_json(&self) -> Result<PathBuf> {
         let nodes: Vec<_> = self
@@ -333,10 +422,11 @@ impl LocalCluster {
             })
             .collect();
         let path = self.dir.join("cluster.json");
-        fs::write(
-            &path,
-            serde_json::to_string_pretty(&json!({"nodes": nodes}))?,
-        )?;
+        let mut doc = json!({"nodes": nodes});
+        if let Some(c) = &self.cache {
+            doc["cache"] = json!({"http": c.http, "resp": null, "pid": c.child.id()});
+        }
+        fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
         Ok(path)
     }
 }
@@ -344,6 +434,10 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         // Never leave node processes behind (tests that fail mid-way included).
+        if let Some(c) = self.cache.as_mut() {
+            let _ = c.child.kill();
+            let _ = c.child.wait();
+        }
         for c in self.children.iter_mut().flatten() {
             let _ = c.kill();
             let _ = c.wait();

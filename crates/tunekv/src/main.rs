@@ -2,6 +2,7 @@
 //! Exit codes (owned here, in one place): 0 success, 1 not found, 2 any error.
 
 mod bench;
+mod cache_cmd;
 mod cli;
 mod dev;
 mod server;

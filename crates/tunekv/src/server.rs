@@ -70,7 +70,7 @@ pub async fn run(config_path: &Path, enable_faults: bool, bugs: Bugs) -> Result<
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

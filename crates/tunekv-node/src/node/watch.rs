@@ -31,6 +31,8 @@ pub enum WatchEvent {
         /// Leaderless keyspaces: the version stored (HLC stamp, node); the position is then
         /// the key's ring partition, index 0, the version's time.
         version: Option<(u64, u64)>,
+        /// When the new value expires (Unix ms), if it does (ordered keyspaces).
+        expires_ms: Option<u64>,
     },
     /// Leaderless keyspaces: every version `node` stored up to its sequence `seq` has been
     /// considered (delivered, or left out as a duplicate or an older version).
@@ -110,6 +112,7 @@ fn change_event(shard: ShardId, c: tunekv_raft::Change) -> WatchEvent {
         value: c.value,
         kind: c.kind,
         version: None,
+        expires_ms: c.expires_ms,
     }
 }
 
@@ -207,6 +210,7 @@ impl Watch {
                     key: c.key,
                     value: c.value,
                     version: Some(c.version),
+                    expires_ms: None,
                 });
             }
             self.pending.push_back(WatchEvent::NodeProgress {

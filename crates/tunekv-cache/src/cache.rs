@@ -1,0 +1,576 @@
+//! [`Cache`]: the read path (requirement → `judge` → probe / wait for the feed / serve from
+//! memory / fill from the store) and writes through the cache. Front ends (`http.rs`) call
+//! it with parsed requests; it knows nothing about HTTP.
+
+use crate::config::{CacheConfig, Strategy};
+use crate::copy::{CacheBugs, Fill, FillResult, ShardCopy, Space};
+use crate::store::{Entry, Store};
+use crate::upstream::{Fetched, Upstream};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tunekv_client::{Opts, WriteReply};
+use tunekv_core::keyspace::shard_for_key;
+use tunekv_core::limits::KEY_BYTES_MAX;
+use tunekv_core::{
+    judge, Code, CopyState, KeyspaceSpec, Level, LogIndex, Mode, Position, Requirement, Session,
+    SessionKey, Staleness, TunekvError, Verdict,
+};
+
+/// The longest wait budget a request may ask for.
+pub const WAIT_MS_CAP: u64 = 60_000;
+
+/// How a read was answered (`tunekv-cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// From memory.
+    Hit,
+    /// This read fetched from the store.
+    Miss,
+    /// This read waited for another read's fetch of the same key and used its answer.
+    Coalesced,
+}
+
+impl Served {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Served::Hit => "hit",
+            Served::Miss => "miss",
+            Served::Coalesced => "coalesced",
+        }
+    }
+}
+
+/// A read's answer and its receipt.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub value: Option<Bytes>,
+    pub version: Option<u64>,
+    pub expires_ms: Option<u64>,
+    pub level: Level,
+    pub position: Position,
+    pub staleness: Staleness,
+    pub served: Served,
+    /// Leaderless keyspaces (read through): the node's quorum receipt.
+    pub quorum: Option<String>,
+    /// The session token to return (`None`: the session as updated by the read).
+    pub token: Option<String>,
+}
+
+/// A failed read, and how far it got.
+#[derive(Clone, Debug)]
+pub struct Refused {
+    pub error: TunekvError,
+    pub served: Served,
+}
+
+impl From<TunekvError> for Refused {
+    fn from(error: TunekvError) -> Self {
+        Refused {
+            error,
+            served: Served::Miss,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub coalesced: AtomicU64,
+    /// Fills not cached because the feed delivered a newer change meanwhile.
+    pub stale_fills_dropped: AtomicU64,
+}
+
+pub struct Cache {
+    pub config: CacheConfig,
+    pub store: Arc<Store>,
+    pub upstream: Arc<Upstream>,
+    pub key: SessionKey,
+    pub stats: Stats,
+    pub bugs: CacheBugs,
+    spaces: Mutex<HashMap<String, Arc<OnceCell<Arc<Space>>>>>,
+    stop: CancellationToken,
+    started: Instant,
+}
+
+fn err(code: Code, message: impl Into<String>) -> TunekvError {
+    TunekvError::new(code, message)
+}
+
+impl Cache {
+    pub fn new(config: CacheConfig, bugs: CacheBugs) -> Result<Arc<Cache>, String> {
+        config.validate()?;
+        let key = SessionKey::new(config.cluster_secret.as_bytes())?;
+        Ok(Arc::new(Cache {
+            store: Arc::new(Store::new(config.memory_bytes)),
+            upstream: Arc::new(Upstream::new(&config.upstream, key.clone())),
+            key,
+            stats: Stats::default(),
+            bugs,
+            spaces: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
+            started: Instant::now(),
+            config,
+        }))
+    }
+
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The keyspaces loaded so far.
+    pub fn spaces(&self) -> Vec<Arc<Space>> {
+        let cells: Vec<_> = self
+            .spaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        cells.iter().filter_map(|c| c.get().cloned()).collect()
+    }
+
+    /// The keyspace, loaded from the store on first use (once, however many reads ask at
+    /// once), with its feed started.
+    pub async fn space(
+        self: &Arc<Self>,
+        ks: &str,
+        deadline: Instant,
+    ) -> Result<Arc<Space>, TunekvError> {
+        let cell = self
+            .spaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(ks.to_string())
+            .or_default()
+            .clone();
+        let space = cell
+            .get_or_try_init(|| async {
+                let info = self.upstream.keyspace(ks, deadline).await?;
+                let id = info["id"].as_u64().ok_or_else(|| {
+                    err(
+                        Code::Internal,
+                        format!("keyspace {ks:?} came without an id: {info}"),
+                    )
+                })?;
+                let mut fields = info.clone();
+                if let Some(o) = fields.as_object_mut() {
+                    o.remove("id");
+                    o.remove("name");
+                }
+                let spec: KeyspaceSpec = serde_json::from_value(fields).map_err(|e| {
+                    err(
+                        Code::Internal,
+                        format!("keyspace {ks:?}: unreadable spec {info}: {e}"),
+                    )
+                })?;
+                let space = Arc::new(Space::new(ks, id, spec, &self.config, self.bugs));
+                if space.spec.mode == Mode::Ordered {
+                    tokio::spawn(crate::feed::follow(
+                        space.clone(),
+                        self.store.clone(),
+                        self.upstream.clone(),
+                        Duration::from_millis(self.config.feed_lag_switch_ms),
+                        self.stop.clone(),
+                    ));
+                }
+                Ok::<_, TunekvError>(space)
+            })
+            .await?;
+        Ok(space.clone())
+    }
+
+    fn deadline(&self, started: Instant, wait: Option<Duration>) -> Instant {
+        let budget = wait
+            .unwrap_or(Duration::from_millis(self.config.wait_ms_default))
+            .min(Duration::from_millis(WAIT_MS_CAP));
+        started + budget
+    }
+
+    /// Reads `key` at `level` (default: the keyspace's) for `session`, from memory when the
+    /// cache's position satisfies the level, else from the store.
+    pub async fn get(
+        self: &Arc<Self>,
+        ks: &str,
+        key: &[u8],
+        level: Option<Level>,
+        wait: Option<Duration>,
+        session: &mut Session,
+    ) -> Result<Answer, Refused> {
+        let started = Instant::now();
+        let deadline = self.deadline(started, wait);
+        if key.is_empty() || key.len() > KEY_BYTES_MAX {
+            return Err(err(Code::KeyInvalid, "a key is 1 to 1024 bytes").into());
+        }
+        let space = self.space(ks, deadline).await?;
+        let level = level.unwrap_or_else(|| space.spec.default_level());
+        space.spec.mode.admits(level)?;
+        if space.spec.mode != Mode::Ordered {
+            return self
+                .read_through(&space, key, level, session, deadline)
+                .await;
+        }
+        let copy = space.shards[shard_for_key(key, space.spec.shards).0 as usize].clone();
+        session.admit(copy.group)?;
+        let mark = if self.bugs.ignore_session {
+            tunekv_core::Mark::default()
+        } else {
+            session.mark(copy.group)
+        };
+        let mut req = Requirement::for_level(level, mark)?;
+        let mut waited = false;
+        let mut probed = None;
+        loop {
+            // F first, then the entry: a change the feed applied before F moved is in it.
+            let fed = copy.fed();
+            let entry = if fed.live {
+                self.live_entry(&space, key)
+            } else {
+                None
+            };
+            let applied = entry.as_ref().map_or(fed.index, |e| e.since.max(fed.index));
+            let state = CopyState {
+                applied: Position {
+                    shard: copy.shard,
+                    index: LogIndex(applied),
+                    commit_ms: 0,
+                },
+                known_commit: LogIndex(copy.known_commit().max(applied)),
+                is_leader: false,
+                contact_age: None,
+                watermark: copy.watermark(applied),
+            };
+            match judge(&state, &req, started.elapsed()) {
+                Verdict::Serve => {
+                    if let Some(e) = entry {
+                        return Ok(self.hit(&copy, &e, applied, probed, level, started, session));
+                    }
+                    let need = match req {
+                        Requirement::AppliedAtLeast(i) => i.0,
+                        _ => 0,
+                    };
+                    let at = Reading {
+                        level,
+                        probed,
+                        started,
+                        deadline,
+                    };
+                    return self.fill(&space, &copy, key, need, at, session).await;
+                }
+                Verdict::Probe => {
+                    let ri = copy
+                        .probe(&self.upstream, &space.name, started, deadline)
+                        .await
+                        .map_err(|e| retyped(e, req, level))?;
+                    probed = Some(ri);
+                    req = req.after_probe(LogIndex(ri));
+                }
+                Verdict::Wait(i) => {
+                    let feed_wait =
+                        Instant::now() + Duration::from_millis(self.config.feed_wait_ms);
+                    if !waited && copy.wait_fed(i.0, feed_wait.min(deadline)).await {
+                        waited = true;
+                        continue;
+                    }
+                    // The feed is behind what this read needs: ask the store.
+                    let at = Reading {
+                        level,
+                        probed,
+                        started,
+                        deadline,
+                    };
+                    return self.fill(&space, &copy, key, i.0, at, session).await;
+                }
+                Verdict::Refuse(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The key's entry if it may be served now: this epoch, within its TTL, and its value not
+    /// about to expire.
+    fn live_entry(&self, space: &Space, key: &[u8]) -> Option<Arc<Entry>> {
+        let e = self.store.get(space.id, key)?;
+        if e.epoch != space.epoch() || Instant::now() >= e.deadline {
+            return None;
+        }
+        if let Some(at) = e.expires_ms {
+            let now = unix_ms();
+            if at <= now.saturating_add(self.config.expiry_margin_ms) {
+                return None;
+            }
+        }
+        Some(e)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn hit(
+        &self,
+        copy: &ShardCopy,
+        e: &Entry,
+        applied: u64,
+        probed: Option<u64>,
+        level: Level,
+        started: Instant,
+        session: &mut Session,
+    ) -> Answer {
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        session.read(copy.group, LogIndex(applied));
+        Answer {
+            value: e.value.clone(),
+            version: e.value.as_ref().map(|_| e.version),
+            expires_ms: e.expires_ms,
+            level,
+            position: Position {
+                shard: copy.shard,
+                index: LogIndex(applied),
+                commit_ms: e.commit_ms.max(copy.fed_commit_ms()),
+            },
+            staleness: self.staleness(copy, applied, probed, started, None),
+            served: Served::Hit,
+            quorum: None,
+            token: None,
+        }
+    }
+
+    /// How far a state at `index` is behind: committed entries beyond it (the read's own read
+    /// index if it probed, else the newest commit the cache knows), and the age at the read's
+    /// start of the newest freshness proof it satisfies (`u64::MAX`: none), or the store's own
+    /// receipt when that is better.
+    fn staleness(
+        &self,
+        copy: &ShardCopy,
+        index: u64,
+        probed: Option<u64>,
+        started: Instant,
+        upstream: Option<Staleness>,
+    ) -> Staleness {
+        let age = copy
+            .proof_for(index)
+            .map(|h| started.saturating_duration_since(h));
+        let newest = probed.unwrap_or_else(|| copy.known_commit());
+        let mine = Staleness::proven(newest.saturating_sub(index), age);
+        match upstream {
+            Some(s) => Staleness {
+                entries: mine.entries.min(s.entries),
+                ms: mine.ms.min(s.ms),
+            },
+            None => mine,
+        }
+    }
+
+    /// Fetches `key` from the store at a state no older than `need` (and than the feed),
+    /// coalesced with every other read of the key: one upstream read, whose answer each
+    /// waiting read uses when it is new enough for it.
+    async fn fill(
+        self: &Arc<Self>,
+        space: &Arc<Space>,
+        copy: &Arc<ShardCopy>,
+        key: &[u8],
+        need: u64,
+        at: Reading,
+        session: &mut Session,
+    ) -> Result<Answer, Refused> {
+        let Reading { deadline, .. } = at;
+        loop {
+            let mut rx = match copy.join_fill(space, key, need) {
+                Fill::Fetch { need } => {
+                    let (me, sp, cp, k) = (self.clone(), space.clone(), copy.clone(), key.to_vec());
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    // Its own task: a read that gives up does not strand those waiting on it.
+                    tokio::spawn(async move {
+                        let sent = Instant::now();
+                        let r: FillResult = Arc::new(
+                            me.upstream
+                                .fill(&sp.name, &k, cp.group, need, deadline)
+                                .await,
+                        );
+                        if let Ok(f) = r.as_ref() {
+                            // The node's receipt is a freshness proof on this clock too: its
+                            // read began after `sent` (allowing 0.1 % clock-rate drift).
+                            if let Some(h) = proof_time(sent, f.staleness.ms) {
+                                cp.add_proof(f.position.index.0, h);
+                            }
+                        }
+                        if cp.finish_fill(&me.store, &sp, &k, r.clone()) {
+                            tracing::trace!("filled");
+                        } else if r.is_ok() {
+                            me.stats.stale_fills_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let _ = tx.send(r);
+                    });
+                    let r = rx
+                        .await
+                        .map_err(|_| err(Code::Internal, "a fill task ended"))?;
+                    self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                    return self.answer_fill(copy, &r, &at, Served::Miss, session);
+                }
+                Fill::Wait(rx) => rx,
+            };
+            let served = Served::Coalesced;
+            let got = tokio::time::timeout_at(deadline, rx.wait_for(|r| r.is_some())).await;
+            let r = match got {
+                Ok(Ok(r)) => r.clone(),
+                _ => {
+                    return Err(Refused {
+                        error: err(
+                            Code::Timeout,
+                            "the store's answer did not come within the wait budget",
+                        ),
+                        served,
+                    })
+                }
+            };
+            let Some(r) = r else { continue };
+            match r.as_ref() {
+                Ok(f) if f.position.index.0 >= need => {
+                    self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                    return self.answer_fill(copy, &r, &at, Served::Coalesced, session);
+                }
+                // Read before this read's requirement: fetch again (rare: the requirement rose
+                // while that fetch was in flight).
+                Ok(_) => continue,
+                Err(e) => {
+                    return Err(Refused {
+                        error: e.clone(),
+                        served,
+                    })
+                }
+            }
+        }
+    }
+
+    fn answer_fill(
+        &self,
+        copy: &ShardCopy,
+        r: &FillResult,
+        at: &Reading,
+        served: Served,
+        session: &mut Session,
+    ) -> Result<Answer, Refused> {
+        let f = r.as_ref().as_ref().map_err(|e| Refused {
+            error: e.clone(),
+            served,
+        })?;
+        let index = f.position.index.0;
+        session.read(copy.group, LogIndex(index));
+        Ok(Answer {
+            value: f.value.clone(),
+            version: f.version,
+            expires_ms: f.expires_ms,
+            level: at.level,
+            position: f.position,
+            staleness: self.staleness(copy, index, at.probed, at.started, Some(f.staleness)),
+            served,
+            quorum: None,
+            token: None,
+        })
+    }
+
+    /// Keyspaces whose copies have no log position (leaderless, volatile): every read goes to
+    /// the store as asked, and the store's receipt is returned.
+    async fn read_through(
+        &self,
+        space: &Space,
+        key: &[u8],
+        level: Level,
+        session: &Session,
+        deadline: Instant,
+    ) -> Result<Answer, Refused> {
+        let mut opts = Opts::level(&level.to_string());
+        if !session.is_empty() {
+            opts = opts.session(&self.key.encode(session));
+        }
+        let f: Fetched = self
+            .upstream
+            .read_as_asked(&space.name, key, &opts, deadline)
+            .await?;
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        Ok(Answer {
+            value: f.value,
+            version: f.version,
+            expires_ms: f.expires_ms,
+            level,
+            position: f.position,
+            staleness: f.staleness,
+            served: Served::Miss,
+            quorum: f.quorum,
+            token: Some(f.session),
+        })
+    }
+
+    /// A PUT (`Some` value) or DELETE through the cache: sent to the store; once acknowledged
+    /// the entry becomes the written value (write-through) or is dropped (read-through).
+    pub async fn write(
+        self: &Arc<Self>,
+        ks: &str,
+        key: &[u8],
+        value: Option<Bytes>,
+        wait: Option<Duration>,
+        session: &Session,
+    ) -> Result<WriteReply, TunekvError> {
+        let started = Instant::now();
+        let deadline = self.deadline(started, wait);
+        let space = self.space(ks, deadline).await?;
+        let mut opts = Opts::default();
+        if !session.is_empty() {
+            opts = opts.session(&self.key.encode(session));
+        }
+        let reply = self
+            .upstream
+            .write(&space.name, key, value.as_deref(), &opts, deadline)
+            .await?;
+        if space.spec.mode == Mode::Ordered {
+            let copy = &space.shards[shard_for_key(key, space.spec.shards).0 as usize];
+            match space.strategy {
+                Strategy::WriteThrough => copy.wrote(&self.store, &space, key, reply.index, value),
+                Strategy::ReadThrough => copy.dropped(&self.store, &space, key, reply.index),
+            }
+        }
+        Ok(reply)
+    }
+}
+
+/// What a read carries into a fill.
+#[derive(Clone, Copy)]
+struct Reading {
+    level: Level,
+    /// The read index its probe returned, if it probed.
+    probed: Option<u64>,
+    started: Instant,
+    deadline: Instant,
+}
+
+/// A probe's failure in the read level's terms (`bounded` → `staleness_bound_unmet`).
+fn retyped(e: TunekvError, req: Requirement, level: Level) -> Refused {
+    let code = match e.code {
+        Code::NoQuorum | Code::Unavailable => req.no_probe_code(level),
+        Code::Timeout => req.unmet_code(level),
+        other => other,
+    };
+    TunekvError::new(code, e.message).into()
+}
+
+/// `sent − ms` (plus the drift allowance), when the receipt has an age at all.
+fn proof_time(sent: Instant, ms: u64) -> Option<Instant> {
+    if ms == u64::MAX {
+        return None;
+    }
+    let back = Duration::from_millis(ms.saturating_add(ms / 1000).saturating_add(1));
+    sent.checked_sub(back)
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

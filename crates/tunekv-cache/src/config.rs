@@ -1,0 +1,170 @@
+//! The cache's configuration (`tunekv cache --config cache.toml`, docs/cache.md).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How writes sent to the cache reach the store, per keyspace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Cache-aside / read-through: reads fill the cache, writes go to the store and drop the
+    /// key's entry (the feed, or the next read, brings the new value).
+    #[default]
+    ReadThrough,
+    /// Writes go to the store; once acknowledged, the entry is set at the write's position, so
+    /// the writer's next read hits.
+    WriteThrough,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::ReadThrough => "read_through",
+            Strategy::WriteThrough => "write_through",
+        }
+    }
+}
+
+/// Per-keyspace settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyspaceCache {
+    pub strategy: Strategy,
+    /// Overrides `ttl_ms` for this keyspace's entries.
+    pub ttl_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// HTTP listen address (the node's read API, plus `/v1/cache`).
+    pub http: String,
+    /// The cluster's nodes (HTTP addresses); the cache fails over between them.
+    pub upstream: Vec<String>,
+    /// The cluster secret: the cache checks and issues session tokens like a node.
+    pub cluster_secret: String,
+    /// Memory for entries, in bytes (key + value + `ENTRY_OVERHEAD_BYTES` each).
+    pub memory_bytes: u64,
+    /// Every entry expires this long after it was filled (mandatory: never infinite).
+    pub ttl_ms: u64,
+    /// Each entry's TTL is spread uniformly by ± this percentage, so entries filled together do
+    /// not expire together.
+    pub ttl_jitter_pct: u32,
+    /// TTL of a cached absence (a key the store does not hold).
+    pub negative_ttl_ms: u64,
+    /// A value whose own expiry (`EXPIRE`, `SET … PX`) is nearer than this is not served from
+    /// memory: clocks of the cache and the nodes may disagree by this much.
+    pub expiry_margin_ms: u64,
+    /// How long a read whose level needs a newer position than the feed has reached waits for
+    /// the feed before asking the store.
+    pub feed_wait_ms: u64,
+    /// Wait budget of a request that names none (`wait_ms_max`).
+    pub wait_ms_default: u64,
+    /// A shard whose feed stays behind the read index the cache learned for this long makes
+    /// the feed move to another node.
+    pub feed_lag_switch_ms: u64,
+    pub keyspaces: BTreeMap<String, KeyspaceCache>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            http: "127.0.0.1:7480".into(),
+            upstream: Vec::new(),
+            cluster_secret: String::new(),
+            memory_bytes: 256 << 20,
+            ttl_ms: 300_000,
+            ttl_jitter_pct: 10,
+            negative_ttl_ms: 5_000,
+            expiry_margin_ms: 500,
+            feed_wait_ms: 200,
+            wait_ms_default: 1_000,
+            feed_lag_switch_ms: 3_000,
+            keyspaces: BTreeMap::new(),
+        }
+    }
+}
+
+/// The longest TTL accepted (a week): entries always expire.
+pub const TTL_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+
+impl CacheConfig {
+    pub fn from_toml(text: &str) -> Result<CacheConfig, String> {
+        let c: CacheConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Refuses settings that would break a promise: no upstream, no secret, a TTL of zero or
+    /// beyond [`TTL_MS_MAX`], a jitter of 100 % or more.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.upstream.is_empty() {
+            return Err("upstream: name at least one node's HTTP address".into());
+        }
+        if self.cluster_secret.len() < 16 {
+            return Err(
+                "cluster_secret: the cluster's secret (at least 16 characters) is needed to \
+                 check and issue session tokens"
+                    .into(),
+            );
+        }
+        let ttls = std::iter::once(("ttl_ms", self.ttl_ms))
+            .chain(std::iter::once(("negative_ttl_ms", self.negative_ttl_ms)))
+            .chain(
+                self.keyspaces
+                    .values()
+                    .filter_map(|k| k.ttl_ms.map(|t| ("keyspaces.*.ttl_ms", t))),
+            );
+        for (name, ttl) in ttls {
+            if ttl == 0 || ttl > TTL_MS_MAX {
+                return Err(format!(
+                    "{name} = {ttl}: a TTL is mandatory, between 1 and {TTL_MS_MAX} ms"
+                ));
+            }
+        }
+        if self.ttl_jitter_pct >= 100 {
+            return Err("ttl_jitter_pct must be below 100".into());
+        }
+        if self.memory_bytes < 1 << 20 {
+            return Err("memory_bytes must be at least 1 MiB".into());
+        }
+        Ok(())
+    }
+
+    pub fn keyspace(&self, name: &str) -> KeyspaceCache {
+        self.keyspaces.get(name).cloned().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> String {
+        "upstream = [\"127.0.0.1:1\"]\ncluster_secret = \"0123456789abcdef0123\"\n".into()
+    }
+
+    #[test]
+    fn a_ttl_is_mandatory_and_bounded() {
+        assert!(CacheConfig::from_toml(&base()).is_ok());
+        for bad in ["ttl_ms = 0", "negative_ttl_ms = 0", "ttl_ms = 999999999999"] {
+            let e = CacheConfig::from_toml(&format!("{}{bad}\n", base())).unwrap_err();
+            assert!(e.contains("TTL is mandatory"), "{bad}: {e}");
+        }
+        let per_ks = format!("{}[keyspaces.k]\nttl_ms = 0\n", base());
+        assert!(CacheConfig::from_toml(&per_ks).is_err());
+    }
+
+    #[test]
+    fn unknown_settings_and_missing_upstream_are_refused() {
+        assert!(CacheConfig::from_toml(&format!("{}ttl = 5\n", base())).is_err());
+        assert!(CacheConfig::from_toml("cluster_secret = \"0123456789abcdef0123\"").is_err());
+        let ws = format!("{}[keyspaces.k]\nstrategy = \"write_through\"\n", base());
+        assert_eq!(
+            CacheConfig::from_toml(&ws).unwrap().keyspace("k").strategy,
+            Strategy::WriteThrough
+        );
+        let bad = format!("{}[keyspaces.k]\nstrategy = \"write_sideways\"\n", base());
+        assert!(CacheConfig::from_toml(&bad).is_err());
+    }
+}

@@ -1,0 +1,298 @@
+//! The cache's HTTP front end: the node's key API (`GET`, `PUT`, `DELETE /v1/kv/{ks}/{key}`,
+//! parsed by `tunekv_api::request::parse` exactly as a node parses it) and `GET /v1/cache`
+//! (what the cache holds and has done). Every answer carries `tunekv-served-by: cache` and
+//! `tunekv-cache: hit|miss|coalesced`.
+
+use crate::cache::{Answer, Cache, Refused, Served};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tunekv_api::request::{self, ApiRequest, KeyEncoding, H_LEVEL, H_SESSION};
+use tunekv_api::{
+    error_response, read_body, refusal_response, value_json, H_EXPIRES, H_POSITION, H_SERVED_BY,
+    H_STALENESS, H_VERSION,
+};
+use tunekv_core::code::echo_bytes;
+use tunekv_core::{Code, Session, TunekvError};
+
+/// How a read was answered.
+pub const H_CACHE: &str = "tunekv-cache";
+/// What `tunekv-served-by` says of every answer the cache gives.
+pub const SERVED_BY: &str = "cache";
+
+/// How long a request body may stall.
+const BODY_STALL: Duration = Duration::from_secs(10);
+
+pub fn router(cache: Arc<Cache>) -> Router {
+    Router::new().fallback(handle).with_state(cache)
+}
+
+fn header(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+async fn handle(State(cache): State<Arc<Cache>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let mut response = if parts.uri.path() == "/v1/cache" {
+        if parts.method == Method::GET {
+            status(&cache).into_response()
+        } else {
+            error_response(TunekvError::new(
+                Code::MethodNotAllowed,
+                "/v1/cache answers GET",
+            ))
+        }
+    } else {
+        match read_body(&parts.headers, body, BODY_STALL).await {
+            Err(e) => error_response(e),
+            Ok(body) => {
+                match request::parse(&cache.key, &parts.method, &parts.uri, &parts.headers, body) {
+                    Ok(req) => execute(&cache, req).await,
+                    Err(refusal) => refusal_response(refusal),
+                }
+            }
+        }
+    };
+    let h = response.headers_mut();
+    h.insert(
+        HeaderName::from_static(H_SERVED_BY),
+        HeaderValue::from_static(SERVED_BY),
+    );
+    if !h.contains_key(H_CACHE) {
+        h.insert(
+            HeaderName::from_static(H_CACHE),
+            HeaderValue::from_static(Served::Miss.as_str()),
+        );
+    }
+    response
+}
+
+async fn execute(cache: &Arc<Cache>, req: ApiRequest) -> Response {
+    match req {
+        ApiRequest::Index => (
+            StatusCode::OK,
+            "tunekv cache: GET/PUT/DELETE /v1/kv/{ks}/{key} (the node's key API), GET /v1/cache\n",
+        )
+            .into_response(),
+        ApiRequest::Get {
+            ks,
+            key,
+            key_encoding,
+            json,
+            level,
+            r,
+            wait,
+            mut session,
+        } => {
+            if r.is_some() {
+                return error_response(TunekvError::new(
+                    Code::QuorumInvalid,
+                    "the cache reads leaderless keyspaces at their default r; send r to a node",
+                ));
+            }
+            match cache.get(&ks, &key, level, wait, &mut session).await {
+                Ok(a) => read_response(cache, &ks, &key, key_encoding, json, a, &session),
+                Err(Refused { error, served }) => {
+                    let mut r = error_response(error);
+                    r.headers_mut()
+                        .insert(HeaderName::from_static(H_CACHE), header(served.as_str()));
+                    r
+                }
+            }
+        }
+        ApiRequest::Put {
+            ks,
+            key,
+            value,
+            context: None,
+            if_version: None,
+            w: None,
+            wait,
+            session,
+        } => write(cache, &ks, &key, Some(value), wait, &session).await,
+        ApiRequest::Delete {
+            ks,
+            key,
+            context: None,
+            if_version: None,
+            w: None,
+            wait,
+            session,
+        } => write(cache, &ks, &key, None, wait, &session).await,
+        ApiRequest::Put { .. } | ApiRequest::Delete { .. } => error_response(TunekvError::new(
+            Code::BadRequest,
+            "the cache writes plain PUT and DELETE; send conditional writes (if_version), \
+             causal contexts and write quorums (w) to a node",
+        )),
+        _ => error_response(TunekvError::new(
+            Code::RouteNotFound,
+            "the cache serves GET, PUT and DELETE of keys and GET /v1/cache; send this request \
+             to a node",
+        )),
+    }
+}
+
+fn read_response(
+    cache: &Cache,
+    ks: &str,
+    key: &[u8],
+    key_encoding: KeyEncoding,
+    as_json: bool,
+    a: Answer,
+    session: &Session,
+) -> Response {
+    let token = a.token.clone().unwrap_or_else(|| cache.key.encode(session));
+    let mut h = HeaderMap::new();
+    h.insert(
+        HeaderName::from_static(H_LEVEL),
+        header(&a.level.to_string()),
+    );
+    h.insert(
+        HeaderName::from_static(H_POSITION),
+        header(&a.position.to_string()),
+    );
+    h.insert(
+        HeaderName::from_static(H_STALENESS),
+        header(&a.staleness.header()),
+    );
+    h.insert(HeaderName::from_static(H_CACHE), header(a.served.as_str()));
+    h.insert(HeaderName::from_static(H_SESSION), header(&token));
+    if let Some(q) = &a.quorum {
+        h.insert(HeaderName::from_static("tunekv-quorum"), header(q));
+    }
+    if let (Some(v), true) = (a.version, a.value.is_some()) {
+        h.insert(HeaderName::from_static(H_VERSION), header(&v.to_string()));
+    }
+    if let Some(e) = a.expires_ms {
+        h.insert(HeaderName::from_static(H_EXPIRES), header(&e.to_string()));
+    }
+    let status = if a.value.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    if as_json {
+        let (text, hex) = value_json(a.value.as_deref());
+        let shown = key_encoding.show(key);
+        let mut body = json!({
+            "key": shown,
+            "found": a.value.is_some(),
+            "value": text,
+            "version": a.version,
+            "cache": a.served.as_str(),
+            "receipt": {
+                "level": a.level.to_string(),
+                "served_by": SERVED_BY,
+                "position": a.position.to_string(),
+                "shard": a.position.shard.0,
+                "index": a.position.index.0,
+                "commit_ms": a.position.commit_ms,
+                "staleness_entries": a.staleness.entries,
+                "staleness_ms": a.staleness.ms,
+            },
+            "session": token,
+        });
+        if shown.is_none() {
+            body["key_base64url"] = json!(request::base64url(key));
+        }
+        if let Some(x) = hex {
+            body["value_hex"] = json!(x);
+        }
+        return (status, h, Json(body)).into_response();
+    }
+    match a.value {
+        Some(v) => (status, h, Body::from(v)).into_response(),
+        None => {
+            let message = format!(
+                "key {} not found in {}",
+                echo_bytes(key),
+                echo_bytes(ks.as_bytes())
+            );
+            let body = json!({"error": {"code": Code::NotFound.as_str(), "message": message}});
+            (status, h, Json(body)).into_response()
+        }
+    }
+}
+
+async fn write(
+    cache: &Arc<Cache>,
+    ks: &str,
+    key: &[u8],
+    value: Option<bytes::Bytes>,
+    wait: Option<Duration>,
+    session: &Session,
+) -> Response {
+    match cache.write(ks, key, value, wait, session).await {
+        Err(e) => error_response(e),
+        Ok(w) => {
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::from_static(H_POSITION), header(&w.position));
+            h.insert(HeaderName::from_static(H_SESSION), header(&w.session));
+            let body = json!({
+                "position": w.position,
+                "shard": w.shard,
+                "index": w.index,
+                "commit_ms": w.commit_ms,
+                "existed": w.existed,
+                "session": w.session,
+            });
+            (StatusCode::OK, h, Json(body)).into_response()
+        }
+    }
+}
+
+/// `GET /v1/cache`: entries and bytes held, counters, and per keyspace and shard the feed's
+/// position.
+fn status(cache: &Cache) -> Json<serde_json::Value> {
+    let (entries, bytes) = cache.store.usage();
+    let s = &cache.stats;
+    let u = &cache.upstream.counters;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let keyspaces: Vec<_> = cache
+        .spaces()
+        .iter()
+        .map(|sp| {
+            let shards: Vec<_> = sp
+                .shards
+                .iter()
+                .map(|c| {
+                    let fed = c.fed();
+                    json!({"shard": c.shard.0, "fed": fed.index, "live": fed.live, "known_commit": c.known_commit()})
+                })
+                .collect();
+            json!({
+                "name": &*sp.name,
+                "id": sp.id,
+                "mode": sp.spec.mode.as_str(),
+                "strategy": sp.strategy.as_str(),
+                "epoch": sp.epoch(),
+                "shards": shards,
+            })
+        })
+        .collect();
+    Json(json!({
+        "served_by": SERVED_BY,
+        "uptime_ms": cache.uptime().as_millis() as u64,
+        "entries": entries,
+        "bytes": bytes,
+        "memory_bytes": cache.store.capacity(),
+        "hits": load(&s.hits),
+        "misses": load(&s.misses),
+        "coalesced": load(&s.coalesced),
+        "stale_fills_dropped": load(&s.stale_fills_dropped),
+        "upstream": {
+            "nodes": cache.config.upstream,
+            "reads": load(&u.reads),
+            "probes": load(&u.probes),
+            "writes": load(&u.writes),
+            "failovers": load(&u.failovers),
+        },
+        "keyspaces": keyspaces,
+    }))
+}

@@ -1,0 +1,36 @@
+//! Running a cache process: bind, serve, stop.
+
+use crate::cache::Cache;
+use crate::config::CacheConfig;
+use crate::copy::CacheBugs;
+use std::future::Future;
+use std::time::Duration;
+use tunekv_api::HttpLimits;
+
+/// The listener's limits for the cache (as a node's defaults).
+const LIMITS: HttpLimits = HttpLimits {
+    connections_max: 10_000,
+    header_read_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(60),
+};
+
+/// Serves the cache until `shutdown` completes. Prints one line once it listens.
+pub async fn run(
+    config: CacheConfig,
+    bugs: CacheBugs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let cache = Cache::new(config, bugs)?;
+    let listener = tokio::net::TcpListener::bind(&cache.config.http)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cache.config.http))?;
+    println!(
+        "tunekv cache listening on http://{} in front of {}",
+        cache.config.http,
+        cache.config.upstream.join(", ")
+    );
+    let app = crate::http::router(cache.clone());
+    let served = tunekv_api::serve(listener, app, LIMITS, shutdown).await;
+    cache.shutdown();
+    served.map_err(|e| e.to_string())
+}

@@ -1,0 +1,118 @@
+//! `tunekv cache`: a cache process in front of a cluster (crate `tunekv-cache`).
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use tunekv_cache::{CacheBugs, CacheConfig, KeyspaceCache, Strategy};
+
+pub struct CacheOptions {
+    pub config: Option<PathBuf>,
+    pub upstream: Option<PathBuf>,
+    pub nodes: Vec<String>,
+    pub http: Option<String>,
+    pub memory_bytes: Option<u64>,
+    pub ttl_ms: Option<u64>,
+    pub strategies: Vec<String>,
+    pub bugs: Vec<String>,
+}
+
+/// The nodes of a `cluster.json` (as `tunekv dev` writes it) and the cluster secret from the
+/// first node's config file it names.
+fn from_cluster_json(path: &Path) -> Result<(Vec<String>, Option<String>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let nodes = v["nodes"]
+        .as_array()
+        .with_context(|| format!("{}: no \"nodes\" array", path.display()))?;
+    let http = nodes
+        .iter()
+        .filter_map(|n| n["http"].as_str().map(str::to_string))
+        .collect();
+    let secret = nodes
+        .iter()
+        .filter_map(|n| n["config"].as_str())
+        .find_map(|c| tunekv_node::NodeConfig::load(Path::new(c)).ok())
+        .map(|c| c.cluster_secret);
+    Ok((http, secret))
+}
+
+fn bugs(names: &[String]) -> Result<CacheBugs> {
+    let mut b = CacheBugs::default();
+    if names.is_empty() {
+        return Ok(b);
+    }
+    if !cfg!(feature = "bug-injection") {
+        bail!("this build has no bug injection (--bug needs the bug-injection feature)");
+    }
+    for n in names {
+        match n.as_str() {
+            "keep-stale-fills" => b.keep_stale_fills = true,
+            "ignore-session" => b.ignore_session = true,
+            "drop-invalidations" => b.drop_invalidations = true,
+            other => bail!(
+                "unknown cache bug {other:?}; known: keep-stale-fills, ignore-session, drop-invalidations"
+            ),
+        }
+    }
+    Ok(b)
+}
+
+pub fn config(o: &CacheOptions) -> Result<CacheConfig> {
+    let mut c = match &o.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            toml::from_str::<CacheConfig>(&text)
+                .with_context(|| format!("{} is not a cache config", p.display()))?
+        }
+        None => CacheConfig::default(),
+    };
+    if let Some(path) = &o.upstream {
+        let (nodes, secret) = from_cluster_json(path)?;
+        c.upstream = nodes;
+        if c.cluster_secret.is_empty() {
+            c.cluster_secret = secret.unwrap_or_default();
+        }
+    }
+    c.upstream.extend(o.nodes.iter().cloned());
+    if let Some(h) = &o.http {
+        c.http = h.clone();
+    }
+    if let Some(m) = o.memory_bytes {
+        c.memory_bytes = m;
+    }
+    if let Some(t) = o.ttl_ms {
+        c.ttl_ms = t;
+    }
+    if c.cluster_secret.is_empty() {
+        if let Ok(s) = std::env::var("TUNEKV_CLUSTER_SECRET") {
+            c.cluster_secret = s;
+        }
+    }
+    for s in &o.strategies {
+        let Some((ks, name)) = s.split_once('=') else {
+            bail!("--strategy takes KEYSPACE=STRATEGY, e.g. demo=write_through");
+        };
+        let strategy = match name {
+            "read_through" => Strategy::ReadThrough,
+            "write_through" => Strategy::WriteThrough,
+            other => bail!("unknown strategy {other:?}; known: read_through, write_through"),
+        };
+        c.keyspaces
+            .entry(ks.to_string())
+            .or_insert_with(KeyspaceCache::default)
+            .strategy = strategy;
+    }
+    c.validate().map_err(anyhow::Error::msg)?;
+    Ok(c)
+}
+
+pub async fn run(o: CacheOptions) -> Result<i32> {
+    let c = config(&o)?;
+    let bugs = bugs(&o.bugs)?;
+    tunekv_cache::run(c, bugs, crate::server::shutdown_signal())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(0)
+}

@@ -1,0 +1,364 @@
+//! `tunekv cache` in front of a real cluster: hits obey the level, the herd makes one upstream
+//! read, a fill racing a write never leaves a stale value, writes through the cache, and what
+//! the cache does when the cluster is gone.
+
+mod common;
+
+use common::{call, eventually};
+use std::time::Duration;
+use tunekv_client::{Client, Opts, ReadReply};
+
+/// Starts a cache with `args` in front of `c` and returns a client for it.
+async fn cache(c: &mut common::TestCluster, args: &[&str]) -> Client {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let http = c.start_cache(&args).await.expect("cache starts");
+    Client::new(&format!("http://{http}"))
+}
+
+/// Waits until the cache follows `ks`'s feed on every shard (its first read loads it).
+async fn feed_live(cache: &Client, ks: &str) {
+    let _ = cache.get(ks, b"warm-up", &Opts::level("eventual")).await;
+    eventually(
+        Duration::from_secs(20),
+        "the cache's feed is live",
+        || async {
+            let s = cache.cache_status().await.ok()?;
+            let shards = s["keyspaces"]
+                .as_array()?
+                .iter()
+                .find(|k| k["name"] == ks)?["shards"]
+                .as_array()?
+                .clone();
+            shards.iter().all(|s| s["live"] == true).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Waits until the cache's feed has reached `index` on `shard`.
+async fn fed(cache: &Client, ks: &str, shard: u32, index: u64) {
+    eventually(
+        Duration::from_secs(20),
+        "the cache's feed catches up",
+        || async {
+            let s = cache.cache_status().await.ok()?;
+            let k = s["keyspaces"]
+                .as_array()?
+                .iter()
+                .find(|k| k["name"] == ks)?
+                .clone();
+            (k["shards"][shard as usize]["fed"].as_u64()? >= index).then_some(())
+        },
+    )
+    .await;
+}
+
+fn text(r: &ReadReply) -> Option<String> {
+    r.value
+        .as_ref()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+fn counter(status: &serde_json::Value, path: &[&str]) -> u64 {
+    let mut v = status;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cache_hits_obey_the_level() {
+    let mut c = common::start(3, false).await;
+    common::create_keyspace(&c.client(0), "c", 2).await;
+    let cache = cache(&mut c, &[]).await;
+    feed_live(&cache, "c").await;
+    let (n1, n2) = (c.client(0), c.client(1));
+
+    // A miss, then a hit; every answer says it came from the cache.
+    n1.put("c", b"k", b"v0", &Opts::default()).await.unwrap();
+    let first = cache
+        .get("c", b"k", &Opts::level("eventual"))
+        .await
+        .unwrap();
+    assert_eq!(text(&first).as_deref(), Some("v0"));
+    assert_eq!(first.receipt.served_by, "cache");
+    assert_eq!(first.cache.as_deref(), Some("miss"));
+    let again = cache
+        .get("c", b"k", &Opts::level("eventual"))
+        .await
+        .unwrap();
+    assert_eq!(again.cache.as_deref(), Some("hit"));
+    assert_eq!(text(&again).as_deref(), Some("v0"));
+
+    // Writes to the nodes reach the cache through the feed; a session read with the writer's
+    // token, and a strong read, always see the newest write, served from memory when the
+    // feed has caught up, never an older value.
+    let mut strong_hits = 0;
+    for i in 1..=20 {
+        let value = format!("v{i}");
+        let w = n2
+            .put("c", b"k", value.as_bytes(), &Opts::default())
+            .await
+            .unwrap();
+        let r = cache
+            .get(
+                "c",
+                b"k",
+                &Opts::level("read_your_writes").session(&w.session),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            text(&r).as_deref(),
+            Some(value.as_str()),
+            "read_your_writes, round {i}"
+        );
+        assert!(
+            r.receipt.index().unwrap() >= w.index,
+            "{:?} below the write {}",
+            r.receipt,
+            w.index
+        );
+        let s = cache.get("c", b"k", &Opts::level("strong")).await.unwrap();
+        assert_eq!(
+            text(&s).as_deref(),
+            Some(value.as_str()),
+            "strong, round {i}"
+        );
+        assert_eq!(s.receipt.staleness, "entries=0;ms=0", "strong is 0/0");
+        if s.cache.as_deref() == Some("hit") {
+            strong_hits += 1;
+        }
+        let k = cache
+            .get("c", b"k", &Opts::level("bounded(k=0)"))
+            .await
+            .unwrap();
+        assert_eq!(
+            text(&k).as_deref(),
+            Some(value.as_str()),
+            "bounded(k=0), round {i}"
+        );
+    }
+    assert!(strong_hits > 0, "no strong read was served from memory");
+
+    // A deletion reaches the cache too: an eventual read soon finds the key gone.
+    let d = n1.delete("c", b"k", &Opts::default()).await.unwrap();
+    fed(&cache, "c", d.shard, d.index).await;
+    let gone = cache
+        .get("c", b"k", &Opts::level("eventual"))
+        .await
+        .unwrap();
+    assert_eq!(
+        gone.value, None,
+        "deleted at {}, still cached: {gone:?}",
+        d.index
+    );
+    assert_eq!(
+        gone.cache.as_deref(),
+        Some("hit"),
+        "the deletion is cached as an absence"
+    );
+
+    // Bad input gets the node's typed errors and the cache's headers.
+    let base = format!("http://{}", c.cache().unwrap().0);
+    for (url, code) in [
+        (format!("{base}/v1/kv/c/k?level=sometimes"), "level_invalid"),
+        (
+            format!("{base}/v1/kv/c/{}", "x".repeat(1100)),
+            "key_too_large",
+        ),
+        (format!("{base}/v1/kv/nope/k"), "keyspace_not_found"),
+        (format!("{base}/v1/kv/c/k?r=one"), "quorum_invalid"),
+        (format!("{base}/v1/cluster"), "route_not_found"),
+    ] {
+        let (status, _, body) = call("GET", &url, "").await;
+        assert!(status >= 400, "{url}: {status}");
+        assert_eq!(body["error"]["code"], code, "{url}: {body}");
+    }
+    let forged = reqwest::Client::new()
+        .get(format!("{base}/v1/kv/c/k"))
+        .header("tunekv-session", "not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    assert_eq!(forged.headers()["tunekv-served-by"], "cache");
+    assert_eq!(
+        forged.json::<serde_json::Value>().await.unwrap()["error"]["code"],
+        "session_invalid"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_concurrent_gets_of_a_cold_key_make_one_upstream_read() {
+    let mut c = common::start(3, false).await;
+    common::create_keyspace(&c.client(0), "h", 2).await;
+    let cache = cache(&mut c, &[]).await;
+    feed_live(&cache, "h").await;
+    let w = c
+        .client(0)
+        .put("h", b"cold", b"hot now", &Opts::default())
+        .await
+        .unwrap();
+    // The feed has passed the write, so nothing changes the key while the herd reads it.
+    fed(&cache, "h", w.shard, w.index).await;
+    let before = cache.cache_status().await.unwrap();
+    let base = format!(
+        "http://{}/v1/kv/h/cold?level=eventual",
+        c.cache().unwrap().0
+    );
+    let http = reqwest::Client::new();
+    let gets: Vec<_> = (0..1000)
+        .map(|_| {
+            let (http, url) = (http.clone(), base.clone());
+            tokio::spawn(async move {
+                let r = http.get(url).send().await.expect("GET");
+                let label = r.headers()["tunekv-cache"].to_str().unwrap().to_string();
+                assert_eq!(r.status(), 200);
+                assert_eq!(r.bytes().await.unwrap(), &b"hot now"[..]);
+                label
+            })
+        })
+        .collect();
+    let mut labels = std::collections::BTreeMap::<String, u32>::new();
+    for g in gets {
+        *labels.entry(g.await.unwrap()).or_default() += 1;
+    }
+    let after = cache.cache_status().await.unwrap();
+    let reads = counter(&after, &["upstream", "reads"]) - counter(&before, &["upstream", "reads"]);
+    assert_eq!(
+        reads, 1,
+        "upstream reads for 1000 GETs of one cold key; labels {labels:?}"
+    );
+    assert_eq!(labels.get("miss"), Some(&1), "{labels:?}");
+    assert_eq!(labels.values().sum::<u32>(), 1000);
+    assert!(
+        labels
+            .keys()
+            .all(|l| ["miss", "coalesced", "hit"].contains(&l.as_str())),
+        "{labels:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_racing_fills_never_leaves_a_stale_value_cached() {
+    let mut c = common::start(3, false).await;
+    common::create_keyspace(&c.client(0), "r", 1).await;
+    let cache = cache(&mut c, &[]).await;
+    feed_live(&cache, "r").await;
+    let node = c.client(1);
+    for round in 0..30 {
+        let key = format!("race-{round}");
+        // Writes through the cache drop the entry (read-through), so the readers keep filling
+        // while the next write commits.
+        let writer = {
+            let (cache, key) = (cache.clone(), key.clone());
+            tokio::spawn(async move {
+                let mut last = None;
+                for v in 0..8 {
+                    let w = cache
+                        .put(
+                            "r",
+                            key.as_bytes(),
+                            format!("{v}").as_bytes(),
+                            &Opts::default(),
+                        )
+                        .await
+                        .expect("write through the cache");
+                    last = Some(w);
+                }
+                last.unwrap()
+            })
+        };
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (cache, key) = (cache.clone(), key.clone());
+                tokio::spawn(async move {
+                    for _ in 0..10 {
+                        let _ = cache
+                            .get("r", key.as_bytes(), &Opts::level("eventual"))
+                            .await;
+                    }
+                })
+            })
+            .collect();
+        let last = writer.await.unwrap();
+        for r in readers {
+            r.await.unwrap();
+        }
+        // One more write straight to a node, racing a last fill.
+        let (plain, eventual) = (Opts::default(), Opts::level("eventual"));
+        let (w, _) = tokio::join!(
+            node.put("r", key.as_bytes(), b"final", &plain),
+            cache.get("r", key.as_bytes(), &eventual)
+        );
+        let w = w.unwrap();
+        assert!(w.index > last.index);
+        fed(&cache, "r", w.shard, w.index).await;
+        let r = cache
+            .get("r", key.as_bytes(), &Opts::level("eventual"))
+            .await
+            .unwrap();
+        assert_eq!(text(&r).as_deref(), Some("final"), "round {round}: {r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn write_through_then_the_cluster_goes_away() {
+    let mut c = common::start(3, false).await;
+    common::create_keyspace(&c.client(0), "w", 2).await;
+    let cache = cache(&mut c, &["--strategy", "w=write_through"]).await;
+    feed_live(&cache, "w").await;
+
+    // The writer's next read is a hit at its own write's position.
+    let w = cache
+        .put("w", b"k", b"written", &Opts::default())
+        .await
+        .unwrap();
+    let r = cache
+        .get("w", b"k", &Opts::level("session").session(&w.session))
+        .await
+        .unwrap();
+    assert_eq!(text(&r).as_deref(), Some("written"));
+    assert_eq!(r.cache.as_deref(), Some("hit"), "{r:?}");
+    assert!(r.receipt.index().unwrap() >= w.index);
+
+    // cluster.json lists the cache.
+    let json = c.write_cluster_json().unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let (http, pid) = c.cache().unwrap();
+    assert_eq!(doc["cache"]["http"], http);
+    assert_eq!(doc["cache"]["pid"], pid);
+
+    // Without the cluster, eventual reads keep serving what the cache holds (with a receipt
+    // that ages), and stronger levels fail with their typed errors, never weaker.
+    for i in 0..c.len() {
+        c.kill(i);
+    }
+    let e = cache
+        .get("w", b"k", &Opts::level("eventual"))
+        .await
+        .expect("eventual keeps serving");
+    assert_eq!(text(&e).as_deref(), Some("written"));
+    assert_eq!(e.cache.as_deref(), Some("hit"));
+    for (level, codes) in [
+        ("strong", &["no_quorum", "unavailable", "timeout"][..]),
+        ("bounded(k=1)", &["staleness_bound_unmet"][..]),
+        ("bounded(t=1ms)", &["staleness_bound_unmet"][..]),
+    ] {
+        let err = cache
+            .get("w", b"k", &Opts::level(level).wait_ms(300))
+            .await
+            .expect_err(level);
+        let code = err.code().unwrap_or_default().to_string();
+        assert!(codes.contains(&code.as_str()), "{level}: {err}");
+    }
+    // A key the cache does not hold needs the store.
+    let miss = cache
+        .get("w", b"absent-key", &Opts::level("eventual").wait_ms(300))
+        .await
+        .expect_err("a miss needs the store");
+    assert_eq!(miss.code(), Some("unavailable"), "{miss}");
+}
