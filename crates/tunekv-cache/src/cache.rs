@@ -94,6 +94,8 @@ pub struct Cache {
     pub key: SessionKey,
     pub stats: Stats,
     pub bugs: CacheBugs,
+    /// Whether `POST /v1/admin/faults` may cut the cache off (tests only).
+    pub faults_enabled: bool,
     spaces: Mutex<HashMap<String, Arc<OnceCell<Arc<Space>>>>>,
     stop: CancellationToken,
     started: Instant,
@@ -104,7 +106,11 @@ fn err(code: Code, message: impl Into<String>) -> TunekvError {
 }
 
 impl Cache {
-    pub fn new(config: CacheConfig, bugs: CacheBugs) -> Result<Arc<Cache>, String> {
+    pub fn new(
+        config: CacheConfig,
+        bugs: CacheBugs,
+        faults_enabled: bool,
+    ) -> Result<Arc<Cache>, String> {
         config.validate()?;
         let key = SessionKey::new(config.cluster_secret.as_bytes())?;
         Ok(Arc::new(Cache {
@@ -113,6 +119,7 @@ impl Cache {
             key,
             stats: Stats::default(),
             bugs,
+            faults_enabled,
             spaces: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
             started: Instant::now(),

@@ -46,8 +46,9 @@ struct Slot {
     /// the fill was in flight.
     newest_change: u64,
     epoch: u64,
-    /// `F` when the fill started: the fill reads at a state at least this new.
-    fed_at_start: u64,
+    /// The fill reads at a state at least this new: every change the feed had delivered when
+    /// it started, and what the read needs.
+    reads_at_least: u64,
     done: watch::Sender<Option<FillResult>>,
 }
 
@@ -78,6 +79,9 @@ struct Inner {
     known_commit: u64,
     /// Commit time (ms) of the newest change the feed delivered.
     commit_ms: u64,
+    /// The index of the newest change the feed delivered (changes come before the progress
+    /// mark that covers them, so this may be above `F`).
+    delivered: u64,
     /// Commit time (ms) of the newest change at or below `F` (taken at each progress mark).
     fed_commit_ms: u64,
     probes: Probes,
@@ -174,6 +178,7 @@ impl ShardCopy {
         let mut inner = self.lock();
         inner.commit_ms = inner.commit_ms.max(commit_ms);
         inner.known_commit = inner.known_commit.max(index);
+        inner.delivered = inner.delivered.max(index);
         if space.bugs.drop_invalidations {
             return;
         }
@@ -295,19 +300,26 @@ impl ShardCopy {
         if let Some(slot) = inner.fills.get(key) {
             return Fill::Wait(slot.done.subscribe());
         }
+        // Every change the feed delivered so far — those its progress covers and those it
+        // does not yet — must be in what the fill reads: the fill was not there to see them.
         let fed = self.fed();
-        let fed_at_start = if fed.live { fed.index } else { 0 };
+        let seen = if fed.live {
+            fed.index.max(inner.delivered)
+        } else {
+            0
+        };
+        let reads_at_least = need.max(seen);
         inner.fills.insert(
             key.to_vec(),
             Slot {
                 newest_change: 0,
                 epoch: space.epoch(),
-                fed_at_start,
+                reads_at_least,
                 done: watch::channel(None).0,
             },
         );
         Fill::Fetch {
-            need: need.max(fed_at_start),
+            need: reads_at_least,
         }
     }
 
@@ -334,7 +346,7 @@ impl ShardCopy {
                 fed.live
             } else {
                 slot.newest_change <= at
-                    && at >= slot.fed_at_start
+                    && at >= slot.reads_at_least
                     && fed.live
                     && slot.epoch == space.epoch()
             };
@@ -608,6 +620,13 @@ mod tests {
             panic!("first read fetches")
         };
         assert_eq!(need, 9, "a fill reads no older than the feed");
+        // A change delivered before its progress mark: a fill that starts after it must read
+        // at least its index (a verify run under faults found this one).
+        copy.changed(&store, &sp, b"other", 10, None, 0, None);
+        let Fill::Fetch { need } = copy.join_fill(&sp, b"x", 0) else {
+            panic!()
+        };
+        assert_eq!(need, 10, "a fill reads every change the feed delivered");
         assert!(
             matches!(copy.join_fill(&sp, b"k", 0), Fill::Wait(_)),
             "the second read waits"

@@ -35,7 +35,8 @@ pub async fn follow(
         let client = upstream.node(node).clone();
         let opened = tokio::select! {
             _ = stop.cancelled() => return,
-            w = client.watch_from(&space.name, "", cursor.as_deref()) => w,
+            w = client.watch_from(&space.name, "", cursor.as_deref()), if !upstream.isolated() => w,
+            _ = tokio::time::sleep(RETRY_PAUSE), if upstream.isolated() => continue,
         };
         match opened {
             Ok(mut watch) => {
@@ -48,6 +49,9 @@ pub async fn follow(
                         _ = stop.cancelled() => return,
                         e = watch.next() => e,
                         _ = check.tick() => {
+                            if upstream.isolated() {
+                                break;
+                            }
                             if space.shards.iter().any(|s| s.stuck(lag_switch)) {
                                 tracing::info!(keyspace = %space.name, node = client.base(), "the feed's node is behind; moving to another");
                                 break;

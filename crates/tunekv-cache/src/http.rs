@@ -39,7 +39,12 @@ fn header(value: &str) -> HeaderValue {
 
 async fn handle(State(cache): State<Arc<Cache>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let mut response = if parts.uri.path() == "/v1/cache" {
+    let mut response = if parts.uri.path() == "/v1/admin/faults" && parts.method == Method::POST {
+        match read_body(&parts.headers, body, BODY_STALL).await {
+            Err(e) => error_response(e),
+            Ok(body) => faults(&cache, &body),
+        }
+    } else if parts.uri.path() == "/v1/cache" {
         if parts.method == Method::GET {
             status(&cache).into_response()
         } else {
@@ -247,6 +252,39 @@ async fn write(
     }
 }
 
+/// `POST /v1/admin/faults` on a cache started with `--enable-faults`: `{"isolate": true}` cuts
+/// it off from every node (its feed breaks, fills and probes fail), `{"clear": true}` or
+/// `{"isolate": false}` reconnects it.
+fn faults(cache: &Cache, body: &[u8]) -> Response {
+    if !cache.faults_enabled {
+        return error_response(TunekvError::new(
+            Code::FaultsDisabled,
+            "this cache was started without --enable-faults",
+        ));
+    }
+    let v: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error_response(TunekvError::new(
+                Code::BadRequest,
+                format!("the body is not JSON: {e}"),
+            ))
+        }
+    };
+    let isolate = match (v.get("isolate").and_then(|i| i.as_bool()), v.get("clear")) {
+        (Some(i), _) => i,
+        (None, Some(serde_json::Value::Bool(true))) => false,
+        _ => {
+            return error_response(TunekvError::new(
+                Code::BadRequest,
+                "a cache's faults are {\"isolate\": true|false} or {\"clear\": true}",
+            ))
+        }
+    };
+    cache.upstream.set_isolated(isolate);
+    Json(json!({"isolated": isolate})).into_response()
+}
+
 /// `GET /v1/cache`: entries and bytes held, counters, and per keyspace and shard the feed's
 /// position.
 fn status(cache: &Cache) -> Json<serde_json::Value> {
@@ -288,6 +326,7 @@ fn status(cache: &Cache) -> Json<serde_json::Value> {
         "stale_fills_dropped": load(&s.stale_fills_dropped),
         "upstream": {
             "nodes": cache.config.upstream,
+            "isolated": cache.upstream.isolated(),
             "reads": load(&u.reads),
             "probes": load(&u.probes),
             "writes": load(&u.writes),

@@ -18,9 +18,10 @@ const LIMITS: HttpLimits = HttpLimits {
 pub async fn run(
     config: CacheConfig,
     bugs: CacheBugs,
+    enable_faults: bool,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
-    let cache = Cache::new(config, bugs)?;
+    let cache = Cache::new(config, bugs, enable_faults)?;
     let listener = tokio::net::TcpListener::bind(&cache.config.http)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cache.config.http))?;

@@ -38,6 +38,8 @@ pub struct Counters {
 
 pub struct Upstream {
     nodes: Vec<Client>,
+    /// Fault injection: the cache is cut off from every node (`POST /v1/admin/faults`).
+    isolated: std::sync::atomic::AtomicBool,
     /// The node tried first.
     preferred: AtomicUsize,
     key: SessionKey,
@@ -115,10 +117,20 @@ impl Upstream {
             .collect();
         Upstream {
             nodes,
+            isolated: std::sync::atomic::AtomicBool::new(false),
             preferred: AtomicUsize::new(0),
             key,
             counters: Counters::default(),
         }
+    }
+
+    /// Cuts the cache off from every node, or reconnects it (fault injection).
+    pub fn set_isolated(&self, isolated: bool) {
+        self.isolated.store(isolated, Ordering::SeqCst);
+    }
+
+    pub fn isolated(&self) -> bool {
+        self.isolated.load(Ordering::SeqCst)
     }
 
     pub fn node_count(&self) -> usize {
@@ -142,6 +154,12 @@ impl Upstream {
         F: Fn(Client, u64) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
+        if self.isolated() {
+            return Err(TunekvError::new(
+                Code::Unavailable,
+                "the cache is cut off from the store (fault injection)",
+            ));
+        }
         let first = self.preferred.load(Ordering::Relaxed);
         let mut last = TunekvError::new(Code::Timeout, "the wait budget ran out");
         for i in 0..self.nodes.len() {
@@ -258,7 +276,13 @@ impl Upstream {
         deadline: Instant,
     ) -> Result<WriteReply, TunekvError> {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        self.each_node(deadline, write_elsewhere, |c, wait| {
+        if self.isolated() {
+            return Err(TunekvError::new(
+                Code::Unavailable,
+                "the cache is cut off from the store (fault injection); nothing was sent",
+            ));
+        }
+        let sent = self.each_node(deadline, write_elsewhere, |c, wait| {
             let opts = opts.clone().wait_ms(wait);
             async move {
                 match value {
@@ -267,6 +291,14 @@ impl Upstream {
                 }
             }
         })
-        .await
+        .await;
+        // A connection that broke may have delivered the write: its outcome is unknown.
+        sent.map_err(|e| match e.code {
+            Code::Unavailable => TunekvError::new(
+                Code::Timeout,
+                format!("{}; the write may or may not have happened", e.message),
+            ),
+            _ => e,
+        })
     }
 }

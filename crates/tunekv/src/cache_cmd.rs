@@ -13,6 +13,7 @@ pub struct CacheOptions {
     pub ttl_ms: Option<u64>,
     pub strategies: Vec<String>,
     pub bugs: Vec<String>,
+    pub enable_faults: bool,
 }
 
 /// The nodes of a `cluster.json` (as `tunekv dev` writes it) and the cluster secret from the
@@ -111,7 +112,7 @@ pub fn config(o: &CacheOptions) -> Result<CacheConfig> {
 pub async fn run(o: CacheOptions) -> Result<i32> {
     let c = config(&o)?;
     let bugs = bugs(&o.bugs)?;
-    tunekv_cache::run(c, bugs, crate::server::shutdown_signal())
+    tunekv_cache::run(c, bugs, o.enable_faults, crate::server::shutdown_signal())
         .await
         .map_err(anyhow::Error::msg)?;
     Ok(0)

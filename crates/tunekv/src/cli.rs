@@ -60,6 +60,10 @@ pub enum Cmd {
         /// drop-invalidations); bug-injection builds only.
         #[arg(long = "bug", value_name = "BUG")]
         bugs: Vec<String>,
+        /// Allow the fault hook (POST /v1/admin/faults: cut the cache off from the cluster).
+        /// Never in production.
+        #[arg(long)]
+        enable_faults: bool,
     },
     /// Start a local cluster of separate node processes, print where to look, run a demo.
     Dev {
@@ -171,6 +175,15 @@ pub enum Cmd {
         /// by the counter checkers).
         #[arg(long, default_value = "ordered")]
         keyspace_mode: String,
+        /// Start a cache (`tunekv cache`) in front of the cluster: half of the ordered HTTP
+        /// clients' operations go through it, judged by the same checkers, and a third of the
+        /// faults kill it or cut it off from the nodes.
+        #[arg(long)]
+        through_cache: bool,
+        /// Start that cache with this injected bug (keep-stale-fills, ignore-session,
+        /// drop-invalidations; bug-injection builds only; repeatable).
+        #[arg(long = "cache-bug", value_name = "BUG")]
+        cache_bugs: Vec<String>,
     },
     /// Measure each level's cost: throughput, latency (HDR, corrected for coordinated
     /// omission) and served staleness, per level, as a table (and CSV, SVG, JSON with --out).
@@ -449,6 +462,8 @@ pub async fn run(args: Args) -> Result<i32> {
             dir,
             bugs,
             keyspace_mode,
+            through_cache,
+            cache_bugs,
         } => {
             tunekv_node::Bugs::parse(&bugs).map_err(anyhow::Error::msg)?;
             let mode = crate::verify::KeyspaceMode::parse(&keyspace_mode)?;
@@ -469,6 +484,11 @@ pub async fn run(args: Args) -> Result<i32> {
                     .iter()
                     .flat_map(|b| ["--bug".to_string(), b.clone()])
                     .collect(),
+                through_cache: through_cache || !cache_bugs.is_empty(),
+                cache_args: cache_bugs
+                    .iter()
+                    .flat_map(|b| ["--bug".to_string(), b.clone()])
+                    .collect(),
             })
             .await
         }
@@ -481,9 +501,11 @@ pub async fn run(args: Args) -> Result<i32> {
             ttl_ms,
             strategies,
             bugs,
+            enable_faults,
         } => {
             init_tracing();
             crate::cache_cmd::run(crate::cache_cmd::CacheOptions {
+                enable_faults,
                 config,
                 upstream,
                 nodes,

@@ -25,6 +25,8 @@ pub struct LocalCluster {
     pub server_args: Vec<String>,
     /// A `tunekv cache` in front of the nodes, while one runs.
     cache: Option<CacheProcess>,
+    /// The last cache's address and flags (a restart reuses them).
+    last_cache: Option<(String, Vec<String>)>,
 }
 
 /// A `tunekv cache` process started by [`LocalCluster::start_cache`].
@@ -32,8 +34,19 @@ pub struct CacheProcess {
     child: Child,
     /// Its HTTP address (`127.0.0.1:P`).
     pub http: String,
-    /// The flags it was started with (a restart reuses them).
-    args: Vec<String>,
+}
+
+/// Waits until the cache at `http` answers `GET /v1/cache`.
+pub async fn wait_cache(http: &str, timeout: Duration) -> Result<()> {
+    let client = Client::new(&format!("http://{http}"));
+    let deadline = Instant::now() + timeout;
+    while client.cache_status().await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the cache at {http} did not answer within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// `count` free ports on 127.0.0.1: `preferred` if all of them are free, else any the OS hands out.
@@ -208,6 +221,7 @@ impl LocalCluster {
             enable_faults,
             children: (0..nodes).map(|_| None).collect(),
             cache: None,
+            last_cache: None,
             server_args: Vec::new(),
         })
     }
@@ -339,17 +353,39 @@ impl LocalCluster {
     /// `--strategy ks=write_through`), logging to `DIR/cache.log`, and waits until it answers.
     /// Returns its HTTP address.
     pub async fn start_cache(&mut self, args: &[String]) -> Result<String> {
+        let http = self.spawn_cache(args)?;
+        wait_cache(&http, Duration::from_secs(30)).await?;
+        Ok(http)
+    }
+
+    /// Starts the cache process without waiting for it (see [`wait_cache`]).
+    pub fn spawn_cache(&mut self, args: &[String]) -> Result<String> {
+        let port = free_ports(1, &[])?[0];
+        let http = format!("127.0.0.1:{port}");
+        self.spawn_cache_at(&http, args)?;
+        Ok(http)
+    }
+
+    /// Starts the cache again after [`LocalCluster::kill_cache`], on the same address with
+    /// the same flags, without waiting for it.
+    pub fn restart_cache(&mut self) -> Result<String> {
+        let Some((http, args)) = self.last_cache.clone() else {
+            bail!("no cache was started");
+        };
+        self.spawn_cache_at(&http, &args)?;
+        Ok(http)
+    }
+
+    fn spawn_cache_at(&mut self, http: &str, args: &[String]) -> Result<()> {
         if self.cache.is_some() {
             bail!("a cache is already running");
         }
-        let port = free_ports(1, &[])?[0];
-        let http = format!("127.0.0.1:{port}");
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("cache.log"))?;
         let mut cmd = Command::new(&self.exe);
-        cmd.arg("cache").arg("--http").arg(&http);
+        cmd.arg("cache").arg("--http").arg(http);
         for c in &self.configs {
             cmd.arg("--node").arg(&c.http);
         }
@@ -364,27 +400,10 @@ impl LocalCluster {
             .with_context(|| format!("cannot start {}", self.exe.display()))?;
         self.cache = Some(CacheProcess {
             child,
-            http: http.clone(),
-            args: args.to_vec(),
+            http: http.to_string(),
         });
-        let client = Client::new(&format!("http://{http}"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(Ok(Some(status))) = self.cache.as_mut().map(|c| c.child.try_wait()) {
-                self.cache = None;
-                bail!(
-                    "the cache exited ({status}); see {}",
-                    self.dir.join("cache.log").display()
-                );
-            }
-            if client.cache_status().await.is_ok() {
-                return Ok(http);
-            }
-            if Instant::now() > deadline {
-                bail!("the cache did not answer within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.last_cache = Some((http.to_string(), args.to_vec()));
+        Ok(())
     }
 
     /// The running cache's HTTP address and PID.
@@ -392,15 +411,11 @@ impl LocalCluster {
         self.cache.as_ref().map(|c| (c.http.as_str(), c.child.id()))
     }
 
-    /// kill -9 of the cache, by its PID. Returns the flags it ran with.
-    pub fn kill_cache(&mut self) -> Vec<String> {
-        match self.cache.take() {
-            Some(mut c) => {
-                let _ = c.child.kill();
-                let _ = c.child.wait();
-                c.args
-            }
-            None => Vec::new(),
+    /// kill -9 of the cache, by its PID.
+    pub fn kill_cache(&mut self) {
+        if let Some(mut c) = self.cache.take() {
+            let _ = c.child.kill();
+            let _ = c.child.wait();
         }
     }
 

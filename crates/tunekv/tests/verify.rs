@@ -246,6 +246,44 @@ fn a_siblings_run_under_partitions_passes() {
     );
 }
 
+/// Half of the HTTP clients' operations through a `tunekv cache`, under every node fault and
+/// with the cache killed and cut off: the same checkers, unchanged, find nothing.
+#[test]
+fn a_run_through_the_cache_under_faults_passes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let history = dir.path().join("history.jsonl");
+    let out = verify(
+        &[
+            "--through-cache",
+            "--duration",
+            "20s",
+            "--faults",
+            "all",
+            "--seed",
+            "3",
+            "--dir",
+            dir.path().join("cluster").to_str().expect("utf-8"),
+            "--history",
+            history.to_str().expect("utf-8"),
+        ],
+        Duration::from_secs(180),
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("kill -9 the cache"), "{all}");
+    assert!(all.contains("cut the cache off"), "{all}");
+    let ops = tunekv_check::parse_history(&std::fs::read_to_string(&history).expect("history"))
+        .expect("valid history");
+    let through = |level: &str| {
+        ops.iter()
+            .filter(|o| o.node == "cache" && o.level == level && o.ok == Some(true))
+            .count()
+    };
+    for level in ["strong", "session", "bounded(t=500ms)", "eventual"] {
+        assert!(through(level) >= 50, "{} {level} reads through the cache:\n{all}", through(level));
+    }
+}
+
 #[cfg(feature = "bug-injection")]
 mod bugs {
     use super::*;
@@ -272,6 +310,53 @@ mod bugs {
         assert!(
             evidence.iter().any(|e| all.contains(e)),
             "bug {bug}: none of {evidence:?} reported:\n{all}"
+        );
+    }
+
+    /// Runs verify through a cache started with `--bug bug` (nodes unbroken).
+    fn caught_in_cache(bug: &str, levels: &str, evidence: &[&str]) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cluster = dir.path().join("cluster");
+        let args = [
+            "--duration",
+            "15s",
+            "--cache-bug",
+            bug,
+            "--faults",
+            "partition,delay",
+            "--levels",
+            levels,
+            "--seed",
+            "3",
+            "--dir",
+            cluster.to_str().expect("utf-8"),
+        ];
+        let out = verify(&args, Duration::from_secs(180));
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "cache bug {bug} was not caught:\n{all}");
+        assert!(
+            evidence.iter().any(|e| all.contains(e)),
+            "cache bug {bug}: none of {evidence:?} reported:\n{all}"
+        );
+    }
+
+    /// A cache that serves session hits without checking the token's mark.
+    #[test]
+    fn a_cache_ignoring_session_tokens_is_caught() {
+        caught_in_cache(
+            "ignore-session",
+            "read_your_writes,monotonic_reads,session",
+            &["/ read your writes]", "/ monotonic reads]"],
+        );
+    }
+
+    /// A cache that drops the feed's invalidations keeps serving old values at new positions.
+    #[test]
+    fn a_cache_dropping_invalidations_is_caught() {
+        caught_in_cache(
+            "drop-invalidations",
+            "strong,eventual",
+            &["[strong / linearizable]", "[every level / value matches position]"],
         );
     }
 

@@ -81,6 +81,9 @@ pub fn parse_faults(s: &str) -> Result<Vec<FaultKind>, String> {
 enum Active {
     Killed(usize),
     Paused(usize),
+    /// The cache was killed (restarted on heal) or cut off from the nodes.
+    CacheKilled,
+    CacheIsolated,
     /// Nodes whose fault hook was set.
     Hooked(Vec<usize>),
 }
@@ -96,10 +99,39 @@ pub struct FaultRunner {
     /// Prints one line (through the progress bar).
     pub say: Arc<dyn Fn(String) + Send + Sync>,
     pub started: std::time::Instant,
+    /// `--through-cache`: the cache's address; a third of the faults kill it or cut it off.
+    pub cache: Option<String>,
 }
 
 fn hook_client(t: &Target) -> Client {
     Client::with_timeout(&t.http, Duration::from_secs(2))
+}
+
+/// Sets the cache's fault hook (`tunekv cache --enable-faults`).
+async fn cache_hook(http: &str, change: serde_json::Value) -> Result<()> {
+    let url = format!("http://{http}/v1/admin/faults");
+    let r = reqwest::Client::new()
+        .post(url)
+        .timeout(Duration::from_secs(2))
+        .json(&change)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("the cache's fault hook answered {}", r.status());
+    }
+    Ok(())
+}
+
+/// Heals the cache: restarts it if it is down, reconnects it.
+pub async fn heal_cache(http: &str, cluster: Option<&Arc<Mutex<LocalCluster>>>) -> Result<()> {
+    if let Some(c) = cluster {
+        let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
+        if c.cache().is_none() {
+            c.restart_cache()?;
+        }
+    }
+    tunekv::local_cluster::wait_cache(http, Duration::from_secs(30)).await?;
+    cache_hook(http, json!({"clear": true})).await
 }
 
 fn signal(pid: u32, sig: &str) -> Result<()> {
@@ -158,7 +190,13 @@ impl FaultRunner {
             let kind = self.kinds[rng.gen_range(0..self.kinds.len())];
             let node = rng.gen_range(0..n);
             let hold = Duration::from_millis(rng.gen_range(1500..=4000));
-            let (active, what) = match self.inject(kind, node, &mut rng).await {
+            let on_cache = self.cache.is_some() && rng.gen_range(0..3) == 0;
+            let injected = if on_cache {
+                self.inject_cache(&mut rng).await
+            } else {
+                self.inject(kind, node, &mut rng).await
+            };
+            let (active, what) = match injected {
                 Ok(x) => x,
                 Err(e) => {
                     (self.say)(format!("{} could not inject {kind}: {e:#}", self.stamp()));
@@ -200,6 +238,22 @@ impl FaultRunner {
             .await
             .map_err(|e| anyhow::anyhow!("fault hook of node {}: {e}", self.targets[i].id))?;
         Ok(())
+    }
+
+    /// Kills the cache (kill -9) or cuts it off from every node.
+    async fn inject_cache(&self, rng: &mut StdRng) -> Result<(Active, String)> {
+        let http = self.cache.as_deref().unwrap_or_default();
+        if rng.gen_bool(0.5) {
+            if let Some(c) = &self.cluster {
+                c.lock().unwrap_or_else(|p| p.into_inner()).kill_cache();
+                return Ok((Active::CacheKilled, "kill -9 the cache".into()));
+            }
+        }
+        cache_hook(http, json!({"isolate": true})).await?;
+        Ok((
+            Active::CacheIsolated,
+            "cut the cache off from every node".into(),
+        ))
     }
 
     async fn inject(
@@ -289,6 +343,18 @@ impl FaultRunner {
 
     async fn heal(&self, active: Active) -> Result<()> {
         match active {
+            Active::CacheKilled => {
+                let c = self
+                    .cluster
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("no cluster"))?;
+                let http = c.lock().unwrap_or_else(|p| p.into_inner()).restart_cache()?;
+                tunekv::local_cluster::wait_cache(&http, Duration::from_secs(30)).await?;
+            }
+            Active::CacheIsolated => {
+                cache_hook(self.cache.as_deref().unwrap_or_default(), json!({"clear": true}))
+                    .await?;
+            }
             Active::Killed(i) => {
                 let c = self
                     .cluster

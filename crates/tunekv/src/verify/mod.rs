@@ -9,7 +9,7 @@ mod workload;
 
 use anyhow::{bail, Context, Result};
 pub use faults::FaultKind;
-use faults::{heal_all, FaultRunner};
+use faults::{heal_all, heal_cache, FaultRunner};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -48,6 +48,11 @@ pub struct VerifyOptions {
     pub server_args: Vec<String>,
     /// `--keyspace-mode`: which keyspaces the clients work in.
     pub mode: KeyspaceMode,
+    /// `--through-cache`: a `tunekv cache` in front of the cluster; half of the HTTP clients'
+    /// operations go through it, and faults kill it and cut it off.
+    pub through_cache: bool,
+    /// Flags of that cache (`--bug …`).
+    pub cache_args: Vec<String>,
 }
 
 /// The keyspaces a run works in.
@@ -216,7 +221,24 @@ pub async fn run(o: VerifyOptions) -> Result<i32> {
         &o.server_args,
     )
     .await?;
-    let result = run_on(&o, seed, Arc::new(targets), cluster.clone()).await;
+    let cache = match (&cluster, o.through_cache) {
+        (_, false) => None,
+        (None, true) => bail!(
+            "--through-cache starts a cache in front of the cluster verify starts; leave out --cluster"
+        ),
+        (Some(c), true) => {
+            let mut args = vec!["--enable-faults".to_string()];
+            args.extend(o.cache_args.iter().cloned());
+            let http = c
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .spawn_cache(&args)?;
+            tunekv::local_cluster::wait_cache(&http, Duration::from_secs(30)).await?;
+            println!("cache: http://{http} (half of the HTTP clients' operations go through it)");
+            Some(http)
+        }
+    };
+    let result = run_on(&o, seed, Arc::new(targets), cluster.clone(), cache).await;
     if let Some(c) = &cluster {
         c.lock().unwrap_or_else(|p| p.into_inner()).stop_all();
     }
@@ -235,6 +257,7 @@ async fn run_on(
     seed: u64,
     targets: Arc<Vec<Target>>,
     cluster: Option<Arc<Mutex<LocalCluster>>>,
+    cache: Option<String>,
 ) -> Result<i32> {
     let admin = Client::with_timeout(&targets[0].http, Duration::from_secs(30));
     let replicas = targets.len().min(3) as u32;
@@ -305,6 +328,7 @@ async fn run_on(
         injected: injected.clone(),
         say: say.clone(),
         started: Instant::now(),
+        cache: cache.clone(),
     };
     runner.check()?;
     let fault_task = tokio::spawn(runner.run());
@@ -350,6 +374,7 @@ async fn run_on(
                 counter: o.mode.counter(),
                 set: o.mode.set(),
                 siblings: o.mode.siblings(),
+                cache: cache.clone().filter(|_| !leaderless),
             };
             tokio::spawn(workload::run_client(
                 plan,
@@ -401,6 +426,15 @@ async fn run_on(
         !o.faults.is_empty() || o.cluster.is_none(),
     )
     .await?;
+    if let Some(http) = &cache {
+        heal_cache(http, cluster.as_ref()).await?;
+        if let Ok(s) = Client::new(&format!("http://{http}")).cache_status().await {
+            println!(
+                "cache: {} hits, {} misses, {} coalesced; {} upstream reads, {} read-index probes",
+                s["hits"], s["misses"], s["coalesced"], s["upstream"]["reads"], s["upstream"]["probes"]
+            );
+        }
+    }
     let converge_started = Instant::now();
     let digested = match o.mode {
         KeyspaceMode::Counter => Some(KEYSPACE_COUNTER),

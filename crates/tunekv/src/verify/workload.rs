@@ -60,6 +60,9 @@ pub struct ClientPlan {
     /// and its context, and writes go without a context or (a third) with the context the
     /// client last read of the key.
     pub siblings: bool,
+    /// `--through-cache` (HTTP clients of the ordered keyspace): the cache's address; half of
+    /// the client's operations go through it (recorded with node `cache`).
+    pub cache: Option<String>,
 }
 
 /// Shared stop conditions: a flag (duration over) and an op budget.
@@ -142,6 +145,10 @@ pub async fn run_client(
         .iter()
         .map(|t| Client::with_timeout(&t.http, CLIENT_TIMEOUT))
         .collect();
+    let cache = plan
+        .cache
+        .as_ref()
+        .map(|c| Client::with_timeout(&format!("http://{c}"), CLIENT_TIMEOUT));
     let mut resp: Option<(usize, RespConn, u32)> = None;
     let mut seq = 0u64;
     // Siblings runs: the context of each key as this client last read it.
@@ -209,6 +216,7 @@ pub async fn run_client(
             _ => rng.gen_range(0..targets.len()),
         };
         let invoke_ns = rec.now_ns();
+        let mut through_cache = false;
         let out = match plan.protocol {
             Protocol::Http if plan.siblings => {
                 let quorum = match kind {
@@ -241,8 +249,15 @@ pub async fn run_client(
                 .await
             }
             Protocol::Http => {
+                let via = match &cache {
+                    Some(c) if rng.gen_bool(0.5) => {
+                        through_cache = true;
+                        c
+                    }
+                    _ => &http[node],
+                };
                 http_op(
-                    &http[node],
+                    via,
                     kind,
                     &key,
                     value.as_deref(),
@@ -269,7 +284,7 @@ pub async fn run_client(
                                 &key,
                                 value,
                                 &level,
-                                node,
+                                format!("n{}", node + 1),
                                 invoke_ns,
                                 out,
                             );
@@ -294,6 +309,11 @@ pub async fn run_client(
                 }
                 out
             }
+        };
+        let node = if through_cache {
+            "cache".to_string()
+        } else {
+            format!("n{}", node + 1)
         };
         record(
             &rec,
@@ -320,7 +340,7 @@ fn record(
     key: &str,
     written: Option<String>,
     level: &str,
-    node: usize,
+    node: String,
     invoke_ns: u64,
     out: Outcome,
 ) {
@@ -341,7 +361,7 @@ fn record(
             complete_ns,
             ok: out.ok,
             level: level.to_string(),
-            node: format!("n{}", node + 1),
+            node,
             position: out.position,
             staleness_entries: out.staleness.map(|s| s.0),
             staleness_ms: out.staleness.map(|s| s.1),
