@@ -289,14 +289,24 @@ impl Cache {
                         waited = true;
                         continue;
                     }
-                    // The feed is behind what this read needs: ask the store.
+                    // The feed is behind what this read needs: ask the store. If the store
+                    // cannot be reached either, the level is unmet (never served older).
                     let at = Reading {
                         level,
                         probed,
                         started,
                         deadline,
                     };
-                    return self.fill(&space, &copy, key, i.0, at, session).await;
+                    return self
+                        .fill(&space, &copy, key, i.0, at, session)
+                        .await
+                        .map_err(|r| match r.error.code {
+                            Code::Unavailable | Code::NoQuorum => Refused {
+                                error: TunekvError::new(req.unmet_code(level), r.error.message),
+                                served: r.served,
+                            },
+                            _ => r,
+                        });
                 }
                 Verdict::Refuse(e) => return Err(e.into()),
             }

@@ -44,14 +44,13 @@ pub async fn follow(
                     space.new_epoch();
                 }
                 let mut check = tokio::time::interval(STUCK_CHECK_EVERY);
+                let mut isolation = upstream.isolation();
                 loop {
                     let event = tokio::select! {
                         _ = stop.cancelled() => return,
+                        _ = isolation.wait_for(|cut| *cut) => break,
                         e = watch.next() => e,
                         _ = check.tick() => {
-                            if upstream.isolated() {
-                                break;
-                            }
                             if space.shards.iter().any(|s| s.stuck(lag_switch)) {
                                 tracing::info!(keyspace = %space.name, node = client.base(), "the feed's node is behind; moving to another");
                                 break;

@@ -39,7 +39,7 @@ pub struct Counters {
 pub struct Upstream {
     nodes: Vec<Client>,
     /// Fault injection: the cache is cut off from every node (`POST /v1/admin/faults`).
-    isolated: std::sync::atomic::AtomicBool,
+    isolated: tokio::sync::watch::Sender<bool>,
     /// The node tried first.
     preferred: AtomicUsize,
     key: SessionKey,
@@ -117,7 +117,7 @@ impl Upstream {
             .collect();
         Upstream {
             nodes,
-            isolated: std::sync::atomic::AtomicBool::new(false),
+            isolated: tokio::sync::watch::channel(false).0,
             preferred: AtomicUsize::new(0),
             key,
             counters: Counters::default(),
@@ -126,11 +126,16 @@ impl Upstream {
 
     /// Cuts the cache off from every node, or reconnects it (fault injection).
     pub fn set_isolated(&self, isolated: bool) {
-        self.isolated.store(isolated, Ordering::SeqCst);
+        self.isolated.send_replace(isolated);
     }
 
     pub fn isolated(&self) -> bool {
-        self.isolated.load(Ordering::SeqCst)
+        *self.isolated.borrow()
+    }
+
+    /// Changes of [`Upstream::isolated`] (a feed drops its watch at once).
+    pub fn isolation(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.isolated.subscribe()
     }
 
     pub fn node_count(&self) -> usize {
@@ -282,16 +287,17 @@ impl Upstream {
                 "the cache is cut off from the store (fault injection); nothing was sent",
             ));
         }
-        let sent = self.each_node(deadline, write_elsewhere, |c, wait| {
-            let opts = opts.clone().wait_ms(wait);
-            async move {
-                match value {
-                    Some(v) => c.put(ks, key, v, &opts).await,
-                    None => c.delete(ks, key, &opts).await,
+        let sent = self
+            .each_node(deadline, write_elsewhere, |c, wait| {
+                let opts = opts.clone().wait_ms(wait);
+                async move {
+                    match value {
+                        Some(v) => c.put(ks, key, v, &opts).await,
+                        None => c.delete(ks, key, &opts).await,
+                    }
                 }
-            }
-        })
-        .await;
+            })
+            .await;
         // A connection that broke may have delivered the write: its outcome is unknown.
         sent.map_err(|e| match e.code {
             Code::Unavailable => TunekvError::new(

@@ -308,7 +308,11 @@ async fn a_write_racing_fills_never_leaves_a_stale_value_cached() {
 async fn write_through_then_the_cluster_goes_away() {
     let mut c = common::start(3, false).await;
     common::create_keyspace(&c.client(0), "w", 2).await;
-    let cache = cache(&mut c, &["--strategy", "w=write_through"]).await;
+    let cache = cache(
+        &mut c,
+        &["--strategy", "w=write_through", "--enable-faults"],
+    )
+    .await;
     feed_live(&cache, "w").await;
 
     // The writer's next read is a hit at its own write's position.
@@ -332,6 +336,39 @@ async fn write_through_then_the_cluster_goes_away() {
     assert_eq!(doc["cache"]["http"], http);
     assert_eq!(doc["cache"]["pid"], pid);
 
+    // Cut off from the cluster, the cache cannot reach a session's newer write: the session
+    // level is unmet, never served older.
+    let hook = format!("http://{}/v1/admin/faults", c.cache().unwrap().0);
+    let (status, _, _) = call("POST", &hook, r#"{"isolate": true}"#).await;
+    assert_eq!(status, 200);
+    let newer = c
+        .client(1)
+        .put("w", b"k", b"newer", &Opts::default())
+        .await
+        .unwrap();
+    let err = cache
+        .get(
+            "w",
+            b"k",
+            &Opts::level("read_your_writes")
+                .session(&newer.session)
+                .wait_ms(500),
+        )
+        .await
+        .expect_err("the cache is cut off");
+    assert_eq!(err.code(), Some("session_unmet"), "{err}");
+    let (status, _, _) = call("POST", &hook, r#"{"clear": true}"#).await;
+    assert_eq!(status, 200);
+    let r = cache
+        .get(
+            "w",
+            b"k",
+            &Opts::level("read_your_writes").session(&newer.session),
+        )
+        .await
+        .unwrap();
+    assert_eq!(text(&r).as_deref(), Some("newer"));
+
     // Without the cluster, eventual reads keep serving what the cache holds (with a receipt
     // that ages), and stronger levels fail with their typed errors, never weaker.
     for i in 0..c.len() {
@@ -341,7 +378,7 @@ async fn write_through_then_the_cluster_goes_away() {
         .get("w", b"k", &Opts::level("eventual"))
         .await
         .expect("eventual keeps serving");
-    assert_eq!(text(&e).as_deref(), Some("written"));
+    assert_eq!(text(&e).as_deref(), Some("newer"));
     assert_eq!(e.cache.as_deref(), Some("hit"));
     for (level, codes) in [
         ("strong", &["no_quorum", "unavailable", "timeout"][..]),

@@ -280,7 +280,11 @@ fn a_run_through_the_cache_under_faults_passes() {
             .count()
     };
     for level in ["strong", "session", "bounded(t=500ms)", "eventual"] {
-        assert!(through(level) >= 50, "{} {level} reads through the cache:\n{all}", through(level));
+        assert!(
+            through(level) >= 50,
+            "{} {level} reads through the cache:\n{all}",
+            through(level)
+        );
     }
 }
 
@@ -333,7 +337,11 @@ mod bugs {
         ];
         let out = verify(&args, Duration::from_secs(180));
         let all = text(&out);
-        assert_eq!(out.status.code(), Some(1), "cache bug {bug} was not caught:\n{all}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "cache bug {bug} was not caught:\n{all}"
+        );
         assert!(
             evidence.iter().any(|e| all.contains(e)),
             "cache bug {bug}: none of {evidence:?} reported:\n{all}"
@@ -356,7 +364,10 @@ mod bugs {
         caught_in_cache(
             "drop-invalidations",
             "strong,eventual",
-            &["[strong / linearizable]", "[every level / value matches position]"],
+            &[
+                "[strong / linearizable]",
+                "[every level / value matches position]",
+            ],
         );
     }
 

@@ -348,12 +348,18 @@ impl FaultRunner {
                     .cluster
                     .as_ref()
                     .ok_or_else(|| anyhow::anyhow!("no cluster"))?;
-                let http = c.lock().unwrap_or_else(|p| p.into_inner()).restart_cache()?;
+                let http = c
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .restart_cache()?;
                 tunekv::local_cluster::wait_cache(&http, Duration::from_secs(30)).await?;
             }
             Active::CacheIsolated => {
-                cache_hook(self.cache.as_deref().unwrap_or_default(), json!({"clear": true}))
-                    .await?;
+                cache_hook(
+                    self.cache.as_deref().unwrap_or_default(),
+                    json!({"clear": true}),
+                )
+                .await?;
             }
             Active::Killed(i) => {
                 let c = self

@@ -431,7 +431,11 @@ async fn run_on(
         if let Ok(s) = Client::new(&format!("http://{http}")).cache_status().await {
             println!(
                 "cache: {} hits, {} misses, {} coalesced; {} upstream reads, {} read-index probes",
-                s["hits"], s["misses"], s["coalesced"], s["upstream"]["reads"], s["upstream"]["probes"]
+                s["hits"],
+                s["misses"],
+                s["coalesced"],
+                s["upstream"]["reads"],
+                s["upstream"]["probes"]
             );
         }
     }

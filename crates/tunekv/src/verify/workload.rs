@@ -256,15 +256,7 @@ pub async fn run_client(
                     }
                     _ => &http[node],
                 };
-                http_op(
-                    via,
-                    kind,
-                    &key,
-                    value.as_deref(),
-                    &level,
-                    &mut token,
-                )
-                .await
+                http_op(via, kind, &key, value.as_deref(), &level, &mut token).await
             }
             Protocol::Resp => {
                 if resp.as_ref().is_some_and(|(n, _, _)| *n != node) {
