@@ -197,6 +197,25 @@ impl Cache {
         Ok(space.clone())
     }
 
+    /// Creates numbered database `name` (`dbN`) when the cluster does not have it yet, as a
+    /// node does for a RESP client: 4 shards, up to 3 replicas, default level strong.
+    pub async fn numbered_db(&self, name: &str, deadline: Instant) -> Result<(), TunekvError> {
+        match self.upstream.keyspace(name, deadline).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == Code::KeyspaceNotFound => {
+                let replicas = self.upstream.node_count().min(3);
+                let spec = serde_json::json!({ "replicas": replicas });
+                self.upstream.create_keyspace(name, &spec, deadline).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Cancelled when the cache shuts down.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
     fn deadline(&self, started: Instant, wait: Option<Duration>) -> Instant {
         let budget = wait
             .unwrap_or(Duration::from_millis(self.config.wait_ms_default))

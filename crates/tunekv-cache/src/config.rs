@@ -39,6 +39,8 @@ pub struct KeyspaceCache {
 pub struct CacheConfig {
     /// HTTP listen address (the node's read API, plus `/v1/cache`).
     pub http: String,
+    /// RESP listen address (none: no RESP).
+    pub resp: Option<String>,
     /// The cluster's nodes (HTTP addresses); the cache fails over between them.
     pub upstream: Vec<String>,
     /// The cluster secret: the cache checks and issues session tokens like a node.
@@ -70,6 +72,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             http: "127.0.0.1:7480".into(),
+            resp: None,
             upstream: Vec::new(),
             cluster_secret: String::new(),
             memory_bytes: 256 << 20,

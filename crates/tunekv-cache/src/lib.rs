@@ -7,13 +7,15 @@
 //! `config` (the cache's settings), `store` (entries bounded by bytes), `copy` (the position
 //! rules: the feed's position per shard, fills racing the feed, freshness proofs, coalesced
 //! read-index probes), `feed` (following the change feed), `upstream` (the cluster's nodes),
-//! `cache` (the read and write paths), `http` (the node's key API), `server` (the process).
+//! `cache` (the read and write paths), `http` (the node's key API), `resp` (the Redis
+//! protocol: GET, MGET, SET, DEL, RECEIPT, …), `server` (the process).
 
 pub mod cache;
 pub mod config;
 pub mod copy;
 pub mod feed;
 pub mod http;
+pub mod resp;
 pub mod server;
 pub mod store;
 pub mod upstream;

@@ -30,6 +30,13 @@ pub async fn run(
         cache.config.http,
         cache.config.upstream.join(", ")
     );
+    if let Some(addr) = &cache.config.resp {
+        let resp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        println!("tunekv cache serving RESP on {addr}");
+        tokio::spawn(crate::resp::serve(resp, cache.clone(), cache.stop_token()));
+    }
     let app = crate::http::router(cache.clone());
     let served = tunekv_api::serve(listener, app, LIMITS, shutdown).await;
     cache.shutdown();

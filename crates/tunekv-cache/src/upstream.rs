@@ -257,6 +257,24 @@ impl Upstream {
         .await
     }
 
+    /// Creates a keyspace (`PUT /v1/keyspaces/{ks}`); one that exists already is fine.
+    pub async fn create_keyspace(
+        &self,
+        ks: &str,
+        spec: &serde_json::Value,
+        deadline: Instant,
+    ) -> Result<(), TunekvError> {
+        let made = self
+            .each_node(deadline, write_elsewhere, |c, _| async move {
+                c.create_keyspace(ks, spec).await
+            })
+            .await;
+        match made {
+            Err(e) if e.code != Code::KeyspaceExists => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// The keyspace's id and spec, as the node's `GET /v1/keyspaces/{ks}` gives them.
     pub async fn keyspace(
         &self,

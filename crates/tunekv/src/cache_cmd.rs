@@ -9,6 +9,7 @@ pub struct CacheOptions {
     pub upstream: Option<PathBuf>,
     pub nodes: Vec<String>,
     pub http: Option<String>,
+    pub resp: Option<String>,
     pub memory_bytes: Option<u64>,
     pub ttl_ms: Option<u64>,
     pub strategies: Vec<String>,
@@ -79,6 +80,9 @@ pub fn config(o: &CacheOptions) -> Result<CacheConfig> {
     c.upstream.extend(o.nodes.iter().cloned());
     if let Some(h) = &o.http {
         c.http = h.clone();
+    }
+    if let Some(r) = &o.resp {
+        c.resp = Some(r.clone());
     }
     if let Some(m) = o.memory_bytes {
         c.memory_bytes = m;

@@ -47,6 +47,9 @@ pub enum Cmd {
         /// HTTP listen address.
         #[arg(long)]
         http: Option<String>,
+        /// RESP listen address (none: no RESP).
+        #[arg(long)]
+        resp: Option<String>,
         /// Memory for entries, in bytes.
         #[arg(long)]
         memory_bytes: Option<u64>,
@@ -497,6 +500,7 @@ pub async fn run(args: Args) -> Result<i32> {
             upstream,
             nodes,
             http,
+            resp,
             memory_bytes,
             ttl_ms,
             strategies,
@@ -510,6 +514,7 @@ pub async fn run(args: Args) -> Result<i32> {
                 upstream,
                 nodes,
                 http,
+                resp,
                 memory_bytes,
                 ttl_ms,
                 strategies,

@@ -42,7 +42,8 @@ pub async fn run(o: DevOptions) -> Result<i32> {
         );
     }
     if let Some((http, pid)) = cluster.cache() {
-        println!("  cache   http://{http}  pid {pid}  status http://{http}/v1/cache");
+        let resp = cluster.cache_resp().unwrap_or_default();
+        println!("  cache   http://{http}  resp {resp}  pid {pid}  status http://{http}/v1/cache");
     }
     println!(
         "  status page: {}/   cluster JSON: {}/v1/cluster",

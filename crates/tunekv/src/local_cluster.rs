@@ -25,15 +25,16 @@ pub struct LocalCluster {
     pub server_args: Vec<String>,
     /// A `tunekv cache` in front of the nodes, while one runs.
     cache: Option<CacheProcess>,
-    /// The last cache's address and flags (a restart reuses them).
-    last_cache: Option<(String, Vec<String>)>,
+    /// The last cache's addresses (HTTP, RESP) and flags (a restart reuses them).
+    last_cache: Option<(String, String, Vec<String>)>,
 }
 
 /// A `tunekv cache` process started by [`LocalCluster::start_cache`].
 pub struct CacheProcess {
     child: Child,
-    /// Its HTTP address (`127.0.0.1:P`).
+    /// Its HTTP and RESP addresses (`127.0.0.1:P`).
     pub http: String,
+    pub resp: String,
 }
 
 /// Waits until the cache at `http` answers `GET /v1/cache`.
@@ -360,23 +361,26 @@ impl LocalCluster {
 
     /// Starts the cache process without waiting for it (see [`wait_cache`]).
     pub fn spawn_cache(&mut self, args: &[String]) -> Result<String> {
-        let port = free_ports(1, &[])?[0];
-        let http = format!("127.0.0.1:{port}");
-        self.spawn_cache_at(&http, args)?;
+        let ports = free_ports(2, &[])?;
+        let (http, resp) = (
+            format!("127.0.0.1:{}", ports[0]),
+            format!("127.0.0.1:{}", ports[1]),
+        );
+        self.spawn_cache_at(&http, &resp, args)?;
         Ok(http)
     }
 
     /// Starts the cache again after [`LocalCluster::kill_cache`], on the same address with
     /// the same flags, without waiting for it.
     pub fn restart_cache(&mut self) -> Result<String> {
-        let Some((http, args)) = self.last_cache.clone() else {
+        let Some((http, resp, args)) = self.last_cache.clone() else {
             bail!("no cache was started");
         };
-        self.spawn_cache_at(&http, &args)?;
+        self.spawn_cache_at(&http, &resp, &args)?;
         Ok(http)
     }
 
-    fn spawn_cache_at(&mut self, http: &str, args: &[String]) -> Result<()> {
+    fn spawn_cache_at(&mut self, http: &str, resp: &str, args: &[String]) -> Result<()> {
         if self.cache.is_some() {
             bail!("a cache is already running");
         }
@@ -385,7 +389,11 @@ impl LocalCluster {
             .append(true)
             .open(self.dir.join("cache.log"))?;
         let mut cmd = Command::new(&self.exe);
-        cmd.arg("cache").arg("--http").arg(http);
+        cmd.arg("cache")
+            .arg("--http")
+            .arg(http)
+            .arg("--resp")
+            .arg(resp);
         for c in &self.configs {
             cmd.arg("--node").arg(&c.http);
         }
@@ -401,14 +409,20 @@ impl LocalCluster {
         self.cache = Some(CacheProcess {
             child,
             http: http.to_string(),
+            resp: resp.to_string(),
         });
-        self.last_cache = Some((http.to_string(), args.to_vec()));
+        self.last_cache = Some((http.to_string(), resp.to_string(), args.to_vec()));
         Ok(())
     }
 
     /// The running cache's HTTP address and PID.
     pub fn cache(&self) -> Option<(&str, u32)> {
         self.cache.as_ref().map(|c| (c.http.as_str(), c.child.id()))
+    }
+
+    /// The running cache's RESP address.
+    pub fn cache_resp(&self) -> Option<&str> {
+        self.cache.as_ref().map(|c| c.resp.as_str())
     }
 
     /// kill -9 of the cache, by its PID.
@@ -439,7 +453,7 @@ impl LocalCluster {
         let path = self.dir.join("cluster.json");
         let mut doc = json!({"nodes": nodes});
         if let Some(c) = &self.cache {
-            doc["cache"] = json!({"http": c.http, "resp": null, "pid": c.child.id()});
+            doc["cache"] = json!({"http": c.http, "resp": c.resp, "pid": c.child.id()});
         }
         fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
         Ok(path)

@@ -399,3 +399,76 @@ async fn write_through_then_the_cluster_goes_away() {
         .expect_err("a miss needs the store");
     assert_eq!(miss.code(), Some("unavailable"), "{miss}");
 }
+
+/// The cache speaks RESP too: GET, SET, DEL, MGET, the connection's level and session, and
+/// RECEIPT saying how the cache answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cache_speaks_resp() {
+    use common::raw::{bulk, Raw, R};
+    let mut c = common::start(3, false).await;
+    let _ = cache(&mut c, &[]).await;
+    let addr = c.cache_resp().expect("a RESP address").to_string();
+    let json = c.write_cluster_json().unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    assert_eq!(doc["cache"]["resp"], addr.as_str());
+    let node_resp = c.configs[1].resp.clone().expect("a node's RESP address");
+    tokio::task::spawn_blocking(move || {
+        let mut r = Raw::connect(&addr);
+        assert_eq!(r.cmd(&["PING"]), R::Simple("PONG".into()));
+        // db0 is created on first use, as a node does.
+        assert_eq!(r.cmd(&["SET", "rk", "one"]), R::Simple("OK".into()));
+        assert_eq!(r.cmd(&["GET", "rk"]), bulk("one"));
+        assert_eq!(r.cmd(&["CONSISTENCY", "strong"]), R::Simple("OK".into()));
+        // A write on a node: the cache's strong read sees it.
+        let mut n = Raw::connect(&node_resp);
+        assert_eq!(n.cmd(&["SET", "rk", "two"]), R::Simple("OK".into()));
+        assert_eq!(r.cmd(&["GET", "rk"]), bulk("two"));
+        let R::Array(fields) = r.cmd(&["RECEIPT"]) else {
+            panic!("RECEIPT is a map")
+        };
+        let field = |name: &str| {
+            fields
+                .chunks(2)
+                .find(|kv| kv[0] == bulk(name))
+                .map(|kv| match &kv[1] {
+                    R::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+                    R::Int(i) => i.to_string(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(field("served_by"), "cache");
+        assert_eq!(field("level"), "strong");
+        assert!(["hit", "miss", "coalesced"].contains(&field("cache").as_str()));
+        assert_eq!(field("staleness_ms"), "0");
+        assert_eq!(
+            r.cmd(&["MGET", "rk", "nope"]),
+            R::Array(vec![bulk("two"), R::Bulk(None)])
+        );
+        assert_eq!(r.cmd(&["DEL", "rk", "nope"]), R::Int(1));
+        assert_eq!(r.cmd(&["GET", "rk"]), R::Bulk(None));
+        // The session token works on a node and back.
+        let R::Bulk(Some(token)) = r.cmd(&["SESSION"]) else {
+            panic!("SESSION gives the token")
+        };
+        let token = String::from_utf8(token).unwrap();
+        assert_eq!(n.cmd(&["SESSION", &token]), R::Simple("OK".into()));
+        // Bad input: typed errors, the connection stays usable.
+        for (args, code) in [
+            (&["CONSISTENCY", "sometimes"][..], "LEVEL_INVALID"),
+            (&["SESSION", "forged"][..], "SESSION_INVALID"),
+            (&["SET", "k", "v", "EX", "10"][..], "ERR"),
+            (&["FLUSHALL"][..], "ERR"),
+            (&["GET"][..], "ERR"),
+        ] {
+            match r.cmd(args) {
+                R::Error(e) => assert!(e.starts_with(code), "{args:?}: {e}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        assert_eq!(r.cmd(&["PING"]), R::Simple("PONG".into()));
+    })
+    .await
+    .unwrap();
+}
