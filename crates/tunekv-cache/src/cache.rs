@@ -211,6 +211,37 @@ impl Cache {
         }
     }
 
+    /// Explicit invalidation: drops `keys`' entries (fills in flight are not cached). Returns
+    /// how many entries were dropped.
+    pub async fn invalidate_keys(
+        self: &Arc<Self>,
+        ks: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<u64, TunekvError> {
+        let deadline = Instant::now() + Duration::from_millis(self.config.wait_ms_default);
+        let space = self.space(ks, deadline).await?;
+        if space.spec.mode != Mode::Ordered {
+            return Ok(0);
+        }
+        let mut dropped = 0;
+        for key in keys {
+            let copy = &space.shards[shard_for_key(key, space.spec.shards).0 as usize];
+            dropped += u64::from(copy.forget(&self.store, &space, key));
+        }
+        Ok(dropped)
+    }
+
+    /// Versioned keys: bumps the namespace version of `prefix` (empty: the whole keyspace), so
+    /// every entry under it filled before is unreachable. Returns the new version.
+    pub async fn invalidate_prefix(
+        self: &Arc<Self>,
+        ks: &str,
+        prefix: &[u8],
+    ) -> Result<u64, TunekvError> {
+        let deadline = Instant::now() + Duration::from_millis(self.config.wait_ms_default);
+        Ok(self.space(ks, deadline).await?.bump(prefix))
+    }
+
     /// Cancelled when the cache shuts down.
     pub fn stop_token(&self) -> CancellationToken {
         self.stop.clone()
@@ -336,7 +367,7 @@ impl Cache {
     /// about to expire.
     fn live_entry(&self, space: &Space, key: &[u8]) -> Option<Arc<Entry>> {
         let e = self.store.get(space.id, key)?;
-        if e.epoch != space.epoch() || Instant::now() >= e.deadline {
+        if e.epoch != space.epoch() || Instant::now() >= e.deadline || e.gen < space.floor(key) {
             return None;
         }
         if let Some(at) = e.expires_ms {

@@ -46,6 +46,8 @@ struct Slot {
     /// the fill was in flight.
     newest_change: u64,
     epoch: u64,
+    /// The keyspace's namespace version when the fill started.
+    gen: u64,
     /// The fill reads at a state at least this new: every change the feed had delivered when
     /// it started, and what the read needs.
     reads_at_least: u64,
@@ -209,6 +211,7 @@ impl ShardCopy {
                         expires_ms,
                         deadline: ttl,
                         epoch,
+                        gen: e.gen,
                     },
                 );
             }
@@ -231,6 +234,7 @@ impl ShardCopy {
                         expires_ms,
                         deadline: Instant::now() + ttl,
                         epoch,
+                        gen: space.generation(),
                     },
                 );
             }
@@ -279,6 +283,7 @@ impl ShardCopy {
                 expires_ms: None,
                 deadline: Instant::now() + ttl,
                 epoch,
+                gen: space.generation(),
             },
         );
     }
@@ -292,6 +297,18 @@ impl ShardCopy {
             slot.newest_change = slot.newest_change.max(index);
         }
         store.remove(space.id, key);
+    }
+
+    /// Explicit invalidation of `key`: its entry is dropped and a fill in flight will not be
+    /// cached. True when an entry was dropped.
+    pub fn forget(&self, store: &Store, space: &Space, key: &[u8]) -> bool {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.fills.get_mut(key) {
+            slot.newest_change = u64::MAX;
+        }
+        let held = store.get(space.id, key).is_some();
+        store.remove(space.id, key);
+        held
     }
 
     /// Joins the fill of `key` in flight, or starts one that must read at least `need`.
@@ -314,6 +331,7 @@ impl ShardCopy {
             Slot {
                 newest_change: 0,
                 epoch: space.epoch(),
+                gen: space.generation(),
                 reads_at_least,
                 done: watch::channel(None).0,
             },
@@ -349,6 +367,7 @@ impl ShardCopy {
                     && at >= slot.reads_at_least
                     && fed.live
                     && slot.epoch == space.epoch()
+                    && slot.gen >= space.floor(key)
             };
             if fresh {
                 let ttl = if f.value.is_some() {
@@ -367,6 +386,7 @@ impl ShardCopy {
                         expires_ms: f.expires_ms,
                         deadline: Instant::now() + ttl,
                         epoch: slot.epoch,
+                        gen: slot.gen,
                     },
                 );
                 cached = true;
@@ -515,6 +535,20 @@ pub struct Space {
     pub negative_ttl: Duration,
     pub strategy: crate::config::Strategy,
     pub bugs: CacheBugs,
+    namespaces: std::sync::RwLock<Namespaces>,
+}
+
+/// Most prefixes with their own namespace version; past it, every entry's is bumped.
+pub const NAMESPACES_MAX: usize = 1024;
+
+/// Namespace versions (versioned keys): bumping a prefix makes every entry under it that was
+/// filled before the bump unreachable, in O(1), without touching the entries.
+#[derive(Default)]
+struct Namespaces {
+    /// The keyspace's namespace version: every bump takes the next one.
+    gen: u64,
+    /// (prefix, the version of its last bump); no prefix is a prefix of another.
+    bumps: Vec<(Vec<u8>, u64)>,
 }
 
 impl Space {
@@ -544,7 +578,53 @@ impl Space {
             negative_ttl: Duration::from_millis(config.negative_ttl_ms),
             strategy: ks.strategy,
             bugs,
+            namespaces: Default::default(),
         }
+    }
+
+    /// The current namespace version (an entry filled now carries it).
+    pub fn generation(&self) -> u64 {
+        self.namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .gen
+    }
+
+    /// The version an entry of `key` needs to be reachable: the last bump of a prefix of it.
+    pub fn floor(&self, key: &[u8]) -> u64 {
+        let ns = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+        ns.bumps
+            .iter()
+            .filter(|(p, _)| key.starts_with(p))
+            .map(|(_, g)| *g)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Bumps the namespace version of `prefix` (empty: every key): every entry under it filled
+    /// before becomes unreachable. Returns the new version.
+    pub fn bump(&self, prefix: &[u8]) -> u64 {
+        let mut ns = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
+        ns.gen += 1;
+        let gen = ns.gen;
+        // A bump of `prefix` covers every longer prefix under it.
+        ns.bumps.retain(|(p, _)| !p.starts_with(prefix));
+        if ns.bumps.len() >= NAMESPACES_MAX {
+            // Over-invalidating is safe: every entry is bumped.
+            ns.bumps.clear();
+            ns.bumps.push((Vec::new(), gen));
+        } else {
+            ns.bumps.push((prefix.to_vec(), gen));
+        }
+        gen
+    }
+
+    pub fn namespaces(&self) -> usize {
+        self.namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .bumps
+            .len()
     }
 
     pub fn epoch(&self) -> u64 {
@@ -724,6 +804,58 @@ mod tests {
             !copy.finish_fill(&store, &sp, b"k", fetched("v", 6)),
             "epoch changed"
         );
+        assert_eq!(cached(&store, b"k"), None);
+    }
+
+    #[test]
+    fn a_namespace_bump_makes_older_entries_and_fills_under_it_unreachable() {
+        let (store, sp) = (Store::new(1 << 20), space(CacheBugs::default()));
+        let copy = &sp.shards[0];
+        copy.progressed(5);
+        assert_eq!(sp.floor(b"user:1"), 0);
+        let Fill::Fetch { .. } = copy.join_fill(&sp, b"user:1", 0) else {
+            panic!()
+        };
+        let g = sp.bump(b"user:");
+        assert_eq!(sp.floor(b"user:1"), g);
+        assert_eq!(sp.floor(b"order:1"), 0, "other prefixes keep theirs");
+        assert!(
+            !copy.finish_fill(&store, &sp, b"user:1", fetched("v", 6)),
+            "a fill started before the bump is not cached"
+        );
+        let Fill::Fetch { .. } = copy.join_fill(&sp, b"user:1", 0) else {
+            panic!()
+        };
+        assert!(copy.finish_fill(&store, &sp, b"user:1", fetched("v", 6)));
+        assert_eq!(store.get(7, b"user:1").unwrap().gen, g);
+        // A shorter prefix replaces the longer ones under it; the whole keyspace too.
+        let all = sp.bump(b"");
+        assert_eq!(sp.namespaces(), 1);
+        assert_eq!(sp.floor(b"user:1"), all);
+        assert_eq!(sp.floor(b"order:1"), all);
+        // Bounded: past NAMESPACES_MAX prefixes, everything is bumped at once.
+        for i in 0..NAMESPACES_MAX + 1 {
+            sp.bump(format!("p{i}:").as_bytes());
+        }
+        assert!(sp.namespaces() <= NAMESPACES_MAX);
+        assert!(sp.floor(b"anything") > all, "everything was bumped again");
+    }
+
+    #[test]
+    fn an_invalidated_key_in_flight_is_not_cached() {
+        let (store, sp) = (Store::new(1 << 20), space(CacheBugs::default()));
+        let copy = &sp.shards[0];
+        copy.progressed(5);
+        let Fill::Fetch { .. } = copy.join_fill(&sp, b"k", 0) else {
+            panic!()
+        };
+        assert!(!copy.forget(&store, &sp, b"k"));
+        assert!(!copy.finish_fill(&store, &sp, b"k", fetched("v", 6)));
+        let Fill::Fetch { .. } = copy.join_fill(&sp, b"k", 0) else {
+            panic!()
+        };
+        assert!(copy.finish_fill(&store, &sp, b"k", fetched("v", 6)));
+        assert!(copy.forget(&store, &sp, b"k"));
         assert_eq!(cached(&store, b"k"), None);
     }
 

@@ -44,6 +44,11 @@ async fn handle(State(cache): State<Arc<Cache>>, req: Request) -> Response {
             Err(e) => error_response(e),
             Ok(body) => faults(&cache, &body),
         }
+    } else if parts.uri.path() == "/v1/cache/invalidate" && parts.method == Method::POST {
+        match read_body(&parts.headers, body, BODY_STALL).await {
+            Err(e) => error_response(e),
+            Ok(body) => invalidate(&cache, &body).await,
+        }
     } else if parts.uri.path() == "/v1/cache" {
         if parts.method == Method::GET {
             status(&cache).into_response()
@@ -285,6 +290,54 @@ fn faults(cache: &Cache, body: &[u8]) -> Response {
     Json(json!({"isolated": isolate})).into_response()
 }
 
+/// `POST /v1/cache/invalidate` with `{"keyspace": ks, "keys": [k, …]}` (entries dropped:
+/// `{"removed": n}`), `{"keyspace": ks, "prefix": p}` or `{"keyspace": ks, "all": true}` (a new
+/// namespace version: `{"namespace_version": v}`).
+async fn invalidate(cache: &Arc<Cache>, body: &[u8]) -> Response {
+    let bad = |m: &str| error_response(TunekvError::new(Code::BadRequest, m));
+    let v: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return bad(&format!("the body is not JSON: {e}")),
+    };
+    let Some(ks) = v["keyspace"].as_str() else {
+        return bad("name the \"keyspace\"");
+    };
+    let done = match (v.get("keys"), v.get("prefix"), v.get("all")) {
+        (Some(keys), None, None) => {
+            let Some(keys) = keys.as_array().filter(|k| !k.is_empty() && k.len() <= 1024) else {
+                return bad("\"keys\" is an array of 1 to 1024 keys");
+            };
+            let Some(keys) = keys
+                .iter()
+                .map(|k| k.as_str().map(|s| s.as_bytes().to_vec()))
+                .collect::<Option<Vec<_>>>()
+            else {
+                return bad("\"keys\" holds strings");
+            };
+            cache
+                .invalidate_keys(ks, &keys)
+                .await
+                .map(|n| json!({ "removed": n }))
+        }
+        (None, Some(p), None) => match p.as_str() {
+            Some(p) => cache
+                .invalidate_prefix(ks, p.as_bytes())
+                .await
+                .map(|g| json!({ "namespace_version": g })),
+            None => return bad("\"prefix\" is a string"),
+        },
+        (None, None, Some(serde_json::Value::Bool(true))) => cache
+            .invalidate_prefix(ks, b"")
+            .await
+            .map(|g| json!({ "namespace_version": g })),
+        _ => return bad("give one of \"keys\", \"prefix\" or \"all\": true"),
+    };
+    match done {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
 /// `GET /v1/cache`: entries and bytes held, counters, and per keyspace and shard the feed's
 /// position.
 fn status(cache: &Cache) -> Json<serde_json::Value> {
@@ -310,6 +363,8 @@ fn status(cache: &Cache) -> Json<serde_json::Value> {
                 "mode": sp.spec.mode.as_str(),
                 "strategy": sp.strategy.as_str(),
                 "epoch": sp.epoch(),
+                "namespace_version": sp.generation(),
+                "namespaces": sp.namespaces(),
                 "shards": shards,
             })
         })

@@ -267,13 +267,34 @@ async fn execute(cache: &Arc<Cache>, conn: &mut Conn, name: &str, args: &[Vec<u8
             }
             Reply::Int(removed)
         }
+        "invalidate" if !args.is_empty() => invalidate(cache, conn, args).await,
         "ping" | "echo" | "select" | "consistency" | "session" | "waitms" | "receipt" | "get"
-        | "mget" | "exists" | "set" | "del" | "unlink" | "client" => arity(name),
+        | "mget" | "exists" | "set" | "del" | "unlink" | "client" | "invalidate" => arity(name),
         other => Reply::err(format!(
             "unknown command '{}': the cache serves GET, MGET, EXISTS, SET, DEL, SELECT, \
-             CONSISTENCY, SESSION, WAITMS, RECEIPT, HELLO, PING; send other commands to a node",
+             INVALIDATE, CONSISTENCY, SESSION, WAITMS, RECEIPT, HELLO, PING; send other commands \
+             to a node",
             tunekv_core::code::shorten(other, 64)
         )),
+    }
+}
+
+/// `INVALIDATE KEY k [k …]` (entries dropped: an integer), `INVALIDATE PREFIX p` and
+/// `INVALIDATE ALL` (a new namespace version: every entry under the prefix filled before is
+/// unreachable; the version as an integer).
+async fn invalidate(cache: &Arc<Cache>, conn: &mut Conn, args: &[Vec<u8>]) -> Reply {
+    let how = text(&args[0]).to_ascii_lowercase();
+    let done = match (how.as_str(), &args[1..]) {
+        ("key", keys) if !keys.is_empty() && keys.len() <= KEYS_MAX => {
+            cache.invalidate_keys(&conn.keyspace, keys).await
+        }
+        ("prefix", [p]) => cache.invalidate_prefix(&conn.keyspace, p).await,
+        ("all", []) => cache.invalidate_prefix(&conn.keyspace, b"").await,
+        _ => return Reply::err("INVALIDATE takes KEY k [k …], PREFIX p or ALL"),
+    };
+    match done {
+        Ok(n) => Reply::Int(i64::try_from(n).unwrap_or(i64::MAX)),
+        Err(e) => typed(e),
     }
 }
 

@@ -30,6 +30,9 @@ pub struct Entry {
     pub deadline: Instant,
     /// The keyspace's epoch when it was filled; entries of another epoch are unreachable.
     pub epoch: u64,
+    /// The keyspace's namespace version when it was filled: a later bump of a prefix of the
+    /// key makes it unreachable (versioned keys, `INVALIDATE PREFIX`).
+    pub gen: u64,
 }
 
 #[derive(Clone)]
@@ -98,6 +101,7 @@ mod tests {
             expires_ms: None,
             deadline: Instant::now(),
             epoch: 0,
+            gen: 0,
         }
     }
 

@@ -160,8 +160,28 @@ async fn cache_hits_obey_the_level() {
         "the deletion is cached as an absence"
     );
 
-    // Bad input gets the node's typed errors and the cache's headers.
+    // Explicit invalidation over HTTP: the key's next read is a miss.
     let base = format!("http://{}", c.cache().unwrap().0);
+    let invalidate = format!("{base}/v1/cache/invalidate");
+    let (status, _, body) = call("POST", &invalidate, r#"{"keyspace": "c", "keys": ["k"]}"#).await;
+    assert_eq!((status, body["removed"].as_u64()), (200, Some(1)), "{body}");
+    let after = cache
+        .get("c", b"k", &Opts::level("eventual"))
+        .await
+        .unwrap();
+    assert_eq!(after.cache.as_deref(), Some("miss"));
+    let (status, _, body) = call("POST", &invalidate, r#"{"keyspace": "c", "all": true}"#).await;
+    assert!(
+        status == 200 && body["namespace_version"].as_u64() > Some(0),
+        "{body}"
+    );
+    let (status, _, body) = call("POST", &invalidate, r#"{"keyspace": "c"}"#).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+
+    // Bad input gets the node's typed errors and the cache's headers.
     for (url, code) in [
         (format!("{base}/v1/kv/c/k?level=sometimes"), "level_invalid"),
         (
@@ -446,6 +466,33 @@ async fn the_cache_speaks_resp() {
             r.cmd(&["MGET", "rk", "nope"]),
             R::Array(vec![bulk("two"), R::Bulk(None)])
         );
+        // Explicit invalidation: the next read is a miss; a namespace bump (versioned keys)
+        // makes every entry under the prefix unreachable at once.
+        let served = |r: &mut Raw| match r.cmd(&["RECEIPT"]) {
+            R::Array(f) => f
+                .chunks(2)
+                .find(|kv| kv[0] == bulk("cache"))
+                .map(|kv| match &kv[1] {
+                    R::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(r.cmd(&["CONSISTENCY", "eventual"]), R::Simple("OK".into()));
+        r.cmd(&["GET", "rk"]);
+        assert_eq!(r.cmd(&["GET", "rk"]), bulk("two"));
+        assert!(served(&mut r).contains("hit"));
+        assert_eq!(r.cmd(&["INVALIDATE", "KEY", "rk"]), R::Int(1));
+        assert_eq!(r.cmd(&["GET", "rk"]), bulk("two"));
+        assert!(served(&mut r).contains("miss"));
+        assert_eq!(r.cmd(&["GET", "rk"]), bulk("two"));
+        assert!(served(&mut r).contains("hit"));
+        assert!(matches!(r.cmd(&["INVALIDATE", "PREFIX", "r"]), R::Int(v) if v > 0));
+        assert_eq!(r.cmd(&["GET", "rk"]), bulk("two"));
+        assert!(served(&mut r).contains("miss"));
+        assert!(matches!(r.cmd(&["INVALIDATE", "ALL"]), R::Int(_)));
+        assert!(matches!(r.cmd(&["INVALIDATE", "SOME"]), R::Error(_)));
         assert_eq!(r.cmd(&["DEL", "rk", "nope"]), R::Int(1));
         assert_eq!(r.cmd(&["GET", "rk"]), R::Bulk(None));
         // The session token works on a node and back.
