@@ -4,6 +4,7 @@
 
 use crate::config::{CacheConfig, Strategy};
 use crate::copy::{CacheBugs, Fill, FillResult, ShardCopy, Space};
+use crate::queue::{Pending, Queue};
 use crate::store::{Entry, Store};
 use crate::upstream::{Fetched, Upstream};
 use bytes::Bytes;
@@ -62,6 +63,16 @@ pub struct Answer {
     pub token: Option<String>,
 }
 
+/// What a write through the cache did.
+#[derive(Clone, Debug)]
+pub enum Written {
+    /// The store acknowledged it (read-through, write-through).
+    Stored(Box<WriteReply>),
+    /// Write-behind: queued at `seq` (synced to the queue's log when it has one); the store
+    /// does not have it yet.
+    Queued { seq: u64, durable: bool },
+}
+
 /// A failed read, and how far it got.
 #[derive(Clone, Debug)]
 pub struct Refused {
@@ -85,6 +96,8 @@ pub struct Stats {
     pub coalesced: AtomicU64,
     /// Fills not cached because the feed delivered a newer change meanwhile.
     pub stale_fills_dropped: AtomicU64,
+    /// Write-behind writes the store acknowledged.
+    pub flushed: AtomicU64,
 }
 
 pub struct Cache {
@@ -96,6 +109,8 @@ pub struct Cache {
     pub bugs: CacheBugs,
     /// Whether `POST /v1/admin/faults` may cut the cache off (tests only).
     pub faults_enabled: bool,
+    /// The write-behind queue (when a keyspace is `write_behind`).
+    pub queue: Option<Arc<Queue>>,
     spaces: Mutex<HashMap<String, Arc<OnceCell<Arc<Space>>>>>,
     stop: CancellationToken,
     started: Instant,
@@ -113,6 +128,18 @@ impl Cache {
     ) -> Result<Arc<Cache>, String> {
         config.validate()?;
         let key = SessionKey::new(config.cluster_secret.as_bytes())?;
+        let behind = config
+            .keyspaces
+            .values()
+            .any(|k| k.strategy == Strategy::WriteBehind);
+        let queue = match (&config.write_behind_dir, behind) {
+            (_, false) => None,
+            (Some(dir), true) => Some(
+                Queue::durable(std::path::Path::new(dir), config.write_behind_bytes_max)
+                    .map_err(|e| format!("cannot open the write-behind log in {dir}: {e}"))?,
+            ),
+            (None, true) => Some(Queue::in_memory(config.write_behind_bytes_max)),
+        };
         Ok(Arc::new(Cache {
             store: Arc::new(Store::new(config.memory_bytes)),
             upstream: Arc::new(Upstream::new(&config.upstream, key.clone())),
@@ -120,6 +147,7 @@ impl Cache {
             stats: Stats::default(),
             bugs,
             faults_enabled,
+            queue,
             spaces: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
             started: Instant::now(),
@@ -577,6 +605,7 @@ impl Cache {
 
     /// A PUT (`Some` value) or DELETE through the cache: sent to the store; once acknowledged
     /// the entry becomes the written value (write-through) or is dropped (read-through).
+    /// Write-behind keyspaces queue it instead.
     pub async fn write(
         self: &Arc<Self>,
         ks: &str,
@@ -584,10 +613,46 @@ impl Cache {
         value: Option<Bytes>,
         wait: Option<Duration>,
         session: &Session,
-    ) -> Result<WriteReply, TunekvError> {
+    ) -> Result<Written, TunekvError> {
         let started = Instant::now();
         let deadline = self.deadline(started, wait);
         let space = self.space(ks, deadline).await?;
+        if key.is_empty() || key.len() > KEY_BYTES_MAX {
+            return Err(err(Code::KeyInvalid, "a key is 1 to 1024 bytes"));
+        }
+        if let (Strategy::WriteBehind, Some(q)) = (space.strategy, &self.queue) {
+            if let Some(v) = &value {
+                if v.len() as u64 > space.spec.value_bytes_max {
+                    return Err(err(
+                        Code::ValueTooLarge,
+                        format!(
+                            "the value is {} bytes; keyspace {ks:?} takes at most {}",
+                            v.len(),
+                            space.spec.value_bytes_max
+                        ),
+                    ));
+                }
+            }
+            let seq = q.push(ks, key, value.as_deref()).await?;
+            return Ok(Written::Queued {
+                seq,
+                durable: q.durable_path().is_some(),
+            });
+        }
+        self.store_write(&space, key, value, session, deadline)
+            .await
+            .map(|w| Written::Stored(Box::new(w)))
+    }
+
+    /// Sends a write to the store and updates the entry by the keyspace's strategy.
+    async fn store_write(
+        self: &Arc<Self>,
+        space: &Arc<Space>,
+        key: &[u8],
+        value: Option<Bytes>,
+        session: &Session,
+        deadline: Instant,
+    ) -> Result<WriteReply, TunekvError> {
         let mut opts = Opts::default();
         if !session.is_empty() {
             opts = opts.session(&self.key.encode(session));
@@ -599,11 +664,108 @@ impl Cache {
         if space.spec.mode == Mode::Ordered {
             let copy = &space.shards[shard_for_key(key, space.spec.shards).0 as usize];
             match space.strategy {
-                Strategy::WriteThrough => copy.wrote(&self.store, &space, key, reply.index, value),
-                Strategy::ReadThrough => copy.dropped(&self.store, &space, key, reply.index),
+                Strategy::WriteThrough | Strategy::WriteBehind => {
+                    copy.wrote(&self.store, space, key, reply.index, value)
+                }
+                Strategy::ReadThrough => copy.dropped(&self.store, space, key, reply.index),
             }
         }
         Ok(reply)
+    }
+
+    /// Flushes the write-behind queue to the store until the cache stops: batches from the
+    /// front, the last write of each key in a batch sent (writes of different keys at once,
+    /// each key's in order), failures retried until they succeed, then the batch popped.
+    pub async fn flush_loop(self: Arc<Self>) {
+        let Some(q) = self.queue.clone() else { return };
+        loop {
+            let batch = q.front(self.config.write_behind_batch_max);
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = q.queued.notified() => continue,
+                }
+            }
+            if !self.flush_batch(&batch).await {
+                return;
+            }
+            if let Some(last) = batch.last() {
+                q.done_through(last.seq).await;
+            }
+        }
+    }
+
+    /// Flushes everything queued now (a restarted cache, before it serves). Prints progress.
+    pub async fn flush_all(self: &Arc<Self>) {
+        let Some(q) = self.queue.clone() else { return };
+        let (left, bytes, _) = q.usage();
+        if left == 0 {
+            return;
+        }
+        println!(
+            "flushing {left} write-behind writes ({bytes} bytes) left from before the restart ..."
+        );
+        let started = Instant::now();
+        loop {
+            let batch = q.front(self.config.write_behind_batch_max);
+            let Some(last) = batch.last() else { break };
+            if !self.flush_batch(&batch).await {
+                return;
+            }
+            q.done_through(last.seq).await;
+        }
+        println!(
+            "flushed the write-behind queue in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Sends a batch's writes until each is in the store; false if the cache stopped first.
+    async fn flush_batch(self: &Arc<Self>, batch: &[Pending]) -> bool {
+        // The last write of each key: the store sees each key's final value of the batch.
+        let mut last: HashMap<(&str, &[u8]), &Pending> = HashMap::new();
+        for p in batch {
+            last.insert((p.keyspace.as_str(), p.key.as_slice()), p);
+        }
+        let mut todo: Vec<&Pending> = last.into_values().collect();
+        let mut pause = Duration::from_millis(50);
+        while !todo.is_empty() {
+            if self.stop.is_cancelled() {
+                return false;
+            }
+            let sends = todo.iter().map(|p| {
+                let me = self.clone();
+                async move {
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    let space = me.space(&p.keyspace, deadline).await?;
+                    let value = p.value.clone().map(Bytes::from);
+                    me.store_write(&space, &p.key, value, &Session::new(), deadline)
+                        .await
+                }
+            });
+            let results = futures::future::join_all(sends).await;
+            let mut failed = Vec::new();
+            for (p, r) in todo.iter().zip(results) {
+                match r {
+                    Ok(_) => {
+                        self.stats.flushed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "a write-behind write failed; retrying");
+                        failed.push(*p);
+                    }
+                }
+            }
+            todo = failed;
+            if !todo.is_empty() {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return false,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+        true
     }
 }
 

@@ -14,6 +14,10 @@ pub enum Strategy {
     /// Writes go to the store; once acknowledged, the entry is set at the write's position, so
     /// the writer's next read hits.
     WriteThrough,
+    /// Writes are acknowledged once in the cache's write-behind queue (synced to its log, or
+    /// in memory only) and flushed to the store in batches, in order; reads see them once they
+    /// are in the store.
+    WriteBehind,
 }
 
 impl Strategy {
@@ -21,6 +25,7 @@ impl Strategy {
         match self {
             Strategy::ReadThrough => "read_through",
             Strategy::WriteThrough => "write_through",
+            Strategy::WriteBehind => "write_behind",
         }
     }
 }
@@ -65,6 +70,16 @@ pub struct CacheConfig {
     /// A shard whose feed stays behind the read index the cache learned for this long makes
     /// the feed move to another node.
     pub feed_lag_switch_ms: u64,
+    /// Directory of the write-behind log: write-behind writes are acknowledged once synced to
+    /// it, and a restart flushes what it holds before serving. Without it, the queue is in
+    /// memory only (`write_behind_in_memory = true` must say so).
+    pub write_behind_dir: Option<String>,
+    /// Accept a write-behind queue in memory only: a crash loses the writes not yet flushed.
+    pub write_behind_in_memory: bool,
+    /// Most bytes waiting in the write-behind queue; past it writes are refused (`unavailable`).
+    pub write_behind_bytes_max: u64,
+    /// Most writes flushed to the store at once.
+    pub write_behind_batch_max: usize,
     pub keyspaces: BTreeMap<String, KeyspaceCache>,
 }
 
@@ -83,6 +98,10 @@ impl Default for CacheConfig {
             feed_wait_ms: 200,
             wait_ms_default: 1_000,
             feed_lag_switch_ms: 3_000,
+            write_behind_dir: None,
+            write_behind_in_memory: false,
+            write_behind_bytes_max: 64 << 20,
+            write_behind_batch_max: 64,
             keyspaces: BTreeMap::new(),
         }
     }
@@ -128,6 +147,20 @@ impl CacheConfig {
         if self.ttl_jitter_pct >= 100 {
             return Err("ttl_jitter_pct must be below 100".into());
         }
+        let behind = self
+            .keyspaces
+            .values()
+            .any(|k| k.strategy == Strategy::WriteBehind);
+        if behind && self.write_behind_dir.is_none() && !self.write_behind_in_memory {
+            return Err(
+                "a write_behind keyspace needs write_behind_dir (acknowledged once synced) or \
+                 write_behind_in_memory = true (a crash loses what is not flushed yet)"
+                    .into(),
+            );
+        }
+        if self.write_behind_batch_max == 0 {
+            return Err("write_behind_batch_max must be at least 1".into());
+        }
         if self.memory_bytes < 1 << 20 {
             return Err("memory_bytes must be at least 1 MiB".into());
         }
@@ -169,5 +202,12 @@ mod tests {
         );
         let bad = format!("{}[keyspaces.k]\nstrategy = \"write_sideways\"\n", base());
         assert!(CacheConfig::from_toml(&bad).is_err());
+        // Write-behind must say where its queue lives, or that it may lose writes.
+        let wb = format!("{}[keyspaces.k]\nstrategy = \"write_behind\"\n", base());
+        assert!(CacheConfig::from_toml(&wb)
+            .unwrap_err()
+            .contains("write_behind_dir"));
+        let mem = format!("write_behind_in_memory = true\n{wb}");
+        assert!(CacheConfig::from_toml(&mem).is_ok());
     }
 }

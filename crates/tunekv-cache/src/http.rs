@@ -3,7 +3,7 @@
 //! (what the cache holds and has done). Every answer carries `tunekv-served-by: cache` and
 //! `tunekv-cache: hit|miss|coalesced`.
 
-use crate::cache::{Answer, Cache, Refused, Served};
+use crate::cache::{Answer, Cache, Refused, Served, Written};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -23,6 +23,8 @@ use tunekv_core::{Code, Session, TunekvError};
 
 /// How a read was answered.
 pub const H_CACHE: &str = "tunekv-cache";
+/// A write-behind write's durability: `pending` until the store has it.
+pub const H_DURABILITY: &str = "tunekv-durability";
 /// What `tunekv-served-by` says of every answer the cache gives.
 pub const SERVED_BY: &str = "cache";
 
@@ -240,7 +242,25 @@ async fn write(
 ) -> Response {
     match cache.write(ks, key, value, wait, session).await {
         Err(e) => error_response(e),
-        Ok(w) => {
+        // Write-behind: accepted, not in the store yet. No position and no new session mark:
+        // the session's levels cannot cover a write the store does not have.
+        Ok(Written::Queued { seq, durable }) => {
+            let token = cache.key.encode(session);
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_static(H_DURABILITY),
+                HeaderValue::from_static("pending"),
+            );
+            h.insert(HeaderName::from_static(H_SESSION), header(&token));
+            let body = json!({
+                "durability": "pending",
+                "queued": seq,
+                "queue": if durable { "fsync" } else { "memory" },
+                "session": token,
+            });
+            (StatusCode::ACCEPTED, h, Json(body)).into_response()
+        }
+        Ok(Written::Stored(w)) => {
             let mut h = HeaderMap::new();
             h.insert(HeaderName::from_static(H_POSITION), header(&w.position));
             h.insert(HeaderName::from_static(H_SESSION), header(&w.session));
@@ -379,6 +399,15 @@ fn status(cache: &Cache) -> Json<serde_json::Value> {
         "misses": load(&s.misses),
         "coalesced": load(&s.coalesced),
         "stale_fills_dropped": load(&s.stale_fills_dropped),
+        "write_behind": cache.queue.as_ref().map(|q| {
+            let (waiting, bytes, flushed) = q.usage();
+            json!({
+                "waiting": waiting,
+                "bytes": bytes,
+                "flushed": flushed,
+                "log": q.durable_path().map(|p| p.display().to_string()),
+            })
+        }),
         "upstream": {
             "nodes": cache.config.upstream,
             "isolated": cache.upstream.isolated(),

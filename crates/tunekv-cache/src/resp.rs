@@ -4,7 +4,7 @@
 //! `Cache::get` exactly as over HTTP; RECEIPT says `served_by: cache` and `cache: hit|miss|
 //! coalesced`. Commands the cache does not serve are refused by name.
 
-use crate::cache::{Answer, Cache, Refused};
+use crate::cache::{Answer, Cache, Refused, Written};
 use crate::http::SERVED_BY;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -380,10 +380,15 @@ async fn write(
     key: &[u8],
     value: Option<Bytes>,
 ) -> Result<bool, Reply> {
-    let w = cache
+    let w = match cache
         .write(&conn.keyspace, key, value, conn.wait, &conn.session)
         .await
-        .map_err(typed)?;
+        .map_err(typed)?
+    {
+        Written::Stored(w) => w,
+        // Write-behind: queued; whether the key existed is not known yet.
+        Written::Queued { .. } => return Ok(true),
+    };
     let carried = cache
         .key
         .decode(&w.session)

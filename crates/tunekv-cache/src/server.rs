@@ -22,6 +22,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     let cache = Cache::new(config, bugs, enable_faults)?;
+    // What an earlier process acknowledged but did not flush goes to the store first.
+    cache.flush_all().await;
+    tokio::spawn(cache.clone().flush_loop());
     let listener = tokio::net::TcpListener::bind(&cache.config.http)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cache.config.http))?;

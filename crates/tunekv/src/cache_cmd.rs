@@ -15,6 +15,8 @@ pub struct CacheOptions {
     pub strategies: Vec<String>,
     pub bugs: Vec<String>,
     pub enable_faults: bool,
+    pub write_behind_dir: Option<PathBuf>,
+    pub write_behind_in_memory: bool,
 }
 
 /// The nodes of a `cluster.json` (as `tunekv dev` writes it) and the cluster secret from the
@@ -90,6 +92,12 @@ pub fn config(o: &CacheOptions) -> Result<CacheConfig> {
     if let Some(t) = o.ttl_ms {
         c.ttl_ms = t;
     }
+    if let Some(d) = &o.write_behind_dir {
+        c.write_behind_dir = Some(d.display().to_string());
+    }
+    if o.write_behind_in_memory {
+        c.write_behind_in_memory = true;
+    }
     if c.cluster_secret.is_empty() {
         if let Ok(s) = std::env::var("TUNEKV_CLUSTER_SECRET") {
             c.cluster_secret = s;
@@ -102,7 +110,10 @@ pub fn config(o: &CacheOptions) -> Result<CacheConfig> {
         let strategy = match name {
             "read_through" => Strategy::ReadThrough,
             "write_through" => Strategy::WriteThrough,
-            other => bail!("unknown strategy {other:?}; known: read_through, write_through"),
+            "write_behind" => Strategy::WriteBehind,
+            other => bail!(
+                "unknown strategy {other:?}; known: read_through, write_through, write_behind"
+            ),
         };
         c.keyspaces
             .entry(ks.to_string())

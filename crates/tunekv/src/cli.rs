@@ -56,9 +56,16 @@ pub enum Cmd {
         /// Default TTL of entries, ms (mandatory; never infinite).
         #[arg(long)]
         ttl_ms: Option<u64>,
-        /// KEYSPACE=read_through|write_through (repeatable).
+        /// KEYSPACE=read_through|write_through|write_behind (repeatable).
         #[arg(long = "strategy")]
         strategies: Vec<String>,
+        /// Directory of the write-behind log (writes acknowledged once synced to it; a restart
+        /// flushes it before serving).
+        #[arg(long)]
+        write_behind_dir: Option<PathBuf>,
+        /// Keep the write-behind queue in memory only: a crash loses what is not flushed yet.
+        #[arg(long)]
+        write_behind_in_memory: bool,
         /// Break one of the cache's promises on purpose (keep-stale-fills, ignore-session,
         /// drop-invalidations); bug-injection builds only.
         #[arg(long = "bug", value_name = "BUG")]
@@ -506,10 +513,14 @@ pub async fn run(args: Args) -> Result<i32> {
             strategies,
             bugs,
             enable_faults,
+            write_behind_dir,
+            write_behind_in_memory,
         } => {
             init_tracing();
             crate::cache_cmd::run(crate::cache_cmd::CacheOptions {
                 enable_faults,
+                write_behind_dir,
+                write_behind_in_memory,
                 config,
                 upstream,
                 nodes,
