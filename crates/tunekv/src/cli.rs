@@ -259,6 +259,12 @@ pub enum Cmd {
         /// subscriber on the same write load.
         #[arg(long)]
         feed: bool,
+        /// A cache (`tunekv cache`) in front of the cluster, with memory for 10% of the keys:
+        /// GET at eventual, session and strong through it (hit ratio, staleness) beside the
+        /// nodes' GET, SET write-through and write-behind beside a node's SET (with --compare
+        /// redis,memcached: their GET beside), and the eviction policy's hit ratio.
+        #[arg(long)]
+        cache: bool,
     },
     /// Show nodes, groups, leaders and every replica's applied/committed index.
     Cluster {
@@ -423,6 +429,7 @@ pub async fn run(args: Args) -> Result<i32> {
             compare,
             keyspace_mode,
             feed,
+            cache,
         } => {
             let compare = comma_list(compare.as_deref().unwrap_or(""))
                 .iter()
@@ -437,6 +444,7 @@ pub async fn run(args: Args) -> Result<i32> {
             };
             crate::bench::run(crate::bench::BenchOptions {
                 feed,
+                cache,
                 leaderless,
                 compare,
                 nodes,

@@ -252,3 +252,91 @@ fn a_feed_bench_delivers_every_write_to_every_consumer() {
         );
     }
 }
+
+/// `bench --cache` (issue 19): every row runs, beside Redis and memcached; the cache serves
+/// its GET rows from memory (a hit ratio is printed for each), strong included; write-behind
+/// flushes; the eviction policy's zipf hit ratio is printed beside an exact LRU.
+#[test]
+fn a_cache_bench_prints_every_row_and_its_hit_ratios() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_tunekv"))
+        .args([
+            "bench",
+            "--cache",
+            "--compare",
+            "redis,memcached",
+            "--keys",
+            "2000",
+        ])
+        .args([
+            "--duration",
+            "1s",
+            "--warmup",
+            "1s",
+            "--distribution",
+            "zipf",
+            "--dir",
+        ])
+        .arg(dir.path().join("cluster"))
+        .output()
+        .expect("run tunekv bench --cache");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in [
+        "cache GET eventual",
+        "cache GET session",
+        "cache GET strong",
+        "node GET eventual",
+        "node GET strong",
+        "redis GET",
+        "memcached get",
+        "cache SET write-through",
+        "cache SET write-behind",
+        "node SET",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(row) && !l.contains("hit ratio"))
+            .unwrap_or_else(|| panic!("no {row} row:\n{stdout}"));
+        let ops: f64 = line[row.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0);
+        assert!(ops > 0.0, "{row} made no progress: {line}");
+        assert!(line.trim_end().ends_with('-'), "{row} had refusals: {line}");
+    }
+    for row in [
+        "cache GET eventual",
+        "cache GET session",
+        "cache GET strong",
+    ] {
+        let ratio: f64 = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{row}: hit ratio ")))
+            .and_then(|r| r.split('%').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no hit ratio for {row}:\n{stdout}"));
+        assert!(ratio > 50.0, "{row}: hit ratio {ratio}%:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("quick_cache") && stdout.contains("exact LRU"),
+        "{stdout}"
+    );
+    // No peer is left running: they were stopped by PID.
+    for name in ["memcached", "redis"] {
+        let pid = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("started {name} (pid ")))
+            .and_then(|p| p.trim_end_matches(')').parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("{name}'s pid not printed:\n{stdout}"));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "{name} (pid {pid}) still runs"
+        );
+    }
+}

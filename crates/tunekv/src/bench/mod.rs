@@ -3,6 +3,7 @@
 //! or one `cluster.json` names. Printed as a table; `--out DIR` adds CSV, SVG plots and
 //! `summary.json`.
 
+mod cache;
 mod compare;
 mod feed;
 mod keys;
@@ -62,6 +63,10 @@ pub struct BenchOptions {
     /// `--feed`: the change feed's rows (events to 1 and 100 consumers, write → event delay)
     /// instead of the levels.
     pub feed: bool,
+    /// `--cache`: a `tunekv cache` in front of the cluster: GET hits at eventual, session and
+    /// strong with hit ratios, write-through and write-behind SET, beside the nodes (and Redis
+    /// and memcached with --compare), and the eviction policy's zipf hit ratio.
+    pub cache: bool,
 }
 
 /// What one phase (a row: a level, or a peer system's operation) measured.
@@ -188,7 +193,16 @@ pub async fn run(o: BenchOptions) -> Result<i32> {
     let opened = targets::open(o.cluster.as_deref(), o.nodes, o.dir.clone(), "bench", &[]).await;
     let result = match opened {
         Ok((targets, cluster, own_dir)) => {
-            let result = bench(&o, &targets, peers.as_ref()).await;
+            let result = if o.cache {
+                match &cluster {
+                    Some(c) => cache::run(&o, &targets, c, peers.as_ref()).await,
+                    None => Err(anyhow::anyhow!(
+                        "--cache starts a cache in front of the cluster bench starts; leave out --cluster"
+                    )),
+                }
+            } else {
+                bench(&o, &targets, peers.as_ref()).await
+            };
             if let Some(c) = &cluster {
                 c.lock().unwrap_or_else(|p| p.into_inner()).stop_all();
             }
@@ -219,6 +233,10 @@ enum Driver {
     },
     /// A Redis server: GET and SET, pipelined like tunekv's RESP.
     Redis { addr: String },
+    /// A `tunekv cache`'s RESP listener, pipelined like a node's; reads at the phase's level.
+    CacheResp { addr: String },
+    /// memcached's text protocol: get and set, pipelined like RESP.
+    Memcached { addr: String },
 }
 
 /// One row of the table: what to run, against what.
@@ -485,6 +503,23 @@ async fn phase(
                     seed,
                 )));
             }
+            Driver::CacheResp { addr } => {
+                workers.push(tokio::spawn(resp_worker(
+                    p.clone(),
+                    addr.clone(),
+                    true,
+                    o.inflight,
+                    seed,
+                )));
+            }
+            Driver::Memcached { addr } => {
+                workers.push(tokio::spawn(memcached_worker(
+                    p.clone(),
+                    addr.clone(),
+                    o.inflight,
+                    seed,
+                )));
+            }
         }
     }
     let bar = ProgressBar::new((o.warmup + o.duration).as_secs().max(1));
@@ -738,6 +773,47 @@ async fn resp_worker(
                     stats.refuse(&code);
                 }
                 _ => stats.done(t, true),
+            }
+        }
+        p.done.fetch_add(replies.len() as u64, Ordering::Relaxed);
+    }
+    Ok(stats)
+}
+
+/// Pipelined get/set over memcached's text protocol, `pipeline` deep (no staleness: memcached
+/// has no receipts).
+async fn memcached_worker(
+    p: Arc<Phase>,
+    addr: String,
+    pipeline: usize,
+    seed: u64,
+) -> Result<Stats> {
+    use peers::{McOp, McReply, Memcache};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut stats = Stats::new()?;
+    let mut conn = Memcache::connect(&addr).await?;
+    while p.next() {
+        let ops: Vec<McOp<'_>> = (0..pipeline)
+            .map(|_| {
+                let key = p.keys[p.chooser.pick(&mut rng)].as_bytes();
+                if rng.gen_bool(p.read_ratio) {
+                    McOp::Get(key)
+                } else {
+                    McOp::Set(key, &p.value)
+                }
+            })
+            .collect();
+        let measuring = p.measuring.load(Ordering::Relaxed);
+        let t = Instant::now();
+        let replies = conn.pipeline(&ops).await?;
+        if !measuring {
+            continue;
+        }
+        for r in &replies {
+            let ok = *r != McReply::Error;
+            stats.done(t, ok);
+            if !ok {
+                stats.refuse("memcached_error");
             }
         }
         p.done.fetch_add(replies.len() as u64, Ordering::Relaxed);

@@ -1,6 +1,7 @@
-//! The systems `tunekv bench --compare` measures beside tunekv: a 3-member etcd cluster and a
-//! Redis server, started on 127.0.0.1 from the installed binaries (Debian's `etcd-server` and
-//! `redis-server`), loaded with the bench's keys, and stopped by PID at the end.
+//! The systems `tunekv bench --compare` measures beside tunekv: a 3-member etcd cluster, a
+//! Redis server and a memcached, started on 127.0.0.1 from the installed binaries (Debian's
+//! `etcd-server`, `redis-server` and `memcached`), loaded with the bench's keys, and stopped by
+//! PID at the end.
 
 use crate::verify::resp_client::{RespConn, Value};
 use anyhow::{bail, Context, Result};
@@ -20,6 +21,7 @@ const ETCD_MEMBERS: usize = 3;
 pub enum Peer {
     Etcd,
     Redis,
+    Memcached,
 }
 
 impl Peer {
@@ -27,7 +29,8 @@ impl Peer {
         match s.trim().to_ascii_lowercase().as_str() {
             "etcd" => Ok(Peer::Etcd),
             "redis" => Ok(Peer::Redis),
-            other => bail!("--compare: unknown system {other:?} (known: etcd, redis)"),
+            "memcached" => Ok(Peer::Memcached),
+            other => bail!("--compare: unknown system {other:?} (known: etcd, redis, memcached)"),
         }
     }
 
@@ -35,6 +38,7 @@ impl Peer {
         match self {
             Peer::Etcd => "etcd",
             Peer::Redis => "redis-server",
+            Peer::Memcached => "memcached",
         }
     }
 
@@ -42,6 +46,7 @@ impl Peer {
         match self {
             Peer::Etcd => "etcd-server",
             Peer::Redis => "redis-server",
+            Peer::Memcached => "memcached",
         }
     }
 }
@@ -96,6 +101,8 @@ pub struct Peers {
     pub etcd: Vec<String>,
     /// Redis's address.
     pub redis: Option<String>,
+    /// memcached's address.
+    pub memcached: Option<String>,
 }
 
 impl Peers {
@@ -121,6 +128,7 @@ impl Peers {
             children: Vec::new(),
             etcd: Vec::new(),
             redis: None,
+            memcached: None,
         };
         // On any error below, dropping `peers` stops what was started.
         if which.contains(&Peer::Etcd) {
@@ -128,6 +136,9 @@ impl Peers {
         }
         if which.contains(&Peer::Redis) {
             peers.start_redis().await?;
+        }
+        if which.contains(&Peer::Memcached) {
+            peers.start_memcached().await?;
         }
         Ok(peers)
     }
@@ -239,6 +250,48 @@ impl Peers {
         Ok(())
     }
 
+    async fn start_memcached(&mut self) -> Result<()> {
+        let port = free_ports(1, &[])?[0];
+        let mut cmd = Command::new("memcached");
+        // 1 GiB of memory: every key fits, as in Redis; two threads, like the cores here.
+        cmd.args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-m",
+            "1024",
+            "-t",
+            "2",
+        ]);
+        // memcached refuses to run as root unless told which user to be.
+        if running_as_root() {
+            cmd.args(["-u", "root"]);
+        }
+        self.spawn("memcached", &mut cmd)?;
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(mut c) = Memcache::connect(&addr).await {
+                if c.version().await.is_ok() {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "memcached at {addr} not answering after {START_TIMEOUT:?}; its log ends:\n{}",
+                    self.log_tail("memcached")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!("memcached: answering at {addr}");
+        self.memcached = Some(addr);
+        Ok(())
+    }
+
     /// Writes every key once, so reads find values everywhere.
     pub async fn load(&self, keys: &[String], value: &[u8]) -> Result<()> {
         if let Some(url) = self.etcd.first() {
@@ -253,6 +306,18 @@ impl Peers {
                     .with_context(|| format!("etcd: cannot load {k}"))?;
                 if !r.status().is_success() {
                     bail!("etcd: cannot load {k}: HTTP {}", r.status());
+                }
+            }
+        }
+        if let Some(addr) = &self.memcached {
+            let mut c = Memcache::connect(addr).await?;
+            for chunk in keys.chunks(500) {
+                let ops: Vec<McOp<'_>> = chunk
+                    .iter()
+                    .map(|k| McOp::Set(k.as_bytes(), value))
+                    .collect();
+                if c.pipeline(&ops).await?.contains(&McReply::Error) {
+                    bail!("memcached: cannot load keys");
                 }
             }
         }
@@ -291,5 +356,111 @@ impl Peers {
 impl Drop for Peers {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Whether this process runs as root (memcached then needs `-u root`), from /proc.
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|u| u.split_whitespace().next().map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// One memcached operation (text protocol).
+pub enum McOp<'a> {
+    Get(&'a [u8]),
+    Set(&'a [u8], &'a [u8]),
+}
+
+/// memcached's answer to one operation.
+#[derive(Debug, PartialEq, Eq)]
+pub enum McReply {
+    Value(Vec<u8>),
+    Miss,
+    Stored,
+    Error,
+}
+
+/// A memcached text-protocol connection: pipelined gets and sets.
+pub struct Memcache {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+}
+
+impl Memcache {
+    pub async fn connect(addr: &str) -> Result<Memcache> {
+        let s = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to memcached at {addr}"))?;
+        s.set_nodelay(true)?;
+        Ok(Memcache {
+            stream: tokio::io::BufReader::new(s),
+        })
+    }
+
+    async fn line(&mut self) -> Result<String> {
+        use tokio::io::AsyncBufReadExt;
+        let mut l = String::new();
+        if self.stream.read_line(&mut l).await? == 0 {
+            bail!("memcached closed the connection");
+        }
+        Ok(l.trim_end().to_string())
+    }
+
+    async fn version(&mut self) -> Result<String> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.get_mut().write_all(b"version\r\n").await?;
+        self.line().await
+    }
+
+    /// Sends every operation, then reads every answer, in order.
+    pub async fn pipeline(&mut self, ops: &[McOp<'_>]) -> Result<Vec<McReply>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut out = Vec::new();
+        for op in ops {
+            match op {
+                McOp::Get(k) => {
+                    out.extend_from_slice(b"get ");
+                    out.extend_from_slice(k);
+                    out.extend_from_slice(b"\r\n");
+                }
+                McOp::Set(k, v) => {
+                    out.extend_from_slice(b"set ");
+                    out.extend_from_slice(k);
+                    out.extend_from_slice(format!(" 0 0 {}\r\n", v.len()).as_bytes());
+                    out.extend_from_slice(v);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        self.stream.get_mut().write_all(&out).await?;
+        let mut replies = Vec::with_capacity(ops.len());
+        for op in ops {
+            let l = self.line().await?;
+            replies.push(match op {
+                McOp::Set(..) if l == "STORED" => McReply::Stored,
+                McOp::Get(_) if l == "END" => McReply::Miss,
+                McOp::Get(_) if l.starts_with("VALUE ") => {
+                    let len: usize = l
+                        .rsplit(' ')
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .context("memcached: a VALUE line without a length")?;
+                    let mut data = vec![0u8; len + 2];
+                    self.stream.read_exact(&mut data).await?;
+                    data.truncate(len);
+                    if self.line().await? != "END" {
+                        bail!("memcached: a value not followed by END");
+                    }
+                    McReply::Value(data)
+                }
+                _ => McReply::Error,
+            });
+        }
+        Ok(replies)
     }
 }
