@@ -148,6 +148,40 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
     match req {
         ApiRequest::Index => Ok(index(node).await.into_response()),
         ApiRequest::Cluster => Ok(Json(node.cluster_status().await).into_response()),
+        ApiRequest::Scan {
+            ks,
+            prefix,
+            cursor,
+            count,
+            level,
+            wait,
+            mut session,
+        } => {
+            let req = ReadRequest {
+                keyspace: &ks,
+                level,
+                r: None,
+                wait,
+                session: &mut session,
+            };
+            let page = node
+                .scan(req, cursor, count, &|k: &[u8]| k.starts_with(&prefix))
+                .await?;
+            let keys: Vec<serde_json::Value> = page
+                .keys
+                .iter()
+                .map(|k| match std::str::from_utf8(k) {
+                    Ok(s) => json!(s),
+                    Err(_) => json!({ "base64url": request::base64url(k) }),
+                })
+                .collect();
+            let token = node.session_key().encode(&session);
+            Ok((
+                session_header(&token),
+                Json(json!({"keys": keys, "cursor": page.cursor, "session": token})),
+            )
+                .into_response())
+        }
         ApiRequest::ReadIndex { ks, shard, wait } => {
             let p = node.shard_read_index(&ks, shard, wait).await?;
             Ok(Json(json!({"shard": p.shard.0, "index": p.index.0})).into_response())

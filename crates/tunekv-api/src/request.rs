@@ -17,6 +17,7 @@
 //! | `/v1/kv/{ks}:batch-get` | POST |
 //! | `/v1/kv/{ks}:txn` | POST (ordered keyspaces: `{"compare":[…],"success":[…],"failure":[…]}`) |
 //! | `/v1/kv/{ks}:read-index` | GET (`?shard=S`: the shard's quorum-confirmed read index) |
+//! | `/v1/kv/{ks}:scan` | GET (`?prefix=P&cursor=C&count=N&level=L`: a page of the keyspace's keys, as RESP SCAN) |
 //! | `/v1/watch/{ks}` | GET (`?prefix=P&from=C`: server-sent events of every change from now on, or after cursor C) |
 //! | `/v1/admin/faults` | POST |
 //!
@@ -111,6 +112,17 @@ pub enum ApiRequest {
         ks: String,
         shard: u32,
         wait: Option<Duration>,
+    },
+    /// `GET /v1/kv/{ks}:scan?prefix=P&cursor=C&count=N`: a page of the keys that start with
+    /// `prefix`, as RESP SCAN pages them (every key present for the whole scan at least once).
+    Scan {
+        ks: String,
+        prefix: Vec<u8>,
+        cursor: u64,
+        count: usize,
+        level: Option<Level>,
+        wait: Option<Duration>,
+        session: Session,
     },
     ListKeyspaces,
     GetKeyspace {
@@ -246,6 +258,30 @@ pub fn parse(
             };
             Ok(ApiRequest::CreateKeyspace { ks, spec })
         }
+        ["v1", "kv", action] if action.ends_with(":scan") => {
+            allow(get, "GET, HEAD", method, path)?;
+            let ks = keyspace_name(action.trim_end_matches(":scan"))?;
+            let q = Query::parse(uri.query())?;
+            let number = |name: &str, v: &Option<String>, default: u64| match v {
+                None => Ok(default),
+                Some(t) => t.parse::<u64>().map_err(|_| {
+                    refuse(
+                        Code::BadRequest,
+                        format!("{name} is a number, not {}", echo(t)),
+                    )
+                }),
+            };
+            Ok(ApiRequest::Scan {
+                ks,
+                prefix: q.prefix.clone().unwrap_or_default().into_bytes(),
+                cursor: number("cursor", &q.cursor, 0)?,
+                count: usize::try_from(number("count", &q.count, 100)?.clamp(1, 10_000))
+                    .unwrap_or(100),
+                level: q.level(headers)?,
+                wait: q.wait()?,
+                session: session_of(secret, headers)?,
+            })
+        }
         ["v1", "kv", action] if action.ends_with(":read-index") => {
             allow(get, "GET, HEAD", method, path)?;
             let ks = keyspace_name(action.trim_end_matches(":read-index"))?;
@@ -277,7 +313,8 @@ pub fn parse(
                     Code::RouteNotFound,
                     format!(
                         "no action in {}: the actions are POST /v1/kv/{{ks}}:batch-get, \
-                         POST /v1/kv/{{ks}}:txn and GET /v1/kv/{{ks}}:read-index; single keys \
+                         POST /v1/kv/{{ks}}:txn, GET /v1/kv/{{ks}}:read-index and \
+                         GET /v1/kv/{{ks}}:scan; single keys \
                          are /v1/kv/{{ks}}/{{key}}",
                         echo(path)
                     ),
@@ -528,6 +565,8 @@ struct Query {
     prefix: Option<String>,
     from: Option<String>,
     shard: Option<String>,
+    cursor: Option<String>,
+    count: Option<String>,
 }
 
 impl Query {
@@ -561,12 +600,15 @@ impl Query {
                 "prefix" => &mut q.prefix,
                 "from" => &mut q.from,
                 "shard" => &mut q.shard,
+                "cursor" => &mut q.cursor,
+                "count" => &mut q.count,
                 _ => {
                     return Err(refuse(
                         Code::BadRequest,
                         format!(
                             "bad query string: unknown parameter {}; known: level, r, w, \
-                             wait_ms_max, format, key_encoding, if_version, prefix, from, shard",
+                             wait_ms_max, format, key_encoding, if_version, prefix, from, shard, \
+                             cursor, count",
                             echo(&name)
                         ),
                     ))
@@ -1196,8 +1238,21 @@ mod tests {
             Some(Code::MethodNotAllowed)
         );
         assert_eq!(
-            code(run("POST", "/v1/kv/ks:scan", b"")),
+            code(run("POST", "/v1/kv/ks:frobnicate", b"")),
             Some(Code::RouteNotFound)
+        );
+        // Scan pages are read with GET.
+        assert_eq!(
+            code(run("POST", "/v1/kv/ks:scan", b"")),
+            Some(Code::MethodNotAllowed)
+        );
+        assert!(matches!(
+            run("GET", "/v1/kv/ks:scan?prefix=user%3A&cursor=7&count=50", b""),
+            Ok(ApiRequest::Scan { ref prefix, cursor: 7, count: 50, .. }) if prefix == b"user:"
+        ));
+        assert_eq!(
+            code(run("GET", "/v1/kv/ks:scan?cursor=x", b"")),
+            Some(Code::BadRequest)
         );
         assert!(matches!(run("HEAD", "/", b""), Ok(ApiRequest::Index)));
     }

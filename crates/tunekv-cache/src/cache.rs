@@ -111,6 +111,8 @@ pub struct Cache {
     pub faults_enabled: bool,
     /// The write-behind queue (when a keyspace is `write_behind`).
     pub queue: Option<Arc<Queue>>,
+    /// Where warming stands.
+    pub warming: crate::warm::Warming,
     spaces: Mutex<HashMap<String, Arc<OnceCell<Arc<Space>>>>>,
     stop: CancellationToken,
     started: Instant,
@@ -148,6 +150,7 @@ impl Cache {
             bugs,
             faults_enabled,
             queue,
+            warming: Default::default(),
             spaces: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
             started: Instant::now(),

@@ -80,6 +80,19 @@ pub struct CacheConfig {
     pub write_behind_bytes_max: u64,
     /// Most writes flushed to the store at once.
     pub write_behind_batch_max: usize,
+    /// Warming: a file of keys to read at start, one `KEYSPACE KEY` per line (`b64:…` for a
+    /// key in base64url).
+    pub warm_keys_file: Option<String>,
+    /// Warming: `KEYSPACE/PREFIX` entries whose keys are scanned and read at start.
+    pub warm_prefixes: Vec<String>,
+    /// Where the hot set (the keys in memory) is saved at shutdown and read back at start.
+    pub hot_set_file: Option<String>,
+    /// Most keys saved in the hot set.
+    pub hot_set_max: usize,
+    /// Warming reads (and scan pages) per second: the store is never herded by a warm-up.
+    pub warm_rate_per_s: u32,
+    /// Answer `GET /v1/cache/ready` with 503 until warming is done.
+    pub ready_when_warm: bool,
     pub keyspaces: BTreeMap<String, KeyspaceCache>,
 }
 
@@ -102,6 +115,12 @@ impl Default for CacheConfig {
             write_behind_in_memory: false,
             write_behind_bytes_max: 64 << 20,
             write_behind_batch_max: 64,
+            warm_keys_file: None,
+            warm_prefixes: Vec::new(),
+            hot_set_file: None,
+            hot_set_max: 100_000,
+            warm_rate_per_s: 500,
+            ready_when_warm: false,
             keyspaces: BTreeMap::new(),
         }
     }
@@ -157,6 +176,14 @@ impl CacheConfig {
                  write_behind_in_memory = true (a crash loses what is not flushed yet)"
                     .into(),
             );
+        }
+        if self.warm_rate_per_s == 0 {
+            return Err("warm_rate_per_s must be at least 1".into());
+        }
+        if let Some(bad) = self.warm_prefixes.iter().find(|p| !p.contains('/')) {
+            return Err(format!(
+                "warm_prefixes: {bad:?} is not KEYSPACE/PREFIX (e.g. \"users/profile:\")"
+            ));
         }
         if self.write_behind_batch_max == 0 {
             return Err("write_behind_batch_max must be at least 1".into());

@@ -51,6 +51,23 @@ async fn handle(State(cache): State<Arc<Cache>>, req: Request) -> Response {
             Err(e) => error_response(e),
             Ok(body) => invalidate(&cache, &body).await,
         }
+    } else if parts.uri.path() == "/v1/cache/ready" {
+        let w = &cache.warming;
+        let body = json!({
+            "ready": cache.ready(),
+            "warming": {
+                "total": w.total.load(Ordering::Relaxed),
+                "done": w.done.load(Ordering::Relaxed),
+                "failed": w.failed.load(Ordering::Relaxed),
+                "finished": w.finished.load(Ordering::Relaxed),
+            },
+        });
+        let status = if cache.ready() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (status, Json(body)).into_response()
     } else if parts.uri.path() == "/v1/cache" {
         if parts.method == Method::GET {
             status(&cache).into_response()
@@ -399,6 +416,12 @@ fn status(cache: &Cache) -> Json<serde_json::Value> {
         "misses": load(&s.misses),
         "coalesced": load(&s.coalesced),
         "stale_fills_dropped": load(&s.stale_fills_dropped),
+        "ready": cache.ready(),
+        "warming": {
+            "total": load(&cache.warming.total),
+            "done": load(&cache.warming.done),
+            "finished": cache.warming.finished.load(Ordering::Relaxed),
+        },
         "write_behind": cache.queue.as_ref().map(|q| {
             let (waiting, bytes, flushed) = q.usage();
             json!({

@@ -20,6 +20,7 @@ pub mod resp;
 pub mod server;
 pub mod store;
 pub mod upstream;
+pub mod warm;
 
 pub use cache::{Answer, Cache, Served};
 pub use config::{CacheConfig, KeyspaceCache, Strategy};

@@ -25,6 +25,7 @@ pub async fn run(
     // What an earlier process acknowledged but did not flush goes to the store first.
     cache.flush_all().await;
     tokio::spawn(cache.clone().flush_loop());
+    tokio::spawn(cache.clone().warm());
     let listener = tokio::net::TcpListener::bind(&cache.config.http)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cache.config.http))?;
@@ -42,6 +43,7 @@ pub async fn run(
     }
     let app = crate::http::router(cache.clone());
     let served = tunekv_api::serve(listener, app, LIMITS, shutdown).await;
+    cache.save_hot_set();
     cache.shutdown();
     served.map_err(|e| e.to_string())
 }

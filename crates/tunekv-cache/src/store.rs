@@ -78,6 +78,18 @@ impl Store {
         self.map.remove(&slot(keyspace_id, key));
     }
 
+    /// Up to `max` keys held, as (keyspace id, key).
+    pub fn keys(&self, max: usize) -> Vec<(u64, Vec<u8>)> {
+        self.map
+            .iter()
+            .take(max)
+            .filter_map(|(k, _)| {
+                let id = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+                Some((id, k[8..].to_vec()))
+            })
+            .collect()
+    }
+
     /// Entries held and their weight in bytes.
     pub fn usage(&self) -> (usize, u64) {
         (self.map.len(), self.map.weight())

@@ -275,6 +275,21 @@ impl Upstream {
         }
     }
 
+    /// A page of the keys of `ks` under `prefix` (`GET /v1/kv/{ks}:scan`, eventual).
+    pub async fn scan(
+        &self,
+        ks: &str,
+        prefix: &[u8],
+        cursor: u64,
+        deadline: Instant,
+    ) -> Result<(Vec<Vec<u8>>, u64), TunekvError> {
+        self.each_node(deadline, read_elsewhere, |c, wait| async move {
+            let opts = Opts::level("eventual").wait_ms(wait);
+            c.scan(ks, prefix, cursor, 500, &opts).await
+        })
+        .await
+    }
+
     /// The keyspace's id and spec, as the node's `GET /v1/keyspaces/{ks}` gives them.
     pub async fn keyspace(
         &self,

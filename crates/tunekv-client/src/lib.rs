@@ -596,6 +596,46 @@ impl Client {
             .ok_or_else(|| ClientError::Transport(format!("a read index without index: {v}")))
     }
 
+    /// A page of the keys of `ks` that start with `prefix` (`GET /v1/kv/{ks}:scan`): the keys,
+    /// and the cursor of the next page (0: the scan is complete).
+    pub async fn scan(
+        &self,
+        ks: &str,
+        prefix: &[u8],
+        cursor: u64,
+        count: usize,
+        opts: &Opts,
+    ) -> Result<(Vec<Vec<u8>>, u64)> {
+        let mut q = Self::query(opts);
+        q.push(("cursor", cursor.to_string()));
+        q.push(("count", count.to_string()));
+        if !prefix.is_empty() {
+            q.push(("prefix", String::from_utf8_lossy(prefix).into_owned()));
+        }
+        let req = self
+            .http
+            .get(format!(
+                "{}/v1/kv/{}:scan",
+                self.base,
+                encode_key(ks.as_bytes())
+            ))
+            .query(&q);
+        let v: serde_json::Value = self.send_json(Self::with_session(req, opts)).await?;
+        let bad = || ClientError::Transport(format!("an unexpected scan page: {v}"));
+        let keys = v["keys"]
+            .as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .map(|k| match (k.as_str(), k["base64url"].as_str()) {
+                (Some(s), _) => Some(s.as_bytes().to_vec()),
+                (None, Some(b)) => base64url_decode(b),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(bad)?;
+        Ok((keys, v["cursor"].as_u64().ok_or_else(bad)?))
+    }
+
     /// A cache's status (`GET /v1/cache` of `tunekv cache`).
     pub async fn cache_status(&self) -> Result<serde_json::Value> {
         self.send_json(self.http.get(format!("{}/v1/cache", self.base)))

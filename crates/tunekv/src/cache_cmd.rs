@@ -17,6 +17,11 @@ pub struct CacheOptions {
     pub enable_faults: bool,
     pub write_behind_dir: Option<PathBuf>,
     pub write_behind_in_memory: bool,
+    pub warm_keys: Option<PathBuf>,
+    pub warm_prefixes: Vec<String>,
+    pub hot_set_file: Option<PathBuf>,
+    pub warm_rate: Option<u32>,
+    pub ready_when_warm: bool,
 }
 
 /// The nodes of a `cluster.json` (as `tunekv dev` writes it) and the cluster secret from the
@@ -97,6 +102,19 @@ pub fn config(o: &CacheOptions) -> Result<CacheConfig> {
     }
     if o.write_behind_in_memory {
         c.write_behind_in_memory = true;
+    }
+    if let Some(p) = &o.warm_keys {
+        c.warm_keys_file = Some(p.display().to_string());
+    }
+    c.warm_prefixes.extend(o.warm_prefixes.iter().cloned());
+    if let Some(p) = &o.hot_set_file {
+        c.hot_set_file = Some(p.display().to_string());
+    }
+    if let Some(r) = o.warm_rate {
+        c.warm_rate_per_s = r;
+    }
+    if o.ready_when_warm {
+        c.ready_when_warm = true;
     }
     if c.cluster_secret.is_empty() {
         if let Ok(s) = std::env::var("TUNEKV_CLUSTER_SECRET") {

@@ -66,6 +66,21 @@ pub enum Cmd {
         /// Keep the write-behind queue in memory only: a crash loses what is not flushed yet.
         #[arg(long)]
         write_behind_in_memory: bool,
+        /// Warm from a key file (one `KEYSPACE KEY` per line) at start.
+        #[arg(long)]
+        warm_keys: Option<PathBuf>,
+        /// Warm every key under KEYSPACE/PREFIX at start (repeatable).
+        #[arg(long = "warm-prefix")]
+        warm_prefixes: Vec<String>,
+        /// Save the hot set here at shutdown, and warm from it at start.
+        #[arg(long)]
+        hot_set_file: Option<PathBuf>,
+        /// Warming reads per second (default 500).
+        #[arg(long)]
+        warm_rate: Option<u32>,
+        /// Report ready (GET /v1/cache/ready) only once warm.
+        #[arg(long)]
+        ready_when_warm: bool,
         /// Break one of the cache's promises on purpose (keep-stale-fills, ignore-session,
         /// drop-invalidations); bug-injection builds only.
         #[arg(long = "bug", value_name = "BUG")]
@@ -523,12 +538,22 @@ pub async fn run(args: Args) -> Result<i32> {
             enable_faults,
             write_behind_dir,
             write_behind_in_memory,
+            warm_keys,
+            warm_prefixes,
+            hot_set_file,
+            warm_rate,
+            ready_when_warm,
         } => {
             init_tracing();
             crate::cache_cmd::run(crate::cache_cmd::CacheOptions {
                 enable_faults,
                 write_behind_dir,
                 write_behind_in_memory,
+                warm_keys,
+                warm_prefixes,
+                hot_set_file,
+                warm_rate,
+                ready_when_warm,
                 config,
                 upstream,
                 nodes,

@@ -655,3 +655,105 @@ async fn write_behind_survives_kill_9_with_its_log_and_measures_the_loss_without
     );
     assert_eq!(count(&found) + lost.len(), n);
 }
+
+/// Warming: the hot set saved at a graceful shutdown, a key list and a prefix scan are read at
+/// start, paced; the cache reports ready only once warm when asked, and the warmed keys are
+/// hits from the first read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cache_warms_from_its_hot_set_a_key_list_and_a_prefix() {
+    let mut c = common::start(3, false).await;
+    common::create_keyspace(&c.client(0), "warm", 2).await;
+    let node = c.client(0);
+    for i in 0..30 {
+        for prefix in ["hot", "listed", "user:", "other"] {
+            let key = format!("{prefix}{i}");
+            node.put("warm", key.as_bytes(), b"v", &Opts::default())
+                .await
+                .unwrap();
+        }
+    }
+    // The node's scan: a page of the keys under a prefix.
+    let (mut found, mut cursor) = (Vec::new(), 0);
+    loop {
+        let (keys, next) = node
+            .scan("warm", b"user:", cursor, 7, &Opts::default())
+            .await
+            .unwrap();
+        found.extend(keys);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    found.sort();
+    found.dedup();
+    assert_eq!(found.len(), 30, "{found:?}");
+    assert!(found.iter().all(|k| k.starts_with(b"user:")));
+
+    let hot = c.dir.join("hot-set");
+    let listed = c.dir.join("warm-keys");
+    let list: String = (0..30).map(|i| format!("warm listed{i}\n")).collect();
+    std::fs::write(&listed, list).unwrap();
+    let (hot_arg, listed_arg) = (
+        hot.to_str().unwrap().to_string(),
+        listed.to_str().unwrap().to_string(),
+    );
+    let first = cache(&mut c, &["--hot-set-file", &hot_arg]).await;
+    feed_live(&first, "warm").await;
+    for i in 0..30 {
+        let key = format!("hot{i}");
+        first
+            .get("warm", key.as_bytes(), &Opts::level("eventual"))
+            .await
+            .unwrap();
+    }
+    // A graceful stop saves the hot set.
+    c.stop_cache();
+    let saved = std::fs::read_to_string(&hot).unwrap();
+    assert!(
+        (0..30).all(|i| saved.contains(&format!("warm hot{i}\n"))),
+        "{saved}"
+    );
+
+    let cache = cache(
+        &mut c,
+        &[
+            "--hot-set-file",
+            &hot_arg,
+            "--warm-keys",
+            &listed_arg,
+            "--warm-prefix",
+            "warm/user:",
+            "--warm-rate",
+            "40",
+            "--ready-when-warm",
+        ],
+    )
+    .await;
+    let ready_url = format!("http://{}/v1/cache/ready", c.cache().unwrap().0);
+    let (status, _, body) = call("GET", &ready_url, "").await;
+    assert_eq!(status, 503, "warming ~91 keys at 40/s takes ~2 s: {body}");
+    eventually(Duration::from_secs(30), "the cache is warm", || async {
+        let (status, _, _) = call("GET", &ready_url, "").await;
+        (status == 200).then_some(())
+    })
+    .await;
+    let s = cache.cache_status().await.unwrap();
+    assert_eq!(s["warming"]["done"], s["warming"]["total"], "{s}");
+    assert!(s["warming"]["total"].as_u64() >= Some(90), "{s}");
+    for prefix in ["hot", "listed", "user:"] {
+        for i in [0, 29] {
+            let key = format!("{prefix}{i}");
+            let r = cache
+                .get("warm", key.as_bytes(), &Opts::level("eventual"))
+                .await
+                .unwrap();
+            assert_eq!(r.cache.as_deref(), Some("hit"), "{key} was not warmed");
+        }
+    }
+    let cold = cache
+        .get("warm", b"other0", &Opts::level("eventual"))
+        .await
+        .unwrap();
+    assert_eq!(cold.cache.as_deref(), Some("miss"));
+}
