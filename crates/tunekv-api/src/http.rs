@@ -182,6 +182,10 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
             )
                 .into_response())
         }
+        ApiRequest::Clock => {
+            let (incarnation, mono_us) = node.clock_reading();
+            Ok(Json(json!({"incarnation": incarnation, "mono_us": mono_us})).into_response())
+        }
         ApiRequest::ReadIndex { ks, shard, wait } => {
             let p = node.shard_read_index(&ks, shard, wait).await?;
             Ok(Json(json!({"shard": p.shard.0, "index": p.index.0})).into_response())
@@ -390,10 +394,18 @@ async fn watch(
     };
     let mut tick = tokio::time::interval(WATCH_PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let progress = |feed: &tunekv_node::Watch, shard: u32, index: u64| {
-        Event::default()
-            .event("progress")
-            .data(json!({"shard": shard, "index": index, "cursor": feed.cursor()}).to_string())
+    // Each progress mark carries this node's newest freshness proof the marked state satisfies
+    // (on its monotonic clock, with its incarnation): a consumer that calibrated its clock
+    // against `GET /v1/clock` knows how fresh its copy is without asking (a cache's bounded(t)).
+    let (incarnation, _) = node.clock_reading();
+    let progress = move |node: &Node, feed: &tunekv_node::Watch, shard: u32, index: u64| {
+        let mut body = json!({"shard": shard, "index": index, "cursor": feed.cursor()});
+        if let Some((c, mono_us)) =
+            node.freshness_proof(feed.keyspace_id(), tunekv_core::ShardId(shard), index)
+        {
+            body["proof"] = json!({"index": c, "mono_us": mono_us, "incarnation": incarnation});
+        }
+        Event::default().event("progress").data(body.to_string())
     };
     // Leaderless keyspaces: per node, the sequence of its stored versions considered.
     let node_progress = |feed: &tunekv_node::Watch, node: u64, seq: u64| {
@@ -402,63 +414,67 @@ async fn watch(
             .data(json!({"node": node, "seq": seq, "cursor": feed.cursor()}).to_string())
     };
     let state = (feed, tick, std::collections::VecDeque::new(), false);
+    let node = node.clone();
     let stream = futures::stream::unfold(
         state,
-        move |(mut feed, mut tick, mut queue, mut done)| async move {
-            loop {
-                if let Some(e) = queue.pop_front() {
-                    return Some((
-                        Ok::<Event, std::convert::Infallible>(e),
-                        (feed, tick, queue, done),
-                    ));
-                }
-                if done {
-                    return None;
-                }
-                tokio::select! {
-                    ev = feed.next() => match ev {
-                        None => done = true,
-                        Some(WatchEvent::Change { position, key, value, kind, version, expires_ms }) => {
-                            let (text, hex) = value_json(value.as_deref());
-                            let mut body = json!({
-                                "key": String::from_utf8_lossy(&key),
-                                "value": text,
-                                "deleted": value.is_none(),
-                                "event": kind.event(),
-                                "position": position.to_string(),
-                            });
-                            if let Some((hlc, node)) = version {
-                                body["version"] = json!(format!("{hlc}.{node}"));
+        move |(mut feed, mut tick, mut queue, mut done)| {
+            let node = node.clone();
+            async move {
+                loop {
+                    if let Some(e) = queue.pop_front() {
+                        return Some((
+                            Ok::<Event, std::convert::Infallible>(e),
+                            (feed, tick, queue, done),
+                        ));
+                    }
+                    if done {
+                        return None;
+                    }
+                    tokio::select! {
+                        ev = feed.next() => match ev {
+                            None => done = true,
+                            Some(WatchEvent::Change { position, key, value, kind, version, expires_ms }) => {
+                                let (text, hex) = value_json(value.as_deref());
+                                let mut body = json!({
+                                    "key": String::from_utf8_lossy(&key),
+                                    "value": text,
+                                    "deleted": value.is_none(),
+                                    "event": kind.event(),
+                                    "position": position.to_string(),
+                                });
+                                if let Some((hlc, node)) = version {
+                                    body["version"] = json!(format!("{hlc}.{node}"));
+                                }
+                                if let Some(e) = expires_ms {
+                                    body["expires_ms"] = json!(e);
+                                }
+                                if std::str::from_utf8(&key).is_err() {
+                                    body["key_base64url"] = json!(request::base64url(&key));
+                                }
+                                if let Some(h) = hex {
+                                    body["value_hex"] = json!(h);
+                                }
+                                queue.push_back(Event::default().data(body.to_string()));
                             }
-                            if let Some(e) = expires_ms {
-                                body["expires_ms"] = json!(e);
+                            Some(WatchEvent::Progress { shard, index }) => {
+                                queue.push_back(progress(&node, &feed, shard.0, index));
                             }
-                            if std::str::from_utf8(&key).is_err() {
-                                body["key_base64url"] = json!(request::base64url(&key));
+                            Some(WatchEvent::NodeProgress { node, seq }) => {
+                                queue.push_back(node_progress(&feed, node.0, seq));
                             }
-                            if let Some(h) = hex {
-                                body["value_hex"] = json!(h);
+                            Some(WatchEvent::End(e)) => {
+                                let body = json!({"code": e.code.as_str(), "message": e.message});
+                                queue.push_back(Event::default().event("error").data(body.to_string()));
+                                done = true;
                             }
-                            queue.push_back(Event::default().data(body.to_string()));
-                        }
-                        Some(WatchEvent::Progress { shard, index }) => {
-                            queue.push_back(progress(&feed, shard.0, index));
-                        }
-                        Some(WatchEvent::NodeProgress { node, seq }) => {
-                            queue.push_back(node_progress(&feed, node.0, seq));
-                        }
-                        Some(WatchEvent::End(e)) => {
-                            let body = json!({"code": e.code.as_str(), "message": e.message});
-                            queue.push_back(Event::default().event("error").data(body.to_string()));
-                            done = true;
-                        }
-                    },
-                    _ = tick.tick() => {
-                        for (shard, index) in feed.progress() {
-                            queue.push_back(progress(&feed, shard.0, index));
-                        }
-                        for (node, seq) in feed.node_progress() {
-                            queue.push_back(node_progress(&feed, node.0, seq));
+                        },
+                        _ = tick.tick() => {
+                            for (shard, index) in feed.progress() {
+                                queue.push_back(progress(&node, &feed, shard.0, index));
+                            }
+                            for (node, seq) in feed.node_progress() {
+                                queue.push_back(node_progress(&feed, node.0, seq));
+                            }
                         }
                     }
                 }

@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `/` | GET |
 //! | `/v1/cluster` | GET |
+//! | `/v1/clock` | GET (this process's incarnation and monotonic clock, µs: what a cache calibrates against) |
 //! | `/v1/keyspaces` | GET |
 //! | `/v1/keyspaces/{ks}` | GET, PUT |
 //! | `/v1/kv/{ks}/{key}` | GET, PUT, DELETE (the key is everything after `{ks}/`, `/` included) |
@@ -106,6 +107,8 @@ pub struct FaultChange {
 pub enum ApiRequest {
     Index,
     Cluster,
+    /// `GET /v1/clock`: this node's incarnation and monotonic clock.
+    Clock,
     /// `GET /v1/kv/{ks}:read-index?shard=S`: the shard's read index, confirmed by a leader
     /// holding a quorum (what a cache needs before serving a strong read from memory).
     ReadIndex {
@@ -241,6 +244,7 @@ pub fn parse(
     match segments.as_slice() {
         [""] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Index),
         ["v1", "cluster"] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Cluster),
+        ["v1", "clock"] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Clock),
         ["v1", "keyspaces"] => {
             allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::ListKeyspaces)
         }

@@ -91,9 +91,19 @@ pub async fn follow(
                             shard,
                             index,
                             cursor: c,
+                            proof,
                         })) => {
                             if let Some(copy) = space.shards.get(shard as usize) {
                                 copy.progressed(index);
+                                // The node's proof, on our clock: every write committed before
+                                // `h` is at or below `p.index`, which the feed has delivered.
+                                if let Some(p) = proof.filter(|p| p.index <= index) {
+                                    if let Some(h) =
+                                        upstream.earliest_local(node, p.incarnation, p.mono_us)
+                                    {
+                                        copy.add_proof(p.index, h);
+                                    }
+                                }
                             }
                             cursor = Some(c);
                         }

@@ -26,6 +26,10 @@ pub async fn run(
     cache.flush_all().await;
     tokio::spawn(cache.clone().flush_loop());
     tokio::spawn(cache.clone().warm());
+    {
+        let (up, stop) = (cache.upstream.clone(), cache.stop_token());
+        tokio::spawn(async move { up.calibrate_loop(stop).await });
+    }
     let listener = tokio::net::TcpListener::bind(&cache.config.http)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cache.config.http))?;

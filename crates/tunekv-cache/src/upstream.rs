@@ -38,6 +38,11 @@ pub struct Counters {
 
 pub struct Upstream {
     nodes: Vec<Client>,
+    /// Each node's monotonic clock against ours (`calibrate_loop`), for the freshness proofs
+    /// its feed's progress marks carry.
+    clocks: std::sync::Mutex<Vec<Option<tunekv_core::PeerClock>>>,
+    /// Our clock's zero: the cache's monotonic µs are measured from it.
+    epoch: Instant,
     /// Fault injection: the cache is cut off from every node (`POST /v1/admin/faults`).
     isolated: tokio::sync::watch::Sender<bool>,
     /// The node tried first.
@@ -104,7 +109,7 @@ fn parse_read(r: ReadReply) -> Result<Fetched, TunekvError> {
 
 impl Upstream {
     pub fn new(nodes: &[String], key: SessionKey) -> Upstream {
-        let nodes = nodes
+        let nodes: Vec<Client> = nodes
             .iter()
             .map(|n| {
                 let base = if n.starts_with("http://") {
@@ -116,6 +121,8 @@ impl Upstream {
             })
             .collect();
         Upstream {
+            clocks: std::sync::Mutex::new(vec![None; nodes.len()]),
+            epoch: Instant::now(),
             nodes,
             isolated: tokio::sync::watch::channel(false).0,
             preferred: AtomicUsize::new(0),
@@ -136,6 +143,57 @@ impl Upstream {
     /// Changes of [`Upstream::isolated`] (a feed drops its watch at once).
     pub fn isolation(&self) -> tokio::sync::watch::Receiver<bool> {
         self.isolated.subscribe()
+    }
+
+    /// µs on the cache's monotonic clock at `at`.
+    pub fn mono_us(&self, at: Instant) -> i64 {
+        i64::try_from(at.saturating_duration_since(self.epoch).as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// Measures every node's monotonic clock against ours, every second, until `stop`.
+    pub async fn calibrate_loop(&self, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            for (i, node) in self.nodes.iter().enumerate() {
+                if self.isolated() {
+                    break;
+                }
+                let sent = self.mono_us(Instant::now());
+                let reading =
+                    tokio::time::timeout(std::time::Duration::from_millis(500), node.clock()).await;
+                let received = self.mono_us(Instant::now());
+                if let Ok(Ok((incarnation, peer_us))) = reading {
+                    let mut clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+                    clocks[i] = Some(tunekv_core::PeerClock::calibrate(
+                        clocks[i],
+                        incarnation,
+                        sent,
+                        peer_us,
+                        received,
+                    ));
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// The earliest instant on our clock at which node `i`'s monotonic clock (of process
+    /// `incarnation`) read `node_us`; `None` until that process's clock was measured.
+    pub fn earliest_local(&self, i: usize, incarnation: u64, node_us: i64) -> Option<Instant> {
+        let clock = (*self
+            .clocks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(i)?)?;
+        if clock.incarnation != incarnation {
+            return None;
+        }
+        let now = self.mono_us(Instant::now());
+        let local = clock.earliest_local(node_us, now);
+        let back = u64::try_from(now.saturating_sub(local)).unwrap_or(0);
+        Instant::now().checked_sub(std::time::Duration::from_micros(back))
     }
 
     pub fn node_count(&self) -> usize {

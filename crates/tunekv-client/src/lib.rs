@@ -1,7 +1,7 @@
 //! tunekv-client: a small async client for tunekv's HTTP API (DESIGN §9).
 
 mod watch;
-pub use watch::{Watch, WatchEvent};
+pub use watch::{FeedProof, Watch, WatchEvent};
 
 use serde::Deserialize;
 use std::time::Duration;
@@ -634,6 +634,19 @@ impl Client {
             .collect::<Option<Vec<_>>>()
             .ok_or_else(bad)?;
         Ok((keys, v["cursor"].as_u64().ok_or_else(bad)?))
+    }
+
+    /// The node's incarnation and monotonic clock in µs (`GET /v1/clock`).
+    pub async fn clock(&self) -> Result<(u64, i64)> {
+        let v: serde_json::Value = self
+            .send_json(self.http.get(format!("{}/v1/clock", self.base)))
+            .await?;
+        match (v["incarnation"].as_u64(), v["mono_us"].as_i64()) {
+            (Some(i), Some(us)) => Ok((i, us)),
+            _ => Err(ClientError::Transport(format!(
+                "an unexpected clock answer: {v}"
+            ))),
+        }
     }
 
     /// A cache's status (`GET /v1/cache` of `tunekv cache`).

@@ -29,10 +29,23 @@ pub enum WatchEvent {
         shard: u32,
         index: u64,
         cursor: String,
+        /// The serving node's newest freshness proof the marked state satisfies: every write
+        /// committed before the node's monotonic clock read `mono_us` is at or below `index`.
+        proof: Option<FeedProof>,
     },
     /// Leaderless keyspaces: every version `node` stored up to its sequence `seq` has been
     /// considered; `cursor` as for `Progress`.
     NodeProgress { node: u64, seq: u64, cursor: String },
+}
+
+/// A freshness proof on a progress mark (`"proof"` in docs/formats.md, "The change feed").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeedProof {
+    pub index: u64,
+    /// The node's monotonic clock, µs since it started (as `GET /v1/clock` reads it).
+    pub mono_us: i64,
+    /// The node process the clock belongs to.
+    pub incarnation: u64,
 }
 
 /// A running watch: [`Watch::next`] yields events until the server ends it; an `error` event
@@ -148,6 +161,13 @@ impl Watch {
                 shard: v["shard"].as_u64().ok_or_else(bad)? as u32,
                 index: v["index"].as_u64().ok_or_else(bad)?,
                 cursor: v["cursor"].as_str().ok_or_else(bad)?.to_string(),
+                proof: v.get("proof").and_then(|p| {
+                    Some(FeedProof {
+                        index: p["index"].as_u64()?,
+                        mono_us: p["mono_us"].as_i64()?,
+                        incarnation: p["incarnation"].as_u64()?,
+                    })
+                }),
             }),
             "error" => Err(ClientError::Api {
                 status: 200,

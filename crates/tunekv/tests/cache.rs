@@ -142,6 +142,27 @@ async fn cache_hits_obey_the_level() {
     }
     assert!(strong_hits > 0, "no strong read was served from memory");
 
+    // bounded(t) from the feed's own freshness proofs: once the cache has calibrated the nodes'
+    // clocks, an idle cache serves bounded(t=3s) from memory with no read-index round trip
+    // (the strong reads' probes above are more than 3 s old by then).
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    let before = cache.cache_status().await.unwrap();
+    for _ in 0..20 {
+        let r = cache
+            .get("c", b"k", &Opts::level("bounded(t=3s)"))
+            .await
+            .unwrap();
+        assert_eq!(r.cache.as_deref(), Some("hit"), "{r:?}");
+        let (_, ms) = r.receipt.staleness_parts().unwrap();
+        assert!(ms <= 3000, "bounded(t=3s) served {ms} ms stale: {r:?}");
+    }
+    let after = cache.cache_status().await.unwrap();
+    assert_eq!(
+        counter(&after, &["upstream", "probes"]),
+        counter(&before, &["upstream", "probes"]),
+        "bounded(t) hits should need no probe when the feed's proofs are fresh"
+    );
+
     // A deletion reaches the cache too: an eventual read soon finds the key gone.
     let d = n1.delete("c", b"k", &Opts::default()).await.unwrap();
     fed(&cache, "c", d.shard, d.index).await;

@@ -1063,6 +1063,7 @@ async fn a_watch_resumed_from_its_cursor_on_another_node_misses_and_repeats_noth
                 shard,
                 index,
                 cursor,
+                ..
             }))) => consumer.progress(shard, index, cursor),
             Ok(Some(Ok(e @ WatchEvent::NodeProgress { .. }))) => {
                 panic!("an ordered keyspace's watch sent {e:?}")

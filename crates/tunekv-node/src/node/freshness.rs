@@ -46,6 +46,16 @@ impl Proofs {
         self.covered.map(|(_, at)| at)
     }
 
+    /// The newest proof a state at `index` satisfies, without changing anything.
+    pub(super) fn best_at(&self, index: u64) -> Option<(u64, Instant)> {
+        self.pending
+            .iter()
+            .chain(self.covered.iter())
+            .filter(|&&(i, _)| i <= index)
+            .max_by_key(|&&(_, at)| at)
+            .copied()
+    }
+
     /// The newest proof, applied or not (the copy's watermark).
     pub(super) fn newest(&self) -> Option<(u64, Instant)> {
         self.pending.back().copied().or(self.covered)
@@ -81,6 +91,31 @@ impl Group {
 }
 
 impl Node {
+    /// This process's incarnation and its monotonic clock now, in microseconds since it
+    /// started (`GET /v1/clock`: what a cache calibrates against, as peers do with `Clock`).
+    pub fn clock_reading(&self) -> (u64, i64) {
+        (self.incarnation, self.mono_us(Instant::now()))
+    }
+
+    /// The newest freshness proof this node holds that a state of `(keyspace_id, shard)` at
+    /// `index` satisfies: `(c, h)` with `c ≤ index`, `h` on this node's monotonic clock
+    /// (µs since it started). Every write committed before `h` is at or below `c`, so a copy
+    /// that holds everything up to `index` (a feed consumer) may use it.
+    pub fn freshness_proof(
+        &self,
+        keyspace_id: u64,
+        shard: ShardId,
+        index: u64,
+    ) -> Option<(u64, i64)> {
+        let g = self.group(GroupId::for_shard(keyspace_id, shard))?;
+        let (c, at) = g
+            .proofs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .best_at(index)?;
+        Some((c, self.mono_us(at)))
+    }
+
     /// Microseconds on this process's monotonic clock.
     pub(super) fn mono_us(&self, at: Instant) -> i64 {
         i64::try_from(at.saturating_duration_since(self.epoch).as_micros()).unwrap_or(i64::MAX)

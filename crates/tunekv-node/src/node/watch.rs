@@ -126,6 +126,11 @@ impl Watch {
     /// The cursor to resume from: every change up to each shard's progress was delivered.
     /// (Changes delivered after the last progress event are delivered again by a resumed
     /// watch; a consumer treats a change as final once a progress event covers it.)
+    /// The watched keyspace's id.
+    pub fn keyspace_id(&self) -> u64 {
+        self.keyspace_id
+    }
+
     pub fn cursor(&self) -> String {
         match &self.leaderless {
             None => {

@@ -96,6 +96,7 @@ pub async fn run(
                     shard,
                     index,
                     cursor,
+                    ..
                 }))) => c.progress(shard, index, cursor),
                 // Leaderless keyspaces only; this watch is of an ordered one.
                 Ok(Some(Ok(WatchEvent::NodeProgress { .. }))) => break,
