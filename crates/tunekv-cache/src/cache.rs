@@ -61,6 +61,9 @@ pub struct Answer {
     pub quorum: Option<String>,
     /// The session token to return (`None`: the session as updated by the read).
     pub token: Option<String>,
+    /// A write-behind write of the key is still waiting for the store: the answer is what the
+    /// store holds, and a newer value is pending.
+    pub pending: bool,
 }
 
 /// What a write through the cache did.
@@ -295,6 +298,19 @@ impl Cache {
         wait: Option<Duration>,
         session: &mut Session,
     ) -> Result<Answer, Refused> {
+        let mut answer = self.read(ks, key, level, wait, session).await?;
+        answer.pending = self.queue.as_ref().is_some_and(|q| q.holds(ks, key));
+        Ok(answer)
+    }
+
+    async fn read(
+        self: &Arc<Self>,
+        ks: &str,
+        key: &[u8],
+        level: Option<Level>,
+        wait: Option<Duration>,
+        session: &mut Session,
+    ) -> Result<Answer, Refused> {
         let started = Instant::now();
         let deadline = self.deadline(started, wait);
         if key.is_empty() || key.len() > KEY_BYTES_MAX {
@@ -437,6 +453,7 @@ impl Cache {
             served: Served::Hit,
             quorum: None,
             token: None,
+            pending: false,
         }
     }
 
@@ -571,6 +588,7 @@ impl Cache {
             served,
             quorum: None,
             token: None,
+            pending: false,
         })
     }
 
@@ -603,18 +621,20 @@ impl Cache {
             served: Served::Miss,
             quorum: f.quorum,
             token: Some(f.session),
+            pending: false,
         })
     }
 
     /// A PUT (`Some` value) or DELETE through the cache: sent to the store; once acknowledged
     /// the entry becomes the written value (write-through) or is dropped (read-through).
     /// Write-behind keyspaces queue it instead.
+    /// `strategy`: this request's, overriding the keyspace's.
     pub async fn write(
         self: &Arc<Self>,
         ks: &str,
         key: &[u8],
         value: Option<Bytes>,
-        wait: Option<Duration>,
+        (wait, strategy): (Option<Duration>, Option<Strategy>),
         session: &Session,
     ) -> Result<Written, TunekvError> {
         let started = Instant::now();
@@ -623,7 +643,15 @@ impl Cache {
         if key.is_empty() || key.len() > KEY_BYTES_MAX {
             return Err(err(Code::KeyInvalid, "a key is 1 to 1024 bytes"));
         }
-        if let (Strategy::WriteBehind, Some(q)) = (space.strategy, &self.queue) {
+        let strategy = strategy.unwrap_or(space.strategy);
+        if strategy == Strategy::WriteBehind && self.queue.is_none() {
+            return Err(err(
+                Code::BadRequest,
+                "this cache has no write-behind queue: give a keyspace strategy write_behind in \
+                 its config (with write_behind_dir or write_behind_in_memory)",
+            ));
+        }
+        if let (Strategy::WriteBehind, Some(q)) = (strategy, &self.queue) {
             if let Some(v) = &value {
                 if v.len() as u64 > space.spec.value_bytes_max {
                     return Err(err(
@@ -642,7 +670,7 @@ impl Cache {
                 durable: q.durable_path().is_some(),
             });
         }
-        self.store_write(&space, key, value, session, deadline)
+        self.store_write(&space, key, value, strategy, session, deadline)
             .await
             .map(|w| Written::Stored(Box::new(w)))
     }
@@ -653,6 +681,7 @@ impl Cache {
         space: &Arc<Space>,
         key: &[u8],
         value: Option<Bytes>,
+        strategy: Strategy,
         session: &Session,
         deadline: Instant,
     ) -> Result<WriteReply, TunekvError> {
@@ -666,7 +695,7 @@ impl Cache {
             .await?;
         if space.spec.mode == Mode::Ordered {
             let copy = &space.shards[shard_for_key(key, space.spec.shards).0 as usize];
-            match space.strategy {
+            match strategy {
                 Strategy::WriteThrough | Strategy::WriteBehind => {
                     copy.wrote(&self.store, space, key, reply.index, value)
                 }
@@ -742,8 +771,15 @@ impl Cache {
                     let deadline = Instant::now() + Duration::from_secs(5);
                     let space = me.space(&p.keyspace, deadline).await?;
                     let value = p.value.clone().map(Bytes::from);
-                    me.store_write(&space, &p.key, value, &Session::new(), deadline)
-                        .await
+                    me.store_write(
+                        &space,
+                        &p.key,
+                        value,
+                        Strategy::WriteBehind,
+                        &Session::new(),
+                        deadline,
+                    )
+                    .await
                 }
             });
             let results = futures::future::join_all(sends).await;

@@ -23,6 +23,9 @@ use tunekv_core::{Code, Session, TunekvError};
 
 /// How a read was answered.
 pub const H_CACHE: &str = "tunekv-cache";
+/// A write's strategy for this request (`read_through`, `write_through`, `write_behind`),
+/// overriding the keyspace's.
+pub const H_STRATEGY: &str = "tunekv-cache-strategy";
 /// A write-behind write's durability: `pending` until the store has it.
 pub const H_DURABILITY: &str = "tunekv-durability";
 /// What `tunekv-served-by` says of every answer the cache gives.
@@ -80,12 +83,21 @@ async fn handle(State(cache): State<Arc<Cache>>, req: Request) -> Response {
     } else {
         match read_body(&parts.headers, body, BODY_STALL).await {
             Err(e) => error_response(e),
-            Ok(body) => {
-                match request::parse(&cache.key, &parts.method, &parts.uri, &parts.headers, body) {
-                    Ok(req) => execute(&cache, req).await,
-                    Err(refusal) => refusal_response(refusal),
+            Ok(body) => match strategy_of(&parts.headers) {
+                Err(e) => error_response(e),
+                Ok(strategy) => {
+                    match request::parse(
+                        &cache.key,
+                        &parts.method,
+                        &parts.uri,
+                        &parts.headers,
+                        body,
+                    ) {
+                        Ok(req) => execute(&cache, req, strategy).await,
+                        Err(refusal) => refusal_response(refusal),
+                    }
                 }
-            }
+            },
         }
     };
     let h = response.headers_mut();
@@ -102,7 +114,30 @@ async fn handle(State(cache): State<Arc<Cache>>, req: Request) -> Response {
     response
 }
 
-async fn execute(cache: &Arc<Cache>, req: ApiRequest) -> Response {
+/// The `tunekv-cache-strategy` header, if given.
+fn strategy_of(headers: &HeaderMap) -> Result<Option<crate::Strategy>, TunekvError> {
+    let Some(v) = headers.get(H_STRATEGY) else {
+        return Ok(None);
+    };
+    match v.to_str().unwrap_or_default() {
+        "read_through" => Ok(Some(crate::Strategy::ReadThrough)),
+        "write_through" => Ok(Some(crate::Strategy::WriteThrough)),
+        "write_behind" => Ok(Some(crate::Strategy::WriteBehind)),
+        other => Err(TunekvError::new(
+            Code::BadRequest,
+            format!(
+                "{H_STRATEGY}: {:?} is not read_through, write_through or write_behind",
+                tunekv_core::code::shorten(other, 64)
+            ),
+        )),
+    }
+}
+
+async fn execute(
+    cache: &Arc<Cache>,
+    req: ApiRequest,
+    strategy: Option<crate::Strategy>,
+) -> Response {
     match req {
         ApiRequest::Index => (
             StatusCode::OK,
@@ -144,7 +179,7 @@ async fn execute(cache: &Arc<Cache>, req: ApiRequest) -> Response {
             w: None,
             wait,
             session,
-        } => write(cache, &ks, &key, Some(value), wait, &session).await,
+        } => write(cache, &ks, &key, Some(value), (wait, strategy), &session).await,
         ApiRequest::Delete {
             ks,
             key,
@@ -153,7 +188,7 @@ async fn execute(cache: &Arc<Cache>, req: ApiRequest) -> Response {
             w: None,
             wait,
             session,
-        } => write(cache, &ks, &key, None, wait, &session).await,
+        } => write(cache, &ks, &key, None, (wait, strategy), &session).await,
         ApiRequest::Put { .. } | ApiRequest::Delete { .. } => error_response(TunekvError::new(
             Code::BadRequest,
             "the cache writes plain PUT and DELETE; send conditional writes (if_version), \
@@ -200,6 +235,12 @@ fn read_response(
     }
     if let Some(e) = a.expires_ms {
         h.insert(HeaderName::from_static(H_EXPIRES), header(&e.to_string()));
+    }
+    if a.pending {
+        h.insert(
+            HeaderName::from_static(H_DURABILITY),
+            HeaderValue::from_static("pending"),
+        );
     }
     let status = if a.value.is_some() {
         StatusCode::OK
@@ -254,10 +295,10 @@ async fn write(
     ks: &str,
     key: &[u8],
     value: Option<bytes::Bytes>,
-    wait: Option<Duration>,
+    how: (Option<Duration>, Option<crate::Strategy>),
     session: &Session,
 ) -> Response {
-    match cache.write(ks, key, value, wait, session).await {
+    match cache.write(ks, key, value, how, session).await {
         Err(e) => error_response(e),
         // Write-behind: accepted, not in the store yet. No position and no new session mark:
         // the session's levels cannot cover a write the store does not have.

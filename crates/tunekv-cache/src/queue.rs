@@ -38,6 +38,8 @@ impl Pending {
 
 struct State {
     items: VecDeque<Pending>,
+    /// Writes waiting per (keyspace, key).
+    waiting: std::collections::HashMap<(String, Vec<u8>), u32>,
     bytes: u64,
     next_seq: u64,
     /// Writes flushed to the store since the process started.
@@ -219,8 +221,15 @@ impl Queue {
     ) -> Queue {
         let bytes = items.iter().map(Pending::bytes).sum();
         let next_seq = items.len() as u64 + 1;
+        let mut waiting = std::collections::HashMap::new();
+        for p in &items {
+            *waiting
+                .entry((p.keyspace.clone(), p.key.clone()))
+                .or_insert(0u32) += 1;
+        }
         Queue {
             state: Mutex::new(State {
+                waiting,
                 items: items.into(),
                 bytes,
                 next_seq,
@@ -283,6 +292,9 @@ impl Queue {
             };
             s.next_seq += 1;
             s.bytes += p.bytes();
+            *s.waiting
+                .entry((p.keyspace.clone(), p.key.clone()))
+                .or_default() += 1;
             s.items.push_back(p.clone());
             wait
         };
@@ -326,6 +338,13 @@ impl Queue {
                 if let Some(p) = s.items.pop_front() {
                     s.bytes -= p.bytes();
                     s.flushed += 1;
+                    let slot = (p.keyspace, p.key);
+                    if let Some(n) = s.waiting.get_mut(&slot) {
+                        *n -= 1;
+                        if *n == 0 {
+                            s.waiting.remove(&slot);
+                        }
+                    }
                 }
             }
             if s.items.is_empty() {
@@ -354,9 +373,8 @@ impl Queue {
     /// store).
     pub fn holds(&self, keyspace: &str, key: &[u8]) -> bool {
         self.lock()
-            .items
-            .iter()
-            .any(|p| p.keyspace == keyspace && p.key == key)
+            .waiting
+            .contains_key(&(keyspace.to_string(), key.to_vec()))
     }
 }
 
@@ -418,5 +436,7 @@ mod tests {
         let e = q.push("ks", b"b", Some(&[0; 40])).await.unwrap_err();
         assert_eq!(e.code, Code::Unavailable);
         assert!(q.holds("ks", b"a") && !q.holds("ks", b"b"));
+        q.done_through(1).await;
+        assert!(!q.holds("ks", b"a"));
     }
 }

@@ -381,7 +381,7 @@ async fn write(
     value: Option<Bytes>,
 ) -> Result<bool, Reply> {
     let w = match cache
-        .write(&conn.keyspace, key, value, conn.wait, &conn.session)
+        .write(&conn.keyspace, key, value, (conn.wait, None), &conn.session)
         .await
         .map_err(typed)?
     {
@@ -419,6 +419,9 @@ fn receipt(conn: &Conn) -> Reply {
         (Reply::bulk("staleness_ms"), int(a.staleness.ms)),
         (Reply::bulk("keys"), int(conn.last.len() as u64)),
     ];
+    if conn.last.iter().any(|a| a.pending) {
+        fields.push((Reply::bulk("durability"), Reply::bulk("pending")));
+    }
     if let (Some(v), 1) = (a.version, conn.last.len()) {
         fields.push((Reply::bulk("version"), int(v)));
     }

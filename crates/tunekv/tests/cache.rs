@@ -356,6 +356,36 @@ async fn write_through_then_the_cluster_goes_away() {
     .await;
     feed_live(&cache, "w").await;
 
+    // A request may choose its own strategy: read-through drops the entry instead.
+    let base = format!("http://{}", c.cache().unwrap().0);
+    let http = reqwest::Client::new();
+    let r = http
+        .put(format!("{base}/v1/kv/w/k"))
+        .header("tunekv-cache-strategy", "read_through")
+        .body("dropped")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = r.headers()["tunekv-session"].to_str().unwrap().to_string();
+    let after = cache
+        .get("w", b"k", &Opts::level("session").session(&token))
+        .await
+        .unwrap();
+    assert_eq!(after.cache.as_deref(), Some("miss"), "{after:?}");
+    for value in ["write_behind", "sideways"] {
+        let r = http
+            .put(format!("{base}/v1/kv/w/k"))
+            .header("tunekv-cache-strategy", value)
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{value}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_request", "{value}: {body}");
+    }
+
     // The writer's next read is a hit at its own write's position.
     let w = cache
         .put("w", b"k", b"written", &Opts::default())
