@@ -71,6 +71,21 @@ struct Probes {
     last_error: Option<(TunekvError, Instant)>,
 }
 
+impl Inner {
+    /// A change of `key` at `index` is known: a fill of it in flight must not cache anything
+    /// older. True when one is in flight.
+    fn note_change(&mut self, key: &[u8], index: u64) -> bool {
+        self.known_commit = self.known_commit.max(index);
+        match self.fills.get_mut(key) {
+            Some(slot) => {
+                slot.newest_change = slot.newest_change.max(index);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     fills: HashMap<Vec<u8>, Slot>,
@@ -179,63 +194,32 @@ impl ShardCopy {
     ) {
         let mut inner = self.lock();
         inner.commit_ms = inner.commit_ms.max(commit_ms);
-        inner.known_commit = inner.known_commit.max(index);
         inner.delivered = inner.delivered.max(index);
         if space.bugs.drop_invalidations {
+            inner.known_commit = inner.known_commit.max(index);
             return;
         }
-        let filling = match inner.fills.get_mut(key) {
-            Some(slot) => {
-                slot.newest_change = slot.newest_change.max(index);
-                true
-            }
-            None => false,
-        };
+        let filling = inner.note_change(key, index);
         let epoch = space.epoch();
         match store.get(space.id, key) {
             Some(e) if e.epoch == epoch && e.since >= index => {}
             Some(e) if e.epoch == epoch => {
-                let ttl = if value.is_some() {
-                    e.deadline
-                } else {
-                    e.deadline.min(Instant::now() + space.negative_ttl)
+                // Updated in place: the entry keeps its TTL and namespace version.
+                let mut updated = space.entry(value, index, commit_ms, expires_ms);
+                updated.deadline = match updated.value {
+                    Some(_) => e.deadline,
+                    None => e.deadline.min(updated.deadline),
                 };
-                store.insert(
-                    space.id,
-                    key,
-                    Entry {
-                        version: if value.is_some() { index } else { 0 },
-                        value,
-                        since: index,
-                        commit_ms,
-                        expires_ms,
-                        deadline: ttl,
-                        epoch,
-                        gen: e.gen,
-                    },
-                );
+                updated.gen = e.gen;
+                store.insert(space.id, key, updated);
             }
             // A read is fetching this key: the change is newer than what it will bring (which
             // will not be cached), so the change becomes the entry.
             None if filling && self.fed().live => {
-                let ttl = if value.is_some() {
-                    space.ttl()
-                } else {
-                    space.negative_ttl
-                };
                 store.insert(
                     space.id,
                     key,
-                    Entry {
-                        version: if value.is_some() { index } else { 0 },
-                        value,
-                        since: index,
-                        commit_ms,
-                        expires_ms,
-                        deadline: Instant::now() + ttl,
-                        epoch,
-                        gen: space.generation(),
-                    },
+                    space.entry(value, index, commit_ms, expires_ms),
                 );
             }
             Some(_) | None => {}
@@ -253,13 +237,9 @@ impl ShardCopy {
         value: Option<Bytes>,
     ) {
         let mut inner = self.lock();
-        inner.known_commit = inner.known_commit.max(index);
-        if let Some(slot) = inner.fills.get_mut(key) {
-            slot.newest_change = slot.newest_change.max(index);
-        }
-        let epoch = space.epoch();
+        inner.note_change(key, index);
         if let Some(e) = store.get(space.id, key) {
-            if e.epoch == epoch && e.since >= index {
+            if e.epoch == space.epoch() && e.since >= index {
                 return;
             }
         }
@@ -267,35 +247,17 @@ impl ShardCopy {
             store.remove(space.id, key);
             return;
         }
-        let ttl = if value.is_some() {
-            space.ttl()
-        } else {
-            space.negative_ttl
-        };
         store.insert(
             space.id,
             key,
-            Entry {
-                version: if value.is_some() { index } else { 0 },
-                value,
-                since: index,
-                commit_ms: inner.commit_ms,
-                expires_ms: None,
-                deadline: Instant::now() + ttl,
-                epoch,
-                gen: space.generation(),
-            },
+            space.entry(value, index, inner.commit_ms, None),
         );
     }
 
     /// A write through the cache was acknowledged at `index` (read-through): the entry is
     /// dropped, and a fill in flight that read below `index` will not be cached.
     pub fn dropped(&self, store: &Store, space: &Space, key: &[u8], index: u64) {
-        let mut inner = self.lock();
-        inner.known_commit = inner.known_commit.max(index);
-        if let Some(slot) = inner.fills.get_mut(key) {
-            slot.newest_change = slot.newest_change.max(index);
-        }
+        self.lock().note_change(key, index);
         store.remove(space.id, key);
     }
 
@@ -639,6 +601,32 @@ impl Space {
             s.restart();
         }
         self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A new entry of this epoch and namespace version: the key's state at `since` (`None`:
+    /// absent), with a fresh TTL (the negative TTL for an absence).
+    pub fn entry(
+        &self,
+        value: Option<Bytes>,
+        since: u64,
+        commit_ms: u64,
+        expires_ms: Option<u64>,
+    ) -> Entry {
+        let ttl = if value.is_some() {
+            self.ttl()
+        } else {
+            self.negative_ttl
+        };
+        Entry {
+            version: if value.is_some() { since } else { 0 },
+            value,
+            since,
+            commit_ms,
+            expires_ms,
+            deadline: Instant::now() + ttl,
+            epoch: self.epoch(),
+            gen: self.generation(),
+        }
     }
 
     /// A TTL for a new entry: `ttl` spread by ± `ttl_jitter_pct`.
