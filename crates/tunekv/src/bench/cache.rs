@@ -9,9 +9,9 @@ use super::keys::{Distribution, KeyChooser};
 use super::peers::Peers;
 use super::{phase, BenchOptions, Driver, LevelResult, PhaseSpec, RowKind, KEYSPACE};
 use crate::targets::Target;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,22 +42,8 @@ pub async fn run(
     cluster: &Arc<Mutex<LocalCluster>>,
     peers: Option<&Peers>,
 ) -> Result<i32> {
-    let admin = Client::with_timeout(&targets[0].http, Duration::from_secs(30));
-    let spec = serde_json::json!({"shards": 3, "replicas": targets.len().min(3), "default_level": "strong"});
-    for ks in [KEYSPACE, WRITE_THROUGH, WRITE_BEHIND] {
-        match admin.create_keyspace(ks, &spec).await {
-            Ok(_) => {}
-            Err(e) if e.code() == Some("keyspace_exists") => {}
-            Err(e) => bail!("cannot create keyspace {ks}: {e}"),
-        }
-    }
-    let keys: Vec<String> = (0..o.keys).map(|i| format!("key{i:08}")).collect();
-    let mut rng = StdRng::seed_from_u64(o.seed);
-    let value: Vec<u8> = (0..o.value_bytes)
-        .map(|_| rng.gen_range(b'a'..=b'z'))
-        .collect();
-    println!("loading {} keys of {} bytes ...", keys.len(), o.value_bytes);
-    super::load(&admin, &keys, &value).await?;
+    let (_, keys, value) =
+        super::setup(o, targets, &[KEYSPACE, WRITE_THROUGH, WRITE_BEHIND]).await?;
     if let Some(p) = peers {
         p.load(&keys, &value).await?;
     }

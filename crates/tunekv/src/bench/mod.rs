@@ -274,21 +274,7 @@ async fn bench(o: &BenchOptions, targets: &[Target], peers: Option<&peers::Peers
         print!("{}", feed::run(targets, peers, o.duration).await?);
         return Ok(0);
     }
-    let admin = Client::with_timeout(&targets[0].http, Duration::from_secs(30));
-    let spec = serde_json::json!({"shards": 3, "replicas": targets.len().min(3), "default_level": "strong"});
-    match admin.create_keyspace(KEYSPACE, &spec).await {
-        Ok(_) => {}
-        Err(e) if e.code() == Some("keyspace_exists") => {}
-        Err(e) => bail!("cannot create keyspace {KEYSPACE}: {e}"),
-    }
-    let keys: Vec<String> = (0..o.keys).map(|i| format!("key{i:08}")).collect();
-    let mut rng = StdRng::seed_from_u64(o.seed);
-    let value: Vec<u8> = (0..o.value_bytes)
-        .map(|_| rng.gen_range(b'a'..=b'z'))
-        .collect();
-    // Every key exists before reads are measured.
-    println!("loading {} keys of {} bytes ...", keys.len(), o.value_bytes);
-    load(&admin, &keys, &value).await?;
+    let (admin, keys, value) = setup(o, targets, &[KEYSPACE]).await?;
     if o.leaderless {
         leaderless::setup(&admin, targets, &keys, &value).await?;
     }
@@ -391,6 +377,32 @@ async fn bench(o: &BenchOptions, targets: &[Target], peers: Option<&peers::Peers
         );
     }
     Ok(0)
+}
+
+/// Creates `keyspaces` (3 shards, strong by default), makes the bench's keys and value (from
+/// the seed) and loads every key into the first keyspace, so reads find values.
+async fn setup(
+    o: &BenchOptions,
+    targets: &[Target],
+    keyspaces: &[&str],
+) -> Result<(Client, Vec<String>, Vec<u8>)> {
+    let admin = Client::with_timeout(&targets[0].http, Duration::from_secs(30));
+    let spec = serde_json::json!({"shards": 3, "replicas": targets.len().min(3), "default_level": "strong"});
+    for ks in keyspaces {
+        match admin.create_keyspace(ks, &spec).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("keyspace_exists") => {}
+            Err(e) => bail!("cannot create keyspace {ks}: {e}"),
+        }
+    }
+    let keys: Vec<String> = (0..o.keys).map(|i| format!("key{i:08}")).collect();
+    let mut rng = StdRng::seed_from_u64(o.seed);
+    let value: Vec<u8> = (0..o.value_bytes)
+        .map(|_| rng.gen_range(b'a'..=b'z'))
+        .collect();
+    println!("loading {} keys of {} bytes ...", keys.len(), o.value_bytes);
+    load(&admin, &keys, &value).await?;
+    Ok((admin, keys, value))
 }
 
 async fn load(c: &Client, keys: &[String], value: &[u8]) -> Result<()> {
