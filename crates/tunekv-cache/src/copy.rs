@@ -71,21 +71,6 @@ struct Probes {
     last_error: Option<(TunekvError, Instant)>,
 }
 
-impl Inner {
-    /// A change of `key` at `index` is known: a fill of it in flight must not cache anything
-    /// older. True when one is in flight.
-    fn note_change(&mut self, key: &[u8], index: u64) -> bool {
-        self.known_commit = self.known_commit.max(index);
-        match self.fills.get_mut(key) {
-            Some(slot) => {
-                slot.newest_change = slot.newest_change.max(index);
-                true
-            }
-            None => false,
-        }
-    }
-}
-
 #[derive(Default)]
 struct Inner {
     fills: HashMap<Vec<u8>, Slot>,
@@ -102,8 +87,25 @@ struct Inner {
     /// Commit time (ms) of the newest change at or below `F` (taken at each progress mark).
     fed_commit_ms: u64,
     probes: Probes,
-    /// Since when the feed has been behind `known_commit` (the feed's node may be cut off).
-    behind_since: Option<Instant>,
+    /// A commit index the feed had not reached, and since when: the feed's node may be cut
+    /// off when it stays below it (under load the feed is always a little behind the newest
+    /// commit, so the target is fixed when first seen, not the moving newest one).
+    behind: Option<(u64, Instant)>,
+}
+
+impl Inner {
+    /// A change of `key` at `index` is known: a fill of it in flight must not cache anything
+    /// older. True when one is in flight.
+    fn note_change(&mut self, key: &[u8], index: u64) -> bool {
+        self.known_commit = self.known_commit.max(index);
+        match self.fills.get_mut(key) {
+            Some(slot) => {
+                slot.newest_change = slot.newest_change.max(index);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// One shard of a cached keyspace.
@@ -147,9 +149,6 @@ impl ShardCopy {
         let known = {
             let mut inner = self.lock();
             inner.known_commit = inner.known_commit.max(index);
-            if index >= inner.known_commit {
-                inner.behind_since = None;
-            }
             // Every change the feed delivered so far is at or below this mark.
             inner.fed_commit_ms = inner.commit_ms;
             inner.known_commit
@@ -170,12 +169,16 @@ impl ShardCopy {
     /// Whether the feed has stayed behind what the cache knows was committed for `longer`.
     pub fn stuck(&self, longer: Duration) -> bool {
         let mut inner = self.lock();
-        if self.fed().index >= inner.known_commit {
-            inner.behind_since = None;
-            return false;
+        let fed = self.fed().index;
+        if inner.behind.is_some_and(|(target, _)| fed >= target) {
+            inner.behind = None;
         }
-        let since = *inner.behind_since.get_or_insert_with(Instant::now);
-        since.elapsed() >= longer
+        if inner.behind.is_none() && fed < inner.known_commit {
+            inner.behind = Some((inner.known_commit, Instant::now()));
+        }
+        inner
+            .behind
+            .is_some_and(|(_, since)| since.elapsed() >= longer)
     }
 
     /// A change the feed delivered (or a write through the cache acknowledged): the key's
@@ -845,6 +848,31 @@ mod tests {
         assert!(copy.finish_fill(&store, &sp, b"k", fetched("v", 6)));
         assert!(copy.forget(&store, &sp, b"k"));
         assert_eq!(cached(&store, b"k"), None);
+    }
+
+    /// A feed that keeps reaching the commits it was behind is not stuck, however busy the
+    /// shard; one that stops moving is, after the given time.
+    #[tokio::test]
+    async fn a_feed_is_stuck_only_when_it_stops_reaching_known_commits() {
+        let sp = space(CacheBugs::default());
+        let copy = &sp.shards[0];
+        let patience = Duration::from_millis(200);
+        copy.progressed(10);
+        for step in 1..=20u64 {
+            // A probe learned a newer commit; the feed catches up a moment later. The feed is
+            // behind the newest commit for the whole 400 ms, never for 200 ms on one target.
+            copy.add_proof(10 + 5 * step, Instant::now());
+            assert!(!copy.stuck(patience), "step {step}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            copy.progressed(10 + 5 * (step - 1) + 1);
+        }
+        copy.progressed(110);
+        copy.add_proof(200, Instant::now());
+        assert!(!copy.stuck(patience));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(copy.stuck(patience), "the feed stayed below 200 for 300 ms");
+        copy.progressed(200);
+        assert!(!copy.stuck(patience));
     }
 
     #[test]
