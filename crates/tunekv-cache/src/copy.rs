@@ -207,13 +207,14 @@ impl ShardCopy {
         match store.get(space.id, key) {
             Some(e) if e.epoch == epoch && e.since >= index => {}
             Some(e) if e.epoch == epoch => {
-                // Updated in place: the entry keeps its TTL and namespace version.
+                // Updated in place: the entry keeps its TTL. It is the key's state from
+                // `index` on, newer than any namespace bump before now, so it takes the
+                // current namespace version.
                 let mut updated = space.entry(value, index, commit_ms, expires_ms);
                 updated.deadline = match updated.value {
                     Some(_) => e.deadline,
                     None => e.deadline.min(updated.deadline),
                 };
-                updated.gen = e.gen;
                 store.insert(space.id, key, updated);
             }
             // A read is fetching this key: the change is newer than what it will bring (which

@@ -35,6 +35,8 @@ struct Conn {
     ready: bool,
     level: Option<Level>,
     wait: Option<Duration>,
+    /// `STRATEGY`: this connection's writes' strategy (`None`: each keyspace's).
+    strategy: Option<crate::Strategy>,
     session: Session,
     /// The last read's answers (one per key), for RECEIPT.
     last: Vec<Answer>,
@@ -95,6 +97,7 @@ async fn connection(mut stream: TcpStream, cache: &Arc<Cache>, id: u64) -> std::
         ready: false,
         level: None,
         wait: None,
+        strategy: None,
         session: Session::new(),
         last: Vec::new(),
     };
@@ -210,6 +213,22 @@ async fn execute(cache: &Arc<Cache>, conn: &mut Conn, name: &str, args: &[Vec<u8
             },
         },
         "receipt" if wants(0, 0) => receipt(conn),
+        "strategy" if wants(0, 1) => match args.first().map(|a| text(a).to_ascii_lowercase()) {
+            None => Reply::bulk(conn.strategy.map_or("default", crate::Strategy::as_str)),
+            Some(s) => {
+                conn.strategy =
+                    match s.as_str() {
+                        "default" => None,
+                        "read_through" => Some(crate::Strategy::ReadThrough),
+                        "write_through" => Some(crate::Strategy::WriteThrough),
+                        "write_behind" => Some(crate::Strategy::WriteBehind),
+                        _ => return Reply::err(
+                            "STRATEGY takes read_through, write_through, write_behind or default",
+                        ),
+                    };
+                Reply::ok()
+            }
+        },
         "get" if wants(1, 1) => {
             if let Err(r) = ensure_keyspace(cache, conn).await {
                 return r;
@@ -269,10 +288,13 @@ async fn execute(cache: &Arc<Cache>, conn: &mut Conn, name: &str, args: &[Vec<u8
         }
         "invalidate" if !args.is_empty() => invalidate(cache, conn, args).await,
         "ping" | "echo" | "select" | "consistency" | "session" | "waitms" | "receipt" | "get"
-        | "mget" | "exists" | "set" | "del" | "unlink" | "client" | "invalidate" => arity(name),
+        | "mget" | "exists" | "set" | "del" | "unlink" | "client" | "invalidate" | "strategy" => {
+            arity(name)
+        }
         other => Reply::err(format!(
             "unknown command '{}': the cache serves GET, MGET, EXISTS, SET, DEL, SELECT, \
-             INVALIDATE, CONSISTENCY, SESSION, WAITMS, RECEIPT, HELLO, PING; send other commands \
+             INVALIDATE, STRATEGY, CONSISTENCY, SESSION, WAITMS, RECEIPT, HELLO, PING; send other \
+             commands \
              to a node",
             tunekv_core::code::shorten(other, 64)
         )),
@@ -381,7 +403,13 @@ async fn write(
     value: Option<Bytes>,
 ) -> Result<bool, Reply> {
     let w = match cache
-        .write(&conn.keyspace, key, value, (conn.wait, None), &conn.session)
+        .write(
+            &conn.keyspace,
+            key,
+            value,
+            (conn.wait, conn.strategy),
+            &conn.session,
+        )
         .await
         .map_err(typed)?
     {

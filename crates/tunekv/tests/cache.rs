@@ -544,6 +544,19 @@ async fn the_cache_speaks_resp() {
         assert!(served(&mut r).contains("miss"));
         assert!(matches!(r.cmd(&["INVALIDATE", "ALL"]), R::Int(_)));
         assert!(matches!(r.cmd(&["INVALIDATE", "SOME"]), R::Error(_)));
+        // A connection may pick its writes' strategy: write-through makes the next read a hit.
+        assert_eq!(r.cmd(&["STRATEGY"]), bulk("default"));
+        assert_eq!(
+            r.cmd(&["STRATEGY", "write_through"]),
+            R::Simple("OK".into())
+        );
+        assert_eq!(r.cmd(&["SET", "rk", "three"]), R::Simple("OK".into()));
+        assert_eq!(r.cmd(&["GET", "rk"]), bulk("three"));
+        assert!(served(&mut r).contains("hit"));
+        assert!(matches!(r.cmd(&["STRATEGY", "sideways"]), R::Error(_)));
+        assert!(matches!(r.cmd(&["STRATEGY", "write_behind"]), R::Simple(_)));
+        assert!(matches!(r.cmd(&["SET", "rk", "x"]), R::Error(e) if e.starts_with("BAD_REQUEST")));
+        assert_eq!(r.cmd(&["STRATEGY", "default"]), R::Simple("OK".into()));
         assert_eq!(r.cmd(&["DEL", "rk", "nope"]), R::Int(1));
         assert_eq!(r.cmd(&["GET", "rk"]), R::Bulk(None));
         // The session token works on a node and back.
