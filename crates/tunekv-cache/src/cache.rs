@@ -131,8 +131,22 @@ impl Cache {
         bugs: CacheBugs,
         faults_enabled: bool,
     ) -> Result<Arc<Cache>, String> {
+        Cache::with_nodes(config, bugs, faults_enabled, None)
+    }
+
+    /// A cache in front of `nodes` (the simulator's), or of `config.upstream` over HTTP.
+    pub fn with_nodes(
+        config: CacheConfig,
+        bugs: CacheBugs,
+        faults_enabled: bool,
+        nodes: Option<Vec<Arc<dyn crate::node_api::NodeApi>>>,
+    ) -> Result<Arc<Cache>, String> {
         config.validate()?;
         let key = SessionKey::new(config.cluster_secret.as_bytes())?;
+        let upstream = match nodes {
+            Some(nodes) => Upstream::with_nodes(nodes, key.clone()),
+            None => Upstream::new(&config.upstream, key.clone()),
+        };
         let behind = config
             .keyspaces
             .values()
@@ -147,7 +161,7 @@ impl Cache {
         };
         Ok(Arc::new(Cache {
             store: Arc::new(Store::new(config.memory_bytes)),
-            upstream: Arc::new(Upstream::new(&config.upstream, key.clone())),
+            upstream: Arc::new(upstream),
             key,
             stats: Stats::default(),
             bugs,

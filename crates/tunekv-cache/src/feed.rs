@@ -35,7 +35,7 @@ pub async fn follow(
         let client = upstream.node(node).clone();
         let opened = tokio::select! {
             _ = stop.cancelled() => return,
-            w = client.watch_from(&space.name, "", cursor.as_deref()), if !upstream.isolated() => w,
+            w = client.watch_from(&space.name, cursor.as_deref()), if !upstream.isolated() => w,
             _ = tokio::time::sleep(RETRY_PAUSE), if upstream.isolated() => continue,
         };
         match opened {

@@ -15,6 +15,7 @@ pub mod config;
 pub mod copy;
 pub mod feed;
 pub mod http;
+pub mod node_api;
 pub mod queue;
 pub mod resp;
 pub mod server;

@@ -4,6 +4,7 @@ use crate::cache::Cache;
 use crate::config::CacheConfig;
 use crate::copy::CacheBugs;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tunekv_api::HttpLimits;
 
@@ -13,6 +14,15 @@ const LIMITS: HttpLimits = HttpLimits {
     header_read_timeout: Duration::from_secs(10),
     idle_timeout: Duration::from_secs(60),
 };
+
+/// Starts the cache's background work: the write-behind flusher, warming, and measuring the
+/// nodes' clocks (keyspaces' feeds start on first use).
+pub fn start(cache: &Arc<Cache>) {
+    tokio::spawn(cache.clone().flush_loop());
+    tokio::spawn(cache.clone().warm());
+    let (up, stop) = (cache.upstream.clone(), cache.stop_token());
+    tokio::spawn(async move { up.calibrate_loop(stop).await });
+}
 
 /// Serves the cache until `shutdown` completes. Prints one line once it listens.
 pub async fn run(
@@ -24,12 +34,7 @@ pub async fn run(
     let cache = Cache::new(config, bugs, enable_faults)?;
     // What an earlier process acknowledged but did not flush goes to the store first.
     cache.flush_all().await;
-    tokio::spawn(cache.clone().flush_loop());
-    tokio::spawn(cache.clone().warm());
-    {
-        let (up, stop) = (cache.upstream.clone(), cache.stop_token());
-        tokio::spawn(async move { up.calibrate_loop(stop).await });
-    }
+    start(&cache);
     let listener = tokio::net::TcpListener::bind(&cache.config.http)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cache.config.http))?;

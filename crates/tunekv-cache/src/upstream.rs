@@ -1,8 +1,10 @@
 //! The cluster behind the cache: HTTP clients to its nodes, failing over from one to the next,
 //! and counters of what the cache asked of it (the herd test counts `reads`).
 
+use crate::node_api::NodeApi;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tunekv_client::{Client, ClientError, Opts, ReadReply, WriteReply};
@@ -37,7 +39,7 @@ pub struct Counters {
 }
 
 pub struct Upstream {
-    nodes: Vec<Client>,
+    nodes: Vec<Arc<dyn NodeApi>>,
     /// Each node's monotonic clock against ours (`calibrate_loop`), for the freshness proofs
     /// its feed's progress marks carry.
     clocks: std::sync::Mutex<Vec<Option<tunekv_core::PeerClock>>>,
@@ -108,8 +110,9 @@ fn parse_read(r: ReadReply) -> Result<Fetched, TunekvError> {
 }
 
 impl Upstream {
+    /// The nodes at these HTTP addresses, through `tunekv_client::Client`.
     pub fn new(nodes: &[String], key: SessionKey) -> Upstream {
-        let nodes: Vec<Client> = nodes
+        let nodes: Vec<Arc<dyn NodeApi>> = nodes
             .iter()
             .map(|n| {
                 let base = if n.starts_with("http://") {
@@ -117,9 +120,14 @@ impl Upstream {
                 } else {
                     format!("http://{n}")
                 };
-                Client::with_timeout(&base, Duration::from_secs(30))
+                Arc::new(Client::with_timeout(&base, Duration::from_secs(30))) as Arc<dyn NodeApi>
             })
             .collect();
+        Upstream::with_nodes(nodes, key)
+    }
+
+    /// These nodes, however they are reached (the simulator passes its own).
+    pub fn with_nodes(nodes: Vec<Arc<dyn NodeApi>>, key: SessionKey) -> Upstream {
         Upstream {
             clocks: std::sync::Mutex::new(vec![None; nodes.len()]),
             epoch: Instant::now(),
@@ -200,7 +208,7 @@ impl Upstream {
         self.nodes.len()
     }
 
-    pub fn node(&self, i: usize) -> &Client {
+    pub fn node(&self, i: usize) -> &Arc<dyn NodeApi> {
         &self.nodes[i % self.nodes.len()]
     }
 
@@ -214,7 +222,7 @@ impl Upstream {
         call: F,
     ) -> Result<T, TunekvError>
     where
-        F: Fn(Client, u64) -> Fut,
+        F: Fn(Arc<dyn NodeApi>, u64) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
         if self.isolated() {
@@ -343,7 +351,7 @@ impl Upstream {
     ) -> Result<(Vec<Vec<u8>>, u64), TunekvError> {
         self.each_node(deadline, read_elsewhere, |c, wait| async move {
             let opts = Opts::level("eventual").wait_ms(wait);
-            c.scan(ks, prefix, cursor, 500, &opts).await
+            c.scan(ks, prefix, cursor, &opts).await
         })
         .await
     }
@@ -383,8 +391,8 @@ impl Upstream {
                 let opts = opts.clone().wait_ms(wait);
                 async move {
                     match value {
-                        Some(v) => c.put(ks, key, v, &opts).await,
-                        None => c.delete(ks, key, &opts).await,
+                        Some(v) => c.write(ks, key, Some(v), &opts).await,
+                        None => c.write(ks, key, None, &opts).await,
                     }
                 }
             })

@@ -1,7 +1,7 @@
 //! tunekv-client: a small async client for tunekv's HTTP API (DESIGN §9).
 
 mod watch;
-pub use watch::{FeedProof, Watch, WatchEvent};
+pub use watch::{parse_event, FeedProof, Watch, WatchEvent};
 
 use serde::Deserialize;
 use std::time::Duration;

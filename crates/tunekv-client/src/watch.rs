@@ -148,62 +148,69 @@ impl Watch {
     }
 
     fn parse(&self, event: &str, data: &str) -> Result<WatchEvent> {
-        let v: serde_json::Value = serde_json::from_str(data)
-            .map_err(|e| ClientError::Transport(format!("a watch event is not JSON: {e}")))?;
-        let bad = || ClientError::Transport(format!("an unexpected watch event: {data}"));
-        match event {
-            "progress" if v.get("node").is_some() => Ok(WatchEvent::NodeProgress {
-                node: v["node"].as_u64().ok_or_else(bad)?,
-                seq: v["seq"].as_u64().ok_or_else(bad)?,
-                cursor: v["cursor"].as_str().ok_or_else(bad)?.to_string(),
-            }),
-            "progress" => Ok(WatchEvent::Progress {
-                shard: v["shard"].as_u64().ok_or_else(bad)? as u32,
-                index: v["index"].as_u64().ok_or_else(bad)?,
-                cursor: v["cursor"].as_str().ok_or_else(bad)?.to_string(),
-                proof: v.get("proof").and_then(|p| {
-                    Some(FeedProof {
-                        index: p["index"].as_u64()?,
-                        mono_us: p["mono_us"].as_i64()?,
-                        incarnation: p["incarnation"].as_u64()?,
-                    })
-                }),
-            }),
-            "error" => Err(ClientError::Api {
-                status: 200,
-                code: v["code"].as_str().unwrap_or("unknown").to_string(),
-                message: v["message"].as_str().unwrap_or_default().to_string(),
-            }),
-            _ => {
-                let position = v["position"].as_str().ok_or_else(bad)?.to_string();
-                let field = |name: &str| -> Option<u64> {
-                    position
-                        .split(';')
-                        .find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-                };
-                let key = v["key"].as_str().ok_or_else(bad)?.to_string();
-                let key_bytes = match v["key_base64url"].as_str() {
-                    Some(b) => crate::base64url_decode(b).ok_or_else(bad)?,
-                    None => key.clone().into_bytes(),
-                };
-                let value = v["value"].as_str().map(str::to_string);
-                let value_bytes = match (v["value_hex"].as_str(), &value) {
-                    (Some(h), _) => Some(hex_decode(h).ok_or_else(bad)?),
-                    (None, Some(text)) => Some(text.clone().into_bytes()),
-                    (None, None) => None,
-                };
-                Ok(WatchEvent::Change {
-                    key,
-                    value,
-                    shard: field("shard").ok_or_else(bad)? as u32,
-                    index: field("index").ok_or_else(bad)?,
-                    position,
-                    version: v["version"].as_str().map(str::to_string),
-                    key_bytes,
-                    value_bytes,
-                    expires_ms: v["expires_ms"].as_u64(),
+        parse_event(event, data)
+    }
+}
+
+/// One server-sent event of a watch (its `event:` name, empty for a change, and its `data:`
+/// line) as a [`WatchEvent`]; an `error` event is `Err`. For clients that read the stream their
+/// own way (the simulator's).
+pub fn parse_event(event: &str, data: &str) -> Result<WatchEvent> {
+    let v: serde_json::Value = serde_json::from_str(data)
+        .map_err(|e| ClientError::Transport(format!("a watch event is not JSON: {e}")))?;
+    let bad = || ClientError::Transport(format!("an unexpected watch event: {data}"));
+    match event {
+        "progress" if v.get("node").is_some() => Ok(WatchEvent::NodeProgress {
+            node: v["node"].as_u64().ok_or_else(bad)?,
+            seq: v["seq"].as_u64().ok_or_else(bad)?,
+            cursor: v["cursor"].as_str().ok_or_else(bad)?.to_string(),
+        }),
+        "progress" => Ok(WatchEvent::Progress {
+            shard: v["shard"].as_u64().ok_or_else(bad)? as u32,
+            index: v["index"].as_u64().ok_or_else(bad)?,
+            cursor: v["cursor"].as_str().ok_or_else(bad)?.to_string(),
+            proof: v.get("proof").and_then(|p| {
+                Some(FeedProof {
+                    index: p["index"].as_u64()?,
+                    mono_us: p["mono_us"].as_i64()?,
+                    incarnation: p["incarnation"].as_u64()?,
                 })
-            }
+            }),
+        }),
+        "error" => Err(ClientError::Api {
+            status: 200,
+            code: v["code"].as_str().unwrap_or("unknown").to_string(),
+            message: v["message"].as_str().unwrap_or_default().to_string(),
+        }),
+        _ => {
+            let position = v["position"].as_str().ok_or_else(bad)?.to_string();
+            let field = |name: &str| -> Option<u64> {
+                position
+                    .split(';')
+                    .find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            };
+            let key = v["key"].as_str().ok_or_else(bad)?.to_string();
+            let key_bytes = match v["key_base64url"].as_str() {
+                Some(b) => crate::base64url_decode(b).ok_or_else(bad)?,
+                None => key.clone().into_bytes(),
+            };
+            let value = v["value"].as_str().map(str::to_string);
+            let value_bytes = match (v["value_hex"].as_str(), &value) {
+                (Some(h), _) => Some(hex_decode(h).ok_or_else(bad)?),
+                (None, Some(text)) => Some(text.clone().into_bytes()),
+                (None, None) => None,
+            };
+            Ok(WatchEvent::Change {
+                key,
+                value,
+                shard: field("shard").ok_or_else(bad)? as u32,
+                index: field("index").ok_or_else(bad)?,
+                position,
+                version: v["version"].as_str().map(str::to_string),
+                key_bytes,
+                value_bytes,
+                expires_ms: v["expires_ms"].as_u64(),
+            })
         }
     }
 }
