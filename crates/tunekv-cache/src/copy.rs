@@ -479,7 +479,7 @@ impl ShardCopy {
 }
 
 /// Faults a test may inject into the cache (docs/cache.md, "Proving it").
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheBugs {
     /// Insert every fill, even one the feed overtook (the stale-set race).
     pub keep_stale_fills: bool,

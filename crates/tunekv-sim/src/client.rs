@@ -138,6 +138,26 @@ pub async fn operate(
     siblings: bool,
 ) -> Operation {
     let host = format!("n{}", node + 1);
+    operate_on(
+        client, &host, kind, key, value, level, quorum, token, siblings,
+    )
+    .await
+}
+
+/// [`operate`] through any host (a node, or the cache).
+#[allow(clippy::too_many_arguments)]
+pub async fn operate_on(
+    client: u64,
+    host: &str,
+    kind: OpKind,
+    key: &str,
+    value: Option<String>,
+    level: &str,
+    quorum: Option<&str>,
+    token: &mut String,
+    siblings: bool,
+) -> Operation {
+    let host = host.to_string();
     let invoke_ns = now_ns();
     let action = match kind {
         OpKind::Add => ":add",

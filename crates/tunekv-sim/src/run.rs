@@ -81,6 +81,11 @@ pub struct Workload {
     /// a context (each superseding the session's last write), reads of every value at
     /// `eventual`, judged by the siblings checkers.
     pub siblings: bool,
+    /// Ordered plans: a `tunekv cache` on host `cache`, which half of the clients' operations
+    /// go through (recorded with node `cache`), judged by the same checkers; `cache_bugs` are
+    /// its injected bugs.
+    pub cache: bool,
+    pub cache_bugs: tunekv_cache::CacheBugs,
 }
 
 /// The members a set plan's updates draw from (few, so adds and removes meet).
@@ -122,6 +127,9 @@ pub enum Fault {
         b: usize,
         ms: u64,
     },
+    /// The cache's messages to and from every node held until the heal (it is cut off; what
+    /// was held is delivered then, in order, as TCP would).
+    HoldCache,
     Loss {
         rate: f64,
     },
@@ -196,6 +204,8 @@ impl Plan {
             counter: false,
             set: false,
             siblings: false,
+            cache: false,
+            cache_bugs: tunekv_cache::CacheBugs::default(),
         };
         // Drawn last, from its own stream, so the fields above stay what they were.
         let mut rng = StdRng::seed_from_u64(seed ^ 0x1ead_1e55);
@@ -340,6 +350,14 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
         });
     }
 
+    // The cache, in front of every node.
+    if plan.workload.cache {
+        let (nodes, bugs) = (plan.nodes, plan.workload.cache_bugs);
+        sim.host(crate::cache::CACHE_HOST, move || async move {
+            crate::cache::serve(nodes, CLUSTER_SECRET, bugs).await
+        });
+    }
+
     // Clients: each runs until the safety phase ends, then reads every key in the final phase.
     let history: Arc<Mutex<Vec<Operation>>> = Arc::new(Mutex::new(Vec::new()));
     let heal_ns = (SETUP + plan.safety + SETTLE).as_nanos() as u64;
@@ -371,6 +389,8 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
     let mut client_rng = StdRng::seed_from_u64(seed ^ 0xc1);
     for c in 0..plan.clients {
         let mut rng = StdRng::seed_from_u64(client_rng.gen());
+        // Its own stream: plans without a cache draw exactly what they drew before.
+        let mut via_cache_rng = StdRng::seed_from_u64(seed ^ 0xcac4e ^ c as u64);
         let (history, unfinished, tokens) = (history.clone(), unfinished.clone(), tokens.clone());
         let plan = plan.clone();
         sim.client(format!("c{}", c + 1), async move {
@@ -426,8 +446,13 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
                     }
                     _ => (kind, value),
                 };
-                let op = client::operate(
-                    c as u64, node, kind, &key, value, level, quorum, &mut token, w.siblings,
+                let target = if w.cache && via_cache_rng.gen_bool(0.5) {
+                    crate::cache::CACHE_HOST.to_string()
+                } else {
+                    host(node)
+                };
+                let op = client::operate_on(
+                    c as u64, &target, kind, &key, value, level, quorum, &mut token, w.siblings,
                 )
                 .await;
                 history.lock().unwrap_or_else(|p| p.into_inner()).push(op);
@@ -845,6 +870,11 @@ fn apply(
                 .filter(|j| j != node)
                 .map(host)
                 .chain((0..plan.clients).map(|c| format!("c{}", c + 1)))
+                .chain(
+                    plan.workload
+                        .cache
+                        .then(|| crate::cache::CACHE_HOST.to_string()),
+                )
                 .collect();
             for other in &others {
                 sim.partition(host(*node), other.as_str());
@@ -875,6 +905,11 @@ fn apply(
                 set_links(n, &|l| l.drop_rate = *rate);
             }
         }
+        Fault::HoldCache => {
+            for n in 0..plan.nodes {
+                sim.hold(crate::cache::CACHE_HOST, host(n));
+            }
+        }
         Fault::Heal => {
             for a in 0..plan.nodes {
                 set_links(a, &|l| *l = LinkFaults::default());
@@ -882,6 +917,11 @@ fn apply(
                     if a != b {
                         sim.release(host(a), host(b));
                     }
+                }
+            }
+            if plan.workload.cache {
+                for n in 0..plan.nodes {
+                    sim.release(crate::cache::CACHE_HOST, host(n));
                 }
             }
             for (i, c) in clocks.iter().enumerate() {
