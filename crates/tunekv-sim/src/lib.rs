@@ -10,4 +10,4 @@ pub mod run;
 pub mod sweep;
 
 pub use run::{run, Fault, Outcome, Plan, Workload, LEVELS, SAFETY_DEFAULT_SECS};
-pub use sweep::{sweep, Failure, Summary};
+pub use sweep::{sweep, sweep_plans, Failure, Summary};

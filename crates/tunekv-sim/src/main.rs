@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use clap::Parser;
 use std::time::{Duration, Instant};
-use tunekv_sim::{run, sweep, Plan, SAFETY_DEFAULT_SECS};
+use tunekv_sim::{run, Plan, SAFETY_DEFAULT_SECS};
 
 #[derive(Parser)]
 #[command(about = "Deterministic simulation of tunekv clusters, one seed per run")]
@@ -34,6 +34,10 @@ struct Args {
     /// old-receipts, progress-early (and the leaderless ones: see `tunekv server --help`).
     #[arg(long = "bug")]
     bugs: Vec<String>,
+    /// Put a `tunekv cache` in front of the nodes of every ordered seed (half of the clients'
+    /// operations through it; every third fault cuts it off).
+    #[arg(long)]
+    cache: bool,
 }
 
 fn main() -> Result<()> {
@@ -50,7 +54,8 @@ fn main() -> Result<()> {
                 .try_init();
         }
         let started = Instant::now();
-        let out = run(Plan::of(seed, safety), &bugs);
+        let plan = Plan::of(seed, safety);
+        let out = run(if args.cache { plan.with_cache() } else { plan }, &bugs);
         println!("seed {seed}: plan {:?}", out.plan);
         println!(
             "seed {seed}: {} operations, {:.1} virtual s in {:.1} wall s, trace hash {:016x}",
@@ -77,7 +82,16 @@ fn main() -> Result<()> {
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let progress = tunekv_sim::sweep::print_progress(args.seeds, 10, safety, args.bugs.clone());
-    let summary = sweep(args.from, args.seeds, jobs, safety, &bugs, &progress);
+    let cache = args.cache;
+    let plan = move |seed| {
+        let p = Plan::of(seed, safety);
+        if cache {
+            p.with_cache()
+        } else {
+            p
+        }
+    };
+    let summary = tunekv_sim::sweep_plans(args.from, args.seeds, jobs, &plan, &bugs, &progress);
     println!("{}", summary.line(args.from));
     if args.hashes {
         for (seed, hash) in &summary.trace_hashes {

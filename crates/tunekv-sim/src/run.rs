@@ -138,6 +138,27 @@ pub enum Fault {
 }
 
 impl Plan {
+    /// This plan with a `tunekv cache` in front of the nodes (ordered plans; a leaderless
+    /// plan is returned unchanged): half of the clients' operations go through it, and every
+    /// third fault episode cuts the cache off instead.
+    pub fn with_cache(mut self) -> Plan {
+        if self.workload.leaderless {
+            return self;
+        }
+        self.workload.cache = true;
+        let mut nth = 0;
+        for (_, fault) in self.faults.iter_mut() {
+            if *fault == Fault::Heal {
+                continue;
+            }
+            nth += 1;
+            if nth % 3 == 0 {
+                *fault = Fault::HoldCache;
+            }
+        }
+        self
+    }
+
     /// Fault episodes scheduled (each fault, before its heal).
     pub fn episodes(&self) -> usize {
         self.faults

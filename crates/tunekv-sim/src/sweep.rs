@@ -94,6 +94,25 @@ pub fn sweep(
     bugs: &tunekv_node::Bugs,
     progress: &(dyn Fn(u64, u64, Option<&Failure>) + Sync),
 ) -> Summary {
+    sweep_plans(
+        from,
+        seeds,
+        jobs,
+        &|seed| Plan::of(seed, safety),
+        bugs,
+        progress,
+    )
+}
+
+/// [`sweep`] over the plans `plan` makes of each seed (`tunekv-sim --cache`: with a cache).
+pub fn sweep_plans(
+    from: u64,
+    seeds: u64,
+    jobs: usize,
+    plan: &(dyn Fn(u64) -> Plan + Sync),
+    bugs: &tunekv_node::Bugs,
+    progress: &(dyn Fn(u64, u64, Option<&Failure>) + Sync),
+) -> Summary {
     let jobs = jobs.max(1);
     let next = AtomicU64::new(from);
     let done = AtomicU64::new(0);
@@ -113,7 +132,7 @@ pub fn sweep(
                 if seed >= end {
                     return;
                 }
-                let out = run(Plan::of(seed, safety), bugs);
+                let out = run(plan(seed), bugs);
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 let failure = (!out.violations.is_empty()).then(|| Failure {
                     seed,
