@@ -345,9 +345,11 @@ async fn errors_are_typed_json_and_echo_little() {
         ("PUT", "/v1/keyspaces/%FF", "", 400, "keyspace_invalid"),
         ("GET", "/v1/kv/ks/%zz", "", 400, "key_invalid"),
         ("GET", "/nope", "", 404, "route_not_found"),
-        ("GET", "/v1/kv/ks:scan", "", 405, "method_not_allowed"),
+        ("GET", "/v1/kv/ks:frobnicate", "", 405, "method_not_allowed"),
         ("DELETE", "/v1/cluster", "", 405, "method_not_allowed"),
-        ("POST", "/v1/kv/ks:scan", "{}", 404, "route_not_found"),
+        ("POST", "/v1/kv/ks:frobnicate", "{}", 404, "route_not_found"),
+        ("POST", "/v1/kv/ks:scan", "", 405, "method_not_allowed"),
+        ("GET", "/v1/kv/ks:scan?cursor=x", "", 400, "bad_request"),
         (
             "PUT",
             "/v1/keyspaces/arr",
