@@ -1,7 +1,7 @@
 //! tunekv-client: a small async client for tunekv's HTTP API (DESIGN §9).
 
 mod watch;
-pub use watch::{parse_event, FeedProof, Watch, WatchEvent};
+pub use watch::{parse_event, FeedProof, SseDecoder, Watch, WatchEvent};
 
 use serde::Deserialize;
 use std::time::Duration;
@@ -134,6 +134,38 @@ pub struct ReadReply {
     pub expires_ms: Option<u64>,
     /// From a cache (`tunekv cache`): `hit`, `miss` or `coalesced`.
     pub cache: Option<String>,
+}
+
+impl ReadReply {
+    /// A read's answer from its status (200: found, 404: absent), its headers (by name) and
+    /// its body; `None` when it is not one (an error, or a receipt missing a field).
+    pub fn from_parts(
+        status: u16,
+        header: impl Fn(&str) -> Option<String>,
+        body: Vec<u8>,
+    ) -> Option<ReadReply> {
+        let receipt = Receipt {
+            level: header("tunekv-level")?,
+            served_by: header("tunekv-served-by")?,
+            position: header("tunekv-position")?,
+            staleness: header("tunekv-staleness")?,
+            quorum: header("tunekv-quorum"),
+        };
+        let number = |name: &str| header(name).and_then(|v| v.parse::<u64>().ok());
+        let value = match status {
+            200 => Some(body),
+            404 => None,
+            _ => return None,
+        };
+        Some(ReadReply {
+            value,
+            receipt,
+            session: header(SESSION_HEADER).unwrap_or_default(),
+            version: number("tunekv-version"),
+            expires_ms: number("tunekv-expires-ms"),
+            cache: header("tunekv-cache"),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -499,57 +531,25 @@ impl Client {
             .send()
             .await
             .map_err(|e| self.transport(e))?;
-        let h = |name: &str| {
-            resp.headers()
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let header = |name: &str| {
+            headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let receipt = match (
-            h("tunekv-level"),
-            h("tunekv-served-by"),
-            h("tunekv-position"),
-            h("tunekv-staleness"),
-        ) {
-            (Some(level), Some(served_by), Some(position), Some(staleness)) => Some(Receipt {
-                level,
-                served_by,
-                position,
-                staleness,
-                quorum: h("tunekv-quorum"),
-            }),
-            _ => None,
-        };
-        let session = h(SESSION_HEADER).unwrap_or_default();
-        let number = |name: &str| h(name).and_then(|v| v.parse::<u64>().ok());
-        let (version, expires_ms, cache) = (
-            number("tunekv-version"),
-            number("tunekv-expires-ms"),
-            h("tunekv-cache"),
-        );
-        let status = resp.status();
-        match (status.as_u16(), receipt) {
-            (200, Some(receipt)) => {
-                let value = resp.bytes().await.map_err(|e| self.transport(e))?.to_vec();
-                Ok(ReadReply {
-                    value: Some(value),
-                    receipt,
-                    session,
-                    version,
-                    expires_ms,
-                    cache,
-                })
-            }
-            (404, Some(receipt)) => Ok(ReadReply {
-                value: None,
-                receipt,
-                session,
-                version,
-                expires_ms,
-                cache,
-            }),
-            _ => Err(api_error(resp).await),
+        if !matches!(status, 200 | 404) || header("tunekv-position").is_none() {
+            return Err(api_error(resp).await);
         }
+        let body = if status == 200 {
+            resp.bytes().await.map_err(|e| self.transport(e))?.to_vec()
+        } else {
+            Vec::new()
+        };
+        ReadReply::from_parts(status, header, body).ok_or_else(|| {
+            ClientError::Transport(format!("a read answered {status} without a whole receipt"))
+        })
     }
 
     /// `POST /v1/kv/{ks}:batch-get`: `{"results": [...], "receipts": [...], "session": "..."}`

@@ -52,10 +52,43 @@ pub struct FeedProof {
 /// (the watcher fell behind, or the node lost the shard's history) comes as `Err` and ends it.
 pub struct Watch {
     resp: reqwest::Response,
+    sse: SseDecoder,
+    done: bool,
+}
+
+/// Splits server-sent events out of the text of a stream as it arrives, and parses each into a
+/// [`WatchEvent`] (an `error` event is `Err`). For readers of a watch's body other than
+/// [`Watch`] (the simulator's).
+#[derive(Debug, Default)]
+pub struct SseDecoder {
     buf: String,
     event: String,
     data: Option<String>,
-    done: bool,
+}
+
+impl SseDecoder {
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.push_str(&String::from_utf8_lossy(chunk));
+    }
+
+    /// The next complete event, once one has arrived.
+    pub fn next_event(&mut self) -> Option<Result<WatchEvent>> {
+        while let Some(end) = self.buf.find('\n') {
+            let line = self.buf[..end].trim_end_matches('\r').to_string();
+            self.buf.drain(..=end);
+            if let Some(e) = line.strip_prefix("event:") {
+                self.event = e.trim().to_string();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                self.data = Some(d.trim().to_string());
+            } else if line.is_empty() {
+                let event = std::mem::take(&mut self.event);
+                if let Some(data) = self.data.take() {
+                    return Some(parse_event(&event, &data));
+                }
+            }
+        }
+        None
+    }
 }
 
 /// How long a watch may stay open (the client's request timeout would cut it off otherwise).
@@ -98,9 +131,7 @@ impl Client {
         }
         Ok(Watch {
             resp,
-            buf: String::new(),
-            event: String::new(),
-            data: None,
+            sse: SseDecoder::default(),
             done: false,
         })
     }
@@ -113,26 +144,14 @@ impl Watch {
             if self.done {
                 return None;
             }
-            while let Some(end) = self.buf.find('\n') {
-                let line = self.buf[..end].trim_end_matches('\r').to_string();
-                self.buf.drain(..=end);
-                if let Some(e) = line.strip_prefix("event:") {
-                    self.event = e.trim().to_string();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    self.data = Some(d.trim().to_string());
-                } else if line.is_empty() {
-                    let event = std::mem::take(&mut self.event);
-                    if let Some(data) = self.data.take() {
-                        let parsed = self.parse(&event, &data);
-                        if parsed.is_err() {
-                            self.done = true;
-                        }
-                        return Some(parsed);
-                    }
+            if let Some(parsed) = self.sse.next_event() {
+                if parsed.is_err() {
+                    self.done = true;
                 }
+                return Some(parsed);
             }
             match self.resp.chunk().await {
-                Ok(Some(chunk)) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(Some(chunk)) => self.sse.push(&chunk),
                 Ok(None) => self.done = true,
                 Err(e) => {
                     self.done = true;
@@ -145,10 +164,6 @@ impl Watch {
     /// The watch as a `Stream` of events.
     pub fn into_stream(self) -> impl futures::Stream<Item = Result<WatchEvent>> {
         futures::stream::unfold(self, |mut w| async move { w.next().await.map(|e| (e, w)) })
-    }
-
-    fn parse(&self, event: &str, data: &str) -> Result<WatchEvent> {
-        parse_event(event, data)
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tunekv_cache::node_api::{BoxFut, FeedStream, NodeApi, Result};
 use tunekv_cache::{Cache, CacheBugs, CacheConfig};
-use tunekv_client::{encode_key, ClientError, Opts, ReadReply, Receipt, WatchEvent, WriteReply};
+use tunekv_client::{encode_key, ClientError, Opts, ReadReply, SseDecoder, WatchEvent, WriteReply};
 
 /// The cache's host name.
 pub const CACHE_HOST: &str = "cache";
@@ -131,9 +131,7 @@ impl SimNode {
 /// A watch's server-sent events, parsed by the client library's own parser.
 struct SimFeed {
     body: hyper::body::Incoming,
-    buf: String,
-    event: String,
-    data: Option<String>,
+    sse: SseDecoder,
     done: bool,
 }
 
@@ -144,28 +142,16 @@ impl FeedStream for SimFeed {
                 if self.done {
                     return None;
                 }
-                while let Some(end) = self.buf.find('\n') {
-                    let line = self.buf[..end].trim_end_matches('\r').to_string();
-                    self.buf.drain(..=end);
-                    if let Some(e) = line.strip_prefix("event:") {
-                        self.event = e.trim().to_string();
-                    } else if let Some(d) = line.strip_prefix("data:") {
-                        self.data = Some(d.trim().to_string());
-                    } else if line.is_empty() {
-                        let event = std::mem::take(&mut self.event);
-                        if let Some(data) = self.data.take() {
-                            let parsed = tunekv_client::parse_event(&event, &data);
-                            if parsed.is_err() {
-                                self.done = true;
-                            }
-                            return Some(parsed);
-                        }
+                if let Some(parsed) = self.sse.next_event() {
+                    if parsed.is_err() {
+                        self.done = true;
                     }
+                    return Some(parsed);
                 }
                 match self.body.frame().await {
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
-                            self.buf.push_str(&String::from_utf8_lossy(&data));
+                            self.sse.push(&data);
                         }
                     }
                     Some(Err(e)) => {
@@ -195,41 +181,14 @@ impl NodeApi for SimNode {
             let raw = self
                 .call("GET", &path, opts.session.as_deref(), Vec::new())
                 .await?;
-            let h = |name: &str| {
+            let header = |name: &str| {
                 raw.headers
                     .get(name)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string)
             };
-            let receipt = match (
-                h("tunekv-level"),
-                h("tunekv-served-by"),
-                h("tunekv-position"),
-                h("tunekv-staleness"),
-            ) {
-                (Some(level), Some(served_by), Some(position), Some(staleness)) => Receipt {
-                    level,
-                    served_by,
-                    position,
-                    staleness,
-                    quorum: h("tunekv-quorum"),
-                },
-                _ => return Err(api_error(&raw)),
-            };
-            let number = |name: &str| h(name).and_then(|v| v.parse::<u64>().ok());
-            let value = match raw.status {
-                200 => Some(raw.body.clone()),
-                404 => None,
-                _ => return Err(api_error(&raw)),
-            };
-            Ok(ReadReply {
-                value,
-                receipt,
-                session: h("tunekv-session").unwrap_or_default(),
-                version: number("tunekv-version"),
-                expires_ms: number("tunekv-expires-ms"),
-                cache: h("tunekv-cache"),
-            })
+            ReadReply::from_parts(raw.status, header, raw.body.clone())
+                .ok_or_else(|| api_error(&raw))
         })
     }
 
@@ -351,9 +310,7 @@ impl NodeApi for SimNode {
             }
             Ok(Box::new(SimFeed {
                 body: resp.into_body(),
-                buf: String::new(),
-                event: String::new(),
-                data: None,
+                sse: SseDecoder::default(),
                 done: false,
             }) as Box<dyn FeedStream>)
         })
