@@ -159,12 +159,16 @@ async fn cache_demo(http: &str) -> Result<()> {
             .await
         {
             Ok(r) => {
+                // u64::MAX ms: no freshness proof yet (the cache never guesses one).
+                let staleness = r
+                    .receipt
+                    .staleness
+                    .replace(&format!("ms={}", u64::MAX), "ms=unknown");
                 println!(
-                    "GET via cache at {level:<13} -> {:?}  cache={} position={} staleness={}",
+                    "GET via cache at {level:<13} -> {:?}  cache={} position={} staleness={staleness}",
                     String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()),
                     r.cache.as_deref().unwrap_or("?"),
                     r.receipt.position,
-                    r.receipt.staleness
                 );
                 token = r.session;
             }

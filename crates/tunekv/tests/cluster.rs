@@ -415,7 +415,7 @@ async fn bad_input_is_rejected_with_its_code_and_changes_nothing() {
 async fn tunekv_dev_starts_a_cluster_runs_the_demo_and_stops() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunekv"))
-        .args(["dev", "--exit-after-demo", "--dir"])
+        .args(["dev", "--cache", "--exit-after-demo", "--dir"])
         .arg(dir.path())
         .kill_on_drop(true)
         .output();
@@ -463,6 +463,31 @@ async fn tunekv_dev_starts_a_cluster_runs_the_demo_and_stops() {
         );
         assert!(n["resp"].as_str().is_some(), "{n}");
     }
+    // `--cache`: one cache beside the cluster, listed in cluster.json, and its demo reads.
+    let cache = &json["cache"];
+    assert!(
+        cache["http"].as_str().is_some()
+            && cache["resp"].as_str().is_some()
+            && cache["pid"].as_u64().is_some(),
+        "{json}"
+    );
+    let via_cache = |level: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with("GET via cache") && l.contains(&format!(" at {level} ")))
+            .unwrap_or_else(|| panic!("no cache demo line for {level}:\n{stdout}"))
+    };
+    for level in ["session", "strong"] {
+        let line = via_cache(level);
+        assert!(
+            line.contains("\"from the cache\"") && line.contains("cache=hit"),
+            "{line}"
+        );
+    }
+    assert!(
+        via_cache("strong").contains("staleness=entries=0;ms=0"),
+        "{stdout}"
+    );
 }
 
 /// Replica rows of group `name` from node `via`'s cluster status.
