@@ -373,10 +373,10 @@ impl Cache {
                     if let Some(e) = entry {
                         return Ok(self.hit(&copy, &e, applied, probed, level, started, session));
                     }
-                    let need = match req {
-                        Requirement::AppliedAtLeast(i) => i.0,
-                        _ => 0,
-                    };
+                    // The state `judge` accepted was at `applied`: any state at or above it
+                    // serves this read, none below does (a bounded(t) read was accepted by a
+                    // proof at or below it) — also for a read that uses another's fill.
+                    let need = applied;
                     let at = Reading {
                         level,
                         probed,

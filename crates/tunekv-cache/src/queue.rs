@@ -54,8 +54,6 @@ pub struct Queue {
     path: Option<PathBuf>,
     /// Woken when something is queued.
     pub queued: Notify,
-    /// Woken when the queue becomes empty.
-    pub drained: Notify,
 }
 
 enum Append {
@@ -239,7 +237,6 @@ impl Queue {
             log,
             path,
             queued: Notify::new(),
-            drained: Notify::new(),
         }
     }
 
@@ -348,7 +345,6 @@ impl Queue {
                 }
             }
             if s.items.is_empty() {
-                self.drained.notify_waiters();
                 self.log.as_ref().map(|log| {
                     let (ack, done) = oneshot::channel();
                     let _ = log.send(Append::Truncate(ack));
