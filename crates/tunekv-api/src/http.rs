@@ -24,6 +24,7 @@ use tunekv_core::limits::VALUE_BYTES_MAX_CEILING;
 use tunekv_core::{Code, KeyspaceSpec, Level, Quorum, Receipt, Session, TunekvError};
 use tunekv_dynamo::update::Update;
 use tunekv_dynamo::Stored;
+use tunekv_node::metrics::{self, Protocol};
 use tunekv_node::{FaultState, Node, Op, ReadOutcome, ReadRequest, WriteOutcome, WriteRequest};
 
 /// Request bodies beyond this are refused before they are read whole; per-keyspace value limits
@@ -66,11 +67,45 @@ async fn handle(State(node): State<AppState>, req: Request) -> Response {
         &parts.headers,
         body,
     );
+    let started = std::time::Instant::now();
     match parsed {
-        Ok(req) => execute(&node, req)
-            .await
-            .unwrap_or_else(IntoResponse::into_response),
-        Err(refusal) => refusal_response(refusal),
+        Ok(req) => {
+            let op = req.op();
+            let level = request_level(&node, &req);
+            let response = execute(&node, req)
+                .await
+                .unwrap_or_else(IntoResponse::into_response);
+            node.metrics().request(
+                Protocol::Http,
+                op,
+                level,
+                outcome_of(&response),
+                started.elapsed(),
+            );
+            response
+        }
+        Err(refusal) => {
+            node.metrics().request(
+                Protocol::Http,
+                "invalid",
+                metrics::NO_LEVEL,
+                refusal.error.code.as_str(),
+                started.elapsed(),
+            );
+            refusal_response(refusal)
+        }
+    }
+}
+
+/// The level label of a request: a read's level (its keyspace's default when it names none,
+/// if the keyspace is known here), `none` for requests that read no data.
+fn request_level(node: &Node, req: &ApiRequest) -> &'static str {
+    match req.read_level() {
+        None => metrics::NO_LEVEL,
+        Some((_, Some(level))) => metrics::level_label(level),
+        Some((ks, None)) => node
+            .default_level_of(ks)
+            .map_or("default", metrics::level_label),
     }
 }
 
@@ -147,6 +182,9 @@ pub async fn read_body(
 async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError> {
     match req {
         ApiRequest::Index => Ok(index(node).await.into_response()),
+        ApiRequest::Metrics => {
+            Ok(([(CONTENT_TYPE, metrics::CONTENT_TYPE)], node.metrics_text()).into_response())
+        }
         ApiRequest::Cluster => Ok(Json(node.cluster_status().await).into_response()),
         ApiRequest::Scan {
             ks,
@@ -622,8 +660,19 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = shorten(&self.0.message, MESSAGE_CHARS_MAX);
         let body = json!({"error": {"code": self.0.code.as_str(), "message": message}});
-        (status_of(self.0.code), Json(body)).into_response()
+        let mut r = (status_of(self.0.code), Json(body)).into_response();
+        r.extensions_mut().insert(self.0.code);
+        r
     }
+}
+
+/// The outcome label of an answer for metrics: `ok`, or the code of the error it carries
+/// (every error answer is made with its code attached).
+pub fn outcome_of(response: &Response) -> &'static str {
+    response
+        .extensions()
+        .get::<Code>()
+        .map_or(metrics::OK, |c| c.as_str())
 }
 
 /// `409 version_mismatch`: the error, the key's current version in `tunekv-version` and in
@@ -635,7 +684,7 @@ fn mismatch_response(expected: u64, current: u64) -> Response {
         "message": e.message,
         "current_version": current,
     }});
-    (
+    let mut r = (
         status_of(e.code),
         [(
             HeaderName::from_static(H_VERSION),
@@ -643,7 +692,9 @@ fn mismatch_response(expected: u64, current: u64) -> Response {
         )],
         Json(body),
     )
-        .into_response()
+        .into_response();
+    r.extensions_mut().insert(e.code);
+    r
 }
 
 fn session_header(token: &str) -> [(HeaderName, HeaderValue); 1] {

@@ -11,7 +11,7 @@ mod listener;
 pub mod request;
 
 pub use http::{
-    error_response, read_body, refusal_response, router, status_of, value_json, BODY_BYTES_MAX,
-    H_EXPIRES, H_POSITION, H_SERVED_BY, H_STALENESS, H_VERSION, MESSAGE_CHARS_MAX,
+    error_response, outcome_of, read_body, refusal_response, router, status_of, value_json,
+    BODY_BYTES_MAX, H_EXPIRES, H_POSITION, H_SERVED_BY, H_STALENESS, H_VERSION, MESSAGE_CHARS_MAX,
 };
 pub use listener::{serve, HttpLimits, SHUTDOWN_WAIT_MS};

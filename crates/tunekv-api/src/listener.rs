@@ -33,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
+use tunekv_node::metrics::Connections;
 use tunekv_node::NodeConfig;
 
 /// How long a shutdown waits for connections to finish the requests they are handling.
@@ -56,12 +57,13 @@ impl HttpLimits {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then stops accepting, lets open
+/// Serves `app` on `listener` (counting its connections in `connections`) until `shutdown` completes, then stops accepting, lets open
 /// connections finish their requests (at most [`SHUTDOWN_WAIT_MS`]) and returns.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
+    connections: Connections,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     // A semaphore counts at most u32::MAX permits at once in `acquire_many`.
@@ -89,8 +91,10 @@ pub async fn serve(
             continue;
         };
         let (app, stop) = (app.clone(), stop_rx.clone());
+        let open = connections.open();
         tokio::spawn(async move {
             connection(stream, app, limits, stop).await;
+            drop(open);
             drop(permit);
         });
     }

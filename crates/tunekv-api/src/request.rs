@@ -106,6 +106,8 @@ pub struct FaultChange {
 #[derive(Debug)]
 pub enum ApiRequest {
     Index,
+    /// `GET /metrics`: Prometheus (OpenMetrics) text.
+    Metrics,
     Cluster,
     /// `GET /v1/clock`: this node's incarnation and monotonic clock.
     Clock,
@@ -223,6 +225,42 @@ impl From<TunekvError> for Refusal {
     }
 }
 
+impl ApiRequest {
+    /// The operation's name in metrics (a bounded set: one per route).
+    pub fn op(&self) -> &'static str {
+        match self {
+            ApiRequest::Index => "index",
+            ApiRequest::Metrics => "metrics",
+            ApiRequest::Cluster => "cluster",
+            ApiRequest::Clock => "clock",
+            ApiRequest::ReadIndex { .. } => "read_index",
+            ApiRequest::Scan { .. } => "scan",
+            ApiRequest::ListKeyspaces => "list_keyspaces",
+            ApiRequest::GetKeyspace { .. } => "get_keyspace",
+            ApiRequest::CreateKeyspace { .. } => "create_keyspace",
+            ApiRequest::Put { .. } => "put",
+            ApiRequest::Update { .. } => "update",
+            ApiRequest::Delete { .. } => "delete",
+            ApiRequest::Get { .. } => "get",
+            ApiRequest::BatchGet { .. } => "batch_get",
+            ApiRequest::Watch { .. } => "watch",
+            ApiRequest::Txn { .. } => "txn",
+            ApiRequest::Faults(_) => "faults",
+        }
+    }
+
+    /// A read's keyspace and the level it named (`None`: the keyspace's default); `None` for
+    /// requests that read no data.
+    pub fn read_level(&self) -> Option<(&str, Option<Level>)> {
+        match self {
+            ApiRequest::Get { ks, level, .. }
+            | ApiRequest::BatchGet { ks, level, .. }
+            | ApiRequest::Scan { ks, level, .. } => Some((ks, *level)),
+            _ => None,
+        }
+    }
+}
+
 fn refuse(code: Code, message: impl Into<String>) -> Refusal {
     Refusal::from(TunekvError::new(code, message))
 }
@@ -243,6 +281,7 @@ pub fn parse(
     let get = is_get(method);
     match segments.as_slice() {
         [""] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Index),
+        ["metrics"] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Metrics),
         ["v1", "cluster"] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Cluster),
         ["v1", "clock"] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Clock),
         ["v1", "keyspaces"] => {

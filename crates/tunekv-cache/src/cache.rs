@@ -116,6 +116,9 @@ pub struct Cache {
     pub queue: Option<Arc<Queue>>,
     /// Where warming stands.
     pub warming: crate::warm::Warming,
+    /// Requests, served staleness and connections (`GET /metrics`; `crate::metrics` adds
+    /// the cache's own counters at each scrape).
+    pub metrics: tunekv_node::metrics::Metrics,
     spaces: Mutex<HashMap<String, Arc<OnceCell<Arc<Space>>>>>,
     stop: CancellationToken,
     started: Instant,
@@ -164,6 +167,7 @@ impl Cache {
             upstream: Arc::new(upstream),
             key,
             stats: Stats::default(),
+            metrics: tunekv_node::metrics::Metrics::for_role(tunekv_node::metrics::Role::FrontEnd),
             bugs,
             faults_enabled,
             queue,
@@ -312,9 +316,29 @@ impl Cache {
         wait: Option<Duration>,
         session: &mut Session,
     ) -> Result<Answer, Refused> {
-        let mut answer = self.read(ks, key, level, wait, session).await?;
+        let read = self.read(ks, key, level, wait, session).await;
+        match &read {
+            Ok(a) => self.metrics.served(ks, a.level, a.staleness),
+            Err(r) => {
+                if let Some(l) = level.or_else(|| self.default_level_of(ks)) {
+                    self.metrics.refused(ks, l, r.error.code);
+                }
+            }
+        }
+        let mut answer = read?;
         answer.pending = self.queue.as_ref().is_some_and(|q| q.holds(ks, key));
         Ok(answer)
+    }
+
+    /// The default read level of keyspace `ks` if it is loaded (for metrics labels).
+    pub fn default_level_of(&self, ks: &str) -> Option<Level> {
+        let cell = self
+            .spaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(ks)
+            .cloned()?;
+        cell.get().map(|s| s.spec.default_level())
     }
 
     async fn read(

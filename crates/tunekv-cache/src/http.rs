@@ -20,6 +20,7 @@ use tunekv_api::{
 };
 use tunekv_core::code::echo_bytes;
 use tunekv_core::{Code, Session, TunekvError};
+use tunekv_node::metrics::{self, Protocol};
 
 /// How a read was answered.
 pub const H_CACHE: &str = "tunekv-cache";
@@ -43,8 +44,25 @@ fn header(value: &str) -> HeaderValue {
 }
 
 async fn handle(State(cache): State<Arc<Cache>>, req: Request) -> Response {
+    let started = std::time::Instant::now();
     let (parts, body) = req.into_parts();
-    let mut response = if parts.uri.path() == "/v1/admin/faults" && parts.method == Method::POST {
+    // The operation and level labels of this request in metrics.
+    let mut op = match parts.uri.path() {
+        "/v1/admin/faults" => "faults",
+        "/v1/cache/invalidate" => "invalidate",
+        "/v1/cache/ready" => "ready",
+        "/v1/cache" => "cache_status",
+        "/metrics" => "metrics",
+        _ => "invalid",
+    };
+    let mut level = metrics::NO_LEVEL;
+    let mut response = if parts.uri.path() == "/metrics" && parts.method == Method::GET {
+        (
+            [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+            crate::metrics::text(&cache),
+        )
+            .into_response()
+    } else if parts.uri.path() == "/v1/admin/faults" && parts.method == Method::POST {
         match read_body(&parts.headers, body, BODY_STALL).await {
             Err(e) => error_response(e),
             Ok(body) => faults(&cache, &body),
@@ -93,13 +111,30 @@ async fn handle(State(cache): State<Arc<Cache>>, req: Request) -> Response {
                         &parts.headers,
                         body,
                     ) {
-                        Ok(req) => execute(&cache, req, strategy).await,
+                        Ok(req) => {
+                            op = req.op();
+                            level = match req.read_level() {
+                                None => metrics::NO_LEVEL,
+                                Some((_, Some(l))) => metrics::level_label(l),
+                                Some((ks, None)) => cache
+                                    .default_level_of(ks)
+                                    .map_or("default", metrics::level_label),
+                            };
+                            execute(&cache, req, strategy).await
+                        }
                         Err(refusal) => refusal_response(refusal),
                     }
                 }
             },
         }
     };
+    cache.metrics.request(
+        Protocol::Http,
+        op,
+        level,
+        tunekv_api::outcome_of(&response),
+        started.elapsed(),
+    );
     let h = response.headers_mut();
     h.insert(
         HeaderName::from_static(H_SERVED_BY),

@@ -6,7 +6,7 @@
 //!
 //! `config` (the cache's settings), `store` (entries bounded by bytes), `copy` (the position
 //! rules: the feed's position per shard, fills racing the feed, freshness proofs, coalesced
-//! read-index probes), `feed` (following the change feed), `upstream` (the cluster's nodes),
+//! read-index probes), `feed` (following the change feed), `upstream` (the cluster's nodes), `metrics` (`GET /metrics`),
 //! `cache` (the read and write paths), `http` (the node's key API), `resp` (the Redis
 //! protocol: GET, MGET, SET, DEL, RECEIPT, …), `server` (the process).
 
@@ -15,6 +15,7 @@ pub mod config;
 pub mod copy;
 pub mod feed;
 pub mod http;
+pub mod metrics;
 pub mod node_api;
 pub mod queue;
 pub mod resp;

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tunekv_core::{Code, Level, Session, TunekvError};
+use tunekv_node::metrics::{self, Protocol};
 use tunekv_resp::parse::{Limits, RequestParser};
 use tunekv_resp::reply::Reply;
 
@@ -80,10 +81,12 @@ pub async fn serve(listener: TcpListener, cache: Arc<Cache>, stop: CancellationT
             continue;
         };
         let (cache, id) = (cache.clone(), ids.fetch_add(1, Ordering::Relaxed));
+        let open = cache.metrics.resp.open();
         tokio::spawn(async move {
             if let Err(e) = connection(stream, &cache, id).await {
                 tracing::debug!(error = %e, "RESP connection ended");
             }
+            drop(open);
             drop(permit);
         });
     }
@@ -116,7 +119,16 @@ async fn connection(mut stream: TcpStream, cache: &Arc<Cache>, id: u64) -> std::
                 Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => {
                     let name = text(&args[0]).to_ascii_lowercase();
+                    let started = std::time::Instant::now();
+                    let level = level_label(cache, &conn, &name);
                     let reply = execute(cache, &mut conn, &name, &args[1..]).await;
+                    cache.metrics.request(
+                        Protocol::Resp,
+                        op_label(&name),
+                        level,
+                        reply.outcome(),
+                        started.elapsed(),
+                    );
                     reply.encode(conn.resp3, &mut out);
                     if name == "quit" {
                         quit = true;
@@ -138,6 +150,49 @@ async fn connection(mut stream: TcpStream, cache: &Arc<Cache>, id: u64) -> std::
         if quit {
             return Ok(());
         }
+    }
+}
+
+/// The commands the cache answers, as metrics name them (others: `unknown`).
+const OPS: &[&str] = &[
+    "get",
+    "mget",
+    "exists",
+    "set",
+    "del",
+    "select",
+    "consistency",
+    "session",
+    "waitms",
+    "receipt",
+    "invalidate",
+    "strategy",
+    "hello",
+    "ping",
+    "echo",
+    "quit",
+    "client",
+    "command",
+    "info",
+];
+
+fn op_label(name: &str) -> &'static str {
+    OPS.iter()
+        .find(|o| **o == name)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+/// The level label of a read command (the connection's level, or its keyspace's default).
+fn level_label(cache: &Cache, conn: &Conn, name: &str) -> &'static str {
+    if !matches!(name, "get" | "mget" | "exists") {
+        return metrics::NO_LEVEL;
+    }
+    match conn.level {
+        Some(l) => metrics::level_label(l),
+        None => cache
+            .default_level_of(&conn.keyspace)
+            .map_or("default", metrics::level_label),
     }
 }
 

@@ -4,7 +4,8 @@
 
 use bytes::Bytes;
 use quick_cache::sync::Cache as Qc;
-use quick_cache::Weighter;
+use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -44,8 +45,23 @@ impl Weighter<Vec<u8>, Arc<Entry>> for ByBytes {
     }
 }
 
+/// Counts entries evicted to stay within the memory bound.
+#[derive(Clone, Default)]
+struct Evictions(Arc<AtomicU64>);
+
+impl Lifecycle<Vec<u8>, Arc<Entry>> for Evictions {
+    type RequestState = ();
+
+    fn begin_request(&self) {}
+
+    fn on_evict(&self, _: &mut (), _: Vec<u8>, _: Arc<Entry>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 pub struct Store {
-    map: Qc<Vec<u8>, Arc<Entry>, ByBytes>,
+    map: Qc<Vec<u8>, Arc<Entry>, ByBytes, DefaultHashBuilder, Evictions>,
+    evictions: Evictions,
 }
 
 /// The store's key: the keyspace id, then the key, so keyspaces never collide.
@@ -61,8 +77,16 @@ impl Store {
         let items = usize::try_from(memory_bytes / 512)
             .unwrap_or(usize::MAX)
             .max(64);
+        let evictions = Evictions::default();
         Store {
-            map: Qc::with_weighter(items, memory_bytes, ByBytes),
+            map: Qc::with(
+                items,
+                memory_bytes,
+                ByBytes,
+                DefaultHashBuilder::default(),
+                evictions.clone(),
+            ),
+            evictions,
         }
     }
 
@@ -93,6 +117,11 @@ impl Store {
     /// Entries held and their weight in bytes.
     pub fn usage(&self) -> (usize, u64) {
         (self.map.len(), self.map.weight())
+    }
+
+    /// Entries evicted to stay within the memory bound since start.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.0.load(Ordering::Relaxed)
     }
 
     pub fn capacity(&self) -> u64 {

@@ -13,6 +13,7 @@ compile_error!(
 mod bugs;
 pub mod clock;
 pub mod config;
+pub mod metrics;
 mod network;
 mod node;
 pub mod rpc;

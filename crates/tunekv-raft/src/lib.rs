@@ -17,8 +17,8 @@ mod types;
 
 pub use log_store::{LogStore, REPLICATION_BATCH_BYTES_MAX};
 pub use state_machine::{
-    Applied, Change, ChangeBatch, ChangeKind, FeedLimits, ShardData, ShardView, StateMachine,
-    CHANGE_BATCHES_MAX, CHANGE_HISTORY_BYTES,
+    Applied, Change, ChangeBatch, ChangeKind, FeedLimits, RaftCounters, ShardData, ShardView,
+    StateMachine, CHANGE_BATCHES_MAX, CHANGE_HISTORY_BYTES,
 };
 pub use types::{
     Command, CommandResult, Cond, Expect, ExpireIf, Op, StoredValue, Ttl, TypeConfig,

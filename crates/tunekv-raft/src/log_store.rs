@@ -28,6 +28,8 @@ pub struct LogStore {
     storage: Arc<dyn Storage>,
     // Shared by every group of the node: one fsync covers all their appends.
     commit: GroupCommit,
+    // Purges counted for metrics (shared with the group's `ShardData`).
+    counters: Arc<crate::state_machine::RaftCounters>,
 }
 
 impl LogStore {
@@ -36,7 +38,14 @@ impl LogStore {
             group,
             storage,
             commit,
+            counters: Arc::default(),
         }
+    }
+
+    /// Counts purges in `counters` (the group's `ShardData::counters`).
+    pub fn counting(mut self, counters: Arc<crate::state_machine::RaftCounters>) -> Self {
+        self.counters = counters;
+        self
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, name: &str) -> io::Result<Option<T>> {
@@ -166,6 +175,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point first: the journal keeps write order, so a crash in between
         // leaves a purge point with extra entries, never missing entries without a purge point.
         self.put(META_PURGED, &log_id)?;
-        Ok(self.storage.purge_through(self.group, log_id.index())?)
+        self.storage.purge_through(self.group, log_id.index())?;
+        self.counters
+            .purges
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }

@@ -94,6 +94,16 @@ pub struct ShardData {
     // bounded channel: a watcher that falls behind by more than its capacity lags (and is cut
     // off by its reader), so a slow consumer never grows memory here.
     changes: broadcast::Sender<Arc<ChangeBatch>>,
+    /// Snapshots built here, installed from a leader, and log purges (for metrics).
+    pub counters: Arc<RaftCounters>,
+}
+
+/// What a group's storage did since the process started (`GET /metrics`).
+#[derive(Debug, Default)]
+pub struct RaftCounters {
+    pub snapshots_built: std::sync::atomic::AtomicU64,
+    pub snapshots_installed: std::sync::atomic::AtomicU64,
+    pub purges: std::sync::atomic::AtomicU64,
 }
 
 /// Batches a watcher may fall behind by before it lags.
@@ -441,6 +451,7 @@ impl StateMachine {
         let shared = Arc::new(ShardData {
             inner: RwLock::new(inner),
             applied_tx,
+            counters: Arc::default(),
             changes,
         });
         Ok(StateMachine {
@@ -808,6 +819,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             self.group,
             &postcard::to_stdvec(&file).map_err(invalid_data)?,
         )?;
+        self.shared
+            .counters
+            .snapshots_built
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
             meta,
             snapshot: body,
@@ -954,6 +969,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 reset: true,
             }));
         }
+        self.shared
+            .counters
+            .snapshots_installed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.shared.applied_tx.send_replace(applied);
         Ok(())
     }

@@ -29,6 +29,7 @@ impl Shared {
 
     pub fn connect(&self, peer: String) -> Conn {
         self.connected.fetch_add(1, Ordering::Relaxed);
+        self.node.metrics().resp.opened();
         Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             peer,
@@ -60,6 +61,7 @@ impl Shared {
     pub fn disconnect(&self, id: u64) {
         self.hub.forget(id);
         self.connected.fetch_sub(1, Ordering::Relaxed);
+        self.node.metrics().resp.closed();
     }
 }
 

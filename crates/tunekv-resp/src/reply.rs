@@ -21,6 +21,18 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// The outcome label of this reply in metrics: `ok`, the tunekv code of an error, or
+    /// `err` for Redis's own errors.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Reply::Error(e) => {
+                let word = e.split(' ').next().unwrap_or("").to_ascii_lowercase();
+                tunekv_core::Code::parse(&word).map_or("err", |c| c.as_str())
+            }
+            _ => "ok",
+        }
+    }
+
     pub fn ok() -> Reply {
         Reply::Simple("OK".into())
     }

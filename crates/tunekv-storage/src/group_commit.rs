@@ -3,6 +3,7 @@
 
 use crate::{Storage, StorageError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Pending durability requests waiting for the sync thread. Bounded so a stalled disk pushes
@@ -17,17 +18,26 @@ pub struct GroupCommit {
     tx: mpsc::Sender<Done>,
 }
 
+/// Told of every sync: how long it took, how many requests it answered, whether it succeeded
+/// (what `GET /metrics` shows as fsync latency and group-commit batch size).
+pub type SyncObserver = Arc<dyn Fn(Duration, usize, bool) + Send + Sync>;
+
 impl GroupCommit {
     /// Starts the sync loop for `storage`: on a thread of its own when syncs block (a disk),
     /// else on a task of the current runtime. It ends when every handle is dropped.
     pub fn start(storage: Arc<dyn Storage>) -> GroupCommit {
+        GroupCommit::observed(storage, Arc::new(|_, _, _| {}))
+    }
+
+    /// [`GroupCommit::start`], telling `observe` of every sync.
+    pub fn observed(storage: Arc<dyn Storage>, observe: SyncObserver) -> GroupCommit {
         let (tx, mut rx) = mpsc::channel::<Done>(SYNC_QUEUE_MAX);
         if !storage.sync_blocks() {
             tokio::spawn(async move {
                 let mut batch: Vec<Done> = Vec::new();
                 while let Some(first) = rx.recv().await {
                     batch.push(first);
-                    run_batch(&*storage, &mut rx, &mut batch);
+                    run_batch(&*storage, &mut rx, &mut batch, &*observe);
                 }
             });
             return GroupCommit { tx };
@@ -38,7 +48,7 @@ impl GroupCommit {
                 let mut batch: Vec<Done> = Vec::new();
                 while let Some(first) = rx.blocking_recv() {
                     batch.push(first);
-                    run_batch(&*storage, &mut rx, &mut batch);
+                    run_batch(&*storage, &mut rx, &mut batch, &*observe);
                 }
             })
             .map(|_| ())
@@ -73,11 +83,18 @@ impl GroupCommit {
 }
 
 /// One sync for `batch` and whatever else is queued, then every caller is answered.
-fn run_batch(storage: &dyn Storage, rx: &mut mpsc::Receiver<Done>, batch: &mut Vec<Done>) {
+fn run_batch(
+    storage: &dyn Storage,
+    rx: &mut mpsc::Receiver<Done>,
+    batch: &mut Vec<Done>,
+    observe: &(dyn Fn(Duration, usize, bool) + Send + Sync),
+) {
     while let Ok(more) = rx.try_recv() {
         batch.push(more);
     }
+    let began = Instant::now();
     let res = storage.sync().map_err(|e| e.to_string());
+    observe(began.elapsed(), batch.len(), res.is_ok());
     if let Err(e) = &res {
         tracing::error!(error = %e, "sync failed");
     }

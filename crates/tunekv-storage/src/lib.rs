@@ -13,7 +13,7 @@ mod group_commit;
 mod mem_store;
 
 pub use fjall_store::FjallStorage;
-pub use group_commit::GroupCommit;
+pub use group_commit::{GroupCommit, SyncObserver};
 pub use mem_store::MemStorage;
 
 /// A Raft group id as stored (tunekv-core's `GroupId.0`).

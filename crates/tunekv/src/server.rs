@@ -61,6 +61,7 @@ pub async fn run(config_path: &Path, enable_faults: bool, bugs: Bugs) -> Result<
         listener,
         tunekv_api::router(node.clone()),
         tunekv_api::HttpLimits::of(node.config()),
+        node.metrics().http.clone(),
         shutdown_signal(),
     )
     .await

@@ -61,6 +61,16 @@ impl Node {
         Some(info)
     }
 
+    /// The default read level of keyspace `name` if this node has parsed its spec already
+    /// (for metrics labels: never waits, never reads the catalog).
+    pub fn default_level_of(&self, name: &str) -> Option<Level> {
+        self.keyspace_cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|(_, info)| info.spec.default_level())
+    }
+
     /// The keyspace, confirmed with the catalog's leader if this node has not heard of it yet
     /// (it may have been created a moment ago through another node).
     pub async fn keyspace(

@@ -43,9 +43,15 @@ impl Node {
         let clock_guard =
             ClockGuard::new(config.max_clock_offset_ms, peers.len().saturating_sub(1));
         let hlc = Arc::new(Hlc::new(config.max_clock_offset_ms));
+        let metrics = Arc::new(Metrics::new());
+        let observed = metrics.clone();
         let node = Arc::new(Node {
             id: NodeId(config.id),
-            commit: GroupCommit::start(storage.clone()),
+            commit: GroupCommit::observed(
+                storage.clone(),
+                Arc::new(move |took, requests, ok| observed.synced(took, requests, ok)),
+            ),
+            metrics,
             config,
             all_nodes,
             storage,
@@ -116,6 +122,11 @@ impl Node {
         &self.config
     }
 
+    /// What this node counts (`GET /metrics`); the front ends count their requests here.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Signs and checks session tokens with the cluster secret.
     pub fn session_key(&self) -> &SessionKey {
         &self.session_key
@@ -173,7 +184,8 @@ impl Node {
         )
         .map_err(internal)?;
         let data = sm.data();
-        let log = LogStore::new(id.0, self.storage.clone(), self.commit.clone());
+        let log = LogStore::new(id.0, self.storage.clone(), self.commit.clone())
+            .counting(data.counters.clone());
         let net = GroupNetwork {
             group: id,
             pool: self.pool.clone(),
@@ -200,6 +212,9 @@ impl Node {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, group.clone());
+        if let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) {
+            self.spawn_loop(me.watch_leader(group.clone()));
+        }
         Ok(group)
     }
 

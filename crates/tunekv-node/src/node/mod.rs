@@ -8,6 +8,7 @@ mod dotted;
 mod freshness;
 mod leaderless;
 mod lifecycle;
+mod observe;
 mod pubsub;
 mod read;
 mod rpc_handler;
@@ -25,6 +26,7 @@ pub use leaderless::{LeaderlessReport, ReplicaDigest};
 
 use crate::clock::Clock;
 use crate::config::NodeConfig;
+use crate::metrics::Metrics;
 use crate::network::GroupNetwork;
 use crate::rpc::{
     self, CallError, Handler, PeerPool, RemoteError, Request, Response, WatermarkPush, WriteResult,
@@ -269,6 +271,9 @@ pub struct Node {
     me: std::sync::OnceLock<std::sync::Weak<Node>>,
     // Where PUBLISH messages go on this node (the RESP listener's subscribers).
     publish_sink: std::sync::OnceLock<pubsub::PublishSink>,
+    // What `GET /metrics` shows, counted as things happen (the group commit's observer holds
+    // it too).
+    metrics: Arc<Metrics>,
 }
 
 /// The items of a batch (1 to `BATCH_KEYS_MAX`, every key checked) grouped by shard, in shard

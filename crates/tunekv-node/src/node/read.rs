@@ -255,13 +255,15 @@ impl Node {
                 ),
             ));
         }
-        let (held, receipt) = self
+        let out = self
             .dynamo_read_held(&ks, level, r, key, deadline, session)
-            .await?;
-        Ok(StateRead {
-            stored: held.map(|v| v.stored),
-            receipt,
-        })
+            .await
+            .map(|(held, receipt)| StateRead {
+                stored: held.map(|v| v.stored),
+                receipt,
+            });
+        self.record_read(&ks, level, &out, |s: &StateRead| vec![&s.receipt]);
+        out
     }
 
     /// Reads several keys at `level`: one consistent view per shard, one receipt per shard.
@@ -281,17 +283,35 @@ impl Node {
             session,
             r,
         } = self.begin_read(req).await?;
-        if ks.spec.mode != Mode::Ordered {
-            return self
-                .dynamo_batch_get(&ks, level, r, keys, deadline, session)
-                .await;
-        }
-        let by_shard = by_shard(&ks, keys.to_vec(), |k| k)?;
+        let out = if ks.spec.mode != Mode::Ordered {
+            self.dynamo_batch_get(&ks, level, r, keys, deadline, session)
+                .await
+        } else {
+            self.ordered_batch_get(&ks, level, session, started, deadline, keys)
+                .await
+        };
+        self.record_read(&ks, level, &out, |shards: &Vec<ShardRead>| {
+            shards.iter().map(|s| &s.receipt).collect()
+        });
+        out
+    }
+
+    /// `batch_get` of an ordered keyspace.
+    async fn ordered_batch_get(
+        &self,
+        ks: &KeyspaceInfo,
+        level: Level,
+        session: &mut Session,
+        started: Instant,
+        deadline: Instant,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<ShardRead>, TunekvError> {
+        let by_shard = by_shard(ks, keys.to_vec(), |k| k)?;
         let bytes_max = self.config.batch_get_response_bytes_max;
         let mut bytes_total = 0u64;
         let mut out = Vec::with_capacity(by_shard.len());
         for (shard, keys) in by_shard {
-            let g = self.hosted_shard(&ks, shard).await?;
+            let g = self.hosted_shard(ks, shard).await?;
             let room = bytes_max.saturating_sub(bytes_total);
             let (values, receipt) = self
                 .read_shard(&g, level, session, started, deadline, |view, now_ms| {

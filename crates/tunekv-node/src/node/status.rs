@@ -96,11 +96,7 @@ impl Node {
             leaderless: Some(me.leaderless),
         });
         nodes.sort_by_key(|n| n.id);
-        let names: BTreeMap<u64, String> = self
-            .list_keyspaces()
-            .into_iter()
-            .map(|k| (k.id, k.name))
-            .collect();
+        let names = self.keyspace_names();
         let mut groups: BTreeMap<u64, GroupStatus> = BTreeMap::new();
         for r in replicas {
             let gid = GroupId(r.group);
@@ -111,11 +107,7 @@ impl Node {
                     names.get(&gid.keyspace_id()).cloned()
                 };
                 GroupStatus {
-                    name: match &keyspace {
-                        Some(k) => format!("{k}/shard{}", gid.shard()),
-                        None if gid.is_metadata() => "meta".into(),
-                        None => gid.to_string(),
-                    },
+                    name: super::observe::group_name(gid, &names),
                     group: r.group,
                     shard: (!gid.is_metadata()).then_some(gid.shard().0),
                     keyspace,

@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tunekv_core::{KeyspaceSpec, TunekvError};
 use tunekv_dynamo::update::Update;
 use tunekv_dynamo::Stored;
+use tunekv_node::metrics::{self, Protocol};
 use tunekv_node::{CommandResult, KeyspaceInfo, Node, Op, StoredValue, WriteOutcome};
 
 /// Numbered databases (`SELECT n`) are keyspaces `db0`, `db1`, …, created on first use.
@@ -137,8 +138,37 @@ fn lookup(name: &str) -> Option<&'static CommandSpec> {
 
 /// Runs one request. Never panics on input; every failure is a reply.
 pub async fn execute(shared: &Shared, conn: &mut Conn, args: Vec<Vec<u8>>) -> Reply {
+    let started = std::time::Instant::now();
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-    let Some(spec) = lookup(&name) else {
+    let spec = lookup(&name);
+    let level = match spec {
+        Some(s) if s.kind == Kind::Read => match conn.level {
+            Some(l) => metrics::level_label(l),
+            None => shared
+                .node
+                .default_level_of(&conn.keyspace)
+                .map_or("default", metrics::level_label),
+        },
+        _ => metrics::NO_LEVEL,
+    };
+    let reply = dispatch(shared, conn, spec, args).await;
+    shared.node.metrics().request(
+        Protocol::Resp,
+        spec.map_or("unknown", |s| s.name),
+        level,
+        reply.outcome(),
+        started.elapsed(),
+    );
+    reply
+}
+
+async fn dispatch(
+    shared: &Shared,
+    conn: &mut Conn,
+    spec: Option<&'static CommandSpec>,
+    args: Vec<Vec<u8>>,
+) -> Reply {
+    let Some(spec) = spec else {
         let mut shown = String::new();
         for a in args.iter().skip(1).take(8) {
             shown += &format!("'{}' ", text(a).chars().take(64).collect::<String>());

@@ -1,0 +1,609 @@
+//! What a node counts for `GET /metrics` (docs/observability.md lists every family).
+//!
+//! Two kinds of families: those counted as things happen (requests, served staleness,
+//! refusals, fsyncs, connections, leader changes, snapshots) live in [`Metrics`], made once
+//! per node in a registry of its own (the simulator runs many nodes in one process); those that
+//! are a reading of the node's state now (Raft indexes, replication lag, probes, hints,
+//! anti-entropy) are read at each scrape by [`crate::Node::metrics_text`] into a registry made
+//! for that scrape. Names follow Prometheus conventions: `tunekv_` prefix, base units last,
+//! counters end in `_total` (the encoder adds it), and labels are bounded sets — keyspace,
+//! level, op, protocol, code, group and replica, never keys.
+
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+use tunekv_core::{Code, Level, Staleness};
+
+/// The `Content-Type` of `GET /metrics` (OpenMetrics text, which Prometheus scrapes).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Request latency buckets, seconds: 100 µs to ~26 s, doubling.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 19)
+}
+
+/// Served staleness buckets, seconds. The first, 0, holds the reads served at the newest
+/// commit (most strong and session reads).
+pub const STALENESS_SECONDS_BUCKETS: &[f64] = &[
+    0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+/// Served staleness buckets, entries behind the newest commit the copy knew of.
+pub const STALENESS_ENTRIES_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0, 10_000.0, 100_000.0,
+];
+
+/// Which front end a request came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http,
+    Resp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Resp => "resp",
+        }
+    }
+}
+
+/// A level's label value: its kind, without parameters (a bounded set:
+/// `bounded(t=3s)` and `bounded(k=5)` are both `bounded`).
+pub fn level_label(level: Level) -> &'static str {
+    match level {
+        Level::Strong => "strong",
+        Level::Bounded { .. } => "bounded",
+        Level::ConsistentPrefix => "consistent_prefix",
+        Level::ReadYourWrites => "read_your_writes",
+        Level::MonotonicReads => "monotonic_reads",
+        Level::Session => "session",
+        Level::Eventual => "eventual",
+        Level::Weak => "weak",
+    }
+}
+
+/// Every level label, in [`level_label`]'s order (index: [`level_slot`]).
+pub const LEVEL_LABELS: [&str; 8] = [
+    "strong",
+    "bounded",
+    "consistent_prefix",
+    "read_your_writes",
+    "monotonic_reads",
+    "session",
+    "eventual",
+    "weak",
+];
+
+fn level_slot(level: Level) -> usize {
+    let l = level_label(level);
+    LEVEL_LABELS.iter().position(|x| *x == l).unwrap_or(0)
+}
+
+/// The level label of a request that reads no data (a write, an admin call).
+pub const NO_LEVEL: &str = "none";
+/// The code label of a request that succeeded.
+pub const OK: &str = "ok";
+
+/// Whether a failed read was a refusal to serve weaker than asked (or a failure to reach the
+/// copies the level needs), as opposed to a bad request.
+pub fn is_refusal(code: Code) -> bool {
+    matches!(
+        code,
+        Code::SessionUnmet
+            | Code::StalenessBoundUnmet
+            | Code::NoQuorum
+            | Code::Timeout
+            | Code::Unavailable
+            | Code::ClockSkew
+    )
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    protocol: &'static str,
+    op: &'static str,
+    level: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    protocol: &'static str,
+    op: &'static str,
+    level: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadLabels {
+    keyspace: String,
+    level: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    keyspace: String,
+    level: &'static str,
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct GroupLabels {
+    pub(crate) group: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(latency_buckets())
+}
+
+fn staleness_seconds_histogram() -> Histogram {
+    Histogram::new(STALENESS_SECONDS_BUCKETS.iter().copied())
+}
+
+fn staleness_entries_histogram() -> Histogram {
+    Histogram::new(STALENESS_ENTRIES_BUCKETS.iter().copied())
+}
+
+/// One keyspace's and level's served-read series, kept so a read records without building a
+/// label set (the keyspace name is the only owned label).
+#[derive(Clone)]
+struct ServedSeries {
+    seconds: Histogram,
+    entries: Histogram,
+    unknown: Counter,
+}
+
+/// Open and accepted connections of one front end; `open()` counts one until its guard drops.
+#[derive(Clone, Default, Debug)]
+pub struct Connections {
+    open: Gauge,
+    accepted: Counter,
+}
+
+/// Held while a connection is open.
+pub struct ConnectionGuard(Gauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Connections {
+    pub fn open(&self) -> ConnectionGuard {
+        self.opened();
+        ConnectionGuard(self.open.clone())
+    }
+
+    /// A connection opened; [`Connections::closed`] must follow when it closes.
+    pub fn opened(&self) {
+        self.accepted.inc();
+        self.open.inc();
+    }
+
+    pub fn closed(&self) {
+        self.open.dec();
+    }
+
+    /// The HTTP and RESP connections of a process, counted in `registry` as
+    /// `{prefix}_connections{protocol}` (open now) and
+    /// `{prefix}_connections_accepted_total{protocol}`.
+    pub fn registered(registry: &mut Registry, prefix: &str) -> (Connections, Connections) {
+        let open: Family<ProtocolLabels, Gauge> = Family::default();
+        let accepted: Family<ProtocolLabels, Counter> = Family::default();
+        let of = |protocol: Protocol| {
+            let labels = ProtocolLabels {
+                protocol: protocol.as_str(),
+            };
+            Connections {
+                open: open.get_or_create_owned(&labels),
+                accepted: accepted.get_or_create_owned(&labels),
+            }
+        };
+        let both = (of(Protocol::Http), of(Protocol::Resp));
+        registry.register(
+            format!("{prefix}_connections"),
+            "Client connections open now",
+            open,
+        );
+        registry.register(
+            format!("{prefix}_connections_accepted"),
+            "Client connections accepted since start",
+            accepted,
+        );
+        both
+    }
+}
+
+/// The metrics a node counts as things happen.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: HistogramFamily<LatencyLabels>,
+    staleness_seconds: HistogramFamily<ReadLabels>,
+    staleness_entries: HistogramFamily<ReadLabels>,
+    staleness_unknown: Family<ReadLabels, Counter>,
+    served: RwLock<HashMap<String, [Option<ServedSeries>; 8]>>,
+    refusals: Family<RefusalLabels, Counter>,
+    fsync: Histogram,
+    batch: Histogram,
+    sync_errors: Counter,
+    leader_changes: Family<GroupLabels, Counter>,
+    pub http: Connections,
+    pub resp: Connections,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// What a [`Metrics`] is for: a node (every family), or a front end of its own such as
+/// `tunekv cache` (requests, latency, served staleness, refusals, connections; no storage or
+/// Raft families).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Role {
+    Node,
+    FrontEnd,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics::for_role(Role::Node)
+    }
+
+    pub fn for_role(role: Role) -> Metrics {
+        let mut registry = Registry::default();
+        // Families a front end does not have go to a registry never encoded.
+        let mut unused = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "tunekv_requests",
+            "Client requests answered, by front end, operation, read level (none: not a read) \
+             and outcome code (ok or the error code)",
+            requests.clone(),
+        );
+        let latency: HistogramFamily<LatencyLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "tunekv_request_duration",
+            "Time from a request's arrival to its answer",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        let staleness_seconds: HistogramFamily<ReadLabels> =
+            Family::new_with_constructor(staleness_seconds_histogram);
+        registry.register_with_unit(
+            "tunekv_read_staleness",
+            "Served staleness of each read, as its receipt says: how long before the read \
+             began the newest freshness proof the served state satisfies was taken",
+            Unit::Seconds,
+            staleness_seconds.clone(),
+        );
+        let staleness_entries: HistogramFamily<ReadLabels> =
+            Family::new_with_constructor(staleness_entries_histogram);
+        registry.register_with_unit(
+            "tunekv_read_staleness",
+            "Served staleness of each read in log entries behind the newest commit the serving \
+             copy knew of",
+            Unit::Other("entries".into()),
+            staleness_entries.clone(),
+        );
+        let staleness_unknown = Family::<ReadLabels, Counter>::default();
+        registry.register(
+            "tunekv_read_staleness_unknown",
+            "Reads served whose receipt could not bound their staleness in time (the copy had \
+             no freshness proof yet)",
+            staleness_unknown.clone(),
+        );
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "tunekv_read_refusals",
+            "Reads refused rather than served weaker than asked, by cause (session_unmet, \
+             staleness_bound_unmet, no_quorum, timeout, unavailable, clock_skew)",
+            refusals.clone(),
+        );
+        let node_only = if role == Role::Node {
+            &mut registry
+        } else {
+            &mut unused
+        };
+        let fsync = Histogram::new(latency_buckets());
+        node_only.register_with_unit(
+            "tunekv_fsync_duration",
+            "Time of each group-commit sync of the log to disk",
+            Unit::Seconds,
+            fsync.clone(),
+        );
+        let batch = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            1.0, 2.0, 14,
+        ));
+        node_only.register_with_unit(
+            "tunekv_group_commit_batch",
+            "Durability requests (appended log entries waiting for disk) one sync covered",
+            Unit::Other("entries".into()),
+            batch.clone(),
+        );
+        let sync_errors = Counter::default();
+        node_only.register(
+            "tunekv_fsync_errors",
+            "Syncs that failed (each fails every write it covered)",
+            sync_errors.clone(),
+        );
+        let leader_changes = Family::<GroupLabels, Counter>::default();
+        node_only.register(
+            "tunekv_raft_leader_changes",
+            "Times this replica saw its group's leader change (a new leader known)",
+            leader_changes.clone(),
+        );
+        let (http, resp) = Connections::registered(&mut registry, "tunekv");
+        Metrics {
+            registry,
+            requests,
+            latency,
+            staleness_seconds,
+            staleness_entries,
+            staleness_unknown,
+            served: RwLock::new(HashMap::new()),
+            refusals,
+            fsync,
+            batch,
+            sync_errors,
+            leader_changes,
+            http,
+            resp,
+        }
+    }
+
+    /// One client request answered: its front end, operation (a bounded name: the route or
+    /// command), read level label (`NO_LEVEL` for others), outcome (`OK` or the error code)
+    /// and how long it took.
+    pub fn request(
+        &self,
+        protocol: Protocol,
+        op: &'static str,
+        level: &'static str,
+        code: &'static str,
+        took: Duration,
+    ) {
+        let protocol = protocol.as_str();
+        self.requests
+            .get_or_create(&RequestLabels {
+                protocol,
+                op,
+                level,
+                code,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&LatencyLabels {
+                protocol,
+                op,
+                level,
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    fn series(&self, keyspace: &str, level: Level) -> ServedSeries {
+        let slot = level_slot(level);
+        if let Some(s) = self
+            .served
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(keyspace)
+            .and_then(|row| row[slot].clone())
+        {
+            return s;
+        }
+        let labels = ReadLabels {
+            keyspace: keyspace.to_string(),
+            level: level_label(level),
+        };
+        let s = ServedSeries {
+            seconds: self.staleness_seconds.get_or_create_owned(&labels),
+            entries: self.staleness_entries.get_or_create_owned(&labels),
+            unknown: self.staleness_unknown.get_or_create_owned(&labels),
+        };
+        let mut map = self.served.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(keyspace.to_string()).or_default()[slot] = Some(s.clone());
+        s
+    }
+
+    /// A read served on `keyspace` at `level` with this staleness (from its receipt; `ms` of
+    /// `u64::MAX`: unknown).
+    pub fn served(&self, keyspace: &str, level: Level, staleness: Staleness) {
+        let s = self.series(keyspace, level);
+        s.entries.observe(staleness.entries as f64);
+        if staleness.ms == u64::MAX {
+            s.unknown.inc();
+        } else {
+            s.seconds.observe(staleness.ms as f64 / 1000.0);
+        }
+    }
+
+    /// A read on `keyspace` at `level` refused with `code` (only refusals count; see
+    /// [`is_refusal`]).
+    pub fn refused(&self, keyspace: &str, level: Level, code: Code) {
+        if !is_refusal(code) {
+            return;
+        }
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                keyspace: keyspace.to_string(),
+                level: level_label(level),
+                cause: code.as_str(),
+            })
+            .inc();
+    }
+
+    /// One group-commit sync: how long it took, how many requests it answered, whether it
+    /// failed.
+    pub fn synced(&self, took: Duration, requests: usize, ok: bool) {
+        self.fsync.observe(took.as_secs_f64());
+        self.batch.observe(requests as f64);
+        if !ok {
+            self.sync_errors.inc();
+        }
+    }
+
+    pub(crate) fn leader_changed(&self, group: &str) {
+        self.leader_changes
+            .get_or_create(&GroupLabels {
+                group: group.to_string(),
+            })
+            .inc();
+    }
+
+    /// The counted families, then `scrape`'s (families read from the node's state now), then
+    /// the OpenMetrics end marker.
+    pub fn encode(&self, scrape: Option<&Registry>) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail, nor can the encoder's own formatting of numbers.
+        let _ = encode_registry(&mut out, &self.registry);
+        if let Some(r) = scrape {
+            let _ = encode_registry(&mut out, r);
+        }
+        let _ = encode_eof(&mut out);
+        out
+    }
+}
+
+/// Helpers to add families read at scrape time to a registry.
+pub mod scrape {
+    use super::*;
+
+    /// A gauge family with owned label sets, filled from the state read at a scrape.
+    pub fn gauges<L>(registry: &mut Registry, name: &str, help: &str, rows: Vec<(L, i64)>)
+    where
+        L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+    {
+        let f = Family::<L, Gauge>::default();
+        for (l, v) in rows {
+            f.get_or_create(&l).set(v);
+        }
+        registry.register(name, help, f);
+    }
+
+    /// A gauge family of fractional values (seconds).
+    pub fn gauges_f64<L>(
+        registry: &mut Registry,
+        name: &str,
+        help: &str,
+        unit: Unit,
+        rows: Vec<(L, f64)>,
+    ) where
+        L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+    {
+        let f = Family::<L, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        for (l, v) in rows {
+            f.get_or_create(&l).set(v);
+        }
+        registry.register_with_unit(name, help, unit, f);
+    }
+
+    /// A gauge without labels.
+    pub fn gauge(registry: &mut Registry, name: &str, help: &str, v: i64) {
+        registry.register(
+            name,
+            help,
+            prometheus_client::metrics::gauge::ConstGauge::new(v),
+        );
+    }
+
+    /// A gauge without labels, in `unit`.
+    pub fn gauge_f64(registry: &mut Registry, name: &str, help: &str, unit: Unit, v: f64) {
+        registry.register_with_unit(
+            name,
+            help,
+            unit,
+            prometheus_client::metrics::gauge::ConstGauge::new(v),
+        );
+    }
+
+    /// A counter without labels whose total is kept elsewhere.
+    pub fn counter(registry: &mut Registry, name: &str, help: &str, v: u64) {
+        registry.register(
+            name,
+            help,
+            prometheus_client::metrics::counter::ConstCounter::new(v),
+        );
+    }
+
+    /// A counter family whose totals the node keeps itself (read at the scrape).
+    pub fn counters<L>(registry: &mut Registry, name: &str, help: &str, rows: Vec<(L, u64)>)
+    where
+        L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+    {
+        let f = Family::<L, Counter>::default();
+        for (l, v) in rows {
+            f.get_or_create(&l).inc_by(v);
+        }
+        registry.register(name, help, f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_units_and_totals_follow_the_conventions() {
+        let m = Metrics::new();
+        m.request(
+            Protocol::Http,
+            "get",
+            "eventual",
+            OK,
+            Duration::from_millis(3),
+        );
+        m.served("users", Level::Eventual, Staleness { entries: 2, ms: 40 });
+        m.served(
+            "users",
+            Level::Eventual,
+            Staleness {
+                entries: 0,
+                ms: u64::MAX,
+            },
+        );
+        m.refused("users", Level::Session, Code::SessionUnmet);
+        m.refused("users", Level::Session, Code::BadRequest);
+        m.synced(Duration::from_micros(800), 7, true);
+        let text = m.encode(None);
+        assert!(text.contains(
+            "tunekv_requests_total{protocol=\"http\",op=\"get\",level=\"eventual\",code=\"ok\"} 1"
+        ));
+        assert!(text.contains(
+            "tunekv_read_staleness_seconds_bucket{le=\"0.05\",keyspace=\"users\",level=\"eventual\"} 1"
+        ) || text.contains(
+            "tunekv_read_staleness_seconds_bucket{keyspace=\"users\",level=\"eventual\",le=\"0.05\"} 1"
+        ), "{text}");
+        assert!(text.contains(
+            "tunekv_read_staleness_unknown_total{keyspace=\"users\",level=\"eventual\"} 1"
+        ));
+        assert!(text.contains("cause=\"session_unmet\"} 1"));
+        assert!(!text.contains("bad_request"), "only refusals count");
+        assert!(text.contains("tunekv_group_commit_batch_entries_count 1"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
