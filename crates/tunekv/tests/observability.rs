@@ -1,0 +1,468 @@
+//! Issue 20: `GET /metrics` on every node and on the cache, parsed by a real Prometheus text
+//! parser (the `prometheus_client` Python package's OpenMetrics parser, in the venv
+//! scripts/test makes), checked against Prometheus naming conventions, and counted against the
+//! load the test sent.
+
+mod common;
+
+use common::raw::{bulk, Raw, R};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tunekv_client::{Client, Opts};
+
+/// One parsed family.
+#[derive(Debug, Clone)]
+struct Family {
+    name: String,
+    kind: String,
+    unit: String,
+    samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    /// `None`: +Inf or NaN.
+    value: Option<f64>,
+}
+
+fn python() -> PathBuf {
+    let python = std::env::var("TUNEKV_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/ci-venv/bin/python")
+        });
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/test once (it makes a venv with prometheus_client) or set \
+         TUNEKV_PYTHON",
+        python.display()
+    );
+    python
+}
+
+/// Parses metrics text with the Python OpenMetrics parser (which itself refuses clashing
+/// names, malformed samples and a missing `# EOF`).
+async fn parse(text: &str) -> Vec<Family> {
+    use tokio::io::AsyncWriteExt;
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/observability/parse_metrics.py");
+    let mut child = tokio::process::Command::new(python())
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run python");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(text.as_bytes()).await.expect("write");
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the parser finishes")
+        .expect("parser output");
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the text: {}\n---\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("parser JSON");
+    v.as_array()
+        .expect("families")
+        .iter()
+        .map(|f| Family {
+            name: f["name"].as_str().unwrap_or_default().to_string(),
+            kind: f["type"].as_str().unwrap_or_default().to_string(),
+            unit: f["unit"].as_str().unwrap_or_default().to_string(),
+            samples: f["samples"]
+                .as_array()
+                .expect("samples")
+                .iter()
+                .map(|s| Sample {
+                    name: s["name"].as_str().unwrap_or_default().to_string(),
+                    labels: s["labels"]
+                        .as_object()
+                        .expect("labels")
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect(),
+                    value: s["value"].as_f64(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Units a histogram's name may end in.
+const UNITS: &[&str] = &["_seconds", "_bytes", "_entries"];
+
+/// What breaks Prometheus conventions in `families` (empty: nothing).
+fn convention_problems(families: &[Family]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for f in families {
+        if !f.name.starts_with("tunekv_") {
+            problems.push(format!("{}: not prefixed tunekv_", f.name));
+        }
+        if !f.unit.is_empty() && !f.name.ends_with(&format!("_{}", f.unit)) {
+            problems.push(format!(
+                "{}: unit {} is not last in the name",
+                f.name, f.unit
+            ));
+        }
+        if f.kind == "histogram" && !UNITS.iter().any(|u| f.name.ends_with(u)) {
+            problems.push(format!("{}: a histogram without a unit", f.name));
+        }
+        for s in &f.samples {
+            if f.kind == "counter" && !s.name.ends_with("_total") && !s.name.ends_with("_created") {
+                problems.push(format!("{}: a counter sample without _total", s.name));
+            }
+            if s.labels.contains_key("key") {
+                problems.push(format!("{}: keys are never labels", s.name));
+            }
+        }
+        if f.kind == "histogram" {
+            problems.extend(histogram_problems(f));
+        }
+    }
+    problems
+}
+
+/// Buckets must be cumulative (non-decreasing with `le`) and `+Inf` must equal `_count`.
+fn histogram_problems(f: &Family) -> Vec<String> {
+    let mut series: BTreeMap<String, (Vec<(f64, f64)>, Option<f64>)> = BTreeMap::new();
+    for s in &f.samples {
+        let mut labels = s.labels.clone();
+        let le = labels.remove("le");
+        let id = format!("{labels:?}");
+        let entry = series.entry(id).or_default();
+        if s.name.ends_with("_bucket") {
+            let le = match le.as_deref() {
+                Some("+Inf") => f64::INFINITY,
+                Some(x) => x.parse().unwrap_or(f64::NAN),
+                None => f64::NAN,
+            };
+            entry.0.push((le, s.value.unwrap_or(f64::NAN)));
+        } else if s.name.ends_with("_count") {
+            entry.1 = s.value;
+        }
+    }
+    let mut problems = Vec::new();
+    for (id, (mut buckets, count)) in series {
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if buckets.windows(2).any(|w| w[1].1 < w[0].1) {
+            problems.push(format!("{} {id}: buckets are not cumulative", f.name));
+        }
+        match buckets.last() {
+            Some((le, v)) if le.is_infinite() && Some(*v) == count => {}
+            _ => problems.push(format!("{} {id}: the +Inf bucket is not _count", f.name)),
+        }
+    }
+    problems
+}
+
+fn family<'a>(fams: &'a [Family], name: &str) -> &'a Family {
+    fams.iter()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| panic!("no family {name}"))
+}
+
+/// The value of `sample` with exactly these labels (0 when absent: a series not yet made).
+fn value(fams: &[Family], sample: &str, labels: &[(&str, &str)]) -> f64 {
+    fams.iter()
+        .flat_map(|f| &f.samples)
+        .find(|s| {
+            s.name == sample
+                && s.labels.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .and_then(|s| s.value)
+        .unwrap_or(0.0)
+}
+
+async fn scrape(http: &str) -> (String, Vec<Family>) {
+    let url = format!("http://{}/metrics", http.trim_start_matches("http://"));
+    let r = reqwest::get(&url).await.expect("GET /metrics");
+    assert_eq!(r.status(), 200);
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+    let text = r.text().await.expect("body");
+    let fams = parse(&text).await;
+    (text, fams)
+}
+
+#[test]
+fn the_convention_check_catches_bad_names() {
+    let sample = |name: &str, labels: &[(&str, &str)], v: f64| Sample {
+        name: name.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        value: Some(v),
+    };
+    let fam = |name: &str, kind: &str, samples: Vec<Sample>| Family {
+        name: name.into(),
+        kind: kind.into(),
+        unit: String::new(),
+        samples,
+    };
+    let good = vec![
+        fam(
+            "tunekv_requests",
+            "counter",
+            vec![sample("tunekv_requests_total", &[("level", "strong")], 3.0)],
+        ),
+        fam(
+            "tunekv_request_duration_seconds",
+            "histogram",
+            vec![
+                sample(
+                    "tunekv_request_duration_seconds_bucket",
+                    &[("le", "0.1")],
+                    1.0,
+                ),
+                sample(
+                    "tunekv_request_duration_seconds_bucket",
+                    &[("le", "+Inf")],
+                    2.0,
+                ),
+                sample("tunekv_request_duration_seconds_count", &[], 2.0),
+            ],
+        ),
+    ];
+    assert!(
+        convention_problems(&good).is_empty(),
+        "{:?}",
+        convention_problems(&good)
+    );
+    let bad = [
+        // A histogram without a unit.
+        fam(
+            "tunekv_request_duration",
+            "histogram",
+            vec![
+                sample("tunekv_request_duration_bucket", &[("le", "+Inf")], 1.0),
+                sample("tunekv_request_duration_count", &[], 1.0),
+            ],
+        ),
+        // A counter without _total.
+        fam(
+            "tunekv_requests",
+            "counter",
+            vec![sample("tunekv_requests", &[], 1.0)],
+        ),
+        // No prefix.
+        fam("requests", "gauge", vec![sample("requests", &[], 1.0)]),
+        // A key as a label.
+        fam(
+            "tunekv_reads",
+            "gauge",
+            vec![sample("tunekv_reads", &[("key", "user:1")], 1.0)],
+        ),
+        // Buckets that are not cumulative.
+        fam(
+            "tunekv_x_seconds",
+            "histogram",
+            vec![
+                sample("tunekv_x_seconds_bucket", &[("le", "0.1")], 3.0),
+                sample("tunekv_x_seconds_bucket", &[("le", "+Inf")], 2.0),
+                sample("tunekv_x_seconds_count", &[], 2.0),
+            ],
+        ),
+    ];
+    for f in bad {
+        let name = f.name.clone();
+        assert!(
+            !convention_problems(&[f]).is_empty(),
+            "{name} should break the conventions"
+        );
+    }
+}
+
+/// A short load over HTTP and RESP on node 1: its `/metrics` (and node 2's, and the cache's)
+/// parse, follow the conventions, and count exactly what was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_follow_the_conventions_and_count_the_load() {
+    let mut c = common::start(3, false).await;
+    let n1 = c.client(0);
+    common::create_keyspace(&n1, "m", 2).await;
+    // Warm the node's catalog cache so default-level labels resolve, then take the baseline.
+    let _ = n1.get("m", b"x", &Opts::level("eventual")).await;
+    let (_, before) = scrape(&c.http(0)).await;
+
+    const PUTS: usize = 40;
+    const EVENTUAL: usize = 30;
+    const STRONG: usize = 20;
+    const RESP_SETS: usize = 10;
+    const RESP_GETS: usize = 12;
+    for i in 0..PUTS {
+        n1.put("m", format!("k{i}").as_bytes(), b"v", &Opts::default())
+            .await
+            .expect("put");
+    }
+    for i in 0..EVENTUAL {
+        n1.get("m", format!("k{i}").as_bytes(), &Opts::level("eventual"))
+            .await
+            .expect("eventual get");
+    }
+    for i in 0..STRONG {
+        n1.get("m", format!("k{i}").as_bytes(), &Opts::level("strong"))
+            .await
+            .expect("strong get");
+    }
+    let resp = c.configs[0].resp.clone().expect("a RESP address");
+    let resp_task = tokio::task::spawn_blocking(move || {
+        let mut r = Raw::connect(&resp);
+        assert_eq!(r.cmd(&["SELECT", "m"]), R::Simple("OK".into()));
+        assert_eq!(r.cmd(&["CONSISTENCY", "eventual"]), R::Simple("OK".into()));
+        for i in 0..RESP_SETS {
+            assert_eq!(
+                r.cmd(&["SET", &format!("r{i}"), "v"]),
+                R::Simple("OK".into())
+            );
+        }
+        for i in 0..RESP_GETS {
+            assert_eq!(r.cmd(&["GET", &format!("r{}", i % RESP_SETS)]), bulk("v"));
+        }
+    });
+    resp_task.await.expect("RESP load");
+    let (text, after) = scrape(&c.http(0)).await;
+
+    let problems = convention_problems(&after);
+    assert!(problems.is_empty(), "{problems:#?}\n---\n{text}");
+
+    // Request counters carry a level label and count exactly what was sent.
+    let requests = family(&after, "tunekv_requests");
+    assert_eq!(requests.kind, "counter");
+    assert!(requests
+        .samples
+        .iter()
+        .all(|s| s.labels.contains_key("level")));
+    let delta = |sample: &str, labels: &[(&str, &str)]| {
+        value(&after, sample, labels) - value(&before, sample, labels)
+    };
+    let req = |protocol: &str, op: &str, level: &str| {
+        delta(
+            "tunekv_requests_total",
+            &[
+                ("protocol", protocol),
+                ("op", op),
+                ("level", level),
+                ("code", "ok"),
+            ],
+        )
+    };
+    assert_eq!(req("http", "put", "none"), PUTS as f64);
+    assert_eq!(req("http", "get", "eventual"), EVENTUAL as f64);
+    assert_eq!(req("http", "get", "strong"), STRONG as f64);
+    assert_eq!(req("resp", "set", "none"), RESP_SETS as f64);
+    assert_eq!(req("resp", "get", "eventual"), RESP_GETS as f64);
+    assert_eq!(
+        delta(
+            "tunekv_request_duration_seconds_count",
+            &[("protocol", "http"), ("op", "get"), ("level", "strong")]
+        ),
+        STRONG as f64
+    );
+
+    // Served staleness: one observation per read (a one-key read reads one shard), by
+    // keyspace and level, in a histogram whose name says stale and which carries the level.
+    let stale = family(&after, "tunekv_read_staleness_entries");
+    assert_eq!(stale.kind, "histogram");
+    assert!(stale.samples.iter().all(|s| s.labels.contains_key("level")));
+    let served = |level: &str| {
+        delta(
+            "tunekv_read_staleness_entries_count",
+            &[("keyspace", "m"), ("level", level)],
+        )
+    };
+    assert_eq!(served("eventual"), (EVENTUAL + RESP_GETS) as f64);
+    assert_eq!(served("strong"), STRONG as f64);
+    // A strong read is served at the newest commit: every one in the 0-entries bucket.
+    assert_eq!(
+        delta(
+            "tunekv_read_staleness_entries_bucket",
+            &[("keyspace", "m"), ("level", "strong"), ("le", "0.0")]
+        ),
+        STRONG as f64
+    );
+
+    // Storage, Raft and connections are there too.
+    assert!(value(&after, "tunekv_fsync_duration_seconds_count", &[]) > 0.0);
+    assert!(value(&after, "tunekv_group_commit_batch_entries_count", &[]) > 0.0);
+    assert!(
+        value(
+            &after,
+            "tunekv_raft_applied_index",
+            &[("group", "m/shard0")]
+        ) > 0.0
+    );
+    assert!(value(&after, "tunekv_raft_term", &[("group", "meta")]) >= 1.0);
+    assert!(
+        delta("tunekv_connections_accepted_total", &[("protocol", "resp")]) >= 1.0,
+        "the RESP connection was counted"
+    );
+    let leaders: f64 = family(&after, "tunekv_raft_leader_changes")
+        .samples
+        .iter()
+        .filter_map(|s| s.value)
+        .sum();
+    assert!(
+        leaders >= 3.0,
+        "each group's first leader is counted (meta, m/shard0, m/shard1)"
+    );
+
+    // Another node's metrics parse and follow the conventions as well.
+    let (text2, other) = scrape(&c.http(1)).await;
+    let problems = convention_problems(&other);
+    assert!(problems.is_empty(), "{problems:#?}\n---\n{text2}");
+
+    // And the cache's: its reads are counted with their level and their staleness.
+    let cache_http = c.start_cache(&[]).await.expect("cache starts");
+    let cache = Client::new(&format!("http://{cache_http}"));
+    for _ in 0..5 {
+        cache
+            .get("m", b"k1", &Opts::level("eventual"))
+            .await
+            .expect("cache read");
+    }
+    let (text3, cached) = scrape(&cache_http).await;
+    let problems = convention_problems(&cached);
+    assert!(problems.is_empty(), "{problems:#?}\n---\n{text3}");
+    assert_eq!(
+        value(
+            &cached,
+            "tunekv_requests_total",
+            &[
+                ("protocol", "http"),
+                ("op", "get"),
+                ("level", "eventual"),
+                ("code", "ok")
+            ]
+        ),
+        5.0
+    );
+    let hits = value(&cached, "tunekv_cache_hits_total", &[]);
+    let misses = value(&cached, "tunekv_cache_misses_total", &[]);
+    assert_eq!(hits + misses, 5.0, "every read is a hit or a miss");
+    assert!(misses >= 1.0, "the first read fills");
+    assert_eq!(
+        value(
+            &cached,
+            "tunekv_read_staleness_entries_count",
+            &[("keyspace", "m"), ("level", "eventual")]
+        ),
+        5.0
+    );
+}
