@@ -131,9 +131,12 @@ fn convention_problems(families: &[Family]) -> Vec<String> {
     problems
 }
 
+/// One histogram series: its (le, bucket value) pairs and its `_count`.
+type Series = (Vec<(f64, f64)>, Option<f64>);
+
 /// Buckets must be cumulative (non-decreasing with `le`) and `+Inf` must equal `_count`.
 fn histogram_problems(f: &Family) -> Vec<String> {
-    let mut series: BTreeMap<String, (Vec<(f64, f64)>, Option<f64>)> = BTreeMap::new();
+    let mut series: BTreeMap<String, Series> = BTreeMap::new();
     for s in &f.samples {
         let mut labels = s.labels.clone();
         let le = labels.remove("le");
