@@ -186,6 +186,9 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
             Ok(([(CONTENT_TYPE, metrics::CONTENT_TYPE)], node.metrics_text()).into_response())
         }
         ApiRequest::Cluster => Ok(Json(node.cluster_status().await).into_response()),
+        ApiRequest::Slo => {
+            Ok(Json(json!({"node": node.id().0, "slos": node.slo_reports()})).into_response())
+        }
         ApiRequest::Scan {
             ks,
             prefix,

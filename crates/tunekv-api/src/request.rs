@@ -108,6 +108,8 @@ pub enum ApiRequest {
     Index,
     /// `GET /metrics`: Prometheus (OpenMetrics) text.
     Metrics,
+    /// `GET /v1/slo`: every keyspace's staleness SLOs as this node stands on them.
+    Slo,
     Cluster,
     /// `GET /v1/clock`: this node's incarnation and monotonic clock.
     Clock,
@@ -231,6 +233,7 @@ impl ApiRequest {
         match self {
             ApiRequest::Index => "index",
             ApiRequest::Metrics => "metrics",
+            ApiRequest::Slo => "slo",
             ApiRequest::Cluster => "cluster",
             ApiRequest::Clock => "clock",
             ApiRequest::ReadIndex { .. } => "read_index",
@@ -282,6 +285,7 @@ pub fn parse(
     match segments.as_slice() {
         [""] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Index),
         ["metrics"] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Metrics),
+        ["v1", "slo"] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Slo),
         ["v1", "cluster"] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Cluster),
         ["v1", "clock"] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Clock),
         ["v1", "keyspaces"] => {

@@ -655,6 +655,12 @@ impl Client {
             .await
     }
 
+    /// This node's staleness SLOs (`GET /v1/slo`): `{"node": id, "slos": [...]}`.
+    pub async fn slo(&self) -> Result<serde_json::Value> {
+        self.send_json(self.http.get(format!("{}/v1/slo", self.base)))
+            .await
+    }
+
     pub async fn cluster(&self) -> Result<serde_json::Value> {
         self.send_json(self.http.get(format!("{}/v1/cluster", self.base)))
             .await

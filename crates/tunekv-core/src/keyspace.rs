@@ -5,6 +5,7 @@ use crate::code::{Code, TunekvError};
 use crate::ids::{NodeId, ShardId, SHARDS_MAX};
 use crate::level::Level;
 use crate::limits::{VALUE_BYTES_MAX_CEILING, VALUE_BYTES_MAX_DEFAULT};
+use crate::slo::{SloSpec, SLOS_MAX};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +48,9 @@ pub struct KeyspaceSpec {
     /// [`SIBLINGS_MAX_DEFAULT`]); a write past it is refused with `too_many_siblings`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub siblings_max: Option<u32>,
+    /// Staleness SLOs (issue 20): each node counts good and valid reads against them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slo: Vec<SloSpec>,
 }
 
 /// Default and ceiling of `siblings_max`.
@@ -85,6 +89,7 @@ impl Default for KeyspaceSpec {
             conflict: None,
             partitions: None,
             siblings_max: None,
+            slo: Vec::new(),
         }
     }
 }
@@ -245,6 +250,15 @@ impl KeyspaceSpec {
                 format!("default_level: {}", e.message),
             )
         })?;
+        if self.slo.len() > SLOS_MAX {
+            return invalid(format!(
+                "a keyspace has at most {SLOS_MAX} SLOs, got {}",
+                self.slo.len()
+            ));
+        }
+        for slo in &self.slo {
+            slo.validate(|l| self.mode.admits(l))?;
+        }
         Ok(())
     }
 

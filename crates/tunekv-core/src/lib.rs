@@ -18,6 +18,7 @@ pub mod quorum;
 pub mod receipt;
 pub mod requirement;
 pub mod session;
+pub mod slo;
 
 pub use clock_bound::PeerClock;
 pub use clock_guard::{ClockGuard, ClockHealth};
@@ -31,3 +32,4 @@ pub use quorum::{Quorum, QuorumKind};
 pub use receipt::{QuorumReceipt, Receipt, Staleness};
 pub use requirement::{judge, Requirement, Verdict};
 pub use session::{Mark, Session, SessionKey};
+pub use slo::{SloSpec, SloState, SloWindow};

@@ -16,10 +16,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use std::collections::HashMap;
-use std::sync::RwLock;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
-use tunekv_core::{Code, Level, Staleness};
+use tunekv_core::{Code, Level, SloSpec, SloWindow, Staleness};
 
 /// The `Content-Type` of `GET /metrics` (OpenMetrics text, which Prometheus scrapes).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -144,6 +146,40 @@ pub(crate) struct GroupLabels {
     pub(crate) group: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SloLabels {
+    keyspace: String,
+    level: &'static str,
+    slo: String,
+}
+
+/// One SLO's window and whether it was last seen violated (to log changes once).
+struct SloEntry {
+    window: SloWindow,
+    violated: bool,
+}
+
+/// Where one SLO of one keyspace stands on this node (`GET /v1/slo`, `tunekv slo`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SloReport {
+    pub keyspace: String,
+    /// The SLO's id: `eventual<=5000ms@0.95/5m`.
+    pub slo: String,
+    pub level: String,
+    pub staleness_ms: u64,
+    pub target: f64,
+    pub window: String,
+    /// Over the window now.
+    pub good: u64,
+    pub valid: u64,
+    pub compliance: f64,
+    pub burn_rate: f64,
+    pub violated: bool,
+    /// Since the node started.
+    pub good_total: u64,
+    pub valid_total: u64,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -245,6 +281,14 @@ pub struct Metrics {
     leader_changes: Family<GroupLabels, Counter>,
     pub http: Connections,
     pub resp: Connections,
+    started: tokio::time::Instant,
+    slos: Mutex<BTreeMap<(String, String), SloEntry>>,
+    slo_good: Family<SloLabels, Counter>,
+    slo_valid: Family<SloLabels, Counter>,
+    slo_compliance: Family<SloLabels, Gauge<f64, AtomicU64>>,
+    slo_target: Family<SloLabels, Gauge<f64, AtomicU64>>,
+    slo_burn: Family<SloLabels, Gauge<f64, AtomicU64>>,
+    slo_violated: Family<SloLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -358,6 +402,44 @@ impl Metrics {
             leader_changes.clone(),
         );
         let (http, resp) = Connections::registered(&mut registry, "tunekv");
+        let slo_good = Family::<SloLabels, Counter>::default();
+        registry.register(
+            "tunekv_slo_good_reads",
+            "Reads an SLO covers that were served at most its staleness_ms stale",
+            slo_good.clone(),
+        );
+        let slo_valid = Family::<SloLabels, Counter>::default();
+        registry.register(
+            "tunekv_slo_valid_reads",
+            "Reads an SLO covers: served, or refused for lack of a fresh enough copy",
+            slo_valid.clone(),
+        );
+        let slo_compliance = Family::<SloLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "tunekv_slo_compliance",
+            "Good reads / valid reads over the SLO's window (1 with no valid read)",
+            Unit::Other("ratio".into()),
+            slo_compliance.clone(),
+        );
+        let slo_target = Family::<SloLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "tunekv_slo_target",
+            "The SLO's target share of good reads",
+            Unit::Other("ratio".into()),
+            slo_target.clone(),
+        );
+        let slo_burn = Family::<SloLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "tunekv_slo_error_budget_burn_rate",
+            "(1 - compliance) / (1 - target) over the window: above 1 the SLO is missed",
+            slo_burn.clone(),
+        );
+        let slo_violated = Family::<SloLabels, Gauge>::default();
+        registry.register(
+            "tunekv_slo_violated",
+            "1 while the SLO's compliance over its window is below target",
+            slo_violated.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -373,7 +455,115 @@ impl Metrics {
             leader_changes,
             http,
             resp,
+            started: tokio::time::Instant::now(),
+            slos: Mutex::new(BTreeMap::new()),
+            slo_good,
+            slo_valid,
+            slo_compliance,
+            slo_target,
+            slo_burn,
+            slo_violated,
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A read of `keyspace` at `level` that its SLOs (`specs`) may cover: served with this
+    /// staleness (`Some(ms)`; `u64::MAX`: unknown) or refused (`None`).
+    pub fn slo_read(
+        &self,
+        keyspace: &str,
+        specs: &[SloSpec],
+        level: Level,
+        served_ms: Option<u64>,
+    ) {
+        if specs.is_empty() {
+            return;
+        }
+        let now = self.now_ms();
+        let mut slos = self.slos.lock().unwrap_or_else(|p| p.into_inner());
+        for spec in specs.iter().filter(|s| s.covers(level)) {
+            let id = spec.id();
+            let labels = SloLabels {
+                keyspace: keyspace.to_string(),
+                level: level_label(level),
+                slo: id.clone(),
+            };
+            let entry = slos
+                .entry((keyspace.to_string(), id))
+                .or_insert_with(|| SloEntry {
+                    window: SloWindow::new(spec),
+                    violated: false,
+                });
+            if entry.window.record(now, served_ms) {
+                self.slo_good.get_or_create(&labels).inc();
+            } else {
+                // Made so the family shows 0 good reads rather than no series.
+                let _ = self.slo_good.get_or_create(&labels);
+            }
+            self.slo_valid.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Every SLO of `keyspaces` (name, SLOs) as it stands now; updates the SLO gauges and logs
+    /// each SLO that starts or stops being violated, once.
+    pub fn slo_reports(&self, keyspaces: &[(String, Vec<SloSpec>)]) -> Vec<SloReport> {
+        let now = self.now_ms();
+        let mut slos = self.slos.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (ks, specs) in keyspaces {
+            for spec in specs {
+                let id = spec.id();
+                let entry = slos
+                    .entry((ks.clone(), id.clone()))
+                    .or_insert_with(|| SloEntry {
+                        window: SloWindow::new(spec),
+                        violated: false,
+                    });
+                let st = entry.window.state(now);
+                if st.violated != entry.violated {
+                    entry.violated = st.violated;
+                    if st.violated {
+                        tracing::warn!(keyspace = %ks, slo = %id, good = st.good, valid = st.valid,
+                            compliance = st.compliance, burn_rate = st.burn_rate, "SLO violated");
+                    } else {
+                        tracing::info!(keyspace = %ks, slo = %id, good = st.good, valid = st.valid,
+                            compliance = st.compliance, "SLO met again");
+                    }
+                }
+                let labels = SloLabels {
+                    keyspace: ks.clone(),
+                    level: spec.level().map_or("none", level_label),
+                    slo: id.clone(),
+                };
+                self.slo_compliance
+                    .get_or_create(&labels)
+                    .set(st.compliance);
+                self.slo_target.get_or_create(&labels).set(spec.target.0);
+                self.slo_burn.get_or_create(&labels).set(st.burn_rate);
+                self.slo_violated
+                    .get_or_create(&labels)
+                    .set(i64::from(st.violated));
+                out.push(SloReport {
+                    keyspace: ks.clone(),
+                    slo: id,
+                    level: spec.level.clone(),
+                    staleness_ms: spec.staleness_ms,
+                    target: spec.target.0,
+                    window: spec.window.clone(),
+                    good: st.good,
+                    valid: st.valid,
+                    compliance: st.compliance,
+                    burn_rate: st.burn_rate,
+                    violated: st.violated,
+                    good_total: entry.window.good_total,
+                    valid_total: entry.window.valid_total,
+                });
+            }
+        }
+        out
     }
 
     /// One client request answered: its front end, operation (a bounded name: the route or
@@ -515,7 +705,7 @@ pub mod scrape {
     ) where
         L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
     {
-        let f = Family::<L, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let f = Family::<L, Gauge<f64, AtomicU64>>::default();
         for (l, v) in rows {
             f.get_or_create(&l).set(v);
         }

@@ -286,6 +286,17 @@ pub enum Cmd {
         #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]
         node: String,
     },
+    /// Show every staleness SLO (of KEYSPACE, or of all keyspaces) cluster-wide: good and
+    /// valid reads over its window on each node and in all, compliance, error-budget burn
+    /// rate, and whether it is violated. Exits 1 when one is violated (for scripts).
+    Slo {
+        keyspace: Option<String>,
+        #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]
+        node: String,
+        /// Print the nodes' reports as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -679,6 +690,11 @@ pub async fn run(args: Args) -> Result<i32> {
                 Err(e) => Ok(report(e)),
             }
         }
+        Cmd::Slo {
+            keyspace,
+            node,
+            json,
+        } => crate::slo_cmd::run(&node, keyspace.as_deref(), json).await,
         Cmd::Cluster { node } => match Client::new(&node).cluster().await {
             Ok(status) => {
                 println!("{}", serde_json::to_string_pretty(&status)?);

@@ -1,5 +1,6 @@
 //! `tunekv`: one binary for the server, a local dev cluster, and client commands.
-//! Exit codes (owned here, in one place): 0 success, 1 not found, 2 any error.
+//! Exit codes (owned here, in one place): 0 success, 1 not found, 2 any error, 3 an SLO is
+//! violated (`tunekv slo`).
 
 mod bench;
 mod cache_cmd;
@@ -7,6 +8,7 @@ mod cli;
 mod dev;
 mod server;
 mod session_file;
+mod slo_cmd;
 mod targets;
 mod verify;
 

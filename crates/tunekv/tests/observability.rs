@@ -469,3 +469,131 @@ async fn metrics_parse_follow_the_conventions_and_count_the_load() {
         5.0
     );
 }
+
+/// The SLO state as `tunekv slo` prints it, and its exit code.
+async fn slo_cli(node: &str, ks: &str) -> (String, i32) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunekv"))
+        .args(["slo", ks, "--node", node])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("tunekv slo finishes")
+        .expect("run tunekv slo");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+/// What a node's metrics say of keyspace `ks`'s one SLO: (violated, compliance).
+async fn slo_metric(http: &str, ks: &str) -> (bool, f64) {
+    let (_, fams) = scrape(http).await;
+    let problems = convention_problems(&fams);
+    assert!(problems.is_empty(), "{problems:#?}");
+    let find = |name: &str| {
+        fams.iter()
+            .flat_map(|f| &f.samples)
+            .find(|s| s.name == name && s.labels.get("keyspace").map(String::as_str) == Some(ks))
+            .and_then(|s| s.value)
+            .unwrap_or_else(|| panic!("no {name} for {ks}"))
+    };
+    (
+        find("tunekv_slo_violated") == 1.0,
+        find("tunekv_slo_compliance_ratio"),
+    )
+}
+
+/// Issue 20's SLO check: eventual reads on a follower are fresh, so the keyspace's SLO
+/// ("90 % of eventual reads at most 250 ms stale over 3 s") is met; a 400 ms delay on the
+/// leader's messages makes every read older than that and the SLO goes violated; healing
+/// brings it back. The metric, the CLI and the node's log agree at each step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_fault_violates_a_staleness_slo_and_healing_restores_it() {
+    let c = common::start(3, true).await;
+    let spec = r#"{"shards":1,"slo":[{"level":"eventual","staleness_ms":250,"target":0.9,"window":"3s"}]}"#;
+    let (s, _, b) = common::call("PUT", &format!("{}/v1/keyspaces/s", c.http(0)), spec).await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["slo"][0]["window"], "3s", "the spec keeps its SLO: {b}");
+    let (leader, follower) = common::leader_and_follower(&c, "s/shard0").await;
+    let reader = c.client(follower);
+    let http = c.http(follower);
+    let leader_client = c.client(leader);
+    leader_client
+        .put("s", b"k", b"v", &Opts::default())
+        .await
+        .expect("put");
+
+    // Eventual reads on the follower, every 10 ms, until the test ends (at most 90 s).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reads = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let until = std::time::Instant::now() + Duration::from_secs(90);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < until
+            {
+                let _ = reader.get("s", b"k", &Opts::level("eventual")).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    let state = |want_violated: bool| {
+        let http = http.clone();
+        async move {
+            let (violated, compliance) = slo_metric(&http, "s").await;
+            let (out, code) = slo_cli(&http, "s").await;
+            let cli_violated = out.contains("VIOLATED");
+            (violated == want_violated
+                && cli_violated == want_violated
+                && !out.contains("no reads"))
+            .then_some((compliance, out, code))
+        }
+    };
+    let (compliance, out, code) =
+        common::eventually(Duration::from_secs(20), "the SLO is met", || state(false)).await;
+    assert!(compliance >= 0.9, "{compliance}");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("met"), "{out}");
+
+    leader_client
+        .faults(&serde_json::json!({"delay_ms": 400}))
+        .await
+        .expect("delay the leader's messages");
+    let (compliance, out, code) =
+        common::eventually(Duration::from_secs(20), "the SLO is violated", || {
+            state(true)
+        })
+        .await;
+    assert!(compliance < 0.9, "{compliance}");
+    assert_eq!(
+        code, 3,
+        "tunekv slo exits 3 while an SLO is violated: {out}"
+    );
+
+    leader_client
+        .faults(&serde_json::json!({"clear": true}))
+        .await
+        .expect("heal");
+    let (compliance, out, code) =
+        common::eventually(Duration::from_secs(30), "the SLO is met again", || {
+            state(false)
+        })
+        .await;
+    assert!(compliance >= 0.9, "{compliance}");
+    assert_eq!(code, 0, "{out}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reads.await.expect("reader");
+
+    // The node logged the violation when it began and when it ended.
+    let log = std::fs::read_to_string(c.dir.join(format!("node-{}.log", follower + 1)))
+        .expect("node log");
+    let violated = log.matches("SLO violated").count();
+    let met = log.matches("SLO met again").count();
+    assert!(violated >= 1 && met >= 1, "violated {violated}, met {met}");
+    assert!(
+        violated == met,
+        "each violation's end is logged: violated {violated}, met {met}"
+    );
+}

@@ -95,6 +95,7 @@ impl Node {
         node.spawn_loop(node.clone().sweep_loop());
         node.spawn_loop(node.clone().hint_loop());
         node.spawn_loop(node.clone().anti_entropy_loop());
+        node.spawn_loop(node.clone().slo_loop());
         Ok(node)
     }
 

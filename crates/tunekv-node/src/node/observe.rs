@@ -3,9 +3,10 @@
 //! leader-change watcher of each group, and the record of every read served or refused.
 
 use super::*;
-use crate::metrics::{scrape, GroupLabels};
+use crate::metrics::{scrape, GroupLabels, SloReport};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::registry::{Registry, Unit};
+use tunekv_core::SloSpec;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReplicaLabels {
@@ -88,14 +89,48 @@ impl Node {
         receipts: impl Fn(&T) -> Vec<&Receipt>,
     ) {
         match result {
-            Ok(t) => self.record_served(ks, level, receipts(t)),
-            Err(e) => self.metrics.refused(&ks.name, level, e.code),
+            Ok(t) => {
+                let receipts = receipts(t);
+                for r in &receipts {
+                    self.metrics
+                        .slo_read(&ks.name, &ks.spec.slo, level, Some(r.staleness.ms));
+                }
+                self.record_served(ks, level, receipts)
+            }
+            Err(e) => {
+                if crate::metrics::is_refusal(e.code) {
+                    self.metrics.slo_read(&ks.name, &ks.spec.slo, level, None);
+                }
+                self.metrics.refused(&ks.name, level, e.code)
+            }
+        }
+    }
+
+    /// Every SLO of every keyspace as it stands on this node now (`GET /v1/slo`); logs SLOs
+    /// that start or stop being violated.
+    pub fn slo_reports(&self) -> Vec<SloReport> {
+        let keyspaces: Vec<(String, Vec<SloSpec>)> = self
+            .list_keyspaces()
+            .into_iter()
+            .filter(|k| !k.spec.slo.is_empty())
+            .map(|k| (k.name, k.spec.slo))
+            .collect();
+        self.metrics.slo_reports(&keyspaces)
+    }
+
+    /// Evaluates the SLOs every second, so a violation is logged when it starts even if
+    /// nothing scrapes the node.
+    pub(super) async fn slo_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.slo_reports();
         }
     }
 
     /// The Prometheus text of this node now: the counted families and those read from its
     /// state (Raft, replication lag, probes, clocks, leaderless keyspaces).
     pub fn metrics_text(&self) -> String {
+        self.slo_reports();
         let names = self.keyspace_names();
         let mut reg = Registry::default();
         self.scrape_groups(&mut reg, &names);
