@@ -181,7 +181,8 @@ pub async fn read_body(
 
 async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError> {
     match req {
-        ApiRequest::Index => Ok(index(node).await.into_response()),
+        ApiRequest::Index { html: true } => Ok(status_page(node).await.into_response()),
+        ApiRequest::Index { html: false } => Ok(index(node).await.into_response()),
         ApiRequest::Metrics => {
             Ok(([(CONTENT_TYPE, metrics::CONTENT_TYPE)], node.metrics_text()).into_response())
         }
@@ -808,6 +809,47 @@ fn write_response(w: &WriteOutcome, token: &str, value: Option<i64>) -> Response
         }
     }
     (position, session_header(token), Json(body)).into_response()
+}
+
+/// The status page: server-rendered (the nodes as this node sees them now), then refreshed
+/// every second by its script from `/v1/cluster`. Self-contained: no file or script from
+/// anywhere else, so it works offline.
+async fn status_page(node: &Node) -> impl IntoResponse {
+    const PAGE: &str = include_str!("status_page.html");
+    let status = node.cluster_status().await;
+    let mut rows = String::new();
+    for n in &status.nodes {
+        let (class, health) = if n.reachable {
+            ("up", "up")
+        } else {
+            ("down", "down")
+        };
+        rows += &format!(
+            "<tr data-node=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{health}</td><td></td><td></td><td></td></tr>",
+            n.id,
+            n.id,
+            html_escape(&n.http),
+            html_escape(&n.raft)
+        );
+    }
+    let page = PAGE
+        .replace("{{NODE}}", &node.id().to_string())
+        .replace("{{UPDATED}}", "loading…")
+        .replace("{{NODE_ROWS}}", &rows);
+    (
+        [
+            (CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        page,
+    )
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 async fn index(node: &Node) -> impl IntoResponse {

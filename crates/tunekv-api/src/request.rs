@@ -105,7 +105,10 @@ pub struct FaultChange {
 /// alone decides (key size, batch size, session signature).
 #[derive(Debug)]
 pub enum ApiRequest {
-    Index,
+    /// `GET /`: the status page (`html`: the client accepts HTML, as browsers do) or plain text.
+    Index {
+        html: bool,
+    },
     /// `GET /metrics`: Prometheus (OpenMetrics) text.
     Metrics,
     /// `GET /v1/slo`: every keyspace's staleness SLOs as this node stands on them.
@@ -231,7 +234,7 @@ impl ApiRequest {
     /// The operation's name in metrics (a bounded set: one per route).
     pub fn op(&self) -> &'static str {
         match self {
-            ApiRequest::Index => "index",
+            ApiRequest::Index { .. } => "index",
             ApiRequest::Metrics => "metrics",
             ApiRequest::Slo => "slo",
             ApiRequest::Cluster => "cluster",
@@ -264,6 +267,24 @@ impl ApiRequest {
     }
 }
 
+/// Whether the client prefers HTML: its `Accept` names `text/html` (browsers do) and does not
+/// put `text/plain` first. `*/*` alone (curl) gets plain text.
+pub fn accepts_html(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let html = accept.find("text/html");
+    let plain = accept.find("text/plain");
+    match (html, plain) {
+        (Some(h), Some(p)) => h < p,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
 fn refuse(code: Code, message: impl Into<String>) -> Refusal {
     Refusal::from(TunekvError::new(code, message))
 }
@@ -283,7 +304,9 @@ pub fn parse(
     let segments: Vec<&str> = rest.splitn(4, '/').collect();
     let get = is_get(method);
     match segments.as_slice() {
-        [""] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Index),
+        [""] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Index {
+            html: accepts_html(headers),
+        }),
         ["metrics"] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Metrics),
         ["v1", "slo"] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Slo),
         ["v1", "cluster"] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Cluster),
@@ -1301,7 +1324,10 @@ mod tests {
             code(run("GET", "/v1/kv/ks:scan?cursor=x", b"")),
             Some(Code::BadRequest)
         );
-        assert!(matches!(run("HEAD", "/", b""), Ok(ApiRequest::Index)));
+        assert!(matches!(
+            run("HEAD", "/", b""),
+            Ok(ApiRequest::Index { html: false })
+        ));
     }
 
     #[test]

@@ -174,7 +174,7 @@ async fn execute(
     strategy: Option<crate::Strategy>,
 ) -> Response {
     match req {
-        ApiRequest::Index => (
+        ApiRequest::Index { .. } => (
             StatusCode::OK,
             "tunekv cache: GET/PUT/DELETE /v1/kv/{ks}/{key} (the node's key API), GET /v1/cache\n",
         )

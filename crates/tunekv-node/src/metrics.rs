@@ -282,6 +282,8 @@ pub struct Metrics {
     pub http: Connections,
     pub resp: Connections,
     started: tokio::time::Instant,
+    // Refused reads by cause, for the status page.
+    refusal_totals: Mutex<BTreeMap<&'static str, u64>>,
     slos: Mutex<BTreeMap<(String, String), SloEntry>>,
     slo_good: Family<SloLabels, Counter>,
     slo_valid: Family<SloLabels, Counter>,
@@ -456,6 +458,7 @@ impl Metrics {
             http,
             resp,
             started: tokio::time::Instant::now(),
+            refusal_totals: Mutex::new(BTreeMap::new()),
             slos: Mutex::new(BTreeMap::new()),
             slo_good,
             slo_valid,
@@ -638,6 +641,12 @@ impl Metrics {
         if !is_refusal(code) {
             return;
         }
+        *self
+            .refusal_totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(code.as_str())
+            .or_default() += 1;
         self.refusals
             .get_or_create(&RefusalLabels {
                 keyspace: keyspace.to_string(),
@@ -645,6 +654,16 @@ impl Metrics {
                 cause: code.as_str(),
             })
             .inc();
+    }
+
+    /// Reads refused since start, by cause.
+    pub fn refusal_totals(&self) -> BTreeMap<String, u64> {
+        self.refusal_totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect()
     }
 
     /// One group-commit sync: how long it took, how many requests it answered, whether it

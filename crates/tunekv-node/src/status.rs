@@ -1,6 +1,7 @@
 //! What `GET /v1/cluster` shows.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// One replica of one group, as its node sees it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -48,6 +49,12 @@ pub struct NodeEntry {
     /// Leaderless and volatile keyspaces on this node: replica digests, hints, repairs.
     #[serde(default)]
     pub leaderless: Option<crate::node::LeaderlessReport>,
+    /// This node's staleness SLOs over their windows (empty when unreachable).
+    #[serde(default)]
+    pub slos: Vec<crate::metrics::SloReport>,
+    /// Reads this node refused since it started, by cause.
+    #[serde(default)]
+    pub refusals: BTreeMap<String, u64>,
 }
 
 /// One node's answer to a status request.
@@ -57,6 +64,8 @@ pub struct NodeReport {
     pub clock_skew: Option<String>,
     pub hlc_capped_total: u64,
     pub leaderless: crate::node::LeaderlessReport,
+    pub slos: Vec<crate::metrics::SloReport>,
+    pub refusals: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -75,4 +84,17 @@ pub struct ClusterStatus {
     pub served_by: u64,
     pub nodes: Vec<NodeEntry>,
     pub groups: Vec<GroupStatus>,
+    /// Replication lag of each group over the last minutes, as the serving node saw it (one
+    /// sample a second, oldest first): what the status page charts.
+    #[serde(default)]
+    pub lag_history: Vec<LagSample>,
+}
+
+/// One second's replication lag, per group: the most entries a replica this node knows of is
+/// behind (its own replica; on a leader, each follower by what it has stored).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LagSample {
+    /// Unix ms, this node's wall clock.
+    pub at_ms: u64,
+    pub lag_entries: BTreeMap<String, u64>,
 }

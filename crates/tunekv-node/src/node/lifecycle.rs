@@ -52,6 +52,7 @@ impl Node {
                 Arc::new(move |took, requests, ok| observed.synced(took, requests, ok)),
             ),
             metrics,
+            lag_history: Mutex::new(std::collections::VecDeque::new()),
             config,
             all_nodes,
             storage,
@@ -95,7 +96,7 @@ impl Node {
         node.spawn_loop(node.clone().sweep_loop());
         node.spawn_loop(node.clone().hint_loop());
         node.spawn_loop(node.clone().anti_entropy_loop());
-        node.spawn_loop(node.clone().slo_loop());
+        node.spawn_loop(node.clone().observe_loop());
         Ok(node)
     }
 

@@ -274,6 +274,8 @@ pub struct Node {
     // What `GET /metrics` shows, counted as things happen (the group commit's observer holds
     // it too).
     metrics: Arc<Metrics>,
+    // The last minutes of replication lag, one sample a second (the status page's chart).
+    lag_history: Mutex<std::collections::VecDeque<crate::status::LagSample>>,
 }
 
 /// The items of a batch (1 to `BATCH_KEYS_MAX`, every key checked) grouped by shard, in shard

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::metrics::{scrape, GroupLabels, SloReport};
+use crate::status::LagSample;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::registry::{Registry, Unit};
 use tunekv_core::SloSpec;
@@ -36,6 +37,9 @@ pub(super) fn group_name(gid: GroupId, names: &BTreeMap<u64, String>) -> String 
         None => gid.to_string(),
     }
 }
+
+/// Lag samples kept: five minutes at one a second.
+const LAG_HISTORY_SAMPLES: usize = 300;
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
@@ -118,13 +122,54 @@ impl Node {
         self.metrics.slo_reports(&keyspaces)
     }
 
-    /// Evaluates the SLOs every second, so a violation is logged when it starts even if
-    /// nothing scrapes the node.
-    pub(super) async fn slo_loop(self: Arc<Self>) {
+    /// Every second: evaluates the SLOs (so a violation is logged when it starts even if
+    /// nothing scrapes the node) and samples replication lag for the status page.
+    pub(super) async fn observe_loop(self: Arc<Self>) {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             self.slo_reports();
+            self.sample_lag();
         }
+    }
+
+    /// Records this second's replication lag per group (see [`LagSample`]).
+    fn sample_lag(&self) {
+        let names = self.keyspace_names();
+        let mut lag_entries = BTreeMap::new();
+        for g in self.all_groups() {
+            let copy = self.copy_state(&g);
+            let m = g.raft.metrics();
+            let m = m.borrow_watched();
+            let mut worst = copy.lag_entries();
+            if m.state == ServerState::Leader {
+                let last = m.last_log_index.unwrap_or(0);
+                for (replica, matched) in m.replication.iter().flatten() {
+                    if *replica != self.id.0 {
+                        let at = matched.as_ref().map(|x| x.index()).unwrap_or(0);
+                        worst = worst.max(last.saturating_sub(at));
+                    }
+                }
+            }
+            lag_entries.insert(group_name(g.id, &names), worst);
+        }
+        let mut h = self.lag_history.lock().unwrap_or_else(|p| p.into_inner());
+        if h.len() >= LAG_HISTORY_SAMPLES {
+            h.pop_front();
+        }
+        h.push_back(LagSample {
+            at_ms: self.clock.wall_ms(),
+            lag_entries,
+        });
+    }
+
+    /// The replication-lag samples kept, oldest first.
+    pub(super) fn lag_history(&self) -> Vec<LagSample> {
+        self.lag_history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The Prometheus text of this node now: the counted families and those read from its

@@ -47,6 +47,8 @@ impl Node {
             },
             hlc_capped_total: self.hlc.capped_total(),
             leaderless: self.leaderless_report(),
+            slos: self.slo_reports(),
+            refusals: self.metrics.refusal_totals(),
         }
     }
 
@@ -83,6 +85,14 @@ impl Node {
                 reachable: reachable.is_some(),
                 clock_skew: reachable.as_ref().and_then(|r| r.clock_skew.clone()),
                 hlc_capped_total: reachable.as_ref().map_or(0, |r| r.hlc_capped_total),
+                slos: reachable
+                    .as_ref()
+                    .map(|r| r.slos.clone())
+                    .unwrap_or_default(),
+                refusals: reachable
+                    .as_ref()
+                    .map(|r| r.refusals.clone())
+                    .unwrap_or_default(),
                 leaderless: reachable.map(|r| r.leaderless),
             });
         }
@@ -94,6 +104,8 @@ impl Node {
             clock_skew: me.clock_skew,
             hlc_capped_total: me.hlc_capped_total,
             leaderless: Some(me.leaderless),
+            slos: me.slos,
+            refusals: me.refusals,
         });
         nodes.sort_by_key(|n| n.id);
         let names = self.keyspace_names();
@@ -130,6 +142,7 @@ impl Node {
             served_by: self.id.0,
             nodes,
             groups: groups.into_values().collect(),
+            lag_history: self.lag_history(),
         }
     }
 
