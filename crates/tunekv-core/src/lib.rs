@@ -13,6 +13,7 @@ pub mod ids;
 pub mod keyspace;
 pub mod level;
 pub mod limits;
+pub mod pbs;
 pub mod position;
 pub mod quorum;
 pub mod receipt;

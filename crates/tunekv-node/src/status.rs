@@ -66,6 +66,17 @@ pub struct NodeReport {
     pub leaderless: crate::node::LeaderlessReport,
     pub slos: Vec<crate::metrics::SloReport>,
     pub refusals: BTreeMap<String, u64>,
+    /// Each shard replica's records for PBS, by group id.
+    pub applies: BTreeMap<u64, ApplyRecords>,
+}
+
+/// What one replica noted for the PBS estimate (`tunekv_core::pbs`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ApplyRecords {
+    /// Batches it applied while following: (last index, wall ms).
+    pub applies: Vec<(u64, u64)>,
+    /// Writes it acknowledged while leading: (index, wall ms).
+    pub acks: Vec<(u64, u64)>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -88,6 +99,9 @@ pub struct ClusterStatus {
     /// sample a second, oldest first): what the status page charts.
     #[serde(default)]
     pub lag_history: Vec<LagSample>,
+    /// The PBS estimate of each ordered keyspace (docs/observability.md).
+    #[serde(default)]
+    pub pbs: Vec<tunekv_core::pbs::PbsCurve>,
 }
 
 /// One second's replication lag, per group: the most entries a replica this node knows of is

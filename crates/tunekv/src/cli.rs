@@ -280,6 +280,19 @@ pub enum Cmd {
         /// redis,memcached: their GET beside), and the eviction policy's hit ratio.
         #[arg(long)]
         cache: bool,
+        /// Check the live PBS estimate: write keys and read each at eventual t ms after its
+        /// acknowledgement from a random node; print the measured probability that a read
+        /// returns the write beside the cluster's estimate (/v1/cluster's "pbs") and whether
+        /// they agree within 0.1 (with --out: pbs.json).
+        #[arg(long)]
+        pbs: bool,
+        /// --pbs: writes to measure.
+        #[arg(long, default_value_t = 300)]
+        pbs_trials: usize,
+        /// --pbs: delay every node's messages this long (fault hook) while measuring, so
+        /// followers lag visibly.
+        #[arg(long, default_value_t = 0)]
+        pbs_delay_ms: u64,
     },
     /// Show nodes, groups, leaders and every replica's applied/committed index.
     Cluster {
@@ -288,7 +301,7 @@ pub enum Cmd {
     },
     /// Show every staleness SLO (of KEYSPACE, or of all keyspaces) cluster-wide: good and
     /// valid reads over its window on each node and in all, compliance, error-budget burn
-    /// rate, and whether it is violated. Exits 1 when one is violated (for scripts).
+    /// rate, and whether it is violated. Exits 3 when one is violated (for scripts).
     Slo {
         keyspace: Option<String>,
         #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]
@@ -456,6 +469,9 @@ pub async fn run(args: Args) -> Result<i32> {
             keyspace_mode,
             feed,
             cache,
+            pbs,
+            pbs_trials,
+            pbs_delay_ms,
         } => {
             let compare = comma_list(compare.as_deref().unwrap_or(""))
                 .iter()
@@ -471,6 +487,9 @@ pub async fn run(args: Args) -> Result<i32> {
             crate::bench::run(crate::bench::BenchOptions {
                 feed,
                 cache,
+                pbs,
+                pbs_trials,
+                pbs_delay_ms,
                 leaderless,
                 compare,
                 nodes,

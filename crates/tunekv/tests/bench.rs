@@ -340,3 +340,60 @@ fn a_cache_bench_prints_every_row_and_its_hit_ratios() {
         );
     }
 }
+
+/// `bench --pbs` (issue 20): with every node's messages delayed 10 ms, followers see a write
+/// some milliseconds after the leader acknowledged it; the measured probability that an
+/// eventual read returns the write climbs from the leader's share to 1, and the cluster's live
+/// PBS estimate agrees with it within the stated tolerance at every t.
+#[test]
+fn the_pbs_estimate_agrees_with_measured_visibility() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_tunekv"))
+        .args([
+            "bench",
+            "--pbs",
+            "--pbs-trials",
+            "200",
+            "--pbs-delay-ms",
+            "10",
+        ])
+        .arg("--dir")
+        .arg(dir.path().join("cluster"))
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .expect("run tunekv bench --pbs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out/pbs.json")).expect("pbs.json"))
+            .expect("pbs.json is JSON");
+    assert_eq!(summary["agree"], true, "{stdout}");
+    let rows = summary["rows"].as_array().expect("rows");
+    let at = |t: u64| {
+        rows.iter()
+            .find(|r| r["t_ms"] == t)
+            .unwrap_or_else(|| panic!("no row for {t} ms: {stdout}"))
+    };
+    // Right after the acknowledgement only the leader is sure to have it; a little later
+    // every replica has.
+    let early = at(0)["measured"].as_f64().expect("measured");
+    assert!(
+        early < 0.8,
+        "followers lag 10+ ms, yet {early} at 0 ms: {stdout}"
+    );
+    assert_eq!(at(100)["measured"].as_f64(), Some(1.0), "{stdout}");
+    for r in rows {
+        let (m, e) = (
+            r["measured"].as_f64().unwrap_or(-1.0),
+            r["estimated"].as_f64().unwrap_or(9.0),
+        );
+        assert!((m - e).abs() <= 0.1, "{r}: {stdout}");
+        assert_eq!(r["reads"], 200, "{r}");
+    }
+    assert!(stdout.contains("cluster curve"), "{stdout}");
+}

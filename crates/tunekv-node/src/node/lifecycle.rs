@@ -53,6 +53,7 @@ impl Node {
             ),
             metrics,
             lag_history: Mutex::new(std::collections::VecDeque::new()),
+            pbs: Mutex::new(Vec::new()),
             config,
             all_nodes,
             storage,
@@ -209,13 +210,18 @@ impl Node {
             proofs: Mutex::new(Proofs::default()),
             probes: AtomicU64::new(0),
             own_probe: tokio::sync::Mutex::new(None),
+            applies: Mutex::new(std::collections::VecDeque::new()),
+            acks: Mutex::new(std::collections::VecDeque::new()),
         });
         self.groups
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, group.clone());
         if let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) {
-            self.spawn_loop(me.watch_leader(group.clone()));
+            self.spawn_loop(me.clone().watch_leader(group.clone()));
+            if !id.is_metadata() {
+                self.spawn_loop(me.watch_applies(group.clone()));
+            }
         }
         Ok(group)
     }

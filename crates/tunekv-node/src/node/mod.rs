@@ -107,6 +107,11 @@ pub struct Group {
     // receipts say how stale a served state is by the newest proof that state satisfies
     // (issue 15: the time since the leader's last contact understated it).
     proofs: Mutex<Proofs>,
+    // For the PBS estimate (`tunekv_core::pbs`): the last batches this replica applied while
+    // following (last index, wall ms), and the last writes it acknowledged while leading
+    // (index, wall ms).
+    applies: Mutex<std::collections::VecDeque<(u64, u64)>>,
+    acks: Mutex<std::collections::VecDeque<(u64, u64)>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -276,6 +281,8 @@ pub struct Node {
     metrics: Arc<Metrics>,
     // The last minutes of replication lag, one sample a second (the status page's chart).
     lag_history: Mutex<std::collections::VecDeque<crate::status::LagSample>>,
+    // The last PBS estimate (`cluster_status` makes it; `/metrics` shows it).
+    pbs: Mutex<Vec<tunekv_core::pbs::PbsCurve>>,
 }
 
 /// The items of a batch (1 to `BATCH_KEYS_MAX`, every key checked) grouped by shard, in shard

@@ -4,9 +4,11 @@
 
 use super::*;
 use crate::metrics::{scrape, GroupLabels, SloReport};
-use crate::status::LagSample;
+use crate::status::{ApplyRecords, LagSample};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::registry::{Registry, Unit};
+use std::collections::VecDeque;
+use tunekv_core::pbs::{self, PbsCurve};
 use tunekv_core::SloSpec;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -18,6 +20,20 @@ struct ReplicaLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KeyspaceLabels {
     keyspace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PbsLabels {
+    keyspace: String,
+    level: String,
+    after_ms: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PbsQuantileLabels {
+    keyspace: String,
+    level: String,
+    probability: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +53,27 @@ pub(super) fn group_name(gid: GroupId, names: &BTreeMap<u64, String>) -> String 
         None => gid.to_string(),
     }
 }
+
+/// Apply and acknowledgement records kept per replica for PBS.
+const APPLY_RECORDS: usize = 512;
+
+/// Appends to a bounded record ring.
+fn push_bounded(ring: &Mutex<VecDeque<(u64, u64)>>, record: (u64, u64)) {
+    let mut r = ring.lock().unwrap_or_else(|p| p.into_inner());
+    if r.len() >= APPLY_RECORDS {
+        r.pop_front();
+    }
+    r.push_back(record);
+}
+
+impl Group {
+    /// Notes a write this replica acknowledged as leader, for the PBS estimate.
+    pub(super) fn record_ack(&self, index: u64, wall_ms: u64) {
+        push_bounded(&self.acks, (index, wall_ms));
+    }
+}
+/// Seconds between the PBS estimates `/metrics` shows.
+const PBS_EVERY: u64 = 5;
 
 /// Lag samples kept: five minutes at one a second.
 const LAG_HISTORY_SAMPLES: usize = 300;
@@ -123,12 +160,18 @@ impl Node {
     }
 
     /// Every second: evaluates the SLOs (so a violation is logged when it starts even if
-    /// nothing scrapes the node) and samples replication lag for the status page.
+    /// nothing scrapes the node) and samples replication lag for the status page; every
+    /// [`PBS_EVERY`] seconds, refreshes the PBS estimate `/metrics` shows.
     pub(super) async fn observe_loop(self: Arc<Self>) {
+        let mut tick: u64 = 0;
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             self.slo_reports();
             self.sample_lag();
+            tick += 1;
+            if tick % PBS_EVERY == 0 {
+                self.cluster_status().await;
+            }
         }
     }
 
@@ -160,6 +203,76 @@ impl Node {
             at_ms: self.clock.wall_ms(),
             lag_entries,
         });
+    }
+
+    /// Notes each batch `g` applies while this replica follows (last index, wall ms), for
+    /// the PBS estimate.
+    pub(super) async fn watch_applies(self: Arc<Self>, g: Arc<Group>) {
+        let mut rx = g.data.subscribe();
+        loop {
+            if rx.changed().await.is_err() {
+                return;
+            }
+            let index = rx.borrow_and_update().index;
+            if g.raft.metrics().borrow_watched().state == ServerState::Leader {
+                continue;
+            }
+            push_bounded(&g.applies, (index, self.clock.wall_ms()));
+        }
+    }
+
+    /// Every shard replica's records for PBS (`NodeReport::applies`).
+    pub(super) fn apply_records(&self) -> BTreeMap<u64, ApplyRecords> {
+        self.all_groups()
+            .iter()
+            .filter(|g| !g.id.is_metadata())
+            .map(|g| {
+                let copy = |m: &Mutex<VecDeque<(u64, u64)>>| {
+                    m.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .copied()
+                        .collect()
+                };
+                (
+                    g.id.0,
+                    ApplyRecords {
+                        applies: copy(&g.applies),
+                        acks: copy(&g.acks),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The PBS estimate of each ordered keyspace from every node's records (one map per node):
+    /// each follower's visibility delay after the leader acknowledged a write, pooled per
+    /// keyspace (`tunekv_core::pbs`). Kept for `/metrics`.
+    pub(super) fn estimate_pbs(&self, nodes: &[BTreeMap<u64, ApplyRecords>]) -> Vec<PbsCurve> {
+        let mut out = Vec::new();
+        for ks in self.list_keyspaces() {
+            if ks.spec.mode != Mode::Ordered {
+                continue;
+            }
+            let mut delays = Vec::new();
+            for shard in 0..ks.spec.shards {
+                let gid = GroupId::for_shard(ks.id, ShardId(shard)).0;
+                let mut acks: Vec<(u64, u64)> = nodes
+                    .iter()
+                    .filter_map(|n| n.get(&gid))
+                    .flat_map(|r| r.acks.iter().copied())
+                    .collect();
+                acks.sort_unstable();
+                for n in nodes {
+                    if let Some(r) = n.get(&gid) {
+                        delays.extend(pbs::visibility_delays(&acks, &r.applies));
+                    }
+                }
+            }
+            out.push(pbs::curve(&ks.name, "eventual", ks.spec.replicas, delays));
+        }
+        *self.pbs.lock().unwrap_or_else(|p| p.into_inner()) = out.clone();
+        out
     }
 
     /// The replication-lag samples kept, oldest first.
@@ -194,7 +307,52 @@ impl Node {
              ahead of this node's clock",
             self.hlc.capped_total(),
         );
+        self.scrape_pbs(&mut reg);
         self.metrics.encode(Some(&reg))
+    }
+
+    fn scrape_pbs(&self, reg: &mut Registry) {
+        let curves = self.pbs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut probability = Vec::new();
+        let mut quantiles = Vec::new();
+        for c in &curves {
+            for (t, p) in &c.points {
+                probability.push((
+                    PbsLabels {
+                        keyspace: c.keyspace.clone(),
+                        level: c.level.clone(),
+                        after_ms: *t,
+                    },
+                    *p,
+                ));
+            }
+            for (q, t) in [("0.99", c.t99_ms), ("0.999", c.t999_ms)] {
+                quantiles.push((
+                    PbsQuantileLabels {
+                        keyspace: c.keyspace.clone(),
+                        level: c.level.clone(),
+                        probability: q,
+                    },
+                    t as f64 / 1000.0,
+                ));
+            }
+        }
+        scrape::gauges_f64(
+            reg,
+            "tunekv_pbs_consistent_read",
+            "PBS estimate: probability that a read at the level, after_ms after a write was \
+             acknowledged, returns it (from measured follower visibility delays)",
+            Unit::Other("ratio".into()),
+            probability,
+        );
+        scrape::gauges_f64(
+            reg,
+            "tunekv_pbs_visibility",
+            "PBS estimate: time after a write's acknowledgement by which a read at the level \
+             returns it with the given probability",
+            Unit::Seconds,
+            quantiles,
+        );
     }
 
     fn scrape_groups(&self, reg: &mut Registry, names: &BTreeMap<u64, String>) {

@@ -49,6 +49,7 @@ impl Node {
             leaderless: self.leaderless_report(),
             slos: self.slo_reports(),
             refusals: self.metrics.refusal_totals(),
+            applies: self.apply_records(),
         }
     }
 
@@ -56,6 +57,7 @@ impl Node {
     pub async fn cluster_status(&self) -> ClusterStatus {
         let me = self.node_report();
         let mut replicas = me.replicas;
+        let mut applies = vec![me.applies];
         let mut nodes = Vec::new();
         let calls = self
             .config
@@ -74,6 +76,7 @@ impl Node {
             let reachable = match res {
                 Ok(Response::Status(mut r)) => {
                     replicas.append(&mut r.replicas);
+                    applies.push(std::mem::take(&mut r.applies));
                     Some(r)
                 }
                 _ => None,
@@ -143,6 +146,7 @@ impl Node {
             nodes,
             groups: groups.into_values().collect(),
             lag_history: self.lag_history(),
+            pbs: self.estimate_pbs(&applies),
         }
     }
 

@@ -707,11 +707,14 @@ impl Node {
             });
         }
         match g.raft.client_write(Command { commit_ts, op }).await {
-            Ok(resp) => Ok(WriteResult {
-                index: resp.log_id.index(),
-                commit_ts,
-                result: resp.data,
-            }),
+            Ok(resp) => {
+                g.record_ack(resp.log_id.index(), self.clock.wall_ms());
+                Ok(WriteResult {
+                    index: resp.log_id.index(),
+                    commit_ts,
+                    result: resp.data,
+                })
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(RemoteError {
                 code: Code::Unavailable,
                 message: format!("node {} is not the leader of {}", self.id, g.id),

@@ -8,6 +8,7 @@ mod compare;
 mod feed;
 mod keys;
 mod leaderless;
+mod pbs;
 mod peers;
 mod svg;
 
@@ -67,6 +68,10 @@ pub struct BenchOptions {
     /// strong with hit ratios, write-through and write-behind SET, beside the nodes (and Redis
     /// and memcached with --compare), and the eviction policy's zipf hit ratio.
     pub cache: bool,
+    /// `--pbs`: measured t-visibility beside the cluster's live PBS estimate.
+    pub pbs: bool,
+    pub pbs_trials: usize,
+    pub pbs_delay_ms: u64,
 }
 
 /// What one phase (a row: a level, or a peer system's operation) measured.
@@ -193,7 +198,16 @@ pub async fn run(o: BenchOptions) -> Result<i32> {
     let opened = targets::open(o.cluster.as_deref(), o.nodes, o.dir.clone(), "bench", &[]).await;
     let result = match opened {
         Ok((targets, cluster, own_dir)) => {
-            let result = if o.cache {
+            let result = if o.pbs {
+                pbs::run(
+                    &targets,
+                    o.pbs_trials,
+                    o.pbs_delay_ms,
+                    o.seed,
+                    o.out.as_deref(),
+                )
+                .await
+            } else if o.cache {
                 match &cluster {
                     Some(c) => cache::run(&o, &targets, c, peers.as_ref()).await,
                     None => Err(anyhow::anyhow!(

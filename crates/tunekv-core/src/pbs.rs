@@ -1,0 +1,194 @@
+//! Probabilistically bounded staleness (Bailis et al., "PBS", VLDB 2012) for ordered keyspaces:
+//! the probability that a read `t` ms after a write was acknowledged returns it, estimated from
+//! measured delays rather than a model's assumed ones.
+//!
+//! An ordered keyspace's write is acknowledged once its leader applied it; an `eventual` (or
+//! `consistent_prefix`, or another client's session) read is served by whichever replica of
+//! the key's shard it reaches. The leader holds the write at once; a follower holds it once it
+//! applied it, a *visibility delay* after the leader did. With `R` replicas and reads spread
+//! evenly over them:
+//!
+//! `P(t) = 1/R + (R-1)/R · F(t)`, `F` the measured distribution of follower visibility delays.
+//!
+//! Delays are measured by pairing apply records: each replica notes, for each batch it applies,
+//! the last index and its wall clock (ms); an entry the leader applied at `tL` became visible on
+//! a follower at the first follower batch reaching its index, `tF`; the delay is `tF - tL`.
+//! Assumptions (docs/observability.md): reads are spread evenly over replicas; the nodes' wall
+//! clocks agree (on one machine they are one clock; across machines their offset, bounded by
+//! `max_clock_offset_ms`, shifts the estimate); the past minutes predict the next ones. Levels
+//! with a freshness guarantee (strong, bounded(k)) return every acknowledged write: P = 1.
+
+use serde::{Deserialize, Serialize};
+
+/// One replica's apply record: the last index of a batch it applied, and when (Unix ms).
+pub type Apply = (u64, u64);
+
+/// Visibility delays of the entries `leader` applied, on one follower (`follower`'s records).
+/// Both are in apply order. Entries the follower's records do not cover yet (applied before its
+/// first record, or not yet applied there) give no sample.
+pub fn visibility_delays(leader: &[Apply], follower: &[Apply]) -> Vec<u64> {
+    let Some(first) = follower.first() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut j = 0;
+    for &(index, t_leader) in leader {
+        // Only entries the follower had not applied when its records began.
+        if index <= first.0 {
+            continue;
+        }
+        while j < follower.len() && follower[j].0 < index {
+            j += 1;
+        }
+        match follower.get(j) {
+            Some(&(_, t_follower)) => out.push(t_follower.saturating_sub(t_leader)),
+            None => break,
+        }
+    }
+    out
+}
+
+/// The estimate for one keyspace and level.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PbsCurve {
+    pub keyspace: String,
+    pub level: String,
+    pub replicas: u32,
+    /// Follower visibility delays measured.
+    pub samples: u64,
+    /// (t ms after the write's acknowledgement, probability a read then returns it).
+    pub points: Vec<(u64, f64)>,
+    /// The smallest t (ms) at which the probability reaches 99 % and 99.9 %.
+    pub t99_ms: u64,
+    pub t999_ms: u64,
+    /// The follower visibility delay's percentiles 0 to 100 (ms), so P can be evaluated at
+    /// any t ([`probability_at`]); empty without samples.
+    pub delay_percentiles_ms: Vec<u64>,
+}
+
+/// P(t) at any `t_ms` from a curve's delay percentiles (the fraction of delays at most `t_ms`,
+/// interpolated between percentiles).
+pub fn probability_at(c: &PbsCurve, t_ms: f64) -> f64 {
+    let r = f64::from(c.replicas.max(1));
+    if c.replicas <= 1 {
+        return 1.0;
+    }
+    let q = &c.delay_percentiles_ms;
+    if q.is_empty() {
+        return 1.0 / r;
+    }
+    // F(t): the largest percentile whose delay is at most t, interpolated to the next.
+    let below = q.partition_point(|d| (*d as f64) <= t_ms);
+    let f = if below == 0 {
+        0.0
+    } else if below >= q.len() {
+        1.0
+    } else {
+        let (lo, hi) = (q[below - 1] as f64, q[below] as f64);
+        let frac = if hi > lo {
+            (t_ms - lo) / (hi - lo)
+        } else {
+            0.0
+        };
+        ((below - 1) as f64 + frac) / (q.len() - 1) as f64
+    };
+    1.0 / r + (r - 1.0) / r * f
+}
+
+/// The t values a curve is given at (ms).
+pub const POINTS_MS: &[u64] = &[
+    0, 1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000,
+];
+
+/// P(t) for `replicas` replicas, from sorted follower delays.
+pub fn probability(sorted: &[u64], replicas: u32, t_ms: u64) -> f64 {
+    let r = f64::from(replicas.max(1));
+    if replicas <= 1 || sorted.is_empty() {
+        // One replica: every read reaches the leader. No sample yet: only the leader is known.
+        return if replicas <= 1 { 1.0 } else { 1.0 / r };
+    }
+    let within = sorted.partition_point(|d| *d <= t_ms) as f64 / sorted.len() as f64;
+    1.0 / r + (r - 1.0) / r * within
+}
+
+/// The smallest t at which P reaches `p` (the delay quantile it needs).
+fn t_for(sorted: &[u64], replicas: u32, p: f64) -> u64 {
+    if replicas <= 1 || sorted.is_empty() {
+        return 0;
+    }
+    let r = f64::from(replicas);
+    let need = ((p * r - 1.0) / (r - 1.0)).clamp(0.0, 1.0);
+    // The smallest delay d with F(d) >= need.
+    let k = ((need * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[k - 1]
+}
+
+/// The eventual-read curve of `keyspace` from measured follower delays.
+pub fn curve(keyspace: &str, level: &str, replicas: u32, mut delays: Vec<u64>) -> PbsCurve {
+    delays.sort_unstable();
+    PbsCurve {
+        keyspace: keyspace.to_string(),
+        level: level.to_string(),
+        replicas,
+        samples: delays.len() as u64,
+        points: POINTS_MS
+            .iter()
+            .map(|t| (*t, probability(&delays, replicas, *t)))
+            .collect(),
+        t99_ms: t_for(&delays, replicas, 0.99),
+        t999_ms: t_for(&delays, replicas, 0.999),
+        delay_percentiles_ms: if delays.is_empty() {
+            Vec::new()
+        } else {
+            (0..=100)
+                .map(|p| delays[(p * (delays.len() - 1)) / 100])
+                .collect()
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_pair_leader_and_follower_batches() {
+        // The leader applied up to 5 at 100, 8 at 110, 12 at 130; the follower's records
+        // begin at index 4 (at 90) and reach 8 at 140 and 12 at 150.
+        let leader = [(5, 100), (8, 110), (12, 130)];
+        let follower = [(4, 90), (8, 140), (12, 150)];
+        assert_eq!(visibility_delays(&leader, &follower), vec![40, 30, 20]);
+        // Entries the follower had before its records began give no sample; nor do entries
+        // it has not applied yet.
+        let follower = [(8, 140)];
+        assert!(visibility_delays(&leader, &follower).is_empty());
+        assert_eq!(
+            visibility_delays(&leader, &[(4, 90), (8, 140)]),
+            vec![40, 30]
+        );
+        assert!(visibility_delays(&leader, &[]).is_empty());
+    }
+
+    #[test]
+    fn the_curve_follows_the_model() {
+        // Three replicas; followers see writes after 10 ms half the time, 30 ms otherwise.
+        let delays = vec![10, 10, 30, 30];
+        let c = curve("k", "eventual", 3, delays);
+        let p = |t| c.points.iter().find(|(x, _)| *x == t).unwrap().1;
+        assert!((p(0) - 1.0 / 3.0).abs() < 1e-9, "only the leader at once");
+        assert!((p(10) - (1.0 / 3.0 + 2.0 / 3.0 * 0.5)).abs() < 1e-9);
+        assert!((p(30) - 1.0).abs() < 1e-9);
+        assert_eq!(c.t99_ms, 30);
+        assert_eq!(c.t999_ms, 30);
+        assert_eq!(c.samples, 4);
+        assert_eq!(c.delay_percentiles_ms.len(), 101);
+        assert!((probability_at(&c, 5.0) - 1.0 / 3.0).abs() < 1e-9);
+        assert!((probability_at(&c, 30.0) - 1.0).abs() < 1e-9);
+        let mid = probability_at(&c, 20.0);
+        assert!(mid > 1.0 / 3.0 && mid < 1.0, "{mid}");
+        // One replica: always the leader.
+        assert_eq!(probability(&[], 1, 0), 1.0);
+        // No samples on three replicas: only the leader is known to have it.
+        assert!((probability(&[], 3, 100) - 1.0 / 3.0).abs() < 1e-9);
+    }
+}
