@@ -169,7 +169,7 @@ impl Node {
             self.slo_reports();
             self.sample_lag();
             tick += 1;
-            if tick % PBS_EVERY == 0 {
+            if tick.is_multiple_of(PBS_EVERY) {
                 self.cluster_status().await;
             }
         }

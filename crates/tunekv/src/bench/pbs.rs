@@ -136,6 +136,10 @@ pub async fn run(
     Ok(0)
 }
 
+/// A probe: when it was served (ms after the acknowledgement) and whether it reached the
+/// leader.
+type Probe = (f64, bool);
+
 /// The node leading the keyspace's shard.
 async fn leader(nodes: &[Client]) -> Result<usize> {
     let group = format!("{KEYSPACE}/shard0");
@@ -171,7 +175,7 @@ async fn measure(
     // When each probe was served, in ms after the acknowledgement (timers fire late, and a
     // read reaches its node half a round trip after it is sent): the estimate is evaluated
     // there.
-    let sent_at: Arc<std::sync::Mutex<Vec<Vec<(f64, bool)>>>> =
+    let sent_at: Arc<std::sync::Mutex<Vec<Vec<Probe>>>> =
         Arc::new(std::sync::Mutex::new(vec![Vec::new(); OFFSETS_MS.len()]));
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     // Writes go to the shard's leader: the estimate is of reads after the leader acknowledged
