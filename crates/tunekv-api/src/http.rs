@@ -72,7 +72,10 @@ async fn handle(State(node): State<AppState>, req: Request) -> Response {
         Ok(req) => {
             let op = req.op();
             let level = request_level(&node, &req);
-            let response = execute(&node, req)
+            // Everything logged while this request runs carries its span's fields.
+            let span =
+                tracing::info_span!("request", node = node.id().0, protocol = "http", op, level);
+            let response = tracing::Instrument::instrument(execute(&node, req), span)
                 .await
                 .unwrap_or_else(IntoResponse::into_response);
             node.metrics().request(

@@ -30,6 +30,10 @@ pub enum Cmd {
         /// feature (never release builds).
         #[arg(long = "bug", value_name = "BUG")]
         bugs: Vec<String>,
+        /// Log lines as text, or as JSON objects (one per line, for log shippers). TUNEKV_LOG
+        /// filters them (e.g. `info,tunekv_api=debug`).
+        #[arg(long, value_enum, env = "TUNEKV_LOG_FORMAT", default_value = "text")]
+        log_format: LogFormat,
     },
     /// Run a cache in front of a cluster: the node's key API over HTTP, hits served only
     /// when the cache's position satisfies the read's level (docs/cache.md).
@@ -89,6 +93,9 @@ pub enum Cmd {
         /// Never in production.
         #[arg(long)]
         enable_faults: bool,
+        /// Log lines as text, or as JSON objects (one per line).
+        #[arg(long, value_enum, env = "TUNEKV_LOG_FORMAT", default_value = "text")]
+        log_format: LogFormat,
     },
     /// Start a local cluster of separate node processes, print where to look, run a demo.
     Dev {
@@ -421,14 +428,30 @@ impl Common {
     }
 }
 
-fn init_tracing() {
+/// How a server process writes its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line: timestamp, level, target, message, fields, and the spans it
+    /// happened in (each request's `request` span: node, protocol, op, level).
+    Json,
+}
+
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TUNEKV_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,openraft=warn,fjall=warn,lsm_tree=warn")
     });
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
 }
 
 fn report(e: ClientError) -> i32 {
@@ -442,8 +465,9 @@ pub async fn run(args: Args) -> Result<i32> {
             config,
             enable_faults,
             bugs,
+            log_format,
         } => {
-            init_tracing();
+            init_tracing(log_format);
             let bugs = tunekv_node::Bugs::parse(&bugs).map_err(anyhow::Error::msg)?;
             crate::server::run(&config, enable_faults, bugs).await?;
             Ok(0)
@@ -573,8 +597,9 @@ pub async fn run(args: Args) -> Result<i32> {
             hot_set_file,
             warm_rate,
             ready_when_warm,
+            log_format,
         } => {
-            init_tracing();
+            init_tracing(log_format);
             crate::cache_cmd::run(crate::cache_cmd::CacheOptions {
                 enable_faults,
                 write_behind_dir,

@@ -597,3 +597,38 @@ async fn a_delay_fault_violates_a_staleness_slo_and_healing_restores_it() {
         "each violation's end is logged: violated {violated}, met {met}"
     );
 }
+
+/// `--log-format json`: every line a node logs is one JSON object, and what a request logs
+/// carries its `request` span (node, protocol, op).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_span() {
+    let c = common::start_with_args(3, true, |_| {}, &["--log-format", "json"]).await;
+    // The fault hook logs inside its request.
+    c.client(0)
+        .faults(&serde_json::json!({"delay_ms": 1}))
+        .await
+        .expect("fault hook");
+    c.client(0)
+        .faults(&serde_json::json!({"clear": true}))
+        .await
+        .expect("heal");
+    let log = std::fs::read_to_string(c.dir.join("node-1.log")).expect("node log");
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(!lines.is_empty());
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["fields"].is_object()));
+    let in_request = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "fault injection")
+        .unwrap_or_else(|| panic!("no fault injection line in {log}"));
+    let span = &in_request["span"];
+    assert_eq!(span["name"], "request", "{in_request}");
+    assert_eq!(span["protocol"], "http", "{in_request}");
+    assert_eq!(span["op"], "faults", "{in_request}");
+    assert_eq!(span["node"], 1, "{in_request}");
+}

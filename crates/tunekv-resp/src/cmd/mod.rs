@@ -151,7 +151,16 @@ pub async fn execute(shared: &Shared, conn: &mut Conn, args: Vec<Vec<u8>>) -> Re
         },
         _ => metrics::NO_LEVEL,
     };
-    let reply = dispatch(shared, conn, spec, args).await;
+    // Everything logged while this command runs carries its span's fields.
+    let span = tracing::info_span!(
+        "request",
+        node = shared.node.id().0,
+        protocol = "resp",
+        conn = conn.id,
+        op = spec.map_or("unknown", |s| s.name),
+        level
+    );
+    let reply = tracing::Instrument::instrument(dispatch(shared, conn, spec, args), span).await;
     shared.node.metrics().request(
         Protocol::Resp,
         spec.map_or("unknown", |s| s.name),

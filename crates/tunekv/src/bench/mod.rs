@@ -555,6 +555,8 @@ async fn phase(
             .progress_chars("=> "),
     );
     bar.set_prefix(spec.label.clone());
+    let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_plain = Instant::now();
     let started = Instant::now();
     let mut measure_started = None;
     loop {
@@ -566,13 +568,19 @@ async fn phase(
         }
         bar.set_position(elapsed.as_secs());
         let done = p.done.load(Ordering::Relaxed);
-        bar.set_message(match measure_started {
+        let msg = match measure_started {
             None => "warming up".to_string(),
             Some(m) => format!(
-                "{:.0} ops/s",
+                "{done} ops, {:.0} ops/s",
                 done as f64 / m.elapsed().as_secs_f64().max(1e-3)
             ),
-        });
+        };
+        // No terminal (a CI log): a plain line every 10 s instead of the bar.
+        if plain && last_plain.elapsed() >= Duration::from_secs(10) {
+            eprintln!("  {} [{:>5.1}s] {msg}", spec.label, elapsed.as_secs_f64());
+            last_plain = Instant::now();
+        }
+        bar.set_message(msg);
         let over = measure_started.is_some_and(|m| m.elapsed() >= o.duration)
             || workers.iter().all(|w| w.is_finished());
         if over {

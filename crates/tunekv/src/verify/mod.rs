@@ -316,6 +316,7 @@ async fn run_on(
         stop: AtomicBool::new(false),
         ops_left: AtomicU64::new(o.ops.unwrap_or(u64::MAX)),
         done: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
     });
     let stop_faults = Arc::new(AtomicBool::new(false));
     let injected = Arc::new(AtomicU64::new(0));
@@ -393,8 +394,9 @@ async fn run_on(
         let done = budget.done.load(Ordering::Relaxed);
         let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
         let msg = format!(
-            "{done} ops, {rate:.0} ops/s, {} faults",
-            injected.load(Ordering::Relaxed)
+            "{done} ops, {rate:.0} ops/s, {} faults, {} refused",
+            injected.load(Ordering::Relaxed),
+            budget.refused.load(Ordering::Relaxed)
         );
         progress.bar.set_position(started.elapsed().as_secs());
         progress.bar.set_message(msg.clone());

@@ -70,6 +70,8 @@ pub struct Budget {
     pub stop: AtomicBool,
     pub ops_left: AtomicU64,
     pub done: AtomicU64,
+    /// Operations refused (they certainly did nothing), for the progress line.
+    pub refused: AtomicU64,
 }
 
 impl Budget {
@@ -281,6 +283,7 @@ pub async fn run_client(
                                 out,
                             );
                             budget.done.fetch_add(1, Ordering::Relaxed);
+                            budget.refused.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
                     }
@@ -307,6 +310,9 @@ pub async fn run_client(
         } else {
             format!("n{}", node + 1)
         };
+        if out.ok == Some(false) {
+            budget.refused.fetch_add(1, Ordering::Relaxed);
+        }
         record(
             &rec,
             &plan,
