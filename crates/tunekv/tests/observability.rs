@@ -632,3 +632,204 @@ async fn json_logs_carry_the_request_span() {
     assert_eq!(span["op"], "faults", "{in_request}");
     assert_eq!(span["node"], 1, "{in_request}");
 }
+
+/// The sample names a scrape's `# TYPE` lines declare (counters: `_total`; histograms:
+/// `_bucket`, `_sum`, `_count`; gauges: the name).
+fn declared_samples(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let mut parts = rest.split_whitespace();
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        match kind {
+            "counter" => {
+                out.insert(format!("{name}_total"));
+            }
+            "histogram" => {
+                for s in ["_bucket", "_sum", "_count"] {
+                    out.insert(format!("{name}{s}"));
+                }
+            }
+            _ => {
+                out.insert(name.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// What is wrong with a Grafana dashboard: its structure, or a query naming a metric not in
+/// `exported` (empty: nothing).
+fn dashboard_problems(d: &Value, exported: &std::collections::BTreeSet<String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for field in ["title", "uid"] {
+        if !d[field].is_string() {
+            problems.push(format!("no {field}"));
+        }
+    }
+    let vars = d["templating"]["list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !vars
+        .iter()
+        .any(|v| v["type"] == "datasource" && v["name"] == "datasource")
+    {
+        problems.push("no datasource variable".into());
+    }
+    let Some(panels) = d["panels"].as_array().filter(|p| !p.is_empty()) else {
+        problems.push("no panels".into());
+        return problems;
+    };
+    let mut ids = std::collections::BTreeSet::new();
+    for p in panels {
+        let title = p["title"].as_str().unwrap_or_default();
+        if title.is_empty() {
+            problems.push(format!("a panel without a title: {p}"));
+        }
+        if !ids.insert(p["id"].as_u64().unwrap_or(0)) || p["id"].as_u64().unwrap_or(0) == 0 {
+            problems.push(format!("{title}: id missing or repeated"));
+        }
+        if !["timeseries", "stat", "gauge", "table"].contains(&p["type"].as_str().unwrap_or("")) {
+            problems.push(format!("{title}: unknown panel type {}", p["type"]));
+        }
+        let g = &p["gridPos"];
+        match (
+            g["x"].as_u64(),
+            g["y"].as_u64(),
+            g["w"].as_u64(),
+            g["h"].as_u64(),
+        ) {
+            (Some(x), Some(_), Some(w), Some(h)) if x + w <= 24 && w > 0 && h > 0 => {}
+            _ => problems.push(format!("{title}: bad gridPos {g}")),
+        }
+        let targets = p["targets"].as_array().cloned().unwrap_or_default();
+        if targets.is_empty() {
+            problems.push(format!("{title}: no query"));
+        }
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap_or_default();
+            if expr.is_empty() || t["refId"].as_str().unwrap_or_default().is_empty() {
+                problems.push(format!("{title}: a query without expr or refId"));
+            }
+            let mut depth = 0i64;
+            for ch in expr.chars() {
+                depth += match ch {
+                    '(' | '[' | '{' => 1,
+                    ')' | ']' | '}' => -1,
+                    _ => 0,
+                };
+                if depth < 0 {
+                    break;
+                }
+            }
+            if depth != 0 {
+                problems.push(format!("{title}: unbalanced brackets in {expr}"));
+            }
+            let mut names = Vec::new();
+            let mut rest = expr;
+            while let Some(i) = rest.find("tunekv_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                names.push(&tail[..end]);
+                rest = &tail[end..];
+            }
+            if names.is_empty() {
+                problems.push(format!("{title}: {expr} names no tunekv metric"));
+            }
+            for n in names {
+                if !exported.contains(n) {
+                    problems.push(format!("{title}: {n} is not exported"));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// docs/grafana-dashboard.json loads, is a well-formed dashboard, and every query names a
+/// metric that a node or a cache really exports (every family given data first: an SLO, a
+/// refusal, a leaderless keyspace, a cache, a PBS estimate). The check fails on a dashboard
+/// that names a metric nobody exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_queries_exported_metrics() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/grafana-dashboard.json");
+    let dashboard: Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("the dashboard file")).expect("JSON");
+
+    let mut c = common::start(3, true).await;
+    let n1 = c.client(0);
+    let spec = r#"{"shards":1,"slo":[{"level":"eventual","staleness_ms":1000,"target":0.9,"window":"1m"}]}"#;
+    let (s, _, b) = common::call("PUT", &format!("{}/v1/keyspaces/d", c.http(0)), spec).await;
+    assert_eq!(s, 201, "{b}");
+    let (s, _, b) = common::call(
+        "PUT",
+        &format!("{}/v1/keyspaces/ll", c.http(0)),
+        r#"{"mode":"leaderless","replicas":3}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    n1.put("ll", b"k", b"v", &Opts::default())
+        .await
+        .expect("leaderless put");
+    for i in 0..10 {
+        n1.put("d", format!("k{i}").as_bytes(), b"v", &Opts::default())
+            .await
+            .expect("put");
+    }
+    for n in 0..3 {
+        c.client(n)
+            .get("d", b"k1", &Opts::level("eventual"))
+            .await
+            .expect("eventual read");
+    }
+    // A refusal: a strong read on a node cut off from the others.
+    c.client(2).set_isolated(true).await.expect("isolate");
+    let mut opts = Opts::level("strong");
+    opts.wait_ms_max = Some(300);
+    assert!(
+        c.client(2).get("d", b"k1", &opts).await.is_err(),
+        "refused while isolated"
+    );
+    c.client(2).set_isolated(false).await.expect("heal");
+    // The PBS estimate is made with the cluster status.
+    n1.cluster().await.expect("cluster status");
+    let cache_http = c.start_cache(&[]).await.expect("cache");
+    let cache = Client::new(&format!("http://{cache_http}"));
+    cache
+        .get("d", b"k1", &Opts::level("eventual"))
+        .await
+        .expect("cache read");
+
+    let mut exported = std::collections::BTreeSet::new();
+    for http in [c.http(0), c.http(1), c.http(2), cache_http.clone()] {
+        let url = format!("http://{}/metrics", http.trim_start_matches("http://"));
+        let text = reqwest::get(&url)
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text");
+        exported.extend(declared_samples(&text));
+    }
+    let problems = dashboard_problems(&dashboard, &exported);
+    assert!(
+        problems.is_empty(),
+        "{problems:#?}\nexported: {exported:#?}"
+    );
+
+    // The check can fail: a query naming a metric nobody exports is caught.
+    let mut broken = dashboard.clone();
+    broken["panels"][0]["targets"][0]["expr"] = json_str("rate(tunekv_made_up_total[1m])");
+    assert!(!dashboard_problems(&broken, &exported).is_empty());
+}
+
+fn json_str(s: &str) -> Value {
+    Value::String(s.to_string())
+}
