@@ -60,6 +60,7 @@ pub mod counter;
 pub mod feed;
 pub mod history;
 pub mod leaderless;
+pub mod metrics;
 pub mod report;
 pub mod set;
 pub mod siblings;

@@ -655,6 +655,25 @@ impl Client {
             .await
     }
 
+    /// The node's (or cache's) Prometheus metrics, as text (`GET /metrics`).
+    pub async fn metrics_text(&self) -> Result<String> {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if !r.status().is_success() {
+            return Err(ClientError::Transport(format!(
+                "GET /metrics answered {}",
+                r.status()
+            )));
+        }
+        r.text()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
     /// This node's staleness SLOs (`GET /v1/slo`): `{"node": id, "slos": [...]}`.
     pub async fn slo(&self) -> Result<serde_json::Value> {
         self.send_json(self.http.get(format!("{}/v1/slo", self.base)))

@@ -47,12 +47,16 @@ pub struct Bugs {
     /// `feed-dupes`: a leaderless keyspace's watch delivers every stored version it polls,
     /// without removing the copies other replicas stored (each write arrives once per replica).
     feed_dupes: bool,
+    /// `metrics-fresh`: `/metrics` counts every served read as 0 s and 0 entries stale,
+    /// whatever its receipt said (a dashboard or SLO on it looks healthier than the clients'
+    /// experience).
+    metrics_fresh: bool,
 }
 
 pub const BUG_NAMES: &str =
     "strong-local, ignore-session, skip-bounded, ack-early, old-receipts, quorum-ack-one, gc-early, \
      drop-hints, skip-read-repair, counter-lww, set-remove-wins, siblings-union, progress-early, \
-     feed-dupes";
+     feed-dupes, metrics-fresh";
 
 impl Bugs {
     /// Parses `--bug` names. Any name in a build without the feature is an error.
@@ -79,6 +83,7 @@ impl Bugs {
                 "siblings-union" => b.siblings_union = true,
                 "progress-early" => b.progress_early = true,
                 "feed-dupes" => b.feed_dupes = true,
+                "metrics-fresh" => b.metrics_fresh = true,
                 other => return Err(format!("unknown bug {other:?}; bugs: {BUG_NAMES}")),
             }
         }
@@ -100,7 +105,8 @@ impl Bugs {
                 || self.set_remove_wins
                 || self.siblings_union
                 || self.progress_early
-                || self.feed_dupes)
+                || self.feed_dupes
+                || self.metrics_fresh)
     }
 
     pub fn strong_local(&self) -> bool {
@@ -153,6 +159,10 @@ impl Bugs {
 
     pub fn feed_dupes(&self) -> bool {
         cfg!(feature = "bug-injection") && self.feed_dupes
+    }
+
+    pub fn metrics_fresh(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.metrics_fresh
     }
 
     pub fn siblings_union(&self) -> bool {

@@ -337,6 +337,8 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
         .tcp_capacity(1 << 16)
         .build();
     let nodes: Nodes = Arc::new(Mutex::new(BTreeMap::new()));
+    // When each node's current process started (virtual ns): its metrics count from then.
+    let starts: Arc<Mutex<BTreeMap<usize, u64>>> = Arc::new(Mutex::new(BTreeMap::new()));
     let mut disks = Vec::new();
     let mut clocks = Vec::new();
     let mut node_rng = StdRng::seed_from_u64(seed ^ 0xd15c);
@@ -347,7 +349,7 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
         clocks.push(clock.clone());
         let boots = Arc::new(AtomicU64::new(0));
         let base_seed: u64 = node_rng.gen();
-        let (plan, bugs, nodes) = (plan.clone(), *bugs, nodes.clone());
+        let (plan, bugs, nodes, starts) = (plan.clone(), *bugs, nodes.clone(), starts.clone());
         sim.host(host(i), move || {
             let cfg = config(
                 &plan,
@@ -355,8 +357,13 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
                 base_seed + boots.fetch_add(1, Ordering::Relaxed),
                 &bugs,
             );
-            let (disk, clock, nodes) = (disk.clone(), clock.clone(), nodes.clone());
+            let (disk, clock, nodes, starts) =
+                (disk.clone(), clock.clone(), nodes.clone(), starts.clone());
             async move {
+                starts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(i, crate::client::now_ns());
                 let node = Node::start(cfg, Arc::new(SimTransport), disk, clock)
                     .await
                     .map_err(|e| format!("node {} cannot start: {e}", i + 1))?;
@@ -569,6 +576,26 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
         }
     };
     sample(&nodes, &crashed, &tokens, &mut invariants);
+    // What each running node's /metrics says of the reads it served (ordered plans).
+    let node_metrics: Vec<tunekv_check::metrics::NodeMetrics> = if plan.workload.leaderless {
+        Vec::new()
+    } else {
+        let starts = starts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(i, _)| !crashed.contains(i))
+            .map(|(i, node)| tunekv_check::metrics::NodeMetrics {
+                node: host(*i),
+                since_ns: starts.get(i).copied(),
+                levels: tunekv_check::metrics::parse_served(
+                    &node.metrics_text(),
+                    crate::client::KEYSPACE,
+                ),
+            })
+            .collect()
+    };
     let (mut violations, checked) = invariants.finish();
     if let Err(e) = result {
         violations.push(format!("simulation: {e}"));
@@ -656,6 +683,8 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
             &tunekv_check::Limits::default(),
         ))
     } else {
+        let metrics_row =
+            tunekv_check::metrics::check(&ops, &node_metrics, &tunekv_check::Limits::default());
         tunekv_check::check(
             &tunekv_check::CheckInput {
                 ops,
@@ -663,6 +692,10 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
             },
             &tunekv_check::Limits::default(),
         )
+        .map(|mut r| {
+            r.rows.push(metrics_row);
+            r
+        })
     };
     match report {
         Ok(report) => {

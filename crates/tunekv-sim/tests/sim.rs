@@ -520,6 +520,25 @@ mod bugs {
         panic!("drop-invalidations went unnoticed for {SEEDS_MAX} seeds");
     }
 
+    /// Issue 20: a node whose `/metrics` counts every read as fresh is caught against the
+    /// receipts of the simulated clients.
+    #[test]
+    fn metrics_fresh_is_caught_by_the_metrics_checker() {
+        let bugs = tunekv_node::Bugs::parse(&["metrics-fresh".to_string()]).expect("a known bug");
+        let caught = (0..SEEDS_MAX).find_map(|seed| {
+            let mut plan = Plan::of(seed, SAFETY);
+            plan.workload.leaderless = false;
+            run(plan, &bugs)
+                .violations
+                .into_iter()
+                .find(|v| v.contains("[every level / metrics never understate staleness]"))
+        });
+        assert!(
+            caught.is_some(),
+            "metrics-fresh went unnoticed for {SEEDS_MAX} seeds"
+        );
+    }
+
     #[test]
     fn strong_local_is_caught() {
         caught("strong-local");

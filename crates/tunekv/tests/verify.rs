@@ -393,6 +393,18 @@ mod bugs {
         );
     }
 
+    /// Issue 20: a node whose `/metrics` counts every read as fresh is caught against the
+    /// receipts its clients got.
+    #[test]
+    fn metrics_understating_staleness_are_caught() {
+        caught(
+            "metrics-fresh",
+            "eventual,bounded(t=2s)",
+            "delay",
+            &["[every level / metrics never understate staleness]"],
+        );
+    }
+
     #[test]
     fn strong_served_from_the_local_copy_is_caught() {
         caught(

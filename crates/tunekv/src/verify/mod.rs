@@ -533,6 +533,17 @@ async fn run_on(
             &limits,
         ));
     }
+    // What each node's /metrics says of the reads it served, judged against their receipts.
+    let metrics_row = if o.mode.ordered() {
+        let nodes = node_metrics(&targets, &rec).await;
+        Some(tunekv_check::metrics::check(
+            &ordered_ops,
+            &nodes,
+            &Limits::default(),
+        ))
+    } else {
+        None
+    };
     let checked_at = Instant::now();
     let ordered_report = if o.mode.ordered() {
         check(
@@ -547,6 +558,7 @@ async fn run_on(
     };
     let report = ordered_report.map(|mut report| {
         report.rows.extend(feed_rows);
+        report.rows.extend(metrics_row);
         if o.mode.counter() {
             report.rows.extend(
                 tunekv_check::counter::check(&leaderless_ops, Some(heal_ns), &Limits::default())
@@ -595,6 +607,38 @@ async fn run_on(
         println!("no violations (seed {seed})");
         Ok(0)
     }
+}
+
+/// Each node's served-staleness histograms of the ordered keyspace, and since when (on the
+/// history's clock) the process that counted them has been running: its start is `now − its
+/// monotonic clock`, less a margin for the round trip. A node that cannot be asked is unknown.
+async fn node_metrics(
+    targets: &[targets::Target],
+    rec: &Recorder,
+) -> Vec<tunekv_check::metrics::NodeMetrics> {
+    const MARGIN_NS: u64 = 200_000_000;
+    let mut out = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let c = tunekv_client::Client::with_timeout(&t.http, Duration::from_secs(5));
+        let before = rec.now_ns();
+        let (clock, text) = (c.clock().await, c.metrics_text().await);
+        let since_ns = match (&clock, &text) {
+            (Ok((_, mono_us)), Ok(_)) => Some(
+                before
+                    .saturating_sub(u64::try_from(*mono_us).unwrap_or(0).saturating_mul(1000))
+                    .saturating_add(MARGIN_NS),
+            ),
+            _ => None,
+        };
+        out.push(tunekv_check::metrics::NodeMetrics {
+            node: format!("n{}", i + 1),
+            since_ns,
+            levels: text
+                .map(|t| tunekv_check::metrics::parse_served(&t, KEYSPACE))
+                .unwrap_or_default(),
+        });
+    }
+    out
 }
 
 fn write_history(path: &PathBuf, ops: &[(Operation, Option<String>)]) -> Result<()> {
