@@ -66,9 +66,36 @@ pub struct PbsCurve {
     pub delay_percentiles_ms: Vec<u64>,
 }
 
+/// P(t) at any `t_ms` from a curve: from its delay percentiles when it has them (ordered
+/// keyspaces), else interpolated between its points (leaderless keyspaces).
+pub fn probability_at(c: &PbsCurve, t_ms: f64) -> f64 {
+    if c.delay_percentiles_ms.is_empty() && c.samples > 0 {
+        return interpolate(&c.points, t_ms);
+    }
+    probability_from_percentiles(c, t_ms)
+}
+
+/// Linear interpolation between `(t, p)` points (flat beyond the ends).
+fn interpolate(points: &[(u64, f64)], t_ms: f64) -> f64 {
+    let Some(first) = points.first() else {
+        return 0.0;
+    };
+    if t_ms <= first.0 as f64 {
+        return first.1;
+    }
+    for w in points.windows(2) {
+        let ((t0, p0), (t1, p1)) = (w[0], w[1]);
+        if t_ms <= t1 as f64 {
+            let frac = (t_ms - t0 as f64) / (t1 - t0).max(1) as f64;
+            return p0 + (p1 - p0) * frac;
+        }
+    }
+    points.last().map_or(0.0, |p| p.1)
+}
+
 /// P(t) at any `t_ms` from a curve's delay percentiles (the fraction of delays at most `t_ms`,
 /// interpolated between percentiles).
-pub fn probability_at(c: &PbsCurve, t_ms: f64) -> f64 {
+fn probability_from_percentiles(c: &PbsCurve, t_ms: f64) -> f64 {
     let r = f64::from(c.replicas.max(1));
     if c.replicas <= 1 {
         return 1.0;
@@ -147,6 +174,107 @@ pub fn curve(keyspace: &str, level: &str, replicas: u32, mut delays: Vec<u64>) -
     }
 }
 
+/// Leaderless keyspaces: Bailis et al.'s WARS model, by Monte Carlo over measured delays.
+///
+/// A write's coordinator is one of the key's `replicas` (it stores its own copy first: W = A =
+/// 0 there) and sends the write to the others, each taking W to arrive and A to acknowledge;
+/// the client hears the write acknowledged once `w` copies are stored (the w-th smallest
+/// W + A, the coordinator's own included). A read `t` ms later starts at a replica picked at
+/// random (its own copy answers at once: R = S = 0), asks the others (R to arrive, S to
+/// answer), and returns the newest of the first `r` answers: it returns the write if one of
+/// those copies had stored it when the read arrived (W ≤ ack + t + R). One-way delays are half
+/// of measured round trips (W = A = write RTT / 2, R = S = read RTT / 2, each drawn from the
+/// coordinators' measured calls to other replicas).
+pub fn wars_curve(
+    keyspace: &str,
+    level: &str,
+    (replicas, w, r): (u32, u32, u32),
+    write_rtt_us: &[u32],
+    read_rtt_us: &[u32],
+    seed: u64,
+) -> PbsCurve {
+    use rand::{Rng, SeedableRng};
+    const TRIALS: usize = 2000;
+    let n = replicas.max(1) as usize;
+    let (w, r) = ((w as usize).clamp(1, n), (r as usize).clamp(1, n));
+    let samples = write_rtt_us.len().min(read_rtt_us.len()) as u64;
+    if n == 1 || samples == 0 {
+        // One replica holds everything; without samples only the coordinator's own copy is
+        // known to have the write.
+        let p = if n == 1 { 1.0 } else { 1.0 / n as f64 };
+        return PbsCurve {
+            keyspace: keyspace.to_string(),
+            level: level.to_string(),
+            replicas,
+            samples,
+            points: POINTS_MS.iter().map(|t| (*t, p)).collect(),
+            t99_ms: 0,
+            t999_ms: 0,
+            delay_percentiles_ms: Vec::new(),
+        };
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let half_ms = |us: u32| f64::from(us) / 2000.0;
+    let mut seen = vec![0usize; POINTS_MS.len()];
+    for _ in 0..TRIALS {
+        // Replica 0 coordinates the write.
+        let wa: Vec<(f64, f64)> = (0..n)
+            .map(|i| {
+                if i == 0 {
+                    (0.0, 0.0)
+                } else {
+                    let d = half_ms(write_rtt_us[rng.gen_range(0..write_rtt_us.len())]);
+                    (d, d)
+                }
+            })
+            .collect();
+        let mut acks: Vec<f64> = wa.iter().map(|(w, a)| w + a).collect();
+        acks.sort_by(f64::total_cmp);
+        let acked = acks[w - 1];
+        let reader = rng.gen_range(0..n);
+        let rs: Vec<f64> = (0..n)
+            .map(|i| {
+                if i == reader {
+                    0.0
+                } else {
+                    half_ms(read_rtt_us[rng.gen_range(0..read_rtt_us.len())])
+                }
+            })
+            .collect();
+        for (slot, t) in POINTS_MS.iter().enumerate() {
+            let start = acked + *t as f64;
+            // The first r answers: by when each copy answers (R + S = 2R).
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|a, b| rs[*a].total_cmp(&rs[*b]));
+            if order[..r].iter().any(|i| wa[*i].0 <= start + rs[*i]) {
+                seen[slot] += 1;
+            }
+        }
+    }
+    let points: Vec<(u64, f64)> = POINTS_MS
+        .iter()
+        .zip(&seen)
+        .map(|(t, s)| (*t, *s as f64 / TRIALS as f64))
+        .collect();
+    let first_at = |p: f64| {
+        points
+            .iter()
+            .find(|(_, q)| *q >= p)
+            .or(points.last())
+            .map_or(0, |(t, _)| *t)
+    };
+    PbsCurve {
+        keyspace: keyspace.to_string(),
+        level: level.to_string(),
+        replicas,
+        samples,
+        t99_ms: first_at(0.99),
+        t999_ms: first_at(0.999),
+        points,
+        delay_percentiles_ms: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +295,30 @@ mod tests {
             vec![40, 30]
         );
         assert!(visibility_delays(&leader, &[]).is_empty());
+    }
+
+    #[test]
+    fn wars_follows_its_model() {
+        // Three replicas, w=2, r=1: remote writes take 20 ms round trip (10 ms to arrive),
+        // remote reads 2 ms. The ack comes at 20 ms, when both remote copies have it: every
+        // read returns it.
+        let c = wars_curve("k", "eventual", (3, 2, 1), &[20_000], &[2_000], 7);
+        assert!(
+            c.points.iter().all(|(_, p)| (*p - 1.0).abs() < 1e-9),
+            "{c:?}"
+        );
+        // w=1: acknowledged at once by the coordinator; a reader elsewhere (2/3 of reads)
+        // answers from its own copy, which has the write only after 10 ms.
+        let c = wars_curve("k", "eventual", (3, 1, 1), &[20_000], &[2_000], 7);
+        let p = |t| c.points.iter().find(|(x, _)| *x == t).unwrap().1;
+        assert!((p(0) - 1.0 / 3.0).abs() < 0.05, "{c:?}");
+        assert!((p(10) - 1.0).abs() < 1e-9, "{c:?}");
+        assert_eq!(c.t99_ms, 10);
+        // Interpolated between points.
+        assert!((probability_at(&c, 8.5) - (p(7) + (p(10) - p(7)) * 0.5)).abs() < 1e-9);
+        // No samples: only the coordinator's copy is known.
+        let c = wars_curve("k", "eventual", (3, 2, 1), &[], &[], 7);
+        assert!((c.points[0].1 - 1.0 / 3.0).abs() < 1e-9);
     }
 
     #[test]

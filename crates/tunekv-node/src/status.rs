@@ -68,6 +68,9 @@ pub struct NodeReport {
     pub refusals: BTreeMap<String, u64>,
     /// Each shard replica's records for PBS, by group id.
     pub applies: BTreeMap<u64, ApplyRecords>,
+    /// Leaderless keyspaces: the round trips this node measured as a coordinator, by keyspace
+    /// (stores, fetches; µs), for the WARS estimate.
+    pub rtts: BTreeMap<String, (Vec<u32>, Vec<u32>)>,
 }
 
 /// What one replica noted for the PBS estimate (`tunekv_core::pbs`).

@@ -290,7 +290,8 @@ pub enum Cmd {
         /// Check the live PBS estimate: write keys and read each at eventual t ms after its
         /// acknowledgement from a random node; print the measured probability that a read
         /// returns the write beside the cluster's estimate (/v1/cluster's "pbs") and whether
-        /// they agree within 0.1 (with --out: pbs.json).
+        /// they agree within 0.1 (with --out: pbs.json). With --keyspace-mode leaderless: a
+        /// leaderless keyspace at w=quorum, r=one (the WARS estimate).
         #[arg(long)]
         pbs: bool,
         /// --pbs: writes to measure.

@@ -397,3 +397,31 @@ fn the_pbs_estimate_agrees_with_measured_visibility() {
     }
     assert!(stdout.contains("cluster curve"), "{stdout}");
 }
+
+/// `bench --pbs --keyspace-mode leaderless` (issue 20): the WARS estimate of a leaderless
+/// keyspace (w = quorum, r = one), from the coordinators' measured round trips, agrees with
+/// measured t-visibility within the stated tolerance.
+#[test]
+fn the_leaderless_pbs_estimate_agrees_with_measured_visibility() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_tunekv"))
+        .args(["bench", "--pbs", "--keyspace-mode", "leaderless"])
+        .args(["--pbs-trials", "150", "--pbs-delay-ms", "10", "--dir"])
+        .arg(dir.path().join("cluster"))
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .expect("run tunekv bench --pbs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out/pbs.json")).expect("pbs.json"))
+            .expect("pbs.json is JSON");
+    assert_eq!(summary["keyspace"], "pbs_leaderless");
+    assert_eq!(summary["agree"], true, "{stdout}");
+    assert!(stdout.contains("(WARS)"), "{stdout}");
+}

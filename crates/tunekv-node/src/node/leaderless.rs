@@ -20,6 +20,7 @@
 use super::*;
 use crate::rpc::{DynamoRequest, DynamoResponse};
 use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::VecDeque;
 use tunekv_core::{Mode, Quorum, QuorumReceipt};
 use tunekv_dynamo::ormap::{OrMap, Payload};
 use tunekv_dynamo::replica::Applied;
@@ -110,7 +111,13 @@ pub(super) struct Dynamo {
     // The change feed's history of each last-writer-wins keyspace: keyspace id → versions
     // stored here.
     pub(super) feeds: Mutex<HashMap<u64, Arc<super::stored_feed::StoredFeed>>>,
+    // Round trips of this coordinator's calls to other replicas, by keyspace, for the WARS
+    // estimate (`tunekv_core::pbs::wars_curve`): (stores, fetches), µs, the last few hundred.
+    pub(super) rtts: Mutex<HashMap<String, (VecDeque<u32>, VecDeque<u32>)>>,
 }
+
+/// Round trips kept per keyspace and kind for PBS.
+const RTT_SAMPLES: usize = 512;
 
 /// One keyspace's leaderless figures on one node (in `/v1/cluster`).
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -588,9 +595,21 @@ impl Node {
                 .await
                 .map_err(|e| (Some(e.code), e.message));
         }
+        // A client write's copy or a read's fetch: its round trip feeds the PBS estimate.
+        let timed = match &req {
+            DynamoRequest::Store {
+                ks, hint_for: None, ..
+            } => Some((ks.clone(), true)),
+            DynamoRequest::Fetch { ks, .. } => Some((ks.clone(), false)),
+            _ => None,
+        };
+        let sent = Instant::now();
         match self.pool.call(node, 0, Request::Dynamo(req), wait).await {
             Ok(Response::Dynamo(r)) => {
                 self.saw_peer(node, true);
+                if let Some((ks, write)) = timed {
+                    self.record_rtt(ks, write, sent.elapsed());
+                }
                 Ok(r)
             }
             Ok(_) => Err((None, "unexpected response kind".into())),
@@ -607,6 +626,30 @@ impl Node {
                 Err((None, m))
             }
         }
+    }
+
+    fn record_rtt(&self, ks: String, write: bool, rtt: Duration) {
+        let us = u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX);
+        let mut all = lock(&self.dynamo.rtts);
+        let (stores, fetches) = all.entry(ks).or_default();
+        let ring = if write { stores } else { fetches };
+        if ring.len() >= RTT_SAMPLES {
+            ring.pop_front();
+        }
+        ring.push_back(us);
+    }
+
+    /// The round trips this coordinator measured, by keyspace: (stores, fetches) in µs.
+    pub(super) fn rtt_samples(&self) -> BTreeMap<String, (Vec<u32>, Vec<u32>)> {
+        lock(&self.dynamo.rtts)
+            .iter()
+            .map(|(k, (w, r))| {
+                (
+                    k.clone(),
+                    (w.iter().copied().collect(), r.iter().copied().collect()),
+                )
+            })
+            .collect()
     }
 
     pub(super) fn me(&self) -> Result<Arc<Node>, TunekvError> {

@@ -253,9 +253,34 @@ impl Node {
     /// The PBS estimate of each ordered keyspace from every node's records (one map per node):
     /// each follower's visibility delay after the leader acknowledged a write, pooled per
     /// keyspace (`tunekv_core::pbs`). Kept for `/metrics`.
-    pub(super) fn estimate_pbs(&self, nodes: &[BTreeMap<u64, ApplyRecords>]) -> Vec<PbsCurve> {
+    pub(super) fn estimate_pbs(
+        &self,
+        nodes: &[BTreeMap<u64, ApplyRecords>],
+        rtts: &[BTreeMap<String, (Vec<u32>, Vec<u32>)>],
+    ) -> Vec<PbsCurve> {
         let mut out = Vec::new();
         for ks in self.list_keyspaces() {
+            if ks.spec.mode == Mode::Leaderless {
+                // WARS at the default quorums (w = quorum, r = one), from every coordinator's
+                // round trips to other replicas.
+                let (mut writes, mut reads) = (Vec::new(), Vec::new());
+                for n in rtts {
+                    if let Some((w, r)) = n.get(&ks.name) {
+                        writes.extend_from_slice(w);
+                        reads.extend_from_slice(r);
+                    }
+                }
+                let n = ks.spec.replicas;
+                out.push(pbs::wars_curve(
+                    &ks.name,
+                    "eventual",
+                    (n, Quorum::Quorum.count(n), Quorum::One.count(n)),
+                    &writes,
+                    &reads,
+                    ks.id,
+                ));
+                continue;
+            }
             if ks.spec.mode != Mode::Ordered {
                 continue;
             }

@@ -50,6 +50,7 @@ impl Node {
             slos: self.slo_reports(),
             refusals: self.metrics.refusal_totals(),
             applies: self.apply_records(),
+            rtts: self.rtt_samples(),
         }
     }
 
@@ -58,6 +59,7 @@ impl Node {
         let me = self.node_report();
         let mut replicas = me.replicas;
         let mut applies = vec![me.applies];
+        let mut rtts = vec![me.rtts];
         let mut nodes = Vec::new();
         let calls = self
             .config
@@ -77,6 +79,7 @@ impl Node {
                 Ok(Response::Status(mut r)) => {
                     replicas.append(&mut r.replicas);
                     applies.push(std::mem::take(&mut r.applies));
+                    rtts.push(std::mem::take(&mut r.rtts));
                     Some(r)
                 }
                 _ => None,
@@ -146,7 +149,7 @@ impl Node {
             nodes,
             groups: groups.into_values().collect(),
             lag_history: self.lag_history(),
-            pbs: self.estimate_pbs(&applies),
+            pbs: self.estimate_pbs(&applies, &rtts),
         }
     }
 

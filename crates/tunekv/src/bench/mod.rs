@@ -205,6 +205,7 @@ pub async fn run(o: BenchOptions) -> Result<i32> {
                     o.pbs_delay_ms,
                     o.seed,
                     o.out.as_deref(),
+                    o.leaderless,
                 )
                 .await
             } else if o.cache {

@@ -21,8 +21,9 @@ pub const OFFSETS_MS: &[u64] = &[0, 1, 2, 5, 10, 20, 50, 100];
 /// measured share of a few hundred reads is within about ±0.05 of its probability (2σ at
 /// p = 0.5, 300 reads), and the estimate pairs apply batches, not single reads.
 pub const TOLERANCE: f64 = 0.1;
-/// The keyspace measured.
+/// The keyspace measured: ordered, or leaderless with `--keyspace-mode leaderless`.
 const KEYSPACE: &str = "pbs";
+const KEYSPACE_LEADERLESS: &str = "pbs_leaderless";
 
 /// One offset's result. The estimate is evaluated for each probe where it actually went and
 /// when it was actually served, then averaged: a probe that reached the leader sees the write
@@ -45,7 +46,13 @@ pub async fn run(
     delay_ms: u64,
     seed: u64,
     out: Option<&Path>,
+    leaderless: bool,
 ) -> Result<i32> {
+    let ks = if leaderless {
+        KEYSPACE_LEADERLESS
+    } else {
+        KEYSPACE
+    };
     if trials == 0 {
         bail!("--pbs-trials must be at least 1");
     }
@@ -54,9 +61,13 @@ pub async fn run(
         .map(|t| Client::with_timeout(&t.http, Duration::from_secs(10)))
         .collect();
     let replicas = nodes.len().min(3) as u32;
-    let spec = json!({"shards": 1, "replicas": replicas});
+    let spec = if leaderless {
+        json!({"mode": "leaderless", "replicas": replicas})
+    } else {
+        json!({"shards": 1, "replicas": replicas})
+    };
     nodes[0]
-        .create_keyspace(KEYSPACE, &spec)
+        .create_keyspace(ks, &spec)
         .await
         .context("creating the pbs keyspace")?;
     if delay_ms > 0 {
@@ -67,7 +78,7 @@ pub async fn run(
         }
         println!("every node's messages delayed {delay_ms} ms (fault hook)");
     }
-    let result = measure(&nodes, trials, seed).await;
+    let result = measure(&nodes, ks, leaderless, trials, seed).await;
     if delay_ms > 0 {
         for n in &nodes {
             let _ = n.faults(&json!({"clear": true})).await;
@@ -96,7 +107,7 @@ pub async fn run(
         .iter()
         .all(|r| (r.measured - r.estimated).abs() <= TOLERANCE);
     println!(
-        "\nPBS, keyspace {KEYSPACE:?} ({replicas} replicas, {trials} writes): probability an \
+        "\nPBS, keyspace {ks:?} ({replicas} replicas, {trials} writes): probability an \
          eventual read t ms after a write returns it"
     );
     println!(
@@ -120,7 +131,7 @@ pub async fn run(
     if let Some(dir) = out {
         std::fs::create_dir_all(dir)?;
         let summary = json!({
-            "keyspace": KEYSPACE,
+            "keyspace": ks,
             "replicas": replicas,
             "trials": trials,
             "delay_ms": delay_ms,
@@ -141,8 +152,8 @@ pub async fn run(
 type Probe = (f64, bool);
 
 /// The node leading the keyspace's shard.
-async fn leader(nodes: &[Client]) -> Result<usize> {
-    let group = format!("{KEYSPACE}/shard0");
+async fn leader(nodes: &[Client], ks: &str) -> Result<usize> {
+    let group = format!("{ks}/shard0");
     for _ in 0..100 {
         let status = nodes[0].cluster().await?;
         let leader = status["groups"]
@@ -167,6 +178,8 @@ async fn leader(nodes: &[Client]) -> Result<usize> {
 /// estimate afterwards.
 async fn measure(
     nodes: &[Client],
+    ks: &str,
+    leaderless: bool,
     trials: usize,
     seed: u64,
 ) -> Result<(Vec<(u64, u64)>, Vec<(u64, f64)>, tunekv_core::pbs::PbsCurve)> {
@@ -180,7 +193,13 @@ async fn measure(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     // Writes go to the shard's leader: the estimate is of reads after the leader acknowledged
     // (a write forwarded by another node is acknowledged a network hop later).
-    let leader = leader(nodes).await?;
+    // Leaderless: every write is coordinated by the first node (a replica of every key), whose
+    // own copy is stored before it acknowledges.
+    let leader = if leaderless {
+        0
+    } else {
+        leader(nodes, ks).await?
+    };
     let writer = &nodes[leader];
     let mut probes = tokio::task::JoinSet::new();
     let started = Instant::now();
@@ -188,19 +207,25 @@ async fn measure(
     for i in 0..trials {
         let key = format!("w{i}-{}", rng.gen::<u32>());
         writer
-            .put(KEYSPACE, key.as_bytes(), b"v", &Opts::default())
+            .put(ks, key.as_bytes(), b"v", &Opts::default())
             .await
             .with_context(|| format!("write {i}"))?;
         let acked = tokio::time::Instant::now();
         for (slot, t) in OFFSETS_MS.iter().enumerate() {
             let pick = rng.gen_range(0..nodes.len());
             let (reader, to_leader) = (nodes[pick].clone(), pick == leader);
-            let (key, counts, t, sent_at) = (key.clone(), counts.clone(), *t, sent_at.clone());
+            let (key, counts, t, sent_at, ks) = (
+                key.clone(),
+                counts.clone(),
+                *t,
+                sent_at.clone(),
+                ks.to_string(),
+            );
             probes.spawn(async move {
                 tokio::time::sleep_until(acked + Duration::from_millis(t)).await;
                 let sent = acked.elapsed();
                 if let Ok(r) = reader
-                    .get(KEYSPACE, key.as_bytes(), &Opts::level("eventual"))
+                    .get(&ks, key.as_bytes(), &Opts::level("eventual"))
                     .await
                 {
                     // Served about half a round trip after it was sent; and the write's
@@ -239,7 +264,7 @@ async fn measure(
     let status = nodes[0].cluster().await.context("reading the estimate")?;
     let curve = status["pbs"]
         .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["keyspace"] == KEYSPACE))
+        .and_then(|cs| cs.iter().find(|c| c["keyspace"] == ks))
         .context("the cluster reports no PBS estimate for the keyspace")?;
     let curve_parsed: tunekv_core::pbs::PbsCurve =
         serde_json::from_value(curve.clone()).context("the estimate's curve")?;
@@ -267,8 +292,15 @@ async fn measure(
         })
         .collect();
     println!(
-        "estimate from {} follower visibility delays (99% by {} ms, 99.9% by {} ms)",
-        curve["samples"], curve["t99_ms"], curve["t999_ms"]
+        "estimate from {} {} (99% by {} ms, 99.9% by {} ms)",
+        curve["samples"],
+        if leaderless {
+            "round trips of coordinators to replicas (WARS)"
+        } else {
+            "follower visibility delays"
+        },
+        curve["t99_ms"],
+        curve["t999_ms"]
     );
     Ok((counts, estimate, curve_parsed))
 }
