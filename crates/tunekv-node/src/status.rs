@@ -70,8 +70,12 @@ pub struct NodeReport {
     pub applies: BTreeMap<u64, ApplyRecords>,
     /// Leaderless keyspaces: the round trips this node measured as a coordinator, by keyspace
     /// (stores, fetches; µs), for the WARS estimate.
-    pub rtts: BTreeMap<String, (Vec<u32>, Vec<u32>)>,
+    pub rtts: BTreeMap<String, RoundTrips>,
 }
+
+/// A coordinator's measured round trips to other replicas (µs): client writes' stores and
+/// reads' fetches.
+pub type RoundTrips = (Vec<u32>, Vec<u32>);
 
 /// What one replica noted for the PBS estimate (`tunekv_core::pbs`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

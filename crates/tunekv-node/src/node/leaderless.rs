@@ -113,8 +113,11 @@ pub(super) struct Dynamo {
     pub(super) feeds: Mutex<HashMap<u64, Arc<super::stored_feed::StoredFeed>>>,
     // Round trips of this coordinator's calls to other replicas, by keyspace, for the WARS
     // estimate (`tunekv_core::pbs::wars_curve`): (stores, fetches), µs, the last few hundred.
-    pub(super) rtts: Mutex<HashMap<String, (VecDeque<u32>, VecDeque<u32>)>>,
+    pub(super) rtts: Mutex<HashMap<String, RttRings>>,
 }
+
+/// One keyspace's round trips for PBS: (stores, fetches), µs.
+type RttRings = (VecDeque<u32>, VecDeque<u32>);
 
 /// Round trips kept per keyspace and kind for PBS.
 const RTT_SAMPLES: usize = 512;
@@ -640,7 +643,7 @@ impl Node {
     }
 
     /// The round trips this coordinator measured, by keyspace: (stores, fetches) in µs.
-    pub(super) fn rtt_samples(&self) -> BTreeMap<String, (Vec<u32>, Vec<u32>)> {
+    pub(super) fn rtt_samples(&self) -> BTreeMap<String, crate::status::RoundTrips> {
         lock(&self.dynamo.rtts)
             .iter()
             .map(|(k, (w, r))| {

@@ -256,7 +256,7 @@ impl Node {
     pub(super) fn estimate_pbs(
         &self,
         nodes: &[BTreeMap<u64, ApplyRecords>],
-        rtts: &[BTreeMap<String, (Vec<u32>, Vec<u32>)>],
+        rtts: &[BTreeMap<String, crate::status::RoundTrips>],
     ) -> Vec<PbsCurve> {
         let mut out = Vec::new();
         for ks in self.list_keyspaces() {
