@@ -209,6 +209,7 @@ impl Node {
             last_contact: Mutex::new(None),
             proofs: Mutex::new(Proofs::default()),
             probes: AtomicU64::new(0),
+            probes_shared: AtomicU64::new(0),
             own_probe: tokio::sync::Mutex::new(None),
             applies: Mutex::new(std::collections::VecDeque::new()),
             acks: Mutex::new(std::collections::VecDeque::new()),

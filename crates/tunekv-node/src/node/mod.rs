@@ -98,6 +98,8 @@ pub struct Group {
     last_contact: Mutex<Option<Instant>>,
     // Read-index probes this replica sent (shown in status; pushed watermarks keep it low).
     probes: AtomicU64,
+    // Reads that used a probe another read sent (coalesced: no probe of their own).
+    probes_shared: AtomicU64,
     // The newest read index this node's own probe got, and when that probe was sent. Held
     // across a probe, so concurrent reads share one probe instead of sending one each; only
     // own probes are kept here, so strong reads depend on no clock but this node's own.

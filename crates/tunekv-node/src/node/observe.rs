@@ -397,6 +397,7 @@ impl Node {
         let mut lag_entries = Vec::new();
         let mut lag_seconds = Vec::new();
         let mut probes = Vec::new();
+        let mut probes_shared = Vec::new();
         let mut snapshots = Vec::new();
         let mut purges = Vec::new();
         let mut repl_entries = Vec::new();
@@ -423,6 +424,7 @@ impl Node {
                 lag_seconds.push((l(), secs(age)));
             }
             probes.push((l(), g.probes.load(Ordering::Relaxed)));
+            probes_shared.push((l(), g.probes_shared.load(Ordering::Relaxed)));
             let c = &g.data.counters;
             snapshots.push((
                 SnapshotLabels {
@@ -555,6 +557,13 @@ impl Node {
             "tunekv_read_index_probes",
             "Read-index probes this replica sent to its leader (reads waiting on one share it)",
             probes,
+        );
+        scrape::counters(
+            reg,
+            "tunekv_read_index_probes_shared",
+            "Reads that waited for a probe another read had sent instead of sending their own \
+             (coalescing)",
+            probes_shared,
         );
     }
 

@@ -621,6 +621,7 @@ impl Node {
             })?;
         if let Some((index, sent)) = *last {
             if sent >= started {
+                g.probes_shared.fetch_add(1, Ordering::Relaxed);
                 return Ok(index);
             }
         }
