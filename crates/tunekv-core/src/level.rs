@@ -182,6 +182,23 @@ fn fmt_duration(d: Duration, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     }
 }
 
+impl Level {
+    /// The level's kind, without parameters: `bounded(t=3s)` and `bounded(k=5)` are both
+    /// `bounded`; the others are their own name. A bounded set, for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Level::Strong => "strong",
+            Level::Bounded { .. } => "bounded",
+            Level::ConsistentPrefix => "consistent_prefix",
+            Level::ReadYourWrites => "read_your_writes",
+            Level::MonotonicReads => "monotonic_reads",
+            Level::Session => "session",
+            Level::Eventual => "eventual",
+            Level::Weak => "weak",
+        }
+    }
+}
+
 impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

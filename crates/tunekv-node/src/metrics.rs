@@ -60,33 +60,7 @@ impl Protocol {
 /// A level's label value: its kind, without parameters (a bounded set:
 /// `bounded(t=3s)` and `bounded(k=5)` are both `bounded`).
 pub fn level_label(level: Level) -> &'static str {
-    match level {
-        Level::Strong => "strong",
-        Level::Bounded { .. } => "bounded",
-        Level::ConsistentPrefix => "consistent_prefix",
-        Level::ReadYourWrites => "read_your_writes",
-        Level::MonotonicReads => "monotonic_reads",
-        Level::Session => "session",
-        Level::Eventual => "eventual",
-        Level::Weak => "weak",
-    }
-}
-
-/// Every level label, in [`level_label`]'s order (index: [`level_slot`]).
-pub const LEVEL_LABELS: [&str; 8] = [
-    "strong",
-    "bounded",
-    "consistent_prefix",
-    "read_your_writes",
-    "monotonic_reads",
-    "session",
-    "eventual",
-    "weak",
-];
-
-fn level_slot(level: Level) -> usize {
-    let l = level_label(level);
-    LEVEL_LABELS.iter().position(|x| *x == l).unwrap_or(0)
+    level.kind()
 }
 
 /// The level label of a request that reads no data (a write, an admin call).
@@ -273,7 +247,8 @@ pub struct Metrics {
     staleness_seconds: HistogramFamily<ReadLabels>,
     staleness_entries: HistogramFamily<ReadLabels>,
     staleness_unknown: Family<ReadLabels, Counter>,
-    served: RwLock<HashMap<String, [Option<ServedSeries>; 8]>>,
+    // Per keyspace, each level kind's series (at most one per kind).
+    served: RwLock<HashMap<String, Vec<(&'static str, ServedSeries)>>>,
     refusals: Family<RefusalLabels, Counter>,
     fsync: Histogram,
     batch: Histogram,
@@ -599,13 +574,13 @@ impl Metrics {
     }
 
     fn series(&self, keyspace: &str, level: Level) -> ServedSeries {
-        let slot = level_slot(level);
+        let kind = level.kind();
         if let Some(s) = self
             .served
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(keyspace)
-            .and_then(|row| row[slot].clone())
+            .and_then(|row| row.iter().find(|(k, _)| *k == kind).map(|(_, s)| s.clone()))
         {
             return s;
         }
@@ -619,7 +594,10 @@ impl Metrics {
             unknown: self.staleness_unknown.get_or_create_owned(&labels),
         };
         let mut map = self.served.write().unwrap_or_else(|p| p.into_inner());
-        map.entry(keyspace.to_string()).or_default()[slot] = Some(s.clone());
+        let row = map.entry(keyspace.to_string()).or_default();
+        if !row.iter().any(|(k, _)| *k == kind) {
+            row.push((kind, s.clone()));
+        }
         s
     }
 

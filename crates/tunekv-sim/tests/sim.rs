@@ -524,18 +524,26 @@ mod bugs {
     /// receipts of the simulated clients.
     #[test]
     fn metrics_fresh_is_caught_by_the_metrics_checker() {
-        let bugs = tunekv_node::Bugs::parse(&["metrics-fresh".to_string()]).expect("a known bug");
+        caught_as(
+            "metrics-fresh",
+            "[every level / metrics never understate staleness]",
+        );
+    }
+
+    /// Like `caught`, but only a violation naming `evidence` counts.
+    fn caught_as(bug: &str, evidence: &str) {
+        let bugs = tunekv_node::Bugs::parse(&[bug.to_string()]).expect("a known bug");
         let caught = (0..SEEDS_MAX).find_map(|seed| {
             let mut plan = Plan::of(seed, SAFETY);
             plan.workload.leaderless = false;
             run(plan, &bugs)
                 .violations
                 .into_iter()
-                .find(|v| v.contains("[every level / metrics never understate staleness]"))
+                .find(|v| v.contains(evidence))
         });
         assert!(
             caught.is_some(),
-            "metrics-fresh went unnoticed for {SEEDS_MAX} seeds"
+            "{bug} went unnoticed for {SEEDS_MAX} seeds"
         );
     }
 
@@ -563,19 +571,7 @@ mod bugs {
     /// changes it covers.
     #[test]
     fn progress_early_is_caught_by_the_feed_watcher() {
-        let bugs = tunekv_node::Bugs::parse(&["progress-early".to_string()]).expect("a known bug");
-        let caught = (0..SEEDS_MAX).find_map(|seed| {
-            let mut plan = Plan::of(seed, SAFETY);
-            plan.workload.leaderless = false;
-            run(plan, &bugs)
-                .violations
-                .into_iter()
-                .find(|v| v.contains("[feed / progress never ahead]"))
-        });
-        assert!(
-            caught.is_some(),
-            "progress-early went unnoticed for {SEEDS_MAX} seeds"
-        );
+        caught_as("progress-early", "[feed / progress never ahead]");
     }
 
     /// A leaderless write acknowledged below its quorum, on a node cut off from the others, is

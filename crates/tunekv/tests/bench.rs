@@ -341,22 +341,13 @@ fn a_cache_bench_prints_every_row_and_its_hit_ratios() {
     }
 }
 
-/// `bench --pbs` (issue 20): with every node's messages delayed 10 ms, followers see a write
-/// some milliseconds after the leader acknowledged it; the measured probability that an
-/// eventual read returns the write climbs from the leader's share to 1, and the cluster's live
-/// PBS estimate agrees with it within the stated tolerance at every t.
-#[test]
-fn the_pbs_estimate_agrees_with_measured_visibility() {
+/// Runs `tunekv bench --pbs` with `args` on a cluster of its own; returns its output and
+/// pbs.json.
+fn pbs_bench(args: &[&str]) -> (String, serde_json::Value) {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = Command::new(env!("CARGO_BIN_EXE_tunekv"))
-        .args([
-            "bench",
-            "--pbs",
-            "--pbs-trials",
-            "200",
-            "--pbs-delay-ms",
-            "10",
-        ])
+        .args(["bench", "--pbs"])
+        .args(args)
         .arg("--dir")
         .arg(dir.path().join("cluster"))
         .arg("--out")
@@ -369,9 +360,19 @@ fn the_pbs_estimate_agrees_with_measured_visibility() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let summary: serde_json::Value =
+    let summary =
         serde_json::from_slice(&std::fs::read(dir.path().join("out/pbs.json")).expect("pbs.json"))
             .expect("pbs.json is JSON");
+    (stdout, summary)
+}
+
+/// `bench --pbs` (issue 20): with every node's messages delayed 10 ms, followers see a write
+/// some milliseconds after the leader acknowledged it; the measured probability that an
+/// eventual read returns the write climbs from the leader's share to 1, and the cluster's live
+/// PBS estimate agrees with it within the stated tolerance at every t.
+#[test]
+fn the_pbs_estimate_agrees_with_measured_visibility() {
+    let (stdout, summary) = pbs_bench(&["--pbs-trials", "200", "--pbs-delay-ms", "10"]);
     assert_eq!(summary["agree"], true, "{stdout}");
     let rows = summary["rows"].as_array().expect("rows");
     let at = |t: u64| {
@@ -403,24 +404,14 @@ fn the_pbs_estimate_agrees_with_measured_visibility() {
 /// measured t-visibility within the stated tolerance.
 #[test]
 fn the_leaderless_pbs_estimate_agrees_with_measured_visibility() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out = Command::new(env!("CARGO_BIN_EXE_tunekv"))
-        .args(["bench", "--pbs", "--keyspace-mode", "leaderless"])
-        .args(["--pbs-trials", "150", "--pbs-delay-ms", "10", "--dir"])
-        .arg(dir.path().join("cluster"))
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .output()
-        .expect("run tunekv bench --pbs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("out/pbs.json")).expect("pbs.json"))
-            .expect("pbs.json is JSON");
+    let (stdout, summary) = pbs_bench(&[
+        "--keyspace-mode",
+        "leaderless",
+        "--pbs-trials",
+        "150",
+        "--pbs-delay-ms",
+        "10",
+    ]);
     assert_eq!(summary["keyspace"], "pbs_leaderless");
     assert_eq!(summary["agree"], true, "{stdout}");
     assert!(stdout.contains("(WARS)"), "{stdout}");

@@ -29,28 +29,13 @@ struct Sample {
     value: Option<f64>,
 }
 
-fn python() -> PathBuf {
-    let python = std::env::var("TUNEKV_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/ci-venv/bin/python")
-        });
-    assert!(
-        python.exists(),
-        "{} missing: run scripts/test once (it makes a venv with prometheus_client) or set \
-         TUNEKV_PYTHON",
-        python.display()
-    );
-    python
-}
-
 /// Parses metrics text with the Python OpenMetrics parser (which itself refuses clashing
 /// names, malformed samples and a missing `# EOF`).
 async fn parse(text: &str) -> Vec<Family> {
     use tokio::io::AsyncWriteExt;
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/observability/parse_metrics.py");
-    let mut child = tokio::process::Command::new(python())
+    let mut child = tokio::process::Command::new(common::python())
         .arg(&script)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -663,16 +663,7 @@ async fn redis_py_passes_its_checks() {
             common::call("PUT", &format!("{}/v1/keyspaces/{name}", c.http(0)), &spec).await;
         assert_eq!(s, 201, "{b}");
     }
-    let python = std::env::var("TUNEKV_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/ci-venv/bin/python")
-        });
-    assert!(
-        python.exists(),
-        "{} missing: run scripts/test once (it makes a venv with redis-py) or set TUNEKV_PYTHON",
-        python.display()
-    );
+    let python = common::python();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/resp/redis_py_check.py");
     let addrs: Vec<String> = (0..3).map(|i| resp_addr(&c, i)).collect();
     let out = tokio::process::Command::new(&python)

@@ -143,3 +143,20 @@ pub async fn call_with_header(
     let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     (status, header, body)
 }
+
+/// The Python of the venv scripts/test makes (redis-py, prometheus_client), or `TUNEKV_PYTHON`.
+pub fn python() -> std::path::PathBuf {
+    let python = std::env::var("TUNEKV_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/ci-venv/bin/python")
+        });
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/test once (it makes a venv with redis-py and \
+         prometheus_client) or set TUNEKV_PYTHON",
+        python.display()
+    );
+    python
+}
