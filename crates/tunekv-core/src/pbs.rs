@@ -174,6 +174,29 @@ pub fn curve(keyspace: &str, level: &str, replicas: u32, mut delays: Vec<u64>) -
     }
 }
 
+/// The curve of a read at `level` (a level kind), from the keyspace's `eventual` curve:
+/// `strong` returns every acknowledged write (P = 1 at every t); `consistent_prefix` and the
+/// session levels return another client's write as `eventual` does (a session's own writes
+/// always); `bounded` depends on its bound, which a kind does not carry, so it has no curve
+/// (`None`), nor do levels this estimate does not cover.
+pub fn for_level(eventual: &PbsCurve, level: &str) -> Option<PbsCurve> {
+    let mut c = eventual.clone();
+    c.level = level.to_string();
+    match level {
+        "eventual" => {}
+        "strong" => {
+            c.points = c.points.iter().map(|(t, _)| (*t, 1.0)).collect();
+            c.t99_ms = 0;
+            c.t999_ms = 0;
+            c.delay_percentiles_ms = Vec::new();
+            c.samples = 0;
+        }
+        "consistent_prefix" | "read_your_writes" | "monotonic_reads" | "session" => {}
+        _ => return None,
+    }
+    Some(c)
+}
+
 /// Leaderless keyspaces: Bailis et al.'s WARS model, by Monte Carlo over measured delays.
 ///
 /// A write's coordinator is one of the key's `replicas` (it stores its own copy first: W = A =
@@ -295,6 +318,21 @@ mod tests {
             vec![40, 30]
         );
         assert!(visibility_delays(&leader, &[]).is_empty());
+    }
+
+    #[test]
+    fn each_level_read_at_gets_its_curve() {
+        let e = curve("k", "eventual", 3, vec![10, 30]);
+        let strong = for_level(&e, "strong").unwrap();
+        assert!(strong.points.iter().all(|(_, p)| *p == 1.0));
+        assert_eq!((strong.level.as_str(), strong.t99_ms), ("strong", 0));
+        let session = for_level(&e, "session").unwrap();
+        assert_eq!(
+            (session.points.clone(), session.level.as_str()),
+            (e.points.clone(), "session")
+        );
+        assert!(for_level(&e, "bounded").is_none());
+        assert!(for_level(&e, "weak").is_none());
     }
 
     #[test]

@@ -601,6 +601,16 @@ impl Metrics {
         s
     }
 
+    /// The level kinds reads of `keyspace` were served at on this node.
+    pub fn levels_read(&self, keyspace: &str) -> Vec<&'static str> {
+        self.served
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(keyspace)
+            .map(|row| row.iter().map(|(k, _)| *k).collect())
+            .unwrap_or_default()
+    }
+
     /// A read served on `keyspace` at `level` with this staleness (from its receipt; `ms` of
     /// `u64::MAX`: unknown).
     pub fn served(&self, keyspace: &str, level: Level, staleness: Staleness) {

@@ -271,14 +271,15 @@ impl Node {
                     }
                 }
                 let n = ks.spec.replicas;
-                out.push(pbs::wars_curve(
+                let eventual = pbs::wars_curve(
                     &ks.name,
                     "eventual",
                     (n, Quorum::Quorum.count(n), Quorum::One.count(n)),
                     &writes,
                     &reads,
                     ks.id,
-                ));
+                );
+                self.per_level(&ks.name, eventual, &mut out);
                 continue;
             }
             if ks.spec.mode != Mode::Ordered {
@@ -299,10 +300,25 @@ impl Node {
                     }
                 }
             }
-            out.push(pbs::curve(&ks.name, "eventual", ks.spec.replicas, delays));
+            let eventual = pbs::curve(&ks.name, "eventual", ks.spec.replicas, delays);
+            self.per_level(&ks.name, eventual, &mut out);
         }
         *self.pbs.lock().unwrap_or_else(|p| p.into_inner()) = out.clone();
         out
+    }
+
+    /// A keyspace's `eventual` curve, then one for each other level kind it was read at on
+    /// this node that the estimate covers (`pbs::for_level`).
+    fn per_level(&self, keyspace: &str, eventual: PbsCurve, out: &mut Vec<PbsCurve>) {
+        let others: Vec<PbsCurve> = self
+            .metrics
+            .levels_read(keyspace)
+            .into_iter()
+            .filter(|l| *l != "eventual")
+            .filter_map(|l| pbs::for_level(&eventual, l))
+            .collect();
+        out.push(eventual);
+        out.extend(others);
     }
 
     /// The replication-lag samples kept, oldest first.
