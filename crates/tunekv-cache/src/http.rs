@@ -174,7 +174,15 @@ async fn execute(
     strategy: Option<crate::Strategy>,
 ) -> Response {
     match req {
-        ApiRequest::Index { .. } => (
+        ApiRequest::Index { html: true } => (
+            [
+                (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (axum::http::header::CACHE_CONTROL, "no-store"),
+            ],
+            include_str!("status_page.html"),
+        )
+            .into_response(),
+        ApiRequest::Index { html: false } => (
             StatusCode::OK,
             "tunekv cache: GET/PUT/DELETE /v1/kv/{ks}/{key} (the node's key API), GET /v1/cache\n",
         )

@@ -2,7 +2,7 @@
 //! chromedriver's WebDriver API (plain JSON over HTTP), loads `GET /` of a running 3-node
 //! cluster, waits for the page's live refresh, finds every node's address, every group and
 //! the charts, saves a screenshot; then a node is killed and the same page, still open, marks
-//! it down within a few seconds.
+//! it down within a few seconds. A cache's own page shows its reads, memory and feed.
 
 mod common;
 
@@ -232,5 +232,35 @@ async fn the_status_page_shows_the_cluster_live_in_a_browser() {
         .eval("return [...document.querySelectorAll('#nodes td.up')].length;")
         .await;
     assert_eq!(up.as_u64(), Some(2), "the other two stay up");
+
+    // A cache has a page of its own: its reads, memory and the feed's position per shard.
+    let cache_http = c.start_cache(&[]).await.expect("cache starts");
+    let cache = tunekv_client::Client::new(&format!("http://{cache_http}"));
+    for _ in 0..3 {
+        cache
+            .get("web", b"k1", &Opts::level("eventual"))
+            .await
+            .expect("cache read");
+    }
+    b.open(&format!("http://{cache_http}/")).await;
+    common::eventually(Duration::from_secs(20), "the cache page refreshes", || async {
+        (refreshes(&b).await >= 2).then_some(())
+    })
+    .await;
+    let stats = b
+        .eval("return document.querySelector('#stats').textContent;")
+        .await;
+    let stats = stats.as_str().unwrap_or_default();
+    assert!(stats.contains("hit ratio") && stats.contains("misses"), "{stats}");
+    let feed = b
+        .eval("return document.querySelector('#keyspaces').textContent;")
+        .await;
+    assert!(
+        feed.as_str().unwrap_or_default().contains("web"),
+        "the cached keyspace and its shards: {feed}"
+    );
+    let png = b.screenshot().await;
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cache-page.png");
+    std::fs::write(&shot, &png).expect("save the screenshot");
     b.quit().await;
 }

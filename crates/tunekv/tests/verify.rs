@@ -371,14 +371,20 @@ mod bugs {
         );
     }
 
-    /// The change feed's watcher (issue 18) catches a progress mark sent before its changes.
+    /// The change feed's watcher (issue 18) catches a progress mark sent before its changes:
+    /// either it sees the mark ahead of changes it then receives, or — when the stream broke
+    /// between the mark and its changes and the watcher resumed from the mark's cursor — the
+    /// changes are missing for good (a CI run once saw only the second).
     #[test]
     fn a_progress_mark_sent_before_its_changes_is_caught() {
         caught(
             "progress-early",
             "strong",
             "kill",
-            &["[feed / progress never ahead]"],
+            &[
+                "[feed / progress never ahead]",
+                "[feed / no acknowledged write missing]",
+            ],
         );
     }
 
