@@ -243,15 +243,20 @@ async fn the_status_page_shows_the_cluster_live_in_a_browser() {
             .expect("cache read");
     }
     b.open(&format!("http://{cache_http}/")).await;
-    common::eventually(Duration::from_secs(20), "the cache page refreshes", || async {
-        (refreshes(&b).await >= 2).then_some(())
-    })
+    common::eventually(
+        Duration::from_secs(20),
+        "the cache page refreshes",
+        || async { (refreshes(&b).await >= 2).then_some(()) },
+    )
     .await;
     let stats = b
         .eval("return document.querySelector('#stats').textContent;")
         .await;
     let stats = stats.as_str().unwrap_or_default();
-    assert!(stats.contains("hit ratio") && stats.contains("misses"), "{stats}");
+    assert!(
+        stats.contains("hit ratio") && stats.contains("misses"),
+        "{stats}"
+    );
     let feed = b
         .eval("return document.querySelector('#keyspaces').textContent;")
         .await;
