@@ -151,8 +151,10 @@ pub async fn execute(shared: &Shared, conn: &mut Conn, args: Vec<Vec<u8>>) -> Re
         },
         _ => metrics::NO_LEVEL,
     };
-    // Everything logged while this command runs carries its span's fields.
-    let span = tracing::info_span!(
+    // Everything logged while this command runs carries its span's fields. At debug level
+    // (`TUNEKV_LOG=debug`): a pipelined GET costs about a microsecond, and an info span per
+    // command cost a fifth of that even with nothing logged.
+    let span = tracing::debug_span!(
         "request",
         node = shared.node.id().0,
         protocol = "resp",
