@@ -79,6 +79,10 @@ pub struct NodeConfig {
     /// Leaderless and volatile keyspaces: clock skew refusal, hints, anti-entropy.
     #[serde(default)]
     pub leaderless: LeaderlessConfig,
+    /// The storage engine's memory (issue 21): a node's memory is bounded by these, not by
+    /// its data.
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// Deliberate bugs (`tunekv server --bug`, bug-injection builds only); never in a file.
     #[serde(skip)]
     pub bugs: crate::Bugs,
@@ -86,6 +90,39 @@ pub struct NodeConfig {
     /// set by the simulator, never in a file. None: from the OS.
     #[serde(skip)]
     pub rng_seed: Option<u64>,
+}
+
+/// `[storage]` in a node's config file (docs/configuration.md).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The block cache every state machine and log shares, in bytes.
+    pub cache_bytes: u64,
+    /// Writes each shard buffers in memory before flushing them to a table, in bytes.
+    pub memtable_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        let d = tunekv_storage::FjallOptions::default();
+        StorageConfig {
+            cache_bytes: d.cache_bytes,
+            memtable_bytes: d.memtable_bytes,
+        }
+    }
+}
+
+/// Smallest `[storage]` sizes a node accepts.
+pub const STORAGE_CACHE_BYTES_MIN: u64 = 1 << 20;
+pub const STORAGE_MEMTABLE_BYTES_MIN: u64 = 1 << 20;
+
+impl StorageConfig {
+    pub fn options(&self) -> tunekv_storage::FjallOptions {
+        tunekv_storage::FjallOptions {
+            cache_bytes: self.cache_bytes,
+            memtable_bytes: self.memtable_bytes,
+        }
+    }
 }
 
 /// `[leaderless]` in a node's config file (docs/configuration.md).
@@ -304,6 +341,14 @@ impl NodeConfig {
                 "batch_get_response_bytes_max must be at least {BATCH_GET_RESPONSE_BYTES_MAX_FLOOR}"
             ));
         }
+        if self.storage.cache_bytes < STORAGE_CACHE_BYTES_MIN
+            || self.storage.memtable_bytes < STORAGE_MEMTABLE_BYTES_MIN
+        {
+            return Err(format!(
+                "[storage] cache_bytes and memtable_bytes must each be at least {} bytes",
+                STORAGE_CACHE_BYTES_MIN
+            ));
+        }
         self.raft_timing.tuning().openraft_config().map(|_| ())
     }
 
@@ -351,6 +396,7 @@ impl NodeConfig {
                 raft_timing: RaftTimingConfig::default(),
                 max_clock_offset_ms: max_clock_offset_ms(),
                 leaderless: LeaderlessConfig::default(),
+                storage: StorageConfig::default(),
                 bugs: crate::Bugs::default(),
                 rng_seed: None,
             })

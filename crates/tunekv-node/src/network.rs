@@ -1,7 +1,9 @@
 //! openraft's network traits on the peer pool: every group gets links that share the node's
 //! one connection per peer.
 
-use crate::rpc::{CallError, PeerPool, Request, Response};
+use crate::rpc::{
+    snapshot_chunk_timeout, CallError, PeerPool, Request, Response, SNAPSHOT_CHUNK_BYTES,
+};
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -11,9 +13,10 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, OptionalSend};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tunekv_core::{GroupId, NodeId};
-use tunekv_raft::TypeConfig;
+use tunekv_raft::{snapshot_chunk, SnapshotData, TypeConfig};
 
 pub struct GroupNetwork {
     pub group: GroupId,
@@ -54,7 +57,7 @@ fn unexpected() -> RPCError<TypeConfig> {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerLink {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -119,30 +122,62 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         }
     }
 
+    /// Streams the snapshot's frozen view in chunks of records, one at a time; the peer
+    /// stages them on disk and installs the snapshot with the last.
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<TypeConfig>,
-        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let req = Request::Snapshot {
-            vote,
-            meta: snapshot.meta,
-            data: snapshot.snapshot,
+        let SnapshotData::View(view) = snapshot.snapshot else {
+            return Err(StreamingError::Unreachable(Unreachable::new(&Msg(
+                "a staged snapshot cannot be sent".into(),
+            ))));
         };
-        match self
-            .pool
-            .call(self.target, self.group.0, req, option.hard_ttl())
-            .await
-        {
-            Ok(Response::Snapshot(r)) => Ok(r),
-            Ok(_) => Err(StreamingError::Unreachable(Unreachable::new(&Msg(
-                "unexpected response kind".into(),
-            )))),
-            Err(e) => Err(StreamingError::Unreachable(Unreachable::new(&Msg(
-                e.to_string()
-            )))),
+        static TRANSFERS: AtomicU64 = AtomicU64::new(1);
+        let transfer = TRANSFERS.fetch_add(1, Ordering::Relaxed);
+        let storage_error = |e: std::io::Error| {
+            StreamingError::Network(NetworkError::new(&Msg(format!(
+                "reading the snapshot to send: {e}"
+            ))))
+        };
+        tokio::pin!(cancel);
+        let mut after: Option<Vec<u8>> = None;
+        for seq in 0.. {
+            let (records, last) = snapshot_chunk(&*view, after.as_deref(), SNAPSHOT_CHUNK_BYTES)
+                .map_err(storage_error)?;
+            after = records.last().map(|(k, _)| k.clone()).or(after);
+            let bytes = records.iter().map(|(k, v)| k.len() + v.len()).sum();
+            let timeout = snapshot_chunk_timeout(option.hard_ttl(), bytes, last);
+            let req = Request::SnapshotChunk {
+                vote,
+                meta: snapshot.meta.clone(),
+                transfer,
+                seq,
+                records,
+                last,
+            };
+            let sent = tokio::select! {
+                r = self.pool.call(self.target, self.group.0, req, timeout) => r,
+                closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+            };
+            match sent {
+                Ok(Response::SnapshotChunk) if !last => {}
+                Ok(Response::Snapshot(r)) if last => return Ok(r),
+                Ok(_) => {
+                    return Err(StreamingError::Unreachable(Unreachable::new(&Msg(
+                        "unexpected response kind".into(),
+                    ))))
+                }
+                Err(e) => {
+                    return Err(StreamingError::Unreachable(Unreachable::new(&Msg(
+                        e.to_string()
+                    ))))
+                }
+            }
         }
+        unreachable!("a snapshot ends with its last chunk")
     }
 }

@@ -21,9 +21,24 @@ use tunekv_core::{Code, NodeId};
 use tunekv_raft::{CommandResult, Op, TypeConfig};
 
 /// First byte of every frame; bumped on any incompatible change.
-pub const WIRE_VERSION: u8 = 10;
-/// Largest frame: a whole snapshot travels in one frame for now.
+pub const WIRE_VERSION: u8 = 11;
+/// Largest frame (a replication batch of large values; snapshots travel in chunks of
+/// [`SNAPSHOT_CHUNK_BYTES`]).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Records per snapshot chunk, in bytes (about: a chunk ends with the record that reaches it).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
+/// How long one snapshot chunk may take to be sent and stored: openraft's timeout for one
+/// RPC, plus its bytes at 10 MB/s, plus (the last chunk) the install's disk syncs. Short, so a
+/// chunk lost in a partition is retried soon.
+pub fn snapshot_chunk_timeout(rpc: Duration, bytes: usize, last: bool) -> Duration {
+    let transfer = Duration::from_micros(bytes as u64 / 10);
+    let install = if last {
+        Duration::from_secs(2)
+    } else {
+        Duration::ZERO
+    };
+    rpc + transfer + install
+}
 /// Frames queued for one connection's writer.
 pub const SEND_QUEUE_MAX: usize = 1024;
 /// Bytes of frames queued for one connection's writer (a frame larger than this waits for an
@@ -53,10 +68,18 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub enum Request {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<TypeConfig>),
-    Snapshot {
+    /// One chunk of a snapshot: a snapshot streams as chunks of records in key order (issue
+    /// 21: never one frame holding the whole state). A transfer's chunks are sent one at a
+    /// time, in order; the last installs it.
+    SnapshotChunk {
         vote: VoteOf<TypeConfig>,
         meta: SnapshotMetaOf<TypeConfig>,
-        data: Vec<u8>,
+        /// Names the transfer, so a chunk of an abandoned one is never mixed into the next.
+        transfer: u64,
+        /// 0, 1, 2, … within the transfer.
+        seq: u64,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+        last: bool,
     },
     /// Propose a command; answered only by the group's leader.
     Write(Op),
@@ -205,6 +228,9 @@ pub struct WatermarkPush {
 pub enum Response {
     Append(AppendEntriesResponse<TypeConfig>),
     Vote(VoteResponse<TypeConfig>),
+    /// A snapshot chunk that was not the last was stored.
+    SnapshotChunk,
+    /// The last chunk: the snapshot was installed (or refused by vote).
     Snapshot(SnapshotResponse<TypeConfig>),
     Write(WriteResult),
     ReadIndex(u64),

@@ -30,6 +30,9 @@ pub struct ReplicaStatus {
     pub probes: u64,
     /// Keys this replica stores, expired ones the leader has not swept yet included.
     pub stored_keys: u64,
+    /// Snapshots this replica installed from a leader since its process started.
+    #[serde(default)]
+    pub snapshots_installed: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -4,21 +4,25 @@
 //! |----------------------------|--------------------|
 //! | `RaftTypeConfig`           | [`TypeConfig`]: app data is [`Command`], response [`CommandResult`] |
 //! | `RaftLogStorage`           | [`LogStore`]: tunekv-storage records, `IOFlushed` after group commit |
-//! | `RaftStateMachine`         | [`StateMachine`]: an in-memory ordered map per group, snapshots on disk |
+//! | `RaftStateMachine`         | [`StateMachine`]: each group's keys on disk, snapshots streamed from frozen views |
 //! | `RaftNetworkFactory`       | in tunekv-node (the transport lives there) |
 //!
 //! Every group of a node shares one [`tunekv_storage::Storage`] and one
 //! [`tunekv_storage::GroupCommit`], so a burst of writes to many shards costs one fsync.
 
+mod feed;
 mod log_store;
+mod ops;
 pub mod runtime;
 mod state_machine;
 mod types;
 
+pub use feed::{
+    Change, ChangeBatch, ChangeKind, FeedLimits, CHANGE_BATCHES_MAX, CHANGE_HISTORY_BYTES,
+};
 pub use log_store::{LogStore, REPLICATION_BATCH_BYTES_MAX};
 pub use state_machine::{
-    Applied, Change, ChangeBatch, ChangeKind, FeedLimits, RaftCounters, ShardData, ShardView,
-    StateMachine, CHANGE_BATCHES_MAX, CHANGE_HISTORY_BYTES,
+    snapshot_chunk, Applied, RaftCounters, ShardData, ShardView, SnapshotData, StateMachine,
 };
 pub use types::{
     Command, CommandResult, Cond, Expect, ExpireIf, Op, StoredValue, Ttl, TypeConfig,
@@ -29,6 +33,9 @@ use std::sync::Arc;
 
 /// A group's Raft handle.
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// A snapshot as openraft hands it around.
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
 /// Raft timing and compaction settings shared by every group of a node.
 #[derive(Clone, Debug)]

@@ -1,11 +1,14 @@
-//! The state machine of one group: an ordered map in memory, rebuilt at start from the last
-//! snapshot plus the log. Readers take one consistent view of it at a time ([`ShardData::read`]),
-//! which is what consistent-prefix multi-key reads need.
+//! The state machine of one group, on disk (issue 21): its keys live in the group's records of
+//! [`Storage`] (a fjall keyspace on a real node), written once per applied batch together with
+//! the applied position, so a restart opens in constant time and replays only the log after it.
+//! Readers take one frozen view at a time ([`ShardData::read`]), which is what consistent-prefix
+//! multi-key reads need; a Raft snapshot is such a view too, streamed to a follower in chunks,
+//! so building one never blocks `apply`. Record layout: docs/formats.md.
 
-use crate::types::{
-    Command, CommandResult, Cond, Expect, ExpireIf, Op, StoredValue, Ttl, VERSION_MISMATCH,
-};
-use crate::{invalid_data, TypeConfig};
+use crate::feed::{change_bytes, change_kind};
+use crate::ops::{apply_op, keys_written, shape, Touched};
+use crate::types::{CommandResult, Op, StoredValue};
+use crate::{invalid_data, Change, ChangeBatch, FeedLimits, TypeConfig};
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -13,10 +16,12 @@ use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, watch};
+use tunekv_core::keyspace::scan_hash;
 use tunekv_core::Hlc;
-use tunekv_storage::Storage;
+use tunekv_storage::{StateStage, StateView, StateWrite, Storage};
 
 /// The applied position of a group, published after every applied batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,53 +33,30 @@ pub struct Applied {
     pub commit_ts: u64,
 }
 
-struct Inner {
-    data: BTreeMap<Vec<u8>, StoredValue>,
+/// Records of a group's state: the position, the membership, the keys by scan order, an index
+/// of the keys that expire (by expiry time), and the change feed's history (by index).
+const POSITION_KEY: &[u8] = b"\x00position";
+const MEMBERSHIP_KEY: &[u8] = b"\x00membership";
+const DATA_TAG: u8 = 1;
+const EXPIRY_TAG: u8 = 2;
+const HISTORY_TAG: u8 = 3;
+
+/// Where the state stands, written with every applied batch.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+struct Position {
     last_applied: Option<LogIdOf<TypeConfig>>,
     commit_ts: u64,
-    membership: StoredMembershipOf<TypeConfig>,
-    history: History,
+    /// Keys stored, expired ones not yet swept included.
+    keys: u64,
+    /// The change feed's history (issue 18) holds every change with an index above this one,
+    /// in about `history_bytes` (its [`change_bytes`]). Kept with the state, so it survives
+    /// restarts and travels in snapshots: a watcher resumes from its cursor on a replica that
+    /// restarted or caught up from a snapshot.
+    history_from: u64,
+    history_bytes: u64,
 }
 
-/// The feed's recent past on this node (issue 18): the last changes applied, bounded in bytes,
-/// so a watcher can resume from a cursor. Every change with an index above `from` is here.
-struct History {
-    changes: std::collections::VecDeque<Change>,
-    bytes: usize,
-    bytes_max: usize,
-    from: u64,
-}
-
-/// What one change costs the history: its key, its value and a fixed overhead.
-fn change_bytes(c: &Change) -> usize {
-    c.key.len() + c.value.as_ref().map_or(0, Vec::len) + 64
-}
-
-impl History {
-    fn push(&mut self, change: Change) {
-        if self.bytes_max == 0 {
-            return;
-        }
-        self.bytes += change_bytes(&change);
-        self.changes.push_back(change);
-        while self.bytes > self.bytes_max {
-            let Some(old) = self.changes.pop_front() else {
-                break;
-            };
-            self.bytes -= change_bytes(&old);
-            self.from = self.from.max(old.index);
-        }
-    }
-
-    /// Forgets every change: the state was replaced at `applied`.
-    fn reset(&mut self, applied: u64) {
-        self.changes.clear();
-        self.bytes = 0;
-        self.from = applied;
-    }
-}
-
-impl Inner {
+impl Position {
     fn applied(&self) -> Applied {
         Applied {
             index: self.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
@@ -83,11 +65,64 @@ impl Inner {
     }
 }
 
+/// A key's record: its scan hash first, so a SCAN reads a range in its cursor's order.
+fn data_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + key.len());
+    k.push(DATA_TAG);
+    k.extend_from_slice(&scan_hash(key).to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn data_from(hash: u64) -> Vec<u8> {
+    let mut k = vec![DATA_TAG];
+    k.extend_from_slice(&hash.to_be_bytes());
+    k
+}
+
+/// `(scan hash, key)` of a data record's key.
+fn split_data_key(k: &[u8]) -> Option<(u64, &[u8])> {
+    let hash = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+    Some((hash, &k[9..]))
+}
+
+fn history_key(index: u64, n: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13);
+    k.push(HISTORY_TAG);
+    k.extend_from_slice(&index.to_be_bytes());
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn expiry_key(expires_ms: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + key.len());
+    k.push(EXPIRY_TAG);
+    k.extend_from_slice(&expires_ms.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    postcard::to_stdvec(v).map_err(invalid_data)
+}
+
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> io::Result<T> {
+    postcard::from_bytes(bytes).map_err(invalid_data)
+}
+
+/// What the applier keeps in memory: the position and membership it last wrote.
+struct Inner {
+    position: Position,
+    membership: StoredMembershipOf<TypeConfig>,
+}
+
 /// The part of a group's state that readers share with the state machine.
 pub struct ShardData {
-    // Readers hold the read lock for one request's view; the applier holds the write lock for
-    // one batch. Never held across an await.
-    inner: RwLock<Inner>,
+    group: u64,
+    storage: Arc<dyn Storage>,
+    feed: FeedLimits,
+    // The applier's own bookkeeping; held for one batch, never across an await.
+    inner: Mutex<Inner>,
     // Wakes readers waiting for an index (strong reads on followers, later bounded reads).
     applied_tx: watch::Sender<Applied>,
     // The change feed: each applied batch's changed keys, to every watcher (issue 18). A
@@ -106,175 +141,115 @@ pub struct RaftCounters {
     pub purges: std::sync::atomic::AtomicU64,
 }
 
-/// Batches a watcher may fall behind by before it lags.
-pub const CHANGE_BATCHES_MAX: usize = 1024;
-
-/// One key's change in the feed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Change {
-    /// The entry that changed it.
-    pub index: u64,
-    pub commit_ts: u64,
-    pub key: Vec<u8>,
-    /// The value after the change; `None`: deleted (or expired and swept).
-    pub value: Option<Vec<u8>>,
-    /// What happened, as Redis names the event of a keyspace notification.
-    pub kind: ChangeKind,
-    /// When the value expires (Unix ms), if it does.
-    pub expires_ms: Option<u64>,
+/// One consistent view of a group's state: what every batch up to [`ShardView::applied`]
+/// wrote, and nothing later.
+pub struct ShardView {
+    view: Arc<dyn StateView>,
+    position: Position,
 }
 
-/// What a change did to its key (Redis's keyspace-notification event names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChangeKind {
-    /// Written (SET, PUT, MSET, CAS, …).
-    Set,
-    /// Deleted by a command.
-    Del,
-    /// Removed by the sweep of expired keys.
-    Expired,
-    /// INCRBY and its relatives.
-    IncrBy,
-    Append,
-    /// Its expiry set or changed.
-    Expire,
-    /// Its expiry removed.
-    Persist,
-}
-
-impl ChangeKind {
-    /// The event's name in keyspace notifications.
-    pub fn event(self) -> &'static str {
-        match self {
-            ChangeKind::Set => "set",
-            ChangeKind::Del => "del",
-            ChangeKind::Expired => "expired",
-            ChangeKind::IncrBy => "incrby",
-            ChangeKind::Append => "append",
-            ChangeKind::Expire => "expire",
-            ChangeKind::Persist => "persist",
-        }
-    }
-}
-
-/// What `op` did to `key`, which it changed from `before` to `after` (`took`: the branch a
-/// transaction ran, `true` for success).
-fn change_kind(
-    op: &Op,
-    key: &[u8],
-    took: bool,
-    before: Option<(u64, Option<u64>)>,
-    after: Option<(u64, Option<u64>)>,
-) -> ChangeKind {
-    if after.is_none() {
-        return match op {
-            Op::Sweep { .. } => ChangeKind::Expired,
-            _ => ChangeKind::Del,
+impl ShardView {
+    fn open(view: Arc<dyn StateView>) -> io::Result<ShardView> {
+        let position = match view.get(POSITION_KEY)? {
+            Some(bytes) => decode(&bytes)?,
+            None => Position::default(),
         };
+        Ok(ShardView { view, position })
     }
-    match op {
-        Op::IncrBy { .. } => ChangeKind::IncrBy,
-        Op::Append { .. } => ChangeKind::Append,
-        Op::Expire { .. } => match (before, after) {
-            (Some((_, Some(_))), Some((_, None))) => ChangeKind::Persist,
-            _ => ChangeKind::Expire,
-        },
-        Op::Txn {
-            success, failure, ..
-        } => {
-            let branch = if took { success } else { failure };
-            // The last op of the branch that wrote the key says what happened.
-            branch
-                .iter()
-                .rev()
-                .find(|o| keys_written(o).iter().any(|k| k.as_slice() == key))
-                .map(|o| change_kind(o, key, took, before, after))
-                .unwrap_or(ChangeKind::Set)
-        }
-        _ => ChangeKind::Set,
-    }
-}
 
-/// What one applied batch changed, in log order, and the index applied after it: every
-/// change up to `applied` is in this batch or an earlier one.
-#[derive(Clone, Debug, Default)]
-pub struct ChangeBatch {
-    pub changes: Vec<Change>,
-    pub applied: u64,
-    /// The state was replaced by a snapshot: changes up to `applied` are not listed, and a
-    /// watcher must resync.
-    pub reset: bool,
-}
-
-/// One consistent view of a group's state.
-pub struct ShardView<'a> {
-    inner: RwLockReadGuard<'a, Inner>,
-}
-
-impl ShardView<'_> {
     /// The value of `key`, ignoring expiry (the catalog's keys never expire).
-    pub fn get(&self, key: &[u8]) -> Option<&StoredValue> {
-        self.inner.data.get(key)
+    pub fn get(&self, key: &[u8]) -> io::Result<Option<StoredValue>> {
+        match self.view.get(&data_key(key))? {
+            Some(bytes) => decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// At least the bytes of `key`'s value (its stored record's size), without reading it:
+    /// a quick bound before copying many values out.
+    pub fn stored_size(&self, key: &[u8]) -> io::Result<u64> {
+        Ok(self.view.size_of(&data_key(key))?.unwrap_or(0))
     }
 
     /// The value of `key` if it has not expired at `now_ms`.
-    pub fn get_live(&self, key: &[u8], now_ms: u64) -> Option<&StoredValue> {
-        self.inner.data.get(key).filter(|v| v.live_at(now_ms))
+    pub fn get_live(&self, key: &[u8], now_ms: u64) -> io::Result<Option<StoredValue>> {
+        Ok(self.get(key)?.filter(|v| v.live_at(now_ms)))
     }
 
-    /// Every live key at `now_ms`, in order.
-    pub fn live(&self, now_ms: u64) -> impl Iterator<Item = (&Vec<u8>, &StoredValue)> + '_ {
-        self.inner
-            .data
-            .iter()
-            .filter(move |(_, v)| v.live_at(now_ms))
+    /// Visits the keys live at `now_ms` in scan order (by [`scan_hash`], then key) from
+    /// scan hash `from`, until `visit` returns `false`.
+    pub fn scan_live(
+        &self,
+        from: u64,
+        now_ms: u64,
+        visit: &mut dyn FnMut(u64, &[u8], &StoredValue) -> bool,
+    ) -> io::Result<()> {
+        let mut failed = None;
+        self.view
+            .scan(&data_from(from), Some(&[DATA_TAG + 1]), &mut |k, v| {
+                let (Some((hash, key)), Ok(value)) = (split_data_key(k), decode::<StoredValue>(v))
+                else {
+                    failed = Some(invalid_data(format!("corrupt record {k:?}")));
+                    return false;
+                };
+                !value.live_at(now_ms) || visit(hash, key, &value)
+            })?;
+        failed.map_or(Ok(()), Err)
     }
 
-    /// Up to `limit` keys that have expired at `now_ms` but are still stored, in key order.
-    pub fn expired(&self, now_ms: u64, limit: usize) -> Vec<Vec<u8>> {
-        self.inner
-            .data
-            .iter()
-            .filter(|(_, v)| !v.live_at(now_ms))
-            .map(|(k, _)| k.clone())
-            .take(limit)
-            .collect()
+    /// Keys with `prefix` (the catalog lists keyspaces with it). Reads every key: for small
+    /// groups only.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> io::Result<Vec<(Vec<u8>, StoredValue)>> {
+        let mut out = Vec::new();
+        self.scan_live(0, 0, &mut |_, key, value| {
+            if key.starts_with(prefix) {
+                out.push((key.to_vec(), value.clone()));
+            }
+            true
+        })?;
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Up to `limit` keys that have expired at `now_ms` but are still stored, earliest first.
+    pub fn expired(&self, now_ms: u64, limit: usize) -> io::Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let to = expiry_key(now_ms.saturating_add(1), b"");
+        self.view.scan(&[EXPIRY_TAG], Some(&to), &mut |k, _| {
+            out.push(k[9..].to_vec());
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// Keys live at `now_ms`: those stored less those expired and not yet swept.
+    pub fn count_live(&self, now_ms: u64) -> io::Result<u64> {
+        let mut expired = 0u64;
+        let to = expiry_key(now_ms.saturating_add(1), b"");
+        self.view.scan(&[EXPIRY_TAG], Some(&to), &mut |_, _| {
+            expired += 1;
+            true
+        })?;
+        Ok(self.position.keys.saturating_sub(expired))
     }
 
     /// Keys stored, expired ones not yet swept included.
-    pub fn stored_keys(&self) -> usize {
-        self.inner.data.len()
+    pub fn stored_keys(&self) -> u64 {
+        self.position.keys
     }
 
     pub fn applied(&self) -> Applied {
-        self.inner.applied()
-    }
-
-    /// Keys with `prefix`, in order (the catalog lists keyspaces with it).
-    pub fn scan_prefix<'b>(
-        &'b self,
-        prefix: &'b [u8],
-    ) -> impl Iterator<Item = (&'b Vec<u8>, &'b StoredValue)> + 'b {
-        self.inner
-            .data
-            .range(prefix.to_vec()..)
-            .take_while(move |(k, _)| k.starts_with(prefix))
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner.data.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.inner.data.is_empty()
+        self.position.applied()
     }
 }
 
 impl ShardData {
-    pub fn read(&self) -> ShardView<'_> {
-        ShardView {
-            inner: self.inner.read().unwrap_or_else(|p| p.into_inner()),
-        }
+    /// A consistent view of the state as applied now.
+    pub fn read(&self) -> io::Result<ShardView> {
+        ShardView::open(self.storage.state_view(self.group)?)
     }
 
     pub fn applied(&self) -> Applied {
@@ -291,112 +266,164 @@ impl ShardData {
         self.changes.subscribe()
     }
 
+    /// Keys stored as of the last applied batch, expired ones not yet swept included.
+    pub fn stored_keys(&self) -> u64 {
+        self.lock().position.keys
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The changes this node applied after index `after`, and the index applied with them
     /// (subscribe to [`ShardData::changes`] first: later batches arrive there).
-    /// `Err(oldest)`: the history no longer reaches back to `after`; it begins after `oldest`.
-    pub fn changes_since(&self, after: u64) -> Result<(Vec<Change>, u64), u64> {
-        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let applied = inner.applied().index;
+    /// `Ok(Err(oldest))`: the history no longer reaches back to `after`; it begins after
+    /// `oldest`.
+    pub fn changes_since(&self, after: u64) -> io::Result<Result<(Vec<Change>, u64), u64>> {
+        let view = self.read()?;
+        let applied = view.applied().index;
         if after >= applied {
-            return Ok((Vec::new(), applied));
+            return Ok(Ok((Vec::new(), applied)));
         }
-        let from = if inner.history.bytes_max == 0 {
+        let from = if self.feed.history_bytes == 0 {
             applied
         } else {
-            inner.history.from
+            view.position.history_from
         };
         if after < from {
-            return Err(from);
+            return Ok(Err(from));
         }
-        let h = &inner.history.changes;
-        // Changes are in index order: skip to the first one after `after`.
-        let start = h.partition_point(|c| c.index <= after);
-        Ok((h.range(start..).cloned().collect(), applied))
-    }
-}
-
-/// How much of the change feed a shard keeps (issue 18).
-#[derive(Clone, Copy, Debug)]
-pub struct FeedLimits {
-    /// Batches a live watcher may fall behind by before it is cut off.
-    pub batches: usize,
-    /// Bytes of recent changes kept so a watcher can resume from a cursor (0: none).
-    pub history_bytes: usize,
-}
-
-impl Default for FeedLimits {
-    fn default() -> FeedLimits {
-        FeedLimits {
-            batches: CHANGE_BATCHES_MAX,
-            history_bytes: CHANGE_HISTORY_BYTES,
-        }
-    }
-}
-
-/// Bytes of recent changes a shard keeps for resuming watchers, by default.
-pub const CHANGE_HISTORY_BYTES: usize = 4 << 20;
-
-/// The keys an op may change (every branch of a transaction).
-fn keys_written(op: &Op) -> Vec<&Vec<u8>> {
-    match op {
-        Op::Put { key, .. }
-        | Op::PutIfAbsent { key, .. }
-        | Op::Delete { key }
-        | Op::Set { key, .. }
-        | Op::IncrBy { key, .. }
-        | Op::Append { key, .. }
-        | Op::GetDel { key }
-        | Op::Expire { key, .. }
-        | Op::SetIf { key, .. } => vec![key],
-        Op::MSet { pairs } => pairs.iter().map(|(k, _)| k).collect(),
-        Op::Sweep { keys } => keys.iter().collect(),
-        Op::Txn {
-            success, failure, ..
-        } => {
-            let mut keys: Vec<&Vec<u8>> = Vec::new();
-            for k in success.iter().chain(failure).flat_map(keys_written) {
-                if !keys.contains(&k) {
-                    keys.push(k);
+        let mut changes = Vec::new();
+        let mut failed = None;
+        view.view.scan(
+            &history_key(after + 1, 0),
+            Some(&[HISTORY_TAG + 1]),
+            &mut |_, v| match decode::<Change>(v) {
+                // Records above the applied index are never in a view; only a corrupt one.
+                Ok(c) if c.index <= applied => {
+                    changes.push(c);
+                    true
                 }
-            }
-            keys
-        }
-        Op::Get { .. } => Vec::new(),
+                Ok(c) => {
+                    failed = Some(invalid_data(format!("history record at {}", c.index)));
+                    false
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            },
+        )?;
+        failed.map_or(Ok(Ok((changes, applied))), Err)
     }
 }
 
-/// What a SET-like write starts from: the key's live entry (expired keys are already gone), whether
-/// it existed, and its old value when the command returns it (`GET`).
-fn before_write<'a>(
-    data: &'a BTreeMap<Vec<u8>, StoredValue>,
-    key: &[u8],
-    get: bool,
-) -> (Option<&'a StoredValue>, bool, Option<Vec<u8>>) {
-    let prev = data.get(key);
-    let old = if get {
-        prev.map(|p| p.value.clone())
-    } else {
-        None
+/// The history records to write for a batch's `changes`, and the oldest ones to delete (from
+/// `view`, the state before the batch) so the history stays within `bytes_max`; `position`
+/// says what the history holds after.
+fn history_writes(
+    view: &dyn StateView,
+    position: &mut Position,
+    changes: &[Change],
+    bytes_max: u64,
+    writes: &mut Vec<StateWrite>,
+) -> io::Result<()> {
+    position.history_bytes += changes.iter().map(change_bytes).sum::<u64>();
+    if position.history_bytes > bytes_max {
+        let mut failed = None;
+        // Every record below `history_from` is gone: start there, not at a run of deletions.
+        view.scan(
+            &history_key(position.history_from, 0),
+            Some(&[HISTORY_TAG + 1]),
+            &mut |k, v| {
+                if position.history_bytes <= bytes_max {
+                    return false;
+                }
+                match decode::<Change>(v) {
+                    Ok(old) => {
+                        position.history_bytes -= change_bytes(&old).min(position.history_bytes);
+                        position.history_from = position.history_from.max(old.index);
+                        writes.push((k.to_vec(), None));
+                        true
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            },
+        )?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+    }
+    let mut n = 0u32;
+    let mut last_index = None;
+    for c in changes {
+        n = if last_index == Some(c.index) {
+            n + 1
+        } else {
+            0
+        };
+        last_index = Some(c.index);
+        if position.history_bytes > bytes_max {
+            // This batch alone is over the budget: its oldest changes are not kept.
+            position.history_bytes -= change_bytes(c).min(position.history_bytes);
+            position.history_from = position.history_from.max(c.index);
+            continue;
+        }
+        writes.push((history_key(c.index, n), Some(encode(c)?)));
+    }
+    Ok(())
+}
+
+/// A Raft snapshot of a group: a frozen view of its records (to send), or records received
+/// from a leader and staged on disk (to install). Never one buffer of the whole state.
+pub enum SnapshotData {
+    View(Arc<dyn StateView>),
+    Staged(Box<dyn StateStage>),
+}
+
+impl std::fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SnapshotData::View(_) => "SnapshotData::View",
+            SnapshotData::Staged(_) => "SnapshotData::Staged",
+        })
+    }
+}
+
+/// One record of a state: its key and value.
+pub type Record = (Vec<u8>, Vec<u8>);
+
+/// One chunk of a snapshot being sent: the records after `after` (all of them from the start
+/// when `None`), about `bytes_max` bytes of them, and whether they are the last.
+pub fn snapshot_chunk(
+    view: &dyn StateView,
+    after: Option<&[u8]>,
+    bytes_max: usize,
+) -> io::Result<(Vec<Record>, bool)> {
+    let from = match after {
+        Some(k) => {
+            let mut from = k.to_vec();
+            from.push(0);
+            from
+        }
+        None => Vec::new(),
     };
-    (prev, prev.is_some(), old)
-}
-
-/// What a key looks like to the feed: (version, expiry), `None` when absent.
-fn shape(data: &BTreeMap<Vec<u8>, StoredValue>, key: &[u8]) -> Option<(u64, Option<u64>)> {
-    data.get(key).map(|v| (v.mod_index, v.expires_ms))
-}
-
-/// What a snapshot holds besides openraft's meta. Format: docs/formats.md.
-#[derive(Serialize, Deserialize)]
-struct SnapshotBody {
-    commit_ts: u64,
-    data: Vec<(Vec<u8>, StoredValue)>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMetaOf<TypeConfig>,
-    body: Vec<u8>,
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut more = false;
+    view.scan(&from, None, &mut |k, v| {
+        if !out.is_empty() && bytes >= bytes_max {
+            more = true;
+            return false;
+        }
+        bytes += k.len() + v.len();
+        out.push((k.to_vec(), v.to_vec()));
+        true
+    })?;
+    Ok((out, !more))
 }
 
 #[derive(Clone)]
@@ -409,47 +436,46 @@ pub struct StateMachine {
     hlc: Arc<Hlc>,
 }
 
+/// The position and membership stored in a view.
+fn stored_state(view: &dyn StateView) -> io::Result<(Position, StoredMembershipOf<TypeConfig>)> {
+    let position = match view.get(POSITION_KEY)? {
+        Some(bytes) => decode(&bytes)?,
+        None => Position::default(),
+    };
+    let membership = match view.get(MEMBERSHIP_KEY)? {
+        Some(bytes) => decode(&bytes)?,
+        None => StoredMembershipOf::<TypeConfig>::default(),
+    };
+    Ok((position, membership))
+}
+
 impl StateMachine {
-    /// Opens a group's state machine from its stored snapshot (if any).
+    /// Opens a group's state machine where its records left it.
     pub fn open(group: u64, storage: Arc<dyn Storage>, hlc: Arc<Hlc>) -> io::Result<StateMachine> {
         Self::open_with(group, storage, hlc, FeedLimits::default())
     }
 
-    /// [`StateMachine::open`] with the change feed's limits.
+    /// [`StateMachine::open`] with the change feed's limits. Reads two records, whatever the
+    /// state's size: the log entries after the stored position are applied again after.
     pub fn open_with(
         group: u64,
         storage: Arc<dyn Storage>,
         hlc: Arc<Hlc>,
         feed: FeedLimits,
     ) -> io::Result<StateMachine> {
-        let mut inner = Inner {
-            data: BTreeMap::new(),
-            last_applied: None,
-            commit_ts: 0,
-            membership: StoredMembershipOf::<TypeConfig>::default(),
-            history: History {
-                changes: Default::default(),
-                bytes: 0,
-                bytes_max: feed.history_bytes,
-                from: 0,
-            },
+        let (position, membership) = stored_state(&*storage.state_view(group)?)?;
+        hlc.observe(position.commit_ts);
+        let inner = Inner {
+            position,
+            membership,
         };
-        if let Some(bytes) = storage.get_snapshot(group)? {
-            let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(invalid_data)?;
-            let body: SnapshotBody = postcard::from_bytes(&file.body).map_err(invalid_data)?;
-            inner.data = body.data.into_iter().collect();
-            inner.commit_ts = body.commit_ts;
-            inner.last_applied = file.meta.last_log_id;
-            inner.membership = file.meta.last_membership.clone();
-            hlc.observe(body.commit_ts);
-        }
-        // The log entries after the snapshot are applied again after opening: the history
-        // starts here.
-        inner.history.from = inner.applied().index;
-        let (applied_tx, _) = watch::channel(inner.applied());
+        let (applied_tx, _) = watch::channel(position.applied());
         let (changes, _) = broadcast::channel(feed.batches.max(1));
         let shared = Arc::new(ShardData {
-            inner: RwLock::new(inner),
+            group,
+            storage: storage.clone(),
+            feed,
+            inner: Mutex::new(inner),
             applied_tx,
             counters: Arc::default(),
             changes,
@@ -466,401 +492,149 @@ impl StateMachine {
         self.shared.clone()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
-        self.shared.inner.write().unwrap_or_else(|p| p.into_inner())
+    /// A snapshot of the state as applied now: a frozen view and the position it holds.
+    fn snapshot_now(&self) -> io::Result<Option<SnapshotOf<TypeConfig, SnapshotData>>> {
+        let view = self.storage.state_view(self.group)?;
+        let (position, membership) = stored_state(&*view)?;
+        if position.last_applied.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> {
+            meta: SnapshotMetaOf::<TypeConfig> {
+                last_log_id: position.last_applied,
+                last_membership: membership,
+            },
+            snapshot: SnapshotData::View(view),
+        }))
     }
 }
 
-/// A Redis-style canonical base-10 `i64` ("12", "-3"; not "+1", "01" or " 1").
-fn parse_i64(bytes: &[u8]) -> Option<i64> {
-    let s = std::str::from_utf8(bytes).ok()?;
-    let n: i64 = s.parse().ok()?;
-    (n.to_string() == s).then_some(n)
-}
-
-fn failed(existed: bool, why: &str) -> CommandResult {
-    CommandResult {
-        error: Some(why.to_string()),
-        ..CommandResult::unchanged(existed)
-    }
-}
-
-/// Writes `value` at `key` in entry `index`, keeping the key's create index.
-fn store(
-    data: &mut BTreeMap<Vec<u8>, StoredValue>,
-    key: &[u8],
-    value: Vec<u8>,
-    index: u64,
-    commit_ts: u64,
-    expires_ms: Option<u64>,
-) {
-    let create_index = data.get(key).map(|p| p.create_index).unwrap_or(index);
-    data.insert(
-        key.to_vec(),
-        StoredValue {
-            value,
-            create_index,
-            mod_index: index,
-            commit_ts,
-            expires_ms,
-        },
-    );
-}
-
-/// Writes `value` at `key` in entry `index` (commit stamp `ts`, `now_ms` its millisecond) with
-/// the expiry `ttl` asks for given the key's current one; an expiry already past removes the
-/// key at once (it is written and gone).
-fn store_with_ttl(
-    data: &mut BTreeMap<Vec<u8>, StoredValue>,
-    key: &[u8],
-    value: &[u8],
-    (index, ts, now_ms): (u64, u64, u64),
-    ttl: Ttl,
-    current_expiry: Option<u64>,
-) {
-    let expires_ms = expiry(ttl, current_expiry, now_ms);
-    if expires_ms.is_some_and(|e| e <= now_ms) {
-        data.remove(key);
-    } else {
-        store(data, key, value.to_vec(), index, ts, expires_ms);
-    }
-}
-
-/// The absolute expiry a write asks for, given the key's current one. `now_ms` is the entry's
-/// commit time, the same on every replica.
-fn expiry(ttl: Ttl, current: Option<u64>, now_ms: u64) -> Option<u64> {
-    match ttl {
-        Ttl::Clear => None,
-        Ttl::Keep => current,
-        Ttl::AfterMs(ms) => Some(now_ms.saturating_add(ms)),
-        Ttl::AtMs(at) => Some(at),
-    }
-}
-
-/// Whether a key holding `held` is as `expect` says (a version of 0: absent).
-fn expect_holds(expect: &Expect, held: Option<&StoredValue>) -> bool {
-    match (expect, held) {
-        (Expect::Version(0), None) => true,
-        (Expect::Version(v), Some(p)) => p.mod_index == *v,
-        (Expect::Value(want), Some(p)) => p.value == *want,
-        _ => false,
-    }
-}
-
-fn apply_op(data: &mut BTreeMap<Vec<u8>, StoredValue>, index: u64, cmd: &Command) -> CommandResult {
-    let now_ms = Hlc::millis(cmd.commit_ts);
-    let ts = cmd.commit_ts;
-    // A key whose expiry has passed at this entry's commit time is absent to the command.
-    let touched: Vec<&Vec<u8>> = match &cmd.op {
+/// Every key `op` may read or change: what is loaded before it runs.
+fn keys_touched(op: &Op) -> Vec<&Vec<u8>> {
+    match op {
         Op::Get { key } => vec![key],
-        // Each op of a transaction expires its own key when it runs.
-        Op::Txn { compare, .. } => compare.iter().map(|(k, _)| k).collect(),
-        other => keys_written(other),
-    };
-    let mut expired = 0;
-    for key in touched {
-        if data.get(key).is_some_and(|v| !v.live_at(now_ms)) {
-            data.remove(key);
-            expired += 1;
-        }
-    }
-    match &cmd.op {
-        Op::Put { key, value } => {
-            let existed = data.contains_key(key);
-            store(data, key, value.clone(), index, ts, None);
-            CommandResult::changed(existed)
-        }
-        Op::PutIfAbsent { key, value } => {
-            if let Some(current) = data.get(key) {
-                return CommandResult {
-                    current: Some(current.clone()),
-                    ..CommandResult::unchanged(true)
-                };
-            }
-            store(data, key, value.clone(), index, ts, None);
-            CommandResult::changed(false)
-        }
-        Op::Delete { key } => {
-            let existed = data.remove(key).is_some();
-            CommandResult {
-                changed: existed,
-                ..CommandResult::unchanged(existed)
-            }
-        }
-        Op::Set {
-            key,
-            value,
-            cond,
-            ttl,
-            get,
-        } => {
-            let (prev, existed, old) = before_write(data, key, *get);
-            let allowed = match cond {
-                Cond::Always => true,
-                Cond::IfAbsent => !existed,
-                Cond::IfPresent => existed,
-            };
-            if !allowed {
-                return CommandResult {
-                    old,
-                    ..CommandResult::unchanged(existed)
-                };
-            }
-            let current_expiry = prev.and_then(|p| p.expires_ms);
-            store_with_ttl(data, key, value, (index, ts, now_ms), *ttl, current_expiry);
-            CommandResult {
-                old,
-                ..CommandResult::changed(existed)
-            }
-        }
-        Op::SetIf {
-            key,
-            value,
-            expect,
-            ttl,
-            get,
-        } => {
-            let (prev, existed, old) = before_write(data, key, *get);
-            if !expect_holds(expect, prev) {
-                return CommandResult {
-                    old,
-                    current: prev.cloned(),
-                    error: Some(VERSION_MISMATCH.to_string()),
-                    ..CommandResult::unchanged(existed)
-                };
-            }
-            let current_expiry = prev.and_then(|p| p.expires_ms);
-            match value {
-                Some(value) => {
-                    store_with_ttl(data, key, value, (index, ts, now_ms), *ttl, current_expiry)
-                }
-                None => {
-                    data.remove(key);
-                }
-            }
-            CommandResult {
-                old,
-                ..CommandResult::changed(existed)
-            }
-        }
-        Op::IncrBy { key, delta } => {
-            let prev = data.get(key);
-            let existed = prev.is_some();
-            let current = match prev {
-                None => 0,
-                Some(p) => match parse_i64(&p.value) {
-                    Some(n) => n,
-                    None => return failed(existed, "value is not an integer or out of range"),
-                },
-            };
-            let Some(new) = current.checked_add(*delta) else {
-                return failed(existed, "increment or decrement would overflow");
-            };
-            let expires_ms = prev.and_then(|p| p.expires_ms);
-            store(
-                data,
-                key,
-                new.to_string().into_bytes(),
-                index,
-                ts,
-                expires_ms,
-            );
-            CommandResult {
-                int: new,
-                ..CommandResult::changed(existed)
-            }
-        }
-        Op::Append {
-            key,
-            suffix,
-            len_max,
-        } => {
-            let prev = data.get(key);
-            let existed = prev.is_some();
-            let mut value = prev.map(|p| p.value.clone()).unwrap_or_default();
-            if (value.len() + suffix.len()) as u64 > *len_max {
-                return failed(existed, "string exceeds the keyspace's value_bytes_max");
-            }
-            value.extend_from_slice(suffix);
-            let len = value.len() as i64;
-            let expires_ms = prev.and_then(|p| p.expires_ms);
-            store(data, key, value, index, ts, expires_ms);
-            CommandResult {
-                int: len,
-                ..CommandResult::changed(existed)
-            }
-        }
-        Op::GetDel { key } => {
-            let old = data.remove(key).map(|p| p.value);
-            let existed = old.is_some();
-            CommandResult {
-                old,
-                changed: existed,
-                ..CommandResult::unchanged(existed)
-            }
-        }
-        Op::Expire { key, ttl, when } => {
-            let Some(prev) = data.get_mut(key) else {
-                return CommandResult::unchanged(false);
-            };
-            let expires_ms = expiry(*ttl, prev.expires_ms, now_ms);
-            // `None` expires never: later than every time.
-            let never = u64::MAX;
-            let (new, old) = (
-                expires_ms.unwrap_or(never),
-                prev.expires_ms.unwrap_or(never),
-            );
-            let allowed = match when {
-                ExpireIf::Always => true,
-                ExpireIf::NoExpiry => prev.expires_ms.is_none(),
-                ExpireIf::HasExpiry => prev.expires_ms.is_some(),
-                ExpireIf::Later => prev.expires_ms.is_some() && new > old,
-                ExpireIf::Earlier => new < old,
-                ExpireIf::HasExpiryEarlier => prev.expires_ms.is_some() && new < old,
-            };
-            if !allowed {
-                return CommandResult::unchanged(true);
-            }
-            if expires_ms == prev.expires_ms {
-                return CommandResult {
-                    int: 1,
-                    ..CommandResult::unchanged(true)
-                };
-            }
-            if expires_ms.is_some_and(|e| e <= now_ms) {
-                data.remove(key);
-            } else {
-                prev.expires_ms = expires_ms;
-                prev.mod_index = index;
-                prev.commit_ts = ts;
-            }
-            CommandResult {
-                int: 1,
-                ..CommandResult::changed(true)
-            }
-        }
-        Op::MSet { pairs } => {
-            for (key, value) in pairs {
-                store(data, key, value.clone(), index, ts, None);
-            }
-            CommandResult::changed(true)
-        }
-        Op::Sweep { .. } => CommandResult {
-            int: expired,
-            changed: expired > 0,
-            ..CommandResult::unchanged(false)
-        },
-        Op::Get { key } => {
-            let current = data.get(key).cloned();
-            CommandResult {
-                current,
-                ..CommandResult::unchanged(data.contains_key(key))
-            }
-        }
         Op::Txn {
             compare,
             success,
             failure,
         } => {
-            let holds = compare
-                .iter()
-                .all(|(key, expect)| expect_holds(expect, data.get(key)));
-            let branch = if holds { success } else { failure };
-            let mut results = Vec::with_capacity(branch.len());
-            for op in branch {
-                // Nested transactions are refused before proposal; one here changes nothing.
-                if matches!(op, Op::Txn { .. } | Op::MSet { .. } | Op::Sweep { .. }) {
-                    results.push(failed(false, "not allowed in a transaction"));
-                    continue;
-                }
-                let sub = Command {
-                    commit_ts: cmd.commit_ts,
-                    op: op.clone(),
-                };
-                results.push(apply_op(data, index, &sub));
-            }
-            CommandResult {
-                int: i64::from(holds),
-                changed: results.iter().any(|r| r.changed),
-                results,
-                ..CommandResult::unchanged(false)
-            }
+            let mut keys: Vec<&Vec<u8>> = compare.iter().map(|(k, _)| k).collect();
+            keys.extend(success.iter().chain(failure).flat_map(keys_touched));
+            keys
         }
+        other => keys_written(other),
+    }
+}
+
+/// One batch being applied: the touched keys' values as the batch left them, over a view
+/// of the state before it, and what they were in that view.
+struct Batch {
+    view: Arc<dyn StateView>,
+    work: Touched,
+    before: BTreeMap<Vec<u8>, Option<StoredValue>>,
+}
+
+impl Batch {
+    fn load(&mut self, keys: &[&Vec<u8>]) -> io::Result<()> {
+        for &key in keys {
+            if self.before.contains_key(key) {
+                continue;
+            }
+            let value: Option<StoredValue> = match self.view.get(&data_key(key))? {
+                Some(bytes) => Some(decode(&bytes)?),
+                None => None,
+            };
+            if let Some(v) = &value {
+                self.work.insert(key.clone(), v.clone());
+            }
+            self.before.insert(key.clone(), value);
+        }
+        Ok(())
+    }
+
+    /// The records to write for what changed, and the change in the number of keys.
+    fn writes(self) -> io::Result<(Vec<StateWrite>, i64)> {
+        let mut writes = Vec::new();
+        let mut delta = 0i64;
+        for (key, was) in self.before {
+            let now = self.work.get(&key);
+            if now == was.as_ref() {
+                continue;
+            }
+            let (old_expiry, new_expiry) = (
+                was.as_ref().and_then(|v| v.expires_ms),
+                now.and_then(|v| v.expires_ms),
+            );
+            if old_expiry != new_expiry {
+                if let Some(e) = old_expiry {
+                    writes.push((expiry_key(e, &key), None));
+                }
+                if let Some(e) = new_expiry {
+                    writes.push((expiry_key(e, &key), Some(Vec::new())));
+                }
+            }
+            delta += i64::from(now.is_some()) - i64::from(was.is_some());
+            writes.push((data_key(&key), now.map(encode).transpose()?));
+        }
+        Ok((writes, delta))
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
-    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
-        let (meta, body) = {
-            let inner = self.shared.inner.read().unwrap_or_else(|p| p.into_inner());
-            let body = SnapshotBody {
-                commit_ts: inner.commit_ts,
-                // Keys expired at the last applied commit time are invisible everywhere.
-                data: inner
-                    .data
-                    .iter()
-                    .filter(|(_, v)| v.live_at(Hlc::millis(inner.commit_ts)))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            };
-            let meta = SnapshotMetaOf::<TypeConfig> {
-                last_log_id: inner.last_applied,
-                last_membership: inner.membership.clone(),
-            };
-            (meta, postcard::to_stdvec(&body).map_err(invalid_data)?)
-        };
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            body: body.clone(),
-        };
-        self.storage.put_snapshot(
-            self.group,
-            &postcard::to_stdvec(&file).map_err(invalid_data)?,
-        )?;
+    /// A frozen view of the records as applied now: no copy and no lock, so `apply` goes on.
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
+        let snapshot = self
+            .snapshot_now()?
+            .ok_or_else(|| io::Error::other("nothing applied yet: no snapshot to build"))?;
         self.shared
             .counters
             .snapshots_built
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
-            meta,
-            snapshot: body,
-        })
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(snapshot)
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;
 
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
-        let inner = self.shared.inner.read().unwrap_or_else(|p| p.into_inner());
-        Ok((inner.last_applied, inner.membership.clone()))
+        let inner = self.shared.lock();
+        Ok((inner.position.last_applied, inner.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
     {
-        // Collect the batch first: the write lock must not be held across an await.
-        let mut batch = Vec::new();
+        // Collect the batch first: the lock must not be held across an await.
+        let mut entries_in = Vec::new();
         while let Some(item) = entries.try_next().await? {
-            batch.push(item);
+            entries_in.push(item);
         }
-        let mut replies = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(entries_in.len());
         // The feed's work is done only while someone watches or a history is kept.
         let watched = self.shared.changes.receiver_count() > 0;
         let mut changes = Vec::new();
+        let mut batch = Batch {
+            view: self.storage.state_view(self.group)?,
+            work: Touched::new(),
+            before: BTreeMap::new(),
+        };
         let applied = {
-            let mut inner = self.write();
-            let feed = watched || inner.history.bytes_max > 0;
-            for (entry, responder) in batch {
+            let mut inner = self.shared.lock();
+            let history_max = self.shared.feed.history_bytes as u64;
+            let feed = watched || history_max > 0;
+            let mut position = inner.position;
+            let mut membership = None;
+            for (entry, responder) in entries_in {
                 let index = entry.log_id.index();
                 assert!(
-                    inner.last_applied.as_ref().map(|l| l.index()) < Some(index),
+                    position.last_applied.as_ref().map(|l| l.index()) < Some(index),
                     "entries apply in log order"
                 );
                 let result = match &entry.payload {
@@ -869,52 +643,66 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         // The entry's own stamp: commit times grow along the log while clocks
                         // agree; after a skewed stamp the next entries' (bounded) times follow,
                         // so one bad stamp is not carried forward (issue 15).
-                        inner.commit_ts = cmd.commit_ts;
+                        position.commit_ts = cmd.commit_ts;
                         self.hlc.observe(cmd.commit_ts);
+                        batch.load(&keys_touched(&cmd.op))?;
                         if feed {
                             let keys = keys_written(&cmd.op);
                             let before: Vec<_> =
-                                keys.iter().map(|k| shape(&inner.data, k)).collect();
-                            let result = apply_op(&mut inner.data, index, cmd);
+                                keys.iter().map(|k| shape(&batch.work, k)).collect();
+                            let result = apply_op(&mut batch.work, index, cmd);
                             for (key, was) in keys.into_iter().zip(before) {
-                                let now = shape(&inner.data, key);
+                                let now = shape(&batch.work, key);
                                 if now != was {
+                                    let value = batch.work.get(key);
                                     changes.push(Change {
                                         index,
                                         commit_ts: cmd.commit_ts,
                                         key: key.clone(),
-                                        value: inner.data.get(key).map(|v| v.value.clone()),
+                                        value: value.map(|v| v.value.clone()),
                                         kind: change_kind(&cmd.op, key, result.int == 1, was, now),
-                                        expires_ms: inner.data.get(key).and_then(|v| v.expires_ms),
+                                        expires_ms: value.and_then(|v| v.expires_ms),
                                     });
                                 }
                             }
                             result
                         } else {
-                            apply_op(&mut inner.data, index, cmd)
+                            apply_op(&mut batch.work, index, cmd)
                         }
                     }
                     EntryPayload::Membership(m) => {
-                        inner.membership =
-                            StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m.clone());
+                        membership = Some(StoredMembershipOf::<TypeConfig>::new(
+                            Some(entry.log_id),
+                            m.clone(),
+                        ));
                         CommandResult::unchanged(false)
                     }
                 };
-                inner.last_applied = Some(entry.log_id);
+                position.last_applied = Some(entry.log_id);
                 if let Some(r) = responder {
                     replies.push((r, result));
                 }
             }
-            if watched {
-                for c in &changes {
-                    inner.history.push(c.clone());
-                }
+            // One atomic write: the changed keys, the expiry index, the feed's history, the
+            // position they bring the state to (and the membership, when it changed).
+            let view = batch.view.clone();
+            let (mut writes, delta) = batch.writes()?;
+            position.keys = position.keys.saturating_add_signed(delta);
+            if history_max > 0 {
+                history_writes(&*view, &mut position, &changes, history_max, &mut writes)?;
             } else {
-                for c in changes.drain(..) {
-                    inner.history.push(c);
-                }
+                position.history_from = position.applied().index;
             }
-            inner.applied()
+            writes.push((POSITION_KEY.to_vec(), Some(encode(&position)?)));
+            if let Some(m) = &membership {
+                writes.push((MEMBERSHIP_KEY.to_vec(), Some(encode(m)?)));
+            }
+            self.storage.state_write(self.group, &writes)?;
+            inner.position = position;
+            if let Some(m) = membership {
+                inner.membership = m;
+            }
+            position.applied()
         };
         if watched {
             // Before the applied index moves: a watcher that reads it after subscribing
@@ -939,28 +727,40 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMetaOf<TypeConfig>,
-        snapshot: Vec<u8>,
+        snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let body: SnapshotBody = postcard::from_bytes(&snapshot).map_err(invalid_data)?;
-        // Durable before it becomes the state: a restart must find it.
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            body: snapshot,
+        let stage = match snapshot {
+            SnapshotData::Staged(stage) => stage,
+            // A view of this node's own state (openraft restoring one): copy it.
+            SnapshotData::View(view) => {
+                let mut stage = self.storage.state_stage(self.group)?;
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let (records, last) = snapshot_chunk(&*view, after.as_deref(), 4 << 20)?;
+                    stage.write(&records)?;
+                    after = records.last().map(|(k, _)| k.clone()).or(after);
+                    if last {
+                        break;
+                    }
+                }
+                stage
+            }
         };
-        self.storage.put_snapshot(
-            self.group,
-            &postcard::to_stdvec(&file).map_err(invalid_data)?,
-        )?;
-        self.hlc.observe(body.commit_ts);
+        // Durable before it becomes the state: a restart must find it.
+        stage.finish()?;
+        let (position, membership) = stored_state(&*self.storage.state_view(self.group)?)?;
+        if position.last_applied != meta.last_log_id {
+            return Err(invalid_data(format!(
+                "group {}: the snapshot's records are at {:?}, its meta says {:?}",
+                self.group, position.last_applied, meta.last_log_id
+            )));
+        }
+        self.hlc.observe(position.commit_ts);
         let applied = {
-            let mut inner = self.write();
-            inner.data = body.data.into_iter().collect();
-            inner.commit_ts = body.commit_ts;
-            inner.last_applied = meta.last_log_id;
-            inner.membership = meta.last_membership.clone();
-            let applied = inner.applied();
-            inner.history.reset(applied.index);
-            applied
+            let mut inner = self.shared.lock();
+            inner.position = position;
+            inner.membership = membership;
+            position.applied()
         };
         if self.shared.changes.receiver_count() > 0 {
             let _ = self.shared.changes.send(Arc::new(ChangeBatch {
@@ -972,547 +772,248 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared
             .counters
             .snapshots_installed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(1, Ordering::Relaxed);
         self.shared.applied_tx.send_replace(applied);
         Ok(())
     }
 
+    /// The state as applied now, as a frozen view: always at least as new as the last
+    /// snapshot built (the state only moves forward), and exactly what its meta says.
     async fn get_current_snapshot(
         &mut self,
-    ) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
-        match self.storage.get_snapshot(self.group)? {
-            None => Ok(None),
-            Some(bytes) => {
-                let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(invalid_data)?;
-                Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> {
-                    meta: file.meta,
-                    snapshot: file.body,
-                }))
-            }
-        }
+    ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+        self.snapshot_now()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::{Command, Cond, Ttl};
+    use openraft::entry::RaftEntry;
+    use tunekv_storage::MemStorage;
 
-    /// The feed's history keeps the newest changes within its bytes and says from where it
-    /// is complete: every change above `from` is kept, none above it is dropped.
-    #[test]
-    fn the_history_drops_its_oldest_changes_and_knows_where_it_is_complete() {
-        let change = |index: u64| Change {
-            index,
-            commit_ts: 0,
-            key: format!("k{index}").into_bytes(),
-            value: Some(vec![b'v'; 34]),
-            kind: ChangeKind::Set,
-            expires_ms: None,
-        };
-        // Each costs 2 + 34 + 64 = 100 bytes (one digit keys).
-        let mut h = History {
-            changes: Default::default(),
-            bytes: 0,
-            bytes_max: 300,
-            from: 5,
-        };
-        for i in 6..=9 {
-            h.push(change(i));
-        }
-        assert_eq!((h.changes.len(), h.bytes, h.from), (3, 300, 6));
-        assert_eq!(h.changes.front().map(|c| c.index), Some(7));
-        h.reset(20);
-        assert_eq!((h.changes.len(), h.bytes, h.from), (0, 0, 20));
-        h.bytes_max = 0;
-        h.push(change(21));
-        assert!(h.changes.is_empty());
-    }
-
-    /// Applies `op` as entry `index` committed at `now_ms`.
-    fn run(
-        data: &mut BTreeMap<Vec<u8>, StoredValue>,
-        index: u64,
-        now_ms: u64,
-        op: Op,
-    ) -> CommandResult {
-        let cmd = Command {
-            commit_ts: now_ms << 16,
-            op,
-        };
-        apply_op(data, index, &cmd)
-    }
-
-    #[test]
-    fn a_transaction_runs_one_branch_atomically_and_reports_each_op() {
-        let mut d = BTreeMap::new();
-        run(
-            &mut d,
-            3,
-            1,
-            set("stock", "1", Cond::Always, Ttl::Clear, false),
-        );
-        let buy = |version: u64| Op::Txn {
-            compare: vec![(b"stock".to_vec(), Expect::Version(version))],
-            success: vec![
-                Op::IncrBy {
-                    key: "stock".into(),
-                    delta: -1,
-                },
-                Op::Put {
-                    key: "order".into(),
-                    value: "ann".into(),
-                },
-                Op::Get {
-                    key: "order".into(),
-                },
-            ],
-            failure: vec![Op::Get {
-                key: "stock".into(),
-            }],
-        };
-        let r = run(&mut d, 4, 1, buy(3));
-        assert_eq!((r.int, r.results.len()), (1, 3), "{r:?}");
-        assert_eq!(r.results[0].int, 0, "the stock after");
-        let read = r.results[2]
-            .current
-            .as_ref()
-            .expect("the order, read in the transaction");
-        assert_eq!(
-            (read.value.as_slice(), read.mod_index),
-            (b"ann".as_slice(), 4)
-        );
-        // A stale version runs the failure branch, which only reads.
-        let r = run(&mut d, 5, 1, buy(3));
-        assert_eq!((r.int, r.results.len(), r.changed), (0, 1, false));
-        assert_eq!(r.results[0].current.as_ref().map(|c| c.mod_index), Some(4));
-        // An op that fails (INCR of a non-integer) fails alone; a nested transaction is refused.
-        let r = run(
-            &mut d,
-            6,
-            1,
-            Op::Txn {
-                compare: vec![(b"nobody".to_vec(), Expect::Version(0))],
-                success: vec![
-                    Op::IncrBy {
-                        key: "order".into(),
-                        delta: 1,
-                    },
-                    buy(4),
-                ],
-                failure: vec![],
-            },
-        );
-        assert_eq!(r.int, 1);
-        assert!(r.results.iter().all(|x| x.error.is_some()), "{r:?}");
-        assert_eq!(d[b"stock".as_slice()].value, b"0".to_vec());
-    }
-
-    #[test]
-    fn conditional_writes_hold_only_when_the_key_is_as_expected() {
-        let mut d = BTreeMap::new();
-        let set_if = |value: Option<&str>, expect: Expect| Op::SetIf {
-            key: "k".into(),
-            value: value.map(Into::into),
-            expect,
-            ttl: Ttl::Clear,
-            get: false,
-        };
-        // Version 0: only if absent.
-        let r = run(&mut d, 5, 1, set_if(Some("a"), Expect::Version(0)));
-        assert!(r.changed && r.error.is_none());
-        assert_eq!(d[b"k".as_slice()].mod_index, 5);
-        let r = run(&mut d, 6, 1, set_if(Some("b"), Expect::Version(0)));
-        assert_eq!(r.error.as_deref(), Some(VERSION_MISMATCH));
-        assert_eq!(r.current.map(|c| c.mod_index), Some(5), "the version there");
-        // The version it was written at; a stale one changes nothing.
-        let r = run(&mut d, 7, 1, set_if(Some("b"), Expect::Version(5)));
-        assert!(r.changed);
-        let r = run(&mut d, 8, 1, set_if(Some("c"), Expect::Version(5)));
-        assert!(!r.changed && r.error.is_some());
-        assert_eq!(d[b"k".as_slice()].value, b"b".to_vec());
-        // By value (IFEQ): equal writes, anything else (absent too) does not.
-        let r = run(
-            &mut d,
-            9,
-            1,
-            set_if(Some("c"), Expect::Value(b"b".to_vec())),
-        );
-        assert!(r.changed);
-        let r = run(
-            &mut d,
-            10,
-            1,
-            set_if(Some("d"), Expect::Value(b"b".to_vec())),
-        );
-        assert!(!r.changed && r.error.is_some());
-        // A conditional delete.
-        let r = run(&mut d, 11, 1, set_if(None, Expect::Version(8)));
-        assert!(!r.changed, "version 8 was a refused write, never the key's");
-        let r = run(&mut d, 12, 1, set_if(None, Expect::Version(9)));
-        assert!(r.changed && r.existed);
-        assert!(d.is_empty());
-        let r = run(
-            &mut d,
-            13,
-            1,
-            set_if(Some("x"), Expect::Value(b"c".to_vec())),
-        );
-        assert!(
-            !r.changed && r.current.is_none(),
-            "absent never equals a value"
-        );
-    }
-
-    fn set(key: &str, value: &str, cond: Cond, ttl: Ttl, get: bool) -> Op {
+    fn set(key: &str, value: &str, ttl: Ttl) -> Op {
         Op::Set {
             key: key.into(),
             value: value.into(),
-            cond,
+            cond: Cond::Always,
             ttl,
-            get,
+            get: false,
         }
     }
 
-    #[test]
-    fn set_conditions_and_get() {
-        let mut d = BTreeMap::new();
-        let r = run(
-            &mut d,
-            1,
-            1000,
-            set("k", "a", Cond::IfPresent, Ttl::Clear, true),
-        );
-        assert!(
-            !r.changed && r.old.is_none() && d.is_empty(),
-            "XX on a missing key"
-        );
-        let r = run(
-            &mut d,
-            2,
-            1000,
-            set("k", "a", Cond::IfAbsent, Ttl::Clear, false),
-        );
-        assert!(r.changed && !r.existed);
-        let r = run(
-            &mut d,
-            3,
-            1000,
-            set("k", "b", Cond::IfAbsent, Ttl::Clear, true),
-        );
-        assert!(!r.changed && r.existed);
-        assert_eq!(
-            r.old.as_deref(),
-            Some(b"a".as_slice()),
-            "NX GET returns the old value"
-        );
-        let r = run(
-            &mut d,
-            4,
-            1000,
-            set("k", "c", Cond::IfPresent, Ttl::Clear, true),
-        );
-        assert!(r.changed);
-        assert_eq!(r.old.as_deref(), Some(b"a".as_slice()));
-        let v = &d[b"k".as_slice()];
-        assert_eq!(
-            (v.value.as_slice(), v.create_index, v.mod_index),
-            (b"c".as_slice(), 2, 4)
-        );
+    /// Applies `ops` as entries `first`, `first + 1`, … committed at `now_ms`, in one batch.
+    async fn apply(sm: &mut StateMachine, first: u64, now_ms: u64, ops: Vec<Op>) {
+        let entries: Vec<io::Result<EntryResponder<TypeConfig>>> = ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| {
+                let log_id = openraft::testing::log_id::<TypeConfig>(1, 1, first + i as u64);
+                let cmd = Command {
+                    commit_ts: now_ms << 16,
+                    op,
+                };
+                Ok((
+                    openraft::alias::EntryOf::<TypeConfig>::new(log_id, EntryPayload::Normal(cmd)),
+                    None,
+                ))
+            })
+            .collect();
+        sm.apply(futures::stream::iter(entries)).await.unwrap();
     }
 
-    #[test]
-    fn expiry_is_decided_by_the_entry_commit_time() {
-        let mut d = BTreeMap::new();
-        run(
-            &mut d,
-            1,
-            1000,
-            set("k", "v", Cond::Always, Ttl::AfterMs(500), false),
-        );
-        assert_eq!(d[b"k".as_slice()].expires_ms, Some(1500));
-        assert!(d[b"k".as_slice()].live_at(1499) && !d[b"k".as_slice()].live_at(1500));
-        // KEEPTTL keeps it; INCR and APPEND keep it; a plain SET clears it.
-        run(
-            &mut d,
-            2,
-            1100,
-            set("k", "7", Cond::Always, Ttl::Keep, false),
-        );
-        assert_eq!(d[b"k".as_slice()].expires_ms, Some(1500));
-        run(
-            &mut d,
-            3,
-            1200,
-            Op::IncrBy {
-                key: "k".into(),
-                delta: 1,
-            },
-        );
-        assert_eq!(d[b"k".as_slice()].expires_ms, Some(1500));
-        // At 1500 the key is gone for every command: INCR starts from 0 without the expiry.
-        let r = run(
-            &mut d,
-            4,
-            1500,
-            Op::IncrBy {
-                key: "k".into(),
-                delta: 5,
-            },
-        );
-        assert_eq!((r.existed, r.int), (false, 5));
-        assert_eq!(d[b"k".as_slice()].expires_ms, None);
-        // EXPIRE on a live key, PERSIST, and an expiry in the past deletes.
-        let r = run(
-            &mut d,
-            5,
-            1600,
-            Op::Expire {
-                key: "k".into(),
-                ttl: Ttl::AfterMs(100),
-                when: ExpireIf::Always,
-            },
-        );
-        assert!(r.changed);
-        assert_eq!(d[b"k".as_slice()].expires_ms, Some(1700));
-        let r = run(
-            &mut d,
-            6,
-            1600,
-            Op::Expire {
-                key: "k".into(),
-                ttl: Ttl::Clear,
-                when: ExpireIf::Always,
-            },
-        );
-        assert!(r.changed);
-        let r = run(
-            &mut d,
+    fn open(storage: &Arc<MemStorage>, history_bytes: usize) -> StateMachine {
+        StateMachine::open_with(
             7,
-            1600,
-            Op::Expire {
-                key: "k".into(),
-                ttl: Ttl::Clear,
-                when: ExpireIf::Always,
+            storage.clone(),
+            Arc::new(Hlc::new(500)),
+            FeedLimits {
+                batches: 16,
+                history_bytes,
             },
-        );
-        assert!(
-            !r.changed && r.existed,
-            "PERSIST without an expiry changes nothing"
-        );
-        let r = run(
-            &mut d,
-            8,
-            1600,
-            Op::Expire {
-                key: "k".into(),
-                ttl: Ttl::AtMs(10),
-                when: ExpireIf::Always,
-            },
-        );
-        assert!(r.changed && d.is_empty());
-        let r = run(
-            &mut d,
-            9,
-            1600,
-            Op::Expire {
-                key: "k".into(),
-                ttl: Ttl::AfterMs(10),
-                when: ExpireIf::Always,
-            },
-        );
-        assert!(!r.existed && !r.changed);
-        // SET with an EXAT in the past leaves no key.
-        run(
-            &mut d,
-            10,
-            1600,
-            set("k", "v", Cond::Always, Ttl::AtMs(1600), false),
-        );
-        assert!(d.is_empty());
+        )
+        .unwrap()
     }
 
-    #[test]
-    fn expire_conditions_follow_redis() {
-        let mut d = BTreeMap::new();
-        let expire = |ttl, when| Op::Expire {
-            key: "k".into(),
-            ttl,
-            when,
-        };
-        run(
-            &mut d,
+    fn value(view: &ShardView, key: &str) -> Option<Vec<u8>> {
+        view.get(key.as_bytes()).unwrap().map(|v| v.value)
+    }
+
+    /// The keys, their expiry index, the key count and the position are written together,
+    /// and a restart finds them where the last synced batch left them.
+    #[tokio::test]
+    async fn batches_persist_with_their_position_and_reopen_in_place() {
+        let storage = Arc::new(MemStorage::new());
+        let mut sm = open(&storage, 0);
+        apply(
+            &mut sm,
             1,
-            1000,
-            set("k", "v", Cond::Always, Ttl::Clear, false),
+            1_000,
+            vec![
+                set("a", "1", Ttl::Clear),
+                set("b", "2", Ttl::AfterMs(500)),
+                Op::MSet {
+                    pairs: vec![("c".into(), "3".into()), ("d".into(), "4".into())],
+                },
+                Op::Delete { key: "d".into() },
+                Op::IncrBy {
+                    key: "a".into(),
+                    delta: 5,
+                },
+            ],
+        )
+        .await;
+        let view = sm.data().read().unwrap();
+        assert_eq!(view.applied().index, 5);
+        assert_eq!(
+            value(&view, "a"),
+            Some(b"6".to_vec()),
+            "the batch saw its own writes"
         );
-        // No expiry yet: XX and GT refuse, LT (never > any time) and NX set.
-        for when in [
-            ExpireIf::HasExpiry,
-            ExpireIf::Later,
-            ExpireIf::HasExpiryEarlier,
-        ] {
-            let r = run(&mut d, 2, 1000, expire(Ttl::AfterMs(500), when));
-            assert_eq!((r.existed, r.changed, r.int), (true, false, 0), "{when:?}");
+        assert_eq!(value(&view, "d"), None);
+        assert_eq!(view.stored_keys(), 3);
+        assert_eq!(view.count_live(1_499).unwrap(), 3);
+        assert_eq!(view.count_live(1_500).unwrap(), 2, "b expired at 1500");
+        assert_eq!(view.expired(1_499, 10).unwrap(), Vec::<Vec<u8>>::new());
+        assert_eq!(view.expired(1_500, 10).unwrap(), vec![b"b".to_vec()]);
+        // SCAN order: by scan hash, every live key once.
+        let mut seen = Vec::new();
+        view.scan_live(0, 1_500, &mut |hash, key, _| {
+            assert_eq!(hash, scan_hash(key));
+            seen.push((hash, key.to_vec()));
+            true
+        })
+        .unwrap();
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!((seen.len(), &seen), (2, &sorted));
+        storage.sync().unwrap();
+        // A later batch, not synced, is lost with a crash; the state reopens at 5.
+        apply(&mut sm, 6, 1_100, vec![set("b", "again", Ttl::Clear)]).await;
+        assert_eq!(
+            sm.data().read().unwrap().expired(2_000, 10).unwrap().len(),
+            0
+        );
+        storage.crash(0);
+        let sm = open(&storage, 0);
+        let view = sm.data().read().unwrap();
+        assert_eq!((view.applied().index, view.stored_keys()), (5, 3));
+        assert_eq!(value(&view, "b"), Some(b"2".to_vec()));
+        assert_eq!(view.expired(1_500, 10).unwrap(), vec![b"b".to_vec()]);
+    }
+
+    /// The feed's history keeps the newest changes within its bytes, says from where it is
+    /// complete, and survives a restart.
+    #[tokio::test]
+    async fn the_history_keeps_its_newest_changes_and_survives_a_restart() {
+        let storage = Arc::new(MemStorage::new());
+        // Each change of a 2-byte key and a 34-byte value costs 100 bytes.
+        let mut sm = open(&storage, 300);
+        let v = "v".repeat(34);
+        for i in 1..=4 {
+            apply(
+                &mut sm,
+                i,
+                1_000,
+                vec![set(&format!("k{i}"), &v, Ttl::Clear)],
+            )
+            .await;
         }
-        let r = run(
-            &mut d,
-            3,
-            1000,
-            expire(Ttl::AfterMs(500), ExpireIf::Earlier),
-        );
-        assert_eq!((r.changed, r.int), (true, 1));
-        assert_eq!(d[b"k".as_slice()].expires_ms, Some(1500));
-        // Has one now: NX refuses; GT only later; LT only earlier.
-        let r = run(
-            &mut d,
-            4,
-            1000,
-            expire(Ttl::AfterMs(900), ExpireIf::NoExpiry),
-        );
-        assert_eq!(r.int, 0);
-        let r = run(&mut d, 5, 1000, expire(Ttl::AtMs(1400), ExpireIf::Later));
-        assert_eq!(r.int, 0);
-        let r = run(&mut d, 6, 1000, expire(Ttl::AtMs(1600), ExpireIf::Later));
-        assert_eq!(r.int, 1);
-        let r = run(
-            &mut d,
-            7,
-            1000,
-            expire(Ttl::AtMs(1700), ExpireIf::HasExpiryEarlier),
-        );
-        assert_eq!(r.int, 0);
-        let r = run(
-            &mut d,
-            8,
-            1000,
-            expire(Ttl::AtMs(1550), ExpireIf::HasExpiryEarlier),
-        );
-        assert_eq!(r.int, 1);
-        assert_eq!(d[b"k".as_slice()].expires_ms, Some(1550));
-        // Setting the same expiry counts as set (Redis answers 1) but changes nothing.
-        let r = run(&mut d, 9, 1000, expire(Ttl::AtMs(1550), ExpireIf::Always));
-        assert_eq!((r.changed, r.int), (false, 1));
-        // A missing key: 0 whatever the condition.
-        let r = run(&mut d, 10, 2000, expire(Ttl::AfterMs(5), ExpireIf::Always));
-        assert_eq!((r.existed, r.int), (false, 0));
-    }
-
-    #[test]
-    fn sweep_removes_only_keys_expired_at_its_commit_time() {
-        let mut d = BTreeMap::new();
-        run(
-            &mut d,
-            1,
-            1000,
-            set("a", "1", Cond::Always, Ttl::AfterMs(100), false),
-        );
-        run(
-            &mut d,
-            2,
-            1000,
-            set("b", "2", Cond::Always, Ttl::AfterMs(500), false),
-        );
-        run(
-            &mut d,
-            3,
-            1000,
-            set("c", "3", Cond::Always, Ttl::Clear, false),
-        );
-        let sweep = Op::Sweep {
-            keys: vec!["a".into(), "b".into(), "c".into(), "missing".into()],
-        };
-        let r = run(&mut d, 4, 1200, sweep.clone());
-        assert_eq!((r.changed, r.int), (true, 1));
+        let since = |sm: &StateMachine, after| sm.data().changes_since(after).unwrap();
+        assert_eq!(since(&sm, 0), Err(1), "change 1 was dropped");
+        let (changes, applied) = since(&sm, 1).unwrap();
+        assert_eq!(applied, 4);
         assert_eq!(
-            d.keys().cloned().collect::<Vec<_>>(),
-            vec![b"b".to_vec(), b"c".to_vec()]
+            changes.iter().map(|c| c.index).collect::<Vec<_>>(),
+            vec![2, 3, 4]
         );
-        let r = run(&mut d, 5, 1499, sweep.clone());
-        assert_eq!((r.changed, r.int), (false, 0));
-        let r = run(&mut d, 6, 1500, sweep);
-        assert_eq!(r.int, 1);
-        assert_eq!(d.keys().cloned().collect::<Vec<_>>(), vec![b"c".to_vec()]);
+        assert_eq!(since(&sm, 3).unwrap().0.len(), 1);
+        assert_eq!(since(&sm, 4).unwrap().0.len(), 0);
+        // One batch larger than the whole budget keeps only its newest changes.
+        apply(
+            &mut sm,
+            5,
+            1_000,
+            vec![Op::MSet {
+                pairs: (0..5)
+                    .map(|i| (format!("m{i}").into(), v.clone().into()))
+                    .collect(),
+            }],
+        )
+        .await;
+        assert_eq!(since(&sm, 4), Err(5));
+        storage.sync().unwrap();
+        storage.crash(0);
+        let sm = open(&storage, 300);
+        let (changes, applied) = since(&sm, 5).unwrap();
+        assert_eq!((changes.len(), applied), (0, 5));
+        assert_eq!(since(&sm, 4), Err(5), "the same history after a restart");
     }
 
-    #[test]
-    fn incr_append_and_getdel() {
-        let mut d = BTreeMap::new();
-        run(
-            &mut d,
-            1,
-            1,
-            set("n", "01", Cond::Always, Ttl::Clear, false),
+    /// A snapshot is a frozen view streamed in chunks: another replica stages the chunks and
+    /// installs them as its whole state, history included, while the sender went on applying.
+    #[tokio::test]
+    async fn a_snapshot_streams_in_chunks_and_installs_elsewhere() {
+        let leader_disk = Arc::new(MemStorage::new());
+        let mut leader = open(&leader_disk, 1 << 20);
+        let ops = (0..50)
+            .map(|i| set(&format!("key{i}"), &format!("value{i}"), Ttl::Clear))
+            .collect();
+        apply(&mut leader, 1, 1_000, ops).await;
+        let snapshot = leader.build_snapshot().await.unwrap();
+        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index()), Some(50));
+        // Applying goes on; the snapshot keeps its view.
+        apply(
+            &mut leader,
+            51,
+            1_000,
+            vec![set("key0", "later", Ttl::Clear)],
+        )
+        .await;
+        let SnapshotData::View(view) = snapshot.snapshot else {
+            panic!("a built snapshot is a view")
+        };
+        let follower_disk = Arc::new(MemStorage::new());
+        let mut follower = open(&follower_disk, 1 << 20);
+        apply(&mut follower, 1, 1_000, vec![set("stale", "x", Ttl::Clear)]).await;
+        let mut stage = follower_disk.state_stage(7).unwrap();
+        let mut after: Option<Vec<u8>> = None;
+        let mut chunks = 0;
+        loop {
+            let (records, last) = snapshot_chunk(&*view, after.as_deref(), 200).unwrap();
+            stage.write(&records).unwrap();
+            chunks += 1;
+            after = records.last().map(|(k, _)| k.clone()).or(after);
+            if last {
+                break;
+            }
+        }
+        assert!(chunks > 5, "{chunks} chunks");
+        follower
+            .install_snapshot(&snapshot.meta, SnapshotData::Staged(stage))
+            .await
+            .unwrap();
+        let state = follower.data().read().unwrap();
+        assert_eq!((state.applied().index, state.stored_keys()), (50, 50));
+        assert_eq!(value(&state, "key0"), Some(b"value0".to_vec()));
+        assert_eq!(value(&state, "stale"), None);
+        assert_eq!(
+            follower.data().changes_since(10).unwrap().unwrap().0.len(),
+            40
         );
-        let r = run(
-            &mut d,
-            2,
-            1,
-            Op::IncrBy {
-                key: "n".into(),
-                delta: 1,
-            },
-        );
-        assert!(r.error.is_some() && !r.changed, "01 is not canonical");
-        run(
-            &mut d,
-            3,
-            1,
-            set("n", &i64::MAX.to_string(), Cond::Always, Ttl::Clear, false),
-        );
-        let r = run(
-            &mut d,
-            4,
-            1,
-            Op::IncrBy {
-                key: "n".into(),
-                delta: 1,
-            },
-        );
-        assert!(r.error.as_deref().is_some_and(|e| e.contains("overflow")));
-        let r = run(
-            &mut d,
-            5,
-            1,
-            Op::IncrBy {
-                key: "m".into(),
-                delta: -3,
-            },
-        );
-        assert_eq!(r.int, -3);
-        let r = run(
-            &mut d,
-            6,
-            1,
-            Op::Append {
-                key: "s".into(),
-                suffix: "ab".into(),
-                len_max: 3,
-            },
-        );
-        assert_eq!(r.int, 2);
-        let r = run(
-            &mut d,
-            7,
-            1,
-            Op::Append {
-                key: "s".into(),
-                suffix: "cd".into(),
-                len_max: 3,
-            },
-        );
-        assert!(r.error.is_some());
-        assert_eq!(d[b"s".as_slice()].value, b"ab");
-        let r = run(&mut d, 8, 1, Op::GetDel { key: "s".into() });
-        assert_eq!(r.old.as_deref(), Some(b"ab".as_slice()));
-        assert!(!d.contains_key(b"s".as_slice()));
-        let r = run(
-            &mut d,
-            9,
-            1,
-            Op::MSet {
-                pairs: vec![("a".into(), "1".into()), ("b".into(), "2".into())],
-            },
-        );
-        assert!(r.changed && d.contains_key(b"a".as_slice()) && d.contains_key(b"b".as_slice()));
+        // A restart finds the installed state.
+        follower_disk.crash(0);
+        let reopened = open(&follower_disk, 1 << 20);
+        assert_eq!(reopened.data().read().unwrap().applied().index, 50);
+        // Records that do not match the meta are refused.
+        let mut wrong = reopened.clone();
+        let mut meta = snapshot.meta.clone();
+        meta.last_log_id = Some(openraft::testing::log_id::<TypeConfig>(1, 1, 60));
+        let stage = follower_disk.state_stage(7).unwrap();
+        assert!(wrong
+            .install_snapshot(&meta, SnapshotData::Staged(stage))
+            .await
+            .is_err());
     }
 }

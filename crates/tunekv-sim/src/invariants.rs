@@ -27,6 +27,9 @@ pub struct Checked {
     pub tokens: u64,
     /// Groups on which some token claimed a position.
     pub claimed_groups: usize,
+    /// Snapshots replicas installed from their leaders (the most any sample of a replica's
+    /// process showed, summed).
+    pub snapshots_installed: u64,
 }
 
 pub struct Invariants {
@@ -41,6 +44,8 @@ pub struct Invariants {
     seen_tokens: BTreeMap<usize, String>,
     checked: Checked,
     violations: Vec<String>,
+    /// (node, group) → snapshots installed, as last sampled.
+    installs: BTreeMap<(u64, u64), u64>,
 }
 
 impl Invariants {
@@ -53,6 +58,7 @@ impl Invariants {
             seen_tokens: BTreeMap::new(),
             checked: Checked::default(),
             violations: Vec::new(),
+            installs: BTreeMap::new(),
         }
     }
 
@@ -65,6 +71,12 @@ impl Invariants {
     /// One live replica's status, as sampled now.
     pub fn replica(&mut self, r: &ReplicaStatus) {
         self.checked.replicas += 1;
+        let installed = self.installs.entry((r.node, r.group)).or_default();
+        if r.snapshots_installed > *installed {
+            self.checked.snapshots_installed += r.snapshots_installed - *installed;
+        }
+        // A restarted process counts from 0 again.
+        *installed = r.snapshots_installed;
         // A committed index of 0 is not known yet (a restarted replica before it hears from a
         // leader), not a claim.
         if r.committed_index > 0 && r.applied_index > r.committed_index {

@@ -311,6 +311,11 @@ fn config(plan: &Plan, i: usize, seed: u64, bugs: &tunekv_node::Bugs) -> NodeCon
     c.peers = peers;
     c.rng_seed = Some(seed);
     c.bugs = *bugs;
+    // Snapshots often enough that replicas build them, purge their logs, and ones that were
+    // cut off or crashed catch up by installing a leader's (issue 21: streamed in chunks).
+    let mut r = StdRng::seed_from_u64(seed ^ 0x5a95);
+    c.raft_timing.snapshot_logs_since_last = r.gen_range(5..=40);
+    c.raft_timing.snapshot_logs_kept = r.gen_range(0..=5);
     if let Some((hint, grace)) = plan.workload.windows {
         c.wait_ms_cap = SHORT_WAIT_CAP_MS;
         c.read_wait_ms_default = c.read_wait_ms_default.min(SHORT_WAIT_CAP_MS);

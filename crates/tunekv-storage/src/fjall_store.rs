@@ -1,33 +1,152 @@
-//! [`Storage`] on fjall: one database per node, three fjall keyspaces (`log`, `meta`, and
-//! `records` for leaderless replicas and hints) shared by every group, so one journal sync covers appends of all shards (group commit). Snapshots
-//! are whole files, written to a temporary name, synced, renamed and the directory synced.
+//! [`Storage`] on fjall: one database per node. Three fjall keyspaces (`log`, `meta`, and
+//! `records` for leaderless replicas and hints) are shared by every group, and each group's
+//! state machine has a keyspace of its own; all share one journal, so one sync covers the
+//! appends and applies of every shard (group commit), and a state machine's records are never
+//! durable ahead of the log entries they apply.
 
 use crate::mem_store::index_of;
 use crate::{
-    log_key, meta_key, record_key, Group, LogRecord, Result, Space, Storage, StorageError,
+    log_key, meta_key, record_key, Group, LogRecord, Result, Space, StateStage, StateView,
+    StateWrite, Storage, StorageError,
 };
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// How much memory the engine may use (issue 21: memory per node is bounded by configuration,
+/// not by the data set).
+#[derive(Clone, Copy, Debug)]
+pub struct FjallOptions {
+    /// The block cache shared by every keyspace, in bytes.
+    pub cache_bytes: u64,
+    /// Each state machine's in-memory write buffer before it is flushed to a table, in bytes.
+    pub memtable_bytes: u64,
+}
+
+impl Default for FjallOptions {
+    fn default() -> FjallOptions {
+        FjallOptions {
+            cache_bytes: 64 << 20,
+            memtable_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Journals kept before memtables are flushed; fjall's minimum, so unflushed writes (which
+/// live in memory too) stay small.
+const JOURNAL_BYTES_MAX: u64 = 64 << 20;
 
 pub struct FjallStorage {
     db: Database,
     log: Keyspace,
     meta: Keyspace,
     records: Keyspace,
-    snapshot_dir: PathBuf,
+    states: Arc<States>,
+}
+
+/// Each group's state-machine keyspace. A group's state is the keyspace
+/// `state-<group>-<generation>`; a received snapshot fills the next generation, which then
+/// replaces the current one in a single durable write of the group's `state_gen` meta record.
+struct States {
+    db: Database,
+    meta: Keyspace,
+    options: FjallOptions,
+    current: RwLock<HashMap<Group, (u64, Keyspace)>>,
+    next_gen: AtomicU64,
 }
 
 fn engine(e: fjall::Error) -> StorageError {
     StorageError::Engine(e.to_string())
 }
 
+fn state_name(group: Group, generation: u64) -> String {
+    format!("state-{group:016x}-{generation}")
+}
+
+/// `(group, generation)` of a state keyspace's name.
+fn parse_state_name(name: &str) -> Option<(Group, u64)> {
+    let rest = name.strip_prefix("state-")?;
+    let (group, generation) = rest.split_once('-')?;
+    Some((
+        u64::from_str_radix(group, 16).ok()?,
+        generation.parse().ok()?,
+    ))
+}
+
+impl States {
+    fn generation(&self, group: Group) -> Result<u64> {
+        Ok(
+            match self
+                .meta
+                .get(meta_key(group, "state_gen"))
+                .map_err(engine)?
+            {
+                Some(v) => {
+                    let b: [u8; 8] = v.as_ref().try_into().map_err(|_| {
+                        StorageError::Engine(format!("group {group}: corrupt state_gen record"))
+                    })?;
+                    u64::from_be_bytes(b)
+                }
+                None => 0,
+            },
+        )
+    }
+
+    fn open_keyspace(&self, group: Group, generation: u64) -> Result<Keyspace> {
+        let memtable = self.options.memtable_bytes;
+        self.db
+            .keyspace(&state_name(group, generation), || {
+                KeyspaceCreateOptions::default().max_memtable_size(memtable)
+            })
+            .map_err(engine)
+    }
+
+    fn keyspace(&self, group: Group) -> Result<Keyspace> {
+        if let Some((_, ks)) = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+        {
+            return Ok(ks.clone());
+        }
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, ks)) = current.get(&group) {
+            return Ok(ks.clone());
+        }
+        let generation = self.generation(group)?;
+        let ks = self.open_keyspace(group, generation)?;
+        current.insert(group, (generation, ks.clone()));
+        Ok(ks)
+    }
+}
+
 impl FjallStorage {
-    /// Opens (or creates) the store under `dir`.
+    /// Opens (or creates) the store under `dir` with default memory limits.
     pub fn open(dir: &Path) -> Result<FjallStorage> {
+        FjallStorage::open_with(dir, FjallOptions::default())
+    }
+
+    /// Opens (or creates) the store under `dir`.
+    pub fn open_with(dir: &Path, options: FjallOptions) -> Result<FjallStorage> {
         fs::create_dir_all(dir)?;
+        // Before issue 21 state machines were rebuilt from snapshot files plus the log; such a
+        // directory cannot be read by this version (its log is purged behind the snapshots).
+        let old = dir.join("snapshots");
+        if old.is_dir() && fs::read_dir(&old)?.next().is_some() {
+            return Err(StorageError::Engine(format!(
+                "{} holds snapshot files of an older tunekv data format; this version keeps \
+                 state machines on disk and cannot read it: start from an empty data directory \
+                 (copy the data over with `tunekv backup` / `restore` from the older version)",
+                dir.display()
+            )));
+        }
         let db = Database::builder(dir.join("fjall"))
+            .cache_size(options.cache_bytes)
+            .max_journaling_size(JOURNAL_BYTES_MAX)
             .open()
             .map_err(engine)?;
         let log = db
@@ -39,19 +158,153 @@ impl FjallStorage {
         let records = db
             .keyspace("records", KeyspaceCreateOptions::default)
             .map_err(engine)?;
-        let snapshot_dir = dir.join("snapshots");
-        fs::create_dir_all(&snapshot_dir)?;
+        let states = Arc::new(States {
+            db: db.clone(),
+            meta: meta.clone(),
+            options,
+            current: RwLock::new(HashMap::new()),
+            next_gen: AtomicU64::new(1),
+        });
+        // A snapshot being received when the process stopped left a generation that never
+        // became current (or a replaced one not yet deleted): drop it.
+        let mut newest = 0;
+        for name in db.list_keyspace_names() {
+            let name: &str = &name;
+            let Some((group, generation)) = parse_state_name(name) else {
+                continue;
+            };
+            newest = newest.max(generation);
+            if generation != states.generation(group)? {
+                let ks = db
+                    .keyspace(name, KeyspaceCreateOptions::default)
+                    .map_err(engine)?;
+                tracing::info!(
+                    group,
+                    generation,
+                    "dropping an unfinished or replaced state"
+                );
+                db.delete_keyspace(ks).map_err(engine)?;
+            }
+        }
+        states.next_gen.store(newest + 1, Ordering::Relaxed);
         Ok(FjallStorage {
             db,
             log,
             meta,
             records,
-            snapshot_dir,
+            states,
         })
     }
+}
 
-    fn snapshot_path(&self, group: Group) -> PathBuf {
-        self.snapshot_dir.join(format!("{group:016x}.snap"))
+#[cfg(test)]
+impl FjallStorage {
+    /// State keyspaces on disk, current or not.
+    pub(crate) fn state_keyspaces(&self) -> usize {
+        self.db
+            .list_keyspace_names()
+            .iter()
+            .filter(|n| n.starts_with("state-"))
+            .count()
+    }
+}
+
+struct FjallView {
+    snapshot: fjall::Snapshot,
+    keyspace: Keyspace,
+}
+
+impl StateView for FjallView {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .snapshot
+            .get(&self.keyspace, key)
+            .map_err(engine)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn size_of(&self, key: &[u8]) -> Result<Option<u64>> {
+        Ok(self
+            .snapshot
+            .size_of(&self.keyspace, key)
+            .map_err(engine)?
+            .map(u64::from))
+    }
+
+    fn scan(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let iter = match to {
+            Some(to) => self.snapshot.range(&self.keyspace, from..to),
+            None => self.snapshot.range(&self.keyspace, from..),
+        };
+        for guard in iter {
+            let (k, v) = guard.into_inner().map_err(engine)?;
+            if !visit(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct FjallStage {
+    states: Arc<States>,
+    group: Group,
+    generation: u64,
+    keyspace: Option<Keyspace>,
+}
+
+impl StateStage for FjallStage {
+    fn write(&mut self, records: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        let Some(ks) = &self.keyspace else {
+            return Err(StorageError::Closed);
+        };
+        let mut batch = self.states.db.batch();
+        for (k, v) in records {
+            batch.insert(ks, k.clone(), v.clone());
+        }
+        batch.commit().map_err(engine)
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        let Some(ks) = self.keyspace.take() else {
+            return Err(StorageError::Closed);
+        };
+        let states = &self.states;
+        // Everything staged is durable before the switch is written, and the switch before
+        // the old state is dropped.
+        states.db.persist(PersistMode::SyncAll).map_err(engine)?;
+        states
+            .meta
+            .insert(
+                meta_key(self.group, "state_gen"),
+                self.generation.to_be_bytes().to_vec(),
+            )
+            .map_err(engine)?;
+        states.db.persist(PersistMode::SyncAll).map_err(engine)?;
+        let old = states
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.group, (self.generation, ks));
+        if let Some((_, old)) = old {
+            states.db.delete_keyspace(old).map_err(engine)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FjallStage {
+    fn drop(&mut self) {
+        if let Some(ks) = self.keyspace.take() {
+            if let Err(e) = self.states.db.delete_keyspace(ks) {
+                tracing::warn!(group = self.group, error = %e, "could not drop an unfinished state");
+            }
+        }
     }
 }
 
@@ -125,25 +378,37 @@ impl Storage for FjallStorage {
             .map(|v| v.to_vec()))
     }
 
-    fn put_snapshot(&self, group: Group, data: &[u8]) -> Result<()> {
-        let path = self.snapshot_path(group);
-        let tmp = path.with_extension("tmp");
-        {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, &path)?;
-        fs::File::open(&self.snapshot_dir)?.sync_all()?;
-        Ok(())
+    fn state_view(&self, group: Group) -> Result<Arc<dyn StateView>> {
+        let keyspace = self.states.keyspace(group)?;
+        Ok(Arc::new(FjallView {
+            snapshot: self.db.snapshot(),
+            keyspace,
+        }))
     }
 
-    fn get_snapshot(&self, group: Group) -> Result<Option<Vec<u8>>> {
-        match fs::read(self.snapshot_path(group)) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+    fn state_write(&self, group: Group, writes: &[StateWrite]) -> Result<()> {
+        let ks = self.states.keyspace(group)?;
+        let mut batch = self.db.batch();
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.insert(&ks, k.clone(), v.clone()),
+                None => batch.remove(&ks, k.clone()),
+            }
         }
+        batch.commit().map_err(engine)
+    }
+
+    fn state_stage(&self, group: Group) -> Result<Box<dyn StateStage>> {
+        // The group's current state is opened first, so `finish` knows what it replaces.
+        self.states.keyspace(group)?;
+        let generation = self.states.next_gen.fetch_add(1, Ordering::Relaxed);
+        let keyspace = self.states.open_keyspace(group, generation)?;
+        Ok(Box::new(FjallStage {
+            states: self.states.clone(),
+            group,
+            generation,
+            keyspace: Some(keyspace),
+        }))
     }
 
     fn put_record(&self, space: Space, key: &[u8], value: Option<&[u8]>) -> Result<()> {
@@ -166,5 +431,44 @@ impl Storage for FjallStorage {
 
     fn sync(&self) -> Result<()> {
         self.db.persist(PersistMode::SyncData).map_err(engine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot being received when the process died never becomes the state, and its
+    /// records are dropped at the next open.
+    #[test]
+    fn an_unfinished_stage_is_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = FjallStorage::open(dir.path()).unwrap();
+            s.state_write(5, &[(b"k".to_vec(), Some(b"old".to_vec()))])
+                .unwrap();
+            // What a stage left behind by a crash looks like: a later generation, written.
+            let ks = s.states.open_keyspace(5, 7).unwrap();
+            ks.insert(b"k", b"new").unwrap();
+            s.sync().unwrap();
+            assert_eq!(s.state_keyspaces(), 2);
+        }
+        let s = FjallStorage::open(dir.path()).unwrap();
+        assert_eq!(
+            s.state_view(5).unwrap().get(b"k").unwrap(),
+            Some(b"old".to_vec())
+        );
+        assert_eq!(s.state_keyspaces(), 1);
+        // The next stage takes a generation above the one dropped.
+        let mut stage = s.state_stage(5).unwrap();
+        stage.write(&[(b"k".to_vec(), b"newer".to_vec())]).unwrap();
+        stage.finish().unwrap();
+        drop(s);
+        let s = FjallStorage::open(dir.path()).unwrap();
+        assert_eq!(
+            s.state_view(5).unwrap().get(b"k").unwrap(),
+            Some(b"newer".to_vec())
+        );
+        assert_eq!(s.state_keyspaces(), 1);
     }
 }

@@ -12,7 +12,7 @@ mod fjall_store;
 mod group_commit;
 mod mem_store;
 
-pub use fjall_store::FjallStorage;
+pub use fjall_store::{FjallOptions, FjallStorage};
 pub use group_commit::{GroupCommit, SyncObserver};
 pub use mem_store::MemStorage;
 
@@ -90,9 +90,15 @@ pub trait Storage: Send + Sync + 'static {
     /// Small named values per group (vote, committed, purged).
     fn put_meta(&self, group: Group, name: &str, value: &[u8]) -> Result<()>;
     fn get_meta(&self, group: Group, name: &str) -> Result<Option<Vec<u8>>>;
-    /// Replaces the group's snapshot; durable when this returns.
-    fn put_snapshot(&self, group: Group, data: &[u8]) -> Result<()>;
-    fn get_snapshot(&self, group: Group) -> Result<Option<Vec<u8>>>;
+    /// A frozen view of `group`'s state-machine records: later writes are not seen through it.
+    fn state_view(&self, group: Group) -> Result<std::sync::Arc<dyn StateView>>;
+    /// Sets (`Some`) or removes (`None`) records of `group`'s state machine, all or none of
+    /// them (one atomic batch). Buffered like the log: durable at the next sync, and never
+    /// durable before a log write made earlier.
+    fn state_write(&self, group: Group, writes: &[StateWrite]) -> Result<()>;
+    /// An empty new state for `group` to fill (a snapshot being received); it replaces the
+    /// group's state only at [`StateStage::finish`], and vanishes if dropped before.
+    fn state_stage(&self, group: Group) -> Result<Box<dyn StateStage>>;
     /// Sets (`Some`) or removes (`None`) the record `key` of `space`: the leaderless mode's
     /// replica data and hints. Buffered like every write but snapshots.
     fn put_record(&self, space: Space, key: &[u8], value: Option<&[u8]>) -> Result<()>;
@@ -106,6 +112,37 @@ pub trait Storage: Send + Sync + 'static {
     fn sync_blocks(&self) -> bool {
         true
     }
+}
+
+/// One record change of a state machine: its key, and its new value or `None` (removed).
+pub type StateWrite = (Vec<u8>, Option<Vec<u8>>);
+
+/// A consistent, frozen view of one group's state-machine records (issue 21: the ordered state
+/// lives on disk; readers and snapshot senders each hold one view).
+pub trait StateView: Send + Sync {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// The length of the value of `key`, without copying it out.
+    fn size_of(&self, key: &[u8]) -> Result<Option<u64>> {
+        Ok(self.get(key)?.map(|v| v.len() as u64))
+    }
+    /// Visits the records with `from <= key` (and `key < to` when given), in key order, until
+    /// `visit` returns `false`.
+    fn scan(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()>;
+}
+
+/// A group's next state being written (a snapshot arriving in chunks).
+pub trait StateStage: Send {
+    /// Adds records; they need not arrive in key order.
+    fn write(&mut self, records: &[(Vec<u8>, Vec<u8>)]) -> Result<()>;
+    /// Makes the staged records the group's whole state, durably and atomically: a crash
+    /// before this returns leaves the old state, after it the new one. Every earlier write of
+    /// the storage is durable too when it returns.
+    fn finish(self: Box<Self>) -> Result<()>;
 }
 
 /// Key of a log record: group then index, both big-endian so byte order is index order.
@@ -162,9 +199,57 @@ mod contract_tests {
         s.put_meta(1, "vote", b"v1").unwrap();
         assert_eq!(s.get_meta(1, "vote").unwrap(), Some(b"v1".to_vec()));
         assert_eq!(s.get_meta(2, "vote").unwrap(), None);
-        assert_eq!(s.get_snapshot(1).unwrap(), None);
-        s.put_snapshot(1, b"snap").unwrap();
-        assert_eq!(s.get_snapshot(1).unwrap(), Some(b"snap".to_vec()));
+        // State machines: atomic batches, frozen views, scans in key order, staged states.
+        s.state_write(
+            1,
+            &[
+                (b"b".to_vec(), Some(b"2".to_vec())),
+                (b"a".to_vec(), Some(b"1".to_vec())),
+                (b"c".to_vec(), Some(b"3".to_vec())),
+            ],
+        )
+        .unwrap();
+        s.state_write(2, &[(b"a".to_vec(), Some(b"other".to_vec()))])
+            .unwrap();
+        let before = s.state_view(1).unwrap();
+        s.state_write(
+            1,
+            &[(b"c".to_vec(), None), (b"d".to_vec(), Some(b"4".to_vec()))],
+        )
+        .unwrap();
+        let scan = |v: &dyn StateView, from: &[u8], to: Option<&[u8]>| {
+            let mut out = Vec::new();
+            v.scan(from, to, &mut |k, _| {
+                out.push(k.to_vec());
+                out.len() < 3
+            })
+            .unwrap();
+            out
+        };
+        assert_eq!(scan(&*before, b"", None), [b"a", b"b", b"c"]);
+        let after = s.state_view(1).unwrap();
+        assert_eq!(scan(&*after, b"b", None), [b"b", b"d"]);
+        assert_eq!(scan(&*after, b"a", Some(b"b")), [b"a"]);
+        assert_eq!(before.get(b"c").unwrap(), Some(b"3".to_vec()));
+        assert_eq!(after.get(b"c").unwrap(), None);
+        assert_eq!(
+            s.state_view(2).unwrap().get(b"a").unwrap(),
+            Some(b"other".to_vec())
+        );
+        let mut dropped = s.state_stage(1).unwrap();
+        dropped.write(&[(b"x".to_vec(), b"no".to_vec())]).unwrap();
+        drop(dropped);
+        let mut stage = s.state_stage(1).unwrap();
+        stage.write(&[(b"y".to_vec(), b"new".to_vec())]).unwrap();
+        assert_eq!(s.state_view(1).unwrap().get(b"y").unwrap(), None);
+        stage.finish().unwrap();
+        let replaced = s.state_view(1).unwrap();
+        assert_eq!(scan(&*replaced, b"", None), [b"y"]);
+        assert_eq!(
+            after.get(b"a").unwrap(),
+            Some(b"1".to_vec()),
+            "old views stay"
+        );
         s.put_record(7, b"b", Some(b"2")).unwrap();
         s.put_record(7, b"a", Some(b"1")).unwrap();
         s.put_record(7, b"c", Some(b"3")).unwrap();
@@ -198,7 +283,11 @@ mod contract_tests {
         let s = FjallStorage::open(dir.path()).unwrap();
         assert_eq!(s.entries(1, 0, 10).unwrap(), vec![(2, b"b".to_vec())]);
         assert_eq!(s.get_meta(1, "vote").unwrap(), Some(b"v1".to_vec()));
-        assert_eq!(s.get_snapshot(1).unwrap(), Some(b"snap".to_vec()));
+        assert_eq!(
+            s.state_view(1).unwrap().get(b"y").unwrap(),
+            Some(b"new".to_vec())
+        );
+        assert_eq!(s.state_view(1).unwrap().get(b"a").unwrap(), None);
         assert_eq!(s.records(7).unwrap().len(), 2);
     }
 }

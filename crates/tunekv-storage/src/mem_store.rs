@@ -4,22 +4,29 @@
 //! before its fsync would lose them, and the storage then reads as the disk would after a
 //! restart.
 
-use crate::{log_key, meta_key, record_key, Group, LogRecord, Result, Space, Storage};
+use crate::{
+    log_key, meta_key, record_key, Group, LogRecord, Result, Space, StateStage, StateView,
+    StateWrite, Storage,
+};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
 pub struct MemStorage {
     // One lock for everything: tests and simulation only, never on a production hot path.
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
 }
+
+/// One group's state-machine records. Shared with the views taken of it: a write while a view
+/// is held copies the map (fine for tests and simulation, whose states are small).
+type StateMap = Arc<BTreeMap<Vec<u8>, Vec<u8>>>;
 
 #[derive(Clone, Default)]
 struct Data {
     log: BTreeMap<[u8; 16], Vec<u8>>,
     meta: BTreeMap<Vec<u8>, Vec<u8>>,
     records: BTreeMap<Vec<u8>, Vec<u8>>,
-    snapshots: BTreeMap<Group, Vec<u8>>,
+    states: BTreeMap<Group, StateMap>,
 }
 
 /// One `Storage` call: one atomic batch in the journal, as in fjall.
@@ -29,6 +36,57 @@ enum Write {
     PurgeThrough(Group, u64),
     Meta(Vec<u8>, Vec<u8>),
     Record(Vec<u8>, Option<Vec<u8>>),
+    State(Group, Vec<StateWrite>),
+}
+
+struct MemView(StateMap);
+
+impl StateView for MemView {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.0.get(key).cloned())
+    }
+
+    fn size_of(&self, key: &[u8]) -> Result<Option<u64>> {
+        Ok(self.0.get(key).map(|v| v.len() as u64))
+    }
+
+    fn scan(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        for (k, v) in self.0.range(from.to_vec()..) {
+            if to.is_some_and(|to| k.as_slice() >= to) || !visit(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct MemStage {
+    inner: Arc<Mutex<Inner>>,
+    group: Group,
+    records: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl StateStage for MemStage {
+    fn write(&mut self, records: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        self.records.extend(records.iter().cloned());
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        // As on disk: everything before is synced, then the new state replaces the old one
+        // in a single durable step.
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.sync();
+        let map: StateMap = Arc::new(self.records);
+        g.live.states.insert(self.group, map.clone());
+        g.durable.states.insert(self.group, map);
+        Ok(())
+    }
 }
 
 #[derive(Default)]
@@ -39,6 +97,15 @@ struct Inner {
     durable: Data,
     /// Writes since the last sync, in order.
     pending: Vec<Write>,
+}
+
+impl Inner {
+    fn sync(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        for w in &pending {
+            self.durable.apply(w);
+        }
+    }
 }
 
 impl Data {
@@ -63,6 +130,15 @@ impl Data {
             }
             Write::Record(key, None) => {
                 self.records.remove(key);
+            }
+            Write::State(group, writes) => {
+                let map = Arc::make_mut(self.states.entry(*group).or_default());
+                for (k, v) in writes {
+                    match v {
+                        Some(v) => map.insert(k.clone(), v.clone()),
+                        None => map.remove(k),
+                    };
+                }
             }
         }
     }
@@ -173,24 +249,31 @@ impl Storage for MemStorage {
             .collect())
     }
 
-    fn put_snapshot(&self, group: Group, data: &[u8]) -> Result<()> {
-        // A snapshot is its own file, synced before this returns.
-        let mut g = self.lock();
-        g.live.snapshots.insert(group, data.to_vec());
-        g.durable.snapshots.insert(group, data.to_vec());
-        Ok(())
+    fn state_view(&self, group: Group) -> Result<Arc<dyn StateView>> {
+        let map = self
+            .lock()
+            .live
+            .states
+            .get(&group)
+            .cloned()
+            .unwrap_or_default();
+        Ok(Arc::new(MemView(map)))
     }
 
-    fn get_snapshot(&self, group: Group) -> Result<Option<Vec<u8>>> {
-        Ok(self.lock().live.snapshots.get(&group).cloned())
+    fn state_write(&self, group: Group, writes: &[StateWrite]) -> Result<()> {
+        self.write(Write::State(group, writes.to_vec()))
+    }
+
+    fn state_stage(&self, group: Group) -> Result<Box<dyn StateStage>> {
+        Ok(Box::new(MemStage {
+            inner: self.inner.clone(),
+            group,
+            records: BTreeMap::new(),
+        }))
     }
 
     fn sync(&self) -> Result<()> {
-        let mut g = self.lock();
-        let pending = std::mem::take(&mut g.pending);
-        for w in &pending {
-            g.durable.apply(w);
-        }
+        self.lock().sync();
         Ok(())
     }
 
@@ -234,10 +317,34 @@ mod tests {
     }
 
     #[test]
-    fn snapshots_are_durable_when_written() {
+    fn states_are_lost_with_unsynced_writes_and_staged_states_are_durable_when_finished() {
         let s = MemStorage::new();
-        s.put_snapshot(3, b"snap").unwrap();
+        s.state_write(3, &[(b"a".to_vec(), Some(b"1".to_vec()))])
+            .unwrap();
+        s.sync().unwrap();
+        let view = s.state_view(3).unwrap();
+        s.state_write(
+            3,
+            &[(b"a".to_vec(), None), (b"b".to_vec(), Some(b"2".to_vec()))],
+        )
+        .unwrap();
+        assert_eq!(
+            view.get(b"a").unwrap(),
+            Some(b"1".to_vec()),
+            "views are frozen"
+        );
+        assert_eq!(s.crash(0), 1);
+        assert_eq!(s.state_view(3).unwrap().get(b"b").unwrap(), None);
+        let mut stage = s.state_stage(3).unwrap();
+        stage.write(&[(b"z".to_vec(), b"9".to_vec())]).unwrap();
+        s.append(3, &[(1, b"entry".to_vec())]).unwrap();
+        stage.finish().unwrap();
         s.crash(0);
-        assert_eq!(s.get_snapshot(3).unwrap(), Some(b"snap".to_vec()));
+        let now = s.state_view(3).unwrap();
+        assert_eq!(
+            (now.get(b"a").unwrap(), now.get(b"z").unwrap()),
+            (None, Some(b"9".to_vec()))
+        );
+        assert_eq!(s.entries(3, 0, 9).unwrap().len(), 1, "synced by finish");
     }
 }

@@ -18,12 +18,13 @@ pub async fn run(config_path: &Path, enable_faults: bool, bugs: Bugs) -> Result<
         );
     }
     config.bugs = bugs;
-    let storage = FjallStorage::open(&config.data_dir).with_context(|| {
-        format!(
-            "cannot open the data directory {}",
-            config.data_dir.display()
-        )
-    })?;
+    let storage = FjallStorage::open_with(&config.data_dir, config.storage.options())
+        .with_context(|| {
+            format!(
+                "cannot open the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
     let http = config.http.clone();
     let listener = tokio::net::TcpListener::bind(&http)
         .await

@@ -12,8 +12,19 @@ impl Node {
     /// Keyspaces as this node's copy of the catalog knows them.
     pub fn list_keyspaces(&self) -> Vec<KeyspaceInfo> {
         let meta = self.metadata();
-        let view = meta.data.read();
-        view.scan_prefix(CATALOG_PREFIX)
+        let listed = meta
+            .data
+            .read()
+            .and_then(|view| view.scan_prefix(CATALOG_PREFIX));
+        let listed = match listed {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the keyspace catalog");
+                return Vec::new();
+            }
+        };
+        listed
+            .into_iter()
             .filter_map(|(k, v)| {
                 let name = std::str::from_utf8(k.get(CATALOG_PREFIX.len()..)?)
                     .ok()?
@@ -30,8 +41,17 @@ impl Node {
 
     pub(super) fn local_keyspace(&self, name: &str) -> Option<KeyspaceInfo> {
         let meta = self.metadata();
-        let view = meta.data.read();
-        let v = view.get(&Self::catalog_key(name))?;
+        let read = meta
+            .data
+            .read()
+            .and_then(|view| view.get(&Self::catalog_key(name)));
+        let v = match read {
+            Ok(v) => v?,
+            Err(e) => {
+                tracing::error!(error = %e, keyspace = name, "cannot read the keyspace catalog");
+                return None;
+            }
+        };
         let version = (v.create_index, v.mod_index);
         {
             let cache = self

@@ -213,6 +213,7 @@ impl Node {
             own_probe: tokio::sync::Mutex::new(None),
             applies: Mutex::new(std::collections::VecDeque::new()),
             acks: Mutex::new(std::collections::VecDeque::new()),
+            receiving: Mutex::new(None),
         });
         self.groups
             .write()

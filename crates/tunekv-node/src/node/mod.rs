@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
-use tunekv_core::keyspace::{replicas_for, scan_hash, shard_for_key, SCAN_HASH_BITS};
+use tunekv_core::keyspace::{replicas_for, shard_for_key, SCAN_HASH_BITS};
 use tunekv_core::limits::{check_key, check_keyspace_name, check_value};
 use tunekv_core::{
     judge, ClockGuard, ClockHealth, Code, CopyState, GroupId, Hlc, KeyspaceSpec, Level, LogIndex,
@@ -114,6 +114,16 @@ pub struct Group {
     // (index, wall ms).
     applies: Mutex<std::collections::VecDeque<(u64, u64)>>,
     acks: Mutex<std::collections::VecDeque<(u64, u64)>>,
+    // A snapshot arriving from the leader in chunks, staged on disk until its last chunk.
+    receiving: Mutex<Option<Receiving>>,
+}
+
+/// A snapshot transfer in progress to this replica.
+struct Receiving {
+    transfer: u64,
+    /// The chunk expected next.
+    next: u64,
+    stage: Box<dyn tunekv_storage::StateStage>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -315,17 +315,32 @@ impl Node {
             let room = bytes_max.saturating_sub(bytes_total);
             let (values, receipt) = self
                 .read_shard(&g, level, session, started, deadline, |view, now_ms| {
-                    let found: Vec<_> = keys.iter().map(|k| view.get_live(k, now_ms)).collect();
-                    let bytes: u64 = found.iter().flatten().map(|v| v.value.len() as u64).sum();
-                    if bytes > room {
-                        return Err(bytes);
+                    // Records are at least as large as their values: when they fit, so do
+                    // the values. Otherwise the values are measured one at a time without
+                    // being kept, so a refusal never holds more than one of them.
+                    let mut stored = 0u64;
+                    for k in &keys {
+                        stored += view.stored_size(k)?;
                     }
-                    let values: Vec<_> = keys
-                        .iter()
-                        .zip(found)
-                        .map(|(k, v)| (k.clone(), v.cloned()))
-                        .collect();
-                    Ok((values, bytes))
+                    if stored > room {
+                        let mut bytes = 0u64;
+                        for k in &keys {
+                            bytes += view
+                                .get_live(k, now_ms)?
+                                .map_or(0, |v| v.value.len() as u64);
+                            if bytes > room {
+                                return Ok(Err(bytes));
+                            }
+                        }
+                    }
+                    let mut values = Vec::with_capacity(keys.len());
+                    let mut bytes = 0u64;
+                    for k in &keys {
+                        let v = view.get_live(k, now_ms)?;
+                        bytes += v.as_ref().map_or(0, |v| v.value.len() as u64);
+                        values.push((k.clone(), v));
+                    }
+                    Ok(Ok((values, bytes)))
                 })
                 .await?;
             let (values, bytes) = values.map_err(|bytes| {
@@ -384,20 +399,21 @@ impl Node {
             let want = count - examined;
             let ((taken, next), receipt) = self
                 .read_shard(&g, level, session, started, deadline, |view, now_ms| {
-                    let mut keys: Vec<(u64, &Vec<u8>)> = view
-                        .live(now_ms)
-                        .map(|(k, _)| (scan_hash(k), k))
-                        .filter(|(h, _)| *h >= from)
-                        .collect();
-                    keys.sort_unstable();
-                    let mut end = want.min(keys.len());
-                    while end > 0 && end < keys.len() && keys[end].0 == keys[end - 1].0 {
-                        end += 1;
-                    }
-                    let next = (end < keys.len()).then(|| keys[end].0);
-                    let taken: Vec<Vec<u8>> =
-                        keys[..end].iter().map(|(_, k)| (*k).clone()).collect();
-                    (taken, next)
+                    // Keys are stored in scan order: read `want` of them from `from`, and
+                    // the rest of the last one's hash, and see where the next page starts.
+                    let mut taken: Vec<Vec<u8>> = Vec::new();
+                    let mut last_hash = None;
+                    let mut next = None;
+                    view.scan_live(from, now_ms, &mut |hash, key, _| {
+                        if taken.len() >= want && last_hash != Some(hash) {
+                            next = Some(hash);
+                            return false;
+                        }
+                        last_hash = Some(hash);
+                        taken.push(key.to_vec());
+                        true
+                    })?;
+                    Ok((taken, next))
                 })
                 .await?;
             page.receipts.push(receipt);
@@ -442,7 +458,7 @@ impl Node {
             let g = self.hosted_shard(&ks, ShardId(shard)).await?;
             let (n, receipt) = self
                 .read_shard(&g, level, session, started, deadline, |view, now_ms| {
-                    view.live(now_ms).count() as u64
+                    view.count_live(now_ms)
                 })
                 .await?;
             total += n;
@@ -519,14 +535,14 @@ impl Node {
         session: &mut Session,
         started: Instant,
         deadline: Instant,
-        f: impl FnOnce(&tunekv_raft::ShardView<'_>, u64) -> T,
+        f: impl FnOnce(&tunekv_raft::ShardView, u64) -> std::io::Result<T>,
     ) -> Result<(T, Receipt), TunekvError> {
         session.admit(g.id)?;
         let req = self.bugged(level, Requirement::for_level(level, session.mark(g.id))?);
         let served = self
             .until_servable(g, level, req, started, deadline)
             .await?;
-        let view = g.data.read();
+        let view = g.data.read().map_err(internal)?;
         let applied = view.applied();
         // Never before the applied commit time, unless that ran ahead of this node's trusted
         // clock by more than the offset bound (a skewed stamp must not expire keys early).
@@ -534,7 +550,7 @@ impl Node {
         let now_ms = Hlc::millis(applied.commit_ts)
             .min(wall.saturating_add(self.config.max_clock_offset_ms))
             .max(wall);
-        let out = f(&view, now_ms);
+        let out = f(&view, now_ms).map_err(internal)?;
         drop(view);
         let receipt = self.receipt(g, level, applied, &served, started);
         session.read(g.id, receipt.position.index);

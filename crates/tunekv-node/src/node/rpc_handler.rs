@@ -67,10 +67,54 @@ impl Node {
                 .await
                 .map(Response::Vote)
                 .map_err(|e| RemoteError::new(Code::Internal, e.to_string())),
-            Request::Snapshot { vote, meta, data } => {
-                let snapshot = openraft::alias::SnapshotOf::<tunekv_raft::TypeConfig, Vec<u8>> {
+            Request::SnapshotChunk {
+                vote,
+                meta,
+                transfer,
+                seq,
+                records,
+                last,
+            } => {
+                let chunk_error = |e: std::io::Error| {
+                    RemoteError::new(Code::Internal, format!("storing a snapshot chunk: {e}"))
+                };
+                // Taken out of the slot while it is written: a chunk of another transfer
+                // (or out of order) finds none and is refused; the sender starts over.
+                let mut receiving = {
+                    let mut slot = super::leaderless::lock(&g.receiving);
+                    match slot.take() {
+                        Some(r) if r.transfer == transfer && r.next == seq => r,
+                        _ if seq == 0 => Receiving {
+                            transfer,
+                            next: 0,
+                            stage: self
+                                .storage
+                                .state_stage(gid.0)
+                                .map_err(|e| chunk_error(std::io::Error::from(e)))?,
+                        },
+                        _ => {
+                            return Err(RemoteError::new(
+                                Code::Unavailable,
+                                format!(
+                                    "snapshot chunk {seq} of transfer {transfer} is not the \
+                                     next one expected; restart the transfer"
+                                ),
+                            ))
+                        }
+                    }
+                };
+                receiving
+                    .stage
+                    .write(&records)
+                    .map_err(|e| chunk_error(e.into()))?;
+                if !last {
+                    receiving.next = seq + 1;
+                    *super::leaderless::lock(&g.receiving) = Some(receiving);
+                    return Ok(Response::SnapshotChunk);
+                }
+                let snapshot = tunekv_raft::Snapshot {
                     meta,
-                    snapshot: data,
+                    snapshot: tunekv_raft::SnapshotData::Staged(receiving.stage),
                 };
                 g.raft
                     .install_full_snapshot(vote, snapshot)

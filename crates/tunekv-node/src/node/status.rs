@@ -31,7 +31,12 @@ impl Node {
                         .watermark()
                         .map(|(_, at)| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
                     probes: g.probes.load(Ordering::Relaxed),
-                    stored_keys: g.data.read().stored_keys() as u64,
+                    stored_keys: g.data.stored_keys(),
+                    snapshots_installed: g
+                        .data
+                        .counters
+                        .snapshots_installed
+                        .load(Ordering::Relaxed),
                 }
             })
             .collect()

@@ -474,8 +474,13 @@ impl Node {
                     (applied, applied)
                 }
                 Some(after) => {
-                    let (since, delivered) = match (g.data.changes_since(after), from) {
-                        (Err(_), WatchFrom::Start) => (g.data.changes_since(u64::MAX), None),
+                    let since = |after| {
+                        g.data
+                            .changes_since(after)
+                            .map_err(|e| WatchRefused::Error(internal(e)))
+                    };
+                    let (since, delivered) = match (since(after)?, from) {
+                        (Err(_), WatchFrom::Start) => (since(u64::MAX)?, None),
                         (since, _) => (since, Some(after)),
                     };
                     let (changes, applied) =

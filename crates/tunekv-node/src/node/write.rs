@@ -746,7 +746,17 @@ impl Node {
                 if g.id.is_metadata() || !g.raft.metrics().borrow_watched().state.is_leader() {
                     continue;
                 }
-                let keys = g.data.read().expired(self.expiry_wall_ms(), SWEEP_KEYS_MAX);
+                let keys = match g
+                    .data
+                    .read()
+                    .and_then(|v| v.expired(self.expiry_wall_ms(), SWEEP_KEYS_MAX))
+                {
+                    Ok(keys) => keys,
+                    Err(e) => {
+                        tracing::error!(group = %g.id, error = %e, "cannot read expired keys");
+                        continue;
+                    }
+                };
                 if keys.is_empty() {
                     continue;
                 }
