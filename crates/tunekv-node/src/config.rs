@@ -86,10 +86,34 @@ pub struct NodeConfig {
     /// Deliberate bugs (`tunekv server --bug`, bug-injection builds only); never in a file.
     #[serde(skip)]
     pub bugs: crate::Bugs,
+    /// A crash on purpose at a chosen point (`tunekv server --crash-at`, with
+    /// `--enable-faults`; crash tests); never in a file.
+    #[serde(skip)]
+    pub crash_at: Option<CrashAt>,
     /// Seed of every random draw the node makes (fault drops and jitter, its incarnation id);
     /// set by the simulator, never in a file. None: from the OS.
     #[serde(skip)]
     pub rng_seed: Option<u64>,
+}
+
+/// Where `tunekv server --crash-at` aborts the process (as `kill -9` would, without cleanup):
+/// the crash tests' way to crash exactly mid-operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashAt {
+    /// After staging the first chunk of a snapshot received from a leader, before the rest
+    /// arrives and the snapshot is installed.
+    SnapshotInstall,
+}
+
+impl CrashAt {
+    pub fn parse(s: &str) -> Result<CrashAt, String> {
+        match s {
+            "snapshot-install" => Ok(CrashAt::SnapshotInstall),
+            other => Err(format!(
+                "unknown crash point {other:?} (known: snapshot-install)"
+            )),
+        }
+    }
 }
 
 /// `[storage]` in a node's config file (docs/configuration.md).
@@ -398,6 +422,7 @@ impl NodeConfig {
                 leaderless: LeaderlessConfig::default(),
                 storage: StorageConfig::default(),
                 bugs: crate::Bugs::default(),
+                crash_at: None,
                 rng_seed: None,
             })
             .collect()

@@ -21,7 +21,7 @@ pub mod status;
 pub mod transport;
 
 pub use bugs::{Bugs, BUG_NAMES};
-pub use config::{LeaderlessConfig, NodeConfig, PeerConfig, StorageConfig};
+pub use config::{CrashAt, LeaderlessConfig, NodeConfig, PeerConfig, StorageConfig};
 pub use node::{version_mismatch, PublishSink, Watch, WatchEvent, WatchFrom, WatchRefused};
 pub use node::{
     KeyspaceInfo, LeaderlessReport, Node, ReadOutcome, ReadRequest, ReplicaDigest, ScanPage,

@@ -30,6 +30,11 @@ pub enum Cmd {
         /// feature (never release builds).
         #[arg(long = "bug", value_name = "BUG")]
         bugs: Vec<String>,
+        /// Crash on purpose (abort, as kill -9) at a point crash tests cannot hit by timing:
+        /// snapshot-install (after staging a snapshot's first chunk, before installing it).
+        /// Needs --enable-faults.
+        #[arg(long, value_name = "POINT")]
+        crash_at: Option<String>,
         /// Log lines as text, or as JSON objects (one per line, for log shippers). TUNEKV_LOG
         /// filters them (e.g. `info,tunekv_api=debug`).
         #[arg(long, value_enum, env = "TUNEKV_LOG_FORMAT", default_value = "text")]
@@ -301,6 +306,14 @@ pub enum Cmd {
         /// followers lag visibly.
         #[arg(long, default_value_t = 0)]
         pbs_delay_ms: u64,
+        /// How the store holds up as data grows: load 100k, 1M and 10M keys (up to --keys)
+        /// with batched writes and, at each size, measure pipelined SET and GET at eventual
+        /// over RESP (--connections × --inflight, --duration each: throughput, p99.9, worst
+        /// request), restart every node (kill -9) and time it until each serves, and report
+        /// each node's memory and disk (with --out: scale.json). Use e.g. --keys 10000000
+        /// --inflight 16.
+        #[arg(long)]
+        scale: bool,
     },
     /// Show nodes, groups, leaders and every replica's applied/committed index.
     Cluster {
@@ -466,11 +479,20 @@ pub async fn run(args: Args) -> Result<i32> {
             config,
             enable_faults,
             bugs,
+            crash_at,
             log_format,
         } => {
             init_tracing(log_format);
             let bugs = tunekv_node::Bugs::parse(&bugs).map_err(anyhow::Error::msg)?;
-            crate::server::run(&config, enable_faults, bugs).await?;
+            let crash_at = crash_at
+                .as_deref()
+                .map(tunekv_node::CrashAt::parse)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            if crash_at.is_some() && !enable_faults {
+                anyhow::bail!("--crash-at needs --enable-faults");
+            }
+            crate::server::run(&config, enable_faults, bugs, crash_at).await?;
             Ok(0)
         }
         Cmd::Bench {
@@ -497,6 +519,7 @@ pub async fn run(args: Args) -> Result<i32> {
             pbs,
             pbs_trials,
             pbs_delay_ms,
+            scale,
         } => {
             let compare = comma_list(compare.as_deref().unwrap_or(""))
                 .iter()
@@ -510,6 +533,7 @@ pub async fn run(args: Args) -> Result<i32> {
                 ),
             };
             crate::bench::run(crate::bench::BenchOptions {
+                scale,
                 feed,
                 cache,
                 pbs,

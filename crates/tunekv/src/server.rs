@@ -8,9 +8,15 @@ use tunekv_node::transport::TcpTransport;
 use tunekv_node::{Bugs, Node, NodeConfig};
 use tunekv_storage::FjallStorage;
 
-pub async fn run(config_path: &Path, enable_faults: bool, bugs: Bugs) -> Result<()> {
+pub async fn run(
+    config_path: &Path,
+    enable_faults: bool,
+    bugs: Bugs,
+    crash_at: Option<tunekv_node::CrashAt>,
+) -> Result<()> {
     let mut config = NodeConfig::load(config_path).map_err(anyhow::Error::msg)?;
     config.enable_faults |= enable_faults;
+    config.crash_at = crash_at;
     if bugs.any() {
         tracing::error!(
             ?bugs,

@@ -603,6 +603,136 @@ async fn logs_are_compacted_and_a_lagging_node_catches_up_from_a_snapshot() {
     }
 }
 
+/// A value of 64 KiB that names its key, so a read proves it is this key's write.
+fn big_value(i: usize) -> Vec<u8> {
+    let mut v = format!("value {i}:").into_bytes();
+    v.resize(64 * 1024, b'x');
+    v
+}
+
+/// Crashes around snapshots (issue 21). A follower that crashes mid-install (it aborts, as
+/// kill -9 would, after staging the first chunk of a snapshot of several 4 MiB chunks) comes
+/// back, installs the snapshot and holds every write. Then every node is killed while writes
+/// run and snapshots are built every 20 entries: after a restart every acknowledged write is
+/// there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_mid_snapshot_install_and_build_lose_no_acknowledged_write() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut c = common::start_with(3, true, |cfg| {
+        cfg.raft_timing.snapshot_logs_since_last = 20;
+        cfg.raft_timing.snapshot_logs_kept = 2;
+    })
+    .await;
+    create_keyspace(&c.client(0), "ks", 1).await;
+    let leader = eventually(Duration::from_secs(10), "a leader", || leader_of_via(&c, 0)).await;
+    let lagging = (leader as usize) % 3; // a follower
+    let live = (lagging + 1) % 3;
+    c.kill(lagging);
+    // 160 values of 64 KiB: 10 MiB, a snapshot of three chunks.
+    let writer = c.client(live);
+    for i in 0..160 {
+        writer
+            .put(
+                "ks",
+                format!("k{i}").as_bytes(),
+                &big_value(i),
+                &Opts::default(),
+            )
+            .await
+            .expect("put");
+    }
+    eventually(Duration::from_secs(10), "logs purged", || async {
+        let rows = replicas(&c, live, "ks/shard0").await;
+        rows.iter()
+            .filter(|r| r["node"].as_u64() != Some(lagging as u64 + 1))
+            .all(|r| r["purged_index"].as_u64().unwrap_or(0) > 100)
+            .then_some(())
+    })
+    .await;
+    c.server_args = vec!["--crash-at".into(), "snapshot-install".into()];
+    c.start_node(lagging).expect("restart");
+    let status = eventually(Duration::from_secs(30), "the crash mid-install", || {
+        let status = c.cluster.exited(lagging);
+        async move { status }
+    })
+    .await;
+    assert_eq!(status.signal(), Some(6), "aborted mid-install: {status:?}");
+    c.kill(lagging); // reaps it: the slot is free for the restart
+    c.server_args.clear();
+    c.start_node(lagging).expect("restart");
+    c.wait_ready(Duration::from_secs(30)).await.expect("ready");
+    let back = c.client(lagging);
+    eventually(
+        Duration::from_secs(20),
+        "the snapshot installed",
+        || async {
+            let r = back
+                .get("ks", b"k159", &Opts::level("eventual"))
+                .await
+                .ok()?;
+            (r.value == Some(big_value(159))).then_some(())
+        },
+    )
+    .await;
+    for i in 0..160 {
+        let r = back
+            .get("ks", format!("k{i}").as_bytes(), &Opts::level("eventual"))
+            .await
+            .expect("local read");
+        assert!(r.value == Some(big_value(i)), "k{i} after the install");
+    }
+
+    // Kill every node while writes run and snapshots come every 20 entries.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writing = {
+        let acked = acked.clone();
+        let client = c.client(live);
+        tokio::spawn(async move {
+            for i in 0..100_000usize {
+                let key = format!("w{i}");
+                let opts = Opts::default().wait_ms(2000);
+                match client
+                    .put("ks", key.as_bytes(), key.as_bytes(), &opts)
+                    .await
+                {
+                    Ok(_) => acked.lock().unwrap().push(i),
+                    Err(_) => return,
+                }
+            }
+        })
+    };
+    eventually(Duration::from_secs(20), "writes running", || {
+        let n = acked.lock().unwrap().len();
+        async move { (n >= 150).then_some(()) }
+    })
+    .await;
+    for n in 0..3 {
+        c.kill(n);
+    }
+    tokio::time::timeout(Duration::from_secs(10), writing)
+        .await
+        .expect("the writer stops once the nodes are gone")
+        .expect("writer");
+    for n in 0..3 {
+        c.start_node(n).expect("restart");
+    }
+    c.wait_ready(Duration::from_secs(30)).await.expect("ready");
+    let acked = acked.lock().unwrap().clone();
+    for i in acked {
+        let key = format!("w{i}");
+        let r = c
+            .client(i % 3)
+            .get("ks", key.as_bytes(), &Opts::level("strong").wait_ms(5000))
+            .await
+            .expect("strong get");
+        assert_eq!(
+            r.value,
+            Some(key.clone().into_bytes()),
+            "acknowledged {key} lost"
+        );
+    }
+}
+
 /// One request: status, the `tunekv-version` header, and the body (JSON when it parses).
 async fn versioned(method: &str, url: &str, body: &str) -> (u16, Option<u64>, serde_json::Value) {
     let (status, version, body) =

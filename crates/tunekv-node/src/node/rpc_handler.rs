@@ -108,6 +108,10 @@ impl Node {
                     .write(&records)
                     .map_err(|e| chunk_error(e.into()))?;
                 if !last {
+                    if self.config.crash_at == Some(crate::CrashAt::SnapshotInstall) {
+                        tracing::error!(group = %gid, "--crash-at snapshot-install: aborting");
+                        std::process::abort();
+                    }
                     receiving.next = seq + 1;
                     *super::leaderless::lock(&g.receiving) = Some(receiving);
                     return Ok(Response::SnapshotChunk);

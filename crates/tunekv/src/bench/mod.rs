@@ -10,6 +10,7 @@ mod keys;
 mod leaderless;
 mod pbs;
 mod peers;
+mod scale;
 mod svg;
 
 use crate::targets::{self, Target};
@@ -72,6 +73,9 @@ pub struct BenchOptions {
     pub pbs: bool,
     pub pbs_trials: usize,
     pub pbs_delay_ms: u64,
+    /// `--scale`: SET and GET throughput, p99.9, worst request, restart time, memory and disk
+    /// at 100k, 1M and 10M keys (up to `--keys`).
+    pub scale: bool,
 }
 
 /// What one phase (a row: a level, or a peer system's operation) measured.
@@ -208,6 +212,13 @@ pub async fn run(o: BenchOptions) -> Result<i32> {
                     o.leaderless,
                 )
                 .await
+            } else if o.scale {
+                match &cluster {
+                    Some(c) => scale::run(&o, &targets, c).await,
+                    None => Err(anyhow::anyhow!(
+                        "--scale restarts the cluster it measures: leave out --cluster"
+                    )),
+                }
             } else if o.cache {
                 match &cluster {
                     Some(c) => cache::run(&o, &targets, c, peers.as_ref()).await,
