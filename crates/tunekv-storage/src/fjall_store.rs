@@ -149,15 +149,13 @@ impl FjallStorage {
             .max_journaling_size(JOURNAL_BYTES_MAX)
             .open()
             .map_err(engine)?;
-        let log = db
-            .keyspace("log", KeyspaceCreateOptions::default)
-            .map_err(engine)?;
-        let meta = db
-            .keyspace("meta", KeyspaceCreateOptions::default)
-            .map_err(engine)?;
-        let records = db
-            .keyspace("records", KeyspaceCreateOptions::default)
-            .map_err(engine)?;
+        // Every keyspace's write buffer is bounded like a state's (fjall's default is 64 MiB
+        // each): memory follows the configuration, not the write rate.
+        let memtable = options.memtable_bytes;
+        let bounded = || KeyspaceCreateOptions::default().max_memtable_size(memtable);
+        let log = db.keyspace("log", bounded).map_err(engine)?;
+        let meta = db.keyspace("meta", bounded).map_err(engine)?;
+        let records = db.keyspace("records", bounded).map_err(engine)?;
         let states = Arc::new(States {
             db: db.clone(),
             meta: meta.clone(),
