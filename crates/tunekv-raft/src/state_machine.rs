@@ -171,6 +171,26 @@ impl ShardView {
         Ok(self.view.size_of(&data_key(key))?.unwrap_or(0))
     }
 
+    /// A lower bound of the bytes of the values of `keys` live at `now_ms`, without reading
+    /// them: each record's size less the most its other fields take, for the keys not expired
+    /// (the expiry index lists those). `None` when too many keys have expired unswept to tell.
+    pub fn live_bytes_at_least(&self, keys: &[Vec<u8>], now_ms: u64) -> io::Result<Option<u64>> {
+        /// The most a `StoredValue`'s encoding adds to its value: the length (5 bytes), three
+        /// `u64`s (10 each) and an `Option<u64>` (11).
+        const OVERHEAD: u64 = 5 + 30 + 11;
+        const EXPIRED_MAX: usize = 10_000;
+        let expired = self.expired(now_ms, EXPIRED_MAX + 1)?;
+        if expired.len() > EXPIRED_MAX {
+            return Ok(None);
+        }
+        let expired: std::collections::HashSet<Vec<u8>> = expired.into_iter().collect();
+        let mut bytes = 0;
+        for k in keys.iter().filter(|k| !expired.contains(*k)) {
+            bytes += self.stored_size(k)?.saturating_sub(OVERHEAD);
+        }
+        Ok(Some(bytes))
+    }
+
     /// The value of `key` if it has not expired at `now_ms`.
     pub fn get_live(&self, key: &[u8], now_ms: u64) -> io::Result<Option<StoredValue>> {
         Ok(self.get(key)?.filter(|v| v.live_at(now_ms)))

@@ -436,6 +436,19 @@ impl Storage for FjallStorage {
 mod tests {
     use super::*;
 
+    /// A data directory of a tunekv from before issue 21 (state machines rebuilt from snapshot
+    /// files) is refused with an error that says so, never opened as an empty state.
+    #[test]
+    fn an_older_data_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("snapshots")).unwrap();
+        fs::write(dir.path().join("snapshots/0000000000000000.snap"), b"old").unwrap();
+        let Err(e) = FjallStorage::open(dir.path()) else {
+            panic!("an older data directory opened")
+        };
+        assert!(e.to_string().contains("older tunekv data format"), "{e}");
+    }
+
     /// A snapshot being received when the process died never becomes the state, and its
     /// records are dropped at the next open.
     #[test]

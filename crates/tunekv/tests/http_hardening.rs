@@ -130,7 +130,13 @@ async fn batch_get_of_many_distinct_big_keys_is_refused_before_they_are_copied()
     // Regression (issue 15): distinct keys were all copied out of the state machine before
     // anything counted their size.
     // The smallest cap a config may set: the largest value.
-    let c = one_node(|cfg| cfg.batch_get_response_bytes_max = 16 * MIB as u64).await;
+    // Write buffers large enough that the 17 MiB written below are not flushed to a table
+    // while the refusal is measured (a flush's buffers would show in the peak, not a copy).
+    let c = one_node(|cfg| {
+        cfg.batch_get_response_bytes_max = 16 * MIB as u64;
+        cfg.storage.memtable_bytes = 64 * MIB as u64;
+    })
+    .await;
     let a = c.client(0);
     let big = vec![b'y'; MIB];
     let keys: Vec<String> = (0..17).map(|i| format!("big-{i}")).collect();

@@ -315,9 +315,15 @@ impl Node {
             let room = bytes_max.saturating_sub(bytes_total);
             let (values, receipt) = self
                 .read_shard(&g, level, session, started, deadline, |view, now_ms| {
-                    // Records are at least as large as their values: when they fit, so do
-                    // the values. Otherwise the values are measured one at a time without
-                    // being kept, so a refusal never holds more than one of them.
+                    // Refused from the records' sizes when the live values surely exceed
+                    // the room, without reading them. Records are at least as large as their
+                    // values: when they fit, so do the values. In between, the values are
+                    // measured one at a time without being kept.
+                    if let Some(least) = view.live_bytes_at_least(&keys, now_ms)? {
+                        if least > room {
+                            return Ok(Err(least));
+                        }
+                    }
                     let mut stored = 0u64;
                     for k in &keys {
                         stored += view.stored_size(k)?;
