@@ -105,7 +105,9 @@ pub(crate) fn change_kind(
 pub struct ChangeBatch {
     pub changes: Vec<Change>,
     pub applied: u64,
-    /// The state was replaced by a snapshot: changes up to `applied` are not listed, and a
+    /// The state was replaced by a snapshot, or changes were applied without being recorded
+    /// (no history kept and nobody watching when the batch began): changes up to `applied`
+    /// are not listed, and a
     /// watcher must resync.
     pub reset: bool,
 }

@@ -637,8 +637,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             entries_in.push(item);
         }
         let mut replies = Vec::with_capacity(entries_in.len());
-        // The feed's work is done only while someone watches or a history is kept.
+        // The feed's changes are computed only while someone watches or a history is kept.
         let watched = self.shared.changes.receiver_count() > 0;
+        let mut feed = watched;
         let mut changes = Vec::new();
         let mut batch = Batch {
             view: self.storage.state_view(self.group)?,
@@ -648,7 +649,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let applied = {
             let mut inner = self.shared.lock();
             let history_max = self.shared.feed.history_bytes as u64;
-            let feed = watched || history_max > 0;
+            feed |= history_max > 0;
             let mut position = inner.position;
             let mut membership = None;
             for (entry, responder) in entries_in {
@@ -724,13 +725,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             position.applied()
         };
-        if watched {
-            // Before the applied index moves: a watcher that reads it after subscribing
-            // either counts this batch as before its start or receives it.
+        // Whether anyone watches is asked again after the write: a watcher that subscribed
+        // before this point receives the batch, and one that subscribes after it reads a view
+        // (its starting position) that holds the batch. Asked only before the write, a watcher
+        // subscribing while the batch was applied got neither (found by `verify`'s watcher
+        // once the apply read keys from disk and the window grew).
+        if self.shared.changes.receiver_count() > 0 {
             let _ = self.shared.changes.send(Arc::new(ChangeBatch {
+                // Not computed (no history, nobody watched at the start): the watcher must
+                // start again from a new view.
+                reset: !feed,
                 changes,
                 applied: applied.index,
-                reset: false,
             }));
         }
         self.shared.applied_tx.send_replace(applied);

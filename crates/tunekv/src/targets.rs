@@ -41,14 +41,15 @@ fn from_json(path: &Path) -> Result<Vec<Target>> {
 }
 
 /// The nodes of `cluster_json`, or of a fresh cluster of `nodes` started (with faults enabled
-/// and `server_args`) in `dir` or a temp dir named after `purpose`. Returns the cluster and its
-/// directory when it was started here.
+/// and `server_args`, its configs adjusted by `tweak`) in `dir` or a temp dir named after
+/// `purpose`. Returns the cluster and its directory when it was started here.
 pub async fn open(
     cluster_json: Option<&Path>,
     nodes: u32,
     dir: Option<PathBuf>,
     purpose: &str,
     server_args: &[String],
+    tweak: impl Fn(&mut tunekv_node::NodeConfig),
 ) -> Result<(
     Vec<Target>,
     Option<Arc<Mutex<LocalCluster>>>,
@@ -61,7 +62,7 @@ pub async fn open(
     let dir = dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("tunekv-{purpose}-{}", std::process::id()))
     });
-    let mut c = LocalCluster::prepare(&exe, &dir, nodes, true, true, false)?;
+    let mut c = LocalCluster::prepare_with(&exe, &dir, nodes, true, true, false, tweak)?;
     c.server_args = server_args.to_vec();
     println!("starting {} nodes in {} ...", c.len(), c.dir.display());
     c.start_all()?;

@@ -257,9 +257,10 @@ impl Watch {
                     self.pending.push_back(WatchEvent::End(err(
                         Code::Unavailable,
                         format!(
-                            "shard {} on this node was replaced by a snapshot at index {}; the \
-                             changes before it are not in the feed: read the keys again, then \
-                             watch anew",
+                            "shard {} on this node was replaced by a snapshot at index {} (or \
+                             applied changes it kept no record of, with watch_history_bytes = \
+                             0): resume from the last cursor, or read the keys again and watch \
+                             anew",
                             feed.shard.0, batch.applied
                         ),
                     )));
@@ -464,13 +465,19 @@ impl Node {
         for s in 0..ks.spec.shards {
             let shard = ShardId(s);
             let g = self.hosted_shard(&ks, shard).await?;
-            // Subscribe first, then read the applied index (and the history up to it):
-            // nothing falls in between.
+            // Subscribe first, then read the applied index from a view of the state (and the
+            // history up to it): a batch written before the view is in it, one written after
+            // arrives on `rx` (the applier asks for receivers after its write).
             let rx = g.data.changes();
             // `delivered`: what the watch may report as sent before its first mark.
             let (progress, delivered) = match after.as_ref().map(|a| a[s as usize]) {
                 None => {
-                    let applied = g.data.applied().index;
+                    let applied = g
+                        .data
+                        .read()
+                        .map_err(|e| WatchRefused::Error(internal(e)))?
+                        .applied()
+                        .index;
                     (applied, applied)
                 }
                 Some(after) => {

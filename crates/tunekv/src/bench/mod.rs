@@ -199,7 +199,15 @@ pub async fn run(o: BenchOptions) -> Result<i32> {
         };
         Some(peers::Peers::start(&o.compare, &dir).await?)
     };
-    let opened = targets::open(o.cluster.as_deref(), o.nodes, o.dir.clone(), "bench", &[]).await;
+    let opened = targets::open(
+        o.cluster.as_deref(),
+        o.nodes,
+        o.dir.clone(),
+        "bench",
+        &[],
+        |_| {},
+    )
+    .await;
     let result = match opened {
         Ok((targets, cluster, own_dir)) => {
             let result = if o.pbs {

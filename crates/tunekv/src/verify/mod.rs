@@ -195,6 +195,11 @@ impl Progress {
     }
 }
 
+/// Entries between snapshots on the cluster `verify` starts (the default is 5000, more than a
+/// run writes to one shard), and entries kept behind each.
+const VERIFY_SNAPSHOT_EVERY: u64 = 200;
+const VERIFY_SNAPSHOT_KEPT: u64 = 20;
+
 pub async fn run(o: VerifyOptions) -> Result<i32> {
     if o.clients == 0 || o.keys == 0 {
         bail!("--clients and --keys must be at least 1");
@@ -211,14 +216,26 @@ pub async fn run(o: VerifyOptions) -> Result<i32> {
         o.clients,
         faults::list(&o.faults)
     );
+    if o.cluster.is_none() {
+        println!(
+            "its own cluster snapshots every {VERIFY_SNAPSHOT_EVERY} entries (keeping \
+             {VERIFY_SNAPSHOT_KEPT}), so lagging replicas catch up from snapshots"
+        );
+    }
 
-    // The cluster: our own in a temp dir unless --cluster names one.
+    // The cluster: our own in a temp dir unless --cluster names one. Its nodes snapshot often,
+    // so replicas that a fault cut off or killed catch up by installing a leader's snapshot
+    // (streamed in chunks) within the run, not only from the log.
     let (targets, cluster, own_dir) = targets::open(
         o.cluster.as_deref(),
         o.nodes,
         o.dir.clone(),
         "verify",
         &o.server_args,
+        |cfg| {
+            cfg.raft_timing.snapshot_logs_since_last = VERIFY_SNAPSHOT_EVERY;
+            cfg.raft_timing.snapshot_logs_kept = VERIFY_SNAPSHOT_KEPT;
+        },
     )
     .await?;
     let cache = match (&cluster, o.through_cache) {
