@@ -460,6 +460,13 @@ fn the_scale_bench_loads_measures_and_restarts_at_100k_keys() {
     let rss = row["rss_mib"].as_array().expect("rss per node");
     assert_eq!(rss.len(), 3);
     assert!(rss.iter().all(|m| m.as_f64().unwrap_or(0.0) > 1.0), "{row}");
+    let restarted = row["rss_restarted_mib"]
+        .as_array()
+        .expect("rss after the restart");
+    assert!(
+        restarted.iter().all(|m| m.as_f64().unwrap_or(0.0) > 1.0),
+        "{row}"
+    );
     assert!(row["disk_mib"][0].as_f64().unwrap_or(0.0) > 1.0, "{row}");
     assert!(text.contains("restart s"), "{text}");
 }

@@ -67,6 +67,8 @@ struct Row {
     get: Measured,
     restart_ms: u64,
     rss_mib: Vec<f64>,
+    /// Each node's resident memory just after the restart: what the data costs at rest.
+    rss_restarted_mib: Vec<f64>,
     disk_mib: Vec<f64>,
 }
 
@@ -212,7 +214,7 @@ async fn drive(
 }
 
 /// Resident memory of a process, from /proc (MiB).
-fn rss_mib(pid: u32) -> f64 {
+fn process_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -339,7 +341,7 @@ pub async fn run(
             let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
             (
                 (0..c.len())
-                    .map(|i| c.pid(i).map_or(0.0, rss_mib))
+                    .map(|i| c.pid(i).map_or(0.0, process_rss_mib))
                     .collect(),
                 dirs.iter()
                     .map(|d| dir_bytes(d) as f64 / (1 << 20) as f64)
@@ -348,6 +350,12 @@ pub async fn run(
         };
         println!("{size} keys: restarting every node (kill -9) ...");
         let restart_ms = restart(cluster, &addrs).await?;
+        let rss_restarted_mib = {
+            let c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+            (0..c.len())
+                .map(|i| c.pid(i).map_or(0.0, process_rss_mib))
+                .collect()
+        };
         for m in [&set, &get] {
             if let Some(e) = &m.first_error {
                 println!("  {} requests failed; the first: {e}", m.errors);
@@ -360,6 +368,7 @@ pub async fn run(
             get,
             restart_ms,
             rss_mib,
+            rss_restarted_mib,
             disk_mib,
         });
     }
@@ -384,6 +393,7 @@ pub async fn run(
                 "get_errors": r.get.errors,
                 "restart_ms": r.restart_ms,
                 "rss_mib": r.rss_mib,
+                "rss_restarted_mib": r.rss_restarted_mib,
                 "disk_mib": r.disk_mib,
             })).collect::<Vec<_>>(),
         });
@@ -397,7 +407,7 @@ pub async fn run(
 fn print(rows: &[Row], cache_mib: f64) {
     println!();
     println!(
-        "{:>10} {:>10} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10} {:>12} {:>12}",
+        "{:>10} {:>10} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10} {:>12} {:>12} {:>12}",
         "keys",
         "load/s",
         "SET/s",
@@ -408,12 +418,13 @@ fn print(rows: &[Row], cache_mib: f64) {
         "max ms",
         "restart s",
         "RSS MiB max",
+        "restarted",
         "disk MiB max"
     );
     let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     for r in rows {
         println!(
-            "{:>10} {:>10.0} {:>10.0} {:>9.1} {:>9.1} {:>10.0} {:>9.1} {:>9.1} {:>10.2} {:>12.0} {:>12.0}",
+            "{:>10} {:>10.0} {:>10.0} {:>9.1} {:>9.1} {:>10.0} {:>9.1} {:>9.1} {:>10.2} {:>12.0} {:>12.0} {:>12.0}",
             r.keys,
             r.load_per_sec,
             r.set.per_sec(),
@@ -424,6 +435,7 @@ fn print(rows: &[Row], cache_mib: f64) {
             r.get.max_ms(),
             r.restart_ms as f64 / 1000.0,
             max(&r.rss_mib),
+            max(&r.rss_restarted_mib),
             max(&r.disk_mib),
         );
     }
