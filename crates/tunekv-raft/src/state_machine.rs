@@ -150,10 +150,7 @@ pub struct ShardView {
 
 impl ShardView {
     fn open(view: Arc<dyn StateView>) -> io::Result<ShardView> {
-        let position = match view.get(POSITION_KEY)? {
-            Some(bytes) => decode(&bytes)?,
-            None => Position::default(),
-        };
+        let position = stored_position(&*view)?;
         Ok(ShardView { view, position })
     }
 
@@ -456,12 +453,17 @@ pub struct StateMachine {
     hlc: Arc<Hlc>,
 }
 
+/// The position stored in a view (the default before anything was applied).
+fn stored_position(view: &dyn StateView) -> io::Result<Position> {
+    match view.get(POSITION_KEY)? {
+        Some(bytes) => decode(&bytes),
+        None => Ok(Position::default()),
+    }
+}
+
 /// The position and membership stored in a view.
 fn stored_state(view: &dyn StateView) -> io::Result<(Position, StoredMembershipOf<TypeConfig>)> {
-    let position = match view.get(POSITION_KEY)? {
-        Some(bytes) => decode(&bytes)?,
-        None => Position::default(),
-    };
+    let position = stored_position(view)?;
     let membership = match view.get(MEMBERSHIP_KEY)? {
         Some(bytes) => decode(&bytes)?,
         None => StoredMembershipOf::<TypeConfig>::default(),

@@ -315,27 +315,31 @@ impl Node {
             let room = bytes_max.saturating_sub(bytes_total);
             let (values, receipt) = self
                 .read_shard(&g, level, session, started, deadline, |view, now_ms| {
-                    // Refused from the records' sizes when the live values surely exceed
-                    // the room, without reading them. Records are at least as large as their
-                    // values: when they fit, so do the values. In between, the values are
-                    // measured one at a time without being kept.
-                    if let Some(least) = view.live_bytes_at_least(&keys, now_ms)? {
-                        if least > room {
-                            return Ok(Err(least));
+                    // Only a batch whose largest possible values exceed the room is sized
+                    // first (a single GET never is: the room starts at least at the largest
+                    // value). It is refused from the records' sizes when its live values
+                    // surely exceed the room, without reading them; records are at least as
+                    // large as their values, so when they fit, so do the values; in between,
+                    // the values are measured one at a time without being kept.
+                    if (keys.len() as u64).saturating_mul(ks.spec.value_bytes_max) > room {
+                        if let Some(least) = view.live_bytes_at_least(&keys, now_ms)? {
+                            if least > room {
+                                return Ok(Err(least));
+                            }
                         }
-                    }
-                    let mut stored = 0u64;
-                    for k in &keys {
-                        stored += view.stored_size(k)?;
-                    }
-                    if stored > room {
-                        let mut bytes = 0u64;
+                        let mut stored = 0u64;
                         for k in &keys {
-                            bytes += view
-                                .get_live(k, now_ms)?
-                                .map_or(0, |v| v.value.len() as u64);
-                            if bytes > room {
-                                return Ok(Err(bytes));
+                            stored += view.stored_size(k)?;
+                        }
+                        if stored > room {
+                            let mut bytes = 0u64;
+                            for k in &keys {
+                                bytes += view
+                                    .get_live(k, now_ms)?
+                                    .map_or(0, |v| v.value.len() as u64);
+                                if bytes > room {
+                                    return Ok(Err(bytes));
+                                }
                             }
                         }
                     }
@@ -344,6 +348,9 @@ impl Node {
                     for k in &keys {
                         let v = view.get_live(k, now_ms)?;
                         bytes += v.as_ref().map_or(0, |v| v.value.len() as u64);
+                        if bytes > room {
+                            return Ok(Err(bytes));
+                        }
                         values.push((k.clone(), v));
                     }
                     Ok(Ok((values, bytes)))
