@@ -11,7 +11,8 @@ use tunekv_core::Hlc;
 /// The values of the keys a batch touched (absent keys are not in it).
 pub(crate) type Touched = BTreeMap<Vec<u8>, StoredValue>;
 
-/// The keys an op may change (every branch of a transaction).
+/// The keys an op may change (every branch of a transaction), each once: the feed reports
+/// one change per key per entry, its value after the entry.
 pub(crate) fn keys_written(op: &Op) -> Vec<&Vec<u8>> {
     match op {
         Op::Put { key, .. }
@@ -23,7 +24,15 @@ pub(crate) fn keys_written(op: &Op) -> Vec<&Vec<u8>> {
         | Op::GetDel { key }
         | Op::Expire { key, .. }
         | Op::SetIf { key, .. } => vec![key],
-        Op::MSet { pairs } => pairs.iter().map(|(k, _)| k).collect(),
+        Op::MSet { pairs } => {
+            // `MSET a 1 a 2`, or a pipeline's SETs of one key written together.
+            let mut seen = std::collections::HashSet::with_capacity(pairs.len());
+            pairs
+                .iter()
+                .map(|(k, _)| k)
+                .filter(|k| seen.insert(*k))
+                .collect()
+        }
         Op::Sweep { keys } => keys.iter().collect(),
         Op::Txn {
             success, failure, ..
@@ -382,6 +391,24 @@ pub(crate) fn apply_op(data: &mut Touched, index: u64, cmd: &Command) -> Command
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_written_twice_in_one_entry_is_one_change() {
+        let pairs = |keys: &[&str]| Op::MSet {
+            pairs: keys
+                .iter()
+                .map(|k| (k.as_bytes().to_vec(), vec![1]))
+                .collect(),
+        };
+        let written = |op: &Op| -> Vec<Vec<u8>> { keys_written(op).into_iter().cloned().collect() };
+        assert_eq!(
+            written(&pairs(&["a", "b", "a", "c", "b"])),
+            [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
+        let mut data = Touched::new();
+        run(&mut data, 3, 1, pairs(&["a", "a"]));
+        assert_eq!(data.len(), 1);
+    }
 
     /// Applies `op` as entry `index` committed at `now_ms`.
     fn run(data: &mut Touched, index: u64, now_ms: u64, op: Op) -> CommandResult {

@@ -16,5 +16,5 @@ pub mod push;
 pub mod reply;
 pub mod server;
 
-pub use cmd::{execute, KEYS_MAX, NUMBERED_DBS};
+pub use cmd::{execute, execute_all, KEYS_MAX, NUMBERED_DBS};
 pub use server::{serve, RespOptions};

@@ -10,7 +10,7 @@
 //! frees what it held, so connections that each hold part of the budget cannot wait on each
 //! other forever.
 
-use crate::cmd::execute;
+use crate::cmd::execute_all;
 use crate::conn::{Conn, Shared};
 use crate::parse::{Limits, RequestParser};
 use crate::reply::Reply;
@@ -201,30 +201,36 @@ async fn connection(
             return Ok(());
         }
         // Answer every request completed by these bytes, in order, then write them together.
+        // They are all parsed first, so a pipelined run of writes can commit together.
         let mut rest = &input[..n];
+        let mut ready = Vec::new();
+        let mut malformed = None;
         loop {
             match parser.parse(&mut rest) {
                 Ok(None) => break,
                 Ok(Some(args)) => {
                     // The request has left the parser: give back what it held.
                     held.shrink_to(parser.pending_bytes());
-                    if args.is_empty() {
-                        continue;
-                    }
-                    let reply = execute(shared, &mut conn, args).await;
-                    reply.encode(conn.resp3, &mut output);
-                    if conn.quit {
-                        stream.write_all(&output).await?;
-                        return Ok(());
+                    if !args.is_empty() {
+                        ready.push(args);
                     }
                 }
                 Err(e) => {
-                    drop(parser);
-                    drop(held);
-                    let refusal = Reply::err(format!("Protocol error: {}", e.0));
-                    return refuse(stream, output, conn.resp3, refusal, input).await;
+                    malformed = Some(e);
+                    break;
                 }
             }
+        }
+        execute_all(shared, &mut conn, ready, &mut output).await;
+        if conn.quit {
+            stream.write_all(&output).await?;
+            return Ok(());
+        }
+        if let Some(e) = malformed {
+            drop(parser);
+            drop(held);
+            let refusal = Reply::err(format!("Protocol error: {}", e.0));
+            return refuse(stream, output, conn.resp3, refusal, input).await;
         }
         if !output.is_empty() {
             stream.write_all(&output).await?;

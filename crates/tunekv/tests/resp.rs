@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::raw::{bulk, Raw, R};
+use common::raw::{bulk, frame, Raw, R};
 use common::{eventually, leader_and_follower, start, start_with};
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
@@ -41,6 +41,13 @@ fn redis_cli(addr: &str, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_protocol_pipelining_typed_errors_and_strong_reads_on_followers() {
     let c = start(3, false).await;
+    let (s, _, b) = common::call(
+        "PUT",
+        &format!("{}/v1/keyspaces/ll", c.http(0)),
+        r#"{"mode":"leaderless","replicas":3}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
     let (n1, n3) = (resp_addr(&c, 0), resp_addr(&c, 2));
     tokio::task::spawn_blocking(move || {
         let mut a = Raw::connect(&n1);
@@ -59,6 +66,49 @@ async fn raw_protocol_pipelining_typed_errors_and_strong_reads_on_followers() {
             assert_eq!(a.read(), R::Simple("OK".into()), "reply {i}");
             assert_eq!(a.read(), bulk(&format!("{i:03}")), "reply {i}");
         }
+        // A run of plain SETs commits together (one log entry per shard) and still answers
+        // each in order as if alone: a key's last SET wins, a bad one fails alone, POSITION
+        // names the last one's entry. Then the same on a leaderless keyspace (one by one).
+        for ks in ["0", "ll"] {
+            assert_eq!(a.cmd(&["SELECT", ks]), R::Simple("OK".into()));
+            let mut batch = Vec::new();
+            let mut last = std::collections::BTreeMap::new();
+            for i in 0..60 {
+                let key = if i == 30 { "k".repeat(2000) } else { format!("r{}", i % 7) };
+                let value = format!("{ks}-{i:03}");
+                batch.extend_from_slice(&frame(&["SET", &key, &value]));
+                if i != 30 {
+                    last.insert(key, value);
+                }
+            }
+            batch.extend_from_slice(&frame(&["POSITION"]));
+            a.send(&batch);
+            for i in 0..60 {
+                match a.read() {
+                    R::Error(e) if i == 30 => assert!(e.starts_with("KEY_TOO_LARGE "), "{e}"),
+                    r => assert_eq!(r, R::Simple("OK".into()), "{ks}: SET {i}"),
+                }
+            }
+            let R::Array(position) = a.read() else { panic!("POSITION is an array") };
+            assert_eq!(position.len(), 1, "{ks}: {position:?}");
+            for (key, value) in &last {
+                assert_eq!(a.cmd(&["GET", key]), bulk(value), "{ks}: {key}");
+            }
+            if ks == "0" {
+                // r3 was the last key set (i = 59): its version is that entry's index.
+                let R::Int(v) = a.cmd(&["VERSION", "r3"]) else { panic!("a version") };
+                let R::Bulk(Some(p)) = &position[0] else { panic!("a position") };
+                let p = String::from_utf8_lossy(p).to_string();
+                assert!(p.contains(&format!(";index={v};")), "{p} vs version {v}");
+                // One entry per shard: the 7 keys' versions are their shards' entries, fewer
+                // than 7 (7 SETs one after another would have made 7).
+                let versions: std::collections::BTreeSet<_> = (0..7)
+                    .map(|j| format!("{:?}", a.cmd(&["VERSION", &format!("r{j}")])))
+                    .collect();
+                assert!(versions.len() < 7, "{versions:?}");
+            }
+        }
+        assert_eq!(a.cmd(&["SELECT", "0"]), R::Simple("OK".into()));
         // Inline commands work too (telnet users).
         a.send(b"ECHO hi\r\n");
         assert_eq!(a.read(), bulk("hi"));

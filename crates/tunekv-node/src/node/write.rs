@@ -529,6 +529,103 @@ impl Node {
         Ok(out)
     }
 
+    /// Plain `SET`s of many keys, as one client pipelined them: each pair is its own write with
+    /// its own outcome (in `pairs`' order), but on an ordered keyspace the pairs of one shard
+    /// commit as one log entry and the shards' entries are proposed together, so a pipeline
+    /// costs a round of consensus per shard instead of one per command. Writes to different keys
+    /// commute and a key's pairs keep their order in its entry, so every value read afterwards is
+    /// what the writes one after another would have left; the client sent each before hearing
+    /// of the one before, so they may take effect at once. A pair with a bad key or value fails
+    /// alone. Other modes write the pairs one after another, as the commands would.
+    pub async fn set_many(
+        &self,
+        req: WriteRequest<'_>,
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Vec<Result<WriteOutcome, TunekvError>> {
+        let n = pairs.len();
+        let WriteRequest {
+            keyspace,
+            w,
+            wait,
+            session,
+        } = req;
+        let deadline = Instant::now() + self.wait_budget(wait, self.config.write_wait_ms_default);
+        let ks = match self.keyspace(keyspace, deadline).await {
+            Ok(ks) => ks,
+            Err(e) => return vec![Err(e); n],
+        };
+        if ks.spec.mode != Mode::Ordered || w.is_some() {
+            let mut out = Vec::with_capacity(n);
+            for (key, value) in pairs {
+                let req = WriteRequest {
+                    keyspace,
+                    w,
+                    wait,
+                    session: &mut *session,
+                };
+                let op = |_: &KeyspaceInfo| {
+                    Ok(Op::Set {
+                        key: key.clone(),
+                        value,
+                        cond: tunekv_raft::Cond::Always,
+                        ttl: Ttl::Clear,
+                        get: false,
+                    })
+                };
+                out.push(self.write(req, &key, op).await);
+            }
+            return out;
+        }
+        let mut out: Vec<Option<Result<WriteOutcome, TunekvError>>> = vec![None; n];
+        // Per shard: where each pair was sent, and the pairs.
+        type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+        let mut by_shard: BTreeMap<ShardId, (Vec<usize>, Pairs)> = BTreeMap::new();
+        for (i, (key, value)) in pairs.into_iter().enumerate() {
+            if let Err(e) =
+                check_key(&key).and_then(|_| check_value(&value, ks.spec.value_bytes_max))
+            {
+                out[i] = Some(Err(e));
+                continue;
+            }
+            let entry = by_shard
+                .entry(shard_for_key(&key, ks.spec.shards))
+                .or_default();
+            entry.0.push(i);
+            entry.1.push((key, value));
+        }
+        let mut proposals = Vec::with_capacity(by_shard.len());
+        for (shard, (at, pairs)) in by_shard {
+            let g = match self.hosted_shard(&ks, shard).await {
+                Ok(g) => g,
+                Err(e) => {
+                    for i in at {
+                        out[i] = Some(Err(e.clone()));
+                    }
+                    continue;
+                }
+            };
+            if let Err(e) = session.admit(g.id) {
+                for i in at {
+                    out[i] = Some(Err(e.clone()));
+                }
+                continue;
+            }
+            proposals.push(async move {
+                let w = self.propose(g.id, Op::MSet { pairs }, deadline).await;
+                (g, at, w)
+            });
+        }
+        for (g, at, w) in futures::future::join_all(proposals).await {
+            let w = w.map(|w| self.write_outcome(&g, w, session));
+            for i in at {
+                out[i] = Some(w.clone());
+            }
+        }
+        out.into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(err(Code::Internal, "a SET was left unanswered"))))
+            .collect()
+    }
+
     /// The outcome of a committed write, recorded in the session. Monotonic writes and
     /// writes-follow-reads hold by the log: a new entry's index is above every committed index,
     /// so above everything this session wrote or read on the shard. Checked, never assumed.

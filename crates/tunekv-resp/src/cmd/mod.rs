@@ -136,6 +136,45 @@ fn lookup(name: &str) -> Option<&'static CommandSpec> {
     table().get(name).copied()
 }
 
+/// Most plain SETs of a pipeline that commit together, and most value bytes.
+const SET_RUN_MAX: usize = 256;
+const SET_RUN_BYTES_MAX: usize = 1024 * 1024;
+
+/// Runs the requests one client pipelined, in order, each reply after the one before, until
+/// one closes the connection (`QUIT`). A run of plain `SET key value`s goes to the node as one
+/// batch ([`strings::set_run`]): one commit per shard for all of them.
+pub async fn execute_all(
+    shared: &Shared,
+    conn: &mut Conn,
+    requests: Vec<Vec<Vec<u8>>>,
+    output: &mut Vec<u8>,
+) {
+    let mut requests = requests.into_iter().peekable();
+    while let Some(args) = requests.next() {
+        if strings::plain_set(conn, &args)
+            && requests.peek().is_some_and(|a| strings::plain_set(conn, a))
+        {
+            let mut bytes = args[2].len();
+            let mut run = vec![args];
+            while run.len() < SET_RUN_MAX && bytes < SET_RUN_BYTES_MAX {
+                let Some(next) = requests.next_if(|a| strings::plain_set(conn, a)) else {
+                    break;
+                };
+                bytes += next[2].len();
+                run.push(next);
+            }
+            for reply in strings::set_run(shared, conn, run).await {
+                reply.encode(conn.resp3, output);
+            }
+            continue;
+        }
+        execute(shared, conn, args).await.encode(conn.resp3, output);
+        if conn.quit {
+            return;
+        }
+    }
+}
+
 /// Runs one request. Never panics on input; every failure is a reply.
 pub async fn execute(shared: &Shared, conn: &mut Conn, args: Vec<Vec<u8>>) -> Reply {
     let started = std::time::Instant::now();

@@ -275,6 +275,82 @@ fn set<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
     })
 }
 
+/// `SET key value` with no options, on a connection where it would run at once (not queued
+/// by MULTI, not refused while subscribed): [`set_run`] can take it.
+pub(super) fn plain_set(conn: &Conn, args: &[Vec<u8>]) -> bool {
+    args.len() == 3
+        && args[0].eq_ignore_ascii_case(b"set")
+        && conn.multi.is_none()
+        && (conn.resp3 || conn.subscriptions() == 0)
+}
+
+/// Pipelined plain SETs ([`plain_set`]), written together ([`Node::set_many`]): one reply each,
+/// in order, what each alone would have answered; `POSITION` then reports the last one's.
+pub(super) async fn set_run(s: &Shared, conn: &mut Conn, run: Vec<Vec<Vec<u8>>>) -> Vec<Reply> {
+    let started = std::time::Instant::now();
+    let n = run.len();
+    let span = tracing::debug_span!(
+        "request",
+        node = s.node.id().0,
+        protocol = "resp",
+        conn = conn.id,
+        op = "set",
+        pipelined = n,
+    );
+    let replies = tracing::Instrument::instrument(
+        async {
+            // CLIENT CACHING is for the command after it.
+            conn.caching = None;
+            conn.written.clear();
+            if let Err(e) = super::ensure_keyspace(conn, &s.node).await {
+                return vec![e; n];
+            }
+            let pairs = run
+                .into_iter()
+                .map(|mut a| {
+                    let value = a.pop().unwrap_or_default();
+                    (a.pop().unwrap_or_default(), value)
+                })
+                .collect();
+            let outcomes = s.node.set_many(conn.write_req(), pairs).await;
+            let noloop = conn.tracking.as_ref().is_some_and(|t| t.noloop);
+            let ks: std::sync::Arc<str> = conn.keyspace.as_str().into();
+            let mut replies = Vec::with_capacity(n);
+            for o in outcomes {
+                conn.written.clear();
+                replies.push(match o {
+                    Ok(w) => {
+                        conn.written.push(w.position);
+                        let own = (ks.clone(), w.position.shard.0, w.position.index.0);
+                        if noloop && conn.own_writes.back() != Some(&own) {
+                            if conn.own_writes.len() >= crate::push::OWN_WRITES_MAX {
+                                conn.own_writes.pop_front();
+                            }
+                            conn.own_writes.push_back(own);
+                        }
+                        Reply::ok()
+                    }
+                    Err(e) => typed(e),
+                });
+            }
+            replies
+        },
+        span,
+    )
+    .await;
+    let elapsed = started.elapsed();
+    for r in &replies {
+        s.node.metrics().request(
+            tunekv_node::metrics::Protocol::Resp,
+            "set",
+            tunekv_node::metrics::NO_LEVEL,
+            r.outcome(),
+            elapsed,
+        );
+    }
+    replies
+}
+
 fn version<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
     Box::pin(async move {
         let key = a.next()?;

@@ -292,9 +292,19 @@ pub async fn run_client(
                     continue;
                 };
                 *used += 1;
+                // Half the writes are sent twice in one pipeline (a client's retry): the two
+                // commit together as one run of SETs, and must answer as one write would.
+                let twice = rng.gen_bool(0.5);
                 let out = tokio::time::timeout(
                     CLIENT_TIMEOUT,
-                    resp_op(conn, kind, &key, value.as_deref(), &level, &mut token),
+                    resp_op(
+                        conn,
+                        (kind, twice),
+                        &key,
+                        value.as_deref(),
+                        &level,
+                        &mut token,
+                    ),
                 )
                 .await
                 .unwrap_or_else(|_| Outcome::failed(None, "transport: client timeout".into()));
@@ -649,7 +659,7 @@ fn resp_code(e: &str) -> String {
 
 async fn resp_op(
     c: &mut RespConn,
-    kind: OpKind,
+    (kind, twice): (OpKind, bool),
     key: &str,
     value: Option<&str>,
     level: &str,
@@ -661,6 +671,12 @@ async fn resp_op(
             vec![b"CONSISTENCY", level.as_bytes()],
             vec![b"GET", k],
             vec![b"RECEIPT"],
+            vec![b"SESSION"],
+        ],
+        (_, Some(v)) if twice => vec![
+            vec![b"SET", k, v.as_bytes()],
+            vec![b"SET", k, v.as_bytes()],
+            vec![b"POSITION"],
             vec![b"SESSION"],
         ],
         (_, Some(v)) => vec![
@@ -683,6 +699,21 @@ async fn resp_op(
             return Outcome::failed(Some(false), e.clone());
         }
         &replies[1]
+    } else if replies.len() == 4 {
+        // Sent twice: the write happened if either did, and is known not to have happened only
+        // if neither did.
+        match (&replies[0], &replies[1]) {
+            (Value::Error(_), ok @ Value::Simple(_)) => ok,
+            (Value::Error(a), Value::Error(b)) => {
+                let (ca, cb) = (resp_code(a), resp_code(b));
+                let ok = match (ok_of_code(&ca), ok_of_code(&cb)) {
+                    (Some(false), Some(false)) => Some(false),
+                    _ => None,
+                };
+                return Outcome::failed(ok, format!("{ca}: {a}; then {cb}: {b}"));
+            }
+            (first, _) => first,
+        }
     } else {
         &replies[0]
     };
@@ -705,7 +736,7 @@ async fn resp_op(
             }
         }
         _ => Outcome {
-            position: match &replies[1] {
+            position: match &replies[replies.len() - 2] {
                 Value::Array(Some(ps)) => ps.first().and_then(Value::text),
                 _ => None,
             },

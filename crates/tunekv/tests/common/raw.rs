@@ -37,11 +37,7 @@ impl Raw {
     }
 
     pub fn cmd(&mut self, args: &[&str]) -> R {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-        }
-        self.send(&out);
+        self.send(&frame(args));
         self.read()
     }
 
@@ -88,6 +84,15 @@ impl Raw {
         let mut b = [0u8; 1];
         matches!(self.reader.read(&mut b), Ok(0) | Err(_))
     }
+}
+
+/// One request as RESP bytes.
+pub fn frame(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
 }
 
 pub fn bulk(s: &str) -> R {
