@@ -91,9 +91,40 @@ async fn raw_protocol_pipelining_typed_errors_and_strong_reads_on_followers() {
             }
             let R::Array(position) = a.read() else { panic!("POSITION is an array") };
             assert_eq!(position.len(), 1, "{ks}: {position:?}");
-            for (key, value) in &last {
-                assert_eq!(a.cmd(&["GET", key]), bulk(value), "{ks}: {key}");
+            // A run of GETs is read together, answered one by one; RECEIPT is the last one's.
+            let mut batch = Vec::new();
+            for key in last.keys().chain(["absent".to_string()].iter()) {
+                batch.extend_from_slice(&frame(&["GET", key]));
             }
+            batch.extend_from_slice(&frame(&["RECEIPT"]));
+            a.send(&batch);
+            for (key, value) in &last {
+                assert_eq!(a.read(), bulk(value), "{ks}: {key}");
+            }
+            assert_eq!(a.read(), R::Bulk(None), "{ks}: absent");
+            let field = |receipt: &R, name: &str| match receipt {
+                R::Array(f) => f
+                    .iter()
+                    .position(|r| *r == bulk(name))
+                    .and_then(|at| f.get(at + 1))
+                    .map(|v| format!("{v:?}")),
+                other => panic!("RECEIPT is a map: {other:?}"),
+            };
+            let shard = |receipt: &R| match receipt {
+                R::Array(f) => f.iter().find_map(|v| match v {
+                    R::Bulk(Some(b)) => String::from_utf8_lossy(b)
+                        .strip_prefix("shard=")
+                        .map(|r| r.split(';').next().unwrap_or("").to_string()),
+                    _ => None,
+                }),
+                _ => None,
+            };
+            let in_run = a.read();
+            assert_eq!(a.cmd(&["GET", "absent"]), R::Bulk(None));
+            let alone = a.cmd(&["RECEIPT"]);
+            assert!(shard(&in_run).is_some(), "{ks}: {in_run:?}");
+            assert_eq!(shard(&in_run), shard(&alone), "{ks}: {in_run:?} vs {alone:?}");
+            assert_eq!(field(&in_run, "version"), field(&alone, "version"), "{ks}");
             if ks == "0" {
                 // r3 was the last key set (i = 59): its version is that entry's index.
                 let R::Int(v) = a.cmd(&["VERSION", "r3"]) else { panic!("a version") };

@@ -139,10 +139,13 @@ fn lookup(name: &str) -> Option<&'static CommandSpec> {
 /// Most plain SETs of a pipeline that commit together, and most value bytes.
 const SET_RUN_MAX: usize = 256;
 const SET_RUN_BYTES_MAX: usize = 1024 * 1024;
+/// Most plain GETs of a pipeline read together.
+const GET_RUN_MAX: usize = 64;
 
 /// Runs the requests one client pipelined, in order, each reply after the one before, until
 /// one closes the connection (`QUIT`). A run of plain `SET key value`s goes to the node as one
-/// batch ([`strings::set_run`]): one commit per shard for all of them.
+/// batch ([`strings::set_run`]: one commit per shard for all of them), a run of plain
+/// `GET key`s as one batch read ([`strings::get_run`]: one view of each shard).
 pub async fn execute_all(
     shared: &Shared,
     conn: &mut Conn,
@@ -151,27 +154,68 @@ pub async fn execute_all(
 ) {
     let mut requests = requests.into_iter().peekable();
     while let Some(args) = requests.next() {
-        if strings::plain_set(conn, &args)
-            && requests.peek().is_some_and(|a| strings::plain_set(conn, a))
-        {
-            let mut bytes = args[2].len();
-            let mut run = vec![args];
-            while run.len() < SET_RUN_MAX && bytes < SET_RUN_BYTES_MAX {
-                let Some(next) = requests.next_if(|a| strings::plain_set(conn, a)) else {
-                    break;
+        if let Some(kind) = Run::of(conn, &args) {
+            if requests
+                .peek()
+                .is_some_and(|a| Run::of(conn, a) == Some(kind))
+            {
+                let most = match kind {
+                    Run::Sets => SET_RUN_MAX,
+                    Run::Gets => GET_RUN_MAX,
                 };
-                bytes += next[2].len();
-                run.push(next);
+                let mut bytes = args.last().map_or(0, Vec::len);
+                let mut run = vec![args];
+                while run.len() < most && bytes < SET_RUN_BYTES_MAX {
+                    let Some(next) = requests.next_if(|a| Run::of(conn, a) == Some(kind)) else {
+                        break;
+                    };
+                    bytes += next.last().map_or(0, Vec::len);
+                    run.push(next);
+                }
+                let replies = match kind {
+                    Run::Sets => strings::set_run(shared, conn, run).await,
+                    Run::Gets => strings::get_run(shared, conn, run).await,
+                };
+                for reply in replies {
+                    reply.encode(conn.resp3, output);
+                }
+                continue;
             }
-            for reply in strings::set_run(shared, conn, run).await {
-                reply.encode(conn.resp3, output);
-            }
-            continue;
         }
         execute(shared, conn, args).await.encode(conn.resp3, output);
         if conn.quit {
             return;
         }
+    }
+}
+
+/// The pipelined requests that run together.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Sets,
+    Gets,
+}
+
+impl Run {
+    fn of(conn: &Conn, args: &[Vec<u8>]) -> Option<Run> {
+        if strings::plain_set(conn, args) {
+            Some(Run::Sets)
+        } else if strings::plain_get(conn, args) {
+            Some(Run::Gets)
+        } else {
+            None
+        }
+    }
+}
+
+/// The level label of a read on this connection, for metrics and logs.
+fn read_level_label(shared: &Shared, conn: &Conn) -> &'static str {
+    match conn.level {
+        Some(l) => metrics::level_label(l),
+        None => shared
+            .node
+            .default_level_of(&conn.keyspace)
+            .map_or("default", metrics::level_label),
     }
 }
 
@@ -181,13 +225,7 @@ pub async fn execute(shared: &Shared, conn: &mut Conn, args: Vec<Vec<u8>>) -> Re
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
     let spec = lookup(&name);
     let level = match spec {
-        Some(s) if s.kind == Kind::Read => match conn.level {
-            Some(l) => metrics::level_label(l),
-            None => shared
-                .node
-                .default_level_of(&conn.keyspace)
-                .map_or("default", metrics::level_label),
-        },
+        Some(s) if s.kind == Kind::Read => read_level_label(shared, conn),
         _ => metrics::NO_LEVEL,
     };
     // Everything logged while this command runs carries its span's fields. At debug level

@@ -284,6 +284,103 @@ pub(super) fn plain_set(conn: &Conn, args: &[Vec<u8>]) -> bool {
         && (conn.resp3 || conn.subscriptions() == 0)
 }
 
+/// `GET key` on a connection where it would run at once and track nothing (CLIENT TRACKING
+/// registers each read's keys): [`get_run`] can take it.
+pub(super) fn plain_get(conn: &Conn, args: &[Vec<u8>]) -> bool {
+    args.len() == 2
+        && args[0].eq_ignore_ascii_case(b"get")
+        && conn.multi.is_none()
+        && conn.tracking.is_none()
+        && (conn.resp3 || conn.subscriptions() == 0)
+}
+
+/// Pipelined plain GETs ([`plain_get`]), read together: one view of each shard at the
+/// connection's level serves them all (the client sent each before hearing the one before, so
+/// one point in time may answer them). One reply each, in order; `RECEIPT` then reports the last
+/// one's. A run too large for one batch read is read key by key.
+pub(super) async fn get_run(s: &Shared, conn: &mut Conn, run: Vec<Vec<Vec<u8>>>) -> Vec<Reply> {
+    let started = std::time::Instant::now();
+    let n = run.len();
+    let level = super::read_level_label(s, conn);
+    let span = tracing::debug_span!(
+        "request",
+        node = s.node.id().0,
+        protocol = "resp",
+        conn = conn.id,
+        op = "get",
+        level,
+        pipelined = n,
+    );
+    let keys: Vec<Vec<u8>> = run
+        .into_iter()
+        .map(|mut a| a.pop().unwrap_or_default())
+        .collect();
+    let replies = tracing::Instrument::instrument(
+        async {
+            conn.caching = None;
+            if let Err(e) = super::ensure_keyspace(conn, &s.node).await {
+                return vec![e; n];
+            }
+            let shards = match s.node.batch_get(conn.read_req(), &keys).await {
+                Ok(shards) => shards,
+                Err(e) if e.code == tunekv_core::Code::ResponseTooLarge => {
+                    let mut replies = Vec::with_capacity(n);
+                    for key in &keys {
+                        replies.push(match read_one(&s.node, conn, key).await {
+                            Ok(v) => v.map_or(Reply::Nil, |v| Reply::Bulk(v.value)),
+                            Err(e) => e,
+                        });
+                    }
+                    return replies;
+                }
+                Err(e) => return vec![typed(e); n],
+            };
+            // RECEIPT answers for the last GET: the receipt of its key's shard.
+            let last = keys.last().and_then(|k| {
+                shards
+                    .iter()
+                    .position(|s| s.values.iter().any(|(v, _)| v == k))
+            });
+            let mut found = std::collections::HashMap::with_capacity(n);
+            conn.receipts.clear();
+            for (i, shard) in shards.into_iter().enumerate() {
+                if Some(i) == last {
+                    conn.receipts.push(shard.receipt);
+                }
+                for (k, v) in shard.values {
+                    found.insert(k, v);
+                }
+            }
+            let ordered = conn.receipts.iter().all(|r| r.quorum.is_none());
+            let mut replies = Vec::with_capacity(n);
+            for key in &keys {
+                let value = found.get(key).cloned().flatten();
+                if ordered {
+                    conn.read_version = Some(value.as_ref().map_or(0, |v| v.mod_index));
+                }
+                replies.push(value.map_or(Reply::Nil, |v| Reply::Bulk(v.value)));
+            }
+            if !ordered {
+                conn.read_version = None;
+            }
+            replies
+        },
+        span,
+    )
+    .await;
+    let elapsed = started.elapsed();
+    for r in &replies {
+        s.node.metrics().request(
+            tunekv_node::metrics::Protocol::Resp,
+            "get",
+            level,
+            r.outcome(),
+            elapsed,
+        );
+    }
+    replies
+}
+
 /// Pipelined plain SETs ([`plain_set`]), written together ([`Node::set_many`]): one reply each,
 /// in order, what each alone would have answered; `POSITION` then reports the last one's.
 pub(super) async fn set_run(s: &Shared, conn: &mut Conn, run: Vec<Vec<Vec<u8>>>) -> Vec<Reply> {

@@ -292,8 +292,9 @@ pub async fn run_client(
                     continue;
                 };
                 *used += 1;
-                // Half the writes are sent twice in one pipeline (a client's retry): the two
-                // commit together as one run of SETs, and must answer as one write would.
+                // Half the operations are sent twice in one pipeline (a client's retry): two
+                // SETs commit together as one run, two GETs read one view; either pair must
+                // answer as one operation would.
                 let twice = rng.gen_bool(0.5);
                 let out = tokio::time::timeout(
                     CLIENT_TIMEOUT,
@@ -667,6 +668,13 @@ async fn resp_op(
 ) -> Outcome {
     let k = key.as_bytes();
     let cmds: Vec<Vec<&[u8]>> = match (kind, value) {
+        (OpKind::Read, _) if twice => vec![
+            vec![b"CONSISTENCY", level.as_bytes()],
+            vec![b"GET", k],
+            vec![b"GET", k],
+            vec![b"RECEIPT"],
+            vec![b"SESSION"],
+        ],
         (OpKind::Read, _) => vec![
             vec![b"CONSISTENCY", level.as_bytes()],
             vec![b"GET", k],
@@ -698,7 +706,8 @@ async fn resp_op(
         if let Value::Error(e) = &replies[0] {
             return Outcome::failed(Some(false), e.clone());
         }
-        &replies[1]
+        // Sent twice: the later GET is the one RECEIPT describes.
+        &replies[replies.len() - 3]
     } else if replies.len() == 4 {
         // Sent twice: the write happened if either did, and is known not to have happened only
         // if neither did.
@@ -723,7 +732,7 @@ async fn resp_op(
     }
     match kind {
         OpKind::Read => {
-            let receipt = &replies[2];
+            let receipt = &replies[replies.len() - 2];
             let int = |name: &str| match receipt.field(name) {
                 Some(Value::Int(n)) => u64::try_from(*n).ok(),
                 _ => None,
