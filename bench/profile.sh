@@ -39,13 +39,14 @@ profile() { # name, bench args...
   echo "$name: $OUT/$name.top.txt"
   grep -A2 '^level' "$OUT/$name.bench.txt" | tail -1
 }
-PROFILES="${PROFILES:-write read-strong read-eventual resp-get}"
+PROFILES="${PROFILES:-write read-strong read-eventual resp-get resp-set}"
 for p in $PROFILES; do
   case $p in
     write) profile write --levels strong --read-ratio 0 ;;
     read-strong) profile read-strong --levels strong --read-ratio 1 ;;
     read-eventual) profile read-eventual --levels eventual --read-ratio 1 ;;
     resp-get) profile resp-get --protocol resp --levels eventual --read-ratio 1 --inflight 16 ;;
+    resp-set) profile resp-set --protocol resp --levels eventual --read-ratio 0 --inflight 16 ;;
     *) echo "unknown profile $p" >&2; exit 2 ;;
   esac
 done

@@ -164,7 +164,7 @@ pub async fn run(
     let mut hit_ratios: BTreeMap<String, (f64, u64)> = BTreeMap::new();
     for (spec, cache_read) in &specs {
         let before = cache_client.cache_status().await.ok();
-        results.push(phase(o, targets, spec, keys.clone(), value.clone()).await?);
+        results.push(phase(o, o.duration, targets, spec, keys.clone(), value.clone()).await?);
         if *cache_read {
             let after = cache_client.cache_status().await?;
             let delta = |name: &str| {

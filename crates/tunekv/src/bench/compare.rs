@@ -81,6 +81,25 @@ pub(super) fn specs(p: &Peers) -> Vec<PhaseSpec> {
     v
 }
 
+/// The order the rows run in, each with whether it is one of two halves: every row once, in
+/// order, except tunekv's HTTP read rows, measured forward then backward, half the time each.
+pub(super) fn interleaved(specs: &[PhaseSpec]) -> Vec<(usize, bool)> {
+    let reads = [READ_STRONG, READ_BOUNDED, READ_SESSION, READ_EVENTUAL];
+    let halves: Vec<usize> = (0..specs.len())
+        .filter(|&i| reads.contains(&specs[i].label.as_str()))
+        .collect();
+    let mut order = Vec::with_capacity(specs.len() + halves.len());
+    for i in 0..specs.len() {
+        if halves.first() == Some(&i) {
+            order.extend(halves.iter().map(|&h| (h, true)));
+            order.extend(halves.iter().rev().map(|&h| (h, true)));
+        } else if !halves.contains(&i) {
+            order.push((i, false));
+        }
+    }
+    order
+}
+
 /// Throughput ratios by name; `None` where a side was not measured or did nothing.
 pub(super) fn ratios(results: &[LevelResult]) -> BTreeMap<String, Option<f64>> {
     let throughput = |label: &str| {
@@ -130,6 +149,40 @@ mod tests {
             stale_ms: Histogram::new(3).expect("histogram"),
             refused: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn http_read_rows_run_forward_then_backward_in_halves() {
+        let specs: Vec<PhaseSpec> = [
+            WRITE,
+            READ_STRONG,
+            READ_BOUNDED,
+            READ_SESSION,
+            READ_EVENTUAL,
+            RESP_GET,
+        ]
+        .iter()
+        .map(|l| row(l, "strong", 1.0, Driver::TunekvHttp))
+        .collect();
+        let order: Vec<(&str, bool)> = interleaved(&specs)
+            .into_iter()
+            .map(|(i, half)| (specs[i].label.as_str(), half))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (WRITE, false),
+                (READ_STRONG, true),
+                (READ_BOUNDED, true),
+                (READ_SESSION, true),
+                (READ_EVENTUAL, true),
+                (READ_EVENTUAL, true),
+                (READ_SESSION, true),
+                (READ_BOUNDED, true),
+                (READ_STRONG, true),
+                (RESP_GET, false),
+            ]
+        );
     }
 
     #[test]

@@ -90,6 +90,19 @@ pub struct LevelResult {
 }
 
 impl LevelResult {
+    /// Adds a second measurement of the same row.
+    fn merge(&mut self, other: &LevelResult) -> Result<()> {
+        self.latency_us.add(&other.latency_us)?;
+        self.stale_entries.add(&other.stale_entries)?;
+        self.stale_ms.add(&other.stale_ms)?;
+        for (k, v) in &other.refused {
+            *self.refused.entry(k.clone()).or_default() += v;
+        }
+        self.ops += other.ops;
+        self.seconds += other.seconds;
+        Ok(())
+    }
+
     pub fn throughput(&self) -> f64 {
         self.ops as f64 / self.seconds.max(1e-9)
     }
@@ -365,9 +378,21 @@ async fn bench(o: &BenchOptions, targets: &[Target], peers: Option<&peers::Peers
     }
     let cpu_before = cpu_seconds();
     let wall = Instant::now();
-    let mut results = Vec::new();
-    for spec in &specs {
-        results.push(phase(o, targets, spec, keys.clone(), value.clone()).await?);
+    let mut results: Vec<LevelResult> = Vec::new();
+    // A comparison measures its HTTP read rows in two halves, in order then in reverse (A B C D
+    // D C B A): on a small machine throughput drifts from row to row by as much as the levels
+    // differ, and this way each level sees the same share of the drift.
+    let schedule = match peers {
+        Some(_) if !o.leaderless => compare::interleaved(&specs),
+        _ => (0..specs.len()).map(|i| (i, false)).collect(),
+    };
+    for (i, half) in schedule {
+        let duration = if half { o.duration / 2 } else { o.duration };
+        let r = phase(o, duration, targets, &specs[i], keys.clone(), value.clone()).await?;
+        match results.iter_mut().find(|m| m.label == r.label) {
+            Some(m) => m.merge(&r)?,
+            None => results.push(r),
+        }
     }
     let cpu = cpu_before
         .zip(cpu_seconds())
@@ -463,6 +488,7 @@ async fn load(c: &Client, keys: &[String], value: &[u8]) -> Result<()> {
 
 async fn phase(
     o: &BenchOptions,
+    duration: Duration,
     targets: &[Target],
     spec: &PhaseSpec,
     keys: Vec<String>,
@@ -568,7 +594,7 @@ async fn phase(
             }
         }
     }
-    let bar = ProgressBar::new((o.warmup + o.duration).as_secs().max(1));
+    let bar = ProgressBar::new((o.warmup + duration).as_secs().max(1));
     bar.set_style(
         ProgressStyle::with_template("{prefix:>28} [{bar:30}] {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -601,7 +627,7 @@ async fn phase(
             last_plain = Instant::now();
         }
         bar.set_message(msg);
-        let over = measure_started.is_some_and(|m| m.elapsed() >= o.duration)
+        let over = measure_started.is_some_and(|m| m.elapsed() >= duration)
             || workers.iter().all(|w| w.is_finished());
         if over {
             break;
