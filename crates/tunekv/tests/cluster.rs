@@ -1358,13 +1358,7 @@ async fn the_read_index_of_a_shard_covers_every_write_acknowledged_before() {
             );
         }
     }
-    let (s, _, b) = common::call(
-        "PUT",
-        &format!("{}/v1/keyspaces/ll", c.http(0)),
-        r#"{"mode":"leaderless","replicas":3}"#,
-    )
-    .await;
-    assert_eq!(s, 201, "{b}");
+    common::put_keyspace(&c, "ll", r#"{"mode":"leaderless","replicas":3}"#).await;
     for (path, status, code) in [
         ("/v1/kv/ri:read-index?shard=2", 400, "bad_request"),
         ("/v1/kv/ri:read-index", 400, "bad_request"),

@@ -753,13 +753,7 @@ async fn the_grafana_dashboard_queries_exported_metrics() {
     let spec = r#"{"shards":1,"slo":[{"level":"eventual","staleness_ms":1000,"target":0.9,"window":"1m"}]}"#;
     let (s, _, b) = common::call("PUT", &format!("{}/v1/keyspaces/d", c.http(0)), spec).await;
     assert_eq!(s, 201, "{b}");
-    let (s, _, b) = common::call(
-        "PUT",
-        &format!("{}/v1/keyspaces/ll", c.http(0)),
-        r#"{"mode":"leaderless","replicas":3}"#,
-    )
-    .await;
-    assert_eq!(s, 201, "{b}");
+    common::put_keyspace(&c, "ll", r#"{"mode":"leaderless","replicas":3}"#).await;
     n1.put("ll", b"k", b"v", &Opts::default())
         .await
         .expect("leaderless put");

@@ -41,13 +41,7 @@ fn redis_cli(addr: &str, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_protocol_pipelining_typed_errors_and_strong_reads_on_followers() {
     let c = start(3, false).await;
-    let (s, _, b) = common::call(
-        "PUT",
-        &format!("{}/v1/keyspaces/ll", c.http(0)),
-        r#"{"mode":"leaderless","replicas":3}"#,
-    )
-    .await;
-    assert_eq!(s, 201, "{b}");
+    common::put_keyspace(&c, "ll", r#"{"mode":"leaderless","replicas":3}"#).await;
     let (n1, n3) = (resp_addr(&c, 0), resp_addr(&c, 2));
     tokio::task::spawn_blocking(move || {
         let mut a = Raw::connect(&n1);

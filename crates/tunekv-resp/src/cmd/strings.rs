@@ -284,6 +284,26 @@ pub(super) fn plain_set(conn: &Conn, args: &[Vec<u8>]) -> bool {
         && (conn.resp3 || conn.subscriptions() == 0)
 }
 
+/// Counts each request of a run in the node's metrics, with the run's time.
+fn count_run(
+    s: &Shared,
+    op: &'static str,
+    level: &'static str,
+    started: std::time::Instant,
+    replies: &[Reply],
+) {
+    let elapsed = started.elapsed();
+    for r in replies {
+        s.node.metrics().request(
+            tunekv_node::metrics::Protocol::Resp,
+            op,
+            level,
+            r.outcome(),
+            elapsed,
+        );
+    }
+}
+
 /// `GET key` on a connection where it would run at once and track nothing (CLIENT TRACKING
 /// registers each read's keys): [`get_run`] can take it.
 pub(super) fn plain_get(conn: &Conn, args: &[Vec<u8>]) -> bool {
@@ -368,16 +388,7 @@ pub(super) async fn get_run(s: &Shared, conn: &mut Conn, run: Vec<Vec<Vec<u8>>>)
         span,
     )
     .await;
-    let elapsed = started.elapsed();
-    for r in &replies {
-        s.node.metrics().request(
-            tunekv_node::metrics::Protocol::Resp,
-            "get",
-            level,
-            r.outcome(),
-            elapsed,
-        );
-    }
+    count_run(s, "get", level, started, &replies);
     replies
 }
 
@@ -435,16 +446,7 @@ pub(super) async fn set_run(s: &Shared, conn: &mut Conn, run: Vec<Vec<Vec<u8>>>)
         span,
     )
     .await;
-    let elapsed = started.elapsed();
-    for r in &replies {
-        s.node.metrics().request(
-            tunekv_node::metrics::Protocol::Resp,
-            "set",
-            tunekv_node::metrics::NO_LEVEL,
-            r.outcome(),
-            elapsed,
-        );
-    }
+    count_run(s, "set", tunekv_node::metrics::NO_LEVEL, started, &replies);
     replies
 }
 

@@ -70,6 +70,12 @@ pub async fn create_keyspace(c: &Client, name: &str, shards: u32) {
         .expect("create keyspace");
 }
 
+/// Creates keyspace `name` with this JSON spec through node 1's HTTP API (201 expected).
+pub async fn put_keyspace(c: &TestCluster, name: &str, spec: &str) {
+    let (s, _, b) = call("PUT", &format!("{}/v1/keyspaces/{name}", c.http(0)), spec).await;
+    assert_eq!(s, 201, "create keyspace {name}: {b}");
+}
+
 /// Polls `f` until it returns `Some`, failing the test after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where
