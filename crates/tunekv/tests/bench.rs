@@ -125,6 +125,7 @@ fn compare_measures_etcd_and_redis_and_writes_ratios() {
         "etcd serializable read",
         "redis GET",
         "redis SET",
+        "redis SET durable",
     ] {
         assert!(
             stdout.lines().any(|l| l.starts_with(row)),
@@ -141,6 +142,7 @@ fn compare_measures_etcd_and_redis_and_writes_ratios() {
         "eventual_read_vs_etcd_serializable_read",
         "resp_get_vs_redis_get",
         "resp_set_vs_redis_set",
+        "resp_set_vs_redis_durable_set",
     ] {
         assert!(
             summary["ratios"][ratio].as_f64().is_some_and(|x| x > 0.0),

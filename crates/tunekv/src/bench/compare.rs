@@ -17,9 +17,10 @@ const RESP_GET: &str = "tunekv RESP GET eventual";
 const RESP_SET: &str = "tunekv RESP SET";
 const REDIS_GET: &str = "redis GET";
 const REDIS_SET: &str = "redis SET";
+const REDIS_DURABLE_SET: &str = "redis SET durable";
 
 /// Each ratio's name in summary.json, and the two rows it divides.
-const RATIOS: [(&str, &str, &str); 5] = [
+const RATIOS: [(&str, &str, &str); 6] = [
     ("strong_write_vs_etcd_put", WRITE, ETCD_PUT),
     (
         "strong_read_vs_etcd_linearizable_read",
@@ -33,6 +34,7 @@ const RATIOS: [(&str, &str, &str); 5] = [
     ),
     ("resp_get_vs_redis_get", RESP_GET, REDIS_GET),
     ("resp_set_vs_redis_set", RESP_SET, REDIS_SET),
+    ("resp_set_vs_redis_durable_set", RESP_SET, REDIS_DURABLE_SET),
 ];
 
 fn row(label: &str, level: &str, read_ratio: f64, driver: Driver) -> PhaseSpec {
@@ -77,6 +79,10 @@ pub(super) fn specs(p: &Peers) -> Vec<PhaseSpec> {
         v.push(row(REDIS_GET, "", read, redis()));
         v.push(row(RESP_SET, "eventual", write, Driver::TunekvResp));
         v.push(row(REDIS_SET, "", write, redis()));
+        if let Some(addr) = &p.redis_durable {
+            let durable = Driver::RedisDurable { addr: addr.clone() };
+            v.push(row(REDIS_DURABLE_SET, "", write, durable));
+        }
     }
     v
 }

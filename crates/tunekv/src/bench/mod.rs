@@ -280,6 +280,9 @@ enum Driver {
     },
     /// A Redis server: GET and SET, pipelined like tunekv's RESP.
     Redis { addr: String },
+    /// A Redis primary with a replica, both `appendfsync always`: each SET followed by
+    /// `WAIT 1 0` (acknowledged once on the replica), pipelined like tunekv's RESP.
+    RedisDurable { addr: String },
     /// A `tunekv cache`'s RESP listener, pipelined like a node's; reads at the phase's level.
     CacheResp { addr: String },
     /// memcached's text protocol: get and set, pipelined like RESP.
@@ -561,16 +564,17 @@ async fn phase(
                 workers.push(tokio::spawn(resp_worker(
                     p.clone(),
                     addr,
-                    true,
+                    (true, false),
                     o.inflight,
                     seed,
                 )));
             }
-            Driver::Redis { addr } => {
+            Driver::Redis { addr } | Driver::RedisDurable { addr } => {
+                let wait = matches!(spec.driver, Driver::RedisDurable { .. });
                 workers.push(tokio::spawn(resp_worker(
                     p.clone(),
                     addr.clone(),
-                    false,
+                    (false, wait),
                     o.inflight,
                     seed,
                 )));
@@ -579,7 +583,7 @@ async fn phase(
                 workers.push(tokio::spawn(resp_worker(
                     p.clone(),
                     addr.clone(),
-                    true,
+                    (true, false),
                     o.inflight,
                     seed,
                 )));
@@ -772,11 +776,12 @@ async fn etcd_worker(
 
 /// Pipelined GET/SET over RESP, `pipeline` deep. Against tunekv (`tunekv`), the connection
 /// selects the bench keyspace and the phase's level, and a `RECEIPT` after each batch that
-/// ends with a GET samples the served staleness.
+/// ends with a GET samples the served staleness. With `wait`, each SET is followed by
+/// `WAIT 1 0` and counts as done once a replica has it (a WAIT answering 0 is a failure).
 async fn resp_worker(
     p: Arc<Phase>,
     addr: String,
-    tunekv: bool,
+    (tunekv, wait): (bool, bool),
     pipeline: usize,
     seed: u64,
 ) -> Result<Stats> {
@@ -801,8 +806,11 @@ async fn resp_worker(
         }
     }
     let mut batch: Vec<Vec<&[u8]>> = Vec::with_capacity(pipeline + 1);
+    // The requests followed by a WAIT.
+    let mut waited: Vec<usize> = Vec::with_capacity(pipeline);
     while p.next() {
         batch.clear();
+        waited.clear();
         let mut last_get = false;
         for _ in 0..pipeline {
             let key = p.keys[p.chooser.pick(&mut rng)].as_bytes();
@@ -817,6 +825,10 @@ async fn resp_worker(
                 batch.push(vec![b"HSET".as_slice(), key, b"f", &p.value]);
             } else {
                 batch.push(vec![b"SET".as_slice(), key, &p.value]);
+                if wait {
+                    batch.push(vec![b"WAIT".as_slice(), b"1", b"0"]);
+                    waited.push(batch.len() - 2);
+                }
             }
         }
         let sample = tunekv && last_get;
@@ -841,7 +853,13 @@ async fn resp_worker(
                 }
             }
         }
-        for r in &replies {
+        let mut ops = 0;
+        let mut replies = replies.iter().enumerate();
+        while let Some((i, r)) = replies.next() {
+            ops += 1;
+            // The WAIT after a SET: how many replicas have it.
+            let replicated = !waited.contains(&i)
+                || matches!(replies.next(), Some((_, Value::Int(n))) if *n >= 1);
             match r {
                 Value::Error(e) => {
                     stats.done(t, false);
@@ -852,10 +870,14 @@ async fn resp_worker(
                         .to_ascii_lowercase();
                     stats.refuse(&code);
                 }
+                _ if !replicated => {
+                    stats.done(t, false);
+                    stats.refuse("not_replicated");
+                }
                 _ => stats.done(t, true),
             }
         }
-        p.done.fetch_add(replies.len() as u64, Ordering::Relaxed);
+        p.done.fetch_add(ops, Ordering::Relaxed);
     }
     Ok(stats)
 }

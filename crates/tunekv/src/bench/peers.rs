@@ -101,6 +101,9 @@ pub struct Peers {
     pub etcd: Vec<String>,
     /// Redis's address.
     pub redis: Option<String>,
+    /// The durable Redis primary's address (`appendfsync always`, one replica, also
+    /// `appendfsync always`), started with Redis.
+    pub redis_durable: Option<String>,
     /// memcached's address.
     pub memcached: Option<String>,
 }
@@ -128,6 +131,7 @@ impl Peers {
             children: Vec::new(),
             etcd: Vec::new(),
             redis: None,
+            redis_durable: None,
             memcached: None,
         };
         // On any error below, dropping `peers` stops what was started.
@@ -136,6 +140,7 @@ impl Peers {
         }
         if which.contains(&Peer::Redis) {
             peers.start_redis().await?;
+            peers.start_redis_durable().await?;
         }
         if which.contains(&Peer::Memcached) {
             peers.start_memcached().await?;
@@ -293,6 +298,64 @@ impl Peers {
     }
 
     /// Writes every key once, so reads find values everywhere.
+    /// The like-for-like durable Redis: a primary and a replica, each appending every write to
+    /// its AOF and fsyncing it before answering (`appendfsync always`); clients follow each SET
+    /// with `WAIT 1 0`. Ready once a WAIT on the primary counts the replica.
+    async fn start_redis_durable(&mut self) -> Result<()> {
+        let ports = free_ports(2, &[])?;
+        let (primary, replica) = (ports[0].to_string(), ports[1].to_string());
+        for (name, port, replica_of) in [
+            ("redis-durable", &primary, None),
+            ("redis-durable-replica", &replica, Some(&primary)),
+        ] {
+            let dir = self.dir.join(name);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let mut cmd = Command::new("redis-server");
+            cmd.args(["--bind", "127.0.0.1", "--port", port])
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ])
+                .args(["--daemonize", "no", "--dir"])
+                .arg(&dir);
+            if let Some(p) = replica_of {
+                cmd.args(["--replicaof", "127.0.0.1", p]);
+            }
+            self.spawn(name, &mut cmd)?;
+        }
+        let addr = format!("127.0.0.1:{primary}");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(mut c) = RespConn::connect(&addr).await {
+                let probe = [
+                    vec![b"SET".as_slice(), b"ready", b"1"],
+                    vec![b"WAIT".as_slice(), b"1", b"200"],
+                ];
+                if let Ok(r) = c.pipeline(&probe).await {
+                    if matches!(r.get(1), Some(Value::Int(n)) if *n >= 1) {
+                        break;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "durable redis at {addr} has no replica after {START_TIMEOUT:?}; the logs end:\n{}\n{}",
+                    self.log_tail("redis-durable"),
+                    self.log_tail("redis-durable-replica")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!("redis (durable, 1 replica): answering at {addr}");
+        self.redis_durable = Some(addr);
+        Ok(())
+    }
+
     pub async fn load(&self, keys: &[String], value: &[u8]) -> Result<()> {
         if let Some(url) = self.etcd.first() {
             let http = etcd_client()?;
