@@ -12,6 +12,16 @@ struct Begun<'a> {
     r: Option<Quorum>,
 }
 
+/// A one-key read's outcome from the value found (if any) and its receipt.
+fn outcome(found: Option<StoredValue>, receipt: Receipt) -> ReadOutcome {
+    ReadOutcome {
+        version: found.as_ref().map(|v| v.mod_index),
+        expires_ms: found.as_ref().and_then(|v| v.expires_ms),
+        value: found.map(|v| v.value),
+        receipt,
+    }
+}
+
 impl Node {
     /// The read index of `group`: the leader's commit index, confirmed with a quorum after the
     /// read began (Raft read-index).
@@ -216,17 +226,42 @@ impl Node {
     }
 
     pub async fn get(&self, req: ReadRequest<'_>, key: &[u8]) -> Result<ReadOutcome, TunekvError> {
-        let mut shards = self.batch_get(req, &[key.to_vec()]).await?;
-        let shard = shards
-            .pop()
-            .ok_or_else(|| internal("a one-key batch read no shard"))?;
-        let found = shard.values.into_iter().next().and_then(|(_, v)| v);
-        Ok(ReadOutcome {
-            version: found.as_ref().map(|v| v.mod_index),
-            expires_ms: found.as_ref().and_then(|v| v.expires_ms),
-            value: found.map(|v| v.value),
-            receipt: shard.receipt,
-        })
+        let Begun {
+            started,
+            deadline,
+            ks,
+            level,
+            session,
+            r,
+        } = self.begin_read(req).await?;
+        let out = if ks.spec.mode != Mode::Ordered {
+            self.dynamo_batch_get(&ks, level, r, &[key.to_vec()], deadline, session)
+                .await
+                .and_then(|mut shards| {
+                    let shard = shards
+                        .pop()
+                        .ok_or_else(|| internal("a one-key batch read no shard"))?;
+                    let found = shard.values.into_iter().next().and_then(|(_, v)| v);
+                    Ok(outcome(found, shard.receipt))
+                })
+        } else {
+            // One key: no batch to group by shard or to size (a value is never larger than
+            // the batch limit's floor).
+            match check_key(key) {
+                Err(e) => Err(e),
+                Ok(()) => match self.shard_group(&ks, key).await {
+                    Err(e) => Err(e),
+                    Ok(g) => self
+                        .read_shard(&g, level, session, started, deadline, |view, now_ms| {
+                            view.get_live(key, now_ms)
+                        })
+                        .await
+                        .map(|(found, receipt)| outcome(found, receipt)),
+                },
+            }
+        };
+        self.record_read(&ks, level, &out, |o: &ReadOutcome| vec![&o.receipt]);
+        out
     }
 
     /// Reads what `key` of a conflict-free keyspace holds — a whole set, map or counter state

@@ -175,10 +175,16 @@ pub(super) fn set_op(key: &[u8], value: Vec<u8>, cond: Cond, ttl: Ttl, get: bool
 fn get<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
     Box::pin(async move {
         let key = a.next()?;
-        Ok(read_one(&s.node, conn, key)
-            .await?
-            .map(|v| Reply::Bulk(v.value))
-            .unwrap_or(Reply::Nil))
+        let read = s.node.get(conn.read_req(), key).await.map_err(typed)?;
+        // RECEIPT's version: the key's (0: absent), as VERSION answers; ordered keyspaces only
+        // (a leaderless receipt has its quorum instead).
+        conn.read_version = read
+            .receipt
+            .quorum
+            .is_none()
+            .then(|| read.version.unwrap_or(0));
+        conn.receipts = vec![read.receipt];
+        Ok(read.value.map_or(Reply::Nil, Reply::Bulk))
     })
 }
 
