@@ -114,6 +114,15 @@ async fn raw_protocol_pipelining_typed_errors_and_strong_reads_on_followers() {
                 _ => None,
             };
             let in_run = a.read();
+            // A bad key in a run of GETs fails alone.
+            let big_key = "k".repeat(2000);
+            let mut batch = frame(&["GET", "r0"]);
+            batch.extend_from_slice(&frame(&["GET", &big_key]));
+            batch.extend_from_slice(&frame(&["GET", "r1"]));
+            a.send(&batch);
+            assert_eq!(a.read(), bulk(&last["r0"]), "{ks}");
+            assert!(matches!(a.read(), R::Error(e) if e.starts_with("KEY_TOO_LARGE ")), "{ks}");
+            assert_eq!(a.read(), bulk(&last["r1"]), "{ks}");
             assert_eq!(a.cmd(&["GET", "absent"]), R::Bulk(None));
             let alone = a.cmd(&["RECEIPT"]);
             assert!(shard(&in_run).is_some(), "{ks}: {in_run:?}");

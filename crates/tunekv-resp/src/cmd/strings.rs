@@ -3,7 +3,7 @@
 
 use super::{
     arity, int_arg, read, read_one, syntax, text, typed, write, Args, CommandSpec, Handler, Kind,
-    Pending,
+    Out, Pending,
 };
 use crate::conn::{Conn, Shared};
 use crate::reply::Reply;
@@ -175,17 +175,22 @@ pub(super) fn set_op(key: &[u8], value: Vec<u8>, cond: Cond, ttl: Ttl, get: bool
 fn get<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
     Box::pin(async move {
         let key = a.next()?;
-        let read = s.node.get(conn.read_req(), key).await.map_err(typed)?;
-        // RECEIPT's version: the key's (0: absent), as VERSION answers; ordered keyspaces only
-        // (a leaderless receipt has its quorum instead).
-        conn.read_version = read
-            .receipt
-            .quorum
-            .is_none()
-            .then(|| read.version.unwrap_or(0));
-        conn.receipts = vec![read.receipt];
-        Ok(read.value.map_or(Reply::Nil, Reply::Bulk))
+        get_one(s, conn, key).await
     })
+}
+
+/// GET of one key: its value or nil; RECEIPT then describes this read.
+async fn get_one(s: &Shared, conn: &mut Conn, key: &[u8]) -> Out {
+    let read = s.node.get(conn.read_req(), key).await.map_err(typed)?;
+    // RECEIPT's version: the key's (0: absent), as VERSION answers; ordered keyspaces only
+    // (a leaderless receipt has its quorum instead).
+    conn.read_version = read
+        .receipt
+        .quorum
+        .is_none()
+        .then(|| read.version.unwrap_or(0));
+    conn.receipts = vec![read.receipt];
+    Ok(read.value.map_or(Reply::Nil, Reply::Bulk))
 }
 
 /// SET's options after `SET key value`.
@@ -347,19 +352,28 @@ pub(super) async fn get_run(s: &Shared, conn: &mut Conn, run: Vec<Vec<Vec<u8>>>)
             if let Err(e) = super::ensure_keyspace(conn, &s.node).await {
                 return vec![e; n];
             }
-            let shards = match s.node.batch_get(conn.read_req(), &keys).await {
-                Ok(shards) => shards,
-                Err(e) if e.code == tunekv_core::Code::ResponseTooLarge => {
+            // A bad key fails alone, and a run too large for one batch read is read key by
+            // key: one by one, as the GETs would have run.
+            let valid = keys
+                .iter()
+                .all(|k| tunekv_core::limits::check_key(k).is_ok());
+            let batch = if valid {
+                Some(s.node.batch_get(conn.read_req(), &keys).await)
+            } else {
+                None
+            };
+            let shards = match batch {
+                Some(Ok(shards)) => shards,
+                Some(Err(e)) if e.code != tunekv_core::Code::ResponseTooLarge => {
+                    return vec![typed(e); n]
+                }
+                _ => {
                     let mut replies = Vec::with_capacity(n);
                     for key in &keys {
-                        replies.push(match read_one(&s.node, conn, key).await {
-                            Ok(v) => v.map_or(Reply::Nil, |v| Reply::Bulk(v.value)),
-                            Err(e) => e,
-                        });
+                        replies.push(get_one(s, conn, key).await.unwrap_or_else(|e| e));
                     }
                     return replies;
                 }
-                Err(e) => return vec![typed(e); n],
             };
             // RECEIPT answers for the last GET: the receipt of its key's shard.
             let last = keys.last().and_then(|k| {
