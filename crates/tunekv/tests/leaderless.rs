@@ -1035,6 +1035,21 @@ async fn siblings_keep_concurrent_writes_and_a_context_resolves_them() {
             r.cmd(&["GET", "rk"]).starts_with("-SIBLINGS "),
             "GET of two values"
         );
+        // In a pipelined run of GETs (read as one batch), the key with siblings fails alone.
+        {
+            use common::raw::{bulk, frame, Raw, R};
+            let mut p = Raw::connect(&addr);
+            assert_eq!(p.cmd(&["SELECT", "docs"]), R::Simple("OK".into()));
+            assert_eq!(p.cmd(&["QUORUM", "all", "all"]), R::Simple("OK".into()));
+            assert_eq!(p.cmd(&["SET", "rk2", "solo"]), R::Simple("OK".into()));
+            let mut batch = frame(&["GET", "rk2"]);
+            batch.extend_from_slice(&frame(&["GET", "rk"]));
+            batch.extend_from_slice(&frame(&["GET", "rk2"]));
+            p.send(&batch);
+            assert_eq!(p.read(), bulk("solo"));
+            assert!(matches!(p.read(), R::Error(e) if e.starts_with("SIBLINGS ")));
+            assert_eq!(p.read(), bulk("solo"));
+        }
         let ctx = r.siblings_context("rk");
         assert!(r
             .cmd(&["SET", "rk", "x", "CONTEXT", "bogus"])

@@ -328,7 +328,7 @@ pub(super) fn plain_get(conn: &Conn, args: &[Vec<u8>]) -> bool {
 /// Pipelined plain GETs ([`plain_get`]), read together: one view of each shard at the
 /// connection's level serves them all (the client sent each before hearing the one before, so
 /// one point in time may answer them). One reply each, in order; `RECEIPT` then reports the last
-/// one's. A run too large for one batch read is read key by key.
+/// one's. A run the batch read refuses is read key by key.
 pub(super) async fn get_run(s: &Shared, conn: &mut Conn, run: Vec<Vec<Vec<u8>>>) -> Vec<Reply> {
     let started = std::time::Instant::now();
     let n = run.len();
@@ -352,22 +352,20 @@ pub(super) async fn get_run(s: &Shared, conn: &mut Conn, run: Vec<Vec<Vec<u8>>>)
             if let Err(e) = super::ensure_keyspace(conn, &s.node).await {
                 return vec![e; n];
             }
-            // A bad key fails alone, and a run too large for one batch read is read key by
-            // key: one by one, as the GETs would have run.
+            // Any refusal of the batch (a bad key, a shard that cannot serve the level, a key
+            // with siblings, too many bytes) is answered as the GETs one by one would have
+            // been: each key's own answer, so one key's failure is not the others'.
             let valid = keys
                 .iter()
                 .all(|k| tunekv_core::limits::check_key(k).is_ok());
             let batch = if valid {
-                Some(s.node.batch_get(conn.read_req(), &keys).await)
+                s.node.batch_get(conn.read_req(), &keys).await.ok()
             } else {
                 None
             };
             let shards = match batch {
-                Some(Ok(shards)) => shards,
-                Some(Err(e)) if e.code != tunekv_core::Code::ResponseTooLarge => {
-                    return vec![typed(e); n]
-                }
-                _ => {
+                Some(shards) => shards,
+                None => {
                     let mut replies = Vec::with_capacity(n);
                     for key in &keys {
                         replies.push(get_one(s, conn, key).await.unwrap_or_else(|e| e));
