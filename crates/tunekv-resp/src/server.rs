@@ -156,6 +156,8 @@ async fn connection(
     let mut parser = RequestParser::new(options.limits);
     let mut input = vec![0u8; READ_CHUNK_BYTES];
     let mut output = Vec::with_capacity(16 * 1024);
+    // The requests one read completed, kept between reads.
+    let mut ready: Vec<Vec<Vec<u8>>> = Vec::new();
     loop {
         let n = tokio::select! {
             n = stream.read(&mut input) => n?,
@@ -203,7 +205,6 @@ async fn connection(
         // Answer every request completed by these bytes, in order, then write them together.
         // They are all parsed first, so a pipelined run of writes can commit together.
         let mut rest = &input[..n];
-        let mut ready = Vec::new();
         let mut malformed = None;
         loop {
             match parser.parse(&mut rest) {
@@ -221,7 +222,7 @@ async fn connection(
                 }
             }
         }
-        execute_all(shared, &mut conn, ready, &mut output).await;
+        execute_all(shared, &mut conn, &mut ready, &mut output).await;
         if conn.quit {
             stream.write_all(&output).await?;
             return Ok(());

@@ -149,10 +149,11 @@ const GET_RUN_MAX: usize = 64;
 pub async fn execute_all(
     shared: &Shared,
     conn: &mut Conn,
-    requests: Vec<Vec<Vec<u8>>>,
+    requests: &mut Vec<Vec<Vec<u8>>>,
     output: &mut Vec<u8>,
 ) {
-    let mut requests = requests.into_iter().peekable();
+    // Drained even when QUIT stops early: the connection closes after it anyway.
+    let mut requests = requests.drain(..).peekable();
     while let Some(args) = requests.next() {
         if let Some(kind) = Run::of(conn, &args) {
             if requests

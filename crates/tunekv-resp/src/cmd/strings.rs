@@ -295,16 +295,27 @@ pub(super) fn plain_set(conn: &Conn, args: &[Vec<u8>]) -> bool {
         && (conn.resp3 || conn.subscriptions() == 0)
 }
 
-/// Counts each request of a run in the node's metrics, with the run's time.
-fn count_run(
+/// Runs `work` (a run of `n` pipelined `op`s on connection `conn_id`) in the request span
+/// every command gets, then counts each of its requests in the node's metrics with the run's
+/// time.
+async fn counted(
     s: &Shared,
-    op: &'static str,
-    level: &'static str,
-    started: std::time::Instant,
-    replies: &[Reply],
-) {
+    (conn_id, op, level, n): (u64, &'static str, &'static str, usize),
+    work: impl std::future::Future<Output = Vec<Reply>>,
+) -> Vec<Reply> {
+    let started = std::time::Instant::now();
+    let span = tracing::debug_span!(
+        "request",
+        node = s.node.id().0,
+        protocol = "resp",
+        conn = conn_id,
+        op,
+        level,
+        pipelined = n,
+    );
+    let replies = tracing::Instrument::instrument(work, span).await;
     let elapsed = started.elapsed();
-    for r in replies {
+    for r in &replies {
         s.node.metrics().request(
             tunekv_node::metrics::Protocol::Resp,
             op,
@@ -313,6 +324,7 @@ fn count_run(
             elapsed,
         );
     }
+    replies
 }
 
 /// `GET key` on a connection where it would run at once and track nothing (CLIENT TRACKING
@@ -330,100 +342,80 @@ pub(super) fn plain_get(conn: &Conn, args: &[Vec<u8>]) -> bool {
 /// one point in time may answer them). One reply each, in order; `RECEIPT` then reports the last
 /// one's. A run the batch read refuses is read key by key.
 pub(super) async fn get_run(s: &Shared, conn: &mut Conn, run: Vec<Vec<Vec<u8>>>) -> Vec<Reply> {
-    let started = std::time::Instant::now();
     let n = run.len();
     let level = super::read_level_label(s, conn);
-    let span = tracing::debug_span!(
-        "request",
-        node = s.node.id().0,
-        protocol = "resp",
-        conn = conn.id,
-        op = "get",
-        level,
-        pipelined = n,
-    );
+    let conn_id = conn.id;
     let keys: Vec<Vec<u8>> = run
         .into_iter()
         .map(|mut a| a.pop().unwrap_or_default())
         .collect();
-    let replies = tracing::Instrument::instrument(
-        async {
-            conn.caching = None;
-            if let Err(e) = super::ensure_keyspace(conn, &s.node).await {
-                return vec![e; n];
+    counted(s, (conn_id, "get", level, n), async {
+        conn.caching = None;
+        if let Err(e) = super::ensure_keyspace(conn, &s.node).await {
+            return vec![e; n];
+        }
+        // Any refusal of the batch (a bad key, a shard that cannot serve the level, a key
+        // with siblings, too many bytes) is answered as the GETs one by one would have
+        // been: each key's own answer, so one key's failure is not the others'.
+        let valid = keys
+            .iter()
+            .all(|k| tunekv_core::limits::check_key(k).is_ok());
+        let batch = if valid {
+            s.node.batch_get(conn.read_req(), &keys).await.ok()
+        } else {
+            None
+        };
+        let shards = match batch {
+            Some(shards) => shards,
+            None => {
+                let mut replies = Vec::with_capacity(n);
+                for key in &keys {
+                    replies.push(get_one(s, conn, key).await.unwrap_or_else(|e| e));
+                }
+                return replies;
             }
-            // Any refusal of the batch (a bad key, a shard that cannot serve the level, a key
-            // with siblings, too many bytes) is answered as the GETs one by one would have
-            // been: each key's own answer, so one key's failure is not the others'.
-            let valid = keys
+        };
+        // RECEIPT answers for the last GET: the receipt of its key's shard.
+        let last = keys.last().and_then(|k| {
+            shards
                 .iter()
-                .all(|k| tunekv_core::limits::check_key(k).is_ok());
-            let batch = if valid {
-                s.node.batch_get(conn.read_req(), &keys).await.ok()
-            } else {
-                None
-            };
-            let shards = match batch {
-                Some(shards) => shards,
-                None => {
-                    let mut replies = Vec::with_capacity(n);
-                    for key in &keys {
-                        replies.push(get_one(s, conn, key).await.unwrap_or_else(|e| e));
-                    }
-                    return replies;
-                }
-            };
-            // RECEIPT answers for the last GET: the receipt of its key's shard.
-            let last = keys.last().and_then(|k| {
-                shards
-                    .iter()
-                    .position(|s| s.values.iter().any(|(v, _)| v == k))
-            });
-            let mut found = std::collections::HashMap::with_capacity(n);
-            conn.receipts.clear();
-            for (i, shard) in shards.into_iter().enumerate() {
-                if Some(i) == last {
-                    conn.receipts.push(shard.receipt);
-                }
-                for (k, v) in shard.values {
-                    found.insert(k, v);
-                }
+                .position(|s| s.values.iter().any(|(v, _)| v == k))
+        });
+        let mut found = std::collections::HashMap::with_capacity(n);
+        conn.receipts.clear();
+        for (i, shard) in shards.into_iter().enumerate() {
+            if Some(i) == last {
+                conn.receipts.push(shard.receipt);
             }
-            let ordered = conn.receipts.iter().all(|r| r.quorum.is_none());
-            let mut replies = Vec::with_capacity(n);
-            for key in &keys {
-                let value = found.get(key).cloned().flatten();
-                if ordered {
-                    conn.read_version = Some(value.as_ref().map_or(0, |v| v.mod_index));
-                }
-                replies.push(value.map_or(Reply::Nil, |v| Reply::Bulk(v.value)));
+            for (k, v) in shard.values {
+                found.insert(k, v);
             }
-            if !ordered {
-                conn.read_version = None;
+        }
+        let ordered = conn.receipts.iter().all(|r| r.quorum.is_none());
+        let mut replies = Vec::with_capacity(n);
+        for key in &keys {
+            let value = found.get(key).cloned().flatten();
+            if ordered {
+                conn.read_version = Some(value.as_ref().map_or(0, |v| v.mod_index));
             }
-            replies
-        },
-        span,
-    )
-    .await;
-    count_run(s, "get", level, started, &replies);
-    replies
+            replies.push(value.map_or(Reply::Nil, |v| Reply::Bulk(v.value)));
+        }
+        if !ordered {
+            conn.read_version = None;
+        }
+        replies
+    })
+    .await
 }
 
 /// Pipelined plain SETs ([`plain_set`]), written together ([`Node::set_many`]): one reply each,
 /// in order, what each alone would have answered; `POSITION` then reports the last one's.
 pub(super) async fn set_run(s: &Shared, conn: &mut Conn, run: Vec<Vec<Vec<u8>>>) -> Vec<Reply> {
-    let started = std::time::Instant::now();
     let n = run.len();
-    let span = tracing::debug_span!(
-        "request",
-        node = s.node.id().0,
-        protocol = "resp",
-        conn = conn.id,
-        op = "set",
-        pipelined = n,
-    );
-    let replies = tracing::Instrument::instrument(
+    let conn_id = conn.id;
+    counted(
+        s,
+        (conn_id, "set", tunekv_node::metrics::NO_LEVEL, n),
         async {
             // CLIENT CACHING is for the command after it.
             conn.caching = None;
@@ -461,11 +453,8 @@ pub(super) async fn set_run(s: &Shared, conn: &mut Conn, run: Vec<Vec<Vec<u8>>>)
             }
             replies
         },
-        span,
     )
-    .await;
-    count_run(s, "set", tunekv_node::metrics::NO_LEVEL, started, &replies);
-    replies
+    .await
 }
 
 fn version<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
