@@ -393,8 +393,45 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
         }
         ApiRequest::Watch { ks, prefix, from } => watch(node, &ks, prefix, from.as_deref()).await,
         ApiRequest::Faults(change) => faults(node, change),
+        ApiRequest::Identity => {
+            let c = node.config();
+            Ok(Json(json!({
+                "id": c.id,
+                "raft": c.raft,
+                "http": c.http,
+                "resp": c.resp,
+            }))
+            .into_response())
+        }
+        ApiRequest::Nodes => Ok(Json(node.membership_report()).into_response()),
+        ApiRequest::AddNode(n) => {
+            let record = tunekv_core::placement::NodeRecord {
+                raft: n.raft,
+                http: n.http,
+                resp: n.resp,
+                state: tunekv_core::placement::NodeState::Joining,
+            };
+            let view = node
+                .add_node(
+                    n.id,
+                    record,
+                    tokio::time::Instant::now() + MEMBERSHIP_HTTP_WAIT,
+                )
+                .await?;
+            Ok(Json(view).into_response())
+        }
+        ApiRequest::RemoveNode { id } => {
+            let view = node
+                .remove_node(id, tokio::time::Instant::now() + MEMBERSHIP_HTTP_WAIT)
+                .await?;
+            Ok(Json(view).into_response())
+        }
     }
 }
+
+/// How long `POST/DELETE /v1/admin/nodes` wait for the node to be active or removed before
+/// answering its state so far (the work goes on; `GET /v1/admin/nodes` shows it).
+const MEMBERSHIP_HTTP_WAIT: Duration = Duration::from_secs(20);
 
 /// How often an idle watch repeats each shard's progress.
 const WATCH_PROGRESS_EVERY: Duration = Duration::from_secs(1);

@@ -214,6 +214,28 @@ pub enum ApiRequest {
         session: Session,
     },
     Faults(FaultChange),
+    /// `GET /v1/node`: this node's id and addresses (what `tunekv node add` asks a new node).
+    Identity,
+    /// `GET /v1/admin/nodes`: the cluster's nodes and the replica moves in flight.
+    Nodes,
+    /// `POST /v1/admin/nodes`: add a node (it joins, then replicas move to it).
+    AddNode(NewNode),
+    /// `DELETE /v1/admin/nodes/{id}`: remove a node (its replicas move away, then it leaves).
+    RemoveNode {
+        id: u64,
+    },
+}
+
+/// The body of `POST /v1/admin/nodes`: the new node's id and addresses.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewNode {
+    pub id: u64,
+    /// Node-to-node address.
+    pub raft: String,
+    pub http: String,
+    #[serde(default)]
+    pub resp: Option<String>,
 }
 
 /// Why a request was refused, and for `method_not_allowed` the methods the path takes (the
@@ -252,6 +274,10 @@ impl ApiRequest {
             ApiRequest::Watch { .. } => "watch",
             ApiRequest::Txn { .. } => "txn",
             ApiRequest::Faults(_) => "faults",
+            ApiRequest::Identity => "identity",
+            ApiRequest::Nodes => "nodes",
+            ApiRequest::AddNode(_) => "add_node",
+            ApiRequest::RemoveNode { .. } => "remove_node",
         }
     }
 
@@ -497,6 +523,29 @@ pub fn parse(
                 prefix: q.prefix.unwrap_or_default().into_bytes(),
                 from: q.from,
             })
+        }
+        ["v1", "node"] => allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::Identity),
+        ["v1", "admin", "nodes"] => {
+            let post = method == Method::POST;
+            allow(get || post, "GET, HEAD, POST", method, path)?;
+            if get {
+                return Ok(ApiRequest::Nodes);
+            }
+            Ok(ApiRequest::AddNode(json_object(
+                &body,
+                "node",
+                Code::BadRequest,
+            )?))
+        }
+        ["v1", "admin", "nodes", id] => {
+            allow(method == Method::DELETE, "DELETE", method, path)?;
+            let id = id.parse().map_err(|_| {
+                refuse(
+                    Code::BadRequest,
+                    format!("a node id is a whole number, got {id:?}"),
+                )
+            })?;
+            Ok(ApiRequest::RemoveNode { id })
         }
         ["v1", "admin", "faults"] => {
             allow(method == Method::POST, "POST", method, path)?;

@@ -680,6 +680,39 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/node`: the node's id and addresses.
+    pub async fn identity(&self) -> Result<serde_json::Value> {
+        self.send_json(self.http.get(format!("{}/v1/node", self.base)))
+            .await
+    }
+
+    /// `GET /v1/admin/nodes`: the cluster's nodes and the replica moves in flight.
+    pub async fn nodes(&self) -> Result<serde_json::Value> {
+        self.send_json(self.http.get(format!("{}/v1/admin/nodes", self.base)))
+            .await
+    }
+
+    /// `POST /v1/admin/nodes`: adds the node `identity` describes (`{id, raft, http, resp}`);
+    /// answers its state once active or after the node's wait.
+    pub async fn add_node(&self, identity: &serde_json::Value) -> Result<serde_json::Value> {
+        self.send_json(
+            self.http
+                .post(format!("{}/v1/admin/nodes", self.base))
+                .json(identity),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/admin/nodes/{id}`: drains and removes node `id`; answers its state once
+    /// removed or after the node's wait.
+    pub async fn remove_node(&self, id: u64) -> Result<serde_json::Value> {
+        self.send_json(
+            self.http
+                .delete(format!("{}/v1/admin/nodes/{id}", self.base)),
+        )
+        .await
+    }
+
     pub async fn cluster(&self) -> Result<serde_json::Value> {
         self.send_json(self.http.get(format!("{}/v1/cluster", self.base)))
             .await

@@ -14,6 +14,7 @@ pub mod keyspace;
 pub mod level;
 pub mod limits;
 pub mod pbs;
+pub mod placement;
 pub mod position;
 pub mod quorum;
 pub mod receipt;

@@ -24,8 +24,9 @@ pub use bugs::{Bugs, BUG_NAMES};
 pub use config::{CrashAt, LeaderlessConfig, NodeConfig, PeerConfig, StorageConfig};
 pub use node::{version_mismatch, PublishSink, Watch, WatchEvent, WatchFrom, WatchRefused};
 pub use node::{
-    KeyspaceInfo, LeaderlessReport, Node, ReadOutcome, ReadRequest, ReplicaDigest, ScanPage,
-    ShardRead, StateRead, UpdateReport, WriteOutcome, WriteRequest, BATCH_KEYS_MAX,
+    KeyspaceInfo, LeaderlessReport, MembershipReport, MoveView, Node, NodeView, ReadOutcome,
+    ReadRequest, ReplicaDigest, ScanPage, ShardRead, StateRead, UpdateReport, WriteOutcome,
+    WriteRequest, BATCH_KEYS_MAX,
 };
 pub use transport::{FaultState, LinkFaults};
 pub use tunekv_raft::{

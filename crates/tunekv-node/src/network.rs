@@ -32,7 +32,10 @@ pub struct PeerLink {
 impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
     type Network = PeerLink;
 
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> PeerLink {
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerLink {
+        // A member added since this node started (a joining node) is found by its address in
+        // the group's membership.
+        self.pool.learn(NodeId(target), &node.addr);
         PeerLink {
             group: self.group,
             target: NodeId(target),

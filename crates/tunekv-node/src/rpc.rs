@@ -21,7 +21,7 @@ use tunekv_core::{Code, NodeId};
 use tunekv_raft::{CommandResult, Op, TypeConfig};
 
 /// First byte of every frame; bumped on any incompatible change.
-pub const WIRE_VERSION: u8 = 11;
+pub const WIRE_VERSION: u8 = 12;
 /// Largest frame (a replication batch of large values; snapshots travel in chunks of
 /// [`SNAPSHOT_CHUNK_BYTES`]).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
@@ -99,6 +99,13 @@ pub enum Request {
     Publish {
         channel: Vec<u8>,
         message: Vec<u8>,
+    },
+    /// Change the group's voters to `voters`, adding `learners` (id, node-to-node address)
+    /// first and waiting for them to catch up (a replica move, a node joining or leaving the
+    /// metadata group). Any host of the group takes it and hands it to the leader.
+    ChangeMembers {
+        learners: Vec<(u64, String)>,
+        voters: Vec<u64>,
     },
 }
 
@@ -361,7 +368,8 @@ struct Peer {
 /// Outbound calls to every peer.
 pub struct PeerPool {
     me: NodeId,
-    peers: BTreeMap<NodeId, Peer>,
+    // Peers by id: the configured ones, and those learned since (nodes that joined).
+    peers: std::sync::RwLock<BTreeMap<NodeId, Arc<Peer>>>,
     transport: Arc<dyn Transport>,
     faults: Arc<Faults>,
     next_id: AtomicU64,
@@ -379,26 +387,56 @@ impl PeerPool {
             .map(|(id, addr)| {
                 (
                     *id,
-                    Peer {
+                    Arc::new(Peer {
                         addr: addr.clone(),
                         conns: Default::default(),
-                    },
+                    }),
                 )
             })
             .collect();
         PeerPool {
             me,
-            peers,
+            peers: std::sync::RwLock::new(peers),
             transport,
             faults,
             next_id: AtomicU64::new(1),
         }
     }
 
+    /// Where node `id` listens for peers, learned from the cluster's membership: a new node,
+    /// or a known one at a new address (its old connections are dropped).
+    pub fn learn(&self, id: NodeId, addr: &str) {
+        if id == self.me || addr.is_empty() {
+            return;
+        }
+        let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        if peers.get(&id).is_some_and(|p| p.addr == addr) {
+            return;
+        }
+        peers.insert(
+            id,
+            Arc::new(Peer {
+                addr: addr.to_string(),
+                conns: Default::default(),
+            }),
+        );
+    }
+
+    /// Whether the pool knows where node `id` listens.
+    pub fn knows(&self, id: NodeId) -> bool {
+        self.peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
+    }
+
     async fn connection(&self, to: NodeId, lane: Lane) -> Result<Arc<Conn>, CallError> {
         let peer = self
             .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .get(&to)
+            .cloned()
             .ok_or_else(|| CallError::Unreachable(format!("unknown node {to}")))?;
         let mut slot = peer.conns[lane as usize].lock().await;
         if let Some(c) = slot.as_ref() {

@@ -40,6 +40,9 @@ pub struct NodeEntry {
     pub id: u64,
     pub http: String,
     pub raft: String,
+    /// joining, active, draining or removed (`tunekv node add|remove`).
+    #[serde(default)]
+    pub state: String,
     pub reachable: bool,
     /// Why this node's wall clock is not trusted (it stamps no commits and leads nothing until
     /// it agrees with its peers again); `None`: trusted, or the node was not reachable.
@@ -112,6 +115,9 @@ pub struct ClusterStatus {
     /// The PBS estimate of each ordered keyspace (docs/observability.md).
     #[serde(default)]
     pub pbs: Vec<tunekv_core::pbs::PbsCurve>,
+    /// Replica moves in flight (`tunekv node add|remove`; one at a time).
+    #[serde(default)]
+    pub moves: Vec<crate::node::MoveView>,
 }
 
 /// One second's replication lag, per group: the most entries a replica this node knows of is

@@ -13,6 +13,8 @@ use tunekv_storage::{GroupCommit, Storage};
 const META_VOTE: &str = "vote";
 const META_COMMITTED: &str = "committed";
 const META_PURGED: &str = "purged";
+/// Every named value a group's log keeps ([`tunekv_storage::Storage::drop_group`] forgets them).
+pub const LOG_META_NAMES: &[&str] = &[META_VOTE, META_COMMITTED, META_PURGED];
 
 /// Most entries one read returns; openraft asks again for the rest.
 pub const READ_ENTRIES_MAX: u64 = 4096;

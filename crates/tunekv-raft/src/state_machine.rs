@@ -131,6 +131,9 @@ pub struct ShardData {
     changes: broadcast::Sender<Arc<ChangeBatch>>,
     /// Snapshots built here, installed from a leader, and log purges (for metrics).
     pub counters: Arc<RaftCounters>,
+    // Set when this replica moved away: reads fail from then on (the state is about to be
+    // dropped, and an empty state must never be served as the shard's).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// What a group's storage did since the process started (`GET /metrics`).
@@ -266,7 +269,19 @@ impl ShardView {
 impl ShardData {
     /// A consistent view of the state as applied now.
     pub fn read(&self) -> io::Result<ShardView> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(io::Error::other(format!(
+                "group {:x}: this replica moved to other nodes",
+                self.group
+            )));
+        }
         ShardView::open(self.storage.state_view(self.group)?)
+    }
+
+    /// This replica moved away: every later [`ShardData::read`] fails.
+    pub fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     pub fn applied(&self) -> Applied {
@@ -500,6 +515,7 @@ impl StateMachine {
             inner: Mutex::new(inner),
             applied_tx,
             counters: Arc::default(),
+            closed: Default::default(),
             changes,
         });
         Ok(StateMachine {

@@ -368,6 +368,10 @@ impl Storage for FjallStorage {
             .map_err(engine)
     }
 
+    fn delete_meta(&self, group: Group, name: &str) -> Result<()> {
+        self.meta.remove(meta_key(group, name)).map_err(engine)
+    }
+
     fn get_meta(&self, group: Group, name: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
             .meta

@@ -90,6 +90,18 @@ pub trait Storage: Send + Sync + 'static {
     /// Small named values per group (vote, committed, purged).
     fn put_meta(&self, group: Group, name: &str, value: &[u8]) -> Result<()>;
     fn get_meta(&self, group: Group, name: &str) -> Result<Option<Vec<u8>>>;
+    fn delete_meta(&self, group: Group, name: &str) -> Result<()>;
+    /// Forgets a group this node no longer replicates (its replica moved away): the log, the
+    /// named values and the state, then syncs, so a later replica of the same group here
+    /// starts empty, as a new learner, never from a stale vote or log.
+    fn drop_group(&self, group: Group, names: &[&str]) -> Result<()> {
+        self.truncate_from(group, 0)?;
+        for name in names {
+            self.delete_meta(group, name)?;
+        }
+        self.state_stage(group)?.finish()?;
+        self.sync()
+    }
     /// A frozen view of `group`'s state-machine records: later writes are not seen through it.
     fn state_view(&self, group: Group) -> Result<std::sync::Arc<dyn StateView>>;
     /// Sets (`Some`) or removes (`None`) records of `group`'s state machine, all or none of
@@ -250,6 +262,16 @@ mod contract_tests {
             Some(b"1".to_vec()),
             "old views stay"
         );
+        // A group dropped (its replica moved away) is empty, and others keep theirs.
+        s.put_meta(3, "vote", b"v").unwrap();
+        s.append(3, &[(1, b"x".to_vec())]).unwrap();
+        s.state_write(3, &[(b"k".to_vec(), Some(b"v".to_vec()))])
+            .unwrap();
+        s.drop_group(3, &["vote"]).unwrap();
+        assert_eq!(s.get_meta(3, "vote").unwrap(), None);
+        assert_eq!(s.last_entry(3).unwrap(), None);
+        assert_eq!(s.state_view(3).unwrap().get(b"k").unwrap(), None);
+        assert_eq!(s.get_meta(1, "vote").unwrap(), Some(b"v1".to_vec()));
         s.put_record(7, b"b", Some(b"2")).unwrap();
         s.put_record(7, b"a", Some(b"1")).unwrap();
         s.put_record(7, b"c", Some(b"3")).unwrap();

@@ -34,7 +34,7 @@ enum Write {
     Append(Group, Vec<LogRecord>),
     TruncateFrom(Group, u64),
     PurgeThrough(Group, u64),
-    Meta(Vec<u8>, Vec<u8>),
+    Meta(Vec<u8>, Option<Vec<u8>>),
     Record(Vec<u8>, Option<Vec<u8>>),
     State(Group, Vec<StateWrite>),
 }
@@ -122,8 +122,11 @@ impl Data {
             Write::PurgeThrough(group, through) => {
                 self.remove(log_key(*group, 0), log_key(*group, *through));
             }
-            Write::Meta(key, value) => {
+            Write::Meta(key, Some(value)) => {
                 self.meta.insert(key.clone(), value.clone());
+            }
+            Write::Meta(key, None) => {
+                self.meta.remove(key);
             }
             Write::Record(key, Some(value)) => {
                 self.records.insert(key.clone(), value.clone());
@@ -224,7 +227,11 @@ impl Storage for MemStorage {
     }
 
     fn put_meta(&self, group: Group, name: &str, value: &[u8]) -> Result<()> {
-        self.write(Write::Meta(meta_key(group, name), value.to_vec()))
+        self.write(Write::Meta(meta_key(group, name), Some(value.to_vec())))
+    }
+
+    fn delete_meta(&self, group: Group, name: &str) -> Result<()> {
+        self.write(Write::Meta(meta_key(group, name), None))
     }
 
     fn get_meta(&self, group: Group, name: &str) -> Result<Option<Vec<u8>>> {

@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 use tunekv_client::{Client, ClientError, Opts};
 
 #[derive(Parser)]
@@ -315,6 +316,12 @@ pub enum Cmd {
         #[arg(long)]
         scale: bool,
     },
+    /// Add or remove a node: replicas move as learners first, so no shard ever has fewer
+    /// copies than its keyspace asked for; follows the moves until the cluster settles.
+    Node {
+        #[command(subcommand)]
+        action: NodeCmd,
+    },
     /// Show nodes, groups, leaders and every replica's applied/committed index.
     Cluster {
         #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]
@@ -471,6 +478,33 @@ fn init_tracing(format: LogFormat) {
 fn report(e: ClientError) -> i32 {
     eprintln!("error: {e}");
     2
+}
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Add the node whose HTTP API listens at ADDR (start it first: `tunekv server --config`,
+    /// its peers naming the cluster's nodes and itself). It joins the metadata group as a
+    /// learner, then as a voter; then shard replicas move to it.
+    Add {
+        addr: String,
+        /// A node of the cluster.
+        #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]
+        node: String,
+        /// Give up following the moves after this many seconds (they go on).
+        #[arg(long, default_value_t = 600)]
+        wait_s: u64,
+    },
+    /// Remove node ID: its replicas move to the other nodes first, then it leaves the
+    /// metadata group (stop its process afterwards).
+    Remove {
+        id: u64,
+        /// A node of the cluster (not the one being removed, ideally).
+        #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]
+        node: String,
+        /// Give up following the moves after this many seconds (they go on).
+        #[arg(long, default_value_t = 600)]
+        wait_s: u64,
+    },
 }
 
 pub async fn run(args: Args) -> Result<i32> {
@@ -764,6 +798,14 @@ pub async fn run(args: Args) -> Result<i32> {
             node,
             json,
         } => crate::slo_cmd::run(&node, keyspace.as_deref(), json).await,
+        Cmd::Node { action } => match action {
+            NodeCmd::Add { addr, node, wait_s } => {
+                crate::node_cmd::add(&addr, &node, Duration::from_secs(wait_s)).await
+            }
+            NodeCmd::Remove { id, node, wait_s } => {
+                crate::node_cmd::remove(id, &node, Duration::from_secs(wait_s)).await
+            }
+        },
         Cmd::Cluster { node } => match Client::new(&node).cluster().await {
             Ok(status) => {
                 println!("{}", serde_json::to_string_pretty(&status)?);

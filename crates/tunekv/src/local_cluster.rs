@@ -231,6 +231,34 @@ impl LocalCluster {
         self.configs.len()
     }
 
+    /// Writes the config of one more node (the next id, fresh ports, the cluster's nodes and
+    /// itself as peers), to be started with [`LocalCluster::start_node`] and added with
+    /// `tunekv node add`. Returns its index.
+    pub fn prepare_extra_node(&mut self) -> Result<usize> {
+        let ports = free_ports(3, &[])?;
+        let id = self.configs.iter().map(|c| c.id).max().unwrap_or(0) + 1;
+        let mut c = self
+            .configs
+            .first()
+            .cloned()
+            .context("a cluster has a node")?;
+        c.id = id;
+        c.http = format!("127.0.0.1:{}", ports[0]);
+        c.raft = format!("127.0.0.1:{}", ports[1]);
+        c.resp = Some(format!("127.0.0.1:{}", ports[2]));
+        c.data_dir = self.dir.join(format!("node-{id}"));
+        c.peers.push(tunekv_node::config::PeerConfig {
+            id,
+            http: c.http.clone(),
+            raft: c.raft.clone(),
+        });
+        let i = self.configs.len();
+        fs::write(self.config_path(i), toml::to_string(&c)?)?;
+        self.configs.push(c);
+        self.children.push(None);
+        Ok(i)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.configs.is_empty()
     }

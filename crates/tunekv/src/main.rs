@@ -6,6 +6,7 @@ mod bench;
 mod cache_cmd;
 mod cli;
 mod dev;
+mod node_cmd;
 mod server;
 mod session_file;
 mod slo_cmd;

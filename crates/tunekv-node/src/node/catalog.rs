@@ -121,20 +121,35 @@ impl Node {
         check_keyspace_name(name)?;
         // Stored with the mode's defaults filled in, so a later GET shows what applies.
         let spec = spec.normalized();
-        spec.validate(self.all_nodes.len())?;
+        spec.validate(self.active_nodes().len())?;
         let deadline = Instant::now() + Duration::from_millis(self.config.write_wait_ms_default);
         let value = serde_json::to_vec(&spec).map_err(internal)?;
-        let op = Op::PutIfAbsent {
-            key: Self::catalog_key(name),
-            value,
+        // The keyspace and where its data lives, in one entry: no node ever sees one without
+        // the other.
+        let placement = serde_json::to_vec(&self.new_placement(name, &spec)).map_err(internal)?;
+        let key = Self::catalog_key(name);
+        let op = Op::Txn {
+            compare: vec![(key.clone(), tunekv_raft::Expect::Version(0))],
+            success: vec![
+                Op::Put {
+                    key: key.clone(),
+                    value,
+                },
+                Op::Put {
+                    key: Self::placement_key(name),
+                    value: placement,
+                },
+            ],
+            failure: vec![Op::Get { key }],
         };
         let written = self.propose(GroupId::METADATA, op, deadline).await?;
-        let created = written.result.changed;
+        let created = written.result.int == 1;
         if !created {
             let existing = written
                 .result
-                .current
-                .as_ref()
+                .results
+                .first()
+                .and_then(|r| r.current.as_ref())
                 .and_then(|c| serde_json::from_slice::<KeyspaceSpec>(&c.value).ok());
             if existing.as_ref() != Some(&spec) {
                 return Err(err(
@@ -166,8 +181,7 @@ impl Node {
         let deadline = Instant::now() + KEYSPACE_READY_WAIT;
         for shard in 0..ks.spec.shards {
             let gid = GroupId::for_shard(ks.id, ShardId(shard));
-            let replicas = replicas_for(ks.id, ShardId(shard), &self.all_nodes, ks.spec.replicas);
-            if !replicas.contains(&self.id) {
+            if !self.shard_placement(ks, ShardId(shard)).hosts(self.id) {
                 continue;
             }
             while Instant::now() < deadline {

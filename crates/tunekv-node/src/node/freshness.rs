@@ -123,14 +123,10 @@ impl Node {
 
     /// Measures every peer's monotonic clock against ours, every `CALIBRATE_EVERY`.
     pub(super) async fn calibrate_loop(self: Arc<Self>) {
-        let peers: Vec<NodeId> = self
-            .all_nodes
-            .iter()
-            .copied()
-            .filter(|p| *p != self.id)
-            .collect();
         let me: &Node = &self;
         loop {
+            // The cluster's nodes now: a node that joined is measured from its first round.
+            let peers: Vec<NodeId> = self.nodes().into_iter().filter(|p| *p != self.id).collect();
             let rounds = peers.iter().map(|&peer| async move {
                 let sent = Instant::now();
                 let sent_wall_ms = me.clock.wall_ms();

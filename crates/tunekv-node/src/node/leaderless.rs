@@ -250,7 +250,7 @@ impl Node {
     /// The ring of a leaderless or volatile keyspace (the same on every node: from the
     /// catalog's node list and the spec's partitions).
     pub(super) fn ring_of(&self, ks: &KeyspaceInfo) -> Result<Ring, TunekvError> {
-        Ring::new(&self.all_nodes, ks.spec.partitions()).map_err(internal)
+        Ring::new(&self.ring_nodes(ks), ks.spec.partitions()).map_err(internal)
     }
 
     /// This node's replica of `ks`, loaded from disk the first time (leaderless keyspaces).
@@ -1622,18 +1622,13 @@ impl Node {
     /// ways. Replicas converge without client reads.
     pub(super) async fn anti_entropy_loop(self: Arc<Self>) {
         let every = Duration::from_millis(self.config.leaderless.anti_entropy_every_ms);
-        let peers: Vec<NodeId> = self
-            .all_nodes
-            .iter()
-            .copied()
-            .filter(|p| *p != self.id)
-            .collect();
-        if peers.is_empty() {
-            return;
-        }
         let mut turn = 0usize;
         loop {
             tokio::time::sleep(every).await;
+            let peers: Vec<NodeId> = self.nodes().into_iter().filter(|p| *p != self.id).collect();
+            if peers.is_empty() {
+                continue;
+            }
             let peer = peers[turn % peers.len()];
             turn += 1;
             let up = self.peer_up(peer);

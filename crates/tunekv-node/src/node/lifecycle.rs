@@ -34,8 +34,8 @@ impl Node {
             transport.clone(),
             faults.clone(),
         ));
-        let mut all_nodes: Vec<NodeId> = peers.iter().map(|(id, _)| *id).collect();
-        all_nodes.sort();
+        let mut founders: Vec<NodeId> = peers.iter().map(|(id, _)| *id).collect();
+        founders.sort();
         let listener = transport
             .bind(&config.raft)
             .await
@@ -55,7 +55,6 @@ impl Node {
             lag_history: Mutex::new(std::collections::VecDeque::new()),
             pbs: Mutex::new(Vec::new()),
             config,
-            all_nodes,
             storage,
             clock,
             hlc,
@@ -78,6 +77,8 @@ impl Node {
             dynamo: Default::default(),
             me: std::sync::OnceLock::new(),
             publish_sink: std::sync::OnceLock::new(),
+            ring_cache: Mutex::new(HashMap::new()),
+            membership_stuck: Mutex::new(None),
         });
         let _ = node.me.set(Arc::downgrade(&node));
         node.load_hints()?;
@@ -87,11 +88,13 @@ impl Node {
             node.clone() as Arc<dyn Handler>,
             faults,
         ));
-        let members = node.all_nodes.clone();
-        let first = members[0];
-        node.open_group(GroupId::METADATA, &members, first == node.id)
+        // The configured peers create the metadata group once (the lowest id proposes); a node
+        // added later joins it as a learner instead (`tunekv node add`).
+        let first = founders[0];
+        node.open_group(GroupId::METADATA, &founders, first == node.id)
             .await?;
         node.spawn_loop(node.clone().reconcile_loop());
+        node.spawn_loop(node.clone().membership_loop());
         node.spawn_loop(node.clone().calibrate_loop());
         node.spawn_loop(node.clone().watermark_loop());
         node.spawn_loop(node.clone().sweep_loop());
@@ -157,10 +160,10 @@ impl Node {
     }
 
     pub(super) fn members_map(&self, members: &[NodeId]) -> BTreeMap<u64, BasicNode> {
+        let addresses = self.node_addresses();
         members
             .iter()
-            .filter_map(|m| self.config.peers.iter().find(|p| p.id == m.0))
-            .map(|p| (p.id, BasicNode::new(&p.raft)))
+            .filter_map(|m| addresses.get(&m.0).map(|r| (m.0, BasicNode::new(&r.raft))))
             .collect()
     }
 
@@ -234,27 +237,36 @@ impl Node {
             .unwrap_or_else(|| unreachable!("the metadata group is opened at start"))
     }
 
-    /// Keeps hosted shard groups in line with the catalog: runs after every catalog change.
+    /// Keeps hosted shard groups in line with the catalog's placements: opens the groups this
+    /// node replicates (or is about to, as a move's learner) and closes those that moved
+    /// away. Runs after every catalog change.
     pub(super) async fn reconcile_loop(self: Arc<Self>) {
         let mut applied = self.metadata().data.subscribe();
         loop {
+            // Closed only when the catalog names other replicas (never because a read failed).
+            let mut moved_away = Vec::new();
             for ks in self.list_keyspaces() {
                 if ks.spec.mode != Mode::Ordered {
                     continue;
                 }
-                for shard in 0..ks.spec.shards {
-                    let replicas =
-                        replicas_for(ks.id, ShardId(shard), &self.all_nodes, ks.spec.replicas);
-                    let gid = GroupId::for_shard(ks.id, ShardId(shard));
-                    if replicas.contains(&self.id) && self.group(gid).is_none() {
-                        if let Err(e) = self
-                            .open_group(gid, &replicas, replicas[0] == self.id)
-                            .await
-                        {
+                let p = self.placement(&ks);
+                for (shard, s) in p.shards.iter().enumerate() {
+                    let gid = GroupId::for_shard(ks.id, ShardId(shard as u32));
+                    if !s.hosts(self.id) {
+                        if self.group(gid).is_some() {
+                            moved_away.push(gid);
+                        }
+                        continue;
+                    }
+                    if self.group(gid).is_none() {
+                        if let Err(e) = self.open_group(gid, &s.nodes(), s.creates(self.id)).await {
                             tracing::error!(group = %gid, error = %e, "cannot open group");
                         }
                     }
                 }
+            }
+            for gid in moved_away {
+                self.close_group(gid).await;
             }
             tokio::select! {
                 biased;

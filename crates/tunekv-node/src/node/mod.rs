@@ -8,6 +8,7 @@ mod dotted;
 mod freshness;
 mod leaderless;
 mod lifecycle;
+mod membership;
 mod observe;
 mod pubsub;
 mod read;
@@ -16,6 +17,7 @@ mod status;
 mod stored_feed;
 mod watch;
 mod write;
+pub use membership::{MembershipReport, MoveView, NodeView};
 pub use pubsub::PublishSink;
 pub use stored_feed::StoredChange;
 pub use watch::{Watch, WatchEvent, WatchFrom, WatchRefused};
@@ -45,7 +47,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
-use tunekv_core::keyspace::{replicas_for, shard_for_key, SCAN_HASH_BITS};
+use tunekv_core::keyspace::{shard_for_key, SCAN_HASH_BITS};
 use tunekv_core::limits::{check_key, check_keyspace_name, check_value};
 use tunekv_core::{
     judge, ClockGuard, ClockHealth, Code, CopyState, GroupId, Hlc, KeyspaceSpec, Level, LogIndex,
@@ -251,7 +253,6 @@ fn no_budget(what: &str) -> TunekvError {
 pub struct Node {
     id: NodeId,
     config: NodeConfig,
-    all_nodes: Vec<NodeId>,
     storage: Arc<dyn Storage>,
     commit: GroupCommit,
     clock: Arc<dyn Clock>,
@@ -295,6 +296,10 @@ pub struct Node {
     lag_history: Mutex<std::collections::VecDeque<crate::status::LagSample>>,
     // The last PBS estimate (`cluster_status` makes it; `/metrics` shows it).
     pbs: Mutex<Vec<tunekv_core::pbs::PbsCurve>>,
+    // The nodes of each leaderless keyspace's ring, by keyspace id (fixed at creation).
+    ring_cache: Mutex<HashMap<u64, Vec<NodeId>>>,
+    // Why the metadata leader cannot make a replica move it must (`GET /v1/admin/nodes`).
+    membership_stuck: Mutex<Option<String>>,
 }
 
 /// The items of a batch (1 to `BATCH_KEYS_MAX`, every key checked) grouped by shard, in shard

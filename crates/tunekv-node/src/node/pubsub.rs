@@ -33,7 +33,8 @@ impl Node {
         };
         let (channel, message) = (channel.to_vec(), message.to_vec());
         tokio::spawn(async move {
-            let sends = me.all_nodes.iter().filter(|p| **p != me.id).map(|peer| {
+            let nodes = me.nodes();
+            let sends = nodes.iter().filter(|p| **p != me.id).map(|peer| {
                 let req = Request::Publish {
                     channel: channel.clone(),
                     message: message.clone(),

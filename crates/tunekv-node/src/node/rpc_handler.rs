@@ -39,11 +39,13 @@ impl Node {
             }
             _ => {}
         }
-        let g = self.group(gid).ok_or_else(|| {
-            RemoteError::new(
-                Code::Unavailable,
-                format!("group {gid} is not open on node {}", self.id),
-            )
+        // Not open here (never, or its replica moved away): not the leader either, so the
+        // caller retries on the leader it learns next; nothing happened.
+        let g = self.group(gid).ok_or_else(|| RemoteError {
+            code: Code::Unavailable,
+            message: format!("group {gid} is not open on node {}", self.id),
+            leader_hint: None,
+            not_leader: true,
         })?;
         let fatal = |e: openraft::error::Fatal<tunekv_raft::TypeConfig>| {
             RemoteError::new(Code::Internal, e.to_string())
@@ -143,6 +145,13 @@ impl Node {
                         "the leader could not confirm with a quorum in time",
                     )),
                 }
+            }
+            Request::ChangeMembers { learners, voters } => {
+                let deadline = Instant::now() + FORWARDED_WORK_MAX.max(Duration::from_secs(300));
+                self.change_members_here(&g, learners, voters, deadline)
+                    .await
+                    .map(|()| Response::Done)
+                    .map_err(|e| RemoteError::new(e.code, e.message))
             }
             Request::TransferLeader(req) => g
                 .raft

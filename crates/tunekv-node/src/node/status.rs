@@ -66,20 +66,26 @@ impl Node {
         let mut applies = vec![me.applies];
         let mut rtts = vec![me.rtts];
         let mut nodes = Vec::new();
-        let calls = self
-            .config
-            .peers
-            .iter()
-            .filter(|p| p.id != self.id.0)
-            .map(|p| async move {
-                (
-                    p,
-                    self.pool
-                        .call(NodeId(p.id), 0, Request::Status, STATUS_WAIT)
-                        .await,
-                )
-            });
-        for (p, res) in futures::future::join_all(calls).await {
+        // Every member, and nodes joining or draining.
+        let voters = self.nodes();
+        let listed: Vec<(u64, tunekv_core::placement::NodeRecord)> = self
+            .node_addresses()
+            .into_iter()
+            .filter(|(id, r)| {
+                *id != self.id.0
+                    && (voters.contains(&NodeId(*id))
+                        || r.state != tunekv_core::placement::NodeState::Removed)
+            })
+            .collect();
+        let calls = listed.iter().map(|(id, p)| async move {
+            (
+                (*id, p),
+                self.pool
+                    .call(NodeId(*id), 0, Request::Status, STATUS_WAIT)
+                    .await,
+            )
+        });
+        for ((id, p), res) in futures::future::join_all(calls).await {
             let reachable = match res {
                 Ok(Response::Status(mut r)) => {
                     replicas.append(&mut r.replicas);
@@ -90,9 +96,10 @@ impl Node {
                 _ => None,
             };
             nodes.push(NodeEntry {
-                id: p.id,
+                id,
                 http: p.http.clone(),
                 raft: p.raft.clone(),
+                state: p.state.as_str().to_string(),
                 reachable: reachable.is_some(),
                 clock_skew: reachable.as_ref().and_then(|r| r.clock_skew.clone()),
                 hlc_capped_total: reachable.as_ref().map_or(0, |r| r.hlc_capped_total),
@@ -111,6 +118,11 @@ impl Node {
             id: self.id.0,
             http: self.config.http.clone(),
             raft: self.config.raft.clone(),
+            state: self
+                .node_records()
+                .get(&self.id.0)
+                .map_or("active", |r| r.state.as_str())
+                .to_string(),
             reachable: true,
             clock_skew: me.clock_skew,
             hlc_capped_total: me.hlc_capped_total,
@@ -154,6 +166,7 @@ impl Node {
             nodes,
             groups: groups.into_values().collect(),
             lag_history: self.lag_history(),
+            moves: self.membership_report().moves,
             pbs: self.estimate_pbs(&applies, &rtts),
         }
     }

@@ -551,7 +551,7 @@ impl Node {
         // Where each node starts: a cursor's (incarnation, sequence), or where its history
         // ends now.
         let mut start: BTreeMap<NodeId, Option<(u64, u64)>> =
-            self.all_nodes.iter().map(|n| (*n, None)).collect();
+            self.ring_nodes(ks).into_iter().map(|n| (n, None)).collect();
         if let WatchFrom::Cursor(text) = from {
             let nodes: Vec<(u64, u64, u64)> =
                 self.open_sealed(ks, CURSOR_LEADERLESS_DOMAIN, text)?;

@@ -52,16 +52,15 @@ impl Node {
         if let Some(g) = self.group(gid) {
             return Ok(g);
         }
-        let replicas = replicas_for(ks.id, shard, &self.all_nodes, ks.spec.replicas);
-        if replicas.contains(&self.id) {
-            return self
-                .open_group(gid, &replicas, replicas[0] == self.id)
-                .await;
+        let s = self.shard_placement(ks, shard);
+        if s.hosts(self.id) {
+            return self.open_group(gid, &s.nodes(), s.creates(self.id)).await;
         }
-        let addrs: Vec<String> = replicas
+        let addresses = self.node_addresses();
+        let addrs: Vec<String> = s
+            .replicas
             .iter()
-            .filter_map(|r| self.config.peers.iter().find(|p| p.id == r.0))
-            .map(|p| format!("node {} at {}", p.id, p.http))
+            .filter_map(|r| addresses.get(r).map(|a| format!("node {r} at {}", a.http)))
             .collect();
         Err(err(
             Code::NotReplica,
@@ -69,8 +68,8 @@ impl Node {
                 "node {} holds no replica of shard {shard} of {:?} ({} of {} nodes do); send this key to {}",
                 self.id,
                 ks.name,
-                replicas.len(),
-                self.all_nodes.len(),
+                s.replicas.len(),
+                self.nodes().len(),
                 addrs.join(", ")
             ),
         ))

@@ -1,0 +1,364 @@
+//! Where a keyspace's data lives, as the catalog records it (issue 21, membership): the
+//! replicas of each shard of an ordered keyspace, the nodes of a leaderless ring, the nodes of
+//! the cluster, and the planner that decides the next replica move. Pure: the node stores these
+//! in its metadata group and carries the moves out.
+
+use crate::keyspace::replicas_for;
+use crate::{KeyspaceSpec, Mode, NodeId, ShardId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A keyspace's placement (catalog key `placement/<name>`), written with the keyspace and
+/// changed only by replica moves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Leaderless and volatile keyspaces: the nodes of the ring, fixed at creation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ring: Vec<u64>,
+    /// Ordered keyspaces: each shard's replicas, by shard number.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardPlacement>,
+}
+
+/// The replicas of one shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardPlacement {
+    /// The voters of the shard's group, preferred leader first.
+    pub replicas: Vec<u64>,
+    /// A move in flight: the voters the group is being changed to (the new one joins as a
+    /// learner, catches up, then the voters are replaced in one joint change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Vec<u64>>,
+    /// Moves finished. A shard that never moved is created by its first replica; a moved one
+    /// never is (its new replicas join the existing group as learners).
+    #[serde(default)]
+    pub moves: u64,
+}
+
+impl ShardPlacement {
+    /// Whether `node` keeps a copy of the shard (a voter, or the learner of a move in flight).
+    pub fn hosts(&self, node: NodeId) -> bool {
+        self.replicas.contains(&node.0) || self.target.as_ref().is_some_and(|t| t.contains(&node.0))
+    }
+
+    /// Whether `node` may create the shard's group (propose its first membership).
+    pub fn creates(&self, node: NodeId) -> bool {
+        self.moves == 0 && self.target.is_none() && self.replicas.first() == Some(&node.0)
+    }
+
+    /// The replicas as node ids.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        self.replicas.iter().map(|n| NodeId(*n)).collect()
+    }
+}
+
+impl Placement {
+    /// A new keyspace's placement over `nodes` (the cluster's active nodes): shard leaders
+    /// spread by rotating the start with `seed` (a hash of the name) and the shard number.
+    pub fn initial(spec: &KeyspaceSpec, seed: u64, nodes: &[NodeId]) -> Placement {
+        let mut sorted = nodes.to_vec();
+        sorted.sort();
+        match spec.mode {
+            Mode::Ordered => Placement {
+                ring: Vec::new(),
+                shards: (0..spec.shards)
+                    .map(|s| ShardPlacement {
+                        replicas: replicas_for(seed, ShardId(s), &sorted, spec.replicas)
+                            .into_iter()
+                            .map(|n| n.0)
+                            .collect(),
+                        target: None,
+                        moves: 0,
+                    })
+                    .collect(),
+            },
+            _ => Placement {
+                ring: sorted.iter().map(|n| n.0).collect(),
+                shards: Vec::new(),
+            },
+        }
+    }
+
+    /// The placement every keyspace created before placements were stored has: the shards
+    /// where `replicas_for` put them over the cluster's first nodes, the ring over all of them.
+    pub fn legacy(ks_id: u64, spec: &KeyspaceSpec, founders: &[NodeId]) -> Placement {
+        Placement::initial(spec, ks_id, founders)
+    }
+
+    /// Shard `shard`'s replicas (empty if the placement has no such shard).
+    pub fn shard(&self, shard: ShardId) -> Option<&ShardPlacement> {
+        self.shards.get(shard.0 as usize)
+    }
+
+    /// Every node this placement names.
+    pub fn named(&self) -> impl Iterator<Item = u64> + '_ {
+        self.ring.iter().copied().chain(
+            self.shards
+                .iter()
+                .flat_map(|s| s.replicas.iter().chain(s.target.iter().flatten()).copied()),
+        )
+    }
+}
+
+/// A node's record in the catalog (`node/<id>`): its addresses and where it is in its life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRecord {
+    pub raft: String,
+    pub http: String,
+    #[serde(default)]
+    pub resp: Option<String>,
+    pub state: NodeState,
+}
+
+/// Joining → active → draining → removed. Only active nodes receive new replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Added by an operator; becomes a voter of the metadata group, then active.
+    Joining,
+    Active,
+    /// Being removed: its replicas move away, then it leaves the metadata group.
+    Draining,
+    /// Gone: never rejoins under this id.
+    Removed,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Joining => "joining",
+            NodeState::Active => "active",
+            NodeState::Draining => "draining",
+            NodeState::Removed => "removed",
+        }
+    }
+}
+
+/// One replica move: shard `shard` of `keyspace` gets a copy on `to`, then loses `from`'s.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Move {
+    pub keyspace: String,
+    pub shard: u32,
+    pub from: u64,
+    pub to: u64,
+}
+
+impl Move {
+    /// The shard's voters after the move: `from` replaced by `to` in its place, so the
+    /// preferred leader order stays.
+    pub fn target(&self, replicas: &[u64]) -> Vec<u64> {
+        replicas
+            .iter()
+            .map(|&n| if n == self.from { self.to } else { n })
+            .collect()
+    }
+}
+
+/// The next move, if any, for ordered keyspaces' shards over the `active` nodes (moves in
+/// flight are not counted: call it only when none is). First every replica on a node that is not
+/// active (draining, removed) moves to the least-loaded active node the shard lacks; then, while
+/// the most-loaded active node holds at least two replicas more than the least-loaded, one of its
+/// replicas moves there. Deterministic: the lowest keyspace name, shard and node id win ties.
+/// `Err` names a shard that cannot leave a draining node (every active node has a copy already).
+pub fn next_move(
+    active: &[NodeId],
+    placements: &BTreeMap<String, Placement>,
+) -> Result<Option<Move>, String> {
+    let mut load: BTreeMap<u64, usize> = active.iter().map(|n| (n.0, 0)).collect();
+    for p in placements.values() {
+        for s in &p.shards {
+            for r in &s.replicas {
+                if let Some(l) = load.get_mut(r) {
+                    *l += 1;
+                }
+            }
+        }
+    }
+    let least_loaded_without = |replicas: &[u64]| {
+        load.iter()
+            .filter(|(n, _)| !replicas.contains(n))
+            .min_by_key(|(n, l)| (**l, **n))
+            .map(|(n, _)| *n)
+    };
+    for (name, p) in placements {
+        for (shard, s) in p.shards.iter().enumerate() {
+            for &r in &s.replicas {
+                if load.contains_key(&r) {
+                    continue;
+                }
+                return match least_loaded_without(&s.replicas) {
+                    Some(to) => Ok(Some(Move {
+                        keyspace: name.clone(),
+                        shard: shard as u32,
+                        from: r,
+                        to,
+                    })),
+                    None => Err(format!(
+                        "shard {shard} of {name:?} cannot leave node {r}: every active node holds a replica of it already (add a node)"
+                    )),
+                };
+            }
+        }
+    }
+    let Some((&most, &high)) = load
+        .iter()
+        .max_by_key(|(n, l)| (**l, std::cmp::Reverse(**n)))
+    else {
+        return Ok(None);
+    };
+    let Some((&least, &low)) = load.iter().min_by_key(|(n, l)| (**l, **n)) else {
+        return Ok(None);
+    };
+    if high < low + 2 {
+        return Ok(None);
+    }
+    for (name, p) in placements {
+        for (shard, s) in p.shards.iter().enumerate() {
+            if s.replicas.contains(&most) && !s.replicas.contains(&least) {
+                return Ok(Some(Move {
+                    keyspace: name.clone(),
+                    shard: shard as u32,
+                    from: most,
+                    to: least,
+                }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[u64]) -> Vec<NodeId> {
+        v.iter().map(|n| NodeId(*n)).collect()
+    }
+
+    fn spec(shards: u32, replicas: u32) -> KeyspaceSpec {
+        let mut s: KeyspaceSpec = serde_json::from_str("{}").unwrap();
+        s.shards = shards;
+        s.replicas = replicas;
+        s
+    }
+
+    /// Applies moves until the planner has none; returns the moves made.
+    fn settle(active: &[u64], placements: &mut BTreeMap<String, Placement>) -> Vec<Move> {
+        let mut made = Vec::new();
+        while let Some(m) = next_move(&ids(active), placements).unwrap() {
+            let s = &mut placements.get_mut(&m.keyspace).unwrap().shards[m.shard as usize];
+            let t = m.target(&s.replicas);
+            assert_ne!(t, s.replicas, "a move changes something");
+            let mut set = t.clone();
+            set.sort();
+            set.dedup();
+            assert_eq!(set.len(), t.len(), "never two copies on one node: {m:?}");
+            s.replicas = t;
+            s.moves += 1;
+            made.push(m);
+            assert!(made.len() < 1000, "the planner settles");
+        }
+        made
+    }
+
+    fn loads(placements: &BTreeMap<String, Placement>) -> BTreeMap<u64, usize> {
+        let mut load = BTreeMap::new();
+        for p in placements.values() {
+            for s in &p.shards {
+                for r in &s.replicas {
+                    *load.entry(*r).or_insert(0) += 1;
+                }
+            }
+        }
+        load
+    }
+
+    #[test]
+    fn initial_placement_matches_the_static_rule_and_legacy_keeps_it() {
+        let nodes = ids(&[3, 1, 2]);
+        let p = Placement::initial(&spec(4, 3), 7, &nodes);
+        for s in 0..4 {
+            let want: Vec<u64> = replicas_for(7, ShardId(s), &ids(&[1, 2, 3]), 3)
+                .into_iter()
+                .map(|n| n.0)
+                .collect();
+            assert_eq!(p.shard(ShardId(s)).unwrap().replicas, want);
+            assert!(p.shards[s as usize].creates(NodeId(want[0])));
+        }
+        assert_eq!(Placement::legacy(7, &spec(4, 3), &nodes), p);
+        let mut leaderless = spec(4, 3);
+        leaderless.mode = Mode::Leaderless;
+        let ring = Placement::initial(&leaderless, 7, &nodes);
+        assert_eq!(ring.ring, vec![1, 2, 3]);
+        assert!(ring.shards.is_empty());
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<Placement>(&json).unwrap(), p);
+    }
+
+    #[test]
+    fn adding_a_node_balances_replicas_without_two_copies_on_a_node() {
+        let mut placements = BTreeMap::new();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            placements.insert(
+                name.to_string(),
+                Placement::initial(&spec(4, 3), i as u64, &ids(&[1, 2, 3])),
+            );
+        }
+        assert!(
+            settle(&[1, 2, 3], &mut placements).is_empty(),
+            "balanced already"
+        );
+        let moves = settle(&[1, 2, 3, 4], &mut placements);
+        assert!(moves.iter().all(|m| m.to == 4), "{moves:?}");
+        let load = loads(&placements);
+        assert_eq!(load.values().sum::<usize>(), 36, "no copy lost or added");
+        assert!(
+            load.values().max().unwrap() - load.values().min().unwrap() <= 1,
+            "{load:?}"
+        );
+    }
+
+    #[test]
+    fn a_draining_node_loses_every_replica_and_a_full_cluster_says_why() {
+        let mut placements = BTreeMap::new();
+        placements.insert(
+            "a".to_string(),
+            Placement::initial(&spec(4, 3), 0, &ids(&[1, 2, 3, 4])),
+        );
+        settle(&[1, 2, 3, 4], &mut placements);
+        let moves = settle(&[2, 3, 4], &mut placements);
+        assert!(moves.iter().all(|m| m.from == 1), "{moves:?}");
+        assert!(!placements["a"].named().any(|n| n == 1));
+        assert!(placements["a"].shards.iter().all(|s| s.replicas.len() == 3));
+        // Three replicas cannot live on two nodes: the planner says so instead of moving.
+        let e = next_move(&ids(&[2, 3]), &placements).unwrap_err();
+        assert!(e.contains("cannot leave node 4"), "{e}");
+    }
+
+    #[test]
+    fn a_moved_shard_is_never_created_again_and_its_learner_hosts_it() {
+        let s = ShardPlacement {
+            replicas: vec![1, 2, 3],
+            target: Some(vec![4, 2, 3]),
+            moves: 0,
+        };
+        assert!(s.hosts(NodeId(4)) && s.hosts(NodeId(1)));
+        assert!(
+            !s.creates(NodeId(1)),
+            "no creation while a move is in flight"
+        );
+        let done = ShardPlacement {
+            replicas: vec![4, 2, 3],
+            target: None,
+            moves: 1,
+        };
+        assert!(
+            !done.creates(NodeId(4)),
+            "node 4 joins the group; it never creates one"
+        );
+        assert!(!done.hosts(NodeId(1)));
+    }
+}

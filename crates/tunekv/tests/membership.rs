@@ -1,0 +1,240 @@
+//! Membership changes with real processes (issue 21): `tunekv node add` brings a fourth node
+//! in and replicas move to it; `tunekv node remove` drains a founding node and it leaves. Data
+//! written before, between and after stays readable at `strong`, every shard keeps its three
+//! voters, and clients keep writing while replicas move.
+
+mod common;
+
+use common::eventually;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tunekv_client::{Client, Opts};
+
+const KS: &str = "m";
+
+/// Reads `key` at `strong` from the first node (of `nodes`) that holds its shard.
+async fn read_strong(nodes: &[Client], key: &str) -> Option<Vec<u8>> {
+    let mut last = String::new();
+    for c in nodes {
+        match c.get(KS, key.as_bytes(), &Opts::level("strong")).await {
+            Ok(r) => return r.value,
+            Err(e) if e.code() == Some("not_replica") => {}
+            Err(e) => last = e.to_string(),
+        }
+    }
+    panic!("no node served a strong read of {key}: {last}");
+}
+
+/// Writes `key` through the first node (of `nodes`) that holds its shard.
+async fn write(nodes: &[Client], key: &str, value: &str) -> Result<(), String> {
+    let mut last = String::new();
+    for c in nodes {
+        match c
+            .put(KS, key.as_bytes(), value.as_bytes(), &Opts::default())
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code() == Some("not_replica") => {}
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
+fn tunekv(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tunekv"))
+        .args(args)
+        .output()
+        .expect("run tunekv");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Every shard group of `KS`: its voters as the serving node's `/v1/cluster` reports them.
+async fn shard_voters(c: &Client) -> Vec<(String, Vec<u64>)> {
+    let s = c.cluster().await.expect("cluster");
+    let mut out = Vec::new();
+    for g in s["groups"].as_array().expect("groups") {
+        let name = g["name"].as_str().unwrap_or_default();
+        if !name.starts_with(&format!("{KS}/")) {
+            continue;
+        }
+        let mut voters: Vec<u64> = g["replicas"]
+            .as_array()
+            .expect("replicas")
+            .iter()
+            .filter(|r| r["state"] != "Learner")
+            .filter_map(|r| r["node"].as_u64())
+            .collect();
+        voters.sort();
+        voters.dedup();
+        out.push((name.to_string(), voters));
+    }
+    out
+}
+
+/// Waits (bounded) until every shard of `KS` reports three voters, none of them `gone`: a new
+/// voter may call itself a learner for a moment after the change that promoted it committed.
+async fn settled_voters(c: &Client, gone: Option<u64>) {
+    let mut last = Vec::new();
+    for _ in 0..100 {
+        last = shard_voters(c).await;
+        if last.len() == 4
+            && last
+                .iter()
+                .all(|(_, v)| v.len() == 3 && gone.is_none_or(|g| !v.contains(&g)))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("shards did not settle on three voters each: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_takes_replicas_and_a_founder_drains_and_leaves_without_losing_data() {
+    let mut c = common::start(3, false).await;
+    common::put_keyspace(
+        &c,
+        KS,
+        r#"{"mode":"ordered","shards":4,"replicas":3,"default_level":"strong"}"#,
+    )
+    .await;
+    let founders: Vec<Client> = (0..3).map(|i| c.client(i)).collect();
+    for i in 0..100 {
+        write(&founders, &format!("k{i}"), &format!("v{i}"))
+            .await
+            .expect("write before");
+    }
+
+    // A fourth node: started, not yet a member; `node add` through node 1.
+    let four = c.prepare_extra_node().expect("config");
+    c.start_node(four).expect("start node 4");
+    let http4 = c.configs[four].http.clone();
+    let http1 = c.configs[0].http.clone();
+    let c4 = c.client(four);
+    eventually(Duration::from_secs(20), "node 4 answers", || async {
+        c4.identity().await.ok()
+    })
+    .await;
+
+    // Clients keep writing while replicas move.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = {
+        let nodes: Vec<Client> = (0..3).map(|i| c.client(i)).collect();
+        let (stop, acked) = (stop.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && i < 5000 {
+                if write(&nodes, &format!("w{i}"), &format!("x{i}"))
+                    .await
+                    .is_ok()
+                {
+                    acked.lock().unwrap().push(i);
+                }
+                i += 1;
+            }
+        })
+    };
+
+    let (code, out) = tokio::task::spawn_blocking({
+        let (http4, http1) = (http4.clone(), http1.clone());
+        move || tunekv(&["node", "add", &http4, "--node", &http1, "--wait-s", "120"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "node add: {out}");
+    eprintln!("{out}");
+    assert!(out.contains("node 4: active"), "{out}");
+    let report = c.client(0).nodes().await.expect("nodes");
+    let n4 = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == 4)
+        .cloned()
+        .expect("node 4 listed");
+    assert_eq!(n4["state"], "active", "{report}");
+    assert_eq!(n4["voter"], true, "{report}");
+    // 12 replicas over 4 nodes: balanced to 3 each.
+    for n in report["nodes"].as_array().unwrap() {
+        assert_eq!(n["replicas"], 3, "balanced: {report}");
+    }
+    // Node 4 answers strong reads of the data written before it joined, for its shards.
+    let all: Vec<Client> = (0..4).map(|i| c.client(i)).collect();
+    let mut served_by_4 = 0;
+    for i in 0..100 {
+        let key = format!("k{i}");
+        match c4.get(KS, key.as_bytes(), &Opts::level("strong")).await {
+            Ok(r) => {
+                assert_eq!(r.value.as_deref(), Some(format!("v{i}").as_bytes()));
+                served_by_4 += 1;
+            }
+            Err(e) => assert_eq!(e.code(), Some("not_replica"), "{e}"),
+        }
+    }
+    assert!(served_by_4 > 0, "node 4 holds some shards");
+    settled_voters(&c.client(0), None).await;
+
+    // Node 1 drains and leaves (through node 2).
+    let http2 = c.configs[1].http.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        tunekv(&["node", "remove", "1", "--node", &http2, "--wait-s", "120"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "node remove: {out}");
+    eprintln!("{out}");
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let report = c.client(1).nodes().await.expect("nodes");
+    let n1 = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == 1)
+        .cloned()
+        .expect("node 1 listed");
+    assert_eq!(n1["state"], "removed", "{report}");
+    assert_eq!(n1["voter"], false, "{report}");
+    assert_eq!(n1["replicas"], 0, "{report}");
+    settled_voters(&c.client(1), Some(1)).await;
+    // Every write acknowledged before, during and after the moves reads back at strong from
+    // the nodes that remain.
+    let remaining = &all[1..];
+    for i in 0..100 {
+        let key = format!("k{i}");
+        assert_eq!(
+            read_strong(remaining, &key).await.as_deref(),
+            Some(format!("v{i}").as_bytes()),
+            "{key}"
+        );
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 10,
+        "writes went on while replicas moved: {}",
+        acked.len()
+    );
+    for i in acked {
+        let key = format!("w{i}");
+        assert_eq!(
+            read_strong(remaining, &key).await.as_deref(),
+            Some(format!("x{i}").as_bytes()),
+            "acknowledged {key}"
+        );
+    }
+    write(remaining, "after", "yes").await.expect("write after");
+    assert_eq!(
+        read_strong(remaining, "after").await.as_deref(),
+        Some(&b"yes"[..])
+    );
+    c.stop_all();
+}
