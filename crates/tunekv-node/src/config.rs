@@ -103,14 +103,18 @@ pub enum CrashAt {
     /// After staging the first chunk of a snapshot received from a leader, before the rest
     /// arrives and the snapshot is installed.
     SnapshotInstall,
+    /// On the metadata leader, after a replica move's membership change committed and before
+    /// the catalog records the shard's new replicas (the next leader must finish the move).
+    MoveCommitted,
 }
 
 impl CrashAt {
     pub fn parse(s: &str) -> Result<CrashAt, String> {
         match s {
             "snapshot-install" => Ok(CrashAt::SnapshotInstall),
+            "move-committed" => Ok(CrashAt::MoveCommitted),
             other => Err(format!(
-                "unknown crash point {other:?} (known: snapshot-install)"
+                "unknown crash point {other:?} (known: snapshot-install, move-committed)"
             )),
         }
     }

@@ -32,8 +32,9 @@ pub enum Cmd {
         #[arg(long = "bug", value_name = "BUG")]
         bugs: Vec<String>,
         /// Crash on purpose (abort, as kill -9) at a point crash tests cannot hit by timing:
-        /// snapshot-install (after staging a snapshot's first chunk, before installing it).
-        /// Needs --enable-faults.
+        /// snapshot-install (after staging a snapshot's first chunk, before installing it),
+        /// move-committed (on the metadata leader, after a replica move's membership change
+        /// committed, before the catalog records it). Needs --enable-faults.
         #[arg(long, value_name = "POINT")]
         crash_at: Option<String>,
         /// Log lines as text, or as JSON objects (one per line, for log shippers). TUNEKV_LOG
@@ -185,7 +186,8 @@ pub enum Cmd {
         /// Comma-separated read levels (DESIGN §3 syntax).
         #[arg(long, default_value = crate::verify::LEVELS_DEFAULT)]
         levels: String,
-        /// Comma-separated faults: kill, pause, partition, delay, drop, skew; or all, none.
+        /// Comma-separated faults: kill, pause, partition, delay, drop, skew, membership (a
+        /// node joins, then leaves); or all, none.
         #[arg(long, default_value = "all", value_parser = crate::verify::parse_faults)]
         faults: std::vec::Vec<crate::verify::FaultKind>,
         /// Seed of the fault schedule (printed; random if not given).

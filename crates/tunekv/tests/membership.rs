@@ -238,3 +238,117 @@ async fn a_node_joins_takes_replicas_and_a_founder_drains_and_leaves_without_los
     );
     c.stop_all();
 }
+
+/// kill -9 (abort) of the metadata leader in the middle of a replica move — after the shard's
+/// voters changed, before the catalog recorded it — and of each next leader that gets there:
+/// the move is finished by whoever leads next, no shard is left with fewer than three voters,
+/// and no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_the_middle_of_a_move_is_finished_by_the_next_leader() {
+    let mut c = common::start_with_args(3, true, |_| {}, &["--crash-at", "move-committed"]).await;
+    common::put_keyspace(
+        &c,
+        KS,
+        r#"{"mode":"ordered","shards":4,"replicas":3,"default_level":"strong"}"#,
+    )
+    .await;
+    let founders: Vec<Client> = (0..3).map(|i| c.client(i)).collect();
+    for i in 0..50 {
+        write(&founders, &format!("k{i}"), &format!("v{i}"))
+            .await
+            .expect("write before");
+    }
+    let four = c.prepare_extra_node().expect("config");
+    c.start_node(four).expect("start node 4");
+    let c4 = c.client(four);
+    let identity = eventually(Duration::from_secs(20), "node 4 answers", || async {
+        c4.identity().await.ok()
+    })
+    .await;
+    // Through whichever node answers: the one asked may be the first to crash.
+    let add = {
+        let nodes: Vec<Client> = (0..3).map(|i| c.client(i)).collect();
+        tokio::spawn(async move {
+            for n in nodes.iter().cycle().take(30) {
+                if n.add_node(&identity).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    // Each node that aborts comes back without the crash point; the cluster must settle.
+    let mut crashed = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        for i in 0..c.len() {
+            if let Some(status) = c.cluster.exited(i) {
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(
+                    status.signal(),
+                    Some(6),
+                    "node {} aborted on purpose",
+                    i + 1
+                );
+                crashed.push(i + 1);
+                c.kill(i);
+                let args = std::mem::take(&mut c.server_args);
+                c.start_node(i).expect("restart");
+                c.server_args = args;
+            }
+        }
+        let report = c.client(1).nodes().await;
+        if std::time::Instant::now() >= deadline {
+            let logs: String = (1..=4)
+                .map(|n| {
+                    let log = std::fs::read_to_string(c.dir.join(format!("node-{n}.log")))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log
+                        .lines()
+                        .filter(|l| !l.contains("heartbeat") && !l.contains("replication"))
+                        .rev()
+                        .take(40)
+                        .collect();
+                    format!(
+                        "--- node {n}\n{}\n",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    )
+                })
+                .collect();
+            panic!("did not settle; crashed so far: {crashed:?}; nodes: {report:?}\n{logs}");
+        }
+        let settled = match report {
+            Ok(r) => {
+                r["moves"].as_array().is_some_and(|m| m.is_empty())
+                    && r["nodes"].as_array().is_some_and(|ns| {
+                        ns.len() == 4
+                            && ns
+                                .iter()
+                                .all(|n| n["state"] == "active" && n["replicas"] == 3)
+                    })
+            }
+            Err(_) => false,
+        };
+        if settled && !crashed.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not settle; crashed so far: {crashed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    add.await.unwrap();
+    c.server_args.clear();
+    settled_voters(&c.client(1), None).await;
+    let all: Vec<Client> = (0..4).map(|i| c.client(i)).collect();
+    for i in 0..50 {
+        let key = format!("k{i}");
+        assert_eq!(
+            read_strong(&all, &key).await.as_deref(),
+            Some(format!("v{i}").as_bytes()),
+            "{key} after crashes {crashed:?}"
+        );
+    }
+    c.stop_all();
+}

@@ -73,6 +73,7 @@ fn a_run_under_every_fault_kind_passes_and_writes_a_valid_history() {
         "delay",
         "drop",
         "skew",
+        "add node",
     ] {
         assert!(all.contains(fault), "no {fault} fault in the run:\n{all}");
     }

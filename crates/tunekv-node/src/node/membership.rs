@@ -687,8 +687,21 @@ impl Node {
             })
             .collect();
         let gid = GroupId::for_shard(ks.id, ShardId(shard as u32));
-        self.change_members(gid, &s.replicas, learners, target.to_vec(), deadline)
+        // Asked through the replicas that stay first: they are members before and after, so
+        // they know the leader (one the change removed may never hear of it again).
+        let hosts: Vec<u64> = s
+            .replicas
+            .iter()
+            .filter(|n| target.contains(n))
+            .chain(s.replicas.iter().filter(|n| !target.contains(n)))
+            .copied()
+            .collect();
+        self.change_members(gid, &hosts, learners, target.to_vec(), deadline)
             .await?;
+        if self.config.crash_at == Some(crate::CrashAt::MoveCommitted) {
+            tracing::error!(group = %gid, "--crash-at move-committed: aborting");
+            std::process::abort();
+        }
         let mut next = p.clone();
         next.shards[shard] = ShardPlacement {
             replicas: target.to_vec(),
@@ -741,13 +754,28 @@ impl Node {
         voters: Vec<u64>,
         deadline: Instant,
     ) -> Result<(), TunekvError> {
-        if let Some(g) = self.group(gid) {
+        if gid.is_metadata() {
+            // Only the metadata leader changes the metadata group, and it hosts it.
             return self
-                .change_members_here(&g, learners, voters, deadline)
+                .change_members_here(&self.metadata(), learners, voters, deadline)
                 .await;
         }
         let mut last = format!("no node hosts {gid}");
         for host in hosts {
+            if *host == self.id.0 {
+                if let Some(g) = self.group(gid) {
+                    // A bounded try here: this copy may have been removed by the change.
+                    let here = deadline.min(Instant::now() + Duration::from_secs(10));
+                    match self
+                        .change_members_here(&g, learners.clone(), voters.clone(), here)
+                        .await
+                    {
+                        Ok(()) => return Ok(()),
+                        Err(e) => last = format!("here: {}", e.message),
+                    }
+                }
+                continue;
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
             let req = Request::ChangeMembers {
                 learners: learners.clone(),
@@ -823,9 +851,39 @@ impl Node {
             }
             self.pool.learn(NodeId(id), &addr);
             g.raft
-                .add_learner(id, BasicNode::new(&addr), true)
+                .add_learner(id, BasicNode::new(&addr), false)
                 .await
                 .map_err(not_leader_or)?;
+            // openraft's blocking add calls a learner caught up once it is within
+            // `replication_lag_threshold` entries; a replica that will count toward the quorum
+            // must hold everything the leader has now (by log or by snapshot) first.
+            let goal = g
+                .raft
+                .metrics()
+                .borrow_watched()
+                .last_log_index
+                .unwrap_or(0);
+            loop {
+                let m = g.raft.metrics().borrow_watched().clone();
+                if !m.state.is_leader() {
+                    return Err(RemoteError {
+                        code: Code::Unavailable,
+                        message: format!("node {} stopped leading {}", self.id, g.id),
+                        leader_hint: m.current_leader,
+                        not_leader: true,
+                    });
+                }
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map_or(0, |l| l.index());
+                if matched >= goal {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tracing::info!(group = %g.id, node = id, index = goal, "learner caught up");
         }
         let want: BTreeSet<u64> = voters.into_iter().collect();
         if !want.contains(&self.id.0) {

@@ -30,16 +30,20 @@ pub enum FaultKind {
     Drop,
     /// One node's wall clock moved by seconds.
     Skew,
+    /// A new node joins (`POST /v1/admin/nodes`: replicas move to it); healed by removing it
+    /// again (they move back) and stopping its process.
+    Membership,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 7] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::Delay,
         FaultKind::Drop,
         FaultKind::Skew,
+        FaultKind::Membership,
     ];
 }
 
@@ -52,6 +56,7 @@ impl fmt::Display for FaultKind {
             FaultKind::Delay => "delay",
             FaultKind::Drop => "drop",
             FaultKind::Skew => "skew",
+            FaultKind::Membership => "membership",
         })
     }
 }
@@ -63,7 +68,7 @@ impl FromStr for FaultKind {
             .into_iter()
             .find(|k| k.to_string() == s)
             .ok_or_else(|| {
-                format!("unknown fault {s:?}; faults: kill, pause, partition, delay, drop, skew, all, none")
+                format!("unknown fault {s:?}; faults: kill, pause, partition, delay, drop, skew, membership, all, none")
             })
     }
 }
@@ -86,6 +91,8 @@ enum Active {
     CacheIsolated,
     /// Nodes whose fault hook was set.
     Hooked(Vec<usize>),
+    /// A node added to the cluster (its index in the cluster, its id).
+    Joined(usize, u64),
 }
 
 pub struct FaultRunner {
@@ -154,6 +161,10 @@ impl FaultRunner {
                     "--faults kill needs a cluster started by verify (it restarts the nodes it kills); \
                      leave out --cluster or drop kill from --faults"
                 ),
+                FaultKind::Membership if self.cluster.is_none() => bail!(
+                    "--faults membership needs a cluster started by verify (it starts the nodes it \
+                     adds); leave out --cluster or drop membership from --faults"
+                ),
                 FaultKind::Pause if self.targets.iter().any(|t| t.pid.is_none()) => {
                     bail!("--faults pause needs every node's pid in cluster.json")
                 }
@@ -182,12 +193,22 @@ impl FaultRunner {
             list(&self.kinds)
         ));
         let n = self.targets.len();
+        // The first faults take each requested kind once, in a seeded order (a stream of its
+        // own, so the schedule's other draws stay what they were): a run long enough for that
+        // many faults injects every kind asked for.
+        let mut deck = self.kinds.clone();
+        deck.shuffle(&mut StdRng::seed_from_u64(self.seed ^ 0xdec4));
         while !self.stop.load(Ordering::Relaxed) {
             let quiet = Duration::from_millis(rng.gen_range(500..=1500));
             if self.sleep(quiet).await {
                 break;
             }
-            let kind = self.kinds[rng.gen_range(0..self.kinds.len())];
+            let drawn = self.kinds[rng.gen_range(0..self.kinds.len())];
+            let kind = if deck.is_empty() {
+                drawn
+            } else {
+                deck.remove(0)
+            };
             let node = rng.gen_range(0..n);
             let hold = Duration::from_millis(rng.gen_range(1500..=4000));
             let on_cache = self.cache.is_some() && rng.gen_range(0..3) == 0;
@@ -330,6 +351,47 @@ impl FaultRunner {
                     format!("drop {:.0}% of node {}'s messages", rate * 100.0, id(node)),
                 ))
             }
+            FaultKind::Membership => {
+                let c = self
+                    .cluster
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("no cluster"))?;
+                let (i, http) = {
+                    let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
+                    let i = c.prepare_extra_node()?;
+                    c.start_node(i)?;
+                    (i, c.configs[i].http.clone())
+                };
+                let newcomer = Client::with_timeout(&http, Duration::from_secs(2));
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                let identity = loop {
+                    match newcomer.identity().await {
+                        Ok(v) => break v,
+                        Err(e) if tokio::time::Instant::now() > deadline => {
+                            c.lock().unwrap_or_else(|p| p.into_inner()).stop(i);
+                            bail!("the new node at {http} did not answer: {e}");
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                };
+                let new_id = identity["id"].as_u64().unwrap_or_default();
+                // Answers once the node is a voter (or after the node's wait); replicas move
+                // to it meanwhile and after, while clients run.
+                let via = Client::with_timeout(&self.targets[node].http, Duration::from_secs(30));
+                if let Err(e) = via.add_node(&identity).await {
+                    (self.say)(format!(
+                        "{} adding node {new_id} answered {e}; removing it at heal",
+                        self.stamp()
+                    ));
+                }
+                Ok((
+                    Active::Joined(i, new_id),
+                    format!(
+                        "add node {new_id} through node {} (replicas move to it)",
+                        id(node)
+                    ),
+                ))
+            }
             FaultKind::Skew => {
                 let ms = rng.gen_range(500..=10_000i64) * if rng.gen_bool(0.5) { 1 } else { -1 };
                 self.hook(node, json!({"clock_offset_ms": ms})).await?;
@@ -379,8 +441,39 @@ impl FaultRunner {
                     self.hook(i, json!({"clear": true})).await?;
                 }
             }
+            Active::Joined(i, id) => {
+                let outcome = self.remove_node(id).await;
+                if let Some(c) = &self.cluster {
+                    c.lock().unwrap_or_else(|p| p.into_inner()).stop(i);
+                }
+                outcome?;
+            }
         }
         Ok(())
+    }
+
+    /// Removes node `id` through the first founding node that answers, until it is removed
+    /// (its replicas moved back to the others) or a minute passed.
+    async fn remove_node(&self, id: u64) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            for t in self.targets.iter() {
+                let c = Client::with_timeout(&t.http, Duration::from_secs(30));
+                match c.remove_node(id).await {
+                    Ok(v) if v["state"] == "removed" => {
+                        (self.say)(format!("{} node {id} removed", self.stamp()));
+                        return Ok(());
+                    }
+                    Ok(v) => last = format!("node {id} is {}", v["state"]),
+                    // Never became a member (its add failed before it was recorded).
+                    Err(e) if e.to_string().contains("is not a member") => return Ok(()),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        bail!("node {id} not removed within a minute: {last}")
     }
 }
 
@@ -393,7 +486,8 @@ pub async fn heal_all(
 ) -> Result<()> {
     if let Some(c) = cluster {
         let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
-        for i in 0..c.len() {
+        // The founding nodes only: a node a membership fault added was removed at its heal.
+        for i in 0..targets.len().min(c.len()) {
             if c.pid(i).is_none() {
                 c.start_node(i)?;
             }
