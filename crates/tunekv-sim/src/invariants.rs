@@ -30,6 +30,9 @@ pub struct Checked {
     /// Snapshots replicas installed from their leaders (the most any sample of a replica's
     /// process showed, summed).
     pub snapshots_installed: u64,
+    /// Nodes seen holding a replica of a shard group, bit `id` set for node `id` (a joiner
+    /// shows up here once a replica moved to it).
+    pub shard_hosts: u64,
 }
 
 pub struct Invariants {
@@ -71,6 +74,9 @@ impl Invariants {
     /// One live replica's status, as sampled now.
     pub fn replica(&mut self, r: &ReplicaStatus) {
         self.checked.replicas += 1;
+        if r.group != 0 && r.node < 64 {
+            self.checked.shard_hosts |= 1 << r.node;
+        }
         let installed = self.installs.entry((r.node, r.group)).or_default();
         if r.snapshots_installed > *installed {
             self.checked.snapshots_installed += r.snapshots_installed - *installed;

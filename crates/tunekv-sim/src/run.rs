@@ -49,6 +49,10 @@ pub struct Plan {
     /// (virtual ms since clients started, fault), in time order.
     pub faults: Vec<(u64, Fault)>,
     pub workload: Workload,
+    /// A node beyond the founders (`n{nodes + 1}`) starts with them, joins the cluster a fifth
+    /// into the faults (`POST /v1/admin/nodes`: replicas move to it while the faults run) and
+    /// is removed again after three fifths (ordered plans without a cache, a quarter of them).
+    pub joiner: bool,
 }
 
 /// The keyspace and what the clients do.
@@ -146,6 +150,8 @@ impl Plan {
             return self;
         }
         self.workload.cache = true;
+        // The cache follows the feeds of the founding nodes only.
+        self.joiner = false;
         let mut nth = 0;
         for (_, fault) in self.faults.iter_mut() {
             if *fault == Fault::Heal {
@@ -254,6 +260,8 @@ impl Plan {
         if workload.level_weights.iter().all(|w| *w == 0) {
             workload.level_weights[0] = 1;
         }
+        // Its own stream again.
+        let joiner = !workload.leaderless && StdRng::seed_from_u64(seed ^ 0x701_4e5).gen_bool(0.25);
         Plan {
             seed,
             nodes,
@@ -263,6 +271,7 @@ impl Plan {
             clock_offsets_ms,
             faults,
             workload,
+            joiner,
         }
     }
 }
@@ -290,8 +299,10 @@ fn host(i: usize) -> String {
 /// The simulated cluster's secret: nodes sign session tokens with it, the invariants check them.
 const CLUSTER_SECRET: &str = "tunekv-sim-cluster-secret-0123456789";
 
+/// Node `i`'s config: a founder's peers are the founders; the joiner's (`i == plan.nodes`) are
+/// the founders and itself.
 fn config(plan: &Plan, i: usize, seed: u64, bugs: &tunekv_node::Bugs) -> NodeConfig {
-    let peers: Vec<PeerConfig> = (0..plan.nodes)
+    let peers: Vec<PeerConfig> = (0..plan.nodes.max(i + 1))
         .map(|j| PeerConfig {
             id: j as u64 + 1,
             raft: format!("{}:{RAFT_PORT}", host(j)),
@@ -300,7 +311,7 @@ fn config(plan: &Plan, i: usize, seed: u64, bugs: &tunekv_node::Bugs) -> NodeCon
         .collect();
     let mut c = NodeConfig::local_cluster(
         std::path::Path::new("/nonexistent"),
-        &vec![(0, 0, 0); plan.nodes],
+        &vec![(0, 0, 0); plan.nodes.max(i + 1)],
         true,
         CLUSTER_SECRET,
     )
@@ -347,11 +358,16 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
     let mut disks = Vec::new();
     let mut clocks = Vec::new();
     let mut node_rng = StdRng::seed_from_u64(seed ^ 0xd15c);
-    for i in 0..plan.nodes {
+    for i in 0..plan.nodes + usize::from(plan.joiner) {
         let disk = Arc::new(MemStorage::new());
-        let clock = Arc::new(SimClock::new(plan.clock_offsets_ms[i]));
-        disks.push(disk.clone());
-        clocks.push(clock.clone());
+        let clock = Arc::new(SimClock::new(
+            plan.clock_offsets_ms.get(i).copied().unwrap_or(0),
+        ));
+        // The joiner is never crashed nor skewed: faults pick founders.
+        if i < plan.nodes {
+            disks.push(disk.clone());
+            clocks.push(clock.clone());
+        }
         let boots = Arc::new(AtomicU64::new(0));
         let base_seed: u64 = node_rng.gen();
         let (plan, bugs, nodes, starts) = (plan.clone(), *bugs, nodes.clone(), starts.clone());
@@ -388,6 +404,14 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
         let (nodes, bugs) = (plan.nodes, plan.workload.cache_bugs);
         sim.host(crate::cache::CACHE_HOST, move || async move {
             crate::cache::serve(nodes, CLUSTER_SECRET, bugs).await
+        });
+    }
+
+    if plan.joiner {
+        let plan = plan.clone();
+        sim.client("m", async move {
+            join_and_leave(&plan).await;
+            Ok(())
         });
     }
 
@@ -827,6 +851,50 @@ async fn follow_stored(nodes: usize, end_ns: u64) -> StoredConsumer {
     c
 }
 
+/// The joiner's life: added through the founders in turn (a fifth into the faults), removed
+/// again (three fifths in), each retried until it answers its goal or the faults end.
+async fn join_and_leave(plan: &Plan) {
+    let start = SETUP + plan.safety / 5;
+    tokio::time::sleep(start).await;
+    let id = plan.nodes + 1;
+    let joiner = host(plan.nodes);
+    let body = serde_json::json!({
+        "id": id,
+        "raft": format!("{joiner}:{RAFT_PORT}"),
+        "http": format!("{joiner}:{HTTP_PORT}"),
+    })
+    .to_string();
+    let end = (SETUP + plan.safety).as_nanos() as u64;
+    let settle = |goal: &'static str, method: &'static str, path: String, body: String| async move {
+        let mut n = 0;
+        while client::now_ns() < end {
+            let via = host(n % plan.nodes);
+            n += 1;
+            if let Ok(a) = client::request(&via, method, &path, "", body.clone().into_bytes()).await
+            {
+                if a.status == 200 && String::from_utf8_lossy(&a.body).contains(goal) {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        false
+    };
+    if !settle("\"active\"", "POST", "/v1/admin/nodes".into(), body).await {
+        return;
+    }
+    let leave = SETUP + plan.safety * 3 / 5;
+    let now = Duration::from_nanos(client::now_ns());
+    tokio::time::sleep(leave.saturating_sub(now)).await;
+    settle(
+        "\"removed\"",
+        "DELETE",
+        format!("/v1/admin/nodes/{id}"),
+        String::new(),
+    )
+    .await;
+}
+
 async fn create_keyspace(plan: &Plan) -> turmoil::Result {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let spec = if plan.workload.leaderless {
@@ -929,6 +997,12 @@ fn apply(
                 .filter(|j| j != node)
                 .map(host)
                 .chain((0..plan.clients).map(|c| format!("c{}", c + 1)))
+                .chain(
+                    plan.joiner
+                        .then(|| [host(plan.nodes), "m".to_string()])
+                        .into_iter()
+                        .flatten(),
+                )
                 .chain(
                     plan.workload
                         .cache

@@ -72,10 +72,20 @@ fn a_seed_replays_the_same_alone_and_inside_a_parallel_sweep() {
 
 #[test]
 fn seeds_with_faults_pass_on_a_correct_build() {
-    let mut installed = 0;
-    for seed in 100..103 {
+    let (mut installed, mut joined) = (0, 0);
+    for seed in 102..105 {
         let out = run(Plan::of(seed, SAFETY), &tunekv_node::Bugs::default());
         installed += out.checked.snapshots_installed;
+        if out.plan.joiner {
+            // The node added mid-run took shard replicas (and left again).
+            let joiner = out.plan.nodes as u64 + 1;
+            assert!(
+                out.checked.shard_hosts & (1 << joiner) != 0,
+                "seed {seed}: the joiner never held a replica: {:b}",
+                out.checked.shard_hosts
+            );
+            joined += 1;
+        }
         assert!(
             !out.plan.faults.is_empty(),
             "seed {seed} scheduled no faults"
@@ -87,8 +97,10 @@ fn seeds_with_faults_pass_on_a_correct_build() {
             out.plan
         );
     }
-    // The seeds cut replicas off long enough that they catch up from a leader's snapshot.
+    // The seeds cut replicas off long enough that they catch up from a leader's snapshot, and
+    // one of them adds a node while the faults run.
     assert!(installed > 0, "no replica installed a snapshot");
+    assert!(joined > 0, "no seed added a node");
 }
 
 /// The schedule behind the first real bug the simulator found (docs/simulation.md, "Bugs it
@@ -122,6 +134,7 @@ fn restarted_leaders_serve_no_stale_strong_reads() {
             keys: 2,
             safety: SAFETY,
             clock_offsets_ms: vec![0, 0, 0],
+            joiner: false,
             faults: faults.clone(),
             workload: Workload {
                 shards: 1,
@@ -187,6 +200,7 @@ fn lagging_copies(seed: u64) -> Plan {
         keys: 3,
         safety: LAGGING_SAFETY,
         clock_offsets_ms: vec![0; nodes],
+        joiner: false,
         faults,
         workload: Workload {
             shards: 1,
@@ -433,6 +447,7 @@ fn through_cache(seed: u64) -> Plan {
         keys: 3,
         safety: Duration::from_millis(at),
         clock_offsets_ms: vec![0; nodes],
+        joiner: false,
         faults,
         workload: Workload {
             shards: 2,

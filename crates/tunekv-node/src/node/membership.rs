@@ -20,6 +20,9 @@ const PLACEMENT_PREFIX: &[u8] = b"placement/";
 const FOUNDERS_KEY: &[u8] = b"cluster/founders";
 /// How long one step of membership work (a learner catching up, a joint change) may take.
 const MEMBERSHIP_STEP_WAIT: Duration = Duration::from_secs(300);
+/// How long one host may take to carry a membership change out before the step moves on (the
+/// host's leader gives up at the same time; the step tries again).
+pub(super) const MEMBERSHIP_HOP_WAIT: Duration = Duration::from_secs(10);
 /// How often the membership loop looks at the catalog when nothing changes.
 const MEMBERSHIP_EVERY: Duration = Duration::from_millis(500);
 
@@ -756,40 +759,44 @@ impl Node {
     ) -> Result<(), TunekvError> {
         if gid.is_metadata() {
             // Only the metadata leader changes the metadata group, and it hosts it.
+            let hop = deadline.min(Instant::now() + MEMBERSHIP_HOP_WAIT);
             return self
-                .change_members_here(&self.metadata(), learners, voters, deadline)
+                .change_members_here(&self.metadata(), learners, voters, hop)
                 .await;
         }
-        let mut last = format!("no node hosts {gid}");
-        for host in hosts {
-            if *host == self.id.0 {
-                if let Some(g) = self.group(gid) {
-                    // A bounded try here: this copy may have been removed by the change.
-                    let here = deadline.min(Instant::now() + Duration::from_secs(10));
-                    match self
-                        .change_members_here(&g, learners.clone(), voters.clone(), here)
+        // Every host at once, the first to get it done wins: a host cut off from us, or one
+        // the change removed (it may never hear of the leader again), must not hold the step.
+        // Each try is bounded by MEMBERSHIP_HOP_WAIT; the step is retried, and every part of
+        // the change is idempotent (a learner keeps catching up between tries).
+        let hop = deadline.min(Instant::now() + MEMBERSHIP_HOP_WAIT);
+        let tries = hosts.iter().map(|&host| {
+            let (learners, voters) = (learners.clone(), voters.clone());
+            Box::pin(async move {
+                if host == self.id.0 {
+                    let Some(g) = self.group(gid) else {
+                        return Err(format!("{gid} is not open here"));
+                    };
+                    return self
+                        .change_members_here(&g, learners, voters, hop)
                         .await
-                    {
-                        Ok(()) => return Ok(()),
-                        Err(e) => last = format!("here: {}", e.message),
-                    }
+                        .map_err(|e| format!("here: {}", e.message));
                 }
-                continue;
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let req = Request::ChangeMembers {
-                learners: learners.clone(),
-                voters: voters.clone(),
-            };
-            match self.pool.call(NodeId(*host), gid.0, req, remaining).await {
-                Ok(_) => return Ok(()),
-                Err(e) => last = format!("through node {host}: {e}"),
-            }
+                let req = Request::ChangeMembers { learners, voters };
+                let remaining = hop.saturating_duration_since(Instant::now());
+                self.pool
+                    .call(NodeId(host), gid.0, req, remaining)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("through node {host}: {e}"))
+            })
+        });
+        match futures::future::select_ok(tries).await {
+            Ok(((), _)) => Ok(()),
+            Err(last) => Err(err(
+                Code::Unavailable,
+                format!("cannot change the members of {gid} now: {last}"),
+            )),
         }
-        Err(err(
-            Code::Unavailable,
-            format!("cannot change the members of {gid}: {last}"),
-        ))
     }
 
     /// On a host of `g`: hands the change to its leader (itself, or forwarded).
@@ -850,10 +857,21 @@ impl Node {
                 continue;
             }
             self.pool.learn(NodeId(id), &addr);
-            g.raft
-                .add_learner(id, BasicNode::new(&addr), false)
-                .await
-                .map_err(not_leader_or)?;
+            let learning = g
+                .raft
+                .metrics()
+                .borrow_watched()
+                .membership_config
+                .membership()
+                .learner_ids()
+                .any(|l| l == id);
+            // Added by an earlier try: re-adding would restart its catch-up.
+            if !learning {
+                g.raft
+                    .add_learner(id, BasicNode::new(&addr), false)
+                    .await
+                    .map_err(not_leader_or)?;
+            }
             // openraft's blocking add calls a learner caught up once it is within
             // `replication_lag_threshold` entries; a replica that will count toward the quorum
             // must hold everything the leader has now (by log or by snapshot) first.

@@ -147,7 +147,7 @@ impl Node {
                 }
             }
             Request::ChangeMembers { learners, voters } => {
-                let deadline = Instant::now() + FORWARDED_WORK_MAX.max(Duration::from_secs(300));
+                let deadline = Instant::now() + super::membership::MEMBERSHIP_HOP_WAIT;
                 self.change_members_here(&g, learners, voters, deadline)
                     .await
                     .map(|()| Response::Done)
