@@ -107,6 +107,31 @@ pub enum Request {
         learners: Vec<(u64, String)>,
         voters: Vec<u64>,
     },
+    /// A one-key read of an ordered keyspace sent by a node that holds no replica of the key's
+    /// shard: the receiver, a replica, serves it as it would serve its own client (level,
+    /// wait budget, session token) and answers the outcome; it never sends it on.
+    Get {
+        ks: String,
+        key: Vec<u8>,
+        level: String,
+        wait_ms: u64,
+        session: String,
+    },
+}
+
+/// A read served for another node ([`Request::Get`]): the outcome with its receipt, and the
+/// session token after it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForwardedRead {
+    pub value: Option<Vec<u8>>,
+    pub version: Option<u64>,
+    pub expires_ms: Option<u64>,
+    pub level: String,
+    pub served_by: u64,
+    pub position: String,
+    pub entries: u64,
+    pub ms: u64,
+    pub session: String,
 }
 
 /// What one node asks another about a leaderless or volatile keyspace (named, so the receiver
@@ -251,6 +276,7 @@ pub enum Response {
     Done,
     TransferLeader(TransferLeaderResponse<TypeConfig>),
     Dynamo(DynamoResponse),
+    Read(ForwardedRead),
 }
 
 /// A committed write as its leader saw it.

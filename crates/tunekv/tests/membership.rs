@@ -97,32 +97,45 @@ async fn settled_voters(c: &Client, gone: Option<u64>) {
     panic!("shards did not settle on three voters each: {last:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_joins_takes_replicas_and_a_founder_drains_and_leaves_without_losing_data() {
-    let mut c = common::start(3, false).await;
+/// Creates `KS` (4 shards, 3 replicas) and writes `k{i}` = `v{i}` for `i < keys` through the
+/// founders.
+async fn seed_data(c: &common::TestCluster, keys: usize) {
     common::put_keyspace(
-        &c,
+        c,
         KS,
         r#"{"mode":"ordered","shards":4,"replicas":3,"default_level":"strong"}"#,
     )
     .await;
     let founders: Vec<Client> = (0..3).map(|i| c.client(i)).collect();
-    for i in 0..100 {
+    for i in 0..keys {
         write(&founders, &format!("k{i}"), &format!("v{i}"))
             .await
             .expect("write before");
     }
+}
 
-    // A fourth node: started, not yet a member; `node add` through node 1.
+/// Starts a fourth node (not yet a member) and waits until it answers; returns its index and
+/// its identity (`GET /v1/node`).
+async fn start_fourth(c: &mut common::TestCluster) -> (usize, serde_json::Value) {
     let four = c.prepare_extra_node().expect("config");
     c.start_node(four).expect("start node 4");
-    let http4 = c.configs[four].http.clone();
-    let http1 = c.configs[0].http.clone();
     let c4 = c.client(four);
-    eventually(Duration::from_secs(20), "node 4 answers", || async {
+    let identity = eventually(Duration::from_secs(20), "node 4 answers", || async {
         c4.identity().await.ok()
     })
     .await;
+    (four, identity)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_takes_replicas_and_a_founder_drains_and_leaves_without_losing_data() {
+    let mut c = common::start(3, false).await;
+    seed_data(&c, 100).await;
+
+    // A fourth node: started, not yet a member; `node add` through node 1.
+    let (four, _) = start_fourth(&mut c).await;
+    let http4 = c.configs[four].http.clone();
+    let http1 = c.configs[0].http.clone();
 
     // Clients keep writing while replicas move.
     let stop = Arc::new(AtomicBool::new(false));
@@ -167,20 +180,43 @@ async fn a_node_joins_takes_replicas_and_a_founder_drains_and_leaves_without_los
     for n in report["nodes"].as_array().unwrap() {
         assert_eq!(n["replicas"], 3, "balanced: {report}");
     }
-    // Node 4 answers strong reads of the data written before it joined, for its shards.
+    // Every node answers strong reads of the data written before node 4 joined, for every key:
+    // its own replicas serve their shards (node 4's too), and a key of a shard the node does
+    // not hold is read from a replica (the receipt names it).
     let all: Vec<Client> = (0..4).map(|i| c.client(i)).collect();
     let mut served_by_4 = 0;
-    for i in 0..100 {
-        let key = format!("k{i}");
-        match c4.get(KS, key.as_bytes(), &Opts::level("strong")).await {
-            Ok(r) => {
-                assert_eq!(r.value.as_deref(), Some(format!("v{i}").as_bytes()));
+    let mut forwarded = 0;
+    for (n, node) in all.iter().enumerate() {
+        for i in 0..100 {
+            let key = format!("k{i}");
+            let r = node
+                .get(KS, key.as_bytes(), &Opts::level("strong"))
+                .await
+                .unwrap_or_else(|e| panic!("{key} through node {}: {e}", n + 1));
+            assert_eq!(
+                r.value.as_deref(),
+                Some(format!("v{i}").as_bytes()),
+                "{key}"
+            );
+            assert_eq!(r.receipt.staleness_parts(), Some((0, 0)), "{key}: strong");
+            let by = r.receipt.served_by.trim_start_matches('n');
+            if n == 3 && by == "4" {
                 served_by_4 += 1;
             }
-            Err(e) => assert_eq!(e.code(), Some("not_replica"), "{e}"),
+            if by != (n + 1).to_string() {
+                forwarded += 1;
+            }
         }
+        // And every node takes writes of every key.
+        node.put(KS, format!("via{n}").as_bytes(), b"x", &Opts::default())
+            .await
+            .unwrap_or_else(|e| panic!("write through node {}: {e}", n + 1));
     }
     assert!(served_by_4 > 0, "node 4 holds some shards");
+    assert!(
+        forwarded > 0,
+        "some reads were served by another node's replica"
+    );
     settled_voters(&c.client(0), None).await;
 
     // Node 1 drains and leaves (through node 2).
@@ -246,25 +282,8 @@ async fn a_node_joins_takes_replicas_and_a_founder_drains_and_leaves_without_los
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_in_the_middle_of_a_move_is_finished_by_the_next_leader() {
     let mut c = common::start_with_args(3, true, |_| {}, &["--crash-at", "move-committed"]).await;
-    common::put_keyspace(
-        &c,
-        KS,
-        r#"{"mode":"ordered","shards":4,"replicas":3,"default_level":"strong"}"#,
-    )
-    .await;
-    let founders: Vec<Client> = (0..3).map(|i| c.client(i)).collect();
-    for i in 0..50 {
-        write(&founders, &format!("k{i}"), &format!("v{i}"))
-            .await
-            .expect("write before");
-    }
-    let four = c.prepare_extra_node().expect("config");
-    c.start_node(four).expect("start node 4");
-    let c4 = c.client(four);
-    let identity = eventually(Duration::from_secs(20), "node 4 answers", || async {
-        c4.identity().await.ok()
-    })
-    .await;
+    seed_data(&c, 50).await;
+    let (_, identity) = start_fourth(&mut c).await;
     // Through whichever node answers: the one asked may be the first to crash.
     let add = {
         let nodes: Vec<Client> = (0..3).map(|i| c.client(i)).collect();

@@ -266,8 +266,7 @@ impl Node {
         if self.meta_get(FOUNDERS_KEY).is_none() {
             let founders: Vec<u64> = self.founders().into_iter().map(|n| n.0).collect();
             let value = serde_json::to_vec(&founders).map_err(internal)?;
-            self.propose(
-                GroupId::METADATA,
+            self.meta_write(
                 Op::PutIfAbsent {
                     key: FOUNDERS_KEY.to_vec(),
                     value,
@@ -280,8 +279,7 @@ impl Node {
             let (p, version) = self.placement_versioned(&ks);
             if version == 0 {
                 let value = serde_json::to_vec(&p).map_err(internal)?;
-                self.propose(
-                    GroupId::METADATA,
+                self.meta_write(
                     Op::PutIfAbsent {
                         key: placement_key(&ks.name),
                         value,
@@ -294,6 +292,15 @@ impl Node {
         Ok(())
     }
 
+    /// Proposes `op` to the metadata group and waits until this node applied it (so what it
+    /// reads next of the catalog includes it).
+    async fn meta_write(&self, op: Op, deadline: Instant) -> Result<WriteResult, TunekvError> {
+        let w = self.propose(GroupId::METADATA, op, deadline).await?;
+        self.wait_applied(&self.metadata(), w.index, deadline)
+            .await?;
+        Ok(w)
+    }
+
     async fn put_node_record(
         &self,
         id: u64,
@@ -301,17 +308,15 @@ impl Node {
         deadline: Instant,
     ) -> Result<(), TunekvError> {
         let value = serde_json::to_vec(record).map_err(internal)?;
-        let w = self
-            .propose(
-                GroupId::METADATA,
-                Op::Put {
-                    key: node_key(id),
-                    value,
-                },
-                deadline,
-            )
-            .await?;
-        self.wait_applied(&self.metadata(), w.index, deadline).await
+        self.meta_write(
+            Op::Put {
+                key: node_key(id),
+                value,
+            },
+            deadline,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Adds a node (`POST /v1/admin/nodes`): it joins the metadata group as a learner, then as
@@ -360,18 +365,14 @@ impl Node {
                     ..record
                 })
                 .map_err(internal)?;
-                let w = self
-                    .propose(
-                        GroupId::METADATA,
-                        Op::PutIfAbsent {
-                            key: node_key(id),
-                            value,
-                        },
-                        deadline,
-                    )
-                    .await?;
-                self.wait_applied(&self.metadata(), w.index, deadline)
-                    .await?;
+                self.meta_write(
+                    Op::PutIfAbsent {
+                        key: node_key(id),
+                        value,
+                    },
+                    deadline,
+                )
+                .await?;
                 tracing::info!(node = id, "node added; joining the metadata group");
             }
         }
@@ -726,8 +727,7 @@ impl Node {
     ) -> Result<(), TunekvError> {
         let value = serde_json::to_vec(p).map_err(internal)?;
         let w = self
-            .propose(
-                GroupId::METADATA,
+            .meta_write(
                 Op::SetIf {
                     key: placement_key(name),
                     value: Some(value),
@@ -744,7 +744,7 @@ impl Node {
                 format!("the placement of {name:?} changed meanwhile ({e}); planning again"),
             ));
         }
-        self.wait_applied(&self.metadata(), w.index, deadline).await
+        Ok(())
     }
 
     /// Changes group `gid`'s voters on its leader, through this node if it hosts the group or

@@ -226,6 +226,120 @@ impl Node {
     }
 
     pub async fn get(&self, req: ReadRequest<'_>, key: &[u8]) -> Result<ReadOutcome, TunekvError> {
+        self.get_or_forward(req, key, true).await
+    }
+
+    /// A read another node sent here because it holds no replica of the key's shard
+    /// ([`Request::Get`]): served as this node's own client's would be, never sent on.
+    pub(super) async fn serve_forwarded_get(
+        &self,
+        ks: &str,
+        key: &[u8],
+        level: &str,
+        wait_ms: u64,
+        token: &str,
+    ) -> Result<crate::rpc::ForwardedRead, RemoteError> {
+        let remote = |e: TunekvError| RemoteError::new(e.code, e.message);
+        let mut session = if token.is_empty() {
+            Session::default()
+        } else {
+            self.session_key.decode(token).map_err(remote)?
+        };
+        let req = ReadRequest {
+            keyspace: ks,
+            level: Some(Level::parse(level).map_err(remote)?),
+            r: None,
+            wait: Some(Duration::from_millis(wait_ms)),
+            session: &mut session,
+        };
+        let out = self.get_or_forward(req, key, false).await.map_err(remote)?;
+        let r = out.receipt;
+        Ok(crate::rpc::ForwardedRead {
+            value: out.value,
+            version: out.version,
+            expires_ms: out.expires_ms,
+            level: r.level.to_string(),
+            served_by: r.served_by.0,
+            position: r.position.to_string(),
+            entries: r.staleness.entries,
+            ms: r.staleness.ms,
+            session: self.session_key.encode(&session),
+        })
+    }
+
+    /// Sends a one-key read to the replicas of its shard in turn (this node holds none) and
+    /// takes the first answer: the replica judged the level and made the receipt.
+    async fn forward_get(
+        &self,
+        ks: &KeyspaceInfo,
+        level: Level,
+        key: &[u8],
+        deadline: Instant,
+        session: &mut Session,
+    ) -> Result<ReadOutcome, TunekvError> {
+        let shard = shard_for_key(key, ks.spec.shards);
+        let gid = GroupId::for_shard(ks.id, shard);
+        let hosts = self.shard_placement(ks, shard).replicas;
+        let token = self.session_key.encode(session);
+        let mut last = err(
+            Code::Unavailable,
+            format!("no replica of {gid} answered node {}", self.id),
+        );
+        for host in hosts {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let req = Request::Get {
+                ks: ks.name.clone(),
+                key: key.to_vec(),
+                level: level.to_string(),
+                wait_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
+                session: token.clone(),
+            };
+            // A little longer than the replica's own budget, so its answer (or its refusal)
+            // arrives rather than a timeout here.
+            let timeout = remaining + Duration::from_millis(200);
+            match self.pool.call(NodeId(host), gid.0, req, timeout).await {
+                Ok(Response::Read(f)) => {
+                    *session = self.session_key.decode(&f.session)?;
+                    let position = Position::parse(&f.position).ok_or_else(|| {
+                        internal(format!("node {host} answered position {:?}", f.position))
+                    })?;
+                    return Ok(ReadOutcome {
+                        value: f.value,
+                        version: f.version,
+                        expires_ms: f.expires_ms,
+                        receipt: Receipt {
+                            level: Level::parse(&f.level)?,
+                            served_by: NodeId(f.served_by),
+                            position,
+                            staleness: Staleness {
+                                entries: f.entries,
+                                ms: f.ms,
+                            },
+                            quorum: None,
+                        },
+                    });
+                }
+                Ok(_) => return Err(internal("unexpected response kind")),
+                // The replica's answer to the read (a level it could not meet, a bad key):
+                // final, as if this node had served it.
+                Err(CallError::Remote(e)) if e.code != Code::NotReplica => {
+                    return Err(err(e.code, e.message))
+                }
+                Err(e) => last = err(Code::Unavailable, format!("through node {host}: {e}")),
+            }
+        }
+        Err(last)
+    }
+
+    async fn get_or_forward(
+        &self,
+        req: ReadRequest<'_>,
+        key: &[u8],
+        may_forward: bool,
+    ) -> Result<ReadOutcome, TunekvError> {
         let Begun {
             started,
             deadline,
@@ -250,6 +364,9 @@ impl Node {
             match check_key(key) {
                 Err(e) => Err(e),
                 Ok(()) => match self.shard_group(&ks, key).await {
+                    Err(e) if e.code == Code::NotReplica && may_forward => {
+                        self.forward_get(&ks, level, key, deadline, session).await
+                    }
                     Err(e) => Err(e),
                     Ok(g) => self
                         .read_shard(&g, level, session, started, deadline, |view, now_ms| {

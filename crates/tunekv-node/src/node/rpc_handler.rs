@@ -27,6 +27,22 @@ impl Node {
                 self.publish_here(&channel, &message);
                 return Ok(Response::Done);
             }
+            Request::Get {
+                ks,
+                key,
+                level,
+                wait_ms,
+                session,
+            } => {
+                let read = self.serve_forwarded_get(&ks, &key, &level, wait_ms, &session);
+                return match tokio::time::timeout(FORWARDED_WORK_MAX, read).await {
+                    Ok(r) => r.map(Response::Read),
+                    Err(_) => Err(RemoteError::new(
+                        Code::Timeout,
+                        "the replica did not finish the read in time",
+                    )),
+                };
+            }
             Request::Dynamo(req) => {
                 return match tokio::time::timeout(FORWARDED_WORK_MAX, self.handle_dynamo(req)).await
                 {
@@ -163,7 +179,8 @@ impl Node {
             | Request::Clock
             | Request::Watermarks(_)
             | Request::Dynamo(_)
-            | Request::Publish { .. } => Err(RemoteError::new(Code::Internal, "handled above")),
+            | Request::Publish { .. }
+            | Request::Get { .. } => Err(RemoteError::new(Code::Internal, "handled above")),
         }
     }
 }

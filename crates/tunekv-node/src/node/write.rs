@@ -386,10 +386,33 @@ impl Node {
             }
             _ => {}
         }
-        let g = self.shard_group(&ks, key).await?;
-        session.admit(g.id)?;
-        let w = self.propose(g.id, op, deadline).await?;
-        Ok(self.write_outcome(&g, w, session))
+        let shard = shard_for_key(key, ks.spec.shards);
+        match self.hosted_shard(&ks, shard).await {
+            Ok(g) => {
+                session.admit(g.id)?;
+                let w = self.propose(g.id, op, deadline).await?;
+                Ok(self.write_outcome(g.id, w, session))
+            }
+            // This node holds no replica of the shard (more nodes than replicas, or a replica
+            // moved away): the write goes to the shard's leader through its replicas.
+            Err(e) if e.code == Code::NotReplica => {
+                let gid = GroupId::for_shard(ks.id, shard);
+                session.admit(gid)?;
+                let hosts = self.shard_placement(&ks, shard).replicas;
+                let w = self
+                    .remote_leader(
+                        gid,
+                        &hosts,
+                        deadline,
+                        || Request::Write(op.clone()),
+                        written,
+                    )
+                    .await
+                    .map_err(|gone| self.propose_failed(gid, gone))?;
+                Ok(self.write_outcome(gid, w, session))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes every pair: atomically per shard, shard after shard (there is no transaction
@@ -494,7 +517,7 @@ impl Node {
             failure,
         };
         let w = self.propose(g.id, op, deadline).await?;
-        Ok(self.write_outcome(&g, w, session))
+        Ok(self.write_outcome(g.id, w, session))
     }
 
     pub async fn mset(
@@ -523,7 +546,7 @@ impl Node {
             let g = self.hosted_shard(&ks, shard).await?;
             session.admit(g.id)?;
             let w = self.propose(g.id, Op::MSet { pairs }, deadline).await?;
-            out.push(self.write_outcome(&g, w, session));
+            out.push(self.write_outcome(g.id, w, session));
         }
         Ok(out)
     }
@@ -594,8 +617,14 @@ impl Node {
         }
         let mut proposals = Vec::with_capacity(by_shard.len());
         for (shard, (at, pairs)) in by_shard {
-            let g = match self.hosted_shard(&ks, shard).await {
-                Ok(g) => g,
+            let gid = GroupId::for_shard(ks.id, shard);
+            // `Some(replicas)`: this node holds no replica; the entry goes to the leader
+            // through them.
+            let remote = match self.hosted_shard(&ks, shard).await {
+                Ok(_) => None,
+                Err(e) if e.code == Code::NotReplica => {
+                    Some(self.shard_placement(&ks, shard).replicas)
+                }
                 Err(e) => {
                     for i in at {
                         out[i] = Some(Err(e.clone()));
@@ -603,19 +632,32 @@ impl Node {
                     continue;
                 }
             };
-            if let Err(e) = session.admit(g.id) {
+            if let Err(e) = session.admit(gid) {
                 for i in at {
                     out[i] = Some(Err(e.clone()));
                 }
                 continue;
             }
             proposals.push(async move {
-                let w = self.propose(g.id, Op::MSet { pairs }, deadline).await;
-                (g, at, w)
+                let op = Op::MSet { pairs };
+                let w = match remote {
+                    None => self.propose(gid, op, deadline).await,
+                    Some(hosts) => self
+                        .remote_leader(
+                            gid,
+                            &hosts,
+                            deadline,
+                            || Request::Write(op.clone()),
+                            written,
+                        )
+                        .await
+                        .map_err(|gone| self.propose_failed(gid, gone)),
+                };
+                (gid, at, w)
             });
         }
-        for (g, at, w) in futures::future::join_all(proposals).await {
-            let w = w.map(|w| self.write_outcome(&g, w, session));
+        for (gid, at, w) in futures::future::join_all(proposals).await {
+            let w = w.map(|w| self.write_outcome(gid, w, session));
             for i in at {
                 out[i] = Some(w.clone());
             }
@@ -630,11 +672,10 @@ impl Node {
     /// so above everything this session wrote or read on the shard. Checked, never assumed.
     pub(super) fn write_outcome(
         &self,
-        g: &Group,
+        group: GroupId,
         w: WriteResult,
         session: &mut Session,
     ) -> WriteOutcome {
-        let group = g.id;
         let before = session.mark(group);
         if w.index <= before.written.0.max(before.read.0) {
             tracing::error!(
@@ -680,23 +721,84 @@ impl Node {
                 || self.leader_propose(&g, op.clone()),
             )
             .await;
-        match res {
-            Ok(w) => Ok(w),
-            Err(LeaderGone::Answered(e)) => Err(err(e.code, e.message)),
-            Err(LeaderGone::NoBudget) => Err(no_budget("write")),
-            Err(LeaderGone::Exhausted { maybe_sent: true, last_problem }) => Err(err(
+        res.map_err(|gone| self.propose_failed(group, gone))
+    }
+
+    /// What a write that found no leader to commit it hears.
+    fn propose_failed(&self, group: GroupId, gone: LeaderGone) -> TunekvError {
+        match gone {
+            LeaderGone::Answered(e) => err(e.code, e.message),
+            LeaderGone::NoBudget => no_budget("write"),
+            LeaderGone::Exhausted { maybe_sent: true, last_problem } => err(
                 Code::Timeout,
                 format!("write to {group} not acknowledged within the wait budget; it may still commit ({last_problem})"),
-            )),
-            Err(LeaderGone::Exhausted { maybe_sent: false, last_problem }) => Err(err(
+            ),
+            LeaderGone::Exhausted { maybe_sent: false, last_problem } => err(
                 Code::NoQuorum,
                 format!(
                     "no leader with a quorum for {group} was reachable from node {} within the wait budget; \
                      the write did not happen ({last_problem})",
                     self.id
                 ),
-            )),
+            ),
         }
+    }
+
+    /// Runs `req` on the leader of group `gid`, which this node does not host: sent to the
+    /// replicas `hosts` in turn, following each "not the leader" answer's hint, retried
+    /// through elections every `RETRY_PAUSE` until `deadline` (as `on_leader` does for a
+    /// hosted group).
+    pub(super) async fn remote_leader<T>(
+        &self,
+        gid: GroupId,
+        hosts: &[u64],
+        deadline: Instant,
+        req: impl Fn() -> Request,
+        extract: fn(Response) -> Option<T>,
+    ) -> Result<T, LeaderGone> {
+        if Instant::now() >= deadline {
+            return Err(LeaderGone::NoBudget);
+        }
+        let mut maybe_sent = false;
+        let mut last_problem = format!("no replica of {gid} answered");
+        let mut hint: Option<u64> = None;
+        let mut turn = 0usize;
+        while Instant::now() < deadline && !hosts.is_empty() {
+            let to = hint.take().unwrap_or_else(|| {
+                turn += 1;
+                hosts[(turn - 1) % hosts.len()]
+            });
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.pool.call(NodeId(to), gid.0, req(), remaining).await {
+                Ok(resp) => {
+                    return extract(resp).ok_or_else(|| {
+                        LeaderGone::Answered(RemoteError::new(
+                            Code::Internal,
+                            "unexpected response kind",
+                        ))
+                    })
+                }
+                Err(CallError::Remote(e)) if e.not_leader => {
+                    last_problem = e.message;
+                    hint = e.leader_hint.filter(|h| *h != to);
+                    if hint.is_some() {
+                        continue;
+                    }
+                }
+                Err(CallError::Remote(e)) => return Err(LeaderGone::Answered(e)),
+                Err(CallError::Unreachable(m)) => last_problem = m,
+                Err(CallError::Timeout) => {
+                    maybe_sent = true;
+                    last_problem = format!("node {to} did not answer in time");
+                }
+            }
+            tokio::time::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+        }
+        Err(LeaderGone::Exhausted {
+            maybe_sent,
+            last_problem,
+        })
     }
 
     pub(super) fn hosted(&self, group: GroupId) -> Result<Arc<Group>, TunekvError> {
@@ -868,5 +970,13 @@ impl Node {
                 }
             }
         }
+    }
+}
+
+/// A leader's answer to [`Request::Write`].
+fn written(r: Response) -> Option<WriteResult> {
+    match r {
+        Response::Write(w) => Some(w),
+        _ => None,
     }
 }
