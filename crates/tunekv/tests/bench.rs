@@ -392,7 +392,13 @@ fn the_pbs_estimate_agrees_with_measured_visibility() {
         early < 0.8,
         "followers lag 10+ ms, yet {early} at 0 ms: {stdout}"
     );
-    assert_eq!(at(100)["measured"].as_f64(), Some(1.0), "{stdout}");
+    // (Not exactly 1: on a loaded machine one read in a few hundred can meet a follower still
+    // catching up after 100 ms; the estimate must then say so too, which `agree` checks.)
+    let late = at(100)["measured"].as_f64().expect("measured");
+    assert!(
+        late >= 0.98,
+        "followers should have the writes by 100 ms: {stdout}"
+    );
     for r in rows {
         let (m, e) = (
             r["measured"].as_f64().unwrap_or(-1.0),

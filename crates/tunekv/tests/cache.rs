@@ -75,8 +75,10 @@ async fn cache_hits_obey_the_level() {
     feed_live(&cache, "c").await;
     let (n1, n2) = (c.client(0), c.client(1));
 
-    // A miss, then a hit; every answer says it came from the cache.
-    n1.put("c", b"k", b"v0", &Opts::default()).await.unwrap();
+    // A miss, then a hit; every answer says it came from the cache. Once the feed has the
+    // write, a fill reads at least up to it (from whichever node the cache asks).
+    let w = n1.put("c", b"k", b"v0", &Opts::default()).await.unwrap();
+    fed(&cache, "c", w.shard, w.index).await;
     let first = cache
         .get("c", b"k", &Opts::level("eventual"))
         .await

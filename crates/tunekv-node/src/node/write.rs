@@ -399,16 +399,7 @@ impl Node {
                 let gid = GroupId::for_shard(ks.id, shard);
                 session.admit(gid)?;
                 let hosts = self.shard_placement(&ks, shard).replicas;
-                let w = self
-                    .remote_leader(
-                        gid,
-                        &hosts,
-                        deadline,
-                        || Request::Write(op.clone()),
-                        written,
-                    )
-                    .await
-                    .map_err(|gone| self.propose_failed(gid, gone))?;
+                let w = self.propose_through(gid, &hosts, op, deadline).await?;
                 Ok(self.write_outcome(gid, w, session))
             }
             Err(e) => Err(e),
@@ -642,16 +633,7 @@ impl Node {
                 let op = Op::MSet { pairs };
                 let w = match remote {
                     None => self.propose(gid, op, deadline).await,
-                    Some(hosts) => self
-                        .remote_leader(
-                            gid,
-                            &hosts,
-                            deadline,
-                            || Request::Write(op.clone()),
-                            written,
-                        )
-                        .await
-                        .map_err(|gone| self.propose_failed(gid, gone)),
+                    Some(hosts) => self.propose_through(gid, &hosts, op, deadline).await,
                 };
                 (gid, at, w)
             });
@@ -722,6 +704,19 @@ impl Node {
             )
             .await;
         res.map_err(|gone| self.propose_failed(group, gone))
+    }
+
+    /// [`Node::propose`] for a group this node does not host: through its replicas `hosts`.
+    async fn propose_through(
+        &self,
+        gid: GroupId,
+        hosts: &[u64],
+        op: Op,
+        deadline: Instant,
+    ) -> Result<WriteResult, TunekvError> {
+        self.remote_leader(gid, hosts, deadline, || Request::Write(op.clone()), written)
+            .await
+            .map_err(|gone| self.propose_failed(gid, gone))
     }
 
     /// What a write that found no leader to commit it hears.
