@@ -304,7 +304,8 @@ async fn a_clock_jump_on_a_leader_neither_freezes_commit_time_nor_breaks_expiry(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_a_replica_answers_a_permanent_error_naming_the_replicas() {
     // Regression (issue 15): with replicas < nodes, a request to a node holding no replica
-    // answered a retryable 503 for a permanent condition.
+    // answered a retryable 503 for a permanent condition. Since issue 21 one-key reads and
+    // writes are forwarded to a replica; what is not forwarded gets the permanent 421.
     let c = start(3, false).await;
     let admin = c.client(0);
     let spec = json!({"mode": "ordered", "shards": 1, "replicas": 1, "default_level": "strong"});
@@ -325,16 +326,24 @@ async fn a_node_without_a_replica_answers_a_permanent_error_naming_the_replicas(
     let outsider = (0..3)
         .find(|i| *i as u64 + 1 != holder)
         .expect("an outsider");
-    for result in [
-        c.client(outsider)
-            .put("one", b"k", b"v", &Opts::default())
-            .await
-            .map(|_| ()),
-        c.client(outsider)
-            .get("one", b"k", &Opts::level("eventual"))
-            .await
-            .map(|_| ()),
-    ] {
+    // One-key writes and reads are passed to the replica (issue 21), which serves them at
+    // the level asked and names itself in the receipt.
+    let out = c.client(outsider);
+    out.put("one", b"k", b"v", &Opts::default())
+        .await
+        .expect("a write through a node without the shard");
+    let r = out
+        .get("one", b"k", &Opts::level("strong"))
+        .await
+        .expect("a read through a node without the shard");
+    assert_eq!(r.value.as_deref(), Some(&b"v"[..]));
+    assert_eq!(r.receipt.served_by, holder.to_string());
+    // A batch read is not passed on: a permanent 421 naming the replica.
+    for result in [out
+        .batch_get("one", &["k"], &Opts::level("eventual"))
+        .await
+        .map(|_| ())]
+    {
         match result {
             Err(tunekv_client::ClientError::Api {
                 status,
