@@ -207,7 +207,13 @@ pub async fn run(o: BenchOptions) -> Result<i32> {
         None
     } else {
         let dir = match &o.dir {
-            Some(d) => d.join("peers"),
+            // Beside the cluster's directory, never inside it: the cluster is prepared fresh
+            // (its directory removed) while etcd and Redis are already writing theirs.
+            Some(d) => {
+                let mut name = d.file_name().unwrap_or_default().to_os_string();
+                name.push("-peers");
+                d.with_file_name(name)
+            }
             None => std::env::temp_dir().join(format!("tunekv-bench-peers-{}", std::process::id())),
         };
         Some(peers::Peers::start(&o.compare, &dir).await?)
