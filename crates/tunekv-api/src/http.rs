@@ -426,7 +426,52 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
                 .await?;
             Ok(Json(view).into_response())
         }
+        ApiRequest::Backup { ks, shard, wait } => backup(node, &ks, shard, wait).await,
+        ApiRequest::Restore { ks, records, wait } => {
+            let records = tunekv_core::backup::decode_batch(&records).map_err(|e| {
+                TunekvError::new(
+                    Code::BadRequest,
+                    format!("the restore batch is malformed ({e}); nothing was written"),
+                )
+            })?;
+            Ok(Json(node.restore_records(&ks, records, wait).await?).into_response())
+        }
     }
+}
+
+/// `GET /v1/admin/backup/{ks}/{shard}`: the shard's keys as one view holds them, streamed as
+/// it is read (`tunekv_core::backup`'s format; the applied index also in `tunekv-backup-index`).
+/// A failure mid-stream cuts the body before its trailer, so the reader knows it is incomplete.
+async fn backup(
+    node: &Arc<Node>,
+    ks: &str,
+    shard: u32,
+    wait: Option<Duration>,
+) -> Result<Response, ApiError> {
+    let dump = node.dump_shard(ks, shard, wait).await?;
+    let index = dump.header.index;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut send = |piece: Vec<u8>| tx.blocking_send(Ok(Bytes::from(piece))).is_ok();
+        if let Err(e) = dump.stream(&mut send) {
+            tracing::warn!(error = %e, "a backup stream stopped before its end");
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    Ok((
+        [
+            (CONTENT_TYPE, header("application/octet-stream")),
+            (
+                HeaderName::from_static("tunekv-backup-index"),
+                header(&index.to_string()),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// How long `POST/DELETE /v1/admin/nodes` wait for the node to be active or removed before

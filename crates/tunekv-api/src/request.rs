@@ -21,6 +21,8 @@
 //! | `/v1/kv/{ks}:scan` | GET (`?prefix=P&cursor=C&count=N&level=L`: a page of the keyspace's keys, as RESP SCAN) |
 //! | `/v1/watch/{ks}` | GET (`?prefix=P&from=C`: server-sent events of every change from now on, or after cursor C) |
 //! | `/v1/admin/faults` | POST |
+//! | `/v1/admin/backup/{ks}/{shard}` | GET (the shard at one index, as a backup stream) |
+//! | `/v1/admin/restore/{ks}` | POST (backup records, back to back) |
 //!
 //! HEAD is accepted wherever GET is. Path segments are percent-decoded to bytes (strictly: `%`
 //! must be followed by two hex digits), so a key may hold any byte; `?key_encoding=base64url`
@@ -224,6 +226,20 @@ pub enum ApiRequest {
     RemoveNode {
         id: u64,
     },
+    /// `GET /v1/admin/backup/{ks}/{shard}`: the shard's keys at one applied index, as a
+    /// `tunekv_core::backup` stream (from a node holding a replica).
+    Backup {
+        ks: String,
+        shard: u32,
+        wait: Option<Duration>,
+    },
+    /// `POST /v1/admin/restore/{ks}`: backed-up records (the body, back to back) written into
+    /// an ordered keyspace.
+    Restore {
+        ks: String,
+        records: Bytes,
+        wait: Option<Duration>,
+    },
 }
 
 /// The body of `POST /v1/admin/nodes`: the new node's id and addresses.
@@ -278,6 +294,8 @@ impl ApiRequest {
             ApiRequest::Nodes => "nodes",
             ApiRequest::AddNode(_) => "add_node",
             ApiRequest::RemoveNode { .. } => "remove_node",
+            ApiRequest::Backup { .. } => "backup",
+            ApiRequest::Restore { .. } => "restore",
         }
     }
 
@@ -546,6 +564,34 @@ pub fn parse(
                 )
             })?;
             Ok(ApiRequest::RemoveNode { id })
+        }
+        ["v1", "admin", "backup", rest] => {
+            allow(get, "GET, HEAD", method, path)?;
+            let (ks, shard) = rest.rsplit_once('/').ok_or_else(|| {
+                refuse(
+                    Code::BadRequest,
+                    "a backup names its keyspace and shard: /v1/admin/backup/{ks}/{shard}",
+                )
+            })?;
+            let shard = shard.parse().map_err(|_| {
+                refuse(
+                    Code::BadRequest,
+                    format!("a shard is a whole number, got {}", echo(shard)),
+                )
+            })?;
+            Ok(ApiRequest::Backup {
+                ks: keyspace_name(ks)?,
+                shard,
+                wait: Query::parse(uri.query())?.wait()?,
+            })
+        }
+        ["v1", "admin", "restore", ks] => {
+            allow(method == Method::POST, "POST", method, path)?;
+            Ok(ApiRequest::Restore {
+                ks: keyspace_name(ks)?,
+                records: body,
+                wait: Query::parse(uri.query())?.wait()?,
+            })
         }
         ["v1", "admin", "faults"] => {
             allow(method == Method::POST, "POST", method, path)?;

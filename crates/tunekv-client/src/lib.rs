@@ -718,6 +718,58 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/keyspaces`: every keyspace's name, id and spec.
+    pub async fn list_keyspaces(&self) -> Result<serde_json::Value> {
+        self.send_json(self.http.get(format!("{}/v1/keyspaces", self.base)))
+            .await
+    }
+
+    /// Streams shard `shard` of ordered keyspace `ks` as one view of it holds it
+    /// (`GET /v1/admin/backup/{ks}/{shard}`, the `tunekv_core::backup` format), handing each
+    /// piece to `sink` as it arrives. The stream may last longer than this client's timeout;
+    /// only a stall that long ends it.
+    pub async fn backup_shard(
+        &self,
+        ks: &str,
+        shard: u32,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(self.timeout)
+            .read_timeout(self.timeout)
+            .build()
+            .map_err(|e| self.transport(e))?;
+        let url = format!(
+            "{}/v1/admin/backup/{}/{shard}",
+            self.base,
+            encode_key(ks.as_bytes())
+        );
+        let mut resp = http.get(url).send().await.map_err(|e| self.transport(e))?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        while let Some(piece) = resp.chunk().await.map_err(|e| self.transport(e))? {
+            sink(&piece)
+                .map_err(|e| ClientError::Transport(format!("cannot keep the backup: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/admin/restore/{ks}`: backup records (back to back) written into ordered
+    /// keyspace `ks`; the answer counts the keys `written` and those left out as `expired`.
+    pub async fn restore_batch(&self, ks: &str, records: Vec<u8>) -> Result<serde_json::Value> {
+        self.send_json(
+            self.http
+                .post(format!(
+                    "{}/v1/admin/restore/{}",
+                    self.base,
+                    encode_key(ks.as_bytes())
+                ))
+                .body(records),
+        )
+        .await
+    }
+
     /// This node's replica of leaderless keyspace `ks` as `/v1/cluster` reports it: (keys held,
     /// digest of every key and version held). Two replicas holding the same versions of the
     /// same partitions report the same pair. `None`: the node has not loaded the keyspace.

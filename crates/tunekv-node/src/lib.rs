@@ -25,8 +25,8 @@ pub use config::{CrashAt, LeaderlessConfig, NodeConfig, PeerConfig, StorageConfi
 pub use node::{version_mismatch, PublishSink, Watch, WatchEvent, WatchFrom, WatchRefused};
 pub use node::{
     KeyspaceInfo, LeaderlessReport, MembershipReport, MoveView, Node, NodeView, ReadOutcome,
-    ReadRequest, ReplicaDigest, ScanPage, ShardRead, StateRead, UpdateReport, WriteOutcome,
-    WriteRequest, BATCH_KEYS_MAX,
+    ReadRequest, ReplicaDigest, RestoreOutcome, ScanPage, ShardDump, ShardRead, StateRead,
+    UpdateReport, WriteOutcome, WriteRequest, BATCH_KEYS_MAX,
 };
 pub use transport::{FaultState, LinkFaults};
 pub use tunekv_raft::{

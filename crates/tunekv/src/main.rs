@@ -2,6 +2,7 @@
 //! Exit codes (owned here, in one place): 0 success, 1 not found, 2 any error, 3 an SLO is
 //! violated (`tunekv slo`).
 
+mod backup_cmd;
 mod bench;
 mod cache_cmd;
 mod cli;

@@ -69,7 +69,16 @@ pub async fn run(
         tunekv_api::router(node.clone()),
         tunekv_api::HttpLimits::of(node.config()),
         node.metrics().http.clone(),
-        shutdown_signal(),
+        {
+            // On SIGTERM: leadership moves first, while requests are still taken here, then
+            // the listeners drain.
+            let node = node.clone();
+            async move {
+                shutdown_signal().await;
+                tracing::info!("stopping: handing off leadership");
+                node.hand_off_leadership(LEADERSHIP_HANDOFF_WAIT).await;
+            }
+        },
     )
     .await
     .context("HTTP server failed")?;
@@ -77,6 +86,9 @@ pub async fn run(
     node.shutdown().await;
     Ok(())
 }
+
+/// Longest a stopping node waits for the groups it leads to elect other leaders.
+const LEADERSHIP_HANDOFF_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

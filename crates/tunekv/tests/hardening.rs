@@ -338,6 +338,46 @@ async fn a_node_without_a_replica_answers_a_permanent_error_naming_the_replicas(
         .expect("a read through a node without the shard");
     assert_eq!(r.value.as_deref(), Some(&b"v"[..]));
     assert_eq!(r.receipt.served_by, holder.to_string());
+    // So are a transaction, an MSET and a restore batch: they commit on the shard's leader.
+    let (status, _, body) = common::call(
+        "POST",
+        &format!("{}/v1/kv/one:txn", c.http(outsider)),
+        r#"{"success":[{"op":"put","key":"t","value":"tx"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut resp =
+        common::raw::Raw::connect(c.configs[outsider].resp.as_deref().expect("RESP address"));
+    assert_eq!(
+        resp.cmd(&["SELECT", "one"]),
+        common::raw::R::Simple("OK".into())
+    );
+    assert_eq!(
+        resp.cmd(&["MSET", "m1", "a", "m2", "b"]),
+        common::raw::R::Simple("OK".into())
+    );
+    let mut batch = Vec::new();
+    tunekv_core::backup::encode_record(&mut batch, b"r", b"restored", None);
+    let done = out
+        .restore_batch("one", batch)
+        .await
+        .expect("a restore batch through a node without the shard");
+    assert_eq!(done["written"], 1, "{done}");
+    for (k, v) in [("t", "tx"), ("m1", "a"), ("m2", "b"), ("r", "restored")] {
+        let r = out
+            .get("one", k.as_bytes(), &Opts::level("strong"))
+            .await
+            .expect("read");
+        assert_eq!(r.value.as_deref(), Some(v.as_bytes()), "{k}");
+    }
+    // A backup reads a replica's own copy: asked of a node without one, a 421.
+    let (status, _, body) = common::call(
+        "GET",
+        &format!("{}/v1/admin/backup/one/0", c.http(outsider)),
+        "",
+    )
+    .await;
+    assert_eq!(status, 421, "{body}");
     // A batch read is not passed on: a permanent 421 naming the replica.
     for result in [out
         .batch_get("one", &["k"], &Opts::level("eventual"))

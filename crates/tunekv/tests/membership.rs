@@ -5,8 +5,9 @@
 
 mod common;
 
+use common::tunekv;
+
 use common::eventually;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,19 +42,6 @@ async fn write(nodes: &[Client], key: &str, value: &str) -> Result<(), String> {
         }
     }
     Err(last)
-}
-
-fn tunekv(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tunekv"))
-        .args(args)
-        .output()
-        .expect("run tunekv");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
 }
 
 /// Every shard group of `KS`: its voters as the serving node's `/v1/cluster` reports them.

@@ -3,6 +3,7 @@
 //! `read`, `freshness` (clocks, watermarks, receipt proofs), `status` (cluster status, fault
 //! hook), `rpc_handler` (requests from other nodes). The types every part shares live here.
 
+mod backup;
 mod catalog;
 mod dotted;
 mod freshness;
@@ -17,6 +18,7 @@ mod status;
 mod stored_feed;
 mod watch;
 mod write;
+pub use backup::{RestoreOutcome, ShardDump};
 pub use membership::{MembershipReport, MoveView, NodeView};
 pub use pubsub::PublishSink;
 pub use stored_feed::StoredChange;

@@ -113,7 +113,15 @@ impl Node {
                 })
             }
             Err(RaftError::APIError(e)) => Err(RemoteError::new(Code::NoQuorum, e.to_string())),
-            Err(e) => Err(RemoteError::new(Code::Internal, e.to_string())),
+            // This replica's Raft stopped (the node is shutting down, or the replica moved
+            // away): not the leader any more. A read index asks for nothing to be written, so
+            // the caller asks the next leader.
+            Err(RaftError::Fatal(e)) => Err(RemoteError {
+                code: Code::Unavailable,
+                message: format!("node {} no longer leads {}: {e}", self.id, g.id),
+                leader_hint: None,
+                not_leader: true,
+            }),
         }
     }
 

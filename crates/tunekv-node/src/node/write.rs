@@ -500,15 +500,15 @@ impl Node {
                 ));
             }
         }
-        let g = self.hosted_shard(&ks, shard).await?;
-        session.admit(g.id)?;
+        let gid = GroupId::for_shard(ks.id, shard);
+        session.admit(gid)?;
         let op = Op::Txn {
             compare,
             success,
             failure,
         };
-        let w = self.propose(g.id, op, deadline).await?;
-        Ok(self.write_outcome(g.id, w, session))
+        let w = self.propose_on_shard(&ks, shard, op, deadline).await?;
+        Ok(self.write_outcome(gid, w, session))
     }
 
     pub async fn mset(
@@ -534,10 +534,12 @@ impl Node {
         let by_shard = by_shard(&ks, pairs, |(k, _)| k)?;
         let mut out = Vec::with_capacity(by_shard.len());
         for (shard, pairs) in by_shard {
-            let g = self.hosted_shard(&ks, shard).await?;
-            session.admit(g.id)?;
-            let w = self.propose(g.id, Op::MSet { pairs }, deadline).await?;
-            out.push(self.write_outcome(g.id, w, session));
+            let gid = GroupId::for_shard(ks.id, shard);
+            session.admit(gid)?;
+            let w = self
+                .propose_on_shard(&ks, shard, Op::MSet { pairs }, deadline)
+                .await?;
+            out.push(self.write_outcome(gid, w, session));
         }
         Ok(out)
     }
@@ -609,32 +611,17 @@ impl Node {
         let mut proposals = Vec::with_capacity(by_shard.len());
         for (shard, (at, pairs)) in by_shard {
             let gid = GroupId::for_shard(ks.id, shard);
-            // `Some(replicas)`: this node holds no replica; the entry goes to the leader
-            // through them.
-            let remote = match self.hosted_shard(&ks, shard).await {
-                Ok(_) => None,
-                Err(e) if e.code == Code::NotReplica => {
-                    Some(self.shard_placement(&ks, shard).replicas)
-                }
-                Err(e) => {
-                    for i in at {
-                        out[i] = Some(Err(e.clone()));
-                    }
-                    continue;
-                }
-            };
             if let Err(e) = session.admit(gid) {
                 for i in at {
                     out[i] = Some(Err(e.clone()));
                 }
                 continue;
             }
+            let ks = &ks;
             proposals.push(async move {
-                let op = Op::MSet { pairs };
-                let w = match remote {
-                    None => self.propose(gid, op, deadline).await,
-                    Some(hosts) => self.propose_through(gid, &hosts, op, deadline).await,
-                };
+                let w = self
+                    .propose_on_shard(ks, shard, Op::MSet { pairs }, deadline)
+                    .await;
                 (gid, at, w)
             });
         }
@@ -704,6 +691,26 @@ impl Node {
             )
             .await;
         res.map_err(|gone| self.propose_failed(group, gone))
+    }
+
+    /// Proposes `op` on shard `shard` of `ks`: through this node's replica when it holds one,
+    /// else through the shard's replicas (any node takes writes of any shard).
+    pub(super) async fn propose_on_shard(
+        &self,
+        ks: &KeyspaceInfo,
+        shard: ShardId,
+        op: Op,
+        deadline: Instant,
+    ) -> Result<WriteResult, TunekvError> {
+        let gid = GroupId::for_shard(ks.id, shard);
+        match self.hosted_shard(ks, shard).await {
+            Ok(_) => self.propose(gid, op, deadline).await,
+            Err(e) if e.code == Code::NotReplica => {
+                let hosts = self.shard_placement(ks, shard).replicas;
+                self.propose_through(gid, &hosts, op, deadline).await
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// [`Node::propose`] for a group this node does not host: through its replicas `hosts`.

@@ -166,3 +166,27 @@ pub fn python() -> std::path::PathBuf {
     );
     python
 }
+
+/// Runs the `tunekv` CLI; its exit code and stdout followed by stderr.
+pub fn tunekv(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tunekv"))
+        .args(args)
+        .output()
+        .expect("run tunekv");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// [`tunekv`] on a blocking thread, for async tests whose runtime must keep serving.
+pub async fn tunekv_async(args: Vec<String>) -> (i32, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        tunekv(&args)
+    })
+    .await
+    .expect("tunekv task")
+}
