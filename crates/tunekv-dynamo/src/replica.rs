@@ -171,6 +171,17 @@ impl Replica {
         }
     }
 
+    /// Every key held, with its version, partition by partition (a backup's copy).
+    pub fn entries(&self) -> Vec<(Vec<u8>, Versioned)> {
+        let mut parts: Vec<&u32> = self.parts.keys().collect();
+        parts.sort_unstable();
+        parts
+            .into_iter()
+            .flat_map(|p| self.parts[p].keys.iter())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// Every key held in the given leaves of partition `p`, with its version.
     pub fn entries_in_leaves(&self, p: u32, leaves: &[u32]) -> Vec<(Vec<u8>, Versioned)> {
         let Some(part) = self.parts.get(&p) else {

@@ -1,12 +1,15 @@
 //! `tunekv backup` and `tunekv restore`: every ordered keyspace's shards, each read at one
-//! applied index (a strong read's view, streamed), kept as one checksummed file per shard
-//! beside a `manifest.json`; restored by writing the keys back through any node.
+//! applied index (a strong read's view, streamed), and every leaderless keyspace's replicas,
+//! one stream per node of its ring (each key with its version), kept as checksummed files
+//! beside a `manifest.json`; restored through any node (ordered keys written anew, leaderless
+//! versions merged into the replicas of each key).
 //!
 //! A backup directory:
 //!
 //! ```text
-//! manifest.json                 format, when, from where; per keyspace its spec and shards
-//! ks-<id>/shard-<n>.tkb         tunekv_core::backup stream: header, records, trailer
+//! manifest.json                 format, when, from where; per keyspace its spec and files
+//! ks-<id>/shard-<n>.tkb         an ordered shard: header, records, trailer
+//! ks-<id>/node-<n>.tkb          node n's replica of a leaderless keyspace
 //! ```
 //!
 //! `manifest.json` is written last: a directory without it is not a backup.
@@ -52,6 +55,7 @@ struct KeyspaceEntry {
 
 #[derive(Serialize, Deserialize)]
 struct ShardEntry {
+    /// The shard (ordered keyspaces; 0 for a leaderless replica's stream).
     shard: u32,
     /// Relative to the backup directory.
     file: String,
@@ -105,16 +109,22 @@ async fn keyspaces(client: &Client, only: &[String]) -> Result<Vec<serde_json::V
         .collect())
 }
 
+/// Each node's HTTP address (removed nodes left out).
+type Addresses = BTreeMap<u64, String>;
 /// The HTTP addresses of the nodes holding each `(keyspace, shard)`, its leader first.
-async fn shard_hosts(client: &Client) -> Result<BTreeMap<(String, u32), Vec<(u64, String)>>> {
+type Hosts = BTreeMap<(String, u32), Vec<(u64, String)>>;
+
+/// The cluster's nodes, and the nodes holding each ordered shard.
+async fn shard_hosts(client: &Client) -> Result<(Addresses, Hosts)> {
     let status = client
         .cluster()
         .await
         .with_context(|| format!("cannot read the cluster's status at {}", client.base()))?;
-    let http: BTreeMap<u64, String> = status["nodes"]
+    let http: Addresses = status["nodes"]
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|n| n["state"] != "removed")
         .filter_map(|n| Some((n["id"].as_u64()?, n["http"].as_str()?.to_string())))
         .collect();
     let mut out = BTreeMap::new();
@@ -137,7 +147,7 @@ async fn shard_hosts(client: &Client) -> Result<BTreeMap<(String, u32), Vec<(u64
             .collect();
         out.insert((ks.to_string(), shard as u32), hosts);
     }
-    Ok(out)
+    Ok((http, out))
 }
 
 /// Reads a shard file through, checking its trailer; its header and record count.
@@ -154,9 +164,9 @@ fn check_file(path: &Path) -> Result<(tunekv_core::backup::ShardHeader, u64)> {
     Ok((r.header, n))
 }
 
-/// `tunekv backup`: every ordered keyspace (or those in `only`) into the new directory `out`.
-/// Exit 0: everything asked for is in the backup; 3: some keyspace's data could not be
-/// included (leaderless); 2: the backup failed (the directory holds no manifest).
+/// `tunekv backup`: every keyspace (or those in `only`) into the new directory `out`: ordered
+/// shards and leaderless replicas (volatile keyspaces keep their spec only). Exit 0: the
+/// backup is complete; an error: it failed (the directory holds no manifest).
 pub async fn backup(node: &str, out: &Path, only: &[String]) -> Result<i32> {
     if out.exists()
         && fs::read_dir(out)
@@ -173,7 +183,7 @@ pub async fn backup(node: &str, out: &Path, only: &[String]) -> Result<i32> {
     let client = Client::new(node);
     let started = Instant::now();
     let wanted = keyspaces(&client, only).await?;
-    let hosts = shard_hosts(&client).await?;
+    let (nodes, hosts) = shard_hosts(&client).await?;
     let mut manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,
@@ -181,7 +191,7 @@ pub async fn backup(node: &str, out: &Path, only: &[String]) -> Result<i32> {
         source: node.to_string(),
         keyspaces: Vec::new(),
     };
-    let (mut total_keys, mut total_bytes, mut left_out) = (0u64, 0u64, Vec::new());
+    let (mut total_keys, mut total_bytes) = (0u64, 0u64);
     for info in wanted {
         let name = info["name"].as_str().unwrap_or_default().to_string();
         let mut spec = info.clone();
@@ -197,6 +207,7 @@ pub async fn backup(node: &str, out: &Path, only: &[String]) -> Result<i32> {
             shards: Vec::new(),
             skipped: None,
         };
+        let dir = format!("ks-{id}");
         match mode.as_str() {
             "ordered" => {}
             "volatile" => {
@@ -205,16 +216,47 @@ pub async fn backup(node: &str, out: &Path, only: &[String]) -> Result<i32> {
                 manifest.keyspaces.push(entry);
                 continue;
             }
-            other => {
-                println!("{name}: {other}: NOT backed up (leaderless backups are not built yet)");
-                entry.skipped = Some(format!("{other} keyspaces are not backed up yet"));
-                left_out.push(name.clone());
+            _ => {
+                fs::create_dir_all(out.join(&dir))?;
+                for (node, addr) in &nodes {
+                    let file = format!("{dir}/node-{node}.tkb");
+                    let path = out.join(&file);
+                    let t = Instant::now();
+                    let candidates = [(*node, addr.clone())];
+                    let Some((header, keys)) =
+                        backup_shard(&client, &candidates, &name, 0, &path, false)
+                            .await
+                            .with_context(|| {
+                                format!("cannot back up node {node}'s replica of {name:?}")
+                            })?
+                    else {
+                        continue;
+                    };
+                    let bytes = fs::metadata(&path)?.len();
+                    println!(
+                        "{name} replica on node {node}: {keys} keys, {} [{:.1}s]",
+                        mb(bytes),
+                        t.elapsed().as_secs_f64()
+                    );
+                    total_keys += keys;
+                    total_bytes += bytes;
+                    entry.shards.push(ShardEntry {
+                        shard: 0,
+                        file,
+                        index: header.index,
+                        keys,
+                        bytes,
+                        node: header.node,
+                    });
+                }
+                if entry.shards.is_empty() {
+                    bail!("no node holds a replica of leaderless keyspace {name:?}");
+                }
                 manifest.keyspaces.push(entry);
                 continue;
             }
         }
         let shards = spec["shards"].as_u64().unwrap_or(1) as u32;
-        let dir = format!("ks-{id}");
         fs::create_dir_all(out.join(&dir))?;
         for shard in 0..shards {
             let file = format!("{dir}/shard-{shard}.tkb");
@@ -224,9 +266,10 @@ pub async fn backup(node: &str, out: &Path, only: &[String]) -> Result<i32> {
                 .cloned()
                 .unwrap_or_default();
             let t = Instant::now();
-            let (header, keys) = backup_shard(&client, &candidates, &name, shard, &path)
+            let (header, keys) = backup_shard(&client, &candidates, &name, shard, &path, true)
                 .await
-                .with_context(|| format!("cannot back up shard {shard} of {name:?}"))?;
+                .with_context(|| format!("cannot back up shard {shard} of {name:?}"))?
+                .context("no node holds it")?;
             let bytes = fs::metadata(&path)?.len();
             println!(
                 "{name} shard {shard}: {keys} keys, {} at index {} (node {}) [{:.1}s]",
@@ -260,32 +303,29 @@ pub async fn backup(node: &str, out: &Path, only: &[String]) -> Result<i32> {
         mb(total_bytes),
         started.elapsed().as_secs_f64()
     );
-    if !left_out.is_empty() {
-        eprintln!(
-            "warning: the backup does not hold the data of {} (leaderless); name the keyspaces \
-             to back up with --keyspace to leave them out on purpose",
-            left_out.join(", ")
-        );
-        return Ok(3);
-    }
     Ok(0)
 }
 
-/// Streams one shard into `path` from the first of `candidates` that serves it (retrying
-/// the others), then reads the file back through its checksum.
+/// Streams one shard (or one node's leaderless replica) into `path` from the first of
+/// `candidates` that serves it (retrying the others), then reads the file back through its
+/// checksum. `None`: the one candidate holds no replica (`any_node`: false, a leaderless
+/// keyspace's node outside its ring).
 async fn backup_shard(
     client: &Client,
     candidates: &[(u64, String)],
     ks: &str,
     shard: u32,
     path: &Path,
-) -> Result<(tunekv_core::backup::ShardHeader, u64)> {
+    any_node: bool,
+) -> Result<Option<(tunekv_core::backup::ShardHeader, u64)>> {
     let part = PathBuf::from(format!("{}.part", path.display()));
     let mut tried = Vec::new();
-    // The cluster's own node last: it forwards nothing here, but may have learned of a
-    // new replica that the status did not list yet.
     let mut order: Vec<String> = candidates.iter().map(|(_, a)| a.clone()).collect();
-    order.push(client.base().to_string());
+    if any_node {
+        // The node asked last: it may have learned of a new replica that the status did not
+        // list yet.
+        order.push(client.base().to_string());
+    }
     for attempt in 0..ATTEMPTS {
         for addr in &order {
             let mut file = BufWriter::with_capacity(1 << 20, File::create(&part)?);
@@ -301,10 +341,14 @@ async fn backup_shard(
                     match check_file(&part) {
                         Ok(done) => {
                             fs::rename(&part, path)?;
-                            return Ok(done);
+                            return Ok(Some(done));
                         }
                         Err(e) => tried.push(format!("{addr}: {e:#}")),
                     }
+                }
+                Err(e) if !any_node && e.code() == Some("not_replica") => {
+                    let _ = fs::remove_file(&part);
+                    return Ok(None);
                 }
                 Err(e) if retryable(&e) => tried.push(format!("{addr}: {e}")),
                 Err(e) => {
@@ -378,7 +422,7 @@ pub async fn restore(node: &str, from: &Path, only: &[String]) -> Result<i32> {
         started.elapsed().as_secs_f64()
     );
     let client = Client::new(node);
-    let (mut written, mut expired) = (0u64, 0u64);
+    let (mut written, mut expired, mut merged) = (0u64, 0u64, 0u64);
     for ks in &chosen {
         let want_mode = ks.spec["mode"].as_str().unwrap_or("ordered");
         match client.keyspace(&ks.name).await {
@@ -392,7 +436,15 @@ pub async fn restore(node: &str, from: &Path, only: &[String]) -> Result<i32> {
                         ks.name
                     );
                 }
-                println!("{}: exists; writing the backed-up keys into it", ks.name);
+                println!(
+                    "{}: exists; {} into it",
+                    ks.name,
+                    if want_mode == "ordered" {
+                        "writing the backed-up keys"
+                    } else {
+                        "merging the backed-up versions"
+                    }
+                );
             }
             Err(e) if e.code() == Some("keyspace_not_found") => {
                 client
@@ -410,18 +462,29 @@ pub async fn restore(node: &str, from: &Path, only: &[String]) -> Result<i32> {
         for s in &ks.shards {
             let t = Instant::now();
             let (w, e) = restore_file(&client, &ks.name, &from.join(&s.file)).await?;
-            println!(
-                "{} shard {}: {w} keys written, {e} expired left out [{:.1}s]",
-                ks.name,
-                s.shard,
-                t.elapsed().as_secs_f64()
-            );
-            written += w;
-            expired += e;
+            if want_mode == "ordered" {
+                println!(
+                    "{} shard {}: {w} keys written, {e} expired left out [{:.1}s]",
+                    ks.name,
+                    s.shard,
+                    t.elapsed().as_secs_f64()
+                );
+                written += w;
+                expired += e;
+            } else {
+                println!(
+                    "{} replica of node {}: {w} versions merged into the keys' replicas [{:.1}s]",
+                    ks.name,
+                    s.node,
+                    t.elapsed().as_secs_f64()
+                );
+                merged += w;
+            }
         }
     }
     println!(
-        "restored {written} keys ({expired} expired left out) of {} keyspaces in {:.1}s",
+        "restored {written} keys ({expired} expired left out) and merged {merged} leaderless \
+         versions of {} keyspaces in {:.1}s",
         chosen.len(),
         started.elapsed().as_secs_f64()
     );

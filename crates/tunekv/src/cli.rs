@@ -324,10 +324,10 @@ pub enum Cmd {
         #[command(subcommand)]
         action: NodeCmd,
     },
-    /// Back up every ordered keyspace into the new directory DIR: each shard read at one
-    /// applied index (holding every write acknowledged before its turn) and streamed into a
-    /// checksummed file, then manifest.json with the keyspaces' specs. Leaderless keyspaces
-    /// are not backed up yet (exit 3 names them); volatile ones keep only their spec.
+    /// Back up every keyspace into the new directory DIR: each ordered shard read at one
+    /// applied index (holding every write acknowledged before its turn), each leaderless
+    /// replica with its versions, streamed into checksummed files, then manifest.json with the
+    /// keyspaces' specs. Volatile keyspaces keep only their spec.
     Backup {
         dir: PathBuf,
         #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]
@@ -337,8 +337,9 @@ pub enum Cmd {
         keyspaces: Vec<String>,
     },
     /// Restore a backup made by `tunekv backup` into the cluster NODE belongs to: checks every
-    /// file first, creates missing keyspaces with their backed-up spec, then writes every key
-    /// with its expiry (keys already expired are left out; keys not in the backup stay).
+    /// file first, creates missing keyspaces with their backed-up spec, then writes every
+    /// ordered key with its expiry (keys already expired are left out; keys not in the backup
+    /// stay) and merges leaderless versions into their keys' replicas (newer writes win).
     Restore {
         dir: PathBuf,
         #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]

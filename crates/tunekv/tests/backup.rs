@@ -1,7 +1,8 @@
 //! `tunekv backup` / `tunekv restore` with real processes (issue 21, part 5): a backup taken
 //! while a client writes holds every write acknowledged before it began, each shard read at one
-//! index; restored into a second cluster, every key reads back at `strong` with its expiry;
-//! a damaged backup or a malformed restore batch is refused and changes nothing.
+//! index; restored into a second cluster, every key reads back at `strong` with its expiry, and
+//! a leaderless keyspace's versions are merged into every replica without undoing a newer
+//! write; a damaged backup or a malformed restore batch is refused and changes nothing.
 
 mod common;
 
@@ -58,6 +59,16 @@ async fn a_backup_under_writes_restores_every_key_with_its_expiry_into_another_c
     .await;
     common::put_keyspace(&c, "lw", r#"{"mode":"leaderless","replicas":3}"#).await;
     let c1 = c.client(0);
+    for i in 0..20 {
+        c1.put(
+            "lw",
+            format!("l{i}").as_bytes(),
+            format!("x{i}").as_bytes(),
+            &Opts::default().w("all"),
+        )
+        .await
+        .expect("leaderless write");
+    }
     for i in 0..200 {
         c1.put(
             KS,
@@ -131,9 +142,9 @@ async fn a_backup_under_writes_restores_every_key_with_its_expiry_into_another_c
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     eprintln!("{out}");
-    // The leaderless keyspace is named as left out: exit 3, everything else is there.
-    assert_eq!(code, 3, "{out}");
-    assert!(out.contains("lw") && out.contains("leaderless"), "{out}");
+    assert_eq!(code, 0, "{out}");
+    // The leaderless keyspace: one stream per node of its ring.
+    assert_eq!(out.matches("lw replica on node").count(), 3, "{out}");
     let (keys, indexes) = backed_up(&all);
     assert_eq!(indexes.len(), 4);
     for i in 0..200 {
@@ -187,15 +198,21 @@ async fn a_backup_under_writes_restores_every_key_with_its_expiry_into_another_c
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("not empty"), "{out}");
 
-    // A second cluster: restore into it once ttl-short has expired.
+    // A second cluster: restore into it once ttl-short has expired. Its leaderless keyspace
+    // exists already, with a newer write of l0 that the restore must not undo.
     let d = common::start(3, false).await;
+    common::put_keyspace(&d, "lw", r#"{"mode":"leaderless","replicas":3}"#).await;
+    d.client(1)
+        .put("lw", b"l0", b"newer", &Opts::default().w("all"))
+        .await
+        .expect("newer leaderless write");
     let elapsed = short_set.elapsed();
     if elapsed < Duration::from_millis(4500) {
         tokio::time::sleep(Duration::from_millis(4500) - elapsed).await;
     }
     let (code, out) = tunekv_async(vec![
         "restore".into(),
-        only.display().to_string(),
+        all.display().to_string(),
         "--node".into(),
         d.http(2),
     ])
@@ -203,11 +220,31 @@ async fn a_backup_under_writes_restores_every_key_with_its_expiry_into_another_c
     eprintln!("{out}");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("b: created (ordered)"), "{out}");
+    assert!(out.contains("lw: exists; merging"), "{out}");
+    for i in 0..20 {
+        let want = if i == 0 {
+            "newer".to_string()
+        } else {
+            format!("x{i}")
+        };
+        for n in 0..3 {
+            let r = d
+                .client(n)
+                .get("lw", format!("l{i}").as_bytes(), &Opts::default().r("all"))
+                .await
+                .expect("leaderless read");
+            assert_eq!(
+                r.value.as_deref(),
+                Some(want.as_bytes()),
+                "l{i} on node {n}"
+            );
+        }
+    }
     let d1 = d.client(0);
     let info = d1.keyspace(KS).await.expect("restored keyspace");
     assert_eq!(info["shards"], 4, "{info}");
-    let (only_keys, _) = backed_up(&only);
-    for (key, (value, expires)) in &only_keys {
+    let (restored, _) = backed_up(&all);
+    for (key, (value, expires)) in &restored {
         let r = d1
             .get(KS, key, &Opts::level("strong"))
             .await
@@ -226,8 +263,8 @@ async fn a_backup_under_writes_restores_every_key_with_its_expiry_into_another_c
         .and_then(|n| n.parse().ok())
         .expect("a summary line");
     assert_eq!(
-        written + u64::from(only_keys.contains_key(&b"ttl-short"[..])),
-        only_keys.len() as u64,
+        written + u64::from(restored.contains_key(&b"ttl-short"[..])),
+        restored.len() as u64,
         "{out}"
     );
 
@@ -277,6 +314,21 @@ async fn a_backup_under_writes_restores_every_key_with_its_expiry_into_another_c
     .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    // A leaderless record whose value is not a backed-up version: refused the same way.
+    let mut batch = Vec::new();
+    tunekv_core::backup::encode_record(&mut batch, b"l1", b"garbage", None);
+    let (status, _, body) = common::call(
+        "POST",
+        &format!("{}/v1/admin/restore/lw", d.http(0)),
+        std::str::from_utf8(&batch).expect("ASCII batch"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let l1 = d1
+        .get("lw", b"l1", &Opts::default().r("all"))
+        .await
+        .expect("read");
+    assert_eq!(l1.value.as_deref(), Some(&b"x1"[..]));
     let k0 = d1.get(KS, b"k0", &Opts::level("strong")).await.unwrap();
     assert_eq!(k0.value.as_deref(), Some(&b"changed"[..]));
 }

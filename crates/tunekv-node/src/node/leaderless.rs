@@ -600,9 +600,13 @@ impl Node {
         }
         // A client write's copy or a read's fetch: its round trip feeds the PBS estimate.
         let timed = match &req {
+            // One key's copy (a restore's batches are not what a write waits for).
             DynamoRequest::Store {
-                ks, hint_for: None, ..
-            } => Some((ks.clone(), true)),
+                ks,
+                hint_for: None,
+                items,
+                ..
+            } if items.len() == 1 => Some((ks.clone(), true)),
             DynamoRequest::Fetch { ks, .. } => Some((ks.clone(), false)),
             _ => None,
         };
