@@ -732,7 +732,7 @@ impl Client {
         &self,
         ks: &str,
         shard: u32,
-        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        sink: &mut (dyn FnMut(&[u8]) -> std::io::Result<()> + Send),
     ) -> Result<()> {
         let http = reqwest::Client::builder()
             .connect_timeout(self.timeout)

@@ -51,12 +51,16 @@ pub struct Bugs {
     /// whatever its receipt said (a dashboard or SLO on it looks healthier than the clients'
     /// experience).
     metrics_fresh: bool,
+    /// `backup-stale`: a shard backup streams the node's copy as it is, without the strong
+    /// read's check that it holds everything committed (a lagging replica's backup misses
+    /// acknowledged writes).
+    backup_stale: bool,
 }
 
 pub const BUG_NAMES: &str =
     "strong-local, ignore-session, skip-bounded, ack-early, old-receipts, quorum-ack-one, gc-early, \
      drop-hints, skip-read-repair, counter-lww, set-remove-wins, siblings-union, progress-early, \
-     feed-dupes, metrics-fresh";
+     feed-dupes, metrics-fresh, backup-stale";
 
 impl Bugs {
     /// Parses `--bug` names. Any name in a build without the feature is an error.
@@ -84,6 +88,7 @@ impl Bugs {
                 "progress-early" => b.progress_early = true,
                 "feed-dupes" => b.feed_dupes = true,
                 "metrics-fresh" => b.metrics_fresh = true,
+                "backup-stale" => b.backup_stale = true,
                 other => return Err(format!("unknown bug {other:?}; bugs: {BUG_NAMES}")),
             }
         }
@@ -106,7 +111,12 @@ impl Bugs {
                 || self.siblings_union
                 || self.progress_early
                 || self.feed_dupes
-                || self.metrics_fresh)
+                || self.metrics_fresh
+                || self.backup_stale)
+    }
+
+    pub fn backup_stale(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.backup_stale
     }
 
     pub fn strong_local(&self) -> bool {

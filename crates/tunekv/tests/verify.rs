@@ -422,6 +422,19 @@ mod bugs {
         );
     }
 
+    /// Issue 21: verify backs up shards through the run and judges each as a strong read of
+    /// its keys; a backup that streams a lagging copy without the strong check is caught.
+    /// (Clients read at eventual only: every strong read in the history is a backup's.)
+    #[test]
+    fn a_backup_of_a_lagging_copy_is_caught() {
+        caught(
+            "backup-stale",
+            "eventual",
+            "partition,delay",
+            &["[strong / linearizable]"],
+        );
+    }
+
     #[test]
     fn an_ignored_session_token_is_caught() {
         caught(

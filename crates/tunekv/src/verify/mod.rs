@@ -2,6 +2,7 @@
 //! processes, a seeded fault schedule, a heal phase, then every level's checker over the
 //! recorded history. Exit code 1 on any violation.
 
+mod backup;
 mod faults;
 pub mod resp_client;
 mod watcher;
@@ -365,6 +366,20 @@ async fn run_on(
             finish_stored_rx,
         ))
     });
+    // Backups of the ordered keyspace's shards through the run, judged as strong reads.
+    let backups_done = Arc::new(AtomicU64::new(0));
+    let stop_backups = Arc::new(AtomicBool::new(false));
+    let backups = o.mode.ordered().then(|| {
+        tokio::spawn(backup::run(
+            targets.clone(),
+            2,
+            keys.clone(),
+            rec.clone(),
+            seed,
+            stop_backups.clone(),
+            backups_done.clone(),
+        ))
+    });
     let clients: Vec<_> = (0..o.clients)
         .map(|i| {
             let leaderless = o.mode.leaderless_client(i);
@@ -424,17 +439,23 @@ async fn run_on(
     }
     budget.stop.store(true, Ordering::Relaxed);
     stop_faults.store(true, Ordering::Relaxed);
+    stop_backups.store(true, Ordering::Relaxed);
     for c in clients {
         let _ = c.await;
+    }
+    if let Some(b) = backups {
+        let _ = b.await;
     }
     let _ = fault_task.await;
     progress.bar.finish_and_clear();
     let workload_ops = budget.done.load(Ordering::Relaxed);
     println!(
-        "workload: {workload_ops} operations in {:.1}s ({:.0} ops/s), {} faults injected",
+        "workload: {workload_ops} operations in {:.1}s ({:.0} ops/s), {} faults injected, {} shard \
+         backups",
         started.elapsed().as_secs_f64(),
         workload_ops as f64 / started.elapsed().as_secs_f64().max(0.001),
-        injected.load(Ordering::Relaxed)
+        injected.load(Ordering::Relaxed),
+        backups_done.load(Ordering::Relaxed)
     );
 
     // Heal: every fault cleared, then wait until every node holds the same value of every key.

@@ -1,0 +1,116 @@
+//! `verify`'s backup client (issue 21): through the run it backs up one shard of the ordered
+//! keyspace at a time from a random node (`GET /v1/admin/backup/{ks}/{shard}`), as `tunekv
+//! backup` does, and records what the stream held as one `strong` read of each of the shard's
+//! keys at the stream's index, invoked when the request was sent and completed when the stream
+//! ended. The checkers then judge backups like any strong read: a backup that misses a write
+//! acknowledged before it began is a linearizability violation, and one whose keys do not match
+//! its index fails "value matches position".
+
+use super::{Recorder, Target, KEYSPACE};
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tunekv_check::{OpKind, Operation};
+use tunekv_client::Client;
+use tunekv_core::backup::Reader;
+use tunekv_core::keyspace::shard_for_key;
+
+/// The client id backups are recorded under (workload clients count from 1).
+pub const BACKUP_CLIENT: u64 = 10_000;
+/// Pause between two backups of a shard.
+const EVERY: Duration = Duration::from_millis(400);
+/// Longest one backup may take (a paused or partitioned node answers nothing).
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Backs up shards of `KEYSPACE` (of `shards` shards, keys `keys`) until `stop`, counting
+/// the backups recorded in `done`.
+pub async fn run(
+    targets: Arc<Vec<Target>>,
+    shards: u32,
+    keys: Vec<String>,
+    rec: Arc<Recorder>,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xbac4);
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(EVERY).await;
+        let i = rng.gen_range(0..targets.len());
+        let shard = rng.gen_range(0..shards);
+        let client = Client::with_timeout(&targets[i].http, WAIT);
+        let invoke_ns = rec.now_ns();
+        let mut bytes = Vec::new();
+        let streamed = tokio::time::timeout(
+            WAIT,
+            client.backup_shard(KEYSPACE, shard, &mut |piece| {
+                bytes.extend_from_slice(piece);
+                Ok(())
+            }),
+        )
+        .await;
+        let complete_ns = rec.now_ns();
+        // A refused or cut backup is no read: nothing to record.
+        if !matches!(streamed, Ok(Ok(()))) {
+            continue;
+        }
+        let Ok(mut reader) = Reader::open(bytes.as_slice()) else {
+            continue;
+        };
+        let mut held = std::collections::BTreeMap::new();
+        let mut whole = true;
+        loop {
+            match reader.next() {
+                Ok(Some(r)) => {
+                    held.insert(r.key, r.value);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    whole = false;
+                    break;
+                }
+            }
+        }
+        if !whole {
+            continue;
+        }
+        let h = &reader.header;
+        let position = format!(
+            "shard={};index={};commit_ms={}",
+            h.shard, h.index, h.commit_ms
+        );
+        for k in keys
+            .iter()
+            .filter(|k| shard_for_key(k.as_bytes(), shards).0 == shard)
+        {
+            rec.push(
+                Operation {
+                    client: BACKUP_CLIENT,
+                    session: None,
+                    op: OpKind::Read,
+                    key: k.clone(),
+                    value: held
+                        .get(k.as_bytes())
+                        .map(|v| String::from_utf8_lossy(v).into_owned()),
+                    invoke_ns,
+                    complete_ns,
+                    ok: Some(true),
+                    level: "strong".into(),
+                    // Not `nN`: a node's `/metrics` counts client reads, not backups, so
+                    // the metrics checker must not look for these there.
+                    node: format!("backup@n{}", i + 1),
+                    position: Some(position.clone()),
+                    staleness_entries: Some(0),
+                    staleness_ms: Some(0),
+                    quorum: None,
+                    version: None,
+                    strict: None,
+                    dots: None,
+                },
+                None,
+            );
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+}
