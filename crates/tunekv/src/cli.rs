@@ -317,6 +317,11 @@ pub enum Cmd {
         /// --inflight 16.
         #[arg(long)]
         scale: bool,
+        /// What backups cost: load --keys keys of --value-bytes into an ordered keyspace
+        /// through restore batches, back it up (`tunekv backup`), restore that backup
+        /// (`tunekv restore`); keys/s and MB/s of each (with --out: backup.json).
+        #[arg(long)]
+        backup: bool,
     },
     /// Add or remove a node: replicas move as learners first, so no shard ever has fewer
     /// copies than its keyspace asked for; follows the moves until the cluster settles.
@@ -580,6 +585,7 @@ pub async fn run(args: Args) -> Result<i32> {
             pbs_trials,
             pbs_delay_ms,
             scale,
+            backup,
         } => {
             let compare = comma_list(compare.as_deref().unwrap_or(""))
                 .iter()
@@ -593,6 +599,7 @@ pub async fn run(args: Args) -> Result<i32> {
                 ),
             };
             crate::bench::run(crate::bench::BenchOptions {
+                backup,
                 scale,
                 feed,
                 cache,

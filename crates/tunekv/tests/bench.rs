@@ -478,3 +478,50 @@ fn the_scale_bench_loads_measures_and_restarts_at_100k_keys() {
     assert!(row["disk_mib"][0].as_f64().unwrap_or(0.0) > 1.0, "{row}");
     assert!(text.contains("restart s"), "{text}");
 }
+
+/// `bench --backup` (issue 21): loads keys through restore batches, backs them up and restores
+/// the backup, printing keys/s and MB/s of each and writing the rows to backup.json.
+#[test]
+fn a_backup_bench_prints_load_backup_and_restore_rows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_tunekv"))
+        .args([
+            "bench",
+            "--backup",
+            "--keys",
+            "3000",
+            "--value-bytes",
+            "200",
+        ])
+        .arg("--dir")
+        .arg(dir.path().join("cluster"))
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .expect("run tunekv bench --backup");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("out/backup.json")).expect("backup.json"),
+    )
+    .expect("backup.json is JSON");
+    let rows = rows.as_array().expect("rows");
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["row"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["load (restore batches)", "backup", "restore"],
+        "{stdout}"
+    );
+    for r in rows {
+        assert_eq!(r["keys"], 3000, "{r}");
+        // 3000 records of 200-byte values: at least 600 kB, whatever the framing.
+        assert!(r["bytes"].as_u64().unwrap_or(0) >= 600_000, "{r}");
+        assert!(r["seconds"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    }
+    assert!(stdout.contains("keys/s"), "{stdout}");
+    assert!(stdout.contains("restored 3000 keys"), "{stdout}");
+}

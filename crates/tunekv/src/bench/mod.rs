@@ -3,6 +3,7 @@
 //! or one `cluster.json` names. Printed as a table; `--out DIR` adds CSV, SVG plots and
 //! `summary.json`.
 
+mod backup;
 mod cache;
 mod compare;
 mod feed;
@@ -71,6 +72,8 @@ pub struct BenchOptions {
     pub cache: bool,
     /// `--pbs`: measured t-visibility beside the cluster's live PBS estimate.
     pub pbs: bool,
+    /// `--backup`: what `tunekv backup` and `tunekv restore` cost.
+    pub backup: bool,
     pub pbs_trials: usize,
     pub pbs_delay_ms: u64,
     /// `--scale`: SET and GET throughput, p99.9, worst request, restart time, memory and disk
@@ -229,7 +232,9 @@ pub async fn run(o: BenchOptions) -> Result<i32> {
     .await;
     let result = match opened {
         Ok((targets, cluster, own_dir)) => {
-            let result = if o.pbs {
+            let result = if o.backup {
+                backup::run(&targets, o.keys, o.value_bytes, o.out.as_deref()).await
+            } else if o.pbs {
                 pbs::run(
                     &targets,
                     o.pbs_trials,
