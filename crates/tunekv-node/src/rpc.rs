@@ -21,7 +21,7 @@ use tunekv_core::{Code, NodeId};
 use tunekv_raft::{CommandResult, Op, TypeConfig};
 
 /// First byte of every frame; bumped on any incompatible change.
-pub const WIRE_VERSION: u8 = 12;
+pub const WIRE_VERSION: u8 = 13;
 /// Largest frame (a replication batch of large values; snapshots travel in chunks of
 /// [`SNAPSHOT_CHUNK_BYTES`]).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
@@ -117,6 +117,34 @@ pub enum Request {
         wait_ms: u64,
         session: String,
     },
+    /// A batch read's keys of one shard of an ordered keyspace, from a node that holds no
+    /// replica of it: the receiver, a replica, reads them from one state (one receipt) within
+    /// the batch's byte limit (`bytes_max`, of which `bytes_before` went to earlier shards)
+    /// and answers [`Response::Shard`]; it never sends it on.
+    ReadShard {
+        ks: String,
+        shard: u32,
+        keys: Vec<Vec<u8>>,
+        level: String,
+        wait_ms: u64,
+        bytes_max: u64,
+        bytes_before: u64,
+        session: String,
+    },
+}
+
+/// A shard's part of a batch read served for another node ([`Request::ReadShard`]): each key's
+/// value as stored, the receipt's fields, the bytes of the values, and the session token after.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForwardedShard {
+    pub values: Vec<(Vec<u8>, Option<tunekv_raft::StoredValue>)>,
+    pub bytes: u64,
+    pub level: String,
+    pub served_by: u64,
+    pub position: String,
+    pub entries: u64,
+    pub ms: u64,
+    pub session: String,
 }
 
 /// A read served for another node ([`Request::Get`]): the outcome with its receipt, and the
@@ -277,6 +305,7 @@ pub enum Response {
     TransferLeader(TransferLeaderResponse<TypeConfig>),
     Dynamo(DynamoResponse),
     Read(ForwardedRead),
+    Shard(ForwardedShard),
 }
 
 /// A committed write as its leader saw it.

@@ -304,8 +304,8 @@ async fn a_clock_jump_on_a_leader_neither_freezes_commit_time_nor_breaks_expiry(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_a_replica_answers_a_permanent_error_naming_the_replicas() {
     // Regression (issue 15): with replicas < nodes, a request to a node holding no replica
-    // answered a retryable 503 for a permanent condition. Since issue 21 one-key reads and
-    // writes are forwarded to a replica; what is not forwarded gets the permanent 421.
+    // answered a retryable 503 for a permanent condition. Since issue 21 reads and writes are
+    // forwarded to a replica; what is not forwarded (SCAN) gets the permanent 421.
     let c = start(3, false).await;
     let admin = c.client(0);
     let spec = json!({"mode": "ordered", "shards": 1, "replicas": 1, "default_level": "strong"});
@@ -378,9 +378,30 @@ async fn a_node_without_a_replica_answers_a_permanent_error_naming_the_replicas(
     )
     .await;
     assert_eq!(status, 421, "{body}");
-    // A batch read is not passed on: a permanent 421 naming the replica.
+    // A batch read (and MGET) too: the replica reads the shard's keys from one state.
+    let batch = out
+        .batch_get("one", &["k", "t", "absent"], &Opts::level("strong"))
+        .await
+        .expect("a batch read through a node without the shard");
+    let text = batch.to_string();
+    assert!(text.contains("\"tx\"") && text.contains("\"v\""), "{batch}");
+    assert!(
+        text.contains(&format!("served-by={holder}"))
+            || text.contains(&format!("\"served_by\":{holder}"))
+            || text.contains(&format!("\"served_by\":\"{holder}\"")),
+        "{batch}"
+    );
+    assert_eq!(
+        resp.cmd(&["MGET", "m1", "m2", "nope"]),
+        common::raw::R::Array(vec![
+            common::raw::bulk("a"),
+            common::raw::bulk("b"),
+            common::raw::R::Bulk(None)
+        ])
+    );
+    // SCAN is not passed on: a permanent 421 naming the replica.
     for result in [out
-        .batch_get("one", &["k"], &Opts::level("eventual"))
+        .scan("one", b"", 0, 10, &Opts::level("eventual"))
         .await
         .map(|_| ())]
     {

@@ -456,7 +456,8 @@ impl Node {
         out
     }
 
-    /// `batch_get` of an ordered keyspace.
+    /// `batch_get` of an ordered keyspace: each shard's keys from one state of a replica,
+    /// this node's or (when it holds none) one of the shard's replicas.
     async fn ordered_batch_get(
         &self,
         ks: &KeyspaceInfo,
@@ -471,65 +472,233 @@ impl Node {
         let mut bytes_total = 0u64;
         let mut out = Vec::with_capacity(by_shard.len());
         for (shard, keys) in by_shard {
-            let g = self.hosted_shard(ks, shard).await?;
-            let room = bytes_max.saturating_sub(bytes_total);
-            let (values, receipt) = self
-                .read_shard(&g, level, session, started, deadline, |view, now_ms| {
-                    // Only a batch whose largest possible values exceed the room is sized
-                    // first (a single GET never is: the room starts at least at the largest
-                    // value). It is refused from the records' sizes when its live values
-                    // surely exceed the room, without reading them; records are at least as
-                    // large as their values, so when they fit, so do the values; in between,
-                    // the values are measured one at a time without being kept.
-                    if (keys.len() as u64).saturating_mul(ks.spec.value_bytes_max) > room {
-                        if let Some(least) = view.live_bytes_at_least(&keys, now_ms)? {
-                            if least > room {
-                                return Ok(Err(least));
-                            }
-                        }
-                        let mut stored = 0u64;
-                        for k in &keys {
-                            stored += view.stored_size(k)?;
-                        }
-                        if stored > room {
-                            let mut bytes = 0u64;
-                            for k in &keys {
-                                bytes += view
-                                    .get_live(k, now_ms)?
-                                    .map_or(0, |v| v.value.len() as u64);
-                                if bytes > room {
-                                    return Ok(Err(bytes));
-                                }
-                            }
-                        }
-                    }
-                    let mut values = Vec::with_capacity(keys.len());
-                    let mut bytes = 0u64;
-                    for k in &keys {
-                        let v = view.get_live(k, now_ms)?;
-                        bytes += v.as_ref().map_or(0, |v| v.value.len() as u64);
-                        if bytes > room {
-                            return Ok(Err(bytes));
-                        }
-                        values.push((k.clone(), v));
-                    }
-                    Ok(Ok((values, bytes)))
-                })
-                .await?;
-            let (values, bytes) = values.map_err(|bytes| {
-                err(
-                    Code::ResponseTooLarge,
-                    format!(
-                        "the values asked for total more than {bytes_max} bytes (at least {}), \
-                         the node's batch_get_response_bytes_max; ask for fewer keys at a time",
-                        bytes_total + bytes
-                    ),
-                )
-            })?;
+            let budget = (bytes_max, bytes_total);
+            let (read, bytes) = match self.hosted_shard(ks, shard).await {
+                Ok(g) => {
+                    self.read_keys(ks, &g, keys, budget, session, (level, started, deadline))
+                        .await?
+                }
+                Err(e) if e.code == Code::NotReplica => {
+                    self.forward_shard(ks, shard, keys, budget, session, (level, deadline))
+                        .await?
+                }
+                Err(e) => return Err(e),
+            };
             bytes_total += bytes;
-            out.push(ShardRead { values, receipt });
+            out.push(read);
         }
         Ok(out)
+    }
+
+    /// `keys` of one shard of `ks` from this node's replica `g`, at `level`, within the batch's
+    /// byte limit (`budget`: the limit, and what earlier shards took); the read and its bytes.
+    async fn read_keys(
+        &self,
+        ks: &KeyspaceInfo,
+        g: &Group,
+        keys: Vec<Vec<u8>>,
+        (bytes_max, bytes_total): (u64, u64),
+        session: &mut Session,
+        (level, started, deadline): (Level, Instant, Instant),
+    ) -> Result<(ShardRead, u64), TunekvError> {
+        let room = bytes_max.saturating_sub(bytes_total);
+        let (values, receipt) = self
+            .read_shard(g, level, session, started, deadline, |view, now_ms| {
+                // Only a batch whose largest possible values exceed the room is sized
+                // first (a single GET never is: the room starts at least at the largest
+                // value). It is refused from the records' sizes when its live values
+                // surely exceed the room, without reading them; records are at least as
+                // large as their values, so when they fit, so do the values; in between,
+                // the values are measured one at a time without being kept.
+                if (keys.len() as u64).saturating_mul(ks.spec.value_bytes_max) > room {
+                    if let Some(least) = view.live_bytes_at_least(&keys, now_ms)? {
+                        if least > room {
+                            return Ok(Err(least));
+                        }
+                    }
+                    let mut stored = 0u64;
+                    for k in &keys {
+                        stored += view.stored_size(k)?;
+                    }
+                    if stored > room {
+                        let mut bytes = 0u64;
+                        for k in &keys {
+                            bytes += view
+                                .get_live(k, now_ms)?
+                                .map_or(0, |v| v.value.len() as u64);
+                            if bytes > room {
+                                return Ok(Err(bytes));
+                            }
+                        }
+                    }
+                }
+                let mut values = Vec::with_capacity(keys.len());
+                let mut bytes = 0u64;
+                for k in &keys {
+                    let v = view.get_live(k, now_ms)?;
+                    bytes += v.as_ref().map_or(0, |v| v.value.len() as u64);
+                    if bytes > room {
+                        return Ok(Err(bytes));
+                    }
+                    values.push((k.clone(), v));
+                }
+                Ok(Ok((values, bytes)))
+            })
+            .await?;
+        let (values, bytes) = values.map_err(|bytes| {
+            err(
+                Code::ResponseTooLarge,
+                format!(
+                    "the values asked for total more than {bytes_max} bytes (at least {}), \
+                     the node's batch_get_response_bytes_max; ask for fewer keys at a time",
+                    bytes_total + bytes
+                ),
+            )
+        })?;
+        Ok((ShardRead { values, receipt }, bytes))
+    }
+
+    /// [`Node::read_keys`] on a replica of the shard, for a node that holds none: the first
+    /// replica that answers serves it as its own read (level, wait budget, session) and makes
+    /// the receipt.
+    async fn forward_shard(
+        &self,
+        ks: &KeyspaceInfo,
+        shard: ShardId,
+        keys: Vec<Vec<u8>>,
+        (bytes_max, bytes_before): (u64, u64),
+        session: &mut Session,
+        (level, deadline): (Level, Instant),
+    ) -> Result<(ShardRead, u64), TunekvError> {
+        let gid = GroupId::for_shard(ks.id, shard);
+        let hosts = self.shard_placement(ks, shard).replicas;
+        let token = self.session_key.encode(session);
+        let mut last = err(
+            Code::Unavailable,
+            format!("no replica of {gid} answered node {}", self.id),
+        );
+        for host in hosts {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let req = Request::ReadShard {
+                ks: ks.name.clone(),
+                shard: shard.0,
+                keys: keys.clone(),
+                level: level.to_string(),
+                wait_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
+                bytes_max,
+                bytes_before,
+                session: token.clone(),
+            };
+            let timeout = remaining + Duration::from_millis(200);
+            match self.pool.call(NodeId(host), gid.0, req, timeout).await {
+                Ok(Response::Shard(f)) => {
+                    *session = self.session_key.decode(&f.session)?;
+                    let position = Position::parse(&f.position).ok_or_else(|| {
+                        internal(format!("node {host} answered position {:?}", f.position))
+                    })?;
+                    let receipt = Receipt {
+                        level: Level::parse(&f.level)?,
+                        served_by: NodeId(f.served_by),
+                        position,
+                        staleness: Staleness {
+                            entries: f.entries,
+                            ms: f.ms,
+                        },
+                        quorum: None,
+                    };
+                    return Ok((
+                        ShardRead {
+                            values: f.values,
+                            receipt,
+                        },
+                        f.bytes,
+                    ));
+                }
+                Ok(_) => last = internal(format!("node {host} answered another kind")),
+                // The replica's refusal (a level it could not meet, a batch too large) is the
+                // read's answer; a node that is not (or no longer) a replica is skipped.
+                Err(CallError::Remote(e)) if e.code != Code::NotReplica && !e.not_leader => {
+                    return Err(err(e.code, e.message))
+                }
+                Err(CallError::Remote(e)) => last = err(e.code, e.message),
+                Err(CallError::Unreachable(m)) => last = err(Code::Unavailable, m),
+                Err(CallError::Timeout) => {
+                    last = err(
+                        Code::Timeout,
+                        format!("node {host} did not answer the read in time"),
+                    )
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Runs on a replica: a batch read's keys of one shard sent by a node without one
+    /// ([`Request::ReadShard`]), served as this node's own read (never sent on).
+    pub(super) async fn serve_forwarded_shard(
+        &self,
+        (ks, shard, keys): (&str, u32, Vec<Vec<u8>>),
+        level: &str,
+        wait_ms: u64,
+        budget: (u64, u64),
+        token: &str,
+    ) -> Result<crate::rpc::ForwardedShard, RemoteError> {
+        let remote = |e: TunekvError| RemoteError::new(e.code, e.message);
+        let mut session = if token.is_empty() {
+            Session::default()
+        } else {
+            self.session_key.decode(token).map_err(remote)?
+        };
+        let req = ReadRequest {
+            keyspace: ks,
+            level: Some(Level::parse(level).map_err(remote)?),
+            r: None,
+            wait: Some(Duration::from_millis(wait_ms)),
+            session: &mut session,
+        };
+        let Begun {
+            started,
+            deadline,
+            ks: info,
+            level,
+            session,
+            ..
+        } = self.begin_read(req).await.map_err(remote)?;
+        Self::ordered_only(&info, "a forwarded batch read").map_err(remote)?;
+        let g = self
+            .hosted_shard(&info, ShardId(shard))
+            .await
+            .map_err(remote)?;
+        for k in &keys {
+            check_key(k).map_err(remote)?;
+            if shard_for_key(k, info.spec.shards) != ShardId(shard) {
+                return Err(RemoteError::new(
+                    Code::BadRequest,
+                    format!("a key of a forwarded read is not on shard {shard}"),
+                ));
+            }
+        }
+        let out = self
+            .read_keys(&info, &g, keys, budget, session, (level, started, deadline))
+            .await;
+        self.record_read(&info, level, &out, |r: &(ShardRead, u64)| {
+            vec![&r.0.receipt]
+        });
+        let (read, bytes) = out.map_err(remote)?;
+        let r = read.receipt;
+        Ok(crate::rpc::ForwardedShard {
+            values: read.values,
+            bytes,
+            level: r.level.to_string(),
+            served_by: r.served_by.0,
+            position: r.position.to_string(),
+            entries: r.staleness.entries,
+            ms: r.staleness.ms,
+            session: self.session_key.encode(session),
+        })
     }
 
     /// One page of a SCAN over `ks` at `level`. The cursor holds a shard (top 8 bits) and a

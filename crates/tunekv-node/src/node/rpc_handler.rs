@@ -43,6 +43,31 @@ impl Node {
                     )),
                 };
             }
+            Request::ReadShard {
+                ks,
+                shard,
+                keys,
+                level,
+                wait_ms,
+                bytes_max,
+                bytes_before,
+                session,
+            } => {
+                let read = self.serve_forwarded_shard(
+                    (&ks, shard, keys),
+                    &level,
+                    wait_ms,
+                    (bytes_max, bytes_before),
+                    &session,
+                );
+                return match tokio::time::timeout(FORWARDED_WORK_MAX, read).await {
+                    Ok(r) => r.map(Response::Shard),
+                    Err(_) => Err(RemoteError::new(
+                        Code::Timeout,
+                        "the replica did not finish the read in time",
+                    )),
+                };
+            }
             Request::Dynamo(req) => {
                 return match tokio::time::timeout(FORWARDED_WORK_MAX, self.handle_dynamo(req)).await
                 {
@@ -180,7 +205,8 @@ impl Node {
             | Request::Watermarks(_)
             | Request::Dynamo(_)
             | Request::Publish { .. }
-            | Request::Get { .. } => Err(RemoteError::new(Code::Internal, "handled above")),
+            | Request::Get { .. }
+            | Request::ReadShard { .. } => Err(RemoteError::new(Code::Internal, "handled above")),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! restores that backup into the same keyspace (`tunekv restore`: every file checked, then
 //! written again); keys/s and MB/s of each (with `--out`: backup.json).
 
+use super::scale::dir_bytes;
 use crate::targets::Target;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -136,17 +137,4 @@ fn print(rows: &[Row], out: Option<&std::path::Path>) -> Result<()> {
         println!("wrote {}", out.join("backup.json").display());
     }
     Ok(())
-}
-
-fn dir_bytes(path: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            _ => e.metadata().map_or(0, |m| m.len()),
-        })
-        .sum()
 }

@@ -225,7 +225,8 @@ fn process_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn dir_bytes(path: &std::path::Path) -> u64 {
+/// Bytes of the files under `path`, recursively (0 when it cannot be read).
+pub(super) fn dir_bytes(path: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
     };
