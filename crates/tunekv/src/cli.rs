@@ -329,11 +329,14 @@ pub enum Cmd {
         #[command(subcommand)]
         action: NodeCmd,
     },
-    /// Back up every keyspace into the new directory DIR: each ordered shard read at one
-    /// applied index (holding every write acknowledged before its turn), each leaderless
-    /// replica with its versions, streamed into checksummed files, then manifest.json with the
-    /// keyspaces' specs. Volatile keyspaces keep only their spec.
+    /// Back up every keyspace into a new directory, while the cluster serves.
+    ///
+    /// Each ordered shard is read at one applied index (holding every write acknowledged
+    /// before its turn), each leaderless replica with its versions; both are streamed into
+    /// checksummed files, then manifest.json with the keyspaces' specs is written. Volatile
+    /// keyspaces keep only their spec. docs/deploy.md, "Backups".
     Backup {
+        /// The backup directory (created; refused when it exists and is not empty).
         dir: PathBuf,
         #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]
         node: String,
@@ -341,11 +344,14 @@ pub enum Cmd {
         #[arg(long = "keyspace")]
         keyspaces: Vec<String>,
     },
-    /// Restore a backup made by `tunekv backup` into the cluster NODE belongs to: checks every
-    /// file first, creates missing keyspaces with their backed-up spec, then writes every
-    /// ordered key with its expiry (keys already expired are left out; keys not in the backup
-    /// stay) and merges leaderless versions into their keys' replicas (newer writes win).
+    /// Restore a backup made by `tunekv backup` into the cluster NODE belongs to.
+    ///
+    /// Checks every file first, creates missing keyspaces with their backed-up spec, then
+    /// writes every ordered key with its expiry (keys already expired are left out; keys not
+    /// in the backup stay) and merges leaderless versions into their keys' replicas (newer
+    /// writes win).
     Restore {
+        /// The backup directory (with its manifest.json).
         dir: PathBuf,
         #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]
         node: String,
