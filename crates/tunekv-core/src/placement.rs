@@ -13,9 +13,15 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Placement {
-    /// Leaderless and volatile keyspaces: the nodes of the ring, fixed at creation.
+    /// Leaderless and volatile keyspaces: the nodes of the ring (its partitions are dealt to
+    /// them in turn), changed only by a ring change.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ring: Vec<u64>,
+    /// A ring change in flight: the nodes the ring is changing to. While it is set, writes go
+    /// to both rings' preference lists and every node of the old ring hands its data to the new
+    /// one; then `ring` becomes this and nodes drop what they no longer hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_target: Option<Vec<u64>>,
     /// Ordered keyspaces: each shard's replicas, by shard number.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardPlacement>,
@@ -63,6 +69,7 @@ impl Placement {
         match spec.mode {
             Mode::Ordered => Placement {
                 ring: Vec::new(),
+                ring_target: None,
                 shards: (0..spec.shards)
                     .map(|s| ShardPlacement {
                         replicas: replicas_for(seed, ShardId(s), &sorted, spec.replicas)
@@ -76,6 +83,7 @@ impl Placement {
             },
             _ => Placement {
                 ring: sorted.iter().map(|n| n.0).collect(),
+                ring_target: None,
                 shards: Vec::new(),
             },
         }
@@ -94,11 +102,15 @@ impl Placement {
 
     /// Every node this placement names.
     pub fn named(&self) -> impl Iterator<Item = u64> + '_ {
-        self.ring.iter().copied().chain(
-            self.shards
-                .iter()
-                .flat_map(|s| s.replicas.iter().chain(s.target.iter().flatten()).copied()),
-        )
+        self.ring
+            .iter()
+            .chain(self.ring_target.iter().flatten())
+            .copied()
+            .chain(
+                self.shards
+                    .iter()
+                    .flat_map(|s| s.replicas.iter().chain(s.target.iter().flatten()).copied()),
+            )
     }
 }
 
@@ -155,6 +167,37 @@ impl Move {
             .map(|&n| if n == self.from { self.to } else { n })
             .collect()
     }
+}
+
+/// The nodes a leaderless or volatile keyspace's ring of `partitions` should have over the
+/// `active` nodes, when it differs from `ring`: every active node, or — when there are more
+/// active nodes than partitions — the ring's active nodes topped up with the lowest other ids.
+/// `None` when the ring is right, or when no node is active (nothing to move to).
+pub fn next_ring(active: &[NodeId], ring: &[u64], partitions: u32) -> Option<Vec<u64>> {
+    let mut want: Vec<u64> = active.iter().map(|n| n.0).collect();
+    want.sort_unstable();
+    want.dedup();
+    if want.len() > partitions as usize {
+        let mut kept: Vec<u64> = want
+            .iter()
+            .copied()
+            .filter(|n| ring.contains(n))
+            .take(partitions as usize)
+            .collect();
+        for n in &want {
+            if kept.len() >= partitions as usize {
+                break;
+            }
+            if !kept.contains(n) {
+                kept.push(*n);
+            }
+        }
+        kept.sort_unstable();
+        want = kept;
+    }
+    let mut have = ring.to_vec();
+    have.sort_unstable();
+    (!want.is_empty() && want != have).then_some(want)
 }
 
 /// The next move, if any, for ordered keyspaces' shards over the `active` nodes (moves in
@@ -336,6 +379,38 @@ mod tests {
         // Three replicas cannot live on two nodes: the planner says so instead of moving.
         let e = next_move(&ids(&[2, 3]), &placements).unwrap_err();
         assert!(e.contains("cannot leave node 4"), "{e}");
+    }
+
+    #[test]
+    fn a_ring_follows_the_active_nodes_within_its_partitions() {
+        assert_eq!(next_ring(&ids(&[1, 2, 3]), &[1, 2, 3], 64), None);
+        assert_eq!(
+            next_ring(&ids(&[3, 1, 2, 4]), &[1, 2, 3], 64),
+            Some(vec![1, 2, 3, 4])
+        );
+        assert_eq!(
+            next_ring(&ids(&[2, 3, 4]), &[1, 2, 3, 4], 64),
+            Some(vec![2, 3, 4])
+        );
+        assert_eq!(next_ring(&[], &[1, 2], 64), None, "nowhere to go");
+        // More nodes than partitions: the ring's own nodes stay, the lowest others fill up.
+        assert_eq!(
+            next_ring(&ids(&[1, 2, 3, 4, 5]), &[4, 5], 3),
+            Some(vec![1, 4, 5])
+        );
+        assert_eq!(next_ring(&ids(&[1, 2, 3, 4, 5]), &[1, 4, 5], 3), None);
+        let mut leaderless = spec(4, 3);
+        leaderless.mode = Mode::Leaderless;
+        let mut p = Placement::initial(&leaderless, 0, &ids(&[1, 2]));
+        assert_eq!(p.ring, vec![1, 2]);
+        p.ring_target = Some(vec![2, 3]);
+        assert_eq!(
+            p.named().filter(|n| *n == 3).count(),
+            1,
+            "a target is named"
+        );
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<Placement>(&json).unwrap(), p);
     }
 
     #[test]

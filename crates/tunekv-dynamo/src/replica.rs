@@ -65,6 +65,31 @@ impl Replica {
         &self.ring
     }
 
+    /// Changes the ring (a ring change finished). Keys keep their partitions (a partition is a
+    /// range of the hash, whatever node owns it), so nothing held moves; the caller drops the
+    /// partitions this node no longer replicates with [`Replica::drop_partition`]. Refused when
+    /// the partition count differs.
+    pub fn set_ring(&mut self, ring: Ring) -> Result<(), String> {
+        if ring.partitions() != self.ring.partitions() {
+            return Err(format!(
+                "a ring of {} partitions cannot replace one of {}",
+                ring.partitions(),
+                self.ring.partitions()
+            ));
+        }
+        self.ring = ring;
+        Ok(())
+    }
+
+    /// Forgets partition `p` (no longer replicated here); returns the keys it held.
+    pub fn drop_partition(&mut self, p: u32) -> Vec<Vec<u8>> {
+        let Some(part) = self.parts.remove(&p) else {
+            return Vec::new();
+        };
+        self.keys -= part.keys.len();
+        part.keys.into_keys().collect()
+    }
+
     /// Keys held (tombstones included).
     pub fn len(&self) -> usize {
         self.keys
@@ -182,6 +207,16 @@ impl Replica {
             .collect()
     }
 
+    /// Every key held in partition `p`, with its version.
+    pub fn entries_of(&self, p: u32) -> Vec<(Vec<u8>, Versioned)> {
+        self.parts.get(&p).map_or_else(Vec::new, |part| {
+            part.keys
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+    }
+
     /// Every key held in the given leaves of partition `p`, with its version.
     pub fn entries_in_leaves(&self, p: u32, leaves: &[u32]) -> Vec<(Vec<u8>, Versioned)> {
         let Some(part) = self.parts.get(&p) else {
@@ -263,6 +298,32 @@ mod tests {
             version: Version { hlc, node: 1 },
             stored: Stored::Value(value.as_bytes().to_vec()),
         }
+    }
+
+    #[test]
+    fn a_new_ring_keeps_every_key_and_a_dropped_partition_forgets_its_own() {
+        let mut r = Replica::new(ring(), 4, Policy::Lww).unwrap();
+        for i in 0..50 {
+            r.apply(format!("k{i}").as_bytes(), &v(1, "x"));
+        }
+        let bigger = Ring::new(&[NodeId(1), NodeId(2), NodeId(3), NodeId(4)], 16).unwrap();
+        r.set_ring(bigger.clone()).unwrap();
+        assert_eq!(r.len(), 50);
+        assert!(r.get(b"k7").is_some());
+        let p = bigger.partition_of(b"k7");
+        let gone = r.drop_partition(p);
+        assert!(gone.contains(&b"k7".to_vec()));
+        assert_eq!(r.len(), 50 - gone.len());
+        assert!(r.get(b"k7").is_none());
+        assert!(r.entries_of(p).is_empty());
+        let q = bigger.partition_of(b"k8");
+        assert!(r.entries_of(q).iter().any(|(k, _)| k == b"k8"));
+        assert_eq!(
+            r.root(p),
+            Replica::new(ring(), 4, Policy::Lww).unwrap().root(p)
+        );
+        let other = Ring::new(&[NodeId(1)], 8).unwrap();
+        assert!(r.set_ring(other).unwrap_err().contains("partitions"));
     }
 
     #[test]

@@ -55,12 +55,17 @@ pub struct Bugs {
     /// read's check that it holds everything committed (a lagging replica's backup misses
     /// acknowledged writes).
     backup_stale: bool,
+    /// `ring-no-handoff`: a leaderless ring changes without its handoff: old nodes send the
+    /// new ring nothing (no handoff, no forwarding of writes meanwhile) and drop what the ring
+    /// took away without sending it first (a quorum read on the new ring can miss a write
+    /// acknowledged at w=quorum on the old one).
+    ring_no_handoff: bool,
 }
 
 pub const BUG_NAMES: &str =
     "strong-local, ignore-session, skip-bounded, ack-early, old-receipts, quorum-ack-one, gc-early, \
      drop-hints, skip-read-repair, counter-lww, set-remove-wins, siblings-union, progress-early, \
-     feed-dupes, metrics-fresh, backup-stale";
+     feed-dupes, metrics-fresh, backup-stale, ring-no-handoff";
 
 impl Bugs {
     /// Parses `--bug` names. Any name in a build without the feature is an error.
@@ -89,6 +94,7 @@ impl Bugs {
                 "feed-dupes" => b.feed_dupes = true,
                 "metrics-fresh" => b.metrics_fresh = true,
                 "backup-stale" => b.backup_stale = true,
+                "ring-no-handoff" => b.ring_no_handoff = true,
                 other => return Err(format!("unknown bug {other:?}; bugs: {BUG_NAMES}")),
             }
         }
@@ -112,7 +118,12 @@ impl Bugs {
                 || self.progress_early
                 || self.feed_dupes
                 || self.metrics_fresh
-                || self.backup_stale)
+                || self.backup_stale
+                || self.ring_no_handoff)
+    }
+
+    pub fn ring_no_handoff(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.ring_no_handoff
     }
 
     pub fn backup_stale(&self) -> bool {

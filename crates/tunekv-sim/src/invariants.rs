@@ -33,6 +33,9 @@ pub struct Checked {
     /// Nodes seen holding a replica of a shard group, bit `id` set for node `id` (a joiner
     /// shows up here once a replica moved to it).
     pub shard_hosts: u64,
+    /// Nodes seen holding keys of a leaderless keyspace, bit `id` set for node `id` (a joiner
+    /// shows up here once the ring grew to it).
+    pub ring_hosts: u64,
 }
 
 pub struct Invariants {
@@ -110,6 +113,13 @@ impl Invariants {
     }
 
     /// A client's current session token (empty: none yet).
+    /// Node `id` holds `keys` keys of leaderless keyspaces.
+    pub fn ring_keys(&mut self, id: u64, keys: u64) {
+        if keys > 0 {
+            self.checked.ring_hosts |= 1 << id;
+        }
+    }
+
     pub fn token(&mut self, client: usize, token: &str) {
         if token.is_empty() || self.seen_tokens.get(&client).is_some_and(|t| t == token) {
             return;

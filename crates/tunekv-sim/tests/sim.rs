@@ -771,3 +771,36 @@ mod bugs {
         panic!("siblings-union went unnoticed for {LEADERLESS_SEEDS_MAX} seeds");
     }
 }
+
+/// Issue 21: a node joins a leaderless cluster while the faults run — the ring grows to it
+/// (hand off, then drop) and shrinks again when it is removed — and the leaderless checkers
+/// find nothing.
+#[test]
+fn a_leaderless_ring_grows_and_shrinks_under_faults() {
+    let mut ran = 0;
+    for seed in 300..400 {
+        let mut plan = Plan::of(seed, SAFETY);
+        if !plan.workload.leaderless || plan.workload.windows.is_some() {
+            continue;
+        }
+        plan.joiner = true;
+        let out = run(plan, &tunekv_node::Bugs::default());
+        assert_eq!(
+            out.violations,
+            Vec::<String>::new(),
+            "seed {seed}: {:?}",
+            out.plan
+        );
+        let joiner = out.plan.nodes as u64 + 1;
+        assert!(
+            out.checked.ring_hosts & (1 << joiner) != 0,
+            "seed {seed}: the joiner never held leaderless keys: {:b}",
+            out.checked.ring_hosts
+        );
+        ran += 1;
+        if ran == 2 {
+            return;
+        }
+    }
+    panic!("too few leaderless seeds without expiring hints: {ran}");
+}

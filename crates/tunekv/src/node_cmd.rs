@@ -67,10 +67,14 @@ async fn follow(cluster: &Client, id: u64, want: &str, wait: Duration) -> Result
                     .map(|m| {
                         m.iter()
                             .map(|m| {
+                                let what = if m["ring"].as_bool() == Some(true) {
+                                    "ring".to_string()
+                                } else {
+                                    format!("shard {}", m["shard"])
+                                };
                                 format!(
-                                    "{} shard {}: {} -> {}",
+                                    "{} {what}: {} -> {}",
                                     m["keyspace"].as_str().unwrap_or("?"),
-                                    m["shard"],
                                     m["from"],
                                     m["to"]
                                 )

@@ -1,7 +1,9 @@
 //! Membership changes with real processes (issue 21): `tunekv node add` brings a fourth node
 //! in and replicas move to it; `tunekv node remove` drains a founding node and it leaves. Data
 //! written before, between and after stays readable at `strong`, every shard keeps its three
-//! voters, and clients keep writing while replicas move.
+//! voters, and clients keep writing while replicas move. A leaderless keyspace's ring follows:
+//! it grows to the new node and shrinks off the leaving one (hand off, then drop), every key
+//! keeping exactly three copies.
 
 mod common;
 
@@ -14,6 +16,54 @@ use std::time::Duration;
 use tunekv_client::{Client, Opts};
 
 const KS: &str = "m";
+/// The leaderless keyspace whose ring changes.
+const LKS: &str = "l";
+
+/// Writes leaderless keys `{prefix}{i}` at w=quorum through the nodes in turn until `stop`;
+/// returns the writes acknowledged and those that failed.
+fn leaderless_writer(
+    nodes: Vec<Client>,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<u64>, Vec<String>)> {
+    tokio::spawn(async move {
+        let (mut acked, mut failed) = (Vec::new(), Vec::new());
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) && i < 5000 {
+            let node = &nodes[i as usize % nodes.len()];
+            let key = format!("{prefix}{i}");
+            match node
+                .put(LKS, key.as_bytes(), b"y", &Opts::default().w("quorum"))
+                .await
+            {
+                Ok(_) => acked.push(i),
+                Err(e) => failed.push(format!("{key}: {e}")),
+            }
+            i += 1;
+        }
+        (acked, failed)
+    })
+}
+
+/// Node `i`'s (index) own leaderless figures, from its `/v1/cluster`.
+async fn figures(c: &common::TestCluster, i: usize) -> Option<serde_json::Value> {
+    let s = c.client(i).cluster().await.ok()?;
+    let me = s["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"].as_u64() == Some(i as u64 + 1))?
+        .clone();
+    Some(me["leaderless"].clone())
+}
+
+/// The keys node `i` (index) holds of the leaderless keyspace.
+async fn ring_keys(c: &common::TestCluster, i: usize) -> Option<u64> {
+    figures(c, i).await?["keyspaces"]
+        .as_array()?
+        .iter()
+        .find(|k| k["keyspace"] == LKS)
+        .and_then(|k| k["keys"].as_u64())
+}
 
 /// Reads `key` at `strong` from the first node (of `nodes`) that holds its shard.
 async fn read_strong(nodes: &[Client], key: &str) -> Option<Vec<u8>> {
@@ -94,11 +144,21 @@ async fn seed_data(c: &common::TestCluster, keys: usize) {
         r#"{"mode":"ordered","shards":4,"replicas":3,"default_level":"strong"}"#,
     )
     .await;
+    common::put_keyspace(c, LKS, r#"{"mode":"leaderless","replicas":3}"#).await;
     let founders: Vec<Client> = (0..3).map(|i| c.client(i)).collect();
     for i in 0..keys {
         write(&founders, &format!("k{i}"), &format!("v{i}"))
             .await
             .expect("write before");
+        founders[i % 3]
+            .put(
+                LKS,
+                format!("l{i}").as_bytes(),
+                b"z",
+                &Opts::default().w("quorum"),
+            )
+            .await
+            .expect("leaderless write before");
     }
 }
 
@@ -145,6 +205,9 @@ async fn a_node_joins_takes_replicas_and_a_founder_drains_and_leaves_without_los
         })
     };
 
+    let stop_l = Arc::new(AtomicBool::new(false));
+    let founders: Vec<Client> = (0..3).map(|i| c.client(i)).collect();
+    let lwriter = leaderless_writer(founders.clone(), "a", stop_l.clone());
     let (code, out) = tokio::task::spawn_blocking({
         let (http4, http1) = (http4.clone(), http1.clone());
         move || tunekv(&["node", "add", &http4, "--node", &http1, "--wait-s", "120"])
@@ -154,6 +217,62 @@ async fn a_node_joins_takes_replicas_and_a_founder_drains_and_leaves_without_los
     assert_eq!(code, 0, "node add: {out}");
     eprintln!("{out}");
     assert!(out.contains("node 4: active"), "{out}");
+    stop_l.store(true, Ordering::Relaxed);
+    let (acked_a, failed) = lwriter.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "leaderless writes failed while the ring grew: {failed:?}"
+    );
+    assert!(
+        acked_a.len() > 10,
+        "leaderless writes went on: {}",
+        acked_a.len()
+    );
+    // Every leaderless key (before and during the change) reads back through the new node,
+    // which reads the new ring only, at r=all with nothing to repair: the ring's new replicas
+    // got every version before the ring changed (handed off, or forwarded while it changed).
+    // And once the nodes dropped what the ring took away, every key has exactly three copies
+    // over the four nodes.
+    let c4 = c.client(four);
+    let repairs = |f: Option<serde_json::Value>| f.map(|f| f["read_repairs_total"].clone());
+    let repairs_before = repairs(figures(&c, four).await);
+    let all_l: Vec<String> = (0..100)
+        .map(|i| format!("l{i}"))
+        .chain(acked_a.iter().map(|i| format!("a{i}")))
+        .collect();
+    for key in &all_l {
+        let r = c4
+            .get(LKS, key.as_bytes(), &Opts::default().r("all"))
+            .await
+            .unwrap_or_else(|e| panic!("{key} through node 4: {e}"));
+        assert!(r.value.is_some(), "{key} lost in the ring change");
+    }
+    assert_eq!(
+        repairs(figures(&c, four).await),
+        repairs_before,
+        "a new replica lacked versions it should have been handed"
+    );
+    let want = 3 * all_l.len() as u64;
+    let mut copies = Vec::new();
+    for _ in 0..150 {
+        copies = Vec::new();
+        for i in 0..4 {
+            copies.push(ring_keys(&c, i).await.unwrap_or(0));
+        }
+        if copies.iter().sum::<u64>() == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        copies.iter().sum::<u64>(),
+        want,
+        "three copies of each key: {copies:?}"
+    );
+    assert!(
+        copies.iter().all(|k| *k < all_l.len() as u64 && *k > 0),
+        "the ring's partitions are spread over four nodes: {copies:?}"
+    );
     let report = c.client(0).nodes().await.expect("nodes");
     let n4 = report["nodes"]
         .as_array()
@@ -164,9 +283,9 @@ async fn a_node_joins_takes_replicas_and_a_founder_drains_and_leaves_without_los
         .expect("node 4 listed");
     assert_eq!(n4["state"], "active", "{report}");
     assert_eq!(n4["voter"], true, "{report}");
-    // 12 replicas over 4 nodes: balanced to 3 each.
+    // 12 replicas over 4 nodes: balanced to 3 each; and every node is in the ring.
     for n in report["nodes"].as_array().unwrap() {
-        assert_eq!(n["replicas"], 3, "balanced: {report}");
+        assert_eq!(n["replicas"], 3 + 1, "balanced: {report}");
     }
     // Every node answers strong reads of the data written before node 4 joined, for every key:
     // its own replicas serve their shards (node 4's too), and a key of a shard the node does
@@ -209,6 +328,8 @@ async fn a_node_joins_takes_replicas_and_a_founder_drains_and_leaves_without_los
 
     // Node 1 drains and leaves (through node 2).
     let http2 = c.configs[1].http.clone();
+    stop_l.store(false, Ordering::Relaxed);
+    let lwriter = leaderless_writer(all[1..].to_vec(), "b", stop_l.clone());
     let (code, out) = tokio::task::spawn_blocking(move || {
         tunekv(&["node", "remove", "1", "--node", &http2, "--wait-s", "120"])
     })
@@ -216,6 +337,36 @@ async fn a_node_joins_takes_replicas_and_a_founder_drains_and_leaves_without_los
     .unwrap();
     assert_eq!(code, 0, "node remove: {out}");
     eprintln!("{out}");
+    stop_l.store(true, Ordering::Relaxed);
+    let (acked_b, failed) = lwriter.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "leaderless writes failed while the ring shrank: {failed:?}"
+    );
+    // Three nodes, three copies: each remaining node holds every key.
+    let total = (all_l.len() + acked_b.len()) as u64;
+    for i in 1..4 {
+        let mut held = 0;
+        for _ in 0..150 {
+            held = ring_keys(&c, i).await.unwrap_or(0);
+            if held == total {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(held, total, "node {} holds every leaderless key", i + 1);
+    }
+    for key in all_l
+        .iter()
+        .cloned()
+        .chain(acked_b.iter().map(|i| format!("b{i}")))
+    {
+        let r = all[1 + key.len() % 3]
+            .get(LKS, key.as_bytes(), &Opts::default().r("quorum"))
+            .await
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert!(r.value.is_some(), "{key} lost when the ring shrank");
+    }
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     let report = c.client(1).nodes().await.expect("nodes");
@@ -331,7 +482,7 @@ async fn a_crash_in_the_middle_of_a_move_is_finished_by_the_next_leader() {
                         ns.len() == 4
                             && ns
                                 .iter()
-                                .all(|n| n["state"] == "active" && n["replicas"] == 3)
+                                .all(|n| n["state"] == "active" && n["replicas"] == 3 + 1)
                     })
             }
             Err(_) => false,

@@ -101,7 +101,8 @@ fn a_run_under_every_fault_kind_passes_and_writes_a_valid_history() {
 }
 
 /// Both engines on the same nodes at once: half the clients in an ordered keyspace, half in a
-/// leaderless one, under partitions, kills and pauses; each judged by its own checkers.
+/// leaderless one, under partitions, kills, pauses and nodes joining and leaving (shard
+/// replicas move and the leaderless ring grows and shrinks); each judged by its own checkers.
 #[test]
 fn a_mixed_run_under_partitions_and_kills_passes_and_converges_without_reads() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -113,7 +114,7 @@ fn a_mixed_run_under_partitions_and_kills_passes_and_converges_without_reads() {
             "--duration",
             "20s",
             "--faults",
-            "partition,kill,pause",
+            "partition,kill,pause,membership",
             "--seed",
             "11",
             "--clients",
@@ -419,6 +420,22 @@ mod bugs {
             "strong",
             "partition,delay",
             &["[strong / linearizable]"],
+        );
+    }
+
+    /// Issue 21: a leaderless ring that changes (a node joins, then leaves) without handing
+    /// its keys to the new ring is caught by the quorum checkers (many keys, so a key's last
+    /// acknowledged write is often older than the ring change).
+    #[test]
+    fn a_ring_change_without_handoff_is_caught() {
+        caught_with(
+            "ring-no-handoff",
+            &["--keyspace-mode", "leaderless", "--keys", "300"],
+            "membership",
+            &[
+                "[leaderless / strict-quorum reads]",
+                "[leaderless / monotonic quorum reads]",
+            ],
         );
     }
 

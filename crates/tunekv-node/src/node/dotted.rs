@@ -363,6 +363,9 @@ impl Node {
             (item, made, existed)
         };
         self.commit.sync().await.map_err(internal)?;
+        // While the ring changes, the new ring's replicas get the delta before it is counted.
+        self.forward_stored(ks, &[(key.to_vec(), item.clone())], &[0])
+            .await?;
         // This replica's copy counts as one; the delta travels as a repair would (`fresh:
         // false`): its stamp decides no conflict, so a replica's clock check has nothing to
         // guard, and the update is already made here.

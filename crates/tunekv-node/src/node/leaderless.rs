@@ -57,6 +57,8 @@ struct Hint {
 
 /// Where a hint is kept: (the node it is for, keyspace id, key).
 type HintSlot = (u64, u64, Vec<u8>);
+/// Partitions a ring no longer gives this node, and the versions they hold.
+pub(super) type ForeignEntries = (Vec<u32>, Vec<(Vec<u8>, Versioned)>);
 /// A tombstone held: (keyspace id, key).
 type TombstoneSlot = (u64, Vec<u8>);
 
@@ -377,6 +379,124 @@ impl Node {
             .map_err(internal)
     }
 
+    /// Whether this node has loaded a replica of `ks` (it holds something of it, or served it).
+    pub(super) fn holds_replica(&self, ks: &KeyspaceInfo) -> bool {
+        lock(&self.dynamo.replicas).contains_key(&ks.id)
+    }
+
+    /// The partitions of `ks` this node holds that `ring` does not give it, and their versions.
+    pub(super) fn foreign_entries(
+        &self,
+        ks: &KeyspaceInfo,
+        ring: &Ring,
+    ) -> Result<ForeignEntries, TunekvError> {
+        let replica = self.replica_of(ks)?;
+        let r = lock(&replica);
+        let n = ks.spec.replicas as usize;
+        let partitions: Vec<u32> = r
+            .partitions_held()
+            .filter(|p| !ring.partition_preference(*p, n).contains(&self.id))
+            .collect();
+        let entries = partitions.iter().flat_map(|p| r.entries_of(*p)).collect();
+        Ok((partitions, entries))
+    }
+
+    /// Forgets each of `entries` this node still holds at the same version (a newer one that
+    /// arrived meanwhile stays), on disk too, then those of `partitions` left empty.
+    pub(super) fn forget_versions(
+        &self,
+        ks: &KeyspaceInfo,
+        partitions: &[u32],
+        entries: &[(Vec<u8>, Versioned)],
+    ) -> Result<usize, TunekvError> {
+        let replica = self.replica_of(ks)?;
+        let durable = ks.spec.mode == Mode::Leaderless;
+        let membered = self.policy_of(ks)?.membered();
+        let mut r = lock(&replica);
+        let mut gone: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+        for (key, v) in entries {
+            if r.remove_if(key, v.version) {
+                gone.insert(key.clone());
+            }
+        }
+        for p in partitions {
+            if r.entries_of(*p).is_empty() {
+                r.drop_partition(*p);
+            }
+        }
+        if durable {
+            for key in &gone {
+                self.storage
+                    .put_record(ks.id, key, None)
+                    .map_err(internal)?;
+                lock(&self.dynamo.tombstones).remove(&(ks.id, key.clone()));
+            }
+            if membered {
+                let space = ks.id | MEMBER_SPACE;
+                for (k, _) in self.storage.records(space).map_err(internal)? {
+                    if split_member_record_key(&k).is_some_and(|(key, _)| gone.contains(key)) {
+                        self.storage.put_record(space, &k, None).map_err(internal)?;
+                    }
+                }
+            }
+        }
+        Ok(gone.len())
+    }
+
+    /// Re-homes hints for a node that no longer replicates their key (it left the ring, or the
+    /// ring changed under the key): each becomes a hint for every preference node of the key
+    /// now (this node's own copy is stored here), so replay takes it where the key lives.
+    /// Keyspaces whose ring is changing keep theirs until the change is done.
+    pub(super) async fn rehome_hints(&self) -> Result<usize, TunekvError> {
+        let mut rings: HashMap<u64, (KeyspaceInfo, Ring)> = HashMap::new();
+        for ks in self.list_keyspaces() {
+            if ks.spec.mode == Mode::Leaderless && self.ring_state(&ks).target.is_none() {
+                let ring = self.ring_of(&ks)?;
+                rings.insert(ks.id, (ks, ring));
+            }
+        }
+        let moved: Vec<(HintSlot, Hint, Vec<NodeId>)> = {
+            let hints = lock(&self.dynamo.hints);
+            hints
+                .iter()
+                .filter_map(|(slot, h)| {
+                    let (ks, ring) = rings.get(&slot.1)?;
+                    let pref = ring.preference_list(&slot.2, ks.spec.replicas as usize);
+                    (!pref.contains(&NodeId(slot.0))).then(|| (slot.clone(), h.clone(), pref))
+                })
+                .collect()
+        };
+        for (slot, hint, pref) in &moved {
+            let (ks, _) = &rings[&slot.1];
+            let item = (slot.2.clone(), hint.versioned.clone());
+            for p in pref {
+                if *p == self.id {
+                    self.store_local(ks, std::slice::from_ref(&item), false)
+                        .await?;
+                } else {
+                    self.store_hint(*p, ks, &item.0, &item.1)?;
+                }
+            }
+            self.commit.sync().await.map_err(internal)?;
+            let mut hints = lock(&self.dynamo.hints);
+            // Unless it changed meanwhile (a newer version joined in).
+            if hints.get(slot).map(|h| &h.versioned) == Some(&hint.versioned) {
+                let (t, id, key) = slot;
+                self.storage
+                    .put_record(HINT_SPACE, &Self::hint_record_key(*t, *id, key), None)
+                    .map_err(internal)?;
+                hints.remove(slot);
+            }
+        }
+        if !moved.is_empty() {
+            tracing::info!(
+                hints = moved.len(),
+                "hints re-homed: their node no longer replicates their keys"
+            );
+        }
+        Ok(moved.len())
+    }
+
     /// Loads the hints kept on disk (at start).
     pub(super) fn load_hints(&self) -> Result<(), TunekvError> {
         let mut hints = lock(&self.dynamo.hints);
@@ -553,17 +673,20 @@ impl Node {
         let wall = self.clock.wall_ms();
         let mut changed = 0;
         let mut existed = false;
+        // The versions that changed the replica (by position), which may have to go on.
+        let mut applied_at = Vec::new();
         // The change feed lists last-writer-wins keyspaces' stored versions.
         let feed = (ks.spec.mode == Mode::Leaderless
             && Policy::named(ks.spec.conflict.as_deref()) == Ok(Policy::Lww))
         .then(|| self.stored_feed(ks.id));
         {
             let mut r = lock(&replica);
-            for (key, v) in items {
+            for (at, (key, v)) in items.iter().enumerate() {
                 self.dynamo.stamps.observe(v.version.hlc);
                 existed |= is_live(r.get(key), wall);
                 if let Some(applied) = r.apply(key, v) {
                     changed += 1;
+                    applied_at.push(at);
                     if let (Some(feed), Some(now)) = (&feed, r.get(key)) {
                         feed.stored(key, now);
                     }
@@ -582,6 +705,7 @@ impl Node {
             // Even when nothing changed: what is held may not be durable yet.
             self.commit.sync().await.map_err(internal)?;
         }
+        self.forward_stored(ks, items, &applied_at).await?;
         Ok((changed, existed))
     }
 
@@ -1751,7 +1875,7 @@ impl Node {
     }
 
     /// This node's leaderless figures.
-    pub(super) fn leaderless_report(&self) -> LeaderlessReport {
+    pub fn leaderless_report(&self) -> LeaderlessReport {
         let c = &self.dynamo.counters;
         let now = self.clock.wall_ms();
         let (hints, hint_bytes, oldest) = {

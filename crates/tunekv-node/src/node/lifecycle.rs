@@ -78,6 +78,8 @@ impl Node {
             me: std::sync::OnceLock::new(),
             publish_sink: std::sync::OnceLock::new(),
             ring_cache: Mutex::new(HashMap::new()),
+            ring_drops: Mutex::new(HashMap::new()),
+            rings_rehomed: Mutex::new(None),
             membership_stuck: Mutex::new(None),
         });
         let _ = node.me.set(Arc::downgrade(&node));
@@ -100,6 +102,7 @@ impl Node {
         node.spawn_loop(node.clone().sweep_loop());
         node.spawn_loop(node.clone().hint_loop());
         node.spawn_loop(node.clone().anti_entropy_loop());
+        node.spawn_loop(node.clone().ring_loop());
         node.spawn_loop(node.clone().observe_loop());
         Ok(node)
     }

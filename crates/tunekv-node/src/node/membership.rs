@@ -56,9 +56,22 @@ pub struct NodeView {
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct MoveView {
     pub keyspace: String,
+    /// The shard moving (0 for a ring change).
     pub shard: u32,
+    /// A leaderless or volatile keyspace's ring changing from the nodes `from` to `to`
+    /// (hand off, then drop), rather than one shard's replicas.
+    #[serde(default)]
+    pub ring: bool,
     pub from: Vec<u64>,
     pub to: Vec<u64>,
+}
+
+/// A leaderless or volatile keyspace's ring nodes and, while it changes, the nodes it changes
+/// to with the version of the placement record that set them (which names the change).
+#[derive(Clone, Debug, Default)]
+pub(super) struct RingNodes {
+    pub current: Vec<NodeId>,
+    pub target: Option<(Vec<NodeId>, u64)>,
 }
 
 fn node_key(id: u64) -> Vec<u8> {
@@ -123,7 +136,7 @@ impl Node {
             .collect()
     }
 
-    fn meta_get(&self, key: &[u8]) -> Option<StoredValue> {
+    pub(super) fn meta_get(&self, key: &[u8]) -> Option<StoredValue> {
         // Before the metadata group is open (while it opens at start), the catalog is empty.
         let meta = self.group(GroupId::METADATA)?;
         match meta.data.read().and_then(|v| v.get(key)) {
@@ -220,15 +233,30 @@ impl Node {
         self.placement(ks).shard(shard).cloned().unwrap_or_default()
     }
 
-    /// The nodes of a leaderless keyspace's ring (fixed at creation).
-    pub(super) fn ring_nodes(&self, ks: &KeyspaceInfo) -> Vec<NodeId> {
-        if let Some(n) = lock(&self.ring_cache).get(&ks.id) {
-            return n.clone();
+    /// A leaderless or volatile keyspace's ring as this node's catalog has it, cached until the
+    /// catalog applies anything more.
+    pub(super) fn ring_state(&self, ks: &KeyspaceInfo) -> RingNodes {
+        let at = self
+            .group(GroupId::METADATA)
+            .map_or(0, |m| m.data.applied().index);
+        if let Some((seen, n)) = lock(&self.ring_cache).get(&ks.id) {
+            if *seen == at && at != 0 {
+                return n.clone();
+            }
         }
-        let p = self.placement(ks);
-        let nodes: Vec<NodeId> = p.ring.iter().map(|n| NodeId(*n)).collect();
-        lock(&self.ring_cache).insert(ks.id, nodes.clone());
+        let (p, version) = self.placement_versioned(ks);
+        let ids = |v: &[u64]| v.iter().map(|n| NodeId(*n)).collect::<Vec<_>>();
+        let nodes = RingNodes {
+            current: ids(&p.ring),
+            target: p.ring_target.as_deref().map(|t| (ids(t), version)),
+        };
+        lock(&self.ring_cache).insert(ks.id, (at, nodes.clone()));
         nodes
+    }
+
+    /// The nodes of a leaderless keyspace's ring.
+    pub(super) fn ring_nodes(&self, ks: &KeyspaceInfo) -> Vec<NodeId> {
+        self.ring_state(ks).current
     }
 
     /// The placement of a keyspace being created now.
@@ -294,7 +322,11 @@ impl Node {
 
     /// Proposes `op` to the metadata group and waits until this node applied it (so what it
     /// reads next of the catalog includes it).
-    async fn meta_write(&self, op: Op, deadline: Instant) -> Result<WriteResult, TunekvError> {
+    pub(super) async fn meta_write(
+        &self,
+        op: Op,
+        deadline: Instant,
+    ) -> Result<WriteResult, TunekvError> {
         let w = self.propose(GroupId::METADATA, op, deadline).await?;
         self.wait_applied(&self.metadata(), w.index, deadline)
             .await?;
@@ -417,14 +449,19 @@ impl Node {
                         ),
                     ));
                 }
-                if p.ring.contains(&id) {
+                if ks.spec.mode != Mode::Ordered
+                    && p.ring.contains(&id)
+                    && (ks.spec.replicas as usize) > staying
+                {
                     return Err(err(
-                        Code::ModeUnsupported,
+                        Code::BadRequest,
                         format!(
-                            "the {} keyspace {:?} keeps data on node {id} and its ring does not move yet; \
-                             a node in a leaderless ring cannot be removed",
+                            "the {} keyspace {:?} keeps {} copies of each key; {} nodes would \
+                             be left in its ring",
                             ks.spec.mode.as_str(),
-                            ks.name
+                            ks.name,
+                            ks.spec.replicas,
+                            staying
                         ),
                     ));
                 }
@@ -478,11 +515,21 @@ impl Node {
             for n in p.named() {
                 *counts.entry(n).or_default() += 1;
             }
+            if let Some(t) = &p.ring_target {
+                moves.push(MoveView {
+                    keyspace: ks.name.clone(),
+                    shard: 0,
+                    ring: true,
+                    from: p.ring.clone(),
+                    to: t.clone(),
+                });
+            }
             for (shard, s) in p.shards.iter().enumerate() {
                 if let Some(t) = &s.target {
                     moves.push(MoveView {
                         keyspace: ks.name.clone(),
                         shard: shard as u32,
+                        ring: false,
                         from: s.replicas.clone(),
                         to: t.clone(),
                     });
@@ -578,6 +625,14 @@ impl Node {
             tracing::info!(node = id, "node joined: a voter of the metadata group");
             return Ok(true);
         }
+        let active: Vec<NodeId> = voters
+            .iter()
+            .filter(|n| records.get(n).is_none_or(|r| r.state == NodeState::Active))
+            .map(|n| NodeId(*n))
+            .collect();
+        if self.ring_step(&active, deadline).await? == Some(true) {
+            return Ok(true);
+        }
         let keyspaces: Vec<KeyspaceInfo> = self
             .list_keyspaces()
             .into_iter()
@@ -599,11 +654,6 @@ impl Node {
                 return Ok(true);
             }
         }
-        let active: Vec<NodeId> = voters
-            .iter()
-            .filter(|n| records.get(n).is_none_or(|r| r.state == NodeState::Active))
-            .map(|n| NodeId(*n))
-            .collect();
         match next_move(&active, &placements) {
             Ok(Some(m)) => {
                 *lock(&self.membership_stuck) = None;
@@ -718,7 +768,7 @@ impl Node {
         Ok(())
     }
 
-    async fn put_placement(
+    pub(super) async fn put_placement(
         &self,
         name: &str,
         p: &Placement,

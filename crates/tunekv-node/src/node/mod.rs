@@ -13,6 +13,7 @@ mod membership;
 mod observe;
 mod pubsub;
 mod read;
+mod ring_change;
 mod rpc_handler;
 mod status;
 mod stored_feed;
@@ -298,8 +299,15 @@ pub struct Node {
     lag_history: Mutex<std::collections::VecDeque<crate::status::LagSample>>,
     // The last PBS estimate (`cluster_status` makes it; `/metrics` shows it).
     pbs: Mutex<Vec<tunekv_core::pbs::PbsCurve>>,
-    // The nodes of each leaderless keyspace's ring, by keyspace id (fixed at creation).
-    ring_cache: Mutex<HashMap<u64, Vec<NodeId>>>,
+    // Each leaderless keyspace's ring, by keyspace id, with the metadata group's applied index
+    // it was read at (valid until that moves).
+    ring_cache: Mutex<HashMap<u64, (u64, membership::RingNodes)>>,
+    // When this node first saw it holds partitions its keyspace's ring no longer gives it (after
+    // a ring change), by keyspace id: they are handed off and dropped `DROP_GRACE` later.
+    ring_drops: Mutex<HashMap<u64, Instant>>,
+    // The leaderless rings (keyspace id → nodes, a change's target appended) when hints were
+    // last re-homed; `None` before the first time.
+    rings_rehomed: Mutex<Option<HashMap<u64, Vec<NodeId>>>>,
     // Why the metadata leader cannot make a replica move it must (`GET /v1/admin/nodes`).
     membership_stuck: Mutex<Option<String>>,
 }
