@@ -41,6 +41,10 @@ pub struct ShardPlacement {
     /// never is (its new replicas join the existing group as learners).
     #[serde(default)]
     pub moves: u64,
+    /// The replica that should lead, when not the first (leader balancing); ignored when it is
+    /// no longer a replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<u64>,
 }
 
 impl ShardPlacement {
@@ -52,6 +56,14 @@ impl ShardPlacement {
     /// Whether `node` may create the shard's group (propose its first membership).
     pub fn creates(&self, node: NodeId) -> bool {
         self.moves == 0 && self.target.is_none() && self.replicas.first() == Some(&node.0)
+    }
+
+    /// The replica that should lead the shard's group: `leader` while it is a replica, else
+    /// the first.
+    pub fn preferred_leader(&self) -> Option<u64> {
+        self.leader
+            .filter(|l| self.replicas.contains(l))
+            .or_else(|| self.replicas.first().copied())
     }
 
     /// The replicas as node ids.
@@ -78,6 +90,7 @@ impl Placement {
                             .collect(),
                         target: None,
                         moves: 0,
+                        leader: None,
                     })
                     .collect(),
             },
@@ -198,6 +211,55 @@ pub fn next_ring(active: &[NodeId], ring: &[u64], partitions: u32) -> Option<Vec
     let mut have = ring.to_vec();
     have.sort_unstable();
     (!want.is_empty() && want != have).then_some(want)
+}
+
+/// The next change of a shard's preferred leader, if any, so that each `active` node is
+/// preferred to lead about as many shards as the others: the node preferred for the most
+/// shards gives one of them to the least-preferred of that shard's other active replicas,
+/// when that one is preferred for at least two fewer. Shards with a move in flight are left
+/// alone. Before that, a shard whose preference is not written down gets its first replica
+/// written down. Deterministic: the lowest keyspace name, shard and node id win ties. Returns
+/// the keyspace, the shard and the new preferred leader.
+pub fn next_leader(
+    active: &[NodeId],
+    placements: &BTreeMap<String, Placement>,
+) -> Option<(String, u32, u64)> {
+    // First every shard's preference is written down (nodes hand leadership only to a
+    // preference written down, so a cluster that never changed keeps its leaders where
+    // elections put them).
+    for (name, p) in placements {
+        for (shard, s) in p.shards.iter().enumerate() {
+            if let (None, None, Some(l)) = (&s.target, s.leader, s.preferred_leader()) {
+                return Some((name.clone(), shard as u32, l));
+            }
+        }
+    }
+    let mut load: BTreeMap<u64, usize> = active.iter().map(|n| (n.0, 0)).collect();
+    for p in placements.values() {
+        for s in &p.shards {
+            if let Some(l) = s.preferred_leader().and_then(|l| load.get_mut(&l)) {
+                *l += 1;
+            }
+        }
+    }
+    let (&most, &high) = load
+        .iter()
+        .max_by_key(|(n, l)| (**l, std::cmp::Reverse(**n)))?;
+    let mut best: Option<(usize, u64, String, u32)> = None;
+    for (name, p) in placements {
+        for (shard, s) in p.shards.iter().enumerate() {
+            if s.target.is_some() || s.preferred_leader() != Some(most) {
+                continue;
+            }
+            for &r in &s.replicas {
+                let Some(&l) = load.get(&r) else { continue };
+                if r != most && l + 2 <= high && best.as_ref().is_none_or(|b| (l, r) < (b.0, b.1)) {
+                    best = Some((l, r, name.clone(), shard as u32));
+                }
+            }
+        }
+    }
+    best.map(|(_, to, name, shard)| (name, shard, to))
 }
 
 /// The next move, if any, for ordered keyspaces' shards over the `active` nodes (moves in
@@ -414,11 +476,55 @@ mod tests {
     }
 
     #[test]
+    fn preferred_leaders_spread_over_the_nodes() {
+        let mut placements = BTreeMap::new();
+        for name in ["a", "b"] {
+            let mut p = Placement::initial(&spec(4, 3), 0, &ids(&[1, 2, 3]));
+            // Every shard prefers node 1.
+            for s in &mut p.shards {
+                s.replicas = vec![1, 2, 3];
+            }
+            placements.insert(name.to_string(), p);
+        }
+        let mut changes = 0;
+        while let Some((name, shard, to)) = next_leader(&ids(&[1, 2, 3, 4]), &placements) {
+            let s = &mut placements.get_mut(&name).unwrap().shards[shard as usize];
+            assert!(s.replicas.contains(&to), "a leader is a replica");
+            if s.leader.is_some() {
+                assert_ne!(s.preferred_leader(), Some(to), "a change changes something");
+            } else {
+                assert_eq!(s.preferred_leader(), Some(to), "written down as it was");
+            }
+            s.leader = Some(to);
+            changes += 1;
+            assert!(changes < 100, "settles");
+        }
+        let mut load = BTreeMap::new();
+        for p in placements.values() {
+            for s in &p.shards {
+                *load.entry(s.preferred_leader().unwrap()).or_insert(0) += 1;
+            }
+        }
+        // Node 4 holds no replica: nothing to give it; the others split the 8 shards.
+        assert_eq!(load.get(&4), None, "{load:?}");
+        assert!(load.values().all(|l| (2..=3).contains(l)), "{load:?}");
+        // A leader that left the replicas falls back to the first.
+        let s = ShardPlacement {
+            replicas: vec![2, 3, 4],
+            target: None,
+            moves: 1,
+            leader: Some(1),
+        };
+        assert_eq!(s.preferred_leader(), Some(2));
+    }
+
+    #[test]
     fn a_moved_shard_is_never_created_again_and_its_learner_hosts_it() {
         let s = ShardPlacement {
             replicas: vec![1, 2, 3],
             target: Some(vec![4, 2, 3]),
             moves: 0,
+            leader: None,
         };
         assert!(s.hosts(NodeId(4)) && s.hosts(NodeId(1)));
         assert!(
@@ -429,6 +535,7 @@ mod tests {
             replicas: vec![4, 2, 3],
             target: None,
             moves: 1,
+            leader: None,
         };
         assert!(
             !done.creates(NodeId(4)),

@@ -21,7 +21,7 @@ use tunekv_core::{Code, NodeId};
 use tunekv_raft::{CommandResult, Op, TypeConfig};
 
 /// First byte of every frame; bumped on any incompatible change.
-pub const WIRE_VERSION: u8 = 13;
+pub const WIRE_VERSION: u8 = 14;
 /// Largest frame (a replication batch of large values; snapshots travel in chunks of
 /// [`SNAPSHOT_CHUNK_BYTES`]).
 pub const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
@@ -131,29 +131,73 @@ pub enum Request {
         bytes_before: u64,
         session: String,
     },
+    /// One step of a SCAN (`want` keys from scan hash `from`, and the rest of the last one's
+    /// hash), or a count of live keys (`want` 0), of one shard of an ordered keyspace, from a
+    /// node that holds no replica of it: served by the receiver, a replica, as its own read;
+    /// answered [`Response::Scanned`]; never sent on.
+    ScanShard {
+        ks: String,
+        shard: u32,
+        from: u64,
+        want: u64,
+        level: String,
+        wait_ms: u64,
+        session: String,
+    },
+    /// The change feed of one shard of an ordered keyspace after index `after`, for a watch on
+    /// a node that holds no replica of it: the receiver, a replica, answers from its history
+    /// (whole entries, a bounded number of changes), waiting up to `wait_ms` for something
+    /// past `after`; answered [`Response::ShardChanges`].
+    ShardChanges {
+        ks: String,
+        shard: u32,
+        after: u64,
+        wait_ms: u64,
+    },
 }
 
 /// A shard's part of a batch read served for another node ([`Request::ReadShard`]): each key's
-/// value as stored, the receipt's fields, the bytes of the values, and the session token after.
+/// value as stored, the bytes of the values, and the receipt.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ForwardedShard {
     pub values: Vec<(Vec<u8>, Option<tunekv_raft::StoredValue>)>,
     pub bytes: u64,
-    pub level: String,
-    pub served_by: u64,
-    pub position: String,
-    pub entries: u64,
-    pub ms: u64,
-    pub session: String,
+    pub receipt: ForwardedReceipt,
 }
 
-/// A read served for another node ([`Request::Get`]): the outcome with its receipt, and the
-/// session token after it.
+/// A SCAN step or key count served for another node ([`Request::ScanShard`]): the keys taken
+/// and the scan hash the next step starts at (none: the shard is done), or the count.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForwardedScan {
+    pub keys: Vec<Vec<u8>>,
+    pub next: Option<u64>,
+    pub count: u64,
+    pub receipt: ForwardedReceipt,
+}
+
+/// A shard's changes after an index, for a watch on another node ([`Request::ShardChanges`]):
+/// every change up to `applied` (in order), or — `compacted` — the oldest index the replica's
+/// history starts after, when that is above the index asked for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForwardedChanges {
+    pub changes: Vec<tunekv_raft::Change>,
+    pub applied: u64,
+    pub compacted: Option<u64>,
+}
+
+/// A read served for another node ([`Request::Get`]): the outcome and its receipt.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ForwardedRead {
     pub value: Option<Vec<u8>>,
     pub version: Option<u64>,
     pub expires_ms: Option<u64>,
+    pub receipt: ForwardedReceipt,
+}
+
+/// The receipt of a read a replica served for another node, and the session token after it.
+/// (Encoded in place, as its fields were before it was a struct: the wire is unchanged.)
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForwardedReceipt {
     pub level: String,
     pub served_by: u64,
     pub position: String,
@@ -306,6 +350,8 @@ pub enum Response {
     Dynamo(DynamoResponse),
     Read(ForwardedRead),
     Shard(ForwardedShard),
+    Scanned(ForwardedScan),
+    ShardChanges(ForwardedChanges),
 }
 
 /// A committed write as its leader saw it.

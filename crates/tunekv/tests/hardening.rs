@@ -304,8 +304,9 @@ async fn a_clock_jump_on_a_leader_neither_freezes_commit_time_nor_breaks_expiry(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_a_replica_answers_a_permanent_error_naming_the_replicas() {
     // Regression (issue 15): with replicas < nodes, a request to a node holding no replica
-    // answered a retryable 503 for a permanent condition. Since issue 21 reads and writes are
-    // forwarded to a replica; what is not forwarded (SCAN) gets the permanent 421.
+    // answered a retryable 503 for a permanent condition. Since issue 21 reads, writes and
+    // scans are forwarded to a replica; what is not forwarded (a shard backup, which reads a
+    // replica's own copy) gets the permanent 421.
     let c = start(3, false).await;
     let admin = c.client(0);
     let spec = json!({"mode": "ordered", "shards": 1, "replicas": 1, "default_level": "strong"});
@@ -370,7 +371,7 @@ async fn a_node_without_a_replica_answers_a_permanent_error_naming_the_replicas(
             .expect("read");
         assert_eq!(r.value.as_deref(), Some(v.as_bytes()), "{k}");
     }
-    // A backup reads a replica's own copy: asked of a node without one, a 421.
+    // A backup reads a replica's own copy: asked of a node without one, a 421 naming it.
     let (status, _, body) = common::call(
         "GET",
         &format!("{}/v1/admin/backup/one/0", c.http(outsider)),
@@ -378,6 +379,9 @@ async fn a_node_without_a_replica_answers_a_permanent_error_naming_the_replicas(
     )
     .await;
     assert_eq!(status, 421, "{body}");
+    assert_eq!(body["error"]["code"], "not_replica", "{body}");
+    let addr = c.http((holder - 1) as usize).replace("http://", "");
+    assert!(body.to_string().contains(&addr), "{body}");
     // A batch read (and MGET) too: the replica reads the shard's keys from one state.
     let batch = out
         .batch_get("one", &["k", "t", "absent"], &Opts::level("strong"))
@@ -399,26 +403,91 @@ async fn a_node_without_a_replica_answers_a_permanent_error_naming_the_replicas(
             common::raw::R::Bulk(None)
         ])
     );
-    // SCAN is not passed on: a permanent 421 naming the replica.
-    for result in [out
-        .scan("one", b"", 0, 10, &Opts::level("eventual"))
-        .await
-        .map(|_| ())]
-    {
-        match result {
-            Err(tunekv_client::ClientError::Api {
-                status,
-                code,
-                message,
-            }) => {
-                assert_eq!(status, 421, "{message}");
-                assert_eq!(code, "not_replica");
-                let addr = c.http((holder - 1) as usize).replace("http://", "");
-                assert!(message.contains(&addr), "{message}");
+    // SCAN pages and key counts too: the replica reads each step at the level asked.
+    let mut keys = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let (page, next) = out
+            .scan("one", b"", cursor, 2, &Opts::level("strong"))
+            .await
+            .expect("a scan through a node without the shard");
+        keys.extend(page);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    let want: Vec<Vec<u8>> = ["k", "m1", "m2", "r", "t"]
+        .iter()
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
+    assert_eq!(keys, want);
+    match resp.cmd(&["SCAN", "0", "COUNT", "100"]) {
+        common::raw::R::Array(parts) => {
+            assert_eq!(parts.first(), Some(&common::raw::bulk("0")), "{parts:?}");
+            match parts.get(1) {
+                Some(common::raw::R::Array(found)) => assert_eq!(found.len(), 5, "{found:?}"),
+                other => panic!("SCAN's keys: {other:?}"),
             }
-            other => panic!("expected not_replica, got {other:?}"),
+        }
+        other => panic!("SCAN through a node without the shard: {other:?}"),
+    }
+    assert_eq!(resp.cmd(&["DBSIZE"]), common::raw::R::Int(5));
+    // A watch through it follows the shard through the replica, and resumes from a cursor.
+    async fn change_of(w: &mut tunekv_client::Watch) -> (String, Option<String>) {
+        let mut cursor = None;
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(10), w.next())
+                .await
+                .expect("a change within 10 s")
+                .expect("the watch goes on")
+                .expect("an event");
+            match e {
+                tunekv_client::WatchEvent::Change { key, .. } => return (key, cursor),
+                tunekv_client::WatchEvent::Progress { cursor: c, .. } => cursor = Some(c),
+                other => panic!("unexpected {other:?}"),
+            }
         }
     }
+    async fn cursor_after(w: &mut tunekv_client::Watch, index: u64) -> String {
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(10), w.next())
+                .await
+                .expect("a mark within 10 s")
+                .expect("the watch goes on")
+                .expect("an event");
+            if let tunekv_client::WatchEvent::Progress {
+                index: i, cursor, ..
+            } = e
+            {
+                if i >= index {
+                    return cursor;
+                }
+            }
+        }
+    }
+    let holder_client = c.client((holder - 1) as usize);
+    let mut w = out
+        .watch("one", "w/")
+        .await
+        .expect("a watch through a node without the shard");
+    let put = holder_client
+        .put("one", b"w/1", b"x", &Opts::default())
+        .await
+        .expect("write");
+    assert_eq!(change_of(&mut w).await.0, "w/1");
+    let cursor = cursor_after(&mut w, put.index).await;
+    drop(w);
+    holder_client
+        .put("one", b"w/2", b"y", &Opts::default())
+        .await
+        .expect("write");
+    let mut w = out
+        .watch_from("one", "w/", Some(&cursor))
+        .await
+        .expect("a resumed watch through a node without the shard");
+    assert_eq!(change_of(&mut w).await.0, "w/2", "resumed after w/1");
     c.client((holder - 1) as usize)
         .put("one", b"k", b"v", &Opts::default())
         .await

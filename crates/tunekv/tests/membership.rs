@@ -320,11 +320,54 @@ async fn a_node_joins_takes_replicas_and_a_founder_drains_and_leaves_without_los
             .unwrap_or_else(|e| panic!("write through node {}: {e}", n + 1));
     }
     assert!(served_by_4 > 0, "node 4 holds some shards");
+    // A SCAN through any node covers every shard, those it lacks included (each step of a
+    // shard it does not hold is read by a replica).
+    for (n, node) in all.iter().enumerate() {
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = 0;
+        loop {
+            let (page, next) = node
+                .scan(KS, b"k", cursor, 50, &Opts::level("strong"))
+                .await
+                .unwrap_or_else(|e| panic!("scan through node {}: {e}", n + 1));
+            seen.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        assert_eq!(seen.len(), 100, "every k key through node {}", n + 1);
+    }
     assert!(
         forwarded > 0,
         "some reads were served by another node's replica"
     );
     settled_voters(&c.client(0), None).await;
+    // Leaders spread too: the placements prefer each node for one of the four shards, and
+    // each shard's leader hands its group to the preferred replica.
+    let mut leads = std::collections::BTreeMap::new();
+    for _ in 0..150 {
+        leads.clear();
+        if let Ok(s) = c.client(0).cluster().await {
+            for g in s["groups"].as_array().into_iter().flatten() {
+                if g["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(&format!("{KS}/")))
+                {
+                    *leads.entry(g["leader"].as_u64().unwrap_or(0)).or_insert(0) += 1;
+                }
+            }
+        }
+        if leads.len() == 4 && leads.keys().all(|l| (1..=4).contains(l)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(leads.len(), 4, "one shard led by each node: {leads:?}");
+    let report = c.client(0).nodes().await.expect("nodes");
+    for n in report["nodes"].as_array().unwrap() {
+        assert_eq!(n["leaders"], 1, "preferred leaders spread: {report}");
+    }
 
     // Node 1 drains and leaves (through node 2).
     let http2 = c.configs[1].http.clone();

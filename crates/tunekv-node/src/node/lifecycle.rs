@@ -103,6 +103,7 @@ impl Node {
         node.spawn_loop(node.clone().hint_loop());
         node.spawn_loop(node.clone().anti_entropy_loop());
         node.spawn_loop(node.clone().ring_loop());
+        node.spawn_loop(node.clone().leader_loop());
         node.spawn_loop(node.clone().observe_loop());
         Ok(node)
     }

@@ -10,7 +10,9 @@ use super::leaderless::lock;
 use super::*;
 use openraft::ChangeMembers;
 use std::collections::BTreeSet;
-use tunekv_core::placement::{next_move, Move, NodeRecord, NodeState, Placement, ShardPlacement};
+use tunekv_core::placement::{
+    next_leader, next_move, Move, NodeRecord, NodeState, Placement, ShardPlacement,
+};
 
 /// Catalog keys: `node/<id>` → [`NodeRecord`], `placement/<name>` → [`Placement`], and the
 /// nodes of the cluster before its first membership change (what placements were computed from
@@ -25,6 +27,12 @@ const MEMBERSHIP_STEP_WAIT: Duration = Duration::from_secs(300);
 pub(super) const MEMBERSHIP_HOP_WAIT: Duration = Duration::from_secs(10);
 /// How often the membership loop looks at the catalog when nothing changes.
 const MEMBERSHIP_EVERY: Duration = Duration::from_millis(500);
+/// How often a shard leader checks that it is its shard's preferred leader.
+const LEADER_EVERY: Duration = Duration::from_secs(2);
+/// How long a leader waits before handing a group to its preferred leader again (the wait
+/// doubles with each try, so a preferred node that cannot keep the lead is not asked forever).
+const LEADER_BACKOFF_MIN: Duration = Duration::from_secs(10);
+const LEADER_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// `GET /v1/admin/nodes`: the nodes, the moves in flight, and why none can be made.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -51,6 +59,9 @@ pub struct NodeView {
     pub voter: bool,
     /// Shard replicas the catalog places on it (moves in flight included).
     pub replicas: usize,
+    /// Shards whose placement prefers it as leader (leaders follow within seconds).
+    #[serde(default)]
+    pub leaders: usize,
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -121,6 +132,76 @@ impl Node {
         let mut v: Vec<NodeId> = self.config.peers.iter().map(|p| NodeId(p.id)).collect();
         v.sort();
         v
+    }
+
+    /// Every `LEADER_EVERY`: each shard group this node leads but whose placement prefers
+    /// another replica (leader balancing, `next_leader`; only once the preference is written
+    /// down, which the first membership change does) is handed to that replica, when it is
+    /// a voter, acknowledged a heartbeat within an election timeout and holds the whole log.
+    pub(super) async fn leader_loop(self: Arc<Self>) {
+        let mut tried: HashMap<GroupId, (Instant, Duration)> = HashMap::new();
+        loop {
+            tokio::time::sleep(LEADER_EVERY).await;
+            let keyspaces: HashMap<u64, KeyspaceInfo> = self
+                .list_keyspaces()
+                .into_iter()
+                .filter(|k| k.spec.mode == Mode::Ordered)
+                .map(|k| (k.id, k))
+                .collect();
+            let recent = Duration::from_millis(self.config.raft_timing.election_timeout_ms_min);
+            for g in self.all_groups() {
+                if g.id.is_metadata() {
+                    continue;
+                }
+                let Some(ks) = keyspaces.get(&g.id.keyspace_id()) else {
+                    continue;
+                };
+                let m = g.raft.metrics().borrow_watched().clone();
+                if m.current_leader != Some(self.id.0) {
+                    continue;
+                }
+                let s = self.shard_placement(ks, g.id.shard());
+                // Only a preference written down (after a membership change).
+                let Some(to) = s.leader.and(s.preferred_leader()) else {
+                    continue;
+                };
+                if to == self.id.0 || s.target.is_some() {
+                    continue;
+                }
+                let voter = m
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == to);
+                let alive = m
+                    .heartbeat
+                    .as_ref()
+                    .and_then(|h| h.get(&to).cloned().flatten())
+                    .is_some_and(|t| openraft::Instant::elapsed(&*t) < recent);
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&to).cloned().flatten())
+                    .map_or(0, |l| l.index());
+                // Level with the leader's log: a target that is behind when the transfer
+                // arrives ignores it, and this leader has given up its lease meanwhile (a busy
+                // shard waits for a quiet moment; the check runs every LEADER_EVERY).
+                let caught_up = matched >= m.last_log_index.unwrap_or(0);
+                let waiting = tried
+                    .get(&g.id)
+                    .is_some_and(|(next, _)| Instant::now() < *next);
+                if !voter || !alive || !caught_up || waiting {
+                    continue;
+                }
+                let backoff = tried.get(&g.id).map_or(LEADER_BACKOFF_MIN, |(_, b)| {
+                    (*b * 2).min(LEADER_BACKOFF_MAX)
+                });
+                tried.insert(g.id, (Instant::now() + backoff, backoff));
+                if g.raft.trigger().transfer_leader(to).await.is_ok() {
+                    tracing::info!(group = %g.id, to, "leadership handed to the preferred leader");
+                }
+            }
+        }
     }
 
     /// Voters that take new replicas: not joining, draining or removed.
@@ -509,6 +590,7 @@ impl Node {
     pub fn membership_report(&self) -> MembershipReport {
         let voters: BTreeSet<NodeId> = self.nodes().into_iter().collect();
         let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut leaders: BTreeMap<u64, usize> = BTreeMap::new();
         let mut moves = Vec::new();
         for ks in self.list_keyspaces() {
             let p = self.placement(&ks);
@@ -523,6 +605,11 @@ impl Node {
                     from: p.ring.clone(),
                     to: t.clone(),
                 });
+            }
+            for s in &p.shards {
+                if let Some(l) = s.preferred_leader() {
+                    *leaders.entry(l).or_default() += 1;
+                }
             }
             for (shard, s) in p.shards.iter().enumerate() {
                 if let Some(t) = &s.target {
@@ -543,6 +630,7 @@ impl Node {
                 id,
                 voter: voters.contains(&NodeId(id)),
                 replicas: counts.get(&id).copied().unwrap_or(0),
+                leaders: leaders.get(&id).copied().unwrap_or(0),
                 raft: r.raft,
                 http: r.http,
                 resp: r.resp,
@@ -662,7 +750,22 @@ impl Node {
                     .await?;
                 return Ok(true);
             }
-            Ok(None) => *lock(&self.membership_stuck) = None,
+            Ok(None) => {
+                *lock(&self.membership_stuck) = None;
+                // Replicas are where they belong: spread the preferred leaders (placements
+                // written down only: a cluster that never changed keeps its initial spread).
+                if let Some((name, shard, to)) = next_leader(&active, &placements) {
+                    let (ks, version) = &versions[&name];
+                    if *version != 0 {
+                        let mut next = placements[&name].clone();
+                        next.shards[shard as usize].leader = Some(to);
+                        self.put_placement(&ks.name, &next, *version, deadline)
+                            .await?;
+                        tracing::info!(keyspace = %ks.name, shard, leader = to, "preferred leader moved");
+                        return Ok(true);
+                    }
+                }
+            }
             Err(why) => {
                 if lock(&self.membership_stuck).as_deref() != Some(why.as_str()) {
                     tracing::warn!(why = %why, "a replica cannot move");
@@ -761,6 +864,7 @@ impl Node {
             replicas: target.to_vec(),
             target: None,
             moves: s.moves + 1,
+            leader: s.leader,
         };
         self.put_placement(&ks.name, &next, version, deadline)
             .await?;

@@ -22,6 +22,14 @@ fn outcome(found: Option<StoredValue>, receipt: Receipt) -> ReadOutcome {
     }
 }
 
+/// A SCAN step's keys, where the next one starts (none: the shard is done), and a key count.
+type ScanStep = (Vec<Vec<u8>>, Option<u64>, u64);
+
+/// A node's error as an rpc answer.
+fn remote(e: TunekvError) -> RemoteError {
+    RemoteError::new(e.code, e.message)
+}
+
 impl Node {
     /// The read index of `group`: the leader's commit index, confirmed with a quorum after the
     /// read began (Raft read-index).
@@ -247,12 +255,7 @@ impl Node {
         wait_ms: u64,
         token: &str,
     ) -> Result<crate::rpc::ForwardedRead, RemoteError> {
-        let remote = |e: TunekvError| RemoteError::new(e.code, e.message);
-        let mut session = if token.is_empty() {
-            Session::default()
-        } else {
-            self.session_key.decode(token).map_err(remote)?
-        };
+        let mut session = self.forwarded_session(token)?;
         let req = ReadRequest {
             keyspace: ks,
             level: Some(Level::parse(level).map_err(remote)?),
@@ -261,31 +264,48 @@ impl Node {
             session: &mut session,
         };
         let out = self.get_or_forward(req, key, false).await.map_err(remote)?;
-        let r = out.receipt;
         Ok(crate::rpc::ForwardedRead {
             value: out.value,
             version: out.version,
             expires_ms: out.expires_ms,
+            receipt: self.forwarded_receipt(&out.receipt, &session),
+        })
+    }
+
+    /// The session a forwarded read carries (none: a fresh one).
+    fn forwarded_session(&self, token: &str) -> Result<Session, RemoteError> {
+        if token.is_empty() {
+            return Ok(Session::default());
+        }
+        self.session_key.decode(token).map_err(remote)
+    }
+
+    /// A receipt and the session after the read, for the node that forwarded it.
+    fn forwarded_receipt(&self, r: &Receipt, session: &Session) -> crate::rpc::ForwardedReceipt {
+        crate::rpc::ForwardedReceipt {
             level: r.level.to_string(),
             served_by: r.served_by.0,
             position: r.position.to_string(),
             entries: r.staleness.entries,
             ms: r.staleness.ms,
-            session: self.session_key.encode(&session),
-        })
+            session: self.session_key.encode(session),
+        }
     }
 
-    /// Sends a one-key read to the replicas of its shard in turn (this node holds none) and
-    /// takes the first answer: the replica judged the level and made the receipt.
-    async fn forward_get(
+    /// Asks the replicas of `shard` in turn (this node holds none) for a read `ask(wait_ms,
+    /// session token)` builds, and takes the first answer `take` accepts with its receipt: the
+    /// replica judged the level and made the receipt, and its session becomes `session`. A
+    /// replica's refusal (a level it could not meet, a bad key, a batch too large) is the
+    /// read's answer; a node that is not (or no longer) a replica, or does not answer, is
+    /// skipped.
+    async fn ask_replicas<T>(
         &self,
-        ks: &KeyspaceInfo,
-        level: Level,
-        key: &[u8],
-        deadline: Instant,
+        (ks, shard): (&KeyspaceInfo, ShardId),
         session: &mut Session,
-    ) -> Result<ReadOutcome, TunekvError> {
-        let shard = shard_for_key(key, ks.spec.shards);
+        deadline: Instant,
+        ask: impl Fn(u64, String) -> Request,
+        take: impl Fn(Response) -> Option<(T, crate::rpc::ForwardedReceipt)>,
+    ) -> Result<(T, Receipt), TunekvError> {
         let gid = GroupId::for_shard(ks.id, shard);
         let hosts = self.shard_placement(ks, shard).replicas;
         let token = self.session_key.encode(session);
@@ -298,48 +318,112 @@ impl Node {
             if remaining.is_zero() {
                 break;
             }
-            let req = Request::Get {
-                ks: ks.name.clone(),
-                key: key.to_vec(),
-                level: level.to_string(),
-                wait_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
-                session: token.clone(),
-            };
+            let wait_ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
             // A little longer than the replica's own budget, so its answer (or its refusal)
             // arrives rather than a timeout here.
             let timeout = remaining + Duration::from_millis(200);
-            match self.pool.call(NodeId(host), gid.0, req, timeout).await {
-                Ok(Response::Read(f)) => {
+            match self
+                .pool
+                .call(NodeId(host), gid.0, ask(wait_ms, token.clone()), timeout)
+                .await
+            {
+                Ok(answer) => {
+                    let Some((value, f)) = take(answer) else {
+                        last = internal(format!("node {host} answered another kind"));
+                        continue;
+                    };
                     *session = self.session_key.decode(&f.session)?;
                     let position = Position::parse(&f.position).ok_or_else(|| {
                         internal(format!("node {host} answered position {:?}", f.position))
                     })?;
-                    return Ok(ReadOutcome {
-                        value: f.value,
-                        version: f.version,
-                        expires_ms: f.expires_ms,
-                        receipt: Receipt {
-                            level: Level::parse(&f.level)?,
-                            served_by: NodeId(f.served_by),
-                            position,
-                            staleness: Staleness {
-                                entries: f.entries,
-                                ms: f.ms,
-                            },
-                            quorum: None,
+                    let receipt = Receipt {
+                        level: Level::parse(&f.level)?,
+                        served_by: NodeId(f.served_by),
+                        position,
+                        staleness: Staleness {
+                            entries: f.entries,
+                            ms: f.ms,
                         },
-                    });
+                        quorum: None,
+                    };
+                    return Ok((value, receipt));
                 }
-                Ok(_) => return Err(internal("unexpected response kind")),
-                // The replica's answer to the read (a level it could not meet, a bad key):
-                // final, as if this node had served it.
-                Err(CallError::Remote(e)) if e.code != Code::NotReplica => {
+                Err(CallError::Remote(e)) if e.code != Code::NotReplica && !e.not_leader => {
                     return Err(err(e.code, e.message))
                 }
-                Err(e) => last = err(Code::Unavailable, format!("through node {host}: {e}")),
+                Err(CallError::Remote(e)) => last = err(e.code, e.message),
+                Err(CallError::Unreachable(m)) => last = err(Code::Unavailable, m),
+                Err(CallError::Timeout) => {
+                    last = err(
+                        Code::Timeout,
+                        format!("node {host} did not answer the read in time"),
+                    )
+                }
             }
         }
         Err(last)
+    }
+
+    /// The group of `shard` for serving a read: this node's replica, unless it is a learner
+    /// still being caught up by a replica move (its copy may be far behind, and it knows no
+    /// commit index to measure that by): then `not_replica`, so the read goes to a voter.
+    async fn reading_shard(
+        &self,
+        ks: &KeyspaceInfo,
+        shard: ShardId,
+    ) -> Result<Arc<Group>, TunekvError> {
+        let g = self.hosted_shard(ks, shard).await?;
+        let learner = g
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .learner_ids()
+            .any(|l| l == self.id.0);
+        if learner {
+            return Err(err(
+                Code::NotReplica,
+                format!(
+                    "node {}'s copy of shard {shard} of {:?} is a learner still catching up; \
+                     its voters serve reads",
+                    self.id, ks.name
+                ),
+            ));
+        }
+        Ok(g)
+    }
+
+    /// Sends a one-key read to the replicas of its shard (this node holds none).
+    async fn forward_get(
+        &self,
+        ks: &KeyspaceInfo,
+        level: Level,
+        key: &[u8],
+        deadline: Instant,
+        session: &mut Session,
+    ) -> Result<ReadOutcome, TunekvError> {
+        let shard = shard_for_key(key, ks.spec.shards);
+        let ask = |wait_ms, session| Request::Get {
+            ks: ks.name.clone(),
+            key: key.to_vec(),
+            level: level.to_string(),
+            wait_ms,
+            session,
+        };
+        let take = |r| match r {
+            Response::Read(f) => Some(((f.value, f.version, f.expires_ms), f.receipt)),
+            _ => None,
+        };
+        let ((value, version, expires_ms), receipt) = self
+            .ask_replicas((ks, shard), session, deadline, ask, take)
+            .await?;
+        Ok(ReadOutcome {
+            value,
+            version,
+            expires_ms,
+            receipt,
+        })
     }
 
     async fn get_or_forward(
@@ -371,7 +455,10 @@ impl Node {
             // the batch limit's floor).
             match check_key(key) {
                 Err(e) => Err(e),
-                Ok(()) => match self.shard_group(&ks, key).await {
+                Ok(()) => match self
+                    .reading_shard(&ks, shard_for_key(key, ks.spec.shards))
+                    .await
+                {
                     Err(e) if e.code == Code::NotReplica && may_forward => {
                         self.forward_get(&ks, level, key, deadline, session).await
                     }
@@ -385,7 +472,10 @@ impl Node {
                 },
             }
         };
-        self.record_read(&ks, level, &out, |o: &ReadOutcome| vec![&o.receipt]);
+        // A read another node forwarded here is counted there, where its client asked.
+        if may_forward {
+            self.record_read(&ks, level, &out, |o: &ReadOutcome| vec![&o.receipt]);
+        }
         out
     }
 
@@ -473,7 +563,7 @@ impl Node {
         let mut out = Vec::with_capacity(by_shard.len());
         for (shard, keys) in by_shard {
             let budget = (bytes_max, bytes_total);
-            let (read, bytes) = match self.hosted_shard(ks, shard).await {
+            let (read, bytes) = match self.reading_shard(ks, shard).await {
                 Ok(g) => {
                     self.read_keys(ks, &g, keys, budget, session, (level, started, deadline))
                         .await?
@@ -570,70 +660,24 @@ impl Node {
         session: &mut Session,
         (level, deadline): (Level, Instant),
     ) -> Result<(ShardRead, u64), TunekvError> {
-        let gid = GroupId::for_shard(ks.id, shard);
-        let hosts = self.shard_placement(ks, shard).replicas;
-        let token = self.session_key.encode(session);
-        let mut last = err(
-            Code::Unavailable,
-            format!("no replica of {gid} answered node {}", self.id),
-        );
-        for host in hosts {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                break;
-            }
-            let req = Request::ReadShard {
-                ks: ks.name.clone(),
-                shard: shard.0,
-                keys: keys.clone(),
-                level: level.to_string(),
-                wait_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
-                bytes_max,
-                bytes_before,
-                session: token.clone(),
-            };
-            let timeout = remaining + Duration::from_millis(200);
-            match self.pool.call(NodeId(host), gid.0, req, timeout).await {
-                Ok(Response::Shard(f)) => {
-                    *session = self.session_key.decode(&f.session)?;
-                    let position = Position::parse(&f.position).ok_or_else(|| {
-                        internal(format!("node {host} answered position {:?}", f.position))
-                    })?;
-                    let receipt = Receipt {
-                        level: Level::parse(&f.level)?,
-                        served_by: NodeId(f.served_by),
-                        position,
-                        staleness: Staleness {
-                            entries: f.entries,
-                            ms: f.ms,
-                        },
-                        quorum: None,
-                    };
-                    return Ok((
-                        ShardRead {
-                            values: f.values,
-                            receipt,
-                        },
-                        f.bytes,
-                    ));
-                }
-                Ok(_) => last = internal(format!("node {host} answered another kind")),
-                // The replica's refusal (a level it could not meet, a batch too large) is the
-                // read's answer; a node that is not (or no longer) a replica is skipped.
-                Err(CallError::Remote(e)) if e.code != Code::NotReplica && !e.not_leader => {
-                    return Err(err(e.code, e.message))
-                }
-                Err(CallError::Remote(e)) => last = err(e.code, e.message),
-                Err(CallError::Unreachable(m)) => last = err(Code::Unavailable, m),
-                Err(CallError::Timeout) => {
-                    last = err(
-                        Code::Timeout,
-                        format!("node {host} did not answer the read in time"),
-                    )
-                }
-            }
-        }
-        Err(last)
+        let ask = |wait_ms, session| Request::ReadShard {
+            ks: ks.name.clone(),
+            shard: shard.0,
+            keys: keys.clone(),
+            level: level.to_string(),
+            wait_ms,
+            bytes_max,
+            bytes_before,
+            session,
+        };
+        let take = |r| match r {
+            Response::Shard(f) => Some(((f.values, f.bytes), f.receipt)),
+            _ => None,
+        };
+        let ((values, bytes), receipt) = self
+            .ask_replicas((ks, shard), session, deadline, ask, take)
+            .await?;
+        Ok((ShardRead { values, receipt }, bytes))
     }
 
     /// Runs on a replica: a batch read's keys of one shard sent by a node without one
@@ -646,12 +690,7 @@ impl Node {
         budget: (u64, u64),
         token: &str,
     ) -> Result<crate::rpc::ForwardedShard, RemoteError> {
-        let remote = |e: TunekvError| RemoteError::new(e.code, e.message);
-        let mut session = if token.is_empty() {
-            Session::default()
-        } else {
-            self.session_key.decode(token).map_err(remote)?
-        };
+        let mut session = self.forwarded_session(token)?;
         let req = ReadRequest {
             keyspace: ks,
             level: Some(Level::parse(level).map_err(remote)?),
@@ -669,7 +708,7 @@ impl Node {
         } = self.begin_read(req).await.map_err(remote)?;
         Self::ordered_only(&info, "a forwarded batch read").map_err(remote)?;
         let g = self
-            .hosted_shard(&info, ShardId(shard))
+            .reading_shard(&info, ShardId(shard))
             .await
             .map_err(remote)?;
         for k in &keys {
@@ -684,20 +723,12 @@ impl Node {
         let out = self
             .read_keys(&info, &g, keys, budget, session, (level, started, deadline))
             .await;
-        self.record_read(&info, level, &out, |r: &(ShardRead, u64)| {
-            vec![&r.0.receipt]
-        });
+        // Counted on the node that forwarded it, where its client asked.
         let (read, bytes) = out.map_err(remote)?;
-        let r = read.receipt;
         Ok(crate::rpc::ForwardedShard {
             values: read.values,
             bytes,
-            level: r.level.to_string(),
-            served_by: r.served_by.0,
-            position: r.position.to_string(),
-            entries: r.staleness.entries,
-            ms: r.staleness.ms,
-            session: self.session_key.encode(session),
+            receipt: self.forwarded_receipt(&read.receipt, session),
         })
     }
 
@@ -737,26 +768,14 @@ impl Node {
         };
         let mut examined = 0;
         while examined < count {
-            let g = self.hosted_shard(&ks, ShardId(shard)).await?;
             let want = count - examined;
-            let ((taken, next), receipt) = self
-                .read_shard(&g, level, session, started, deadline, |view, now_ms| {
-                    // Keys are stored in scan order: read `want` of them from `from`, and
-                    // the rest of the last one's hash, and see where the next page starts.
-                    let mut taken: Vec<Vec<u8>> = Vec::new();
-                    let mut last_hash = None;
-                    let mut next = None;
-                    view.scan_live(from, now_ms, &mut |hash, key, _| {
-                        if taken.len() >= want && last_hash != Some(hash) {
-                            next = Some(hash);
-                            return false;
-                        }
-                        last_hash = Some(hash);
-                        taken.push(key.to_vec());
-                        true
-                    })?;
-                    Ok((taken, next))
-                })
+            let ((taken, next, _), receipt) = self
+                .scan_shard(
+                    (&ks, ShardId(shard)),
+                    (from, want as u64),
+                    session,
+                    (level, started, deadline, true),
+                )
                 .await?;
             page.receipts.push(receipt);
             examined += taken.len().max(1);
@@ -780,6 +799,112 @@ impl Node {
         Ok(page)
     }
 
+    /// One SCAN step of a shard (`want` keys from scan hash `from`, and the rest of the last
+    /// one's hash; the hash the next step starts at, none when the shard is done), or — `want`
+    /// 0 — its count of live keys: read here when this node holds a replica, else (when
+    /// `may_forward`) by a replica.
+    async fn scan_shard(
+        &self,
+        (ks, shard): (&KeyspaceInfo, ShardId),
+        (from, want): (u64, u64),
+        session: &mut Session,
+        (level, started, deadline, may_forward): (Level, Instant, Instant, bool),
+    ) -> Result<(ScanStep, Receipt), TunekvError> {
+        let g = match self.reading_shard(ks, shard).await {
+            Ok(g) => g,
+            Err(e) if e.code == Code::NotReplica && may_forward => {
+                let ask = |wait_ms, session| Request::ScanShard {
+                    ks: ks.name.clone(),
+                    shard: shard.0,
+                    from,
+                    want,
+                    level: level.to_string(),
+                    wait_ms,
+                    session,
+                };
+                let take = |r| match r {
+                    Response::Scanned(f) => Some(((f.keys, f.next, f.count), f.receipt)),
+                    _ => None,
+                };
+                return self
+                    .ask_replicas((ks, shard), session, deadline, ask, take)
+                    .await;
+            }
+            Err(e) => return Err(e),
+        };
+        self.read_shard(&g, level, session, started, deadline, |view, now_ms| {
+            if want == 0 {
+                return Ok((Vec::new(), None, view.count_live(now_ms)?));
+            }
+            // Keys are stored in scan order: read `want` of them from `from`, and the rest of
+            // the last one's hash, and see where the next step starts.
+            let mut taken: Vec<Vec<u8>> = Vec::new();
+            let mut last_hash = None;
+            let mut next = None;
+            view.scan_live(from, now_ms, &mut |hash, key, _| {
+                if taken.len() as u64 >= want && last_hash != Some(hash) {
+                    next = Some(hash);
+                    return false;
+                }
+                last_hash = Some(hash);
+                taken.push(key.to_vec());
+                true
+            })?;
+            Ok((taken, next, 0))
+        })
+        .await
+    }
+
+    /// Runs on a replica: a SCAN step or key count of one shard sent by a node without one
+    /// ([`Request::ScanShard`]), served as this node's own read (never sent on).
+    pub(super) async fn serve_forwarded_scan(
+        &self,
+        (ks, shard): (&str, u32),
+        (from, want): (u64, u64),
+        level: &str,
+        wait_ms: u64,
+        token: &str,
+    ) -> Result<crate::rpc::ForwardedScan, RemoteError> {
+        let mut session = self.forwarded_session(token)?;
+        let req = ReadRequest {
+            keyspace: ks,
+            level: Some(Level::parse(level).map_err(remote)?),
+            r: None,
+            wait: Some(Duration::from_millis(wait_ms)),
+            session: &mut session,
+        };
+        let Begun {
+            started,
+            deadline,
+            ks: info,
+            level,
+            session,
+            ..
+        } = self.begin_read(req).await.map_err(remote)?;
+        Self::ordered_only(&info, "a forwarded SCAN").map_err(remote)?;
+        if shard >= info.spec.shards || want > (BATCH_KEYS_MAX * 10) as u64 {
+            return Err(RemoteError::new(
+                Code::BadRequest,
+                format!("a forwarded SCAN asked for shard {shard} or {want} keys"),
+            ));
+        }
+        let ((keys, next, count), receipt) = self
+            .scan_shard(
+                (&info, ShardId(shard)),
+                (from, want),
+                session,
+                (level, started, deadline, false),
+            )
+            .await
+            .map_err(remote)?;
+        Ok(crate::rpc::ForwardedScan {
+            keys,
+            next,
+            count,
+            receipt: self.forwarded_receipt(&receipt, session),
+        })
+    }
+
     /// The number of live keys in `ks` at `level`, with one receipt per shard.
     pub async fn count_keys(
         &self,
@@ -797,11 +922,13 @@ impl Node {
         let mut total = 0;
         let mut receipts = Vec::new();
         for shard in 0..ks.spec.shards {
-            let g = self.hosted_shard(&ks, ShardId(shard)).await?;
-            let (n, receipt) = self
-                .read_shard(&g, level, session, started, deadline, |view, now_ms| {
-                    view.count_live(now_ms)
-                })
+            let ((_, _, n), receipt) = self
+                .scan_shard(
+                    (&ks, ShardId(shard)),
+                    (0, 0),
+                    session,
+                    (level, started, deadline, true),
+                )
                 .await?;
             total += n;
             receipts.push(receipt);

@@ -43,6 +43,45 @@ impl Node {
                     )),
                 };
             }
+            Request::ShardChanges {
+                ks,
+                shard,
+                after,
+                wait_ms,
+            } => {
+                let read = self.serve_shard_changes(&ks, shard, after, wait_ms);
+                return match tokio::time::timeout(FORWARDED_WORK_MAX, read).await {
+                    Ok(r) => r.map(Response::ShardChanges),
+                    Err(_) => Err(RemoteError::new(
+                        Code::Timeout,
+                        "the replica did not answer the changes in time",
+                    )),
+                };
+            }
+            Request::ScanShard {
+                ks,
+                shard,
+                from,
+                want,
+                level,
+                wait_ms,
+                session,
+            } => {
+                let read = self.serve_forwarded_scan(
+                    (&ks, shard),
+                    (from, want),
+                    &level,
+                    wait_ms,
+                    &session,
+                );
+                return match tokio::time::timeout(FORWARDED_WORK_MAX, read).await {
+                    Ok(r) => r.map(Response::Scanned),
+                    Err(_) => Err(RemoteError::new(
+                        Code::Timeout,
+                        "the replica did not finish the read in time",
+                    )),
+                };
+            }
             Request::ReadShard {
                 ks,
                 shard,
@@ -206,7 +245,11 @@ impl Node {
             | Request::Dynamo(_)
             | Request::Publish { .. }
             | Request::Get { .. }
-            | Request::ReadShard { .. } => Err(RemoteError::new(Code::Internal, "handled above")),
+            | Request::ReadShard { .. }
+            | Request::ScanShard { .. }
+            | Request::ShardChanges { .. } => {
+                Err(RemoteError::new(Code::Internal, "handled above"))
+            }
         }
     }
 }

@@ -13,6 +13,11 @@
 //! `CHANGE_BATCHES_MAX` batches behind on a shard is cut off with an error (its memory stays
 //! bounded), as is one whose node replaced a shard's state with a snapshot (the changes in
 //! between are not listed).
+//!
+//! A shard this node holds no replica of (after replicas moved) is followed through a replica:
+//! a poller asks one for the shard's changes after the watch's progress
+//! ([`Request::ShardChanges`], answered from its history, waiting up to a second for more) and
+//! hands them on as batches; a history that no longer reaches back ends the watch, as here.
 
 use super::*;
 use tokio::sync::broadcast;
@@ -91,9 +96,57 @@ struct Polled {
 /// Keys whose last delivered version a leaderless watch remembers.
 const REPORTED_KEYS_MAX: usize = 100_000;
 
+/// Where a watched shard's batches come from.
+enum Source {
+    /// This node's replica.
+    Local(broadcast::Receiver<Arc<ChangeBatch>>),
+    /// A poller asking the shard's replicas (this node holds none); an error ends the watch.
+    Remote {
+        rx: tokio::sync::mpsc::Receiver<Result<Arc<ChangeBatch>, TunekvError>>,
+        poller: tokio::task::AbortHandle,
+    },
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        if let Source::Remote { poller, .. } = self {
+            poller.abort();
+        }
+    }
+}
+
+/// Why a shard's source gave no batch.
+enum Missed {
+    Lagged(u64),
+    Closed,
+    Ended(TunekvError),
+}
+
+impl Source {
+    async fn recv(&mut self) -> Result<Arc<ChangeBatch>, Missed> {
+        match self {
+            Source::Local(rx) => rx.recv().await.map_err(|e| match e {
+                broadcast::error::RecvError::Lagged(n) => Missed::Lagged(n),
+                broadcast::error::RecvError::Closed => Missed::Closed,
+            }),
+            Source::Remote { rx, .. } => match rx.recv().await {
+                Some(Ok(batch)) => Ok(batch),
+                Some(Err(e)) => Err(Missed::Ended(e)),
+                None => Err(Missed::Closed),
+            },
+        }
+    }
+}
+
+/// Changes one forwarded answer carries at most (whole entries: an entry's changes are never
+/// split).
+const FORWARDED_CHANGES_MAX: usize = 4096;
+/// How long a replica holds a poll for a shard's changes open.
+const CHANGES_POLL_WAIT: Duration = Duration::from_secs(1);
+
 struct ShardFeed {
     shard: ShardId,
-    rx: broadcast::Receiver<Arc<ChangeBatch>>,
+    rx: Source,
     /// Changes at or below this were applied before the watch began, or are queued.
     progress: u64,
     /// The last progress mark handed out: what [`Watch::progress`] and the cursor report (the
@@ -286,7 +339,8 @@ impl Watch {
                         self.pending.push_back(mark);
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
+                Err(Missed::Ended(e)) => self.pending.push_back(WatchEvent::End(e)),
+                Err(Missed::Lagged(n)) => {
                     self.pending.push_back(WatchEvent::End(err(
                         Code::Unavailable,
                         format!(
@@ -297,7 +351,7 @@ impl Watch {
                         ),
                     )));
                 }
-                Err(broadcast::error::RecvError::Closed) => {
+                Err(Missed::Closed) => {
                     self.pending.push_back(WatchEvent::End(err(
                         Code::Unavailable,
                         format!("shard {} stopped on this node", feed.shard.0),
@@ -464,7 +518,28 @@ impl Node {
         let mut pending = std::collections::VecDeque::new();
         for s in 0..ks.spec.shards {
             let shard = ShardId(s);
-            let g = self.hosted_shard(&ks, shard).await?;
+            let g = match self.hosted_shard(&ks, shard).await {
+                Ok(g) => g,
+                Err(e) if e.code == Code::NotReplica => {
+                    let after = after.as_ref().map(|a| a[s as usize]);
+                    let (feed, first) = self
+                        .watch_remote(&ks, shard, after, matches!(from, WatchFrom::Start))
+                        .await?;
+                    pending.extend(
+                        first
+                            .into_iter()
+                            .filter(|c| c.key.starts_with(&prefix))
+                            .map(|c| change_event(shard, c)),
+                    );
+                    pending.push_back(WatchEvent::Progress {
+                        shard,
+                        index: feed.progress,
+                    });
+                    shards.push(feed);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             // Subscribe first, then read the applied index from a view of the state (and the
             // history up to it): a batch written before the view is in it, one written after
             // arrives on `rx` (the applier asks for receivers after its write).
@@ -509,7 +584,7 @@ impl Node {
             });
             shards.push(ShardFeed {
                 shard,
-                rx,
+                rx: Source::Local(rx),
                 progress,
                 delivered,
             });
@@ -524,6 +599,167 @@ impl Node {
             progress_early: self.config.bugs.progress_early(),
             leaderless: None,
         })
+    }
+
+    /// A watched shard this node holds no replica of: the changes after `after` (none: from
+    /// now; `start`: from the oldest the history keeps when it no longer reaches back), read
+    /// from a replica, and a feed whose poller asks the replicas for the rest.
+    async fn watch_remote(
+        &self,
+        ks: &KeyspaceInfo,
+        shard: ShardId,
+        after: Option<u64>,
+        start: bool,
+    ) -> Result<(ShardFeed, Vec<tunekv_raft::Change>), WatchRefused> {
+        let first = self
+            .shard_changes(ks, shard, after.unwrap_or(u64::MAX), Duration::ZERO)
+            .await?;
+        let (first, delivered) = match (first.compacted, after) {
+            (None, _) => (first, after),
+            (Some(_), Some(_)) if start => (
+                self.shard_changes(ks, shard, u64::MAX, Duration::ZERO)
+                    .await?,
+                None,
+            ),
+            (Some(oldest), _) => return Err(WatchRefused::Compacted { shard, oldest }),
+        };
+        let progress = first.applied.max(after.unwrap_or(0));
+        let me = self.me()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(tunekv_raft::CHANGE_BATCHES_MAX);
+        let ks2 = ks.clone();
+        let poller = tokio::spawn(async move {
+            let mut at = progress;
+            loop {
+                let batch = match me.shard_changes(&ks2, shard, at, CHANGES_POLL_WAIT).await {
+                    Ok(f) if f.compacted.is_some() => Err(err(
+                        Code::Unavailable,
+                        format!(
+                            "the replicas of shard {} no longer keep its changes after index                              {at} (a snapshot replaced them): resume from the last cursor, or                              read the keys again and watch anew",
+                            shard.0
+                        ),
+                    )),
+                    Ok(f) if f.applied > at => {
+                        at = f.applied;
+                        Ok(Arc::new(ChangeBatch {
+                            changes: f.changes,
+                            applied: f.applied,
+                            reset: false,
+                        }))
+                    }
+                    Ok(_) => continue,
+                    Err(e) => Err(e),
+                };
+                let ended = batch.is_err();
+                if tx.send(batch).await.is_err() || ended {
+                    return;
+                }
+            }
+        })
+        .abort_handle();
+        let feed = ShardFeed {
+            shard,
+            rx: Source::Remote { rx, poller },
+            progress,
+            delivered: delivered.unwrap_or(progress),
+        };
+        Ok((feed, first.changes))
+    }
+
+    /// Asks the replicas of `shard` in turn for its changes after `after`, each holding the
+    /// poll open up to `wait`.
+    async fn shard_changes(
+        &self,
+        ks: &KeyspaceInfo,
+        shard: ShardId,
+        after: u64,
+        wait: Duration,
+    ) -> Result<crate::rpc::ForwardedChanges, TunekvError> {
+        let gid = GroupId::for_shard(ks.id, shard);
+        let mut last = format!("no replica of {gid} is known");
+        for host in self.shard_placement(ks, shard).replicas {
+            let req = Request::ShardChanges {
+                ks: ks.name.clone(),
+                shard: shard.0,
+                after,
+                wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            };
+            let timeout = wait + Duration::from_secs(2);
+            match self.pool.call(NodeId(host), gid.0, req, timeout).await {
+                Ok(Response::ShardChanges(f)) => return Ok(f),
+                Ok(_) => last = format!("node {host} answered another kind"),
+                Err(e) => last = format!("node {host}: {e}"),
+            }
+        }
+        Err(err(
+            Code::Unavailable,
+            format!(
+                "no replica of shard {} answers for the watch: {last}; resume from the last                  cursor",
+                shard.0
+            ),
+        ))
+    }
+
+    /// Runs on a replica: shard `shard`'s changes after `after` for a watch on a node without
+    /// one ([`Request::ShardChanges`]), waiting up to `wait_ms` (at most 2 s) for some.
+    pub(super) async fn serve_shard_changes(
+        &self,
+        ks: &str,
+        shard: u32,
+        after: u64,
+        wait_ms: u64,
+    ) -> Result<crate::rpc::ForwardedChanges, RemoteError> {
+        let remote = |e: TunekvError| RemoteError::new(e.code, e.message);
+        let deadline = Instant::now() + Duration::from_millis(wait_ms.min(2_000));
+        let info = self.keyspace(ks, deadline).await.map_err(remote)?;
+        if info.spec.mode != Mode::Ordered || shard >= info.spec.shards {
+            return Err(RemoteError::new(
+                Code::BadRequest,
+                format!("{ks:?} has no ordered shard {shard}"),
+            ));
+        }
+        let g = self
+            .hosted_shard(&info, ShardId(shard))
+            .await
+            .map_err(remote)?;
+        let mut applied = g.data.subscribe();
+        loop {
+            let since = g
+                .data
+                .changes_since(after)
+                .map_err(|e| remote(internal(e)))?;
+            match since {
+                Err(oldest) => {
+                    return Ok(crate::rpc::ForwardedChanges {
+                        changes: Vec::new(),
+                        applied: 0,
+                        compacted: Some(oldest),
+                    })
+                }
+                Ok((mut changes, mut upto)) if upto > after || Instant::now() >= deadline => {
+                    if changes.len() > FORWARDED_CHANGES_MAX {
+                        // Whole entries only: up to the entry of the last change that fits.
+                        upto = changes[FORWARDED_CHANGES_MAX - 1].index;
+                        changes.retain(|c| c.index <= upto);
+                    }
+                    return Ok(crate::rpc::ForwardedChanges {
+                        changes,
+                        applied: upto,
+                        compacted: None,
+                    });
+                }
+                Ok(_) => {
+                    if tokio::time::timeout_at(deadline, applied.changed())
+                        .await
+                        .is_ok_and(|r| r.is_err())
+                    {
+                        return Err(RemoteError::new(
+                            Code::Unavailable,
+                            format!("shard {shard} stopped on node {}", self.id),
+                        ));
+                    }
+                }
+            }
+        }
     }
 
     /// [`Node::watch`] of a last-writer-wins leaderless keyspace: a poller per node, merged.

@@ -31,16 +31,6 @@ impl Node {
         wait.unwrap_or(Duration::from_millis(default_ms)).min(cap)
     }
 
-    /// The group holding `key`.
-    pub(super) async fn shard_group(
-        &self,
-        ks: &KeyspaceInfo,
-        key: &[u8],
-    ) -> Result<Arc<Group>, TunekvError> {
-        self.hosted_shard(ks, shard_for_key(key, ks.spec.shards))
-            .await
-    }
-
     /// The group of `shard`. A group this node replicates is opened on demand, so a request
     /// that arrives right after a restart does not race the catalog reconciler.
     pub(super) async fn hosted_shard(
