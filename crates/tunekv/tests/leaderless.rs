@@ -279,17 +279,6 @@ async fn levels_quorums_and_commands_a_mode_cannot_keep_are_refused_and_change_n
     .expect("resp session");
 }
 
-/// A node's own `leaderless` figures in `/v1/cluster`.
-async fn figures(c: &common::TestCluster, i: usize) -> Option<Value> {
-    let s = c.client(i).cluster().await.ok()?;
-    let me = s["nodes"]
-        .as_array()?
-        .iter()
-        .find(|n| n["id"].as_u64() == Some(i as u64 + 1))?
-        .clone();
-    Some(me["leaderless"].clone())
-}
-
 /// Deletes a key while one replica is cut off, waits past the tombstone grace, heals, and
 /// returns what each node reads of the key at r=all once it settles (`bug`: a server bug).
 async fn delete_while_a_replica_is_cut_off(bug: &[&str]) -> (common::TestCluster, Vec<u16>) {
@@ -326,7 +315,7 @@ async fn delete_while_a_replica_is_cut_off(bug: &[&str]) -> (common::TestCluster
         // Node 3 has not been seen holding the tombstone: nodes 1 and 2 keep it.
         for i in 0..2 {
             assert_eq!(
-                held(figures(&c, i).await),
+                held(common::leaderless_figures(&c, i).await),
                 1,
                 "node {} dropped it early",
                 i + 1
@@ -334,7 +323,10 @@ async fn delete_while_a_replica_is_cut_off(bug: &[&str]) -> (common::TestCluster
         }
     } else {
         eventually(Duration::from_secs(10), "early collection", || async {
-            (held(figures(&c, 0).await) + held(figures(&c, 1).await) == 0).then_some(())
+            (held(common::leaderless_figures(&c, 0).await)
+                + held(common::leaderless_figures(&c, 1).await)
+                == 0)
+                .then_some(())
         })
         .await;
     }
@@ -367,7 +359,7 @@ async fn a_deleted_key_stays_deleted_and_its_tombstone_is_collected_once_every_r
     let collected = eventually(Duration::from_secs(30), "tombstones collected", || async {
         let mut all = Vec::new();
         for i in 0..3 {
-            let f = figures(&c, i).await?;
+            let f = common::leaderless_figures(&c, i).await?;
             if f["tombstones"].as_u64()? != 0 {
                 return None;
             }

@@ -45,20 +45,9 @@ fn leaderless_writer(
     })
 }
 
-/// Node `i`'s (index) own leaderless figures, from its `/v1/cluster`.
-async fn figures(c: &common::TestCluster, i: usize) -> Option<serde_json::Value> {
-    let s = c.client(i).cluster().await.ok()?;
-    let me = s["nodes"]
-        .as_array()?
-        .iter()
-        .find(|n| n["id"].as_u64() == Some(i as u64 + 1))?
-        .clone();
-    Some(me["leaderless"].clone())
-}
-
 /// The keys node `i` (index) holds of the leaderless keyspace.
 async fn ring_keys(c: &common::TestCluster, i: usize) -> Option<u64> {
-    figures(c, i).await?["keyspaces"]
+    common::leaderless_figures(c, i).await?["keyspaces"]
         .as_array()?
         .iter()
         .find(|k| k["keyspace"] == LKS)
@@ -235,7 +224,7 @@ async fn a_node_joins_takes_replicas_and_a_founder_drains_and_leaves_without_los
     // over the four nodes.
     let c4 = c.client(four);
     let repairs = |f: Option<serde_json::Value>| f.map(|f| f["read_repairs_total"].clone());
-    let repairs_before = repairs(figures(&c, four).await);
+    let repairs_before = repairs(common::leaderless_figures(&c, four).await);
     let all_l: Vec<String> = (0..100)
         .map(|i| format!("l{i}"))
         .chain(acked_a.iter().map(|i| format!("a{i}")))
@@ -248,7 +237,7 @@ async fn a_node_joins_takes_replicas_and_a_founder_drains_and_leaves_without_los
         assert!(r.value.is_some(), "{key} lost in the ring change");
     }
     assert_eq!(
-        repairs(figures(&c, four).await),
+        repairs(common::leaderless_figures(&c, four).await),
         repairs_before,
         "a new replica lacked versions it should have been handed"
     );

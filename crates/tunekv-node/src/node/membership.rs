@@ -111,6 +111,19 @@ fn not_leader_or(
     }
 }
 
+impl Group {
+    /// Whether node `id` is a learner of this group (a replica being caught up by a move).
+    pub(super) fn has_learner(&self, id: u64) -> bool {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .learner_ids()
+            .any(|l| l == id)
+    }
+}
+
 impl Node {
     /// The cluster's nodes: the metadata group's voters (the configured peers until this node
     /// has heard of any).
@@ -1011,14 +1024,7 @@ impl Node {
                 continue;
             }
             self.pool.learn(NodeId(id), &addr);
-            let learning = g
-                .raft
-                .metrics()
-                .borrow_watched()
-                .membership_config
-                .membership()
-                .learner_ids()
-                .any(|l| l == id);
+            let learning = g.has_learner(id);
             // Added by an earlier try: re-adding would restart its catch-up.
             if !learning {
                 g.raft

@@ -280,6 +280,28 @@ impl Node {
         self.session_key.decode(token).map_err(remote)
     }
 
+    /// [`Node::begin_read`] of a read another node forwarded here (ordered keyspaces only):
+    /// its keyspace, level and wait budget as sent, on `session` (the token's).
+    async fn begin_forwarded<'s>(
+        &self,
+        ks: &'s str,
+        level: &str,
+        wait_ms: u64,
+        session: &'s mut Session,
+        what: &str,
+    ) -> Result<Begun<'s>, RemoteError> {
+        let req = ReadRequest {
+            keyspace: ks,
+            level: Some(Level::parse(level).map_err(remote)?),
+            r: None,
+            wait: Some(Duration::from_millis(wait_ms)),
+            session,
+        };
+        let begun = self.begin_read(req).await.map_err(remote)?;
+        Self::ordered_only(&begun.ks, what).map_err(remote)?;
+        Ok(begun)
+    }
+
     /// A receipt and the session after the read, for the node that forwarded it.
     fn forwarded_receipt(&self, r: &Receipt, session: &Session) -> crate::rpc::ForwardedReceipt {
         crate::rpc::ForwardedReceipt {
@@ -373,15 +395,7 @@ impl Node {
         shard: ShardId,
     ) -> Result<Arc<Group>, TunekvError> {
         let g = self.hosted_shard(ks, shard).await?;
-        let learner = g
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .learner_ids()
-            .any(|l| l == self.id.0);
-        if learner {
+        if g.has_learner(self.id.0) {
             return Err(err(
                 Code::NotReplica,
                 format!(
@@ -691,13 +705,6 @@ impl Node {
         token: &str,
     ) -> Result<crate::rpc::ForwardedShard, RemoteError> {
         let mut session = self.forwarded_session(token)?;
-        let req = ReadRequest {
-            keyspace: ks,
-            level: Some(Level::parse(level).map_err(remote)?),
-            r: None,
-            wait: Some(Duration::from_millis(wait_ms)),
-            session: &mut session,
-        };
         let Begun {
             started,
             deadline,
@@ -705,8 +712,9 @@ impl Node {
             level,
             session,
             ..
-        } = self.begin_read(req).await.map_err(remote)?;
-        Self::ordered_only(&info, "a forwarded batch read").map_err(remote)?;
+        } = self
+            .begin_forwarded(ks, level, wait_ms, &mut session, "a forwarded batch read")
+            .await?;
         let g = self
             .reading_shard(&info, ShardId(shard))
             .await
@@ -866,13 +874,6 @@ impl Node {
         token: &str,
     ) -> Result<crate::rpc::ForwardedScan, RemoteError> {
         let mut session = self.forwarded_session(token)?;
-        let req = ReadRequest {
-            keyspace: ks,
-            level: Some(Level::parse(level).map_err(remote)?),
-            r: None,
-            wait: Some(Duration::from_millis(wait_ms)),
-            session: &mut session,
-        };
         let Begun {
             started,
             deadline,
@@ -880,8 +881,9 @@ impl Node {
             level,
             session,
             ..
-        } = self.begin_read(req).await.map_err(remote)?;
-        Self::ordered_only(&info, "a forwarded SCAN").map_err(remote)?;
+        } = self
+            .begin_forwarded(ks, level, wait_ms, &mut session, "a forwarded SCAN")
+            .await?;
         if shard >= info.spec.shards || want > (BATCH_KEYS_MAX * 10) as u64 {
             return Err(RemoteError::new(
                 Code::BadRequest,

@@ -107,6 +107,17 @@ pub async fn leader_and_follower(c: &TestCluster, name: &str) -> (usize, usize) 
     (leader, follower)
 }
 
+/// Node `i`'s (index) own `leaderless` figures in `/v1/cluster`.
+pub async fn leaderless_figures(c: &TestCluster, i: usize) -> Option<serde_json::Value> {
+    let s = c.client(i).cluster().await.ok()?;
+    let me = s["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"].as_u64() == Some(i as u64 + 1))?
+        .clone();
+    Some(me["leaderless"].clone())
+}
+
 /// Node `idx`'s own replica row of group `name`, as that node reports it.
 pub async fn own_replica(c: &TestCluster, idx: usize, name: &str) -> Option<serde_json::Value> {
     let s = c.client(idx).cluster().await.ok()?;
