@@ -144,17 +144,23 @@ async fn killing_the_leader_mid_stream_loses_no_acknowledged_write() {
     let first = eventually(
         Duration::from_secs(30),
         "the restarted node answers",
-        || async {
-            match restarted
-                .get(
-                    "ks",
-                    acked[0].as_bytes(),
-                    &Opts::level("strong").wait_ms(5000),
-                )
-                .await
-            {
-                Err(tunekv_client::ClientError::Transport(_)) => None,
-                other => Some(other),
+        || {
+            // A node that exited at start fails here at once (its log follows the panic).
+            let exited = c.exited(leader_idx);
+            let (restarted, first_key) = (&restarted, acked[0].clone());
+            async move {
+                assert!(exited.is_none(), "the restarted node exited: {exited:?}");
+                match restarted
+                    .get(
+                        "ks",
+                        first_key.as_bytes(),
+                        &Opts::level("strong").wait_ms(5000),
+                    )
+                    .await
+                {
+                    Err(tunekv_client::ClientError::Transport(_)) => None,
+                    other => Some(other),
+                }
             }
         },
     )

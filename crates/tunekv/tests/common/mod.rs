@@ -15,6 +15,27 @@ pub struct TestCluster {
     _dir: tempfile::TempDir,
 }
 
+impl Drop for TestCluster {
+    /// A failing test shows the end of each node's log (the temp dir goes with the test).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for i in 0..self.cluster.len() {
+            let path = self.cluster.dir.join(format!("node-{}.log", i + 1));
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!("---- last {} lines of {}", tail.len(), path.display());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
 impl std::ops::Deref for TestCluster {
     type Target = LocalCluster;
     fn deref(&self) -> &LocalCluster {
