@@ -8,7 +8,7 @@
 //! `{"error":{"code":"…","message":"…"}}`.
 
 use crate::batch::{Answer, Plan};
-use crate::request::{self, ApiRequest, FaultChange, KeyEncoding, Refusal, H_CONTEXT};
+use crate::request::{self, ApiRequest, FaultChange, KeyEncoding, Refusal, UserAction, H_CONTEXT};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
@@ -19,6 +19,7 @@ use futures::StreamExt;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
+use tunekv_core::auth::{Access, Grants};
 use tunekv_core::code::{echo_bytes, shorten};
 use tunekv_core::limits::VALUE_BYTES_MAX_CEILING;
 use tunekv_core::{Code, KeyspaceSpec, Level, Quorum, Receipt, Session, TunekvError};
@@ -60,6 +61,27 @@ async fn handle(State(node): State<AppState>, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return ApiError(e).into_response(),
     };
+    // Who is asking comes first: without valid credentials nothing else is looked at (not
+    // even whether the route exists). Only the login route takes none.
+    let bearer = bearer_of(&parts.headers);
+    let caller = if parts.uri.path() == "/v1/auth/token" {
+        Ok(Arc::new(Grants::nobody()))
+    } else {
+        node.authenticate(bearer.as_deref())
+    };
+    if let Err(e) = &caller {
+        node.metrics().request(
+            Protocol::Http,
+            "unauthenticated",
+            metrics::NO_LEVEL,
+            e.code.as_str(),
+            std::time::Duration::ZERO,
+        );
+    }
+    let grants = match caller {
+        Ok(grants) => grants,
+        Err(e) => return ApiError(e).into_response(),
+    };
     let parsed = request::parse(
         node.session_key(),
         &parts.method,
@@ -75,9 +97,16 @@ async fn handle(State(node): State<AppState>, req: Request) -> Response {
             // Everything logged while this request runs carries its span's fields.
             let span =
                 tracing::info_span!("request", node = node.id().0, protocol = "http", op, level);
-            let response = tracing::Instrument::instrument(execute(&node, req), span)
-                .await
-                .unwrap_or_else(IntoResponse::into_response);
+            let checked = crate::authz::authorize(&grants, &req).map(|_| grants);
+            let response = match checked {
+                Ok(grants) => {
+                    let caller = Caller { grants, bearer };
+                    tracing::Instrument::instrument(execute(&node, req, caller), span)
+                        .await
+                        .unwrap_or_else(IntoResponse::into_response)
+                }
+                Err(e) => ApiError(e).into_response(),
+            };
             node.metrics().request(
                 Protocol::Http,
                 op,
@@ -98,6 +127,25 @@ async fn handle(State(node): State<AppState>, req: Request) -> Response {
             refusal_response(refusal)
         }
     }
+}
+
+/// Who is asking: what they may do, and the token they showed (a watch checks it again as it
+/// goes, so a revoked token ends it).
+struct Caller {
+    grants: Arc<Grants>,
+    bearer: Option<String>,
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header, if any.
+fn bearer_of(headers: &HeaderMap) -> Option<String> {
+    let v = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
 }
 
 /// The level label of a request: a read's level (its keyspace's default when it names none,
@@ -182,7 +230,8 @@ pub async fn read_body(
     })
 }
 
-async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError> {
+async fn execute(node: &Arc<Node>, req: ApiRequest, caller: Caller) -> Result<Response, ApiError> {
+    let grants = &caller.grants;
     match req {
         ApiRequest::Index { html: true } => Ok(status_page(node).await.into_response()),
         ApiRequest::Index { html: false } => Ok(index(node).await.into_response()),
@@ -209,8 +258,11 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
                 wait,
                 session: &mut session,
             };
+            // A caller who may read only some of the range sees only those keys.
             let page = node
-                .scan(req, cursor, count, &|k: &[u8]| k.starts_with(&prefix))
+                .scan(req, cursor, count, &|k: &[u8]| {
+                    k.starts_with(&prefix) && grants.allows(&ks, k, Access::Read)
+                })
                 .await?;
             let keys: Vec<serde_json::Value> = page
                 .keys
@@ -236,7 +288,9 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
             Ok(Json(json!({"shard": p.shard.0, "index": p.index.0})).into_response())
         }
         ApiRequest::ListKeyspaces => {
-            Ok(Json(json!({"keyspaces": node.list_keyspaces()})).into_response())
+            let mut listed = node.list_keyspaces();
+            listed.retain(|k| grants.touches_keyspace(&k.name));
+            Ok(Json(json!({ "keyspaces": listed })).into_response())
         }
         ApiRequest::GetKeyspace { ks } => get_keyspace(node, &ks).await,
         ApiRequest::CreateKeyspace { ks, spec } => create_keyspace(node, &ks, spec).await,
@@ -391,7 +445,9 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
             )];
             Ok((position, session_header(&token), Json(body)).into_response())
         }
-        ApiRequest::Watch { ks, prefix, from } => watch(node, &ks, prefix, from.as_deref()).await,
+        ApiRequest::Watch { ks, prefix, from } => {
+            watch(node, &ks, prefix, from.as_deref(), caller).await
+        }
         ApiRequest::Faults(change) => faults(node, change),
         ApiRequest::Identity => {
             let c = node.config();
@@ -436,6 +492,51 @@ async fn execute(node: &Arc<Node>, req: ApiRequest) -> Result<Response, ApiError
             })?;
             Ok(Json(node.restore_records(&ks, records, wait).await?).into_response())
         }
+        ApiRequest::Login(body) => {
+            let login = node.login(&body.user, &body.password, body.ttl_ms).await?;
+            Ok(Json(login).into_response())
+        }
+        ApiRequest::WhoAmI => Ok(Json(json!({
+            "auth": node.auth_enabled(),
+            "user": grants.user(),
+            "permissions": grants.permissions(),
+        }))
+        .into_response()),
+        ApiRequest::ListUsers => Ok(Json(json!({"users": node.list_users()})).into_response()),
+        ApiRequest::ListRoles => Ok(Json(json!({"roles": node.list_roles()})).into_response()),
+        ApiRequest::User { name, action } => match action {
+            UserAction::Get => Ok(Json(node.get_user(&name).await?).into_response()),
+            UserAction::Put(change) => {
+                let (user, created) = node.put_user(&name, change).await?;
+                let status = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                Ok((status, Json(user)).into_response())
+            }
+            UserAction::Delete => {
+                node.delete_user(&name).await?;
+                Ok(StatusCode::NO_CONTENT.into_response())
+            }
+            UserAction::RevokeTokens => Ok(Json(node.revoke_tokens(&name).await?).into_response()),
+        },
+        ApiRequest::Role { name, change } => match change {
+            None => Ok(Json(node.get_role(&name).await?).into_response()),
+            Some(Some(role)) => {
+                let created = node.put_role(&name, role).await?;
+                let status = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                Ok((status, Json(node.get_role(&name).await?)).into_response())
+            }
+            Some(None) => {
+                node.delete_role(&name).await?;
+                Ok(StatusCode::NO_CONTENT.into_response())
+            }
+        },
     }
 }
 
@@ -493,8 +594,10 @@ async fn watch(
     ks: &str,
     prefix: Vec<u8>,
     from: Option<&str>,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
+    let watched = (ks.to_string(), prefix.clone());
     use tunekv_node::{WatchEvent, WatchRefused};
     let from = from.map_or(tunekv_node::WatchFrom::Now, tunekv_node::WatchFrom::Cursor);
     let feed = match node.watch(ks, prefix, from).await {
@@ -540,18 +643,19 @@ async fn watch(
             .event("progress")
             .data(json!({"node": node, "seq": seq, "cursor": feed.cursor()}).to_string())
     };
-    let state = (feed, tick, std::collections::VecDeque::new(), false);
+    let state = (feed, tick, std::collections::VecDeque::new(), false, caller);
     let node = node.clone();
     let stream = futures::stream::unfold(
         state,
-        move |(mut feed, mut tick, mut queue, mut done)| {
+        move |(mut feed, mut tick, mut queue, mut done, mut caller)| {
             let node = node.clone();
+            let (ks, prefix) = watched.clone();
             async move {
                 loop {
                     if let Some(e) = queue.pop_front() {
                         return Some((
                             Ok::<Event, std::convert::Infallible>(e),
-                            (feed, tick, queue, done),
+                            (feed, tick, queue, done, caller),
                         ));
                     }
                     if done {
@@ -560,6 +664,9 @@ async fn watch(
                     tokio::select! {
                         ev = feed.next() => match ev {
                             None => done = true,
+                            // Only keys the caller may read (a prefix watch may cover others).
+                            Some(WatchEvent::Change { key, .. })
+                                if !caller.grants.allows(&ks, &key, Access::Read) => {}
                             Some(WatchEvent::Change { position, key, value, kind, version, expires_ms }) => {
                                 let (text, hex) = value_json(value.as_deref());
                                 let mut body = json!({
@@ -596,6 +703,20 @@ async fn watch(
                             }
                         },
                         _ = tick.tick() => {
+                            // A token revoked, expired or stripped of the right ends the watch.
+                            let still = node.authenticate(caller.bearer.as_deref()).and_then(|g| {
+                                g.check_range(&ks, &prefix)?;
+                                Ok(g)
+                            });
+                            match still {
+                                Ok(g) => caller.grants = g,
+                                Err(e) => {
+                                    let body = json!({"code": e.code.as_str(), "message": e.message});
+                                    queue.push_back(Event::default().event("error").data(body.to_string()));
+                                    done = true;
+                                    continue;
+                                }
+                            }
                             for (shard, index) in feed.progress() {
                                 queue.push_back(progress(&node, &feed, shard.0, index));
                             }
@@ -719,6 +840,8 @@ pub fn status_of(code: Code) -> StatusCode {
         | Code::CursorInvalid => StatusCode::BAD_REQUEST,
         // The cursor's changes are gone from this node for good.
         Code::CursorCompacted => StatusCode::GONE,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
         Code::TooManySiblings | Code::VersionMismatch => StatusCode::CONFLICT,
         Code::Siblings => StatusCode::MULTIPLE_CHOICES,
         Code::WrongType => StatusCode::CONFLICT,

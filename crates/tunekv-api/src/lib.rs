@@ -5,6 +5,7 @@
 //! `request` decodes a request (pure: the fuzz target drives it), `http` executes it on the
 //! node, `batch` builds batch-get answers, `listener` serves connections with their limits.
 
+pub mod authz;
 mod batch;
 mod http;
 mod listener;

@@ -240,6 +240,56 @@ pub enum ApiRequest {
         records: Bytes,
         wait: Option<Duration>,
     },
+    /// `POST /v1/auth/token` `{"user","password","ttl_ms"?}`: a bearer token (the one route
+    /// that takes no token).
+    Login(LoginBody),
+    /// `GET /v1/auth/whoami`: the caller's user and permissions.
+    WhoAmI,
+    /// `GET /v1/admin/users`.
+    ListUsers,
+    /// `GET|PUT|DELETE /v1/admin/users/{user}`; `POST …/{user}:revoke-tokens`.
+    User {
+        name: String,
+        action: UserAction,
+    },
+    /// `GET /v1/admin/roles`.
+    ListRoles,
+    /// `GET|PUT|DELETE /v1/admin/roles/{role}`.
+    Role {
+        name: String,
+        /// None: GET; `Some(None)`: DELETE; `Some(Some(role))`: PUT.
+        change: Option<Option<tunekv_core::auth::Role>>,
+    },
+}
+
+/// The body of `POST /v1/auth/token`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    pub user: String,
+    pub password: String,
+    /// A shorter life than the node's `auth.token_ttl_ms`.
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for LoginBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password, not even in a debug log.
+        f.debug_struct("LoginBody")
+            .field("user", &self.user)
+            .field("ttl_ms", &self.ttl_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a user route does.
+#[derive(Debug)]
+pub enum UserAction {
+    Get,
+    Put(tunekv_node::UserChange),
+    Delete,
+    RevokeTokens,
 }
 
 /// The body of `POST /v1/admin/nodes`: the new node's id and addresses.
@@ -296,6 +346,12 @@ impl ApiRequest {
             ApiRequest::RemoveNode { .. } => "remove_node",
             ApiRequest::Backup { .. } => "backup",
             ApiRequest::Restore { .. } => "restore",
+            ApiRequest::Login(_) => "login",
+            ApiRequest::WhoAmI => "whoami",
+            ApiRequest::ListUsers => "list_users",
+            ApiRequest::User { .. } => "user",
+            ApiRequest::ListRoles => "list_roles",
+            ApiRequest::Role { .. } => "role",
         }
     }
 
@@ -591,6 +647,62 @@ pub fn parse(
                 ks: keyspace_name(ks)?,
                 records: body,
                 wait: Query::parse(uri.query())?.wait()?,
+            })
+        }
+        ["v1", "auth", "token"] => {
+            allow(method == Method::POST, "POST", method, path)?;
+            Ok(ApiRequest::Login(json_object(
+                &body,
+                "login",
+                Code::BadRequest,
+            )?))
+        }
+        ["v1", "auth", "whoami"] => {
+            allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::WhoAmI)
+        }
+        ["v1", "admin", "users"] => {
+            allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::ListUsers)
+        }
+        ["v1", "admin", "roles"] => {
+            allow(get, "GET, HEAD", method, path).map(|_| ApiRequest::ListRoles)
+        }
+        ["v1", "admin", "users", name] => {
+            if let Some(name) = name.strip_suffix(":revoke-tokens") {
+                allow(method == Method::POST, "POST", method, path)?;
+                return Ok(ApiRequest::User {
+                    name: name.to_string(),
+                    action: UserAction::RevokeTokens,
+                });
+            }
+            let put = method == Method::PUT;
+            let delete = method == Method::DELETE;
+            allow(get || put || delete, "DELETE, GET, HEAD, PUT", method, path)?;
+            let action = if get {
+                UserAction::Get
+            } else if put {
+                UserAction::Put(json_object(&body, "user", Code::BadRequest)?)
+            } else {
+                UserAction::Delete
+            };
+            Ok(ApiRequest::User {
+                name: name.to_string(),
+                action,
+            })
+        }
+        ["v1", "admin", "roles", name] => {
+            let put = method == Method::PUT;
+            let delete = method == Method::DELETE;
+            allow(get || put || delete, "DELETE, GET, HEAD, PUT", method, path)?;
+            let change = if get {
+                None
+            } else if put {
+                Some(Some(json_object(&body, "role", Code::BadRequest)?))
+            } else {
+                Some(None)
+            };
+            Ok(ApiRequest::Role {
+                name: name.to_string(),
+                change,
             })
         }
         ["v1", "admin", "faults"] => {

@@ -229,6 +229,30 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     timeout: Duration,
+    /// Sent as `Authorization: Bearer …` on every request (a cluster with auth on).
+    token: Option<String>,
+}
+
+/// The token every client made from now on sends unless told otherwise
+/// ([`set_default_token`]).
+static DEFAULT_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes every [`Client`] created afterwards in this process send `token` (the `tunekv` CLI
+/// sets it from `TUNEKV_TOKEN`). Only the first call counts.
+pub fn set_default_token(token: String) {
+    let _ = DEFAULT_TOKEN.set(token);
+}
+
+/// Default headers carrying `token`, if any.
+fn auth_headers(token: Option<&str>) -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        if let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")) {
+            v.set_sensitive(true);
+            h.insert(reqwest::header::AUTHORIZATION, v);
+        }
+    }
+    h
 }
 
 /// Percent-encodes a key for a path segment (every byte but unreserved characters). `.` and
@@ -361,14 +385,70 @@ impl Client {
         } else {
             format!("http://{}", base.trim_end_matches('/'))
         };
+        let token = DEFAULT_TOKEN.get().cloned();
         let http = reqwest::Client::builder()
             .timeout(timeout)
+            .default_headers(auth_headers(token.as_deref()))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         Client {
             http,
             base,
             timeout,
+            token,
+        }
+    }
+
+    /// An admin call (`/v1/admin/users…`, `/v1/admin/roles…`): the JSON answer (`null` for
+    /// 204), or the typed error.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        if resp.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(serde_json::Value::Null);
+        }
+        resp.json().await.map_err(|e| self.transport(e))
+    }
+
+    /// This client, sending `token` (from [`Client::login`]) with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .default_headers(auth_headers(token.as_deref()))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        self.token = token;
+        self
+    }
+
+    /// `POST /v1/auth/token`: a bearer token for `user` and when it expires (Unix ms).
+    pub async fn login(&self, user: &str, password: &str) -> Result<(String, u64)> {
+        let body = serde_json::json!({"user": user, "password": password});
+        let v: serde_json::Value = self
+            .send_json(
+                self.http
+                    .post(format!("{}/v1/auth/token", self.base))
+                    .json(&body),
+            )
+            .await?;
+        let token = v["token"].as_str().map(str::to_string);
+        let expires = v["expires_ms"].as_u64();
+        match (token, expires) {
+            (Some(t), Some(e)) => Ok((t, e)),
+            _ => Err(ClientError::Transport(format!(
+                "an unexpected login answer: {v}"
+            ))),
         }
     }
 
@@ -737,6 +817,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(self.timeout)
             .read_timeout(self.timeout)
+            .default_headers(auth_headers(self.token.as_deref()))
             .build()
             .map_err(|e| self.transport(e))?;
         let url = format!(

@@ -81,6 +81,11 @@ pub enum Code {
     /// A watch cursor older than the changes the node still keeps: read the keys again, then
     /// watch from now. The answer names the oldest position a cursor may have.
     CursorCompacted,
+    /// Auth is on and the request carries no credentials, or ones that are invalid, expired or
+    /// revoked (HTTP 401; RESP `NOAUTH`).
+    Unauthenticated,
+    /// The caller is known but lacks the right the request needs (HTTP 403; RESP `NOPERM`).
+    PermissionDenied,
 }
 
 impl Code {
@@ -120,6 +125,8 @@ impl Code {
             Code::TxnCrossShard => "txn_cross_shard",
             Code::CursorInvalid => "cursor_invalid",
             Code::CursorCompacted => "cursor_compacted",
+            Code::Unauthenticated => "unauthenticated",
+            Code::PermissionDenied => "permission_denied",
         }
     }
 
@@ -164,6 +171,8 @@ pub const ALL_CODES: &[Code] = &[
     Code::TxnCrossShard,
     Code::CursorInvalid,
     Code::CursorCompacted,
+    Code::Unauthenticated,
+    Code::PermissionDenied,
 ];
 
 /// The most characters of client input an error message repeats: a 10 MB field name must not

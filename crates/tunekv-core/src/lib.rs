@@ -5,6 +5,7 @@
 //! may serve a read. Front ends (HTTP, RESP) and copies (leader, follower, later caches) all go
 //! through it. This crate knows nothing about HTTP, Raft, disks or sockets.
 
+pub mod auth;
 pub mod backup;
 pub mod clock_bound;
 pub mod clock_guard;

@@ -59,6 +59,13 @@ pub struct NodeConfig {
     /// Allows the fault hook (`POST /v1/admin/faults`). Never on in production.
     #[serde(default)]
     pub enable_faults: bool,
+    /// Users, roles and tokens (docs/security.md). Off: anyone who reaches a port may do
+    /// anything, so a node refuses to listen beyond loopback unless `insecure`.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Listen on non-loopback addresses with auth off (`tunekv server --insecure`).
+    #[serde(default)]
+    pub insecure: bool,
     /// Wait budget of a read that names none.
     #[serde(default = "read_wait_ms_default")]
     pub read_wait_ms_default: u64,
@@ -116,6 +123,29 @@ impl CrashAt {
             other => Err(format!(
                 "unknown crash point {other:?} (known: snapshot-install, move-committed)"
             )),
+        }
+    }
+}
+
+/// `[auth]` in a node's config file (docs/security.md).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Every request must carry a token (HTTP) or `AUTH` first (RESP).
+    pub enabled: bool,
+    /// The argon2id hash (PHC string) of the root user's first password: the cluster creates
+    /// user `root` with it once, if it has no root user yet. `tunekv dev --auth` sets it.
+    pub root_password_hash: Option<String>,
+    /// The longest a token this node issues lives, ms (a login may ask for less).
+    pub token_ttl_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            enabled: false,
+            root_password_hash: None,
+            token_ttl_ms: tunekv_core::auth::TOKEN_TTL_MS_DEFAULT,
         }
     }
 }
@@ -350,6 +380,23 @@ impl NodeConfig {
                     .into(),
             );
         }
+        if self.auth.token_ttl_ms == 0
+            || self.auth.token_ttl_ms > tunekv_core::auth::TOKEN_TTL_MS_MAX
+        {
+            return Err(format!(
+                "auth.token_ttl_ms must be 1 to {} (24 h)",
+                tunekv_core::auth::TOKEN_TTL_MS_MAX
+            ));
+        }
+        if let Some(h) = &self.auth.root_password_hash {
+            if !h.starts_with("$argon2id$") {
+                return Err(
+                    "auth.root_password_hash must be an argon2id hash ($argon2id$…; \
+                     `tunekv user hash-password` makes one)"
+                        .into(),
+                );
+            }
+        }
         if self.http_connections_max == 0 {
             return Err("http_connections_max must be at least 1".into());
         }
@@ -378,6 +425,28 @@ impl NodeConfig {
             ));
         }
         self.raft_timing.tuning().openraft_config().map(|_| ())
+    }
+
+    /// A node with auth off listens only on loopback, unless `insecure` says otherwise
+    /// (`tunekv server` checks this; the simulator's hosts are not real addresses).
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if !self.auth.enabled && !self.insecure {
+            for (what, addr) in [
+                ("http", Some(&self.http)),
+                ("raft", Some(&self.raft)),
+                ("resp", self.resp.as_ref()),
+            ] {
+                let Some(addr) = addr else { continue };
+                if !is_loopback(addr) {
+                    return Err(format!(
+                        "{what} listens on {addr}, beyond loopback, with auth off: anyone who \
+                         reaches it could read, write and administer the cluster. Turn auth on \
+                         ([auth] enabled = true) or start with --insecure"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The configs of a local cluster of `n` nodes under `dir`, on the given (HTTP, Raft, RESP)
@@ -418,6 +487,8 @@ impl NodeConfig {
                 peers: peers.clone(),
                 cluster_secret: cluster_secret.to_string(),
                 enable_faults,
+                auth: AuthConfig::default(),
+                insecure: false,
                 read_wait_ms_default: read_wait_ms_default(),
                 write_wait_ms_default: write_wait_ms_default(),
                 wait_ms_cap: wait_ms_cap(),
@@ -431,6 +502,16 @@ impl NodeConfig {
             })
             .collect()
     }
+}
+
+/// Whether a listen address stays on this machine (`127.0.0.0/8`, `::1`, `localhost`).
+fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn max_clock_offset_ms() -> u64 {

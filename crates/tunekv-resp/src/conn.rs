@@ -54,6 +54,7 @@ impl Shared {
             tracking: None,
             caching: None,
             own_writes: VecDeque::new(),
+            login: None,
         }
     }
 
@@ -102,6 +103,8 @@ pub struct Conn {
     pub(crate) caching: Option<bool>,
     /// Where this connection's recent writes committed (keyspace, shard, index), for NOLOOP.
     pub(crate) own_writes: VecDeque<(Arc<str>, u32, u64)>,
+    /// The user this connection authenticated as (`AUTH`), and the user's epoch then.
+    pub(crate) login: Option<(String, u64)>,
 }
 
 impl Conn {

@@ -31,6 +31,10 @@ pub enum Cmd {
         /// feature (never release builds).
         #[arg(long = "bug", value_name = "BUG")]
         bugs: Vec<String>,
+        /// Listen beyond loopback with auth off (anyone who reaches the ports may do
+        /// anything). Without it, such a node refuses to start.
+        #[arg(long)]
+        insecure: bool,
         /// Crash on purpose (abort, as kill -9) at a point crash tests cannot hit by timing:
         /// snapshot-install (after staging a snapshot's first chunk, before installing it),
         /// move-committed (on the metadata leader, after a replica move's membership change
@@ -123,6 +127,10 @@ pub enum Cmd {
         /// Also start a cache (`tunekv cache`) in front of the cluster, listed in cluster.json.
         #[arg(long)]
         cache: bool,
+        /// Turn auth on: a root user with a random password, written to DIR/credentials.json
+        /// (docs/security.md). Without it the cluster is open to anyone on this machine.
+        #[arg(long)]
+        auth: bool,
     },
     /// Write a value.
     Put {
@@ -328,6 +336,42 @@ pub enum Cmd {
     Node {
         #[command(subcommand)]
         action: NodeCmd,
+    },
+    /// Print a bearer token (POST /v1/auth/token): `export TUNEKV_TOKEN=$(tunekv login …)`;
+    /// every command then sends it.
+    Login {
+        /// A credentials file (`tunekv dev --auth` writes DIR/credentials.json).
+        #[arg(long)]
+        credentials: Option<PathBuf>,
+        /// The user (its password in TUNEKV_PASSWORD).
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, env = "TUNEKV_NODE", default_value = "127.0.0.1:7101")]
+        node: String,
+    },
+    /// Manage users (cluster admins only; docs/security.md).
+    User {
+        #[command(subcommand)]
+        action: crate::auth_cmd::UserCmd,
+        #[arg(
+            long,
+            env = "TUNEKV_NODE",
+            default_value = "127.0.0.1:7101",
+            global = true
+        )]
+        node: String,
+    },
+    /// Manage roles (cluster admins only; docs/security.md).
+    Role {
+        #[command(subcommand)]
+        action: crate::auth_cmd::RoleCmd,
+        #[arg(
+            long,
+            env = "TUNEKV_NODE",
+            default_value = "127.0.0.1:7101",
+            global = true
+        )]
+        node: String,
     },
     /// Back up every keyspace into a new directory, while the cluster serves.
     ///
@@ -550,6 +594,7 @@ pub async fn run(args: Args) -> Result<i32> {
             config,
             enable_faults,
             bugs,
+            insecure,
             crash_at,
             log_format,
         } => {
@@ -563,7 +608,7 @@ pub async fn run(args: Args) -> Result<i32> {
             if crash_at.is_some() && !enable_faults {
                 anyhow::bail!("--crash-at needs --enable-faults");
             }
-            crate::server::run(&config, enable_faults, bugs, crash_at).await?;
+            crate::server::run(&config, enable_faults, insecure, bugs, crash_at).await?;
             Ok(0)
         }
         Cmd::Bench {
@@ -727,9 +772,11 @@ pub async fn run(args: Args) -> Result<i32> {
             no_demo,
             exit_after_demo,
             cache,
+            auth,
         } => {
             crate::dev::run(crate::dev::DevOptions {
                 cache,
+                auth,
                 nodes,
                 dir,
                 enable_faults,
@@ -837,6 +884,13 @@ pub async fn run(args: Args) -> Result<i32> {
             node,
             json,
         } => crate::slo_cmd::run(&node, keyspace.as_deref(), json).await,
+        Cmd::Login {
+            credentials,
+            user,
+            node,
+        } => crate::auth_cmd::login(&node, credentials, user).await,
+        Cmd::User { action, node } => crate::auth_cmd::user(&node, action).await,
+        Cmd::Role { action, node } => crate::auth_cmd::role(&node, action).await,
         Cmd::Node { action } => match action {
             NodeCmd::Add { addr, node, wait_s } => {
                 crate::node_cmd::add(&addr, &node, Duration::from_secs(wait_s)).await

@@ -15,11 +15,21 @@ pub struct DevOptions {
     pub exit_after_demo: bool,
     /// Also start a `tunekv cache` in front of the cluster.
     pub cache: bool,
+    /// Turn auth on (root's password in DIR/credentials.json).
+    pub auth: bool,
 }
 
 pub async fn run(o: DevOptions) -> Result<i32> {
     let exe = std::env::current_exe().context("cannot find the tunekv executable")?;
+    if o.auth && o.cache {
+        anyhow::bail!(
+            "--cache does not work with --auth yet: the cache cannot log in to the nodes"
+        );
+    }
     let mut cluster = LocalCluster::prepare(&exe, &o.dir, o.nodes, o.enable_faults, o.fresh, true)?;
+    if o.auth {
+        cluster.enable_auth()?;
+    }
     println!(
         "starting {} nodes in {} ...",
         cluster.len(),
@@ -50,6 +60,18 @@ pub async fn run(o: DevOptions) -> Result<i32> {
         cluster.http(0),
         cluster.http(0)
     );
+    if cluster.token.is_some() {
+        println!(
+            "auth is ON: user root, password in {} (shown nowhere else). For the CLI:\n  export TUNEKV_TOKEN=$(tunekv login --credentials {})",
+            cluster.credentials_path().display(),
+            cluster.credentials_path().display()
+        );
+    } else {
+        println!(
+            "auth is OFF: anyone on this machine can read, write and administer this cluster \
+             (tunekv dev --auth turns it on)"
+        );
+    }
     if o.demo {
         if let Err(e) = demo(&cluster).await {
             eprintln!("demo failed: {e:#}");

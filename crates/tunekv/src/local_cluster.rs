@@ -27,6 +27,15 @@ pub struct LocalCluster {
     cache: Option<CacheProcess>,
     /// The last cache's addresses (HTTP, RESP) and flags (a restart reuses them).
     last_cache: Option<(String, String, Vec<String>)>,
+    /// With auth on: root's bearer token, sent by every [`LocalCluster::client`].
+    pub token: Option<String>,
+}
+
+/// `DIR/credentials.json`: the root user's name and password of a cluster with auth on.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
 }
 
 /// A `tunekv cache` process started by [`LocalCluster::start_cache`].
@@ -224,7 +233,91 @@ impl LocalCluster {
             cache: None,
             last_cache: None,
             server_args: Vec::new(),
+            token: None,
         })
+    }
+
+    /// Where a cluster with auth on keeps its root credentials.
+    pub fn credentials_path(&self) -> PathBuf {
+        self.dir.join("credentials.json")
+    }
+
+    /// The root credentials, when this cluster has auth on.
+    pub fn credentials(&self) -> Result<Option<Credentials>> {
+        let path = self.credentials_path();
+        if !self.configs.first().is_some_and(|c| c.auth.enabled) {
+            return Ok(None);
+        }
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("auth is on but {} cannot be read", path.display()))?;
+        Ok(Some(serde_json::from_str(&text).with_context(|| {
+            format!("{} is not {{\"user\",\"password\"}}", path.display())
+        })?))
+    }
+
+    /// Turns auth on in freshly written configs: a random root password, its argon2id hash in
+    /// every node's config, the password in `DIR/credentials.json` (mode 0600). Configs that
+    /// already have auth keep their credentials.
+    pub fn enable_auth(&mut self) -> Result<()> {
+        if self.configs.iter().all(|c| c.auth.enabled) && self.credentials_path().exists() {
+            return Ok(());
+        }
+        if self.children.iter().any(Option::is_some) {
+            bail!("turn auth on before the nodes start");
+        }
+        let password = new_cluster_secret();
+        let hash = tunekv_core::auth::hash_password(&password).map_err(anyhow::Error::msg)?;
+        for i in 0..self.configs.len() {
+            self.configs[i].auth.enabled = true;
+            self.configs[i].auth.root_password_hash = Some(hash.clone());
+            fs::write(self.config_path(i), toml::to_string(&self.configs[i])?)?;
+        }
+        let creds = Credentials {
+            user: tunekv_core::auth::ROOT_USER.into(),
+            password,
+        };
+        let path = self.credentials_path();
+        fs::write(&path, serde_json::to_string_pretty(&creds)?)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(())
+    }
+
+    /// With auth on: logs in as root (retrying until the cluster has made its root user) and
+    /// keeps the token for [`LocalCluster::client`].
+    pub async fn log_in(&mut self, timeout: Duration) -> Result<()> {
+        let Some(creds) = self.credentials()? else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + timeout;
+        if self.children.iter().all(Option::is_none) {
+            bail!("no node is running to log in to");
+        }
+        let mut i = 0;
+        loop {
+            let node = i % self.len();
+            i += 1;
+            if self.children[node].is_none() {
+                continue;
+            }
+            match self
+                .client_without_token(node)
+                .login(&creds.user, &creds.password)
+                .await
+            {
+                Ok((token, _)) => {
+                    self.token = Some(token);
+                    return Ok(());
+                }
+                Err(e) if Instant::now() > deadline => {
+                    bail!("cannot log in as {} within {timeout:?}: {e}", creds.user)
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -271,7 +364,12 @@ impl LocalCluster {
         format!("http://{}", self.configs[i].http)
     }
 
+    /// A client of node `i`, with root's token when auth is on (after [`LocalCluster::log_in`]).
     pub fn client(&self, i: usize) -> Client {
+        Client::new(&self.http(i)).with_token(self.token.clone())
+    }
+
+    pub fn client_without_token(&self, i: usize) -> Client {
         Client::new(&self.http(i))
     }
 
@@ -343,6 +441,9 @@ impl LocalCluster {
     /// Waits until every running node answers and sees a metadata leader.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        if self.token.is_none() {
+            self.log_in(timeout).await?;
+        }
         for i in 0..self.len() {
             if self.children[i].is_none() {
                 continue;

@@ -2,6 +2,7 @@
 //! Exit codes (owned here, in one place): 0 success, 1 not found, 2 any error, 3 an SLO is
 //! violated (`tunekv slo`).
 
+mod auth_cmd;
 mod backup_cmd;
 mod bench;
 mod cache_cmd;
@@ -18,6 +19,11 @@ use clap::Parser;
 
 fn main() {
     let args = cli::Args::parse();
+    if let Ok(token) = std::env::var("TUNEKV_TOKEN") {
+        if !token.trim().is_empty() {
+            tunekv_client::set_default_token(token.trim().to_string());
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

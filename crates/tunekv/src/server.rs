@@ -11,11 +11,20 @@ use tunekv_storage::FjallStorage;
 pub async fn run(
     config_path: &Path,
     enable_faults: bool,
+    insecure: bool,
     bugs: Bugs,
     crash_at: Option<tunekv_node::CrashAt>,
 ) -> Result<()> {
     let mut config = NodeConfig::load(config_path).map_err(anyhow::Error::msg)?;
     config.enable_faults |= enable_faults;
+    config.insecure |= insecure;
+    config.check_exposure().map_err(anyhow::Error::msg)?;
+    if !config.auth.enabled {
+        tracing::warn!(
+            "AUTH IS OFF: anyone who can reach this node's ports can read, write and administer \
+             the cluster. Turn it on with [auth] enabled = true (docs/security.md)"
+        );
+    }
     config.crash_at = crash_at;
     if bugs.any() {
         tracing::error!(

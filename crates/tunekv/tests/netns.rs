@@ -192,6 +192,7 @@ impl Host {
             .args(["netns", "exec", &net.ns(self.id)])
             .arg(env!("CARGO_BIN_EXE_tunekv"))
             .arg("server")
+            .arg("--insecure")
             .arg("--config")
             .arg(&self.config)
             .stdout(Stdio::from(log.try_clone().expect("log")))

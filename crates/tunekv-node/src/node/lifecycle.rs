@@ -81,6 +81,10 @@ impl Node {
             ring_drops: Mutex::new(HashMap::new()),
             rings_rehomed: Mutex::new(None),
             membership_stuck: Mutex::new(None),
+            open_grants: Arc::new(tunekv_core::auth::Grants::open()),
+            grants_cache: Mutex::new(HashMap::new()),
+            login_gate: tokio::sync::Semaphore::new(auth::LOGINS_AT_ONCE),
+            dummy_hash: std::sync::OnceLock::new(),
         });
         let _ = node.me.set(Arc::downgrade(&node));
         node.load_hints()?;
@@ -105,6 +109,7 @@ impl Node {
         node.spawn_loop(node.clone().ring_loop());
         node.spawn_loop(node.clone().leader_loop());
         node.spawn_loop(node.clone().observe_loop());
+        node.spawn_loop(node.clone().auth_bootstrap_loop());
         Ok(node)
     }
 

@@ -3,6 +3,7 @@
 //! `read`, `freshness` (clocks, watermarks, receipt proofs), `status` (cluster status, fault
 //! hook), `rpc_handler` (requests from other nodes). The types every part shares live here.
 
+mod auth;
 mod backup;
 mod catalog;
 mod dotted;
@@ -19,6 +20,7 @@ mod status;
 mod stored_feed;
 mod watch;
 mod write;
+pub use auth::{op_needs, Login, RoleView, UserChange, UserView, AUTH_STALE_MAX};
 pub use backup::{RestoreOutcome, ShardDump};
 pub use membership::{MembershipReport, MoveView, NodeView};
 pub use pubsub::PublishSink;
@@ -310,6 +312,14 @@ pub struct Node {
     rings_rehomed: Mutex<Option<HashMap<u64, Vec<NodeId>>>>,
     // Why the metadata leader cannot make a replica move it must (`GET /v1/admin/nodes`).
     membership_stuck: Mutex<Option<String>>,
+    // What a caller may do when auth is off (everything).
+    open_grants: Arc<tunekv_core::auth::Grants>,
+    // Each user's permissions, with the metadata applied index and user epoch they were read
+    // at (valid until either moves).
+    grants_cache: Mutex<HashMap<String, auth::CachedGrants>>,
+    // Logins hashing passwords now (argon2id is slow on purpose).
+    login_gate: tokio::sync::Semaphore,
+    dummy_hash: std::sync::OnceLock<String>,
 }
 
 /// The items of a batch (1 to `BATCH_KEYS_MAX`, every key checked) grouped by shard, in shard

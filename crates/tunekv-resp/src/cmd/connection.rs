@@ -53,15 +53,16 @@ pub(super) const SPECS: &[CommandSpec] = &[
         "auth",
         -2,
         "connection",
-        "Authenticates (no password is configured).",
-        Handler::Now(auth),
+        "Authenticates as a user (AUTH user password) when the node has auth on.",
+        Handler::Later(auth),
     ),
     spec(
         "hello",
         -1,
         "connection",
-        "Picks RESP2 or RESP3 and names the connection; describes the server.",
-        Handler::Now(hello),
+        "Picks RESP2 or RESP3, authenticates (AUTH user password), names the connection; \
+         describes the server.",
+        Handler::Later(hello),
     ),
     spec(
         "client",
@@ -127,25 +128,78 @@ fn no_password() -> Reply {
     )
 }
 
-fn auth(_: &Shared, _: &mut Conn, _: Args<'_>) -> Out {
-    Err(no_password())
+/// Logs the connection in as `user`; Redis's `WRONGPASS` when the pair does not match.
+async fn log_in(shared: &Shared, conn: &mut Conn, user: &str, password: &str) -> Result<(), Reply> {
+    if !shared.node.auth_enabled() {
+        return Err(no_password());
+    }
+    match shared.node.login(user, password, None).await {
+        Ok(login) => {
+            conn.login = Some((user.to_string(), login.epoch));
+            Ok(())
+        }
+        Err(e)
+            if e.code == tunekv_core::Code::Unauthenticated
+                || e.code == tunekv_core::Code::BadRequest =>
+        {
+            Err(Reply::Error(
+                "WRONGPASS invalid username-password pair or user is disabled.".into(),
+            ))
+        }
+        Err(e) => Err(typed(e)),
+    }
 }
 
-fn hello(shared: &Shared, conn: &mut Conn, mut a: Args<'_>) -> Out {
-    if let Some(v) = a.next_opt() {
-        match int_arg(v) {
-            Ok(2) => conn.resp3 = false,
-            Ok(3) => conn.resp3 = true,
-            _ => return Err(Reply::Error("NOPROTO unsupported protocol version".into())),
+/// `AUTH user password` (`AUTH password` names the user `default`, which tunekv does not have).
+fn auth<'a>(shared: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        let first = a.text()?;
+        let (user, password) = match a.next_opt() {
+            Some(p) => (first, text(p)),
+            None => ("default".to_string(), first),
+        };
+        if a.left() > 0 {
+            return Err(syntax());
         }
-    }
-    while let Some(opt) = a.next_opt() {
-        match (text(opt).to_ascii_lowercase().as_str(), a.left()) {
-            ("auth", 2..) => return Err(no_password()),
-            ("setname", 1..) => conn.name = Some(a.text()?),
-            _ => return Err(syntax()),
+        log_in(shared, conn, &user, &password).await?;
+        Ok(Reply::ok())
+    })
+}
+
+fn hello<'a>(shared: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
+    Box::pin(async move {
+        let mut resp3 = conn.resp3;
+        if let Some(v) = a.next_opt() {
+            match int_arg(v) {
+                Ok(2) => resp3 = false,
+                Ok(3) => resp3 = true,
+                _ => return Err(Reply::Error("NOPROTO unsupported protocol version".into())),
+            }
         }
-    }
+        let mut name = None;
+        while let Some(opt) = a.next_opt() {
+            match (text(opt).to_ascii_lowercase().as_str(), a.left()) {
+                ("auth", 2..) => {
+                    let user = a.text()?;
+                    let password = a.text()?;
+                    log_in(shared, conn, &user, &password).await?;
+                }
+                ("setname", 1..) => name = Some(a.text()?),
+                _ => return Err(syntax()),
+            }
+        }
+        if shared.node.auth_enabled() && conn.login.is_none() {
+            return Err(super::access::noauth());
+        }
+        conn.resp3 = resp3;
+        if name.is_some() {
+            conn.name = name;
+        }
+        hello_reply(shared, conn)
+    })
+}
+
+fn hello_reply(shared: &Shared, conn: &mut Conn) -> Out {
     shared.hub.set_resp3(conn.id, conn.resp3);
     Ok(Reply::Map(vec![
         // As Redis names itself, so clients enable what they check the server for (redis-py's

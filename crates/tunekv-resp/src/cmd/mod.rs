@@ -10,6 +10,7 @@
 //! `COMMAND DOCS` answer from the same table, so adding a command is its handler plus its entry.
 //! Handlers read their arguments through an [`Args`] cursor.
 
+pub(crate) mod access;
 mod connection;
 mod counters;
 mod hashes;
@@ -280,6 +281,14 @@ async fn dispatch(
              are allowed in this context",
             spec.name
         ));
+    }
+    // Checked as a command is queued in MULTI as well as run (redis#15673: rights must hold
+    // for what EXEC runs; a queued command was checked moments before).
+    if let Err(refused) = access::check(shared, conn, spec, &args) {
+        if conn.multi.is_some() {
+            transactions::spoil(conn);
+        }
+        return refused;
     }
     if conn.multi.is_some() && !transactions::runs_inside(spec.name) {
         return transactions::queue(conn, spec.name, &args);

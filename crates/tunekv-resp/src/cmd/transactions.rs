@@ -237,7 +237,19 @@ fn exec<'a>(s: &'a Shared, conn: &'a mut Conn, _: Args<'a>) -> Pending<'a> {
             .into_iter()
             .map(|(k, v)| (k, Expect::Version(v)))
             .collect();
-        let ops = queue.items.iter().flat_map(|q| q.ops.clone()).collect();
+        let ops: Vec<Op> = queue.items.iter().flat_map(|q| q.ops.clone()).collect();
+        // Rights are checked again now, not only as commands were queued (redis#15673).
+        if s.node.auth_enabled() {
+            let grants = super::access::grants(s, conn)?;
+            let user = grants.user().unwrap_or_default();
+            for op in &ops {
+                for (key, need) in tunekv_node::op_needs(op) {
+                    if !grants.allows(&conn.keyspace, &key, need) {
+                        return Err(super::access::noperm_key(user, &key));
+                    }
+                }
+            }
+        }
         let w = s
             .node
             .txn(conn.write_req(), compare, ops, Vec::new())

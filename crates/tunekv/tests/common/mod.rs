@@ -91,6 +91,46 @@ pub async fn create_keyspace(c: &Client, name: &str, shards: u32) {
         .expect("create keyspace");
 }
 
+/// Starts `n` nodes with auth on (root's password in DIR/credentials.json), logged in as root:
+/// `c.client(i)` sends root's token.
+pub async fn start_secure(n: u32) -> TestCluster {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tunekv"));
+    let mut cluster = LocalCluster::prepare_with(exe, dir.path(), n, false, false, false, |_| {})
+        .expect("prepare");
+    cluster.enable_auth().expect("auth on");
+    cluster.start_all().expect("start");
+    cluster
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .expect("cluster ready");
+    TestCluster { cluster, _dir: dir }
+}
+
+/// One HTTP call with `Authorization: Bearer TOKEN` (none when `token` is None): status and
+/// body (JSON when it parses).
+pub async fn call_as(
+    token: Option<&str>,
+    method: &str,
+    url: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = client
+        .request(m, url)
+        .body(body.to_string())
+        .timeout(Duration::from_secs(30));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("send");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, body)
+}
+
 /// Creates keyspace `name` with this JSON spec through node 1's HTTP API (201 expected).
 pub async fn put_keyspace(c: &TestCluster, name: &str, spec: &str) {
     let (s, _, b) = call("PUT", &format!("{}/v1/keyspaces/{name}", c.http(0)), spec).await;
