@@ -1043,6 +1043,15 @@ async fn status_page(node: &Node) -> impl IntoResponse {
     let page = PAGE
         .replace("{{NODE}}", &node.id().to_string())
         .replace("{{UPDATED}}", "loading…")
+        .replace(
+            "{{AUTH_BANNER}}",
+            if node.auth_enabled() {
+                ""
+            } else {
+                "<div class=\"insecure\" id=\"auth-off\">Auth is OFF: anyone who can reach this \
+                 node can read, write and administer the cluster (docs/security.md).</div>"
+            },
+        )
         .replace("{{NODE_ROWS}}", &rows);
     (
         [
@@ -1062,7 +1071,11 @@ fn html_escape(s: &str) -> String {
 
 async fn index(node: &Node) -> impl IntoResponse {
     let status = node.cluster_status().await;
-    let mut text = format!("tunekv node {}\n\nnodes:\n", node.id());
+    let mut text = format!("tunekv node {}\n", node.id());
+    if !node.auth_enabled() {
+        text += "AUTH IS OFF: anyone who can reach this node can read, write and administer the cluster\n";
+    }
+    text += "\nnodes:\n";
     for n in &status.nodes {
         text += &format!("  {} http={} reachable={}\n", n.id, n.http, n.reachable);
     }

@@ -34,6 +34,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tunekv_node::metrics::Connections;
+use tunekv_node::tls::Tls;
+use tunekv_node::transport::BoxStream;
 use tunekv_node::NodeConfig;
 
 /// How long a shutdown waits for connections to finish the requests they are handling.
@@ -59,11 +61,14 @@ impl HttpLimits {
 
 /// Serves `app` on `listener` (counting its connections in `connections`) until `shutdown` completes, then stops accepting, lets open
 /// connections finish their requests (at most [`SHUTDOWN_WAIT_MS`]) and returns.
+/// With `tls`, every connection must complete a TLS handshake within the header-read timeout
+/// (plain HTTP fails it and is closed).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
     connections: Connections,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     // A semaphore counts at most u32::MAX permits at once in `acquire_many`.
@@ -92,7 +97,29 @@ pub async fn serve(
         };
         let (app, stop) = (app.clone(), stop_rx.clone());
         let open = connections.open();
+        let acceptor = tls.as_ref().map(|t| t.client_acceptor());
         tokio::spawn(async move {
+            let stream: BoxStream = match acceptor {
+                None => Box::new(stream),
+                Some(acceptor) => {
+                    let shaken =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                            .await;
+                    match shaken {
+                        Ok(Ok(s)) => Box::new(s),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "HTTP TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(
+                                "HTTP TLS handshake not done within http_header_read_timeout_ms"
+                            );
+                            return;
+                        }
+                    }
+                }
+            };
             connection(stream, app, limits, stop).await;
             drop(open);
             drop(permit);
@@ -199,9 +226,9 @@ impl Drop for Handling {
     }
 }
 
-/// A TCP stream that reports its reads and writes to the connection's [`Activity`].
+/// A connection (TCP, or TLS over it) that reports its reads and writes to its [`Activity`].
 struct Tracked {
-    inner: TcpStream,
+    inner: BoxStream,
     activity: Arc<Activity>,
 }
 
@@ -259,7 +286,7 @@ impl AsyncWrite for Tracked {
 }
 
 async fn connection(
-    stream: TcpStream,
+    stream: BoxStream,
     app: Router,
     limits: HttpLimits,
     mut stop: watch::Receiver<bool>,

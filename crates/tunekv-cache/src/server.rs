@@ -51,8 +51,15 @@ pub async fn run(
         tokio::spawn(crate::resp::serve(resp, cache.clone(), cache.stop_token()));
     }
     let app = crate::http::router(cache.clone());
-    let served =
-        tunekv_api::serve(listener, app, LIMITS, cache.metrics.http.clone(), shutdown).await;
+    let served = tunekv_api::serve(
+        listener,
+        app,
+        LIMITS,
+        cache.metrics.http.clone(),
+        None,
+        shutdown,
+    )
+    .await;
     cache.save_hot_set();
     cache.shutdown();
     served.map_err(|e| e.to_string())

@@ -231,11 +231,24 @@ pub struct Client {
     timeout: Duration,
     /// Sent as `Authorization: Bearer …` on every request (a cluster with auth on).
     token: Option<String>,
+    /// The CA (PEM) trusted for `https://` (a cluster with TLS).
+    ca: Option<Vec<u8>>,
 }
 
 /// The token every client made from now on sends unless told otherwise
 /// ([`set_default_token`]).
 static DEFAULT_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The CA (PEM) every client made from now on trusts for `https://` nodes
+/// ([`set_default_ca`]); its clients also default to `https://` for addresses without a scheme.
+static DEFAULT_CA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// Makes every [`Client`] created afterwards trust the CA in `pem` (the `tunekv` CLI sets it
+/// from `TUNEKV_CA`) and speak `https://` to addresses given without a scheme. Only the first
+/// call counts.
+pub fn set_default_ca(pem: Vec<u8>) {
+    let _ = DEFAULT_CA.set(pem);
+}
 
 /// Makes every [`Client`] created afterwards in this process send `token` (the `tunekv` CLI
 /// sets it from `TUNEKV_TOKEN`). Only the first call counts.
@@ -380,23 +393,51 @@ impl Client {
 
     /// Like [`Client::new`], giving up on any request after `timeout` (a transport error).
     pub fn with_timeout(base: &str, timeout: Duration) -> Client {
+        let ca = DEFAULT_CA.get().cloned();
         let base = if base.starts_with("http://") || base.starts_with("https://") {
             base.trim_end_matches('/').to_string()
+        } else if ca.is_some() {
+            format!("https://{}", base.trim_end_matches('/'))
         } else {
             format!("http://{}", base.trim_end_matches('/'))
         };
-        let token = DEFAULT_TOKEN.get().cloned();
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .default_headers(auth_headers(token.as_deref()))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        Client {
-            http,
+        let mut c = Client {
+            http: reqwest::Client::new(),
             base,
             timeout,
-            token,
+            token: DEFAULT_TOKEN.get().cloned(),
+            ca,
+        };
+        c.rebuild();
+        c
+    }
+
+    /// The HTTP client for this client's token, CA and timeout.
+    fn builder(&self) -> reqwest::ClientBuilder {
+        let mut b = reqwest::Client::builder().default_headers(auth_headers(self.token.as_deref()));
+        if let Some(pem) = &self.ca {
+            // A CA that is not PEM trusts nothing more: the handshake then fails, saying so.
+            if let Ok(cert) = reqwest::Certificate::from_pem(pem) {
+                b = b.use_rustls_tls().add_root_certificate(cert);
+            }
         }
+        b
+    }
+
+    fn rebuild(&mut self) {
+        self.http = self
+            .builder()
+            .timeout(self.timeout)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+    }
+
+    /// This client, trusting the CA in `pem` (a cluster with TLS; `tunekv dev --tls` writes
+    /// `DIR/tls/ca.pem`). Give the base as `https://…`.
+    pub fn with_ca(mut self, pem: Vec<u8>) -> Client {
+        self.ca = Some(pem);
+        self.rebuild();
+        self
     }
 
     /// An admin call (`/v1/admin/users…`, `/v1/admin/roles…`): the JSON answer (`null` for
@@ -423,12 +464,8 @@ impl Client {
 
     /// This client, sending `token` (from [`Client::login`]) with every request.
     pub fn with_token(mut self, token: Option<String>) -> Client {
-        self.http = reqwest::Client::builder()
-            .timeout(self.timeout)
-            .default_headers(auth_headers(token.as_deref()))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
         self.token = token;
+        self.rebuild();
         self
     }
 
@@ -814,10 +851,10 @@ impl Client {
         shard: u32,
         sink: &mut (dyn FnMut(&[u8]) -> std::io::Result<()> + Send),
     ) -> Result<()> {
-        let http = reqwest::Client::builder()
+        let http = self
+            .builder()
             .connect_timeout(self.timeout)
             .read_timeout(self.timeout)
-            .default_headers(auth_headers(self.token.as_deref()))
             .build()
             .map_err(|e| self.transport(e))?;
         let url = format!(

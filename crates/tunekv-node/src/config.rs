@@ -66,6 +66,9 @@ pub struct NodeConfig {
     /// Listen on non-loopback addresses with auth off (`tunekv server --insecure`).
     #[serde(default)]
     pub insecure: bool,
+    /// TLS on every listener and mutual TLS between nodes (docs/security.md). None: plain TCP.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Wait budget of a read that names none.
     #[serde(default = "read_wait_ms_default")]
     pub read_wait_ms_default: u64,
@@ -489,6 +492,7 @@ impl NodeConfig {
                 enable_faults,
                 auth: AuthConfig::default(),
                 insecure: false,
+                tls: None,
                 read_wait_ms_default: read_wait_ms_default(),
                 write_wait_ms_default: write_wait_ms_default(),
                 wait_ms_cap: wait_ms_cap(),

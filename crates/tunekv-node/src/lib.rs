@@ -18,6 +18,7 @@ mod network;
 mod node;
 pub mod rpc;
 pub mod status;
+pub mod tls;
 pub mod transport;
 
 pub use bugs::{Bugs, BUG_NAMES};

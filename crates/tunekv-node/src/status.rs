@@ -118,6 +118,9 @@ pub struct ClusterStatus {
     /// Replica moves in flight (`tunekv node add|remove`; one at a time).
     #[serde(default)]
     pub moves: Vec<crate::node::MoveView>,
+    /// Whether the serving node checks credentials (docs/security.md).
+    #[serde(default)]
+    pub auth: bool,
 }
 
 /// One second's replication lag, per group: the most entries a replica this node knows of is

@@ -15,6 +15,8 @@ pub struct Shared {
     pub(crate) hub: Arc<Hub>,
     next_id: AtomicU64,
     pub(crate) connected: AtomicUsize,
+    /// Refused commands and logins (`ACL LOG`).
+    pub(crate) acl_log: crate::cmd::acl::AclLog,
 }
 
 impl Shared {
@@ -24,6 +26,7 @@ impl Shared {
             node,
             next_id: AtomicU64::new(1),
             connected: AtomicUsize::new(0),
+            acl_log: Default::default(),
         }
     }
 

@@ -17,8 +17,10 @@ use crate::reply::Reply;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tunekv_node::tls::{Tls, HANDSHAKE_TIMEOUT};
+use tunekv_node::transport::BoxStream;
 use tunekv_node::Node;
 
 /// Default [`RespOptions::pending_bytes_max`]: 32 requests of the default largest size
@@ -60,8 +62,14 @@ impl Default for RespOptions {
     }
 }
 
-/// Serves RESP on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, options: RespOptions) {
+/// Serves RESP on `listener` until the task is dropped; with `tls`, TLS only (`redis-cli
+/// --tls`): a connection must finish its handshake within `tls::HANDSHAKE_TIMEOUT`.
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    options: RespOptions,
+    tls: Option<Arc<Tls>>,
+) {
     let shared = Arc::new(Shared::new(node));
     let slots = Arc::new(Semaphore::new(options.connections_max));
     // Bytes that unfinished requests may hold, one permit a byte, shared by all connections.
@@ -91,7 +99,24 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, options: RespOptions)
             budget: pending.clone(),
             bytes: 0,
         };
+        let acceptor = tls.as_ref().map(|t| t.client_acceptor());
         tokio::spawn(async move {
+            let stream: BoxStream = match acceptor {
+                None => Box::new(stream),
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => Box::new(s),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "RESP TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "RESP TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
             let conn = shared.connect(peer.to_string());
             let id = conn.id;
             if let Err(e) = connection(stream, &shared, conn, &options, held).await {
@@ -146,7 +171,7 @@ impl Drop for Held {
 }
 
 async fn connection(
-    mut stream: TcpStream,
+    mut stream: BoxStream,
     shared: &Shared,
     mut conn: Conn,
     options: &RespOptions,
@@ -269,7 +294,7 @@ async fn next_push(conn: &mut Conn) -> Option<crate::push::Push> {
 /// Sends `refusal` after any replies already in `output`, then closes the connection: write
 /// side first, then, after draining what the client still sends for a bounded time, the rest.
 async fn refuse(
-    mut stream: TcpStream,
+    mut stream: BoxStream,
     mut output: Vec<u8>,
     resp3: bool,
     refusal: Reply,

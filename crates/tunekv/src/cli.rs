@@ -131,6 +131,10 @@ pub enum Cmd {
         /// (docs/security.md). Without it the cluster is open to anyone on this machine.
         #[arg(long)]
         auth: bool,
+        /// Serve HTTP and RESP over TLS only, nodes talking mutual TLS: a throwaway CA at
+        /// DIR/tls/ca.pem and a certificate per node (docs/security.md).
+        #[arg(long)]
+        tls: bool,
     },
     /// Write a value.
     Put {
@@ -330,6 +334,10 @@ pub enum Cmd {
         /// (`tunekv restore`); keys/s and MB/s of each (with --out: backup.json).
         #[arg(long)]
         backup: bool,
+        /// What auth and TLS cost: HTTP GET/PUT and RESP GET/SET on plain, auth, TLS and
+        /// auth + TLS clusters it starts, and the login (with --out: security.json).
+        #[arg(long)]
+        security: bool,
     },
     /// Add or remove a node: replicas move as learners first, so no shard ever has fewer
     /// copies than its keyspace asked for; follows the moves until the cluster settles.
@@ -637,6 +645,7 @@ pub async fn run(args: Args) -> Result<i32> {
             pbs_delay_ms,
             scale,
             backup,
+            security,
         } => {
             let compare = comma_list(compare.as_deref().unwrap_or(""))
                 .iter()
@@ -650,6 +659,7 @@ pub async fn run(args: Args) -> Result<i32> {
                 ),
             };
             crate::bench::run(crate::bench::BenchOptions {
+                security,
                 backup,
                 scale,
                 feed,
@@ -773,10 +783,12 @@ pub async fn run(args: Args) -> Result<i32> {
             exit_after_demo,
             cache,
             auth,
+            tls,
         } => {
             crate::dev::run(crate::dev::DevOptions {
                 cache,
                 auth,
+                tls,
                 nodes,
                 dir,
                 enable_faults,

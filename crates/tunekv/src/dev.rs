@@ -17,18 +17,22 @@ pub struct DevOptions {
     pub cache: bool,
     /// Turn auth on (root's password in DIR/credentials.json).
     pub auth: bool,
+    /// TLS on every listener (a throwaway CA in DIR/tls).
+    pub tls: bool,
 }
 
 pub async fn run(o: DevOptions) -> Result<i32> {
     let exe = std::env::current_exe().context("cannot find the tunekv executable")?;
-    if o.auth && o.cache {
+    if (o.auth || o.tls) && o.cache {
         anyhow::bail!(
-            "--cache does not work with --auth yet: the cache cannot log in to the nodes"
+            "--cache does not work with --auth or --tls yet: the cache cannot log in to the \
+             nodes or speak TLS to them"
         );
     }
     let mut cluster = LocalCluster::prepare(&exe, &o.dir, o.nodes, o.enable_faults, o.fresh, true)?;
-    if o.auth {
-        cluster.enable_auth()?;
+    let new_password = if o.auth { cluster.enable_auth()? } else { None };
+    if o.tls {
+        cluster.enable_tls()?;
     }
     println!(
         "starting {} nodes in {} ...",
@@ -44,9 +48,9 @@ pub async fn run(o: DevOptions) -> Result<i32> {
     println!("cluster is up ({}):", json.display());
     for i in 0..cluster.len() {
         println!(
-            "  node {}  http://{}  pid {}  config {}",
+            "  node {}  {}  pid {}  config {}",
             i + 1,
-            cluster.configs[i].http,
+            cluster.http(i),
             cluster.pid(i).unwrap_or(0),
             cluster.config_path(i).display()
         );
@@ -61,15 +65,38 @@ pub async fn run(o: DevOptions) -> Result<i32> {
         cluster.http(0)
     );
     if cluster.token.is_some() {
+        if let Some(p) = &new_password {
+            println!(
+                "auth is ON: user root, password {p} (printed this once; kept in {})",
+                cluster.credentials_path().display()
+            );
+        } else {
+            println!(
+                "auth is ON: user root, password in {}",
+                cluster.credentials_path().display()
+            );
+        }
         println!(
-            "auth is ON: user root, password in {} (shown nowhere else). For the CLI:\n  export TUNEKV_TOKEN=$(tunekv login --credentials {})",
-            cluster.credentials_path().display(),
+            "  for the CLI: export TUNEKV_TOKEN=$(tunekv login --credentials {})",
             cluster.credentials_path().display()
         );
     } else {
         println!(
             "auth is OFF: anyone on this machine can read, write and administer this cluster \
              (tunekv dev --auth turns it on)"
+        );
+    }
+    if let Some(tls) = cluster.configs.first().and_then(|c| c.tls.clone()) {
+        println!(
+            "TLS is ON (HTTP and RESP TLS only, mutual TLS between nodes); the CA is {}:\n  export TUNEKV_CA={}\n  redis-cli --tls --cacert {} -p {}",
+            tls.ca.display(),
+            tls.ca.display(),
+            tls.ca.display(),
+            cluster.configs[0]
+                .resp
+                .as_deref()
+                .and_then(|r| r.rsplit_once(':'))
+                .map_or("7301", |(_, p)| p)
         );
     }
     if o.demo {

@@ -257,10 +257,10 @@ impl LocalCluster {
 
     /// Turns auth on in freshly written configs: a random root password, its argon2id hash in
     /// every node's config, the password in `DIR/credentials.json` (mode 0600). Configs that
-    /// already have auth keep their credentials.
-    pub fn enable_auth(&mut self) -> Result<()> {
+    /// already have auth keep their credentials. Returns the new password, if it made one.
+    pub fn enable_auth(&mut self) -> Result<Option<String>> {
         if self.configs.iter().all(|c| c.auth.enabled) && self.credentials_path().exists() {
-            return Ok(());
+            return Ok(None);
         }
         if self.children.iter().any(Option::is_some) {
             bail!("turn auth on before the nodes start");
@@ -274,7 +274,7 @@ impl LocalCluster {
         }
         let creds = Credentials {
             user: tunekv_core::auth::ROOT_USER.into(),
-            password,
+            password: password.clone(),
         };
         let path = self.credentials_path();
         fs::write(&path, serde_json::to_string_pretty(&creds)?)?;
@@ -282,6 +282,44 @@ impl LocalCluster {
         {
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(Some(password))
+    }
+
+    /// Where `enable_tls` puts the CA and the nodes' certificates.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
+    /// The CA certificate (PEM) of a cluster with TLS.
+    pub fn ca_pem(&self) -> Option<Vec<u8>> {
+        let tls = self.configs.first()?.tls.as_ref()?;
+        fs::read(&tls.ca).ok()
+    }
+
+    /// Turns TLS on in every config: a throwaway CA (`DIR/tls/ca.pem`) and a certificate per
+    /// node for 127.0.0.1 and localhost, signed by it (HTTP and RESP serve TLS only; nodes
+    /// talk mutual TLS). Configs that already have TLS keep theirs.
+    pub fn enable_tls(&mut self) -> Result<()> {
+        if self.configs.iter().all(|c| c.tls.is_some()) {
+            return Ok(());
+        }
+        self.enable_tls_with(&DevCa::new()?)
+    }
+
+    /// Like [`LocalCluster::enable_tls`], with a CA the caller keeps (tests sign more
+    /// certificates with it).
+    pub fn enable_tls_with(&mut self, ca: &DevCa) -> Result<()> {
+        if self.children.iter().any(Option::is_some) {
+            bail!("turn TLS on before the nodes start");
+        }
+        let dir = self.tls_dir();
+        ca.write(&dir)?;
+        for i in 0..self.configs.len() {
+            let id = self.configs[i].id;
+            let files = ca.node_files(&dir, &format!("node-{id}"))?;
+            self.configs[i].tls = Some(files);
+            fs::write(self.config_path(i), toml::to_string(&self.configs[i])?)?;
         }
         Ok(())
     }
@@ -360,17 +398,28 @@ impl LocalCluster {
         self.dir.join(format!("node-{}.toml", i + 1))
     }
 
+    /// Node `i`'s HTTP base URL (`https://` when TLS is on).
     pub fn http(&self, i: usize) -> String {
-        format!("http://{}", self.configs[i].http)
+        let scheme = if self.configs[i].tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.configs[i].http)
     }
 
-    /// A client of node `i`, with root's token when auth is on (after [`LocalCluster::log_in`]).
+    /// A client of node `i`, with root's token when auth is on (after [`LocalCluster::log_in`])
+    /// and the cluster's CA when TLS is on.
     pub fn client(&self, i: usize) -> Client {
-        Client::new(&self.http(i)).with_token(self.token.clone())
+        self.client_without_token(i).with_token(self.token.clone())
     }
 
     pub fn client_without_token(&self, i: usize) -> Client {
-        Client::new(&self.http(i))
+        let c = Client::new(&self.http(i));
+        match self.ca_pem() {
+            Some(pem) => c.with_ca(pem),
+            None => c,
+        }
     }
 
     pub fn pid(&self, i: usize) -> Option<u32> {
@@ -586,6 +635,68 @@ impl LocalCluster {
         }
         fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
         Ok(path)
+    }
+}
+
+/// A throwaway certificate authority for a local cluster (`tunekv dev --tls`, tests).
+pub struct DevCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl DevCa {
+    pub fn new() -> Result<DevCa> {
+        let key = rcgen::KeyPair::generate().context("cannot make a CA key")?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "tunekv dev CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = params.self_signed(&key)?;
+        Ok(DevCa { cert, key })
+    }
+
+    /// Writes `dir/ca.pem` (the CA's certificate; its key stays in memory only).
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+        fs::create_dir_all(dir)?;
+        let path = dir.join("ca.pem");
+        fs::write(&path, self.cert.pem())?;
+        Ok(path)
+    }
+
+    /// A certificate for 127.0.0.1 and localhost signed by this CA (server and client auth),
+    /// written as `dir/NAME.pem` and `dir/NAME-key.pem` (0600), as a node's `[tls]`.
+    pub fn node_files(&self, dir: &Path, name: &str) -> Result<tunekv_node::tls::TlsConfig> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("tunekv {name}"));
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        fs::create_dir_all(dir)?;
+        let cert_path = dir.join(format!("{name}.pem"));
+        let key_path = dir.join(format!("{name}-key.pem"));
+        fs::write(&cert_path, cert.pem())?;
+        fs::write(&key_path, key.serialize_pem())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(tunekv_node::tls::TlsConfig {
+            cert: cert_path,
+            key: key_path,
+            ca: dir.join("ca.pem"),
+        })
     }
 }
 

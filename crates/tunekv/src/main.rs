@@ -19,6 +19,15 @@ use clap::Parser;
 
 fn main() {
     let args = cli::Args::parse();
+    if let Ok(path) = std::env::var("TUNEKV_CA") {
+        match std::fs::read(&path) {
+            Ok(pem) => tunekv_client::set_default_ca(pem),
+            Err(e) => {
+                eprintln!("error: TUNEKV_CA={path}: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     if let Ok(token) = std::env::var("TUNEKV_TOKEN") {
         if !token.trim().is_empty() {
             tunekv_client::set_default_token(token.trim().to_string());

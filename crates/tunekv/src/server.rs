@@ -52,9 +52,28 @@ pub async fn run(
         ),
         None => None,
     };
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(
+            tunekv_node::tls::Tls::load(files).map_err(anyhow::Error::msg)?,
+        )),
+        None => {
+            tracing::warn!(
+                "TLS IS OFF: client and node-to-node traffic (tokens and passwords included) \
+                 goes in clear. [tls] in the config turns it on (docs/security.md)"
+            );
+            None
+        }
+    };
+    let transport: Arc<dyn tunekv_node::transport::Transport> = match &tls {
+        Some(t) => Arc::new(tunekv_node::tls::TlsTransport::new(TcpTransport, t.clone())),
+        None => Arc::new(TcpTransport),
+    };
+    if let Some(t) = &tls {
+        tokio::spawn(reload_on_sighup(t.clone()));
+    }
     let node = Node::start(
         config,
-        Arc::new(TcpTransport),
+        transport,
         Arc::new(storage),
         Arc::new(SystemClock::new()),
     )
@@ -70,7 +89,12 @@ pub async fn run(
             },
             pending_bytes_max: config.resp_pending_bytes_max,
         };
-        tokio::spawn(tunekv_resp::serve(listener, node.clone(), options));
+        tokio::spawn(tunekv_resp::serve(
+            listener,
+            node.clone(),
+            options,
+            tls.clone(),
+        ));
     }
     tracing::info!(node = %node.id(), %http, resp = ?node.config().resp, raft = %node.config().raft, faults = node.faults_enabled(), "tunekv node serving");
     tunekv_api::serve(
@@ -78,6 +102,7 @@ pub async fn run(
         tunekv_api::router(node.clone()),
         tunekv_api::HttpLimits::of(node.config()),
         node.metrics().http.clone(),
+        tls,
         {
             // On SIGTERM: leadership moves first, while requests are still taken here, then
             // the listeners drain.
@@ -119,5 +144,22 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// Reads the certificates again on every SIGHUP (new connections use them; open ones keep
+/// theirs). A file that does not load leaves the old certificates in use, and says so.
+async fn reload_on_sighup(tls: Arc<tunekv_node::tls::Tls>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: certificates reload only at restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: certificates reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: certificates not reloaded; the old ones stay in use")
+            }
+        }
     }
 }

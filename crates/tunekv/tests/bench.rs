@@ -525,3 +525,63 @@ fn a_backup_bench_prints_load_backup_and_restore_rows() {
     assert!(stdout.contains("keys/s"), "{stdout}");
     assert!(stdout.contains("restored 3000 keys"), "{stdout}");
 }
+
+/// `bench --security` (issue 22): the same rows on plain, auth, TLS and auth + TLS clusters,
+/// and the login's cost where auth is on; every row did work.
+#[test]
+fn a_security_bench_prints_rows_with_and_without_auth_and_tls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_tunekv"))
+        .args([
+            "bench",
+            "--security",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--connections",
+            "2",
+            "--value-bytes",
+            "100",
+        ])
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .expect("run tunekv bench --security");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("out/security.json")).expect("security.json"),
+    )
+    .expect("security.json is JSON");
+    let rows = doc["rows"].as_array().expect("rows");
+    let mut seen: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["setup"].as_str().unwrap_or(""),
+                r["op"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    seen.sort();
+    let mut want = Vec::new();
+    for setup in ["plain", "auth", "tls", "auth+tls"] {
+        for op in ["http get", "http put", "resp get", "resp set"] {
+            want.push(format!("{setup} {op}"));
+        }
+    }
+    want.push("auth login (argon2id)".into());
+    want.push("auth+tls login (argon2id)".into());
+    want.sort();
+    assert_eq!(seen, want, "{stdout}");
+    for r in rows {
+        assert!(r["ops"].as_u64().unwrap_or(0) > 0, "{r}");
+    }
+    assert!(stdout.contains("vs plain"), "{stdout}");
+}

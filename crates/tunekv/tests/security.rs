@@ -4,9 +4,20 @@
 mod common;
 
 use common::raw::{bulk, Raw, R};
-use common::{call_as, eventually, start_secure, TestCluster};
+use common::{call_as, eventually, start_secure, start_tls, TestCluster};
 use serde_json::json;
 use std::time::Duration;
+
+/// Every string in a reply, flattened (bulk strings as text).
+fn texts(r: &R) -> String {
+    match r {
+        R::Simple(s) | R::Error(s) => s.clone(),
+        R::Int(i) => i.to_string(),
+        R::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+        R::Bulk(None) | R::NullArray => String::new(),
+        R::Array(items) | R::Push(items) => items.iter().map(texts).collect::<Vec<_>>().join(" | "),
+    }
+}
 
 /// Creates a user with `roles` through node 1 as root and logs it in: its token.
 async fn user_with(c: &TestCluster, name: &str, roles: &[&str]) -> String {
@@ -339,10 +350,14 @@ async fn resp_needs_auth_and_checks_every_key() {
     );
     assert!(matches!(ann.cmd(&["MGET", "a:1", "b:1"]), R::Error(e) if e.starts_with("NOPERM")));
     assert!(matches!(ann.cmd(&["DEL", "b:1"]), R::Error(e) if e.starts_with("NOPERM")));
-    // Whole-keyspace reads and change feeds need the whole keyspace.
+    // SCAN and KEYS list only what ann may read.
+    assert_eq!(ann.cmd(&["KEYS", "*"]), R::Array(vec![bulk("a:1")]));
+    let R::Array(page) = ann.cmd(&["SCAN", "0", "COUNT", "100"]) else {
+        panic!("scan")
+    };
+    assert_eq!(page[1], R::Array(vec![bulk("a:1")]), "{page:?}");
+    // Counts and change feeds need the whole keyspace.
     for cmd in [
-        vec!["SCAN", "0"],
-        vec!["KEYS", "*"],
         vec!["DBSIZE"],
         vec!["CLIENT", "TRACKING", "on", "BCAST"],
         vec!["SUBSCRIBE", "__keyspace@0__:b:1"],
@@ -358,4 +373,317 @@ async fn resp_needs_auth_and_checks_every_key() {
     assert!(matches!(ann.cmd(&["SET", "b:2", "y"]), R::Error(e) if e.starts_with("NOPERM")));
     assert!(matches!(ann.cmd(&["EXEC"]), R::Error(e) if e.starts_with("EXECABORT")));
     assert_eq!(root.cmd(&["GET", "b:2"]), R::Bulk(None));
+    // ACL: who am I, the log of refusals (admins only), SETUSER mapped onto a role.
+    assert_eq!(ann.cmd(&["ACL", "WHOAMI"]), bulk("ann"));
+    assert!(matches!(ann.cmd(&["ACL", "LOG"]), R::Error(e) if e.starts_with("NOPERM")));
+    let text = texts(&root.cmd(&["ACL", "LOG"]));
+    assert!(text.contains("b:1") && text.contains("ann"), "{text}");
+    assert_eq!(
+        root.cmd(&["ACL", "SETUSER", "bob", "on", ">bob-password", "%R~pub:*"]),
+        R::Simple("OK".into())
+    );
+    let mut bob = Raw::connect(&addr);
+    assert_eq!(
+        bob.cmd(&["AUTH", "bob", "bob-password"]),
+        R::Simple("OK".into())
+    );
+    assert_eq!(bob.cmd(&["GET", "pub:x"]), R::Bulk(None));
+    assert!(matches!(bob.cmd(&["SET", "pub:x", "1"]), R::Error(e) if e.starts_with("NOPERM")));
+    assert!(matches!(bob.cmd(&["GET", "a:1"]), R::Error(e) if e.starts_with("NOPERM")));
+    let list = texts(&root.cmd(&["ACL", "LIST"]));
+    assert!(
+        list.contains("user bob on #<argon2id> resetchannels &* %R~pub:* +@all"),
+        "{list}"
+    );
+    assert!(matches!(
+        root.cmd(&["ACL", "SETUSER", "bob", "~a?b*"]),
+        R::Error(e) if e.contains("PREFIX*")
+    ));
+}
+
+/// A TLS client config trusting `ca_pem`, presenting `client` (cert, key PEM files) if given.
+fn tls_client(
+    ca: &std::path::Path,
+    client: Option<&tunekv_node::tls::TlsConfig>,
+) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    let b = rustls::ClientConfig::builder_with_provider(tunekv_node::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(tunekv_node::tls::roots(ca).expect("roots"));
+    let config = match client {
+        None => b.with_no_client_auth(),
+        Some(f) => b
+            .with_client_auth_cert(
+                rustls::pki_types::CertificateDer::pem_file_iter(&f.cert)
+                    .expect("cert")
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("certs"),
+                rustls::pki_types::PrivateKeyDer::from_pem_file(&f.key).expect("key"),
+            )
+            .expect("client cert"),
+    };
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// Whether node-to-node port `addr` keeps a TLS connection open (waiting for a frame) when
+/// the client shows `client`'s certificate: false when the node drops it.
+async fn peer_port_accepts(
+    addr: &str,
+    ca: &std::path::Path,
+    client: Option<&tunekv_node::tls::TlsConfig>,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let Ok(mut s) = tls_client(ca, client).connect(name, tcp).await else {
+        return false;
+    };
+    // TLS 1.3: the server checks the client's certificate after the client's side of the
+    // handshake finished; a refusal arrives as an alert on the first read. Nothing is sent:
+    // an accepted connection just waits for a frame.
+    let mut b = [0u8; 16];
+    match tokio::time::timeout(Duration::from_millis(1500), s.read(&mut b)).await {
+        Err(_) => true,
+        Ok(Ok(n)) => n > 0,
+        Ok(Err(_)) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_on_every_listener_and_mutual_tls_between_nodes() {
+    let ca = tunekv::local_cluster::DevCa::new().expect("ca");
+    let mut c = start_tls(3, true, &ca).await;
+    let ca_path = c.tls_dir().join("ca.pem");
+    common::create_keyspace(&c.client(0), "ks", 1).await;
+    c.client(1)
+        .put("ks", b"k", b"over tls", &tunekv_client::Opts::default())
+        .await
+        .expect("put over https");
+    let r = c
+        .client(2)
+        .get("ks", b"k", &tunekv_client::Opts::level("strong"))
+        .await
+        .expect("get over https");
+    assert_eq!(r.value.as_deref(), Some(&b"over tls"[..]));
+    // Plain HTTP is refused, and so is TLS without the cluster's CA.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/v1/cluster", c.configs[0].http))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+    let untrusted = reqwest::Client::builder()
+        .use_rustls_tls()
+        .build()
+        .expect("client")
+        .get(format!("https://{}/v1/cluster", c.configs[0].http))
+        .send()
+        .await;
+    assert!(untrusted.is_err(), "a client without the CA connected");
+    // redis-cli --tls with an ACL user; plain RESP gets nothing.
+    let creds = c.credentials().expect("creds").expect("auth on");
+    let port = c.configs[1].resp.clone().expect("resp");
+    let port = port.rsplit_once(':').expect("port").1.to_string();
+    let ca_arg = ca_path.to_string_lossy().to_string();
+    let cli = |args: &[&str]| {
+        let mut all = vec![
+            "--tls",
+            "--cacert",
+            &ca_arg,
+            "-p",
+            &port,
+            "--user",
+            "root",
+            "--pass",
+            &creds.password,
+            "--no-auth-warning",
+        ];
+        all.extend_from_slice(args);
+        let out = std::process::Command::new("redis-cli")
+            .args(&all)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(cli(&["SET", "tls-key", "v1"]), "OK");
+    assert_eq!(cli(&["GET", "tls-key"]), "v1");
+    let plain = std::process::Command::new("redis-cli")
+        .args(["-p", &port, "PING"])
+        .output()
+        .expect("redis-cli");
+    assert!(
+        !String::from_utf8_lossy(&plain.stdout).contains("PONG"),
+        "plain RESP answered"
+    );
+    // redis-py over TLS with an ACL user.
+    let script = format!(
+        "import redis\n\
+         r = redis.Redis(host='127.0.0.1', port={port}, ssl=True, ssl_ca_certs={ca:?}, \
+         username='root', password={pw:?})\n\
+         r.set('py-key', 'from python')\n\
+         print(r.get('py-key').decode())\n",
+        ca = ca_arg,
+        pw = creds.password
+    );
+    let out = std::process::Command::new(common::python())
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("python");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "from python",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The node-to-node port takes only certificates this cluster's CA signed.
+    let raft = c.configs[0].raft.clone();
+    let own = c.configs[1].tls.clone().expect("tls");
+    assert!(
+        peer_port_accepts(&raft, &ca_path, Some(&own)).await,
+        "a cluster certificate is refused"
+    );
+    assert!(
+        !peer_port_accepts(&raft, &ca_path, None).await,
+        "no certificate was accepted"
+    );
+    let other = tunekv::local_cluster::DevCa::new().expect("other ca");
+    let elsewhere = tempfile::tempdir().expect("dir");
+    other.write(elsewhere.path()).expect("write");
+    let foreign = other
+        .node_files(elsewhere.path(), "intruder")
+        .expect("foreign cert");
+    assert!(
+        !peer_port_accepts(&raft, &ca_path, Some(&foreign)).await,
+        "a certificate from another CA was accepted"
+    );
+    // New certificates on SIGHUP, without a restart: node 1 serves a fresh one after it.
+    let before = served_cert(&c.configs[0].http, &ca_path).await;
+    let tls_dir = c.tls_dir();
+    ca.node_files(&tls_dir, "node-1")
+        .expect("new cert for node 1");
+    let pid = c.pid(0).expect("pid");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+    let http = c.configs[0].http.clone();
+    let ca2 = ca_path.clone();
+    eventually(
+        Duration::from_secs(5),
+        "node 1 serves its new certificate",
+        || {
+            let (http, ca2, before) = (http.clone(), ca2.clone(), before.clone());
+            async move { (served_cert(&http, &ca2).await != before).then_some(()) }
+        },
+    )
+    .await;
+    // Still one cluster: a strong read through node 1.
+    let r = c
+        .client(0)
+        .get("ks", b"k", &tunekv_client::Opts::level("strong"))
+        .await
+        .expect("get after reload");
+    assert_eq!(r.value.as_deref(), Some(&b"over tls"[..]));
+    c.stop_all();
+}
+
+/// The certificate (DER) node `http` serves to clients.
+async fn served_cert(http: &str, ca: &std::path::Path) -> Vec<u8> {
+    let tcp = tokio::net::TcpStream::connect(http).await.expect("tcp");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let s = tls_client(ca, None).connect(name, tcp).await.expect("tls");
+    s.get_ref().1.peer_certificates().expect("certs")[0].to_vec()
+}
+
+/// Runs the CLI with `env` set (on a blocking thread): exit code, stdout, stderr.
+async fn cli_with(env: Vec<(&'static str, String)>, args: Vec<String>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tunekv"))
+            .args(&args)
+            .envs(env)
+            .output()
+            .expect("run tunekv");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .expect("cli task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_logs_in_and_manages_users_and_roles() {
+    let c = start_secure(3).await;
+    let node = c.configs[0].http.clone();
+    let creds = c.credentials_path().to_string_lossy().to_string();
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    // Without a token the CLI is refused, and says why.
+    let (code, _, err) = cli_with(vec![], s(&["cluster", "--node", &node])).await;
+    assert_ne!(code, 0);
+    let (code, out, err2) = cli_with(
+        vec![],
+        s(&["login", "--credentials", &creds, "--node", &node]),
+    )
+    .await;
+    assert_eq!(code, 0, "{err2} (before: {err})");
+    let token = out.trim().to_string();
+    let env = |extra: Vec<(&'static str, String)>| {
+        let mut e = vec![
+            ("TUNEKV_TOKEN", token.clone()),
+            ("TUNEKV_NODE", node.clone()),
+        ];
+        e.extend(extra);
+        e
+    };
+    let (code, out, err) = cli_with(
+        env(vec![]),
+        s(&["role", "put", "reader", "--permission", "orders:eu/:read"]),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cli_with(
+        env(vec![("TUNEKV_PASSWORD", "carol-password".into())]),
+        s(&["user", "add", "carol", "--role", "reader"]),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = cli_with(env(vec![]), s(&["user", "get", "carol"])).await;
+    assert_eq!(code, 0);
+    let user: serde_json::Value = serde_json::from_str(&out).expect("user json");
+    assert_eq!(user["roles"], json!(["reader"]));
+    let (code, _, _) = cli_with(env(vec![]), s(&["user", "revoke", "carol", "reader"])).await;
+    assert_eq!(code, 0);
+    let (_, out, _) = cli_with(env(vec![]), s(&["user", "get", "carol"])).await;
+    let user: serde_json::Value = serde_json::from_str(&out).expect("user json");
+    assert_eq!(user["roles"], json!([]));
+    // carol logs in through the CLI too, and may not manage users.
+    let (code, out, err) = cli_with(
+        vec![("TUNEKV_PASSWORD", "carol-password".into())],
+        s(&["login", "--user", "carol", "--node", &node]),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli_with(
+        vec![
+            ("TUNEKV_TOKEN", out.trim().to_string()),
+            ("TUNEKV_NODE", node.clone()),
+        ],
+        s(&["user", "get"]),
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("permission_denied"), "{err}");
+    // A wrong permission is refused before anything is sent.
+    let (code, _, err) = cli_with(
+        env(vec![]),
+        s(&["role", "put", "x", "--permission", "orders:delete"]),
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown access"), "{err}");
 }

@@ -168,6 +168,7 @@ impl Node {
             lag_history: self.lag_history(),
             moves: self.membership_report().moves,
             pbs: self.estimate_pbs(&applies, &rtts),
+            auth: self.auth_enabled(),
         }
     }
 

@@ -69,6 +69,17 @@ pub(crate) fn grants(shared: &Shared, conn: &Conn) -> Result<std::sync::Arc<Gran
         })
 }
 
+/// The caller's rights for filtering keys (SCAN, KEYS), or None when auth is off.
+pub(crate) fn readable(
+    shared: &Shared,
+    conn: &Conn,
+) -> Result<Option<std::sync::Arc<Grants>>, Reply> {
+    if !shared.node.auth_enabled() {
+        return Ok(None);
+    }
+    grants(shared, conn).map(Some)
+}
+
 /// `Ok` when the connection may run `spec` with `args`; else the reply to send instead.
 pub(crate) fn check(
     shared: &Shared,
@@ -82,6 +93,15 @@ pub(crate) fn check(
     let grants = grants(shared, conn)?;
     let user = grants.user().unwrap_or_default().to_string();
     let ks = conn.keyspace.as_str();
+    let log = &shared.acl_log;
+    let refuse_command = |why: &str| {
+        log.record(conn, "command", spec.name, &user);
+        noperm_command(&user, spec.name, why)
+    };
+    let refuse_key = |key: &[u8]| {
+        log.record(conn, "key", &String::from_utf8_lossy(key), &user);
+        noperm_key(&user, key)
+    };
     match spec.kind {
         Kind::Connection => {
             let feed = FEEDS.contains(&spec.name)
@@ -90,11 +110,15 @@ pub(crate) fn check(
                         .get(1)
                         .is_some_and(|a| a.eq_ignore_ascii_case(b"tracking")));
             if feed && grants.range(ks, b"") != RangeRight::All {
-                return Err(noperm_command(
-                    &user,
-                    spec.name,
+                return Err(refuse_command(
                     " (change feeds need read on every key of the keyspace)",
                 ));
+            }
+            // CONFIG SET changes this node's settings for every connection.
+            let config_set = spec.name == "config"
+                && args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"set"));
+            if config_set && grants.check_cluster_admin("config set").is_err() {
+                return Err(refuse_command(" (cluster admins only)"));
             }
             Ok(())
         }
@@ -105,17 +129,15 @@ pub(crate) fn check(
                 return Ok(());
             }
             if keys.is_empty() {
-                // SCAN, KEYS, DBSIZE, RANDOMKEY, FLUSHDB: the whole keyspace.
-                let ok = match spec.kind {
-                    Kind::Read => grants.range(ks, b"") == RangeRight::All,
+                // SCAN and KEYS list only the keys the user may read (`readable`); DBSIZE
+                // counts every key, so it needs them all.
+                let ok = match (spec.kind, spec.name) {
+                    (Kind::Read, "scan" | "keys") => grants.range(ks, b"") != RangeRight::None,
+                    (Kind::Read, _) => grants.range(ks, b"") == RangeRight::All,
                     _ => grants.check_keyspace_admin(ks).is_ok(),
                 };
                 if !ok {
-                    return Err(noperm_command(
-                        &user,
-                        spec.name,
-                        " (it spans the whole keyspace)",
-                    ));
+                    return Err(refuse_command(" (it spans the whole keyspace)"));
                 }
                 return Ok(());
             }
@@ -125,10 +147,10 @@ pub(crate) fn check(
                     && args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"get")));
             for key in keys {
                 if reads && !grants.allows(ks, key, Access::Read) {
-                    return Err(noperm_key(&user, key));
+                    return Err(refuse_key(key));
                 }
                 if spec.kind == Kind::Write && !grants.allows(ks, key, Access::Write) {
-                    return Err(noperm_key(&user, key));
+                    return Err(refuse_key(key));
                 }
             }
             Ok(())

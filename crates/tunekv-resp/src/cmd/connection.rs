@@ -142,6 +142,7 @@ async fn log_in(shared: &Shared, conn: &mut Conn, user: &str, password: &str) ->
             if e.code == tunekv_core::Code::Unauthenticated
                 || e.code == tunekv_core::Code::BadRequest =>
         {
+            shared.acl_log.record(conn, "auth", "AUTH", user);
             Err(Reply::Error(
                 "WRONGPASS invalid username-password pair or user is disabled.".into(),
             ))
@@ -222,7 +223,7 @@ fn hello_reply(shared: &Shared, conn: &mut Conn) -> Out {
     ]))
 }
 
-fn client_line(conn: &Conn) -> String {
+pub(super) fn client_line(conn: &Conn) -> String {
     // Clients parse `db` as a number: a named keyspace shows as -1, and by name in `keyspace`.
     let db = conn
         .keyspace

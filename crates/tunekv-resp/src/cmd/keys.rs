@@ -325,8 +325,16 @@ fn scan<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
                 _ => return Err(syntax()),
             }
         }
-        let matcher =
-            |k: &[u8]| only_strings && pattern.as_ref().is_none_or(|p| glob::matches(p, k));
+        // A user who may read only some keys sees only those.
+        let readable = super::access::readable(s, conn)?;
+        let ks = conn.keyspace.clone();
+        let matcher = |k: &[u8]| {
+            only_strings
+                && pattern.as_ref().is_none_or(|p| glob::matches(p, k))
+                && readable
+                    .as_ref()
+                    .is_none_or(|g| g.allows(&ks, k, tunekv_core::auth::Access::Read))
+        };
         let page = s
             .node
             .scan(conn.read_req(), cursor, count, &matcher)
@@ -350,6 +358,8 @@ fn scan<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
 fn keys<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
     Box::pin(async move {
         let pattern = a.next()?;
+        let readable = super::access::readable(s, conn)?;
+        let ks = conn.keyspace.clone();
         let mut keys = Vec::new();
         let mut cursor = 0;
         let mut receipts = Vec::new();
@@ -358,6 +368,9 @@ fn keys<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
                 .node
                 .scan(conn.read_req(), cursor, 1000, &|k: &[u8]| {
                     glob::matches(pattern, k)
+                        && readable
+                            .as_ref()
+                            .is_none_or(|g| g.allows(&ks, k, tunekv_core::auth::Access::Read))
                 })
                 .await
                 .map_err(typed)?;

@@ -11,6 +11,7 @@
 //! Handlers read their arguments through an [`Args`] cursor.
 
 pub(crate) mod access;
+pub(crate) mod acl;
 mod connection;
 mod counters;
 mod hashes;
@@ -102,23 +103,28 @@ impl CommandSpec {
     }
 }
 
+/// Every command of every group, in the groups' order.
+fn every_spec() -> impl Iterator<Item = &'static CommandSpec> {
+    connection::SPECS
+        .iter()
+        .chain(strings::SPECS)
+        .chain(counters::SPECS)
+        .chain(keys::SPECS)
+        .chain(sets::SPECS)
+        .chain(hashes::SPECS)
+        .chain(siblings::SPECS)
+        .chain(tunekv::SPECS)
+        .chain(transactions::SPECS)
+        .chain(pubsub::SPECS)
+        .chain(acl::SPECS)
+}
+
 /// Every command, by name.
 fn table() -> &'static HashMap<&'static str, &'static CommandSpec> {
     static TABLE: OnceLock<HashMap<&'static str, &'static CommandSpec>> = OnceLock::new();
     TABLE.get_or_init(|| {
         let mut t = HashMap::new();
-        for spec in connection::SPECS
-            .iter()
-            .chain(strings::SPECS)
-            .chain(counters::SPECS)
-            .chain(keys::SPECS)
-            .chain(sets::SPECS)
-            .chain(hashes::SPECS)
-            .chain(siblings::SPECS)
-            .chain(tunekv::SPECS)
-            .chain(transactions::SPECS)
-            .chain(pubsub::SPECS)
-        {
+        for spec in every_spec() {
             let clash = t.insert(spec.name, spec);
             debug_assert!(clash.is_none(), "command {} listed twice", spec.name);
         }
@@ -645,18 +651,7 @@ mod tests {
 
     #[test]
     fn every_command_is_listed_once_with_a_summary_and_sane_keys() {
-        let all: Vec<&CommandSpec> = connection::SPECS
-            .iter()
-            .chain(strings::SPECS)
-            .chain(counters::SPECS)
-            .chain(keys::SPECS)
-            .chain(sets::SPECS)
-            .chain(hashes::SPECS)
-            .chain(siblings::SPECS)
-            .chain(tunekv::SPECS)
-            .chain(transactions::SPECS)
-            .chain(pubsub::SPECS)
-            .collect();
+        let all: Vec<&CommandSpec> = every_spec().collect();
         assert_eq!(all.len(), table().len(), "a command listed twice");
         for s in all {
             assert_eq!(s.name, s.name.to_ascii_lowercase());

@@ -12,6 +12,7 @@ mod leaderless;
 mod pbs;
 mod peers;
 mod scale;
+mod security;
 mod svg;
 
 use crate::targets::{self, Target};
@@ -79,6 +80,9 @@ pub struct BenchOptions {
     /// `--scale`: SET and GET throughput, p99.9, worst request, restart time, memory and disk
     /// at 100k, 1M and 10M keys (up to `--keys`).
     pub scale: bool,
+    /// `--security`: the same rows on plain, auth, TLS and auth + TLS clusters (it starts
+    /// them), and the login's cost.
+    pub security: bool,
 }
 
 /// What one phase (a row: a level, or a peer system's operation) measured.
@@ -204,6 +208,9 @@ pub async fn run(o: BenchOptions) -> Result<i32> {
     }
     for l in &o.levels {
         tunekv_core::Level::parse(l).map_err(|e| anyhow::anyhow!("--levels: {}", e.message))?;
+    }
+    if o.security {
+        return security::run(&o).await;
     }
     // Peers first: a missing etcd or Redis is reported before a cluster is started.
     let mut peers = if o.compare.is_empty() {

@@ -41,7 +41,7 @@ impl Value {
 }
 
 pub struct RespConn {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<tunekv_node::transport::BoxStream>,
 }
 
 impl RespConn {
@@ -51,7 +51,33 @@ impl RespConn {
             .with_context(|| format!("connect to {addr}"))?;
         s.set_nodelay(true)?;
         Ok(RespConn {
-            stream: BufReader::new(s),
+            stream: BufReader::new(Box::new(s)),
+        })
+    }
+
+    /// Over TLS, trusting the CA in `ca_pem` (a node with `[tls]`).
+    pub async fn connect_tls(addr: &str, ca_pem: &[u8]) -> Result<RespConn> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+            roots.add(c.context("the CA is not PEM")?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(tunekv_node::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let s = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect to {addr}"))?;
+        s.set_nodelay(true)?;
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_string();
+        let name = rustls::pki_types::ServerName::try_from(host)?;
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, s)
+            .await
+            .with_context(|| format!("TLS to {addr}"))?;
+        Ok(RespConn {
+            stream: BufReader::new(Box::new(tls)),
         })
     }
 

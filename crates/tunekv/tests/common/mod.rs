@@ -107,6 +107,25 @@ pub async fn start_secure(n: u32) -> TestCluster {
     TestCluster { cluster, _dir: dir }
 }
 
+/// Starts `n` nodes with TLS on every listener (certificates from `ca`) and, with `auth`,
+/// auth on too; `c.client(i)` speaks https with the CA (and root's token).
+pub async fn start_tls(n: u32, auth: bool, ca: &tunekv::local_cluster::DevCa) -> TestCluster {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tunekv"));
+    let mut cluster = LocalCluster::prepare_with(exe, dir.path(), n, false, false, false, |_| {})
+        .expect("prepare");
+    if auth {
+        cluster.enable_auth().expect("auth on");
+    }
+    cluster.enable_tls_with(ca).expect("tls on");
+    cluster.start_all().expect("start");
+    cluster
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .expect("cluster ready");
+    TestCluster { cluster, _dir: dir }
+}
+
 /// One HTTP call with `Authorization: Bearer TOKEN` (none when `token` is None): status and
 /// body (JSON when it parses).
 pub async fn call_as(
