@@ -60,12 +60,16 @@ pub struct Bugs {
     /// took away without sending it first (a quorum read on the new ring can miss a write
     /// acknowledged at w=quorum on the old one).
     ring_no_handoff: bool,
+    /// `auth-ignore-prefix`: a permission's key prefix is ignored, so a user restricted to
+    /// some keys of a keyspace may touch all of them (the security tests' prefix checks catch
+    /// it).
+    auth_ignore_prefix: bool,
 }
 
 pub const BUG_NAMES: &str =
     "strong-local, ignore-session, skip-bounded, ack-early, old-receipts, quorum-ack-one, gc-early, \
      drop-hints, skip-read-repair, counter-lww, set-remove-wins, siblings-union, progress-early, \
-     feed-dupes, metrics-fresh, backup-stale, ring-no-handoff";
+     feed-dupes, metrics-fresh, backup-stale, ring-no-handoff, auth-ignore-prefix";
 
 impl Bugs {
     /// Parses `--bug` names. Any name in a build without the feature is an error.
@@ -95,6 +99,7 @@ impl Bugs {
                 "metrics-fresh" => b.metrics_fresh = true,
                 "backup-stale" => b.backup_stale = true,
                 "ring-no-handoff" => b.ring_no_handoff = true,
+                "auth-ignore-prefix" => b.auth_ignore_prefix = true,
                 other => return Err(format!("unknown bug {other:?}; bugs: {BUG_NAMES}")),
             }
         }
@@ -119,11 +124,16 @@ impl Bugs {
                 || self.feed_dupes
                 || self.metrics_fresh
                 || self.backup_stale
-                || self.ring_no_handoff)
+                || self.ring_no_handoff
+                || self.auth_ignore_prefix)
     }
 
     pub fn ring_no_handoff(&self) -> bool {
         cfg!(feature = "bug-injection") && self.ring_no_handoff
+    }
+
+    pub fn auth_ignore_prefix(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.auth_ignore_prefix
     }
 
     pub fn backup_stale(&self) -> bool {

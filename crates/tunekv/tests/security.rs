@@ -154,9 +154,10 @@ async fn every_route_needs_a_token_and_the_right() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prefix_users_see_only_their_keys_and_write_only_cannot_read() {
-    let c = start_secure(3).await;
+/// Users restricted to a prefix (`reader`: read `a/`; `writer`: write `b/`) on keyspace `ks`
+/// of `c`: every way they touched what they may not, as text (empty: none). Returns their
+/// tokens too.
+async fn prefix_leaks(c: &TestCluster) -> (Vec<String>, String, String) {
     common::create_keyspace(&c.client(0), "ks", 2).await;
     let root = c.client(0);
     for k in ["a/1", "a/2", "b/1", "b/2"] {
@@ -165,34 +166,46 @@ async fn prefix_users_see_only_their_keys_and_write_only_cannot_read() {
             .expect("put as root");
     }
     role(
-        &c,
+        c,
         "a-reader",
         json!([{"keyspace": "ks", "prefix": "a/", "access": "read"}]),
     )
     .await;
     role(
-        &c,
+        c,
         "b-writer",
         json!([{"keyspace": "ks", "prefix": "b/", "access": "write"}]),
     )
     .await;
-    let reader = user_with(&c, "reader", &["a-reader"]).await;
-    let writer = user_with(&c, "writer", &["b-writer"]).await;
+    let reader = user_with(c, "reader", &["a-reader"]).await;
+    let writer = user_with(c, "writer", &["b-writer"]).await;
     let h = c.http(2);
+    let mut leaks = Vec::new();
+    let mut expect = |what: &str, got: u16, want: u16| {
+        if got != want {
+            leaks.push(format!("{what}: {got}, not {want}"));
+        }
+    };
     let get = |tok: String, key: &'static str| {
         let url = format!("{h}/v1/kv/ks/{key}");
         async move { call_as(Some(&tok), "GET", &url, "").await.0 }
     };
-    assert_eq!(get(reader.clone(), "a%2F1").await, 200);
-    assert_eq!(get(reader.clone(), "b%2F1").await, 403);
+    expect("reader GET b/1", get(reader.clone(), "b%2F1").await, 403);
     // Write-only never reads (redis#10159).
-    assert_eq!(get(writer.clone(), "b%2F1").await, 403);
-    let (s, _) = call_as(Some(&writer), "PUT", &format!("{h}/v1/kv/ks/b%2F3"), "w").await;
-    assert_eq!(s, 200);
+    expect("writer GET b/1", get(writer.clone(), "b%2F1").await, 403);
     let (s, _) = call_as(Some(&writer), "PUT", &format!("{h}/v1/kv/ks/a%2F3"), "w").await;
-    assert_eq!(s, 403);
+    expect("writer PUT a/3", s, 403);
     let (s, _) = call_as(Some(&reader), "PUT", &format!("{h}/v1/kv/ks/a%2F3"), "w").await;
-    assert_eq!(s, 403, "read-only writes nothing");
+    expect("reader PUT a/3", s, 403);
+    // A batch-get naming one key outside the prefix is refused whole.
+    let (s, _) = call_as(
+        Some(&reader),
+        "POST",
+        &format!("{h}/v1/kv/ks:batch-get"),
+        r#"{"keys":["a/1","b/1"]}"#,
+    )
+    .await;
+    expect("reader batch-get a/1 b/1", s, 403);
     // A scan of the whole keyspace lists only a/ keys, every page.
     let mut keys = Vec::new();
     let mut cursor = 0u64;
@@ -218,16 +231,24 @@ async fn prefix_users_see_only_their_keys_and_write_only_cannot_read() {
         }
     }
     keys.sort();
-    assert_eq!(keys, ["a/1", "a/2"]);
-    // A batch-get naming one key outside the prefix is refused whole.
-    let (s, _) = call_as(
-        Some(&reader),
-        "POST",
-        &format!("{h}/v1/kv/ks:batch-get"),
-        r#"{"keys":["a/1","b/1"]}"#,
-    )
-    .await;
-    assert_eq!(s, 403);
+    if keys != ["a/1", "a/2"] {
+        leaks.push(format!("reader's scan listed {keys:?}"));
+    }
+    (leaks, reader, writer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_users_see_only_their_keys_and_write_only_cannot_read() {
+    let c = start_secure(3).await;
+    let (leaks, reader, writer) = prefix_leaks(&c).await;
+    assert!(leaks.is_empty(), "{leaks:?}");
+    let h = c.http(2);
+    let root = c.client(0);
+    // What they may do, they can.
+    let (s, _) = call_as(Some(&reader), "GET", &format!("{h}/v1/kv/ks/a%2F1"), "").await;
+    assert_eq!(s, 200);
+    let (s, _) = call_as(Some(&writer), "PUT", &format!("{h}/v1/kv/ks/b%2F3"), "w").await;
+    assert_eq!(s, 200);
     // A watch of the whole keyspace delivers only a/ changes.
     let watcher = tunekv_client::Client::new(&c.http(1)).with_token(Some(reader.clone()));
     let mut feed = watcher.watch("ks", "").await.expect("watch as reader");
@@ -248,6 +269,23 @@ async fn prefix_users_see_only_their_keys_and_write_only_cannot_read() {
     .await
     .expect("a change within 10 s");
     assert_eq!(first, "a/9", "b/9 must never reach the a/ reader");
+}
+
+/// The prefix checks can fail: with permissions' prefixes ignored (bug `auth-ignore-prefix`),
+/// the same scenario finds the reader reading b/ and listing it, and the writer writing a/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignoring_prefixes_is_caught() {
+    let c = common::start_secure_with(3, &["--bug", "auth-ignore-prefix"]).await;
+    let (leaks, _, _) = prefix_leaks(&c).await;
+    let text = leaks.join("; ");
+    for leak in [
+        "reader GET b/1",
+        "writer PUT a/3",
+        "reader batch-get",
+        "reader's scan",
+    ] {
+        assert!(text.contains(leak), "{leak} not caught: {text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

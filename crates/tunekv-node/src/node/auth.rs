@@ -195,6 +195,9 @@ impl Node {
                 permissions.extend(r.permissions);
             }
         }
+        if self.config.bugs.auth_ignore_prefix() {
+            permissions.iter_mut().for_each(|p| p.prefix.clear());
+        }
         let grants = Arc::new(Grants::of(&claims.user, permissions));
         let mut cache = lock(&self.grants_cache);
         if cache.len() >= GRANTS_CACHE_MAX {
