@@ -97,10 +97,16 @@ async fn handle(State(node): State<AppState>, req: Request) -> Response {
             // Everything logged while this request runs carries its span's fields.
             let span =
                 tracing::info_span!("request", node = node.id().0, protocol = "http", op, level);
-            let checked = crate::authz::authorize(&grants, &req).map(|_| grants);
+            let checked = crate::authz::authorize(&grants, &req)
+                .and_then(|_| node.admit(&grants))
+                .map(|_| grants);
             let response = match checked {
                 Ok(grants) => {
-                    let caller = Caller { grants, bearer };
+                    let caller = Caller {
+                        grants,
+                        bearer,
+                        slot: None,
+                    };
                     tracing::Instrument::instrument(execute(&node, req, caller), span)
                         .await
                         .unwrap_or_else(IntoResponse::into_response)
@@ -134,6 +140,8 @@ async fn handle(State(node): State<AppState>, req: Request) -> Response {
 struct Caller {
     grants: Arc<Grants>,
     bearer: Option<String>,
+    /// A watch's place under `watches_per_user_max`, held as long as its stream.
+    slot: Option<tunekv_node::WatchSlot>,
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header, if any.
@@ -446,6 +454,8 @@ async fn execute(node: &Arc<Node>, req: ApiRequest, caller: Caller) -> Result<Re
             Ok((position, session_header(&token), Json(body)).into_response())
         }
         ApiRequest::Watch { ks, prefix, from } => {
+            let mut caller = caller;
+            caller.slot = node.watch_slot(&caller.grants)?;
             watch(node, &ks, prefix, from.as_deref(), caller).await
         }
         ApiRequest::Faults(change) => faults(node, change),
@@ -842,6 +852,7 @@ pub fn status_of(code: Code) -> StatusCode {
         Code::CursorCompacted => StatusCode::GONE,
         Code::Unauthenticated => StatusCode::UNAUTHORIZED,
         Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         Code::TooManySiblings | Code::VersionMismatch => StatusCode::CONFLICT,
         Code::Siblings => StatusCode::MULTIPLE_CHOICES,
         Code::WrongType => StatusCode::CONFLICT,

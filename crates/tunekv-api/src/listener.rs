@@ -33,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
+use tunekv_core::{Code, TunekvError};
 use tunekv_node::metrics::Connections;
 use tunekv_node::tls::Tls;
 use tunekv_node::transport::BoxStream;
@@ -47,6 +48,8 @@ pub struct HttpLimits {
     pub connections_max: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Requests one connection may make per second (`connection_requests_per_s`); 0: any.
+    pub requests_per_s: u32,
 }
 
 impl HttpLimits {
@@ -55,6 +58,7 @@ impl HttpLimits {
             connections_max: config.http_connections_max,
             header_read_timeout: Duration::from_millis(config.http_header_read_timeout_ms),
             idle_timeout: Duration::from_millis(config.http_idle_timeout_ms),
+            requests_per_s: config.connection_requests_per_s,
         }
     }
 }
@@ -298,11 +302,23 @@ async fn connection(
     });
     let app = TowerToHyperService::new(app);
     let handlers = activity.clone();
+    let limiter = tunekv_node::quota(limits.requests_per_s).map(governor::RateLimiter::direct);
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let handling = handlers.handle();
-        let response = app.call(req.map(Body::new));
+        // Over this connection's rate: answered at once, the request never reaches the node.
+        let limited = limiter.as_ref().is_some_and(|l| l.check().is_err());
+        let response = (!limited).then(|| app.call(req.map(Body::new)));
         async move {
-            let r = response.await;
+            let r = match response {
+                Some(f) => f.await,
+                None => Ok(crate::http::error_response(TunekvError::new(
+                    Code::RateLimited,
+                    format!(
+                        "this connection sends more than connection_requests_per_s ({}); slow down",
+                        limits.requests_per_s
+                    ),
+                ))),
+            };
             drop(handling);
             r
         }

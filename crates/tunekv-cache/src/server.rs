@@ -13,6 +13,7 @@ const LIMITS: HttpLimits = HttpLimits {
     connections_max: 10_000,
     header_read_timeout: Duration::from_secs(10),
     idle_timeout: Duration::from_secs(60),
+    requests_per_s: 0,
 };
 
 /// Starts the cache's background work: the write-behind flusher, warming, and measuring the

@@ -86,6 +86,9 @@ pub enum Code {
     Unauthenticated,
     /// The caller is known but lacks the right the request needs (HTTP 403; RESP `NOPERM`).
     PermissionDenied,
+    /// Over a rate or a cap (`user_requests_per_s`, `connection_requests_per_s`,
+    /// `watches_per_user_max`): nothing was done; retry later (HTTP 429).
+    RateLimited,
 }
 
 impl Code {
@@ -127,6 +130,7 @@ impl Code {
             Code::CursorCompacted => "cursor_compacted",
             Code::Unauthenticated => "unauthenticated",
             Code::PermissionDenied => "permission_denied",
+            Code::RateLimited => "rate_limited",
         }
     }
 
@@ -173,6 +177,7 @@ pub const ALL_CODES: &[Code] = &[
     Code::CursorCompacted,
     Code::Unauthenticated,
     Code::PermissionDenied,
+    Code::RateLimited,
 ];
 
 /// The most characters of client input an error message repeats: a 10 MB field name must not

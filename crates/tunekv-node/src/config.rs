@@ -28,6 +28,17 @@ pub struct NodeConfig {
     /// Most simultaneous HTTP connections; one more is answered `503 unavailable` and closed.
     #[serde(default = "http_connections_max")]
     pub http_connections_max: usize,
+    /// Requests one authenticated user may make per second on this node, HTTP and RESP
+    /// together (bursts of up to one second's worth); more are `rate_limited`. 0: no limit.
+    #[serde(default)]
+    pub user_requests_per_s: u32,
+    /// Requests one connection may make per second (HTTP or RESP); more are `rate_limited`.
+    /// 0: no limit.
+    #[serde(default)]
+    pub connection_requests_per_s: u32,
+    /// Change feeds (`/v1/watch`) one user may hold open on this node at once.
+    #[serde(default = "watches_per_user_max")]
+    pub watches_per_user_max: usize,
     /// Time an HTTP client has to finish a request's head once its first byte arrived.
     #[serde(default = "http_header_read_timeout_ms")]
     pub http_header_read_timeout_ms: u64,
@@ -272,6 +283,9 @@ fn resp_request_bytes_max() -> usize {
 fn resp_pending_bytes_max() -> usize {
     1024 * 1024 * 1024
 }
+fn watches_per_user_max() -> usize {
+    64
+}
 fn http_connections_max() -> usize {
     10_000
 }
@@ -481,6 +495,9 @@ impl NodeConfig {
                 resp_request_bytes_max: resp_request_bytes_max(),
                 resp_pending_bytes_max: resp_pending_bytes_max(),
                 http_connections_max: http_connections_max(),
+                user_requests_per_s: 0,
+                connection_requests_per_s: 0,
+                watches_per_user_max: watches_per_user_max(),
                 http_header_read_timeout_ms: http_header_read_timeout_ms(),
                 http_idle_timeout_ms: http_idle_timeout_ms(),
                 batch_get_response_bytes_max: batch_get_response_bytes_max(),

@@ -58,6 +58,8 @@ impl Shared {
             caching: None,
             own_writes: VecDeque::new(),
             login: None,
+            limiter: tunekv_node::quota(self.node.config().connection_requests_per_s)
+                .map(governor::RateLimiter::direct),
         }
     }
 
@@ -108,6 +110,8 @@ pub struct Conn {
     pub(crate) own_writes: VecDeque<(Arc<str>, u32, u64)>,
     /// The user this connection authenticated as (`AUTH`), and the user's epoch then.
     pub(crate) login: Option<(String, u64)>,
+    /// This connection's request rate (`connection_requests_per_s`); None: no limit.
+    pub(crate) limiter: Option<governor::DefaultDirectRateLimiter>,
 }
 
 impl Conn {

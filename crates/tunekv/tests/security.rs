@@ -275,7 +275,7 @@ async fn prefix_users_see_only_their_keys_and_write_only_cannot_read() {
 /// the same scenario finds the reader reading b/ and listing it, and the writer writing a/.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ignoring_prefixes_is_caught() {
-    let c = common::start_secure_with(3, &["--bug", "auth-ignore-prefix"]).await;
+    let c = common::start_secure_with(3, &["--bug", "auth-ignore-prefix"], |_| {}).await;
     let (leaks, _, _) = prefix_leaks(&c).await;
     let text = leaks.join("; ");
     for leak in [
@@ -724,4 +724,96 @@ async fn the_cli_logs_in_and_manages_users_and_roles() {
     .await;
     assert_ne!(code, 0);
     assert!(err.contains("unknown access"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_held_to_their_request_rate_and_watch_cap() {
+    let c = common::start_secure_with(3, &[], |cfg| {
+        cfg.user_requests_per_s = 50;
+        cfg.watches_per_user_max = 2;
+    })
+    .await;
+    common::create_keyspace(&c.client(0), "ks", 1).await;
+    role(&c, "all", json!([{"keyspace": "ks", "access": "read"}])).await;
+    let token = user_with(&c, "alice", &["all"]).await;
+    // 200 reads back to back on one node: over 50/s (with a burst of 50), some are refused.
+    let url = format!("{}/v1/kv/ks/k", c.http(1));
+    let mut codes = std::collections::BTreeMap::new();
+    for _ in 0..200 {
+        let (s, b) = call_as(Some(&token), "GET", &url, "").await;
+        if s == 429 {
+            assert_eq!(b["error"]["code"], "rate_limited", "{b}");
+        }
+        *codes.entry(s).or_insert(0) += 1;
+    }
+    assert!(codes.get(&429).copied().unwrap_or(0) > 0, "{codes:?}");
+    assert!(codes.get(&404).copied().unwrap_or(0) >= 50, "{codes:?}");
+    // The same user over RESP shares the budget; other users do not.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut r = Raw::connect(c.configs[1].resp.as_deref().expect("resp"));
+    assert_eq!(
+        r.cmd(&["AUTH", "alice", "alice-password"]),
+        R::Simple("OK".into())
+    );
+    let mut pipeline = Vec::new();
+    for _ in 0..200 {
+        pipeline.extend(common::raw::frame(&["PING"]));
+    }
+    r.send(&pipeline);
+    let limited = (0..200)
+        .filter(|_| matches!(r.read(), R::Error(e) if e.starts_with("RATE_LIMITED")))
+        .count();
+    assert!(limited > 0, "no RESP command was limited");
+    // Watches: two at once, the third refused until one closes.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let watcher = tunekv_client::Client::new(&c.http(2)).with_token(Some(token.clone()));
+    let first = watcher.watch("ks", "").await.expect("first watch");
+    let _second = watcher.watch("ks", "").await.expect("second watch");
+    let third = watcher.watch("ks", "").await;
+    assert_eq!(
+        third
+            .err()
+            .and_then(|e| e.code().map(str::to_string))
+            .as_deref(),
+        Some("rate_limited")
+    );
+    drop(first);
+    eventually(
+        Duration::from_secs(5),
+        "a closed watch frees its slot",
+        || {
+            let w = watcher.clone();
+            async move { w.watch("ks", "").await.ok() }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_held_to_their_request_rate() {
+    let c = common::start_with(3, false, |cfg| cfg.connection_requests_per_s = 30).await;
+    // One HTTP connection (reqwest keeps it alive): 150 requests, some refused.
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/clock", c.http(0));
+    let mut limited = 0;
+    for _ in 0..150 {
+        let resp = http.get(&url).send().await.expect("send");
+        if resp.status().as_u16() == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited > 0, "no HTTP request was limited");
+    // A fresh connection has its own budget.
+    let (s, _, _) = common::call("GET", &url, "").await;
+    assert_eq!(s, 200);
+    let mut r = Raw::connect(c.configs[0].resp.as_deref().expect("resp"));
+    let mut pipeline = Vec::new();
+    for _ in 0..150 {
+        pipeline.extend(common::raw::frame(&["PING"]));
+    }
+    r.send(&pipeline);
+    let limited = (0..150)
+        .filter(|_| matches!(r.read(), R::Error(e) if e.starts_with("RATE_LIMITED")))
+        .count();
+    assert!(limited > 0, "no RESP command was limited");
 }

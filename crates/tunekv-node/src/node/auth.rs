@@ -630,6 +630,84 @@ pub fn op_needs(op: &Op) -> Vec<(Vec<u8>, Access)> {
     }
 }
 
+/// Each user's request budget on this node (`user_requests_per_s`).
+pub(super) type UserLimiter = governor::DefaultKeyedRateLimiter<String>;
+
+/// A per-second rate with bursts of one second's worth; None for 0 (no limit).
+pub fn quota(per_s: u32) -> Option<governor::Quota> {
+    std::num::NonZeroU32::new(per_s).map(governor::Quota::per_second)
+}
+
+/// One open watch of a user, counted until dropped (`watches_per_user_max`).
+pub struct WatchSlot {
+    node: std::sync::Weak<Node>,
+    user: String,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.upgrade() {
+            let mut counts = lock(&node.watch_counts);
+            if let Some(n) = counts.get_mut(&self.user) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&self.user);
+                }
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Counts one request of the caller against `user_requests_per_s`; `rate_limited` over it.
+    pub fn admit(&self, grants: &Grants) -> Result<(), TunekvError> {
+        let (Some(limiter), Some(user)) = (&self.user_limiter, grants.user()) else {
+            return Ok(());
+        };
+        if limiter.check_key(&user.to_string()).is_ok() {
+            return Ok(());
+        }
+        // Keys of users who stopped sending are dropped now and then (the map stays small).
+        if limiter.len() > 4096 {
+            limiter.retain_recent();
+        }
+        Err(err(
+            Code::RateLimited,
+            format!(
+                "user {} sends more than user_requests_per_s ({}) to this node; slow down",
+                tunekv_core::code::echo(user),
+                self.config.user_requests_per_s
+            ),
+        ))
+    }
+
+    /// A slot for one more open watch of the caller, or `rate_limited` at
+    /// `watches_per_user_max` (auth off: no user, no cap).
+    pub fn watch_slot(&self, grants: &Grants) -> Result<Option<WatchSlot>, TunekvError> {
+        let Some(user) = grants.user() else {
+            return Ok(None);
+        };
+        let mut counts = lock(&self.watch_counts);
+        let n = counts.entry(user.to_string()).or_default();
+        if *n >= self.config.watches_per_user_max {
+            return Err(err(
+                Code::RateLimited,
+                format!(
+                    "user {} already holds {} watches on this node (watches_per_user_max); \
+                     close one first",
+                    tunekv_core::code::echo(user),
+                    *n
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(Some(WatchSlot {
+            node: self.me.get().cloned().unwrap_or_default(),
+            user: user.to_string(),
+        }))
+    }
+}
+
 fn no_such(what: &str, name: &str) -> TunekvError {
     err(
         Code::NotFound,

@@ -45,6 +45,8 @@ impl Node {
         let hlc = Arc::new(Hlc::new(config.max_clock_offset_ms));
         let metrics = Arc::new(Metrics::new());
         let observed = metrics.clone();
+        let user_limiter =
+            auth::quota(config.user_requests_per_s).map(governor::RateLimiter::keyed);
         let node = Arc::new(Node {
             id: NodeId(config.id),
             commit: GroupCommit::observed(
@@ -85,6 +87,8 @@ impl Node {
             grants_cache: Mutex::new(HashMap::new()),
             login_gate: tokio::sync::Semaphore::new(auth::LOGINS_AT_ONCE),
             dummy_hash: std::sync::OnceLock::new(),
+            user_limiter,
+            watch_counts: Mutex::new(HashMap::new()),
         });
         let _ = node.me.set(Arc::downgrade(&node));
         node.load_hints()?;

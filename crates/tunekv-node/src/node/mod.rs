@@ -20,7 +20,7 @@ mod status;
 mod stored_feed;
 mod watch;
 mod write;
-pub use auth::{op_needs, Login, RoleView, UserChange, UserView, AUTH_STALE_MAX};
+pub use auth::{op_needs, quota, Login, RoleView, UserChange, UserView, WatchSlot, AUTH_STALE_MAX};
 pub use backup::{RestoreOutcome, ShardDump};
 pub use membership::{MembershipReport, MoveView, NodeView};
 pub use pubsub::PublishSink;
@@ -320,6 +320,10 @@ pub struct Node {
     // Logins hashing passwords now (argon2id is slow on purpose).
     login_gate: tokio::sync::Semaphore,
     dummy_hash: std::sync::OnceLock<String>,
+    // Each user's request rate (`user_requests_per_s`); None: no limit.
+    user_limiter: Option<auth::UserLimiter>,
+    // Open watches per user (`watches_per_user_max`).
+    watch_counts: Mutex<HashMap<String, usize>>,
 }
 
 /// The items of a batch (1 to `BATCH_KEYS_MAX`, every key checked) grouped by shard, in shard

@@ -91,6 +91,7 @@ pub(crate) fn check(
         return Ok(());
     }
     let grants = grants(shared, conn)?;
+    shared.node.admit(&grants).map_err(super::typed)?;
     let user = grants.user().unwrap_or_default().to_string();
     let ks = conn.keyspace.as_str();
     let log = &shared.acl_log;

@@ -288,6 +288,15 @@ async fn dispatch(
             spec.name
         ));
     }
+    if conn.limiter.as_ref().is_some_and(|l| l.check().is_err()) {
+        return typed(TunekvError::new(
+            tunekv_core::Code::RateLimited,
+            format!(
+                "this connection sends more than connection_requests_per_s ({}); slow down",
+                shared.node.config().connection_requests_per_s
+            ),
+        ));
+    }
     // Checked as a command is queued in MULTI as well as run (redis#15673: rights must hold
     // for what EXEC runs; a queued command was checked moments before).
     if let Err(refused) = access::check(shared, conn, spec, &args) {

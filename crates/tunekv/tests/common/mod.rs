@@ -94,14 +94,19 @@ pub async fn create_keyspace(c: &Client, name: &str, shards: u32) {
 /// Starts `n` nodes with auth on (root's password in DIR/credentials.json), logged in as root:
 /// `c.client(i)` sends root's token.
 pub async fn start_secure(n: u32) -> TestCluster {
-    start_secure_with(n, &[]).await
+    start_secure_with(n, &[], |_| {}).await
 }
 
-/// Like [`start_secure`], with extra `tunekv server` arguments (e.g. `--bug NAME`).
-pub async fn start_secure_with(n: u32, server_args: &[&str]) -> TestCluster {
+/// Like [`start_secure`], with extra `tunekv server` arguments (e.g. `--bug NAME`) and each
+/// node's config adjusted first.
+pub async fn start_secure_with(
+    n: u32,
+    server_args: &[&str],
+    tweak: impl Fn(&mut tunekv_node::NodeConfig),
+) -> TestCluster {
     let dir = tempfile::tempdir().expect("temp dir");
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tunekv"));
-    let mut cluster = LocalCluster::prepare_with(exe, dir.path(), n, false, false, false, |_| {})
+    let mut cluster = LocalCluster::prepare_with(exe, dir.path(), n, false, false, false, tweak)
         .expect("prepare");
     cluster.server_args = server_args.iter().map(|a| a.to_string()).collect();
     cluster.enable_auth().expect("auth on");
