@@ -536,7 +536,7 @@ fn a_security_bench_prints_rows_with_and_without_auth_and_tls() {
             "bench",
             "--security",
             "--duration",
-            "1s",
+            "300ms",
             "--warmup",
             "0s",
             "--connections",

@@ -114,15 +114,12 @@ async fn measure(
             async move {
                 if put {
                     c.put(KEYSPACE, key.as_bytes(), &value, &Opts::default())
-                        .await
-                        .map(|_| ())
-                        .map_err(anyhow::Error::from)
+                        .await?;
                 } else {
                     c.get(KEYSPACE, key.as_bytes(), &Opts::level("eventual"))
-                        .await
-                        .map(|_| ())
-                        .map_err(anyhow::Error::from)
+                        .await?;
                 }
+                Ok(c)
             }
         })
         .await?;
@@ -163,7 +160,23 @@ async fn measure(
             conns.push(conn);
         }
         let set = op == "resp set";
-        let (ops, seconds, latency_us) = load_resp(o, conns, set, value).await?;
+        let owned = owned.clone();
+        let (ops, seconds, latency_us) = load(o, conns, move |mut conn: RespConn, i: u64| {
+            let key = format!("k{}", i % KEYS as u64);
+            let value = owned.clone();
+            async move {
+                let cmd = if set {
+                    vec![b"SET".as_slice(), key.as_bytes(), &value]
+                } else {
+                    vec![b"GET".as_slice(), key.as_bytes()]
+                };
+                if let Some(Value::Error(e)) = conn.pipeline(&[cmd]).await?.first() {
+                    bail!("RESP: {e}");
+                }
+                Ok(conn)
+            }
+        })
+        .await?;
         rows.push(Row {
             setup,
             op,
@@ -194,20 +207,22 @@ async fn measure(
     Ok(rows)
 }
 
-/// Runs `call` from every client back to back for `o.duration` (after `o.warmup`).
-async fn load<F, Fut>(
+/// Runs `call` from every client (an HTTP client or a RESP connection, handed back by each
+/// call) back to back for `o.duration` (after `o.warmup`).
+async fn load<S, F, Fut>(
     o: &BenchOptions,
-    clients: Vec<Client>,
+    clients: Vec<S>,
     call: F,
 ) -> Result<(u64, f64, Histogram<u64>)>
 where
-    F: Fn(Client, u64) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<()>> + Send,
+    S: Send + 'static,
+    F: Fn(S, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<S>> + Send,
 {
     let warm_until = Instant::now() + o.warmup;
     let until = warm_until + o.duration;
     let mut tasks = Vec::new();
-    for (n, c) in clients.into_iter().enumerate() {
+    for (n, mut client) in clients.into_iter().enumerate() {
         let call = call.clone();
         tasks.push(tokio::spawn(async move {
             let mut h = histogram()?;
@@ -215,53 +230,7 @@ where
             let mut ops = 0u64;
             while Instant::now() < until {
                 let t = Instant::now();
-                call(c.clone(), i).await?;
-                if t >= warm_until {
-                    h.record(t.elapsed().as_micros().max(1) as u64)?;
-                    ops += 1;
-                }
-                i += 1;
-            }
-            anyhow::Ok((ops, h))
-        }));
-    }
-    let mut total = histogram()?;
-    let mut ops = 0;
-    for t in tasks {
-        let (n, h) = t.await??;
-        ops += n;
-        total.add(&h)?;
-    }
-    Ok((ops, o.duration.as_secs_f64(), total))
-}
-
-async fn load_resp(
-    o: &BenchOptions,
-    conns: Vec<RespConn>,
-    set: bool,
-    value: &[u8],
-) -> Result<(u64, f64, Histogram<u64>)> {
-    let warm_until = Instant::now() + o.warmup;
-    let until = warm_until + o.duration;
-    let mut tasks = Vec::new();
-    for (n, mut conn) in conns.into_iter().enumerate() {
-        let value = value.to_vec();
-        tasks.push(tokio::spawn(async move {
-            let mut h = histogram()?;
-            let mut i = n as u64 * 7919;
-            let mut ops = 0u64;
-            while Instant::now() < until {
-                let key = format!("k{}", i % KEYS as u64);
-                let cmd = if set {
-                    vec![b"SET".as_slice(), key.as_bytes(), &value]
-                } else {
-                    vec![b"GET".as_slice(), key.as_bytes()]
-                };
-                let t = Instant::now();
-                let reply = conn.pipeline(&[cmd]).await?;
-                if let Some(Value::Error(e)) = reply.first() {
-                    bail!("RESP: {e}");
-                }
+                client = call(client, i).await?;
                 if t >= warm_until {
                     h.record(t.elapsed().as_micros().max(1) as u64)?;
                     ops += 1;

@@ -70,15 +70,28 @@ pub async fn start_with_args(
     tweak: impl Fn(&mut tunekv_node::NodeConfig),
     server_args: &[&str],
 ) -> TestCluster {
+    start_prepared(n, enable_faults, tweak, server_args, |_| {}).await
+}
+
+/// Prepares `n` node configs (adjusted by `tweak`), lets `setup` change the cluster (auth,
+/// TLS), starts every node with `server_args` and waits until the cluster is ready.
+async fn start_prepared(
+    n: u32,
+    enable_faults: bool,
+    tweak: impl Fn(&mut tunekv_node::NodeConfig),
+    server_args: &[&str],
+    setup: impl FnOnce(&mut LocalCluster),
+) -> TestCluster {
     let dir = tempfile::tempdir().expect("temp dir");
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tunekv"));
     let mut cluster =
         LocalCluster::prepare_with(exe, dir.path(), n, enable_faults, false, false, tweak)
             .expect("prepare");
     cluster.server_args = server_args.iter().map(|a| a.to_string()).collect();
+    setup(&mut cluster);
     cluster.start_all().expect("start");
     cluster
-        .wait_ready(Duration::from_secs(30))
+        .wait_ready(Duration::from_secs(60))
         .await
         .expect("cluster ready");
     TestCluster { cluster, _dir: dir }
@@ -104,37 +117,28 @@ pub async fn start_secure_with(
     server_args: &[&str],
     tweak: impl Fn(&mut tunekv_node::NodeConfig),
 ) -> TestCluster {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tunekv"));
-    let mut cluster = LocalCluster::prepare_with(exe, dir.path(), n, false, false, false, tweak)
-        .expect("prepare");
-    cluster.server_args = server_args.iter().map(|a| a.to_string()).collect();
-    cluster.enable_auth().expect("auth on");
-    cluster.start_all().expect("start");
-    cluster
-        .wait_ready(Duration::from_secs(60))
-        .await
-        .expect("cluster ready");
-    TestCluster { cluster, _dir: dir }
+    start_prepared(n, false, tweak, server_args, |c| {
+        c.enable_auth().expect("auth on");
+    })
+    .await
 }
 
 /// Starts `n` nodes with TLS on every listener (certificates from `ca`) and, with `auth`,
 /// auth on too; `c.client(i)` speaks https with the CA (and root's token).
 pub async fn start_tls(n: u32, auth: bool, ca: &tunekv::local_cluster::DevCa) -> TestCluster {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tunekv"));
-    let mut cluster = LocalCluster::prepare_with(exe, dir.path(), n, false, false, false, |_| {})
-        .expect("prepare");
-    if auth {
-        cluster.enable_auth().expect("auth on");
-    }
-    cluster.enable_tls_with(ca).expect("tls on");
-    cluster.start_all().expect("start");
-    cluster
-        .wait_ready(Duration::from_secs(60))
-        .await
-        .expect("cluster ready");
-    TestCluster { cluster, _dir: dir }
+    start_prepared(
+        n,
+        false,
+        |_| {},
+        &[],
+        |c| {
+            if auth {
+                c.enable_auth().expect("auth on");
+            }
+            c.enable_tls_with(ca).expect("tls on");
+        },
+    )
+    .await
 }
 
 /// One HTTP call with `Authorization: Bearer TOKEN` (none when `token` is None): status and
