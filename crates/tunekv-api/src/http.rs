@@ -48,21 +48,27 @@ pub const H_STALENESS: &str = "tunekv-staleness";
 /// How a leaderless read or write met its quorum (`QuorumReceipt::header`).
 pub const H_QUORUM: &str = "tunekv-quorum";
 
-type AppState = Arc<Node>;
-
-pub fn router(node: Arc<Node>) -> Router {
-    Router::new().fallback(handle).with_state(node)
+/// The router's state: the node, and the bytes request bodies may hold between them.
+struct App {
+    node: Arc<Node>,
+    bodies: BodyBudget,
 }
 
-async fn handle(State(node): State<AppState>, req: Request) -> Response {
+type AppState = Arc<App>;
+
+pub fn router(node: Arc<Node>) -> Router {
+    let bodies = BodyBudget::new(node.config().http_bodies_bytes_max);
+    Router::new()
+        .fallback(handle)
+        .with_state(Arc::new(App { node, bodies }))
+}
+
+async fn handle(State(app): State<AppState>, req: Request) -> Response {
+    let node = &app.node;
     let (parts, body) = req.into_parts();
-    let stall = Duration::from_millis(node.config().http_idle_timeout_ms);
-    let body = match read_body(&parts.headers, body, stall).await {
-        Ok(b) => b,
-        Err(e) => return ApiError(e).into_response(),
-    };
-    // Who is asking comes first: without valid credentials nothing else is looked at (not
-    // even whether the route exists). Only the login route takes none.
+    // Who is asking comes first, from the headers alone: without valid credentials nothing
+    // else is looked at (not the body, not even whether the route exists). Only the login
+    // route takes none.
     let bearer = bearer_of(&parts.headers);
     let caller = if parts.uri.path() == "/v1/auth/token" {
         Ok(Arc::new(Grants::nobody()))
@@ -82,6 +88,12 @@ async fn handle(State(node): State<AppState>, req: Request) -> Response {
         Ok(grants) => grants,
         Err(e) => return ApiError(e).into_response(),
     };
+    let stall = Duration::from_millis(node.config().http_idle_timeout_ms);
+    // The body's bytes stay charged to the budget until the answer is made.
+    let (body, _held) = match read_body(&parts.headers, body, stall, &app.bodies).await {
+        Ok(b) => b,
+        Err(e) => return ApiError(e).into_response(),
+    };
     let parsed = request::parse(
         node.session_key(),
         &parts.method,
@@ -93,7 +105,7 @@ async fn handle(State(node): State<AppState>, req: Request) -> Response {
     match parsed {
         Ok(req) => {
             let op = req.op();
-            let level = request_level(&node, &req);
+            let level = request_level(node, &req);
             // Everything logged while this request runs carries its span's fields.
             let span =
                 tracing::info_span!("request", node = node.id().0, protocol = "http", op, level);
@@ -107,7 +119,7 @@ async fn handle(State(node): State<AppState>, req: Request) -> Response {
                         bearer,
                         slot: None,
                     };
-                    tracing::Instrument::instrument(execute(&node, req, caller), span)
+                    tracing::Instrument::instrument(execute(node, req, caller), span)
                         .await
                         .unwrap_or_else(IntoResponse::into_response)
                 }
@@ -179,13 +191,84 @@ pub fn refusal_response(refusal: Refusal) -> Response {
     response
 }
 
-/// The whole body, at most [`BODY_BYTES_MAX`] bytes; a body that stops arriving for `stall`
-/// (the node's `http_idle_timeout_ms`) ends the request.
+/// How long a body waits for room in its [`BodyBudget`] before it is refused.
+const BODY_BUDGET_WAIT: Duration = Duration::from_secs(1);
+
+/// Bytes that request bodies being read may hold, summed over all connections of a listener:
+/// with thousands of connections each sending a body of the largest size, memory stays bounded.
+/// A body that finds no room within [`BODY_BUDGET_WAIT`] is refused (`unavailable`, retry).
+#[derive(Clone)]
+pub struct BodyBudget {
+    bytes: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl BodyBudget {
+    pub fn new(max: usize) -> BodyBudget {
+        let max = max.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        BodyBudget {
+            bytes: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// Bytes free now.
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+}
+
+/// The part of a [`BodyBudget`] one body holds; given back when dropped.
+pub struct BodyHold {
+    bytes: Arc<tokio::sync::Semaphore>,
+    held: usize,
+}
+
+impl BodyHold {
+    async fn grow_by(&mut self, n: usize, max: usize) -> Result<(), TunekvError> {
+        let busy = || {
+            TunekvError::new(
+                Code::Unavailable,
+                format!(
+                    "server busy: request bodies being read may hold {max} bytes together \
+                     (http_bodies_bytes_max) and there was no room for this one within {} ms; \
+                     retry later",
+                    BODY_BUDGET_WAIT.as_millis()
+                ),
+            )
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let more = u32::try_from(n).map_err(|_| busy())?;
+        let permit = match self.bytes.try_acquire_many(more) {
+            Ok(p) => p,
+            Err(_) => tokio::time::timeout(BODY_BUDGET_WAIT, self.bytes.acquire_many(more))
+                .await
+                .map_err(|_| busy())?
+                .map_err(|_| busy())?,
+        };
+        permit.forget();
+        self.held += n;
+        Ok(())
+    }
+}
+
+impl Drop for BodyHold {
+    fn drop(&mut self) {
+        self.bytes.add_permits(self.held);
+    }
+}
+
+/// The whole body, at most [`BODY_BYTES_MAX`] bytes, charged to `budget` as it arrives (all of
+/// it at once when its length is declared); a body that stops arriving for `stall` (the node's
+/// `http_idle_timeout_ms`) ends the request. The hold gives the bytes back when dropped.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
     stall: Duration,
-) -> Result<Bytes, TunekvError> {
+    budget: &BodyBudget,
+) -> Result<(Bytes, BodyHold), TunekvError> {
     let too_large = || {
         TunekvError::new(
             Code::ValueTooLarge,
@@ -198,6 +281,13 @@ pub async fn read_body(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > BODY_BYTES_MAX as u64) {
         return Err(too_large());
+    }
+    let mut hold = BodyHold {
+        bytes: budget.bytes.clone(),
+        held: 0,
+    };
+    if let Some(n) = declared {
+        hold.grow_by(n as usize, budget.max).await?;
     }
     let mut stream = body.into_data_stream();
     let mut chunks: Vec<Bytes> = Vec::new();
@@ -227,15 +317,19 @@ pub async fn read_body(
                 if total > BODY_BYTES_MAX {
                     return Err(too_large());
                 }
+                if total > hold.held {
+                    hold.grow_by(total - hold.held, budget.max).await?;
+                }
                 chunks.push(chunk);
             }
         }
     }
-    Ok(match chunks.len() {
+    let body = match chunks.len() {
         0 => Bytes::new(),
         1 => chunks.swap_remove(0),
         _ => Bytes::from(chunks.concat()),
-    })
+    };
+    Ok((body, hold))
 }
 
 async fn execute(node: &Arc<Node>, req: ApiRequest, caller: Caller) -> Result<Response, ApiError> {

@@ -13,6 +13,7 @@ pub mod request;
 
 pub use http::{
     error_response, outcome_of, read_body, refusal_response, router, status_of, value_json,
-    BODY_BYTES_MAX, H_EXPIRES, H_POSITION, H_SERVED_BY, H_STALENESS, H_VERSION, MESSAGE_CHARS_MAX,
+    BodyBudget, BodyHold, BODY_BYTES_MAX, H_EXPIRES, H_POSITION, H_SERVED_BY, H_STALENESS,
+    H_VERSION, MESSAGE_CHARS_MAX,
 };
 pub use listener::{serve, HttpLimits, SHUTDOWN_WAIT_MS};

@@ -97,10 +97,12 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             refuse(&stream, slots_max);
+            connections.cut("over_cap");
             continue;
         };
         let (app, stop) = (app.clone(), stop_rx.clone());
         let open = connections.open();
+        let connections = connections.clone();
         let acceptor = tls.as_ref().map(|t| t.client_acceptor());
         tokio::spawn(async move {
             let stream: BoxStream = match acceptor {
@@ -113,18 +115,20 @@ pub async fn serve(
                         Ok(Ok(s)) => Box::new(s),
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "HTTP TLS handshake failed");
+                            connections.cut("tls_handshake");
                             return;
                         }
                         Err(_) => {
                             tracing::debug!(
                                 "HTTP TLS handshake not done within http_header_read_timeout_ms"
                             );
+                            connections.cut("tls_handshake");
                             return;
                         }
                     }
                 }
             };
-            connection(stream, app, limits, stop).await;
+            connection(stream, app, limits, stop, &connections).await;
             drop(open);
             drop(permit);
         });
@@ -205,8 +209,8 @@ impl Activity {
         Handling(self.clone())
     }
 
-    /// Why the connection should be closed now, if it should.
-    fn expired(&self, limits: &HttpLimits) -> Option<&'static str> {
+    /// Why the connection should be closed now, if it should: its reason label and why.
+    fn expired(&self, limits: &HttpLimits) -> Option<(&'static str, &'static str)> {
         if self.handling.load(Ordering::Relaxed) > 0 {
             return None;
         }
@@ -214,10 +218,14 @@ impl Activity {
         let head = self.head_started_ms.load(Ordering::Relaxed);
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NONE);
         if head != NONE && now.saturating_sub(head) >= ms(limits.header_read_timeout) {
-            return Some("request head not complete within http_header_read_timeout_ms");
+            return Some((
+                "header_timeout",
+                "request head not complete within http_header_read_timeout_ms",
+            ));
         }
         let idle = now.saturating_sub(self.last_io_ms.load(Ordering::Relaxed));
-        (idle >= ms(limits.idle_timeout)).then_some("idle for http_idle_timeout_ms")
+        (idle >= ms(limits.idle_timeout))
+            .then_some(("idle_timeout", "idle for http_idle_timeout_ms"))
     }
 }
 
@@ -294,6 +302,7 @@ async fn connection(
     app: Router,
     limits: HttpLimits,
     mut stop: watch::Receiver<bool>,
+    connections: &Connections,
 ) {
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Tracked {
@@ -341,9 +350,10 @@ async fn connection(
                 return;
             }
             _ = ticker.tick() => {
-                if let Some(why) = activity.expired(&limits) {
+                if let Some((reason, why)) = activity.expired(&limits) {
                     // Dropping the connection closes the socket.
                     tracing::debug!(why, "HTTP connection closed");
+                    connections.cut(reason);
                     return;
                 }
             }

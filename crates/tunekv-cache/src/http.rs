@@ -34,6 +34,10 @@ pub const SERVED_BY: &str = "cache";
 
 /// How long a request body may stall.
 const BODY_STALL: Duration = Duration::from_secs(10);
+/// Bytes of request bodies this cache reads at once (1 GiB, as a node's default
+/// `http_bodies_bytes_max`).
+static BODIES: std::sync::LazyLock<tunekv_api::BodyBudget> =
+    std::sync::LazyLock::new(|| tunekv_api::BodyBudget::new(1 << 30));
 
 pub fn router(cache: Arc<Cache>) -> Router {
     Router::new().fallback(handle).with_state(cache)
@@ -63,14 +67,14 @@ async fn handle(State(cache): State<Arc<Cache>>, req: Request) -> Response {
         )
             .into_response()
     } else if parts.uri.path() == "/v1/admin/faults" && parts.method == Method::POST {
-        match read_body(&parts.headers, body, BODY_STALL).await {
+        match read_body(&parts.headers, body, BODY_STALL, &BODIES).await {
             Err(e) => error_response(e),
-            Ok(body) => faults(&cache, &body),
+            Ok((body, _held)) => faults(&cache, &body),
         }
     } else if parts.uri.path() == "/v1/cache/invalidate" && parts.method == Method::POST {
-        match read_body(&parts.headers, body, BODY_STALL).await {
+        match read_body(&parts.headers, body, BODY_STALL, &BODIES).await {
             Err(e) => error_response(e),
-            Ok(body) => invalidate(&cache, &body).await,
+            Ok((body, _held)) => invalidate(&cache, &body).await,
         }
     } else if parts.uri.path() == "/v1/cache/ready" {
         let w = &cache.warming;
@@ -99,9 +103,9 @@ async fn handle(State(cache): State<Arc<Cache>>, req: Request) -> Response {
             ))
         }
     } else {
-        match read_body(&parts.headers, body, BODY_STALL).await {
+        match read_body(&parts.headers, body, BODY_STALL, &BODIES).await {
             Err(e) => error_response(e),
-            Ok(body) => match strategy_of(&parts.headers) {
+            Ok((body, _held)) => match strategy_of(&parts.headers) {
                 Err(e) => error_response(e),
                 Ok(strategy) => {
                     match request::parse(

@@ -25,6 +25,15 @@ pub struct NodeConfig {
     /// Most heap bytes that unfinished RESP requests may hold, summed over all connections.
     #[serde(default = "resp_pending_bytes_max")]
     pub resp_pending_bytes_max: usize,
+    /// A RESP request must arrive whole within this long of its first byte, and a reply must
+    /// be taken by the client within this long; otherwise the connection is closed (slowloris,
+    /// clients that stop reading).
+    #[serde(default = "resp_request_timeout_ms")]
+    pub resp_request_timeout_ms: u64,
+    /// A RESP connection with no request for this long is closed, as Redis's `timeout`
+    /// (subscribed connections excepted). 0: never (Redis's default).
+    #[serde(default)]
+    pub resp_idle_timeout_ms: u64,
     /// Most simultaneous HTTP connections; one more is answered `503 unavailable` and closed.
     #[serde(default = "http_connections_max")]
     pub http_connections_max: usize,
@@ -39,6 +48,10 @@ pub struct NodeConfig {
     /// Change feeds (`/v1/watch`) one user may hold open on this node at once.
     #[serde(default = "watches_per_user_max")]
     pub watches_per_user_max: usize,
+    /// Most bytes of HTTP request bodies being read at once, summed over all connections; a
+    /// body finding no room within a second is answered `503 unavailable`.
+    #[serde(default = "http_bodies_bytes_max")]
+    pub http_bodies_bytes_max: usize,
     /// Time an HTTP client has to finish a request's head once its first byte arrived.
     #[serde(default = "http_header_read_timeout_ms")]
     pub http_header_read_timeout_ms: u64,
@@ -283,6 +296,14 @@ fn resp_request_bytes_max() -> usize {
 fn resp_pending_bytes_max() -> usize {
     1024 * 1024 * 1024
 }
+/// The same as `tunekv_resp::server::REQUEST_TIMEOUT_MS_DEFAULT`.
+fn resp_request_timeout_ms() -> u64 {
+    30_000
+}
+/// 1 GiB: 63 bodies of the largest size at once.
+fn http_bodies_bytes_max() -> usize {
+    1024 * 1024 * 1024
+}
 fn watches_per_user_max() -> usize {
     64
 }
@@ -414,6 +435,15 @@ impl NodeConfig {
                 );
             }
         }
+        if self.resp_request_timeout_ms == 0 {
+            return Err("resp_request_timeout_ms must be at least 1".into());
+        }
+        let body_max = tunekv_core::limits::VALUE_BYTES_MAX_CEILING as usize + 64 * 1024;
+        if self.http_bodies_bytes_max < body_max {
+            return Err(format!(
+                "http_bodies_bytes_max must be at least {body_max} (the largest request body)"
+            ));
+        }
         if self.http_connections_max == 0 {
             return Err("http_connections_max must be at least 1".into());
         }
@@ -494,7 +524,10 @@ impl NodeConfig {
                 resp_connections_max: resp_connections_max(),
                 resp_request_bytes_max: resp_request_bytes_max(),
                 resp_pending_bytes_max: resp_pending_bytes_max(),
+                resp_request_timeout_ms: resp_request_timeout_ms(),
+                resp_idle_timeout_ms: 0,
                 http_connections_max: http_connections_max(),
+                http_bodies_bytes_max: http_bodies_bytes_max(),
                 user_requests_per_s: 0,
                 connection_requests_per_s: 0,
                 watches_per_user_max: watches_per_user_max(),

@@ -182,11 +182,19 @@ struct ServedSeries {
     unknown: Counter,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CutLabels {
+    protocol: &'static str,
+    reason: &'static str,
+}
+
 /// Open and accepted connections of one front end; `open()` counts one until its guard drops.
 #[derive(Clone, Default, Debug)]
 pub struct Connections {
     open: Gauge,
     accepted: Counter,
+    cut: Family<CutLabels, Counter>,
+    protocol: &'static str,
 }
 
 /// Held while a connection is open.
@@ -214,12 +222,25 @@ impl Connections {
         self.open.dec();
     }
 
+    /// The server closed a connection (or refused to open one) for `reason`: over the
+    /// connection cap, a slow or stalled client, a malformed or oversized request, a failed
+    /// TLS handshake. Counted in `{prefix}_connections_cut_total{protocol,reason}`.
+    pub fn cut(&self, reason: &'static str) {
+        self.cut
+            .get_or_create(&CutLabels {
+                protocol: self.protocol,
+                reason,
+            })
+            .inc();
+    }
+
     /// The HTTP and RESP connections of a process, counted in `registry` as
     /// `{prefix}_connections{protocol}` (open now) and
     /// `{prefix}_connections_accepted_total{protocol}`.
     pub fn registered(registry: &mut Registry, prefix: &str) -> (Connections, Connections) {
         let open: Family<ProtocolLabels, Gauge> = Family::default();
         let accepted: Family<ProtocolLabels, Counter> = Family::default();
+        let cut: Family<CutLabels, Counter> = Family::default();
         let of = |protocol: Protocol| {
             let labels = ProtocolLabels {
                 protocol: protocol.as_str(),
@@ -227,6 +248,8 @@ impl Connections {
             Connections {
                 open: open.get_or_create_owned(&labels),
                 accepted: accepted.get_or_create_owned(&labels),
+                cut: cut.clone(),
+                protocol: protocol.as_str(),
             }
         };
         let both = (of(Protocol::Http), of(Protocol::Resp));
@@ -239,6 +262,13 @@ impl Connections {
             format!("{prefix}_connections_accepted"),
             "Client connections accepted since start",
             accepted,
+        );
+        registry.register(
+            format!("{prefix}_connections_cut"),
+            "Client connections the server closed or refused, by reason (over_cap, \
+             header_timeout, idle_timeout, request_timeout, slow_reader, protocol_error, busy, \
+             tls_handshake)",
+            cut,
         );
         both
     }

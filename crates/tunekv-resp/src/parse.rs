@@ -173,6 +173,11 @@ impl RequestParser {
             + self.line.capacity()
     }
 
+    /// Whether a request has begun and not ended: some of its bytes arrived.
+    pub fn in_request(&self) -> bool {
+        self.state != State::Idle
+    }
+
     /// Bytes this parser has looked at since it was made. Each byte it is given is looked at
     /// once, so this equals the bytes consumed: a cheap check that parsing stays linear in the
     /// input however it is split.

@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tunekv_node::tls::{Tls, HANDSHAKE_TIMEOUT};
 use tunekv_node::transport::BoxStream;
 use tunekv_node::Node;
@@ -26,6 +27,8 @@ use tunekv_node::Node;
 /// Default [`RespOptions::pending_bytes_max`]: 32 requests of the default largest size
 /// ([`crate::parse::REQUEST_BYTES_MAX_DEFAULT`]) arriving at once.
 pub const PENDING_BYTES_MAX_DEFAULT: usize = 1024 * 1024 * 1024;
+/// Default [`RespOptions::request_timeout`] in ms.
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// How long a connection waits for room in the pending-bytes budget before it is refused.
 pub const PENDING_WAIT_MS_MAX: u64 = 1000;
 /// Bytes read from a socket at a time: each connection's fixed input buffer. The parser
@@ -50,6 +53,12 @@ pub struct RespOptions {
     /// Most heap bytes that unfinished requests hold, summed over all connections (the node
     /// config's `resp_pending_bytes_max`).
     pub pending_bytes_max: usize,
+    /// A request must arrive whole within this long of its first byte, and a reply be taken
+    /// by the client within this long (`resp_request_timeout_ms`).
+    pub request_timeout: Duration,
+    /// A connection with no request for this long is closed, unless subscribed
+    /// (`resp_idle_timeout_ms`); none: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for RespOptions {
@@ -58,6 +67,8 @@ impl Default for RespOptions {
             connections_max: 10_000,
             limits: Limits::default(),
             pending_bytes_max: PENDING_BYTES_MAX_DEFAULT,
+            request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS_DEFAULT),
+            idle_timeout: None,
         }
     }
 }
@@ -87,6 +98,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = slots.clone().try_acquire_owned() else {
+            shared.node.metrics().resp.cut("over_cap");
             tokio::spawn(async move {
                 let _ = stream
                     .write_all(b"-ERR max number of clients reached\r\n")
@@ -108,10 +120,12 @@ pub async fn serve(
                         Ok(Ok(s)) => Box::new(s),
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "RESP TLS handshake failed");
+                            shared.node.metrics().resp.cut("tls_handshake");
                             return;
                         }
                         Err(_) => {
                             tracing::debug!(%peer, "RESP TLS handshake timed out");
+                            shared.node.metrics().resp.cut("tls_handshake");
                             return;
                         }
                     }
@@ -120,6 +134,9 @@ pub async fn serve(
             let conn = shared.connect(peer.to_string());
             let id = conn.id;
             if let Err(e) = connection(stream, &shared, conn, &options, held).await {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    shared.node.metrics().resp.cut("slow_reader");
+                }
                 tracing::debug!(%peer, error = %e, "RESP connection ended");
             }
             shared.disconnect(id);
@@ -183,9 +200,35 @@ async fn connection(
     let mut output = Vec::with_capacity(16 * 1024);
     // The requests one read completed, kept between reads.
     let mut ready: Vec<Vec<Vec<u8>>> = Vec::new();
+    // When the unfinished request's first bytes arrived; when the connection last read.
+    let mut request_started: Option<Instant> = None;
+    let mut last_read = Instant::now();
     loop {
+        // A request still arriving must end within the request timeout; an idle connection
+        // (no request arriving, not subscribed) within the idle timeout, if there is one.
+        let deadline = match (request_started, options.idle_timeout) {
+            (Some(started), _) => Some((started + options.request_timeout, true)),
+            (None, Some(idle)) if conn.inbox.is_none() => Some((last_read + idle, false)),
+            (None, _) => None,
+        };
         let n = tokio::select! {
             n = stream.read(&mut input) => n?,
+            partial = until(deadline) => {
+                let cut = if partial { "request_timeout" } else { "idle_timeout" };
+                shared.node.metrics().resp.cut(cut);
+                if !partial {
+                    tracing::debug!(conn = conn.id, "closing an idle RESP connection (resp_idle_timeout_ms)");
+                    return Ok(());
+                }
+                drop(parser);
+                drop(held);
+                let refusal = Reply::err(format!(
+                    "request timed out: it did not arrive whole within {} ms of its first \
+                     byte (resp_request_timeout_ms)",
+                    options.request_timeout.as_millis()
+                ));
+                return refuse(stream, output, conn.resp3, refusal, input).await;
+            }
             push = next_push(&mut conn) => {
                 // Messages go out between replies, never inside one.
                 let Some(push) = push else {
@@ -203,16 +246,20 @@ async fn connection(
                 // its messages ends it.
                 let overflow = conn.inbox.as_ref().map(|i| i.overflow());
                 tokio::select! {
-                    r = stream.write_all(&output) => r?,
+                    r = write_within(&mut stream, &output, options.request_timeout) => r?,
                     _ = async move {
                         match overflow {
                             Some(o) => o.await,
                             None => std::future::pending().await,
                         }
-                    } => return Ok(()),
+                    } => {
+                        shared.node.metrics().resp.cut("slow_reader");
+                        return Ok(());
+                    }
                 }
                 output.clear();
                 if conn.inbox.as_ref().is_some_and(|i| i.overflowed()) {
+                    shared.node.metrics().resp.cut("slow_reader");
                     tracing::debug!(
                         conn = conn.id,
                         "closing a connection that let more than {} bytes of pushed messages \
@@ -227,6 +274,7 @@ async fn connection(
         if n == 0 {
             return Ok(());
         }
+        last_read = Instant::now();
         // Answer every request completed by these bytes, in order, then write them together.
         // They are all parsed first, so a pipelined run of writes can commit together.
         let mut rest = &input[..n];
@@ -235,6 +283,7 @@ async fn connection(
             match parser.parse(&mut rest) {
                 Ok(None) => break,
                 Ok(Some(args)) => {
+                    request_started = None;
                     // The request has left the parser: give back what it held.
                     held.shrink_to(parser.pending_bytes());
                     if !args.is_empty() {
@@ -247,19 +296,25 @@ async fn connection(
                 }
             }
         }
+        if !parser.in_request() {
+            request_started = None;
+        } else if request_started.is_none() {
+            request_started = Some(last_read);
+        }
         execute_all(shared, &mut conn, &mut ready, &mut output).await;
         if conn.quit {
-            stream.write_all(&output).await?;
+            write_within(&mut stream, &output, options.request_timeout).await?;
             return Ok(());
         }
         if let Some(e) = malformed {
+            shared.node.metrics().resp.cut("protocol_error");
             drop(parser);
             drop(held);
             let refusal = Reply::err(format!("Protocol error: {}", e.0));
             return refuse(stream, output, conn.resp3, refusal, input).await;
         }
         if !output.is_empty() {
-            stream.write_all(&output).await?;
+            write_within(&mut stream, &output, options.request_timeout).await?;
             output.clear();
             if output.capacity() > OUTPUT_KEPT_BYTES_MAX {
                 output = Vec::with_capacity(16 * 1024);
@@ -269,6 +324,7 @@ async fn connection(
         // reading nothing more until it fits.
         held.shrink_to(parser.pending_bytes());
         if !held.grow_to(parser.pending_bytes(), wait).await {
+            shared.node.metrics().resp.cut("busy");
             let pending_bytes = parser.pending_bytes();
             drop(parser);
             drop(held);
@@ -280,6 +336,33 @@ async fn connection(
             ));
             return refuse(stream, output, conn.resp3, refusal, input).await;
         }
+    }
+}
+
+/// Waits until `deadline` and says what it was for; never ready without one.
+async fn until(deadline: Option<(Instant, bool)>) -> bool {
+    match deadline {
+        Some((at, what)) => {
+            tokio::time::sleep_until(at).await;
+            what
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes all of `bytes`, or fails with `TimedOut` if the client does not take them within
+/// `timeout` (a client that stops reading must not hold its connection forever).
+async fn write_within(
+    stream: &mut BoxStream,
+    bytes: &[u8],
+    timeout: Duration,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(timeout, stream.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client took no reply bytes within resp_request_timeout_ms",
+        )),
     }
 }
 
@@ -301,7 +384,8 @@ async fn refuse(
     mut scratch: Vec<u8>,
 ) -> std::io::Result<()> {
     refusal.encode(resp3, &mut output);
-    stream.write_all(&output).await?;
+    let write = Duration::from_millis(REFUSAL_DRAIN_MS_MAX);
+    write_within(&mut stream, &output, write).await?;
     stream.shutdown().await?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(REFUSAL_DRAIN_MS_MAX);
     let mut drained = 0;
@@ -332,6 +416,7 @@ mod tests {
         .remove(0);
         assert_eq!(config.resp_request_bytes_max, REQUEST_BYTES_MAX_DEFAULT);
         assert_eq!(config.resp_pending_bytes_max, PENDING_BYTES_MAX_DEFAULT);
+        assert_eq!(config.resp_request_timeout_ms, REQUEST_TIMEOUT_MS_DEFAULT);
         assert_eq!(
             config.resp_connections_max,
             RespOptions::default().connections_max

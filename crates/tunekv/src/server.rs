@@ -88,6 +88,9 @@ pub async fn run(
                 ..Default::default()
             },
             pending_bytes_max: config.resp_pending_bytes_max,
+            request_timeout: std::time::Duration::from_millis(config.resp_request_timeout_ms),
+            idle_timeout: (config.resp_idle_timeout_ms > 0)
+                .then(|| std::time::Duration::from_millis(config.resp_idle_timeout_ms)),
         };
         tokio::spawn(tunekv_resp::serve(
             listener,

@@ -152,6 +152,23 @@ async fn every_route_needs_a_token_and_the_right() {
         assert_eq!(s, 401, "{b}");
         assert_eq!(b["error"]["message"], "wrong user name or password");
     }
+    // Without credentials the body is never read: a client announcing 10 MB and sending
+    // none of it is answered 401 at once.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = c.http(0).trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    s.write_all(b"PUT /v1/kv/ks/k HTTP/1.1\r\nhost: t\r\ncontent-length: 10000000\r\n\r\n")
+        .await
+        .expect("head");
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut answer))
+        .await
+        .expect("answered before any body byte")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 }
 
 /// Users restricted to a prefix (`reader`: read `a/`; `writer`: write `b/`) on keyspace `ks`
