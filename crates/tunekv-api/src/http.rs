@@ -624,6 +624,9 @@ async fn execute(node: &Arc<Node>, req: ApiRequest, caller: Caller) -> Result<Re
                 Ok(StatusCode::NO_CONTENT.into_response())
             }
             UserAction::RevokeTokens => Ok(Json(node.revoke_tokens(&name).await?).into_response()),
+            UserAction::ChangeRole { role, grant } => {
+                Ok(Json(node.change_user_role(&name, &role, grant).await?).into_response())
+            }
         },
         ApiRequest::Role { name, change } => match change {
             None => Ok(Json(node.get_role(&name).await?).into_response()),

@@ -247,7 +247,8 @@ pub enum ApiRequest {
     WhoAmI,
     /// `GET /v1/admin/users`.
     ListUsers,
-    /// `GET|PUT|DELETE /v1/admin/users/{user}`; `POST …/{user}:revoke-tokens`.
+    /// `GET|PUT|DELETE /v1/admin/users/{user}`; `POST …/{user}:revoke-tokens`, `:grant`,
+    /// `:revoke`.
     User {
         name: String,
         action: UserAction,
@@ -290,6 +291,18 @@ pub enum UserAction {
     Put(tunekv_node::UserChange),
     Delete,
     RevokeTokens,
+    /// `POST …/{user}:grant` / `:revoke` `{"role": "r"}`: adds or removes one role.
+    ChangeRole {
+        role: String,
+        grant: bool,
+    },
+}
+
+/// The body of `POST /v1/admin/users/{user}:grant` and `:revoke`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleChange {
+    role: String,
 }
 
 /// The body of `POST /v1/admin/nodes`: the new node's id and addresses.
@@ -673,6 +686,19 @@ pub fn parse(
                     name: name.to_string(),
                     action: UserAction::RevokeTokens,
                 });
+            }
+            for (suffix, grant) in [(":grant", true), (":revoke", false)] {
+                if let Some(name) = name.strip_suffix(suffix) {
+                    allow(method == Method::POST, "POST", method, path)?;
+                    let change: RoleChange = json_object(&body, "role change", Code::BadRequest)?;
+                    return Ok(ApiRequest::User {
+                        name: name.to_string(),
+                        action: UserAction::ChangeRole {
+                            role: change.role,
+                            grant,
+                        },
+                    });
+                }
             }
             let put = method == Method::PUT;
             let delete = method == Method::DELETE;

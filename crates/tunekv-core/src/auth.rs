@@ -293,7 +293,7 @@ impl Grants {
         &self.permissions
     }
 
-    fn is_open(&self) -> bool {
+    pub fn is_open(&self) -> bool {
         self.user.is_none()
     }
 

@@ -161,28 +161,17 @@ pub async fn user(node: &str, cmd: UserCmd) -> Result<i32> {
     done(r)
 }
 
-/// Adds or removes one role of a user (read, change, write back).
+/// Adds or removes one role of a user (one compare-and-set on the node: a concurrent change
+/// to the user is kept).
 async fn change_role(
     c: &Client,
     name: &str,
     role: String,
     grant: bool,
 ) -> tunekv_client::Result<Value> {
-    let path = format!("/v1/admin/users/{}", seg(name));
-    let current = c.admin(Method::GET, &path, None).await?;
-    let mut roles: Vec<String> = current["roles"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    roles.retain(|r| *r != role);
-    if grant {
-        roles.push(role);
-    }
-    c.admin(Method::PUT, &path, Some(json!({ "roles": roles })))
+    let action = if grant { "grant" } else { "revoke" };
+    let path = format!("/v1/admin/users/{}:{action}", seg(name));
+    c.admin(Method::POST, &path, Some(json!({ "role": role })))
         .await
 }
 

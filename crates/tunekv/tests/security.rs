@@ -105,6 +105,18 @@ fn routes() -> Vec<(&'static str, &'static str, &'static str, bool)> {
         ),
         ("DELETE", "/v1/admin/users/nobody", "", false),
         ("POST", "/v1/admin/users/nobody:revoke-tokens", "", false),
+        (
+            "POST",
+            "/v1/admin/users/nobody:grant",
+            r#"{"role":"root"}"#,
+            false,
+        ),
+        (
+            "POST",
+            "/v1/admin/users/nobody:revoke",
+            r#"{"role":"root"}"#,
+            false,
+        ),
         ("GET", "/v1/admin/roles", "", false),
         ("PUT", "/v1/admin/roles/x", r#"{"permissions":[]}"#, false),
         ("DELETE", "/v1/admin/roles/x", "", false),
@@ -716,6 +728,41 @@ async fn the_cli_logs_in_and_manages_users_and_roles() {
     let (_, out, _) = cli_with(env(vec![]), s(&["user", "get", "carol"])).await;
     let user: serde_json::Value = serde_json::from_str(&out).expect("user json");
     assert_eq!(user["roles"], json!([]));
+    // Grants made at once through different nodes are all kept (each is one compare-and-set
+    // on the node, not a read-modify-write in the CLI).
+    let mut grants = Vec::new();
+    for i in 0..4 {
+        let (code, out, err) = cli_with(
+            env(vec![]),
+            s(&[
+                "role",
+                "put",
+                &format!("r{i}"),
+                "--permission",
+                "orders:read",
+            ]),
+        )
+        .await;
+        assert_eq!(code, 0, "{out}{err}");
+        let args = s(&[
+            "user",
+            "grant",
+            "carol",
+            &format!("r{i}"),
+            "--node",
+            &c.configs[i % 3].http,
+        ]);
+        grants.push(tokio::spawn(cli_with(env(vec![]), args)));
+    }
+    for g in grants {
+        let (code, out, err) = g.await.expect("grant");
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let (_, out, _) = cli_with(env(vec![]), s(&["user", "get", "carol"])).await;
+    let user: serde_json::Value = serde_json::from_str(&out).expect("user json");
+    let mut roles: Vec<String> = serde_json::from_value(user["roles"].clone()).expect("roles");
+    roles.sort();
+    assert_eq!(roles, ["r0", "r1", "r2", "r3"]);
     // carol logs in through the CLI too, and may not manage users.
     let (code, out, err) = cli_with(
         vec![("TUNEKV_PASSWORD", "carol-password".into())],

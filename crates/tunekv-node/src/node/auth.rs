@@ -463,40 +463,63 @@ impl Node {
         ))
     }
 
-    /// Adds (`grant`) or removes a role of a user.
+    /// Adds (`grant`) or removes a role of a user, as one compare-and-set on the stored user:
+    /// a concurrent change to the user is never lost (the change is made again on top of it).
     pub async fn change_user_role(
         &self,
         name: &str,
         role: &str,
         grant: bool,
     ) -> Result<UserView, TunekvError> {
-        auth::check_name("user", name)?;
-        auth::check_name("role", role)?;
-        let deadline = Instant::now() + Duration::from_millis(self.config.write_wait_ms_default);
-        self.metadata_caught_up(deadline).await?;
-        let (user, _) = self.stored_user(name)?;
-        let mut roles = user.ok_or_else(|| no_such("user", name))?.roles;
-        roles.retain(|r| r != role);
-        if grant {
-            roles.push(role.to_string());
-        }
-        let change = UserChange {
-            password: None,
-            roles: Some(roles),
-        };
-        Ok(self.put_user(name, change).await?.0)
+        self.update_user(
+            name,
+            |user| {
+                if grant && !user.roles.iter().any(|r| r == role) {
+                    if user.roles.len() >= ROLES_PER_USER_MAX {
+                        return Err(err(
+                            Code::BadRequest,
+                            format!("a user has at most {ROLES_PER_USER_MAX} roles"),
+                        ));
+                    }
+                    user.roles.push(role.to_string());
+                }
+                if !grant {
+                    if name == ROOT_USER && role == ROOT_ROLE {
+                        return Err(err(Code::BadRequest, "user root keeps the root role"));
+                    }
+                    user.roles.retain(|r| r != role);
+                }
+                Ok(())
+            },
+            grant.then_some(role),
+        )
+        .await
     }
 
-    /// Ends every token of the user (bumps its epoch).
-    pub async fn revoke_tokens(&self, name: &str) -> Result<UserView, TunekvError> {
+    /// Changes the stored user `name` with `change` as one compare-and-set, trying again on
+    /// top of a concurrent change; `role_needed`: a role that must exist.
+    async fn update_user(
+        &self,
+        name: &str,
+        change: impl Fn(&mut User) -> Result<(), TunekvError>,
+        role_needed: Option<&str>,
+    ) -> Result<UserView, TunekvError> {
         auth::check_name("user", name)?;
+        if let Some(r) = role_needed {
+            auth::check_name("role", r)?;
+        }
         let deadline = Instant::now() + Duration::from_millis(self.config.write_wait_ms_default);
         let key = name_key(USER_PREFIX, name);
         for _ in 0..USER_WRITE_TRIES {
             self.metadata_caught_up(deadline).await?;
+            if let Some(r) = role_needed {
+                if self.stored_role(r)?.is_none() {
+                    return Err(no_such("role", r));
+                }
+            }
             let (user, version) = self.stored_user(name)?;
             let mut user = user.ok_or_else(|| no_such("user", name))?;
-            user.epoch += 1;
+            change(&mut user)?;
             if self.write_user(&key, version, &user, deadline).await? {
                 return Ok(UserView {
                     name: name.to_string(),
@@ -507,8 +530,21 @@ impl Node {
         }
         Err(err(
             Code::VersionMismatch,
-            format!("user {name:?} kept changing; try again"),
+            format!("user {name:?} kept changing under this update; try again"),
         ))
+    }
+
+    /// Ends every token of the user (bumps its epoch).
+    pub async fn revoke_tokens(&self, name: &str) -> Result<UserView, TunekvError> {
+        self.update_user(
+            name,
+            |user| {
+                user.epoch += 1;
+                Ok(())
+            },
+            None,
+        )
+        .await
     }
 
     pub async fn delete_user(&self, name: &str) -> Result<(), TunekvError> {
