@@ -60,6 +60,7 @@ impl Shared {
             login: None,
             limiter: tunekv_node::quota(self.node.config().connection_requests_per_s)
                 .map(governor::RateLimiter::direct),
+            watch_slot: None,
         }
     }
 
@@ -112,14 +113,22 @@ pub struct Conn {
     pub(crate) login: Option<(String, u64)>,
     /// This connection's request rate (`connection_requests_per_s`); None: no limit.
     pub(crate) limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// The place the inbox holds under `watches_per_user_max`.
+    pub(crate) watch_slot: Option<tunekv_node::WatchSlot>,
 }
 
 impl Conn {
-    /// The inbox, made on first use.
-    pub(crate) fn inbox(&mut self, hub: &Hub) {
+    /// The inbox, made on first use. It is a change feed like `/v1/watch`: with auth on it
+    /// takes one of the user's `watches_per_user_max` places until the connection closes.
+    pub(crate) fn inbox(&mut self, shared: &Shared) -> Result<(), crate::reply::Reply> {
         if self.inbox.is_none() {
-            self.inbox = Some(hub.register(self.id, self.resp3));
+            if shared.node.auth_enabled() {
+                let grants = crate::cmd::access::grants(shared, self)?;
+                self.watch_slot = shared.node.watch_slot(&grants).map_err(crate::cmd::typed)?;
+            }
+            self.inbox = Some(shared.hub.register(self.id, self.resp3));
         }
+        Ok(())
     }
 
     /// Subscriptions (channels and patterns): in RESP2 a connection with any takes only

@@ -233,6 +233,7 @@ async fn connection(
                 // Messages go out between replies, never inside one.
                 let Some(push) = push else {
                     conn.inbox = None;
+                    conn.watch_slot = None;
                     continue;
                 };
                 crate::cmd::pubsub::encode(&shared.hub, &conn, push, &mut output);

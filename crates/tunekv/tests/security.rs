@@ -851,6 +851,30 @@ async fn users_are_held_to_their_request_rate_and_watch_cap() {
         },
     )
     .await;
+    // RESP subscriptions count too: with one watch open, one subscribed connection fits and
+    // the next is refused.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let resp = c.configs[2].resp.clone().expect("resp");
+    let subscriber = |n: usize| {
+        let mut r = Raw::connect(&resp);
+        assert_eq!(
+            r.cmd(&["AUTH", "alice", "alice-password"]),
+            R::Simple("OK".into())
+        );
+        assert_eq!(r.cmd(&["SELECT", "ks"]), R::Simple("OK".into()));
+        let answer = r.cmd(&["SUBSCRIBE", &format!("ch{n}")]);
+        (r, answer)
+    };
+    let (_held, answer) = subscriber(1);
+    assert!(
+        matches!(&answer, R::Array(a) | R::Push(a) if a[0] == bulk("subscribe")),
+        "{answer:?}"
+    );
+    let (_, answer) = subscriber(2);
+    assert!(
+        matches!(&answer, R::Error(e) if e.starts_with("RATE_LIMITED") && e.contains("watches_per_user_max")),
+        "{answer:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -367,7 +367,7 @@ async fn tracking(shared: &Shared, conn: &mut Conn, mut a: Args<'_>) -> Out {
              to __redis__:invalidate (or HELLO 3 first: invalidations are then pushed here)",
         ));
     }
-    conn.inbox(&shared.hub);
+    conn.inbox(shared)?;
     conn.tracking = Some(t.clone());
     shared.hub.track(conn.id, Some(t)).await;
     Ok(Reply::ok())

@@ -76,7 +76,7 @@ fn confirm(kind: &str, channel: Option<&[u8]>, count: usize) -> Reply {
 }
 
 fn add(shared: &Shared, conn: &mut Conn, mut a: Args<'_>, pattern: bool) -> Out {
-    conn.inbox(&shared.hub);
+    conn.inbox(shared)?;
     let mut replies = Vec::new();
     for name in a.rest() {
         let set = if pattern {
