@@ -1,6 +1,7 @@
 //! Feeds arbitrary HTTP requests (method, request target, headers, body) to the API's
 //! request-parsing layer, `tunekv_api::request::parse`, the pure function every request goes
-//! through before the node sees it. It must never panic; what it accepts must respect the key
+//! through before the node sees it, then `tunekv_api::authz::authorize` for an open, an empty
+//! and a prefix-restricted caller. It must never panic; what it accepts must respect the key
 //! and batch limits; what it refuses must be a client error rendered as the JSON error shape
 //! with a bounded message.
 //!
@@ -35,6 +36,21 @@ fn line(data: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// What an open, an empty and a prefix-restricted caller may do with `req`: never a panic,
+/// and with auth off, everything.
+fn authorize(req: &ApiRequest) {
+    use tunekv_core::auth::{Access, Grants, Permission};
+    assert!(tunekv_api::authz::authorize(&Grants::open(), req).is_ok());
+    let prefix = Permission {
+        keyspace: "ks".into(),
+        prefix: "a/".into(),
+        access: Access::Read,
+    };
+    for grants in [Grants::nobody(), Grants::of("fuzz", vec![prefix])] {
+        let _ = tunekv_api::authz::authorize(&grants, req);
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&m, rest)) = data.split_first() else {
         return;
@@ -66,14 +82,19 @@ fuzz_target!(|data: &[u8]| {
     }
     let body = Bytes::copy_from_slice(rest);
     match parse(session_key(), &method, &uri, &headers, body) {
-        Ok(ApiRequest::Get { key, .. })
-        | Ok(ApiRequest::Put { key, .. })
-        | Ok(ApiRequest::Delete { key, .. }) => assert!(check_key(&key).is_ok()),
-        Ok(ApiRequest::BatchGet { keys, .. }) => {
-            assert!((1..=BATCH_KEYS_MAX).contains(&keys.len()));
-            assert!(keys.iter().all(|k| check_key(k).is_ok()));
+        Ok(req) => {
+            match &req {
+                ApiRequest::Get { key, .. }
+                | ApiRequest::Put { key, .. }
+                | ApiRequest::Delete { key, .. } => assert!(check_key(key).is_ok()),
+                ApiRequest::BatchGet { keys, .. } => {
+                    assert!((1..=BATCH_KEYS_MAX).contains(&keys.len()));
+                    assert!(keys.iter().all(|k| check_key(k).is_ok()));
+                }
+                _ => {}
+            }
+            authorize(&req);
         }
-        Ok(_) => {}
         Err(refusal) => {
             let code = refusal.error.code;
             let status = tunekv_api::status_of(code);

@@ -74,8 +74,8 @@ pub const TOKEN_TTL_MS_DEFAULT: u64 = 15 * 60 * 1000;
 pub const TOKEN_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1000;
 /// Token text longer than this is refused unread.
 pub const TOKEN_CHARS_MAX: usize = 1024;
-const TOKEN_DOMAIN: &[u8] = b"tunekv auth token v1";
-const TOKEN_PREFIX: &str = "tkv1.";
+pub(crate) const TOKEN_DOMAIN: &[u8] = b"tunekv auth token v1";
+pub(crate) const TOKEN_PREFIX: &str = "tkv1.";
 
 fn bad(message: String) -> TunekvError {
     TunekvError::new(Code::BadRequest, message)

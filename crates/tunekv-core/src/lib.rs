@@ -10,6 +10,8 @@ pub mod backup;
 pub mod clock_bound;
 pub mod clock_guard;
 pub mod code;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hlc;
 pub mod ids;
 pub mod keyspace;

@@ -65,7 +65,7 @@ pub const TOKENS_PER_REQUEST_MAX: usize = 16;
 pub const SECRET_BYTES_MIN: usize = 16;
 
 const MAC_BYTES: usize = 32;
-const DOMAIN: &[u8] = b"tunekv session token\x00";
+pub(crate) const DOMAIN: &[u8] = b"tunekv session token\x00";
 
 /// What a session has done on one shard group.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

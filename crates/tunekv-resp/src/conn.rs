@@ -126,7 +126,8 @@ impl Conn {
                 let grants = crate::cmd::access::grants(shared, self)?;
                 self.watch_slot = shared.node.watch_slot(&grants).map_err(crate::cmd::typed)?;
             }
-            self.inbox = Some(shared.hub.register(self.id, self.resp3));
+            let reader = self.login.clone().filter(|_| shared.node.auth_enabled());
+            self.inbox = Some(shared.hub.register(self.id, self.resp3, reader));
         }
         Ok(())
     }

@@ -239,6 +239,9 @@ struct Connection {
     resp3: bool,
     /// Subscribed to [`INVALIDATE_CHANNEL`] (a RESP2 redirect target).
     invalidate_channel: bool,
+    /// With auth on, the user the connection logged in as and its epoch then: key names and
+    /// changes reach it only for keys that user may read now (redis#15371). None: auth off.
+    reader: Option<(String, u64)>,
 }
 
 #[derive(Default)]
@@ -290,8 +293,8 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The connection's inbox, made on first use.
-    pub(crate) fn register(&self, conn: u64, resp3: bool) -> Inbox {
+    /// The connection's inbox, made on first use; `reader`: its user (auth on).
+    pub(crate) fn register(&self, conn: u64, resp3: bool, reader: Option<(String, u64)>) -> Inbox {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let overflow = Arc::new(Overflow::default());
@@ -305,6 +308,7 @@ impl Hub {
                 },
                 resp3,
                 invalidate_channel: false,
+                reader,
             },
         );
         Inbox {
@@ -317,6 +321,26 @@ impl Hub {
     /// Whether connection `conn` can take pushed messages (it subscribed or tracks).
     pub(crate) fn reachable(&self, conn: u64) -> bool {
         self.state().connections.contains_key(&conn)
+    }
+
+    /// The connection logged in again (AUTH, HELLO AUTH): what it may see is that user's.
+    pub(crate) fn set_reader(&self, conn: u64, reader: Option<(String, u64)>) {
+        if let Some(c) = self.state().connections.get_mut(&conn) {
+            c.reader = reader;
+        }
+    }
+
+    /// Whether connection `c` may be told of `key` of `keyspace`: with auth on, its user must
+    /// be allowed to read it now (a revoked or deleted user is told of nothing).
+    fn may_see(&self, c: &Connection, keyspace: &str, key: &[u8]) -> bool {
+        let Some((user, epoch)) = &c.reader else {
+            return true;
+        };
+        let Some(node) = self.node.upgrade() else {
+            return false;
+        };
+        node.session_grants(user, *epoch)
+            .is_ok_and(|g| g.allows(keyspace, key, tunekv_core::auth::Access::Read))
     }
 
     /// The connection switched protocols (HELLO).
@@ -405,7 +429,14 @@ impl Hub {
     /// Delivers a message to this node's subscribers of `channel` (and of patterns matching
     /// it); returns how many got it.
     pub(crate) fn deliver(&self, channel: &[u8], message: &[u8]) -> usize {
+        self.deliver_about(channel, message, None)
+    }
+
+    /// [`Hub::deliver`] for a message about `key` of `keyspace` (a keyspace notification):
+    /// only to connections that may read it.
+    fn deliver_about(&self, channel: &[u8], message: &[u8], about: Option<(&str, &[u8])>) -> usize {
         let s = self.state();
+        let may = |c: &Connection| about.is_none_or(|(ks, key)| self.may_see(c, ks, key));
         if s.channels.is_empty() && s.patterns.is_empty() {
             return 0;
         }
@@ -414,7 +445,7 @@ impl Hub {
         let mut n = 0;
         if let Some(ids) = s.channels.get(&channel[..]) {
             for id in ids {
-                if let Some(c) = s.connections.get(id) {
+                if let Some(c) = s.connections.get(id).filter(|c| may(c)) {
                     let push = Push::Message {
                         channel: channel.clone(),
                         payload: payload.clone(),
@@ -429,7 +460,7 @@ impl Hub {
             }
             let pattern: Arc<[u8]> = pattern.as_slice().into();
             for id in ids {
-                if let Some(c) = s.connections.get(id) {
+                if let Some(c) = s.connections.get(id).filter(|c| may(c)) {
                     let push = Push::PMessage {
                         pattern: pattern.clone(),
                         channel: channel.clone(),
@@ -464,7 +495,7 @@ impl Hub {
     pub(crate) fn set_tracking_keys_max(&self, n: usize) {
         self.tracking_keys_max.store(n, Ordering::Relaxed);
         let mut s = self.state();
-        Self::evict(&mut s, n);
+        self.evict(&mut s, n);
     }
 
     /// CLIENT TRACKING on (`Some`) or off.
@@ -517,29 +548,32 @@ impl Hub {
             s.order.insert(seq, entry.clone());
             s.tracked.insert(entry, (seq, HashSet::from([conn])));
         }
-        Self::evict(&mut s, max);
+        self.evict(&mut s, max);
     }
 
     /// Evicts the oldest tracked keys until at most `max` remain, invalidating each for the
     /// connections that read it (they may no longer cache it).
-    fn evict(s: &mut State, max: usize) {
+    fn evict(&self, s: &mut State, max: usize) {
         while s.tracked.len() > max {
             let Some((_, entry)) = s.order.pop_first() else {
                 break;
             };
             if let Some((_, ids)) = s.tracked.remove(&entry) {
                 for id in ids {
-                    Self::invalidate(s, id, Some(vec![entry.1.clone()]), None);
+                    self.invalidate(s, id, Some((&entry.0, vec![entry.1.clone()])), None);
                 }
             }
         }
     }
 
-    /// Sends an invalidation for tracking connection `from` (to its redirect target, if any).
+    /// Sends an invalidation for tracking connection `from` (to its redirect target, if any):
+    /// of `keys` of a keyspace (only those the receiving connection may read), or of
+    /// everything (None).
     fn invalidate(
+        &self,
         s: &State,
         from: u64,
-        keys: Option<Vec<Vec<u8>>>,
+        keys: Option<(&str, Vec<Vec<u8>>)>,
         origin: Option<(Arc<str>, u32, u64)>,
     ) {
         let Some(t) = s.trackers.get(&from) else {
@@ -553,6 +587,16 @@ impl Hub {
         if !c.resp3 && !c.invalidate_channel {
             return;
         }
+        let keys = match keys {
+            None => None,
+            Some((keyspace, mut keys)) => {
+                keys.retain(|k| self.may_see(c, keyspace, k));
+                if keys.is_empty() {
+                    return;
+                }
+                Some(keys)
+            }
+        };
         c.outbox.send(Push::Invalidate { keys, from, origin });
     }
 
@@ -568,10 +612,11 @@ impl Hub {
             if f & flags::KEYSPACE != 0 {
                 let mut channel = format!("__keyspace@{db}__:").into_bytes();
                 channel.extend_from_slice(key);
-                self.deliver(&channel, event.as_bytes());
+                self.deliver_about(&channel, event.as_bytes(), Some((keyspace, key)));
             }
             if f & flags::KEYEVENT != 0 {
-                self.deliver(format!("__keyevent@{db}__:{event}").as_bytes(), key);
+                let channel = format!("__keyevent@{db}__:{event}");
+                self.deliver_about(channel.as_bytes(), key, Some((keyspace, key)));
             }
         }
         let mut s = self.state();
@@ -582,7 +627,7 @@ impl Hub {
         if let Some((seq, ids)) = s.tracked.remove(&(keyspace.clone(), key.to_vec())) {
             s.order.remove(&seq);
             for id in ids {
-                Self::invalidate(&s, id, Some(vec![key.to_vec()]), origin.clone());
+                self.invalidate(&s, id, Some((keyspace, vec![key.to_vec()])), origin.clone());
             }
         }
         let bcast: Vec<u64> = s
@@ -594,7 +639,7 @@ impl Hub {
             .map(|(id, _)| *id)
             .collect();
         for id in bcast {
-            Self::invalidate(&s, id, Some(vec![key.to_vec()]), origin.clone());
+            self.invalidate(&s, id, Some((keyspace, vec![key.to_vec()])), origin.clone());
         }
     }
 
@@ -614,7 +659,7 @@ impl Hub {
         }
         let ids: Vec<u64> = s.trackers.keys().copied().collect();
         for id in ids {
-            Self::invalidate(&s, id, None, None);
+            self.invalidate(&s, id, None, None);
         }
     }
 

@@ -423,18 +423,80 @@ async fn resp_needs_auth_and_checks_every_key() {
         panic!("scan")
     };
     assert_eq!(page[1], R::Array(vec![bulk("a:1")]), "{page:?}");
-    // Counts and change feeds need the whole keyspace.
-    for cmd in [
-        vec!["DBSIZE"],
-        vec!["CLIENT", "TRACKING", "on", "BCAST"],
-        vec!["SUBSCRIBE", "__keyspace@0__:b:1"],
-    ] {
-        let reply = ann.cmd(&cmd);
-        assert!(
-            matches!(&reply, R::Error(e) if e.starts_with("NOPERM")),
-            "{cmd:?}: {reply:?}"
-        );
+    // Counts need the whole keyspace.
+    assert!(matches!(ann.cmd(&["DBSIZE"]), R::Error(e) if e.starts_with("NOPERM")));
+    // Change feeds deliver only the keys ann may read (redis#15371): BCAST tracking,
+    // keyspace notifications by channel and by pattern.
+    assert_eq!(
+        root.cmd(&["CONFIG", "SET", "notify-keyspace-events", "KA"]),
+        R::Simple("OK".into())
+    );
+    let mut tracker = Raw::connect(&addr);
+    let hello = tracker.cmd(&["HELLO", "3", "AUTH", "ann", "ann-password"]);
+    assert!(matches!(hello, R::Array(_)), "{hello:?}");
+    assert_eq!(
+        tracker.cmd(&["CLIENT", "TRACKING", "on", "BCAST"]),
+        R::Simple("OK".into())
+    );
+    let mut subscriber = Raw::connect(&addr);
+    assert_eq!(
+        subscriber.cmd(&["AUTH", "ann", "ann-password"]),
+        R::Simple("OK".into())
+    );
+    subscriber.send(&common::raw::frame(&[
+        "SUBSCRIBE",
+        "__keyspace@0__:b:5",
+        "__keyspace@0__:a:5",
+        "__keyspace@0__:a:9",
+    ]));
+    subscriber.send(&common::raw::frame(&["PSUBSCRIBE", "__keyevent@0__:*"]));
+    for _ in 0..4 {
+        let confirm = subscriber.read();
+        assert!(matches!(&confirm, R::Array(_)), "{confirm:?}");
     }
+    for key in ["b:5", "b:6", "a:5"] {
+        assert_eq!(root.cmd(&["SET", key, "v"]), R::Simple("OK".into()));
+    }
+    // Whatever ann's connections are sent before the marker a:9 (written after a pause) is
+    // everything about the keys before it.
+    let until_marker = |r: &mut Raw, what: &str| {
+        let mut seen = Vec::new();
+        loop {
+            let push = texts(&r.read());
+            let done = push.contains("a:9");
+            seen.push(push);
+            if done {
+                break;
+            }
+            if seen.len() == 1 {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        assert!(
+            seen.iter().any(|p| p.contains("a:5")),
+            "{what} saw a:5: {seen:?}"
+        );
+        assert!(
+            !seen.iter().any(|p| p.contains("b:")),
+            "{what} saw b: keys: {seen:?}"
+        );
+    };
+    let marker = tokio::spawn({
+        let addr = addr.clone();
+        let password = creds.password.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            let mut root = Raw::connect(&addr);
+            assert_eq!(
+                root.cmd(&["AUTH", "root", &password]),
+                R::Simple("OK".into())
+            );
+            assert_eq!(root.cmd(&["SET", "a:9", "v"]), R::Simple("OK".into()));
+        }
+    });
+    until_marker(&mut tracker, "BCAST tracking");
+    marker.await.expect("marker");
+    until_marker(&mut subscriber, "keyspace notifications");
     // Refused inside MULTI too, and the transaction is spoiled.
     assert_eq!(ann.cmd(&["MULTI"]), R::Simple("OK".into()));
     assert!(matches!(ann.cmd(&["SET", "b:2", "y"]), R::Error(e) if e.starts_with("NOPERM")));

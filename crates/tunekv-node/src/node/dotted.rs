@@ -471,7 +471,7 @@ pub(super) fn unpack_dot(packed: u64) -> Dot {
 
 /// The domain causal contexts are sealed under (never valid as a session token or anything
 /// else sealed with the cluster secret).
-const CONTEXT_DOMAIN: &[u8] = b"tunekv-context-v1";
+pub(crate) const CONTEXT_DOMAIN: &[u8] = b"tunekv-context-v1";
 /// The longest context text accepted.
 pub const CONTEXT_CHARS_MAX: usize = 64 * 1024;
 
@@ -493,25 +493,35 @@ impl Node {
         key: &[u8],
         text: &str,
     ) -> Result<Context, TunekvError> {
-        let invalid = |why: String| {
-            err(
-                Code::ContextInvalid,
-                format!("invalid causal context: {why}; send the one a read of this key returned"),
-            )
-        };
-        let bytes = self
-            .session_key()
-            .open(CONTEXT_DOMAIN, text, CONTEXT_CHARS_MAX)
-            .map_err(invalid)?;
-        let (id, hash, ctx): (u64, u64, Context) =
-            postcard::from_bytes(&bytes).map_err(|_| invalid("undecodable".into()))?;
-        if id != ks.id || hash != tunekv_core::session::key_hash(key) {
-            return Err(invalid(format!(
-                "it was issued for another key or keyspace than {:?} of {:?}",
-                String::from_utf8_lossy(key),
-                ks.name
-            )));
-        }
-        Ok(ctx)
+        open_context_with(self.session_key(), ks.id, &ks.name, key, text)
     }
+}
+
+/// [`Node::open_context`] with the cluster's `secret`, for keyspace `ks_id` (named `ks_name`).
+pub(crate) fn open_context_with(
+    secret: &tunekv_core::session::SessionKey,
+    ks_id: u64,
+    ks_name: &str,
+    key: &[u8],
+    text: &str,
+) -> Result<Context, TunekvError> {
+    let invalid = |why: String| {
+        err(
+            Code::ContextInvalid,
+            format!("invalid causal context: {why}; send the one a read of this key returned"),
+        )
+    };
+    let bytes = secret
+        .open(CONTEXT_DOMAIN, text, CONTEXT_CHARS_MAX)
+        .map_err(invalid)?;
+    let (id, hash, ctx): (u64, u64, Context) =
+        postcard::from_bytes(&bytes).map_err(|_| invalid("undecodable".into()))?;
+    if id != ks_id || hash != tunekv_core::session::key_hash(key) {
+        return Err(invalid(format!(
+            "it was issued for another key or keyspace than {:?} of {:?}",
+            String::from_utf8_lossy(key),
+            ks_name
+        )));
+    }
+    Ok(ctx)
 }

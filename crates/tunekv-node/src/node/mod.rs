@@ -8,6 +8,8 @@ mod backup;
 mod catalog;
 mod dotted;
 mod freshness;
+#[doc(hidden)]
+pub mod fuzzing;
 mod leaderless;
 mod lifecycle;
 mod membership;

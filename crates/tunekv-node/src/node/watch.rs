@@ -363,14 +363,14 @@ impl Watch {
 }
 
 /// Keeps a cursor from passing for a session token or a causal context.
-const CURSOR_DOMAIN: &[u8] = b"tunekv-cursor-v1";
+pub(crate) const CURSOR_DOMAIN: &[u8] = b"tunekv-cursor-v1";
 /// A leaderless keyspace's cursor: (keyspace id, [(node, incarnation, sequence)]).
-const CURSOR_LEADERLESS_DOMAIN: &[u8] = b"tunekv-cursor-leaderless-v1";
+pub(crate) const CURSOR_LEADERLESS_DOMAIN: &[u8] = b"tunekv-cursor-leaderless-v1";
 /// The longest cursor text accepted (a keyspace has at most 1024 shards).
 pub const CURSOR_CHARS_MAX: usize = 64 * 1024;
 
 /// A cursor: `(keyspace_id, body)` sealed for `domain` (the inverse of `Node::open_sealed`).
-fn seal_cursor<T: Serialize>(
+pub(crate) fn seal_cursor<T: Serialize>(
     key: &tunekv_core::session::SessionKey,
     domain: &[u8],
     keyspace_id: u64,
@@ -400,6 +400,28 @@ fn cursor_invalid(why: String) -> TunekvError {
         Code::CursorInvalid,
         format!("invalid watch cursor: {why}; send one a watch's progress event gave"),
     )
+}
+
+/// The body of `cursor`, a cursor sealed with `key` for `domain` of a watch of keyspace
+/// `ks_id` (named `ks_name`); `cursor_invalid` when it is not one.
+pub(crate) fn open_cursor_body<T: serde::de::DeserializeOwned>(
+    key: &tunekv_core::session::SessionKey,
+    ks_id: u64,
+    ks_name: &str,
+    domain: &[u8],
+    cursor: &str,
+) -> Result<T, TunekvError> {
+    let bytes = key
+        .open(domain, cursor, CURSOR_CHARS_MAX)
+        .map_err(cursor_invalid)?;
+    let (id, body): (u64, T) =
+        postcard::from_bytes(&bytes).map_err(|_| cursor_invalid("undecodable".into()))?;
+    if id != ks_id {
+        return Err(cursor_invalid(format!(
+            "it was issued for another keyspace than {ks_name:?}"
+        )));
+    }
+    Ok(body)
 }
 
 /// Why a watch did not start.
@@ -457,19 +479,7 @@ impl Node {
         domain: &[u8],
         cursor: &str,
     ) -> Result<T, TunekvError> {
-        let bytes = self
-            .session_key()
-            .open(domain, cursor, CURSOR_CHARS_MAX)
-            .map_err(cursor_invalid)?;
-        let (id, body): (u64, T) =
-            postcard::from_bytes(&bytes).map_err(|_| cursor_invalid("undecodable".into()))?;
-        if id != ks.id {
-            return Err(cursor_invalid(format!(
-                "it was issued for another keyspace than {:?}",
-                ks.name
-            )));
-        }
-        Ok(body)
+        open_cursor_body(self.session_key(), ks.id, &ks.name, domain, cursor)
     }
 
     /// The per-shard positions in `cursor`, a cursor of a watch of keyspace `ks`.

@@ -33,8 +33,9 @@ const WRITES_THAT_READ: &[&str] = &[
     "setrange",
 ];
 
-/// Connection commands that deliver key names or values as they change (tracking
-/// invalidations, keyspace notifications): only for users who may read the whole keyspace.
+/// Connection commands that deliver key names as they change (tracking invalidations,
+/// keyspace notifications): for users who may read some keys of the keyspace; each key name is
+/// then delivered only to connections whose user may read it (`push::Hub::may_see`).
 const FEEDS: &[&str] = &["subscribe", "psubscribe", "ssubscribe", "client"];
 
 pub(crate) fn noauth() -> Reply {
@@ -110,9 +111,9 @@ pub(crate) fn check(
                     || args
                         .get(1)
                         .is_some_and(|a| a.eq_ignore_ascii_case(b"tracking")));
-            if feed && grants.range(ks, b"") != RangeRight::All {
+            if feed && grants.range(ks, b"") == RangeRight::None {
                 return Err(refuse_command(
-                    " (change feeds need read on every key of the keyspace)",
+                    " (change feeds need read on some keys of the keyspace)",
                 ));
             }
             // CONFIG SET changes this node's settings for every connection.

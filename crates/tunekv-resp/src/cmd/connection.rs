@@ -136,6 +136,9 @@ async fn log_in(shared: &Shared, conn: &mut Conn, user: &str, password: &str) ->
     match shared.node.login(user, password, None).await {
         Ok(login) => {
             conn.login = Some((user.to_string(), login.epoch));
+            if conn.inbox.is_some() {
+                shared.hub.set_reader(conn.id, conn.login.clone());
+            }
             Ok(())
         }
         Err(e)
