@@ -412,7 +412,8 @@ impl SessionKey {
             return Err(format!("longer than {chars_max} characters"));
         }
         let bytes = hex_decode(text).ok_or("not a hex string")?;
-        if bytes.len() <= MAC_BYTES {
+        // An empty body is sealed as the tag alone.
+        if bytes.len() < MAC_BYTES {
             return Err("too short".into());
         }
         let (body, tag) = bytes.split_at(bytes.len() - MAC_BYTES);
