@@ -86,6 +86,15 @@ async fn handle(State(app): State<AppState>, req: Request) -> Response {
     }
     let grants = match caller {
         Ok(grants) => grants,
+        // A browser cannot send a bearer token when it opens the status page: it gets the
+        // page without any cluster data, and its sign-in form gets a token for its script.
+        Err(_)
+            if parts.method == axum::http::Method::GET
+                && parts.uri.path() == "/"
+                && request::accepts_html(&parts.headers) =>
+        {
+            return status_page(node, false).await.into_response();
+        }
         Err(e) => return ApiError(e).into_response(),
     };
     let stall = Duration::from_millis(node.config().http_idle_timeout_ms);
@@ -335,7 +344,7 @@ pub async fn read_body(
 async fn execute(node: &Arc<Node>, req: ApiRequest, caller: Caller) -> Result<Response, ApiError> {
     let grants = &caller.grants;
     match req {
-        ApiRequest::Index { html: true } => Ok(status_page(node).await.into_response()),
+        ApiRequest::Index { html: true } => Ok(status_page(node, true).await.into_response()),
         ApiRequest::Index { html: false } => Ok(index(node).await.into_response()),
         ApiRequest::Metrics => {
             Ok(([(CONTENT_TYPE, metrics::CONTENT_TYPE)], node.metrics_text()).into_response())
@@ -1129,12 +1138,18 @@ fn write_response(w: &WriteOutcome, token: &str, value: Option<i64>) -> Response
 
 /// The status page: server-rendered (the nodes as this node sees them now), then refreshed
 /// every second by its script from `/v1/cluster`. Self-contained: no file or script from
-/// anywhere else, so it works offline.
-async fn status_page(node: &Node) -> impl IntoResponse {
+/// anywhere else, so it works offline. With auth on, its script sends the token its sign-in
+/// form got (kept in the tab's sessionStorage); `signed_in`: the request carried a valid one
+/// (else the page holds no cluster data until the script signs in).
+async fn status_page(node: &Node, signed_in: bool) -> impl IntoResponse {
     const PAGE: &str = include_str!("status_page.html");
-    let status = node.cluster_status().await;
+    let nodes = if signed_in {
+        node.cluster_status().await.nodes
+    } else {
+        Vec::new()
+    };
     let mut rows = String::new();
-    for n in &status.nodes {
+    for n in &nodes {
         let (class, health) = if n.reachable {
             ("up", "up")
         } else {
@@ -1154,7 +1169,11 @@ async fn status_page(node: &Node) -> impl IntoResponse {
         .replace(
             "{{AUTH_BANNER}}",
             if node.auth_enabled() {
-                ""
+                "<form id=\"login\" class=\"login\" hidden><b>Sign in</b> (auth is on) \
+                 <input name=\"user\" placeholder=\"user\" autocomplete=\"username\" required> \
+                 <input name=\"password\" type=\"password\" placeholder=\"password\" \
+                 autocomplete=\"current-password\" required> <button>Sign in</button> \
+                 <span id=\"login-error\" class=\"down\"></span></form>"
             } else {
                 "<div class=\"insecure\" id=\"auth-off\">Auth is OFF: anyone who can reach this \
                  node can read, write and administer the cluster (docs/security.md).</div>"

@@ -269,3 +269,83 @@ async fn the_status_page_shows_the_cluster_live_in_a_browser() {
     std::fs::write(&shot, &png).expect("save the screenshot");
     b.quit().await;
 }
+
+/// Fills the page's sign-in form with `user` and `password` and submits it.
+async fn sign_in(b: &Browser, user: &str, password: &str) {
+    let script = format!(
+        "const f = document.getElementById('login');
+         f.querySelector('[name=user]').value = {};
+         f.querySelector('[name=password]').value = {};
+         f.querySelector('button').click();
+         return true;",
+        serde_json::to_string(user).expect("json"),
+        serde_json::to_string(password).expect("json"),
+    );
+    b.eval(&script).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_the_status_page_signs_in_first() {
+    // A browser cannot send a bearer token when it opens a page: with auth on the page comes
+    // without cluster data and a sign-in form; its script then sends the token it got.
+    let c = common::start_secure(3).await;
+    let password = c.credentials().expect("read").expect("auth on").password;
+    let b = Browser::start().await;
+    b.open(&format!("http://{}/", c.configs[0].http)).await;
+    common::eventually(
+        Duration::from_secs(20),
+        "the sign-in form shows",
+        || async {
+            let shown = b
+                .eval("const f = document.getElementById('login'); return !!f && !f.hidden;")
+                .await;
+            (shown == json!(true)).then_some(())
+        },
+    )
+    .await;
+    let html = b
+        .eval("return document.documentElement.outerHTML;")
+        .await
+        .as_str()
+        .expect("HTML")
+        .to_string();
+    assert!(
+        !html.contains(&c.configs[1].http),
+        "a node's address shown before signing in"
+    );
+    sign_in(&b, "root", "not-the-password").await;
+    common::eventually(
+        Duration::from_secs(20),
+        "a wrong password is refused",
+        || async {
+            let text = b
+                .eval("return document.getElementById('login-error').textContent;")
+                .await;
+            text.as_str()
+                .is_some_and(|t| t.contains("wrong user name or password"))
+                .then_some(())
+        },
+    )
+    .await;
+    sign_in(&b, "root", &password).await;
+    common::eventually(
+        Duration::from_secs(20),
+        "the page shows the cluster",
+        || async {
+            let html = b
+                .eval("return document.documentElement.outerHTML;")
+                .await
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let all = c.configs.iter().all(|cfg| html.contains(&cfg.http));
+            (all && refreshes(&b).await >= 2).then_some(())
+        },
+    )
+    .await;
+    let hidden = b
+        .eval("return document.getElementById('login').hidden;")
+        .await;
+    assert_eq!(hidden, json!(true), "the form goes once signed in");
+    b.quit().await;
+}
