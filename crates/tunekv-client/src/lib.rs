@@ -256,6 +256,16 @@ pub fn set_default_token(token: String) {
     let _ = DEFAULT_TOKEN.set(token);
 }
 
+/// The token set by [`set_default_token`], if any (other protocols' clients send it too).
+pub fn default_token() -> Option<&'static str> {
+    DEFAULT_TOKEN.get().map(String::as_str)
+}
+
+/// The CA set by [`set_default_ca`], if any.
+pub fn default_ca() -> Option<&'static [u8]> {
+    DEFAULT_CA.get().map(Vec::as_slice)
+}
+
 /// Default headers carrying `token`, if any.
 fn auth_headers(token: Option<&str>) -> reqwest::header::HeaderMap {
     let mut h = reqwest::header::HeaderMap::new();

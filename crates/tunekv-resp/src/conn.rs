@@ -61,6 +61,7 @@ impl Shared {
             limiter: tunekv_node::quota(self.node.config().connection_requests_per_s)
                 .map(governor::RateLimiter::direct),
             watch_slot: None,
+            login_expires_ms: None,
         }
     }
 
@@ -113,6 +114,9 @@ pub struct Conn {
     pub(crate) login: Option<(String, u64)>,
     /// This connection's request rate (`connection_requests_per_s`); None: no limit.
     pub(crate) limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// When the bearer token the connection logged in with expires (Unix ms); None: logged in
+    /// with a password (valid until revoked).
+    pub(crate) login_expires_ms: Option<u64>,
     /// The place the inbox holds under `watches_per_user_max`.
     pub(crate) watch_slot: Option<tunekv_node::WatchSlot>,
 }

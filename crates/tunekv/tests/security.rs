@@ -967,3 +967,96 @@ async fn connections_are_held_to_their_request_rate() {
         .count();
     assert!(limited > 0, "no RESP command was limited");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp_logs_in_with_a_bearer_token_until_it_expires() {
+    // Managed Redis services take access tokens where the password goes; so does tunekv, so
+    // clients holding TUNEKV_TOKEN (verify, bench) need no password.
+    let c = start_secure(3).await;
+    let root = c.token.clone().expect("root token");
+    user_with(&c, "ann", &[]).await;
+    let addr = c.configs[0].resp.clone().expect("resp");
+    let mut r = Raw::connect(&addr);
+    assert_eq!(r.cmd(&["AUTH", &root]), R::Simple("OK".into()));
+    assert_eq!(r.cmd(&["ACL", "WHOAMI"]), bulk("root"));
+    let mut other = Raw::connect(&addr);
+    let wrong = other.cmd(&["AUTH", "ann", &root]);
+    assert!(
+        matches!(&wrong, R::Error(e) if e.starts_with("WRONGPASS")),
+        "{wrong:?}"
+    );
+    let forged = other.cmd(&["AUTH", "tkv1.00ff"]);
+    assert!(
+        matches!(&forged, R::Error(e) if e.starts_with("WRONGPASS")),
+        "{forged:?}"
+    );
+    assert!(matches!(other.cmd(&["PING"]), R::Error(e) if e.starts_with("NOAUTH")));
+    // A short-lived token: the connection is logged in until it expires.
+    let creds = c.credentials().expect("creds").expect("auth on");
+    let (s, b) = call_as(
+        None,
+        "POST",
+        &format!("{}/v1/auth/token", c.http(0)),
+        &json!({"user": "root", "password": creds.password, "ttl_ms": 1500}).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let short = b["token"].as_str().expect("token").to_string();
+    let mut brief = Raw::connect(&addr);
+    let hello = brief.cmd(&["HELLO", "3", "AUTH", "root", &short]);
+    assert!(matches!(hello, R::Array(_)), "{hello:?}");
+    assert_eq!(brief.cmd(&["PING"]), R::Simple("PONG".into()));
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let expired = brief.cmd(&["PING"]);
+    assert!(
+        matches!(&expired, R::Error(e) if e.starts_with("NOAUTH") && e.contains("expired")),
+        "{expired:?}"
+    );
+    // The long-lived one still works.
+    assert_eq!(r.cmd(&["PING"]), R::Simple("PONG".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_runs_against_a_cluster_with_auth_on() {
+    // `verify --cluster` with TUNEKV_TOKEN: its HTTP clients send the token, its RESP clients
+    // log in with it (AUTH tkv1.…), and the run judges operations like on an open cluster.
+    let c = start_secure(3).await;
+    let cluster_json = c.write_cluster_json().expect("cluster.json");
+    let args: Vec<String> = [
+        "verify",
+        "--cluster",
+        cluster_json.to_str().expect("utf-8"),
+        "--faults",
+        "none",
+        "--duration",
+        "4s",
+        "--clients",
+        "4",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let token = c.token.clone().expect("root token");
+    let (code, out, err) = cli_with(vec![("TUNEKV_TOKEN", token)], args).await;
+    assert_eq!(code, 0, "{out}\n--- stderr ---\n{err}");
+    assert!(out.contains("linearizable"), "{out}");
+    // Without the token the same run is refused at once.
+    let args: Vec<String> = [
+        "verify",
+        "--cluster",
+        cluster_json.to_str().expect("utf-8"),
+        "--faults",
+        "none",
+        "--duration",
+        "2s",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let (code, out, err) = cli_with(vec![], args).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        format!("{out}{err}").contains("unauthenticated"),
+        "{out}{err}"
+    );
+}

@@ -146,6 +146,23 @@ impl Node {
         self.grants_of(&claims)
     }
 
+    /// A bearer token given where a password goes (RESP `AUTH [user] tkv1.…`): its claims, if
+    /// it is valid now, its user still exists at the token's epoch, and (when `user` is named)
+    /// it is that user's.
+    pub fn token_login(&self, user: Option<&str>, token: &str) -> Result<Claims, TunekvError> {
+        let claims = auth::open_token(&self.session_key, token, self.clock.wall_ms())?;
+        if user.is_some_and(|u| u != claims.user) {
+            return Err(unauthenticated("the token is another user's"));
+        }
+        self.grants_of(&claims)?;
+        Ok(claims)
+    }
+
+    /// Unix ms now by this node's clock (token expiry is judged by it).
+    pub fn wall_ms(&self) -> u64 {
+        self.clock.wall_ms()
+    }
+
     /// The permissions of a RESP connection that logged in as `user` at `epoch`: valid for
     /// the connection's life, unless the user is deleted or its epoch moves (revocation).
     pub fn session_grants(&self, user: &str, epoch: u64) -> Result<Arc<Grants>, TunekvError> {

@@ -61,6 +61,14 @@ pub(crate) fn grants(shared: &Shared, conn: &Conn) -> Result<std::sync::Arc<Gran
     let Some((user, epoch)) = &conn.login else {
         return Err(noauth());
     };
+    if conn
+        .login_expires_ms
+        .is_some_and(|e| e <= shared.node.wall_ms())
+    {
+        return Err(Reply::Error(
+            "NOAUTH the token this connection logged in with expired (AUTH again)".into(),
+        ));
+    }
     shared
         .node
         .session_grants(user, *epoch)

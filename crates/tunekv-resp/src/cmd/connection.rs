@@ -128,14 +128,43 @@ fn no_password() -> Reply {
     )
 }
 
-/// Logs the connection in as `user`; Redis's `WRONGPASS` when the pair does not match.
-async fn log_in(shared: &Shared, conn: &mut Conn, user: &str, password: &str) -> Result<(), Reply> {
+/// Logs the connection in as `user` (None: `AUTH password`, the user `default`); Redis's
+/// `WRONGPASS` when the pair does not match. A bearer token (`tkv1.…`) may stand for the
+/// password, as managed Redis services take access tokens: the connection is then logged in
+/// until the token expires (`user` None: as the token's user).
+async fn log_in(
+    shared: &Shared,
+    conn: &mut Conn,
+    user: Option<&str>,
+    password: &str,
+) -> Result<(), Reply> {
     if !shared.node.auth_enabled() {
         return Err(no_password());
     }
+    if password.starts_with("tkv1.") {
+        return match shared.node.token_login(user, password) {
+            Ok(claims) => {
+                conn.login = Some((claims.user.clone(), claims.epoch));
+                conn.login_expires_ms = Some(claims.expires_ms);
+                if conn.inbox.is_some() {
+                    shared.hub.set_reader(conn.id, conn.login.clone());
+                }
+                Ok(())
+            }
+            Err(e) if e.code == tunekv_core::Code::Unauthenticated => {
+                shared
+                    .acl_log
+                    .record(conn, "auth", "AUTH", user.unwrap_or("(token)"));
+                Err(Reply::Error(format!("WRONGPASS {}", e.message)))
+            }
+            Err(e) => Err(typed(e)),
+        };
+    }
+    let user = user.unwrap_or("default");
     match shared.node.login(user, password, None).await {
         Ok(login) => {
             conn.login = Some((user.to_string(), login.epoch));
+            conn.login_expires_ms = None;
             if conn.inbox.is_some() {
                 shared.hub.set_reader(conn.id, conn.login.clone());
             }
@@ -154,18 +183,19 @@ async fn log_in(shared: &Shared, conn: &mut Conn, user: &str, password: &str) ->
     }
 }
 
-/// `AUTH user password` (`AUTH password` names the user `default`, which tunekv does not have).
+/// `AUTH user password` (`AUTH password` names the user `default`, which tunekv does not have);
+/// `AUTH tkv1.TOKEN` or `AUTH user tkv1.TOKEN` log in with a bearer token.
 fn auth<'a>(shared: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'a> {
     Box::pin(async move {
         let first = a.text()?;
         let (user, password) = match a.next_opt() {
-            Some(p) => (first, text(p)),
-            None => ("default".to_string(), first),
+            Some(p) => (Some(first), text(p)),
+            None => (None, first),
         };
         if a.left() > 0 {
             return Err(syntax());
         }
-        log_in(shared, conn, &user, &password).await?;
+        log_in(shared, conn, user.as_deref(), &password).await?;
         Ok(Reply::ok())
     })
 }
@@ -186,7 +216,7 @@ fn hello<'a>(shared: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending
                 ("auth", 2..) => {
                     let user = a.text()?;
                     let password = a.text()?;
-                    log_in(shared, conn, &user, &password).await?;
+                    log_in(shared, conn, Some(&user), &password).await?;
                 }
                 ("setname", 1..) => name = Some(a.text()?),
                 _ => return Err(syntax()),

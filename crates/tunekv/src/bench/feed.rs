@@ -65,10 +65,10 @@ pub async fn run(targets: &[Target], peers: Option<&Peers>, duration: Duration) 
         bail!("the nodes have no RESP listener: the feed bench writes through RESP");
     }
     // db0 exists (a RESP connection creates it) before anyone watches it.
-    let mut first = RespConn::connect(&resp[0]).await?;
+    let mut first = RespConn::connect_node(&resp[0]).await?;
     first.pipeline(&[vec![b"DBSIZE"]]).await?;
     for addr in &resp {
-        let mut c = RespConn::connect(addr).await?;
+        let mut c = RespConn::connect_node(addr).await?;
         let set = vec![&b"CONFIG"[..], b"SET", b"notify-keyspace-events", b"K$"];
         expect_ok(&c.pipeline(&[set]).await?[0], "CONFIG SET on tunekv")?;
     }

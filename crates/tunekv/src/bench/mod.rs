@@ -805,7 +805,11 @@ async fn resp_worker(
 ) -> Result<Stats> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut stats = Stats::new()?;
-    let mut conn = RespConn::connect(&addr).await?;
+    let mut conn = if tunekv {
+        RespConn::connect_node(&addr).await?
+    } else {
+        RespConn::connect(&addr).await?
+    };
     if tunekv {
         let mut setup = vec![
             vec![b"SELECT".as_slice(), p.keyspace.as_bytes()],

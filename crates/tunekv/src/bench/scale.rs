@@ -73,7 +73,7 @@ struct Row {
 }
 
 async fn connect(addr: &str, level: &str) -> Result<RespConn> {
-    let mut conn = RespConn::connect(addr).await?;
+    let mut conn = RespConn::connect_node(addr).await?;
     let setup = conn
         .pipeline(&[
             vec![b"SELECT".as_slice(), KEYSPACE.as_bytes()],

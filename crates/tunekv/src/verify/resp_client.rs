@@ -55,6 +55,23 @@ impl RespConn {
         })
     }
 
+    /// A connection to a tunekv node as this process's defaults say: over TLS when a CA is
+    /// set (`TUNEKV_CA`), logged in with the token when one is set (`TUNEKV_TOKEN`: `AUTH
+    /// tkv1.…`, valid until the token expires).
+    pub async fn connect_node(addr: &str) -> Result<RespConn> {
+        let mut c = match tunekv_client::default_ca() {
+            Some(pem) => Self::connect_tls(addr, pem).await?,
+            None => Self::connect(addr).await?,
+        };
+        if let Some(token) = tunekv_client::default_token() {
+            let r = c.pipeline(&[vec![&b"AUTH"[..], token.as_bytes()]]).await?;
+            if !matches!(&r[0], Value::Simple(s) if s == "OK") {
+                bail!("AUTH with TUNEKV_TOKEN at {addr} failed: {:?}", r[0]);
+            }
+        }
+        Ok(c)
+    }
+
     /// Over TLS, trusting the CA in `ca_pem` (a node with `[tls]`).
     pub async fn connect_tls(addr: &str, ca_pem: &[u8]) -> Result<RespConn> {
         use rustls::pki_types::pem::PemObject;

@@ -627,7 +627,7 @@ async fn resp_connect(t: &Target, token: &str) -> anyhow::Result<RespConn> {
         .resp
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("node {} has no RESP listener", t.id))?;
-    let mut c = tokio::time::timeout(CLIENT_TIMEOUT, RespConn::connect(addr))
+    let mut c = tokio::time::timeout(CLIENT_TIMEOUT, RespConn::connect_node(addr))
         .await
         .map_err(|_| anyhow::anyhow!("connect to {addr} timed out"))??;
     let wait = WAIT_MS.to_string();
