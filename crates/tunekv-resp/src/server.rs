@@ -200,7 +200,7 @@ async fn connection(
     let mut output = Vec::with_capacity(16 * 1024);
     // The requests one read completed, kept between reads.
     let mut ready: Vec<Vec<Vec<u8>>> = Vec::new();
-    // When the unfinished request's first bytes arrived; when the connection last read.
+    // When the unfinished request began to count; when the connection last read or answered.
     let mut request_started: Option<Instant> = None;
     let mut last_read = Instant::now();
     loop {
@@ -275,7 +275,6 @@ async fn connection(
         if n == 0 {
             return Ok(());
         }
-        last_read = Instant::now();
         // Answer every request completed by these bytes, in order, then write them together.
         // They are all parsed first, so a pipelined run of writes can commit together.
         let mut rest = &input[..n];
@@ -297,11 +296,6 @@ async fn connection(
                 }
             }
         }
-        if !parser.in_request() {
-            request_started = None;
-        } else if request_started.is_none() {
-            request_started = Some(last_read);
-        }
         execute_all(shared, &mut conn, &mut ready, &mut output).await;
         if conn.quit {
             write_within(&mut stream, &output, options.request_timeout).await?;
@@ -320,6 +314,14 @@ async fn connection(
             if output.capacity() > OUTPUT_KEPT_BYTES_MAX {
                 output = Vec::with_capacity(16 * 1024);
             }
+        }
+        // The unfinished request's time starts once the commands before it are answered (a
+        // long command ahead of it in a pipeline is not the client's delay); so does idleness.
+        last_read = Instant::now();
+        if !parser.in_request() {
+            request_started = None;
+        } else if request_started.is_none() {
+            request_started = Some(Instant::now());
         }
         // The unfinished request, if any, is all in the parser now: charge it to the budget,
         // reading nothing more until it fits.

@@ -591,6 +591,16 @@ async fn drip(mut s: TcpStream, bytes: &'static [u8], until: Instant) -> bool {
     unreachable!("cycle never ends")
 }
 
+/// Node 1's `/metrics` text.
+async fn metrics_text(c: &common::TestCluster) -> String {
+    reqwest::get(format!("{}/metrics", c.http(0)))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// The value of the metric line starting with `series` in a `/metrics` text (0 if absent).
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
@@ -734,12 +744,7 @@ async fn one_node_holds_up_under_floods_slowloris_and_oversized_frames() {
     );
     // Every kind of abuse was counted, and the node still serves.
     drop(idle);
-    let text = reqwest::get(format!("{}/metrics", c.http(0)))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = metrics_text(&c).await;
     for series in [
         r#"tunekv_connections_cut_total{protocol="http",reason="header_timeout"}"#,
         r#"tunekv_connections_cut_total{protocol="resp",reason="request_timeout"}"#,
@@ -794,12 +799,7 @@ async fn resp_idle_connections_are_closed_when_asked_but_not_subscribers() {
         .await,
         "a subscribed connection stays open"
     );
-    let text = reqwest::get(format!("{}/metrics", c.http(0)))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = metrics_text(&c).await;
     let cut = r#"tunekv_connections_cut_total{protocol="resp",reason="idle_timeout"}"#;
     assert!(metric(&text, cut) >= 1.0, "{text}");
 }

@@ -1022,38 +1022,27 @@ async fn verify_runs_against_a_cluster_with_auth_on() {
     // log in with it (AUTH tkv1.…), and the run judges operations like on an open cluster.
     let c = start_secure(3).await;
     let cluster_json = c.write_cluster_json().expect("cluster.json");
-    let args: Vec<String> = [
-        "verify",
-        "--cluster",
-        cluster_json.to_str().expect("utf-8"),
-        "--faults",
-        "none",
-        "--duration",
-        "4s",
-        "--clients",
-        "4",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
+    let cluster = cluster_json.to_str().expect("utf-8");
+    let run = |duration: &str| {
+        let args = [
+            "verify",
+            "--cluster",
+            cluster,
+            "--faults",
+            "none",
+            "--clients",
+            "4",
+        ];
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(["--duration".to_string(), duration.to_string()]);
+        args
+    };
     let token = c.token.clone().expect("root token");
-    let (code, out, err) = cli_with(vec![("TUNEKV_TOKEN", token)], args).await;
+    let (code, out, err) = cli_with(vec![("TUNEKV_TOKEN", token)], run("4s")).await;
     assert_eq!(code, 0, "{out}\n--- stderr ---\n{err}");
     assert!(out.contains("linearizable"), "{out}");
     // Without the token the same run is refused at once.
-    let args: Vec<String> = [
-        "verify",
-        "--cluster",
-        cluster_json.to_str().expect("utf-8"),
-        "--faults",
-        "none",
-        "--duration",
-        "2s",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    let (code, out, err) = cli_with(vec![], args).await;
+    let (code, out, err) = cli_with(vec![], run("2s")).await;
     assert_ne!(code, 0, "{out}");
     assert!(
         format!("{out}{err}").contains("unauthenticated"),

@@ -148,6 +148,15 @@ impl Browser {
     }
 }
 
+/// The page's HTML as the browser holds it now.
+async fn page_html(b: &Browser) -> String {
+    b.eval("return document.documentElement.outerHTML;")
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// The page's live refresh count (`data-refreshed` on body, bumped by each refresh).
 async fn refreshes(b: &Browser) -> u64 {
     b.eval("return Number(document.body.dataset.refreshed || 0);")
@@ -179,12 +188,7 @@ async fn the_status_page_shows_the_cluster_live_in_a_browser() {
     )
     .await;
 
-    let html = b
-        .eval("return document.documentElement.outerHTML;")
-        .await
-        .as_str()
-        .expect("the page's HTML")
-        .to_string();
+    let html = page_html(&b).await;
     for cfg in &c.configs {
         assert!(html.contains(&cfg.http), "{} not on the page", cfg.http);
     }
@@ -303,12 +307,7 @@ async fn with_auth_on_the_status_page_signs_in_first() {
         },
     )
     .await;
-    let html = b
-        .eval("return document.documentElement.outerHTML;")
-        .await
-        .as_str()
-        .expect("HTML")
-        .to_string();
+    let html = page_html(&b).await;
     assert!(
         !html.contains(&c.configs[1].http),
         "a node's address shown before signing in"
@@ -332,12 +331,7 @@ async fn with_auth_on_the_status_page_signs_in_first() {
         Duration::from_secs(20),
         "the page shows the cluster",
         || async {
-            let html = b
-                .eval("return document.documentElement.outerHTML;")
-                .await
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let html = page_html(&b).await;
             let all = c.configs.iter().all(|cfg| html.contains(&cfg.http));
             (all && refreshes(&b).await >= 2).then_some(())
         },
