@@ -5,7 +5,8 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tunekv_core::{Level, Position, Quorum, Receipt, Session};
+use tunekv_core::auth::Grants;
+use tunekv_core::{Level, Position, Quorum, Receipt, Session, TunekvError};
 use tunekv_node::{Node, ReadRequest, WriteRequest};
 
 /// What all connections of a node share.
@@ -61,7 +62,6 @@ impl Shared {
             limiter: tunekv_node::quota(self.node.config().connection_requests_per_s)
                 .map(governor::RateLimiter::direct),
             watch_slot: None,
-            login_expires_ms: None,
         }
     }
 
@@ -110,15 +110,35 @@ pub struct Conn {
     pub(crate) caching: Option<bool>,
     /// Where this connection's recent writes committed (keyspace, shard, index), for NOLOOP.
     pub(crate) own_writes: VecDeque<(Arc<str>, u32, u64)>,
-    /// The user this connection authenticated as (`AUTH`), and the user's epoch then.
-    pub(crate) login: Option<(String, u64)>,
+    /// Who this connection authenticated as (`AUTH`).
+    pub(crate) login: Option<Login>,
     /// This connection's request rate (`connection_requests_per_s`); None: no limit.
     pub(crate) limiter: Option<governor::DefaultDirectRateLimiter>,
-    /// When the bearer token the connection logged in with expires (Unix ms); None: logged in
-    /// with a password (valid until revoked).
-    pub(crate) login_expires_ms: Option<u64>,
     /// The place the inbox holds under `watches_per_user_max`.
     pub(crate) watch_slot: Option<tunekv_node::WatchSlot>,
+}
+
+/// Who a connection logged in as: the user, the user's epoch then, and when the token it
+/// logged in with expires (None: a password, valid until revoked).
+#[derive(Clone, Debug)]
+pub(crate) struct Login {
+    pub user: String,
+    pub epoch: u64,
+    pub expires_ms: Option<u64>,
+}
+
+impl Login {
+    /// The user's permissions now; `unauthenticated` once the token expired, the user was
+    /// deleted or its epoch moved (revocation). Commands and pushed key names both ask this.
+    pub(crate) fn grants(&self, node: &Node) -> Result<Arc<Grants>, TunekvError> {
+        if self.expires_ms.is_some_and(|e| e <= node.wall_ms()) {
+            return Err(TunekvError::new(
+                tunekv_core::Code::Unauthenticated,
+                "the token this connection logged in with expired",
+            ));
+        }
+        node.session_grants(&self.user, self.epoch)
+    }
 }
 
 impl Conn {

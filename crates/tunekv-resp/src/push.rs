@@ -13,6 +13,7 @@
 //! sent once the change is applied on this node, and a read after it on this node sees the new
 //! value. Each node produces its own; PUBLISH messages go to every node.
 
+use crate::conn::Login;
 use crate::glob;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -241,7 +242,7 @@ struct Connection {
     invalidate_channel: bool,
     /// With auth on, the user the connection logged in as and its epoch then: key names and
     /// changes reach it only for keys that user may read now (redis#15371). None: auth off.
-    reader: Option<(String, u64)>,
+    reader: Option<Login>,
 }
 
 #[derive(Default)]
@@ -294,7 +295,7 @@ impl Hub {
     }
 
     /// The connection's inbox, made on first use; `reader`: its user (auth on).
-    pub(crate) fn register(&self, conn: u64, resp3: bool, reader: Option<(String, u64)>) -> Inbox {
+    pub(crate) fn register(&self, conn: u64, resp3: bool, reader: Option<Login>) -> Inbox {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let overflow = Arc::new(Overflow::default());
@@ -324,7 +325,7 @@ impl Hub {
     }
 
     /// The connection logged in again (AUTH, HELLO AUTH): what it may see is that user's.
-    pub(crate) fn set_reader(&self, conn: u64, reader: Option<(String, u64)>) {
+    pub(crate) fn set_reader(&self, conn: u64, reader: Option<Login>) {
         if let Some(c) = self.state().connections.get_mut(&conn) {
             c.reader = reader;
         }
@@ -333,13 +334,14 @@ impl Hub {
     /// Whether connection `c` may be told of `key` of `keyspace`: with auth on, its user must
     /// be allowed to read it now (a revoked or deleted user is told of nothing).
     fn may_see(&self, c: &Connection, keyspace: &str, key: &[u8]) -> bool {
-        let Some((user, epoch)) = &c.reader else {
+        let Some(reader) = &c.reader else {
             return true;
         };
         let Some(node) = self.node.upgrade() else {
             return false;
         };
-        node.session_grants(user, *epoch)
+        reader
+            .grants(&node)
             .is_ok_and(|g| g.allows(keyspace, key, tunekv_core::auth::Access::Read))
     }
 

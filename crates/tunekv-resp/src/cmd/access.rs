@@ -58,24 +58,13 @@ fn noperm_command(user: &str, name: &str, why: &str) -> Reply {
 /// The caller's permissions now (the user's epoch re-checked, so a revoked or deleted user
 /// is cut off at its next command), or the error reply.
 pub(crate) fn grants(shared: &Shared, conn: &Conn) -> Result<std::sync::Arc<Grants>, Reply> {
-    let Some((user, epoch)) = &conn.login else {
+    let Some(login) = &conn.login else {
         return Err(noauth());
     };
-    if conn
-        .login_expires_ms
-        .is_some_and(|e| e <= shared.node.wall_ms())
-    {
-        return Err(Reply::Error(
-            "NOAUTH the token this connection logged in with expired (AUTH again)".into(),
-        ));
-    }
-    shared
-        .node
-        .session_grants(user, *epoch)
-        .map_err(|e| match e.code {
-            Code::Unauthenticated => Reply::Error(format!("NOAUTH {} (AUTH again)", e.message)),
-            _ => super::typed(e),
-        })
+    login.grants(&shared.node).map_err(|e| match e.code {
+        Code::Unauthenticated => Reply::Error(format!("NOAUTH {} (AUTH again)", e.message)),
+        _ => super::typed(e),
+    })
 }
 
 /// The caller's rights for filtering keys (SCAN, KEYS), or None when auth is off.

@@ -166,7 +166,7 @@ fn acl<'a>(shared: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'
             "whoami" => Ok(Reply::bulk(
                 conn.login
                     .as_ref()
-                    .map_or("default", |(u, _)| u.as_str())
+                    .map_or("default", |l| l.user.as_str())
                     .to_string(),
             )),
             "users" => {

@@ -5,7 +5,7 @@ use super::{
     arity, command_docs, command_info, int_arg, lookup, sorted, syntax, text, typed, Args,
     CommandSpec, Handler, Kind, Out, Pending, NUMBERED_DBS,
 };
-use crate::conn::{Conn, Shared};
+use crate::conn::{Conn, Login, Shared};
 use crate::glob;
 use crate::reply::Reply;
 use std::sync::atomic::Ordering;
@@ -144,11 +144,12 @@ async fn log_in(
     if password.starts_with("tkv1.") {
         return match shared.node.token_login(user, password) {
             Ok(claims) => {
-                conn.login = Some((claims.user.clone(), claims.epoch));
-                conn.login_expires_ms = Some(claims.expires_ms);
-                if conn.inbox.is_some() {
-                    shared.hub.set_reader(conn.id, conn.login.clone());
-                }
+                let login = Login {
+                    user: claims.user,
+                    epoch: claims.epoch,
+                    expires_ms: Some(claims.expires_ms),
+                };
+                logged_in(shared, conn, login);
                 Ok(())
             }
             Err(e) if e.code == tunekv_core::Code::Unauthenticated => {
@@ -162,12 +163,13 @@ async fn log_in(
     }
     let user = user.unwrap_or("default");
     match shared.node.login(user, password, None).await {
-        Ok(login) => {
-            conn.login = Some((user.to_string(), login.epoch));
-            conn.login_expires_ms = None;
-            if conn.inbox.is_some() {
-                shared.hub.set_reader(conn.id, conn.login.clone());
-            }
+        Ok(l) => {
+            let login = Login {
+                user: user.to_string(),
+                epoch: l.epoch,
+                expires_ms: None,
+            };
+            logged_in(shared, conn, login);
             Ok(())
         }
         Err(e)
@@ -181,6 +183,14 @@ async fn log_in(
         }
         Err(e) => Err(typed(e)),
     }
+}
+
+/// The connection acts as `login` from now on, its pushed messages included.
+fn logged_in(shared: &Shared, conn: &mut Conn, login: Login) {
+    if conn.inbox.is_some() {
+        shared.hub.set_reader(conn.id, Some(login.clone()));
+    }
+    conn.login = Some(login);
 }
 
 /// `AUTH user password` (`AUTH password` names the user `default`, which tunekv does not have);
