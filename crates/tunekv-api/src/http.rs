@@ -166,7 +166,7 @@ struct Caller {
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header, if any.
-fn bearer_of(headers: &HeaderMap) -> Option<String> {
+pub fn bearer_of(headers: &HeaderMap) -> Option<String> {
     let v = headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()

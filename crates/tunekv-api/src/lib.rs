@@ -12,8 +12,8 @@ mod listener;
 pub mod request;
 
 pub use http::{
-    error_response, outcome_of, read_body, refusal_response, router, status_of, value_json,
-    BodyBudget, BodyHold, BODY_BYTES_MAX, H_EXPIRES, H_POSITION, H_SERVED_BY, H_STALENESS,
-    H_VERSION, MESSAGE_CHARS_MAX,
+    bearer_of, error_response, outcome_of, read_body, refusal_response, router, status_of,
+    value_json, BodyBudget, BodyHold, BODY_BYTES_MAX, H_EXPIRES, H_POSITION, H_SERVED_BY,
+    H_STALENESS, H_VERSION, MESSAGE_CHARS_MAX,
 };
 pub use listener::{serve, HttpLimits, SHUTDOWN_WAIT_MS};

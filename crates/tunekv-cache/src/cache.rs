@@ -2,6 +2,7 @@
 //! memory / fill from the store) and writes through the cache. Front ends (`http.rs`) call
 //! it with parsed requests; it knows nothing about HTTP.
 
+use crate::auth::Auth;
 use crate::config::{CacheConfig, Strategy};
 use crate::copy::{CacheBugs, Fill, FillResult, ShardCopy, Space};
 use crate::queue::{Pending, Queue};
@@ -107,6 +108,8 @@ pub struct Cache {
     pub config: CacheConfig,
     pub store: Arc<Store>,
     pub upstream: Arc<Upstream>,
+    /// The cache's own login, and what callers may do.
+    pub auth: Arc<Auth>,
     pub key: SessionKey,
     pub stats: Stats,
     pub bugs: CacheBugs,
@@ -146,9 +149,31 @@ impl Cache {
     ) -> Result<Arc<Cache>, String> {
         config.validate()?;
         let key = SessionKey::new(config.cluster_secret.as_bytes())?;
-        let upstream = match nodes {
-            Some(nodes) => Upstream::with_nodes(nodes, key.clone()),
-            None => Upstream::new(&config.upstream, key.clone()),
+        let ca = match config.tls.as_ref().map(|t| &t.ca) {
+            Some(path) => {
+                Some(std::fs::read(path).map_err(|e| format!("tls.ca {}: {e}", path.display()))?)
+            }
+            None => None,
+        };
+        let (upstream, auth) = match nodes {
+            Some(nodes) => {
+                if config.auth.is_some() {
+                    return Err("the simulated cluster has no auth: remove [auth]".into());
+                }
+                (
+                    Upstream::with_nodes(nodes, key.clone()),
+                    Auth::new(None, Vec::new())?,
+                )
+            }
+            None => {
+                let auth = Auth::new(
+                    config.auth.as_ref(),
+                    crate::upstream::node_clients(&config.upstream, ca.as_deref()),
+                )?;
+                let upstream =
+                    Upstream::new(&config.upstream, key.clone(), ca.as_deref(), auth.slot());
+                (upstream, auth)
+            }
         };
         let behind = config
             .keyspaces
@@ -165,6 +190,7 @@ impl Cache {
         Ok(Arc::new(Cache {
             store: Arc::new(Store::new(config.memory_bytes)),
             upstream: Arc::new(upstream),
+            auth: Arc::new(auth),
             key,
             stats: Stats::default(),
             metrics: tunekv_node::metrics::Metrics::for_role(tunekv_node::metrics::Role::FrontEnd),
@@ -674,6 +700,7 @@ impl Cache {
         value: Option<Bytes>,
         (wait, strategy): (Option<Duration>, Option<Strategy>),
         session: &Session,
+        bearer: Option<&str>,
     ) -> Result<Written, TunekvError> {
         let started = Instant::now();
         let deadline = self.deadline(started, wait);
@@ -708,7 +735,7 @@ impl Cache {
                 durable: q.durable_path().is_some(),
             });
         }
-        self.store_write(&space, key, value, strategy, session, deadline)
+        self.store_write(&space, key, value, strategy, (session, bearer), deadline)
             .await
             .map(|w| Written::Stored(Box::new(w)))
     }
@@ -720,12 +747,17 @@ impl Cache {
         key: &[u8],
         value: Option<Bytes>,
         strategy: Strategy,
-        session: &Session,
+        (session, bearer): (&Session, Option<&str>),
         deadline: Instant,
     ) -> Result<WriteReply, TunekvError> {
         let mut opts = Opts::default();
         if !session.is_empty() {
             opts = opts.session(&self.key.encode(session));
+        }
+        // The caller's own token: the node checks (and logs) the write as theirs. Without one
+        // (write-behind flushes) the cache's own token goes.
+        if let Some(t) = bearer {
+            opts = opts.token(t);
         }
         let reply = self
             .upstream
@@ -814,7 +846,7 @@ impl Cache {
                         &p.key,
                         value,
                         Strategy::WriteBehind,
-                        &Session::new(),
+                        (&Session::new(), None),
                         deadline,
                     )
                     .await
@@ -826,6 +858,14 @@ impl Cache {
                 match r {
                     Ok(_) => {
                         self.stats.flushed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) if matches!(e.code, Code::PermissionDenied | Code::Unauthenticated) => {
+                        tracing::warn!(
+                            error = %e,
+                            "the store refuses the cache's write-behind write: give the cache's \
+                             user write on this keyspace; retrying"
+                        );
+                        failed.push(*p);
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "a write-behind write failed; retrying");

@@ -39,6 +39,58 @@ pub struct KeyspaceCache {
     pub ttl_ms: Option<u64>,
 }
 
+/// `[auth]`: the cache's own user on a cluster with auth on. With it, the cache also asks
+/// every caller for credentials and checks their rights before any answer (docs/cache.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheAuth {
+    /// The user the cache logs in as: it needs read on every keyspace it caches (fills, the
+    /// change feed, warming) and write on its write-behind keyspaces.
+    pub user: String,
+    /// A file holding its password (readable by its owner only); without it, the password is
+    /// taken from the environment variable `TUNEKV_CACHE_PASSWORD`. Never in this file.
+    #[serde(default)]
+    pub password_file: Option<String>,
+}
+
+/// The environment variable holding the cache user's password (when no `password_file`).
+pub const PASSWORD_ENV: &str = "TUNEKV_CACHE_PASSWORD";
+
+impl CacheAuth {
+    /// The password, from `password_file` or [`PASSWORD_ENV`].
+    pub fn password(&self) -> Result<String, String> {
+        let Some(path) = &self.password_file else {
+            return std::env::var(PASSWORD_ENV).map_err(|_| {
+                format!(
+                    "auth.user = {:?} needs its password: set {PASSWORD_ENV} or auth.password_file",
+                    self.user
+                )
+            });
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(|e| format!("auth.password_file {path}: {e}"))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "auth.password_file {path} is readable by others (mode {:o}): chmod 600 it",
+                    mode & 0o777
+                ));
+            }
+        }
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("auth.password_file {path}: {e}"))?;
+        let password = text.trim_end_matches(['\r', '\n']).to_string();
+        if password.is_empty() {
+            return Err(format!("auth.password_file {path} is empty"));
+        }
+        Ok(password)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
@@ -94,6 +146,11 @@ pub struct CacheConfig {
     /// Answer `GET /v1/cache/ready` with 503 until warming is done.
     pub ready_when_warm: bool,
     pub keyspaces: BTreeMap<String, KeyspaceCache>,
+    /// The cache's user on a cluster with auth on; callers must then authenticate too.
+    pub auth: Option<CacheAuth>,
+    /// TLS: `ca` is trusted for the nodes (spoken to over `https://`), `cert` and `key` serve
+    /// the cache's HTTP and RESP listeners (TLS only).
+    pub tls: Option<tunekv_node::tls::TlsConfig>,
 }
 
 impl Default for CacheConfig {
@@ -122,6 +179,8 @@ impl Default for CacheConfig {
             warm_rate_per_s: 500,
             ready_when_warm: false,
             keyspaces: BTreeMap::new(),
+            auth: None,
+            tls: None,
         }
     }
 }
@@ -187,6 +246,9 @@ impl CacheConfig {
         }
         if self.write_behind_batch_max == 0 {
             return Err("write_behind_batch_max must be at least 1".into());
+        }
+        if let Some(a) = &self.auth {
+            tunekv_core::auth::check_name("user", &a.user).map_err(|e| e.message)?;
         }
         if self.memory_bytes < 1 << 20 {
             return Err("memory_bytes must be at least 1 MiB".into());

@@ -13,11 +13,13 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tunekv_api::authz;
 use tunekv_api::request::{self, ApiRequest, KeyEncoding, H_LEVEL, H_SESSION};
 use tunekv_api::{
     error_response, read_body, refusal_response, value_json, H_EXPIRES, H_POSITION, H_SERVED_BY,
     H_STALENESS, H_VERSION,
 };
+use tunekv_core::auth::Grants;
 use tunekv_core::code::echo_bytes;
 use tunekv_core::{Code, Session, TunekvError};
 use tunekv_node::metrics::{self, Protocol};
@@ -60,21 +62,37 @@ async fn handle(State(cache): State<Arc<Cache>>, req: Request) -> Response {
         _ => "invalid",
     };
     let mut level = metrics::NO_LEVEL;
-    let mut response = if parts.uri.path() == "/metrics" && parts.method == Method::GET {
+    // Who is asking comes first, from the headers alone (docs/cache.md): only the readiness
+    // probe and the status page's shell (no data: its script asks with a token) need no one.
+    let bearer = tunekv_api::bearer_of(&parts.headers);
+    let needs_no_one = parts.uri.path() == "/v1/cache/ready"
+        || (parts.uri.path() == "/" && parts.method == Method::GET);
+    let caller = if needs_no_one {
+        Ok(Arc::new(Grants::open()))
+    } else {
+        cache.auth.caller(&cache.key, bearer.as_deref()).await
+    };
+    let mut response = if let Err(e) = &caller {
+        op = "unauthenticated";
+        error_response(e.clone())
+    } else if parts.uri.path() == "/metrics" && parts.method == Method::GET {
         (
             [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
             crate::metrics::text(&cache),
         )
             .into_response()
     } else if parts.uri.path() == "/v1/admin/faults" && parts.method == Method::POST {
-        match read_body(&parts.headers, body, BODY_STALL, &BODIES).await {
+        match caller_grants(&caller).check_cluster_admin("use the fault hook") {
             Err(e) => error_response(e),
-            Ok((body, _held)) => faults(&cache, &body),
+            Ok(()) => match read_body(&parts.headers, body, BODY_STALL, &BODIES).await {
+                Err(e) => error_response(e),
+                Ok((body, _held)) => faults(&cache, &body),
+            },
         }
     } else if parts.uri.path() == "/v1/cache/invalidate" && parts.method == Method::POST {
         match read_body(&parts.headers, body, BODY_STALL, &BODIES).await {
             Err(e) => error_response(e),
-            Ok((body, _held)) => invalidate(&cache, &body).await,
+            Ok((body, _held)) => invalidate(&cache, &body, caller_grants(&caller)).await,
         }
     } else if parts.uri.path() == "/v1/cache/ready" {
         let w = &cache.warming;
@@ -124,7 +142,12 @@ async fn handle(State(cache): State<Arc<Cache>>, req: Request) -> Response {
                                     .default_level_of(ks)
                                     .map_or("default", metrics::level_label),
                             };
-                            execute(&cache, req, strategy).await
+                            // The same rule a node applies, before memory or the store is
+                            // looked at: a hit is served only to a caller who may read it.
+                            match authz::authorize(caller_grants(&caller), &req) {
+                                Ok(()) => execute(&cache, req, strategy, bearer.as_deref()).await,
+                                Err(e) => error_response(e),
+                            }
                         }
                         Err(refusal) => refusal_response(refusal),
                     }
@@ -172,10 +195,17 @@ fn strategy_of(headers: &HeaderMap) -> Result<Option<crate::Strategy>, TunekvErr
     }
 }
 
+/// The caller's grants (`handle` answered already if there were none).
+fn caller_grants(caller: &Result<Arc<Grants>, TunekvError>) -> &Grants {
+    static NOBODY: std::sync::LazyLock<Grants> = std::sync::LazyLock::new(Grants::nobody);
+    caller.as_deref().unwrap_or(&NOBODY)
+}
+
 async fn execute(
     cache: &Arc<Cache>,
     req: ApiRequest,
     strategy: Option<crate::Strategy>,
+    bearer: Option<&str>,
 ) -> Response {
     match req {
         ApiRequest::Index { html: true } => (
@@ -226,7 +256,18 @@ async fn execute(
             w: None,
             wait,
             session,
-        } => write(cache, &ks, &key, Some(value), (wait, strategy), &session).await,
+        } => {
+            write(
+                cache,
+                &ks,
+                &key,
+                Some(value),
+                (wait, strategy),
+                &session,
+                bearer,
+            )
+            .await
+        }
         ApiRequest::Delete {
             ks,
             key,
@@ -235,7 +276,7 @@ async fn execute(
             w: None,
             wait,
             session,
-        } => write(cache, &ks, &key, None, (wait, strategy), &session).await,
+        } => write(cache, &ks, &key, None, (wait, strategy), &session, bearer).await,
         ApiRequest::Put { .. } | ApiRequest::Delete { .. } => error_response(TunekvError::new(
             Code::BadRequest,
             "the cache writes plain PUT and DELETE; send conditional writes (if_version), \
@@ -344,8 +385,9 @@ async fn write(
     value: Option<bytes::Bytes>,
     how: (Option<Duration>, Option<crate::Strategy>),
     session: &Session,
+    bearer: Option<&str>,
 ) -> Response {
-    match cache.write(ks, key, value, how, session).await {
+    match cache.write(ks, key, value, how, session, bearer).await {
         Err(e) => error_response(e),
         // Write-behind: accepted, not in the store yet. No position and no new session mark:
         // the session's levels cannot cover a write the store does not have.
@@ -418,7 +460,7 @@ fn faults(cache: &Cache, body: &[u8]) -> Response {
 /// `POST /v1/cache/invalidate` with `{"keyspace": ks, "keys": [k, …]}` (entries dropped:
 /// `{"removed": n}`), `{"keyspace": ks, "prefix": p}` or `{"keyspace": ks, "all": true}` (a new
 /// namespace version: `{"namespace_version": v}`).
-async fn invalidate(cache: &Arc<Cache>, body: &[u8]) -> Response {
+async fn invalidate(cache: &Arc<Cache>, body: &[u8], grants: &Grants) -> Response {
     let bad = |m: &str| error_response(TunekvError::new(Code::BadRequest, m));
     let v: serde_json::Value = match serde_json::from_slice(body) {
         Ok(v) => v,
@@ -427,35 +469,42 @@ async fn invalidate(cache: &Arc<Cache>, body: &[u8]) -> Response {
     let Some(ks) = v["keyspace"].as_str() else {
         return bad("name the \"keyspace\"");
     };
-    let done = match (v.get("keys"), v.get("prefix"), v.get("all")) {
-        (Some(keys), None, None) => {
-            let Some(keys) = keys.as_array().filter(|k| !k.is_empty() && k.len() <= 1024) else {
-                return bad("\"keys\" is an array of 1 to 1024 keys");
-            };
-            let Some(keys) = keys
-                .iter()
-                .map(|k| k.as_str().map(|s| s.as_bytes().to_vec()))
-                .collect::<Option<Vec<_>>>()
-            else {
-                return bad("\"keys\" holds strings");
-            };
-            cache
-                .invalidate_keys(ks, &keys)
-                .await
-                .map(|n| json!({ "removed": n }))
-        }
-        (None, Some(p), None) => match p.as_str() {
-            Some(p) => cache
-                .invalidate_prefix(ks, p.as_bytes())
-                .await
-                .map(|g| json!({ "namespace_version": g })),
-            None => return bad("\"prefix\" is a string"),
-        },
-        (None, None, Some(serde_json::Value::Bool(true))) => cache
-            .invalidate_prefix(ks, b"")
+    // What to drop: keys, or everything under a prefix (`all`: the empty prefix).
+    let (keys, prefix): (Vec<Vec<u8>>, Option<&[u8]>) =
+        match (v.get("keys"), v.get("prefix"), v.get("all")) {
+            (Some(keys), None, None) => {
+                let Some(keys) = keys.as_array().filter(|k| !k.is_empty() && k.len() <= 1024)
+                else {
+                    return bad("\"keys\" is an array of 1 to 1024 keys");
+                };
+                let Some(keys) = keys
+                    .iter()
+                    .map(|k| k.as_str().map(|s| s.as_bytes().to_vec()))
+                    .collect::<Option<Vec<_>>>()
+                else {
+                    return bad("\"keys\" holds strings");
+                };
+                (keys, None)
+            }
+            (None, Some(p), None) => match p.as_str() {
+                Some(p) => (Vec::new(), Some(p.as_bytes())),
+                None => return bad("\"prefix\" is a string"),
+            },
+            (None, None, Some(serde_json::Value::Bool(true))) => (Vec::new(), Some(&b""[..])),
+            _ => return bad("give one of \"keys\", \"prefix\" or \"all\": true"),
+        };
+    if let Err(e) = crate::auth::check_invalidate(grants, ks, &keys, prefix) {
+        return error_response(e);
+    }
+    let done = match prefix {
+        None => cache
+            .invalidate_keys(ks, &keys)
+            .await
+            .map(|n| json!({ "removed": n })),
+        Some(p) => cache
+            .invalidate_prefix(ks, p)
             .await
             .map(|g| json!({ "namespace_version": g })),
-        _ => return bad("give one of \"keys\", \"prefix\" or \"all\": true"),
     };
     match done {
         Ok(body) => Json(body).into_response(),

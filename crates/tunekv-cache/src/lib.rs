@@ -10,6 +10,7 @@
 //! `cache` (the read and write paths), `http` (the node's key API), `resp` (the Redis
 //! protocol: GET, MGET, SET, DEL, RECEIPT, …), `server` (the process).
 
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod copy;

@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tunekv_core::auth::{Access, Claims, Grants};
 use tunekv_core::{Code, Level, Session, TunekvError};
 use tunekv_node::metrics::{self, Protocol};
+use tunekv_node::tls::Tls;
 use tunekv_resp::parse::{Limits, RequestParser};
 use tunekv_resp::reply::Reply;
 
@@ -41,6 +43,9 @@ struct Conn {
     session: Session,
     /// The last read's answers (one per key), for RECEIPT.
     last: Vec<Answer>,
+    /// Who logged in (`AUTH`) when the cache has auth on; `expires_ms` is `u64::MAX` for a
+    /// password login (the connection's life, as on a node).
+    login: Option<Claims>,
 }
 
 fn typed(e: TunekvError) -> Reply {
@@ -55,7 +60,14 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-pub async fn serve(listener: TcpListener, cache: Arc<Cache>, stop: CancellationToken) {
+/// Serves RESP on `listener` until `stop`; with `tls`, TLS only (a connection must finish its
+/// handshake within `tls::HANDSHAKE_TIMEOUT`).
+pub async fn serve(
+    listener: TcpListener,
+    cache: Arc<Cache>,
+    tls: Option<Arc<Tls>>,
+    stop: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     let ids = Arc::new(AtomicU64::new(1));
     loop {
@@ -81,9 +93,25 @@ pub async fn serve(listener: TcpListener, cache: Arc<Cache>, stop: CancellationT
             continue;
         };
         let (cache, id) = (cache.clone(), ids.fetch_add(1, Ordering::Relaxed));
-        let open = cache.metrics.resp.open();
+        let acceptor = tls.as_ref().map(|t| t.client_acceptor());
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, &cache, id).await {
+            let open = cache.metrics.resp.open();
+            let ended = match acceptor {
+                None => connection(stream, &cache, id).await,
+                Some(acceptor) => match tokio::time::timeout(
+                    tunekv_node::tls::HANDSHAKE_TIMEOUT,
+                    acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => connection(s, &cache, id).await,
+                    Ok(Err(_)) | Err(_) => {
+                        cache.metrics.resp.cut("tls_handshake");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "RESP connection ended");
             }
             drop(open);
@@ -92,7 +120,10 @@ pub async fn serve(listener: TcpListener, cache: Arc<Cache>, stop: CancellationT
     }
 }
 
-async fn connection(mut stream: TcpStream, cache: &Arc<Cache>, id: u64) -> std::io::Result<()> {
+async fn connection<S>(mut stream: S, cache: &Arc<Cache>, id: u64) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut conn = Conn {
         id,
         resp3: false,
@@ -103,6 +134,7 @@ async fn connection(mut stream: TcpStream, cache: &Arc<Cache>, id: u64) -> std::
         strategy: None,
         session: Session::new(),
         last: Vec::new(),
+        login: None,
     };
     let mut parser = RequestParser::new(Limits::default());
     let mut input = vec![0u8; READ_CHUNK_BYTES];
@@ -174,6 +206,7 @@ const OPS: &[&str] = &[
     "client",
     "command",
     "info",
+    "auth",
 ];
 
 fn op_label(name: &str) -> &'static str {
@@ -200,7 +233,15 @@ fn arity(name: &str) -> Reply {
     Reply::err(format!("wrong number of arguments for '{name}' command"))
 }
 
+/// Commands a connection may send before it authenticates.
+const BEFORE_AUTH: &[&str] = &["auth", "hello", "quit"];
+
 async fn execute(cache: &Arc<Cache>, conn: &mut Conn, name: &str, args: &[Vec<u8>]) -> Reply {
+    if cache.auth.enabled() && !BEFORE_AUTH.contains(&name) {
+        if let Err(r) = permitted(cache, conn, name, args).await {
+            return r;
+        }
+    }
     let wants = |min: usize, max: usize| (min..=max).contains(&args.len());
     match name {
         "ping" if wants(0, 1) => match args.first() {
@@ -209,7 +250,18 @@ async fn execute(cache: &Arc<Cache>, conn: &mut Conn, name: &str, args: &[Vec<u8
         },
         "echo" if wants(1, 1) => Reply::Bulk(args[0].clone()),
         "quit" => Reply::ok(),
-        "hello" => hello(conn, args),
+        "hello" => hello(cache, conn, args).await,
+        "auth" if wants(1, 2) => {
+            let (user, password) = match args {
+                [p] => (None, text(p)),
+                [u, p] => (Some(text(u)), text(p)),
+                _ => return arity(name),
+            };
+            match log_in(cache, conn, user.as_deref(), &password).await {
+                Ok(()) => Reply::ok(),
+                Err(r) => r,
+            }
+        }
         "client" if !args.is_empty() => match text(&args[0]).to_ascii_lowercase().as_str() {
             "setname" | "setinfo" => Reply::ok(),
             "id" => Reply::Int(conn.id as i64),
@@ -342,15 +394,13 @@ async fn execute(cache: &Arc<Cache>, conn: &mut Conn, name: &str, args: &[Vec<u8
             Reply::Int(removed)
         }
         "invalidate" if !args.is_empty() => invalidate(cache, conn, args).await,
-        "ping" | "echo" | "select" | "consistency" | "session" | "waitms" | "receipt" | "get"
-        | "mget" | "exists" | "set" | "del" | "unlink" | "client" | "invalidate" | "strategy" => {
-            arity(name)
-        }
+        "auth" | "ping" | "echo" | "select" | "consistency" | "session" | "waitms" | "receipt"
+        | "get" | "mget" | "exists" | "set" | "del" | "unlink" | "client" | "invalidate"
+        | "strategy" => arity(name),
         other => Reply::err(format!(
             "unknown command '{}': the cache serves GET, MGET, EXISTS, SET, DEL, SELECT, \
-             INVALIDATE, STRATEGY, CONSISTENCY, SESSION, WAITMS, RECEIPT, HELLO, PING; send other \
-             commands \
-             to a node",
+             INVALIDATE, STRATEGY, CONSISTENCY, SESSION, WAITMS, RECEIPT, AUTH, HELLO, PING; send \
+             other commands to a node",
             tunekv_core::code::shorten(other, 64)
         )),
     }
@@ -375,13 +425,35 @@ async fn invalidate(cache: &Arc<Cache>, conn: &mut Conn, args: &[Vec<u8>]) -> Re
     }
 }
 
-fn hello(conn: &mut Conn, args: &[Vec<u8>]) -> Reply {
-    match args.first().map(|v| text(v)) {
-        None => {}
-        Some(v) if v == "2" => conn.resp3 = false,
-        Some(v) if v == "3" => conn.resp3 = true,
-        Some(_) => return Reply::Error("NOPROTO unsupported protocol version".into()),
+/// `HELLO [2|3] [AUTH user password] [SETNAME name]`.
+async fn hello(cache: &Arc<Cache>, conn: &mut Conn, args: &[Vec<u8>]) -> Reply {
+    let mut resp3 = conn.resp3;
+    let mut rest = args;
+    if let Some((v, more)) = rest.split_first() {
+        match text(v).as_str() {
+            "2" => resp3 = false,
+            "3" => resp3 = true,
+            _ => return Reply::Error("NOPROTO unsupported protocol version".into()),
+        }
+        rest = more;
     }
+    loop {
+        match rest {
+            [] => break,
+            [opt, user, password, more @ ..] if opt.eq_ignore_ascii_case(b"auth") => {
+                if let Err(r) = log_in(cache, conn, Some(&text(user)), &text(password)).await {
+                    return r;
+                }
+                rest = more;
+            }
+            [opt, _name, more @ ..] if opt.eq_ignore_ascii_case(b"setname") => rest = more,
+            _ => return Reply::err("syntax error"),
+        }
+    }
+    if cache.auth.enabled() && conn.login.is_none() {
+        return noauth();
+    }
+    conn.resp3 = resp3;
     Reply::Map(vec![
         (Reply::bulk("server"), Reply::bulk("tunekv-cache")),
         (
@@ -397,6 +469,127 @@ fn hello(conn: &mut Conn, args: &[Vec<u8>]) -> Reply {
         (Reply::bulk("role"), Reply::bulk("cache")),
         (Reply::bulk("modules"), Reply::Array(vec![])),
     ])
+}
+
+fn noauth() -> Reply {
+    Reply::Error("NOAUTH Authentication required.".into())
+}
+
+/// Logs the connection in (`AUTH`, `HELLO … AUTH`), as a node does: `user password` through a
+/// node's login; a bearer token (`tkv1.…`) in the password's place until it expires. Redis's
+/// `WRONGPASS` when the pair does not match.
+async fn log_in(
+    cache: &Arc<Cache>,
+    conn: &mut Conn,
+    user: Option<&str>,
+    password: &str,
+) -> Result<(), Reply> {
+    if !cache.auth.enabled() {
+        return Err(Reply::err(
+            "AUTH <password> called without any password configured for the default user. \
+             Are you sure your configuration is correct?",
+        ));
+    }
+    let wrongpass = |e: TunekvError| match e.code {
+        Code::Unauthenticated | Code::BadRequest => Reply::Error(format!(
+            "WRONGPASS invalid username-password pair or user is disabled ({})",
+            e.message
+        )),
+        _ => typed(e),
+    };
+    let claims = if password.starts_with("tkv1.") {
+        let claims = tunekv_core::auth::open_token(&cache.key, password, crate::auth::wall_ms())
+            .map_err(wrongpass)?;
+        if user.is_some_and(|u| u != claims.user) {
+            return Err(Reply::Error("WRONGPASS the token is another user's".into()));
+        }
+        cache
+            .auth
+            .grants_of(&claims, password)
+            .await
+            .map_err(wrongpass)?;
+        claims
+    } else {
+        let user = user.unwrap_or("default");
+        let claims = cache
+            .auth
+            .password_login(&cache.key, user, password)
+            .await
+            .map_err(wrongpass)?;
+        Claims {
+            expires_ms: u64::MAX,
+            ..claims
+        }
+    };
+    conn.login = Some(claims);
+    Ok(())
+}
+
+/// The connection's rights now (its user's epoch checked again, so a revoked user is cut off
+/// within `auth::GRANTS_FRESH`), or the reply to send instead.
+async fn grants(cache: &Cache, conn: &Conn) -> Result<Arc<Grants>, Reply> {
+    let Some(login) = &conn.login else {
+        return Err(noauth());
+    };
+    if login.expires_ms <= crate::auth::wall_ms() {
+        return Err(Reply::Error("NOAUTH the token expired (AUTH again)".into()));
+    }
+    cache
+        .auth
+        .session_grants(&cache.key, &login.user, login.epoch)
+        .await
+        .map_err(|e| match e.code {
+            Code::Unauthenticated => Reply::Error(format!("NOAUTH {} (AUTH again)", e.message)),
+            _ => typed(e),
+        })
+}
+
+/// Whether the connection's user may run `name` on `args` in its keyspace: reads need read on
+/// each key, writes write, INVALIDATE write on what it drops; connection commands only a
+/// login. `-NOPERM` as Redis words it.
+async fn permitted(
+    cache: &Arc<Cache>,
+    conn: &Conn,
+    name: &str,
+    args: &[Vec<u8>],
+) -> Result<(), Reply> {
+    let grants = grants(cache, conn).await?;
+    let user = grants.user().unwrap_or_default().to_string();
+    let ks = conn.keyspace.as_str();
+    let noperm = |key: &[u8]| {
+        Reply::Error(format!(
+            "NOPERM User {user} has no permissions to access the '{}' key",
+            String::from_utf8_lossy(&key[..key.len().min(128)])
+        ))
+    };
+    let need = match name {
+        "get" | "mget" | "exists" => Access::Read,
+        "set" => {
+            // SET key value: only the key.
+            return match args.first() {
+                Some(k) if !grants.allows(ks, k, Access::Write) => Err(noperm(k)),
+                _ => Ok(()),
+            };
+        }
+        "del" | "unlink" => Access::Write,
+        "invalidate" => {
+            let how = args.first().map(|a| text(a).to_ascii_lowercase());
+            let (keys, prefix): (&[Vec<u8>], Option<&[u8]>) = match (how.as_deref(), args) {
+                (Some("key"), [_, keys @ ..]) => (keys, None),
+                (Some("prefix"), [_, p]) => (&[], Some(p.as_slice())),
+                (Some("all"), [_]) => (&[], Some(&b""[..])),
+                // Malformed: the command itself says how.
+                _ => return Ok(()),
+            };
+            return crate::auth::check_invalidate(&grants, ks, keys, prefix)
+                .map_err(|e| Reply::Error(format!("NOPERM {}", e.message)));
+        }
+        _ => return Ok(()),
+    };
+    match args.iter().find(|k| !grants.allows(ks, k, need)) {
+        Some(k) => Err(noperm(k)),
+        None => Ok(()),
+    }
 }
 
 /// Numbered databases are created (as a node creates them: 4 shards, up to 3 replicas) the
@@ -457,6 +650,11 @@ async fn write(
     key: &[u8],
     value: Option<Bytes>,
 ) -> Result<bool, Reply> {
+    // The node checks the write as the connection's user's: a token of theirs goes with it.
+    let bearer = conn
+        .login
+        .as_ref()
+        .map(|l| crate::auth::short_token(&cache.key, &l.user, l.epoch));
     let w = match cache
         .write(
             &conn.keyspace,
@@ -464,6 +662,7 @@ async fn write(
             value,
             (conn.wait, conn.strategy),
             &conn.session,
+            bearer.as_deref(),
         )
         .await
         .map_err(typed)?

@@ -25,6 +25,34 @@ pub fn start(cache: &Arc<Cache>) {
     tokio::spawn(async move { up.calibrate_loop(stop).await });
 }
 
+/// The cache's own login. With `[auth]`: logs in (a refused password stops the start; nodes
+/// that cannot be reached yet are tried again in the background) and keeps the token fresh.
+/// Without it: a cluster that has auth on stops the start, saying what to configure — such a
+/// cache could fill nothing.
+async fn log_in(cache: &Arc<Cache>) -> Result<(), String> {
+    let auth = &cache.auth;
+    if auth.enabled() {
+        let user = auth.user().unwrap_or_default();
+        match auth.login().await {
+            Ok(()) => println!("tunekv cache logged in to the cluster as {user}"),
+            Err(e) if e.code == tunekv_core::Code::Unavailable => {
+                eprintln!("warning: {}; trying again in the background", e.message)
+            }
+            Err(e) => return Err(e.message),
+        }
+        tokio::spawn(auth.clone().renew_loop(cache.stop_token()));
+        return Ok(());
+    }
+    if auth.cluster_requires_auth().await == Some(true) {
+        return Err(format!(
+            "the cluster has auth on: give the cache its own user ([auth] user = \"…\" with \
+             its password in {} or auth.password_file; docs/cache.md)",
+            crate::config::PASSWORD_ENV
+        ));
+    }
+    Ok(())
+}
+
 /// Serves the cache until `shutdown` completes. Prints one line once it listens.
 pub async fn run(
     config: CacheConfig,
@@ -33,14 +61,24 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     let cache = Cache::new(config, bugs, enable_faults)?;
+    let tls = match &cache.config.tls {
+        Some(files) => {
+            let tls = Arc::new(tunekv_node::tls::Tls::load(files)?);
+            tokio::spawn(tunekv_node::tls::reload_on_sighup(tls.clone()));
+            Some(tls)
+        }
+        None => None,
+    };
+    log_in(&cache).await?;
     // What an earlier process acknowledged but did not flush goes to the store first.
     cache.flush_all().await;
     start(&cache);
     let listener = tokio::net::TcpListener::bind(&cache.config.http)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cache.config.http))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     println!(
-        "tunekv cache listening on http://{} in front of {}",
+        "tunekv cache listening on {scheme}://{} in front of {}",
         cache.config.http,
         cache.config.upstream.join(", ")
     );
@@ -48,8 +86,16 @@ pub async fn run(
         let resp = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        println!("tunekv cache serving RESP on {addr}");
-        tokio::spawn(crate::resp::serve(resp, cache.clone(), cache.stop_token()));
+        println!(
+            "tunekv cache serving RESP on {addr}{}",
+            if tls.is_some() { " (TLS)" } else { "" }
+        );
+        tokio::spawn(crate::resp::serve(
+            resp,
+            cache.clone(),
+            tls.clone(),
+            cache.stop_token(),
+        ));
     }
     let app = crate::http::router(cache.clone());
     let served = tunekv_api::serve(
@@ -57,7 +103,7 @@ pub async fn run(
         app,
         LIMITS,
         cache.metrics.http.clone(),
-        None,
+        tls,
         shutdown,
     )
     .await;

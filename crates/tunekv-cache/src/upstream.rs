@@ -81,6 +81,26 @@ fn write_elsewhere(e: &TunekvError) -> bool {
     e.code == Code::NoQuorum
 }
 
+/// A client of each node at these HTTP addresses (`https://` trusting `ca` when given).
+pub fn node_clients(nodes: &[String], ca: Option<&[u8]>) -> Vec<Client> {
+    nodes
+        .iter()
+        .map(|n| {
+            let scheme = if ca.is_some() { "https" } else { "http" };
+            let base = if n.starts_with("http://") || n.starts_with("https://") {
+                n.clone()
+            } else {
+                format!("{scheme}://{n}")
+            };
+            let c = Client::with_timeout(&base, Duration::from_secs(30));
+            match ca {
+                Some(pem) => c.with_ca(pem.to_vec()),
+                None => c,
+            }
+        })
+        .collect()
+}
+
 fn remaining_ms(deadline: Instant) -> u64 {
     u64::try_from(
         deadline
@@ -110,17 +130,22 @@ fn parse_read(r: ReadReply) -> Result<Fetched, TunekvError> {
 }
 
 impl Upstream {
-    /// The nodes at these HTTP addresses, through `tunekv_client::Client`.
-    pub fn new(nodes: &[String], key: SessionKey) -> Upstream {
-        let nodes: Vec<Arc<dyn NodeApi>> = nodes
-            .iter()
-            .map(|n| {
-                let base = if n.starts_with("http://") {
-                    n.clone()
-                } else {
-                    format!("http://{n}")
+    /// The nodes at these HTTP addresses, through `tunekv_client::Client`: over `https://`
+    /// trusting `ca` (PEM) when given, sending the token in `slot` when given.
+    pub fn new(
+        nodes: &[String],
+        key: SessionKey,
+        ca: Option<&[u8]>,
+        slot: Option<tunekv_client::TokenSlot>,
+    ) -> Upstream {
+        let nodes: Vec<Arc<dyn NodeApi>> = node_clients(nodes, ca)
+            .into_iter()
+            .map(|c| {
+                let c = match &slot {
+                    Some(s) => c.with_token_slot(s.clone()),
+                    None => c,
                 };
-                Arc::new(Client::with_timeout(&base, Duration::from_secs(30))) as Arc<dyn NodeApi>
+                Arc::new(c) as Arc<dyn NodeApi>
             })
             .collect();
         Upstream::with_nodes(nodes, key)

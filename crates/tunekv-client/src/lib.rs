@@ -51,6 +51,9 @@ pub struct Opts {
     /// Session token(s) to send; several comma-separated tokens are merged by the server (two
     /// threads of one session each hold the token of their last reply).
     pub session: Option<String>,
+    /// A bearer token for this request alone, instead of the client's (a cache forwards its
+    /// caller's token with the writes it passes on).
+    pub token: Option<String>,
 }
 
 impl Opts {
@@ -59,6 +62,12 @@ impl Opts {
             level: Some(level.to_string()),
             ..Opts::default()
         }
+    }
+
+    /// Sends `token` as this request's bearer token.
+    pub fn token(mut self, token: &str) -> Opts {
+        self.token = Some(token.to_string());
+        self
     }
 
     pub fn wait_ms(mut self, ms: u64) -> Opts {
@@ -233,7 +242,13 @@ pub struct Client {
     token: Option<String>,
     /// The CA (PEM) trusted for `https://` (a cluster with TLS).
     ca: Option<Vec<u8>>,
+    /// A token that changes while the client lives (a service renewing its login): read at
+    /// each request, sent instead of `token`.
+    slot: Option<TokenSlot>,
 }
+
+/// A bearer token shared by clients and replaced as it is renewed ([`Client::with_token_slot`]).
+pub type TokenSlot = std::sync::Arc<std::sync::RwLock<Option<String>>>;
 
 /// The token every client made from now on sends unless told otherwise
 /// ([`set_default_token`]).
@@ -417,6 +432,7 @@ impl Client {
             timeout,
             token: DEFAULT_TOKEN.get().cloned(),
             ca,
+            slot: None,
         };
         c.rebuild();
         c
@@ -458,7 +474,7 @@ impl Client {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = self.call(method, format!("{}{path}", self.base));
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -470,6 +486,35 @@ impl Client {
             return Ok(serde_json::Value::Null);
         }
         resp.json().await.map_err(|e| self.transport(e))
+    }
+
+    /// This client, sending whatever token `slot` holds at each request (its owner renews it).
+    pub fn with_token_slot(mut self, slot: TokenSlot) -> Client {
+        self.slot = Some(slot);
+        self
+    }
+
+    /// A request to `url`, carrying `token`, else the slot's token, else the client's.
+    fn call_as(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url);
+        let shared = match (token, &self.slot) {
+            (None, Some(slot)) => slot.read().map(|t| t.clone()).unwrap_or_default(),
+            _ => None,
+        };
+        // A request's own Authorization header replaces the client's default one.
+        match token.or(shared.as_deref()) {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    fn call(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+        self.call_as(method, url, None)
     }
 
     /// This client, sending `token` (from [`Client::login`]) with every request.
@@ -484,9 +529,11 @@ impl Client {
         let body = serde_json::json!({"user": user, "password": password});
         let v: serde_json::Value = self
             .send_json(
-                self.http
-                    .post(format!("{}/v1/auth/token", self.base))
-                    .json(&body),
+                self.call(
+                    reqwest::Method::POST,
+                    format!("{}/v1/auth/token", self.base),
+                )
+                .json(&body),
             )
             .await?;
         let token = v["token"].as_str().map(str::to_string);
@@ -497,6 +544,17 @@ impl Client {
                 "an unexpected login answer: {v}"
             ))),
         }
+    }
+
+    /// `GET /v1/auth/whoami` as the holder of `token` (the client's own token when `None`):
+    /// `{"auth": bool, "user": …, "permissions": [...]}`.
+    pub async fn whoami(&self, token: Option<&str>) -> Result<serde_json::Value> {
+        self.send_json(self.call_as(
+            reqwest::Method::GET,
+            format!("{}/v1/auth/whoami", self.base),
+            token,
+        ))
+        .await
     }
 
     pub fn base(&self) -> &str {
@@ -528,8 +586,14 @@ impl Client {
     }
 
     /// A request to key `key` of `ks` (the key's path form, see [`key_path`]).
-    fn kv(&self, method: reqwest::Method, ks: &str, key: &[u8]) -> Result<reqwest::RequestBuilder> {
-        self.kv_action(method, ks, key, "")
+    fn kv(
+        &self,
+        method: reqwest::Method,
+        ks: &str,
+        key: &[u8],
+        opts: &Opts,
+    ) -> Result<reqwest::RequestBuilder> {
+        self.kv_action(method, ks, key, "", opts)
     }
 
     /// `/v1/kv/{ks}/{key}{action}` (`action`: `""` or `":add"`).
@@ -539,11 +603,13 @@ impl Client {
         ks: &str,
         key: &[u8],
         action: &str,
+        opts: &Opts,
     ) -> Result<reqwest::RequestBuilder> {
         let (segment, query) = key_path(key)?;
-        let req = self.http.request(
+        let req = self.call_as(
             method,
             format!("{}/v1/kv/{}/{}{action}", self.base, ks, segment),
+            opts.token.as_deref(),
         );
         Ok(match query {
             Some(pair) => req.query(&[pair]),
@@ -557,15 +623,17 @@ impl Client {
         spec: &serde_json::Value,
     ) -> Result<serde_json::Value> {
         self.send_json(
-            self.http
-                .put(format!("{}/v1/keyspaces/{ks}", self.base))
-                .json(spec),
+            self.call(
+                reqwest::Method::PUT,
+                format!("{}/v1/keyspaces/{ks}", self.base),
+            )
+            .json(spec),
         )
         .await
     }
 
     pub async fn put(&self, ks: &str, key: &[u8], value: &[u8], opts: &Opts) -> Result<WriteReply> {
-        let req = self.kv(reqwest::Method::PUT, ks, key)?;
+        let req = self.kv(reqwest::Method::PUT, ks, key, opts)?;
         self.send_json(Self::with_session(
             req.query(&Self::query(opts)).body(value.to_vec()),
             opts,
@@ -588,7 +656,7 @@ impl Client {
         } else {
             reqwest::Method::DELETE
         };
-        let req = self.kv(method, ks, key)?;
+        let req = self.kv(method, ks, key, opts)?;
         let req = req
             .query(&Self::query(opts))
             .header("tunekv-context", context)
@@ -598,7 +666,7 @@ impl Client {
 
     /// Reads every concurrent value of a key of a siblings keyspace, with their context.
     pub async fn siblings(&self, ks: &str, key: &[u8], opts: &Opts) -> Result<SiblingsReply> {
-        let req = self.kv(reqwest::Method::GET, ks, key)?;
+        let req = self.kv(reqwest::Method::GET, ks, key, opts)?;
         let mut q = Self::query(opts);
         q.push(("format", "json".to_string()));
         self.send_json(Self::with_session(req.query(&q), opts))
@@ -615,7 +683,7 @@ impl Client {
         id: Option<&str>,
         opts: &Opts,
     ) -> Result<WriteReply> {
-        let req = self.kv_action(reqwest::Method::POST, ks, key, ":add")?;
+        let req = self.kv_action(reqwest::Method::POST, ks, key, ":add", opts)?;
         let mut body = serde_json::json!({ "by": by });
         if let Some(id) = id {
             body["id"] = serde_json::json!(id);
@@ -636,7 +704,7 @@ impl Client {
         body: &serde_json::Value,
         opts: &Opts,
     ) -> Result<WriteReply> {
-        let req = self.kv_action(reqwest::Method::POST, ks, key, ":update")?;
+        let req = self.kv_action(reqwest::Method::POST, ks, key, ":update", opts)?;
         self.send_json(Self::with_session(
             req.query(&Self::query(opts)).json(body),
             opts,
@@ -645,7 +713,7 @@ impl Client {
     }
 
     pub async fn delete(&self, ks: &str, key: &[u8], opts: &Opts) -> Result<WriteReply> {
-        let req = self.kv(reqwest::Method::DELETE, ks, key)?;
+        let req = self.kv(reqwest::Method::DELETE, ks, key, opts)?;
         self.send_json(Self::with_session(req.query(&Self::query(opts)), opts))
             .await
     }
@@ -653,7 +721,7 @@ impl Client {
     /// Reads a key. A missing key is `Ok` with `value: None` (its receipt still says where the
     /// absence was observed).
     pub async fn get(&self, ks: &str, key: &[u8], opts: &Opts) -> Result<ReadReply> {
-        let req = self.kv(reqwest::Method::GET, ks, key)?;
+        let req = self.kv(reqwest::Method::GET, ks, key, opts)?;
         let resp = Self::with_session(req.query(&Self::query(opts)), opts)
             .send()
             .await
@@ -690,9 +758,11 @@ impl Client {
         let body =
             serde_json::json!({"keys": keys, "level": opts.level, "wait_ms_max": opts.wait_ms_max});
         self.send_json(Self::with_session(
-            self.http
-                .post(format!("{}/v1/kv/{ks}:batch-get", self.base))
-                .json(&body),
+            self.call(
+                reqwest::Method::POST,
+                format!("{}/v1/kv/{ks}:batch-get", self.base),
+            )
+            .json(&body),
             opts,
         ))
         .await
@@ -700,11 +770,10 @@ impl Client {
 
     /// A keyspace's id and spec (`GET /v1/keyspaces/{ks}`).
     pub async fn keyspace(&self, ks: &str) -> Result<serde_json::Value> {
-        self.send_json(self.http.get(format!(
-            "{}/v1/keyspaces/{}",
-            self.base,
-            encode_key(ks.as_bytes())
-        )))
+        self.send_json(self.call(
+            reqwest::Method::GET,
+            format!("{}/v1/keyspaces/{}", self.base, encode_key(ks.as_bytes())),
+        ))
         .await
     }
 
@@ -712,11 +781,14 @@ impl Client {
     /// (`GET /v1/kv/{ks}:read-index?shard=S`).
     pub async fn read_index(&self, ks: &str, shard: u32, wait_ms: u64) -> Result<u64> {
         let v: serde_json::Value = self
-            .send_json(self.http.get(format!(
-                "{}/v1/kv/{}:read-index?shard={shard}&wait_ms_max={wait_ms}",
-                self.base,
-                encode_key(ks.as_bytes())
-            )))
+            .send_json(self.call(
+                reqwest::Method::GET,
+                format!(
+                    "{}/v1/kv/{}:read-index?shard={shard}&wait_ms_max={wait_ms}",
+                    self.base,
+                    encode_key(ks.as_bytes())
+                ),
+            ))
             .await?;
         v["index"]
             .as_u64()
@@ -740,12 +812,10 @@ impl Client {
             q.push(("prefix", String::from_utf8_lossy(prefix).into_owned()));
         }
         let req = self
-            .http
-            .get(format!(
-                "{}/v1/kv/{}:scan",
-                self.base,
-                encode_key(ks.as_bytes())
-            ))
+            .call(
+                reqwest::Method::GET,
+                format!("{}/v1/kv/{}:scan", self.base, encode_key(ks.as_bytes())),
+            )
             .query(&q);
         let v: serde_json::Value = self.send_json(Self::with_session(req, opts)).await?;
         let bad = || ClientError::Transport(format!("an unexpected scan page: {v}"));
@@ -766,7 +836,7 @@ impl Client {
     /// The node's incarnation and monotonic clock in µs (`GET /v1/clock`).
     pub async fn clock(&self) -> Result<(u64, i64)> {
         let v: serde_json::Value = self
-            .send_json(self.http.get(format!("{}/v1/clock", self.base)))
+            .send_json(self.call(reqwest::Method::GET, format!("{}/v1/clock", self.base)))
             .await?;
         match (v["incarnation"].as_u64(), v["mono_us"].as_i64()) {
             (Some(i), Some(us)) => Ok((i, us)),
@@ -778,15 +848,14 @@ impl Client {
 
     /// A cache's status (`GET /v1/cache` of `tunekv cache`).
     pub async fn cache_status(&self) -> Result<serde_json::Value> {
-        self.send_json(self.http.get(format!("{}/v1/cache", self.base)))
+        self.send_json(self.call(reqwest::Method::GET, format!("{}/v1/cache", self.base)))
             .await
     }
 
     /// The node's (or cache's) Prometheus metrics, as text (`GET /metrics`).
     pub async fn metrics_text(&self) -> Result<String> {
         let r = self
-            .http
-            .get(format!("{}/metrics", self.base))
+            .call(reqwest::Method::GET, format!("{}/metrics", self.base))
             .send()
             .await
             .map_err(|e| ClientError::Transport(e.to_string()))?;
@@ -803,29 +872,34 @@ impl Client {
 
     /// This node's staleness SLOs (`GET /v1/slo`): `{"node": id, "slos": [...]}`.
     pub async fn slo(&self) -> Result<serde_json::Value> {
-        self.send_json(self.http.get(format!("{}/v1/slo", self.base)))
+        self.send_json(self.call(reqwest::Method::GET, format!("{}/v1/slo", self.base)))
             .await
     }
 
     /// `GET /v1/node`: the node's id and addresses.
     pub async fn identity(&self) -> Result<serde_json::Value> {
-        self.send_json(self.http.get(format!("{}/v1/node", self.base)))
+        self.send_json(self.call(reqwest::Method::GET, format!("{}/v1/node", self.base)))
             .await
     }
 
     /// `GET /v1/admin/nodes`: the cluster's nodes and the replica moves in flight.
     pub async fn nodes(&self) -> Result<serde_json::Value> {
-        self.send_json(self.http.get(format!("{}/v1/admin/nodes", self.base)))
-            .await
+        self.send_json(self.call(
+            reqwest::Method::GET,
+            format!("{}/v1/admin/nodes", self.base),
+        ))
+        .await
     }
 
     /// `POST /v1/admin/nodes`: adds the node `identity` describes (`{id, raft, http, resp}`);
     /// answers its state once active or after the node's wait.
     pub async fn add_node(&self, identity: &serde_json::Value) -> Result<serde_json::Value> {
         self.send_json(
-            self.http
-                .post(format!("{}/v1/admin/nodes", self.base))
-                .json(identity),
+            self.call(
+                reqwest::Method::POST,
+                format!("{}/v1/admin/nodes", self.base),
+            )
+            .json(identity),
         )
         .await
     }
@@ -833,21 +907,21 @@ impl Client {
     /// `DELETE /v1/admin/nodes/{id}`: drains and removes node `id`; answers its state once
     /// removed or after the node's wait.
     pub async fn remove_node(&self, id: u64) -> Result<serde_json::Value> {
-        self.send_json(
-            self.http
-                .delete(format!("{}/v1/admin/nodes/{id}", self.base)),
-        )
+        self.send_json(self.call(
+            reqwest::Method::DELETE,
+            format!("{}/v1/admin/nodes/{id}", self.base),
+        ))
         .await
     }
 
     pub async fn cluster(&self) -> Result<serde_json::Value> {
-        self.send_json(self.http.get(format!("{}/v1/cluster", self.base)))
+        self.send_json(self.call(reqwest::Method::GET, format!("{}/v1/cluster", self.base)))
             .await
     }
 
     /// `GET /v1/keyspaces`: every keyspace's name, id and spec.
     pub async fn list_keyspaces(&self) -> Result<serde_json::Value> {
-        self.send_json(self.http.get(format!("{}/v1/keyspaces", self.base)))
+        self.send_json(self.call(reqwest::Method::GET, format!("{}/v1/keyspaces", self.base)))
             .await
     }
 
@@ -887,13 +961,15 @@ impl Client {
     /// keyspace `ks`; the answer counts the keys `written` and those left out as `expired`.
     pub async fn restore_batch(&self, ks: &str, records: Vec<u8>) -> Result<serde_json::Value> {
         self.send_json(
-            self.http
-                .post(format!(
+            self.call(
+                reqwest::Method::POST,
+                format!(
                     "{}/v1/admin/restore/{}",
                     self.base,
                     encode_key(ks.as_bytes())
-                ))
-                .body(records),
+                ),
+            )
+            .body(records),
         )
         .await
     }
@@ -916,9 +992,11 @@ impl Client {
     /// `POST /v1/admin/faults` (`{"clear": true}` heals); returns the node's faults after it.
     pub async fn faults(&self, change: &serde_json::Value) -> Result<serde_json::Value> {
         self.send_json(
-            self.http
-                .post(format!("{}/v1/admin/faults", self.base))
-                .json(change),
+            self.call(
+                reqwest::Method::POST,
+                format!("{}/v1/admin/faults", self.base),
+            )
+            .json(change),
         )
         .await
     }
@@ -932,9 +1010,11 @@ impl Client {
         };
         let _: serde_json::Value = self
             .send_json(
-                self.http
-                    .post(format!("{}/v1/admin/faults", self.base))
-                    .json(&body),
+                self.call(
+                    reqwest::Method::POST,
+                    format!("{}/v1/admin/faults", self.base),
+                )
+                .json(&body),
             )
             .await?;
         Ok(())

@@ -120,8 +120,7 @@ impl Client {
             url.push_str(&encode_key(c.as_bytes()));
         }
         let resp = self
-            .http
-            .get(url)
+            .call(reqwest::Method::GET, url)
             .timeout(WATCH_OPEN_MAX)
             .send()
             .await

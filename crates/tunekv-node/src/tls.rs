@@ -272,3 +272,20 @@ impl<T: Transport> Transport for TlsTransport<T> {
         })
     }
 }
+
+/// Reads the certificates again on every SIGHUP (new connections use them; open ones keep
+/// theirs). A file that does not load leaves the old certificates in use, and says so.
+pub async fn reload_on_sighup(tls: Arc<Tls>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: certificates reload only at restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: certificates reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: certificates not reloaded; the old ones stay in use")
+            }
+        }
+    }
+}

@@ -534,6 +534,7 @@ impl Common {
             r: self.r.clone(),
             w: self.w.clone(),
             session: (!session.sent.is_empty()).then(|| session.sent.join(",")),
+            token: None,
         }
     }
 }

@@ -23,12 +23,6 @@ pub struct DevOptions {
 
 pub async fn run(o: DevOptions) -> Result<i32> {
     let exe = std::env::current_exe().context("cannot find the tunekv executable")?;
-    if (o.auth || o.tls) && o.cache {
-        anyhow::bail!(
-            "--cache does not work with --auth or --tls yet: the cache cannot log in to the \
-             nodes or speak TLS to them"
-        );
-    }
     let mut cluster = LocalCluster::prepare(&exe, &o.dir, o.nodes, o.enable_faults, o.fresh, true)?;
     let new_password = if o.auth { cluster.enable_auth()? } else { None };
     if o.tls {
@@ -57,7 +51,15 @@ pub async fn run(o: DevOptions) -> Result<i32> {
     }
     if let Some((http, pid)) = cluster.cache() {
         let resp = cluster.cache_resp().unwrap_or_default();
-        println!("  cache   http://{http}  resp {resp}  pid {pid}  status http://{http}/v1/cache");
+        let base = cluster.cache_client(http, None).base().to_string();
+        println!("  cache   {base}  resp {resp}  pid {pid}  status {base}/v1/cache");
+        if cluster.token.is_some() {
+            println!(
+                "          logs in as user {} (password in {}); callers show their own tokens",
+                tunekv::local_cluster::CACHE_USER,
+                cluster.dir.join("cache-password").display()
+            );
+        }
     }
     println!(
         "  status page: {}/   cluster JSON: {}/v1/cluster",
@@ -104,7 +106,8 @@ pub async fn run(o: DevOptions) -> Result<i32> {
             eprintln!("demo failed: {e:#}");
         }
         if let Some((http, _)) = cluster.cache() {
-            if let Err(e) = cache_demo(http).await {
+            let cache = cluster.cache_client(http, cluster.token.clone());
+            if let Err(e) = cache_demo(&cache).await {
                 eprintln!("cache demo failed: {e:#}");
             }
         }
@@ -191,8 +194,7 @@ async fn demo(cluster: &LocalCluster) -> Result<()> {
 
 /// Reads through the cache: a miss, then hits at eventual, session and strong, each with its
 /// receipt.
-async fn cache_demo(http: &str) -> Result<()> {
-    let cache = tunekv_client::Client::new(&format!("http://{http}"));
+async fn cache_demo(cache: &tunekv_client::Client) -> Result<()> {
     println!("\n== the cache: hits obey the level ==");
     let w = cache
         .put("demo", b"cached", b"from the cache", &Opts::default())

@@ -39,6 +39,9 @@ pub struct Credentials {
 }
 
 /// A `tunekv cache` process started by [`LocalCluster::start_cache`].
+/// The cache's user on a cluster with auth on (`tunekv dev --auth --cache`).
+pub const CACHE_USER: &str = "cache";
+
 pub struct CacheProcess {
     child: Child,
     /// Its HTTP and RESP addresses (`127.0.0.1:P`).
@@ -48,9 +51,18 @@ pub struct CacheProcess {
 
 /// Waits until the cache at `http` answers `GET /v1/cache`.
 pub async fn wait_cache(http: &str, timeout: Duration) -> Result<()> {
-    let client = Client::new(&format!("http://{http}"));
+    wait_cache_with(&Client::new(&format!("http://{http}")), timeout).await
+}
+
+/// Waits until the cache `client` speaks to answers at all (a refusal for want of credentials
+/// is an answer).
+pub async fn wait_cache_with(client: &Client, timeout: Duration) -> Result<()> {
+    let http = client.base().to_string();
     let deadline = Instant::now() + timeout;
-    while client.cache_status().await.is_err() {
+    while matches!(
+        client.cache_status().await,
+        Err(tunekv_client::ClientError::Transport(_))
+    ) {
         if Instant::now() > deadline {
             bail!("the cache at {http} did not answer within {timeout:?}");
         }
@@ -321,6 +333,8 @@ impl LocalCluster {
             self.configs[i].tls = Some(files);
             fs::write(self.config_path(i), toml::to_string(&self.configs[i])?)?;
         }
+        // The cache's certificate (`tunekv dev --tls --cache`).
+        ca.node_files(&dir, "cache")?;
         Ok(())
     }
 
@@ -532,9 +546,95 @@ impl LocalCluster {
     /// `--strategy ks=write_through`), logging to `DIR/cache.log`, and waits until it answers.
     /// Returns its HTTP address.
     pub async fn start_cache(&mut self, args: &[String]) -> Result<String> {
+        if self.credentials()?.is_some() && !self.cache_config_path().exists() {
+            self.make_cache_user().await?;
+        }
         let http = self.spawn_cache(args)?;
-        wait_cache(&http, Duration::from_secs(30)).await?;
+        let client = self.cache_client(&http, None);
+        wait_cache_with(&client, Duration::from_secs(30)).await?;
         Ok(http)
+    }
+
+    /// `DIR/cache.toml`: the cache's `[auth]` and `[tls]` on a cluster with auth or TLS on.
+    pub fn cache_config_path(&self) -> PathBuf {
+        self.dir.join("cache.toml")
+    }
+
+    /// A client of the cache at `http` (`https://` and the cluster's CA when TLS is on),
+    /// sending `token`.
+    pub fn cache_client(&self, http: &str, token: Option<String>) -> Client {
+        match self.ca_pem() {
+            Some(pem) => Client::new(&format!("https://{http}")).with_ca(pem),
+            None => Client::new(&format!("http://{http}")),
+        }
+        .with_token(token)
+    }
+
+    /// With auth on (after [`LocalCluster::log_in`]): the cache's role and user — read and
+    /// write on every keyspace, admin on the numbered databases it creates on first use as a
+    /// node does — with a fresh password in `DIR/cache-password` (0600), named by
+    /// `DIR/cache.toml`.
+    pub async fn make_cache_user(&mut self) -> Result<()> {
+        if self.token.is_none() {
+            self.log_in(Duration::from_secs(30)).await?;
+        }
+        let any = tunekv_core::auth::ANY_KEYSPACE;
+        let mut permissions = vec![
+            json!({"keyspace": any, "prefix": "", "access": "read"}),
+            json!({"keyspace": any, "prefix": "", "access": "write"}),
+        ];
+        permissions
+            .extend((0..16).map(|n| json!({"keyspace": format!("db{n}"), "access": "admin"})));
+        let root = self.client(0);
+        root.admin(
+            reqwest::Method::PUT,
+            &format!("/v1/admin/roles/{CACHE_USER}"),
+            Some(json!({ "permissions": permissions })),
+        )
+        .await
+        .context("cannot make the cache's role")?;
+        let password = new_cluster_secret();
+        root.admin(
+            reqwest::Method::PUT,
+            &format!("/v1/admin/users/{CACHE_USER}"),
+            Some(json!({"password": password, "roles": [CACHE_USER]})),
+        )
+        .await
+        .context("cannot make the cache's user")?;
+        let password_file = self.dir.join("cache-password");
+        fs::write(&password_file, &password)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&password_file, fs::Permissions::from_mode(0o600))?;
+        }
+        self.write_cache_config(Some(&password_file))
+    }
+
+    /// Writes `DIR/cache.toml` with `[auth]` (when `password_file` is given) and `[tls]` (when
+    /// the cluster has TLS).
+    fn write_cache_config(&self, password_file: Option<&Path>) -> Result<()> {
+        let mut c = toml::Table::new();
+        if let Some(f) = password_file {
+            let mut auth = toml::Table::new();
+            auth.insert("user".into(), CACHE_USER.into());
+            auth.insert("password_file".into(), f.display().to_string().into());
+            c.insert("auth".into(), auth.into());
+        }
+        if self.ca_pem().is_some() {
+            let dir = self.tls_dir();
+            let mut tls = toml::Table::new();
+            for (k, f) in [
+                ("cert", "cache.pem"),
+                ("key", "cache-key.pem"),
+                ("ca", "ca.pem"),
+            ] {
+                tls.insert(k.into(), dir.join(f).display().to_string().into());
+            }
+            c.insert("tls".into(), tls.into());
+        }
+        fs::write(self.cache_config_path(), toml::to_string(&c)?)?;
+        Ok(())
     }
 
     /// Starts the cache process without waiting for it (see [`wait_cache`]).
@@ -574,6 +674,12 @@ impl LocalCluster {
             .arg(resp);
         for c in &self.configs {
             cmd.arg("--node").arg(&c.http);
+        }
+        if self.ca_pem().is_some() && !self.cache_config_path().exists() {
+            self.write_cache_config(None)?;
+        }
+        if self.cache_config_path().exists() {
+            cmd.arg("--config").arg(self.cache_config_path());
         }
         cmd.args(args);
         let secret = self.configs.first().map(|c| c.cluster_secret.clone());

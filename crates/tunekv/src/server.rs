@@ -69,7 +69,7 @@ pub async fn run(
         None => Arc::new(TcpTransport),
     };
     if let Some(t) = &tls {
-        tokio::spawn(reload_on_sighup(t.clone()));
+        tokio::spawn(tunekv_node::tls::reload_on_sighup(t.clone()));
     }
     let node = Node::start(
         config,
@@ -147,22 +147,5 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
-    }
-}
-
-/// Reads the certificates again on every SIGHUP (new connections use them; open ones keep
-/// theirs). A file that does not load leaves the old certificates in use, and says so.
-async fn reload_on_sighup(tls: Arc<tunekv_node::tls::Tls>) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: certificates reload only at restart");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        match tls.reload() {
-            Ok(()) => tracing::info!("SIGHUP: certificates reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: certificates not reloaded; the old ones stay in use")
-            }
-        }
     }
 }
