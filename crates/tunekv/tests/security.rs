@@ -1049,3 +1049,215 @@ async fn verify_runs_against_a_cluster_with_auth_on() {
         "{out}{err}"
     );
 }
+
+/// A cache in front of a cluster with auth on (issue 22): it logs in as its own user, and
+/// checks every caller as a node would before a hit, a fill or a write — a key hot in the
+/// cache is still refused to a caller without read on it — over HTTP and RESP; a revoked
+/// token stops working at the cache within its grants' freshness (1 s) after the nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_in_front_of_a_secured_cluster_checks_every_caller() {
+    let mut c = start_secure(3).await;
+    let (leaks, reader, writer) = prefix_leaks(&c).await;
+    assert!(leaks.is_empty(), "{leaks:?}");
+    let http = c
+        .start_cache(&[])
+        .await
+        .expect("the cache starts and logs in");
+    let h = format!("http://{http}");
+    let root = c.token.clone();
+    // Root makes b/1 and a/1 hot in the cache.
+    for k in ["a%2F1", "b%2F1"] {
+        for _ in 0..2 {
+            let (s, b) = call_as(root.as_deref(), "GET", &format!("{h}/v1/kv/ks/{k}"), "").await;
+            assert_eq!(s, 200, "root reads {k} through the cache: {b}");
+        }
+    }
+    // No token, or a forged one: nothing but the readiness probe.
+    for (method, path, body) in [
+        ("GET", "/v1/kv/ks/a%2F1", ""),
+        ("PUT", "/v1/kv/ks/a%2F1", "x"),
+        ("GET", "/v1/cache", ""),
+        ("GET", "/metrics", ""),
+        (
+            "POST",
+            "/v1/cache/invalidate",
+            r#"{"keyspace":"ks","all":true}"#,
+        ),
+    ] {
+        for token in [None, Some("tkv1.forged")] {
+            let (s, b) = call_as(token, method, &format!("{h}{path}"), body).await;
+            assert_eq!(s, 401, "{method} {path} with {token:?}: {b}");
+            assert_eq!(b["error"]["code"], "unauthenticated", "{b}");
+        }
+    }
+    let (s, _) = call_as(None, "GET", &format!("{h}/v1/cache/ready"), "").await;
+    assert_eq!(s, 200, "the readiness probe needs no token");
+    // Each caller gets exactly their rights, hot keys or not.
+    let mut wrong = Vec::new();
+    for (who, token, method, path, body, want) in [
+        ("reader", &reader, "GET", "/v1/kv/ks/a%2F1", "", 200),
+        ("reader", &reader, "GET", "/v1/kv/ks/b%2F1", "", 403),
+        ("writer", &writer, "GET", "/v1/kv/ks/b%2F1", "", 403),
+        ("writer", &writer, "PUT", "/v1/kv/ks/b%2F3", "w", 200),
+        ("writer", &writer, "PUT", "/v1/kv/ks/a%2F3", "w", 403),
+        ("reader", &reader, "PUT", "/v1/kv/ks/a%2F3", "w", 403),
+        ("reader", &reader, "DELETE", "/v1/kv/ks/a%2F1", "", 403),
+        (
+            "reader",
+            &reader,
+            "POST",
+            "/v1/cache/invalidate",
+            r#"{"keyspace":"ks","keys":["a/1"]}"#,
+            403,
+        ),
+        (
+            "writer",
+            &writer,
+            "POST",
+            "/v1/cache/invalidate",
+            r#"{"keyspace":"ks","prefix":"b/"}"#,
+            200,
+        ),
+        (
+            "writer",
+            &writer,
+            "POST",
+            "/v1/cache/invalidate",
+            r#"{"keyspace":"ks","all":true}"#,
+            403,
+        ),
+        (
+            "reader",
+            &reader,
+            "POST",
+            "/v1/admin/faults",
+            r#"{"clear":true}"#,
+            403,
+        ),
+        ("reader", &reader, "GET", "/v1/cache", "", 200),
+    ] {
+        let (s, b) = call_as(Some(token), method, &format!("{h}{path}"), body).await;
+        if s != want {
+            wrong.push(format!("{who} {method} {path}: {s}, not {want} ({b})"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // The writer's write reached the store as the writer's.
+    let (s, b) = call_as(
+        root.as_deref(),
+        "GET",
+        &format!("{}/v1/kv/ks/b%2F3", c.http(0)),
+        "",
+    )
+    .await;
+    assert_eq!((s, b), (200, json!("w")));
+
+    // RESP: AUTH first, then every key checked.
+    let mut r = Raw::connect(c.cache_resp().expect("resp"));
+    assert!(matches!(r.cmd(&["GET", "a/1"]), R::Error(e) if e.starts_with("NOAUTH")));
+    assert!(matches!(r.cmd(&["HELLO", "3"]), R::Error(e) if e.starts_with("NOAUTH")));
+    assert!(
+        matches!(r.cmd(&["AUTH", "reader", "wrong-password"]), R::Error(e) if e.starts_with("WRONGPASS"))
+    );
+    assert_eq!(
+        r.cmd(&["AUTH", "reader", "reader-password"]),
+        R::Simple("OK".into())
+    );
+    assert_eq!(r.cmd(&["SELECT", "ks"]), R::Simple("OK".into()));
+    assert_eq!(r.cmd(&["GET", "a/1"]), bulk("v"));
+    for cmd in [
+        &["GET", "b/1"][..],
+        &["MGET", "a/1", "b/1"],
+        &["EXISTS", "b/2"],
+        &["SET", "a/1", "x"],
+        &["DEL", "a/1"],
+        &["INVALIDATE", "ALL"],
+    ] {
+        let reply = r.cmd(cmd);
+        assert!(
+            matches!(&reply, R::Error(e) if e.starts_with("NOPERM")),
+            "{cmd:?}: {reply:?}"
+        );
+    }
+    let mut w = Raw::connect(c.cache_resp().expect("resp"));
+    assert_eq!(w.cmd(&["AUTH", &writer]), R::Simple("OK".into()));
+    assert_eq!(w.cmd(&["SELECT", "ks"]), R::Simple("OK".into()));
+    assert_eq!(w.cmd(&["SET", "b/4", "v4"]), R::Simple("OK".into()));
+    assert!(matches!(w.cmd(&["GET", "b/4"]), R::Error(e) if e.starts_with("NOPERM")));
+
+    // Revocation: the reader's token and its password connection stop working at the cache.
+    let (s, b) = call_as(
+        root.as_deref(),
+        "POST",
+        &format!("{}/v1/admin/users/reader:revoke-tokens", c.http(0)),
+        "",
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let url = format!("{h}/v1/kv/ks/a%2F1");
+    let t = reader.clone();
+    eventually(
+        Duration::from_secs(6),
+        "the cache refuses the revoked token",
+        || {
+            let (t, url) = (t.clone(), url.clone());
+            async move { (call_as(Some(&t), "GET", &url, "").await.0 == 401).then_some(()) }
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(6),
+        "the cache cuts off the revoked user's connection",
+        || {
+            let reply = r.cmd(&["GET", "a/1"]);
+            async move { matches!(reply, R::Error(e) if e.starts_with("NOAUTH")).then_some(()) }
+        },
+    )
+    .await;
+    c.stop_cache();
+
+    // A cache without a user of its own in front of this cluster refuses to start.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunekv"))
+        .args([
+            "cache",
+            "--http",
+            "127.0.0.1:0",
+            "--node",
+            &c.configs[0].http,
+        ])
+        .env("TUNEKV_CLUSTER_SECRET", &c.configs[0].cluster_secret)
+        .output()
+        .await
+        .expect("run tunekv cache");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("the cluster has auth on"), "{err}");
+}
+
+/// TLS between the cache and the nodes, and on the cache's own listeners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_speaks_tls_to_the_nodes_and_to_its_callers() {
+    let ca = tunekv::local_cluster::DevCa::new().expect("ca");
+    let mut c = start_tls(1, true, &ca).await;
+    c.client(0)
+        .create_keyspace("ks", &json!({"shards": 1, "replicas": 1}))
+        .await
+        .expect("create ks");
+    let http = c.start_cache(&[]).await.expect("the cache starts");
+    let cache = c.cache_client(&http, c.token.clone());
+    assert!(cache.base().starts_with("https://"));
+    cache
+        .put("ks", b"k", b"over tls", &tunekv_client::Opts::default())
+        .await
+        .expect("a write through the cache, TLS both ways");
+    let r = cache
+        .get("ks", b"k", &tunekv_client::Opts::level("strong"))
+        .await
+        .expect("a read");
+    assert_eq!(r.value.as_deref(), Some(&b"over tls"[..]));
+    // Plain HTTP to the cache is refused.
+    let plain =
+        tunekv_client::Client::with_timeout(&format!("http://{http}"), Duration::from_secs(5))
+            .with_token(c.token.clone());
+    assert!(plain.cache_status().await.is_err());
+}
