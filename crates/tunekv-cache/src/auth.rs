@@ -58,6 +58,8 @@ pub struct Auth {
     learned: Mutex<HashMap<(String, u64), (Instant, Learned)>>,
     /// Calls made to nodes to learn a caller's rights (tests read it).
     pub lookups: std::sync::atomic::AtomicU64,
+    /// Injected bug (`CacheBugs::ignore_caller_prefix`): permissions lose their prefixes.
+    ignore_prefix: bool,
 }
 
 struct Service {
@@ -86,7 +88,14 @@ impl Auth {
             nodes,
             learned: Mutex::new(HashMap::new()),
             lookups: Default::default(),
+            ignore_prefix: false,
         })
+    }
+
+    /// With the injected bug `ignore_caller_prefix` (tests show the checks catch it).
+    pub fn with_ignored_prefixes(mut self, ignore: bool) -> Auth {
+        self.ignore_prefix = ignore;
+        self
     }
 
     /// Whether callers must authenticate.
@@ -196,7 +205,18 @@ impl Auth {
                 return learned.clone();
             }
         }
-        let learned = self.ask(token).await;
+        let mut learned = self.ask(token).await;
+        if let (true, Ok(g)) = (self.ignore_prefix, &learned) {
+            let widened = g
+                .permissions()
+                .iter()
+                .map(|p| Permission {
+                    prefix: String::new(),
+                    ..p.clone()
+                })
+                .collect();
+            learned = Ok(Arc::new(Grants::of(g.user().unwrap_or_default(), widened)));
+        }
         // A node that could not be reached says nothing of the user: not kept.
         if learned
             .as_ref()
@@ -409,6 +429,7 @@ mod tests {
             nodes: Vec::new(),
             learned: Mutex::new(HashMap::new()),
             lookups: Default::default(),
+            ignore_prefix: false,
         };
         let key = SessionKey::new(b"0123456789abcdef0123").expect("key");
         let other = SessionKey::new(b"another secret, 20+ chars").expect("key");

@@ -169,7 +169,8 @@ impl Cache {
                 let auth = Auth::new(
                     config.auth.as_ref(),
                     crate::upstream::node_clients(&config.upstream, ca.as_deref()),
-                )?;
+                )?
+                .with_ignored_prefixes(bugs.ignore_caller_prefix);
                 let upstream =
                     Upstream::new(&config.upstream, key.clone(), ca.as_deref(), auth.slot());
                 (upstream, auth)

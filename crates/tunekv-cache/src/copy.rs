@@ -487,6 +487,9 @@ pub struct CacheBugs {
     pub ignore_session: bool,
     /// Ignore the feed's changes (entries keep their old values until their TTL).
     pub drop_invalidations: bool,
+    /// Check callers' rights with the prefixes of their permissions ignored (a prefix user
+    /// reads and writes its whole keyspace through the cache).
+    pub ignore_caller_prefix: bool,
 }
 
 /// One cached keyspace.

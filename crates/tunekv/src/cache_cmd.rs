@@ -59,8 +59,10 @@ fn bugs(names: &[String]) -> Result<CacheBugs> {
             "keep-stale-fills" => b.keep_stale_fills = true,
             "ignore-session" => b.ignore_session = true,
             "drop-invalidations" => b.drop_invalidations = true,
+            "ignore-caller-prefix" => b.ignore_caller_prefix = true,
             other => bail!(
-                "unknown cache bug {other:?}; known: keep-stale-fills, ignore-session, drop-invalidations"
+                "unknown cache bug {other:?}; known: keep-stale-fills, ignore-session, \
+                 drop-invalidations, ignore-caller-prefix"
             ),
         }
     }

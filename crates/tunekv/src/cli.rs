@@ -97,7 +97,7 @@ pub enum Cmd {
         #[arg(long)]
         ready_when_warm: bool,
         /// Break one of the cache's promises on purpose (keep-stale-fills, ignore-session,
-        /// drop-invalidations); bug-injection builds only.
+        /// drop-invalidations, ignore-caller-prefix); bug-injection builds only.
         #[arg(long = "bug", value_name = "BUG")]
         bugs: Vec<String>,
         /// Allow the fault hook (POST /v1/admin/faults: cut the cache off from the cluster).

@@ -1050,6 +1050,103 @@ async fn verify_runs_against_a_cluster_with_auth_on() {
     );
 }
 
+/// What callers could do through the cache at `http` beyond their rights, after `prefix_leaks`
+/// made the a/ reader and the b/ writer: each wrong answer, over HTTP and RESP. Root makes a/1
+/// and b/1 hot first, so every refusal is of a key in the cache's memory.
+async fn cache_leaks(c: &TestCluster, http: &str, reader: &str, writer: &str) -> Vec<String> {
+    let h = format!("http://{http}");
+    let root = c.token.clone();
+    for k in ["a%2F1", "b%2F1"] {
+        for _ in 0..2 {
+            let (s, b) = call_as(root.as_deref(), "GET", &format!("{h}/v1/kv/ks/{k}"), "").await;
+            assert_eq!(s, 200, "root reads {k} through the cache: {b}");
+        }
+    }
+    let mut wrong = Vec::new();
+    for (who, token, method, path, body, want) in [
+        ("reader", reader, "GET", "/v1/kv/ks/a%2F1", "", 200),
+        ("reader", reader, "GET", "/v1/kv/ks/b%2F1", "", 403),
+        ("writer", writer, "GET", "/v1/kv/ks/b%2F1", "", 403),
+        ("writer", writer, "PUT", "/v1/kv/ks/b%2F3", "w", 200),
+        ("writer", writer, "PUT", "/v1/kv/ks/a%2F3", "w", 403),
+        ("reader", reader, "PUT", "/v1/kv/ks/a%2F3", "w", 403),
+        ("reader", reader, "DELETE", "/v1/kv/ks/a%2F1", "", 403),
+        (
+            "reader",
+            reader,
+            "POST",
+            "/v1/cache/invalidate",
+            r#"{"keyspace":"ks","keys":["a/1"]}"#,
+            403,
+        ),
+        (
+            "writer",
+            writer,
+            "POST",
+            "/v1/cache/invalidate",
+            r#"{"keyspace":"ks","prefix":"b/"}"#,
+            200,
+        ),
+        (
+            "writer",
+            writer,
+            "POST",
+            "/v1/cache/invalidate",
+            r#"{"keyspace":"ks","all":true}"#,
+            403,
+        ),
+        (
+            "reader",
+            reader,
+            "POST",
+            "/v1/admin/faults",
+            r#"{"clear":true}"#,
+            403,
+        ),
+        ("reader", reader, "GET", "/v1/cache", "", 200),
+    ] {
+        let (s, b) = call_as(Some(token), method, &format!("{h}{path}"), body).await;
+        if s != want {
+            wrong.push(format!("{who} {method} {path}: {s}, not {want} ({b})"));
+        }
+    }
+    // RESP: the reader logged in with its password, the writer with its token.
+    let resp = c.cache_resp().expect("resp").to_string();
+    let mut r = Raw::connect(&resp);
+    assert_eq!(
+        r.cmd(&["AUTH", "reader", "reader-password"]),
+        R::Simple("OK".into())
+    );
+    assert_eq!(r.cmd(&["SELECT", "ks"]), R::Simple("OK".into()));
+    if r.cmd(&["GET", "a/1"]) != bulk("v") {
+        wrong.push("RESP reader GET a/1 refused".into());
+    }
+    for cmd in [
+        &["GET", "b/1"][..],
+        &["MGET", "a/1", "b/1"],
+        &["EXISTS", "b/2"],
+        &["SET", "a/1", "x"],
+        &["DEL", "a/1"],
+        &["INVALIDATE", "ALL"],
+    ] {
+        let reply = r.cmd(cmd);
+        if !matches!(&reply, R::Error(e) if e.starts_with("NOPERM")) {
+            wrong.push(format!("RESP reader {cmd:?}: {reply:?}"));
+        }
+    }
+    let mut w = Raw::connect(&resp);
+    assert_eq!(w.cmd(&["AUTH", writer]), R::Simple("OK".into()));
+    assert_eq!(w.cmd(&["SELECT", "ks"]), R::Simple("OK".into()));
+    if w.cmd(&["SET", "b/4", "v4"]) != R::Simple("OK".into()) {
+        wrong.push("RESP writer SET b/4 refused".into());
+    }
+    let reply = w.cmd(&["GET", "b/4"]);
+    if !matches!(&reply, R::Error(e) if e.starts_with("NOPERM")) {
+        wrong.push(format!("RESP writer GET b/4: {reply:?}"));
+    }
+    wrong
+}
+
 /// A cache in front of a cluster with auth on (issue 22): it logs in as its own user, and
 /// checks every caller as a node would before a hit, a fill or a write — a key hot in the
 /// cache is still refused to a caller without read on it — over HTTP and RESP; a revoked
@@ -1065,13 +1162,6 @@ async fn a_cache_in_front_of_a_secured_cluster_checks_every_caller() {
         .expect("the cache starts and logs in");
     let h = format!("http://{http}");
     let root = c.token.clone();
-    // Root makes b/1 and a/1 hot in the cache.
-    for k in ["a%2F1", "b%2F1"] {
-        for _ in 0..2 {
-            let (s, b) = call_as(root.as_deref(), "GET", &format!("{h}/v1/kv/ks/{k}"), "").await;
-            assert_eq!(s, 200, "root reads {k} through the cache: {b}");
-        }
-    }
     // No token, or a forged one: nothing but the readiness probe.
     for (method, path, body) in [
         ("GET", "/v1/kv/ks/a%2F1", ""),
@@ -1092,55 +1182,14 @@ async fn a_cache_in_front_of_a_secured_cluster_checks_every_caller() {
     }
     let (s, _) = call_as(None, "GET", &format!("{h}/v1/cache/ready"), "").await;
     assert_eq!(s, 200, "the readiness probe needs no token");
+    let mut r = Raw::connect(c.cache_resp().expect("resp"));
+    assert!(matches!(r.cmd(&["GET", "a/1"]), R::Error(e) if e.starts_with("NOAUTH")));
+    assert!(matches!(r.cmd(&["HELLO", "3"]), R::Error(e) if e.starts_with("NOAUTH")));
+    assert!(
+        matches!(r.cmd(&["AUTH", "reader", "wrong-password"]), R::Error(e) if e.starts_with("WRONGPASS"))
+    );
     // Each caller gets exactly their rights, hot keys or not.
-    let mut wrong = Vec::new();
-    for (who, token, method, path, body, want) in [
-        ("reader", &reader, "GET", "/v1/kv/ks/a%2F1", "", 200),
-        ("reader", &reader, "GET", "/v1/kv/ks/b%2F1", "", 403),
-        ("writer", &writer, "GET", "/v1/kv/ks/b%2F1", "", 403),
-        ("writer", &writer, "PUT", "/v1/kv/ks/b%2F3", "w", 200),
-        ("writer", &writer, "PUT", "/v1/kv/ks/a%2F3", "w", 403),
-        ("reader", &reader, "PUT", "/v1/kv/ks/a%2F3", "w", 403),
-        ("reader", &reader, "DELETE", "/v1/kv/ks/a%2F1", "", 403),
-        (
-            "reader",
-            &reader,
-            "POST",
-            "/v1/cache/invalidate",
-            r#"{"keyspace":"ks","keys":["a/1"]}"#,
-            403,
-        ),
-        (
-            "writer",
-            &writer,
-            "POST",
-            "/v1/cache/invalidate",
-            r#"{"keyspace":"ks","prefix":"b/"}"#,
-            200,
-        ),
-        (
-            "writer",
-            &writer,
-            "POST",
-            "/v1/cache/invalidate",
-            r#"{"keyspace":"ks","all":true}"#,
-            403,
-        ),
-        (
-            "reader",
-            &reader,
-            "POST",
-            "/v1/admin/faults",
-            r#"{"clear":true}"#,
-            403,
-        ),
-        ("reader", &reader, "GET", "/v1/cache", "", 200),
-    ] {
-        let (s, b) = call_as(Some(token), method, &format!("{h}{path}"), body).await;
-        if s != want {
-            wrong.push(format!("{who} {method} {path}: {s}, not {want} ({b})"));
-        }
-    }
+    let wrong = cache_leaks(&c, &http, &reader, &writer).await;
     assert!(wrong.is_empty(), "{wrong:#?}");
     // The writer's write reached the store as the writer's.
     let (s, b) = call_as(
@@ -1152,40 +1201,9 @@ async fn a_cache_in_front_of_a_secured_cluster_checks_every_caller() {
     .await;
     assert_eq!((s, b), (200, json!("w")));
 
-    // RESP: AUTH first, then every key checked.
-    let mut r = Raw::connect(c.cache_resp().expect("resp"));
-    assert!(matches!(r.cmd(&["GET", "a/1"]), R::Error(e) if e.starts_with("NOAUTH")));
-    assert!(matches!(r.cmd(&["HELLO", "3"]), R::Error(e) if e.starts_with("NOAUTH")));
-    assert!(
-        matches!(r.cmd(&["AUTH", "reader", "wrong-password"]), R::Error(e) if e.starts_with("WRONGPASS"))
-    );
-    assert_eq!(
-        r.cmd(&["AUTH", "reader", "reader-password"]),
-        R::Simple("OK".into())
-    );
-    assert_eq!(r.cmd(&["SELECT", "ks"]), R::Simple("OK".into()));
-    assert_eq!(r.cmd(&["GET", "a/1"]), bulk("v"));
-    for cmd in [
-        &["GET", "b/1"][..],
-        &["MGET", "a/1", "b/1"],
-        &["EXISTS", "b/2"],
-        &["SET", "a/1", "x"],
-        &["DEL", "a/1"],
-        &["INVALIDATE", "ALL"],
-    ] {
-        let reply = r.cmd(cmd);
-        assert!(
-            matches!(&reply, R::Error(e) if e.starts_with("NOPERM")),
-            "{cmd:?}: {reply:?}"
-        );
-    }
-    let mut w = Raw::connect(c.cache_resp().expect("resp"));
-    assert_eq!(w.cmd(&["AUTH", &writer]), R::Simple("OK".into()));
-    assert_eq!(w.cmd(&["SELECT", "ks"]), R::Simple("OK".into()));
-    assert_eq!(w.cmd(&["SET", "b/4", "v4"]), R::Simple("OK".into()));
-    assert!(matches!(w.cmd(&["GET", "b/4"]), R::Error(e) if e.starts_with("NOPERM")));
-
     // Revocation: the reader's token and its password connection stop working at the cache.
+    let hello = r.cmd(&["HELLO", "2", "AUTH", "reader", "reader-password"]);
+    assert!(!matches!(hello, R::Error(_)), "{hello:?}");
     let (s, b) = call_as(
         root.as_deref(),
         "POST",
@@ -1232,6 +1250,29 @@ async fn a_cache_in_front_of_a_secured_cluster_checks_every_caller() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("the cluster has auth on"), "{err}");
+}
+
+/// The cache's checks can fail: with the prefixes of callers' permissions ignored (bug
+/// `ignore-caller-prefix`), the same scenario finds the a/ reader reading the hot b/1 over
+/// HTTP and RESP, and the b/ writer dropping the whole keyspace's entries. The writer's write
+/// to a/ is still refused: it reaches the node with the writer's own token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_ignoring_prefixes_is_caught() {
+    let mut c = start_secure(3).await;
+    let (leaks, reader, writer) = prefix_leaks(&c).await;
+    assert!(leaks.is_empty(), "{leaks:?}");
+    let args = ["--bug".to_string(), "ignore-caller-prefix".to_string()];
+    let http = c.start_cache(&args).await.expect("the cache starts");
+    let text = cache_leaks(&c, &http, &reader, &writer).await.join("; ");
+    for leak in [
+        "reader GET /v1/kv/ks/b%2F1: 200",
+        "writer POST /v1/cache/invalidate: 200",
+        "RESP reader [\"GET\", \"b/1\"]",
+        "RESP reader [\"MGET\"",
+    ] {
+        assert!(text.contains(leak), "{leak} not caught: {text}");
+    }
+    assert!(!text.contains("writer PUT /v1/kv/ks/a%2F3"), "{text}");
 }
 
 /// TLS between the cache and the nodes, and on the cache's own listeners.
