@@ -1163,8 +1163,14 @@ async fn status_page(node: &Node, signed_in: bool) -> impl IntoResponse {
             html_escape(&n.raft)
         );
     }
+    // Signed out, the page shows nothing of the cluster, not even which node this is.
+    let id = if signed_in {
+        node.id().to_string()
+    } else {
+        "?".to_string()
+    };
     let page = PAGE
-        .replace("{{NODE}}", &node.id().to_string())
+        .replace("{{NODE}}", &id)
         .replace("{{UPDATED}}", "loading…")
         .replace(
             "{{AUTH_BANNER}}",

@@ -937,6 +937,38 @@ async fn users_are_held_to_their_request_rate_and_watch_cap() {
         matches!(&answer, R::Error(e) if e.starts_with("RATE_LIMITED") && e.contains("watches_per_user_max")),
         "{answer:?}"
     );
+    // A subscribed connection that logs in as another user takes that user's place: alice's
+    // is free again.
+    user_with(&c, "bob", &["all"]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut moving = Raw::connect(&resp);
+    let hello = moving.cmd(&["HELLO", "3", "AUTH", "alice", "alice-password"]);
+    assert!(!matches!(hello, R::Error(_)), "{hello:?}");
+    assert_eq!(moving.cmd(&["SELECT", "ks"]), R::Simple("OK".into()));
+    let refused = moving.cmd(&["SUBSCRIBE", "ch3"]);
+    assert!(
+        matches!(&refused, R::Error(e) if e.starts_with("RATE_LIMITED")),
+        "{refused:?}"
+    );
+    drop(_held);
+    eventually(
+        Duration::from_secs(5),
+        "a closed subscriber frees its place",
+        || {
+            let answer = moving.cmd(&["SUBSCRIBE", "ch3"]);
+            async move { (!matches!(answer, R::Error(_))).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        moving.cmd(&["AUTH", "bob", "bob-password"]),
+        R::Simple("OK".into())
+    );
+    let (_again, answer) = subscriber(4);
+    assert!(
+        matches!(&answer, R::Array(a) | R::Push(a) if a[0] == bulk("subscribe")),
+        "alice's place moved to bob with the connection: {answer:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

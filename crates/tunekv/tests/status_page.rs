@@ -312,6 +312,10 @@ async fn with_auth_on_the_status_page_signs_in_first() {
         !html.contains(&c.configs[1].http),
         "a node's address shown before signing in"
     );
+    assert!(
+        !html.contains(r#"<span id="served-by">1</span>"#),
+        "the node's id shown before signing in"
+    );
     sign_in(&b, "root", "not-the-password").await;
     common::eventually(
         Duration::from_secs(20),
@@ -341,5 +345,9 @@ async fn with_auth_on_the_status_page_signs_in_first() {
         .eval("return document.getElementById('login').hidden;")
         .await;
     assert_eq!(hidden, json!(true), "the form goes once signed in");
+    let id = b
+        .eval("return document.getElementById('served-by').textContent;")
+        .await;
+    assert_eq!(id, json!("1"), "signed in, the page names its node");
     b.quit().await;
 }

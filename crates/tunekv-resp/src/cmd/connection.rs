@@ -149,8 +149,7 @@ async fn log_in(
                     epoch: claims.epoch,
                     expires_ms: Some(claims.expires_ms),
                 };
-                logged_in(shared, conn, login);
-                Ok(())
+                logged_in(shared, conn, login)
             }
             Err(e) if e.code == tunekv_core::Code::Unauthenticated => {
                 shared
@@ -169,8 +168,7 @@ async fn log_in(
                 epoch: l.epoch,
                 expires_ms: None,
             };
-            logged_in(shared, conn, login);
-            Ok(())
+            logged_in(shared, conn, login)
         }
         Err(e)
             if e.code == tunekv_core::Code::Unauthenticated
@@ -185,12 +183,20 @@ async fn log_in(
     }
 }
 
-/// The connection acts as `login` from now on, its pushed messages included.
-fn logged_in(shared: &Shared, conn: &mut Conn, login: Login) {
+/// The connection acts as `login` from now on, its pushed messages included. A connection
+/// with an inbox that changes user moves its place under `watches_per_user_max` to the new
+/// user (refused, keeping the old login, when the new user has none left).
+fn logged_in(shared: &Shared, conn: &mut Conn, login: Login) -> Result<(), Reply> {
     if conn.inbox.is_some() {
+        let same_user = conn.login.as_ref().is_some_and(|l| l.user == login.user);
+        if !same_user {
+            let grants = login.grants(&shared.node).map_err(typed)?;
+            conn.watch_slot = shared.node.watch_slot(&grants).map_err(typed)?;
+        }
         shared.hub.set_reader(conn.id, Some(login.clone()));
     }
     conn.login = Some(login);
+    Ok(())
 }
 
 /// `AUTH user password` (`AUTH password` names the user `default`, which tunekv does not have);
