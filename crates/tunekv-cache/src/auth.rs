@@ -251,17 +251,17 @@ impl Auth {
         self.grants_of(&claims, &token).await
     }
 
-    /// Logs `user` in on a node (RESP `AUTH user pass`): the claims of the token it issued.
-    pub async fn password_login(
+    /// A node's login answer for `user` (`POST /v1/auth/token` on the cache, for its status
+    /// page's sign-in): the token and when it expires (Unix ms).
+    pub async fn node_login(
         &self,
-        key: &SessionKey,
         user: &str,
         password: &str,
-    ) -> Result<Claims, TunekvError> {
+    ) -> Result<(String, u64), TunekvError> {
         let mut last = TunekvError::new(Code::Unavailable, "no node to log in to");
         for node in &self.nodes {
             match node.login(user, password).await {
-                Ok((token, _)) => return auth::open_token(key, &token, wall_ms()),
+                Ok(issued) => return Ok(issued),
                 Err(e) => {
                     last = to_error(e);
                     if !matches!(last.code, Code::Unavailable | Code::NoQuorum) {
@@ -271,6 +271,17 @@ impl Auth {
             }
         }
         Err(last)
+    }
+
+    /// Logs `user` in on a node (RESP `AUTH user pass`): the claims of the token it issued.
+    pub async fn password_login(
+        &self,
+        key: &SessionKey,
+        user: &str,
+        password: &str,
+    ) -> Result<Claims, TunekvError> {
+        let (token, _) = self.node_login(user, password).await?;
+        auth::open_token(key, &token, wall_ms())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), (Instant, Learned)>> {

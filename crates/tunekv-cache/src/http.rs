@@ -66,6 +66,7 @@ async fn handle(State(cache): State<Arc<Cache>>, req: Request) -> Response {
     // probe and the status page's shell (no data: its script asks with a token) need no one.
     let bearer = tunekv_api::bearer_of(&parts.headers);
     let needs_no_one = parts.uri.path() == "/v1/cache/ready"
+        || parts.uri.path() == "/v1/auth/token"
         || (parts.uri.path() == "/" && parts.method == Method::GET);
     let caller = if needs_no_one {
         Ok(Arc::new(Grants::open()))
@@ -88,6 +89,12 @@ async fn handle(State(cache): State<Arc<Cache>>, req: Request) -> Response {
                 Err(e) => error_response(e),
                 Ok((body, _held)) => faults(&cache, &body),
             },
+        }
+    } else if parts.uri.path() == "/v1/auth/token" && parts.method == Method::POST {
+        op = "login";
+        match read_body(&parts.headers, body, BODY_STALL, &BODIES).await {
+            Err(e) => error_response(e),
+            Ok((body, _held)) => login(&cache, &body).await,
         }
     } else if parts.uri.path() == "/v1/cache/invalidate" && parts.method == Method::POST {
         match read_body(&parts.headers, body, BODY_STALL, &BODIES).await {
@@ -421,6 +428,24 @@ async fn write(
             });
             (StatusCode::OK, h, Json(body)).into_response()
         }
+    }
+}
+
+/// `POST /v1/auth/token` `{"user","password"}` on the cache (its status page signs in with it):
+/// a node's login, passed on — `{"token": …, "expires_ms": …}`.
+async fn login(cache: &Cache, body: &[u8]) -> Response {
+    let parsed: Result<request::LoginBody, _> = serde_json::from_slice(body);
+    let Ok(b) = parsed else {
+        return error_response(TunekvError::new(
+            Code::BadRequest,
+            "the body is {\"user\": …, \"password\": …}",
+        ));
+    };
+    match cache.auth.node_login(&b.user, &b.password).await {
+        Ok((token, expires_ms)) => {
+            Json(json!({"token": token, "expires_ms": expires_ms})).into_response()
+        }
+        Err(e) => error_response(e),
     }
 }
 

@@ -1214,6 +1214,25 @@ async fn a_cache_in_front_of_a_secured_cluster_checks_every_caller() {
     }
     let (s, _) = call_as(None, "GET", &format!("{h}/v1/cache/ready"), "").await;
     assert_eq!(s, 200, "the readiness probe needs no token");
+    // The cache passes a login on to a node (its status page signs in this way).
+    let login = |password: &str| json!({"user": "reader", "password": password}).to_string();
+    let (s, b) = call_as(None, "POST", &format!("{h}/v1/auth/token"), &login("nope")).await;
+    assert_eq!(
+        (s, b["error"]["code"].clone()),
+        (401, json!("unauthenticated")),
+        "{b}"
+    );
+    let (s, b) = call_as(
+        None,
+        "POST",
+        &format!("{h}/v1/auth/token"),
+        &login("reader-password"),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let fresh = b["token"].as_str().expect("a token").to_string();
+    let (s, b) = call_as(Some(&fresh), "GET", &format!("{h}/v1/kv/ks/a%2F1"), "").await;
+    assert_eq!(s, 200, "{b}");
     let mut r = Raw::connect(c.cache_resp().expect("resp"));
     assert!(matches!(r.cmd(&["GET", "a/1"]), R::Error(e) if e.starts_with("NOAUTH")));
     assert!(matches!(r.cmd(&["HELLO", "3"]), R::Error(e) if e.starts_with("NOAUTH")));

@@ -292,7 +292,7 @@ async fn sign_in(b: &Browser, user: &str, password: &str) {
 async fn with_auth_on_the_status_page_signs_in_first() {
     // A browser cannot send a bearer token when it opens a page: with auth on the page comes
     // without cluster data and a sign-in form; its script then sends the token it got.
-    let c = common::start_secure(3).await;
+    let mut c = common::start_secure(3).await;
     let password = c.credentials().expect("read").expect("auth on").password;
     let b = Browser::start().await;
     b.open(&format!("http://{}/", c.configs[0].http)).await;
@@ -349,5 +349,32 @@ async fn with_auth_on_the_status_page_signs_in_first() {
         .eval("return document.getElementById('served-by').textContent;")
         .await;
     assert_eq!(id, json!("1"), "signed in, the page names its node");
+    // A cache in front of this cluster: its page signs in the same way (the cache passes the
+    // login on to a node).
+    let http = c.start_cache(&[]).await.expect("the cache starts");
+    b.open(&format!("http://{http}/")).await;
+    common::eventually(
+        Duration::from_secs(20),
+        "the cache's sign-in form shows",
+        || async {
+            let shown = b
+                .eval("const f = document.getElementById('login'); return !!f && !f.hidden;")
+                .await;
+            (shown == json!(true)).then_some(())
+        },
+    )
+    .await;
+    sign_in(&b, "root", &password).await;
+    common::eventually(
+        Duration::from_secs(20),
+        "the cache's page shows its numbers",
+        || async {
+            let rows = b
+                .eval("return document.querySelectorAll('#stats tr').length;")
+                .await;
+            (rows.as_u64().unwrap_or(0) > 0 && refreshes(&b).await >= 2).then_some(())
+        },
+    )
+    .await;
     b.quit().await;
 }
