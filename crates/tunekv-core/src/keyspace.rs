@@ -16,6 +16,31 @@ pub enum Mode {
     Volatile,
 }
 
+/// How a leaderless or volatile keyspace's ring places its partitions on the ring's nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RingPlacement {
+    /// Partition `p` to the `p mod S`-th node, replicas on the next distinct owners clockwise
+    /// (Dynamo's strategy 3 as first built): perfectly even, but a node added or removed
+    /// reshuffles most preference lists. What keyspaces created before `rendezvous` existed
+    /// keep, so their data stays where it is.
+    Dealt,
+    /// Each partition ranks the nodes by a hash of (partition, node) and takes the first N
+    /// (rendezvous hashing): a node added takes about N/(S+1) of the replicas, one per
+    /// partition it enters, and a node removed gives up only its own — about the least data
+    /// a membership change can move. The default for new keyspaces.
+    Rendezvous,
+}
+
+impl RingPlacement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RingPlacement::Dealt => "dealt",
+            RingPlacement::Rendezvous => "rendezvous",
+        }
+    }
+}
+
 /// What a client sends in `PUT /v1/keyspaces/{ks}`; missing fields take their defaults, which
 /// depend on the mode (see [`KeyspaceSpec::normalized`]: the catalog stores them filled in).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +69,11 @@ pub struct KeyspaceSpec {
     /// [`PARTITIONS_DEFAULT`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitions: Option<u32>,
+    /// How the ring places partitions on nodes (leaderless and volatile keyspaces): absent in
+    /// catalog entries written before it existed, which means `dealt`; new keyspaces get
+    /// `rendezvous` unless they ask for `dealt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<RingPlacement>,
     /// Siblings keyspaces: the most concurrent values a key may hold (default
     /// [`SIBLINGS_MAX_DEFAULT`]); a write past it is refused with `too_many_siblings`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,6 +118,7 @@ impl Default for KeyspaceSpec {
             value_bytes_max: default_value_bytes_max(),
             conflict: None,
             partitions: None,
+            placement: None,
             siblings_max: None,
             slo: Vec::new(),
         }
@@ -166,6 +197,9 @@ impl KeyspaceSpec {
         if self.mode != Mode::Ordered && self.partitions.is_none() {
             self.partitions = Some(PARTITIONS_DEFAULT);
         }
+        if self.mode != Mode::Ordered && self.placement.is_none() {
+            self.placement = Some(RingPlacement::Rendezvous);
+        }
         if self.conflict.as_deref() == Some("siblings") && self.siblings_max.is_none() {
             self.siblings_max = Some(SIBLINGS_MAX_DEFAULT);
         }
@@ -239,6 +273,13 @@ impl KeyspaceSpec {
             }
             _ => {}
         }
+        if self.mode == Mode::Ordered && self.placement.is_some() {
+            return invalid(
+                "placement applies to leaderless and volatile keyspaces; ordered keyspaces \
+                 place shards' replicas by the cluster's moves"
+                    .into(),
+            );
+        }
         let level = match &self.default_level {
             Some(text) => Level::parse(text)
                 .map_err(|e| TunekvError::new(Code::KeyspaceInvalid, e.message))?,
@@ -273,6 +314,11 @@ impl KeyspaceSpec {
     /// Ring partitions (leaderless and volatile keyspaces).
     pub fn partitions(&self) -> u32 {
         self.partitions.unwrap_or(PARTITIONS_DEFAULT)
+    }
+
+    /// How the ring places partitions (`dealt` when the catalog entry predates the field).
+    pub fn ring_placement(&self) -> RingPlacement {
+        self.placement.unwrap_or(RingPlacement::Dealt)
     }
 
     /// The most concurrent values a key of a siblings keyspace may hold.
@@ -350,6 +396,24 @@ mod tests {
         assert_eq!(stored.default_level.as_deref(), Some("eventual"));
         assert_eq!(stored.conflict.as_deref(), Some("lww"));
         assert_eq!(stored.partitions, Some(PARTITIONS_DEFAULT));
+        // New rings use rendezvous placement; a catalog entry without the field is dealt.
+        assert_eq!(stored.ring_placement(), RingPlacement::Rendezvous);
+        assert_eq!(leaderless.ring_placement(), RingPlacement::Dealt);
+        let old: KeyspaceSpec =
+            serde_json::from_str(r#"{"mode":"leaderless","partitions":64}"#).expect("old entry");
+        assert_eq!(old.ring_placement(), RingPlacement::Dealt);
+        let asked: KeyspaceSpec =
+            serde_json::from_str(r#"{"mode":"leaderless","placement":"dealt"}"#).expect("dealt");
+        assert_eq!(asked.normalized().ring_placement(), RingPlacement::Dealt);
+        assert!(serde_json::from_str::<KeyspaceSpec>(r#"{"placement":"random"}"#).is_err());
+        assert_eq!(
+            code(KeyspaceSpec {
+                placement: Some(RingPlacement::Rendezvous),
+                ..spec.clone()
+            }),
+            Err(Code::KeyspaceInvalid),
+            "ordered keyspaces have no ring"
+        );
         for bad in [
             KeyspaceSpec {
                 default_level: Some("strong".into()),

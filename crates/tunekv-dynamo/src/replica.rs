@@ -287,10 +287,16 @@ impl Replica {
 mod tests {
     use super::*;
     use crate::version::Version;
+    use tunekv_core::keyspace::RingPlacement;
     use tunekv_core::NodeId;
 
     fn ring() -> Ring {
-        Ring::new(&[NodeId(1), NodeId(2), NodeId(3)], 16).unwrap()
+        Ring::new(
+            &[NodeId(1), NodeId(2), NodeId(3)],
+            16,
+            RingPlacement::Rendezvous,
+        )
+        .unwrap()
     }
 
     fn v(hlc: u64, value: &str) -> Versioned {
@@ -306,7 +312,12 @@ mod tests {
         for i in 0..50 {
             r.apply(format!("k{i}").as_bytes(), &v(1, "x"));
         }
-        let bigger = Ring::new(&[NodeId(1), NodeId(2), NodeId(3), NodeId(4)], 16).unwrap();
+        let bigger = Ring::new(
+            &[NodeId(1), NodeId(2), NodeId(3), NodeId(4)],
+            16,
+            RingPlacement::Rendezvous,
+        )
+        .unwrap();
         r.set_ring(bigger.clone()).unwrap();
         assert_eq!(r.len(), 50);
         assert!(r.get(b"k7").is_some());
@@ -322,7 +333,7 @@ mod tests {
             r.root(p),
             Replica::new(ring(), 4, Policy::Lww).unwrap().root(p)
         );
-        let other = Ring::new(&[NodeId(1)], 8).unwrap();
+        let other = Ring::new(&[NodeId(1)], 8, RingPlacement::Dealt).unwrap();
         assert!(r.set_ring(other).unwrap_err().contains("partitions"));
     }
 

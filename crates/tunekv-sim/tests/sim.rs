@@ -285,6 +285,8 @@ fn hinted_only_leaderless(seed: u64) -> Plan {
             .map(tunekv_core::NodeId)
             .collect::<Vec<_>>(),
         tunekv_core::keyspace::PARTITIONS_DEFAULT,
+        // What a new keyspace gets (KeyspaceSpec::normalized).
+        tunekv_core::keyspace::RingPlacement::Rendezvous,
     )
     .expect("a ring");
     let replicas: Vec<usize> = ring
@@ -391,10 +393,17 @@ fn counters_keep_their_promises_through_isolation() {
 #[test]
 fn leaderless_keyspaces_keep_their_promises_through_an_outage_and_hint_only_writes() {
     for seed in 0..6 {
-        for plan in [long_outage_leaderless(seed), hinted_only_leaderless(seed)] {
+        for (name, plan) in [
+            ("long outage", long_outage_leaderless(seed)),
+            ("hinted only", hinted_only_leaderless(seed)),
+        ] {
             let out = run(plan, &tunekv_node::Bugs::default());
-            assert!(out.ops > 150, "seed {seed}: only {} operations", out.ops);
-            assert_eq!(out.violations, Vec::<String>::new(), "seed {seed}");
+            assert!(
+                out.ops > 150,
+                "{name}, seed {seed}: only {} operations",
+                out.ops
+            );
+            assert_eq!(out.violations, Vec::<String>::new(), "{name}, seed {seed}");
         }
     }
 }

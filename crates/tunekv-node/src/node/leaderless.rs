@@ -252,7 +252,7 @@ impl Node {
     /// The ring of a leaderless or volatile keyspace (the same on every node: from the
     /// catalog's node list and the spec's partitions).
     pub(super) fn ring_of(&self, ks: &KeyspaceInfo) -> Result<Ring, TunekvError> {
-        Ring::new(&self.ring_nodes(ks), ks.spec.partitions()).map_err(internal)
+        Ring::of_spec(&self.ring_nodes(ks), &ks.spec).map_err(internal)
     }
 
     /// This node's replica of `ks`, loaded from disk the first time (leaderless keyspaces).

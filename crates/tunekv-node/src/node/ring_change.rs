@@ -76,12 +76,13 @@ impl Node {
         {
             return Ok(());
         }
-        let ring = Ring::new(&next, ks.spec.partitions()).map_err(internal)?;
+        let ring = Ring::of_spec(&next, &ks.spec).map_err(internal)?;
+        let old = Ring::of_spec(&state.current, &ks.spec).map_err(internal)?;
         // Taken after the target was seen: whatever is stored from now on is forwarded.
         let entries = lock(&*self.replica_of(ks)?).entries();
         let keys = entries.len();
         tracing::info!(keyspace = %ks.name, keys, to = ?next, "ring change: handing off");
-        self.push_versions(ks, &ring, entries).await?;
+        let sent = self.push_versions(ks, &ring, Some(&old), entries).await?;
         let deadline = Instant::now() + Duration::from_secs(10);
         self.meta_write(
             Op::Put {
@@ -91,7 +92,7 @@ impl Node {
             deadline,
         )
         .await?;
-        tracing::info!(keyspace = %ks.name, keys, "ring change: handed off");
+        tracing::info!(keyspace = %ks.name, keys, sent, "ring change: handed off");
         Ok(())
     }
 
@@ -103,20 +104,38 @@ impl Node {
 
     /// Sends each version to its key's preference nodes on `ring` (this node left out), in
     /// batches; every batch must be stored (an error stops here: the caller tries again).
+    /// With `old` (a ring change's handoff), a key this node replicates on `old` goes only to
+    /// the nodes its list gains: those on both lists hold their own copies, and every old
+    /// replica sends to the new ones, so a write a quorum of the old list held is held by as
+    /// many of the new. Keys it holds for others (stand-in copies) still go to the whole list.
+    /// Returns how many copies it sent.
     async fn push_versions(
         &self,
         ks: &KeyspaceInfo,
         ring: &Ring,
+        old: Option<&Ring>,
         entries: Vec<(Vec<u8>, Versioned)>,
-    ) -> Result<(), TunekvError> {
+    ) -> Result<u64, TunekvError> {
         if self.config.bugs.ring_no_handoff() {
-            return Ok(());
+            return Ok(0);
         }
+        let n = ks.spec.replicas as usize;
         let mut by_node: BTreeMap<NodeId, Vec<(Vec<u8>, Versioned)>> = BTreeMap::new();
+        let mut sent = 0u64;
         for (key, v) in entries {
-            for n in ring.preference_list(&key, ks.spec.replicas as usize) {
-                if n != self.id {
-                    by_node.entry(n).or_default().push((key.clone(), v.clone()));
+            let to = match old {
+                Some(old) if old.preference_list(&key, n).contains(&self.id) => {
+                    ring.gained(old, &key, n)
+                }
+                _ => ring.preference_list(&key, n),
+            };
+            for node in to {
+                if node != self.id {
+                    sent += 1;
+                    by_node
+                        .entry(node)
+                        .or_default()
+                        .push((key.clone(), v.clone()));
                 }
             }
         }
@@ -155,7 +174,7 @@ impl Node {
                 }
             }
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// Sends on the versions this node just stored (`items` at the positions `changed`) that
@@ -177,10 +196,9 @@ impl Node {
             return Ok(());
         }
         let state = self.ring_state(ks);
-        let partitions = ks.spec.partitions();
-        let current = Ring::new(&state.current, partitions).map_err(internal)?;
+        let current = Ring::of_spec(&state.current, &ks.spec).map_err(internal)?;
         let next = match &state.target {
-            Some((t, _)) => Some(Ring::new(t, partitions).map_err(internal)?),
+            Some((t, _)) => Some(Ring::of_spec(t, &ks.spec).map_err(internal)?),
             None => None,
         };
         let handing_off = next.is_some() && state.current.contains(&self.id);
@@ -270,7 +288,7 @@ impl Node {
             return Ok(());
         }
         let keys = entries.len();
-        self.push_versions(ks, &ring, entries.clone()).await?;
+        self.push_versions(ks, &ring, None, entries.clone()).await?;
         let forgotten = self.forget_versions(ks, &partitions, &entries)?;
         lock(&self.ring_drops).remove(&ks.id);
         tracing::info!(

@@ -91,6 +91,9 @@ struct Polled {
     incarnation: u64,
     entries: Vec<super::StoredChange>,
     upto: u64,
+    /// The node no longer keeps the history after the watch's place in it (only after this
+    /// sequence): the watch ends with `cursor_compacted`.
+    compacted: Option<u64>,
 }
 
 /// Keys whose last delivered version a leaderless watch remembers.
@@ -231,8 +234,20 @@ impl Watch {
                 }
                 return Some(e);
             }
+            if self.ended {
+                return None;
+            }
             let l = self.leaderless.as_mut()?;
             let polled = l.rx.recv().await?;
+            if let Some(oldest) = polled.compacted {
+                let e = WatchRefused::CompactedNode {
+                    node: polled.node,
+                    oldest,
+                }
+                .error();
+                self.ended = true;
+                return Some(WatchEvent::End(e));
+            }
             let slot = l.nodes.entry(polled.node).or_insert(None);
             match slot {
                 // A restarted node's history starts over (see `stored_feed`).
@@ -843,11 +858,14 @@ impl Node {
                         incarnation: inc,
                         entries,
                         upto,
+                        compacted: None,
                     });
                 }
-                // Unreachable now: followed from when it is reached.
+                // Unreachable now: followed from when it is reached — from the cursor's place
+                // in its history when there is one (forgetting it would skip every version the
+                // node stored since, and drop the node from the cursors this watch hands out).
                 _ => {
-                    nodes.insert(n, None);
+                    nodes.insert(n, at);
                 }
             }
         }
@@ -866,6 +884,17 @@ impl Node {
                     match me.poll_changes(n, &ks, at.map(|a| a.1)).await {
                         // Restarted: its history starts over, take it from the beginning.
                         Ok((inc, ..)) if at.is_some_and(|a| a.0 != inc) => at = Some((inc, 0)),
+                        Ok((inc, _, _, from)) if at.is_some_and(|a| a.1 < from) => {
+                            let polled = Polled {
+                                node: n,
+                                incarnation: inc,
+                                entries: Vec::new(),
+                                upto: 0,
+                                compacted: Some(from),
+                            };
+                            let _ = tx.send(polled).await;
+                            return;
+                        }
                         Ok((inc, entries, upto, _)) => {
                             at = Some((inc, upto));
                             let polled = Polled {
@@ -873,6 +902,7 @@ impl Node {
                                 incarnation: inc,
                                 entries,
                                 upto,
+                                compacted: None,
                             };
                             // Waits while the watcher is behind: the nodes keep the history.
                             if tx.send(polled).await.is_err() {
