@@ -1141,6 +1141,9 @@ fn write_response(w: &WriteOutcome, token: &str, value: Option<i64>) -> Response
 /// anywhere else, so it works offline. With auth on, its script sends the token its sign-in
 /// form got (kept in the tab's sessionStorage); `signed_in`: the request carried a valid one
 /// (else the page holds no cluster data until the script signs in).
+/// The status pages' sign-in script (this node's page and a cache's).
+pub const SIGN_IN_JS: &str = include_str!("sign_in.js");
+
 async fn status_page(node: &Node, signed_in: bool) -> impl IntoResponse {
     const PAGE: &str = include_str!("status_page.html");
     let nodes = if signed_in {
@@ -1185,7 +1188,8 @@ async fn status_page(node: &Node, signed_in: bool) -> impl IntoResponse {
                  node can read, write and administer the cluster (docs/security.md).</div>"
             },
         )
-        .replace("{{NODE_ROWS}}", &rows);
+        .replace("{{NODE_ROWS}}", &rows)
+        .replace("{{SIGN_IN_JS}}", SIGN_IN_JS);
     (
         [
             (CONTENT_TYPE, "text/html; charset=utf-8"),

@@ -157,6 +157,24 @@ impl Auth {
         ))
     }
 
+    /// Whether the token the nodes issued the cache opens with `key` (the cache's
+    /// `cluster_secret`): if not, the cache's secret is not the cluster's, and it could open no
+    /// caller's token nor any session token the nodes sign.
+    pub fn check_secret(&self, key: &SessionKey) -> Result<(), String> {
+        let Some(s) = &self.service else {
+            return Ok(());
+        };
+        let token = s.slot.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match token {
+            Some(t) if auth::open_token(key, &t, wall_ms()).is_err() => Err(
+                "cluster_secret is not the cluster's: the token a node issued the cache does \
+                 not open with it (give the cache the nodes' cluster_secret)"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// Keeps the cache's token fresh until `stop`: renewed at half its remaining life, and
     /// every [`LOGIN_RETRY`] after a failed try.
     pub async fn renew_loop(self: Arc<Self>, stop: CancellationToken) {

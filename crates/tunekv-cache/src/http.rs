@@ -41,6 +41,11 @@ const BODY_STALL: Duration = Duration::from_secs(10);
 static BODIES: std::sync::LazyLock<tunekv_api::BodyBudget> =
     std::sync::LazyLock::new(|| tunekv_api::BodyBudget::new(1 << 30));
 
+/// The cache's status page, with the nodes' sign-in script.
+static STATUS_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    include_str!("status_page.html").replace("{{SIGN_IN_JS}}", tunekv_api::SIGN_IN_JS)
+});
+
 pub fn router(cache: Arc<Cache>) -> Router {
     Router::new().fallback(handle).with_state(cache)
 }
@@ -220,7 +225,7 @@ async fn execute(
                 (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
                 (axum::http::header::CACHE_CONTROL, "no-store"),
             ],
-            include_str!("status_page.html"),
+            STATUS_PAGE.as_str(),
         )
             .into_response(),
         ApiRequest::Index { html: false } => (

@@ -18,7 +18,7 @@ pub fn text(cache: &Cache) -> String {
     let s = &cache.stats;
     let u = &cache.upstream.counters;
     let mut reg = Registry::default();
-    let counters: [(&str, &str, u64); 10] = [
+    let counters: [(&str, &str, u64); 11] = [
         (
             "tunekv_cache_hits",
             "Reads served from the cache's memory",
@@ -68,6 +68,12 @@ pub fn text(cache: &Cache) -> String {
             "tunekv_cache_write_behind_flushed",
             "Write-behind writes the store acknowledged",
             load(&s.flushed),
+        ),
+        (
+            "tunekv_cache_auth_lookups",
+            "Calls to a node to learn a caller's rights (auth on: at most one per user and \
+             epoch per second)",
+            load(&cache.auth.lookups),
         ),
     ];
     for (name, help, v) in counters {

@@ -34,7 +34,10 @@ async fn log_in(cache: &Arc<Cache>) -> Result<(), String> {
     if auth.enabled() {
         let user = auth.user().unwrap_or_default();
         match auth.login().await {
-            Ok(()) => println!("tunekv cache logged in to the cluster as {user}"),
+            Ok(()) => {
+                auth.check_secret(&cache.key)?;
+                println!("tunekv cache logged in to the cluster as {user}");
+            }
             Err(e) if e.code == tunekv_core::Code::Unavailable => {
                 eprintln!("warning: {}; trying again in the background", e.message)
             }

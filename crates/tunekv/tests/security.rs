@@ -1242,6 +1242,27 @@ async fn a_cache_in_front_of_a_secured_cluster_checks_every_caller() {
     // Each caller gets exactly their rights, hot keys or not.
     let wrong = cache_leaks(&c, &http, &reader, &writer).await;
     assert!(wrong.is_empty(), "{wrong:#?}");
+    // A user's rights are asked of a node at most once a second, however many requests.
+    let lookups = || async {
+        let (_, text) = call_as(root.as_deref(), "GET", &format!("{h}/metrics"), "").await;
+        let text = text
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| text.to_string());
+        text.lines()
+            .find_map(|l| l.strip_prefix("tunekv_cache_auth_lookups_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("the lookups counter")
+    };
+    let (before, started) = (lookups().await, std::time::Instant::now());
+    for _ in 0..50 {
+        let (s, _) = call_as(Some(&reader), "GET", &format!("{h}/v1/kv/ks/a%2F1"), "").await;
+        assert_eq!(s, 200);
+    }
+    let grew = lookups().await - before;
+    // One per second for the reader, and for root asking for the metrics.
+    let bound = 2 * (started.elapsed().as_secs() + 2);
+    assert!(grew <= bound, "{grew} lookups for 50 reads (bound {bound})");
     // The writer's write reached the store as the writer's.
     let (s, b) = call_as(
         root.as_deref(),
@@ -1301,6 +1322,19 @@ async fn a_cache_in_front_of_a_secured_cluster_checks_every_caller() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("the cluster has auth on"), "{err}");
+    // Nor one whose cluster secret is not the cluster's (it could open no caller's token).
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunekv"))
+        .arg("cache")
+        .arg("--config")
+        .arg(c.cache_config_path())
+        .args(["--http", "127.0.0.1:0", "--node", &c.configs[0].http])
+        .env("TUNEKV_CLUSTER_SECRET", "not the cluster's secret at all")
+        .output()
+        .await
+        .expect("run tunekv cache");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cluster_secret is not the cluster's"), "{err}");
 }
 
 /// The cache's checks can fail: with the prefixes of callers' permissions ignored (bug

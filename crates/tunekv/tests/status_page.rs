@@ -275,6 +275,17 @@ async fn the_status_page_shows_the_cluster_live_in_a_browser() {
 }
 
 /// Fills the page's sign-in form with `user` and `password` and submits it.
+/// Waits until the page shows its sign-in form.
+async fn sign_in_form_shows(b: &Browser, what: &str) {
+    common::eventually(Duration::from_secs(20), what, || async {
+        let shown = b
+            .eval("const f = document.getElementById('login'); return !!f && !f.hidden;")
+            .await;
+        (shown == json!(true)).then_some(())
+    })
+    .await;
+}
+
 async fn sign_in(b: &Browser, user: &str, password: &str) {
     let script = format!(
         "const f = document.getElementById('login');
@@ -296,17 +307,7 @@ async fn with_auth_on_the_status_page_signs_in_first() {
     let password = c.credentials().expect("read").expect("auth on").password;
     let b = Browser::start().await;
     b.open(&format!("http://{}/", c.configs[0].http)).await;
-    common::eventually(
-        Duration::from_secs(20),
-        "the sign-in form shows",
-        || async {
-            let shown = b
-                .eval("const f = document.getElementById('login'); return !!f && !f.hidden;")
-                .await;
-            (shown == json!(true)).then_some(())
-        },
-    )
-    .await;
+    sign_in_form_shows(&b, "the sign-in form shows").await;
     let html = page_html(&b).await;
     assert!(
         !html.contains(&c.configs[1].http),
@@ -353,17 +354,7 @@ async fn with_auth_on_the_status_page_signs_in_first() {
     // login on to a node).
     let http = c.start_cache(&[]).await.expect("the cache starts");
     b.open(&format!("http://{http}/")).await;
-    common::eventually(
-        Duration::from_secs(20),
-        "the cache's sign-in form shows",
-        || async {
-            let shown = b
-                .eval("const f = document.getElementById('login'); return !!f && !f.hidden;")
-                .await;
-            (shown == json!(true)).then_some(())
-        },
-    )
-    .await;
+    sign_in_form_shows(&b, "the cache's sign-in form shows").await;
     sign_in(&b, "root", &password).await;
     common::eventually(
         Duration::from_secs(20),
