@@ -48,6 +48,11 @@ fn unauthenticated(message: impl Into<String>) -> TunekvError {
 /// What became of asking a node about a user.
 type Learned = Result<Arc<Grants>, TunekvError>;
 
+/// What is known of one (user, epoch): the last answer kept and when it was asked for. Its
+/// lock is held while a node is asked, so one lookup at a time goes out per user and epoch
+/// and the requests arriving meanwhile take its answer.
+type Known = Arc<tokio::sync::Mutex<Option<(Instant, Learned)>>>;
+
 /// Who the cache is and who asks it.
 pub struct Auth {
     /// `None`: the cache runs open (its cluster has auth off): every caller may do anything.
@@ -55,7 +60,7 @@ pub struct Auth {
     /// Clients of each node without the service token, to log in and to ask about callers.
     nodes: Vec<Client>,
     /// What nodes said of each (user, epoch), and when.
-    learned: Mutex<HashMap<(String, u64), (Instant, Learned)>>,
+    learned: Mutex<HashMap<(String, u64), Known>>,
     /// Calls made to nodes to learn a caller's rights (tests read it).
     pub lookups: std::sync::atomic::AtomicU64,
     /// Injected bug (`CacheBugs::ignore_caller_prefix`): permissions lose their prefixes.
@@ -177,7 +182,7 @@ impl Auth {
 
     /// Keeps the cache's token fresh until `stop`: renewed at half its remaining life, and
     /// every [`LOGIN_RETRY`] after a failed try.
-    pub async fn renew_loop(self: Arc<Self>, stop: CancellationToken) {
+    pub async fn renew_loop(self: Arc<Self>, key: SessionKey, stop: CancellationToken) {
         let Some(s) = &self.service else {
             return;
         };
@@ -193,8 +198,15 @@ impl Auth {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            if let Err(e) = self.login().await {
-                tracing::warn!(error = %e, "the cache could not renew its login; retrying");
+            match self.login().await {
+                Err(e) => {
+                    tracing::warn!(error = %e, "the cache could not renew its login; retrying")
+                }
+                Ok(()) => {
+                    if let Err(e) = self.check_secret(&key) {
+                        tracing::error!(error = %e, "callers' tokens cannot be checked");
+                    }
+                }
             }
         }
     }
@@ -218,11 +230,30 @@ impl Auth {
     /// user at that epoch) unless a fresh answer is kept.
     pub async fn grants_of(&self, claims: &Claims, token: &str) -> Learned {
         let id = (claims.user.clone(), claims.epoch);
-        if let Some((at, learned)) = self.lock().get(&id) {
+        let known = {
+            let mut map = self.lock();
+            if map.len() >= GRANTS_KEPT_MAX && !map.contains_key(&id) {
+                // Stale answers go first (one being asked for is kept).
+                map.retain(|_, k| {
+                    k.try_lock().map_or(true, |g| {
+                        g.as_ref()
+                            .is_some_and(|(at, _)| at.elapsed() < GRANTS_FRESH)
+                    })
+                });
+                if map.len() >= GRANTS_KEPT_MAX {
+                    map.clear();
+                }
+            }
+            map.entry(id).or_default().clone()
+        };
+        let mut known = known.lock().await;
+        if let Some((at, learned)) = known.as_ref() {
             if at.elapsed() < GRANTS_FRESH {
                 return learned.clone();
             }
         }
+        // Fresh from when it was asked for, not from when the answer came.
+        let asked = Instant::now();
         let mut learned = self.ask(token).await;
         if let (true, Ok(g)) = (self.ignore_prefix, &learned) {
             let widened = g
@@ -241,14 +272,7 @@ impl Auth {
             .err()
             .is_none_or(|e| matches!(e.code, Code::Unauthenticated | Code::PermissionDenied))
         {
-            let mut map = self.lock();
-            if map.len() >= GRANTS_KEPT_MAX {
-                map.retain(|_, (at, _)| at.elapsed() < GRANTS_FRESH);
-                if map.len() >= GRANTS_KEPT_MAX {
-                    map.clear();
-                }
-            }
-            map.insert(id, (Instant::now(), learned.clone()));
+            *known = Some((asked, learned.clone()));
         }
         learned
     }
@@ -302,7 +326,7 @@ impl Auth {
         auth::open_token(key, &token, wall_ms())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), (Instant, Learned)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), Known>> {
         self.learned.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -485,6 +509,9 @@ mod tests {
         let good = auth::issue_token(&key, &claims);
         let e = auth.caller(&key, Some(&good)).await.unwrap_err();
         assert_eq!(e.code, Code::Unavailable);
-        assert!(auth.lock().is_empty());
+        assert!(auth
+            .lock()
+            .values()
+            .all(|k| k.try_lock().is_ok_and(|g| g.is_none())));
     }
 }

@@ -74,7 +74,8 @@ async fn handle(State(cache): State<Arc<Cache>>, req: Request) -> Response {
         || parts.uri.path() == "/v1/auth/token"
         || (parts.uri.path() == "/" && parts.method == Method::GET);
     let caller = if needs_no_one {
-        Ok(Arc::new(Grants::open()))
+        // Whatever these paths parse to needs no right (a page shell, a login, readiness).
+        Ok(Arc::new(Grants::nobody()))
     } else {
         cache.auth.caller(&cache.key, bearer.as_deref()).await
     };
@@ -125,7 +126,7 @@ async fn handle(State(cache): State<Arc<Cache>>, req: Request) -> Response {
         (status, Json(body)).into_response()
     } else if parts.uri.path() == "/v1/cache" {
         if parts.method == Method::GET {
-            status(&cache).into_response()
+            status(&cache, caller_grants(&caller)).into_response()
         } else {
             error_response(TunekvError::new(
                 Code::MethodNotAllowed,
@@ -544,7 +545,9 @@ async fn invalidate(cache: &Arc<Cache>, body: &[u8], grants: &Grants) -> Respons
 
 /// `GET /v1/cache`: entries and bytes held, counters, and per keyspace and shard the feed's
 /// position.
-fn status(cache: &Cache) -> Json<serde_json::Value> {
+/// With auth on, only the keyspaces the caller holds some right on are listed (as a node's
+/// `GET /v1/keyspaces` does).
+fn status(cache: &Cache, grants: &Grants) -> Json<serde_json::Value> {
     let (entries, bytes) = cache.store.usage();
     let s = &cache.stats;
     let u = &cache.upstream.counters;
@@ -552,6 +555,7 @@ fn status(cache: &Cache) -> Json<serde_json::Value> {
     let keyspaces: Vec<_> = cache
         .spaces()
         .iter()
+        .filter(|sp| grants.touches_keyspace(&sp.name))
         .map(|sp| {
             let shards: Vec<_> = sp
                 .shards

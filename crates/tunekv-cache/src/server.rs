@@ -16,6 +16,10 @@ const LIMITS: HttpLimits = HttpLimits {
     requests_per_s: 0,
 };
 
+/// How long a cache without `[auth]` waits at start for a node to say whether the cluster
+/// has auth on.
+const CLUSTER_ANSWER_WAIT: Duration = Duration::from_secs(15);
+
 /// Starts the cache's background work: the write-behind flusher, warming, and measuring the
 /// nodes' clocks (keyspaces' feeds start on first use).
 pub fn start(cache: &Arc<Cache>) {
@@ -43,17 +47,36 @@ async fn log_in(cache: &Arc<Cache>) -> Result<(), String> {
             }
             Err(e) => return Err(e.message),
         }
-        tokio::spawn(auth.clone().renew_loop(cache.stop_token()));
+        tokio::spawn(
+            auth.clone()
+                .renew_loop(cache.key.clone(), cache.stop_token()),
+        );
         return Ok(());
     }
-    if auth.cluster_requires_auth().await == Some(true) {
-        return Err(format!(
-            "the cluster has auth on: give the cache its own user ([auth] user = \"…\" with \
-             its password in {} or auth.password_file; docs/cache.md)",
-            crate::config::PASSWORD_ENV
-        ));
+    // Only a node's answer says whether the cluster is open: without one the cache does not
+    // start (it would accept write-behind writes from anyone for a secured cluster).
+    let deadline = tokio::time::Instant::now() + CLUSTER_ANSWER_WAIT;
+    loop {
+        match auth.cluster_requires_auth().await {
+            Some(true) => {
+                return Err(format!(
+                    "the cluster has auth on: give the cache its own user ([auth] user = \"…\" \
+                     with its password in {} or auth.password_file; docs/cache.md)",
+                    crate::config::PASSWORD_ENV
+                ))
+            }
+            Some(false) => return Ok(()),
+            None if tokio::time::Instant::now() >= deadline => {
+                return Err(format!(
+                    "no node of {} answered within {} s, so the cache cannot tell whether the \
+                     cluster has auth on; start it once a node is up",
+                    cache.config.upstream.join(", "),
+                    CLUSTER_ANSWER_WAIT.as_secs()
+                ))
+            }
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
-    Ok(())
 }
 
 /// Serves the cache until `shutdown` completes. Prints one line once it listens.

@@ -41,7 +41,7 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 pub const SESSION_HEADER: &str = "tunekv-session";
 
 /// Per-request options.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Opts {
     pub level: Option<String>,
     /// Read and write quorums on leaderless keyspaces (`one`, `quorum`, `all`; `any` for writes).
@@ -54,6 +54,20 @@ pub struct Opts {
     /// A bearer token for this request alone, instead of the client's (a cache forwards its
     /// caller's token with the writes it passes on).
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Opts {
+    /// The bearer token is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opts")
+            .field("level", &self.level)
+            .field("r", &self.r)
+            .field("w", &self.w)
+            .field("wait_ms_max", &self.wait_ms_max)
+            .field("session", &self.session)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Opts {

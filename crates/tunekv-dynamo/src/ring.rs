@@ -93,7 +93,7 @@ impl Ring {
 
     /// The node first in partition `p`'s preference list.
     pub fn owner(&self, p: u32) -> NodeId {
-        self.walk(p)[0]
+        self.walk(p % self.partitions)[0]
     }
 
     /// Every node once, in partition `p`'s order: its preference list first, then the order
@@ -103,9 +103,11 @@ impl Ring {
             RingPlacement::Dealt => {
                 let dealt = |q: u32| self.nodes[q as usize % self.nodes.len()];
                 let mut seen = BTreeSet::new();
-                // S partitions in a row meet every node: the walk stops there.
+                // The walk stops once it has met every node (within S partitions of p).
                 (0..self.partitions)
-                    .map(|i| dealt((p + i) % self.partitions))
+                    .map(|i| {
+                        dealt(((u64::from(p) + u64::from(i)) % u64::from(self.partitions)) as u32)
+                    })
                     .filter(|n| seen.insert(*n))
                     .take(self.nodes.len())
                     .collect()

@@ -602,12 +602,16 @@ impl LocalCluster {
         .await
         .context("cannot make the cache's user")?;
         let password_file = self.dir.join("cache-password");
-        fs::write(&password_file, &password)?;
+        let _ = fs::remove_file(&password_file);
+        let mut open = fs::OpenOptions::new();
+        open.write(true).create_new(true);
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&password_file, fs::Permissions::from_mode(0o600))?;
+            // Readable by its owner only from the start.
+            use std::os::unix::fs::OpenOptionsExt;
+            open.mode(0o600);
         }
+        std::io::Write::write_all(&mut open.open(&password_file)?, password.as_bytes())?;
         self.write_cache_config(Some(&password_file))
     }
 

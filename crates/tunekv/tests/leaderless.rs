@@ -1251,6 +1251,25 @@ async fn leaderless_watch_run(bug: &[&str]) -> (tunekv_check::Report, usize) {
     )
     .await;
     assert_eq!(s, 201, "{b}");
+    // Creating it again is idempotent (the placement filled in by default included); asking
+    // for another placement is a different spec.
+    let url = format!("{}/v1/keyspaces/feed", c.http(1));
+    let (s, _, b) = call(
+        "PUT",
+        &url,
+        r#"{"mode":"leaderless","replicas":3,"conflict":"lww"}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _, b) = call(
+        "PUT",
+        &url,
+        r#"{"mode":"leaderless","placement":"rendezvous"}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _, b) = call("PUT", &url, r#"{"mode":"leaderless","placement":"dealt"}"#).await;
+    assert_eq!(s, 409, "{b}");
     let mut watch = c.client(0).watch("feed", "").await.expect("watch");
     let mut writes: Vec<(String, (u64, u64), Option<String>)> = Vec::new();
     let write = |i: usize, node: usize, delete: bool| {

@@ -1242,6 +1242,26 @@ async fn a_cache_in_front_of_a_secured_cluster_checks_every_caller() {
     // Each caller gets exactly their rights, hot keys or not.
     let wrong = cache_leaks(&c, &http, &reader, &writer).await;
     assert!(wrong.is_empty(), "{wrong:#?}");
+    // The cache's status lists only the keyspaces the caller holds a right on.
+    common::create_keyspace(&c.client(0), "other", 1).await;
+    let (s, b) = call_as(root.as_deref(), "GET", &format!("{h}/v1/kv/other/x"), "").await;
+    assert_eq!(s, 404, "root reads other/x through the cache: {b}");
+    let listed = |token: String| {
+        let url = format!("{h}/v1/cache");
+        async move {
+            let (_, b) = call_as(Some(&token), "GET", &url, "").await;
+            let mut names: Vec<String> = b["keyspaces"]
+                .as_array()
+                .expect("keyspaces")
+                .iter()
+                .map(|k| k["name"].as_str().unwrap_or_default().to_string())
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    assert_eq!(listed(root.clone().expect("root")).await, ["ks", "other"]);
+    assert_eq!(listed(reader.clone()).await, ["ks"]);
     // A user's rights are asked of a node at most once a second, however many requests.
     let lookups = || async {
         let (_, text) = call_as(root.as_deref(), "GET", &format!("{h}/metrics"), "").await;

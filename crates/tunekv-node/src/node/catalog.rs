@@ -120,6 +120,7 @@ impl Node {
     ) -> Result<(KeyspaceInfo, bool), TunekvError> {
         check_keyspace_name(name)?;
         // Stored with the mode's defaults filled in, so a later GET shows what applies.
+        let asked_placement = spec.placement;
         let spec = spec.normalized();
         spec.validate(self.active_nodes().len())?;
         let deadline = Instant::now() + Duration::from_millis(self.config.write_wait_ms_default);
@@ -151,7 +152,23 @@ impl Node {
                 .first()
                 .and_then(|r| r.current.as_ref())
                 .and_then(|c| serde_json::from_slice::<KeyspaceSpec>(&c.value).ok());
-            if existing.as_ref() != Some(&spec) {
+            // The same spec, as it applies: a request that names no ring placement takes the
+            // keyspace's, and an entry written before placements existed is `dealt`.
+            let applied = |s: &KeyspaceSpec| {
+                let mut s = s.clone();
+                if s.mode != tunekv_core::Mode::Ordered {
+                    s.placement = Some(s.ring_placement());
+                }
+                s
+            };
+            let same = existing.as_ref().is_some_and(|e| {
+                let mut wanted = spec.clone();
+                if asked_placement.is_none() {
+                    wanted.placement = e.placement;
+                }
+                applied(e) == applied(&wanted)
+            });
+            if !same {
                 return Err(err(
                     Code::KeyspaceExists,
                     format!(

@@ -107,7 +107,8 @@ impl Node {
     /// With `old` (a ring change's handoff), a key this node replicates on `old` goes only to
     /// the nodes its list gains: those on both lists hold their own copies, and every old
     /// replica sends to the new ones, so a write a quorum of the old list held is held by as
-    /// many of the new. Keys it holds for others (stand-in copies) still go to the whole list.
+    /// many of the new. Keys it holds but does not replicate on `old` (sent on by a coordinator
+    /// with an older ring) still go to the whole list.
     /// Returns how many copies it sent.
     async fn push_versions(
         &self,
@@ -123,8 +124,11 @@ impl Node {
         let mut by_node: BTreeMap<NodeId, Vec<(Vec<u8>, Versioned)>> = BTreeMap::new();
         let mut sent = 0u64;
         for (key, v) in entries {
+            // The argument needs lists of N on both rings: a ring that shrank below N nodes
+            // (removals racing) gets every key sent to its whole new list.
+            let full = ring.nodes().len() >= n && old.is_some_and(|o| o.nodes().len() >= n);
             let to = match old {
-                Some(old) if old.preference_list(&key, n).contains(&self.id) => {
+                Some(old) if full && old.preference_list(&key, n).contains(&self.id) => {
                     ring.gained(old, &key, n)
                 }
                 _ => ring.preference_list(&key, n),
