@@ -7,12 +7,17 @@ use super::*;
 /// `index`. They come from its own read-index probes and from its leader's pushed watermarks.
 /// The newest one (its watermark) decides `bounded(t)` reads; the newest one the copy has
 /// applied decides its receipts' age. Kept: the proofs not applied yet, oldest first, and the
-/// newest applied one.
+/// last applied ones (a read served from a view older than the newest applied proof must find
+/// the newest proof its own state satisfies, not that one).
 #[derive(Default)]
 pub(super) struct Proofs {
     pending: std::collections::VecDeque<(u64, Instant)>,
-    covered: Option<(u64, Instant)>,
+    covered: std::collections::VecDeque<(u64, Instant)>,
 }
+
+/// Applied proofs kept for reads served from older views; past them a receipt says "no
+/// proof" (only ever more cautious).
+const COVERED_KEPT: usize = 64;
 
 /// Proofs a copy remembers while it is behind them (one per heartbeat or probe: at 100 ms
 /// heartbeats, about 100 s of lag). Dropping the oldest only makes receipts more cautious.
@@ -21,7 +26,7 @@ const PROOFS_PENDING_MAX: usize = 1024;
 impl Proofs {
     /// Keeps the proofs ordered by when they were taken.
     pub(super) fn offer(&mut self, index: u64, at: Instant) {
-        if self.covered.is_some_and(|(_, c)| c >= at) {
+        if self.covered.back().is_some_and(|&(_, c)| c >= at) {
             return;
         }
         if self.pending.len() == PROOFS_PENDING_MAX {
@@ -39,11 +44,22 @@ impl Proofs {
             .filter(|&&(index, _)| index <= applied)
             .max_by_key(|&&(_, at)| at)
             .copied();
-        if let Some((_, at)) = newest {
-            self.covered = newest;
+        if let Some((index, at)) = newest {
+            if self.covered.back().is_none_or(|&(_, c)| c < at) {
+                if self.covered.len() == COVERED_KEPT {
+                    self.covered.pop_front();
+                }
+                self.covered.push_back((index, at));
+            }
             self.pending.retain(|&(_, t)| t > at);
         }
-        self.covered.map(|(_, at)| at)
+        // The newest applied proof the state at `applied` satisfies: a proof of a higher index
+        // (applied for a newer view) says nothing of this one.
+        self.covered
+            .iter()
+            .rev()
+            .find(|&&(index, _)| index <= applied)
+            .map(|&(_, at)| at)
     }
 
     /// The newest proof a state at `index` satisfies, without changing anything.
@@ -58,7 +74,7 @@ impl Proofs {
 
     /// The newest proof, applied or not (the copy's watermark).
     pub(super) fn newest(&self) -> Option<(u64, Instant)> {
-        self.pending.back().copied().or(self.covered)
+        self.pending.back().or(self.covered.back()).copied()
     }
 }
 
@@ -375,6 +391,13 @@ mod tests {
         p.offer(5, at(50));
         assert_eq!(p.covered(30), Some(at(300)));
         assert!(p.pending.is_empty());
+        // A read served from an older view (index 26) after a newer one moved the applied
+        // proof on: the proof of 26, not the newer one of 30 its state does not satisfy.
+        // (Before: `at(300)`, a receipt 50 ms too fresh — seen as an honest-receipt violation
+        // of 0.25 ms in verify.)
+        assert_eq!(p.covered(26), Some(at(250)));
+        assert_eq!(p.covered(19), Some(at(100)));
+        assert_eq!(p.covered(9), None);
     }
 
     #[test]
