@@ -130,6 +130,34 @@ impl Net {
     }
 }
 
+impl Net {
+    /// What a failed wait prints: each host's addresses and routes and the tail of each node's
+    /// log (a CI run once waited 60 s for the first leader with nothing else to go on).
+    fn diagnose(&self, dir: &Path) -> String {
+        let mut out = String::new();
+        for i in &self.hosts {
+            let ns = self.ns(*i);
+            for args in [&["addr"][..], &["route"][..]] {
+                let o = Command::new("ip").arg("-n").arg(&ns).args(args).output();
+                if let Ok(o) = o {
+                    out.push_str(&format!(
+                        "--- ip -n {ns} {}\n{}{}",
+                        args.join(" "),
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    ));
+                }
+            }
+            let log = dir.join(format!("node-{i}.log"));
+            let text = std::fs::read_to_string(&log).unwrap_or_else(|e| format!("({e})"));
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            out.push_str(&format!("--- {} (last 40 lines)\n{tail}\n", log.display()));
+        }
+        out
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         for i in &self.hosts {
@@ -248,8 +276,9 @@ async fn caught_up(net: &Net, id: u32, logs: &Path) {
         }
         assert!(
             Instant::now() < deadline,
-            "node {id} did not catch up within 60 s (logs in {})",
-            logs.display()
+            "node {id} did not catch up within 60 s (logs in {})\n{}",
+            logs.display(),
+            net.diagnose(logs)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -291,14 +320,33 @@ async fn three_hosts_verify_grow_shrink_and_roll_restart_without_a_failed_strong
     }
     for i in 1..=3 {
         let c = Client::with_timeout(&Host::http(&net, i), Duration::from_secs(2));
-        common::eventually(Duration::from_secs(60), "a host's node answers", || async {
-            c.cluster().await.ok().filter(|s| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let answer = c.cluster().await;
+            let led = answer.as_ref().is_ok_and(|s| {
                 s["groups"]
                     .as_array()
                     .is_some_and(|g| g.iter().any(|g| g["leader"].as_u64().is_some()))
-            })
-        })
-        .await;
+            });
+            if led {
+                break;
+            }
+            for h in hosts.iter_mut() {
+                if let Some(Ok(Some(status))) = h.child.as_mut().map(|c| c.try_wait()) {
+                    panic!(
+                        "host {}'s node exited ({status}) before the cluster came up\n{}",
+                        h.id,
+                        net.diagnose(&dir)
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "host {i}'s node did not answer with a leader within 90 s (last: {answer:?})\n{}",
+                net.diagnose(&dir)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     if !net.netem {
         for i in 1..=3 {
