@@ -41,12 +41,27 @@ impl Node {
 
     pub(super) fn local_keyspace(&self, name: &str) -> Option<KeyspaceInfo> {
         let meta = self.metadata();
-        let read = meta
-            .data
-            .read()
-            .and_then(|view| view.get(&Self::catalog_key(name)));
-        let v = match read {
-            Ok(v) => v?,
+        // The catalog cannot have changed while the metadata copy applied nothing: a spec
+        // checked at this applied index is served without opening a view (the same index is
+        // the same log prefix, so the same catalog, even on a reopened copy).
+        let applied = meta.data.applied().index;
+        {
+            let cache = self
+                .keyspace_cache
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = cache.get(name) {
+                if c.seen_at.load(Ordering::Acquire) == applied {
+                    return Some(c.info.clone());
+                }
+            }
+        }
+        let read = meta.data.read().and_then(|view| {
+            let at = view.applied().index;
+            view.get(&Self::catalog_key(name)).map(|v| (v, at))
+        });
+        let (v, at) = match read {
+            Ok((v, at)) => (v?, at),
             Err(e) => {
                 tracing::error!(error = %e, keyspace = name, "cannot read the keyspace catalog");
                 return None;
@@ -58,9 +73,10 @@ impl Node {
                 .keyspace_cache
                 .read()
                 .unwrap_or_else(|p| p.into_inner());
-            if let Some((cached, info)) = cache.get(name) {
-                if *cached == version {
-                    return Some(info.clone());
+            if let Some(c) = cache.get(name) {
+                if c.version == version {
+                    c.seen_at.store(at, Ordering::Release);
+                    return Some(c.info.clone());
                 }
             }
         }
@@ -77,7 +93,14 @@ impl Node {
         if cache.len() >= KEYSPACE_CACHE_MAX {
             cache.clear();
         }
-        cache.insert(name.to_string(), (version, info.clone()));
+        cache.insert(
+            name.to_string(),
+            CachedKeyspace {
+                version,
+                seen_at: AtomicU64::new(at),
+                info: info.clone(),
+            },
+        );
         Some(info)
     }
 
@@ -88,7 +111,7 @@ impl Node {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
-            .map(|(_, info)| info.spec.default_level())
+            .map(|c| c.info.spec.default_level())
     }
 
     /// The keyspace, confirmed with the catalog's leader if this node has not heard of it yet

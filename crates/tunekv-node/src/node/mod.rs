@@ -68,8 +68,13 @@ use tunekv_storage::{GroupCommit, Storage};
 
 /// Catalog keys in the metadata group: `ks/<name>` → the keyspace spec as JSON.
 const CATALOG_PREFIX: &[u8] = b"ks/";
-/// A parsed catalog entry and the (create_index, mod_index) it was parsed at.
-type CachedKeyspace = ((u64, u64), KeyspaceInfo);
+/// A parsed catalog entry, the (create_index, mod_index) it was parsed at, and the metadata
+/// copy's applied index when it was last found current.
+struct CachedKeyspace {
+    version: (u64, u64),
+    seen_at: AtomicU64,
+    info: KeyspaceInfo,
+}
 /// Parsed keyspaces kept per node; past this many the cache starts over.
 const KEYSPACE_CACHE_MAX: usize = 10_000;
 /// Pause between retries while a shard has no reachable leader (elections take ~1 s).
