@@ -64,12 +64,15 @@ pub struct Bugs {
     /// some keys of a keyspace may touch all of them (the security tests' prefix checks catch
     /// it).
     auth_ignore_prefix: bool,
+    /// `stale-hot-values`: a shard's applier leaves the values a batch changed among the
+    /// copy's hot values, so reads keep serving what the state no longer holds.
+    stale_hot_values: bool,
 }
 
 pub const BUG_NAMES: &str =
     "strong-local, ignore-session, skip-bounded, ack-early, old-receipts, quorum-ack-one, gc-early, \
      drop-hints, skip-read-repair, counter-lww, set-remove-wins, siblings-union, progress-early, \
-     feed-dupes, metrics-fresh, backup-stale, ring-no-handoff, auth-ignore-prefix";
+     feed-dupes, metrics-fresh, backup-stale, ring-no-handoff, auth-ignore-prefix, stale-hot-values";
 
 impl Bugs {
     /// Parses `--bug` names. Any name in a build without the feature is an error.
@@ -100,6 +103,7 @@ impl Bugs {
                 "backup-stale" => b.backup_stale = true,
                 "ring-no-handoff" => b.ring_no_handoff = true,
                 "auth-ignore-prefix" => b.auth_ignore_prefix = true,
+                "stale-hot-values" => b.stale_hot_values = true,
                 other => return Err(format!("unknown bug {other:?}; bugs: {BUG_NAMES}")),
             }
         }
@@ -125,7 +129,12 @@ impl Bugs {
                 || self.metrics_fresh
                 || self.backup_stale
                 || self.ring_no_handoff
-                || self.auth_ignore_prefix)
+                || self.auth_ignore_prefix
+                || self.stale_hot_values)
+    }
+
+    pub fn stale_hot_values(&self) -> bool {
+        cfg!(feature = "bug-injection") && self.stale_hot_values
     }
 
     pub fn ring_no_handoff(&self) -> bool {

@@ -185,6 +185,9 @@ pub struct StorageConfig {
     pub cache_bytes: u64,
     /// Writes each shard buffers in memory before flushing them to a table, in bytes.
     pub memtable_bytes: u64,
+    /// Values recently read, kept decoded in memory by each copy of a shard, in bytes per
+    /// copy (0: none): a read of a key found there skips the LSM tree.
+    pub hot_values_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -193,6 +196,7 @@ impl Default for StorageConfig {
         StorageConfig {
             cache_bytes: d.cache_bytes,
             memtable_bytes: d.memtable_bytes,
+            hot_values_bytes: tunekv_raft::HOT_VALUES_BYTES_DEFAULT,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! [`tunekv_storage::GroupCommit`], so a burst of writes to many shards costs one fsync.
 
 mod feed;
+mod hot;
 mod log_store;
 mod ops;
 pub mod runtime;
@@ -20,6 +21,7 @@ mod types;
 pub use feed::{
     Change, ChangeBatch, ChangeKind, FeedLimits, CHANGE_BATCHES_MAX, CHANGE_HISTORY_BYTES,
 };
+pub use hot::{HotLimits, HOT_VALUES_BYTES_DEFAULT};
 pub use log_store::{LogStore, LOG_META_NAMES, REPLICATION_BATCH_BYTES_MAX};
 pub use state_machine::{
     snapshot_chunk, Applied, RaftCounters, ShardData, ShardView, SnapshotData, StateMachine,

@@ -6,6 +6,7 @@
 //! so building one never blocks `apply`. Record layout: docs/formats.md.
 
 use crate::feed::{change_bytes, change_kind};
+use crate::hot::{Hot, HotLimits};
 use crate::ops::{apply_op, keys_written, shape, Touched};
 use crate::types::{CommandResult, Op, StoredValue};
 use crate::{invalid_data, Change, ChangeBatch, FeedLimits, TypeConfig};
@@ -134,6 +135,8 @@ pub struct ShardData {
     // Set when this replica moved away: reads fail from then on (the state is about to be
     // dropped, and an empty state must never be served as the shard's).
     closed: std::sync::atomic::AtomicBool,
+    /// Values recently read, kept decoded in memory (hot.rs has the rule that keeps them exact).
+    hot: Hot,
 }
 
 /// What a group's storage did since the process started (`GET /metrics`).
@@ -282,6 +285,32 @@ impl ShardData {
     pub fn close(&self) {
         self.closed
             .store(true, std::sync::atomic::Ordering::Release);
+        self.hot.reset(self.applied().index);
+    }
+
+    /// The values of `keys` (live or not: the caller filters by expiry) at the applied state
+    /// announced now, from the hot values, if every key is there; `None` sends the caller to
+    /// a view ([`ShardData::read`], then [`ShardData::keep_hot`]).
+    pub fn read_hot<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+    ) -> Option<(Applied, Vec<Option<StoredValue>>)> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let applied = self.applied();
+        self.hot.get_all(keys, applied.index).map(|v| (applied, v))
+    }
+
+    /// Keeps what `view` holds for `key` (`value`, as read from it) among the hot values, if
+    /// the view is of the newest state.
+    pub fn keep_hot(&self, view: &ShardView, key: &[u8], value: Option<&StoredValue>) {
+        self.hot.fill(view.applied().index, key, value);
+    }
+
+    /// Bytes the hot values hold.
+    pub fn hot_bytes(&self) -> u64 {
+        self.hot.bytes()
     }
 
     pub fn applied(&self) -> Applied {
@@ -489,7 +518,13 @@ fn stored_state(view: &dyn StateView) -> io::Result<(Position, StoredMembershipO
 impl StateMachine {
     /// Opens a group's state machine where its records left it.
     pub fn open(group: u64, storage: Arc<dyn Storage>, hlc: Arc<Hlc>) -> io::Result<StateMachine> {
-        Self::open_with(group, storage, hlc, FeedLimits::default())
+        Self::open_with(
+            group,
+            storage,
+            hlc,
+            FeedLimits::default(),
+            HotLimits::default(),
+        )
     }
 
     /// [`StateMachine::open`] with the change feed's limits. Reads two records, whatever the
@@ -499,6 +534,7 @@ impl StateMachine {
         storage: Arc<dyn Storage>,
         hlc: Arc<Hlc>,
         feed: FeedLimits,
+        hot: HotLimits,
     ) -> io::Result<StateMachine> {
         let (position, membership) = stored_state(&*storage.state_view(group)?)?;
         hlc.observe(position.commit_ts);
@@ -517,6 +553,7 @@ impl StateMachine {
             counters: Arc::default(),
             closed: Default::default(),
             changes,
+            hot: Hot::new(hot, position.applied().index),
         });
         Ok(StateMachine {
             group,
@@ -737,6 +774,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 writes.push((MEMBERSHIP_KEY.to_vec(), Some(encode(m)?)));
             }
             self.storage.state_write(self.group, &writes)?;
+            // Before the batch is announced: no read at its index may find a value it changed.
+            self.shared.hot.applied(
+                position.applied().index,
+                writes
+                    .iter()
+                    .filter(|(k, _)| k.first() == Some(&DATA_TAG))
+                    .filter_map(|(k, _)| split_data_key(k).map(|(_, key)| key)),
+            );
             inner.position = position;
             if let Some(m) = membership {
                 inner.membership = m;
@@ -806,6 +851,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             inner.membership = membership;
             position.applied()
         };
+        self.shared.hot.reset(applied.index);
         if self.shared.changes.receiver_count() > 0 {
             let _ = self.shared.changes.send(Arc::new(ChangeBatch {
                 changes: Vec::new(),
@@ -876,8 +922,53 @@ mod tests {
                 batches: 16,
                 history_bytes,
             },
+            HotLimits::default(),
         )
         .unwrap()
+    }
+
+    /// `key` from the hot values (`Some`), or `None` after reading it from a view and keeping
+    /// it there.
+    fn hot(sm: &StateMachine, key: &str) -> Option<Option<Vec<u8>>> {
+        let data = sm.data();
+        if let Some((_, mut v)) = data.read_hot(&[key.as_bytes()]) {
+            return Some(v.pop().flatten().map(|v| v.value));
+        }
+        let view = data.read().unwrap();
+        let v = view.get(key.as_bytes()).unwrap();
+        data.keep_hot(&view, key.as_bytes(), v.as_ref());
+        None
+    }
+
+    #[tokio::test]
+    async fn hot_values_follow_every_write_and_never_outlive_their_state() {
+        let storage = Arc::new(MemStorage::new());
+        let mut sm = open(&storage, 0);
+        apply(&mut sm, 1, 1_000, vec![set("a", "1", Ttl::Clear)]).await;
+        assert_eq!(hot(&sm, "a"), None, "first read: from a view");
+        assert_eq!(hot(&sm, "a"), Some(Some(b"1".to_vec())));
+        apply(&mut sm, 2, 1_000, vec![set("a", "2", Ttl::Clear)]).await;
+        assert_eq!(hot(&sm, "a"), None, "a write removes the key");
+        assert_eq!(hot(&sm, "a"), Some(Some(b"2".to_vec())));
+        apply(&mut sm, 3, 1_000, vec![set("b", "x", Ttl::Clear)]).await;
+        assert_eq!(
+            hot(&sm, "a"),
+            Some(Some(b"2".to_vec())),
+            "others' writes keep it"
+        );
+        apply(&mut sm, 4, 1_000, vec![Op::Delete { key: b"a".to_vec() }]).await;
+        assert_eq!(hot(&sm, "a"), None);
+        assert_eq!(hot(&sm, "a"), Some(None), "absence is kept too");
+        // A view read before a write is not kept after it.
+        let data = sm.data();
+        let old = data.read().unwrap();
+        apply(&mut sm, 5, 1_000, vec![set("a", "3", Ttl::Clear)]).await;
+        data.keep_hot(&old, b"a", None);
+        assert_eq!(hot(&sm, "a"), None);
+        assert_eq!(hot(&sm, "a"), Some(Some(b"3".to_vec())));
+        // A closed copy serves none.
+        data.close();
+        assert!(data.read_hot(&[b"a"]).is_none());
     }
 
     fn value(view: &ShardView, key: &str) -> Option<Vec<u8>> {
@@ -1021,6 +1112,8 @@ mod tests {
         let follower_disk = Arc::new(MemStorage::new());
         let mut follower = open(&follower_disk, 1 << 20);
         apply(&mut follower, 1, 1_000, vec![set("stale", "x", Ttl::Clear)]).await;
+        assert_eq!(hot(&follower, "stale"), None);
+        assert_eq!(hot(&follower, "stale"), Some(Some(b"x".to_vec())));
         let mut stage = follower_disk.state_stage(7).unwrap();
         let mut after: Option<Vec<u8>> = None;
         let mut chunks = 0;
@@ -1042,6 +1135,12 @@ mod tests {
         assert_eq!((state.applied().index, state.stored_keys()), (50, 50));
         assert_eq!(value(&state, "key0"), Some(b"value0".to_vec()));
         assert_eq!(value(&state, "stale"), None);
+        assert_eq!(
+            hot(&follower, "stale"),
+            None,
+            "an installed snapshot empties them"
+        );
+        assert_eq!(hot(&follower, "stale"), Some(None));
         assert_eq!(
             follower.data().changes_since(10).unwrap().unwrap().0.len(),
             40

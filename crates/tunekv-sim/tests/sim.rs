@@ -580,6 +580,13 @@ mod bugs {
         caught("strong-local");
     }
 
+    /// Issue 21: hot values that a write does not remove serve a value the state no longer
+    /// holds, at the state's new position.
+    #[test]
+    fn stale_hot_values_are_caught() {
+        caught("stale-hot-values");
+    }
+
     #[test]
     fn ignore_session_is_caught() {
         caught("ignore-session");

@@ -200,6 +200,10 @@ impl Node {
                 batches: self.config.watch_batches_max,
                 history_bytes: self.config.watch_history_bytes,
             },
+            tunekv_raft::HotLimits {
+                bytes: self.config.storage.hot_values_bytes,
+                keep_stale: self.config.bugs.stale_hot_values(),
+            },
         )
         .map_err(internal)?;
         let data = sm.data();

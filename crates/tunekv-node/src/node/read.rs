@@ -478,11 +478,9 @@ impl Node {
                     }
                     Err(e) => Err(e),
                     Ok(g) => self
-                        .read_shard(&g, level, session, started, deadline, |view, now_ms| {
-                            view.get_live(key, now_ms)
-                        })
+                        .read_values(&g, level, session, (started, deadline), &[key])
                         .await
-                        .map(|(found, receipt)| outcome(found, receipt)),
+                        .map(|(mut found, receipt)| outcome(found.pop().flatten(), receipt)),
                 },
             }
         };
@@ -606,6 +604,20 @@ impl Node {
         (level, started, deadline): (Level, Instant, Instant),
     ) -> Result<(ShardRead, u64), TunekvError> {
         let room = bytes_max.saturating_sub(bytes_total);
+        // A batch whose largest possible values fit the room (a pipeline of GETs) needs no
+        // sizing: its values may come from the hot values.
+        if (keys.len() as u64).saturating_mul(ks.spec.value_bytes_max) <= room {
+            let (found, receipt) = self
+                .read_values(g, level, session, (started, deadline), &keys)
+                .await?;
+            let bytes: u64 = found.iter().flatten().map(|v| v.value.len() as u64).sum();
+            // Values stored before the keyspace's value limit was lowered can still be over.
+            if bytes > room {
+                return Err(too_large(bytes_max, bytes_total + bytes));
+            }
+            let values = keys.into_iter().zip(found).collect();
+            return Ok((ShardRead { values, receipt }, bytes));
+        }
         let (values, receipt) = self
             .read_shard(g, level, session, started, deadline, |view, now_ms| {
                 // Only a batch whose largest possible values exceed the room is sized
@@ -649,16 +661,7 @@ impl Node {
                 Ok(Ok((values, bytes)))
             })
             .await?;
-        let (values, bytes) = values.map_err(|bytes| {
-            err(
-                Code::ResponseTooLarge,
-                format!(
-                    "the values asked for total more than {bytes_max} bytes (at least {}), \
-                     the node's batch_get_response_bytes_max; ask for fewer keys at a time",
-                    bytes_total + bytes
-                ),
-            )
-        })?;
+        let (values, bytes) = values.map_err(|bytes| too_large(bytes_max, bytes_total + bytes))?;
         Ok((ShardRead { values, receipt }, bytes))
     }
 
@@ -1015,17 +1018,60 @@ impl Node {
             .await?;
         let view = g.data.read().map_err(internal)?;
         let applied = view.applied();
-        // Never before the applied commit time, unless that ran ahead of this node's trusted
-        // clock by more than the offset bound (a skewed stamp must not expire keys early).
-        let wall = self.expiry_wall_ms();
-        let now_ms = Hlc::millis(applied.commit_ts)
-            .min(wall.saturating_add(self.config.max_clock_offset_ms))
-            .max(wall);
-        let out = f(&view, now_ms).map_err(internal)?;
+        let out = f(&view, self.expiry_now(applied)).map_err(internal)?;
         drop(view);
         let receipt = self.receipt(g, level, applied, &served, started);
         session.read(g.id, receipt.position.index);
         Ok((out, receipt))
+    }
+
+    /// The live values of `keys` in one state of `g` at `level`: from the copy's hot values
+    /// when every key is there (no view, no LSM search), else from one view, keeping what it
+    /// read for the next reads.
+    pub(super) async fn read_values<K: AsRef<[u8]>>(
+        &self,
+        g: &Group,
+        level: Level,
+        session: &mut Session,
+        (started, deadline): (Instant, Instant),
+        keys: &[K],
+    ) -> Result<(Vec<Option<tunekv_raft::StoredValue>>, Receipt), TunekvError> {
+        session.admit(g.id)?;
+        let req = self.bugged(level, Requirement::for_level(level, session.mark(g.id))?);
+        let served = self
+            .until_servable(g, level, req, started, deadline)
+            .await?;
+        let (applied, values) = match g.data.read_hot(keys) {
+            Some(hit) => hit,
+            None => {
+                let view = g.data.read().map_err(internal)?;
+                let mut values = Vec::with_capacity(keys.len());
+                for k in keys {
+                    let v = view.get(k.as_ref()).map_err(internal)?;
+                    g.data.keep_hot(&view, k.as_ref(), v.as_ref());
+                    values.push(v);
+                }
+                (view.applied(), values)
+            }
+        };
+        let now_ms = self.expiry_now(applied);
+        let values = values
+            .into_iter()
+            .map(|v| v.filter(|v| v.live_at(now_ms)))
+            .collect();
+        let receipt = self.receipt(g, level, applied, &served, started);
+        session.read(g.id, receipt.position.index);
+        Ok((values, receipt))
+    }
+
+    /// The time keys expire by in a state applied up to `applied`: never before its commit
+    /// time, unless that ran ahead of this node's trusted clock by more than the offset bound
+    /// (a skewed stamp must not expire keys early).
+    fn expiry_now(&self, applied: tunekv_raft::Applied) -> u64 {
+        let wall = self.expiry_wall_ms();
+        Hlc::millis(applied.commit_ts)
+            .min(wall.saturating_add(self.config.max_clock_offset_ms))
+            .max(wall)
     }
 
     /// The requirement with this node's injected bugs applied (bug-injection builds only;
@@ -1185,4 +1231,15 @@ impl Node {
             _ => Staleness::of_copy(&served.copy),
         }
     }
+}
+
+/// A batch read refused for its size: its values total `at_least` bytes, over `bytes_max`.
+fn too_large(bytes_max: u64, at_least: u64) -> TunekvError {
+    err(
+        Code::ResponseTooLarge,
+        format!(
+            "the values asked for total more than {bytes_max} bytes (at least {at_least}), the \
+             node's batch_get_response_bytes_max; ask for fewer keys at a time"
+        ),
+    )
 }
