@@ -19,6 +19,7 @@
 //! (quick_cache evicts the coldest); 0 turns it off.
 
 use crate::types::StoredValue;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 /// How a group's hot values are kept.
@@ -73,6 +74,17 @@ pub(crate) struct Hot {
     gate: RwLock<u64>,
     /// Made on the first fill: a copy nobody reads costs nothing.
     map: OnceLock<Map>,
+    /// Reads answered here, and reads sent to a view while hot values are on.
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// What a copy's hot values did (`GET /metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HotStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes: u64,
 }
 
 impl Hot {
@@ -81,6 +93,8 @@ impl Hot {
             limits,
             gate: RwLock::new(applied),
             map: OnceLock::new(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -90,16 +104,27 @@ impl Hot {
         keys: &[K],
         at: u64,
     ) -> Option<Vec<Option<StoredValue>>> {
-        let map = self.map.get()?;
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            let e = map.get(k.as_ref())?;
-            if e.from > at {
-                return None;
-            }
-            out.push(e.value.as_deref().cloned());
+        if self.limits.bytes == 0 {
+            return None;
         }
-        Some(out)
+        let found = self.map.get().and_then(|map| {
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                let e = map.get(k.as_ref())?;
+                if e.from > at {
+                    return None;
+                }
+                out.push(e.value.as_deref().cloned());
+            }
+            Some(out)
+        });
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
     }
 
     /// Keeps `key`'s `value` read from a view at applied index `at`, if that is the gate's.
@@ -150,6 +175,14 @@ impl Hot {
     pub(crate) fn bytes(&self) -> u64 {
         self.map.get().map_or(0, |m| m.weight())
     }
+
+    pub(crate) fn stats(&self) -> HotStats {
+        HotStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            bytes: self.bytes(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +222,8 @@ mod tests {
         // A snapshot replaces everything.
         hot.reset(9);
         assert!(hot.get_all(&[b"b"], 9).is_none());
+        let stats = hot.stats();
+        assert_eq!((stats.hits, stats.misses), (2, 6));
     }
 
     #[test]

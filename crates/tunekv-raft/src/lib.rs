@@ -21,7 +21,7 @@ mod types;
 pub use feed::{
     Change, ChangeBatch, ChangeKind, FeedLimits, CHANGE_BATCHES_MAX, CHANGE_HISTORY_BYTES,
 };
-pub use hot::{HotLimits, HOT_VALUES_BYTES_DEFAULT};
+pub use hot::{HotLimits, HotStats, HOT_VALUES_BYTES_DEFAULT};
 pub use log_store::{LogStore, LOG_META_NAMES, REPLICATION_BATCH_BYTES_MAX};
 pub use state_machine::{
     snapshot_chunk, Applied, RaftCounters, ShardData, ShardView, SnapshotData, StateMachine,

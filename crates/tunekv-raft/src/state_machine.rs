@@ -6,7 +6,7 @@
 //! so building one never blocks `apply`. Record layout: docs/formats.md.
 
 use crate::feed::{change_bytes, change_kind};
-use crate::hot::{Hot, HotLimits};
+use crate::hot::{Hot, HotLimits, HotStats};
 use crate::ops::{apply_op, keys_written, shape, Touched};
 use crate::types::{CommandResult, Op, StoredValue};
 use crate::{invalid_data, Change, ChangeBatch, FeedLimits, TypeConfig};
@@ -308,9 +308,9 @@ impl ShardData {
         self.hot.fill(view.applied().index, key, value);
     }
 
-    /// Bytes the hot values hold.
-    pub fn hot_bytes(&self) -> u64 {
-        self.hot.bytes()
+    /// Hits, misses and bytes of the hot values.
+    pub fn hot_stats(&self) -> HotStats {
+        self.hot.stats()
     }
 
     pub fn applied(&self) -> Applied {

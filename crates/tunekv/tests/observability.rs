@@ -377,6 +377,35 @@ async fn metrics_parse_follow_the_conventions_and_count_the_load() {
     };
     assert_eq!(served("eventual"), (EVENTUAL + RESP_GETS) as f64);
     assert_eq!(served("strong"), STRONG as f64);
+
+    // Hot values: each key's first read here goes to a view, a repeat (the RESP GETs of r0
+    // and r1, the strong reads of k0…k19 unless a write landed between) comes from memory.
+    let summed = |fams: &[Family], sample: &str, result: Option<&str>| -> f64 {
+        fams.iter()
+            .flat_map(|f| &f.samples)
+            .filter(|s| {
+                s.name == sample && s.labels.get("group").is_some_and(|g| g.starts_with("m/"))
+            })
+            .filter(|s| {
+                result.is_none_or(|r| s.labels.get("result").map(String::as_str) == Some(r))
+            })
+            .filter_map(|s| s.value)
+            .sum()
+    };
+    let hot = |result| {
+        summed(&after, "tunekv_hot_value_reads_total", Some(result))
+            - summed(&before, "tunekv_hot_value_reads_total", Some(result))
+    };
+    assert!(
+        hot("miss") >= (EVENTUAL + RESP_SETS) as f64,
+        "misses {}\n{text}",
+        hot("miss")
+    );
+    assert!(hot("hit") >= 2.0, "hits {}\n{text}", hot("hit"));
+    assert!(
+        summed(&after, "tunekv_hot_value_bytes", None) > 0.0,
+        "{text}"
+    );
     // A strong read is served at the newest commit: every one in the 0-entries bucket.
     assert_eq!(
         delta(

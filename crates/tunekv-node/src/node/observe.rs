@@ -37,6 +37,12 @@ struct PbsQuantileLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HotLabels {
+    group: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SnapshotLabels {
     group: String,
     how: &'static str,
@@ -418,6 +424,8 @@ impl Node {
         let mut purges = Vec::new();
         let mut repl_entries = Vec::new();
         let mut repl_ack = Vec::new();
+        let mut hot_reads = Vec::new();
+        let mut hot_bytes = Vec::new();
         for g in self.all_groups() {
             let name = group_name(g.id, names);
             let l = || GroupLabels {
@@ -457,6 +465,12 @@ impl Node {
                 c.snapshots_installed.load(Ordering::Relaxed),
             ));
             purges.push((l(), c.purges.load(Ordering::Relaxed)));
+            let hot = g.data.hot_stats();
+            for (result, n) in [("hit", hot.hits), ("miss", hot.misses)] {
+                let group = name.clone();
+                hot_reads.push((HotLabels { group, result }, n));
+            }
+            hot_bytes.push((l(), i64::try_from(hot.bytes).unwrap_or(i64::MAX)));
             if is_leader {
                 let last = m.last_log_index.unwrap_or(0);
                 for (replica, matched) in m.replication.iter().flatten() {
@@ -534,6 +548,20 @@ impl Node {
             "Snapshots this replica built (how=built) or installed from its leader \
              (how=installed)",
             snapshots,
+        );
+        scrape::counters(
+            reg,
+            "tunekv_hot_value_reads",
+            "Reads of this replica answered from its hot values (result=hit) or from a view of \
+             its state (result=miss), while [storage] hot_values_bytes is above 0",
+            hot_reads,
+        );
+        scrape::gauges(
+            reg,
+            "tunekv_hot_value_bytes",
+            "Bytes of keys and values this replica keeps decoded in memory (at most [storage] \
+             hot_values_bytes)",
+            hot_bytes,
         );
         scrape::counters(
             reg,
