@@ -39,7 +39,7 @@ impl Node {
             .collect()
     }
 
-    pub(super) fn local_keyspace(&self, name: &str) -> Option<KeyspaceInfo> {
+    pub(super) fn local_keyspace(&self, name: &str) -> Option<Arc<KeyspaceInfo>> {
         let meta = self.metadata();
         // The catalog cannot have changed while the metadata copy applied nothing: a spec
         // checked at this applied index is served without opening a view (the same index is
@@ -81,11 +81,11 @@ impl Node {
             }
         }
         let spec: KeyspaceSpec = serde_json::from_slice(&v.value).ok()?;
-        let info = KeyspaceInfo {
+        let info = Arc::new(KeyspaceInfo {
             name: name.to_string(),
             id: v.create_index,
             spec,
-        };
+        });
         let mut cache = self
             .keyspace_cache
             .write()
@@ -120,7 +120,7 @@ impl Node {
         &self,
         name: &str,
         deadline: Instant,
-    ) -> Result<KeyspaceInfo, TunekvError> {
+    ) -> Result<Arc<KeyspaceInfo>, TunekvError> {
         check_keyspace_name(name)?;
         if let Some(ks) = self.local_keyspace(name) {
             return Ok(ks);
@@ -209,7 +209,7 @@ impl Node {
             .local_keyspace(name)
             .ok_or_else(|| internal("keyspace missing from the catalog after it was applied"))?;
         self.wait_keyspace_ready(&info).await;
-        Ok((info, created))
+        Ok(((*info).clone(), created))
     }
 
     /// Waits (bounded) until every hosted shard group of the keyspace knows its leader.

@@ -73,7 +73,7 @@ const CATALOG_PREFIX: &[u8] = b"ks/";
 struct CachedKeyspace {
     version: (u64, u64),
     seen_at: AtomicU64,
-    info: KeyspaceInfo,
+    info: Arc<KeyspaceInfo>,
 }
 /// Parsed keyspaces kept per node; past this many the cache starts over.
 const KEYSPACE_CACHE_MAX: usize = 10_000;

@@ -6,7 +6,7 @@ use super::*;
 struct Begun<'a> {
     started: Instant,
     deadline: Instant,
-    ks: KeyspaceInfo,
+    ks: Arc<KeyspaceInfo>,
     level: Level,
     session: &'a mut Session,
     r: Option<Quorum>,

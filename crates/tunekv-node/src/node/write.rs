@@ -129,7 +129,7 @@ impl Node {
     async fn begin_write<'a>(
         &self,
         req: WriteRequest<'a>,
-    ) -> Result<(Instant, KeyspaceInfo, &'a mut Session, Option<Quorum>), TunekvError> {
+    ) -> Result<(Instant, Arc<KeyspaceInfo>, &'a mut Session, Option<Quorum>), TunekvError> {
         let deadline =
             Instant::now() + self.wait_budget(req.wait, self.config.write_wait_ms_default);
         let ks = self.keyspace(req.keyspace, deadline).await?;

@@ -143,6 +143,16 @@ fn lookup(name: &str) -> Option<&'static CommandSpec> {
     table().get(name).copied()
 }
 
+/// The command a request names, matched without regard to case and without allocating (every
+/// command name is short ASCII; anything else names no command).
+fn lookup_raw(raw: &[u8]) -> Option<&'static CommandSpec> {
+    let mut buf = [0u8; 32];
+    let name = buf.get_mut(..raw.len())?;
+    name.copy_from_slice(raw);
+    name.make_ascii_lowercase();
+    lookup(std::str::from_utf8(name).ok()?)
+}
+
 /// Most plain SETs of a pipeline that commit together, and most value bytes.
 const SET_RUN_MAX: usize = 256;
 const SET_RUN_BYTES_MAX: usize = 1024 * 1024;
@@ -230,8 +240,7 @@ fn read_level_label(shared: &Shared, conn: &Conn) -> &'static str {
 /// Runs one request. Never panics on input; every failure is a reply.
 pub async fn execute(shared: &Shared, conn: &mut Conn, args: Vec<Vec<u8>>) -> Reply {
     let started = std::time::Instant::now();
-    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-    let spec = lookup(&name);
+    let spec = lookup_raw(&args[0]);
     let level = match spec {
         Some(s) if s.kind == Kind::Read => read_level_label(shared, conn),
         _ => metrics::NO_LEVEL,

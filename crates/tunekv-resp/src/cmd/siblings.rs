@@ -42,7 +42,10 @@ fn siblings<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'
     })
 }
 
-async fn keyspace(s: &Shared, conn: &Conn) -> Result<tunekv_node::KeyspaceInfo, Reply> {
+async fn keyspace(
+    s: &Shared,
+    conn: &Conn,
+) -> Result<std::sync::Arc<tunekv_node::KeyspaceInfo>, Reply> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     s.node
         .keyspace(&conn.keyspace, deadline)
