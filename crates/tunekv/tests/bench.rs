@@ -392,11 +392,15 @@ fn the_pbs_estimate_agrees_with_measured_visibility() {
         early < 0.8,
         "followers lag 10+ ms, yet {early} at 0 ms: {stdout}"
     );
-    // (Not exactly 1: on a loaded machine one read in a few hundred can meet a follower still
-    // catching up after 100 ms; the estimate must then say so too, which `agree` checks.)
+    // Not exactly 1: on a loaded machine a read can meet a follower still catching up after
+    // 100 ms, and the estimate must then say so too, which `agree` checks. A fresh CI run,
+    // right after a build had filled the page cache with dirty pages, had one follower's
+    // fsyncs stall for up to a second: 0.925 measured and 0.940 estimated at 100 ms. What must
+    // hold whatever the disk does: most reads see the write by then, and clearly more than
+    // at 0 ms (followers that never applied would leave the curve at the leader's share).
     let late = at(100)["measured"].as_f64().expect("measured");
     assert!(
-        late >= 0.98,
+        late >= 0.85 && late >= early + 0.3,
         "followers should have the writes by 100 ms: {stdout}"
     );
     for r in rows {
