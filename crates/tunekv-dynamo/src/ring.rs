@@ -140,7 +140,12 @@ impl Ring {
     /// The nodes `key`'s preference list gains going from `old` to this ring: where a ring
     /// change must copy it (the nodes on both lists hold it already).
     pub fn gained(&self, old: &Ring, key: &[u8], n: usize) -> Vec<NodeId> {
-        let before = old.preference_list(key, n);
+        self.gained_from(&old.preference_list(key, n), key, n)
+    }
+
+    /// [`Ring::gained`] given the old ring's preference list of `key` (`before`), for a caller
+    /// that has it already.
+    pub fn gained_from(&self, before: &[NodeId], key: &[u8], n: usize) -> Vec<NodeId> {
         self.preference_list(key, n)
             .into_iter()
             .filter(|x| !before.contains(x))

@@ -127,10 +127,9 @@ impl Node {
             // The argument needs lists of N on both rings: a ring that shrank below N nodes
             // (removals racing) gets every key sent to its whole new list.
             let full = ring.nodes().len() >= n && old.is_some_and(|o| o.nodes().len() >= n);
-            let to = match old {
-                Some(old) if full && old.preference_list(&key, n).contains(&self.id) => {
-                    ring.gained(old, &key, n)
-                }
+            let before = old.filter(|_| full).map(|o| o.preference_list(&key, n));
+            let to = match before {
+                Some(before) if before.contains(&self.id) => ring.gained_from(&before, &key, n),
                 _ => ring.preference_list(&key, n),
             };
             for node in to {
