@@ -196,7 +196,7 @@ impl Answer {
                     shard_pos,
                     shard: number,
                     found: value.is_some(),
-                    value: value.map(|v| v.value),
+                    value: value.map(|v| std::sync::Arc::unwrap_or_clone(v).value),
                     encoded: None,
                     remaining: 0,
                     entry_bytes: 0,
@@ -293,6 +293,7 @@ impl Iterator for Chunks {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::sync::Arc;
     use tunekv_core::{Level, LogIndex, NodeId, Position, Receipt, ShardId, Staleness};
     use tunekv_node::StoredValue;
 
@@ -327,7 +328,7 @@ mod tests {
                 let keys: Vec<_> = unique
                     .iter()
                     .filter(|k| k.len() as u32 % 2 == s)
-                    .map(|k| (k.clone(), values.get(k).map(|v| stored(v))))
+                    .map(|k| (k.clone(), values.get(k).map(|v| Arc::new(stored(v)))))
                     .collect();
                 (!keys.is_empty()).then(|| ShardRead {
                     values: keys,

@@ -103,7 +103,7 @@ impl Hot {
         &self,
         keys: &[K],
         at: u64,
-    ) -> Option<Vec<Option<StoredValue>>> {
+    ) -> Option<Vec<Option<Arc<StoredValue>>>> {
         if self.limits.bytes == 0 {
             return None;
         }
@@ -114,7 +114,7 @@ impl Hot {
                 if e.from > at {
                     return None;
                 }
-                out.push(e.value.as_deref().cloned());
+                out.push(e.value);
             }
             Some(out)
         });
@@ -128,7 +128,7 @@ impl Hot {
     }
 
     /// Keeps `key`'s `value` read from a view at applied index `at`, if that is the gate's.
-    pub(crate) fn fill(&self, at: u64, key: &[u8], value: Option<&StoredValue>) {
+    pub(crate) fn fill(&self, at: u64, key: &[u8], value: Option<&Arc<StoredValue>>) {
         if self.limits.bytes == 0 {
             return;
         }
@@ -144,7 +144,7 @@ impl Hot {
             key.to_vec(),
             Entry {
                 from: at,
-                value: value.cloned().map(Arc::new),
+                value: value.cloned(),
             },
         );
     }
@@ -189,14 +189,14 @@ impl Hot {
 mod tests {
     use super::*;
 
-    fn v(s: &str, index: u64) -> StoredValue {
-        StoredValue {
+    fn v(s: &str, index: u64) -> Arc<StoredValue> {
+        Arc::new(StoredValue {
             value: s.as_bytes().to_vec(),
             create_index: 1,
             mod_index: index,
             commit_ts: 0,
             expires_ms: None,
-        }
+        })
     }
 
     #[test]

@@ -294,7 +294,7 @@ impl ShardData {
     pub fn read_hot<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
-    ) -> Option<(Applied, Vec<Option<StoredValue>>)> {
+    ) -> Option<(Applied, Vec<Option<Arc<StoredValue>>>)> {
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             return None;
         }
@@ -304,7 +304,7 @@ impl ShardData {
 
     /// Keeps what `view` holds for `key` (`value`, as read from it) among the hot values, if
     /// the view is of the newest state.
-    pub fn keep_hot(&self, view: &ShardView, key: &[u8], value: Option<&StoredValue>) {
+    pub fn keep_hot(&self, view: &ShardView, key: &[u8], value: Option<&Arc<StoredValue>>) {
         self.hot.fill(view.applied().index, key, value);
     }
 
@@ -932,10 +932,10 @@ mod tests {
     fn hot(sm: &StateMachine, key: &str) -> Option<Option<Vec<u8>>> {
         let data = sm.data();
         if let Some((_, mut v)) = data.read_hot(&[key.as_bytes()]) {
-            return Some(v.pop().flatten().map(|v| v.value));
+            return Some(v.pop().flatten().map(|v| v.value.clone()));
         }
         let view = data.read().unwrap();
-        let v = view.get(key.as_bytes()).unwrap();
+        let v = view.get(key.as_bytes()).unwrap().map(Arc::new);
         data.keep_hot(&view, key.as_bytes(), v.as_ref());
         None
     }

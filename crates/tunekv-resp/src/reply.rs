@@ -1,5 +1,8 @@
 //! Replies, encoded as RESP2 or RESP3 (after `HELLO 3`).
 
+use std::sync::Arc;
+use tunekv_node::StoredValue;
+
 /// One reply. Maps and doubles degrade to RESP2 shapes (flat arrays, bulk strings).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Reply {
@@ -9,6 +12,9 @@ pub enum Reply {
     Error(String),
     Int(i64),
     Bulk(Vec<u8>),
+    /// A stored value, written as a bulk string straight from the copy's hot values (a GET
+    /// copies no value on its way out).
+    Value(Arc<StoredValue>),
     Nil,
     /// A null array: EXEC of a transaction a watched key's change aborted (`*-1` in RESP2).
     NilArray,
@@ -52,31 +58,28 @@ impl Reply {
             match r {
                 Reply::Simple(s) => line(out, b'+', clean(s).as_bytes()),
                 Reply::Error(s) => line(out, b'-', clean(s).as_bytes()),
-                Reply::Int(n) => line(out, b':', n.to_string().as_bytes()),
-                Reply::Bulk(b) => {
-                    line(out, b'$', b.len().to_string().as_bytes());
-                    out.extend_from_slice(b);
-                    out.extend_from_slice(b"\r\n");
-                }
+                Reply::Int(n) => number(out, b':', *n),
+                Reply::Bulk(b) => bulk(out, b),
+                Reply::Value(v) => bulk(out, &v.value),
                 Reply::Nil if resp3 => out.extend_from_slice(b"_\r\n"),
                 Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
                 Reply::NilArray if resp3 => out.extend_from_slice(b"_\r\n"),
                 Reply::NilArray => out.extend_from_slice(b"*-1\r\n"),
                 Reply::Array(items) => {
-                    line(out, b'*', items.len().to_string().as_bytes());
+                    number(out, b'*', items.len() as i64);
                     stack.extend(items.iter().rev());
                 }
                 Reply::Push(items) => {
                     let kind = if resp3 { b'>' } else { b'*' };
-                    line(out, kind, items.len().to_string().as_bytes());
+                    number(out, kind, items.len() as i64);
                     stack.extend(items.iter().rev());
                 }
                 Reply::Seq(items) => stack.extend(items.iter().rev()),
                 Reply::Map(pairs) => {
                     if resp3 {
-                        line(out, b'%', pairs.len().to_string().as_bytes());
+                        number(out, b'%', pairs.len() as i64);
                     } else {
-                        line(out, b'*', (pairs.len() * 2).to_string().as_bytes());
+                        number(out, b'*', (pairs.len() * 2) as i64);
                     }
                     for (k, v) in pairs.iter().rev() {
                         stack.push(v);
@@ -86,6 +89,33 @@ impl Reply {
             }
         }
     }
+}
+
+fn bulk(out: &mut Vec<u8>, b: &[u8]) {
+    number(out, b'$', b.len() as i64);
+    out.extend_from_slice(b);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `prefix`, `n` in decimal, CRLF: formatted on the stack, not through a `String`.
+fn number(out: &mut Vec<u8>, prefix: u8, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.push(prefix);
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn line(out: &mut Vec<u8>, prefix: u8, body: &[u8]) {
@@ -138,6 +168,18 @@ mod tests {
             enc(&push, false),
             "*2\r\n$1\r\na\r\n:1\r\n*2\r\n$1\r\nb\r\n:2\r\n"
         );
+        for n in [0, 7, -7, 10, 1234567890, i64::MIN, i64::MAX] {
+            assert_eq!(enc(&Reply::Int(n), false), format!(":{n}\r\n"));
+        }
+        let stored = StoredValue {
+            value: b"hot".to_vec(),
+            create_index: 1,
+            mod_index: 1,
+            commit_ts: 0,
+            expires_ms: None,
+        };
+        let value = Reply::Value(Arc::new(stored));
+        assert_eq!(enc(&value, true), enc(&Reply::bulk("hot"), true));
         assert_eq!(
             enc(&Reply::err("bad\r\nthing"), false),
             "-ERR bad  thing\r\n"

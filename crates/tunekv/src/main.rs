@@ -17,6 +17,11 @@ mod verify;
 
 use clap::Parser;
 
+/// mimalloc instead of the system allocator: glibc's malloc and free were ≈16% of a node's CPU
+/// on the RESP GET path (docs/performance.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args = cli::Args::parse();
     if let Ok(path) = std::env::var("TUNEKV_CA") {

@@ -163,7 +163,9 @@ pub struct ReadOutcome {
 /// The values of one shard read from one view, and its receipt.
 #[derive(Clone, Debug)]
 pub struct ShardRead {
-    pub values: Vec<(Vec<u8>, Option<StoredValue>)>,
+    /// One entry per key asked of this shard (a key asked twice: two), in the order asked.
+    /// Values are shared with the copy's hot values: a read copies none.
+    pub values: Vec<(Vec<u8>, Option<Arc<StoredValue>>)>,
     pub receipt: Receipt,
 }
 

@@ -462,6 +462,7 @@ impl Node {
                         .pop()
                         .ok_or_else(|| internal("a one-key batch read no shard"))?;
                     let found = shard.values.into_iter().next().and_then(|(_, v)| v);
+                    let found = found.map(Arc::unwrap_or_clone);
                     Ok(outcome(found, shard.receipt))
                 })
         } else {
@@ -480,7 +481,9 @@ impl Node {
                     Ok(g) => self
                         .read_values(&g, level, session, (started, deadline), &[key])
                         .await
-                        .map(|(mut found, receipt)| outcome(found.pop().flatten(), receipt)),
+                        .map(|(mut found, receipt)| {
+                            outcome(found.pop().flatten().map(Arc::unwrap_or_clone), receipt)
+                        }),
                 },
             }
         };
@@ -656,7 +659,7 @@ impl Node {
                     if bytes > room {
                         return Ok(Err(bytes));
                     }
-                    values.push((k.clone(), v));
+                    values.push((k.clone(), v.map(Arc::new)));
                 }
                 Ok(Ok((values, bytes)))
             })
@@ -688,7 +691,10 @@ impl Node {
             session,
         };
         let take = |r| match r {
-            Response::Shard(f) => Some(((f.values, f.bytes), f.receipt)),
+            Response::Shard(f) => {
+                let values = f.values.into_iter().map(|(k, v)| (k, v.map(Arc::new)));
+                Some(((values.collect(), f.bytes), f.receipt))
+            }
             _ => None,
         };
         let ((values, bytes), receipt) = self
@@ -737,7 +743,9 @@ impl Node {
         // Counted on the node that forwarded it, where its client asked.
         let (read, bytes) = out.map_err(remote)?;
         Ok(crate::rpc::ForwardedShard {
-            values: read.values,
+            values: (read.values.into_iter())
+                .map(|(k, v)| (k, v.map(Arc::unwrap_or_clone)))
+                .collect(),
             bytes,
             receipt: self.forwarded_receipt(&read.receipt, session),
         })
@@ -992,7 +1000,7 @@ impl Node {
                 expires_ms: read.expires_ms,
             });
             out.push(ShardRead {
-                values: vec![(key.clone(), value)],
+                values: vec![(key.clone(), value.map(Arc::new))],
                 receipt: read.receipt,
             });
         }
@@ -1035,7 +1043,7 @@ impl Node {
         session: &mut Session,
         (started, deadline): (Instant, Instant),
         keys: &[K],
-    ) -> Result<(Vec<Option<tunekv_raft::StoredValue>>, Receipt), TunekvError> {
+    ) -> Result<(Vec<Option<Arc<tunekv_raft::StoredValue>>>, Receipt), TunekvError> {
         session.admit(g.id)?;
         let req = self.bugged(level, Requirement::for_level(level, session.mark(g.id))?);
         let served = self
@@ -1047,7 +1055,7 @@ impl Node {
                 let view = g.data.read().map_err(internal)?;
                 let mut values = Vec::with_capacity(keys.len());
                 for k in keys {
-                    let v = view.get(k.as_ref()).map_err(internal)?;
+                    let v = view.get(k.as_ref()).map_err(internal)?.map(Arc::new);
                     g.data.keep_hot(&view, k.as_ref(), v.as_ref());
                     values.push(v);
                 }

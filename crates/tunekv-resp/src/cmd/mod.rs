@@ -28,7 +28,7 @@ use crate::reply::Reply;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tunekv_core::{KeyspaceSpec, TunekvError};
 use tunekv_dynamo::update::Update;
@@ -544,7 +544,7 @@ pub(crate) async fn read(
 ) -> Result<Vec<Option<StoredValue>>, Reply> {
     let shards = node.batch_get(conn.read_req(), keys).await.map_err(typed)?;
     conn.receipts = shards.iter().map(|s| s.receipt.clone()).collect();
-    let mut found: HashMap<Vec<u8>, Option<StoredValue>> = HashMap::new();
+    let mut found: HashMap<Vec<u8>, Option<Arc<StoredValue>>> = HashMap::new();
     for s in shards {
         for (k, v) in s.values {
             found.insert(k, v);
@@ -552,7 +552,7 @@ pub(crate) async fn read(
     }
     let values: Vec<Option<StoredValue>> = keys
         .iter()
-        .map(|k| found.get(k).cloned().flatten())
+        .map(|k| found.get(k).and_then(|v| v.as_deref().cloned()))
         .collect();
     // RECEIPT's version: the one key's (0: absent), as VERSION answers.
     // Ordered keyspaces only: a leaderless read's receipt has its quorum (and version) instead.

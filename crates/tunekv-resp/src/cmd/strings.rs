@@ -7,7 +7,8 @@ use super::{
 };
 use crate::conn::{Conn, Shared};
 use crate::reply::Reply;
-use tunekv_node::{CommandResult, Cond, Expect, Op, Ttl};
+use std::sync::Arc;
+use tunekv_node::{CommandResult, Cond, Expect, Op, StoredValue, Ttl};
 
 const fn spec(
     name: &'static str,
@@ -381,24 +382,19 @@ pub(super) async fn get_run(s: &Shared, conn: &mut Conn, run: Vec<Vec<Vec<u8>>>)
                 .iter()
                 .position(|s| s.values.iter().any(|(v, _)| v == k))
         });
-        let mut found = std::collections::HashMap::with_capacity(n);
         conn.receipts.clear();
-        for (i, shard) in shards.into_iter().enumerate() {
-            if Some(i) == last {
-                conn.receipts.push(shard.receipt);
-            }
-            for (k, v) in shard.values {
-                found.insert(k, v);
-            }
+        if let Some(i) = last {
+            conn.receipts.push(shards[i].receipt.clone());
         }
+        let mut answers = Answers::new(shards.into_iter().map(|s| s.values));
         let ordered = conn.receipts.iter().all(|r| r.quorum.is_none());
         let mut replies = Vec::with_capacity(n);
         for key in &keys {
-            let value = found.get(key).cloned().flatten();
+            let value = answers.take(key);
             if ordered {
                 conn.read_version = Some(value.as_ref().map_or(0, |v| v.mod_index));
             }
-            replies.push(value.map_or(Reply::Nil, |v| Reply::Bulk(v.value)));
+            replies.push(value.map_or(Reply::Nil, Reply::Value));
         }
         if !ordered {
             conn.read_version = None;
@@ -406,6 +402,42 @@ pub(super) async fn get_run(s: &Shared, conn: &mut Conn, run: Vec<Vec<Vec<u8>>>)
         replies
     })
     .await
+}
+
+/// A batch read's values, taken in the order the keys were asked. Each shard answers its keys
+/// in that order, so the next key is at one shard's cursor: no map is built unless a shard
+/// answers out of order.
+struct Answers {
+    shards: Vec<std::vec::IntoIter<Answer>>,
+    /// Filled only if a key is at no shard's cursor.
+    map: Option<std::collections::HashMap<Vec<u8>, Option<Arc<StoredValue>>>>,
+}
+
+/// A key and its value (`None`: absent), as a shard read answers it.
+type Answer = (Vec<u8>, Option<Arc<StoredValue>>);
+
+impl Answers {
+    fn new(shards: impl Iterator<Item = Vec<Answer>>) -> Answers {
+        Answers {
+            shards: shards.map(|values| values.into_iter()).collect(),
+            map: None,
+        }
+    }
+
+    fn take(&mut self, key: &[u8]) -> Option<Arc<StoredValue>> {
+        if self.map.is_none() {
+            for shard in &mut self.shards {
+                if shard.as_slice().first().is_some_and(|(k, _)| k == key) {
+                    return shard.next().and_then(|(_, v)| v);
+                }
+            }
+            let map = self.shards.iter_mut().flatten().collect();
+            self.map = Some(map);
+        }
+        self.map
+            .as_ref()
+            .and_then(|m| m.get(key).cloned().flatten())
+    }
 }
 
 /// Pipelined plain SETs ([`plain_set`]), written together ([`Node::set_many`]): one reply each,
@@ -624,6 +656,40 @@ fn getrange<'a>(s: &'a Shared, conn: &'a mut Conn, mut a: Args<'a>) -> Pending<'
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_answers_are_taken_in_the_order_asked() {
+        let v = |s: &str| {
+            Some(Arc::new(StoredValue {
+                value: s.as_bytes().to_vec(),
+                create_index: 1,
+                mod_index: 1,
+                commit_ts: 0,
+                expires_ms: None,
+            }))
+        };
+        let k = |s: &str| s.as_bytes().to_vec();
+        let got = |shards: Vec<Vec<_>>, asked: &[&str]| {
+            let mut a = Answers::new(shards.into_iter());
+            asked
+                .iter()
+                .map(|key| a.take(key.as_bytes()).map(|v| v.value.clone()))
+                .collect::<Vec<_>>()
+        };
+        let some = |s: &str| Some(s.as_bytes().to_vec());
+        // Two shards interleaved, a key asked twice, an absent key.
+        let shards = vec![
+            vec![(k("a"), v("1")), (k("c"), None), (k("a"), v("1"))],
+            vec![(k("b"), v("2"))],
+        ];
+        assert_eq!(
+            got(shards, &["a", "b", "c", "a"]),
+            vec![some("1"), some("2"), None, some("1")]
+        );
+        // A shard answering out of order: its keys are still found.
+        let shards = vec![vec![(k("y"), v("Y")), (k("x"), v("X"))]];
+        assert_eq!(got(shards, &["x", "y"]), vec![some("X"), some("Y")]);
+    }
 
     #[test]
     fn getrange_indexes() {
