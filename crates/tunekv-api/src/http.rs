@@ -1143,6 +1143,8 @@ fn write_response(w: &WriteOutcome, token: &str, value: Option<i64>) -> Response
 /// (else the page holds no cluster data until the script signs in).
 /// The status pages' sign-in script (this node's page and a cache's).
 pub const SIGN_IN_JS: &str = include_str!("sign_in.js");
+/// The status pages' sign-in form, which [`SIGN_IN_JS`] shows when auth is on.
+pub const SIGN_IN_FORM: &str = include_str!("sign_in_form.html");
 
 async fn status_page(node: &Node, signed_in: bool) -> impl IntoResponse {
     const PAGE: &str = include_str!("status_page.html");
@@ -1178,11 +1180,7 @@ async fn status_page(node: &Node, signed_in: bool) -> impl IntoResponse {
         .replace(
             "{{AUTH_BANNER}}",
             if node.auth_enabled() {
-                "<form id=\"login\" class=\"login\" hidden><b>Sign in</b> (auth is on) \
-                 <input name=\"user\" placeholder=\"user\" autocomplete=\"username\" required> \
-                 <input name=\"password\" type=\"password\" placeholder=\"password\" \
-                 autocomplete=\"current-password\" required> <button>Sign in</button> \
-                 <span id=\"login-error\" class=\"down\"></span></form>"
+                SIGN_IN_FORM
             } else {
                 "<div class=\"insecure\" id=\"auth-off\">Auth is OFF: anyone who can reach this \
                  node can read, write and administer the cluster (docs/security.md).</div>"

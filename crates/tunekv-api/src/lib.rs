@@ -14,6 +14,6 @@ pub mod request;
 pub use http::{
     bearer_of, error_response, outcome_of, read_body, refusal_response, router, status_of,
     value_json, BodyBudget, BodyHold, BODY_BYTES_MAX, H_EXPIRES, H_POSITION, H_SERVED_BY,
-    H_STALENESS, H_VERSION, MESSAGE_CHARS_MAX, SIGN_IN_JS,
+    H_STALENESS, H_VERSION, MESSAGE_CHARS_MAX, SIGN_IN_FORM, SIGN_IN_JS,
 };
 pub use listener::{serve, HttpLimits, SHUTDOWN_WAIT_MS};

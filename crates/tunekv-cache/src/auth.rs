@@ -30,6 +30,9 @@ use tunekv_core::{Code, SessionKey, TunekvError};
 pub const GRANTS_FRESH: Duration = Duration::from_secs(1);
 /// Most (user, epoch) answers kept; past it, stale ones are dropped first.
 const GRANTS_KEPT_MAX: usize = 10_000;
+/// How often stale answers are dropped even below [`GRANTS_KEPT_MAX`] (users who stopped
+/// asking, epochs that moved on).
+const GRANTS_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// How soon a failed login of the cache's own user is tried again.
 const LOGIN_RETRY: Duration = Duration::from_secs(1);
 
@@ -61,6 +64,8 @@ pub struct Auth {
     nodes: Vec<Client>,
     /// What nodes said of each (user, epoch), and when.
     learned: Mutex<HashMap<(String, u64), Known>>,
+    /// When stale answers were last dropped.
+    swept: Mutex<Instant>,
     /// Calls made to nodes to learn a caller's rights (tests read it).
     pub lookups: std::sync::atomic::AtomicU64,
     /// Injected bug (`CacheBugs::ignore_caller_prefix`): permissions lose their prefixes.
@@ -92,6 +97,7 @@ impl Auth {
             service,
             nodes,
             learned: Mutex::new(HashMap::new()),
+            swept: Mutex::new(Instant::now()),
             lookups: Default::default(),
             ignore_prefix: false,
         })
@@ -232,8 +238,17 @@ impl Auth {
         let id = (claims.user.clone(), claims.epoch);
         let known = {
             let mut map = self.lock();
-            if map.len() >= GRANTS_KEPT_MAX && !map.contains_key(&id) {
-                // Stale answers go first (one being asked for is kept).
+            let full = map.len() >= GRANTS_KEPT_MAX && !map.contains_key(&id);
+            let due = {
+                let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+                let due = swept.elapsed() >= GRANTS_SWEEP_EVERY;
+                if due || full {
+                    *swept = Instant::now();
+                }
+                due
+            };
+            if full || due {
+                // Stale answers go (one being asked for is kept).
                 map.retain(|_, k| {
                     k.try_lock().map_or(true, |g| {
                         g.as_ref()
@@ -481,6 +496,7 @@ mod tests {
             }),
             nodes: Vec::new(),
             learned: Mutex::new(HashMap::new()),
+            swept: Mutex::new(Instant::now()),
             lookups: Default::default(),
             ignore_prefix: false,
         };
@@ -513,5 +529,36 @@ mod tests {
             .lock()
             .values()
             .all(|k| k.try_lock().is_ok_and(|g| g.is_none())));
+    }
+
+    #[tokio::test]
+    async fn stale_answers_are_swept_even_below_the_cap() {
+        let auth = Auth::new(None, Vec::new()).expect("open auth");
+        let answer = |age: Duration| -> Known {
+            let learned: Learned = Ok(Arc::new(Grants::open()));
+            Arc::new(tokio::sync::Mutex::new(Some((
+                Instant::now() - age,
+                learned,
+            ))))
+        };
+        let old = ("gone".to_string(), 1);
+        let fresh = ("kept".to_string(), 1);
+        auth.lock()
+            .insert(old.clone(), answer(Duration::from_secs(5)));
+        auth.lock().insert(fresh.clone(), answer(Duration::ZERO));
+        let claims = |user: &str| Claims {
+            user: user.into(),
+            epoch: 1,
+            expires_ms: u64::MAX,
+        };
+        // No sweep is due yet: the stale answer stays.
+        let _ = auth.grants_of(&claims("a"), "t").await;
+        assert!(auth.lock().contains_key(&old));
+        // A minute later the next caller sweeps it; the fresh one stays.
+        *auth.swept.lock().expect("lock") = Instant::now() - GRANTS_SWEEP_EVERY;
+        let _ = auth.grants_of(&claims("b"), "t").await;
+        let map = auth.lock();
+        assert!(!map.contains_key(&old), "a stale answer outlived the sweep");
+        assert!(map.contains_key(&fresh));
     }
 }

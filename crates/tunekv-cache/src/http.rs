@@ -41,9 +41,11 @@ const BODY_STALL: Duration = Duration::from_secs(10);
 static BODIES: std::sync::LazyLock<tunekv_api::BodyBudget> =
     std::sync::LazyLock::new(|| tunekv_api::BodyBudget::new(1 << 30));
 
-/// The cache's status page, with the nodes' sign-in script.
+/// The cache's status page, with the nodes' sign-in form and script.
 static STATUS_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    include_str!("status_page.html").replace("{{SIGN_IN_JS}}", tunekv_api::SIGN_IN_JS)
+    include_str!("status_page.html")
+        .replace("{{SIGN_IN_FORM}}", tunekv_api::SIGN_IN_FORM)
+        .replace("{{SIGN_IN_JS}}", tunekv_api::SIGN_IN_JS)
 });
 
 pub fn router(cache: Arc<Cache>) -> Router {

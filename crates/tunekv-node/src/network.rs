@@ -15,18 +15,23 @@ use openraft::{BasicNode, OptionalSend};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tunekv_core::{GroupId, NodeId};
 use tunekv_raft::{snapshot_chunk, SnapshotData, TypeConfig};
 
 pub struct GroupNetwork {
     pub group: GroupId,
     pub pool: Arc<PeerPool>,
+    /// How long an append that carries entries may wait for its answer (half the shortest
+    /// election timeout); see [`PeerLink::append_entries`].
+    pub append_ttl: Duration,
 }
 
 pub struct PeerLink {
     group: GroupId,
     target: NodeId,
     pool: Arc<PeerPool>,
+    append_ttl: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
@@ -40,6 +45,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
             group: self.group,
             target: NodeId(target),
             pool: self.pool.clone(),
+            append_ttl: self.append_ttl,
         }
     }
 }
@@ -62,19 +68,25 @@ fn unexpected() -> RPCError<TypeConfig> {
 impl RaftNetworkV2<TypeConfig> for PeerLink {
     type SnapshotData = SnapshotData;
 
+    /// openraft gives every append the heartbeat interval to be answered (100 ms by default).
+    /// A heartbeat keeps that. An append that carries entries waits up to `append_ttl`: its
+    /// follower answers after writing them to disk, and on 2 busy cores that took longer than
+    /// 75 ms often enough that appends were abandoned and sent again, stalling writes for up to
+    /// a second (issue 21: the worst SET). Entries go to each follower one append at a time,
+    /// so a slow one delays only its own copy; a majority still commits.
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let ttl = if rpc.entries.is_empty() {
+            option.soft_ttl()
+        } else {
+            option.soft_ttl().max(self.append_ttl)
+        };
         match self
             .pool
-            .call(
-                self.target,
-                self.group.0,
-                Request::Append(rpc),
-                option.soft_ttl(),
-            )
+            .call(self.target, self.group.0, Request::Append(rpc), ttl)
             .await
         {
             Ok(Response::Append(r)) => Ok(r),

@@ -212,6 +212,7 @@ impl Node {
         let net = GroupNetwork {
             group: id,
             pool: self.pool.clone(),
+            append_ttl: std::time::Duration::from_millis(self.raft_config.election_timeout_min / 2),
         };
         let raft = Raft::new(self.id.0, self.raft_config.clone(), net, log, sm)
             .await

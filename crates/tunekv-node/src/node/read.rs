@@ -1019,18 +1019,45 @@ impl Node {
         deadline: Instant,
         f: impl FnOnce(&tunekv_raft::ShardView, u64) -> std::io::Result<T>,
     ) -> Result<(T, Receipt), TunekvError> {
-        session.admit(g.id)?;
-        let req = self.bugged(level, Requirement::for_level(level, session.mark(g.id))?);
         let served = self
-            .until_servable(g, level, req, started, deadline)
+            .admit_read(g, level, session, started, deadline)
             .await?;
         let view = g.data.read().map_err(internal)?;
         let applied = view.applied();
         let out = f(&view, self.expiry_now(applied)).map_err(internal)?;
         drop(view);
-        let receipt = self.receipt(g, level, applied, &served, started);
-        session.read(g.id, receipt.position.index);
+        let receipt = self.read_done(g, level, session, (applied, &served), started);
         Ok((out, receipt))
+    }
+
+    /// The frame of every read of one copy, before it: the session admits the copy, and the
+    /// level's requirement (with the session's mark) holds on it, waiting or probing if need be.
+    async fn admit_read(
+        &self,
+        g: &Group,
+        level: Level,
+        session: &mut Session,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<Served, TunekvError> {
+        session.admit(g.id)?;
+        let req = self.bugged(level, Requirement::for_level(level, session.mark(g.id))?);
+        self.until_servable(g, level, req, started, deadline).await
+    }
+
+    /// ... and after it: the receipt of a read of the state applied up to `applied`, recorded
+    /// in the session.
+    fn read_done(
+        &self,
+        g: &Group,
+        level: Level,
+        session: &mut Session,
+        (applied, served): (tunekv_raft::Applied, &Served),
+        started: Instant,
+    ) -> Receipt {
+        let receipt = self.receipt(g, level, applied, served, started);
+        session.read(g.id, receipt.position.index);
+        receipt
     }
 
     /// The live values of `keys` in one state of `g` at `level`: from the copy's hot values
@@ -1044,10 +1071,8 @@ impl Node {
         (started, deadline): (Instant, Instant),
         keys: &[K],
     ) -> Result<(Vec<Option<Arc<tunekv_raft::StoredValue>>>, Receipt), TunekvError> {
-        session.admit(g.id)?;
-        let req = self.bugged(level, Requirement::for_level(level, session.mark(g.id))?);
         let served = self
-            .until_servable(g, level, req, started, deadline)
+            .admit_read(g, level, session, started, deadline)
             .await?;
         let (applied, values) = match g.data.read_hot(keys) {
             Some(hit) => hit,
@@ -1067,8 +1092,7 @@ impl Node {
             .into_iter()
             .map(|v| v.filter(|v| v.live_at(now_ms)))
             .collect();
-        let receipt = self.receipt(g, level, applied, &served, started);
-        session.read(g.id, receipt.position.index);
+        let receipt = self.read_done(g, level, session, (applied, &served), started);
         Ok((values, receipt))
     }
 
