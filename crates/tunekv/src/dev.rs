@@ -28,8 +28,13 @@ pub async fn run(o: DevOptions) -> Result<i32> {
     if o.tls {
         cluster.enable_tls()?;
     }
+    let workers = cluster.share_cores();
+    let workers = match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(set) => format!("{set} (TOKIO_WORKER_THREADS)"),
+        Err(_) => format!("{workers} (this machine's cores shared among the nodes)"),
+    };
     println!(
-        "starting {} nodes in {} ...",
+        "starting {} nodes in {} (runtime workers per node: {workers}) ...",
         cluster.len(),
         cluster.dir.display()
     );

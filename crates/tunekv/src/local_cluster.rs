@@ -29,6 +29,15 @@ pub struct LocalCluster {
     last_cache: Option<(String, String, Vec<String>)>,
     /// With auth on: root's bearer token, sent by every [`LocalCluster::client`].
     pub token: Option<String>,
+    /// Runtime workers of each node started from now on (`TOKIO_WORKER_THREADS`), unless the
+    /// environment sets them; `None`: a worker per core ([`LocalCluster::share_cores`]).
+    pub worker_threads: Option<usize>,
+}
+
+/// Runtime workers per node when `nodes` nodes share a machine of `cores` cores: the cores
+/// divided among them, at least one each.
+pub fn workers_per_node(cores: usize, nodes: usize) -> usize {
+    (cores / nodes.max(1)).max(1)
 }
 
 /// `DIR/credentials.json`: the root user's name and password of a cluster with auth on.
@@ -246,7 +255,19 @@ impl LocalCluster {
             last_cache: None,
             server_args: Vec::new(),
             token: None,
+            worker_threads: None,
         })
+    }
+
+    /// Divides this machine's cores among the nodes: each node's runtime gets
+    /// [`workers_per_node`] workers instead of one per core. Three nodes on 2 cores with a
+    /// worker per core spent ≈12% of their CPU switching threads (docs/performance.md).
+    /// `TOKIO_WORKER_THREADS` in the environment wins. Returns the number chosen.
+    pub fn share_cores(&mut self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = workers_per_node(cores, self.len());
+        self.worker_threads = Some(n);
+        n
     }
 
     /// Where a cluster with auth on keeps its root credentials.
@@ -455,6 +476,11 @@ impl LocalCluster {
             cmd.arg("--enable-faults");
         }
         cmd.args(&self.server_args);
+        if let Some(n) = self.worker_threads {
+            if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+                cmd.env("TOKIO_WORKER_THREADS", n.to_string());
+            }
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -821,5 +847,18 @@ impl Drop for LocalCluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workers_per_node;
+
+    #[test]
+    fn nodes_on_one_machine_share_its_cores() {
+        assert_eq!(workers_per_node(2, 3), 1, "never none");
+        assert_eq!(workers_per_node(16, 3), 5);
+        assert_eq!(workers_per_node(8, 1), 8);
+        assert_eq!(workers_per_node(4, 0), 4);
     }
 }
