@@ -42,12 +42,14 @@ fn from_json(path: &Path) -> Result<Vec<Target>> {
 
 /// The nodes of `cluster_json`, or of a fresh cluster of `nodes` started (with faults enabled
 /// and `server_args`, its configs adjusted by `tweak`) in `dir` or a temp dir named after
-/// `purpose`. Returns the cluster and its directory when it was started here.
+/// `purpose`; with `share_cores`, the nodes divide this machine's cores as `tunekv dev`'s do
+/// ([`LocalCluster::share_cores`]). Returns the cluster and its directory when it was started
+/// here.
 pub async fn open(
     cluster_json: Option<&Path>,
     nodes: u32,
     dir: Option<PathBuf>,
-    purpose: &str,
+    (purpose, share_cores): (&str, bool),
     server_args: &[String],
     tweak: impl Fn(&mut tunekv_node::NodeConfig),
 ) -> Result<(
@@ -64,7 +66,17 @@ pub async fn open(
     });
     let mut c = LocalCluster::prepare_with(&exe, &dir, nodes, true, true, false, tweak)?;
     c.server_args = server_args.to_vec();
-    println!("starting {} nodes in {} ...", c.len(), c.dir.display());
+    if share_cores {
+        let workers = c.share_cores();
+        println!(
+            "starting {} nodes in {} (runtime workers per node: {workers}, unless \
+             TOKIO_WORKER_THREADS is set) ...",
+            c.len(),
+            c.dir.display()
+        );
+    } else {
+        println!("starting {} nodes in {} ...", c.len(), c.dir.display());
+    }
     c.start_all()?;
     c.wait_ready(Duration::from_secs(60)).await?;
     let targets = (0..c.len())

@@ -232,7 +232,7 @@ pub async fn run(o: BenchOptions) -> Result<i32> {
         o.cluster.as_deref(),
         o.nodes,
         o.dir.clone(),
-        "bench",
+        ("bench", true),
         &[],
         |_| {},
     )

@@ -231,7 +231,7 @@ pub async fn run(o: VerifyOptions) -> Result<i32> {
         o.cluster.as_deref(),
         o.nodes,
         o.dir.clone(),
-        "verify",
+        ("verify", false),
         &o.server_args,
         |cfg| {
             cfg.raft_timing.snapshot_logs_since_last = VERIFY_SNAPSHOT_EVERY;
