@@ -35,6 +35,28 @@ impl Default for FjallOptions {
     }
 }
 
+/// A write the engine holds this long or longer is logged. fjall makes a writer wait, in the
+/// calling thread, while the journal is being synced (the sync holds it) and when its flushes
+/// fall behind; on a slow disk that is what stalls writes (docs/performance.md, "Stalls").
+const SLOW_WRITE_MS: u128 = 100;
+
+/// Commits `batch`, logging it when the engine held it back for [`SLOW_WRITE_MS`] or longer.
+fn commit(batch: fjall::OwnedWriteBatch, what: &str, group: Group, records: usize) -> Result<()> {
+    let started = std::time::Instant::now();
+    let done = batch.commit().map_err(engine);
+    let ms = started.elapsed().as_millis();
+    if ms >= SLOW_WRITE_MS {
+        tracing::warn!(
+            group,
+            records,
+            ms,
+            "slow storage write ({what}): the engine held it back (a journal sync in progress \
+             or flushes behind: a slow or busy disk)"
+        );
+    }
+    done
+}
+
 /// Journals kept before memtables are flushed; fjall's minimum, so unflushed writes (which
 /// live in memory too) stay small.
 const JOURNAL_BYTES_MAX: u64 = 64 << 20;
@@ -265,7 +287,7 @@ impl StateStage for FjallStage {
         for (k, v) in records {
             batch.insert(ks, k.clone(), v.clone());
         }
-        batch.commit().map_err(engine)
+        commit(batch, "snapshot install", self.group, records.len())
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
@@ -312,7 +334,7 @@ impl Storage for FjallStorage {
         for (index, bytes) in records {
             batch.insert(&self.log, log_key(group, *index).to_vec(), bytes.clone());
         }
-        batch.commit().map_err(engine)
+        commit(batch, "log append", group, records.len())
     }
 
     fn entries(&self, group: Group, from: u64, to: u64) -> Result<Vec<LogRecord>> {
@@ -355,11 +377,13 @@ impl Storage for FjallStorage {
 
     fn purge_through(&self, group: Group, through: u64) -> Result<()> {
         let mut batch = self.db.batch();
+        let mut n = 0;
         for guard in self.log.range(log_key(group, 0)..=log_key(group, through)) {
             let k = guard.key().map_err(engine)?;
             batch.remove(&self.log, k);
+            n += 1;
         }
-        batch.commit().map_err(engine)
+        commit(batch, "log purge", group, n)
     }
 
     fn put_meta(&self, group: Group, name: &str, value: &[u8]) -> Result<()> {
@@ -397,7 +421,7 @@ impl Storage for FjallStorage {
                 None => batch.remove(&ks, k.clone()),
             }
         }
-        batch.commit().map_err(engine)
+        commit(batch, "apply", group, writes.len())
     }
 
     fn state_stage(&self, group: Group) -> Result<Box<dyn StateStage>> {

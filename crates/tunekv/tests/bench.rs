@@ -469,6 +469,13 @@ fn the_scale_bench_loads_measures_and_restarts_at_100k_keys() {
         (Some(0), Some(0))
     );
     assert!(row["restart_ms"].as_u64().unwrap_or(0) > 0, "{row}");
+    // A stall (no SET completing anywhere) is never longer than the slowest SET: every
+    // connection has one in flight throughout.
+    let (stall, max) = (
+        row["set_stall_ms"].as_f64().unwrap_or(0.0),
+        row["set_max_ms"].as_f64().unwrap_or(0.0),
+    );
+    assert!(stall > 0.0 && stall <= max + 1.0, "{row}");
     let rss = row["rss_mib"].as_array().expect("rss per node");
     assert_eq!(rss.len(), 3);
     assert!(rss.iter().all(|m| m.as_f64().unwrap_or(0.0) > 1.0), "{row}");

@@ -1,8 +1,9 @@
 //! `tunekv bench --scale`: how the ordered store holds up as its data grows (issue 21). For
 //! each size (100k, 1M, 10M keys, up to `--keys`) it loads the keys with batched writes (RESP
 //! `MSET`s of `LOAD_BATCH` keys), then measures pipelined SET and GET at `eventual` over RESP
-//! on random keys for `--duration` each, reporting throughput, p99.9 and the worst single
-//! request (snapshots are built meanwhile: a stall shows there). Then it kills every node
+//! on random keys for `--duration` each, reporting throughput, p99.9, the worst single
+//! request and the longest stall: the longest time in which no request of the kind completed
+//! on any connection (snapshots are built meanwhile: a stall shows there). Then it kills every node
 //! (`kill -9`) and times the restart until every node serves a read of a loaded key, and
 //! reports each node's resident memory and data directory size. One report, every size.
 
@@ -46,6 +47,8 @@ struct Measured {
     latency_us: Histogram<u64>,
     errors: u64,
     first_error: Option<String>,
+    /// The longest time between two consecutive completions of a pipeline on any connection.
+    stall: Duration,
 }
 
 impl Measured {
@@ -58,6 +61,22 @@ impl Measured {
     fn max_ms(&self) -> f64 {
         self.latency_us.max() as f64 / 1000.0
     }
+    fn stall_ms(&self) -> f64 {
+        self.stall.as_secs_f64() * 1000.0
+    }
+}
+
+/// The longest time between consecutive `completions` (in any order), from the first: a
+/// stall, when no request finished anywhere. Under a closed loop every connection has a
+/// request in flight throughout, so a stall is never longer than the slowest request; it is
+/// shorter when requests are slow from queueing while others still complete.
+fn longest_gap(completions: &mut [Instant]) -> Duration {
+    completions.sort_unstable();
+    completions
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default()
 }
 
 struct Row {
@@ -158,6 +177,7 @@ async fn drive(
             let mut conn = connect(&addr, "eventual").await?;
             let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
             let (mut ops, mut errors, mut first_error) = (0u64, 0u64, None);
+            let mut completions = Vec::new();
             while Instant::now() < deadline {
                 let batch: Vec<String> =
                     (0..pipeline).map(|_| key(rng.gen_range(0..keys))).collect();
@@ -173,6 +193,7 @@ async fn drive(
                     .collect();
                 let t = Instant::now();
                 let replies = conn.pipeline(&cmds).await?;
+                completions.push(Instant::now());
                 let us = u64::try_from(t.elapsed().as_micros())
                     .unwrap_or(u64::MAX)
                     .max(1);
@@ -191,7 +212,7 @@ async fn drive(
                     }
                 }
             }
-            Ok::<_, anyhow::Error>((ops, errors, first_error, h))
+            Ok::<_, anyhow::Error>((ops, errors, first_error, h, completions))
         }));
     }
     let began = Instant::now();
@@ -201,15 +222,19 @@ async fn drive(
         latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
         errors: 0,
         first_error: None,
+        stall: Duration::ZERO,
     };
+    let mut completions = Vec::new();
     for t in tasks {
-        let (ops, errors, first_error, h) = t.await.context("a worker panicked")??;
+        let (ops, errors, first_error, h, done) = t.await.context("a worker panicked")??;
+        completions.extend(done);
         out.ops += ops;
         out.errors += errors;
         out.first_error = out.first_error.or(first_error);
         out.latency_us.add(&h)?;
     }
     out.seconds = began.elapsed().as_secs_f64();
+    out.stall = longest_gap(&mut completions);
     Ok(out)
 }
 
@@ -387,10 +412,12 @@ pub async fn run(
                 "set_per_sec": r.set.per_sec(),
                 "set_p999_ms": r.set.ms(0.999),
                 "set_max_ms": r.set.max_ms(),
+                "set_stall_ms": r.set.stall_ms(),
                 "set_errors": r.set.errors,
                 "get_per_sec": r.get.per_sec(),
                 "get_p999_ms": r.get.ms(0.999),
                 "get_max_ms": r.get.max_ms(),
+                "get_stall_ms": r.get.stall_ms(),
                 "get_errors": r.get.errors,
                 "restart_ms": r.restart_ms,
                 "rss_mib": r.rss_mib,
@@ -408,12 +435,13 @@ pub async fn run(
 fn print(rows: &[Row], cache_mib: f64) {
     println!();
     println!(
-        "{:>10} {:>10} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10} {:>12} {:>12} {:>12}",
+        "{:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10} {:>12} {:>12} {:>12}",
         "keys",
         "load/s",
         "SET/s",
         "p99.9 ms",
         "max ms",
+        "stall ms",
         "GET/s",
         "p99.9 ms",
         "max ms",
@@ -425,12 +453,13 @@ fn print(rows: &[Row], cache_mib: f64) {
     let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     for r in rows {
         println!(
-            "{:>10} {:>10.0} {:>10.0} {:>9.1} {:>9.1} {:>10.0} {:>9.1} {:>9.1} {:>10.2} {:>12.0} {:>12.0} {:>12.0}",
+            "{:>10} {:>10.0} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>10.0} {:>9.1} {:>9.1} {:>10.2} {:>12.0} {:>12.0} {:>12.0}",
             r.keys,
             r.load_per_sec,
             r.set.per_sec(),
             r.set.ms(0.999),
             r.set.max_ms(),
+            r.set.stall_ms(),
             r.get.per_sec(),
             r.get.ms(0.999),
             r.get.max_ms(),
@@ -451,8 +480,34 @@ fn print(rows: &[Row], cache_mib: f64) {
             );
         }
     }
+    if let Some(worst) = rows.iter().max_by(|a, b| a.set.stall.cmp(&b.set.stall)) {
+        println!(
+            "longest SET stall (no SET completed on any connection): {:.1} ms at {} keys; the \
+             slowest single SET took {:.1} ms (a request's time includes its wait behind the \
+             others in flight)",
+            worst.set.stall_ms(),
+            worst.keys,
+            rows.iter().map(|r| r.set.max_ms()).fold(0.0, f64::max)
+        );
+    }
     println!(
         "memory per node is bounded by configuration ([storage] cache_bytes = {cache_mib:.0} MiB, \
          memtables, the change-feed and Raft buffers), not by the keys stored"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_gap_is_between_neighbours_in_time_order() {
+        let t = Instant::now();
+        let ms = |n: u64| t + Duration::from_millis(n);
+        // Out of order, as connections report them; the gap 40 → 100 is the longest.
+        let mut done = vec![ms(100), ms(10), ms(40), ms(120), ms(30)];
+        assert_eq!(longest_gap(&mut done), Duration::from_millis(60));
+        assert_eq!(longest_gap(&mut [ms(5)]), Duration::ZERO);
+        assert_eq!(longest_gap(&mut []), Duration::ZERO);
+    }
 }
