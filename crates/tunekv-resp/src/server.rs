@@ -139,8 +139,9 @@ pub async fn serve(
                 }
                 tracing::debug!(%peer, error = %e, "RESP connection ended");
             }
-            shared.disconnect(id);
+            // The slot first: once the count says a connection is gone, so is its slot.
             drop(permit);
+            shared.disconnect(id);
         });
     }
 }
