@@ -1026,8 +1026,12 @@ async fn oversized_requests_are_refused_with_memory_flat_and_pipelines_still_wor
             before >> 20,
             peak >> 20
         );
+        // Bounded by the budget, not by what was sent: the budget's bytes, the copy made while
+        // an argument's buffer doubles, and pages the allocator (mimalloc) keeps a while after
+        // they are freed. 100 MiB was too tight once mimalloc came in (a CI run peaked at 108
+        // MiB growth for 344 MiB sent); the requests were unbounded at 300 MB for 300 MB sent.
         assert!(
-            growth < 100 * 1024 * 1024,
+            growth < 4 * PENDING_BYTES_MAX as u64 && growth < sent as u64 / 2,
             "RSS grew {growth} bytes while {sent} were sent"
         );
         // A pipeline larger than the request cap is many requests: all are answered, in order.
