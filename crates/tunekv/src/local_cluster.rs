@@ -81,39 +81,101 @@ pub async fn wait_cache_with(client: &Client, timeout: Duration) -> Result<()> {
 }
 
 /// `count` free ports on 127.0.0.1: `preferred` if all of them are free, else any the OS hands out.
+///
+/// Every port handed out stays reserved for the life of this process (see [`reserve_port`]):
+/// another process picking ports the same way (a parallel test, a second `tunekv dev`) skips
+/// it, even in the window between our check and the node's own bind, and even while a node
+/// that uses it is stopped for a restart.
 pub fn free_ports(count: usize, preferred: &[u16]) -> Result<Vec<u16>> {
     // Preferred ports if every one of them is free, else whatever the OS hands out.
-    if preferred.len() == count {
-        let held: Vec<_> = preferred
-            .iter()
-            .filter_map(|p| TcpListener::bind(("127.0.0.1", *p)).ok())
-            .collect();
-        if held.len() == count {
+    if preferred.len() == count && preferred.iter().all(|p| port_is_free(*p)) {
+        let mut reserved = Vec::with_capacity(count);
+        for p in preferred {
+            match reserve_port(*p) {
+                Some(lock) => reserved.push(lock),
+                None => break,
+            }
+        }
+        if reserved.len() == count {
+            keep_reserved(reserved);
             return Ok(preferred.to_vec());
         }
     }
-    // Held until all are picked, so no port is handed out twice.
-    let mut held: Vec<(u16, TcpListener)> = Vec::with_capacity(count);
+    let mut picked: Vec<u16> = Vec::with_capacity(count);
+    let mut reserved = Vec::with_capacity(count);
     let mut rng = rand::thread_rng();
     for _ in 0..PORT_TRIES_MAX {
-        if held.len() == count {
+        if picked.len() == count {
             break;
         }
         let p = rand::Rng::gen_range(&mut rng, PORT_RANGE);
-        if held.iter().any(|(q, _)| *q == p) {
+        if picked.contains(&p) {
             continue;
         }
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", p)) {
-            held.push((p, l));
+        // Reserved first, then checked: a port another process reserved is never probed.
+        let Some(lock) = reserve_port(p) else {
+            continue;
+        };
+        if port_is_free(p) {
+            picked.push(p);
+            reserved.push(lock);
         }
     }
-    if held.len() < count {
+    if picked.len() < count {
         bail!(
             "found only {} of {count} free ports on 127.0.0.1 in {PORT_RANGE:?}",
-            held.len()
+            picked.len()
         );
     }
-    Ok(held.into_iter().map(|(p, _)| p).collect())
+    keep_reserved(reserved);
+    Ok(picked)
+}
+
+fn port_is_free(p: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", p)).is_ok()
+}
+
+/// Locks `TMP/tunekv-ports/P.lock` (an advisory `flock`, released by the kernel when this
+/// process exits, however it exits). `None` if another process holds it — or this one: locks
+/// taken through two opens conflict even within one process.
+fn reserve_port(p: u16) -> Option<fs::File> {
+    let dir = std::env::temp_dir().join("tunekv-ports");
+    let _ = fs::create_dir_all(&dir);
+    let opened = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!("{p}.lock")));
+    match opened {
+        Ok(file) => file.try_lock().is_ok().then_some(file),
+        // A temp dir we cannot write: no reservation, the bind check alone decides.
+        Err(_) => fs::File::open("/dev/null").ok(),
+    }
+}
+
+/// Keeps the locks of handed-out ports until the process exits.
+fn keep_reserved(locks: Vec<fs::File>) {
+    RESERVED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(locks);
+}
+
+/// The locks that keep this process's ports reserved.
+static RESERVED: std::sync::Mutex<Vec<fs::File>> = std::sync::Mutex::new(Vec::new());
+
+/// How many of a node's last log lines an error about its exit quotes.
+const LOG_TAIL_LINES: usize = 12;
+
+/// The last `n` lines of the file at `path` (a note if it cannot be read).
+fn log_tail(path: &Path, n: usize) -> String {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(e) => format!("(cannot read it: {e})"),
+    }
 }
 
 /// Ports for local clusters come from below Linux's ephemeral range (32768–60999 by default).
@@ -540,10 +602,12 @@ impl LocalCluster {
             let client = self.client(i);
             loop {
                 if let Some(status) = self.exited(i) {
+                    let log = self.dir.join(format!("node-{}.log", i + 1));
                     bail!(
-                        "node {} exited ({status}); see {}",
+                        "node {} exited ({status}); see {}; its last lines:\n{}",
                         i + 1,
-                        self.dir.join(format!("node-{}.log", i + 1)).display()
+                        log.display(),
+                        log_tail(&log, LOG_TAIL_LINES)
                     );
                 }
                 if let Ok(s) = client.cluster().await {
@@ -852,7 +916,7 @@ impl Drop for LocalCluster {
 
 #[cfg(test)]
 mod tests {
-    use super::workers_per_node;
+    use super::{free_ports, reserve_port, workers_per_node};
 
     #[test]
     fn nodes_on_one_machine_share_its_cores() {
@@ -860,5 +924,31 @@ mod tests {
         assert_eq!(workers_per_node(16, 3), 5);
         assert_eq!(workers_per_node(8, 1), 8);
         assert_eq!(workers_per_node(4, 0), 4);
+    }
+
+    #[test]
+    fn handed_out_ports_stay_reserved_for_the_process() {
+        let first = free_ports(6, &[]).expect("ports");
+        // A second open of a handed-out port's lock conflicts, as another process's would.
+        for p in &first {
+            assert!(
+                reserve_port(*p).is_none(),
+                "port {p} handed out but not held"
+            );
+        }
+        // Asking again for the same preferred ports falls back to other ones.
+        let second = free_ports(6, &first).expect("ports");
+        assert!(
+            second.iter().all(|p| !first.contains(p)),
+            "{first:?} vs {second:?}"
+        );
+        // A port nobody holds can be reserved, and released by dropping its lock.
+        let free = (super::PORT_RANGE)
+            .find(|p| !first.contains(p) && !second.contains(p) && reserve_port(*p).is_some())
+            .expect("an unreserved port");
+        let held = reserve_port(free).expect("reserve");
+        assert!(reserve_port(free).is_none());
+        drop(held);
+        assert!(reserve_port(free).is_some());
     }
 }
