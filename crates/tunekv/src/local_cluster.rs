@@ -943,7 +943,8 @@ mod tests {
             "{first:?} vs {second:?}"
         );
         // A port nobody holds can be reserved, and released by dropping its lock.
-        let free = (super::PORT_RANGE)
+        let mut candidates = super::PORT_RANGE;
+        let free = candidates
             .find(|p| !first.contains(p) && !second.contains(p) && reserve_port(*p).is_some())
             .expect("an unreserved port");
         let held = reserve_port(free).expect("reserve");
