@@ -67,6 +67,120 @@ pub struct FjallStorage {
     meta: Keyspace,
     records: Keyspace,
     states: Arc<States>,
+    /// Syncs the journal without holding fjall's journal writer (`None`: every sync is fjall's
+    /// own `persist`, which holds it).
+    journal: Option<JournalSync>,
+}
+
+/// fsyncs the active journal file through a descriptor of our own, so writers keep appending
+/// while the disk works.
+///
+/// fjall's `Database::persist` holds the journal writer's lock for its whole fsync, and every
+/// write batch takes that lock: on a disk where an fsync sometimes takes 0.1–0.4 s, every write
+/// of every group waited that long, on the runtime thread (docs/performance.md, "Stalls"). A
+/// sync here is instead (1) `persist(Buffer)` under the lock: the journal's buffered bytes are
+/// handed to the OS, no fsync; then (2) `fdatasync` of the active journal outside it. fsync
+/// works on a file, not on a descriptor, so it covers every byte written to the file before it
+/// began, whoever wrote them.
+///
+/// The active journal is the highest-numbered `N.jnl` in the database directory, looked up at
+/// every sync (fjall creates journals only there, never renames them, and deletes only sealed
+/// ones). fjall seals a journal only after syncing it (`Writer::rotate` syncs the old file
+/// before it creates the next), so bytes of step (1) that went to a journal sealed since are
+/// durable already; when the active journal changes, the one tracked before is synced too (a
+/// rotation that failed after creating the next file leaves the old one active). If the
+/// journals cannot be listed or opened, the sync is fjall's own. A failed fdatasync poisons
+/// this path for good (the kernel may have dropped the dirty pages and reports that once, so a
+/// later success would prove nothing): every later sync fails, as fjall's do after a failed
+/// persist.
+struct JournalSync {
+    dir: std::path::PathBuf,
+    /// The active journal's number and an open descriptor of it.
+    active: std::sync::Mutex<Option<(u64, fs::File)>>,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl JournalSync {
+    /// The journal syncer of the database in `dir`, if its journals are where they are
+    /// expected (`None` otherwise, with a warning).
+    fn open(dir: &Path) -> Option<JournalSync> {
+        let journal = JournalSync {
+            dir: dir.to_path_buf(),
+            active: std::sync::Mutex::new(None),
+            failed: std::sync::atomic::AtomicBool::new(false),
+        };
+        match journal.newest() {
+            Ok(Some(_)) => Some(journal),
+            Ok(None) => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "no journal file where fjall keeps them: syncs hold the journal writer"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "cannot list the journal files: syncs hold the journal writer"
+                );
+                None
+            }
+        }
+    }
+
+    /// The highest journal number in the directory.
+    fn newest(&self) -> std::io::Result<Option<u64>> {
+        let mut newest = None;
+        for entry in fs::read_dir(&self.dir)? {
+            if let Some(n) = journal_number(&entry?.file_name().to_string_lossy()) {
+                newest = newest.max(Some(n));
+            }
+        }
+        Ok(newest)
+    }
+
+    /// Makes durable every byte handed to the OS for the journal before this call. `Ok(false)`:
+    /// the active journal could not be found or opened (nothing was synced).
+    fn sync(&self) -> Result<bool> {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked under the lock: a sync that waited for a failing one must fail too.
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StorageError::Engine(
+                "an earlier journal fdatasync failed: writes since may not be durable; \
+                 restart the node"
+                    .into(),
+            ));
+        }
+        let Ok(Some(newest)) = self.newest() else {
+            return Ok(false);
+        };
+        if active.as_ref().is_none_or(|(n, _)| *n != newest) {
+            let Ok(file) = fs::File::open(self.dir.join(format!("{newest}.jnl"))) else {
+                return Ok(false);
+            };
+            if let Some((old, file)) = active.take() {
+                self.sync_file(old, &file)?;
+            }
+            *active = Some((newest, file));
+        }
+        let (n, file) = active.as_ref().expect("set above");
+        self.sync_file(*n, file)?;
+        Ok(true)
+    }
+
+    fn sync_file(&self, n: u64, file: &fs::File) -> Result<()> {
+        file.sync_data().map_err(|e| {
+            self.failed.store(true, Ordering::Release);
+            tracing::error!(journal = n, error = %e, "journal fdatasync failed");
+            StorageError::Io(e)
+        })
+    }
+}
+
+/// `N` of a journal file named `N.jnl`.
+fn journal_number(name: &str) -> Option<u64> {
+    name.strip_suffix(".jnl")?.parse().ok()
 }
 
 /// Each group's state-machine keyspace. A group's state is the keyspace
@@ -207,12 +321,14 @@ impl FjallStorage {
             }
         }
         states.next_gen.store(newest + 1, Ordering::Relaxed);
+        let journal = JournalSync::open(&dir.join("fjall"));
         Ok(FjallStorage {
             db,
             log,
             meta,
             records,
             states,
+            journal,
         })
     }
 }
@@ -456,13 +572,100 @@ impl Storage for FjallStorage {
     }
 
     fn sync(&self) -> Result<()> {
-        self.db.persist(PersistMode::SyncData).map_err(engine)
+        match &self.journal {
+            Some(journal) => {
+                self.db.persist(PersistMode::Buffer).map_err(engine)?;
+                if journal.sync()? {
+                    return Ok(());
+                }
+                tracing::warn!("the active journal file was not found: syncing through fjall");
+                self.db.persist(PersistMode::SyncData).map_err(engine)
+            }
+            None => self.db.persist(PersistMode::SyncData).map_err(engine),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Syncs follow the active journal through fjall's rotations (a journal is sealed past
+    /// 64 MB), also when it rotated twice since the last sync and the journals between were
+    /// deleted; what was written is there after a reopen.
+    #[test]
+    fn syncs_follow_the_active_journal_across_rotations() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut value = vec![7u8; 64 << 10];
+        // Values that do not compress (the journal may compress what it writes).
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut last_value = Vec::new();
+        let journals = || {
+            let mut numbers: Vec<u64> = fs::read_dir(dir.path().join("fjall"))
+                .unwrap()
+                .filter_map(|e| journal_number(&e.unwrap().file_name().to_string_lossy()))
+                .collect();
+            numbers.sort();
+            numbers
+        };
+        let mut written = 0u64;
+        {
+            let s = FjallStorage::open(dir.path()).unwrap();
+            let journal = s.journal.as_ref().expect("the journal was not found");
+            s.sync().unwrap();
+            assert_eq!(journal.active.lock().unwrap().as_ref().unwrap().0, 0);
+            // No sync until the journal has rotated twice (bounded: 400 MB).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while journals().last().copied().unwrap_or(0) < 2 {
+                assert!(
+                    written < 6_400,
+                    "no two rotations in 400 MB: {:?}",
+                    journals()
+                );
+                for chunk in value.chunks_exact_mut(8) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    chunk.copy_from_slice(&x.to_le_bytes());
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "rotations took over 60 s"
+                );
+                s.state_write(1, &[(written.to_be_bytes().to_vec(), Some(value.clone()))])
+                    .unwrap();
+                written += 1;
+                last_value.clone_from(&value);
+                if written % 128 == 0 {
+                    // Flushes (which rotate journals) run on fjall's own threads.
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+            s.sync().unwrap();
+            let tracked = journal.active.lock().unwrap().as_ref().unwrap().0;
+            assert!(tracked >= 2, "the sync stayed on journal {tracked}");
+            assert_eq!(Some(tracked), journals().last().copied());
+        }
+        let s = FjallStorage::open(dir.path()).unwrap();
+        let view = s.state_view(1).unwrap();
+        for i in 0..written {
+            let held = view.get(&i.to_be_bytes()).unwrap();
+            assert!(held.is_some_and(|v| v.len() == value.len()), "key {i} lost");
+        }
+        let last = view.get(&(written - 1).to_be_bytes()).unwrap();
+        assert!(
+            last.as_deref() == Some(&last_value[..]),
+            "the last value changed"
+        );
+    }
+
+    #[test]
+    fn journal_files_are_recognised_by_name() {
+        assert_eq!(journal_number("0.jnl"), Some(0));
+        assert_eq!(journal_number("12.jnl"), Some(12));
+        assert_eq!(journal_number("lock"), None);
+        assert_eq!(journal_number("x.jnl"), None);
+    }
 
     /// A data directory of a tunekv from before issue 21 (state machines rebuilt from snapshot
     /// files) is refused with an error that says so, never opened as an empty state.
