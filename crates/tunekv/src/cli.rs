@@ -236,6 +236,10 @@ pub enum Cmd {
         /// drop-invalidations; bug-injection builds only; repeatable).
         #[arg(long = "cache-bug", value_name = "BUG")]
         cache_bugs: Vec<String>,
+        /// After healing, how long to wait for every replica to agree before the final reads
+        /// (a run whose replicas never agree fails its convergence checks after this).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        converge_within: std::time::Duration,
     },
     /// Measure each level's cost: throughput, latency (HDR, corrected for coordinated
     /// omission) and served staleness, per level, as a table (and CSV, SVG, JSON with --out).
@@ -705,6 +709,7 @@ pub async fn run(args: Args) -> Result<i32> {
             keyspace_mode,
             through_cache,
             cache_bugs,
+            converge_within,
         } => {
             tunekv_node::Bugs::parse(&bugs).map_err(anyhow::Error::msg)?;
             let mode = crate::verify::KeyspaceMode::parse(&keyspace_mode)?;
@@ -730,6 +735,7 @@ pub async fn run(args: Args) -> Result<i32> {
                     .iter()
                     .flat_map(|b| ["--bug".to_string(), b.clone()])
                     .collect(),
+                converge_within,
             })
             .await
         }

@@ -839,6 +839,8 @@ async fn redis_py_passes_its_checks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_benchmark_runs_clean_with_and_without_pipelining() {
+    // Per command and run: enough for 50 clients to interleave, few enough to keep CI short.
+    const REQUESTS: u32 = 40_000;
     let c = start(3, false).await;
     let addr = resp_addr(&c, 0);
     let (host, port) = addr.rsplit_once(':').expect("host:port");
@@ -852,7 +854,7 @@ async fn redis_benchmark_runs_clean_with_and_without_pipelining() {
                 "-t",
                 "set,get,incr",
                 "-n",
-                "100000",
+                &REQUESTS.to_string(),
                 "-c",
                 "50",
             ])
@@ -878,11 +880,10 @@ async fn redis_benchmark_runs_clean_with_and_without_pipelining() {
             "-P {pipeline}: {stdout}\n{stderr}"
         );
     }
-    // Every INCR was applied exactly once: 2 runs × 100000 on the one counter key. (About 4
-    // minutes on a 2-core debug build; the numbers printed are for eyes only, `tunekv bench`
-    // measures.)
+    // Every INCR was applied exactly once: 2 runs × REQUESTS on the one counter key. (The
+    // numbers printed are for eyes only, `tunekv bench` measures.)
     let counter = redis_cli(&addr, &["GET", "counter:__rand_int__"]);
-    assert_eq!(counter, "200000");
+    assert_eq!(counter, (2 * REQUESTS).to_string());
 }
 
 /// The resident memory of process `pid`, from /proc.

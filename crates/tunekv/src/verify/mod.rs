@@ -54,6 +54,8 @@ pub struct VerifyOptions {
     pub through_cache: bool,
     /// Flags of that cache (`--bug …`).
     pub cache_args: Vec<String>,
+    /// How long to wait after healing for the replicas to converge before the final reads.
+    pub converge_within: Duration,
 }
 
 /// The keyspaces a run works in.
@@ -489,20 +491,25 @@ async fn run_on(
     };
     if let Some(ks) = digested {
         // First, before any read could repair a replica.
-        if converge_leaderless(&targets, ks, Duration::from_secs(60)).await {
+        if converge_leaderless(&targets, ks, o.converge_within).await {
             println!(
                 "converged: every replica reports the same digest {:.1}s after healing, with no reads",
                 converge_started.elapsed().as_secs_f64()
             );
         } else {
             println!(
-                "warning: the leaderless replicas did not converge within 60 s; the final reads \
-                 will show it"
+                "warning: the leaderless replicas did not converge within {:?} \
+                 (--converge-within); the final reads will show it",
+                o.converge_within
             );
         }
     }
-    if o.mode.ordered() && !converge(&targets, &keys, Duration::from_secs(60)).await {
-        println!("warning: the nodes did not converge within 60 s; the final reads will show it");
+    if o.mode.ordered() && !converge(&targets, &keys, o.converge_within).await {
+        println!(
+            "warning: the nodes did not converge within {:?} (--converge-within); the final \
+             reads will show it",
+            o.converge_within
+        );
     }
     let heal_ns = rec.now_ns();
     if let Some(ks) = digested {
