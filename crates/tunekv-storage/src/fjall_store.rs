@@ -36,8 +36,9 @@ impl Default for FjallOptions {
 }
 
 /// A write the engine holds this long or longer is logged. fjall makes a writer wait, in the
-/// calling thread, while the journal is being synced (the sync holds it) and when its flushes
-/// fall behind; on a slow disk that is what stalls writes (docs/performance.md, "Stalls").
+/// calling thread, when its flushes fall behind, and the kernel makes the journal's write wait
+/// while too much written data waits for a slow disk (the group commit's fsync no longer holds
+/// writers: [`JournalSync`]); that is what stalls writes (docs/performance.md, "Stalls").
 const SLOW_WRITE_MS: u128 = 100;
 
 /// Commits `batch`, logging it when the engine held it back for [`SLOW_WRITE_MS`] or longer.
@@ -50,8 +51,8 @@ fn commit(batch: fjall::OwnedWriteBatch, what: &str, group: Group, records: usiz
             group,
             records,
             ms,
-            "slow storage write ({what}): the engine held it back (a journal sync in progress \
-             or flushes behind: a slow or busy disk)"
+            "slow storage write ({what}): the engine held it back (flushes behind or the \
+             kernel throttling writes: a slow or busy disk)"
         );
     }
     done
@@ -636,7 +637,7 @@ mod tests {
                     .unwrap();
                 written += 1;
                 last_value.clone_from(&value);
-                if written % 128 == 0 {
+                if written.is_multiple_of(128) {
                     // Flushes (which rotate journals) run on fjall's own threads.
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
