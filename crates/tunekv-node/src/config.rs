@@ -188,6 +188,9 @@ pub struct StorageConfig {
     /// Values recently read, kept decoded in memory by each copy of a shard, in bytes per
     /// copy (0: none): a read of a key found there skips the LSM tree.
     pub hot_values_bytes: u64,
+    /// The storage engine's background threads (flushes, compactions); 0: one per core, at
+    /// most 4. Nodes sharing a machine should split its cores (`tunekv dev` does).
+    pub engine_threads: usize,
 }
 
 impl Default for StorageConfig {
@@ -197,6 +200,7 @@ impl Default for StorageConfig {
             cache_bytes: d.cache_bytes,
             memtable_bytes: d.memtable_bytes,
             hot_values_bytes: tunekv_raft::HOT_VALUES_BYTES_DEFAULT,
+            engine_threads: d.engine_threads,
         }
     }
 }
@@ -204,12 +208,15 @@ impl Default for StorageConfig {
 /// Smallest `[storage]` sizes a node accepts.
 pub const STORAGE_CACHE_BYTES_MIN: u64 = 1 << 20;
 pub const STORAGE_MEMTABLE_BYTES_MIN: u64 = 1 << 20;
+/// Most `[storage] engine_threads` a node accepts.
+pub const STORAGE_ENGINE_THREADS_MAX: usize = 64;
 
 impl StorageConfig {
     pub fn options(&self) -> tunekv_storage::FjallOptions {
         tunekv_storage::FjallOptions {
             cache_bytes: self.cache_bytes,
             memtable_bytes: self.memtable_bytes,
+            engine_threads: self.engine_threads,
         }
     }
 }
@@ -473,6 +480,12 @@ impl NodeConfig {
             return Err(format!(
                 "[storage] cache_bytes and memtable_bytes must each be at least {} bytes",
                 STORAGE_CACHE_BYTES_MIN
+            ));
+        }
+        if self.storage.engine_threads > STORAGE_ENGINE_THREADS_MAX {
+            return Err(format!(
+                "[storage] engine_threads must be 0 (one per core, at most 4) to \
+                 {STORAGE_ENGINE_THREADS_MAX}"
             ));
         }
         self.raft_timing.tuning().openraft_config().map(|_| ())

@@ -22,7 +22,10 @@ pub mod tls;
 pub mod transport;
 
 pub use bugs::{Bugs, BUG_NAMES};
-pub use config::{AuthConfig, CrashAt, LeaderlessConfig, NodeConfig, PeerConfig, StorageConfig};
+pub use config::{
+    AuthConfig, CrashAt, LeaderlessConfig, NodeConfig, PeerConfig, StorageConfig,
+    STORAGE_ENGINE_THREADS_MAX,
+};
 pub use node::fuzzing;
 pub use node::{op_needs, quota, Login, RoleView, UserChange, UserView, WatchSlot, AUTH_STALE_MAX};
 pub use node::{version_mismatch, PublishSink, Watch, WatchEvent, WatchFrom, WatchRefused};

@@ -24,6 +24,10 @@ pub struct FjallOptions {
     pub cache_bytes: u64,
     /// Each state machine's in-memory write buffer before it is flushed to a table, in bytes.
     pub memtable_bytes: u64,
+    /// The engine's background threads (flushes and compactions); 0: fjall's choice, one per
+    /// core up to 4. Several nodes sharing a machine's cores each want fewer
+    /// (docs/performance.md, "Stalls").
+    pub engine_threads: usize,
 }
 
 impl Default for FjallOptions {
@@ -31,6 +35,7 @@ impl Default for FjallOptions {
         FjallOptions {
             cache_bytes: 64 << 20,
             memtable_bytes: 8 << 20,
+            engine_threads: 0,
         }
     }
 }
@@ -281,11 +286,13 @@ impl FjallStorage {
                 dir.display()
             )));
         }
-        let db = Database::builder(dir.join("fjall"))
+        let mut builder = Database::builder(dir.join("fjall"))
             .cache_size(options.cache_bytes)
-            .max_journaling_size(JOURNAL_BYTES_MAX)
-            .open()
-            .map_err(engine)?;
+            .max_journaling_size(JOURNAL_BYTES_MAX);
+        if options.engine_threads > 0 {
+            builder = builder.worker_threads(options.engine_threads);
+        }
+        let db = builder.open().map_err(engine)?;
         // Every keyspace's write buffer is bounded like a state's (fjall's default is 64 MiB
         // each): memory follows the configuration, not the write rate.
         let memtable = options.memtable_bytes;

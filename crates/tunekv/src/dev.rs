@@ -28,15 +28,17 @@ pub async fn run(o: DevOptions) -> Result<i32> {
     if o.tls {
         cluster.enable_tls()?;
     }
-    let workers = cluster.share_cores();
+    let workers = cluster.share_cores()?;
     let workers = match std::env::var("TOKIO_WORKER_THREADS") {
         Ok(set) => format!("{set} (TOKIO_WORKER_THREADS)"),
         Err(_) => format!("{workers} (this machine's cores shared among the nodes)"),
     };
     println!(
-        "starting {} nodes in {} (runtime workers per node: {workers}) ...",
+        "starting {} nodes in {} (runtime workers per node: {workers}; storage engine threads \
+         per node: {}) ...",
         cluster.len(),
-        cluster.dir.display()
+        cluster.dir.display(),
+        cluster.engine_threads()
     );
     cluster.start_all()?;
     cluster.wait_ready(Duration::from_secs(60)).await?;

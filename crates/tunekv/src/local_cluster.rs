@@ -324,12 +324,33 @@ impl LocalCluster {
     /// Divides this machine's cores among the nodes: each node's runtime gets
     /// [`workers_per_node`] workers instead of one per core. Three nodes on 2 cores with a
     /// worker per core spent ≈12% of their CPU switching threads (docs/performance.md).
-    /// `TOKIO_WORKER_THREADS` in the environment wins. Returns the number chosen.
-    pub fn share_cores(&mut self) -> usize {
+    /// `TOKIO_WORKER_THREADS` in the environment wins. The storage engine's background threads
+    /// are shared the same way (`[storage] engine_threads`, when a config leaves it at 0 and no
+    /// node runs yet): three nodes each flushing and compacting with one thread per core starved
+    /// their runtimes and stalled writes at 1M keys (docs/performance.md, "Stalls"). Returns
+    /// the number of runtime workers chosen.
+    pub fn share_cores(&mut self) -> Result<usize> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let n = workers_per_node(cores, self.len());
         self.worker_threads = Some(n);
-        n
+        if self.children.iter().all(Option::is_none) {
+            for i in 0..self.configs.len() {
+                if self.configs[i].storage.engine_threads == 0 {
+                    self.configs[i].storage.engine_threads = n;
+                    fs::write(self.config_path(i), toml::to_string(&self.configs[i])?)?;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// The storage engine threads of node 1 as its config sets them ("0 (one per core, at most
+    /// 4)" when unset).
+    pub fn engine_threads(&self) -> String {
+        match self.configs.first().map(|c| c.storage.engine_threads) {
+            Some(0) | None => "0 (one per core, at most 4)".into(),
+            Some(n) => n.to_string(),
+        }
     }
 
     /// Where a cluster with auth on keeps its root credentials.
@@ -924,6 +945,34 @@ mod tests {
         assert_eq!(workers_per_node(16, 3), 5);
         assert_eq!(workers_per_node(8, 1), 8);
         assert_eq!(workers_per_node(4, 0), 4);
+    }
+
+    #[test]
+    fn shared_cores_set_the_engine_threads_a_config_leaves_unset() {
+        let dir = std::env::temp_dir().join(format!("tunekv-share-cores-{}", std::process::id()));
+        let exe = std::path::Path::new("/nonexistent/tunekv");
+        let mut c =
+            super::LocalCluster::prepare(exe, &dir, 3, false, true, false).expect("prepare");
+        c.configs[2].storage.engine_threads = 3;
+        std::fs::write(c.config_path(2), toml::to_string(&c.configs[2]).unwrap()).unwrap();
+        let n = c.share_cores().expect("share");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(n, workers_per_node(cores, 3));
+        let on_disk = |i| {
+            tunekv_node::NodeConfig::load(&c.config_path(i))
+                .expect("load")
+                .storage
+                .engine_threads
+        };
+        assert_eq!((on_disk(0), on_disk(1)), (n, n), "written to the configs");
+        assert_eq!(on_disk(2), 3, "a config's own setting is kept");
+        assert_eq!(c.engine_threads(), n.to_string());
+        let mut config = c.configs[0].clone();
+        config.validate().expect("valid");
+        config.storage.engine_threads = tunekv_node::STORAGE_ENGINE_THREADS_MAX + 1;
+        let e = config.validate().expect_err("too many engine threads");
+        assert!(e.contains("engine_threads"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

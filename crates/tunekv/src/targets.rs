@@ -67,10 +67,10 @@ pub async fn open(
     let mut c = LocalCluster::prepare_with(&exe, &dir, nodes, true, true, false, tweak)?;
     c.server_args = server_args.to_vec();
     if share_cores {
-        let workers = c.share_cores();
+        let workers = c.share_cores()?;
         println!(
-            "starting {} nodes in {} (runtime workers per node: {workers}, unless \
-             TOKIO_WORKER_THREADS is set) ...",
+            "starting {} nodes in {} (runtime workers and storage engine threads per node: \
+             {workers}, unless TOKIO_WORKER_THREADS / [storage] engine_threads are set) ...",
             c.len(),
             c.dir.display()
         );

@@ -44,7 +44,7 @@ pub async fn run(o: &BenchOptions) -> Result<i32> {
         println!("== {setup}: starting 3 nodes ...");
         let dir = tempdir(setup)?;
         let mut cluster = LocalCluster::prepare(&exe, &dir, 3, false, true, false)?;
-        cluster.share_cores();
+        cluster.share_cores()?;
         if auth {
             cluster.enable_auth()?;
         }
