@@ -6,8 +6,10 @@
 //! before anything is allocated for them: a request whose declared sizes exceed
 //! [`Limits::request_bytes_max`] is refused at the header that declares them, before its bytes
 //! arrive. A [`RequestParser`] keeps its place between reads and moves every byte it is given
-//! into the request being built, so each byte is looked at once however the bytes are split
-//! ([`RequestParser::examined_bytes`] counts them).
+//! into the request being built, so each byte is consumed once however the bytes are split
+//! ([`RequestParser::examined_bytes`] counts them). A request that is whole in the buffer (the
+//! common case) is parsed straight from it; the bytes of one that is not are scanned at most
+//! once more, by the byte-by-byte path.
 
 /// Caps on one request.
 #[derive(Clone, Copy, Debug)]
@@ -192,6 +194,9 @@ impl RequestParser {
             };
             match self.state {
                 State::Idle if first == b'*' => {
+                    if let Some(args) = self.whole(buf) {
+                        return Ok(Some(args));
+                    }
                     self.consume(buf, 1);
                     self.state = State::Count;
                 }
@@ -296,6 +301,54 @@ impl RequestParser {
         }
     }
 
+    /// The common case: a whole multibulk request at the front of `buf`, parsed straight from
+    /// it (no byte goes through `line`, each argument is allocated once at its size). `None`,
+    /// with nothing consumed, for anything else: an unfinished request, or one the
+    /// byte-by-byte path must judge (odd syntax, a limit reached), which then parses it. It
+    /// takes only requests that path would take, with the same arguments.
+    fn whole(&mut self, buf: &mut &[u8]) -> Option<Vec<Vec<u8>>> {
+        let b: &[u8] = buf;
+        let (count, mut at) = header_number(b, 1)?;
+        if count == 0 || count > self.limits.args_max || count > ARGS_RESERVED_MAX {
+            return None;
+        }
+        let mut spans = [(0usize, 0usize); 8];
+        let mut many = Vec::new();
+        for i in 0..count {
+            if b.get(at) != Some(&b'$') {
+                return None;
+            }
+            let (len, body) = header_number(b, at + 1)?;
+            if len > self.limits.bulk_bytes_max {
+                return None;
+            }
+            let end = body.checked_add(len)?;
+            if b.get(end..end.checked_add(2)?) != Some(b"\r\n".as_slice()) {
+                return None;
+            }
+            at = end + 2;
+            if at > self.limits.request_bytes_max {
+                return None;
+            }
+            if count <= spans.len() {
+                spans[i] = (body, end);
+            } else {
+                many.push((body, end));
+            }
+        }
+        let spans = if count <= spans.len() {
+            &spans[..count]
+        } else {
+            &many[..]
+        };
+        let args = spans
+            .iter()
+            .map(|&(from, to)| b[from..to].to_vec())
+            .collect();
+        self.consume(buf, at);
+        Some(self.finish(args))
+    }
+
     /// Moves `n` bytes of `buf`, already looked at, into the current request.
     fn consume(&mut self, buf: &mut &[u8], n: usize) {
         *buf = &buf[n..];
@@ -375,6 +428,24 @@ impl RequestParser {
             self.limits.request_bytes_max, self.request_bytes, declared
         )))
     }
+}
+
+/// Decimal digits from `b[from..]` up to a CRLF, for [`RequestParser::whole`]: the number and
+/// where its line ends. `None` unless 1 to 18 plain digits are followed by CRLF.
+fn header_number(b: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut n = 0usize;
+    let mut i = from;
+    while let Some(&d) = b.get(i).filter(|d| d.is_ascii_digit()) {
+        if i - from == 18 {
+            return None;
+        }
+        n = n * 10 + usize::from(d - b'0');
+        i += 1;
+    }
+    if i == from || b.get(i..i + 2) != Some(b"\r\n".as_slice()) {
+        return None;
+    }
+    Some((n, i + 2))
 }
 
 fn number(digits: &[u8]) -> Option<i64> {
@@ -620,6 +691,75 @@ mod tests {
             assert_eq!(parser.pending_bytes(), 0);
             assert_eq!(parser.examined_bytes(), wire.len() as u64);
         }
+    }
+
+    #[test]
+    fn whole_requests_parse_as_dripped_ones_do() {
+        // The fast path (a whole request in the buffer) must take exactly what the
+        // byte-by-byte path takes, with the same arguments, and leave the rest to it.
+        let mut wires: Vec<Vec<u8>> = vec![
+            b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n".to_vec(),
+            b"*1\r\n$0\r\n\r\n".to_vec(),
+            b"*2\r\n$03\r\nGET\r\n$1\r\nk\r\n".to_vec(),
+            b"*+2\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec(),
+            b"*2\r\n$+3\r\nGET\r\n$1\r\nk\r\n".to_vec(),
+            b"*02\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec(),
+            b"*0\r\n".to_vec(),
+            b"*-1\r\n".to_vec(),
+            b"*1\r\n$3\r\nGETX\r\n".to_vec(),
+            b"*1\r\n$3\r\nGET\n\n".to_vec(),
+            b"*1\r\n:3\r\n".to_vec(),
+            b"*1\n$3\r\nGET\r\n".to_vec(),
+            b"*1\r\n$3\rGET\r\n".to_vec(),
+            b"*1\r\n$\r\nGET\r\n".to_vec(),
+            b"*1\r\n$0000000000000000000003\r\nGET\r\n".to_vec(),
+            b"*1\r\n$99999999999999999999\r\n".to_vec(),
+        ];
+        for n in [1, 7, 8, 9, 30, 1024, 1025] {
+            wires.push(big_request(n).0);
+        }
+        let tight = Limits {
+            args_max: 8,
+            bulk_bytes_max: 50,
+            inline_bytes_max: 64,
+            request_bytes_max: 400,
+        };
+        for limits in [Limits::default(), tight] {
+            for wire in &wires {
+                let mut pipelined = wire.clone();
+                pipelined.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+                for bytes in [wire, &pipelined] {
+                    let at_once = feed(&mut RequestParser::new(limits), bytes, &[bytes.len()]);
+                    let mut dripped_parser = RequestParser::new(limits);
+                    let dripped = feed(&mut dripped_parser, bytes, &[1]);
+                    let what = String::from_utf8_lossy(&bytes[..bytes.len().min(40)]);
+                    match (&at_once, &dripped) {
+                        (Ok(a), Ok(d)) => assert_eq!(a, d, "{what}"),
+                        (Err(_), Err(_)) => {}
+                        _ => panic!("{what}: at once {at_once:?}, dripped {dripped:?}"),
+                    }
+                }
+            }
+        }
+        // Several whole requests in one buffer, then an unfinished one, then its end.
+        let mut parser = RequestParser::new(Limits::default());
+        let mut rest: &[u8] = b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$3\r\nGET";
+        assert_eq!(
+            parser.parse(&mut rest).unwrap(),
+            Some(vec![b"PING".to_vec()])
+        );
+        assert_eq!(
+            parser.parse(&mut rest).unwrap(),
+            Some(vec![b"GET".to_vec(), b"a".to_vec()])
+        );
+        assert_eq!(parser.parse(&mut rest).unwrap(), None);
+        assert!(rest.is_empty() && parser.in_request());
+        let mut rest: &[u8] = b"\r\n$1\r\nb\r\n";
+        assert_eq!(
+            parser.parse(&mut rest).unwrap(),
+            Some(vec![b"GET".to_vec(), b"b".to_vec()])
+        );
+        assert_eq!(parser.examined_bytes(), 45 + 9);
     }
 
     #[test]

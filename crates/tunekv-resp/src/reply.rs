@@ -52,19 +52,17 @@ impl Reply {
     }
 
     /// Writes the reply. Iterative: an explicit stack, so deep structures cannot overflow it.
+    /// A reply with nothing inside (a GET's value, `+OK`) is written without one.
     pub fn encode(&self, resp3: bool, out: &mut Vec<u8>) {
+        if self.encode_flat(resp3, out) {
+            return;
+        }
         let mut stack: Vec<&Reply> = vec![self];
         while let Some(r) = stack.pop() {
+            if r.encode_flat(resp3, out) {
+                continue;
+            }
             match r {
-                Reply::Simple(s) => line(out, b'+', clean(s).as_bytes()),
-                Reply::Error(s) => line(out, b'-', clean(s).as_bytes()),
-                Reply::Int(n) => number(out, b':', *n),
-                Reply::Bulk(b) => bulk(out, b),
-                Reply::Value(v) => bulk(out, &v.value),
-                Reply::Nil if resp3 => out.extend_from_slice(b"_\r\n"),
-                Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
-                Reply::NilArray if resp3 => out.extend_from_slice(b"_\r\n"),
-                Reply::NilArray => out.extend_from_slice(b"*-1\r\n"),
                 Reply::Array(items) => {
                     number(out, b'*', items.len() as i64);
                     stack.extend(items.iter().rev());
@@ -86,8 +84,26 @@ impl Reply {
                         stack.push(k);
                     }
                 }
+                _ => unreachable!("flat replies are written by encode_flat"),
             }
         }
+    }
+
+    /// Writes a reply that holds no others; false (nothing written) for one that does.
+    fn encode_flat(&self, resp3: bool, out: &mut Vec<u8>) -> bool {
+        match self {
+            Reply::Simple(s) => line(out, b'+', s),
+            Reply::Error(s) => line(out, b'-', s),
+            Reply::Int(n) => number(out, b':', *n),
+            Reply::Bulk(b) => bulk(out, b),
+            Reply::Value(v) => bulk(out, &v.value),
+            Reply::Nil if resp3 => out.extend_from_slice(b"_\r\n"),
+            Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
+            Reply::NilArray if resp3 => out.extend_from_slice(b"_\r\n"),
+            Reply::NilArray => out.extend_from_slice(b"*-1\r\n"),
+            Reply::Array(_) | Reply::Push(_) | Reply::Seq(_) | Reply::Map(_) => return false,
+        }
+        true
     }
 }
 
@@ -118,15 +134,17 @@ fn number(out: &mut Vec<u8>, prefix: u8, n: i64) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn line(out: &mut Vec<u8>, prefix: u8, body: &[u8]) {
+/// A simple string or error line. They may not hold CR or LF: each is written as a space.
+fn line(out: &mut Vec<u8>, prefix: u8, body: &str) {
     out.push(prefix);
-    out.extend_from_slice(body);
+    let start = out.len();
+    out.extend_from_slice(body.as_bytes());
+    for b in &mut out[start..] {
+        if *b == b'\r' || *b == b'\n' {
+            *b = b' ';
+        }
+    }
     out.extend_from_slice(b"\r\n");
-}
-
-/// Simple strings and errors may not hold CR or LF.
-fn clean(s: &str) -> String {
-    s.replace(['\r', '\n'], " ")
 }
 
 #[cfg(test)]
