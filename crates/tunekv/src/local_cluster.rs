@@ -88,15 +88,9 @@ pub async fn wait_cache_with(client: &Client, timeout: Duration) -> Result<()> {
 /// that uses it is stopped for a restart.
 pub fn free_ports(count: usize, preferred: &[u16]) -> Result<Vec<u16>> {
     // Preferred ports if every one of them is free, else whatever the OS hands out.
-    if preferred.len() == count && preferred.iter().all(|p| port_is_free(*p)) {
-        let mut reserved = Vec::with_capacity(count);
-        for p in preferred {
-            match reserve_port(*p) {
-                Some(lock) => reserved.push(lock),
-                None => break,
-            }
-        }
-        if reserved.len() == count {
+    if preferred.len() == count {
+        let reserved: Option<Vec<fs::File>> = preferred.iter().map(|p| reserve_free(*p)).collect();
+        if let Some(reserved) = reserved {
             keep_reserved(reserved);
             return Ok(preferred.to_vec());
         }
@@ -112,11 +106,7 @@ pub fn free_ports(count: usize, preferred: &[u16]) -> Result<Vec<u16>> {
         if picked.contains(&p) {
             continue;
         }
-        // Reserved first, then checked: a port another process reserved is never probed.
-        let Some(lock) = reserve_port(p) else {
-            continue;
-        };
-        if port_is_free(p) {
+        if let Some(lock) = reserve_free(p) {
             picked.push(p);
             reserved.push(lock);
         }
@@ -129,6 +119,14 @@ pub fn free_ports(count: usize, preferred: &[u16]) -> Result<Vec<u16>> {
     }
     keep_reserved(reserved);
     Ok(picked)
+}
+
+/// Reserves `p` ([`reserve_port`]), then checks that nothing listens on it, in that order:
+/// a port another process reserved is never probed. `None` if either fails (a reservation
+/// taken is dropped, which releases it).
+fn reserve_free(p: u16) -> Option<fs::File> {
+    let lock = reserve_port(p)?;
+    port_is_free(p).then_some(lock)
 }
 
 fn port_is_free(p: u16) -> bool {
