@@ -335,11 +335,17 @@ impl LocalCluster {
             for i in 0..self.configs.len() {
                 if self.configs[i].storage.engine_threads == 0 {
                     self.configs[i].storage.engine_threads = n;
-                    fs::write(self.config_path(i), toml::to_string(&self.configs[i])?)?;
+                    self.save_config(i)?;
                 }
             }
         }
         Ok(n)
+    }
+
+    /// Writes node `i`'s config (`configs[i]`) to its file.
+    fn save_config(&self, i: usize) -> Result<()> {
+        fs::write(self.config_path(i), toml::to_string(&self.configs[i])?)?;
+        Ok(())
     }
 
     /// The storage engine threads of node 1 as its config sets them ("0 (one per core, at most
@@ -384,7 +390,7 @@ impl LocalCluster {
         for i in 0..self.configs.len() {
             self.configs[i].auth.enabled = true;
             self.configs[i].auth.root_password_hash = Some(hash.clone());
-            fs::write(self.config_path(i), toml::to_string(&self.configs[i])?)?;
+            self.save_config(i)?;
         }
         let creds = Credentials {
             user: tunekv_core::auth::ROOT_USER.into(),
@@ -433,7 +439,7 @@ impl LocalCluster {
             let id = self.configs[i].id;
             let files = ca.node_files(&dir, &format!("node-{id}"))?;
             self.configs[i].tls = Some(files);
-            fs::write(self.config_path(i), toml::to_string(&self.configs[i])?)?;
+            self.save_config(i)?;
         }
         // The cache's certificate (`tunekv dev --tls --cache`).
         ca.node_files(&dir, "cache")?;
