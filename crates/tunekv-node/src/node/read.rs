@@ -32,25 +32,37 @@ fn remote(e: TunekvError) -> RemoteError {
 
 impl Node {
     /// The read index of `group`: the leader's commit index, confirmed with a quorum after the
-    /// read began (Raft read-index).
+    /// read began (Raft read-index). A round the quorum did not answer in time (a follower
+    /// busy for a moment: its heartbeat answers have about 100 ms) is asked again until the
+    /// read's deadline: one slow round does not fail a read that may wait seconds.
     pub(super) async fn read_index(
         &self,
         group: GroupId,
         deadline: Instant,
     ) -> Result<u64, TunekvError> {
         let g = self.hosted(group)?;
-        let res = self
-            .on_leader(
-                &g,
-                deadline,
-                || Request::ReadIndex,
-                |r| match r {
-                    Response::ReadIndex(i) => Some(i),
-                    _ => None,
-                },
-                || self.leader_read_index(&g),
-            )
-            .await;
+        let res = loop {
+            let res = self
+                .on_leader(
+                    &g,
+                    deadline,
+                    || Request::ReadIndex,
+                    |r| match r {
+                        Response::ReadIndex(i) => Some(i),
+                        _ => None,
+                    },
+                    || self.leader_read_index(&g),
+                )
+                .await;
+            match res {
+                Err(LeaderGone::Answered(e))
+                    if e.code == Code::NoQuorum && Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                res => break res,
+            }
+        };
         match res {
             Ok(i) => Ok(i),
             Err(LeaderGone::Answered(e)) => Err(err(e.code, e.message)),
