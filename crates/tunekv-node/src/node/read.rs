@@ -32,9 +32,10 @@ fn remote(e: TunekvError) -> RemoteError {
 
 impl Node {
     /// The read index of `group`: the leader's commit index, confirmed with a quorum after the
-    /// read began (Raft read-index). A round the quorum did not answer in time (a follower
-    /// busy for a moment: its heartbeat answers have about 100 ms) is asked again until the
-    /// read's deadline: one slow round does not fail a read that may wait seconds.
+    /// read began (Raft read-index). A round that ends in no_quorum (the leader's heartbeats
+    /// to the quorum failed: a follower busy for a moment, whose answers have about 100 ms) is
+    /// asked again until the read's deadline: one failed round does not fail a read that may
+    /// wait seconds.
     pub(super) async fn read_index(
         &self,
         group: GroupId,
