@@ -212,8 +212,8 @@ pub enum Cmd {
         /// starting one. Its nodes need --enable-faults for network and clock faults.
         #[arg(long, value_name = "cluster.json")]
         cluster: Option<PathBuf>,
-        /// Directory of the cluster verify starts (default: a fresh temp dir, removed after a
-        /// clean run).
+        /// Directory of the cluster verify starts, kept afterwards (default: a fresh temp dir,
+        /// removed after a clean run).
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Start the nodes with this injected bug (bug-injection builds only; repeatable).
@@ -250,7 +250,8 @@ pub enum Cmd {
         /// Run against this cluster (cluster.json) instead of starting one.
         #[arg(long, value_name = "cluster.json")]
         cluster: Option<PathBuf>,
-        /// Directory of the cluster bench starts (default: a temp dir, removed afterwards).
+        /// Directory of the cluster bench starts, kept afterwards with its node logs (default: a
+        /// temp dir, removed afterwards).
         #[arg(long)]
         dir: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "http")]

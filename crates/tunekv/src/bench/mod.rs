@@ -271,8 +271,13 @@ pub async fn run(o: BenchOptions) -> Result<i32> {
             if let Some(c) = &cluster {
                 c.lock().unwrap_or_else(|p| p.into_inner()).stop_all();
             }
-            if let Some(dir) = own_dir {
-                let _ = std::fs::remove_dir_all(dir);
+            // A directory the user named is kept (its node logs explain a run); a temp one goes.
+            match own_dir {
+                Some(dir) if o.dir.is_none() => {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                Some(dir) => println!("cluster directory (node logs) kept in {}", dir.display()),
+                None => {}
             }
             result
         }

@@ -263,7 +263,7 @@ pub async fn run(o: VerifyOptions) -> Result<i32> {
         c.lock().unwrap_or_else(|p| p.into_inner()).stop_all();
     }
     match (&result, own_dir) {
-        (Ok(0), Some(dir)) => {
+        (Ok(0), Some(dir)) if o.dir.is_none() => {
             let _ = std::fs::remove_dir_all(dir);
         }
         (_, Some(dir)) => eprintln!("node logs kept in {}", dir.display()),
