@@ -191,15 +191,6 @@ impl Resp {
     }
 }
 
-/// Sends `signal` (`STOP`, `CONT`) to the process `pid` of a test node.
-fn signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid}");
-}
-
 /// A strong read waits out a quorum that does not answer for a moment: one follower is cut
 /// off, the other stopped (SIGSTOP) for 600 ms. The read has 5 s: it is served only once the
 /// stopped follower answers again (never before: that would not be linearizable), and not
@@ -215,18 +206,14 @@ async fn a_strong_read_waits_out_a_quorum_that_stops_answering_for_a_moment() {
         .put("ks", b"k", b"v", &Opts::default())
         .await
         .expect("put");
-    let leader = eventually(Duration::from_secs(10), "a leader", || {
-        leader_of(&admin, "ks/shard0")
-    })
-    .await as usize
-        - 1;
+    let (leader, _) = common::leader_and_follower(&c, "ks/shard0").await;
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     c.client(followers[0])
         .set_isolated(true)
         .await
         .expect("isolate");
     let stopped = c.pid(followers[1]).expect("pid");
-    signal(stopped, "STOP");
+    common::signal(stopped, "STOP");
     let reader = c.client(leader);
     let started = Instant::now();
     let read = tokio::spawn(async move {
@@ -235,7 +222,7 @@ async fn a_strong_read_waits_out_a_quorum_that_stops_answering_for_a_moment() {
             .await
     });
     tokio::time::sleep(Duration::from_millis(600)).await;
-    signal(stopped, "CONT");
+    common::signal(stopped, "CONT");
     let r = read.await.expect("reader task");
     let took = started.elapsed();
     let r = r.unwrap_or_else(|e| panic!("strong read after {took:?}: {e}"));

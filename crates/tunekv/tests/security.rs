@@ -693,11 +693,7 @@ async fn tls_on_every_listener_and_mutual_tls_between_nodes() {
     ca.node_files(&tls_dir, "node-1")
         .expect("new cert for node 1");
     let pid = c.pid(0).expect("pid");
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(status.success());
+    common::signal(pid, "HUP");
     let http = c.configs[0].http.clone();
     let ca2 = ca_path.clone();
     eventually(

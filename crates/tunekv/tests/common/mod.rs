@@ -193,6 +193,15 @@ pub async fn leader_of(c: &Client, name: &str) -> Option<u64> {
     s["groups"].as_array()?.iter().find(|g| g["name"] == name)?["leader"].as_u64()
 }
 
+/// Sends `signal` (`STOP`, `CONT`, `HUP`, …) to the process `pid` of a test node (by PID).
+pub fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
 /// Zero-based indexes of the leader of group `name` and of one follower, once it has a leader.
 pub async fn leader_and_follower(c: &TestCluster, name: &str) -> (usize, usize) {
     let c0 = c.client(0);
