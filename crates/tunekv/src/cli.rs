@@ -343,6 +343,11 @@ pub enum Cmd {
         /// auth + TLS clusters it starts, and the login (with --out: security.json).
         #[arg(long)]
         security: bool,
+        /// The block cache of each node bench starts (`[storage] cache_bytes`), in MiB
+        /// (default: the node's default, 64 MiB); not with --cluster. With --scale, e.g. a
+        /// cache near the data's size shows what the LSM tree's point reads cost beside it.
+        #[arg(long, value_name = "MIB")]
+        cache_mib: Option<u64>,
     },
     /// Add or remove a node: replicas move as learners first, so no shard ever has fewer
     /// copies than its keyspace asked for; follows the moves until the cluster settles.
@@ -652,6 +657,7 @@ pub async fn run(args: Args) -> Result<i32> {
             scale,
             backup,
             security,
+            cache_mib,
         } => {
             let compare = comma_list(compare.as_deref().unwrap_or(""))
                 .iter()
@@ -666,6 +672,7 @@ pub async fn run(args: Args) -> Result<i32> {
             };
             crate::bench::run(crate::bench::BenchOptions {
                 security,
+                cache_mib,
                 backup,
                 scale,
                 feed,

@@ -435,12 +435,14 @@ fn the_leaderless_pbs_estimate_agrees_with_measured_visibility() {
 /// `bench --scale` at CI's size (issue 21: the 10M-key run belongs to `bench`, CI runs the
 /// same code at 100k): the keys are loaded in batches, SET and GET run without a failed
 /// request, every node is killed and serves again, and each row reports its memory and disk.
+/// The nodes run with the block cache `--cache-mib` asks for.
 #[test]
 fn the_scale_bench_loads_measures_and_restarts_at_100k_keys() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out_dir = dir.path().join("out");
     let out = Command::new(env!("CARGO_BIN_EXE_tunekv"))
         .args(["bench", "--scale", "--keys", "100000", "--duration", "2s"])
+        .args(["--cache-mib", "24"])
         .args(["--connections", "4", "--inflight", "16", "--out"])
         .arg(&out_dir)
         .arg("--dir")
@@ -488,6 +490,38 @@ fn the_scale_bench_loads_measures_and_restarts_at_100k_keys() {
     );
     assert!(row["disk_mib"][0].as_f64().unwrap_or(0.0) > 1.0, "{row}");
     assert!(text.contains("restart s"), "{text}");
+    assert_eq!(json["cache_mib"].as_f64(), Some(24.0), "{json}");
+    for i in 1..=3 {
+        let config = std::fs::read_to_string(dir.path().join(format!("cluster/node-{i}.toml")))
+            .expect("a node's config");
+        assert!(
+            config.contains(&format!("cache_bytes = {}", 24 << 20)),
+            "{config}"
+        );
+    }
+}
+
+/// `--cache-mib` sets the nodes bench starts; with `--cluster` (nodes someone else started) or
+/// at 0 it is refused before anything runs.
+#[test]
+fn a_cache_size_for_nodes_bench_does_not_start_is_refused() {
+    for (args, says) in [
+        (
+            vec!["--cluster", "/nonexistent/cluster.json", "--cache-mib", "8"],
+            "leave out --cluster",
+        ),
+        (vec!["--cache-mib", "0"], "at least 1"),
+        (vec!["--cache-mib", "18446744073709551615"], "too large"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tunekv"))
+            .arg("bench")
+            .args(&args)
+            .output()
+            .expect("run tunekv bench");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
 }
 
 /// `bench --backup` (issue 21): loads keys through restore batches, backs them up and restores

@@ -83,6 +83,8 @@ pub struct BenchOptions {
     /// `--security`: the same rows on plain, auth, TLS and auth + TLS clusters (it starts
     /// them), and the login's cost.
     pub security: bool,
+    /// `--cache-mib`: each started node's `[storage] cache_bytes`, in MiB.
+    pub cache_mib: Option<u64>,
 }
 
 /// What one phase (a row: a level, or a peer system's operation) measured.
@@ -209,8 +211,24 @@ pub async fn run(o: BenchOptions) -> Result<i32> {
     for l in &o.levels {
         tunekv_core::Level::parse(l).map_err(|e| anyhow::anyhow!("--levels: {}", e.message))?;
     }
+    let cache_bytes = match o.cache_mib {
+        Some(_) if o.cluster.is_some() => {
+            bail!("--cache-mib sets the nodes bench starts: leave out --cluster")
+        }
+        Some(0) => bail!("--cache-mib must be at least 1"),
+        Some(mib) => Some(
+            mib.checked_mul(1 << 20)
+                .with_context(|| format!("--cache-mib {mib} is too large"))?,
+        ),
+        None => None,
+    };
+    let tweak = move |c: &mut tunekv_node::NodeConfig| {
+        if let Some(bytes) = cache_bytes {
+            c.storage.cache_bytes = bytes;
+        }
+    };
     if o.security {
-        return security::run(&o).await;
+        return security::run(&o, tweak).await;
     }
     // Peers first: a missing etcd or Redis is reported before a cluster is started.
     let mut peers = if o.compare.is_empty() {
@@ -234,7 +252,7 @@ pub async fn run(o: BenchOptions) -> Result<i32> {
         o.dir.clone(),
         ("bench", true),
         &[],
-        |_| {},
+        tweak,
     )
     .await;
     let result = match opened {

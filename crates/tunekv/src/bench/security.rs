@@ -31,7 +31,8 @@ impl Row {
     }
 }
 
-pub async fn run(o: &BenchOptions) -> Result<i32> {
+/// The rows on each of the four clusters; `tweak` adjusts every node's config (`--cache-mib`).
+pub async fn run(o: &BenchOptions, tweak: impl Fn(&mut tunekv_node::NodeConfig)) -> Result<i32> {
     let exe = std::env::current_exe().context("cannot find the tunekv executable")?;
     let value = vec![b'v'; o.value_bytes];
     let mut rows = Vec::new();
@@ -43,7 +44,7 @@ pub async fn run(o: &BenchOptions) -> Result<i32> {
     ] {
         println!("== {setup}: starting 3 nodes ...");
         let dir = tempdir(setup)?;
-        let mut cluster = LocalCluster::prepare(&exe, &dir, 3, false, true, false)?;
+        let mut cluster = LocalCluster::prepare_with(&exe, &dir, 3, false, true, false, &tweak)?;
         cluster.share_cores()?;
         if auth {
             cluster.enable_auth()?;
