@@ -24,7 +24,7 @@ pub mod transport;
 pub use bugs::{Bugs, BUG_NAMES};
 pub use config::{
     AuthConfig, CrashAt, LeaderlessConfig, NodeConfig, PeerConfig, StorageConfig,
-    STORAGE_ENGINE_THREADS_MAX,
+    STORAGE_CACHE_BYTES_MIN, STORAGE_ENGINE_THREADS_MAX,
 };
 pub use node::fuzzing;
 pub use node::{op_needs, quota, Login, RoleView, UserChange, UserView, WatchSlot, AUTH_STALE_MAX};

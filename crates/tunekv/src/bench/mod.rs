@@ -215,11 +215,19 @@ pub async fn run(o: BenchOptions) -> Result<i32> {
         Some(_) if o.cluster.is_some() => {
             bail!("--cache-mib sets the nodes bench starts: leave out --cluster")
         }
-        Some(0) => bail!("--cache-mib must be at least 1"),
-        Some(mib) => Some(
-            mib.checked_mul(1 << 20)
-                .with_context(|| format!("--cache-mib {mib} is too large"))?,
-        ),
+        Some(mib) => {
+            let bytes = mib
+                .checked_mul(1 << 20)
+                .with_context(|| format!("--cache-mib {mib} is too large"))?;
+            // The node's own floor, checked before any node starts.
+            if bytes < tunekv_node::STORAGE_CACHE_BYTES_MIN {
+                bail!(
+                    "--cache-mib must be at least {} (a node's smallest block cache)",
+                    tunekv_node::STORAGE_CACHE_BYTES_MIN >> 20
+                );
+            }
+            Some(bytes)
+        }
         None => None,
     };
     let tweak = move |c: &mut tunekv_node::NodeConfig| {
