@@ -667,17 +667,33 @@ async fn backup(
 ) -> Result<Response, ApiError> {
     let dump = node.dump_shard(ks, shard, wait).await?;
     let index = dump.header.index;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::task::spawn_blocking(move || {
-        let mut send = |piece: Vec<u8>| tx.blocking_send(Ok(Bytes::from(piece))).is_ok();
-        if let Err(e) = dump.stream(&mut send) {
+    let body = if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread
+    {
+        // The simulator's hosts (one thread each, virtual time): read it here, so the run
+        // stays deterministic (a blocking thread would race the simulation in real time).
+        let mut pieces = Vec::new();
+        if let Err(e) = dump.stream(&mut |piece| {
+            pieces.push(Ok(Bytes::from(piece)));
+            true
+        }) {
             tracing::warn!(error = %e, "a backup stream stopped before its end");
-            let _ = tx.blocking_send(Err(e));
+            pieces.push(Err(e));
         }
-    });
-    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
+        Body::from_stream(futures::stream::iter(pieces))
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        tokio::task::spawn_blocking(move || {
+            let mut send = |piece: Vec<u8>| tx.blocking_send(Ok(Bytes::from(piece))).is_ok();
+            if let Err(e) = dump.stream(&mut send) {
+                tracing::warn!(error = %e, "a backup stream stopped before its end");
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }))
+    };
     Ok((
         [
             (CONTENT_TYPE, header("application/octet-stream")),

@@ -357,6 +357,60 @@ pub fn parse_line(line: &str, line_no: usize) -> Result<Operation, HistoryError>
     Ok(op)
 }
 
+/// A shard backup that completed whole, as a recorder saw it.
+pub struct Backup<'a> {
+    /// The client id the recorder gives backups (apart from the workload's clients).
+    pub client: u64,
+    /// Who streamed it: `backup@N` for node `N`, never a node's own name (a node's metrics
+    /// count client reads, not backups, so the metrics checker must not look for these).
+    pub node: String,
+    /// The stream's header: its shard, applied index and that entry's commit time.
+    pub shard: u32,
+    pub index: u64,
+    pub commit_ms: u64,
+    /// When the request was sent and when the stream ended.
+    pub invoke_ns: u64,
+    pub complete_ns: u64,
+    /// What the stream held, key by key.
+    pub held: &'a std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// A backup of one shard as the history records it: one `strong` read of each of `keys` (the
+/// workload's keys of that shard) at the stream's index, invoked when the request was sent and
+/// completed when the stream ended. The checkers then judge it like any strong read: a backup
+/// that misses a write acknowledged before it began is a linearizability violation, and one
+/// whose keys do not match its index fails "value matches position".
+pub fn backup_reads<'k>(b: &Backup<'_>, keys: impl IntoIterator<Item = &'k str>) -> Vec<Operation> {
+    let position = format!(
+        "shard={};index={};commit_ms={}",
+        b.shard, b.index, b.commit_ms
+    );
+    keys.into_iter()
+        .map(|k| Operation {
+            client: b.client,
+            session: None,
+            op: OpKind::Read,
+            key: k.to_string(),
+            value: b
+                .held
+                .get(k.as_bytes())
+                .map(|v| String::from_utf8_lossy(v).into_owned()),
+            invoke_ns: b.invoke_ns,
+            complete_ns: b.complete_ns,
+            ok: Some(true),
+            level: "strong".into(),
+            node: b.node.clone(),
+            position: Some(position.clone()),
+            staleness_entries: Some(0),
+            staleness_ms: Some(0),
+            quorum: None,
+            version: None,
+            strict: None,
+            dots: None,
+        })
+        .collect()
+}
+
 /// One line of the history format, fields in the schema's order, no trailing newline.
 ///
 /// Written by hand rather than through serde so that it cannot fail and keeps the schema's field

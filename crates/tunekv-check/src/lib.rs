@@ -77,8 +77,8 @@ mod session;
 mod testkit;
 
 pub use history::{
-    parse_history, parse_line, to_line, validate_op, HistoryError, LevelKind, OpKind, OpProblem,
-    Operation, Position,
+    backup_reads, parse_history, parse_line, to_line, validate_op, Backup, HistoryError, LevelKind,
+    OpKind, OpProblem, Operation, Position,
 };
 pub use report::{Report, Row, Violation};
 

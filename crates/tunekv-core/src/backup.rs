@@ -194,6 +194,20 @@ impl<R: Read> Reader<R> {
     }
 }
 
+/// Every key of a shard stream with its value.
+pub type Held = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// A whole shard stream held in memory: its header and every key with its value, or the
+/// reason it was refused (a stream cut short or damaged holds nothing).
+pub fn read_whole(bytes: &[u8]) -> Result<(ShardHeader, Held), BackupError> {
+    let mut reader = Reader::open(bytes)?;
+    let mut held = std::collections::BTreeMap::new();
+    while let Some(r) = reader.next()? {
+        held.insert(r.key, r.value);
+    }
+    Ok((reader.header, held))
+}
+
 /// The records of a restore batch (records back to back, no header or trailer).
 pub fn decode_batch(mut bytes: &[u8]) -> Result<Vec<Record>, BackupError> {
     let mut out = Vec::new();
@@ -317,6 +331,10 @@ mod tests {
         assert_eq!(recs[2].value, b"v");
         let empty = stream(&[]);
         assert!(read_all(&empty).unwrap().1.is_empty());
+        let (h, held) = read_whole(&bytes).unwrap();
+        assert_eq!(h, header());
+        assert_eq!(held.get(&b"a"[..]).map(Vec::as_slice), Some(&b"1"[..]));
+        assert_eq!(held.len(), 3);
     }
 
     #[test]
@@ -325,6 +343,7 @@ mod tests {
         // Cut anywhere before the end: incomplete.
         for cut in 0..bytes.len() {
             assert!(read_all(&bytes[..cut]).is_err(), "cut at {cut} accepted");
+            assert!(read_whole(&bytes[..cut]).is_err(), "cut at {cut} held");
         }
         // Any flipped byte after the magic: refused (count, checksum, length or header).
         for i in 8..bytes.len() {

@@ -2,6 +2,7 @@
 //! network and time, a simulated disk that loses unsynced writes on a crash, and per-node
 //! clocks, all derived from one seed; histories judged by tunekv-check. See docs/simulation.md.
 
+pub mod backup;
 pub mod cache;
 pub mod client;
 pub mod invariants;

@@ -91,6 +91,9 @@ pub struct Workload {
     /// its injected bugs.
     pub cache: bool,
     pub cache_bugs: tunekv_cache::CacheBugs,
+    /// Ordered plans: a backup client streams shard backups from random nodes through the
+    /// faults, recorded as strong reads (`crate::backup`).
+    pub backups: bool,
 }
 
 /// The members a set plan's updates draw from (few, so adds and removes meet).
@@ -234,6 +237,7 @@ impl Plan {
             siblings: false,
             cache: false,
             cache_bugs: tunekv_cache::CacheBugs::default(),
+            backups: false,
         };
         // Drawn last, from its own stream, so the fields above stay what they were.
         let mut rng = StdRng::seed_from_u64(seed ^ 0x1ead_1e55);
@@ -257,6 +261,9 @@ impl Plan {
             && !workload.counter
             && !workload.set
             && StdRng::seed_from_u64(seed ^ 0x51b_1195).gen_bool(0.25);
+        // Half of the ordered plans back shards up while the faults run (their own stream).
+        workload.backups =
+            !workload.leaderless && StdRng::seed_from_u64(seed ^ 0xbac_4a9).gen_bool(0.5);
         // Every level set to weight 0 would leave nothing to read at.
         if workload.level_weights.iter().all(|w| *w == 0) {
             workload.level_weights[0] = 1;
@@ -292,6 +299,8 @@ pub struct Outcome {
     pub violations: Vec<String>,
     /// Client operations that never completed in the liveness phase.
     pub unfinished: usize,
+    /// Shard backups that streamed whole and were judged as reads.
+    pub backups: usize,
     /// What the internal invariants looked at.
     pub checked: Checked,
 }
@@ -444,6 +453,19 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
         sim.client("w", async move {
             let out = follow_stored(nodes, heal_ns + WATCH_AFTER_HEAL.as_nanos() as u64).await;
             *stored.lock().unwrap_or_else(|p| p.into_inner()) = Some(out);
+            Ok(())
+        });
+    }
+    // Ordered plans with backups: shard backups from random nodes until the faults end.
+    let backups = Arc::new(AtomicU64::new(0));
+    if plan.workload.backups && !plan.workload.leaderless {
+        let (history, backups) = (history.clone(), backups.clone());
+        let (nodes, shards, keys) = (plan.nodes, plan.workload.shards, plan.keys);
+        let end = (SETUP + plan.safety).as_nanos() as u64;
+        sim.client("b", async move {
+            tokio::time::sleep(SETUP).await;
+            let n = crate::backup::run(seed, nodes, shards, keys, end, history).await;
+            backups.store(n as u64, Ordering::Relaxed);
             Ok(())
         });
     }
@@ -752,6 +774,7 @@ pub fn run(plan: Plan, bugs: &tunekv_node::Bugs) -> Outcome {
         virtual_secs,
         violations,
         unfinished,
+        backups: backups.load(Ordering::Relaxed) as usize,
         checked,
     }
 }

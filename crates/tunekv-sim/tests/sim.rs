@@ -76,6 +76,10 @@ fn seeds_with_faults_pass_on_a_correct_build() {
     for seed in 102..105 {
         let out = run(Plan::of(seed, SAFETY), &tunekv_node::Bugs::default());
         installed += out.checked.snapshots_installed;
+        if out.plan.workload.backups {
+            // Shard backups streamed through the faults, judged as strong reads.
+            assert!(out.backups > 0, "seed {seed}: no backup arrived whole");
+        }
         if out.plan.joiner {
             // The node added mid-run took shard replicas (and left again).
             let joiner = out.plan.nodes as u64 + 1;
@@ -150,6 +154,7 @@ fn restarted_leaders_serve_no_stale_strong_reads() {
                 siblings: false,
                 cache: false,
                 cache_bugs: Default::default(),
+                backups: false,
             },
         };
         let out = run(plan, &tunekv_node::Bugs::default());
@@ -216,6 +221,7 @@ fn lagging_copies(seed: u64) -> Plan {
             siblings: false,
             cache: false,
             cache_bugs: Default::default(),
+            backups: false,
         },
     }
 }
@@ -472,6 +478,7 @@ fn through_cache(seed: u64) -> Plan {
             siblings: false,
             cache: true,
             cache_bugs: Default::default(),
+            backups: false,
         },
     }
 }
@@ -585,6 +592,31 @@ mod bugs {
     #[test]
     fn stale_hot_values_are_caught() {
         caught("stale-hot-values");
+    }
+
+    /// Issue 21: a backup that streams the node's copy as it is, without a strong read's
+    /// check that it holds everything committed, misses acknowledged writes when the copy lags.
+    #[test]
+    fn a_stale_backup_is_caught() {
+        let bugs = tunekv_node::Bugs::parse(&["backup-stale".to_string()]).expect("a known bug");
+        for seed in 0..SEEDS_MAX {
+            let mut plan = Plan::of(seed, SAFETY);
+            plan.workload.leaderless = false;
+            plan.workload.backups = true;
+            let out = run(plan.clone(), &bugs);
+            if let Some(v) = out.violations.first() {
+                eprintln!(
+                    "backup-stale: caught by seed {seed} ({} backups): {v}",
+                    out.backups
+                );
+                // The same seed on a correct build: backups arrive and pass.
+                let clean = run(plan, &tunekv_node::Bugs::default());
+                assert!(clean.backups > 0, "seed {seed}: no backup arrived whole");
+                assert_eq!(clean.violations, Vec::<String>::new(), "seed {seed}");
+                return;
+            }
+        }
+        panic!("backup-stale went unnoticed for {SEEDS_MAX} seeds");
     }
 
     #[test]

@@ -1,19 +1,17 @@
 //! `verify`'s backup client (issue 21): through the run it backs up one shard of the ordered
 //! keyspace at a time from a random node (`GET /v1/admin/backup/{ks}/{shard}`), as `tunekv
-//! backup` does, and records what the stream held as one `strong` read of each of the shard's
-//! keys at the stream's index, invoked when the request was sent and completed when the stream
-//! ended. The checkers then judge backups like any strong read: a backup that misses a write
-//! acknowledged before it began is a linearizability violation, and one whose keys do not match
-//! its index fails "value matches position".
+//! backup` does, and records what the stream held as reads (`tunekv_check::backup_reads`: one
+//! `strong` read of each of the shard's keys at the stream's index). The simulator's backup
+//! client does the same.
 
 use super::{Recorder, Target, KEYSPACE};
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tunekv_check::{OpKind, Operation};
+use tunekv_check::{backup_reads, Backup};
 use tunekv_client::Client;
-use tunekv_core::backup::Reader;
+use tunekv_core::backup::read_whole;
 use tunekv_core::keyspace::shard_for_key;
 
 /// The client id backups are recorded under (workload clients count from 1).
@@ -55,61 +53,25 @@ pub async fn run(
         if !matches!(streamed, Ok(Ok(()))) {
             continue;
         }
-        let Ok(mut reader) = Reader::open(bytes.as_slice()) else {
+        let Ok((h, held)) = read_whole(&bytes) else {
             continue;
         };
-        let mut held = std::collections::BTreeMap::new();
-        let mut whole = true;
-        loop {
-            match reader.next() {
-                Ok(Some(r)) => {
-                    held.insert(r.key, r.value);
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    whole = false;
-                    break;
-                }
-            }
-        }
-        if !whole {
-            continue;
-        }
-        let h = &reader.header;
-        let position = format!(
-            "shard={};index={};commit_ms={}",
-            h.shard, h.index, h.commit_ms
-        );
-        for k in keys
+        let backup = Backup {
+            client: BACKUP_CLIENT,
+            node: format!("backup@n{}", i + 1),
+            shard: h.shard,
+            index: h.index,
+            commit_ms: h.commit_ms,
+            invoke_ns,
+            complete_ns,
+            held: &held,
+        };
+        let of_shard = keys
             .iter()
             .filter(|k| shard_for_key(k.as_bytes(), shards).0 == shard)
-        {
-            rec.push(
-                Operation {
-                    client: BACKUP_CLIENT,
-                    session: None,
-                    op: OpKind::Read,
-                    key: k.clone(),
-                    value: held
-                        .get(k.as_bytes())
-                        .map(|v| String::from_utf8_lossy(v).into_owned()),
-                    invoke_ns,
-                    complete_ns,
-                    ok: Some(true),
-                    level: "strong".into(),
-                    // Not `nN`: a node's `/metrics` counts client reads, not backups, so
-                    // the metrics checker must not look for these there.
-                    node: format!("backup@n{}", i + 1),
-                    position: Some(position.clone()),
-                    staleness_entries: Some(0),
-                    staleness_ms: Some(0),
-                    quorum: None,
-                    version: None,
-                    strict: None,
-                    dots: None,
-                },
-                None,
-            );
+            .map(String::as_str);
+        for op in backup_reads(&backup, of_shard) {
+            rec.push(op, None);
         }
         done.fetch_add(1, Ordering::Relaxed);
     }
