@@ -361,7 +361,7 @@ pub fn parse_line(line: &str, line_no: usize) -> Result<Operation, HistoryError>
 pub struct Backup<'a> {
     /// The client id the recorder gives backups (apart from the workload's clients).
     pub client: u64,
-    /// Who streamed it: `backup@N` for node `N`, never a node's own name (a node's metrics
+    /// Who streamed it: `backup@nN` for node `nN`, never a node's own name (a node's metrics
     /// count client reads, not backups, so the metrics checker must not look for these).
     pub node: String,
     /// The stream's header: its shard, applied index and that entry's commit time.
@@ -466,6 +466,37 @@ fn json_opt<T: fmt::Display>(value: Option<T>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backup_is_one_valid_strong_read_per_key_at_its_index() {
+        let held = std::collections::BTreeMap::from([(b"a".to_vec(), b"1".to_vec())]);
+        let b = Backup {
+            client: 10_000,
+            node: "backup@n2".into(),
+            shard: 1,
+            index: 42,
+            commit_ms: 7,
+            invoke_ns: 100,
+            complete_ns: 200,
+            held: &held,
+        };
+        let reads = backup_reads(&b, ["a", "b"]);
+        assert_eq!(reads.len(), 2);
+        for r in &reads {
+            validate_op(r).unwrap();
+            assert!(r.is_read());
+            assert_eq!(r.level, "strong");
+            assert_eq!((r.invoke_ns, r.complete_ns, r.ok), (100, 200, Some(true)));
+            assert_eq!(r.position.as_deref(), Some("shard=1;index=42;commit_ms=7"));
+            assert_eq!(r.node, "backup@n2");
+        }
+        assert_eq!(reads[0].value.as_deref(), Some("1"));
+        assert_eq!(
+            reads[1].value, None,
+            "a key the backup lacks was read as absent"
+        );
+        assert!(backup_reads(&b, []).is_empty());
+    }
 
     fn sample() -> Vec<Operation> {
         vec![
